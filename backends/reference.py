@@ -1,0 +1,20 @@
+"""The reference backend: the numpy interpreter. Slow and obviously right; the golden oracle."""
+from __future__ import annotations
+
+from irgraph import Graph
+from irgraph.interpreter import interpret
+
+from .base import Executable
+
+
+class ReferenceExecutable(Executable):
+    backend = "reference"
+
+    def run(self, args):
+        return interpret(self.graph, args)
+
+
+def compile(graph: Graph, **options) -> ReferenceExecutable:
+    if options:
+        raise TypeError(f"the reference backend takes no options, got {sorted(options)}")
+    return ReferenceExecutable(graph)

@@ -1,0 +1,69 @@
+"""``frontend.trace`` and ``frontend.compile``: from user code to an executable."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+import backends
+from irgraph import Graph
+
+from .nn import Module
+from .tracing import TensorSpec, trace_with, unflatten
+
+
+def _param_names(fn) -> dict[int, str]:
+    if isinstance(fn, Module):
+        return {id(p): name for name, p in fn.named_parameters(buffers=True)}
+    return {}
+
+
+def trace(fn: Callable | Module, *specs: TensorSpec, name: str | None = None) -> Graph:
+    """Trace ``fn`` (a function or an ``nn.Module``) over input specs into a verified Graph."""
+    graph, _, _ = trace_with(fn, specs, name, _param_names(fn))
+    return graph
+
+
+class CompiledFunction:
+    """A compiled model: call it with numpy arrays; parameters come from the module (live)."""
+
+    def __init__(self, graph: Graph, params: dict[str, Any], structure, executable,
+                 source_graph: Graph):
+        self.graph = graph                  # what the backend compiled
+        self.source_graph = source_graph    # what tracing produced
+        self.params = params                # graph parameter name -> Parameter
+        self.structure = structure
+        self.executable = executable
+
+    def __call__(self, *inputs):
+        n = len(self.graph.inputs)
+        if len(inputs) != n:
+            names = ", ".join(v.name for v in self.graph.inputs)
+            raise TypeError(f"{self.graph.name}() takes {n} inputs ({names}), got {len(inputs)}")
+        args = list(inputs) + [self.params[p.name].data for p in self.graph.params]
+        outs = self.executable(*args)
+        return unflatten(self.structure, outs)
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return {name: p.data for name, p in self.params.items()}
+
+
+def compile(fn: Callable | Module, *specs: TensorSpec, backend: str = "reference",
+            pipeline=None, name: str | None = None, **options) -> CompiledFunction:
+    """Trace ``fn`` over ``specs``, run the pass pipeline, compile with ``backend``."""
+    graph, tracer, structure = trace_with(fn, specs, name, _param_names(fn))
+    optimized = run_pipeline(graph, pipeline, "inference")
+    exe = backends.compile(optimized, backend, **options)
+    return CompiledFunction(optimized, tracer.params, structure, exe, graph)
+
+
+def run_pipeline(graph: Graph, pipeline, kind: str) -> Graph:
+    """Run ``pipeline`` (None: the default for ``kind``; a list or a string of pass names)."""
+    try:
+        from passes.manager import default_pipeline, PassManager
+    except ImportError:
+        return graph
+    if pipeline is None:
+        pipeline = default_pipeline(kind)
+    return PassManager(pipeline).run(graph)

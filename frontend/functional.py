@@ -1,0 +1,357 @@
+"""``frontend.F``: the functional namespace. Names and arguments follow ``torch.nn.functional``
+and ``torch``; each function adds IR nodes to the current trace."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from irgraph.types import TensorType
+
+from .tracing import Tensor, current_tracer
+
+
+# ---------------------------------------------------------------- conversions
+def as_tensor(x, like: Tensor | None = None) -> Tensor:
+    """A Tensor for ``x``: tensors pass through; parameters become graph parameters; Python
+    numbers and numpy arrays become constants (numbers take ``like``'s dtype)."""
+    if isinstance(x, Tensor):
+        return x
+    tr = like.tracer if like is not None else current_tracer()
+    if hasattr(x, "data") and isinstance(x.data, np.ndarray) and hasattr(x, "requires_grad"):
+        return Tensor(tr.param_value(x), tr)
+    if isinstance(x, (bool, int, float, np.number)) and not isinstance(x, np.ndarray):
+        dtype = like.dtype if like is not None else ("float32" if isinstance(x, float) else
+                                                     "int64")
+        if isinstance(x, bool):
+            dtype = "bool" if like is None else dtype
+        return tr.emit("full", shape=(), value=float(x), dtype=dtype)
+    arr = np.asarray(x)
+    if arr.dtype == np.float64 and (like is None or like.dtype == "float32"):
+        arr = arr.astype(np.float32)
+    return tr.emit("constant", value=arr)
+
+
+def _promote(a, b) -> tuple[Tensor, Tensor]:
+    if not isinstance(a, Tensor):
+        b = as_tensor(b)
+        a = as_tensor(a, b)
+    else:
+        b = as_tensor(b, a)
+    if a.dtype != b.dtype:
+        dt = np.result_type(a.type.np_dtype, b.type.np_dtype).name
+        a, b = cast(a, dt), cast(b, dt)
+    return a, b
+
+
+def _emit(op: str, *xs: Tensor, **attrs):
+    return xs[0].tracer.emit(op, *xs, **attrs)
+
+
+def cast(x: Tensor, dtype: str) -> Tensor:
+    x = as_tensor(x)
+    return x if x.dtype == TensorType((), dtype).dtype else _emit("cast", x, dtype=dtype)
+
+
+# ---------------------------------------------------------------- elementwise
+def _binary(op):
+    def f(a, b):
+        a, b = _promote(a, b)
+        return _emit(op, a, b)
+    f.__name__ = op
+    return f
+
+
+add, sub, mul, div, pow, maximum, minimum = (_binary(n) for n in (
+    "add", "sub", "mul", "div", "pow", "maximum", "minimum"))
+eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
+logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
+
+
+def _unary(op):
+    def f(x):
+        x = as_tensor(x)
+        if op not in ("neg", "abs", "sign", "square", "relu") and not x.type.is_float:
+            x = cast(x, "float32")
+        return _emit(op, x)
+    f.__name__ = op
+    return f
+
+
+neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, abs, sign, square = (_unary(n) for n in (
+    "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign", "square"))
+
+
+def where(cond, x, y) -> Tensor:
+    cond = as_tensor(cond)
+    x, y = _promote(x, y)
+    if cond.dtype != "bool":
+        cond = ne(cond, 0)
+    return _emit("where", cond, x, y)
+
+
+def clamp(x, min=None, max=None) -> Tensor:
+    if min is not None:
+        x = maximum(x, min)
+    if max is not None:
+        x = minimum(x, max)
+    return x
+
+
+# ---------------------------------------------------------------- reductions
+def _axes(dim):
+    if dim is None:
+        return None
+    return (dim,) if isinstance(dim, int) else tuple(dim)
+
+
+def sum(x, dim=None, keepdim: bool = False) -> Tensor:
+    return _emit("sum", as_tensor(x), axis=_axes(dim), keepdims=keepdim)
+
+
+def mean(x, dim=None, keepdim: bool = False) -> Tensor:
+    x = as_tensor(x)
+    return _emit("mean", x if x.type.is_float else cast(x, "float32"), axis=_axes(dim),
+                 keepdims=keepdim)
+
+
+def amax(x, dim=None, keepdim: bool = False) -> Tensor:
+    return _emit("max", as_tensor(x), axis=_axes(dim), keepdims=keepdim)
+
+
+def amin(x, dim=None, keepdim: bool = False) -> Tensor:
+    return _emit("min", as_tensor(x), axis=_axes(dim), keepdims=keepdim)
+
+
+def argmax(x, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    x = as_tensor(x)
+    if dim is None:
+        return _emit("argmax", reshape(x, (-1,)), axis=0, keepdims=False)
+    return _emit("argmax", x, axis=dim, keepdims=keepdim)
+
+
+def var(x, dim=None, keepdim: bool = False, unbiased: bool = True) -> Tensor:
+    x = as_tensor(x)
+    m = mean(x, dim, keepdim=True)
+    n = int(np.prod([x.shape[a] for a in (range(x.ndim) if dim is None else _axes(dim))]))
+    return div(sum(square(sub(x, m)), dim, keepdim), float(n - 1 if unbiased else n))
+
+
+# ---------------------------------------------------------------- linear algebra
+def matmul(a, b) -> Tensor:
+    a, b = _promote(a, b)
+    return _emit("matmul", a, b)
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    """``x @ weight.T + bias`` with PyTorch's (out_features, in_features) weight."""
+    y = matmul(x, transpose(as_tensor(weight), 0, 1))
+    return y if bias is None else add(y, bias)
+
+
+# ---------------------------------------------------------------- shapes
+def reshape(x, shape) -> Tensor:
+    x = as_tensor(x)
+    shape = list(shape)
+    if shape.count(-1) > 1:
+        raise ValueError(f"reshape {x.shape} -> {shape}: only one dimension can be -1")
+    if -1 in shape:
+        rest = int(np.prod([d for d in shape if d != -1]))
+        if rest == 0 or x.numel() % rest:
+            raise ValueError(f"cannot reshape {x.shape} to {tuple(shape)}")
+        shape[shape.index(-1)] = x.numel() // rest
+    if tuple(shape) == x.shape:
+        return x
+    return _emit("reshape", x, shape=tuple(shape))
+
+
+def flatten(x, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    x = as_tensor(x)
+    s, e = start_dim % x.ndim, end_dim % x.ndim
+    return reshape(x, x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:])
+
+
+def permute(x, *dims) -> Tensor:
+    x = as_tensor(x)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    dims = tuple(d % x.ndim for d in dims)
+    if dims == tuple(range(x.ndim)):
+        return x
+    return _emit("transpose", x, perm=dims)
+
+
+def transpose(x, dim0: int, dim1: int) -> Tensor:
+    x = as_tensor(x)
+    perm = list(range(x.ndim))
+    perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
+    return permute(x, perm)
+
+
+def broadcast_to(x, shape) -> Tensor:
+    x = as_tensor(x)
+    return x if tuple(shape) == x.shape else _emit("broadcast_to", x, shape=tuple(shape))
+
+
+def unsqueeze(x, dim: int) -> Tensor:
+    x = as_tensor(x)
+    dim = dim % (x.ndim + 1)
+    return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
+
+
+def squeeze(x, dim: int | None = None) -> Tensor:
+    x = as_tensor(x)
+    if dim is None:
+        return reshape(x, tuple(d for d in x.shape if d != 1))
+    dim = dim % x.ndim
+    return x if x.shape[dim] != 1 else reshape(x, x.shape[:dim] + x.shape[dim + 1:])
+
+
+def cat(xs: Sequence, dim: int = 0) -> Tensor:
+    xs = [as_tensor(x) for x in xs]
+    return xs[0].tracer.emit("concat", *xs, axis=dim)
+
+
+def stack(xs: Sequence, dim: int = 0) -> Tensor:
+    return cat([unsqueeze(x, dim) for x in xs], dim)
+
+
+def slice_axes(x, starts, stops, steps) -> Tensor:
+    return _emit("slice", as_tensor(x), starts=tuple(starts), stops=tuple(stops),
+                 steps=tuple(steps))
+
+
+def pad(x, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Tensor:
+    """PyTorch's convention: ``pad`` lists (left, right) pairs starting from the LAST axis."""
+    x = as_tensor(x)
+    if len(pad) % 2 or len(pad) // 2 > x.ndim:
+        raise ValueError(f"pad {list(pad)} must hold (before, after) pairs for at most "
+                         f"{x.ndim} axes")
+    pads = [0] * (2 * x.ndim)
+    for i in range(len(pad) // 2):
+        ax = x.ndim - 1 - i
+        pads[2 * ax], pads[2 * ax + 1] = pad[2 * i], pad[2 * i + 1]
+    return _emit("pad", x, pads=tuple(pads), value=float(value), mode=mode)
+
+
+def getitem(x: Tensor, index) -> Tensor:
+    """Basic indexing: ints, slices, None and Ellipsis (no advanced indexing)."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(i is Ellipsis for i in index):
+        k = index.index(Ellipsis)
+        fill = x.ndim - (len(index) - 1 - builtins_sum(i is None for i in index))
+        index = index[:k] + (slice(None),) * fill + index[k + 1:]
+    starts, stops, steps, out_shape, axis = [], [], [], [], 0
+    drop = []
+    for i in index:
+        if i is None:
+            out_shape.append(("new",))
+            continue
+        if axis >= x.ndim:
+            raise IndexError(f"too many indices for a tensor of shape {x.shape}")
+        d = x.shape[axis]
+        if isinstance(i, (int, np.integer)):
+            i = int(i)
+            if not -d <= i < d:
+                raise IndexError(f"index {i} is out of bounds for axis {axis} of size {d}")
+            i %= d
+            starts.append(i), stops.append(i + 1), steps.append(1)
+            drop.append(axis)
+        elif isinstance(i, slice):
+            b, e, s = i.indices(d)
+            starts.append(b), stops.append(e), steps.append(s)
+            out_shape.append(("axis", axis))
+        else:
+            raise TypeError(f"unsupported index {i!r}: use ints, slices, None or ...")
+        axis += 1
+    for a in range(axis, x.ndim):
+        starts.append(0), stops.append(x.shape[a]), steps.append(1)
+        out_shape.append(("axis", a))
+    full = all(b == 0 and e == d and s == 1 for b, e, s, d in zip(starts, stops, steps, x.shape))
+    y = x if full else slice_axes(x, starts, stops, steps)
+    shape = [1 if o[0] == "new" else y.shape[o[1]] for o in out_shape]
+    return reshape(y, tuple(shape))
+
+
+builtins_sum = __builtins__["sum"] if isinstance(__builtins__, dict) else __builtins__.sum
+
+
+# ---------------------------------------------------------------- softmax and losses
+def softmax(x, dim: int = -1) -> Tensor:
+    return _emit("softmax", as_tensor(x), axis=dim)
+
+
+def log_softmax(x, dim: int = -1) -> Tensor:
+    return _emit("log_softmax", as_tensor(x), axis=dim)
+
+
+def nll_loss(input, target, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+    return _emit("nll_loss", as_tensor(input), as_tensor(target), reduction=reduction,
+                 ignore_index=ignore_index)
+
+
+def cross_entropy(input, target, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+    """Negative log-likelihood of a softmax over dim 1 (eq. 10.11-10.14), as PyTorch's."""
+    return nll_loss(log_softmax(input, 1), target, reduction, ignore_index)
+
+
+def mse_loss(input, target, reduction: str = "mean") -> Tensor:
+    a, b = _promote(input, target)
+    return _emit("mse_loss", a, b, reduction=reduction)
+
+
+# ---------------------------------------------------------------- Tensor methods
+def _swap(f):
+    return lambda a, b: f(b, a)
+
+
+_METHODS = {
+    "__add__": add, "__radd__": _swap(add), "__sub__": sub, "__rsub__": _swap(sub),
+    "__mul__": mul, "__rmul__": _swap(mul), "__truediv__": div, "__rtruediv__": _swap(div),
+    "__pow__": pow, "__rpow__": _swap(pow), "__matmul__": matmul, "__rmatmul__": _swap(matmul),
+    "__neg__": neg, "__abs__": abs, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
+    "__eq__": eq, "__ne__": ne, "__getitem__": getitem, "__and__": logical_and,
+    "__or__": logical_or,
+    "exp": exp, "log": log, "sqrt": sqrt, "rsqrt": rsqrt, "tanh": tanh, "sigmoid": sigmoid,
+    "relu": relu, "abs": abs, "sign": sign, "square": square, "neg": neg,
+    "sum": sum, "mean": mean, "amax": amax, "amin": amin, "argmax": argmax, "var": var,
+    "matmul": matmul, "flatten": flatten, "permute": permute, "transpose": transpose,
+    "unsqueeze": unsqueeze, "squeeze": squeeze, "softmax": softmax, "log_softmax": log_softmax,
+    "clamp": clamp, "broadcast_to": broadcast_to, "expand": broadcast_to, "maximum": maximum,
+    "minimum": minimum,
+}
+for _name, _fn in _METHODS.items():
+    setattr(Tensor, _name, _fn)
+Tensor.__hash__ = object.__hash__
+Tensor.T = property(lambda self: permute(self, tuple(reversed(range(self.ndim)))))
+
+
+def _reshape_method(self, *shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return reshape(self, shape)
+
+
+def _max_method(self, dim=None, keepdim=False):
+    """As torch: ``x.max()`` is the maximum; ``x.max(dim)`` gives (values, indices)."""
+    if dim is None:
+        return amax(self)
+    return amax(self, dim, keepdim), argmax(self, dim, keepdim)
+
+
+def _min_method(self, dim=None, keepdim=False):
+    if dim is None:
+        return amin(self)
+    return amin(self, dim, keepdim), argmax(neg(self), dim, keepdim)
+
+
+Tensor.reshape = _reshape_method
+Tensor.view = _reshape_method
+Tensor.max = _max_method
+Tensor.min = _min_method
+Tensor.float = lambda self: cast(self, "float32")
+Tensor.double = lambda self: cast(self, "float64")
+Tensor.long = lambda self: cast(self, "int64")
+Tensor.int = lambda self: cast(self, "int32")
+Tensor.to = lambda self, dtype: cast(self, dtype)

@@ -1,0 +1,222 @@
+"""Tracing: Python code on ``Tensor`` objects records IR nodes into a graph.
+
+A ``Tensor`` holds an IR value and the tracer that owns its graph; its operators call
+``F`` functions, which add nodes. ``trace(fn, *specs)`` runs ``fn`` once on fresh input
+tensors; module parameters become graph parameters named by their path in the module.
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from irgraph import Graph, TensorType, Value, verify
+from irgraph.types import canonical_dtype
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OUR_DIRS = tuple(os.path.join(_ROOT, d) + os.sep for d in ("frontend", "irgraph", "passes",
+                                                              "backends"))
+
+
+def user_location() -> str | None:
+    """``file:line`` of the innermost caller outside irgraph's own packages."""
+    f = sys._getframe(1)
+    while f is not None:
+        path = os.path.abspath(f.f_code.co_filename)
+        if not path.startswith(_OUR_DIRS):
+            return f"{os.path.basename(path)}:{f.f_lineno}"
+        f = f.f_back
+    return None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """The static type of a traced input: ``TensorSpec((8, 16), "float32")``."""
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+
+    @property
+    def type(self) -> TensorType:
+        return TensorType(self.shape, self.dtype)
+
+
+class Tracer:
+    """Owns the graph being built; maps parameters (by identity) to their graph values."""
+
+    def __init__(self, name: str, param_names: dict[int, str] | None = None):
+        self.graph = Graph(name)
+        self.param_names = dict(param_names or {})
+        self.param_values: dict[int, Value] = {}
+        self.params: dict[str, Any] = {}
+
+    def emit(self, op: str, *inputs: "Tensor", **attrs):
+        values = [t.value for t in inputs]
+        outs = self.graph.add_node(op, values, attrs, user_location())
+        res = tuple(Tensor(v, self) for v in outs)
+        return res[0] if len(res) == 1 else res
+
+    def param_value(self, p) -> Value:
+        key = id(p)
+        if key not in self.param_values:
+            name = self.param_names.get(key) or self.graph.fresh_name("param")
+            self.param_values[key] = self.graph.add_param(name, TensorType.of(p.data))
+            self.params[name] = p
+        return self.param_values[key]
+
+
+_CURRENT: contextvars.ContextVar[Tracer | None] = contextvars.ContextVar("irgraph_tracer",
+                                                                         default=None)
+
+
+def current_tracer() -> Tracer:
+    tr = _CURRENT.get()
+    if tr is None:
+        raise RuntimeError("this needs a traced tensor: call it inside a function given to "
+                           "frontend.trace or frontend.compile")
+    return tr
+
+
+class Tensor:
+    """A traced tensor. Arithmetic and methods follow PyTorch's names."""
+    __array_priority__ = 1000  # numpy scalars on the left defer to our operators
+
+    def __init__(self, value: Value, tracer: Tracer):
+        self._value = value
+        self.tracer = tracer
+
+    @property
+    def value(self) -> Value:
+        return self._value
+
+    @property
+    def type(self) -> TensorType:
+        return self.value.type
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.value.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return self.type.size
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Tensor(%{self.value.name}: {self.type})"
+
+    def __bool__(self):
+        raise TypeError("a traced tensor has no truth value while tracing: data-dependent "
+                        "Python control flow cannot be traced (use F.where)")
+
+    def __iter__(self):
+        return (self[i] for i in range(self.shape[0]))
+
+    # operators and methods are attached in functional.py, next to the functions they call
+
+
+def trace_with(fn: Callable, specs, name: str | None = None,
+               param_names: dict[int, str] | None = None,
+               flatten_outputs=None) -> tuple[Graph, Tracer, Any]:
+    """Trace ``fn`` over ``specs``; returns (graph, tracer, output structure)."""
+    specs = [s if isinstance(s, TensorSpec) else TensorSpec(*s) if isinstance(s, tuple)
+             else _bad_spec(s) for s in specs]
+    tracer = Tracer(name or getattr(fn, "__name__", type(fn).__name__).replace("<", "").replace(
+        ">", "") or "main", param_names)
+    token = _CURRENT.set(tracer)
+    try:
+        inputs = []
+        for i, (s, pname) in enumerate(zip(specs, _arg_names(fn, len(specs)))):
+            inputs.append(Tensor(tracer.graph.add_input(pname, s.type), tracer))
+        result = fn(*inputs)
+    finally:
+        _CURRENT.reset(token)
+    leaves, structure = flatten(result)
+    outs = []
+    for leaf in leaves:
+        if not isinstance(leaf, Tensor):
+            raise TypeError(f"traced function returned {type(leaf).__name__}; it must return "
+                            f"tensors (or tuples/lists/dicts of them)")
+        if leaf.tracer is not tracer:
+            raise ValueError("traced function returned a tensor from another trace")
+        outs.append(leaf.value)
+    tracer.graph.set_outputs(outs)
+    verify(tracer.graph)
+    return tracer.graph, tracer, structure
+
+
+def _bad_spec(s):
+    raise TypeError(f"input specs must be frontend.TensorSpec(shape, dtype), got {s!r}")
+
+
+def _arg_names(fn, n: int) -> list[str]:
+    import inspect
+    import re
+    target = fn.forward if hasattr(fn, "forward") else fn
+    try:
+        names = [p.name for p in inspect.signature(target).parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        names = []
+    names = [nm for nm in names if re.match(r"^[A-Za-z0-9_]+$", nm)]
+    if len(names) < n or len(set(names[:n])) < n:
+        return [f"arg{i}" for i in range(n)]
+    return names[:n]
+
+
+def flatten(obj) -> tuple[list, Any]:
+    """Flatten nested tuples/lists/dicts into leaves and a structure for ``unflatten``."""
+    if isinstance(obj, (tuple, list)):
+        leaves, structs = [], []
+        for o in obj:
+            l, s = flatten(o)
+            leaves += l
+            structs.append(s)
+        return leaves, (type(obj), structs)
+    if isinstance(obj, dict):
+        leaves, structs = [], []
+        for k in obj:
+            l, s = flatten(obj[k])
+            leaves += l
+            structs.append((k, s))
+        return leaves, (dict, structs)
+    return [obj], None
+
+
+def unflatten(structure, leaves: list):
+    it = iter(leaves)
+
+    def build(s):
+        if s is None:
+            return next(it)
+        kind, items = s
+        if kind is dict:
+            return {k: build(sub) for k, sub in items}
+        return kind(build(sub) for sub in items)
+    return build(structure)
+
+
+def as_array(x) -> np.ndarray:
+    return x.data if hasattr(x, "data") and isinstance(getattr(x, "data"), np.ndarray) else x

@@ -1,0 +1,2 @@
+"""Op definitions. Importing this package registers every op with the registry."""
+from . import core  # noqa: F401

@@ -1,0 +1,234 @@
+"""The op registry: one entry defines one op.
+
+An entry holds the op's attribute specification (validation and defaults), its
+type rule, its numpy reference kernel and its cost. Passes and backends keep
+their own tables keyed by op name (gradient rules, lowerings); this module
+imports none of them.
+
+    @register_op("relu", attrs={}, cost=elementwise_cost(1))
+    def relu(x): ...                      # the reference kernel
+    @relu.type_rule
+    def _(x): return x                    # TensorType in, TensorType(s) out
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .types import TensorType
+
+REQUIRED = object()
+
+
+class IRError(Exception):
+    """An error in the construction or checking of an IR graph."""
+
+
+@dataclass(frozen=True)
+class Attr:
+    """Specification of one attribute: a normalizing validator and a default."""
+    check: Callable[[Any], Any]
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: int
+    bytes: int
+
+
+CostFn = Callable[[list[TensorType], list[TensorType], dict], Cost]
+
+
+def default_cost(ins: list[TensorType], outs: list[TensorType], attrs: dict) -> Cost:
+    """One flop per output element; every input and output moved once."""
+    return Cost(sum(t.size for t in outs), sum(t.nbytes for t in ins + outs))
+
+
+def elementwise_cost(flops_per_element: int) -> CostFn:
+    def cost(ins, outs, attrs):
+        return Cost(flops_per_element * sum(t.size for t in outs),
+                    sum(t.nbytes for t in ins + outs))
+    return cost
+
+
+@dataclass
+class OpDef:
+    name: str
+    kernel: Callable[..., Any]
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    num_inputs: int | None = None          # None: variadic
+    cost_fn: CostFn = default_cost
+    differentiable: bool = True
+    nondiff_reason: str = ""
+    has_subgraph: bool = False
+    doc: str = ""
+    _type_rule: Callable[..., Any] | None = None
+
+    # -- decorators used right under the kernel's definition
+    def type_rule(self, fn):
+        self._type_rule = fn
+        return fn
+
+    # -- the API used by the builder, verifier, interpreter and passes
+    def check_attrs(self, attrs: dict, where: str = "") -> dict:
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise IRError(f"{where}op {self.name!r} got unknown attribute(s) {sorted(unknown)}; "
+                          f"it takes {sorted(self.attrs)}")
+        out = {}
+        for key, spec in self.attrs.items():
+            if key in attrs:
+                try:
+                    out[key] = spec.check(attrs[key])
+                except (TypeError, ValueError) as e:
+                    raise IRError(f"{where}op {self.name!r}: bad attribute {key}="
+                                  f"{attrs[key]!r}: {e}") from None
+            elif spec.default is REQUIRED:
+                raise IRError(f"{where}op {self.name!r} needs attribute {key!r}")
+            else:
+                out[key] = spec.default
+        return out
+
+    def infer(self, in_types: list[TensorType], attrs: dict) -> list[TensorType]:
+        if self.num_inputs is not None and len(in_types) != self.num_inputs:
+            raise IRError(f"op {self.name!r} takes {self.num_inputs} input(s), "
+                          f"got {len(in_types)}")
+        if self._type_rule is None:
+            raise IRError(f"op {self.name!r} has no type rule")
+        try:
+            res = self._type_rule(*in_types, **attrs)
+        except IRError:
+            raise
+        except (TypeError, ValueError, IndexError) as e:
+            types = ", ".join(map(str, in_types))
+            raise IRError(f"op {self.name!r} cannot take ({types}): {e}") from None
+        return list(res) if isinstance(res, (tuple, list)) else [res]
+
+    def run(self, arrays: list[np.ndarray], attrs: dict) -> list[np.ndarray]:
+        res = self.kernel(*arrays, **attrs)
+        return list(res) if isinstance(res, (tuple, list)) else [res]
+
+    def cost(self, in_types, out_types, attrs) -> Cost:
+        return self.cost_fn(list(in_types), list(out_types), attrs)
+
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+def register_op(name: str, *, attrs: dict[str, Attr] | None = None,
+                num_inputs: int | None = -1, cost: CostFn = default_cost,
+                differentiable: bool = True, nondiff_reason: str = "",
+                has_subgraph: bool = False):
+    """Decorator: register ``fn`` as the reference kernel of a new op.
+
+    ``num_inputs=-1`` (default) takes the arity from the kernel's positional
+    parameters; ``None`` makes the op variadic.
+    """
+    if not differentiable and not nondiff_reason:
+        raise ValueError(f"op {name!r}: a non-differentiable op must say why")
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"op {name!r} registered twice")
+        n = num_inputs
+        if n == -1:
+            import inspect
+            params = inspect.signature(fn).parameters.values()
+            if any(p.kind == p.VAR_POSITIONAL for p in params):
+                n = None
+            else:
+                n = sum(1 for p in params if p.kind == p.POSITIONAL_OR_KEYWORD)
+        op = OpDef(name, fn, dict(attrs or {}), n, cost, differentiable, nondiff_reason,
+                   has_subgraph, (fn.__doc__ or "").strip())
+        _REGISTRY[name] = op
+        return op
+    return deco
+
+
+def get_op(name: str) -> OpDef:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise IRError(f"unknown op {name!r}") from None
+
+
+def all_ops() -> dict[str, OpDef]:
+    return dict(_REGISTRY)
+
+
+# ---------------------------------------------------------------- attribute checks
+def a_int(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError("expected an int")
+    return int(v)
+
+
+def a_float(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError("expected a number")
+    return float(v)
+
+
+def a_bool(v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError("expected a bool")
+    return bool(v)
+
+
+def a_str(v) -> str:
+    if not isinstance(v, str):
+        raise TypeError("expected a string")
+    return v
+
+
+def a_ints(v) -> tuple[int, ...]:
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return (int(v),)
+    return tuple(a_int(x) for x in v)
+
+
+def a_optional(check):
+    def f(v):
+        return None if v is None else check(v)
+    return f
+
+
+def a_choice(*choices):
+    def f(v):
+        if v not in choices:
+            raise ValueError(f"expected one of {choices}")
+        return v
+    return f
+
+
+def a_dtype(v) -> str:
+    from .types import canonical_dtype
+    return canonical_dtype(v)
+
+
+def a_any(v):
+    """Any printable value: numbers, strings, bools, None and nested tuples of them."""
+    if isinstance(v, (list, tuple)):
+        return tuple(a_any(x) for x in v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"unprintable attribute value of type {type(v).__name__}")
+
+
+def a_array(v) -> np.ndarray:
+    arr = np.array(v)
+    arr.setflags(write=False)
+    return arr
+
+
+def a_graph(v):
+    from .ir import Graph
+    if not isinstance(v, Graph):
+        raise TypeError("expected a Graph")
+    return v
