@@ -34,6 +34,7 @@ class CompiledFunction:
         self.params = params                # graph parameter name -> Parameter
         self.structure = structure
         self.executable = executable
+        self.n_user_outputs = len(graph.outputs) - len(graph.donations)
 
     def __call__(self, *inputs):
         n = len(self.graph.inputs)
@@ -42,7 +43,8 @@ class CompiledFunction:
             raise TypeError(f"{self.graph.name}() takes {n} inputs ({names}), got {len(inputs)}")
         args = list(inputs) + [self.params[p.name].data for p in self.graph.params]
         outs = self.executable(*args)
-        return unflatten(self.structure, outs)
+        # outputs past the user's are state updates, already written into the buffers
+        return unflatten(self.structure, outs[:self.n_user_outputs])
 
     @property
     def weights(self) -> dict[str, np.ndarray]:

@@ -56,6 +56,14 @@ class Tracer:
         self.param_names = dict(param_names or {})
         self.param_values: dict[int, Value] = {}
         self.params: dict[str, Any] = {}
+        # parameter name -> new value: state a traced model updates (batch norm's running
+        # statistics in training mode). compile() adds them as outputs donated to the buffers.
+        self.state_updates: dict[str, Value] = {}
+
+    def update_state(self, p, new: "Tensor") -> None:
+        """Record that buffer ``p`` (a Parameter) takes the value ``new`` after this run."""
+        name = self.param_value(p).name
+        self.state_updates[name] = new.value
 
     def emit(self, op: str, *inputs: "Tensor", **attrs):
         values = [t.value for t in inputs]
@@ -154,6 +162,7 @@ def trace_with(fn: Callable, specs, name: str | None = None,
     finally:
         _CURRENT.reset(token)
     leaves, structure = flatten(result)
+    # a graph's user-visible outputs come first; state updates (donated) follow them
     outs = []
     for leaf in leaves:
         if not isinstance(leaf, Tensor):
@@ -162,6 +171,10 @@ def trace_with(fn: Callable, specs, name: str | None = None,
         if leaf.tracer is not tracer:
             raise ValueError("traced function returned a tensor from another trace")
         outs.append(leaf.value)
+    for pname, new in tracer.state_updates.items():
+        tracer.graph.donations[len(outs)] = len(tracer.graph.inputs) + [
+            p.name for p in tracer.graph.params].index(pname)
+        outs.append(new)
     tracer.graph.set_outputs(outs)
     verify(tracer.graph)
     return tracer.graph, tracer, structure
