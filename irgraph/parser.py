@@ -24,27 +24,45 @@ _TOKEN = re.compile(r"""
 
 
 class ParseError(IRError):
-    pass
+    """Malformed IR text; the message starts with ``line L, column C:``."""
+
+
+def _show(kind: str, val: str) -> str:
+    return "the end of the text" if kind == "eof" else repr(val)
+
+
+class _Pos(int):
+    """A token's line (an int, so ``tok[2]`` reads as the line) that also knows its column."""
+    col: int
+
+    def __new__(cls, line: int, col: int):
+        obj = super().__new__(cls, line)
+        obj.col = col
+        return obj
+
+    def __str__(self) -> str:
+        return f"{int(self)}, column {self.col}"
 
 
 class _Tokens:
     def __init__(self, text: str):
-        self.toks: list[tuple[str, str, int]] = []
-        line, pos = 1, 0
+        self.toks: list[tuple[str, str, _Pos]] = []
+        line, pos, line_start = 1, 0, 0
         while pos < len(text):
             m = _TOKEN.match(text, pos)
+            at = _Pos(line, pos - line_start + 1)
             if not m:
-                raise ParseError(f"line {line}: unexpected character {text[pos]!r}")
+                raise ParseError(f"line {at}: unexpected character {text[pos]!r}")
             kind = m.lastgroup
             if kind == "nl":
-                line += 1
-                self.toks.append(("nl", "\n", line - 1))
+                self.toks.append(("nl", "\n", at))
+                line, line_start = line + 1, m.end()
             elif kind == "comment":
-                self.toks.append(("comment", m.group()[1:].strip(), line))
+                self.toks.append(("comment", m.group()[1:].strip(), at))
             elif kind != "ws":
-                self.toks.append((kind, m.group(), line))
+                self.toks.append((kind, m.group(), at))
             pos = m.end()
-        self.toks.append(("eof", "", line))
+        self.toks.append(("eof", "", _Pos(line, pos - line_start + 1)))
         self.i = 0
 
     def peek(self, skip_nl=True):
@@ -63,8 +81,15 @@ class _Tokens:
     def expect(self, text: str):
         kind, val, line = self.next()
         if val != text:
-            raise ParseError(f"line {line}: expected {text!r}, found {val!r}")
+            raise ParseError(f"line {line}: expected {text!r}, found {_show(kind, val)}")
         return val
+
+    def integer(self) -> int:
+        kind, val, line = self.next()
+        if kind != "number" or not val.lstrip("-").isdigit():
+            raise ParseError(f"line {line}: expected an integer, found {_show(kind, val)}")
+        return int(val)
+
 
     def accept(self, text: str) -> bool:
         if self.peek()[1] == text:
@@ -91,8 +116,12 @@ def _parse_type(toks: _Tokens) -> TensorType:
     toks.expect("[")
     dims = []
     while not toks.accept("]"):
-        dims.append(int(toks.next()[1]))
-        toks.accept(",")
+        dims.append(toks.integer())
+        if dims[-1] < 0:
+            raise ParseError(f"line {line}: negative dimension in type {val}{dims}")
+        if not toks.accept(","):
+            toks.expect("]")
+            break
     return TensorType(tuple(dims), SHORT_TO_DTYPE[val])
 
 
@@ -111,13 +140,22 @@ def _parse_decls(toks: _Tokens) -> list[tuple[str, TensorType]]:
 
 def _parse_graph(toks: _Tokens) -> Graph:
     toks.expect("graph")
-    g = Graph(toks.next()[1])
+    kind, name, line = toks.next()
+    if kind not in ("name", "number"):
+        raise ParseError(f"line {line}: expected the graph's name, found {_show(kind, name)}")
+    g = Graph(name)
     env: dict[str, Value] = {}
-    for name, t in _parse_decls(toks):
-        env[name] = g.add_input(name, t)
-    if toks.accept("params"):
+    decl_line = toks.peek()[2]
+    try:
         for name, t in _parse_decls(toks):
-            env[name] = g.add_param(name, t)
+            env[name] = g.add_input(name, t)
+        if toks.accept("params"):
+            for name, t in _parse_decls(toks):
+                env[name] = g.add_param(name, t)
+    except ParseError:
+        raise
+    except IRError as e:
+        raise ParseError(f"line {decl_line}: {e}") from None
     toks.expect("{")
     while True:
         kind, val, line = toks.peek()
@@ -135,17 +173,21 @@ def _parse_graph(toks: _Tokens) -> Graph:
             toks.next()
             toks.expect("(")
             while not toks.accept(")"):
-                o = int(toks.next()[1])
+                o = toks.integer()
                 toks.expect("->")
-                g.donations[o] = int(toks.next()[1])
+                g.donations[o] = toks.integer()
                 toks.accept(",")
             continue
+        if kind == "eof":
+            raise ParseError(f"line {line}: the graph ends without 'return' and '}}'")
         _parse_node(toks, g, env)
 
 
 def _lookup(env, tok) -> Value:
     kind, val, line = tok
-    if kind != "value" or val[1:] not in env:
+    if kind != "value":
+        raise ParseError(f"line {line}: expected %name, found {_show(kind, val)}")
+    if val[1:] not in env:
         raise ParseError(f"line {line}: use of undefined value {val}")
     return env[val[1:]]
 
@@ -162,8 +204,9 @@ def _parse_node(toks: _Tokens, g: Graph, env: dict[str, Value]) -> None:
         if not toks.accept(","):
             break
     toks.expect("=")
-    op_line = toks.peek()[2]
-    op = toks.next()[1]
+    kind, op, op_line = toks.next()
+    if kind != "name":
+        raise ParseError(f"line {op_line}: expected an op name, found {_show(kind, op)}")
     toks.expect("(")
     args = []
     while not toks.accept(")"):
@@ -173,7 +216,10 @@ def _parse_node(toks: _Tokens, g: Graph, env: dict[str, Value]) -> None:
     if toks.peek(skip_nl=False)[1] == "{":
         toks.next()
         while not toks.accept("}"):
-            key = toks.next()[1]
+            kind, key, line = toks.next()
+            if kind != "name":
+                raise ParseError(f"line {line}: expected an attribute name, found "
+                                 f"{_show(kind, key)}")
             toks.expect("=")
             attrs[key] = _parse_attr(toks)
             toks.accept(",")
@@ -198,6 +244,8 @@ def _parse_attr(toks: _Tokens):
         t = _parse_type(toks)
         toks.expect(">")
         flat = _parse_attr(toks)
+        if not isinstance(flat, tuple) or len(flat) != t.size:
+            raise ParseError(f"line {line}: array<{t}> needs a list of {t.size} numbers")
         arr = np.array(flat, dtype=t.np_dtype).reshape(t.shape)
         arr.setflags(write=False)
         return arr
@@ -219,4 +267,4 @@ def _parse_attr(toks: _Tokens):
         return val == "true"
     if val == "none":
         return None
-    raise ParseError(f"line {line}: bad attribute value {val!r}")
+    raise ParseError(f"line {line}: bad attribute value {_show(kind, val)}")

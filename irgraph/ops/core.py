@@ -31,6 +31,8 @@ def full(*, shape, value, dtype):
 
 @full.type_rule
 def _(*, shape, value, dtype):
+    if dtype not in ("float32", "float64") and not np.isfinite(value):
+        raise ValueError(f"{value} cannot be stored as {dtype}")
     return TensorType(shape, dtype)
 
 
@@ -62,16 +64,22 @@ def _float_only(x):
     return x
 
 
+def _numeric(x):
+    if x.dtype == "bool":
+        raise ValueError(f"needs a numeric tensor, got {x} (cast it first)")
+    return x
+
+
 def _unary(name, fn, flops=1, float_only=True, **kw):
     op = register_op(name, cost=elementwise_cost(flops), num_inputs=1, **kw)(fn)
-    op.type_rule(_float_only if float_only else _same)
+    op.type_rule(_float_only if float_only else _numeric)
     return op
 
 
 def _sigmoid(x):
-    # stable in both tails
-    with np.errstate(over="ignore"):
-        return np.where(x >= 0, 1 / (1 + np.exp(-x)), np.exp(x) / (1 + np.exp(x))).astype(x.dtype)
+    """Stable in both tails: only exp(-|x|) <= 1 is ever computed."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
 
 
 def _rsqrt(x):
@@ -136,7 +144,11 @@ def _compare_rule(x, y):
     return _binary_rule(x, y).with_dtype("bool")
 
 
-def _binary(name, fn, rule=_binary_rule, **kw):
+def _arith_rule(x, y):
+    return _numeric(_binary_rule(x, y))
+
+
+def _binary(name, fn, rule=_arith_rule, **kw):
     op = register_op(name, cost=elementwise_cost(1), num_inputs=2, **kw)(fn)
     op.type_rule(rule)
     return op
@@ -160,8 +172,8 @@ _binary("sub", np.subtract)
 _binary("mul", np.multiply)
 _binary("div", _div)
 _binary("pow", _pow)
-_binary("maximum", np.maximum)
-_binary("minimum", np.minimum)
+_binary("maximum", np.maximum, _binary_rule)
+_binary("minimum", np.minimum, _binary_rule)
 _NONDIFF = dict(differentiable=False, nondiff_reason="boolean result")
 _binary("eq", np.equal, _compare_rule, **_NONDIFF)
 _binary("ne", np.not_equal, _compare_rule, **_NONDIFF)
@@ -215,6 +227,10 @@ def _reduce(name, fn, **kw):
 
     def rule(x, *, axis, keepdims):
         axes = normalize_axes(axis, x.rank)
+        if name == "sum":
+            _numeric(x)
+        if name == "mean":
+            _float_only(x)
         if name in ("max", "min"):
             for a in axes:
                 if x.shape[a] == 0:
@@ -234,7 +250,11 @@ def _mean(x, axis, keepdims):
             np.full(reduced_shape(x.shape, axis, keepdims), np.nan, x.dtype))
 
 
-_reduce("sum", np.sum)
+def _sum(x, axis, keepdims):
+    return np.sum(x, axis=axis, keepdims=keepdims, dtype=x.dtype)  # ints keep their dtype
+
+
+_reduce("sum", _sum)
 _reduce("mean", _mean)
 _reduce("max", np.max)
 _reduce("min", np.min)
@@ -250,6 +270,8 @@ def argmax(x, *, axis, keepdims):
 @argmax.type_rule
 def _(x, *, axis, keepdims):
     (a,) = normalize_axes((axis,), x.rank)
+    if x.rank and x.shape[a] == 0:
+        raise ValueError(f"argmax over an empty axis {a}")
     return TensorType(reduced_shape(x.shape, (a,), keepdims), "int64")
 
 
@@ -364,24 +386,35 @@ def _(x, *, starts, stops, steps):
     return x.with_shape(slice_shape(x.shape, starts, stops, steps))
 
 
+_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
 @register_op("pad", attrs={"pads": Attr(a_ints), "value": Attr(a_float, 0.0),
-                           "mode": Attr(a_choice("constant", "reflect", "replicate"), "constant")},
+                           "mode": Attr(a_choice("constant", *_PAD_MODES), "constant")},
              **_MOVE)
 def pad(x, *, pads, value, mode):
-    """``pads`` = (before_0, after_0, before_1, after_1, ...), one pair per axis, >= 0."""
+    """``pads`` = (before_0, after_0, before_1, after_1, ...), one pair per axis, >= 0.
+
+    Modes as PyTorch's F.pad: ``reflect`` mirrors without repeating the edge, ``replicate``
+    repeats the edge, ``circular`` wraps around.
+    """
     widths = [(pads[2 * i], pads[2 * i + 1]) for i in range(x.ndim)]
     if mode == "constant":
         return np.pad(x, widths, constant_values=x.dtype.type(value))
-    return np.pad(x, widths, mode={"reflect": "reflect", "replicate": "edge"}[mode])
+    return np.pad(x, widths, mode=_PAD_MODES[mode])
 
 
 @pad.type_rule
 def _(x, *, pads, value, mode):
     if len(pads) != 2 * x.rank or any(p < 0 for p in pads):
         raise ValueError(f"pad of {x} needs {2 * x.rank} non-negative widths, got {list(pads)}")
-    if mode == "reflect" and any(pads[2 * i] >= d or pads[2 * i + 1] >= d
-                                 for i, d in enumerate(x.shape) if pads[2 * i] or pads[2 * i + 1]):
-        raise ValueError("reflect padding must be smaller than the dimension")
+    for i, d in enumerate(x.shape):
+        widest = max(pads[2 * i], pads[2 * i + 1])
+        if mode == "reflect" and widest and widest >= d:
+            raise ValueError(f"reflect padding {widest} of axis {i} must be < its size {d}")
+        if mode in ("replicate", "circular") and widest and (d == 0 or (
+                mode == "circular" and widest > d)):
+            raise ValueError(f"{mode} padding {widest} of axis {i} does not fit its size {d}")
     return x.with_shape(tuple(d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(x.shape)))
 
 
