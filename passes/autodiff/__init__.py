@@ -2,9 +2,9 @@
 
 Rule tables live beside this package's modules and register themselves on import.
 """
-from .core import (VJP_RULES, Emitter, build_vjp, grad, resolve, value_and_grad, vjp,
-                   vjp_rule)
+from .core import (VJP_RULES, Emitter, backprop, build_vjp, grad, prune, resolve,
+                   value_and_grad, vjp, vjp_rule)
 from . import rules  # noqa: F401  (registers the VJP rules of the core ops)
 
-__all__ = ["VJP_RULES", "Emitter", "build_vjp", "grad", "resolve", "value_and_grad", "vjp",
-           "vjp_rule"]
+__all__ = ["VJP_RULES", "Emitter", "backprop", "build_vjp", "grad", "prune", "resolve",
+           "value_and_grad", "vjp", "vjp_rule"]

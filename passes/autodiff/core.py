@@ -92,14 +92,14 @@ def _is_float(v: Value) -> bool:
     return v.type.is_float
 
 
-def _active(graph: Graph, wrt: set[Value], outs: Sequence[Value]) -> set[Value]:
+def _active(nodes: Sequence[Node], wrt: set[Value], outs: Sequence[Value]) -> set[Value]:
     """Values that depend on ``wrt`` and that an output in ``outs`` depends on."""
     fwd = set(wrt)
-    for node in graph.nodes:
+    for node in nodes:
         if any(v in fwd for v in node.inputs):
             fwd.update(v for v in node.outputs if _is_float(v))
     bwd = set(outs)
-    for node in reversed(graph.nodes):
+    for node in reversed(nodes):
         if any(v in bwd for v in node.outputs):
             bwd.update(node.inputs)
     return fwd & bwd
@@ -126,16 +126,15 @@ def resolve(graph: Graph, names: Sequence[str | Value] | None) -> list[Value]:
     return out
 
 
-def build_vjp(graph: Graph, wrt: Sequence[Value], seeds: dict[int, Callable[[GraphRewriter, Emitter], Value]],
-              name: str) -> tuple[GraphRewriter, list[Value]]:
-    """Copy ``graph`` and add its reverse pass. ``seeds`` maps an output index to a function
-    that emits that output's cotangent from (rewriter, emitter). Returns the rewriter and the gradient of each ``wrt``."""
-    rw = GraphRewriter(graph, name)
-    for node in graph.nodes:
-        rw.copy_node(node)
-    e = Emitter(rw.dst)
-    outs = [graph.outputs[i] for i in seeds]
-    active = _active(graph, set(wrt), outs)
+def backprop(graph: Graph, wrt: Sequence[Value], seeds: dict[Value, Value]) -> list[Value]:
+    """Append to ``graph`` the reverse pass from ``seeds`` (value -> its cotangent, both values
+    of ``graph``); return the cotangent of each of ``wrt`` (zeros where it has none).
+
+    The walk covers the nodes present when called, so it can run again on a graph that already
+    holds a reverse pass (higher derivatives, one Hessian row per call)."""
+    nodes = list(graph.nodes)
+    e = Emitter(graph)
+    active = _active(nodes, set(wrt), list(seeds))
     ct: dict[Value, Value] = {}
 
     def accumulate(v: Value, c: Value) -> None:
@@ -143,25 +142,21 @@ def build_vjp(graph: Graph, wrt: Sequence[Value], seeds: dict[int, Callable[[Gra
             raise IRError(f"VJP rule gave a cotangent {c.type} for %{v.name}: {v.type}")
         ct[v] = c if v not in ct else e("add", ct[v], c)
 
-    for i, seed in seeds.items():
-        v = graph.outputs[i]
+    for v, c in seeds.items():
         if v in active:
-            accumulate(v, seed(rw, e))
-    for node in reversed(graph.nodes):
-        if not any(o in ct for o in node.outputs):
-            continue
-        if not any(x in active for x in node.inputs):
+            accumulate(v, c)
+    for node in reversed(nodes):
+        if not any(o in ct for o in node.outputs) or not any(x in active for x in node.inputs):
             continue
         rule = VJP_RULES.get(node.op)
         if rule is None:
-            opdef = get_op(node.op)
-            if not opdef.differentiable:
+            if not get_op(node.op).differentiable:
                 continue
             raise IRError(f"no VJP rule for op {node.op!r}, needed to differentiate "
                           f"{node!r}" + (f" (from {node.loc})" if node.loc else ""))
         e.loc = node.loc
-        gs = [ct[o] if o in ct else e.zeros_like(rw[o]) for o in node.outputs]
-        cts = rule(e, node, [rw[x] for x in node.inputs], [rw[o] for o in node.outputs], gs)
+        gs = [ct[o] if o in ct else e.zeros_like(o) for o in node.outputs]
+        cts = rule(e, node, list(node.inputs), list(node.outputs), gs)
         if len(cts) != len(node.inputs):
             raise IRError(f"VJP rule of {node.op!r} gave {len(cts)} cotangents for "
                           f"{len(node.inputs)} inputs")
@@ -169,8 +164,41 @@ def build_vjp(graph: Graph, wrt: Sequence[Value], seeds: dict[int, Callable[[Gra
             if c is not None and x in active:
                 accumulate(x, c)
     e.loc = None
-    grads = [ct[w] if w in ct else e.zeros_like(rw[w]) for w in wrt]
-    return rw, grads
+    return [ct[w] if w in ct else e.zeros_like(w) for w in wrt]
+
+
+def build_vjp(graph: Graph, wrt: Sequence[Value],
+              seeds: dict[int, Callable[[GraphRewriter, Emitter], Value]],
+              name: str) -> tuple[GraphRewriter, list[Value]]:
+    """Copy ``graph`` and add its reverse pass. ``seeds`` maps an output index to a function
+    that emits that output's cotangent from (rewriter, emitter). Returns the rewriter and the
+    gradient of each ``wrt`` (values of the new graph)."""
+    rw = GraphRewriter(graph, name)
+    for node in graph.nodes:
+        rw.copy_node(node)
+    e = Emitter(rw.dst)
+    new_seeds: dict[Value, Value] = {}
+    for i, seed in seeds.items():
+        v, c = rw[graph.outputs[i]], seed(rw, e)
+        new_seeds[v] = e("add", new_seeds[v], c) if v in new_seeds else c
+    return rw, backprop(rw.dst, [rw[w] for w in wrt], new_seeds)
+
+
+def prune(graph: Graph) -> Graph:
+    """A copy of ``graph`` without the nodes no output depends on (forward values the gradient
+    does not need, cotangents of inactive branches)."""
+    live = set(graph.outputs)
+    keep = []
+    for node in reversed(graph.nodes):
+        if any(o in live for o in node.outputs):
+            keep.append(node)
+            live.update(node.inputs)
+    if len(keep) == len(graph.nodes):
+        return graph
+    rw = GraphRewriter(graph)
+    for node in reversed(keep):
+        rw.copy_node(node)
+    return rw.finish()
 
 
 def _scalar_seed(graph: Graph, of: int):
@@ -186,14 +214,14 @@ def value_and_grad(graph: Graph, wrt: Sequence[str | Value] | None = None, of: i
     the gradient of output ``of`` (a scalar) with respect to each of ``wrt``."""
     wrt_vals = resolve(graph, wrt)
     rw, grads = build_vjp(graph, wrt_vals, {of: _scalar_seed(graph, of)}, graph.name + "_vg")
-    return verify(rw.finish([rw[v] for v in graph.outputs] + grads))
+    return verify(prune(rw.finish([rw[v] for v in graph.outputs] + grads)))
 
 
 def grad(graph: Graph, wrt: Sequence[str | Value] | None = None, of: int = 0) -> Graph:
     """A graph with the same arguments whose outputs are the gradients of output ``of``."""
     wrt_vals = resolve(graph, wrt)
     rw, grads = build_vjp(graph, wrt_vals, {of: _scalar_seed(graph, of)}, graph.name + "_grad")
-    return verify(rw.finish(grads))
+    return verify(prune(rw.finish(grads)))
 
 
 def vjp(graph: Graph, wrt: Sequence[str | Value] | None = None,
@@ -210,4 +238,4 @@ def vjp(graph: Graph, wrt: Sequence[str | Value] | None = None,
              for i, ctv in zip(of, src.inputs[n_inputs:])}
     wrt_vals = resolve(src, [w.name for w in resolve(graph, wrt)])
     rw, grads = build_vjp(src, wrt_vals, seeds, graph.name + "_vjp")
-    return verify(rw.finish([rw[v] for v in src.outputs] + grads))
+    return verify(prune(rw.finish([rw[v] for v in src.outputs] + grads)))
