@@ -126,13 +126,14 @@ def resolve(graph: Graph, names: Sequence[str | Value] | None) -> list[Value]:
     return out
 
 
-def backprop(graph: Graph, wrt: Sequence[Value], seeds: dict[Value, Value]) -> list[Value]:
+def backprop(graph: Graph, wrt: Sequence[Value], seeds: dict[Value, Value],
+             upto: int | None = None) -> list[Value]:
     """Append to ``graph`` the reverse pass from ``seeds`` (value -> its cotangent, both values
     of ``graph``); return the cotangent of each of ``wrt`` (zeros where it has none).
 
-    The walk covers the nodes present when called, so it can run again on a graph that already
-    holds a reverse pass (higher derivatives, one Hessian row per call)."""
-    nodes = list(graph.nodes)
+    The walk covers the first ``upto`` nodes (default: all present when called), so it can run
+    again on a graph that already holds reverse passes (higher derivatives, Hessian rows)."""
+    nodes = list(graph.nodes[:upto])
     e = Emitter(graph)
     active = _active(nodes, set(wrt), list(seeds))
     ct: dict[Value, Value] = {}
