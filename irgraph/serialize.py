@@ -21,11 +21,13 @@ def save(path: str | os.PathLike, graph: Graph, weights: dict[str, np.ndarray] |
     extra = set(weights) - names
     if extra:
         raise ValueError(f"weights {sorted(extra)} are not parameters of graph {graph.name!r}")
+    weights = {k: np.asarray(v) for k, v in weights.items()}
+    _check_weights(graph, weights, "save")
     with open(os.path.join(path, "graph.ir"), "w") as f:
         f.write(str(graph) + "\n")
     with open(os.path.join(path, "manifest.json"), "w") as f:
         json.dump({"format": FORMAT, "graph": "graph.ir", "weights": sorted(weights)}, f, indent=1)
-    np.savez(os.path.join(path, "weights.npz"), **{k: np.asarray(v) for k, v in weights.items()})
+    np.savez(os.path.join(path, "weights.npz"), allow_pickle=False, **weights)
 
 
 def load(path: str | os.PathLike) -> tuple[Graph, dict[str, np.ndarray]]:
@@ -41,8 +43,20 @@ def load(path: str | os.PathLike) -> tuple[Graph, dict[str, np.ndarray]]:
             weights = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError) as e:
         raise ValueError(f"{path}: cannot read weights.npz: {e}") from None
-    for p in graph.params:
-        if p.name in weights and weights[p.name].shape != p.type.shape:
-            raise ValueError(f"{path}: weight {p.name!r} has shape {weights[p.name].shape}, "
-                             f"the graph declares {p.type}")
+    extra = set(weights) - {p.name for p in graph.params}
+    if extra:
+        raise ValueError(f"{path}: weights {sorted(extra)} are not parameters of graph "
+                         f"{graph.name!r}")
+    _check_weights(graph, weights, str(path))
     return graph, weights
+
+
+def _check_weights(graph: Graph, weights: dict[str, np.ndarray], where: str) -> None:
+    """Each weight must have its parameter's exact shape and dtype (no object arrays)."""
+    for p in graph.params:
+        if p.name not in weights:
+            continue
+        w = weights[p.name]
+        if w.shape != p.type.shape or w.dtype != p.type.np_dtype:
+            raise ValueError(f"{where}: weight {p.name!r} is {w.dtype}{list(w.shape)}, "
+                             f"the graph declares {p.type}")
