@@ -1,0 +1,138 @@
+"""``frontend.compile_train``: a whole training step compiled as one graph.
+
+    opt = optim.Adam(lr=1e-3)
+    step = compile_train(model, nn.CrossEntropyLoss(), opt, TensorSpec((32, 10)),
+                         TensorSpec((32,), "int64"))
+    for x, y in batches:
+        loss = step(x, y)          # the model's parameters and opt.state change in place
+        opt.lr = ...               # a new value is a new runtime input: no recompilation
+
+The model is traced in its current mode (``model.train()`` / ``model.eval()``): batch norm's
+mode is part of what is compiled, and in training mode its running statistics are outputs of
+the step written back into the model's buffers.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+import backends
+from passes.train import TrainStep, training_step
+
+from .compiler import _param_names, run_pipeline
+from .nn import Module, Parameter
+from .optim import Optimizer
+from .tracing import TensorSpec, trace_with
+
+
+class TrainStepFunction:
+    """A compiled training step: ``step(*batch) -> loss`` (a float)."""
+
+    def __init__(self, layout: TrainStep, graph, executable, optimizer: Optimizer,
+                 params: dict[str, Parameter]):
+        self.layout = layout            # the step graph as built, and where things sit
+        self.graph = graph              # what the backend compiled (after the pipeline)
+        self.executable = executable
+        self.optimizer = optimizer
+        self.params = params            # graph parameter name -> Parameter (weights, buffers)
+        self._hdtype = [v.type.np_dtype for v in graph.inputs[len(layout.batch):]]
+
+    def __call__(self, *batch) -> float:
+        lay = self.layout
+        if len(batch) != len(lay.batch):
+            raise TypeError(f"the training step takes {len(lay.batch)} batch input(s) "
+                            f"({', '.join(lay.batch)}), got {len(batch)}")
+        hyper = self.optimizer.hyperparameters()
+        hargs = [np.asarray(hyper[h], dt) for h, dt in zip(lay.hyperparameters, self._hdtype)]
+        targets = self._targets()
+        outs = self.executable(*batch, *hargs, *[t[0][t[1]] for t in targets])
+        # donated outputs are already in the argument buffers when those were writable;
+        # otherwise (a read-only or replaced array) the new array takes the old one's place
+        for o, a in self.graph.donations.items():
+            owner, key = targets[a - len(lay.batch) - len(hargs)]
+            if owner[key] is not outs[o]:
+                owner[key] = outs[o]
+        self.optimizer.step_count += 1
+        return float(outs[0])
+
+    def _targets(self) -> list[tuple[Any, str]]:
+        """(container, key) of each graph parameter's array: a Parameter's ``data`` or a slot
+        of the optimizer's state dict (read afresh each step: the user may replace arrays)."""
+        out: list[tuple[Any, str]] = [(self.params[n].__dict__, "data") for n in self.layout.params]
+        for pn, slots in self.layout.state.items():
+            for slot in slots:
+                out.append((self.optimizer.state[pn], slot))
+        return out
+
+    def source(self) -> str:
+        return self.executable.source()
+
+
+def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer: Optimizer,
+                  *specs: TensorSpec, backend: str = "reference", pipeline=None,
+                  n_model_inputs: int | None = None, name: str | None = None,
+                  **options) -> TrainStepFunction:
+    """Compile forward + loss + gradients + optimizer update into one step.
+
+    The batch is ``specs``: the first ``n_model_inputs`` (default: all but the last) go to
+    ``model``, the rest to ``loss_fn(model_output, *rest)``; with ``loss_fn=None`` the model
+    itself returns the loss. Second-order optimizers (``optimizer.host_side``) get a step
+    that drives compiled loss/gradient/Hessian-vector graphs from the host.
+    """
+    if not isinstance(optimizer, Optimizer) and not getattr(optimizer, "host_side", False):
+        raise TypeError(f"optimizer must be a frontend.optim optimizer, got "
+                        f"{type(optimizer).__name__}")
+    n_in = _n_model_inputs(loss_fn, specs, n_model_inputs)
+    fn = _loss_function(model, loss_fn, n_in)
+    graph, tracer, _ = trace_with(fn, specs, name or f"{type(model).__name__}_loss",
+                                  _param_names(model))
+    trainable = _trainable(tracer.params, optimizer)
+    if getattr(optimizer, "host_side", False):
+        from .second_order import compile_host_step
+        return compile_host_step(graph, tracer.params, trainable, optimizer, backend, **options)
+    layout = training_step(graph, trainable, optimizer.spec())
+    compiled = run_pipeline(layout.graph, pipeline, "training")
+    _check_same_interface(layout.graph, compiled)
+    exe = backends.compile(compiled, backend, **options)
+    optimizer.bind({n: tracer.params[n] for n in trainable})
+    return TrainStepFunction(layout, compiled, exe, optimizer, dict(tracer.params))
+
+
+def _n_model_inputs(loss_fn, specs, n) -> int:
+    if n is None:
+        n = len(specs) if loss_fn is None else len(specs) - 1
+    if not 0 <= n <= len(specs) or (loss_fn is not None and n == 0 and not specs):
+        raise ValueError(f"n_model_inputs={n} does not fit {len(specs)} batch spec(s)")
+    return n
+
+
+def _loss_function(model, loss_fn, n_in: int) -> Callable:
+    def loss(*batch):
+        out = model(*batch[:n_in])
+        value = out if loss_fn is None else loss_fn(out, *batch[n_in:])
+        if not hasattr(value, "value") or value.shape != ():
+            shape = getattr(value, "shape", type(value).__name__)
+            raise ValueError(f"the loss must be a scalar tensor; got {shape} (reduce it, e.g. "
+                             f"with .mean())")
+        return value
+    return loss
+
+
+def _trainable(params: dict[str, Parameter], optimizer) -> list[str]:
+    chosen = None if optimizer.params is None else {id(p) for p in optimizer.params}
+    names = [n for n, p in params.items() if p.requires_grad and
+             (chosen is None or id(p) in chosen) and np.issubdtype(p.data.dtype, np.floating)]
+    if not names:
+        raise ValueError("no trainable parameter of the model is used by the loss (or given "
+                         "to the optimizer)")
+    return names
+
+
+def _check_same_interface(before, after) -> None:
+    """The pipeline must keep the step's arguments and donations (in-place updates)."""
+    sig = [(v.name, str(v.type)) for v in before.arguments]
+    if [(v.name, str(v.type)) for v in after.arguments] != sig or \
+            after.donations != before.donations:
+        raise RuntimeError("the pass pipeline changed the training step's arguments or "
+                           "donations; the step cannot update parameters in place")

@@ -1,0 +1,252 @@
+"""The training step as ONE graph: forward + loss + gradients + optimizer update.
+
+``training_step(loss_graph, trainable, spec)`` turns a loss graph (inputs: the batch;
+parameters: the model's weights and buffers; output 0: the scalar loss; donated outputs: the
+buffers' new values, e.g. batch norm's running statistics) into::
+
+    graph step(%x: f32[8,3], %y: i64[8], %lr: f32[], %momentum: f32[], %weight_decay: f32[])
+        params(%w: f32[3,2], %opt.momentum_buffer.w: f32[3,2]) {
+      ...forward and loss...                    # at the interim point for Nesterov (alg. 8.3)
+      ...gradients (reverse mode)...
+      %g2 = add(%g, mul(%weight_decay, %w))     # PyTorch's L2 weight decay
+      %w2, %v2 = momentum_update(%w, %g2, %opt.momentum_buffer.w, %lr, %momentum)
+      return %loss, %w2, %v2
+      donate(1 -> 5, 2 -> 6)
+    }
+
+Hyperparameters are rank-0 graph inputs (changing one never recompiles); parameters and
+optimizer state are graph parameters, and every new value is an output donated to its
+argument's buffer, so an executable updates them in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from irgraph import Graph, IRError, TensorType, Value, verify
+
+from .autodiff import value_and_grad
+
+# optimizer kind -> (update op, state slots in the op's input order, scalar inputs in order)
+# State slots use torch.optim's names.
+UPDATE_RULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "sgd": ("sgd_update", (), ("lr",)),
+    "momentum": ("momentum_update", ("momentum_buffer",), ("lr", "momentum")),
+    "adagrad": ("adagrad_update", ("sum",), ("lr", "eps")),
+    "rmsprop": ("rmsprop_update", ("square_avg",), ("lr", "alpha", "eps")),
+    "rmsprop_momentum": ("rmsprop_momentum_update", ("square_avg", "momentum_buffer"),
+                         ("lr", "alpha", "eps", "momentum")),
+    "adam": ("adam_update", ("exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "eps", "t")),
+}
+# kinds whose update op has a `convention` attribute
+_HAS_CONVENTION = {"momentum", "rmsprop", "rmsprop_momentum", "adam"}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What is compiled into a training step (the structure, never hyperparameter values).
+
+    ``interim``: take the gradient at p + momentum * v (the text's Nesterov, alg. 8.3/8.6).
+    ``decoupled_weight_decay``: AdamW's p <- p - lr wd p instead of the L2 term g + wd p.
+    ``clip_norm`` / ``clip_value``: clip the gradients (section 8.2.4) before the update.
+    ``polyak``: keep an exponential moving average of the parameters (eq. 8.39).
+    """
+    kind: str
+    convention: str = "text"
+    nesterov: bool = False
+    weight_decay: bool = True
+    decoupled_weight_decay: bool = False
+    clip_norm: bool = False
+    clip_norm_eps: float = 1e-6
+    clip_value: bool = False
+    polyak: bool = False
+
+    def __post_init__(self):
+        if self.kind not in UPDATE_RULES:
+            raise ValueError(f"unknown optimizer kind {self.kind!r}; one of {sorted(UPDATE_RULES)}")
+        if self.convention not in ("text", "torch"):
+            raise ValueError(f"convention must be 'text' or 'torch', got {self.convention!r}")
+        if self.nesterov and self.kind not in ("momentum", "rmsprop_momentum"):
+            raise ValueError(f"nesterov needs momentum; optimizer kind {self.kind!r} has none")
+        if self.nesterov and self.kind == "rmsprop_momentum" and self.convention == "torch":
+            raise ValueError("torch.optim.RMSprop has no Nesterov form; use convention='text' "
+                             "(alg. 8.6)")
+
+    @property
+    def interim(self) -> bool:
+        return self.nesterov and self.convention == "text"
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        return UPDATE_RULES[self.kind][1] + (("polyak_avg",) if self.polyak else ())
+
+    @property
+    def hyperparameters(self) -> tuple[str, ...]:
+        names = list(UPDATE_RULES[self.kind][2])
+        if self.weight_decay:
+            names.append("weight_decay")
+        if self.clip_value:
+            names.append("clip_value")
+        if self.clip_norm:
+            names.append("max_norm")
+        if self.polyak:
+            names.append("polyak_alpha")
+        return tuple(names)
+
+
+@dataclass
+class TrainStep:
+    """A training-step graph and where everything sits in its arguments and outputs."""
+    graph: Graph
+    batch: list[str]                       # graph inputs 0..len(batch)-1
+    hyperparameters: list[str]             # the next graph inputs (rank-0)
+    params: list[str]                      # every model parameter/buffer (graph params first)
+    trainable: list[str]
+    state: dict[str, dict[str, str]] = field(default_factory=dict)  # param -> slot -> arg name
+    buffer_updates: list[str] = field(default_factory=list)         # buffers the step updates
+
+
+class _Builder:
+    """Emits the step graph: one instance per call of ``training_step``."""
+
+    def __init__(self, src: Graph, spec: OptimizerSpec, name: str):
+        self.src, self.spec = src, spec
+        self.g = Graph(name)
+        self.env: dict[Value, Value] = {}
+        self.hyper: dict[str, Value] = {}
+        self._casts: dict[tuple[str, str], Value] = {}
+
+    def scalar(self, name: str, dtype: str) -> Value:
+        """Hyperparameter ``name`` in ``dtype`` (cast once from the inputs' dtype if needed)."""
+        v = self.hyper[name]
+        if v.dtype == dtype:
+            return v
+        key = (name, dtype)
+        if key not in self._casts:
+            self._casts[key] = self.g.op("cast", v, dtype=dtype)
+        return self._casts[key]
+
+    def inline(self, graph: Graph, args: Sequence[Value]) -> list[Value]:
+        """Copy ``graph``'s nodes with its arguments bound to ``args``; give its outputs."""
+        env = dict(zip(graph.arguments, args))
+        for node in graph.nodes:
+            outs = self.g.add_node(node.op, [env[v] for v in node.inputs], node.attrs, node.loc)
+            env.update(zip(node.outputs, outs))
+        return [env[v] for v in graph.outputs]
+
+
+def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSpec,
+                  name: str | None = None) -> TrainStep:
+    """Build the training-step graph of ``loss_graph`` (see the module docstring).
+
+    ``trainable`` names the parameters the optimizer updates; the other parameters are fixed
+    weights or buffers (a buffer whose new value the loss graph donates stays a donated
+    output). Optimizer-state parameters are named ``opt.<slot>.<param>``.
+    """
+    _check_loss_graph(loss_graph, trainable)
+    vg = value_and_grad(loss_graph, list(trainable), of=0)
+    b = _Builder(loss_graph, spec, name or f"{loss_graph.name}_train_step")
+    g = b.g
+    batch = [g.add_input(v.name, v.type) for v in loss_graph.inputs]
+    hdtype = _hyper_dtype(loss_graph, trainable)
+    for h in spec.hyperparameters:
+        b.hyper[h] = g.add_input(g.fresh_name(h), TensorType((), hdtype))
+    params = {p.name: g.add_param(p.name, p.type) for p in loss_graph.params}
+    state = {pn: {slot: g.add_param(g.fresh_name(f"opt.{slot}.{pn}"), params[pn].type)
+                  for slot in spec.slots} for pn in trainable}
+    # where the gradient is taken: theta, or the interim point theta + alpha v (alg. 8.3)
+    at = dict(params)
+    if spec.interim:
+        for pn in trainable:
+            p = params[pn]
+            mu = b.scalar("momentum", p.dtype)
+            at[pn] = g.op("add", p, g.op("mul", mu, state[pn]["momentum_buffer"]))
+    outs = b.inline(vg, batch + [at[p.name] for p in loss_graph.params])
+    n_src = len(loss_graph.outputs)
+    loss, src_outs, grads = outs[0], outs[:n_src], outs[n_src:]
+    grads = _clip(b, grads)
+    new_outputs: list[tuple[Value, Value]] = []     # (new value, argument it replaces)
+    for pn, grad in zip(trainable, grads):
+        new_outputs += _update(b, params[pn], at[pn], grad, state[pn])
+    buffer_updates = []
+    for o, a in sorted(loss_graph.donations.items()):
+        arg = loss_graph.arguments[a]
+        if arg in loss_graph.params:
+            buffer_updates.append(arg.name)
+            new_outputs.append((src_outs[o], params[arg.name]))
+    g.set_outputs([loss] + [v for v, _ in new_outputs])
+    args = g.arguments
+    g.donations = {i + 1: args.index(dst) for i, (_, dst) in enumerate(new_outputs)}
+    verify(g)
+    return TrainStep(g, [v.name for v in batch], list(spec.hyperparameters),
+                     list(params), list(trainable),
+                     {pn: {s: v.name for s, v in slots.items()} for pn, slots in state.items()},
+                     buffer_updates)
+
+
+def _check_loss_graph(graph: Graph, trainable: Sequence[str]) -> None:
+    if not graph.outputs or graph.outputs[0].type.shape != () or not graph.outputs[0].type.is_float:
+        got = graph.outputs[0].type if graph.outputs else "nothing"
+        raise IRError(f"a training step needs a loss graph whose output 0 is a float scalar; "
+                      f"graph {graph.name!r} returns {got}")
+    names = {p.name for p in graph.params}
+    for t in trainable:
+        if t not in names:
+            raise IRError(f"trainable parameter {t!r} is not a parameter of graph "
+                          f"{graph.name!r} (it has {sorted(names)})")
+    if len(set(trainable)) != len(trainable):
+        raise IRError(f"trainable parameters named twice: {list(trainable)}")
+    if not trainable:
+        raise IRError(f"graph {graph.name!r}: no trainable parameters to optimize")
+
+
+def _hyper_dtype(graph: Graph, trainable: Sequence[str]) -> str:
+    """Hyperparameter inputs take the dtype of the first trainable parameter."""
+    first = next(p for p in graph.params if p.name in trainable)
+    if not first.type.is_float:
+        raise IRError(f"trainable parameter %{first.name} is {first.type}, not a float tensor")
+    return first.dtype
+
+
+def _clip(b: _Builder, grads: list[Value]) -> list[Value]:
+    """Gradient clipping (section 8.2.4): by value, then by the global norm of all gradients."""
+    g, spec = b.g, b.spec
+    if spec.clip_value:
+        grads = [g.op("clip_by_value", x, b.scalar("clip_value", x.dtype)) for x in grads]
+    if spec.clip_norm:
+        dtypes = {x.dtype for x in grads}
+        if len(dtypes) > 1:
+            raise IRError(f"clipping by global norm needs one gradient dtype, got {dtypes}")
+        norm = g.op("global_norm", *grads)
+        max_norm = b.scalar("max_norm", norm.dtype)
+        grads = [g.op("clip_by_norm", x, norm, max_norm, eps=spec.clip_norm_eps)
+                 for x in grads]
+    return grads
+
+
+def _update(b: _Builder, p: Value, at: Value, grad: Value,
+            state: dict[str, Value]) -> list[tuple[Value, Value]]:
+    """Weight decay, the update op, Polyak averaging; (new value, old argument) pairs."""
+    g, spec = b.g, b.spec
+    op, slots, scalars = UPDATE_RULES[spec.kind]
+    dt = p.dtype
+    p_in = p
+    if spec.weight_decay:
+        wd = b.scalar("weight_decay", dt)
+        if spec.decoupled_weight_decay:   # AdamW: p <- p - lr wd p
+            lr = b.scalar("lr", dt)
+            p_in = g.op("sub", p, g.op("mul", g.op("mul", lr, wd), p))
+        else:                             # L2 penalty wd/2 |p|^2 at the point of the gradient
+            grad = g.op("add", grad, g.op("mul", wd, at))
+    attrs = {}
+    if spec.kind in _HAS_CONVENTION:
+        attrs["convention"] = spec.convention
+    if spec.kind == "momentum":
+        attrs["nesterov"] = spec.nesterov and spec.convention == "torch"
+    ins = [p_in, grad] + [state[s] for s in slots] + [b.scalar(h, dt) for h in scalars]
+    outs = g.add_node(op, ins, attrs)
+    pairs = [(outs[0], p)] + [(outs[1 + i], state[s]) for i, s in enumerate(slots)]
+    if spec.polyak:
+        avg = g.op("polyak_update", state["polyak_avg"], outs[0], b.scalar("polyak_alpha", dt))
+        pairs.append((avg, state["polyak_avg"]))
+    return pairs
