@@ -5,6 +5,7 @@ Rule tables live beside this package's modules and register themselves on import
 from .core import (VJP_RULES, Emitter, backprop, build_vjp, grad, prune, resolve,
                    value_and_grad, vjp, vjp_rule)
 from . import rules  # noqa: F401  (registers the VJP rules of the core ops)
+from . import rules_conv, rules_norm, rules_pool  # noqa: F401  (chapter 9 ops, batch norm)
 
 __all__ = ["VJP_RULES", "Emitter", "backprop", "build_vjp", "grad", "prune", "resolve",
            "value_and_grad", "vjp", "vjp_rule"]
