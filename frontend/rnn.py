@@ -1,0 +1,423 @@
+"""Recurrent networks in the DSL (chapter 10).
+
+* ``scan(fn, init, xs)``: trace a step function ``fn(carry, x_t, *consts) -> (carry', y_t)``
+  once into a body graph and emit one ``scan`` node (fig. 10.2): the parameters the step uses
+  are shared by every step.
+* ``RNN``: ``torch.nn.RNN``'s interface and meaning (eq. 10.8-10.9; layers, bidirectional,
+  ``batch_first``, PyTorch's parameter names and init), plus ``lengths`` for minibatches of
+  sequences of different lengths (padding touches neither outputs nor gradients).
+* The networks of chapter 10: ``RNNSequenceModel`` (eq. 10.8-10.14: an output and a loss at
+  every step), ``OutputRecurrentNet`` (fig. 10.4, trained with teacher forcing, fig. 10.6,
+  and run open loop to generate), ``SequenceClassifier`` (fig. 10.5: one output at the end)
+  and ``RecurrentConvNet`` (fig. 9.17: the same kernels U, V, W for every refinement step).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from irgraph import verify
+
+from . import functional as F
+from .nn import Linear, Module, Parameter
+from .random import rng
+from .tracing import _CURRENT, Tensor, Tracer, current_tracer, flatten, unflatten
+
+
+# ---------------------------------------------------------------- scan
+def _leaves(tree, what: str) -> tuple[list[Tensor], object]:
+    leaves, structure = flatten(tree)
+    out = []
+    for leaf in leaves:
+        if isinstance(leaf, Parameter):
+            leaf = F.as_tensor(leaf)
+        if not isinstance(leaf, Tensor):
+            raise TypeError(f"scan: {what} must be tensors (or tuples of them), got "
+                            f"{type(leaf).__name__}")
+        out.append(leaf)
+    return out, structure
+
+
+def _trace_step(fn: Callable, outer: Tracer, carries, slices, consts, structures):
+    """Trace ``fn`` into a body graph; returns (body, its params' values in the outer graph,
+    the structure of its per-step outputs)."""
+    inner = Tracer(getattr(fn, "__name__", "step").replace("<", "").replace(">", "") or "step",
+                   outer.param_names)
+    g = inner.graph
+
+    def inputs(ts, prefix, drop_time=False):
+        return [Tensor(g.add_input(g.fresh_name(f"{prefix}{i}"),
+                                   t.type.with_shape(t.shape[1:]) if drop_time else t.type),
+                       inner) for i, t in enumerate(ts)]
+
+    c_in, x_in, k_in = inputs(carries, "carry"), inputs(slices, "x", True), inputs(consts, "k")
+    token = _CURRENT.set(inner)
+    try:
+        c_tree = unflatten(structures[0], c_in)
+        x_tree = unflatten(structures[1], x_in) if structures[1] is not False else None
+        res = fn(c_tree, x_tree, *k_in)
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise TypeError("scan: the step function must return (new_carry, y_t); y_t may "
+                            "be None")
+        new_c, c_struct = _leaves(res[0], "the new carry")
+        ys, y_struct = _leaves(res[1], "per-step outputs") if res[1] is not None else ([], False)
+    finally:
+        _CURRENT.reset(token)
+    if c_struct != structures[0] or [t.type for t in new_c] != [t.type for t in carries]:
+        raise TypeError(f"scan: the new carry {[str(t.type) for t in new_c]} must have the "
+                        f"structure and types of the initial carry "
+                        f"{[str(t.type) for t in carries]}")
+    if inner.state_updates:
+        raise ValueError("scan: a step function cannot update module buffers")
+    g.set_outputs([t.value for t in new_c + ys])
+    _check_closed(g)
+    outer_params = [Tensor(outer.param_value(p), outer) for p in inner.params.values()]
+    return verify(g), outer_params, y_struct
+
+
+def _check_closed(g) -> None:
+    known = set(g.values())
+    for node in g.nodes:
+        for v in node.inputs:
+            if v not in known:
+                raise ValueError(f"scan: the step function uses %{v.name}, a tensor traced "
+                                 f"outside it (at {node.loc}); pass it in through consts")
+    for v in g.outputs:
+        if v not in known:
+            raise ValueError(f"scan: the step function returns %{v.name}, a tensor traced "
+                             f"outside it; pass it in through consts")
+
+
+def scan(fn: Callable, init, xs=None, consts: Sequence = (), *, reverse: bool = False,
+         mask=None, length: int | None = None):
+    """Run ``fn(carry, x_t, *consts) -> (carry', y_t)`` over the leading (time) axis of ``xs``.
+
+    Returns ``(final_carry, ys)`` with ys stacked on a new leading time axis. ``reverse`` runs
+    t = T-1 ... 0; ``mask`` (bool[T, B]) holds the carry and zeroes y_t where false.
+    ``consts``: tensors the step needs from outside it (parameters it uses are found
+    automatically). ``length``: the number of steps when there is no ``xs``."""
+    init_l, init_s = _leaves(init, "the initial carry")
+    xs_l, xs_s = _leaves(xs, "sequences") if xs is not None else ([], False)
+    consts_l = [F.as_tensor(c) for c in consts]
+    anchor = (init_l + xs_l + consts_l)
+    outer = anchor[0].tracer if anchor else current_tracer()
+    body, params, y_struct = _trace_step(fn, outer, init_l, xs_l, consts_l, (init_s, xs_s))
+    extra = []
+    if mask is not None:
+        extra = [F.as_tensor(mask)]
+        if extra[0].dtype != "bool":
+            extra = [F.ne(extra[0], 0)]
+    outs = outer.emit("scan", *init_l, *xs_l, *extra, *consts_l, *params, body=body,
+                      num_carry=len(init_l), num_seq=len(xs_l), reverse=reverse,
+                      masked=mask is not None, length=length)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    carry = unflatten(init_s, list(outs[:len(init_l)]))
+    ys = unflatten(y_struct, list(outs[len(init_l):])) if y_struct is not False else None
+    return carry, ys
+
+
+def lengths_to_mask(lengths, steps: int) -> Tensor:
+    """bool[T, B]: true where step t < lengths[b] (a padded minibatch of sequences)."""
+    lengths = F.cast(F.as_tensor(np.asarray(lengths, np.int64) if not isinstance(
+        lengths, Tensor) else lengths), "int64")
+    if lengths.ndim != 1:
+        raise ValueError(f"lengths must be a 1-D tensor (B,), got shape {lengths.shape}")
+    t = lengths.tracer.emit("iota", shape=(steps, lengths.shape[0]), axis=0, dtype="int64")
+    return F.lt(t, F.reshape(lengths, (1, lengths.shape[0])))
+
+
+def one_hot(index, num_classes: int, dtype: str = "float32") -> Tensor:
+    """``index`` (any shape, integers) as one-hot vectors on a new last axis."""
+    index = F.as_tensor(index)
+    classes = index.tracer.emit("iota", shape=index.shape + (num_classes,),
+                                axis=index.ndim, dtype=index.dtype)
+    return F.cast(F.eq(classes, F.unsqueeze(index, -1)), dtype)
+
+
+# ---------------------------------------------------------------- nn.RNN
+class RNN(Module):
+    """Elman RNN, as ``torch.nn.RNN``: h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+    (eq. 10.8-10.9 with U = W_ih, W = W_hh, b = b_ih + b_hh).
+
+    ``forward(input, hx=None, lengths=None) -> (output, h_n)``: input (L, N, H_in) (or
+    (N, L, H_in) with ``batch_first``, or unbatched (L, H_in)); output holds the last layer's
+    hidden state at every step (both directions concatenated), h_n the last hidden state of
+    every layer and direction (D * num_layers, N, H). ``lengths`` (N,) marks the valid steps
+    of a padded minibatch, as ``pack_padded_sequence``: padded outputs are zero, h_n is taken
+    at each sequence's own end, and the reverse direction starts there."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False):
+        super().__init__()
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        if num_layers < 1 or hidden_size < 1 or input_size < 1:
+            raise ValueError("input_size, hidden_size and num_layers must be >= 1")
+        if dropout:
+            raise NotImplementedError("RNN dropout between layers needs a dropout op, which "
+                                      "the IR does not have yet; use dropout=0")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.nonlinearity, self.bias, self.batch_first = nonlinearity, bias, batch_first
+        self.bidirectional = bidirectional
+        k = 1 / math.sqrt(hidden_size)
+        for layer in range(num_layers):
+            n_in = input_size if layer == 0 else hidden_size * self.num_directions
+            for sfx in self._suffixes():
+                shapes = [("weight_ih", (hidden_size, n_in)),
+                          ("weight_hh", (hidden_size, hidden_size))]
+                if bias:
+                    shapes += [("bias_ih", (hidden_size,)), ("bias_hh", (hidden_size,))]
+                for name, shape in shapes:
+                    data = rng().uniform(-k, k, shape).astype(np.float32)
+                    setattr(self, f"{name}_l{layer}{sfx}", Parameter(data))
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self) -> list[str]:
+        return ["", "_reverse"][:self.num_directions]
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}")
+
+    def forward(self, input, hx=None, lengths=None):
+        x = F.as_tensor(input)
+        unbatched = x.ndim == 2
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+            raise ValueError(f"RNN: input must be (L, N, {self.input_size}) "
+                             f"(batch_first: (N, L, {self.input_size}), unbatched: "
+                             f"(L, {self.input_size})); got {x.shape}")
+        x = F.unsqueeze(x, 1) if unbatched else (F.transpose(x, 0, 1) if self.batch_first
+                                                 else x)
+        steps, batch = x.shape[0], x.shape[1]
+        hx = self._initial_state(hx, batch, unbatched, x)
+        mask = lengths_to_mask(lengths, steps) if lengths is not None else None
+        last = []
+        for layer in range(self.num_layers):
+            outs = []
+            for d, sfx in enumerate(self._suffixes()):
+                h0 = hx[layer * self.num_directions + d]
+                y, h_t = self._direction(x, h0, f"l{layer}{sfx}", d == 1, mask)
+                outs.append(y)
+                last.append(h_t)
+            x = outs[0] if len(outs) == 1 else F.cat(outs, 2)
+        h_n = F.stack(last, 0)
+        if unbatched:
+            return F.squeeze(x, 1), F.squeeze(h_n, 1)
+        return (F.transpose(x, 0, 1) if self.batch_first else x), h_n
+
+    def _initial_state(self, hx, batch: int, unbatched: bool, like: Tensor) -> Tensor:
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if hx is None:
+            return like.tracer.emit("full", shape=shape, value=0.0, dtype=like.dtype)
+        hx = F.as_tensor(hx)
+        hx = F.unsqueeze(hx, 1) if unbatched and hx.ndim == 2 else hx
+        if hx.shape != shape:
+            raise ValueError(f"RNN: hx must have shape {shape if not unbatched else (shape[0], shape[2])}"
+                             f", got {hx.shape}")
+        return hx
+
+    def _direction(self, x: Tensor, h0: Tensor, key: str, reverse: bool, mask):
+        """One layer, one direction: the input projection for all steps at once, then a scan
+        whose body is h_t = act(pre_t + h_{t-1} W_hh^T)."""
+        w_ih, w_hh = getattr(self, "weight_ih_" + key), getattr(self, "weight_hh_" + key)
+        pre = F.matmul(x, F.transpose(F.as_tensor(w_ih), 0, 1))
+        if self.bias:
+            pre = pre + getattr(self, "bias_ih_" + key) + getattr(self, "bias_hh_" + key)
+        act = F.tanh if self.nonlinearity == "tanh" else F.relu
+
+        def cell(h, pre_t):
+            h = act(pre_t + F.matmul(h, F.transpose(F.as_tensor(w_hh), 0, 1)))
+            return h, h
+
+        h_t, ys = scan(cell, h0, pre, reverse=reverse, mask=mask)
+        return ys, h_t
+
+
+# ---------------------------------------------------------------- the networks of chapter 10
+class RNNSequenceModel(Module):
+    """The network of fig. 10.3 and eq. 10.8-10.14: a tanh RNN, an affine output
+    o_t = c + V h_t at every step, softmax, and the negative log-likelihoods summed.
+
+    ``forward(x, lengths=None)`` gives the logits o (T, N, C); ``loss(x, y)`` the summed
+    NLL of targets y (T, N) (``reduction="mean"``: averaged over the counted steps)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int,
+                 num_layers: int = 1, bidirectional: bool = False):
+        super().__init__()
+        self.rnn = RNN(input_size, hidden_size, num_layers, bidirectional=bidirectional)
+        self.out = Linear(hidden_size * self.rnn.num_directions, num_classes)
+
+    def forward(self, x, lengths=None):
+        h, _ = self.rnn(x, lengths=lengths)
+        return self.out(h)
+
+    def loss(self, x, y, lengths=None, reduction: str = "sum"):
+        o = self(x, lengths)
+        return sequence_nll(o, y, lengths, reduction)
+
+
+def sequence_nll(logits, targets, lengths=None, reduction: str = "sum") -> Tensor:
+    """-sum_t log softmax(o_t)[y_t] (eq. 10.11-10.14) of logits (T, N, C) and targets (T, N);
+    steps past ``lengths`` count for nothing."""
+    steps, batch, classes = logits.shape
+    targets = F.as_tensor(targets)
+    if lengths is not None:
+        targets = F.where(lengths_to_mask(lengths, steps), targets, -100)
+    flat = F.reshape(logits, (steps * batch, classes))
+    return F.cross_entropy(flat, F.reshape(targets, (steps * batch,)), reduction)
+
+
+class SequenceClassifier(Module):
+    """Fig. 10.5: an RNN reads the whole sequence; a single output o = c + V h_tau is read
+    at the end (each sequence's own end with ``lengths``). ``forward`` gives logits (N, C)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int,
+                 num_layers: int = 1, bidirectional: bool = False):
+        super().__init__()
+        self.rnn = RNN(input_size, hidden_size, num_layers, bidirectional=bidirectional)
+        self.out = Linear(hidden_size * self.rnn.num_directions, num_classes)
+
+    def forward(self, x, lengths=None):
+        _, h_n = self.rnn(x, lengths=lengths)
+        d = self.rnn.num_directions
+        last = [h_n[h_n.shape[0] - d + i] for i in range(d)]
+        return self.out(last[0] if d == 1 else F.cat(last, 1))
+
+    def loss(self, x, labels, lengths=None, reduction: str = "mean"):
+        return F.cross_entropy(self(x, lengths), labels, reduction)
+
+
+class OutputRecurrentNet(Module):
+    """Fig. 10.4: the recurrence goes from the output at t-1 to the hidden units at t:
+    h_t = tanh(b + W y_{t-1} + U x_t), o_t = c + V h_t (y_0 = 0, the start).
+
+    Trained with teacher forcing (fig. 10.6): ``forward(targets, x)`` feeds the TRUE previous
+    output y_{t-1}, so training needs no back-propagation through time. ``generate`` runs
+    open loop: the model's own previous output (its argmax, or a sample when Gumbel ``noise``
+    is given) is fed back. ``input_size=0``: no inputs x (a language model)."""
+
+    def __init__(self, num_classes: int, hidden_size: int, input_size: int = 0):
+        super().__init__()
+        self.num_classes, self.input_size = num_classes, input_size
+        self.W = Linear(num_classes, hidden_size)              # y_{t-1} -> h_t, with b
+        self.U = Linear(input_size, hidden_size, bias=False) if input_size else None
+        self.V = Linear(hidden_size, num_classes)              # h_t -> o_t, with c
+
+    def _logits(self, y_prev, x=None):
+        a = self.W(y_prev)
+        if self.U is not None:
+            a = a + self.U(x)
+        return self.V(F.tanh(a))
+
+    def _check_x(self, x):
+        if (x is None) != (self.U is None):
+            raise ValueError("OutputRecurrentNet: pass x exactly when input_size > 0")
+
+    def forward(self, targets, x=None):
+        """Teacher forcing: logits (T, N, C) from the true previous outputs y_{t-1}."""
+        self._check_x(x)
+        targets = F.as_tensor(targets)
+        prev = one_hot(targets, self.num_classes)
+        start = prev.tracer.emit("full", shape=(1,) + prev.shape[1:], value=0.0,
+                                 dtype=prev.dtype)
+        prev = F.cat([start, prev[:targets.shape[0] - 1]], 0)
+        return self._logits(prev, x)
+
+    def loss(self, targets, x=None, reduction: str = "sum"):
+        return sequence_nll(self(targets, x), targets, reduction=reduction)
+
+    def generate(self, steps: int | None = None, batch: int = 1, x=None, noise=None):
+        """Open loop: tokens (T, N) int64, each fed back as the next step's y_{t-1}. With
+        ``noise`` (T, N, C) uniform in (0, 1), tokens are samples of softmax(o_t) (the
+        Gumbel-max trick); without, the argmax."""
+        self._check_x(x)
+        seqs = [s for s in (x, noise) if s is not None]
+        if seqs:
+            steps, batch = F.as_tensor(seqs[0]).shape[:2]
+        if steps is None:
+            raise ValueError("generate: give steps (or x / noise to take them from)")
+        start = current_tracer().emit("full", shape=(batch, self.num_classes), value=0.0,
+                                      dtype="float32")
+        gumbel = None
+        if noise is not None:
+            gumbel = F.neg(F.log(F.neg(F.log(F.as_tensor(noise)))))
+
+        def step(prev, inp):
+            x_t, g_t = inp
+            o = self._logits(prev, x_t)
+            token = F.argmax(o if g_t is None else o + g_t, dim=-1)
+            return one_hot(token, self.num_classes), token
+
+        if not seqs:
+            def step0(prev, _):
+                return step(prev, (None, None))
+            _, tokens = scan(step0, start, None, length=steps)
+            return tokens
+        names = [x is not None, noise is not None]
+        ins = tuple(s for s in (x, gumbel) if s is not None)
+
+        def step_seq(prev, inp):
+            it = iter(inp)
+            return step(prev, tuple(next(it) if has else None for has in names))
+        _, tokens = scan(step_seq, start, ins)
+        return tokens
+
+
+class RecurrentConvNet(Module):
+    """Fig. 9.17: pixel labelling by refinement. Each step computes the hidden maps
+    H = tanh(U * X + W * Y_prev) (on the first step the W term is zero) and a new estimate
+    Y = softmax(V * H) over classes; U, V, W are the same kernels at every step.
+
+    ``forward(X)`` (N, C_in, H, W) gives the label distributions (N, classes, H, W) after
+    ``steps`` refinements; ``estimates(X)`` gives every step's (steps, N, classes, H, W)."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_classes: int,
+                 kernel_size: int = 3, steps: int = 3):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError("RecurrentConvNet: kernel_size must be odd (maps keep their size)")
+        self.steps, self.num_classes, self.pad = steps, num_classes, kernel_size // 2
+
+        def kernel(o, i):
+            bound = 1 / math.sqrt(i * kernel_size * kernel_size)
+            return Parameter(rng().uniform(-bound, bound, (o, i, kernel_size, kernel_size))
+                             .astype(np.float32))
+        self.U = kernel(hidden_channels, in_channels)
+        self.V = kernel(num_classes, hidden_channels)
+        self.W = kernel(hidden_channels, num_classes)
+
+    def _conv(self, x, w):
+        x, w = F.as_tensor(x), F.as_tensor(w)
+        p = self.pad
+        return x.tracer.emit("conv", x, w, stride=(1, 1), padding=(p, p, p, p),
+                             dilation=(1, 1))
+
+    def estimates(self, images):
+        images = F.as_tensor(images)
+        ux = self._conv(images, self.U)                        # the same on every step
+        n, _, h, w = images.shape
+        y0 = images.tracer.emit("full", shape=(n, self.num_classes, h, w), value=0.0,
+                                dtype=images.dtype)
+
+        def refine(y_prev, _, ux_):
+            hidden = F.tanh(ux_ + self._conv(y_prev, self.W))
+            y = F.softmax(self._conv(hidden, self.V), 1)
+            return y, y
+
+        _, ys = scan(refine, y0, None, consts=(ux,), length=self.steps)
+        return ys
+
+    def forward(self, images):
+        ys = self.estimates(images)
+        return ys[ys.shape[0] - 1]
+
+    def loss(self, images, labels):
+        """Pixel-wise negative log-likelihood of the final estimate."""
+        y = self(images)
+        return F.nll_loss(F.log(y), labels)
