@@ -1,0 +1,14 @@
+"""The Triton backend: ``compile(graph, **options) -> TritonExecutable``.
+
+Each op is lowered through the kernel table (table.py) to Triton kernels with host wrappers
+(kernels/); buffers are torch tensors on the GPU, or on the CPU when ``TRITON_INTERPRET=1``
+runs the same kernels in Triton's interpreter. Importing defines kernels only: no device
+query, compilation or launch happens before ``compile``.
+"""
+from __future__ import annotations
+
+from . import lower_core, lower_optim  # noqa: F401  (register the lowerings)
+from .executable import Plan, TritonExecutable, compile
+from .table import KERNELS, UnsupportedOpError, lowering
+
+__all__ = ["compile", "TritonExecutable", "Plan", "KERNELS", "UnsupportedOpError", "lowering"]

@@ -1,0 +1,187 @@
+"""Compile a graph into a plan of Triton launches and run it on device tensors.
+
+Every node is lowered once, at compile time, to a step (see table.py). A call validates the
+arguments, moves numpy arrays to the device (torch tensors already there are used as they
+are), runs the steps in order with values freed after their last use, and returns torch
+tensors or numpy arrays. No value goes back to the host between nodes.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from irgraph import Graph, Node, Value
+
+from ..base import Executable, validate_args
+from .kernels.elementwise import elementwise
+from .runtime import NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device, to_device
+from .table import GROUP_KERNELS, LowerContext, Step, group_key, lower_node
+
+OUTPUTS = ("auto", "numpy", "torch")
+
+
+class Plan:
+    """A graph lowered to steps; ``plan(tensors) -> tensors`` runs it on the device.
+
+    Nodes of a multi-tensor op (optimizer updates) are gathered into one step, launched where
+    the group's last node stood, when no other node before that point reads their outputs.
+    """
+
+    def __init__(self, graph: Graph, ctx: LowerContext):
+        self.graph = graph
+        self.steps: list[tuple[list[Node], Step]] = []
+        for nodes in schedule(graph):
+            if len(nodes) == 1:
+                self.steps.append((nodes, lower_node(nodes[0], ctx)))
+            else:
+                self.steps.append((nodes, GROUP_KERNELS[nodes[0].op](nodes, ctx)))
+        self.dying = _last_uses(self.steps, graph.outputs)
+
+    def __call__(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        env: dict[Value, torch.Tensor] = dict(zip(self.graph.arguments, args))
+        for i, (nodes, step) in enumerate(self.steps):
+            outs = step([env[v] for n in nodes for v in n.inputs])
+            for v, t in zip((v for n in nodes for v in n.outputs), outs):
+                env[v] = t
+            for v in self.dying.get(i, ()):
+                del env[v]
+        return [env[v] for v in self.graph.outputs]
+
+
+def schedule(graph: Graph) -> list[list[Node]]:
+    """The graph's nodes in order, multi-tensor groups merged at their last member."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, node in enumerate(graph.nodes):
+        if node.op in GROUP_KERNELS:
+            groups[group_key(node)].append(i)
+    merged: dict[int, list[int]] = {}
+    for members in groups.values():
+        if len(members) > 1 and _can_merge(graph, members):
+            merged[members[-1]] = members
+    absorbed = {i for m in merged.values() for i in m[:-1]}
+    return [[graph.nodes[j] for j in merged.get(i, [i])]
+            for i in range(len(graph.nodes)) if i not in absorbed]
+
+
+def _can_merge(graph: Graph, members: list[int]) -> bool:
+    """No node between the first and last member reads a member's output."""
+    outs = {v for i in members for v in graph.nodes[i].outputs}
+    mset = set(members)
+    return not any(v in outs for j in range(members[0], members[-1]) if j not in mset
+                   for v in graph.nodes[j].inputs)
+
+
+def _last_uses(steps: list[tuple[list[Node], Step]], keep) -> dict[int, list[Value]]:
+    last: dict[Value, int] = {}
+    for i, (nodes, _) in enumerate(steps):
+        for n in nodes:
+            for v in n.inputs:
+                last[v] = i
+    keep = set(keep)
+    out: dict[int, list[Value]] = defaultdict(list)
+    for v, i in last.items():
+        if v not in keep:
+            out[i].append(v)
+    return out
+
+
+class TritonExecutable(Executable):
+    """``exe(*args)``: args are numpy arrays, scalars or torch tensors on ``exe.device``."""
+    backend = "triton"
+
+    def __init__(self, graph: Graph, *, output: str = "auto", allow_tf32: bool = False,
+                 device: str | torch.device | None = None):
+        super().__init__(graph)
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
+        self.output = output
+        self.device = torch.device(device) if device is not None else default_device()
+        self.ctx = LowerContext(self.device, allow_tf32)
+        self.ctx.lower_graph = lambda g: Plan(g, self.ctx)
+        self.plan = Plan(self.graph, self.ctx)
+        self._donate = {o: _copier(graph.outputs[o], self.device) for o in graph.donations}
+
+    # ------------------------------------------------------------------ arguments
+    def _check_tensor(self, v: Value, t: torch.Tensor) -> torch.Tensor:
+        want = TORCH_DTYPES[v.type.dtype]
+        if t.dtype != want:
+            got = NAME_OF_TORCH_DTYPE.get(t.dtype, str(t.dtype))
+            raise TypeError(f"argument %{v.name} has dtype {got}, expected {v.type.dtype} "
+                            f"({v.type})")
+        if tuple(t.shape) != v.type.shape:
+            raise ValueError(f"argument %{v.name} has shape {tuple(t.shape)}, expected "
+                             f"{v.type.shape} ({v.type}); a new shape needs a new compilation")
+        if t.device != self.device:
+            raise ValueError(f"argument %{v.name} is a torch tensor on {t.device}, but this "
+                             f"executable runs on {self.device}; move it or pass numpy")
+        return t if t.is_contiguous() else t.contiguous()
+
+    def to_device(self, args: Sequence) -> list[torch.Tensor]:
+        """Validate every argument, then copy numpy arrays to the device (tensors: no copy)."""
+        params = self.graph.arguments
+        if len(args) != len(params):
+            validate_args(self.graph, args)     # raises the count error
+        host = [i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)]
+        shim = SimpleNamespace(name=self.graph.name, arguments=[params[i] for i in host])
+        arrays = dict(zip(host, validate_args(shim, [args[i] for i in host])))
+        out = []
+        for i, (v, a) in enumerate(zip(params, args)):
+            if i in arrays:
+                out.append(to_device(arrays[i], v.type.dtype, self.device))
+            else:
+                out.append(self._check_tensor(v, a))
+        return out
+
+    # ------------------------------------------------------------------ running
+    def run_tensors(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run on device tensors already validated; returns device tensors."""
+        return self.plan(list(tensors))
+
+    def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        return [t.cpu().numpy() for t in self.plan(self.to_device(args))]
+
+    def __call__(self, *args):
+        tensors = self.to_device(args)
+        outs = self.plan(tensors)
+        outs = self._write_donated(args, tensors, outs)
+        as_numpy = self.output == "numpy" or (
+            self.output == "auto" and not any(isinstance(a, torch.Tensor) for a in args))
+        if not as_numpy:
+            return outs
+        res = [t.cpu().numpy() for t in outs]
+        return self.apply_donations(args, res)
+
+    def _write_donated(self, given: Sequence, tensors: list[torch.Tensor],
+                       outs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Donated outputs land in the caller's device tensor (the in-place update)."""
+        for o, a in self.graph.donations.items():
+            dst = given[a]
+            if isinstance(dst, torch.Tensor) and dst is tensors[a] and outs[o] is not dst:
+                if outs[o].data_ptr() != dst.data_ptr():
+                    self._donate[o](outs[o], out=dst)
+                outs[o] = dst
+        return outs
+
+    def source(self) -> str:
+        """The graph and, per node, the Triton kernel that runs it."""
+        lines = [str(self.graph), "", "# kernels:"]
+        for nodes, _ in self.plan.steps:
+            names = ", ".join(f"%{n.outputs[0].name}" for n in nodes if n.outputs)
+            lines.append(f"#   {nodes[0].op} x{len(nodes)}: {names}")
+        return "\n".join(lines)
+
+
+def _copier(v: Value, device):
+    """A device copy kernel for value ``v`` writing into a given ``out`` tensor."""
+    return elementwise("copy", v.shape, v.dtype, [View.of(v.shape)], [v.dtype], device)
+
+
+def compile(graph: Graph, **options) -> TritonExecutable:
+    """Lower ``graph`` to Triton kernels. Options: ``output`` ("auto", "numpy", "torch"),
+    ``allow_tf32`` (matmul/convolution inputs rounded to TF32, as cuDNN's default),
+    ``device``."""
+    return TritonExecutable(graph, **options)

@@ -1,0 +1,342 @@
+"""Elementwise kernels: one generic strided kernel specialized per op by a constexpr name.
+
+Each input is read either contiguously (same shape as the output) or through a ``View`` whose
+strides come from a metadata tensor (broadcasting, transposes, slices with negative steps).
+The same kernel with ``OP="copy"`` and a strided output writes concatenations in place.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from ..runtime import TORCH_DTYPES, View, cdiv, contiguous_strides, empty, meta_tensor, numel
+
+BLOCK = 1024
+
+UNARY = ("copy", "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign",
+         "square", "cast")
+BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt",
+          "ge", "logical_and", "logical_or")
+TERNARY = ("where",)
+FLOAT_ONLY = ("exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid")
+
+
+@triton.jit
+def _tanh(x):
+    """tanh from exp: a Taylor series near 0 keeps relative accuracy (libdevice is GPU-only)."""
+    ax = tl.abs(x)
+    t = tl.exp(-2.0 * ax)
+    big = (1.0 - t) / (1.0 + t)
+    x2 = ax * ax
+    small = ax * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0
+                                                                    + x2 * (62.0 / 2835.0)))))
+    r = tl.where(ax < 0.2, small, big)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def _sigmoid(x):
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _pow(x, y):
+    """numpy's float power: negative bases allowed for integral exponents."""
+    ax = tl.abs(x)
+    r = tl.exp(y * tl.log(ax))
+    y_int = y == tl.floor(y)
+    odd = y_int & (tl.floor(y * 0.5) * 2.0 != y)
+    r = tl.where((x < 0) & odd, -r, r)
+    r = tl.where((x < 0) & (~y_int), float("nan"), r)
+    r = tl.where(y == 0, 1.0, r)
+    return r
+
+
+@triton.jit
+def _ipow(a, b):
+    """Integer power by repeated squaring (numpy's, for exponents >= 0)."""
+    res = tl.full(a.shape, 1, a.dtype)
+    base = a
+    e = b
+    for _ in tl.static_range(63):
+        res = tl.where((e & 1) != 0, res * base, res)
+        base = base * base
+        e = e >> 1
+    return res
+
+
+@triton.jit
+def _floordiv(a, b):
+    q = a // b
+    r = a - q * b
+    fix = (r != 0) & ((r < 0) != (b < 0))
+    return tl.where(fix, q - 1, q)
+
+
+@triton.jit
+def _unary(x, OP: tl.constexpr):
+    if OP == "copy" or OP == "cast":
+        y = x
+    elif OP == "neg":
+        y = -x
+    elif OP == "exp":
+        y = tl.exp(x)
+    elif OP == "log":
+        y = tl.log(x)
+    elif OP == "sqrt":
+        y = tl.sqrt(x)
+    elif OP == "rsqrt":
+        y = 1.0 / tl.sqrt(x)
+    elif OP == "tanh":
+        y = _tanh(x)
+    elif OP == "sigmoid":
+        y = _sigmoid(x)
+    elif OP == "relu":
+        y = tl.where(x > 0, x, tl.where(x == x, 0, x))
+    elif OP == "abs":
+        y = tl.abs(x)
+    elif OP == "sign":
+        y = tl.where(x > 0, 1, tl.where(x < 0, -1, x))
+    else:  # square
+        y = x * x
+    return y
+
+
+@triton.jit
+def _binary(a, b, OP: tl.constexpr, IS_FLOAT: tl.constexpr):
+    if OP == "add":
+        y = a + b
+    elif OP == "sub":
+        y = a - b
+    elif OP == "mul":
+        y = a * b
+    elif OP == "div":
+        if IS_FLOAT:
+            y = a / b
+        else:
+            y = _floordiv(a, b)
+    elif OP == "pow":
+        if IS_FLOAT:
+            y = _pow(a, b)
+        else:
+            y = _ipow(a, b)
+    elif OP == "maximum":
+        y = tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+    elif OP == "minimum":
+        y = tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+    elif OP == "eq":
+        y = a == b
+    elif OP == "ne":
+        y = a != b
+    elif OP == "lt":
+        y = a < b
+    elif OP == "le":
+        y = a <= b
+    elif OP == "gt":
+        y = a > b
+    elif OP == "ge":
+        y = a >= b
+    elif OP == "logical_and":
+        y = (a != 0) & (b != 0)
+    else:  # logical_or
+        y = (a != 0) | (b != 0)
+    return y
+
+
+@triton.jit
+def _strided_offset(offs, meta_ptr, ROW: tl.constexpr, RANK: tl.constexpr):
+    """Offset of flat output index ``offs`` in the view whose strides are meta row ``ROW``."""
+    rem = offs
+    res = offs.to(tl.int64) * 0
+    for i in tl.static_range(RANK):
+        d = RANK - 1 - i
+        size = tl.load(meta_ptr + d)
+        idx = rem % size
+        rem = rem // size
+        res += idx * tl.load(meta_ptr + ROW * RANK + d)
+    return res
+
+
+@triton.jit
+def _load_input(x_ptr, x_off, offs, mask, meta_ptr, ROW: tl.constexpr, RANK: tl.constexpr,
+                STRIDED: tl.constexpr):
+    if STRIDED:
+        x = tl.load(x_ptr + x_off + _strided_offset(offs, meta_ptr, ROW, RANK), mask=mask)
+    else:
+        x = tl.load(x_ptr + offs, mask=mask)
+    return x
+
+
+@triton.jit
+def elementwise_kernel(out_ptr, a_ptr, b_ptr, c_ptr, meta_ptr, n, out_off, a_off, b_off, c_off,
+                       OP: tl.constexpr, NIN: tl.constexpr, RANK: tl.constexpr,
+                       OUT_S: tl.constexpr, A_S: tl.constexpr, B_S: tl.constexpr,
+                       C_S: tl.constexpr, IS_FLOAT: tl.constexpr, TO_BOOL: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """out[i] = OP(a[i], b[i], c[i]); meta rows: shape, out strides, a, b, c strides."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = _load_input(a_ptr, a_off, offs, mask, meta_ptr, 2, RANK, A_S)
+    if NIN == 1:
+        y = _unary(a, OP)
+    elif NIN == 2:
+        b = _load_input(b_ptr, b_off, offs, mask, meta_ptr, 3, RANK, B_S)
+        y = _binary(a, b, OP, IS_FLOAT)
+    else:  # where(a, b, c)
+        b = _load_input(b_ptr, b_off, offs, mask, meta_ptr, 3, RANK, B_S)
+        c = _load_input(c_ptr, c_off, offs, mask, meta_ptr, 4, RANK, C_S)
+        y = tl.where(a != 0, b, c)
+    if TO_BOOL:
+        y = y != 0
+    if OUT_S:
+        dst = out_ptr + out_off + _strided_offset(offs, meta_ptr, 1, RANK)
+    else:
+        dst = out_ptr + offs
+    tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def fill_kernel(out_ptr, n, value, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.zeros((BLOCK,), dtype=tl.float64) + value
+    tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=offs < n)
+
+
+@triton.jit
+def iota_kernel(out_ptr, n, inner, size, BLOCK: tl.constexpr):
+    """out[i] = index of flat position i along an axis of length ``size`` and stride ``inner``."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    idx = (offs // inner) % size
+    tl.store(out_ptr + offs, idx.to(out_ptr.dtype.element_ty), mask=offs < n)
+
+
+@triton.jit
+def pad_kernel(out_ptr, in_ptr, meta_ptr, n, value, RANK: tl.constexpr, MODE: tl.constexpr,
+               BLOCK: tl.constexpr):
+    """Padding; meta rows: out shape, in shape, pads before, in strides."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    rem = offs
+    src = offs.to(tl.int64) * 0
+    inside = mask
+    for i in tl.static_range(RANK):
+        d = RANK - 1 - i
+        idx = rem % tl.load(meta_ptr + d)
+        rem = rem // tl.load(meta_ptr + d)
+        size = tl.load(meta_ptr + RANK + d)
+        j = idx - tl.load(meta_ptr + 2 * RANK + d)
+        if MODE == "reflect":
+            j = tl.where(j < 0, -j, j)
+            j = tl.where(j >= size, 2 * (size - 1) - j, j)
+        elif MODE == "replicate":
+            j = tl.minimum(tl.maximum(j, 0), size - 1)
+        elif MODE == "circular":
+            j = ((j % size) + size) % size
+        else:
+            inside = inside & (j >= 0) & (j < size)
+        src += j * tl.load(meta_ptr + 3 * RANK + d)
+    x = tl.load(in_ptr + src, mask=inside, other=value)
+    tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------- host wrappers
+def _grid(n: int) -> tuple[int]:
+    return (max(1, cdiv(n, BLOCK)),)
+
+
+def elementwise(op: str, out_shape: Sequence[int], out_dtype: str, views: Sequence[View],
+                in_dtypes: Sequence[str], device,
+                out_view: View | None = None) -> Callable[..., torch.Tensor]:
+    """Plan ``out = op(*inputs)`` over ``views`` of the inputs; returns ``run(*tensors)``.
+
+    ``out_view`` writes into a strided window of a caller-given ``out`` tensor instead of a
+    fresh one (used for concatenation).
+    """
+    nin = len(views)
+    if op not in (UNARY if nin == 1 else BINARY if nin == 2 else TERNARY):
+        raise ValueError(f"elementwise op {op!r} does not take {nin} input(s)")
+    if op in FLOAT_ONLY and in_dtypes[0] not in ("float32", "float64"):
+        raise ValueError(f"{op} needs a float tensor, got {in_dtypes[0]}")
+    out_shape = tuple(out_shape)
+    for v in views:
+        if v.shape != out_shape:
+            raise ValueError(f"input view {v.shape} does not match output {out_shape}")
+    n = numel(out_shape)
+    rank = max(1, len(out_shape))
+    shape = out_shape or (1,)
+    strided = [not (v.is_contiguous) for v in views] + [False] * (3 - nin)
+    ov = out_view or View.of(out_shape)
+    rows = [shape, ov.strides or (1,)] + [v.strides or (0,) for v in views]
+    meta = meta_tensor(rows, device)
+    offs = [v.offset for v in views] + [0] * (3 - nin)
+    consts = dict(OP=op, NIN=nin, RANK=rank, OUT_S=out_view is not None, A_S=strided[0],
+                  B_S=strided[1], C_S=strided[2],
+                  IS_FLOAT=in_dtypes[-1] in ("float32", "float64"),
+                  TO_BOOL=out_dtype == "bool" and op in ("cast", "copy"), BLOCK=BLOCK)
+
+    def run(*xs: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            out = empty(out_shape, out_dtype, device)
+        if n == 0:
+            return out
+        ptrs = list(xs) + [xs[0]] * (3 - nin)
+        elementwise_kernel[_grid(n)](out, *ptrs, meta, n, ov.offset, *offs, **consts)
+        return out
+    return run
+
+
+def copy_view(view: View, dtype: str, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Materialize a strided view as a contiguous tensor (identity when already contiguous)."""
+    if view.is_contiguous and numel(view.shape):
+        return lambda x: x.view(view.shape)
+    return elementwise("copy", view.shape, dtype, [view], [dtype], device)
+
+
+def fill(shape, value: float, dtype: str, device) -> Callable[[], torch.Tensor]:
+    n = numel(shape)
+
+    def run() -> torch.Tensor:
+        out = empty(shape, dtype, device)
+        if n:
+            fill_kernel[_grid(n)](out, n, float(value), BLOCK=BLOCK)
+        return out
+    return run
+
+
+def iota(shape, axis: int, dtype: str, device) -> Callable[[], torch.Tensor]:
+    n = numel(shape)
+    inner = contiguous_strides(shape)[axis]
+
+    def run() -> torch.Tensor:
+        out = empty(shape, dtype, device)
+        if n:
+            iota_kernel[_grid(n)](out, n, inner, shape[axis], BLOCK=BLOCK)
+        return out
+    return run
+
+
+def pad(in_shape, pads, value: float, mode: str, dtype: str,
+        device) -> Callable[[torch.Tensor], torch.Tensor]:
+    rank = len(in_shape)
+    before = tuple(pads[2 * i] for i in range(rank))
+    out_shape = tuple(d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(in_shape))
+    n = numel(out_shape)
+    meta = meta_tensor([out_shape, tuple(in_shape), before, contiguous_strides(in_shape)],
+                       device)
+    if dtype == "bool":
+        value = float(bool(value))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = empty(out_shape, dtype, device)
+        if n:
+            pad_kernel[_grid(n)](out, x, meta, n, value, RANK=rank, MODE=mode, BLOCK=BLOCK)
+        return out
+    return run
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return TORCH_DTYPES[name]

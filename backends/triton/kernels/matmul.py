@@ -1,0 +1,117 @@
+"""Batched matrix product C[b] = A[b] @ B[b] with numpy's broadcasting of batch dimensions.
+
+Operands are strided views (batch stride 0 for a broadcast operand; a transposed operand
+needs no copy). Float32 uses ``tl.dot`` (IEEE by default, TF32 when the compile option
+``allow_tf32`` is set); other dtypes use a broadcast-multiply-and-sum fallback.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from ..runtime import View, cdiv, empty, numel
+from .elementwise import copy_view
+
+
+@triton.jit
+def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
+                  sab, sam, sak, sbb, sbk, sbn,
+                  USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr):
+    """One (BLOCK_M, BLOCK_N) tile of C for batch ``program_id(1)``; grouped tile order."""
+    pid = tl.program_id(0)
+    batch = tl.program_id(1).to(tl.int64)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_size = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_size
+    pid_n = (pid % width) // group_size
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    a_base = a_ptr + batch * sab + rm[:, None].to(tl.int64) * sam
+    b_base = b_ptr + batch * sbb + rn[None, :].to(tl.int64) * sbn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_base + rk[None, :] * sak, mask=(rm[:, None] < M) & (rk[None, :] < K),
+                    other=0)
+        b = tl.load(b_base + rk[:, None] * sbk, mask=(rk[:, None] < K) & (rn[None, :] < N),
+                    other=0)
+        if USE_DOT:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        else:
+            acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1).to(acc.dtype)
+    c = c_ptr + batch * M * N + rm[:, None].to(tl.int64) * N + rn[None, :]
+    tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def _collapse_batch(view: View, nb: int) -> tuple[View, int] | None:
+    """One stride for all leading ``nb`` batch axes of ``view``, if the layout allows."""
+    if nb == 0:
+        return view, 0
+    shape, strides = view.shape[:nb], view.strides[:nb]
+    live = [(d, s) for d, s in zip(shape, strides) if d != 1]
+    if not live:
+        return view, 0
+    if all(s == 0 for _, s in live):
+        return view, 0
+    for (d0, s0), (d1, s1) in zip(live, live[1:]):
+        if s0 != s1 * d1:
+            return None
+    return view, live[-1][1]
+
+
+def _operand(view: View, nb: int, dtype: str, device) -> tuple[Callable, int, int, int]:
+    """(prepare, batch stride, row stride, column stride) of one operand's view."""
+    got = _collapse_batch(view, nb)
+    if got is None or view.offset != 0:
+        prep = copy_view(view, dtype, device)     # materialize; then the batch axes collapse
+        view = View.of(view.shape)
+        got = _collapse_batch(view, nb)
+    else:
+        def prep(x):
+            return x
+    return prep, got[1], view.strides[-2], view.strides[-1]
+
+
+def matmul(a_shape, b_shape, out_shape, dtype: str, device, precision: str = "ieee",
+           a_view: View | None = None, b_view: View | None = None
+           ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Plan numpy's ``matmul`` of an ``a_shape`` and a ``b_shape`` tensor."""
+    sa = tuple(a_shape) if len(a_shape) > 1 else (1,) + tuple(a_shape)
+    sb = tuple(b_shape) if len(b_shape) > 1 else tuple(b_shape) + (1,)
+    av = a_view or View.of(a_shape)
+    bv = b_view or View.of(b_shape)
+    av = View(sa, av.strides if len(a_shape) > 1 else (0,) + av.strides, av.offset)
+    bv = View(sb, bv.strides if len(b_shape) > 1 else bv.strides + (0,), bv.offset)
+    batch = tuple(torch.broadcast_shapes(sa[:-2], sb[:-2]))
+    av = av.broadcast_to(batch + sa[-2:])
+    bv = bv.broadcast_to(batch + sb[-2:])
+    nb = len(batch)
+    m, k, n = sa[-2], sa[-1], sb[-1]
+    nbatch = numel(batch)
+    a_prep, sab, sam, sak = _operand(av, nb, dtype, device)
+    b_prep, sbb, sbk, sbn = _operand(bv, nb, dtype, device)
+    use_dot = dtype == "float32"
+    if use_dot:
+        blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4)
+    else:
+        blocks = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=4)
+    grid = (cdiv(m, blocks["BLOCK_M"]) * cdiv(n, blocks["BLOCK_N"]), nbatch)
+
+    def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = empty(out_shape, dtype, device)
+        if numel(out_shape) == 0:
+            return out
+        if k == 0:
+            return out.zero_()
+        matmul_kernel[grid](a_prep(a), b_prep(b), out, m, n, k, sab, sam, sak, sbb, sbk, sbn,
+                            USE_DOT=use_dot, PRECISION=precision, **blocks)
+        return out
+    return run

@@ -1,0 +1,54 @@
+"""Registry-wide: every op's samples (tests/samples) run through the Triton backend, with its
+kernels in Triton's interpreter on the CPU, and match the reference backend (the numpy
+oracle). An op without a Triton kernel fails here unless NO_KERNEL states why."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import backends
+import irgraph
+from backends.triton import KERNELS
+from irgraph import Graph, TensorType
+from tests.samples import Case, all_samples
+
+SAMPLES = all_samples()
+CASES = [(op, i, c) for op, cases in sorted(SAMPLES.items()) for i, c in enumerate(cases)]
+IDS = [f"{op}-{i}" for op, i, _ in CASES]
+# op -> why the Triton backend does not run it (empty: every op has a kernel)
+NO_KERNEL: dict[str, str] = {}
+
+
+def build(op: str, case: Case) -> Graph:
+    g = Graph(f"one_{op}")
+    xs = [g.add_input(f"x{i}", TensorType.of(a)) for i, a in enumerate(case.inputs)]
+    g.set_outputs(g.add_node(op, xs, case.attrs))
+    return g
+
+
+def tolerance(dtype) -> dict:
+    return dict(rtol=1e-9, atol=1e-10) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
+
+
+def test_every_op_has_a_triton_kernel_or_a_reason():
+    missing = sorted(set(irgraph.all_ops()) - set(KERNELS) - set(NO_KERNEL))
+    assert not missing, f"ops without a Triton kernel (backends/triton): {missing}"
+
+
+@pytest.mark.parametrize("op,i,case", CASES, ids=IDS)
+def test_triton_matches_reference(op, i, case):
+    if op in NO_KERNEL:
+        with pytest.raises(backends.triton.UnsupportedOpError, match=op):
+            backends.compile(build(op, case), "triton")
+        return
+    g = build(op, case)
+    expect = backends.compile(g, "reference")(*case.inputs)
+    got = backends.compile(g, "triton")(*case.inputs)
+    assert len(got) == len(expect)
+    for e, r in zip(expect, got):
+        assert isinstance(r, np.ndarray) and r.shape == e.shape and r.dtype == e.dtype
+        if e.dtype.kind == "f":
+            np.testing.assert_allclose(r, e, **tolerance(e.dtype), equal_nan=True,
+                                       err_msg=f"{op} sample {i}: {case.note}")
+        else:
+            np.testing.assert_array_equal(r, e, err_msg=f"{op} sample {i}: {case.note}")
