@@ -49,28 +49,21 @@ def _diff_inputs(case: Case, inputs: list[np.ndarray]) -> list[int]:
             if i not in case.nondiff and a.dtype.kind == "f" and a.size]
 
 
-def _cotangents(g: Graph, rng) -> tuple[list[int], list[np.ndarray]]:
-    of = [i for i, v in enumerate(g.outputs) if v.type.is_float]
-    cts = [rng.standard_normal(g.outputs[i].shape).astype(g.outputs[i].type.np_dtype)
-           for i in of]
-    return of, cts
-
-
-def _run(g: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    node = g.nodes[0]
-    return node.opdef.run([a.copy() for a in inputs], node.attrs)
+def _float_outputs(g: Graph, among: list[int] | None = None) -> list[int]:
+    among = range(len(g.outputs)) if among is None else among
+    return [i for i in among if g.outputs[i].type.is_float and g.outputs[i].type.size]
 
 
 def _vjp_values(g: Graph, inputs, wrt: list[int], of: list[int], cts) -> list[np.ndarray]:
-    vg = vjp(g, wrt=[f"x{i}" for i in wrt], of=of)
+    vg = vjp(g, wrt=[g.inputs[i].name for i in wrt], of=of)
     outs = interpret(vg, list(inputs) + list(cts))
     return [o.astype(np.float64) for o in outs[len(g.outputs):]]
 
 
-def _fd_check(op: str, g64: Graph, inputs64, wrt, of, cts64, got, rtol, atol) -> None:
+def _fd_check(what: str, g64: Graph, inputs64, wrt, of, cts64, got, rtol, atol) -> None:
     """Compare ``got`` (VJP per input in ``wrt``) with finite differences of L in float64."""
     def loss(arrays) -> float:
-        outs = _run(g64, arrays)
+        outs = interpret(g64, arrays)
         return float(sum(np.sum(outs[i].astype(np.float64) * c) for i, c in zip(of, cts64)))
 
     base = loss(inputs64)
@@ -85,7 +78,7 @@ def _fd_check(op: str, g64: Graph, inputs64, wrt, of, cts64, got, rtol, atol) ->
             up, down = at(H), at(-H)
             right, left = (up - base) / H, (base - down) / H
             g = got[k][j]
-            where = f"{op}: d/dx{i}{list(j)}"
+            where = f"{what}: d/d%{g64.inputs[i].name}{list(j)}"
             if abs(right - left) > KINK * (1 + abs(right) + abs(left)):
                 lo, hi = min(left, right), max(left, right)
                 tol = atol + rtol * (abs(lo) + abs(hi))
@@ -95,36 +88,68 @@ def _fd_check(op: str, g64: Graph, inputs64, wrt, of, cts64, got, rtol, atol) ->
             else:
                 central = (up - down) / (2 * H)
                 assert abs(g - central) <= atol + rtol * abs(central), (
-                    f"{where}: VJP {g} != finite difference {central}")
+                    f"{what}: VJP {g} != finite difference {central} ({where})")
 
 
-def _check_case(op: str, case: Case, seed: int) -> bool:
-    """Check one sample; False when it has nothing to differentiate."""
-    inputs = [np.asarray(a) for a in case.inputs]
-    wrt = _diff_inputs(case, inputs)
-    g = _one_node(op, inputs, case.attrs)
-    of, cts = _cotangents(g, np.random.default_rng(seed))
-    if not wrt or not of:
-        return False
+def check_graph_vjp(what: str, g: Graph, g64: Graph | None, inputs, inputs64, wrt: list[int],
+                    of: list[int], rng) -> None:
+    """VJP of ``g`` for random cotangents of outputs ``of`` vs finite differences of ``g64``
+    (the same graph in float64; None when the graph only exists in its own dtype)."""
+    cts = [rng.standard_normal(g.outputs[i].shape).astype(g.outputs[i].type.np_dtype)
+           for i in of]
+    cts64 = [c.astype(np.float64) for c in cts]
     got = _vjp_values(g, inputs, wrt, of, cts)
+    low = any(g.outputs[i].dtype == "float32" for i in of) or any(
+        inputs[i].dtype == np.float32 for i in wrt)
+    if g64 is None:
+        _fd_check(what, g, inputs, wrt, of, cts64, got, 2e-2 if low else 1e-5,
+                  2e-3 if low else 1e-6)
+        return
+    # the VJP in float64 must match tightly; the one in the sample's dtype to its accuracy
+    got64 = _vjp_values(g64, inputs64, wrt, of, cts64)
+    _fd_check(what, g64, inputs64, wrt, of, cts64, got64, 1e-5, 1e-6)
+    for a, b in zip(got, got64):
+        np.testing.assert_allclose(a, b, rtol=2e-3 if low else 1e-6, atol=2e-4 if low else 1e-7,
+                                   err_msg=f"{what}: VJP in the sample's dtype vs float64")
+
+
+def _graphs(op: str, case: Case):
+    inputs = [np.asarray(a) for a in case.inputs]
+    g = _one_node(op, inputs, case.attrs)
     inputs64 = [_promote(a) for a in inputs]
     try:
         g64 = _one_node(op, inputs64, {k: _promote(v) for k, v in case.attrs.items()})
     except IRError:          # an op defined for float32 only: check in its own dtype
-        g64, inputs64 = g, inputs
-    cts64 = [c.astype(np.float64) for c in cts]
-    low = any(a.dtype == np.float32 for a in inputs) or any(c.dtype == np.float32 for c in cts)
-    if g64 is not g:
-        # the VJP in float64 must match tightly; the float32 one to float32 accuracy
-        got64 = _vjp_values(g64, inputs64, wrt, of,
-                            [c.astype(g64.outputs[i].type.np_dtype) for i, c in zip(of, cts)])
-        _fd_check(op, g64, inputs64, wrt, of, cts64, got64, 1e-5, 1e-6)
-        for a, b in zip(got, got64):
-            np.testing.assert_allclose(a, b, rtol=2e-3 if low else 1e-6, atol=2e-4 if low
-                                       else 1e-7, err_msg=f"{op}: float32 VJP vs float64 VJP")
-    else:
-        _fd_check(op, g, inputs, wrt, of, cts64, got, 2e-2 if low else 1e-5,
-                  2e-3 if low else 1e-6)
+        g64, inputs64 = None, inputs
+    return g, g64, inputs, inputs64
+
+
+def _check_case(op: str, case: Case, seed: int) -> bool:
+    """First order on one sample; False when it has nothing to differentiate."""
+    g, g64, inputs, inputs64 = _graphs(op, case)
+    wrt, of = _diff_inputs(case, inputs), _float_outputs(g)
+    if not wrt or not of:
+        return False
+    check_graph_vjp(op, g, g64, inputs, inputs64, wrt, of, np.random.default_rng(seed))
+    return True
+
+
+def _check_case_second_order(op: str, case: Case, seed: int) -> bool:
+    """The VJP graph of one sample, differentiated again w.r.t. the op's inputs."""
+    g, g64, inputs, inputs64 = _graphs(op, case)
+    wrt, of = _diff_inputs(case, inputs), _float_outputs(g)
+    if not wrt or not of:
+        return False
+    rng = np.random.default_rng(seed)
+    names = [g.inputs[i].name for i in wrt]
+    first = vjp(g, wrt=names, of=of)
+    first64 = vjp(g64, wrt=names, of=of) if g64 is not None else None
+    cts = [rng.standard_normal(g.outputs[i].shape) for i in of]
+    args = inputs + [c.astype(g.outputs[i].type.np_dtype) for i, c in zip(of, cts)]
+    args64 = inputs64 + [c.astype(np.float64 if g64 is not None else g.outputs[i].type.np_dtype)
+                         for i, c in zip(of, cts)]
+    grads_of = _float_outputs(first, list(range(len(g.outputs), len(first.outputs))))
+    check_graph_vjp(f"{op} (second order)", first, first64, args, args64, wrt, grads_of, rng)
     return True
 
 
@@ -136,6 +161,14 @@ def test_vjp_matches_finite_differences(op):
     checked = [_check_case(op, case, seed) for seed, case in enumerate(cases)]
     assert any(checked), (f"op {op!r} has no sample with a float input to differentiate "
                           f"(tests/samples)")
+
+
+@pytest.mark.parametrize("op", DIFF_OPS)
+def test_vjp_of_vjp_matches_finite_differences(op):
+    """Rules are written with IR ops, so each VJP graph differentiates again (second order)."""
+    cases = SAMPLES.get(op, [])
+    checked = [_check_case_second_order(op, case, seed) for seed, case in enumerate(cases)]
+    assert any(checked), f"op {op!r} has no sample with a float input to differentiate"
 
 
 def test_every_differentiable_op_has_a_rule():
