@@ -1,0 +1,79 @@
+"""The LLVM CPU backend: the whole graph as ONE native function, JIT-compiled with llvmlite.
+
+    exe = backends.compile(graph, "llvm", threads=2, verbose=True)
+    outs = exe(*args)              # inputs then params, validated before the native call
+    exe.llvm_ir(); exe.assembly()
+
+Options: ``threads`` (default: the CPU count), ``opt`` (LLVM optimization level, 3),
+``cache`` (use the on-disk object cache, True), ``verbose`` (say whether a compile was
+served from the cache). Lowerings live in per-family modules, registered in
+``lowering.LOWERINGS``; an op without one is a compile-time error naming it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from irgraph import Graph, verify
+
+from . import jit
+from .executable import LLVMExecutable, NativeError
+from .jit import cache_dir, clear_cache
+from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
+from .module import build_module, plan
+from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
+from . import ops_optim  # noqa: F401
+
+log = logging.getLogger("backends.llvm")
+_OPTIONS = {"threads", "opt", "cache", "verbose"}
+STATS = {"compiles": 0, "cache_hits": 0}
+
+
+def _check_lowerable(graph: Graph) -> None:
+    from .module import _all_nodes
+    for node in _all_nodes(graph):
+        get_lowering(node)
+
+
+def compile(graph: Graph, **options) -> LLVMExecutable:
+    """Compile ``graph`` for this CPU (served from the disk cache when it was seen before)."""
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TypeError(f"llvm backend: unknown option(s) {sorted(unknown)}; "
+                        f"it takes {sorted(_OPTIONS)}")
+    threads = int(options.get("threads") or os.cpu_count() or 1)
+    if threads < 1:
+        raise ValueError(f"llvm backend: threads must be >= 1, got {threads}")
+    opt = int(options.get("opt", 3))
+    use_cache = bool(options.get("cache", True))
+    verbose = bool(options.get("verbose", False))
+    graph = verify(graph)
+    _check_lowerable(graph)
+    triple, _, features = jit.host()
+    p = plan(graph, features)
+    text = str(graph)
+    key = jit.cache_key(text, {"threads": threads, "opt": opt})
+    t0 = time.perf_counter()
+    obj = jit.cache_load(key) if use_cache else None
+    hit = obj is not None
+    if obj is None:
+        module = build_module(graph, p, features, threads, triple)
+        obj = jit.emit_object(jit.optimize(str(module), opt), opt)
+        if use_cache:
+            jit.cache_store(key, obj)
+    STATS["compiles"] += 1
+    STATS["cache_hits"] += hit
+    shapes = ", ".join(str(v.type) for v in graph.inputs)
+    msg = (f"llvm: graph {graph.name!r} ({shapes}): "
+           f"{'cache hit' if hit else 'compiled anew (cache miss)'} in "
+           f"{time.perf_counter() - t0:.3f}s, key {key[:12]}")
+    log.info(msg)
+    if verbose:
+        print(msg)
+    return LLVMExecutable(graph, p, obj, threads=threads, opt=opt, cache_key=key,
+                          cache_hit=hit, features=features)
+
+
+__all__ = ["compile", "clear_cache", "cache_dir", "LLVMExecutable", "NativeError", "LOWERINGS",
+           "UNLOWERABLE", "STATS"]

@@ -1,0 +1,149 @@
+"""IR-building helpers: LLVM types of our dtypes, tensor buffers, loops as context managers.
+
+Everything here builds llvmlite.ir; nothing JITs (see jit.py).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from llvmlite import ir
+
+from irgraph import TensorType
+
+I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+F32, F64 = ir.FloatType(), ir.DoubleType()
+VOID = ir.VoidType()
+PTR = ir.PointerType(I8)
+
+# storage type of each dtype (bool is one byte in memory, i1 in registers)
+STORAGE: dict[str, ir.Type] = {"float32": F32, "float64": F64, "int32": I32, "int64": I64,
+                               "bool": I8}
+REGISTER: dict[str, ir.Type] = dict(STORAGE, bool=I1)
+
+
+def i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, int(v))
+
+
+def row_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Row-major strides in elements."""
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return tuple(reversed(out))
+
+
+def broadcast_strides(shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:
+    """Strides that read a tensor of ``shape`` at indices of the broadcast ``out_shape``."""
+    lead = len(out_shape) - len(shape)
+    own = row_strides(shape)
+    return tuple(0 if i < lead or shape[i - lead] == 1 else own[i - lead]
+                 for i in range(len(out_shape)))
+
+
+def coalesce(shape: Sequence[int], strides: Sequence[Sequence[int]]):
+    """Merge adjacent dimensions that every operand walks contiguously (fewer, longer loops)."""
+    dims = [(d, [s[i] for s in strides]) for i, d in enumerate(shape) if d != 1]
+    if not dims:
+        return (), [() for _ in strides]
+    merged = [dims[0]]
+    for d, st in dims[1:]:
+        pd, pst = merged[-1]
+        if all(a == b * d for a, b in zip(pst, st)):
+            merged[-1] = (pd * d, st)
+        else:
+            merged.append((d, st))
+    return tuple(d for d, _ in merged), [tuple(st[k] for _, st in merged)
+                                          for k in range(len(strides))]
+
+
+class Buf:
+    """A tensor in memory: a typed pointer and its TensorType (row-major, contiguous)."""
+
+    def __init__(self, ptr: ir.Value, type: TensorType):
+        self.ptr = ptr
+        self.type = type
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def elem(self) -> ir.Type:
+        return STORAGE[self.type.dtype]
+
+    def at(self, b: ir.IRBuilder, offset: ir.Value) -> ir.Value:
+        return b.gep(self.ptr, [offset], inbounds=True)
+
+    def load(self, b: ir.IRBuilder, offset: ir.Value) -> ir.Value:
+        v = b.load(self.at(b, offset))
+        return b.trunc(v, I1) if self.dtype == "bool" else v
+
+    def store(self, b: ir.IRBuilder, offset: ir.Value, value: ir.Value) -> None:
+        if self.dtype == "bool":
+            value = b.zext(value, I8)
+        b.store(value, self.at(b, offset))
+
+
+@contextmanager
+def for_range(b: ir.IRBuilder, start, stop, name: str = "i",
+              step: int = 1) -> Iterator[ir.Value]:
+    """``for i in range(start, stop, step)`` (step > 0); yields i (i64)."""
+    start = i64(start) if isinstance(start, int) else start
+    stop = i64(stop) if isinstance(stop, int) else stop
+    pre = b.block
+    cond = b.append_basic_block(f"{name}.cond")
+    body = b.append_basic_block(f"{name}.body")
+    end = b.append_basic_block(f"{name}.end")
+    b.branch(cond)
+    b.position_at_end(cond)
+    idx = b.phi(I64, name=name)
+    idx.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", idx, stop), body, end)
+    b.position_at_end(body)
+    yield idx
+    nxt = b.add(idx, i64(step), name=f"{name}.next", flags=("nsw",))
+    idx.add_incoming(nxt, b.block)
+    b.branch(cond)
+    b.position_at_end(end)
+
+
+@contextmanager
+def strided_nest(b: ir.IRBuilder, shape: Sequence[int], strides: Sequence[Sequence[int]],
+                 bases: Sequence[ir.Value] | None = None,
+                 outer: tuple[ir.Value, ir.Value] | None = None) -> Iterator[list[ir.Value]]:
+    """Loops over ``shape``; yields, per operand, its element offset (base + sum(i*stride)).
+
+    ``outer`` = (lo, hi) restricts the outermost loop (a thread's share of it).
+    """
+    offs = list(bases) if bases is not None else [i64(0)] * len(strides)
+    with _nest(b, list(shape), [list(s) for s in strides], offs, outer, 0) as res:
+        yield res
+
+
+@contextmanager
+def _nest(b, shape, strides, offs, outer, depth):
+    if depth == len(shape):
+        yield offs
+        return
+    lo, hi = outer if (outer is not None and depth == 0) else (i64(0), i64(shape[depth]))
+    with for_range(b, lo, hi, name=f"d{depth}") as i:
+        new = [b.add(o, b.mul(i, i64(s[depth]))) if s[depth] else o
+               for o, s in zip(offs, strides)]
+        with _nest(b, shape, strides, new, outer, depth + 1) as res:
+            yield res
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def prod(xs: Sequence[int]) -> int:
+    return int(math.prod(xs))

@@ -1,0 +1,99 @@
+"""The LLVM executable: validated numpy buffers in, one native call per thread, outputs out."""
+from __future__ import annotations
+
+import ctypes
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from irgraph import Graph
+
+from ..base import Executable
+from . import jit
+from .lowering import ERROR_MESSAGES
+from .module import ENTRY, Plan, build_module
+
+
+class NativeError(ValueError):
+    """The generated code found bad data (an out-of-range class index, ...)."""
+
+
+class LLVMExecutable(Executable):
+    backend = "llvm"
+
+    def __init__(self, graph: Graph, plan: Plan, obj: bytes, *, threads: int, opt: int,
+                 cache_key: str, cache_hit: bool, features: str):
+        super().__init__(graph)
+        self.plan = plan
+        self.threads = threads
+        self.opt = opt
+        self.cache_key = cache_key
+        self.cache_hit = cache_hit
+        self._features = features
+        self._loaded = jit.Loaded(obj, ENTRY, opt)
+        self._arena = np.zeros(max(plan.arena_bytes, 64), np.uint8)
+        self._ws = np.zeros(max(plan.workspace_bytes * threads, 64), np.uint8)
+        self._ctl = np.zeros(4, np.int64)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+        self._ir: str | None = None
+
+    # ---------------------------------------------------------------- running
+    def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        g = self.graph
+        outs: list[np.ndarray | None] = [None] * len(g.outputs)
+        for j, v in enumerate(g.outputs):
+            if j not in self.plan.copies:
+                outs[j] = np.empty(v.type.shape, v.type.np_dtype)
+        ptrs = [a.ctypes.data for a in args]
+        ptrs += [o.ctypes.data if o is not None else 0 for o in outs]
+        with self._lock:
+            self._ctl[:] = 0
+            ptrs += [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
+            table = (ctypes.c_void_p * len(ptrs))(*ptrs)
+            self._call(table)
+            code, node = int(self._ctl[0]), int(self._ctl[1])
+        if code:
+            self._raise(code, node)
+        for j, (kind, k) in self.plan.copies.items():
+            outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
+        return outs
+
+    def _call(self, table) -> None:
+        fn, n = self._loaded.fn, self.threads
+        if n == 1:
+            fn(table, 0, 1)
+            return
+        futures = [self._pool.submit(fn, table, t, n) for t in range(1, n)]
+        fn(table, 0, n)
+        for f in futures:
+            f.result()
+
+    def _raise(self, code: int, node_index: int) -> None:
+        node = self.graph.nodes[node_index] if 0 <= node_index < len(self.graph.nodes) else None
+        what = ERROR_MESSAGES.get(code, f"error {code}")
+        where = f" in {node!r}" if node is not None else ""
+        loc = f" (from {node.loc})" if node is not None and node.loc else ""
+        raise NativeError(f"llvm backend: {what}{where}{loc}")
+
+    # ---------------------------------------------------------------- inspection
+    def llvm_ir(self, optimized: bool = False) -> str:
+        """The generated LLVM IR (as built, or after the -O3 pipeline)."""
+        if self._ir is None:
+            triple = jit.host()[0]
+            self._ir = str(build_module(self.graph, self.plan, self._features, self.threads,
+                                        triple))
+        return str(jit.optimize(self._ir, self.opt)) if optimized else self._ir
+
+    def assembly(self) -> str:
+        """The host assembly of the whole module."""
+        return jit.emit_assembly(jit.optimize(self.llvm_ir(), self.opt), self.opt)
+
+    def source(self) -> str:
+        return self.llvm_ir()
+
+    def __del__(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False)

@@ -1,0 +1,276 @@
+"""Blocked, packed, register-tiled GEMM in LLVM IR, and the matmul lowering built on it.
+
+C[M,N] = A[M,K] @ B[K,N] with arbitrary element strides for A and B (so transposed operands
+cost nothing) and row stride ``ldc`` for C. The classic scheme (Goto/BLIS):
+
+    for jc in N by NC:  for pc in K by KC:  pack B panel (KC x NC, NR-wide column strips)
+        for ic in M by MC:  pack A block (MC x KC, MR-tall row strips)
+            for each NR strip, for each MR strip:  MR x NR micro-kernel with vector FMAs
+
+The micro-kernel keeps MR x NR accumulators in vector registers (NR = 2 vectors); partial
+tiles at the edges go through a stack tile so no load or store leaves C, A or B.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from .builder import F32, F64, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64, \
+    prod, row_strides, strided_nest
+from .lowering import Ctx, lowering
+
+KC = 256
+MC = 96
+NC = 1024
+
+
+@dataclass(frozen=True)
+class Tiling:
+    vw: int      # vector width in elements
+    mr: int
+    nr: int
+
+    def panel_elems(self) -> int:
+        mc = -(-MC // self.mr) * self.mr
+        return KC * (NC + self.nr) + mc * KC
+
+
+def tiling(dtype: str, features: str) -> Tiling:
+    wide = "+avx512f" in features
+    avx = "+avx2" in features or "+avx" in features
+    bits = 512 if wide else (256 if avx else 128)
+    vw = bits // (32 if dtype == "float32" else 64)
+    mr = 12 if wide else (6 if avx else 4)
+    return Tiling(vw, mr, 2 * vw)
+
+
+def workspace_bytes(features: str) -> int:
+    """Per-thread packing scratch: enough for either float dtype."""
+    t = tiling("float64", features)
+    return t.panel_elems() * 8 + 256
+
+
+def _arg_types(elem):
+    p = ir.PointerType(elem)
+    return [p, I64, I64, p, I64, I64, p, I64, I64, I64, I64, PTR]
+
+
+def gemm_function(module: ir.Module, dtype: str, features: str) -> ir.Function:
+    """``gemm_<dtype>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch)``; built once."""
+    name = f"irgraph.gemm.{dtype}"
+    if name in module.globals:
+        return module.globals[name]
+    elem = STORAGE[dtype]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), _arg_types(elem)), name)
+    fn.linkage = "internal"
+    _GemmBuilder(module, fn, elem, tiling(dtype, features)).build()
+    return fn
+
+
+class _GemmBuilder:
+    def __init__(self, module, fn, elem, t: Tiling):
+        self.module, self.fn, self.elem, self.t = module, fn, elem, t
+        self.vec = ir.VectorType(elem, t.vw)
+        self.b = ir.IRBuilder(fn.append_basic_block("entry"))
+        self.entry = fn.entry_basic_block
+
+    def alloca(self, ty, name=""):
+        b = ir.IRBuilder(self.entry)
+        b.position_at_start(self.entry)
+        return b.alloca(ty, name=name)
+
+    def zero(self):
+        return ir.Constant(self.elem, 0.0)
+
+    def build(self) -> None:
+        b, t = self.b, self.t
+        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch = self.fn.args
+        ep = ir.PointerType(self.elem)
+        bp = b.bitcast(scratch, ep)
+        ap = b.gep(bp, [i64(KC * (NC + t.nr))], inbounds=True)
+        with for_range(b, 0, N, "jc", NC) as jc:
+            nc = _min(b, i64(NC), b.sub(N, jc))
+            with for_range(b, 0, K, "pc", KC) as pc:
+                kc = _min(b, i64(KC), b.sub(K, pc))
+                first = b.icmp_signed("==", pc, i64(0))
+                bsrc = b.gep(B, [b.add(b.mul(pc, rsb), b.mul(jc, csb))])
+                self.pack(bp, bsrc, csb, rsb, nc, kc, t.nr)
+                with for_range(b, 0, M, "ic", MC) as ic:
+                    mc = _min(b, i64(MC), b.sub(M, ic))
+                    asrc = b.gep(A, [b.add(b.mul(ic, rsa), b.mul(pc, csa))])
+                    self.pack(ap, asrc, rsa, csa, mc, kc, t.mr)
+                    self.macro(ap, bp, C, ldc, ic, jc, mc, nc, kc, first)
+        b.ret_void()
+
+    def pack(self, dst, src, s_strip, s_k, n, kc, w: int) -> None:
+        """dst[strip][k][r] = src[(strip*w + r)*s_strip + k*s_k], zero past ``n``."""
+        b = self.b
+        nstrips = b.sdiv(b.add(n, i64(w - 1)), i64(w))
+        with for_range(b, 0, nstrips, "ps") as s:
+            base = b.mul(s, b.mul(kc, i64(w)))
+            with for_range(b, 0, kc, "pk") as k:
+                row = b.add(base, b.mul(k, i64(w)))
+                for r in range(w):
+                    idx = b.add(b.mul(s, i64(w)), i64(r))
+                    ok = b.icmp_signed("<", idx, n)
+                    safe = b.select(ok, idx, i64(0))
+                    v = b.load(b.gep(src, [b.add(b.mul(safe, s_strip), b.mul(k, s_k))]))
+                    b.store(b.select(ok, v, self.zero()), b.gep(dst, [b.add(row, i64(r))]))
+
+    def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first) -> None:
+        b, t = self.b, self.t
+        with for_range(b, 0, nc, "jr", t.nr) as jr:
+            bpanel = b.gep(bp, [b.mul(jr, kc)])
+            nr = _min(b, i64(t.nr), b.sub(nc, jr))
+            with for_range(b, 0, mc, "ir", t.mr) as ir_:
+                apanel = b.gep(ap, [b.mul(ir_, kc)])
+                mr = _min(b, i64(t.mr), b.sub(mc, ir_))
+                row = b.add(ic, ir_)
+                cptr = b.gep(C, [b.add(b.mul(row, ldc), b.add(jc, jr))])
+                self.micro(apanel, bpanel, cptr, ldc, kc, mr, nr, first)
+
+    def micro(self, apanel, bpanel, cptr, ldc, kc, mr, nr, first) -> None:
+        b, t = self.b, self.t
+        nv = t.nr // t.vw
+        vp = ir.PointerType(self.vec)
+        accs = [[self.alloca(self.vec, f"acc{i}_{v}") for v in range(nv)] for i in range(t.mr)]
+        zero = ir.Constant(self.vec, [0.0] * t.vw)
+        for row in accs:
+            for a in row:
+                b.store(zero, a)
+        suffix = f"v{t.vw}{'f32' if self.elem == F32 else 'f64'}"
+        fma = self.module.globals.get(f"llvm.fma.{suffix}") or ir.Function(
+            self.module, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.{suffix}")
+        mask = ir.Constant(ir.VectorType(I32, t.vw), [0] * t.vw)
+        undef = ir.Constant(self.vec, ir.Undefined)
+        with for_range(b, 0, kc, "k") as k:
+            bk = b.gep(bpanel, [b.mul(k, i64(t.nr))])
+            bv = [b.load(b.bitcast(b.gep(bk, [i64(v * t.vw)]), vp), align=self.elem_align())
+                  for v in range(nv)]
+            ak = b.gep(apanel, [b.mul(k, i64(t.mr))])
+            for i in range(t.mr):
+                a = b.load(b.gep(ak, [i64(i)]))
+                av = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I32, 0)), undef, mask)
+                for v in range(nv):
+                    b.store(b.call(fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
+        full = b.and_(b.icmp_signed("==", mr, i64(t.mr)), b.icmp_signed("==", nr, i64(t.nr)))
+        with b.if_else(full) as (then, other):
+            with then:
+                self.store_full(accs, cptr, ldc, first, vp)
+            with other:
+                self.store_partial(accs, cptr, ldc, mr, nr, first, vp)
+
+    def elem_align(self) -> int:
+        return 4 if self.elem == F32 else 8
+
+    def store_full(self, accs, cptr, ldc, first, vp) -> None:
+        b, t = self.b, self.t
+        for i, row in enumerate(accs):
+            rp = b.gep(cptr, [b.mul(i64(i), ldc)])
+            for v, a in enumerate(row):
+                p = b.bitcast(b.gep(rp, [i64(v * t.vw)]), vp)
+                acc = b.load(a)
+                old = b.load(p, align=self.elem_align())
+                b.store(b.select(first, acc, b.fadd(old, acc)), p, align=self.elem_align())
+
+    def store_partial(self, accs, cptr, ldc, mr, nr, first, vp) -> None:
+        b, t = self.b, self.t
+        tile = self.alloca(ir.ArrayType(self.elem, t.mr * t.nr), "tile")
+        tp = b.bitcast(tile, ir.PointerType(self.elem))
+        for i, row in enumerate(accs):
+            for v, a in enumerate(row):
+                b.store(b.load(a), b.bitcast(b.gep(tp, [i64(i * t.nr + v * t.vw)]), vp),
+                        align=self.elem_align())
+        with for_range(b, 0, mr, "ti") as i:
+            with for_range(b, 0, nr, "tj") as j:
+                src = b.load(b.gep(tp, [b.add(b.mul(i, i64(t.nr)), j)]))
+                p = b.gep(cptr, [b.add(b.mul(i, ldc), j)])
+                old = b.load(p)
+                b.store(b.select(first, src, b.fadd(old, src)), p)
+
+
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+# ---------------------------------------------------------------- the matmul lowering
+
+
+def matmul_dims(a_shape, b_shape):
+    """(batch shape, M, K, N) with numpy's promotion of 1-D operands."""
+    sa = a_shape if len(a_shape) > 1 else (1,) + tuple(a_shape)
+    sb = b_shape if len(b_shape) > 1 else tuple(b_shape) + (1,)
+    import numpy as np
+    batch = tuple(np.broadcast_shapes(sa[:-2], sb[:-2]))
+    return batch, sa, sb, sa[-2], sa[-1], sb[-1]
+
+
+def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int,
+              M: int, N: int, K: int) -> None:
+    """Emit this thread's share of C = A @ B: split N by NR strips, or M when N is narrow."""
+    b = ctx.b
+    t = tiling(dtype, ctx.features)
+    fn = gemm_function(ctx.module, dtype, ctx.features)
+    (rsa, csa), (rsb, csb) = a_strides, b_strides
+    if K == 0:
+        with ctx.thread0():
+            with strided_nest(b, (M, N), [(ldc, 1)], [i64(0)]) as (o,):
+                b.store(ir.Constant(STORAGE[dtype], 0.0), b.gep(c_ptr, [o]))
+        return
+    if M == 0 or N == 0:
+        return
+    strips = -(-N // t.nr)
+    if strips >= ctx.max_threads or M <= t.mr:
+        lo, hi = ctx.split(strips)
+        n0 = b.mul(lo, i64(t.nr))
+        n1 = _min(b, b.mul(hi, i64(t.nr)), i64(N))
+        with b.if_then(b.icmp_signed("<", n0, n1)):
+            b.call(fn, [a_ptr, i64(rsa), i64(csa), b.gep(b_ptr, [b.mul(n0, i64(csb))]),
+                        i64(rsb), i64(csb), b.gep(c_ptr, [n0]), i64(ldc), i64(M),
+                        b.sub(n1, n0), i64(K), ctx.scratch()])
+    else:
+        lo, hi = ctx.split(-(-M // t.mr))
+        m0 = b.mul(lo, i64(t.mr))
+        m1 = _min(b, b.mul(hi, i64(t.mr)), i64(M))
+        with b.if_then(b.icmp_signed("<", m0, m1)):
+            b.call(fn, [b.gep(a_ptr, [b.mul(m0, i64(rsa))]), i64(rsa), i64(csa), b_ptr,
+                        i64(rsb), i64(csb), b.gep(c_ptr, [b.mul(m0, i64(ldc))]), i64(ldc),
+                        b.sub(m1, m0), i64(N), i64(K), ctx.scratch()])
+
+
+@lowering("matmul", parallel=True)
+def _matmul(ctx, node, ins, outs):
+    (x, y), (out,) = ins, outs
+    batch, sa, sb, M, K, N = matmul_dims(x.shape, y.shape)
+    if out.dtype not in ("float32", "float64"):
+        return _matmul_int(ctx, x, y, out, batch, sa, sb, M, K, N)
+    xs = [s * M * K for s in broadcast_strides(sa[:-2], batch)]
+    ys = [s * K * N for s in broadcast_strides(sb[:-2], batch)]
+    os_ = [s * M * N for s in row_strides(batch)]
+    b = ctx.b
+    with strided_nest(b, batch, [xs, ys, os_]) as (xo, yo, oo):
+        call_gemm(ctx, out.dtype, b.gep(x.ptr, [xo]), (K, 1), b.gep(y.ptr, [yo]), (N, 1),
+                  b.gep(out.ptr, [oo]), N, M, N, K)
+
+
+def _matmul_int(ctx, x: Buf, y: Buf, out: Buf, batch, sa, sb, M, K, N) -> None:
+    """Integer matmul (wrapping, as numpy): plain loops on thread 0."""
+    b = ctx.b
+    xs = [s * M * K for s in broadcast_strides(sa[:-2], batch)] + [K, 0, 1]
+    ys = [s * K * N for s in broadcast_strides(sb[:-2], batch)] + [0, 1, N]
+    os_ = [s * M * N for s in row_strides(batch)] + [N, 1, 0]
+    with ctx.thread0():
+        elementwise_zero(ctx, out)
+        with strided_nest(b, batch + (M, N, K), [xs, ys, os_]) as (xo, yo, oo):
+            v = b.mul(x.load(b, xo), y.load(b, yo))
+            out.store(b, oo, b.add(out.load(b, oo), v))
+
+
+def elementwise_zero(ctx, out: Buf) -> None:
+    b = ctx.b
+    with strided_nest(b, (out.type.size,), [(1,)]) as (o,):
+        b.store(ir.Constant(out.elem, 0), out.at(b, o))
+
+
+__all__ = ["F64", "prod", "KC", "MC", "NC"]

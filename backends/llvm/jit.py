@@ -1,0 +1,150 @@
+"""JIT for the host CPU through llvmlite.binding, and the on-disk object cache.
+
+IR text -> parse, verify -> new pass manager at -O3 with loop and SLP vectorization ->
+object code for the host (its triple, CPU and features) -> loaded into an MCJIT engine.
+Object code is cached on disk, keyed by the graph's canonical text, the target and the
+options; the folder is ``$IRGRAPH_CACHE_DIR`` (default ``~/.cache/irgraph/llvm``).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import llvmlite
+import llvmlite.binding as llvm
+
+CACHE_VERSION = "irgraph-llvm-3"
+
+
+@lru_cache(maxsize=None)
+def _init() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    for lib in ("m", "c"):
+        path = ctypes.util.find_library(lib)
+        if path:
+            llvm.load_library_permanently(path)
+
+
+@lru_cache(maxsize=None)
+def host() -> tuple[str, str, str]:
+    """(triple, cpu name, feature string) of this machine."""
+    _init()
+    return llvm.get_process_triple(), llvm.get_host_cpu_name(), \
+        llvm.get_host_cpu_features().flatten()
+
+
+@lru_cache(maxsize=4)
+def target_machine(opt: int = 3):
+    """The shared machine for optimizing and emitting (never handed to an engine)."""
+    return new_target_machine(opt)
+
+
+def new_target_machine(opt: int = 3):
+    _init()
+    triple, cpu, features = host()
+    target = llvm.Target.from_triple(triple)
+    return target.create_target_machine(cpu=cpu, features=features, opt=opt,
+                                        reloc="default", codemodel="jitdefault", jit=True)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("IRGRAPH_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "irgraph" / "llvm"
+
+
+def clear_cache() -> int:
+    """Delete every cached object; returns how many were removed."""
+    d = cache_dir()
+    if not d.is_dir():
+        return 0
+    n = len(list(d.glob("*.o")))
+    shutil.rmtree(d, ignore_errors=True)
+    return n
+
+
+def cache_key(graph_text: str, options: dict) -> str:
+    triple, cpu, features = host()
+    opts = ";".join(f"{k}={options[k]!r}" for k in sorted(options))
+    blob = "\n".join([CACHE_VERSION, llvmlite.__version__, triple, cpu, features, opts,
+                      graph_text])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_load(key: str) -> bytes | None:
+    path = cache_dir() / f"{key}.o"
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def cache_store(key: str, obj: bytes) -> None:
+    d = cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(obj)
+        os.replace(tmp, d / f"{key}.o")       # atomic: readers never see half a file
+    except OSError:
+        pass                                  # a read-only cache only costs speed
+
+
+def _with_vector_width(text: str, features: str) -> str:
+    """LLVM prefers 256-bit vectors even on AVX-512 unless a function asks for 512."""
+    if "+avx512f" not in features:
+        return text
+    return re.sub(r"^(define [^\n]*\))(\s*)\{", r'\1 "prefer-vector-width"="512"\2{',
+                  text, flags=re.M)
+
+
+def optimize(ir_text: str, opt: int = 3):
+    """Parse, verify and optimize; returns the llvmlite ModuleRef."""
+    _init()
+    _, _, features = host()
+    mod = llvm.parse_assembly(_with_vector_width(ir_text, features))
+    mod.verify()
+    tm = target_machine(opt)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    if opt > 0:
+        pto = llvm.create_pipeline_tuning_options(speed_level=opt)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+        pto.loop_unrolling = True
+        pb = llvm.create_pass_builder(tm, pto)
+        pb.getModulePassManager().run(mod, pb)
+    return mod
+
+
+def emit_object(mod, opt: int = 3) -> bytes:
+    return target_machine(opt).emit_object(mod)
+
+
+def emit_assembly(mod, opt: int = 3) -> str:
+    return target_machine(opt).emit_assembly(mod)
+
+
+class Loaded:
+    """Object code loaded into its own MCJIT engine; keeps it alive with the function."""
+
+    def __init__(self, obj: bytes, symbol: str, opt: int = 3):
+        _init()
+        # an engine owns its target machine: give it a fresh one
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
+                                                 new_target_machine(opt))
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self.engine.finalize_object()
+        addr = self.engine.get_function_address(symbol)
+        if not addr:
+            raise RuntimeError(f"llvm backend: symbol {symbol!r} missing from the object code")
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+        self.fn = proto(addr)

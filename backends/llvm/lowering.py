@@ -1,0 +1,139 @@
+"""The lowering table and the context every lowering gets.
+
+A lowering has one signature, ``fn(ctx, node, ins, outs)``: it emits code at ``ctx.b`` that
+reads the input buffers and writes the output buffers of ``node``. It is registered under
+its op name(s) with ``@lowering("op", parallel=...)``:
+
+* ``parallel=True``: every thread runs it and the lowering splits its outermost loop with
+  ``ctx.split`` (threads never write the same element);
+* ``parallel=False``: only thread 0 runs it.
+
+Ops that truly cannot be lowered go into ``UNLOWERABLE`` with the reason (the registry-wide
+test accepts only those).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+from llvmlite import ir
+
+from irgraph import IRError, Node
+
+from .builder import I64, PTR, i64
+
+# error codes set in the control block; the executable turns them into exceptions
+ERROR_MESSAGES = {
+    1: "a class index (target) is outside [0, C)",
+    2: "integers to negative integer powers are not allowed",
+    3: "an index is out of range",
+}
+
+
+@dataclass(frozen=True)
+class Lowering:
+    fn: Callable
+    parallel: bool
+
+
+LOWERINGS: dict[str, Lowering] = {}
+UNLOWERABLE: dict[str, str] = {}
+
+
+def lowering(*ops: str, parallel: bool = False):
+    """Register the decorated function as the lowering of ``ops``."""
+    def deco(fn):
+        for op in ops:
+            if op in LOWERINGS:
+                raise ValueError(f"LLVM lowering for {op!r} registered twice")
+            LOWERINGS[op] = Lowering(fn, parallel)
+        return fn
+    return deco
+
+
+def get_lowering(node: Node) -> Lowering:
+    low = LOWERINGS.get(node.op)
+    if low is None:
+        why = UNLOWERABLE.get(node.op, "no lowering is registered for it")
+        loc = f" (from {node.loc})" if node.loc else ""
+        raise IRError(f"the llvm backend cannot compile op {node.op!r}: {why}; node {node!r}{loc}")
+    return low
+
+
+class Ctx:
+    """Where a lowering emits code: builder, module, thread id/count, error flag, scratch."""
+
+    def __init__(self, module: ir.Module, fn: ir.Function, b: ir.IRBuilder, tid: ir.Value,
+                 nthreads: ir.Value, ctl: ir.Value, workspace: ir.Value | None,
+                 workspace_per_thread: int, max_threads: int, features: str = ""):
+        self.module = module
+        self.features = features          # host CPU features (vector widths, tiling)
+        self.fn = fn
+        self.b = b
+        self.tid = tid
+        self.nthreads = nthreads
+        self.ctl = ctl                    # i64*: [error code, error node, barrier count, gen]
+        self.workspace = workspace        # i8*: max_threads scratch areas for packing
+        self.workspace_per_thread = workspace_per_thread
+        self.max_threads = max_threads
+        self.node_index = 0
+        self._entry_block = fn.entry_basic_block
+
+    # ---------------------------------------------------------------- helpers
+    def intrinsic(self, name: str, types: list[ir.Type], ret: ir.Type | None = None,
+                  args: list[ir.Type] | None = None) -> ir.Function:
+        if ret is None:
+            return self.module.declare_intrinsic(name, types)
+        fnty = ir.FunctionType(ret, args if args is not None else types)
+        return self.module.declare_intrinsic(name, types, fnty)
+
+    def extern(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        """A C function resolved at load time (libm, libc)."""
+        fn = self.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ret, args), name)
+        return fn
+
+    def alloca(self, ty: ir.Type, name: str = "") -> ir.Value:
+        """A stack slot in the entry block (so mem2reg promotes it)."""
+        saved = self.b.block
+        b = ir.IRBuilder(self._entry_block)
+        b.position_at_start(self._entry_block)
+        slot = b.alloca(ty, name=name)
+        self.b.position_at_end(saved)
+        return slot
+
+    def split(self, n: int) -> tuple[ir.Value, ir.Value]:
+        """This thread's share [lo, hi) of range(n)."""
+        b = self.b
+        lo = b.sdiv(b.mul(i64(n), self.tid), self.nthreads)
+        hi = b.sdiv(b.mul(i64(n), b.add(self.tid, i64(1))), self.nthreads)
+        return lo, hi
+
+    @contextmanager
+    def thread0(self):
+        with self.b.if_then(self.b.icmp_signed("==", self.tid, i64(0))):
+            yield
+
+    def fail(self, code: int) -> None:
+        """Record error ``code`` for the current node; the executable raises after the run."""
+        b = self.b
+        b.store(i64(code), b.gep(self.ctl, [i64(0)]))
+        b.store(i64(self.node_index), b.gep(self.ctl, [i64(1)]))
+
+    def scratch(self) -> ir.Value:
+        """This thread's packing scratch area (i8*)."""
+        off = self.b.mul(self.tid, i64(self.workspace_per_thread))
+        return self.b.gep(self.workspace, [off], inbounds=True)
+
+    def as_ptr(self, ptr: ir.Value, elem: ir.Type) -> ir.Value:
+        return self.b.bitcast(ptr, ir.PointerType(elem))
+
+
+def load_ptr(b: ir.IRBuilder, args: ir.Value, index: int) -> ir.Value:
+    return b.load(b.gep(args, [i64(index)], inbounds=True), name=f"arg{index}")
+
+
+__all__ = ["LOWERINGS", "UNLOWERABLE", "Lowering", "lowering", "get_lowering", "Ctx",
+           "ERROR_MESSAGES", "load_ptr", "I64", "PTR"]

@@ -1,0 +1,209 @@
+"""From a graph to ONE LLVM module with ONE entry function.
+
+    void entry(i8** args, i64 tid, i64 nthreads)
+
+``args`` holds, in order: the graph's arguments (inputs then parameters), its outputs, the
+arena (intermediates), the control block (i64[4]: error code, error node, barrier count,
+barrier generation) and the per-thread packing scratch. Every thread runs the entry; a
+parallel lowering splits its loops by ``tid``, the others run on thread 0 only, and a
+barrier separates them where one reads what another wrote.
+
+The plan (buffer layout) is pure Python and cheap, so a cache hit needs no IR at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from irgraph import Graph, Value
+
+from .builder import I64, PTR, STORAGE, VOID, Buf, i64
+from .gemm import workspace_bytes
+from .lowering import Ctx, get_lowering, load_ptr
+
+ALIGN = 64
+ENTRY = "irgraph_entry"
+
+
+@dataclass
+class Plan:
+    """Where each value lives: ("arg", i), ("out", j) or ("arena", byte offset)."""
+    slots: dict[Value, tuple[str, int]] = field(default_factory=dict)
+    arena_bytes: int = 0
+    # output j that is a copy of an argument ("arg", i) or of an earlier output ("out", k)
+    copies: dict[int, tuple[str, int]] = field(default_factory=dict)
+    workspace_bytes: int = 0
+
+    def n_pointers(self, graph: Graph) -> int:
+        return len(graph.arguments) + len(graph.outputs) + 3
+
+
+def _round(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class _Arena:
+    """Best-fit allocator over one byte range; freed blocks are reused (liveness-based)."""
+
+    def __init__(self):
+        self.free: list[tuple[int, int]] = []      # (offset, size)
+        self.top = 0
+
+    def alloc(self, size: int) -> int:
+        size = _round(max(size, 1))
+        fits = [(s, o) for o, s in self.free if s >= size]
+        if fits:
+            s, o = min(fits)
+            self.free.remove((o, s))
+            if s > size:
+                self.free.append((o + size, s - size))
+            return o
+        o, self.top = self.top, self.top + size
+        return o
+
+    def release(self, offset: int, size: int) -> None:
+        self.free.append((offset, _round(max(size, 1))))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for o, s in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        self.free = merged
+
+
+def plan(graph: Graph, features: str) -> Plan:
+    p = Plan()
+    for i, v in enumerate(graph.arguments):
+        p.slots[v] = ("arg", i)
+    produced = {v for n in graph.nodes for v in n.outputs}
+    for j, v in enumerate(graph.outputs):
+        if v in p.slots:
+            p.copies[j] = p.slots[v]
+        elif v in produced:
+            p.slots[v] = ("out", j)
+    last: dict[Value, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            last[v] = i
+    arena = _Arena()
+    dying: dict[int, list[Value]] = {}
+    for i, node in enumerate(graph.nodes):
+        for v in node.outputs:
+            if v not in p.slots:
+                p.slots[v] = ("arena", arena.alloc(v.type.nbytes))
+                dying.setdefault(max(last.get(v, i), i), []).append(v)
+        for v in dying.pop(i, ()):
+            arena.release(p.slots[v][1], v.type.nbytes)
+    p.arena_bytes = _round(arena.top)
+    if any(n.op in _GEMM_OPS for n in _all_nodes(graph)):
+        p.workspace_bytes = workspace_bytes(features)
+    return p
+
+
+_GEMM_OPS = {"matmul", "conv", "conv2d", "conv1d", "conv3d", "conv_input_grad",
+             "conv_weight_grad", "conv_kernel_grad", "scan", "loop", "fused"}
+
+
+def _all_nodes(graph: Graph):
+    for n in graph.nodes:
+        yield n
+        for a in n.attrs.values():
+            if isinstance(a, Graph):
+                yield from _all_nodes(a)
+
+
+def build_module(graph: Graph, p: Plan, features: str, max_threads: int,
+                 triple: str = "") -> ir.Module:
+    module = ir.Module(name=graph.name)
+    module.triple = triple
+    fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
+    fn = ir.Function(module, fnty, ENTRY)
+    args, tid, nthreads = fn.args
+    args.name, tid.name, nthreads.name = "args", "tid", "nthreads"
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    n_args, n_outs = len(graph.arguments), len(graph.outputs)
+    base = n_args + n_outs
+    arena = load_ptr(b, args, base)
+    ctl = b.bitcast(load_ptr(b, args, base + 1), ir.PointerType(I64))
+    ws = load_ptr(b, args, base + 2)
+    ctx = Ctx(module, fn, b, tid, nthreads, ctl, ws, p.workspace_bytes, max_threads, features)
+    bufs = {v: _buffer(b, args, arena, v, slot, n_args) for v, slot in p.slots.items()}
+    emit_nodes(ctx, graph.nodes, bufs, barrier_fn(module))
+    b.ret_void()
+    return module
+
+
+def _buffer(b, args, arena, v: Value, slot, n_args: int) -> Buf:
+    kind, k = slot
+    if kind == "arena":
+        raw = b.gep(arena, [i64(k)], inbounds=True)
+    else:
+        raw = load_ptr(b, args, k if kind == "arg" else n_args + k)
+    return Buf(b.bitcast(raw, ir.PointerType(STORAGE[v.dtype]), name=f"v.{v.name}"), v.type)
+
+
+def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], barrier: ir.Function,
+               index_offset: int = 0) -> None:
+    """Emit each node's lowering in order, with barriers only where threads must meet."""
+    b = ctx.b
+    pending = False        # work done since the last barrier
+    for i, node in enumerate(nodes):
+        low = get_lowering(node)
+        ctx.node_index = index_offset + i
+        ins = [bufs[v] for v in node.inputs]
+        outs = [bufs[v] for v in node.outputs]
+        if low.parallel and pending:
+            _barrier(ctx, barrier)
+        if low.parallel:
+            low.fn(ctx, node, ins, outs)
+            pending = True
+            _barrier(ctx, barrier)
+            pending = False
+        else:
+            with ctx.thread0():
+                low.fn(ctx, node, ins, outs)
+            pending = True
+    del b
+
+
+def _barrier(ctx: Ctx, fn: ir.Function) -> None:
+    b = ctx.b
+    with b.if_then(b.icmp_signed(">", ctx.nthreads, i64(1))):
+        b.call(fn, [ctx.ctl, ctx.nthreads])
+
+
+def barrier_fn(module: ir.Module) -> ir.Function:
+    """A sense-counting spin barrier on ctl[2] (arrivals) and ctl[3] (generation)."""
+    name = "irgraph.barrier"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(VOID, [ir.PointerType(I64), I64]), name)
+    fn.linkage = "internal"
+    ctl, n = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    count, gen_p = b.gep(ctl, [i64(2)]), b.gep(ctl, [i64(3)])
+    gen = b.load_atomic(gen_p, "acquire", 8)
+    arrived = b.atomic_rmw("add", count, i64(1), "acq_rel")
+    last = b.icmp_signed("==", arrived, b.sub(n, i64(1)))
+    wait = fn.append_basic_block("wait")
+    done = fn.append_basic_block("done")
+    release = fn.append_basic_block("release")
+    b.cbranch(last, release, wait)
+    b.position_at_end(release)
+    b.store_atomic(i64(0), count, "monotonic", 8)
+    b.atomic_rmw("add", gen_p, i64(1), "release")
+    b.branch(done)
+    b.position_at_end(wait)
+    yield_fn = ir.Function(module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+    now = b.load_atomic(gen_p, "acquire", 8)
+    spin = fn.append_basic_block("spin")
+    b.cbranch(b.icmp_signed("!=", now, gen), done, spin)
+    b.position_at_end(spin)
+    b.call(yield_fn, [])
+    b.branch(wait)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn

@@ -1,0 +1,187 @@
+"""Scalar semantics of our dtypes in LLVM IR, matching numpy (NaN propagation, floor
+division, integer wrap-around, bool as logical).
+
+``S`` wraps one LLVM value of a dtype so that formulas (optimizer updates) read as math:
+``p - lr * g / (S.sqrt(r) + eps)``.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .builder import F32, F64, I1, REGISTER
+from .lowering import Ctx
+
+FLOATS = ("float32", "float64")
+INTS = ("int32", "int64")
+
+
+def const(dtype: str, value) -> ir.Constant:
+    ty = REGISTER[dtype]
+    if dtype in FLOATS:
+        return ir.Constant(ty, float(value))
+    return ir.Constant(ty, int(bool(value)) if dtype == "bool" else int(value))
+
+
+def is_nan(ctx: Ctx, x: ir.Value) -> ir.Value:
+    return ctx.b.fcmp_unordered("uno", x, x)
+
+
+def maximum(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value, want_max: bool = True) -> ir.Value:
+    """numpy.maximum / minimum: a NaN in either operand gives NaN."""
+    b = ctx.b
+    if dtype in FLOATS:
+        pick = b.fcmp_ordered(">" if want_max else "<", x, y)
+        r = b.select(pick, x, y)
+        return b.select(b.fcmp_unordered("uno", x, y), b.fadd(x, y), r)
+    if dtype == "bool":
+        return b.or_(x, y) if want_max else b.and_(x, y)
+    return b.select(b.icmp_signed(">" if want_max else "<", x, y), x, y)
+
+
+def call(ctx: Ctx, name: str, x: ir.Value, *more: ir.Value) -> ir.Value:
+    """An LLVM float intrinsic (llvm.exp, llvm.sqrt, ...)."""
+    fn = ctx.intrinsic(f"llvm.{name}", [x.type])
+    return ctx.b.call(fn, [x, *more])
+
+
+def floor_div(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value) -> ir.Value:
+    """numpy's // on integers: rounds towards -inf; x // 0 == 0; MIN // -1 wraps to MIN."""
+    b = ctx.b
+    zero, one = const(dtype, 0), const(dtype, 1)
+    y_zero = b.icmp_signed("==", y, zero)
+    y_m1 = b.icmp_signed("==", y, const(dtype, -1))
+    safe_y = b.select(b.or_(y_zero, y_m1), one, y)       # no trap: never divide by 0 or -1
+    q = b.sdiv(x, safe_y)
+    r = b.srem(x, safe_y)
+    adjust = b.and_(b.icmp_signed("!=", r, zero),
+                    b.icmp_signed("!=", b.icmp_signed("<", r, zero),
+                                  b.icmp_signed("<", safe_y, zero)))
+    q = b.select(adjust, b.sub(q, one), q)
+    q = b.select(y_m1, b.sub(zero, x), q)
+    return b.select(y_zero, zero, q)
+
+
+def int_pow(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value) -> ir.Value:
+    """x ** y on integers by squaring (wraps like numpy); a negative exponent is an error."""
+    b = ctx.b
+    ty = REGISTER[dtype]
+    with b.if_then(b.icmp_signed("<", y, const(dtype, 0)), likely=False):
+        ctx.fail(2)
+    acc = ctx.alloca(ty)
+    base = ctx.alloca(ty)
+    exp = ctx.alloca(ty)
+    b.store(const(dtype, 1), acc)
+    b.store(x, base)
+    b.store(y, exp)
+    cond = b.append_basic_block("ipow.cond")
+    body = b.append_basic_block("ipow.body")
+    end = b.append_basic_block("ipow.end")
+    b.branch(cond)
+    b.position_at_end(cond)
+    e = b.load(exp)
+    b.cbranch(b.icmp_signed(">", e, const(dtype, 0)), body, end)
+    b.position_at_end(body)
+    odd = b.trunc(e, I1)
+    a = b.load(acc)
+    bb = b.load(base)
+    b.store(b.select(odd, b.mul(a, bb), a), acc)
+    b.store(b.mul(bb, bb), base)
+    b.store(b.ashr(e, const(dtype, 1)), exp)
+    b.branch(cond)
+    b.position_at_end(end)
+    return b.load(acc)
+
+
+def convert(ctx: Ctx, src: str, dst: str, x: ir.Value) -> ir.Value:
+    """numpy's astype between our dtypes (float to int saturates instead of being undefined)."""
+    b = ctx.b
+    if src == dst:
+        return x
+    sty, dty = REGISTER[src], REGISTER[dst]
+    if dst == "bool":
+        return (b.fcmp_unordered("!=", x, const(src, 0)) if src in FLOATS
+                else b.icmp_unsigned("!=", x, const(src, 0)))
+    if src == "bool":
+        return b.uitofp(x, dty) if dst in FLOATS else b.zext(x, dty)
+    if src in FLOATS and dst in FLOATS:
+        return b.fpext(x, dty) if dty == F64 else b.fptrunc(x, dty)
+    if src in FLOATS:
+        name = f"llvm.fptosi.sat.i{dty.width}.{'f32' if sty == F32 else 'f64'}"
+        sat = ctx.module.globals.get(name) or ir.Function(
+            ctx.module, ir.FunctionType(dty, [sty]), name)
+        return b.call(sat, [x])
+    if dst in FLOATS:
+        return b.sitofp(x, dty)
+    return b.sext(x, dty) if dty.width > sty.width else b.trunc(x, dty)
+
+
+def compare(ctx: Ctx, dtype: str, op: str, x: ir.Value, y: ir.Value) -> ir.Value:
+    """numpy comparisons: NaN compares unequal to everything, != is true for NaN."""
+    b = ctx.b
+    if dtype in FLOATS:
+        return b.fcmp_unordered(op, x, y) if op == "!=" else b.fcmp_ordered(op, x, y)
+    if dtype == "bool":
+        return b.icmp_unsigned(op, x, y)
+    return b.icmp_signed(op, x, y)
+
+
+def truth(ctx: Ctx, dtype: str, x: ir.Value) -> ir.Value:
+    return convert(ctx, dtype, "bool", x)
+
+
+class S:
+    """A scalar of ``dtype`` in a register, with numpy-like operators (for formulas)."""
+
+    def __init__(self, ctx: Ctx, dtype: str, v: ir.Value):
+        self.ctx, self.dtype, self.v = ctx, dtype, v
+
+    def _lift(self, o) -> "S":
+        return o if isinstance(o, S) else S(self.ctx, self.dtype, const(self.dtype, o))
+
+    def _bin(self, o, fop, iop, swap=False) -> "S":
+        o = self._lift(o)
+        x, y = (o.v, self.v) if swap else (self.v, o.v)
+        fn = fop if self.dtype in FLOATS else iop
+        return S(self.ctx, self.dtype, getattr(self.ctx.b, fn)(x, y))
+
+    def __add__(self, o):
+        return self._bin(o, "fadd", "add")
+
+    def __radd__(self, o):
+        return self._bin(o, "fadd", "add", True)
+
+    def __sub__(self, o):
+        return self._bin(o, "fsub", "sub")
+
+    def __rsub__(self, o):
+        return self._bin(o, "fsub", "sub", True)
+
+    def __mul__(self, o):
+        return self._bin(o, "fmul", "mul")
+
+    def __rmul__(self, o):
+        return self._bin(o, "fmul", "mul", True)
+
+    def __truediv__(self, o):
+        return self._bin(o, "fdiv", "sdiv")
+
+    def __rtruediv__(self, o):
+        return self._bin(o, "fdiv", "sdiv", True)
+
+    def __pow__(self, o):
+        o = self._lift(o)
+        return S(self.ctx, self.dtype, call(self.ctx, "pow", self.v, o.v))
+
+    def sqrt(self) -> "S":
+        return S(self.ctx, self.dtype, call(self.ctx, "sqrt", self.v))
+
+    def minimum(self, o) -> "S":
+        return S(self.ctx, self.dtype, maximum(self.ctx, self.dtype, self.v,
+                                                self._lift(o).v, want_max=False))
+
+    def maximum(self, o) -> "S":
+        return S(self.ctx, self.dtype, maximum(self.ctx, self.dtype, self.v, self._lift(o).v))
+
+
+__all__ = ["FLOATS", "INTS", "S", "const", "maximum", "call", "floor_div", "int_pow", "convert",
+           "compare", "truth", "is_nan", "F32"]
