@@ -1,9 +1,10 @@
 """The DSL: tracing of Python functions and ``nn.Module`` objects, and the compile driver."""
 from . import functional as F
 from . import nn
+from .autodiff import GradFunction, grad, value_and_grad
 from .compiler import CompiledFunction, compile, trace
 from .random import manual_seed
 from .tracing import Tensor, TensorSpec
 
 __all__ = ["F", "nn", "compile", "trace", "CompiledFunction", "manual_seed", "Tensor",
-           "TensorSpec"]
+           "TensorSpec", "grad", "value_and_grad", "GradFunction"]
