@@ -2,7 +2,7 @@
 and ``torch``; each function adds IR nodes to the current trace."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -20,16 +20,38 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     tr = like.tracer if like is not None else current_tracer()
     if hasattr(x, "data") and isinstance(x.data, np.ndarray) and hasattr(x, "requires_grad"):
         return Tensor(tr.param_value(x), tr)
-    if isinstance(x, (bool, int, float, np.number)) and not isinstance(x, np.ndarray):
-        dtype = like.dtype if like is not None else ("float32" if isinstance(x, float) else
-                                                     "int64")
-        if isinstance(x, bool):
-            dtype = "bool" if like is None else dtype
-        return tr.emit("full", shape=(), value=float(x), dtype=dtype)
+    if isinstance(x, (bool, int, float, np.number, np.bool_)):
+        return tr.emit("full", shape=(), value=float(x), dtype=_scalar_dtype(x, like))
     arr = np.asarray(x)
     if arr.dtype == np.float64 and (like is None or like.dtype == "float32"):
         arr = arr.astype(np.float32)
     return tr.emit("constant", value=arr)
+
+
+_KINDS = {"bool": 0, "int32": 1, "int64": 1, "float32": 2, "float64": 2}
+
+
+def _scalar_dtype(x, like: Tensor | None) -> str:
+    """PyTorch's rule: a Python number takes the tensor's dtype unless it is of a higher kind
+    (bool < int < float); then it takes that kind's default (int64, float32)."""
+    kind = 0 if isinstance(x, (bool, np.bool_)) else 1 if isinstance(x, (int, np.integer)) else 2
+    own = ("bool", "int64", "float32")[kind]
+    if like is None or kind > _KINDS[like.dtype]:
+        return own
+    return like.dtype
+
+
+def result_dtype(*xs: Tensor) -> str:
+    """PyTorch's type promotion: the highest kind (bool < int < float) wins, then the widest
+    dtype of that kind; 0-d tensors count only when their kind is above every other's."""
+    def best(group):
+        top = np.max([_KINDS[x.dtype] for x in group])
+        return top, np.result_type(*[x.dtype for x in group if _KINDS[x.dtype] == top]).name
+    shaped, zero = [x for x in xs if x.ndim], [x for x in xs if not x.ndim]
+    if not shaped or not zero:
+        return best(xs)[1]
+    (ks, ds), (kz, dz) = best(shaped), best(zero)
+    return dz if kz > ks else ds
 
 
 def _promote(a, b) -> tuple[Tensor, Tensor]:
@@ -39,7 +61,7 @@ def _promote(a, b) -> tuple[Tensor, Tensor]:
     else:
         b = as_tensor(b, a)
     if a.dtype != b.dtype:
-        dt = np.result_type(a.type.np_dtype, b.type.np_dtype).name
+        dt = result_dtype(a, b)
         a, b = cast(a, dt), cast(b, dt)
     return a, b
 
@@ -62,8 +84,26 @@ def _binary(op):
     return f
 
 
-add, sub, mul, div, pow, maximum, minimum = (_binary(n) for n in (
-    "add", "sub", "mul", "div", "pow", "maximum", "minimum"))
+add, sub, mul, pow, maximum, minimum = (_binary(n) for n in (
+    "add", "sub", "mul", "pow", "maximum", "minimum"))
+
+
+def div(a, b, rounding_mode: str | None = None) -> Tensor:
+    """``torch.div``: true division (integers divide as float32); ``rounding_mode="floor"``
+    divides integers rounding toward -inf (the IR's integer ``div``)."""
+    a, b = _promote(a, b)
+    if rounding_mode is None:
+        if not a.type.is_float:
+            a, b = cast(a, "float32"), cast(b, "float32")
+    elif rounding_mode != "floor" or a.type.is_float:
+        raise ValueError(f"div: rounding_mode={rounding_mode!r} is supported only as 'floor' "
+                         f"on integer tensors (got {a.dtype})")
+    return _emit("div", a, b)
+
+
+def floor_divide(a, b) -> Tensor:
+    """``a // b`` on integer tensors (rounds toward -inf, as torch and numpy)."""
+    return div(a, b, rounding_mode="floor")
 eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
 logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
@@ -91,11 +131,25 @@ def where(cond, x, y) -> Tensor:
 
 
 def clamp(x, min=None, max=None) -> Tensor:
+    """``torch.clamp``: ``min`` then ``max`` (a number or a tensor); at least one is given."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
     if min is not None:
         x = maximum(x, min)
     if max is not None:
         x = minimum(x, max)
     return x
+
+
+clip = clamp
+
+
+def clamp_min(x, min) -> Tensor:
+    return clamp(x, min=min)
+
+
+def clamp_max(x, max) -> Tensor:
+    return clamp(x, max=max)
 
 
 # ---------------------------------------------------------------- reductions
@@ -105,8 +159,14 @@ def _axes(dim):
     return (dim,) if isinstance(dim, int) else tuple(dim)
 
 
-def sum(x, dim=None, keepdim: bool = False) -> Tensor:
-    return _emit("sum", as_tensor(x), axis=_axes(dim), keepdims=keepdim)
+def sum(x, dim=None, keepdim: bool = False, dtype: str | None = None) -> Tensor:
+    """``torch.sum``: bool and integer tensors sum as int64 unless ``dtype`` says otherwise."""
+    x = as_tensor(x)
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif not x.type.is_float:
+        x = cast(x, "int64")
+    return _emit("sum", x, axis=_axes(dim), keepdims=keepdim)
 
 
 def mean(x, dim=None, keepdim: bool = False) -> Tensor:
@@ -128,6 +188,37 @@ def argmax(x, dim: int | None = None, keepdim: bool = False) -> Tensor:
     if dim is None:
         return _emit("argmax", reshape(x, (-1,)), axis=0, keepdims=False)
     return _emit("argmax", x, axis=dim, keepdims=keepdim)
+
+
+def argmin(x, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    """Index of the first minimum (torch's tie rule), as the first maximum of ``-x``."""
+    x = as_tensor(x)
+    return argmax(neg(x if x.dtype != "bool" else cast(x, "int64")), dim, keepdim)
+
+
+class MinMax(NamedTuple):
+    """What ``torch.max(x, dim)`` returns: ``values`` and ``indices`` (unpacks as a tuple)."""
+    values: Tensor
+    indices: Tensor
+
+
+def max(x, dim=None, keepdim: bool = False):
+    """``torch.max``: ``max(x)`` the maximum, ``max(x, dim)`` (values, indices) and
+    ``max(x, other)`` the elementwise maximum."""
+    if dim is None:
+        return amax(x)
+    if not isinstance(dim, (int, np.integer)):
+        return maximum(x, dim)
+    return MinMax(amax(x, dim, keepdim), argmax(x, dim, keepdim))
+
+
+def min(x, dim=None, keepdim: bool = False):
+    """``torch.min``: as ``max`` with minima."""
+    if dim is None:
+        return amin(x)
+    if not isinstance(dim, (int, np.integer)):
+        return minimum(x, dim)
+    return MinMax(amin(x, dim, keepdim), argmin(x, dim, keepdim))
 
 
 def var(x, dim=None, keepdim: bool = False, unbiased: bool = True) -> Tensor:
@@ -208,8 +299,17 @@ def squeeze(x, dim: int | None = None) -> Tensor:
 
 
 def cat(xs: Sequence, dim: int = 0) -> Tensor:
-    xs = [as_tensor(x) for x in xs]
+    """``torch.cat``: joins along ``dim``; mixed dtypes promote as in arithmetic."""
+    if isinstance(xs, Tensor) or not len(xs):
+        raise TypeError("cat() takes a non-empty sequence of tensors")
+    like = next((x for x in xs if isinstance(x, Tensor)), None)
+    xs = [as_tensor(x, like) for x in xs]
+    dtype = result_dtype(*xs)
+    xs = [cast(x, dtype) for x in xs]
     return xs[0].tracer.emit("concat", *xs, axis=dim)
+
+
+concat = concatenate = cat
 
 
 def stack(xs: Sequence, dim: int = 0) -> Tensor:
@@ -230,14 +330,26 @@ def pad(x, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Te
     pads = [0] * (2 * x.ndim)
     for i in range(len(pad) // 2):
         ax = x.ndim - 1 - i
-        pads[2 * ax], pads[2 * ax + 1] = pad[2 * i], pad[2 * i + 1]
-    return _emit("pad", x, pads=tuple(pads), value=float(value), mode=mode)
+        pads[2 * ax], pads[2 * ax + 1] = int(pad[2 * i]), int(pad[2 * i + 1])
+    grow = tuple(p if p > 0 else 0 for p in pads)
+    y = x if not any(grow) else _emit("pad", x, pads=grow, mode=mode,
+                                      value=0.0 if value is None else float(value))
+    if all(p >= 0 for p in pads):
+        return y
+    # negative widths crop, as in torch
+    starts = [-p if p < 0 else 0 for p in pads[0::2]]
+    stops = [d + p if p < 0 else d for d, p in zip(y.shape, pads[1::2])]
+    if any(b > e for b, e in zip(starts, stops)):
+        raise ValueError(f"pad {list(pad)} crops more than the shape {x.shape} holds")
+    return slice_axes(y, starts, stops, [1] * x.ndim)
 
 
 def getitem(x: Tensor, index) -> Tensor:
     """Basic indexing: ints, slices, None and Ellipsis (no advanced indexing)."""
     if not isinstance(index, tuple):
         index = (index,)
+    if builtins_sum(i is Ellipsis for i in index) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
     if any(i is Ellipsis for i in index):
         k = index.index(Ellipsis)
         fill = x.ndim - (len(index) - 1 - builtins_sum(i is None for i in index))
@@ -251,6 +363,8 @@ def getitem(x: Tensor, index) -> Tensor:
         if axis >= x.ndim:
             raise IndexError(f"too many indices for a tensor of shape {x.shape}")
         d = x.shape[axis]
+        if isinstance(i, (bool, np.bool_)):
+            raise TypeError(f"boolean index {i!r} is not supported: use ints, slices, None or ...")
         if isinstance(i, (int, np.integer)):
             i = int(i)
             if not -d <= i < d:
@@ -260,10 +374,13 @@ def getitem(x: Tensor, index) -> Tensor:
             drop.append(axis)
         elif isinstance(i, slice):
             b, e, s = i.indices(d)
+            if e < 0:   # a negative step runs past index 0; -1 would wrap to the end
+                e = -d - 1
             starts.append(b), stops.append(e), steps.append(s)
             out_shape.append(("axis", axis))
         else:
-            raise TypeError(f"unsupported index {i!r}: use ints, slices, None or ...")
+            raise TypeError(f"unsupported index of type {type(i).__name__}: use ints, slices, "
+                            f"None or ... (advanced indexing is not supported)")
         axis += 1
     for a in range(axis, x.ndim):
         starts.append(0), stops.append(x.shape[a]), steps.append(1)
@@ -318,8 +435,13 @@ _METHODS = {
     "sum": sum, "mean": mean, "amax": amax, "amin": amin, "argmax": argmax, "var": var,
     "matmul": matmul, "flatten": flatten, "permute": permute, "transpose": transpose,
     "unsqueeze": unsqueeze, "squeeze": squeeze, "softmax": softmax, "log_softmax": log_softmax,
-    "clamp": clamp, "broadcast_to": broadcast_to, "expand": broadcast_to, "maximum": maximum,
+    "clamp": clamp, "broadcast_to": broadcast_to, "maximum": maximum,
     "minimum": minimum,
+    "__floordiv__": floor_divide, "__rfloordiv__": _swap(floor_divide),
+    "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "eq": eq, "ne": ne, "lt": lt,
+    "le": le, "gt": gt, "ge": ge, "floor_divide": floor_divide, "argmin": argmin,
+    "clip": clamp, "clamp_min": clamp_min, "clamp_max": clamp_max, "max": max, "min": min,
+    "logical_and": logical_and, "logical_or": logical_or,
 }
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
@@ -333,23 +455,31 @@ def _reshape_method(self, *shape):
     return reshape(self, shape)
 
 
-def _max_method(self, dim=None, keepdim=False):
-    """As torch: ``x.max()`` is the maximum; ``x.max(dim)`` gives (values, indices)."""
-    if dim is None:
-        return amax(self)
-    return amax(self, dim, keepdim), argmax(self, dim, keepdim)
+def _expand(self, *sizes):
+    """``x.expand(*sizes)``: -1 keeps a dimension; new dimensions go in front (torch)."""
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    lead = len(sizes) - self.ndim
+    if lead < 0:
+        raise ValueError(f"expand: {len(sizes)} sizes for a tensor of rank {self.ndim}")
+    shape = tuple(self.shape[i - lead] if d == -1 and i >= lead else d
+                  for i, d in enumerate(sizes))
+    if any(d < 0 for d in shape):
+        raise ValueError(f"expand: -1 is not allowed for a new leading dimension: {sizes}")
+    return broadcast_to(self, shape)
 
 
-def _min_method(self, dim=None, keepdim=False):
-    if dim is None:
-        return amin(self)
-    return amin(self, dim, keepdim), argmax(neg(self), dim, keepdim)
+def _where_method(self, condition, y):
+    """``x.where(condition, y)`` is ``where(condition, x, y)`` (torch)."""
+    return where(condition, self, y)
 
 
 Tensor.reshape = _reshape_method
 Tensor.view = _reshape_method
-Tensor.max = _max_method
-Tensor.min = _min_method
+Tensor.expand = _expand
+Tensor.where = _where_method
+Tensor.contiguous = lambda self: self
+Tensor.bool = lambda self: cast(self, "bool")
 Tensor.float = lambda self: cast(self, "float32")
 Tensor.double = lambda self: cast(self, "float64")
 Tensor.long = lambda self: cast(self, "int64")

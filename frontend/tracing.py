@@ -40,7 +40,15 @@ class TensorSpec:
     dtype: str = "float32"
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        shape = (self.shape,) if isinstance(self.shape, (int, np.integer)) else self.shape
+        try:
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise TypeError(f"TensorSpec shape must be a tuple of ints, got {self.shape!r}") \
+                from None
+        if any(d < 0 for d in shape):
+            raise ValueError(f"TensorSpec shape {shape} has a negative dimension")
+        object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
 
     @property
@@ -95,6 +103,7 @@ def current_tracer() -> Tracer:
 class Tensor:
     """A traced tensor. Arithmetic and methods follow PyTorch's names."""
     __array_priority__ = 1000  # numpy scalars on the left defer to our operators
+    __array_ufunc__ = None     # numpy arrays and scalars on the left defer as well
 
     def __init__(self, value: Value, tracer: Tracer):
         self._value = value
@@ -130,17 +139,46 @@ class Tensor:
         return self.type.size
 
     def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
     def __repr__(self) -> str:
         return f"Tensor(%{self.value.name}: {self.type})"
 
     def __bool__(self):
-        raise TypeError("a traced tensor has no truth value while tracing: data-dependent "
-                        "Python control flow cannot be traced (use F.where)")
+        loc = user_location()
+        raise TypeError(f"{loc + ': ' if loc else ''}a traced tensor has no truth value while "
+                        f"tracing: data-dependent Python control flow (if/while on a tensor) "
+                        f"cannot be traced; use F.where")
 
     def __iter__(self):
-        return (self[i] for i in range(self.shape[0]))
+        return (self[i] for i in range(len(self)))
+
+    def _no_data(self, what: str):
+        raise TypeError(f"{what} needs the tensor's data, which does not exist while tracing "
+                        f"(%{self.value.name}: {self.type}); compute it in the graph instead")
+
+    def __float__(self):
+        self._no_data("float()")
+
+    def __int__(self):
+        self._no_data("int()")
+
+    def __index__(self):
+        self._no_data("using a traced tensor as an index or size")
+
+    def __array__(self, *args, **kwargs):
+        self._no_data("converting to a numpy array")
+
+    def item(self):
+        self._no_data(".item()")
+
+    def numpy(self):
+        self._no_data(".numpy()")
+
+    def tolist(self):
+        self._no_data(".tolist()")
 
     # operators and methods are attached in functional.py, next to the functions they call
 
@@ -227,6 +265,8 @@ def unflatten(structure, leaves: list):
         kind, items = s
         if kind is dict:
             return {k: build(sub) for k, sub in items}
+        if hasattr(kind, "_fields"):      # a namedtuple, e.g. F.max's (values, indices)
+            return kind(*[build(sub) for sub in items])
         return kind(build(sub) for sub in items)
     return build(structure)
 
