@@ -216,7 +216,8 @@ class SGD(Optimizer):
     text:  v <- momentum v - lr g;  p <- p + v; Nesterov takes g at the interim point
            p + momentum v (the step graph evaluates the loss and gradient there).
     torch: v <- momentum v + g;  p <- p - lr v  (nesterov: p <- p - lr (g + momentum v)).
-    ``momentum`` is fixed to zero or non-zero when compiled; its value may change.
+    Constructed with momentum 0, the step has no velocity; otherwise momentum may take any
+    value (0 included) between steps.
     """
 
     def __init__(self, params=None, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
@@ -232,10 +233,9 @@ class SGD(Optimizer):
         return self.nesterov
 
     def _rule_values(self):
-        if (self.momentum != 0) != self._has_momentum:
-            raise ValueError("SGD.momentum was compiled as "
-                             f"{'non-zero' if self._has_momentum else 'zero'}; changing that "
-                             "needs a new optimizer and compile_train")
+        if self.momentum != 0 and not self._has_momentum:
+            raise ValueError("SGD.momentum was compiled as zero (no velocity state); a "
+                             "momentum needs a new optimizer and compile_train")
         vals = {"lr": self.current_lr()}
         if self._has_momentum:
             vals["momentum"] = float(self.momentum)
@@ -301,10 +301,9 @@ class RMSprop(Optimizer):
         return self.nesterov
 
     def _rule_values(self):
-        if (self.momentum != 0) != self._has_momentum:
-            raise ValueError("RMSprop.momentum was compiled as "
-                             f"{'non-zero' if self._has_momentum else 'zero'}; changing that "
-                             "needs a new optimizer and compile_train")
+        if self.momentum != 0 and not self._has_momentum:
+            raise ValueError("RMSprop.momentum was compiled as zero (no velocity state); a "
+                             "momentum needs a new optimizer and compile_train")
         vals = {"lr": self.current_lr(), "alpha": float(self.alpha), "eps": float(self.eps)}
         if self._has_momentum:
             vals["momentum"] = float(self.momentum)
