@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from irgraph import Graph, IRError, TensorType, Value
+from irgraph import Graph, TensorType, Value
 from irgraph.ops.recurrence import inline, num_steps, split_inputs, step_body
 
 from .core import vjp, vjp_rule
@@ -27,7 +27,8 @@ class _Step:
     body: Graph          # the effective step (mask folded in as a slice)
     nc: int              # carries
     ns: int              # slices (sequences, and the mask when masked)
-    bwd: Graph           # (gc, gtheta_acc, c_t, s_t, gy_t; theta) -> (gc, gtheta_acc, gs_t)
+    bwd: Graph           # (gc, gtheta_acc, c_t, s_t, gy_t[, gsaved_t]; theta)
+    #                      -> (gc, gtheta_acc, gs_t)
     fc: list[int]        # float carries
     fs: list[int]        # float slices
     fk: list[int]        # float invariants
@@ -38,8 +39,9 @@ def _emit(g: Graph, loc, op: str, *inputs: Value, **attrs) -> tuple[Value, ...]:
     return g.add_node(op, inputs, attrs, loc)
 
 
-def make_step(body: Graph, nc: int, ns: int) -> _Step:
-    """Build the backward step graph from the step's VJP graph (autodiff of the body)."""
+def make_step(body: Graph, nc: int, ns: int, saved: bool = False) -> _Step:
+    """Build the backward step graph from the step's VJP graph (autodiff of the body).
+    ``saved``: it also takes the cotangent of the saved entering carries, added to dL/dh."""
     args, outs = body.arguments, body.outputs
     fc = [i for i in range(nc) if args[i].type.is_float]
     fs = [i for i in range(ns) if args[nc + i].type.is_float]
@@ -54,6 +56,8 @@ def make_step(body: Graph, nc: int, ns: int) -> _Step:
                       args[nc + ns + i].type) for i in fk]
     ct = [b.add_input(b.fresh_name(a.name), a.type) for a in args[:nc + ns]]
     gy = [b.add_input(b.fresh_name("g_" + outs[nc + i].name), outs[nc + i].type) for i in fy]
+    gsv = [b.add_input(b.fresh_name("gsaved_" + args[i].name), args[i].type)
+           for i in fc] if saved else []
     theta = [b.add_param(b.fresh_name(a.name), a.type) for a in args[nc + ns:]]
     fwd_args = dict(zip(args, ct + theta))
     n_in = len(body.inputs)
@@ -62,6 +66,7 @@ def make_step(body: Graph, nc: int, ns: int) -> _Step:
     res = inline(b, v, bound)[len(outs):]
     g_c, g_s, g_k = res[:len(fc)], res[len(fc):len(fc) + len(fs)], res[len(fc) + len(fs):]
     acc = [b.op("add", s, d) for s, d in zip(gk, g_k)]
+    g_c = [b.op("add", c, d) for c, d in zip(g_c, gsv)] if saved else g_c
     b.set_outputs(list(g_c) + acc + list(g_s))
     return _Step(body, nc, ns, b, fc, fs, fk, fy)
 
@@ -142,6 +147,20 @@ def backward_checkpointed(g: Graph, loc, st: _Step, ginit, ckpts, slices, gys, c
     return carry, parts
 
 
+def _is_zero(v: Value) -> bool:
+    return v.node is not None and v.node.op == "full" and v.node.attrs["value"] == 0.0
+
+
+def _per_step(g: Graph, loc, v: Value, k: int, steps: int) -> Value:
+    """Cotangents of every k-th saved state spread over the steps (zeros between)."""
+    if k == 1:
+        return v
+    m, rest = v.shape[0], v.shape[1:]
+    x = _reshape(g, loc, v, (m, 1) + rest)
+    (x,) = _emit(g, loc, "pad", x, pads=(0, 0, 0, k - 1) + (0, 0) * len(rest))
+    return _take(g, loc, _reshape(g, loc, x, (m * k,) + rest), 0, steps)
+
+
 @vjp_rule("scan")
 def _scan_vjp(e, node, xs, ys, gs):
     attrs = node.attrs
@@ -150,12 +169,12 @@ def _scan_vjp(e, node, xs, ys, gs):
     carries, seqs, mask, consts = split_inputs(xs, attrs)
     steps = num_steps([x.type for x in xs], attrs)
     slices = seqs + ([mask] if mask is not None else [])
-    st = make_step(step_body(attrs), nc, len(slices))
-    n_y = len(st.body.outputs) - nc
-    for gv in gs[nc + n_y:]:
-        if gv.node is None or gv.node.op != "full" or gv.node.attrs["value"] != 0.0:
-            raise IRError(f"the saved states of {node.op} are residuals of BPTT and cannot be "
-                          f"differentiated: {node.op} at {node.loc}")
+    body = step_body(attrs)
+    n_y = len(body.outputs) - nc
+    g_saved = [gs[nc + n_y + i] for i in range(nc)
+               if every and body.arguments[i].type.is_float]
+    saved_ct = every > 0 and not all(_is_zero(v) for v in g_saved)
+    st = make_step(body, nc, len(slices), saved_ct)
     if not st.fc and not st.fk and not st.fs:
         return [None] * len(xs)
     if steps == 0:
@@ -167,6 +186,8 @@ def _scan_vjp(e, node, xs, ys, gs):
     order = (lambda v: _flip(g, loc, v)) if flip else (lambda v: v)
     p_slices = [order(s) for s in slices]
     p_gys = [order(gs[nc + i]) for i in st.fy]
+    if saved_ct:
+        p_gys += [_per_step(g, loc, v, every, steps) for v in g_saved]
     ginit = [gs[i] for i in st.fc] + [e.zeros_like(consts[i]) for i in st.fk]
     k = every if every else 1
     saved = list(ys[nc + n_y:])
