@@ -1,6 +1,7 @@
 """The DSL: tracing of Python functions and ``nn.Module`` objects, and the compile driver."""
 from . import functional as F
 from . import nn
+from . import rnn
 from .autodiff import GradFunction, grad, value_and_grad
 from .compiler import CompiledFunction, compile, trace
 from .random import manual_seed

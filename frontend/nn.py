@@ -240,3 +240,8 @@ class CrossEntropyLoss(Module):
 class MSELoss(CrossEntropyLoss):
     def forward(self, input, target):
         return F.mse_loss(input, target, self.reduction)
+
+
+# recurrent layers and the networks of chapter 10 (frontend/rnn.py)
+from .rnn import (RNN, OutputRecurrentNet, RecurrentConvNet, RNNSequenceModel,  # noqa: E402
+                  SequenceClassifier)
