@@ -485,3 +485,7 @@ Tensor.double = lambda self: cast(self, "float64")
 Tensor.long = lambda self: cast(self, "int64")
 Tensor.int = lambda self: cast(self, "int32")
 Tensor.to = lambda self, dtype: cast(self, dtype)
+
+# convolution, pooling and batch normalization (chapter 9, section 8.7.1)
+from .functional_conv import *  # noqa: E402,F401,F403
+from .functional_pool import *  # noqa: E402,F401,F403

@@ -92,23 +92,28 @@ def _inverse(perm) -> tuple[int, ...]:
     return tuple(inv)
 
 
-def _expand_tiles(e, w, out):
-    """The unshared weight (O, *out, C, *k) of tiled kernels (O, C, *k, *t), built with core
-    ops: along each axis, repeat the t kernels ceil(out/t) times and cut at out (eq. 9.10)."""
-    d = len(out)
-    v = e("transpose", w, perm=_tile_perm(d))
+def repeat_tiles(emit, v, first_axis: int, out):
+    """Along axes ``first_axis, ...`` of ``v`` (one per spatial axis), repeat the t entries
+    ceil(out/t) times and cut at ``out``: entry j of the result is entry j mod t (eq. 9.10).
+    ``emit(op, value, **attrs)`` is an autodiff Emitter or a tracer's ``emit``."""
     for i, m in enumerate(out):
-        s, t = v.shape, v.shape[1 + i]
+        ax = first_axis + i
+        s, t = tuple(v.shape), v.shape[ax]
         r = -(-m // t)
-        v = e("reshape", v, shape=s[:1 + i] + (1, t) + s[2 + i:])
-        v = e("broadcast_to", v, shape=s[:1 + i] + (r, t) + s[2 + i:])
-        v = e("reshape", v, shape=s[:1 + i] + (r * t,) + s[2 + i:])
+        v = emit("reshape", v, shape=s[:ax] + (1, t) + s[ax + 1:])
+        v = emit("broadcast_to", v, shape=s[:ax] + (r, t) + s[ax + 1:])
+        v = emit("reshape", v, shape=s[:ax] + (r * t,) + s[ax + 1:])
         if r * t != m:
             stops = list(v.shape)
-            stops[1 + i] = m
-            v = e("slice", v, starts=(0,) * v.type.rank, stops=tuple(stops),
-                  steps=(1,) * v.type.rank)
+            stops[ax] = m
+            v = emit("slice", v, starts=(0,) * len(stops), stops=tuple(stops),
+                     steps=(1,) * len(stops))
     return v
+
+
+def _expand_tiles(e, w, out):
+    """The unshared weight (O, *out, C, *k) of tiled kernels (O, C, *k, *t)."""
+    return repeat_tiles(e, e("transpose", w, perm=_tile_perm(len(out))), 1, out)
 
 
 def _reduce_tiles(e, dw, tiles):

@@ -1,0 +1,219 @@
+"""``frontend.F`` pooling (section 9.3), maxout and batch normalization (section 8.7.1), with
+``torch.nn.functional``'s names and arguments (re-exported by functional.py).
+
+``return_indices=True`` of the max pools is not supported (the IR has no index-returning
+pool op); asking for it raises a clear error.
+"""
+from __future__ import annotations
+
+import math
+
+from .functional_conv import _batched, _emit, _F, _tuple, _unbatch
+from .tracing import Tensor
+
+__all__ = ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+           "lp_pool1d", "lp_pool2d", "lp_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+           "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+           "adaptive_max_pool3d", "global_avg_pool", "maxout", "batch_norm"]
+
+
+def _pool_args(kernel_size, stride, padding, d: int, name: str):
+    k = _tuple(kernel_size, d, "kernel_size")
+    st = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else \
+        _tuple(stride, d, "stride")
+    if not isinstance(padding, int) and len(tuple(padding)) == 2 * d:
+        pads = tuple(int(p) for p in padding)
+    else:
+        pads = tuple(p for p in _tuple(padding, d, "padding") for _ in (0, 1))
+    return k, st, pads
+
+
+def _no_indices(return_indices: bool, name: str) -> None:
+    if return_indices:
+        raise NotImplementedError(f"{name}(return_indices=True) is not supported: the IR's "
+                                  f"max pools return values only")
+
+
+# ---------------------------------------------------------------- max, average, Lp
+def max_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+             return_indices=False, *, dim: int) -> Tensor:
+    """Max pooling; the gradient goes to the first maximum of each window (PyTorch's rule)."""
+    name = f"max_pool{dim}d"
+    _no_indices(return_indices, name)
+    x, squeeze = _batched(input, dim, name)
+    k, st, pads = _pool_args(kernel_size, stride, padding, dim, name)
+    y = _emit("max_pool", x, kernel_size=k, stride=st, padding=pads,
+              dilation=_tuple(dilation, dim, "dilation"), ceil_mode=bool(ceil_mode))
+    return _unbatch(y, squeeze)
+
+
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False) -> Tensor:
+    return max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                    dim=1)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False) -> Tensor:
+    return max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                    dim=2)
+
+
+def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False) -> Tensor:
+    return max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                    dim=3)
+
+
+def avg_pool(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+             count_include_pad=True, divisor_override=None, *, dim: int) -> Tensor:
+    """Average pooling with PyTorch's divisor rules (count_include_pad, divisor_override)."""
+    name = f"avg_pool{dim}d"
+    x, squeeze = _batched(input, dim, name)
+    k, st, pads = _pool_args(kernel_size, stride, padding, dim, name)
+    y = _emit("avg_pool", x, kernel_size=k, stride=st, padding=pads, ceil_mode=bool(ceil_mode),
+              count_include_pad=bool(count_include_pad), divisor_override=divisor_override)
+    return _unbatch(y, squeeze)
+
+
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True) -> Tensor:
+    return avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad, dim=1)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None) -> Tensor:
+    return avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                    divisor_override, dim=2)
+
+
+def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, divisor_override=None) -> Tensor:
+    return avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                    divisor_override, dim=3)
+
+
+def lp_pool(input, norm_type: float, kernel_size, stride=None, ceil_mode=False, *,
+            dim: int) -> Tensor:
+    """PyTorch's LPPool: (avg_pool(x^p) * prod(kernel))^(1/p), so a full window gives
+    (sum x^p)^(1/p) (p = 2: L2 pooling of section 9.3)."""
+    F = _F()
+    k = _tuple(kernel_size, dim, "kernel_size")
+    x = F.as_tensor(input)
+    p = float(norm_type)
+    s = avg_pool(F.pow(x, p), k, stride, 0, ceil_mode, dim=dim)
+    return F.pow(F.mul(s, float(math.prod(k))), 1.0 / p)
+
+
+def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False) -> Tensor:
+    return lp_pool(input, norm_type, kernel_size, stride, ceil_mode, dim=1)
+
+
+def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False) -> Tensor:
+    return lp_pool(input, norm_type, kernel_size, stride, ceil_mode, dim=2)
+
+
+def lp_pool3d(input, norm_type, kernel_size, stride=None, ceil_mode=False) -> Tensor:
+    return lp_pool(input, norm_type, kernel_size, stride, ceil_mode, dim=3)
+
+
+# ---------------------------------------------------------------- adaptive and global
+def _adaptive(op: str, input, output_size, dim: int) -> Tensor:
+    x, squeeze = _batched(input, dim, f"{op}{dim}d")
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size,) * dim
+    size = tuple(x.shape[2 + i] if s is None else int(s)
+                 for i, s in enumerate(_fill(output_size, dim)))
+    return _unbatch(_emit(op, x, output_size=size), squeeze)
+
+
+def _fill(sizes, d: int):
+    sizes = tuple(sizes)
+    if len(sizes) != d:
+        raise ValueError(f"output_size must be an int or {d} sizes, got {list(sizes)}")
+    return sizes
+
+
+def adaptive_avg_pool1d(input, output_size) -> Tensor:
+    return _adaptive("adaptive_avg_pool", input, output_size, 1)
+
+
+def adaptive_avg_pool2d(input, output_size) -> Tensor:
+    return _adaptive("adaptive_avg_pool", input, output_size, 2)
+
+
+def adaptive_avg_pool3d(input, output_size) -> Tensor:
+    return _adaptive("adaptive_avg_pool", input, output_size, 3)
+
+
+def adaptive_max_pool1d(input, output_size, return_indices=False) -> Tensor:
+    _no_indices(return_indices, "adaptive_max_pool1d")
+    return _adaptive("adaptive_max_pool", input, output_size, 1)
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False) -> Tensor:
+    _no_indices(return_indices, "adaptive_max_pool2d")
+    return _adaptive("adaptive_max_pool", input, output_size, 2)
+
+
+def adaptive_max_pool3d(input, output_size, return_indices=False) -> Tensor:
+    _no_indices(return_indices, "adaptive_max_pool3d")
+    return _adaptive("adaptive_max_pool", input, output_size, 3)
+
+
+def global_avg_pool(input, keepdim: bool = False) -> Tensor:
+    """Average over every spatial position (fig. 9.11 right): (N, C, *S) -> (N, C)."""
+    x = _F().as_tensor(input)
+    if x.ndim < 3:
+        raise ValueError(f"global_avg_pool expects (N, C, *spatial), got shape {x.shape}")
+    return _F().mean(x, tuple(range(2, x.ndim)), keepdim)
+
+
+def maxout(input, pool_size: int, dim: int = 1) -> Tensor:
+    """Maximum over groups of ``pool_size`` consecutive channels (fig. 9.9): output channel
+    j = max of input channels j*k .. j*k+k-1."""
+    F = _F()
+    x = F.as_tensor(input)
+    ax = dim % x.ndim
+    c = x.shape[ax]
+    if pool_size < 1 or c % pool_size:
+        raise ValueError(f"maxout: pool_size {pool_size} must divide the {c} channels of "
+                         f"axis {dim}")
+    grouped = F.reshape(x, x.shape[:ax] + (c // pool_size, pool_size) + x.shape[ax + 1:])
+    return F.amax(grouped, ax + 1)
+
+
+# ---------------------------------------------------------------- batch normalization
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5) -> Tensor:
+    """Batch normalization over axis 1 (eq. 8.35-8.37). In training mode with running
+    statistics that are module buffers, their updated values are recorded as state updates
+    (``tracer.update_state``), as PyTorch updates them in place."""
+    F = _F()
+    x = F.as_tensor(input)
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm expects (N, C, ...) input, got shape {x.shape}")
+    if momentum is None:
+        raise NotImplementedError("batch_norm(momentum=None) (a cumulative average) is not "
+                                  "supported; give a number")
+    c = x.shape[1]
+    if running_mean is None or running_var is None:
+        if not training:
+            raise ValueError("batch_norm in inference mode needs running_mean and running_var")
+    def given_or(v, fill: float) -> Tensor:
+        return F.as_tensor(_np_full(c, fill, x) if v is None else v, x)
+
+    rm, rv = given_or(running_mean, 0.0), given_or(running_var, 1.0)
+    g, b = given_or(weight, 1.0), given_or(bias, 0.0)
+    y, new_mean, new_var = _emit("batch_norm", x, g, b, rm, rv, training=bool(training),
+                                 eps=float(eps), momentum=float(momentum), axis=1)
+    if training:
+        for buf, new in ((running_mean, new_mean), (running_var, new_var)):
+            if buf is not None and not isinstance(buf, Tensor) and hasattr(buf, "data"):
+                x.tracer.update_state(buf, new)
+    return y
+
+
+def _np_full(c: int, value: float, like: Tensor):
+    import numpy as np
+    return np.full((c,), value, like.type.np_dtype)

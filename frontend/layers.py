@@ -1,0 +1,353 @@
+"""``frontend.nn`` layers of chapter 9 and section 8.7.1, with ``torch.nn``'s constructors,
+attribute names and default initialization (re-exported by nn.py).
+
+Convolution weights and biases start as PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in
+= (C/groups) * prod(kernel) (kaiming_uniform with a = sqrt(5)). Batch norm starts with gamma 1,
+beta 0, running mean 0 and running variance 1.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import functional as F
+from . import functional_conv as FC
+from . import functional_pool as FP
+from .nn import Module, Parameter
+from .random import rng
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+           "ConvTranspose3d", "LocallyConnected1d", "LocallyConnected2d", "TiledConv2d",
+           "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
+           "LPPool1d", "LPPool2d", "LPPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
+           "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d",
+           "GlobalAvgPool", "Maxout", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+_PAD_MODES = {"reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def _uniform(shape, fan_in: int) -> Parameter:
+    k = 1 / math.sqrt(fan_in) if fan_in else 0.0
+    return Parameter(rng().uniform(-k, k, shape).astype(np.float32))
+
+
+def _tup(v, d: int) -> tuple[int, ...]:
+    return (v,) * d if isinstance(v, int) else tuple(v)
+
+
+# ---------------------------------------------------------------- convolutions
+class _ConvNd(Module):
+    dim = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        if padding_mode != "zeros" and padding_mode not in _PAD_MODES:
+            raise ValueError(f"padding_mode must be 'zeros', 'reflect', 'replicate' or "
+                             f"'circular', got {padding_mode!r}")
+        d = self.dim
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _tup(kernel_size, d), _tup(stride, d)
+        self.dilation = _tup(dilation, d)
+        self.padding, self.padding_mode = padding, padding_mode
+        shape = (out_channels, in_channels // groups) + self.kernel_size
+        fan_in = (in_channels // groups) * math.prod(self.kernel_size)
+        self.weight = _uniform(shape, fan_in)
+        self.bias = _uniform((out_channels,), fan_in) if bias else None
+
+    def forward(self, x):
+        if self.padding_mode == "zeros":
+            return FC.conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                          self.groups, dim=self.dim)
+        # padding other than zeros: pad explicitly, then a valid convolution (as PyTorch)
+        pads = FC.conv_padding(self.padding, self.dim, self.kernel_size, self.dilation,
+                            self.stride)
+        x = F.as_tensor(x)
+        lead = (0, 0) * (x.ndim - self.dim)
+        x = x.tracer.emit("pad", x, pads=lead + pads, mode=_PAD_MODES[self.padding_mode])
+        return FC.conv(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups,
+                      dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
+class Conv1d(_ConvNd):
+    dim = 1
+
+
+class Conv2d(_ConvNd):
+    dim = 2
+
+
+class Conv3d(_ConvNd):
+    dim = 3
+
+
+class _ConvTransposeNd(Module):
+    dim = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups: int = 1, bias: bool = True, dilation=1):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        d = self.dim
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _tup(kernel_size, d), _tup(stride, d)
+        self.padding, self.output_padding = padding, output_padding
+        self.dilation = _tup(dilation, d)
+        # PyTorch computes fan_in from weight.size(1) * prod(kernel) for transposed convs
+        fan_in = (out_channels // groups) * math.prod(self.kernel_size)
+        self.weight = _uniform((in_channels, out_channels // groups) + self.kernel_size, fan_in)
+        self.bias = _uniform((out_channels,), fan_in) if bias else None
+
+    def forward(self, x, output_size=None):
+        return FC.conv_transpose(x, self.weight, self.bias, self.stride, self.padding,
+                                self.output_padding, self.groups, self.dilation,
+                                output_size=output_size, dim=self.dim)
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    dim = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    dim = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    dim = 3
+
+
+class _LocallyConnectedNd(Module):
+    """Unshared convolution (eq. 9.9). The input's spatial size fixes the number of output
+    locations, so it is a constructor argument; the bias is per output location."""
+    dim = 2
+
+    def __init__(self, in_channels: int, out_channels: int, input_size, kernel_size, stride=1,
+                 padding=0, dilation=1, bias: bool = True):
+        super().__init__()
+        from irgraph.ops.conv_geometry import out_shape
+        d = self.dim
+        self.kernel_size, self.stride = _tup(kernel_size, d), _tup(stride, d)
+        self.dilation, self.padding = _tup(dilation, d), padding
+        pads = FC.conv_padding(padding, d, self.kernel_size, self.dilation, self.stride)
+        self.output_size = out_shape(_tup(input_size, d), self.kernel_size, self.stride, pads,
+                                     self.dilation)
+        fan_in = in_channels * math.prod(self.kernel_size)
+        self.weight = _uniform((out_channels,) + self.output_size + (in_channels,)
+                               + self.kernel_size, fan_in)
+        self.bias = _uniform((out_channels,) + self.output_size, fan_in) if bias else None
+
+    def forward(self, x):
+        return F.locally_connected(x, self.weight, self.bias, self.stride, self.padding,
+                                   self.dilation)
+
+
+class LocallyConnected1d(_LocallyConnectedNd):
+    dim = 1
+
+
+class LocallyConnected2d(_LocallyConnectedNd):
+    dim = 2
+
+
+class TiledConv2d(Module):
+    """Tiled convolution (eq. 9.10): ``tiles`` kernels per direction, cycled through; the bias
+    is per tile (O, *tiles)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, tiles, stride=1,
+                 padding=0, dilation=1, bias: bool = True):
+        super().__init__()
+        self.kernel_size, self.tiles = _tup(kernel_size, 2), _tup(tiles, 2)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        fan_in = in_channels * math.prod(self.kernel_size)
+        self.weight = _uniform((out_channels, in_channels) + self.kernel_size + self.tiles,
+                               fan_in)
+        self.bias = _uniform((out_channels,) + self.tiles, fan_in) if bias else None
+
+    def forward(self, x):
+        return F.tiled_conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+# ---------------------------------------------------------------- pooling
+class _MaxPoolNd(Module):
+    dim = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices: bool = False, ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.return_indices, self.ceil_mode = dilation, return_indices, ceil_mode
+
+    def forward(self, x):
+        return FP.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                          self.ceil_mode, self.return_indices, dim=self.dim)
+
+
+class MaxPool1d(_MaxPoolNd):
+    dim = 1
+
+
+class MaxPool2d(_MaxPoolNd):
+    dim = 2
+
+
+class MaxPool3d(_MaxPoolNd):
+    dim = 3
+
+
+class _AvgPoolNd(Module):
+    dim = 2
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override=None):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
+
+    def forward(self, x):
+        return FP.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                          self.count_include_pad, self.divisor_override, dim=self.dim)
+
+
+class AvgPool1d(_AvgPoolNd):
+    dim = 1
+
+
+class AvgPool2d(_AvgPoolNd):
+    dim = 2
+
+
+class AvgPool3d(_AvgPoolNd):
+    dim = 3
+
+
+class _LPPoolNd(Module):
+    dim = 2
+
+    def __init__(self, norm_type: float, kernel_size, stride=None, ceil_mode: bool = False):
+        super().__init__()
+        self.norm_type, self.kernel_size = norm_type, kernel_size
+        self.stride, self.ceil_mode = stride, ceil_mode
+
+    def forward(self, x):
+        return FP.lp_pool(x, self.norm_type, self.kernel_size, self.stride, self.ceil_mode,
+                         dim=self.dim)
+
+
+class LPPool1d(_LPPoolNd):
+    dim = 1
+
+
+class LPPool2d(_LPPoolNd):
+    dim = 2
+
+
+class LPPool3d(_LPPoolNd):
+    dim = 3
+
+
+class _AdaptivePoolNd(Module):
+    dim = 2
+    kind = "avg"
+
+    def __init__(self, output_size, return_indices: bool = False):
+        super().__init__()
+        self.output_size, self.return_indices = output_size, return_indices
+
+    def forward(self, x):
+        fn = getattr(F, f"adaptive_{self.kind}_pool{self.dim}d")
+        if self.kind == "max":
+            return fn(x, self.output_size, self.return_indices)
+        return fn(x, self.output_size)
+
+
+def _adaptive(name: str, kind: str, dim: int):
+    doc = f"``F.adaptive_{kind}_pool{dim}d`` as a module (fig. 9.11 centre)."
+    return type(name, (_AdaptivePoolNd,), {"dim": dim, "kind": kind, "__doc__": doc})
+
+
+AdaptiveAvgPool1d = _adaptive("AdaptiveAvgPool1d", "avg", 1)
+AdaptiveAvgPool2d = _adaptive("AdaptiveAvgPool2d", "avg", 2)
+AdaptiveAvgPool3d = _adaptive("AdaptiveAvgPool3d", "avg", 3)
+AdaptiveMaxPool1d = _adaptive("AdaptiveMaxPool1d", "max", 1)
+AdaptiveMaxPool2d = _adaptive("AdaptiveMaxPool2d", "max", 2)
+AdaptiveMaxPool3d = _adaptive("AdaptiveMaxPool3d", "max", 3)
+
+
+class GlobalAvgPool(Module):
+    """Average over all positions (fig. 9.11 right): (N, C, *S) -> (N, C)."""
+
+    def __init__(self, keepdim: bool = False):
+        super().__init__()
+        self.keepdim = keepdim
+
+    def forward(self, x):
+        return F.global_avg_pool(x, self.keepdim)
+
+
+class Maxout(Module):
+    """Max over groups of ``pool_size`` consecutive channels (fig. 9.9)."""
+
+    def __init__(self, pool_size: int, dim: int = 1):
+        super().__init__()
+        self.pool_size, self.dim = pool_size, dim
+
+    def forward(self, x):
+        return F.maxout(x, self.pool_size, self.dim)
+
+
+# ---------------------------------------------------------------- batch normalization
+class _BatchNorm(Module):
+    ranks: tuple[int, ...] = (2, 3)
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True):
+        super().__init__()
+        if momentum is None:
+            raise NotImplementedError("momentum=None (cumulative average) is not supported")
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = Parameter(np.ones(num_features, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(num_features, np.float32)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, np.float32))
+            self.register_buffer("running_var", np.ones(num_features, np.float32))
+
+    def forward(self, x):
+        x = F.as_tensor(x)
+        if x.ndim not in self.ranks:
+            raise ValueError(f"{type(self).__name__} expects {' or '.join(map(str, self.ranks))}"
+                             f"-D input, got shape {x.shape}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}) got {x.shape[1]} "
+                             f"channels (input shape {x.shape})")
+        stats = self.track_running_stats
+        use_batch = self.training or not stats
+        return F.batch_norm(x, self.running_mean if stats else None,
+                            self.running_var if stats else None, self.weight, self.bias,
+                            use_batch, self.momentum, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    ranks = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    ranks = (5,)
