@@ -7,7 +7,7 @@ query, compilation or launch happens before ``compile``.
 """
 from __future__ import annotations
 
-from . import lower_core, lower_optim  # noqa: F401  (register the lowerings)
+from . import lower_conv, lower_core, lower_optim, lower_pool  # noqa: F401  (lowerings)
 from .executable import Plan, TritonExecutable, compile
 from .table import KERNELS, UnsupportedOpError, lowering
 

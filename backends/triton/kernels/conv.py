@@ -1,0 +1,282 @@
+"""Convolution as implicit GEMM (no im2col buffer): forward, input gradient, kernel gradient.
+
+Every convolution is seen as 3-D (a 1-D or 2-D one gets size-1 axes), layout N C D H W,
+weight O C/groups KD KH KW, and one grid axis walks the groups. With P = OD*OH*OW:
+
+* forward (eq. 9.7-9.8):  Y[n, o, p] = sum_{c, r} X[n, c, p*s - pad + r*dil] W[o, c, r]
+  GEMM rows (n, p), columns o, reduction over (kernel position r, channel c).
+* input gradient (eq. 9.13): dX[n, c, i] = sum_{o, r} dY[n, o, (i + pad - r*dil)/s] W[o, c, r]
+  where the division is exact; GEMM rows (n, i), columns c, reduction over (r, o).
+* kernel gradient (eq. 9.11): dW[o, c, r] = sum_{n, p} dY[n, o, p] X[n, c, p*s - pad + r*dil]
+  GEMM rows o, columns (c, r), reduction over (n, p).
+
+On a GPU the forward kernel is autotuned over H100-sized tiles; under the interpreter one
+small configuration runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from ..runtime import cdiv, empty, interpreting
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Shapes of one convolution, padded to 3 spatial axes."""
+    n: int
+    c: int
+    o: int
+    groups: int
+    size: tuple[int, int, int]        # input D, H, W
+    out: tuple[int, int, int]         # output OD, OH, OW
+    kernel: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    pad: tuple[int, int, int]         # padding before each axis (after only sets `out`)
+    dil: tuple[int, int, int]
+
+    @staticmethod
+    def make(x_shape, w_shape, out_spatial, stride, padding, dilation, groups):
+        d = len(x_shape) - 2
+        fill = (1,) * (3 - d)
+        zero = (0,) * (3 - d)
+        return ConvGeometry(x_shape[0], x_shape[1], w_shape[0], groups,
+                            fill + tuple(x_shape[2:]), fill + tuple(out_spatial),
+                            fill + tuple(w_shape[2:]), fill + tuple(stride),
+                            zero + tuple(padding[2 * i] for i in range(d)),
+                            fill + tuple(dilation))
+
+    def args(self) -> tuple[int, ...]:
+        return (self.n, self.c // self.groups, self.o // self.groups) + self.size + self.out + \
+            self.kernel + self.stride + self.pad + self.dil
+
+
+_GEOM = ("N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW, "
+         "DD, DH, DW")
+
+
+@triton.jit
+def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
+                    N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW,
+                    DD, DH, DW, PRECISION: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    g = tl.program_id(2)
+    P = OD * OH * OW
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)        # (n, p) rows
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)        # output channel in group
+    m_ok = rm < N * P
+    n_ok = rn < OG
+    nb = rm // P
+    p = rm % P
+    od = p // (OH * OW)
+    oh = (p // OW) % OH
+    ow = p % OW
+    C = CG * tl.num_programs(2)
+    x_row = x_ptr + (nb.to(tl.int64) * C + g * CG) * (D * H * W)
+    w_col = w_ptr + (g * OG + rn).to(tl.int64) * (CG * KD * KH * KW)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if y_ptr.dtype.element_ty == tl.float32
+                   else tl.float64)
+    for r in range(KD * KH * KW):
+        kd = r // (KH * KW)
+        kh = (r // KW) % KH
+        kw = r % KW
+        i_d = od * SD - PD + kd * DD
+        i_h = oh * SH - PH + kh * DH
+        i_w = ow * SW - PW + kw * DW
+        ok = m_ok & (i_d >= 0) & (i_d < D) & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W)
+        x_pos = x_row + (i_d * H + i_h) * W + i_w
+        for c0 in range(0, CG, BLOCK_K):
+            rc = c0 + tl.arange(0, BLOCK_K)
+            c_ok = rc < CG
+            a = tl.load(x_pos[:, None] + rc[None, :].to(tl.int64) * (D * H * W),
+                        mask=ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_col[None, :] + rc[:, None] * (KD * KH * KW) + r,
+                        mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    y = y_ptr + ((nb.to(tl.int64) * (OG * tl.num_programs(2)) + g * OG)[:, None]
+                 + rn[None, :]) * P + p[:, None]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def conv_input_grad_kernel(gy_ptr, w_ptr, dx_ptr,
+                           N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW,
+                           DD, DH, DW, PRECISION: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr):
+    g = tl.program_id(2)
+    S = D * H * W
+    P = OD * OH * OW
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)        # (n, input position)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)        # input channel in group
+    m_ok = rm < N * S
+    n_ok = rn < CG
+    nb = rm // S
+    s = rm % S
+    i_d = s // (H * W)
+    i_h = (s // W) % H
+    i_w = s % W
+    O = OG * tl.num_programs(2)
+    gy_row = gy_ptr + (nb.to(tl.int64) * O + g * OG) * P
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if dx_ptr.dtype.element_ty == tl.float32
+                   else tl.float64)
+    for r in range(KD * KH * KW):
+        kd = r // (KH * KW)
+        kh = (r // KW) % KH
+        kw = r % KW
+        td = i_d + PD - kd * DD
+        th = i_h + PH - kh * DH
+        tw = i_w + PW - kw * DW
+        ok = m_ok & (td >= 0) & (th >= 0) & (tw >= 0)
+        ok = ok & (td % SD == 0) & (th % SH == 0) & (tw % SW == 0)
+        o_d = td // SD
+        o_h = th // SH
+        o_w = tw // SW
+        ok = ok & (o_d < OD) & (o_h < OH) & (o_w < OW)
+        gy_pos = gy_row + (o_d * OH + o_h) * OW + o_w
+        for o0 in range(0, OG, BLOCK_K):
+            ro = o0 + tl.arange(0, BLOCK_K)
+            o_ok = ro < OG
+            a = tl.load(gy_pos[:, None] + ro[None, :].to(tl.int64) * P,
+                        mask=ok[:, None] & o_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + ((g * OG + ro[:, None]).to(tl.int64) * CG + rn[None, :])
+                        * (KD * KH * KW) + r, mask=o_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    dx = dx_ptr + ((nb.to(tl.int64) * (CG * tl.num_programs(2)) + g * CG)[:, None]
+                   + rn[None, :]) * S + s[:, None]
+    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def conv_kernel_grad_kernel(x_ptr, gy_ptr, dw_ptr,
+                            N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW,
+                            DD, DH, DW, PRECISION: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+    g = tl.program_id(2)
+    R = KD * KH * KW
+    P = OD * OH * OW
+    S = D * H * W
+    ro = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)        # output channel in group
+    rq = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)        # (c, r) column
+    o_ok = ro < OG
+    q_ok = rq < CG * R
+    c = rq // R
+    r = rq % R
+    kd = r // (KH * KW)
+    kh = (r // KW) % KH
+    kw = r % KW
+    O = OG * tl.num_programs(2)
+    C = CG * tl.num_programs(2)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if dw_ptr.dtype.element_ty == tl.float32
+                   else tl.float64)
+    for k0 in range(0, N * P, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)                             # (n, p) reduction index
+        k_ok = rk < N * P
+        nb = rk // P
+        p = rk % P
+        od = p // (OH * OW)
+        oh = (p // OW) % OH
+        ow = p % OW
+        a = tl.load(gy_ptr + (nb.to(tl.int64) * O + g * OG)[None, :] * P
+                    + ro[:, None].to(tl.int64) * P + p[None, :],
+                    mask=o_ok[:, None] & k_ok[None, :], other=0.0)
+        i_d = od[:, None] * SD - PD + kd[None, :] * DD
+        i_h = oh[:, None] * SH - PH + kh[None, :] * DH
+        i_w = ow[:, None] * SW - PW + kw[None, :] * DW
+        ok = (k_ok[:, None] & q_ok[None, :] & (i_d >= 0) & (i_d < D) & (i_h >= 0) & (i_h < H)
+              & (i_w >= 0) & (i_w < W))
+        b = tl.load(x_ptr + ((nb.to(tl.int64) * C + g * CG)[:, None] + c[None, :]) * S
+                    + (i_d * H + i_h) * W + i_w, mask=ok, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    dw = dw_ptr + ((g * OG + ro).to(tl.int64) * (CG * R))[:, None] + rq[None, :]
+    tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=o_ok[:, None] & q_ok[None, :])
+
+
+# ---------------------------------------------------------------- autotuning (GPU only)
+def _h100_configs() -> list:
+    """Tiles for H100 (228 KB shared memory, 4th-gen tensor cores); pruned by the tuner."""
+    out = []
+    for bm, bn, bk, warps, stages in ((128, 128, 32, 8, 3), (128, 64, 32, 4, 4),
+                                      (64, 128, 32, 4, 4), (128, 128, 64, 8, 3),
+                                      (256, 128, 32, 8, 3), (128, 256, 32, 8, 3),
+                                      (64, 64, 32, 4, 4), (128, 64, 64, 4, 3)):
+        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
+                                 num_warps=warps, num_stages=stages))
+    return out
+
+
+_TUNED: dict[str, Callable] = {}
+_SMALL = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+_KERNELS = {"fwd": conv_fwd_kernel, "input_grad": conv_input_grad_kernel,
+            "kernel_grad": conv_kernel_grad_kernel}
+
+
+def _kernel(which: str, dtype: str):
+    """The kernel to launch and its fixed block sizes ({} when autotuned)."""
+    if interpreting() or dtype == "float64":
+        return _KERNELS[which], dict(_SMALL) if interpreting() else dict(
+            BLOCK_M=32, BLOCK_N=32, BLOCK_K=16)
+    if which not in _TUNED:
+        _TUNED[which] = triton.autotune(_h100_configs(), key=_GEOM.split(", ") + [
+            "PRECISION"])(_KERNELS[which])
+    return _TUNED[which], {}
+
+
+def _precision(dtype: str, allow_tf32: bool) -> str:
+    return "tf32" if allow_tf32 and dtype == "float32" else "ieee"
+
+
+def _grid(rows: int, cols: int, groups: int):
+    return lambda meta: (cdiv(rows, meta["BLOCK_M"]), cdiv(cols, meta["BLOCK_N"]), groups)
+
+
+def conv_forward(geo: ConvGeometry, y_shape, dtype: str, device, allow_tf32: bool = False
+                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    kernel, blocks = _kernel("fwd", dtype)
+    prec = _precision(dtype, allow_tf32)
+    grid = _grid(geo.n * geo.out[0] * geo.out[1] * geo.out[2], geo.o // geo.groups, geo.groups)
+    args = geo.args()
+
+    def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        y = empty(y_shape, dtype, device)
+        if y.numel():
+            kernel[grid](x, w, y, *args, PRECISION=prec, **blocks)
+        return y
+    return run
+
+
+def conv_input_grad(geo: ConvGeometry, x_shape, dtype: str, device, allow_tf32: bool = False
+                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    kernel, blocks = _kernel("input_grad", dtype)
+    prec = _precision(dtype, allow_tf32)
+    grid = _grid(geo.n * geo.size[0] * geo.size[1] * geo.size[2], geo.c // geo.groups,
+                 geo.groups)
+    args = geo.args()
+
+    def run(w: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+        dx = empty(x_shape, dtype, device)
+        if dx.numel():
+            kernel[grid](gy, w, dx, *args, PRECISION=prec, **blocks)
+        return dx
+    return run
+
+
+def conv_kernel_grad(geo: ConvGeometry, w_shape, dtype: str, device, allow_tf32: bool = False
+                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    kernel, blocks = _kernel("kernel_grad", dtype)
+    prec = _precision(dtype, allow_tf32)
+    k = geo.kernel[0] * geo.kernel[1] * geo.kernel[2]
+    grid = _grid(geo.o // geo.groups, (geo.c // geo.groups) * k, geo.groups)
+    args = geo.args()
+
+    def run(x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+        dw = empty(w_shape, dtype, device)
+        if dw.numel():
+            kernel[grid](x, gy, dw, *args, PRECISION=prec, **blocks)
+        return dw
+    return run
