@@ -347,3 +347,7 @@ class AdamW(Adam):
     def _decoupled(self) -> bool:
         return True
 
+
+
+# section 8.6's methods: host-side loops over compiled graphs
+from .second_order import BFGS, LBFGS, ConjugateGradient, Newton  # noqa: E402,F401

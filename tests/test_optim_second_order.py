@@ -1,0 +1,204 @@
+"""Section 8.6's methods as host loops over compiled graphs: Newton (alg. 8.8, eq. 8.28),
+nonlinear conjugate gradients (alg. 8.9, eq. 8.30/8.31), BFGS and L-BFGS (8.6.3).
+
+On a convex quadratic J = 1/2 theta^T A theta - b^T theta: Newton lands on the minimum in
+one step; CG with an exact line search in at most k steps for k distinct eigenvalues of A
+(and not before); BFGS/L-BFGS likewise. On an L2-regularized logistic regression every
+method reaches scipy.optimize's minimum.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+
+import frontend as fe
+from frontend import F, nn
+from frontend.second_order import BFGS, LBFGS, ConjugateGradient, Newton
+from frontend.train import compile_train
+
+N = 8
+EIGS = np.array([1.0, 1.0, 3.0, 3.0, 3.0, 7.0, 7.0, 12.0])   # k = 4 distinct eigenvalues
+K = 4
+
+
+def quadratic(seed: int = 0):
+    r = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(r.standard_normal((N, N)))
+    return q @ np.diag(EIGS) @ q.T, r.standard_normal(N)
+
+
+def compile_quadratic(opt, theta0=None):
+    theta = nn.Parameter(np.zeros(N) if theta0 is None else theta0.copy())
+
+    def loss(A, b):
+        return 0.5 * (theta * F.matmul(A, theta)).sum() - (b * theta).sum()
+    step = compile_train(loss, None, opt, fe.TensorSpec((N, N), "float64"),
+                         fe.TensorSpec((N,), "float64"), pipeline=[])
+    return theta, step
+
+
+def errors(opt, steps: int, seed: int = 0) -> list[float]:
+    A, b = quadratic(seed)
+    theta, step = compile_quadratic(opt, np.random.default_rng(seed + 9).standard_normal(N))
+    out = []
+    for _ in range(steps):
+        step(A, b)
+        out.append(float(np.linalg.norm(theta.data - np.linalg.solve(A, b))))
+    return out
+
+
+def test_newton_alg_8_8_one_step_on_a_quadratic():
+    assert errors(Newton(), 1)[0] < 1e-12
+
+
+def test_newton_levenberg_marquardt_damping_eq_8_28():
+    """theta* = theta_0 - [H + alpha I]^{-1} grad J(theta_0)."""
+    A, b = quadratic()
+    theta0 = np.random.default_rng(3).standard_normal(N)
+    theta, step = compile_quadratic(Newton(damping=2.5), theta0)
+    loss = step(A, b)
+    expect = theta0 - np.linalg.solve(A + 2.5 * np.eye(N), A @ theta0 - b)
+    np.testing.assert_allclose(theta.data, expect, rtol=1e-12)
+    assert loss == pytest.approx(0.5 * theta0 @ A @ theta0 - b @ theta0, rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", ["polak_ribiere", "fletcher_reeves"])
+def test_conjugate_gradients_k_steps_for_k_distinct_eigenvalues(beta):
+    errs = errors(ConjugateGradient(beta=beta), K + 1)
+    assert errs[K - 2] > 1e-3          # not yet after k - 1 line searches
+    assert errs[K - 1] < 1e-9          # at the minimum after k
+
+
+def alg_8_9_reference(A, b, theta, steps, beta_rule):
+    """Alg. 8.9 in numpy with the analytic line search of a quadratic."""
+    rho, g_prev = np.zeros_like(theta), None
+    out = []
+    for _ in range(steps):
+        g = A @ theta - b
+        if g_prev is None:
+            beta = 0.0
+        elif beta_rule == "fletcher_reeves":
+            beta = (g @ g) / (g_prev @ g_prev)                     # eq. 8.30
+        else:
+            beta = ((g - g_prev) @ g) / (g_prev @ g_prev)          # eq. 8.31
+        rho = -g + beta * rho
+        eps = -(g @ rho) / (rho @ A @ rho)                         # exact on a quadratic
+        theta = theta + eps * rho
+        g_prev = g
+        out.append(theta)
+    return out
+
+
+@pytest.mark.parametrize("beta", ["polak_ribiere", "fletcher_reeves"])
+def test_conjugate_gradient_trajectory_matches_alg_8_9(beta):
+    A, b = quadratic(1)
+    theta0 = np.random.default_rng(4).standard_normal(N)
+    theta, step = compile_quadratic(ConjugateGradient(beta=beta), theta0)
+    for k, ref in enumerate(alg_8_9_reference(A, b, theta0, K - 1, beta)):
+        step(A, b)
+        np.testing.assert_allclose(theta.data, ref, rtol=1e-8, atol=1e-10,
+                                   err_msg=f"after step {k + 1}")
+
+
+def test_conjugate_gradient_restart_resets_beta():
+    opt = ConjugateGradient(restart=2)
+    A, b = quadratic()
+    _, step = compile_quadratic(opt, np.ones(N))
+    betas = []
+    for _ in range(4):
+        step(A, b)
+        betas.append(opt.state["beta"])
+    assert betas[0] == 0 and betas[1] == 0 and betas[2] != 0 and betas[3] == 0
+
+
+@pytest.mark.parametrize("make", [BFGS, lambda: LBFGS(history_size=N)])
+def test_bfgs_and_lbfgs_reach_the_quadratic_minimum_in_k_steps(make):
+    errs = errors(make(), K + 1)
+    assert errs[K - 1] < 1e-8
+
+
+def test_lbfgs_with_small_memory_still_converges():
+    errs = errors(LBFGS(history_size=2), 30)
+    assert errs[-1] < 1e-8
+
+
+# ---------------------------------------------------------------- logistic regression
+D, M, LAM = 4, 40, 0.1
+
+
+def logistic_data():
+    r = np.random.default_rng(5)
+    x = r.standard_normal((M, D))
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.3 * r.standard_normal(M) > 0).astype(float)
+    return x, y
+
+
+def numpy_loss_grad(w, x, y):
+    z = x @ w[:D] + w[D]
+    p = 1 / (1 + np.exp(-z))
+    loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)) + 0.5 * LAM * w[:D] @ w[:D]
+    gz = (p - y) / M
+    return loss, np.concatenate([x.T @ gz + LAM * w[:D], [gz.sum()]])
+
+
+class LogReg(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(np.zeros(D))
+        self.b = nn.Parameter(np.zeros(()))
+
+    def forward(self, x, y):
+        p = F.sigmoid(F.matmul(x, self.w) + self.b)
+        nll = -(y * F.log(p) + (1.0 - y) * F.log(1.0 - p)).mean()
+        return nll + 0.5 * LAM * (self.w * self.w).sum()
+
+
+@pytest.mark.parametrize("make", [Newton, ConjugateGradient, BFGS, LBFGS,
+                                  lambda: ConjugateGradient(beta="fletcher_reeves", restart=5)])
+def test_logistic_regression_reaches_scipys_minimum(make):
+    x, y = logistic_data()
+    ref = scipy.optimize.minimize(numpy_loss_grad, np.zeros(D + 1), args=(x, y), jac=True,
+                                  method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15})
+    model = LogReg()
+    step = compile_train(model, None, make(), fe.TensorSpec((M, D), "float64"),
+                         fe.TensorSpec((M,), "float64"), pipeline=[])
+    losses = [step(x, y) for _ in range(40)]
+    assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:]))
+    np.testing.assert_allclose(np.append(model.w.data, model.b.data), ref.x, atol=1e-6)
+    assert losses[-1] == pytest.approx(ref.fun, rel=1e-9)
+
+
+def test_lbfgs_trains_a_small_mlp():
+    fe.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 1))
+    r = np.random.default_rng(0)
+    x = r.uniform(-1, 1, (16, 2)).astype(np.float32)
+    y = (x[:, :1] * x[:, 1:]).astype(np.float32)
+    step = compile_train(model, nn.MSELoss(), LBFGS(), fe.TensorSpec((16, 2)),
+                         fe.TensorSpec((16, 1)), pipeline=[])
+    losses = [step(x, y) for _ in range(40)]
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_singular_hessian_needs_damping():
+    """J = (theta_0 + theta_1)^2 is flat along (1, -1): the Newton system is singular."""
+    theta = nn.Parameter(np.array([1.0, 2.0]))
+
+    def loss(x):
+        s = (theta * x).sum()
+        return s * s
+    step = compile_train(loss, None, Newton(), fe.TensorSpec((2,), "float64"), pipeline=[])
+    with pytest.raises(np.linalg.LinAlgError, match="damping"):
+        step(np.ones(2))
+    step2 = compile_train(loss, None, Newton(damping=1e-3), fe.TensorSpec((2,), "float64"),
+                          pipeline=[])
+    step2(np.ones(2))
+    assert abs(theta.data.sum()) < 1e-2
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="polak_ribiere"):
+        ConjugateGradient(beta="hestenes")
+    with pytest.raises(ValueError, match="history_size"):
+        LBFGS(history_size=0)
