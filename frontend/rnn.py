@@ -231,11 +231,12 @@ class RNN(Module):
             pre = pre + getattr(self, "bias_ih_" + key) + getattr(self, "bias_hh_" + key)
         act = F.tanh if self.nonlinearity == "tanh" else F.relu
 
-        def cell(h, pre_t):
-            h = act(pre_t + F.matmul(h, F.transpose(F.as_tensor(w_hh), 0, 1)))
+        def cell(h, pre_t, w_hh_t):
+            h = act(pre_t + F.matmul(h, w_hh_t))
             return h, h
 
-        h_t, ys = scan(cell, h0, pre, reverse=reverse, mask=mask)
+        w_hh_t = F.transpose(F.as_tensor(w_hh), 0, 1)   # transposed once, outside the loop
+        h_t, ys = scan(cell, h0, pre, (w_hh_t,), reverse=reverse, mask=mask)
         return ys, h_t
 
 
