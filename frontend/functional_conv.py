@@ -18,7 +18,7 @@ from passes.autodiff.rules_conv import repeat_tiles
 
 from .tracing import Tensor
 
-__all__ = ["conv1d", "conv2d", "conv3d", "conv_fft", "conv_separable", "conv_transpose1d",
+__all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_fft", "conv_separable", "conv_transpose1d",
            "conv_transpose2d", "conv_transpose3d", "unfold", "fold", "locally_connected",
            "tiled_conv"]
 
