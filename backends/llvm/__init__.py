@@ -23,7 +23,7 @@ from .jit import cache_dir, clear_cache
 from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
 from .module import build_module, plan
 from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
-from . import ops_optim  # noqa: F401
+from . import ops_optim, ops_graph  # noqa: F401
 
 log = logging.getLogger("backends.llvm")
 _OPTIONS = {"threads", "opt", "cache", "verbose"}
@@ -51,7 +51,7 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
     graph = verify(graph)
     _check_lowerable(graph)
     triple, _, features = jit.host()
-    p = plan(graph, features)
+    p = plan(graph, features, threads)
     text = str(graph)
     key = jit.cache_key(text, {"threads": threads, "opt": opt})
     t0 = time.perf_counter()

@@ -55,7 +55,7 @@ class LLVMExecutable(Executable):
             self._call(table)
             code, node = int(self._ctl[0]), int(self._ctl[1])
         if code:
-            self._raise(code, node)
+            self._raise(code, node, args)
         for j, (kind, k) in self.plan.copies.items():
             outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
         return outs
@@ -70,12 +70,30 @@ class LLVMExecutable(Executable):
         for f in futures:
             f.result()
 
-    def _raise(self, code: int, node_index: int) -> None:
+    def _raise(self, code: int, node_index: int, args) -> None:
         node = self.graph.nodes[node_index] if 0 <= node_index < len(self.graph.nodes) else None
+        if code == 4:
+            self._raise_non_finite(node, args)
         what = ERROR_MESSAGES.get(code, f"error {code}")
         where = f" in {node!r}" if node is not None else ""
         loc = f" (from {node.loc})" if node is not None and node.loc else ""
         raise NativeError(f"llvm backend: {what}{where}{loc}")
+
+    def _raise_non_finite(self, node, args) -> None:
+        """The NaN checker fired: the error names the node and its operands' ranges, the
+        same text the reference gives (recomputed on this error path only)."""
+        from irgraph.interpreter import ExecutionError, interpret
+        from irgraph.ops.debug import NonFiniteError
+        try:
+            interpret(self.graph, args)
+        except NonFiniteError:
+            raise
+        except ExecutionError as e:
+            if isinstance(e.__cause__, NonFiniteError):
+                raise e.__cause__ from None
+        a = node.attrs if node is not None else {}
+        raise NonFiniteError(f"first non-finite value: op {a.get('op')!r} "
+                             f"{a.get('loc', '')}\n  node: {a.get('node')}")
 
     # ---------------------------------------------------------------- inspection
     def llvm_ir(self, optimized: bool = False) -> str:

@@ -70,10 +70,19 @@ def clear_cache() -> int:
     return n
 
 
+@lru_cache(maxsize=None)
+def code_version() -> str:
+    """A hash of this backend's own source: a changed lowering never reuses old objects."""
+    h = hashlib.sha256(CACHE_VERSION.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(graph_text: str, options: dict) -> str:
     triple, cpu, features = host()
     opts = ";".join(f"{k}={options[k]!r}" for k in sorted(options))
-    blob = "\n".join([CACHE_VERSION, llvmlite.__version__, triple, cpu, features, opts,
+    blob = "\n".join([code_version(), llvmlite.__version__, triple, cpu, features, opts,
                       graph_text])
     return hashlib.sha256(blob.encode()).hexdigest()
 

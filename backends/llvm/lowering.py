@@ -28,6 +28,7 @@ ERROR_MESSAGES = {
     1: "a class index (target) is outside [0, C)",
     2: "integers to negative integer powers are not allowed",
     3: "an index is out of range",
+    4: "a value is NaN or infinite",
 }
 
 
@@ -39,6 +40,17 @@ class Lowering:
 
 LOWERINGS: dict[str, Lowering] = {}
 UNLOWERABLE: dict[str, str] = {}
+# op -> fn(node, threads, features) -> bytes of arena scratch the node needs while it runs
+SCRATCH: dict[str, Callable] = {}
+
+
+def scratch(*ops: str):
+    """Register the decorated function as the scratch-size rule of ``ops``."""
+    def deco(fn):
+        for op in ops:
+            SCRATCH[op] = fn
+        return fn
+    return deco
 
 
 def lowering(*ops: str, parallel: bool = False):
@@ -78,6 +90,9 @@ class Ctx:
         self.workspace_per_thread = workspace_per_thread
         self.max_threads = max_threads
         self.node_index = 0
+        self.node_scratch: ir.Value | None = None   # i8*: the current node's arena scratch
+        self.barrier_fn: ir.Function | None = None
+        self.single = False       # inside thread0(): one thread does everything
         self._entry_block = fn.entry_basic_block
 
     # ---------------------------------------------------------------- helpers
@@ -105,16 +120,49 @@ class Ctx:
         return slot
 
     def split(self, n: int) -> tuple[ir.Value, ir.Value]:
-        """This thread's share [lo, hi) of range(n)."""
+        """This thread's share [lo, hi) of range(n) (all of it inside ``thread0``)."""
         b = self.b
+        if self.single:
+            return i64(0), i64(n)
         lo = b.sdiv(b.mul(i64(n), self.tid), self.nthreads)
         hi = b.sdiv(b.mul(i64(n), b.add(self.tid, i64(1))), self.nthreads)
         return lo, hi
 
     @contextmanager
     def thread0(self):
-        with self.b.if_then(self.b.icmp_signed("==", self.tid, i64(0))):
+        """Code only thread 0 runs; splits inside it cover whole ranges, barriers vanish."""
+        if self.single:
             yield
+            return
+        self.single = True
+        try:
+            with self.b.if_then(self.b.icmp_signed("==", self.tid, i64(0))):
+                yield
+        finally:
+            self.single = False
+
+    def barrier(self) -> None:
+        """All threads meet here (a no-op with one thread); call from parallel lowerings only,
+        where every thread reaches it the same number of times."""
+        if self.single:
+            return
+        b = self.b
+        with b.if_then(b.icmp_signed(">", self.nthreads, i64(1))):
+            b.call(self.barrier_fn, [self.ctl, self.nthreads])
+
+    def global_array(self, name: str, data) -> ir.Value:
+        """A private constant table (numpy array) in the module; returns a typed pointer."""
+        import numpy as np
+        from .builder import STORAGE
+        data = np.ascontiguousarray(data)
+        elem = STORAGE[data.dtype.name]
+        arr = ir.ArrayType(elem, max(data.size, 1))
+        gv = ir.GlobalVariable(self.module, arr, name=self.module.get_unique_name(name))
+        gv.global_constant = True
+        gv.linkage = "private"
+        vals = data.ravel().tolist() or [0]
+        gv.initializer = ir.Constant(arr, [ir.Constant(elem, v) for v in vals])
+        return self.b.bitcast(gv, ir.PointerType(elem))
 
     def fail(self, code: int) -> None:
         """Record error ``code`` for the current node; the executable raises after the run."""

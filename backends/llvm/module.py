@@ -20,7 +20,7 @@ from irgraph import Graph, Value
 
 from .builder import I64, PTR, STORAGE, VOID, Buf, i64
 from .gemm import workspace_bytes
-from .lowering import Ctx, get_lowering, load_ptr
+from .lowering import SCRATCH, Ctx, get_lowering, load_ptr
 
 ALIGN = 64
 ENTRY = "irgraph_entry"
@@ -33,10 +33,9 @@ class Plan:
     arena_bytes: int = 0
     # output j that is a copy of an argument ("arg", i) or of an earlier output ("out", k)
     copies: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # node index -> arena offset of the scratch it needs while it runs
+    scratch: dict[int, int] = field(default_factory=dict)
     workspace_bytes: int = 0
-
-    def n_pointers(self, graph: Graph) -> int:
-        return len(graph.arguments) + len(graph.outputs) + 3
 
 
 def _round(n: int) -> int:
@@ -74,7 +73,9 @@ class _Arena:
         self.free = merged
 
 
-def plan(graph: Graph, features: str) -> Plan:
+def plan(graph: Graph, features: str, threads: int) -> Plan:
+    """Buffer layout: graph outputs get their own buffers, intermediates share one arena
+    (a block is reused once its value's last reader has run), node scratch likewise."""
     p = Plan()
     for i, v in enumerate(graph.arguments):
         p.slots[v] = ("arg", i)
@@ -95,6 +96,11 @@ def plan(graph: Graph, features: str) -> Plan:
             if v not in p.slots:
                 p.slots[v] = ("arena", arena.alloc(v.type.nbytes))
                 dying.setdefault(max(last.get(v, i), i), []).append(v)
+        rule = SCRATCH.get(node.op)
+        if rule is not None:
+            size = rule(node, threads, features)
+            p.scratch[i] = arena.alloc(size)
+            arena.release(p.scratch[i], size)     # free again once the node has run
         for v in dying.pop(i, ()):
             arena.release(p.slots[v][1], v.type.nbytes)
     p.arena_bytes = _round(arena.top)
@@ -103,8 +109,7 @@ def plan(graph: Graph, features: str) -> Plan:
     return p
 
 
-_GEMM_OPS = {"matmul", "conv", "conv2d", "conv1d", "conv3d", "conv_input_grad",
-             "conv_weight_grad", "conv_kernel_grad", "scan", "loop", "fused"}
+_GEMM_OPS = {"matmul", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad"}
 
 
 def _all_nodes(graph: Graph):
@@ -130,49 +135,64 @@ def build_module(graph: Graph, p: Plan, features: str, max_threads: int,
     ctl = b.bitcast(load_ptr(b, args, base + 1), ir.PointerType(I64))
     ws = load_ptr(b, args, base + 2)
     ctx = Ctx(module, fn, b, tid, nthreads, ctl, ws, p.workspace_bytes, max_threads, features)
-    bufs = {v: _buffer(b, args, arena, v, slot, n_args) for v, slot in p.slots.items()}
-    emit_nodes(ctx, graph.nodes, bufs, barrier_fn(module))
+    ctx.barrier_fn = barrier_fn(module)
+    arg_ptrs = [load_ptr(b, args, i) for i in range(n_args)]
+    out_ptrs = [load_ptr(b, args, n_args + j) for j in range(n_outs)]
+    emit_graph(ctx, graph, p, arg_ptrs, out_ptrs, arena, copy_outputs=False)
     b.ret_void()
     return module
 
 
-def _buffer(b, args, arena, v: Value, slot, n_args: int) -> Buf:
-    kind, k = slot
-    if kind == "arena":
-        raw = b.gep(arena, [i64(k)], inbounds=True)
-    else:
-        raw = load_ptr(b, args, k if kind == "arg" else n_args + k)
-    return Buf(b.bitcast(raw, ir.PointerType(STORAGE[v.dtype]), name=f"v.{v.name}"), v.type)
+def emit_graph(ctx: Ctx, graph: Graph, p: Plan, arg_ptrs, out_ptrs, arena,
+               copy_outputs: bool = True, index_offset: int = 0) -> None:
+    """Emit ``graph``'s nodes with its values in the given buffers (a subgraph body runs
+    through this too). With ``copy_outputs``, outputs that are arguments or repeated values
+    are copied into their buffers here (the top level lets the executable do it)."""
+    b = ctx.b
+    bufs: dict[Value, Buf] = {}
+    for v, (kind, k) in p.slots.items():
+        raw = (b.gep(arena, [i64(k)], inbounds=True) if kind == "arena"
+               else arg_ptrs[k] if kind == "arg" else out_ptrs[k])
+        bufs[v] = Buf(b.bitcast(raw, ir.PointerType(STORAGE[v.dtype]), name=f"v.{v.name}"),
+                      v.type)
+    emit_nodes(ctx, graph.nodes, bufs, p, arena, index_offset)
+    if copy_outputs and p.copies:
+        from .elementwise import copy_strided
+        from .builder import row_strides
+        for j, (kind, k) in p.copies.items():
+            v = graph.outputs[j]
+            dst = Buf(b.bitcast(out_ptrs[j], ir.PointerType(STORAGE[v.dtype])), v.type)
+            src = bufs[graph.arguments[k]] if kind == "arg" else Buf(
+                b.bitcast(out_ptrs[k], ir.PointerType(STORAGE[v.dtype])), v.type)
+            st = row_strides(v.shape)
+            copy_strided(ctx, dst, src, v.shape, st, st)
+        ctx.barrier()
 
 
-def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], barrier: ir.Function,
+def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
                index_offset: int = 0) -> None:
     """Emit each node's lowering in order, with barriers only where threads must meet."""
     b = ctx.b
-    pending = False        # work done since the last barrier
+    pending = False        # work done by thread 0 alone since the last barrier
     for i, node in enumerate(nodes):
         low = get_lowering(node)
-        ctx.node_index = index_offset + i
+        ctx.node_index = index_offset + i if index_offset >= 0 else ctx.node_index
+        ctx.node_scratch = (b.gep(arena, [i64(p.scratch[i])], inbounds=True)
+                            if i in p.scratch else None)
         ins = [bufs[v] for v in node.inputs]
         outs = [bufs[v] for v in node.outputs]
-        if low.parallel and pending:
-            _barrier(ctx, barrier)
         if low.parallel:
+            if pending:
+                ctx.barrier()
             low.fn(ctx, node, ins, outs)
-            pending = True
-            _barrier(ctx, barrier)
+            ctx.barrier()
             pending = False
         else:
             with ctx.thread0():
                 low.fn(ctx, node, ins, outs)
             pending = True
-    del b
-
-
-def _barrier(ctx: Ctx, fn: ir.Function) -> None:
-    b = ctx.b
-    with b.if_then(b.icmp_signed(">", ctx.nthreads, i64(1))):
-        b.call(fn, [ctx.ctl, ctx.nthreads])
+    if pending:
+        ctx.barrier()
 
 
 def barrier_fn(module: ir.Module) -> ir.Function:

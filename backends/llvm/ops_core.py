@@ -11,6 +11,9 @@ from .lowering import lowering
 from . import scalar as sc
 from .scalar import FLOATS, const
 
+# op -> fn(ctx, node, vals) -> value: elementwise ops on one element (fused loop nests)
+SCALAR: dict = {}
+
 # ---------------------------------------------------------------- sources
 
 
@@ -61,6 +64,8 @@ def _iota(ctx, node, ins, outs):
 
 def _unary(op):
     def deco(fn):
+        SCALAR[op] = lambda ctx, node, vs: fn(ctx, node.inputs[0].dtype, vs[0])
+
         @lowering(op, parallel=True)
         def lower(ctx, node, ins, outs):
             dt = ins[0].dtype
@@ -158,6 +163,8 @@ def _cast(ctx, node, ins, outs):
 
 def _binary(op):
     def deco(fn):
+        SCALAR[op] = lambda ctx, node, vs: fn(ctx, node.inputs[0].dtype, vs[0], vs[1])
+
         @lowering(op, parallel=True)
         def lower(ctx, node, ins, outs):
             dt = ins[0].dtype
@@ -220,9 +227,22 @@ def _lor(ctx, dt, x, y):
     return ctx.b.or_(sc.truth(ctx, dt, x), sc.truth(ctx, dt, y))
 
 
+SCALAR["cast"] = lambda ctx, node, vs: sc.convert(ctx, node.inputs[0].dtype,
+                                                  node.outputs[0].dtype, vs[0])
+SCALAR["where"] = lambda ctx, node, vs: ctx.b.select(vs[0], vs[1], vs[2])
+SCALAR["broadcast_to"] = lambda ctx, node, vs: vs[0]
+SCALAR["full"] = lambda ctx, node, vs: const(node.outputs[0].dtype, node.attrs["value"])
+SCALAR["stop_gradient"] = lambda ctx, node, vs: vs[0]
+
+
+@lowering("stop_gradient", parallel=True)
+def _identity(ctx, node, ins, outs):
+    elementwise(ctx, outs, ins, lambda vs: vs[0])
+
+
 @lowering("where", parallel=True)
 def _where(ctx, node, ins, outs):
     elementwise(ctx, outs, ins, lambda vs: ctx.b.select(vs[0], vs[1], vs[2]))
 
 
-__all__ = ["memcpy", "row_strides"]
+__all__ = ["memcpy", "row_strides", "SCALAR"]

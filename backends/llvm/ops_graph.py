@@ -1,0 +1,183 @@
+"""Lowerings of the ops that hold a graph or watch one: ``scan`` (recurrence, the body run in
+a native loop over time steps), ``fused`` regions (an elementwise region is ONE loop nest)
+and ``check_finite`` (the NaN/Inf check)."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from irgraph import Graph
+from irgraph.ops.recurrence import num_saved, split_inputs, step_body
+
+from .builder import STORAGE, Buf, broadcast_strides, for_range, i64, prod, row_strides
+from .elementwise import copy_strided, elementwise
+from .lowering import lowering, scratch
+from .module import ALIGN, emit_graph, plan
+from .ops_core import SCALAR
+from . import scalar as sc
+
+# ---------------------------------------------------------------- check_finite
+
+
+@lowering("check_finite", parallel=True)
+def _check_finite(ctx, node, ins, outs):
+    """Copy x; any NaN or infinity sets error 4 (the executable raises NonFiniteError)."""
+    x = ins[0]
+    b = ctx.b
+
+    def fn(vs):
+        v = vs[0]
+        if x.dtype in sc.FLOATS:
+            finite = b.fcmp_ordered("<", sc.call(ctx, "fabs", v), sc.const(x.dtype, "inf"))
+            with b.if_then(b.not_(finite), likely=False):
+                ctx.fail(4)
+        return v
+    elementwise(ctx, outs[:1], ins[:1], fn)
+
+
+# ---------------------------------------------------------------- graph bodies
+
+
+def _ptr(b, buf: Buf, offset_elems) -> ir.Value:
+    return b.bitcast(b.gep(buf.ptr, [offset_elems]), ir.PointerType(ir.IntType(8)))
+
+
+def _scan_layout(node, threads: int, features: str):
+    body = step_body(node.attrs)
+    bp = plan(body, features, threads)
+    nc = node.attrs["num_carry"]
+    temps, off = [], bp.arena_bytes
+    for v in body.outputs[:nc]:
+        temps.append(off)
+        off += -(-max(v.type.nbytes, 1) // ALIGN) * ALIGN
+    return body, bp, temps, off
+
+
+@scratch("scan")
+def _scan_scratch(node, threads, features) -> int:
+    return _scan_layout(node, threads, features)[3]
+
+
+@lowering("scan", parallel=True)
+def _scan(ctx, node, ins, outs):
+    """Carries live in the node's carry outputs; each step the body reads them and the
+    sequence slices in place, writes new carries to scratch and y_t into its output slot."""
+    a = node.attrs
+    body, bp, temps, _ = _scan_layout(node, ctx.max_threads, ctx.features)
+    nc = a["num_carry"]
+    carries, seqs, mask, consts = split_inputs(ins, a)
+    steps = node.outputs[nc].shape[0] if len(node.outputs) > nc else _steps(node)
+    n_y = len(body.outputs) - nc
+    c_out, ys, saved = outs[:nc], outs[nc:nc + n_y], outs[nc + n_y:]
+    b = ctx.b
+    base = ctx.node_scratch
+    for src, dst in zip(carries, c_out):
+        _copy(ctx, dst, src)
+    ctx.barrier()
+    every = a["save_every"]
+    with for_range(b, 0, steps, "step") as p:
+        t = b.sub(i64(steps - 1), p) if a["reverse"] else p
+        if every:
+            _save(ctx, p, every, c_out, saved)
+        args = [b.bitcast(c.ptr, ir.PointerType(ir.IntType(8))) for c in c_out]
+        args += [_ptr(b, s, b.mul(t, i64(prod(s.shape[1:])))) for s in seqs]
+        if mask is not None:
+            args.append(_ptr(b, mask, b.mul(t, i64(prod(mask.shape[1:])))))
+        args += [b.bitcast(c.ptr, ir.PointerType(ir.IntType(8))) for c in consts]
+        res = [b.gep(base, [i64(o)]) for o in temps]
+        res += [_ptr(b, y, b.mul(t, i64(prod(y.shape[1:])))) for y in ys]
+        emit_graph(ctx, body, bp, args, res, base, copy_outputs=True, index_offset=-1)
+        for i, dst in enumerate(c_out):
+            src = Buf(b.bitcast(res[i], ir.PointerType(dst.elem)), dst.type)
+            _copy(ctx, dst, src)
+        ctx.barrier()
+
+
+def _steps(node) -> int:
+    from irgraph.ops.recurrence import num_steps
+    return num_steps([v.type for v in node.inputs], node.attrs)
+
+
+def _copy(ctx, dst: Buf, src: Buf) -> None:
+    st = row_strides(dst.shape)
+    copy_strided(ctx, dst, src, dst.shape, st, st)
+
+
+def _save(ctx, p, every: int, c_out, saved) -> None:
+    b = ctx.b
+    with b.if_then(b.icmp_signed("==", b.srem(p, i64(every)), i64(0))):
+        slot = b.sdiv(p, i64(every))
+        for c, s in zip(c_out, saved):
+            size = prod(c.shape)
+            dst = Buf(b.gep(s.ptr, [b.mul(slot, i64(size))]), c.type)
+            _copy(ctx, dst, c)
+    ctx.barrier()
+
+
+# ---------------------------------------------------------------- fused regions
+
+
+def _loop_fusable(body: Graph, nodes) -> tuple[int, ...] | None:
+    """The common output shape when ``nodes`` can run as one elementwise loop nest."""
+    if not nodes or not body.outputs:
+        return None
+    shape = body.outputs[0].shape
+    for n in nodes:
+        if n.op not in SCALAR:
+            return None
+        for v in list(n.inputs) + list(n.outputs):
+            try:
+                if tuple(_bshape(v.shape, shape)) != tuple(shape):
+                    return None
+            except ValueError:
+                return None
+    return shape
+
+
+def _bshape(a, b):
+    import numpy as np
+    return np.broadcast_shapes(a, b)
+
+
+@scratch("fused")
+def _fused_scratch(node, threads, features) -> int:
+    return plan(node.attrs["body"], features, threads).arena_bytes
+
+
+@lowering("fused", parallel=True)
+def _fused(ctx, node, ins, outs):
+    body = node.attrs["body"]
+    shape = _loop_fusable(body, body.nodes)
+    if shape is not None and all(o.shape == tuple(shape) for o in outs):
+        _one_loop_nest(ctx, body, ins, outs)
+        return
+    bp = plan(body, ctx.features, ctx.max_threads)
+    p8 = ir.PointerType(ir.IntType(8))
+    b = ctx.b
+    emit_graph(ctx, body, bp, [b.bitcast(x.ptr, p8) for x in ins],
+               [b.bitcast(o.ptr, p8) for o in outs], ctx.node_scratch, index_offset=-1)
+
+
+def _one_loop_nest(ctx, body: Graph, ins, outs) -> None:
+    """Every body node computed per element of the output shape: no intermediate buffers."""
+    shape = outs[0].shape
+    strides = [row_strides(shape)] * len(outs) + [broadcast_strides(x.shape, shape)
+                                                  for x in ins]
+    from .builder import coalesce, strided_nest
+    cshape, cstrides = coalesce(shape, strides)
+    b = ctx.b
+
+    def step(offs):
+        env = {v: x.load(b, o) for v, x, o in zip(body.inputs, ins, offs[len(outs):])}
+        for n in body.nodes:
+            env[n.outputs[0]] = SCALAR[n.op](ctx, n, [env[v] for v in n.inputs])
+        for o, off, v in zip(outs, offs, body.outputs):
+            o.store(b, off, env[v])
+    if not cshape:
+        with ctx.thread0():
+            step([i64(0)] * len(strides))
+        return
+    with strided_nest(b, cshape, cstrides, outer=ctx.split(cshape[0])) as offs:
+        step(offs)
+
+
+__all__ = ["STORAGE", "elementwise", "num_saved"]
