@@ -1,7 +1,8 @@
 """torch-convention optimizers against torch.optim: same MLP, same batches, same trajectory.
 
-A float32 Linear-tanh-Linear classifier is trained by the compiled step and by torch with
-the same initial weights; parameters and losses must agree to 1e-5 at each of the steps.
+A Linear-tanh-Linear classifier is trained by the compiled step and by torch with the same
+initial weights, in float64 for 20 steps (parameters and losses within 1e-6 relative at every
+step) and in float32 for 5 steps (within 1e-5).
 """
 from __future__ import annotations
 
@@ -13,32 +14,38 @@ import frontend as fe
 from frontend import nn, optim
 from frontend.train import compile_train
 
-D, H, C, N, STEPS = 4, 6, 3, 8, 6
+D, H, C, N, STEPS = 4, 6, 3, 8, 20
 
 
-def make_models(seed: int = 0):
+def make_models(dtype=np.float64, seed: int = 0):
     fe.manual_seed(seed)
     ours = nn.Sequential(nn.Linear(D, H), nn.Tanh(), nn.Linear(H, C))
     theirs = torch.nn.Sequential(torch.nn.Linear(D, H), torch.nn.Tanh(), torch.nn.Linear(H, C))
+    if dtype == np.float64:
+        theirs = theirs.double()
     with torch.no_grad():
         for i in (0, 2):
-            theirs[i].weight.copy_(torch.from_numpy(ours[i].weight.data))
-            theirs[i].bias.copy_(torch.from_numpy(ours[i].bias.data))
+            for name in ("weight", "bias"):
+                p = getattr(ours[i], name)
+                p.data = p.data.astype(dtype)
+                getattr(theirs[i], name).copy_(torch.from_numpy(p.data))
     return ours, theirs
 
 
-def data(steps: int = STEPS, seed: int = 1):
+def data(steps: int, dtype, seed: int = 1):
     r = np.random.default_rng(seed)
-    return [(r.standard_normal((N, D)).astype(np.float32), r.integers(0, C, N))
+    return [(r.standard_normal((N, D)).astype(dtype), r.integers(0, C, N))
             for _ in range(steps)]
 
 
-def compare(our_opt, make_torch_opt, steps=STEPS, clip=None, on_step=None):
-    ours, theirs = make_models()
-    step = compile_train(ours, nn.CrossEntropyLoss(), our_opt, fe.TensorSpec((N, D)),
+def compare(our_opt, make_torch_opt, steps=STEPS, clip=None, on_step=None, dtype=np.float64):
+    tol = 1e-6 if dtype == np.float64 else 1e-5
+    ours, theirs = make_models(dtype)
+    step = compile_train(ours, nn.CrossEntropyLoss(), our_opt,
+                         fe.TensorSpec((N, D), np.dtype(dtype).name),
                          fe.TensorSpec((N,), "int64"), pipeline=[])
     topt = make_torch_opt(theirs.parameters())
-    for k, (x, y) in enumerate(data(steps)):
+    for k, (x, y) in enumerate(data(steps, dtype)):
         if on_step:
             on_step(k, our_opt, topt)
         loss = step(x, y)
@@ -49,12 +56,12 @@ def compare(our_opt, make_torch_opt, steps=STEPS, clip=None, on_step=None):
         if clip:
             clip(theirs.parameters())
         topt.step()
-        assert loss == pytest.approx(tloss.item(), rel=1e-5, abs=1e-6), f"loss at step {k}"
+        assert loss == pytest.approx(tloss.item(), rel=tol, abs=tol), f"loss at step {k}"
         for i in (0, 2):
             for name in ("weight", "bias"):
                 np.testing.assert_allclose(getattr(ours[i], name).data,
                                            getattr(theirs[i], name).detach().numpy(),
-                                           rtol=1e-5, atol=1e-6,
+                                           rtol=tol, atol=tol,
                                            err_msg=f"{i}.{name} after step {k + 1}")
 
 
@@ -89,9 +96,15 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_trajectory_matches_torch_optim(name):
+def test_trajectory_matches_torch_optim_float64_20_steps(name):
     ours, theirs = CASES[name]
     compare(ours(), theirs)
+
+
+@pytest.mark.parametrize("name", ["momentum", "nesterov", "adam", "adagrad", "rmsprop"])
+def test_trajectory_matches_torch_optim_float32_5_steps(name):
+    ours, theirs = CASES[name]
+    compare(ours(), theirs, steps=5, dtype=np.float32)
 
 
 def test_momentum_text_and_torch_forms_agree_at_constant_lr():
@@ -113,7 +126,7 @@ def test_clip_grad_value_matches_torch():
 def test_changing_hyperparameters_between_steps_matches_torch():
     """lr, momentum and betas set between steps are runtime inputs: same as torch's groups."""
     def on_step(k, ours, theirs):
-        lr, b1 = 0.05 / (k + 1), 0.9 - 0.1 * k
+        lr, b1 = 0.05 / (k + 1), 0.9 - 0.02 * k
         ours.lr, ours.betas = lr, (b1, 0.99)
         for g in theirs.param_groups:
             g["lr"], g["betas"] = lr, (b1, 0.99)
