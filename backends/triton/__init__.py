@@ -7,7 +7,8 @@ query, compilation or launch happens before ``compile``.
 """
 from __future__ import annotations
 
-from . import lower_conv, lower_core, lower_optim, lower_pool  # noqa: F401  (lowerings)
+from . import (lower_conv, lower_core, lower_misc, lower_optim,  # noqa: F401  (lowerings)
+               lower_pool)
 from .executable import Plan, TritonExecutable, compile
 from .table import KERNELS, UnsupportedOpError, lowering
 

@@ -243,6 +243,22 @@ def pad_kernel(out_ptr, in_ptr, meta_ptr, n, value, RANK: tl.constexpr, MODE: tl
     tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def gather_kernel(out_ptr, src_ptr, idx_ptr, n, SCATTER: tl.constexpr, BLOCK: tl.constexpr):
+    """Gather out[i] = src[idx[i]] (0 where idx < 0) or, with SCATTER, the transpose
+    out[idx[i]] += src[i] (atomic adds: several i may share one idx)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    idx = tl.load(idx_ptr + offs, mask=mask, other=-1)
+    ok = mask & (idx >= 0)
+    if SCATTER:
+        v = tl.load(src_ptr + offs, mask=mask, other=0)
+        tl.atomic_add(out_ptr + idx, v, mask=ok)
+    else:
+        v = tl.load(src_ptr + idx, mask=ok, other=0)
+        tl.store(out_ptr + offs, v, mask=mask)
+
+
 # ---------------------------------------------------------------- host wrappers
 def _grid(n: int) -> tuple[int]:
     return (max(1, cdiv(n, BLOCK)),)
@@ -340,3 +356,22 @@ def pad(in_shape, pads, value: float, mode: str, dtype: str,
 
 def torch_dtype(name: str) -> torch.dtype:
     return TORCH_DTYPES[name]
+
+
+def gather(index, src_shape, dtype: str, device, scatter: bool = False
+           ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Plan a gather by a static index array (its shape is the output's; -1 reads zero) or,
+    with ``scatter``, its transpose: a ``src_shape`` result summing src at the indices."""
+    import numpy as np
+    index = np.asarray(index, np.int64)
+    idx = torch.from_numpy(np.ascontiguousarray(index.reshape(-1))).to(device)
+    n = index.size
+    out_shape = tuple(src_shape) if scatter else index.shape
+    zeros = fill(out_shape, 0.0, dtype, device)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = zeros() if scatter else empty(out_shape, dtype, device)
+        if n:
+            gather_kernel[_grid(n)](out, x, idx, n, SCATTER=scatter, BLOCK=BLOCK)
+        return out
+    return run
