@@ -1,0 +1,226 @@
+"""Lowerings of the pooling ops (section 9.3) and their gradients.
+
+The window geometry (positions, validity, PyTorch's divisors) comes from the registry's own
+helpers in irgraph/ops/pool.py, evaluated at compile time into small constant tables: per
+axis and output index, the window start and the range of kernel offsets inside the input.
+The generated loops then visit exactly the valid elements of each window, (N*C) planes split
+across threads; a gradient scatters only into its own plane, so threads never collide.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from irgraph.ops.pool import (_adaptive_avg_geometry, _adaptive_axes, _avg_geometry,
+                              _max_axes)
+
+from .builder import F64, REGISTER, Buf, for_range, i64, prod, row_strides
+from .lowering import lowering
+from . import scalar as sc
+from .scalar import const
+
+
+@dataclass
+class Geometry:
+    spatial: tuple[int, ...]          # input spatial shape
+    out: tuple[int, ...]              # output spatial shape
+    start: list[np.ndarray]           # per axis, (out,) window starts
+    kbeg: list[np.ndarray]            # per axis, first kernel offset inside the input
+    kend: list[np.ndarray]            # per axis, one past the last
+    step: list[int]                   # per axis, distance between kernel offsets
+    div: np.ndarray | None = None     # (*out,) divisors of average pooling
+
+
+def _geometry(spatial, axes, steps, div=None) -> Geometry:
+    start, kbeg, kend = [], [], []
+    for pos, ok, st in axes:
+        anyv = ok.any(axis=1)
+        first = np.where(anyv, ok.argmax(axis=1), 0)
+        last = np.where(anyv, ok.shape[1] - ok[:, ::-1].argmax(axis=1), 0)
+        start.append(pos[:, 0].astype(np.int64))
+        kbeg.append(first.astype(np.int64))
+        kend.append(last.astype(np.int64))
+    out = tuple(len(s) for s in start)
+    return Geometry(tuple(spatial), out, start, kbeg, kend, list(steps),
+                    None if div is None else np.broadcast_to(div, out).astype(np.float64))
+
+
+def _regular(node, spatial, avg: bool) -> Geometry:
+    a = node.attrs
+    if avg:
+        axes, div = _avg_geometry(tuple(spatial), a)
+        return _geometry(spatial, axes, [1] * len(spatial), div)
+    return _geometry(spatial, _max_axes((0, 0) + tuple(spatial), a), a["dilation"])
+
+
+def _adaptive(node, spatial, avg: bool) -> Geometry:
+    out = node.attrs["output_size"]
+    if avg:
+        axes, div = _adaptive_avg_geometry(tuple(spatial), out)
+        return _geometry(spatial, axes, [1] * len(spatial), div)
+    return _geometry(spatial, _adaptive_axes(tuple(spatial), out), [1] * len(spatial))
+
+
+def _windows(ctx, geo: Geometry, planes: int, on_window):
+    """Loops: planes (thread-split), output positions; calls
+    ``on_window(plane, out_flat, visit)`` where ``visit(fn)`` loops over the window's valid
+    elements calling ``fn(in_flat)`` (offsets within the plane)."""
+    b = ctx.b
+    d = len(geo.out)
+    tables = [(ctx.global_array("pool.start", geo.start[i]),
+               ctx.global_array("pool.kbeg", geo.kbeg[i]),
+               ctx.global_array("pool.kend", geo.kend[i])) for i in range(d)]
+    ostr, istr = row_strides(geo.out), row_strides(geo.spatial)
+    lo, hi = ctx.split(planes)
+    with for_range(b, lo, hi, "plane") as plane:
+        _out_loops(ctx, geo, tables, ostr, istr, plane, on_window, 0, [])
+
+
+def _out_loops(ctx, geo, tables, ostr, istr, plane, on_window, ax, idx):
+    b = ctx.b
+    if ax == len(geo.out):
+        oflat = i64(0)
+        for i, o in enumerate(idx):
+            oflat = b.add(oflat, b.mul(o, i64(ostr[i])))
+
+        def visit(fn):
+            _k_loops(ctx, geo, tables, istr, idx, fn, 0, i64(0))
+        on_window(plane, oflat, visit)
+        return
+    with for_range(b, 0, geo.out[ax], f"o{ax}") as o:
+        _out_loops(ctx, geo, tables, ostr, istr, plane, on_window, ax + 1, idx + [o])
+
+
+def _k_loops(ctx, geo, tables, istr, idx, fn, ax, acc):
+    b = ctx.b
+    if ax == len(idx):
+        fn(acc)
+        return
+    start_t, kbeg_t, kend_t = tables[ax]
+    o = idx[ax]
+    start = b.load(b.gep(start_t, [o]))
+    k0, k1 = b.load(b.gep(kbeg_t, [o])), b.load(b.gep(kend_t, [o]))
+    with for_range(b, k0, k1, f"k{ax}") as k:
+        pos = b.add(start, b.mul(k, i64(geo.step[ax])))
+        _k_loops(ctx, geo, tables, istr, idx, fn, ax + 1, b.add(acc, b.mul(pos, i64(istr[ax]))))
+
+
+def _argmax_window(ctx, x: Buf, xbase, visit, dt):
+    """(found, best value, flat index) of the window's first maximum; NaN wins."""
+    b = ctx.b
+    best = ctx.alloca(REGISTER[dt], "best")
+    arg = ctx.alloca(REGISTER["int64"], "arg")
+    have = ctx.alloca(ir.IntType(1), "have")
+    b.store(const(dt, float("-inf")), best)
+    b.store(i64(-1), arg)
+    b.store(ir.Constant(ir.IntType(1), 0), have)
+
+    def fn(off):
+        v = x.load(b, b.add(xbase, off))
+        cur = b.load(best)
+        better = b.or_(b.not_(b.load(have)), sc.compare(ctx, dt, ">", v, cur))
+        better = b.or_(better, b.and_(sc.is_nan(ctx, v), b.not_(sc.is_nan(ctx, cur))))
+        b.store(b.select(better, v, cur), best)
+        b.store(b.select(better, off, b.load(arg)), arg)
+        b.store(ir.Constant(ir.IntType(1), 1), have)
+    visit(fn)
+    return b.load(have), b.load(best), b.load(arg)
+
+
+def _zero_plane(ctx, buf: Buf, base, size: int) -> None:
+    b = ctx.b
+    with for_range(b, 0, size, "z") as z:
+        buf.store(b, b.add(base, z), const(buf.dtype, 0))
+
+
+def _lower_max(kind: str, geo_fn):
+    """kind: 'forward' (x -> y), 'grad' (x, gy -> dx), 'select' (x, v -> v at argmax)."""
+    def lower(ctx, node, ins, outs):
+        x, out = ins[0], outs[0]
+        geo = geo_fn(node, x.shape[2:], False)
+        dt, b = x.dtype, ctx.b
+        isz, osz = prod(geo.spatial), prod(geo.out)
+        planes = x.shape[0] * x.shape[1]
+
+        def on_window(plane, oflat, visit):
+            xbase = b.mul(plane, i64(isz))
+            obase = b.mul(plane, i64(osz))
+            have, best, arg = _argmax_window(ctx, x, xbase, visit, dt)
+            if kind == "forward":
+                out.store(b, b.add(obase, oflat), b.select(have, best, const(dt, "-inf")))
+            elif kind == "select":
+                v = ins[1].load(b, b.add(xbase, b.select(have, arg, i64(0))))
+                out.store(b, b.add(obase, oflat), b.select(have, v, const(dt, 0)))
+            else:
+                with b.if_then(have):
+                    dst = b.add(xbase, arg)
+                    g = ins[1].load(b, b.add(obase, oflat))
+                    out.store(b, dst, b.fadd(out.load(b, dst), g))
+        if kind == "grad":
+            _with_zeroed_planes(ctx, out, planes, isz, geo, on_window)
+        else:
+            _windows(ctx, geo, planes, on_window)
+    return lower
+
+
+def _with_zeroed_planes(ctx, out: Buf, planes: int, size: int, geo, on_window) -> None:
+    """Zero each plane of a gradient, then scatter into it (same thread, same plane)."""
+    b = ctx.b
+
+    def wrapped(plane, oflat, visit):
+        with b.if_then(b.icmp_signed("==", oflat, i64(0))):
+            _zero_plane(ctx, out, b.mul(plane, i64(size)), size)
+        on_window(plane, oflat, visit)
+    _windows(ctx, geo, planes, wrapped)
+
+
+def _lower_avg(kind: str, geo_fn):
+    """kind: 'forward' (x -> mean of each window), 'grad' (gy -> dx)."""
+    def lower(ctx, node, ins, outs):
+        src, out = ins[0], outs[0]
+        spatial = (node.attrs["input_size"] if kind == "grad" else src.shape[2:])
+        geo = geo_fn(node, tuple(spatial), True)
+        dt, b = src.dtype, ctx.b
+        isz, osz = prod(geo.spatial), prod(geo.out)
+        planes = src.shape[0] * src.shape[1]
+        divs = ctx.global_array("pool.div", geo.div)
+        acc = ctx.alloca(F64, "acc")
+
+        def on_window(plane, oflat, visit):
+            xbase = b.mul(plane, i64(isz))
+            obase = b.mul(plane, i64(osz))
+            div = b.load(b.gep(divs, [oflat]))
+            if kind == "forward":
+                b.store(ir.Constant(F64, 0.0), acc)
+                visit(lambda off: b.store(b.fadd(b.load(acc), sc.convert(
+                    ctx, dt, "float64", src.load(b, b.add(xbase, off)))), acc))
+                out.store(b, b.add(obase, oflat), sc.convert(ctx, "float64", dt,
+                                                             b.fdiv(b.load(acc), div)))
+            else:
+                g = b.fdiv(sc.convert(ctx, dt, "float64", src.load(b, b.add(obase, oflat))), div)
+                gv = sc.convert(ctx, "float64", dt, g)
+
+                def add(off):
+                    dst = b.add(xbase, off)
+                    out.store(b, dst, b.fadd(out.load(b, dst), gv))
+                visit(add)
+        if kind == "grad":
+            _with_zeroed_planes(ctx, out, planes, isz, geo, on_window)
+        else:
+            _windows(ctx, geo, planes, on_window)
+    return lower
+
+
+for _name, _fn in {"max_pool": _lower_max("forward", _regular),
+                   "max_pool_grad": _lower_max("grad", _regular),
+                   "max_pool_select": _lower_max("select", _regular),
+                   "adaptive_max_pool": _lower_max("forward", _adaptive),
+                   "adaptive_max_pool_grad": _lower_max("grad", _adaptive),
+                   "adaptive_max_pool_select": _lower_max("select", _adaptive),
+                   "avg_pool": _lower_avg("forward", _regular),
+                   "avg_pool_grad": _lower_avg("grad", _regular),
+                   "adaptive_avg_pool": _lower_avg("forward", _adaptive),
+                   "adaptive_avg_pool_grad": _lower_avg("grad", _adaptive)}.items():
+    lowering(_name, parallel=True)(_fn)
