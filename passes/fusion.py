@@ -1,0 +1,219 @@
+"""Fusion: group ops into ``fused`` regions a backend compiles as one loop nest or kernel.
+
+Regions (the ``kind`` attribute of the ``fused`` node):
+
+* ``elementwise``: a connected group of elementwise ops with one output shape (the loop nest);
+  operands may broadcast into it.
+* ``reduction``: elementwise ops over a shape S, then one reduction of an S-shaped value
+  (``sum``/``mean``/``max``/``min``), then elementwise ops over the reduced shape (the
+  reduction's epilogue). A reduction of an operand starts such a region too.
+* ``epilogue``: an anchor (``matmul``, ``conv``, transposed convolution) and the elementwise
+  ops over its output shape that follow it (bias, activation, residual add).
+
+Scalar ``full`` constants a region reads are copied into its body. A node joins a region
+only if no path leaves the region and comes back (the regions stay a DAG), so the fused
+graph is scheduled by a topological sort of regions. See docs/architecture.md for the format.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from irgraph import Graph, GraphRewriter, Node, Value
+
+from .manager import register_pass
+from .simplify import dce
+
+ELEMENTWISE = frozenset({
+    "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign", "square",
+    "cast", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le",
+    "gt", "ge", "logical_and", "logical_or", "where", "broadcast_to"})
+REDUCTIONS = frozenset({"sum", "mean", "max", "min"})
+ANCHORS = frozenset({"matmul", "conv", "conv_input_grad"})
+# constants copied into a body rather than passed in (at most this many elements)
+INLINE_CONST_LIMIT = 64
+
+
+@dataclass
+class Region:
+    rid: int
+    kind: str                       # elementwise | reduction | epilogue | single
+    shape: tuple[int, ...]          # the shape elementwise members iterate over
+    members: list[int] = field(default_factory=list)
+    reduced: bool = False           # a reduction region past its reduction
+    inputs: set[Value] = field(default_factory=set)
+
+
+class _Grouper:
+    """Assigns every node to a region, in topological order."""
+
+    def __init__(self, g: Graph):
+        self.g = g
+        self.regions: list[Region] = []
+        self.region_of: dict[Value, Region] = {}    # node outputs -> their region
+        self.post: set[Value] = set()               # values made after a region's reduction
+
+    def run(self) -> list[Region]:
+        for i, node in enumerate(self.g.nodes):
+            region = self._place(i, node)
+            for v in node.inputs:
+                if self.region_of.get(v) is not region:
+                    region.inputs.add(v)
+            for v in node.outputs:
+                self.region_of[v] = region
+        return self.regions
+
+    def _new(self, kind: str, shape, i: int, reduced: bool = False) -> Region:
+        r = Region(len(self.regions), kind, tuple(shape), [i], reduced)
+        self.regions.append(r)
+        return r
+
+    def _place(self, i: int, node: Node) -> Region:
+        out = node.outputs[0] if len(node.outputs) == 1 else None
+        if out is None or node.op not in ELEMENTWISE | REDUCTIONS | ANCHORS:
+            return self._new("single", (), i)
+        if node.op in ANCHORS:
+            return self._new("epilogue", out.shape, i)
+        for r in self._candidates(node):
+            if self._fits(r, node, out) and not self._cycle(r, node):
+                r.members.append(i)
+                if node.op in REDUCTIONS:
+                    r.kind, r.reduced, r.shape = "reduction", True, out.shape
+                if r.reduced:
+                    self.post.add(out)
+                return r
+        if node.op in REDUCTIONS:
+            self.post.add(out)
+            return self._new("reduction", out.shape, i, reduced=True)
+        return self._new("elementwise", out.shape, i)
+
+    def _candidates(self, node: Node) -> list[Region]:
+        seen, out = set(), []
+        for v in node.inputs:
+            r = self.region_of.get(v)
+            if r is not None and r.kind != "single" and r.rid not in seen:
+                seen.add(r.rid)
+                out.append(r)
+        return out
+
+    def _fits(self, r: Region, node: Node, out: Value) -> bool:
+        from_r = [v for v in node.inputs if self.region_of.get(v) is r]
+        if node.op in REDUCTIONS:
+            # one reduction per region, of a value of the region's loop shape
+            return (r.kind == "elementwise" and len(from_r) == 1
+                    and from_r[0].shape == r.shape)
+        if out.shape != r.shape:
+            return False
+        # past the reduction, only reduced values can be read inside the region
+        return not r.reduced or all(v in self.post for v in from_r)
+
+    def _cycle(self, r: Region, node: Node) -> bool:
+        """Would adding ``node`` to ``r`` close a loop r -> outside -> node?"""
+        stack = [self.region_of[v] for v in node.inputs
+                 if v in self.region_of and self.region_of[v] is not r]
+        seen: set[int] = set()
+        while stack:
+            q = stack.pop()
+            if q is r:
+                return True
+            if q.rid in seen:
+                continue
+            seen.add(q.rid)
+            stack.extend(self.region_of[v] for v in q.inputs if v in self.region_of)
+        return False
+
+
+def _schedule(g: Graph, regions: list[Region], region_of: dict[Value, Region]) -> list[Region]:
+    """Regions in a topological order, earliest original position first."""
+    preds = {r.rid: {region_of[v].rid for v in r.inputs if v in region_of} for r in regions}
+    succs: dict[int, set[int]] = {r.rid: set() for r in regions}
+    for rid, ps in preds.items():
+        for p in ps:
+            succs[p].add(rid)
+    pending = {rid: len(ps) for rid, ps in preds.items()}
+    heap = [(regions[rid].members[0], rid) for rid, n in pending.items() if n == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        _, rid = heapq.heappop(heap)
+        order.append(regions[rid])
+        for s in succs[rid]:
+            pending[s] -= 1
+            if pending[s] == 0:
+                heapq.heappush(heap, (regions[s].members[0], s))
+    assert len(order) == len(regions), "fusion regions form a cycle"
+    return order
+
+
+def _inlinable(v: Value) -> bool:
+    node = v.node
+    return node is not None and node.op in ("full", "constant") and \
+        v.type.size <= INLINE_CONST_LIMIT
+
+
+def _build_body(g: Graph, r: Region, used_outside: set[Value], name: str) -> tuple[Graph, list[Value], list[Value]]:
+    """The region's body graph, its operands and its results (values of ``g``)."""
+    body = Graph(name)
+    env: dict[Value, Value] = {}
+    operands: list[Value] = []
+    nodes = [g.nodes[i] for i in r.members]
+    for node in nodes:
+        for v in node.inputs:
+            if v in env:
+                continue
+            if _inlinable(v):
+                (env[v],) = body.add_node(v.node.op, [], v.node.attrs, v.node.loc)
+            else:
+                env[v] = body.add_input(body.fresh_name(v.name), v.type)
+                operands.append(v)
+        outs = body.add_node(node.op, [env[v] for v in node.inputs], node.attrs, node.loc)
+        env.update(zip(node.outputs, outs))
+    results = [v for node in nodes for v in node.outputs if v in used_outside]
+    body.set_outputs([env[v] for v in results])
+    return body, operands, results
+
+
+@register_pass("fuse")
+def fuse(g: Graph) -> Graph:
+    """Group elementwise chains, reductions with their epilogues, and matmul/convolution with
+    their elementwise epilogues into ``fused`` nodes.
+
+    Before::
+
+        %0: f32[8,4] = matmul(%x, %w)
+        %1: f32[8,4] = add(%0, %b)
+        %2: f32[8,4] = relu(%1)
+        return %2
+
+    After::
+
+        %3: f32[8,4] = fused(%x, %w, %b) {kind="epilogue", body=graph fused_0(%x: f32[8,16],
+                %w: f32[16,4], %b: f32[4]) {
+            %0: f32[8,4] = matmul(%x, %w)
+            %1: f32[8,4] = add(%0, %b)
+            %2: f32[8,4] = relu(%1)
+            return %2
+          }}
+        return %3
+    """
+    grouper = _Grouper(g)
+    regions = grouper.run()
+    used_outside: set[Value] = set(g.outputs)
+    for r in regions:
+        used_outside.update(r.inputs)
+    rw = GraphRewriter(g)
+    count = 0
+    for r in _schedule(g, regions, grouper.region_of):
+        live = any(v in used_outside for i in r.members for v in g.nodes[i].outputs)
+        if r.kind == "single" or len(r.members) < 2 or not live:
+            for i in r.members:
+                rw.copy_node(g.nodes[i])
+            continue
+        body, operands, results = _build_body(g, r, used_outside, f"fused_{count}")
+        count += 1
+        loc = g.nodes[r.members[-1]].loc
+        outs = rw.dst.add_node("fused", [rw[v] for v in operands],
+                               {"body": body, "kind": r.kind}, loc)
+        for old, new in zip(results, outs):
+            rw.replace(old, new)
+    return dce(rw.finish())
