@@ -246,7 +246,10 @@ def _parse_attr(toks: _Tokens):
         flat = _parse_attr(toks)
         if not isinstance(flat, tuple) or len(flat) != t.size:
             raise ParseError(f"line {line}: array<{t}> needs a list of {t.size} numbers")
-        arr = np.array(flat, dtype=t.np_dtype).reshape(t.shape)
+        try:
+            arr = np.array(flat, dtype=t.np_dtype).reshape(t.shape)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ParseError(f"line {line}: bad array<{t}> values: {e}") from None
         arr.setflags(write=False)
         return arr
     if val == "[":
@@ -258,7 +261,10 @@ def _parse_attr(toks: _Tokens):
         return tuple(items)
     toks.next()
     if kind == "string":
-        return json.loads(val)
+        try:
+            return json.loads(val)
+        except ValueError as e:
+            raise ParseError(f"line {line}: bad string {val}: {e}") from None
     if kind == "number":
         if val.lstrip("-") in ("inf", "nan"):
             return float(val)

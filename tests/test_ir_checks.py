@@ -185,6 +185,10 @@ GOOD = str(mlp())
     ("graph g(%x: f32[2]) {\n  %y: f32[2] = constant() {value=array<f32[2]>[1.0]}\n"
      "  return %y\n}", r"^line 2, .*array<f32\[2\]> needs a list of 2 numbers"),
     ("graph g(%x: f32[2]) {\n  %y: f32[2] = neg(%x)\n", r"ends without 'return'"),
+    ("graph g(%x: f32[2]) {\n  %y: i32[2] = constant() {value=array<i32[2]>[1, \"a\"]}\n"
+     "  return %y\n}", r"^line 2, column 34: bad array<i32\[2\]> values"),
+    ("graph g(%x: f32[2]) {\n  %y: f32[2] = neg(%x) {a=\"\\q\"}\n  return %y\n}",
+     r"^line 2, column 27: bad string"),
 ])
 def test_parse_errors_carry_line_and_column(text, pattern):
     with pytest.raises(ParseError) as info:

@@ -79,3 +79,20 @@ def test_random_graph_views_agree_with_the_graph(built):
     assert ops == list(range(len(g.nodes)))
     assert G.number_of_edges() == sum(len(n.inputs) for n in g.nodes) + len(g.outputs)
     assert g.to_dot().count(" -> ") == G.number_of_edges()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(random_graphs(max_nodes=3), st.data())
+def test_corrupted_text_gives_an_irerror_or_a_valid_graph(built, data):
+    """Deleting or replacing a stretch of the text never crashes the parser with anything but
+    an IRError (ParseError or VerificationError)."""
+    text = str(built[0])
+    start = data.draw(st.integers(0, len(text) - 1))
+    stop = data.draw(st.integers(start, min(len(text), start + 8)))
+    junk = data.draw(st.text(alphabet="%:=(){}[]<>,.#-0123456789afinrx\"\n ", max_size=4))
+    try:
+        g = irgraph.parse(text[:start] + junk + text[stop:])
+    except irgraph.IRError:
+        return
+    assert irgraph.verify(g) is g
