@@ -156,3 +156,32 @@ def test_mlp_gradient_on_every_backend_matches_torch(backend):
     for name, p in tm.named_parameters():
         np.testing.assert_allclose(grads["body." + name], p.grad.numpy(), rtol=1e-5, atol=1e-6,
                                    err_msg=f"{backend}: {name}")
+
+
+def test_batch_norm_in_training_mode_gradients_and_running_stats_as_torch():
+    """Batch statistics in the gradient (as torch in train mode); the running statistics are
+    updated in place by the call, as one forward pass of torch would update them."""
+    fe.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+    model.train()
+
+    def loss(x, y):
+        return F.cross_entropy(model(x), y)
+    val, grads = fe.value_and_grad(loss, *SPECS, model=model)(XB, YB)
+    assert "1.running_mean" not in grads and "1.weight" in grads
+    tm = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh(),
+                             torch.nn.Linear(6, 3))
+    ours = dict(model.named_parameters(buffers=True))
+    with torch.no_grad():
+        for name, p in tm.named_parameters():
+            p.copy_(torch.tensor(ours[name].data))
+    tl = torch.nn.functional.cross_entropy(tm(torch.tensor(XB)), torch.tensor(YB))
+    tl.backward()
+    np.testing.assert_allclose(val, tl.item(), rtol=1e-5)
+    for name, p in tm.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    np.testing.assert_allclose(ours["1.running_mean"].data, tm[1].running_mean.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours["1.running_var"].data, tm[1].running_var.numpy(),
+                               rtol=1e-5, atol=1e-6)

@@ -171,3 +171,19 @@ def test_hvp_and_hessian_need_a_float_scalar_output():
         hvp(g)
     with pytest.raises(IRError, match="scalar"):
         hessian(g)
+
+
+def test_hessian_of_pow_at_zero_base_is_finite():
+    """d^2 a^b at a = 0, b = 2: the limits (a^(b-1) (1 + b log a) -> 0, a^b log^2 a -> 0), not
+    the 0 * log 0 = nan of a naive second reverse pass (torch gives nan there)."""
+    g = Graph("p")
+    a = g.add_input("a", TensorType((2,), "float64"))
+    b = g.add_input("b", TensorType((2,), "float64"))
+    g.set_outputs([g.op("sum", g.op("pow", a, b))])
+    av, bv = np.array([0.0, 1.5]), np.array([2.0, 3.0])
+    H = interpret(hessian(g, wrt=["a", "b"]), [av, bv])[0]
+    a1, b1 = 1.5, 3.0
+    d_ab = a1 ** (b1 - 1) * (1 + b1 * np.log(a1))
+    expect = np.array([[2.0, 0, 0, 0], [0, b1 * (b1 - 1) * a1 ** (b1 - 2), 0, d_ab],
+                       [0, 0, 0, 0], [0, d_ab, 0, a1 ** b1 * np.log(a1) ** 2]])
+    np.testing.assert_allclose(H, expect, rtol=1e-12, atol=1e-14)

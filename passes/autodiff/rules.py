@@ -163,10 +163,11 @@ def _pow(e, node, xs, ys, gs):
     # d/da = b a^(b-1), 0 where b == 0 (PyTorch's pow_backward_self)
     da = e("mul", g, e("mul", b, e("pow", a, e("sub", b, e.scalar(1.0, b)))))
     da = e("where", e("eq", b, _zero(e, b)), zero, da)
-    # d/db = y log a, 0 where a == 0 and b >= 0 (PyTorch's pow_backward_exponent)
-    db = e("mul", g, e("mul", y, e("log", a)))
+    # d/db = y log a, 0 where a == 0 and b >= 0 (PyTorch's pow_backward_exponent); log reads
+    # 1 there, so that differentiating this graph again does not meet 0 * (1 / 0)
     a0 = e("logical_and", e("eq", a, _zero(e, a)), e("ge", b, _zero(e, b)))
-    db = e("where", a0, zero, db)
+    safe = e("where", a0, e.scalar(1.0, a), a)
+    db = e("where", a0, zero, e("mul", g, e("mul", y, e("log", safe))))
     return [e.sum_to(da, a.shape), e.sum_to(db, b.shape)]
 
 
