@@ -256,9 +256,22 @@ def reshape(x, shape) -> Tensor:
     return _emit("reshape", x, shape=tuple(shape))
 
 
+def _dim(d: int, rank: int) -> int:
+    """A dimension index checked as torch does (rank 0 takes -1 and 0) and made >= 0."""
+    n = rank if rank else 1
+    if not isinstance(d, (int, np.integer)) or not -n <= d < n:
+        raise IndexError(f"dimension out of range (expected to be in range of [{-n}, {n - 1}], "
+                         f"but got {d!r})")
+    return int(d) % n
+
+
 def flatten(x, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     x = as_tensor(x)
-    s, e = start_dim % x.ndim, end_dim % x.ndim
+    if x.ndim == 0:
+        return reshape(x, (1,))
+    s, e = _dim(start_dim, x.ndim), _dim(end_dim, x.ndim)
+    if s > e:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
     return reshape(x, x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:])
 
 
@@ -266,7 +279,10 @@ def permute(x, *dims) -> Tensor:
     x = as_tensor(x)
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
-    dims = tuple(d % x.ndim for d in dims)
+    dims = tuple(_dim(d, x.ndim) for d in dims)
+    if sorted(dims) != list(range(x.ndim)):
+        raise ValueError(f"permute: {dims} is not a permutation of the {x.ndim} dims of "
+                         f"{x.shape}")
     if dims == tuple(range(x.ndim)):
         return x
     return _emit("transpose", x, perm=dims)
@@ -275,6 +291,9 @@ def permute(x, *dims) -> Tensor:
 def transpose(x, dim0: int, dim1: int) -> Tensor:
     x = as_tensor(x)
     perm = list(range(x.ndim))
+    dim0, dim1 = _dim(dim0, x.ndim), _dim(dim1, x.ndim)
+    if not x.ndim:
+        return x
     perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
     return permute(x, perm)
 
@@ -286,7 +305,7 @@ def broadcast_to(x, shape) -> Tensor:
 
 def unsqueeze(x, dim: int) -> Tensor:
     x = as_tensor(x)
-    dim = dim % (x.ndim + 1)
+    dim = _dim(dim, x.ndim + 1)
     return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
 
 
@@ -294,7 +313,10 @@ def squeeze(x, dim: int | None = None) -> Tensor:
     x = as_tensor(x)
     if dim is None:
         return reshape(x, tuple(d for d in x.shape if d != 1))
-    dim = dim % x.ndim
+    if not x.ndim:
+        _dim(dim, 0)
+        return x
+    dim = _dim(dim, x.ndim)
     return x if x.shape[dim] != 1 else reshape(x, x.shape[:dim] + x.shape[dim + 1:])
 
 

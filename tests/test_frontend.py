@@ -283,6 +283,26 @@ def test_pad_with_negative_widths_crops_as_torch():
     same_as_torch(f, data(3, 4, 5))
 
 
+@pytest.mark.parametrize("fn,err,pattern", [
+    (lambda t: t.unsqueeze(4), IndexError, r"range of \[-4, 3\], but got 4"),
+    (lambda t: t.transpose(0, -4), IndexError, r"range of \[-3, 2\], but got -4"),
+    (lambda t: t.permute(0, 0, 1), ValueError, "not a permutation"),
+    (lambda t: t.squeeze(3), IndexError, "out of range"),
+    (lambda t: t.flatten(2, 1), ValueError, "start_dim 2 comes after end_dim 1"),
+    (lambda t: t.sum(3), IRError, r"axis 3 out of range for rank 3"),
+    (lambda t: t.reshape(5, -1), ValueError, r"cannot reshape \(2, 3, 4\) to \(5, -1\)"),
+    (lambda t: t.reshape(-1, -1), ValueError, "only one dimension can be -1"),
+])
+def test_bad_dimensions_are_clear_errors(fn, err, pattern):
+    with pytest.raises(err, match=pattern):
+        fe.trace(fn, spec(2, 3, 4))
+
+
+def test_zero_d_shape_functions_match_torch():
+    same_as_torch(lambda t: (t.flatten(), t.unsqueeze(0), t.squeeze(), t.squeeze(-1),
+                             t.transpose(0, -1), t.unsqueeze(-1)), np.array(2.5, np.float32))
+
+
 def test_pad_errors_name_the_problem():
     with pytest.raises(ValueError, match="pairs"):
         fe.trace(lambda t: F.pad(t, (1, 2, 3)), spec(2, 3))
