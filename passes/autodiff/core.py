@@ -1,8 +1,9 @@
 """Reverse-mode autodiff as a graph transform.
 
 The transform copies the forward graph, then walks its nodes in reverse, calling each op's
-VJP rule. Rules are written with IR ops, so the gradient graph is ordinary IR and can be
-differentiated again (second order comes free).
+VJP rule (``backprop``), then drops the nodes no output needs (``prune``). Rules are written
+with IR ops, so the gradient graph is ordinary IR and can be differentiated again (second
+order comes free).
 
 Before (``f(x) = sum(x * x)``)::
 
@@ -12,17 +13,16 @@ Before (``f(x) = sum(x * x)``)::
       return %1
     }
 
-After ``grad(f, wrt=["x"])``::
+After ``grad(f, wrt=["x"])`` (the forward values are not needed, so they are pruned)::
 
     graph f_grad(%x: f32[3]) {
-      %0: f32[3] = mul(%x, %x)
-      %1: f32[] = sum(%0) ...
-      %2: f32[] = full() {value=1.0 ...}             # seed d%1/d%1
-      %3: f32[3] = broadcast_to(%2) {shape=[3]}     # vjp of sum
-      %4: f32[3] = mul(%3, %x)                       # vjp of mul, both operands
-      %5: f32[3] = mul(%3, %x)
-      %6: f32[3] = add(%4, %5)                       # cotangents summed
-      return %6
+      %2: f32[] = full() {dtype="float32", shape=[], value=1.0}   # seed d%1/d%1
+      %3: f32[1] = reshape(%2) {shape=[1]}                          # vjp of sum
+      %4: f32[3] = broadcast_to(%3) {shape=[3]}
+      %5: f32[3] = mul(%4, %x)                                      # vjp of mul, both operands
+      %6: f32[3] = mul(%4, %x)
+      %7: f32[3] = add(%5, %6)                                      # cotangents summed
+      return %7
     }
 """
 from __future__ import annotations
