@@ -138,8 +138,8 @@ def save_states(g: Graph, every: int = 1) -> Graph:
 
 
 def stored_state_bytes(g: Graph) -> int:
-    """Bytes of the states scans keep for a backward pass (their ``save_every`` outputs),
-    counting nested scans once per run of their enclosing body."""
+    """Bytes of the states scans keep for a backward pass (their ``save_every`` outputs);
+    a nested scan's states count once (they live for one run of the enclosing body)."""
     total = 0
     for node in g.nodes:
         if node.op != "scan":

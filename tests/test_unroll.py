@@ -226,6 +226,21 @@ def test_saved_states_are_the_forward_scan_outputs_and_cost_O_tau_bytes():
         assert len(forward) == 1
 
 
+def test_memory_planner_sees_the_stored_states_and_the_recompute_saving():
+    """Peak live bytes (passes/memory.py) of the gradient graph: keeping all tau states costs
+    what the stored states weigh more than keeping every 4th; the gap grows with tau."""
+    from passes.memory import plan_memory
+    gaps = {}
+    for steps in (8, 16):
+        g = loss_graph(make_model(), steps)
+        full = plan_memory(bptt(g, mode="rolled")).peak_live_bytes
+        ck = plan_memory(bptt(g, mode="rolled", checkpoint=4)).peak_live_bytes
+        gaps[steps] = full - ck
+        saved = stored_state_bytes(save_states(g)) - stored_state_bytes(save_states(g, 4))
+        assert 0 < gaps[steps] <= saved + 64 * 8
+    assert gaps[16] > gaps[8]
+
+
 @pytest.mark.parametrize("mode", ["unrolled", "rolled"])
 def test_truncated_bptt_equals_numpy_truncation(mode):
     """Gradients flow back at most k steps: the numpy recurrence (eq. 10.21) with the term
