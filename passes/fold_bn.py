@@ -98,15 +98,13 @@ def _channel_map(a_shape, ca: int, r_shape, ba: int) -> np.ndarray | None:
     return rows[:, 0].copy()
 
 
-def _bias_operand(add: Node, z: Value, ca: int, static: set[Value]) -> Value | None:
-    """The other operand of ``add`` if it is a per-channel (or scalar) static bias."""
-    (b,) = [v for v in add.inputs if v is not z] or [None]
-    if b is None or b not in static or add.outputs[0].type != z.type:
+def _bias_operand(add: Node, z: Value, static: set[Value]) -> Value | None:
+    """The other operand of ``add`` if it is a static bias that does not change z's shape
+    (per channel, per location or scalar: the fold maps any of them)."""
+    others = [v for v in add.inputs if v is not z]
+    if len(others) != 1 or others[0] not in static or add.outputs[0].type != z.type:
         return None
-    padded = (1,) * (z.type.rank - b.type.rank) + b.shape
-    if any(d != 1 for i, d in enumerate(padded) if i != ca):
-        return None
-    return b
+    return others[0]
 
 
 def _match(bn: Node, g: Graph, uses: dict[Value, int], static: set[Value]) -> _Plan | None:
@@ -122,8 +120,7 @@ def _match(bn: Node, g: Graph, uses: dict[Value, int], static: set[Value]) -> _P
     if node is not None and node.op == "add" and uses[z] == 1:
         inner = [v for v in node.inputs if v.node is not None and v.node.op in ANCHORS]
         for cand in inner:
-            ca = ANCHORS[cand.node.op].channel_axis(cand.type.rank)
-            b = _bias_operand(node, cand, ca, static)
+            b = _bias_operand(node, cand, static)
             if b is not None and uses[cand] == 1:
                 chain.insert(0, node)
                 bias, z = b, cand
@@ -182,8 +179,8 @@ def _fold(rw: GraphRewriter, plan: _Plan) -> None:
     def emit(op, *ins, **attrs):
         return rw.emit(op, *ins, loc=loc, **attrs)
 
-    x, gamma, beta, mean, var = (rw[v] for v in bn.inputs)
-    dtype = x.dtype
+    gamma, beta, mean, var = (rw[v] for v in bn.inputs[1:])   # bn's input is the chain's
+    dtype = bn.inputs[0].dtype
     wide = "float64"
 
     def up(v):
@@ -199,22 +196,22 @@ def _fold(rw: GraphRewriter, plan: _Plan) -> None:
     ca = spec.channel_axis(z.type.rank)
     c_a = z.shape[ca]
     s_a = _gather(emit, s, plan.channel_map)
-    if plan.bias is not None:
-        b = up(rw[plan.bias])
-        b = emit("reshape", b, shape=(b.type.size,)) if b.type.rank != 1 else b
-        b = emit("broadcast_to", b, shape=(c_a,)) if b.shape[0] != c_a else b
-    else:
-        b = emit("full", shape=(c_a,), value=0.0, dtype=wide)
-    mean_a, beta_a = _gather(emit, up(mean), plan.channel_map), _gather(
-        emit, up(beta), plan.channel_map)
-    new_b = down(emit("add", emit("mul", emit("sub", b, mean_a), s_a), beta_a))
-    ins = [rw[v] for v in anchor.inputs]
-    w = ins[spec.weight]
-    ins[spec.weight] = down(spec.scale(emit, anchor, up(w), s_a))
-    out = rw.dst.op(anchor.op, *ins, loc=anchor.loc, **anchor.attrs)
+    mean_a = _gather(emit, up(mean), plan.channel_map)
+    beta_a = _gather(emit, up(beta), plan.channel_map)
     view = [1] * z.type.rank
     view[ca] = c_a
-    out = rw.emit("add", out, emit("reshape", new_b, shape=tuple(view)), loc=anchor.loc)
+
+    def channels(v):
+        return emit("reshape", v, shape=tuple(view))
+
+    # bias' = (b - mean) s + beta, at the bias's own shape (channel, location or scalar)
+    shifted = (emit("sub", up(rw[plan.bias]), channels(mean_a)) if plan.bias is not None
+               else emit("neg", channels(mean_a)))
+    new_b = down(emit("add", emit("mul", shifted, channels(s_a)), channels(beta_a)))
+    ins = [rw[v] for v in anchor.inputs]
+    ins[spec.weight] = down(spec.scale(emit, anchor, up(ins[spec.weight]), s_a))
+    out = rw.dst.op(anchor.op, *ins, loc=anchor.loc, **anchor.attrs)
+    out = rw.emit("add", out, new_b, loc=anchor.loc)
     y = bn.outputs[0]
     if out.shape != y.shape:
         out = emit("reshape", out, shape=y.shape)

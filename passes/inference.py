@@ -92,3 +92,48 @@ def strip_training(g: Graph) -> Graph:
             for old, new in zip(node.outputs, news):
                 rw.replace(old, new)
     return rw.finish()
+
+
+def _channel_view(x: Value, axis: int) -> tuple[int, ...]:
+    view = [1] * x.type.rank
+    view[axis % x.type.rank] = x.shape[axis % x.type.rank]
+    return tuple(view)
+
+
+@inference_rule("batch_norm")
+def _batch_norm(rw: GraphRewriter, node: Node) -> list[Value] | None:
+    """Inference mode: ``(x - rm) * s + beta`` with ``s = gamma / sqrt(rv + eps)`` computed
+    from the parameters in float64 (as the reference kernel), and the running statistics as
+    the stat outputs. Training mode with stat outputs nothing reads: batch statistics only
+    (eq. 8.35-8.37), without the running-average update."""
+    x, gamma, beta, rm, rv = (rw[v] for v in node.inputs)
+    a = node.attrs
+    view = _channel_view(x, a["axis"])
+
+    def emit(op, *ins, **attrs):
+        return rw.emit(op, *ins, loc=node.loc, **attrs)
+
+    def per_channel(v):
+        return emit("reshape", v, shape=view)
+
+    if a["training"]:
+        users = rw.src.users()
+        if users[node.outputs[1]] or users[node.outputs[2]] or \
+                node.outputs[1] in rw.src.outputs or node.outputs[2] in rw.src.outputs:
+            return None
+        red = tuple(i for i in range(x.type.rank) if view[i] == 1)
+        mu = emit("mean", x, axis=red, keepdims=True)                      # eq. 8.36
+        d = emit("sub", x, mu)
+        var = emit("mean", emit("square", d), axis=red, keepdims=True)
+        eps = emit("full", shape=(), value=a["eps"], dtype=x.dtype)
+        xhat = emit("div", d, emit("sqrt", emit("add", var, eps)))           # eq. 8.35, 8.37
+        y = emit("add", emit("mul", xhat, per_channel(gamma)), per_channel(beta))
+        return [y, rm, rv]
+    wide = "float64"
+    eps = emit("full", shape=(), value=a["eps"], dtype=wide)
+    s = emit("div", emit("cast", gamma, dtype=wide),
+             emit("sqrt", emit("add", emit("cast", rv, dtype=wide), eps)))
+    s = emit("cast", s, dtype=x.dtype)
+    y = emit("add", emit("mul", emit("sub", x, per_channel(rm)), per_channel(s)),
+             per_channel(beta))
+    return [y, rm, rv]
