@@ -53,11 +53,12 @@ def workspace_bytes(features: str) -> int:
 
 def _arg_types(elem):
     p = ir.PointerType(elem)
-    return [p, I64, I64, p, I64, I64, p, I64, I64, I64, I64, PTR]
+    return [p, I64, I64, p, I64, I64, p, I64, I64, I64, I64, PTR, I64]
 
 
 def gemm_function(module: ir.Module, dtype: str, features: str) -> ir.Function:
-    """``gemm_<dtype>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch)``; built once."""
+    """``gemm_<dtype>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate)``:
+    C = A @ B, or C += A @ B when ``accumulate`` is nonzero; built once per module."""
     name = f"irgraph.gemm.{dtype}"
     if name in module.globals:
         return module.globals[name]
@@ -85,7 +86,7 @@ class _GemmBuilder:
 
     def build(self) -> None:
         b, t = self.b, self.t
-        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch = self.fn.args
+        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args
         ep = ir.PointerType(self.elem)
         bp = b.bitcast(scratch, ep)
         ap = b.gep(bp, [i64(KC * (NC + t.nr))], inbounds=True)
@@ -93,7 +94,8 @@ class _GemmBuilder:
             nc = _min(b, i64(NC), b.sub(N, jc))
             with for_range(b, 0, K, "pc", KC) as pc:
                 kc = _min(b, i64(KC), b.sub(K, pc))
-                first = b.icmp_signed("==", pc, i64(0))
+                first = b.and_(b.icmp_signed("==", pc, i64(0)),
+                               b.icmp_signed("==", accumulate, i64(0)))
                 bsrc = b.gep(B, [b.add(b.mul(pc, rsb), b.mul(jc, csb))])
                 self.pack(bp, bsrc, csb, rsb, nc, kc, t.nr)
                 with for_range(b, 0, M, "ic", MC) as ic:
@@ -228,7 +230,7 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
         with b.if_then(b.icmp_signed("<", n0, n1)):
             b.call(fn, [a_ptr, i64(rsa), i64(csa), b.gep(b_ptr, [b.mul(n0, i64(csb))]),
                         i64(rsb), i64(csb), b.gep(c_ptr, [n0]), i64(ldc), i64(M),
-                        b.sub(n1, n0), i64(K), ctx.scratch()])
+                        b.sub(n1, n0), i64(K), ctx.scratch(), i64(0)])
     else:
         lo, hi = ctx.split(-(-M // t.mr))
         m0 = b.mul(lo, i64(t.mr))
@@ -236,7 +238,7 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
         with b.if_then(b.icmp_signed("<", m0, m1)):
             b.call(fn, [b.gep(a_ptr, [b.mul(m0, i64(rsa))]), i64(rsa), i64(csa), b_ptr,
                         i64(rsb), i64(csb), b.gep(c_ptr, [b.mul(m0, i64(ldc))]), i64(ldc),
-                        b.sub(m1, m0), i64(N), i64(K), ctx.scratch()])
+                        b.sub(m1, m0), i64(N), i64(K), ctx.scratch(), i64(0)])
 
 
 @lowering("matmul", parallel=True)

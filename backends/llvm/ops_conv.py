@@ -1,0 +1,385 @@
+"""Lowerings of the convolution family (chapter 9) on the packed GEMM of gemm.py.
+
+Per image and group, with R = C/groups * prod(kernel) rows and P = prod(out) columns:
+
+* conv (eq. 9.6-9.8; conv_fft computes the same function): cols = im2col(x) (R x P), then
+  y = W_g (O/g x R) @ cols. A 1x1 kernel at stride 1 without padding skips im2col.
+* conv_kernel_grad (eq. 9.11): dW_g += gy_g (O/g x P) @ cols^T, one partial sum per thread,
+  added up after a barrier.
+* conv_input_grad (eq. 9.12-9.13): dcols = W_g^T @ gy_g, then col2im adds it into dx.
+* unfold / fold: im2col / col2im themselves; locally_connected (eq. 9.9) and tiled_conv
+  (eq. 9.10): im2col, then a per-location dot product.
+
+Threads split the images (each with its own scratch columns), or, for a batch smaller than
+the thread count, the GEMM of each image.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from irgraph.ops.conv_geometry import out_shape
+
+from .builder import PTR, STORAGE, Buf, for_range, i64, prod, row_strides
+from .gemm import call_gemm, gemm_function
+from .lowering import lowering, scratch
+from .module import ALIGN
+
+
+def _geo(x_shape, kernel, a):
+    return dict(spatial=tuple(x_shape[2:]), kernel=tuple(kernel), stride=a["stride"],
+                padding=a["padding"], dilation=a["dilation"],
+                out=out_shape(x_shape[2:], kernel, a["stride"], a["padding"], a["dilation"]))
+
+
+def _is_pointwise(geo) -> bool:
+    return (all(k == 1 for k in geo["kernel"]) and all(s == 1 for s in geo["stride"])
+            and not any(geo["padding"]))
+
+
+def _window_nest(ctx, geo, channels: int, fn) -> None:
+    """Loops c < channels, kernel offsets, output positions; calls
+    ``fn(row, col, in_offset_within_channel_plane_or_None, valid, c)``."""
+    b = ctx.b
+    d = len(geo["kernel"])
+    kprod, pn = prod(geo["kernel"]), prod(geo["out"])
+    kstr, ostr, istr = (row_strides(geo["kernel"]), row_strides(geo["out"]),
+                        row_strides(geo["spatial"]))
+    with for_range(b, 0, channels, "wc") as c:
+        _k_nest(ctx, geo, d, 0, [], lambda ks: _p_nest(
+            ctx, geo, d, 0, ks, [], lambda ps, ins, ok: fn(
+                b.add(b.mul(c, i64(kprod)), _dot(b, ks, kstr)), _dot(b, ps, ostr),
+                _dot(b, ins, istr), ok, c)))
+    del pn
+
+
+def _dot(b, idx, strides):
+    acc = i64(0)
+    for i, s in zip(idx, strides):
+        acc = b.add(acc, b.mul(i, i64(s)))
+    return acc
+
+
+def _k_nest(ctx, geo, d, ax, ks, fn):
+    if ax == d:
+        fn(ks)
+        return
+    with for_range(ctx.b, 0, geo["kernel"][ax], f"wk{ax}") as k:
+        _k_nest(ctx, geo, d, ax + 1, ks + [k], fn)
+
+
+def _p_nest(ctx, geo, d, ax, ks, ps, fn, ins=(), ok=None):
+    b = ctx.b
+    if ax == d:
+        fn(ps, list(ins), ok)
+        return
+    with for_range(b, 0, geo["out"][ax], f"wp{ax}") as p:
+        pos = b.sub(b.add(b.mul(p, i64(geo["stride"][ax])),
+                          b.mul(ks[ax], i64(geo["dilation"][ax]))), i64(geo["padding"][2 * ax]))
+        inside = b.and_(b.icmp_signed(">=", pos, i64(0)),
+                        b.icmp_signed("<", pos, i64(geo["spatial"][ax])))
+        safe = b.select(inside, pos, i64(0))
+        _p_nest(ctx, geo, d, ax + 1, ks, ps + [p], fn, list(ins) + [safe],
+                inside if ok is None else b.and_(ok, inside))
+
+
+def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf) -> None:
+    """dst[(c, k), p] = x[xbase + c*plane + in(p, k)], zero where the window leaves x."""
+    b = ctx.b
+    plane, pn = prod(geo["spatial"]), prod(geo["out"])
+    zero = ir.Constant(dst.elem, 0.0)
+
+    def fn(row, col, inoff, ok, c):
+        v = x.load(b, b.add(xbase, b.add(b.mul(c, i64(plane)), inoff)))
+        dst.store(b, b.add(b.mul(row, i64(pn)), col), b.select(ok, v, zero))
+    _window_nest(ctx, geo, channels, fn)
+
+
+def col2im(ctx, src: Buf, channels: int, geo, dx: Buf, xbase) -> None:
+    """dx[xbase + c*plane + in(p, k)] += src[(c, k), p] where the window is inside x."""
+    b = ctx.b
+    plane, pn = prod(geo["spatial"]), prod(geo["out"])
+
+    def fn(row, col, inoff, ok, c):
+        with b.if_then(ok):
+            at = b.add(xbase, b.add(b.mul(c, i64(plane)), inoff))
+            v = src.load(b, b.add(b.mul(row, i64(pn)), col))
+            dx.store(b, at, b.fadd(dx.load(b, at), v))
+    _window_nest(ctx, geo, channels, fn)
+
+
+def _zero(ctx, buf: Buf, base, n: int) -> None:
+    b = ctx.b
+    with for_range(b, 0, n, "z") as i:
+        buf.store(b, b.add(base, i), ir.Constant(buf.elem, 0.0))
+
+
+def _cols_bytes(x_shape, w_shape, kernel, a, dtype_size: int, groups: int) -> int:
+    geo = _geo(x_shape, kernel, a)
+    rows = (x_shape[1] // groups) * prod(kernel)
+    return -(-rows * prod(geo["out"]) * dtype_size // ALIGN) * ALIGN
+
+
+def _thread_cols(ctx, nbytes: int, elem) -> ir.Value:
+    b = ctx.b
+    raw = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(nbytes))])
+    return b.bitcast(raw, ir.PointerType(elem))
+
+
+def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
+    """One whole GEMM on this thread (the caller split the work)."""
+    b = ctx.b
+    fn = gemm_function(ctx.module, dtype, ctx.features)
+    b.call(fn, [a, i64(a_str[0]), i64(a_str[1]), bm, i64(b_str[0]), i64(b_str[1]), c,
+                i64(ldc), i64(M), i64(N), i64(K), ctx.scratch(), i64(acc)])
+
+
+# ---------------------------------------------------------------- conv
+
+
+def _conv_scratch(node, threads, features):
+    x, w = node.inputs
+    return threads * _cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
+                                 x.type.np_dtype.itemsize, node.attrs["groups"])
+
+
+scratch("conv", "conv_fft")(_conv_scratch)
+
+
+@lowering("conv", "conv_fft", parallel=True)
+def _conv(ctx, node, ins, outs):
+    (x, w), (y,) = ins, outs
+    G = node.attrs["groups"]
+    geo = _geo(x.shape, w.shape[2:], node.attrs)
+    N, C, O = x.shape[0], x.shape[1], w.shape[0]
+    cg, og = C // G, O // G
+    R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
+    colbytes = _cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs, x.type.np_dtype.itemsize,
+                           G)
+    b = ctx.b
+    pointwise = _is_pointwise(geo)
+
+    def image(n, split_gemm: bool):
+        cols = Buf(_thread_cols(ctx, colbytes, x.elem) if not split_gemm
+                   else b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)), _tt((R, P), x))
+        for g in range(G):
+            xbase = b.add(b.mul(n, i64(C * plane)), i64(g * cg * plane))
+            if pointwise:
+                src = b.gep(x.ptr, [xbase])
+            else:
+                if split_gemm:
+                    with ctx.thread0():
+                        im2col(ctx, x, xbase, cg, geo, cols)
+                    ctx.barrier()
+                else:
+                    im2col(ctx, x, xbase, cg, geo, cols)
+                src = cols.ptr
+            wp = b.gep(w.ptr, [i64(g * og * R)])
+            yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
+            if split_gemm:
+                call_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
+                ctx.barrier()
+            else:
+                _gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
+    _per_image(ctx, N, image)
+
+
+def _per_image(ctx, N: int, image) -> None:
+    """Images split across threads; a batch smaller than the thread count splits each GEMM."""
+    b = ctx.b
+    if N >= ctx.max_threads or ctx.single:
+        lo, hi = ctx.split(N)
+        with for_range(b, lo, hi, "img") as n:
+            image(n, False)
+    else:
+        with for_range(b, 0, N, "img") as n:
+            image(n, True)
+
+
+# ---------------------------------------------------------------- conv_kernel_grad
+
+
+@scratch("conv_kernel_grad")
+def _kgrad_scratch(node, threads, features):
+    x, gy = node.inputs
+    a = node.attrs
+    cols = _cols_bytes(x.shape, None, a["kernel_size"], a, x.type.np_dtype.itemsize,
+                       a["groups"])
+    dw = -(-node.outputs[0].type.nbytes // ALIGN) * ALIGN
+    return threads * (cols + dw)
+
+
+@lowering("conv_kernel_grad", parallel=True)
+def _conv_kernel_grad(ctx, node, ins, outs):
+    """dW = sum over images of gy_g @ cols^T; a partial sum per thread, then reduced."""
+    (x, gy), (dw,) = ins, outs
+    a = node.attrs
+    G = a["groups"]
+    geo = _geo(x.shape, a["kernel_size"], a)
+    N, C, O = x.shape[0], x.shape[1], gy.shape[1]
+    cg, og = C // G, O // G
+    R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
+    itemsize = x.type.np_dtype.itemsize
+    colbytes = _cols_bytes(x.shape, None, a["kernel_size"], a, itemsize, G)
+    dwbytes = -(-dw.type.nbytes // ALIGN) * ALIGN
+    b = ctx.b
+    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(colbytes + dwbytes))])
+    cols = Buf(b.bitcast(mine, ir.PointerType(x.elem)), _tt((R, P), x))
+    part = Buf(b.bitcast(b.gep(mine, [i64(colbytes)]), ir.PointerType(x.elem)), dw.type)
+    _zero(ctx, part, i64(0), dw.type.size)
+    lo, hi = ctx.split(N)
+    with for_range(b, lo, hi, "img") as n:
+        for g in range(G):
+            xbase = b.add(b.mul(n, i64(C * plane)), i64(g * cg * plane))
+            im2col(ctx, x, xbase, cg, geo, cols)
+            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
+            _gemm(ctx, x.dtype, gp, (P, 1), cols.ptr, (1, P), b.gep(part.ptr, [i64(g * og * R)]),
+                  R, og, R, P, acc=1)
+    ctx.barrier()
+    _sum_partials(ctx, dw, colbytes + dwbytes, colbytes)
+
+
+def _sum_partials(ctx, out: Buf, stride_bytes: int, first_bytes: int) -> None:
+    """out[i] = sum over threads t of partial_t[i] (elements split across threads)."""
+    b = ctx.b
+    lo, hi = ctx.split(out.type.size)
+    nt = ctx.nthreads if not ctx.single else i64(1)
+    acc = ctx.alloca(out.elem, "acc")
+    with for_range(b, lo, hi, "e") as e:
+        b.store(ir.Constant(out.elem, 0.0), acc)
+        with for_range(b, 0, nt, "t") as t:
+            raw = b.gep(ctx.node_scratch, [b.add(b.mul(t, i64(stride_bytes)), i64(first_bytes))])
+            p = b.bitcast(raw, ir.PointerType(out.elem))
+            b.store(b.fadd(b.load(acc), b.load(b.gep(p, [e]))), acc)
+        out.store(b, e, b.load(acc))
+
+
+def _tt(shape, like: Buf):
+    from irgraph import TensorType
+    return TensorType(shape, like.dtype)
+
+
+# ---------------------------------------------------------------- conv_input_grad
+
+
+@scratch("conv_input_grad")
+def _igrad_scratch(node, threads, features):
+    w, gy = node.inputs
+    a = node.attrs
+    xs = (gy.shape[0], w.shape[1] * a["groups"]) + tuple(a["input_size"])
+    return threads * _cols_bytes(xs, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize,
+                                 a["groups"])
+
+
+@lowering("conv_input_grad", parallel=True)
+def _conv_input_grad(ctx, node, ins, outs):
+    """dx = col2im(W_g^T @ gy_g) per image and group."""
+    (w, gy), (dx,) = ins, outs
+    a = node.attrs
+    G = a["groups"]
+    geo = _geo(dx.shape, w.shape[2:], a)
+    N, C, O = dx.shape[0], dx.shape[1], w.shape[0]
+    cg, og = C // G, O // G
+    R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
+    colbytes = _cols_bytes(dx.shape, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize, G)
+    b = ctx.b
+    cols = Buf(_thread_cols(ctx, colbytes, w.elem), _tt((R, P), w))
+    lo, hi = ctx.split(N)
+    with for_range(b, lo, hi, "img") as n:
+        _zero(ctx, dx, b.mul(n, i64(C * plane)), C * plane)
+        for g in range(G):
+            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
+            _gemm(ctx, w.dtype, b.gep(w.ptr, [i64(g * og * R)]), (1, R), gp, (P, 1),
+                  cols.ptr, P, R, P, og)
+            xbase = b.add(b.mul(n, i64(C * plane)), i64(g * cg * plane))
+            col2im(ctx, cols, cg, geo, dx, xbase)
+
+
+# ---------------------------------------------------------------- unfold / fold
+
+
+@lowering("unfold", parallel=True)
+def _unfold(ctx, node, ins, outs):
+    (x,), (out,) = ins, outs
+    geo = _geo(x.shape, node.attrs["kernel_size"], node.attrs)
+    C, plane = x.shape[1], prod(geo["spatial"])
+    rows, pn = C * prod(geo["kernel"]), prod(geo["out"])
+    b = ctx.b
+    lo, hi = ctx.split(x.shape[0])
+    with for_range(b, lo, hi, "img") as n:
+        dst = Buf(b.gep(out.ptr, [b.mul(n, i64(rows * pn))]), _tt((rows, pn), out))
+        im2col(ctx, x, b.mul(n, i64(C * plane)), C, geo, dst)
+
+
+@lowering("fold", parallel=True)
+def _fold(ctx, node, ins, outs):
+    (cols,), (out,) = ins, outs
+    a = node.attrs
+    shape = out.shape
+    geo = _geo(shape, a["kernel_size"], a)
+    C, plane = shape[1], prod(geo["spatial"])
+    rows, pn = C * prod(geo["kernel"]), prod(geo["out"])
+    b = ctx.b
+    lo, hi = ctx.split(shape[0])
+    with for_range(b, lo, hi, "img") as n:
+        _zero(ctx, out, b.mul(n, i64(C * plane)), C * plane)
+        src = Buf(b.gep(cols.ptr, [b.mul(n, i64(rows * pn))]), _tt((rows, pn), cols))
+        col2im(ctx, src, C, geo, out, b.mul(n, i64(C * plane)))
+
+
+# ---------------------------------------------------------------- unshared and tiled
+
+
+def _lc_scratch(node, threads, features):
+    x, w = node.inputs
+    d = x.type.rank - 2
+    k = w.shape[2 + d:] if node.op == "locally_connected" else w.shape[2:2 + d]
+    return threads * _cols_bytes(x.shape, w.shape, k, node.attrs, x.type.np_dtype.itemsize, 1)
+
+
+scratch("locally_connected", "tiled_conv")(_lc_scratch)
+
+
+@lowering("locally_connected", "tiled_conv", parallel=True)
+def _unshared(ctx, node, ins, outs):
+    """y[n, o, p] = sum_r cols[r, p] * W(o, p, r): W's own kernel per location (eq. 9.9) or
+    kernel (p mod t) per direction (eq. 9.10)."""
+    (x, w), (y,) = ins, outs
+    d = x.type.rank - 2
+    tiled = node.op == "tiled_conv"
+    kernel = w.shape[2:2 + d] if tiled else w.shape[2 + d:]
+    geo = _geo(x.shape, kernel, node.attrs)
+    N, C, O = x.shape[0], x.shape[1], w.shape[0]
+    R, P, plane = C * prod(kernel), prod(geo["out"]), prod(geo["spatial"])
+    colbytes = _cols_bytes(x.shape, w.shape, kernel, node.attrs, x.type.np_dtype.itemsize, 1)
+    b = ctx.b
+    cols = Buf(_thread_cols(ctx, colbytes, x.elem), _tt((R, P), x))
+    if tiled:
+        t = w.shape[2 + d:]
+        idx = np.zeros(geo["out"], np.int64)
+        for ax, (m, ti) in enumerate(zip(geo["out"], t)):
+            view = [1] * d
+            view[ax] = m
+            idx = idx + (np.arange(m) % ti).reshape(view) * row_strides(t)[ax]
+        tflat = ctx.global_array("tile.index", idx.ravel())
+        tprod = prod(t)
+    acc = ctx.alloca(STORAGE[x.dtype], "acc")
+    lo, hi = ctx.split(N)
+    with for_range(b, lo, hi, "img") as n:
+        im2col(ctx, x, b.mul(n, i64(C * plane)), C, geo, cols)
+        with for_range(b, 0, O, "o") as o:
+            with for_range(b, 0, P, "p") as p:
+                b.store(ir.Constant(STORAGE[x.dtype], 0.0), acc)
+                if tiled:
+                    tf = b.load(b.gep(tflat, [p]))
+                with for_range(b, 0, R, "r") as r:
+                    if tiled:
+                        woff = b.add(b.mul(b.add(b.mul(o, i64(R)), r), i64(tprod)), tf)
+                    else:
+                        woff = b.add(b.mul(b.add(b.mul(o, i64(P)), p), i64(R)), r)
+                    v = b.fmul(cols.load(b, b.add(b.mul(r, i64(P)), p)), w.load(b, woff))
+                    b.store(b.fadd(b.load(acc), v), acc)
+                y.store(b, b.add(b.mul(b.add(b.mul(n, i64(O)), o), i64(P)), p), b.load(acc))
+
+
+__all__ = ["PTR"]
