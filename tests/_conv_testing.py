@@ -49,3 +49,9 @@ def compare(fn, tfn, arrays, rtol=1e-9, atol=1e-10, seed=0) -> None:
 
 def rand(*shape, seed=0, dtype=np.float64) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def forward(fn: Callable, *arrays: np.ndarray) -> np.ndarray:
+    """fn(*arrays) traced and run on the reference interpreter (no gradients)."""
+    g = fe.trace(lambda *ts: fn(*ts), *[fe.TensorSpec(a.shape, a.dtype.name) for a in arrays])
+    return interpret(g, list(arrays))[0]

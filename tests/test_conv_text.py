@@ -17,7 +17,7 @@ from frontend import F
 from irgraph import TensorType
 from irgraph.interpreter import interpret
 from passes.autodiff import grad, vjp
-from tests._conv_testing import ours, rand
+from tests._conv_testing import forward as F_run, ours, rand
 
 
 def run(op, *xs, **attrs):
@@ -200,11 +200,6 @@ def test_locally_connected_and_tiled_gradients_match_torch_built_from_unfold():
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12)
     np.testing.assert_allclose(dv, vt.grad.numpy(), rtol=1e-12)
     np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-12)
-
-
-def F_run(fn, *arrays):
-    g = fe.trace(lambda *ts: fn(*ts), *[fe.TensorSpec(a.shape, a.dtype.name) for a in arrays])
-    return interpret(g, list(arrays))[0]
 
 
 # ---------------------------------------------------------------- section 9.8
