@@ -7,8 +7,8 @@ tensors or numpy arrays. No value goes back to the host between nodes.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from collections import defaultdict
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +18,7 @@ from irgraph import Graph, Node, Value
 
 from ..base import Executable, validate_args
 from .kernels.elementwise import elementwise
+from .lower_optim import inplace_updates
 from .runtime import NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device, to_device
 from .table import GROUP_KERNELS, LowerContext, Step, group_key, lower_node
 
@@ -100,7 +101,7 @@ class TritonExecutable(Executable):
             raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
         self.output = output
         self.device = torch.device(device) if device is not None else default_device()
-        self.ctx = LowerContext(self.device, allow_tf32)
+        self.ctx = LowerContext(self.device, allow_tf32, inplace=inplace_updates(self.graph))
         self.ctx.lower_graph = lambda g: Plan(g, self.ctx)
         self.plan = Plan(self.graph, self.ctx)
         self._donate = {o: _copier(graph.outputs[o], self.device) for o in graph.donations}

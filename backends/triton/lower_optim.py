@@ -7,12 +7,40 @@ from __future__ import annotations
 
 import torch
 
-from irgraph import Node
+from irgraph import Graph, Node, Value
 
 from .kernels import optim as opt
 from .table import LowerContext, Step, group_lowering, lowering
 
 UPDATE_OPS = tuple(op for op in opt.RULES if op != "sum_squares")
+
+
+def updated_input(out_index: int) -> int:
+    """The tensor input an update output replaces: p' <- p, then the state after g."""
+    return 0 if out_index == 0 else out_index + 1
+
+
+def inplace_updates(graph: Graph) -> dict[Node, set[int]]:
+    """Update outputs donated to the argument they replace, when no later node reads that
+    argument: the kernel then writes the new value straight into the argument's buffer."""
+    args = graph.arguments
+    out_index = {v: i for i, v in enumerate(graph.outputs)}
+    last_read: dict[Value, int] = {}
+    for k, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            last_read[v] = k
+    res: dict[Node, set[int]] = {}
+    for k, node in enumerate(graph.nodes):
+        if node.op not in UPDATE_OPS:
+            continue
+        for j, v in enumerate(node.outputs):
+            src = node.inputs[updated_input(j)]
+            o = out_index.get(v)
+            if (o is not None and graph.donations.get(o) is not None
+                    and args[graph.donations[o]] is src and last_read.get(src) == k
+                    and src not in out_index and list(node.inputs).count(src) == 1):
+                res.setdefault(node, set()).add(j)
+    return res
 
 
 @group_lowering(*UPDATE_OPS)
@@ -26,12 +54,14 @@ def _updates(nodes: list[Node], ctx: LowerContext) -> Step:
                                  nesterov=attrs.get("nesterov", False),
                                  eps=attrs.get("eps", 0.0))
     arity = rule.n_in + rule.n_scal
+    in_place = [ctx.inplace.get(n, set()) for n in nodes]
 
     def step(xs: list[torch.Tensor]) -> list[torch.Tensor]:
         per = [xs[i * arity:(i + 1) * arity] for i in range(len(nodes))]
         ins = [[p[j] for p in per] for j in range(rule.n_in)]
         scal = [[p[rule.n_in + j] for p in per] for j in range(rule.n_scal)]
-        outs = [[torch.empty_like(t) for t in ins[0]] for _ in range(rule.n_out)]
+        outs = [[ins[updated_input(j)][i] if j in in_place[i] else torch.empty_like(ins[0][i])
+                 for i in range(len(nodes))] for j in range(rule.n_out)]
         plan(ins, scal, outs)
         return [outs[j][i] for i in range(len(nodes)) for j in range(rule.n_out)]
     return step
