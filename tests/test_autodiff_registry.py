@@ -60,8 +60,10 @@ def _vjp_values(g: Graph, inputs, wrt: list[int], of: list[int], cts) -> list[np
     return [o.astype(np.float64) for o in outs[len(g.outputs):]]
 
 
-def _fd_check(what: str, g64: Graph, inputs64, wrt, of, cts64, got, rtol, atol) -> None:
-    """Compare ``got`` (VJP per input in ``wrt``) with finite differences of L in float64."""
+def _fd_check(what: str, g64: Graph, inputs64, wrt, of, cts64, got, rtol, atol, h=H,
+              kink=KINK) -> None:
+    """Compare ``got`` (VJP per input in ``wrt``) with finite differences of L (in float64
+    unless the op only exists in float32: then ``h`` and ``kink`` are larger)."""
     def loss(arrays) -> float:
         outs = interpret(g64, arrays)
         return float(sum(np.sum(outs[i].astype(np.float64) * c) for i, c in zip(of, cts64)))
@@ -75,18 +77,18 @@ def _fd_check(what: str, g64: Graph, inputs64, wrt, of, cts64, got, rtol, atol) 
                 arrays[i] = x.copy()
                 arrays[i][j] += delta
                 return loss(arrays)
-            up, down = at(H), at(-H)
-            right, left = (up - base) / H, (base - down) / H
+            up, down = at(h), at(-h)
+            right, left = (up - base) / h, (base - down) / h
             g = got[k][j]
             where = f"{what}: d/d%{g64.inputs[i].name}{list(j)}"
-            if abs(right - left) > KINK * (1 + abs(right) + abs(left)):
+            if abs(right - left) > kink * (1 + abs(right) + abs(left)):
                 lo, hi = min(left, right), max(left, right)
                 tol = atol + rtol * (abs(lo) + abs(hi))
                 assert lo - tol <= g <= hi + tol, (
                     f"{where} = {g} at a kink: not between the one-sided derivatives "
                     f"{left} and {right}")
             else:
-                central = (up - down) / (2 * H)
+                central = (up - down) / (2 * h)
                 assert abs(g - central) <= atol + rtol * abs(central), (
                     f"{what}: VJP {g} != finite difference {central} ({where})")
 
@@ -103,7 +105,7 @@ def check_graph_vjp(what: str, g: Graph, g64: Graph | None, inputs, inputs64, wr
         inputs[i].dtype == np.float32 for i in wrt)
     if g64 is None:
         _fd_check(what, g, inputs, wrt, of, cts64, got, 2e-2 if low else 1e-5,
-                  2e-3 if low else 1e-6)
+                  2e-3 if low else 1e-6, 1e-3 if low else H, 5e-2 if low else KINK)
         return
     # the VJP in float64 must match tightly; the one in the sample's dtype to its accuracy
     got64 = _vjp_values(g64, inputs64, wrt, of, cts64)
