@@ -19,7 +19,7 @@ from .manager import register_pass
 
 def _check(rw: GraphRewriter, v: Value, watched: list[Value], names: list[str], op: str,
            text: str, loc: str | None) -> Value:
-    attrs = {"op": op, "node": text, "loc": loc or "", "names": tuple(names)}
+    attrs = {"checked_op": op, "node": text, "source": loc or "", "names": tuple(names)}
     (out,) = rw.dst.add_node("check_finite", [v, *watched], attrs, loc)
     return out
 
@@ -36,13 +36,14 @@ def debug_nans(g: Graph) -> Graph:
 
     After::
 
-        %x.c: f32[4] = check_finite(%x) {loc="", names=[], node="input %x: f32[4]", op="input"}
-        %0: f32[4] = log(%x.c)  # model.py:7
-        %2: f32[4] = check_finite(%0, %x.c) {loc="model.py:7", names=["x"],
-                                              node="%0: f32[4] = log(%x)  # model.py:7", op="log"}
-        %1: f32[4] = mul(%2, %2)
-        %3: f32[4] = check_finite(%1, %2, %2) {...}
-        return %3
+        %2: f32[4] = check_finite(%x) {checked_op="input", names=[], node="input %x: f32[4]",
+                                       source=""}
+        %0: f32[4] = log(%2)  # model.py:7
+        %3: f32[4] = check_finite(%0, %2) {checked_op="log", names=["x"],
+                node="%0: f32[4] = log(%x)  # model.py:7", source="model.py:7"}
+        %1: f32[4] = mul(%3, %3)
+        %4: f32[4] = check_finite(%1, %3, %3) {...}
+        return %4
     """
     rw = GraphRewriter(g)
     for kind, vals in (("input", g.inputs), ("parameter", g.params)):

@@ -213,9 +213,9 @@ RULES: list[tuple[str, Rewrite]] = [
     ("broadcast_to", broadcast_rules),  # to the same shape -> x;  chains -> one
     ("cast", cast_same),            # cast to the dtype it has -> x
     ("sum", reduce_unit_axes),      # reducing only size-1 axes -> x (or a reshape)
-    ("mean", reduce_unit_axes),
-    ("max", reduce_unit_axes),
-    ("min", reduce_unit_axes),
+    ("mean", reduce_unit_axes),     # the mean of one element is that element
+    ("max", reduce_unit_axes),      # so is its max
+    ("min", reduce_unit_axes),      # and its min
     ("slice", full_slice),          # x[:, :] -> x
     ("concat", single_concat),      # concat([x]) -> x
 ]

@@ -59,11 +59,11 @@ SAMPLES = {
              {"body": _epilogue_body(), "kind": "epilogue"}, note="float64, relu kept off 0"),
     ],
     "check_finite": [
-        Case([rand(3, 4, seed=6)], {"op": "input", "node": "input %x: f32[3,4]"}),
+        Case([rand(3, 4, seed=6)], {"checked_op": "input", "node": "input %x: f32[3,4]"}),
         Case([rand(2, 3, seed=7), rand(2, 3, seed=8), rand(3, seed=9)],
-             {"op": "add", "node": "%0: f32[2,3] = add(%a, %b)", "loc": "model.py:3",
+             {"checked_op": "add", "node": "%0: f32[2,3] = add(%a, %b)", "source": "model.py:3",
               "names": ("a", "b")}, nondiff=(1, 2), note="operands watched for the report"),
-        Case([np.arange(4, dtype=np.int64)], {"op": "iota", "node": "%0: i64[4] = iota()"},
+        Case([np.arange(4, dtype=np.int64)], {"checked_op": "iota", "node": "%0: i64[4] = iota()"},
              nondiff=(0,), note="integers are always finite"),
     ],
 }
