@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .functional_conv import _batched, _emit, _F, _tuple, _unbatch
 from .tracing import Tensor
 
@@ -209,11 +211,16 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                                  eps=float(eps), momentum=float(momentum), axis=1)
     if training:
         for buf, new in ((running_mean, new_mean), (running_var, new_var)):
-            if buf is not None and not isinstance(buf, Tensor) and hasattr(buf, "data"):
+            if _is_buffer(buf):
                 x.tracer.update_state(buf, new)
     return y
 
 
+def _is_buffer(v) -> bool:
+    """A module's Parameter/buffer (not a traced tensor, not a plain array)."""
+    return (v is not None and not isinstance(v, Tensor) and hasattr(v, "requires_grad")
+            and isinstance(getattr(v, "data", None), np.ndarray))
+
+
 def _np_full(c: int, value: float, like: Tensor):
-    import numpy as np
     return np.full((c,), value, like.type.np_dtype)

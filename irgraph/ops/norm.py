@@ -5,8 +5,8 @@ returns ``(y, new_running_mean, new_running_var)``. Statistics are per index of 
 (the feature of (N, C) input, the channel of (N, C, *spatial) input, shared over all
 positions), taken over every other axis.
 
-* training: mu = mean(x) (eq. 8.35), sigma = sqrt(delta + mean((x - mu)^2)) (eq. 8.36, the
-  biased variance, delta = ``eps`` inside the root), H' = (x - mu) / sigma (eq. 8.34),
+* training: mu = mean(x) (eq. 8.36), sigma = sqrt(delta + mean((x - mu)^2)) (eq. 8.37, the
+  biased variance, delta = ``eps`` inside the root), H' = (x - mu) / sigma (eq. 8.35),
   y = gamma H' + beta; running averages updated as PyTorch:
   r' = (1 - momentum) r + momentum * stat, with the UNBIASED variance for the estimate.
 * inference: the running averages replace mu and sigma^2 and are returned unchanged.

@@ -1,7 +1,7 @@
 """VJP rule of batch normalization (irgraph/ops/norm.py, section 8.7.1), written with core ops.
 
 In training mode the gradient flows through the minibatch mean and standard deviation
-(eq. 8.35-8.36): with xhat = (x - mu) / sigma and gh = dL/dxhat = g * gamma,
+(eq. 8.36-8.37): with xhat = (x - mu) / sigma and gh = dL/dxhat = g * gamma,
 
     dL/dx = (gh - mean(gh) - xhat * mean(gh * xhat)) / sigma
 
