@@ -230,3 +230,36 @@ def test_mse_loss_module_matches_torch():
         fn = fe.compile(fe.nn.MSELoss(reduction), fe.TensorSpec(a.shape), fe.TensorSpec(b.shape))
         want = torch.nn.MSELoss(reduction=reduction)(T(a), T(b)).numpy()
         np.testing.assert_allclose(fn(a, b), want, rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_loss_is_eq_10_11_to_10_14_by_hand():
+    """y_hat(t) = softmax(o(t)) (10.11); L = sum_t L(t) (10.13) = -sum_t log y_hat(t)[y(t)]
+    (10.14): the summed cross-entropy over the time steps of one sequence."""
+    o = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [2.0, 2.0, 2.0], [-1.0, 0.0, 1.0]])
+    y = np.array([1, 2, 0, 0])
+    y_hat = np.exp(o) / np.exp(o).sum(1, keepdims=True)
+    want = -np.sum(np.log(y_hat[np.arange(4), y]))
+    loss = fe.compile(lambda a, b: F.cross_entropy(a, b, reduction="sum"),
+                      fe.TensorSpec((4, 3), "float64"), fe.TensorSpec((4,), "int64"))
+    np.testing.assert_allclose(loss(o, y), want, rtol=1e-12)
+    probs = fe.compile(lambda a: F.softmax(a, 1), fe.TensorSpec((4, 3), "float64"))(o)
+    np.testing.assert_allclose(probs, y_hat, rtol=1e-12)
+    np.testing.assert_allclose(probs[2], [1 / 3] * 3, rtol=1e-12)
+
+
+def test_core_costs_by_hand():
+    """matmul: 2*M*N*K flops; elementwise: one flop per output; bytes: inputs + outputs."""
+    def cost(op, *types, **attrs):
+        g = Graph("c")
+        xs = [g.add_input(f"x{i}", TensorType(s, d)) for i, (s, d) in enumerate(types)]
+        (out,) = g.add_node(op, xs, attrs)
+        node = g.nodes[0]
+        return node.opdef.cost([v.type for v in xs], [out.type], node.attrs)
+    c = cost("matmul", ((2, 3), "float32"), ((3, 4), "float32"))
+    assert (c.flops, c.bytes) == (2 * 2 * 4 * 3, (6 + 12 + 8) * 4)
+    c = cost("add", ((5, 1), "float64"), ((1, 4), "float64"))
+    assert (c.flops, c.bytes) == (20, (5 + 4 + 20) * 8)
+    c = cost("sum", ((6, 7), "float32"), axis=(1,))
+    assert (c.flops, c.bytes) == (42, (42 + 6) * 4)
+    c = cost("reshape", ((6, 7), "int32"), shape=(42,))
+    assert (c.flops, c.bytes) == (0, 2 * 42 * 4)
