@@ -56,7 +56,10 @@ def _conv(x, w, *, stride, padding, dilation, groups):
     n, o, k = x.shape[0], w.shape[0], w.shape[2:]
     cols, out = _cols(x, groups, k, stride, padding, dilation)
     wm = w.reshape(groups, o // groups, -1)
-    y = np.matmul(cols, wm.transpose(0, 2, 1)[None])          # (N, G, P, Og)
+    p = cols.shape[2]
+    # one 2-D matmul per group (BLAS): (N*P, Cg*K) @ (Cg*K, Og)
+    y = np.stack([(cols[:, g].reshape(n * p, -1) @ wm[g].T).reshape(n, p, -1)
+                  for g in range(groups)], axis=1)                 # (N, G, P, Og)
     return np.ascontiguousarray(y.transpose(0, 1, 3, 2)).reshape((n, o) + out)
 
 
