@@ -194,7 +194,10 @@ def trace_with(fn: Callable, specs, name: str | None = None,
     token = _CURRENT.set(tracer)
     try:
         inputs = []
+        taken = set((param_names or {}).values())
         for i, (s, pname) in enumerate(zip(specs, _arg_names(fn, len(specs)))):
+            while pname in taken:       # parameters keep their state_dict names
+                pname += "_input"
             inputs.append(Tensor(tracer.graph.add_input(pname, s.type), tracer))
         result = fn(*inputs)
     finally:

@@ -413,6 +413,20 @@ def test_compiled_module_reads_weights_live():
     np.testing.assert_array_equal(run(x), [[2, 3]])
 
 
+def test_an_input_named_like_a_parameter_is_renamed_not_the_parameter():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(np.full(3, 2.0, np.float32))
+
+        def forward(self, w):
+            return w * self.w
+    run = fe.compile(Scale(), spec(3))
+    assert [v.name for v in run.graph.inputs] == ["w_input"]
+    assert [v.name for v in run.graph.params] == ["w"]
+    np.testing.assert_array_equal(run(np.ones(3, np.float32)), [2, 2, 2])
+
+
 def test_modules_inside_a_traced_function():
     fe.manual_seed(4)
     lin = nn.Linear(3, 2)
