@@ -189,8 +189,8 @@ def trace_with(fn: Callable, specs, name: str | None = None,
     """Trace ``fn`` over ``specs``; returns (graph, tracer, output structure)."""
     specs = [s if isinstance(s, TensorSpec) else TensorSpec(*s) if isinstance(s, tuple)
              else _bad_spec(s) for s in specs]
-    tracer = Tracer(name or getattr(fn, "__name__", type(fn).__name__).replace("<", "").replace(
-        ">", "") or "main", param_names)
+    tracer = Tracer(_graph_name(name or getattr(fn, "__name__", type(fn).__name__)),
+                    param_names)
     token = _CURRENT.set(tracer)
     try:
         inputs = []
@@ -219,6 +219,13 @@ def trace_with(fn: Callable, specs, name: str | None = None,
     tracer.graph.set_outputs(outs)
     verify(tracer.graph)
     return tracer.graph, tracer, structure
+
+
+def _graph_name(name: str) -> str:
+    """A name the text format can print and parse back: ``<lambda>`` becomes ``lambda``."""
+    import re
+    name = re.sub(r"[^A-Za-z0-9_.]", "_", str(name).replace("<", "").replace(">", ""))
+    return name if re.match(r"[A-Za-z_]", name) else f"g_{name}" if name else "main"
 
 
 def _bad_spec(s):

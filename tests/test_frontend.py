@@ -63,6 +63,13 @@ def test_nodes_record_the_users_source_line():
     assert g.nodes[0].loc == f"{HERE}:{line}"
 
 
+@pytest.mark.parametrize("name,want", [("my-model v2", "my_model_v2"), ("2nd", "g_2nd"),
+                                       ("", "lambda"), ("a.b", "a.b")])
+def test_graph_names_always_print_and_parse(name, want):
+    g = fe.trace(lambda x: x + 1, spec(2), name=name or None)
+    assert g.name == want and irgraph.parse(str(g)) == g
+
+
 def test_trace_accepts_shape_tuples_and_rejects_other_specs():
     g = fe.trace(lambda x: -x, ((2, 3), "int32"))
     assert str(g.inputs[0].type) == "i32[2,3]"
