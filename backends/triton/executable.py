@@ -7,6 +7,7 @@ tensors or numpy arrays. No value goes back to the host between nodes.
 """
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Sequence
@@ -35,7 +36,9 @@ class Plan:
     def __init__(self, graph: Graph, ctx: LowerContext):
         self.graph = graph
         self.steps: list[tuple[list[Node], Step]] = []
-        for nodes in schedule(graph):
+        order = schedule(graph)
+        ctx.inplace = inplace_updates(graph, order)
+        for nodes in order:
             if len(nodes) == 1:
                 self.steps.append((nodes, lower_node(nodes[0], ctx)))
             else:
@@ -54,26 +57,50 @@ class Plan:
 
 
 def schedule(graph: Graph) -> list[list[Node]]:
-    """The graph's nodes in order, multi-tensor groups merged at their last member."""
+    """The nodes in a topological order where each multi-tensor group is one unit.
+
+    Units are taken in order of their first node as soon as their operands exist (Kahn's
+    algorithm), so a node that reads one member's output (Polyak averaging after an update)
+    simply runs after the whole group. If grouping would make a cycle, nothing is grouped.
+    """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, node in enumerate(graph.nodes):
         if node.op in GROUP_KERNELS:
             groups[group_key(node)].append(i)
-    merged: dict[int, list[int]] = {}
+    unit_of = list(range(len(graph.nodes)))
     for members in groups.values():
-        if len(members) > 1 and _can_merge(graph, members):
-            merged[members[-1]] = members
-    absorbed = {i for m in merged.values() for i in m[:-1]}
-    return [[graph.nodes[j] for j in merged.get(i, [i])]
-            for i in range(len(graph.nodes)) if i not in absorbed]
+        for i in members:
+            unit_of[i] = members[0]
+    order = _topological_units(graph, unit_of)
+    if order is None:
+        return [[n] for n in graph.nodes]
+    return [[graph.nodes[i] for i in range(len(graph.nodes)) if unit_of[i] == u] for u in order]
 
 
-def _can_merge(graph: Graph, members: list[int]) -> bool:
-    """No node between the first and last member reads a member's output."""
-    outs = {v for i in members for v in graph.nodes[i].outputs}
-    mset = set(members)
-    return not any(v in outs for j in range(members[0], members[-1]) if j not in mset
-                   for v in graph.nodes[j].inputs)
+def _topological_units(graph: Graph, unit_of: list[int]) -> list[int] | None:
+    producer = {v: unit_of[i] for i, n in enumerate(graph.nodes) for v in n.outputs}
+    deps: dict[int, set[int]] = defaultdict(set)
+    for i, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            if v in producer and producer[v] != unit_of[i]:
+                deps[unit_of[i]].add(producer[v])
+    users: dict[int, set[int]] = defaultdict(set)
+    for u, ds in deps.items():
+        for d in ds:
+            users[d].add(u)
+    units = sorted(set(unit_of))
+    waiting = {u: len(deps[u]) for u in units}
+    ready = [u for u in units if waiting[u] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        u = heapq.heappop(ready)
+        order.append(u)
+        for w in users[u]:
+            waiting[w] -= 1
+            if waiting[w] == 0:
+                heapq.heappush(ready, w)
+    return order if len(order) == len(units) else None
 
 
 def _last_uses(steps: list[tuple[list[Node], Step]], keep) -> dict[int, list[Value]]:
@@ -101,7 +128,7 @@ class TritonExecutable(Executable):
             raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
         self.output = output
         self.device = torch.device(device) if device is not None else default_device()
-        self.ctx = LowerContext(self.device, allow_tf32, inplace=inplace_updates(self.graph))
+        self.ctx = LowerContext(self.device, allow_tf32)
         self.ctx.lower_graph = lambda g: Plan(g, self.ctx)
         self.plan = Plan(self.graph, self.ctx)
         self._donate = {o: _copier(graph.outputs[o], self.device) for o in graph.donations}

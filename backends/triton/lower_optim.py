@@ -20,25 +20,29 @@ def updated_input(out_index: int) -> int:
     return 0 if out_index == 0 else out_index + 1
 
 
-def inplace_updates(graph: Graph) -> dict[Node, set[int]]:
-    """Update outputs donated to the argument they replace, when no later node reads that
-    argument: the kernel then writes the new value straight into the argument's buffer."""
+def inplace_updates(graph: Graph, order: list[list[Node]]) -> dict[Node, set[int]]:
+    """Update outputs donated to the argument they replace, when no later step of ``order``
+    reads that argument: the kernel then writes the new value into the argument's buffer."""
     args = graph.arguments
     out_index = {v: i for i, v in enumerate(graph.outputs)}
-    last_read: dict[Value, int] = {}
-    for k, node in enumerate(graph.nodes):
-        for v in node.inputs:
-            last_read[v] = k
+    readers: dict[Value, list[tuple[int, Node]]] = {}
+    at: dict[Node, int] = {}
+    for k, nodes in enumerate(order):
+        for node in nodes:
+            at[node] = k
+            for v in node.inputs:
+                readers.setdefault(v, []).append((k, node))
     res: dict[Node, set[int]] = {}
-    for k, node in enumerate(graph.nodes):
+    for node, k in at.items():
         if node.op not in UPDATE_OPS:
             continue
         for j, v in enumerate(node.outputs):
             src = node.inputs[updated_input(j)]
             o = out_index.get(v)
             if (o is not None and graph.donations.get(o) is not None
-                    and args[graph.donations[o]] is src and last_read.get(src) == k
-                    and src not in out_index and list(node.inputs).count(src) == 1):
+                    and args[graph.donations[o]] is src and src not in out_index
+                    and all(kr < k for kr, r in readers[src] if r is not node)
+                    and list(node.inputs).count(src) == 1):
                 res.setdefault(node, set()).add(j)
     return res
 
