@@ -243,8 +243,8 @@ class MSELoss(CrossEntropyLoss):
 
 
 # recurrent layers and the networks of chapter 10 (frontend/rnn.py)
-from .rnn import (RNN, OutputRecurrentNet, RecurrentConvNet, RNNSequenceModel,  # noqa: E402
-                  SequenceClassifier)
+from .rnn import (RNN, OutputRecurrentNet, RecurrentConvNet, RNNLanguageModel,  # noqa: E402
+                  RNNSequenceModel, SequenceClassifier)
 
 # convolution, pooling and batch-norm layers of chapter 9 and section 8.7.1 (frontend/layers.py)
 from .layers import *  # noqa: E402,F401,F403

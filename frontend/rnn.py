@@ -7,7 +7,8 @@
   ``batch_first``, PyTorch's parameter names and init), plus ``lengths`` for minibatches of
   sequences of different lengths (padding touches neither outputs nor gradients).
 * The networks of chapter 10: ``RNNSequenceModel`` (eq. 10.8-10.14: an output and a loss at
-  every step), ``OutputRecurrentNet`` (fig. 10.4, trained with teacher forcing, fig. 10.6,
+  every step), ``RNNLanguageModel`` (the same, fed its previous token: teacher forcing in
+  training, its own outputs fed back in generation), ``OutputRecurrentNet`` (fig. 10.4, trained with teacher forcing, fig. 10.6,
   and run open loop to generate), ``SequenceClassifier`` (fig. 10.5: one output at the end)
   and ``RecurrentConvNet`` (fig. 9.17: the same kernels U, V, W for every refinement step).
 """
@@ -192,6 +193,9 @@ class RNN(Module):
             raise ValueError(f"RNN: input must be (L, N, {self.input_size}) "
                              f"(batch_first: (N, L, {self.input_size}), unbatched: "
                              f"(L, {self.input_size})); got {x.shape}")
+        if x.dtype != self.weight_ih_l0.data.dtype.name:
+            raise TypeError(f"RNN: input is {x.dtype} but the parameters are "
+                            f"{self.weight_ih_l0.data.dtype.name}; cast one to the other")
         x = F.unsqueeze(x, 1) if unbatched else (F.transpose(x, 0, 1) if self.batch_first
                                                  else x)
         steps, batch = x.shape[0], x.shape[1]
@@ -221,6 +225,15 @@ class RNN(Module):
             raise ValueError(f"RNN: hx must have shape {shape if not unbatched else (shape[0], shape[2])}"
                              f", got {hx.shape}")
         return hx
+
+    def cell(self, layer: int, x: Tensor, h: Tensor, direction: int = 0) -> Tensor:
+        """One step of one layer: act(x W_ih^T + b_ih + h W_hh^T + b_hh) (eq. 10.8-10.9)."""
+        key = f"l{layer}{self._suffixes()[direction]}"
+        a = F.linear(x, getattr(self, "weight_ih_" + key)) + F.linear(
+            h, getattr(self, "weight_hh_" + key))
+        if self.bias:
+            a = a + getattr(self, "bias_ih_" + key) + getattr(self, "bias_hh_" + key)
+        return F.tanh(a) if self.nonlinearity == "tanh" else F.relu(a)
 
     def _direction(self, x: Tensor, h0: Tensor, key: str, reverse: bool, mask):
         """One layer, one direction: the input projection for all steps at once, then a scan
@@ -274,6 +287,63 @@ def sequence_nll(logits, targets, lengths=None, reduction: str = "sum") -> Tenso
     return F.cross_entropy(flat, F.reshape(targets, (steps * batch,)), reduction)
 
 
+class RNNLanguageModel(Module):
+    """A character (or word) model: the network of eq. 10.8-10.14 whose input at step t is the
+    previous token y_{t-1} (one-hot; y_0 = 0, the start) and whose target is y_t.
+
+    ``loss(tokens)`` trains it with teacher forcing (the true previous tokens are fed in);
+    ``generate`` runs it open loop, feeding back its own argmax or, with Gumbel ``noise``
+    (T, N, vocab) uniform in (0, 1), its own samples of softmax(o_t)."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int = 1):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.rnn = RNN(vocab_size, hidden_size, num_layers)
+        self.out = Linear(hidden_size, vocab_size)
+
+    def forward(self, tokens, hx=None):
+        """Logits (T, N, vocab) of y_t given y_1 ... y_{t-1}, and the final hidden state."""
+        tokens = F.as_tensor(tokens)
+        prev = one_hot(tokens, self.vocab_size, self.out.weight.data.dtype.name)
+        start = prev.tracer.emit("full", shape=(1,) + prev.shape[1:], value=0.0,
+                                 dtype=prev.dtype)
+        h, h_n = self.rnn(F.cat([start, prev[:tokens.shape[0] - 1]], 0), hx)
+        return self.out(h), h_n
+
+    def loss(self, tokens, reduction: str = "mean"):
+        return sequence_nll(self(tokens)[0], tokens, reduction=reduction)
+
+    def generate(self, steps: int | None = None, batch: int = 1, noise=None):
+        """Tokens (T, N) int64, each fed back as the next step's input."""
+        if noise is not None:
+            noise = F.as_tensor(noise)
+            steps, batch = noise.shape[:2]
+        if steps is None:
+            raise ValueError("generate: give steps (or noise to take them from)")
+        tr, dt = current_tracer(), self.out.weight.data.dtype.name
+        layers = self.rnn.num_layers
+        hs = tuple(tr.emit("full", shape=(batch, self.rnn.hidden_size), value=0.0, dtype=dt)
+                   for _ in range(layers))
+        start = tr.emit("full", shape=(batch, self.vocab_size), value=0.0, dtype=dt)
+
+        def step(carry, g_t):
+            prev, hs = carry[0], carry[1:]
+            inp, new = prev, []
+            for layer, h in enumerate(hs):
+                inp = self.rnn.cell(layer, inp, h)
+                new.append(inp)
+            o = self.out(inp)
+            token = F.argmax(o if g_t is None else o + g_t, dim=-1)
+            return (one_hot(token, self.vocab_size, dt),) + tuple(new), token
+
+        if noise is None:
+            _, tokens = scan(lambda c, _: step(c, None), (start,) + hs, None, length=steps)
+        else:
+            gumbel = F.neg(F.log(F.neg(F.log(noise))))
+            _, tokens = scan(step, (start,) + hs, gumbel)
+        return tokens
+
+
 class SequenceClassifier(Module):
     """Fig. 10.5: an RNN reads the whole sequence; a single output o = c + V h_tau is read
     at the end (each sequence's own end with ``lengths``). ``forward`` gives logits (N, C)."""
@@ -324,7 +394,7 @@ class OutputRecurrentNet(Module):
         """Teacher forcing: logits (T, N, C) from the true previous outputs y_{t-1}."""
         self._check_x(x)
         targets = F.as_tensor(targets)
-        prev = one_hot(targets, self.num_classes)
+        prev = one_hot(targets, self.num_classes, self.V.weight.data.dtype.name)
         start = prev.tracer.emit("full", shape=(1,) + prev.shape[1:], value=0.0,
                                  dtype=prev.dtype)
         prev = F.cat([start, prev[:targets.shape[0] - 1]], 0)
@@ -343,8 +413,9 @@ class OutputRecurrentNet(Module):
             steps, batch = F.as_tensor(seqs[0]).shape[:2]
         if steps is None:
             raise ValueError("generate: give steps (or x / noise to take them from)")
+        dt = self.V.weight.data.dtype.name
         start = current_tracer().emit("full", shape=(batch, self.num_classes), value=0.0,
-                                      dtype="float32")
+                                      dtype=dt)
         gumbel = None
         if noise is not None:
             gumbel = F.neg(F.log(F.neg(F.log(F.as_tensor(noise)))))
@@ -353,7 +424,7 @@ class OutputRecurrentNet(Module):
             x_t, g_t = inp
             o = self._logits(prev, x_t)
             token = F.argmax(o if g_t is None else o + g_t, dim=-1)
-            return one_hot(token, self.num_classes), token
+            return one_hot(token, self.num_classes, dt), token
 
         if not seqs:
             def step0(prev, _):

@@ -221,6 +221,20 @@ def _chunk_body(step: Graph, nc: int, slice_types, consts, k: int, inner: dict) 
 
 
 # ---------------------------------------------------------------- the BPTT pipeline
+def prepare_bptt(g: Graph, *, mode: str = "auto", threshold: int = DEFAULT_THRESHOLD,
+                 checkpoint: int = 1, truncate_k: int | None = None) -> Graph:
+    """What BPTT does to a graph before autodiff: truncation, unrolling (``mode``: "auto"
+    unrolls scans of at most ``threshold`` steps), and saved states for the rolled scans
+    (every ``checkpoint``-th kept), so their backward pass reuses the forward's states."""
+    if mode not in ("auto", "unrolled", "rolled"):
+        raise ValueError(f"bptt: mode must be 'auto', 'unrolled' or 'rolled', got {mode!r}")
+    if truncate_k is not None:
+        g = truncate(g, truncate_k)
+    if mode != "rolled":
+        g = unroll(g, None if mode == "unrolled" else threshold)
+    return save_states(g, checkpoint)
+
+
 def bptt(g: Graph, wrt: Sequence[str] | None = None, of: int = 0, *, mode: str = "auto",
          threshold: int = DEFAULT_THRESHOLD, checkpoint: int = 1,
          truncate_k: int | None = None) -> Graph:
@@ -229,13 +243,8 @@ def bptt(g: Graph, wrt: Sequence[str] | None = None, of: int = 0, *, mode: str =
     ``mode``: ``"unrolled"`` (every scan unfolded, eq. 10.1-10.7), ``"rolled"`` (reverse-time
     scans), ``"auto"`` (unrolled up to ``threshold`` steps, rolled above). ``checkpoint``: keep
     every k-th state (rolled scans). ``truncate_k``: truncated BPTT through k steps."""
-    if mode not in ("auto", "unrolled", "rolled"):
-        raise ValueError(f"bptt: mode must be 'auto', 'unrolled' or 'rolled', got {mode!r}")
-    if truncate_k is not None:
-        g = truncate(g, truncate_k)
-    if mode != "rolled":
-        g = unroll(g, None if mode == "unrolled" else threshold)
-    g = save_states(g, checkpoint)
+    g = prepare_bptt(g, mode=mode, threshold=threshold, checkpoint=checkpoint,
+                     truncate_k=truncate_k)
     return value_and_grad(g, wrt, of)
 
 
@@ -249,6 +258,12 @@ def unroll_all(g: Graph) -> Graph:
 def unroll_short(g: Graph) -> Graph:
     """Unfold scans of at most DEFAULT_THRESHOLD steps; longer ones stay rolled."""
     return unroll(g, DEFAULT_THRESHOLD)
+
+
+@register_pass("bptt")
+def prepare_bptt_default(g: Graph) -> Graph:
+    """Before autodiff: unroll short scans, keep the states of long (rolled) ones."""
+    return prepare_bptt(g)
 
 
 @register_pass("save_states")

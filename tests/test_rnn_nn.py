@@ -131,6 +131,8 @@ def test_rnn_bad_arguments_say_what_is_wrong():
     rnn = nn.RNN(3, 4)
     with pytest.raises(ValueError, match=r"input must be \(L, N, 3\)"):
         fe.trace(Wrap(rnn, lambda m, x: m(x)[0]), fe.TensorSpec((5, 2, 6)))
+    with pytest.raises(TypeError, match="input is float64 but the parameters are float32"):
+        fe.trace(Wrap(rnn, lambda m, x: m(x)[0]), fe.TensorSpec((5, 2, 3), "float64"))
     with pytest.raises(ValueError, match="hx must have shape"):
         fe.trace(Wrap(rnn, lambda m, x, h: m(x, h)[0]), fe.TensorSpec((5, 2, 3)),
                  fe.TensorSpec((2, 2, 4)))
@@ -359,3 +361,24 @@ def test_gradient_clipping_keeps_training_finite():
             finals[clip] = [step(x, target) for _ in range(20)]
     assert not np.isfinite(finals[None][-1]) or finals[None][-1] > 1e10
     assert np.all(np.isfinite(finals[1.0])) and finals[1.0][-1] < finals[1.0][0]
+
+
+# ------------------------------------------------------------------ language model
+def test_language_model_generation_agrees_with_its_teacher_forced_logits():
+    """Open loop feeds back its own tokens: run teacher-forced on those tokens, the logits
+    (plus the same Gumbel noise) pick exactly the tokens generated; the logits are torch's
+    RNN on one-hot previous tokens."""
+    fe.manual_seed(18)
+    model = to64(nn.RNNLanguageModel(6, 5, num_layers=2))
+    u = np.random.default_rng(19).uniform(0.01, 0.99, (9, 3, 6))
+    for noise in (None, u):
+        fn = (lambda m: m.generate(9, 3)) if noise is None else (
+            lambda m, u: m.generate(noise=u))
+        (tokens,) = run(model, fn, [] if noise is None else [u])
+        logits, _ = run(model, lambda m, y: m(y), [tokens])
+        pick = logits if noise is None else logits - np.log(-np.log(u))
+        np.testing.assert_array_equal(np.argmax(pick, -1), tokens)
+    prev = np.concatenate([np.zeros((1, 3, 6)), np.eye(6)[tokens[:-1]]])
+    h, _ = torch_copy(model.rnn, num_layers=2)(torch.from_numpy(prev))
+    want = h.detach().numpy() @ model.out.weight.data.T + model.out.bias.data
+    np.testing.assert_allclose(logits, want, rtol=1e-12, atol=1e-14)
