@@ -15,6 +15,7 @@ from passes.fold_params import fold_params
 from passes.manager import PassManager, all_passes
 from passes.memory import plan_memory
 from tests.random_graphs import random_args, random_graph
+from tests.test_memory import run_with_plan
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -72,7 +73,6 @@ def test_debug_nans_agrees_or_names_a_non_finite_value(g):
 
 def _all_finite(g, args) -> bool:
     """Whether every float argument and node output of ``g`` is finite on ``args``."""
-    probe = irgraph.Graph(g.name)
     probe = g.copy()
     probe.set_outputs([v for v in probe.values() if v.type.is_float])
     return all(np.all(np.isfinite(a)) for a in interpret(probe, args))
@@ -87,33 +87,7 @@ def test_memory_plan_runs_correctly(g):
         plan = plan_memory(graph)
         plan.check()
         args = random_args(graph, seed=3)
-        assert_same(run_reference(graph, args), run_with_plan(graph, plan, args))
-
-
-def run_with_plan(g, plan, args):
-    """A reference interpreter whose values live where ``plan`` puts them."""
-    from irgraph.interpreter import run_node
-    arena = np.zeros(max(plan.arena_bytes, 1), np.uint8)
-    arg_bufs = [a.copy() for a in args]
-    where = {}
-
-    def view(v):
-        b = plan.buffers[v.name]
-        if b.kind == "argument":
-            return arg_bufs[b.arg].reshape(-1).view(np.uint8)[:v.type.nbytes].view(
-                v.type.np_dtype).reshape(v.shape)
-        return arena[b.offset:b.offset + v.type.nbytes].view(v.type.np_dtype).reshape(v.shape)
-
-    for v, a in zip(g.arguments, arg_bufs):
-        where[v] = lambda a=a: a
-    for node in g.nodes:
-        with np.errstate(all="ignore"):
-            outs = run_node(node, [where[v]().copy() for v in node.inputs])
-        for v, a in zip(node.outputs, outs):
-            dst = view(v)
-            dst[...] = a
-            where[v] = (lambda v=v: view(v))
-    return [where[v]().copy() for v in g.outputs]
+        assert_same(run_reference(graph, args), run_with_plan(graph, plan, args)[0])
 
 
 @SETTINGS
