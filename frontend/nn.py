@@ -172,8 +172,14 @@ class Linear(Module):
 
 
 class Sequential(Module):
+    """Layers applied in order, named ``"0"``, ``"1"``, ... or by an ``OrderedDict``'s keys."""
+
     def __init__(self, *layers: Module):
         super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], dict):
+            for name, layer in layers[0].items():
+                setattr(self, name, layer)
+            return
         for i, layer in enumerate(layers):
             setattr(self, str(i), layer)
 
@@ -190,7 +196,10 @@ class Sequential(Module):
 
 
 def _activation(name: str, fn):
-    cls = type(name, (Module,), {"forward": lambda self, x: fn(x),
+    def __init__(self, inplace: bool = False):
+        """``inplace`` is accepted for PyTorch compatibility; traced code is functional."""
+        Module.__init__(self)
+    cls = type(name, (Module,), {"__init__": __init__, "forward": lambda self, x: fn(x),
                                  "__doc__": f"Module form of ``F.{fn.__name__}``."})
     return cls
 
@@ -229,15 +238,28 @@ class Identity(Module):
 
 
 class CrossEntropyLoss(Module):
+    """``F.cross_entropy`` (eq. 10.11-10.14) with PyTorch's ``ignore_index`` and reductions."""
+
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100):
+        super().__init__()
+        self.reduction, self.ignore_index = reduction, ignore_index
+
+    def forward(self, input, target):
+        return F.cross_entropy(input, target, self.reduction, self.ignore_index)
+
+
+class NLLLoss(CrossEntropyLoss):
+    """``F.nll_loss`` of log-probabilities."""
+
+    def forward(self, input, target):
+        return F.nll_loss(input, target, self.reduction, self.ignore_index)
+
+
+class MSELoss(Module):
     def __init__(self, reduction: str = "mean"):
         super().__init__()
         self.reduction = reduction
 
-    def forward(self, input, target):
-        return F.cross_entropy(input, target, self.reduction)
-
-
-class MSELoss(CrossEntropyLoss):
     def forward(self, input, target):
         return F.mse_loss(input, target, self.reduction)
 

@@ -546,3 +546,29 @@ def test_functional_outside_a_trace_is_a_clear_error():
 def test_error_location_points_at_this_file_not_the_library():
     g = fe.trace(lambda x: F.cross_entropy(x, x.argmax(1)), spec(4, 3))
     assert all(re.fullmatch(rf"{HERE}:\d+", n.loc) for n in g.nodes)
+
+
+def test_loss_modules_and_torch_constructor_arguments():
+    """nn.ReLU(inplace=True), Sequential(OrderedDict), CrossEntropyLoss/NLLLoss(ignore_index)."""
+    from collections import OrderedDict
+    fe.manual_seed(5)
+    model = nn.Sequential(OrderedDict([("fc", nn.Linear(4, 3)), ("act", nn.ReLU(inplace=True))]))
+    assert [n for n, _ in model.named_parameters()] == ["fc.weight", "fc.bias"]
+    x, t = data(5, 4), np.array([0, 2, -1, 1, 2])
+    tm = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        tm.weight.copy_(torch.from_numpy(model.fc.weight.data))
+        tm.bias.copy_(torch.from_numpy(model.fc.bias.data))
+    logits = torch.relu(tm(torch.from_numpy(x)))
+    for reduction in ("mean", "sum", "none"):
+        ours = fe.compile(lambda a, b: nn.CrossEntropyLoss(reduction, ignore_index=-1)(
+            model(a), b), spec(5, 4), spec(5, dtype="int64"))(x, t)
+        want = torch.nn.CrossEntropyLoss(reduction=reduction, ignore_index=-1)(
+            logits, torch.from_numpy(t))
+        np.testing.assert_allclose(ours, want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    t2 = np.array([0, 2, 1, 1, 2])
+    ours = fe.compile(lambda a, b: nn.NLLLoss(ignore_index=2)(F.log_softmax(model(a), 1), b),
+                      spec(5, 4), spec(5, dtype="int64"))(x, t2)
+    want = torch.nn.NLLLoss(ignore_index=2)(torch.log_softmax(
+        torch.relu(tm(torch.from_numpy(x))), 1), torch.from_numpy(t2))
+    np.testing.assert_allclose(ours, want.detach().numpy(), rtol=1e-5)
