@@ -345,3 +345,43 @@ def test_to_dot_lists_every_node_and_edge():
     assert ("param_1", "n0", "%fc.weight", "f32[3,5]") in edges
     assert ("n3", "out0", "%3", "f32[4]") in edges
     assert dot.count("{") == dot.count("}")
+
+
+# ------------------------------------------------------------------ reference interpreter
+def test_interpreter_keeps_outputs_that_later_nodes_also_use():
+    from irgraph.interpreter import interpret
+    g = Graph("keep")
+    x = g.add_input("x", F32)
+    a = g.op("exp", x)
+    b = g.op("neg", a)
+    g.set_outputs([a, x, b, a])
+    xv = np.arange(6, dtype=np.float32).reshape(2, 3)
+    outs = interpret(g, [xv])
+    np.testing.assert_allclose(outs[0], np.exp(xv))
+    np.testing.assert_array_equal(outs[1], xv)
+    np.testing.assert_allclose(outs[2], -np.exp(xv))
+    np.testing.assert_allclose(outs[3], np.exp(xv))
+
+
+def test_interpreter_errors_name_the_node_and_location():
+    from irgraph.interpreter import ExecutionError, interpret
+    g = Graph("bad")
+    x = g.add_input("x", TensorType((3,), "int64"))
+    g.set_outputs([g.op("pow", x, x, loc="user.py:9")])
+    with pytest.raises(ExecutionError, match=r"pow\(%x, %x\)  # user\.py:9 \(from user\.py:9\)"):
+        interpret(g, [np.array([1, -1, 2])])
+    with pytest.raises(ExecutionError, match=r"takes 1 arguments, got 2"):
+        interpret(g, [np.zeros(3, np.int64)] * 2)
+
+
+def test_backend_executable_validates_params_by_name():
+    import backends
+    exe = backends.compile(mlp(), "reference")
+    w = _weights()
+    with pytest.raises(ValueError, match=r"argument %fc\.bias has shape \(4,\), expected \(5,\)"):
+        exe(np.ones((4, 3), np.float32), w["fc.weight"], np.ones(4, np.float32))
+    with pytest.raises(TypeError, match=r"takes 3 arguments \(x, fc\.weight, fc\.bias\), got 1"):
+        exe(np.ones((4, 3), np.float32))
+    out = exe(np.asfortranarray(np.ones((4, 3), np.float32)), w["fc.weight"], w["fc.bias"])
+    np.testing.assert_allclose(out[1], np.maximum(np.ones((4, 3)) @ w["fc.weight"]
+                                                  + w["fc.bias"], 0), rtol=1e-6)
