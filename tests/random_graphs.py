@@ -51,8 +51,35 @@ class _Builder:
     def step(self) -> None:
         kind = self.draw(st.sampled_from(
             ["unary", "binary", "binary", "const", "shape", "reduce", "matmul", "where",
-             "dup", "cast"]))
+             "dup", "cast", "layer"]))
         getattr(self, "_" + kind)()
+
+    def _param(self, hint: str, shape) -> Value:
+        return self.g.add_param(self.g.fresh_name(hint), TensorType(tuple(shape)))
+
+    def _layer(self):
+        """A dense layer or a convolution, maybe a bias, then batch norm (fold_bn's and
+        strip_training's patterns), sometimes read twice or in training mode."""
+        img = next((v for v in self.g.inputs if v.name == "img"), None)
+        if img is not None and self.draw(st.booleans()):
+            w = self._param("cw", (3, 2, 2, 2))
+            z = self.g.op("conv", img, w, stride=(1, 1), padding=(0, 1, 1, 0), dilation=(1, 1))
+            bias_shape, c = (1, 3, 1, 1), 3
+        else:
+            x = self.pick(lambda v: v.type.rank == 2 and v.shape[0] >= 2)
+            if x is None:
+                return
+            c = self.draw(st.integers(1, 3))
+            z = self.g.op("matmul", x, self._param("dw", (x.shape[1], c)))
+            bias_shape = (c,)
+        if self.draw(st.booleans()):
+            z = self.g.op("add", z, self._param("bias", bias_shape))
+        stats = [self._param(n, (c,)) for n in ("gamma", "beta", "mean", "var")]
+        training = self.draw(st.booleans()) and self.draw(st.booleans())
+        y, m, v = self.g.op("batch_norm", z, *stats, training=training, eps=1e-3)
+        self.pool.extend([y, m, v] if self.draw(st.booleans()) else [y])
+        if self.draw(st.integers(0, 3)) == 0:
+            self.pool.append(z)                      # the layer's output read elsewhere
 
     def _unary(self):
         self.add(self.draw(st.sampled_from(UNARY)), self.pick())
@@ -136,6 +163,8 @@ def random_graph(draw, max_nodes: int = 12) -> Graph:
         b.pool.append(b.g.add_param("w", TensorType((cols, rows))))
     if draw(st.booleans()):
         b.pool.append(b.g.add_param("s", TensorType(())))
+    if draw(st.integers(0, 3)) == 0:
+        b.g.add_input("img", TensorType((2, 2, 3, 3)))
     for _ in range(draw(st.integers(1, max_nodes))):
         b.step()
     values = [v for v in b.pool if v.node is not None] or b.pool
@@ -149,10 +178,12 @@ def random_graph(draw, max_nodes: int = 12) -> Graph:
 
 def random_args(g: Graph, seed: int = 0) -> list[np.ndarray]:
     """Arguments in [0.5, 1.5] with random signs: away from 0 so that logs and divisions
-    mostly stay finite (the property tests compare NaNs as equal anyway)."""
+    mostly stay finite (the property tests compare NaNs as equal anyway); variances > 0."""
     rng = np.random.default_rng(seed)
     out = []
     for v in g.arguments:
-        a = rng.uniform(0.5, 1.5, v.shape) * rng.choice([-1.0, 1.0], v.shape)
+        a = rng.uniform(0.5, 1.5, v.shape)
+        if not v.name.startswith("var"):
+            a = a * rng.choice([-1.0, 1.0], v.shape)
         out.append(a.astype(v.type.np_dtype))
     return out
