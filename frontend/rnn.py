@@ -8,9 +8,10 @@
   sequences of different lengths (padding touches neither outputs nor gradients).
 * The networks of chapter 10: ``RNNSequenceModel`` (eq. 10.8-10.14: an output and a loss at
   every step), ``RNNLanguageModel`` (the same, fed its previous token: teacher forcing in
-  training, its own outputs fed back in generation), ``OutputRecurrentNet`` (fig. 10.4, trained with teacher forcing, fig. 10.6,
-  and run open loop to generate), ``SequenceClassifier`` (fig. 10.5: one output at the end)
-  and ``RecurrentConvNet`` (fig. 9.17: the same kernels U, V, W for every refinement step).
+  training, its own outputs fed back in generation), ``OutputRecurrentNet`` (fig. 10.4,
+  trained with teacher forcing, fig. 10.6, and run open loop to generate),
+  ``SequenceClassifier`` (fig. 10.5: one output at the end) and ``RecurrentConvNet``
+  (fig. 9.17: the same kernels U, V, W for every refinement step).
 """
 from __future__ import annotations
 
@@ -222,8 +223,8 @@ class RNN(Module):
         hx = F.as_tensor(hx)
         hx = F.unsqueeze(hx, 1) if unbatched and hx.ndim == 2 else hx
         if hx.shape != shape:
-            raise ValueError(f"RNN: hx must have shape {shape if not unbatched else (shape[0], shape[2])}"
-                             f", got {hx.shape}")
+            want = shape if not unbatched else (shape[0], shape[2])
+            raise ValueError(f"RNN: hx must have shape {want}, got {hx.shape}")
         return hx
 
     def cell(self, layer: int, x: Tensor, h: Tensor, direction: int = 0) -> Tensor:
