@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import backends
 import frontend as fe
 from frontend import nn, optim
 from frontend.train import compile_train
@@ -38,12 +39,13 @@ def data(steps: int, dtype, seed: int = 1):
             for _ in range(steps)]
 
 
-def compare(our_opt, make_torch_opt, steps=STEPS, clip=None, on_step=None, dtype=np.float64):
+def compare(our_opt, make_torch_opt, steps=STEPS, clip=None, on_step=None, dtype=np.float64,
+            backend="reference"):
     tol = 1e-6 if dtype == np.float64 else 1e-5
     ours, theirs = make_models(dtype)
     step = compile_train(ours, nn.CrossEntropyLoss(), our_opt,
                          fe.TensorSpec((N, D), np.dtype(dtype).name),
-                         fe.TensorSpec((N,), "int64"), pipeline=[])
+                         fe.TensorSpec((N,), "int64"), pipeline=[], backend=backend)
     topt = make_torch_opt(theirs.parameters())
     for k, (x, y) in enumerate(data(steps, dtype)):
         if on_step:
@@ -101,10 +103,16 @@ def test_trajectory_matches_torch_optim_float64_20_steps(name):
     compare(ours(), theirs)
 
 
-@pytest.mark.parametrize("name", ["momentum", "nesterov", "adam", "adagrad", "rmsprop"])
-def test_trajectory_matches_torch_optim_float32_5_steps(name):
+# Triton runs in its interpreter on the CPU (slow): two optimizers there, all of them elsewhere
+ON_BACKENDS = [(b, n) for b in backends.available() for n in
+               (["nesterov", "adam"] if b == "triton" else
+                ["momentum", "nesterov", "adam", "adagrad", "rmsprop"])]
+
+
+@pytest.mark.parametrize("backend,name", ON_BACKENDS)
+def test_trajectory_matches_torch_optim_float32_5_steps(backend, name):
     ours, theirs = CASES[name]
-    compare(ours(), theirs, steps=5, dtype=np.float32)
+    compare(ours(), theirs, steps=5, dtype=np.float32, backend=backend)
 
 
 def test_momentum_text_and_torch_forms_agree_at_constant_lr():
