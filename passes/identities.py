@@ -203,6 +203,7 @@ RULES: list[tuple[str, Rewrite]] = [
     ("neg", double_neg),            # -(-x) -> x
     ("relu", idempotent),           # relu(relu(x)) -> relu(x)
     ("abs", idempotent),            # |(|x|)| -> |x|
+    ("stop_gradient", idempotent),  # stop_gradient(stop_gradient(x)) -> stop_gradient(x)
     ("abs", drop_inner_neg),        # |-x| -> |x|
     ("square", drop_inner_neg),     # (-x)^2 -> x^2
     ("maximum", same_operands),     # max(x, x) -> x

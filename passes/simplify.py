@@ -231,3 +231,30 @@ def simplify(g: Graph, max_rounds: int = 8) -> Graph:
             break
         text = new
     return g
+
+
+@register_pass("simplify_subgraphs")
+def simplify_subgraphs(g: Graph) -> Graph:
+    """``simplify`` inside the subgraphs of nodes (a ``scan`` step, a ``fused`` region), then
+    on the graph; the bodies keep their signatures, so the nodes keep their types.
+
+    Before::
+
+        %0: f32[2,3], %1: f32[4,2,3] = scan(%h0, %xs) {body=graph cell(%h, %x) {
+            %2 = mul(%h, 1.0); %3 = neg(%x); %4 = neg(%3); %5 = add(%2, %4); %6 = tanh(%5)
+            return %6, %6 }, ...}
+
+    After::
+
+        %0: f32[2,3], %1: f32[4,2,3] = scan(%h0, %xs) {body=graph cell(%h, %x) {
+            %5 = add(%h, %x); %6 = tanh(%5)
+            return %6, %6 }, ...}
+    """
+    if not any(isinstance(a, Graph) for n in g.nodes for a in n.attrs.values()):
+        return simplify(g)
+    rw = GraphRewriter(g)
+    for node in g.nodes:
+        attrs = {k: simplify_subgraphs(a) if isinstance(a, Graph) else a
+                 for k, a in node.attrs.items()}
+        rw.copy_node(node, attrs)
+    return simplify(rw.finish())

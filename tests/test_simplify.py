@@ -11,7 +11,8 @@ from irgraph.interpreter import interpret
 from passes.identities import RULES
 from passes.inference import strip_dead_state, strip_training
 from passes.manager import PassManager
-from passes.simplify import FOLD_ARRAY_LIMIT, algebraic, constant_fold, cse, dce, simplify
+from passes.simplify import (FOLD_ARRAY_LIMIT, algebraic, constant_fold, cse, dce, simplify,
+                             simplify_subgraphs)
 
 F32 = TensorType((2, 3))
 
@@ -272,3 +273,29 @@ def test_dead_state_updates_are_dropped_with_their_donations():
     res = run(out, xs, np.zeros(3, np.float32), np.array(4.0, np.float32))
     np.testing.assert_array_equal(res[1], 5.0)
     assert strip_dead_state(bn_graph(False)) is not None
+
+
+def test_subgraphs_are_simplified_too():
+    """The step body of a scan (eq. 10.5's recurrence h' = tanh(h*1 + --x)) loses its
+    identities; the results do not change."""
+    body = Graph("cell")
+    h = body.add_input("h", F32)
+    x = body.add_input("x", F32)
+    s = body.op("add", body.op("mul", h, _splat(body, 1.0)), body.op("neg", body.op("neg", x)))
+    h1 = body.op("tanh", s)
+    body.set_outputs([h1, h1])
+    g = Graph("rnn")
+    h0 = g.add_input("h0", F32)
+    xs = g.add_input("xs", TensorType((4, 2, 3)))
+    g.set_outputs(list(g.op("scan", h0, xs, body=body, num_carry=1, num_seq=1)))
+    out = simplify_subgraphs(g)
+    assert [n.op for n in out.nodes[0].attrs["body"].nodes] == ["add", "tanh"]
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((2, 3)).astype(np.float32),
+            rng.standard_normal((4, 2, 3)).astype(np.float32)]
+    hs = [args[0]]
+    for t in range(4):
+        hs.append(np.tanh(hs[-1] + args[1][t]))
+    got = run(out, *args)
+    np.testing.assert_allclose(got[0], hs[-1], rtol=1e-6)
+    np.testing.assert_allclose(got[1], np.stack(hs[1:]), rtol=1e-6)
