@@ -32,6 +32,11 @@ def expected():
     return y, y.sum(axis=1)
 
 
+def on(exe, a: np.ndarray) -> torch.Tensor:
+    """``a`` as a tensor on the executable's device (CPU under the interpreter)."""
+    return torch.from_numpy(np.array(a)).to(exe.device)
+
+
 def test_numpy_in_numpy_out():
     y, s = backends.compile(small_graph(), "triton")(X, W)
     assert isinstance(y, np.ndarray) and isinstance(s, np.ndarray)
@@ -41,11 +46,11 @@ def test_numpy_in_numpy_out():
 
 def test_torch_in_torch_out_and_output_option():
     exe = backends.compile(small_graph(), "triton")
-    y, s = exe(torch.from_numpy(X), torch.from_numpy(W))
+    y, s = exe(on(exe, X), on(exe, W))
     assert isinstance(y, torch.Tensor) and y.device == exe.device
-    np.testing.assert_allclose(y.numpy(), expected()[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y.cpu().numpy(), expected()[0], rtol=1e-5, atol=1e-6)
     as_np = backends.compile(small_graph(), "triton", output="numpy")
-    assert isinstance(as_np(torch.from_numpy(X), W)[0], np.ndarray)
+    assert isinstance(as_np(on(as_np, X), W)[0], np.ndarray)
     as_torch = backends.compile(small_graph(), "triton", output="torch")
     assert isinstance(as_torch(X, W)[1], torch.Tensor)
     with pytest.raises(ValueError, match="output="):
@@ -60,11 +65,11 @@ def test_donated_update_is_written_into_the_callers_tensor_without_a_copy():
     g.set_outputs([g.op("sgd_update", p, grad, lr)])
     g.donations = {0: 2}
     exe = backends.compile(g, "triton")
-    pt = torch.arange(5, dtype=torch.float32)
+    pt = on(exe, np.arange(5, dtype=np.float32))
     ptr = pt.data_ptr()
-    (out,) = exe(torch.ones(5), torch.tensor(0.5), pt)
+    (out,) = exe(on(exe, np.ones(5, np.float32)), on(exe, np.array(0.5, np.float32)), pt)
     assert out is pt and pt.data_ptr() == ptr
-    np.testing.assert_allclose(pt.numpy(), np.arange(5) - 0.5)
+    np.testing.assert_allclose(pt.cpu().numpy(), np.arange(5) - 0.5)
     pn = np.arange(5, dtype=np.float32)                    # numpy: updated in place too
     exe(np.ones(5, np.float32), np.float32(2.0), pn)
     np.testing.assert_allclose(pn, np.arange(5) - 2.0)
@@ -82,15 +87,17 @@ def test_update_not_in_place_when_the_old_value_is_still_read():
     args = [np.ones(3, np.float32), np.array(0.25, np.float32), np.full(3, 2, np.float32),
             np.zeros(3, np.float32)]
     want = backends.compile(g, "reference")(*[a.copy() for a in args])
-    got = backends.compile(g, "triton")(*[torch.from_numpy(a.copy()) for a in args])
+    exe = backends.compile(g, "triton")
+    got = exe(*[on(exe, a) for a in args])
     for w_, o in zip(want, got):
-        np.testing.assert_allclose(o.numpy(), w_)
+        np.testing.assert_allclose(o.cpu().numpy(), w_)
 
 
 @pytest.mark.parametrize("bad,err,msg", [
     ((X[:, :2], W), ValueError, r"%x has shape \(2, 2\)"),
     ((X.astype(np.float64), W), TypeError, "%x has dtype float64"),
     ((torch.zeros(2, 3, dtype=torch.int32), W), TypeError, "%x has dtype int32"),
+    ((torch.zeros(3, 2), W), ValueError, r"%x has shape \(3, 2\)"),
     ((X,), TypeError, "takes 2 arguments"),
     ((X, "w"), TypeError, "%w must be a numpy array"),
 ])

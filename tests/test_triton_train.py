@@ -11,6 +11,7 @@ import torch
 
 import frontend as fe
 from backends.triton.kernels import optim as opt_kernels
+from backends.triton.runtime import default_device
 from frontend import nn, optim
 
 RNG = np.random.default_rng(0)
@@ -107,21 +108,25 @@ def test_fused_adam_kernel_matches_torch_adam_over_many_tensors():
     convention of alg. 8.7) is the oracle, with a learning rate changed between steps."""
     sizes = [(3, 5), (1029,), (7,), (2, 2, 3)]
     gen = torch.Generator().manual_seed(0)
-    ps = [torch.randn(s, generator=gen) for s in sizes]
-    ref = [p.clone().requires_grad_(True) for p in ps]
+    dev = default_device()
+    ps = [torch.randn(s, generator=gen).to(dev) for s in sizes]
+    ref = [p.cpu().clone().requires_grad_(True) for p in ps]
     topt = torch.optim.Adam(ref, lr=0.01, betas=(0.8, 0.95), eps=1e-6)
     s = [torch.zeros_like(p) for p in ps]
     r = [torch.zeros_like(p) for p in ps]
     plan = opt_kernels.MultiTensorUpdate("adam_update", [p.numel() for p in ps], "float32",
-                                         torch.device("cpu"), convention="torch")
+                                         dev, convention="torch")
     for t, lr in enumerate([0.01, 0.03, 0.002], start=1):
         grads = [torch.randn(sz, generator=gen) for sz in sizes]
         for p, g in zip(ref, grads):
             p.grad = g.clone()
+        grads = [g.to(dev) for g in grads]
         for group in topt.param_groups:
             group["lr"] = lr
         topt.step()
-        scal = [torch.tensor(v, dtype=torch.float32) for v in (lr, 0.8, 0.95, 1e-6, t)]
+        scal = [torch.tensor(v, dtype=torch.float32, device=dev)
+                for v in (lr, 0.8, 0.95, 1e-6, t)]
         plan([ps, grads, s, r], [[v] * len(ps) for v in scal], [ps, s, r])
         for p, q in zip(ps, ref):
-            np.testing.assert_allclose(p.numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(p.cpu().numpy(), q.detach().numpy(), rtol=1e-5,
+                                       atol=1e-6)
