@@ -290,3 +290,21 @@ def test_every_backend_updates_in_place_without_recompiling(backend):
     np.testing.assert_allclose(runs[backend][0], runs["reference"][0], rtol=1e-5)
     np.testing.assert_allclose(runs[backend][1], runs["reference"][1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(runs[backend][2], runs["reference"][2], rtol=1e-5, atol=1e-6)
+
+
+def test_default_pipeline_keeps_the_step_and_its_donations():
+    """The default 'training' pass pipeline may rewrite the step but must keep its arguments,
+    its donations and its results."""
+    runs = []
+    for pipeline in (None, []):
+        fe.manual_seed(0)
+        model = nn.Sequential(BN(3), nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+        opt = optim.SGD(lr=0.05, momentum=0.9, nesterov=True, clip_grad_norm=1.0, polyak=0.9)
+        step = compile_train(model, nn.CrossEntropyLoss(), opt, X, Y, pipeline=pipeline)
+        losses = [step(*blobs()) for _ in range(4)]
+        runs.append((losses, model.state_dict(), opt.averaged()))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-6)
+    for name, a in runs[1][1].items():
+        np.testing.assert_allclose(runs[0][1][name], a, rtol=1e-5, atol=1e-7, err_msg=name)
+    for name, a in runs[1][2].items():
+        np.testing.assert_allclose(runs[0][2][name], a, rtol=1e-5, atol=1e-7, err_msg=name)
