@@ -13,14 +13,16 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
 from irgraph.ops.conv_geometry import out_size
 from passes.autodiff.rules_conv import repeat_tiles
 
 from .tracing import Tensor
 
-__all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_fft", "conv_separable", "conv_transpose1d",
-           "conv_transpose2d", "conv_transpose3d", "unfold", "fold", "locally_connected",
-           "tiled_conv"]
+__all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d",
+           "conv_transpose2d", "conv_transpose3d", "conv_fft", "conv_separable", "unfold", "fold",
+           "locally_connected", "tiled_conv"]
 
 
 def _F():
@@ -101,6 +103,11 @@ def add_bias(y: Tensor, bias, tiles: Sequence[int] | None = None) -> Tensor:
                      + (f" nor a tile bias {(o,) + tuple(tiles)}" if tiles else ""))
 
 
+def _rank(v) -> int:
+    """Rank of a tensor, parameter or array, without adding a node to the trace."""
+    return len(v.shape) if hasattr(v, "shape") else np.ndim(v)
+
+
 def _weight(w, x: Tensor, name: str, rank: int) -> Tensor:
     w = _F().as_tensor(w, x)
     if w.ndim != rank:
@@ -113,7 +120,7 @@ def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int 
          dim: int | None = None, op: str = "conv") -> Tensor:
     """N-d convolution (cross-correlation, eq. 9.6-9.8); ``dim`` spatial axes (default from
     the weight). ``op="conv_fft"`` computes it by FFT."""
-    d = dim if dim is not None else _F().as_tensor(weight).ndim - 2
+    d = dim if dim is not None else _rank(weight) - 2
     x, squeeze = _batched(input, d, f"conv{d}d")
     w = _weight(weight, x, f"conv{d}d", d + 2)
     k = w.shape[2:]
@@ -183,7 +190,7 @@ def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding
     (C_in, C_out/groups, *k). Several output sizes map to the same input under the strided
     convolution; ``output_padding`` or ``output_size`` picks one (as PyTorch)."""
     F = _F()
-    d = dim if dim is not None else F.as_tensor(weight).ndim - 2
+    d = dim if dim is not None else _rank(weight) - 2
     x, squeeze = _batched(input, d, f"conv_transpose{d}d")
     w = _weight(weight, x, f"conv_transpose{d}d", d + 2)
     if w.shape[0] != x.shape[1]:
@@ -276,8 +283,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Te
 
 def locally_connected(input, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
     """Unshared convolution (eq. 9.9): weight (O, *out, C, *k), one kernel per location."""
-    w0 = _F().as_tensor(weight)
-    d = (w0.ndim - 2) // 2
+    d = (_rank(weight) - 2) // 2
     x, squeeze = _batched(input, d, "locally_connected")
     w = _weight(weight, x, "locally_connected", 2 * d + 2)
     k = w.shape[2 + d:]
@@ -290,8 +296,7 @@ def locally_connected(input, weight, bias=None, stride=1, padding=0, dilation=1)
 def tiled_conv(input, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
     """Tiled convolution (eq. 9.10): weight (O, C, *k, *t); bias per channel, location or
     tile."""
-    w0 = _F().as_tensor(weight)
-    d = (w0.ndim - 2) // 2
+    d = (_rank(weight) - 2) // 2
     x, squeeze = _batched(input, d, "tiled_conv")
     w = _weight(weight, x, "tiled_conv", 2 * d + 2)
     k, t = w.shape[2:2 + d], w.shape[2 + d:]

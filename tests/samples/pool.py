@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from irgraph.ops.conv_geometry import out_shape
-from irgraph.ops.pool import adaptive_bounds  # noqa: F401  (documents the region rule)
 
 from . import Case, rand
 
