@@ -1,6 +1,9 @@
 """Registry-wide: every op's samples (tests/samples) compiled by the LLVM backend (one module,
-one native entry, 2 threads) match the reference backend (the numpy oracle). An op with no
-lowering fails here unless backends/llvm's UNLOWERABLE states why.
+one native entry, 2 threads) match the reference backend (the numpy oracle). For a
+differentiable op the compiled graph is its VJP graph (passes.autodiff.vjp: the forward outputs
+and the cotangent of every float input, for fixed random output cotangents), so every op's
+forward AND its gradient run natively. An op with no lowering fails here unless
+backends/llvm's UNLOWERABLE states why.
 
 Tolerances per op class (float32): exact for moves/selection/comparisons and integers;
 rtol 2e-5 / atol 2e-6 for arithmetic and transcendental elementwise ops (libm vs numpy's
@@ -15,6 +18,7 @@ import backends
 import irgraph
 from backends.llvm import LOWERINGS, UNLOWERABLE
 from irgraph import Graph, IRError, TensorType
+from passes.autodiff import vjp
 from tests.samples import Case, all_samples
 
 SAMPLES = all_samples()
@@ -32,6 +36,23 @@ def build(op: str, case: Case) -> Graph:
     xs = [g.add_input(f"x{i}", TensorType.of(a)) for i, a in enumerate(case.inputs)]
     g.set_outputs(g.add_node(op, xs, case.attrs))
     return g
+
+
+def with_gradient(op: str, case: Case) -> tuple[Graph, list[np.ndarray]]:
+    """The sample's graph and arguments; for a differentiable op with float inputs and outputs,
+    its VJP graph with seeded random cotangents appended to the arguments."""
+    g = build(op, case)
+    args = list(case.inputs)
+    wrt = [v.name for i, v in enumerate(g.inputs)
+           if i not in case.nondiff and v.type.is_float and v.type.size]
+    of = [j for j, v in enumerate(g.outputs) if v.type.is_float and v.type.size]
+    if not irgraph.get_op(op).differentiable or not wrt or not of:
+        return g, args
+    vg = vjp(g, wrt=wrt, of=of)
+    rng = np.random.default_rng(len(IDS))
+    cts = [rng.standard_normal(g.outputs[j].shape).astype(g.outputs[j].type.np_dtype)
+           for j in of]
+    return vg, args + cts
 
 
 def tolerance(op: str, dtype) -> dict:
@@ -65,7 +86,9 @@ def test_llvm_matches_reference(op, i, case):
         with pytest.raises(type(e) if isinstance(e, ValueError) else Exception):
             backends.compile(g, "llvm", threads=2)(*case.inputs)
         return
-    got = backends.compile(g, "llvm", threads=2)(*case.inputs)
+    g, args = with_gradient(op, case)
+    expect = backends.compile(g, "reference")(*args)
+    got = backends.compile(g, "llvm", threads=2)(*args)
     assert len(got) == len(expect)
     for e, r in zip(expect, got):
         assert isinstance(r, np.ndarray) and r.shape == e.shape and r.dtype == e.dtype

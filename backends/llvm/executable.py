@@ -40,12 +40,17 @@ class LLVMExecutable(Executable):
         self._ir: str | None = None
 
     # ---------------------------------------------------------------- running
-    def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
+    def run(self, args: list[np.ndarray], out: list[np.ndarray] | None = None
+            ) -> list[np.ndarray]:
+        """Run on validated ``args``; ``out`` optionally gives the output buffers (C-contiguous
+        arrays of the outputs' types, e.g. views into larger arrays)."""
         g = self.graph
         outs: list[np.ndarray | None] = [None] * len(g.outputs)
         for j, v in enumerate(g.outputs):
-            if j not in self.plan.copies:
-                outs[j] = np.empty(v.type.shape, v.type.np_dtype)
+            if j in self.plan.copies:
+                continue
+            outs[j] = self._check_out(j, out[j]) if out is not None else np.empty(
+                v.type.shape, v.type.np_dtype)
         ptrs = [a.ctypes.data for a in args]
         ptrs += [o.ctypes.data if o is not None else 0 for o in outs]
         with self._lock:
@@ -59,6 +64,24 @@ class LLVMExecutable(Executable):
         for j, (kind, k) in self.plan.copies.items():
             outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
         return outs
+
+    def call_into(self, out: list[np.ndarray], *args) -> list[np.ndarray]:
+        """Like calling the executable, but writing into the given output arrays."""
+        if len(out) != len(self.graph.outputs):
+            raise TypeError(f"{len(self.graph.outputs)} output buffers needed, got {len(out)}")
+        from ..base import validate_args
+        res = self.run(validate_args(self.graph, args), out)
+        for j in self.plan.copies:
+            np.copyto(out[j], res[j])
+        return self.apply_donations(args, list(out))
+
+    def _check_out(self, j: int, a) -> np.ndarray:
+        t = self.graph.outputs[j].type
+        if not isinstance(a, np.ndarray) or a.dtype != t.np_dtype or a.shape != t.shape:
+            raise TypeError(f"output buffer {j} must be a numpy array of type {t}")
+        if not (a.flags.c_contiguous and a.flags.writeable and a.flags.aligned):
+            raise ValueError(f"output buffer {j} must be writable, aligned and C-contiguous")
+        return a
 
     def _call(self, table) -> None:
         fn, n = self._loaded.fn, self.threads
@@ -92,8 +115,8 @@ class LLVMExecutable(Executable):
             if isinstance(e.__cause__, NonFiniteError):
                 raise e.__cause__ from None
         a = node.attrs if node is not None else {}
-        raise NonFiniteError(f"first non-finite value: op {a.get('op')!r} "
-                             f"{a.get('loc', '')}\n  node: {a.get('node')}")
+        raise NonFiniteError(f"first non-finite value: op {a.get('checked_op')!r} "
+                             f"{a.get('source', '')}\n  node: {a.get('node')}")
 
     # ---------------------------------------------------------------- inspection
     def llvm_ir(self, optimized: bool = False) -> str:

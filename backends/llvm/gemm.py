@@ -57,16 +57,26 @@ def _arg_types(elem):
 
 
 def gemm_function(module: ir.Module, dtype: str, features: str) -> ir.Function:
-    """``gemm_<dtype>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate)``:
-    C = A @ B, or C += A @ B when ``accumulate`` is nonzero; built once per module."""
-    name = f"irgraph.gemm.{dtype}"
+    """``irgraph_gemm_<dtype>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate)``:
+    C = A @ B, or C += A @ B when ``accumulate`` is nonzero.
+
+    Graph modules only declare it: the kernels live in one runtime object (``runtime_module``)
+    compiled once per CPU and cached, so a graph's own compile stays small."""
+    name = f"irgraph_gemm_{dtype}"
     if name in module.globals:
         return module.globals[name]
     elem = STORAGE[dtype]
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), _arg_types(elem)), name)
-    fn.linkage = "internal"
-    _GemmBuilder(module, fn, elem, tiling(dtype, features)).build()
-    return fn
+    return ir.Function(module, ir.FunctionType(ir.VoidType(), _arg_types(elem)), name)
+
+
+def runtime_module(features: str, triple: str = "") -> ir.Module:
+    """The module defining the GEMM kernels of every float dtype for this CPU."""
+    module = ir.Module(name="irgraph_runtime")
+    module.triple = triple
+    for dtype in ("float32", "float64"):
+        fn = gemm_function(module, dtype, features)
+        _GemmBuilder(module, fn, STORAGE[dtype], tiling(dtype, features)).build()
+    return module
 
 
 class _GemmBuilder:

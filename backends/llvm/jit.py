@@ -142,14 +142,29 @@ def emit_assembly(mod, opt: int = 3) -> str:
     return target_machine(opt).emit_assembly(mod)
 
 
+@lru_cache(maxsize=None)
+def runtime_object() -> bytes:
+    """The shared kernels (GEMM) for this CPU, compiled once and cached on disk."""
+    from .gemm import runtime_module
+    triple, _, features = host()
+    key = cache_key("irgraph runtime", {})
+    obj = cache_load(key)
+    if obj is None:
+        obj = emit_object(optimize(str(runtime_module(features, triple))))
+        cache_store(key, obj)
+    return obj
+
+
 class Loaded:
-    """Object code loaded into its own MCJIT engine; keeps it alive with the function."""
+    """Object code (plus the runtime kernels) loaded into its own MCJIT engine; keeps the
+    engine alive with the function."""
 
     def __init__(self, obj: bytes, symbol: str, opt: int = 3):
         _init()
         # an engine owns its target machine: give it a fresh one
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
                                                  new_target_machine(opt))
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(runtime_object()))
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
         addr = self.engine.get_function_address(symbol)

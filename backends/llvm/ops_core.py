@@ -24,7 +24,7 @@ def _constant(ctx, node, ins, outs):
     if not data:
         return
     arr = ir.ArrayType(I8, len(data))
-    gv = ir.GlobalVariable(ctx.module, arr, name=f"const.{node.outputs[0].name}")
+    gv = ir.GlobalVariable(ctx.module, arr, name=ctx.module.get_unique_name("const"))
     gv.global_constant = True
     gv.linkage = "private"
     gv.align = 64

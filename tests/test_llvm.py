@@ -1,0 +1,268 @@
+"""The LLVM backend's own behaviour: memory safety at awkward sizes (guard regions), NaN/Inf
+and integer semantics as numpy's, matmul against numpy, threads, the disk cache, inspection,
+and errors that name what is wrong."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import backends
+from backends import llvm
+from backends.llvm import NativeError
+from irgraph import Graph, IRError, TensorType
+
+GUARD = 64                       # elements of guard region on each side
+SIZES = [1, 2, 3, 7, 8, 9, 13, 16, 17, 31, 33]   # 1, primes, around the vector widths
+
+
+def guarded(a: np.ndarray, fill) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of ``a`` living inside a larger buffer whose ends hold ``fill``."""
+    big = np.full(a.size + 2 * GUARD, fill, a.dtype)
+    view = big[GUARD:GUARD + a.size].reshape(a.shape)
+    view[...] = a
+    return big, view
+
+
+def run_guarded(exe, args):
+    """Run with NaN-guarded inputs and sentinel-guarded outputs; assert no guard changed."""
+    gin = [guarded(a, np.nan if a.dtype.kind == "f" else 0) for a in args]
+    outs = []
+    for v in exe.graph.outputs:
+        t = v.type
+        outs.append(guarded(np.zeros(t.shape, t.np_dtype), 77))
+    res = exe.call_into([o[1] for o in outs], *[v for _, v in gin])
+    for big, _ in outs:
+        assert np.all(big[:GUARD] == 77) and np.all(big[-GUARD:] == 77), "wrote outside"
+    for (big, view), a in zip(gin, args):
+        np.testing.assert_array_equal(view, a)          # inputs never written
+    return res
+
+
+def one(op, *types, **attrs) -> Graph:
+    g = Graph(op)
+    xs = [g.add_input(f"x{i}", t) for i, t in enumerate(types)]
+    g.set_outputs(g.add_node(op, xs, attrs))
+    return g
+
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_elementwise_reduce_and_broadcast_stay_in_bounds(n):
+    """Inputs with NaN guards (a stray read would poison a result), outputs with sentinel
+    guards (a stray write would change them)."""
+    g = Graph("ew")
+    x = g.add_input("x", TensorType((3, n)))
+    b = g.add_input("b", TensorType((n,)))
+    y = g.op("relu", g.op("add", g.op("mul", x, x), b))
+    g.set_outputs([y, g.op("sum", y, axis=(1,)), g.op("max", y, axis=(0,)),
+                   g.op("transpose", y, perm=(1, 0)), g.op("softmax", y, axis=0)])
+    exe = backends.compile(g, "llvm", threads=2)
+    xa, ba = RNG.standard_normal((3, n)).astype(np.float32), RNG.standard_normal(n).astype(
+        np.float32)
+    got = run_guarded(exe, [xa, ba])
+    ya = np.maximum(xa * xa + ba, 0)
+    e = np.exp(ya - ya.max(0))
+    for r, want in zip(got, [ya, ya.sum(1), ya.max(0), ya.T, e / e.sum(0)]):
+        np.testing.assert_allclose(r, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 7, 1), (3, 5, 7), (13, 17, 31), (7, 1, 33),
+                                   (33, 29, 17), (1, 300, 19), (97, 260, 5)])
+def test_matmul_matches_numpy_at_awkward_sizes(m, k, n):
+    """Packed GEMM edges: partial MR x NR tiles, K past one KC block, guarded buffers."""
+    exe = backends.compile(one("matmul", TensorType((m, k)), TensorType((k, n))), "llvm",
+                           threads=2)
+    a = RNG.standard_normal((m, k)).astype(np.float32)
+    b = RNG.standard_normal((k, n)).astype(np.float32)
+    (c,) = run_guarded(exe, [a, b])
+    np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sa,sb", [((4,), (4, 3)), ((2, 3, 4), (4,)), ((2, 1, 3, 5), (4, 5, 2)),
+                                   ((5,), (5,))])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_batched_and_vector_matmul_numpy_rules(sa, sb, dtype):
+    exe = backends.compile(one("matmul", TensorType(sa, dtype), TensorType(sb, dtype)), "llvm")
+    a = (RNG.standard_normal(sa) * 4).astype(dtype)
+    b = (RNG.standard_normal(sb) * 4).astype(dtype)
+    (c,) = exe(a, b)
+    np.testing.assert_allclose(c, np.matmul(a, b), rtol=1e-5, atol=1e-5)
+
+
+def test_large_matmul_threads_agree():
+    g = one("matmul", TensorType((130, 300)), TensorType((300, 70)))
+    a = RNG.standard_normal((130, 300)).astype(np.float32)
+    b = RNG.standard_normal((300, 70)).astype(np.float32)
+    c1 = backends.compile(g, "llvm", threads=1)(a, b)[0]
+    c2 = backends.compile(g, "llvm", threads=2)(a, b)[0]
+    np.testing.assert_allclose(c1, a @ b, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(c1, c2)     # same blocking, same sums, split differently
+
+
+SPECIAL = np.array([np.nan, -np.inf, np.inf, -0.0, 0.0, 1.5, -2.0, np.nan], np.float32)
+
+
+@pytest.mark.parametrize("op,fn", [("maximum", np.maximum), ("minimum", np.minimum)])
+def test_maximum_minimum_propagate_nan_like_numpy(op, fn):
+    x = SPECIAL
+    y = np.roll(SPECIAL, 3)
+    (got,) = backends.compile(one(op, TensorType((8,)), TensorType((8,))), "llvm")(x, y)
+    np.testing.assert_array_equal(got, fn(x, y))
+
+
+def test_relu_max_argmax_softmax_with_nan_like_numpy():
+    g = Graph("nan")
+    x = g.add_input("x", TensorType((2, 8)))
+    g.set_outputs([g.op("relu", x), g.op("max", x, axis=(1,)), g.op("min", x, axis=(1,)),
+                   g.op("argmax", x, axis=1), g.op("softmax", x, axis=1),
+                   g.op("sum", x, axis=(1,))])
+    a = np.stack([SPECIAL, np.array([1, 3, -1, 3, 0, 2, 3, 1], np.float32)])
+    relu, mx, mn, am, sm, s = backends.compile(g, "llvm")(a)
+    np.testing.assert_array_equal(relu, np.maximum(a, 0))
+    np.testing.assert_array_equal(mx, a.max(1))
+    np.testing.assert_array_equal(mn, a.min(1))
+    np.testing.assert_array_equal(am, a.argmax(1))           # first NaN / first maximum
+    assert np.all(np.isnan(sm[0])) and np.isnan(s[0])
+    e = np.exp(a[1] - a[1].max())
+    np.testing.assert_allclose(sm[1], e / e.sum(), rtol=1e-6)
+
+
+def test_inf_arithmetic_like_numpy():
+    g = Graph("inf")
+    x = g.add_input("x", TensorType((8,)))
+    g.set_outputs([g.op(op, x) for op in ("exp", "log", "sqrt", "tanh", "sigmoid", "rsqrt",
+                                          "abs", "sign")])
+    with np.errstate(all="ignore"):
+        want = [np.exp(SPECIAL), np.log(SPECIAL), np.sqrt(SPECIAL), np.tanh(SPECIAL),
+                1 / (1 + np.exp(-SPECIAL.astype(np.float64))), 1 / np.sqrt(SPECIAL),
+                np.abs(SPECIAL), np.sign(SPECIAL)]
+    for got, w in zip(backends.compile(g, "llvm")(SPECIAL), want):
+        np.testing.assert_allclose(got, w.astype(np.float32), rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_division_and_power_like_numpy(dtype):
+    info = np.iinfo(dtype)
+    x = np.array([7, -7, 7, -7, 0, 5, info.min, info.min, 3, -9], dtype)
+    y = np.array([2, 2, -2, -2, 3, 0, -1, 1, 0, 4], dtype)
+    g = Graph("idiv")
+    a, b = g.add_input("a", TensorType((10,), dtype)), g.add_input("b", TensorType((10,), dtype))
+    g.set_outputs([g.op("div", a, b), g.op("pow", a, g.op("abs", b))])
+    q, p = backends.compile(g, "llvm")(x, y)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(q, np.floor_divide(x, y))
+        np.testing.assert_array_equal(p, np.power(x, np.abs(y)))
+
+
+def test_negative_integer_power_is_an_error_like_numpy():
+    exe = backends.compile(one("pow", TensorType((2,), "int64"), TensorType((2,), "int64")),
+                           "llvm")
+    with pytest.raises(ValueError, match="negative integer powers"):
+        exe(np.array([2, 3]), np.array([1, -1]))
+
+
+def test_bad_class_index_is_an_error_naming_the_node():
+    exe = backends.compile(one("nll_loss", TensorType((2, 3)), TensorType((2,), "int64")),
+                           "llvm")
+    with pytest.raises(NativeError, match=r"nll_loss.*%x0"):
+        exe(np.zeros((2, 3), np.float32), np.array([0, 3]))
+
+
+def test_check_finite_raises_the_reference_error():
+    from irgraph.ops.debug import NonFiniteError
+    g = Graph("chk")
+    x = g.add_input("x", TensorType((3,)))
+    y = g.op("log", x)
+    g.set_outputs([g.op("check_finite", y, x, checked_op="log", node="%1 = log(%x)",
+                        names=("x",))])
+    exe = backends.compile(g, "llvm")
+    np.testing.assert_allclose(exe(np.ones(3, np.float32))[0], 0)
+    with pytest.raises(NonFiniteError, match="log"):
+        exe(np.array([1, 0, 2], np.float32))
+
+
+def test_wrong_inputs_are_rejected_before_native_code():
+    exe = backends.compile(one("add", TensorType((2, 3)), TensorType((2, 3))), "llvm")
+    ok = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"%x1 has shape \(3, 2\)"):
+        exe(ok, np.zeros((3, 2), np.float32))
+    with pytest.raises(TypeError, match="%x0 has dtype float64"):
+        exe(np.zeros((2, 3)), ok)
+    with pytest.raises(TypeError, match="takes 2 arguments"):
+        exe(ok)
+    strided = np.zeros((2, 6), np.float32)[:, ::2]        # non-contiguous: copied, not misread
+    strided[:] = 1
+    np.testing.assert_array_equal(exe(strided, ok)[0], 1)
+
+
+def test_op_without_lowering_is_a_compile_error_naming_it(monkeypatch):
+    monkeypatch.delitem(llvm.LOWERINGS, "tanh")
+    with pytest.raises(IRError, match="cannot compile op 'tanh'"):
+        backends.compile(one("tanh", TensorType((2,))), "llvm", cache=False)
+
+
+def test_unknown_option_is_an_error():
+    with pytest.raises(TypeError, match="unknown option"):
+        backends.compile(one("neg", TensorType((2,))), "llvm", fast=True)
+
+
+def test_disk_cache_hit_and_new_shape_compiles_anew(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IRGRAPH_CACHE_DIR", str(tmp_path))
+    g = one("add", TensorType((5,)), TensorType((5,)))
+    first = backends.compile(g, "llvm", verbose=True)
+    assert not first.cache_hit and "cache miss" in capsys.readouterr().out
+    again = backends.compile(one("add", TensorType((5,)), TensorType((5,))), "llvm",
+                             verbose=True)
+    assert again.cache_hit and "cache hit" in capsys.readouterr().out
+    x = np.arange(5, dtype=np.float32)
+    np.testing.assert_array_equal(again(x, x)[0], 2 * x)
+    other = backends.compile(one("add", TensorType((6,)), TensorType((6,))), "llvm",
+                             verbose=True)
+    assert not other.cache_hit and "compiled anew" in capsys.readouterr().out
+    assert llvm.clear_cache() >= 2
+    assert not backends.compile(g, "llvm").cache_hit
+
+
+def test_cache_key_includes_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRGRAPH_CACHE_DIR", str(tmp_path))
+    g = one("neg", TensorType((4,)))
+    assert not backends.compile(g, "llvm", threads=1).cache_hit
+    assert not backends.compile(g, "llvm", threads=2).cache_hit
+    assert backends.compile(g, "llvm", threads=2).cache_hit
+
+
+def test_inspection_shows_llvm_ir_and_assembly():
+    exe = backends.compile(one("matmul", TensorType((8, 8)), TensorType((8, 8))), "llvm")
+    ir_text = exe.llvm_ir()
+    assert "define void @\"irgraph_entry\"" in ir_text and "irgraph_gemm_float32" in ir_text
+    assert "irgraph_entry" in exe.assembly()
+    assert "vector.body" in backends.compile(
+        one("add", TensorType((64,)), TensorType((64,))), "llvm").llvm_ir(optimized=True)
+
+
+def test_donated_outputs_update_arguments_in_place():
+    g = Graph("step")
+    w = g.add_param("w", TensorType((3,)))
+    gr = g.add_input("g", TensorType((3,)))
+    lr = g.add_input("lr", TensorType(()))
+    g.set_outputs([g.op("sgd_update", w, gr, lr)])
+    g.donations = {0: 2}
+    exe = backends.compile(g, "llvm")
+    wa = np.ones(3, np.float32)
+    out = exe(np.full(3, 2, np.float32), np.float32(0.5), wa)
+    assert out[0] is wa
+    np.testing.assert_array_equal(wa, 0)
+
+
+def test_outputs_that_are_arguments_or_repeated_are_copies():
+    g = Graph("pass")
+    x = g.add_input("x", TensorType((3,)))
+    y = g.op("neg", x)
+    g.set_outputs([x, y, y])
+    xa = np.arange(3, dtype=np.float32)
+    a, b, c = backends.compile(g, "llvm")(xa)
+    assert a is not xa and b is not c
+    np.testing.assert_array_equal(a, xa)
+    np.testing.assert_array_equal(c, -xa)
