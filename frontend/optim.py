@@ -350,4 +350,5 @@ class AdamW(Adam):
 
 
 # section 8.6's methods: host-side loops over compiled graphs
-from .second_order import BFGS, LBFGS, ConjugateGradient, Newton  # noqa: E402,F401
+from .second_order import (BFGS, LBFGS, BlockCoordinateDescent,  # noqa: E402,F401
+                           ConjugateGradient, Newton)

@@ -9,7 +9,9 @@ theta (float64 on the host), run against those executables:
 * ``ConjugateGradient``: nonlinear CG, alg. 8.9, beta by Fletcher-Reeves (eq. 8.30) or
   Polak-Ribiere (eq. 8.31), restarts every k steps, and a line search;
 * ``BFGS`` and ``LBFGS`` (section 8.6.3): the inverse-Hessian approximation M, or its
-  limited-memory form (the last m pairs, two-loop recursion).
+  limited-memory form (the last m pairs, two-loop recursion);
+* ``BlockCoordinateDescent`` (section 8.7.2): minimize over one group of parameters at a
+  time, the others fixed, cycling through the groups (e.g. sparse coding, eq. 8.38).
 
 The line search finds the minimum along the direction by secant steps on the directional
 derivative (exact on a quadratic after one secant step, as alg. 8.9 asks), and falls back
@@ -107,8 +109,8 @@ class HostStepFunction:
 
 
 def compile_host_step(graph: Graph, params: dict[str, Parameter], trainable: list[str],
-                      optimizer: "HostOptimizer", backend: str, **options) -> HostStepFunction:
-    return HostStepFunction(Problem(graph, params, trainable, backend, **options), optimizer)
+                      optimizer: "HostOptimizer", backend: str, **options):
+    return optimizer.compile_host(graph, params, trainable, backend, **options)
 
 
 # ---------------------------------------------------------------- line search
@@ -165,6 +167,10 @@ class HostOptimizer:
 
     def iterate(self, problem: Problem, theta: np.ndarray, batch):
         raise NotImplementedError
+
+    def compile_host(self, graph: Graph, params: dict[str, Parameter], trainable: list[str],
+                     backend: str, **options) -> HostStepFunction:
+        return HostStepFunction(Problem(graph, params, trainable, backend, **options), self)
 
 
 class Newton(HostOptimizer):
@@ -317,3 +323,51 @@ class LBFGS(BFGS):
         mem = self.state["mem"]
         mem.append((s, y))
         del mem[:-self.history_size]
+
+
+class BlockCoordinateDescent(HostOptimizer):
+    """Block coordinate descent (section 8.7.2): each step is one sweep over ``groups`` (lists
+    of Parameters); for each group, ``inner_steps`` iterations of a fresh ``inner()`` (a
+    host-side method, e.g. ``Newton`` for an exact minimization of a quadratic block, or
+    ``LBFGS``; a list gives one per group) minimize the loss over that group with every
+    other parameter fixed."""
+
+    def __init__(self, groups: Iterable[Iterable[Parameter]],
+                 inner: Callable[[], HostOptimizer] | list = LBFGS, inner_steps: int = 10):
+        groups = [list(g) for g in groups]
+        if not groups or any(not g for g in groups):
+            raise ValueError("block coordinate descent needs non-empty parameter groups")
+        inner = list(inner) if isinstance(inner, (list, tuple)) else [inner] * len(groups)
+        if len(inner) != len(groups):
+            raise ValueError(f"{len(inner)} inner methods for {len(groups)} groups")
+        super().__init__([p for g in groups for p in g])
+        self.groups, self.inner, self.inner_steps = groups, inner, inner_steps
+
+    def compile_host(self, graph, params, trainable, backend, **options):
+        ids = {id(p): n for n, p in params.items()}
+        steps = []
+        for i, group in enumerate(self.groups):
+            names = [ids[id(p)] for p in group if id(p) in ids and ids[id(p)] in trainable]
+            if not names:
+                raise ValueError(f"parameter group {i} has no parameter the loss uses")
+            steps.append(HostStepFunction(Problem(graph, params, names, backend, **options),
+                                          self.inner[i]()))
+        return _SweepFunction(steps, self)
+
+
+class _SweepFunction:
+    """``step(*batch) -> loss``: one sweep of block coordinate descent (the loss before it)."""
+
+    def __init__(self, steps: list[HostStepFunction], optimizer: BlockCoordinateDescent):
+        self.steps, self.optimizer = steps, optimizer
+        self.graph = steps[0].graph
+
+    def __call__(self, *batch) -> float:
+        first = None
+        for step, make in zip(self.steps, self.optimizer.inner):
+            step.optimizer = make()      # curvature from the last sweep is stale: start afresh
+            for _ in range(self.optimizer.inner_steps):
+                loss = step(*batch)
+                first = loss if first is None else first
+        self.optimizer.step_count += 1
+        return first

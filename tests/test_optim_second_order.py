@@ -13,7 +13,7 @@ import pytest
 import scipy.optimize
 
 import frontend as fe
-from frontend import F, nn
+from frontend import F, nn, optim
 from frontend.second_order import BFGS, LBFGS, ConjugateGradient, Newton
 from frontend.train import compile_train
 
@@ -146,7 +146,7 @@ class LogReg(nn.Module):
     def __init__(self):
         super().__init__()
         self.w = nn.Parameter(np.zeros(D))
-        self.b = nn.Parameter(np.zeros(()))
+        self.b = nn.Parameter(np.zeros(1))
 
     def forward(self, x, y):
         p = F.sigmoid(F.matmul(x, self.w) + self.b)
@@ -202,3 +202,60 @@ def test_bad_arguments():
         ConjugateGradient(beta="hestenes")
     with pytest.raises(ValueError, match="history_size"):
         LBFGS(history_size=0)
+
+
+# ---------------------------------------------------------------- block coordinate descent
+def test_coordinate_descent_section_8_7_2_slow_on_coupled_variables():
+    """f(x) = (x1 - x2)^2 + a (x1^2 + x2^2): exact minimization over x1 gives x2 / (1 + a),
+    then over x2 gives x1 / (1 + a); progress is slow for small a, Newton takes one step."""
+    a = 0.05
+    x1, x2 = nn.Parameter(np.array([1.0])), nn.Parameter(np.array([-0.5]))
+
+    def f(scale):
+        return ((x1 - x2) * (x1 - x2) * scale + a * (x1 * x1 + x2 * x2)).sum()
+    opt = optim.BlockCoordinateDescent([[x1], [x2]], inner=Newton, inner_steps=1)
+    step = compile_train(f, None, opt, fe.TensorSpec((), "float64"), pipeline=[])
+    r1, r2 = 1.0, -0.5
+    for _ in range(10):
+        step(np.float64(1.0))
+        r1 = r2 / (1 + a)
+        r2 = r1 / (1 + a)
+        assert float(x1.data[0]) == pytest.approx(r1, rel=1e-12)
+        assert float(x2.data[0]) == pytest.approx(r2, rel=1e-12)
+    assert abs(float(x2.data[0])) > 0.1           # still far from the minimum at 0
+    y1, y2 = nn.Parameter(np.array([1.0])), nn.Parameter(np.array([-0.5]))
+
+    def g(scale):
+        return ((y1 - y2) * (y1 - y2) * scale + a * (y1 * y1 + y2 * y2)).sum()
+    compile_train(g, None, Newton(), fe.TensorSpec((), "float64"), pipeline=[])(np.float64(1))
+    assert abs(float(y1.data[0])) < 1e-12 and abs(float(y2.data[0])) < 1e-12
+
+
+def test_block_coordinate_descent_on_sparse_coding_eq_8_38():
+    """J(H, W) = sum |H| + sum (X - W^T H)^2 (+ weight decay on W, as the text advises),
+    alternating W (a quadratic: Newton solves it exactly) and H (L-BFGS). J never increases,
+    and each W block lands on the closed-form minimizer (H H^T + lam I) W = H X^T."""
+    r = np.random.default_rng(0)
+    d, k, m, lam = 4, 3, 6, 0.1
+    x = r.standard_normal((d, m))
+    w = nn.Parameter(r.standard_normal((k, d)) * 0.5)
+    h = nn.Parameter(r.standard_normal((k, m)) * 0.5)
+
+    def j(X):
+        err = X - F.matmul(w.T, h)
+        return F.abs(h).sum() + (err * err).sum() + lam * (w * w).sum()
+    opt = optim.BlockCoordinateDescent([[w], [h]], inner=[Newton, LBFGS], inner_steps=15)
+    step = compile_train(j, None, opt, fe.TensorSpec((d, m), "float64"), pipeline=[])
+
+    def numpy_j(W, H):
+        return np.abs(H).sum() + ((x - W.T @ H) ** 2).sum() + lam * (W * W).sum()
+    values = [numpy_j(w.data, h.data)]
+    for _ in range(6):
+        h_before = h.data.copy()
+        step(x)
+        hh = h_before
+        w_star = np.linalg.solve(hh @ hh.T + lam * np.eye(k), hh @ x.T)
+        np.testing.assert_allclose(w.data, w_star, rtol=1e-9, atol=1e-12)
+        values.append(numpy_j(w.data, h.data))
+    assert all(b <= a + 1e-9 for a, b in zip(values, values[1:]))
+    assert values[-1] < 0.6 * values[0]
