@@ -1,11 +1,14 @@
 """The DSL: tracing of Python functions and ``nn.Module`` objects, and the compile driver."""
 from . import functional as F
 from . import nn
+from . import init, optim
 from . import rnn
 from .autodiff import GradFunction, grad, value_and_grad
 from .compiler import CompiledFunction, compile, trace
 from .random import manual_seed
 from .tracing import Tensor, TensorSpec
+from .train import TrainStepFunction, compile_train
 
 __all__ = ["F", "nn", "compile", "trace", "CompiledFunction", "manual_seed", "Tensor",
-           "TensorSpec", "grad", "value_and_grad", "GradFunction"]
+           "TensorSpec", "grad", "value_and_grad", "GradFunction", "init", "optim", "compile_train",
+           "TrainStepFunction", "rnn"]
