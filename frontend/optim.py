@@ -191,11 +191,45 @@ class Optimizer:
             for n, p in self._bound.items():
                 np.copyto(p.data, saved[n])
 
+    @property
+    def param_groups(self) -> list["ParamGroup"]:
+        """torch-style access to the hyperparameters: ``opt.param_groups[0]["lr"] = 0.01``
+        (one group: per-group hyperparameters are not supported)."""
+        return [ParamGroup(self)]
+
     def __repr__(self) -> str:
         keys = [k for k in ("lr", "momentum", "alpha", "betas", "eps", "weight_decay")
                 if hasattr(self, k)]
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
         return f"{type(self).__name__}({args}, convention={self.convention!r})"
+
+
+class ParamGroup:
+    """A dict-like view of an optimizer's hyperparameters, as in ``torch.optim``."""
+    KEYS = ("lr", "momentum", "nesterov", "alpha", "betas", "eps", "weight_decay", "lr_decay",
+            "clip_grad_norm", "clip_grad_value", "polyak")
+
+    def __init__(self, opt: Optimizer):
+        self._opt = opt
+
+    def keys(self) -> list[str]:
+        return [k for k in self.KEYS if hasattr(self._opt, k)] + ["params"]
+
+    def __getitem__(self, key: str):
+        if key == "params":
+            return list(self._opt._bound.values()) or list(self._opt.params or [])
+        if key not in self.keys():
+            raise KeyError(f"{type(self._opt).__name__} has no hyperparameter {key!r}; it has "
+                           f"{self.keys()}")
+        return getattr(self._opt, key)
+
+    def __setitem__(self, key: str, value) -> None:
+        if key == "params" or key not in self.keys():
+            raise KeyError(f"cannot set {key!r} on {type(self._opt).__name__}'s parameter group")
+        setattr(self._opt, key, value)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys()
 
 
 def _param_list(params) -> list[Parameter] | None:

@@ -135,7 +135,7 @@ def test_changing_hyperparameters_between_steps_matches_torch():
     """lr, momentum and betas set between steps are runtime inputs: same as torch's groups."""
     def on_step(k, ours, theirs):
         lr, b1 = 0.05 / (k + 1), 0.9 - 0.02 * k
-        ours.lr, ours.betas = lr, (b1, 0.99)
-        for g in theirs.param_groups:
+        for g in ours.param_groups + theirs.param_groups:
             g["lr"], g["betas"] = lr, (b1, 0.99)
+        assert ours.lr == lr and ours.betas == (b1, 0.99)
     compare(optim.Adam(lr=0.05, **T), lambda p: torch.optim.Adam(p, lr=0.05), on_step=on_step)

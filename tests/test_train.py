@@ -308,3 +308,18 @@ def test_default_pipeline_keeps_the_step_and_its_donations():
         np.testing.assert_allclose(runs[0][1][name], a, rtol=1e-5, atol=1e-7, err_msg=name)
     for name, a in runs[1][2].items():
         np.testing.assert_allclose(runs[0][2][name], a, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_param_groups_view_like_torch():
+    model = mlp()
+    opt = optim.SGD(lr=0.1, momentum=0.9)
+    compile_train(model, nn.CrossEntropyLoss(), opt, X, Y, pipeline=[])
+    (group,) = opt.param_groups
+    assert group["lr"] == 0.1 and group["momentum"] == 0.9 and "betas" not in group
+    assert len(group["params"]) == 4
+    group["lr"] = 0.01
+    assert opt.hyperparameters()["lr"] == 0.01
+    with pytest.raises(KeyError, match="no hyperparameter 'betas'"):
+        group["betas"]
+    with pytest.raises(KeyError, match="cannot set"):
+        group["params"] = []
