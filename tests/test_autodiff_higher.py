@@ -187,3 +187,39 @@ def test_hessian_of_pow_at_zero_base_is_finite():
     expect = np.array([[2.0, 0, 0, 0], [0, b1 * (b1 - 1) * a1 ** (b1 - 2), 0, d_ab],
                        [0, 0, 0, 0], [0, d_ab, 0, a1 ** b1 * np.log(a1) ** 2]])
     np.testing.assert_allclose(H, expect, rtol=1e-12, atol=1e-14)
+
+
+def test_jacobian_of_the_gradient_graph_is_the_hessian():
+    """Composing transforms: jacobian(grad(g)) and hessian(g) agree."""
+    g = mlp_loss_graph()
+    jw, jb = interpret(jacobian(grad(g, wrt=["w"]), wrt=["w", "b"]), [X, W, B])
+    H = interpret(hessian(g, wrt=["w", "b"]), [X, W, B])[0]
+    np.testing.assert_allclose(np.concatenate([jw.reshape(6, 6), jb.reshape(6, 2)], 1), H[:6],
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_hvp_through_convolution_and_pooling_matches_torch():
+    """Second order through the chapter 9 ops' rules: a small CNN's loss, torch's hvp."""
+    import frontend as fe
+    from frontend import F
+    rng = np.random.default_rng(5)
+    xv = rng.standard_normal((2, 2, 6, 6))
+    kv, lv = rng.standard_normal((3, 2, 3, 3)) * 0.4, rng.standard_normal((4, 27)) * 0.3
+    yv = np.array([1, 3])
+
+    def loss(x, y, k, lin):
+        h = F.avg_pool2d(F.tanh(F.conv2d(x, k, stride=1, padding=1)), 2)
+        return F.cross_entropy(F.reshape(h, (2, 27)) @ lin.T, y)
+    g = fe.trace(loss, fe.TensorSpec((2, 2, 6, 6), "float64"), fe.TensorSpec((2,), "int64"),
+                 fe.TensorSpec((3, 2, 3, 3), "float64"), fe.TensorSpec((4, 27), "float64"))
+    vk, vl = rng.standard_normal(kv.shape), rng.standard_normal(lv.shape)
+    hk, hl = interpret(hvp(g, wrt=["k", "lin"]), [xv, yv, kv, lv, vk, vl])
+
+    def tloss(k, lin):
+        h = torch.nn.functional.avg_pool2d(torch.tanh(torch.nn.functional.conv2d(
+            torch.tensor(xv), k, padding=1)), 2)
+        return torch.nn.functional.cross_entropy(h.reshape(2, 27) @ lin.T, torch.tensor(yv))
+    _, (tk, tl) = torch.autograd.functional.hvp(
+        tloss, (torch.tensor(kv), torch.tensor(lv)), (torch.tensor(vk), torch.tensor(vl)))
+    np.testing.assert_allclose(hk, tk.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(hl, tl.numpy(), rtol=1e-9, atol=1e-12)
