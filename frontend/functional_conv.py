@@ -206,6 +206,10 @@ def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding
         raise ValueError(f"output_padding {list(op)} must be >= 0 and smaller than either "
                          f"stride {list(st)} or dilation {list(dl)}")
     size = transposed_output_size(x.shape[2:], k, st, pads, dl, op)
+    if any(n < 1 for n in size):
+        raise ValueError(f"conv_transpose{d}d: input {x.shape} with kernel {list(k)}, stride "
+                         f"{list(st)} and padding {list(pads)} gives output size {list(size)}: "
+                         f"too small")
     # a convolution over `size` may see more positions than x has (output_padding >= stride
     # with a larger dilation): those positions carry zero gradient
     need = tuple(out_size(n, kk, s, pads[2 * i], pads[2 * i + 1], q)

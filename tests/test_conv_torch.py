@@ -170,3 +170,43 @@ def test_same_padding_with_stride_is_refused_as_torch():
     with pytest.raises(ValueError, match="strided"):
         fe.trace(lambda x: F.conv1d(x, rand(1, 1, 3, dtype=np.float32), stride=2,
                                     padding="same"), fe.TensorSpec((1, 1, 9)))
+
+
+def _random_conv_configs(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        d = int(rng.integers(1, 4))
+        groups = int(rng.choice([1, 2, 3]))
+        c, o = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+        k = tuple(int(v) for v in rng.integers(1, 4, d))
+        dil = tuple(int(v) for v in rng.integers(1, 3, d))
+        st = tuple(int(v) for v in rng.integers(1, 4, d))
+        pad = tuple(int(v) for v in rng.integers(0, 3, d))
+        size = tuple(int(dl * (kk - 1) + 1 + rng.integers(0, 5)) for kk, dl in zip(k, dil))
+        yield (int(rng.integers(1, 3)), c) + size, (o, c // groups) + k, st, pad, dil, groups
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", list(_random_conv_configs(24)))
+def test_random_conv_and_transpose_configurations_match_torch(xs, ws, stride, padding,
+                                                             dilation, groups):
+    d = len(xs) - 2
+    x, w = rand(*xs, seed=1), rand(*ws, seed=2)
+    compare(lambda x, w: F.conv(x, w, None, stride, padding, dilation, groups),
+            lambda x, w: getattr(TF, f"conv{d}d")(x, w, None, stride, padding, dilation,
+                                                  groups), [x, w])
+    # the transposed convolution of the conv's output, weight read as (C_in, C_out/g, *k)
+    wt = rand(ws[0], ws[1], *ws[2:], seed=3)
+    y = TF.__dict__[f"conv{d}d"](torch.tensor(x), torch.tensor(w), None, stride, padding,
+                                 dilation, groups)
+    op = tuple(min(s, q) - 1 for s, q in zip(stride, dilation))
+    size = [(n - 1) * s - 2 * p + q * (kk - 1) + o + 1 for n, s, p, q, kk, o in
+            zip(y.shape[2:], stride, padding, dilation, ws[2:], op)]
+    if min(size) < 1:           # torch refuses too; so must we, clearly
+        with pytest.raises(ValueError, match="too small"):
+            fe.trace(lambda y: F.conv_transpose(y, wt, None, stride, padding, op, groups,
+                                                dilation), fe.TensorSpec(tuple(y.shape)))
+        return
+    compare(lambda y, wt: F.conv_transpose(y, wt, None, stride, padding, op, groups, dilation),
+            lambda y, wt: getattr(TF, f"conv_transpose{d}d")(y, wt, None, stride, padding, op,
+                                                             groups, dilation),
+            [y.numpy(), wt])

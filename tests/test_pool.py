@@ -175,3 +175,26 @@ def test_pool_errors_are_clear():
         fe.trace(lambda x: F.max_pool1d(x, 2, return_indices=True), fe.TensorSpec((1, 1, 6)))
     with pytest.raises(ValueError, match="expects"):
         fe.trace(lambda x: F.avg_pool2d(x, 2), fe.TensorSpec((6,)))
+
+
+def _random_pool_configs(n: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        d = int(rng.integers(1, 4))
+        k = tuple(int(v) for v in rng.integers(1, 4, d))
+        st = tuple(int(v) for v in rng.integers(1, 5, d))
+        pad = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        size = tuple(int(kk + rng.integers(0, 6)) for kk in k)
+        yield (1, 2) + size, dict(kernel_size=k, stride=st, padding=pad,
+                                  ceil_mode=bool(rng.integers(0, 2)))
+
+
+@pytest.mark.parametrize("xs,kw", list(_random_pool_configs(20)))
+def test_random_pool_configurations_match_torch(xs, kw):
+    d = len(xs) - 2
+    x = distinct(*xs, seed=3)
+    for name, extra in (("max_pool", {}), ("avg_pool", dict(count_include_pad=False)),
+                        ("avg_pool", {})):
+        fn = f"{name}{d}d"
+        compare(lambda x: getattr(F, fn)(x, **kw, **extra),
+                lambda x: getattr(TF, fn)(x, **kw, **extra), [x])
