@@ -35,7 +35,8 @@ def run_node(node: Node, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     try:
         with np.errstate(all="ignore"):
             outs = node.opdef.run(list(arrays), node.attrs)
-    except (IRError, ValueError, TypeError, IndexError, ZeroDivisionError, FloatingPointError) as e:
+    except (IRError, ValueError, TypeError, IndexError, KeyError, ArithmeticError,
+            RuntimeError) as e:
         loc = f" (from {node.loc})" if node.loc else ""
         raise ExecutionError(f"while running {node!r}{loc}: {type(e).__name__}: {e}") from e
     res = []
