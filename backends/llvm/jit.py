@@ -128,7 +128,7 @@ def optimize(ir_text: str, opt: int = 3):
         pto = llvm.create_pipeline_tuning_options(speed_level=opt)
         pto.loop_vectorization = True
         pto.slp_vectorization = True
-        pto.loop_unrolling = True
+        pto.loop_unrolling = False
         pb = llvm.create_pass_builder(tm, pto)
         pb.getModulePassManager().run(mod, pb)
     return mod

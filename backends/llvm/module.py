@@ -184,15 +184,58 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
         if low.parallel:
             if pending:
                 ctx.barrier()
-            low.fn(ctx, node, ins, outs)
+            _node_function(ctx, node, low, ins, outs)
             ctx.barrier()
             pending = False
         else:
             with ctx.thread0():
-                low.fn(ctx, node, ins, outs)
+                _node_function(ctx, node, low, ins, outs)
             pending = True
     if pending:
         ctx.barrier()
+
+
+SMALL = 2048       # elements: below this a node's code is optimized for size
+
+
+def _is_small(node) -> bool:
+    work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
+    return work < SMALL and not any(isinstance(a, Graph) for a in node.attrs.values())
+
+
+def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None:
+    """Emit the node's lowering in a function of its own whose buffer pointers are
+    ``noalias`` (no value shares bytes with another live value), so loops vectorize without
+    runtime overlap checks and each function is optimized on its own; then call it."""
+    module = ctx.module
+    ptrs: list[ir.Value] = []
+    for buf in ins + outs:
+        if not any(buf.ptr is q for q in ptrs):
+            ptrs.append(buf.ptr)
+    extra = [ctx.tid, ctx.nthreads, ctx.ctl, ctx.workspace,
+             ctx.node_scratch if ctx.node_scratch is not None else ir.Constant(PTR, None)]
+    fnty = ir.FunctionType(VOID, [q.type for q in ptrs] + [v.type for v in extra])
+    fn = ir.Function(module, fnty, module.get_unique_name(f"node.{node.op}"))
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    if _is_small(node):
+        fn.attributes.add("optsize")      # tiny loops: no vector epilogues worth their code
+    for k in range(len(ptrs)):
+        fn.args[k].add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    tid, nthreads, ctl, ws, scr = fn.args[len(ptrs):]
+    child = Ctx(module, fn, b, tid, nthreads, ctl, ws, ctx.workspace_per_thread,
+                ctx.max_threads, ctx.features)
+    child.node_index, child.barrier_fn = ctx.node_index, ctx.barrier_fn
+    child.single = ctx.single
+    child.node_scratch = scr if ctx.node_scratch is not None else None
+
+    def rebind(buf: Buf) -> Buf:
+        k = next(i for i, q in enumerate(ptrs) if q is buf.ptr)
+        return Buf(fn.args[k], buf.type)
+    low.fn(child, node, [rebind(x) for x in ins], [rebind(o) for o in outs])
+    b.ret_void()
+    ctx.b.call(fn, ptrs + extra)
 
 
 def barrier_fn(module: ir.Module) -> ir.Function:

@@ -1,0 +1,232 @@
+"""Benchmark of the LLVM backend, side by side with the reference backend, numpy and PyTorch.
+
+    python bench/bench_llvm.py [--quick]
+
+Prints, for this machine (named in the header):
+* training steps (forward, backward, Adam) of (a) an MLP 784-512-256-10, batch 128; (b) a
+  LeNet-style CNN with batch norm on 1x28x28, batch 64; (c) a tanh RNN, hidden 256, 64 steps,
+  batch 32: ms per step on the reference backend, the LLVM backend and PyTorch eager (CPU, 2
+  threads), with ratios;
+* matmul GFLOP/s (LLVM vs numpy's BLAS) and conv2d 64x32x32x32 with 3x3 kernels (LLVM vs
+  PyTorch) GFLOP/s;
+* compile time of (b): cold (empty cache) and cached.
+A script, not a test: nothing here asserts a speed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import backends  # noqa: E402
+import frontend as fe  # noqa: E402
+from frontend import nn, optim  # noqa: E402
+from frontend.layers import BatchNorm2d, Conv2d, MaxPool2d  # noqa: E402
+from irgraph import Graph, TensorType  # noqa: E402
+
+THREADS = 2
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from backends.llvm import jit
+    _, cpu, feats = jit.host()
+    wide = "avx512" if "+avx512f" in feats else ("avx2" if "+avx2" in feats else "sse")
+    return (f"{model} ({cpu}, {wide}), {os.cpu_count()} cores, {platform.system()}, "
+            f"numpy {np.__version__}")
+
+
+def timeit(fn, reps: int, warmup: int = 1) -> float:
+    """Best-of wall time in seconds."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+# ---------------------------------------------------------------- models (ours and torch's)
+class _LastState(nn.Module):
+    def __init__(self, n_in, hidden, n_out):
+        super().__init__()
+        self.rnn = fe.rnn.RNN(n_in, hidden)
+        self.head = nn.Linear(hidden, n_out)
+
+    def forward(self, x):
+        _, h = self.rnn(x)
+        return self.head(fe.F.reshape(h, (h.shape[1], h.shape[2])))
+
+
+def ours(kind: str):
+    fe.manual_seed(0)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
+                             nn.Linear(256, 10))
+    if kind == "cnn":
+        return nn.Sequential(Conv2d(1, 6, 5, padding=2), BatchNorm2d(6), nn.ReLU(),
+                             MaxPool2d(2), Conv2d(6, 16, 5), BatchNorm2d(16), nn.ReLU(),
+                             MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
+                             nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+    return _LastState(32, 256, 10)
+
+
+def theirs(kind: str):
+    import torch
+    tn = torch.nn
+    if kind == "mlp":
+        return tn.Sequential(tn.Linear(784, 512), tn.ReLU(), tn.Linear(512, 256), tn.ReLU(),
+                             tn.Linear(256, 10))
+    if kind == "cnn":
+        return tn.Sequential(tn.Conv2d(1, 6, 5, padding=2), tn.BatchNorm2d(6), tn.ReLU(),
+                             tn.MaxPool2d(2), tn.Conv2d(6, 16, 5), tn.BatchNorm2d(16), tn.ReLU(),
+                             tn.MaxPool2d(2), tn.Flatten(), tn.Linear(400, 120), tn.ReLU(),
+                             tn.Linear(120, 84), tn.ReLU(), tn.Linear(84, 10))
+
+    class Last(tn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = tn.RNN(32, 256)
+            self.head = tn.Linear(256, 10)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[1][0])
+    return Last()
+
+
+SHAPES = {"mlp": ((128, 784), 128), "cnn": ((64, 1, 28, 28), 64), "rnn": ((64, 32, 32), 32)}
+LABELS = {"mlp": "(a) MLP 784-512-256-10, batch 128",
+          "cnn": "(b) LeNet CNN + batch norm, 1x28x28, batch 64",
+          "rnn": "(c) tanh RNN, hidden 256, 64 steps, batch 32"}
+
+
+def batch(kind: str):
+    shape, n = SHAPES[kind]
+    r = np.random.default_rng(1)
+    return r.standard_normal(shape).astype(np.float32), r.integers(0, 10, n).astype(np.int64)
+
+
+def our_step(kind: str, backend: str, **opts):
+    shape, n = SHAPES[kind]
+    return fe.compile_train(ours(kind), nn.CrossEntropyLoss(), optim.Adam(lr=1e-3),
+                            fe.TensorSpec(shape), fe.TensorSpec((n,), "int64"),
+                            backend=backend, **opts)
+
+
+def torch_step(kind: str):
+    import torch
+    torch.set_num_threads(THREADS)
+    model = theirs(kind)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = (torch.from_numpy(a) for a in batch(kind))
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def bench_models(quick: bool) -> None:
+    print(f"\n{'training step (fwd+bwd+Adam)':48s} {'reference':>11s} {'llvm':>9s} "
+          f"{'torch':>9s} {'ref/llvm':>9s} {'torch/llvm':>11s}")
+    for kind in ("mlp", "cnn", "rnn"):
+        x, y = batch(kind)
+        nat = our_step(kind, "llvm", threads=THREADS)
+        t_llvm = timeit(lambda: nat(x, y), 3 if quick else 10)
+        ref = our_step(kind, "reference")
+        t_ref = timeit(lambda: ref(x, y), 1 if quick else 2, warmup=1)
+        try:
+            t_torch = timeit(torch_step(kind), 3 if quick else 10)
+        except ImportError:
+            t_torch = float("nan")
+        print(f"{LABELS[kind]:48s} {t_ref * 1e3:9.1f}ms {t_llvm * 1e3:7.2f}ms "
+              f"{t_torch * 1e3:7.2f}ms {t_ref / t_llvm:8.1f}x {t_torch / t_llvm:10.2f}x")
+
+
+def one(op, *types, **attrs) -> Graph:
+    g = Graph(op)
+    xs = [g.add_input(f"x{i}", t) for i, t in enumerate(types)]
+    g.set_outputs(g.add_node(op, xs, attrs))
+    return g
+
+
+def bench_kernels(quick: bool) -> None:
+    print(f"\n{'kernel':36s} {'llvm GF/s':>10s} {'ref GF/s':>10s} {'ratio':>7s}")
+    r = np.random.default_rng(0)
+    for n in ((256, 512) if quick else (256, 512, 768, 1024)):
+        a, b = (r.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+        exe = backends.compile(one("matmul", TensorType((n, n)), TensorType((n, n))), "llvm",
+                               threads=THREADS)
+        out = [np.empty((n, n), np.float32)]
+        t_l = timeit(lambda: exe.call_into(out, a, b), 5)
+        t_n = timeit(lambda: np.matmul(a, b), 5)
+        fl = 2 * n ** 3
+        print(f"{f'matmul {n}^3 (vs numpy BLAS)':36s} {fl / t_l / 1e9:10.1f} "
+              f"{fl / t_n / 1e9:10.1f} {t_n / t_l:6.2f}x")
+    try:
+        import torch
+        torch.set_num_threads(THREADS)
+    except ImportError:
+        return
+    N, C, H, O = (16 if quick else 64), 32, 32, 32
+    x = r.standard_normal((N, C, H, H)).astype(np.float32)
+    w = r.standard_normal((O, C, 3, 3)).astype(np.float32)
+    g = one("conv", TensorType(x.shape), TensorType(w.shape), stride=(1, 1),
+            padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)
+    exe = backends.compile(g, "llvm", threads=THREADS)
+    out = [np.empty((N, O, H, H), np.float32)]
+    t_l = timeit(lambda: exe.call_into(out, x, w), 5)
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    t_t = timeit(lambda: torch.nn.functional.conv2d(tx, tw, padding=1), 5)
+    fl = 2 * N * O * H * H * C * 9
+    print(f"{f'conv2d {N}x{C}x{H}x{H}, 3x3 (vs torch)':36s} {fl / t_l / 1e9:10.1f} "
+          f"{fl / t_t / 1e9:10.1f} {t_t / t_l:6.2f}x")
+
+
+def bench_compile() -> None:
+    from backends.llvm import clear_cache
+    with tempfile.TemporaryDirectory() as d:
+        os.environ["IRGRAPH_CACHE_DIR"] = d
+        clear_cache()
+        t = time.perf_counter()
+        our_step("cnn", "llvm", threads=THREADS)
+        cold = time.perf_counter() - t
+        t = time.perf_counter()
+        our_step("cnn", "llvm", threads=THREADS)
+        warm = time.perf_counter() - t
+    print(f"\ncompile of (b)'s training step: cold {cold:.2f}s, cached {warm:.2f}s "
+          f"(includes tracing and the pass pipeline)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes")
+    args = ap.parse_args()
+    print(f"machine: {machine()}; {THREADS} threads for llvm and torch")
+    bench_kernels(args.quick)
+    bench_models(args.quick)
+    bench_compile()
+
+
+if __name__ == "__main__":
+    main()
