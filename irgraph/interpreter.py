@@ -52,7 +52,8 @@ def run_node(node: Node, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
 def interpret(g: Graph, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run ``g`` on ``args`` (inputs then parameters); return the outputs."""
     if len(args) != len(g.arguments):
-        raise ExecutionError(f"graph {g.name!r} takes {len(g.arguments)} arguments, got {len(args)}")
+        raise ExecutionError(f"graph {g.name!r} takes {len(g.arguments)} arguments, "
+                             f"got {len(args)}")
     env: dict[Value, np.ndarray] = {}
 
     def write(v: Value, a: np.ndarray) -> None:

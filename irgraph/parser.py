@@ -17,7 +17,8 @@ _TOKEN = re.compile(r"""
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<value>%[A-Za-z0-9_.]+)
   | (?P<arrow>->)
-  | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\.\d+(?:[eE][-+]?\d+)?|\d+|inf\b|nan\b))
+  | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\.\d+(?:[eE][-+]?\d+)?|\d+
+                   |inf\b|nan\b))
   | (?P<name>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<punct>[()\[\]{}<>,:=])
 """, re.VERBOSE)

@@ -13,7 +13,8 @@ from .parser import parse
 FORMAT = "irgraph-1"
 
 
-def save(path: str | os.PathLike, graph: Graph, weights: dict[str, np.ndarray] | None = None) -> None:
+def save(path: str | os.PathLike, graph: Graph,
+         weights: dict[str, np.ndarray] | None = None) -> None:
     """Write ``path`` (a directory): ``graph.ir``, ``manifest.json`` and ``weights.npz``."""
     os.makedirs(path, exist_ok=True)
     weights = dict(weights or {})

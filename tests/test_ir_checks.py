@@ -168,7 +168,8 @@ GOOD = str(mlp())
     (GOOD.replace("relu(%1)", "frob(%1)"), r"^line 4, column 18: unknown op 'frob'"),
     (GOOD.replace("%2: f32[4,5] = relu", "%2: f32[4,6] = relu"),
      r"^line 4, column 18: .*declared types \['f32\[4,6\]'\] differ from inferred"),
-    (GOOD.replace("axis=[1]", "axis=[1], bogus=2"), r"^line 5, column 16: op 'sum' got unknown attribute"),
+    (GOOD.replace("axis=[1]", "axis=[1], bogus=2"),
+     r"^line 5, column 16: op 'sum' got unknown attribute"),
     (GOOD.replace("f32[4,3]", "f33[4,3]"), r"^line 1, column 15: expected a type like f32"),
     (GOOD.replace("f32[4,3]", "f32[4,x]"), r"^line 1, column 21: expected an integer, "
                                            r"found 'x'"),

@@ -36,7 +36,8 @@ def _(*, shape, value, dtype):
     return TensorType(shape, dtype)
 
 
-@register_op("iota", attrs={"shape": Attr(a_ints), "axis": Attr(a_int), "dtype": Attr(a_dtype, "int64")},
+@register_op("iota", attrs={"shape": Attr(a_ints), "axis": Attr(a_int),
+                            "dtype": Attr(a_dtype, "int64")},
              differentiable=False, nondiff_reason="has no inputs")
 def iota(*, shape, axis, dtype):
     """The index along ``axis`` at each position of ``shape``."""
