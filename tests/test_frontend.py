@@ -572,3 +572,20 @@ def test_loss_modules_and_torch_constructor_arguments():
     want = torch.nn.NLLLoss(ignore_index=2)(torch.log_softmax(
         torch.relu(tm(torch.from_numpy(x))), 1), torch.from_numpy(t2))
     np.testing.assert_allclose(ours, want.detach().numpy(), rtol=1e-5)
+
+
+def test_numpy_matmul_on_the_left_defers_to_the_tensor():
+    m = np.arange(6, dtype=np.float32).reshape(2, 3)
+    x = data(3, 4)
+    np.testing.assert_allclose(fe.compile(lambda t: m @ t, spec(3, 4))(x), m @ x, rtol=1e-6)
+
+
+def test_run_time_kernel_error_names_the_users_line():
+    from irgraph.interpreter import ExecutionError
+
+    def f(logits, target):
+        return F.cross_entropy(logits, target)
+    line = inspect.getsourcelines(f)[1] + 1
+    run = fe.compile(f, spec(2, 3), spec(2, dtype="int64"))
+    with pytest.raises(ExecutionError, match=rf"nll_loss.*{HERE}:{line}.*outside \[0, 3\)"):
+        run(data(2, 3), np.array([0, 7]))
