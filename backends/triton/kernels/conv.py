@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime import cdiv, empty, interpreting
+from ..runtime import View, cdiv, empty, interpreting
+from .elementwise import copy_view
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
     ow = p % OW
     C = CG * tl.num_programs(2)
     x_row = x_ptr + (nb.to(tl.int64) * C + g * CG) * (D * H * W)
-    w_col = w_ptr + (g * OG + rn).to(tl.int64) * (CG * KD * KH * KW)
+    w_grp = w_ptr + g.to(tl.int64) * (KD * KH * KW * CG * OG)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if y_ptr.dtype.element_ty == tl.float32
                    else tl.float64)
     for r in range(KD * KH * KW):
@@ -94,7 +95,7 @@ def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
             c_ok = rc < CG
             a = tl.load(x_pos[:, None] + rc[None, :].to(tl.int64) * (D * H * W),
                         mask=ok[:, None] & c_ok[None, :], other=0.0)
-            b = tl.load(w_col[None, :] + rc[:, None] * (KD * KH * KW) + r,
+            b = tl.load(w_grp + (r * CG + rc[:, None]) * OG + rn[None, :],
                         mask=c_ok[:, None] & n_ok[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
     y = y_ptr + ((nb.to(tl.int64) * (OG * tl.num_programs(2)) + g * OG)[:, None]
@@ -235,9 +236,20 @@ def _grid(rows: int, cols: int, groups: int):
     return lambda meta: (cdiv(rows, meta["BLOCK_M"]), cdiv(cols, meta["BLOCK_N"]), groups)
 
 
+def _weight_gemm_layout(geo: ConvGeometry, dtype: str, device) -> Callable:
+    """W (O, C/g, R) -> (g, R, C/g, O/g): the GEMM's B operand contiguous along its columns
+    (one small copy per call, so weight tiles load as whole vectors)."""
+    og, cg = geo.o // geo.groups, geo.c // geo.groups
+    r = geo.kernel[0] * geo.kernel[1] * geo.kernel[2]
+    view = View.of((geo.groups, og, cg, r)).permute((0, 3, 2, 1))
+    return copy_view(view, dtype, device)
+
+
 def conv_forward(geo: ConvGeometry, y_shape, dtype: str, device, allow_tf32: bool = False
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Plan ``y = conv(x, w)``; the wrapper lays the weight out as the GEMM's B operand."""
     kernel, blocks = _kernel("fwd", dtype)
+    to_gemm = _weight_gemm_layout(geo, dtype, device)
     prec = _precision(dtype, allow_tf32)
     grid = _grid(geo.n * geo.out[0] * geo.out[1] * geo.out[2], geo.o // geo.groups, geo.groups)
     args = geo.args()
@@ -245,7 +257,7 @@ def conv_forward(geo: ConvGeometry, y_shape, dtype: str, device, allow_tf32: boo
     def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         y = empty(y_shape, dtype, device)
         if y.numel():
-            kernel[grid](x, w, y, *args, PRECISION=prec, **blocks)
+            kernel[grid](x, to_gemm(w), y, *args, PRECISION=prec, **blocks)
         return y
     return run
 
