@@ -440,6 +440,10 @@ def mse_loss(input, target, reduction: str = "mean") -> Tensor:
     return _emit("mse_loss", a, b, reduction=reduction)
 
 
+# compositions of the ops above (leaky_relu, softplus, l1_loss, BCE, ...): compositions.py
+from .compositions import *  # noqa: E402,F401,F403
+
+
 # ---------------------------------------------------------------- Tensor methods
 def _swap(f):
     return lambda a, b: f(b, a)

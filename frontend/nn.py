@@ -270,3 +270,6 @@ from .rnn import (RNN, OutputRecurrentNet, RecurrentConvNet, RNNLanguageModel,  
 
 # convolution, pooling and batch-norm layers of chapter 9 and section 8.7.1 (frontend/layers.py)
 from .layers import *  # noqa: E402,F401,F403
+
+# activations and losses composed of core ops (frontend/composite_modules.py)
+from .composite_modules import *  # noqa: E402,F401,F403

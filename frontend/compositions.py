@@ -1,0 +1,114 @@
+"""Activations and losses of ``torch.nn.functional`` that are compositions of core ops.
+
+They live in ``frontend.F`` (functional.py re-exports them). Each is written in a form that
+is numerically stable in both tails and has finite gradients: a branch ``where`` does not
+select is still computed, so it must not overflow.
+"""
+from __future__ import annotations
+
+from .functional import (_promote, abs, as_tensor, clamp, exp, log, maximum, mean, minimum, mul,
+                         neg, sigmoid, square, sub, sum, where)
+from .tracing import Tensor
+
+__all__ = ["leaky_relu", "relu6", "hardtanh", "elu", "softplus", "silu", "logsigmoid",
+           "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+           "binary_cross_entropy_with_logits"]
+
+
+# ---------------------------------------------------------------- activations
+def leaky_relu(input, negative_slope: float = 0.01) -> Tensor:
+    x = as_tensor(input)
+    return where(x > 0, x, x * negative_slope)
+
+
+def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    return clamp(input, min_val, max_val)
+
+
+def relu6(input) -> Tensor:
+    return hardtanh(input, 0.0, 6.0)
+
+
+def elu(input, alpha: float = 1.0) -> Tensor:
+    """``x`` for x > 0, else ``alpha (exp(x) - 1)``; exp only sees x <= 0."""
+    x = as_tensor(input)
+    return where(x > 0, x, (exp(minimum(x, 0.0)) - 1) * alpha)
+
+
+def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """``log(1 + exp(beta x)) / beta`` as ``max(bx, 0) + log(1 + exp(-|bx|))``, then ``x``
+    above ``threshold`` (torch's linear regime)."""
+    x = as_tensor(input)
+    bx = x * beta
+    smooth = (maximum(bx, 0.0) + log(exp(neg(abs(bx))) + 1)) / beta
+    return where(bx > threshold, x, smooth)
+
+
+def silu(input) -> Tensor:
+    x = as_tensor(input)
+    return x * sigmoid(x)
+
+
+def logsigmoid(input) -> Tensor:
+    """``log(sigmoid(x)) = -softplus(-x)``, stable for large |x|."""
+    x = as_tensor(input)
+    return neg(maximum(neg(x), 0.0) + log(exp(neg(abs(x))) + 1))
+
+
+# ---------------------------------------------------------------- losses
+def _reduce(per: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return mean(per)
+    if reduction == "sum":
+        return sum(per)
+    if reduction == "none":
+        return per
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _pair(input, target) -> tuple[Tensor, Tensor]:
+    a, b = _promote(input, target)
+    if a.shape != b.shape:
+        raise ValueError(f"input {a.shape} and target {b.shape} must have the same shape")
+    return a, b
+
+
+def l1_loss(input, target, reduction: str = "mean") -> Tensor:
+    a, b = _pair(input, target)
+    return _reduce(abs(sub(a, b)), reduction)
+
+
+def smooth_l1_loss(input, target, reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    """``0.5 d^2 / beta`` where ``|d| < beta``, else ``|d| - beta / 2`` (beta 0: L1)."""
+    a, b = _pair(input, target)
+    d = abs(sub(a, b))
+    if beta == 0:
+        return _reduce(d, reduction)
+    return _reduce(where(d < beta, square(d) * (0.5 / beta), d - 0.5 * beta), reduction)
+
+
+def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0) -> Tensor:
+    """``0.5 d^2`` where ``|d| < delta``, else ``delta (|d| - delta / 2)``."""
+    a, b = _pair(input, target)
+    d = abs(sub(a, b))
+    return _reduce(where(d < delta, square(d) * 0.5, (d - 0.5 * delta) * delta), reduction)
+
+
+def binary_cross_entropy(input, target, reduction: str = "mean") -> Tensor:
+    """``-(t log p + (1 - t) log(1 - p))`` of probabilities; each log clamped at -100, as
+    torch, so p = 0 or 1 gives a finite loss."""
+    p, t = _pair(input, target)
+    log_p = maximum(log(p), -100.0)
+    log_q = maximum(log(1 - p), -100.0)
+    return _reduce(neg(mul(t, log_p) + mul(1 - t, log_q)), reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, reduction: str = "mean",
+                                     pos_weight=None) -> Tensor:
+    """BCE of ``sigmoid(x)`` without forming it: ``(1 - t) x + w log(1 + exp(-x))`` with
+    ``w = 1 + (pos_weight - 1) t``, the softplus written stably."""
+    x, t = _pair(input, target)
+    softplus_neg = maximum(neg(x), 0.0) + log(exp(neg(abs(x))) + 1)
+    if pos_weight is not None:
+        softplus_neg = mul((as_tensor(pos_weight, x) - 1) * t + 1, softplus_neg)
+    return _reduce((1 - t) * x + softplus_neg, reduction)
