@@ -200,6 +200,7 @@ class TritonExecutable(Executable):
         for nodes, _ in self.plan.steps:
             names = ", ".join(f"%{n.outputs[0].name}" for n in nodes if n.outputs)
             lines.append(f"#   {nodes[0].op} x{len(nodes)}: {names}")
+        lines.extend(self.ctx.notes)                  # generated kernels (fused regions)
         return "\n".join(lines)
 
 

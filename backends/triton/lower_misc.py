@@ -8,6 +8,7 @@ from irgraph import Node
 from irgraph.ops import recurrence as R
 from irgraph.ops.debug import NonFiniteError, non_finite_message
 
+from . import codegen
 from .kernels import elementwise as ew
 from .kernels import norm as nk
 from .kernels import reduce as red
@@ -31,8 +32,14 @@ def _stop_gradient(node: Node, ctx: LowerContext) -> Step:
 
 @lowering("fused")
 def _fused(node: Node, ctx: LowerContext) -> Step:
-    """The region's body as its own plan (its nodes' kernels, launched back to back)."""
-    plan = ctx.lower_graph(node.attrs["body"])
+    """An elementwise region: one generated kernel (codegen.py). Other kinds, and bodies the
+    generator does not take, run their body's own kernels back to back."""
+    body = node.attrs["body"]
+    if node.attrs["kind"] == "elementwise" and codegen.supports(body):
+        run = codegen.FusedElementwise(body, ctx.device)
+        ctx.notes.append(run.source)
+        return run
+    plan = ctx.lower_graph(body)
     return lambda xs: plan(xs)
 
 

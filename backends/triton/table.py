@@ -38,6 +38,7 @@ class LowerContext:
     device: torch.device
     allow_tf32: bool = False
     lower_graph: Callable | None = None       # Graph -> callable(list[Tensor]) -> list[Tensor]
+    notes: list[str] = field(default_factory=list)   # generated kernel sources, for source()
     # node -> output indices the lowering may write into its matching input's buffer (an
     # update whose argument is donated and read by nobody after it)
     inplace: dict[Node, set[int]] = field(default_factory=dict)
