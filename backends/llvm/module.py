@@ -181,7 +181,7 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
                             if i in p.scratch else None)
         ins = [bufs[v] for v in node.inputs]
         outs = [bufs[v] for v in node.outputs]
-        if low.parallel:
+        if low.parallel and not _is_small(node) and not _is_serial(node):
             if pending:
                 ctx.barrier()
             _node_function(ctx, node, low, ins, outs)
@@ -201,6 +201,20 @@ SMALL = 2048       # elements: below this a node's code is optimized for size
 def _is_small(node) -> bool:
     work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
     return work < SMALL and not any(isinstance(a, Graph) for a in node.attrs.values())
+
+
+SERIAL_FLOPS = 4_000_000     # a scan whose step costs less runs on one thread: no barriers
+
+
+def _is_serial(node) -> bool:
+    """A recurrence with little work per step: its per-step barriers would cost more than
+    the second thread saves."""
+    if node.op != "scan":
+        return False
+    body = node.attrs["body"]
+    flops = sum(n.opdef.cost([v.type for v in n.inputs], [v.type for v in n.outputs],
+                             n.attrs).flops for n in body.nodes)
+    return flops < SERIAL_FLOPS
 
 
 def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None:
