@@ -6,8 +6,9 @@ select is still computed, so it must not overflow.
 """
 from __future__ import annotations
 
-from .functional import (_promote, abs, as_tensor, clamp, exp, log, maximum, mean, minimum, mul,
-                         neg, sigmoid, square, sub, sum, where)
+from .functional import (_promote, abs, as_tensor, cast, clamp, eq, exp, log, maximum, mean,
+                         minimum, mul, ne, neg, reshape, sigmoid, square, sub, sum, unsqueeze,
+                         where)
 from .tracing import Tensor
 
 __all__ = ["leaky_relu", "relu6", "hardtanh", "elu", "softplus", "silu", "logsigmoid",
@@ -112,3 +113,43 @@ def binary_cross_entropy_with_logits(input, target, reduction: str = "mean",
     if pos_weight is not None:
         softplus_neg = mul((as_tensor(pos_weight, x) - 1) * t + 1, softplus_neg)
     return _reduce((1 - t) * x + softplus_neg, reduction)
+
+
+# ---------------------------------------------------------------- weighted / smoothed NLL
+def _class_one_hot(logp: Tensor, target: Tensor) -> Tensor:
+    """The target as one-hot vectors on the class axis 1, in logp's dtype (all zero for a
+    target outside [0, C), such as an ignore_index)."""
+    classes = logp.tracer.emit("iota", shape=logp.shape, axis=1, dtype="int64")
+    return cast(eq(classes, unsqueeze(cast(target, "int64"), 1)), logp.dtype)
+
+
+def _class_weights(weight: Tensor, logp: Tensor) -> Tensor:
+    if weight.shape != (logp.shape[1],):
+        raise ValueError(f"weight must have one entry per class ({logp.shape[1]}), "
+                         f"got shape {weight.shape}")
+    return reshape(cast(weight, logp.dtype), (1, logp.shape[1]) + (1,) * (logp.ndim - 2))
+
+
+def _weighted_nll(logp: Tensor, target: Tensor, weight: Tensor, reduction: str,
+                  ignore_index: int) -> Tensor:
+    """torch's weighted NLL: ``-w[t] logp[t]``; ``mean`` divides by the sum of ``w[t]`` over
+    the targets that are not ``ignore_index``."""
+    counts = cast(ne(target, ignore_index), logp.dtype)
+    hot = _class_one_hot(logp, target)
+    w_t = sum(_class_weights(weight, logp) * hot, 1) * counts
+    per = neg(sum(logp * hot, 1)) * w_t
+    return sum(per) / sum(w_t) if reduction == "mean" else _reduce(per, reduction)
+
+
+def _smoothing_term(logp: Tensor, target: Tensor, weight, reduction: str,
+                    ignore_index: int) -> Tensor:
+    """The uniform part of label smoothing, as torch: ``-sum_c w_c logp_c`` per target (0 for
+    ignored ones), the mean normalized like the weighted NLL."""
+    counts = cast(ne(target, ignore_index), logp.dtype)
+    wc = None if weight is None else _class_weights(as_tensor(weight), logp)
+    per = neg(sum(logp if wc is None else logp * wc, 1)) * counts
+    if reduction != "mean":
+        return _reduce(per, reduction)
+    if wc is None:
+        return sum(per) / sum(counts)
+    return sum(per) / sum(sum(wc * _class_one_hot(logp, target), 1) * counts)

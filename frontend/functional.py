@@ -425,14 +425,43 @@ def log_softmax(x, dim: int = -1) -> Tensor:
     return _emit("log_softmax", as_tensor(x), axis=dim)
 
 
-def nll_loss(input, target, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+def _loss_args(weight, size_average, reduce, reduction):
+    """torch's deprecated ``size_average``/``reduce`` are refused; a string where ``weight``
+    goes is the reduction (the older positional form of these functions)."""
+    if size_average is not None or reduce is not None:
+        raise ValueError("size_average and reduce are deprecated in PyTorch: use reduction=")
+    if isinstance(weight, str):
+        return None, weight
+    return weight, reduction
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100,
+             reduce=None, reduction: str = "mean") -> Tensor:
+    """``-log p(target)`` of log-probabilities (N, C, *d) (eq. 10.12-10.14), as torch's: class
+    ``weight``s scale each term and ``mean`` divides by the weight of the targets that count."""
+    weight, reduction = _loss_args(weight, size_average, reduce, reduction)
+    if weight is not None:
+        from .compositions import _weighted_nll
+        return _weighted_nll(as_tensor(input), as_tensor(target), as_tensor(weight),
+                             reduction, ignore_index)
     return _emit("nll_loss", as_tensor(input), as_tensor(target), reduction=reduction,
                  ignore_index=ignore_index)
 
 
-def cross_entropy(input, target, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
-    """Negative log-likelihood of a softmax over dim 1 (eq. 10.11-10.14), as PyTorch's."""
-    return nll_loss(log_softmax(input, 1), target, reduction, ignore_index)
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
+                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Negative log-likelihood of a softmax over dim 1 (eq. 10.11-10.14), as PyTorch's, with
+    class ``weight``s, ``ignore_index`` and ``label_smoothing``."""
+    weight, reduction = _loss_args(weight, size_average, reduce, reduction)
+    logp = log_softmax(input, 1)
+    loss = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
+    if not label_smoothing:
+        return loss
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    from .compositions import _smoothing_term
+    smooth = _smoothing_term(logp, as_tensor(target), weight, reduction, ignore_index)
+    return loss * (1 - label_smoothing) + smooth * (label_smoothing / logp.shape[1])
 
 
 def mse_loss(input, target, reduction: str = "mean") -> Tensor:

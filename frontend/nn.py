@@ -240,19 +240,24 @@ class Identity(Module):
 class CrossEntropyLoss(Module):
     """``F.cross_entropy`` (eq. 10.11-10.14) with PyTorch's ``ignore_index`` and reductions."""
 
-    def __init__(self, reduction: str = "mean", ignore_index: int = -100):
+    def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__()
+        self.weight, reduction = F._loss_args(weight, size_average, reduce, reduction)
         self.reduction, self.ignore_index = reduction, ignore_index
+        self.label_smoothing = label_smoothing
 
     def forward(self, input, target):
-        return F.cross_entropy(input, target, self.reduction, self.ignore_index)
+        return F.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
 
 
 class NLLLoss(CrossEntropyLoss):
     """``F.nll_loss`` of log-probabilities."""
 
     def forward(self, input, target):
-        return F.nll_loss(input, target, self.reduction, self.ignore_index)
+        return F.nll_loss(input, target, self.weight, ignore_index=self.ignore_index,
+                          reduction=self.reduction)
 
 
 class MSELoss(Module):

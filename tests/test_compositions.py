@@ -155,3 +155,67 @@ def test_bce_module_and_bad_constructor_arguments():
         nn.LeakyReLU(alpha=0.1)
     with pytest.raises(TypeError, match="at most 2 positional"):
         nn.LeakyReLU(0.1, True, 3)
+
+
+# ------------------------------------------------------------------ weighted, smoothed CE
+CE_X = np.random.default_rng(4).standard_normal((5, 4, 3)).astype(np.float32)
+CE_T = np.random.default_rng(5).integers(0, 4, (5, 3))
+CE_T[0, 0] = CE_T[3, 2] = -100
+CE_W = np.array([0.5, 2.0, 1.0, 3.0], np.float32)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_weight_and_label_smoothing_match_torch(reduction, label_smoothing,
+                                                             weighted):
+    """Eq. 10.12-10.14 with torch's class weights (mean divides by the weight of the targets
+    that count) and label smoothing ((1 - e) NLL + e/C * sum_c -w_c log p_c)."""
+    w = CE_W if weighted else None
+    run = fe.compile(lambda a, b: F.cross_entropy(a, b, w, reduction=reduction,
+                                                  label_smoothing=label_smoothing),
+                     fe.TensorSpec(CE_X.shape), fe.TensorSpec(CE_T.shape, "int64"))
+    want = TF.cross_entropy(torch.from_numpy(CE_X), torch.from_numpy(CE_T),
+                            None if w is None else torch.from_numpy(w), reduction=reduction,
+                            label_smoothing=label_smoothing)
+    np.testing.assert_allclose(run(CE_X, CE_T), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_nll_by_hand_and_its_gradient_match_torch():
+    logp = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]], np.float64))
+    t, w = np.array([0, 1, 2]), np.array([1.0, 2.0, 3.0])
+    want = -(1 * np.log(0.5) + 2 * np.log(0.8) + 3 * np.log(0.6)) / (1 + 2 + 3)
+    run = fe.compile(lambda a, b: F.nll_loss(a, b, weight=w), fe.TensorSpec((3, 3), "float64"),
+                     fe.TensorSpec((3,), "int64"))
+    np.testing.assert_allclose(run(logp, t), want, rtol=1e-12)
+    g = fe.grad(lambda a, b: F.cross_entropy(a, b, CE_W, label_smoothing=0.1),
+                fe.TensorSpec(CE_X.shape), fe.TensorSpec(CE_T.shape, "int64"))(CE_X, CE_T)
+    tx = torch.from_numpy(CE_X).requires_grad_()
+    TF.cross_entropy(tx, torch.from_numpy(CE_T), torch.from_numpy(CE_W),
+                     label_smoothing=0.1).backward()
+    np.testing.assert_allclose(g, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cross_entropy_modules_with_weight_and_smoothing_match_torch():
+    ours = nn.CrossEntropyLoss(weight=CE_W, ignore_index=-100, label_smoothing=0.3)
+    theirs = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(CE_W), label_smoothing=0.3)
+    run = fe.compile(ours, fe.TensorSpec(CE_X.shape), fe.TensorSpec(CE_T.shape, "int64"))
+    want = theirs(torch.from_numpy(CE_X), torch.from_numpy(CE_T))
+    np.testing.assert_allclose(run(CE_X, CE_T), want.numpy(), rtol=1e-5)
+    logp = torch.log_softmax(torch.from_numpy(CE_X), 1)
+    run = fe.compile(nn.NLLLoss(CE_W, reduction="sum"), fe.TensorSpec(CE_X.shape),
+                     fe.TensorSpec(CE_T.shape, "int64"))
+    want = torch.nn.NLLLoss(torch.from_numpy(CE_W), reduction="sum")(logp, torch.from_numpy(CE_T))
+    np.testing.assert_allclose(run(logp.numpy(), CE_T), want.numpy(), rtol=1e-5)
+
+
+def test_cross_entropy_argument_errors():
+    spec_x, spec_t = fe.TensorSpec((2, 3)), fe.TensorSpec((2,), "int64")
+    with pytest.raises(ValueError, match=r"one entry per class \(3\), got shape \(2,\)"):
+        fe.trace(lambda a, b: F.cross_entropy(a, b, np.ones(2, np.float32)), spec_x, spec_t)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+        fe.trace(lambda a, b: F.cross_entropy(a, b, label_smoothing=1.5), spec_x, spec_t)
+    with pytest.raises(ValueError, match="deprecated"):
+        fe.trace(lambda a, b: F.cross_entropy(a, b, size_average=True), spec_x, spec_t)
+    g = fe.trace(lambda a, b: F.cross_entropy(a, b, "sum"), spec_x, spec_t)
+    assert g.nodes[-1].attrs["reduction"] == "sum"      # the older positional form
