@@ -153,3 +153,18 @@ def _smoothing_term(logp: Tensor, target: Tensor, weight, reduction: str,
     if wc is None:
         return sum(per) / sum(counts)
     return sum(per) / sum(sum(wc * _class_one_hot(logp, target), 1) * counts)
+
+
+def _soft_cross_entropy(logp: Tensor, target: Tensor, weight, reduction: str,
+                        label_smoothing: float) -> Tensor:
+    """Class-probability targets (same shape as the input), as torch: ``-sum_c w_c t_c logp_c``
+    per position, smoothed targets ``(1 - e) t + e / C``; ``mean`` over the positions."""
+    if target.shape != logp.shape:
+        raise ValueError(f"probability targets must have the input's shape {logp.shape}, "
+                         f"got {target.shape}")
+    if label_smoothing:
+        target = target * (1 - label_smoothing) + label_smoothing / logp.shape[1]
+    terms = logp * target
+    if weight is not None:
+        terms = terms * _class_weights(as_tensor(weight), logp)
+    return _reduce(neg(sum(terms, 1)), reduction)

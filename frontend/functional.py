@@ -454,6 +454,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index: i
     class ``weight``s, ``ignore_index`` and ``label_smoothing``."""
     weight, reduction = _loss_args(weight, size_average, reduce, reduction)
     logp = log_softmax(input, 1)
+    if as_tensor(target, logp).type.is_float:
+        from .compositions import _soft_cross_entropy
+        return _soft_cross_entropy(logp, as_tensor(target, logp), weight, reduction,
+                                   label_smoothing)
     loss = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
     if not label_smoothing:
         return loss

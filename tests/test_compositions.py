@@ -219,3 +219,19 @@ def test_cross_entropy_argument_errors():
         fe.trace(lambda a, b: F.cross_entropy(a, b, size_average=True), spec_x, spec_t)
     g = fe.trace(lambda a, b: F.cross_entropy(a, b, "sum"), spec_x, spec_t)
     assert g.nodes[-1].attrs["reduction"] == "sum"      # the older positional form
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted,label_smoothing", [(False, 0.0), (True, 0.0), (True, 0.2)])
+def test_cross_entropy_with_probability_targets_matches_torch(reduction, weighted,
+                                                              label_smoothing):
+    probs = np.random.default_rng(6).dirichlet(np.ones(4), (5, 3)).transpose(0, 2, 1)
+    probs = probs.astype(np.float32)
+    w = CE_W if weighted else None
+    run = fe.compile(lambda a, b: F.cross_entropy(a, b, w, reduction=reduction,
+                                                  label_smoothing=label_smoothing),
+                     fe.TensorSpec(CE_X.shape), fe.TensorSpec(probs.shape))
+    want = TF.cross_entropy(torch.from_numpy(CE_X), torch.from_numpy(probs),
+                            None if w is None else torch.from_numpy(w), reduction=reduction,
+                            label_smoothing=label_smoothing)
+    np.testing.assert_allclose(run(CE_X, probs), want.numpy(), rtol=1e-5, atol=1e-6)
