@@ -31,8 +31,9 @@ def model(x):
     return z + w
 
 
-def test_reports_the_first_offending_node_with_op_ranges_and_source_line():
-    f = fe.compile(model, SPEC, pipeline="default, debug_nans")
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_reports_the_first_offending_node_with_op_ranges_and_source_line(backend):
+    f = fe.compile(model, SPEC, pipeline="default, debug_nans", backend=backend)
     x = np.array([[1.0, 2.0, 3.0], [0.1, 1.5, 2.5]], np.float32)
     with pytest.raises(NonFiniteError) as info:
         f(x)
@@ -109,3 +110,12 @@ def test_checks_are_in_order_and_the_instrumented_graph_verifies():
     assert out.outputs[0] is out.nodes[-1].outputs[0]
     exe = backends.compile(out, "reference")
     np.testing.assert_allclose(exe(np.zeros(3, np.float32))[0], -1.0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
+def test_checked_graph_gives_the_same_results_on_every_backend_when_finite(backend):
+    f = fe.compile(model, SPEC, pipeline="default, debug_nans", backend=backend)
+    assert sum(n.op == "check_finite" for n in f.graph.nodes) >= 4
+    x = np.array([[1.0, 2.0, 3.0], [1.5, 0.8, 2.5]], np.float32)
+    y = np.exp(x.astype(np.float64)) - 2
+    np.testing.assert_allclose(f(x), np.sqrt(y) + np.log(y), rtol=1e-5)

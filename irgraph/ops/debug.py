@@ -15,8 +15,11 @@ from ..registry import Attr, Cost, a_str, register_op
 from ..types import TensorType
 
 
-class NonFiniteError(ArithmeticError):
-    """A value watched by the NaN checker holds NaN or +-inf."""
+class NonFiniteError(Exception):
+    """A value watched by the NaN checker holds NaN or +-inf.
+
+    Deliberately not an ArithmeticError or RuntimeError: interpreters that wrap kernel errors
+    with the failing node let it through, so every backend raises this same type."""
 
 
 def _a_strs(v) -> tuple[str, ...]:
