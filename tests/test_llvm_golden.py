@@ -44,6 +44,17 @@ def test_golden_after_default_pipeline(name):
     check(name, optimized, args, expect, 2)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_with_fused_regions(name):
+    """After passes/fusion.py: elementwise regions and epilogue tails run as single loop
+    nests, reduction regions node by node inside the region."""
+    from passes.manager import PassManager
+    graph, args, expect = load(name)
+    fused = PassManager(["simplify", "fuse"]).run(graph)
+    assert any(n.op == "fused" for n in fused.nodes)
+    check(name, fused, args, expect, 2)
+
+
 def test_training_step_updates_in_place_and_trains():
     """Ten steps of the MLP's SGD step on the LLVM backend follow the reference's
     trajectory, with the parameters updated in their own buffers."""

@@ -149,14 +149,28 @@ def emit_graph(ctx: Ctx, graph: Graph, p: Plan, arg_ptrs, out_ptrs, arena,
     through this too). With ``copy_outputs``, outputs that are arguments or repeated values
     are copied into their buffers here (the top level lets the executable do it)."""
     b = ctx.b
+    bufs = buffers(ctx, p, arg_ptrs, out_ptrs, arena)
+    emit_nodes(ctx, graph.nodes, bufs, p, arena, index_offset)
+    if copy_outputs:
+        copy_outputs_of(ctx, graph, p, bufs, out_ptrs)
+
+
+def buffers(ctx: Ctx, p: Plan, arg_ptrs, out_ptrs, arena) -> dict[Value, Buf]:
+    """The buffer of every value of a planned graph."""
+    b = ctx.b
     bufs: dict[Value, Buf] = {}
     for v, (kind, k) in p.slots.items():
         raw = (b.gep(arena, [i64(k)], inbounds=True) if kind == "arena"
                else arg_ptrs[k] if kind == "arg" else out_ptrs[k])
         bufs[v] = Buf(b.bitcast(raw, ir.PointerType(STORAGE[v.dtype]), name=f"v.{v.name}"),
                       v.type)
-    emit_nodes(ctx, graph.nodes, bufs, p, arena, index_offset)
-    if copy_outputs and p.copies:
+    return bufs
+
+
+def copy_outputs_of(ctx: Ctx, graph: Graph, p: Plan, bufs, out_ptrs) -> None:
+    """Outputs that are arguments or repeated values, copied into their own buffers."""
+    b = ctx.b
+    if p.copies:
         from .elementwise import copy_strided
         from .builder import row_strides
         for j, (kind, k) in p.copies.items():

@@ -11,7 +11,7 @@ from irgraph.ops.recurrence import num_saved, split_inputs, step_body
 from .builder import STORAGE, Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
 from .lowering import lowering, scratch
-from .module import ALIGN, emit_graph, plan
+from .module import ALIGN, buffers, copy_outputs_of, emit_graph, emit_nodes, plan
 from .ops_core import SCALAR
 from . import scalar as sc
 
@@ -145,20 +145,71 @@ def _fused_scratch(node, threads, features) -> int:
 
 @lowering("fused", parallel=True)
 def _fused(ctx, node, ins, outs):
+    """Elementwise regions: one loop nest. Otherwise the longest elementwise tail (an
+    epilogue: bias, activation, residual) becomes one loop nest after the nodes before it
+    (the anchor: matmul, conv, a reduction) are lowered one by one."""
     body = node.attrs["body"]
     shape = _loop_fusable(body, body.nodes)
     if shape is not None and all(o.shape == tuple(shape) for o in outs):
-        _one_loop_nest(ctx, body, ins, outs)
+        _one_loop_nest(ctx, body, body.inputs, body.outputs, ins, outs)
         return
     bp = plan(body, ctx.features, ctx.max_threads)
     p8 = ir.PointerType(ir.IntType(8))
     b = ctx.b
-    emit_graph(ctx, body, bp, [b.bitcast(x.ptr, p8) for x in ins],
-               [b.bitcast(o.ptr, p8) for o in outs], ctx.node_scratch, index_offset=-1)
+    args = [b.bitcast(x.ptr, p8) for x in ins]
+    res = [b.bitcast(o.ptr, p8) for o in outs]
+    k = _tail_start(body)
+    if k is None:
+        emit_graph(ctx, body, bp, args, res, ctx.node_scratch, index_offset=-1)
+        return
+    bufs = buffers(ctx, bp, args, res, ctx.node_scratch)
+    emit_nodes(ctx, body.nodes[:k], bufs, bp, ctx.node_scratch, -1)
+    tail = body.nodes[k:]
+    made = {v for n in tail for v in n.outputs}
+    sources = list(dict.fromkeys(v for n in tail for v in n.inputs if v not in made))
+    results = [v for v in dict.fromkeys(body.outputs) if v in made]
+    _one_loop_nest(ctx, _Region(tail), sources, results, [bufs[v] for v in sources],
+                   [bufs[v] for v in results])
+    ctx.barrier()
+    copy_outputs_of(ctx, body, bp, bufs, res)
 
 
-def _one_loop_nest(ctx, body: Graph, ins, outs) -> None:
-    """Every body node computed per element of the output shape: no intermediate buffers."""
+class _Region:
+    """A run of body nodes seen as a loop-nest body (nodes only)."""
+
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+
+
+def _tail_start(body: Graph) -> int | None:
+    """Index where the longest loop-fusable run of nodes ending the body starts, when that
+    run has at least 2 nodes and makes every body output it computes at one shape."""
+    nodes = body.nodes
+    best = None
+    for k in range(len(nodes) - 1, -1, -1):
+        tail = nodes[k:]
+        made = {v for n in tail for v in n.outputs}
+        outs = [v for v in body.outputs if v in made]
+        if not outs or len({v.shape for v in outs}) != 1:
+            break
+        if any(n.op not in SCALAR for n in tail) or not _broadcasts(tail, outs[0].shape):
+            break
+        best = k
+    return best if best is not None and len(nodes) - best >= 2 and best > 0 else None
+
+
+def _broadcasts(nodes, shape) -> bool:
+    try:
+        return all(tuple(_bshape(v.shape, shape)) == tuple(shape)
+                   for n in nodes for v in list(n.inputs) + list(n.outputs))
+    except ValueError:
+        return False
+
+
+def _one_loop_nest(ctx, body, sources, results, ins, outs) -> None:
+    """Every node of ``body`` computed per element of the output shape, reading the values
+    ``sources`` (buffers ``ins``) and storing ``results`` (buffers ``outs``): no
+    intermediate buffers."""
     shape = outs[0].shape
     strides = [row_strides(shape)] * len(outs) + [broadcast_strides(x.shape, shape)
                                                   for x in ins]
@@ -167,10 +218,10 @@ def _one_loop_nest(ctx, body: Graph, ins, outs) -> None:
     b = ctx.b
 
     def step(offs):
-        env = {v: x.load(b, o) for v, x, o in zip(body.inputs, ins, offs[len(outs):])}
+        env = {v: x.load(b, o) for v, x, o in zip(sources, ins, offs[len(outs):])}
         for n in body.nodes:
             env[n.outputs[0]] = SCALAR[n.op](ctx, n, [env[v] for v in n.inputs])
-        for o, off, v in zip(outs, offs, body.outputs):
+        for o, off, v in zip(outs, offs, results):
             o.store(b, off, env[v])
     if not cshape:
         with ctx.thread0():
