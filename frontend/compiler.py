@@ -68,4 +68,4 @@ def run_pipeline(graph: Graph, pipeline, kind: str) -> Graph:
         return graph
     if pipeline is None:
         pipeline = default_pipeline(kind)
-    return PassManager(pipeline).run(graph)
+    return PassManager(pipeline, kind=kind).run(graph)     # 'default' in a spec means kind's

@@ -141,3 +141,17 @@ def test_compile_takes_the_pipeline_option():
     assert "fused" in [n.op for n in fused.graph.nodes]
     np.testing.assert_allclose(fused(x), plain(x), rtol=1e-6)
     np.testing.assert_allclose(fe.compile(model, spec)(x), plain(x), rtol=1e-6)
+
+
+def test_default_in_a_pipeline_spec_means_the_preset_of_its_kind():
+    """compile_train's run_pipeline(graph, "default, ...", "training") must not fold or
+    strip batch norms: only the inference preset does."""
+    from frontend.compiler import run_pipeline
+    g = Graph("bn")
+    x = g.add_input("x", TensorType((4, 3)))
+    ps = [g.add_param(n, TensorType((3,))) for n in ("g", "b", "m", "v")]
+    g.set_outputs([g.op("batch_norm", x, *ps, training=False)[0]])
+    train = run_pipeline(g, "default, dce", "training")
+    infer = run_pipeline(g, "default, dce", "inference")
+    assert "batch_norm" in [n.op for n in train.nodes]
+    assert "batch_norm" not in [n.op for n in infer.nodes]
