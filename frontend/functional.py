@@ -221,11 +221,28 @@ def min(x, dim=None, keepdim: bool = False):
     return MinMax(amin(x, dim, keepdim), argmin(x, dim, keepdim))
 
 
-def var(x, dim=None, keepdim: bool = False, unbiased: bool = True) -> Tensor:
+def var(x, dim=None, keepdim: bool = False, unbiased: bool = True, *,
+        correction: int | None = None) -> Tensor:
+    """``torch.var``: divides by ``n - correction`` (``unbiased``: correction 1)."""
     x = as_tensor(x)
     m = mean(x, dim, keepdim=True)
     n = int(np.prod([x.shape[a] for a in (range(x.ndim) if dim is None else _axes(dim))]))
-    return div(sum(square(sub(x, m)), dim, keepdim), float(n - 1 if unbiased else n))
+    c = (1 if unbiased else 0) if correction is None else correction
+    return div(sum(square(sub(x, m)), dim, keepdim), float(n - c))
+
+
+def std(x, dim=None, keepdim: bool = False, unbiased: bool = True, *,
+        correction: int | None = None) -> Tensor:
+    return sqrt(var(x, dim, keepdim, unbiased, correction=correction))
+
+
+def logsumexp(x, dim, keepdim: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` over ``dim``, shifted by the maximum so it cannot overflow."""
+    x = as_tensor(x)
+    x = x if x.type.is_float else cast(x, "float32")
+    m = amax(x, dim, keepdim=True)
+    out = add(log(sum(exp(sub(x, m)), dim, keepdim=True)), m)
+    return out if keepdim else squeeze(out, _axes(dim))
 
 
 # ---------------------------------------------------------------- linear algebra
@@ -309,10 +326,14 @@ def unsqueeze(x, dim: int) -> Tensor:
     return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
 
 
-def squeeze(x, dim: int | None = None) -> Tensor:
+def squeeze(x, dim: int | Sequence[int] | None = None) -> Tensor:
+    """Drop size-1 dimensions: all, one, or those in a tuple (others are kept, as torch)."""
     x = as_tensor(x)
     if dim is None:
         return reshape(x, tuple(d for d in x.shape if d != 1))
+    if isinstance(dim, (tuple, list)):
+        drop = {_dim(d, x.ndim) for d in dim} if x.ndim else set()
+        return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in drop or s != 1))
     if not x.ndim:
         _dim(dim, 0)
         return x
@@ -500,7 +521,8 @@ _METHODS = {
     "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "eq": eq, "ne": ne, "lt": lt,
     "le": le, "gt": gt, "ge": ge, "floor_divide": floor_divide, "argmin": argmin,
     "clip": clamp, "clamp_min": clamp_min, "clamp_max": clamp_max, "max": max, "min": min,
-    "logical_and": logical_and, "logical_or": logical_or,
+    "logical_and": logical_and, "logical_or": logical_or, "std": std,
+    "logsumexp": logsumexp,
 }
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)

@@ -202,7 +202,8 @@ METHODS = {
     "amax": lambda t: (t.amax(1), t.amin((0, 2))),
     "flatten": lambda t: (t.flatten(), t.flatten(1)),
     "permute": lambda t: (t.permute(2, 0, 1), t.permute((1, 2, 0)), t.transpose(0, 2)),
-    "unsqueeze": lambda t: (t.unsqueeze(0), t.unsqueeze(-1), t[:1].squeeze(0), t.squeeze()),
+    "unsqueeze": lambda t: (t.unsqueeze(0), t.unsqueeze(-1), t[:1].squeeze(0), t.squeeze(),
+                            t[:1, :, :1].squeeze((0, 1, -1))),
     "expand": lambda t: (t[:, :1].expand(2, 3, 4), t.expand(5, -1, -1, -1)),
     "clamp": lambda t: (t.clamp(-0.5, 0.5), t.clamp(min=0), t.clamp(max=0.1), t.clip(-1, 1)),
     "softmax": lambda t: (t.softmax(1), t.log_softmax(-1)),
@@ -589,3 +590,13 @@ def test_run_time_kernel_error_names_the_users_line():
     run = fe.compile(f, spec(2, 3), spec(2, dtype="int64"))
     with pytest.raises(ExecutionError, match=rf"nll_loss.*{HERE}:{line}.*outside \[0, 3\)"):
         run(data(2, 3), np.array([0, 7]))
+
+
+def test_var_std_logsumexp_match_torch():
+    def f(t):
+        mod = torch if isinstance(t, torch.Tensor) else F
+        return (t.var(1), t.std(), t.std(dim=(0, 2), keepdim=True), mod.var(t, 0, correction=0),
+                t.logsumexp(1), mod.logsumexp(t, (0, -1), keepdim=True), t.logsumexp(-1))
+    same_as_torch(f, data(2, 3, 4, seed=11))
+    big = np.array([[1000.0, 999.0], [-1000.0, -1e30]], np.float32)
+    same_as_torch(lambda t: t.logsumexp(1), big)
