@@ -280,3 +280,63 @@ def test_every_lowering_split_across_threads(name, monkeypatch):
     got = backends.compile(graph, "llvm", threads=3, cache=False)(*[a.copy() for a in args])
     for r, e in zip(got, expect):
         np.testing.assert_allclose(r, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    ((1, 1), (1, 1, 1, 1), (1, 1), 1), ((2, 1), (0, 2, 1, 0), (1, 2), 2),
+    ((1, 3), (2, 2, 0, 1), (2, 1), 1), ((1, 1), (0, 0, 0, 0), (1, 1), 4)])
+def test_conv2d_and_its_gradients_match_torch(stride, padding, dilation, groups):
+    """conv (eq. 9.6-9.8) and, through the VJP graph, conv_kernel_grad (eq. 9.11) and
+    conv_input_grad (eq. 9.12-9.13) against torch.nn.functional.conv2d and autograd;
+    odd sizes, asymmetric padding (applied to torch's input with F.pad)."""
+    import torch
+    from passes.autodiff import vjp
+    x = RNG.standard_normal((3, 4, 7, 9)).astype(np.float32)
+    w = RNG.standard_normal((8, 4 // groups, 3, 2)).astype(np.float32)
+    g = one("conv", TensorType(x.shape), TensorType(w.shape), stride=stride, padding=padding,
+            dilation=dilation, groups=groups)
+    vg = vjp(g)
+    ct = RNG.standard_normal(g.outputs[0].shape).astype(np.float32)
+    y, dx, dw = backends.compile(vg, "llvm", threads=2)(x, w, ct)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    xp = torch.nn.functional.pad(tx, (padding[2], padding[3], padding[0], padding[1]))
+    ty = torch.nn.functional.conv2d(xp, tw, stride=stride, dilation=dilation, groups=groups)
+    ty.backward(torch.tensor(ct))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_pools_and_batch_norm_match_torch():
+    """max_pool (first maximum, ceil_mode), avg_pool (count_include_pad) and training-mode
+    batch_norm (eq. 8.35-8.36, PyTorch's running-statistics update) against torch."""
+    import torch
+    x = RNG.standard_normal((2, 3, 9, 7)).astype(np.float32)
+    g = Graph("pools")
+    xv = g.add_input("x", TensorType(x.shape))
+    gamma, beta, rm, rv = (g.add_param(n, TensorType((3,))) for n in ("g", "b", "rm", "rv"))
+    mp = g.op("max_pool", xv, kernel_size=(3, 2), stride=(2, 2), padding=(1, 1, 0, 1),
+              dilation=(1, 1), ceil_mode=True)
+    ap = g.op("avg_pool", xv, kernel_size=(3, 3), stride=(2, 1), padding=(1, 1, 1, 1),
+              ceil_mode=False, count_include_pad=True)
+    y, nm, nv = g.op("batch_norm", xv, gamma, beta, rm, rv, training=True, eps=1e-5,
+                     momentum=0.1)
+    g.set_outputs([mp, ap, y, nm, nv])
+    params = [RNG.standard_normal(3).astype(np.float32) for _ in range(3)] + [
+        np.abs(RNG.standard_normal(3)).astype(np.float32)]
+    got = backends.compile(g, "llvm", threads=2)(x, *params)
+    tx = torch.tensor(x)
+    want_mp = torch.nn.functional.max_pool2d(
+        torch.nn.functional.pad(tx, (0, 1, 1, 1), value=-float("inf")), (3, 2), (2, 2),
+        ceil_mode=True)
+    want_ap = torch.nn.functional.avg_pool2d(tx, 3, (2, 1), padding=1)
+    trm, trv = torch.tensor(params[2]), torch.tensor(params[3])
+    want_y = torch.nn.functional.batch_norm(tx, trm, trv, torch.tensor(params[0]),
+                                            torch.tensor(params[1]), training=True)
+    np.testing.assert_allclose(got[1], want_ap.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[2], want_y.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[3], trm.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[4], trv.numpy(), rtol=1e-5, atol=1e-6)
+    assert got[0].shape == tuple(want_mp.shape)
+    np.testing.assert_array_equal(got[0], want_mp.numpy())

@@ -37,20 +37,25 @@ def _is_pointwise(geo) -> bool:
             and not any(geo["padding"]))
 
 
-def _window_nest(ctx, geo, channels: int, fn) -> None:
-    """Loops c < channels, kernel offsets, output positions; calls
-    ``fn(row, col, in_offset_within_channel_plane_or_None, valid, c)``."""
+def _window_nest(ctx, geo, channels: int, inside, outside=None) -> None:
+    """Loops c < channels, kernel offsets, output positions. Calls
+    ``inside(row, col, in_offset_within_channel_plane, valid, c)`` where the last axis'
+    window position is inside x (``valid``: the other axes' test, None for 1-D) and
+    ``outside(row, col)`` where it is not. The last axis is cut into three ranges computed
+    per kernel offset (zero / copy / zero), so the copy loop carries no bounds test."""
     b = ctx.b
     d = len(geo["kernel"])
-    kprod, pn = prod(geo["kernel"]), prod(geo["out"])
+    kprod = prod(geo["kernel"])
     kstr, ostr, istr = (row_strides(geo["kernel"]), row_strides(geo["out"]),
                         row_strides(geo["spatial"]))
     with for_range(b, 0, channels, "wc") as c:
-        _k_nest(ctx, geo, d, 0, [], lambda ks: _p_nest(
-            ctx, geo, d, 0, ks, [], lambda ps, ins, ok: fn(
-                b.add(b.mul(c, i64(kprod)), _dot(b, ks, kstr)), _dot(b, ps, ostr),
-                _dot(b, ins, istr), ok, c)))
-    del pn
+        def per_k(ks):
+            row = b.add(b.mul(c, i64(kprod)), _dot(b, ks, kstr))
+            _p_nest(ctx, geo, d, 0, ks, [],
+                    lambda ps, ins, ok: inside(row, _dot(b, ps, ostr), _dot(b, ins, istr),
+                                               ok, c),
+                    None if outside is None else lambda ps: outside(row, _dot(b, ps, ostr)))
+        _k_nest(ctx, geo, d, 0, [], per_k)
 
 
 def _dot(b, idx, strides):
@@ -68,19 +73,50 @@ def _k_nest(ctx, geo, d, ax, ks, fn):
         _k_nest(ctx, geo, d, ax + 1, ks + [k], fn)
 
 
-def _p_nest(ctx, geo, d, ax, ks, ps, fn, ins=(), ok=None):
+def _position(b, geo, ax: int, p, k):
+    return b.sub(b.add(b.mul(p, i64(geo["stride"][ax])), b.mul(k, i64(geo["dilation"][ax]))),
+                 i64(geo["padding"][2 * ax]))
+
+
+def _p_nest(ctx, geo, d, ax, ks, ps, inside, outside, ins=(), ok=None):
     b = ctx.b
-    if ax == d:
-        fn(ps, list(ins), ok)
+    if ax == d - 1:
+        _last_axis(ctx, geo, ax, ks, ps, inside, outside, list(ins), ok)
         return
     with for_range(b, 0, geo["out"][ax], f"wp{ax}") as p:
-        pos = b.sub(b.add(b.mul(p, i64(geo["stride"][ax])),
-                          b.mul(ks[ax], i64(geo["dilation"][ax]))), i64(geo["padding"][2 * ax]))
-        inside = b.and_(b.icmp_signed(">=", pos, i64(0)),
-                        b.icmp_signed("<", pos, i64(geo["spatial"][ax])))
-        safe = b.select(inside, pos, i64(0))
-        _p_nest(ctx, geo, d, ax + 1, ks, ps + [p], fn, list(ins) + [safe],
-                inside if ok is None else b.and_(ok, inside))
+        pos = _position(b, geo, ax, p, ks[ax])
+        valid = b.and_(b.icmp_signed(">=", pos, i64(0)),
+                       b.icmp_signed("<", pos, i64(geo["spatial"][ax])))
+        safe = b.select(valid, pos, i64(0))
+        _p_nest(ctx, geo, d, ax + 1, ks, ps + [p], inside, outside, list(ins) + [safe],
+                valid if ok is None else b.and_(ok, valid))
+
+
+def _last_axis(ctx, geo, ax, ks, ps, inside, outside, ins, ok) -> None:
+    """Output positions p of the last axis with the window inside x form [lo, hi)."""
+    b = ctx.b
+    s, n, size = geo["stride"][ax], geo["out"][ax], geo["spatial"][ax]
+    a = b.sub(i64(geo["padding"][2 * ax]), b.mul(ks[ax], i64(geo["dilation"][ax])))
+    lo = b.select(b.icmp_signed("<=", a, i64(0)), i64(0),
+                  b.sdiv(b.add(a, i64(s - 1)), i64(s)))
+    last = b.add(a, i64(size - 1))          # p * s <= last
+    hi = b.select(b.icmp_signed("<", last, i64(0)), i64(0), b.add(b.sdiv(last, i64(s)), i64(1)))
+    lo = _clamp(b, lo, n)
+    hi = _clamp(b, hi, n)
+    hi = b.select(b.icmp_signed("<", hi, lo), lo, hi)
+    if outside is not None:
+        with for_range(b, 0, lo, "wz0") as p:
+            outside(ps + [p])
+    with for_range(b, lo, hi, f"wp{ax}") as p:
+        inside(ps + [p], ins + [_position(b, geo, ax, p, ks[ax])], ok)
+    if outside is not None:
+        with for_range(b, hi, n, "wz1") as p:
+            outside(ps + [p])
+
+
+def _clamp(b, v, n: int):
+    v = b.select(b.icmp_signed("<", v, i64(0)), i64(0), v)
+    return b.select(b.icmp_signed(">", v, i64(n)), i64(n), v)
 
 
 def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf) -> None:
@@ -89,10 +125,13 @@ def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf) -> None:
     plane, pn = prod(geo["spatial"]), prod(geo["out"])
     zero = ir.Constant(dst.elem, 0.0)
 
-    def fn(row, col, inoff, ok, c):
+    def inside(row, col, inoff, ok, c):
         v = x.load(b, b.add(xbase, b.add(b.mul(c, i64(plane)), inoff)))
-        dst.store(b, b.add(b.mul(row, i64(pn)), col), b.select(ok, v, zero))
-    _window_nest(ctx, geo, channels, fn)
+        dst.store(b, b.add(b.mul(row, i64(pn)), col), v if ok is None else b.select(ok, v, zero))
+
+    def outside(row, col):
+        dst.store(b, b.add(b.mul(row, i64(pn)), col), zero)
+    _window_nest(ctx, geo, channels, inside, outside)
 
 
 def col2im(ctx, src: Buf, channels: int, geo, dx: Buf, xbase) -> None:
@@ -100,12 +139,17 @@ def col2im(ctx, src: Buf, channels: int, geo, dx: Buf, xbase) -> None:
     b = ctx.b
     plane, pn = prod(geo["spatial"]), prod(geo["out"])
 
-    def fn(row, col, inoff, ok, c):
-        with b.if_then(ok):
+    def inside(row, col, inoff, ok, c):
+        def add():
             at = b.add(xbase, b.add(b.mul(c, i64(plane)), inoff))
             v = src.load(b, b.add(b.mul(row, i64(pn)), col))
             dx.store(b, at, b.fadd(dx.load(b, at), v))
-    _window_nest(ctx, geo, channels, fn)
+        if ok is None:
+            add()
+        else:
+            with b.if_then(ok):
+                add()
+    _window_nest(ctx, geo, channels, inside)
 
 
 def _zero(ctx, buf: Buf, base, n: int) -> None:
