@@ -62,8 +62,9 @@ def _check_finite(node: Node, ctx: LowerContext) -> Step:
         total = float(count(bad(xs[0], xs[0])).cpu())
         if total != total:
             arrays = [t.cpu().numpy() for t in xs]
-            raise NonFiniteError(non_finite_message(arrays[0], arrays[1:], op=a["op"],
-                                                    node=a["node"], loc=a["loc"],
+            raise NonFiniteError(non_finite_message(arrays[0], arrays[1:],
+                                                    checked_op=a["checked_op"],
+                                                    node=a["node"], source=a["source"],
                                                     names=a["names"]))
         return [xs[0]]
     return step
