@@ -151,7 +151,8 @@ def _inlinable(v: Value) -> bool:
         v.type.size <= INLINE_CONST_LIMIT
 
 
-def _build_body(g: Graph, r: Region, used_outside: set[Value], name: str) -> tuple[Graph, list[Value], list[Value]]:
+def _build_body(g: Graph, r: Region, used_outside: set[Value],
+                name: str) -> tuple[Graph, list[Value], list[Value]]:
     """The region's body graph, its operands and its results (values of ``g``)."""
     body = Graph(name)
     env: dict[Value, Value] = {}

@@ -4,8 +4,9 @@
 when every element is finite and raises ``NonFiniteError`` otherwise. ``watched`` are the
 checked node's operands, there only so that the error can report their ranges;
 ``checked_op``, ``node`` (the node's IR text), ``source`` (the user's source line) and
-``names`` (the operands' value names) say which node made the value. Backends lower it as a finiteness test whose failure raises the
-same error; ``non_finite_message`` builds its text from the arrays.
+``names`` (the operands' value names) say which node made the value. Backends lower it as a
+finiteness test whose failure raises the same error; ``non_finite_message`` builds its text
+from the arrays.
 """
 from __future__ import annotations
 
