@@ -259,3 +259,13 @@ def fold_bn(g: Graph) -> Graph:
         else:
             rw.copy_node(node)
     return rw.finish()
+
+
+def fold_bn_weights(g: Graph, weights: dict[str, np.ndarray]
+                    ) -> tuple[Graph, dict[str, np.ndarray]]:
+    """``fold_bn`` with the weights bound: returns the folded graph, whose new parameters
+    hold the folded weights and biases (``<weight>.folded``), and its weights. The batch
+    norms' parameters and running statistics are gone from both."""
+    from .fold_params import fold_params
+    from .simplify import simplify
+    return fold_params(simplify(fold_bn(g)), weights)

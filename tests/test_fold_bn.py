@@ -194,3 +194,28 @@ def test_cnn_trained_with_batch_norm_predicts_the_same_after_folding():
     # the default inference pipeline folds too (weights bound at each call)
     np.testing.assert_allclose(fe.compile(model, fe.TensorSpec(xs.shape))(xs), expect,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_fold_bn_weights_returns_the_new_weights():
+    """The weights-dict form: conv (O=4) + BN folded by hand, w' = w s, b' = (b - m) s + beta
+    with s = gamma / sqrt(var + eps) (eq. 8.35 with running statistics)."""
+    from passes.fold_bn import fold_bn_weights
+    fe.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4)).eval()
+    bn = model[1]
+    bn.running_mean.data[:] = [1.0, -1.0, 0.5, 0.0]
+    bn.running_var.data[:] = [4.0, 0.25, 1.0, 9.0]
+    bn.weight.data[:] = [1.0, 2.0, -1.0, 0.5]
+    bn.bias.data[:] = [0.0, 1.0, 2.0, -3.0]
+    g = fe.trace(model, fe.TensorSpec((1, 2, 5, 5)))
+    weights = {n: p.data for n, p in model.named_parameters(buffers=True)}
+    folded, new = fold_bn_weights(g, weights)
+    assert [n.op for n in folded.nodes] == ["conv", "add"]
+    s = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.data + 1e-5)
+    w_want = model[0].weight.data * s[:, None, None, None]
+    b_want = (model[0].bias.data - bn.running_mean.data) * s + bn.bias.data
+    w_name = next(p.name for p in folded.params if p.shape == (4, 2, 3, 3))
+    b_name = next(p.name for p in folded.params if p.shape == (1, 4, 1, 1))
+    np.testing.assert_allclose(new[w_name], w_want, rtol=1e-6)
+    np.testing.assert_allclose(new[b_name].ravel(), b_want, rtol=1e-6, atol=1e-7)
+    assert set(new) == {p.name for p in folded.params}
