@@ -387,8 +387,9 @@ def pad(x, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Te
     return slice_axes(y, starts, stops, [1] * x.ndim)
 
 
-def getitem(x: Tensor, index) -> Tensor:
-    """Basic indexing: ints, slices, None and Ellipsis (no advanced indexing)."""
+def _basic_index(x: Tensor, index):
+    """Normalize a basic index into per-axis (starts, stops, steps) and the result's layout:
+    ``out`` lists ``("axis", a)`` for kept axes and ``("new",)`` for each ``None``."""
     if not isinstance(index, tuple):
         index = (index,)
     if builtins_sum(i is Ellipsis for i in index) > 1:
@@ -397,11 +398,10 @@ def getitem(x: Tensor, index) -> Tensor:
         k = index.index(Ellipsis)
         fill = x.ndim - (len(index) - 1 - builtins_sum(i is None for i in index))
         index = index[:k] + (slice(None),) * fill + index[k + 1:]
-    starts, stops, steps, out_shape, axis = [], [], [], [], 0
-    drop = []
+    starts, stops, steps, out, axis = [], [], [], [], 0
     for i in index:
         if i is None:
-            out_shape.append(("new",))
+            out.append(("new",))
             continue
         if axis >= x.ndim:
             raise IndexError(f"too many indices for a tensor of shape {x.shape}")
@@ -414,24 +414,59 @@ def getitem(x: Tensor, index) -> Tensor:
                 raise IndexError(f"index {i} is out of bounds for axis {axis} of size {d}")
             i %= d
             starts.append(i), stops.append(i + 1), steps.append(1)
-            drop.append(axis)
         elif isinstance(i, slice):
             b, e, s = i.indices(d)
             if e < 0:   # a negative step runs past index 0; -1 would wrap to the end
                 e = -d - 1
             starts.append(b), stops.append(e), steps.append(s)
-            out_shape.append(("axis", axis))
+            out.append(("axis", axis))
         else:
             raise TypeError(f"unsupported index of type {type(i).__name__}: use ints, slices, "
                             f"None or ... (advanced indexing is not supported)")
         axis += 1
     for a in range(axis, x.ndim):
         starts.append(0), stops.append(x.shape[a]), steps.append(1)
-        out_shape.append(("axis", a))
+        out.append(("axis", a))
+    return starts, stops, steps, out
+
+
+def getitem(x: Tensor, index) -> Tensor:
+    """Basic indexing: ints, slices (any step), None and Ellipsis (no advanced indexing)."""
+    starts, stops, steps, out = _basic_index(x, index)
     full = all(b == 0 and e == d and s == 1 for b, e, s, d in zip(starts, stops, steps, x.shape))
     y = x if full else slice_axes(x, starts, stops, steps)
-    shape = [1 if o[0] == "new" else y.shape[o[1]] for o in out_shape]
+    shape = [1 if o[0] == "new" else y.shape[o[1]] for o in out]
     return reshape(y, tuple(shape))
+
+
+def setitem(x: Tensor, index, value) -> None:
+    """``x[index] = value`` for ints and step-1 slices, traced functionally: ``x`` is rebound
+    to ``where(mask, value padded into place, x)`` (views taken earlier keep the old value)."""
+    starts, stops, steps, out = _basic_index(x, index)
+    if any(o[0] == "new" for o in out):
+        raise IndexError("None cannot be used in an index that is assigned to")
+    if any(s != 1 for s in steps):
+        raise NotImplementedError("assignment to a slice with a step other than 1 is not "
+                                  "supported while tracing")
+    region = tuple(e - b for b, e in zip(starts, stops))
+    if not all(region):
+        return
+    view = tuple(region[o[1]] for o in out)
+    v = cast(as_tensor(value, x), x.dtype)
+    v = reshape(broadcast_to(v, view), region)
+    pads = tuple(p for b, e, d in zip(starts, stops, x.shape) for p in (b, d - e))
+    mask = x.tracer.emit("full", shape=region, value=1.0, dtype="bool")
+    if any(pads):
+        v = _emit("pad", v, pads=pads, value=0.0, mode="constant")
+        mask = _emit("pad", mask, pads=pads, value=0.0, mode="constant")
+    x._value = where(mask, v, x).value
+
+
+def clone(x) -> Tensor:
+    """A new tensor object for the same value (``torch.clone``; assignment to either one
+    leaves the other alone)."""
+    x = as_tensor(x)
+    return Tensor(x.value, x.tracer)
 
 
 builtins_sum = __builtins__["sum"] if isinstance(__builtins__, dict) else __builtins__.sum
@@ -521,6 +556,7 @@ _METHODS = {
     "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "eq": eq, "ne": ne, "lt": lt,
     "le": le, "gt": gt, "ge": ge, "floor_divide": floor_divide, "argmin": argmin,
     "clip": clamp, "clamp_min": clamp_min, "clamp_max": clamp_max, "max": max, "min": min,
+    "__setitem__": setitem, "clone": clone,
     "logical_and": logical_and, "logical_or": logical_or, "std": std,
     "logsumexp": logsumexp,
 }

@@ -600,3 +600,38 @@ def test_var_std_logsumexp_match_torch():
     same_as_torch(f, data(2, 3, 4, seed=11))
     big = np.array([[1000.0, 999.0], [-1000.0, -1e30]], np.float32)
     same_as_torch(lambda t: t.logsumexp(1), big)
+
+
+def test_item_assignment_matches_torch():
+    def f(t, row):
+        t = t.clone()
+        t[1:3, 0] = 5
+        t[0] = t[1] * 2
+        t[..., -1] += 1
+        t[2, 1:] = row
+        t[-1, :, None if False else 0] = -1.5
+        t[3:3] = 100.0                    # an empty region: no change
+        return t, t.sum()
+    same_as_torch(f, data(4, 3, 2), data(2, 2, seed=3))
+
+
+def test_item_assignment_is_functional_and_checks_its_index():
+    def f(x):
+        before = x[0]
+        x[0] = 9.0
+        return before, x
+    before, after = fe.compile(f, spec(2, 2))(np.zeros((2, 2), np.float32))
+    np.testing.assert_array_equal(before, [0, 0])
+    np.testing.assert_array_equal(after, [[9, 9], [0, 0]])
+
+    def bad_step(x):
+        x[::2] = 1.0
+        return x
+    with pytest.raises(NotImplementedError, match="step other than 1"):
+        fe.trace(bad_step, spec(4))
+
+    def bad_shape(x):
+        x[0] = np.ones(3, np.float32)
+        return x
+    with pytest.raises(IRError, match=rf"{HERE}:\d+: op 'broadcast_to'"):
+        fe.trace(bad_shape, spec(2, 2))
