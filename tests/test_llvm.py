@@ -340,3 +340,22 @@ def test_pools_and_batch_norm_match_torch():
     np.testing.assert_allclose(got[4], trv.numpy(), rtol=1e-5, atol=1e-6)
     assert got[0].shape == tuple(want_mp.shape)
     np.testing.assert_array_equal(got[0], want_mp.numpy())
+
+
+def test_transposed_matmul_operands_are_read_in_place():
+    """x @ W^T and batched A^T @ B: the transpose is folded into the GEMM's strides (and not
+    run when only matmuls read it); a transpose another op also reads still runs."""
+    g = Graph("tmm")
+    x, w = g.add_input("x", TensorType((5, 7))), g.add_input("w", TensorType((3, 7)))
+    a, bb = g.add_input("a", TensorType((2, 4, 5))), g.add_input("b", TensorType((2, 4, 6)))
+    wt = g.op("transpose", w, perm=(1, 0))
+    at = g.op("transpose", a, perm=(0, 2, 1))
+    g.set_outputs([g.op("matmul", x, wt), g.op("matmul", at, bb), g.op("neg", wt)])
+    exe = backends.compile(g, "llvm", threads=2)
+    assert len(exe.plan.skip) == 1 and len(exe.plan.views) == 2
+    xa, wa, aa, ba = (RNG.standard_normal(s).astype(np.float32)
+                      for s in ((5, 7), (3, 7), (2, 4, 5), (2, 4, 6)))
+    y, z, n = run_guarded(exe, [xa, wa, aa, ba])
+    np.testing.assert_allclose(y, xa @ wa.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z, aa.transpose(0, 2, 1) @ ba, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(n, -wa.T)

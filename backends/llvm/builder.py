@@ -63,9 +63,12 @@ def coalesce(shape: Sequence[int], strides: Sequence[Sequence[int]]):
 class Buf:
     """A tensor in memory: a typed pointer and its TensorType (row-major, contiguous)."""
 
-    def __init__(self, ptr: ir.Value, type: TensorType):
+    def __init__(self, ptr: ir.Value, type: TensorType, swapped: bool = False):
         self.ptr = ptr
         self.type = type
+        # the memory holds the tensor with its last two axes swapped (a folded transpose);
+        # only lowerings that say so (matmul) accept such a buffer
+        self.swapped = swapped
 
     @property
     def dtype(self) -> str:

@@ -260,9 +260,12 @@ def _matmul(ctx, node, ins, outs):
     xs = [s * M * K for s in broadcast_strides(sa[:-2], batch)]
     ys = [s * K * N for s in broadcast_strides(sb[:-2], batch)]
     os_ = [s * M * N for s in row_strides(batch)]
+    # a folded transpose: the operand's memory holds its last two axes swapped
+    a_str = (1, M) if x.swapped else (K, 1)
+    b_str = (1, K) if y.swapped else (N, 1)
     b = ctx.b
     with strided_nest(b, batch, [xs, ys, os_]) as (xo, yo, oo):
-        call_gemm(ctx, out.dtype, b.gep(x.ptr, [xo]), (K, 1), b.gep(y.ptr, [yo]), (N, 1),
+        call_gemm(ctx, out.dtype, b.gep(x.ptr, [xo]), a_str, b.gep(y.ptr, [yo]), b_str,
                   b.gep(out.ptr, [oo]), N, M, N, K)
 
 

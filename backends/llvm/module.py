@@ -36,6 +36,9 @@ class Plan:
     # node index -> arena offset of the scratch it needs while it runs
     scratch: dict[int, int] = field(default_factory=dict)
     workspace_bytes: int = 0
+    # (matmul index, operand index) -> the value a folded transpose would have read
+    views: dict[tuple[int, int], Value] = field(default_factory=dict)
+    skip: set[int] = field(default_factory=set)     # transposes nobody needs to run
 
 
 def _round(n: int) -> int:
@@ -89,6 +92,9 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
     for i, node in enumerate(graph.nodes):
         for v in node.inputs:
             last[v] = i
+    p.views, p.skip = _folded_transposes(graph.nodes, p)
+    for (i, _), src in p.views.items():          # a folded operand is read by the matmul
+        last[src] = max(last.get(src, i), i)
     arena = _Arena()
     dying: dict[int, list[Value]] = {}
     for i, node in enumerate(graph.nodes):
@@ -188,12 +194,16 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
     """Emit each node's lowering in order, with barriers only where threads must meet."""
     b = ctx.b
     pending = False        # work done by thread 0 alone since the last barrier
+    views, skip = p.views, p.skip
     for i, node in enumerate(nodes):
+        if i in skip:
+            continue
         low = get_lowering(node)
         ctx.node_index = index_offset + i if index_offset >= 0 else ctx.node_index
         ctx.node_scratch = (b.gep(arena, [i64(p.scratch[i])], inbounds=True)
                             if i in p.scratch else None)
-        ins = [bufs[v] for v in node.inputs]
+        ins = [Buf(bufs[views[i, k]].ptr, v.type, swapped=True) if (i, k) in views
+               else bufs[v] for k, v in enumerate(node.inputs)]
         outs = [bufs[v] for v in node.outputs]
         if low.parallel and not _is_small(node) and not _is_serial(node):
             if pending:
@@ -215,6 +225,34 @@ SMALL = 2048       # elements: below this a node's code is optimized for size
 def _is_small(node) -> bool:
     work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
     return work < SMALL and not any(isinstance(a, Graph) for a in node.attrs.values())
+
+
+def _folded_transposes(nodes, p: Plan):
+    """matmul operands made by a transpose of the last two axes read the transpose's
+    operand with swapped strides instead; a transpose only matmuls read is not run.
+    Returns ({(node index, operand index): source value}, indices of skipped nodes)."""
+    index = {n: i for i, n in enumerate(nodes)}
+    users: dict[Value, list[tuple[int, int]]] = {}
+    for i, n in enumerate(nodes):
+        for k, v in enumerate(n.inputs):
+            users.setdefault(v, []).append((i, k))
+    views: dict[tuple[int, int], Value] = {}
+    skip: set[int] = set()
+    for t in nodes:
+        if t.op != "transpose" or t.inputs[0].type.rank < 2:
+            continue
+        r = t.inputs[0].type.rank
+        if tuple(t.attrs["perm"]) != tuple(range(r - 2)) + (r - 1, r - 2):
+            continue
+        out = t.outputs[0]
+        uses = users.get(out, [])
+        mm = [(i, k) for i, k in uses if nodes[i].op == "matmul"
+              and nodes[i].inputs[k].type.rank >= 2 and out.dtype in ("float32", "float64")]
+        for use in mm:
+            views[use] = t.inputs[0]
+        if uses and len(mm) == len(uses) and p.slots.get(out, ("arena",))[0] == "arena":
+            skip.add(index[t])
+    return views, skip
 
 
 SERIAL_FLOPS = 4_000_000     # a scan whose step costs less runs on one thread: no barriers
@@ -260,7 +298,7 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
 
     def rebind(buf: Buf) -> Buf:
         k = next(i for i, q in enumerate(ptrs) if q is buf.ptr)
-        return Buf(fn.args[k], buf.type)
+        return Buf(fn.args[k], buf.type, buf.swapped)
     low.fn(child, node, [rebind(x) for x in ins], [rebind(o) for o in outs])
     b.ret_void()
     ctx.b.call(fn, ptrs + extra)
