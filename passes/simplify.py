@@ -70,6 +70,8 @@ def constant_fold(g: Graph) -> Graph:
     FOLD_ARRAY_LIMIT elements. A kernel that fails (e.g. an index out of range) is left for
     run time, where its error names the user's line.
     """
+    if not any(_foldable(node, list(node.inputs)) for node in g.nodes):
+        return g                                    # nothing to fold: no copy
     rw = GraphRewriter(g)
     for node in g.nodes:
         ins = [rw[v] for v in node.inputs]
@@ -108,6 +110,8 @@ def algebraic(g: Graph) -> Graph:
 
         return %x
     """
+    if not any(_matches(node) for node in g.nodes if len(node.outputs) == 1):
+        return g
     rw = GraphRewriter(g)
     for node in g.nodes:
         new = _rewrite(rw, node) if len(node.outputs) == 1 else None
@@ -116,6 +120,23 @@ def algebraic(g: Graph) -> Graph:
         else:
             rw.replace(node.outputs[0], new)
     return rw.finish()
+
+
+class _Matched(Exception):
+    pass
+
+
+def _matches(node: Node) -> bool:
+    """Whether a rule applies to ``node`` as it is (a dry run: emitting means it matched).
+    If none applies anywhere, none applies while rewriting either."""
+    def emit(op, *inputs, **attrs):
+        raise _Matched
+
+    site = Site(node.op, node.inputs, node.attrs, node.outputs[0].type, emit)
+    try:
+        return any(rule(site) is not None for rule in rules_for(node.op))
+    except _Matched:
+        return True
 
 
 def _rewrite(rw: GraphRewriter, node: Node) -> Value | None:
@@ -136,6 +157,13 @@ def _rewrite(rw: GraphRewriter, node: Node) -> Value | None:
 
 
 # ---------------------------------------------------------------- CSE and DCE
+def _cse_key(node: Node, ins) -> tuple:
+    ids = [id(v) for v in ins]
+    if node.op in COMMUTATIVE:
+        ids.sort()
+    return (node.op, tuple(ids), attrs_key(node.attrs))
+
+
 @register_pass("cse")
 def cse(g: Graph) -> Graph:
     """Common-subexpression elimination: a node equal to an earlier one (same op, operands and
@@ -152,14 +180,13 @@ def cse(g: Graph) -> Graph:
         %0: f32[4] = exp(%x)
         %2: f32[4] = add(%0, %0)
     """
+    keys = [_cse_key(node, node.inputs) for node in g.nodes if node.op not in EFFECT_OPS]
+    if len(set(keys)) == len(keys):
+        return g            # no two nodes alike, so no merge can make others alike either
     rw = GraphRewriter(g)
     seen: dict[tuple, tuple[Value, ...]] = {}
     for node in g.nodes:
-        ins = [rw[v] for v in node.inputs]
-        ids = [id(v) for v in ins]
-        if node.op in COMMUTATIVE:
-            ids.sort()
-        key = (node.op, tuple(ids), attrs_key(node.attrs))
+        key = _cse_key(node, [rw[v] for v in node.inputs])
         if node.op not in EFFECT_OPS and key in seen:
             for old, new in zip(node.outputs, seen[key]):
                 rw.replace(old, new)
@@ -197,6 +224,8 @@ def dce(g: Graph) -> Graph:
         return %0
     """
     live = live_nodes(g)
+    if len(live) == len(g.nodes):
+        return g
     rw = GraphRewriter(g)
     for i, node in enumerate(g.nodes):
         if i in live:
@@ -223,13 +252,11 @@ def simplify(g: Graph, max_rounds: int = 8) -> Graph:
         %4: f32[4] = add(%2, %2)
         return %4
     """
-    text = str(g)
     for _ in range(max_rounds):
-        g = dce(cse(algebraic(constant_fold(g))))
-        new = str(g)
-        if new == text:
+        new = dce(cse(algebraic(constant_fold(g))))
+        if new is g:            # every pass gives its input back when it changes nothing
             break
-        text = new
+        g = new
     return g
 
 

@@ -299,3 +299,11 @@ def test_subgraphs_are_simplified_too():
     got = run(out, *args)
     np.testing.assert_allclose(got[0], hs[-1], rtol=1e-6)
     np.testing.assert_allclose(got[1], np.stack(hs[1:]), rtol=1e-6)
+
+
+def test_passes_give_back_their_input_when_nothing_changes():
+    """No copy when there is nothing to do (simplify's fixed point relies on it)."""
+    g, x = one_input()
+    g.set_outputs([g.op("exp", x)])
+    for p in (constant_fold, algebraic, cse, dce, simplify):
+        assert p(g) is g
