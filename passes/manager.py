@@ -205,6 +205,14 @@ class PassManager:
         return (f"pass {self.passes[i].name!r} ({i + 1} of {len(self.passes)} in "
                 f"[{', '.join(self.names)}]; passes that ran before it: {ran})")
 
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per pass name in the last run (summed when a pass runs twice)."""
+        out: dict[str, float] = {}
+        for r in self.records:
+            out[r.name] = out.get(r.name, 0.0) + r.seconds
+        return out
+
     def report(self) -> str:
         """A table of the last run: seconds and node counts per pass."""
         rows = [f"{'pass':<20} {'ms':>10} {'nodes before':>13} {'nodes after':>12}"]

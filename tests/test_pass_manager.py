@@ -84,6 +84,10 @@ def test_report_times_each_pass_with_node_counts():
     assert pm.records[1].nodes_after == 6
     report = pm.report()
     assert "cse" in report and "dce" in report and "total" in report
+    assert set(pm.timings) == {"cse", "dce"}
+    pm = PassManager("dce, cse, dce")
+    pm.run(small_graph())
+    assert pm.timings["dce"] == pm.records[0].seconds + pm.records[2].seconds
 
 
 def test_unknown_pass_is_named():
