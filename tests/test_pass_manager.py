@@ -159,3 +159,11 @@ def test_default_in_a_pipeline_spec_means_the_preset_of_its_kind():
     infer = run_pipeline(g, "default, dce", "inference")
     assert "batch_norm" in [n.op for n in train.nodes]
     assert "batch_norm" not in [n.op for n in infer.nodes]
+
+
+def test_every_builtin_pass_documents_ir_before_and_after():
+    for name, p in all_passes().items():
+        if name.startswith("test_"):
+            continue
+        before, _, after = p.doc.partition("After")
+        assert "Before" in before and "%" in before and "%" in after, name
