@@ -359,3 +359,16 @@ def test_transposed_matmul_operands_are_read_in_place():
     np.testing.assert_allclose(y, xa @ wa.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z, aa.transpose(0, 2, 1) @ ba, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(n, -wa.T)
+
+
+def test_avx512_hosts_ask_for_512_bit_vectors():
+    """LLVM prefers 256-bit vectors unless a function says otherwise: on an AVX-512 host every
+    function of the module gets "prefer-vector-width"="512" (and the IR still parses)."""
+    import llvmlite.binding as lb
+    from backends.llvm import jit
+    text = backends.compile(one("add", TensorType((4,)), TensorType((4,))), "llvm").llvm_ir()
+    wide = jit._with_vector_width(text, "+sse2,+avx2,+avx512f")
+    defines = [ln for ln in wide.splitlines() if ln.startswith("define")]
+    assert defines and all('"prefer-vector-width"="512"' in ln for ln in defines)
+    lb.parse_assembly(wide).verify()
+    assert jit._with_vector_width(text, "+avx2,-avx512f") == text

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .builder import F32, F64, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64, \
-    prod, row_strides, strided_nest
+from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64,
+                      row_strides, strided_nest)
 from .lowering import Ctx, lowering
 
 KC = 256
@@ -287,5 +287,3 @@ def elementwise_zero(ctx, out: Buf) -> None:
     with strided_nest(b, (out.type.size,), [(1,)]) as (o,):
         b.store(ir.Constant(out.elem, 0), out.at(b, o))
 
-
-__all__ = ["F64", "prod", "KC", "MC", "NC"]

@@ -111,7 +111,7 @@ def _with_vector_width(text: str, features: str) -> str:
     """LLVM prefers 256-bit vectors even on AVX-512 unless a function asks for 512."""
     if "+avx512f" not in features:
         return text
-    return re.sub(r"^(define [^\n]*\))(\s*)\{", r'\1 "prefer-vector-width"="512"\2{',
+    return re.sub(r"^(define [^\n{]*?)(\s*\{?)$", r'\1 "prefer-vector-width"="512"\2',
                   text, flags=re.M)
 
 

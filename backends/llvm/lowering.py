@@ -21,7 +21,7 @@ from llvmlite import ir
 
 from irgraph import IRError, Node
 
-from .builder import I64, PTR, i64
+from .builder import i64
 
 # error codes set in the control block; the executable turns them into exceptions
 ERROR_MESSAGES = {
@@ -182,6 +182,3 @@ class Ctx:
 def load_ptr(b: ir.IRBuilder, args: ir.Value, index: int) -> ir.Value:
     return b.load(b.gep(args, [i64(index)], inbounds=True), name=f"arg{index}")
 
-
-__all__ = ["LOWERINGS", "UNLOWERABLE", "Lowering", "lowering", "get_lowering", "Ctx",
-           "ERROR_MESSAGES", "load_ptr", "I64", "PTR"]

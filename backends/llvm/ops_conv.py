@@ -20,7 +20,7 @@ from llvmlite import ir
 
 from irgraph.ops.conv_geometry import out_shape
 
-from .builder import PTR, STORAGE, Buf, for_range, i64, prod, row_strides
+from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
 from .gemm import call_gemm, gemm_function
 from .lowering import lowering, scratch
 from .module import ALIGN
@@ -425,5 +425,3 @@ def _unshared(ctx, node, ins, outs):
                     b.store(b.fadd(b.load(acc), v), acc)
                 y.store(b, b.add(b.mul(b.add(b.mul(n, i64(O)), o), i64(P)), p), b.load(acc))
 
-
-__all__ = ["PTR"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from .builder import I8, i64, row_strides, strided_nest
+from .builder import I8, i64, strided_nest
 from .elementwise import elementwise
 from .lowering import lowering
 from . import scalar as sc
@@ -36,7 +36,8 @@ def memcpy(ctx, dst, src, nbytes: int) -> None:
     ptr = ir.PointerType(I8)
     fn = ctx.intrinsic("llvm.memcpy", [ptr, ptr, ir.IntType(64)])
     b = ctx.b
-    b.call(fn, [b.bitcast(dst, ptr), b.bitcast(src, ptr), i64(nbytes), ir.Constant(ir.IntType(1), 0)])
+    b.call(fn, [b.bitcast(dst, ptr), b.bitcast(src, ptr), i64(nbytes),
+                ir.Constant(ir.IntType(1), 0)])
 
 
 @lowering("full", parallel=True)
@@ -244,5 +245,3 @@ def _identity(ctx, node, ins, outs):
 def _where(ctx, node, ins, outs):
     elementwise(ctx, outs, ins, lambda vs: ctx.b.select(vs[0], vs[1], vs[2]))
 
-
-__all__ = ["memcpy", "row_strides", "SCALAR"]

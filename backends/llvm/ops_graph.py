@@ -6,9 +6,9 @@ from __future__ import annotations
 from llvmlite import ir
 
 from irgraph import Graph
-from irgraph.ops.recurrence import num_saved, split_inputs, step_body
+from irgraph.ops.recurrence import split_inputs, step_body
 
-from .builder import STORAGE, Buf, broadcast_strides, for_range, i64, prod, row_strides
+from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
 from .lowering import lowering, scratch
 from .module import ALIGN, buffers, copy_outputs_of, emit_graph, emit_nodes, plan
@@ -230,5 +230,3 @@ def _one_loop_nest(ctx, body, sources, results, ins, outs) -> None:
     with strided_nest(b, cshape, cstrides, outer=ctx.split(cshape[0])) as offs:
         step(offs)
 
-
-__all__ = ["STORAGE", "elementwise", "num_saved"]

@@ -7,8 +7,6 @@ into the output (unit-stride inner loop), on one thread.
 """
 from __future__ import annotations
 
-from llvmlite import ir
-
 from irgraph.ops.core import normalize_axes
 
 from .builder import REGISTER, Buf, for_range, i64, prod, row_strides, strided_nest
@@ -234,5 +232,3 @@ def _mse_loss(ctx, node, ins, outs):
         res = b.fdiv(res, const(dt, x.type.size))
     out.store(b, i64(0), res)
 
-
-__all__ = ["ir"]

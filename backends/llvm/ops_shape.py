@@ -5,7 +5,7 @@ from llvmlite import ir
 
 from irgraph.ops.core import normalize_axes
 
-from .builder import Buf, broadcast_strides, i64, prod, row_strides, strided_nest
+from .builder import Buf, i64, row_strides
 from .elementwise import copy_strided, elementwise
 from .lowering import lowering
 from .scalar import const
@@ -128,5 +128,3 @@ class _index_nest:
             cm.__exit__(None, None, None)
         return False
 
-
-__all__ = ["broadcast_strides", "prod", "strided_nest"]

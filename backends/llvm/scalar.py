@@ -182,6 +182,3 @@ class S:
     def maximum(self, o) -> "S":
         return S(self.ctx, self.dtype, maximum(self.ctx, self.dtype, self.v, self._lift(o).v))
 
-
-__all__ = ["FLOATS", "INTS", "S", "const", "maximum", "call", "floor_div", "int_pow", "convert",
-           "compare", "truth", "is_nan", "F32"]
