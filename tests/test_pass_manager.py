@@ -28,7 +28,7 @@ def small_graph() -> Graph:
 def test_builtin_passes_are_registered_by_name():
     names = set(all_passes())
     assert {"constant_fold", "algebraic", "cse", "dce", "simplify", "strip_training",
-            "strip_dead_state", "fold_bn", "fuse", "debug_nans"} <= names
+            "strip_dead_state", "fold_bn", "fuse", "debug_nans", "unroll", "bptt"} <= names
     assert get_pass("cse").name == "cse" and "Before" in get_pass("cse").doc
 
 

@@ -12,14 +12,16 @@ import irgraph
 from irgraph.interpreter import interpret
 from irgraph.ops.debug import NonFiniteError
 from passes.fold_params import fold_params
-from passes.manager import PassManager, all_passes
+from passes.manager import PassManager
 from passes.memory import plan_memory
 from tests.random_graphs import random_args, random_graph
 from tests.test_memory import run_with_plan
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-GRAPH_PASSES = sorted(set(all_passes()) - {"debug_nans"})
+# the optimizing passes (debug_nans is checked below: it may raise by design)
+GRAPH_PASSES = ["constant_fold", "algebraic", "cse", "dce", "simplify", "simplify_subgraphs",
+                "strip_dead_state", "strip_training", "fold_bn", "fuse"]
 
 
 def run_reference(g, args):
