@@ -31,7 +31,7 @@ def model(x):
     return z + w
 
 
-@pytest.mark.parametrize("backend", ["reference", "llvm"])
+@pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
 def test_reports_the_first_offending_node_with_op_ranges_and_source_line(backend):
     f = fe.compile(model, SPEC, pipeline="default, debug_nans", backend=backend)
     x = np.array([[1.0, 2.0, 3.0], [0.1, 1.5, 2.5]], np.float32)
