@@ -149,8 +149,12 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     g = b.g
     batch = [g.add_input(v.name, v.type) for v in loss_graph.inputs]
     hdtype = _hyper_dtype(loss_graph, trainable)
+    taken = {v.name for v in loss_graph.arguments}     # parameters are added after these
     for h in spec.hyperparameters:
-        b.hyper[h] = g.add_input(g.fresh_name(h), TensorType((), hdtype))
+        name = h if h not in taken else g.fresh_name(f"hp_{h}")
+        while name in taken:
+            name = g.fresh_name(name + "_")
+        b.hyper[h] = g.add_input(name, TensorType((), hdtype))
     params = {p.name: g.add_param(p.name, p.type) for p in loss_graph.params}
     state = {pn: {slot: g.add_param(g.fresh_name(f"opt.{slot}.{pn}"), params[pn].type)
                   for slot in spec.slots} for pn in trainable}

@@ -323,3 +323,21 @@ def test_param_groups_view_like_torch():
         group["betas"]
     with pytest.raises(KeyError, match="cannot set"):
         group["params"] = []
+
+
+def test_parameter_names_that_equal_hyperparameter_names():
+    """A model whose parameters are called ``lr`` and ``t`` still gets its own inputs."""
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lr = nn.Parameter(np.ones((3, 2), np.float32))
+            self.t = nn.Parameter(np.zeros(2, np.float32))
+
+        def forward(self, x):
+            return F.linear(x, self.lr.T, self.t)
+    model = Odd()
+    step = compile_train(model, nn.CrossEntropyLoss(), optim.Adam(lr=0.1), X, Y, pipeline=[])
+    names = [v.name for v in step.graph.inputs]
+    assert names[2:] == ["hp_lr", "beta1", "beta2", "eps", "hp_t", "weight_decay"]
+    losses = [step(*blobs()) for _ in range(5)]
+    assert losses[-1] < losses[0]
