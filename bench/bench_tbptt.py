@@ -65,7 +65,7 @@ def main() -> None:
         base = base or step
         stored = "-" if fwd is None else str(stored_state_bytes(fwd))
         peak = plan_memory(vg).peak_live_bytes + inner
-        print(f"{name:>26} {stored:>16} {peak:>12} {1e3 * step:>9.1f} {step / base:>8.2f}")
+        print(f"{name:>26} {stored:>16} {peak:>12} {1e3 * step:>9.1f} {step / base:>8.3g}")
     full, recompute = grads["rolled, all states"], grads[f"rolled, recompute k={k}"]
     print("recompute gives the full gradients:",
           all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(full, recompute)))
