@@ -139,3 +139,35 @@ def test_changing_hyperparameters_between_steps_matches_torch():
             g["lr"], g["betas"] = lr, (b1, 0.99)
         assert ours.lr == lr and ours.betas == (b1, 0.99)
     compare(optim.Adam(lr=0.05, **T), lambda p: torch.optim.Adam(p, lr=0.05), on_step=on_step)
+
+
+def test_cnn_with_batch_norm_training_steps_match_torch():
+    """Conv2d + BatchNorm2d (training mode) + ReLU + Linear, SGD with momentum (torch form):
+    after 3 steps the weights AND the running statistics equal torch's."""
+    fe.manual_seed(0)
+    ours = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(27, 2))
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3),
+                                 torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(27, 2))
+    state = {k: torch.from_numpy(v.copy()) for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(state, strict=False)
+    opt = optim.SGD(lr=0.1, momentum=0.9, convention="torch")
+    step = compile_train(ours, nn.CrossEntropyLoss(), opt, fe.TensorSpec((4, 2, 5, 5)),
+                         fe.TensorSpec((4,), "int64"))
+    topt = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
+    r = np.random.default_rng(3)
+    for k in range(3):
+        x = r.standard_normal((4, 2, 5, 5)).astype(np.float32)
+        y = r.integers(0, 2, 4)
+        loss = step(x, y)
+        topt.zero_grad()
+        tloss = torch.nn.functional.cross_entropy(theirs(torch.from_numpy(x)),
+                                                  torch.from_numpy(y))
+        tloss.backward()
+        topt.step()
+        assert loss == pytest.approx(tloss.item(), rel=1e-5)
+    for name, value in theirs.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        np.testing.assert_allclose(ours.state_dict()[name], value.numpy(), rtol=1e-4,
+                                   atol=1e-6, err_msg=name)
