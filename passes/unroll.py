@@ -151,6 +151,36 @@ def stored_state_bytes(g: Graph) -> int:
     return total
 
 
+def merge_scans(g: Graph) -> Graph:
+    """A scan and a later twin that differs only by keeping its states (what the VJP rule
+    emits for a scan differentiated without ``save_states``) become one: the twin moves up to
+    the first one's place, so the forward runs once."""
+    def key(node: Node):
+        attrs = {k: v for k, v in node.attrs.items() if k != "save_every"}
+        return (tuple(id(v) for v in node.inputs), str(Node("scan", node.inputs, attrs)))
+    savers = {}
+    for node in g.nodes:
+        if node.op == "scan" and node.attrs["save_every"]:
+            savers.setdefault(key(node), node)
+    pairs = {id(n): savers[key(n)] for n in g.nodes if n.op == "scan"
+             and not n.attrs["save_every"] and key(n) in savers}
+    if not pairs:
+        return g
+    rw, moved = GraphRewriter(g), set()
+    for node in g.nodes:
+        if id(node) in moved:
+            continue
+        twin = pairs.get(id(node))
+        if twin is None:
+            rw.copy_node(node)
+            continue
+        outs = rw.copy_node(twin) if id(twin) not in moved else [rw[v] for v in twin.outputs]
+        moved.add(id(twin))
+        for old, new in zip(node.outputs, outs):
+            rw.replace(old, new)
+    return verify(rw.finish())
+
+
 # ---------------------------------------------------------------- truncated BPTT
 def truncate(g: Graph, k: int) -> Graph:
     """Truncated BPTT: split each scan longer than ``k`` into chunks of ``k`` steps; the state
@@ -264,6 +294,12 @@ def unroll_short(g: Graph) -> Graph:
 def prepare_bptt_default(g: Graph) -> Graph:
     """Before autodiff: unroll short scans, keep the states of long (rolled) ones."""
     return prepare_bptt(g)
+
+
+@register_pass("merge_scans")
+def merge_scan_twins(g: Graph) -> Graph:
+    """After autodiff: run each forward scan once (see ``merge_scans``)."""
+    return merge_scans(g)
 
 
 @register_pass("save_states")

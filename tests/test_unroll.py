@@ -226,6 +226,24 @@ def test_saved_states_are_the_forward_scan_outputs_and_cost_O_tau_bytes():
         assert len(forward) == 1
 
 
+def test_merge_scans_runs_the_forward_once_after_plain_autodiff():
+    """value_and_grad without save_states: the VJP rule adds a state-keeping twin of the
+    forward scan; merge_scans keeps one forward scan and the same values."""
+    from passes.unroll import merge_scans
+    model = make_model()
+    x, y = data(6)
+    g = loss_graph(model, 6)
+    vg = value_and_grad(g)
+    merged = merge_scans(vg)
+
+    def forward_scans(graph):
+        return sum(1 for n in graph.nodes if n.op == "scan" and not n.attrs["reverse"])
+    assert (forward_scans(vg), forward_scans(merged)) == (2, 1)
+    for a, b in zip(interpret(merged, arguments(g, model, x, y)),
+                    interpret(vg, arguments(g, model, x, y))):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_memory_planner_sees_the_stored_states_and_the_recompute_saving():
     """Peak live bytes (passes/memory.py) of the gradient graph: keeping all tau states costs
     what the stored states weigh more than keeping every 4th; the gap grows with tau."""

@@ -9,7 +9,7 @@ Stored states come from the forward node's ``save_every`` outputs (``passes.unro
 save_states`` sets them, so the forward runs once). ``save_every = k > 1`` keeps every k-th
 state: the backward then recomputes each segment of k states from its checkpoint before
 running the segment backwards (an outer reverse scan over segments, fig. "recompute mode").
-A node without saved states gets a second forward scan that saves them.
+A node without saved states gets a twin that saves them (``merge_scans`` merges the two).
 """
 from __future__ import annotations
 
@@ -191,9 +191,10 @@ def _scan_vjp(e, node, xs, ys, gs):
     ginit = [gs[i] for i in st.fc] + [e.zeros_like(consts[i]) for i in st.fk]
     k = every if every else 1
     saved = list(ys[nc + n_y:])
-    if not every:
-        init = forward_saving(g, loc, st, carries, p_slices, consts, steps)
-        saved = init
+    if not every:   # the node's own twin that keeps its states (passes.unroll.merge_scans
+        #             then lets the forward run once)
+        twin = _emit(g, loc, "scan", *xs, **{**attrs, "save_every": 1})
+        saved = list(twin[len(twin) - nc:])
     if k == 1:
         carry, g_sl = backward_scan(g, loc, st, ginit, saved, p_slices, p_gys, consts, steps)
     else:
