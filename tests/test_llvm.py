@@ -271,15 +271,18 @@ def test_outputs_that_are_arguments_or_repeated_are_copies():
 @pytest.mark.parametrize("name", ["cnn_train", "rnn_train"])
 def test_every_lowering_split_across_threads(name, monkeypatch):
     """Tiny nodes normally run on one thread; here every node (and every scan step) is split
-    across 3 threads with barriers between nodes, and must still match the reference."""
+    across 3 threads with barriers between nodes, as stored and with fused regions, and
+    must still match the reference."""
     from backends.llvm import module
     from tests.golden import load
     monkeypatch.setattr(module, "SMALL", 0)
     monkeypatch.setattr(module, "SERIAL_FLOPS", 0)
+    from passes.manager import PassManager
     graph, args, expect = load(name)
-    got = backends.compile(graph, "llvm", threads=3, cache=False)(*[a.copy() for a in args])
-    for r, e in zip(got, expect):
-        np.testing.assert_allclose(r, e, rtol=1e-4, atol=1e-4)
+    for g in (graph, PassManager(["simplify", "fuse"]).run(graph)):
+        got = backends.compile(g, "llvm", threads=3, cache=False)(*[a.copy() for a in args])
+        for r, e in zip(got, expect):
+            np.testing.assert_allclose(r, e, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride,padding,dilation,groups", [

@@ -47,7 +47,7 @@ def test_golden_after_default_pipeline(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_golden_with_fused_regions(name):
     """After passes/fusion.py: elementwise regions and epilogue tails run as single loop
-    nests, reduction regions node by node inside the region."""
+    nests; a reduction region's prologue is computed inside the reduction loop."""
     from passes.manager import PassManager
     graph, args, expect = load(name)
     fused = PassManager(["simplify", "fuse"]).run(graph)

@@ -10,7 +10,7 @@ from irgraph.ops.recurrence import split_inputs, step_body
 
 from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
-from .lowering import lowering, scratch
+from .lowering import get_lowering, lowering, scratch
 from .module import ALIGN, buffers, copy_outputs_of, emit_graph, emit_nodes, plan
 from .ops_core import SCALAR
 from . import scalar as sc
@@ -158,6 +158,8 @@ def _fused(ctx, node, ins, outs):
     b = ctx.b
     args = [b.bitcast(x.ptr, p8) for x in ins]
     res = [b.bitcast(o.ptr, p8) for o in outs]
+    if node.attrs["kind"] == "reduction" and _reduction_region(ctx, body, args, res):
+        return
     k = _tail_start(body)
     if k is None:
         emit_graph(ctx, body, bp, args, res, ctx.node_scratch, index_offset=-1)
@@ -172,6 +174,80 @@ def _fused(ctx, node, ins, outs):
                    [bufs[v] for v in results])
     ctx.barrier()
     copy_outputs_of(ctx, body, bp, bufs, res)
+
+
+REDUCE_OPS = ("sum", "mean", "max", "min")
+
+
+def _reduction_region(ctx, body: Graph, args, res) -> bool:
+    """prologue (elementwise over S) -> one reduction -> epilogue (elementwise) as two loop
+    nests: the reduction loop computes the prologue per element it reads (the S-shaped
+    value never exists), then one nest applies the epilogue. False if the body is not of
+    that form (the caller lowers it otherwise)."""
+    nodes = body.nodes
+    r = next((i for i, n in enumerate(nodes) if n.op in REDUCE_OPS), None)
+    if r is None or r == 0:
+        return False
+    red, pro, tail = nodes[r], nodes[:r], nodes[r + 1:]
+    shape = red.inputs[0].shape
+    made = {v for n in pro for v in n.outputs}
+    written = [v for v in dict.fromkeys(body.outputs) if v in made]    # S-shaped results
+    if (any(n.op not in SCALAR for n in pro + tail) or not _broadcasts(pro, shape)
+            or red.inputs[0] not in made or any(v.shape != shape for v in written)
+            or not {v for n in tail for v in n.inputs} & made <= set(written)):
+        return False
+    if tail and not _broadcasts(tail, red.outputs[0].shape):
+        return False
+    bp = plan(body, ctx.features, ctx.max_threads)
+    bufs = buffers(ctx, bp, args, res, ctx.node_scratch)
+    sources = list(dict.fromkeys(v for n in pro for v in n.inputs if v not in made))
+    if written:            # results of shape S: one nest writes them all
+        _one_loop_nest(ctx, _Region(pro), sources, written, [bufs[v] for v in sources],
+                       [bufs[v] for v in written])
+        ctx.barrier()
+    x = red.inputs[0]
+    src = bufs[x] if x in written else _Computed(ctx, pro, x, sources,
+                                                 [bufs[v] for v in sources])
+    get_lowering(red).fn(ctx, red, [src], [bufs[red.outputs[0]]])
+    ctx.barrier()
+    if tail:
+        t_made = {v for n in tail for v in n.outputs}
+        t_src = list(dict.fromkeys(v for n in tail for v in n.inputs if v not in t_made))
+        results = [v for v in dict.fromkeys(body.outputs) if v in t_made]
+        _one_loop_nest(ctx, _Region(tail), t_src, results, [bufs[v] for v in t_src],
+                       [bufs[v] for v in results])
+        ctx.barrier()
+    copy_outputs_of(ctx, body, bp, bufs, res)
+    return True
+
+
+class _Computed(Buf):
+    """A tensor no buffer holds: ``load`` evaluates the prologue nodes at that element."""
+
+    def __init__(self, ctx, nodes, value, sources, bufs):
+        super().__init__(None, value.type)
+        self.ctx, self.nodes, self.value = ctx, nodes, value
+        self.sources, self.bufs = sources, bufs
+        self.strides = [broadcast_strides(v.shape, value.shape) for v in sources]
+        self.own = row_strides(value.shape)
+
+    def load(self, b, offset):
+        idx, rest = [], offset
+        for st in self.own:                       # flat offset -> index of each axis
+            idx.append(b.sdiv(rest, i64(st)) if st > 1 else rest)
+            rest = b.srem(rest, i64(st)) if st > 1 else i64(0)
+        env = {}
+        for v, buf, st in zip(self.sources, self.bufs, self.strides):
+            if v.shape == self.value.shape:
+                off = offset
+            else:
+                off = i64(0)
+                for i, s in zip(idx, st):
+                    off = b.add(off, b.mul(i, i64(s))) if s else off
+            env[v] = buf.load(b, off)
+        for n in self.nodes:
+            env[n.outputs[0]] = SCALAR[n.op](self.ctx, n, [env[v] for v in n.inputs])
+        return env[self.value]
 
 
 class _Region:
