@@ -248,7 +248,8 @@ class SGD(Optimizer):
     """SGD (alg. 8.1), with momentum (alg. 8.2) or Nesterov momentum (alg. 8.3).
 
     text:  v <- momentum v - lr g;  p <- p + v; Nesterov takes g at the interim point
-           p + momentum v (the step graph evaluates the loss and gradient there).
+           p + momentum v (the step graph evaluates the loss and gradient there, so the
+           loss a step returns is the loss at the interim point).
     torch: v <- momentum v + g;  p <- p - lr v  (nesterov: p <- p - lr (g + momentum v)).
     Constructed with momentum 0, the step has no velocity; otherwise momentum may take any
     value (0 included) between steps.

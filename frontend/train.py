@@ -13,7 +13,7 @@ the step written back into the model's buffers.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -45,25 +45,34 @@ class TrainStepFunction:
                             f"({', '.join(lay.batch)}), got {len(batch)}")
         hyper = self.optimizer.hyperparameters()
         hargs = [np.asarray(hyper[h], dt) for h, dt in zip(lay.hyperparameters, self._hdtype)]
-        targets = self._targets()
-        outs = self.executable(*batch, *hargs, *[t[0][t[1]] for t in targets])
+        buffers = self._buffers()
+        outs = self.executable(*batch, *hargs, *buffers)
         # donated outputs are already in the argument buffers when those were writable;
         # otherwise (a read-only or replaced array) the new array takes the old one's place
+        first = len(lay.batch) + len(hargs)
         for o, a in self.graph.donations.items():
-            owner, key = targets[a - len(lay.batch) - len(hargs)]
-            if owner[key] is not outs[o]:
-                owner[key] = outs[o]
+            if outs[o] is not buffers[a - first]:
+                self._store(a - first, outs[o])
         self.optimizer.step_count += 1
         return float(outs[0])
 
-    def _targets(self) -> list[tuple[Any, str]]:
-        """(container, key) of each graph parameter's array: a Parameter's ``data`` or a slot
-        of the optimizer's state dict (read afresh each step: the user may replace arrays)."""
-        out: list[tuple[Any, str]] = [(self.params[n].__dict__, "data") for n in self.layout.params]
-        for pn, slots in self.layout.state.items():
-            for slot in slots:
-                out.append((self.optimizer.state[pn], slot))
-        return out
+    def _slots(self) -> list[tuple[str, str]]:
+        return [(pn, slot) for pn, slots in self.layout.state.items() for slot in slots]
+
+    def _buffers(self) -> list[np.ndarray]:
+        """The graph parameters' arrays: the model's, then the optimizer state's (read afresh
+        at each step: the user may have replaced an array)."""
+        state = self.optimizer.state
+        return ([self.params[n].data for n in self.layout.params] +
+                [state[pn][slot] for pn, slot in self._slots()])
+
+    def _store(self, i: int, array: np.ndarray) -> None:
+        n = len(self.layout.params)
+        if i < n:
+            self.params[self.layout.params[i]].data = array
+        else:
+            pn, slot = self._slots()[i - n]
+            self.optimizer.state[pn][slot] = array
 
     def source(self) -> str:
         return self.executable.source()

@@ -10,8 +10,8 @@ buffers' new values, e.g. batch norm's running statistics) into::
       ...gradients (reverse mode)...
       %g2 = add(%g, mul(%weight_decay, %w))     # PyTorch's L2 weight decay
       %w2, %v2 = momentum_update(%w, %g2, %opt.momentum_buffer.w, %lr, %momentum)
+      donate(1->5, 2->6)
       return %loss, %w2, %v2
-      donate(1 -> 5, 2 -> 6)
     }
 
 Hyperparameters are rank-0 graph inputs (changing one never recompiles); parameters and

@@ -341,3 +341,19 @@ def test_parameter_names_that_equal_hyperparameter_names():
     assert names[2:] == ["hp_lr", "beta1", "beta2", "eps", "hp_t", "weight_decay"]
     losses = [step(*blobs()) for _ in range(5)]
     assert losses[-1] < losses[0]
+
+
+def test_read_only_buffers_are_replaced_by_the_new_values():
+    model = mlp()
+    opt = optim.SGD(lr=0.1, momentum=0.9)
+    step = compile_train(model, nn.CrossEntropyLoss(), opt, X, Y, pipeline=[])
+    frozen = np.zeros((2,), np.float32)
+    frozen.setflags(write=False)
+    opt.state["2.bias"]["momentum_buffer"] = frozen
+    w = model[2].weight.data.copy()
+    w.setflags(write=False)
+    model[2].weight.data = w
+    step(*blobs())
+    assert opt.state["2.bias"]["momentum_buffer"] is not frozen and not frozen.any()
+    assert opt.state["2.bias"]["momentum_buffer"].any()
+    assert model[2].weight.data is not w and not np.array_equal(model[2].weight.data, w)
