@@ -81,7 +81,10 @@ def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
     w_grp = w_ptr + g.to(tl.int64) * (KD * KH * KW * CG * OG)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if y_ptr.dtype.element_ty == tl.float32
                    else tl.float64)
-    for r in range(KD * KH * KW):
+    n_cb = tl.cdiv(CG, BLOCK_K)
+    for step in range(KD * KH * KW * n_cb):       # one flat loop: the compiler pipelines it
+        r = step // n_cb
+        c0 = (step % n_cb) * BLOCK_K
         kd = r // (KH * KW)
         kh = (r // KW) % KH
         kw = r % KW
@@ -90,14 +93,13 @@ def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
         i_w = ow * SW - PW + kw * DW
         ok = m_ok & (i_d >= 0) & (i_d < D) & (i_h >= 0) & (i_h < H) & (i_w >= 0) & (i_w < W)
         x_pos = x_row + (i_d * H + i_h) * W + i_w
-        for c0 in range(0, CG, BLOCK_K):
-            rc = c0 + tl.arange(0, BLOCK_K)
-            c_ok = rc < CG
-            a = tl.load(x_pos[:, None] + rc[None, :].to(tl.int64) * (D * H * W),
-                        mask=ok[:, None] & c_ok[None, :], other=0.0)
-            b = tl.load(w_grp + (r * CG + rc[:, None]) * OG + rn[None, :],
-                        mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        rc = c0 + tl.arange(0, BLOCK_K)
+        c_ok = rc < CG
+        a = tl.load(x_pos[:, None] + rc[None, :].to(tl.int64) * (D * H * W),
+                    mask=ok[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(w_grp + (r * CG + rc[:, None]) * OG + rn[None, :],
+                    mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     y = y_ptr + ((nb.to(tl.int64) * (OG * tl.num_programs(2)) + g * OG)[:, None]
                  + rn[None, :]) * P + p[:, None]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -125,7 +127,10 @@ def conv_input_grad_kernel(gy_ptr, w_ptr, dx_ptr,
     gy_row = gy_ptr + (nb.to(tl.int64) * O + g * OG) * P
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if dx_ptr.dtype.element_ty == tl.float32
                    else tl.float64)
-    for r in range(KD * KH * KW):
+    n_ob = tl.cdiv(OG, BLOCK_K)
+    for step in range(KD * KH * KW * n_ob):       # one flat loop: the compiler pipelines it
+        r = step // n_ob
+        o0 = (step % n_ob) * BLOCK_K
         kd = r // (KH * KW)
         kh = (r // KW) % KH
         kw = r % KW
@@ -139,14 +144,13 @@ def conv_input_grad_kernel(gy_ptr, w_ptr, dx_ptr,
         o_w = tw // SW
         ok = ok & (o_d < OD) & (o_h < OH) & (o_w < OW)
         gy_pos = gy_row + (o_d * OH + o_h) * OW + o_w
-        for o0 in range(0, OG, BLOCK_K):
-            ro = o0 + tl.arange(0, BLOCK_K)
-            o_ok = ro < OG
-            a = tl.load(gy_pos[:, None] + ro[None, :].to(tl.int64) * P,
-                        mask=ok[:, None] & o_ok[None, :], other=0.0)
-            b = tl.load(w_ptr + ((g * OG + ro[:, None]).to(tl.int64) * CG + rn[None, :])
-                        * (KD * KH * KW) + r, mask=o_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        ro = o0 + tl.arange(0, BLOCK_K)
+        o_ok = ro < OG
+        a = tl.load(gy_pos[:, None] + ro[None, :].to(tl.int64) * P,
+                    mask=ok[:, None] & o_ok[None, :], other=0.0)
+        b = tl.load(w_ptr + ((g * OG + ro[:, None]).to(tl.int64) * CG + rn[None, :])
+                    * (KD * KH * KW) + r, mask=o_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dx = dx_ptr + ((nb.to(tl.int64) * (CG * tl.num_programs(2)) + g * CG)[:, None]
                    + rn[None, :]) * S + s[:, None]
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
