@@ -91,7 +91,7 @@ class Optimizer:
         self._clip_norm_on = clip_grad_norm is not None
         self._clip_value_on = clip_grad_value is not None
         self._polyak_on = polyak is not None
-        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.state = OptimizerState(self)
         self.step_count = 0          # k: the number of steps taken
         self._bound: dict[str, Parameter] = {}
 
@@ -202,6 +202,38 @@ class Optimizer:
                 if hasattr(self, k)]
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
         return f"{type(self).__name__}({args}, convention={self.convention!r})"
+
+
+class OptimizerState(dict):
+    """``param name -> {slot: array}``; a Parameter works as a key too (``opt.state[p]``, as
+    in torch.optim) once a compiled step has bound the optimizer to its model."""
+
+    def __init__(self, opt: "Optimizer"):
+        super().__init__()
+        self._opt = opt
+
+    def _key(self, key):
+        if isinstance(key, Parameter):
+            for name, p in self._opt._bound.items():
+                if p is key:
+                    return name
+            raise KeyError("this Parameter is not updated by the optimizer's compiled step")
+        return key
+
+    def __getitem__(self, key):
+        return super().__getitem__(self._key(key))
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(self._key(key), value)
+
+    def __contains__(self, key) -> bool:
+        try:
+            return super().__contains__(self._key(key))
+        except KeyError:
+            return False
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
 
 
 class ParamGroup:

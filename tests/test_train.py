@@ -357,3 +357,14 @@ def test_read_only_buffers_are_replaced_by_the_new_values():
     assert opt.state["2.bias"]["momentum_buffer"] is not frozen and not frozen.any()
     assert opt.state["2.bias"]["momentum_buffer"].any()
     assert model[2].weight.data is not w and not np.array_equal(model[2].weight.data, w)
+
+
+def test_state_is_keyed_by_name_or_by_parameter():
+    model = mlp()
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    step = compile_train(model, nn.CrossEntropyLoss(), opt, X, Y, pipeline=[])
+    step(*blobs())
+    w = model[0].weight
+    assert opt.state[w] is opt.state["0.weight"] and w in opt.state
+    assert set(opt.state[w]) == {"exp_avg", "exp_avg_sq"} and opt.state[w]["exp_avg"].any()
+    assert nn.Parameter(np.zeros(1)) not in opt.state
