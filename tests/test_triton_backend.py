@@ -162,3 +162,27 @@ def test_broadcasting_slicing_and_layout_kernels():
             np.concatenate([a, a], 1), np.pad(a, [(0, 0), (1, 2), (2, 1)], mode="reflect")]
     for w_, o in zip(want, got):
         np.testing.assert_array_equal(o, w_)
+
+
+def test_too_large_tensor_is_a_compile_time_error():
+    g = Graph("big")
+    x = g.add_input("x", TensorType((1 << 16, 1 << 16)))
+    g.set_outputs([g.op("neg", x)])
+    with pytest.raises(UnsupportedOpError, match="2\\*\\*31"):
+        backends.compile(g, "triton")
+
+
+def test_allow_tf32_option_reaches_matmul_and_conv():
+    """TF32 rounds inputs to 10 mantissa bits (cuDNN's default); results stay within its
+    error bound (the interpreter computes in full precision)."""
+    g = Graph("tf32")
+    x, w = g.add_input("x", TensorType((1, 2, 5, 5))), g.add_input("w", TensorType((3, 2, 3, 3)))
+    y = g.op("conv", x, w, stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)
+    g.set_outputs([g.op("matmul", g.op("reshape", y, shape=(3, 25)),
+                        g.op("reshape", y, shape=(25, 3)))])
+    exe = backends.compile(g, "triton", allow_tf32=True)
+    assert exe.ctx.input_precision == "tf32"
+    a = [np.linspace(-1, 1, 50, dtype=np.float32).reshape(1, 2, 5, 5),
+         np.linspace(1, -1, 54, dtype=np.float32).reshape(3, 2, 3, 3)]
+    np.testing.assert_allclose(exe(*a)[0], backends.compile(g, "reference")(*a)[0],
+                               rtol=1e-2, atol=1e-2)

@@ -81,8 +81,15 @@ def unsupported(node: Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(f"triton backend: {why}\n  at node: {node!r}{loc}")
 
 
+MAX_ELEMENTS = 2**31 - 1        # kernels index with 32-bit offsets within a launch
+
+
 def lower_node(node: Node, ctx: LowerContext) -> Step:
     fn = KERNELS.get(node.op)
     if fn is None:
         raise unsupported(node, f"no Triton kernel for op {node.op!r}")
+    for v in list(node.inputs) + list(node.outputs):
+        if v.type.size > MAX_ELEMENTS:
+            raise unsupported(node, f"%{v.name}: {v.type} has more than 2**31 - 1 elements "
+                                    f"(32-bit indexing); split the tensor")
     return fn(node, ctx)
