@@ -123,7 +123,7 @@ class _Grouper:
         return False
 
 
-def _schedule(g: Graph, regions: list[Region], region_of: dict[Value, Region]) -> list[Region]:
+def _schedule(regions: list[Region], region_of: dict[Value, Region]) -> list[Region]:
     """Regions in a topological order, earliest original position first."""
     preds = {r.rid: {region_of[v].rid for v in r.inputs if v in region_of} for r in regions}
     succs: dict[int, set[int]] = {r.rid: set() for r in regions}
@@ -204,7 +204,7 @@ def fuse(g: Graph) -> Graph:
         used_outside.update(r.inputs)
     rw = GraphRewriter(g)
     count = 0
-    for r in _schedule(g, regions, grouper.region_of):
+    for r in _schedule(regions, grouper.region_of):
         live = any(v in used_outside for i in r.members for v in g.nodes[i].outputs)
         if r.kind == "single" or len(r.members) < 2 or not live:
             for i in r.members:
