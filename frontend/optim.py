@@ -287,8 +287,11 @@ class SGD(Optimizer):
     value (0 included) between steps.
     """
 
-    def __init__(self, params=None, lr=0.01, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, *, convention: str = "text", **kw):
+    def __init__(self, params=None, lr=0.01, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *,
+                 convention: str = "text", **kw):
+        if dampening != 0:
+            raise NotImplementedError("SGD dampening is not implemented (the text has none)")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
         super().__init__(params, lr=lr, convention=convention, weight_decay=weight_decay, **kw)

@@ -232,10 +232,26 @@ class ConjugateGradient(HostOptimizer):
             rho = -g
         if not np.any(g):
             return loss, theta
-        eps, _, _ = line_search(problem, theta, rho, batch, loss, float(g @ rho),
-                                eps1=_first_step(rho), tol=self.tol)
+        found = _search(problem, theta, rho, g, batch, loss, _first_step(rho), self.tol)
+        if found is None:           # no decrease at this precision: stay, and restart next
+            self.state.update(rho=None, g=None, beta=0.0, eps=0.0)
+            return loss, theta
+        eps, rho = found[0], found[3]
         self.state.update(rho=rho, g=g, beta=beta, eps=eps)
         return loss, theta + eps * rho
+
+
+def _search(problem: Problem, theta, d, g, batch, loss, eps1, tol):
+    """``line_search`` along d, then along -g if that fails; None when neither decreases the
+    loss (converged to the precision of the loss): (eps, J, gradient, direction) otherwise."""
+    for direction, first in ((d, eps1), (-g, _first_step(g))):
+        try:
+            return line_search(problem, theta, direction, batch, loss, float(g @ direction),
+                               eps1=first, tol=tol) + (direction,)
+        except LineSearchError:
+            if direction is not d or np.array_equal(d, -g):
+                return None
+    return None
 
 
 def _first_step(d: np.ndarray) -> float:
@@ -278,12 +294,18 @@ class BFGS(HostOptimizer):
         d = self.direction(g)
         if float(g @ d) >= 0:
             d = -g
-        eps, _, g_new = line_search(problem, theta, d, batch, loss, float(g @ d),
-                                    eps1=1.0 if self.has_curvature() else _first_step(d),
-                                    tol=self.tol)
+        found = _search(problem, theta, d, g, batch, loss,
+                        1.0 if self.has_curvature() else _first_step(d), self.tol)
+        if found is None:           # no decrease at this precision: stay, forget curvature
+            self.forget()
+            return loss, theta
+        eps, _, g_new, d = found
         s = eps * d
         self.remember(s, g_new - g)
         return loss, theta + s
+
+    def forget(self) -> None:
+        self.state["M"] = None
 
 
 class LBFGS(BFGS):
@@ -299,6 +321,9 @@ class LBFGS(BFGS):
 
     def has_curvature(self) -> bool:
         return bool(self.state["mem"])
+
+    def forget(self) -> None:
+        self.state["mem"] = []
 
     def direction(self, g):
         mem = self.state["mem"]
