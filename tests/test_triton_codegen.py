@@ -71,3 +71,35 @@ def test_generated_source_is_cached_by_content():
     kernel = codegen.load_kernel(src1, name1)
     assert (codegen.cache_dir() / f"{name1}.py").read_text().endswith(src1)
     assert codegen.load_kernel(src2, name2).fn.__name__ == kernel.fn.__name__ == name1
+
+
+def test_matmul_epilogue_region_is_one_generated_kernel():
+    """Linear layer + bias + relu + residual: the matmul tile gets its epilogue before the
+    single store; a small constant in the body travels as a kernel operand."""
+    g = Graph("lin")
+    x, w = g.add_input("x", TensorType((5, 7))), g.add_input("w", TensorType((7, 3)))
+    b, r = g.add_input("b", TensorType((3,))), g.add_input("r", TensorType((5, 3)))
+    c = g.op("constant", value=np.array([0.5, -1.0, 2.0], np.float32))
+    h = g.op("relu", g.op("add", g.op("matmul", x, w), b))
+    g.set_outputs([g.op("add", g.op("mul", h, c), r)])
+    fused = fuse(g)
+    kinds = [n.attrs["kind"] for n in fused.nodes if n.op == "fused"]
+    assert kinds == ["epilogue"]
+    exe = backends.compile(fused, "triton")
+    assert "matmul_tile(" in exe.source() and len(exe.ctx.notes) == 1
+    a = [RNG.standard_normal(s).astype(np.float32) for s in ((5, 7), (7, 3), (3,), (5, 3))]
+    np.testing.assert_allclose(exe(*a)[0], backends.compile(g, "reference")(*a)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_batched_matmul_epilogue_with_broadcast_operand():
+    g = Graph("bmm")
+    x, w = g.add_input("x", TensorType((2, 4, 3))), g.add_input("w", TensorType((3, 6)))
+    s = g.add_input("s", TensorType((2, 1, 6)))
+    g.set_outputs([g.op("tanh", g.op("mul", g.op("matmul", x, w), s))])
+    fused = fuse(g)
+    exe = backends.compile(fused, "triton")
+    a = [RNG.standard_normal(sh).astype(np.float32) for sh in ((2, 4, 3), (3, 6), (2, 1, 6))]
+    np.testing.assert_allclose(exe(*a)[0], backends.compile(g, "reference")(*a)[0],
+                               rtol=1e-5, atol=1e-6)
+    assert len(exe.ctx.notes) == sum(n.op == "fused" for n in fused.nodes)

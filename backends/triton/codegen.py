@@ -1,11 +1,15 @@
-"""Code generation: a ``fused`` region of kind ``elementwise`` becomes ONE Triton kernel.
+"""Code generation: a ``fused`` region of kind ``elementwise`` (or ``epilogue`` over a
+``matmul``) becomes ONE Triton kernel.
 
 The body's nodes are rendered, in order, as lines of a new ``@triton.jit`` function over one
 block of the region's shape S: operands are loaded (broadcast into S through strided
 offsets), every node is a call of the same per-op helpers the elementwise kernel uses, and
 each result is stored once. Intermediate values never touch memory. The source is written
 to a cache file named by its hash and imported (Triton reads a kernel's source from its
-file). A region this generator does not handle falls back to its body's own kernels.
+file). An epilogue region computes its matmul tile with the matmul kernel's own
+``matmul_tile`` and applies the elementwise ops (bias, activation, residual) to the tile in
+registers before its single store. A region this generator does not handle falls back to
+its body's own kernels.
 
     fused(%a: f32[4,8], %b: f32[8]) {body: %c = mul(%a, %b); %d = tanh(%c); return %d}
     ->  v0 = _load_input(in0_ptr, ...); v1 = _load_input(in1_ptr, ...)
@@ -20,12 +24,13 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from irgraph import Graph, Value
 
 from .kernels import elementwise as ew
-from .runtime import View, cdiv, empty, meta_tensor, numel
+from .runtime import View, cdiv, empty, meta_tensor, numel, to_device
 
 _TL_DTYPE = {"float32": "tl.float32", "float64": "tl.float64", "int32": "tl.int32",
              "int64": "tl.int64", "bool": "tl.int1"}
@@ -37,6 +42,7 @@ import triton
 import triton.language as tl
 
 from backends.triton.kernels.elementwise import _binary, _load_input, _unary
+from backends.triton.kernels.matmul import matmul_tile
 '''
 
 
@@ -48,12 +54,53 @@ def cache_dir() -> Path:
     return path
 
 
+def lift_constants(body: Graph) -> tuple[Graph, list[np.ndarray]]:
+    """The body with each ``constant`` node turned into an extra trailing input (its array
+    goes to the device once, at compile time), and those arrays."""
+    if not any(n.op == "constant" for n in body.nodes):
+        return body, []
+    g = Graph(body.name)
+    env = {v: g.add_input(v.name, v.type) for v in body.inputs}
+    consts, rest = [], []
+    for node in body.nodes:
+        if node.op == "constant":
+            env[node.outputs[0]] = g.add_input(node.outputs[0].name, node.outputs[0].type)
+            consts.append(np.asarray(node.attrs["value"]))
+        else:
+            rest.append(node)
+    for node in rest:
+        outs = g.add_node(node.op, [env[v] for v in node.inputs], node.attrs, node.loc,
+                          names=[v.name for v in node.outputs])
+        env.update(zip(node.outputs, outs))
+    g.set_outputs([env[v] for v in body.outputs])
+    return g, consts
+
+
 def supports(body: Graph) -> bool:
     """Every node elementwise over one shape S (operands may broadcast into S)."""
+    body, _ = lift_constants(body)
     if not body.outputs:
         return False
-    shape = body.outputs[0].shape
-    for node in body.nodes:
+    return _elementwise_over(body, body.nodes, body.outputs[0].shape)
+
+
+def supports_epilogue(body: Graph) -> bool:
+    """A ``matmul`` of two body inputs of rank >= 2, then elementwise ops over its output."""
+    body, _ = lift_constants(body)
+    if not body.nodes or body.nodes[0].op != "matmul":
+        return False
+    anchor = body.nodes[0]
+    if any(v not in body.inputs or v.type.rank < 2 for v in anchor.inputs):
+        return False
+    if anchor.outputs[0].dtype not in ("float32", "float64"):
+        return False
+    private = [v for v in anchor.inputs if not _read_by(body, v, body.nodes[1:])]
+    return _elementwise_over(body, body.nodes[1:], anchor.outputs[0].shape, private)
+
+
+def _elementwise_over(body: Graph, nodes, shape, skip=()) -> bool:
+    """``nodes`` elementwise with output ``shape``; the inputs (but ``skip``) broadcast to it."""
+    for node in nodes:
         if node.op == "full":
             if node.outputs[0].dtype not in _TL_DTYPE:
                 return False
@@ -64,7 +111,7 @@ def supports(body: Graph) -> bool:
             return False
     try:
         return all(tuple(torch.broadcast_shapes(v.shape, shape)) == shape
-                   for v in body.inputs)
+                   for v in body.inputs if v not in skip)
     except RuntimeError:
         return False
 
@@ -75,14 +122,49 @@ def _literal(x: float) -> str:
 
 def render(body: Graph, strided: list[bool], rank: int) -> tuple[str, str]:
     """(kernel source, kernel name) of an elementwise body."""
-    names: dict[Value, str] = {}
     lines = ["    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
              "    mask = offs < n"]
+    params = ([f"out{j}_ptr" for j in range(len(body.outputs))]
+              + [f"in{i}_ptr" for i in range(len(body.inputs))]
+              + ["meta_ptr", "n", "BLOCK: tl.constexpr"])
+    return _finish(body, body.nodes, {}, lines, params, strided, rank)
+
+
+def render_epilogue(body: Graph, strided: list[bool], rank: int) -> tuple[str, str]:
+    """(kernel source, kernel name) of a matmul with its elementwise epilogue: the tile is
+    computed by ``matmul_tile`` and the epilogue applied to it before the one store."""
+    anchor = body.nodes[0]
+    a, b = (body.inputs.index(v) for v in anchor.inputs)
+    acc = _TL_DTYPE[anchor.outputs[0].dtype]
+    lines = [f"    acc, rm, rn, batch = matmul_tile(in{a}_ptr, in{b}_ptr, M, N, K, sab, sam, "
+             f"sak, sbb, sbk, sbn, {acc}, USE_DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, "
+             f"GROUP_M)",
+             "    offs = batch * M * N + rm[:, None].to(tl.int64) * N + rn[None, :]",
+             "    mask = (rm[:, None] < M) & (rn[None, :] < N)"]
+    params = ([f"out{j}_ptr" for j in range(len(body.outputs))]
+              + [f"in{i}_ptr" for i in range(len(body.inputs))]
+              + ["meta_ptr", "M", "N", "K", "sab", "sam", "sak", "sbb", "sbk", "sbn",
+                 "USE_DOT: tl.constexpr", "PRECISION: tl.constexpr", "BLOCK_M: tl.constexpr",
+                 "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr"])
+    names = {anchor.outputs[0]: "acc"}
+    skip = {i for i in (a, b) if not _read_by(body, body.inputs[i], body.nodes[1:])}
+    return _finish(body, body.nodes[1:], names, lines, params, strided, rank, skip)
+
+
+def _read_by(body: Graph, v: Value, nodes) -> bool:
+    return v in body.outputs or any(v in n.inputs for n in nodes)
+
+
+def _finish(body: Graph, nodes, names: dict, lines: list[str], params: list[str],
+            strided: list[bool], rank: int, skip=()) -> tuple[str, str]:
+    """Load the body inputs (except ``skip``), render ``nodes``, store the outputs."""
     for i, v in enumerate(body.inputs):
+        if i in skip:
+            continue
         names[v] = f"v_in{i}"
         lines.append(f"    v_in{i} = _load_input(in{i}_ptr, 0, offs, mask, meta_ptr, {i + 1}, "
                      f"{rank}, {strided[i]})")
-    for k, node in enumerate(body.nodes):
+    for k, node in enumerate(nodes):
         out = node.outputs[0]
         args = [names[v] for v in node.inputs]
         names[out] = f"v{k}"
@@ -90,9 +172,6 @@ def render(body: Graph, strided: list[bool], rank: int) -> tuple[str, str]:
     for j, v in enumerate(body.outputs):
         lines.append(f"    tl.store(out{j}_ptr + offs, {names[v]}.to(out{j}_ptr.dtype.element_ty),"
                      f" mask=mask)")
-    params = ([f"out{j}_ptr" for j in range(len(body.outputs))]
-              + [f"in{i}_ptr" for i in range(len(body.inputs))]
-              + ["meta_ptr", "n", "BLOCK: tl.constexpr"])
     text = "\n".join(lines)
     name = "fused_" + hashlib.sha1((",".join(params) + text).encode()).hexdigest()[:16]
     src = f"\n\n@triton.jit\ndef {name}({', '.join(params)}):\n{text}\n"
@@ -134,6 +213,9 @@ class FusedElementwise:
     """A planned launch of the generated kernel of one elementwise region."""
 
     def __init__(self, body: Graph, device):
+        body, consts = lift_constants(body)
+        self.consts = [to_device(c, v.dtype, device)
+                       for c, v in zip(consts, body.inputs[len(body.inputs) - len(consts):])]
         self.shape = body.outputs[0].shape
         self.out_dtypes = [v.dtype for v in body.outputs]
         views = [View.of(v.shape).broadcast_to(self.shape) for v in body.inputs]
@@ -149,5 +231,42 @@ class FusedElementwise:
     def __call__(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         outs = [empty(self.shape, dt, self.device) for dt in self.out_dtypes]
         if self.n:
-            self.kernel[(cdiv(self.n, BLOCK),)](*outs, *xs, self.meta, self.n, BLOCK=BLOCK)
+            self.kernel[(cdiv(self.n, BLOCK),)](*outs, *xs, *self.consts, self.meta, self.n,
+                                                BLOCK=BLOCK)
+        return outs
+
+
+class FusedEpilogue:
+    """A planned launch of the generated matmul-with-epilogue kernel of one region."""
+
+    def __init__(self, body: Graph, device, precision: str):
+        from .kernels.matmul import MatmulPlan
+        body, consts = lift_constants(body)
+        self.consts = [to_device(c, v.dtype, device)
+                       for c, v in zip(consts, body.inputs[len(body.inputs) - len(consts):])]
+        anchor = body.nodes[0]
+        self.shape = anchor.outputs[0].shape
+        self.out_dtypes = [v.dtype for v in body.outputs]
+        self.ia, self.ib = (body.inputs.index(v) for v in anchor.inputs)
+        private = [v for v in anchor.inputs if not _read_by(body, v, body.nodes[1:])]
+        views = [View.of(self.shape) if v in private else
+                 View.of(v.shape).broadcast_to(self.shape) for v in body.inputs]
+        rank = max(1, len(self.shape))
+        self.source, name = render_epilogue(body, [not v.is_contiguous for v in views], rank)
+        self.kernel = load_kernel(self.source, name)
+        self.meta = meta_tensor([self.shape] + [v.strides for v in views], device)
+        self.mm = MatmulPlan(anchor.inputs[0].shape, anchor.inputs[1].shape,
+                             anchor.inputs[0].dtype, device)
+        self.precision = precision
+        self.device = device
+
+    def __call__(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs = [empty(self.shape, dt, self.device) for dt in self.out_dtypes]
+        if self.mm.empty:
+            return outs
+        a, b, *sizes = self.mm.operands(xs[self.ia], xs[self.ib])
+        ins = list(xs) + self.consts
+        ins[self.ia], ins[self.ib] = a, b
+        self.kernel[self.mm.grid](*outs, *ins, self.meta, *sizes, USE_DOT=self.mm.use_dot,
+                                  PRECISION=self.precision, **self.mm.blocks)
         return outs

@@ -32,11 +32,16 @@ def _stop_gradient(node: Node, ctx: LowerContext) -> Step:
 
 @lowering("fused")
 def _fused(node: Node, ctx: LowerContext) -> Step:
-    """An elementwise region: one generated kernel (codegen.py). Other kinds, and bodies the
-    generator does not take, run their body's own kernels back to back."""
+    """An elementwise region, or a matmul with its elementwise epilogue: one generated kernel
+    (codegen.py). Other kinds, and bodies the generator does not take, run their body's own
+    kernels back to back."""
     body = node.attrs["body"]
     if node.attrs["kind"] == "elementwise" and codegen.supports(body):
         run = codegen.FusedElementwise(body, ctx.device)
+        ctx.notes.append(run.source)
+        return run
+    if node.attrs["kind"] == "epilogue" and codegen.supports_epilogue(body):
+        run = codegen.FusedEpilogue(body, ctx.device, ctx.input_precision)
         ctx.notes.append(run.source)
         return run
     plan = ctx.lower_graph(body)

@@ -17,12 +17,11 @@ from .elementwise import copy_view
 
 
 @triton.jit
-def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
-                  sab, sam, sak, sbb, sbk, sbn,
-                  USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr):
-    """One (BLOCK_M, BLOCK_N) tile of C for batch ``program_id(1)``; grouped tile order."""
+def matmul_tile(a_ptr, b_ptr, M, N, K, sab, sam, sak, sbb, sbk, sbn, ACC: tl.constexpr,
+                USE_DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """The (BLOCK_M, BLOCK_N) tile of A @ B this program owns (grouped tile order, batch on
+    grid axis 1): returns (accumulator, rows, columns, batch)."""
     pid = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -36,7 +35,7 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     a_base = a_ptr + batch * sab + rm[:, None].to(tl.int64) * sam
     b_base = b_ptr + batch * sbb + rn[None, :].to(tl.int64) * sbn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(a_base + rk[None, :] * sak, mask=(rm[:, None] < M) & (rk[None, :] < K),
@@ -47,6 +46,19 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         else:
             acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1).to(acc.dtype)
+    return acc, rm, rn, batch
+
+
+@triton.jit
+def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
+                  sab, sam, sak, sbb, sbk, sbn,
+                  USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr):
+    """C[b] = A[b] @ B[b], one tile per program."""
+    acc, rm, rn, batch = matmul_tile(a_ptr, b_ptr, M, N, K, sab, sam, sak, sbb, sbk, sbn,
+                                     c_ptr.dtype.element_ty, USE_DOT, PRECISION, BLOCK_M,
+                                     BLOCK_N, BLOCK_K, GROUP_M)
     c = c_ptr + batch * M * N + rm[:, None].to(tl.int64) * N + rn[None, :]
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
@@ -80,38 +92,53 @@ def _operand(view: View, nb: int, dtype: str, device) -> tuple[Callable, int, in
     return prep, got[1], view.strides[-2], view.strides[-1]
 
 
+class MatmulPlan:
+    """Operand layouts, strides, blocks and grid of numpy's ``matmul`` of an ``a_shape`` and
+    a ``b_shape`` tensor (1-D operands promoted, batch axes broadcast)."""
+
+    def __init__(self, a_shape, b_shape, dtype: str, device, a_view: View | None = None,
+                 b_view: View | None = None):
+        sa = tuple(a_shape) if len(a_shape) > 1 else (1,) + tuple(a_shape)
+        sb = tuple(b_shape) if len(b_shape) > 1 else tuple(b_shape) + (1,)
+        av = a_view or View.of(a_shape)
+        bv = b_view or View.of(b_shape)
+        av = View(sa, av.strides if len(a_shape) > 1 else (0,) + av.strides, av.offset)
+        bv = View(sb, bv.strides if len(b_shape) > 1 else bv.strides + (0,), bv.offset)
+        batch = tuple(torch.broadcast_shapes(sa[:-2], sb[:-2]))
+        nb = len(batch)
+        self.a_prep, sab, sam, sak = _operand(av.broadcast_to(batch + sa[-2:]), nb, dtype,
+                                              device)
+        self.b_prep, sbb, sbk, sbn = _operand(bv.broadcast_to(batch + sb[-2:]), nb, dtype,
+                                              device)
+        self.m, self.k, self.n = sa[-2], sa[-1], sb[-1]
+        self.sizes = (self.m, self.n, self.k, sab, sam, sak, sbb, sbk, sbn)
+        self.use_dot = dtype == "float32"
+        if self.use_dot:
+            self.blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4)
+        else:
+            self.blocks = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=4)
+        self.grid = (cdiv(self.m, self.blocks["BLOCK_M"]) * cdiv(self.n, self.blocks["BLOCK_N"]),
+                     numel(batch))
+        self.empty = numel(batch) * self.m * self.n == 0
+
+    def operands(self, a: torch.Tensor, b: torch.Tensor) -> tuple:
+        return (self.a_prep(a), self.b_prep(b)) + self.sizes
+
+
 def matmul(a_shape, b_shape, out_shape, dtype: str, device, precision: str = "ieee",
            a_view: View | None = None, b_view: View | None = None
            ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Plan numpy's ``matmul`` of an ``a_shape`` and a ``b_shape`` tensor."""
-    sa = tuple(a_shape) if len(a_shape) > 1 else (1,) + tuple(a_shape)
-    sb = tuple(b_shape) if len(b_shape) > 1 else tuple(b_shape) + (1,)
-    av = a_view or View.of(a_shape)
-    bv = b_view or View.of(b_shape)
-    av = View(sa, av.strides if len(a_shape) > 1 else (0,) + av.strides, av.offset)
-    bv = View(sb, bv.strides if len(b_shape) > 1 else bv.strides + (0,), bv.offset)
-    batch = tuple(torch.broadcast_shapes(sa[:-2], sb[:-2]))
-    av = av.broadcast_to(batch + sa[-2:])
-    bv = bv.broadcast_to(batch + sb[-2:])
-    nb = len(batch)
-    m, k, n = sa[-2], sa[-1], sb[-1]
-    nbatch = numel(batch)
-    a_prep, sab, sam, sak = _operand(av, nb, dtype, device)
-    b_prep, sbb, sbk, sbn = _operand(bv, nb, dtype, device)
-    use_dot = dtype == "float32"
-    if use_dot:
-        blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4)
-    else:
-        blocks = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=4)
-    grid = (cdiv(m, blocks["BLOCK_M"]) * cdiv(n, blocks["BLOCK_N"]), nbatch)
+    plan = MatmulPlan(a_shape, b_shape, dtype, device, a_view, b_view)
 
     def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         out = empty(out_shape, dtype, device)
-        if numel(out_shape) == 0:
+        if plan.empty:
             return out
-        if k == 0:
+        if plan.k == 0:
             return out.zero_()
-        matmul_kernel[grid](a_prep(a), b_prep(b), out, m, n, k, sab, sam, sak, sbb, sbk, sbn,
-                            USE_DOT=use_dot, PRECISION=precision, **blocks)
+        a, b, *sizes = plan.operands(a, b)
+        matmul_kernel[plan.grid](a, b, out, *sizes, USE_DOT=plan.use_dot, PRECISION=precision,
+                                 **plan.blocks)
         return out
     return run
