@@ -19,7 +19,6 @@ to backtracking (Armijo) where the objective is not convex along the line.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
