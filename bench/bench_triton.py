@@ -54,7 +54,7 @@ def bench(fn, reps: int) -> float:
     """Median seconds of ``fn`` (triton.testing.do_bench on a GPU, wall clock otherwise)."""
     if not interpreting():
         from triton.testing import do_bench
-        return do_bench(fn, warmup=25, rep=reps * 10, return_mode="median") / 1e3
+        return do_bench(fn, warmup=25, rep=reps * 5, return_mode="median") / 1e3
     fn()
     times = []
     for _ in range(max(1, reps // 10)):

@@ -186,3 +186,8 @@ def test_allow_tf32_option_reaches_matmul_and_conv():
          np.linspace(1, -1, 54, dtype=np.float32).reshape(3, 2, 3, 3)]
     np.testing.assert_allclose(exe(*a)[0], backends.compile(g, "reference")(*a)[0],
                                rtol=1e-2, atol=1e-2)
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(TypeError, match="options.*got \\['fast'\\]"):
+        backends.compile(small_graph(), "triton", fast=True)

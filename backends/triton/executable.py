@@ -216,8 +216,14 @@ def _copier(v: Value, device):
     return elementwise("copy", v.shape, v.dtype, [View.of(v.shape)], [v.dtype], device)
 
 
+OPTIONS = ("output", "allow_tf32", "device")
+
+
 def compile(graph: Graph, **options) -> TritonExecutable:
     """Lower ``graph`` to Triton kernels. Options: ``output`` ("auto", "numpy", "torch"),
     ``allow_tf32`` (matmul/convolution inputs rounded to TF32, as cuDNN's default),
     ``device``."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"the triton backend takes the options {list(OPTIONS)}, got {unknown}")
     return TritonExecutable(graph, **options)

@@ -208,8 +208,7 @@ def _h100_configs() -> list:
     out = []
     for bm, bn, bk, warps, stages in ((128, 128, 32, 8, 3), (128, 64, 32, 4, 4),
                                       (64, 128, 32, 4, 4), (128, 128, 64, 8, 3),
-                                      (256, 128, 32, 8, 3), (128, 256, 32, 8, 3),
-                                      (64, 64, 32, 4, 4), (128, 64, 64, 4, 3)):
+                                      (256, 128, 32, 8, 3), (64, 64, 32, 4, 4)):
         out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
                                  num_warps=warps, num_stages=stages))
     return out
