@@ -11,9 +11,11 @@ it. Randomness comes from ``frontend.manual_seed``'s generator, or ``generator=`
 * ``kaiming_uniform_`` / ``kaiming_normal_``, ``xavier_normal_``, ``normal_``, ``uniform_``
 * biases: ``zeros_``, ``constant_`` (0.1 for ReLU units, 1 for an LSTM forget gate),
   ``softmax_bias_`` (the output bias whose softmax is the class frequencies)
+* ``initialize_(module, weight=..., bias=...)``: any of these over a whole model
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Sequence
 
@@ -185,3 +187,28 @@ def softmax_bias_(t, class_freqs: Sequence[float]):
         raise ValueError(f"class frequencies must be {a.shape} positive numbers, got {c}")
     b = np.log(c / c.sum())
     return _fill(t, b - b.mean())
+
+
+def initialize_(module, weight=xavier_uniform_, bias=zeros_, generator=None):
+    """Apply ``weight`` to every weight of rank >= 2 and ``bias`` to every bias in ``module``
+    and its submodules (e.g. ``initialize_(model, orthogonal_, lambda b: constant_(b, 0.1))``);
+    ``None`` leaves that kind alone. Returns the module."""
+    for m in module.modules():
+        params = getattr(m, "_parameters", {})
+        w, b = params.get("weight"), params.get("bias")
+        if weight is not None and w is not None and _array(w).ndim >= 2:
+            _call(weight, w, generator)
+        if bias is not None and b is not None:
+            _call(bias, b, generator)
+    return module
+
+
+def _call(fn, t, generator) -> None:
+    try:
+        takes_gen = "generator" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_gen = False
+    if takes_gen and generator is not None:
+        fn(t, generator=generator)
+    else:
+        fn(t)

@@ -118,3 +118,18 @@ def test_bad_input_errors():
         init.sparse_(np.empty((3, 3)), k=5)
     with pytest.raises(ValueError, match="nonlinearity"):
         init.calculate_gain("swish")
+
+
+def test_initialize_a_whole_model():
+    fe.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    init.initialize_(model, init.orthogonal_, lambda b: init.constant_(b, 0.1),
+                     generator=gen(9))
+    for layer in (model[0], model[2]):
+        w = layer.weight.data.astype(np.float64)
+        np.testing.assert_allclose(w @ w.T, np.eye(w.shape[0]), atol=1e-6)   # rows <= cols
+        np.testing.assert_array_equal(layer.bias.data, np.float32(0.1))
+    a = init.initialize_(nn.Linear(5, 5), generator=gen(1)).weight.data.copy()
+    b = init.initialize_(nn.Linear(5, 5), generator=gen(1)).weight.data
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a).max() <= np.sqrt(6 / 10)                               # eq. 8.23
