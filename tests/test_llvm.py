@@ -288,19 +288,25 @@ def test_every_lowering_split_across_threads(name, monkeypatch):
 @pytest.mark.parametrize("stride,padding,dilation,groups", [
     ((1, 1), (1, 1, 1, 1), (1, 1), 1), ((2, 1), (0, 2, 1, 0), (1, 2), 2),
     ((1, 3), (2, 2, 0, 1), (2, 1), 1), ((1, 1), (0, 0, 0, 0), (1, 1), 4)])
-def test_conv2d_and_its_gradients_match_torch(stride, padding, dilation, groups):
+@pytest.mark.parametrize("path", ["dots", "gemm"])
+def test_conv2d_and_its_gradients_match_torch(stride, padding, dilation, groups, path,
+                                              monkeypatch):
     """conv (eq. 9.6-9.8) and, through the VJP graph, conv_kernel_grad (eq. 9.11) and
     conv_input_grad (eq. 9.12-9.13) against torch.nn.functional.conv2d and autograd;
-    odd sizes, asymmetric padding (applied to torch's input with F.pad)."""
+    odd sizes, asymmetric padding (applied to torch's input with F.pad). The gradients of
+    small convolutions use dot products / row updates, of big ones the GEMM: both run."""
     import torch
+    from backends.llvm import ops_conv
     from passes.autodiff import vjp
+    if path == "gemm":
+        monkeypatch.setattr(ops_conv, "DOT_LIMIT", 0)
     x = RNG.standard_normal((3, 4, 7, 9)).astype(np.float32)
     w = RNG.standard_normal((8, 4 // groups, 3, 2)).astype(np.float32)
     g = one("conv", TensorType(x.shape), TensorType(w.shape), stride=stride, padding=padding,
             dilation=dilation, groups=groups)
     vg = vjp(g)
     ct = RNG.standard_normal(g.outputs[0].shape).astype(np.float32)
-    y, dx, dw = backends.compile(vg, "llvm", threads=2)(x, w, ct)
+    y, dx, dw = backends.compile(vg, "llvm", threads=2, cache=path == "dots")(x, w, ct)
     tx = torch.tensor(x, requires_grad=True)
     tw = torch.tensor(w, requires_grad=True)
     xp = torch.nn.functional.pad(tx, (padding[2], padding[3], padding[0], padding[1]))

@@ -277,10 +277,51 @@ def _conv_kernel_grad(ctx, node, ins, outs):
             xbase = b.add(b.mul(n, i64(C * plane)), i64(g * cg * plane))
             im2col(ctx, x, xbase, cg, geo, cols)
             gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
-            _gemm(ctx, x.dtype, gp, (P, 1), cols.ptr, (1, P), b.gep(part.ptr, [i64(g * og * R)]),
-                  R, og, R, P, acc=1)
+            dst = b.gep(part.ptr, [i64(g * og * R)])
+            if og * R <= DOT_LIMIT:
+                _dots(ctx, gp, cols.ptr, dst, og, R, P, x.elem)
+            else:
+                _gemm(ctx, x.dtype, gp, (P, 1), cols.ptr, (1, P), dst, R, og, R, P, acc=1)
     ctx.barrier()
     _sum_partials(ctx, dw, colbytes + dwbytes, colbytes)
+
+
+DOT_LIMIT = 4096    # dW blocks up to this many entries: dot products beat packing a GEMM
+
+
+def _dots(ctx, a, bm, c, M: int, N: int, K: int, elem) -> None:
+    """c[i, j] += sum_k a[i, k] * bm[j, k]: both operands contiguous along k (gy rows and
+    im2col rows), so each entry is one vectorized dot product; for the small kernel
+    gradients of small convolutions, where packing a GEMM costs more than it saves."""
+    b = ctx.b
+    acc = ctx.alloca(elem, "dot")
+    with for_range(b, 0, M, "di") as i:
+        with for_range(b, 0, N, "dj") as j:
+            b.store(ir.Constant(elem, 0.0), acc)
+            ra, rb = b.mul(i, i64(K)), b.mul(j, i64(K))
+            with for_range(b, 0, K, "dk") as k:
+                prodv = b.fmul(b.load(b.gep(a, [b.add(ra, k)])), b.load(b.gep(bm, [b.add(rb, k)])))
+                s = b.fadd(b.load(acc), prodv)
+                s.flags.append("reassoc")
+                b.store(s, acc)
+            at = b.gep(c, [b.add(b.mul(i, i64(N)), j)])
+            b.store(b.fadd(b.load(at), b.load(acc)), at)
+
+
+def _axpys(ctx, w, gy, cols: Buf, O: int, R: int, P: int) -> None:
+    """cols[r, :] = sum_o w[o, r] * gy[o, :]: unit-stride vector updates of whole rows (the
+    input gradient of small convolutions, where K = O/groups is too short for a GEMM)."""
+    b = ctx.b
+    _zero(ctx, cols, i64(0), R * P)
+    with for_range(b, 0, R, "ar") as r:
+        row = b.mul(r, i64(P))
+        with for_range(b, 0, O, "ao") as o:
+            coef = b.load(b.gep(w, [b.add(b.mul(o, i64(R)), r)]))
+            src = b.mul(o, i64(P))
+            with for_range(b, 0, P, "ap") as q:
+                at = b.add(row, q)
+                v = b.fmul(coef, b.load(b.gep(gy, [b.add(src, q)])))
+                cols.store(b, at, b.fadd(cols.load(b, at), v))
 
 
 def _sum_partials(ctx, out: Buf, stride_bytes: int, first_bytes: int) -> None:
@@ -333,8 +374,11 @@ def _conv_input_grad(ctx, node, ins, outs):
         _zero(ctx, dx, b.mul(n, i64(C * plane)), C * plane)
         for g in range(G):
             gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
-            _gemm(ctx, w.dtype, b.gep(w.ptr, [i64(g * og * R)]), (1, R), gp, (P, 1),
-                  cols.ptr, P, R, P, og)
+            wp = b.gep(w.ptr, [i64(g * og * R)])
+            if og * R <= DOT_LIMIT:
+                _axpys(ctx, wp, gp, cols, og, R, P)
+            else:
+                _gemm(ctx, w.dtype, wp, (1, R), gp, (P, 1), cols.ptr, P, R, P, og)
             xbase = b.add(b.mul(n, i64(C * plane)), i64(g * cg * plane))
             col2im(ctx, cols, cg, geo, dx, xbase)
 
