@@ -81,7 +81,8 @@ def test_matmul_epilogue_region_is_one_generated_kernel():
     b, r = g.add_input("b", TensorType((3,))), g.add_input("r", TensorType((5, 3)))
     c = g.op("constant", value=np.array([0.5, -1.0, 2.0], np.float32))
     h = g.op("relu", g.op("add", g.op("matmul", x, w), b))
-    g.set_outputs([g.op("add", g.op("mul", h, c), r)])
+    half = g.op("full", shape=(), value=0.5, dtype="float32")
+    g.set_outputs([g.op("add", g.op("mul", g.op("mul", h, c), half), r)])
     fused = fuse(g)
     kinds = [n.attrs["kind"] for n in fused.nodes if n.op == "fused"]
     assert kinds == ["epilogue"]

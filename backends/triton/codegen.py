@@ -148,7 +148,8 @@ def render_epilogue(body: Graph, strided: list[bool], rank: int) -> tuple[str, s
                  "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr"])
     names = {anchor.outputs[0]: "acc"}
     skip = {i for i in (a, b) if not _read_by(body, body.inputs[i], body.nodes[1:])}
-    return _finish(body, body.nodes[1:], names, lines, params, strided, rank, skip)
+    return _finish(body, body.nodes[1:], names, lines, params, strided, rank, skip,
+                   "(BLOCK_M, BLOCK_N)")
 
 
 def _read_by(body: Graph, v: Value, nodes) -> bool:
@@ -156,7 +157,8 @@ def _read_by(body: Graph, v: Value, nodes) -> bool:
 
 
 def _finish(body: Graph, nodes, names: dict, lines: list[str], params: list[str],
-            strided: list[bool], rank: int, skip=()) -> tuple[str, str]:
+            strided: list[bool], rank: int, skip=(), tile: str = "(BLOCK,)"
+            ) -> tuple[str, str]:
     """Load the body inputs (except ``skip``), render ``nodes``, store the outputs."""
     for i, v in enumerate(body.inputs):
         if i in skip:
@@ -168,7 +170,7 @@ def _finish(body: Graph, nodes, names: dict, lines: list[str], params: list[str]
         out = node.outputs[0]
         args = [names[v] for v in node.inputs]
         names[out] = f"v{k}"
-        lines.append(f"    v{k} = {_expr(node.op, args, node, out)}")
+        lines.append(f"    v{k} = {_expr(node.op, args, node, out, tile)}")
     for j, v in enumerate(body.outputs):
         lines.append(f"    tl.store(out{j}_ptr + offs, {names[v]}.to(out{j}_ptr.dtype.element_ty),"
                      f" mask=mask)")
@@ -178,9 +180,9 @@ def _finish(body: Graph, nodes, names: dict, lines: list[str], params: list[str]
     return src, name
 
 
-def _expr(op: str, args: list[str], node, out: Value) -> str:
+def _expr(op: str, args: list[str], node, out: Value, tile: str) -> str:
     if op == "full":
-        return (f"tl.full((BLOCK,), {_literal(node.attrs['value'])}, "
+        return (f"tl.full({tile}, {_literal(node.attrs['value'])}, "
                 f"{_TL_DTYPE[out.dtype]})")
     if op in _PASS_THROUGH:
         return args[0]
