@@ -58,7 +58,15 @@ class Executable:
         return self.apply_donations(args, outs)
 
     def apply_donations(self, given: Sequence, outs: list[np.ndarray]) -> list[np.ndarray]:
-        for o, a in self.graph.donations.items():
+        donations = self.graph.donations
+        targets = [given[a] for a in donations.values() if isinstance(given[a], np.ndarray)]
+        # an output that is (a view of) an argument buffer another donation overwrites keeps
+        # its value (e.g. a graph returning a parameter while updating it)
+        for k, out in enumerate(outs):
+            own = given[donations[k]] if k in donations else None
+            if any(t is not own and np.may_share_memory(out, t) for t in targets):
+                outs[k] = np.array(out, copy=True)
+        for o, a in donations.items():
             dst = given[a]
             if (isinstance(dst, np.ndarray) and dst.flags.writeable and dst.flags.c_contiguous
                     and outs[o] is not dst):

@@ -172,6 +172,14 @@ def random_graph(draw, max_nodes: int = 12) -> Graph:
     outs = draw(st.lists(st.sampled_from(values), min_size=k, max_size=k))
     if draw(st.booleans()):
         outs[-1] = values[-1]
+    # state updates: a value of a parameter's type returned and donated to it (sometimes the
+    # parameter itself: an update that changes nothing)
+    n_args = len(b.g.inputs)
+    for k, p in enumerate(b.g.params):
+        same = [v for v in b.pool if v.type == p.type and v not in outs]
+        if same and draw(st.integers(0, 2)) == 0:
+            b.g.donations[len(outs)] = n_args + k
+            outs.append(draw(st.sampled_from(same)))
     b.g.set_outputs(outs)
     return verify(b.g)
 
