@@ -5,8 +5,8 @@
 Prints, for this machine (named in the header):
 * training steps (forward, backward, Adam) of (a) an MLP 784-512-256-10, batch 128; (b) a
   LeNet-style CNN with batch norm on 1x28x28, batch 64; (c) a tanh RNN, hidden 256, 64 steps,
-  batch 32: ms per step on the reference backend, the LLVM backend and PyTorch eager (CPU, 2
-  threads), with ratios;
+  batch 32: ms per step on the reference backend, the LLVM backend (default pipeline, and
+  with the fusion pass) and PyTorch eager (CPU, 2 threads); ratios use the faster LLVM;
 * matmul GFLOP/s (LLVM vs numpy's BLAS) and conv2d 64x32x32x32 with 3x3 kernels (LLVM vs
   PyTorch) GFLOP/s;
 * compile time of (b): cold (empty cache) and cached.
@@ -148,19 +148,23 @@ def torch_step(kind: str):
 
 def bench_models(quick: bool) -> None:
     print(f"\n{'training step (fwd+bwd+Adam)':48s} {'reference':>11s} {'llvm':>9s} "
-          f"{'torch':>9s} {'ref/llvm':>9s} {'torch/llvm':>11s}")
+          f"{'llvm+fuse':>10s} {'torch':>9s} {'ref/llvm':>9s} {'torch/llvm':>11s}")
     for kind in ("mlp", "cnn", "rnn"):
         x, y = batch(kind)
         nat = our_step(kind, "llvm", threads=THREADS)
         t_llvm = timeit(lambda: nat(x, y), 3 if quick else 10)
+        fused = our_step(kind, "llvm", threads=THREADS, pipeline=["default", "fuse"])
+        t_fuse = timeit(lambda: fused(x, y), 3 if quick else 10)
         ref = our_step(kind, "reference")
         t_ref = timeit(lambda: ref(x, y), 1 if quick else 2, warmup=1)
         try:
             t_torch = timeit(torch_step(kind), 3 if quick else 10)
         except ImportError:
             t_torch = float("nan")
+        best = min(t_llvm, t_fuse)
         print(f"{LABELS[kind]:48s} {t_ref * 1e3:9.1f}ms {t_llvm * 1e3:7.2f}ms "
-              f"{t_torch * 1e3:7.2f}ms {t_ref / t_llvm:8.1f}x {t_torch / t_llvm:10.2f}x")
+              f"{t_fuse * 1e3:8.2f}ms {t_torch * 1e3:7.2f}ms {t_ref / best:8.1f}x "
+              f"{t_torch / best:10.2f}x")
 
 
 def one(op, *types, **attrs) -> Graph:
