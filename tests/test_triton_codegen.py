@@ -104,3 +104,31 @@ def test_batched_matmul_epilogue_with_broadcast_operand():
     np.testing.assert_allclose(exe(*a)[0], backends.compile(g, "reference")(*a)[0],
                                rtol=1e-5, atol=1e-6)
     assert len(exe.ctx.notes) == sum(n.op == "fused" for n in fused.nodes)
+
+
+def _reduction_graph(op: str, keepdims: bool) -> Graph:
+    """exp(x * s) reduced over the middle axis, then log and an epilogue operand."""
+    g = Graph("red")
+    x, s = g.add_input("x", TensorType((3, 4, 5))), g.add_input("s", TensorType((4, 1)))
+    rshape = (3, 1, 5) if keepdims else (3, 5)
+    c = g.add_input("c", TensorType(rshape[-1:]))
+    r = g.op(op, g.op("exp", g.op("mul", x, s)), axis=(1,), keepdims=keepdims)
+    g.set_outputs([g.op("add", g.op("log", r), c)])
+    return g
+
+
+def test_reduction_regions_are_one_generated_kernel():
+    """Prologue, the reduction over a middle axis (no operand copied) and the epilogue in
+    one kernel; max propagates a NaN as numpy does."""
+    for op, keepdims in (("sum", True), ("mean", False), ("max", False), ("min", True)):
+        g = _reduction_graph(op, keepdims)
+        fused = fuse(g)
+        assert [n.attrs["kind"] for n in fused.nodes if n.op == "fused"] == ["reduction"]
+        exe = backends.compile(fused, "triton")
+        assert len(exe.ctx.notes) == 1 and "tl.program_id" in exe.ctx.notes[0]
+        a = [RNG.standard_normal(t.shape).astype(np.float32) for t in
+             (v.type for v in g.inputs)]
+        if op == "max":
+            a[0][1, 2, 3] = np.nan
+        np.testing.assert_allclose(exe(*a)[0], backends.compile(g, "reference")(*a)[0],
+                                   rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=op)

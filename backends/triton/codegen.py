@@ -98,17 +98,24 @@ def supports_epilogue(body: Graph) -> bool:
     return _elementwise_over(body, body.nodes[1:], anchor.outputs[0].shape, private)
 
 
-def _elementwise_over(body: Graph, nodes, shape, skip=()) -> bool:
-    """``nodes`` elementwise with output ``shape``; the inputs (but ``skip``) broadcast to it."""
+def elementwise_nodes(nodes, shape) -> bool:
+    """Every node of ``nodes`` elementwise (or a scalar ``full``) with output ``shape``."""
     for node in nodes:
         if node.op == "full":
-            if node.outputs[0].dtype not in _TL_DTYPE:
+            if node.outputs[0].dtype not in _TL_DTYPE or node.outputs[0].shape not in ((), shape):
                 return False
             continue
         if node.op not in ew.UNARY + ew.BINARY + ew.TERNARY + _PASS_THROUGH:
             return False
         if node.outputs[0].shape != shape:
             return False
+    return True
+
+
+def _elementwise_over(body: Graph, nodes, shape, skip=()) -> bool:
+    """``nodes`` elementwise with output ``shape``; the inputs (but ``skip``) broadcast to it."""
+    if not elementwise_nodes(nodes, shape):
+        return False
     try:
         return all(tuple(torch.broadcast_shapes(v.shape, shape)) == shape
                    for v in body.inputs if v not in skip)

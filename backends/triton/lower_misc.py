@@ -8,7 +8,7 @@ from irgraph import Node
 from irgraph.ops import recurrence as R
 from irgraph.ops.debug import NonFiniteError, non_finite_message
 
-from . import codegen
+from . import codegen, codegen_reduce
 from .kernels import elementwise as ew
 from .kernels import norm as nk
 from .kernels import reduce as red
@@ -32,12 +32,16 @@ def _stop_gradient(node: Node, ctx: LowerContext) -> Step:
 
 @lowering("fused")
 def _fused(node: Node, ctx: LowerContext) -> Step:
-    """An elementwise region, or a matmul with its elementwise epilogue: one generated kernel
-    (codegen.py). Other kinds, and bodies the generator does not take, run their body's own
-    kernels back to back."""
+    """An elementwise region, a reduction with its prologue and epilogue, or a matmul with
+    its elementwise epilogue: one generated kernel (codegen.py, codegen_reduce.py). Other
+    bodies run their own nodes' kernels back to back."""
     body = node.attrs["body"]
     if node.attrs["kind"] == "elementwise" and codegen.supports(body):
         run = codegen.FusedElementwise(body, ctx.device)
+        ctx.notes.append(run.source)
+        return run
+    if node.attrs["kind"] == "reduction" and codegen_reduce.supports_reduction(body):
+        run = codegen_reduce.FusedReduction(body, ctx.device)
         ctx.notes.append(run.source)
         return run
     if node.attrs["kind"] == "epilogue" and codegen.supports_epilogue(body):
