@@ -287,6 +287,7 @@ def _conv_kernel_grad(ctx, node, ins, outs):
 
 
 DOT_LIMIT = 4096    # dW blocks up to this many entries: dot products beat packing a GEMM
+AXPY_LIMIT = 512    # W blocks up to this many entries: row updates beat a GEMM for dx
 
 
 def _dots(ctx, a, bm, c, M: int, N: int, K: int, elem) -> None:
@@ -375,7 +376,7 @@ def _conv_input_grad(ctx, node, ins, outs):
         for g in range(G):
             gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
             wp = b.gep(w.ptr, [i64(g * og * R)])
-            if og * R <= DOT_LIMIT:
+            if og * R <= AXPY_LIMIT:
                 _axpys(ctx, wp, gp, cols, og, R, P)
             else:
                 _gemm(ctx, w.dtype, wp, (1, R), gp, (P, 1), cols.ptr, P, R, P, og)
