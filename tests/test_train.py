@@ -209,11 +209,12 @@ class BN(nn.Module):
         return y
 
 
-def test_batch_norm_running_statistics_are_step_outputs():
+@pytest.mark.parametrize("layer", [BN, nn.BatchNorm1d])
+def test_batch_norm_running_statistics_are_step_outputs(layer):
     """Training mode: the running statistics are explicit outputs donated to the buffers,
     r' = 0.9 r + 0.1 stat (PyTorch's momentum 0.1, unbiased variance); not trained."""
     fe.manual_seed(0)
-    model = nn.Sequential(BN(3), nn.Linear(3, 2))
+    model = nn.Sequential(layer(3), nn.Linear(3, 2))
     opt = optim.SGD(lr=0.1)
     step = compile_train(model, nn.CrossEntropyLoss(), opt, X, Y, pipeline=[])
     assert step.layout.buffer_updates == ["0.running_mean", "0.running_var"]
