@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from ..runtime import TORCH_DTYPES, View, cdiv, contiguous_strides, empty, meta_tensor, numel
+from ..runtime import View, cdiv, contiguous_strides, empty, meta_tensor, numel
 
 BLOCK = 1024
 
@@ -355,15 +356,10 @@ def pad(in_shape, pads, value: float, mode: str, dtype: str,
     return run
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    return TORCH_DTYPES[name]
-
-
 def gather(index, src_shape, dtype: str, device, scatter: bool = False
            ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Plan a gather by a static index array (its shape is the output's; -1 reads zero) or,
     with ``scatter``, its transpose: a ``src_shape`` result summing src at the indices."""
-    import numpy as np
     index = np.asarray(index, np.int64)
     idx = torch.from_numpy(np.ascontiguousarray(index.reshape(-1))).to(device)
     n = index.size

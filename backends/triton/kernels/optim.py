@@ -14,8 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime import cdiv, empty
+from ..runtime import View, cdiv, empty
 from . import reduce as red
+from .elementwise import elementwise
 
 BLOCK = 1024
 
@@ -200,7 +201,6 @@ def global_norm(sizes: Sequence[int], dtype: str, device):
     (float64 for float64 inputs), then one row reduction and one sqrt."""
     plan = MultiTensorUpdate("sum_squares", sizes, dtype, device)
     total = red.reduce("sum", (max(plan.n_work, 1),), (0,), (), dtype, dtype, device)
-    from .elementwise import View, elementwise
     root = elementwise("sqrt", (), dtype, [View.of(())], [dtype], device)
 
     def run(gs: Sequence[torch.Tensor]) -> torch.Tensor:

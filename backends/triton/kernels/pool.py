@@ -13,7 +13,7 @@ window element j, or -1 where the window reads padding. Every pooling is seen as
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -122,7 +122,3 @@ class Pool:
                                                 self.div, *self.args, MODE=self.mode,
                                                 BLOCK=BLOCK)
         return y
-
-
-def pool(mode: str, in_shape, axes, divisor, dtype: str, device) -> Callable:
-    return Pool(mode, in_shape, axes, divisor, dtype, device)
