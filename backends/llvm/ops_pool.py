@@ -31,6 +31,8 @@ class Geometry:
     kend: list[np.ndarray]            # per axis, one past the last
     step: list[int]                   # per axis, distance between kernel offsets
     div: np.ndarray | None = None     # (*out,) divisors of average pooling
+    full: list[int] = None            # per axis: the window width when every window on it
+                                      # lies wholly inside x (then unrolled), else 0
 
 
 def _geometry(spatial, axes, steps, div=None) -> Geometry:
@@ -43,8 +45,12 @@ def _geometry(spatial, axes, steps, div=None) -> Geometry:
         kbeg.append(first.astype(np.int64))
         kend.append(last.astype(np.int64))
     out = tuple(len(s) for s in start)
+    full = [int(ok.shape[1]) if ok.all() and ok.shape[1] <= UNROLL else 0 for _, ok, _ in axes]
     return Geometry(tuple(spatial), out, start, kbeg, kend, list(steps),
-                    None if div is None else np.broadcast_to(div, out).astype(np.float64))
+                    None if div is None else np.broadcast_to(div, out).astype(np.float64), full)
+
+
+UNROLL = 8      # window widths up to this are unrolled when no window leaves the input
 
 
 def _regular(node, spatial, avg: bool) -> Geometry:
@@ -101,6 +107,12 @@ def _k_loops(ctx, geo, tables, istr, idx, fn, ax, acc):
     start_t, kbeg_t, kend_t = tables[ax]
     o = idx[ax]
     start = b.load(b.gep(start_t, [o]))
+    if geo.full[ax]:              # every window whole: a fixed, unrolled run of offsets
+        for k in range(geo.full[ax]):
+            pos = b.add(start, i64(k * geo.step[ax]))
+            _k_loops(ctx, geo, tables, istr, idx, fn, ax + 1,
+                     b.add(acc, b.mul(pos, i64(istr[ax]))))
+        return
     k0, k1 = b.load(b.gep(kbeg_t, [o])), b.load(b.gep(kend_t, [o]))
     with for_range(b, k0, k1, f"k{ax}") as k:
         pos = b.add(start, b.mul(k, i64(geo.step[ax])))
