@@ -191,3 +191,17 @@ def test_allow_tf32_option_reaches_matmul_and_conv():
 def test_unknown_option_is_refused():
     with pytest.raises(TypeError, match="options.*got \\['fast'\\]"):
         backends.compile(small_graph(), "triton", fast=True)
+
+
+def test_nll_target_out_of_range_is_refused_before_launch():
+    """As the reference's error: a class index outside [0, C) names the argument and node
+    (checked on the host for numpy targets; ignore_index is allowed)."""
+    g = Graph("nll")
+    lp = g.add_input("logp", TensorType((3, 4)))
+    t = g.add_input("t", TensorType((3,), "int64"))
+    g.set_outputs([g.op("nll_loss", lp, t, ignore_index=-1)])
+    exe = backends.compile(g, "triton")
+    logp = np.log(np.full((3, 4), 0.25, np.float32))
+    np.testing.assert_allclose(exe(logp, np.array([0, -1, 3]))[0], np.log(4), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"%t: target 4 is outside \[0, 4\)[\s\S]*nll_loss"):
+        exe(logp, np.array([0, 4, 1]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -139,6 +139,7 @@ class TritonExecutable(Executable):
         self.ctx.lower_graph = lambda g: Plan(g, self.ctx)
         self.plan = Plan(self.graph, self.ctx)
         self._donate = {o: _copier(graph.outputs[o], self.device) for o in graph.donations}
+        self._index_checks = index_checks(self.graph)
 
     # ------------------------------------------------------------------ arguments
     def _check_tensor(self, v: Value, t: torch.Tensor) -> torch.Tensor:
@@ -163,6 +164,9 @@ class TritonExecutable(Executable):
         host = [i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)]
         shim = SimpleNamespace(name=self.graph.name, arguments=[params[i] for i in host])
         arrays = dict(zip(host, validate_args(shim, [args[i] for i in host])))
+        for i, check in self._index_checks:
+            if i in arrays:
+                check(arrays[i])
         out = []
         for i, (v, a) in enumerate(zip(params, args)):
             if i in arrays:
@@ -214,6 +218,29 @@ class TritonExecutable(Executable):
 def _copier(v: Value, device):
     """A device copy kernel for value ``v`` writing into a given ``out`` tensor."""
     return elementwise("copy", v.shape, v.dtype, [View.of(v.shape)], [v.dtype], device)
+
+
+def index_checks(graph: Graph) -> list[tuple[int, Callable[[np.ndarray], None]]]:
+    """Range checks of class-index arguments (``nll_loss`` targets), run on the host before
+    any launch when the argument arrives as numpy: a device kernel cannot raise."""
+    args = {v: i for i, v in enumerate(graph.arguments)}
+    out = []
+    for node in graph.nodes:
+        if node.op == "nll_loss" and node.inputs[1] in args:
+            out.append((args[node.inputs[1]], _target_check(node)))
+    return out
+
+
+def _target_check(node: Node) -> Callable[[np.ndarray], None]:
+    c, ignore = node.inputs[0].shape[1], node.attrs["ignore_index"]
+    loc = f" (from {node.loc})" if node.loc else ""
+
+    def check(t: np.ndarray) -> None:
+        bad = (t != ignore) & ((t < 0) | (t >= c))
+        if np.any(bad):
+            raise ValueError(f"argument %{node.inputs[1].name}: target {t[bad].flat[0]} is "
+                             f"outside [0, {c}) for {node!r}{loc}")
+    return check
 
 
 OPTIONS = ("output", "allow_tf32", "device")
