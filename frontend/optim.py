@@ -17,6 +17,7 @@ loops over compiled graphs: see ``frontend.second_order`` (re-exported here).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -125,12 +126,16 @@ class Optimizer:
             vals["max_norm"] = float(self.clip_grad_norm)
         if self._polyak_on:
             vals["polyak_alpha"] = float(self.polyak)
+        vals.update(self._extra_values())
         for name, v in vals.items():
             _check_nonneg(name, v)
         return {h: vals[h] for h in self.spec().hyperparameters}
 
     def _rule_values(self) -> dict[str, float]:
         return {"lr": self.current_lr()}
+
+    def _extra_values(self) -> dict[str, float]:
+        return {}
 
     def _check_structure(self) -> None:
         """Switching a compiled feature on or off would need a new graph: say so."""
@@ -284,23 +289,37 @@ class SGD(Optimizer):
            loss a step returns is the loss at the interim point).
     torch: v <- momentum v + g;  p <- p - lr v  (nesterov: p <- p - lr (g + momentum v)).
     Constructed with momentum 0, the step has no velocity; otherwise momentum may take any
-    value (0 included) between steps.
+    value (0 included) between steps. ``dampening`` (torch convention only) scales g by
+    1 - dampening in the velocity update after the first step, as torch.optim.SGD does.
     """
 
     def __init__(self, params=None, lr=0.01, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *,
                  convention: str = "text", **kw):
-        if dampening != 0:
-            raise NotImplementedError("SGD dampening is not implemented (the text has none)")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
+        if dampening != 0 and (convention != "torch" or nesterov or momentum == 0):
+            raise ValueError("dampening is torch's (convention='torch', with momentum and "
+                             "without nesterov); the text has none")
         super().__init__(params, lr=lr, convention=convention, weight_decay=weight_decay, **kw)
-        self.momentum, self.nesterov = momentum, nesterov
+        self.momentum, self.nesterov, self.dampening = momentum, nesterov, dampening
+        self._dampened = dampening != 0
         self._has_momentum = momentum != 0
         self.kind = "momentum" if self._has_momentum else "sgd"
 
     def _nesterov_flag(self) -> bool:
         return self.nesterov
+
+    def spec(self) -> OptimizerSpec:
+        return dataclasses.replace(super().spec(), grad_scale=self._dampened)
+
+    def _extra_values(self) -> dict[str, float]:
+        if self._dampened:       # torch: buf = g at the first step, mu buf + (1 - d) g after
+            return {"grad_scale": 1.0 if self.step_count == 0 else 1.0 - float(self.dampening)}
+        if self.dampening != 0:
+            raise ValueError("SGD.dampening was 0 when the step was compiled; a dampening "
+                             "needs a new compile_train")
+        return {}
 
     def _rule_values(self):
         if self.momentum != 0 and not self._has_momentum:

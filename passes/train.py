@@ -50,6 +50,8 @@ class OptimizerSpec:
     ``decoupled_weight_decay``: AdamW's p <- p - lr wd p instead of the L2 term g + wd p.
     ``clip_norm`` / ``clip_value``: clip the gradients (section 8.2.4) before the update.
     ``polyak``: keep an exponential moving average of the parameters (eq. 8.39).
+    ``grad_scale``: multiply the (weight-decayed) gradient by a runtime scalar before the
+    update (torch's SGD dampening: 1 at the first step, 1 - dampening after).
     """
     kind: str
     convention: str = "text"
@@ -60,6 +62,7 @@ class OptimizerSpec:
     clip_norm_eps: float = 1e-6
     clip_value: bool = False
     polyak: bool = False
+    grad_scale: bool = False
 
     def __post_init__(self):
         if self.kind not in UPDATE_RULES:
@@ -91,6 +94,8 @@ class OptimizerSpec:
             names.append("max_norm")
         if self.polyak:
             names.append("polyak_alpha")
+        if self.grad_scale:
+            names.append("grad_scale")
         return tuple(names)
 
 
@@ -242,6 +247,8 @@ def _update(b: _Builder, p: Value, at: Value, grad: Value,
             p_in = g.op("sub", p, g.op("mul", g.op("mul", lr, wd), p))
         else:                             # L2 penalty wd/2 |p|^2 at the point of the gradient
             grad = g.op("add", grad, g.op("mul", wd, at))
+    if spec.grad_scale:
+        grad = g.op("mul", grad, b.scalar("grad_scale", dt))
     attrs = {}
     if spec.kind in _HAS_CONVENTION:
         attrs["convention"] = spec.convention

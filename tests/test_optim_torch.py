@@ -73,6 +73,8 @@ CASES = {
                lambda p: torch.optim.SGD(p, lr=0.3, weight_decay=0.1)),
     "momentum": (lambda: optim.SGD(lr=0.2, momentum=0.9, **T),
                  lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9)),
+    "momentum_dampening": (lambda: optim.SGD(lr=0.2, momentum=0.9, dampening=0.3, **T),
+                           lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, dampening=0.3)),
     "nesterov": (lambda: optim.SGD(lr=0.2, momentum=0.9, nesterov=True, weight_decay=0.01, **T),
                  lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, nesterov=True,
                                            weight_decay=0.01)),

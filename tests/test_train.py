@@ -254,6 +254,8 @@ def test_training_step_pass_rejects_bad_graphs():
         OptimizerSpec("lion")
     with pytest.raises(ValueError, match="no Nesterov form"):
         OptimizerSpec("rmsprop_momentum", "torch", nesterov=True)
+    with pytest.raises(ValueError, match="dampening is torch's"):
+        optim.SGD(lr=0.1, momentum=0.9, dampening=0.1)          # the text has no dampening
 
 
 def test_bad_batch_and_bad_loss_errors():
