@@ -14,25 +14,31 @@ import triton.language as tl
 from ..runtime import View, cdiv, empty, next_pow2, numel
 from .elementwise import copy_view
 
-BLOCK_M = 16
+BLOCK_M = 16            # rows per program of argmax and softmax
+SPLIT_ROWS = 128        # fewer rows than this, and long ones: split each row over programs
+SPLIT_CHUNK = 8192      # columns per program when splitting
 
 
 @triton.jit
-def reduce_rows_kernel(x_ptr, out_ptr, M, K, OP: tl.constexpr, IS_FLOAT: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[m] = OP over k of x[m, k]; max/min propagate NaN as numpy does."""
+def reduce_rows_kernel(x_ptr, out_ptr, M, K, K_PER, divisor, OP: tl.constexpr,
+                       IS_FLOAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[m, s] = OP over the s-th K_PER columns of x[m, :] (grid axis 1 splits long rows;
+    ``mean`` divides by ``divisor``); max/min propagate NaN as numpy does."""
+    s = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     base = rows.to(tl.int64)[:, None] * K
+    k_lo = s * K_PER
+    k_hi = tl.minimum(K, k_lo + K_PER)
     if OP == "sum" or OP == "mean":
         acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=out_ptr.dtype.element_ty)
     else:
-        first = tl.load(x_ptr + rows.to(tl.int64) * K, mask=rmask, other=0)
+        first = tl.load(x_ptr + rows.to(tl.int64) * K + k_lo, mask=rmask, other=0)
         acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=x_ptr.dtype.element_ty) + first[:, None]
     nan = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.int1)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        mask = rmask[:, None] & (cols[None, :] < K)
+        mask = rmask[:, None] & (cols[None, :] < k_hi)
         x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0)
         if OP == "sum" or OP == "mean":
             acc += x.to(acc.dtype)
@@ -45,7 +51,7 @@ def reduce_rows_kernel(x_ptr, out_ptr, M, K, OP: tl.constexpr, IS_FLOAT: tl.cons
     if OP == "sum" or OP == "mean":
         res = tl.sum(acc, axis=1)
         if OP == "mean":
-            res = res / K
+            res = res / divisor
     elif OP == "max":
         res = tl.max(acc, axis=1)
     else:
@@ -53,7 +59,8 @@ def reduce_rows_kernel(x_ptr, out_ptr, M, K, OP: tl.constexpr, IS_FLOAT: tl.cons
     if IS_FLOAT:
         if OP == "max" or OP == "min":
             res = tl.where(tl.max(nan.to(tl.int32), axis=1) > 0, float("nan"), res)
-    tl.store(out_ptr + rows, res.to(out_ptr.dtype.element_ty), mask=rmask)
+    tl.store(out_ptr + rows * tl.num_programs(1) + s, res.to(out_ptr.dtype.element_ty),
+             mask=rmask)
 
 
 @triton.jit
@@ -116,6 +123,32 @@ def _block_k(k: int) -> int:
     return min(1024, next_pow2(max(k, 1)))
 
 
+def _block_m(k: int) -> int:
+    """Rows per program: a (BLOCK_M, BLOCK_K) tile of about 4096 elements."""
+    return max(1, min(64, 4096 // _block_k(k)))
+
+
+def _row_reduce(op: str, m: int, k: int, is_float: bool, device, dtype: str
+                ) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """Launch(es) reducing a contiguous (m, k) matrix into out (m,): one pass, or for few
+    long rows, per-chunk partial results (grid axis 1) then a pass over the partials."""
+    def launch(x, out, rows, cols, k_per, splits, stage_op, divisor):
+        reduce_rows_kernel[(max(1, cdiv(rows, _block_m(k_per))), splits)](
+            x, out, rows, cols, k_per, float(divisor), OP=stage_op, IS_FLOAT=is_float,
+            BLOCK_M=_block_m(k_per), BLOCK_K=_block_k(k_per))
+
+    if m >= SPLIT_ROWS or k <= 2 * SPLIT_CHUNK:
+        return lambda x, out: launch(x, out, m, k, k, 1, op, k)
+    splits = cdiv(k, SPLIT_CHUNK)
+    first = "sum" if op == "mean" else op
+
+    def run(x: torch.Tensor, out: torch.Tensor) -> None:
+        partial = empty((m, splits), dtype, device)
+        launch(x, partial, m, k, SPLIT_CHUNK, splits, first, 1)
+        launch(partial, out, m, splits, splits, 1, op, k)
+    return run
+
+
 def rows_last(shape, axes) -> tuple[View, int, int]:
     """A view of ``shape`` with ``axes`` moved last, and its (M, K) as a matrix."""
     keep = [i for i in range(len(shape)) if i not in axes]
@@ -132,6 +165,7 @@ def reduce(op: str, shape, axes, out_shape, dtype: str, out_dtype: str,
     gather = copy_view(view, dtype, device)
     grid = (max(1, cdiv(m, BLOCK_M)),)
     is_float = dtype in ("float32", "float64")
+    rowwise = _row_reduce(op, m, k, is_float, device, out_dtype) if op != "argmax" else None
 
     def run(x: torch.Tensor) -> torch.Tensor:
         out = empty(out_shape, out_dtype, device)
@@ -143,8 +177,7 @@ def reduce(op: str, shape, axes, out_shape, dtype: str, out_dtype: str,
         if op == "argmax":
             argmax_rows_kernel[grid](rows, out, m, k, BLOCK_M=BLOCK_M, BLOCK_K=_block_k(k))
         else:
-            reduce_rows_kernel[grid](rows, out, m, k, OP=op, IS_FLOAT=is_float,
-                                     BLOCK_M=BLOCK_M, BLOCK_K=_block_k(k))
+            rowwise(rows, out)
         return out
     return run
 
