@@ -217,3 +217,21 @@ def test_batch_norm_backward_kernel_matches_torch_autograd(training):
     close(dx.cpu().numpy(), tx.grad.numpy())
     close(dgamma.cpu().numpy(), tg.grad.numpy())
     close(dbeta.cpu().numpy(), tb.grad.numpy())
+
+
+def test_batch_norm_statistics_split_over_programs_match_torch(monkeypatch):
+    """Many values per channel: partial sums over a (C, splits) grid, then one combine per
+    channel (the running averages too), against F.batch_norm."""
+    from backends.triton.kernels import norm as nk
+    monkeypatch.setattr(nk, "SPLIT_ABOVE", 16)
+    monkeypatch.setattr(nk, "SPLIT_CHUNK", 16)
+    x = rand(5, 3, 7) * 3 + 10            # an offset mean: the shifted sums keep precision
+    gamma, beta, rm, rv = rand(3), rand(3), rand(3), np.abs(rand(3)) + 0.5
+    y, nm, nv = run_op("batch_norm", [x, gamma, beta, rm, rv], training=True, eps=1e-5,
+                       momentum=0.1)
+    trm, trv = torch.tensor(rm), torch.tensor(rv)
+    ty = TF.batch_norm(torch.tensor(x), trm, trv, torch.tensor(gamma), torch.tensor(beta),
+                       training=True)
+    close(y, ty.numpy())
+    close(nm, trm.numpy())
+    close(nv, trv.numpy())

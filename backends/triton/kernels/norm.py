@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime import cdiv, empty, numel
+from ..runtime import TORCH_DTYPES, cdiv, empty, next_pow2, numel
 
 BLOCK = 1024
 
@@ -47,6 +47,78 @@ def bn_stats_kernel(x_ptr, rm_ptr, rv_ptr, mean_ptr, var_ptr, new_rm_ptr, new_rv
     unbiased = var * M / tl.maximum(M - 1, 1)
     tl.store(new_rm_ptr + c, ((1 - momentum) * rm + momentum * mean).to(ty))
     tl.store(new_rv_ptr + c, ((1 - momentum) * rv + momentum * unbiased).to(ty))
+
+
+@triton.jit
+def bn_partial_kernel(x_ptr, part_ptr, A, C, B, J_PER, BLOCK: tl.constexpr):
+    """Program (c, s): float64 sums of (x - x0) and (x - x0)^2 over the s-th J_PER elements
+    of channel c, shifted by the channel's first element x0 against cancellation."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    M = A * B
+    x0 = tl.load(x_ptr + c * B).to(tl.float64)
+    s1 = tl.zeros((BLOCK,), tl.float64)
+    s2 = tl.zeros((BLOCK,), tl.float64)
+    hi = tl.minimum(M, (s + 1) * J_PER)
+    for j0 in range(s * J_PER, hi, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        idx = (j // B).to(tl.int64) * C * B + c * B + j % B
+        d = tl.load(x_ptr + idx, mask=j < hi, other=0).to(tl.float64) - x0
+        d = tl.where(j < hi, d, 0.0)
+        s1 += d
+        s2 += d * d
+    base = (c * tl.num_programs(1) + s) * 2
+    tl.store(part_ptr + base, tl.sum(s1, axis=0))
+    tl.store(part_ptr + base + 1, tl.sum(s2, axis=0))
+
+
+@triton.jit
+def bn_combine_kernel(x_ptr, part_ptr, rm_ptr, rv_ptr, mean_ptr, var_ptr, new_rm_ptr,
+                      new_rv_ptr, C, B, M, SPLITS, momentum, BLOCK: tl.constexpr):
+    """Per channel: mean and biased variance from the partial sums; running averages."""
+    c = tl.program_id(0)
+    s1 = tl.zeros((BLOCK,), tl.float64)
+    s2 = tl.zeros((BLOCK,), tl.float64)
+    for k0 in range(0, SPLITS, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        s1 += tl.load(part_ptr + (c * SPLITS + k) * 2, mask=k < SPLITS, other=0)
+        s2 += tl.load(part_ptr + (c * SPLITS + k) * 2 + 1, mask=k < SPLITS, other=0)
+    d1 = tl.sum(s1, axis=0) / M
+    var = tl.maximum(tl.sum(s2, axis=0) / M - d1 * d1, 0.0)
+    mean = tl.load(x_ptr + c * B).to(tl.float64) + d1
+    ty = mean_ptr.dtype.element_ty
+    tl.store(mean_ptr + c, mean.to(ty))
+    tl.store(var_ptr + c, var.to(ty))
+    rm = tl.load(rm_ptr + c).to(tl.float64)
+    rv = tl.load(rv_ptr + c).to(tl.float64)
+    unbiased = var * M / tl.maximum(M - 1, 1)
+    tl.store(new_rm_ptr + c, ((1 - momentum) * rm + momentum * mean).to(ty))
+    tl.store(new_rv_ptr + c, ((1 - momentum) * rv + momentum * unbiased).to(ty))
+
+
+SPLIT_ABOVE = 1 << 15     # values per channel above which statistics split over programs
+SPLIT_CHUNK = 1 << 14
+
+
+def channel_stats(a: int, c: int, b: int, dtype: str, device):
+    """Plan ``(x, rm, rv, momentum) -> (mean, var, new_rm, new_rv)``: one two-pass program
+    per channel, or, for many values per channel, partial sums over a (C, splits) grid."""
+    m = a * b
+    splits = cdiv(m, SPLIT_CHUNK) if m > SPLIT_ABOVE else 1
+
+    def run(x, rm, rv, momentum: float) -> list[torch.Tensor]:
+        outs = [empty((c,), dtype, device) for _ in range(4)]
+        if not c:
+            return outs
+        if splits == 1:
+            bn_stats_kernel[(c,)](x, rm, rv, *outs, a, c, b, momentum, BLOCK=BLOCK)
+            return outs
+        part = torch.empty((c, splits, 2), dtype=torch.float64, device=device)
+        bn_partial_kernel[(c, splits)](x, part, a, c, b, SPLIT_CHUNK, BLOCK=BLOCK)
+        bn_combine_kernel[(c,)](x, part, rm, rv, *outs, c, b, m, splits, momentum,
+                                BLOCK=min(1024, next_pow2(splits)))
+        return outs
+    return run
 
 
 @triton.jit
@@ -138,13 +210,11 @@ def batch_norm_stats(shape, axis: int, dtype: str, device) -> Callable:
     axis %= len(shape)
     a, c, b = numel(shape[:axis]), shape[axis], numel(shape[axis + 1:])
 
+    stats = channel_stats(a, c, b, dtype, device)
+    zeros = torch.zeros((c,), dtype=TORCH_DTYPES[dtype], device=device)   # no running stats
+
     def run(x: torch.Tensor) -> list[torch.Tensor]:
-        mean, var = empty((c,), dtype, device), empty((c,), dtype, device)
-        dummy = empty((c,), dtype, device)
-        if c:
-            bn_stats_kernel[(c,)](x, mean, mean, mean, var, dummy, dummy, a, c, b, 0.0,
-                                  BLOCK=BLOCK)
-        return [mean, var]
+        return stats(x, zeros, zeros, 0.0)[:2]
     return run
 
 
@@ -155,13 +225,11 @@ def batch_norm(shape, axis: int, training: bool, eps: float, momentum: float, dt
     a, c, b = numel(shape[:axis]), shape[axis], numel(shape[axis + 1:])
     n = numel(shape)
 
+    stats = channel_stats(a, c, b, dtype, device)
+
     def run(x, gamma, beta, rm, rv) -> list[torch.Tensor]:
         if training:
-            mean, var = empty((c,), dtype, device), empty((c,), dtype, device)
-            new_rm, new_rv = empty((c,), dtype, device), empty((c,), dtype, device)
-            if c:
-                bn_stats_kernel[(c,)](x, rm, rv, mean, var, new_rm, new_rv, a, c, b,
-                                      float(momentum), BLOCK=BLOCK)
+            mean, var, new_rm, new_rv = stats(x, rm, rv, float(momentum))
         else:
             mean, var, new_rm, new_rv = rm, rv, rm, rv
         y = empty(shape, dtype, device)
