@@ -384,3 +384,11 @@ def test_avx512_hosts_ask_for_512_bit_vectors():
     assert defines and all('"prefer-vector-width"="512"' in ln for ln in defines)
     lb.parse_assembly(wide).verify()
     assert jit._with_vector_width(text, "+avx2,-avx512f") == text
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "bool", "float64"])
+def test_cast_of_special_floats_like_numpy(dtype):
+    x = np.array([np.nan, np.inf, -np.inf, 3e38, -3e38, 2.7, -2.7, -0.0, 0.5], np.float32)
+    (got,) = backends.compile(one("cast", TensorType((9,)), dtype=dtype), "llvm")(x)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(got, x.astype(dtype))

@@ -93,7 +93,8 @@ def int_pow(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value) -> ir.Value:
 
 
 def convert(ctx: Ctx, src: str, dst: str, x: ir.Value) -> ir.Value:
-    """numpy's astype between our dtypes (float to int saturates instead of being undefined)."""
+    """numpy's astype between our dtypes; float to int is never undefined: NaN and values out
+    of range give the most negative integer, as numpy does on x86."""
     b = ctx.b
     if src == dst:
         return x
@@ -109,7 +110,11 @@ def convert(ctx: Ctx, src: str, dst: str, x: ir.Value) -> ir.Value:
         name = f"llvm.fptosi.sat.i{dty.width}.{'f32' if sty == F32 else 'f64'}"
         sat = ctx.module.globals.get(name) or ir.Function(
             ctx.module, ir.FunctionType(dty, [sty]), name)
-        return b.call(sat, [x])
+        # numpy on x86: NaN and out-of-range values become the most negative integer
+        limit = float(2 ** (dty.width - 1))
+        inside = b.and_(b.fcmp_ordered("<", x, ir.Constant(sty, limit)),
+                        b.fcmp_ordered(">=", x, ir.Constant(sty, -limit)))
+        return b.select(inside, b.call(sat, [x]), ir.Constant(dty, -(1 << (dty.width - 1))))
     if dst in FLOATS:
         return b.sitofp(x, dty)
     return b.sext(x, dty) if dty.width > sty.width else b.trunc(x, dty)
