@@ -84,7 +84,8 @@ class LLVMExecutable(Executable):
         return a
 
     def _call(self, table) -> None:
-        fn, n = self._loaded.fn, self.threads
+        # a graph of small nodes only never splits work: one thread, no pool round trip
+        fn, n = self._loaded.fn, self.threads if self.plan.parallel else 1
         if n == 1:
             fn(table, 0, 1)
             return

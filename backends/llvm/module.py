@@ -39,6 +39,7 @@ class Plan:
     # (matmul index, operand index) -> the value a folded transpose would have read
     views: dict[tuple[int, int], Value] = field(default_factory=dict)
     skip: set[int] = field(default_factory=set)     # transposes nobody needs to run
+    parallel: bool = False        # some node splits its work across threads
 
 
 def _round(n: int) -> int:
@@ -110,6 +111,7 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
         for v in dying.pop(i, ()):
             arena.release(p.slots[v][1], v.type.nbytes)
     p.arena_bytes = _round(arena.top)
+    p.parallel = any(runs_parallel(n) for i, n in enumerate(graph.nodes) if i not in p.skip)
     if any(n.op in _GEMM_OPS for n in _all_nodes(graph)):
         p.workspace_bytes = workspace_bytes(features)
     return p
@@ -205,7 +207,7 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
         ins = [Buf(bufs[views[i, k]].ptr, v.type, swapped=True) if (i, k) in views
                else bufs[v] for k, v in enumerate(node.inputs)]
         outs = [bufs[v] for v in node.outputs]
-        if low.parallel and not _is_small(node) and not _is_serial(node):
+        if runs_parallel(node):
             if pending:
                 ctx.barrier()
             _node_function(ctx, node, low, ins, outs)
@@ -225,6 +227,11 @@ SMALL = 2048       # elements: below this a node's code is optimized for size
 def _is_small(node) -> bool:
     work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
     return work < SMALL and not any(isinstance(a, Graph) for a in node.attrs.values())
+
+
+def runs_parallel(node) -> bool:
+    """Does ``node`` split its work across threads (else thread 0 runs it alone)?"""
+    return get_lowering(node).parallel and not _is_small(node) and not _is_serial(node)
 
 
 def _folded_transposes(nodes, p: Plan):
