@@ -392,3 +392,34 @@ def test_cast_of_special_floats_like_numpy(dtype):
     (got,) = backends.compile(one("cast", TensorType((9,)), dtype=dtype), "llvm")(x)
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(got, x.astype(dtype))
+
+
+def test_empty_tensors_like_numpy():
+    """Zero-sized axes: nothing is read or written out of bounds, sums are 0, means NaN,
+    a product with an empty contraction is zeros."""
+    g = Graph("empty")
+    x = g.add_input("x", TensorType((3, 0)))
+    a, b = g.add_input("a", TensorType((2, 0))), g.add_input("b", TensorType((0, 4)))
+    g.set_outputs([g.op("exp", x), g.op("sum", x, axis=(1,)), g.op("mean", x, axis=(1,)),
+                   g.op("matmul", a, b), g.op("transpose", x, perm=(1, 0))])
+    xa, aa, ba = np.zeros((3, 0), np.float32), np.zeros((2, 0), np.float32), np.zeros(
+        (0, 4), np.float32)
+    e, s, m, p, t = run_guarded(backends.compile(g, "llvm", threads=2), [xa, aa, ba])
+    assert e.shape == (3, 0) and t.shape == (0, 3)
+    np.testing.assert_array_equal(s, np.zeros(3))
+    assert np.all(np.isnan(m))
+    np.testing.assert_array_equal(p, np.zeros((2, 4)))
+
+
+def test_one_executable_called_from_several_python_threads():
+    """Runs share the executable's arena and control block: they are serialized, so
+    concurrent callers each get their own correct result."""
+    from concurrent.futures import ThreadPoolExecutor
+    exe = backends.compile(one("matmul", TensorType((40, 50)), TensorType((50, 60))), "llvm",
+                           threads=2)
+    pairs = [(RNG.standard_normal((40, 50)).astype(np.float32),
+              RNG.standard_normal((50, 60)).astype(np.float32)) for _ in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda ab: exe(*ab)[0], pairs * 3))
+    for (a, b), c in zip(pairs * 3, results):
+        np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
