@@ -423,3 +423,35 @@ def test_one_executable_called_from_several_python_threads():
         results = list(pool.map(lambda ab: exe(*ab)[0], pairs * 3))
     for (a, b), c in zip(pairs * 3, results):
         np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rnn", "cnn_train", "rnn_train"])
+def test_golden_models_stay_inside_guarded_buffers(name):
+    """Every op of the golden models (conv, batch norm, pools, scan, their gradients, Adam)
+    with NaN-guarded inputs and sentinel-guarded outputs (donations stripped so that inputs
+    stay read-only)."""
+    from tests.golden import load
+    graph, args, expect = load(name)
+    graph.donations = {}
+    got = run_guarded(backends.compile(graph, "llvm", threads=2), args)
+    for r, e in zip(got, expect):
+        np.testing.assert_allclose(r, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 5, 11])
+def test_conv_pool_scan_at_odd_sizes_stay_in_bounds(n):
+    g = Graph("odd")
+    x = g.add_input("x", TensorType((2, 3, n, n + 2)))
+    w = g.add_input("w", TensorType((5, 3, 3, 2)))
+    y = g.op("conv", x, w, stride=(1, 1), padding=(1, 1, 1, 0), dilation=(1, 1), groups=1)
+    p = g.op("max_pool", y, kernel_size=(2, 2), stride=(1, 2), padding=(1, 1, 0, 1),
+             dilation=(1, 1), ceil_mode=True)
+    a = g.op("adaptive_avg_pool", y, output_size=(2, 3))
+    g.set_outputs([y, p, a])
+    xa = RNG.standard_normal((2, 3, n, n + 2)).astype(np.float32)
+    wa = RNG.standard_normal((5, 3, 3, 2)).astype(np.float32)
+    exe = backends.compile(g, "llvm", threads=2)
+    got = run_guarded(exe, [xa, wa])
+    want = backends.compile(g, "reference")(xa, wa)
+    for r, e in zip(got, want):
+        np.testing.assert_allclose(r, e, rtol=1e-5, atol=1e-5)
