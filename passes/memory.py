@@ -128,6 +128,9 @@ class _Planner:
             for v in node.inputs:
                 if v in self.arg_index:
                     self.arg_last[v] = i
+        for v in g.outputs:             # an argument returned as it was is read at the end
+            if v in self.arg_index:
+                self.arg_last[v] = len(g.nodes)
         self.storage_of: dict[Value, Storage] = {}
         self.storages: list[Storage] = []
         self.reuses: dict[Value, Value] = {}

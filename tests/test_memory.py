@@ -160,3 +160,18 @@ def test_donation_is_not_in_place_while_the_old_value_is_still_read():
 def test_report_names_the_totals():
     text = plan_memory(chain()).report()
     assert "arena 128 B" in text and "peak live 128 B" in text and "2 in place" in text
+
+
+def test_donation_is_not_in_place_when_the_argument_itself_is_returned():
+    """Found by the property test: outputs (w, -x) with -x donated to w. Writing -x into w's
+    buffer would change the first output, which is w as it was."""
+    g = Graph("ret")
+    x = g.add_input("x", TensorType((2,)))
+    w = g.add_param("w", TensorType((2,)))
+    new = g.op("neg", x)
+    g.set_outputs([w, new])
+    g.donations = {1: 1}
+    plan = plan_memory(g)
+    assert plan.buffers[new.name].kind == "arena"
+    outs, _ = run_with_plan(g, plan, [np.ones(2, np.float32), np.full(2, 5.0, np.float32)])
+    np.testing.assert_array_equal(outs[0], [5.0, 5.0])
