@@ -132,3 +132,20 @@ def test_reduction_regions_are_one_generated_kernel():
             a[0][1, 2, 3] = np.nan
         np.testing.assert_allclose(exe(*a)[0], backends.compile(g, "reference")(*a)[0],
                                    rtol=1e-5, atol=1e-6, equal_nan=True, err_msg=op)
+
+
+def test_conv_bias_relu_region_is_one_generated_kernel():
+    """Conv (groups, stride, padding) + per-channel bias + relu + residual: the implicit-GEMM
+    tile takes its epilogue before the one store (eq. 9.8 then the activation)."""
+    g = Graph("convblock")
+    x, w = g.add_input("x", TensorType((2, 4, 7, 6))), g.add_input("w", TensorType((6, 2, 3, 3)))
+    b, r = g.add_input("b", TensorType((6, 1, 1))), g.add_input("r", TensorType((2, 6, 4, 3)))
+    y = g.op("conv", x, w, stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1), groups=2)
+    g.set_outputs([g.op("add", g.op("relu", g.op("add", y, b)), r)])
+    fused = fuse(g)
+    assert [n.attrs["kind"] for n in fused.nodes if n.op == "fused"] == ["epilogue"]
+    exe = backends.compile(fused, "triton")
+    assert "conv_fwd_tile(" in exe.source() and len(exe.ctx.notes) == 1
+    a = [RNG.standard_normal(v.shape).astype(np.float32) for v in g.inputs]
+    np.testing.assert_allclose(exe(*a)[0], backends.compile(g, "reference")(*a)[0],
+                               rtol=1e-5, atol=1e-5)

@@ -85,17 +85,22 @@ def test_training_step_matches_reference_in_one_update_launch(name, monkeypatch)
     assert len(launches) == 3 * per_step
 
 
-def test_cnn_with_batch_norm_trains_like_reference():
+@pytest.mark.parametrize("pipeline", [None, "default, fuse"])
+def test_cnn_with_batch_norm_trains_like_reference(pipeline):
     """Conv, batch norm (its running statistics are donated outputs), max pooling, linear:
-    forward, backward and Adam on the device, two steps."""
+    forward, backward and Adam on the device, two steps; with the fusion pass, fused regions
+    run as generated kernels (elementwise, reduction, conv epilogue)."""
     x = RNG.standard_normal((4, 2, 6, 6)).astype(np.float32)
     y = RNG.integers(0, 3, 4).astype(np.int64)
     results = []
-    for backend in ("reference", "triton"):
+    for backend, pipe in (("reference", None), ("triton", pipeline)):
         model, opt = cnn(), optim.Adam(lr=0.01)
         step = fe.compile_train(model, nn.CrossEntropyLoss(), opt, fe.TensorSpec(x.shape),
-                                fe.TensorSpec(y.shape, "int64"), backend=backend)
+                                fe.TensorSpec(y.shape, "int64"), backend=backend,
+                                pipeline=pipe)
         results.append(([step(x, y) for _ in range(2)], model.state_dict()))
+    if pipeline:
+        assert len(step.executable.ctx.notes) > 3          # generated kernels ran
     (l0, s0), (l1, s1) = results
     np.testing.assert_allclose(l1, l0, rtol=1e-4, atol=1e-5)
     for k in s0:

@@ -32,9 +32,9 @@ def _stop_gradient(node: Node, ctx: LowerContext) -> Step:
 
 @lowering("fused")
 def _fused(node: Node, ctx: LowerContext) -> Step:
-    """An elementwise region, a reduction with its prologue and epilogue, or a matmul with
-    its elementwise epilogue: one generated kernel (codegen.py, codegen_reduce.py). Other
-    bodies run their own nodes' kernels back to back."""
+    """An elementwise region, a reduction with its prologue and epilogue, or a matmul or
+    convolution with its elementwise epilogue: one generated kernel (codegen.py,
+    codegen_reduce.py). Other bodies run their own nodes' kernels back to back."""
     body = node.attrs["body"]
     if node.attrs["kind"] == "elementwise" and codegen.supports(body):
         run = codegen.FusedElementwise(body, ctx.device)
@@ -45,7 +45,9 @@ def _fused(node: Node, ctx: LowerContext) -> Step:
         ctx.notes.append(run.source)
         return run
     if node.attrs["kind"] == "epilogue" and codegen.supports_epilogue(body):
-        run = codegen.FusedEpilogue(body, ctx.device, ctx.input_precision)
+        conv = codegen.lift_constants(body)[0].nodes[0].op == "conv"
+        run = (codegen.FusedConvEpilogue(body, ctx.device, ctx.allow_tf32) if conv else
+               codegen.FusedEpilogue(body, ctx.device, ctx.input_precision))
         ctx.notes.append(run.source)
         return run
     plan = ctx.lower_graph(body)

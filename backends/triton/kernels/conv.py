@@ -61,10 +61,11 @@ _GEOM = ("N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW, "
 
 
 @triton.jit
-def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
-                    N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW,
-                    DD, DH, DW, PRECISION: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def conv_fwd_tile(x_ptr, w_ptr, N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW,
+                  PD, PH, PW, DD, DH, DW, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's (BLOCK_M, BLOCK_N) tile of the forward GEMM, with its output offsets
+    into Y (N, O, OD, OH, OW) and their mask."""
     g = tl.program_id(2)
     P = OD * OH * OW
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)        # (n, p) rows
@@ -79,8 +80,7 @@ def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
     C = CG * tl.num_programs(2)
     x_row = x_ptr + (nb.to(tl.int64) * C + g * CG) * (D * H * W)
     w_grp = w_ptr + g.to(tl.int64) * (KD * KH * KW * CG * OG)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if y_ptr.dtype.element_ty == tl.float32
-                   else tl.float64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     n_cb = tl.cdiv(CG, BLOCK_K)
     for step in range(KD * KH * KW * n_cb):       # one flat loop: the compiler pipelines it
         r = step // n_cb
@@ -100,9 +100,22 @@ def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
         b = tl.load(w_grp + (r * CG + rc[:, None]) * OG + rn[None, :],
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    y = y_ptr + ((nb.to(tl.int64) * (OG * tl.num_programs(2)) + g * OG)[:, None]
-                 + rn[None, :]) * P + p[:, None]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    offs = ((nb.to(tl.int64) * (OG * tl.num_programs(2)) + g * OG)[:, None]
+            + rn[None, :]) * P + p[:, None]
+    return acc, offs, m_ok[:, None] & n_ok[None, :]
+
+
+@triton.jit
+def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
+                    N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW,
+                    DD, DH, DW, PRECISION: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Y = conv(X, W) with W in the GEMM layout (G, R, C/G, O/G)."""
+    acc, offs, mask = conv_fwd_tile(x_ptr, w_ptr, N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW,
+                                    SD, SH, SW, PD, PH, PW, DD, DH, DW,
+                                    y_ptr.dtype.element_ty, PRECISION, BLOCK_M, BLOCK_N,
+                                    BLOCK_K)
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -229,6 +242,15 @@ def _kernel(which: str, dtype: str):
         _TUNED[which] = triton.autotune(_h100_configs(), key=_GEOM.split(", ") + [
             "PRECISION"])(_KERNELS[which])
     return _TUNED[which], {}
+
+
+def tuned(kernel, dtype: str):
+    """``kernel`` (a generated conv-epilogue kernel) and its launch blocks, autotuned over the
+    H100 tiles on a GPU as the forward kernel is."""
+    if interpreting() or dtype == "float64":
+        return kernel, dict(_SMALL) if interpreting() else dict(BLOCK_M=32, BLOCK_N=32,
+                                                                 BLOCK_K=16)
+    return triton.autotune(_h100_configs(), key=_GEOM.split(", ") + ["PRECISION"])(kernel), {}
 
 
 def _precision(dtype: str, allow_tf32: bool) -> str:
