@@ -3,6 +3,8 @@ the reference backend gives the same results before and after, the result verifi
 and parses back, and the input graph is left unchanged."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +19,9 @@ from passes.memory import plan_memory
 from tests.random_graphs import random_args, random_graph
 from tests.test_memory import run_with_plan
 
-SETTINGS = settings(max_examples=40, deadline=None,
+# IRGRAPH_PASS_EXAMPLES=500 runs a deeper search (the suite keeps 40 to stay fast)
+SETTINGS = settings(max_examples=int(os.environ.get("IRGRAPH_PASS_EXAMPLES", "40")),
+                    deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 # the optimizing passes (debug_nans is checked below: it may raise by design)
 GRAPH_PASSES = ["constant_fold", "algebraic", "cse", "dce", "simplify", "simplify_subgraphs",
