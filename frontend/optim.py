@@ -368,23 +368,26 @@ class RMSprop(Optimizer):
            and nesterov=True it is alg. 8.6 (g at the interim point p + momentum v,
            v <- momentum v - lr g / sqrt(eps + r), p <- p + v).
     torch: p <- p - lr g / (sqrt(r) + eps); with momentum v <- momentum v + g / (sqrt(r) + eps),
-           p <- p - lr v.
+           p <- p - lr v; ``centered`` (torch only) subtracts the squared mean gradient
+           from r inside the root.
     eps defaults to the text's 1e-6, or torch's 1e-8 with convention='torch'.
     """
 
     def __init__(self, params=None, lr=0.01, alpha: float = 0.99, eps: float | None = None,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
                  nesterov: bool = False, *, convention: str = "text", **kw):
-        if centered:
-            raise NotImplementedError("centered RMSProp is not implemented (the text does not "
-                                      "define it)")
+        if centered and convention != "torch":
+            raise ValueError("centered RMSprop is torch's (convention='torch'); the text has "
+                             "no centered form")
         if nesterov and momentum == 0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
         super().__init__(params, lr=lr, convention=convention, weight_decay=weight_decay, **kw)
         self.alpha, self.momentum, self.nesterov = alpha, momentum, nesterov
         self.eps = eps if eps is not None else (1e-6 if convention == "text" else 1e-8)
         self._has_momentum = momentum != 0
-        self.kind = "rmsprop_momentum" if self._has_momentum else "rmsprop"
+        self.centered = centered
+        self.kind = (("rmsprop_centered" if centered else "rmsprop") +
+                     ("_momentum" if self._has_momentum else ""))
 
     def _nesterov_flag(self) -> bool:
         return self.nesterov

@@ -37,6 +37,10 @@ UPDATE_RULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "rmsprop_momentum": ("rmsprop_momentum_update", ("square_avg", "momentum_buffer"),
                          ("lr", "alpha", "eps", "momentum")),
     "adam": ("adam_update", ("exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "eps", "t")),
+    # torch's centered RMSprop (not in the text): composed of elementwise ops, no update op
+    "rmsprop_centered": (None, ("square_avg", "grad_avg"), ("lr", "alpha", "eps")),
+    "rmsprop_centered_momentum": (None, ("square_avg", "momentum_buffer", "grad_avg"),
+                                  ("lr", "alpha", "eps", "momentum")),
 }
 # kinds whose update op has a `convention` attribute
 _HAS_CONVENTION = {"momentum", "rmsprop", "rmsprop_momentum", "adam"}
@@ -69,6 +73,9 @@ class OptimizerSpec:
             raise ValueError(f"unknown optimizer kind {self.kind!r}; one of {sorted(UPDATE_RULES)}")
         if self.convention not in ("text", "torch"):
             raise ValueError(f"convention must be 'text' or 'torch', got {self.convention!r}")
+        if self.kind.startswith("rmsprop_centered") and self.convention != "torch":
+            raise ValueError("centered RMSprop is torch's (convention='torch'); the text has "
+                             "no centered form")
         if self.nesterov and self.kind not in ("momentum", "rmsprop_momentum"):
             raise ValueError(f"nesterov needs momentum; optimizer kind {self.kind!r} has none")
         if self.nesterov and self.kind == "rmsprop_momentum" and self.convention == "torch":
@@ -255,9 +262,28 @@ def _update(b: _Builder, p: Value, at: Value, grad: Value,
     if spec.kind == "momentum":
         attrs["nesterov"] = spec.nesterov and spec.convention == "torch"
     ins = [p_in, grad] + [state[s] for s in slots] + [b.scalar(h, dt) for h in scalars]
-    outs = g.add_node(op, ins, attrs)
+    outs = g.add_node(op, ins, attrs) if op else _rmsprop_centered(g, *ins)
     pairs = [(outs[0], p)] + [(outs[1 + i], state[s]) for i, s in enumerate(slots)]
     if spec.polyak:
         avg = g.op("polyak_update", state["polyak_avg"], outs[0], b.scalar("polyak_alpha", dt))
         pairs.append((avg, state["polyak_avg"]))
     return pairs
+
+
+def _rmsprop_centered(g: Graph, p: Value, grad: Value, r: Value, *rest: Value) -> list[Value]:
+    """torch.optim.RMSprop(centered=True): r' = a r + (1-a) g², m' = a m + (1-a) g,
+    d = sqrt(r' - m'²) + eps; p' = p - lr g / d, or with momentum b' = mu b + g / d,
+    p' = p - lr b'. Outputs in slot order: p', r', (b',) m'."""
+    if len(rest) == 4:                  # grad_avg, lr, alpha, eps
+        (m, lr, alpha, eps), buf, mu = rest, None, None
+    else:                               # momentum_buffer, grad_avg, lr, alpha, eps, momentum
+        buf, m, lr, alpha, eps, mu = rest
+    one_minus = g.op("sub", g.op("full", shape=(), value=1.0, dtype=p.dtype), alpha)
+    r2 = g.op("add", g.op("mul", alpha, r), g.op("mul", one_minus, g.op("mul", grad, grad)))
+    m2 = g.op("add", g.op("mul", alpha, m), g.op("mul", one_minus, grad))
+    denom = g.op("add", g.op("sqrt", g.op("sub", r2, g.op("mul", m2, m2))), eps)
+    step = g.op("div", grad, denom)
+    if buf is None:
+        return [g.op("sub", p, g.op("mul", lr, step)), r2, m2]
+    b2 = g.op("add", g.op("mul", mu, buf), step)
+    return [g.op("sub", p, g.op("mul", lr, b2)), r2, b2, m2]

@@ -16,7 +16,8 @@ from test_optim_torch import CASES, compare
 # Triton runs in its interpreter on the CPU (slow): two optimizers there, all of them elsewhere
 ON_BACKENDS = [(b, n) for b in backends.available() for n in
                (["nesterov", "adam"] if b == "triton" else
-                ["momentum", "nesterov", "adam", "adagrad", "rmsprop"])]
+                ["momentum", "nesterov", "adam", "adagrad", "rmsprop",
+                 "rmsprop_centered_momentum"])]
 
 
 @pytest.mark.parametrize("backend,name", ON_BACKENDS)

@@ -256,6 +256,8 @@ def test_training_step_pass_rejects_bad_graphs():
         OptimizerSpec("rmsprop_momentum", "torch", nesterov=True)
     with pytest.raises(ValueError, match="dampening is torch's"):
         optim.SGD(lr=0.1, momentum=0.9, dampening=0.1)          # the text has no dampening
+    with pytest.raises(ValueError, match="centered RMSprop is torch's"):
+        optim.RMSprop(lr=0.1, centered=True)
 
 
 def test_bad_batch_and_bad_loss_errors():
