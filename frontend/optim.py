@@ -409,17 +409,20 @@ class Adam(Optimizer):
     """Adam (alg. 8.7) with bias corrections; ``betas`` = (rho_1, rho_2), t = step_count + 1.
 
     text:  p <- p - lr s^ / sqrt(r^ + eps)  (delta inside the root, as the text places it);
-    torch: p <- p - lr s^ / (sqrt(r^) + eps).
+    torch: p <- p - lr s^ / (sqrt(r^) + eps); ``amsgrad`` (torch only) uses the running
+           maximum of r in place of r.
     """
     kind = "adam"
 
     def __init__(self, params=None, lr=0.001, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
                  convention: str = "text", **kw):
-        if amsgrad:
-            raise NotImplementedError("amsgrad is not implemented (the text does not define it)")
+        if amsgrad and convention != "torch":
+            raise ValueError("amsgrad is torch's (convention='torch'); the text has no such "
+                             "form")
         super().__init__(params, lr=lr, convention=convention, weight_decay=weight_decay, **kw)
-        self.betas, self.eps = tuple(betas), eps
+        self.betas, self.eps, self.amsgrad = tuple(betas), eps, amsgrad
+        self.kind = "adam_amsgrad" if amsgrad else "adam"
 
     def _rule_values(self):
         b1, b2 = self.betas

@@ -41,6 +41,9 @@ UPDATE_RULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "rmsprop_centered": (None, ("square_avg", "grad_avg"), ("lr", "alpha", "eps")),
     "rmsprop_centered_momentum": (None, ("square_avg", "momentum_buffer", "grad_avg"),
                                   ("lr", "alpha", "eps", "momentum")),
+    # torch's Adam(amsgrad=True) (not in the text): composed too
+    "adam_amsgrad": (None, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+                     ("lr", "beta1", "beta2", "eps", "t")),
 }
 # kinds whose update op has a `convention` attribute
 _HAS_CONVENTION = {"momentum", "rmsprop", "rmsprop_momentum", "adam"}
@@ -73,9 +76,9 @@ class OptimizerSpec:
             raise ValueError(f"unknown optimizer kind {self.kind!r}; one of {sorted(UPDATE_RULES)}")
         if self.convention not in ("text", "torch"):
             raise ValueError(f"convention must be 'text' or 'torch', got {self.convention!r}")
-        if self.kind.startswith("rmsprop_centered") and self.convention != "torch":
-            raise ValueError("centered RMSprop is torch's (convention='torch'); the text has "
-                             "no centered form")
+        if self.kind in _COMPOSED and self.convention != "torch":
+            raise ValueError(f"{self.kind} is torch's (convention='torch'); the text has no "
+                             f"such form")
         if self.nesterov and self.kind not in ("momentum", "rmsprop_momentum"):
             raise ValueError(f"nesterov needs momentum; optimizer kind {self.kind!r} has none")
         if self.nesterov and self.kind == "rmsprop_momentum" and self.convention == "torch":
@@ -262,7 +265,7 @@ def _update(b: _Builder, p: Value, at: Value, grad: Value,
     if spec.kind == "momentum":
         attrs["nesterov"] = spec.nesterov and spec.convention == "torch"
     ins = [p_in, grad] + [state[s] for s in slots] + [b.scalar(h, dt) for h in scalars]
-    outs = g.add_node(op, ins, attrs) if op else _rmsprop_centered(g, *ins)
+    outs = g.add_node(op, ins, attrs) if op else _COMPOSED[spec.kind](g, *ins)
     pairs = [(outs[0], p)] + [(outs[1 + i], state[s]) for i, s in enumerate(slots)]
     if spec.polyak:
         avg = g.op("polyak_update", state["polyak_avg"], outs[0], b.scalar("polyak_alpha", dt))
@@ -287,3 +290,24 @@ def _rmsprop_centered(g: Graph, p: Value, grad: Value, r: Value, *rest: Value) -
         return [g.op("sub", p, g.op("mul", lr, step)), r2, m2]
     b2 = g.op("add", g.op("mul", mu, buf), step)
     return [g.op("sub", p, g.op("mul", lr, b2)), r2, b2, m2]
+
+
+def _adam_amsgrad(g: Graph, p: Value, grad: Value, s: Value, r: Value, rmax: Value,
+                  lr: Value, beta1: Value, beta2: Value, eps: Value, t: Value) -> list[Value]:
+    """torch.optim.Adam(amsgrad=True): s', r' as alg. 8.7, r_max' = max(r_max, r'),
+    p' = p - lr s' / (1 - b1^t) / (sqrt(r_max' / (1 - b2^t)) + eps)."""
+    one = g.op("full", shape=(), value=1.0, dtype=p.dtype)
+    s2 = g.op("add", g.op("mul", beta1, s), g.op("mul", g.op("sub", one, beta1), grad))
+    r2 = g.op("add", g.op("mul", beta2, r),
+              g.op("mul", g.op("sub", one, beta2), g.op("mul", grad, grad)))
+    rmax2 = g.op("maximum", rmax, r2)
+    bc1 = g.op("sub", one, g.op("pow", beta1, t))
+    bc2 = g.op("sub", one, g.op("pow", beta2, t))
+    denom = g.op("add", g.op("sqrt", g.op("div", rmax2, bc2)), eps)
+    step = g.op("div", g.op("div", s2, bc1), denom)
+    return [g.op("sub", p, g.op("mul", lr, step)), s2, r2, rmax2]
+
+
+_COMPOSED = {"rmsprop_centered": _rmsprop_centered,
+             "rmsprop_centered_momentum": _rmsprop_centered,
+             "adam_amsgrad": _adam_amsgrad}

@@ -100,6 +100,10 @@ CASES = {
                                        **T),
                     lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.9), eps=1e-3,
                                                weight_decay=0.1)),
+    "adam_amsgrad": (lambda: optim.Adam(lr=0.05, betas=(0.8, 0.9), amsgrad=True, **T),
+                     lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.9), amsgrad=True)),
+    "adamw_amsgrad": (lambda: optim.AdamW(lr=0.05, weight_decay=0.1, amsgrad=True, **T),
+                      lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1, amsgrad=True)),
     "adamw": (lambda: optim.AdamW(lr=0.05, weight_decay=0.2, **T),
               lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.2)),
 }

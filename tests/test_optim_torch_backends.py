@@ -17,7 +17,7 @@ from test_optim_torch import CASES, compare
 ON_BACKENDS = [(b, n) for b in backends.available() for n in
                (["nesterov", "adam"] if b == "triton" else
                 ["momentum", "nesterov", "adam", "adagrad", "rmsprop",
-                 "rmsprop_centered_momentum"])]
+                 "rmsprop_centered_momentum", "adam_amsgrad"])]
 
 
 @pytest.mark.parametrize("backend,name", ON_BACKENDS)

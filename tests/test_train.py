@@ -258,6 +258,10 @@ def test_training_step_pass_rejects_bad_graphs():
         optim.SGD(lr=0.1, momentum=0.9, dampening=0.1)          # the text has no dampening
     with pytest.raises(ValueError, match="centered RMSprop is torch's"):
         optim.RMSprop(lr=0.1, centered=True)
+    with pytest.raises(ValueError, match="amsgrad is torch's"):
+        optim.Adam(lr=0.1, amsgrad=True)
+    with pytest.raises(ValueError, match="adam_amsgrad is torch's"):
+        OptimizerSpec("adam_amsgrad", "text")
 
 
 def test_bad_batch_and_bad_loss_errors():
