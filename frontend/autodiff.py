@@ -25,6 +25,7 @@ import numpy as np
 import backends
 from irgraph import Graph, verify
 from passes.autodiff import value_and_grad as _value_and_grad
+from passes.unroll import prepare_bptt
 
 from .compiler import run_pipeline
 from .nn import Module, Parameter
@@ -134,7 +135,8 @@ def _build(fn: Callable | Module, specs: Sequence[TensorSpec], wrt: Wrt, has_aux
         raise TypeError(f"{graph.name}: grad needs a function returning one scalar tensor; it "
                         f"returned {n_user} tensors (use has_aux=True for (loss, aux))")
     names, pack = _resolve_wrt(graph, tracer.params, wrt)
-    vg = _value_and_grad(graph, names, of=0)
+    # short recurrences unrolled, long ones keep their states for a rolled backward pass
+    vg = _value_and_grad(prepare_bptt(graph), names, of=0)
     vg.donations = dict(graph.donations)   # state updates (batch norm) keep their buffers
     vg = run_pipeline(verify(vg), pipeline, "training")
     exe = backends.compile(vg, backend, **options)

@@ -134,10 +134,13 @@ def clamp(x, min=None, max=None) -> Tensor:
     """``torch.clamp``: ``min`` then ``max`` (a number or a tensor); at least one is given."""
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
+    # where(), not maximum/minimum: at a bound the gradient passes to x, as torch's clamp
     if min is not None:
-        x = maximum(x, min)
+        x = as_tensor(x)
+        x = where(lt(x, min), min, x)
     if max is not None:
-        x = minimum(x, max)
+        x = as_tensor(x)
+        x = where(gt(x, max), max, x)
     return x
 
 
@@ -209,7 +212,8 @@ def max(x, dim=None, keepdim: bool = False):
         return amax(x)
     if not isinstance(dim, (int, np.integer)):
         return maximum(x, dim)
-    return MinMax(amax(x, dim, keepdim), argmax(x, dim, keepdim))
+    idx = argmax(x, dim, keepdim=True)
+    return MinMax(_take_at(x, idx, dim, keepdim), idx if keepdim else squeeze(idx, dim))
 
 
 def min(x, dim=None, keepdim: bool = False):
@@ -218,7 +222,18 @@ def min(x, dim=None, keepdim: bool = False):
         return amin(x)
     if not isinstance(dim, (int, np.integer)):
         return minimum(x, dim)
-    return MinMax(amin(x, dim, keepdim), argmin(x, dim, keepdim))
+    idx = argmin(x, dim, keepdim=True)
+    return MinMax(_take_at(x, idx, dim, keepdim), idx if keepdim else squeeze(idx, dim))
+
+
+def _take_at(x, idx: Tensor, dim: int, keepdim: bool) -> Tensor:
+    """The entries of ``x`` at ``idx`` (kept-dim indices) along ``dim``. As torch's
+    ``max(x, dim)``, the values' gradient goes to the returned index only, not to every tie."""
+    x = as_tensor(x)
+    dim = dim % x.ndim
+    pos = x.tracer.emit("iota", shape=x.shape, axis=dim, dtype=idx.dtype)
+    zero = 0.0 if x.type.is_float else 0
+    return sum(where(eq(pos, idx), x, zero), dim, keepdim).to(x.dtype)
 
 
 def var(x, dim=None, keepdim: bool = False, unbiased: bool = True, *,

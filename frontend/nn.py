@@ -15,7 +15,7 @@ class Parameter:
     """A named weight: a numpy array (``.data``) that becomes a graph parameter when traced."""
 
     def __init__(self, data, requires_grad: bool = True):
-        self.data = np.ascontiguousarray(np.asarray(data, dtype=np.asarray(data).dtype))
+        self.data = np.asarray(data, order="C")   # no copy when already C-ordered; 0-d stays 0-d
         if self.data.dtype == np.float64 and not isinstance(data, np.ndarray):
             self.data = self.data.astype(np.float32)
         self.requires_grad = requires_grad

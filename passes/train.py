@@ -26,6 +26,7 @@ from typing import Sequence
 from irgraph import Graph, IRError, TensorType, Value, verify
 
 from .autodiff import value_and_grad
+from .unroll import prepare_bptt
 
 # optimizer kind -> (update op, state slots in the op's input order, scalar inputs in order)
 # State slots use torch.optim's names.
@@ -159,7 +160,8 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     output). Optimizer-state parameters are named ``opt.<slot>.<param>``.
     """
     _check_loss_graph(loss_graph, trainable)
-    vg = value_and_grad(loss_graph, list(trainable), of=0)
+    # BPTT (passes/unroll.py): short recurrences unrolled, long ones keep their states
+    vg = value_and_grad(prepare_bptt(loss_graph), list(trainable), of=0)
     b = _Builder(loss_graph, spec, name or f"{loss_graph.name}_train_step")
     g = b.g
     batch = [g.add_input(v.name, v.type) for v in loss_graph.inputs]
