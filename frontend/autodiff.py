@@ -27,7 +27,7 @@ from irgraph import Graph, verify
 from passes.autodiff import value_and_grad as _value_and_grad
 from passes.unroll import prepare_bptt
 
-from .compiler import run_pipeline
+from .compiler import CompiledFunction, run_pipeline
 from .nn import Module, Parameter
 from .tracing import TensorSpec, trace_with, unflatten
 
@@ -88,18 +88,14 @@ def _pack(how, grads: list[np.ndarray]):
     return dict(zip(how[1], grads))
 
 
-class GradFunction:
+class GradFunction(CompiledFunction):
     """A compiled gradient: ``f(*inputs)`` returns the gradients (``grad``) or
     ``(value, gradients)`` (``value_and_grad``); with ``has_aux`` the value is ``(loss, aux)``
     and ``grad`` returns ``(gradients, aux)``. Parameters are read live from the model."""
 
     def __init__(self, graph: Graph, source_graph: Graph, params: dict[str, Parameter],
                  structure, executable, pack, with_value: bool, has_aux: bool):
-        self.graph = graph                  # what the backend compiled
-        self.source_graph = source_graph    # what tracing produced
-        self.params = params
-        self.structure = structure
-        self.executable = executable
+        super().__init__(graph, params, structure, executable, source_graph)
         self._pack = pack
         self._with_value = with_value
         self._has_aux = has_aux
@@ -107,12 +103,7 @@ class GradFunction:
         self._n_user = self._n_out - len(source_graph.donations)
 
     def __call__(self, *inputs):
-        n = len(self.graph.inputs)
-        if len(inputs) != n:
-            names = ", ".join(v.name for v in self.graph.inputs)
-            raise TypeError(f"{self.graph.name}() takes {n} inputs ({names}), got {len(inputs)}")
-        args = list(inputs) + [self.params[p.name].data for p in self.graph.params]
-        outs = self.executable(*args)
+        outs = self.run_outputs(*inputs)
         # outputs between the user's and the gradients are state updates, already written
         value = unflatten(self.structure, outs[:self._n_user])
         grads = _pack(self._pack, outs[self._n_out:])

@@ -36,13 +36,17 @@ class CompiledFunction:
         self.executable = executable
         self.n_user_outputs = len(graph.outputs) - len(graph.donations)
 
-    def __call__(self, *inputs):
+    def run_outputs(self, *inputs) -> list:
+        """Run on ``inputs`` with the live parameters; every output of the compiled graph."""
         n = len(self.graph.inputs)
         if len(inputs) != n:
             names = ", ".join(v.name for v in self.graph.inputs)
             raise TypeError(f"{self.graph.name}() takes {n} inputs ({names}), got {len(inputs)}")
         args = list(inputs) + [self.params[p.name].data for p in self.graph.params]
-        outs = self.executable(*args)
+        return self.executable(*args)
+
+    def __call__(self, *inputs):
+        outs = self.run_outputs(*inputs)
         # outputs past the user's are state updates, already written into the buffers
         return unflatten(self.structure, outs[:self.n_user_outputs])
 
