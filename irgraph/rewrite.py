@@ -22,10 +22,10 @@ class GraphRewriter:
         if keep_params:
             for v in src.params:
                 self.env[v] = self.dst.add_param(v.name, v.type)
-        # reserve every old name so that new, generated names never collide with them
-        for v in src.values():
-            self.dst._names.add(v.name) if v not in self.env else None
+        # reserve every old node-output name so that generated names never collide with them;
+        # copy_node hands a reserved name back to the copy of its node
         self._reserved = {v.name for v in src.values() if v not in self.env}
+        self.dst._names |= self._reserved
 
     def __getitem__(self, v: Value) -> Value:
         return self.env[v]
