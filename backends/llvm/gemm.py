@@ -116,10 +116,21 @@ class _GemmBuilder:
         b.ret_void()
 
     def pack(self, dst, src, s_strip, s_k, n, kc, w: int) -> None:
-        """dst[strip][k][r] = src[(strip*w + r)*s_strip + k*s_k], zero past ``n``."""
+        """dst[strip][k][r] = src[(strip*w + r)*s_strip + k*s_k], zero past ``n``.
+
+        Whole strips skip the bounds selects; a strip contiguous in memory (s_strip == 1:
+        rows of a row-major B, columns of a transposed A) moves as one vector per k."""
         b = self.b
+        full = b.sdiv(n, i64(w))
         nstrips = b.sdiv(b.add(n, i64(w - 1)), i64(w))
-        with for_range(b, 0, nstrips, "ps") as s:
+        with b.if_else(b.icmp_signed("==", s_strip, i64(1))) as (unit, other):
+            with unit:
+                with for_range(b, 0, full, "pu") as s:
+                    self.pack_strip(dst, src, s, i64(1), s_k, kc, w, vector=True)
+            with other:
+                with for_range(b, 0, full, "pf") as s:
+                    self.pack_strip(dst, src, s, s_strip, s_k, kc, w, vector=False)
+        with for_range(b, full, nstrips, "ps") as s:
             base = b.mul(s, b.mul(kc, i64(w)))
             with for_range(b, 0, kc, "pk") as k:
                 row = b.add(base, b.mul(k, i64(w)))
@@ -129,6 +140,24 @@ class _GemmBuilder:
                     safe = b.select(ok, idx, i64(0))
                     v = b.load(b.gep(src, [b.add(b.mul(safe, s_strip), b.mul(k, s_k))]))
                     b.store(b.select(ok, v, self.zero()), b.gep(dst, [b.add(row, i64(r))]))
+
+    def pack_strip(self, dst, src, s, s_strip, s_k, kc, w: int, vector: bool) -> None:
+        """One whole strip: no bounds tests; ``vector`` when its w elements are adjacent."""
+        b = self.b
+        base = b.mul(s, b.mul(kc, i64(w)))
+        first = b.mul(b.mul(s, i64(w)), s_strip)
+        vt = ir.VectorType(self.elem, w)
+        with for_range(b, 0, kc, "pk") as k:
+            row = b.gep(dst, [b.add(base, b.mul(k, i64(w)))])
+            at = b.add(first, b.mul(k, s_k))
+            if vector:
+                v = b.load(b.bitcast(b.gep(src, [at]), ir.PointerType(vt)),
+                           align=self.elem_align())
+                b.store(v, b.bitcast(row, ir.PointerType(vt)), align=self.elem_align())
+            else:
+                for r in range(w):
+                    v = b.load(b.gep(src, [b.add(at, b.mul(i64(r), s_strip))]))
+                    b.store(v, b.gep(row, [i64(r)]))
 
     def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first) -> None:
         b, t = self.b, self.t
