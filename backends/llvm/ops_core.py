@@ -109,13 +109,7 @@ def _tanh(ctx, dt, x):
 
 @_unary("sigmoid")
 def _sigmoid(ctx, dt, x):
-    """Stable in both tails: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise (NaN stays NaN)."""
-    b = ctx.b
-    one = const(dt, 1)
-    e = sc.call(ctx, "exp", b.fneg(sc.call(ctx, "fabs", x)))      # e^-|x| in (0, 1]
-    pos = b.fdiv(one, b.fadd(one, e))
-    neg = b.fdiv(e, b.fadd(one, e))
-    return b.select(b.fcmp_ordered(">=", x, const(dt, 0)), pos, neg)
+    return sc.sigmoid(ctx, dt, x)
 
 
 @_unary("relu")

@@ -10,8 +10,10 @@ from llvmlite import ir
 
 from .builder import F32, F64, I1, REGISTER
 from .lowering import Ctx
+from .vmath import exp_f32, log_f32, sigmoid_f32, tanh_f32
 
 FLOATS = ("float32", "float64")
+_INLINE = {"exp": exp_f32, "log": log_f32, "tanh": tanh_f32}
 INTS = ("int32", "int64")
 
 
@@ -39,9 +41,26 @@ def maximum(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value, want_max: bool = Tru
 
 
 def call(ctx: Ctx, name: str, x: ir.Value, *more: ir.Value) -> ir.Value:
-    """An LLVM float intrinsic (llvm.exp, llvm.sqrt, ...)."""
+    """An LLVM float intrinsic (llvm.exp, llvm.sqrt, ...); float32 exp, log and tanh are
+    inline code instead of libm calls (vmath.py), so the loops around them vectorize."""
+    inline = _INLINE.get(name) if x.type == F32 and not more else None
+    if inline is not None:
+        return inline(ctx.b, x)
     fn = ctx.intrinsic(f"llvm.{name}", [x.type])
     return ctx.b.call(fn, [x, *more])
+
+
+def sigmoid(ctx: Ctx, dtype: str, x: ir.Value) -> ir.Value:
+    """Stable in both tails: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise (NaN stays NaN)."""
+    if x.type == F32:
+        return sigmoid_f32(ctx.b, x)
+    b = ctx.b
+    one = const(dtype, 1)
+    e = call(ctx, "exp", b.fneg(call(ctx, "fabs", x)))      # e^-|x| in (0, 1]
+    den = b.fadd(one, e)
+    pos = b.fdiv(one, den)
+    neg = b.fdiv(e, den)
+    return b.select(b.fcmp_ordered(">=", x, const(dtype, 0)), pos, neg)
 
 
 def floor_div(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value) -> ir.Value:
