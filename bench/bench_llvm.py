@@ -51,8 +51,13 @@ def machine() -> str:
             f"numpy {np.__version__}")
 
 
+SETTLE_S = 0.25   # > OpenBLAS's idle spin (2^28 cycles) and libgomp's spin count
+
+
 def timeit(fn, reps: int, warmup: int = 1) -> float:
-    """Best-of wall time in seconds."""
+    """Best-of wall time in seconds. Waits first until the previous contestant's idle worker
+    threads (OpenBLAS, OpenMP spin after each call) stop spinning on the cores it needs."""
+    time.sleep(SETTLE_S)
     for _ in range(warmup):
         fn()
     best = float("inf")

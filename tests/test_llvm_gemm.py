@@ -53,3 +53,43 @@ def test_gemm_strips_past_one_kc_and_mc_block(threads):
     (c,) = exe(a, b)
     np.testing.assert_allclose(c, a.astype(np.float64) @ b.T.astype(np.float64),
                                rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("as_output", [True, False])
+@pytest.mark.parametrize("batch", [(), (3,)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_transposed_product_written_directly(as_output, batch, threads):
+    """transpose(A @ B) with nothing else reading A @ B (a weight gradient put back in W's
+    layout): the GEMM writes B^T A^T into the transpose's buffer, the transpose never runs;
+    (A @ B)^T = B^T A^T is checked against numpy, with the operands themselves transposed
+    views too (x^T @ g)."""
+    m, k, n = 37, 19, 29
+    g = Graph("wgrad")
+    x = g.add_input("x", TensorType(batch + (k, m)))
+    gy = g.add_input("gy", TensorType(batch + (k, n)))
+    r = len(batch) + 2
+    swap = tuple(range(r - 2)) + (r - 1, r - 2)
+    prod = g.op("matmul", g.op("transpose", x, perm=swap), gy)
+    t = g.op("transpose", prod, perm=swap)
+    g.set_outputs([t] if as_output else [g.op("neg", t)])
+    exe = backends.compile(g, "llvm", threads=threads)
+    assert len(exe.plan.t_out) == 1
+    xa = RNG.standard_normal(batch + (k, m)).astype(np.float32)
+    ga = RNG.standard_normal(batch + (k, n)).astype(np.float32)
+    (c,) = run_guarded(exe, [xa, ga])
+    want = np.swapaxes(np.swapaxes(xa, -1, -2).astype(np.float64) @ ga, -1, -2)
+    np.testing.assert_allclose(c, want if as_output else -want, rtol=1e-4, atol=1e-4)
+
+
+def test_transposed_product_not_used_when_the_product_is_read_elsewhere():
+    g = Graph("both")
+    a, b = g.add_input("a", TensorType((5, 6))), g.add_input("b", TensorType((6, 7)))
+    p = g.op("matmul", a, b)
+    g.set_outputs([g.op("transpose", p, perm=(1, 0)), g.op("neg", p)])
+    exe = backends.compile(g, "llvm", threads=2)
+    assert not exe.plan.t_out
+    aa = RNG.standard_normal((5, 6)).astype(np.float32)
+    ba = RNG.standard_normal((6, 7)).astype(np.float32)
+    t, n = run_guarded(exe, [aa, ba])
+    np.testing.assert_allclose(t, (aa @ ba).T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(n, -(aa @ ba), rtol=1e-5, atol=1e-5)

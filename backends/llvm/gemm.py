@@ -294,8 +294,11 @@ def _matmul(ctx, node, ins, outs):
     b_str = (1, K) if y.swapped else (N, 1)
     b = ctx.b
     with strided_nest(b, batch, [xs, ys, os_]) as (xo, yo, oo):
-        call_gemm(ctx, out.dtype, b.gep(x.ptr, [xo]), a_str, b.gep(y.ptr, [yo]), b_str,
-                  b.gep(out.ptr, [oo]), N, M, N, K)
+        xp, yp, op = b.gep(x.ptr, [xo]), b.gep(y.ptr, [yo]), b.gep(out.ptr, [oo])
+        if out.swapped:         # the result's transpose: C^T = B^T @ A^T
+            call_gemm(ctx, out.dtype, yp, b_str[::-1], xp, a_str[::-1], op, M, N, M, K)
+        else:
+            call_gemm(ctx, out.dtype, xp, a_str, yp, b_str, op, N, M, N, K)
 
 
 def _matmul_int(ctx, x: Buf, y: Buf, out: Buf, batch, sa, sb, M, K, N) -> None:

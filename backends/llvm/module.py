@@ -39,6 +39,8 @@ class Plan:
     # (matmul index, operand index) -> the value a folded transpose would have read
     views: dict[tuple[int, int], Value] = field(default_factory=dict)
     skip: set[int] = field(default_factory=set)     # transposes nobody needs to run
+    # matmul index -> the transpose of its result it writes instead (C^T = B^T A^T)
+    t_out: dict[int, Value] = field(default_factory=dict)
     parallel: bool = False        # some node splits its work across threads
 
 
@@ -94,11 +96,18 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
         for v in node.inputs:
             last[v] = i
     p.views, p.skip = _folded_transposes(graph.nodes, p)
+    p.t_out = _transposed_products(graph.nodes, p)
     for (i, _), src in p.views.items():          # a folded operand is read by the matmul
         last[src] = max(last.get(src, i), i)
     arena = _Arena()
     dying: dict[int, list[Value]] = {}
     for i, node in enumerate(graph.nodes):
+        if i in p.t_out:            # the transpose's buffer, taken when the matmul runs
+            t, (m,) = p.t_out[i], node.outputs
+            if t not in p.slots:
+                p.slots[t] = ("arena", arena.alloc(t.type.nbytes))
+                dying.setdefault(max(last.get(t, i), i), []).append(t)
+            p.slots[m] = p.slots[t]
         for v in node.outputs:
             if v not in p.slots:
                 p.slots[v] = ("arena", arena.alloc(v.type.nbytes))
@@ -206,7 +215,7 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
                             if i in p.scratch else None)
         ins = [Buf(bufs[views[i, k]].ptr, v.type, swapped=True) if (i, k) in views
                else bufs[v] for k, v in enumerate(node.inputs)]
-        outs = [bufs[v] for v in node.outputs]
+        outs = [Buf(bufs[v].ptr, v.type, swapped=i in p.t_out) for v in node.outputs]
         if runs_parallel(node):
             if pending:
                 ctx.barrier()
@@ -260,6 +269,33 @@ def _folded_transposes(nodes, p: Plan):
         if uses and len(mm) == len(uses) and p.slots.get(out, ("arena",))[0] == "arena":
             skip.add(index[t])
     return views, skip
+
+
+def _transposed_products(nodes, p: Plan) -> dict[int, Value]:
+    """A float matmul whose result only a transpose of the last two axes reads (a weight
+    gradient x^T @ g turned back into W's layout) writes that transpose itself: the GEMM
+    computes B^T A^T, the transpose is not run. Returns {matmul index: transposed value}."""
+    index = {n: i for i, n in enumerate(nodes)}
+    users: dict[Value, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for v in n.inputs:
+            users.setdefault(v, []).append(i)
+    found: dict[int, Value] = {}
+    for j, t in enumerate(nodes):
+        if t.op != "transpose" or j in p.skip:
+            continue
+        m = t.inputs[0]
+        r = m.type.rank
+        mm = m.node
+        if (mm is None or mm.op != "matmul" or mm not in index or r < 2
+                or tuple(t.attrs["perm"]) != tuple(range(r - 2)) + (r - 1, r - 2)
+                or m.dtype not in ("float32", "float64") or users.get(m) != [j]
+                or p.slots.get(m, ("arena",))[0] != "arena"
+                or any(x.type.rank < 2 for x in mm.inputs)):
+            continue
+        found[index[mm]] = t.outputs[0]
+        p.skip.add(j)
+    return found
 
 
 SERIAL_FLOPS = 4_000_000     # a scan whose step costs less runs on one thread: no barriers
