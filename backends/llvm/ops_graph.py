@@ -59,8 +59,10 @@ def _scan_scratch(node, threads, features) -> int:
 
 @lowering("scan", parallel=True)
 def _scan(ctx, node, ins, outs):
-    """Carries live in the node's carry outputs; each step the body reads them and the
-    sequence slices in place, writes new carries to scratch and y_t into its output slot."""
+    """Carries ping-pong between the node's carry outputs and scratch: an even step reads
+    the outputs and writes the scratch, an odd step the other way round, so no step copies
+    its carries (one copy at the end when the step count is odd). Each step the body reads
+    the sequence slices in place and writes y_t into its output slot."""
     a = node.attrs
     body, bp, temps, _ = _scan_layout(node, ctx.max_threads, ctx.features)
     nc = a["num_carry"]
@@ -70,24 +72,30 @@ def _scan(ctx, node, ins, outs):
     c_out, ys, saved = outs[:nc], outs[nc:nc + n_y], outs[nc + n_y:]
     b = ctx.b
     base = ctx.node_scratch
+    i8p = ir.PointerType(ir.IntType(8))
     for src, dst in zip(carries, c_out):
         _copy(ctx, dst, src)
     ctx.barrier()
     every = a["save_every"]
+    pong = [Buf(b.bitcast(b.gep(base, [i64(o)]), ir.PointerType(c.elem)), c.type)
+            for o, c in zip(temps, c_out)]
     with for_range(b, 0, steps, "step") as p:
         t = b.sub(i64(steps - 1), p) if a["reverse"] else p
+        odd = b.trunc(p, ir.IntType(1))
+        cur = [Buf(b.select(odd, q.ptr, c.ptr), c.type) for c, q in zip(c_out, pong)]
+        nxt = [b.bitcast(b.select(odd, c.ptr, q.ptr), i8p) for c, q in zip(c_out, pong)]
         if every:
-            _save(ctx, p, every, c_out, saved)
-        args = [b.bitcast(c.ptr, ir.PointerType(ir.IntType(8))) for c in c_out]
+            _save(ctx, p, every, cur, saved)
+        args = [b.bitcast(c.ptr, i8p) for c in cur]
         args += [_ptr(b, s, b.mul(t, i64(prod(s.shape[1:])))) for s in seqs]
         if mask is not None:
             args.append(_ptr(b, mask, b.mul(t, i64(prod(mask.shape[1:])))))
-        args += [b.bitcast(c.ptr, ir.PointerType(ir.IntType(8))) for c in consts]
-        res = [b.gep(base, [i64(o)]) for o in temps]
-        res += [_ptr(b, y, b.mul(t, i64(prod(y.shape[1:])))) for y in ys]
+        args += [b.bitcast(c.ptr, i8p) for c in consts]
+        res = nxt + [_ptr(b, y, b.mul(t, i64(prod(y.shape[1:])))) for y in ys]
         emit_graph(ctx, body, bp, args, res, base, copy_outputs=True, index_offset=-1)
-        for i, dst in enumerate(c_out):
-            src = Buf(b.bitcast(res[i], ir.PointerType(dst.elem)), dst.type)
+        ctx.barrier()
+    if steps % 2:                              # the last step wrote the scratch side
+        for dst, src in zip(c_out, pong):
             _copy(ctx, dst, src)
         ctx.barrier()
 
