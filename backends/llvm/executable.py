@@ -46,13 +46,18 @@ class LLVMExecutable(Executable):
         arrays of the outputs' types, e.g. views into larger arrays)."""
         g = self.graph
         outs: list[np.ndarray | None] = [None] * len(g.outputs)
+        args = self._own_inplace_args(args)
         for j, v in enumerate(g.outputs):
+            if j in self.plan.inplace:
+                outs[j] = args[self.plan.inplace[j]]
+                continue
             if j in self.plan.copies:
                 continue
             outs[j] = self._check_out(j, out[j]) if out is not None else np.empty(
                 v.type.shape, v.type.np_dtype)
         ptrs = [a.ctypes.data for a in args]
-        ptrs += [o.ctypes.data if o is not None else 0 for o in outs]
+        ptrs += [o.ctypes.data if o is not None and j not in self.plan.inplace else 0
+                 for j, o in enumerate(outs)]
         with self._lock:
             self._ctl[:] = 0
             ptrs += [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
@@ -63,7 +68,27 @@ class LLVMExecutable(Executable):
             self._raise(code, node, args)
         for j, (kind, k) in self.plan.copies.items():
             outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
+        if out is not None:                 # the caller's buffers hold every output
+            for j in self.plan.inplace:
+                np.copyto(out[j], outs[j])
+                outs[j] = out[j]
         return outs
+
+    def _own_inplace_args(self, args: list[np.ndarray]) -> list[np.ndarray]:
+        """An argument an output is written into must be writable and share no byte with
+        another argument (else a private copy takes its place; the donation then copies)."""
+        if not self.plan.inplace:
+            return args
+        args = list(args)
+        spans = [(a.ctypes.data, a.ctypes.data + a.nbytes) for a in args]
+        for i in self.plan.inplace.values():
+            a = args[i]
+            lo, hi = spans[i]
+            shared = any(k != i and s < hi and lo < e for k, (s, e) in enumerate(spans))
+            if shared or not (a.flags.writeable and a.flags.c_contiguous and a.flags.aligned):
+                args[i] = np.array(a, copy=True)
+                spans[i] = (0, 0)
+        return args
 
     def call_into(self, out: list[np.ndarray], *args) -> list[np.ndarray]:
         """Like calling the executable, but writing into the given output arrays."""

@@ -42,6 +42,9 @@ LOWERINGS: dict[str, Lowering] = {}
 UNLOWERABLE: dict[str, str] = {}
 # op -> fn(node, threads, features) -> bytes of arena scratch the node needs while it runs
 SCRATCH: dict[str, Callable] = {}
+# ops whose lowering reads element i of each same-shaped tensor input only to write element i
+# of the outputs: an output may then live in such an input's buffer (in-place donation)
+SAME_INDEX: set[str] = set()
 
 
 def scratch(*ops: str):

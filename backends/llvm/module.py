@@ -20,7 +20,7 @@ from irgraph import Graph, Value
 
 from .builder import I64, PTR, STORAGE, VOID, Buf, i64
 from .gemm import workspace_bytes
-from .lowering import SCRATCH, Ctx, get_lowering, load_ptr
+from .lowering import SAME_INDEX, SCRATCH, Ctx, get_lowering, load_ptr
 
 ALIGN = 64
 ENTRY = "irgraph_entry"
@@ -41,6 +41,8 @@ class Plan:
     skip: set[int] = field(default_factory=set)     # transposes nobody needs to run
     # matmul index -> the transpose of its result it writes instead (C^T = B^T A^T)
     t_out: dict[int, Value] = field(default_factory=dict)
+    # donated output j -> argument i: the output is written into the argument's buffer
+    inplace: dict[int, int] = field(default_factory=dict)
     parallel: bool = False        # some node splits its work across threads
 
 
@@ -99,6 +101,9 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
     p.t_out = _transposed_products(graph.nodes, p)
     for (i, _), src in p.views.items():          # a folded operand is read by the matmul
         last[src] = max(last.get(src, i), i)
+    p.inplace = _inplace_donations(graph, p, last)
+    for j, i in p.inplace.items():
+        p.slots[graph.outputs[j]] = ("arg", i)
     arena = _Arena()
     dying: dict[int, list[Value]] = {}
     for i, node in enumerate(graph.nodes):
@@ -219,15 +224,28 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
         if runs_parallel(node):
             if pending:
                 ctx.barrier()
-            _node_function(ctx, node, low, ins, outs)
+            _guarded_node(ctx, p, node, low, ins, outs)
             ctx.barrier()
             pending = False
         else:
             with ctx.thread0():
-                _node_function(ctx, node, low, ins, outs)
+                _guarded_node(ctx, p, node, low, ins, outs)
             pending = True
     if pending:
         ctx.barrier()
+
+
+def _guarded_node(ctx: Ctx, p: Plan, node, low, ins, outs) -> None:
+    """A node writing into an argument's buffer (in-place donation) runs only while no error
+    is recorded: a failed step leaves the caller's arrays as they were (barriers come before
+    every parallel node, so all threads read the same flag)."""
+    if not any(p.slots.get(v, ("",))[0] == "arg" for v in node.outputs):
+        _node_function(ctx, node, low, ins, outs)
+        return
+    b = ctx.b
+    ok = b.icmp_signed("==", b.load(b.gep(ctx.ctl, [i64(0)])), i64(0))
+    with b.if_then(ok):
+        _node_function(ctx, node, low, ins, outs)
 
 
 SMALL = 2048       # elements: below this a node's code is optimized for size
@@ -269,6 +287,28 @@ def _folded_transposes(nodes, p: Plan):
         if uses and len(mm) == len(uses) and p.slots.get(out, ("arena",))[0] == "arena":
             skip.add(index[t])
     return views, skip
+
+
+def _inplace_donations(graph: Graph, p: Plan, last: dict[Value, int]) -> dict[int, int]:
+    """Donated outputs that can be written straight into their argument's buffer (no copy
+    after the run): nothing reads the argument after the output's node, and that node
+    reads it, if at all, element for element (an optimizer update)."""
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    found: dict[int, int] = {}
+    for j, a in graph.donations.items():
+        v, arg = graph.outputs[j], graph.arguments[a]
+        node = v.node
+        if (p.slots.get(v) != ("out", j) or node not in index or v.type != arg.type
+                or ("arg", a) in p.copies.values() or a in found.values()):
+            continue
+        i = index[node]
+        if last.get(arg, -1) > i:         # (a folded transpose's read counts in ``last``)
+            continue
+        if arg in node.inputs and (node.op not in SAME_INDEX or any(
+                x is arg and x.type != o.type for x in node.inputs for o in node.outputs)):
+            continue
+        found[j] = a
+    return found
 
 
 def _transposed_products(nodes, p: Plan) -> dict[int, Value]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from .builder import REGISTER, for_range, i64
 from .elementwise import elementwise
-from .lowering import lowering
+from .lowering import SAME_INDEX, lowering
 from .scalar import S, const
 
 
 def _update(name: str, n_tensors: int):
+    SAME_INDEX.add(name)
+
     def deco(formula):
         @lowering(name, parallel=True)
         def lower(ctx, node, ins, outs):
