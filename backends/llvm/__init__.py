@@ -16,6 +16,8 @@ import os
 import time
 
 from irgraph import Graph, verify
+from passes.scan_accumulate import hoist_scan_accumulators
+from passes.scan_reuse import reuse_forward_outputs
 
 from . import jit
 from .executable import LLVMExecutable, NativeError
@@ -36,6 +38,12 @@ def _check_lowerable(graph: Graph) -> None:
         get_lowering(node)
 
 
+def _scan_rewrites(graph: Graph) -> Graph:
+    """BPTT without recomputing forward outputs, its weight-gradient sums as one GEMM."""
+    new = hoist_scan_accumulators(reuse_forward_outputs(graph))
+    return graph if new is graph else verify(new)
+
+
 def compile(graph: Graph, **options) -> LLVMExecutable:
     """Compile ``graph`` for this CPU (served from the disk cache when it was seen before)."""
     unknown = set(options) - _OPTIONS
@@ -49,6 +57,7 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
     use_cache = bool(options.get("cache", True))
     verbose = bool(options.get("verbose", False))
     graph = verify(graph)
+    graph = _scan_rewrites(graph)
     _check_lowerable(graph)
     triple, _, features = jit.host()
     p = plan(graph, features, threads)
