@@ -93,3 +93,25 @@ def test_transposed_product_not_used_when_the_product_is_read_elsewhere():
     t, n = run_guarded(exe, [aa, ba])
     np.testing.assert_allclose(t, (aa @ ba).T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(n, -(aa @ ba), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_kernel_grad_through_the_gemm_matches_torch(threads):
+    """Eq. 9.11 for LeNet's second convolution (dW block 16 x 150, past DOT_LIMIT: one
+    accumulating GEMM per image) vs torch's weight gradient."""
+    import torch
+    from backends.llvm.ops_conv import DOT_LIMIT
+    assert 16 * 6 * 25 > DOT_LIMIT
+    attrs = dict(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
+                 kernel_size=(5, 5))
+    g = Graph("kgrad")
+    x = g.add_input("x", TensorType((5, 6, 14, 14)))
+    gy = g.add_input("gy", TensorType((5, 16, 10, 10)))
+    g.set_outputs(g.add_node("conv_kernel_grad", [x, gy], attrs))
+    exe = backends.compile(g, "llvm", threads=threads)
+    xa = RNG.standard_normal((5, 6, 14, 14)).astype(np.float32)
+    ga = RNG.standard_normal((5, 16, 10, 10)).astype(np.float32)
+    (dw,) = run_guarded(exe, [xa, ga])
+    want = torch.nn.grad.conv2d_weight(torch.from_numpy(xa), (16, 6, 5, 5),
+                                       torch.from_numpy(ga))
+    np.testing.assert_allclose(dw, want.numpy(), rtol=1e-4, atol=1e-3)

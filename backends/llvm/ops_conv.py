@@ -286,7 +286,7 @@ def _conv_kernel_grad(ctx, node, ins, outs):
     _sum_partials(ctx, dw, colbytes + dwbytes, colbytes)
 
 
-DOT_LIMIT = 4096    # dW blocks up to this many entries: dot products beat packing a GEMM
+DOT_LIMIT = 1024    # dW blocks up to this many entries: dot products beat packing a GEMM
 AXPY_LIMIT = 512    # W blocks up to this many entries: row updates beat a GEMM for dx
 
 
