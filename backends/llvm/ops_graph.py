@@ -42,7 +42,7 @@ def _ptr(b, buf: Buf, offset_elems) -> ir.Value:
 
 
 def _scan_layout(node, threads: int, features: str):
-    body = step_body(node.attrs)
+    body = _fused_body(node)
     bp = plan(body, features, threads)
     nc = node.attrs["num_carry"]
     temps, off = [], bp.arena_bytes
@@ -50,6 +50,21 @@ def _scan_layout(node, threads: int, features: str):
         temps.append(off)
         off += -(-max(v.type.nbytes, 1) // ALIGN) * ALIGN
     return body, bp, temps, off
+
+
+def _fused_body(node) -> Graph:
+    """The step body with its elementwise chains and matmul epilogues fused: fewer passes
+    over memory and fewer thread barriers per step (cached on the node)."""
+    key = ("_llvm_fused_body", id(node.attrs["body"]), node.attrs["masked"])
+    hit = _FUSED.get(key)
+    if hit is None or hit[0] is not node.attrs["body"]:
+        from passes.fusion import fuse
+        hit = (node.attrs["body"], fuse(step_body(node.attrs)))
+        _FUSED[key] = hit
+    return hit[1]
+
+
+_FUSED: dict = {}
 
 
 @scratch("scan")
