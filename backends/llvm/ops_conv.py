@@ -104,14 +104,27 @@ def _last_axis(ctx, geo, ax, ks, ps, inside, outside, ins, ok) -> None:
     lo = _clamp(b, lo, n)
     hi = _clamp(b, hi, n)
     hi = b.select(b.icmp_signed("<", hi, lo), lo, hi)
-    if outside is not None:
-        with for_range(b, 0, lo, "wz0") as p:
-            outside(ps + [p])
-    with for_range(b, lo, hi, f"wp{ax}") as p:
-        inside(ps + [p], ins + [_position(b, geo, ax, p, ks[ax])], ok)
-    if outside is not None:
-        with for_range(b, hi, n, "wz1") as p:
-            outside(ps + [p])
+
+    def ranges():
+        if outside is not None:
+            with for_range(b, 0, lo, "wz0") as p:
+                outside(ps + [p])
+        with for_range(b, lo, hi, f"wp{ax}") as p:
+            inside(ps + [p], ins + [_position(b, geo, ax, p, ks[ax])], None)
+        if outside is not None:
+            with for_range(b, hi, n, "wz1") as p:
+                outside(ps + [p])
+    if ok is None:
+        ranges()
+        return
+    # the other axes' test is the same along the whole row: decided once, outside the loops
+    with b.if_else(ok) as (inside_rows, outside_rows):
+        with inside_rows:
+            ranges()
+        with outside_rows:
+            if outside is not None:
+                with for_range(b, 0, n, "wz") as p:
+                    outside(ps + [p])
 
 
 def _clamp(b, v, n: int):
