@@ -119,3 +119,15 @@ def test_failed_step_leaves_the_parameter_unchanged():
         exe(np.zeros((4, 3), np.float32), np.array([0, 5, 1, 2]), np.array(0.5, np.float32),
             p_arr)
     np.testing.assert_array_equal(p_arr, p0)
+
+
+def test_call_into_with_an_in_place_output():
+    """call_into: the caller's output buffer receives p - lr g and so does the donated p."""
+    exe = backends.compile(_sgd_graph(), "llvm", threads=2)
+    gr, lr, p = _args()
+    want = p - 0.5 * gr
+    out = np.zeros(F.shape, np.float32)
+    res = exe.call_into([out], gr, lr, p)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    np.testing.assert_allclose(p, want, rtol=1e-6)
+    np.testing.assert_allclose(res[0], want, rtol=1e-6)
