@@ -155,7 +155,9 @@ def _softmax_like(log: bool):
                 e = sc.call(ctx, "exp", b.fsub(x.load(b, at(k)), mx))
                 if not log:
                     out.store(b, at(k), e)
-                b.store(b.fadd(b.load(s), e), s)
+                acc = b.fadd(b.load(s), e)
+                acc.flags.append("reassoc")     # a vector of partial sums: the loop vectorizes
+                b.store(acc, s)
             total = b.load(s)
             lse = sc.call(ctx, "log", total) if log else b.fdiv(const(dt, 1), total)
             with for_range(b, 0, n, "k") as k:
