@@ -54,12 +54,15 @@ def _scan_layout(node, threads: int, features: str):
 
 def _fused_body(node) -> Graph:
     """The step body with its elementwise chains and matmul epilogues fused: fewer passes
-    over memory and fewer thread barriers per step (cached on the node)."""
+    over memory and fewer thread barriers per step (cached per body: the scratch rule and
+    the lowering ask for it, and fuse is deterministic, so a miss gives the same layout)."""
     key = ("_llvm_fused_body", id(node.attrs["body"]), node.attrs["masked"])
     hit = _FUSED.get(key)
     if hit is None or hit[0] is not node.attrs["body"]:
         from passes.fusion import fuse
         hit = (node.attrs["body"], fuse(step_body(node.attrs)))
+        if len(_FUSED) >= 64:                 # bounded: a compile needs only its own scans
+            _FUSED.clear()
         _FUSED[key] = hit
     return hit[1]
 
