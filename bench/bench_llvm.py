@@ -69,17 +69,6 @@ def timeit(fn, reps: int, warmup: int = 1) -> float:
 
 
 # ---------------------------------------------------------------- models (ours and torch's)
-class _LastState(nn.Module):
-    def __init__(self, n_in, hidden, n_out):
-        super().__init__()
-        self.rnn = fe.rnn.RNN(n_in, hidden)
-        self.head = nn.Linear(hidden, n_out)
-
-    def forward(self, x):
-        _, h = self.rnn(x)
-        return self.head(fe.F.reshape(h, (h.shape[1], h.shape[2])))
-
-
 def ours(kind: str):
     fe.manual_seed(0)
     if kind == "mlp":
@@ -90,7 +79,7 @@ def ours(kind: str):
                              MaxPool2d(2), Conv2d(6, 16, 5), BatchNorm2d(16), nn.ReLU(),
                              MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
                              nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-    return _LastState(32, 256, 10)
+    return fe.rnn.SequenceClassifier(32, 256, 10)   # fig. 10.5: RNN, head on the last state
 
 
 def theirs(kind: str):

@@ -256,18 +256,22 @@ class RNN(Module):
 
 
 # ---------------------------------------------------------------- the networks of chapter 10
-class RNNSequenceModel(Module):
-    """The network of fig. 10.3 and eq. 10.8-10.14: a tanh RNN, an affine output
-    o_t = c + V h_t at every step, softmax, and the negative log-likelihoods summed.
-
-    ``forward(x, lengths=None)`` gives the logits o (T, N, C); ``loss(x, y)`` the summed
-    NLL of targets y (T, N) (``reduction="mean"``: averaged over the counted steps)."""
+class _RNNWithOutput(Module):
+    """An RNN and an affine output layer o = c + V h (V sees both directions' states)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int,
                  num_layers: int = 1, bidirectional: bool = False):
         super().__init__()
         self.rnn = RNN(input_size, hidden_size, num_layers, bidirectional=bidirectional)
         self.out = Linear(hidden_size * self.rnn.num_directions, num_classes)
+
+
+class RNNSequenceModel(_RNNWithOutput):
+    """The network of fig. 10.3 and eq. 10.8-10.14: a tanh RNN, an affine output
+    o_t = c + V h_t at every step, softmax, and the negative log-likelihoods summed.
+
+    ``forward(x, lengths=None)`` gives the logits o (T, N, C); ``loss(x, y)`` the summed
+    NLL of targets y (T, N) (``reduction="mean"``: averaged over the counted steps)."""
 
     def forward(self, x, lengths=None):
         h, _ = self.rnn(x, lengths=lengths)
@@ -346,15 +350,9 @@ class RNNLanguageModel(Module):
         return tokens
 
 
-class SequenceClassifier(Module):
+class SequenceClassifier(_RNNWithOutput):
     """Fig. 10.5: an RNN reads the whole sequence; a single output o = c + V h_tau is read
     at the end (each sequence's own end with ``lengths``). ``forward`` gives logits (N, C)."""
-
-    def __init__(self, input_size: int, hidden_size: int, num_classes: int,
-                 num_layers: int = 1, bidirectional: bool = False):
-        super().__init__()
-        self.rnn = RNN(input_size, hidden_size, num_layers, bidirectional=bidirectional)
-        self.out = Linear(hidden_size * self.rnn.num_directions, num_classes)
 
     def forward(self, x, lengths=None):
         _, h_n = self.rnn(x, lengths=lengths)
