@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import backends  # noqa: E402
 from irgraph import Graph, TensorType  # noqa: E402
@@ -26,14 +26,7 @@ BATCH, SIZES = 64, (256, 512, 512, 10)
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    return describe(f"torch {torch.__version__}")
 
 
 def mlp_graph() -> Graph:

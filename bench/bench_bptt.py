@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import backends  # noqa: E402
 import frontend as fe  # noqa: E402
@@ -28,16 +29,7 @@ BATCH, INPUT, HIDDEN, CLASSES = 8, 16, 32, 10
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return describe(f"Python {platform.python_version()}")
 
 
 class Loss(nn.Module):

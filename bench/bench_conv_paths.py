@@ -9,13 +9,13 @@ and checks every path against the direct one. Nothing here is asserted on time.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import timeit
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import irgraph  # noqa: E402
 
@@ -43,14 +43,8 @@ def _best(fn, repeat: int) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, " \
-           f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else "")
+    return describe(f"numpy {np.__version__}",
+                    *([f"torch {torch.__version__}"] if torch else []))
 
 
 def bench(n=2, c=8, o=8, size=64, kernels=(3, 5, 9, 15, 25, 41), repeat=5) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import backends  # noqa: E402
 import frontend as fe  # noqa: E402
@@ -36,19 +36,10 @@ THREADS = 2
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from backends.llvm import jit
     _, cpu, feats = jit.host()
     wide = "avx512" if "+avx512f" in feats else ("avx2" if "+avx2" in feats else "sse")
-    return (f"{model} ({cpu}, {wide}), {os.cpu_count()} cores, {platform.system()}, "
-            f"numpy {np.__version__}")
+    return describe(f"LLVM target {cpu} ({wide})", f"numpy {np.__version__}")
 
 
 SETTLE_S = 0.25   # > OpenBLAS's idle spin (2^28 cycles) and libgomp's spin count

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import backends  # noqa: E402
 import frontend as fe  # noqa: E402
@@ -29,13 +29,7 @@ BATCH = 16
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+    return describe()
 
 
 def cnn() -> nn.Module:
