@@ -20,6 +20,21 @@ BLOCK = 1024
 
 
 @triton.jit
+def _store_stats(c, mean, var, M, momentum, rm_ptr, rv_ptr, mean_ptr, var_ptr, new_rm_ptr,
+                 new_rv_ptr):
+    """Channel c's batch mean and biased variance, and its running averages updated as
+    PyTorch's (``momentum``; the running variance takes the unbiased estimate)."""
+    ty = mean_ptr.dtype.element_ty
+    tl.store(mean_ptr + c, mean.to(ty))
+    tl.store(var_ptr + c, var.to(ty))
+    rm = tl.load(rm_ptr + c).to(tl.float64)
+    rv = tl.load(rv_ptr + c).to(tl.float64)
+    unbiased = var * M / tl.maximum(M - 1, 1)
+    tl.store(new_rm_ptr + c, ((1 - momentum) * rm + momentum * mean).to(ty))
+    tl.store(new_rv_ptr + c, ((1 - momentum) * rv + momentum * unbiased).to(ty))
+
+
+@triton.jit
 def bn_stats_kernel(x_ptr, rm_ptr, rv_ptr, mean_ptr, var_ptr, new_rm_ptr, new_rv_ptr,
                     A, C, B, momentum, BLOCK: tl.constexpr):
     """One program per channel: mean (eq. 8.35) and biased variance (eq. 8.36, two passes for
@@ -39,14 +54,8 @@ def bn_stats_kernel(x_ptr, rm_ptr, rv_ptr, mean_ptr, var_ptr, new_rm_ptr, new_rv
         d = tl.load(x_ptr + idx, mask=j < M, other=0).to(tl.float64) - mean
         acc2 += tl.where(j < M, d * d, 0.0)
     var = tl.sum(acc2, axis=0) / M
-    ty = mean_ptr.dtype.element_ty
-    tl.store(mean_ptr + c, mean.to(ty))
-    tl.store(var_ptr + c, var.to(ty))
-    rm = tl.load(rm_ptr + c).to(tl.float64)
-    rv = tl.load(rv_ptr + c).to(tl.float64)
-    unbiased = var * M / tl.maximum(M - 1, 1)
-    tl.store(new_rm_ptr + c, ((1 - momentum) * rm + momentum * mean).to(ty))
-    tl.store(new_rv_ptr + c, ((1 - momentum) * rv + momentum * unbiased).to(ty))
+    _store_stats(c, mean, var, M, momentum, rm_ptr, rv_ptr, mean_ptr, var_ptr, new_rm_ptr,
+                 new_rv_ptr)
 
 
 @triton.jit
@@ -86,14 +95,8 @@ def bn_combine_kernel(x_ptr, part_ptr, rm_ptr, rv_ptr, mean_ptr, var_ptr, new_rm
     d1 = tl.sum(s1, axis=0) / M
     var = tl.maximum(tl.sum(s2, axis=0) / M - d1 * d1, 0.0)
     mean = tl.load(x_ptr + c * B).to(tl.float64) + d1
-    ty = mean_ptr.dtype.element_ty
-    tl.store(mean_ptr + c, mean.to(ty))
-    tl.store(var_ptr + c, var.to(ty))
-    rm = tl.load(rm_ptr + c).to(tl.float64)
-    rv = tl.load(rv_ptr + c).to(tl.float64)
-    unbiased = var * M / tl.maximum(M - 1, 1)
-    tl.store(new_rm_ptr + c, ((1 - momentum) * rm + momentum * mean).to(ty))
-    tl.store(new_rv_ptr + c, ((1 - momentum) * rv + momentum * unbiased).to(ty))
+    _store_stats(c, mean, var, M, momentum, rm_ptr, rv_ptr, mean_ptr, var_ptr, new_rm_ptr,
+                 new_rv_ptr)
 
 
 SPLIT_ABOVE = 1 << 15     # values per channel above which statistics split over programs
