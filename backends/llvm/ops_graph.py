@@ -192,14 +192,19 @@ def _fused(ctx, node, ins, outs):
         return
     bufs = buffers(ctx, bp, args, res, ctx.node_scratch)
     emit_nodes(ctx, body.nodes[:k], bufs, bp, ctx.node_scratch, -1)
-    tail = body.nodes[k:]
+    _tail_nest(ctx, body, body.nodes[k:], bufs)
+    copy_outputs_of(ctx, body, bp, bufs, res)
+
+
+def _tail_nest(ctx, body: Graph, tail, bufs) -> None:
+    """The elementwise ``tail`` of a region's body as one loop nest over its own sources,
+    storing the body outputs it makes."""
     made = {v for n in tail for v in n.outputs}
     sources = list(dict.fromkeys(v for n in tail for v in n.inputs if v not in made))
     results = [v for v in dict.fromkeys(body.outputs) if v in made]
     _one_loop_nest(ctx, _Region(tail), sources, results, [bufs[v] for v in sources],
                    [bufs[v] for v in results])
     ctx.barrier()
-    copy_outputs_of(ctx, body, bp, bufs, res)
 
 
 REDUCE_OPS = ("sum", "mean", "max", "min")
@@ -237,12 +242,7 @@ def _reduction_region(ctx, body: Graph, args, res) -> bool:
     get_lowering(red).fn(ctx, red, [src], [bufs[red.outputs[0]]])
     ctx.barrier()
     if tail:
-        t_made = {v for n in tail for v in n.outputs}
-        t_src = list(dict.fromkeys(v for n in tail for v in n.inputs if v not in t_made))
-        results = [v for v in dict.fromkeys(body.outputs) if v in t_made]
-        _one_loop_nest(ctx, _Region(tail), t_src, results, [bufs[v] for v in t_src],
-                       [bufs[v] for v in results])
-        ctx.barrier()
+        _tail_nest(ctx, body, tail, bufs)
     copy_outputs_of(ctx, body, bp, bufs, res)
     return True
 
