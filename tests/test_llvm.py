@@ -233,6 +233,48 @@ def test_cache_key_includes_options(tmp_path, monkeypatch):
     assert backends.compile(g, "llvm", threads=2).cache_hit
 
 
+@pytest.mark.parametrize("shape", [(64, 6, 7, 9), (3, 1, 5, 70), (129, 70), (2, 3, 1, 4, 5)])
+@pytest.mark.parametrize("op,dtype", [("sum", "float32"), ("mean", "float64"),
+                                      ("max", "float32"), ("min", "int64")])
+def test_reductions_over_every_axis_set_like_numpy(shape, op, dtype):
+    """Every subset of axes (runs of reduced and kept axes in any order: batch-norm's
+    (0, 2, 3), a bias gradient's (0,), a loss's all) on 1 and 2 threads, NaN included."""
+    import itertools
+    a = (RNG.standard_normal(shape) * 10).astype(dtype)
+    if dtype == "float32":
+        a.flat[RNG.integers(a.size)] = np.nan
+    rank = len(shape)
+    for k in range(1, rank + 1):
+        for axes in itertools.combinations(range(rank), k):
+            keep = bool(len(axes) % 2)
+            want = getattr(np, op)(a, axis=axes, keepdims=keep)
+            g = one(op, TensorType(shape, dtype), axis=axes, keepdims=keep)
+            for threads in (1, 2):
+                got = run_guarded(backends.compile(g, "llvm", threads=threads), [a])[0]
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4,
+                                           err_msg=f"{op}{axes} threads={threads}")
+
+
+def test_profile_counts_cycles_per_node():
+    """profile=True: every node that ran has cycles; the matmul outweighs a 4-element add."""
+    g = Graph("p")
+    x = g.add_input("x", TensorType((256, 256)))
+    s = g.add_input("s", TensorType((4,)))
+    g.set_outputs([g.op("matmul", x, x), g.op("add", s, s)])
+    exe = backends.compile(g, "llvm", threads=2, profile=True)
+    a = RNG.standard_normal((256, 256)).astype(np.float32)
+    for _ in range(3):
+        out = exe(a, np.ones(4, np.float32))
+    np.testing.assert_allclose(out[0], a @ a, rtol=1e-4, atol=1e-3)
+    rows = exe.profile()
+    assert [r["op"] for r in rows] == ["matmul", "add"]
+    assert rows[0]["cycles"] > 10 * rows[1]["cycles"] > 0
+    assert abs(sum(r["share"] for r in rows) - 1) < 1e-9
+    assert exe.profile_by_op()[0][:2] == ("matmul", 1)
+    with pytest.raises(RuntimeError, match="profile=True"):
+        backends.compile(g, "llvm").profile()
+
+
 def test_inspection_shows_llvm_ir_and_assembly():
     exe = backends.compile(one("matmul", TensorType((8, 8)), TensorType((8, 8))), "llvm")
     ir_text = exe.llvm_ir()

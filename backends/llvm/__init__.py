@@ -6,7 +6,8 @@
 
 Options: ``threads`` (default: the CPU count), ``opt`` (LLVM optimization level, 3),
 ``cache`` (use the on-disk object cache, True), ``verbose`` (say whether a compile was
-served from the cache). Lowerings live in per-family modules, registered in
+served from the cache), ``profile`` (count each node's CPU cycles: ``exe.profile()``).
+Lowerings live in per-family modules, registered in
 ``lowering.LOWERINGS``; an op without one is a compile-time error naming it.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register low
 from . import ops_optim, ops_graph, ops_pool, ops_conv, ops_norm  # noqa: F401
 
 log = logging.getLogger("backends.llvm")
-_OPTIONS = {"threads", "opt", "cache", "verbose"}
+_OPTIONS = {"threads", "opt", "cache", "verbose", "profile"}
 STATS = {"compiles": 0, "cache_hits": 0}
 
 
@@ -56,13 +57,15 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
     opt = int(options.get("opt", 3))
     use_cache = bool(options.get("cache", True))
     verbose = bool(options.get("verbose", False))
+    profile = bool(options.get("profile", False))
     graph = verify(graph)
     graph = _scan_rewrites(graph)
     _check_lowerable(graph)
     triple, _, features = jit.host()
     p = plan(graph, features, threads)
+    p.profile = profile
     text = str(graph)
-    key = jit.cache_key(text, {"threads": threads, "opt": opt})
+    key = jit.cache_key(text, {"threads": threads, "opt": opt, "profile": profile})
     t0 = time.perf_counter()
     obj = jit.cache_load(key) if use_cache else None
     hit = obj is not None

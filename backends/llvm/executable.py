@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,7 +35,8 @@ class LLVMExecutable(Executable):
         self._loaded = jit.Loaded(obj, ENTRY, opt)
         self._arena = np.zeros(max(plan.arena_bytes, 64), np.uint8)
         self._ws = np.zeros(max(plan.workspace_bytes * threads, 64), np.uint8)
-        self._ctl = np.zeros(4, np.int64)
+        self._ctl = np.zeros(4 + (len(graph.nodes) if plan.profile else 0), np.int64)
+        self._profiled_s = 0.0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
         self._ir: str | None = None
@@ -59,10 +61,12 @@ class LLVMExecutable(Executable):
         ptrs += [o.ctypes.data if o is not None and j not in self.plan.inplace else 0
                  for j, o in enumerate(outs)]
         with self._lock:
-            self._ctl[:] = 0
+            self._ctl[:4] = 0                # (profile counters accumulate over runs)
             ptrs += [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
             table = (ctypes.c_void_p * len(ptrs))(*ptrs)
+            t0 = time.perf_counter()
             self._call(table)
+            self._profiled_s += time.perf_counter() - t0
             code, node = int(self._ctl[0]), int(self._ctl[1])
         if code:
             self._raise(code, node, args)
@@ -145,6 +149,30 @@ class LLVMExecutable(Executable):
                              f"{a.get('source', '')}\n  node: {a.get('node')}")
 
     # ---------------------------------------------------------------- inspection
+    def profile(self, top: int | None = None) -> list[dict]:
+        """Where the time went over all runs so far (compiled with ``profile=True``): one row
+        per node, slowest first, with its op, cycles, share of the total and milliseconds
+        (the native calls' wall time split by cycle share; parallel nodes include their
+        barrier)."""
+        if not self.plan.profile:
+            raise RuntimeError("llvm backend: compile with profile=True to profile nodes")
+        cyc = self._ctl[4:].astype(np.float64)
+        total = cyc.sum() or 1.0
+        rows = [{"index": i, "op": n.op, "node": n, "cycles": int(cyc[i]),
+                 "share": cyc[i] / total, "ms": 1e3 * self._profiled_s * cyc[i] / total}
+                for i, n in enumerate(self.graph.nodes) if cyc[i] > 0]
+        rows.sort(key=lambda r: -r["cycles"])
+        return rows[:top] if top is not None else rows
+
+    def profile_by_op(self) -> list[tuple[str, int, float]]:
+        """``profile()`` summed per op: (op, nodes, share), largest share first."""
+        acc: dict[str, list] = {}
+        for r in self.profile():
+            a = acc.setdefault(r["op"], [0, 0.0])
+            a[0] += 1
+            a[1] += r["share"]
+        return sorted(((op, n, s) for op, (n, s) in acc.items()), key=lambda t: -t[2])
+
     def llvm_ir(self, optimized: bool = False) -> str:
         """The generated LLVM IR (as built, or after the -O3 pipeline)."""
         if self._ir is None:

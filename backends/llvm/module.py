@@ -44,6 +44,7 @@ class Plan:
     # donated output j -> argument i: the output is written into the argument's buffer
     inplace: dict[int, int] = field(default_factory=dict)
     parallel: bool = False        # some node splits its work across threads
+    profile: bool = False         # thread 0 adds each top-level node's cycles to ctl[4 + i]
 
 
 def _round(n: int) -> int:
@@ -172,7 +173,8 @@ def emit_graph(ctx: Ctx, graph: Graph, p: Plan, arg_ptrs, out_ptrs, arena,
     are copied into their buffers here (the top level lets the executable do it)."""
     b = ctx.b
     bufs = buffers(ctx, p, arg_ptrs, out_ptrs, arena)
-    emit_nodes(ctx, graph.nodes, bufs, p, arena, index_offset)
+    emit_nodes(ctx, graph.nodes, bufs, p, arena, index_offset,
+               profile=p.profile and index_offset == 0 and not copy_outputs)
     if copy_outputs:
         copy_outputs_of(ctx, graph, p, bufs, out_ptrs)
 
@@ -206,14 +208,19 @@ def copy_outputs_of(ctx: Ctx, graph: Graph, p: Plan, bufs, out_ptrs) -> None:
 
 
 def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
-               index_offset: int = 0) -> None:
-    """Emit each node's lowering in order, with barriers only where threads must meet."""
+               index_offset: int = 0, profile: bool = False) -> None:
+    """Emit each node's lowering in order, with barriers only where threads must meet.
+    With ``profile``, thread 0 adds the cycles from the end of one node to the end of the
+    next (barrier waits included) to ``ctl[4 + i]``."""
     b = ctx.b
     pending = False        # work done by thread 0 alone since the last barrier
     views, skip = p.views, p.skip
+    clock = _cycle_counter(ctx) if profile else None
     for i, node in enumerate(nodes):
         if i in skip:
             continue
+        if clock is not None:
+            clock.start()
         low = get_lowering(node)
         ctx.node_index = index_offset + i if index_offset >= 0 else ctx.node_index
         ctx.node_scratch = (b.gep(arena, [i64(p.scratch[i])], inbounds=True)
@@ -231,8 +238,34 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
             with ctx.thread0():
                 _guarded_node(ctx, p, node, low, ins, outs)
             pending = True
+        if clock is not None:
+            clock.stop(i)
     if pending:
         ctx.barrier()
+
+
+class _cycle_counter:
+    """Per-node cycle counts for ``profile=True`` (``llvm.readcyclecounter``, thread 0)."""
+
+    def __init__(self, ctx: Ctx):
+        self.ctx = ctx
+        name = "llvm.readcyclecounter"
+        m = ctx.module
+        self.fn = m.globals.get(name) or ir.Function(m, ir.FunctionType(I64, []), name)
+        self.t0 = None
+
+    def start(self) -> None:
+        if self.t0 is None:
+            self.t0 = self.ctx.b.call(self.fn, [])
+
+    def stop(self, i: int) -> None:
+        b = self.ctx.b
+        t1 = b.call(self.fn, [])
+        is0 = b.icmp_signed("==", self.ctx.tid, i64(0))
+        with b.if_then(is0):
+            slot = b.gep(self.ctx.ctl, [i64(4 + i)])
+            b.store(b.add(b.load(slot), b.sub(t1, self.t0)), slot)
+        self.t0 = t1
 
 
 def _guarded_node(ctx: Ctx, p: Plan, node, low, ins, outs) -> None:

@@ -1,9 +1,10 @@
 """Lowerings of reductions (sum, mean, max, min, argmax), softmax, log_softmax and the
 losses (nll_loss: eq. 10.12-10.14; mse_loss).
 
-A reduction over trailing axes keeps a register accumulator per output element (threads
-split the outputs); any other reduction walks the input in memory order and accumulates
-into the output (unit-stride inner loop), on one thread.
+Adjacent reduced (or kept) axes are merged into runs. When the last run is reduced, each
+output element keeps a register accumulator over contiguous rows (threads split the
+outputs); when it is kept, rows are added element-wise into output rows (threads split the
+columns). Both inner loops are unit-stride and vectorize.
 """
 from __future__ import annotations
 
@@ -48,14 +49,19 @@ def _finish(ctx, op: str, dt: str, acc, n: int):
     return ctx.b.sdiv(acc, const(dt, max(n, 1)))
 
 
-def _split_axes(shape, axes):
-    """(outer, inner) sizes when every reduced axis (of size > 1) follows every kept one."""
-    big = [i for i, d in enumerate(shape) if d != 1]
-    kept = [i for i in big if i not in axes]
-    red = [i for i in big if i in axes]
-    if kept and red and max(kept) > min(red):
-        return None
-    return prod([shape[i] for i in kept]), prod([shape[i] for i in red])
+def _groups(shape, axes) -> list[tuple[int, bool]]:
+    """The tensor as runs of adjacent axes that are all reduced or all kept, each merged into
+    one: [(size, reduced)] in memory order (axes of size 1 dropped)."""
+    out: list[tuple[int, bool]] = []
+    for i, d in enumerate(shape):
+        if d == 1:
+            continue
+        red = i in axes
+        if out and out[-1][1] == red:
+            out[-1] = (out[-1][0] * d, red)
+        else:
+            out.append((d, red))
+    return out
 
 
 def _lower_reduce(ctx, node, ins, outs):
@@ -63,38 +69,79 @@ def _lower_reduce(ctx, node, ins, outs):
     op, dt = node.op, x.dtype
     axes = normalize_axes(node.attrs["axis"], x.type.rank)
     n = prod([x.shape[a] for a in axes])
-    split = _split_axes(x.shape, axes)
-    if split is not None:
-        _reduce_suffix(ctx, op, dt, x, out, split[0], split[1], n)
+    groups = _groups(x.shape, axes) or [(1, True)]
+    if groups[-1][1]:
+        _reduce_rows(ctx, op, dt, x, out, groups, n)
     else:
-        with ctx.thread0():
-            _reduce_scatter(ctx, op, dt, x, out, axes, n)
+        _reduce_columns(ctx, op, dt, x, out, groups, n)
 
 
-def _reduce_suffix(ctx, op, dt, x: Buf, out: Buf, outer: int, inner: int, n: int) -> None:
+def _group_strides(groups) -> list[int]:
+    return list(row_strides([d for d, _ in groups]))
+
+
+def _reduce_rows(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
+    """The last run is reduced: each output element (threads split them) keeps a register
+    accumulator and sums contiguous rows, one per index of the other reduced runs."""
     b = ctx.b
+    xst = _group_strides(groups)
+    kept = [(d, s) for (d, r), s in zip(groups, xst) if not r]
+    outer = [(d, s) for (d, r), s in zip(groups[:-1], xst) if r]
+    inner = groups[-1][0]
     acc = ctx.alloca(REGISTER[dt], "acc")
-    lo, hi = ctx.split(outer)
+    lo, hi = ctx.split(prod([d for d, _ in kept]))
     with for_range(b, lo, hi, "o") as o:
+        base, rest = i64(0), o                  # o's offset in x, kept runs row-major
+        for d, s in reversed(kept):
+            base = b.add(base, b.mul(b.srem(rest, i64(d)), i64(s)))
+            rest = b.sdiv(rest, i64(d))
         b.store(_identity(op, dt), acc)
-        base = b.mul(o, i64(inner))
-        with for_range(b, 0, inner, "r") as r:
-            b.store(_combine(ctx, op, dt, b.load(acc), x.load(b, b.add(base, r))), acc)
+        with strided_nest(b, [d for d, _ in outer], [[s for _, s in outer]],
+                          bases=[base]) as (row,):
+            with for_range(b, 0, inner, "r") as r:
+                v = x.load(b, b.add(row, r))
+                b.store(_combine(ctx, op, dt, b.load(acc), v), acc)
         out.store(b, o, _finish(ctx, op, dt, b.load(acc), n))
 
 
-def _reduce_scatter(ctx, op, dt, x: Buf, out: Buf, axes, n: int) -> None:
+PAR_COLUMNS = 64      # a kept last run at least this long is split across threads
+
+
+def _reduce_columns(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
+    """The last run is kept: the input is walked in memory order and each contiguous row is
+    added element-wise into its output row (a vector loop); threads split the columns."""
     b = ctx.b
+    inner = groups[-1][0]
+    if inner < PAR_COLUMNS:
+        with ctx.thread0():
+            _columns(ctx, op, dt, x, out, groups, n)
+    else:
+        _columns(ctx, op, dt, x, out, groups, n)
+
+
+def _columns(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
+    b = ctx.b
+    inner = groups[-1][0]
+    xst = _group_strides(groups)[:-1]
+    kept_sizes = [d for d, r in groups[:-1] if not r] + [inner]
+    ost_kept = iter(row_strides(kept_sizes)[:-1])
+    ost = [0 if r else next(ost_kept) for (_, r) in groups[:-1]]
+    shape = [d for d, _ in groups[:-1]]
+    lo, hi = ctx.split(inner)
     ident = _identity(op, dt)
-    elementwise(ctx, [out], [], lambda vs: ident, parallel=False)
-    kept = [0 if i in axes else 1 for i in range(x.type.rank)]
-    ostr = row_strides([d if k else 1 for d, k in zip(x.shape, kept)])
-    ostr = [s if k else 0 for s, k in zip(ostr, kept)]
-    with strided_nest(b, x.shape, [row_strides(x.shape), ostr]) as (xo, oo):
-        out.store(b, oo, _combine(ctx, op, dt, out.load(b, oo), x.load(b, xo)))
-    if op == "mean":
-        elementwise(ctx, [out], [out], lambda vs: _finish(ctx, op, dt, vs[0], n),
-                    parallel=False)
+    kshape = [d for d, r in groups[:-1] if not r]
+    with strided_nest(b, kshape, [row_strides(kept_sizes)[:-1]]) as (oo,):
+        with for_range(b, lo, hi, "j") as j:
+            out.store(b, b.add(oo, j), ident)
+    with strided_nest(b, shape, [xst, ost]) as (xo, oo):
+        with for_range(b, lo, hi, "j") as j:
+            at = b.add(oo, j)
+            out.store(b, at, _combine(ctx, op, dt, out.load(b, at), x.load(b, b.add(xo, j))))
+    if op == "mean" and dt != "bool":
+        with strided_nest(b, kshape, [row_strides(kept_sizes)[:-1]]) as (oo,):
+            with for_range(b, lo, hi, "j") as j:
+                at = b.add(oo, j)
+                out.store(b, at, _finish(ctx, op, dt, out.load(b, at), n))
 
 
 for _op in ("sum", "mean", "max", "min"):

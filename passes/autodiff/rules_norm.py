@@ -5,6 +5,9 @@ In training mode the gradient flows through the minibatch mean and standard devi
 
     dL/dx = (gh - mean(gh) - xhat * mean(gh * xhat)) / sigma
 
+where mean(gh) = gamma * dL/dbeta / M and mean(gh * xhat) = gamma * dL/dgamma / M (M values
+per channel), so the backward pass reduces over x four times (mu, sigma, the two parameter
+gradients)
 which has no component that only shifts the mean or scales the spread of a unit: the two
 subtracted terms remove exactly those directions. The running-average outputs add their own
 (small) terms. In inference mode the op is an affine map of x with the running statistics
@@ -56,7 +59,12 @@ def _batch_norm(e, node, xs, ys, gs):
     gh = e("mul", g, per_channel(gamma))
     d_gamma, d_beta = total(e("mul", g, xhat)), total(g)
     if a["training"]:
-        centred = e("sub", e("sub", gh, mean(gh)), e("mul", xhat, mean(e("mul", gh, xhat))))
+        # mean(gh) = gamma * d_beta / M and mean(gh * xhat) = gamma * d_gamma / M: per-channel
+        # work instead of two more passes over x
+        scale = e("mul", gamma, e.scalar(prod(vec) / x.type.size, x))
+        m_gh = per_channel(e("mul", d_beta, scale))
+        m_ghx = per_channel(e("mul", d_gamma, scale))
+        centred = e("sub", e("sub", gh, m_gh), e("mul", xhat, m_ghx))
         dx = e("mul", centred, inv)
         dx = _running_terms(e, x, xc, dx, g_mean, g_var, a["momentum"], keep)
         keep_old = e.scalar(1.0 - a["momentum"], x)
