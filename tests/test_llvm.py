@@ -255,6 +255,32 @@ def test_reductions_over_every_axis_set_like_numpy(shape, op, dtype):
                                            err_msg=f"{op}{axes} threads={threads}")
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 9, 14, 17])
+@pytest.mark.parametrize("kernel,dtype", [((2, 2), "float32"), ((2, 2), "float64"),
+                                          ((3, 3), "float32"), ((2,), "float32"),
+                                          ((2, 2, 2), "float32")])
+def test_tiling_max_pool_and_gradient_like_the_reference(width, kernel, dtype):
+    """Windows that tile x (kernel == stride): the vector path (pairs along the last axis,
+    a last overlapping vector instead of a scalar tail) and the scalar one, with ties (the
+    first maximum gets the gradient) and NaN (it wins), against the reference backend."""
+    d = len(kernel)
+    spatial = tuple(k * (width if i == d - 1 else 2) for i, k in enumerate(kernel))
+    shape = (2, 3) + spatial
+    x = np.round(RNG.standard_normal(shape) * 2).astype(dtype)      # many ties
+    x.flat[RNG.integers(x.size, size=3)] = np.nan
+    attrs = dict(kernel_size=kernel, stride=kernel, padding=(0,) * (2 * d), dilation=(1,) * d,
+                 ceil_mode=False)
+    fwd = one("max_pool", TensorType(shape, dtype), **attrs)
+    out_t = fwd.outputs[0].type
+    gy = RNG.standard_normal(out_t.shape).astype(dtype)
+    grad = one("max_pool_grad", TensorType(shape, dtype), out_t, **attrs)
+    for g, args in ((fwd, [x]), (grad, [x, gy])):
+        want = backends.compile(g, "reference")(*args)[0]
+        for threads in (1, 2):
+            got = run_guarded(backends.compile(g, "llvm", threads=threads), args)[0]
+            np.testing.assert_array_equal(got, want)
+
+
 def test_profile_counts_cycles_per_node():
     """profile=True: every node that ran has cycles; the matmul outweighs a 4-element add."""
     g = Graph("p")

@@ -38,7 +38,11 @@ def _batch_norm(ctx, node, ins, outs):
 
     def accumulate(c, term):
         b.store(ir.Constant(F64, 0.0), acc)
-        each(c, lambda off: b.store(b.fadd(b.load(acc), term(off)), acc))
+        def add(off):
+            s = b.fadd(b.load(acc), term(off))
+            s.flags.append("reassoc")   # vector partial sums (float64, as the kernel)
+            b.store(s, acc)
+        each(c, add)
         return b.fdiv(b.load(acc), ir.Constant(F64, float(m)))
 
     lo, hi = ctx.split(C)

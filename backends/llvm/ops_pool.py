@@ -8,6 +8,7 @@ across threads; a gradient scatters only into its own plane, so threads never co
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,10 +17,11 @@ from llvmlite import ir
 from irgraph.ops.pool import (_adaptive_avg_geometry, _adaptive_axes, _avg_geometry,
                               _max_axes)
 
-from .builder import F64, REGISTER, Buf, for_range, i64, prod, row_strides
+from .builder import F64, REGISTER, Buf, for_range, i64, prod, row_strides, strided_nest
+from .gemm import tiling
 from .lowering import lowering
 from . import scalar as sc
-from .scalar import const
+from .scalar import FLOATS, const
 
 
 @dataclass
@@ -119,8 +121,9 @@ def _k_loops(ctx, geo, tables, istr, idx, fn, ax, acc):
         _k_loops(ctx, geo, tables, istr, idx, fn, ax + 1, b.add(acc, b.mul(pos, i64(istr[ax]))))
 
 
-def _argmax_window(ctx, x: Buf, xbase, visit, dt):
-    """(found, best value, flat index) of the window's first maximum; NaN wins."""
+def _argmax_window(ctx, x: Buf, xbase, visit, dt, whole: bool = False):
+    """(found, best value, flat index) of the window's first maximum; NaN wins. ``whole``:
+    every window is whole and unrolled (``_whole``), so its first element starts the search."""
     b = ctx.b
     best = ctx.alloca(REGISTER[dt], "best")
     arg = ctx.alloca(REGISTER["int64"], "arg")
@@ -128,17 +131,29 @@ def _argmax_window(ctx, x: Buf, xbase, visit, dt):
     b.store(const(dt, float("-inf")), best)
     b.store(i64(-1), arg)
     b.store(ir.Constant(ir.IntType(1), 0), have)
+    yes = ir.Constant(ir.IntType(1), 1)
 
     def fn(off):
         v = x.load(b, b.add(xbase, off))
+        if whole and fn.first:
+            fn.first = False              # (unrolled windows: the first visit is static)
+            b.store(v, best)
+            b.store(off, arg)
+            b.store(yes, have)
+            return
         cur = b.load(best)
-        better = b.or_(b.not_(b.load(have)), sc.compare(ctx, dt, ">", v, cur))
-        better = b.or_(better, b.and_(sc.is_nan(ctx, v), b.not_(sc.is_nan(ctx, cur))))
-        b.store(b.select(better, v, cur), best)
-        b.store(b.select(better, off, b.load(arg)), arg)
-        b.store(ir.Constant(ir.IntType(1), 1), have)
+        better = sc.compare(ctx, dt, ">", v, cur)
+        if not whole:
+            better = b.or_(b.not_(b.load(have)), better)
+        if dt in FLOATS:
+            # NaN wins over a number: v != v while cur == cur
+            better = b.or_(better, b.and_(sc.is_nan(ctx, v), b.not_(sc.is_nan(ctx, cur))))
+        b.store(sc.pick(ctx, better, v, cur), best)
+        b.store(sc.pick(ctx, better, off, b.load(arg)), arg)
+        b.store(yes, have)
+    fn.first = True
     visit(fn)
-    return b.load(have), b.load(best), b.load(arg)
+    return (yes if whole else b.load(have)), b.load(best), b.load(arg)
 
 
 def _zero_plane(ctx, buf: Buf, base, size: int) -> None:
@@ -156,10 +171,15 @@ def _lower_max(kind: str, geo_fn):
         isz, osz = prod(geo.spatial), prod(geo.out)
         planes = x.shape[0] * x.shape[1]
 
+        whole = _whole(geo)
+        if kind != "select" and whole and _tiles(node, geo):
+            _tile_pool(ctx, node, geo, x, ins[1] if kind == "grad" else None, out, planes)
+            return
+
         def on_window(plane, oflat, visit):
             xbase = b.mul(plane, i64(isz))
             obase = b.mul(plane, i64(osz))
-            have, best, arg = _argmax_window(ctx, x, xbase, visit, dt)
+            have, best, arg = _argmax_window(ctx, x, xbase, visit, dt, whole)
             if kind == "forward":
                 out.store(b, b.add(obase, oflat), b.select(have, best, const(dt, "-inf")))
             elif kind == "select":
@@ -175,6 +195,114 @@ def _lower_max(kind: str, geo_fn):
         else:
             _windows(ctx, geo, planes, on_window)
     return lower
+
+
+def _tile_pool(ctx, node, geo: Geometry, x: Buf, gy: Buf | None, out: Buf, planes: int
+               ) -> None:
+    """max_pool (``gy`` None) or max_pool_grad over disjoint windows that tile x. The
+    gradient writes every dx element once (the window's gradient at its first maximum, NaN
+    first, else zero): no zeroing pass, no read-modify-write. Windows two wide along the last axis (2x2/2 pooling) run as explicit
+    vectors of ``vw`` windows: deinterleaving loads, blends, interleaving stores (a scalar
+    running argmax compiles to mispredicted branches)."""
+    b, dt = ctx.b, x.dtype
+    k = node.attrs["kernel_size"]
+    istr, ostr = row_strides(geo.spatial), row_strides(geo.out)
+    step = [kk * s for kk, s in zip(k, istr)]
+    isz, osz = prod(geo.spatial), prod(geo.out)
+    outer = list(itertools.product(*map(range, k[:-1])))   # kernel offsets but the last axis
+    row_offs = [sum(i * s for i, s in zip(ks, istr)) for ks in outer]
+    kl, ol = k[-1], geo.out[-1]
+    vw = tiling(dt, ctx.features).vw if dt in FLOATS and kl == 2 else 0
+    while vw > ol:
+        vw //= 2
+    vw = vw if vw >= 2 else 0
+    nvec = ol // vw if vw else 0
+    lo, hi = ctx.split(planes)
+    with for_range(b, lo, hi, "plane") as plane:
+        bases = [b.mul(plane, i64(isz)), b.mul(plane, i64(osz))]
+        with strided_nest(b, geo.out[:-1], [step[:-1], ostr[:-1]], bases) as (xo, oo):
+            if nvec:
+                with for_range(b, 0, nvec, "jv") as jv:
+                    _pairs(ctx, dt, vw, x, gy, out, b.add(xo, b.mul(jv, i64(2 * vw))),
+                           b.add(oo, b.mul(jv, i64(vw))), row_offs)
+                if ol % vw:     # the last vw windows again: same values, no scalar tail
+                    _pairs(ctx, dt, vw, x, gy, out, b.add(xo, i64(2 * (ol - vw))),
+                           b.add(oo, i64(ol - vw)), row_offs)
+            with for_range(b, ol if nvec else 0, ol, "j") as j:
+                xj = b.add(xo, b.mul(j, i64(kl)))
+                offs = [r + c for r in row_offs for c in range(kl)]
+                vals = [x.load(b, b.add(xj, i64(off))) for off in offs]
+                best, choice = _first_max(ctx, dt, vals, lambda i: i64(i), i64(0))
+                if gy is None:
+                    out.store(b, b.add(oo, j), best)
+                else:
+                    g = gy.load(b, b.add(oo, j))
+                    for idx, off in enumerate(offs):
+                        out.store(b, b.add(xj, i64(off)), b.select(
+                            b.icmp_signed("==", choice, i64(idx)), g, const(dt, 0)))
+
+
+def _first_max(ctx, dt, vals, index, first_index):
+    """(maximum, index of its first occurrence) of ``vals``, a NaN counting as the maximum;
+    scalars or vectors alike: ``index(i)`` makes the constant for position i."""
+    b = ctx.b
+    best, arg = vals[0], first_index
+    for i, v in enumerate(vals[1:], 1):
+        better = sc.compare(ctx, dt, ">", v, best)
+        if dt in FLOATS:
+            better = b.or_(better, b.and_(sc.is_nan(ctx, v), b.not_(sc.is_nan(ctx, best))))
+        best = b.select(better, v, best)
+        arg = b.select(better, index(i), arg)
+    return best, arg
+
+
+def _pairs(ctx, dt, vw: int, x: Buf, gy: Buf | None, out: Buf, xrow, orow, row_offs) -> None:
+    """``vw`` adjacent windows, two wide along the last axis, as vectors: their maxima into
+    ``out`` (forward) or ``gy`` routed to their first maxima in ``out`` (gradient)."""
+    b = ctx.b
+    elem = x.elem
+    wide_t, vec_t = ir.VectorType(elem, 2 * vw), ir.VectorType(elem, vw)
+    undef = ir.Constant(wide_t, ir.Undefined)
+    ivec = ir.VectorType(ir.IntType(32), vw)
+    align = 4 if dt == "float32" else 8
+
+    def mask(ix):
+        ix = list(ix)
+        return ir.Constant(ir.VectorType(ir.IntType(32), len(ix)), ix)
+
+    def vptr(buf, at, t):
+        return b.bitcast(buf.at(b, at), ir.PointerType(t))
+    vals = []
+    for r in row_offs:
+        wide = b.load(vptr(x, b.add(xrow, i64(r)), wide_t), align=align)
+        vals += [b.shuffle_vector(wide, undef, mask(range(c, 2 * vw, 2))) for c in (0, 1)]
+    splat = lambda i: ir.Constant(ivec, [i] * vw)      # noqa: E731
+    best, arg = _first_max(ctx, dt, vals, splat, splat(0))
+    if gy is None:
+        b.store(best, vptr(out, orow, vec_t), align=align)
+        return
+    g = b.load(vptr(gy, orow, vec_t), align=align)
+    zero = ir.Constant(vec_t, [0.0] * vw)
+    picked = [b.select(b.icmp_signed("==", arg, splat(i)), g, zero) for i in range(len(vals))]
+    inter = mask(i for p in range(vw) for i in (p, vw + p))
+    for n, r in enumerate(row_offs):
+        both = b.shuffle_vector(picked[2 * n], picked[2 * n + 1], inter)
+        b.store(both, vptr(out, b.add(xrow, i64(r)), wide_t), align=align)
+
+
+def _whole(geo: Geometry) -> bool:
+    """Every window lies inside x on every axis, with its offsets unrolled."""
+    return all(geo.full)
+
+
+def _tiles(node, geo: Geometry) -> bool:
+    """The windows are disjoint and cover x exactly (kernel == stride, no dilation, no
+    padding, sizes multiples): a gradient can write each element once, zero or picked."""
+    a = node.attrs
+    if "kernel_size" not in a:
+        return False
+    return all(k == s == w and d == 1 and o * k == n for k, s, w, d, o, n in zip(
+        a["kernel_size"], a["stride"], geo.full, a["dilation"], geo.out, geo.spatial))
 
 
 def _with_zeroed_planes(ctx, out: Buf, planes: int, size: int, geo, on_window) -> None:
