@@ -388,6 +388,42 @@ def test_conv2d_and_its_gradients_match_torch(stride, padding, dilation, groups,
     np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dims,padding,dilation,groups,dtype,threads", [
+    ((11,), (2, 1), (1,), 1, "float32", 2),
+    ((6, 9), (0, 0, 0, 0), (1, 1), 1, "float32", 2),
+    ((7, 5), (2, 1, 1, 0), (1, 1), 2, "float64", 1),
+    ((9, 8), (1, 3, 0, 2), (2, 1), 1, "float32", 2),       # padding > dilation * (k - 1)
+    ((5, 4, 6), (1, 0, 1, 1, 0, 1), (1, 1, 2), 2, "float32", 2)])
+def test_direct_stride1_conv_and_gradients_match_torch(dims, padding, dilation, groups, dtype,
+                                                        threads):
+    """Stride-1 convolutions take the direct grid path (conv, its input gradient as a
+    flipped convolution of gy, its kernel gradient as shifted dot products): 1-, 2- and
+    3-D, groups, dilation, asymmetric padding (one wider than the kernel: the input gradient
+    falls back), float64, inside guarded buffers, against torch and autograd."""
+    import torch
+    from passes.autodiff import vjp
+    d = len(dims)
+    kernel = (3, 2, 3)[:d]
+    x = RNG.standard_normal((3, 4) + dims).astype(dtype)
+    w = RNG.standard_normal((6, 4 // groups) + kernel).astype(dtype)
+    g = one("conv", TensorType(x.shape, dtype), TensorType(w.shape, dtype), stride=(1,) * d,
+            padding=padding, dilation=dilation, groups=groups)
+    vg = vjp(g)
+    ct = RNG.standard_normal(g.outputs[0].shape).astype(dtype)
+    y, dx, dw = run_guarded(backends.compile(vg, "llvm", threads=threads), [x, w, ct])
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    pads = [p for ax in reversed(range(d)) for p in (padding[2 * ax], padding[2 * ax + 1])]
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d,
+            torch.nn.functional.conv3d)[d - 1]
+    ty = conv(torch.nn.functional.pad(tx, pads), tw, dilation=dilation, groups=groups)
+    ty.backward(torch.tensor(ct))
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=tol, atol=tol)
+
+
 def test_pools_and_batch_norm_match_torch():
     """max_pool (first maximum, ceil_mode), avg_pool (count_include_pad) and training-mode
     batch_norm (eq. 8.35-8.36, PyTorch's running-statistics update) against torch."""

@@ -21,6 +21,7 @@ from llvmlite import ir
 from irgraph.ops.conv_geometry import out_shape
 
 from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
+from .conv_direct import Direct, convolve, kernel_grad_bytes, kernel_gradient, usable
 from .gemm import call_gemm, gemm_function
 from .lowering import lowering, scratch
 from .module import ALIGN
@@ -196,6 +197,9 @@ def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
 
 def _conv_scratch(node, threads, features):
     x, w = node.inputs
+    dc = _direct_forward(node, threads, features)
+    if dc is not None:
+        return threads * dc.scratch_bytes(x.type.np_dtype.itemsize, node.attrs["groups"])
     return threads * _cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
                                  x.type.np_dtype.itemsize, node.attrs["groups"])
 
@@ -203,10 +207,35 @@ def _conv_scratch(node, threads, features):
 scratch("conv", "conv_fft")(_conv_scratch)
 
 
+def _direct(x_shape, cin, cout, kernel, pads, a, dtype, features, threads):
+    """The direct (grid) convolution when it applies and pays, else None: stride 1, a float
+    type, at least one image per thread, little wasted grid."""
+    if (dtype not in ("float32", "float64") or x_shape[0] < threads
+            or not usable(x_shape[2:], kernel, a["stride"], pads, a["dilation"])):
+        return None
+    dc = Direct(cin, cout, tuple(x_shape[2:]), tuple(pads), tuple(kernel),
+                tuple(a["dilation"]), dtype, features)
+    return dc if dc.worth_it() else None
+
+
+def _direct_forward(node, threads, features):
+    x, w = node.inputs
+    G = node.attrs["groups"]
+    return _direct(x.shape, x.shape[1] // G, w.shape[0] // G, w.shape[2:],
+                   node.attrs["padding"], node.attrs, x.dtype, features, threads)
+
+
 @lowering("conv", "conv_fft", parallel=True)
 def _conv(ctx, node, ins, outs):
     (x, w), (y,) = ins, outs
     G = node.attrs["groups"]
+    dc = _direct_forward(node, 1 if ctx.single else ctx.max_threads, ctx.features)
+    if dc is not None:
+        R = dc.R
+        convolve(ctx, dc, G, x.shape[0], x, y, w,
+                 lambda g, o, r: ctx.b.add(ctx.b.mul(ctx.b.add(i64(g * dc.cout), o), i64(R)), r),
+                 dc.scratch_bytes(x.type.np_dtype.itemsize, G))
+        return
     geo = _geo(x.shape, w.shape[2:], node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
     cg, og = C // G, O // G
@@ -260,18 +289,36 @@ def _per_image(ctx, N: int, image) -> None:
 def _kgrad_scratch(node, threads, features):
     x, gy = node.inputs
     a = node.attrs
+    dc = _direct_kernel_grad(node, threads, features)
+    if dc is not None:
+        return threads * kernel_grad_bytes(dc, x.type.np_dtype.itemsize)
     cols = _cols_bytes(x.shape, None, a["kernel_size"], a, x.type.np_dtype.itemsize,
                        a["groups"])
     dw = -(-node.outputs[0].type.nbytes // ALIGN) * ALIGN
     return threads * (cols + dw)
 
 
+def _direct_kernel_grad(node, threads, features):
+    x, gy = node.inputs
+    a = node.attrs
+    G = a["groups"]
+    dc = _direct(x.shape, x.shape[1] // G, gy.shape[1] // G, a["kernel_size"], a["padding"],
+                 a, x.dtype, features, threads)
+    return dc if dc is not None and dc.out == tuple(gy.shape[2:]) else None
+
+
 @lowering("conv_kernel_grad", parallel=True)
 def _conv_kernel_grad(ctx, node, ins, outs):
-    """dW = sum over images of gy_g @ cols^T; a partial sum per thread, then reduced."""
+    """dW = sum over images of gy_g @ cols^T; a partial sum per thread, then reduced (at
+    stride 1: dot products of gy with shifted rows of the padded input, no im2col)."""
     (x, gy), (dw,) = ins, outs
     a = node.attrs
     G = a["groups"]
+    dc = _direct_kernel_grad(node, 1 if ctx.single else ctx.max_threads, ctx.features)
+    if dc is not None:
+        kernel_gradient(ctx, dc, G, x.shape[0], x, gy, dw,
+                        kernel_grad_bytes(dc, x.type.np_dtype.itemsize))
+        return
     geo = _geo(x.shape, a["kernel_size"], a)
     N, C, O = x.shape[0], x.shape[1], gy.shape[1]
     cg, og = C // G, O // G
@@ -365,17 +412,45 @@ def _tt(shape, like: Buf):
 def _igrad_scratch(node, threads, features):
     w, gy = node.inputs
     a = node.attrs
+    dc = _direct_input_grad(node, threads, features)
+    if dc is not None:
+        return threads * dc.scratch_bytes(w.type.np_dtype.itemsize, a["groups"])
     xs = (gy.shape[0], w.shape[1] * a["groups"]) + tuple(a["input_size"])
     return threads * _cols_bytes(xs, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize,
                                  a["groups"])
 
 
+def _direct_input_grad(node, threads, features):
+    """eq. 9.13 at stride 1 as a direct convolution of gy: padded by dilation * (k - 1) -
+    padding per side, kernel flipped, channel axes swapped."""
+    w, gy = node.inputs
+    a = node.attrs
+    G, kernel = a["groups"], w.shape[2:]
+    pads = tuple(d * (k - 1) - p for k, d, pair in zip(kernel, a["dilation"], zip(
+        a["padding"][::2], a["padding"][1::2])) for p in pair)
+    dc = _direct(gy.shape, w.shape[0] // G, w.shape[1], kernel, pads, a, w.dtype, features,
+                 threads)
+    return dc if dc is not None and dc.out == tuple(a["input_size"]) else None
+
+
 @lowering("conv_input_grad", parallel=True)
 def _conv_input_grad(ctx, node, ins, outs):
-    """dx = col2im(W_g^T @ gy_g) per image and group."""
+    """dx = col2im(W_g^T @ gy_g) per image and group (or, at stride 1, a direct conv)."""
     (w, gy), (dx,) = ins, outs
     a = node.attrs
     G = a["groups"]
+    dc = _direct_input_grad(node, 1 if ctx.single else ctx.max_threads, ctx.features)
+    if dc is not None:
+        b, kp = ctx.b, prod(w.shape[2:])
+        og, cg = dc.cin, dc.cout
+
+        def w_offset(g, c, r):          # w[g*og + r // kp, c, kp - 1 - r % kp]
+            o, k = b.sdiv(r, i64(kp)), b.srem(r, i64(kp))
+            row = b.add(b.mul(b.add(i64(g * og), o), i64(cg)), c)
+            return b.add(b.mul(row, i64(kp)), b.sub(i64(kp - 1), k))
+        convolve(ctx, dc, G, gy.shape[0], gy, dx, w, w_offset,
+                 dc.scratch_bytes(w.type.np_dtype.itemsize, G))
+        return
     geo = _geo(dx.shape, w.shape[2:], a)
     N, C, O = dx.shape[0], dx.shape[1], w.shape[0]
     cg, og = C // G, O // G

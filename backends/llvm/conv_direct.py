@@ -1,0 +1,366 @@
+"""Direct convolution at stride 1 on a padded grid: no im2col, no packed copy of the input.
+
+With the input of one image and group zero-padded into ``xp`` (channels x padded spatial,
+row-major) and q the flat index of an output position in the padded layout, every tap of
+the kernel reads the input at a fixed shift:
+
+    grid[o, q] = sum over r = (c, k) of w[o, r] * xp[off(r) + q],
+    off(c, k) = c * padded_plane + sum_ax k_ax * dilation_ax * padded_stride_ax
+
+so the GEMM's B operand is ``xp`` itself, read at R shifted offsets (a constant table).
+The micro-kernel keeps an MR x NR tile of ``grid`` in vector registers (the packed GEMM's
+tiling); grid positions past the right edge of the output are computed and dropped when
+the valid ones are copied out (``(padded width - out width) / padded width`` extra work,
+against im2col's R x P copy). Weights are packed once per node into MR-tall strips, in any
+order a caller gives: the input gradient (eq. 9.13) is this same convolution of the
+output gradient, padded by dilation * (k - 1) - padding, with the kernel flipped and its
+channel axes swapped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from .builder import Buf, for_range, i64, prod, row_strides, strided_nest
+from .gemm import tiling
+from .module import ALIGN
+
+
+@dataclass(frozen=True)
+class Direct:
+    """One direct convolution: ``cin`` channels of ``spatial`` padded by ``pads`` (lo, hi
+    per axis) into ``cout`` channels of ``out``."""
+    cin: int
+    cout: int
+    spatial: tuple[int, ...]
+    pads: tuple[int, ...]
+    kernel: tuple[int, ...]
+    dilation: tuple[int, ...]
+    dtype: str
+    features: str
+
+    @property
+    def padded(self) -> tuple[int, ...]:
+        return tuple(s + self.pads[2 * i] + self.pads[2 * i + 1]
+                     for i, s in enumerate(self.spatial))
+
+    @property
+    def out(self) -> tuple[int, ...]:
+        return tuple(p - d * (k - 1) for p, k, d in zip(self.padded, self.kernel, self.dilation))
+
+    @property
+    def mr(self) -> int:
+        return tiling(self.dtype, self.features).mr
+
+    @property
+    def nr(self) -> int:
+        return tiling(self.dtype, self.features).nr
+
+    @property
+    def R(self) -> int:
+        return self.cin * prod(self.kernel)
+
+    def offsets(self) -> np.ndarray:
+        """off(r) for r = (c, k) in row-major order."""
+        pst = row_strides(self.padded)
+        taps = np.zeros(self.kernel, np.int64)
+        for ax, (k, d) in enumerate(zip(self.kernel, self.dilation)):
+            view = [1] * len(self.kernel)
+            view[ax] = k
+            taps = taps + (np.arange(k) * d * pst[ax]).reshape(view)
+        return (np.arange(self.cin)[:, None] * prod(self.padded) + taps.ravel()).ravel()
+
+    @property
+    def Q(self) -> int:
+        """Grid positions from the first output to the last (the valid ones among them)."""
+        pst = row_strides(self.padded)
+        return 1 + sum((o - 1) * s for o, s in zip(self.out, pst))
+
+    @property
+    def Qpad(self) -> int:
+        return -(-self.Q // self.nr) * self.nr
+
+    # scratch, in elements, per thread: padded input, grid, packed weights
+    @property
+    def xp_elems(self) -> int:
+        return max(self.cin * prod(self.padded), int(self.offsets().max()) + self.Qpad)
+
+    @property
+    def grid_elems(self) -> int:
+        return self.cout * self.Qpad
+
+    @property
+    def wpack_elems(self) -> int:
+        return -(-self.cout // self.mr) * self.mr * self.R
+
+    def scratch_bytes(self, itemsize: int, groups: int) -> int:
+        def rnd(n):
+            return -(-n * itemsize // ALIGN) * ALIGN
+        return rnd(self.xp_elems) + rnd(self.grid_elems) + groups * rnd(self.wpack_elems)
+
+    def worth_it(self) -> bool:
+        """The grid's extra columns cost less than im2col's copy (and it fits the scratch)."""
+        waste = self.Q / max(prod(self.out), 1)
+        return waste < 2.0 and self.xp_elems < (1 << 22)
+
+
+def usable(spatial, kernel, stride, padding, dilation) -> bool:
+    return all(s == 1 for s in stride) and all(p >= 0 for p in padding) and all(
+        k >= 1 for k in kernel) and all(
+        s + padding[2 * i] + padding[2 * i + 1] - d * (k - 1) >= 1
+        for i, (s, k, d) in enumerate(zip(spatial, kernel, dilation)))
+
+
+class Scratch:
+    """This thread's padded input, grid and packed weights (typed pointers)."""
+
+    def __init__(self, ctx, dc: Direct, base: ir.Value, groups: int, itemsize: int):
+        b = ctx.b
+        elem = ir.PointerType(ir.FloatType() if dc.dtype == "float32" else ir.DoubleType())
+
+        def rnd(n):
+            return -(-n * itemsize // ALIGN) * ALIGN
+        self.xp = b.bitcast(base, elem)
+        self.grid = b.bitcast(b.gep(base, [i64(rnd(dc.xp_elems))]), elem)
+        first_w = rnd(dc.xp_elems) + rnd(dc.grid_elems)
+        self.w = [b.bitcast(b.gep(base, [i64(first_w + g * rnd(dc.wpack_elems))]), elem)
+                  for g in range(groups)]
+
+
+def thread_scratch(ctx, nbytes: int) -> ir.Value:
+    b = ctx.b
+    return b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(nbytes))])
+
+
+def zero(ctx, ptr, n: int, elem) -> None:
+    b = ctx.b
+    with for_range(b, 0, n, "dz") as i:
+        b.store(ir.Constant(elem, 0.0), b.gep(ptr, [i]))
+
+
+def pack_weights(ctx, dc: Direct, dst, w: Buf, w_offset) -> None:
+    """dst[strip][r][i] = w[w_offset(o, r)] for o = strip*MR + i (zero past cout), r < R."""
+    b, mr, R = ctx.b, dc.mr, dc.R
+    strips = -(-dc.cout // mr)
+    with for_range(b, 0, strips * mr, "wo") as o:
+        strip, i = b.sdiv(o, i64(mr)), b.srem(o, i64(mr))
+        inside = b.icmp_signed("<", o, i64(dc.cout))
+        safe_o = b.select(inside, o, i64(0))
+        with for_range(b, 0, R, "wr") as r:
+            v = w.load(b, w_offset(safe_o, r))
+            v = b.select(inside, v, ir.Constant(w.elem, 0.0))
+            at = b.add(b.mul(b.add(b.mul(strip, i64(R)), r), i64(mr)), i)
+            b.store(v, b.gep(dst, [at]))
+
+
+def load_padded(ctx, dc: Direct, src: Buf, base, xp) -> None:
+    """The interior of xp (its zero border set once per node) from ``cin`` planes of src."""
+    b = ctx.b
+    d = len(dc.spatial)
+    pst = row_strides(dc.padded)
+    sst = row_strides(dc.spatial)
+    lead = sum(dc.pads[2 * ax] * pst[ax] for ax in range(d))
+    plane_p, plane = prod(dc.padded), prod(dc.spatial)
+    shape = (dc.cin,) + dc.spatial[:-1]
+    with strided_nest(b, shape, [(plane_p,) + pst[:-1], (plane,) + sst[:-1]],
+                      [i64(lead), base]) as (xo, so):
+        with for_range(b, 0, dc.spatial[-1], "lp") as j:
+            b.store(src.load(b, b.add(so, j)), b.gep(xp, [b.add(xo, j)]))
+
+
+def compute_grid(ctx, dc: Direct, xp, wpack, grid, offs) -> None:
+    """grid[o, q] for every o < cout (MR strips) and q < Qpad (NR columns)."""
+    b, mr, nr, R = ctx.b, dc.mr, dc.nr, dc.R
+    t = tiling(dc.dtype, dc.features)
+    vw = t.vw
+    elem = ir.FloatType() if dc.dtype == "float32" else ir.DoubleType()
+    vec = ir.VectorType(elem, vw)
+    vp = ir.PointerType(vec)
+    align = 4 if dc.dtype == "float32" else 8
+    suffix = f"v{vw}{'f32' if dc.dtype == 'float32' else 'f64'}"
+    fma = ctx.module.globals.get(f"llvm.fma.{suffix}") or ir.Function(
+        ctx.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.{suffix}")
+    undef = ir.Constant(vec, ir.Undefined)
+    splat0 = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
+    nv = nr // vw
+    for strip in range(-(-dc.cout // mr)):
+        rows = min(mr, dc.cout - strip * mr)
+        wstrip = b.gep(wpack, [i64(strip * mr * R)])
+        with for_range(b, 0, dc.Qpad, "gq", nr) as q0:
+            accs = [[ctx.alloca(vec, f"g{i}_{v}") for v in range(nv)] for i in range(rows)]
+            for row in accs:
+                for a in row:
+                    b.store(ir.Constant(vec, [0.0] * vw), a)
+            with for_range(b, 0, R, "gr") as r:
+                src = b.gep(xp, [b.add(b.load(b.gep(offs, [r])), q0)])
+                bv = [b.load(b.bitcast(b.gep(src, [i64(v * vw)]), vp), align=align)
+                      for v in range(nv)]
+                wk = b.gep(wstrip, [b.mul(r, i64(mr))])
+                for i in range(rows):
+                    a = b.load(b.gep(wk, [i64(i)]))
+                    av = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(
+                        ir.IntType(32), 0)), undef, splat0)
+                    for v in range(nv):
+                        b.store(b.call(fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
+            for i in range(rows):
+                out = b.gep(grid, [b.add(i64((strip * mr + i) * dc.Qpad), q0)])
+                for v in range(nv):
+                    b.store(b.load(accs[i][v]), b.bitcast(b.gep(out, [i64(v * vw)]), vp),
+                            align=align)
+
+
+def store_valid(ctx, dc: Direct, grid, dst: Buf, base) -> None:
+    """dst[base + o*P + p] = grid[o, q(p)] for the valid output positions p."""
+    b = ctx.b
+    pst = row_strides(dc.padded)
+    ost = row_strides(dc.out)
+    P = prod(dc.out)
+    shape = (dc.cout,) + dc.out[:-1]
+    with strided_nest(b, shape, [(dc.Qpad,) + pst[:-1], (P,) + ost[:-1]],
+                      [i64(0), base]) as (go, do):
+        with for_range(b, 0, dc.out[-1], "sv") as j:
+            dst.store(b, b.add(do, j), b.load(b.gep(grid, [b.add(go, j)])))
+
+
+def convolve(ctx, dc: Direct, groups: int, images: int, src: Buf, dst: Buf, w: Buf,
+             w_offset, scratch_bytes: int) -> None:
+    """dst[n, g*cout + o] = direct conv of src[n, g*cin : (g+1)*cin] for every image n
+    (threads split the images; each packs the weights into its own scratch once)."""
+    b = ctx.b
+    sc = Scratch(ctx, dc, thread_scratch(ctx, scratch_bytes), groups, np.dtype(dc.dtype).itemsize)
+    elem = ir.FloatType() if dc.dtype == "float32" else ir.DoubleType()
+    zero(ctx, sc.xp, dc.xp_elems, elem)
+    for g in range(groups):
+        pack_weights(ctx, dc, sc.w[g], w, lambda o, r, g=g: w_offset(g, o, r))
+    offs = ctx.global_array("conv.taps", dc.offsets())
+    plane_in, plane_out = prod(dc.spatial), prod(dc.out)
+    lo, hi = ctx.split(images)
+    with for_range(b, lo, hi, "dimg") as n:
+        for g in range(groups):
+            sbase = b.mul(b.add(b.mul(n, i64(groups)), i64(g)), i64(dc.cin * plane_in))
+            load_padded(ctx, dc, src, sbase, sc.xp)
+            compute_grid(ctx, dc, sc.xp, sc.w[g], sc.grid, offs)
+            dbase = b.mul(b.add(b.mul(n, i64(groups)), i64(g)), i64(dc.cout * plane_out))
+            store_valid(ctx, dc, sc.grid, dst, dbase)
+
+
+# ---------------------------------------------------------------- the kernel gradient
+# (eq. 9.11 at stride 1) dW[o, r] = sum over images and grid positions q of
+# gy_grid[o, q] * xp[off(r) + q]: dot products along q, MO x NRR of them at a time in
+# vector registers, accumulated per lane into a per-thread buffer (lanes and threads
+# summed once at the end).
+MO, NRR = 3, 3
+
+
+def kernel_grad_bytes(dc: Direct, itemsize: int) -> int:
+    """Per thread: padded input, gy grid, lane partials of dW."""
+    vw = tiling(dc.dtype, dc.features).vw
+
+    def rnd(n):
+        return -(-n * itemsize // ALIGN) * ALIGN
+    return rnd(dc.xp_elems) + rnd(dc.grid_elems) + rnd(dc.cout * dc.R * vw)
+
+
+def load_grid(ctx, dc: Direct, src: Buf, base, grid) -> None:
+    """grid[o, q(p)] = src[base + o*P + p] (the inverse of store_valid)."""
+    b = ctx.b
+    pst = row_strides(dc.padded)
+    ost = row_strides(dc.out)
+    P = prod(dc.out)
+    with strided_nest(b, (dc.cout,) + dc.out[:-1], [(dc.Qpad,) + pst[:-1], (P,) + ost[:-1]],
+                      [i64(0), base]) as (go, so):
+        with for_range(b, 0, dc.out[-1], "lg") as j:
+            b.store(src.load(b, b.add(so, j)), b.gep(grid, [b.add(go, j)]))
+
+
+def kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf, dw: Buf,
+                    nbytes: int) -> None:
+    b = ctx.b
+    itemsize = np.dtype(dc.dtype).itemsize
+    vw = tiling(dc.dtype, dc.features).vw
+    elem = ir.FloatType() if dc.dtype == "float32" else ir.DoubleType()
+    vec = ir.VectorType(elem, vw)
+
+    def rnd(n):
+        return -(-n * itemsize // ALIGN) * ALIGN
+    base = thread_scratch(ctx, nbytes)
+    ep = ir.PointerType(elem)
+    xp = b.bitcast(base, ep)
+    grid = b.bitcast(b.gep(base, [i64(rnd(dc.xp_elems))]), ep)
+    lanes = b.bitcast(b.gep(base, [i64(rnd(dc.xp_elems) + rnd(dc.grid_elems))]), ep)
+    R, og = dc.R, dc.cout
+    offs = ctx.global_array("conv.taps", dc.offsets())
+    plane_in, plane_out = prod(dc.spatial), prod(dc.out)
+    for g in range(groups):
+        zero(ctx, xp, dc.xp_elems, elem)
+        zero(ctx, grid, dc.grid_elems, elem)
+        zero(ctx, lanes, og * R * vw, elem)
+        lo, hi = ctx.split(images)
+        with for_range(b, lo, hi, "kimg") as n:
+            load_padded(ctx, dc, x, b.mul(b.add(b.mul(n, i64(groups)), i64(g)),
+                                          i64(dc.cin * plane_in)), xp)
+            load_grid(ctx, dc, gy, b.mul(b.add(b.mul(n, i64(groups)), i64(g)),
+                                         i64(og * plane_out)), grid)
+            _dot_tiles(ctx, dc, xp, grid, lanes, offs, vec)
+        ctx.barrier()
+        _sum_lanes(ctx, dc, lanes, nbytes, rnd(dc.xp_elems) + rnd(dc.grid_elems), dw,
+                   g * og * R, vw, elem)
+        ctx.barrier()
+
+
+def _dot_tiles(ctx, dc: Direct, xp, grid, lanes, offs, vec) -> None:
+    b, R, og, vw = ctx.b, dc.R, dc.cout, vec.count
+    vp = ir.PointerType(vec)
+    align = 4 if dc.dtype == "float32" else 8
+    zero_v = ir.Constant(vec, [0.0] * vw)
+
+    def block(o0: int, rows: int, r0, cols: int) -> None:
+        accs = [[ctx.alloca(vec, f"k{i}_{j}") for j in range(cols)] for i in range(rows)]
+        for row in accs:
+            for a in row:
+                b.store(zero_v, a)
+        xrows = [b.gep(xp, [b.load(b.gep(offs, [b.add(r0, i64(j))]))]) for j in range(cols)]
+        grows = [b.gep(grid, [i64((o0 + i) * dc.Qpad)]) for i in range(rows)]
+        with for_range(b, 0, dc.Qpad, "kq", vw) as q:
+            xv = [b.load(b.bitcast(b.gep(p, [q]), vp), align=align) for p in xrows]
+            for i in range(rows):
+                gv = b.load(b.bitcast(b.gep(grows[i], [q]), vp), align=align)
+                for j in range(cols):
+                    prod_ = b.fmul(gv, xv[j])
+                    s = b.fadd(b.load(accs[i][j]), prod_)
+                    s.flags.append("contract")
+                    b.store(s, accs[i][j])
+        for i in range(rows):
+            for j in range(cols):
+                at = b.mul(b.add(i64((o0 + i) * R), b.add(r0, i64(j))), i64(vw))
+                p = b.bitcast(b.gep(lanes, [at]), vp)
+                b.store(b.fadd(b.load(p, align=align), b.load(accs[i][j])), p, align=align)
+
+    full, tail = divmod(R, NRR)
+    for o0 in range(0, og, MO):
+        rows = min(MO, og - o0)
+        if full:
+            with for_range(b, 0, full * NRR, "kr", NRR) as r0:
+                block(o0, rows, r0, NRR)
+        if tail:
+            block(o0, rows, i64(full * NRR), tail)
+
+
+def _sum_lanes(ctx, dc: Direct, lanes, nbytes: int, first: int, dw: Buf, dbase: int, vw: int,
+               elem) -> None:
+    """dw[dbase + e] = sum over threads and lanes of lanes_t[e, :] (entries split)."""
+    b = ctx.b
+    n = dc.cout * dc.R
+    lo, hi = ctx.split(n)
+    nt = ctx.nthreads if not ctx.single else i64(1)
+    acc = ctx.alloca(elem, "ksum")
+    with for_range(b, lo, hi, "ke") as e:
+        b.store(ir.Constant(elem, 0.0), acc)
+        with for_range(b, 0, nt, "kt") as t:
+            raw = b.gep(ctx.node_scratch, [b.add(b.mul(t, i64(nbytes)), i64(first))])
+            p = b.gep(b.bitcast(raw, ir.PointerType(elem)), [b.mul(e, i64(vw))])
+            for lane in range(vw):
+                b.store(b.fadd(b.load(acc), b.load(b.gep(p, [i64(lane)]))), acc)
+        dw.store(b, b.add(i64(dbase), e), b.load(acc))
