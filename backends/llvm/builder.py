@@ -97,8 +97,9 @@ class Buf:
 
 @contextmanager
 def for_range(b: ir.IRBuilder, start, stop, name: str = "i",
-              step: int = 1) -> Iterator[ir.Value]:
-    """``for i in range(start, stop, step)`` (step > 0); yields i (i64)."""
+              step: int | ir.Value = 1) -> Iterator[ir.Value]:
+    """``for i in range(start, stop, step)`` (step > 0, a constant or an i64 value); yields
+    i (i64)."""
     start = i64(start) if isinstance(start, int) else start
     stop = i64(stop) if isinstance(stop, int) else stop
     pre = b.block
@@ -112,7 +113,8 @@ def for_range(b: ir.IRBuilder, start, stop, name: str = "i",
     b.cbranch(b.icmp_signed("<", idx, stop), body, end)
     b.position_at_end(body)
     yield idx
-    nxt = b.add(idx, i64(step), name=f"{name}.next", flags=("nsw",))
+    nxt = b.add(idx, i64(step) if isinstance(step, int) else step, name=f"{name}.next",
+                flags=("nsw",))
     idx.add_incoming(nxt, b.block)
     b.branch(cond)
     b.position_at_end(end)

@@ -102,8 +102,12 @@ class _GemmBuilder:
         ap = b.gep(bp, [i64(KC * (NC + t.nr))], inbounds=True)
         with for_range(b, 0, N, "jc", NC) as jc:
             nc = _min(b, i64(NC), b.sub(N, jc))
-            with for_range(b, 0, K, "pc", KC) as pc:
-                kc = _min(b, i64(KC), b.sub(K, pc))
+            # K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16: a thin last
+            # block would cost a whole pass over C for a few multiply-adds)
+            kblocks = b.sdiv(b.add(K, i64(KC - 1)), i64(KC))
+            kstep = b.sdiv(b.add(K, b.sub(kblocks, i64(1))), kblocks)
+            with for_range(b, 0, K, "pc", kstep) as pc:
+                kc = _min(b, kstep, b.sub(K, pc))
                 first = b.and_(b.icmp_signed("==", pc, i64(0)),
                                b.icmp_signed("==", accumulate, i64(0)))
                 bsrc = b.gep(B, [b.add(b.mul(pc, rsb), b.mul(jc, csb))])
