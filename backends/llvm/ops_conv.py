@@ -229,7 +229,7 @@ def _direct_forward(node, threads, features):
 def _conv(ctx, node, ins, outs):
     (x, w), (y,) = ins, outs
     G = node.attrs["groups"]
-    dc = _direct_forward(node, 1 if ctx.single else ctx.max_threads, ctx.features)
+    dc = _direct_forward(node, ctx.max_threads, ctx.features)
     if dc is not None:
         R = dc.R
         convolve(ctx, dc, G, x.shape[0], x, y, w,
@@ -314,7 +314,7 @@ def _conv_kernel_grad(ctx, node, ins, outs):
     (x, gy), (dw,) = ins, outs
     a = node.attrs
     G = a["groups"]
-    dc = _direct_kernel_grad(node, 1 if ctx.single else ctx.max_threads, ctx.features)
+    dc = _direct_kernel_grad(node, ctx.max_threads, ctx.features)
     if dc is not None:
         kernel_gradient(ctx, dc, G, x.shape[0], x, gy, dw,
                         kernel_grad_bytes(dc, x.type.np_dtype.itemsize))
@@ -439,7 +439,7 @@ def _conv_input_grad(ctx, node, ins, outs):
     (w, gy), (dx,) = ins, outs
     a = node.attrs
     G = a["groups"]
-    dc = _direct_input_grad(node, 1 if ctx.single else ctx.max_threads, ctx.features)
+    dc = _direct_input_grad(node, ctx.max_threads, ctx.features)
     if dc is not None:
         b, kp = ctx.b, prod(w.shape[2:])
         og, cg = dc.cin, dc.cout
