@@ -209,9 +209,11 @@ scratch("conv", "conv_fft")(_conv_scratch)
 
 def _direct(x_shape, cin, cout, kernel, pads, a, dtype, features, threads):
     """The direct (grid) convolution when it applies and pays, else None: stride 1, a float
-    type, at least one image per thread, little wasted grid."""
+    type, at least one image per thread, little wasted grid, not a 1x1 kernel (its input
+    is already the GEMM operand)."""
     if (dtype not in ("float32", "float64") or x_shape[0] < threads
-            or not usable(x_shape[2:], kernel, a["stride"], pads, a["dilation"])):
+            or not usable(x_shape[2:], kernel, a["stride"], pads, a["dilation"])
+            or (all(k == 1 for k in kernel) and not any(pads))):    # 1x1: a plain GEMM
         return None
     dc = Direct(cin, cout, tuple(x_shape[2:]), tuple(pads), tuple(kernel),
                 tuple(a["dilation"]), dtype, features)
