@@ -529,6 +529,45 @@ def test_one_executable_called_from_several_python_threads():
         np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
 
 
+def test_native_workers_across_executables_threads_sleep_and_fork():
+    """Threads 1..n-1 run on native workers shared by every executable: several executables
+    called at once from Python threads, a run after the workers went to sleep (futex), and
+    a run in a forked child (which must start workers of its own) all give right answers."""
+    import os
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    exes = [backends.compile(one("matmul", TensorType((m, 64)), TensorType((64, 48))), "llvm",
+                             threads=2) for m in (30, 31, 32)]
+    assert all(e.plan.parallel for e in exes)
+    b = RNG.standard_normal((64, 48)).astype(np.float32)
+    xs = [RNG.standard_normal((e.graph.inputs[0].shape)).astype(np.float32) for e in exes]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda k: exes[k % 3](xs[k % 3], b)[0], range(30)))
+    for k, c in enumerate(got):
+        np.testing.assert_allclose(c, xs[k % 3] @ b, rtol=1e-4, atol=1e-4)
+    time.sleep(0.05)                      # past the spin: the workers sleep in futex
+    np.testing.assert_allclose(exes[0](xs[0], b)[0], xs[0] @ b, rtol=1e-4, atol=1e-4)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                           # the child: only this thread survived the fork
+        try:
+            os.write(w, exes[1](xs[1], b)[0].tobytes())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    deadline = time.time() + 60
+    while len(data) < xs[1].shape[0] * 48 * 4 and time.time() < deadline:
+        chunk = os.read(r, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    got = np.frombuffer(data, np.float32).reshape(xs[1].shape[0], 48)
+    np.testing.assert_allclose(got, xs[1] @ b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn", "rnn", "cnn_train", "rnn_train"])
 def test_golden_models_stay_inside_guarded_buffers(name):
     """Every op of the golden models (conv, batch norm, pools, scan, their gradients, Adam)

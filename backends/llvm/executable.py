@@ -4,7 +4,6 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -38,7 +37,6 @@ class LLVMExecutable(Executable):
         self._ctl = np.zeros(4 + (len(graph.nodes) if plan.profile else 0), np.int64)
         self._profiled_s = 0.0
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
         self._ir: str | None = None
 
     # ---------------------------------------------------------------- running
@@ -118,10 +116,9 @@ class LLVMExecutable(Executable):
         if n == 1:
             fn(table, 0, 1)
             return
-        futures = [self._pool.submit(fn, table, t, n) for t in range(1, n)]
-        fn(table, 0, n)
-        for f in futures:
-            f.result()
+        from .workers import workers
+        workers().run(ctypes.cast(fn, ctypes.c_void_p).value, table, n,
+                      lambda: fn(table, 0, n))
 
     def _raise(self, code: int, node_index: int, args) -> None:
         node = self.graph.nodes[node_index] if 0 <= node_index < len(self.graph.nodes) else None
@@ -187,8 +184,3 @@ class LLVMExecutable(Executable):
 
     def source(self) -> str:
         return self.llvm_ir()
-
-    def __del__(self):
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=False)

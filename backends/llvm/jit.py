@@ -142,31 +142,41 @@ def emit_assembly(mod, opt: int = 3) -> str:
     return target_machine(opt).emit_assembly(mod)
 
 
-@lru_cache(maxsize=None)
-def runtime_object() -> bytes:
-    """The shared kernels (GEMM) for this CPU, compiled once and cached on disk."""
-    from .gemm import runtime_module
-    triple, _, features = host()
-    key = cache_key("irgraph runtime", {})
+def compiled_module(name: str, make) -> bytes:
+    """Object code of the module ``make(triple)`` builds (runtime code that depends only on
+    the target), compiled once and cached on disk under ``name``."""
+    triple, _, _ = host()
+    key = cache_key(name, {})
     obj = cache_load(key)
     if obj is None:
-        obj = emit_object(optimize(str(runtime_module(features, triple))))
+        obj = emit_object(optimize(str(make(triple))))
         cache_store(key, obj)
     return obj
 
 
+@lru_cache(maxsize=None)
+def runtime_object() -> bytes:
+    """The shared kernels (GEMM) for this CPU, compiled once and cached on disk."""
+    from .gemm import runtime_module
+    features = host()[2]
+    return compiled_module("irgraph runtime", lambda triple: runtime_module(features, triple))
+
+
 class Loaded:
     """Object code (plus the runtime kernels) loaded into its own MCJIT engine; keeps the
-    engine alive with the function."""
+    engine alive with the function (``symbol``; None: look symbols up in ``engine``)."""
 
-    def __init__(self, obj: bytes, symbol: str, opt: int = 3):
+    def __init__(self, obj: bytes, symbol: str | None, opt: int = 3):
         _init()
         # an engine owns its target machine: give it a fresh one
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
                                                  new_target_machine(opt))
-        self.engine.add_object_file(llvm.ObjectFileRef.from_data(runtime_object()))
+        if symbol is not None:
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(runtime_object()))
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
+        if symbol is None:
+            return
         addr = self.engine.get_function_address(symbol)
         if not addr:
             raise RuntimeError(f"llvm backend: symbol {symbol!r} missing from the object code")
