@@ -115,8 +115,15 @@ class _GemmBuilder:
                 with for_range(b, 0, M, "ic", MC) as ic:
                     mc = _min(b, i64(MC), b.sub(M, ic))
                     asrc = b.gep(A, [b.add(b.mul(ic, rsa), b.mul(pc, csa))])
-                    self.pack(ap, asrc, rsa, csa, mc, kc, t.mr)
-                    self.macro(ap, bp, C, ldc, ic, jc, mc, nc, kc, first)
+                    # a row-major A is read in place (MR row streams, broadcast loads):
+                    # no packing, which both threads would do for all of A
+                    with b.if_else(b.icmp_signed("==", csa, i64(1))) as (rows, other):
+                        with rows:
+                            self.macro(asrc, bp, C, ldc, ic, jc, mc, nc, kc, first,
+                                       a_rows=(rsa, i64(1)))
+                        with other:
+                            self.pack(ap, asrc, rsa, csa, mc, kc, t.mr)
+                            self.macro(ap, bp, C, ldc, ic, jc, mc, nc, kc, first)
         b.ret_void()
 
     def pack(self, dst, src, s_strip, s_k, n, kc, w: int) -> None:
@@ -163,19 +170,24 @@ class _GemmBuilder:
                     v = b.load(b.gep(src, [b.add(at, b.mul(i64(r), s_strip))]))
                     b.store(v, b.gep(row, [i64(r)]))
 
-    def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first) -> None:
+    def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first, a_rows=None) -> None:
+        """``a_rows`` = (row stride, k stride): A read in place instead of packed strips."""
         b, t = self.b, self.t
         with for_range(b, 0, nc, "jr", t.nr) as jr:
             bpanel = b.gep(bp, [b.mul(jr, kc)])
             nr = _min(b, i64(t.nr), b.sub(nc, jr))
             with for_range(b, 0, mc, "ir", t.mr) as ir_:
-                apanel = b.gep(ap, [b.mul(ir_, kc)])
                 mr = _min(b, i64(t.mr), b.sub(mc, ir_))
+                if a_rows is None:
+                    apanel, a_at = b.gep(ap, [b.mul(ir_, kc)]), None
+                else:
+                    apanel = b.gep(ap, [b.mul(ir_, a_rows[0])])
+                    a_at = (a_rows, mr)
                 row = b.add(ic, ir_)
                 cptr = b.gep(C, [b.add(b.mul(row, ldc), b.add(jc, jr))])
-                self.micro(apanel, bpanel, cptr, ldc, kc, mr, nr, first)
+                self.micro(apanel, bpanel, cptr, ldc, kc, mr, nr, first, a_at)
 
-    def micro(self, apanel, bpanel, cptr, ldc, kc, mr, nr, first) -> None:
+    def micro(self, apanel, bpanel, cptr, ldc, kc, mr, nr, first, a_at=None) -> None:
         b, t = self.b, self.t
         nv = t.nr // t.vw
         vp = ir.PointerType(self.vec)
@@ -189,13 +201,18 @@ class _GemmBuilder:
             self.module, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.{suffix}")
         mask = ir.Constant(ir.VectorType(I32, t.vw), [0] * t.vw)
         undef = ir.Constant(self.vec, ir.Undefined)
+        if a_at is not None:        # rows of A in place; a partial tile re-reads its last row
+            (rs, ks), mr_ = a_at
+            rows = [b.gep(apanel, [b.mul(_min(b, i64(i), b.sub(mr_, i64(1))), rs)])
+                    for i in range(t.mr)]
         with for_range(b, 0, kc, "k") as k:
             bk = b.gep(bpanel, [b.mul(k, i64(t.nr))])
             bv = [b.load(b.bitcast(b.gep(bk, [i64(v * t.vw)]), vp), align=self.elem_align())
                   for v in range(nv)]
-            ak = b.gep(apanel, [b.mul(k, i64(t.mr))])
+            if a_at is None:
+                ak = b.gep(apanel, [b.mul(k, i64(t.mr))])
             for i in range(t.mr):
-                a = b.load(b.gep(ak, [i64(i)]))
+                a = b.load(b.gep(ak, [i64(i)]) if a_at is None else b.gep(rows[i], [k]))
                 av = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I32, 0)), undef, mask)
                 for v in range(nv):
                     b.store(b.call(fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
