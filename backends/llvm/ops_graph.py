@@ -232,11 +232,15 @@ def _reduction_region(ctx, body: Graph, args, res) -> bool:
     bp = plan(body, ctx.features, ctx.max_threads)
     bufs = buffers(ctx, bp, args, res, ctx.node_scratch)
     sources = list(dict.fromkeys(v for n in pro for v in n.inputs if v not in made))
+    x = red.inputs[0]
+    if x not in written and any(v.shape != shape for v in sources):
+        # evaluating a broadcasting prologue per element read would cost an index
+        # decomposition per element: one vector nest writes the reduced value instead
+        written = written + [x]
     if written:            # results of shape S: one nest writes them all
         _one_loop_nest(ctx, _Region(pro), sources, written, [bufs[v] for v in sources],
                        [bufs[v] for v in written])
         ctx.barrier()
-    x = red.inputs[0]
     src = bufs[x] if x in written else _Computed(ctx, pro, x, sources,
                                                  [bufs[v] for v in sources])
     get_lowering(red).fn(ctx, red, [src], [bufs[red.outputs[0]]])
