@@ -1,8 +1,9 @@
 """``frontend.F`` pooling (section 9.3), maxout and batch normalization (section 8.7.1), with
 ``torch.nn.functional``'s names and arguments (re-exported by functional.py).
 
-``return_indices=True`` of the max pools is not supported (the IR has no index-returning
-pool op); asking for it raises a clear error.
+``return_indices=True`` of the max pools returns, as PyTorch, the flat index of each
+window's maximum within its input plane (int64): ``max_pool_select`` reads a tensor of
+plane positions at the positions ``max_pool`` picks (same ties and NaN rule).
 """
 from __future__ import annotations
 
@@ -30,10 +31,21 @@ def _pool_args(kernel_size, stride, padding, d: int, name: str):
     return k, st, pads
 
 
-def _no_indices(return_indices: bool, name: str) -> None:
-    if return_indices:
-        raise NotImplementedError(f"{name}(return_indices=True) is not supported: the IR's "
-                                  f"max pools return values only")
+def _max_indices(x: Tensor, name: str, select: str = "max_pool_select", **attrs) -> Tensor:
+    """torch's ``return_indices``: the flat position within the (spatial) plane of each
+    window's maximum, as int64 (``select``: the op reading values where the pool picks)."""
+    spatial = x.shape[2:]
+    plane = int(np.prod(spatial))
+    dt = x.dtype
+    if plane > (1 << 24 if dt == "float32" else 1 << 53):
+        raise ValueError(f"{name}(return_indices=True): a plane of {plane} positions is too "
+                         f"large to index exactly in {dt}")
+    pos = None
+    for ax, st in enumerate(np.cumprod((1,) + spatial[::-1])[-2::-1]):
+        term = x.tracer.emit("iota", shape=x.shape, axis=2 + ax, dtype=dt)
+        term = term * float(st) if st != 1 else term
+        pos = term if pos is None else pos + term
+    return _F().cast(_emit(select, x, pos, **attrs), "int64")
 
 
 # ---------------------------------------------------------------- max, average, Lp
@@ -41,12 +53,14 @@ def max_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=F
              return_indices=False, *, dim: int) -> Tensor:
     """Max pooling; the gradient goes to the first maximum of each window (PyTorch's rule)."""
     name = f"max_pool{dim}d"
-    _no_indices(return_indices, name)
     x, squeeze = _batched(input, dim, name)
     k, st, pads = _pool_args(kernel_size, stride, padding, dim, name)
-    y = _emit("max_pool", x, kernel_size=k, stride=st, padding=pads,
-              dilation=_tuple(dilation, dim, "dilation"), ceil_mode=bool(ceil_mode))
-    return _unbatch(y, squeeze)
+    attrs = dict(kernel_size=k, stride=st, padding=pads,
+                 dilation=_tuple(dilation, dim, "dilation"), ceil_mode=bool(ceil_mode))
+    y = _unbatch(_emit("max_pool", x, **attrs), squeeze)
+    if return_indices:
+        return y, _unbatch(_max_indices(x, name, **attrs), squeeze)
+    return y
 
 
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -120,13 +134,17 @@ def lp_pool3d(input, norm_type, kernel_size, stride=None, ceil_mode=False) -> Te
 
 
 # ---------------------------------------------------------------- adaptive and global
-def _adaptive(op: str, input, output_size, dim: int) -> Tensor:
+def _adaptive(op: str, input, output_size, dim: int, return_indices: bool = False):
     x, squeeze = _batched(input, dim, f"{op}{dim}d")
     if isinstance(output_size, int) or output_size is None:
         output_size = (output_size,) * dim
     size = tuple(x.shape[2 + i] if s is None else int(s)
                  for i, s in enumerate(_fill(output_size, dim)))
-    return _unbatch(_emit(op, x, output_size=size), squeeze)
+    y = _unbatch(_emit(op, x, output_size=size), squeeze)
+    if return_indices:
+        return y, _unbatch(_max_indices(x, f"{op}{dim}d", "adaptive_max_pool_select",
+                                        output_size=size), squeeze)
+    return y
 
 
 def _fill(sizes, d: int):
@@ -149,18 +167,15 @@ def adaptive_avg_pool3d(input, output_size) -> Tensor:
 
 
 def adaptive_max_pool1d(input, output_size, return_indices=False) -> Tensor:
-    _no_indices(return_indices, "adaptive_max_pool1d")
-    return _adaptive("adaptive_max_pool", input, output_size, 1)
+    return _adaptive("adaptive_max_pool", input, output_size, 1, return_indices)
 
 
 def adaptive_max_pool2d(input, output_size, return_indices=False) -> Tensor:
-    _no_indices(return_indices, "adaptive_max_pool2d")
-    return _adaptive("adaptive_max_pool", input, output_size, 2)
+    return _adaptive("adaptive_max_pool", input, output_size, 2, return_indices)
 
 
 def adaptive_max_pool3d(input, output_size, return_indices=False) -> Tensor:
-    _no_indices(return_indices, "adaptive_max_pool3d")
-    return _adaptive("adaptive_max_pool", input, output_size, 3)
+    return _adaptive("adaptive_max_pool", input, output_size, 3, return_indices)
 
 
 def global_avg_pool(input, keepdim: bool = False) -> Tensor:

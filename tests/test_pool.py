@@ -171,8 +171,6 @@ def test_pool_layers_match_torch_modules(cls, tcls, args, kw, xs):
 def test_pool_errors_are_clear():
     with pytest.raises(Exception, match="at most half"):
         fe.trace(lambda x: F.max_pool2d(x, 2, padding=2), fe.TensorSpec((1, 1, 6, 6)))
-    with pytest.raises(NotImplementedError, match="return_indices"):
-        fe.trace(lambda x: F.max_pool1d(x, 2, return_indices=True), fe.TensorSpec((1, 1, 6)))
     with pytest.raises(ValueError, match="expects"):
         fe.trace(lambda x: F.avg_pool2d(x, 2), fe.TensorSpec((6,)))
 
@@ -198,3 +196,32 @@ def test_random_pool_configurations_match_torch(xs, kw):
         fn = f"{name}{d}d"
         compare(lambda x: getattr(F, fn)(x, **kw, **extra),
                 lambda x: getattr(TF, fn)(x, **kw, **extra), [x])
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
+@pytest.mark.parametrize("xs,kw", MAX[:2] + MAX[3:4] + MAX[6:] + [
+    ((2, 3, 9, 11), dict(output_size=(4, 3))), ((1, 2, 10), dict(output_size=3))])
+def test_return_indices_match_torch(xs, kw, backend):
+    """max_pool{1,2,3}d and adaptive_max_pool with return_indices=True: the values and the
+    flat in-plane positions of each maximum (int64) as torch, with ties (the first maximum
+    in window order) on every backend; the values still have their gradient."""
+    d = len(xs) - 2
+    name = ("adaptive_max_pool" if "output_size" in kw else "max_pool") + f"{d}d"
+    x = np.round(np.random.default_rng(3).standard_normal(xs) * 2).astype(np.float32)
+
+    def fn(t):
+        y, i = getattr(F, name)(t, **kw, return_indices=True)
+        return y, i, F.sum(y * y)
+    y, idx, _ = fe.compile(fn, fe.TensorSpec(xs), backend=backend)(x)
+    ty, ti = getattr(TF, name)(torch.tensor(x), **kw, return_indices=True)
+    assert idx.dtype == np.int64
+    np.testing.assert_array_equal(y, ty.numpy())
+    np.testing.assert_array_equal(idx, ti.numpy())
+    g = fe.grad(lambda t: fn(t)[2], fe.TensorSpec(xs), backend=backend)
+    tx = torch.tensor(x, requires_grad=True)
+    (getattr(TF, name)(tx, **kw, return_indices=True)[0] ** 2).sum().backward()
+    np.testing.assert_allclose(g(x), tx.grad.numpy(), rtol=1e-6)
+    layer = (nn.AdaptiveMaxPool1d if d == 1 else nn.AdaptiveMaxPool2d) if "output_size" in kw \
+        else getattr(nn, f"MaxPool{d}d")
+    out = fe.compile(layer(**kw, return_indices=True), fe.TensorSpec(xs), backend=backend)(x)
+    np.testing.assert_array_equal(out[1], ti.numpy())
