@@ -231,6 +231,20 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return y
 
 
+def batch_norm_stats(input, running_mean, running_var, weight, bias, eps):
+    """Training-mode batch normalization that returns (y, batch mean, unbiased batch
+    variance) and records no state update (the caller averages them: momentum=None)."""
+    F = _F()
+    x = F.as_tensor(input)
+    c = x.shape[1]
+    rm, rv = F.as_tensor(running_mean, x), F.as_tensor(running_var, x)
+    g = F.as_tensor(_np_full(c, 1.0, x) if weight is None else weight, x)
+    b = F.as_tensor(_np_full(c, 0.0, x) if bias is None else bias, x)
+    # momentum 1: the op's "running averages" are the batch statistics themselves
+    return _emit("batch_norm", x, g, b, rm, rv, training=True, eps=float(eps), momentum=1.0,
+                 axis=1)
+
+
 def _is_buffer(v) -> bool:
     """A module's Parameter/buffer (not a traced tensor, not a plain array)."""
     return (v is not None and not isinstance(v, Tensor) and hasattr(v, "requires_grad")

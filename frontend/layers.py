@@ -313,8 +313,6 @@ class _BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True):
         super().__init__()
-        if momentum is None:
-            raise NotImplementedError("momentum=None (cumulative average) is not supported")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.weight = Parameter(np.ones(num_features, np.float32)) if affine else None
@@ -322,6 +320,7 @@ class _BatchNorm(Module):
         if track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, np.float32))
             self.register_buffer("running_var", np.ones(num_features, np.float32))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
     def forward(self, x):
         x = F.as_tensor(x)
@@ -333,9 +332,26 @@ class _BatchNorm(Module):
                              f"channels (input shape {x.shape})")
         stats = self.track_running_stats
         use_batch = self.training or not stats
-        return F.batch_norm(x, self.running_mean if stats else None,
-                            self.running_var if stats else None, self.weight, self.bias,
-                            use_batch, self.momentum, self.eps)
+        if not (stats and self.training):
+            return F.batch_norm(x, self.running_mean if stats else None,
+                                self.running_var if stats else None, self.weight, self.bias,
+                                use_batch, 0.1 if self.momentum is None else self.momentum,
+                                self.eps)
+        # training with running statistics: PyTorch counts the batches, and momentum=None
+        # makes the running averages cumulative (factor 1 / batches seen so far)
+        tracer = x.tracer
+        count = F.add(F.as_tensor(self.num_batches_tracked, x), 1)
+        tracer.update_state(self.num_batches_tracked, count)
+        if self.momentum is not None:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                True, self.momentum, self.eps)
+        y, mean, var = FP.batch_norm_stats(x, self.running_mean, self.running_var,
+                                           self.weight, self.bias, self.eps)
+        factor = F.div(1.0, F.cast(count, x.dtype))
+        for buf, stat in ((self.running_mean, mean), (self.running_var, var)):
+            old = F.as_tensor(buf, x)
+            tracer.update_state(buf, F.add(old, F.mul(F.sub(stat, old), factor)))
+        return y
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

@@ -92,14 +92,19 @@ def test_second_order_through_the_batch_statistics_matches_torch():
                                          (nn.BatchNorm1d, torch.nn.BatchNorm1d, (3, 4, 5)),
                                          (nn.BatchNorm2d, torch.nn.BatchNorm2d, (2, 4, 3, 5)),
                                          (nn.BatchNorm3d, torch.nn.BatchNorm3d, (2, 4, 2, 3, 2))])
-def test_module_training_updates_running_averages_and_eval_uses_them(cls, tcls, xs):
-    ours_m, theirs = cls(4, momentum=0.3), tcls(4, momentum=0.3)
+@pytest.mark.parametrize("momentum,backend", [(0.3, "reference"), (None, "reference"),
+                                              (None, "llvm"), (None, "triton")])
+def test_module_training_updates_running_averages_and_eval_uses_them(cls, tcls, xs, momentum,
+                                                                     backend):
+    """r' = (1 - m) r + m stat, or with momentum=None the cumulative average (m = 1 / the
+    batches seen, counted in num_batches_tracked as torch), then eval uses r."""
+    ours_m, theirs = cls(4, momentum=momentum), tcls(4, momentum=momentum)
     with torch.no_grad():
         theirs.weight.copy_(torch.linspace(0.5, 2, 4))
         theirs.bias.copy_(torch.linspace(-1, 1, 4))
     ours_m.weight.data[:] = theirs.weight.detach().numpy()
     ours_m.bias.data[:] = theirs.bias.detach().numpy()
-    step = fe.compile(ours_m, fe.TensorSpec(xs))
+    step = fe.compile(ours_m, fe.TensorSpec(xs), backend=backend)
     for seed in range(3):
         x = (rand(*xs, seed=seed) * 2 + 1).astype(np.float32)
         np.testing.assert_allclose(step(x), theirs(torch.tensor(x)).detach().numpy(),
@@ -108,9 +113,10 @@ def test_module_training_updates_running_averages_and_eval_uses_them(cls, tcls, 
                                    rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ours_m.running_var.data, theirs.running_var.numpy(),
                                    rtol=1e-5, atol=1e-6)
+        assert ours_m.num_batches_tracked.data == theirs.num_batches_tracked.item()
     ours_m.eval()
     theirs.eval()
-    infer = fe.compile(ours_m, fe.TensorSpec(xs))
+    infer = fe.compile(ours_m, fe.TensorSpec(xs), backend=backend)
     x = rand(*xs, seed=9).astype(np.float32)
     before = ours_m.running_mean.data.copy()
     np.testing.assert_allclose(infer(x), theirs(torch.tensor(x)).detach().numpy(), rtol=1e-4,

@@ -217,7 +217,8 @@ def test_batch_norm_running_statistics_are_step_outputs(layer):
     model = nn.Sequential(layer(3), nn.Linear(3, 2))
     opt = optim.SGD(lr=0.1)
     step = compile_train(model, nn.CrossEntropyLoss(), opt, X, Y, pipeline=[])
-    assert step.layout.buffer_updates == ["0.running_mean", "0.running_var"]
+    counted = ["0.num_batches_tracked"] if layer is nn.BatchNorm1d else []   # as torch's
+    assert step.layout.buffer_updates == counted + ["0.running_mean", "0.running_var"]
     assert step.layout.trainable == ["0.weight", "0.bias", "1.weight", "1.bias"]
     bn = [n for n in step.graph.nodes if n.op == "batch_norm"]
     assert len(bn) == 1 and bn[0].attrs["training"] is True
@@ -229,6 +230,9 @@ def test_batch_norm_running_statistics_are_step_outputs(layer):
     np.testing.assert_allclose(model[0].running_var.data, 0.9 + 0.1 * x.var(0, ddof=1),
                                rtol=1e-5)
     assert set(opt.state) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    if counted:
+        step(x, y)
+        assert model[0].num_batches_tracked.data == 2
 
 
 def test_batch_norm_eval_mode_is_compiled_without_updates():
