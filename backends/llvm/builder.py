@@ -152,3 +152,13 @@ def ceil_div(a: int, b: int) -> int:
 
 def prod(xs: Sequence[int]) -> int:
     return int(math.prod(xs))
+
+
+def cpu_relax(b: ir.IRBuilder, module: ir.Module) -> None:
+    """A spin-wait hint (x86 ``pause``: saves power, yields the core's other hyperthread);
+    nothing on other targets."""
+    if not module.triple.startswith(("x86_64", "i686")):
+        return
+    name = "llvm.x86.sse2.pause"
+    fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(VOID, []), name)
+    b.call(fn, [])

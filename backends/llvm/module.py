@@ -18,7 +18,7 @@ from llvmlite import ir
 
 from irgraph import Graph, Value
 
-from .builder import I64, PTR, STORAGE, VOID, Buf, i64
+from .builder import I64, PTR, STORAGE, VOID, Buf, cpu_relax, i64
 from .gemm import workspace_bytes
 from .lowering import SAME_INDEX, SCRATCH, Ctx, get_lowering, load_ptr
 
@@ -420,8 +420,13 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
     ctx.b.call(fn, ptrs + extra)
 
 
+BARRIER_SPIN = 2000      # pause iterations before a waiting thread starts yielding its core
+
+
 def barrier_fn(module: ir.Module) -> ir.Function:
-    """A sense-counting spin barrier on ctl[2] (arrivals) and ctl[3] (generation)."""
+    """A sense-counting spin barrier on ctl[2] (arrivals) and ctl[3] (generation). A waiter
+    spins with ``pause`` first (the others are usually microseconds away), then calls
+    ``sched_yield`` each round (a thread that lost its core gets it back)."""
     name = "irgraph.barrier"
     if name in module.globals:
         return module.globals[name]
@@ -429,6 +434,8 @@ def barrier_fn(module: ir.Module) -> ir.Function:
     fn.linkage = "internal"
     ctl, n = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    tries = b.alloca(I64, name="tries")
+    b.store(i64(0), tries)
     count, gen_p = b.gep(ctl, [i64(2)]), b.gep(ctl, [i64(3)])
     gen = b.load_atomic(gen_p, "acquire", 8)
     arrived = b.atomic_rmw("add", count, i64(1), "acq_rel")
@@ -442,12 +449,19 @@ def barrier_fn(module: ir.Module) -> ir.Function:
     b.atomic_rmw("add", gen_p, i64(1), "release")
     b.branch(done)
     b.position_at_end(wait)
-    yield_fn = ir.Function(module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+    yield_fn = module.globals.get("sched_yield") or ir.Function(
+        module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
     now = b.load_atomic(gen_p, "acquire", 8)
     spin = fn.append_basic_block("spin")
     b.cbranch(b.icmp_signed("!=", now, gen), done, spin)
     b.position_at_end(spin)
-    b.call(yield_fn, [])
+    k = b.load(tries)
+    b.store(b.add(k, i64(1)), tries)
+    with b.if_else(b.icmp_signed("<", k, i64(BARRIER_SPIN))) as (polite, give):
+        with polite:
+            cpu_relax(b, module)
+        with give:
+            b.call(yield_fn, [])
     b.branch(wait)
     b.position_at_end(done)
     b.ret_void()

@@ -22,7 +22,7 @@ import threading
 import numpy as np
 from llvmlite import ir
 
-from .builder import I32, I64, PTR, VOID, for_range, i64
+from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 
 SPIN = 1 << 12            # pause iterations before sleeping (~0.1-0.2 ms)
 FUTEX_WAIT, FUTEX_WAKE = 128, 129       # the _PRIVATE variants
@@ -44,15 +44,12 @@ def workers_module(triple: str) -> ir.Module:
     syscall = ir.Function(m, ir.FunctionType(I64, [I64], var_arg=True), "syscall")
     yield_fn = ir.Function(m, ir.FunctionType(I32, []), "sched_yield")
     nr = _futex_number(triple)
-    x86 = triple.startswith("x86_64") or triple.startswith("i686")
-    pause = ir.Function(m, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause") if x86 else None
 
     def at(b, slot, k):
         return b.gep(slot, [i64(k)])
 
     def relax(b):
-        if pause is not None:
-            b.call(pause, [])
+        cpu_relax(b, m)
 
     def futex(b, slot, op, val):
         if nr is None:
