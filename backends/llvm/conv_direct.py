@@ -95,10 +95,18 @@ class Direct:
     def wpack_elems(self) -> int:
         return -(-self.cout // self.mr) * self.mr * self.R
 
-    def scratch_bytes(self, itemsize: int, groups: int) -> int:
-        def rnd(n):
-            return -(-n * itemsize // ALIGN) * ALIGN
-        return rnd(self.xp_elems) + rnd(self.grid_elems) + groups * rnd(self.wpack_elems)
+    def forward_parts(self, groups: int) -> list[int]:
+        """Per-thread scratch arrays (elements) of a convolution: padded input, grid, the
+        packed weights of each group."""
+        return [self.xp_elems, self.grid_elems] + [self.wpack_elems] * groups
+
+    def kernel_grad_parts(self) -> list[int]:
+        """... of a kernel gradient: padded input, gy grid, per-lane partial sums of dW."""
+        return [self.xp_elems, self.grid_elems,
+                self.cout * self.R * tiling(self.dtype, self.features).vw]
+
+    def scratch_bytes(self, parts: list[int]) -> int:
+        return _offsets(self.dtype, parts)[-1]
 
     def worth_it(self) -> bool:
         """The grid's extra columns cost less than im2col's copy (and it fits the scratch)."""
@@ -113,20 +121,24 @@ def usable(spatial, kernel, stride, padding, dilation) -> bool:
         for i, (s, k, d) in enumerate(zip(spatial, kernel, dilation)))
 
 
-class Scratch:
-    """This thread's padded input, grid and packed weights (typed pointers)."""
+def _offsets(dtype: str, parts: list[int]) -> list[int]:
+    """Byte offsets of consecutive ALIGN-aligned arrays of ``parts`` elements, then the
+    total."""
+    item = np.dtype(dtype).itemsize
+    offs = [0]
+    for n in parts:
+        offs.append(offs[-1] + -(-n * item // ALIGN) * ALIGN)
+    return offs
 
-    def __init__(self, ctx, dc: Direct, base: ir.Value, groups: int, itemsize: int):
-        b = ctx.b
-        elem = ir.PointerType(ir.FloatType() if dc.dtype == "float32" else ir.DoubleType())
 
-        def rnd(n):
-            return -(-n * itemsize // ALIGN) * ALIGN
-        self.xp = b.bitcast(base, elem)
-        self.grid = b.bitcast(b.gep(base, [i64(rnd(dc.xp_elems))]), elem)
-        first_w = rnd(dc.xp_elems) + rnd(dc.grid_elems)
-        self.w = [b.bitcast(b.gep(base, [i64(first_w + g * rnd(dc.wpack_elems))]), elem)
-                  for g in range(groups)]
+def _elem(dtype: str) -> ir.Type:
+    return ir.FloatType() if dtype == "float32" else ir.DoubleType()
+
+
+def arrays(ctx, dtype: str, base: ir.Value, parts: list[int]) -> list[ir.Value]:
+    """Typed pointers to the scratch arrays laid out by ``_offsets`` from ``base`` (i8*)."""
+    b, ep = ctx.b, ir.PointerType(_elem(dtype))
+    return [b.bitcast(b.gep(base, [i64(o)]), ep) for o in _offsets(dtype, parts)[:-1]]
 
 
 def thread_scratch(ctx, nbytes: int) -> ir.Value:
@@ -175,7 +187,7 @@ def compute_grid(ctx, dc: Direct, xp, wpack, grid, offs) -> None:
     b, mr, nr, R = ctx.b, dc.mr, dc.nr, dc.R
     t = tiling(dc.dtype, dc.features)
     vw = t.vw
-    elem = ir.FloatType() if dc.dtype == "float32" else ir.DoubleType()
+    elem = _elem(dc.dtype)
     vec = ir.VectorType(elem, vw)
     vp = ir.PointerType(vec)
     align = 4 if dc.dtype == "float32" else 8
@@ -225,25 +237,26 @@ def store_valid(ctx, dc: Direct, grid, dst: Buf, base) -> None:
 
 
 def convolve(ctx, dc: Direct, groups: int, images: int, src: Buf, dst: Buf, w: Buf,
-             w_offset, scratch_bytes: int) -> None:
+             w_offset) -> None:
     """dst[n, g*cout + o] = direct conv of src[n, g*cin : (g+1)*cin] for every image n
     (threads split the images; each packs the weights into its own scratch once)."""
     b = ctx.b
-    sc = Scratch(ctx, dc, thread_scratch(ctx, scratch_bytes), groups, np.dtype(dc.dtype).itemsize)
-    elem = ir.FloatType() if dc.dtype == "float32" else ir.DoubleType()
-    zero(ctx, sc.xp, dc.xp_elems, elem)
+    parts = dc.forward_parts(groups)
+    xp, grid, *wpacks = arrays(ctx, dc.dtype, thread_scratch(ctx, dc.scratch_bytes(parts)),
+                               parts)
+    zero(ctx, xp, dc.xp_elems, _elem(dc.dtype))
     for g in range(groups):
-        pack_weights(ctx, dc, sc.w[g], w, lambda o, r, g=g: w_offset(g, o, r))
+        pack_weights(ctx, dc, wpacks[g], w, lambda o, r, g=g: w_offset(g, o, r))
     offs = ctx.global_array("conv.taps", dc.offsets())
     plane_in, plane_out = prod(dc.spatial), prod(dc.out)
     lo, hi = ctx.split(images)
     with for_range(b, lo, hi, "dimg") as n:
         for g in range(groups):
             sbase = b.mul(b.add(b.mul(n, i64(groups)), i64(g)), i64(dc.cin * plane_in))
-            load_padded(ctx, dc, src, sbase, sc.xp)
-            compute_grid(ctx, dc, sc.xp, sc.w[g], sc.grid, offs)
+            load_padded(ctx, dc, src, sbase, xp)
+            compute_grid(ctx, dc, xp, wpacks[g], grid, offs)
             dbase = b.mul(b.add(b.mul(n, i64(groups)), i64(g)), i64(dc.cout * plane_out))
-            store_valid(ctx, dc, sc.grid, dst, dbase)
+            store_valid(ctx, dc, grid, dst, dbase)
 
 
 # ---------------------------------------------------------------- the kernel gradient
@@ -252,15 +265,6 @@ def convolve(ctx, dc: Direct, groups: int, images: int, src: Buf, dst: Buf, w: B
 # vector registers, accumulated per lane into a per-thread buffer (lanes and threads
 # summed once at the end).
 MO, NRR = 3, 3
-
-
-def kernel_grad_bytes(dc: Direct, itemsize: int) -> int:
-    """Per thread: padded input, gy grid, lane partials of dW."""
-    vw = tiling(dc.dtype, dc.features).vw
-
-    def rnd(n):
-        return -(-n * itemsize // ALIGN) * ALIGN
-    return rnd(dc.xp_elems) + rnd(dc.grid_elems) + rnd(dc.cout * dc.R * vw)
 
 
 def load_grid(ctx, dc: Direct, src: Buf, base, grid) -> None:
@@ -275,21 +279,16 @@ def load_grid(ctx, dc: Direct, src: Buf, base, grid) -> None:
             b.store(src.load(b, b.add(so, j)), b.gep(grid, [b.add(go, j)]))
 
 
-def kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf, dw: Buf,
-                    nbytes: int) -> None:
+def kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf, dw: Buf
+                    ) -> None:
     b = ctx.b
-    itemsize = np.dtype(dc.dtype).itemsize
     vw = tiling(dc.dtype, dc.features).vw
-    elem = ir.FloatType() if dc.dtype == "float32" else ir.DoubleType()
+    elem = _elem(dc.dtype)
     vec = ir.VectorType(elem, vw)
-
-    def rnd(n):
-        return -(-n * itemsize // ALIGN) * ALIGN
-    base = thread_scratch(ctx, nbytes)
-    ep = ir.PointerType(elem)
-    xp = b.bitcast(base, ep)
-    grid = b.bitcast(b.gep(base, [i64(rnd(dc.xp_elems))]), ep)
-    lanes = b.bitcast(b.gep(base, [i64(rnd(dc.xp_elems) + rnd(dc.grid_elems))]), ep)
+    parts = dc.kernel_grad_parts()
+    nbytes = dc.scratch_bytes(parts)
+    xp, grid, lanes = arrays(ctx, dc.dtype, thread_scratch(ctx, nbytes), parts)
+    lanes_at = _offsets(dc.dtype, parts)[2]
     R, og = dc.R, dc.cout
     offs = ctx.global_array("conv.taps", dc.offsets())
     plane_in, plane_out = prod(dc.spatial), prod(dc.out)
@@ -305,8 +304,7 @@ def kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf, 
                                          i64(og * plane_out)), grid)
             _dot_tiles(ctx, dc, xp, grid, lanes, offs, vec)
         ctx.barrier()
-        _sum_lanes(ctx, dc, lanes, nbytes, rnd(dc.xp_elems) + rnd(dc.grid_elems), dw,
-                   g * og * R, vw, elem)
+        _sum_lanes(ctx, dc, nbytes, lanes_at, dw, g * og * R, vw, elem)
         ctx.barrier()
 
 
@@ -348,7 +346,7 @@ def _dot_tiles(ctx, dc: Direct, xp, grid, lanes, offs, vec) -> None:
             block(o0, rows, i64(full * NRR), tail)
 
 
-def _sum_lanes(ctx, dc: Direct, lanes, nbytes: int, first: int, dw: Buf, dbase: int, vw: int,
+def _sum_lanes(ctx, dc: Direct, nbytes: int, first: int, dw: Buf, dbase: int, vw: int,
                elem) -> None:
     """dw[dbase + e] = sum over threads and lanes of lanes_t[e, :] (entries split)."""
     b = ctx.b

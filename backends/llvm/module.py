@@ -171,7 +171,6 @@ def emit_graph(ctx: Ctx, graph: Graph, p: Plan, arg_ptrs, out_ptrs, arena,
     """Emit ``graph``'s nodes with its values in the given buffers (a subgraph body runs
     through this too). With ``copy_outputs``, outputs that are arguments or repeated values
     are copied into their buffers here (the top level lets the executable do it)."""
-    b = ctx.b
     bufs = buffers(ctx, p, arg_ptrs, out_ptrs, arena)
     emit_nodes(ctx, graph.nodes, bufs, p, arena, index_offset,
                profile=p.profile and index_offset == 0 and not copy_outputs)

@@ -21,7 +21,7 @@ from llvmlite import ir
 from irgraph.ops.conv_geometry import out_shape
 
 from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
-from .conv_direct import Direct, convolve, kernel_grad_bytes, kernel_gradient, usable
+from .conv_direct import Direct, convolve, kernel_gradient, usable
 from .gemm import call_gemm, gemm_function
 from .lowering import lowering, scratch
 from .module import ALIGN
@@ -199,7 +199,7 @@ def _conv_scratch(node, threads, features):
     x, w = node.inputs
     dc = _direct_forward(node, threads, features)
     if dc is not None:
-        return threads * dc.scratch_bytes(x.type.np_dtype.itemsize, node.attrs["groups"])
+        return threads * dc.scratch_bytes(dc.forward_parts(node.attrs["groups"]))
     return threads * _cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
                                  x.type.np_dtype.itemsize, node.attrs["groups"])
 
@@ -235,8 +235,7 @@ def _conv(ctx, node, ins, outs):
     if dc is not None:
         R = dc.R
         convolve(ctx, dc, G, x.shape[0], x, y, w,
-                 lambda g, o, r: ctx.b.add(ctx.b.mul(ctx.b.add(i64(g * dc.cout), o), i64(R)), r),
-                 dc.scratch_bytes(x.type.np_dtype.itemsize, G))
+                 lambda g, o, r: ctx.b.add(ctx.b.mul(ctx.b.add(i64(g * dc.cout), o), i64(R)), r))
         return
     geo = _geo(x.shape, w.shape[2:], node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
@@ -293,7 +292,7 @@ def _kgrad_scratch(node, threads, features):
     a = node.attrs
     dc = _direct_kernel_grad(node, threads, features)
     if dc is not None:
-        return threads * kernel_grad_bytes(dc, x.type.np_dtype.itemsize)
+        return threads * dc.scratch_bytes(dc.kernel_grad_parts())
     cols = _cols_bytes(x.shape, None, a["kernel_size"], a, x.type.np_dtype.itemsize,
                        a["groups"])
     dw = -(-node.outputs[0].type.nbytes // ALIGN) * ALIGN
@@ -318,8 +317,7 @@ def _conv_kernel_grad(ctx, node, ins, outs):
     G = a["groups"]
     dc = _direct_kernel_grad(node, ctx.max_threads, ctx.features)
     if dc is not None:
-        kernel_gradient(ctx, dc, G, x.shape[0], x, gy, dw,
-                        kernel_grad_bytes(dc, x.type.np_dtype.itemsize))
+        kernel_gradient(ctx, dc, G, x.shape[0], x, gy, dw)
         return
     geo = _geo(x.shape, a["kernel_size"], a)
     N, C, O = x.shape[0], x.shape[1], gy.shape[1]
@@ -416,7 +414,7 @@ def _igrad_scratch(node, threads, features):
     a = node.attrs
     dc = _direct_input_grad(node, threads, features)
     if dc is not None:
-        return threads * dc.scratch_bytes(w.type.np_dtype.itemsize, a["groups"])
+        return threads * dc.scratch_bytes(dc.forward_parts(a["groups"]))
     xs = (gy.shape[0], w.shape[1] * a["groups"]) + tuple(a["input_size"])
     return threads * _cols_bytes(xs, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize,
                                  a["groups"])
@@ -450,8 +448,7 @@ def _conv_input_grad(ctx, node, ins, outs):
             o, k = b.sdiv(r, i64(kp)), b.srem(r, i64(kp))
             row = b.add(b.mul(b.add(i64(g * og), o), i64(cg)), c)
             return b.add(b.mul(row, i64(kp)), b.sub(i64(kp - 1), k))
-        convolve(ctx, dc, G, gy.shape[0], gy, dx, w, w_offset,
-                 dc.scratch_bytes(w.type.np_dtype.itemsize, G))
+        convolve(ctx, dc, G, gy.shape[0], gy, dx, w, w_offset)
         return
     geo = _geo(dx.shape, w.shape[2:], a)
     N, C, O = dx.shape[0], dx.shape[1], w.shape[0]

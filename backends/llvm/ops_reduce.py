@@ -110,7 +110,6 @@ PAR_COLUMNS = 64      # a kept last run at least this long is split across threa
 def _reduce_columns(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
     """The last run is kept: the input is walked in memory order and each contiguous row is
     added element-wise into its output row (a vector loop); threads split the columns."""
-    b = ctx.b
     inner = groups[-1][0]
     if inner < PAR_COLUMNS:
         with ctx.thread0():
