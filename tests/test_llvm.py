@@ -393,13 +393,15 @@ def test_conv2d_and_its_gradients_match_torch(stride, padding, dilation, groups,
     ((6, 9), (0, 0, 0, 0), (1, 1), 1, "float32", 2),
     ((7, 5), (2, 1, 1, 0), (1, 1), 2, "float64", 1),
     ((9, 8), (1, 3, 0, 2), (2, 1), 1, "float32", 2),       # padding > dilation * (k - 1)
+    ((8, 9), (0, 0, 0, 0), (1, 2), 2, "float64", 2),
     ((5, 4, 6), (1, 0, 1, 1, 0, 1), (1, 1, 2), 2, "float32", 2)])
 def test_direct_stride1_conv_and_gradients_match_torch(dims, padding, dilation, groups, dtype,
                                                         threads):
-    """Stride-1 convolutions take the direct grid path (conv, its input gradient as a
-    flipped convolution of gy, its kernel gradient as shifted dot products): 1-, 2- and
-    3-D, groups, dilation, asymmetric padding (one wider than the kernel: the input gradient
-    falls back), float64, inside guarded buffers, against torch and autograd."""
+    """Stride-1 convolutions take the direct grid path (conv; its input gradient as a
+    flipped convolution of gy, or gy scattered on the forward grid when that grid is much
+    smaller: valid convolutions, padding wider than the kernel; its kernel gradient as
+    shifted dot products): 1-, 2- and 3-D, groups, dilation, asymmetric padding, float64,
+    inside guarded buffers, against torch and autograd."""
     import torch
     from passes.autodiff import vjp
     d = len(dims)

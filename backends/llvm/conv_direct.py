@@ -105,6 +105,13 @@ class Direct:
         return [self.xp_elems, self.grid_elems,
                 self.cout * self.R * tiling(self.dtype, self.features).vw]
 
+    def scatter_parts(self, groups: int) -> list[int]:
+        """... of an input gradient by scattering: padded dx, gy grid, each group's
+        weights per tap in MR-wide strips."""
+        strips = -(-self.cin // self.mr)
+        return [self.xp_elems, self.grid_elems,
+                groups * prod(self.kernel) * strips * self.cout * self.mr]
+
     def scratch_bytes(self, parts: list[int]) -> int:
         return _offsets(self.dtype, parts)[-1]
 
@@ -169,6 +176,11 @@ def pack_weights(ctx, dc: Direct, dst, w: Buf, w_offset) -> None:
 
 def load_padded(ctx, dc: Direct, src: Buf, base, xp) -> None:
     """The interior of xp (its zero border set once per node) from ``cin`` planes of src."""
+    _interior(ctx, dc, xp, src, base, into_padded=True)
+
+
+def _interior(ctx, dc: Direct, xp, buf: Buf, base, into_padded: bool) -> None:
+    """Copy ``cin`` planes between ``buf`` (at ``base``) and the interior of padded ``xp``."""
     b = ctx.b
     d = len(dc.spatial)
     pst = row_strides(dc.padded)
@@ -179,48 +191,71 @@ def load_padded(ctx, dc: Direct, src: Buf, base, xp) -> None:
     with strided_nest(b, shape, [(plane_p,) + pst[:-1], (plane,) + sst[:-1]],
                       [i64(lead), base]) as (xo, so):
         with for_range(b, 0, dc.spatial[-1], "lp") as j:
-            b.store(src.load(b, b.add(so, j)), b.gep(xp, [b.add(xo, j)]))
+            at = b.gep(xp, [b.add(xo, j)])
+            if into_padded:
+                b.store(buf.load(b, b.add(so, j)), at)
+            else:
+                buf.store(b, b.add(so, j), b.load(at))
+
+
+class _Tiles:
+    """The MR x NR register tile of vector FMAs both the convolution and the scattered input
+    gradient run: ``rows`` accumulators of NR (2 vectors) each, started at zero or from
+    memory, a loop of rank-1 updates acc[i] += a(k, i) * b(k)[0:NR], stored to memory."""
+
+    def __init__(self, ctx, dtype: str, features: str):
+        self.ctx, self.b = ctx, ctx.b
+        t = tiling(dtype, features)
+        self.vw, self.nv = t.vw, t.nr // t.vw
+        self.vec = ir.VectorType(_elem(dtype), t.vw)
+        self.vp = ir.PointerType(self.vec)
+        self.align = 4 if dtype == "float32" else 8
+        suffix = f"v{t.vw}{'f32' if dtype == 'float32' else 'f64'}"
+        m = ctx.module
+        self.fma = m.globals.get(f"llvm.fma.{suffix}") or ir.Function(
+            m, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.{suffix}")
+
+    def _vector(self, ptr, v: int):
+        return self.b.bitcast(self.b.gep(ptr, [i64(v * self.vw)]), self.vp)
+
+    def run(self, rows: int, count, a_ptr, b_ptr, out_ptr, accumulate: bool) -> None:
+        """acc[i] (= out_ptr(i)[0:NR] when ``accumulate``, else 0) += sum over k < count of
+        *a_ptr(k, i) * b_ptr(k)[0:NR]; then out_ptr(i)[0:NR] = acc[i]."""
+        b, ctx, vw = self.b, self.ctx, self.vw
+        accs = [[ctx.alloca(self.vec, f"t{i}_{v}") for v in range(self.nv)]
+                for i in range(rows)]
+        for i, row in enumerate(accs):
+            for v, a in enumerate(row):
+                b.store(b.load(self._vector(out_ptr(i), v), align=self.align) if accumulate
+                        else ir.Constant(self.vec, [0.0] * vw), a)
+        undef = ir.Constant(self.vec, ir.Undefined)
+        splat0 = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
+        with for_range(b, 0, count, "tk") as k:
+            src = b_ptr(k)
+            bv = [b.load(self._vector(src, v), align=self.align) for v in range(self.nv)]
+            for i in range(rows):
+                av = b.shuffle_vector(b.insert_element(undef, b.load(a_ptr(k, i)), ir.Constant(
+                    ir.IntType(32), 0)), undef, splat0)
+                for v in range(self.nv):
+                    b.store(b.call(self.fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
+        for i in range(rows):
+            for v in range(self.nv):
+                b.store(b.load(accs[i][v]), self._vector(out_ptr(i), v), align=self.align)
 
 
 def compute_grid(ctx, dc: Direct, xp, wpack, grid, offs) -> None:
     """grid[o, q] for every o < cout (MR strips) and q < Qpad (NR columns)."""
-    b, mr, nr, R = ctx.b, dc.mr, dc.nr, dc.R
-    t = tiling(dc.dtype, dc.features)
-    vw = t.vw
-    elem = _elem(dc.dtype)
-    vec = ir.VectorType(elem, vw)
-    vp = ir.PointerType(vec)
-    align = 4 if dc.dtype == "float32" else 8
-    suffix = f"v{vw}{'f32' if dc.dtype == 'float32' else 'f64'}"
-    fma = ctx.module.globals.get(f"llvm.fma.{suffix}") or ir.Function(
-        ctx.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.{suffix}")
-    undef = ir.Constant(vec, ir.Undefined)
-    splat0 = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
-    nv = nr // vw
+    b, mr, R = ctx.b, dc.mr, dc.R
+    tiles = _Tiles(ctx, dc.dtype, dc.features)
     for strip in range(-(-dc.cout // mr)):
         rows = min(mr, dc.cout - strip * mr)
         wstrip = b.gep(wpack, [i64(strip * mr * R)])
-        with for_range(b, 0, dc.Qpad, "gq", nr) as q0:
-            accs = [[ctx.alloca(vec, f"g{i}_{v}") for v in range(nv)] for i in range(rows)]
-            for row in accs:
-                for a in row:
-                    b.store(ir.Constant(vec, [0.0] * vw), a)
-            with for_range(b, 0, R, "gr") as r:
-                src = b.gep(xp, [b.add(b.load(b.gep(offs, [r])), q0)])
-                bv = [b.load(b.bitcast(b.gep(src, [i64(v * vw)]), vp), align=align)
-                      for v in range(nv)]
-                wk = b.gep(wstrip, [b.mul(r, i64(mr))])
-                for i in range(rows):
-                    a = b.load(b.gep(wk, [i64(i)]))
-                    av = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(
-                        ir.IntType(32), 0)), undef, splat0)
-                    for v in range(nv):
-                        b.store(b.call(fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
-            for i in range(rows):
-                out = b.gep(grid, [b.add(i64((strip * mr + i) * dc.Qpad), q0)])
-                for v in range(nv):
-                    b.store(b.load(accs[i][v]), b.bitcast(b.gep(out, [i64(v * vw)]), vp),
-                            align=align)
+        with for_range(b, 0, dc.Qpad, "gq", dc.nr) as q0:
+            tiles.run(rows, i64(R),
+                      lambda r, i: b.gep(wstrip, [b.add(b.mul(r, i64(mr)), i64(i))]),
+                      lambda r: b.gep(xp, [b.add(b.load(b.gep(offs, [r])), q0)]),
+                      lambda i: b.gep(grid, [b.add(i64((strip * mr + i) * dc.Qpad), q0)]),
+                      accumulate=False)
 
 
 def store_valid(ctx, dc: Direct, grid, dst: Buf, base) -> None:
@@ -362,3 +397,61 @@ def _sum_lanes(ctx, dc: Direct, nbytes: int, first: int, dw: Buf, dbase: int, vw
             for lane in range(vw):
                 b.store(b.fadd(b.load(acc), b.load(b.gep(p, [i64(lane)]))), acc)
         dw.store(b, b.add(i64(dbase), e), b.load(acc))
+
+
+# ---------------------------------------------------------------- the input gradient, scattered
+# (eq. 9.13 at stride 1) on the forward convolution's grid: dxp[c, q + tap(k)] += sum over o
+# of w[o, c, k] * gy_grid[o, q], one register tile per (tap, MR channels, NR positions),
+# accumulated in the padded dx (read, update, write); then dx is dxp's interior. Every
+# multiply-add is one the text's h sums (no zero padding of gy), so it beats the flipped
+# convolution when that one's grid is much wider.
+
+
+def scatter_input_grad(ctx, dc: Direct, groups: int, images: int, gy: Buf, dx: Buf, w: Buf
+                       ) -> None:
+    """``dc``: the forward convolution (cin = dx's channels per group, cout = gy's)."""
+    b, mr = ctx.b, dc.mr
+    kp, og, cg = prod(dc.kernel), dc.cout, dc.cin
+    strips = -(-cg // mr)
+    parts = dc.scatter_parts(groups)
+    dxp, grid, wpack = arrays(ctx, dc.dtype, thread_scratch(ctx, dc.scratch_bytes(parts)),
+                              parts)
+    elem = _elem(dc.dtype)
+    zero(ctx, grid, dc.grid_elems, elem)
+    # wpack[g][k][strip][o][i] = w[g*og + o, strip*mr + i, k] (zero past cg)
+    per_tap = strips * og * mr
+    with for_range(b, 0, groups * kp * per_tap, "sw") as e:
+        gk, rest = b.sdiv(e, i64(per_tap)), b.srem(e, i64(per_tap))
+        g, k = b.sdiv(gk, i64(kp)), b.srem(gk, i64(kp))
+        strip, rest = b.sdiv(rest, i64(og * mr)), b.srem(rest, i64(og * mr))
+        o, i = b.sdiv(rest, i64(mr)), b.srem(rest, i64(mr))
+        c = b.add(b.mul(strip, i64(mr)), i)
+        inside = b.icmp_signed("<", c, i64(cg))
+        at = b.add(b.mul(b.add(b.mul(b.add(b.mul(g, i64(og)), o), i64(cg)),
+                               b.select(inside, c, i64(0))), i64(kp)), k)
+        b.store(b.select(inside, w.load(b, at), ir.Constant(elem, 0.0)), b.gep(wpack, [e]))
+    taps = ctx.global_array("conv.taps", dc.offsets()[:kp])      # channel 0: the taps alone
+    plane_p, plane_in, plane_out = prod(dc.padded), prod(dc.spatial), prod(dc.out)
+    tiles = _Tiles(ctx, dc.dtype, dc.features)
+    lo, hi = ctx.split(images)
+    with for_range(b, lo, hi, "simg") as n:
+        for gi in range(groups):
+            zero(ctx, dxp, dc.xp_elems, elem)
+            load_grid(ctx, dc, gy, b.mul(b.add(b.mul(n, i64(groups)), i64(gi)),
+                                         i64(og * plane_out)), grid)
+            with for_range(b, 0, kp, "stap") as k:
+                tap = b.load(b.gep(taps, [k]))
+                for strip in range(strips):
+                    rows = min(mr, cg - strip * mr)
+                    wk = b.gep(wpack, [b.mul(b.add(i64(gi * kp), k), i64(per_tap))])
+                    ws = b.gep(wk, [i64(strip * og * mr)])
+                    with for_range(b, 0, dc.Qpad, "sq", dc.nr) as q0:
+                        at = b.add(tap, q0)
+                        tiles.run(rows, i64(og),
+                                  lambda o, i: b.gep(ws, [b.add(b.mul(o, i64(mr)), i64(i))]),
+                                  lambda o: b.gep(grid, [b.add(b.mul(o, i64(dc.Qpad)), q0)]),
+                                  lambda i: b.gep(dxp, [b.add(at, i64(
+                                      (strip * mr + i) * plane_p))]),
+                                  accumulate=True)
+            base = b.mul(b.add(b.mul(n, i64(groups)), i64(gi)), i64(cg * plane_in))
+            _interior(ctx, dc, dxp, dx, base, into_padded=False)

@@ -21,7 +21,7 @@ from llvmlite import ir
 from irgraph.ops.conv_geometry import out_shape
 
 from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
-from .conv_direct import Direct, convolve, kernel_gradient, usable
+from .conv_direct import Direct, convolve, kernel_gradient, scatter_input_grad, usable
 from .gemm import call_gemm, gemm_function
 from .lowering import lowering, scratch
 from .module import ALIGN
@@ -412,6 +412,9 @@ def _tt(shape, like: Buf):
 def _igrad_scratch(node, threads, features):
     w, gy = node.inputs
     a = node.attrs
+    scattered = _scattered_input_grad(node, threads, features)
+    if scattered is not None:
+        return threads * scattered.scratch_bytes(scattered.scatter_parts(a["groups"]))
     dc = _direct_input_grad(node, threads, features)
     if dc is not None:
         return threads * dc.scratch_bytes(dc.forward_parts(a["groups"]))
@@ -433,12 +436,35 @@ def _direct_input_grad(node, threads, features):
     return dc if dc is not None and dc.out == tuple(a["input_size"]) else None
 
 
+def _scattered_input_grad(node, threads, features):
+    """The forward convolution's geometry when scattering gy on its grid costs clearly less
+    than the flipped convolution (whose grid spans gy padded by dilation * (k - 1)): a
+    valid convolution's input gradient, say. None otherwise."""
+    w, gy = node.inputs
+    a = node.attrs
+    G = a["groups"]
+    xs = (gy.shape[0], w.shape[1] * G) + tuple(a["input_size"])
+    fwd = _direct(xs, w.shape[1], w.shape[0] // G, w.shape[2:], a["padding"], a, w.dtype,
+                  features, threads)
+    if fwd is None or fwd.out != tuple(gy.shape[2:]):
+        return None
+    flipped = _direct_input_grad(node, threads, features)
+    if flipped is not None and fwd.Qpad * 5 > flipped.Qpad * 4:
+        return None
+    return fwd
+
+
 @lowering("conv_input_grad", parallel=True)
 def _conv_input_grad(ctx, node, ins, outs):
-    """dx = col2im(W_g^T @ gy_g) per image and group (or, at stride 1, a direct conv)."""
+    """dx = col2im(W_g^T @ gy_g) per image and group (or, at stride 1, gy scattered on the
+    forward grid, or the flipped direct convolution of gy)."""
     (w, gy), (dx,) = ins, outs
     a = node.attrs
     G = a["groups"]
+    scattered = _scattered_input_grad(node, ctx.max_threads, ctx.features)
+    if scattered is not None:
+        scatter_input_grad(ctx, scattered, G, gy.shape[0], gy, dx, w)
+        return
     dc = _direct_input_grad(node, ctx.max_threads, ctx.features)
     if dc is not None:
         b, kp = ctx.b, prod(w.shape[2:])
