@@ -10,6 +10,7 @@ Prints, for this machine (named in the header):
 * matmul GFLOP/s (LLVM vs numpy's BLAS) and conv2d 64x32x32x32 with 3x3 kernels (LLVM vs
   PyTorch) GFLOP/s;
 * compile time of (b): cold (empty cache) and cached.
+Times are the best of 15-20 runs (3 for the reference): the shared machine is noisy.
 A script, not a test: nothing here asserts a speed.
 """
 from __future__ import annotations
@@ -137,13 +138,13 @@ def bench_models(quick: bool) -> None:
     for kind in ("mlp", "cnn", "rnn"):
         x, y = batch(kind)
         nat = our_step(kind, "llvm", threads=THREADS)
-        t_llvm = timeit(lambda: nat(x, y), 3 if quick else 10)
+        t_llvm = timeit(lambda: nat(x, y), 3 if quick else 20)
         fused = our_step(kind, "llvm", threads=THREADS, pipeline=["default", "fuse"])
-        t_fuse = timeit(lambda: fused(x, y), 3 if quick else 10)
+        t_fuse = timeit(lambda: fused(x, y), 3 if quick else 20)
         ref = our_step(kind, "reference")
-        t_ref = timeit(lambda: ref(x, y), 1 if quick else 2, warmup=1)
+        t_ref = timeit(lambda: ref(x, y), 1 if quick else 3, warmup=1)
         try:
-            t_torch = timeit(torch_step(kind), 3 if quick else 10)
+            t_torch = timeit(torch_step(kind), 3 if quick else 20)
         except ImportError:
             t_torch = float("nan")
         best = min(t_llvm, t_fuse)
@@ -167,8 +168,8 @@ def bench_kernels(quick: bool) -> None:
         exe = backends.compile(one("matmul", TensorType((n, n)), TensorType((n, n))), "llvm",
                                threads=THREADS)
         out = [np.empty((n, n), np.float32)]
-        t_l = timeit(lambda: exe.call_into(out, a, b), 5)
-        t_n = timeit(lambda: np.matmul(a, b), 5)
+        t_l = timeit(lambda: exe.call_into(out, a, b), 15)
+        t_n = timeit(lambda: np.matmul(a, b), 15)
         fl = 2 * n ** 3
         print(f"{f'matmul {n}^3 (vs numpy BLAS)':36s} {fl / t_l / 1e9:10.1f} "
               f"{fl / t_n / 1e9:10.1f} {t_n / t_l:6.2f}x")
@@ -184,9 +185,9 @@ def bench_kernels(quick: bool) -> None:
             padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)
     exe = backends.compile(g, "llvm", threads=THREADS)
     out = [np.empty((N, O, H, H), np.float32)]
-    t_l = timeit(lambda: exe.call_into(out, x, w), 5)
+    t_l = timeit(lambda: exe.call_into(out, x, w), 15)
     tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-    t_t = timeit(lambda: torch.nn.functional.conv2d(tx, tw, padding=1), 5)
+    t_t = timeit(lambda: torch.nn.functional.conv2d(tx, tw, padding=1), 15)
     fl = 2 * N * O * H * H * C * 9
     print(f"{f'conv2d {N}x{C}x{H}x{H}, 3x3 (vs torch)':36s} {fl / t_l / 1e9:10.1f} "
           f"{fl / t_t / 1e9:10.1f} {t_t / t_l:6.2f}x")
