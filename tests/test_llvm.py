@@ -426,6 +426,42 @@ def test_direct_stride1_conv_and_gradients_match_torch(dims, padding, dilation, 
     np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=tol, atol=tol)
 
 
+def _random_conv_geometries(n: int, seed: int = 5):
+    """Seeded conv geometries, stride 1 in two of three (the direct paths), batch 1 to 3."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        d = int(rng.integers(1, 4))
+        groups = int(rng.choice([1, 2]))
+        c, o = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 8))
+        kern = tuple(int(v) for v in rng.integers(1, 5, d))
+        dil = tuple(int(v) for v in rng.integers(1, 3, d))
+        st = (1,) * d if k % 3 else tuple(int(v) for v in rng.integers(1, 3, d))
+        pad = tuple(int(v) for v in rng.integers(0, 4, 2 * d))
+        size = tuple(int(dl * (kk - 1) + 1 + rng.integers(0, 9)) for kk, dl in zip(kern, dil))
+        yield (int(rng.integers(1, 4)), c) + size, (o, c // groups) + kern, st, pad, dil, groups
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups",
+                         list(_random_conv_geometries(30)))
+def test_random_conv_geometries_and_gradients_match_the_reference(xs, ws, stride, padding,
+                                                                  dilation, groups):
+    """conv, conv_input_grad and conv_kernel_grad (through the VJP graph) on whichever path
+    each geometry takes (direct grid, flipped or scattered input gradient, im2col + GEMM,
+    dot products, row updates), on 2 threads inside guarded buffers, against the
+    reference backend."""
+    from passes.autodiff import vjp
+    x = RNG.standard_normal(xs).astype(np.float32)
+    w = RNG.standard_normal(ws).astype(np.float32)
+    g = one("conv", TensorType(xs), TensorType(ws), stride=stride, padding=padding,
+            dilation=dilation, groups=groups)
+    vg = vjp(g)
+    ct = RNG.standard_normal(g.outputs[0].shape).astype(np.float32)
+    want = backends.compile(vg, "reference")(x, w, ct)
+    got = run_guarded(backends.compile(vg, "llvm", threads=2), [x, w, ct])
+    for name, a, e in zip(("y", "dx", "dw"), got, want):
+        np.testing.assert_allclose(a, e, rtol=2e-4, atol=2e-4, err_msg=name)
+
+
 def test_pools_and_batch_norm_match_torch():
     """max_pool (first maximum, ceil_mode), avg_pool (count_include_pad) and training-mode
     batch_norm (eq. 8.35-8.36, PyTorch's running-statistics update) against torch."""
