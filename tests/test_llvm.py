@@ -81,7 +81,7 @@ def test_matmul_matches_numpy_at_awkward_sizes(m, k, n):
 
 
 @pytest.mark.parametrize("sa,sb", [((4,), (4, 3)), ((2, 3, 4), (4,)), ((2, 1, 3, 5), (4, 5, 2)),
-                                   ((5,), (5,))])
+                                   ((5,), (5,)), ((3, 7, 13, 9), (9, 11)), ((1, 5, 4), (4, 6))])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
 def test_batched_and_vector_matmul_numpy_rules(sa, sb, dtype):
     exe = backends.compile(one("matmul", TensorType(sa, dtype), TensorType(sb, dtype)), "llvm")

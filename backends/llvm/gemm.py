@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64,
-                      row_strides, strided_nest)
+                      prod, row_strides, strided_nest)
 from .lowering import Ctx, lowering
 
 KC = 256
@@ -314,6 +314,13 @@ def _matmul(ctx, node, ins, outs):
     a_str = (1, M) if x.swapped else (K, 1)
     b_str = (1, K) if y.swapped else (N, 1)
     b = ctx.b
+    if (batch and not x.swapped and not out.swapped and not any(ys)
+            and tuple(sa[:-2]) == tuple(batch)):
+        # a shared right operand (x_t W for every t, a linear layer on (N, T, F)): the
+        # batch folds into the rows of ONE GEMM, (B*M x K) @ (K x N)
+        call_gemm(ctx, out.dtype, x.ptr, a_str, y.ptr, b_str, out.ptr, N,
+                  prod(batch) * M, N, K)
+        return
     with strided_nest(b, batch, [xs, ys, os_]) as (xo, yo, oo):
         xp, yp, op = b.gep(x.ptr, [xo]), b.gep(y.ptr, [yo]), b.gep(out.ptr, [oo])
         if out.swapped:         # the result's transpose: C^T = B^T @ A^T
