@@ -96,6 +96,7 @@ class Ctx:
         self.node_scratch: ir.Value | None = None   # i8*: the current node's arena scratch
         self.barrier_fn: ir.Function | None = None
         self.single = False       # inside thread0(): one thread does everything
+        self._last_barrier = None  # (block, instruction count) just after the last barrier
         self._entry_block = fn.entry_basic_block
 
     # ---------------------------------------------------------------- helpers
@@ -146,12 +147,16 @@ class Ctx:
 
     def barrier(self) -> None:
         """All threads meet here (a no-op with one thread); call from parallel lowerings only,
-        where every thread reaches it the same number of times."""
+        where every thread reaches it the same number of times. A barrier right after
+        another (nothing emitted between them) is dropped: the threads already met."""
         if self.single:
             return
         b = self.b
+        if self._last_barrier == (b.block, len(b.block.instructions)):
+            return
         with b.if_then(b.icmp_signed(">", self.nthreads, i64(1))):
             b.call(self.barrier_fn, [self.ctl, self.nthreads])
+        self._last_barrier = (b.block, len(b.block.instructions))
 
     def global_array(self, name: str, data) -> ir.Value:
         """A private constant table (numpy array) in the module; returns a typed pointer."""
