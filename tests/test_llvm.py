@@ -515,6 +515,32 @@ def test_transposed_matmul_operands_are_read_in_place():
     np.testing.assert_array_equal(n, -wa.T)
 
 
+def test_fused_epilogue_regions_read_transposed_operands_in_place():
+    """After the fusion pass, x @ W^T + b -> relu is one epilogue region: W^T still reaches
+    the GEMM as swapped strides (the transpose is not run), on 1 and 2 threads; a transpose
+    another region also reads still runs for that one."""
+    from passes.fusion import fuse
+    g = Graph("fmm")
+    x, w = g.add_input("x", TensorType((9, 7))), g.add_input("w", TensorType((13, 7)))
+    bias = g.add_input("b", TensorType((13,)))
+    wt = g.op("transpose", w, perm=(1, 0))
+    h = g.op("relu", g.op("add", g.op("matmul", x, wt), bias))
+    v = g.add_input("v", TensorType((7, 7)))
+    vt = g.op("transpose", v, perm=(1, 0))
+    k = g.op("add", g.op("matmul", x, vt), g.op("sum", vt, axis=(0,)))
+    g.set_outputs([h, k])
+    fg = fuse(g)
+    assert [n.op for n in fg.nodes].count("fused") == 2
+    xa, wa, ba, va = (RNG.standard_normal(s).astype(np.float32)
+                      for s in ((9, 7), (13, 7), (13,), (7, 7)))
+    for threads in (1, 2):
+        exe = backends.compile(fg, "llvm", threads=threads)
+        assert len(exe.plan.skip) == 1 and len(exe.plan.views) == 2
+        got_h, got_k = run_guarded(exe, [xa, wa, ba, va])
+        np.testing.assert_allclose(got_h, np.maximum(xa @ wa.T + ba, 0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got_k, xa @ va.T + va.T.sum(0), rtol=1e-5, atol=1e-5)
+
+
 def test_avx512_hosts_ask_for_512_bit_vectors():
     """LLVM prefers 256-bit vectors unless a function says otherwise: on an AVX-512 host every
     function of the module gets "prefer-vector-width"="512" (and the IR still parses)."""

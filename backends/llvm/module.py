@@ -167,11 +167,13 @@ def build_module(graph: Graph, p: Plan, features: str, max_threads: int,
 
 
 def emit_graph(ctx: Ctx, graph: Graph, p: Plan, arg_ptrs, out_ptrs, arena,
-               copy_outputs: bool = True, index_offset: int = 0) -> None:
+               copy_outputs: bool = True, index_offset: int = 0, swapped=()) -> None:
     """Emit ``graph``'s nodes with its values in the given buffers (a subgraph body runs
     through this too). With ``copy_outputs``, outputs that are arguments or repeated values
-    are copied into their buffers here (the top level lets the executable do it)."""
+    are copied into their buffers here (the top level lets the executable do it).
+    ``swapped``: the argument Bufs, where some hold their tensor's last two axes swapped."""
     bufs = buffers(ctx, p, arg_ptrs, out_ptrs, arena)
+    swapped_inputs(bufs, graph, swapped)
     emit_nodes(ctx, graph.nodes, bufs, p, arena, index_offset,
                profile=p.profile and index_offset == 0 and not copy_outputs)
     if copy_outputs:
@@ -312,13 +314,33 @@ def _folded_transposes(nodes, p: Plan):
             continue
         out = t.outputs[0]
         uses = users.get(out, [])
-        mm = [(i, k) for i, k in uses if nodes[i].op == "matmul"
-              and nodes[i].inputs[k].type.rank >= 2 and out.dtype in ("float32", "float64")]
+        mm = [(i, k) for i, k in uses if (nodes[i].op == "matmul" or _anchor_operand(
+              nodes[i], k)) and nodes[i].inputs[k].type.rank >= 2
+              and out.dtype in ("float32", "float64")]
         for use in mm:
             views[use] = t.inputs[0]
         if uses and len(mm) == len(uses) and p.slots.get(out, ("arena",))[0] == "arena":
             skip.add(index[t])
     return views, skip
+
+
+def _anchor_operand(node, k: int) -> bool:
+    """Is input ``k`` of a fused epilogue region read only by the region's matmul (so the
+    region can take it with swapped strides, as a plain matmul would)?"""
+    if node.op != "fused" or node.attrs["kind"] != "epilogue":
+        return False
+    body = node.attrs["body"]
+    v = body.inputs[k]
+    readers = [n for n in body.nodes if v in n.inputs]
+    return (len(readers) == 1 and readers[0].op == "matmul" and v not in body.outputs
+            and all(x.type.rank >= 2 for x in readers[0].inputs))
+
+
+def swapped_inputs(bufs: dict, graph: Graph, ins) -> None:
+    """Body inputs that arrive with swapped strides (``_anchor_operand``) keep that flag."""
+    for v, x in zip(graph.inputs, ins):
+        if x.swapped:
+            bufs[v] = Buf(bufs[v].ptr, v.type, swapped=True)
 
 
 def _inplace_donations(graph: Graph, p: Plan, last: dict[Value, int]) -> dict[int, int]:

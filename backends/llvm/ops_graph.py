@@ -11,7 +11,7 @@ from irgraph.ops.recurrence import split_inputs, step_body
 from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
 from .lowering import get_lowering, lowering, scratch
-from .module import ALIGN, buffers, copy_outputs_of, emit_graph, emit_nodes, plan
+from .module import ALIGN, buffers, copy_outputs_of, emit_graph, emit_nodes, plan, swapped_inputs
 from .ops_core import SCALAR
 from . import scalar as sc
 
@@ -188,9 +188,10 @@ def _fused(ctx, node, ins, outs):
         return
     k = _tail_start(body)
     if k is None:
-        emit_graph(ctx, body, bp, args, res, ctx.node_scratch, index_offset=-1)
+        emit_graph(ctx, body, bp, args, res, ctx.node_scratch, index_offset=-1, swapped=ins)
         return
     bufs = buffers(ctx, bp, args, res, ctx.node_scratch)
+    swapped_inputs(bufs, body, ins)
     emit_nodes(ctx, body.nodes[:k], bufs, bp, ctx.node_scratch, -1)
     _tail_nest(ctx, body, body.nodes[k:], bufs)
     copy_outputs_of(ctx, body, bp, bufs, res)
