@@ -324,6 +324,48 @@ def test_donated_outputs_update_arguments_in_place():
     np.testing.assert_array_equal(wa, 0)
 
 
+def test_reshapes_share_their_operand_buffer_safely():
+    """A reshape that is not a graph output is not run: it reads its operand's buffer (whose
+    lifetime then covers the view's readers). A donated update of an argument whose
+    reshaped view is still read later, or read by the update itself, is not done in place
+    (the view would see new values); a reshape that is a graph output is a copy."""
+    g = Graph("views")
+    w = g.add_param("w", TensorType((4, 6)))
+    gr = g.add_input("g", TensorType((4, 6)))
+    lr = g.add_input("lr", TensorType(()))
+    wv = g.op("reshape", g.op("reshape", w, shape=(24,)), shape=(6, 4))    # a view of w
+    h = g.op("exp", g.op("reshape", gr, shape=(2, 12)))
+    new_w = g.op("sgd_update", w, gr, lr)
+    late = g.op("mul", wv, g.op("reshape", h, shape=(6, 4)))              # reads w's view
+    g.set_outputs([new_w, late, g.op("reshape", h, shape=(24,))])
+    g.donations = {0: 2}
+    exe = backends.compile(g, "llvm", threads=2)
+    assert sum(n.op == "reshape" for n in g.nodes) == 5 and len(exe.plan.skip) == 4
+    assert exe.plan.inplace == {}
+    wa = RNG.standard_normal((4, 6)).astype(np.float32)
+    ga = RNG.standard_normal((4, 6)).astype(np.float32)
+    w0 = wa.copy()
+    got = exe(ga, np.float32(0.5), wa)
+    np.testing.assert_allclose(got[0], w0 - 0.5 * ga, rtol=1e-6)
+    np.testing.assert_allclose(wa, w0 - 0.5 * ga, rtol=1e-6)        # donated: updated
+    np.testing.assert_allclose(got[1], w0.reshape(6, 4) * np.exp(ga).reshape(6, 4), rtol=1e-5)
+    np.testing.assert_allclose(got[2], np.exp(ga).ravel(), rtol=1e-5)
+    # the update reads a view of the very buffer it would overwrite: not in place either
+    g2 = Graph("self_view")
+    w2 = g2.add_param("w", TensorType((4, 6)))
+    lr2 = g2.add_input("lr", TensorType(()))
+    view = g2.op("reshape", g2.op("reshape", w2, shape=(24,)), shape=(4, 6))
+    g2.set_outputs([g2.op("sgd_update", w2, g2.op("neg", view), lr2),
+                    g2.op("sgd_update", w2, view, lr2)])
+    g2.donations = {1: 1}
+    exe2 = backends.compile(g2, "llvm", threads=1)
+    assert exe2.plan.inplace == {}
+    wb = wa.copy()
+    a, c = exe2(np.float32(0.5), wb)
+    np.testing.assert_allclose(a, 1.5 * wa, rtol=1e-6)
+    np.testing.assert_allclose(c, 0.5 * wa, rtol=1e-6)
+
+
 def test_outputs_that_are_arguments_or_repeated_are_copies():
     g = Graph("pass")
     x = g.add_input("x", TensorType((3,)))

@@ -43,6 +43,8 @@ class Plan:
     t_out: dict[int, Value] = field(default_factory=dict)
     # donated output j -> argument i: the output is written into the argument's buffer
     inplace: dict[int, int] = field(default_factory=dict)
+    # reshape output -> the value whose buffer it shares (the reshape is not run)
+    alias: dict[Value, Value] = field(default_factory=dict)
     parallel: bool = False        # some node splits its work across threads
     profile: bool = False         # thread 0 adds each top-level node's cycles to ctl[4 + i]
 
@@ -102,6 +104,9 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
     p.t_out = _transposed_products(graph.nodes, p)
     for (i, _), src in p.views.items():          # a folded operand is read by the matmul
         last[src] = max(last.get(src, i), i)
+    p.alias = _reshape_aliases(graph, p)
+    for out, root in p.alias.items():            # a view keeps its root's buffer alive
+        last[root] = max(last.get(root, -1), last.get(out, -1))
     p.inplace = _inplace_donations(graph, p, last)
     for j, i in p.inplace.items():
         p.slots[graph.outputs[j]] = ("arg", i)
@@ -115,7 +120,9 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
                 dying.setdefault(max(last.get(t, i), i), []).append(t)
             p.slots[m] = p.slots[t]
         for v in node.outputs:
-            if v not in p.slots:
+            if v in p.alias:
+                p.slots[v] = p.slots[p.alias[v]]
+            elif v not in p.slots:
                 p.slots[v] = ("arena", arena.alloc(v.type.nbytes))
                 dying.setdefault(max(last.get(v, i), i), []).append(v)
         rule = SCRATCH.get(node.op)
@@ -343,6 +350,21 @@ def swapped_inputs(bufs: dict, graph: Graph, ins) -> None:
             bufs[v] = Buf(bufs[v].ptr, v.type, swapped=True)
 
 
+def _reshape_aliases(graph: Graph, p: Plan) -> dict[Value, Value]:
+    """A reshape (row-major data unchanged) that is not a graph output shares its operand's
+    buffer instead of copying it: {reshape output: root value}; those reshapes join
+    ``p.skip``."""
+    outs = set(graph.outputs)
+    alias: dict[Value, Value] = {}
+    for i, node in enumerate(graph.nodes):
+        if node.op != "reshape" or i in p.skip or node.outputs[0] in outs:
+            continue
+        (src,), (out,) = node.inputs, node.outputs
+        alias[out] = alias.get(src, src)
+        p.skip.add(i)
+    return alias
+
+
 def _inplace_donations(graph: Graph, p: Plan, last: dict[Value, int]) -> dict[int, int]:
     """Donated outputs that can be written straight into their argument's buffer (no copy
     after the run): nothing reads the argument after the output's node, and that node
@@ -360,6 +382,8 @@ def _inplace_donations(graph: Graph, p: Plan, last: dict[Value, int]) -> dict[in
             continue
         if arg in node.inputs and (node.op not in SAME_INDEX or any(
                 x is arg and x.type != o.type for x in node.inputs for o in node.outputs)):
+            continue
+        if any(p.alias.get(x) is arg for x in node.inputs):     # a reshaped view of it
             continue
         found[j] = a
     return found
