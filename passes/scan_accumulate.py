@@ -10,6 +10,10 @@ read-modify-write of ``G``. Because the sum is linear,
 so the carry leaves the scan, ``Q_t`` becomes one more per-step output (if it is not a
 sequence already) and one matmul after the scan does the sum. Only unmasked scans that save
 no states qualify (a mask or saved carries would need the per-step value of ``G``).
+
+``fold_batched_matmul_sums`` applies the same identity outside scans: a sum over the batch
+axis of a batched ``transpose(S) @ Q`` (the gradient of a weight shared by every step of an
+unrolled or hoisted projection) becomes that one matmul.
 """
 from __future__ import annotations
 
@@ -144,3 +148,43 @@ def _rewrite(graph: Graph, scan: Node, acc: _Acc) -> Graph:
         pair = (init, total) if acc.carry_first else (total, init)
         rw.replace(old_carries[acc.i], rw.emit("add", *pair, loc=node.loc))
     return rw.finish()
+
+
+def fold_batched_matmul_sums(graph: Graph) -> Graph:
+    """``sum(transpose(S, (0, 2, 1)) @ Q, axis=0)`` with S: [T, b, m], Q: [T, b, n] and the
+    product read by nothing else -> ``(S as [T*b, m])^T @ (Q as [T*b, n])`` (reshaped to the
+    sum's shape); ``graph`` itself when nothing matches."""
+    from irgraph.ops.core import normalize_axes
+    users: dict[Value, int] = {}
+    for n in graph.nodes:
+        for v in n.inputs:
+            users[v] = users.get(v, 0) + 1
+    found: dict[Node, tuple[Value, Value]] = {}
+    for n in graph.nodes:
+        if n.op != "sum" or normalize_axes(n.attrs["axis"], n.inputs[0].type.rank) != (0,):
+            continue
+        m = n.inputs[0].node
+        if (m is None or m.op != "matmul" or users.get(m.outputs[0]) != 1
+                or m.outputs[0] in graph.outputs or not m.outputs[0].type.is_float):
+            continue
+        a, q = m.inputs
+        t = a.node
+        if (t is None or t.op != "transpose" or tuple(t.attrs["perm"]) != (0, 2, 1)
+                or a.type.rank != 3 or q.type.rank != 3 or a.shape[0] != q.shape[0]):
+            continue
+        found[n] = (t.inputs[0], q)
+    if not found:
+        return graph
+    rw = GraphRewriter(graph)
+    for node in graph.nodes:
+        if node not in found:
+            rw.copy_node(node)
+            continue
+        s_all, q_all = found[node]
+        total = rw.emit("matmul", rw.emit("transpose", _flat(rw, rw[s_all], node.loc),
+                                          perm=(1, 0), loc=node.loc),
+                        _flat(rw, rw[q_all], node.loc), loc=node.loc)
+        rw.replace(node.outputs[0], rw.emit("reshape", total, shape=node.outputs[0].shape,
+                                            loc=node.loc))
+    from .simplify import dce                    # the batched products are dead now
+    return dce(rw.finish())

@@ -95,3 +95,30 @@ def test_llvm_backend_matches_reference_on_the_rewritten_training_graph(threads)
     got = backends.compile(g, "llvm", threads=threads)(*a)
     for x, y in zip(got, interpret(g, a)):
         np.testing.assert_allclose(x, y, rtol=1e-11, atol=1e-12)
+
+
+def test_sum_over_steps_of_batched_products_is_one_matmul():
+    """sum_t S_t^T Q_t (the gradient of an input projection shared by every step) becomes
+    (S as [T*b, m])^T (Q as [T*b, n]): same values (float64 reference, and LLVM), the
+    batched product gone; a product something else reads, or a sum over another axis,
+    stays."""
+    from irgraph import TensorType
+    from passes.scan_accumulate import fold_batched_matmul_sums
+    g = Graph("bsum")
+    s = g.add_input("s", TensorType((5, 3, 4), "float64"))
+    q = g.add_input("q", TensorType((5, 3, 6), "float64"))
+    prod = g.op("matmul", g.op("transpose", s, perm=(0, 2, 1)), q)
+    kept = g.op("matmul", g.op("transpose", s, perm=(0, 2, 1)), q)
+    g.set_outputs([g.op("sum", prod, axis=(0,), keepdims=True), g.op("sum", kept, axis=(1,)),
+                   kept])
+    new = verify(fold_batched_matmul_sums(g))
+    ranks = sorted(n.inputs[0].type.rank for n in new.nodes if n.op == "matmul")
+    assert ranks == [2, 3]                     # the folded one is a plain 2-D matmul
+    rng = np.random.default_rng(0)
+    sa, qa = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 6))
+    want = interpret(g, [sa, qa])
+    np.testing.assert_allclose(want[0][0], sum(sa[t].T @ qa[t] for t in range(5)), rtol=1e-12)
+    for got in (interpret(new, [sa, qa]), backends.compile(new, "llvm", threads=2)(sa, qa)):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert fold_batched_matmul_sums(new) is new

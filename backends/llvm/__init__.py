@@ -17,7 +17,7 @@ import os
 import time
 
 from irgraph import Graph, verify
-from passes.scan_accumulate import hoist_scan_accumulators
+from passes.scan_accumulate import fold_batched_matmul_sums, hoist_scan_accumulators
 from passes.scan_reuse import reuse_forward_outputs
 
 from . import jit
@@ -40,8 +40,9 @@ def _check_lowerable(graph: Graph) -> None:
 
 
 def _scan_rewrites(graph: Graph) -> Graph:
-    """BPTT without recomputing forward outputs, its weight-gradient sums as one GEMM."""
-    new = hoist_scan_accumulators(reuse_forward_outputs(graph))
+    """BPTT without recomputing forward outputs, its weight-gradient sums (in scans, and of
+    batched products over steps) as one GEMM each."""
+    new = fold_batched_matmul_sums(hoist_scan_accumulators(reuse_forward_outputs(graph)))
     return graph if new is graph else verify(new)
 
 
