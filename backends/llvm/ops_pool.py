@@ -148,8 +148,8 @@ def _argmax_window(ctx, x: Buf, xbase, visit, dt, whole: bool = False):
         if dt in FLOATS:
             # NaN wins over a number: v != v while cur == cur
             better = b.or_(better, b.and_(sc.is_nan(ctx, v), b.not_(sc.is_nan(ctx, cur))))
-        b.store(sc.pick(ctx, better, v, cur), best)
-        b.store(sc.pick(ctx, better, off, b.load(arg)), arg)
+        b.store(b.select(better, v, cur), best)
+        b.store(b.select(better, off, b.load(arg)), arg)
         b.store(yes, have)
     fn.first = True
     visit(fn)

@@ -40,20 +40,6 @@ def maximum(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value, want_max: bool = Tru
     return b.select(b.icmp_signed(">" if want_max else "<", x, y), x, y)
 
 
-def pick(ctx: Ctx, cond: ir.Value, x: ir.Value, y: ir.Value) -> ir.Value:
-    """``select`` marked ``!unpredictable``: a data-dependent choice (an argmax's running
-    best) stays a conditional move; as a branch it would be mispredicted half the time."""
-    b = ctx.b
-    if isinstance(x.type, (ir.FloatType, ir.DoubleType)):
-        # x86 has no scalar float cmov: a float select becomes a branch whatever its
-        # metadata; an integer select of the same bits is a cmov
-        it = ir.IntType(32 if isinstance(x.type, ir.FloatType) else 64)
-        return b.bitcast(pick(ctx, cond, b.bitcast(x, it), b.bitcast(y, it)), x.type)
-    r = b.select(cond, x, y)
-    r.set_metadata("unpredictable", ctx.module.add_metadata([]))
-    return r
-
-
 def call(ctx: Ctx, name: str, x: ir.Value, *more: ir.Value) -> ir.Value:
     """An LLVM float intrinsic (llvm.exp, llvm.sqrt, ...); float32 exp, log and tanh are
     inline code instead of libm calls (vmath.py), so the loops around them vectorize."""
