@@ -62,9 +62,12 @@ class LLVMExecutable(Executable):
             self._ctl[:4] = 0                # (profile counters accumulate over runs)
             ptrs += [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
             table = (ctypes.c_void_p * len(ptrs))(*ptrs)
-            t0 = time.perf_counter()
-            self._call(table)
-            self._profiled_s += time.perf_counter() - t0
+            if self.plan.profile:
+                t0 = time.perf_counter()
+                self._call(table)
+                self._profiled_s += time.perf_counter() - t0
+            else:
+                self._call(table)
             code, node = int(self._ctl[0]), int(self._ctl[1])
         if code:
             self._raise(code, node, args)
