@@ -3,7 +3,7 @@
 A Python thread pool costs a futex wake plus a GIL hand-off per call (~100 us here); these
 workers wait in native code instead: each spins on its slot for a while after a run (the
 next run of a training loop finds it awake, ~1 us to start), then sleeps in ``futex``
-until posted to. One slot per worker (i64[8]):
+until posted to (elsewhere than Linux it polls every ``POLL_US``). One slot per worker (i64[8]):
 
     [0] generation (bumped to post work)   [1] generation done   [2] entry   [3] args table
     [4] tid   [5] nthreads   [6] stop   [7] sleeping
@@ -28,6 +28,7 @@ SPIN = 1 << 12            # pause iterations before sleeping (~0.1-0.2 ms)
 FUTEX_WAIT, FUTEX_WAKE = 128, 129       # the _PRIVATE variants
 SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
 SLOT = 8
+POLL_US = 200             # where there is no futex, a sleeping worker looks this often
 
 
 def _futex_number(triple: str) -> int | None:
@@ -42,7 +43,7 @@ def workers_module(triple: str) -> ir.Module:
     slotp = ir.PointerType(I64)
     entry_t = ir.FunctionType(VOID, [PTR, I64, I64])
     syscall = ir.Function(m, ir.FunctionType(I64, [I64], var_arg=True), "syscall")
-    yield_fn = ir.Function(m, ir.FunctionType(I32, []), "sched_yield")
+    usleep = ir.Function(m, ir.FunctionType(I32, [I32]), "usleep")
     nr = _futex_number(triple)
 
     def at(b, slot, k):
@@ -52,9 +53,9 @@ def workers_module(triple: str) -> ir.Module:
         cpu_relax(b, m)
 
     def futex(b, slot, op, val):
-        if nr is None:
+        if nr is None:              # no futex (not Linux): poll every POLL_US instead
             if op == FUTEX_WAIT:
-                b.call(yield_fn, [])
+                b.call(usleep, [ir.Constant(I32, POLL_US)])
             return
         b.call(syscall, [i64(nr), b.bitcast(slot, PTR), i64(op), val, ir.Constant(PTR, None)])
 
