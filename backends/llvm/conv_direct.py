@@ -299,7 +299,12 @@ def convolve(ctx, dc: Direct, groups: int, images: int, src: Buf, dst: Buf, w: B
 # gy_grid[o, q] * xp[off(r) + q]: dot products along q, MO x NRR of them at a time in
 # vector registers, accumulated per lane into a per-thread buffer (lanes and threads
 # summed once at the end).
-MO, NRR = 3, 3
+TILES = ((3, 3), (4, 2))    # (MO, NRR): 9 or 8 accumulators plus their operands fit in 16
+
+
+def _dot_tile_shape(og: int) -> tuple[int, int]:
+    """The tile whose row blocks divide ``og`` (no thin last block), 3 x 3 by default."""
+    return next(((mo, nrr) for mo, nrr in TILES if og % mo == 0), TILES[0])
 
 
 def load_grid(ctx, dc: Direct, src: Buf, base, grid) -> None:
@@ -371,14 +376,15 @@ def _dot_tiles(ctx, dc: Direct, xp, grid, lanes, offs, vec) -> None:
                 p = b.bitcast(b.gep(lanes, [at]), vp)
                 b.store(b.fadd(b.load(p, align=align), b.load(accs[i][j])), p, align=align)
 
-    full, tail = divmod(R, NRR)
-    for o0 in range(0, og, MO):
-        rows = min(MO, og - o0)
+    mo, nrr = _dot_tile_shape(og)
+    full, tail = divmod(R, nrr)
+    for o0 in range(0, og, mo):
+        rows = min(mo, og - o0)
         if full:
-            with for_range(b, 0, full * NRR, "kr", NRR) as r0:
-                block(o0, rows, r0, NRR)
+            with for_range(b, 0, full * nrr, "kr", nrr) as r0:
+                block(o0, rows, r0, nrr)
         if tail:
-            block(o0, rows, i64(full * NRR), tail)
+            block(o0, rows, i64(full * nrr), tail)
 
 
 def _sum_lanes(ctx, dc: Direct, nbytes: int, first: int, dw: Buf, dbase: int, vw: int,
