@@ -455,26 +455,46 @@ def getitem(x: Tensor, index) -> Tensor:
 
 
 def setitem(x: Tensor, index, value) -> None:
-    """``x[index] = value`` for ints and step-1 slices, traced functionally: ``x`` is rebound
-    to ``where(mask, value padded into place, x)`` (views taken earlier keep the old value)."""
+    """``x[index] = value`` for ints and slices of any step, traced functionally: ``x`` is
+    rebound to ``where(mask, value spread into place, x)`` (views taken earlier keep the old
+    value). A step s puts s - 1 zeros between the values along its axis (pad, reshape); a
+    negative step is the reversed values at the ascending positions."""
     starts, stops, steps, out = _basic_index(x, index)
     if any(o[0] == "new" for o in out):
         raise IndexError("None cannot be used in an index that is assigned to")
-    if any(s != 1 for s in steps):
-        raise NotImplementedError("assignment to a slice with a step other than 1 is not "
-                                  "supported while tracing")
-    region = tuple(e - b for b, e in zip(starts, stops))
-    if not all(region):
+    # (a negative step's stop is -d-1 for the slice op; as a range it is -1)
+    counts = [len(range(b, e if e >= 0 else -1, st)) for b, e, st in zip(starts, stops, steps)]
+    if not all(counts):
         return
-    view = tuple(region[o[1]] for o in out)
+    view = tuple(counts[o[1]] for o in out)
     v = cast(as_tensor(value, x), x.dtype)
-    v = reshape(broadcast_to(v, view), region)
-    pads = tuple(p for b, e, d in zip(starts, stops, x.shape) for p in (b, d - e))
-    mask = x.tracer.emit("full", shape=region, value=1.0, dtype="bool")
+    v = reshape(broadcast_to(v, view), tuple(counts))
+    mask = x.tracer.emit("full", shape=tuple(counts), value=1.0, dtype="bool")
+    lows = []
+    for ax, (b, st, n) in enumerate(zip(starts, steps, counts)):
+        if st < 0:                   # the same positions, ascending, with reversed values
+            v = v[(slice(None),) * ax + (slice(None, None, -1),)]
+            b, st = b + (n - 1) * st, -st
+        if st > 1 and n > 1:
+            v, mask = _spread(v, ax, st), _spread(mask, ax, st)
+        lows.append(b)
+    pads = tuple(p for b, e, d in zip(lows, v.shape, x.shape) for p in (b, d - b - e))
     if any(pads):
         v = _emit("pad", v, pads=pads, value=0.0, mode="constant")
         mask = _emit("pad", mask, pads=pads, value=0.0, mode="constant")
     x._value = where(mask, v, x).value
+
+
+def _spread(t: Tensor, axis: int, step: int) -> Tensor:
+    """``t`` with ``step - 1`` zeros (False) between its entries along ``axis``."""
+    shape = t.shape
+    n = shape[axis]
+    t = reshape(t, shape[:axis + 1] + (1,) + shape[axis + 1:])
+    pads = [0] * (2 * (len(shape) + 1))
+    pads[2 * (axis + 1) + 1] = step - 1
+    t = _emit("pad", t, pads=tuple(pads), value=0.0, mode="constant")
+    t = reshape(t, shape[:axis] + (n * step,) + shape[axis + 1:])
+    return t[(slice(None),) * axis + (slice(0, (n - 1) * step + 1),)]
 
 
 def clone(x) -> Tensor:
