@@ -206,43 +206,42 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """Batch normalization over axis 1 (eq. 8.35-8.37). In training mode with running
     statistics that are module buffers, their updated values are recorded as state updates
     (``tracer.update_state``), as PyTorch updates them in place."""
-    F = _F()
-    x = F.as_tensor(input)
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm expects (N, C, ...) input, got shape {x.shape}")
     if momentum is None:
         raise NotImplementedError("batch_norm(momentum=None) (a cumulative average) is not "
                                   "supported; give a number")
-    c = x.shape[1]
-    if running_mean is None or running_var is None:
-        if not training:
-            raise ValueError("batch_norm in inference mode needs running_mean and running_var")
-    def given_or(v, fill: float) -> Tensor:
-        return F.as_tensor(_np_full(c, fill, x) if v is None else v, x)
-
-    rm, rv = given_or(running_mean, 0.0), given_or(running_var, 1.0)
-    g, b = given_or(weight, 1.0), given_or(bias, 0.0)
-    y, new_mean, new_var = _emit("batch_norm", x, g, b, rm, rv, training=bool(training),
-                                 eps=float(eps), momentum=float(momentum), axis=1)
+    if (running_mean is None or running_var is None) and not training:
+        raise ValueError("batch_norm in inference mode needs running_mean and running_var")
+    y, new_mean, new_var = _batch_norm_op(input, running_mean, running_var, weight, bias,
+                                          training, momentum, eps)
     if training:
         for buf, new in ((running_mean, new_mean), (running_var, new_var)):
             if _is_buffer(buf):
-                x.tracer.update_state(buf, new)
+                y.tracer.update_state(buf, new)
     return y
 
 
 def batch_norm_stats(input, running_mean, running_var, weight, bias, eps):
     """Training-mode batch normalization that returns (y, batch mean, unbiased batch
-    variance) and records no state update (the caller averages them: momentum=None)."""
+    variance) and records no state update (the caller averages them: momentum=None).
+    With momentum 1 the op's "running averages" are the batch statistics themselves."""
+    return _batch_norm_op(input, running_mean, running_var, weight, bias, True, 1.0, eps)
+
+
+def _batch_norm_op(input, running_mean, running_var, weight, bias, training, momentum, eps):
+    """The ``batch_norm`` node: (y, new running mean, new running variance); missing
+    statistics or affine parameters are the neutral ones."""
     F = _F()
     x = F.as_tensor(input)
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm expects (N, C, ...) input, got shape {x.shape}")
     c = x.shape[1]
-    rm, rv = F.as_tensor(running_mean, x), F.as_tensor(running_var, x)
-    g = F.as_tensor(_np_full(c, 1.0, x) if weight is None else weight, x)
-    b = F.as_tensor(_np_full(c, 0.0, x) if bias is None else bias, x)
-    # momentum 1: the op's "running averages" are the batch statistics themselves
-    return _emit("batch_norm", x, g, b, rm, rv, training=True, eps=float(eps), momentum=1.0,
-                 axis=1)
+
+    def given_or(v, fill: float) -> Tensor:
+        return F.as_tensor(_np_full(c, fill, x) if v is None else v, x)
+    rm, rv = given_or(running_mean, 0.0), given_or(running_var, 1.0)
+    g, b = given_or(weight, 1.0), given_or(bias, 0.0)
+    return _emit("batch_norm", x, g, b, rm, rv, training=bool(training), eps=float(eps),
+                 momentum=float(momentum), axis=1)
 
 
 def _is_buffer(v) -> bool:
