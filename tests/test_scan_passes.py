@@ -122,3 +122,31 @@ def test_sum_over_steps_of_batched_products_is_one_matmul():
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12)
     assert fold_batched_matmul_sums(new) is new
+
+
+def test_unread_per_step_outputs_give_the_backward_scan_no_zero_sequence():
+    """Only the last state feeds the loss (fig. 10.5): the per-step outputs' cotangent is
+    zero, so the backward step takes no dL/dy_t sequence and adds nothing (the graph holds
+    no [T, b, h] zeros); the gradients match finite differences of the float64 loss."""
+    import frontend as fe
+    from frontend import F
+    from frontend.rnn import scan
+    T, B, H = 40, 2, 3                     # above the unrolling threshold: a rolled BPTT
+
+    def loss(h0, xs, w):
+        hs = scan(lambda h, x, w: (F.tanh(x + F.matmul(h, w)),) * 2, h0, xs, consts=[w])
+        return F.sum(hs[0] * hs[0])
+    specs = [fe.TensorSpec(s, "float64") for s in ((B, H), (T, B, H), (H, H))]
+    g = fe.grad(loss, *specs, wrt=[0, 1, 2])
+    zeros = [n for n in g.graph.nodes if n.op == "full" and n.outputs[0].shape == (T, B, H)]
+    assert not zeros
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s.type.shape) * 0.5 for s in specs]
+    f = fe.compile(loss, *specs)
+    grads = g(*args)
+    for k, a in enumerate(args):
+        e = np.zeros_like(a)
+        e.flat[1] = 1e-6
+        fd = (f(*[x + e if j == k else x for j, x in enumerate(args)])
+              - f(*[x - e if j == k else x for j, x in enumerate(args)])) / 2e-6
+        np.testing.assert_allclose(grads[k].flat[1], fd, rtol=1e-6, atol=1e-8)

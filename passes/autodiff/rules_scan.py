@@ -39,9 +39,13 @@ def _emit(g: Graph, loc, op: str, *inputs: Value, **attrs) -> tuple[Value, ...]:
     return g.add_node(op, inputs, attrs, loc)
 
 
-def make_step(body: Graph, nc: int, ns: int, saved: bool = False) -> _Step:
+def make_step(body: Graph, nc: int, ns: int, saved: bool = False,
+              zero_y: frozenset[int] = frozenset()) -> _Step:
     """Build the backward step graph from the step's VJP graph (autodiff of the body).
-    ``saved``: it also takes the cotangent of the saved entering carries, added to dL/dh."""
+    ``saved``: it also takes the cotangent of the saved entering carries, added to dL/dh.
+    ``zero_y``: per-step outputs whose cotangent is all zeros (outputs the loss never reads,
+    such as every hidden state but the last of fig. 10.5): they are no input of the
+    backward step, which is simplified without them (no zero sequence is stored or read)."""
     args, outs = body.arguments, body.outputs
     fc = [i for i in range(nc) if args[i].type.is_float]
     fs = [i for i in range(ns) if args[nc + i].type.is_float]
@@ -55,7 +59,9 @@ def make_step(body: Graph, nc: int, ns: int, saved: bool = False) -> _Step:
     gk = [b.add_input(b.fresh_name("gsum_" + args[nc + ns + i].name),
                       args[nc + ns + i].type) for i in fk]
     ct = [b.add_input(b.fresh_name(a.name), a.type) for a in args[:nc + ns]]
-    gy = [b.add_input(b.fresh_name("g_" + outs[nc + i].name), outs[nc + i].type) for i in fy]
+    gy = [b.op("full", shape=outs[nc + i].shape, value=0.0, dtype=outs[nc + i].dtype)
+          if i in zero_y else
+          b.add_input(b.fresh_name("g_" + outs[nc + i].name), outs[nc + i].type) for i in fy]
     gsv = [b.add_input(b.fresh_name("gsaved_" + args[i].name), args[i].type)
            for i in fc] if saved else []
     theta = [b.add_param(b.fresh_name(a.name), a.type) for a in args[nc + ns:]]
@@ -68,6 +74,9 @@ def make_step(body: Graph, nc: int, ns: int, saved: bool = False) -> _Step:
     acc = [b.op("add", s, d) for s, d in zip(gk, g_k)]
     g_c = [b.op("add", c, d) for c, d in zip(g_c, gsv)] if saved else g_c
     b.set_outputs(list(g_c) + acc + list(g_s))
+    if zero_y:
+        from passes.simplify import simplify     # x + 0 -> x, and what no output needs
+        b = simplify(b)
     return _Step(body, nc, ns, b, fc, fs, fk, fy)
 
 
@@ -174,7 +183,8 @@ def _scan_vjp(e, node, xs, ys, gs):
     g_saved = [gs[nc + n_y + i] for i in range(nc)
                if every and body.arguments[i].type.is_float]
     saved_ct = every > 0 and not all(_is_zero(v) for v in g_saved)
-    st = make_step(body, nc, len(slices), saved_ct)
+    zero_y = frozenset(i for i in range(n_y) if _is_zero(gs[nc + i]))
+    st = make_step(body, nc, len(slices), saved_ct, zero_y)
     if not st.fc and not st.fk and not st.fs:
         return [None] * len(xs)
     if steps == 0:
@@ -185,7 +195,7 @@ def _scan_vjp(e, node, xs, ys, gs):
     flip = attrs["reverse"]
     order = (lambda v: _flip(g, loc, v)) if flip else (lambda v: v)
     p_slices = [order(s) for s in slices]
-    p_gys = [order(gs[nc + i]) for i in st.fy]
+    p_gys = [order(gs[nc + i]) for i in st.fy if i not in zero_y]
     if saved_ct:
         p_gys += [_per_step(g, loc, v, every, steps) for v in g_saved]
     ginit = [gs[i] for i in st.fc] + [e.zeros_like(consts[i]) for i in st.fk]
