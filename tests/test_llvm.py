@@ -281,6 +281,22 @@ def test_tiling_max_pool_and_gradient_like_the_reference(width, kernel, dtype):
             np.testing.assert_array_equal(got, want)
 
 
+def test_profile_script_reports_a_training_step(tmp_path):
+    """bench/profile_llvm.py (a script, run as a user would) profiles a compiled MLP
+    training step: a per-node table led by its GEMMs, then the share of each op."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "profile_llvm.py"), "mlp",
+                          "--steps", "5", "--top", "3"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, check=True).stdout
+    assert "ms per step over 5 steps" in out
+    table = out.split("node\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(table) == 3 and sum("matmul(" in row for row in table) >= 2
+    assert "adam_update" in out.split("op\n", 1)[1]
+
+
 def test_profile_counts_cycles_per_node():
     """profile=True: every node that ran has cycles; the matmul outweighs a 4-element add."""
     g = Graph("p")
