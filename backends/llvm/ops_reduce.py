@@ -8,6 +8,8 @@ columns). Both inner loops are unit-stride and vectorize.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from irgraph.ops.core import normalize_axes
 
 from .builder import REGISTER, Buf, for_range, i64, prod, row_strides, strided_nest
@@ -152,18 +154,27 @@ def _axis_view(shape, axis: int) -> tuple[int, int, int]:
     return prod(shape[:axis]), shape[axis], prod(shape[axis + 1:])
 
 
+@contextmanager
+def _lanes(ctx, x: Buf, axis: int):
+    """Loop over this thread's lanes along ``axis`` (every index but the axis one); yields
+    (lane, its first element's offset, the axis length, the axis stride)."""
+    (axis,) = normalize_axes((axis,), x.type.rank)
+    outer, n, inner = _axis_view(x.shape, axis)
+    b = ctx.b
+    lo, hi = ctx.split(outer * inner)
+    with for_range(b, lo, hi, "p") as p:
+        base = b.add(b.mul(b.sdiv(p, i64(inner)), i64(n * inner)), b.srem(p, i64(inner)))
+        yield p, base, n, inner
+
+
 @lowering("argmax", parallel=True)
 def _argmax(ctx, node, ins, outs):
     """The first maximum; a NaN counts as the maximum (numpy's rule)."""
     (x,), (out,) = ins, outs
-    (axis,) = normalize_axes((node.attrs["axis"],), x.type.rank)
-    outer, n, inner = _axis_view(x.shape, axis)
     dt, b = x.dtype, ctx.b
     best = ctx.alloca(REGISTER[dt], "best")
     besti = ctx.alloca(REGISTER["int64"], "besti")
-    lo, hi = ctx.split(outer * inner)
-    with for_range(b, lo, hi, "p") as p:
-        base = b.add(b.mul(b.sdiv(p, i64(inner)), i64(n * inner)), b.srem(p, i64(inner)))
+    with _lanes(ctx, x, node.attrs["axis"]) as (p, base, n, inner):
         b.store(x.load(b, base), best)
         b.store(i64(0), besti)
         with for_range(b, 1, n, "k") as k:
@@ -181,14 +192,10 @@ def _argmax(ctx, node, ins, outs):
 def _softmax_like(log: bool):
     def lower(ctx, node, ins, outs):
         (x,), (out,) = ins, outs
-        (axis,) = normalize_axes((node.attrs["axis"],), x.type.rank)
-        outer, n, inner = _axis_view(x.shape, axis)
         dt, b = x.dtype, ctx.b
         m = ctx.alloca(REGISTER[dt], "m")
         s = ctx.alloca(REGISTER[dt], "s")
-        lo, hi = ctx.split(outer * inner)
-        with for_range(b, lo, hi, "p") as p:
-            base = b.add(b.mul(b.sdiv(p, i64(inner)), i64(n * inner)), b.srem(p, i64(inner)))
+        with _lanes(ctx, x, node.attrs["axis"]) as (_, base, n, inner):
 
             def at(k):
                 return b.add(base, b.mul(k, i64(inner)))
