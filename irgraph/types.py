@@ -4,6 +4,8 @@ Printed as ``f32[8,16]`` (a scalar is ``f32[]``).
 """
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +22,13 @@ SHORT_TO_DTYPE: dict[str, str] = {v: k for k, v in DTYPES.items()}
 FLOAT_DTYPES = ("float32", "float64")
 INT_DTYPES = ("int32", "int64")
 
+# Bounds on every TensorType (so on every path that builds one: the parser, the builder's type
+# rules, passes, tracing, load). Sizes stay far from int64 overflow in index arithmetic.
+MAX_RANK = 64                 # numpy's limit
+MAX_DIM = 2 ** 48             # one dimension
+MAX_BYTES = 2 ** 48           # 256 TiB: the product of the dimensions (0 counted as 1, as numpy
+                              # does for the strides) times the item size
+
 
 def canonical_dtype(dtype) -> str:
     """Normalize a dtype given as a name, a short name or a numpy dtype."""
@@ -31,17 +40,44 @@ def canonical_dtype(dtype) -> str:
     return name
 
 
+def check_shape(shape, dtype: str = "float32") -> tuple[int, ...]:
+    """``shape`` as a tuple of Python ints, or ValueError (TypeError for non-integers) naming
+    the bound it breaks: rank <= MAX_RANK, 0 <= each dimension <= MAX_DIM, and the product of
+    the dimensions (0 counted as 1) times the item size <= MAX_BYTES."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"a shape must be a sequence of ints, got {shape!r}") from None
+    if len(dims) > MAX_RANK:
+        raise ValueError(f"shape has rank {len(dims)}, over the limit of {MAX_RANK}")
+    out = []
+    for i, d in enumerate(dims):
+        try:
+            d = operator.index(d)
+        except TypeError:
+            raise TypeError(f"dimension {i} of shape {dims} is {d!r}, not an int") from None
+        if d < 0:
+            raise ValueError(f"negative dimension {d} (axis {i}) in shape {tuple(dims)}")
+        if d > MAX_DIM:
+            raise ValueError(f"dimension {d} (axis {i}) of shape {tuple(dims)} is over the "
+                             f"limit of 2**48 = {MAX_DIM}")
+        out.append(d)
+    itemsize = np.dtype(dtype).itemsize
+    extent = math.prod(max(d, 1) for d in out) * itemsize
+    if extent > MAX_BYTES:
+        raise ValueError(f"shape {tuple(out)} of {dtype} spans {extent} bytes, over the limit "
+                         f"of 2**48 = {MAX_BYTES} bytes")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]
     dtype: str = "float32"
 
     def __post_init__(self):
-        shape = tuple(int(d) for d in self.shape)
-        if any(d < 0 for d in shape):
-            raise ValueError(f"negative dimension in shape {shape}")
-        object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        object.__setattr__(self, "shape", check_shape(self.shape, self.dtype))
 
     @property
     def rank(self) -> int:
@@ -49,7 +85,7 @@ class TensorType:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def np_dtype(self) -> np.dtype:

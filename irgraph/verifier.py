@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from .ir import Graph, Value
 from .registry import IRError, get_op
+from .types import TensorType, check_shape
 
 
 class VerificationError(IRError):
-    pass
+    """``node`` and ``graph`` say where the innermost failure is (``node`` is None for a rule
+    about the whole graph: outputs, donations)."""
+    node = None
+    graph = None
 
 
 def verify(g: Graph) -> Graph:
@@ -14,13 +18,21 @@ def verify(g: Graph) -> Graph:
     defined: set[int] = set()
     names: set[str] = set()
 
-    def fail(msg: str, node=None):
+    def fail(msg: str, node=None, inner: VerificationError | None = None):
         where = f"\n  at node: {node!r}" if node is not None else ""
-        raise VerificationError(f"graph {g.name!r}: {msg}{where}\n--- graph ---\n{g}")
+        err = VerificationError(f"graph {g.name!r}: {msg}{where}\n--- graph ---\n{g}")
+        err.node, err.graph = (inner.node, inner.graph) if inner is not None else (node, g)
+        raise err
 
     def define(v: Value, node=None):
         if id(v) in defined or v.name in names:
             fail(f"value %{v.name} is defined twice (SSA)", node)
+        if not isinstance(v.type, TensorType):
+            fail(f"value %{v.name} has type {v.type!r}, not a TensorType", node)
+        try:  # a type changed in place (object.__setattr__) escapes TensorType's own check
+            check_shape(v.type.shape, v.type.dtype)
+        except (TypeError, ValueError) as e:
+            fail(f"value %{v.name} has a bad type: {e}", node)
         defined.add(id(v))
         names.add(v.name)
 
@@ -39,6 +51,8 @@ def verify(g: Graph) -> Graph:
             types = opdef.infer([v.type for v in node.inputs], attrs)
         except IRError as e:
             fail(str(e), node)
+        except Exception as e:  # noqa: BLE001  (a type rule failing on odd attributes)
+            fail(f"op {node.op!r}: its type rule failed: {type(e).__name__}: {e}", node)
         if len(types) != len(node.outputs):
             fail(f"op {node.op} gives {len(types)} outputs, node has {len(node.outputs)}", node)
         for v, t in zip(node.outputs, types):
@@ -51,7 +65,7 @@ def verify(g: Graph) -> Graph:
                 try:
                     verify(val)
                 except VerificationError as e:
-                    fail(f"subgraph attribute {key!r} is invalid: {e}", node)
+                    fail(f"subgraph attribute {key!r} is invalid: {e}", node, e)
         define_all = [define(v, node) for v in node.outputs]
         del define_all
     for v in g.outputs:
