@@ -6,6 +6,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from irgraph.ops.core import normalize_axes, reduced_shape, wrap_dim
 from irgraph.types import TensorType
 
 from .tracing import Tensor, current_tracer
@@ -156,10 +157,34 @@ def clamp_max(x, max) -> Tensor:
 
 
 # ---------------------------------------------------------------- reductions
-def _axes(dim):
+def _axes(x: Tensor, dim):
+    """The dims of a reduction over ``dim`` (an int or a sequence), each checked and made
+    >= 0 by the registry's ``wrap_dim`` (torch's rule: rank r takes [-r, r-1], a 0-d tensor
+    -1 and 0); None or () means every dim, as in torch."""
     if dim is None:
         return None
-    return (dim,) if isinstance(dim, int) else tuple(dim)
+    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
+    if not dims:
+        return None
+    if len(set(wrap_dim(d, x.ndim) for d in dims)) != len(dims):
+        raise ValueError(f"dim {dim} names a dimension more than once")
+    return normalize_axes(dims, x.ndim)
+
+
+def _count(x: Tensor, axes) -> int:
+    """How many elements each result of a reduction over ``axes`` (as ``_axes`` gives) takes."""
+    return int(np.prod([x.shape[a] for a in (range(x.ndim) if axes is None else axes)],
+                       dtype=np.int64))
+
+
+def _nonempty(x: Tensor, axes, name: str) -> None:
+    """torch refuses a maximum or minimum over an empty dimension (it has no identity)."""
+    for a in range(x.ndim) if axes is None else axes:
+        if x.shape[a] == 0:
+            raise IndexError(f"{name}(): expected reduction dim {a} of a tensor of shape "
+                             f"{x.shape} to have non-zero size")
+    if axes is None and x.numel() == 0:
+        raise IndexError(f"{name}(): the tensor of shape {x.shape} is empty")
 
 
 def sum(x, dim=None, keepdim: bool = False, dtype: str | None = None) -> Tensor:
@@ -169,28 +194,36 @@ def sum(x, dim=None, keepdim: bool = False, dtype: str | None = None) -> Tensor:
         x = cast(x, dtype)
     elif not x.type.is_float:
         x = cast(x, "int64")
-    return _emit("sum", x, axis=_axes(dim), keepdims=keepdim)
+    return _emit("sum", x, axis=_axes(x, dim), keepdims=keepdim)
 
 
-def mean(x, dim=None, keepdim: bool = False) -> Tensor:
+def mean(x, dim=None, keepdim: bool = False, dtype: str | None = None) -> Tensor:
     x = as_tensor(x)
-    return _emit("mean", x if x.type.is_float else cast(x, "float32"), axis=_axes(dim),
+    if dtype is not None:
+        x = cast(x, dtype)
+    return _emit("mean", x if x.type.is_float else cast(x, "float32"), axis=_axes(x, dim),
                  keepdims=keepdim)
 
 
 def amax(x, dim=None, keepdim: bool = False) -> Tensor:
-    return _emit("max", as_tensor(x), axis=_axes(dim), keepdims=keepdim)
+    x = as_tensor(x)
+    _nonempty(x, _axes(x, dim), "amax")
+    return _emit("max", x, axis=_axes(x, dim), keepdims=keepdim)
 
 
 def amin(x, dim=None, keepdim: bool = False) -> Tensor:
-    return _emit("min", as_tensor(x), axis=_axes(dim), keepdims=keepdim)
+    x = as_tensor(x)
+    _nonempty(x, _axes(x, dim), "amin")
+    return _emit("min", x, axis=_axes(x, dim), keepdims=keepdim)
 
 
 def argmax(x, dim: int | None = None, keepdim: bool = False) -> Tensor:
     x = as_tensor(x)
     if dim is None:
+        _nonempty(x, None, "argmax")
         return _emit("argmax", reshape(x, (-1,)), axis=0, keepdims=False)
-    return _emit("argmax", x, axis=dim, keepdims=keepdim)
+    _nonempty(x, _axes(x, dim), "argmax")
+    return _emit("argmax", x, axis=wrap_dim(dim, x.ndim), keepdims=keepdim)
 
 
 def argmin(x, dim: int | None = None, keepdim: bool = False) -> Tensor:
@@ -230,34 +263,58 @@ def _take_at(x, idx: Tensor, dim: int, keepdim: bool) -> Tensor:
     """The entries of ``x`` at ``idx`` (kept-dim indices) along ``dim``. As torch's
     ``max(x, dim)``, the values' gradient goes to the returned index only, not to every tie."""
     x = as_tensor(x)
-    dim = dim % x.ndim
+    if not x.ndim:                    # a scalar is its own maximum
+        wrap_dim(dim, 0)
+        return x
+    dim = wrap_dim(dim, x.ndim)
     pos = x.tracer.emit("iota", shape=x.shape, axis=dim, dtype=idx.dtype)
     zero = 0.0 if x.type.is_float else 0
     return sum(where(eq(pos, idx), x, zero), dim, keepdim).to(x.dtype)
 
 
-def var(x, dim=None, keepdim: bool = False, unbiased: bool = True, *,
-        correction: int | None = None) -> Tensor:
-    """``torch.var``: divides by ``n - correction`` (``unbiased``: correction 1)."""
+def _correction(dim, unbiased, correction, name: str):
+    """torch's ``var``/``std`` arguments: ``var(x, unbiased)`` (a bool where ``dim`` goes),
+    ``var(x, dim, unbiased, keepdim)`` and ``correction=`` (``unbiased``: correction 1)."""
+    if isinstance(dim, (bool, np.bool_)):
+        dim, unbiased = None, bool(dim)
+    if correction is not None and unbiased is not None:
+        raise ValueError(f"{name}: give unbiased or correction, not both")
+    c = correction if correction is not None else (1 if unbiased in (None, True) else 0)
+    return dim, c
+
+
+def var(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
+        correction: float | None = None) -> Tensor:
+    """``torch.var``: the squared deviations summed, divided by ``max(0, n - correction)``
+    (as torch: NaN for no degrees of freedom and a zero sum)."""
     x = as_tensor(x)
-    m = mean(x, dim, keepdim=True)
-    n = int(np.prod([x.shape[a] for a in (range(x.ndim) if dim is None else _axes(dim))]))
-    c = (1 if unbiased else 0) if correction is None else correction
-    return div(sum(square(sub(x, m)), dim, keepdim), float(n - c))
+    dim, c = _correction(dim, unbiased, correction, "var")
+    x = x if x.type.is_float else cast(x, "float32")
+    axes = _axes(x, dim)
+    m = mean(x, axes, keepdim=True)
+    dof = _count(x, axes) - c
+    dof = dof if dof > 0 else 0
+    return div(sum(square(sub(x, m)), axes, keepdim), float(dof))
 
 
-def std(x, dim=None, keepdim: bool = False, unbiased: bool = True, *,
-        correction: int | None = None) -> Tensor:
-    return sqrt(var(x, dim, keepdim, unbiased, correction=correction))
+def std(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
+        correction: float | None = None) -> Tensor:
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
 
 
 def logsumexp(x, dim, keepdim: bool = False) -> Tensor:
-    """``log(sum(exp(x)))`` over ``dim``, shifted by the maximum so it cannot overflow."""
+    """``log(sum(exp(x)))`` over ``dim``, shifted by the maximum so it cannot overflow; over an
+    empty dim it is log(0) = -inf (torch)."""
     x = as_tensor(x)
     x = x if x.type.is_float else cast(x, "float32")
-    m = amax(x, dim, keepdim=True)
-    out = add(log(sum(exp(sub(x, m)), dim, keepdim=True)), m)
-    return out if keepdim else squeeze(out, _axes(dim))
+    axes = _axes(x, dim)
+    if _count(x, axes) == 0:
+        shape = reduced_shape(x.shape, normalize_axes(axes, x.ndim), keepdim)
+        return x.tracer.emit("full", shape=shape, value=float("-inf"), dtype=x.dtype)
+    m = amax(x, axes, keepdim=True)   # its gradient cancels: d/dm (log sum e^(x-m) + m) = 0
+    out = add(log(sum(exp(sub(x, m)), axes, keepdim=True)), m)
+    return out if keepdim else reshape(out, reduced_shape(x.shape, normalize_axes(axes, x.ndim),
+                                                          False))
 
 
 # ---------------------------------------------------------------- linear algebra
@@ -288,13 +345,7 @@ def reshape(x, shape) -> Tensor:
     return _emit("reshape", x, shape=tuple(shape))
 
 
-def _dim(d: int, rank: int) -> int:
-    """A dimension index checked as torch does (rank 0 takes -1 and 0) and made >= 0."""
-    n = rank if rank else 1
-    if not isinstance(d, (int, np.integer)) or not -n <= d < n:
-        raise IndexError(f"dimension out of range (expected to be in range of [{-n}, {n - 1}], "
-                         f"but got {d!r})")
-    return int(d) % n
+_dim = wrap_dim     # a dimension index checked as torch does (rank 0 takes -1 and 0), >= 0
 
 
 def flatten(x, start_dim: int = 0, end_dim: int = -1) -> Tensor:
@@ -380,7 +431,9 @@ def slice_axes(x, starts, stops, steps) -> Tensor:
 
 
 def pad(x, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Tensor:
-    """PyTorch's convention: ``pad`` lists (left, right) pairs starting from the LAST axis."""
+    """PyTorch's convention: ``pad`` lists (left, right) pairs starting from the LAST axis.
+    Negative widths crop. As torch, ``circular`` crops first and wraps the cropped tensor;
+    the other modes pad the whole tensor, then crop."""
     x = as_tensor(x)
     if len(pad) % 2 or len(pad) // 2 > x.ndim:
         raise ValueError(f"pad {list(pad)} must hold (before, after) pairs for at most "
@@ -390,16 +443,26 @@ def pad(x, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Te
         ax = x.ndim - 1 - i
         pads[2 * ax], pads[2 * ax + 1] = int(pad[2 * i]), int(pad[2 * i + 1])
     grow = tuple(p if p > 0 else 0 for p in pads)
-    y = x if not any(grow) else _emit("pad", x, pads=grow, mode=mode,
-                                      value=0.0 if value is None else float(value))
-    if all(p >= 0 for p in pads):
-        return y
-    # negative widths crop, as in torch
-    starts = [-p if p < 0 else 0 for p in pads[0::2]]
-    stops = [d + p if p < 0 else d for d, p in zip(y.shape, pads[1::2])]
+    crop = tuple(-p if p < 0 else 0 for p in pads)
+    value = 0.0 if value is None else float(value)
+    if mode == "circular":
+        return _grow(_crop(x, crop, pad), grow, mode, value)
+    return _crop(_grow(x, grow, mode, value), crop, pad)
+
+
+def _grow(x: Tensor, grow: tuple[int, ...], mode: str, value: float) -> Tensor:
+    return x if not any(grow) else _emit("pad", x, pads=grow, mode=mode, value=value)
+
+
+def _crop(x: Tensor, crop: tuple[int, ...], pad) -> Tensor:
+    """``x`` without ``crop[2a]`` elements before and ``crop[2a+1]`` after on each axis a."""
+    if not any(crop):
+        return x
+    starts = list(crop[0::2])
+    stops = [d - c for d, c in zip(x.shape, crop[1::2])]
     if any(b > e for b, e in zip(starts, stops)):
         raise ValueError(f"pad {list(pad)} crops more than the shape {x.shape} holds")
-    return slice_axes(y, starts, stops, [1] * x.ndim)
+    return slice_axes(x, starts, stops, [1] * x.ndim)
 
 
 def _basic_index(x: Tensor, index):
@@ -508,12 +571,22 @@ builtins_sum = __builtins__["sum"] if isinstance(__builtins__, dict) else __buil
 
 
 # ---------------------------------------------------------------- softmax and losses
-def softmax(x, dim: int = -1) -> Tensor:
-    return _emit("softmax", as_tensor(x), axis=dim)
+def _along(op: str, x, dim, dtype) -> Tensor:
+    """softmax-like ops: ``dtype`` casts the input first (torch); integers go to float32."""
+    x = as_tensor(x)
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif not x.type.is_float:
+        x = cast(x, "float32")
+    return _emit(op, x, axis=wrap_dim(dim, x.ndim))
 
 
-def log_softmax(x, dim: int = -1) -> Tensor:
-    return _emit("log_softmax", as_tensor(x), axis=dim)
+def softmax(x, dim: int = -1, _stacklevel: int = 3, dtype: str | None = None) -> Tensor:
+    return _along("softmax", x, dim, dtype)
+
+
+def log_softmax(x, dim: int = -1, _stacklevel: int = 3, dtype: str | None = None) -> Tensor:
+    return _along("log_softmax", x, dim, dtype)
 
 
 def _loss_args(weight, size_average, reduce, reduction):

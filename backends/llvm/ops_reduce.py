@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from irgraph.ops.core import normalize_axes
+from irgraph.ops.core import axis_split, normalize_axes
 
 from .builder import REGISTER, Buf, for_range, i64, prod, row_strides, strided_nest
 from .elementwise import elementwise
@@ -149,17 +149,11 @@ for _op in ("sum", "mean", "max", "min"):
     lowering(_op, parallel=True)(_lower_reduce)
 
 
-def _axis_view(shape, axis: int) -> tuple[int, int, int]:
-    """(outer, n, inner): the tensor seen as outer x n x inner around ``axis``."""
-    return prod(shape[:axis]), shape[axis], prod(shape[axis + 1:])
-
-
 @contextmanager
 def _lanes(ctx, x: Buf, axis: int):
     """Loop over this thread's lanes along ``axis`` (every index but the axis one); yields
     (lane, its first element's offset, the axis length, the axis stride)."""
-    (axis,) = normalize_axes((axis,), x.type.rank)
-    outer, n, inner = _axis_view(x.shape, axis)
+    outer, n, inner = axis_split(x.shape, axis)   # a 0-d tensor is 1 x 1 x 1
     b = ctx.b
     lo, hi = ctx.split(outer * inner)
     with for_range(b, lo, hi, "p") as p:

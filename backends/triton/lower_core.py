@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from irgraph import Node
-from irgraph.ops.core import normalize_axes
+from irgraph.ops.core import lane_view, normalize_axes
 
 from .kernels import elementwise as ew
 from .kernels import loss as loss_k
@@ -79,9 +79,9 @@ def _argmax(node: Node, ctx: LowerContext) -> Step:
 @lowering("softmax", "log_softmax")
 def _softmax(node: Node, ctx: LowerContext) -> Step:
     x = _in(node)
-    (axis,) = normalize_axes((node.attrs["axis"],), x.rank)
-    run = red.softmax(x.shape, axis, x.dtype, node.op == "log_softmax", ctx.device)
-    return lambda xs: [run(xs[0])]
+    shape, axis = lane_view(x.shape, node.attrs["axis"])     # a 0-d tensor: one element
+    run = red.softmax(shape, axis, x.dtype, node.op == "log_softmax", ctx.device)
+    return lambda xs: [run(xs[0].reshape(shape)).reshape(x.shape)]
 
 
 @lowering("matmul")

@@ -200,16 +200,49 @@ def _(cond, x, y):
 
 
 # ---------------------------------------------------------------- reductions
+class DimError(IndexError, ValueError):
+    """A dimension outside a tensor's range (an IndexError, as torch's; a ValueError, as every
+    other type-rule failure)."""
+
+
+def wrap_dim(dim, rank: int) -> int:
+    """THE rule for one dimension index (torch's ``maybe_wrap_dim``): for rank r >= 1, dims in
+    [-r, r-1], negatives counting from the end; a 0-d tensor takes -1 and 0 (both name the
+    scalar itself, returned as 0). Anything else is a ``DimError`` naming the dim and rank."""
+    n = max(rank, 1)
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
+        raise DimError(f"dimension {dim!r} is not an integer")
+    if not -n <= dim < n:
+        raise DimError(f"dimension out of range (expected to be in range of [{-n}, {n - 1}], "
+                       f"but got {dim}) for a tensor of rank {rank}")
+    return int(dim) % n
+
+
 def normalize_axes(axis, rank: int) -> tuple[int, ...]:
-    """None means every axis; negative axes count from the end; sorted and unique."""
+    """The axes a reduction over ``axis`` reduces: None means every axis; each one is checked
+    and made >= 0 by ``wrap_dim``; sorted and unique. A 0-d tensor has no axis to reduce: its
+    dims -1 and 0 reduce nothing (the result is the scalar), so this gives ()."""
     if axis is None:
         return tuple(range(rank))
-    out = set()
-    for a in axis:
-        if not -rank <= a < max(rank, 1):
-            raise ValueError(f"axis {a} out of range for rank {rank}")
-        out.add(a % rank if rank else 0)
-    return tuple(sorted(out))
+    if isinstance(axis, (int, np.integer)):
+        axis = (axis,)
+    out = {wrap_dim(a, rank) for a in axis}
+    return tuple(sorted(out)) if rank else ()
+
+
+def lane_view(shape, axis: int) -> tuple[tuple[int, ...], int]:
+    """``(shape, axis)`` for an op that runs along one axis (softmax, argmax): ``axis`` checked
+    by ``wrap_dim``; a 0-d tensor is seen as a one-element vector along its axis 0."""
+    a = wrap_dim(axis, len(shape))
+    return (tuple(shape) if len(shape) else (1,)), a
+
+
+def axis_split(shape, axis: int) -> tuple[int, int, int]:
+    """(outer, n, inner): a tensor seen as outer x n x inner around one ``axis`` (``lane_view``
+    applies, so a 0-d tensor is 1 x 1 x 1)."""
+    shape, a = lane_view(shape, axis)
+    return (int(np.prod(shape[:a], dtype=np.int64)), shape[a],
+            int(np.prod(shape[a + 1:], dtype=np.int64)))
 
 
 def reduced_shape(shape, axes, keepdims) -> tuple[int, ...]:
@@ -264,16 +297,20 @@ _reduce("min", np.min)
 @register_op("argmax", attrs={"axis": Attr(a_int), "keepdims": Attr(a_bool, False)},
              differentiable=False, nondiff_reason="integer result")
 def argmax(x, *, axis, keepdims):
-    """Index of the first maximum along ``axis`` (numpy's and PyTorch's tie rule)."""
-    return np.argmax(x, axis=axis, keepdims=keepdims).astype(np.int64)
+    """Index of the first maximum along ``axis`` (numpy's and PyTorch's tie rule); a 0-d
+    tensor is its own maximum, at index 0."""
+    if x.ndim == 0:
+        wrap_dim(axis, 0)
+        return np.zeros((), np.int64)
+    return np.argmax(x, axis=wrap_dim(axis, x.ndim), keepdims=keepdims).astype(np.int64)
 
 
 @argmax.type_rule
 def _(x, *, axis, keepdims):
-    (a,) = normalize_axes((axis,), x.rank)
-    if x.rank and x.shape[a] == 0:
-        raise ValueError(f"argmax over an empty axis {a}")
-    return TensorType(reduced_shape(x.shape, (a,), keepdims), "int64")
+    axes = normalize_axes((axis,), x.rank)
+    if any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"argmax over an empty axis {axes[0]}")
+    return TensorType(reduced_shape(x.shape, axes, keepdims), "int64")
 
 
 # ---------------------------------------------------------------- matmul
@@ -356,7 +393,9 @@ def concat(*xs, axis):
 def _(*xs, axis):
     if not xs:
         raise ValueError("concat of nothing")
-    (a,) = normalize_axes((axis,), xs[0].rank)
+    if not xs[0].rank:
+        raise ValueError("0-d tensors cannot be concatenated")
+    a = wrap_dim(axis, xs[0].rank)
     for x in xs:
         if x.dtype != xs[0].dtype or x.rank != xs[0].rank or any(
                 x.shape[i] != xs[0].shape[i] for i in range(x.rank) if i != a):
@@ -420,19 +459,34 @@ def _(x, *, pads, value, mode):
 
 
 # ---------------------------------------------------------------- softmax and losses
-def _softmax(x, *, axis):
+def _along(fn):
+    """A kernel along one axis, on ``lane_view``'s shape (a 0-d tensor is a one-element
+    vector); an empty tensor gives an empty result (torch's softmax over an empty axis)."""
+    def kernel(x, *, axis):
+        shape, a = lane_view(x.shape, axis)
+        if x.size == 0:
+            return np.empty(x.shape, x.dtype)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return fn(x.reshape(shape), a).reshape(x.shape).astype(x.dtype, copy=False)
+    kernel.__name__ = fn.__name__.lstrip("_")
+    return kernel
+
+
+@_along
+def _softmax(x, axis):
     z = x - np.max(x, axis=axis, keepdims=True)
     e = np.exp(z)
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def _log_softmax(x, *, axis):
+@_along
+def _log_softmax(x, axis):
     z = x - np.max(x, axis=axis, keepdims=True)
     return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
 
 
 def _axis_rule(x, *, axis):
-    normalize_axes((axis,), x.rank)
+    wrap_dim(axis, x.rank)
     return _float_only(x)
 
 
