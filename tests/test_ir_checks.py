@@ -228,7 +228,10 @@ def _weights():
 def test_save_load_round_trip(tmp_path):
     g, w = mlp(), _weights()
     irgraph.save(tmp_path / "m", g, w)
-    assert sorted(os.listdir(tmp_path / "m")) == ["graph.ir", "manifest.json", "weights.npz"]
+    names = sorted(os.listdir(tmp_path / "m"))
+    assert len(names) == 3 and names[1] == "manifest.json"
+    assert re.fullmatch(r"graph-[0-9a-f]{64}\.ir", names[0])
+    assert re.fullmatch(r"weights-[0-9a-f]{64}\.npz", names[2])
     g2, w2 = irgraph.load(tmp_path / "m")
     assert g2 == g and sorted(w2) == sorted(w)
     for k in w:
@@ -244,16 +247,30 @@ def test_save_load_round_trip(tmp_path):
 def test_manifest_is_json_and_graph_is_text(tmp_path):
     irgraph.save(tmp_path, mlp(), _weights())
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["weights"] == ["fc.bias", "fc.weight"]
-    assert (tmp_path / "graph.ir").read_text().startswith("graph mlp(")
+    assert manifest["arrays"] == {"fc.bias": {"dtype": "float32", "shape": [5]},
+                                  "fc.weight": {"dtype": "float32", "shape": [3, 5]}}
+    assert (tmp_path / manifest["files"]["graph"]["name"]).read_text().startswith("graph mlp(")
+
+
+def _replace_file(folder, role: str, write) -> None:
+    """Replace a checkpoint's data file and update its checksum in the manifest, so that
+    what load checks after the checksum is reached."""
+    import hashlib
+    manifest = json.loads((folder / "manifest.json").read_text())
+    path = folder / manifest["files"][role]["name"]
+    write(path)
+    data = path.read_bytes()
+    manifest["files"][role].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_pickled_object_array_is_refused(tmp_path):
     irgraph.save(tmp_path, mlp(), _weights())
     evil = np.empty(2, dtype=object)
     evil[0], evil[1] = {"a": 1}, [1, 2]
-    np.savez(tmp_path / "weights.npz", allow_pickle=True, **{"fc.bias": evil})
-    with pytest.raises(ValueError, match=r"cannot read weights\.npz.*pickle"):
+    _replace_file(tmp_path, "weights", lambda p: np.savez(
+        p, allow_pickle=True, **{"fc.bias": evil, "fc.weight": evil}))
+    with pytest.raises(irgraph.CheckpointError, match=r"weights-\w+\.npz: member 'fc\.\w+\.npy'"):
         irgraph.load(tmp_path)
 
 
@@ -265,14 +282,16 @@ def test_saving_an_object_array_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("bad,pattern", [
-    (np.zeros((5, 3), np.float32), r"weight 'fc.weight' is float32\[5, 3\], .*declares "
-                                   r"f32\[3,5\]"),
-    (np.zeros((3, 5), np.float64), r"weight 'fc.weight' is float64\[3, 5\]"),
+    (np.zeros((5, 3), np.float32), r"'fc.weight.npy' holds float32\[5, 3\], the manifest "
+                                   r"declares float32\[3, 5\]"),
+    (np.zeros((3, 5), np.float64), r"'fc.weight.npy' holds float64\[3, 5\], the manifest "
+                                   r"declares float32\[3, 5\]"),
 ])
 def test_shape_or_dtype_mismatch_is_refused_on_load(tmp_path, bad, pattern):
     irgraph.save(tmp_path, mlp(), _weights())
-    np.savez(tmp_path / "weights.npz", **{"fc.weight": bad, "fc.bias": _weights()["fc.bias"]})
-    with pytest.raises(ValueError, match=pattern):
+    _replace_file(tmp_path, "weights", lambda p: np.savez(
+        p, **{"fc.weight": bad, "fc.bias": _weights()["fc.bias"]}))
+    with pytest.raises(irgraph.CheckpointError, match=pattern):
         irgraph.load(tmp_path)
 
 
@@ -294,8 +313,9 @@ def test_unknown_weights_and_formats_are_refused(tmp_path):
 
 def test_corrupt_graph_text_gives_a_parse_error(tmp_path):
     irgraph.save(tmp_path, mlp(), _weights())
-    (tmp_path / "graph.ir").write_text(GOOD.replace("relu", "relu!"))
-    with pytest.raises(ParseError, match=r"line 4, column 22"):
+    _replace_file(tmp_path, "graph", lambda p: p.write_text(GOOD.replace("relu", "relu!")))
+    with pytest.raises(irgraph.CheckpointError, match=r"graph-\w+\.ir: is not a valid graph: "
+                                                      r"line 4, column 22"):
         irgraph.load(tmp_path)
 
 
