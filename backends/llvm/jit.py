@@ -2,25 +2,27 @@
 
 IR text -> parse, verify -> new pass manager at -O3 with loop and SLP vectorization ->
 object code for the host (its triple, CPU and features) -> loaded into an MCJIT engine.
-Object code is cached on disk, keyed by the graph's canonical text, the target and the
-options; the folder is ``$IRGRAPH_CACHE_DIR`` (default ``~/.cache/irgraph/llvm``).
+Object code is cached on disk (``backends/cache.py``: HMAC-checked entries in a private
+folder, ``$IRGRAPH_CACHE_DIR/llvm``, default ``~/.cache/irgraph/llvm``), keyed by the graph's
+canonical text, the options, the target, llvmlite/LLVM and the source of every package that
+shapes the generated code.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import hashlib
-import os
 import re
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
 
-CACHE_VERSION = "irgraph-llvm-3"
+from .. import cache as disk_cache
+
+CACHE_VERSION = "irgraph-llvm-4"
+_CACHE = disk_cache.DiskCache("llvm", ".o")
 
 
 @lru_cache(maxsize=None)
@@ -56,55 +58,38 @@ def new_target_machine(opt: int = 3):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("IRGRAPH_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "irgraph" / "llvm"
+    """The folder of cached objects: ``$IRGRAPH_CACHE_DIR/llvm``."""
+    return _CACHE.folder()
 
 
 def clear_cache() -> int:
     """Delete every cached object; returns how many were removed."""
-    d = cache_dir()
-    if not d.is_dir():
-        return 0
-    n = len(list(d.glob("*.o")))
-    shutil.rmtree(d, ignore_errors=True)
-    return n
+    return _CACHE.clear()
 
 
-@lru_cache(maxsize=None)
 def code_version() -> str:
-    """A hash of this backend's own source: a changed lowering never reuses old objects."""
-    h = hashlib.sha256(CACHE_VERSION.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.read_bytes())
-    return h.hexdigest()
+    """The package version and source of irgraph, passes and backends (all of it shapes the
+    generated code): an upgrade or an edited pass never reuses old objects."""
+    return hashlib.sha256(f"{CACHE_VERSION}\0{disk_cache.source_hash()}".encode()).hexdigest()
 
 
 def cache_key(graph_text: str, options: dict) -> str:
     triple, cpu, features = host()
     opts = ";".join(f"{k}={options[k]!r}" for k in sorted(options))
-    blob = "\n".join([code_version(), llvmlite.__version__, triple, cpu, features, opts,
-                      graph_text])
+    llvm_version = ".".join(map(str, llvm.llvm_version_info))
+    blob = "\n".join([code_version(), llvmlite.__version__, llvm_version, triple, cpu,
+                      features, opts, graph_text])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def cache_load(key: str) -> bytes | None:
-    path = cache_dir() / f"{key}.o"
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
+    """The object cached under ``key``, HMAC-checked before anything hands it to LLVM; None
+    when absent, refused or damaged (deleted)."""
+    return _CACHE.load(key)
 
 
 def cache_store(key: str, obj: bytes) -> None:
-    d = cache_dir()
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(obj)
-        os.replace(tmp, d / f"{key}.o")       # atomic: readers never see half a file
-    except OSError:
-        pass                                  # a read-only cache only costs speed
+    _CACHE.store(key, obj)
 
 
 def _with_vector_width(text: str, features: str) -> str:
@@ -130,8 +115,25 @@ def optimize(ir_text: str, opt: int = 3):
         pto.slp_vectorization = True
         pto.loop_unrolling = False
         pb = llvm.create_pass_builder(tm, pto)
-        pb.getModulePassManager().run(mod, pb)
+        mpm = pb.getModulePassManager()
+        try:
+            mpm.run(mod, pb)
+        finally:
+            _dispose_pass_manager(mpm)
     return mod
+
+
+def _dispose_pass_manager(mpm) -> None:
+    """Free a module pass manager now. llvmlite's ModulePassManager inherits the no-op
+    ``ObjectRef._dispose`` ahead of its own, so without this every compile leaks its whole
+    pass pipeline (~85 KB)."""
+    from llvmlite.binding import ffi
+    from llvmlite.binding.newpassmanagers import NewPassManager
+    if type(mpm)._dispose is ffi.ObjectRef._dispose and hasattr(NewPassManager, "_dispose"):
+        NewPassManager._dispose(mpm)
+        mpm.detach()
+    else:
+        mpm.close()
 
 
 def emit_object(mod, opt: int = 3) -> bytes:
