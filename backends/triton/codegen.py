@@ -5,9 +5,10 @@ The body's nodes are rendered, in order, as lines of a new ``@triton.jit`` funct
 block of the region's shape S: operands are loaded (broadcast into S through strided
 offsets), every node is a call of the same per-op helpers the elementwise kernel uses, and
 each result is stored once. Intermediate values never touch memory. The source is written
-to a cache file named by its hash and imported (Triton reads a kernel's source from its
-file). An epilogue region computes its matmul tile with the matmul kernel's own
-``matmul_tile`` and applies the elementwise ops (bias, activation, residual) to the tile in
+to the HMAC-checked cache (``backends/cache.py``) and run from the generated text itself,
+never from what a file holds (Triton reads a kernel's source through ``linecache``). An
+epilogue region computes its matmul tile with the matmul kernel's own ``matmul_tile`` and
+applies the elementwise ops (bias, activation, residual) to the tile in
 registers before its single store. A region this generator does not handle falls back to
 its body's own kernels.
 
@@ -19,9 +20,8 @@ its body's own kernels.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-import tempfile
+import linecache
+import types
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 
 from irgraph import Graph, Value
 
+from .. import cache as disk_cache
 from .kernels import elementwise as ew
 from .runtime import View, cdiv, empty, meta_tensor, numel, to_device
 
@@ -49,12 +50,12 @@ from backends.triton.kernels.matmul import matmul_tile
 '''
 
 
+_CACHE = disk_cache.DiskCache("triton", ".py")
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("IRGRAPH_CACHE") or os.path.join(tempfile.gettempdir(),
-                                                           f"irgraph-{os.getuid()}")
-    path = Path(root) / "triton"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The folder of generated kernel sources: ``$IRGRAPH_CACHE_DIR/triton``."""
+    return _CACHE.folder()
 
 
 def lift_constants(body: Graph) -> tuple[Graph, list[np.ndarray]]:
@@ -219,15 +220,18 @@ def _expr(op: str, args: list[str], node, out: Value, tile: str) -> str:
 
 
 def load_kernel(src: str, name: str):
-    """Write ``src`` to the cache (once) and import its kernel."""
-    path = cache_dir() / f"{name}.py"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(_HEADER + src)
-        os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(f"irgraph_triton_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    """The kernel ``name`` of the generated ``src``. The cached file is checked (HMAC) and
+    rewritten unless it holds exactly this text; what runs is the generated text itself,
+    registered in ``linecache`` under the file's name for Triton to read."""
+    text = _HEADER + src
+    if _CACHE.load(name) != text.encode():
+        _CACHE.store(name, text.encode())
+    path = str(_CACHE.path(name))
+    lines = text.splitlines(keepends=True)
+    linecache.cache[path] = (len(text), None, lines, path)    # mtime None: never re-read
+    mod = types.ModuleType(f"irgraph_triton_{name}")
+    mod.__file__ = path
+    exec(compile(text, path, "exec"), mod.__dict__)
     return getattr(mod, name)
 
 
