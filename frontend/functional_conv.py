@@ -263,7 +263,9 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
                  padding=conv_padding(padding, d, k, _tuple(dilation, d, "dilation"),
                                       (1,) * d),
                  dilation=_tuple(dilation, d, "dilation"))
-    return _F().reshape(cols, (x.shape[0], x.shape[1] * math.prod(k), -1))
+    # the block count L spelled out: a -1 would be ambiguous for an empty batch
+    return _F().reshape(cols, (x.shape[0], x.shape[1] * math.prod(k),
+                               math.prod(cols.shape[2 + d:])))
 
 
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:

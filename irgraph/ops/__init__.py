@@ -4,3 +4,36 @@ from . import conv, norm, pool  # noqa: F401  (convolution, batch norm, pooling:
 from . import optim  # noqa: F401
 from . import recurrence  # noqa: F401
 from . import debug, fused  # noqa: F401  (check_finite and fused regions: passes/)
+
+
+def _empty_results_first(op):
+    """Wrap ``op``'s kernel: when an input is empty and so is every result (a batch of 0, a
+    zero-length axis kept), the results are empty arrays of the inferred types and the kernel,
+    which may divide by or reshape around the empty extent, is not run."""
+    import functools
+
+    import numpy as np
+
+    from ..types import TensorType
+    kernel = op.kernel
+
+    @functools.wraps(kernel)
+    def run(*arrays, **attrs):
+        if any(np.size(a) == 0 for a in arrays):
+            types = op.infer([TensorType.of(np.asarray(a)) for a in arrays], attrs)
+            if all(t.size == 0 for t in types):
+                outs = [np.empty(t.shape, t.np_dtype) for t in types]
+                return outs[0] if len(outs) == 1 else tuple(outs)
+        return kernel(*arrays, **attrs)
+    run.empty_results_first = True
+    op.kernel = run
+
+
+def _wrap_all():
+    from ..registry import all_ops
+    for _op in all_ops().values():
+        if not getattr(_op.kernel, "empty_results_first", False):
+            _empty_results_first(_op)
+
+
+_wrap_all()

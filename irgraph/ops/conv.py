@@ -55,10 +55,10 @@ def _cols(x, groups, kernel, stride, padding, dilation):
 def _conv(x, w, *, stride, padding, dilation, groups):
     n, o, k = x.shape[0], w.shape[0], w.shape[2:]
     cols, out = _cols(x, groups, k, stride, padding, dilation)
-    wm = w.reshape(groups, o // groups, -1)
-    p = cols.shape[2]
+    wm = w.reshape(groups, o // groups, _prod(w.shape[1:]))
+    p, ck = cols.shape[2], cols.shape[3]
     # one 2-D matmul per group (BLAS): (N*P, Cg*K) @ (Cg*K, Og)
-    y = np.stack([(cols[:, g].reshape(n * p, -1) @ wm[g].T).reshape(n, p, -1)
+    y = np.stack([(cols[:, g].reshape(n * p, ck) @ wm[g].T).reshape(n, p, o // groups)
                   for g in range(groups)], axis=1)                 # (N, G, P, Og)
     return np.ascontiguousarray(y.transpose(0, 1, 3, 2)).reshape((n, o) + out)
 
@@ -66,7 +66,8 @@ def _conv(x, w, *, stride, padding, dilation, groups):
 def _conv_kernel_grad(x, gy, *, kernel_size, stride, padding, dilation, groups):
     o = gy.shape[1]
     cols, out = _cols(x, groups, kernel_size, stride, padding, dilation)
-    g = gy.reshape(gy.shape[0], groups, o // groups, -1)       # (N, G, Og, P)
+    # sizes spelled out (no -1): an empty batch gives zeros, a sum of nothing
+    g = gy.reshape(gy.shape[0], groups, o // groups, _prod(gy.shape[2:]))  # (N, G, Og, P)
     dw = np.matmul(g, cols).sum(axis=0)                        # (G, Og, Cg*K)
     return dw.reshape((o, x.shape[1] // groups) + tuple(kernel_size))
 
@@ -75,8 +76,8 @@ def _conv_input_grad(w, gy, *, input_size, stride, padding, dilation, groups):
     n, o = gy.shape[:2]
     k, cg, d = w.shape[2:], w.shape[1], len(input_size)
     out = gy.shape[2:]
-    g = gy.reshape(n, groups, o // groups, -1).transpose(0, 1, 3, 2)   # (N, G, P, Og)
-    dcols = np.matmul(g, w.reshape(groups, o // groups, -1)[None])     # (N, G, P, Cg*K)
+    g = gy.reshape(n, groups, o // groups, _prod(out)).transpose(0, 1, 3, 2)   # (N, G, P, Og)
+    dcols = np.matmul(g, w.reshape(groups, o // groups, _prod(w.shape[1:]))[None])
     dcols = dcols.reshape((n, groups) + out + (cg,) + k)
     perm = (0, 1, 2 + d) + tuple(range(2, 2 + d)) + tuple(range(3 + d, 3 + 2 * d))
     dcols = dcols.transpose(perm).reshape((n, groups * cg) + out + k)
