@@ -45,8 +45,8 @@ import triton
 import triton.language as tl
 
 from backends.triton.kernels.elementwise import _binary, _load_input, _unary
-from backends.triton.kernels.conv import conv_fwd_tile
-from backends.triton.kernels.matmul import matmul_tile
+from backends.triton.kernels.conv import conv_epilogue_offsets, conv_fwd_tile, conv_out_coords
+from backends.triton.kernels.matmul import matmul_epilogue_offsets, matmul_tile
 '''
 
 
@@ -130,8 +130,23 @@ def _elementwise_over(body: Graph, nodes, shape, skip=()) -> bool:
         return False
 
 
-def _literal(x: float) -> str:
-    return f"float('{x}')" if x != x or x in (float("inf"), float("-inf")) else repr(float(x))
+def literal(value, dtype: str) -> str:
+    """``value`` as Triton source text of a ``dtype`` constant: the one rule for every literal
+    the generators write. numpy's conversion to ``dtype`` first (so ``-2.0`` as int64 is
+    ``-2``); ints as ints, bools as ``True``/``False``, floats by a ``repr`` that round-trips,
+    inf and nan as ``float('inf')``/``float('nan')`` (the compiler rejects a float literal
+    for an integer ``tl.full``, which the interpreter accepts)."""
+    if dtype not in _TL_DTYPE:
+        raise ValueError(f"no Triton literal for dtype {dtype!r} (value {value!r})")
+    x = np.asarray(value).astype(np.dtype(dtype)).item()
+    if dtype == "bool":
+        return repr(bool(x))
+    if dtype.startswith("int"):
+        return repr(int(x))
+    x = float(x)
+    if x != x or x in (float("inf"), float("-inf")):
+        return f"float('{x}')"
+    return repr(x)
 
 
 def render(body: Graph, strided: list[bool], rank: int) -> tuple[str, str]:
@@ -141,12 +156,50 @@ def render(body: Graph, strided: list[bool], rank: int) -> tuple[str, str]:
     params = ([f"out{j}_ptr" for j in range(len(body.outputs))]
               + [f"in{i}_ptr" for i in range(len(body.inputs))]
               + ["meta_ptr", "n", "BLOCK: tl.constexpr"])
-    return _finish(body, body.nodes, {}, lines, params, strided, rank)
+    names = {}
+    for i, v in enumerate(body.inputs):
+        names[v] = f"v_in{i}"
+        lines.append(f"    v_in{i} = _load_input(in{i}_ptr, 0, offs, mask, meta_ptr, {i + 1}, "
+                     f"{rank}, {strided[i]})")
+    return _finish(body, body.nodes, names, lines, params)
 
 
-def render_epilogue(body: Graph, strided: list[bool], rank: int) -> tuple[str, str]:
-    """(kernel source, kernel name) of a matmul with its elementwise epilogue: the tile is
-    computed by ``matmul_tile`` and the epilogue applied to it before the one store."""
+def epilogue_kinds(views: list[View], conv: bool, private=()) -> list[str]:
+    """How an epilogue reads each body input (``views``: broadcast to the anchor's output
+    shape): ``same`` (the output's own layout: the tile's offsets), ``scalar``, ``col`` (one
+    vector per tile column: a per-channel bias), ``row`` (one vector per tile row) or
+    ``tile`` (row and column offsets added: one add per element, no index division);
+    ``private`` inputs (the anchor's operands only) are not read."""
+    kinds = []
+    for i, v in enumerate(views):
+        strides = epilogue_strides(v, conv)
+        rows = strides[:1] + strides[2:] if conv else strides[-2:-1]
+        cols = strides[1:2] if conv else strides[-1:]
+        if i in private:
+            kinds.append("private")
+        elif v.is_contiguous:
+            kinds.append("same")
+        else:
+            kinds.append({(False, False): "scalar", (False, True): "col", (True, False): "row",
+                          (True, True): "tile"}[any(rows), any(cols)])
+    return kinds
+
+
+def epilogue_strides(v: View, conv: bool) -> tuple[int, ...]:
+    """An operand's strides over the output axes the epilogue helpers read: a convolution's
+    (N, O, D, H, W) (missing spatial axes as stride 0, as ``ConvGeometry`` pads them), a
+    matmul's own (batch..., M, N)."""
+    if not conv:
+        return v.strides
+    return v.strides[:2] + (0,) * (5 - len(v.shape)) + v.strides[2:]
+
+
+def render_epilogue(body: Graph, kinds: list[str], rank: int) -> tuple[str, str]:
+    """(kernel source, kernel name) of a matmul or convolution with its elementwise epilogue:
+    the tile is computed by ``matmul_tile``/``conv_fwd_tile`` and the epilogue applied to it
+    in registers before the one store. Operands broadcast along the tile's rows or columns
+    (bias) are loaded once per column/row (``epilogue_kinds``); offsets are a per-row plus a
+    per-column vector, never per-element index arithmetic."""
     anchor = body.nodes[0]
     a, b = (body.inputs.index(v) for v in anchor.inputs)
     acc = _TL_DTYPE[anchor.outputs[0].dtype]
@@ -156,21 +209,46 @@ def render_epilogue(body: Graph, strided: list[bool], rank: int) -> tuple[str, s
     if anchor.op == "conv":
         geom = ", ".join(CONV_GEOMETRY)
         lines = [f"    acc, offs, mask = conv_fwd_tile(in{a}_ptr, in{b}_ptr, {geom}, {acc}, "
-                 f"PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)"]
+                 f"PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)",
+                 "    e_n, e_d, e_h, e_w, e_c, rok, cok = conv_out_coords(N, OG, OD, OH, OW, "
+                 "BLOCK_M, BLOCK_N)"]
         params += list(CONV_GEOMETRY) + ["PRECISION: tl.constexpr"] + blocks
+
+        def offsets(i: int) -> str:
+            return (f"conv_epilogue_offsets(meta_ptr, {i + 1}, e_n, e_d, e_h, e_w, e_c)")
+        prefix = "fused_conv_"
     else:
         lines = [f"    acc, rm, rn, batch = matmul_tile(in{a}_ptr, in{b}_ptr, M, N, K, sab, "
                  f"sam, sak, sbb, sbk, sbn, {acc}, USE_DOT, PRECISION, BLOCK_M, BLOCK_N, "
                  f"BLOCK_K, GROUP_M)",
                  "    offs = batch * M * N + rm[:, None].to(tl.int64) * N + rn[None, :]",
-                 "    mask = (rm[:, None] < M) & (rn[None, :] < N)"]
+                 "    rok = rm < M",
+                 "    cok = rn < N",
+                 "    mask = rok[:, None] & cok[None, :]"]
         params += ["M", "N", "K", "sab", "sam", "sak", "sbb", "sbk", "sbn",
                    "USE_DOT: tl.constexpr", "PRECISION: tl.constexpr"] + blocks + [
                    "GROUP_M: tl.constexpr"]
+
+        def offsets(i: int) -> str:
+            return f"matmul_epilogue_offsets(meta_ptr, {i + 1}, {rank}, batch, rm, rn)"
+        prefix = "fused_mm_"
     names = {anchor.outputs[0]: "acc"}
-    skip = {i for i in (a, b) if not _read_by(body, body.inputs[i], body.nodes[1:])}
-    return _finish(body, body.nodes[1:], names, lines, params, strided, rank, skip,
-                   "(BLOCK_M, BLOCK_N)")
+    for i, (v, kind) in enumerate(zip(body.inputs, kinds)):
+        if kind == "private":
+            continue
+        names[v] = f"v_in{i}"
+        if kind == "same":
+            lines.append(f"    v_in{i} = tl.load(in{i}_ptr + offs, mask=mask)")
+            continue
+        lines.append(f"    base{i}, row{i}, col{i} = {offsets(i)}")
+        load = {"scalar": f"tl.load(in{i}_ptr + base{i})",
+                "col": f"tl.load(in{i}_ptr + base{i} + col{i}, mask=cok)[None, :]",
+                "row": f"tl.load(in{i}_ptr + base{i} + row{i}, mask=rok)[:, None]",
+                "tile": f"tl.load(in{i}_ptr + base{i} + row{i}[:, None] + col{i}[None, :], "
+                        f"mask=mask)"}[kind]
+        lines.append(f"    v_in{i} = {load}")
+    return _finish(body, body.nodes[1:], names, lines, params, "(BLOCK_M, BLOCK_N)", prefix,
+                   broadcast=True)
 
 
 def _read_by(body: Graph, v: Value, nodes) -> bool:
@@ -178,32 +256,28 @@ def _read_by(body: Graph, v: Value, nodes) -> bool:
 
 
 def _finish(body: Graph, nodes, names: dict, lines: list[str], params: list[str],
-            strided: list[bool], rank: int, skip=(), tile: str = "(BLOCK,)"
+            tile: str = "(BLOCK,)", prefix: str = "fused_", broadcast: bool = False
             ) -> tuple[str, str]:
-    """Load the body inputs (except ``skip``), render ``nodes``, store the outputs."""
-    for i, v in enumerate(body.inputs):
-        if i in skip:
-            continue
-        names[v] = f"v_in{i}"
-        lines.append(f"    v_in{i} = _load_input(in{i}_ptr, 0, offs, mask, meta_ptr, {i + 1}, "
-                     f"{rank}, {strided[i]})")
+    """Render ``nodes`` (their inputs already in ``names``), store the outputs (broadcast to
+    the tile first when ``broadcast``: an epilogue value may be a row, column or scalar)."""
     for k, node in enumerate(nodes):
         out = node.outputs[0]
         args = [names[v] for v in node.inputs]
         names[out] = f"v{k}"
         lines.append(f"    v{k} = {_expr(node.op, args, node, out, tile)}")
     for j, v in enumerate(body.outputs):
-        lines.append(f"    tl.store(out{j}_ptr + offs, {names[v]}.to(out{j}_ptr.dtype.element_ty),"
+        val = f"tl.broadcast_to({names[v]}, {tile})" if broadcast else names[v]
+        lines.append(f"    tl.store(out{j}_ptr + offs, {val}.to(out{j}_ptr.dtype.element_ty),"
                      f" mask=mask)")
     text = "\n".join(lines)
-    name = "fused_" + hashlib.sha1((",".join(params) + text).encode()).hexdigest()[:16]
+    name = prefix + hashlib.sha1((",".join(params) + text).encode()).hexdigest()[:16]
     src = f"\n\n@triton.jit\ndef {name}({', '.join(params)}):\n{text}\n"
     return src, name
 
 
 def _expr(op: str, args: list[str], node, out: Value, tile: str) -> str:
     if op == "full":
-        return (f"tl.full({tile}, {_literal(node.attrs['value'])}, "
+        return (f"tl.full({tile}, {literal(node.attrs['value'], out.dtype)}, "
                 f"{_TL_DTYPE[out.dtype]})")
     if op in _PASS_THROUGH:
         return args[0]
@@ -278,7 +352,8 @@ class FusedEpilogue:
         views = [View.of(self.shape) if v in private else
                  View.of(v.shape).broadcast_to(self.shape) for v in body.inputs]
         rank = max(1, len(self.shape))
-        self.source, name = render_epilogue(body, [not v.is_contiguous for v in views], rank)
+        kinds = epilogue_kinds(views, False, [body.inputs.index(v) for v in private])
+        self.source, name = render_epilogue(body, kinds, rank)
         self.kernel = load_kernel(self.source, name)
         self.meta = meta_tensor([self.shape] + [v.strides for v in views], device)
         self.mm = MatmulPlan(anchor.inputs[0].shape, anchor.inputs[1].shape,
@@ -317,11 +392,12 @@ class FusedConvEpilogue:
         private = [v for v in anchor.inputs if not _read_by(body, v, body.nodes[1:])]
         views = [View.of(self.shape) if v in private else
                  View.of(v.shape).broadcast_to(self.shape) for v in body.inputs]
-        self.source, name = render_epilogue(body, [not v.is_contiguous for v in views],
-                                            len(self.shape))
+        kinds = epilogue_kinds(views, True, [body.inputs.index(v) for v in private])
+        self.source, name = render_epilogue(body, kinds, len(self.shape))
         self.kernel, self.blocks = ck.tuned(load_kernel(self.source, name), y.dtype)
         self.to_gemm = ck._weight_gemm_layout(self.geo, y.dtype, device)
-        self.meta = meta_tensor([self.shape] + [v.strides for v in views], device)
+        self.meta = meta_tensor([(0,) * 5] + [epilogue_strides(v, True) for v in views],
+                                device)
         g = self.geo
         self.grid = ck._grid(g.n * g.out[0] * g.out[1] * g.out[2], g.o // g.groups, g.groups)
         self.precision = ck._precision(y.dtype, allow_tf32)

@@ -20,7 +20,7 @@ import torch
 from irgraph import Graph, Node, Value
 from irgraph.ops.core import normalize_axes
 
-from .codegen import _expr, elementwise_nodes, lift_constants, load_kernel
+from .codegen import _expr, elementwise_nodes, lift_constants, literal, load_kernel
 from .runtime import View, cdiv, empty, meta_tensor, next_pow2, to_device
 
 REDUCTIONS = ("sum", "mean", "max", "min")
@@ -125,7 +125,8 @@ def _rows(shape, views, rank: int) -> list[tuple[int, ...]]:
 def render_reduction(body: Graph, pro, red: Node, epi, s_views, r_views, rank_s: int,
                      rank_r: int) -> tuple[str, str]:
     acc_ty = {"float32": "tl.float32", "float64": "tl.float64"}[red.outputs[0].dtype]
-    init = {"sum": "0.0", "mean": "0.0", "max": "float('-inf')", "min": "float('inf')"}
+    init = {op: literal(v, red.outputs[0].dtype) for op, v in
+            (("sum", 0), ("mean", 0), ("max", float("-inf")), ("min", float("inf")))}
     names: dict[Value, str] = {}
     lines = ["    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)",
              "    rmask = rows < M",

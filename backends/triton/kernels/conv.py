@@ -10,8 +10,8 @@ weight O C/groups KD KH KW, and one grid axis walks the groups. With P = OD*OH*O
 * kernel gradient (eq. 9.11): dW[o, c, r] = sum_{n, p} dY[n, o, p] X[n, c, p*s - pad + r*dil]
   GEMM rows o, columns (c, r), reduction over (n, p).
 
-On a GPU the forward kernel is autotuned over H100-sized tiles; under the interpreter one
-small configuration runs.
+On a GPU every kernel is autotuned over ``gpu_configs`` (tiles that do not spill on sm_80 or
+sm_90); under the interpreter one small configuration runs.
 """
 from __future__ import annotations
 
@@ -103,6 +103,30 @@ def conv_fwd_tile(x_ptr, w_ptr, N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, 
     offs = ((nb.to(tl.int64) * (OG * tl.num_programs(2)) + g * OG)[:, None]
             + rn[None, :]) * P + p[:, None]
     return acc, offs, m_ok[:, None] & n_ok[None, :]
+
+
+@triton.jit
+def conv_out_coords(N, OG, OD, OH, OW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Coordinates of this program's forward tile for an epilogue: per row (n, od, oh, ow),
+    per column the output channel (across groups), and the row and column masks."""
+    P = OD * OH * OW
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    p = rm % P
+    return (rm // P, p // (OH * OW), (p // OW) % OH, p % OW, tl.program_id(2) * OG + rn,
+            rm < N * P, rn < OG)
+
+
+@triton.jit
+def conv_epilogue_offsets(meta_ptr, ROW: tl.constexpr, n, d, h, w, c):
+    """(base, per-row, per-column) offsets of an epilogue operand whose strides over
+    (N, O, D, H, W) are meta row ``ROW``: the element of tile (i, j) is at
+    ``base + row[i] + col[j]`` (a per-channel bias: one column vector, loaded once)."""
+    s = meta_ptr + ROW * 5
+    row = (n.to(tl.int64) * tl.load(s) + d.to(tl.int64) * tl.load(s + 2)
+           + h.to(tl.int64) * tl.load(s + 3) + w.to(tl.int64) * tl.load(s + 4))
+    col = c.to(tl.int64) * tl.load(s + 1)
+    return tl.load(s) * 0, row, col
 
 
 @triton.jit
@@ -215,42 +239,69 @@ def conv_kernel_grad_kernel(x_ptr, gy_ptr, dw_ptr,
     tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=o_ok[:, None] & q_ok[None, :])
 
 
-# ---------------------------------------------------------------- autotuning (GPU only)
-def _h100_configs() -> list:
-    """Tiles for H100 (228 KB shared memory, 4th-gen tensor cores); pruned by the tuner."""
-    out = []
-    for bm, bn, bk, warps, stages in ((128, 128, 32, 8, 3), (128, 64, 32, 4, 4),
-                                      (64, 128, 32, 4, 4), (128, 128, 64, 8, 3),
-                                      (256, 128, 32, 8, 3), (64, 64, 32, 4, 4)):
-        out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
-                                 num_warps=warps, num_stages=stages))
-    return out
+# ---------------------------------------------------------------- tiles on a GPU
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) autotuned over for float32 on a GPU. Each fits
+# the registers of sm_80 and sm_90 without spilling in TF32 and IEEE modes, for the plain
+# kernels and the generated epilogues (checked by the AOT gate, tests/test_triton_aot.py).
+_F32_TILES = ((128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3),
+              (64, 64, 32, 4, 4), (128, 64, 16, 4, 4))
+_F64_TILE = (32, 32, 16, 4, 2)          # fp64 has no tensor-core path: one fixed tile
+
+
+def gpu_configs(dtype: str) -> list:
+    """The tiles a convolution kernel (plain or with a generated epilogue) runs with on a
+    GPU: autotuned over these for float32, the one fixed tile for float64."""
+    tiles = _F32_TILES if dtype == "float32" else (_F64_TILE,)
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
+                          num_warps=warps, num_stages=stages)
+            for bm, bn, bk, warps, stages in tiles]
 
 
 _TUNED: dict[str, Callable] = {}
 _SMALL = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
 _KERNELS = {"fwd": conv_fwd_kernel, "input_grad": conv_input_grad_kernel,
             "kernel_grad": conv_kernel_grad_kernel}
+# python function of a kernel launched with ``gpu_configs`` on a GPU -> its dtype (None: the
+# dtype of its first tensor argument); what ``gpu_tiles`` reads
+_GPU_TILED: dict = {k.fn: None for k in _KERNELS.values()}
+
+
+def gpu_tiles(fn, args) -> list[dict]:
+    """The launch options (blocks, warps, stages) each GPU tile gives a launch of ``fn`` with
+    ``args``; [] for a kernel launched as it is everywhere."""
+    if fn not in _GPU_TILED:
+        return []
+    dtype = _GPU_TILED[fn] or next(str(a.dtype).removeprefix("torch.") for a in args
+                                   if isinstance(a, torch.Tensor))
+    return [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in gpu_configs(dtype)]
+
+
+def _launch(kernel, dtype: str):
+    """``kernel`` ready to launch and its fixed block options ({} when autotuned)."""
+    if interpreting():
+        return kernel, dict(_SMALL)
+    configs = gpu_configs(dtype)
+    if len(configs) == 1:
+        c = configs[0]
+        return kernel, dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+    return triton.autotune(configs, key=_GEOM.split(", ") + ["PRECISION"])(kernel), {}
 
 
 def _kernel(which: str, dtype: str):
     """The kernel to launch and its fixed block sizes ({} when autotuned)."""
-    if interpreting() or dtype == "float64":
-        return _KERNELS[which], dict(_SMALL) if interpreting() else dict(
-            BLOCK_M=32, BLOCK_N=32, BLOCK_K=16)
-    if which not in _TUNED:
-        _TUNED[which] = triton.autotune(_h100_configs(), key=_GEOM.split(", ") + [
-            "PRECISION"])(_KERNELS[which])
-    return _TUNED[which], {}
+    if dtype == "float32" and not interpreting():
+        if which not in _TUNED:
+            _TUNED[which] = _launch(_KERNELS[which], dtype)[0]
+        return _TUNED[which], {}
+    return _launch(_KERNELS[which], dtype)
 
 
 def tuned(kernel, dtype: str):
     """``kernel`` (a generated conv-epilogue kernel) and its launch blocks, autotuned over the
-    H100 tiles on a GPU as the forward kernel is."""
-    if interpreting() or dtype == "float64":
-        return kernel, dict(_SMALL) if interpreting() else dict(BLOCK_M=32, BLOCK_N=32,
-                                                                 BLOCK_K=16)
-    return triton.autotune(_h100_configs(), key=_GEOM.split(", ") + ["PRECISION"])(kernel), {}
+    GPU tiles as the forward kernel is."""
+    _GPU_TILED[kernel.fn] = dtype
+    return _launch(kernel, dtype)
 
 
 def _precision(dtype: str, allow_tf32: bool) -> str:

@@ -59,11 +59,13 @@ def _pow(x, y):
 
 @triton.jit
 def _ipow(a, b):
-    """Integer power by repeated squaring (numpy's, for exponents >= 0)."""
+    """Integer power by repeated squaring (numpy's, for exponents >= 0; numpy rejects a
+    negative one, which gives 1 here): a loop that runs while any exponent bit is left (as
+    many steps as the block's largest exponent has bits), not 63 unrolled steps."""
     res = tl.full(a.shape, 1, a.dtype)
     base = a
-    e = b
-    for _ in tl.static_range(63):
+    e = tl.maximum(b, 0)
+    while tl.max(e, axis=None) > 0:
         res = tl.where((e & 1) != 0, res * base, res)
         base = base * base
         e = e >> 1

@@ -50,6 +50,24 @@ def matmul_tile(a_ptr, b_ptr, M, N, K, sab, sam, sak, sbb, sbk, sbn, ACC: tl.con
 
 
 @triton.jit
+def matmul_epilogue_offsets(meta_ptr, ROW: tl.constexpr, RANK: tl.constexpr, batch, rm, rn):
+    """(base, per-row, per-column) offsets of an epilogue operand whose strides over the
+    product's (batch..., M, N) are meta row ``ROW`` (row 0: the shape): the element of tile
+    (i, j) of batch ``batch`` is at ``base + row[i] + col[j]``; the batch index is split once
+    per program, never per element."""
+    base = batch * 0
+    rem = batch
+    for i in tl.static_range(RANK - 2):
+        d = RANK - 3 - i
+        size = tl.load(meta_ptr + d)
+        base += (rem % size) * tl.load(meta_ptr + ROW * RANK + d)
+        rem = rem // size
+    row = rm.to(tl.int64) * tl.load(meta_ptr + ROW * RANK + RANK - 2)
+    col = rn.to(tl.int64) * tl.load(meta_ptr + ROW * RANK + RANK - 1)
+    return base, row, col
+
+
+@triton.jit
 def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
                   sab, sam, sak, sbb, sbk, sbn,
                   USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
