@@ -10,6 +10,11 @@
 The model is traced in its current mode (``model.train()`` / ``model.eval()``): batch norm's
 mode is part of what is compiled, and in training mode its running statistics are outputs of
 the step written back into the model's buffers.
+
+``step.save_state(folder)`` / ``step.load_state(folder)`` write and restore the whole training
+state (parameters, buffers, optimizer state and step count, the frontend's random state) in
+an atomic, checksummed checkpoint folder (``irgraph.checkpoint``): a run resumed from it
+continues bit for bit as the uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from typing import Callable
 import numpy as np
 
 import backends
+from irgraph.checkpoint import CheckpointReader, write
 from passes.train import TrainStep, training_step
 
 from .compiler import _param_names, run_pipeline
 from .nn import Module, Parameter
+from . import random as _random
 from .optim import Optimizer
 from .tracing import TensorSpec, trace_with
 
@@ -76,6 +83,60 @@ class TrainStepFunction:
 
     def source(self) -> str:
         return self.executable.source()
+
+    # -- the training state
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """Checkpoint array name -> the live array: ``param:<name>`` for the model's
+        parameters and buffers, ``state:<param>:<slot>`` for the optimizer's state."""
+        out = {f"param:{n}": p.data for n, p in self.params.items()}
+        out.update((f"state:{pn}:{slot}", self.optimizer.state[pn][slot])
+                   for pn, slot in self._slots())
+        return out
+
+    def save_state(self, folder) -> None:
+        """Write the training state to ``folder`` atomically: every parameter and buffer,
+        the optimizer's state and step count (Adam's t, a schedule's k), the frontend's
+        random state. Hyperparameters are the optimizer object's, not saved."""
+        meta = {"optimizer": type(self.optimizer).__name__,
+                "step_count": int(self.optimizer.step_count), "rng": _random.get_state()}
+        write(folder, "training_state", self._state_arrays(), meta)
+
+    def load_state(self, folder) -> None:
+        """Restore what ``save_state`` wrote, for this same model and optimizer class; all or
+        nothing: any fault of the folder is an ``irgraph.CheckpointError`` raised before
+        anything changes."""
+        live = self._state_arrays()
+        with CheckpointReader(folder, "training_state") as r:
+            r.check_arrays({k: (a.dtype.name, a.shape) for k, a in live.items()}, "array",
+                           "this training step")
+            bad = lambda what: r.error("manifest.json", f"meta: {what}")  # noqa: E731
+            if set(r.meta) != {"optimizer", "step_count", "rng"}:
+                raise bad(f"has keys {sorted(r.meta)}, expected optimizer, rng, step_count")
+            opt, k = r.meta["optimizer"], r.meta["step_count"]
+            if opt != type(self.optimizer).__name__:
+                raise bad(f"the state is {opt!r}'s, this step's optimizer is "
+                          f"{type(self.optimizer).__name__}")
+            if type(k) is not int or k < 0:
+                raise bad(f"step_count {k!r} is not an int >= 0")
+            saved_rng = _random.get_state()
+            try:
+                _random.set_state(r.meta["rng"])    # validates; restored below on failure
+            except ValueError as e:
+                raise bad(f"rng: {e}") from None
+            try:
+                arrays = r.read_arrays()
+            except BaseException:
+                _random.set_state(saved_rng)
+                raise
+        for name, a in arrays.items():
+            if live[name].flags.writeable:
+                np.copyto(live[name], a)
+            elif name.startswith("param:"):
+                self.params[name[len("param:"):]].data = a
+            else:
+                _, pn, slot = name.split(":")
+                self.optimizer.state[pn][slot] = a
+        self.optimizer.step_count = k
 
 
 def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer: Optimizer,

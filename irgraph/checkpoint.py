@@ -100,7 +100,7 @@ def _array_to_save(name, a) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype.name not in DTYPES:
         raise ValueError(f"array {name!r} is {a.dtype}; a checkpoint holds {sorted(DTYPES)}")
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")     # 0-d stays 0-d
 
 
 def _open_folder(path) -> int:
@@ -368,7 +368,7 @@ class CheckpointReader:
                 if not n:
                     raise self.error(fname, f"{where} ends after {got} of {need} data bytes")
                 got += n
-        return np.ascontiguousarray(out.T) if fortran else out
+        return out.T.copy(order="C") if fortran else out
 
     def _read_verified(self, role: str) -> bytes:
         entry = self.files[role]
