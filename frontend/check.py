@@ -198,19 +198,20 @@ def _probe(graph, indices, args, compile_fn, ref, rtol, atol) -> list[NodeDiff]:
 
 
 def find_divergence(graph: Graph, args: Sequence, backend: Backend = "llvm",
-                    rtol: float = 1e-4, atol: float = 1e-5, **options) -> Divergence:
+                    rtol: float = 1e-4, atol: float = 1e-5, ref=None,
+                    **options) -> Divergence:
     """Compare ``backend`` with the reference on ``graph`` called with ``args`` (inputs then
     parameters); when an output differs, bisect for the first node whose outputs differ.
 
     ``backend``: a backend name (``options`` go to its compile) or a function
-    ``graph -> executable``.
+    ``graph -> executable``. ``ref``: ``reference_values(graph, args)`` if already computed.
     """
     if len(args) != len(graph.arguments):
         raise ValueError(f"graph {graph.name!r} takes {len(graph.arguments)} arguments "
                          f"(inputs then parameters), got {len(args)}")
     compile_fn = _compiler(backend, options)
     name = backend if isinstance(backend, str) else getattr(backend, "__name__", "backend")
-    ref = reference_values(graph, args)
+    ref = reference_values(graph, args) if ref is None else ref
     got = _run(compile_fn(graph), args)
     out_diffs = [max_abs_diff(g, ref[v]) for g, v in zip(got, graph.outputs)]
     agree = all(close(g, ref[v], rtol, atol) for g, v in zip(got, graph.outputs))
