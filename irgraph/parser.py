@@ -133,10 +133,12 @@ class _Tokens:
 def _to_int(val: str, at) -> int:
     """An integer token within int64; the digits are counted before any conversion."""
     digits = val.lstrip("-").lstrip("0")
-    if len(digits) > 19 or not INT_MIN <= int(val) <= INT_MAX:
+    n = int(digits) if 0 < len(digits) <= 19 else 0
+    n = -n if val.startswith("-") else n
+    if len(digits) > 19 or not INT_MIN <= n <= INT_MAX:
         shown = val if len(val) <= 30 else f"{val[:12]}...{val[-6:]} ({len(digits)} digits)"
         raise ParseError(f"line {at}: integer {shown} is out of the int64 range")
-    return int(val)
+    return n
 
 
 def parse(text: str) -> Graph:
@@ -371,14 +373,15 @@ def _make_array(flat: tuple, t: TensorType, at) -> np.ndarray:
     bad = f"line {at}: bad array<{t}> values"
     for x in flat:
         if t.dtype == "bool":
-            ok = isinstance(x, bool)
+            ok, want = isinstance(x, bool), "a bool (true or false)"
         elif t.is_float:
-            ok = isinstance(x, (int, float)) and not isinstance(x, bool)
+            ok, want = isinstance(x, (int, float)) and not isinstance(x, bool), "a number"
         else:
             info = np.iinfo(t.np_dtype)
             ok = isinstance(x, int) and not isinstance(x, bool) and info.min <= x <= info.max
+            want = f"an {t.dtype} (an integer in [{info.min}, {info.max}])"
         if not ok:
-            raise ParseError(f"{bad}: {_show_attr(x)} is not a {t.dtype} value")
+            raise ParseError(f"{bad}: {_show_attr(x)} is not {want}")
     with np.errstate(over="ignore"):
         arr = np.array(flat, dtype=t.np_dtype).reshape(t.shape)
     if t.is_float:
