@@ -6,7 +6,9 @@ select is still computed, so it must not overflow.
 """
 from __future__ import annotations
 
-from .functional import (_promote, abs, as_tensor, cast, clamp, eq, exp, log, maximum, mean,
+import numpy as np
+
+from .functional import (_loss_args, _promote, abs, as_tensor, cast, clamp, eq, exp, log, maximum, mean,
                          minimum, mul, ne, neg, reshape, sigmoid, square, sub, sum, unsqueeze,
                          where)
 from .tracing import Tensor
@@ -95,24 +97,44 @@ def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0) -> Te
     return _reduce(where(d < delta, square(d) * 0.5, (d - 0.5 * delta) * delta), reduction)
 
 
-def binary_cross_entropy(input, target, reduction: str = "mean") -> Tensor:
-    """``-(t log p + (1 - t) log(1 - p))`` of probabilities; each log clamped at -100, as
+def _weighted(per: Tensor, weight) -> Tensor:
+    """torch's BCE ``weight``: broadcast to the elements' shape, it scales each one."""
+    if weight is None:
+        return per
+    w = cast(as_tensor(weight, per), per.dtype)
+    try:
+        fits = tuple(np.broadcast_shapes(w.shape, per.shape)) == per.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"weight of shape {w.shape} does not broadcast to the input's "
+                         f"shape {per.shape}")
+    return mul(per, w)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
+                         reduction: str = "mean") -> Tensor:
+    """``-w (t log p + (1 - t) log(1 - p))`` of probabilities; each log clamped at -100, as
     torch, so p = 0 or 1 gives a finite loss."""
+    weight, reduction = _loss_args(weight, size_average, reduce, reduction)
     p, t = _pair(input, target)
     log_p = maximum(log(p), -100.0)
     log_q = maximum(log(1 - p), -100.0)
-    return _reduce(neg(mul(t, log_p) + mul(1 - t, log_q)), reduction)
+    return _reduce(_weighted(neg(mul(t, log_p) + mul(1 - t, log_q)), weight), reduction)
 
 
-def binary_cross_entropy_with_logits(input, target, reduction: str = "mean",
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None,
+                                     reduce=None, reduction: str = "mean",
                                      pos_weight=None) -> Tensor:
     """BCE of ``sigmoid(x)`` without forming it: ``(1 - t) x + w log(1 + exp(-x))`` with
-    ``w = 1 + (pos_weight - 1) t``, the softplus written stably."""
+    ``w = 1 + (pos_weight - 1) t`` (``pos_weight`` broadcast along the last, class, axis),
+    the softplus written stably; ``weight`` scales each element."""
+    weight, reduction = _loss_args(weight, size_average, reduce, reduction)
     x, t = _pair(input, target)
     softplus_neg = maximum(neg(x), 0.0) + log(exp(neg(abs(x))) + 1)
     if pos_weight is not None:
         softplus_neg = mul((as_tensor(pos_weight, x) - 1) * t + 1, softplus_neg)
-    return _reduce((1 - t) * x + softplus_neg, reduction)
+    return _reduce(_weighted((1 - t) * x + softplus_neg, weight), reduction)
 
 
 # ---------------------------------------------------------------- weighted / smoothed NLL

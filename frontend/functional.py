@@ -85,25 +85,93 @@ def _binary(op):
     return f
 
 
-add, sub, mul, pow, maximum, minimum = (_binary(n) for n in (
-    "add", "sub", "mul", "pow", "maximum", "minimum"))
+mul, pow, maximum, minimum = (_binary(n) for n in ("mul", "pow", "maximum", "minimum"))
+
+
+def _scaled(op: str, a, b, alpha) -> Tensor:
+    """``a op alpha * b`` (torch's ``alpha=``): alpha must not be of a higher kind than the
+    operands (no float alpha for integer tensors, only a bool one for bool tensors)."""
+    a, b = _promote(a, b)
+    if not (isinstance(alpha, (int, np.integer)) and not isinstance(alpha, bool) and alpha == 1):
+        if isinstance(alpha, (bool, np.bool_)) or not isinstance(
+                alpha, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{op}: alpha must be a number, got {alpha!r}")
+        if not b.type.is_float and isinstance(alpha, (float, np.floating)):
+            raise TypeError(f"{op}: for integral tensors ({b.dtype}) alpha must not be a "
+                            f"floating point number, got {alpha!r}")
+        b = _emit("mul", b, as_tensor(alpha, b))
+    return _emit(op, a, b)
+
+
+def add(a, b, *, alpha=1) -> Tensor:
+    """``torch.add``: ``a + alpha * b``."""
+    return _scaled("add", a, b, alpha)
+
+
+def sub(a, b, *, alpha=1) -> Tensor:
+    """``torch.sub``: ``a - alpha * b``."""
+    return _scaled("sub", a, b, alpha)
+
+
+_INTEGRAL = {"float32": 2.0 ** 23, "float64": 2.0 ** 52}   # |q| at least this is an integer
+
+
+def _trunc(q: Tensor) -> Tensor:
+    """``q`` rounded toward zero, through int64 where |q| is small enough to be inexact and
+    ``q`` itself elsewhere (integers already, infinities, NaN: never converted); a zero keeps
+    the sign of ``q`` (trunc(-0.5) is -0.0)."""
+    small = lt(abs(q), _INTEGRAL[q.dtype])
+    t = where(small, cast(cast(where(small, q, 0.0), "int64"), q.dtype), q)
+    return where(eq(t, 0.0), mul(q, 0.0), t)
+
+
+def _floor_div(a: Tensor, b: Tensor) -> Tensor:
+    """torch's (and Python's) float floor division: ``(a - fmod(a, b)) / b``, one down when
+    the remainder's sign differs from ``b``'s, rounded to the nearest integer; ``a / b`` for
+    ``b`` = 0, a signed zero for a zero quotient. Float32 operands are worked in float64, where
+    ``fmod`` is exact for quotients below 2**29 (so ``1.0 // 0.1`` is 9, not ``floor(10.0)``);
+    float64 remainders are rounded, which can move a quotient that lands on an integer."""
+    x, y = cast(a, "float64"), cast(b, "float64")
+    q = _emit("div", x, y)
+    n = _trunc(q)
+    mod = where(eq(n, 0.0), x, sub(x, mul(n, y)))    # fmod(4, inf) = 4, not 4 - 0 * inf
+    d = _emit("div", sub(x, mod), y)
+    d = where(logical_and(ne(mod, 0.0), ne(lt(y, 0.0), lt(mod, 0.0))), sub(d, 1.0), d)
+    t = _trunc(d)
+    f = where(gt(t, d), sub(t, 1.0), t)
+    f = where(gt(sub(d, f), 0.5), add(f, 1.0), f)
+    f = where(eq(d, 0.0), mul(q, 0.0), f)
+    return cast(where(eq(y, 0.0), q, f), a.dtype)
 
 
 def div(a, b, rounding_mode: str | None = None) -> Tensor:
     """``torch.div``: true division (integers divide as float32); ``rounding_mode="floor"``
-    divides integers rounding toward -inf (the IR's integer ``div``)."""
+    rounds the quotient toward -inf (the IR's integer ``div``; floats as ``_floor_div``),
+    ``"trunc"`` toward zero. A rounded quotient has zero
+    gradient, as in torch."""
     a, b = _promote(a, b)
+    if rounding_mode not in (None, "floor", "trunc"):
+        raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' "
+                         f"but found {rounding_mode!r}")
+    if a.dtype == "bool":
+        to = "int64" if rounding_mode else "float32"
+        a, b = cast(a, to), cast(b, to)
     if rounding_mode is None:
         if not a.type.is_float:
             a, b = cast(a, "float32"), cast(b, "float32")
-    elif rounding_mode != "floor" or a.type.is_float:
-        raise ValueError(f"div: rounding_mode={rounding_mode!r} is supported only as 'floor' "
-                         f"on integer tensors (got {a.dtype})")
-    return _emit("div", a, b)
+        return _emit("div", a, b)
+    if not a.type.is_float:
+        q = _emit("div", a, b)                       # rounds toward -inf
+        if rounding_mode == "floor":
+            return q
+        r = sub(a, mul(q, b))                        # toward zero: one up where signs differ
+        return where(logical_and(ne(r, 0), ne(lt(a, 0), lt(b, 0))), add(q, 1), q)
+    a, b = _emit("stop_gradient", a), _emit("stop_gradient", b)
+    return _trunc(_emit("div", a, b)) if rounding_mode == "trunc" else _floor_div(a, b)
 
 
 def floor_divide(a, b) -> Tensor:
-    """``a // b`` on integer tensors (rounds toward -inf, as torch and numpy)."""
+    """``a // b`` (``torch.floor_divide``): rounds the quotient toward -inf."""
     return div(a, b, rounding_mode="floor")
 eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
 logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
@@ -604,6 +672,10 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
     """``-log p(target)`` of log-probabilities (N, C, *d) (eq. 10.12-10.14), as torch's: class
     ``weight``s scale each term and ``mean`` divides by the weight of the targets that count."""
     weight, reduction = _loss_args(weight, size_average, reduce, reduction)
+    input, target = as_tensor(input), as_tensor(target)
+    if input.ndim == 1:
+        return _unbatched(nll_loss, input, target, weight, ignore_index=ignore_index,
+                          reduction=reduction)
     if weight is not None:
         from .compositions import _weighted_nll
         return _weighted_nll(as_tensor(input), as_tensor(target), as_tensor(weight),
@@ -612,11 +684,26 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
                  ignore_index=ignore_index)
 
 
+def _unbatched(loss, input: Tensor, target, weight, **kw) -> Tensor:
+    """torch's unbatched form: an input (C,) with a 0-d class index (or (C,) probabilities)
+    is a batch of one; ``reduction="none"`` gives a 0-d loss."""
+    target = as_tensor(target, input)
+    if target.ndim != (1 if target.type.is_float else 0):
+        raise ValueError(f"an unbatched input of shape {input.shape} needs a 0-d class index "
+                         f"or (C,) probabilities as target, got shape {target.shape}")
+    out = loss(unsqueeze(input, 0), unsqueeze(target, 0), weight, **kw)
+    return reshape(out, ()) if kw["reduction"] == "none" else out
+
+
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
                   reduce=None, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Negative log-likelihood of a softmax over dim 1 (eq. 10.11-10.14), as PyTorch's, with
     class ``weight``s, ``ignore_index`` and ``label_smoothing``."""
     weight, reduction = _loss_args(weight, size_average, reduce, reduction)
+    input = as_tensor(input)
+    if input.ndim == 1:
+        return _unbatched(cross_entropy, input, target, weight, ignore_index=ignore_index,
+                          reduction=reduction, label_smoothing=label_smoothing)
     logp = log_softmax(input, 1)
     if as_tensor(target, logp).type.is_float:
         from .compositions import _soft_cross_entropy
@@ -666,6 +753,7 @@ _METHODS = {
     "clip": clamp, "clamp_min": clamp_min, "clamp_max": clamp_max, "max": max, "min": min,
     "__setitem__": setitem, "clone": clone,
     "logical_and": logical_and, "logical_or": logical_or, "std": std,
+    "true_divide": div,
     "logsumexp": logsumexp,
 }
 for _name, _fn in _METHODS.items():
@@ -703,12 +791,22 @@ Tensor.reshape = _reshape_method
 Tensor.view = _reshape_method
 Tensor.expand = _expand
 Tensor.where = _where_method
-Tensor.contiguous = lambda self: self
-Tensor.bool = lambda self: cast(self, "bool")
-Tensor.float = lambda self: cast(self, "float32")
-Tensor.double = lambda self: cast(self, "float64")
-Tensor.long = lambda self: cast(self, "int64")
-Tensor.int = lambda self: cast(self, "int32")
+
+
+def _conversion(dtype: str | None):
+    """``x.float()``, ``x.contiguous()``...: a traced tensor is a value with no memory layout,
+    so torch's ``memory_format`` is accepted and has nothing to change."""
+    def method(self, memory_format=None):
+        return self if dtype is None else cast(self, dtype)
+    return method
+
+
+Tensor.contiguous = _conversion(None)
+Tensor.bool = _conversion("bool")
+Tensor.float = _conversion("float32")
+Tensor.double = _conversion("float64")
+Tensor.long = _conversion("int64")
+Tensor.int = _conversion("int32")
 Tensor.to = lambda self, dtype: cast(self, dtype)
 
 # convolution, pooling and batch normalization (chapter 9, section 8.7.1)
