@@ -195,15 +195,22 @@ def bench_kernels(quick: bool) -> None:
 
 def bench_compile() -> None:
     from backends.llvm import clear_cache
+    before = os.environ.get("IRGRAPH_CACHE_DIR")
     with tempfile.TemporaryDirectory() as d:
-        os.environ["IRGRAPH_CACHE_DIR"] = d
-        clear_cache()
-        t = time.perf_counter()
-        our_step("cnn", "llvm", threads=THREADS)
-        cold = time.perf_counter() - t
-        t = time.perf_counter()
-        our_step("cnn", "llvm", threads=THREADS)
-        warm = time.perf_counter() - t
+        os.environ["IRGRAPH_CACHE_DIR"] = d          # a fresh cache root (its llvm/ folder)
+        try:
+            clear_cache()
+            t = time.perf_counter()
+            our_step("cnn", "llvm", threads=THREADS)
+            cold = time.perf_counter() - t
+            t = time.perf_counter()
+            our_step("cnn", "llvm", threads=THREADS)
+            warm = time.perf_counter() - t
+        finally:
+            if before is None:
+                os.environ.pop("IRGRAPH_CACHE_DIR", None)
+            else:
+                os.environ["IRGRAPH_CACHE_DIR"] = before
     print(f"\ncompile of (b)'s training step: cold {cold:.2f}s, cached {warm:.2f}s "
           f"(includes tracing and the pass pipeline)")
 
