@@ -65,8 +65,10 @@ def check_shape(shape, dtype: str = "float32") -> tuple[int, ...]:
     itemsize = np.dtype(dtype).itemsize
     extent = math.prod(max(d, 1) for d in out) * itemsize
     if extent > MAX_BYTES:
-        raise ValueError(f"shape {tuple(out)} of {dtype} spans {extent} bytes, over the limit "
-                         f"of 2**48 = {MAX_BYTES} bytes")
+        zeros = ", 0 counted as 1" if 0 in out else ""
+        raise ValueError(f"shape {tuple(out)} of {dtype} spans {extent} bytes (the dimensions "
+                         f"times {itemsize}-byte items{zeros}), over the limit of 2**48 = "
+                         f"{MAX_BYTES} bytes")
     return tuple(out)
 
 

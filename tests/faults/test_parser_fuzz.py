@@ -177,9 +177,9 @@ def _nested(depth: int) -> str:
      r"^line 2, column 7: bad type f32\[4611686018427387905, 4\]"),
     (_const("f32[2]", "array<f32[4294967296,4294967297]>[1.0, 2.0]"),
      r"^line 2, column 40: bad type f32\[4294967296, 4294967297\]: .* spans "
-     r"73786976312018075648 bytes, over the limit"),     # 2**66 + 2**34; in int64: 2**34
+     r"73786976312018075648 bytes .*, over the limit"),     # 2**66 + 2**34; in int64: 2**34
     (_const("f32[2]", "array<f32[16777216,16777217]>[1.0, 2.0]"),
-     r"^line 2, column 40: bad type .*spans 1125899973951488 bytes, over the limit"),
+     r"^line 2, column 40: bad type .*spans 1125899973951488 bytes .*, over the limit"),
     (_const("i32[1]", "array<i32[1]>[2147483648]"),
      r"^line 2, column 34: bad array<i32\[1\]> values: 2147483648 is not an int32"),
     (_const("f32[1]", "array<f32[1]>[1e300]"), r"^line 2, column 34: .*out of the float32 range"),
