@@ -1,0 +1,273 @@
+"""Edge cases of PyTorch conformance, on every backend, against torch: negative pads, dims on
+0-d tensors and negative dims (one rule, ``wrap_dim``), zero-size tensors, torch arguments
+(alpha, dtype, weight, rounding modes, unbatched losses, positional unbiased) and
+non-contiguous numpy inputs. Values and, where differentiable, gradients."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import frontend as fe
+from frontend import F
+from irgraph.ops.core import normalize_axes, wrap_dim
+
+BACKENDS = ["reference", "llvm", "triton"]
+
+
+class _Torch:
+    """torch's namespace seen as ``F``: torch.nn.functional first, then torch."""
+
+    def __getattr__(self, name):
+        return getattr(TF, name, None) or getattr(torch, name)
+
+
+TORCH = _Torch()
+
+
+def _spec(a: np.ndarray) -> fe.TensorSpec:
+    return fe.TensorSpec(a.shape, a.dtype.name)
+
+
+def _flat(out):
+    return [o for x in out for o in _flat(x)] if isinstance(out, (tuple, list)) else [out]
+
+
+def check(fn, backend, *inputs, rtol=1e-5, atol=1e-6, grad=True):
+    """``fn(ns, *tensors)`` compiled for ``backend`` equals it run by torch (values, shapes,
+    dtypes); with ``grad``, so does the gradient of the sum of its float outputs by the
+    float inputs."""
+    got = _flat(fe.compile(lambda *ts: fn(F, *ts), *map(_spec, inputs), backend=backend)(
+        *inputs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # torch warns on var's zero degrees of freedom
+        ts = [torch.from_numpy(np.array(a)).requires_grad_(a.dtype.kind == "f")
+              for a in inputs]
+        want = _flat(fn(TORCH, *ts))
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        g = np.asarray(g)
+        assert g.shape == tuple(w.shape), (i, g.shape, tuple(w.shape))
+        assert g.dtype == np.dtype(str(w.dtype).replace("torch.", "")), (i, g.dtype, w.dtype)
+        np.testing.assert_allclose(g, w.detach().numpy(), rtol=rtol, atol=atol,
+                                   equal_nan=True, err_msg=f"output {i}")
+    if not grad:
+        return
+    wrt = tuple(i for i, a in enumerate(inputs) if a.dtype.kind == "f")
+
+    def total(ns, *xs):
+        outs = [o for o in _flat(fn(ns, *xs)) if o.dtype in ("float32", "float64",
+                                                             torch.float32, torch.float64)]
+        s = outs[0].sum()
+        for o in outs[1:]:
+            s = s + o.sum()
+        return s
+    gs = fe.grad(lambda *xs: total(F, *xs), *map(_spec, inputs), wrt=wrt, backend=backend)(
+        *inputs)
+    total(TORCH, *ts).backward()
+    for k, i in enumerate(wrt):
+        np.testing.assert_allclose(gs[k], ts[i].grad.numpy(), rtol=rtol, atol=atol,
+                                   err_msg=f"gradient of input {i}")
+
+
+def const(ns, a: np.ndarray):
+    """A constant (no gradient) in ``ns``'s terms."""
+    return torch.from_numpy(a) if ns is TORCH else a
+
+
+def data(*shape, dtype=np.float32, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# ---------------------------------------------------------------- negative pads
+def test_circular_pad_crops_before_it_wraps_by_hand():
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    y = fe.compile(lambda t: F.pad(t, (-1, 1, -2, 1), mode="circular"), _spec(x))(x)
+    # rows 2, 3 kept and row 2 wrapped after them; columns 1..3 kept and column 1 wrapped
+    np.testing.assert_array_equal(y[0, 0], [[9, 10, 11, 9], [13, 14, 15, 13], [9, 10, 11, 9]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_negative_pads_match_torch_in_every_mode(backend):
+    x = np.arange(40, dtype=np.float32).reshape(1, 2, 4, 5)
+
+    def f(ns, t):
+        modes = ("circular", "reflect", "replicate", "constant")
+        return (tuple(ns.pad(t, p, mode=m) for m in modes
+                      for p in ((-1, 1, -2, 1), (2, -1, -1, 3), (-2, -1, 0, -3)))
+                + tuple(ns.pad(t[0], p, mode=m) for m in modes for p in ((-1, 3), (3, -2))))
+    check(f, backend, x)
+
+
+# ---------------------------------------------------------------- dims: one rule
+def test_wrap_dim_is_torchs_rule():
+    assert [wrap_dim(d, 0) for d in (-1, 0)] == [0, 0]
+    assert [wrap_dim(d, 3) for d in (-3, -1, 0, 2)] == [0, 2, 0, 2]
+    assert normalize_axes((0,), 0) == normalize_axes((-1,), 0) == ()
+    assert normalize_axes((-1, 0, 2), 3) == (0, 2)
+    for d, rank in ((1, 0), (-2, 0), (3, 3), (-4, 3)):
+        with pytest.raises(IndexError, match=rf"\[{-max(rank, 1)}, {max(rank, 1) - 1}\], "
+                                             rf"but got {d}\) for a tensor of rank {rank}"):
+            wrap_dim(d, rank)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda t: F.sum(t, 1), lambda t: F.mean(t, -2), lambda t: F.amax(t, 1),
+    lambda t: F.max(t, 1), lambda t: F.argmax(t, -2), lambda t: F.softmax(t, 1),
+    lambda t: F.log_softmax(t, -2), lambda t: F.logsumexp(t, 1), lambda t: F.var(t, 1),
+    lambda t: F.min(t, -2), lambda t: F.std(t, (0, 1))])
+def test_dims_out_of_range_of_a_scalar_are_index_errors(fn):
+    with pytest.raises(IndexError, match=r"range of \[-1, 0\], but got (1|-2)"):
+        fe.trace(fn, fe.TensorSpec(()))
+
+
+def _reductions(ns, t, d):
+    """Every reduction-like function over dim ``d`` (int) of ``t``."""
+    mx, mn = ns.max(t, d), ns.min(t, d, keepdim=True)
+    return (ns.sum(t, d), ns.sum(t, d, keepdim=True), ns.mean(t, d), ns.amax(t, d),
+            ns.amin(t, d, keepdim=True), mx[0], mx[1], mn[0], mn[1], ns.argmax(t, d),
+            ns.argmin(t, d, keepdim=True), ns.logsumexp(t, d), ns.softmax(t, d),
+            ns.log_softmax(t, d), ns.var(t, d), ns.std(t, d, False, True),
+            t.sum(d), t.mean(d, keepdim=True), t.softmax(d), t.logsumexp(d))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reductions_of_a_scalar_along_dims_0_and_minus_1_match_torch(backend):
+    x = np.array(1.25, np.float32)
+    check(lambda ns, t: _reductions(ns, t, 0) + _reductions(ns, t * 3, -1), backend, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reductions_along_negative_dims_match_torch(backend):
+    x = data(2, 3, 4)
+    check(lambda ns, t: (_reductions(ns, t, -1) + _reductions(ns, t, -3)
+                         + (ns.sum(t, (-1, 0)), ns.mean(t, (0, -2), keepdim=True),
+                            ns.amax(t, (-1, -2)), ns.var(t, (-1, 0), keepdim=True),
+                            ns.std(t, (2, -2)))), backend, x, rtol=2e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- zero-size tensors
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batches_and_empty_axes_match_torch(backend):
+    x, e, s1, s3 = data(0, 4), data(3, 0), data(0, 2, 6), data(0, 2, 4, 4, 4)
+
+    def f(ns, x, e, s1, s3):
+        return (ns.softmax(e, 1), ns.log_softmax(e, -1), ns.softmax(x, 1),
+                ns.sum(x, 0), ns.mean(x, 0), ns.sum(e, 1), ns.logsumexp(x, 0),
+                ns.var(x, 0), ns.amax(x, 1), ns.argmax(x, 1),
+                ns.avg_pool1d(s1, 2), ns.adaptive_avg_pool1d(s1, 4),
+                ns.max_pool1d(s1, 2), ns.avg_pool3d(s3, 2), ns.adaptive_avg_pool3d(s3, 2),
+                ns.adaptive_max_pool3d(s3, 3), ns.unfold(s3[:, :, 0], 2, padding=1))
+    check(f, backend, x, e, s1, s3, grad=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_layers_and_their_gradients_match_torch(backend):
+    x, w, lin, s1 = data(0, 2, 5, 5), data(3, 2, 3, 3), data(3, 4), data(0, 2, 6)
+
+    def f(ns, x, w, lin, s1):
+        y = ns.conv2d(x, w, padding=1)
+        return (y, ns.avg_pool2d(y, 2), ns.max_pool2d(x * lin[0, 0], 2),
+                ns.adaptive_avg_pool1d(s1 * lin[1, 1], 3),
+                ns.linear(ns.flatten(x, 1)[:, :4], lin),
+                ns.cross_entropy(ns.linear(s1[:, 0, :4], lin), ns.argmax(s1[:, 1, :3], 1),
+                                 reduction="sum"))
+    check(f, backend, x, w, lin, s1)
+
+
+def test_max_over_an_empty_dim_is_an_index_error_as_torch():
+    for fn in (lambda t: F.amax(t, 0), lambda t: F.max(t, 0), lambda t: F.argmin(t, 0),
+               lambda t: F.amin(t)):
+        with pytest.raises(IndexError, match="dim 0 .* shape \\(0, 3\\)|is empty"):
+            fe.trace(fn, fe.TensorSpec((0, 3)))
+
+
+# ---------------------------------------------------------------- torch arguments
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_arguments_match_torch(backend):
+    x, y, p, t = data(3, 5), data(3, 5, seed=1), data(3, 5, seed=2), data(5, seed=3)
+    prob = 1 / (1 + np.exp(-p))
+    w = np.linspace(0.5, 2.0, 5).astype(np.float32)
+    target = (y > 0).astype(np.float32)
+    cls = np.array(3, np.int64)
+
+    def f(ns, x, y, prob, target, t, cls):
+        f64 = ns.float64 if ns is TORCH else "float64"
+        wc = const(ns, w)       # torch's BCE weights take no gradient
+        return (ns.add(x, y, alpha=2.5), ns.sub(x, y, alpha=-0.5), x.add(y, alpha=3),
+                ns.softmax(x, 1, dtype=f64), ns.log_softmax(x, 0, dtype=f64),
+                ns.binary_cross_entropy(prob, target, weight=wc),
+                ns.binary_cross_entropy(prob, target, const(ns, np.tile(w, (3, 1))),
+                                        reduction="sum"),
+                ns.binary_cross_entropy_with_logits(x, target, weight=wc, pos_weight=wc * 2,
+                                                    reduction="none"),
+                ns.nll_loss(ns.log_softmax(t, 0), cls), ns.cross_entropy(t, cls),
+                ns.cross_entropy(t, cls, weight=wc, reduction="none", label_smoothing=0.1),
+                ns.cross_entropy(t, ns.softmax(t * 2, 0)),
+                ns.var(x, 1, False), ns.std(x, 0, True, True), ns.var(x, False),
+                ns.std(x, True), ns.var(x, 1, correction=2), x.var(0, False, True),
+                x.float(memory_format=ns.preserve_format if ns is TORCH else None).sum(),
+                x.double(memory_format=None).sum(), (x > 0).long(memory_format=None),
+                x.int(memory_format=None), (x > 0).bool(memory_format=None))
+    check(f, backend, x, y, prob, target, t, cls, rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rounded_division_matches_torch_bit_for_bit(backend):
+    a = np.array([7, -7, 7.5, -7.5, 1, 0, -0.0, np.inf, -3e30, 5, -0.3, 0.3, 1e-30, np.nan,
+                  4, -np.inf, 2.5e9, 0.7], np.float32)
+    b = np.array([2, 2, -2, -2, 0.1, 3, 3, 2, 7, 0, 2, -2, -1e30, 1, np.inf, 3, 0.3, -0.1],
+                 np.float32)
+    ai = np.array([7, -7, 7, -7, 0, 6, -1, 9], np.int64)
+    bi = np.array([2, 2, -2, -2, 3, -3, 5, 3], np.int64)
+
+    def f(ns, a, b, ai, bi):
+        return (ns.div(a, b, rounding_mode="floor"), ns.div(a, b, rounding_mode="trunc"),
+                ns.floor_divide(a, b), a // b, ns.div(ai, bi, rounding_mode="trunc"),
+                ns.div(ai, bi, rounding_mode="floor"), ai // bi)
+    exe = fe.compile(lambda *ts: f(F, *ts), *map(_spec, (a, b, ai, bi)), backend=backend)
+    got = exe(a, b, ai, bi)
+    want = f(TORCH, *map(torch.from_numpy, (a, b, ai, bi)))
+    for g, w in zip(got, want):
+        w = w.numpy()
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
+        signed = ~np.isnan(w)
+        np.testing.assert_array_equal(np.signbit(g[signed]), np.signbit(w[signed]))  # -0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rounded_division_has_zero_gradient_as_torch(backend):
+    a, b = data(6), data(6, seed=1)
+    check(lambda ns, a, b: (ns.div(a, b, rounding_mode="floor") * a,
+                            ns.div(a, b, rounding_mode="trunc") * b), backend, a, b)
+
+
+def test_argument_errors_are_clear():
+    spec = fe.TensorSpec((3,), "int64")
+    with pytest.raises(TypeError, match="alpha must not be a floating point number"):
+        fe.trace(lambda t: F.add(t, t, alpha=0.5), spec)
+    with pytest.raises(ValueError, match="rounding_mode .* 'round'"):
+        fe.trace(lambda t: F.div(t, t, rounding_mode="round"), spec)
+    with pytest.raises(ValueError, match=r"weight of shape \(4,\) .* shape \(3,\)"):
+        fe.trace(lambda a: F.binary_cross_entropy(a, a, weight=np.ones(4, np.float32)),
+                 fe.TensorSpec((3,)))
+    with pytest.raises(ValueError, match="unbatched input of shape"):
+        fe.trace(lambda a, b: F.nll_loss(a, b), fe.TensorSpec((3,)), spec)
+
+
+# ---------------------------------------------------------------- non-contiguous inputs
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_numpy_inputs(backend):
+    base = data(6, 8)
+    exe = fe.compile(lambda t: (F.softmax(t * 2, 0), t.sum(-1)), fe.TensorSpec((4, 3)),
+                     backend=backend)
+    for view in (base[:3, ::2].T, base[::-1, ::-3][:4], base[:4, :3].copy(order="F")):
+        assert view.shape == (4, 3)
+        ref = torch.from_numpy(np.ascontiguousarray(view))
+        got = exe(view)
+        np.testing.assert_allclose(got[0], torch.softmax(ref * 2, 0).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(got[1], ref.sum(-1).numpy(), rtol=1e-6)
