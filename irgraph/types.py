@@ -19,6 +19,7 @@ DTYPES: dict[str, str] = {
     "bool": "bool",
 }
 SHORT_TO_DTYPE: dict[str, str] = {v: k for k, v in DTYPES.items()}
+ITEMSIZE: dict[str, int] = {k: np.dtype(k).itemsize for k in DTYPES}
 FLOAT_DTYPES = ("float32", "float64")
 INT_DTYPES = ("int32", "int64")
 
@@ -34,6 +35,8 @@ def canonical_dtype(dtype) -> str:
     """Normalize a dtype given as a name, a short name or a numpy dtype."""
     if isinstance(dtype, str) and dtype in SHORT_TO_DTYPE:
         return SHORT_TO_DTYPE[dtype]
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
     name = np.dtype(dtype).name
     if name not in DTYPES:
         raise TypeError(f"unsupported dtype {dtype!r}; irgraph supports {sorted(DTYPES)}")
@@ -62,7 +65,7 @@ def check_shape(shape, dtype: str = "float32") -> tuple[int, ...]:
             raise ValueError(f"dimension {d} (axis {i}) of shape {tuple(dims)} is over the "
                              f"limit of 2**48 = {MAX_DIM}")
         out.append(d)
-    itemsize = np.dtype(dtype).itemsize
+    itemsize = ITEMSIZE[canonical_dtype(dtype)]
     extent = math.prod(max(d, 1) for d in out) * itemsize
     if extent > MAX_BYTES:
         zeros = ", 0 counted as 1" if 0 in out else ""
