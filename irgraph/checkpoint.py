@@ -73,13 +73,13 @@ def write(path, kind: str, arrays: dict[str, np.ndarray], meta: dict | None = No
     os.makedirs(path, exist_ok=True)
     dfd = _open_folder(path)
     try:
-        fcntl.flock(dfd, fcntl.LOCK_EX)
+        _lock(dfd, fcntl.LOCK_EX)
         files = {}
         if graph_text is not None:
             data = graph_text.encode()
             files["graph"] = _write_data(dfd, "graph", lambda f: f.write(data))
         files["weights"] = _write_data(dfd, "weights", lambda f: _write_npz(f, arrays))
-        os.fsync(dfd)                                   # the data files' names are durable
+        _fsync_folder(dfd)                              # the data files' names are durable
         manifest = {"format": FORMAT, "kind": kind, "files": files,
                     "arrays": {n: {"dtype": a.dtype.name, "shape": list(a.shape)}
                                for n, a in arrays.items()},
@@ -87,7 +87,7 @@ def write(path, kind: str, arrays: dict[str, np.ndarray], meta: dict | None = No
         text = (json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
         tmp, _, _ = _write_temp(dfd, lambda f: f.write(text))
         os.replace(tmp, MANIFEST, src_dir_fd=dfd, dst_dir_fd=dfd)     # the commit point
-        os.fsync(dfd)
+        _fsync_folder(dfd)
         _remove_stale(dfd, {f["name"] for f in files.values()})
     finally:
         os.close(dfd)                                   # releases the lock
@@ -101,6 +101,23 @@ def _array_to_save(name, a) -> np.ndarray:
     if a.dtype.name not in DTYPES:
         raise ValueError(f"array {name!r} is {a.dtype}; a checkpoint holds {sorted(DTYPES)}")
     return a if a.flags.c_contiguous else a.copy(order="C")     # 0-d stays 0-d
+
+
+def _lock(dfd: int, how: int) -> None:
+    """Writers exclude each other and readers; a filesystem without flock goes unlocked."""
+    try:
+        fcntl.flock(dfd, how)
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+
+
+def _fsync_folder(dfd: int) -> None:
+    try:
+        os.fsync(dfd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:         # a filesystem that cannot sync a folder
+            raise
 
 
 def _open_folder(path) -> int:
@@ -171,7 +188,7 @@ class CheckpointReader:
         self.path = os.fspath(path)
         self._dfd = _open_folder(path)
         try:
-            fcntl.flock(self._dfd, fcntl.LOCK_SH)
+            _lock(self._dfd, fcntl.LOCK_SH)
             self._read_manifest(kind)
         except BaseException:
             self.close()
