@@ -1,18 +1,76 @@
-"""What every backend's executable shares: argument validation before any kernel runs."""
+"""What every backend's executable shares: the call contract.
+
+* ``validate_args``: the one rule for arguments (count, array type, dtype, shape; Python and
+  numpy scalars for rank-0 arguments), checked before any kernel or native code runs.
+* ``check_out_buffers``: the one rule for ``call_into``'s output buffers.
+* ``reference_error``: a run-time failure of the reference kernels, as the class every
+  backend raises for that fault (``irgraph.errors``); the compiled backends ask the
+  reference for the message of a fault their own code detected, so the text is the same.
+* ``ForkSafeLock``: the lock every executable, cache and worker pool of a backend holds; a
+  forked child gets each of them fresh (unlocked).
+
+docs/reliability.md ("Calling compiled code") states what a call guarantees.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import threading
+import weakref
+from typing import NoReturn, Sequence
 
 import numpy as np
 
 from irgraph import Graph, verify
+from irgraph.errors import DataError, RuntimeDataError
+from irgraph.interpreter import ExecutionError, interpret
+from irgraph.ops.debug import NonFiniteError
+
+__all__ = ["validate_args", "check_out_buffers", "reference_error", "run_reference",
+           "ForkSafeLock", "Executable", "DataError", "RuntimeDataError", "NonFiniteError"]
+
+# kinds of Python/numpy scalars, in promotion order: a scalar may stand for a rank-0 argument
+# whose kind is not below its own (torch's rule: no silent truncation of a float to an int)
+_KINDS = {"b": (0, "a bool"), "i": (1, "an integer"), "u": (1, "an integer"),
+          "f": (2, "a float")}
+
+
+def _scalar_kind(a) -> str | None:
+    if isinstance(a, (bool, np.bool_)):
+        return "b"
+    if isinstance(a, (int, np.integer)):
+        return "i"
+    if isinstance(a, (float, np.floating)):
+        return "f"
+    return None
+
+
+def _scalar_arg(v, a) -> np.ndarray:
+    """A Python or numpy scalar for the rank-0 argument ``v``, as a 0-d array of its dtype."""
+    t = v.type
+    kind = _scalar_kind(a)
+    if kind is None:
+        raise TypeError(f"argument %{v.name} must be a number or a numpy array of type {t}, "
+                        f"got {type(a).__name__}")
+    have, have_name = _KINDS[kind]
+    want, want_name = _KINDS[t.np_dtype.kind]
+    if have > want:
+        raise TypeError(f"argument %{v.name} is {t}: {have_name} scalar ({a!r}) would be "
+                        f"converted with loss; pass {want_name}")
+    if want == 1:
+        info = np.iinfo(t.np_dtype)
+        if not info.min <= int(a) <= info.max:
+            raise ValueError(f"argument %{v.name} is {t}: {int(a)} is outside its range "
+                             f"[{info.min}, {info.max}]")
+    return np.asarray(a, dtype=t.np_dtype)
 
 
 def validate_args(graph: Graph, args: Sequence) -> list[np.ndarray]:
     """Check count, shape and dtype of each argument; give C-contiguous numpy arrays.
 
-    Python scalars are accepted for rank-0 arguments. Wrong inputs raise TypeError/ValueError
-    naming the argument, so native code never sees a bad buffer.
+    Python and numpy scalars are accepted for rank-0 arguments when their kind (bool < int <
+    float) is not above the argument's, and integers only within the dtype's range. Wrong
+    inputs raise TypeError/ValueError naming the argument, so native code never sees a bad
+    buffer.
     """
     params = graph.arguments
     if len(args) != len(params):
@@ -22,8 +80,8 @@ def validate_args(graph: Graph, args: Sequence) -> list[np.ndarray]:
     out = []
     for v, a in zip(params, args):
         t = v.type
-        if isinstance(a, (bool, int, float, np.generic)) and t.rank == 0:
-            a = np.asarray(a, dtype=t.np_dtype)
+        if t.rank == 0 and not isinstance(a, np.ndarray) and _scalar_kind(a) is not None:
+            a = _scalar_arg(v, a)
         if not isinstance(a, np.ndarray):
             raise TypeError(f"argument %{v.name} must be a numpy array of type {t}, "
                             f"got {type(a).__name__}")
@@ -38,11 +96,103 @@ def validate_args(graph: Graph, args: Sequence) -> list[np.ndarray]:
     return out
 
 
+def check_out_buffers(graph: Graph, out: Sequence) -> list[np.ndarray]:
+    """``call_into``'s output buffers: one per output, numpy arrays of its exact type,
+    writable (any layout: results are copied into them)."""
+    if len(out) != len(graph.outputs):
+        raise TypeError(f"{len(graph.outputs)} output buffers needed, got {len(out)}")
+    for j, (v, a) in enumerate(zip(graph.outputs, out)):
+        t = v.type
+        if not isinstance(a, np.ndarray) or a.dtype != t.np_dtype or a.shape != t.shape:
+            got = (f"{a.dtype}{list(a.shape)}" if isinstance(a, np.ndarray)
+                   else type(a).__name__)
+            raise TypeError(f"output buffer {j} must be a numpy array of type {t}, got {got}")
+        if not a.flags.writeable:
+            raise ValueError(f"output buffer {j} is read-only")
+    return list(out)
+
+
+def _root(e: BaseException) -> BaseException:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
+def reference_error(e: ExecutionError) -> Exception:
+    """The error to raise for a reference kernel's failure ``e``.
+
+    The graph was verified and the arguments validated, so every shape and dtype is right: a
+    kernel that still fails with a ValueError or IndexError failed on the data (a class index,
+    an exponent, an index), a ``RuntimeDataError`` with the reference's text (the failing node
+    and the user's line). Anything else is a fault of a kernel and stays as it is."""
+    if isinstance(e, DataError):
+        return e
+    if isinstance(_root(e), (ValueError, IndexError)):
+        return RuntimeDataError(str(e))
+    return e
+
+
+def run_reference(graph: Graph, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``interpret`` with its failures raised as ``reference_error`` says."""
+    try:
+        return interpret(graph, args)
+    except ExecutionError as e:
+        err = reference_error(e)
+        if err is e:
+            raise
+        raise err from e
+
+
+def raise_as_reference(graph: Graph, args: Sequence[np.ndarray], fallback: Exception
+                       ) -> NoReturn:
+    """A compiled backend's code found bad data: raise what the reference raises on the same
+    (unchanged) arguments, so the class and the text are the same on every backend;
+    ``fallback`` if the reference does not fail."""
+    run_reference(graph, args)
+    raise fallback
+
+
+class ForkSafeLock:
+    """A ``threading.Lock`` that is fresh (unlocked) in a forked child.
+
+    Only the forking thread lives on in a child: a lock another thread held at the fork (one
+    calling an executable, say) would stay held forever and the child's first call would
+    deadlock. Every lock a backend owns is one of these."""
+
+    _all: "weakref.WeakSet[ForkSafeLock]" = weakref.WeakSet()
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        ForkSafeLock._all.add(self)
+
+    def __enter__(self) -> "ForkSafeLock":
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def _renew(self) -> None:
+        self._lock = threading.Lock()
+
+
+def _renew_locks_in_child() -> None:
+    for lock in list(ForkSafeLock._all):
+        lock._renew()
+
+
+os.register_at_fork(after_in_child=_renew_locks_in_child)
+
+
 class Executable:
     """Base executable: ``exe(*args) -> list of output arrays``; args are inputs then params.
 
     Outputs the graph donates to an argument are written into that argument's buffer (in
-    place) when the caller passed a writable array of the right layout.
+    place) when the caller passed a writable array of the right layout. A call that raises
+    leaves every argument as it was.
     """
     backend = "base"
 
@@ -56,6 +206,20 @@ class Executable:
         arrays = validate_args(self.graph, args)
         outs = self.run(arrays)
         return self.apply_donations(args, outs)
+
+    def call_into(self, out: Sequence[np.ndarray], *args) -> list[np.ndarray]:
+        """``res = exe(*args)``, then ``out[j][...] = res[j]`` for each output in order;
+        returns ``out``. Output buffers may overlap the arguments or each other (as numpy's
+        ``out=``): every result is complete before any buffer is written."""
+        out = check_out_buffers(self.graph, out)
+        res = [np.asarray(r) for r in self(*args)]
+        # a result living in a buffer that an earlier copy overwrites is taken aside first
+        res = [r.copy() if any(o is not r and np.may_share_memory(o, r) for o in out) else r
+               for r in res]
+        for o, r in zip(out, res):
+            if o is not r:
+                np.copyto(o, np.asarray(r))
+        return out
 
     def apply_donations(self, given: Sequence, outs: list[np.ndarray]) -> list[np.ndarray]:
         donations = self.graph.donations

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 from irgraph import Graph
-from irgraph.interpreter import interpret
 
-from .base import Executable
+from .base import Executable, run_reference
 
 
 class ReferenceExecutable(Executable):
     backend = "reference"
 
     def run(self, args):
-        return interpret(self.graph, args)
+        return run_reference(self.graph, args)
 
 
 def compile(graph: Graph, **options) -> ReferenceExecutable:

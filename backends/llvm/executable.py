@@ -2,21 +2,53 @@
 from __future__ import annotations
 
 import ctypes
-import threading
 import time
 
 import numpy as np
 
 from irgraph import Graph
+from irgraph.errors import RuntimeDataError
+from irgraph.ops.debug import NonFiniteError
 
-from ..base import Executable
+from ..base import (Executable, ForkSafeLock, check_out_buffers, raise_as_reference,
+                    validate_args)
 from . import jit
 from .lowering import ERROR_MESSAGES
-from .module import ENTRY, Plan, build_module
+from .module import ENTRY, Plan, _all_nodes, build_module
+
+# The generated code found bad data (an out-of-range class index, ...): the error every
+# backend raises for it (the name this backend used first).
+NativeError = RuntimeDataError
+
+# ops whose lowering may record an error in the control block (``Ctx.fail``): the data
+# checks of nll_loss and integer pow, and the NaN checker
+FALLIBLE_OPS = frozenset({"nll_loss", "pow", "check_finite"})
 
 
-class NativeError(ValueError):
-    """The generated code found bad data (an out-of-range class index, ...)."""
+def _fallible(node) -> bool:
+    return any(n.op in FALLIBLE_OPS for n in _all_nodes_of(node))
+
+
+def _all_nodes_of(node):
+    yield node
+    for a in node.attrs.values():
+        if isinstance(a, Graph):
+            yield from _all_nodes(a)
+
+
+def staged_arguments(graph: Graph, plan: Plan) -> frozenset[int]:
+    """The arguments written in place whose writes could be followed by an error: a node
+    that may fail runs at or after the first in-place write. A call gives those nodes a
+    private copy of the argument and copies the result back only once the run succeeded, so
+    a failed call leaves the caller's arrays as they were (without it the in-place nodes
+    run only while no error is recorded, which suffices)."""
+    if not plan.inplace:
+        return frozenset()
+    writers = {graph.outputs[j] for j in plan.inplace}
+    first = next(i for i, n in enumerate(graph.nodes) if any(v in writers for v in n.outputs))
+    if any(_fallible(n) for n in graph.nodes[first:]):
+        return frozenset(plan.inplace.values())
+    return frozenset()
 
 
 class LLVMExecutable(Executable):
@@ -31,20 +63,26 @@ class LLVMExecutable(Executable):
         self.cache_key = cache_key
         self.cache_hit = cache_hit
         self._features = features
-        self._loaded = jit.Loaded(obj, ENTRY, opt)
+        # every buffer the native code uses is allocated here, by numpy (a size the machine
+        # cannot give is a MemoryError now, never a failed allocation in native code)
         self._arena = np.zeros(max(plan.arena_bytes, 64), np.uint8)
         self._ws = np.zeros(max(plan.workspace_bytes * threads, 64), np.uint8)
         self._ctl = np.zeros(4 + (len(graph.nodes) if plan.profile else 0), np.int64)
+        self._loaded = jit.Loaded(obj, ENTRY, opt)
         self._profiled_s = 0.0
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
+        self._staged = staged_arguments(self.graph, plan)
         self._ir: str | None = None
 
     # ---------------------------------------------------------------- running
-    def run(self, args: list[np.ndarray], out: list[np.ndarray] | None = None
+    def run(self, args: list[np.ndarray], out: list[np.ndarray | None] | None = None
             ) -> list[np.ndarray]:
-        """Run on validated ``args``; ``out`` optionally gives the output buffers (C-contiguous
-        arrays of the outputs' types, e.g. views into larger arrays)."""
+        """Run on validated ``args``; ``out`` optionally gives output buffers the native code
+        writes directly (C-contiguous, aligned, writable arrays of the outputs' types that
+        share no byte with an argument or another output; None: a fresh array). Nothing
+        the caller passed is written when the run fails."""
         g = self.graph
+        given = args
         outs: list[np.ndarray | None] = [None] * len(g.outputs)
         args = self._own_inplace_args(args)
         for j, v in enumerate(g.outputs):
@@ -53,8 +91,8 @@ class LLVMExecutable(Executable):
                 continue
             if j in self.plan.copies:
                 continue
-            outs[j] = self._check_out(j, out[j]) if out is not None else np.empty(
-                v.type.shape, v.type.np_dtype)
+            o = out[j] if out is not None else None
+            outs[j] = o if o is not None else np.empty(v.type.shape, v.type.np_dtype)
         ptrs = [a.ctypes.data for a in args]
         ptrs += [o.ctypes.data if o is not None and j not in self.plan.inplace else 0
                  for j, o in enumerate(outs)]
@@ -70,18 +108,16 @@ class LLVMExecutable(Executable):
                 self._call(table)
             code, node = int(self._ctl[0]), int(self._ctl[1])
         if code:
-            self._raise(code, node, args)
+            self._raise(code, node, given)
         for j, (kind, k) in self.plan.copies.items():
             outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
-        if out is not None:                 # the caller's buffers hold every output
-            for j in self.plan.inplace:
-                np.copyto(out[j], outs[j])
-                outs[j] = out[j]
         return outs
 
     def _own_inplace_args(self, args: list[np.ndarray]) -> list[np.ndarray]:
         """An argument an output is written into must be writable and share no byte with
-        another argument (else a private copy takes its place; the donation then copies)."""
+        another argument, and must not be written before a check that may still fail
+        (``staged_arguments``); else a private copy takes its place (the donation then
+        copies the result into the caller's array after the run)."""
         if not self.plan.inplace:
             return args
         args = list(args)
@@ -90,28 +126,40 @@ class LLVMExecutable(Executable):
             a = args[i]
             lo, hi = spans[i]
             shared = any(k != i and s < hi and lo < e for k, (s, e) in enumerate(spans))
-            if shared or not (a.flags.writeable and a.flags.c_contiguous and a.flags.aligned):
+            if (shared or i in self._staged
+                    or not (a.flags.writeable and a.flags.c_contiguous and a.flags.aligned)):
                 args[i] = np.array(a, copy=True)
                 spans[i] = (0, 0)
         return args
 
     def call_into(self, out: list[np.ndarray], *args) -> list[np.ndarray]:
-        """Like calling the executable, but writing into the given output arrays."""
-        if len(out) != len(self.graph.outputs):
-            raise TypeError(f"{len(self.graph.outputs)} output buffers needed, got {len(out)}")
-        from ..base import validate_args
-        res = self.run(validate_args(self.graph, args), out)
-        for j in self.plan.copies:
-            np.copyto(out[j], res[j])
-        return self.apply_donations(args, list(out))
+        """``Executable.call_into``: the results in the given output arrays. An output the
+        native code can write where it stands (C-contiguous, aligned, sharing no byte with
+        an argument or another output) is computed there; any other is computed aside and
+        copied, so overlapping buffers give what numpy's ``out=`` gives. The declared
+        donations still update their arguments in place."""
+        out = check_out_buffers(self.graph, out)
+        given = validate_args(self.graph, args)
+        direct = self._direct_outputs(out, [*args, *given])
+        res = self.apply_donations(args, self.run(given, direct))
+        res = [r.copy() if any(o is not r and np.may_share_memory(o, r) for o in out) else r
+               for r in res]
+        for o, r in zip(out, res):
+            if o is not r:
+                np.copyto(o, r)
+        return out
 
-    def _check_out(self, j: int, a) -> np.ndarray:
-        t = self.graph.outputs[j].type
-        if not isinstance(a, np.ndarray) or a.dtype != t.np_dtype or a.shape != t.shape:
-            raise TypeError(f"output buffer {j} must be a numpy array of type {t}")
-        if not (a.flags.c_contiguous and a.flags.writeable and a.flags.aligned):
-            raise ValueError(f"output buffer {j} must be writable, aligned and C-contiguous")
-        return a
+    def _direct_outputs(self, out: list[np.ndarray], args) -> list[np.ndarray | None]:
+        """Per output, the caller's buffer when the native code may write it directly."""
+        direct: list[np.ndarray | None] = []
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        for j, o in enumerate(out):
+            ok = (j not in self.plan.inplace and j not in self.plan.copies
+                  and o.flags.c_contiguous and o.flags.aligned and o.flags.writeable
+                  and not any(np.may_share_memory(o, a) for a in arrays)
+                  and not any(k != j and np.may_share_memory(o, p) for k, p in enumerate(out)))
+            direct.append(o if ok else None)
+        return direct
 
     def _call(self, table) -> None:
         # a graph of small nodes only never splits work: one thread, no pool round trip
@@ -120,33 +168,24 @@ class LLVMExecutable(Executable):
             fn(table, 0, 1)
             return
         from .workers import workers
-        workers().run(ctypes.cast(fn, ctypes.c_void_p).value, table, n,
-                      lambda: fn(table, 0, n))
+        workers().run(ctypes.cast(fn, ctypes.c_void_p).value, table, n)
 
     def _raise(self, code: int, node_index: int, args) -> None:
+        """The native code found bad data in a run on ``args`` (the caller's arrays, still
+        as they were): raise what the reference raises on them, the same class and text
+        (recomputed on this error path only), else a message from the error code."""
         node = self.graph.nodes[node_index] if 0 <= node_index < len(self.graph.nodes) else None
-        if code == 4:
-            self._raise_non_finite(node, args)
-        what = ERROR_MESSAGES.get(code, f"error {code}")
-        where = f" in {node!r}" if node is not None else ""
         loc = f" (from {node.loc})" if node is not None and node.loc else ""
-        raise NativeError(f"llvm backend: {what}{where}{loc}")
-
-    def _raise_non_finite(self, node, args) -> None:
-        """The NaN checker fired: the error names the node and its operands' ranges, the
-        same text the reference gives (recomputed on this error path only)."""
-        from irgraph.interpreter import ExecutionError, interpret
-        from irgraph.ops.debug import NonFiniteError
-        try:
-            interpret(self.graph, args)
-        except NonFiniteError:
-            raise
-        except ExecutionError as e:
-            if isinstance(e.__cause__, NonFiniteError):
-                raise e.__cause__ from None
-        a = node.attrs if node is not None else {}
-        raise NonFiniteError(f"first non-finite value: op {a.get('checked_op')!r} "
-                             f"{a.get('source', '')}\n  node: {a.get('node')}")
+        if code == 4:
+            a = node.attrs if node is not None else {}
+            fallback: Exception = NonFiniteError(
+                f"first non-finite value: op {a.get('checked_op')!r} {a.get('source', '')}"
+                f"\n  node: {a.get('node')}")
+        else:
+            what = ERROR_MESSAGES.get(code, f"error {code}")
+            where = f"while running {node!r}{loc}: " if node is not None else ""
+            fallback = RuntimeDataError(f"{where}{what}")
+        raise_as_reference(self.graph, args, fallback)
 
     # ---------------------------------------------------------------- inspection
     def profile(self, top: int | None = None) -> list[dict]:

@@ -10,8 +10,12 @@ until posted to (elsewhere than Linux it polls every ``POLL_US``). One slot per 
 
 ``irgraph_worker(slot)`` is the worker's whole life (called once from a daemon Python thread,
 through ctypes, so the GIL is released); ``irgraph_post`` fills a slot and wakes its worker
-if it sleeps; ``irgraph_wait`` spins until a posted run is done. Every executable shares
-the workers (one run at a time holds them).
+if it sleeps; ``irgraph_wait`` spins until a posted run is done. ``irgraph_run`` is one run
+from the caller's side, in ONE native call: post to workers 1..n-1, run thread 0, wait for
+them all. Nothing can come between posting and waiting (a Python exception or
+KeyboardInterrupt only arrives once the call returns), so workers never wait at a barrier
+for a thread 0 that will not come. Every executable shares the workers (one run at a time
+holds them).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import threading
 import numpy as np
 from llvmlite import ir
 
+from ..base import ForkSafeLock
 from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 
 SPIN = 1 << 12            # pause iterations before sleeping (~0.1-0.2 ms)
@@ -85,6 +90,19 @@ def workers_module(triple: str) -> ir.Module:
     b.position_at_end(done)
     b.ret_void()
 
+    # ---- run(slots, entry, table, n): post tids 1..n-1, run tid 0 here, wait for all
+    run_fn = ir.Function(m, ir.FunctionType(VOID, [ir.PointerType(slotp), I64, I64, I64]),
+                         "irgraph_run")
+    slots, fn, table, n = run_fn.args
+    b = ir.IRBuilder(run_fn.append_basic_block("entry"))
+    with for_range(b, 1, n, "post") as t:
+        b.call(post, [b.load(b.gep(slots, [b.sub(t, i64(1))])), fn, table, t, n])
+    b.call(b.inttoptr(fn, ir.PointerType(entry_t)), [b.inttoptr(table, PTR), i64(0), n])
+    with for_range(b, 1, n, "join") as t:
+        s = b.load(b.gep(slots, [b.sub(t, i64(1))]))
+        b.call(wait, [s, b.load_atomic(at(b, s, 0), "acquire", 8)])
+    b.ret_void()
+
     # ---- worker(slot): spin, sleep, run, forever (until stop)
     work = ir.Function(m, ir.FunctionType(VOID, [slotp]), "irgraph_worker")
     (slot,) = work.args
@@ -144,7 +162,7 @@ class Workers:
 
     def __init__(self):
         from . import jit
-        self.lock = threading.Lock()
+        self.lock = ForkSafeLock()
         self._loaded = jit.Loaded(jit.compiled_module("irgraph workers", workers_module),
                                   None)
         addr = self._loaded.engine.get_function_address
@@ -154,34 +172,36 @@ class Workers:
         self._wait = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(
             addr("irgraph_wait"))
         self._worker = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(addr("irgraph_worker"))
+        self._run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                     ctypes.c_int64)(addr("irgraph_run"))
         self._slots: list[np.ndarray] = []
+        self._slot_table = (ctypes.c_void_p * 1)()
         self._pid = os.getpid()
 
     def _ensure(self, k: int) -> None:
         if self._pid != os.getpid():         # a forked child has no worker threads
             self._slots, self._pid = [], os.getpid()
+        if len(self._slots) >= k:
+            return
         while len(self._slots) < k:
             slot = np.zeros(SLOT, np.int64)
             self._slots.append(slot)
             threading.Thread(target=self._worker, args=(slot.ctypes.data,), daemon=True,
                              name=f"irgraph-llvm-worker-{len(self._slots)}").start()
+        self._slot_table = (ctypes.c_void_p * len(self._slots))(
+            *[s.ctypes.data for s in self._slots])
 
-    def run(self, entry_addr: int, table, n: int, main) -> None:
-        """``main()`` runs thread 0 here while workers run tids 1..n-1 of the entry."""
+    def run(self, entry_addr: int, table, n: int) -> None:
+        """Run the entry on ``n`` threads: thread 0 is the caller, workers run tids 1..n-1
+        (one native call: see ``irgraph_run``)."""
         with self.lock:
             self._ensure(n - 1)
-            ptr = ctypes.cast(table, ctypes.c_void_p).value
-            gens = [(s, self._post(s.ctypes.data, entry_addr, ptr, t, n))
-                    for t, s in enumerate(self._slots[:n - 1], start=1)]
-            try:
-                main()
-            finally:
-                for s, g in gens:
-                    self._wait(s.ctypes.data, g)
+            self._run(ctypes.addressof(self._slot_table), entry_addr,
+                      ctypes.cast(table, ctypes.c_void_p).value, n)
 
 
 _made: list[Workers] = []
-_made_lock = threading.Lock()
+_made_lock = ForkSafeLock()
 
 
 def workers() -> Workers:
@@ -195,10 +215,9 @@ def workers() -> Workers:
 
 
 def _after_fork_in_child() -> None:
-    """Only the forking thread lives on in a child: no workers, and a lock some other
-    thread held stays held. Start afresh."""
+    """Only the forking thread lives on in a child: no workers (their locks, like every
+    ForkSafeLock, are fresh in the child). Start afresh."""
     for w in _made:
-        w.lock = threading.Lock()
         w._slots, w._pid = [], os.getpid()
 
 

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from irgraph import Graph, Node, Value
+from irgraph.errors import DataError
+from irgraph.interpreter import ExecutionError, run_node
 
-from ..base import Executable, validate_args
+from ..base import Executable, raise_as_reference, reference_error, validate_args
 from .kernels.elementwise import elementwise
-from .lower_optim import inplace_updates
+from .lower_optim import inplace_updates, updated_input
 from .runtime import (NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device, interpreting,
                       to_device)
 from .table import GROUP_KERNELS, LowerContext, Step, group_key, lower_node
@@ -140,6 +142,7 @@ class TritonExecutable(Executable):
         self.plan = Plan(self.graph, self.ctx)
         self._donate = {o: _copier(graph.outputs[o], self.device) for o in graph.donations}
         self._index_checks = index_checks(self.graph)
+        self._staged = staged_arguments(self.graph, self.plan, self.ctx.inplace)
 
     # ------------------------------------------------------------------ arguments
     def _check_tensor(self, v: Value, t: torch.Tensor) -> torch.Tensor:
@@ -164,15 +167,17 @@ class TritonExecutable(Executable):
         host = [i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)]
         shim = SimpleNamespace(name=self.graph.name, arguments=[params[i] for i in host])
         arrays = dict(zip(host, validate_args(shim, [args[i] for i in host])))
-        for i, check in self._index_checks:
-            if i in arrays:
-                check(arrays[i])
         out = []
         for i, (v, a) in enumerate(zip(params, args)):
             if i in arrays:
                 out.append(to_device(arrays[i], v.type.dtype, self.device))
             else:
-                out.append(self._check_tensor(v, a))
+                t = self._check_tensor(v, a)
+                # an argument written in place before a check that may still fail: a
+                # private copy (the donation copies the result back after a good run)
+                out.append(t.clone() if i in self._staged and t is a else t)
+        for i, check in self._index_checks:
+            check(arrays[i] if i in arrays else out[i].cpu().numpy())
         return out
 
     # ------------------------------------------------------------------ running
@@ -185,7 +190,13 @@ class TritonExecutable(Executable):
 
     def __call__(self, *args):
         tensors = self.to_device(args)
-        outs = self.plan(tensors)
+        try:
+            outs = self.plan(tensors)
+        except DataError as e:
+            # the same class and text as the reference, whose order of checks may differ
+            # from this plan's (grouped launches): ask it, on the unchanged arguments
+            raise_as_reference(self.graph,
+                               validate_args(self.graph, [_host(a) for a in args]), e)
         outs = self._write_donated(args, tensors, outs)
         as_numpy = self.output == "numpy" or (
             self.output == "auto" and not any(isinstance(a, torch.Tensor) for a in args))
@@ -199,7 +210,8 @@ class TritonExecutable(Executable):
         """Donated outputs land in the caller's device tensor (the in-place update)."""
         for o, a in self.graph.donations.items():
             dst = given[a]
-            if isinstance(dst, torch.Tensor) and dst is tensors[a] and outs[o] is not dst:
+            if (isinstance(dst, torch.Tensor) and dst.device == self.device
+                    and dst.is_contiguous() and outs[o] is not dst):
                 if outs[o].data_ptr() != dst.data_ptr():
                     self._donate[o](outs[o], out=dst)
                 outs[o] = dst
@@ -213,6 +225,32 @@ class TritonExecutable(Executable):
             lines.append(f"#   {nodes[0].op} x{len(nodes)}: {names}")
         lines.extend(self.ctx.notes)                  # generated kernels (fused regions)
         return "\n".join(lines)
+
+
+def _host(a):
+    """An argument as the reference takes it (a numpy array or a scalar)."""
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+
+
+def _fallible(node: Node) -> bool:
+    """Whether running ``node`` may raise in the middle of a plan (the NaN checker's
+    ``check_finite``; class indices are checked before any launch)."""
+    return node.op == "check_finite" or any(
+        isinstance(g, Graph) and any(_fallible(n) for n in g.nodes) for g in node.attrs.values())
+
+
+def staged_arguments(graph: Graph, plan: Plan, inplace: dict[Node, set[int]]) -> frozenset[int]:
+    """Arguments an update writes in place when a step that may raise comes at or after the
+    first such write: a call gives them a private copy, so a failed call leaves the caller's
+    tensors as they were."""
+    index = {v: i for i, v in enumerate(graph.arguments)}
+    targets: set[int] = set()
+    fallible_after = False
+    for nodes, _ in plan.steps:
+        for n in nodes:
+            targets.update(index[n.inputs[updated_input(j)]] for j in inplace.get(n, ()))
+        fallible_after = fallible_after or (bool(targets) and any(map(_fallible, nodes)))
+    return frozenset(targets) if fallible_after else frozenset()
 
 
 def _copier(v: Value, device):
@@ -233,13 +271,16 @@ def index_checks(graph: Graph) -> list[tuple[int, Callable[[np.ndarray], None]]]
 
 def _target_check(node: Node) -> Callable[[np.ndarray], None]:
     c, ignore = node.inputs[0].shape[1], node.attrs["ignore_index"]
-    loc = f" (from {node.loc})" if node.loc else ""
+    logp = node.inputs[0].type
 
     def check(t: np.ndarray) -> None:
         bad = (t != ignore) & ((t < 0) | (t >= c))
-        if np.any(bad):
-            raise ValueError(f"argument %{node.inputs[1].name}: target {t[bad].flat[0]} is "
-                             f"outside [0, {c}) for {node!r}{loc}")
+        if np.any(bad):         # the reference kernel's own error, as the reference raises it
+            try:
+                run_node(node, [np.zeros(logp.shape, logp.np_dtype), t])
+            except ExecutionError as e:
+                raise reference_error(e) from e
+            raise AssertionError(f"the reference accepts the targets {t} of {node!r}")
     return check
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError
 from ..registry import Attr, Cost, a_str, register_op
 from ..types import TensorType
 
 
-class NonFiniteError(Exception):
-    """A value watched by the NaN checker holds NaN or +-inf.
+class NonFiniteError(DataError):
+    """A value watched by the NaN checker holds NaN or +-inf (a ``irgraph.errors.DataError``).
 
     Deliberately not an ArithmeticError or RuntimeError: interpreters that wrap kernel errors
     with the failing node let it through, so every backend raises this same type."""
