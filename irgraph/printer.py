@@ -56,9 +56,16 @@ def format_node(node, indent: str = "") -> str:
     if node.attrs:
         attrs = ", ".join(f"{k}={format_attr(v, indent)}" for k, v in sorted(node.attrs.items()))
         line += " {" + attrs + "}"
-    if node.loc:
-        line += f"  # {node.loc}"
+    loc = format_loc(node.loc)
+    if loc:
+        line += f"  # {loc}"
     return line
+
+
+def format_loc(loc: str | None) -> str:
+    """A location as its comment holds it: one line (a comment ends at a newline) without the
+    surrounding whitespace the parser strips, so the text reads back to the same location."""
+    return " ".join(str(loc).split("\n")).strip() if loc else ""
 
 
 def format_graph(g, indent: str = "") -> str:

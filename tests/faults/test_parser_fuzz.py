@@ -262,3 +262,13 @@ def test_a_type_rule_raising_anything_is_a_located_parse_error(monkeypatch):
 def test_parse_takes_text_only():
     with pytest.raises(TypeError, match="takes the text of a graph"):
         irgraph.parse(b"graph g() {\n return\n}")
+
+
+@pytest.mark.parametrize("loc,read", [(" a.py:1\nreturn %x\r ", "a.py:1 return %x"),
+                                      ("\n \t", None), ("m.py:3", "m.py:3")])
+def test_a_builder_graph_with_any_location_prints_text_that_reads_back(loc, read):
+    g = Graph("g")
+    x = g.add_input("x", TensorType((2,)))
+    g.set_outputs([g.op("neg", x, loc=loc)])
+    back = _parse_or_error(str(g))
+    assert back is not None and str(back) == str(g) and back.nodes[0].loc == read
