@@ -226,10 +226,10 @@ class CheckpointReader:
         if not isinstance(m, dict):
             raise bad(f"must be a JSON object, got {type(m).__name__}")
         if m.get("format") != FORMAT:
-            raise bad(f"unknown format {m.get('format')!r}, expected {FORMAT}")
+            raise bad(f"unknown format {_r(m.get('format'))}, expected {FORMAT}")
         _keys(m, {"format", "kind", "files", "arrays", "meta"}, "the manifest", bad)
         if m["kind"] != kind:
-            raise bad(f"holds a checkpoint of kind {m['kind']!r}, expected {kind!r}")
+            raise bad(f"holds a checkpoint of kind {_r(m['kind'])}, expected {kind!r}")
         self.files = self._files(m["files"], bad)
         self.declared = self._arrays(m["arrays"], bad)
         if not isinstance(m["meta"], dict):
@@ -241,7 +241,7 @@ class CheckpointReader:
             raise bad(f"'files' must be an object, got {type(files).__name__}")
         for role, entry in files.items():
             if role not in ROLES:
-                raise bad(f"'files' names an unknown role {role!r} (known: {sorted(ROLES)})")
+                raise bad(f"'files' names an unknown role {_r(role)} (known: {sorted(ROLES)})")
             where = f"files.{role}"
             if not isinstance(entry, dict):
                 raise bad(f"{where} must be an object, got {type(entry).__name__}")
@@ -249,12 +249,12 @@ class CheckpointReader:
             name, digest, size = entry["name"], entry["sha256"], entry["bytes"]
             if not isinstance(name, str) or not _FILE_NAME.match(name) or name == MANIFEST \
                     or not name.endswith(ROLES[role]):
-                raise bad(f"{where}.name {name!r} is not a plain file name ending in "
+                raise bad(f"{where}.name {_r(name)} is not a plain file name ending in "
                           f"{ROLES[role]} (no folders, no leading '.')")
             if not isinstance(digest, str) or not _SHA256.match(digest):
-                raise bad(f"{where}.sha256 {digest!r} is not 64 lowercase hex digits")
+                raise bad(f"{where}.sha256 {_r(digest)} is not 64 lowercase hex digits")
             if type(size) is not int or not 0 <= size <= MAX_FILE_BYTES:
-                raise bad(f"{where}.bytes {size!r} is not a byte count")
+                raise bad(f"{where}.bytes {_r(size)} is not a byte count")
         if "weights" not in files:
             raise bad("'files' has no 'weights' entry")
         return files
@@ -264,7 +264,7 @@ class CheckpointReader:
             raise bad(f"'arrays' must be an object, got {type(arrays).__name__}")
         out, total = {}, 0
         for name, decl in arrays.items():
-            where = f"arrays[{name!r}]"
+            where = f"arrays[{_r(name)}]"
             if not _ARRAY_NAME.match(name):
                 raise bad(f"{where}: not a valid array name")
             if not isinstance(decl, dict):
@@ -272,9 +272,9 @@ class CheckpointReader:
             _keys(decl, {"dtype", "shape"}, where, bad)
             dtype, shape = decl["dtype"], decl["shape"]
             if not isinstance(dtype, str) or dtype not in DTYPES:
-                raise bad(f"{where}.dtype {dtype!r} is not one of {sorted(DTYPES)}")
+                raise bad(f"{where}.dtype {_r(dtype)} is not one of {sorted(DTYPES)}")
             if not isinstance(shape, list) or any(type(d) is not int for d in shape):
-                raise bad(f"{where}.shape {shape!r} is not a list of ints")
+                raise bad(f"{where}.shape {_r(shape)} is not a list of ints")
             try:
                 shape = check_shape(shape, dtype)
             except (TypeError, ValueError) as e:
@@ -340,7 +340,7 @@ class CheckpointReader:
         members = {}
         for info in zf.infolist():
             if not info.filename.endswith(".npy") or info.filename[:-4] in members:
-                raise self.error(fname, f"member {info.filename!r} is not one '<array>.npy'")
+                raise self.error(fname, f"member {_r(info.filename)} is not one '<array>.npy'")
             members[info.filename[:-4]] = info
         extra = sorted(set(members) - set(self.declared))
         missing = sorted(set(self.declared) - set(members))
@@ -438,6 +438,12 @@ class CheckpointReader:
         return fd, st.st_size
 
 
+def _r(value) -> str:
+    """A manifest value in a message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _nbytes(dtype: str, shape) -> int:
     n = np.dtype(dtype).itemsize
     for d in shape:
@@ -448,7 +454,8 @@ def _nbytes(dtype: str, shape) -> int:
 def _keys(d: dict, allowed: set[str], where: str, bad) -> None:
     missing, extra = sorted(allowed - set(d)), sorted(set(d) - allowed)
     if missing or extra:
-        raise bad(f"{where} " + (f"lacks {missing}" if missing else f"has unknown keys {extra}"))
+        raise bad(f"{where} " + (f"lacks {missing}" if missing else
+                                 f"has unknown keys {_r(extra)}"))
 
 
 def _no_duplicate_keys(pairs):
