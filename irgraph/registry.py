@@ -161,10 +161,20 @@ def all_ops() -> dict[str, OpDef]:
 
 
 # ---------------------------------------------------------------- attribute checks
+_I64 = (-(1 << 63), (1 << 63) - 1)
+
+
 def a_int(v) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError("expected an int")
-    return int(v)
+    return _in_int64(int(v))
+
+
+def _in_int64(v: int) -> int:
+    """Integer attributes are int64 in the text format and in native code."""
+    if not _I64[0] <= v <= _I64[1]:
+        raise ValueError(f"integer {v} is outside the int64 range")
+    return v
 
 
 def a_float(v) -> float:
@@ -214,10 +224,12 @@ def a_any(v):
     """Any printable value: numbers, strings, bools, None and nested tuples of them."""
     if isinstance(v, (list, tuple)):
         return tuple(a_any(x) for x in v)
-    if v is None or isinstance(v, (bool, int, float, str)):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return _in_int64(v)
+    if v is None or isinstance(v, (bool, float, str)):
         return v
     if isinstance(v, np.generic):
-        return v.item()
+        return a_any(v.item())
     raise TypeError(f"unprintable attribute value of type {type(v).__name__}")
 
 

@@ -134,3 +134,13 @@ def test_a_big_but_legal_graph_compiles_and_its_call_is_refused_before_native_co
             exe(np.zeros(4, np.float32))
         with pytest.raises(TypeError, match=r"argument %x has dtype float64"):
             exe(np.zeros(4))
+
+
+@pytest.mark.parametrize("attrs", [{"shape": (2 ** 63,)}, {"shape": (-(2 ** 63) - 1,)}])
+def test_builders_refuse_integer_attributes_outside_int64(attrs):
+    """The text format and native code hold integer attributes as int64: a builder refuses
+    what the parser would refuse, naming the op and the attribute."""
+    g = Graph("attrs")
+    x = g.add_input("x", TensorType((4,)))
+    with pytest.raises(IRError, match=r"reshape.*shape=.*outside the int64 range"):
+        g.op("reshape", x, **attrs)
