@@ -12,6 +12,7 @@ import backends
 from backends.triton import KERNELS, UnsupportedOpError
 from backends.triton.executable import schedule
 from irgraph import Graph, TensorType
+from irgraph.errors import RuntimeDataError
 
 
 def small_graph() -> Graph:
@@ -203,7 +204,7 @@ def test_nll_target_out_of_range_is_refused_before_launch():
     exe = backends.compile(g, "triton")
     logp = np.log(np.full((3, 4), 0.25, np.float32))
     np.testing.assert_allclose(exe(logp, np.array([0, -1, 3]))[0], np.log(4), rtol=1e-6)
-    with pytest.raises(ValueError, match=r"%t: target 4 is outside \[0, 4\)[\s\S]*nll_loss"):
+    with pytest.raises(RuntimeDataError, match=r"nll_loss\(%logp, %t\)[\s\S]*outside \[0, 4\)"):
         exe(logp, np.array([0, 4, 1]))
 
 

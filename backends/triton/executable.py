@@ -7,6 +7,7 @@ tensors or numpy arrays. No value goes back to the host between nodes.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections import defaultdict
 from types import SimpleNamespace
@@ -22,8 +23,8 @@ from irgraph.interpreter import ExecutionError, run_node
 from ..base import Executable, raise_as_reference, reference_error, validate_args
 from .kernels.elementwise import elementwise
 from .lower_optim import inplace_updates, updated_input
-from .runtime import (NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device, interpreting,
-                      to_device)
+from .runtime import (INTERPRETER_LOCK, NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device,
+                      interpreting, to_device)
 from .table import GROUP_KERNELS, LowerContext, Step, group_key, lower_node
 
 OUTPUTS = ("auto", "numpy", "torch")
@@ -183,12 +184,18 @@ class TritonExecutable(Executable):
     # ------------------------------------------------------------------ running
     def run_tensors(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run on device tensors already validated; returns device tensors."""
-        return self.plan(list(tensors))
+        with _turn():
+            return self.plan(list(tensors))
 
     def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
-        return [t.cpu().numpy() for t in self.plan(self.to_device(args))]
+        with _turn():
+            return [t.cpu().numpy() for t in self.plan(self.to_device(args))]
 
     def __call__(self, *args):
+        with _turn():
+            return self._call(args)
+
+    def _call(self, args):
         tensors = self.to_device(args)
         try:
             outs = self.plan(tensors)
@@ -225,6 +232,11 @@ class TritonExecutable(Executable):
             lines.append(f"#   {nodes[0].op} x{len(nodes)}: {names}")
         lines.extend(self.ctx.notes)                  # generated kernels (fused regions)
         return "\n".join(lines)
+
+
+def _turn():
+    """Interpreted kernels of all executables take turns (``runtime.INTERPRETER_LOCK``)."""
+    return INTERPRETER_LOCK if interpreting() else contextlib.nullcontext()
 
 
 def _host(a):

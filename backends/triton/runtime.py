@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..base import ForkSafeLock
+
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -26,6 +28,12 @@ NAME_OF_TORCH_DTYPE = {v: k for k, v in TORCH_DTYPES.items()}
 def interpreting() -> bool:
     """True when Triton kernels run in the CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# Triton's interpreter swaps module globals (``triton.language``'s builtins) while a kernel
+# runs, so two Python threads interpreting kernels at once break each other: interpreted
+# runs take turns under this lock (on a GPU, launches from several threads need none).
+INTERPRETER_LOCK = ForkSafeLock()
 
 
 def default_device() -> torch.device:

@@ -444,6 +444,37 @@ def test_concurrent_calls_from_python_threads_are_right():
     assert not errors and len(results) == 60 and all(results)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_concurrent_calls_on_the_other_backends_are_right(backend):
+    """(Triton's interpreter swaps module globals while a kernel runs: calls take turns.)"""
+    g = Graph("ew")
+    a = g.add_input("a", TensorType((8, 8)))
+    b = g.add_input("b", TensorType((8, 8)))
+    g.set_outputs([g.op("tanh", g.op("matmul", a, b)), g.op("sum", g.op("exp", a), axis=1)])
+    exe = compile_(g, backend)
+    results: list = []
+
+    def work(seed: int):
+        rng = np.random.default_rng(seed)
+        for _ in range(4):
+            x = rng.standard_normal((8, 8)).astype(np.float32)
+            y = rng.standard_normal((8, 8)).astype(np.float32)
+            try:
+                o = exe(x, y)
+                results.append(
+                    np.allclose(o[0], np.tanh(x.astype(np.float64) @ y), atol=1e-5)
+                    and np.allclose(o[1], np.exp(x.astype(np.float64)).sum(1), rtol=1e-5))
+            except Exception as e:          # noqa: BLE001
+                results.append(repr(e))
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+        assert not t.is_alive(), "a call never returned"
+    assert results == [True] * 12
+
+
 def test_an_exception_in_the_calling_thread_never_hangs_the_workers():
     """KeyboardInterrupt raised (asynchronously) in a thread looping over calls: that thread
     stops, and the executable and the pool still serve the next calls."""
