@@ -482,6 +482,10 @@ def cat(xs: Sequence, dim: int = 0) -> Tensor:
     like = next((x for x in xs if isinstance(x, Tensor)), None)
     xs = [as_tensor(x, like) for x in xs]
     dtype = result_dtype(*xs)
+    # torch's legacy rule: a 1-D empty tensor joins any tensor (it is skipped)
+    kept = [x for x in xs if x.shape != (0,)]
+    if kept and len(kept) < len(xs) and any(x.ndim != 1 for x in kept):
+        xs = kept
     xs = [cast(x, dtype) for x in xs]
     return xs[0].tracer.emit("concat", *xs, axis=dim)
 
