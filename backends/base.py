@@ -6,8 +6,8 @@
 * ``reference_error``: a run-time failure of the reference kernels, as the class every
   backend raises for that fault (``irgraph.errors``); the compiled backends ask the
   reference for the message of a fault their own code detected, so the text is the same.
-* ``ForkSafeLock``: the lock every executable, cache and worker pool of a backend holds; a
-  forked child gets each of them fresh (unlocked).
+* ``fork_safe_locks``: the locks every executable, cache and worker pool of a backend
+  holds; a forked child gets each of them fresh (unlocked).
 
 docs/reliability.md ("Calling compiled code") states what a call guarantees.
 """
@@ -26,7 +26,7 @@ from irgraph.interpreter import ExecutionError, interpret
 from irgraph.ops.debug import NonFiniteError
 
 __all__ = ["validate_args", "check_out_buffers", "reference_error", "run_reference",
-           "ForkSafeLock", "Executable", "DataError", "RuntimeDataError", "NonFiniteError"]
+           "fork_safe_locks", "Executable", "DataError", "RuntimeDataError", "NonFiniteError"]
 
 # kinds of Python/numpy scalars, in promotion order: a scalar may stand for a rank-0 argument
 # whose kind is not below its own (torch's rule: no silent truncation of a float to an int)
@@ -152,36 +152,28 @@ def raise_as_reference(graph: Graph, args: Sequence[np.ndarray], fallback: Excep
     raise fallback
 
 
-class ForkSafeLock:
-    """A ``threading.Lock`` that is fresh (unlocked) in a forked child.
+_FRESH_IN_CHILD: "weakref.WeakKeyDictionary[object, tuple[str, ...]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def fork_safe_locks(owner, *attrs: str) -> None:
+    """Give ``owner`` a ``threading.Lock`` in each attribute ``attrs``, made fresh (unlocked)
+    in a forked child.
 
     Only the forking thread lives on in a child: a lock another thread held at the fork (one
     calling an executable, say) would stay held forever and the child's first call would
-    deadlock. Every lock a backend owns is one of these."""
-
-    _all: "weakref.WeakSet[ForkSafeLock]" = weakref.WeakSet()
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        ForkSafeLock._all.add(self)
-
-    def __enter__(self) -> "ForkSafeLock":
-        self._lock.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-    def _renew(self) -> None:
-        self._lock = threading.Lock()
+    deadlock. Every lock a backend owns is made here. (Plain ``threading.Lock`` objects, so
+    ``with`` acquires and releases them in C: an asynchronous exception cannot fall between
+    acquiring and the release being set up.)"""
+    for a in attrs:
+        setattr(owner, a, threading.Lock())
+    _FRESH_IN_CHILD[owner] = _FRESH_IN_CHILD.get(owner, ()) + attrs
 
 
 def _renew_locks_in_child() -> None:
-    for lock in list(ForkSafeLock._all):
-        lock._renew()
+    for owner, attrs in list(_FRESH_IN_CHILD.items()):
+        for a in attrs:
+            setattr(owner, a, threading.Lock())
 
 
 os.register_at_fork(after_in_child=_renew_locks_in_child)

@@ -10,7 +10,7 @@ from irgraph import Graph
 from irgraph.errors import RuntimeDataError
 from irgraph.ops.debug import NonFiniteError
 
-from ..base import (Executable, ForkSafeLock, check_out_buffers, raise_as_reference,
+from ..base import (Executable, check_out_buffers, fork_safe_locks, raise_as_reference,
                     validate_args)
 from . import jit
 from .lowering import ERROR_MESSAGES
@@ -70,7 +70,7 @@ class LLVMExecutable(Executable):
         self._ctl = np.zeros(4 + (len(graph.nodes) if plan.profile else 0), np.int64)
         self._loaded = jit.Loaded(obj, ENTRY, opt)
         self._profiled_s = 0.0
-        self._lock = ForkSafeLock()
+        fork_safe_locks(self, "_lock")
         self._staged = staged_arguments(self.graph, plan)
         self._ir: str | None = None
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 
 import numpy as np
 from llvmlite import ir
 
-from ..base import ForkSafeLock
+from ..base import fork_safe_locks
 from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 
 SPIN = 1 << 12            # pause iterations before sleeping (~0.1-0.2 ms)
@@ -162,7 +163,7 @@ class Workers:
 
     def __init__(self):
         from . import jit
-        self.lock = ForkSafeLock()
+        fork_safe_locks(self, "lock")
         self._loaded = jit.Loaded(jit.compiled_module("irgraph workers", workers_module),
                                   None)
         addr = self._loaded.engine.get_function_address
@@ -201,7 +202,7 @@ class Workers:
 
 
 _made: list[Workers] = []
-_made_lock = ForkSafeLock()
+fork_safe_locks(sys.modules[__name__], "_made_lock")
 
 
 def workers() -> Workers:
@@ -215,8 +216,8 @@ def workers() -> Workers:
 
 
 def _after_fork_in_child() -> None:
-    """Only the forking thread lives on in a child: no workers (their locks, like every
-    ForkSafeLock, are fresh in the child). Start afresh."""
+    """Only the forking thread lives on in a child: no workers (the locks, like every lock
+    of ``fork_safe_locks``, are fresh in the child). Start afresh."""
     for w in _made:
         w._slots, w._pid = [], os.getpid()
 

@@ -23,8 +23,9 @@ from irgraph.interpreter import ExecutionError, run_node
 from ..base import Executable, raise_as_reference, reference_error, validate_args
 from .kernels.elementwise import elementwise
 from .lower_optim import inplace_updates, updated_input
-from .runtime import (INTERPRETER_LOCK, NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device,
-                      interpreting, to_device)
+from . import runtime
+from .runtime import (NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device, interpreting,
+                      to_device)
 from .table import GROUP_KERNELS, LowerContext, Step, group_key, lower_node
 
 OUTPUTS = ("auto", "numpy", "torch")
@@ -236,7 +237,7 @@ class TritonExecutable(Executable):
 
 def _turn():
     """Interpreted kernels of all executables take turns (``runtime.INTERPRETER_LOCK``)."""
-    return INTERPRETER_LOCK if interpreting() else contextlib.nullcontext()
+    return runtime.INTERPRETER_LOCK if interpreting() else contextlib.nullcontext()
 
 
 def _host(a):

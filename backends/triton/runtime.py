@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..base import ForkSafeLock
+from ..base import fork_safe_locks
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -32,8 +33,9 @@ def interpreting() -> bool:
 
 # Triton's interpreter swaps module globals (``triton.language``'s builtins) while a kernel
 # runs, so two Python threads interpreting kernels at once break each other: interpreted
-# runs take turns under this lock (on a GPU, launches from several threads need none).
-INTERPRETER_LOCK = ForkSafeLock()
+# runs take turns under the lock INTERPRETER_LOCK (on a GPU, launches from several threads
+# need none).
+fork_safe_locks(sys.modules[__name__], "INTERPRETER_LOCK")
 
 
 def default_device() -> torch.device:

@@ -17,7 +17,7 @@ import pytest
 
 import backends
 import frontend as fe
-from backends.base import ForkSafeLock
+from backends.base import fork_safe_locks
 from backends.llvm.workers import workers
 from frontend import F, nn, optim
 from irgraph import Graph, TensorType
@@ -410,12 +410,16 @@ def test_fork_while_another_thread_calls_an_llvm_executable():
 
 
 def test_fork_safe_locks_are_fresh_in_the_child():
-    lock = ForkSafeLock()
-    with lock:
+    class Owner:
+        pass
+    owner = Owner()
+    fork_safe_locks(owner, "a", "b")
+    with owner.a:
         pid = os.fork()
         if pid == 0:
-            os._exit(0 if not lock.locked() else 1)
+            os._exit(0 if not (owner.a.locked() or owner.b.locked()) else 1)
         assert wait_exit(pid) == 0
+    assert not owner.a.locked()
 
 
 def test_concurrent_calls_from_python_threads_are_right():
