@@ -8,6 +8,10 @@ the call that launched it; so does a register spill in a hot kernel without an a
 entry. Generated kernels over every dtype are also checked against the reference backend."""
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,9 +101,9 @@ def test_generated_elementwise_kernel_over_every_dtype_matches_reference(dt):
 
 
 # ---------------------------------------------------------------- the representative calls
-def _run_graph(g: Graph, dtype=np.float32, fused: bool = True) -> None:
+def _run_graph(g: Graph, dtype=np.float32, fused: bool = True, **options) -> None:
     a = [RNG.standard_normal(v.shape).astype(dtype) for v in g.inputs]
-    backends.compile(fuse(g) if fused else g, "triton")(*a)
+    backends.compile(fuse(g) if fused else g, "triton", **options)(*a)
 
 
 def _epilogues() -> None:
@@ -128,10 +132,11 @@ def _epilogues() -> None:
 
 
 def _conv_pool() -> None:
-    for xs, ws, stride, pad, dil, groups, dtype in (
-            ((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), (1, 0), (2, 1), 2, np.float32),
-            ((2, 3, 11), (5, 3, 4), (2,), (3,), (2,), 1, np.float32),
-            ((1, 2, 5, 4, 6), (4, 2, 2, 3, 2), (1, 2, 1), (1, 0, 1), (1, 1, 1), 1, np.float64)):
+    for xs, ws, stride, pad, dil, groups, dtype, tf32 in (
+            ((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), (1, 0), (2, 1), 2, np.float32, False),
+            ((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), (1, 0), (2, 1), 2, np.float32, True),
+            ((1, 2, 5, 4, 6), (4, 2, 2, 3, 2), (1, 2, 1), (1, 0, 1), (1, 1, 1), 1, np.float64,
+             False)):
         t = np.dtype(dtype).name
         attrs = dict(stride=stride, padding=tuple(p for q in pad for p in (q, q)),
                      dilation=dil, groups=groups)
@@ -141,7 +146,7 @@ def _conv_pool() -> None:
         gy = g.add_input("gy", TensorType(y.shape, t))
         g.set_outputs([y, g.op("conv_input_grad", w, gy, input_size=xs[2:], **attrs),
                        g.op("conv_kernel_grad", x, gy, kernel_size=ws[2:], **attrs)])
-        _run_graph(g, dtype, fused=False)
+        _run_graph(g, dtype, fused=False, allow_tf32=tf32)
     g = Graph("pool")
     x = g.add_input("x", TensorType((2, 3, 7, 6)))
     mp = dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1),
@@ -178,13 +183,12 @@ OPTIMIZERS = {
 
 
 def _train(opt_fn) -> None:
+    """A training step of an MLP (the golden cnn_train covers convolution training)."""
     fe.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
-                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
-    step = fe.compile_train(model, nn.CrossEntropyLoss(), opt_fn(), fe.TensorSpec((4, 2, 6, 6)),
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    step = fe.compile_train(model, nn.CrossEntropyLoss(), opt_fn(), fe.TensorSpec((4, 5)),
                             fe.TensorSpec((4,), "int64"), backend="triton")
-    step(RNG.standard_normal((4, 2, 6, 6)).astype(np.float32),
-         RNG.integers(0, 3, 4).astype(np.int64))
+    step(RNG.standard_normal((4, 5)).astype(np.float32), RNG.integers(0, 3, 4).astype(np.int64))
 
 
 def _fused_adam() -> None:
@@ -275,3 +279,28 @@ def test_gate_names_a_kernel_the_compiler_rejects():
     for line in bad:
         assert line.startswith("compile error: ") and "bad_int_full" in line
         assert "a bad literal" in line and "*i64" in line
+
+
+# ---------------------------------------------------------------- bench/gpu_check.sh
+def _gpu_check(tmp_path, *args):
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TMPDIR=str(tmp_path))
+    before = sorted(os.listdir(root))
+    proc = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh"), *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert sorted(os.listdir(root)) == before             # nothing new in the repository
+    assert list(tmp_path.iterdir()) == []                  # nor in the working folder
+    return proc, root
+
+
+def test_gpu_check_without_a_gpu_fails_with_a_clear_message(tmp_path):
+    proc, _ = _gpu_check(tmp_path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "gpu_check: no CUDA device" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "passed" not in proc.stdout
+
+
+def test_gpu_check_refuses_an_output_folder_in_the_repository(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    proc, _ = _gpu_check(tmp_path, str(root / "gpu_check_out"))
+    assert proc.returncode == 2 and "inside the repository" in proc.stderr

@@ -68,6 +68,9 @@ def _describe(x):
         return {"tensor": str(x.dtype).removeprefix("torch."), "ptr": x.data_ptr() % 16}
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
+    import triton.language as tl
+    if isinstance(x, tl.dtype):
+        return {"tl_dtype": str(x)}
     raise TypeError(f"cannot record a kernel argument of type {type(x).__name__}: {x!r}")
 
 
@@ -80,7 +83,7 @@ class _Recorder:
         from .kernels import conv
         kw = {k: _describe(v) for k, v in kwargs.items()}
         desc = [_describe(a) for a in args]
-        tiles = conv.gpu_tiles(fn, args)
+        tiles = conv.gpu_tiles(fn, args, kwargs)
         launch = Launch(fn.__module__, fn.__qualname__, os.path.abspath(fn.__code__.co_filename),
                         desc, kw, tiles)
         got = self.launches.setdefault(launch.key(), launch)
@@ -162,6 +165,9 @@ def _rebuild(x):
     import torch
     if isinstance(x, dict) and "tensor" in x:
         return _Arg(getattr(torch, x["tensor"]), x["ptr"])
+    if isinstance(x, dict) and "tl_dtype" in x:
+        import triton.language as tl
+        return tl.dtype(x["tl_dtype"])
     return x
 
 
@@ -187,7 +193,7 @@ def _specializations(launches: list[Launch], all_tiles: bool):
                                                                  backend)
             tiles = launch.tiles if all_tiles else launch.tiles[:1]
             for tile in tiles or [{}]:
-                kwargs = {**launch.kwargs, **tile}
+                kwargs = {k: _rebuild(v) for k, v in {**launch.kwargs, **tile}.items()}
                 args = [_rebuild(a) for a in launch.args]
                 bound, spec, opts = binders[id(fn)](*args, **kwargs)
                 options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
@@ -231,15 +237,23 @@ def _compile_one(item: dict) -> Result:
     return res
 
 
+_ITEMS: list[dict] = []
+
+
+def _compile_nth(i: int) -> Result:
+    return _compile_one(_ITEMS[i])
+
+
 def _worker_main(path: str, all_tiles: bool, jobs: int) -> None:
     with open(path) as f:
         launches = [Launch(**d) for d in json.load(f)]
     items = _specializations(launches, all_tiles)
     items.sort(key=lambda it: -len(it["constexprs"]))      # big kernels first
+    _ITEMS[:] = items                   # forked workers inherit them; tasks are indices
     if jobs > 1:
         import multiprocessing
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            results = pool.map(_compile_one, items, chunksize=1)
+            results = pool.map(_compile_nth, range(len(items)), chunksize=1)
     else:
         results = [_compile_one(it) for it in items]
     with open(path + ".out", "w") as f:

@@ -394,13 +394,14 @@ class FusedConvEpilogue:
                  View.of(v.shape).broadcast_to(self.shape) for v in body.inputs]
         kinds = epilogue_kinds(views, True, [body.inputs.index(v) for v in private])
         self.source, name = render_epilogue(body, kinds, len(self.shape))
-        self.kernel, self.blocks = ck.tuned(load_kernel(self.source, name), y.dtype)
         self.to_gemm = ck._weight_gemm_layout(self.geo, y.dtype, device)
         self.meta = meta_tensor([(0,) * 5] + [epilogue_strides(v, True) for v in views],
                                 device)
         g = self.geo
         self.grid = ck._grid(g.n * g.out[0] * g.out[1] * g.out[2], g.o // g.groups, g.groups)
         self.precision = ck._precision(y.dtype, allow_tf32)
+        self.kernel, self.blocks = ck.tuned(load_kernel(self.source, name), y.dtype,
+                                            self.precision)
         self.device = device
 
     def __call__(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -240,24 +240,26 @@ def conv_kernel_grad_kernel(x_ptr, gy_ptr, dw_ptr,
 
 
 # ---------------------------------------------------------------- tiles on a GPU
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) autotuned over for float32 on a GPU. Each fits
-# the registers of sm_80 and sm_90 without spilling in TF32 and IEEE modes, for the plain
-# kernels and the generated epilogues (checked by the AOT gate, tests/test_triton_aot.py).
-_F32_TILES = ((128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 128, 32, 8, 3),
-              (64, 64, 32, 4, 4), (128, 64, 16, 4, 4))
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) autotuned over for float32 on a GPU, per
+# precision: TF32 runs on tensor cores (the accumulator spread over the MMA layout); IEEE
+# fp32 runs tl.dot as FMAs, whose operands live in registers, so its tiles are smaller. Each
+# fits the registers of sm_80 and sm_90 without spilling, for the plain kernels and the
+# generated epilogues (the AOT gate, tests/test_triton_aot.py and bench/triton_aot_full.py).
+_F32_TILES = {"tf32": ((128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 4)),
+              "ieee": ((64, 64, 16, 4, 2), (64, 32, 16, 4, 2), (32, 64, 16, 4, 2))}
 _F64_TILE = (32, 32, 16, 4, 2)          # fp64 has no tensor-core path: one fixed tile
 
 
-def gpu_configs(dtype: str) -> list:
+def gpu_configs(dtype: str, precision: str) -> list:
     """The tiles a convolution kernel (plain or with a generated epilogue) runs with on a
     GPU: autotuned over these for float32, the one fixed tile for float64."""
-    tiles = _F32_TILES if dtype == "float32" else (_F64_TILE,)
+    tiles = _F32_TILES[precision] if dtype == "float32" else (_F64_TILE,)
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
                           num_warps=warps, num_stages=stages)
             for bm, bn, bk, warps, stages in tiles]
 
 
-_TUNED: dict[str, Callable] = {}
+_TUNED: dict[tuple, Callable] = {}
 _SMALL = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
 _KERNELS = {"fwd": conv_fwd_kernel, "input_grad": conv_input_grad_kernel,
             "kernel_grad": conv_kernel_grad_kernel}
@@ -266,42 +268,42 @@ _KERNELS = {"fwd": conv_fwd_kernel, "input_grad": conv_input_grad_kernel,
 _GPU_TILED: dict = {k.fn: None for k in _KERNELS.values()}
 
 
-def gpu_tiles(fn, args) -> list[dict]:
+def gpu_tiles(fn, args, kwargs) -> list[dict]:
     """The launch options (blocks, warps, stages) each GPU tile gives a launch of ``fn`` with
-    ``args``; [] for a kernel launched as it is everywhere."""
+    ``args`` and ``kwargs``; [] for a kernel launched as it is everywhere."""
     if fn not in _GPU_TILED:
         return []
     dtype = _GPU_TILED[fn] or next(str(a.dtype).removeprefix("torch.") for a in args
                                    if isinstance(a, torch.Tensor))
     return [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-            for c in gpu_configs(dtype)]
+            for c in gpu_configs(dtype, kwargs["PRECISION"])]
 
 
-def _launch(kernel, dtype: str):
+def _launch(kernel, dtype: str, precision: str):
     """``kernel`` ready to launch and its fixed block options ({} when autotuned)."""
     if interpreting():
         return kernel, dict(_SMALL)
-    configs = gpu_configs(dtype)
+    configs = gpu_configs(dtype, precision)
     if len(configs) == 1:
         c = configs[0]
         return kernel, dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-    return triton.autotune(configs, key=_GEOM.split(", ") + ["PRECISION"])(kernel), {}
+    return triton.autotune(configs, key=_GEOM.split(", "))(kernel), {}
 
 
-def _kernel(which: str, dtype: str):
+def _kernel(which: str, dtype: str, precision: str):
     """The kernel to launch and its fixed block sizes ({} when autotuned)."""
     if dtype == "float32" and not interpreting():
-        if which not in _TUNED:
-            _TUNED[which] = _launch(_KERNELS[which], dtype)[0]
-        return _TUNED[which], {}
-    return _launch(_KERNELS[which], dtype)
+        if (which, precision) not in _TUNED:
+            _TUNED[which, precision] = _launch(_KERNELS[which], dtype, precision)[0]
+        return _TUNED[which, precision], {}
+    return _launch(_KERNELS[which], dtype, precision)
 
 
-def tuned(kernel, dtype: str):
+def tuned(kernel, dtype: str, precision: str):
     """``kernel`` (a generated conv-epilogue kernel) and its launch blocks, autotuned over the
     GPU tiles as the forward kernel is."""
     _GPU_TILED[kernel.fn] = dtype
-    return _launch(kernel, dtype)
+    return _launch(kernel, dtype, precision)
 
 
 def _precision(dtype: str, allow_tf32: bool) -> str:
@@ -324,9 +326,9 @@ def _weight_gemm_layout(geo: ConvGeometry, dtype: str, device) -> Callable:
 def conv_forward(geo: ConvGeometry, y_shape, dtype: str, device, allow_tf32: bool = False
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Plan ``y = conv(x, w)``; the wrapper lays the weight out as the GEMM's B operand."""
-    kernel, blocks = _kernel("fwd", dtype)
     to_gemm = _weight_gemm_layout(geo, dtype, device)
     prec = _precision(dtype, allow_tf32)
+    kernel, blocks = _kernel("fwd", dtype, prec)
     grid = _grid(geo.n * geo.out[0] * geo.out[1] * geo.out[2], geo.o // geo.groups, geo.groups)
     args = geo.args()
 
@@ -340,8 +342,8 @@ def conv_forward(geo: ConvGeometry, y_shape, dtype: str, device, allow_tf32: boo
 
 def conv_input_grad(geo: ConvGeometry, x_shape, dtype: str, device, allow_tf32: bool = False
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    kernel, blocks = _kernel("input_grad", dtype)
     prec = _precision(dtype, allow_tf32)
+    kernel, blocks = _kernel("input_grad", dtype, prec)
     grid = _grid(geo.n * geo.size[0] * geo.size[1] * geo.size[2], geo.c // geo.groups,
                  geo.groups)
     args = geo.args()
@@ -356,8 +358,8 @@ def conv_input_grad(geo: ConvGeometry, x_shape, dtype: str, device, allow_tf32: 
 
 def conv_kernel_grad(geo: ConvGeometry, w_shape, dtype: str, device, allow_tf32: bool = False
                      ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    kernel, blocks = _kernel("kernel_grad", dtype)
     prec = _precision(dtype, allow_tf32)
+    kernel, blocks = _kernel("kernel_grad", dtype, prec)
     k = geo.kernel[0] * geo.kernel[1] * geo.kernel[2]
     grid = _grid(geo.o // geo.groups, (geo.c // geo.groups) * k, geo.groups)
     args = geo.args()
