@@ -32,6 +32,8 @@ def _target_args(p: argparse.ArgumentParser) -> None:
                    help="pass pipeline, comma-separated (default: the inference pipeline; "
                         "'none' for the traced graph)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and random inputs")
+    p.add_argument("--train", action="store_true",
+                   help="trace a model in training mode (default: eval mode)")
 
 
 def build_parser() -> argparse.ArgumentParser:

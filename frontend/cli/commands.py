@@ -44,6 +44,8 @@ def _cuda() -> bool:
 def _traced(args):
     """(traced graph, graph after the pipeline, parameter arrays by name) for show/check."""
     obj, name = load_target(args.target, args.seed)
+    if isinstance(obj, fe.nn.Module):
+        obj.train(bool(getattr(args, "train", False)))
     specs = specs_for(obj, name, args.input)
     graph = fe.trace(obj, *specs, name=name if name.isidentifier() else None)
     weights = {}
