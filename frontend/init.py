@@ -9,7 +9,8 @@ it. Randomness comes from ``frontend.manual_seed``'s generator, or ``generator=`
 * ``orthogonal_``: a random orthogonal matrix times a gain (Saxe et al.)
 * ``sparse_``: exactly k non-zero weights per unit (Martens), or torch's column sparsity
 * ``kaiming_uniform_`` / ``kaiming_normal_``, ``xavier_normal_``, ``normal_``, ``uniform_``
-* biases: ``zeros_``, ``constant_`` (0.1 for ReLU units, 1 for an LSTM forget gate),
+* biases: ``zeros_``, ``constant_`` (0.1 for ReLU units), ``lstm_forget_bias_`` (1 for
+  every LSTM forget gate of a model),
   ``softmax_bias_`` (the output bias whose softmax is the class frequencies)
 * ``initialize_(module, weight=..., bias=...)``: any of these over a whole model
 """
@@ -187,6 +188,28 @@ def softmax_bias_(t, class_freqs: Sequence[float]):
         raise ValueError(f"class frequencies must be {a.shape} positive numbers, got {c}")
     b = np.log(c / c.sum())
     return _fill(t, b - b.mean())
+
+
+def lstm_forget_bias_(module, value: float = 1.0):
+    """Start every LSTM forget gate of ``module`` (``nn.LSTM`` / ``nn.LSTMCell`` layers, itself
+    or inside it) with bias ``value``: section 8.4's advice, after Jozefowicz et al., is 1
+    (the cell remembers by default). The gate's effective bias is b_ih + b_hh, so b_ih's f
+    block is set to ``value`` and b_hh's to 0. A module without LSTM biases is an error."""
+    found = False
+    for m in module.modules():
+        if "f" not in getattr(m, "GATE_NAMES", ()):       # only LSTMs have a forget gate
+            continue
+        rows = m.gate_slice("f")
+        for name, p in m._parameters.items():
+            if name.startswith("bias_ih"):
+                _array(p)[rows] = value
+                found = True
+            elif name.startswith("bias_hh"):
+                _array(p)[rows] = 0.0
+    if not found:
+        raise ValueError(f"lstm_forget_bias_: {type(module).__name__} holds no LSTM with "
+                         f"biases (bias=False, or no LSTM / LSTMCell in it)")
+    return module
 
 
 def initialize_(module, weight=xavier_uniform_, bias=zeros_, generator=None):

@@ -272,6 +272,7 @@ class MSELoss(Module):
 # recurrent layers and the networks of chapter 10 (frontend/rnn.py)
 from .rnn import (RNN, OutputRecurrentNet, RecurrentConvNet, RNNLanguageModel,  # noqa: E402
                   RNNSequenceModel, SequenceClassifier)
+from .rnn_gated import GRU, LSTM, GRUCell, LSTMCell, RNNCell  # noqa: E402,F401
 
 # convolution, pooling and batch-norm layers of chapter 9 and section 8.7.1 (frontend/layers.py)
 from .layers import *  # noqa: E402,F401,F403

@@ -140,39 +140,49 @@ def one_hot(index, num_classes: int, dtype: str = "float32") -> Tensor:
 
 
 # ---------------------------------------------------------------- nn.RNN
-class RNN(Module):
-    """Elman RNN, as ``torch.nn.RNN``: h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
-    (eq. 10.8-10.9 with U = W_ih, W = W_hh, b = b_ih + b_hh).
+class RNNBase(Module):
+    """What ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` share, as torch's ``RNNBase``: parameters
+    (names, shapes, init U(-1/sqrt(H), 1/sqrt(H))), the input's layouts (time-major,
+    ``batch_first``, unbatched), the initial state ``hx``, ``lengths`` (padded minibatches),
+    layers and directions. A subclass gives ``GATES`` (blocks of H rows stacked in W_ih,
+    W_hh, b_ih, b_hh: 1, 4 for LSTM, 3 for GRU), ``STATES`` (names of the carried states:
+    ``("h",)``, LSTM ``("h", "c")``) and ``_direction`` (one layer, one direction: a scan).
 
-    ``forward(input, hx=None, lengths=None) -> (output, h_n)``: input (L, N, H_in) (or
-    (N, L, H_in) with ``batch_first``, or unbatched (L, H_in)); output holds the last layer's
-    hidden state at every step (both directions concatenated), h_n the last hidden state of
-    every layer and direction (D * num_layers, N, H). ``lengths`` (N,) marks the valid steps
-    of a padded minibatch, as ``pack_padded_sequence``: padded outputs are zero, h_n is taken
-    at each sequence's own end, and the reverse direction starts there."""
+    ``forward(input, hx=None, lengths=None) -> (output, h_n)`` (LSTM: ``(output, (h_n,
+    c_n))``): input (L, N, H_in) (or (N, L, H_in) with ``batch_first``, or unbatched
+    (L, H_in)); output holds the last layer's hidden state at every step (both directions
+    concatenated), h_n the last hidden state of every layer and direction (D * num_layers,
+    N, H). ``lengths`` (N,) marks the valid steps of a padded minibatch, as
+    ``pack_padded_sequence``: padded outputs are zero, h_n is taken at each sequence's own
+    end, and the reverse direction starts there."""
+
+    GATES = 1
+    STATES = ("h",)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False):
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0):
         super().__init__()
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         if num_layers < 1 or hidden_size < 1 or input_size < 1:
             raise ValueError("input_size, hidden_size and num_layers must be >= 1")
-        if dropout:
-            raise NotImplementedError("RNN dropout between layers needs a dropout op, which "
-                                      "the IR does not have yet; use dropout=0")
+        if isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
+        if proj_size < 0 or proj_size >= hidden_size:
+            raise ValueError(f"proj_size must be >= 0 and < hidden_size ({hidden_size}), "
+                             f"got {proj_size}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.nonlinearity, self.bias, self.batch_first = nonlinearity, bias, batch_first
-        self.bidirectional = bidirectional
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
         k = 1 / math.sqrt(hidden_size)
+        rows, out = self.GATES * hidden_size, self.output_size
         for layer in range(num_layers):
-            n_in = input_size if layer == 0 else hidden_size * self.num_directions
+            n_in = input_size if layer == 0 else out * self.num_directions
             for sfx in self._suffixes():
-                shapes = [("weight_ih", (hidden_size, n_in)),
-                          ("weight_hh", (hidden_size, hidden_size))]
+                shapes = [("weight_ih", (rows, n_in)), ("weight_hh", (rows, out))]
                 if bias:
-                    shapes += [("bias_ih", (hidden_size,)), ("bias_hh", (hidden_size,))]
+                    shapes += [("bias_ih", (rows,)), ("bias_hh", (rows,))]
+                if proj_size:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
                 for name, shape in shapes:
                     data = rng().uniform(-k, k, shape).astype(np.float32)
                     setattr(self, f"{name}_l{layer}{sfx}", Parameter(data))
@@ -181,52 +191,120 @@ class RNN(Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def output_size(self) -> int:
+        """The size of h (and of each direction's output): proj_size if set, else H."""
+        return self.proj_size or self.hidden_size
+
     def _suffixes(self) -> list[str]:
         return ["", "_reverse"][:self.num_directions]
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}")
+                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}"
+                + (f", proj_size={self.proj_size}" if self.proj_size else ""))
+
+    def _weights(self, key: str) -> dict[str, object]:
+        """The parameters of layer/direction ``key`` (``l0``, ``l1_reverse``) by short name
+        (``weight_ih``, ...; absent ones left out)."""
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+        return {n: self._parameters[f"{n}_{key}"] for n in names
+                if f"{n}_{key}" in self._parameters}
 
     def forward(self, input, hx=None, lengths=None):
+        name = type(self).__name__
+        if self.dropout and self.num_layers > 1 and self.training:
+            raise NotImplementedError(f"{name}: dropout={self.dropout} between layers in "
+                                      f"training mode needs a dropout op, which the IR does "
+                                      f"not have yet; use dropout=0 (or eval mode)")
         x = F.as_tensor(input)
         unbatched = x.ndim == 2
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
-            raise ValueError(f"RNN: input must be (L, N, {self.input_size}) "
+            raise ValueError(f"{name}: input must be (L, N, {self.input_size}) "
                              f"(batch_first: (N, L, {self.input_size}), unbatched: "
                              f"(L, {self.input_size})); got {x.shape}")
         if x.dtype != self.weight_ih_l0.data.dtype.name:
-            raise TypeError(f"RNN: input is {x.dtype} but the parameters are "
+            raise TypeError(f"{name}: input is {x.dtype} but the parameters are "
                             f"{self.weight_ih_l0.data.dtype.name}; cast one to the other")
         x = F.unsqueeze(x, 1) if unbatched else (F.transpose(x, 0, 1) if self.batch_first
                                                  else x)
         steps, batch = x.shape[0], x.shape[1]
-        hx = self._initial_state(hx, batch, unbatched, x)
+        states = self._initial_state(hx, batch, unbatched, x)
         mask = lengths_to_mask(lengths, steps) if lengths is not None else None
         last = []
         for layer in range(self.num_layers):
             outs = []
             for d, sfx in enumerate(self._suffixes()):
-                h0 = hx[layer * self.num_directions + d]
-                y, h_t = self._direction(x, h0, f"l{layer}{sfx}", d == 1, mask)
+                i = layer * self.num_directions + d
+                y, final = self._direction(x, tuple(s[i] for s in states), f"l{layer}{sfx}",
+                                           d == 1, mask)
                 outs.append(y)
-                last.append(h_t)
+                last.append(final)
             x = outs[0] if len(outs) == 1 else F.cat(outs, 2)
-        h_n = F.stack(last, 0)
+        finals = [F.stack([f[j] for f in last], 0) for j in range(len(self.STATES))]
         if unbatched:
-            return F.squeeze(x, 1), F.squeeze(h_n, 1)
-        return (F.transpose(x, 0, 1) if self.batch_first else x), h_n
+            x, finals = F.squeeze(x, 1), [F.squeeze(f, 1) for f in finals]
+        elif self.batch_first:
+            x = F.transpose(x, 0, 1)
+        return x, (finals[0] if len(finals) == 1 else tuple(finals))
 
-    def _initial_state(self, hx, batch: int, unbatched: bool, like: Tensor) -> Tensor:
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+    def _state_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        n = self.num_layers * self.num_directions
+        return [(n, batch, self.output_size if s == "h" else self.hidden_size)
+                for s in self.STATES]
+
+    def _initial_state(self, hx, batch: int, unbatched: bool, like: Tensor) -> list[Tensor]:
+        """``hx`` (a tensor, or LSTM's tuple (h_0, c_0)) checked, as a list of
+        (D * num_layers, N, size) tensors; zeros when None."""
+        name, shapes = type(self).__name__, self._state_shapes(batch)
         if hx is None:
-            return like.tracer.emit("full", shape=shape, value=0.0, dtype=like.dtype)
-        hx = F.as_tensor(hx)
-        hx = F.unsqueeze(hx, 1) if unbatched and hx.ndim == 2 else hx
-        if hx.shape != shape:
-            want = shape if not unbatched else (shape[0], shape[2])
-            raise ValueError(f"RNN: hx must have shape {want}, got {hx.shape}")
-        return hx
+            return [like.tracer.emit("full", shape=s, value=0.0, dtype=like.dtype)
+                    for s in shapes]
+        if len(shapes) > 1:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == len(shapes)):
+                raise TypeError(f"{name}: hx must be a tuple ({', '.join(self.STATES)}) of "
+                                f"{len(shapes)} tensors, got {type(hx).__name__}")
+            hxs = list(hx)
+        else:
+            hxs = [hx]
+        out = []
+        for what, h, shape in zip(self.STATES, hxs, shapes):
+            h = F.as_tensor(h)
+            h = F.unsqueeze(h, 1) if unbatched and h.ndim == 2 else h
+            if h.shape != shape:
+                want = shape if not unbatched else (shape[0], shape[2])
+                label = "hx" if len(shapes) == 1 else f"hx's {what}_0"
+                raise ValueError(f"{name}: {label} must have shape {want}, got {h.shape}")
+            if h.dtype != like.dtype:
+                raise TypeError(f"{name}: hx is {h.dtype} but the input is {like.dtype}")
+            out.append(h)
+        return out
+
+    def _input_projection(self, x: Tensor, w: dict, bias: bool = True) -> Tensor:
+        """x W_ih^T (+ b_ih + b_hh when ``bias``) for all steps at once: one GEMM outside
+        the loop, GATES * H wide."""
+        pre = F.matmul(x, F.transpose(F.as_tensor(w["weight_ih"]), 0, 1))
+        if self.bias and bias:
+            pre = pre + w["bias_ih"] + w["bias_hh"]
+        return pre
+
+
+class RNN(RNNBase):
+    """Elman RNN, as ``torch.nn.RNN``: h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+    (eq. 10.8-10.9 with U = W_ih, W = W_hh, b = b_ih + b_hh). Shapes, ``hx``, ``lengths``:
+    ``RNNBase``."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        if dropout:
+            raise NotImplementedError("RNN dropout between layers needs a dropout op, which "
+                                      "the IR does not have yet; use dropout=0")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional)
+        self.nonlinearity = nonlinearity
 
     def cell(self, layer: int, x: Tensor, h: Tensor, direction: int = 0) -> Tensor:
         """One step of one layer: act(x W_ih^T + b_ih + h W_hh^T + b_hh) (eq. 10.8-10.9)."""
@@ -237,22 +315,20 @@ class RNN(Module):
             a = a + getattr(self, "bias_ih_" + key) + getattr(self, "bias_hh_" + key)
         return F.tanh(a) if self.nonlinearity == "tanh" else F.relu(a)
 
-    def _direction(self, x: Tensor, h0: Tensor, key: str, reverse: bool, mask):
+    def _direction(self, x: Tensor, state0: tuple, key: str, reverse: bool, mask):
         """One layer, one direction: the input projection for all steps at once, then a scan
         whose body is h_t = act(pre_t + h_{t-1} W_hh^T)."""
-        w_ih, w_hh = getattr(self, "weight_ih_" + key), getattr(self, "weight_hh_" + key)
-        pre = F.matmul(x, F.transpose(F.as_tensor(w_ih), 0, 1))
-        if self.bias:
-            pre = pre + getattr(self, "bias_ih_" + key) + getattr(self, "bias_hh_" + key)
+        w = self._weights(key)
+        pre = self._input_projection(x, w)
         act = F.tanh if self.nonlinearity == "tanh" else F.relu
 
         def cell(h, pre_t, w_hh_t):
             h = act(pre_t + F.matmul(h, w_hh_t))
             return h, h
 
-        w_hh_t = F.transpose(F.as_tensor(w_hh), 0, 1)   # transposed once, outside the loop
-        h_t, ys = scan(cell, h0, pre, (w_hh_t,), reverse=reverse, mask=mask)
-        return ys, h_t
+        w_hh_t = F.transpose(F.as_tensor(w["weight_hh"]), 0, 1)  # transposed once, outside
+        h_t, ys = scan(cell, state0[0], pre, (w_hh_t,), reverse=reverse, mask=mask)
+        return ys, (h_t,)
 
 
 # ---------------------------------------------------------------- the networks of chapter 10
