@@ -4,6 +4,7 @@ from . import conv, norm, pool  # noqa: F401  (convolution, batch norm, pooling:
 from . import optim  # noqa: F401
 from . import recurrence  # noqa: F401
 from . import debug, fused  # noqa: F401  (check_finite and fused regions: passes/)
+from . import gather, random  # noqa: F401  (indexing by tensors, Philox random numbers)
 
 
 def _empty_results_first(op):
