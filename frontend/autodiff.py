@@ -112,16 +112,22 @@ class GradFunction(CompiledFunction):
         return (grads, value[1]) if self._has_aux else grads
 
 
+def check_aux_structure(structure, name: str) -> None:
+    """With ``has_aux`` a function returns a pair (scalar loss, aux), aux any tree of
+    tensors; ``structure`` is the result's (``tracing.flatten``)."""
+    if not (isinstance(structure, tuple) and structure[0] in (tuple, list)
+            and len(structure[1]) == 2 and structure[1][0] is None):
+        raise TypeError(f"{name}: with has_aux=True the function must return "
+                        f"(scalar loss, aux)")
+
+
 def _build(fn: Callable | Module, specs: Sequence[TensorSpec], wrt: Wrt, has_aux: bool,
            with_value: bool, model: Module | None, backend: str, pipeline, name: str | None,
            options: dict) -> GradFunction:
     graph, tracer, structure = trace_with(fn, specs, name, _param_names(fn, model))
     n_user = len(graph.outputs) - len(graph.donations)
     if has_aux:
-        if not (isinstance(structure, tuple) and structure[0] in (tuple, list)
-                and len(structure[1]) == 2 and structure[1][0] is None):
-            raise TypeError(f"{graph.name}: with has_aux=True the function must return "
-                            f"(scalar loss, aux)")
+        check_aux_structure(structure, graph.name)
     elif n_user != 1 or structure is not None:
         raise TypeError(f"{graph.name}: grad needs a function returning one scalar tensor; it "
                         f"returned {n_user} tensors (use has_aux=True for (loss, aux))")

@@ -11,6 +11,11 @@ The model is traced in its current mode (``model.train()`` / ``model.eval()``): 
 mode is part of what is compiled, and in training mode its running statistics are outputs of
 the step written back into the model's buffers.
 
+With ``has_aux=True`` the loss function returns ``(loss, aux)`` (JAX's convention; aux any
+tuple/list/dict tree of tensors: logits, an accuracy, the last hidden state to carry into
+the next truncated-BPTT chunk) and ``step(*batch)`` returns ``(loss, aux)`` with aux as numpy
+arrays: outputs of the same compiled graph, from the forward pass the gradient used.
+
 ``step.save_state(folder)`` / ``step.load_state(folder)`` write and restore the whole training
 state (parameters, buffers, optimizer state and step count, the frontend's random state) in
 an atomic, checksummed checkpoint folder (``irgraph.checkpoint``): a run resumed from it
@@ -30,22 +35,25 @@ from .compiler import _param_names, run_pipeline
 from .nn import Module, Parameter
 from . import random as _random
 from .optim import Optimizer
-from .tracing import TensorSpec, trace_with
+from .autodiff import check_aux_structure
+from .tracing import TensorSpec, flatten, trace_with, unflatten
 
 
 class TrainStepFunction:
-    """A compiled training step: ``step(*batch) -> loss`` (a float)."""
+    """A compiled training step: ``step(*batch) -> loss`` (a float), or ``(loss, aux)`` when
+    compiled with ``has_aux`` (``aux_structure``: the tree aux's arrays are put back in)."""
 
     def __init__(self, layout: TrainStep, graph, executable, optimizer: Optimizer,
-                 params: dict[str, Parameter]):
+                 params: dict[str, Parameter], has_aux: bool = False, aux_structure=None):
         self.layout = layout            # the step graph as built, and where things sit
         self.graph = graph              # what the backend compiled (after the pipeline)
         self.executable = executable
         self.optimizer = optimizer
         self.params = params            # graph parameter name -> Parameter (weights, buffers)
         self._hdtype = [v.type.np_dtype for v in graph.inputs[len(layout.batch):]]
+        self.has_aux, self.aux_structure = has_aux, aux_structure
 
-    def __call__(self, *batch) -> float:
+    def __call__(self, *batch):
         lay = self.layout
         if len(batch) != len(lay.batch):
             raise TypeError(f"the training step takes {len(lay.batch)} batch input(s) "
@@ -61,7 +69,10 @@ class TrainStepFunction:
             if outs[o] is not buffers[a - first]:
                 self._store(a - first, outs[o])
         self.optimizer.step_count += 1
-        return float(outs[0])
+        if not self.has_aux:
+            return float(outs[0])
+        aux = outs[len(outs) - lay.aux:]
+        return float(outs[0]), unflatten(self.aux_structure, aux)
 
     def _slots(self) -> list[tuple[str, str]]:
         return [(pn, slot) for pn, slots in self.layout.state.items() for slot in slots]
@@ -142,31 +153,36 @@ class TrainStepFunction:
 def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer: Optimizer,
                   *specs: TensorSpec, backend: str = "reference", pipeline=None,
                   n_model_inputs: int | None = None, name: str | None = None,
-                  **options) -> TrainStepFunction:
+                  has_aux: bool = False, **options) -> TrainStepFunction:
     """Compile forward + loss + gradients + optimizer update into one step.
 
     The batch is ``specs``: the first ``n_model_inputs`` (default: all but the last) go to
     ``model``, the rest to ``loss_fn(model_output, *rest)``; with ``loss_fn=None`` the model
-    itself returns the loss. Second-order optimizers (``optimizer.host_side``) get a step
+    itself returns the loss. ``has_aux``: that loss is ``(loss, aux)`` and the step returns
+    both (see the module docstring). Second-order optimizers (``optimizer.host_side``) get a step
     that drives compiled loss/gradient/Hessian-vector graphs from the host.
     """
     if not isinstance(optimizer, Optimizer) and not getattr(optimizer, "host_side", False):
         raise TypeError(f"optimizer must be a frontend.optim optimizer, got "
                         f"{type(optimizer).__name__}")
     n_in = _n_model_inputs(loss_fn, specs, n_model_inputs)
-    fn = _loss_function(model, loss_fn, n_in)
-    graph, tracer, _ = trace_with(fn, specs, name or f"{type(model).__name__}_loss",
-                                  _param_names(model))
+    fn = _loss_function(model, loss_fn, n_in, has_aux)
+    graph, tracer, structure = trace_with(fn, specs, name or f"{type(model).__name__}_loss",
+                                          _param_names(model))
     trainable = _trainable(tracer.params, optimizer)
     if getattr(optimizer, "host_side", False):
+        if has_aux:
+            raise NotImplementedError(f"has_aux: {type(optimizer).__name__} steps from the host "
+                                      f"(section 8.6 methods) return the loss only")
         from .second_order import compile_host_step
         return compile_host_step(graph, tracer.params, trainable, optimizer, backend, **options)
-    layout = training_step(graph, trainable, optimizer.spec())
+    layout = training_step(graph, trainable, optimizer.spec(), aux=has_aux)
     compiled = run_pipeline(layout.graph, pipeline, "training")
     _check_same_interface(layout.graph, compiled)
     exe = backends.compile(compiled, backend, **options)
     optimizer.bind({n: tracer.params[n] for n in trainable})
-    return TrainStepFunction(layout, compiled, exe, optimizer, dict(tracer.params))
+    return TrainStepFunction(layout, compiled, exe, optimizer, dict(tracer.params),
+                             has_aux, structure[1][1] if has_aux else None)
 
 
 def _n_model_inputs(loss_fn, specs, n) -> int:
@@ -177,15 +193,21 @@ def _n_model_inputs(loss_fn, specs, n) -> int:
     return n
 
 
-def _loss_function(model, loss_fn, n_in: int) -> Callable:
+def _loss_function(model, loss_fn, n_in: int, has_aux: bool = False) -> Callable:
     def loss(*batch):
         out = model(*batch[:n_in])
-        value = out if loss_fn is None else loss_fn(out, *batch[n_in:])
+        result = out if loss_fn is None else loss_fn(out, *batch[n_in:])
+        if has_aux:
+            check_aux_structure(flatten(result)[1], "the loss function")
+            value = result[0]
+        else:
+            value = result
         if not hasattr(value, "value") or value.shape != ():
             shape = getattr(value, "shape", type(value).__name__)
             raise ValueError(f"the loss must be a scalar tensor; got {shape} (reduce it, e.g. "
-                             f"with .mean())")
-        return value
+                             f"with .mean())" + ("" if has_aux else "; a loss function that "
+                                                 "returns (loss, aux) needs has_aux=True"))
+        return result
     return loss
 
 

@@ -120,6 +120,7 @@ class TrainStep:
     trainable: list[str]
     state: dict[str, dict[str, str]] = field(default_factory=dict)  # param -> slot -> arg name
     buffer_updates: list[str] = field(default_factory=list)         # buffers the step updates
+    aux: int = 0                           # auxiliary outputs: the step's last outputs
 
 
 class _Builder:
@@ -152,8 +153,12 @@ class _Builder:
 
 
 def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSpec,
-                  name: str | None = None) -> TrainStep:
+                  name: str | None = None, aux: bool = False) -> TrainStep:
     """Build the training-step graph of ``loss_graph`` (see the module docstring).
+
+    ``aux``: the loss graph's outputs after the loss that are not donated (JAX's
+    ``has_aux``: logits, a last hidden state) are outputs of the step too, after the
+    updates, computed by the same forward pass (at the gradient's point).
 
     ``trainable`` names the parameters the optimizer updates; the other parameters are fixed
     weights or buffers (a buffer whose new value the loss graph donates stays a donated
@@ -195,14 +200,16 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
         if arg in loss_graph.params:
             buffer_updates.append(arg.name)
             new_outputs.append((src_outs[o], params[arg.name]))
-    g.set_outputs([loss] + [v for v, _ in new_outputs])
+    donated = set(loss_graph.donations)
+    aux_outs = [v for i, v in enumerate(src_outs) if aux and i > 0 and i not in donated]
+    g.set_outputs([loss] + [v for v, _ in new_outputs] + aux_outs)
     args = g.arguments
     g.donations = {i + 1: args.index(dst) for i, (_, dst) in enumerate(new_outputs)}
     verify(g)
     return TrainStep(g, [v.name for v in batch], list(spec.hyperparameters),
                      list(params), list(trainable),
                      {pn: {s: v.name for s, v in slots.items()} for pn, slots in state.items()},
-                     buffer_updates)
+                     buffer_updates, len(aux_outs))
 
 
 def _check_loss_graph(graph: Graph, trainable: Sequence[str]) -> None:
