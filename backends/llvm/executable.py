@@ -25,8 +25,9 @@ from .module import ENTRY, Plan, _all_nodes, build_module
 NativeError = RuntimeDataError
 
 # ops whose lowering may record an error in the control block (``Ctx.fail``): the data
-# checks of nll_loss and integer pow, and the NaN checker
-FALLIBLE_OPS = frozenset({"nll_loss", "pow", "check_finite"})
+# checks of nll_loss, integer pow and the gathers' indices, and the NaN checker
+FALLIBLE_OPS = frozenset({"nll_loss", "pow", "check_finite", "take", "take_along_axis",
+                          "index_add", "scatter_add"})
 
 
 def _fallible(node) -> bool:
