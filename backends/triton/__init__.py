@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import (lower_conv, lower_core, lower_misc, lower_optim,  # noqa: F401  (lowerings)
                lower_pool)
+from . import lower_gather, lower_random  # noqa: F401  (lowerings)
 from .executable import Plan, TritonExecutable, compile
 from .table import KERNELS, UnsupportedOpError, lowering
 
