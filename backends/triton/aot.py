@@ -39,8 +39,15 @@ TARGETS = (90, 80)
 HOT = re.compile(r"^(conv_.*_kernel|fused_conv_.*|fused_mm_.*|matmul_kernel|pool_kernel"
                  r"|multi_tensor_kernel)$")
 
-# (kernel name, target arch) -> why its spills are accepted. Empty: nothing is accepted.
-ALLOWED: dict[tuple[str, int], str] = {}
+# (kernel name, target arch) -> why its spills are accepted.
+ALLOWED: dict[tuple[str, int], str] = {
+    ("conv_input_grad_kernel", 80): "20 B at 255 registers in the TF32 128x64x32 tile (the "
+                                    "stride-divisibility masks per row); was 1.4 KB",
+    ("conv_input_grad_kernel", 90): "20 B at 255 registers in the TF32 128x64x32 tile; was "
+                                    "1.8 KB",
+    ("matmul_kernel", 90): "8 B at 80 registers (a local stack slot, not register pressure) "
+                           "in the IEEE 64x64x16 tile; was 140 B on sm_80",
+}
 
 
 @dataclass

@@ -245,7 +245,7 @@ def conv_kernel_grad_kernel(x_ptr, gy_ptr, dw_ptr,
 # fp32 runs tl.dot as FMAs, whose operands live in registers, so its tiles are smaller. Each
 # fits the registers of sm_80 and sm_90 without spilling, for the plain kernels and the
 # generated epilogues (the AOT gate, tests/test_triton_aot.py and bench/triton_aot_full.py).
-_F32_TILES = {"tf32": ((128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 4)),
+_F32_TILES = {"tf32": ((128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3)),
               "ieee": ((64, 64, 16, 4, 2), (64, 32, 16, 4, 2), (32, 64, 16, 4, 2))}
 _F64_TILE = (32, 32, 16, 4, 2)          # fp64 has no tensor-core path: one fixed tile
 

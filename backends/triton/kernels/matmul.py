@@ -134,7 +134,7 @@ class MatmulPlan:
         if self.use_dot:
             # BLOCK_K 16: an IEEE fp32 dot runs as FMAs on register operands; with 32 the
             # tile (and its epilogue) spills on sm_80 (the AOT gate's statistics)
-            self.blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, GROUP_M=8, num_warps=4)
+            self.blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, GROUP_M=8, num_warps=8)
         else:
             self.blocks = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=4)
         self.grid = (cdiv(self.m, self.blocks["BLOCK_M"]) * cdiv(self.n, self.blocks["BLOCK_N"]),
