@@ -11,7 +11,7 @@
 Run on a GPU: ``python bench/bench_triton.py [--out results.json] [--quick]``; ``--quick``
 uses small shapes (for a dry run, also under TRITON_INTERPRET=1 on the CPU, where the
 numbers mean nothing). Every result is checked against torch before it is timed. Nothing
-here asserts on time; targets (issue 8): conv forward >= 0.7x cuDNN on 3x3 layers with 64+
+here asserts on time; targets: conv forward >= 0.7x cuDNN on 3x3 layers with 64+
 channels, pooling and Adam >= 80% of copy bandwidth and no slower than torch.
 """
 from __future__ import annotations
