@@ -581,7 +581,11 @@ def _basic_index(x: Tensor, index):
 
 
 def getitem(x: Tensor, index) -> Tensor:
-    """Basic indexing: ints, slices (any step), None and Ellipsis (no advanced indexing)."""
+    """Basic indexing: ints, slices (any step), None and Ellipsis; one integer tensor among
+    them indexes its axis (functional_index.tensor_getitem)."""
+    from .functional_index import is_tensor_index, tensor_getitem
+    if is_tensor_index(index):
+        return tensor_getitem(x, index)
     starts, stops, steps, out = _basic_index(x, index)
     full = all(b == 0 and e == d and s == 1 for b, e, s, d in zip(starts, stops, steps, x.shape))
     y = x if full else slice_axes(x, starts, stops, steps)
@@ -816,3 +820,6 @@ Tensor.to = lambda self, dtype: cast(self, dtype)
 # convolution, pooling and batch normalization (chapter 9, section 8.7.1)
 from .functional_conv import *  # noqa: E402,F401,F403
 from .functional_pool import *  # noqa: E402,F401,F403
+# random numbers and dropout; indexing by integer tensors, embeddings
+from .functional_random import *  # noqa: E402,F401,F403
+from .functional_index import *  # noqa: E402,F401,F403

@@ -1,0 +1,184 @@
+"""Indexing by integer tensors, as torch: ``x[idx]``, ``x[:, idx]``, ``F.gather`` /
+``Tensor.gather``, ``index_select``, ``take_along_dim``, ``scatter_add``, ``index_add`` and
+``F.embedding`` (the ops of irgraph/ops/gather.py; their gradients scatter-add).
+
+Indices are int32 or int64 tensors (or Python/numpy integer arrays, made constants); a
+negative index counts from the end once; one outside ``[-n, n)`` is an error at call time
+on every backend.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from irgraph.ops.core import wrap_dim
+
+from .functional import as_tensor, broadcast_to, eq, getitem, mul, reshape, slice_axes, \
+    unsqueeze, where
+from .tracing import Tensor
+
+__all__ = ["gather", "index_select", "take_along_dim", "scatter_add", "index_add", "embedding"]
+
+
+def _index(index, what: str) -> Tensor:
+    t = as_tensor(index if isinstance(index, Tensor) or hasattr(index, "requires_grad")
+                  else np.asarray(index))
+    if t.dtype not in ("int32", "int64"):
+        raise TypeError(f"{what}: indices must be an int32 or int64 tensor, got {t.type}"
+                        + (" (boolean masks are not supported)" if t.dtype == "bool" else ""))
+    return t
+
+
+def _emit(op: str, *xs: Tensor, **attrs) -> Tensor:
+    return xs[0].tracer.emit(op, *xs, **attrs)
+
+
+def gather(input, dim: int, index) -> Tensor:
+    """``torch.gather``: ``out[i] = input[i with i[dim] = index[i]]``; out has index's shape
+    (at most input's extent off ``dim``)."""
+    x = as_tensor(input)
+    idx = _index(index, "gather")
+    if idx.ndim != x.ndim:
+        raise ValueError(f"gather: index {idx.type} must have the input's rank {x.ndim}")
+    return _emit("take_along_axis", x, idx, axis=wrap_dim(dim, x.ndim))
+
+
+def index_select(input, dim: int, index) -> Tensor:
+    """``torch.index_select``: entries ``index`` (0-d or 1-D) of axis ``dim``."""
+    x = as_tensor(input)
+    idx = _index(index, "index_select")
+    if idx.ndim > 1:
+        raise ValueError(f"index_select: index must be 0-d or 1-D, got {idx.type}")
+    if idx.ndim == 0:
+        idx = reshape(idx, (1,))
+    return _emit("take", x, idx, axis=wrap_dim(dim, max(x.ndim, 1)))
+
+
+def take_along_dim(input, indices, dim: int | None = None) -> Tensor:
+    """``torch.take_along_dim``: ``gather`` with input and indices broadcast off ``dim``
+    (``dim=None``: both flattened)."""
+    x = as_tensor(input)
+    idx = _index(indices, "take_along_dim")
+    if dim is None:
+        return _emit("take_along_axis", reshape(x, (-1,)), reshape(idx, (-1,)), axis=0)
+    if idx.ndim != x.ndim:
+        raise ValueError(f"take_along_dim: indices {idx.type} must have the input's rank "
+                         f"{x.ndim}")
+    d = wrap_dim(dim, x.ndim)
+    try:
+        off = np.broadcast_shapes(*[tuple(1 if a == d else s for a, s in enumerate(t.shape))
+                                    for t in (x, idx)])
+    except ValueError:
+        raise ValueError(f"take_along_dim: {x.shape} and {idx.shape} do not broadcast off "
+                         f"dim {d}") from None
+    xs = tuple(x.shape[d] if a == d else s for a, s in enumerate(off))
+    ids = tuple(idx.shape[d] if a == d else s for a, s in enumerate(off))
+    x = x if x.shape == xs else broadcast_to(x, xs)
+    idx = idx if idx.shape == ids else broadcast_to(idx, ids)
+    return _emit("take_along_axis", x, idx, axis=d)
+
+
+def scatter_add(input, dim: int, index, src) -> Tensor:
+    """``torch.scatter_add``: ``input`` plus ``src[i]`` added at ``i with i[dim] = index[i]``
+    (src read on index's extent)."""
+    x = as_tensor(input)
+    idx = _index(index, "scatter_add")
+    s = as_tensor(src, x)
+    if s.ndim != idx.ndim or any(a < b for a, b in zip(s.shape, idx.shape)):
+        raise ValueError(f"scatter_add: src {s.type} must cover index {idx.type}")
+    if s.shape != idx.shape:
+        s = slice_axes(s, [0] * s.ndim, idx.shape, [1] * s.ndim)
+    if s.dtype != x.dtype:
+        s = s.to(x.dtype)
+    return _emit("scatter_add", x, idx, s, axis=wrap_dim(dim, x.ndim))
+
+
+def index_add(input, dim: int, index, source, *, alpha=1) -> Tensor:
+    """``torch.index_add``: ``input`` plus ``alpha * source`` added at entries ``index`` of
+    axis ``dim`` (repeated indices accumulate)."""
+    x = as_tensor(input)
+    idx = _index(index, "index_add")
+    s = as_tensor(source, x)
+    if alpha != 1:
+        s = mul(s, alpha)
+    if s.dtype != x.dtype:
+        s = s.to(x.dtype)
+    return _emit("index_add", x, idx, s, axis=wrap_dim(dim, x.ndim))
+
+
+def embedding(input, weight, padding_idx: int | None = None, max_norm=None,
+              norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+              sparse: bool = False) -> Tensor:
+    """``torch.nn.functional.embedding``: rows ``input`` of ``weight`` (num, dim); the row
+    ``padding_idx`` gets no gradient (its lookups are cut from the graph's gradient)."""
+    if max_norm is not None:
+        raise NotImplementedError("embedding: max_norm (renormalizing rows in place while "
+                                  "looking them up) is not supported; leave max_norm=None")
+    if scale_grad_by_freq or sparse:
+        raise NotImplementedError("embedding: scale_grad_by_freq and sparse gradients are not "
+                                  "supported")
+    w = as_tensor(weight)
+    if w.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-D (num_embeddings, embedding_dim), got "
+                         f"{w.type}")
+    idx = _index(input, "embedding")
+    out = _emit("take", w, idx, axis=0)
+    if padding_idx is None:
+        return out
+    pad = _padding_idx(padding_idx, w.shape[0])
+    hit = unsqueeze(eq(idx, pad), -1)
+    return where(hit, _emit("stop_gradient", out), out)
+
+
+def _padding_idx(padding_idx: int, num: int) -> int:
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
+            or not -num <= padding_idx < num:
+        raise ValueError(f"padding_idx must be within num_embeddings ({num}), got "
+                         f"{padding_idx!r}")
+    return int(padding_idx) % num
+
+
+# ---------------------------------------------------------------- x[idx] with tensors
+def is_tensor_index(index) -> bool:
+    """Does an index hold an integer tensor (or an integer list/array): advanced indexing?"""
+    items = index if isinstance(index, tuple) else (index,)
+    return any(_is_tensorlike(i) for i in items)
+
+
+def _is_tensorlike(i) -> bool:
+    return isinstance(i, (Tensor, list, np.ndarray)) or hasattr(i, "requires_grad")
+
+
+def tensor_getitem(x: Tensor, index) -> Tensor:
+    """``x[..., idx, ...]`` with ONE integer tensor among ints, slices, None and Ellipsis:
+    the index's dimensions replace that axis in place (torch's rule for one tensor)."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    dots = [j for j, i in enumerate(items) if i is Ellipsis]   # (identity: no Tensor.__eq__)
+    if len(dots) == 1:                  # (several: the basic indexer's error below)
+        e = dots[0]
+        used = sum(1 for i in items if i is not None and i is not Ellipsis)
+        items[e:e + 1] = [slice(None)] * max(x.ndim - used, 0)
+    pos = [k for k, i in enumerate(items) if _is_tensorlike(i)]
+    if len(pos) != 1:
+        raise IndexError("indexing with more than one tensor (or list) is not supported: "
+                         "index one axis at a time")
+    k = pos[0]
+    idx = _index(items[k], "indexing")
+    # the tensor's axis in the result of the basic index without it: slices and Nones before
+    # it each give one axis, ints none
+    axis = sum(1 for i in items[:k] if not isinstance(i, (int, np.integer)))
+    items[k] = slice(None)
+    y = getitem(x, tuple(items))
+    return _emit("take", y, idx, axis=axis)
+
+
+def _method(fn):
+    def m(self, *args, **kwargs):
+        return fn(self, *args, **kwargs)
+    m.__name__ = fn.__name__
+    return m
+
+
+for _name, _fn in (("gather", gather), ("index_select", index_select),
+                   ("take_along_dim", take_along_dim), ("scatter_add", scatter_add),
+                   ("index_add", index_add)):
+    setattr(Tensor, _name, _method(_fn))
