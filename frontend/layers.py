@@ -22,7 +22,8 @@ __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
            "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
            "LPPool1d", "LPPool2d", "LPPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
            "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d",
-           "GlobalAvgPool", "Maxout", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+           "GlobalAvgPool", "Maxout", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+           "Dropout", "Embedding"]
 
 _PAD_MODES = {"reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
@@ -367,3 +368,68 @@ class BatchNorm2d(_BatchNorm):
 
 class BatchNorm3d(_BatchNorm):
     ranks = (5,)
+
+
+# ---------------------------------------------------------------- dropout, embeddings
+class Dropout(Module):
+    """``torch.nn.Dropout``: ``F.dropout`` in training mode, the identity in eval mode. Draws
+    from the default generator (``fe.manual_seed``) or ``generator=``."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, generator=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+        self.p, self.inplace, self.generator = float(p), inplace, generator
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, generator=self.generator)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Embedding(Module):
+    """``torch.nn.Embedding``: weight (num_embeddings, embedding_dim) drawn from N(0, 1), the
+    ``padding_idx`` row zero and never updated by gradients. ``max_norm`` is refused."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 max_norm=None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                 sparse: bool = False, _weight=None, _freeze: bool = False):
+        super().__init__()
+        if max_norm is not None:
+            raise NotImplementedError("Embedding: max_norm (renormalizing rows in place while "
+                                      "looking them up) is not supported; leave max_norm=None")
+        if scale_grad_by_freq or sparse:
+            raise NotImplementedError("Embedding: scale_grad_by_freq and sparse gradients are "
+                                      "not supported")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        if padding_idx is not None:
+            from .functional_index import _padding_idx
+            padding_idx = _padding_idx(padding_idx, num_embeddings)
+        self.padding_idx = padding_idx
+        if _weight is None:
+            w = rng().standard_normal((num_embeddings, embedding_dim)).astype(np.float32)
+            if padding_idx is not None:
+                w[padding_idx] = 0
+        else:
+            w = np.array(_weight, dtype=np.float32 if np.asarray(_weight).dtype != np.float64
+                         else np.float64)
+            if w.shape != (num_embeddings, embedding_dim):
+                raise ValueError(f"Embedding: _weight has shape {w.shape}, expected "
+                                 f"{(num_embeddings, embedding_dim)}")
+        self.weight = Parameter(w, requires_grad=not _freeze)
+
+    @classmethod
+    def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None,
+                        **kwargs) -> "Embedding":
+        w = np.asarray(embeddings)
+        if w.ndim != 2:
+            raise ValueError(f"Embedding.from_pretrained needs a 2-D array, got shape {w.shape}")
+        return cls(w.shape[0], w.shape[1], padding_idx, _weight=w, _freeze=freeze, **kwargs)
+
+    def forward(self, input):
+        return F.embedding(input, self.weight, self.padding_idx)
+
+    def extra_repr(self):
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
