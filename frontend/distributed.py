@@ -314,6 +314,8 @@ class DataParallelStep(TrainStepFunction):
         self.comm = comm
         self.check_every = int(check_every)
         self.steps_run = 0
+        # seconds spent so far: gradient graph, averaging (pack, all-reduce, unpack), update
+        self.timings = {"gradient": 0.0, "all_reduce": 0.0, "update": 0.0}
         self._n_batch = len(grad_graph.inputs) - (1 if optimizer.spec().interim else 0)
         # the gradient graph's parameters: the model's, then (text Nesterov) the velocities
         n_vel = len(layout.trainable) if optimizer.spec().interim else 0
@@ -343,8 +345,11 @@ class DataParallelStep(TrainStepFunction):
         state = self.optimizer.state
         args += [self.params[n].data if slot is None else state[n][slot]
                  for n, slot in self._grad_params]
+        t0 = time.perf_counter()
         outs = self.grad_executable(*args)
+        t1 = time.perf_counter()
         reduced = self._average(outs)
+        t2 = time.perf_counter()
         nb = len(self.buffer_names)
         for k, name in enumerate(self.buffer_names):
             new = reduced.get(1 + k, outs[1 + k])
@@ -355,6 +360,9 @@ class DataParallelStep(TrainStepFunction):
                 p.data = np.array(new)
         grads = [reduced[i] for i in range(1 + nb, len(outs))]
         super().__call__(*grads)            # the update graph; counts the step
+        t3 = time.perf_counter()
+        for k, dt in zip(("gradient", "all_reduce", "update"), (t1 - t0, t2 - t1, t3 - t2)):
+            self.timings[k] += dt
         self.steps_run += 1
         if self.check_every and self.steps_run % self.check_every == 0:
             self.check_consistency()
@@ -363,6 +371,8 @@ class DataParallelStep(TrainStepFunction):
     def _average(self, outs) -> dict[int, np.ndarray]:
         """All-reduce the bucketed outputs and divide by the world size: bucket k's
         all-reduce runs (in the engine's background) while bucket k+1 is packed."""
+        if self.comm.world_size == 1:
+            return {i: np.asarray(outs[i]) for b in self.buckets for i, _, _ in b.items}
         handles = []
         for b in self.buckets:
             for i, sl, _ in b.items:
@@ -371,8 +381,7 @@ class DataParallelStep(TrainStepFunction):
         out = {}
         for b, h in zip(self.buckets, handles):
             h.wait()
-            if self.comm.world_size > 1:
-                np.divide(b.buffer, self.comm.world_size, out=b.buffer)
+            np.divide(b.buffer, self.comm.world_size, out=b.buffer)
             for i, sl, shape in b.items:
                 out[i] = b.buffer[sl].reshape(shape)
         return out
