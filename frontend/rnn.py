@@ -154,7 +154,8 @@ class RNNBase(Module):
     concatenated), h_n the last hidden state of every layer and direction (D * num_layers,
     N, H). ``lengths`` (N,) marks the valid steps of a padded minibatch, as
     ``pack_padded_sequence``: padded outputs are zero, h_n is taken at each sequence's own
-    end, and the reverse direction starts there."""
+    end, and the reverse direction starts there. ``dropout`` (training mode): F.dropout on
+    the outputs of every layer but the last, as torch."""
 
     GATES = 1
     STATES = ("h",)
@@ -213,10 +214,6 @@ class RNNBase(Module):
 
     def forward(self, input, hx=None, lengths=None):
         name = type(self).__name__
-        if self.dropout and self.num_layers > 1 and self.training:
-            raise NotImplementedError(f"{name}: dropout={self.dropout} between layers in "
-                                      f"training mode needs a dropout op, which the IR does "
-                                      f"not have yet; use dropout=0 (or eval mode)")
         x = F.as_tensor(input)
         unbatched = x.ndim == 2
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
@@ -233,6 +230,8 @@ class RNNBase(Module):
         mask = lengths_to_mask(lengths, steps) if lengths is not None else None
         last = []
         for layer in range(self.num_layers):
+            if layer:                    # torch: dropout on each layer's output but the last
+                x = F.dropout(x, self.dropout, self.training)
             outs = []
             for d, sfx in enumerate(self._suffixes()):
                 i = layer * self.num_directions + d

@@ -417,16 +417,37 @@ def test_unbatched_inputs_and_cells_match_torch():
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_dropout_acts_between_layers_in_training_mode_only():
+    """torch's placement: on every layer's output but the last. With p = 1 the second layer
+    reads zeros, deterministically: torch in training mode gives the same; layer 0's final
+    state is untouched; p = 0.5 changes the output; eval mode is the identity."""
+    fe.manual_seed(39)
+    x = np.random.default_rng(40).standard_normal((5, 2, 3)).astype(np.float32)
+    lstm = nn.LSTM(3, 4, num_layers=2, dropout=1.0)
+    t = torch.nn.LSTM(3, 4, num_layers=2, dropout=1.0)
+    with torch.no_grad():
+        for n, p in t.named_parameters():
+            p.copy_(torch.from_numpy(getattr(lstm, n).data))
+    run = lambda: fe.compile(lambda x: lstm(x), fe.TensorSpec(x.shape))(x)  # noqa: E731
+    (out, (h, c)), (to, (th, tc)) = run(), t(torch.from_numpy(x))
+    for a, b in ((out, to), (h, th), (c, tc)):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-5, atol=1e-6)
+    lstm.eval()
+    t.eval()
+    (out0, (h0, _)), (to0, _) = run(), t(torch.from_numpy(x))
+    np.testing.assert_allclose(out0, to0.detach().numpy(), rtol=1e-5, atol=1e-6)
+    lstm.train()
+    lstm.dropout = 0.5
+    out5, (h5, _) = run()
+    np.testing.assert_allclose(h5[0], h0[0], rtol=1e-6)
+    assert not np.allclose(out5, out0)
+
+
 def test_bad_arguments_say_what_is_wrong():
     with pytest.raises(ValueError, match="proj_size"):
         nn.LSTM(3, 4, proj_size=4)
     with pytest.raises(ValueError, match="dropout"):
         nn.GRU(3, 4, dropout=1.5)
-    lstm = nn.LSTM(3, 4, num_layers=2, dropout=0.3)
-    with pytest.raises(NotImplementedError, match="dropout"):
-        fe.trace(lambda x: lstm(x)[0], fe.TensorSpec((5, 2, 3)))
-    lstm.eval()                  # dropout is the identity in eval mode
-    fe.trace(lambda x: lstm(x)[0], fe.TensorSpec((5, 2, 3)))
     lstm = nn.LSTM(3, 4)
     with pytest.raises(ValueError, match=r"hx's c_0 must have shape \(1, 2, 4\)"):
         fe.trace(lambda x, h, c: lstm(x, (h, c))[0], fe.TensorSpec((5, 2, 3)),
