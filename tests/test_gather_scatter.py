@@ -1,0 +1,211 @@
+"""Gather and scatter by integer tensors (irgraph/ops/gather.py, frontend/functional_index.py)
+against torch on every backend: values and gradients of gather, index_select,
+take_along_dim, x[idx] and embeddings (float32 on reference, LLVM and Triton; float64 on
+reference and LLVM), repeated and negative indices, padding_idx, out-of-range errors, and
+the thread-safety of LLVM's scatter-add (threads=2, many duplicates) against np.add.at."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import backends
+import frontend as fe
+from frontend import F, TensorSpec, nn
+from irgraph import Graph, TensorType
+from irgraph.errors import RuntimeDataError
+
+BACKENDS32 = ["reference", "llvm", "triton"]
+BACKENDS64 = ["reference", "llvm"]
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal((5, 6, 4))
+
+
+def _tol(dtype):
+    return dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+# (name, our function of (x, idx), torch's, index array, extent of the indexed axis). Our
+# gathers all wrap a negative index once, as torch's x[idx] does; torch.gather, index_select
+# and take_along_dim reject negatives, so torch gets those indices wrapped (idx % extent).
+CASES = [
+    ("gather_dim1", lambda x, i: F.gather(x, 1, i), lambda x, i: torch.gather(x, 1, i),
+     np.array([[[0, 5, 5, 1]] * 3] * 5) - np.arange(3)[None, :, None], 6),
+    ("method_gather_neg_dim", lambda x, i: x.gather(-1, i),
+     lambda x, i: torch.gather(x, -1, i), RNG.integers(-4, 4, (2, 6, 7)), 4),
+    ("index_select", lambda x, i: F.index_select(x, 1, i),
+     lambda x, i: torch.index_select(x, 1, i), np.array([5, 0, 5, -1, 2]), 6),
+    ("take_along_dim_bcast", lambda x, i: F.take_along_dim(x, i, 2),
+     lambda x, i: torch.take_along_dim(x, i, 2), RNG.integers(-4, 4, (1, 6, 3)), 4),
+    ("take_along_dim_flat", lambda x, i: F.take_along_dim(x, i),
+     lambda x, i: torch.take_along_dim(x, i), RNG.integers(-120, 120, (9,)), 120),
+    ("getitem_rows", lambda x, i: x[i], lambda x, i: x[i], np.array([[4, 0], [4, -5]]), None),
+    ("getitem_cols", lambda x, i: x[:, i], lambda x, i: x[:, i], np.array([3, 3, -6, 0]),
+     None),
+    ("getitem_ellipsis_int", lambda x, i: x[..., 1, i], lambda x, i: x[..., 1, i],
+     np.array([[0, 1], [-1, -1]]), None),
+]
+
+
+def _torch_value_grad(tfn, x: np.ndarray, idx: np.ndarray):
+    """torch's output and the gradient of sum(out * ct) for a fixed random ct."""
+    xt = torch.tensor(x, requires_grad=True)
+    out = tfn(xt, torch.tensor(idx))
+    ct = np.random.default_rng(1).standard_normal(tuple(out.shape)).astype(x.dtype)
+    (out * torch.tensor(ct)).sum().backward()
+    return out.detach().numpy(), xt.grad.numpy(), ct
+
+
+def _check_case(name, fn, tfn, idx, n, dtype, backend):
+    x = X.astype(dtype)
+    idx = np.asarray(idx, np.int64)
+    want_out, want_grad, ct = _torch_value_grad(tfn, x, idx if n is None else idx % n)
+
+    def loss(x, i, c):
+        return (fn(x, i) * c).sum()
+
+    specs = (TensorSpec(x.shape, dtype.__name__), TensorSpec(idx.shape, "int64"),
+             TensorSpec(ct.shape, dtype.__name__))
+    out = fe.compile(fn, *specs[:2], backend=backend)(x, idx)
+    value, grad = fe.value_and_grad(loss, *specs, wrt=0, backend=backend)(x, idx, ct)
+    np.testing.assert_allclose(out, want_out, **_tol(dtype), err_msg=name)
+    np.testing.assert_allclose(grad, want_grad, **_tol(dtype), err_msg=name)
+    assert out.dtype == dtype and grad.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", BACKENDS32)
+def test_values_and_gradients_match_torch_float32(backend):
+    for case in CASES:
+        _check_case(*case, np.float32, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS64)
+def test_values_and_gradients_match_torch_float64(backend):
+    for case in CASES[:6]:
+        _check_case(*case, np.float64, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS32)
+def test_embedding_with_padding_idx_matches_torch(backend):
+    """Forward and weight gradient as torch's nn.Embedding, repeated indices accumulating,
+    the padding row (given as a negative index) getting no gradient."""
+    fe.manual_seed(3)
+    emb = nn.Embedding(10, 4, padding_idx=-2)
+    assert emb.padding_idx == 8 and not emb.weight.data[8].any()
+    idx = np.array([[1, 8, 3, 1], [8, 9, 1, 0]])
+    ct = RNG.standard_normal((2, 4, 4)).astype(np.float32)
+    ref = torch.nn.Embedding(10, 4, padding_idx=-2)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(emb.weight.data))
+    (ref(torch.tensor(idx)) * torch.tensor(ct)).sum().backward()
+
+    def loss(i, c):
+        return (emb(i) * c).sum()
+    g = fe.grad(loss, TensorSpec((2, 4), "int64"), TensorSpec((2, 4, 4)), model=emb,
+                backend=backend)(idx, ct)
+    np.testing.assert_allclose(g["weight"], ref.weight.grad.numpy(), rtol=1e-6, atol=1e-6)
+    assert not g["weight"][8].any() and g["weight"][1].any()
+    out = fe.compile(emb, TensorSpec((2, 4), "int64"), backend=backend)(idx)
+    np.testing.assert_array_equal(out, ref(torch.tensor(idx)).detach().numpy())
+
+
+def test_embedding_init_and_refusals():
+    fe.manual_seed(0)
+    w = nn.Embedding(2000, 8).weight.data
+    assert w.dtype == np.float32 and abs(w.mean()) < 0.03 and abs(w.std() - 1) < 0.03
+    with pytest.raises(NotImplementedError, match="max_norm"):
+        nn.Embedding(10, 3, max_norm=1.0)
+    with pytest.raises(NotImplementedError, match="max_norm"):
+        fe.trace(lambda i, w: F.embedding(i, w, max_norm=2.0), TensorSpec((3,), "int64"),
+                 TensorSpec((10, 3)))
+    with pytest.raises(ValueError, match="padding_idx"):
+        nn.Embedding(10, 3, padding_idx=10)
+    with pytest.raises(TypeError, match="int32 or int64"):
+        fe.trace(lambda x, i: x[i], TensorSpec((4,)), TensorSpec((2,)))
+    with pytest.raises(IndexError, match="more than one tensor"):
+        fe.trace(lambda x, i: x[i, i], TensorSpec((4, 4)), TensorSpec((2,), "int64"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS32)
+def test_out_of_range_index_is_a_clear_error(backend):
+    """-n is the first entry (wrapped once); -n-1 and n fail at call time, naming the op,
+    the index and the extent, on every backend (forward gather and backward scatter)."""
+    f = fe.compile(lambda x, i: F.index_select(x, 0, i), TensorSpec((5, 3)),
+                   TensorSpec((3,), "int64"), backend=backend)
+    x = X[:, :3, 0].astype(np.float32)
+    np.testing.assert_array_equal(f(x, np.array([-5, 4, 0])), x[[0, 4, 0]])
+    for bad in (5, -6):
+        with pytest.raises(RuntimeDataError, match=f"index {bad} is out of range.*size 5"):
+            f(x, np.array([0, bad, 1]))
+    g = Graph("scatter")
+    z = g.add_input("z", TensorType((4, 3), "float32"))
+    i = g.add_input("i", TensorType((2, 3), "int32"))
+    s = g.add_input("s", TensorType((2, 3), "float32"))
+    g.set_outputs([g.op("scatter_add", z, i, s, axis=0)])
+    exe = backends.compile(g, backend)
+    with pytest.raises(RuntimeDataError, match="index 4 is out of range"):
+        exe(np.zeros((4, 3), np.float32), np.array([[0, 1, 4], [0, 0, 0]], np.int32),
+            np.ones((2, 3), np.float32))
+
+
+def _scatter_graph(op: str, x_shape, idx_shape, src_shape, axis: int) -> Graph:
+    g = Graph(op)
+    x = g.add_input("x", TensorType(x_shape, "float32"))
+    i = g.add_input("i", TensorType(idx_shape, "int64"))
+    s = g.add_input("s", TensorType(src_shape, "float32"))
+    g.set_outputs([g.op(op, x, i, s, axis=axis)])
+    return g
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_llvm_scatter_add_under_threads_equals_np_add_at(threads):
+    """Thousands of additions into few rows: threads own disjoint outputs and add in index
+    order, so the result equals np.add.at's bit for bit (no lost or reordered updates)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, 64)).astype(np.float32)
+    idx = rng.integers(-7, 7, 3000)
+    src = rng.standard_normal((3000, 64)).astype(np.float32)
+    want = x.copy()
+    np.add.at(want, np.where(idx < 0, idx + 7, idx), src)
+    got = backends.compile(_scatter_graph("index_add", x.shape, idx.shape, src.shape, 0),
+                           "llvm", threads=threads)(x, idx, src)[0]
+    np.testing.assert_array_equal(got, want)
+
+    xs = rng.standard_normal((40, 5)).astype(np.float32)
+    ix = rng.integers(0, 5, (40, 300))
+    sv = rng.standard_normal((40, 300)).astype(np.float32)
+    want = xs.copy()
+    np.add.at(want, (np.arange(40)[:, None], ix), sv)
+    got = backends.compile(_scatter_graph("scatter_add", xs.shape, ix.shape, sv.shape, 1),
+                           "llvm", threads=threads)(xs, ix, sv)[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_triton_scatters_equal_np_add_at():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    idx = rng.integers(-3, 3, (4, 2))
+    src = rng.standard_normal((6, 4, 2, 5)).astype(np.float32)
+    want = x.copy()
+    np.add.at(want, (slice(None), np.where(idx < 0, idx + 3, idx).ravel()),
+              src.reshape(6, 8, 5))
+    got = backends.compile(_scatter_graph("index_add", x.shape, idx.shape, src.shape, 1),
+                           "triton")(x, idx, src)[0]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS32)
+def test_scatter_add_and_index_add_functions_match_torch(backend):
+    x = X[:4, :5, 0].astype(np.float32)
+    idx = np.array([[0, 4, 4], [1, -1, 0], [2, 2, 2]])
+    src = RNG.standard_normal((3, 4)).astype(np.float32)
+    want = torch.tensor(x).scatter_add(1, torch.tensor(idx % 5), torch.tensor(src)).numpy()
+    f = fe.compile(lambda a, i, s: F.scatter_add(a, 1, i, s), TensorSpec(x.shape),
+                   TensorSpec(idx.shape, "int64"), TensorSpec(src.shape), backend=backend)
+    np.testing.assert_allclose(f(x, idx, src), want, rtol=1e-6, atol=1e-6)
+    rows = np.array([3, 0, 3])
+    want = torch.tensor(x).index_add(0, torch.tensor(rows), torch.tensor(x[:3]),
+                                     alpha=2).numpy()
+    f = fe.compile(lambda a, i: a.index_add(0, i, a[:3], alpha=2), TensorSpec(x.shape),
+                   TensorSpec((3,), "int64"), backend=backend)
+    np.testing.assert_allclose(f(x, rows), want, rtol=1e-6, atol=1e-6)
