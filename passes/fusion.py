@@ -27,7 +27,7 @@ from .simplify import dce
 ELEMENTWISE = frozenset({
     "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign", "square",
     "cast", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le",
-    "gt", "ge", "logical_and", "logical_or", "where", "broadcast_to", "stop_gradient"})
+    "gt", "ge", "logical_and", "logical_or", "where", "broadcast_to", "stop_gradient", "erf"})
 REDUCTIONS = frozenset({"sum", "mean", "max", "min"})
 ANCHORS = frozenset({"matmul", "conv", "conv_input_grad"})
 # constants copied into a body rather than passed in (at most this many elements)

@@ -107,6 +107,14 @@ def _tanh(ctx, dt, x):
     return sc.call(ctx, "tanh", x)
 
 
+@_unary("erf")
+def _erf(ctx, dt, x):
+    """float32: inline polynomial (vmath.erf_f32, vectorizes); float64: the C library's erf."""
+    if dt == "float32":
+        return sc.call(ctx, "erf", x)
+    return ctx.b.call(ctx.extern("erf", x.type, [x.type]), [x])
+
+
 @_unary("sigmoid")
 def _sigmoid(ctx, dt, x):
     return sc.sigmoid(ctx, dt, x)

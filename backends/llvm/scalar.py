@@ -10,10 +10,10 @@ from llvmlite import ir
 
 from .builder import F32, F64, I1, REGISTER
 from .lowering import Ctx
-from .vmath import exp_f32, log_f32, sigmoid_f32, tanh_f32
+from .vmath import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
 
 FLOATS = ("float32", "float64")
-_INLINE = {"exp": exp_f32, "log": log_f32, "tanh": tanh_f32}
+_INLINE = {"exp": exp_f32, "log": log_f32, "tanh": tanh_f32, "erf": erf_f32}
 INTS = ("int32", "int64")
 
 

@@ -1,4 +1,4 @@
-"""Vectorizable float32 exp, log, tanh and sigmoid as straight-line LLVM IR.
+"""Vectorizable float32 exp, log, tanh, sigmoid and erf as straight-line LLVM IR.
 
 libm calls (``llvm.exp`` and friends become calls to ``expf``) keep the loop vectorizer
 away from every loop that holds one; these routines use only arithmetic, bit casts,
@@ -13,7 +13,10 @@ away from every loop that holds one; these routines use only arithmetic, bit cas
   ``logf``);
 * tanh: an odd polynomial for |x| < 0.625 (exact sign and -0.0 near 0), else
   (1 - e) / (1 + e) with e = exp(-2|x|) and the sign copied back;
-* sigmoid: 1 / (1 + e) or e / (1 + e) with e = exp(-|x|), stable in both tails.
+* sigmoid: 1 / (1 + e) or e / (1 + e) with e = exp(-|x|), stable in both tails;
+* erf: x + x Q(x^2) for |x| < 0.875 (Q of degree 5), else 1 - exp(P(|x|)) with P of degree
+  10 fitting log(erfc) on [0.875, 4] (|x| clamped to 4, where erf rounds to 1) and the sign
+  copied back. Both polynomials are our least-squares fits of float64 ``math.erf``.
 
 Special values are numpy's: NaN gives numpy's quiet NaN, exp(+-inf) = inf / 0, overflow gives inf,
 underflow gradual denormals then 0, log(0) = -inf, log(x < 0) = NaN (x86's default NaN,
@@ -44,6 +47,16 @@ _LOG_P = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
 # Cephes tanhf: tanh(x) ~ x + x^3 P(x^2) on |x| < 0.625
 _TANH_P = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1,
            -3.33332819422e-1)
+
+# erf(x) ~ x + x Q(x^2) on |x| < 0.875 (relative least squares; Q(0) = 2/sqrt(pi) - 1)
+_ERF_SMALL = (-6.199346971698105e-04, 5.031426437199116e-03, -2.6790950447320938e-02,
+              1.1282441020011902e-01, -3.761254847049713e-01, 1.2837915122509003e-01)
+_ERF_SPLIT = 0.875
+# log(erfc(x)) ~ P(x) on [0.875, 4]
+_ERFC_LOG = (-5.8463626828597626e-08, 1.403457417836762e-06, -1.3195056453696452e-05,
+             4.472838918445632e-05, 2.40695386310108e-04, -3.8248912896960974e-03,
+             2.4759305641055107e-02, -1.0810431092977524e-01, -6.333293914794922e-01,
+             -1.1295721530914307, 1.9243413407821208e-04)
 
 
 def _c(v: float) -> ir.Constant:
@@ -135,3 +148,14 @@ def sigmoid_f32(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     pos = b.fdiv(_c(1.0), den)
     neg = b.fdiv(e, den)
     return _nan_in(b, x, b.select(b.fcmp_ordered(">=", x, _c(0.0)), pos, neg))
+
+
+def erf_f32(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """erf to about 1.5 ulp; odd, erf(-0.0) = -0.0, +-inf -> +-1, NaN -> NaN."""
+    module = b.module
+    ax = b.call(_intr(module, "fabs"), [x])
+    small = b.fadd(x, b.fmul(x, _horner(b, b.fmul(x, x), _ERF_SMALL)))
+    axc = b.call(_intr(module, "minnum", 2), [ax, _c(4.0)])
+    big = b.fsub(_c(1.0), exp_f32(b, _horner(b, axc, _ERFC_LOG)))
+    big = b.call(_intr(module, "copysign", 2), [big, x])
+    return _nan_in(b, x, b.select(b.fcmp_ordered("<", ax, _c(_ERF_SPLIT)), small, big))

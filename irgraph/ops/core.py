@@ -2,6 +2,8 @@
 softmax and the losses (eq. 10.11-10.14: negative log-likelihood of a softmax output)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..registry import (Attr, Cost, IRError, a_any, a_array, a_bool, a_choice, a_dtype, a_float,
@@ -103,6 +105,16 @@ def _exp(x):
         return np.exp(x)
 
 
+_ERF64 = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x):
+    """The error function, from the C library's float64 ``erf`` (correctly rounded to about
+    1 ulp), rounded once to ``x``'s dtype; erf(+-inf) = +-1, NaN stays NaN."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(_ERF64(x.astype(np.float64)), np.float64).astype(x.dtype)
+
+
 _unary("neg", np.negative, float_only=False)
 _unary("exp", _exp, 4)
 _unary("log", _log, 4)
@@ -110,6 +122,7 @@ _unary("sqrt", _sqrt, 2)
 _unary("rsqrt", _rsqrt, 3)
 _unary("tanh", np.tanh, 6)
 _unary("sigmoid", _sigmoid, 5)
+_unary("erf", _erf, 12)
 _unary("relu", lambda x: np.maximum(x, np.zeros((), x.dtype)), float_only=False)
 _unary("abs", np.abs, float_only=False)
 _unary("sign", np.sign, float_only=False, differentiable=False,

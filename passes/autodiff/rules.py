@@ -13,6 +13,8 @@ Non-smooth points follow PyTorch:
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from irgraph import Value
@@ -104,6 +106,13 @@ def _tanh(e, node, xs, ys, gs):
 def _sigmoid(e, node, xs, ys, gs):
     y = ys[0]
     return [e("mul", gs[0], e("mul", y, e("sub", e.scalar(1.0, y), y)))]
+
+
+@vjp_rule("erf")
+def _erf(e, node, xs, ys, gs):
+    # d erf(x) = 2/sqrt(pi) exp(-x^2)
+    x = xs[0]
+    return [e("mul", gs[0], _scale(e, e("exp", e("neg", e("mul", x, x))), 2.0 / math.sqrt(math.pi)))]
 
 
 @vjp_rule("relu")

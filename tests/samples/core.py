@@ -62,6 +62,9 @@ SAMPLES: dict[str, list[Case]] = {
     "tanh": _unary_cases("any"),
     "sigmoid": _unary_cases("any") + [
         Case([np.array([-100.0, -30.0, 0.0, 30.0, 100.0], np.float32)], note="both tails")],
+    "erf": _unary_cases("any") + [
+        Case([np.array([-4.5, -0.0, 1e-30, 0.5, 0.9, 3.0, 5.0], np.float32)],
+             note="tails, -0.0, both sides of 0.875")],
     "relu": _unary_cases("kink") + _INT_UNARY,
     "abs": _unary_cases("kink") + _INT_UNARY,
     "sign": _unary_cases("kink") + _INT_UNARY + [

@@ -18,11 +18,11 @@ from ..runtime import View, cdiv, contiguous_strides, empty, meta_tensor, numel
 BLOCK = 1024
 
 UNARY = ("copy", "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign",
-         "square", "cast")
+         "square", "cast", "erf")
 BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt",
           "ge", "logical_and", "logical_or")
 TERNARY = ("where",)
-FLOAT_ONLY = ("exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid")
+FLOAT_ONLY = ("exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "erf")
 
 
 @triton.jit
@@ -98,6 +98,8 @@ def _unary(x, OP: tl.constexpr):
         y = _tanh(x)
     elif OP == "sigmoid":
         y = _sigmoid(x)
+    elif OP == "erf":
+        y = tl.math.erf(x)
     elif OP == "relu":
         y = tl.where(x > 0, x, tl.where(x == x, 0, x))
     elif OP == "abs":
