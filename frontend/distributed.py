@@ -277,15 +277,15 @@ def plan_buckets(types: Sequence[TensorType], indices: Sequence[int],
     if bucket_bytes <= 0:
         raise ValueError(f"bucket size must be > 0 bytes, got {bucket_bytes}")
     by_dtype: dict[str, list[list[tuple[int, TensorType]]]] = {}
+    used: dict[str, int] = {}                 # bytes in each dtype's last group
     for i, t in zip(indices, types):
         groups = by_dtype.setdefault(t.dtype, [[]])
-        cur = groups[-1]
-        used = sum(int(np.prod(u.shape, dtype=np.int64)) * u.np_dtype.itemsize
-                   for _, u in cur)
         size = int(np.prod(t.shape, dtype=np.int64)) * t.np_dtype.itemsize
-        if cur and used + size > bucket_bytes:
-            groups.append(cur := [])
-        cur.append((i, t))
+        if groups[-1] and used[t.dtype] + size > bucket_bytes:
+            groups.append([])
+            used[t.dtype] = 0
+        groups[-1].append((i, t))
+        used[t.dtype] = used.get(t.dtype, 0) + size
     buckets = []
     for dtype, groups in by_dtype.items():
         for group in groups:
