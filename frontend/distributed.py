@@ -40,7 +40,7 @@ from passes.train import OptimizerSpec, training_step
 from passes.unroll import prepare_bptt
 
 from .compiler import _param_names, run_pipeline
-from .nn import Module, Parameter
+from .nn import Module
 from .optim import Optimizer
 from .tracing import TensorSpec, trace_with
 from .train import (TrainStepFunction, _check_same_interface, _loss_function, _n_model_inputs,
