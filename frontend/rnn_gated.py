@@ -1,7 +1,7 @@
 """Gated recurrent layers (section 10.10) with torch.nn's interface and meaning.
 
 * ``LSTM`` (eq. 10.40-10.44 in torch's form, gate order i, f, g, o; ``proj_size``: h_t =
-  W_hr (o * tanh(c_t)), torch's LSTMP) and ``GRU`` (torch's variant of eq. 10.45-10.46,
+  W_hr (o * tanh(c_t)), torch's LSTMP) and ``GRU`` (torch's variant of eq. 10.45-10.47,
   gate order r, z, n): layers, directions, ``batch_first``, ``hx``, ``lengths`` as
   ``nn.RNN`` (``rnn.RNNBase``), through the same ``scan`` and BPTT passes (rolled,
   unrolled, truncated, recompute).
@@ -34,8 +34,9 @@ def _block(gates: Tensor, k: int, size: int) -> Tensor:
 
 def lstm_update(gates: Tensor, c: Tensor, w_hr_t: Tensor | None = None):
     """One LSTM step from its pre-activations ``gates`` = x W_ih^T + b_ih + h W_hh^T + b_hh
-    (N, 4H): i, f, o = sigmoid (eq. 10.42, 10.41, 10.44), g = tanh (the cell input of eq.
-    10.40), c' = f c + i g, h' = o tanh(c') (times W_hr^T with a projection). -> (h', c')."""
+    (N, 4H): i, f, o = sigmoid (eq. 10.42, 10.40, 10.44), g = tanh (the cell input; eq. 10.41
+    has the sigmoid), c' = f c + i g (eq. 10.41), h' = o tanh(c') (eq. 10.43; times W_hr^T
+    with a projection). -> (h', c')."""
     size = c.shape[-1]
     i, f, g, o = (_block(gates, k, size) for k in range(4))
     c = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
@@ -46,7 +47,8 @@ def lstm_update(gates: Tensor, c: Tensor, w_hr_t: Tensor | None = None):
 def gru_update(xg: Tensor, hg: Tensor, h: Tensor) -> Tensor:
     """One GRU step, torch's form, from xg = x W_ih^T + b_ih and hg = h W_hh^T + b_hh
     (N, 3H): r = sigmoid(xg_r + hg_r), z = sigmoid(xg_z + hg_z), n = tanh(xg_n + r * hg_n),
-    h' = (1 - z) n + z h. (Eq. 10.46 applies the reset gate before W: r * (W_hn h).)"""
+    h' = (1 - z) n + z h (eq. 10.45-10.47, but the text resets before W, W (r * h), and
+    squashes n with the sigmoid)."""
     size = h.shape[-1]
     r = F.sigmoid(_block(xg, 0, size) + _block(hg, 0, size))
     z = F.sigmoid(_block(xg, 1, size) + _block(hg, 1, size))
