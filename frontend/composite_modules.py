@@ -6,6 +6,7 @@ from . import functional as F
 from .nn import Module
 
 __all__ = ["LeakyReLU", "ReLU6", "Hardtanh", "ELU", "Softplus", "SiLU", "LogSigmoid",
+           "GELU", "Mish", "Hardswish",
            "L1Loss", "SmoothL1Loss", "HuberLoss", "BCELoss", "BCEWithLogitsLoss"]
 
 
@@ -13,6 +14,7 @@ class _Fn(Module):
     """A module that calls ``fn`` with the keyword arguments given to its constructor."""
     fn = staticmethod(lambda x: x)
     defaults: dict = {}
+    is_loss = False
 
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -31,11 +33,17 @@ class _Fn(Module):
         return type(self).fn(*xs, **kwargs)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        """torch's form: the function's arguments, ``inplace`` only when set, nothing for
+        losses (their ``reduction`` and options are not printed)."""
+        if self.is_loss:
+            return ""
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items()
+                         if k != "inplace" or v)
 
 
 def _module(name: str, fn, **defaults):
     return type(name, (_Fn,), {"fn": staticmethod(fn), "defaults": defaults,
+                               "is_loss": name.endswith("Loss"),
                                "__doc__": f"Module form of ``F.{fn.__name__}``."})
 
 
@@ -46,6 +54,9 @@ ELU = _module("ELU", F.elu, alpha=1.0, inplace=False)
 Softplus = _module("Softplus", F.softplus, beta=1.0, threshold=20.0)
 SiLU = _module("SiLU", F.silu, inplace=False)
 LogSigmoid = _module("LogSigmoid", F.logsigmoid)
+GELU = _module("GELU", F.gelu, approximate="none")
+Mish = _module("Mish", F.mish, inplace=False)
+Hardswish = _module("Hardswish", F.hardswish, inplace=False)
 L1Loss = _module("L1Loss", F.l1_loss, reduction="mean")
 SmoothL1Loss = _module("SmoothL1Loss", F.smooth_l1_loss, reduction="mean", beta=1.0)
 HuberLoss = _module("HuberLoss", F.huber_loss, reduction="mean", delta=1.0)

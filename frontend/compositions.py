@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import (_loss_args, _promote, abs, as_tensor, cast, clamp, eq, exp, log, maximum, mean,
-                         minimum, mul, ne, neg, reshape, sigmoid, square, sub, sum, unsqueeze,
-                         where)
+from .functional import (_loss_args, _promote, abs, as_tensor, cast, clamp, eq, erf, exp, log,
+                         maximum, mean, minimum, mul, ne, neg, reshape, sigmoid, square, sub, sum,
+                         tanh, unsqueeze, where)
 from .tracing import Tensor
 
 __all__ = ["leaky_relu", "relu6", "hardtanh", "elu", "softplus", "silu", "logsigmoid",
+           "gelu", "mish", "hardswish",
            "l1_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy",
            "binary_cross_entropy_with_logits"]
 
@@ -56,6 +57,32 @@ def logsigmoid(input) -> Tensor:
     """``log(sigmoid(x)) = -softplus(-x)``, stable for large |x|."""
     x = as_tensor(input)
     return neg(maximum(neg(x), 0.0) + log(exp(neg(abs(x))) + 1))
+
+
+def gelu(input, approximate: str = "none") -> Tensor:
+    """``x Phi(x)``: exactly ``x (1 + erf(x / sqrt 2)) / 2``, or with ``approximate="tanh"``
+    ``x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`` (torch's two forms)."""
+    x = as_tensor(input)
+    if not x.type.is_float:
+        x = cast(x, "float32")
+    if approximate == "none":
+        return x * (erf(x * float(np.sqrt(0.5))) + 1) * 0.5
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * float(np.sqrt(2 / np.pi))
+        return x * (tanh(inner) + 1) * 0.5
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def mish(input) -> Tensor:
+    """``x tanh(softplus(x))``."""
+    x = as_tensor(input)
+    return x * tanh(softplus(x))
+
+
+def hardswish(input) -> Tensor:
+    """``x relu6(x + 3) / 6``: 0 below -3, ``x`` above 3."""
+    x = as_tensor(input)
+    return x * clamp(x + 3, 0.0, 6.0) * (1 / 6)
 
 
 # ---------------------------------------------------------------- losses

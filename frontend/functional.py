@@ -189,6 +189,7 @@ def _unary(op):
 
 neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, abs, sign, square = (_unary(n) for n in (
     "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign", "square"))
+erf = _unary("erf")
 
 
 def where(cond, x, y) -> Tensor:
@@ -763,6 +764,7 @@ _METHODS = {
     "logical_and": logical_and, "logical_or": logical_or, "std": std,
     "true_divide": div,
     "logsumexp": logsumexp,
+    "erf": erf,
 }
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
@@ -823,3 +825,5 @@ from .functional_pool import *  # noqa: E402,F401,F403
 # random numbers and dropout; indexing by integer tensors, embeddings
 from .functional_random import *  # noqa: E402,F401,F403
 from .functional_index import *  # noqa: E402,F401,F403
+# normalization layers and attention (functional_norm.py)
+from .functional_norm import *  # noqa: E402,F401,F403

@@ -38,6 +38,29 @@ def _tup(v, d: int) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------- convolutions
+def _conv_repr(m) -> str:
+    """torch's text for a convolution layer: arguments that differ from the defaults."""
+    d = m.dim
+
+    def tup(v):
+        return v if isinstance(v, str) else _tup(v, d)
+    text = (f"{m.in_channels}, {m.out_channels}, kernel_size={m.kernel_size}, "
+            f"stride={m.stride}")
+    if tup(m.padding) != (0,) * d:
+        text += f", padding={tup(m.padding)}"
+    if m.dilation != (1,) * d:
+        text += f", dilation={m.dilation}"
+    if tup(getattr(m, "output_padding", 0)) != (0,) * d:
+        text += f", output_padding={tup(m.output_padding)}"
+    if m.groups != 1:
+        text += f", groups={m.groups}"
+    if m.bias is None:
+        text += ", bias=False"
+    if getattr(m, "padding_mode", "zeros") != "zeros":
+        text += f", padding_mode={m.padding_mode}"
+    return text
+
+
 class _ConvNd(Module):
     dim = 2
 
@@ -74,8 +97,7 @@ class _ConvNd(Module):
                       dim=self.dim)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+        return _conv_repr(self)
 
 
 class Conv1d(_ConvNd):
@@ -113,6 +135,9 @@ class _ConvTransposeNd(Module):
         return FC.conv_transpose(x, self.weight, self.bias, self.stride, self.padding,
                                 self.output_padding, self.groups, self.dilation,
                                 output_size=output_size, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return _conv_repr(self)
 
 
 class ConvTranspose1d(_ConvTransposeNd):
@@ -192,6 +217,11 @@ class _MaxPoolNd(Module):
         return FP.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation,
                           self.ceil_mode, self.return_indices, dim=self.dim)
 
+    def extra_repr(self) -> str:
+        stride = self.kernel_size if self.stride is None else self.stride
+        return (f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
 
 class MaxPool1d(_MaxPoolNd):
     dim = 1
@@ -218,6 +248,10 @@ class _AvgPoolNd(Module):
     def forward(self, x):
         return FP.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                           self.count_include_pad, self.divisor_override, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        stride = self.kernel_size if self.stride is None else self.stride
+        return f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}"
 
 
 class AvgPool1d(_AvgPoolNd):
@@ -355,7 +389,9 @@ class _BatchNorm(Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm1d(_BatchNorm):
@@ -385,7 +421,7 @@ class Dropout(Module):
         return F.dropout(x, self.p, self.training, generator=self.generator)
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class Embedding(Module):

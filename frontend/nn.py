@@ -59,6 +59,7 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"call Module.__init__() in {type(self).__name__}.__init__ "
                                  f"before assigning {name!r}")
+        _refuse_plain_container(self, name, value)
         for d in (self._parameters, self._modules, self._buffers):
             d.pop(name, None)
         if isinstance(value, Parameter):
@@ -142,14 +143,89 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    # ------------------------------------------------------------ conversions
+    def apply(self, fn) -> "Module":
+        """``fn(m)`` for every submodule, children first, then this module (torch's order)."""
+        for m in self._modules.values():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def to(self, dtype) -> "Module":
+        """Float parameters and buffers converted to ``dtype`` ("float32"/"float64", a numpy
+        dtype or ``torch.float32``/``torch.float64``), in place; integer buffers (batch
+        counts) are left alone. A device ("cpu") changes nothing."""
+        name = str(dtype).removeprefix("torch.")
+        if name in ("cpu", "float", "double"):
+            name = {"cpu": "", "float": "float32", "double": "float64"}[name]
+        if name == "":
+            return self
+        try:
+            dt = np.dtype(name)
+        except TypeError:
+            dt = None
+        if dt is None or dt.kind != "f" or dt.itemsize not in (4, 8):
+            raise TypeError(f"Module.to: expected float32 or float64 (or 'cpu'), got {dtype!r}")
+        for _, p in self.named_parameters(buffers=True):
+            if p.data.dtype.kind == "f":
+                p.data = np.ascontiguousarray(p.data, dtype=dt)
+        return self
+
+    def double(self) -> "Module":
+        return self.to("float64")
+
+    def float(self) -> "Module":
+        return self.to("float32")
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Marks every parameter (not the buffers) trainable or frozen."""
+        buffers = {id(b) for m in self.modules() for b in m._buffers.values()}
+        for p in self.parameters():
+            if id(p) not in buffers:
+                p.requires_grad = requires_grad
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing to do, accepted for PyTorch code: gradients are outputs of compiled
+        functions (``grad``, ``value_and_grad``, ``compile_train``'s step), never accumulated
+        into parameters, so no step sees an earlier step's gradient."""
+
+    # ------------------------------------------------------------ printing (torch's format)
     def extra_repr(self) -> str:
         return ""
 
     def __repr__(self) -> str:
-        lines = [f"{type(self).__name__}({self.extra_repr()}"]
-        for name, m in self._modules.items():
-            lines.append(f"  ({name}): " + repr(m).replace("\n", "\n  "))
-        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+        extra = self.extra_repr()
+        lines = extra.split("\n") if extra else []
+        children = [f"({name}): " + _indent(repr(m)) for name, m in self._modules.items()]
+        if len(lines) == 1 and not children:
+            return f"{type(self).__name__}({lines[0]})"
+        if not lines and not children:
+            return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines + children) + "\n)"
+
+
+def _indent(text: str) -> str:
+    return text.replace("\n", "\n  ")
+
+
+def _refuse_plain_container(owner: Module, name: str, value) -> None:
+    """A list, tuple or dict holding modules or parameters is not registered (its weights
+    would be traced but left out of ``parameters()`` and ``state_dict()``): refuse it."""
+    if isinstance(value, (ModuleList, ModuleDict, ParameterList)) or \
+            not isinstance(value, (list, tuple, dict)):
+        return
+    items = value.values() if isinstance(value, dict) else value
+    kinds = {type(v) for v in items if isinstance(v, (Module, Parameter))}
+    if not kinds:
+        return
+    holder = "nn.ModuleDict" if isinstance(value, dict) else "nn.ModuleList"
+    if all(issubclass(k, Parameter) for k in kinds):
+        holder = "nn.ParameterList"
+    raise TypeError(f"{type(owner).__name__}.{name}: a plain {type(value).__name__} of "
+                    f"{'modules' if holder != 'nn.ParameterList' else 'parameters'} is not "
+                    f"registered, so its weights would be missing from parameters() and "
+                    f"state_dict(); use {holder}(...) instead")
 
 
 class Linear(Module):
@@ -168,7 +244,8 @@ class Linear(Module):
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
 
 
 class Sequential(Module):
@@ -195,12 +272,194 @@ class Sequential(Module):
         return x
 
 
+class ModuleList(Module):
+    """Modules held in a list, registered as ``"0"``, ``"1"``, ... (torch.nn.ModuleList)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def _check(self, m):
+        if not isinstance(m, Module):
+            raise TypeError(f"{type(self).__name__} holds modules, got {type(m).__name__}")
+        return m
+
+    def _index(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range for a {type(self).__name__} of "
+                             f"length {n}")
+        return i % n
+
+    def __getitem__(self, i):
+        items = list(self._modules.values())
+        if isinstance(i, slice):
+            return type(self)(items[i])
+        return items[self._index(i)]
+
+    def __setitem__(self, i: int, m) -> None:
+        self._modules[str(self._index(i))] = self._check(m)
+
+    def __delitem__(self, i) -> None:
+        items = list(self._modules.values())
+        del items[i if isinstance(i, slice) else self._index(i)]
+        self._modules.clear()
+        for k, m in enumerate(items):
+            self._modules[str(k)] = m
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def append(self, m) -> "ModuleList":
+        self._modules[str(len(self))] = self._check(m)
+        return self
+
+    def extend(self, modules) -> "ModuleList":
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index: int, m) -> None:
+        items = list(self._modules.values())
+        items.insert(index, self._check(m))
+        self._modules.clear()
+        for k, x in enumerate(items):
+            self._modules[str(k)] = x
+
+    def forward(self, *args):
+        raise NotImplementedError("ModuleList has no forward(): iterate over it")
+
+    def __repr__(self) -> str:
+        """torch's form: runs of equal consecutive entries print once as ``(i-j): n x ...``."""
+        reps = [repr(m) for m in self]
+        if not reps:
+            return f"{type(self).__name__}()"
+        lines, start = [], 0
+        for k in range(1, len(reps) + 1):
+            if k == len(reps) or reps[k] != reps[start]:
+                label = f"({start})" if k - start == 1 else \
+                    f"({start}-{k - 1}): {k - start} x"
+                lines.append(_indent(f"{label}{':' if k - start == 1 else ''} {reps[start]}"))
+                start = k
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+class ModuleDict(Module):
+    """Modules held by name (torch.nn.ModuleDict), in insertion order."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __setitem__(self, key: str, m) -> None:
+        if not isinstance(m, Module):
+            raise TypeError(f"ModuleDict holds modules, got {type(m).__name__} for {key!r}")
+        setattr(self, key, m)
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[key]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules))
+
+    def __contains__(self, key) -> bool:
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def pop(self, key: str) -> Module:
+        return self._modules.pop(key)
+
+    def clear(self) -> None:
+        self._modules.clear()
+
+    def update(self, modules) -> None:
+        pairs = modules.items() if hasattr(modules, "items") else modules
+        for k, m in pairs:
+            self[k] = m
+
+    def forward(self, *args):
+        raise NotImplementedError("ModuleDict has no forward(): index it by name")
+
+
+class ParameterList(Module):
+    """Parameters held in a list, registered as ``"0"``, ``"1"``, ... (torch's
+    ParameterList); numpy arrays become Parameters."""
+
+    def __init__(self, values=None):
+        super().__init__()
+        for v in values or ():
+            self.append(v)
+
+    def append(self, value) -> "ParameterList":
+        p = value if isinstance(value, Parameter) else Parameter(value)
+        self._parameters[str(len(self))] = p
+        return self
+
+    def extend(self, values) -> "ParameterList":
+        for v in values:
+            self.append(v)
+        return self
+
+    def __getitem__(self, i: int) -> Parameter:
+        return list(self._parameters.values())[i]
+
+    def __setitem__(self, i: int, value) -> None:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range for a ParameterList of length {n}")
+        self._parameters[str(i % n)] = value if isinstance(value, Parameter) else \
+            Parameter(value)
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(list(self._parameters.values()))
+
+    def forward(self, *args):
+        raise NotImplementedError("ParameterList has no forward(): index it")
+
+    def extra_repr(self) -> str:
+        return "\n".join(f"  ({k}): Parameter containing: [{_torch_dtype(p.data)} of size "
+                         f"{'x'.join(map(str, p.data.shape))}]"
+                         for k, p in self._parameters.items())
+
+
+def _torch_dtype(a: np.ndarray) -> str:
+    return f"torch.{a.dtype.name}"
+
+
 def _activation(name: str, fn):
     def __init__(self, inplace: bool = False):
         """``inplace`` is accepted for PyTorch compatibility; traced code is functional."""
         Module.__init__(self)
+        self.inplace = inplace
     cls = type(name, (Module,), {"__init__": __init__, "forward": lambda self, x: fn(x),
-                                 "__doc__": f"Module form of ``F.{fn.__name__}``."})
+                                 "__doc__": f"Module form of ``F.{fn.__name__}``.",
+                                 "extra_repr": lambda self: "inplace=True" if self.inplace
+                                 else ""})
     return cls
 
 
@@ -217,6 +476,9 @@ class Softmax(Module):
     def forward(self, x):
         return F.softmax(x, self.dim)
 
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
 
 class LogSoftmax(Softmax):
     def forward(self, x):
@@ -230,6 +492,9 @@ class Flatten(Module):
 
     def forward(self, x):
         return F.flatten(x, self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class Identity(Module):
@@ -279,3 +544,7 @@ from .layers import *  # noqa: E402,F401,F403
 
 # activations and losses composed of core ops (frontend/composite_modules.py)
 from .composite_modules import *  # noqa: E402,F401,F403
+
+# normalization layers, attention and transformer layers (layers_norm.py, attention.py)
+from .layers_norm import *  # noqa: E402,F401,F403
+from .attention import *  # noqa: E402,F401,F403
