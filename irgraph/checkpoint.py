@@ -156,14 +156,25 @@ def _write_data(dfd: int, role: str, writer) -> dict:
     return {"name": name, "sha256": digest, "bytes": size}
 
 
+# dtypes that .npy cannot describe, stored as their raw bits: the manifest keeps the dtype
+STORED_AS = {"bfloat16": "uint16"}
+
+
+def _stored_dtype(dtype: str) -> np.dtype:
+    """The dtype of the .npy member holding an array of ``dtype``."""
+    return np.dtype(STORED_AS.get(dtype, dtype))
+
+
 def _write_npz(f, arrays: dict[str, np.ndarray]) -> None:
     """An uncompressed zip of ``<name>.npy`` members (what ``np.load`` reads), with fixed
-    timestamps so that equal contents give equal bytes."""
+    timestamps so that equal contents give equal bytes. A bfloat16 array is stored as its
+    16-bit words (uint16); the manifest says bfloat16."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, a in arrays.items():
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as m:
-                np.lib.format.write_array(m, a, allow_pickle=False)
+                np.lib.format.write_array(m, a.view(_stored_dtype(a.dtype.name)),
+                                          allow_pickle=False)
 
 
 def _remove_stale(dfd: int, keep: set[str]) -> None:
@@ -370,7 +381,7 @@ class CheckpointReader:
             read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                     else np.lib.format.read_array_header_2_0)
             hshape, fortran, hdtype = read(m, max_header_size=MAX_NPY_HEADER)
-            if hdtype != np.dtype(dtype) or hdtype.hasobject or tuple(hshape) != shape:
+            if hdtype != _stored_dtype(dtype) or hdtype.hasobject or tuple(hshape) != shape:
                 raise self.error(fname, f"{where} holds {hdtype}{list(hshape)}, the manifest "
                                         f"declares {dtype}{list(shape)}")
             need = _nbytes(dtype, shape)

@@ -8,19 +8,31 @@ import math
 import operator
 from dataclasses import dataclass
 
+import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" dtype)
 import numpy as np
 
 # dtype name -> short name used in the text format
 DTYPES: dict[str, str] = {
     "float32": "f32",
     "float64": "f64",
+    "float16": "f16",
+    "bfloat16": "bf16",
     "int32": "i32",
     "int64": "i64",
     "bool": "bool",
 }
 SHORT_TO_DTYPE: dict[str, str] = {v: k for k, v in DTYPES.items()}
 ITEMSIZE: dict[str, int] = {k: np.dtype(k).itemsize for k in DTYPES}
-FLOAT_DTYPES = ("float32", "float64")
+FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
+# 16-bit floats: stored in 16 bits, computed in float32 (each op's result rounded to nearest
+# even once, on store, as PyTorch does); reductions, matmul and convolution accumulate in
+# float32. docs/low_precision.md
+LOW_DTYPES = ("float16", "bfloat16")
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype an op on ``dtype`` computes in: float32 for the 16-bit floats."""
+    return "float32" if dtype in LOW_DTYPES else dtype
 INT_DTYPES = ("int32", "int64")
 
 # Bounds on every TensorType (so on every path that builds one: the parser, the builder's type
@@ -37,7 +49,10 @@ def canonical_dtype(dtype) -> str:
         return SHORT_TO_DTYPE[dtype]
     if isinstance(dtype, str) and dtype in DTYPES:
         return dtype
-    name = np.dtype(dtype).name
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
     if name not in DTYPES:
         raise TypeError(f"unsupported dtype {dtype!r}; irgraph supports {sorted(DTYPES)}")
     return name

@@ -30,11 +30,43 @@ def _empty_results_first(op):
     op.kernel = run
 
 
+def _low_precision(op):
+    """Wrap ``op``'s kernel for the 16-bit floats (float16, bfloat16), as PyTorch computes
+    them: 16-bit inputs are widened to float32 (exact), the kernel computes in float32, and
+    each result of a 16-bit type is rounded to it once, to nearest even. Ops with a subgraph
+    run their body's nodes, each wrapped alike, so they are left alone."""
+    import functools
+
+    import numpy as np
+
+    from ..types import LOW_DTYPES, TensorType
+    kernel = op.kernel
+    low = tuple(np.dtype(d) for d in LOW_DTYPES)
+
+    @functools.wraps(kernel)
+    def run(*arrays, **attrs):
+        arrays = [np.asarray(a) if isinstance(a, np.generic) else a for a in arrays]
+        if not (any(getattr(a, "dtype", None) in low for a in arrays)
+                or any(isinstance(v, str) and v in LOW_DTYPES for v in attrs.values())):
+            return kernel(*arrays, **attrs)
+        types = op.infer([TensorType.of(np.asarray(a)) for a in arrays], attrs)
+        wide = [a.astype(np.float32) if getattr(a, "dtype", None) in low else a for a in arrays]
+        res = kernel(*wide, **attrs)
+        outs = list(res) if isinstance(res, (tuple, list)) else [res]
+        outs = [np.asarray(r).astype(t.np_dtype) if t.dtype in LOW_DTYPES else r
+                for r, t in zip(outs, types)]
+        return tuple(outs) if isinstance(res, (tuple, list)) else outs[0]
+    run.low_precision = True
+    op.kernel = run
+
+
 def _wrap_all():
     from ..registry import all_ops
     for _op in all_ops().values():
         if not getattr(_op.kernel, "empty_results_first", False):
             _empty_results_first(_op)
+        if not _op.has_subgraph and not getattr(_op.kernel, "low_precision", False):
+            _low_precision(_op)
 
 
 _wrap_all()

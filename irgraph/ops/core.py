@@ -8,7 +8,7 @@ import numpy as np
 
 from ..registry import (Attr, Cost, IRError, a_any, a_array, a_bool, a_choice, a_dtype, a_float,
                         a_int, a_ints, a_optional, elementwise_cost, register_op)
-from ..types import TensorType
+from ..types import FLOAT_DTYPES, TensorType
 
 # ---------------------------------------------------------------- sources
 
@@ -33,7 +33,7 @@ def full(*, shape, value, dtype):
 
 @full.type_rule
 def _(*, shape, value, dtype):
-    if dtype not in ("float32", "float64") and not np.isfinite(value):
+    if dtype not in FLOAT_DTYPES and not np.isfinite(value):
         raise ValueError(f"{value} cannot be stored as {dtype}")
     return TensorType(shape, dtype)
 
