@@ -5,10 +5,12 @@ from . import init, optim
 from . import rnn
 from .autodiff import GradFunction, grad, value_and_grad
 from .compiler import CompiledFunction, compile, trace
+from .eager import tensor
+from .jit import JitFunction, jit
 from .random import manual_seed
 from .tracing import Tensor, TensorSpec
 from .train import TrainStepFunction, compile_train
 
 __all__ = ["F", "nn", "compile", "trace", "CompiledFunction", "manual_seed", "Tensor",
            "TensorSpec", "grad", "value_and_grad", "GradFunction", "init", "optim", "compile_train",
-           "TrainStepFunction", "rnn"]
+           "TrainStepFunction", "rnn", "jit", "JitFunction", "tensor"]

@@ -124,6 +124,10 @@ def check_aux_structure(structure, name: str) -> None:
 def _build(fn: Callable | Module, specs: Sequence[TensorSpec], wrt: Wrt, has_aux: bool,
            with_value: bool, model: Module | None, backend: str, pipeline, name: str | None,
            options: dict) -> GradFunction:
+    if not specs:       # shapes from the arrays of each call (frontend.jit's table)
+        from .jit import JitFunction
+        return JitFunction(fn, lambda f, sp: _build(f, sp, wrt, has_aux, with_value, model,
+                                                    backend, pipeline, name, options))
     graph, tracer, structure = trace_with(fn, specs, name, _param_names(fn, model))
     n_user = len(graph.outputs) - len(graph.donations)
     if has_aux:
@@ -144,6 +148,8 @@ def grad(fn: Callable | Module, *specs: TensorSpec, wrt: Wrt = None, has_aux: bo
          model: Module | None = None, backend: str = "reference", pipeline=None,
          name: str | None = None, **options) -> GradFunction:
     """Compile the gradient of ``fn`` (returning a float scalar) over inputs ``specs``.
+    Without specs, ``grad(fn)(*arrays)`` compiles for the arrays' shapes and dtypes at each
+    new signature (``frontend.jit``; numpy arrays or eager tensors).
 
     ``model`` names the parameters of a module that ``fn`` calls (as in its state_dict)."""
     return _build(fn, specs, wrt, has_aux, False, model, backend, pipeline, name, options)

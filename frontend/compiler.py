@@ -56,12 +56,20 @@ class CompiledFunction:
 
 
 def compile(fn: Callable | Module, *specs: TensorSpec, backend: str = "reference",
-            pipeline=None, name: str | None = None, **options) -> CompiledFunction:
-    """Trace ``fn`` over ``specs``, run the pass pipeline, compile with ``backend``."""
+            pipeline=None, name: str | None = None, dynamic_batch: bool = False,
+            **options) -> CompiledFunction:
+    """Trace ``fn`` over ``specs``, run the pass pipeline, compile with ``backend``.
+
+    ``dynamic_batch``: the result takes any number of rows (the leading axis of every input
+    and output), padding up to the specs' batch size (frontend/jit.py)."""
     graph, tracer, structure = trace_with(fn, specs, name, _param_names(fn))
+    if dynamic_batch:
+        from .jit import DynamicBatchFunction, check_dynamic_batch
+        check_dynamic_batch(graph)          # before the compile it would waste
     optimized = run_pipeline(graph, pipeline, "inference")
     exe = backends.compile(optimized, backend, **options)
-    return CompiledFunction(optimized, tracer.params, structure, exe, graph)
+    compiled = CompiledFunction(optimized, tracer.params, structure, exe, graph)
+    return DynamicBatchFunction(compiled) if dynamic_batch else compiled
 
 
 def run_pipeline(graph: Graph, pipeline, kind: str) -> Graph:

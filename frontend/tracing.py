@@ -73,8 +73,12 @@ class Tracer:
         name = self.param_value(p).name
         self.state_updates[name] = new.value
 
+    eager = False     # frontend.eager.EagerTracer runs ops instead of recording them
+
     def emit(self, op: str, *inputs: "Tensor", **attrs):
-        values = [t.value for t in inputs]
+        # an eager tensor (computed outside any trace) enters a trace as a constant
+        values = [self.emit("constant", value=t.value.data).value if t.tracer.eager
+                  else t.value for t in inputs]
         outs = self.graph.add_node(op, values, attrs, user_location())
         res = tuple(Tensor(v, self) for v in outs)
         return res[0] if len(res) == 1 else res
@@ -93,10 +97,12 @@ _CURRENT: contextvars.ContextVar[Tracer | None] = contextvars.ContextVar("irgrap
 
 
 def current_tracer() -> Tracer:
+    """The trace being recorded; outside any trace, the eager tracer (frontend/eager.py),
+    which runs each op at once with the registry's kernels."""
     tr = _CURRENT.get()
     if tr is None:
-        raise RuntimeError("this needs a traced tensor: call it inside a function given to "
-                           "frontend.trace or frontend.compile")
+        from .eager import eager_tracer
+        return eager_tracer()
     return tr
 
 
@@ -144,9 +150,14 @@ class Tensor:
         return self.shape[0]
 
     def __repr__(self) -> str:
+        if self.tracer.eager:
+            from .eager import format_tensor
+            return format_tensor(self.value.data)
         return f"Tensor(%{self.value.name}: {self.type})"
 
     def __bool__(self):
+        if self.tracer.eager:
+            return bool(self.value.data)
         loc = user_location()
         raise TypeError(f"{loc + ': ' if loc else ''}a traced tensor has no truth value while "
                         f"tracing: data-dependent Python control flow (if/while on a tensor) "
@@ -155,30 +166,41 @@ class Tensor:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def _no_data(self, what: str):
+    def _data(self, what: str) -> np.ndarray:
+        """The values of an eager tensor; a traced tensor has none (TypeError)."""
+        if self.tracer.eager:
+            return self.value.data
         raise TypeError(f"{what} needs the tensor's data, which does not exist while tracing "
                         f"(%{self.value.name}: {self.type}); compute it in the graph instead")
 
     def __float__(self):
-        self._no_data("float()")
+        return float(self._data("float()"))
 
     def __int__(self):
-        self._no_data("int()")
+        return int(self._data("int()"))
 
     def __index__(self):
-        self._no_data("using a traced tensor as an index or size")
+        data = self._data("using a traced tensor as an index or size")
+        if data.ndim or data.dtype.kind not in "iu":
+            raise TypeError(f"only a 0-d integer tensor can be an index, not {self.type}")
+        return int(data)
 
-    def __array__(self, *args, **kwargs):
-        self._no_data("converting to a numpy array")
+    def __array__(self, dtype=None, copy=None):
+        data = self._data("converting to a numpy array")
+        return np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype)
 
     def item(self):
-        self._no_data(".item()")
+        data = self._data(".item()")
+        if data.size != 1:
+            raise ValueError(f"item(): the tensor has {data.size} elements ({self.type}), "
+                             f"not one")
+        return data.item()
 
-    def numpy(self):
-        self._no_data(".numpy()")
+    def numpy(self) -> np.ndarray:
+        return self._data(".numpy()")
 
     def tolist(self):
-        self._no_data(".tolist()")
+        return self._data(".tolist()").tolist()
 
     # operators and methods are attached in functional.py, next to the functions they call
 
@@ -209,6 +231,8 @@ def trace_with(fn: Callable, specs, name: str | None = None,
         if not isinstance(leaf, Tensor):
             raise TypeError(f"traced function returned {type(leaf).__name__}; it must return "
                             f"tensors (or tuples/lists/dicts of them)")
+        if leaf.tracer.eager:           # computed outside the trace: a constant
+            leaf = tracer.emit("constant", value=leaf.value.data)
         if leaf.tracer is not tracer:
             raise ValueError("traced function returned a tensor from another trace")
         outs.append(leaf.value)

@@ -153,7 +153,8 @@ class TrainStepFunction:
 def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer: Optimizer,
                   *specs: TensorSpec, backend: str = "reference", pipeline=None,
                   n_model_inputs: int | None = None, name: str | None = None,
-                  has_aux: bool = False, **options) -> TrainStepFunction:
+                  has_aux: bool = False, dynamic_batch: bool = False,
+                  **options) -> TrainStepFunction:
     """Compile forward + loss + gradients + optimizer update into one step.
 
     The batch is ``specs``: the first ``n_model_inputs`` (default: all but the last) go to
@@ -161,7 +162,14 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
     itself returns the loss. ``has_aux``: that loss is ``(loss, aux)`` and the step returns
     both (see the module docstring). Second-order optimizers (``optimizer.host_side``) get a step
     that drives compiled loss/gradient/Hessian-vector graphs from the host.
+    ``dynamic_batch``: the step takes any batch of up to the specs' batch size, exactly
+    (padded rows masked out of the loss; frontend/jit.py).
     """
+    if dynamic_batch:
+        from .jit import compile_train_dynamic
+        return compile_train_dynamic(compile_train, model, loss_fn, optimizer, specs,
+                                     n_model_inputs, backend=backend, pipeline=pipeline,
+                                     name=name, has_aux=has_aux, **options)
     if not isinstance(optimizer, Optimizer) and not getattr(optimizer, "host_side", False):
         raise TypeError(f"optimizer must be a frontend.optim optimizer, got "
                         f"{type(optimizer).__name__}")
