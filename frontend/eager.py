@@ -107,7 +107,11 @@ _DEFAULT_DTYPES = ("float32", "int64", "bool")
 
 def format_tensor(data: np.ndarray) -> str:
     """``tensor([...])`` as torch prints it; the dtype is named when it is not a default."""
+    finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+    whole = data.dtype.kind != "f" or bool(np.all(finite == np.round(finite)) and
+                                           np.all(np.abs(finite) < 1e8))
+    # torch's style: four decimals, "1." when every value is a whole number
     body = np.array2string(data, separator=", ", prefix="tensor(", threshold=1000,
-                           edgeitems=3, precision=4, floatmode="maxprec_equal")
+                           edgeitems=3, precision=4, floatmode="maxprec" if whole else "fixed")
     dt = data.dtype.name
     return f"tensor({body})" if dt in _DEFAULT_DTYPES else f"tensor({body}, dtype={dt})"
