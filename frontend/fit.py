@@ -8,7 +8,8 @@
 Progress: a tqdm bar per epoch (loss, examples/s) when tqdm is installed and ``out`` is a
 terminal, else one plain line per epoch. ``per_shape(make_step)`` compiles one step per
 batch shape (a partial last batch gets its own) and says so when a compile takes over a
-second. A loss that is not finite ends training (``history.stop_reason`` says why).
+second (``compile_train(..., dynamic_batch=True)`` gives one step for every batch size up
+to its own). A loss that is not finite ends training (``history.stop_reason`` says why).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import math
 import sys
 import time
 from typing import Callable, Iterable, Sequence
+
+from .jit import SpecializationCache
 
 
 class History:
@@ -90,22 +93,34 @@ def _say(out, text: str) -> None:
 
 class per_shape:
     """A step that compiles ``make_step(batch_size)`` once per leading batch size (so that
-    a partial last batch runs too); compiles over a second are reported on ``out``."""
+    a partial last batch runs too); compiles over a second are reported on ``out``. The
+    steps sit in ``frontend.jit``'s bounded table (``maxsize``, ``warn_after``, counts in
+    ``cache_info()``). One step for every size: ``compile_train(..., dynamic_batch=True)``."""
 
-    def __init__(self, make_step: Callable[[int], Callable], out=None):
+    def __init__(self, make_step: Callable[[int], Callable], out=None, maxsize: int = 32,
+                 warn_after: int | None = None):
         self.make_step, self.out = make_step, out
-        self.steps: dict[int, Callable] = {}
+        self.cache = SpecializationCache(maxsize, warn_after, "the per-shape training step")
+
+    @property
+    def steps(self) -> dict[int, Callable]:
+        """Batch size -> its compiled step (the table's current entries)."""
+        return dict(self.cache.table)
+
+    def cache_info(self):
+        return self.cache.info()
+
+    def _make(self, n: int) -> Callable:
+        t0 = time.perf_counter()
+        step = self.make_step(n)
+        dt = time.perf_counter() - t0
+        if dt > 1.0:
+            _say(self.out or sys.stderr, f"compiled the step for batches of {n} in {dt:.1f} s")
+        return step
 
     def __call__(self, *batch):
         n = len(batch[0])
-        if n not in self.steps:
-            t0 = time.perf_counter()
-            self.steps[n] = self.make_step(n)
-            dt = time.perf_counter() - t0
-            if dt > 1.0:
-                _say(self.out or sys.stderr, f"compiled the step for batches of {n} in "
-                                             f"{dt:.1f} s")
-        return self.steps[n](*batch)
+        return self.cache.get(n, lambda: self._make(n), lambda: f"batches of {n}")(*batch)
 
 
 def _bar(total: int, desc: str, out, progress):

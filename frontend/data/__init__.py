@@ -6,7 +6,9 @@
 
 Compiled steps have static shapes. With ``drop_last=False`` (the default, as PyTorch) the
 last batch of an epoch may be smaller than ``batch_size``; give such a loader a step that
-compiles once per batch shape (``frontend.fit.per_shape``), or pass ``drop_last=True``.
+compiles once per batch shape (``frontend.fit.per_shape``), a step compiled with
+``compile_train(..., dynamic_batch=True)`` (one compile, the partial batch padded and
+masked), or pass ``drop_last=True``.
 """
 from __future__ import annotations
 
