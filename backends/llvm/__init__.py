@@ -86,7 +86,8 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
     if verbose:
         print(msg)
     return LLVMExecutable(graph, p, obj, threads=threads, opt=opt, cache_key=key,
-                          cache_hit=hit, features=features)
+                          cache_hit=hit, features=features,
+                          adaptive=not options.get("threads"))
 
 
 __all__ = ["compile", "clear_cache", "cache_dir", "LLVMExecutable", "NativeError", "LOWERINGS",

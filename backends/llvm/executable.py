@@ -18,6 +18,7 @@ from ..base import (Executable, check_out_buffers, fork_safe_locks, raise_as_ref
                     validate_args)
 from . import jit
 from .lowering import ERROR_MESSAGES
+from .workers import ThreadChoice, run_entry
 from .module import ENTRY, Plan, _all_nodes, build_module
 
 # The generated code found bad data (an out-of-range class index, ...): the error every
@@ -60,10 +61,13 @@ class LLVMExecutable(Executable):
     backend = "llvm"
 
     def __init__(self, graph: Graph, plan: Plan, obj: bytes, *, threads: int, opt: int,
-                 cache_key: str, cache_hit: bool, features: str):
+                 cache_key: str, cache_hit: bool, features: str,
+                 adaptive: bool = False):
         super().__init__(graph)
         self.plan = plan
         self.threads = threads
+        # default thread count: 1 or all, whichever runs faster now (workers.ThreadChoice)
+        self.thread_choice = ThreadChoice(threads) if adaptive and threads > 1 else None
         self.opt = opt
         self.cache_key = cache_key
         self.cache_hit = cache_hit
@@ -176,8 +180,7 @@ class LLVMExecutable(Executable):
         if n == 1:
             fn(table, 0, 1)
             return
-        from .workers import workers
-        workers().run(ctypes.cast(fn, ctypes.c_void_p).value, table, n)
+        run_entry(fn, table, n, self.thread_choice)
 
     def _raise(self, code: int, node_index: int, args) -> None:
         """The native code found bad data in a run on ``args`` (the caller's arrays, still

@@ -23,6 +23,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 from llvmlite import ir
@@ -30,11 +31,18 @@ from llvmlite import ir
 from ..base import fork_safe_locks
 from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 
-SPIN = 1 << 12            # pause iterations before sleeping (~0.1-0.2 ms)
+WORKER_SPIN_NS = 100_000   # a worker spins this long after a run before it sleeps
+JOIN_SPIN_NS = 50_000      # thread 0 spins this long for a worker to finish, then sleeps
+BARRIER_SPIN_NS = 30_000   # a thread early at a barrier spins this long, then sleeps
+SLEEP_CAP_NS = 1_000_000   # a futex sleep wakes after this at the latest (re-checks)
+CLOCK_EVERY = 64           # spin rounds between two clock readings
 FUTEX_WAIT, FUTEX_WAKE = 128, 129       # the _PRIVATE variants
 SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
-SLOT = 8
-POLL_US = 200             # where there is no futex, a sleeping worker looks this often
+CLOCK_MONOTONIC = {"linux": 1, "darwin": 6, "apple": 6}
+SLOT = 16
+POLL_US = 200             # where there is no futex, a sleeping thread looks this often
+LOW32 = 0xFFFFFFFF
+SLEEPER = 1 << 32         # barrier generation word: bit 32 says someone sleeps on it
 
 
 def _futex_number(triple: str) -> int | None:
@@ -43,27 +51,111 @@ def _futex_number(triple: str) -> int | None:
     return next((n for arch, n in SYS_FUTEX.items() if triple.startswith(arch)), None)
 
 
+class _Native:
+    """Helpers emitting the waiting primitives into a module: the wall clock, futex wait and
+    wake (a poll elsewhere than Linux) and a spin-then-sleep loop."""
+
+    def __init__(self, m: ir.Module):
+        self.m = m
+        triple = m.triple or ""
+        self.nr = _futex_number(triple)
+        self.clock_id = next((v for k, v in CLOCK_MONOTONIC.items() if k in triple), 1)
+        ts = ir.LiteralStructType([I64, I64])
+        self.ts_t = ts
+        self.clock = _extern(m, "clock_gettime", I32, [I32, ir.PointerType(ts)])
+        self.syscall = _extern(m, "syscall", I64, [I64], var_arg=True)
+        self.usleep = _extern(m, "usleep", I32, [I32])
+
+    def now_ns(self, b: ir.IRBuilder, ts) -> ir.Value:
+        b.call(self.clock, [ir.Constant(I32, self.clock_id), ts])
+        sec = b.load(b.gep(ts, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+        nsec = b.load(b.gep(ts, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
+        return b.add(b.mul(sec, i64(1_000_000_000)), nsec)
+
+    def wait(self, b: ir.IRBuilder, word, expected, cap) -> None:
+        """Sleep while the low 32 bits of ``*word`` equal ``expected`` (at most ``cap``, a
+        timespec*): futex on Linux, a short poll elsewhere."""
+        if self.nr is None:
+            b.call(self.usleep, [ir.Constant(I32, POLL_US)])
+            return
+        b.call(self.syscall, [i64(self.nr), b.bitcast(word, PTR), i64(FUTEX_WAIT),
+                              b.and_(expected, i64(LOW32)), b.bitcast(cap, PTR)])
+
+    def wake(self, b: ir.IRBuilder, word) -> None:
+        if self.nr is not None:
+            b.call(self.syscall, [i64(self.nr), b.bitcast(word, PTR), i64(FUTEX_WAKE),
+                                  i64(0x7FFFFFFF), ir.Constant(PTR, None)])
+
+    def spin_then_sleep(self, fn: ir.Function, b: ir.IRBuilder, ready, budget_ns: int,
+                        sleep) -> None:
+        """Emit: spin (``pause``) until ``ready(b)`` (an i1) holds; after ``budget_ns`` of
+        wall-clock time (read every ``CLOCK_EVERY`` rounds), call ``sleep(b)`` between two
+        tests instead. ``b`` ends positioned after the loop."""
+        ts, k, t0 = _allocas(fn, b, [self.ts_t, I64, I64])
+        b.store(i64(0), k)
+        b.store(i64(-1), t0)
+        test = fn.append_basic_block("w.test")
+        spin = fn.append_basic_block("w.spin")
+        clock = fn.append_basic_block("w.clock")
+        slp = fn.append_basic_block("w.sleep")
+        done = fn.append_basic_block("w.done")
+        b.branch(test)
+        b.position_at_end(test)
+        b.cbranch(ready(b), done, spin)
+        b.position_at_end(spin)
+        n = b.add(b.load(k), i64(1))
+        b.store(n, k)
+        cpu_relax(b, self.m)
+        b.cbranch(b.icmp_signed("==", b.and_(n, i64(CLOCK_EVERY - 1)), i64(0)), clock, test)
+        b.position_at_end(clock)
+        now = self.now_ns(b, ts)
+        first = b.icmp_signed("<", b.load(t0), i64(0))
+        with b.if_then(first):
+            b.store(now, t0)
+        late = b.icmp_signed(">", b.sub(now, b.load(t0)), i64(budget_ns))
+        b.cbranch(late, slp, test)
+        b.position_at_end(slp)
+        sleep(b)
+        b.cbranch(ready(b), done, slp)
+        b.position_at_end(done)
+
+    def cap(self, fn: ir.Function, b: ir.IRBuilder):
+        """A timespec of ``SLEEP_CAP_NS`` (stored where ``b`` is)."""
+        (cap,) = _allocas(fn, b, [self.ts_t])
+        b.store(ir.Constant(self.ts_t, [i64(SLEEP_CAP_NS // 10**9),
+                                        i64(SLEEP_CAP_NS % 10**9)]), cap)
+        return cap
+
+
+def _allocas(fn: ir.Function, b: ir.IRBuilder, types) -> list:
+    """Stack slots at the start of ``fn``'s entry block; ``b`` stays at the end of its block
+    (llvmlite builders anchor by index, so ``b`` is positioned again)."""
+    entry = fn.entry_basic_block
+    eb = ir.IRBuilder(entry)
+    eb.position_at_start(entry)
+    slots = [eb.alloca(t) for t in types]
+    b.position_at_end(b.block)
+    return slots
+
+
+def _extern(m: ir.Module, name: str, ret, args, var_arg: bool = False) -> ir.Function:
+    fn = m.globals.get(name)
+    return fn if fn is not None else ir.Function(
+        m, ir.FunctionType(ret, args, var_arg=var_arg), name)
+
+
 def workers_module(triple: str) -> ir.Module:
+    """Slot words (i64[SLOT]): [0] generation (bumped to post work)  [1] generation done
+    [2] entry  [3] args table  [4] tid  [5] nthreads  [6] stop  [7] worker sleeping
+    [8] caller sleeping on [1]."""
     m = ir.Module(name="irgraph_workers")
     m.triple = triple
+    nat = _Native(m)
     slotp = ir.PointerType(I64)
     entry_t = ir.FunctionType(VOID, [PTR, I64, I64])
-    syscall = ir.Function(m, ir.FunctionType(I64, [I64], var_arg=True), "syscall")
-    usleep = ir.Function(m, ir.FunctionType(I32, [I32]), "usleep")
-    nr = _futex_number(triple)
 
     def at(b, slot, k):
         return b.gep(slot, [i64(k)])
-
-    def relax(b):
-        cpu_relax(b, m)
-
-    def futex(b, slot, op, val):
-        if nr is None:              # no futex (not Linux): poll every POLL_US instead
-            if op == FUTEX_WAIT:
-                b.call(usleep, [ir.Constant(I32, POLL_US)])
-            return
-        b.call(syscall, [i64(nr), b.bitcast(slot, PTR), i64(op), val, ir.Constant(PTR, None)])
 
     # ---- post(slot, entry, table, tid, n) -> the generation posted
     post = ir.Function(m, ir.FunctionType(I64, [slotp, I64, I64, I64, I64]), "irgraph_post")
@@ -74,21 +166,26 @@ def workers_module(triple: str) -> ir.Module:
     gen = b.add(b.atomic_rmw("add", at(b, slot, 0), i64(1), "seq_cst"), i64(1))
     asleep = b.load_atomic(at(b, slot, 7), "seq_cst", 8)
     with b.if_then(b.icmp_signed("!=", asleep, i64(0))):
-        futex(b, slot, FUTEX_WAKE, i64(1))
+        nat.wake(b, at(b, slot, 0))
     b.ret(gen)
 
-    # ---- wait(slot, gen): until the worker has finished generation gen
+    # ---- wait(slot, gen): until the worker has finished generation gen (spin, then sleep
+    # on the done word: a descheduled worker gets the core back)
     wait = ir.Function(m, ir.FunctionType(VOID, [slotp, I64]), "irgraph_wait")
     slot, gen = wait.args
     b = ir.IRBuilder(wait.append_basic_block("entry"))
-    loop, done = wait.append_basic_block("loop"), wait.append_basic_block("done")
-    b.branch(loop)
-    b.position_at_end(loop)
-    got = b.load_atomic(at(b, slot, 1), "acquire", 8)
-    with b.if_then(b.icmp_signed("!=", got, gen)):
-        relax(b)
-    b.cbranch(b.icmp_signed("==", got, gen), done, loop)
-    b.position_at_end(done)
+    cap = nat.cap(wait, b)
+
+    def finished(b):
+        return b.icmp_signed("==", b.load_atomic(at(b, slot, 1), "seq_cst", 8), gen)
+
+    def doze(b):
+        b.store_atomic(i64(1), at(b, slot, 8), "seq_cst", 8)
+        got = b.load_atomic(at(b, slot, 1), "seq_cst", 8)
+        with b.if_then(b.icmp_signed("!=", got, gen)):
+            nat.wait(b, at(b, slot, 1), got, cap)
+        b.store_atomic(i64(0), at(b, slot, 8), "seq_cst", 8)
+    nat.spin_then_sleep(wait, b, finished, JOIN_SPIN_NS, doze)
     b.ret_void()
 
     # ---- run(slots, entry, table, n): post tids 1..n-1, run tid 0 here, wait for all
@@ -108,39 +205,24 @@ def workers_module(triple: str) -> ir.Module:
     work = ir.Function(m, ir.FunctionType(VOID, [slotp]), "irgraph_worker")
     (slot,) = work.args
     b = ir.IRBuilder(work.append_basic_block("entry"))
-    seen = b.alloca(I64, name="seen")
-    found = b.alloca(I64, name="found")
+    cap = nat.cap(work, b)
+    (seen,) = _allocas(work, b, [I64])
     b.store(i64(0), seen)        # a fresh slot: work posted before this thread runs counts
     top = work.append_basic_block("top")
-    run = work.append_basic_block("run")
-    sleep = work.append_basic_block("sleep")
     b.branch(top)
     b.position_at_end(top)
-    b.store(i64(0), found)
-    spin_end = work.append_basic_block("spin.end")
-    with for_range(b, 0, SPIN, "spin") as _:
-        g = b.load_atomic(at(b, slot, 0), "acquire", 8)
-        new = b.icmp_signed("!=", g, b.load(seen))
-        with b.if_else(new) as (yes, no):
-            with yes:
-                b.store(i64(1), found)
-                b.branch(spin_end)
-                b.position_at_end(b.append_basic_block("dead"))
-            with no:
-                relax(b)
-    b.branch(spin_end)
-    b.position_at_end(spin_end)
-    b.cbranch(b.icmp_signed("!=", b.load(found), i64(0)), run, sleep)
-    # sleep: announce, re-check, then wait on the generation word
-    b.position_at_end(sleep)
-    b.store_atomic(i64(1), at(b, slot, 7), "seq_cst", 8)
-    g = b.load_atomic(at(b, slot, 0), "seq_cst", 8)
-    with b.if_then(b.icmp_signed("==", g, b.load(seen))):
-        futex(b, slot, FUTEX_WAIT, b.and_(b.load(seen), i64(0xFFFFFFFF)))
-    b.store_atomic(i64(0), at(b, slot, 7), "seq_cst", 8)
-    b.branch(top)
-    # run the posted entry, then report it done
-    b.position_at_end(run)
+
+    def posted(b):
+        return b.icmp_signed("!=", b.load_atomic(at(b, slot, 0), "acquire", 8), b.load(seen))
+
+    def sleep(b):    # announce, re-check, then wait on the generation word
+        b.store_atomic(i64(1), at(b, slot, 7), "seq_cst", 8)
+        g = b.load_atomic(at(b, slot, 0), "seq_cst", 8)
+        with b.if_then(b.icmp_signed("==", g, b.load(seen))):
+            nat.wait(b, at(b, slot, 0), b.load(seen), cap)
+        b.store_atomic(i64(0), at(b, slot, 7), "seq_cst", 8)
+    nat.spin_then_sleep(work, b, posted, WORKER_SPIN_NS, sleep)
+    # run the posted entry, then report it done (waking thread 0 if it sleeps)
     g = b.load_atomic(at(b, slot, 0), "acquire", 8)
     b.store(g, seen)
     stop = b.icmp_signed("!=", b.load(at(b, slot, 6)), i64(0))
@@ -150,12 +232,67 @@ def workers_module(triple: str) -> ir.Module:
     entry = b.inttoptr(b.load(at(b, slot, 2)), ir.PointerType(entry_t))
     b.call(entry, [b.inttoptr(b.load(at(b, slot, 3)), PTR), b.load(at(b, slot, 4)),
                    b.load(at(b, slot, 5))])
-    b.store_atomic(g, at(b, slot, 1), "release", 8)
+    _report_done(b, nat, at(b, slot, 1), g, at(b, slot, 8))
     b.branch(top)
     b.position_at_end(quit_)
-    b.store_atomic(g, at(b, slot, 1), "release", 8)
+    _report_done(b, nat, at(b, slot, 1), g, at(b, slot, 8))
     b.ret_void()
     return m
+
+
+def _report_done(b, nat: _Native, done_p, g, waiter_p) -> None:
+    b.store_atomic(g, done_p, "seq_cst", 8)
+    with b.if_then(b.icmp_signed("!=", b.load_atomic(waiter_p, "seq_cst", 8), i64(0))):
+        nat.wake(b, done_p)
+
+
+def barrier_fn(module: ir.Module) -> ir.Function:
+    """``irgraph.barrier(ctl, n)``: all ``n`` threads meet, counting arrivals in ctl[2] and
+    the generation in the low 32 bits of ctl[3]. A waiter spins (``pause``) for
+    ``BARRIER_SPIN_NS`` of wall-clock time (the others are usually microseconds away), then
+    sets bit 32 of ctl[3] and sleeps on it in ``futex`` (a descheduled thread gets the core
+    back instead of fighting spinners); the last to arrive bumps the generation and clears
+    that bit in one compare-exchange, and wakes the sleepers if it was set (both on one
+    word, so no wake-up is lost)."""
+    name = "irgraph.barrier"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(VOID, [ir.PointerType(I64), I64]), name)
+    fn.linkage = "internal"
+    nat = _Native(module)
+    ctl, n = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    cap = nat.cap(fn, b)
+    count, gen_p = b.gep(ctl, [i64(2)]), b.gep(ctl, [i64(3)])
+    gen = b.and_(b.load_atomic(gen_p, "acquire", 8), i64(LOW32))
+    arrived = b.atomic_rmw("add", count, i64(1), "acq_rel")
+    with b.if_else(b.icmp_signed("==", arrived, b.sub(n, i64(1)))) as (last, other):
+        with last:
+            b.store_atomic(i64(0), count, "monotonic", 8)
+            cas = fn.append_basic_block("release.cas")
+            b.branch(cas)
+            b.position_at_end(cas)
+            old = b.load_atomic(gen_p, "seq_cst", 8)
+            new = b.and_(b.add(b.and_(old, i64(LOW32)), i64(1)), i64(LOW32))
+            pair = b.cmpxchg(gen_p, old, new, "seq_cst", "seq_cst")
+            ok = b.extract_value(pair, 1)
+            wake = fn.append_basic_block("release.wake")
+            b.cbranch(ok, wake, cas)
+            b.position_at_end(wake)
+            with b.if_then(b.icmp_signed("!=", b.and_(old, i64(SLEEPER)), i64(0))):
+                nat.wake(b, gen_p)
+        with other:
+            def released(b):
+                now = b.and_(b.load_atomic(gen_p, "acquire", 8), i64(LOW32))
+                return b.icmp_signed("!=", now, gen)
+
+            def sleep(b):
+                old = b.atomic_rmw("or", gen_p, i64(SLEEPER), "seq_cst")
+                with b.if_then(b.icmp_signed("==", b.and_(old, i64(LOW32)), gen)):
+                    nat.wait(b, gen_p, gen, cap)
+            nat.spin_then_sleep(fn, b, released, BARRIER_SPIN_NS, sleep)
+    b.ret_void()
+    return fn
 
 
 class Workers:
@@ -199,6 +336,76 @@ class Workers:
             self._ensure(n - 1)
             self._run(ctypes.addressof(self._slot_table), entry_addr,
                       ctypes.cast(table, ctypes.c_void_p).value, n)
+
+
+def run_entry(fn, table, n: int, choice: ThreadChoice | None) -> None:
+    """Run an executable's entry ``fn`` (a ctypes function) on ``n`` threads, or, with a
+    ``choice``, on the thread count it picks (timing the call for it)."""
+    if choice is None:
+        m = n
+    else:
+        m = choice.pick()
+        t0 = time.perf_counter()
+    if m == 1:
+        fn(table, 0, 1)
+    else:
+        workers().run(ctypes.cast(fn, ctypes.c_void_p).value, table, m)
+    if choice is not None:
+        choice.record(m, time.perf_counter() - t0)
+
+
+class ThreadChoice:
+    """Which thread count runs an executable's next call: 1 or all of them, whichever is
+    faster NOW. Each call's native time is recorded; the current choice runs, and every
+    ``period`` calls the other one runs once (a probe). A probe faster than the current
+    choice's recent median wins at once; a losing probe doubles the period (up to
+    ``PROBE_MAX``), so a losing option costs at most 1/``PROBE_MAX`` of the calls. When the
+    current choice's recent median falls behind the other's last known median (another
+    process, or numpy's or torch's thread pool in this process, took a core), the next call
+    probes. So threads that lose their cores do not hold up every step, and a slowdown
+    never outlives what caused it."""
+    RECENT = 5
+    PROBE_MIN = 8
+    PROBE_MAX = 64
+
+    def __init__(self, threads: int):
+        self.options = (threads, 1)
+        self.current = threads
+        self.times: dict[int, list[float]] = {1: [], threads: []}
+        self.period = self.PROBE_MIN
+        self.countdown = 0
+
+    def _other(self) -> int:
+        return self.options[1] if self.current == self.options[0] else self.options[0]
+
+    def pick(self) -> int:
+        for n in self.options:            # first, a few calls each
+            if len(self.times[n]) < 2:
+                return n
+        return self._other() if self.countdown <= 0 else self.current
+
+    def record(self, n: int, seconds: float) -> None:
+        ts = self.times[n]
+        ts.append(seconds)
+        del ts[:-self.RECENT]
+        if any(len(t) < 2 for t in self.times.values()):
+            return
+        cur, other = self.current, self._other()
+        if n == other:                    # a probe
+            if seconds < _median(self.times[cur]):
+                self.current, self.period = n, self.PROBE_MIN
+            else:
+                self.period = min(2 * self.period, self.PROBE_MAX)
+            self.countdown = self.period
+            return
+        self.countdown -= 1
+        if _median(ts) > _median(self.times[other]):
+            self.countdown = 0
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2]
 
 
 _made: list[Workers] = []

@@ -1,0 +1,125 @@
+"""The LLVM backend's threading runtime: the thread-count choice (a pure policy, driven here
+by made-up timings), and runs whose threads sleep at barriers and between runs giving the
+same numbers as one thread and as the reference."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import backends
+from backends.llvm.workers import ThreadChoice
+from irgraph import Graph, TensorType
+
+
+def drive(choice: ThreadChoice, cost, calls: int) -> list[int]:
+    """Run ``calls`` calls where a call on n threads at step i takes cost(i, n) seconds;
+    returns the thread count of each call."""
+    used = []
+    for i in range(calls):
+        n = choice.pick()
+        choice.record(n, cost(i, n))
+        used.append(n)
+    return used
+
+
+def test_choice_keeps_the_faster_count_and_probes_rarely():
+    c = ThreadChoice(2)
+    used = drive(c, lambda i, n: {1: 2.0, 2: 1.0}[n], 400)
+    late = used[100:]
+    assert late.count(2) / len(late) >= 1 - 1 / ThreadChoice.PROBE_MAX - 0.01
+    assert 1 in late                       # it still looks at the other count now and then
+
+
+def test_choice_moves_to_one_thread_while_a_core_is_taken_and_back_after():
+    # all threads fast, except during calls 200..399 (a competing burst: 5x slower)
+    def cost(i, n):
+        if n == 1:
+            return 1.6
+        return 5.0 if 200 <= i < 400 else 1.0
+    used = drive(ThreadChoice(2), cost, 800)
+    assert used[150:200].count(2) >= 45
+    # within a few calls of the burst's start, mostly one thread
+    assert used[220:400].count(1) >= 0.9 * 180
+    # the slowdown does not outlive the burst: all threads again soon after
+    assert used[400 + 2 * ThreadChoice.PROBE_MAX:].count(2) >= 0.95 * (
+        800 - 400 - 2 * ThreadChoice.PROBE_MAX)
+
+
+def test_choice_when_one_thread_is_faster():
+    used = drive(ThreadChoice(4), lambda i, n: {1: 1.0, 4: 1.3}[n], 300)
+    assert used[100:].count(1) / 200 >= 0.95
+
+
+def _many_barriers_graph() -> Graph:
+    """Matmuls and elementwise nodes big enough to run in parallel, one after another: a
+    barrier between each pair."""
+    g = Graph("barriers")
+    x = g.add_input("x", TensorType((96, 160), "float32"))
+    w = g.add_param("w", TensorType((160, 160), "float32"))
+    h = x
+    for _ in range(6):
+        h = g.op("tanh", g.op("matmul", h, w))
+    g.set_outputs([g.op("sum", h, axis=(1,))])
+    return g
+
+
+def test_barriers_and_sleeping_workers_give_one_threads_numbers():
+    g = _many_barriers_graph()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 160)).astype(np.float32)
+    w = (rng.standard_normal((160, 160)) / 13).astype(np.float32)
+    one = backends.compile(g, "llvm", threads=1)
+    two = backends.compile(g, "llvm", threads=2)
+    three = backends.compile(g, "llvm", threads=3)     # more threads than cores here
+    want = one(x, w)[0]
+    ref = backends.compile(g, "reference")(x, w)[0]
+    np.testing.assert_allclose(want, ref, rtol=2e-5, atol=2e-5)
+    stop = threading.Event()
+
+    def busy():                      # a competing thread pool: numpy's BLAS in a loop
+        a = np.ones((256, 256), np.float32)
+        while not stop.is_set():
+            a @ a
+    t = threading.Thread(target=busy, daemon=True)
+    t.start()
+    try:
+        for k in range(30):
+            if k % 10 == 9:
+                time.sleep(0.005)        # workers fall asleep in futex between runs
+            for exe in (two, three):
+                # GEMM rows and columns are split whole: the same numbers as one thread
+                np.testing.assert_array_equal(exe(x, w)[0], want)
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_default_thread_count_adapts_and_explicit_counts_do_not():
+    g = _many_barriers_graph()
+    default = backends.compile(g, "llvm")
+    fixed = backends.compile(g, "llvm", threads=2)
+    assert fixed.thread_choice is None
+    if default.threads > 1:
+        assert isinstance(default.thread_choice, ThreadChoice)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((96, 160)).astype(np.float32)
+    w = (rng.standard_normal((160, 160)) / 13).astype(np.float32)
+    want = backends.compile(g, "llvm", threads=1)(x, w)[0]
+    for _ in range(20):
+        np.testing.assert_array_equal(default(x, w)[0], want)
+
+
+@pytest.mark.parametrize("threads", [2])
+def test_workers_recover_after_a_long_idle(threads):
+    g = _many_barriers_graph()
+    exe = backends.compile(g, "llvm", threads=threads)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((96, 160)).astype(np.float32)
+    w = (rng.standard_normal((160, 160)) / 13).astype(np.float32)
+    want = backends.compile(g, "llvm", threads=1)(x, w)[0]
+    exe(x, w)
+    time.sleep(0.05)                     # far past every spin budget: all asleep
+    np.testing.assert_array_equal(exe(x, w)[0], want)
