@@ -1,0 +1,161 @@
+"""Attention against torch: F.scaled_dot_product_attention (causal, bool and float masks,
+scale), nn.MultiheadAttention (packed and separate projections, batch_first, unbatched,
+key_padding_mask, attn_mask, need_weights / average_attn_weights) and
+nn.TransformerEncoderLayer / TransformerEncoder (relu/gelu, norm_first both ways) on seeded
+configurations: values and gradients of one graph per backend and dtype."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import frontend as fe
+from frontend import F, nn
+
+from _torch_twins import check
+
+
+def random_config(seed: int) -> dict:
+    r = np.random.default_rng(seed)
+    b = lambda: bool(r.integers(2))                          # noqa: E731
+    return dict(seed=seed, batch_first=b(), norm_first=b(), act=["relu", "gelu"][r.integers(2)],
+                mask=["bool", "float", "none"][r.integers(3)], padding=b(), bias=b(),
+                heads=int(r.choice([1, 2, 4])), weights_avg=b(), kvdim=b())
+
+
+SEEDS = [0, 1, 2, 33]
+# torch warns that a bool key_padding_mask beside a float attn_mask is deprecated; both work
+pytestmark = pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+
+
+def test_the_seeded_configurations_cover_every_option():
+    cfgs = [random_config(s) for s in SEEDS]
+    for key in ("batch_first", "norm_first", "padding", "bias", "weights_avg", "kvdim"):
+        assert {c[key] for c in cfgs} == {False, True}, key
+    assert {c["act"] for c in cfgs} == {"relu", "gelu"}
+    assert {c["mask"] for c in cfgs} == {"bool", "float", "none"}
+
+
+E, L, S, N, FF = 8, 5, 6, 3, 12
+
+
+def build(nnm, cfg):
+    """The same zoo from ``fe.nn`` or ``torch.nn``."""
+    kd = 5 if cfg["kvdim"] else None
+
+    class Zoo(nnm.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nnm.MultiheadAttention(E, cfg["heads"], bias=cfg["bias"],
+                                              batch_first=cfg["batch_first"], kdim=kd, vdim=kd)
+            self.enc = nnm.TransformerEncoder(nnm.TransformerEncoderLayer(
+                E, 2, FF, dropout=0.0, activation=cfg["act"], batch_first=cfg["batch_first"],
+                norm_first=cfg["norm_first"], bias=cfg["bias"]), 1 if cfg.get("small") else 2,
+                enable_nested_tensor=False)
+
+        def forward(self, q, kv, src, attn_mask, pad):
+            kw = {}
+            if cfg["mask"] != "none":
+                kw["attn_mask"] = attn_mask
+            if cfg["padding"]:
+                kw["key_padding_mask"] = pad
+            out, w = self.mha(q, kv, kv, average_attn_weights=cfg["weights_avg"], **kw)
+            enc = self.enc(src, mask=kw.get("attn_mask") if cfg["mask"] != "none" and
+                           attn_mask.shape == (L, L) else None)
+            return out, w, enc
+    return Zoo()
+
+
+def zoo_inputs(cfg):
+    r = np.random.default_rng(100 + cfg["seed"])
+    kd = 5 if cfg["kvdim"] else E
+    bf = cfg["batch_first"]
+    q = r.standard_normal((N, L, E) if bf else (L, N, E))
+    kv = r.standard_normal((N, S, kd) if bf else (S, N, kd))
+    src = r.standard_normal((N, L, E) if bf else (L, N, E))
+    if cfg["mask"] == "bool":
+        mask = r.random((L, S)) < 0.3
+        mask[:, 0] = False                                    # no row fully masked
+    else:
+        mask = r.standard_normal((L, S))
+    pad = r.random((N, S)) < 0.3
+    pad[:, 1] = False
+    return [q, kv, src, mask, pad]
+
+
+def zoo(cfg):
+    fe.manual_seed(cfg["seed"])
+    ours = build(nn, cfg)
+    r = np.random.default_rng(7 + cfg["seed"])
+    for p in ours.parameters():
+        p.data = (p.data + r.standard_normal(p.data.shape) * 0.2).astype(np.float32)
+    return ours, build(torch.nn, cfg), zoo_inputs(cfg)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_attention_layers_match_torch_float64_reference(seed):
+    ours, twin, inputs = zoo(random_config(seed))
+    check(ours, twin, inputs, "reference", np.float64, rtol=1e-9, atol=1e-10, grad_inputs=3)
+
+
+def test_attention_layers_match_torch_float64_llvm():
+    """One encoder layer where compiling dominates (the stack is the same layer twice)."""
+    ours, twin, inputs = zoo(dict(random_config(1), small=True))
+    check(ours, twin, inputs, "llvm", np.float64, rtol=1e-9, atol=1e-10, grad_inputs=3)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
+def test_attention_layers_match_torch_float32_every_backend(backend):
+    cfg = random_config(33)
+    ours, twin, inputs = zoo(dict(cfg, small=True) if backend == "llvm" else cfg)
+    check(ours, twin, inputs, backend, np.float32, rtol=2e-4, atol=3e-5, grad_inputs=3)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bool", "float", "scale"])
+def test_sdpa_matches_torch(kind):
+    """(N, H, L, E) with a causal mask, a broadcast bool mask, a float mask, a given scale."""
+    r = np.random.default_rng(11)
+    q, k, v = (r.standard_normal(s) for s in ((2, 3, 4, 5), (2, 3, 6, 5), (2, 3, 6, 7)))
+    bmask = r.random((4, 6)) < 0.6
+    bmask[:, 0] = True
+    kw = {"causal": dict(is_causal=True), "bool": dict(attn_mask=bmask),
+          "float": dict(attn_mask=r.standard_normal((3, 4, 6))), "scale": dict(scale=0.3)}[kind]
+
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+    specs = [fe.TensorSpec(a.shape, "float64") for a in (q, k, v)]
+    got = fe.compile(fn, *specs, backend="reference")(q, k, v)
+    tkw = {n: torch.from_numpy(a) if isinstance(a, np.ndarray) else a for n, a in kw.items()}
+    want = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.from_numpy(a) for a in (q, k, v)), **tkw)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_sdpa_dropout_draws_and_keeps_the_expectation():
+    """dropout_p > 0 zeroes attention weights with F.dropout (scaled by 1 / (1 - p)): with
+    v = ones the output rows are sums of kept weights, whose mean over many rows is 1."""
+    q = np.random.default_rng(0).standard_normal((64, 8, 4)).astype(np.float32)
+    v = np.ones((64, 8, 4), np.float32)
+    fe.manual_seed(3)
+    f = fe.compile(lambda q, v: F.scaled_dot_product_attention(q, q, v, dropout_p=0.5),
+                   fe.TensorSpec(q.shape), fe.TensorSpec(v.shape), backend="reference")
+    a, b = f(q, v), f(q, v)
+    assert not np.array_equal(a, b)                           # fresh draws per call
+    assert abs(float(a.mean()) - 1.0) < 0.1
+    assert float(a.std()) > 0.1                               # weights were dropped
+
+
+def test_bad_masks_and_shapes_name_what_is_wrong():
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    spec = fe.TensorSpec((2, 3, 8))
+    with pytest.raises(ValueError, match=r"attn_mask must be \(3, 3\) or \(4, 3, 3\)"):
+        fe.trace(lambda x, m: mha(x, x, x, attn_mask=m)[0], spec,
+                 fe.TensorSpec((2, 3), "bool"))
+    with pytest.raises(ValueError, match=r"key_padding_mask must be \(2, 3\)"):
+        fe.trace(lambda x, m: mha(x, x, x, key_padding_mask=m)[0], spec,
+                 fe.TensorSpec((3, 2), "bool"))
+    with pytest.raises(ValueError, match="embed_dim \\(9\\) must be divisible by num_heads"):
+        nn.MultiheadAttention(9, 2)
+    with pytest.raises(ValueError, match="attn_mask or is_causal, not both"):
+        fe.trace(lambda x: F.scaled_dot_product_attention(x, x, x, attn_mask=np.ones((3, 3), bool),
+                                                          is_causal=True), spec)
