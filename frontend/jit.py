@@ -349,7 +349,9 @@ def per_example_loss(loss_fn) -> tuple[Callable, str, Any]:
                         f"module or a function with a reduction= argument (as F.cross_entropy);"
                         f" {getattr(loss_fn, '__name__', loss_fn)!r} has none")
     reduction = param.default if isinstance(param.default, str) else "mean"
-    return (lambda *a: loss_fn(*a, reduction="none")), reduction, None
+    ignore = inspect.signature(loss_fn).parameters.get("ignore_index")
+    return ((lambda *a: loss_fn(*a, reduction="none")), reduction,
+            None if ignore is None else ignore.default)
 
 
 class DynamicTrainStep:
