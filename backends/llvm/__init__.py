@@ -17,6 +17,7 @@ import os
 import time
 
 from irgraph import Graph, verify
+from passes.low_precision import widen_low_precision
 from passes.scan_accumulate import fold_batched_matmul_sums, hoist_scan_accumulators
 from passes.scan_reuse import reuse_forward_outputs
 
@@ -24,10 +25,11 @@ from . import jit
 from .executable import LLVMExecutable, NativeError
 from .jit import cache_dir, clear_cache
 from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
-from .module import build_module, plan
+from .module import plan
 from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
 from . import ops_optim, ops_graph, ops_pool, ops_conv, ops_norm  # noqa: F401
 from . import ops_gather, ops_random  # noqa: F401
+from . import gemm_bf16
 
 log = logging.getLogger("backends.llvm")
 _OPTIONS = {"threads", "opt", "cache", "verbose", "profile"}
@@ -61,21 +63,15 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
     verbose = bool(options.get("verbose", False))
     profile = bool(options.get("profile", False))
     graph = verify(graph)
+    graph = widen_low_precision(graph, keep=gemm_bf16.native)     # float16/bfloat16
     graph = _scan_rewrites(graph)
     _check_lowerable(graph)
-    triple, _, features = jit.host()
+    features = jit.host()[2]
     p = plan(graph, features, threads)
     p.profile = profile
-    text = str(graph)
-    key = jit.cache_key(text, {"threads": threads, "opt": opt, "profile": profile})
     t0 = time.perf_counter()
-    obj = jit.cache_load(key) if use_cache else None
-    hit = obj is not None
-    if obj is None:
-        module = build_module(graph, p, features, threads, triple)
-        obj = jit.emit_object(jit.optimize(str(module), opt), opt)
-        if use_cache:
-            jit.cache_store(key, obj)
+    obj, kernels, key, hit = jit.compile_graph(graph, p, features, threads, opt, profile,
+                                               use_cache)
     STATS["compiles"] += 1
     STATS["cache_hits"] += hit
     shapes = ", ".join(str(v.type) for v in graph.inputs)
@@ -87,7 +83,7 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
         print(msg)
     return LLVMExecutable(graph, p, obj, threads=threads, opt=opt, cache_key=key,
                           cache_hit=hit, features=features,
-                          adaptive=not options.get("threads"))
+                          adaptive=not options.get("threads"), kernels=kernels)
 
 
 __all__ = ["compile", "clear_cache", "cache_dir", "LLVMExecutable", "NativeError", "LOWERINGS",

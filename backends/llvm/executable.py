@@ -61,7 +61,7 @@ class LLVMExecutable(Executable):
     backend = "llvm"
 
     def __init__(self, graph: Graph, plan: Plan, obj: bytes, *, threads: int, opt: int,
-                 cache_key: str, cache_hit: bool, features: str,
+                 cache_key: str, cache_hit: bool, features: str, kernels=(),
                  adaptive: bool = False):
         super().__init__(graph)
         self.plan = plan
@@ -77,7 +77,8 @@ class LLVMExecutable(Executable):
         self._arena = np.zeros(max(plan.arena_bytes, 64), np.uint8)
         self._ws = np.zeros(max(plan.workspace_bytes * threads, 64), np.uint8)
         self._ctl = np.zeros(4 + (len(graph.nodes) if plan.profile else 0), np.int64)
-        self._loaded = jit.Loaded(obj, ENTRY, opt)
+        with jit.phase("load"):
+            self._loaded = jit.Loaded(obj, ENTRY, opt, kernels)
         self._profiled_s = 0.0
         fork_safe_locks(self, "_lock")
         self._staged = staged_arguments(self.graph, plan)
@@ -225,11 +226,12 @@ class LLVMExecutable(Executable):
         return sorted(((op, n, s) for op, (n, s) in acc.items()), key=lambda t: -t[2])
 
     def llvm_ir(self, optimized: bool = False) -> str:
-        """The generated LLVM IR (as built, or after the -O3 pipeline)."""
+        """The generated LLVM IR as one module (the entry and every kernel it calls, each
+        once), as built or after the -O3 pipeline."""
         if self._ir is None:
             triple = jit.host()[0]
             self._ir = str(build_module(self.graph, self.plan, self._features, self.threads,
-                                        triple))
+                                        triple, self.opt))
         return str(jit.optimize(self._ir, self.opt)) if optimized else self._ir
 
     def assembly(self) -> str:

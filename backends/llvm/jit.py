@@ -1,11 +1,21 @@
-"""JIT for the host CPU through llvmlite.binding, and the on-disk object cache.
+"""JIT for the host CPU through llvmlite.binding, the compile driver and the on-disk cache.
 
-IR text -> parse, verify -> new pass manager at -O3 with loop and SLP vectorization ->
-object code for the host (its triple, CPU and features) -> loaded into an MCJIT engine.
+A graph compiles to an entry function and kernels (module.py: one per distinct node code,
+each in a module of its own). Each module: IR text -> parse, verify -> new pass manager
+(-O3 with loop and SLP vectorization for the kernels that carry the work, -O1 for small
+ones and the entry) -> object code for the host (its triple, CPU and features); the objects
+are loaded together into an MCJIT engine, the entry last.
+
 Object code is cached on disk (``backends/cache.py``: HMAC-checked entries in a private
-folder, ``$IRGRAPH_CACHE_DIR/llvm``, default ``~/.cache/irgraph/llvm``), keyed by the graph's
-canonical text, the options, the target, llvmlite/LLVM and the source of every package that
-shapes the generated code.
+folder, ``$IRGRAPH_CACHE_DIR/llvm``, default ``~/.cache/irgraph/llvm``), in two kinds of
+entry, both keyed with the target, llvmlite/LLVM and the source of every package that shapes
+the generated code:
+
+* a kernel's object, under its symbol (a hash of its IR and level): shared by every graph
+  that runs the same code, so a new model made of known layers compiles mostly from cache;
+* a graph's entry object, under the graph's canonical text (``canonical_text``: no graph or
+  value names, no source locations: renaming values or editing lines above a model still
+  hits) and the options. A hit loads it and the kernels it calls, and builds no IR.
 """
 from __future__ import annotations
 
@@ -13,6 +23,8 @@ import ctypes
 import ctypes.util
 import hashlib
 import re
+import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,7 +33,7 @@ import llvmlite.binding as llvm
 
 from .. import cache as disk_cache
 
-CACHE_VERSION = "irgraph-llvm-4"
+CACHE_VERSION = "irgraph-llvm-5"
 _CACHE = disk_cache.DiskCache("llvm", ".o")
 
 
@@ -165,16 +177,19 @@ def runtime_object() -> bytes:
 
 
 class Loaded:
-    """Object code (plus the runtime kernels) loaded into its own MCJIT engine; keeps the
-    engine alive with the function (``symbol``; None: look symbols up in ``engine``)."""
+    """Object code (plus the runtime kernels and the graph's ``kernels``) loaded into its own
+    MCJIT engine; keeps the engine alive with the function (``symbol``; None: look symbols
+    up in ``engine``). ``obj`` is handed to LLVM last."""
 
-    def __init__(self, obj: bytes, symbol: str | None, opt: int = 3):
+    def __init__(self, obj: bytes, symbol: str | None, opt: int = 3, kernels=()):
         _init()
         # an engine owns its target machine: give it a fresh one
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
                                                  new_target_machine(opt))
         if symbol is not None:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(runtime_object()))
+        for k in kernels:
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(k))
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
         if symbol is None:
@@ -184,3 +199,160 @@ class Loaded:
             raise RuntimeError(f"llvm backend: symbol {symbol!r} missing from the object code")
         proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
         self.fn = proto(addr)
+
+
+# ------------------------------------------------------------------ canonical graph text
+def canonical_text(graph) -> str:
+    """The graph as far as it shapes the generated code: the text form without the graph's
+    name, value names (numbered in order of definition), or source locations (comments)."""
+    names: dict = {}
+
+    def name(v) -> str:
+        if v not in names:
+            names[v] = f"%{len(names)}"
+        return names[v]
+    decl = lambda vs: ", ".join(f"{name(v)}: {v.type}" for v in vs)  # noqa: E731
+    lines = [f"graph({decl(graph.inputs)}) params({decl(graph.params)}) {{"]
+    for n in graph.nodes:
+        args = ", ".join(name(v) for v in n.inputs)
+        lines.append(f"{decl(n.outputs)} = {n.op}({args}){_attrs(n)}")
+    if graph.donations:
+        lines.append("donate(" + ", ".join(f"{o}->{a}" for o, a in sorted(
+            graph.donations.items())) + ")")
+    lines.append("return " + ", ".join(name(v) for v in graph.outputs) + "\n}")
+    return "\n".join(lines)
+
+
+def canonical_node(node) -> str:
+    """One node without names or location: op, operand and result types, attributes."""
+    ins = ", ".join(str(v.type) for v in node.inputs)
+    outs = ", ".join(str(v.type) for v in node.outputs)
+    return f"{outs} = {node.op}({ins}){_attrs(node)}"
+
+
+def _attrs(node) -> str:
+    if not node.attrs:
+        return ""
+    return " {" + ", ".join(f"{k}={_attr(v)}" for k, v in sorted(node.attrs.items())) + "}"
+
+
+def _attr(v) -> str:
+    from irgraph import Graph
+    from irgraph.printer import format_attr
+    if isinstance(v, Graph):
+        return canonical_text(v)
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_attr(x) for x in v) + "]"
+    return format_attr(v, "")
+
+
+# ------------------------------------------------------------------ counters and phases
+_STATS = {"graph_hits": 0, "graph_misses": 0, "kernels_compiled": 0, "kernels_loaded": 0,
+          "kernels_shared": 0}
+_PHASES: dict[str, float] = {}
+
+
+def stats() -> dict[str, int]:
+    """Counters since the last ``reset_stats``: graphs served from the disk cache
+    (``graph_hits``) or built (``graph_misses``); kernels compiled, loaded from the disk
+    cache, and node calls that shared a kernel another node of the same build made."""
+    return dict(_STATS)
+
+
+def phase_times() -> dict[str, float]:
+    """Seconds spent per compile phase since the last ``reset_stats``: ``ir_build`` (IR from
+    the graph), ``llvm_opt`` (parse, verify, optimization passes), ``codegen`` (machine
+    code), ``cache`` (disk reads and writes), ``load`` (linking into an engine)."""
+    return dict(_PHASES)
+
+
+def reset_stats() -> None:
+    for k in _STATS:
+        _STATS[k] = 0
+    _PHASES.clear()
+
+
+@contextmanager
+def phase(name: str):
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        _PHASES[name] = _PHASES.get(name, 0.0) + time.perf_counter() - t
+
+
+# ------------------------------------------------------------------ the compile driver
+ENTRY_OPT = 1       # the entry only calls kernels: -O1 is all it needs
+_KERNEL_SYMBOL = re.compile(rb"irk_[0-9a-f]{40}")
+
+
+def kernel_key(symbol: str) -> str:
+    """The cache key of a kernel's object (its symbol hashes its IR and level)."""
+    return cache_key(f"kernel {symbol}", {})
+
+
+def compile_text(text: str, opt: int) -> bytes:
+    """Object code of one module's IR text at level ``opt``."""
+    with phase("llvm_opt"):
+        mod = optimize(text, opt)
+    with phase("codegen"):
+        return emit_object(mod, opt)
+
+
+def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: bool,
+                  use_cache: bool) -> tuple[bytes, list[bytes], str, bool]:
+    """(entry object, kernel objects, cache key, cache hit) of a planned graph: from the
+    disk cache when the graph (canonical text and options) was compiled before and its
+    kernels are still there; else the IR is built, each kernel not in the cache is
+    compiled (and stored), then the entry."""
+    from .module import build_module
+    key = cache_key(canonical_text(graph), {"threads": threads, "opt": opt,
+                                            "profile": profile})
+    if use_cache:
+        with phase("cache"):
+            obj = cache_load(key)
+            kernels = _cached_kernels(obj) if obj is not None else None
+        if kernels is not None:
+            _STATS["graph_hits"] += 1
+            _STATS["kernels_loaded"] += len(kernels)
+            return obj, kernels, key, True
+    _STATS["graph_misses"] += 1
+    with phase("ir_build"):
+        prog = build_module(graph, plan, features, threads, host()[0], opt)
+    _STATS["kernels_shared"] += prog.calls - len(prog.memo)
+    objs = []
+    for k in prog.kernels.values():
+        kkey = kernel_key(k.symbol)
+        if use_cache:
+            with phase("cache"):
+                kobj = cache_load(kkey)
+            if kobj is not None:
+                _STATS["kernels_loaded"] += 1
+                objs.append(kobj)
+                continue
+        kobj = compile_text(k.text, k.opt)
+        _STATS["kernels_compiled"] += 1
+        if use_cache:
+            with phase("cache"):
+                cache_store(kkey, kobj)
+        objs.append(kobj)
+    obj = compile_text(prog.entry_text(), min(opt, ENTRY_OPT))
+    if use_cache:
+        with phase("cache"):
+            cache_store(key, obj)
+    return obj, objs, key, False
+
+
+def _cached_kernels(obj: bytes) -> list[bytes] | None:
+    """The cached objects of every kernel ``obj`` calls (and they call: scan bodies), read
+    from the symbols it references; None when one is missing (evicted, damaged)."""
+    found: dict[bytes, bytes] = {}
+    todo = set(_KERNEL_SYMBOL.findall(obj))
+    while todo:
+        sym = todo.pop()
+        kobj = cache_load(kernel_key(sym.decode()))
+        if kobj is None:
+            return None
+        found[sym] = kobj
+        todo |= set(_KERNEL_SYMBOL.findall(kobj)) - set(found)
+    return [found[s] for s in sorted(found)]

@@ -92,7 +92,8 @@ class Ctx:
         self.workspace = workspace        # i8*: max_threads scratch areas for packing
         self.workspace_per_thread = workspace_per_thread
         self.max_threads = max_threads
-        self.node_index = 0
+        self.node_index: int | ir.Value = 0   # the running node's index (a kernel's argument)
+        self.program = None       # module.Program: the kernels built so far
         self.node_scratch: ir.Value | None = None   # i8*: the current node's arena scratch
         self.barrier_fn: ir.Function | None = None
         self.single = False       # inside thread0(): one thread does everything
@@ -154,6 +155,9 @@ class Ctx:
         b = self.b
         if self._last_barrier == (b.block, len(b.block.instructions)):
             return
+        if self.barrier_fn is None:
+            from .module import barrier_fn
+            self.barrier_fn = barrier_fn(self.module)
         with b.if_then(b.icmp_signed(">", self.nthreads, i64(1))):
             b.call(self.barrier_fn, [self.ctl, self.nthreads])
         self._last_barrier = (b.block, len(b.block.instructions))
@@ -176,7 +180,8 @@ class Ctx:
         """Record error ``code`` for the current node; the executable raises after the run."""
         b = self.b
         b.store(i64(code), b.gep(self.ctl, [i64(0)]))
-        b.store(i64(self.node_index), b.gep(self.ctl, [i64(1)]))
+        index = self.node_index
+        b.store(index if isinstance(index, ir.Value) else i64(index), b.gep(self.ctl, [i64(1)]))
 
     def scratch(self) -> ir.Value:
         """This thread's packing scratch area (i8*)."""

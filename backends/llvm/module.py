@@ -12,6 +12,8 @@ The plan (buffer layout) is pure Python and cheap, so a cache hit needs no IR at
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -151,9 +153,13 @@ def _all_nodes(graph: Graph):
 
 
 def build_module(graph: Graph, p: Plan, features: str, max_threads: int,
-                 triple: str = "") -> ir.Module:
-    module = ir.Module(name=graph.name)
+                 triple: str = "", opt: int = 3) -> "Program":
+    """The entry function in a module of its own, and every kernel it calls (one per
+    distinct node code, see ``_node_function``) in modules of their own."""
+    prog = Program(triple, opt)
+    module = ir.Module(name="irgraph_entry")
     module.triple = triple
+    prog.entry = module
     fnty = ir.FunctionType(VOID, [ir.PointerType(PTR), I64, I64])
     fn = ir.Function(module, fnty, ENTRY)
     args, tid, nthreads = fn.args
@@ -165,12 +171,71 @@ def build_module(graph: Graph, p: Plan, features: str, max_threads: int,
     ctl = b.bitcast(load_ptr(b, args, base + 1), ir.PointerType(I64))
     ws = load_ptr(b, args, base + 2)
     ctx = Ctx(module, fn, b, tid, nthreads, ctl, ws, p.workspace_bytes, max_threads, features)
-    ctx.barrier_fn = barrier_fn(module)
+    ctx.program = prog
     arg_ptrs = [load_ptr(b, args, i) for i in range(n_args)]
     out_ptrs = [load_ptr(b, args, n_args + j) for j in range(n_outs)]
     emit_graph(ctx, graph, p, arg_ptrs, out_ptrs, arena, copy_outputs=False)
     b.ret_void()
-    return module
+    return prog
+
+
+@dataclass
+class Kernel:
+    """One kernel function: its symbol (a hash of its code and optimization level), the text
+    of the module that defines it, that level, and the op it was made for."""
+    symbol: str
+    text: str
+    opt: int
+    op: str
+
+
+class Program:
+    """What a graph compiles to: the entry module and the kernels it (and they) call, each
+    kernel defined once however many nodes run its code."""
+
+    def __init__(self, triple: str, opt: int):
+        self.triple = triple
+        self.opt = opt
+        self.entry: ir.Module | None = None
+        self.kernels: dict[str, Kernel] = {}
+        self.memo: dict[str, str] = {}        # node signature -> kernel symbol
+        self.calls = 0                        # kernel calls emitted (nodes lowered)
+
+    def entry_text(self) -> str:
+        return str(self.entry)
+
+    def __str__(self) -> str:
+        """All of it as ONE module's text (inspection: ``llvm_ir()``): the kernels' private
+        helpers renamed apart, each declaration once, none of a function defined here."""
+        parts = [self.entry_text()] + [_local_names_apart(k.symbol, k.text)
+                                       for k in self.kernels.values()]
+        defined = {m.group(1) for t in parts for m in _DEFINE.finditer(t)}
+        seen: set[str] = set()
+        lines: list[str] = []
+        for i, text in enumerate(parts):
+            for line in text.splitlines():
+                if i and line.startswith(("; ModuleID", "target ", "source_filename")):
+                    continue
+                if line.startswith("declare "):
+                    m = _DECLARE.match(line)
+                    if line in seen or (m and m.group(1) in defined):
+                        continue
+                    seen.add(line)
+                lines.append(line)
+        return "\n".join(lines) + "\n"
+
+
+_DEFINE = re.compile(r'^define [^@\n]*@"([^"]+)"', re.M)
+_DECLARE = re.compile(r'^declare [^@\n]*@"([^"]+)"')
+
+
+def _local_names_apart(symbol: str, text: str) -> str:
+    """``text`` with its private globals and internal functions prefixed by ``symbol``."""
+    names = set(re.findall(r'^@"([^"]+)" = private ', text, re.M))
+    names |= set(re.findall(r'^define internal [^@\n]*@"([^"]+)"', text, re.M))
+    for name in sorted(names, key=len, reverse=True):
+        text = text.replace(f'@"{name}"', f'@"{symbol}.{name}"')
+    return text
 
 
 def emit_graph(ctx: Ctx, graph: Graph, p: Plan, arg_ptrs, out_ptrs, arena,
@@ -194,8 +259,7 @@ def buffers(ctx: Ctx, p: Plan, arg_ptrs, out_ptrs, arena) -> dict[Value, Buf]:
     for v, (kind, k) in p.slots.items():
         raw = (b.gep(arena, [i64(k)], inbounds=True) if kind == "arena"
                else arg_ptrs[k] if kind == "arg" else out_ptrs[k])
-        bufs[v] = Buf(b.bitcast(raw, ir.PointerType(STORAGE[v.dtype]), name=f"v.{v.name}"),
-                      v.type)
+        bufs[v] = Buf(b.bitcast(raw, ir.PointerType(STORAGE[v.dtype]), name="v"), v.type)
     return bufs
 
 
@@ -431,38 +495,95 @@ def _is_serial(node) -> bool:
 
 
 def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None:
-    """Emit the node's lowering in a function of its own whose buffer pointers are
-    ``noalias`` (no value shares bytes with another live value), so loops vectorize without
-    runtime overlap checks and each function is optimized on its own; then call it."""
-    module = ctx.module
+    """Call the kernel that runs ``node``: a function of its own, in a module of its own,
+    whose buffer pointers are ``noalias`` (no value shares bytes with another live value),
+    so loops vectorize without runtime overlap checks and each kernel is optimized, compiled
+    and cached on its own. Its code depends on the node's structure only (op, attributes,
+    types, which operands share a buffer; the node's index is an argument), so nodes with
+    the same structure (the steps of an unrolled recurrence, repeated layers) call ONE
+    kernel, built once: a signature of the node finds it before any IR is made."""
     ptrs: list[ir.Value] = []
     for buf in ins + outs:
         if not any(buf.ptr is q for q in ptrs):
             ptrs.append(buf.ptr)
+    pattern = [next(i for i, q in enumerate(ptrs) if q is buf.ptr) for buf in ins + outs]
+    node_index = ctx.node_index if isinstance(ctx.node_index, ir.Value) else i64(ctx.node_index)
     extra = [ctx.tid, ctx.nthreads, ctx.ctl, ctx.workspace,
-             ctx.node_scratch if ctx.node_scratch is not None else ir.Constant(PTR, None)]
+             ctx.node_scratch if ctx.node_scratch is not None else ir.Constant(PTR, None),
+             node_index]
     fnty = ir.FunctionType(VOID, [q.type for q in ptrs] + [v.type for v in extra])
-    fn = ir.Function(module, fnty, module.get_unique_name(f"node.{node.op}"))
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
+    prog: Program = ctx.program
+    sig = node_signature(node, ins, outs, pattern, ctx)
+    symbol = prog.memo.get(sig)
+    if symbol is None:
+        symbol = _emit_kernel(ctx, node, low, ins, outs, ptrs, pattern, fnty)
+        prog.memo[sig] = symbol
+    prog.calls += 1
+    fn = ctx.module.globals.get(symbol) or ir.Function(ctx.module, fnty, symbol)
+    ctx.b.call(fn, ptrs + extra)
+
+
+KERNEL_PLACEHOLDER = "irgraph.kernel"
+
+
+def node_signature(node, ins: list[Buf], outs: list[Buf], pattern, ctx: Ctx) -> str:
+    """Everything a lowering reads, as text: the node without names or location (its
+    subgraphs likewise), its buffers' types and layouts, which share a pointer, and what
+    the context fixes (one thread or all, scratch, per-thread workspace, CPU)."""
+    from .jit import canonical_node
+    bufs = ";".join(f"{x.type}{'T' if x.swapped else ''}" for x in ins + outs)
+    return "\n".join([canonical_node(node), bufs, ",".join(map(str, pattern)),
+                      f"single={ctx.single} scratch={ctx.node_scratch is not None} "
+                      f"ws={ctx.workspace_per_thread} threads={ctx.max_threads} "
+                      f"small={_is_small(node)}", ctx.features])
+
+
+def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
+    """Build the kernel of ``node`` in a new module; returns its symbol, ``irk_`` and a hash
+    of its code and optimization level (equal code: one symbol, one object)."""
+    prog: Program = ctx.program
+    module = ir.Module(name="irgraph_kernel")
+    module.triple = prog.triple
+    fn = ir.Function(module, fnty, KERNEL_PLACEHOLDER)
     if _is_small(node):
         fn.attributes.add("optsize")      # tiny loops: no vector epilogues worth their code
     for k in range(len(ptrs)):
         fn.args[k].add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    tid, nthreads, ctl, ws, scr = fn.args[len(ptrs):]
+    tid, nthreads, ctl, ws, scr, index = fn.args[len(ptrs):]
     child = Ctx(module, fn, b, tid, nthreads, ctl, ws, ctx.workspace_per_thread,
                 ctx.max_threads, ctx.features)
-    child.node_index, child.barrier_fn = ctx.node_index, ctx.barrier_fn
+    child.program = prog
+    child.node_index = index
     child.single = ctx.single
     child.node_scratch = scr if ctx.node_scratch is not None else None
-
-    def rebind(buf: Buf) -> Buf:
-        k = next(i for i, q in enumerate(ptrs) if q is buf.ptr)
-        return Buf(fn.args[k], buf.type, buf.swapped)
-    low.fn(child, node, [rebind(x) for x in ins], [rebind(o) for o in outs])
+    low.fn(child, node, [Buf(fn.args[pattern[k]], x.type, x.swapped) for k, x in enumerate(ins)],
+           [Buf(fn.args[pattern[len(ins) + k]], o.type, o.swapped) for k, o in enumerate(outs)])
     b.ret_void()
-    ctx.b.call(fn, ptrs + extra)
+    text = str(module)
+    level = kernel_opt(node, prog.opt)
+    symbol = "irk_" + hashlib.sha256(f"{level}\0{text}".encode()).hexdigest()[:40]
+    if symbol not in prog.kernels:
+        prog.kernels[symbol] = Kernel(symbol, text.replace(f'@"{KERNEL_PLACEHOLDER}"',
+                                                           f'@"{symbol}"'), level, node.op)
+    return symbol
+
+
+# kernels whose work is below this many elements touched get the cheap optimization level
+CHEAP_WORK = 1 << 16
+HEAVY_OPS = frozenset({"matmul", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad",
+                       "scan", "fused", "max_pool", "max_pool_grad", "avg_pool",
+                       "avg_pool_grad", "batch_norm", "locally_connected", "tiled_conv"})
+
+
+def kernel_opt(node, opt: int) -> int:
+    """The optimization level of ``node``'s kernel: the requested one for loops that carry
+    the work (GEMM, convolutions, pooling, recurrences, fused regions, large elementwise
+    loops), at most 1 for small ones, whose compile time exceeds what -O3 saves them."""
+    if node.op in HEAVY_OPS:
+        return opt
+    work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
+    return opt if work >= CHEAP_WORK else min(opt, 1)
 
 
 from .workers import barrier_fn  # noqa: E402,F401  (the barrier lives beside the workers)
