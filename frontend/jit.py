@@ -237,9 +237,9 @@ def _all_nodes(graph: Graph):
                 yield from _all_nodes(a)
 
 
-def _check_batched(graph: Graph, what: str) -> int:
-    """The batch size B of ``graph``: the leading axis of every input (and of every user
-    output, ``what`` says which); ValueError naming the first one that has another."""
+def _check_batched(graph: Graph) -> int:
+    """The batch size B of ``graph``: the leading axis of every input and of every user
+    output; ValueError naming the first one that has another."""
     if not graph.inputs:
         raise ValueError(f"dynamic_batch: {graph.name} has no inputs to batch")
     for v in graph.inputs:
@@ -252,7 +252,7 @@ def _check_batched(graph: Graph, what: str) -> int:
                              f"{v.type.shape[0]}, but the batch (%{graph.inputs[0].name}) is "
                              f"{b}; every input must lead with the batch axis")
     n_user = len(graph.outputs) - len(graph.donations)
-    for k, v in enumerate(graph.outputs[:n_user] if what == "outputs" else []):
+    for k, v in enumerate(graph.outputs[:n_user]):
         if not v.type.shape or v.type.shape[0] != b:
             raise ValueError(f"dynamic_batch: output {k} (%{v.name}: {v.type}) does not lead "
                              f"with the batch axis of {b}: a padded batch would change it")
@@ -267,7 +267,7 @@ def check_dynamic_batch(graph: Graph) -> int:
         raise ValueError(f"dynamic_batch: {graph.name} cannot pad a batch: {reason}. Compile "
                          f"one executable per batch size instead (frontend.jit), or call "
                          f"model.eval() for inference")
-    return _check_batched(graph, "outputs")
+    return _check_batched(graph)
 
 
 def _check_rows(arrays: list[np.ndarray], specs: list, where: str) -> int:
