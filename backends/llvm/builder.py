@@ -12,15 +12,53 @@ from llvmlite import ir
 
 from irgraph import TensorType
 
-I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
-F32, F64 = ir.FloatType(), ir.DoubleType()
+I1, I8, I16, I32, I64 = (ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32),
+                         ir.IntType(64))
+F16, F32, F64 = ir.HalfType(), ir.FloatType(), ir.DoubleType()
 VOID = ir.VoidType()
 PTR = ir.PointerType(I8)
 
-# storage type of each dtype (bool is one byte in memory, i1 in registers)
+# storage type of each dtype (bool is one byte in memory, i1 in registers; the 16-bit floats
+# are float32 in registers, holding values exactly representable in 16 bits: Buf.load widens,
+# Buf.store rounds to nearest even)
 STORAGE: dict[str, ir.Type] = {"float32": F32, "float64": F64, "int32": I32, "int64": I64,
-                               "bool": I8}
-REGISTER: dict[str, ir.Type] = dict(STORAGE, bool=I1)
+                               "bool": I8, "float16": F16, "bfloat16": I16}
+REGISTER: dict[str, ir.Type] = dict(STORAGE, bool=I1, float16=F32, bfloat16=F32)
+
+
+def _i32(v: int) -> ir.Constant:
+    return ir.Constant(I32, v)
+
+
+def widen16(b: ir.IRBuilder, dtype: str, v: ir.Value) -> ir.Value:
+    """A stored float16 (half) or bfloat16 (i16 bits) as float32: exact."""
+    if dtype == "float16":
+        return b.fpext(v, F32)
+    return b.bitcast(b.shl(b.zext(v, I32), _i32(16)), F32)
+
+
+def bf16_bits(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """The float32 ``x`` rounded to bfloat16, to nearest even, as its float32 bits (the low 16
+    bits zero); a NaN stays a NaN (its quiet bit set)."""
+    bits = b.bitcast(x, I32)
+    odd = b.and_(b.lshr(bits, _i32(16)), _i32(1))
+    rounded = b.and_(b.add(bits, b.add(_i32(0x7FFF), odd)), _i32(-65536))
+    nan = b.fcmp_unordered("uno", x, x)
+    return b.select(nan, b.and_(b.or_(bits, _i32(0x00400000)), _i32(-65536)), rounded)
+
+
+def narrow16(b: ir.IRBuilder, dtype: str, x: ir.Value) -> ir.Value:
+    """The float32 ``x`` rounded to nearest even and stored as float16 (half) or bfloat16."""
+    if dtype == "float16":
+        return b.fptrunc(x, F16)
+    return b.trunc(b.lshr(bf16_bits(b, x), _i32(16)), I16)
+
+
+def round16(b: ir.IRBuilder, dtype: str, x: ir.Value) -> ir.Value:
+    """The float32 ``x`` rounded to ``dtype``'s 16 bits, kept in float32 (a register value)."""
+    if dtype == "float16":
+        return b.fpext(b.fptrunc(x, F16), F32)
+    return b.bitcast(bf16_bits(b, x), F32)
 
 
 def i64(v: int) -> ir.Constant:
@@ -87,11 +125,15 @@ class Buf:
 
     def load(self, b: ir.IRBuilder, offset: ir.Value) -> ir.Value:
         v = b.load(self.at(b, offset))
+        if self.dtype in ("float16", "bfloat16"):
+            return widen16(b, self.dtype, v)
         return b.trunc(v, I1) if self.dtype == "bool" else v
 
     def store(self, b: ir.IRBuilder, offset: ir.Value, value: ir.Value) -> None:
         if self.dtype == "bool":
             value = b.zext(value, I8)
+        elif self.dtype in ("float16", "bfloat16"):
+            value = narrow16(b, self.dtype, value)
         b.store(value, self.at(b, offset))
 
 

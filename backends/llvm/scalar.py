@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .builder import F32, F64, I1, REGISTER
+from .builder import F32, F64, I1, REGISTER, round16
 from .lowering import Ctx
 from .vmath import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
 
-FLOATS = ("float32", "float64")
+FLOATS = ("float32", "float64", "float16", "bfloat16")
+LOW = ("float16", "bfloat16")       # float32 registers (builder.REGISTER)
 _INLINE = {"exp": exp_f32, "log": log_f32, "tanh": tanh_f32, "erf": erf_f32}
 INTS = ("int32", "int64")
 
 
 def const(dtype: str, value) -> ir.Constant:
     ty = REGISTER[dtype]
+    if dtype in LOW:        # the value rounded to 16 bits (from float32, as PyTorch does)
+        import numpy as np
+        return ir.Constant(ty, float(np.float32(value).astype(dtype)))
     if dtype in FLOATS:
         return ir.Constant(ty, float(value))
     return ir.Constant(ty, int(bool(value)) if dtype == "bool" else int(value))
@@ -117,6 +121,12 @@ def convert(ctx: Ctx, src: str, dst: str, x: ir.Value) -> ir.Value:
     b = ctx.b
     if src == dst:
         return x
+    if dst in LOW:          # via float32 (PyTorch's rule), then rounded to 16 bits
+        return round16(b, dst, convert(ctx, src, "float32", x))
+    if src in LOW:
+        src = "float32"
+        if dst == "float32":
+            return x
     sty, dty = REGISTER[src], REGISTER[dst]
     if dst == "bool":
         return (b.fcmp_unordered("!=", x, const(src, 0)) if src in FLOATS

@@ -53,8 +53,9 @@ def _low_precision(op):
         wide = [a.astype(np.float32) if getattr(a, "dtype", None) in low else a for a in arrays]
         res = kernel(*wide, **attrs)
         outs = list(res) if isinstance(res, (tuple, list)) else [res]
-        outs = [np.asarray(r).astype(t.np_dtype) if t.dtype in LOW_DTYPES else r
-                for r, t in zip(outs, types)]
+        # rounded from float32 (a float64 result too: PyTorch's rule)
+        outs = [np.asarray(r).astype(np.float32).astype(t.np_dtype)
+                if t.dtype in LOW_DTYPES else r for r, t in zip(outs, types)]
         return tuple(outs) if isinstance(res, (tuple, list)) else outs[0]
     run.low_precision = True
     op.kernel = run

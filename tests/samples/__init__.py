@@ -41,3 +41,38 @@ def rand(*shape, seed: int = 0, dtype=np.float32, low=-1.0, high=1.0) -> np.ndar
 
 def positive(*shape, seed: int = 0, dtype=np.float32) -> np.ndarray:
     return rand(*shape, seed=seed, dtype=dtype, low=0.5, high=2.0)
+
+
+def low_precision_samples(dtype: str) -> dict[str, list[Case]]:
+    """The float32 samples of every float-typed op again in ``dtype`` (float16 or bfloat16):
+    float32 arrays rounded to ``dtype``, float32 dtype attributes renamed. A case the op's type
+    rule rejects in ``dtype`` (ops defined for float32/float64 only) is left out."""
+    from irgraph import IRError, get_op
+    from irgraph.types import TensorType
+
+    def low(v):
+        if isinstance(v, np.ndarray) and v.dtype == np.float32:
+            return v.astype(dtype)
+        if isinstance(v, str) and v in ("float32", "f32"):
+            return dtype
+        if isinstance(v, tuple):
+            return tuple(low(x) for x in v)
+        return v
+
+    out: dict[str, list[Case]] = {}
+    for op, cases in all_samples().items():
+        opdef = get_op(op)
+        if opdef.has_subgraph:
+            continue
+        for c in cases:
+            ins = [low(a) for a in c.inputs]
+            attrs = {k: low(v) for k, v in c.attrs.items()}
+            if all(a is b for a, b in zip(ins, c.inputs)) and all(
+                    attrs[k] is c.attrs[k] for k in attrs):
+                continue                    # nothing float32 in it
+            try:
+                opdef.infer([TensorType.of(a) for a in ins], opdef.check_attrs(attrs))
+            except (IRError, ValueError, TypeError):
+                continue
+            out.setdefault(op, []).append(Case(ins, attrs, c.nondiff, c.note))
+    return out
