@@ -141,7 +141,7 @@ def torch_model(name: str, state: dict):
     own = m.state_dict()
     with torch.no_grad():
         for k, v in own.items():
-            if k in state:
+            if k in state and not k.endswith("num_batches_tracked"):
                 v.copy_(torch.from_numpy(np.ascontiguousarray(state[k])))
     return m
 
