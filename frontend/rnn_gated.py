@@ -37,11 +37,21 @@ def lstm_update(gates: Tensor, c: Tensor, w_hr_t: Tensor | None = None):
     (N, 4H): i, f, o = sigmoid (eq. 10.42, 10.40, 10.44), g = tanh (the cell input; eq. 10.41
     has the sigmoid), c' = f c + i g (eq. 10.41), h' = o tanh(c') (eq. 10.43; times W_hr^T
     with a projection). -> (h', c')."""
+    h, c, _ = _lstm_step(gates, c, w_hr_t)
+    return h, c
+
+
+def _lstm_step(gates, c, w_hr_t=None):
+    """``lstm_update``, and the step's activations that its derivative reads (the gates,
+    tanh(c')): a layer emits them per step, so that BPTT reads them from the forward scan
+    (passes/scan_reuse.py) instead of recomputing the step's gate matmul."""
     size = c.shape[-1]
     i, f, g, o = (_block(gates, k, size) for k in range(4))
-    c = F.sigmoid(f) * c + F.sigmoid(i) * F.tanh(g)
-    h = F.sigmoid(o) * F.tanh(c)
-    return (h if w_hr_t is None else F.matmul(h, w_hr_t)), c
+    i, f, g, o = F.sigmoid(i), F.sigmoid(f), F.tanh(g), F.sigmoid(o)
+    c = f * c + i * g
+    tc = F.tanh(c)
+    h = o * tc
+    return (h if w_hr_t is None else F.matmul(h, w_hr_t)), c, (i, f, g, o, tc)
 
 
 def gru_update(xg: Tensor, hg: Tensor, h: Tensor) -> Tensor:
@@ -49,11 +59,18 @@ def gru_update(xg: Tensor, hg: Tensor, h: Tensor) -> Tensor:
     (N, 3H): r = sigmoid(xg_r + hg_r), z = sigmoid(xg_z + hg_z), n = tanh(xg_n + r * hg_n),
     h' = (1 - z) n + z h (eq. 10.45-10.47, but the text resets before W, W (r * h), and
     squashes n with the sigmoid)."""
+    return _gru_step(xg, hg, h)[0]
+
+
+def _gru_step(xg, hg, h):
+    """``gru_update``, and the activations its derivative reads (r, z, n, h W_hn^T + b_hn),
+    emitted per step by the layer (as ``_lstm_step``'s)."""
     size = h.shape[-1]
     r = F.sigmoid(_block(xg, 0, size) + _block(hg, 0, size))
     z = F.sigmoid(_block(xg, 1, size) + _block(hg, 1, size))
-    n = F.tanh(_block(xg, 2, size) + r * _block(hg, 2, size))
-    return (1.0 - z) * n + z * h
+    hn = _block(hg, 2, size)
+    n = F.tanh(_block(xg, 2, size) + r * hn)
+    return (1.0 - z) * n + z * h, (r, z, n, hn)
 
 
 def _t(w) -> Tensor:
@@ -99,11 +116,11 @@ class LSTM(RNNBase):
 
         def step(carry, pre_t, w_hh_t, *w_hr_t):
             h, c = carry
-            h, c = lstm_update(pre_t + F.matmul(h, w_hh_t), c, *w_hr_t)
-            return (h, c), h
+            h, c, acts = _lstm_step(pre_t + F.matmul(h, w_hh_t), c, *w_hr_t)
+            return (h, c), (h,) + acts
 
         (h, c), ys = scan(step, tuple(state0), pre, consts, reverse=reverse, mask=mask)
-        return ys, (h, c)
+        return ys[0], (h, c)
 
 
 class GRU(RNNBase):
@@ -128,11 +145,11 @@ class GRU(RNNBase):
             hg = F.matmul(h, w_hh_t)
             if b_hh is not None:
                 hg = hg + b_hh
-            h = gru_update(xg_t, hg, h)
-            return h, h
+            h, acts = _gru_step(xg_t, hg, h)
+            return h, (h,) + acts
 
         h, ys = scan(step, state0[0], xg, (_t(w["weight_hh"]),), reverse=reverse, mask=mask)
-        return ys, (h,)
+        return ys[0], (h,)
 
 
 # ---------------------------------------------------------------- cells

@@ -209,7 +209,9 @@ def test_layers_match_torch_float64_llvm():
 
 @pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
 def test_layers_match_torch_float32_every_backend(backend):
-    cfg = small(6, batch=2, gru=dict(num_layers=1, bidirectional=False, bias=False))
+    cfg = small(6, batch=2, lstm=dict(num_layers=1, bidirectional=False, bias=True,
+                                      proj_size=2),
+                gru=dict(num_layers=1, bidirectional=False, bias=False))
     check_zoo(cfg, backend, np.float32, "rolled", rtol=2e-5, atol=2e-6)
 
 
@@ -302,7 +304,7 @@ def test_truncated_and_recompute_bptt_of_an_lstm():
 # ------------------------------------------------------------------ training
 def test_training_an_lstm_with_adam_follows_torchs_trajectory():
     """A sequence classifier (LSTM, linear head on h_n) trained 5 Adam steps (torch's
-    formula) on the LLVM backend: the losses and final weights are torch's."""
+    formula): the losses and final weights are torch's."""
     fe.manual_seed(34)
     lstm, head = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
 
@@ -324,8 +326,7 @@ def test_training_an_lstm_with_adam_follows_torchs_trajectory():
     r = np.random.default_rng(35)
     x, y = r.standard_normal((4, 6, 3)), r.integers(0, 2, 4)
     step = fe.compile_train(net, nn.CrossEntropyLoss(), optim.Adam(lr=0.05, convention="torch"),
-                            fe.TensorSpec(x.shape, "float64"), fe.TensorSpec((4,), "int64"),
-                            backend="llvm")
+                            fe.TensorSpec(x.shape, "float64"), fe.TensorSpec((4,), "int64"))
     topt = torch.optim.Adam(tnet.parameters(), lr=0.05)
     ours, theirs = [], []
     for _ in range(5):
