@@ -44,7 +44,8 @@ class TrainStepFunction:
     compiled with ``has_aux`` (``aux_structure``: the tree aux's arrays are put back in)."""
 
     def __init__(self, layout: TrainStep, graph, executable, optimizer: Optimizer,
-                 params: dict[str, Parameter], has_aux: bool = False, aux_structure=None):
+                 params: dict[str, Parameter], has_aux: bool = False, aux_structure=None,
+                 amp_init_scale: float = 2.0 ** 16):
         self.layout = layout            # the step graph as built, and where things sit
         self.graph = graph              # what the backend compiled (after the pipeline)
         self.executable = executable
@@ -52,6 +53,10 @@ class TrainStepFunction:
         self.params = params            # graph parameter name -> Parameter (weights, buffers)
         self._hdtype = [v.type.np_dtype for v in graph.inputs[len(layout.batch):]]
         self.has_aux, self.aux_structure = has_aux, aux_structure
+        # dynamic loss scaling (autocast="f16"): the scale and the good-step count, float32
+        # scalars updated in place by the step
+        self.amp = {n: np.array(v, np.float32) for n, v in
+                    zip(layout.loss_scale, (amp_init_scale, 0.0))}
 
     def __call__(self, *batch):
         lay = self.layout
@@ -82,15 +87,23 @@ class TrainStepFunction:
         at each step: the user may have replaced an array)."""
         state = self.optimizer.state
         return ([self.params[n].data for n in self.layout.params] +
-                [state[pn][slot] for pn, slot in self._slots()])
+                [state[pn][slot] for pn, slot in self._slots()] +
+                [self.amp[n] for n in self.layout.loss_scale])
 
     def _store(self, i: int, array: np.ndarray) -> None:
         n = len(self.layout.params)
         if i < n:
             self.params[self.layout.params[i]].data = array
-        else:
+        elif i - n < len(self._slots()):
             pn, slot = self._slots()[i - n]
             self.optimizer.state[pn][slot] = array
+        else:
+            self.amp[self.layout.loss_scale[i - n - len(self._slots())]] = array
+
+    @property
+    def loss_scale(self) -> float | None:
+        """The current dynamic loss scale (autocast="f16"), else None."""
+        return float(self.amp["amp.scale"]) if self.amp else None
 
     def source(self) -> str:
         return self.executable.source()
@@ -102,6 +115,7 @@ class TrainStepFunction:
         out = {f"param:{n}": p.data for n, p in self.params.items()}
         out.update((f"state:{pn}:{slot}", self.optimizer.state[pn][slot])
                    for pn, slot in self._slots())
+        out.update((f"state:{n}", a) for n, a in self.amp.items())
         return out
 
     def save_state(self, folder) -> None:
@@ -144,6 +158,8 @@ class TrainStepFunction:
                 np.copyto(live[name], a)
             elif name.startswith("param:"):
                 self.params[name[len("param:"):]].data = a
+            elif name[len("state:"):] in self.amp:
+                self.amp[name[len("state:"):]] = a
             else:
                 _, pn, slot = name.split(":")
                 self.optimizer.state[pn][slot] = a
@@ -154,7 +170,7 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
                   *specs: TensorSpec, backend: str = "reference", pipeline=None,
                   n_model_inputs: int | None = None, name: str | None = None,
                   has_aux: bool = False, dynamic_batch: bool = False,
-                  **options) -> TrainStepFunction:
+                  autocast: str | None = None, **options) -> TrainStepFunction:
     """Compile forward + loss + gradients + optimizer update into one step.
 
     The batch is ``specs``: the first ``n_model_inputs`` (default: all but the last) go to
@@ -164,7 +180,13 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
     that drives compiled loss/gradient/Hessian-vector graphs from the host.
     ``dynamic_batch``: the step takes any batch of up to the specs' batch size, exactly
     (padded rows masked out of the loss; frontend/jit.py).
+    ``autocast`` ("bf16"/"bfloat16" or "f16"/"float16"): mixed precision as torch.autocast
+    (passes/autocast.py: matmuls and convolutions in 16 bits, float32 master weights and
+    optimizer state); with float16, dynamic loss scaling as torch's GradScaler inside the
+    step (passes/train.py ``LossScaling``; ``step.loss_scale``). docs/low_precision.md
     """
+    if dynamic_batch and autocast is not None:
+        raise NotImplementedError("autocast: with a fixed batch (dynamic_batch=False)")
     if dynamic_batch:
         from .jit import compile_train_dynamic
         return compile_train_dynamic(compile_train, model, loss_fn, optimizer, specs,
@@ -178,19 +200,31 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
     graph, tracer, structure = trace_with(fn, specs, name or f"{type(model).__name__}_loss",
                                           _param_names(model))
     trainable = _trainable(tracer.params, optimizer)
+    scaling = None
+    if autocast is not None:
+        from irgraph.types import canonical_dtype
+        from passes.autocast import autocast as _autocast
+        from passes.train import LossScaling
+        low = canonical_dtype(autocast)
+        if getattr(optimizer, "host_side", False):
+            raise NotImplementedError("autocast: with an optimizer compiled into the step")
+        graph = _autocast(graph, low)
+        scaling = LossScaling() if low == "float16" else None
     if getattr(optimizer, "host_side", False):
         if has_aux:
             raise NotImplementedError(f"has_aux: {type(optimizer).__name__} steps from the host "
                                       f"(section 8.6 methods) return the loss only")
         from .second_order import compile_host_step
         return compile_host_step(graph, tracer.params, trainable, optimizer, backend, **options)
-    layout = training_step(graph, trainable, optimizer.spec(), aux=has_aux)
+    layout = training_step(graph, trainable, optimizer.spec(), aux=has_aux,
+                           loss_scaling=scaling)
     compiled = run_pipeline(layout.graph, pipeline, "training")
     _check_same_interface(layout.graph, compiled)
     exe = backends.compile(compiled, backend, **options)
     optimizer.bind({n: tracer.params[n] for n in trainable})
     return TrainStepFunction(layout, compiled, exe, optimizer, dict(tracer.params),
-                             has_aux, structure[1][1] if has_aux else None)
+                             has_aux, structure[1][1] if has_aux else None,
+                             *([scaling.init_scale] if scaling else []))
 
 
 def _n_model_inputs(loss_fn, specs, n) -> int:

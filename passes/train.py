@@ -121,6 +121,9 @@ class TrainStep:
     state: dict[str, dict[str, str]] = field(default_factory=dict)  # param -> slot -> arg name
     buffer_updates: list[str] = field(default_factory=list)         # buffers the step updates
     aux: int = 0                           # auxiliary outputs: the step's last outputs
+    # dynamic loss scaling: the scale and good-step count (graph params after the optimizer
+    # state, donated outputs after the updates), else empty
+    loss_scale: list[str] = field(default_factory=list)
 
 
 class _Builder:
@@ -153,7 +156,8 @@ class _Builder:
 
 
 def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSpec,
-                  name: str | None = None, aux: bool = False) -> TrainStep:
+                  name: str | None = None, aux: bool = False,
+                  loss_scaling: "LossScaling | None" = None) -> TrainStep:
     """Build the training-step graph of ``loss_graph`` (see the module docstring).
 
     ``aux``: the loss graph's outputs after the loss that are not donated (JAX's
@@ -165,6 +169,8 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     output). Optimizer-state parameters are named ``opt.<slot>.<param>``.
     """
     _check_loss_graph(loss_graph, trainable)
+    if loss_scaling is not None:        # the gradient of loss * scale
+        loss_graph = scaled_loss(loss_graph)
     # BPTT (passes/unroll.py): short recurrences unrolled, long ones keep their states
     vg = value_and_grad(prepare_bptt(loss_graph), list(trainable), of=0)
     b = _Builder(loss_graph, spec, name or f"{loss_graph.name}_train_step")
@@ -177,9 +183,12 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
         while name in taken:
             name = g.fresh_name(name + "_")
         b.hyper[h] = g.add_input(name, TensorType((), hdtype))
-    params = {p.name: g.add_param(p.name, p.type) for p in loss_graph.params}
+    amp = [SCALE, GOOD_STEPS] if loss_scaling is not None else []
+    params = {p.name: g.add_param(p.name, p.type) for p in loss_graph.params
+              if p.name not in amp}
     state = {pn: {slot: g.add_param(g.fresh_name(f"opt.{slot}.{pn}"), params[pn].type)
                   for slot in spec.slots} for pn in trainable}
+    params.update((n, g.add_param(n, TensorType((), "float32"))) for n in amp)
     # where the gradient is taken: theta, or the interim point theta + alpha v (alg. 8.3)
     at = dict(params)
     if spec.interim:
@@ -190,10 +199,15 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     outs = b.inline(vg, batch + [at[p.name] for p in loss_graph.params])
     n_src = len(loss_graph.outputs)
     loss, src_outs, grads = outs[0], outs[:n_src], outs[n_src:]
+    if loss_scaling is not None:
+        loss, grads, finite = unscale(g, loss, grads, params[SCALE])
     grads = _clip(b, grads)
     new_outputs: list[tuple[Value, Value]] = []     # (new value, argument it replaces)
     for pn, grad in zip(trainable, grads):
         new_outputs += _update(b, params[pn], at[pn], grad, state[pn])
+    if loss_scaling is not None:        # an overflow skips the step: old values kept
+        new_outputs = [(g.op("where", finite, new, old), old) for new, old in new_outputs]
+        new_outputs += loss_scaling.update(g, finite, params[SCALE], params[GOOD_STEPS])
     buffer_updates = []
     for o, a in sorted(loss_graph.donations.items()):
         arg = loss_graph.arguments[a]
@@ -207,9 +221,68 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     g.donations = {i + 1: args.index(dst) for i, (_, dst) in enumerate(new_outputs)}
     verify(g)
     return TrainStep(g, [v.name for v in batch], list(spec.hyperparameters),
-                     list(params), list(trainable),
+                     [p for p in params if p not in amp], list(trainable),
                      {pn: {s: v.name for s, v in slots.items()} for pn, slots in state.items()},
-                     buffer_updates, len(aux_outs))
+                     buffer_updates, len(aux_outs), amp)
+
+
+# ---------------------------------------------------------------- dynamic loss scaling
+SCALE, GOOD_STEPS = "amp.scale", "amp.good_steps"
+
+
+@dataclass(frozen=True)
+class LossScaling:
+    """Dynamic loss scaling (PyTorch's GradScaler): the loss is multiplied by ``scale``
+    before the backward pass and the gradients divided by it; a step whose gradients hold an
+    inf or NaN leaves parameters and optimizer state as they were and halves the scale
+    (``backoff``); after ``interval`` good steps in a row the scale doubles (``growth``)."""
+    init_scale: float = 2.0 ** 16
+    growth: float = 2.0
+    backoff: float = 0.5
+    interval: int = 2000
+
+    def update(self, g: Graph, finite: Value, scale: Value, good: Value):
+        """(new value, old argument) pairs of the scale and the good-step count."""
+        def c(v):
+            return g.op("full", shape=(), value=float(v), dtype="float32")
+        good1 = g.op("add", good, c(1))
+        grow = g.op("logical_and", finite, g.op("ge", good1, c(self.interval)))
+        new_scale = g.op("where", finite, g.op("where", grow, g.op("mul", scale, c(self.growth)),
+                                                scale), g.op("mul", scale, c(self.backoff)))
+        new_good = g.op("where", g.op("logical_and", finite, g.op("lt", good1, c(self.interval))),
+                        good1, c(0))
+        return [(new_scale, scale), (new_good, good)]
+
+
+def scaled_loss(graph: Graph) -> Graph:
+    """``graph`` with a float32 scalar parameter ``amp.scale`` and output 0 times it."""
+    from irgraph.rewrite import GraphRewriter
+    rw = GraphRewriter(graph)
+    scale = rw.dst.add_param(SCALE, TensorType((), "float32"))
+    rw.dst.add_param(GOOD_STEPS, TensorType((), "float32"))
+    for node in graph.nodes:
+        rw.copy_node(node)
+    loss = rw[graph.outputs[0]]
+    s = scale if loss.dtype == "float32" else rw.emit("cast", scale, dtype=loss.dtype)
+    out = rw.finish([rw.emit("mul", loss, s)] + [rw[v] for v in graph.outputs[1:]])
+    out.donations = dict(graph.donations)
+    return out
+
+
+def unscale(g: Graph, loss: Value, grads: list[Value], scale: Value):
+    """The loss and gradients divided by the scale, and whether every gradient is finite
+    (a bool scalar: the sum of grad * 0 over all gradients is 0, else NaN)."""
+    def by(v):
+        s = scale if v.dtype == "float32" else g.op("cast", scale, dtype=v.dtype)
+        return g.op("div", v, s)
+    grads = [by(x) for x in grads]
+    zero = None
+    for x in grads:
+        x32 = x if x.dtype == "float32" else g.op("cast", x, dtype="float32")
+        z = g.op("sum", g.op("mul", x32, g.op("full", shape=(), value=0.0, dtype="float32")))
+        zero = z if zero is None else g.op("add", zero, z)
+    finite = g.op("eq", zero, g.op("full", shape=(), value=0.0, dtype="float32"))
+    return by(loss), grads, finite
 
 
 def _check_loss_graph(graph: Graph, trainable: Sequence[str]) -> None:
