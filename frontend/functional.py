@@ -29,7 +29,17 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     return tr.emit("constant", value=arr)
 
 
-_KINDS = {"bool": 0, "int32": 1, "int64": 1, "float32": 2, "float64": 2}
+_KINDS = {"bool": 0, "int32": 1, "int64": 1, "float32": 2, "float64": 2, "float16": 2,
+          "bfloat16": 2}
+
+
+def _widest(dtypes) -> str:
+    """The widest of dtypes of one kind; float16 with bfloat16 gives float32 (PyTorch's
+    rule: neither holds the other)."""
+    names = set(dtypes)
+    if names == {"float16", "bfloat16"}:
+        return "float32"
+    return max(names, key=lambda d: (np.dtype(d).itemsize, d))
 
 
 def _scalar_dtype(x, like: Tensor | None) -> str:
@@ -47,7 +57,7 @@ def result_dtype(*xs: Tensor) -> str:
     dtype of that kind; 0-d tensors count only when their kind is above every other's."""
     def best(group):
         top = np.max([_KINDS[x.dtype] for x in group])
-        return top, np.result_type(*[x.dtype for x in group if _KINDS[x.dtype] == top]).name
+        return top, _widest(x.dtype for x in group if _KINDS[x.dtype] == top)
     shaped, zero = [x for x in xs if x.ndim], [x for x in xs if not x.ndim]
     if not shaped or not zero:
         return best(xs)[1]
