@@ -39,7 +39,7 @@ def _widest(dtypes) -> str:
     names = set(dtypes)
     if names == {"float16", "bfloat16"}:
         return "float32"
-    return max(names, key=lambda d: (np.dtype(d).itemsize, d))
+    return sorted(names, key=lambda d: (np.dtype(d).itemsize, d))[-1]
 
 
 def _scalar_dtype(x, like: Tensor | None) -> str:
