@@ -7,6 +7,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from irgraph.ops.core import normalize_axes, reduced_shape, wrap_dim
+from irgraph.registry import ops_with
 from irgraph.types import TensorType
 
 from .tracing import Tensor, current_tracer
@@ -188,9 +189,11 @@ logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
 
 def _unary(op):
+    float_only = op in ops_with("float_only")
+
     def f(x):
         x = as_tensor(x)
-        if op not in ("neg", "abs", "sign", "square", "relu") and not x.type.is_float:
+        if float_only and not x.type.is_float:
             x = cast(x, "float32")
         return _emit(op, x)
     f.__name__ = op

@@ -1,11 +1,14 @@
 """The op registry: one entry defines one op.
 
 An entry holds the op's attribute specification (validation and defaults), its
-type rule, its numpy reference kernel and its cost. Passes and backends keep
+type rule, its numpy reference kernel, its cost and its traits (the facts passes
+and backends ask about an op: ``TRAITS`` lists them; ``ops_with("elementwise")``
+is the set of ops with a trait). Every op-name set a pass or backend needs is
+derived from the traits, never written out by hand. Passes and backends keep
 their own tables keyed by op name (gradient rules, lowerings); this module
 imports none of them.
 
-    @register_op("relu", attrs={}, cost=elementwise_cost(1))
+    @register_op("relu", attrs={}, cost=elementwise_cost(1), traits={"elementwise"})
     def relu(x): ...                      # the reference kernel
     @relu.type_rule
     def _(x): return x                    # TensorType in, TensorType(s) out
@@ -42,6 +45,25 @@ class Cost:
 
 CostFn = Callable[[list[TensorType], list[TensorType], dict], Cost]
 
+# The facts an op may declare. Each op says which hold for it (``traits=`` of ``register_op``,
+# an empty set when none does); tests/test_registry.py checks every op declares its traits.
+TRAITS = {
+    "elementwise": "result element i reads only operand elements at i after broadcasting "
+                   "(fusion groups these into one loop)",
+    "float_only": "the type rule rejects integer and bool operands",
+    "reduction": "reduces the axes of its `axis`/`keepdims` attributes by an accumulation "
+                 "(sum, mean, max, min)",
+    "view": "the result is the operand's bytes, reinterpreted (no copy)",
+    "inplace": "the result may overwrite a same-shaped operand that dies at the node: each "
+               "operand element is read before the result element at that index is written",
+    "commutative": "its two operands may be swapped",
+    "constant": "no inputs: its value is fixed by its attributes (constant folding evaluates it)",
+    "effect": "has an effect beyond its outputs (never folded, merged or removed)",
+    "random": "a draw from the counter-based generator (a pure function of key and counter)",
+    "fallible": "may find bad data at run time (an out-of-range index, a negative integer "
+                "exponent, a non-finite value) and raise",
+}
+
 
 def default_cost(ins: list[TensorType], outs: list[TensorType], attrs: dict) -> Cost:
     """One flop per output element; every input and output moved once."""
@@ -66,6 +88,7 @@ class OpDef:
     nondiff_reason: str = ""
     has_subgraph: bool = False
     doc: str = ""
+    traits: frozenset[str] | None = None   # None: not declared (tests reject it)
     _type_rule: Callable[..., Any] | None = None
 
     # -- decorators used right under the kernel's definition
@@ -115,6 +138,11 @@ class OpDef:
     def cost(self, in_types, out_types, attrs) -> Cost:
         return self.cost_fn(list(in_types), list(out_types), attrs)
 
+    def has(self, trait: str) -> bool:
+        """Whether the op has ``trait`` (one of ``TRAITS``)."""
+        _check_trait(trait)
+        return trait in (self.traits or ())
+
 
 _REGISTRY: dict[str, OpDef] = {}
 
@@ -122,14 +150,24 @@ _REGISTRY: dict[str, OpDef] = {}
 def register_op(name: str, *, attrs: dict[str, Attr] | None = None,
                 num_inputs: int | None = -1, cost: CostFn = default_cost,
                 differentiable: bool = True, nondiff_reason: str = "",
-                has_subgraph: bool = False):
+                has_subgraph: bool = False, traits=None):
     """Decorator: register ``fn`` as the reference kernel of a new op.
 
     ``num_inputs=-1`` (default) takes the arity from the kernel's positional
-    parameters; ``None`` makes the op variadic.
+    parameters; ``None`` makes the op variadic. ``traits``: the names from ``TRAITS``
+    that hold for the op (an empty set when none does).
     """
     if not differentiable and not nondiff_reason:
         raise ValueError(f"op {name!r}: a non-differentiable op must say why")
+    if traits is not None:
+        if isinstance(traits, str):
+            raise TypeError(f"op {name!r}: traits must be a set of names, got the string "
+                            f"{traits!r}")
+        traits = frozenset(traits)
+        unknown = sorted(t for t in traits if t not in TRAITS)
+        if unknown:
+            raise ValueError(f"op {name!r}: unknown trait(s) {unknown}; the traits are "
+                             f"{sorted(TRAITS)}")
 
     def deco(fn):
         if name in _REGISTRY:
@@ -143,7 +181,7 @@ def register_op(name: str, *, attrs: dict[str, Attr] | None = None,
             else:
                 n = sum(1 for p in params if p.kind == p.POSITIONAL_OR_KEYWORD)
         op = OpDef(name, fn, dict(attrs or {}), n, cost, differentiable, nondiff_reason,
-                   has_subgraph, (fn.__doc__ or "").strip())
+                   has_subgraph, (fn.__doc__ or "").strip(), traits)
         _REGISTRY[name] = op
         return op
     return deco
@@ -158,6 +196,19 @@ def get_op(name: str) -> OpDef:
 
 def all_ops() -> dict[str, OpDef]:
     return dict(_REGISTRY)
+
+
+def _check_trait(trait: str) -> None:
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait {trait!r}; the traits are {sorted(TRAITS)}")
+
+
+def ops_with(*traits: str) -> frozenset[str]:
+    """The names of the registered ops that have every one of ``traits``."""
+    for t in traits:
+        _check_trait(t)
+    want = set(traits)
+    return frozenset(n for n, op in _REGISTRY.items() if want <= (op.traits or frozenset()))
 
 
 # ---------------------------------------------------------------- attribute checks

@@ -6,16 +6,16 @@ from typing import Any
 import numpy as np
 
 from irgraph import Graph, Node, Value
+from irgraph.registry import ops_with
 
 # ops without inputs whose value is fixed by their attributes (constant folding evaluates them)
-CONST_SOURCES = frozenset({"constant", "full", "iota"})
+CONST_SOURCES = ops_with("constant")
 
 # ops with an effect beyond their outputs: never folded, merged or removed
-EFFECT_OPS = frozenset({"check_finite"})
+EFFECT_OPS = ops_with("effect")
 
 # ops whose two operands may be swapped
-COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and",
-                         "logical_or"})
+COMMUTATIVE = ops_with("commutative")
 
 
 def splat(v: Value) -> float | None:

@@ -20,15 +20,13 @@ import heapq
 from dataclasses import dataclass, field
 
 from irgraph import Graph, GraphRewriter, Node, Value
+from irgraph.registry import ops_with
 
 from .manager import register_pass
 from .simplify import dce
 
-ELEMENTWISE = frozenset({
-    "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign", "square",
-    "cast", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le",
-    "gt", "ge", "logical_and", "logical_or", "where", "broadcast_to", "stop_gradient", "erf"})
-REDUCTIONS = frozenset({"sum", "mean", "max", "min"})
+ELEMENTWISE = ops_with("elementwise")
+REDUCTIONS = ops_with("reduction")
 ANCHORS = frozenset({"matmul", "conv", "conv_input_grad"})
 # constants copied into a body rather than passed in (at most this many elements)
 INLINE_CONST_LIMIT = 64

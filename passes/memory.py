@@ -23,15 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from irgraph import Graph, Node, Value
-
-from .fusion import ELEMENTWISE
+from irgraph.registry import ops_with
 
 # elementwise ops whose result may overwrite a same-shaped operand that dies at the node
-INPLACE_OPS = (ELEMENTWISE - {"broadcast_to"}) | frozenset({
-    "sgd_update", "momentum_update", "adagrad_update", "rmsprop_update",
-    "rmsprop_momentum_update", "adam_update", "polyak_update", "clip_by_value"})
+INPLACE_OPS = ops_with("inplace")
 # ops whose result is the same bytes as their operand (a view)
-VIEW_OPS = frozenset({"reshape"})
+VIEW_OPS = ops_with("view")
 DEFAULT_ALIGNMENT = 64
 
 

@@ -13,10 +13,20 @@ from hypothesis import strategies as st
 
 from irgraph import Graph, TensorType, Value, verify
 from irgraph.ops.core import broadcast_shapes
+from irgraph.registry import all_ops, ops_with
 
-UNARY = ["neg", "exp", "tanh", "sigmoid", "relu", "abs", "square", "sqrt", "log", "rsqrt"]
-BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "pow"]
-REDUCE = ["sum", "mean", "max", "min"]
+
+def _differentiable_elementwise(arity: int) -> list[str]:
+    """The registry's differentiable elementwise ops of ``arity`` operands and no attributes
+    (sorted: the draws do not depend on registration order)."""
+    ops = all_ops()
+    return sorted(n for n in ops_with("elementwise") if ops[n].num_inputs == arity
+                  and not ops[n].attrs and ops[n].differentiable)
+
+
+UNARY = _differentiable_elementwise(1)
+BINARY = _differentiable_elementwise(2)
+REDUCE = sorted(ops_with("reduction"))
 CONSTANTS = [0.0, 1.0, -1.0, 2.0, 0.5, 3.0]
 
 

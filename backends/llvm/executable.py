@@ -13,6 +13,7 @@ except ImportError:                     # numpy < 2
 from irgraph import Graph
 from irgraph.errors import RuntimeDataError
 from irgraph.ops.debug import NonFiniteError
+from irgraph.registry import ops_with
 
 from ..base import (Executable, check_out_buffers, fork_safe_locks, raise_as_reference,
                     validate_args)
@@ -27,8 +28,7 @@ NativeError = RuntimeDataError
 
 # ops whose lowering may record an error in the control block (``Ctx.fail``): the data
 # checks of nll_loss, integer pow and the gathers' indices, and the NaN checker
-FALLIBLE_OPS = frozenset({"nll_loss", "pow", "check_finite", "take", "take_along_axis",
-                          "index_add", "scatter_add"})
+FALLIBLE_OPS = ops_with("fallible")
 
 
 def _fallible(node) -> bool:

@@ -19,16 +19,20 @@ import torch
 
 from irgraph import Graph, Node, Value
 from irgraph.ops.core import normalize_axes
+from irgraph.registry import ops_with
 
 from .codegen import _expr, elementwise_nodes, lift_constants, literal, load_kernel
 from .runtime import View, cdiv, empty, meta_tensor, next_pow2, to_device
 
-REDUCTIONS = ("sum", "mean", "max", "min")
+REDUCTIONS = ops_with("reduction")
+# the reductions the generated kernel implements (a region reducing by another one is not
+# generated: its nodes run one by one)
+KERNEL_REDUCTIONS = ("sum", "mean", "max", "min")
 
 
 def _split(body: Graph) -> tuple[list[Node], Node, list[Node]] | None:
     reds = [n for n in body.nodes if n.op in REDUCTIONS]
-    if len(reds) != 1:
+    if len(reds) != 1 or reds[0].op not in KERNEL_REDUCTIONS:
         return None
     i = body.nodes.index(reds[0])
     return body.nodes[:i], reds[0], body.nodes[i + 1:]
@@ -151,12 +155,14 @@ def render_reduction(body: Graph, pro, red: Node, epi, s_views, r_views, rank_s:
         lines.append(f"        acc += tl.where(mask, {x}, 0).to({acc_ty})")
         total = "tl.sum(acc, axis=1)" + (" / K" if red.op == "mean" else "")
         lines.append(f"    red = {total}")
-    else:
+    elif red.op in ("max", "min"):
         fn = "tl.maximum" if red.op == "max" else "tl.minimum"
         lines += [f"        acc = tl.where(mask, {fn}(acc, {x}), acc)",
                   f"        nan = nan | (mask & ({x} != {x}))",
                   f"    red = tl.{red.op}(acc, axis=1)",
                   "    red = tl.where(tl.max(nan.to(tl.int32), axis=1) > 0, float('nan'), red)"]
+    else:
+        raise ValueError(f"no generated Triton kernel reduces by {red.op!r}")
     names[red.outputs[0]] = "red"
     lines += ["    offs = rows", "    mask = rmask"]
     for i, v in enumerate(body.inputs):

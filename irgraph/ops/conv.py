@@ -110,7 +110,7 @@ def _input_grad_cost(ins, outs, attrs) -> Cost:
 
 
 # ---------------------------------------------------------------- conv
-@register_op("conv", attrs=_CONV, cost=_conv_cost)
+@register_op("conv", traits=(), attrs=_CONV, cost=_conv_cost)
 def conv(x, w, *, stride, padding, dilation, groups):
     """Cross-correlation (eq. 9.6-9.7) with stride (eq. 9.8), padding, dilation, groups."""
     return _conv(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
@@ -136,7 +136,7 @@ def conv_type(x: TensorType, w: TensorType, *, stride, padding, dilation, groups
 conv.type_rule(conv_type)
 
 
-@register_op("conv_kernel_grad", attrs=dict(_CONV, kernel_size=Attr(a_ints)),
+@register_op("conv_kernel_grad", traits=(), attrs=dict(_CONV, kernel_size=Attr(a_ints)),
              cost=_kernel_grad_cost)
 def conv_kernel_grad(x, gy, *, kernel_size, stride, padding, dilation, groups):
     """g(G, V, s) of eq. 9.11: dL/dw of ``conv`` given the input and the output gradient."""
@@ -158,7 +158,7 @@ def _(x, gy, *, kernel_size, stride, padding, dilation, groups):
     return TensorType((gy.shape[1], x.shape[1] // groups) + tuple(kernel_size), x.dtype)
 
 
-@register_op("conv_input_grad", attrs=dict(_CONV, input_size=Attr(a_ints)),
+@register_op("conv_input_grad", traits=(), attrs=dict(_CONV, input_size=Attr(a_ints)),
              cost=_input_grad_cost)
 def conv_input_grad(w, gy, *, input_size, stride, padding, dilation, groups):
     """h(K, G, s) of eq. 9.12-9.13: dL/dx of ``conv``; also transposed convolution."""
@@ -194,7 +194,7 @@ def _dilate(w: np.ndarray, dilation) -> np.ndarray:
     return out
 
 
-@register_op("conv_fft", attrs=_CONV, cost=_conv_cost)
+@register_op("conv_fft", traits=(), attrs=_CONV, cost=_conv_cost)
 def conv_fft(x, w, *, stride, padding, dilation, groups):
     """``conv`` computed by pointwise products in the frequency domain (numpy.fft)."""
     n, c = x.shape[:2]
@@ -227,7 +227,7 @@ _UNFOLD = dict(_WINDOW, kernel_size=Attr(a_ints))
 _MOVE = dict(cost=lambda i, o, a: Cost(0, i[0].nbytes + o[0].nbytes))
 
 
-@register_op("unfold", attrs=_UNFOLD, **_MOVE)
+@register_op("unfold", traits=(), attrs=_UNFOLD, **_MOVE)
 def unfold(x, *, kernel_size, stride, padding, dilation):
     """The windows of ``x`` (N, C, *S) as (N, C, *kernel, *out) (im2col)."""
     out = out_shape(x.shape[2:], kernel_size, stride, padding, dilation)
@@ -246,7 +246,7 @@ def _(x, *, kernel_size, stride, padding, dilation):
     return x.with_shape(x.shape[:2] + tuple(kernel_size) + out)
 
 
-@register_op("fold", attrs=dict(_UNFOLD, output_size=Attr(a_ints)), **_MOVE)
+@register_op("fold", traits=(), attrs=dict(_UNFOLD, output_size=Attr(a_ints)), **_MOVE)
 def fold(cols, *, output_size, kernel_size, stride, padding, dilation):
     """Transpose of ``unfold``: sums window entries (N, C, *kernel, *out) into (N, C, *S)."""
     d = len(kernel_size)
@@ -282,7 +282,7 @@ def _locally_connected(x, w, stride, padding, dilation):
     return np.ascontiguousarray(y.transpose(1, 2, 0)).reshape((n, o) + tuple(out))
 
 
-@register_op("locally_connected", attrs=_WINDOW, cost=_lc_cost)
+@register_op("locally_connected", traits=(), attrs=_WINDOW, cost=_lc_cost)
 def locally_connected(x, w, *, stride, padding, dilation):
     """Unshared convolution (eq. 9.9): Z[i,j,k] = sum V[l, j+m-1, k+n-1] W[i,j,k,l,m,n];
     w is (O, *out, C, *kernel), one kernel per output location."""
@@ -314,7 +314,7 @@ def tile_to_locations(w: np.ndarray, out) -> np.ndarray:
     return np.ascontiguousarray(wt.transpose(perm))
 
 
-@register_op("tiled_conv", attrs=_WINDOW, cost=_tiled_cost)
+@register_op("tiled_conv", traits=(), attrs=_WINDOW, cost=_tiled_cost)
 def tiled_conv(x, w, *, stride, padding, dilation):
     """Tiled convolution (eq. 9.10): w (O, C, *kernel, *t) holds t kernels per direction,
     cycled through as one moves through the output."""

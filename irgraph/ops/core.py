@@ -14,7 +14,7 @@ from ..types import FLOAT_DTYPES, TensorType
 
 
 @register_op("constant", attrs={"value": Attr(a_array)}, cost=lambda i, o, a: Cost(0, o[0].nbytes),
-             differentiable=False, nondiff_reason="has no inputs")
+             differentiable=False, nondiff_reason="has no inputs", traits={"constant"})
 def constant(*, value):
     return np.array(value)
 
@@ -26,7 +26,7 @@ def _(*, value):
 
 @register_op("full", attrs={"shape": Attr(a_ints), "value": Attr(a_float),
                             "dtype": Attr(a_dtype, "float32")},
-             differentiable=False, nondiff_reason="has no inputs")
+             differentiable=False, nondiff_reason="has no inputs", traits={"constant"})
 def full(*, shape, value, dtype):
     return np.full(shape, value, dtype=dtype)
 
@@ -40,7 +40,7 @@ def _(*, shape, value, dtype):
 
 @register_op("iota", attrs={"shape": Attr(a_ints), "axis": Attr(a_int),
                             "dtype": Attr(a_dtype, "int64")},
-             differentiable=False, nondiff_reason="has no inputs")
+             differentiable=False, nondiff_reason="has no inputs", traits={"constant"})
 def iota(*, shape, axis, dtype):
     """The index along ``axis`` at each position of ``shape``."""
     idx = np.arange(shape[axis], dtype=dtype)
@@ -73,8 +73,13 @@ def _numeric(x):
     return x
 
 
+_ELEMENTWISE = frozenset({"elementwise", "inplace"})
+
+
 def _unary(name, fn, flops=1, float_only=True, **kw):
-    op = register_op(name, cost=elementwise_cost(flops), num_inputs=1, **kw)(fn)
+    traits = _ELEMENTWISE | ({"float_only"} if float_only else set())
+    op = register_op(name, cost=elementwise_cost(flops), num_inputs=1, traits=traits,
+                     **kw)(fn)
     op.type_rule(_float_only if float_only else _numeric)
     return op
 
@@ -130,7 +135,7 @@ _unary("sign", np.sign, float_only=False, differentiable=False,
 _unary("square", np.square, float_only=False)
 
 
-@register_op("cast", attrs={"dtype": Attr(a_dtype)})
+@register_op("cast", attrs={"dtype": Attr(a_dtype)}, traits=_ELEMENTWISE)
 def cast(x, *, dtype):
     return x.astype(dtype)
 
@@ -162,8 +167,9 @@ def _arith_rule(x, y):
     return _numeric(_binary_rule(x, y))
 
 
-def _binary(name, fn, rule=_arith_rule, **kw):
-    op = register_op(name, cost=elementwise_cost(1), num_inputs=2, **kw)(fn)
+def _binary(name, fn, rule=_arith_rule, traits=(), **kw):
+    op = register_op(name, cost=elementwise_cost(1), num_inputs=2,
+                     traits=_ELEMENTWISE | set(traits), **kw)(fn)
     op.type_rule(rule)
     return op
 
@@ -181,25 +187,26 @@ def _pow(x, y):
         return np.power(x, y)
 
 
-_binary("add", np.add)
+_COMM = {"commutative"}
+_binary("add", np.add, traits=_COMM)
 _binary("sub", np.subtract)
-_binary("mul", np.multiply)
+_binary("mul", np.multiply, traits=_COMM)
 _binary("div", _div)
-_binary("pow", _pow)
-_binary("maximum", np.maximum, _binary_rule)
-_binary("minimum", np.minimum, _binary_rule)
+_binary("pow", _pow, traits={"fallible"})     # an integer power rejects a negative exponent
+_binary("maximum", np.maximum, _binary_rule, traits=_COMM)
+_binary("minimum", np.minimum, _binary_rule, traits=_COMM)
 _NONDIFF = dict(differentiable=False, nondiff_reason="boolean result")
-_binary("eq", np.equal, _compare_rule, **_NONDIFF)
-_binary("ne", np.not_equal, _compare_rule, **_NONDIFF)
+_binary("eq", np.equal, _compare_rule, traits=_COMM, **_NONDIFF)
+_binary("ne", np.not_equal, _compare_rule, traits=_COMM, **_NONDIFF)
 _binary("lt", np.less, _compare_rule, **_NONDIFF)
 _binary("le", np.less_equal, _compare_rule, **_NONDIFF)
 _binary("gt", np.greater, _compare_rule, **_NONDIFF)
 _binary("ge", np.greater_equal, _compare_rule, **_NONDIFF)
-_binary("logical_and", np.logical_and, _compare_rule, **_NONDIFF)
-_binary("logical_or", np.logical_or, _compare_rule, **_NONDIFF)
+_binary("logical_and", np.logical_and, _compare_rule, traits=_COMM, **_NONDIFF)
+_binary("logical_or", np.logical_or, _compare_rule, traits=_COMM, **_NONDIFF)
 
 
-@register_op("where", cost=elementwise_cost(1))
+@register_op("where", cost=elementwise_cost(1), traits=_ELEMENTWISE)
 def where(cond, x, y):
     return np.where(cond, x, y)
 
@@ -267,7 +274,7 @@ def reduced_shape(shape, axes, keepdims) -> tuple[int, ...]:
 _REDUCE_ATTRS = {"axis": Attr(a_optional(a_ints), None), "keepdims": Attr(a_bool, False)}
 
 
-def _reduce(name, fn, **kw):
+def _reduce(name, fn, traits=(), **kw):
     def kernel(x, *, axis, keepdims):
         axes = normalize_axes(axis, x.ndim)
         return np.asarray(fn(x, axis=axes, keepdims=keepdims))
@@ -286,7 +293,7 @@ def _reduce(name, fn, **kw):
 
     kernel.__name__ = name
     op = register_op(name, attrs=_REDUCE_ATTRS, cost=lambda i, o, a: Cost(
-        i[0].size, i[0].nbytes + o[0].nbytes), **kw)(kernel)
+        i[0].size, i[0].nbytes + o[0].nbytes), traits={"reduction", *traits}, **kw)(kernel)
     op.type_rule(rule)
     return op
 
@@ -302,12 +309,12 @@ def _sum(x, axis, keepdims):
 
 
 _reduce("sum", _sum)
-_reduce("mean", _mean)
+_reduce("mean", _mean, traits={"float_only"})
 _reduce("max", np.max)
 _reduce("min", np.min)
 
 
-@register_op("argmax", attrs={"axis": Attr(a_int), "keepdims": Attr(a_bool, False)},
+@register_op("argmax", attrs={"axis": Attr(a_int), "keepdims": Attr(a_bool, False)}, traits=(),
              differentiable=False, nondiff_reason="integer result")
 def argmax(x, *, axis, keepdims):
     """Index of the first maximum along ``axis`` (numpy's and PyTorch's tie rule); a 0-d
@@ -332,7 +339,7 @@ def _matmul_cost(ins, outs, attrs):
     return Cost(2 * outs[0].size * k, sum(t.nbytes for t in ins + outs))
 
 
-@register_op("matmul", cost=_matmul_cost)
+@register_op("matmul", cost=_matmul_cost, traits=())
 def matmul(a, b):
     """Batched matrix product with numpy's rules (1-D operands promoted, batch dims broadcast)."""
     return np.matmul(a, b)
@@ -361,7 +368,7 @@ def _(a, b):
 _MOVE = dict(cost=lambda i, o, a: Cost(0, i[0].nbytes + o[0].nbytes))
 
 
-@register_op("reshape", attrs={"shape": Attr(a_ints)}, **_MOVE)
+@register_op("reshape", attrs={"shape": Attr(a_ints)}, traits={"view"}, **_MOVE)
 def reshape(x, *, shape):
     return x.reshape(shape)
 
@@ -373,7 +380,7 @@ def _(x, *, shape):
     return x.with_shape(shape)
 
 
-@register_op("transpose", attrs={"perm": Attr(a_ints)}, **_MOVE)
+@register_op("transpose", attrs={"perm": Attr(a_ints)}, traits=(), **_MOVE)
 def transpose(x, *, perm):
     return np.ascontiguousarray(np.transpose(x, perm))
 
@@ -385,7 +392,7 @@ def _(x, *, perm):
     return x.with_shape(tuple(x.shape[p] for p in perm))
 
 
-@register_op("broadcast_to", attrs={"shape": Attr(a_ints)}, **_MOVE)
+@register_op("broadcast_to", attrs={"shape": Attr(a_ints)}, traits={"elementwise"}, **_MOVE)
 def broadcast_to(x, *, shape):
     return np.broadcast_to(x, shape).copy()
 
@@ -397,7 +404,7 @@ def _(x, *, shape):
     return x.with_shape(shape)
 
 
-@register_op("concat", attrs={"axis": Attr(a_int)}, **_MOVE)
+@register_op("concat", attrs={"axis": Attr(a_int)}, traits=(), **_MOVE)
 def concat(*xs, axis):
     return np.concatenate(xs, axis=axis)
 
@@ -424,7 +431,7 @@ def slice_shape(shape, starts, stops, steps) -> tuple[int, ...]:
 
 
 @register_op("slice", attrs={"starts": Attr(a_ints), "stops": Attr(a_ints), "steps": Attr(a_ints)},
-             **_MOVE)
+             traits=(), **_MOVE)
 def slice_(x, *, starts, stops, steps):
     """Python slicing ``x[b0:e0:s0, b1:e1:s1, ...]`` on every axis (one triple per axis)."""
     return x[tuple(slice(b, e, s) for b, e, s in zip(starts, stops, steps))].copy()
@@ -444,7 +451,7 @@ _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 @register_op("pad", attrs={"pads": Attr(a_ints), "value": Attr(a_float, 0.0),
                            "mode": Attr(a_choice("constant", *_PAD_MODES), "constant")},
-             **_MOVE)
+             traits=(), **_MOVE)
 def pad(x, *, pads, value, mode):
     """``pads`` = (before_0, after_0, before_1, after_1, ...), one pair per axis, >= 0.
 
@@ -503,9 +510,11 @@ def _axis_rule(x, *, axis):
     return _float_only(x)
 
 
-register_op("softmax", attrs={"axis": Attr(a_int, -1)}, cost=elementwise_cost(7))(
+register_op("softmax", attrs={"axis": Attr(a_int, -1)}, cost=elementwise_cost(7),
+            traits={"float_only"})(
     _softmax).type_rule(_axis_rule)
-register_op("log_softmax", attrs={"axis": Attr(a_int, -1)}, cost=elementwise_cost(7))(
+register_op("log_softmax", attrs={"axis": Attr(a_int, -1)}, cost=elementwise_cost(7),
+            traits={"float_only"})(
     _log_softmax).type_rule(_axis_rule)
 
 _REDUCTION = Attr(a_choice("mean", "sum", "none"), "mean")
@@ -520,7 +529,8 @@ def _reduce_loss(per, reduction, weight_sum=None):
     return np.asarray(total / (weight_sum if weight_sum is not None else per.size), per.dtype)
 
 
-@register_op("nll_loss", attrs={"reduction": _REDUCTION, "ignore_index": Attr(a_int, -100)})
+@register_op("nll_loss", attrs={"reduction": _REDUCTION, "ignore_index": Attr(a_int, -100)},
+             traits={"fallible"})     # a class index out of range
 def nll_loss(logp, target, *, reduction, ignore_index):
     """-log p(target) from log-probabilities (N, C, *d) and class indices (N, *d) (eq. 10.12-10.14).
 
@@ -546,7 +556,7 @@ def _(logp, target, *, reduction, ignore_index):
     return TensorType(target.shape if reduction == "none" else (), logp.dtype)
 
 
-@register_op("mse_loss", attrs={"reduction": _REDUCTION})
+@register_op("mse_loss", attrs={"reduction": _REDUCTION}, traits=())
 def mse_loss(x, y, *, reduction):
     return _reduce_loss(np.square(x - y), reduction)
 

@@ -58,8 +58,9 @@ def non_finite_message(x: np.ndarray, watched, *, checked_op: str, node: str, so
     return "\n".join(lines)
 
 
-@register_op("check_finite", attrs={"checked_op": Attr(a_str), "node": Attr(a_str),
-                                    "source": Attr(a_str, ""), "names": Attr(_a_strs, ())},
+@register_op("check_finite", traits={"effect", "fallible"},
+             attrs={"checked_op": Attr(a_str), "node": Attr(a_str),
+                    "source": Attr(a_str, ""), "names": Attr(_a_strs, ())},
              num_inputs=None, cost=lambda i, o, a: Cost(i[0].size, i[0].nbytes))
 def check_finite(x, *watched, checked_op, node, source, names):
     """``x`` itself; raises NonFiniteError if ``x`` holds a NaN or an infinity."""

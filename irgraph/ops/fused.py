@@ -21,7 +21,7 @@ def _fused_cost(ins, outs, attrs) -> Cost:
     return Cost(flops, sum(t.nbytes for t in list(ins) + list(outs)))
 
 
-@register_op("fused", attrs={"body": Attr(a_graph), "kind": Attr(a_choice(*FUSED_KINDS),
+@register_op("fused", traits=(), attrs={"body": Attr(a_graph), "kind": Attr(a_choice(*FUSED_KINDS),
                                                                    "generic")},
              num_inputs=None, has_subgraph=True, cost=_fused_cost)
 def fused(*xs, body, kind):

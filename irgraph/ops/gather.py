@@ -59,7 +59,7 @@ _IDX_NONDIFF = (1,)          # the index input (samples: not perturbed by finite
 
 
 # ---------------------------------------------------------------- take
-@register_op("take", attrs=_AXIS, cost=_gather_cost)
+@register_op("take", traits={"fallible"}, attrs=_AXIS, cost=_gather_cost)
 def take(x, idx, *, axis):
     """numpy's take: ``x`` indexed along ``axis`` by ``idx`` (any shape)."""
     a = wrap_dim(axis, x.ndim)
@@ -80,7 +80,7 @@ def along_view(x: np.ndarray, idx_shape, a: int) -> np.ndarray:
     return x[tuple(slice(None) if d == a else slice(0, s) for d, s in enumerate(idx_shape))]
 
 
-@register_op("take_along_axis", attrs=_AXIS, cost=_gather_cost)
+@register_op("take_along_axis", traits={"fallible"}, attrs=_AXIS, cost=_gather_cost)
 def take_along_axis(x, idx, *, axis):
     """torch.gather: ``y[i] = x[i with i[axis] = idx[i]]``; y has idx's shape."""
     a = wrap_dim(axis, x.ndim)
@@ -106,7 +106,7 @@ def _(x, idx, *, axis):
 
 
 # ---------------------------------------------------------------- index_add
-@register_op("index_add", attrs=_AXIS, cost=_scatter_cost)
+@register_op("index_add", traits={"fallible"}, attrs=_AXIS, cost=_scatter_cost)
 def index_add(x, idx, src, *, axis):
     """``x`` plus ``src`` scattered along ``axis`` at ``idx`` (take's transpose; repeated
     indices accumulate in index order, as np.add.at)."""
@@ -134,7 +134,7 @@ def _(x, idx, src, *, axis):
 
 
 # ---------------------------------------------------------------- scatter_add
-@register_op("scatter_add", attrs=_AXIS, cost=_scatter_cost)
+@register_op("scatter_add", traits={"fallible"}, attrs=_AXIS, cost=_scatter_cost)
 def scatter_add(x, idx, src, *, axis):
     """torch.scatter_add with ``src`` of idx's shape: take_along_axis's transpose."""
     a = wrap_dim(axis, x.ndim)

@@ -44,9 +44,13 @@ def _update_rule(n_tensors: int, n_scalars: int):
     return rule
 
 
-def _register(name: str, fn, n_tensors: int, n_scalars: int, flops: int, attrs=None):
+_INPLACE = frozenset({"inplace"})     # each update reads p[i] (and state) before writing p'[i]
+
+
+def _register(name: str, fn, n_tensors: int, n_scalars: int, flops: int, attrs=None, *,
+              traits):
     op = register_op(name, attrs=attrs or {}, num_inputs=n_tensors + n_scalars,
-                     cost=elementwise_cost(flops), **_NONDIFF)(fn)
+                     cost=elementwise_cost(flops), traits=traits, **_NONDIFF)(fn)
     op.type_rule(_update_rule(n_tensors, n_scalars))
     return op
 
@@ -130,15 +134,15 @@ def polyak_update(avg, p, alpha):
     return _cast(avg, alpha * avg + (1 - alpha) * p)
 
 
-_register("sgd_update", sgd_update, 2, 1, 2)
+_register("sgd_update", sgd_update, 2, 1, 2, traits=_INPLACE)
 _register("momentum_update", momentum_update, 3, 2, 5,
-          {"convention": _CONVENTION, "nesterov": Attr(a_bool, False)})
-_register("adagrad_update", adagrad_update, 3, 2, 7)
-_register("rmsprop_update", rmsprop_update, 3, 3, 9, {"convention": _CONVENTION})
+          {"convention": _CONVENTION, "nesterov": Attr(a_bool, False)}, traits=_INPLACE)
+_register("adagrad_update", adagrad_update, 3, 2, 7, traits=_INPLACE)
+_register("rmsprop_update", rmsprop_update, 3, 3, 9, {"convention": _CONVENTION}, traits=_INPLACE)
 _register("rmsprop_momentum_update", rmsprop_momentum_update, 4, 4, 11,
-          {"convention": _CONVENTION})
-_register("adam_update", adam_update, 4, 5, 16, {"convention": _CONVENTION})
-_register("polyak_update", polyak_update, 2, 1, 3)
+          {"convention": _CONVENTION}, traits=_INPLACE)
+_register("adam_update", adam_update, 4, 5, 16, {"convention": _CONVENTION}, traits=_INPLACE)
+_register("polyak_update", polyak_update, 2, 1, 3, traits=_INPLACE)
 
 
 # ---------------------------------------------------------------- gradient clipping (8.2.4)
@@ -155,11 +159,11 @@ def clip_by_norm(g, norm, max_norm, *, eps):
     return _cast(g, g * scale)
 
 
-_register("clip_by_value", clip_by_value, 1, 1, 2)
-_register("clip_by_norm", clip_by_norm, 1, 2, 3, {"eps": Attr(a_float, 1e-6)})
+_register("clip_by_value", clip_by_value, 1, 1, 2, traits=_INPLACE)
+_register("clip_by_norm", clip_by_norm, 1, 2, 3, {"eps": Attr(a_float, 1e-6)}, traits=())
 
 
-@register_op("global_norm", num_inputs=None, **_NONDIFF,
+@register_op("global_norm", traits=(), num_inputs=None, **_NONDIFF,
              cost=lambda i, o, a: Cost(2 * sum(t.size for t in i), sum(t.nbytes for t in i)))
 def global_norm(*gs):
     """sqrt(sum over all tensors of sum(g*g)): the norm of all gradients as one vector."""

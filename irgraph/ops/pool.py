@@ -196,7 +196,7 @@ def _max_axes(x_shape, a):
                          a["dilation"], a["ceil_mode"])
 
 
-@register_op("max_pool", attrs=_MAX, cost=_window_cost)
+@register_op("max_pool", traits=(), attrs=_MAX, cost=_window_cost)
 def max_pool(x, **a):
     """Maximum over each window (padding never wins)."""
     return _max_forward(x, _max_axes(x.shape, a))
@@ -207,7 +207,7 @@ def _(x, **a):
     return _regular_type("max_pool", x, **a)
 
 
-@register_op("max_pool_grad", attrs=_MAX, cost=_window_cost)
+@register_op("max_pool_grad", traits=(), attrs=_MAX, cost=_window_cost)
 def max_pool_grad(x, gy, **a):
     """Gradient of ``max_pool`` at ``x``: each gy goes to its window's first maximum."""
     return _max_backward(x, gy, _max_axes(x.shape, a))
@@ -219,7 +219,7 @@ def _(x, gy, **a):
     return x
 
 
-@register_op("max_pool_select", attrs=_MAX, cost=_window_cost)
+@register_op("max_pool_select", traits=(), attrs=_MAX, cost=_window_cost)
 def max_pool_select(x, v, **a):
     """``v`` read at the positions ``max_pool(x)`` picks (transpose of ``max_pool_grad``)."""
     return _max_select(x, v, _max_axes(x.shape, a))
@@ -248,7 +248,7 @@ def _avg_type(name, x, a):
                          (1,) * len(a["kernel_size"]), a["ceil_mode"])
 
 
-@register_op("avg_pool", attrs=_AVG, cost=_window_cost)
+@register_op("avg_pool", traits=(), attrs=_AVG, cost=_window_cost)
 def avg_pool(x, **a):
     """Mean over each window, divided as PyTorch's avg_pool (see the module docstring)."""
     axes, div = _avg_geometry(x.shape[2:], a)
@@ -260,7 +260,8 @@ def _(x, **a):
     return _avg_type("avg_pool", x, a)
 
 
-@register_op("avg_pool_grad", attrs=dict(_AVG, input_size=Attr(a_ints)), cost=_window_cost)
+@register_op("avg_pool_grad", traits=(),
+             attrs=dict(_AVG, input_size=Attr(a_ints)), cost=_window_cost)
 def avg_pool_grad(gy, *, input_size, **a):
     """Transpose of ``avg_pool``: each gy / divisor spread over its window."""
     axes, div = _avg_geometry(tuple(input_size), a)
@@ -275,7 +276,7 @@ def _(gy, *, input_size, **a):
 
 
 # ---------------------------------------------------------------- adaptive pooling
-@register_op("adaptive_max_pool", attrs=_ADAPTIVE, cost=_window_cost)
+@register_op("adaptive_max_pool", traits=(), attrs=_ADAPTIVE, cost=_window_cost)
 def adaptive_max_pool(x, *, output_size):
     return _max_forward(x, _adaptive_axes(x.shape[2:], output_size))
 
@@ -285,7 +286,7 @@ def _(x, *, output_size):
     return _adaptive_type("adaptive_max_pool", x, output_size)
 
 
-@register_op("adaptive_max_pool_grad", attrs=_ADAPTIVE, cost=_window_cost)
+@register_op("adaptive_max_pool_grad", traits=(), attrs=_ADAPTIVE, cost=_window_cost)
 def adaptive_max_pool_grad(x, gy, *, output_size):
     return _max_backward(x, gy, _adaptive_axes(x.shape[2:], output_size))
 
@@ -297,7 +298,7 @@ def _(x, gy, *, output_size):
     return x
 
 
-@register_op("adaptive_max_pool_select", attrs=_ADAPTIVE, cost=_window_cost)
+@register_op("adaptive_max_pool_select", traits=(), attrs=_ADAPTIVE, cost=_window_cost)
 def adaptive_max_pool_select(x, v, *, output_size):
     return _max_select(x, v, _adaptive_axes(x.shape[2:], output_size))
 
@@ -316,7 +317,7 @@ def _adaptive_avg_geometry(spatial, output_size):
     return axes, div
 
 
-@register_op("adaptive_avg_pool", attrs=_ADAPTIVE, cost=_window_cost)
+@register_op("adaptive_avg_pool", traits=(), attrs=_ADAPTIVE, cost=_window_cost)
 def adaptive_avg_pool(x, *, output_size):
     axes, div = _adaptive_avg_geometry(x.shape[2:], output_size)
     return _avg_forward(x, axes, div)
@@ -327,7 +328,7 @@ def _(x, *, output_size):
     return _adaptive_type("adaptive_avg_pool", x, output_size)
 
 
-@register_op("adaptive_avg_pool_grad", attrs=dict(_ADAPTIVE, input_size=Attr(a_ints)),
+@register_op("adaptive_avg_pool_grad", traits=(), attrs=dict(_ADAPTIVE, input_size=Attr(a_ints)),
              cost=_window_cost)
 def adaptive_avg_pool_grad(gy, *, output_size, input_size):
     axes, div = _adaptive_avg_geometry(tuple(input_size), output_size)

@@ -125,7 +125,7 @@ def _rule(out_dtype):
     return rule
 
 
-@register_op("random_bits", attrs=_attrs(False), cost=_cost(1), **_NONDIFF)
+@register_op("random_bits", traits={"random"}, attrs=_attrs(False), cost=_cost(1), **_NONDIFF)
 def random_bits(key, counter, *, shape, stream):
     """32 random bits per element (int32, two's complement of the Philox word)."""
     size = int(np.prod(shape, dtype=np.int64))
@@ -135,7 +135,7 @@ def random_bits(key, counter, *, shape, stream):
 random_bits.type_rule(_rule("int32"))
 
 
-@register_op("random_uniform", attrs=_attrs(True), cost=_cost(2), **_NONDIFF)
+@register_op("random_uniform", traits={"random"}, attrs=_attrs(True), cost=_cost(2), **_NONDIFF)
 def random_uniform(key, counter, *, shape, stream, dtype):
     """Uniform on [0, 1): float32 from the word's top 24 bits, float64 from all 32."""
     size = int(np.prod(shape, dtype=np.int64))
@@ -145,7 +145,7 @@ def random_uniform(key, counter, *, shape, stream, dtype):
 random_uniform.type_rule(_rule(None))
 
 
-@register_op("random_normal", attrs=_attrs(True), cost=_cost(12), **_NONDIFF)
+@register_op("random_normal", traits={"random"}, attrs=_attrs(True), cost=_cost(12), **_NONDIFF)
 def random_normal(key, counter, *, shape, stream, dtype):
     """Standard normal by Box-Muller over the words' pairs (float64 arithmetic)."""
     size = int(np.prod(shape, dtype=np.int64))

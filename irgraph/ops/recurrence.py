@@ -137,7 +137,8 @@ def _scan_cost(ins, outs, attrs) -> Cost:
     return Cost(steps * flops, steps * nbytes)
 
 
-@register_op("scan", attrs=_SCAN_ATTRS, num_inputs=None, cost=_scan_cost, has_subgraph=True)
+@register_op("scan", traits=(), attrs=_SCAN_ATTRS, num_inputs=None, cost=_scan_cost,
+             has_subgraph=True)
 def scan(*arrays, body, num_carry, num_seq, reverse, masked, length, save_every):
     """Run the body once per step (fig. 10.2); see the module docstring for the layout."""
     from ..interpreter import ExecutionError, interpret
@@ -208,7 +209,8 @@ def _(*ins, body, num_carry, num_seq, reverse, masked, length, save_every):
 
 
 # ---------------------------------------------------------------- stop_gradient
-@register_op("stop_gradient", cost=lambda i, o, a: Cost(0, i[0].nbytes + o[0].nbytes),
+@register_op("stop_gradient", traits={"elementwise", "inplace"},
+             cost=lambda i, o, a: Cost(0, i[0].nbytes + o[0].nbytes),
              differentiable=False,
              nondiff_reason="blocks the gradient by definition: truncated BPTT cuts the "
                             "graph here, so its derivative is taken to be zero")

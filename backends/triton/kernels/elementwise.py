@@ -13,16 +13,22 @@ import torch
 import triton
 import triton.language as tl
 
+from irgraph.registry import ops_with
+
 from ..runtime import View, cdiv, contiguous_strides, empty, meta_tensor, numel
 
 BLOCK = 1024
 
+# The ops the kernel's branches implement, by arity ("copy" is the kernel's own: a strided
+# copy); an op outside them is an error, in the host wrapper and in the kernel itself.
+# tests/test_registry_traits.py checks they are the registry's elementwise ops (but
+# broadcast_to and stop_gradient, which need no kernel).
 UNARY = ("copy", "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign",
          "square", "cast", "erf")
 BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt",
           "ge", "logical_and", "logical_or")
 TERNARY = ("where",)
-FLOAT_ONLY = ("exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "erf")
+FLOAT_ONLY = tuple(sorted(ops_with("float_only") & set(UNARY + BINARY + TERNARY)))
 
 
 @triton.jit
@@ -106,8 +112,10 @@ def _unary(x, OP: tl.constexpr):
         y = tl.abs(x)
     elif OP == "sign":
         y = tl.where(x > 0, 1, tl.where(x < 0, -1, x))
-    else:  # square
+    elif OP == "square":
         y = x * x
+    else:
+        tl.static_assert(False, "elementwise_kernel: an op with no unary branch")
     return y
 
 
@@ -147,8 +155,10 @@ def _binary(a, b, OP: tl.constexpr, IS_FLOAT: tl.constexpr):
         y = a >= b
     elif OP == "logical_and":
         y = (a != 0) & (b != 0)
-    else:  # logical_or
+    elif OP == "logical_or":
         y = (a != 0) | (b != 0)
+    else:
+        tl.static_assert(False, "elementwise_kernel: an op with no binary branch")
     return y
 
 
@@ -191,7 +201,8 @@ def elementwise_kernel(out_ptr, a_ptr, b_ptr, c_ptr, meta_ptr, n, out_off, a_off
     elif NIN == 2:
         b = _load_input(b_ptr, b_off, offs, mask, meta_ptr, 3, RANK, B_S)
         y = _binary(a, b, OP, IS_FLOAT)
-    else:  # where(a, b, c)
+    else:
+        tl.static_assert(OP == "where", "elementwise_kernel: an op with no ternary branch")
         b = _load_input(b_ptr, b_off, offs, mask, meta_ptr, 3, RANK, B_S)
         c = _load_input(c_ptr, c_off, offs, mask, meta_ptr, 4, RANK, C_S)
         y = tl.where(a != 0, b, c)
