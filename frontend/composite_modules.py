@@ -60,6 +60,8 @@ Hardswish = _module("Hardswish", F.hardswish, inplace=False)
 L1Loss = _module("L1Loss", F.l1_loss, reduction="mean")
 SmoothL1Loss = _module("SmoothL1Loss", F.smooth_l1_loss, reduction="mean", beta=1.0)
 HuberLoss = _module("HuberLoss", F.huber_loss, reduction="mean", delta=1.0)
-BCELoss = _module("BCELoss", F.binary_cross_entropy, reduction="mean")
+BCELoss = _module("BCELoss", F.binary_cross_entropy, weight=None, size_average=None,
+                  reduce=None, reduction="mean")
 BCEWithLogitsLoss = _module("BCEWithLogitsLoss", F.binary_cross_entropy_with_logits,
-                            reduction="mean", pos_weight=None)
+                            weight=None, size_average=None, reduce=None, reduction="mean",
+                            pos_weight=None)

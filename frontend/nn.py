@@ -240,8 +240,8 @@ class Linear(Module):
         self.bias = Parameter(rng().uniform(-k, k, (out_features,)).astype(np.float32)) \
             if bias else None
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, input):     # torch's name: Linear()(input=x) works as in torch
+        return F.linear(input, self.weight, self.bias)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
