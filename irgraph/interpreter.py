@@ -10,25 +10,12 @@ from typing import Sequence
 import numpy as np
 
 from .ir import Graph, Node, Value
+from .liveness import last_uses
 from .registry import IRError
 
 
 class ExecutionError(RuntimeError):
     pass
-
-
-def last_uses(g: Graph) -> dict[int, list[Value]]:
-    """For each node index, the values whose last use is that node (graph outputs never die)."""
-    last: dict[Value, int] = {}
-    for i, node in enumerate(g.nodes):
-        for v in node.inputs:
-            last[v] = i
-    keep = set(g.outputs)
-    out: dict[int, list[Value]] = {}
-    for v, i in last.items():
-        if v not in keep:
-            out.setdefault(i, []).append(v)
-    return out
 
 
 def run_node(node: Node, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from irgraph import Graph, Node, Value
+from irgraph.liveness import last_reads, live_intervals
 from irgraph.registry import ops_with
 
 # elementwise ops whose result may overwrite a same-shaped operand that dies at the node
@@ -94,18 +95,9 @@ class MemoryPlan:
 
 
 def liveness(g: Graph) -> dict[Value, tuple[int, int]]:
-    """(defining node, last reading node) of each node output; graph outputs live to the end."""
-    live: dict[Value, tuple[int, int]] = {}
-    for i, node in enumerate(g.nodes):
-        for v in node.outputs:
-            live[v] = (i, i)
-        for v in node.inputs:
-            if v in live:
-                live[v] = (live[v][0], i)
-    for v in g.outputs:
-        if v in live:
-            live[v] = (live[v][0], len(g.nodes))
-    return live
+    """(defining node, last reading node) of each node output; graph outputs live to the end
+    (``irgraph.liveness.live_intervals``)."""
+    return live_intervals(g)
 
 
 def _inplace_ok(node: Node) -> bool:
@@ -120,11 +112,8 @@ class _Planner:
         self.live = liveness(g)
         self.arg_index = {v: i for i, v in enumerate(g.arguments)}
         # last node reading each argument
-        self.arg_last: dict[Value, int] = {}
-        for i, node in enumerate(g.nodes):
-            for v in node.inputs:
-                if v in self.arg_index:
-                    self.arg_last[v] = i
+        self.arg_last: dict[Value, int] = {v: i for v, i in last_reads(g).items()
+                                           if v in self.arg_index}
         for v in g.outputs:             # an argument returned as it was is read at the end
             if v in self.arg_index:
                 self.arg_last[v] = len(g.nodes)

@@ -19,6 +19,7 @@ import torch
 from irgraph import Graph, Node, Value
 from irgraph.errors import DataError
 from irgraph.interpreter import ExecutionError, run_node
+from irgraph.liveness import last_uses
 
 from ..base import Executable, raise_as_reference, reference_error, validate_args
 from .kernels.elementwise import elementwise
@@ -48,7 +49,7 @@ class Plan:
                 self.steps.append((nodes, lower_node(nodes[0], ctx)))
             else:
                 self.steps.append((nodes, GROUP_KERNELS[nodes[0].op](nodes, ctx)))
-        self.dying = _last_uses(self.steps, graph.outputs)
+        self.dying = last_uses(graph, [nodes for nodes, _ in self.steps])
 
     def __call__(self, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if interpreting():          # numpy runs the kernels: masked-off lanes may divide by 0
@@ -112,20 +113,6 @@ def _topological_units(graph: Graph, unit_of: list[int]) -> list[int] | None:
             if waiting[w] == 0:
                 heapq.heappush(ready, w)
     return order if len(order) == len(units) else None
-
-
-def _last_uses(steps: list[tuple[list[Node], Step]], keep) -> dict[int, list[Value]]:
-    last: dict[Value, int] = {}
-    for i, (nodes, _) in enumerate(steps):
-        for n in nodes:
-            for v in n.inputs:
-                last[v] = i
-    keep = set(keep)
-    out: dict[int, list[Value]] = defaultdict(list)
-    for v, i in last.items():
-        if v not in keep:
-            out[i].append(v)
-    return out
 
 
 class TritonExecutable(Executable):
