@@ -17,8 +17,11 @@ target's runtime kernels, compiled once per machine, are built beforehand and re
 their own line), then again (cached), then once more after its graph was traced from a
 renamed copy (the same code: a cache hit). Phases: ``trace`` (Python tracing),
 ``autodiff`` (the training-step graph: BPTT, gradients, optimizer), ``passes`` (the pass
-pipeline and the backend's graph rewrites), then the LLVM backend's own (``ir_build``,
-``llvm_opt``, ``codegen``, ``cache``, ``load``; ``backends.llvm.jit.phase_times``). A script,
+pipeline and the backend's graph rewrites), then the LLVM backend's own
+(``backends.llvm.jit.phase_times``): ``ir_build``; ``llvm_opt`` and ``codegen`` of modules
+compiled on one thread; ``llvm``, the wall time of modules compiled on several threads at
+once (optimization and machine code together, with the cache writes overlapping them);
+``cache``; ``load``. A script,
 not a test: nothing here asserts a time; the machine may be shared (best of ``--repeats``).
 """
 from __future__ import annotations
@@ -43,7 +46,8 @@ from backends.llvm import jit  # noqa: E402
 from frontend import nn, optim  # noqa: E402
 from frontend.layers import BatchNorm2d, Conv2d, MaxPool2d  # noqa: E402
 
-PHASES = ("trace", "autodiff", "passes", "ir_build", "llvm_opt", "codegen", "cache", "load")
+PHASES = ("trace", "autodiff", "passes", "ir_build", "llvm_opt", "codegen", "llvm", "cache",
+          "load")
 
 
 # ---------------------------------------------------------------- models

@@ -170,7 +170,8 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
                   *specs: TensorSpec, backend: str = "reference", pipeline=None,
                   n_model_inputs: int | None = None, name: str | None = None,
                   has_aux: bool = False, dynamic_batch: bool = False,
-                  autocast: str | None = None, **options) -> TrainStepFunction:
+                  autocast: str | None = None, bptt: str = "auto",
+                  **options) -> TrainStepFunction:
     """Compile forward + loss + gradients + optimizer update into one step.
 
     The batch is ``specs``: the first ``n_model_inputs`` (default: all but the last) go to
@@ -184,14 +185,21 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
     (passes/autocast.py: matmuls and convolutions in 16 bits, float32 master weights and
     optimizer state); with float16, dynamic loss scaling as torch's GradScaler inside the
     step (passes/train.py ``LossScaling``; ``step.loss_scale``). docs/low_precision.md
+    ``bptt`` (recurrences, passes/unroll.py): ``"rolled"`` keeps every recurrence a loop
+    with a reverse-time loop for its gradient (code size and compile time independent of
+    the sequence length), ``"unrolled"`` unfolds every one into a copy of its cell per step,
+    ``"auto"`` (default) unrolls those of at most ``passes.unroll.DEFAULT_THRESHOLD`` steps.
     """
+    if bptt not in ("auto", "rolled", "unrolled"):
+        raise ValueError(f"compile_train: bptt must be 'auto', 'rolled' or 'unrolled', "
+                         f"got {bptt!r}")
     if dynamic_batch and autocast is not None:
         raise NotImplementedError("autocast: with a fixed batch (dynamic_batch=False)")
     if dynamic_batch:
         from .jit import compile_train_dynamic
         return compile_train_dynamic(compile_train, model, loss_fn, optimizer, specs,
                                      n_model_inputs, backend=backend, pipeline=pipeline,
-                                     name=name, has_aux=has_aux, **options)
+                                     name=name, has_aux=has_aux, bptt=bptt, **options)
     if not isinstance(optimizer, Optimizer) and not getattr(optimizer, "host_side", False):
         raise TypeError(f"optimizer must be a frontend.optim optimizer, got "
                         f"{type(optimizer).__name__}")
@@ -217,7 +225,7 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
         from .second_order import compile_host_step
         return compile_host_step(graph, tracer.params, trainable, optimizer, backend, **options)
     layout = training_step(graph, trainable, optimizer.spec(), aux=has_aux,
-                           loss_scaling=scaling)
+                           loss_scaling=scaling, bptt=bptt)
     compiled = run_pipeline(layout.graph, pipeline, "training")
     _check_same_interface(layout.graph, compiled)
     exe = backends.compile(compiled, backend, **options)

@@ -157,7 +157,7 @@ class _Builder:
 
 def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSpec,
                   name: str | None = None, aux: bool = False,
-                  loss_scaling: "LossScaling | None" = None) -> TrainStep:
+                  loss_scaling: "LossScaling | None" = None, bptt: str = "auto") -> TrainStep:
     """Build the training-step graph of ``loss_graph`` (see the module docstring).
 
     ``aux``: the loss graph's outputs after the loss that are not donated (JAX's
@@ -171,8 +171,9 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     _check_loss_graph(loss_graph, trainable)
     if loss_scaling is not None:        # the gradient of loss * scale
         loss_graph = scaled_loss(loss_graph)
-    # BPTT (passes/unroll.py): short recurrences unrolled, long ones keep their states
-    vg = value_and_grad(prepare_bptt(loss_graph), list(trainable), of=0)
+    # BPTT (passes/unroll.py, ``bptt`` = its mode): "auto" unrolls short recurrences, long
+    # ones keep their states; "rolled" / "unrolled" every one
+    vg = value_and_grad(prepare_bptt(loss_graph, mode=bptt), list(trainable), of=0)
     b = _Builder(loss_graph, spec, name or f"{loss_graph.name}_train_step")
     g = b.g
     batch = [g.add_input(v.name, v.type) for v in loss_graph.inputs]

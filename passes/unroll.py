@@ -36,7 +36,10 @@ from irgraph.ops.recurrence import inline, num_steps, split_inputs, step_body
 from .autodiff import value_and_grad
 from .manager import register_pass
 
-DEFAULT_THRESHOLD = 32   # bptt: scans longer than this stay rolled
+# bptt: scans longer than this stay rolled. An unrolled step is code of its own (its slices,
+# its gradient sums), so compile time grows with the length: past a few steps the rolled
+# loop, whose code is the same for any length, compiles faster.
+DEFAULT_THRESHOLD = 8
 
 
 def scan_length(node: Node) -> int:

@@ -25,7 +25,7 @@ from . import jit
 from .executable import LLVMExecutable, NativeError
 from .jit import cache_dir, clear_cache
 from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
-from .module import plan
+from .module import Program, build_module, plan
 from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
 from . import ops_optim, ops_graph, ops_pool, ops_conv, ops_norm  # noqa: F401
 from . import ops_gather, ops_random  # noqa: F401
@@ -49,6 +49,25 @@ def _scan_rewrites(graph: Graph) -> Graph:
     return graph if new is graph else verify(new)
 
 
+def _prepare(graph: Graph, threads: int, profile: bool = False):
+    """(graph as compiled, its plan, the host's CPU features)."""
+    graph = verify(graph)
+    graph = widen_low_precision(graph, keep=gemm_bf16.native)     # float16/bfloat16
+    graph = _scan_rewrites(graph)
+    _check_lowerable(graph)
+    features = jit.host()[2]
+    p = plan(graph, features, threads)
+    p.profile = profile
+    return graph, p, features
+
+
+def program(graph: Graph, threads: int = 2, opt: int = 3) -> Program:
+    """What compiling ``graph`` builds before LLVM runs: the entry module and its kernels
+    (``Program.kernels``: one per distinct node code; ``Program.calls``: nodes lowered)."""
+    graph, p, features = _prepare(graph, threads)
+    return build_module(graph, p, features, threads, jit.host()[0], opt)
+
+
 def compile(graph: Graph, **options) -> LLVMExecutable:
     """Compile ``graph`` for this CPU (served from the disk cache when it was seen before)."""
     unknown = set(options) - _OPTIONS
@@ -62,13 +81,7 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
     use_cache = bool(options.get("cache", True))
     verbose = bool(options.get("verbose", False))
     profile = bool(options.get("profile", False))
-    graph = verify(graph)
-    graph = widen_low_precision(graph, keep=gemm_bf16.native)     # float16/bfloat16
-    graph = _scan_rewrites(graph)
-    _check_lowerable(graph)
-    features = jit.host()[2]
-    p = plan(graph, features, threads)
-    p.profile = profile
+    graph, p, features = _prepare(graph, threads, profile)
     t0 = time.perf_counter()
     obj, kernels, key, hit = jit.compile_graph(graph, p, features, threads, opt, profile,
                                                use_cache)
@@ -86,5 +99,5 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
                           adaptive=not options.get("threads"), kernels=kernels)
 
 
-__all__ = ["compile", "clear_cache", "cache_dir", "LLVMExecutable", "NativeError", "LOWERINGS",
-           "UNLOWERABLE", "STATS"]
+__all__ = ["compile", "program", "clear_cache", "cache_dir", "LLVMExecutable", "NativeError",
+           "LOWERINGS", "UNLOWERABLE", "STATS"]

@@ -22,7 +22,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import os
 import re
+import threading
 import time
 from contextlib import contextmanager
 from functools import lru_cache
@@ -113,7 +115,9 @@ def _with_vector_width(text: str, features: str) -> str:
 
 
 def optimize(ir_text: str, opt: int = 3):
-    """Parse, verify and optimize; returns the llvmlite ModuleRef."""
+    """Parse, verify and optimize; returns the llvmlite ModuleRef. Level 0 is a cheap
+    pipeline (SROA, instcombine, simplifycfg; machine code by fast instruction selection),
+    1-3 LLVM's -O pipelines with loop and SLP vectorization."""
     _init()
     _, _, features = host()
     mod = llvm.parse_assembly(_with_vector_width(ir_text, features))
@@ -121,18 +125,31 @@ def optimize(ir_text: str, opt: int = 3):
     tm = target_machine(opt)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
-    if opt > 0:
-        pto = llvm.create_pipeline_tuning_options(speed_level=opt)
-        pto.loop_vectorization = True
-        pto.slp_vectorization = True
-        pto.loop_unrolling = False
-        pb = llvm.create_pass_builder(tm, pto)
-        mpm = pb.getModulePassManager()
-        try:
-            mpm.run(mod, pb)
-        finally:
-            _dispose_pass_manager(mpm)
+    mpm, pb = _pipeline(tm, opt)
+    try:
+        mpm.run(mod, pb)
+    finally:
+        _dispose_pass_manager(mpm)
     return mod
+
+
+def _pipeline(tm, opt: int):
+    """(module pass manager, pass builder) of level ``opt``: 0 is the cheap pipeline
+    (registers for stack slots, local cleanups), 1-3 LLVM's -O pipelines with loop and SLP
+    vectorization."""
+    if opt == 0:
+        pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=0))
+        mpm = llvm.create_new_module_pass_manager()
+        mpm.add_sroa_pass()
+        mpm.add_instruction_combine_pass()
+        mpm.add_simplify_cfg_pass()
+        return mpm, pb
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = False
+    pb = llvm.create_pass_builder(tm, pto)
+    return pb.getModulePassManager(), pb
 
 
 def _dispose_pass_manager(mpm) -> None:
@@ -261,8 +278,10 @@ def stats() -> dict[str, int]:
 
 def phase_times() -> dict[str, float]:
     """Seconds spent per compile phase since the last ``reset_stats``: ``ir_build`` (IR from
-    the graph), ``llvm_opt`` (parse, verify, optimization passes), ``codegen`` (machine
-    code), ``cache`` (disk reads and writes), ``load`` (linking into an engine)."""
+    the graph), ``llvm_opt`` (parse, verify, optimization passes) and ``codegen`` (machine
+    code) of modules compiled in this thread, ``llvm`` (the wall time of modules compiled
+    by several threads at once: both phases, with the cache writes that overlap them),
+    ``cache`` (disk reads and writes), ``load`` (linking into an engine)."""
     return dict(_PHASES)
 
 
@@ -282,7 +301,7 @@ def phase(name: str):
 
 
 # ------------------------------------------------------------------ the compile driver
-ENTRY_OPT = 1       # the entry only calls kernels: -O1 is all it needs
+ENTRY_OPT = 0       # the entry only calls kernels: the cheap level is all it needs
 _KERNEL_SYMBOL = re.compile(rb"irk_[0-9a-f]{40}")
 
 
@@ -297,6 +316,80 @@ def compile_text(text: str, opt: int) -> bytes:
         mod = optimize(text, opt)
     with phase("codegen"):
         return emit_object(mod, opt)
+
+
+def compile_texts(jobs: list[tuple[str, int]], done=None,
+                  threads: int | None = None) -> list[bytes]:
+    """Object code of each (IR text, level), compiled by up to ``threads`` threads at once
+    (default: the CPU count), the largest first; ``done(i, obj)`` is called in this thread
+    as each one is ready (storing it in the cache overlaps the others' compiles). Each
+    module lives in its thread's own LLVM context and is optimized and emitted with that
+    thread's own target machine, so the two calls that do the work run without llvmlite's
+    process-wide lock (``_unlocked``), in parallel (ctypes releases the GIL)."""
+    n = max(1, min(threads or os.cpu_count() or 1, len(jobs)))
+    out: list[bytes] = [b""] * len(jobs)
+    if n == 1:
+        for i, (text, opt) in enumerate(jobs):
+            out[i] = compile_text(text, opt)
+            if done is not None:
+                done(i, out[i])
+        return out
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n, thread_name_prefix="irgraph-llvm") as pool:
+        futures = {pool.submit(_compile_isolated, *jobs[i]): i for i in order}
+        for f in as_completed(futures):
+            i = futures[f]
+            out[i] = f.result()
+            if done is not None:
+                done(i, out[i])
+    _PHASES["llvm"] = _PHASES.get("llvm", 0.0) + time.perf_counter() - t0
+    return out
+
+
+def _unlocked(name: str):
+    """libllvmlite's function ``name`` without llvmlite's process-wide lock (which would
+    serialize the threads). Only for work on objects no other thread touches."""
+    from llvmlite.binding import ffi
+    fn = getattr(ffi.lib, name)
+    return getattr(fn, "_cfn", fn)
+
+
+_THREAD = threading.local()
+
+
+def _compile_isolated(text: str, opt: int) -> bytes:
+    """``compile_text`` in a fresh LLVM context with this thread's target machine."""
+    from llvmlite.binding import ffi
+    _init()
+    machines = _THREAD.__dict__.setdefault("machines", {})
+    tm = machines.get(opt) or machines.setdefault(opt, new_target_machine(opt))
+    context = llvm.create_context()
+    try:
+        mod = llvm.parse_assembly(_with_vector_width(text, host()[2]), context)
+        try:
+            mod.verify()
+            mod.triple = tm.triple
+            mod.data_layout = str(tm.target_data)
+            mpm, pb = _pipeline(tm, opt)
+            try:
+                _unlocked("LLVMPY_RunNewModulePassManager")(mpm, mod, pb)
+            finally:
+                _dispose_pass_manager(mpm)
+            with ffi.OutputString() as err:
+                buf = _unlocked("LLVMPY_TargetMachineEmitToMemory")(tm, mod, 1, err)
+                if not buf:
+                    raise RuntimeError(f"llvm backend: code generation failed: {err}")
+            try:
+                return ctypes.string_at(ffi.lib.LLVMPY_GetBufferStart(buf),
+                                        ffi.lib.LLVMPY_GetBufferSize(buf))
+            finally:
+                ffi.lib.LLVMPY_DisposeMemoryBuffer(buf)
+        finally:
+            mod.close()
+    finally:
+        context.close()
 
 
 def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: bool,
@@ -320,23 +413,26 @@ def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: b
     with phase("ir_build"):
         prog = build_module(graph, plan, features, threads, host()[0], opt)
     _STATS["kernels_shared"] += prog.calls - len(prog.memo)
-    objs = []
+    objs, todo = [], []
     for k in prog.kernels.values():
-        kkey = kernel_key(k.symbol)
+        kobj = None
         if use_cache:
             with phase("cache"):
-                kobj = cache_load(kkey)
-            if kobj is not None:
-                _STATS["kernels_loaded"] += 1
-                objs.append(kobj)
-                continue
-        kobj = compile_text(k.text, k.opt)
-        _STATS["kernels_compiled"] += 1
-        if use_cache:
+                kobj = cache_load(kernel_key(k.symbol))
+        if kobj is None:
+            todo.append(k)
+        else:
+            _STATS["kernels_loaded"] += 1
+            objs.append(kobj)
+    def store(i: int, kobj: bytes) -> None:
+        if use_cache and i < len(todo):
             with phase("cache"):
-                cache_store(kkey, kobj)
-        objs.append(kobj)
-    obj = compile_text(prog.entry_text(), min(opt, ENTRY_OPT))
+                cache_store(kernel_key(todo[i].symbol), kobj)
+    made = compile_texts([(k.text, k.opt) for k in todo] +
+                         [(prog.entry_text(), min(opt, ENTRY_OPT))], store)
+    _STATS["kernels_compiled"] += len(todo)
+    obj = made.pop()
+    objs += made
     if use_cache:
         with phase("cache"):
             cache_store(key, obj)

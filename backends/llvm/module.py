@@ -569,21 +569,21 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     return symbol
 
 
-# kernels whose work is below this many elements touched get the cheap optimization level
-CHEAP_WORK = 1 << 16
+# kernels touching fewer elements get the cheap level (0): their -O3 compile costs
+# milliseconds, their run microseconds
+CHEAP_WORK = 4096
 HEAVY_OPS = frozenset({"matmul", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad",
-                       "scan", "fused", "max_pool", "max_pool_grad", "avg_pool",
-                       "avg_pool_grad", "batch_norm", "locally_connected", "tiled_conv"})
+                       "scan", "fused", "locally_connected", "tiled_conv"})
 
 
 def kernel_opt(node, opt: int) -> int:
     """The optimization level of ``node``'s kernel: the requested one for loops that carry
-    the work (GEMM, convolutions, pooling, recurrences, fused regions, large elementwise
-    loops), at most 1 for small ones, whose compile time exceeds what -O3 saves them."""
+    the work (GEMM, convolutions, recurrences, fused regions, loops over many elements),
+    the cheap level 0 (``jit.optimize``) for small ones."""
     if node.op in HEAVY_OPS:
         return opt
     work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
-    return opt if work >= CHEAP_WORK else min(opt, 1)
+    return opt if work >= CHEAP_WORK else 0
 
 
 from .workers import barrier_fn  # noqa: E402,F401  (the barrier lives beside the workers)

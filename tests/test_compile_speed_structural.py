@@ -1,0 +1,278 @@
+"""Compile speed, checked by structure (never by a clock): the LLVM backend emits each
+distinct kernel once (an unrolled recurrence's steps share theirs; a rolled one's kernels do
+not depend on its length), kernels are cached on their own and shared across graphs, the
+cache key ignores names and source locations, and ``compile_train(bptt=...)`` picks rolled
+or unrolled back-propagation through time with the same gradients."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import backends
+import frontend as fe
+import irgraph
+from backends import llvm
+from backends.llvm import jit
+from frontend import F, nn, optim
+from irgraph import Graph, TensorType
+from tests.golden import NAMES, load
+
+
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRGRAPH_CACHE_DIR", str(tmp_path / "cache"))
+    jit.reset_stats()
+    return tmp_path / "cache"
+
+
+# ---------------------------------------------------------------- one kernel per code
+def recurrence(steps: int, name: str = "rec") -> Graph:
+    """h <- tanh(h @ W + b) ``steps`` times, written out step by step (an unrolled cell)."""
+    g = Graph(name)
+    h = g.add_input("h0", TensorType((4, 16)))
+    w, b = g.add_param("w", TensorType((16, 16))), g.add_param("b", TensorType((16,)))
+    for _ in range(steps):
+        h = g.op("tanh", g.op("add", g.op("matmul", h, w), b))
+    g.set_outputs([h])
+    return g
+
+
+def test_unrolled_steps_share_their_kernels():
+    short, long = llvm.program(recurrence(3)), llvm.program(recurrence(40))
+    assert short.calls == 3 * 3 and long.calls == 40 * 3      # every node calls a kernel
+    assert len(long.kernels) == len(short.kernels) <= 3
+    assert set(long.kernels) == set(short.kernels)            # the same code, the same names
+    text = str(long)
+    assert all(text.count(f'define void @"{k}"(') == 1 for k in long.kernels)
+
+
+def test_unrolled_steps_compute_what_the_reference_computes(cache_root):
+    g = recurrence(12)
+    r = np.random.default_rng(0)
+    args = [r.standard_normal(v.type.shape).astype(np.float32) * 0.5 for v in g.arguments]
+    got = backends.compile(g, "llvm", threads=1)(*args)[0]
+    want = backends.compile(g, "reference")(*args)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)   # 12 float32 tanh steps
+    assert jit.stats()["kernels_compiled"] <= 3 and jit.stats()["kernels_shared"] == 33
+
+
+class RNNHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.RNN(3, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[-1])
+
+
+def rnn_step(steps: int, bptt: str = "auto", backend: str = "reference", seed: int = 0):
+    fe.manual_seed(seed)
+    model = RNNHead()
+    opt = optim.SGD(lr=0.5)
+    step = fe.compile_train(model, nn.CrossEntropyLoss(), opt, fe.TensorSpec((steps, 2, 3)),
+                            fe.TensorSpec((2,), "int64"), backend=backend, bptt=bptt)
+    return model, step
+
+
+def test_a_rolled_recurrence_has_the_same_kernels_at_any_length():
+    """A 16-step and a 256-step RNN training step build the same number of kernels, and
+    all but those touching the sequence itself (its slices, stacks) are the same code."""
+    progs = {t: llvm.program(rnn_step(t, "rolled")[1].graph) for t in (16, 256)}
+    assert len(progs[16].kernels) == len(progs[256].kernels)
+    assert progs[16].calls == progs[256].calls
+    assert any(n.op == "scan" for n in rnn_step(256, "rolled")[1].graph.nodes)
+
+
+def test_default_training_rolls_all_but_the_shortest_recurrences():
+    from passes.unroll import DEFAULT_THRESHOLD
+    assert DEFAULT_THRESHOLD < 16
+    assert not any(n.op == "scan" for n in rnn_step(DEFAULT_THRESHOLD)[1].graph.nodes)
+    assert any(n.op == "scan" for n in rnn_step(16)[1].graph.nodes)
+
+
+# ---------------------------------------------------------------- bptt= option
+@pytest.mark.parametrize("mode", ["rolled", "unrolled"])
+def test_bptt_modes_give_the_reference_gradients(mode, cache_root):
+    """One SGD step (lr 0.5) from the same weights and batch: the updated weights equal the
+    reference backend's, whichever BPTT form the LLVM step runs."""
+    r = np.random.default_rng(3)
+    x = r.standard_normal((6, 2, 3)).astype(np.float32)
+    y = np.array([1, 3], np.int64)
+    ref_model, ref_step = rnn_step(6, "unrolled")
+    model, step = rnn_step(6, mode, "llvm")
+    has_scan = any(n.op == "scan" for n in step.graph.nodes)
+    assert has_scan == (mode == "rolled")
+    loss_ref, loss = ref_step(x, y), step(x, y)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-6, err_msg=name)
+    moved = [np.abs(p.data - p0).max() for p, p0 in
+             zip(model.parameters(), (p.data for p in rnn_step(6)[0].parameters()))]
+    assert min(moved) > 0                         # every weight got a gradient
+
+
+def test_bptt_rolled_matches_a_torch_rnn_step():
+    import torch
+    r = np.random.default_rng(4)
+    x = r.standard_normal((9, 2, 3)).astype(np.float32)
+    y = np.array([0, 2], np.int64)
+    model, step = rnn_step(9, "rolled")
+    tm = torch.nn.RNN(3, 8)
+    th = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            mod, attr = (tm, name.split(".", 1)[1]) if name.startswith("rnn.") else \
+                (th, name.split(".", 1)[1])
+            getattr(mod, attr).copy_(torch.from_numpy(p.data.copy()))
+    out, _ = tm(torch.from_numpy(x))
+    loss = torch.nn.functional.cross_entropy(th(out[-1]), torch.from_numpy(y))
+    loss.backward()
+    step(x, y)
+    for name, p in model.named_parameters():
+        mod = tm if name.startswith("rnn.") else th
+        tp = getattr(mod, name.split(".", 1)[1])
+        want = tp.detach().numpy() - 0.5 * tp.grad.numpy()
+        np.testing.assert_allclose(p.data, want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_bptt_option_is_checked():
+    with pytest.raises(ValueError, match="bptt must be 'auto', 'rolled' or 'unrolled'"):
+        rnn_step(4, "sideways")
+
+
+# ---------------------------------------------------------------- the cache key
+def renamed(g: Graph) -> Graph:
+    """``g`` with another graph name, other value and parameter names, other locations."""
+    text = re.sub(r"%([A-Za-z0-9_.]+)", r"%renamed_\1", str(g))
+    text = re.sub(r"\bgraph (\w+)\(", r"graph other_\1(", text)
+    text = re.sub(r"  # .*$", "  # somewhere_else.py:4242", text, flags=re.M)
+    return irgraph.parse(text)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_renamed_golden_models_have_the_same_key(name):
+    """The key hashes the graph's canonical text: renaming every value, parameter and graph
+    and moving every node to another line keeps it (a 100% hit rate on renamed copies)."""
+    g = load(name)[0]
+    other = renamed(g)
+    assert str(other) != str(g)
+    assert jit.canonical_text(other) == jit.canonical_text(g)
+
+
+def cell(op: str = "add", batch: int = 4, steps: int = 2) -> Graph:
+    g = Graph("rec")
+    h = g.add_input("h0", TensorType((batch, 16)))
+    w, b = g.add_param("w", TensorType((16, 16))), g.add_param("b", TensorType((16,)))
+    for _ in range(steps):
+        h = g.op("tanh", g.op(op, g.op("matmul", h, w), b))
+    g.set_outputs([h])
+    return g
+
+
+def test_what_changes_the_code_changes_the_key():
+    base = jit.canonical_text(cell())
+    assert jit.canonical_text(recurrence(2, "another_name")) == base
+    for other in (cell(steps=3), cell(op="sub"), cell(batch=5)):
+        assert jit.canonical_text(other) != base
+    donating = cell()
+    donating.donations = {0: 0}
+    assert jit.canonical_text(donating) != base
+
+
+def two_models():
+    """The same model twice, defined at other lines with other names."""
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 5)
+
+        def forward(self, x):
+            return F.tanh(self.fc(x))
+
+    class Renamed(nn.Module):
+        # a comment above, and a blank line below, move every node
+
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(6, 5)
+
+        def forward(self, inputs):
+            hidden = self.layer(inputs)
+            return F.tanh(hidden)
+    return Small(), Renamed()
+
+
+def test_same_model_at_other_lines_and_names_is_a_cache_hit(cache_root):
+    a, b = two_models()
+    b.layer.weight.data[...] = a.fc.weight.data
+    b.layer.bias.data[...] = a.fc.bias.data
+    fa = fe.compile(a, fe.TensorSpec((3, 6)), backend="llvm", threads=1)
+    assert jit.stats()["graph_misses"] == 1 and jit.stats()["graph_hits"] == 0
+    fb = fe.compile(b, fe.TensorSpec((3, 6)), backend="llvm", threads=1)
+    assert jit.stats()["graph_hits"] == 1 and jit.stats()["graph_misses"] == 1
+    x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
+    want = np.tanh(x @ a.fc.weight.data.T + a.fc.bias.data)
+    np.testing.assert_allclose(fa(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fb(x), want, rtol=1e-5, atol=1e-6)
+    fe.compile(a, fe.TensorSpec((4, 6)), backend="llvm", threads=1)   # another shape: new
+    assert jit.stats()["graph_misses"] == 2
+
+
+def test_golden_model_renamed_copy_hits_the_cache(cache_root):
+    g, args, expect = load("mlp")
+    first = backends.compile(g, "llvm", threads=1)
+    second = backends.compile(renamed(g), "llvm", threads=1)
+    assert not first.cache_hit and second.cache_hit
+    assert jit.stats()["graph_hits"] == 1
+    np.testing.assert_allclose(second(*args)[0], expect[0], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- kernels shared by graphs
+def mlp(hidden: int, out: int, name: str) -> Graph:
+    """x (32, 64) -> relu(x W1 + b1) (hidden) -> (. W2 + b2) (out)."""
+    g = Graph(name)
+    x = g.add_input("x", TensorType((32, 64)))
+    w1, b1 = g.add_param("w1", TensorType((64, hidden))), g.add_param("b1", TensorType((hidden,)))
+    w2, b2 = g.add_param("w2", TensorType((hidden, out))), g.add_param("b2", TensorType((out,)))
+    h = g.op("relu", g.op("add", g.op("matmul", x, w1), b1))
+    g.set_outputs([g.op("add", g.op("matmul", h, w2), b2)])
+    return g
+
+
+def test_a_new_graph_loads_the_kernels_of_a_layer_it_shares(cache_root):
+    """Two graphs share their first layer and differ after it: compiling the second loads
+    the shared layer's kernels from the cache and compiles only the others."""
+    a, b = mlp(128, 10, "a"), mlp(128, 7, "b")
+    ka, kb = set(llvm.program(a, 1).kernels), set(llvm.program(b, 1).kernels)
+    shared = ka & kb
+    assert shared and kb - ka                          # the test means something
+    backends.compile(a, "llvm", threads=1)
+    assert jit.stats()["kernels_compiled"] == len(ka)
+    jit.reset_stats()
+    exe = backends.compile(b, "llvm", threads=1)
+    st = jit.stats()
+    assert st["kernels_loaded"] == len(shared) and st["kernels_compiled"] == len(kb - ka)
+    assert st["graph_misses"] == 1 and not exe.cache_hit
+    r = np.random.default_rng(6)
+    args = [r.standard_normal(v.type.shape).astype(np.float32) for v in b.arguments]
+    np.testing.assert_allclose(exe(*args)[0], backends.compile(b, "reference")(*args)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_graph_hit_with_a_kernel_gone_compiles_again(cache_root):
+    """The graph's entry is served only with every kernel it calls; one evicted: rebuilt."""
+    g = mlp(32, 5, "g")
+    first = backends.compile(g, "llvm", threads=1)
+    keys = [jit.kernel_key(k) for k in llvm.program(g, 1).kernels]
+    assert all((cache_root / "llvm" / f"{k}.o").exists() for k in keys)
+    (cache_root / "llvm" / f"{keys[0]}.o").unlink()
+    jit.reset_stats()
+    again = backends.compile(g, "llvm", threads=1)
+    assert not again.cache_hit and jit.stats()["kernels_compiled"] == 1
+    assert jit.stats()["kernels_loaded"] == len(keys) - 1
+    r = np.random.default_rng(8)
+    args = [r.standard_normal(v.type.shape).astype(np.float32) for v in g.arguments]
+    np.testing.assert_allclose(again(*args)[0], first(*args)[0], rtol=0, atol=0)
