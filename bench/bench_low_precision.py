@@ -1,0 +1,100 @@
+"""bfloat16 vs float32 on the LLVM backend, beside torch's bfloat16 CPU path: a 1024^3 GEMM
+and a LeNet-style training step (autocast="bf16"). Prints the machine and the detected
+features (avx512bf16: the vdpbf16ps instruction; f16c: half conversions).
+
+    python bench/bench_low_precision.py [--n 1024] [--reps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import backends  # noqa: E402
+from backends.llvm import jit  # noqa: E402
+from bench.machine import describe  # noqa: E402
+from frontend import TensorSpec, compile_train, manual_seed, nn, optim  # noqa: E402
+from irgraph import Graph, TensorType  # noqa: E402
+
+
+def best(fn, reps):
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def gemm(n, reps):
+    rng = np.random.default_rng(0)
+    a32, b32 = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    rows = []
+    for dt in ("float32", "bfloat16"):
+        g = Graph("gemm")
+        x, y = g.add_input("a", TensorType((n, n), dt)), g.add_input("b", TensorType((n, n), dt))
+        g.set_outputs([g.op("matmul", x, y)])
+        exe = backends.compile(g, "llvm")
+        a, b = a32.astype(dt), b32.astype(dt)
+        rows.append((f"llvm {dt}", best(lambda: exe(a, b), reps)))
+    for dt in (torch.float32, torch.bfloat16):
+        ta, tb = torch.from_numpy(a32).to(dt), torch.from_numpy(b32).to(dt)
+        rows.append((f"torch {dt}", best(lambda: ta @ tb, reps)))
+    for name, t in rows:
+        print(f"  GEMM {n}^3 {name:24s} {t * 1e3:8.2f} ms  {2 * n ** 3 / t / 1e9:7.1f} GFLOP/s")
+
+
+def lenet_step(reps, batch=64):
+    x = np.random.default_rng(1).standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = np.random.default_rng(2).integers(0, 10, batch).astype(np.int64)
+
+    def model():
+        manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                             nn.Linear(84, 10))
+    for ac in (None, "bf16"):
+        m = model()
+        step = compile_train(m, nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.01),
+                             TensorSpec(x.shape), TensorSpec(y.shape, "int64"),
+                             backend="llvm", autocast=ac)
+        print(f"  LeNet step llvm {ac or 'float32':10s} {best(lambda: step(x, y), reps) * 1e3:8.2f} ms")
+    tm = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(),
+                             torch.nn.MaxPool2d(2), torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(),
+                             torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(400, 120),
+                             torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
+                             torch.nn.Linear(84, 10))
+    topt = torch.optim.SGD(tm.parameters(), lr=0.01)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    for ac in (False, True):
+        def tstep():
+            topt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
+                loss = torch.nn.functional.cross_entropy(tm(tx), ty)
+            loss.backward()
+            topt.step()
+        print(f"  LeNet step torch {'bf16' if ac else 'float32':9s} {best(tstep, reps) * 1e3:8.2f} ms")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--reps", type=int, default=5)
+    a = p.parse_args()
+    _, cpu, features = jit.host()
+    have = {f: f"+{f}" in features.split(",") for f in ("avx512bf16", "avx512f", "f16c", "avx2")}
+    print(describe(f"torch {torch.__version__}", f"llvm cpu {cpu}"))
+    print("  detected:", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in have.items()))
+    gemm(a.n, a.reps)
+    lenet_step(a.reps)
+
+
+if __name__ == "__main__":
+    main()
