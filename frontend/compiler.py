@@ -74,10 +74,7 @@ def compile(fn: Callable | Module, *specs: TensorSpec, backend: str = "reference
 
 def run_pipeline(graph: Graph, pipeline, kind: str) -> Graph:
     """Run ``pipeline`` (None: the default for ``kind``; a list or a string of pass names)."""
-    try:
-        from passes.manager import default_pipeline, PassManager
-    except ImportError:
-        return graph
+    from passes.manager import PassManager, default_pipeline
     if pipeline is None:
         pipeline = default_pipeline(kind)
     return PassManager(pipeline, kind=kind).run(graph)     # 'default' in a spec means kind's

@@ -303,7 +303,3 @@ def unflatten(structure, leaves: list):
             return kind(*[build(sub) for sub in items])
         return kind(build(sub) for sub in items)
     return build(structure)
-
-
-def as_array(x) -> np.ndarray:
-    return x.data if hasattr(x, "data") and isinstance(getattr(x, "data"), np.ndarray) else x

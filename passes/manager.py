@@ -222,8 +222,3 @@ class PassManager:
         total = sum(r.seconds for r in self.records)
         rows.append(f"{'total':<20} {1e3 * total:>10.3f}")
         return "\n".join(rows)
-
-
-def run_passes(graph: Graph, pipeline: PipelineSpec = None, **options) -> Graph:
-    """Shorthand: ``PassManager(pipeline, **options).run(graph)``."""
-    return PassManager(pipeline, **options).run(graph)

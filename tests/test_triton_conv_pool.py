@@ -193,32 +193,6 @@ def test_batch_norm_matches_torch(training):
     close(nv, trv.numpy())
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_backward_kernel_matches_torch_autograd(training):
-    """The fused backward (dL/dx through the batch statistics, eq. 8.35-8.36; dgamma, dbeta)
-    against torch autograd of F.batch_norm."""
-    from backends.triton.kernels import norm as nk
-    from backends.triton.runtime import default_device
-    dev = default_device()
-    x = rand(3, 4, 5) * 1.5 + 0.5
-    gamma, beta, gy = rand(4), rand(4), rand(3, 4, 5)
-    rm, rv = rand(4), np.abs(rand(4)) + 0.5
-    tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
-    ty = TF.batch_norm(tx, torch.tensor(rm), torch.tensor(rv), tg, tb, training=training,
-                       eps=1e-3)
-    ty.backward(torch.tensor(gy))
-    dt = [torch.from_numpy(a).to(dev) for a in (x, gy, gamma)]
-    if training:
-        mean, var = nk.batch_norm_stats(x.shape, 1, "float32", dev)(dt[0])
-    else:
-        mean, var = torch.from_numpy(rm).to(dev), torch.from_numpy(rv).to(dev)
-    dx, dgamma, dbeta = nk.batch_norm_backward(x.shape, 1, training, 1e-3, "float32", dev)(
-        dt[0], dt[1], mean, var, dt[2])
-    close(dx.cpu().numpy(), tx.grad.numpy())
-    close(dgamma.cpu().numpy(), tg.grad.numpy())
-    close(dbeta.cpu().numpy(), tb.grad.numpy())
-
-
 def test_batch_norm_statistics_split_over_programs_match_torch(monkeypatch):
     """Many values per channel: partial sums over a (C, splits) grid, then one combine per
     channel (the running averages too), against F.batch_norm."""

@@ -188,10 +188,6 @@ def _nest(b, shape, strides, offs, outer, depth):
             yield res
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def prod(xs: Sequence[int]) -> int:
     return int(math.prod(xs))
 

@@ -188,10 +188,6 @@ class Ctx:
         off = self.b.mul(self.tid, i64(self.workspace_per_thread))
         return self.b.gep(self.workspace, [off], inbounds=True)
 
-    def as_ptr(self, ptr: ir.Value, elem: ir.Type) -> ir.Value:
-        return self.b.bitcast(ptr, ir.PointerType(elem))
-
-
 def load_ptr(b: ir.IRBuilder, args: ir.Value, index: int) -> ir.Value:
     return b.load(b.gep(args, [i64(index)], inbounds=True), name=f"arg{index}")
 

@@ -1,10 +1,8 @@
 """Batch normalization (section 8.7.1, eq. 8.34-8.36): per-channel statistics, then one
-normalizing pass; and its backward (two kernels: per-channel sums, then dx).
-x is seen as (A, C, B): A the axes before the channel axis, B those after.
+normalizing pass. x is seen as (A, C, B): A the axes before the channel axis, B those after.
 
 The IR's ``batch_norm`` VJP is written with core ops (passes/autodiff/rules_norm.py), so
-graphs differentiate through the elementwise and reduction kernels; ``batch_norm_backward``
-is the fused form for callers holding the statistics (and for a future gradient op).
+graphs differentiate through the elementwise and reduction kernels.
 """
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime import TORCH_DTYPES, cdiv, empty, next_pow2, numel
+from ..runtime import cdiv, empty, next_pow2, numel
 
 BLOCK = 1024
 
@@ -138,87 +136,6 @@ def bn_apply_kernel(x_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, y_ptr, n, C, 
     b = tl.load(beta_ptr + c, mask=mask, other=0)
     y = g * ((x - mean) / tl.sqrt(var + eps)) + b
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def bn_grad_stats_kernel(x_ptr, gy_ptr, mean_ptr, var_ptr, dgamma_ptr, dbeta_ptr, A, C, B,
-                         eps, BLOCK: tl.constexpr):
-    """Per channel: dbeta = sum(gy), dgamma = sum(gy * xhat) (float64 accumulation)."""
-    c = tl.program_id(0)
-    M = A * B
-    inv = 1.0 / tl.sqrt(tl.load(var_ptr + c).to(tl.float64) + eps)
-    mean = tl.load(mean_ptr + c).to(tl.float64)
-    s_gy = tl.zeros((BLOCK,), tl.float64)
-    s_gx = tl.zeros((BLOCK,), tl.float64)
-    for j0 in range(0, M, BLOCK):
-        j = j0 + tl.arange(0, BLOCK)
-        idx = (j // B).to(tl.int64) * C * B + c * B + j % B
-        gy = tl.load(gy_ptr + idx, mask=j < M, other=0).to(tl.float64)
-        x = tl.load(x_ptr + idx, mask=j < M, other=0).to(tl.float64)
-        s_gy += gy
-        s_gx += gy * (x - mean) * inv
-    ty = dgamma_ptr.dtype.element_ty
-    tl.store(dbeta_ptr + c, tl.sum(s_gy, axis=0).to(ty))
-    tl.store(dgamma_ptr + c, tl.sum(s_gx, axis=0).to(ty))
-
-
-@triton.jit
-def bn_grad_input_kernel(x_ptr, gy_ptr, mean_ptr, var_ptr, gamma_ptr, dgamma_ptr, dbeta_ptr,
-                         dx_ptr, n, C, B, M, eps, TRAINING: tl.constexpr,
-                         BLOCK: tl.constexpr):
-    """dx = gamma / sigma (gy - dbeta / M - xhat dgamma / M) in training (the batch
-    statistics depend on x, eq. 8.35-8.36), gamma gy / sigma with fixed statistics."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    c = (offs // B) % C
-    inv = 1.0 / tl.sqrt(tl.load(var_ptr + c, mask=mask, other=1) + eps)
-    gy = tl.load(gy_ptr + offs, mask=mask, other=0)
-    g = tl.load(gamma_ptr + c, mask=mask, other=0)
-    if TRAINING:
-        xhat = (tl.load(x_ptr + offs, mask=mask, other=0)
-                - tl.load(mean_ptr + c, mask=mask, other=0)) * inv
-        db = tl.load(dbeta_ptr + c, mask=mask, other=0)
-        dg = tl.load(dgamma_ptr + c, mask=mask, other=0)
-        dx = g * inv * (gy - db / M - xhat * dg / M)
-    else:
-        dx = g * inv * gy
-    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-
-
-def batch_norm_backward(shape, axis: int, training: bool, eps: float, dtype: str,
-                        device) -> Callable[..., list[torch.Tensor]]:
-    """Plan ``(x, gy, mean, var, gamma) -> (dx, dgamma, dbeta)``: the statistics are the
-    batch's (training) or the running ones (inference); the running-average outputs are
-    not differentiated here."""
-    axis %= len(shape)
-    a, c, b = numel(shape[:axis]), shape[axis], numel(shape[axis + 1:])
-    n = numel(shape)
-
-    def run(x, gy, mean, var, gamma) -> list[torch.Tensor]:
-        dgamma, dbeta = empty((c,), dtype, device), empty((c,), dtype, device)
-        dx = empty(shape, dtype, device)
-        if c:
-            bn_grad_stats_kernel[(c,)](x, gy, mean, var, dgamma, dbeta, a, c, b, float(eps),
-                                       BLOCK=BLOCK)
-        if n:
-            bn_grad_input_kernel[(cdiv(n, BLOCK),)](x, gy, mean, var, gamma, dgamma, dbeta,
-                                                    dx, n, c, b, a * b, float(eps),
-                                                    TRAINING=training, BLOCK=BLOCK)
-        return [dx, dgamma, dbeta]
-    return run
-
-
-def batch_norm_stats(shape, axis: int, dtype: str, device) -> Callable:
-    """Plan ``x -> (mean, biased var)`` per channel (the statistics of eq. 8.35-8.36)."""
-    axis %= len(shape)
-    a, c, b = numel(shape[:axis]), shape[axis], numel(shape[axis + 1:])
-
-    stats = channel_stats(a, c, b, dtype, device)
-    zeros = torch.zeros((c,), dtype=TORCH_DTYPES[dtype], device=device)   # no running stats
-
-    def run(x: torch.Tensor) -> list[torch.Tensor]:
-        return stats(x, zeros, zeros, 0.0)[:2]
-    return run
 
 
 def batch_norm(shape, axis: int, training: bool, eps: float, momentum: float, dtype: str,
