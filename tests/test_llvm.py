@@ -421,10 +421,12 @@ def test_every_lowering_split_across_threads(name, monkeypatch):
     """Tiny nodes normally run on one thread; here every node (and every scan step) is split
     across 3 threads with barriers between nodes, as stored and with fused regions, and
     must still match the reference."""
-    from backends.llvm import module
+    from backends.llvm import module, workers
     from tests.golden import load
     monkeypatch.setattr(module, "SMALL", 0)
     monkeypatch.setattr(module, "SERIAL_FLOPS", 0)
+    monkeypatch.setattr(workers, "PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(workers, "PARALLEL_BYTES", 0)
     from passes.manager import PassManager
     graph, args, expect = load(name)
     for g in (graph, PassManager(["simplify", "fuse"]).run(graph)):
@@ -673,7 +675,7 @@ def test_one_executable_called_from_several_python_threads():
         np.testing.assert_allclose(c, a @ b, rtol=1e-4, atol=1e-4)
 
 
-def test_native_workers_across_executables_threads_sleep_and_fork():
+def test_native_workers_across_executables_threads_sleep_and_fork(monkeypatch):
     """Threads 1..n-1 run on native workers shared by every executable: several executables
     called at once from Python threads, a run after the workers went to sleep (futex), and
     a run in a forked child (which must start workers of its own) all give right answers."""
@@ -681,8 +683,10 @@ def test_native_workers_across_executables_threads_sleep_and_fork():
     import select
     import time
     from concurrent.futures import ThreadPoolExecutor
+    from backends.llvm import workers
+    monkeypatch.setattr(workers, "PARALLEL_FLOPS", 0)     # small: split all the same
     exes = [backends.compile(one("matmul", TensorType((m, 64)), TensorType((64, 48))), "llvm",
-                             threads=2) for m in (30, 31, 32)]
+                             threads=2, cache=False) for m in (30, 31, 32)]
     assert all(e.plan.parallel for e in exes)
     b = RNG.standard_normal((64, 48)).astype(np.float32)
     xs = [RNG.standard_normal((e.graph.inputs[0].shape)).astype(np.float32) for e in exes]

@@ -123,3 +123,19 @@ def test_workers_recover_after_a_long_idle(threads):
     exe(x, w)
     time.sleep(0.05)                     # far past every spin budget: all asleep
     np.testing.assert_array_equal(exe(x, w)[0], want)
+
+
+def test_only_work_worth_a_barrier_is_split():
+    """The registry's cost decides: 2*M*K*N flops for a matmul, bytes moved for the rest."""
+    from backends.llvm.workers import PARALLEL_BYTES, PARALLEL_FLOPS, worth_parallel
+    assert (PARALLEL_FLOPS, PARALLEL_BYTES) == (1_000_000, 512 * 1024)
+
+    def node(op, *shapes, **attrs):
+        g = Graph("one")
+        xs = [g.add_input(f"x{i}", TensorType(s, "float32")) for i, s in enumerate(shapes)]
+        g.set_outputs([g.op(op, *xs, **attrs)])
+        return g.nodes[0]
+    assert worth_parallel(node("matmul", (128, 784), (784, 512)))    # 103 MFLOP
+    assert not worth_parallel(node("matmul", (30, 64), (64, 48)))    # 184 kFLOP, 25 kB
+    assert worth_parallel(node("add", (256, 512), (256, 512)))       # 1.5 MB moved
+    assert not worth_parallel(node("sum", (128, 512), axis=(0,)))    # 258 kB, 64 kFLOP

@@ -363,7 +363,8 @@ def _is_small(node) -> bool:
 
 def runs_parallel(node) -> bool:
     """Does ``node`` split its work across threads (else thread 0 runs it alone)?"""
-    return get_lowering(node).parallel and not _is_small(node) and not _is_serial(node)
+    return (get_lowering(node).parallel and not _is_small(node) and not _is_serial(node)
+            and worth_parallel(node))
 
 
 def _folded_transposes(nodes, p: Plan):
@@ -586,4 +587,4 @@ def kernel_opt(node, opt: int) -> int:
     return opt if work >= CHEAP_WORK else 0
 
 
-from .workers import barrier_fn  # noqa: E402,F401  (the barrier lives beside the workers)
+from .workers import barrier_fn, worth_parallel  # noqa: E402,F401  (beside the workers)

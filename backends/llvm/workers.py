@@ -138,6 +138,20 @@ def _allocas(fn: ir.Function, b: ir.IRBuilder, types) -> list:
     return slots
 
 
+PARALLEL_FLOPS = 1_000_000      # a node below both runs on thread 0 alone: splitting it
+PARALLEL_BYTES = 512 * 1024     # would cost more (a barrier, a cold core) than it saves
+
+
+def worth_parallel(node) -> bool:
+    """Is ``node``'s work (the registry's cost: flops and bytes moved) large enough to split
+    across threads? Recurrences are judged per step by their own rule."""
+    if node.op == "scan":
+        return True
+    c = node.opdef.cost([v.type for v in node.inputs], [v.type for v in node.outputs],
+                        node.attrs)
+    return c.flops >= PARALLEL_FLOPS or c.bytes >= PARALLEL_BYTES
+
+
 def _extern(m: ir.Module, name: str, ret, args, var_arg: bool = False) -> ir.Function:
     fn = m.globals.get(name)
     return fn if fn is not None else ir.Function(
