@@ -302,9 +302,10 @@ def test_truncated_and_recompute_bptt_of_an_lstm():
 
 
 # ------------------------------------------------------------------ training
-def test_training_an_lstm_with_adam_follows_torchs_trajectory():
+@pytest.mark.parametrize("form", ["rolled", "unrolled"])
+def test_training_an_lstm_with_adam_follows_torchs_trajectory(form):
     """A sequence classifier (LSTM, linear head on h_n) trained 5 Adam steps (torch's
-    formula): the losses and final weights are torch's."""
+    formula), BPTT rolled or unrolled: the losses and final weights are torch's."""
     fe.manual_seed(34)
     lstm, head = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
 
@@ -326,7 +327,9 @@ def test_training_an_lstm_with_adam_follows_torchs_trajectory():
     r = np.random.default_rng(35)
     x, y = r.standard_normal((4, 6, 3)), r.integers(0, 2, 4)
     step = fe.compile_train(net, nn.CrossEntropyLoss(), optim.Adam(lr=0.05, convention="torch"),
-                            fe.TensorSpec(x.shape, "float64"), fe.TensorSpec((4,), "int64"))
+                            fe.TensorSpec(x.shape, "float64"), fe.TensorSpec((4,), "int64"),
+                            bptt=form)
+    assert any(n.op == "scan" for n in step.graph.nodes) == (form == "rolled")
     topt = torch.optim.Adam(tnet.parameters(), lr=0.05)
     ours, theirs = [], []
     for _ in range(5):
