@@ -1,0 +1,85 @@
+"""ONNX models on irgraph's LLVM backend, side by side with onnxruntime and torch eager.
+
+    python bench/bench_onnx.py [--quick] [--size 224]
+
+ResNet-18 and MobileNetV2 (tests/onnx_models.py, random weights) exported by
+``torch.onnx.export``, imported with batch norm folded, compiled by the LLVM backend; the
+same ONNX file runs on onnxruntime's CPU execution provider; torch runs the model eagerly.
+All with 2 threads, batch 1 and 8, input 3 x size x size (default 224). Prints ms per
+inference (best of N runs: the shared machine is noisy) and the ratio onnxruntime / LLVM
+(> 1: LLVM faster), and the machine. A script, not a test: nothing here asserts a speed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+from machine import describe  # noqa: E402
+
+THREADS = 2
+
+
+def best_ms(fn, runs: int) -> float:
+    fn()                                   # warm up
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer runs, 64x64 inputs")
+    ap.add_argument("--size", type=int, default=224)
+    args = ap.parse_args()
+    size = 64 if args.quick else args.size
+    runs = 3 if args.quick else 10
+
+    import onnxruntime as ort
+    import torch
+
+    import onnx_models as om
+    from frontend.onnx import import_onnx
+    torch.set_num_threads(THREADS)
+    print(describe(f"torch {torch.__version__}", f"onnxruntime {ort.__version__}",
+                   f"{THREADS} threads each"))
+    print(f"input 3x{size}x{size}; ms per inference, best of {runs}")
+    print(f"{'model':14s} {'batch':>5s} {'llvm':>9s} {'onnxruntime':>12s} {'torch':>9s} "
+          f"{'ort/llvm':>9s} {'compile s':>10s}")
+    for name in ("resnet18", "mobilenet_v2"):
+        model = om.build(name)
+        for batch in (1, 8):
+            x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(
+                np.float32)
+            data = om.to_onnx(model, torch.from_numpy(x))
+            t = time.perf_counter()
+            exe = import_onnx(data).compile("llvm", threads=THREADS)
+            compile_s = time.perf_counter() - t
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = THREADS
+            opts.inter_op_num_threads = 1
+            sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            want = om.torch_out(model, x)
+            got = exe(x)[0]
+            err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
+            assert err < 1e-3, f"{name}: LLVM output differs from torch's by {err}"
+            xt = torch.from_numpy(x)
+            t_llvm = best_ms(lambda: exe(x), runs)
+            t_ort = best_ms(lambda: sess.run(None, {"input": x}), runs)
+            with torch.no_grad():
+                t_torch = best_ms(lambda: model(xt), runs)
+            print(f"{name:14s} {batch:5d} {t_llvm:9.2f} {t_ort:12.2f} {t_torch:9.2f} "
+                  f"{t_ort / t_llvm:9.2f} {compile_s:10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
