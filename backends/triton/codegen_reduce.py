@@ -176,7 +176,7 @@ def render_reduction(body: Graph, pro, red: Node, epi, s_views, r_views, rank_s:
                      "(BLOCK_M,)")
         lines.append(f"    e{k} = {expr}")
     for j, v in enumerate(body.outputs):
-        lines.append(f"    tl.store(out{j}_ptr + rows, {names[v]}.to(out{j}_ptr.dtype."
+        lines.append(f"    tl.store(out{j}_ptr + rows, _as({names[v]}, out{j}_ptr.dtype."
                      f"element_ty), mask=rmask)")
     params = ([f"out{j}_ptr" for j in range(len(body.outputs))]
               + [f"in{i}_ptr" for i in range(len(body.inputs))]

@@ -21,15 +21,26 @@ from irgraph.errors import DataError
 from irgraph.interpreter import ExecutionError, run_node
 from irgraph.liveness import last_uses
 
+from passes.low_precision import widen_low_precision
+
 from ..base import Executable, raise_as_reference, reference_error, validate_args
 from .kernels.elementwise import elementwise
 from .lower_optim import inplace_updates, updated_input
 from . import runtime
 from .runtime import (NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device, interpreting,
-                      to_device)
+                      to_device, to_host)
 from .table import GROUP_KERNELS, LowerContext, Step, group_key, lower_node
 
 OUTPUTS = ("auto", "numpy", "torch")
+# ops run on float16/bfloat16 buffers as they are: matmul (16-bit operands, float32
+# accumulation, one rounding per result) and layout ops (exact copies); passes/low_precision.py
+# widens every other op on 16-bit values to float32
+LOW_PRECISION_NATIVE = ("matmul", "reshape", "transpose")
+
+
+def native_low_precision(node: Node) -> bool:
+    """Whether ``node`` runs on its 16-bit operands unwidened (LOW_PRECISION_NATIVE)."""
+    return node.op in LOW_PRECISION_NATIVE
 
 
 class Plan:
@@ -122,6 +133,9 @@ class TritonExecutable(Executable):
     def __init__(self, graph: Graph, *, output: str = "auto", allow_tf32: bool = False,
                  device: str | torch.device | None = None):
         super().__init__(graph)
+        # float16/bfloat16: every op computes in float32 between rounding casts, but those
+        # this backend runs on 16-bit buffers (native_low_precision)
+        self.graph = widen_low_precision(self.graph, keep=native_low_precision)
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
         self.output = output
@@ -166,7 +180,7 @@ class TritonExecutable(Executable):
                 # private copy (the donation copies the result back after a good run)
                 out.append(t.clone() if i in self._staged and t is a else t)
         for i, check in self._index_checks:
-            check(arrays[i] if i in arrays else out[i].cpu().numpy())
+            check(arrays[i] if i in arrays else to_host(out[i]))
         return out
 
     # ------------------------------------------------------------------ running
@@ -177,7 +191,7 @@ class TritonExecutable(Executable):
 
     def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
         with _turn():
-            return [t.cpu().numpy() for t in self.plan(self.to_device(args))]
+            return [to_host(t) for t in self.plan(self.to_device(args))]
 
     def __call__(self, *args):
         with _turn():
@@ -197,7 +211,7 @@ class TritonExecutable(Executable):
             self.output == "auto" and not any(isinstance(a, torch.Tensor) for a in args))
         if not as_numpy:
             return outs
-        res = [t.cpu().numpy() for t in outs]
+        res = [to_host(t) for t in outs]
         return self.apply_donations(args, res)
 
     def _write_donated(self, given: Sequence, tensors: list[torch.Tensor],
@@ -229,7 +243,7 @@ def _turn():
 
 def _host(a):
     """An argument as the reference takes it (a numpy array or a scalar)."""
-    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+    return to_host(a) if isinstance(a, torch.Tensor) else a
 
 
 def _fallible(node: Node) -> bool:

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import torch
 
@@ -19,6 +20,8 @@ from ..base import fork_safe_locks
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
     "int32": torch.int32,
     "int64": torch.int64,
     "bool": torch.bool,
@@ -111,9 +114,21 @@ def meta_tensor(rows: list[tuple[int, ...]], device) -> torch.Tensor:
 
 
 def to_device(a, dtype: str, device) -> torch.Tensor:
-    """A numpy array (or scalar) copied to ``device`` as a contiguous tensor of ``dtype``."""
+    """A numpy array (or scalar) copied to ``device`` as a contiguous tensor of ``dtype``
+    (bfloat16, which torch cannot take from numpy, travels as its 16-bit words)."""
     arr = np.array(a, dtype=np.dtype(dtype), order="C", copy=True)
+    if dtype == "bfloat16":
+        return torch.from_numpy(arr.view(np.uint16).view(np.int16)).view(torch.bfloat16).to(
+            device)
     return torch.from_numpy(arr).to(device)
+
+
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """A device tensor as a numpy array of the same dtype (bfloat16: ``ml_dtypes``)."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
 
 
 def empty(shape, dtype: str, device) -> torch.Tensor:

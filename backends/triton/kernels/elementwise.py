@@ -32,6 +32,35 @@ FLOAT_ONLY = tuple(sorted(ops_with("float_only") & set(UNARY + BINARY + TERNARY)
 
 
 @triton.jit
+def _bf16_rne(x):
+    """float32 ``x`` rounded to bfloat16, to nearest even, by hand: Triton's interpreter
+    truncates in ``.to(tl.bfloat16)``. The high half of the bits, after adding 0x7FFF plus the
+    lowest kept bit (a tie goes to the even neighbour; a carry moves into the exponent, up to
+    inf); a NaN keeps its sign and top payload bits and is made quiet."""
+    bits = x.to(tl.uint32, bitcast=True)
+    up = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+    hi = tl.where(x != x, (bits >> 16) | 0x40, up)
+    return hi.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _as(x, DTYPE: tl.constexpr):
+    """``x`` converted for a store into a ``DTYPE`` buffer: the one conversion every kernel's
+    store of a computed value goes through. float16/bfloat16 results come from float32 (a
+    float64 is rounded to float32 first, as PyTorch does) rounded once to nearest even; a
+    16-bit value widens to float32 before any other conversion (docs/low_precision.md)."""
+    if x.dtype == tl.float16 or x.dtype == tl.bfloat16:
+        x = x.to(tl.float32)
+    if DTYPE == tl.bfloat16:
+        y = _bf16_rne(x.to(tl.float32))
+    elif DTYPE == tl.float16:
+        y = x.to(tl.float32).to(tl.float16)
+    else:
+        y = x.to(DTYPE)
+    return y
+
+
+@triton.jit
 def _tanh(x):
     """tanh from exp: a Taylor series near 0 keeps relative accuracy (libdevice is GPU-only)."""
     ax = tl.abs(x)
@@ -212,14 +241,14 @@ def elementwise_kernel(out_ptr, a_ptr, b_ptr, c_ptr, meta_ptr, n, out_off, a_off
         dst = out_ptr + out_off + _strided_offset(offs, meta_ptr, 1, RANK)
     else:
         dst = out_ptr + offs
-    tl.store(dst, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst, _as(y, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def fill_kernel(out_ptr, n, value, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     x = tl.zeros((BLOCK,), dtype=tl.float64) + value
-    tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=offs < n)
+    tl.store(out_ptr + offs, _as(x, out_ptr.dtype.element_ty), mask=offs < n)
 
 
 @triton.jit
@@ -227,7 +256,7 @@ def iota_kernel(out_ptr, n, inner, size, BLOCK: tl.constexpr):
     """out[i] = index of flat position i along an axis of length ``size`` and stride ``inner``."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     idx = (offs // inner) % size
-    tl.store(out_ptr + offs, idx.to(out_ptr.dtype.element_ty), mask=offs < n)
+    tl.store(out_ptr + offs, _as(idx, out_ptr.dtype.element_ty), mask=offs < n)
 
 
 @triton.jit
@@ -256,7 +285,7 @@ def pad_kernel(out_ptr, in_ptr, meta_ptr, n, value, RANK: tl.constexpr, MODE: tl
             inside = inside & (j >= 0) & (j < size)
         src += j * tl.load(meta_ptr + 3 * RANK + d)
     x = tl.load(in_ptr + src, mask=inside, other=value)
-    tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, _as(x, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

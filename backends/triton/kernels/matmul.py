@@ -12,8 +12,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime import View, cdiv, empty, numel
-from .elementwise import copy_view
+from irgraph.types import LOW_DTYPES
+
+from ..runtime import View, cdiv, empty, interpreting, numel
+from .elementwise import _as, copy_view
+
+
+# Triton's interpreter runs kernels as Python (decided, as Triton decides, on import)
+INTERPRETED = tl.constexpr(interpreting())
+# the accumulator of a product per operand dtype (16-bit floats: float32)
+ACCUMULATOR = {"float64": tl.float64, "int32": tl.int32, "int64": tl.int64, "bool": tl.int1,
+               "float32": tl.float32, "float16": tl.float32, "bfloat16": tl.float32}
 
 
 @triton.jit
@@ -43,6 +52,11 @@ def matmul_tile(a_ptr, b_ptr, M, N, K, sab, sam, sak, sbb, sbk, sbn, ACC: tl.con
         b = tl.load(b_base + rk[:, None] * sbk, mask=(rk[:, None] < K) & (rn[None, :] < N),
                     other=0)
         if USE_DOT:
+            if INTERPRETED:
+                # the interpreter's 16-bit dot is wrong: float32 operands hold the same
+                # values exactly, so the float32-accumulated result is the same
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         else:
             acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1).to(acc.dtype)
@@ -69,16 +83,17 @@ def matmul_epilogue_offsets(meta_ptr, ROW: tl.constexpr, RANK: tl.constexpr, bat
 
 @triton.jit
 def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
-                  sab, sam, sak, sbb, sbk, sbn,
+                  sab, sam, sak, sbb, sbk, sbn, ACC: tl.constexpr,
                   USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr):
-    """C[b] = A[b] @ B[b], one tile per program."""
+    """C[b] = A[b] @ B[b], one tile per program, accumulated in ``ACC`` (float32 for 16-bit
+    operands, else C's dtype)."""
     acc, rm, rn, batch = matmul_tile(a_ptr, b_ptr, M, N, K, sab, sam, sak, sbb, sbk, sbn,
-                                     c_ptr.dtype.element_ty, USE_DOT, PRECISION, BLOCK_M,
-                                     BLOCK_N, BLOCK_K, GROUP_M)
+                                     ACC, USE_DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+                                     GROUP_M)
     c = c_ptr + batch * M * N + rm[:, None].to(tl.int64) * N + rn[None, :]
-    tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    tl.store(c, _as(acc, c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
 def _collapse_batch(view: View, nb: int) -> tuple[View, int] | None:
@@ -130,8 +145,11 @@ class MatmulPlan:
                                               device)
         self.m, self.k, self.n = sa[-2], sa[-1], sb[-1]
         self.sizes = (self.m, self.n, self.k, sab, sam, sak, sbb, sbk, sbn)
-        self.use_dot = dtype == "float32"
-        if self.use_dot:
+        self.use_dot = dtype == "float32" or dtype in LOW_DTYPES
+        if dtype in LOW_DTYPES:
+            # 16-bit operands on tensor cores, float32 accumulation
+            self.blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4)
+        elif self.use_dot:
             # BLOCK_K 16: an IEEE fp32 dot runs as FMAs on register operands; with 32 the
             # tile (and its epilogue) spills on sm_80 (the AOT gate's statistics)
             self.blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, GROUP_M=8, num_warps=8)
@@ -140,6 +158,7 @@ class MatmulPlan:
         self.grid = (cdiv(self.m, self.blocks["BLOCK_M"]) * cdiv(self.n, self.blocks["BLOCK_N"]),
                      numel(batch))
         self.empty = numel(batch) * self.m * self.n == 0
+        self.acc = ACCUMULATOR[dtype]
 
     def operands(self, a: torch.Tensor, b: torch.Tensor) -> tuple:
         return (self.a_prep(a), self.b_prep(b)) + self.sizes
@@ -158,7 +177,7 @@ def matmul(a_shape, b_shape, out_shape, dtype: str, device, precision: str = "ie
         if plan.k == 0:
             return out.zero_()
         a, b, *sizes = plan.operands(a, b)
-        matmul_kernel[plan.grid](a, b, out, *sizes, USE_DOT=plan.use_dot, PRECISION=precision,
-                                 **plan.blocks)
+        matmul_kernel[plan.grid](a, b, out, *sizes, ACC=plan.acc, USE_DOT=plan.use_dot,
+                                 PRECISION=precision, **plan.blocks)
         return out
     return run
