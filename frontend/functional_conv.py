@@ -189,7 +189,6 @@ def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding
     """Transposed convolution: h of eq. 9.13 (``conv_input_grad``) with weight
     (C_in, C_out/groups, *k). Several output sizes map to the same input under the strided
     convolution; ``output_padding`` or ``output_size`` picks one (as PyTorch)."""
-    F = _F()
     d = dim if dim is not None else _rank(weight) - 2
     x, squeeze = _batched(input, d, f"conv_transpose{d}d")
     w = _weight(weight, x, f"conv_transpose{d}d", d + 2)

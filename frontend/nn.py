@@ -535,7 +535,7 @@ class MSELoss(Module):
 
 
 # recurrent layers and the networks of chapter 10 (frontend/rnn.py)
-from .rnn import (RNN, OutputRecurrentNet, RecurrentConvNet, RNNLanguageModel,  # noqa: E402
+from .rnn import (RNN, OutputRecurrentNet, RecurrentConvNet, RNNLanguageModel,  # noqa: E402,F401
                   RNNSequenceModel, SequenceClassifier)
 from .rnn_gated import GRU, LSTM, GRUCell, LSTMCell, RNNCell  # noqa: E402,F401
 

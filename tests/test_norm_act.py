@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import backends
 import frontend as fe
 from frontend import F, nn
 from passes.fusion import fuse

@@ -3,7 +3,7 @@ import numpy as np
 
 import frontend as fe
 import irgraph
-from frontend import F, nn
+from frontend import nn
 from irgraph.interpreter import interpret
 from passes.autodiff import grad
 

@@ -103,6 +103,6 @@ def _locally_connected(node: Node, ctx: LowerContext) -> Step:
 
 @lowering("tiled_conv")
 def _tiled_conv(node: Node, ctx: LowerContext) -> Step:
-    x, w, y = node.inputs[0].type, node.inputs[1].type, node.outputs[0].type
+    w, y = node.inputs[1].type, node.outputs[0].type
     ids = np.arange(w.size, dtype=np.int64).reshape(w.shape)
     return _unshared(node, ctx, tile_to_locations(ids, y.shape[2:]))

@@ -118,7 +118,7 @@ def _take(node: Node, ctx: LowerContext) -> Step:
     x, idx = node.inputs[0].type, node.inputs[1].type
     out = node.outputs[0].type
     a = wrap_dim(node.attrs["axis"], x.rank)
-    n, pre, post = x.shape[a], numel(x.shape[:a]), numel(x.shape[a + 1:])
+    n, post = x.shape[a], numel(x.shape[a + 1:])
     check = _checker(node, n)
 
     def step(xs: list[torch.Tensor]) -> list[torch.Tensor]:
