@@ -139,3 +139,24 @@ def test_only_work_worth_a_barrier_is_split():
     assert not worth_parallel(node("matmul", (30, 64), (64, 48)))    # 184 kFLOP, 25 kB
     assert worth_parallel(node("add", (256, 512), (256, 512)))       # 1.5 MB moved
     assert not worth_parallel(node("sum", (128, 512), axis=(0,)))    # 258 kB, 64 kFLOP
+
+
+@pytest.mark.parametrize("m,k,n,dtype", [(1, 7, 64, "float32"), (32, 256, 256, "float32"),
+                                         (11, 300, 96, "float64"), (96, 33, 160, "float32"),
+                                         (97, 40, 64, "float32"), (32, 256, 100, "float32")])
+def test_small_row_products_read_b_in_place(m, k, n, dtype):
+    """Up to 96 rows and whole column strips, B's rows are read in place (no packing); one
+    row more, or a ragged last strip, packs. Both against float64 numpy, on 1 and 2 threads
+    (two threads split the columns)."""
+    g = Graph("mm")
+    x = g.add_input("x", TensorType((m, k), dtype))
+    w = g.add_input("w", TensorType((k, n), dtype))
+    g.set_outputs([g.op("matmul", x, w)])
+    rng = np.random.default_rng(m * 1000 + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    bm = rng.standard_normal((k, n)).astype(dtype)
+    want = a.astype(np.float64) @ bm.astype(np.float64)
+    tol = 1e-4 * np.sqrt(k) if dtype == "float32" else 1e-11 * k
+    for threads in (1, 2):
+        got = backends.compile(g, "llvm", threads=threads)(a, bm)[0]
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

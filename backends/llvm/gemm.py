@@ -18,11 +18,13 @@ from llvmlite import ir
 
 from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64,
                       prod, row_strides, strided_nest)
+from . import gemm_bf16
 from .lowering import Ctx, lowering
 
 KC = 256
 MC = 96
 NC = 1024
+DIRECT_B_ROWS = MC      # up to this many rows of A, a row-major B is not packed
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,13 @@ class _GemmBuilder:
         ep = ir.PointerType(self.elem)
         bp = b.bitcast(scratch, ep)
         ap = b.gep(bp, [i64(KC * (NC + t.nr))], inbounds=True)
+        # few rows, row-major B, whole NR strips: the micro-kernel reads B's rows in place
+        # (each strip is NR adjacent elements per k), no packing pass over B; the B panel
+        # is read ceil(M / MR) times from cache either way (a recurrence's step, small-M
+        # products)
+        direct = b.and_(b.and_(b.icmp_signed("==", csb, i64(1)),
+                               b.icmp_signed("==", b.srem(N, i64(t.nr)), i64(0))),
+                        b.icmp_signed("<=", M, i64(DIRECT_B_ROWS)))
         with for_range(b, 0, N, "jc", NC) as jc:
             nc = _min(b, i64(NC), b.sub(N, jc))
             # K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16: a thin last
@@ -111,7 +120,9 @@ class _GemmBuilder:
                 first = b.and_(b.icmp_signed("==", pc, i64(0)),
                                b.icmp_signed("==", accumulate, i64(0)))
                 bsrc = b.gep(B, [b.add(b.mul(pc, rsb), b.mul(jc, csb))])
-                self.pack(bp, bsrc, csb, rsb, nc, kc, t.nr)
+                with b.if_then(b.not_(direct)):
+                    self.pack(bp, bsrc, csb, rsb, nc, kc, t.nr)
+                bv = (direct, bsrc, rsb)
                 with for_range(b, 0, M, "ic", MC) as ic:
                     mc = _min(b, i64(MC), b.sub(M, ic))
                     asrc = b.gep(A, [b.add(b.mul(ic, rsa), b.mul(pc, csa))])
@@ -120,10 +131,11 @@ class _GemmBuilder:
                     with b.if_else(b.icmp_signed("==", csa, i64(1))) as (rows, other):
                         with rows:
                             self.macro(asrc, bp, C, ldc, ic, jc, mc, nc, kc, first,
-                                       a_rows=(rsa, i64(1)))
+                                       a_rows=(rsa, i64(1)), b_view=bv)
                         with other:
                             self.pack(ap, asrc, rsa, csa, mc, kc, t.mr)
-                            self.macro(ap, bp, C, ldc, ic, jc, mc, nc, kc, first)
+                            self.macro(ap, bp, C, ldc, ic, jc, mc, nc, kc, first,
+                                       b_view=bv)
         b.ret_void()
 
     def pack(self, dst, src, s_strip, s_k, n, kc, w: int) -> None:
@@ -170,11 +182,15 @@ class _GemmBuilder:
                     v = b.load(b.gep(src, [b.add(at, b.mul(i64(r), s_strip))]))
                     b.store(v, b.gep(row, [i64(r)]))
 
-    def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first, a_rows=None) -> None:
-        """``a_rows`` = (row stride, k stride): A read in place instead of packed strips."""
+    def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first, a_rows=None,
+              b_view=None) -> None:
+        """``a_rows`` = (row stride, k stride): A read in place instead of packed strips.
+        ``b_view`` = (in place?, B block, row stride): B's strips read in place or packed."""
         b, t = self.b, self.t
+        direct, bsrc, rsb = b_view
         with for_range(b, 0, nc, "jr", t.nr) as jr:
-            bpanel = b.gep(bp, [b.mul(jr, kc)])
+            bpanel = b.select(direct, b.gep(bsrc, [jr]), b.gep(bp, [b.mul(jr, kc)]))
+            bstride = b.select(direct, rsb, i64(t.nr))
             nr = _min(b, i64(t.nr), b.sub(nc, jr))
             with for_range(b, 0, mc, "ir", t.mr) as ir_:
                 mr = _min(b, i64(t.mr), b.sub(mc, ir_))
@@ -185,9 +201,10 @@ class _GemmBuilder:
                     a_at = (a_rows, mr)
                 row = b.add(ic, ir_)
                 cptr = b.gep(C, [b.add(b.mul(row, ldc), b.add(jc, jr))])
-                self.micro(apanel, bpanel, cptr, ldc, kc, mr, nr, first, a_at)
+                self.micro(apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at)
 
-    def micro(self, apanel, bpanel, cptr, ldc, kc, mr, nr, first, a_at=None) -> None:
+    def micro(self, apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first,
+              a_at=None) -> None:
         b, t = self.b, self.t
         nv = t.nr // t.vw
         vp = ir.PointerType(self.vec)
@@ -206,7 +223,7 @@ class _GemmBuilder:
             rows = [b.gep(apanel, [b.mul(_min(b, i64(i), b.sub(mr_, i64(1))), rs)])
                     for i in range(t.mr)]
         with for_range(b, 0, kc, "k") as k:
-            bk = b.gep(bpanel, [b.mul(k, i64(t.nr))])
+            bk = b.gep(bpanel, [b.mul(k, bstride)])
             bv = [b.load(b.bitcast(b.gep(bk, [i64(v * t.vw)]), vp), align=self.elem_align())
                   for v in range(nv)]
             if a_at is None:
@@ -305,6 +322,8 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
 def _matmul(ctx, node, ins, outs):
     (x, y), (out,) = ins, outs
     batch, sa, sb, M, K, N = matmul_dims(x.shape, y.shape)
+    if out.dtype == "bfloat16":     # kept unwidened where gemm_bf16.native holds
+        return gemm_bf16.lower_matmul(ctx, x, y, out, batch, sa, sb, M, K, N)
     if out.dtype not in ("float32", "float64"):
         return _matmul_int(ctx, x, y, out, batch, sa, sb, M, K, N)
     xs = [s * M * K for s in broadcast_strides(sa[:-2], batch)]
