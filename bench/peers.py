@@ -4,6 +4,7 @@ installed (jax.jit, torch eager with fused Adam, torch.compile/Inductor), steps 
 in blocks so a change in machine load hits every peer alike.
 
     python bench/peers.py [--rounds 6] [--block 5] [--threads 2] [--busy] [--only mlp rnn]
+                          [--interference CALLS]
 
 Workloads (float32): an MLP 784-512-256-10 training step (batch 128), LeNet with batch norm
 (batch 64, 1x28x28), a tanh RNN (hidden 256, 64 steps, 64 inputs, batch 32, a linear head
@@ -13,7 +14,8 @@ add) on 32x64x16x16. Prints the machine, the load average before and after, medi
 milliseconds per step of each peer, and irgraph's speedup over jax.jit and over the faster
 torch. ``--busy`` first starts a process that keeps one core busy (stopped at the end).
 ``--threads`` is every library's thread count; irgraph runs with its default (adaptive)
-thread count and, as its own column, on one thread.
+thread count and, as its own column, on one thread. Last, an MLP forward's median alone,
+with a numpy matmul between calls, and alone again (``--interference``).
 """
 from __future__ import annotations
 
@@ -289,6 +291,30 @@ def check_equal(name: str, results: dict) -> str:
     return f"{worst:.1e}"
 
 
+def interference(calls: int) -> None:
+    """An MLP forward (784-512-256-10, batch 128) compiled for LLVM alone, with a 256x256
+    numpy matmul (numpy's BLAS thread pool) before every call, and alone again after."""
+    import frontend as fe
+    fe.manual_seed(0)
+    f = fe.compile(ours_models()["mlp"](), fe.TensorSpec((128, 784)), backend="llvm")
+    x = np.random.default_rng(0).standard_normal((128, 784)).astype(np.float32)
+    a = np.random.default_rng(1).standard_normal((256, 256)).astype(np.float32)
+
+    def median_ms(mix: bool) -> float:
+        ts = []
+        for _ in range(calls):
+            if mix:
+                a @ a
+            t0 = time.perf_counter()
+            f(x)
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(ts)
+    f(x)
+    print(f"\nMLP forward (LLVM), median ms over {calls} calls: alone {median_ms(False):.2f}, "
+          f"numpy matmul between calls {median_ms(True):.2f}, alone after "
+          f"{median_ms(False):.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,6 +324,8 @@ def main() -> None:
     ap.add_argument("--busy", action="store_true", help="start a process that keeps one core "
                     "busy for the whole run")
     ap.add_argument("--only", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    ap.add_argument("--interference", type=int, default=300, metavar="CALLS",
+                    help="calls per phase of the numpy-interference check (0: none)")
     args = ap.parse_args()
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=true "
                           f"intra_op_parallelism_threads={args.threads}")
@@ -332,6 +360,8 @@ def main() -> None:
         print(f"load average before: {os.getloadavg()[0]:.2f}"
               + ("  (--busy: one core kept busy by another process)" if busy else ""))
         rows = [run_workload(name, args, have, cxx) for name in args.only]
+        if args.interference:
+            interference(args.interference)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
         if busy is not None:
