@@ -323,7 +323,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--busy", action="store_true", help="start a process that keeps one core "
                     "busy for the whole run")
-    ap.add_argument("--only", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    ap.add_argument("--only", nargs="*", choices=list(WORKLOADS), default=list(WORKLOADS))
     ap.add_argument("--interference", type=int, default=300, metavar="CALLS",
                     help="calls per phase of the numpy-interference check (0: none)")
     args = ap.parse_args()
