@@ -15,7 +15,6 @@ import torch
 import backends
 import frontend as fe
 from frontend import init, nn, optim
-from frontend import functional as F
 from passes.unroll import bptt
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
@@ -368,7 +367,7 @@ def test_gates_are_one_matmul_per_step_and_the_input_side_one_per_layer(kind, kw
     assert top == len(bodies) == m.num_layers * m.num_directions
     assert bodies == [body] * top
     scan = next(n for n in g.nodes if n.op == "scan")
-    mm = [n for n in scan.attrs["body"].nodes if n.op == "matmul"][0]
+    mm = next(n for n in scan.attrs["body"].nodes if n.op == "matmul")
     assert mm.outputs[0].type.shape == (2, gates * 8)
 
 
