@@ -154,6 +154,7 @@ def jax_compile_time(kind: str) -> float | None:
         import jax.numpy as jnp
     except ImportError:
         return None
+    jax.jit(lambda a: a + 1).lower(jnp.zeros(2)).compile()     # start XLA's client first
     shape, n, _ = spec(kind)
     key = jax.random.PRNGKey(0)
 

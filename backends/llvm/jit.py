@@ -1,10 +1,12 @@
 """JIT for the host CPU through llvmlite.binding, the compile driver and the on-disk cache.
 
-A graph compiles to an entry function and kernels (module.py: one per distinct node code,
-each in a module of its own). Each module: IR text -> parse, verify -> new pass manager
-(-O3 with loop and SLP vectorization for the kernels that carry the work, -O1 for small
-ones and the entry) -> object code for the host (its triple, CPU and features); the objects
-are loaded together into an MCJIT engine, the entry last.
+A graph compiles to an entry function and kernels (module.py: one per distinct node code).
+The kernels that carry the work (GEMM, convolutions, recurrences, loops over many elements)
+are modules of their own at the requested level (-O3: loop and SLP vectorization); the
+small ones are compiled at the cheap level (``optimize``: level 0) in one module with the
+entry. The modules are compiled by several threads at once (``compile_texts``) to object
+code for the host (its triple, CPU and features), then loaded together into an MCJIT
+engine, the entry last.
 
 Object code is cached on disk (``backends/cache.py``: HMAC-checked entries in a private
 folder, ``$IRGRAPH_CACHE_DIR/llvm``, default ``~/.cache/irgraph/llvm``), in two kinds of
@@ -13,9 +15,10 @@ the generated code:
 
 * a kernel's object, under its symbol (a hash of its IR and level): shared by every graph
   that runs the same code, so a new model made of known layers compiles mostly from cache;
-* a graph's entry object, under the graph's canonical text (``canonical_text``: no graph or
-  value names, no source locations: renaming values or editing lines above a model still
-  hits) and the options. A hit loads it and the kernels it calls, and builds no IR.
+* a graph's entry object (with its cheap kernels), under the graph's canonical text
+  (``canonical_text``: no graph or value names, no source locations: renaming values or
+  editing lines above a model still hits) and the options. A hit loads it and the kernels
+  it calls, and builds no IR.
 """
 from __future__ import annotations
 
@@ -301,7 +304,7 @@ def phase(name: str):
 
 
 # ------------------------------------------------------------------ the compile driver
-ENTRY_OPT = 0       # the entry only calls kernels: the cheap level is all it needs
+ENTRY_OPT = 0       # the entry only calls kernels: the cheap level (with the cheap kernels)
 _KERNEL_SYMBOL = re.compile(rb"irk_[0-9a-f]{40}")
 
 
@@ -397,7 +400,7 @@ def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: b
     """(entry object, kernel objects, cache key, cache hit) of a planned graph: from the
     disk cache when the graph (canonical text and options) was compiled before and its
     kernels are still there; else the IR is built, each kernel not in the cache is
-    compiled (and stored), then the entry."""
+    compiled (and stored), and the entry with the kernels of the cheap level in it."""
     from .module import build_module
     key = cache_key(canonical_text(graph), {"threads": threads, "opt": opt,
                                             "profile": profile})
@@ -414,7 +417,8 @@ def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: b
         prog = build_module(graph, plan, features, threads, host()[0], opt)
     _STATS["kernels_shared"] += prog.calls - len(prog.memo)
     objs, todo = [], []
-    for k in prog.kernels.values():
+    heavy = [k for k in prog.kernels.values() if k.opt > 0]     # the others: in the entry
+    for k in heavy:
         kobj = None
         if use_cache:
             with phase("cache"):
@@ -429,8 +433,8 @@ def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: b
             with phase("cache"):
                 cache_store(kernel_key(todo[i].symbol), kobj)
     made = compile_texts([(k.text, k.opt) for k in todo] +
-                         [(prog.entry_text(), min(opt, ENTRY_OPT))], store)
-    _STATS["kernels_compiled"] += len(todo)
+                         [(prog.entry_text(inline=True), min(opt, ENTRY_OPT))], store)
+    _STATS["kernels_compiled"] += len(todo) + len(prog.kernels) - len(heavy)
     obj = made.pop()
     objs += made
     if use_cache:

@@ -201,14 +201,23 @@ class Program:
         self.memo: dict[str, str] = {}        # node signature -> kernel symbol
         self.calls = 0                        # kernel calls emitted (nodes lowered)
 
-    def entry_text(self) -> str:
-        return str(self.entry)
+    def entry_text(self, inline: bool = False) -> str:
+        """The entry module's text; with ``inline``, with every kernel of the cheap level
+        (``CHEAP_PREFIX``) defined in it too: those compile as one module with the entry
+        and live in the graph's cache entry (a disk entry each would cost more than
+        compiling them)."""
+        if not inline:
+            return str(self.entry)
+        return self._combined([k for k in self.kernels.values() if k.opt == 0])
 
     def __str__(self) -> str:
-        """All of it as ONE module's text (inspection: ``llvm_ir()``): the kernels' private
-        helpers renamed apart, each declaration once, none of a function defined here."""
-        parts = [self.entry_text()] + [_local_names_apart(k.symbol, k.text)
-                                       for k in self.kernels.values()]
+        """All of it as ONE module's text (inspection: ``llvm_ir()``)."""
+        return self._combined(list(self.kernels.values()))
+
+    def _combined(self, kernels: list[Kernel]) -> str:
+        """The entry and ``kernels`` as one module's text: the kernels' private helpers
+        renamed apart, each declaration once, none of a function defined here."""
+        parts = [str(self.entry)] + [_local_names_apart(k.symbol, k.text) for k in kernels]
         defined = {m.group(1) for t in parts for m in _DEFINE.finditer(t)}
         seen: set[str] = set()
         lines: list[str] = []
@@ -525,6 +534,8 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
 
 
 KERNEL_PLACEHOLDER = "irgraph.kernel"
+KERNEL_PREFIX = "irk_"      # a kernel compiled, and cached, in a module of its own
+CHEAP_PREFIX = "irc_"       # a kernel of the cheap level: compiled within the entry's module
 
 
 def node_signature(node, ins: list[Buf], outs: list[Buf], pattern, ctx: Ctx) -> str:
@@ -540,8 +551,8 @@ def node_signature(node, ins: list[Buf], outs: list[Buf], pattern, ctx: Ctx) -> 
 
 
 def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
-    """Build the kernel of ``node`` in a new module; returns its symbol, ``irk_`` and a hash
-    of its code and optimization level (equal code: one symbol, one object)."""
+    """Build the kernel of ``node`` in a new module; returns its symbol, a prefix (its kind)
+    and a hash of its code and optimization level (equal code: one symbol, one object)."""
     prog: Program = ctx.program
     module = ir.Module(name="irgraph_kernel")
     module.triple = prog.triple
@@ -563,7 +574,8 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     b.ret_void()
     text = str(module)
     level = kernel_opt(node, prog.opt)
-    symbol = "irk_" + hashlib.sha256(f"{level}\0{text}".encode()).hexdigest()[:40]
+    prefix = CHEAP_PREFIX if level == 0 else KERNEL_PREFIX
+    symbol = prefix + hashlib.sha256(f"{level}\0{text}".encode()).hexdigest()[:40]
     if symbol not in prog.kernels:
         prog.kernels[symbol] = Kernel(symbol, text.replace(f'@"{KERNEL_PLACEHOLDER}"',
                                                            f'@"{symbol}"'), level, node.op)
