@@ -3,6 +3,32 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# ``pytest -m quick``: a fast subset for the inner loop (under a minute on two cores) that
+# touches every package: the IR and registry, the passes, the reference, LLVM and Triton
+# backends, and the frontend. Node-id prefixes: a file, or one test of a file.
+QUICK = (
+    "tests/test_registry_traits.py",            # irgraph: op traits and derived tables
+    "tests/test_liveness.py",                   # irgraph: liveness
+    "tests/test_ir_checks.py",                  # irgraph: builder, verifier, parser errors
+    "tests/test_simplify.py",                   # passes
+    "tests/test_pass_manager.py",               # passes: the manager
+    "tests/test_pass_properties.py::test_every_pass_is_tested",
+    "tests/test_memory.py",                     # passes: memory planning
+    "tests/test_fusion.py",                     # passes: fusion
+    "tests/test_smoke.py",                      # frontend -> passes -> reference, autodiff
+    "tests/test_llvm.py::test_maximum_minimum_propagate_nan",   # LLVM backend
+    "tests/test_triton_backend.py::test_numpy_in_numpy_out",  # Triton (interpreted)
+    "tests/test_frontend.py::test_operator_matches_torch",   # frontend vs torch
+    "tests/test_frontend.py::test_unary_methods_match_torch",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+    for item in items:
+        if item.nodeid.startswith(QUICK):
+            item.add_marker(pytest.mark.quick)
+
 
 def pytest_terminal_summary(terminalreporter):
     """The conformance suites' pass counts per backend (printed even under -q)."""

@@ -12,32 +12,9 @@ import backends
 from backends import llvm
 from backends.llvm import NativeError
 from irgraph import Graph, IRError, TensorType
+from tests.helpers import run_guarded
 
-GUARD = 64                       # elements of guard region on each side
 SIZES = [1, 2, 3, 7, 8, 9, 13, 16, 17, 31, 33]   # 1, primes, around the vector widths
-
-
-def guarded(a: np.ndarray, fill) -> tuple[np.ndarray, np.ndarray]:
-    """A copy of ``a`` living inside a larger buffer whose ends hold ``fill``."""
-    big = np.full(a.size + 2 * GUARD, fill, a.dtype)
-    view = big[GUARD:GUARD + a.size].reshape(a.shape)
-    view[...] = a
-    return big, view
-
-
-def run_guarded(exe, args):
-    """Run with NaN-guarded inputs and sentinel-guarded outputs; assert no guard changed."""
-    gin = [guarded(a, np.nan if a.dtype.kind == "f" else 0) for a in args]
-    outs = []
-    for v in exe.graph.outputs:
-        t = v.type
-        outs.append(guarded(np.zeros(t.shape, t.np_dtype), 77))
-    res = exe.call_into([o[1] for o in outs], *[v for _, v in gin])
-    for big, _ in outs:
-        assert np.all(big[:GUARD] == 77) and np.all(big[-GUARD:] == 77), "wrote outside"
-    for (big, view), a in zip(gin, args):
-        np.testing.assert_array_equal(view, a)          # inputs never written
-    return res
 
 
 def one(op, *types, **attrs) -> Graph:

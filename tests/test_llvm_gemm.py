@@ -12,7 +12,7 @@ import pytest
 import backends
 from irgraph import Graph, TensorType
 
-from tests.test_llvm import run_guarded
+from tests.helpers import run_guarded
 
 RNG = np.random.default_rng(7)
 

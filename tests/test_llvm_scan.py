@@ -11,7 +11,8 @@ import backends
 from irgraph import Graph, TensorType
 from irgraph.interpreter import interpret
 from tests.samples.recurrence import counter, nested, two_carries
-from tests.test_rnn_ir import args, elman_graph, numpy_elman
+from tests.helpers import elman_args as args
+from tests.helpers import elman_graph, numpy_elman
 
 
 def llvm(graph: Graph, inputs, threads: int):

@@ -10,31 +10,10 @@ import pytest
 import frontend as fe
 from frontend import nn, optim
 from irgraph import Graph, TensorType
-from irgraph.interpreter import interpret, run_node
+from irgraph.interpreter import interpret
 from passes.manager import PassManager
 from passes.memory import liveness, plan_memory
-
-
-def run_with_plan(g: Graph, plan, args):
-    """A reference interpreter whose values live where ``plan`` puts them (one arena, the
-    argument buffers); returns (outputs, argument buffers after the run)."""
-    arena = np.zeros(max(plan.arena_bytes, 1), np.uint8)
-    bufs = [np.array(a, copy=True) for a in args]
-
-    def place(v):
-        b = plan.buffers[v.name]
-        raw = (bufs[b.arg].reshape(-1).view(np.uint8) if b.kind == "argument"
-               else arena[b.offset:])
-        return raw[:v.type.nbytes].view(v.type.np_dtype).reshape(v.shape)
-
-    where = {v: (lambda a=a: a) for v, a in zip(g.arguments, bufs)}
-    for node in g.nodes:
-        with np.errstate(all="ignore"):
-            outs = run_node(node, [where[v]().copy() for v in node.inputs])
-        for v, a in zip(node.outputs, outs):
-            place(v)[...] = a
-            where[v] = (lambda v=v: place(v))
-    return [where[v]().copy() for v in g.outputs], bufs
+from tests.helpers import run_with_plan
 
 
 def chain() -> Graph:

@@ -12,20 +12,12 @@ import irgraph
 from irgraph import Graph, TensorType
 from irgraph.registry import (_REGISTRY, Attr, Cost, OpDef, a_any, a_array, a_float, a_graph,
                               a_optional, a_str)
-from tests.samples import Case, all_samples
+from tests.helpers import build
+from tests.samples import all_samples
 
 SAMPLES = all_samples()
 CASES = [(op, i, c) for op, cases in sorted(SAMPLES.items()) for i, c in enumerate(cases)]
 IDS = [f"{op}-{i}" for op, i, _ in CASES]
-
-
-def build(op: str, case: Case) -> Graph:
-    """A graph holding one node of ``op`` over the case's inputs."""
-    g = Graph(f"one_{op}")
-    xs = [g.add_input(f"x{i}", TensorType.of(a)) for i, a in enumerate(case.inputs)]
-    outs = g.add_node(op, xs, case.attrs)
-    g.set_outputs(outs)
-    return g
 
 
 def test_every_registered_op_has_samples():

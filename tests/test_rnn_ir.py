@@ -10,40 +10,11 @@ import frontend as fe
 from irgraph import Graph, IRError, TensorType, parse, verify
 from irgraph.interpreter import ExecutionError, interpret
 from passes.autodiff import grad
+from tests.helpers import elman_args as args
+from tests.helpers import elman_graph, numpy_elman
 from tests.samples.recurrence import counter, elman
 
 F64 = "float64"
-
-
-def elman_graph(steps=4, b=2, h=3, d=2, **attrs) -> Graph:
-    g = Graph("rnn")
-    h0 = g.add_input("h0", TensorType((b, h), F64))
-    xs = g.add_input("xs", TensorType((steps, b, d), F64))
-    extra = [g.add_input("mask", TensorType((steps, b), "bool"))] if attrs.get("masked") else []
-    w = g.add_param("W", TensorType((h, h), F64))
-    u = g.add_param("U", TensorType((d, h), F64))
-    outs = g.add_node("scan", [h0, xs, *extra, w, u],
-                      dict(body=elman(b, h, d), num_carry=1, num_seq=1, **attrs))
-    g.set_outputs(outs)
-    return g
-
-
-def numpy_elman(h0, xs, w, u, reverse=False, mask=None):
-    h, ys = h0, np.zeros(xs.shape[:2] + (h0.shape[1],))
-    for t in (reversed(range(len(xs))) if reverse else range(len(xs))):
-        new = np.tanh(h @ w + xs[t] @ u)
-        keep = np.ones(len(h0), bool) if mask is None else mask[t]
-        h = np.where(keep[:, None], new, h)
-        ys[t] = np.where(keep[:, None], new, 0.0)
-    return h, ys
-
-
-def args(seed=0, steps=4, masked=False):
-    r = np.random.default_rng(seed)
-    a = [r.standard_normal((2, 3)), r.standard_normal((steps, 2, 2))]
-    if masked:
-        a.append(r.random((steps, 2)) > 0.4)
-    return a + [r.standard_normal((3, 3)), r.standard_normal((2, 3))]
 
 
 @pytest.mark.parametrize("reverse", [False, True])

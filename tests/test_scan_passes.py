@@ -13,7 +13,8 @@ from irgraph.interpreter import interpret
 from passes.autodiff import value_and_grad
 from passes.scan_accumulate import hoist_scan_accumulators
 from passes.scan_reuse import reuse_forward_outputs
-from tests.test_rnn_ir import args, elman_graph
+from tests.helpers import elman_args as args
+from tests.helpers import elman_graph
 
 
 def training_graph(**attrs) -> Graph:

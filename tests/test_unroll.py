@@ -105,7 +105,7 @@ def check_against_numpy(got: dict, loss, want_loss, want):
 @pytest.mark.parametrize("i", range(len(SAMPLES["scan"])))
 def test_unroll_keeps_values_of_every_scan_sample(i):
     """Unfolding (eq. 10.1-10.7) leaves no scan and computes the same outputs in every mode."""
-    from tests.test_registry import build
+    from tests.helpers import build
     case = SAMPLES["scan"][i]
     g = build("scan", case)
     u = unroll(g)
