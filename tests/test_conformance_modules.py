@@ -1,7 +1,7 @@
 """PyTorch conformance on torch's per-module samples (ModuleInfo, common_modules.module_db):
 the frontend's layers of the same name, built with the same constructor arguments and torch's
 weights (state_dict), against torch: forward outputs, input and parameter gradients, float32
-and float64, training and evaluation mode, on the reference and LLVM backends. Samples the
+and float64, training and evaluation mode, on the reference backend and (float32) LLVM. Samples the
 frontend does not take: ``tests/conformance/modules.UNSUPPORTED``."""
 import pytest
 
@@ -13,7 +13,9 @@ from tests.conformance import summary
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", M.MODULES)
 def test_module_samples_agree_with_torch_on_reference_and_llvm(name, dtype):
-    results = M.check_module(name, dtype, ("reference", "llvm"))
+    # CI time: LLVM compiles the float32 groups; the reference runs both dtypes
+    results = M.check_module(name, dtype, ("reference", "llvm") if dtype == "float32"
+                             else ("reference",))
     problems = []
     for backend, pairs in results.items():
         agree, listed, bad, notes = H.judge(pairs, backend,

@@ -90,22 +90,14 @@ class Unsupported:
     backends: tuple = ("reference", "llvm", "triton")
 
 
-def _t(v) -> bool:
-    return isinstance(v, torch.Tensor)
-
-
-def _has(s, key) -> bool:
-    return key in s.kwargs
-
-
 KNOWN = "known: being fixed"
 
 # The samples the frontend does not support, with the reason. One table: a sample that
 # fails and is not listed here fails the test.
 UNSUPPORTED: list[Unsupported] = [
-    Unsupported("__getitem__", "advanced indexing (lists or tensors as indices) is not "
-                "supported: indices are ints, slices, None and ...",
-                lambda s: _advanced_index(s.args[0])),
+    Unsupported("__getitem__", "indexing with several lists or tensors at once, or a boolean "
+                "mask: one axis is indexed by a list or tensor at a time",
+                lambda s: _multi_index(s.args[0])),
     Unsupported("nn.functional.batch_norm", "a 1-D input: the frontend takes (N, C, ...) only "
                 "(torch's sample is an empty tensor of shape (0,))", lambda s: s.input.ndim == 1),
     Unsupported("nn.functional.batch_norm.without_cudnn", "as nn.functional.batch_norm",
@@ -113,14 +105,8 @@ UNSUPPORTED: list[Unsupported] = [
 ]
 
 
-def _advanced_index(index) -> bool:
+def _multi_index(index) -> bool:
     items = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, (list, torch.Tensor)) for i in items)
-
-
-def unsupported(op: str, sample, backend: str) -> str | None:
-    """The reason ``sample`` of ``op`` is not supported on ``backend``, or None."""
-    for u in UNSUPPORTED:
-        if u.op == op and backend in u.backends and u.when(sample):
-            return u.reason
-    return None
+    lists = [i for i in items if isinstance(i, (list, torch.Tensor))]
+    return len(lists) > 1 or any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                 for i in lists)
