@@ -17,7 +17,7 @@ After ``unroll``::
     %9: f32[3,2,4] = concat(%a, %b, %c) {axis=0}  # the stacked outputs
 
 The rolled alternative keeps the scan and lets autodiff emit a reverse-time scan
-(passes/autodiff/rules_scan.py): its size does not grow with tau. ``bptt`` builds a whole
+(passes/autodiff/rules_recurrence.py): its size does not grow with tau. ``bptt`` builds a whole
 value-and-gradient graph and picks: unrolled up to ``threshold`` steps, rolled above.
 
 * ``save_states(g, every=k)``: the forward scan keeps every k-th state for the backward pass

@@ -3,7 +3,7 @@ modes (forward, reverse, masked, no sequences, integer carries, saved states, ne
 steps) and ``stop_gradient``.
 
 Scan samples are float64 so that the registry-wide finite-difference checks of the rolled
-BPTT rule (passes/autodiff/rules_scan.py) are tight; the body graphs are built here.
+BPTT rule (passes/autodiff/rules_recurrence.py) are tight; the body graphs are built here.
 """
 from __future__ import annotations
 
