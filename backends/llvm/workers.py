@@ -372,15 +372,18 @@ class ThreadChoice:
     """Which thread count runs an executable's next call: 1 or all of them, whichever is
     faster NOW. Each call's native time is recorded; the current choice runs, and every
     ``period`` calls the other one runs once (a probe). A probe faster than the current
-    choice's recent median wins at once; a losing probe doubles the period (up to
-    ``PROBE_MAX``), so a losing option costs at most 1/``PROBE_MAX`` of the calls. When the
-    current choice's recent median falls behind the other's last known median (another
-    process, or numpy's or torch's thread pool in this process, took a core), the next call
-    probes. So threads that lose their cores do not hold up every step, and a slowdown
-    never outlives what caused it."""
+    choice's recent median is followed by another at once, and ``STREAK`` such probes in a
+    row switch; a losing probe doubles the period (up to ``PROBE_MAX``), so a losing option
+    costs at most 1/``PROBE_MAX`` of the calls. A call much slower than its choice's recent
+    median (another process, or numpy's or torch's thread pool in this process, took a
+    core) brings the next probe forward. So threads that lose their cores do not hold up
+    every step, and a slowdown never outlives what caused it by more than ``PROBE_MAX``
+    calls."""
     RECENT = 5
+    STREAK = 2
     PROBE_MIN = 8
     PROBE_MAX = 64
+    SUDDEN = 1.5          # a call this much slower than its recent median: probe soon
 
     def __init__(self, threads: int):
         self.options = (threads, 1)
@@ -388,6 +391,7 @@ class ThreadChoice:
         self.times: dict[int, list[float]] = {1: [], threads: []}
         self.period = self.PROBE_MIN
         self.countdown = 0
+        self.streak = 0
 
     def _other(self) -> int:
         return self.options[1] if self.current == self.options[0] else self.options[0]
@@ -400,21 +404,28 @@ class ThreadChoice:
 
     def record(self, n: int, seconds: float) -> None:
         ts = self.times[n]
+        before = _median(ts) if ts else seconds
         ts.append(seconds)
         del ts[:-self.RECENT]
         if any(len(t) < 2 for t in self.times.values()):
             return
-        cur, other = self.current, self._other()
-        if n == other:                    # a probe
+        cur = self.current
+        if n != cur:                      # a probe
             if seconds < _median(self.times[cur]):
-                self.current, self.period = n, self.PROBE_MIN
+                self.streak += 1
+                if self.streak >= self.STREAK:
+                    self.current, self.period, self.streak = n, self.PROBE_MIN, 0
+                    self.countdown = self.period
+                else:
+                    self.countdown = 0    # promising: look again at once
             else:
+                self.streak = 0
                 self.period = min(2 * self.period, self.PROBE_MAX)
-            self.countdown = self.period
+                self.countdown = self.period
             return
         self.countdown -= 1
-        if _median(ts) > _median(self.times[other]):
-            self.countdown = 0
+        if seconds > self.SUDDEN * before:
+            self.countdown = min(self.countdown, 1)
 
 
 def _median(xs: list[float]) -> float:
