@@ -212,13 +212,30 @@ def _dtype(dt: str) -> None:
     backends.compile(fuse(dtype_region(dt)), "triton")(*dtype_args(dt))
 
 
+def _low_precision(dt: str) -> None:
+    """16-bit floats: a matmul on 16-bit operands (float32 accumulation), the rounding casts
+    and copies around widened ops, an elementwise and a reduction region."""
+    g = Graph(f"lowp_{dt}")
+    x, w = g.add_input("x", TensorType((5, 7), dt)), g.add_input("w", TensorType((7, 3), dt))
+    b, y = g.add_input("b", TensorType((3,), dt)), g.add_input("y", TensorType((7,), dt))
+    h = g.op("tanh", g.op("add", g.op("matmul", x, w), b))
+    g.set_outputs([h, g.op("tanh", g.op("mul", g.op("add", x, y), y)),
+                   g.op("sum", g.op("mul", g.op("exp", x), y), axis=1),
+                   g.op("transpose", x, perm=(1, 0)), g.op("cast", h, dtype="float32")])
+    a = [RNG.standard_normal(v.shape).astype(np.float32).astype(dt) for v in g.inputs]
+    for graph in (g, fuse(g)):
+        backends.compile(graph, "triton")(*a)
+
+
 CALLS = {**{f"golden {n}": (lambda n=n: _golden(n)) for n in NAMES},
          "conv/pool forward and backward": _conv_pool,
          "matmul and conv epilogues": _epilogues,
          "reduction regions": _reductions,
          **{f"train step {k}": (lambda f=f: _train(f)) for k, f in OPTIMIZERS.items()},
          "fused adam": _fused_adam,
-         **{f"elementwise region {dt}": (lambda dt=dt: _dtype(dt)) for dt in DTYPES}}
+         **{f"elementwise region {dt}": (lambda dt=dt: _dtype(dt)) for dt in DTYPES},
+         **{f"16-bit floats {dt}": (lambda dt=dt: _low_precision(dt))
+            for dt in ("float16", "bfloat16")}}
 
 
 def record_calls(calls: dict) -> list[aot.Launch]:

@@ -21,7 +21,8 @@ from irgraph import Graph, Node, Value
 from irgraph.ops.core import normalize_axes
 from irgraph.registry import ops_with
 
-from .codegen import _expr, elementwise_nodes, lift_constants, literal, load_kernel
+from .codegen import (_expr, elementwise_nodes, lift_constants, literal, load_kernel,
+                      same_shape_outputs)
 from .runtime import View, cdiv, empty, meta_tensor, next_pow2, to_device
 
 REDUCTIONS = ops_with("reduction")
@@ -48,7 +49,8 @@ def supports_reduction(body: Graph) -> bool:
     x, y = red.inputs[0].type, red.outputs[0].type
     if x.dtype not in ("float32", "float64") or x.size == 0 or y.size == 0:
         return False
-    if not (elementwise_nodes(pro, x.shape) and elementwise_nodes(epi, y.shape)):
+    if not (elementwise_nodes(pro, x.shape) and elementwise_nodes(epi, y.shape)
+            and same_shape_outputs(body, y.shape)):
         return False
     pro_vals = {v for n in pro for v in n.outputs} | {red.inputs[0]} - set(body.inputs)
     if any(v in pro_vals for n in epi for v in n.inputs):

@@ -44,13 +44,25 @@ def _bf16_rne(x):
 
 
 @triton.jit
+def _widen(x):
+    """A float16/bfloat16 ``x`` as float32, exactly (bfloat16 from its bits, shifted into the
+    high half: the interpreter's conversion loses subnormals); other dtypes as they are."""
+    if x.dtype == tl.bfloat16:
+        y = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    elif x.dtype == tl.float16:
+        y = x.to(tl.float32)
+    else:
+        y = x
+    return y
+
+
+@triton.jit
 def _as(x, DTYPE: tl.constexpr):
     """``x`` converted for a store into a ``DTYPE`` buffer: the one conversion every kernel's
     store of a computed value goes through. float16/bfloat16 results come from float32 (a
     float64 is rounded to float32 first, as PyTorch does) rounded once to nearest even; a
     16-bit value widens to float32 before any other conversion (docs/low_precision.md)."""
-    if x.dtype == tl.float16 or x.dtype == tl.bfloat16:
-        x = x.to(tl.float32)
+    x = _widen(x)
     if DTYPE == tl.bfloat16:
         y = _bf16_rne(x.to(tl.float32))
     elif DTYPE == tl.float16:
@@ -236,7 +248,7 @@ def elementwise_kernel(out_ptr, a_ptr, b_ptr, c_ptr, meta_ptr, n, out_off, a_off
         c = _load_input(c_ptr, c_off, offs, mask, meta_ptr, 4, RANK, C_S)
         y = tl.where(a != 0, b, c)
     if TO_BOOL:
-        y = y != 0
+        y = _widen(y) != 0
     if OUT_S:
         dst = out_ptr + out_off + _strided_offset(offs, meta_ptr, 1, RANK)
     else:

@@ -15,7 +15,7 @@ import triton.language as tl
 from irgraph.types import LOW_DTYPES
 
 from ..runtime import View, cdiv, empty, interpreting, numel
-from .elementwise import _as, copy_view
+from .elementwise import _as, _widen, copy_view
 
 
 # Triton's interpreter runs kernels as Python (decided, as Triton decides, on import)
@@ -55,8 +55,8 @@ def matmul_tile(a_ptr, b_ptr, M, N, K, sab, sam, sak, sbb, sbk, sbn, ACC: tl.con
             if INTERPRETED:
                 # the interpreter's 16-bit dot is wrong: float32 operands hold the same
                 # values exactly, so the float32-accumulated result is the same
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
+                a = _widen(a)
+                b = _widen(b)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         else:
             acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1).to(acc.dtype)
