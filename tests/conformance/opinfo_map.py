@@ -110,3 +110,11 @@ def _multi_index(index) -> bool:
     lists = [i for i in items if isinstance(i, (list, torch.Tensor))]
     return len(lists) > 1 or any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
                                  for i in lists)
+
+
+def unsupported(op: str, sample, backend: str) -> str | None:
+    """The reason ``sample`` of ``op`` is not supported on ``backend``, or None."""
+    for u in UNSUPPORTED:
+        if u.op == op and backend in u.backends and u.when(sample):
+            return u.reason
+    return None
