@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import backends  # noqa: E402
-from backends.llvm import jit  # noqa: E402
+from backends.llvm import gemm_bf16, jit  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from frontend import TensorSpec, compile_train, manual_seed, nn, optim  # noqa: E402
 from irgraph import Graph, TensorType  # noqa: E402
@@ -36,13 +36,20 @@ def gemm(n, reps):
     rng = np.random.default_rng(0)
     a32, b32 = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
     rows = []
-    for dt in ("float32", "bfloat16"):
+    # bfloat16: vdpbf16ps where the host has AVX-512 BF16, and the widening fallback
+    for dt, native in (("float32", True), ("bfloat16", True), ("bfloat16", False)):
         g = Graph("gemm")
         x, y = g.add_input("a", TensorType((n, n), dt)), g.add_input("b", TensorType((n, n), dt))
         g.set_outputs([g.op("matmul", x, y)])
-        exe = backends.compile(g, "llvm")
+        gemm_bf16.ENABLED = native
+        try:
+            exe = backends.compile(g, "llvm")
+            kept = gemm_bf16.native(g.nodes[0])
+        finally:
+            gemm_bf16.ENABLED = True
         a, b = a32.astype(dt), b32.astype(dt)
-        rows.append((f"llvm {dt}", best(lambda: exe(a, b), reps)))
+        how = " vdpbf16ps" if kept else (" widened" if dt == "bfloat16" else "")
+        rows.append((f"llvm {dt}{how}", best(lambda: exe(a, b), reps)))
     for dt in (torch.float32, torch.bfloat16):
         ta, tb = torch.from_numpy(a32).to(dt), torch.from_numpy(b32).to(dt)
         rows.append((f"torch {dt}", best(lambda: ta @ tb, reps)))

@@ -151,42 +151,50 @@ def test_transcendental_within_one_unit_vs_torch(op, dtype):
 
 @pytest.mark.parametrize("dtype", LOW)
 def test_accumulating_ops_vs_torch(dtype):
-    """float32 accumulation: the error is that of one final rounding plus float32 sums."""
+    """float32 accumulation: the error is that of one final rounding plus float32 sums. Every
+    op below in ONE graph (one LLVM compile)."""
     eps = EPS[dtype]
-    a, b = rand((33, 130), dtype, 4), rand((130, 17), dtype, 5)
-    x, w = rand((2, 3, 9, 9), dtype, 6), rand((4, 3, 3, 3), dtype, 7)
+    a, b = rand((17, 130), dtype, 4), rand((130, 9), dtype, 5)
+    x, w = rand((2, 3, 7, 7), dtype, 6), rand((4, 3, 3, 3), dtype, 7)
     checks = [
-        (one_op("matmul", [(dtype, a.shape), (dtype, b.shape)]), [a, b],
-         lambda A, B: A @ B),
-        (one_op("sum", [(dtype, a.shape)], axis=1), [a], lambda A: A.sum(1)),
-        (one_op("mean", [(dtype, a.shape)], axis=0), [a], lambda A: A.mean(0)),
-        (one_op("softmax", [(dtype, a.shape)], axis=1), [a], lambda A: A.softmax(1)),
-        (one_op("log_softmax", [(dtype, a.shape)], axis=1), [a], lambda A: A.log_softmax(1)),
-        (one_op("conv", [(dtype, x.shape), (dtype, w.shape)], stride=(1, 1), padding=(1, 1, 1, 1),
-                dilation=(1, 1)), [x, w],
+        ("matmul", [a, b], {}, lambda A, B: A @ B),
+        ("sum", [a], dict(axis=1), lambda A: A.sum(1)),
+        ("mean", [a], dict(axis=0), lambda A: A.mean(0)),
+        ("softmax", [a], dict(axis=1), lambda A: A.softmax(1)),
+        ("log_softmax", [a], dict(axis=1), lambda A: A.log_softmax(1)),
+        ("conv", [x, w], dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1)),
          lambda X, W: torch.nn.functional.conv2d(X, W, padding=1)),
     ]
-    for g, args, fn in checks:
-        want = fn(*map(to_torch, args)).float().numpy()
-        exact = fn(*[torch.from_numpy(v.astype(np.float64)) for v in args]).numpy()
+    g, args = Graph(f"accumulating_{dtype}"), []
+    outs = []
+    for k, (op, xs, attrs, _) in enumerate(checks):
+        vs = [g.add_input(f"{op}{i}", TensorType(v.shape, dtype)) for i, v in enumerate(xs)]
+        outs.append(g.op(op, *vs, **attrs))
+        args += xs
+    g.set_outputs(outs)
+    results = {be: backends.compile(g, be)(*args) for be in ("reference", "llvm")}
+    for k, (op, xs, _, fn) in enumerate(checks):
+        want = fn(*map(to_torch, xs)).float().numpy()
+        exact = fn(*[torch.from_numpy(v.astype(np.float64)) for v in xs]).numpy()
         scale = np.abs(exact).max()
-        for backend in ("reference", "llvm"):
-            (got,) = backends.compile(g, backend)(*args)
-            assert got.dtype == np.dtype(dtype), (g.nodes[0].op, backend)
+        for backend, res in results.items():
+            got = res[k]
+            assert got.dtype == np.dtype(dtype), (op, backend)
             got = got.astype(np.float64)
             # one rounding of the float32 result: half a unit; float32 sums: far below it
             np.testing.assert_allclose(got, exact, rtol=eps, atol=eps * 1e-3 * scale,
-                                       err_msg=f"{g.nodes[0].op} on {backend} vs float64")
+                                       err_msg=f"{op} on {backend} vs float64")
             np.testing.assert_allclose(got, want, rtol=2 * eps, atol=eps * 1e-3 * scale,
-                                       err_msg=f"{g.nodes[0].op} on {backend} vs torch")
+                                       err_msg=f"{op} on {backend} vs torch")
 
 
 # ---------------------------------------------------------------- gradients
 @pytest.mark.parametrize("dtype", LOW)
 def test_gradient_vs_float64_finite_differences(dtype):
-    """L = sum(tanh(x @ w) * c): the bf16/f16 VJP against central differences of the float64
-    function at the same (rounded) point; each stored intermediate is rounded once, so the
-    error is a few units of the dtype's epsilon relative to the gradient's size."""
+    """L = sum(tanh(x @ w) * c): the bf16/f16 VJP (reference kernels) against central
+    differences of the float64 function at the same (rounded) point; each stored
+    intermediate is rounded once, so the error is a few units of the dtype's epsilon relative
+    to the gradient's size. LLVM's VJP against the reference's."""
     x, w, c = rand((5, 8), dtype, 8), rand((8, 3), dtype, 9), rand((5, 3), dtype, 10)
     g = Graph("loss")
     xv, wv = g.add_input("x", TensorType(x.shape, dtype)), g.add_input("w", TensorType(w.shape, dtype))
@@ -199,8 +207,16 @@ def test_gradient_vs_float64_finite_differences(dtype):
         return float(np.sum(np.tanh(x @ w) * c.astype(np.float64)))
 
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    for backend in ("reference", "llvm"):
-        _, gx, gw = backends.compile(vg, backend)(x, w, c, one)
+    ref = backends.compile(vg, "reference")(x, w, c, one)
+    # LLVM: the reference's gradients (both round each stored intermediate once; their
+    # float32 sums differ in order, so a rounding may flip: one unit of the gradient's size)
+    llvm = backends.compile(vg, "llvm", threads=2)(x, w, c, one)
+    for r, got in zip(ref[1:], llvm[1:]):
+        r64 = r.astype(np.float64)
+        np.testing.assert_allclose(got.astype(np.float64), r64, rtol=0,
+                                   atol=2 * EPS[dtype] * np.abs(r64).max())
+    for backend in ("reference",):
+        _, gx, gw = ref
         for got, base, k in ((gx, x64, 0), (gw, w64, 1)):
             fd = np.zeros_like(base)
             for idx in np.ndindex(base.shape):
@@ -216,22 +232,26 @@ def test_gradient_vs_float64_finite_differences(dtype):
 
 
 # ---------------------------------------------------------------- every op, LLVM vs reference
-def _all_ops_graph(dtype: str):
-    """One graph holding the first sample of every float-typed op in ``dtype`` (one compile)."""
-    g, args = Graph(f"every_op_{dtype}"), []
-    outs = []
-    for op, cases in sorted(low_precision_samples(dtype).items()):
-        case = cases[0]
-        try:
-            backends.compile(one_op_case(op, case), "reference")(*case.inputs)
-        except Exception:
-            continue                    # a sample of an error case
-        xs = [g.add_input(f"{op}_{i}", TensorType.of(a)) for i, a in enumerate(case.inputs)]
-        res = g.add_node(op, xs, case.attrs)
-        outs += list(res)
-        args += list(case.inputs)
+def _all_ops_graph(dtypes):
+    """One graph holding the first sample of every float-typed op in each of ``dtypes`` (one
+    compile)."""
+    g, args = Graph("every_op"), []
+    outs, sampled = [], []          # sampled: (op, dtype) of each output
+    for dtype in dtypes:
+        for op, cases in sorted(low_precision_samples(dtype).items()):
+            case = cases[0]
+            try:
+                backends.compile(one_op_case(op, case), "reference")(*case.inputs)
+            except Exception:
+                continue                    # a sample of an error case
+            xs = [g.add_input(f"{dtype}_{op}_{i}", TensorType.of(a))
+                  for i, a in enumerate(case.inputs)]
+            res = g.add_node(op, xs, case.attrs)
+            outs += list(res)
+            sampled += [(op, dtype)] * len(res)
+            args += list(case.inputs)
     g.set_outputs(outs)
-    return g, args
+    return g, args, sampled
 
 
 def one_op_case(op, case):
@@ -241,13 +261,14 @@ def one_op_case(op, case):
     return g
 
 
-@pytest.mark.parametrize("dtype", LOW)
-def test_llvm_matches_reference_on_every_op(dtype):
-    g, args = _all_ops_graph(dtype)
-    assert len({n.op for n in g.nodes}) > 60
+def test_llvm_matches_reference_on_every_op():
+    """Both dtypes' samples in one graph: one compile."""
+    g, args, sampled = _all_ops_graph(LOW)
+    for dtype in LOW:
+        assert len({op for op, d in sampled if d == dtype}) > 60
     want = backends.compile(g, "reference")(*args)
     got = backends.compile(g, "llvm", threads=2)(*args)
-    for v, e, r in zip(g.outputs, want, got):
+    for v, (_, dtype), e, r in zip(g.outputs, sampled, want, got):
         assert r.dtype == e.dtype, v.node.op
         if e.dtype.name in LOW:
             e64, r64 = e.astype(np.float64), r.astype(np.float64)
@@ -259,3 +280,75 @@ def test_llvm_matches_reference_on_every_op(dtype):
                                        err_msg=f"{v.node.op} in {dtype}")
         else:
             np.testing.assert_array_equal(r, e, err_msg=f"{v.node.op} in {dtype}")
+
+
+# ---------------------------------------------------------------- LLVM bfloat16 GEMM
+def _gemm_graph(dtype="bfloat16"):
+    """bf16 products (the same graph in float64 for the exact values): odd K, N not a multiple of the 32-column strip, M not of the 12-row
+    tile, a batch, transposed operands (A read by 16-bit loads), a vector operand."""
+    g, args = Graph("bf16_gemm"), []
+    rng = np.random.default_rng(11)
+
+    def arg(name, shape):
+        args.append(rng.uniform(-2, 2, shape).astype(np.float32).astype("bfloat16"))
+        return g.add_input(name, TensorType(shape, dtype))
+    a, b = arg("a", (37, 129)), arg("b", (129, 70))
+    c, d = arg("c", (2, 13, 64)), arg("d", (64, 33))
+    e, v = arg("e", (31, 25)), arg("v", (25,))
+    g.set_outputs([g.op("matmul", a, b), g.op("matmul", c, d),
+                   g.op("matmul", g.op("transpose", b, perm=(1, 0)), g.op("transpose", a,
+                                                                            perm=(1, 0))),
+                   g.op("matmul", e, v), g.op("matmul", v, g.op("transpose", e, perm=(1, 0)))])
+    return g, args
+
+
+def _check_gemm(g, args, got):
+    """Against float64: one rounding (half a unit of bf16) of a float32 sum of K exact
+    products (K float32 roundings); against the reference: mostly the same bits."""
+    want = backends.compile(g, "reference")(*args)
+    g64 = backends.compile(_gemm_graph("float64")[0], "reference")
+    exact = g64(*[a.astype(np.float64) for a in args])
+    mags = g64(*[np.abs(a.astype(np.float64)) for a in args])
+    for k, (o, w, x, m) in enumerate(zip(got, want, exact, mags)):
+        node = g.outputs[k].node
+        assert o.dtype == w.dtype == np.dtype("bfloat16")
+        K = node.inputs[0].shape[-1]
+        bound = 2.0 ** -8 * np.abs(x) + (1 + 2.0 ** -8) * K * 2.0 ** -24 * m
+        assert np.all(np.abs(o.astype(np.float64) - x) <= bound), k
+        assert np.mean(bits(o) == bits(w)) > 0.9, k
+
+
+def test_bf16_gemm_uses_vdpbf16ps_where_the_host_has_it():
+    from backends.llvm import gemm_bf16, jit
+    g, args = _gemm_graph()
+    has = gemm_bf16.supported(jit.host()[2])
+    assert has == ("+avx512bf16" in jit.host()[2].split(",")
+                   and "+avx512f" in jit.host()[2].split(","))
+    assert all(gemm_bf16.native(n) == has for n in g.nodes if n.op == "matmul")
+    exe = backends.compile(g, "llvm", threads=2)
+    assert ("vdpbf16ps" in exe.assembly()) == has
+    _check_gemm(g, args, exe(*args))
+
+
+def test_bf16_gemm_falls_back_to_widening_without_the_feature(monkeypatch):
+    from backends.llvm import gemm_bf16
+    monkeypatch.setattr(gemm_bf16, "ENABLED", False)
+    g, args = _gemm_graph()
+    assert not any(gemm_bf16.native(n) for n in g.nodes)
+    exe = backends.compile(g, "llvm", threads=2)
+    assert "vdpbf16ps" not in exe.assembly()
+    _check_gemm(g, args, exe(*args))
+
+
+def test_bf16_gemm_rule():
+    from backends.llvm import gemm_bf16
+    assert gemm_bf16.supported("+avx512f,+avx512bf16,+avx2")
+    assert not gemm_bf16.supported("+avx512f,-avx512bf16")
+    assert not gemm_bf16.supported("+avx512bf16,-avx512f")
+    g = Graph("rule")
+    long = g.op("matmul", g.add_input("a", TensorType((2, gemm_bf16.KMAX + 1), "bfloat16")),
+                g.add_input("b", TensorType((gemm_bf16.KMAX + 1, 2), "bfloat16")))
+    f16 = g.op("matmul", g.add_input("c", TensorType((2, 3), "float16")),
+               g.add_input("d", TensorType((3, 2), "float16")))
+    g.set_outputs([long, f16])
+    assert not gemm_bf16.native(long.node) and not gemm_bf16.native(f16.node)
