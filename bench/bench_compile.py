@@ -21,7 +21,8 @@ pipeline and the backend's graph rewrites), then the LLVM backend's own
 (``backends.llvm.jit.phase_times``): ``ir_build``; ``llvm_opt`` and ``codegen`` of modules
 compiled on one thread; ``llvm``, the wall time of modules compiled on several threads at
 once (optimization and machine code together, with the cache writes overlapping them);
-``cache``; ``load``. A script,
+``cache``; ``load``. ``cpu`` is the process's CPU time of the cold compile (all threads):
+on a shared machine, less noisy than the wall time. A script,
 not a test: nothing here asserts a time; the machine may be shared (best of ``--repeats``).
 """
 from __future__ import annotations
@@ -135,12 +136,14 @@ def instrumented():
 
 
 def measure(fn) -> tuple[float, dict[str, float], dict[str, int]]:
+    """(wall seconds, seconds per phase (``cpu``: the process's CPU time, all threads),
+    the backend's counters) of ``fn()``."""
     _TIMES.clear()
     jit.reset_stats()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fn()
     total = time.perf_counter() - t
-    phases = dict(_TIMES)
+    phases = dict(_TIMES, cpu=time.process_time() - c)
     phases.update(jit.phase_times())
     return total, phases, jit.stats()
 
@@ -248,7 +251,7 @@ def runtime_time() -> float:
 
 def bench(kinds, threads: int, repeats: int, with_jax: bool) -> None:
     print(f"machine: {describe()}; {threads} threads")
-    head = f"{'model':16s} {'cold':>7s} {'cached':>7s} {'renamed':>8s} {'jax':>7s}  " \
+    head = f"{'model':16s} {'cold':>7s} {'cpu':>6s} {'cached':>7s} {'renamed':>8s} {'jax':>7s}  " \
         + " ".join(f"{p:>8s}" for p in PHASES) + "  kernels (compiled/shared)"
     before = os.environ.get("IRGRAPH_CACHE_DIR")
     try:
@@ -270,7 +273,8 @@ def bench(kinds, threads: int, repeats: int, with_jax: bool) -> None:
                             renamed = measure(lambda: _renamed_step(kind, threads))
                     jt = jax_compile_time(kind) if with_jax else None
                     total, phases, st = cold
-                    print(f"{kind:16s} {total:6.2f}s {cached[0]:6.2f}s {renamed[0]:7.2f}s "
+                    print(f"{kind:16s} {total:6.2f}s {phases['cpu']:5.2f}s {cached[0]:6.2f}s "
+                          f"{renamed[0]:7.2f}s "
                           f"{'-' if jt is None else f'{jt:.2f}s':>7s}  "
                           + " ".join(f"{phases.get(p, 0.0):8.3f}" for p in PHASES)
                           + f"  {st['kernels_compiled']}/{st['kernels_shared']}"

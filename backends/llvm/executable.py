@@ -227,7 +227,8 @@ class LLVMExecutable(Executable):
 
     def llvm_ir(self, optimized: bool = False) -> str:
         """The generated LLVM IR as one module (the entry and every kernel it calls, each
-        once), as built or after the -O3 pipeline."""
+        once), as built or after the pipeline of the requested level applied to all of it
+        (the compile itself gives small kernels the cheap level: ``module.kernel_opt``)."""
         if self._ir is None:
             triple = jit.host()[0]
             self._ir = str(build_module(self.graph, self.plan, self._features, self.threads,
@@ -235,7 +236,7 @@ class LLVMExecutable(Executable):
         return str(jit.optimize(self._ir, self.opt)) if optimized else self._ir
 
     def assembly(self) -> str:
-        """The host assembly of the whole module."""
+        """The host assembly of ``llvm_ir(optimized=True)``."""
         return jit.emit_assembly(jit.optimize(self.llvm_ir(), self.opt), self.opt)
 
     def source(self) -> str:
