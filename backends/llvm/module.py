@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from irgraph import Graph, Value
+from irgraph.liveness import last_reads
 
 from .builder import I64, PTR, STORAGE, VOID, Buf, cpu_relax, i64
 from .gemm import workspace_bytes
@@ -98,10 +99,7 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
             p.copies[j] = p.slots[v]
         elif v in produced:
             p.slots[v] = ("out", j)
-    last: dict[Value, int] = {}
-    for i, node in enumerate(graph.nodes):
-        for v in node.inputs:
-            last[v] = i
+    last = last_reads(graph)
     p.views, p.skip = _folded_transposes(graph.nodes, p)
     p.t_out = _transposed_products(graph.nodes, p)
     for (i, _), src in p.views.items():          # a folded operand is read by the matmul
