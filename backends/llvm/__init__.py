@@ -27,7 +27,7 @@ from .jit import cache_dir, clear_cache
 from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
 from .module import Program, build_module, plan
 from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
-from . import ops_optim, ops_graph, ops_pool, ops_conv, ops_norm  # noqa: F401
+from . import ops_optim, ops_recurrence, ops_pool, ops_conv, ops_norm  # noqa: F401
 from . import ops_gather, ops_random  # noqa: F401
 from . import gemm_bf16
 
