@@ -32,8 +32,8 @@ from ..base import fork_safe_locks
 from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 
 WORKER_SPIN_NS = 100_000   # a worker spins this long after a run before it sleeps
-JOIN_SPIN_NS = 50_000      # thread 0 spins this long for a worker to finish, then sleeps
-BARRIER_SPIN_NS = 30_000   # a thread early at a barrier spins this long, then sleeps
+JOIN_SPIN_NS = 100_000     # thread 0 spins this long for a worker to finish, then sleeps
+BARRIER_SPIN_NS = 100_000  # a thread early at a barrier spins this long, then sleeps
 SLEEP_CAP_NS = 1_000_000   # a futex sleep wakes after this at the latest (re-checks)
 CLOCK_EVERY = 64           # spin rounds between two clock readings
 FUTEX_WAIT, FUTEX_WAKE = 128, 129       # the _PRIVATE variants
