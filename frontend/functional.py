@@ -136,23 +136,29 @@ def _trunc(q: Tensor) -> Tensor:
     return where(eq(t, 0.0), mul(q, 0.0), t)
 
 
+def _floor(x: Tensor) -> Tensor:
+    """``x`` rounded toward -inf, exactly: ``x - fmod(x, 1)``, one less where that fraction is
+    negative; infinities and NaN (whose fraction is NaN) stay as they are."""
+    frac = _emit("fmod", x, as_tensor(1.0, x))
+    f = _emit("sub", x, frac)
+    f = where(lt(frac, 0.0), sub(f, 1.0), f)
+    return where(ne(frac, frac), x, f)
+
+
 def _floor_div(a: Tensor, b: Tensor) -> Tensor:
-    """torch's (and Python's) float floor division: ``(a - fmod(a, b)) / b``, one down when
-    the remainder's sign differs from ``b``'s, rounded to the nearest integer; ``a / b`` for
-    ``b`` = 0, a signed zero for a zero quotient. Float32 operands are worked in float64, where
-    ``fmod`` is exact for quotients below 2**29 (so ``1.0 // 0.1`` is 9, not ``floor(10.0)``);
-    float64 remainders are rounded, which can move a quotient that lands on an integer."""
-    x, y = cast(a, "float64"), cast(b, "float64")
-    q = _emit("div", x, y)
-    n = _trunc(q)
-    mod = where(eq(n, 0.0), x, sub(x, mul(n, y)))    # fmod(4, inf) = 4, not 4 - 0 * inf
-    d = _emit("div", sub(x, mod), y)
-    d = where(logical_and(ne(mod, 0.0), ne(lt(y, 0.0), lt(mod, 0.0))), sub(d, 1.0), d)
-    t = _trunc(d)
-    f = where(gt(t, d), sub(t, 1.0), t)
+    """torch's (and Python's) float floor division, in the operands' dtype, step for step as
+    torch's ``div_floor_floating``: ``a / b`` where ``b`` is 0; else ``(a - fmod(a, b)) / b``,
+    one less where the remainder's sign differs from ``b``'s, floored and moved up where that
+    left more than 0.5 (the quotient is then integral up to rounding), and a zero quotient
+    takes the sign of ``a / b``. ``1.0 // 0.1`` is 9: ``fmod(1.0, 0.1)`` is 0.0999..., exact."""
+    q = _emit("div", a, b)
+    mod = _emit("fmod", a, b)
+    d = _emit("div", _emit("sub", a, mod), b)
+    d = where(logical_and(ne(mod, 0.0), ne(lt(b, 0.0), lt(mod, 0.0))), sub(d, 1.0), d)
+    f = _floor(d)
     f = where(gt(sub(d, f), 0.5), add(f, 1.0), f)
-    f = where(eq(d, 0.0), mul(q, 0.0), f)
-    return cast(where(eq(y, 0.0), q, f), a.dtype)
+    f = where(eq(d, 0.0), mul(q, 0.0), f)     # |q| < 1 there: the zero of q's sign
+    return where(eq(b, 0.0), q, f)
 
 
 def div(a, b, rounding_mode: str | None = None) -> Tensor:
@@ -184,6 +190,44 @@ def div(a, b, rounding_mode: str | None = None) -> Tensor:
 def floor_divide(a, b) -> Tensor:
     """``a // b`` (``torch.floor_divide``): rounds the quotient toward -inf."""
     return div(a, b, rounding_mode="floor")
+
+
+def _remainder_operands(name: str, a, b) -> tuple[Tensor, Tensor]:
+    a, b = _promote(a, b)
+    if a.dtype == "bool":
+        raise TypeError(f"{name}: not defined for bool tensors (cast them to a number first)")
+    return a, b
+
+
+def _int_remainder(a: Tensor, b: Tensor) -> Tensor:
+    """Integer ``a - (a // b) * b`` (the IR's ``div`` rounds toward -inf): the sign of ``b``.
+    ``x % 0`` is 0, as numpy's (torch raises; the kernels never divide by zero)."""
+    r = sub(a, mul(_emit("div", a, b), b))
+    return where(eq(b, 0), as_tensor(0, r), r)
+
+
+def fmod(a, b) -> Tensor:
+    """``torch.fmod``: the remainder of ``a / b`` truncated, with the sign of ``a``; floats
+    exactly (the ``fmod`` op, C's ``fmod``: ``fmod(x, 0)`` is NaN, ``fmod(x, inf)`` is ``x``),
+    integers from the IR's integer ``div`` (``fmod(x, 0)`` is 0). Gradients as torch's:
+    ``g`` to ``a``, ``-g * trunc(a / b)`` to ``b``."""
+    a, b = _remainder_operands("fmod", a, b)
+    if a.type.is_float:
+        return _emit("fmod", a, b)
+    r = _int_remainder(a, b)
+    return where(logical_and(ne(r, 0), ne(lt(r, 0), lt(a, 0))), sub(r, b), r)
+
+
+def remainder(a, b) -> Tensor:
+    """``torch.remainder`` (Python's ``%``): the remainder of ``a / b`` floored, with the sign
+    of ``b``; floats as torch's kernel, ``fmod(a, b) + b`` where ``fmod`` is nonzero with a sign
+    other than ``b``'s (``remainder(-0.5, inf)`` is inf, as torch); integers from the IR's
+    integer ``div`` (``x % 0`` is 0)."""
+    a, b = _remainder_operands("remainder", a, b)
+    if not a.type.is_float:
+        return _int_remainder(a, b)
+    mod = _emit("fmod", a, b)
+    return where(logical_and(ne(mod, 0.0), ne(lt(b, 0.0), lt(mod, 0.0))), add(mod, b), mod)
 eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
 logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
@@ -770,6 +814,7 @@ _METHODS = {
     "clamp": clamp, "broadcast_to": broadcast_to, "maximum": maximum,
     "minimum": minimum,
     "__floordiv__": floor_divide, "__rfloordiv__": _swap(floor_divide),
+    "__mod__": remainder, "__rmod__": _swap(remainder), "fmod": fmod, "remainder": remainder,
     "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "eq": eq, "ne": ne, "lt": lt,
     "le": le, "gt": gt, "ge": ge, "floor_divide": floor_divide, "argmin": argmin,
     "clip": clamp, "clamp_min": clamp_min, "clamp_max": clamp_max, "max": max, "min": min,

@@ -206,6 +206,14 @@ def _pow(ctx, dt, x, y):
     return sc.int_pow(ctx, dt, x, y)
 
 
+@_binary("fmod")
+def _fmod(ctx, dt, x, y):
+    """LLVM's ``frem`` is C's ``fmod`` (exact); a vector ``frem`` becomes one libm ``fmod``
+    call per lane. float16/bfloat16 registers are float32: the remainder of two such values
+    is exact there and representable in 16 bits."""
+    return ctx.b.frem(x, y)
+
+
 @_binary("maximum")
 def _maximum(ctx, dt, x, y):
     return sc.maximum(ctx, dt, x, y)

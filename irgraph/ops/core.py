@@ -187,12 +187,26 @@ def _pow(x, y):
         return np.power(x, y)
 
 
+def _fmod(x, y):
+    """C's ``fmod``: ``x - trunc(x / y) * y`` computed exactly (the result is representable),
+    with the sign of ``x``; ``fmod(x, 0)``, ``fmod(inf, y)`` and NaN operands give NaN,
+    ``fmod(x, inf)`` is ``x``. Floats only: integer remainders are compositions of the integer
+    ``div`` (frontend ``F.fmod``/``F.remainder``), so no kernel ever divides an integer by 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.fmod(x, y)
+
+
+def _float_rule(x, y):
+    return _float_only(_binary_rule(x, y))
+
+
 _COMM = {"commutative"}
 _binary("add", np.add, traits=_COMM)
 _binary("sub", np.subtract)
 _binary("mul", np.multiply, traits=_COMM)
 _binary("div", _div)
 _binary("pow", _pow, traits={"fallible"})     # an integer power rejects a negative exponent
+_binary("fmod", _fmod, _float_rule, traits={"float_only"})
 _binary("maximum", np.maximum, _binary_rule, traits=_COMM)
 _binary("minimum", np.minimum, _binary_rule, traits=_COMM)
 _NONDIFF = dict(differentiable=False, nondiff_reason="boolean result")

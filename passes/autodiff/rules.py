@@ -180,6 +180,19 @@ def _pow(e, node, xs, ys, gs):
     return [e.sum_to(da, a.shape), e.sum_to(db, b.shape)]
 
 
+@vjp_rule("fmod")
+def _fmod(e, node, xs, ys, gs):
+    """PyTorch's rule: ``d/da = g``, ``d/db = -g * trunc(a / b)``, the rounded quotient
+    truncated (``a / b`` first, as torch's ``div(rounding_mode="trunc")``); ``trunc(q)`` is
+    ``q - fmod(q, 1)``, exact, and ``q`` itself where that is NaN (``q`` infinite or NaN).
+    The quotient is piecewise constant: no gradient flows through it."""
+    (g,), (a, b) = gs, xs
+    q = e("stop_gradient", e("div", a, b))
+    frac = e("fmod", q, e.scalar(1.0, q))
+    t = e("where", e("eq", frac, frac), e("sub", q, frac), q)
+    return [e.sum_to(g, a.shape), e.sum_to(e("neg", e("mul", g, t)), b.shape)]
+
+
 def _extremum(cmp: str):
     """maximum (cmp='gt') / minimum (cmp='lt'): ties split the gradient evenly, as PyTorch."""
     def rule(e, node, xs, ys, gs):

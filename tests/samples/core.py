@@ -89,6 +89,18 @@ def _binary_cases(kind: str) -> list[Case]:
                  note="float64, trailing broadcast")]
 
 
+def _fmod_pair(a_shape, b_shape, seed, dtype=np.float32):
+    """``a = +-(n + f)`` (integer ``n`` in [0, 4], ``f`` in [0.1, 0.4]) and ``b = +-2**j``
+    (``j`` in -1, 0, 1): every quotient, broadcast any way, keeps at least 0.05 away from the
+    integers where fmod jumps (finite differences stay valid)."""
+    sign_a = np.where(_bools(*a_shape, seed=seed), 1.0, -1.0)
+    a = sign_a * (_ints(*a_shape, seed=seed, low=0, high=5)
+                  + rand(*a_shape, seed=seed, low=0.1, high=0.4, dtype=np.float64))
+    sign_b = np.where(_bools(*b_shape, seed=seed + 1), 1.0, -1.0)
+    b = sign_b * 2.0 ** _ints(*b_shape, seed=seed + 1, low=-1, high=2)
+    return a.astype(dtype), b.astype(dtype)
+
+
 def _distinct_pair(*shape, seed):
     x = _distinct(*shape, seed=seed)
     return x, (x + np.where(_bools(*shape, seed=seed + 1), 0.05, -0.05)).astype(np.float32)
@@ -108,6 +120,16 @@ SAMPLES.update({
             Case([positive(2, 3, seed=28), np.array(2.0, np.float32)], note="square"),
             Case([positive(4, seed=29, dtype=np.float64), rand(3, 1, seed=30, dtype=np.float64)]),
             Case([_ints(4, seed=31, low=0), np.array([0, 1, 2, 3], np.int64)], nondiff=(0, 1))],
+    "fmod": [Case(list(_fmod_pair((3, 4), (3, 4), seed=90)), note="mixed signs"),
+             Case(list(_fmod_pair((2, 1, 4), (3, 1), seed=92)), note="broadcast both ways"),
+             Case(list(_fmod_pair((), (2, 3), seed=94)), note="scalar on the left"),
+             Case(list(_fmod_pair((4, 5), (5,), seed=96, dtype=np.float64)), note="float64"),
+             Case([np.array([1.0, -1.0, 5.0, -0.0, 0.0, np.inf, 3.0, 3.0, np.nan, 1e30, 1e-30],
+                            np.float32),
+                   np.array([0.1, 0.1, -2.0, 3.0, -3.0, 2.0, 0.0, np.inf, 1.0, 7.0, -3e-31],
+                            np.float32)],
+                  nondiff=(0, 1), note="1 % 0.1 is 0.0999..., signed zeros, inf, 0, NaN, "
+                                       "huge and tiny")],
     "maximum": [Case(list(_distinct_pair(3, 4, seed=32))),
                 Case([_distinct(2, 1, seed=34), _distinct(3, seed=35) + 0.01]),
                 Case([_ints(5, seed=36), _ints(5, seed=37)], nondiff=(0, 1))],

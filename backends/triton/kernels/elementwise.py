@@ -12,12 +12,17 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from irgraph.registry import ops_with
 
-from ..runtime import View, cdiv, contiguous_strides, empty, meta_tensor, numel
+from ..runtime import View, cdiv, contiguous_strides, empty, interpreting, meta_tensor, numel
 
 BLOCK = 1024
+# Kernels choose between the interpreter's numpy and the GPU's libdevice where they differ:
+# a float ``%`` is numpy's exact fmod in the interpreter, but the GPU compiler expands it
+# as ``a - trunc(a / b) * b``, rounded; libdevice's fmod is exact (and has no interpreter).
+INTERPRETING = tl.constexpr(interpreting())
 
 # The ops the kernel's branches implement, by arity ("copy" is the kernel's own: a strided
 # copy); an op outside them is an error, in the host wrapper and in the kernel itself.
@@ -25,8 +30,8 @@ BLOCK = 1024
 # broadcast_to and stop_gradient, which need no kernel).
 UNARY = ("copy", "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign",
          "square", "cast", "erf")
-BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt",
-          "ge", "logical_and", "logical_or")
+BINARY = ("add", "sub", "mul", "div", "pow", "fmod", "maximum", "minimum", "eq", "ne", "lt", "le",
+          "gt", "ge", "logical_and", "logical_or")
 TERNARY = ("where",)
 FLOAT_ONLY = tuple(sorted(ops_with("float_only") & set(UNARY + BINARY + TERNARY)))
 
@@ -178,6 +183,11 @@ def _binary(a, b, OP: tl.constexpr, IS_FLOAT: tl.constexpr):
             y = _pow(a, b)
         else:
             y = _ipow(a, b)
+    elif OP == "fmod":
+        if INTERPRETING:
+            y = a % b
+        else:
+            y = libdevice.fmod(a, b)
     elif OP == "maximum":
         y = tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
     elif OP == "minimum":
