@@ -374,16 +374,17 @@ class ThreadChoice:
     ``period`` calls the other one runs once (a probe). A probe faster than the current
     choice's recent median is followed by another at once, and ``STREAK`` such probes in a
     row switch; a losing probe doubles the period (up to ``PROBE_MAX``), so a losing option
-    costs at most 1/``PROBE_MAX`` of the calls. A call much slower than its choice's recent
-    median (another process, or numpy's or torch's thread pool in this process, took a
-    core) brings the next probe forward. So threads that lose their cores do not hold up
+    costs at most 1/``PROBE_MAX`` of the calls. ``SLOW_RUN`` calls in a row much slower
+    than their choice's recent median (another process, or numpy's or torch's thread pool
+    in this process, took a core; one slow call is noise) bring the next probe forward. So threads that lose their cores do not hold up
     every step, and a slowdown never outlives what caused it by more than ``PROBE_MAX``
     calls."""
     RECENT = 5
     STREAK = 2
     PROBE_MIN = 8
     PROBE_MAX = 64
-    SUDDEN = 1.5          # a call this much slower than its recent median: probe soon
+    SUDDEN = 1.5          # a call this much slower than its recent median is slow
+    SLOW_RUN = 3          # so many slow calls in a row: probe soon
 
     def __init__(self, threads: int):
         self.options = (threads, 1)
@@ -392,6 +393,7 @@ class ThreadChoice:
         self.period = self.PROBE_MIN
         self.countdown = 0
         self.streak = 0
+        self.slow = 0
 
     def _other(self) -> int:
         return self.options[1] if self.current == self.options[0] else self.options[0]
@@ -424,8 +426,9 @@ class ThreadChoice:
                 self.countdown = self.period
             return
         self.countdown -= 1
-        if seconds > self.SUDDEN * before:
-            self.countdown = min(self.countdown, 1)
+        self.slow = self.slow + 1 if seconds > self.SUDDEN * before else 0
+        if self.slow >= self.SLOW_RUN:
+            self.countdown, self.slow = min(self.countdown, 1), 0
 
 
 def _median(xs: list[float]) -> float:
