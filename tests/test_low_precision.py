@@ -352,3 +352,21 @@ def test_bf16_gemm_rule():
                g.add_input("d", TensorType((3, 2), "float16")))
     g.set_outputs([long, f16])
     assert not gemm_bf16.native(long.node) and not gemm_bf16.native(f16.node)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_float64_to_16_bit_cast_rounds_through_float32_as_torch(backend):
+    """torch converts float64 to a 16-bit float through float32 (two roundings): values just
+    above a 16-bit tie land on the tie in float32 and then round to even."""
+    import torch
+    g = Graph("cast64")
+    x = g.add_input("x", TensorType((6,), "float64"))
+    g.set_outputs([g.op("cast", x, dtype="bfloat16"), g.op("cast", x, dtype="float16")])
+    a = np.array([1 + 2 ** -8 + 2 ** -30, 1 + 2 ** -11 + 2 ** -40, -3.3e38, 65519.99,
+                  -(1 + 3 * 2 ** -9 + 2 ** -35), 2.0 ** -140], np.float64)
+    bf, f16 = backends.compile(g, backend)(a)
+    t = torch.from_numpy(a)
+    np.testing.assert_array_equal(bf.view(np.uint16),
+                                  t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
+    np.testing.assert_array_equal(f16.view(np.uint16),
+                                  t.to(torch.float16).view(torch.int16).numpy().view(np.uint16))

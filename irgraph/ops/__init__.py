@@ -51,7 +51,11 @@ def _low_precision(op):
             return kernel(*arrays, **attrs)
         types = op.infer([TensorType.of(np.asarray(a)) for a in arrays], attrs)
         wide = [a.astype(np.float32) if getattr(a, "dtype", None) in low else a for a in arrays]
-        res = kernel(*wide, **attrs)
+        # a 16-bit dtype attribute (cast, full, random draws) computes in float32 too, so a
+        # float64 -> bfloat16 cast rounds twice, through float32, as PyTorch's does
+        wide_attrs = {k: "float32" if isinstance(v, str) and v in LOW_DTYPES else v
+                      for k, v in attrs.items()}
+        res = kernel(*wide, **wide_attrs)
         outs = list(res) if isinstance(res, (tuple, list)) else [res]
         # rounded from float32 (a float64 result too: PyTorch's rule)
         outs = [np.asarray(r).astype(np.float32).astype(t.np_dtype)
