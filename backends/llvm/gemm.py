@@ -106,9 +106,13 @@ class _GemmBuilder:
         # (each strip is NR adjacent elements per k), no packing pass over B; the B panel
         # is read ceil(M / MR) times from cache either way (a recurrence's step, small-M
         # products)
+        # (not when B's rows are a multiple of 4 KiB apart: its k rows would all fall in
+        # the same cache sets)
+        period = 4096 // (4 if self.elem == F32 else 8)
         direct = b.and_(b.and_(b.icmp_signed("==", csb, i64(1)),
                                b.icmp_signed("==", b.srem(N, i64(t.nr)), i64(0))),
-                        b.icmp_signed("<=", M, i64(DIRECT_B_ROWS)))
+                        b.and_(b.icmp_signed("<=", M, i64(DIRECT_B_ROWS)),
+                               b.icmp_signed("!=", b.srem(rsb, i64(period)), i64(0))))
         with for_range(b, 0, N, "jc", NC) as jc:
             nc = _min(b, i64(NC), b.sub(N, jc))
             # K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16: a thin last
