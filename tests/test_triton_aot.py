@@ -52,7 +52,7 @@ def test_float_literals_round_trip():
 # ---------------------------------------------------------------- generated kernels per dtype
 def dtype_region(dt: str) -> Graph:
     """An elementwise region over ``dt`` with scalar ``full`` literals of ``dt``: broadcast,
-    arithmetic, floor or true division, power, comparison, where, casts."""
+    arithmetic, floor or true division, power, fmod of floats, comparison, where, casts."""
     g = Graph(f"ew_{dt}")
     x, y = g.add_input("x", TensorType((3, 5), dt)), g.add_input("y", TensorType((5,), dt))
 
@@ -71,7 +71,8 @@ def dtype_region(dt: str) -> Graph:
     p = g.op("pow", g.op("abs", x), full(3))
     w = g.op("where", g.op("gt", a, c), d, g.op("neg", p))
     g.set_outputs([w, g.op("cast", g.op("sign", w), dtype="bool"),
-                   g.op("cast", w, dtype="float64" if dt != "float64" else "int64")])
+                   g.op("cast", w, dtype="float64" if dt != "float64" else "int64")]
+                  + ([g.op("fmod", a, c)] if floating else []))     # libdevice on a GPU
     return g
 
 
