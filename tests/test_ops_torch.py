@@ -88,6 +88,7 @@ TORCH = {
     "abs": torch.abs, "sign": torch.sign, "square": torch.square,
     "cast": lambda x, dtype: x.to(_DT[dtype]),
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": _torch_div, "pow": torch.pow,
+    "fmod": torch.fmod,
     "maximum": torch.maximum, "minimum": torch.minimum,
     "eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt,
     "ge": torch.ge, "logical_and": torch.logical_and, "logical_or": torch.logical_or,
