@@ -3,6 +3,7 @@ backend, per phase, side by side with ``jax.jit`` (``.lower().compile()``) when 
 installed (``pip install -e .[bench]``).
 
     python bench/bench_compile.py [--models mlp,cnn,rnn16,rnn64,rnn256,lstm] [--threads 2]
+                                  [--serial] [--no-jax] [--repeats 1]
 
 Models (training steps: forward, cross-entropy, backward, Adam):
 * ``mlp``: 784-512-256-10, batch 128; ``cnn``: LeNet with batch norm on 1x28x28, batch 64
@@ -302,7 +303,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--no-jax", action="store_true")
+    ap.add_argument("--serial", action="store_true",
+                    help="compile the modules on one thread (llvm_opt and codegen apart)")
     args = ap.parse_args()
+    if args.serial:
+        jit.COMPILE_THREADS = 1
     bench(args.models.split(","), args.threads, args.repeats, not args.no_jax)
 
 

@@ -321,15 +321,18 @@ def compile_text(text: str, opt: int) -> bytes:
         return emit_object(mod, opt)
 
 
+COMPILE_THREADS: int | None = None    # threads compiling modules at once (None: CPU count)
+
+
 def compile_texts(jobs: list[tuple[str, int]], done=None,
                   threads: int | None = None) -> list[bytes]:
     """Object code of each (IR text, level), compiled by up to ``threads`` threads at once
-    (default: the CPU count), the largest first; ``done(i, obj)`` is called in this thread
+    (default: ``COMPILE_THREADS``, else the CPU count), the largest first; ``done(i, obj)`` is called in this thread
     as each one is ready (storing it in the cache overlaps the others' compiles). Each
     module lives in its thread's own LLVM context and is optimized and emitted with that
     thread's own target machine, so the two calls that do the work run without llvmlite's
     process-wide lock (``_unlocked``), in parallel (ctypes releases the GIL)."""
-    n = max(1, min(threads or os.cpu_count() or 1, len(jobs)))
+    n = max(1, min(threads or COMPILE_THREADS or os.cpu_count() or 1, len(jobs)))
     out: list[bytes] = [b""] * len(jobs)
     if n == 1:
         for i, (text, opt) in enumerate(jobs):
