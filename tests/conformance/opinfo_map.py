@@ -80,6 +80,10 @@ for _n in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
 OPS["nn.functional.batch_norm.without_cudnn"] = _f("batch_norm", "accum")
 for _n in ("elu", "leaky_relu", "hardtanh", "relu", "relu6", "softplus", "silu", "logsigmoid"):
     OPS[f"nn.functional.{_n}"] = _f(_n)
+OPS["fmod"] = _f("fmod")
+OPS["remainder"] = _f("remainder")
+OPS["div.trunc_rounding"] = _f("div")
+OPS["__rmod__"] = Entry(_method("__rmod__"))
 
 
 @dataclasses.dataclass(frozen=True)
