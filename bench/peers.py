@@ -3,7 +3,7 @@ weights and batches, losses checked equal before anything is timed, every peer t
 installed (jax.jit, torch eager with fused Adam, torch.compile/Inductor), steps interleaved
 in blocks so a change in machine load hits every peer alike.
 
-    python bench/peers.py [--rounds 6] [--block 5] [--threads 2] [--busy] [--only mlp rnn]
+    python bench/peers.py [--rounds 10] [--block 5] [--threads 2] [--busy] [--only mlp rnn]
                           [--interference CALLS]
 
 Workloads (float32): an MLP 784-512-256-10 training step (batch 128), LeNet with batch norm
@@ -266,9 +266,13 @@ def start_busy() -> subprocess.Popen:
 
 
 def time_interleaved(peers: dict, rounds: int, block: int) -> dict[str, list[float]]:
+    """Each round runs a block of steps of every peer; the order rotates from round to round
+    (the peer after a thread-pool library's block finds its threads still spinning)."""
     times: dict[str, list[float]] = {k: [] for k in peers}
-    for _ in range(rounds):
-        for k, fn in peers.items():
+    names = list(peers)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            fn = peers[k]
             for _ in range(block):
                 t0 = time.perf_counter()
                 fn()
@@ -318,7 +322,7 @@ def interference(calls: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--block", type=int, default=5, help="steps per peer per round")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--busy", action="store_true", help="start a process that keeps one core "
