@@ -571,7 +571,8 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
            [Buf(fn.args[pattern[len(ins) + k]], o.type, o.swapped) for k, o in enumerate(outs)])
     b.ret_void()
     text = str(module)
-    level = kernel_opt(node, prog.opt)
+    # a kernel called from another one (a scan's step body) may run many times a call
+    level = kernel_opt(node, prog.opt) if ctx.module is prog.entry else prog.opt
     prefix = CHEAP_PREFIX if level == 0 else KERNEL_PREFIX
     symbol = prefix + hashlib.sha256(f"{level}\0{text}".encode()).hexdigest()[:40]
     if symbol not in prog.kernels:
@@ -588,9 +589,10 @@ HEAVY_OPS = frozenset({"matmul", "conv", "conv_fft", "conv_input_grad", "conv_ke
 
 
 def kernel_opt(node, opt: int) -> int:
-    """The optimization level of ``node``'s kernel: the requested one for loops that carry
-    the work (GEMM, convolutions, recurrences, fused regions, loops over many elements),
-    the cheap level 0 (``jit.optimize``) for small ones."""
+    """The optimization level of ``node``'s kernel (a node of the graph's top level: one
+    run per call): the requested one for loops that carry the work (GEMM, convolutions,
+    recurrences, fused regions, loops over many elements), the cheap level 0
+    (``jit.optimize``) for small ones."""
     if node.op in HEAVY_OPS:
         return opt
     work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
