@@ -215,7 +215,8 @@ class Program:
     def _combined(self, kernels: list[Kernel]) -> str:
         """The entry and ``kernels`` as one module's text: the kernels' private helpers
         renamed apart, each declaration once, none of a function defined here."""
-        parts = [str(self.entry)] + [_local_names_apart(k.symbol, k.text) for k in kernels]
+        parts = _metadata_apart([str(self.entry)]
+                                + [_local_names_apart(k.symbol, k.text) for k in kernels])
         defined = {m.group(1) for t in parts for m in _DEFINE.finditer(t)}
         seen: set[str] = set()
         lines: list[str] = []
@@ -234,6 +235,21 @@ class Program:
 
 _DEFINE = re.compile(r'^define [^@\n]*@"([^"]+)"', re.M)
 _DECLARE = re.compile(r'^declare [^@\n]*@"([^"]+)"')
+
+
+_METADATA_ID = re.compile(r"!(\d+)\b")
+
+
+def _metadata_apart(parts: list[str]) -> list[str]:
+    """The parts with their numbered metadata (``!0 = !{...}``, each module counting from
+    0) shifted apart, so that one module's text can hold them all."""
+    out, base = [], 0
+    for text in parts:
+        ids = [int(m) for m in _METADATA_ID.findall(text)]
+        out.append(_METADATA_ID.sub(lambda m: f"!{int(m.group(1)) + base}", text)
+                   if base and ids else text)
+        base += max(ids, default=-1) + 1
+    return out
 
 
 def _local_names_apart(symbol: str, text: str) -> str:
