@@ -19,6 +19,7 @@ holds them).
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import sys
@@ -327,19 +328,22 @@ class Workers:
         self._run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                      ctypes.c_int64)(addr("irgraph_run"))
         self._slots: list[np.ndarray] = []
+        self._threads: list[threading.Thread] = []
         self._slot_table = (ctypes.c_void_p * 1)()
         self._pid = os.getpid()
 
     def _ensure(self, k: int) -> None:
         if self._pid != os.getpid():         # a forked child has no worker threads
-            self._slots, self._pid = [], os.getpid()
+            self._slots, self._threads, self._pid = [], [], os.getpid()
         if len(self._slots) >= k:
             return
         while len(self._slots) < k:
             slot = np.zeros(SLOT, np.int64)
             self._slots.append(slot)
-            threading.Thread(target=self._worker, args=(slot.ctypes.data,), daemon=True,
-                             name=f"irgraph-llvm-worker-{len(self._slots)}").start()
+            t = threading.Thread(target=self._worker, args=(slot.ctypes.data,), daemon=True,
+                                 name=f"irgraph-llvm-worker-{len(self._slots)}")
+            t.start()
+            self._threads.append(t)
         self._slot_table = (ctypes.c_void_p * len(self._slots))(
             *[s.ctypes.data for s in self._slots])
 
@@ -350,6 +354,25 @@ class Workers:
             self._ensure(n - 1)
             self._run(ctypes.addressof(self._slot_table), entry_addr,
                       ctypes.cast(table, ctypes.c_void_p).value, n)
+
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and join the worker threads (at interpreter exit: a worker must not be left
+        inside JIT code or reading its slot while the interpreter frees them)."""
+        if not self.lock.acquire(timeout=timeout):
+            return
+        try:
+            if self._pid != os.getpid():
+                return
+            for s in self._slots:
+                s[6] = 1                                  # the stop word, read after a post
+            for s in self._slots:
+                self._post(s.ctypes.data, 0, 0, 0, 0)
+            for t in self._threads:
+                t.join(timeout)
+            self._slots, self._threads = [], []
+        finally:
+            self.lock.release()
 
 
 def run_entry(fn, table, n: int, choice: ThreadChoice | None) -> None:
@@ -450,11 +473,17 @@ def workers() -> Workers:
     return _made[0]
 
 
+@atexit.register
+def _stop_workers() -> None:
+    for w in _made:
+        w.stop()
+
+
 def _after_fork_in_child() -> None:
     """Only the forking thread lives on in a child: no workers (the locks, like every lock
     of ``fork_safe_locks``, are fresh in the child). Start afresh."""
     for w in _made:
-        w._slots, w._pid = [], os.getpid()
+        w._slots, w._threads, w._pid = [], [], os.getpid()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
