@@ -517,3 +517,31 @@ def test_scratch_the_machine_cannot_give_is_a_memory_error():
     g.set_outputs([g.op("sum", g.op("exp", big))])
     with pytest.raises(MemoryError):
         backends.compile(g, "llvm", threads=1, cache=False)
+
+
+def test_worker_threads_are_stopped_before_the_interpreter_exits(tmp_path):
+    """At exit the native workers are stopped and joined before the interpreter frees the
+    JIT code they run and the slots they read (an exit handler registered before irgraph's
+    runs after it and sees no worker alive)."""
+    import subprocess
+    import sys
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import atexit, threading\n"
+        "atexit.register(lambda: print('alive', sorted(t.name for t in threading.enumerate()"
+        " if t.name.startswith('irgraph-llvm-worker') and t.is_alive())))\n"
+        "import numpy as np\n"
+        "import backends\n"
+        "from backends.llvm import workers\n"
+        "from irgraph import Graph, TensorType\n"
+        "g = Graph('m'); a = g.add_input('a', TensorType((128, 128)))\n"
+        "g.set_outputs([g.op('matmul', a, a)])\n"
+        "exe = backends.compile(g, 'llvm', threads=2)\n"
+        "x = np.ones((128, 128), np.float32)\n"
+        "workers.workers()._ensure(1)\n"
+        "assert exe(x)[0][0, 0] == 128\n"
+        "print('started', len(workers.workers()._threads))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "started 1" in out.stdout and "alive []" in out.stdout, out.stdout
