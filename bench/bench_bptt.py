@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
+from machine import best_of, describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import backends  # noqa: E402
 import frontend as fe  # noqa: E402
@@ -45,14 +45,6 @@ def node_count(g) -> int:
     return sum(1 + (node_count(n.attrs["body"]) if n.op == "scan" else 0) for n in g.nodes)
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)           # the least disturbed run (the machine may be shared)
-
 
 def torch_step(tau: int, x, y) -> float:
     import torch
@@ -67,7 +59,7 @@ def torch_step(tau: int, x, y) -> float:
         torch.nn.functional.cross_entropy(lin(h).reshape(-1, CLASSES), yt,
                                           reduction="sum").backward()
     step()
-    return timed(step, 5)
+    return best_of(step, 5)
 
 
 def main() -> None:
@@ -100,7 +92,7 @@ def main() -> None:
             exe = backends.compile(vg, args.backend)
             compile_s = time.perf_counter() - t0
             results[form] = exe(*call)
-            step = timed(lambda: exe(*call), args.repeats)
+            step = best_of(lambda: exe(*call), args.repeats)
             print(f"{tau:>5} {form:>9} {node_count(vg):>7} {compile_s:>10.3f} "
                   f"{1e3 * step:>9.2f} {1e3 * ref:>9.2f} {step / ref:>10.3g}")
         same = all(np.allclose(a, b, rtol=1e-4, atol=1e-5)

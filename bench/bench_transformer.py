@@ -17,15 +17,14 @@ import platform
 import sys
 import time
 
-THREADS = 2
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(THREADS)          # numpy's BLAS (the reference backend) too
-
-import numpy as np  # noqa: E402
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import describe  # noqa: E402
+from machine import best_of, describe, pin_threads  # noqa: E402
+
+THREADS = 2
+pin_threads(THREADS)                    # numpy's BLAS (the reference backend) too
+
+import numpy as np  # noqa: E402
 
 import frontend as fe  # noqa: E402
 from frontend import F, nn, optim  # noqa: E402
@@ -36,14 +35,6 @@ def encoder(nnm, d: int, heads: int, ff: int):
     kw = {"enable_nested_tensor": False}
     return nnm.TransformerEncoder(layer, 2, **kw)
 
-
-def timed(fn, repeats: int) -> float:
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def torch_step(ours, args, x, y, lr: float):
@@ -106,8 +97,8 @@ def main() -> None:
         first[name] = float(out[0] if isinstance(out, (tuple, list)) else out)
     for _ in range(args.repeats):              # alternate, so both see the same load
         for name in ("llvm", "torch eager"):
-            results[name] = min(results.get(name, np.inf), timed(run[name], 1))
-    results["reference"] = timed(run["reference"], args.reference_repeats)
+            results[name] = min(results.get(name, np.inf), best_of(run[name], 1))
+    results["reference"] = best_of(run["reference"], args.reference_repeats)
     base = results["torch eager"]
     print(f"{'':>12} {'step ms':>9} {'vs torch':>9} {'compile s':>10} {'first loss':>11}")
     for name in ("llvm", "torch eager", "reference"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 
 def cpu_model() -> str:
@@ -20,3 +21,21 @@ def cpu_model() -> str:
 def describe(*extra: str) -> str:
     """``"<cpu>, <n> logical CPUs, <OS>"`` followed by ``extra`` (library versions...)."""
     return ", ".join([cpu_model(), f"{os.cpu_count()} logical CPUs", platform.system(), *extra])
+
+
+def pin_threads(n: int) -> None:
+    """Every BLAS/OpenMP pool of this process (numpy's too) to ``n`` threads: call before
+    numpy or torch is imported."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def best_of(fn, repeats: int) -> float:
+    """The least disturbed of ``repeats`` timed calls of ``fn`` (seconds): the machine may be
+    shared."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
