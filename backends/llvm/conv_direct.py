@@ -97,8 +97,8 @@ class Direct:
 
     def forward_parts(self, groups: int) -> list[int]:
         """Per-thread scratch arrays (elements) of a convolution: padded input, grid, the
-        packed weights of each group."""
-        return [self.xp_elems, self.grid_elems] + [self.wpack_elems] * groups
+        packed weights of every group (one after another, ``wpack_elems`` each)."""
+        return [self.xp_elems, self.grid_elems, self.wpack_elems * groups]
 
     def kernel_grad_parts(self) -> list[int]:
         """... of a kernel gradient: padded input, gy grid, per-lane partial sums of dW."""
@@ -274,24 +274,27 @@ def store_valid(ctx, dc: Direct, grid, dst: Buf, base) -> None:
 def convolve(ctx, dc: Direct, groups: int, images: int, src: Buf, dst: Buf, w: Buf,
              w_offset) -> None:
     """dst[n, g*cout + o] = direct conv of src[n, g*cin : (g+1)*cin] for every image n
-    (threads split the images; each packs the weights into its own scratch once)."""
+    (threads split the images; each packs the weights into its own scratch once).
+    ``w_offset(g, o, r)`` takes the group as an i64 value: the groups are a loop of the
+    generated code, one body for all of them."""
     b = ctx.b
     parts = dc.forward_parts(groups)
-    xp, grid, *wpacks = arrays(ctx, dc.dtype, thread_scratch(ctx, dc.scratch_bytes(parts)),
-                               parts)
+    xp, grid, wpacks = arrays(ctx, dc.dtype, thread_scratch(ctx, dc.scratch_bytes(parts)),
+                              parts)
     zero(ctx, xp, dc.xp_elems, _elem(dc.dtype))
-    for g in range(groups):
-        pack_weights(ctx, dc, wpacks[g], w, lambda o, r, g=g: w_offset(g, o, r))
+    with for_range(b, 0, groups, "dwg") as g:
+        pack_weights(ctx, dc, b.gep(wpacks, [b.mul(g, i64(dc.wpack_elems))]), w,
+                     lambda o, r: w_offset(g, o, r))
     offs = ctx.global_array("conv.taps", dc.offsets())
     plane_in, plane_out = prod(dc.spatial), prod(dc.out)
     lo, hi = ctx.split(images)
     with for_range(b, lo, hi, "dimg") as n:
-        for g in range(groups):
-            sbase = b.mul(b.add(b.mul(n, i64(groups)), i64(g)), i64(dc.cin * plane_in))
-            load_padded(ctx, dc, src, sbase, xp)
-            compute_grid(ctx, dc, xp, wpacks[g], grid, offs)
-            dbase = b.mul(b.add(b.mul(n, i64(groups)), i64(g)), i64(dc.cout * plane_out))
-            store_valid(ctx, dc, grid, dst, dbase)
+        with for_range(b, 0, groups, "dgrp") as g:
+            ng = b.add(b.mul(n, i64(groups)), g)
+            load_padded(ctx, dc, src, b.mul(ng, i64(dc.cin * plane_in)), xp)
+            compute_grid(ctx, dc, xp, b.gep(wpacks, [b.mul(g, i64(dc.wpack_elems))]), grid,
+                         offs)
+            store_valid(ctx, dc, grid, dst, b.mul(ng, i64(dc.cout * plane_out)))
 
 
 # ---------------------------------------------------------------- the kernel gradient
@@ -332,19 +335,18 @@ def kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf, 
     R, og = dc.R, dc.cout
     offs = ctx.global_array("conv.taps", dc.offsets())
     plane_in, plane_out = prod(dc.spatial), prod(dc.out)
-    for g in range(groups):
+    with for_range(b, 0, groups, "kgrp") as g:     # every thread runs every group
         zero(ctx, xp, dc.xp_elems, elem)
         zero(ctx, grid, dc.grid_elems, elem)
         zero(ctx, lanes, og * R * vw, elem)
         lo, hi = ctx.split(images)
         with for_range(b, lo, hi, "kimg") as n:
-            load_padded(ctx, dc, x, b.mul(b.add(b.mul(n, i64(groups)), i64(g)),
-                                          i64(dc.cin * plane_in)), xp)
-            load_grid(ctx, dc, gy, b.mul(b.add(b.mul(n, i64(groups)), i64(g)),
-                                         i64(og * plane_out)), grid)
+            ng = b.add(b.mul(n, i64(groups)), g)
+            load_padded(ctx, dc, x, b.mul(ng, i64(dc.cin * plane_in)), xp)
+            load_grid(ctx, dc, gy, b.mul(ng, i64(og * plane_out)), grid)
             _dot_tiles(ctx, dc, xp, grid, lanes, offs, vec)
         ctx.barrier()
-        _sum_lanes(ctx, dc, nbytes, lanes_at, dw, g * og * R, vw, elem)
+        _sum_lanes(ctx, dc, nbytes, lanes_at, dw, b.mul(g, i64(og * R)), vw, elem)
         ctx.barrier()
 
 
@@ -387,7 +389,7 @@ def _dot_tiles(ctx, dc: Direct, xp, grid, lanes, offs, vec) -> None:
             block(o0, rows, i64(full * nrr), tail)
 
 
-def _sum_lanes(ctx, dc: Direct, nbytes: int, first: int, dw: Buf, dbase: int, vw: int,
+def _sum_lanes(ctx, dc: Direct, nbytes: int, first: int, dw: Buf, dbase, vw: int,
                elem) -> None:
     """dw[dbase + e] = sum over threads and lanes of lanes_t[e, :] (entries split)."""
     b = ctx.b
@@ -402,7 +404,7 @@ def _sum_lanes(ctx, dc: Direct, nbytes: int, first: int, dw: Buf, dbase: int, vw
             p = b.gep(b.bitcast(raw, ir.PointerType(elem)), [b.mul(e, i64(vw))])
             for lane in range(vw):
                 b.store(b.fadd(b.load(acc), b.load(b.gep(p, [i64(lane)]))), acc)
-        dw.store(b, b.add(i64(dbase), e), b.load(acc))
+        dw.store(b, b.add(dbase, e), b.load(acc))
 
 
 # ---------------------------------------------------------------- the input gradient, scattered
@@ -441,15 +443,15 @@ def scatter_input_grad(ctx, dc: Direct, groups: int, images: int, gy: Buf, dx: B
     tiles = _Tiles(ctx, dc.dtype, dc.features)
     lo, hi = ctx.split(images)
     with for_range(b, lo, hi, "simg") as n:
-        for gi in range(groups):
+        with for_range(b, 0, groups, "sgrp") as gi:
+            ng = b.add(b.mul(n, i64(groups)), gi)
             zero(ctx, dxp, dc.xp_elems, elem)
-            load_grid(ctx, dc, gy, b.mul(b.add(b.mul(n, i64(groups)), i64(gi)),
-                                         i64(og * plane_out)), grid)
+            load_grid(ctx, dc, gy, b.mul(ng, i64(og * plane_out)), grid)
             with for_range(b, 0, kp, "stap") as k:
                 tap = b.load(b.gep(taps, [k]))
                 for strip in range(strips):
                     rows = min(mr, cg - strip * mr)
-                    wk = b.gep(wpack, [b.mul(b.add(i64(gi * kp), k), i64(per_tap))])
+                    wk = b.gep(wpack, [b.mul(b.add(b.mul(gi, i64(kp)), k), i64(per_tap))])
                     ws = b.gep(wk, [i64(strip * og * mr)])
                     with for_range(b, 0, dc.Qpad, "sq", dc.nr) as q0:
                         at = b.add(tap, q0)
@@ -459,5 +461,4 @@ def scatter_input_grad(ctx, dc: Direct, groups: int, images: int, gy: Buf, dx: B
                                   lambda i: b.gep(dxp, [b.add(at, i64(
                                       (strip * mr + i) * plane_p))]),
                                   accumulate=True)
-            base = b.mul(b.add(b.mul(n, i64(groups)), i64(gi)), i64(cg * plane_in))
-            _interior(ctx, dc, dxp, dx, base, into_padded=False)
+            _interior(ctx, dc, dxp, dx, b.mul(ng, i64(cg * plane_in)), into_padded=False)

@@ -1,6 +1,7 @@
 """Lowerings of the convolution family (chapter 9) on the packed GEMM of gemm.py.
 
-Per image and group, with R = C/groups * prod(kernel) rows and P = prod(out) columns:
+Per image and group (the groups a loop of the generated code: one body, compile time flat in
+their number), with R = C/groups * prod(kernel) rows and P = prod(out) columns:
 
 * conv (eq. 9.6-9.8; conv_fft computes the same function): cols = im2col(x) (R x P), then
   y = W_g (O/g x R) @ cols. A 1x1 kernel at stride 1 without padding skips im2col.
@@ -235,7 +236,8 @@ def _conv(ctx, node, ins, outs):
     if dc is not None:
         R = dc.R
         convolve(ctx, dc, G, x.shape[0], x, y, w,
-                 lambda g, o, r: ctx.b.add(ctx.b.mul(ctx.b.add(i64(g * dc.cout), o), i64(R)), r))
+                 lambda g, o, r: ctx.b.add(ctx.b.mul(ctx.b.add(ctx.b.mul(g, i64(dc.cout)), o),
+                                                     i64(R)), r))
         return
     geo = _geo(x.shape, w.shape[2:], node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
@@ -249,8 +251,8 @@ def _conv(ctx, node, ins, outs):
     def image(n, split_gemm: bool):
         cols = Buf(_thread_cols(ctx, colbytes, x.elem) if not split_gemm
                    else b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)), _tt((R, P), x))
-        for g in range(G):
-            xbase = b.add(b.mul(n, i64(C * plane)), i64(g * cg * plane))
+        with for_range(b, 0, G, "grp") as g:           # one body for every group
+            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
             if pointwise:
                 src = b.gep(x.ptr, [xbase])
             else:
@@ -261,8 +263,8 @@ def _conv(ctx, node, ins, outs):
                 else:
                     im2col(ctx, x, xbase, cg, geo, cols)
                 src = cols.ptr
-            wp = b.gep(w.ptr, [i64(g * og * R)])
-            yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
+            wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
+            yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
             if split_gemm:
                 call_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
                 ctx.barrier()
@@ -333,11 +335,11 @@ def _conv_kernel_grad(ctx, node, ins, outs):
     _zero(ctx, part, i64(0), dw.type.size)
     lo, hi = ctx.split(N)
     with for_range(b, lo, hi, "img") as n:
-        for g in range(G):
-            xbase = b.add(b.mul(n, i64(C * plane)), i64(g * cg * plane))
+        with for_range(b, 0, G, "grp") as g:
+            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
             im2col(ctx, x, xbase, cg, geo, cols)
-            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
-            dst = b.gep(part.ptr, [i64(g * og * R)])
+            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
+            dst = b.gep(part.ptr, [b.mul(g, i64(og * R))])
             if og * R <= DOT_LIMIT:
                 _dots(ctx, gp, cols.ptr, dst, og, R, P, x.elem)
             else:
@@ -472,7 +474,7 @@ def _conv_input_grad(ctx, node, ins, outs):
 
         def w_offset(g, c, r):          # w[g*og + r // kp, c, kp - 1 - r % kp]
             o, k = b.sdiv(r, i64(kp)), b.srem(r, i64(kp))
-            row = b.add(b.mul(b.add(i64(g * og), o), i64(cg)), c)
+            row = b.add(b.mul(b.add(b.mul(g, i64(og)), o), i64(cg)), c)
             return b.add(b.mul(row, i64(kp)), b.sub(i64(kp - 1), k))
         convolve(ctx, dc, G, gy.shape[0], gy, dx, w, w_offset)
         return
@@ -486,14 +488,14 @@ def _conv_input_grad(ctx, node, ins, outs):
     lo, hi = ctx.split(N)
     with for_range(b, lo, hi, "img") as n:
         _zero(ctx, dx, b.mul(n, i64(C * plane)), C * plane)
-        for g in range(G):
-            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), i64(g * og * P))])
-            wp = b.gep(w.ptr, [i64(g * og * R)])
+        with for_range(b, 0, G, "grp") as g:
+            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
+            wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
             if og * R <= AXPY_LIMIT:
                 _axpys(ctx, wp, gp, cols, og, R, P)
             else:
                 _gemm(ctx, w.dtype, wp, (1, R), gp, (P, 1), cols.ptr, P, R, P, og)
-            xbase = b.add(b.mul(n, i64(C * plane)), i64(g * cg * plane))
+            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
             col2im(ctx, cols, cg, geo, dx, xbase)
 
 
