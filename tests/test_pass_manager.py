@@ -123,7 +123,10 @@ def test_errors_name_the_failing_pass_and_those_that_ran(bad, msg):
     assert "passes that ran before it: cse, dce" in str(info.value)
 
 
-def test_register_a_new_pass_and_use_it_by_name():
+def test_register_a_new_pass_and_use_it_by_name(monkeypatch):
+    from passes import manager
+    monkeypatch.setattr(manager, "_PASSES", dict(manager._PASSES))   # restored afterwards
+
     @register_pass("test_rename_graph")
     def rename(g: Graph) -> Graph:
         """Rename the graph (a do-nothing pass for this test)."""
