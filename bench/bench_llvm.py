@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import models  # noqa: E402
 from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import backends  # noqa: E402
 import frontend as fe  # noqa: E402
 from frontend import nn, optim  # noqa: E402
-from frontend.layers import BatchNorm2d, Conv2d, MaxPool2d  # noqa: E402
 from irgraph import Graph, TensorType  # noqa: E402
 
 THREADS = 2
@@ -62,15 +62,11 @@ def timeit(fn, reps: int, warmup: int = 1) -> float:
 
 # ---------------------------------------------------------------- models (ours and torch's)
 def ours(kind: str):
-    fe.manual_seed(0)
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
-                             nn.Linear(256, 10))
+        return models.mlp()
     if kind == "cnn":
-        return nn.Sequential(Conv2d(1, 6, 5, padding=2), BatchNorm2d(6), nn.ReLU(),
-                             MaxPool2d(2), Conv2d(6, 16, 5), BatchNorm2d(16), nn.ReLU(),
-                             MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
-                             nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+        return models.lenet()
+    fe.manual_seed(0)
     return fe.rnn.SequenceClassifier(32, 256, 10)   # fig. 10.5: RNN, head on the last state
 
 
