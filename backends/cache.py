@@ -24,12 +24,16 @@ import hmac
 import os
 import re
 import stat
+import sys
 import tempfile
 import time
 import warnings
+
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
+
+from .base import fork_safe_locks
 
 ENV_DIR = "IRGRAPH_CACHE_DIR"
 ENV_MAX_MB = "IRGRAPH_CACHE_MAX_MB"
@@ -320,7 +324,7 @@ class DiskCache:
         finally:
             if tmp is not None:
                 _unlink(Path(tmp))
-        evict(limit)
+        _account(len(data), limit)
         return True
 
     def clear(self) -> int:
@@ -366,7 +370,11 @@ def _entries(top: Path) -> list[tuple[float, int, Path]]:
 def evict(limit: int | None = None) -> int:
     """Delete least recently used entries until the root holds at most ``limit`` bytes
     (default: ``$IRGRAPH_CACHE_MAX_MB``); returns how many were deleted."""
-    limit = max_bytes() if limit is None else limit
+    return _evict(max_bytes() if limit is None else limit)[0]
+
+
+def _evict(limit: int) -> tuple[int, int]:
+    """(entries deleted, bytes left) after a scan of the whole root."""
     entries = sorted(_entries(root()), key=lambda t: (t[0], str(t[2])))
     total = sum(size for _, size, _ in entries)
     n = 0
@@ -376,4 +384,24 @@ def evict(limit: int | None = None) -> int:
         _unlink(path)
         total -= size
         n += 1
-    return n
+    with _USAGE_LOCK:
+        _USAGE[str(root())] = total
+    return n, total
+
+
+# bytes under each root as this process last scanned it, plus what it wrote since: a store
+# scans the root (a stat per entry) only when this estimate passes the limit, not at every
+# write (a cache of many small kernel entries made every compile scan thousands of files).
+# Other processes' writes are not counted here: each process bounds what it adds.
+_USAGE: dict[str, int] = {}
+fork_safe_locks(sys.modules[__name__], "_USAGE_LOCK")
+
+
+def _account(written: int, limit: int) -> None:
+    key = str(root())
+    with _USAGE_LOCK:
+        est = _USAGE.get(key)
+        if est is not None and est + written <= limit:
+            _USAGE[key] = est + written
+            return
+    _evict(limit)

@@ -410,3 +410,23 @@ def test_uncached_compiles_release_their_memory():
         if per_compile[-1] < 20:
             break
     assert min(per_compile) < 20, per_compile
+
+
+def test_stores_scan_the_cache_only_when_the_size_limit_may_be_passed(root, monkeypatch):
+    """A store does not stat every entry of the cache: this process scans the root once,
+    then counts what it writes, and scans (and evicts) again only when that count passes
+    the limit."""
+    scans = []
+    real = cache._entries
+    monkeypatch.setattr(cache, "_entries", lambda top: scans.append(top) or real(top))
+    monkeypatch.setenv("IRGRAPH_CACHE_MAX_MB", "1")
+    store = cache.DiskCache("llvm", ".o")
+    blob = bytes(100 * 1024)
+    for k in range(9):                                   # ~0.9 MB: under the limit
+        assert store.store(f"k{k}", blob)
+    assert len(scans) <= 1
+    for k in range(9, 12):                               # past 1 MB: scanned, oldest evicted
+        assert store.store(f"k{k}", blob)
+    assert 2 <= len(scans) <= 4
+    kept = sum(p.stat().st_size for p in (root / "llvm").glob("*.o"))
+    assert kept <= 2 ** 20 and store.path("k11").exists()
