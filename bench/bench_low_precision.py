@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -17,19 +16,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import backends  # noqa: E402
 from backends.llvm import gemm_bf16, jit  # noqa: E402
-from bench.machine import describe  # noqa: E402
+from bench.machine import best_of, describe  # noqa: E402
 from frontend import TensorSpec, compile_train, manual_seed, nn, optim  # noqa: E402
 from irgraph import Graph, TensorType  # noqa: E402
 
 
 def best(fn, reps):
+    """One warm-up call, then the best of ``reps``."""
     fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best_of(fn, reps)
 
 
 def gemm(n, reps):
