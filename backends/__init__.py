@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import importlib
 
-_BACKENDS = {"reference": "backends.reference", "llvm": "backends.llvm", "triton": "backends.triton"}
+_BACKENDS = {"reference": "irgraph.backends.reference", "llvm": "irgraph.backends.llvm",
+             "triton": "irgraph.backends.triton"}
 
 
 def available() -> list[str]:

@@ -18,9 +18,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
-import backends  # noqa: E402
+import irgraph.backends as backends  # noqa: E402
 from irgraph import Graph, TensorType  # noqa: E402
-from passes.autodiff import hessian, value_and_grad  # noqa: E402
+from irgraph.passes.autodiff import hessian, value_and_grad  # noqa: E402
 
 BATCH, SIZES = 64, (256, 512, 512, 10)
 

@@ -20,10 +20,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from machine import best_of, describe  # noqa: E402  (bench/ is on sys.path when run)
 
-import backends  # noqa: E402
-import frontend as fe  # noqa: E402
-from frontend import nn  # noqa: E402
-from passes.unroll import bptt  # noqa: E402
+import irgraph.backends as backends  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn  # noqa: E402
+from irgraph.passes.unroll import bptt  # noqa: E402
 
 BATCH, INPUT, HIDDEN, CLASSES = 8, 16, 32, 10
 

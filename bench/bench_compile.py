@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 from machine import describe  # noqa: E402
 
-import frontend as fe  # noqa: E402
-import frontend.train as ftrain  # noqa: E402
-from backends.llvm import jit  # noqa: E402
-from frontend import nn, optim  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+import irgraph.frontend.train as ftrain  # noqa: E402
+from irgraph.backends.llvm import jit  # noqa: E402
+from irgraph.frontend import nn, optim  # noqa: E402
 
 PHASES = ("trace", "autodiff", "passes", "ir_build", "llvm_opt", "codegen", "llvm", "cache",
           "load")
@@ -110,7 +110,7 @@ _TIMES: dict[str, float] = {}
 @contextmanager
 def instrumented():
     """Time the frontend's phases by wrapping the functions compile_train calls."""
-    import backends.llvm as L
+    import irgraph.backends.llvm as L
     wrapped = [(ftrain, "trace_with", "trace"), (ftrain, "training_step", "autodiff"),
                (ftrain, "run_pipeline", "passes"), (L, "_scan_rewrites", "passes")]
     saved = []

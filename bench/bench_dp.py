@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_llvm import ours  # noqa: E402  (bench/ is on sys.path when run)
 from machine import describe  # noqa: E402
 
-import frontend as fe  # noqa: E402
-from frontend import distributed as D  # noqa: E402
-from frontend import nn, optim  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import distributed as D  # noqa: E402
+from irgraph.frontend import nn, optim  # noqa: E402
 
 GLOBAL_BATCH = 64
 

@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import frontend as fe  # noqa: E402
-from frontend import nn, optim  # noqa: E402
-from frontend.fit import per_shape  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn, optim  # noqa: E402
+from irgraph.frontend.fit import per_shape  # noqa: E402
 
 
 def model(d_in: int, hidden: int, classes: int):

@@ -28,16 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
 from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
-import backends  # noqa: E402
-import frontend as fe  # noqa: E402
-from frontend import nn, optim  # noqa: E402
+import irgraph.backends as backends  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn, optim  # noqa: E402
 from irgraph import Graph, TensorType  # noqa: E402
 
 THREADS = 2
 
 
 def machine() -> str:
-    from backends.llvm import jit
+    from irgraph.backends.llvm import jit
     _, cpu, feats = jit.host()
     wide = "avx512" if "+avx512f" in feats else ("avx2" if "+avx2" in feats else "sse")
     return describe(f"LLVM target {cpu} ({wide})", f"numpy {np.__version__}")
@@ -190,7 +190,7 @@ def bench_kernels(quick: bool) -> None:
 
 
 def bench_compile() -> None:
-    from backends.llvm import clear_cache
+    from irgraph.backends.llvm import clear_cache
     before = os.environ.get("IRGRAPH_CACHE_DIR")
     with tempfile.TemporaryDirectory() as d:
         os.environ["IRGRAPH_CACHE_DIR"] = d          # a fresh cache root (its llvm/ folder)

@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import backends  # noqa: E402
+import irgraph.backends as backends  # noqa: E402
 from bench_llvm import machine, timeit  # noqa: E402
 from irgraph import Graph, TensorType  # noqa: E402
 

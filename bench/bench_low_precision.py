@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import backends  # noqa: E402
-from backends.llvm import gemm_bf16, jit  # noqa: E402
+import irgraph.backends as backends  # noqa: E402
+from irgraph.backends.llvm import gemm_bf16, jit  # noqa: E402
 from bench.machine import best_of, describe  # noqa: E402
-from frontend import TensorSpec, compile_train, manual_seed, nn, optim  # noqa: E402
+from irgraph.frontend import TensorSpec, compile_train, manual_seed, nn, optim  # noqa: E402
 from irgraph import Graph, TensorType  # noqa: E402
 
 

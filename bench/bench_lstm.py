@@ -26,9 +26,9 @@ pin_threads(THREADS)                    # numpy's BLAS (the reference backend) t
 
 import numpy as np  # noqa: E402
 
-import frontend as fe  # noqa: E402
-from frontend import F, nn, optim  # noqa: E402
-from frontend.rnn import one_hot  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import F, nn, optim  # noqa: E402
+from irgraph.frontend.rnn import one_hot  # noqa: E402
 
 
 class LanguageModel(nn.Module):

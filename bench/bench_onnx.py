@@ -51,7 +51,7 @@ def main() -> None:
     import torch
 
     import onnx_models as om
-    from frontend.onnx import import_onnx
+    from irgraph.frontend.onnx import import_onnx
     torch.set_num_threads(THREADS)
     print(describe(f"torch {torch.__version__}", f"onnxruntime {ort.__version__}",
                    f"{THREADS} threads each"))

@@ -18,12 +18,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
-import backends  # noqa: E402
-import frontend as fe  # noqa: E402
-from frontend import nn  # noqa: E402
-from passes.fold_params import fold_params  # noqa: E402
-from passes.manager import PassManager  # noqa: E402
-from passes.memory import plan_memory  # noqa: E402
+import irgraph.backends as backends  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn  # noqa: E402
+from irgraph.passes.fold_params import fold_params  # noqa: E402
+from irgraph.passes.manager import PassManager  # noqa: E402
+from irgraph.passes.memory import plan_memory  # noqa: E402
 
 BATCH = 16
 

@@ -18,11 +18,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import backends  # noqa: E402
-import frontend as fe  # noqa: E402
-from frontend import nn  # noqa: E402
-from passes.memory import plan_memory  # noqa: E402
-from passes.unroll import bptt, save_states, stored_state_bytes, truncate  # noqa: E402
+import irgraph.backends as backends  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn  # noqa: E402
+from irgraph.passes.memory import plan_memory  # noqa: E402
+from irgraph.passes.unroll import bptt, save_states, stored_state_bytes, truncate  # noqa: E402
 
 from bench_bptt import BATCH, CLASSES, HIDDEN, INPUT, Loss, machine, timed  # noqa: E402
 

@@ -18,9 +18,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 
-import frontend as fe  # noqa: E402
-from frontend import nn, optim  # noqa: E402
-from frontend.train import compile_train  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn, optim  # noqa: E402
+from irgraph.frontend.train import compile_train  # noqa: E402
 
 BATCH, SIZES = 64, (256, 512, 512, 10)
 OPTIMIZERS = {

@@ -26,8 +26,8 @@ pin_threads(THREADS)                    # numpy's BLAS (the reference backend) t
 
 import numpy as np  # noqa: E402
 
-import frontend as fe  # noqa: E402
-from frontend import F, nn, optim  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import F, nn, optim  # noqa: E402
 
 
 def encoder(nnm, d: int, heads: int, ff: int):

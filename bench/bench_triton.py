@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as TF  # noqa: E402
 
-from backends.triton.kernels import conv as ck  # noqa: E402
-from backends.triton.kernels import optim as ok  # noqa: E402
-from backends.triton.kernels.pool import Pool  # noqa: E402
-from backends.triton.runtime import default_device, interpreting  # noqa: E402
+from irgraph.backends.triton.kernels import conv as ck  # noqa: E402
+from irgraph.backends.triton.kernels import optim as ok  # noqa: E402
+from irgraph.backends.triton.kernels.pool import Pool  # noqa: E402
+from irgraph.backends.triton.runtime import default_device, interpreting  # noqa: E402
 from irgraph.ops import pool as pool_ops  # noqa: E402
 
 RESNET_3X3 = [  # (N, C, H, W, O): the 3x3 stride-1 pad-1 layers of ResNet-18/34 stages

@@ -1,9 +1,9 @@
 """The benchmark models built in the DSL, defined once for every script in bench/."""
 from __future__ import annotations
 
-import frontend as fe
-from frontend import nn
-from frontend.layers import BatchNorm2d, Conv2d, MaxPool2d
+import irgraph.frontend as fe
+from irgraph.frontend import nn
+from irgraph.frontend.layers import BatchNorm2d, Conv2d, MaxPool2d
 
 
 def mlp():

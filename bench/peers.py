@@ -38,8 +38,8 @@ LOSS_TOL = 1e-5          # |loss difference| allowed between peers (relative to 
 
 # ---------------------------------------------------------------- the workloads (irgraph)
 def ours_models():
-    import frontend as fe
-    from frontend import nn
+    import irgraph.frontend as fe
+    from irgraph.frontend import nn
 
     class RNNNet(nn.Module):
         def __init__(self):
@@ -94,8 +94,8 @@ def batch(name: str):
 
 
 def irgraph_peer(name: str, model, threads: int | None):
-    import frontend as fe
-    from frontend import nn, optim
+    import irgraph.frontend as fe
+    from irgraph.frontend import nn, optim
     x, y = batch(name)
     opts = {} if threads is None else {"threads": threads}
     if y is None:
@@ -298,7 +298,7 @@ def check_equal(name: str, results: dict) -> str:
 def interference(calls: int) -> None:
     """An MLP forward (784-512-256-10, batch 128) compiled for LLVM alone, with a 256x256
     numpy matmul (numpy's BLAS thread pool) before every call, and alone again after."""
-    import frontend as fe
+    import irgraph.frontend as fe
     fe.manual_seed(0)
     f = fe.compile(ours_models()["mlp"](), fe.TensorSpec((128, 784)), backend="llvm")
     x = np.random.default_rng(0).standard_normal((128, 784)).astype(np.float32)
@@ -385,7 +385,7 @@ def main() -> None:
 
 
 def run_workload(name: str, args, have: dict, cxx):
-    import frontend as fe
+    import irgraph.frontend as fe
     title = WORKLOADS[name][0]
     print(f"\n{title}: compiling ...", flush=True)
     fe.manual_seed(0)

@@ -25,7 +25,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
-from backends.triton import aot  # noqa: E402
+from irgraph.backends.triton import aot  # noqa: E402
 
 
 class _Plugin:

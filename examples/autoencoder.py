@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import frontend as fe  # noqa: E402
-from frontend import nn, optim  # noqa: E402
-from frontend.data import DataLoader, load_digits, split  # noqa: E402
-from frontend.fit import fit  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn, optim  # noqa: E402
+from irgraph.frontend.data import DataLoader, load_digits, split  # noqa: E402
+from irgraph.frontend.fit import fit  # noqa: E402
 
 
 class AutoEncoder(nn.Module):

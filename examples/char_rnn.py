@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import backends  # noqa: E402
-import frontend as fe  # noqa: E402
-from frontend import nn, optim  # noqa: E402
+import irgraph.backends as backends  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn, optim  # noqa: E402
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tiny_corpus.txt")
 

@@ -1,8 +1,8 @@
 """Quick start: define a model in the DSL, print its IR, run it on the reference backend."""
 import numpy as np
 
-import frontend as fe
-from frontend import F, nn
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
 
 
 class MLP(nn.Module):

@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import frontend as fe  # noqa: E402
-from frontend import nn, optim  # noqa: E402
-from frontend.data import load_digits, split  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import nn, optim  # noqa: E402
+from irgraph.frontend.data import load_digits, split  # noqa: E402
 
 METHODS = {
     "Newton (alg. 8.8)": lambda: optim.Newton(damping=1e-3),

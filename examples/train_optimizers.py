@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import frontend as fe  # noqa: E402
-from frontend import init, nn, optim  # noqa: E402
+import irgraph.frontend as fe  # noqa: E402
+from irgraph.frontend import init, nn, optim  # noqa: E402
 
 OPTIMIZERS = {
     "SGD, linear decay": lambda: optim.SGD(lr=optim.LinearDecay(0.5, 0.005, 150)),

@@ -22,10 +22,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, verify
-from passes.autodiff import value_and_grad as _value_and_grad
-from passes.unroll import prepare_bptt
+from irgraph.passes.autodiff import value_and_grad as _value_and_grad
+from irgraph.passes.unroll import prepare_bptt
 
 from .compiler import CompiledFunction, run_pipeline
 from .nn import Module, Parameter

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, GraphRewriter, Node, Value
 from irgraph.interpreter import interpret
 from irgraph.printer import format_node

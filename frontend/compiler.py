@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph
 
 from .nn import Module
@@ -74,7 +74,7 @@ def compile(fn: Callable | Module, *specs: TensorSpec, backend: str = "reference
 
 def run_pipeline(graph: Graph, pipeline, kind: str) -> Graph:
     """Run ``pipeline`` (None: the default for ``kind``; a list or a string of pass names)."""
-    from passes.manager import PassManager, default_pipeline
+    from irgraph.passes.manager import PassManager, default_pipeline
     if pipeline is None:
         pipeline = default_pipeline(kind)
     return PassManager(pipeline, kind=kind).run(graph)     # 'default' in a spec means kind's

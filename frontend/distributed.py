@@ -33,11 +33,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, TensorType, verify
-from passes.autodiff import value_and_grad
-from passes.train import OptimizerSpec, training_step
-from passes.unroll import prepare_bptt
+from irgraph.passes.autodiff import value_and_grad
+from irgraph.passes.train import OptimizerSpec, training_step
+from irgraph.passes.unroll import prepare_bptt
 
 from .compiler import _param_names, run_pipeline
 from .nn import Module

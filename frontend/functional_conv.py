@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from irgraph.ops.conv_geometry import out_size
-from passes.autodiff.rules_conv import repeat_tiles
+from irgraph.passes.autodiff.rules_conv import repeat_tiles
 
 from .tracing import Tensor
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from passes.train import OptimizerSpec
+from irgraph.passes.train import OptimizerSpec
 
 from .nn import Module, Parameter
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import passes.unroll  # noqa: F401  (registers the BPTT passes: unroll, bptt, save_states)
+import irgraph.passes.unroll  # noqa: F401  (registers the BPTT passes: unroll, bptt, save_states)
 from irgraph import verify
 
 from . import functional as F

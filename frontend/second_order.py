@@ -23,10 +23,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph
-from passes.autodiff import value_and_grad
-from passes.autodiff.higher import hessian
+from irgraph.passes.autodiff import value_and_grad
+from irgraph.passes.autodiff.higher import hessian
 
 from .nn import Parameter
 

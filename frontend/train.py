@@ -27,9 +27,9 @@ from typing import Callable
 
 import numpy as np
 
-import backends
+import irgraph.backends as backends
 from irgraph.checkpoint import CheckpointReader, write
-from passes.train import TrainStep, training_step
+from irgraph.passes.train import TrainStep, training_step
 
 from .compiler import _param_names, run_pipeline
 from .nn import Module, Parameter
@@ -211,8 +211,8 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
     scaling = None
     if autocast is not None:
         from irgraph.types import canonical_dtype
-        from passes.autocast import autocast as _autocast
-        from passes.train import LossScaling
+        from irgraph.passes.autocast import autocast as _autocast
+        from irgraph.passes.train import LossScaling
         low = canonical_dtype(autocast)
         if getattr(optimizer, "host_side", False):
             raise NotImplementedError("autocast: with an optimizer compiled into the step")

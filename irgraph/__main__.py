@@ -1,4 +1,4 @@
 """``python -m irgraph``: the irgraph command (frontend/cli); the one application entry point."""
-from frontend.cli import main
+from irgraph.frontend.cli import main
 
 raise SystemExit(main())

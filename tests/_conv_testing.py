@@ -7,10 +7,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-import frontend as fe
-from frontend import F
+import irgraph.frontend as fe
+from irgraph.frontend import F
 from irgraph.interpreter import interpret
-from passes.autodiff import grad
+from irgraph.passes.autodiff import grad
 
 
 def ours(fn: Callable, arrays: Sequence[np.ndarray], ct: np.ndarray | None = None,

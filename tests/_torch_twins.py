@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import backends
-import frontend as fe
-from passes.autodiff import value_and_grad
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.passes.autodiff import value_and_grad
 
 
 def mix(outs):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import F, nn
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
 
 from _torch_twins import check
 

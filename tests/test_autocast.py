@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from frontend import TensorSpec, compile, compile_train, manual_seed, nn, optim
-from frontend.data import load_digits
+from irgraph.frontend import TensorSpec, compile, compile_train, manual_seed, nn, optim
+from irgraph.frontend.data import load_digits
 
 B = 64
 

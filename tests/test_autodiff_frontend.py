@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import F, nn
-from frontend.nn import Parameter
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
+from irgraph.frontend.nn import Parameter
 
 S3 = fe.TensorSpec((3,), "float64")
 RNG = np.random.default_rng(0)

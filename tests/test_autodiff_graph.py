@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
+import irgraph.frontend as fe
 import irgraph
-from frontend import F, nn
+from irgraph.frontend import F, nn
 from irgraph import Graph, IRError, TensorType, verify
 from irgraph.interpreter import interpret
-from passes.autodiff import VJP_RULES, grad, value_and_grad, vjp
+from irgraph.passes.autodiff import VJP_RULES, grad, value_and_grad, vjp
 
 F32 = "float32"
 

@@ -10,7 +10,7 @@ import torch
 import irgraph
 from irgraph import Graph, IRError, TensorType, verify
 from irgraph.interpreter import interpret
-from passes.autodiff import grad, hessian, hvp, jacobian
+from irgraph.passes.autodiff import grad, hessian, hvp, jacobian
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((4, 3))
@@ -200,8 +200,8 @@ def test_jacobian_of_the_gradient_graph_is_the_hessian():
 
 def test_hvp_through_convolution_and_pooling_matches_torch():
     """Second order through the chapter 9 ops' rules: a small CNN's loss, torch's hvp."""
-    import frontend as fe
-    from frontend import F
+    import irgraph.frontend as fe
+    from irgraph.frontend import F
     rng = np.random.default_rng(5)
     xv = rng.standard_normal((2, 2, 6, 6))
     kv, lv = rng.standard_normal((3, 2, 3, 3)) * 0.4, rng.standard_normal((4, 27)) * 0.3

@@ -16,7 +16,7 @@ import pytest
 import irgraph
 from irgraph import Graph, IRError, TensorType
 from irgraph.interpreter import interpret
-from passes.autodiff import VJP_RULES, vjp
+from irgraph.passes.autodiff import VJP_RULES, vjp
 from tests.samples import Case, all_samples
 
 SAMPLES = all_samples()

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import frontend as fe
+import irgraph.frontend as fe
 import irgraph
-from frontend import F, nn
+from irgraph.frontend import F, nn
 from irgraph.interpreter import interpret
-from passes.autodiff import grad, vjp
+from irgraph.passes.autodiff import grad, vjp
 from tests._conv_testing import compare, ours, rand
 
 

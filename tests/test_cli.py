@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import frontend as fe
+import irgraph.frontend as fe
 import irgraph
-from backends.llvm import lowering as llvm_lowering
-from backends.llvm import ops_core, scalar
-from backends.llvm.elementwise import elementwise
-from frontend import F
-from frontend.check import find_divergence, node_differences, observe
-from frontend.cli import main
+from irgraph.backends.llvm import lowering as llvm_lowering
+from irgraph.backends.llvm import ops_core, scalar
+from irgraph.backends.llvm.elementwise import elementwise
+from irgraph.frontend import F
+from irgraph.frontend.check import find_divergence, node_differences, observe
+from irgraph.frontend.cli import main
 from irgraph.interpreter import interpret
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def test_demo_end_to_end(tmp_path):
     graph, weights = irgraph.load(out / "model")
     assert "batch_norm" not in [n.op for n in graph.nodes]
     x = np.load(out / "heldout_inputs.npz", allow_pickle=False)[graph.inputs[0].name]
-    from frontend.data import load_digits, split
+    from irgraph.frontend.data import load_digits, split
     _, labels = load_digits()
     _, te = split(len(labels), 0.2, seed=0)
     (logits,) = interpret(graph, [x] + [weights[p.name] for p in graph.params])
@@ -87,7 +87,7 @@ def test_demo_end_to_end(tmp_path):
 
 # ---------------------------------------------------------------- show, run, check on files
 MODEL = textwrap.dedent("""\
-    from frontend import F, nn
+    from irgraph.frontend import F, nn
 
 
     class Net(nn.Module):

@@ -10,13 +10,13 @@ import re
 import numpy as np
 import pytest
 
-import backends
-import frontend as fe
+import irgraph.backends as backends
+import irgraph.frontend as fe
 import irgraph
-from backends import llvm
-from backends.llvm import jit
-from backends.llvm.module import KERNEL_PREFIX
-from frontend import F, nn, optim
+from irgraph.backends import llvm
+from irgraph.backends.llvm import jit
+from irgraph.backends.llvm.module import KERNEL_PREFIX
+from irgraph.frontend import F, nn, optim
 from irgraph import Graph, TensorType
 from tests.golden import NAMES, load
 
@@ -88,7 +88,7 @@ def test_a_rolled_recurrence_has_the_same_kernels_at_any_length():
 
 
 def test_default_training_rolls_all_but_the_shortest_recurrences():
-    from passes.unroll import DEFAULT_THRESHOLD
+    from irgraph.passes.unroll import DEFAULT_THRESHOLD
     assert DEFAULT_THRESHOLD < 16
     assert not any(n.op == "scan" for n in rnn_step(DEFAULT_THRESHOLD)[1].graph.nodes)
     assert any(n.op == "scan" for n in rnn_step(16)[1].graph.nodes)

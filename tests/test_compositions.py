@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import frontend as fe
-from frontend import F, nn
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
 
 X = np.array([[-80.0, -20.5, -3.0, -1.0, -0.25, 0.0], [0.25, 1.0, 3.0, 20.5, 40.0, 90.0]],
              np.float32)

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import frontend as fe
-from frontend import F
+import irgraph.frontend as fe
+from irgraph.frontend import F
 from irgraph.ops.core import normalize_axes, wrap_dim
 
 BACKENDS = ["reference", "llvm", "triton"]

@@ -9,7 +9,7 @@ and torch.autograd, on the reference and LLVM backends; a few samples of each op
 """
 import pytest
 
-from backends.triton import KERNELS
+from irgraph.backends.triton import KERNELS
 from tests.conformance import harness as H
 from tests.conformance import opinfo_map as M
 from tests.conformance import summary

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import backends
-import frontend as fe
-from frontend import nn
-from passes.autodiff import value_and_grad
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import nn
+from irgraph.passes.autodiff import value_and_grad
 
 
 class Stack(nn.Module):

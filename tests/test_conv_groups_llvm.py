@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, TensorType
-from passes.autodiff import vjp
+from irgraph.passes.autodiff import vjp
 
 
 def _conv_vjp(xs, ws, stride, padding, groups, dtype):

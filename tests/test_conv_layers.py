@@ -7,10 +7,10 @@ import numpy as np
 import torch
 import torch.nn.functional as TF
 
-import frontend as fe
-from frontend import F, nn
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
 from irgraph.interpreter import interpret
-from passes.autodiff import grad
+from irgraph.passes.autodiff import grad
 from tests._conv_testing import forward, rand
 
 

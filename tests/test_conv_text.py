@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import frontend as fe
+import irgraph.frontend as fe
 import irgraph
-from frontend import F
+from irgraph.frontend import F
 from irgraph import TensorType
 from irgraph.interpreter import interpret
-from passes.autodiff import grad, vjp
+from irgraph.passes.autodiff import grad, vjp
 from tests._conv_testing import forward as F_run, ours, rand
 
 

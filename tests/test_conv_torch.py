@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import frontend as fe
-from frontend import F, nn
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
 from tests._conv_testing import compare, rand
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")

@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 
-import frontend as fe
-from frontend import nn, optim
-from frontend.data import DataLoader, load_digits, split
-from frontend.fit import Callback, EarlyStopping, History, fit, per_shape
+import irgraph.frontend as fe
+from irgraph.frontend import nn, optim
+from irgraph.frontend.data import DataLoader, load_digits, split
+from irgraph.frontend.fit import Callback, EarlyStopping, History, fit, per_shape
 
 
 def test_loader_partial_last_batch_covers_every_example_once():

@@ -14,10 +14,10 @@ import multiprocessing
 import numpy as np
 import pytest
 
-import frontend as fe
-from frontend import distributed as D
-from frontend import nn, optim
-from frontend.layers import BatchNorm1d
+import irgraph.frontend as fe
+from irgraph.frontend import distributed as D
+from irgraph.frontend import nn, optim
+from irgraph.frontend.layers import BatchNorm1d
 
 P, B, STEPS, RESUME_AT = 2, 8, 4, 2
 X1 = fe.TensorSpec((B // P, 3))           # one process's shard of 2

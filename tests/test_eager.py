@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import F, nn
-from frontend.tracing import Tensor
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
+from irgraph.frontend.tracing import Tensor
 
 RNG = np.random.default_rng(0)
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import backends
-import frontend as fe
-from frontend import F
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import F
 from irgraph import Graph, TensorType
 
 BACKENDS = ("reference", "llvm", "triton")

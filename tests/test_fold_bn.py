@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import nn, optim
+import irgraph.frontend as fe
+from irgraph.frontend import nn, optim
 from irgraph import Graph, TensorType
 from irgraph.interpreter import interpret
-from passes.fold_bn import fold_bn
-from passes.fold_params import fold_params
-from passes.manager import PassManager
+from irgraph.passes.fold_bn import fold_bn
+from irgraph.passes.fold_params import fold_params
+from irgraph.passes.manager import PassManager
 
 RNG = np.random.default_rng(0)
 
@@ -199,7 +199,7 @@ def test_cnn_trained_with_batch_norm_predicts_the_same_after_folding():
 def test_fold_bn_weights_returns_the_new_weights():
     """The weights-dict form: conv (O=4) + BN folded by hand, w' = w s, b' = (b - m) s + beta
     with s = gamma / sqrt(var + eps) (eq. 8.35 with running statistics)."""
-    from passes.fold_bn import fold_bn_weights
+    from irgraph.passes.fold_bn import fold_bn_weights
     fe.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4)).eval()
     bn = model[1]

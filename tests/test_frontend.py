@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
+import irgraph.frontend as fe
 import irgraph
-from frontend import F, nn
+from irgraph.frontend import F, nn
 from irgraph import IRError
 
 HERE = "test_frontend.py"

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
+import irgraph.frontend as fe
 import irgraph
-from frontend import F, nn
+from irgraph.frontend import F, nn
 from irgraph import Graph, TensorType
 from irgraph.interpreter import interpret
-from passes.autodiff import grad
-from passes.fusion import fuse
-from passes.manager import PassManager
+from irgraph.passes.autodiff import grad
+from irgraph.passes.fusion import fuse
+from irgraph.passes.manager import PassManager
 
 RNG = np.random.default_rng(0)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import backends
-import frontend as fe
-from frontend import F, TensorSpec, nn
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import F, TensorSpec, nn
 from irgraph import Graph, TensorType
 from irgraph.errors import RuntimeDataError
 

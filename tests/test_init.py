@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import init, nn
+import irgraph.frontend as fe
+from irgraph.frontend import init, nn
 
 
 def gen(seed: int = 0) -> np.random.Generator:

@@ -237,7 +237,7 @@ def test_save_load_round_trip(tmp_path):
     for k in w:
         assert w2[k].dtype == w[k].dtype
         np.testing.assert_array_equal(w2[k], w[k])
-    import backends
+    import irgraph.backends as backends
     x = np.ones((4, 3), np.float32)
     for a, b in zip(backends.compile(g)(x, w["fc.weight"], w["fc.bias"]),
                     backends.compile(g2)(x, w2["fc.weight"], w2["fc.bias"])):
@@ -396,7 +396,7 @@ def test_interpreter_errors_name_the_node_and_location():
 
 
 def test_backend_executable_validates_params_by_name():
-    import backends
+    import irgraph.backends as backends
     exe = backends.compile(mlp(), "reference")
     w = _weights()
     with pytest.raises(ValueError, match=r"argument %fc\.bias has shape \(4,\), expected \(5,\)"):

@@ -6,12 +6,12 @@ import warnings
 import numpy as np
 import pytest
 
-import backends
-import frontend as fe
-from frontend import F, nn, optim
-from frontend.data import DataLoader
-from frontend.fit import fit, per_shape
-from frontend.jit import CacheInfo, RecompileWarning
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn, optim
+from irgraph.frontend.data import DataLoader
+from irgraph.frontend.fit import fit, per_shape
+from irgraph.frontend.jit import CacheInfo, RecompileWarning
 
 RNG = np.random.default_rng(1)
 

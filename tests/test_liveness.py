@@ -8,7 +8,7 @@ import numpy as np
 from irgraph import Graph, TensorType, parse
 from irgraph.interpreter import interpret
 from irgraph.liveness import last_reads, last_uses, live_intervals, subgraphs
-from passes.memory import liveness
+from irgraph.passes.memory import liveness
 
 
 def small() -> Graph:

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-import backends
-from backends import llvm
-from backends.llvm import NativeError
+import irgraph.backends as backends
+from irgraph.backends import llvm
+from irgraph.backends.llvm import NativeError
 from irgraph import Graph, IRError, TensorType
 from tests.helpers import run_guarded
 
@@ -398,13 +398,13 @@ def test_every_lowering_split_across_threads(name, monkeypatch):
     """Tiny nodes normally run on one thread; here every node (and every scan step) is split
     across 3 threads with barriers between nodes, as stored and with fused regions, and
     must still match the reference."""
-    from backends.llvm import module, workers
+    from irgraph.backends.llvm import module, workers
     from tests.golden import load
     monkeypatch.setattr(module, "SMALL", 0)
     monkeypatch.setattr(module, "SERIAL_FLOPS", 0)
     monkeypatch.setattr(workers, "PARALLEL_FLOPS", 0)
     monkeypatch.setattr(workers, "PARALLEL_BYTES", 0)
-    from passes.manager import PassManager
+    from irgraph.passes.manager import PassManager
     graph, args, expect = load(name)
     for g in (graph, PassManager(["simplify", "fuse"]).run(graph)):
         got = backends.compile(g, "llvm", threads=3, cache=False)(*[a.copy() for a in args])
@@ -423,8 +423,8 @@ def test_conv2d_and_its_gradients_match_torch(stride, padding, dilation, groups,
     odd sizes, asymmetric padding (applied to torch's input with F.pad). The gradients of
     small convolutions use dot products / row updates, of big ones the GEMM: both run."""
     import torch
-    from backends.llvm import ops_conv
-    from passes.autodiff import vjp
+    from irgraph.backends.llvm import ops_conv
+    from irgraph.passes.autodiff import vjp
     if path == "gemm":
         monkeypatch.setattr(ops_conv, "DOT_LIMIT", 0)
         monkeypatch.setattr(ops_conv, "AXPY_LIMIT", 0)
@@ -462,7 +462,7 @@ def test_direct_stride1_conv_and_gradients_match_torch(dims, padding, dilation, 
     shifted dot products): 1-, 2- and 3-D, groups, dilation, asymmetric padding, float64,
     inside guarded buffers, against torch and autograd."""
     import torch
-    from passes.autodiff import vjp
+    from irgraph.passes.autodiff import vjp
     d = len(dims)
     kernel = (3, 2, 3)[:d]
     x = RNG.standard_normal((3, 4) + dims).astype(dtype)
@@ -508,7 +508,7 @@ def test_random_conv_geometries_and_gradients_match_the_reference(xs, ws, stride
     each geometry takes (direct grid, flipped or scattered input gradient, im2col + GEMM,
     dot products, row updates), on 2 threads inside guarded buffers, against the
     reference backend."""
-    from passes.autodiff import vjp
+    from irgraph.passes.autodiff import vjp
     x = RNG.standard_normal(xs).astype(np.float32)
     w = RNG.standard_normal(ws).astype(np.float32)
     g = one("conv", TensorType(xs), TensorType(ws), stride=stride, padding=padding,
@@ -578,7 +578,7 @@ def test_fused_epilogue_regions_read_transposed_operands_in_place():
     """After the fusion pass, x @ W^T + b -> relu is one epilogue region: W^T still reaches
     the GEMM as swapped strides (the transpose is not run), on 1 and 2 threads; a transpose
     another region also reads still runs for that one."""
-    from passes.fusion import fuse
+    from irgraph.passes.fusion import fuse
     g = Graph("fmm")
     x, w = g.add_input("x", TensorType((9, 7))), g.add_input("w", TensorType((13, 7)))
     bias = g.add_input("b", TensorType((13,)))
@@ -604,7 +604,7 @@ def test_avx512_hosts_ask_for_512_bit_vectors():
     """LLVM prefers 256-bit vectors unless a function says otherwise: on an AVX-512 host every
     function of the module gets "prefer-vector-width"="512" (and the IR still parses)."""
     import llvmlite.binding as lb
-    from backends.llvm import jit
+    from irgraph.backends.llvm import jit
     text = backends.compile(one("add", TensorType((4,)), TensorType((4,))), "llvm").llvm_ir()
     wide = jit._with_vector_width(text, "+sse2,+avx2,+avx512f")
     defines = [ln for ln in wide.splitlines() if ln.startswith("define")]
@@ -660,7 +660,7 @@ def test_native_workers_across_executables_threads_sleep_and_fork(monkeypatch):
     import select
     import time
     from concurrent.futures import ThreadPoolExecutor
-    from backends.llvm import workers
+    from irgraph.backends.llvm import workers
     monkeypatch.setattr(workers, "PARALLEL_FLOPS", 0)     # small: split all the same
     exes = [backends.compile(one("matmul", TensorType((m, 64)), TensorType((64, 48))), "llvm",
                              threads=2, cache=False) for m in (30, 31, 32)]

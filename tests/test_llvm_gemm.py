@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, TensorType
 
 from tests.helpers import run_guarded
@@ -45,7 +45,7 @@ def test_gemm_every_operand_layout_matches_numpy(m, k, n, ta, tb, dtype):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gemm_strips_past_one_kc_and_mc_block(threads):
     """M past MC, K past KC, N past NC: every blocking loop takes more than one step."""
-    from backends.llvm.gemm import KC, MC, NC
+    from irgraph.backends.llvm.gemm import KC, MC, NC
     m, k, n = MC + 7, KC + 5, NC + 19
     exe = backends.compile(_graph(m, k, n, False, True, "float32"), "llvm", threads=threads)
     a = RNG.standard_normal((m, k)).astype(np.float32)
@@ -100,7 +100,7 @@ def test_conv_kernel_grad_through_the_gemm_matches_torch(threads):
     """Eq. 9.11 for LeNet's second convolution (dW block 16 x 150, past DOT_LIMIT: one
     accumulating GEMM per image) vs torch's weight gradient."""
     import torch
-    from backends.llvm.ops_conv import DOT_LIMIT
+    from irgraph.backends.llvm.ops_conv import DOT_LIMIT
     assert 16 * 6 * 25 > DOT_LIMIT
     attrs = dict(stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
                  kernel_size=(5, 5))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+import irgraph.backends as backends
 from tests.golden import NAMES, load
 
 
@@ -37,7 +37,7 @@ def test_golden_as_stored(name, threads):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_golden_after_default_pipeline(name):
-    from passes.manager import PassManager, default_pipeline
+    from irgraph.passes.manager import PassManager, default_pipeline
     graph, args, expect = load(name)
     kind = "training" if name.endswith("_train") else "inference"
     optimized = PassManager(default_pipeline(kind)).run(graph)
@@ -48,7 +48,7 @@ def test_golden_after_default_pipeline(name):
 def test_golden_with_fused_regions(name):
     """After passes/fusion.py: elementwise regions and epilogue tails run as single loop
     nests; a reduction region's prologue is computed inside the reduction loop."""
-    from passes.manager import PassManager
+    from irgraph.passes.manager import PassManager
     graph, args, expect = load(name)
     fused = PassManager(["simplify", "fuse"]).run(graph)
     assert any(n.op == "fused" for n in fused.nodes)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
-from backends.llvm import NativeError
+import irgraph.backends as backends
+from irgraph.backends.llvm import NativeError
 from irgraph import Graph, TensorType
 from irgraph.interpreter import interpret
 

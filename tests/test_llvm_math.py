@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, TensorType
 
 F32_MAX = float(np.finfo(np.float32).max)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+import irgraph.backends as backends
 import irgraph
-from backends.llvm import LOWERINGS, UNLOWERABLE
+from irgraph.backends.llvm import LOWERINGS, UNLOWERABLE
 from irgraph import Graph, IRError, TensorType
-from passes.autodiff import vjp
+from irgraph.passes.autodiff import vjp
 from tests.samples import Case, all_samples
 
 SAMPLES = all_samples()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, TensorType
 from irgraph.interpreter import interpret
 from tests.samples.recurrence import counter, nested, two_carries

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-import backends
-from backends.llvm.workers import ThreadChoice
+import irgraph.backends as backends
+from irgraph.backends.llvm.workers import ThreadChoice
 from irgraph import Graph, TensorType
 
 
@@ -135,7 +135,7 @@ def test_workers_recover_after_a_long_idle(threads):
 
 def test_only_work_worth_a_barrier_is_split():
     """The registry's cost decides: 2*M*K*N flops for a matmul, bytes moved for the rest."""
-    from backends.llvm.workers import PARALLEL_BYTES, PARALLEL_FLOPS, worth_parallel
+    from irgraph.backends.llvm.workers import PARALLEL_BYTES, PARALLEL_FLOPS, worth_parallel
     assert (PARALLEL_FLOPS, PARALLEL_BYTES) == (1_000_000, 512 * 1024)
 
     def node(op, *shapes, **attrs):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, TensorType, parse, serialize
 from irgraph.interpreter import interpret
-from passes.autodiff import vjp
+from irgraph.passes.autodiff import vjp
 from tests.samples import low_precision_samples
 
 LOW = ["float16", "bfloat16"]
@@ -99,8 +99,8 @@ def test_round_to_nearest_even_worked_by_hand():
 
 
 def test_frontend_promotion_as_pytorch():
-    from frontend import TensorSpec, trace
-    from frontend import functional as F
+    from irgraph.frontend import TensorSpec, trace
+    from irgraph.frontend import functional as F
 
     cases = [("float16", "bfloat16", "float32"), ("bfloat16", "float32", "float32"),
              ("float16", "float64", "float64"), ("int32", "bfloat16", "bfloat16"),
@@ -319,7 +319,7 @@ def _check_gemm(g, args, got):
 
 
 def test_bf16_gemm_uses_vdpbf16ps_where_the_host_has_it():
-    from backends.llvm import gemm_bf16, jit
+    from irgraph.backends.llvm import gemm_bf16, jit
     g, args = _gemm_graph()
     has = gemm_bf16.supported(jit.host()[2])
     assert has == ("+avx512bf16" in jit.host()[2].split(",")
@@ -331,7 +331,7 @@ def test_bf16_gemm_uses_vdpbf16ps_where_the_host_has_it():
 
 
 def test_bf16_gemm_falls_back_to_widening_without_the_feature(monkeypatch):
-    from backends.llvm import gemm_bf16
+    from irgraph.backends.llvm import gemm_bf16
     monkeypatch.setattr(gemm_bf16, "ENABLED", False)
     g, args = _gemm_graph()
     assert not any(gemm_bf16.native(n) for n in g.nodes)
@@ -341,7 +341,7 @@ def test_bf16_gemm_falls_back_to_widening_without_the_feature(monkeypatch):
 
 
 def test_bf16_gemm_rule():
-    from backends.llvm import gemm_bf16
+    from irgraph.backends.llvm import gemm_bf16
     assert gemm_bf16.supported("+avx512f,+avx512bf16,+avx2")
     assert not gemm_bf16.supported("+avx512f,-avx512bf16")
     assert not gemm_bf16.supported("+avx512bf16,-avx512f")

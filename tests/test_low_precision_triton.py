@@ -9,11 +9,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import backends
-from backends.triton.kernels import elementwise as ew
-from backends.triton.runtime import View, default_device, to_device, to_host
+import irgraph.backends as backends
+from irgraph.backends.triton.kernels import elementwise as ew
+from irgraph.backends.triton.runtime import View, default_device, to_device, to_host
 from irgraph import Graph, TensorType
-from passes.fusion import fuse
+from irgraph.passes.fusion import fuse
 
 LOW = ["float16", "bfloat16"]
 EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
@@ -225,8 +225,8 @@ def test_matmul_on_16_bit_operands_vs_float64():
 def test_train_step_with_autocast_matches_reference():
     """compile_train(autocast='bf16') on Triton: one SGD step of an MLP gives the reference
     backend's loss and weights (16-bit matmuls, float32 master weights)."""
-    import frontend as fe
-    from frontend import nn, optim
+    import irgraph.frontend as fe
+    from irgraph.frontend import nn, optim
     x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 3, 8).astype(np.int64)
     res = {}

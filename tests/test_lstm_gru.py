@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import backends
-import frontend as fe
-from frontend import init, nn, optim
-from passes.unroll import bptt
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import init, nn, optim
+from irgraph.passes.unroll import bptt
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
 

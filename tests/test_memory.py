@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import frontend as fe
-from frontend import nn, optim
+import irgraph.frontend as fe
+from irgraph.frontend import nn, optim
 from irgraph import Graph, TensorType
 from irgraph.interpreter import interpret
-from passes.manager import PassManager
-from passes.memory import liveness, plan_memory
+from irgraph.passes.manager import PassManager
+from irgraph.passes.memory import liveness, plan_memory
 from tests.helpers import run_with_plan
 
 

@@ -8,12 +8,12 @@ import inspect
 import numpy as np
 import pytest
 
-import backends
-import frontend as fe
-from frontend import F, nn, optim
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn, optim
 from irgraph import Graph, TensorType
 from irgraph.ops.debug import NonFiniteError
-from passes.manager import PassManager
+from irgraph.passes.manager import PassManager
 
 SPEC = fe.TensorSpec((2, 3))
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import F, nn
-from passes.fusion import fuse
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
+from irgraph.passes.fusion import fuse
 
 from _torch_twins import check
 

@@ -19,8 +19,8 @@ import pytest
 
 from onnx.backend.test import BackendTest
 
-from frontend.onnx import OnnxImportError
-from frontend.onnx.backend import backend_for
+from irgraph.frontend.onnx import OnnxImportError
+from irgraph.frontend.onnx.backend import backend_for
 
 OPERATORS = ("conv", "convtranspose", "maxpool", "averagepool", "lppool", "globalaveragepool",
              "globalmaxpool", "batchnorm", "rnn", "gru", "lstm", "gemm", "matmul", "softmax",
@@ -104,7 +104,7 @@ def test_every_operator_has_node_tests(node_tests):
 
 
 def test_excluded_cases_are_refused_at_import(node_tests):
-    from frontend.onnx import import_onnx
+    from irgraph.frontend.onnx import import_onnx
     _, excluded = _split(node_tests)
     assert excluded
     for c in node_tests:

@@ -16,10 +16,10 @@ import torch
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-import backends
-import frontend as fe
-from frontend import nn
-from frontend.onnx import OnnxExportError, OnnxImportError, export_onnx, import_onnx
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import nn
+from irgraph.frontend.onnx import OnnxExportError, OnnxImportError, export_onnx, import_onnx
 
 import onnx_models as om
 
@@ -79,7 +79,7 @@ def _weights(model, graph):
 @pytest.mark.parametrize("make", [_mlp, _cnn, _rnn], ids=["mlp", "cnn_bn", "rnn"])
 @pytest.mark.parametrize("fold", [False, True], ids=["bn", "folded"])
 def test_round_trip(make, fold):
-    from passes.fold_bn import fold_bn_weights
+    from irgraph.passes.fold_bn import fold_bn_weights
     fe.manual_seed(0)
     model, shape = make()
     graph = fe.trace(model, fe.TensorSpec(shape))

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import backends
-import frontend as fe
-from frontend import F
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import F
 from irgraph import Graph, TensorType
 from tests.samples.core import SAMPLES
 

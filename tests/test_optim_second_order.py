@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-import frontend as fe
-from frontend import F, nn, optim
-from frontend.second_order import BFGS, LBFGS, ConjugateGradient, Newton
-from frontend.train import compile_train
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn, optim
+from irgraph.frontend.second_order import BFGS, LBFGS, ConjugateGradient, Newton
+from irgraph.frontend.train import compile_train
 
 N = 8
 EIGS = np.array([1.0, 1.0, 3.0, 3.0, 3.0, 7.0, 7.0, 12.0])   # k = 4 distinct eigenvalues

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
-import frontend as fe
-from frontend import F, nn, optim
-from frontend.train import compile_train
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn, optim
+from irgraph.frontend.train import compile_train
 
 D, H, O, N, STEPS = 3, 5, 2, 7, 22
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import nn, optim
-from frontend.train import compile_train
+import irgraph.frontend as fe
+from irgraph.frontend import nn, optim
+from irgraph.frontend.train import compile_train
 
 D, H, C, N, STEPS = 4, 6, 3, 8, 20
 

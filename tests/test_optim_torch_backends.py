@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import backends
-import frontend as fe
-from frontend import nn, optim
-from frontend.train import compile_train
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import nn, optim
+from irgraph.frontend.train import compile_train
 
 from test_optim_torch import CASES, compare
 

@@ -6,7 +6,7 @@ import pytest
 
 from irgraph import Graph, TensorType
 from irgraph.interpreter import interpret
-from passes.fold_params import fold_params
+from irgraph.passes.fold_params import fold_params
 
 
 def dense() -> Graph:

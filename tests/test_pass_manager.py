@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 
-import frontend as fe
-from frontend import nn
+import irgraph.frontend as fe
+from irgraph.frontend import nn
 from irgraph import Graph, TensorType
-from passes.manager import (PassError, PassManager, all_passes, default_pipeline, get_pass,
+from irgraph.passes.manager import (PassError, PassManager, all_passes, default_pipeline, get_pass,
                             parse_pipeline, register_pass)
 
 
@@ -124,7 +124,7 @@ def test_errors_name_the_failing_pass_and_those_that_ran(bad, msg):
 
 
 def test_register_a_new_pass_and_use_it_by_name(monkeypatch):
-    from passes import manager
+    from irgraph.passes import manager
     monkeypatch.setattr(manager, "_PASSES", dict(manager._PASSES))   # restored afterwards
 
     @register_pass("test_rename_graph")
@@ -153,7 +153,7 @@ def test_compile_takes_the_pipeline_option():
 def test_default_in_a_pipeline_spec_means_the_preset_of_its_kind():
     """compile_train's run_pipeline(graph, "default, ...", "training") must not fold or
     strip batch norms: only the inference preset does."""
-    from frontend.compiler import run_pipeline
+    from irgraph.frontend.compiler import run_pipeline
     g = Graph("bn")
     x = g.add_input("x", TensorType((4, 3)))
     ps = [g.add_param(n, TensorType((3,))) for n in ("g", "b", "m", "v")]

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import backends
+import irgraph.backends as backends
 import irgraph
 from irgraph.interpreter import interpret
 from irgraph.ops.debug import NonFiniteError
-from passes.fold_params import fold_params
-from passes.manager import PassManager, all_passes
-from passes.memory import plan_memory
+from irgraph.passes.fold_params import fold_params
+from irgraph.passes.manager import PassManager, all_passes
+from irgraph.passes.memory import plan_memory
 from tests.random_graphs import random_args, random_graph
 from tests.helpers import run_with_plan
 

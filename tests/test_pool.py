@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import frontend as fe
-from frontend import F, nn
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
 from tests._conv_testing import compare, forward, ours, rand
 
 

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-import backends
-import frontend as fe
-from frontend import F, TensorSpec, nn, optim
-from frontend.random import Generator, default_generator
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import F, TensorSpec, nn, optim
+from irgraph.frontend.random import Generator, default_generator
 from irgraph import Graph, IRError, TensorType
 from irgraph.ops.random import philox4x32
 

@@ -90,7 +90,7 @@ def test_cost_is_non_negative_ints(op, i, case):
 @pytest.mark.parametrize("op,i,case", CASES, ids=IDS)
 def test_interpreter_runs_each_sample(op, i, case):
     """The verified one-node graph runs on the reference backend with the kernel's result."""
-    import backends
+    import irgraph.backends as backends
     g = build(op, case)
     irgraph.verify(g)
     got = backends.compile(g, "reference")(*case.inputs)

@@ -36,10 +36,10 @@ def test_ops_with_is_the_intersection():
 
 
 def test_pass_and_backend_tables_are_registry_queries():
-    from backends.llvm.executable import FALLIBLE_OPS
-    from passes.analysis import COMMUTATIVE, CONST_SOURCES, EFFECT_OPS
-    from passes.fusion import ELEMENTWISE, REDUCTIONS
-    from passes.memory import INPLACE_OPS, VIEW_OPS
+    from irgraph.backends.llvm.executable import FALLIBLE_OPS
+    from irgraph.passes.analysis import COMMUTATIVE, CONST_SOURCES, EFFECT_OPS
+    from irgraph.passes.fusion import ELEMENTWISE, REDUCTIONS
+    from irgraph.passes.memory import INPLACE_OPS, VIEW_OPS
     assert ELEMENTWISE == ops_with("elementwise")
     assert REDUCTIONS == ops_with("reduction")
     assert INPLACE_OPS == ops_with("inplace")
@@ -133,8 +133,8 @@ def test_constant_ops_take_no_inputs_and_effects_are_few():
 
 # ---------------------------------------------------------------- the Triton elementwise table
 def test_triton_table_is_the_registry_elementwise_ops():
-    from backends.triton import codegen
-    from backends.triton.kernels import elementwise as ew
+    from irgraph.backends.triton import codegen
+    from irgraph.backends.triton.kernels import elementwise as ew
     handled = set(ew.UNARY + ew.BINARY + ew.TERNARY) - {"copy"}
     assert handled | set(codegen._PASS_THROUGH) == ops_with("elementwise")
     assert set(ew.FLOAT_ONLY) == ops_with("float_only") & handled
@@ -145,8 +145,8 @@ def test_triton_table_is_the_registry_elementwise_ops():
 def test_triton_elementwise_raises_for_an_op_it_does_not_handle(monkeypatch):
     import torch
 
-    from backends.triton.kernels import elementwise as ew
-    from backends.triton.runtime import View
+    from irgraph.backends.triton.kernels import elementwise as ew
+    from irgraph.backends.triton.runtime import View
     x = torch.arange(4, dtype=torch.float32)
     with pytest.raises(ValueError, match="elementwise op 'cube' does not take 1 input"):
         ew.elementwise("cube", (4,), "float32", [View.of((4,))], ["float32"], "cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+import irgraph.backends as backends
 from examples.char_rnn import CORPUS, train_and_generate
 
 

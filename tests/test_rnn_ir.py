@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import frontend as fe
+import irgraph.frontend as fe
 from irgraph import Graph, IRError, TensorType, parse, verify
 from irgraph.interpreter import ExecutionError, interpret
-from passes.autodiff import grad
+from irgraph.passes.autodiff import grad
 from tests.helpers import elman_args as args
 from tests.helpers import elman_graph, numpy_elman
 from tests.samples.recurrence import counter, elman

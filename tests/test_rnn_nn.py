@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import nn, optim
-from frontend.rnn import OutputRecurrentNet, RecurrentConvNet, SequenceClassifier
+import irgraph.frontend as fe
+from irgraph.frontend import nn, optim
+from irgraph.frontend.rnn import OutputRecurrentNet, RecurrentConvNet, SequenceClassifier
 from irgraph.interpreter import interpret
-from passes.unroll import bptt
+from irgraph.passes.unroll import bptt
 
 
 class Wrap(nn.Module):
@@ -139,7 +139,7 @@ def test_rnn_bad_arguments_say_what_is_wrong():
 
 
 def test_scan_step_using_an_outside_tensor_is_refused():
-    from frontend.rnn import scan
+    from irgraph.frontend.rnn import scan
 
     def f(x):
         outside = x[0] * 2.0
@@ -387,7 +387,7 @@ def test_language_model_generation_agrees_with_its_teacher_forced_logits():
 @pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
 def test_bidirectional_padded_rnn_gradients_on_every_backend_match_torch(backend):
     """The rolled BPTT graph of a padded bidirectional RNN, compiled by each backend."""
-    import backends
+    import irgraph.backends as backends
     fe.manual_seed(20)
     rnn = nn.RNN(3, 4, bidirectional=True)
     x = padded_batch(3).astype(np.float32) * np.float32(1e-3)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, verify
 from irgraph.interpreter import interpret
-from passes.autodiff import value_and_grad
-from passes.scan_accumulate import hoist_scan_accumulators
-from passes.scan_reuse import reuse_forward_outputs
+from irgraph.passes.autodiff import value_and_grad
+from irgraph.passes.scan_accumulate import hoist_scan_accumulators
+from irgraph.passes.scan_reuse import reuse_forward_outputs
 from tests.helpers import elman_args as args
 from tests.helpers import elman_graph
 
@@ -104,7 +104,7 @@ def test_sum_over_steps_of_batched_products_is_one_matmul():
     batched product gone; a product something else reads, or a sum over another axis,
     stays."""
     from irgraph import TensorType
-    from passes.scan_accumulate import fold_batched_matmul_sums
+    from irgraph.passes.scan_accumulate import fold_batched_matmul_sums
     g = Graph("bsum")
     s = g.add_input("s", TensorType((5, 3, 4), "float64"))
     q = g.add_input("q", TensorType((5, 3, 6), "float64"))
@@ -129,9 +129,9 @@ def test_unread_per_step_outputs_give_the_backward_scan_no_zero_sequence():
     """Only the last state feeds the loss (fig. 10.5): the per-step outputs' cotangent is
     zero, so the backward step takes no dL/dy_t sequence and adds nothing (the graph holds
     no [T, b, h] zeros); the gradients match finite differences of the float64 loss."""
-    import frontend as fe
-    from frontend import F
-    from frontend.rnn import scan
+    import irgraph.frontend as fe
+    from irgraph.frontend import F
+    from irgraph.frontend.rnn import scan
     T, B, H = 40, 2, 3                     # above the unrolling threshold: a rolled BPTT
 
     def loss(h0, xs, w):

@@ -8,10 +8,10 @@ import torch
 
 from irgraph import Graph, TensorType
 from irgraph.interpreter import interpret
-from passes.identities import RULES
-from passes.inference import strip_dead_state, strip_training
-from passes.manager import PassManager
-from passes.simplify import (FOLD_ARRAY_LIMIT, algebraic, constant_fold, cse, dce, simplify,
+from irgraph.passes.identities import RULES
+from irgraph.passes.inference import strip_dead_state, strip_training
+from irgraph.passes.manager import PassManager
+from irgraph.passes.simplify import (FOLD_ARRAY_LIMIT, algebraic, constant_fold, cse, dce, simplify,
                              simplify_subgraphs)
 
 F32 = TensorType((2, 3))
@@ -135,7 +135,7 @@ def test_every_rule_is_a_commented_row_of_the_table():
     """The identities are data: one ``(op, rewrite)`` row per rule, each with its comment."""
     import inspect
 
-    import passes.identities as ids
+    import irgraph.passes.identities as ids
     src = inspect.getsource(ids)
     rows = [ln for ln in src[src.index("RULES: list"):].splitlines() if ln.strip().startswith("(")]
     assert len(rows) == len(RULES)

@@ -1,11 +1,11 @@
 """End-to-end smoke test of the foundation: trace, print, parse, run, differentiate."""
 import numpy as np
 
-import frontend as fe
+import irgraph.frontend as fe
 import irgraph
-from frontend import nn
+from irgraph.frontend import nn
 from irgraph.interpreter import interpret
-from passes.autodiff import grad
+from irgraph.passes.autodiff import grad
 
 
 def test_trace_print_parse_run_matches_numpy():

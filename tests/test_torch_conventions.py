@@ -4,11 +4,11 @@ unrolled (short sequences) or rolled (long) recurrences in compiled training ste
 import numpy as np
 import torch
 
-import frontend as fe
-from frontend import F, nn
-from frontend.optim import SGD
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
+from irgraph.frontend.optim import SGD
 from irgraph.interpreter import interpret
-from passes.autodiff import grad
+from irgraph.passes.autodiff import grad
 
 TIES = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, -1.0, 5.0]], np.float32)
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
-import frontend as fe
+import irgraph.backends as backends
+import irgraph.frontend as fe
 import irgraph
-from frontend import F, nn, optim
-from frontend.tracing import current_tracer
-from frontend.train import compile_train
-from passes.train import OptimizerSpec, training_step
+from irgraph.frontend import F, nn, optim
+from irgraph.frontend.tracing import current_tracer
+from irgraph.frontend.train import compile_train
+from irgraph.passes.train import OptimizerSpec, training_step
 
 X = fe.TensorSpec((8, 3))
 Y = fe.TensorSpec((8,), "int64")

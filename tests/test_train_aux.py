@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import F, nn, optim
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn, optim
 
 
 def mlp(seed: int):

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-import backends
-import frontend as fe
-from backends.triton import aot, codegen
-from backends.triton.kernels import optim as opt_kernels
-from backends.triton.runtime import default_device
-from frontend import nn, optim
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.backends.triton import aot, codegen
+from irgraph.backends.triton.kernels import optim as opt_kernels
+from irgraph.backends.triton.runtime import default_device
+from irgraph.frontend import nn, optim
 from irgraph import Graph, TensorType
-from passes.fusion import fuse
+from irgraph.passes.fusion import fuse
 from tests.golden import NAMES, load
 
 RNG = np.random.default_rng(0)

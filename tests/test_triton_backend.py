@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import backends
-from backends.triton import KERNELS, UnsupportedOpError
-from backends.triton.executable import schedule
+import irgraph.backends as backends
+from irgraph.backends.triton import KERNELS, UnsupportedOpError
+from irgraph.backends.triton.executable import schedule
 from irgraph import Graph, TensorType
 from irgraph.errors import RuntimeDataError
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-import backends
-from backends.triton import codegen
+import irgraph.backends as backends
+from irgraph.backends.triton import codegen
 from irgraph import Graph, TensorType
-from passes.fusion import fuse
+from irgraph.passes.fusion import fuse
 
 RNG = np.random.default_rng(0)
 

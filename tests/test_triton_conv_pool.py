@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import backends
+import irgraph.backends as backends
 from irgraph import Graph, TensorType
 
 RNG = np.random.default_rng(0)
@@ -196,7 +196,7 @@ def test_batch_norm_matches_torch(training):
 def test_batch_norm_statistics_split_over_programs_match_torch(monkeypatch):
     """Many values per channel: partial sums over a (C, splits) grid, then one combine per
     channel (the running averages too), against F.batch_norm."""
-    from backends.triton.kernels import norm as nk
+    from irgraph.backends.triton.kernels import norm as nk
     monkeypatch.setattr(nk, "SPLIT_ABOVE", 16)
     monkeypatch.setattr(nk, "SPLIT_CHUNK", 16)
     x = rand(5, 3, 7) * 3 + 10            # an offset mean: the shifted sums keep precision

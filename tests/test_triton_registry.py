@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+import irgraph.backends as backends
 import irgraph
-from backends.triton import KERNELS
+from irgraph.backends.triton import KERNELS
 from irgraph import Graph, TensorType
 from tests.samples import Case, all_samples
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from backends.triton.kernels import optim as opt_kernels
-from backends.triton.runtime import default_device
-from frontend import nn, optim
+import irgraph.frontend as fe
+from irgraph.backends.triton.kernels import optim as opt_kernels
+from irgraph.backends.triton.runtime import default_device
+from irgraph.frontend import nn, optim
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((6, 5)).astype(np.float32)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import frontend as fe
-from frontend import nn
+import irgraph.frontend as fe
+from irgraph.frontend import nn
 from irgraph import parse, verify
 from irgraph.interpreter import interpret
-from passes.autodiff import value_and_grad
-from passes.unroll import (bptt, save_states, scan_length, stored_state_bytes, truncate,
+from irgraph.passes.autodiff import value_and_grad
+from irgraph.passes.unroll import (bptt, save_states, scan_length, stored_state_bytes, truncate,
                            unroll)
 from tests.samples.recurrence import SAMPLES
 
@@ -229,7 +229,7 @@ def test_saved_states_are_the_forward_scan_outputs_and_cost_O_tau_bytes():
 def test_merge_scans_runs_the_forward_once_after_plain_autodiff():
     """value_and_grad without save_states: the VJP rule adds a state-keeping twin of the
     forward scan; merge_scans keeps one forward scan and the same values."""
-    from passes.unroll import merge_scans
+    from irgraph.passes.unroll import merge_scans
     model = make_model()
     x, y = data(6)
     g = loss_graph(model, 6)
@@ -247,7 +247,7 @@ def test_merge_scans_runs_the_forward_once_after_plain_autodiff():
 def test_memory_planner_sees_the_stored_states_and_the_recompute_saving():
     """Peak live bytes (passes/memory.py) of the gradient graph: keeping all tau states costs
     what the stored states weigh more than keeping every 4th; the gap grows with tau."""
-    from passes.memory import plan_memory
+    from irgraph.passes.memory import plan_memory
     gaps = {}
     for steps in (8, 16):
         g = loss_graph(make_model(), steps)

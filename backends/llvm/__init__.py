@@ -17,9 +17,9 @@ import os
 import time
 
 from irgraph import Graph, verify
-from passes.low_precision import widen_low_precision
-from passes.scan_accumulate import fold_batched_matmul_sums, hoist_scan_accumulators
-from passes.scan_reuse import reuse_forward_outputs
+from irgraph.passes.low_precision import widen_low_precision
+from irgraph.passes.scan_accumulate import fold_batched_matmul_sums, hoist_scan_accumulators
+from irgraph.passes.scan_reuse import reuse_forward_outputs
 
 from . import jit
 from .executable import LLVMExecutable, NativeError
@@ -31,7 +31,7 @@ from . import ops_optim, ops_recurrence, ops_pool, ops_conv, ops_norm  # noqa: F
 from . import ops_gather, ops_random  # noqa: F401
 from . import gemm_bf16
 
-log = logging.getLogger("backends.llvm")
+log = logging.getLogger("irgraph.backends.llvm")
 _OPTIONS = {"threads", "opt", "cache", "verbose", "profile"}
 STATS = {"compiles": 0, "cache_hits": 0}
 

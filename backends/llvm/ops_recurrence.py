@@ -59,7 +59,7 @@ def _fused_body(node) -> Graph:
     key = ("_llvm_fused_body", id(node.attrs["body"]), node.attrs["masked"])
     hit = _FUSED.get(key)
     if hit is None or hit[0] is not node.attrs["body"]:
-        from passes.fusion import fuse
+        from irgraph.passes.fusion import fuse
         hit = (node.attrs["body"], fuse(step_body(node.attrs)))
         if len(_FUSED) >= 64:                 # bounded: a compile needs only its own scans
             _FUSED.clear()

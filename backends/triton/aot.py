@@ -14,7 +14,7 @@ programs the GPU compiler rejects, and says nothing of registers. This module
    shared memory (the ``ptxas -v`` report of the compile; a ``CompiledKernel`` has no
    ``n_spills`` without a driver).
 
-``python -m backends.triton.aot WORK.json`` is that subprocess: it reads the launches and
+``python -m irgraph.backends.triton.aot WORK.json`` is that subprocess: it reads the launches and
 writes the results next to them. ``tests/test_triton_aot.py`` is the gate in CI;
 ``bench/triton_aot_full.py`` compiles every autotune configuration.
 """
@@ -281,7 +281,7 @@ def compile_launches(launches, all_tiles: bool = False, jobs: int = 2,
                    TRITON_DEFAULT_FP_FUSION=os.environ.get("TRITON_DEFAULT_FP_FUSION", "1"))
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        proc = subprocess.run([sys.executable, "-m", "backends.triton.aot", work,
+        proc = subprocess.run([sys.executable, "-m", "irgraph.backends.triton.aot", work,
                                "--all-tiles" if all_tiles else "--first-tile", str(jobs)],
                               env=env, cwd=tmp, capture_output=True, text=True,
                               timeout=timeout)

@@ -21,7 +21,7 @@ from irgraph.errors import DataError
 from irgraph.interpreter import ExecutionError, run_node
 from irgraph.liveness import last_uses
 
-from passes.low_precision import widen_low_precision
+from irgraph.passes.low_precision import widen_low_precision
 
 from ..base import Executable, raise_as_reference, reference_error, validate_args
 from .kernels.elementwise import elementwise

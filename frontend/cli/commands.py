@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-import backends
-import frontend as fe
+import irgraph.backends as backends
+import irgraph.frontend as fe
 import irgraph
-from frontend.check import find_divergence, max_abs_diff, node_differences, reference_values
-from frontend.compiler import run_pipeline
+from irgraph.frontend.check import find_divergence, max_abs_diff, node_differences, reference_values
+from irgraph.frontend.compiler import run_pipeline
 
 from .pictures import render_dot
 from .target import UsageError, load_target, specs_for

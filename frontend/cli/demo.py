@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-import backends
-import frontend as fe
+import irgraph.backends as backends
+import irgraph.frontend as fe
 import irgraph
-from frontend import nn, optim
-from frontend.check import find_divergence
-from frontend.compiler import run_pipeline
-from frontend.data import DataLoader, load_digits, split
-from frontend.fit import fit
-from passes.fold_params import fold_params
+from irgraph.frontend import nn, optim
+from irgraph.frontend.check import find_divergence
+from irgraph.frontend.compiler import run_pipeline
+from irgraph.frontend.data import DataLoader, load_digits, split
+from irgraph.frontend.fit import fit
+from irgraph.passes.fold_params import fold_params
 
 from .pictures import MissingTool, plot_history, render_dot
 

@@ -14,8 +14,8 @@ import re
 import sys
 from pathlib import Path
 
-import frontend as fe
-from frontend import nn
+import irgraph.frontend as fe
+from irgraph.frontend import nn
 
 
 class UsageError(ValueError):

@@ -65,7 +65,7 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None, *,
     """Write ``graph`` (with parameter values ``weights``) as an ONNX ``ModelProto``."""
     import onnx
     if any(n.op == "scan" for n in graph.nodes):
-        from passes.unroll import unroll
+        from irgraph.passes.unroll import unroll
         graph = unroll(graph)
     weights = dict(weights or {})
     w = _Writer()

@@ -207,11 +207,11 @@ class OnnxModel:
                 **options) -> "CompiledOnnx":
         """Batch-norm folding (``passes.fold_bn.fold_bn_weights``), the inference pipeline,
         then ``backends.compile``; the result is called with the inputs only."""
-        import backends
+        import irgraph.backends as backends
         from ..compiler import run_pipeline
         graph, weights = self.graph, self.weights
         if fold_bn:
-            from passes.fold_bn import fold_bn_weights
+            from irgraph.passes.fold_bn import fold_bn_weights
             graph, weights = fold_bn_weights(graph, weights)
         graph = run_pipeline(graph, pipeline, "inference")
         return CompiledOnnx(graph, weights, backends.compile(graph, backend, **options))

@@ -75,7 +75,7 @@ def make_step(body: Graph, nc: int, ns: int, saved: bool = False,
     g_c = [b.op("add", c, d) for c, d in zip(g_c, gsv)] if saved else g_c
     b.set_outputs(list(g_c) + acc + list(g_s))
     if zero_y:
-        from passes.simplify import simplify     # x + 0 -> x, and what no output needs
+        from irgraph.passes.simplify import simplify     # x + 0 -> x, and what no output needs
         b = simplify(b)
     return _Step(body, nc, ns, b, fc, fs, fk, fy)
 

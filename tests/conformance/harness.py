@@ -20,13 +20,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-import backends
+import irgraph.backends as backends
 import os
-import frontend as fe
-from frontend.compiler import run_pipeline
-from frontend.tracing import Tensor, flatten, trace_with
+import irgraph.frontend as fe
+from irgraph.frontend.compiler import run_pipeline
+from irgraph.frontend.tracing import Tensor, flatten, trace_with
 from irgraph import verify
-from passes.autodiff import vjp
+from irgraph.passes.autodiff import vjp
 
 # Tolerances (rtol, atol). Elementwise ops: torch's defaults for float32 (rtol 1.3e-6,
 # atol 1e-5) and float64 (1e-7, 1e-7). Ops that accumulate (reductions, matmul,

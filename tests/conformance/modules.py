@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from frontend import nn
+from irgraph.frontend import nn
 
 from . import harness as H
 

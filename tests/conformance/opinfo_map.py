@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from frontend import F
+from irgraph.frontend import F
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,13 +15,13 @@ import llvmlite.binding
 import numpy as np
 import pytest
 
-import backends
-from backends import cache
-from backends.cache import CacheWarning
-from backends.llvm import jit
-from backends.triton import codegen
+import irgraph.backends as backends
+from irgraph.backends import cache
+from irgraph.backends.cache import CacheWarning
+from irgraph.backends.llvm import jit
+from irgraph.backends.triton import codegen
 from irgraph import Graph, TensorType
-from passes.fusion import fuse
+from irgraph.passes.fusion import fuse
 
 RNG = np.random.default_rng(7)
 SHAPE = (6,)

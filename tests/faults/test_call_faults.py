@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pytest
 
-import backends
-import frontend as fe
-from backends.base import fork_safe_locks
-from backends.llvm.workers import workers
-from frontend import F, nn, optim
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.backends.base import fork_safe_locks
+from irgraph.backends.llvm.workers import workers
+from irgraph.frontend import F, nn, optim
 from irgraph import Graph, TensorType
 from irgraph.errors import DataError, RuntimeDataError
 from irgraph.ops.debug import NonFiniteError

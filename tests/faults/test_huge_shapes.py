@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
-import frontend as fe
+import irgraph.backends as backends
+import irgraph.frontend as fe
 import irgraph
-from frontend.tracing import TensorSpec
+from irgraph.frontend.tracing import TensorSpec
 from irgraph import Graph, IRError, ParseError, TensorType, VerificationError
 
 # 4611686018427387905 * 4 = 2**64 + 4: an int64 product of this shape wraps to 4

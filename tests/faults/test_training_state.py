@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-import frontend as fe
-import frontend.random
+import irgraph.frontend as fe
+import irgraph.frontend.random
 import irgraph
-from frontend import nn, optim
-from frontend.train import compile_train
+from irgraph.frontend import nn, optim
+from irgraph.frontend.train import compile_train
 
 N_STEPS, SPLIT = 6, 3
 OPTIMIZERS = {

@@ -21,12 +21,12 @@ from typing import Callable
 
 import numpy as np
 
-import backends
-import frontend as fe
-from frontend import nn, optim
-from frontend.compiler import _param_names
-from frontend.tracing import trace_with
-from frontend.train import compile_train
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import nn, optim
+from irgraph.frontend.compiler import _param_names
+from irgraph.frontend.tracing import trace_with
+from irgraph.frontend.train import compile_train
 from irgraph import Graph
 
 HERE = Path(__file__).parent
@@ -50,7 +50,7 @@ def _mlp() -> nn.Module:
 
 
 def _cnn() -> nn.Module:
-    from frontend.layers import BatchNorm2d, Conv2d, MaxPool2d
+    from irgraph.frontend.layers import BatchNorm2d, Conv2d, MaxPool2d
     return nn.Sequential(Conv2d(1, 4, 3, padding=1), BatchNorm2d(4), nn.ReLU(), MaxPool2d(2),
                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
 
