@@ -60,7 +60,7 @@ def _rnn_step(length: int):
 
 
 def test_training_steps_unroll_short_recurrences_and_keep_long_ones_rolled():
-    """Issue 5: the pipeline picks rolled BPTT above a length threshold (passes/unroll.py)."""
+    """The pipeline picks rolled BPTT above a length threshold (passes/unroll.py)."""
     ops_short = {n.op for n in _rnn_step(4).graph.nodes}
     ops_long = {n.op for n in _rnn_step(40).graph.nodes}
     assert "scan" not in ops_short
