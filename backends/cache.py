@@ -46,7 +46,7 @@ _TEMP_PREFIX = ".tmp-"
 _STALE_TEMP_S = 3600.0
 _KEY = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 # the packages whose source shapes generated code: a change in any file invalidates entries
-SOURCE_PACKAGES = ("irgraph", "passes", "backends")
+SOURCE_PACKAGES = ("irgraph", "irgraph.passes", "irgraph.backends")
 
 
 class CacheWarning(UserWarning):
