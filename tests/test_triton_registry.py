@@ -35,6 +35,20 @@ def test_every_op_has_a_triton_kernel_or_a_reason():
     assert not missing, f"ops without a Triton kernel (backends/triton): {missing}"
 
 
+def test_each_lowering_file_holds_one_op_family():
+    """backends/triton/lower_<family>.py lowers the ops of irgraph/ops/<family>.py only (the
+    family is the registry module that defines the op's type rule)."""
+    from irgraph.backends.triton.table import GROUP_KERNELS
+    wrong = {}
+    for op, fn in KERNELS.items():
+        module = (GROUP_KERNELS.get(op) or fn).__module__.rsplit(".", 1)[-1]
+        family = irgraph.get_op(op)._type_rule.__module__
+        if module.startswith("lower_") and family.startswith("irgraph.ops.") \
+                and module != "lower_" + family.rsplit(".", 1)[-1]:
+            wrong[op] = f"lowered in {module}.py, defined in {family}"
+    assert not wrong, wrong
+
+
 @pytest.mark.parametrize("op,i,case", CASES, ids=IDS)
 def test_triton_matches_reference(op, i, case):
     if op in NO_KERNEL:

@@ -7,9 +7,9 @@ query, compilation or launch happens before ``compile``.
 """
 from __future__ import annotations
 
-from . import (lower_conv, lower_core, lower_misc, lower_optim,  # noqa: F401  (lowerings)
-               lower_pool)
-from . import lower_gather, lower_random  # noqa: F401  (lowerings)
+from . import (lower_conv, lower_core, lower_debug, lower_fused,  # noqa: F401  (lowerings)
+               lower_gather, lower_norm, lower_optim, lower_pool, lower_random,
+               lower_recurrence)
 from .executable import Plan, TritonExecutable, compile
 from .table import KERNELS, UnsupportedOpError, lowering
 
