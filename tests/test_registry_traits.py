@@ -37,11 +37,13 @@ def test_ops_with_is_the_intersection():
 
 def test_pass_and_backend_tables_are_registry_queries():
     from irgraph.backends.llvm.executable import FALLIBLE_OPS
+    from irgraph.backends.llvm.ops_recurrence import REDUCE_OPS
     from irgraph.passes.analysis import COMMUTATIVE, CONST_SOURCES, EFFECT_OPS
     from irgraph.passes.fusion import ELEMENTWISE, REDUCTIONS
     from irgraph.passes.memory import INPLACE_OPS, VIEW_OPS
     assert ELEMENTWISE == ops_with("elementwise")
     assert REDUCTIONS == ops_with("reduction")
+    assert REDUCE_OPS == ops_with("reduction")
     assert INPLACE_OPS == ops_with("inplace")
     assert VIEW_OPS == ops_with("view")
     assert COMMUTATIVE == ops_with("commutative")

@@ -7,6 +7,7 @@ from llvmlite import ir
 
 from irgraph import Graph
 from irgraph.ops.recurrence import split_inputs, step_body
+from irgraph.registry import ops_with
 
 from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
@@ -208,7 +209,8 @@ def _tail_nest(ctx, body: Graph, tail, bufs) -> None:
     ctx.barrier()
 
 
-REDUCE_OPS = ("sum", "mean", "max", "min")
+# the ops a reduction region reduces by (fusion's regions are built on the same query)
+REDUCE_OPS = ops_with("reduction")
 
 
 def _reduction_region(ctx, body: Graph, args, res) -> bool:
