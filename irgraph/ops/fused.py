@@ -3,14 +3,15 @@
 ``outs = fused(*ins) {body=<graph>, kind="elementwise"|"reduction"|"epilogue"|"generic"}``.
 The body is a graph with inputs and no parameters; the node's operands bind to the body's
 inputs in order and its results are the body's outputs. Its meaning is exactly the body's;
-the reference kernel interprets it. ``passes/fusion.py`` builds these nodes; the format and
+the reference kernel interprets it. ``passes/fusion.py`` builds these nodes
+(``passes/layer_regions.py`` those of kinds ``attention`` and ``normalize``); the format and
 the meaning of ``kind`` are documented in docs/architecture.md.
 """
 from __future__ import annotations
 
 from ..registry import Attr, Cost, a_choice, a_graph, register_op
 
-FUSED_KINDS = ("elementwise", "reduction", "epilogue", "generic")
+FUSED_KINDS = ("elementwise", "reduction", "epilogue", "generic", "attention", "normalize")
 
 
 def _fused_cost(ins, outs, attrs) -> Cost:

@@ -1,0 +1,371 @@
+"""Layer regions: attention and normalization compositions as ``fused`` nodes a backend can
+run with one dedicated kernel.
+
+The frontend writes ``F.scaled_dot_product_attention`` and the layer, group and instance
+norms as compositions of core ops (``frontend/functional_norm.py``). Two patterns become
+``fused`` regions whose body is exactly the matched nodes (so the reference, which
+interprets the body, is unchanged):
+
+* ``kind="attention"``: ``matmul(softmax(where(keep, add(matmul(mul(q, scale),
+  transpose(k)), additive), -inf)), v)``, the ``mul``, ``add`` and ``where`` optional;
+  ``keep`` made of ``ge(iota(axis 0), iota(axis 1))`` is the causal mask (copied into the
+  body). q, k and v share their batch dims; every intermediate has no other user.
+* ``kind="normalize"``: ``mean`` over trailing axes (keepdims), ``sub``, ``mul(d, d)``,
+  ``mean``, ``add(eps)``, ``rsqrt``, ``mul``, then optionally ``mul(weight)`` and
+  ``add(bias)`` of the normalized shape. Intermediates read outside (a training graph's
+  backward reads ``d`` and the reciprocal deviation) become further results of the region.
+
+``attention_spec(body)`` and ``normalize_spec(body)`` read a region's body back for the
+backends; both patterns are matched by the same functions on the whole graph and on a body.
+Backends call ``layer_regions`` when they compile; the passes ``fuse_attention`` and
+``fuse_norm`` run them in a pipeline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from irgraph import Graph, GraphRewriter, Node, Value
+
+from .manager import register_pass
+from .simplify import dce
+
+FLOATS = ("float32", "float64")
+
+
+def _scalar_full(v: Value) -> float | None:
+    """The value of a scalar ``full`` constant, else None."""
+    n = v.node
+    if n is None or n.op != "full" or v.type.size != 1:
+        return None
+    return float(n.attrs["value"])
+
+
+def _is_causal(keep: Value) -> bool:
+    """``ge(iota(axis=0), iota(axis=1))`` over (L, S): key j visible to query i iff j <= i."""
+    n = keep.node
+    if n is None or n.op != "ge" or keep.type.rank != 2:
+        return False
+    a, b = (x.node for x in n.inputs)
+    return (a is not None and b is not None and a.op == "iota" == b.op
+            and a.attrs["axis"] == 0 and b.attrs["axis"] == 1
+            and tuple(a.attrs["shape"]) == tuple(b.attrs["shape"]) == keep.type.shape)
+
+
+@dataclass
+class AttentionSpec:
+    """A matched attention: operands, options and the nodes it covers (in graph order)."""
+    q: Value
+    k: Value
+    v: Value
+    out: Value
+    scale: float
+    keep: Value | None = None          # bool, True = attend (None when causal)
+    additive: Value | None = None
+    causal: bool = False
+    members: list[Node] = field(default_factory=list)
+    constants: list[Value] = field(default_factory=list)    # copied, not moved
+
+    @property
+    def operands(self) -> list[Value]:
+        return [x for x in (self.q, self.k, self.v, self.keep, self.additive) if x is not None]
+
+
+def match_attention(sm: Node, users: dict[Value, list[Node]], outputs: set[Value]
+                    ) -> AttentionSpec | None:
+    """The attention whose softmax is ``sm``, or None."""
+    def only_use(v: Value, node: Node) -> bool:
+        return v not in outputs and users.get(v, []) == [node]
+
+    x = sm.outputs[0]
+    if sm.op != "softmax" or x.type.dtype not in FLOATS or x.type.rank < 2 \
+            or sm.attrs["axis"] % x.type.rank != x.type.rank - 1:
+        return None
+    mm2 = users.get(x, [])
+    if len(mm2) != 1 or mm2[0].op != "matmul" or mm2[0].inputs[0] is not x \
+            or mm2[0].inputs[1] is x:
+        return None
+    mm2 = mm2[0]
+    members, constants = [sm, mm2], []
+    keep = additive = None
+    causal = False
+    s = sm.inputs[0]
+    if not only_use(s, sm):
+        return None
+    n = s.node
+    if n is not None and n.op == "where" and _scalar_full(n.inputs[2]) == float("-inf") \
+            and n.inputs[0].type.dtype == "bool" and n.inputs[1].type == s.type:
+        keep, s = n.inputs[0], n.inputs[1]
+        members.append(n)
+        constants.append(n.inputs[2])
+        if not only_use(s, n):
+            return None
+        if _is_causal(keep):
+            causal = True
+            constants.append(keep)
+            keep = None
+        n = s.node
+    if n is not None and n.op == "add":
+        a, b = n.inputs
+        mm = a if a.node is not None and a.node.op == "matmul" and a.type == s.type else b
+        other = b if mm is a else a
+        if mm.node is None or mm.node.op != "matmul" or mm.type != s.type \
+                or other.type.dtype != s.type.dtype or mm is other:
+            return None
+        additive, s = other, mm
+        members.append(n)
+        if not only_use(s, n):
+            return None
+        n = s.node
+    if n is None or n.op != "matmul":
+        return None
+    mm1 = n
+    members.append(mm1)
+    qs, kt = mm1.inputs
+    t = kt.node
+    if t is None or t.op != "transpose" or not only_use(kt, mm1) or qs is kt:
+        return None
+    r = kt.type.rank
+    if tuple(t.attrs["perm"]) != tuple(range(r - 2)) + (r - 1, r - 2):
+        return None
+    members.append(t)
+    k = t.inputs[0]
+    q, scale = qs, 1.0
+    if qs.node is not None and qs.node.op == "mul" and only_use(qs, mm1):
+        a, b = qs.node.inputs
+        for lhs, rhs in ((a, b), (b, a)):
+            c = _scalar_full(rhs)
+            if c is not None and lhs.type == qs.type:
+                q, scale = lhs, c
+                members.append(qs.node)
+                constants.append(rhs)
+                break
+    v = mm2.inputs[1]
+    batch = q.type.shape[:-2]
+    if q.type.rank < 2 or not (k.type.shape[:-2] == v.type.shape[:-2] == batch) \
+            or len({q.type.dtype, k.type.dtype, v.type.dtype}) != 1:
+        return None
+    for m in (keep, additive):
+        if m is not None and m.type.rank > x.type.rank:
+            return None
+    spec = AttentionSpec(q, k, v, mm2.outputs[0], scale, keep, additive, causal)
+    spec.constants = constants
+    spec.members = members
+    return spec
+
+
+@dataclass
+class NormalizeSpec:
+    """A matched normalization over the trailing ``axes`` of ``x``."""
+    x: Value
+    axes: int                                   # how many trailing axes
+    eps: float
+    weight: Value | None = None
+    bias: Value | None = None
+    roles: dict[str, Value] = field(default_factory=dict)   # mean, d, sq, var, vare, r, y...
+    members: list[Node] = field(default_factory=list)
+    constants: list[Value] = field(default_factory=list)
+
+    @property
+    def operands(self) -> list[Value]:
+        return [x for x in (self.x, self.weight, self.bias) if x is not None]
+
+    @property
+    def out(self) -> Value:
+        return self.roles.get("yb", self.roles.get("yw", self.roles["y"]))
+
+
+def _trailing(node: Node) -> int | None:
+    """How many trailing axes a keepdims ``mean`` reduces, or None."""
+    if node.op != "mean" or not node.attrs.get("keepdims"):
+        return None
+    r = node.inputs[0].type.rank
+    axes = sorted(a % r for a in node.attrs["axis"]) if r else []
+    k = len(axes)
+    return k if k and axes == list(range(r - k, r)) else None
+
+
+def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | None:
+    """The normalization whose first ``mean`` is ``m``, or None."""
+    k = _trailing(m)
+    x = m.inputs[0]
+    if k is None or x.type.dtype not in FLOATS:
+        return None
+    mean = m.outputs[0]
+
+    def one(v: Value, op: str, pred=lambda n: True) -> Node | None:
+        hits = [n for n in users.get(v, []) if n.op == op and pred(n)]
+        return hits[0] if len(hits) == 1 else None
+
+    sub = one(mean, "sub", lambda n: list(n.inputs) == [x, mean])
+    if sub is None:
+        return None
+    d = sub.outputs[0]
+    sq = one(d, "mul", lambda n: n.inputs[0] is d and n.inputs[1] is d)
+    if sq is None:
+        return None
+    var = one(sq.outputs[0], "mean", lambda n: _trailing(n) == k)
+    if var is None:
+        return None
+    add = one(var.outputs[0], "add", lambda n: _scalar_full(n.inputs[1]) is not None)
+    if add is None:
+        return None
+    rs = one(add.outputs[0], "rsqrt")
+    if rs is None:
+        return None
+    r = rs.outputs[0]
+    y = one(r, "mul", lambda n: set(n.inputs) == {d, r})
+    if y is None or y.outputs[0].type != x.type:
+        return None
+    spec = NormalizeSpec(x, k, _scalar_full(add.inputs[1]))
+    spec.roles = {"mean": mean, "d": d, "sq": sq.outputs[0], "var": var.outputs[0],
+                  "vare": add.outputs[0], "r": r, "y": y.outputs[0]}
+    spec.members = [m, sub, sq, var, add, rs, y]
+    spec.constants = [add.inputs[1]]
+    trail = x.type.shape[x.type.rank - k:]
+    cur = y.outputs[0]
+    for op, role in (("mul", "yw"), ("add", "yb")):
+        hits = users.get(cur, [])
+        if len(hits) != 1 or hits[0].op != op:
+            break
+        n = hits[0]
+        other = n.inputs[1] if n.inputs[0] is cur else n.inputs[0]
+        if other is cur or other.type.shape != trail or other.type.dtype != x.type.dtype \
+                or n.outputs[0].type != x.type:
+            break
+        if op == "mul":
+            spec.weight = other
+        else:
+            spec.bias = other
+        spec.roles[role] = n.outputs[0]
+        spec.members.append(n)
+        cur = n.outputs[0]
+    return spec
+
+
+def _copy_constant(body: Graph, v: Value, env: dict[Value, Value]) -> Value:
+    """Copy the constant ``v`` (full, iota and ops of them) into ``body``."""
+    if v in env:
+        return env[v]
+    node = v.node
+    ins = [_copy_constant(body, x, env) for x in node.inputs]
+    outs = body.add_node(node.op, ins, node.attrs, node.loc)
+    env.update(zip(node.outputs, outs))
+    return env[v]
+
+
+def _region(g: Graph, members: list[Node], operands: list[Value], constants: list[Value],
+            results: list[Value], name: str) -> Graph:
+    body = Graph(name)
+    env: dict[Value, Value] = {}
+    for v in operands:
+        env[v] = body.add_input(body.fresh_name(v.name), v.type)
+    for c in constants:
+        _copy_constant(body, c, env)
+    order = {id(n): i for i, n in enumerate(g.nodes)}
+    for node in sorted(members, key=lambda n: order[id(n)]):
+        outs = body.add_node(node.op, [env[v] for v in node.inputs], node.attrs, node.loc)
+        env.update(zip(node.outputs, outs))
+    body.set_outputs([env[v] for v in results])
+    return body
+
+
+def _rewrite(g: Graph, regions: list[tuple[list[Node], list[Value], list[Value], Graph, str]]
+             ) -> Graph:
+    """Each region's fused node replaces its members at the last member's place."""
+    if not regions:
+        return g
+    last = {id(max(members, key=lambda n: g.nodes.index(n))): r
+            for r in regions for members in [r[0]]}
+    inside = {id(n) for r in regions for n in r[0]}
+    rw = GraphRewriter(g)
+    for node in g.nodes:
+        if id(node) in last:
+            members, operands, results, body, kind = last[id(node)]
+            outs = rw.dst.add_node("fused", [rw[v] for v in operands],
+                                   {"body": body, "kind": kind}, node.loc)
+            for old, new in zip(results, outs):
+                rw.replace(old, new)
+        elif id(node) not in inside:
+            rw.copy_node(node)
+    return dce(rw.finish())
+
+
+@register_pass("fuse_attention")
+def fuse_attention(g: Graph) -> Graph:
+    """Attention compositions (softmax(q k^T * scale + mask) v) as ``fused`` nodes of kind
+    ``attention``."""
+    users, outputs = g.users(), set(g.outputs)
+    regions, taken = [], set()
+    for node in g.nodes:
+        if node.op != "softmax":
+            continue
+        spec = match_attention(node, users, outputs)
+        if spec is None or any(id(n) in taken for n in spec.members):
+            continue
+        taken.update(id(n) for n in spec.members)
+        body = _region(g, spec.members, spec.operands, spec.constants, [spec.out],
+                       f"attention_{len(regions)}")
+        regions.append((spec.members, spec.operands, [spec.out], body, "attention"))
+    return _rewrite(g, regions)
+
+
+@register_pass("fuse_norm")
+def fuse_norm(g: Graph) -> Graph:
+    """Normalizations over trailing axes (layer, group, instance norm) as ``fused`` nodes of
+    kind ``normalize``; intermediates read elsewhere become further results."""
+    users, outputs = g.users(), set(g.outputs)
+    pos = {id(n): i for i, n in enumerate(g.nodes)}
+    regions, taken = [], set()
+    for node in g.nodes:
+        spec = match_normalize(node, users) if node.op == "mean" else None
+        if spec is None or any(id(n) in taken for n in spec.members):
+            continue
+        member_ids = {id(n) for n in spec.members}
+        end = max(pos[id(n)] for n in spec.members)
+        results, ok = [spec.out], True
+        for role, v in spec.roles.items():
+            outside = [n for n in users.get(v, []) if id(n) not in member_ids]
+            if v is spec.out:
+                continue
+            if outside or v in outputs:
+                # a read elsewhere must come after the region's place (the last member)
+                ok = ok and all(pos[id(n)] > end for n in outside)
+                results.append(v)
+        if not ok:
+            continue
+        taken.update(member_ids)
+        body = _region(g, spec.members, spec.operands, spec.constants, results,
+                       f"normalize_{len(regions)}")
+        regions.append((spec.members, spec.operands, results, body, "normalize"))
+    return _rewrite(g, regions)
+
+
+def layer_regions(g: Graph) -> Graph:
+    """Both patterns (what the native backends run when they compile)."""
+    return fuse_norm(fuse_attention(g))
+
+
+def attention_spec(body: Graph) -> AttentionSpec | None:
+    """A ``fused`` attention body read back: its operands are body inputs."""
+    sm = [n for n in body.nodes if n.op == "softmax"]
+    if len(sm) != 1 or len(body.outputs) != 1:
+        return None
+    spec = match_attention(sm[0], body.users(), set())
+    if spec is None or spec.out is not body.outputs[0] \
+            or not all(v in body.inputs for v in spec.operands):
+        return None
+    return spec
+
+
+def normalize_spec(body: Graph) -> NormalizeSpec | None:
+    """A ``fused`` normalize body read back (operands are body inputs)."""
+    ms = [n for n in body.nodes if n.op == "mean"]
+    if not ms:
+        return None
+    spec = match_normalize(ms[0], body.users())
+    if spec is None or not all(v in body.inputs for v in spec.operands):
+        return None
+    roles = set(spec.roles.values())
+    if any(v not in roles for v in body.outputs):
+        return None
+    return spec
