@@ -98,6 +98,7 @@ TORCH = {
     "min": _reduce(lambda x, d, k=False: torch.amin(x, dim=d, keepdim=k)),
     "argmax": lambda x, axis, keepdims=False: torch.argmax(x, dim=axis, keepdim=keepdims),
     "matmul": torch.matmul,
+    "matmul_f32": lambda a, b: torch.matmul(a.float(), b.float()),
     "reshape": lambda x, shape: torch.reshape(x, shape),
     "transpose": lambda x, perm: torch.permute(x, perm),
     "broadcast_to": lambda x, shape: x.expand(shape),

@@ -322,11 +322,13 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
                         b.sub(m1, m0), i64(N), i64(K), ctx.scratch(), i64(0)])
 
 
-@lowering("matmul", parallel=True)
+@lowering("matmul", "matmul_f32", parallel=True)
 def _matmul(ctx, node, ins, outs):
+    """``matmul``; ``matmul_f32`` arrives here on float32 operands (widened) or, where
+    gemm_bf16.native holds, on bfloat16 ones with a float32 result."""
     (x, y), (out,) = ins, outs
     batch, sa, sb, M, K, N = matmul_dims(x.shape, y.shape)
-    if out.dtype == "bfloat16":     # kept unwidened where gemm_bf16.native holds
+    if x.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
         return gemm_bf16.lower_matmul(ctx, x, y, out, batch, sa, sb, M, K, N)
     if out.dtype not in ("float32", "float64"):
         return _matmul_int(ctx, x, y, out, batch, sa, sb, M, K, N)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .builder import F32, I16, I32, I64, PTR, STORAGE, broadcast_strides, for_range, i64, \
-    row_strides, strided_nest
+    prod, row_strides, strided_nest
 
 ENABLED = True          # False: every bf16 matmul is widened (the fallback, for tests)
 MR = 12                 # rows of the register tile
@@ -39,15 +39,28 @@ def supported(features: str) -> bool:
     return ENABLED and "+avx512bf16" in have and "+avx512f" in have
 
 
+NATIVE_OPS = ("matmul", "matmul_f32", "conv", "conv_fft")
+
+
+def contraction(node) -> int:
+    """K of the GEMM that computes ``node``: a matmul's inner dimension, a convolution's
+    C/groups * prod(kernel) (its im2col rows)."""
+    x, w = node.inputs
+    if node.op in ("conv", "conv_fft"):
+        return (x.shape[1] // node.attrs["groups"]) * prod(w.shape[2:])
+    return x.shape[-1]
+
+
 def native(node) -> bool:
     """Whether ``node`` runs on its bfloat16 operands here (else it is widened to float32):
-    a bfloat16 ``matmul`` with 0 < K <= KMAX on a host with AVX-512 BF16."""
-    if node.op != "matmul" or node.inputs[0].dtype != "bfloat16":
+    a bfloat16 ``matmul``/``matmul_f32``/``conv`` with 0 < K <= KMAX on a host with AVX-512
+    BF16."""
+    if node.op not in NATIVE_OPS or node.inputs[0].dtype != "bfloat16":
         return False
     from .gemm import workspace_bytes
     from .jit import host
     features = host()[2]
-    k = node.inputs[0].shape[-1]
+    k = contraction(node)
     return (supported(features) and 0 < k <= KMAX
             and _strip_bytes(k) <= workspace_bytes(features))
 
@@ -57,19 +70,21 @@ def _strip_bytes(k: int) -> int:
 
 
 # ---------------------------------------------------------------- the kernel
-def gemm_function(module: ir.Module, a_rows: bool) -> ir.Function:
-    """``irgraph_gemm_bf16_<r|s>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch)``:
-    C = bf16(A @ B) with float32 accumulation; ``a_rows`` (variant r) when A's elements
-    along K are adjacent (csa == 1: one 32-bit load per pair), else two 16-bit loads. Defined
-    in the module that calls it (the node's kernel module)."""
-    name = f"irgraph_gemm_bf16_{'r' if a_rows else 's'}"
+def gemm_function(module: ir.Module, a_rows: bool, out_f32: bool = False) -> ir.Function:
+    """``irgraph_gemm_bf16_<r|s>[_f32](A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch)``:
+    C = bf16(A @ B) with float32 accumulation (``out_f32``: C is float32, the sums stored
+    as they are, no rounding); ``a_rows`` (variant r) when A's elements along K are adjacent
+    (csa == 1: one 32-bit load per pair), else two 16-bit loads. Defined in the module that
+    calls it (the node's kernel module)."""
+    name = f"irgraph_gemm_bf16_{'r' if a_rows else 's'}{'_f32' if out_f32 else ''}"
     if name in module.globals:
         return module.globals[name]
     p16 = ir.PointerType(I16)
+    pc = ir.PointerType(F32) if out_f32 else p16
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
-        p16, I64, I64, p16, I64, I64, p16, I64, I64, I64, I64, PTR]), name)
+        p16, I64, I64, p16, I64, I64, pc, I64, I64, I64, I64, PTR]), name)
     fn.linkage = "internal"
-    _Kernel(module, fn, a_rows).build()
+    _Kernel(module, fn, a_rows, out_f32).build()
     return fn
 
 
@@ -82,8 +97,8 @@ def _min(b, x, y):
 
 
 class _Kernel:
-    def __init__(self, module, fn, a_rows: bool):
-        self.module, self.fn, self.a_rows = module, fn, a_rows
+    def __init__(self, module, fn, a_rows: bool, out_f32: bool = False):
+        self.module, self.fn, self.a_rows, self.out_f32 = module, fn, a_rows, out_f32
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.entry = fn.entry_basic_block
         self.dot = module.declare_intrinsic(
@@ -171,17 +186,20 @@ class _Kernel:
         for i in range(MR):
             with b.if_then(b.icmp_signed("<", i64(i), mr)):
                 crow = b.gep(cptr, [b.mul(i64(i), ldc)])
-                halves = [self.round(b.load(a)) for a in accs[i]]
+                if self.out_f32:
+                    halves, vty, ety = [b.load(a) for a in accs[i]], _VF, F32
+                else:
+                    halves, vty, ety = [self.round(b.load(a)) for a in accs[i]], _V16, I16
                 with b.if_else(full) as (whole, part):
                     with whole:
                         for v, h in enumerate(halves):
                             b.store(h, b.bitcast(b.gep(crow, [i64(v * VW)]),
-                                                 ir.PointerType(_V16)), align=2)
+                                                 ir.PointerType(vty)), align=4 if self.out_f32 else 2)
                     with part:
-                        tmp = self.alloca(ir.ArrayType(_V16, 2), "edge")
+                        tmp = self.alloca(ir.ArrayType(vty, 2), "edge")
                         for v, h in enumerate(halves):
                             b.store(h, b.gep(tmp, [i64(0), ir.Constant(I32, v)]))
-                        flat = b.bitcast(tmp, ir.PointerType(I16))
+                        flat = b.bitcast(tmp, ir.PointerType(ety))
                         with for_range(b, 0, nr, "en") as n:
                             b.store(b.load(b.gep(flat, [n])), b.gep(crow, [n]))
 
@@ -218,7 +236,7 @@ def _call(ctx, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int, N: i
           K: int) -> None:
     b = ctx.b
     (rsa, csa), (rsb, csb) = a_strides, b_strides
-    fn = gemm_function(ctx.module, csa == 1)
+    fn = gemm_function(ctx.module, csa == 1, c_ptr.type.pointee == F32)
     if M == 0 or N == 0:
         return
     strips = -(-N // NR)
@@ -238,6 +256,70 @@ def _call(ctx, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int, N: i
             b.call(fn, [b.gep(a_ptr, [b.mul(m0, i64(rsa))]), i64(rsa), i64(csa), b_ptr,
                         i64(rsb), i64(csb), b.gep(c_ptr, [b.mul(m0, i64(ldc))]), i64(ldc),
                         b.sub(m1, m0), i64(N), i64(K), ctx.scratch()])
+
+
+# ---------------------------------------------------------------- the convolution lowering
+def lower_conv(ctx, node, x, w, y) -> None:
+    """A bfloat16 ``conv``/``conv_fft`` (``native``), per image and group: im2col into
+    bfloat16 columns (R = C/groups * prod(kernel) rows, P output positions; none for a 1x1
+    kernel at stride 1 without padding), then y_g (O/groups x P) = W_g (O/groups x R) @ cols
+    on the kernel above, float32 sums rounded once to bfloat16. Images are split across
+    threads, or each image's GEMM when the batch is smaller than the thread count."""
+    from .ops_conv import _cols_bytes, _geo, _is_pointwise, _per_image, _thread_cols
+    b = ctx.b
+    G = node.attrs["groups"]
+    geo = _geo(x.shape, w.shape[2:], node.attrs)
+    N, C, O = x.shape[0], x.shape[1], w.shape[0]
+    cg, og = C // G, O // G
+    R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
+    if N == 0 or og == 0 or P == 0:
+        return
+    colbytes = _cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs, 2, G)
+    pointwise = _is_pointwise(geo)
+    fn = gemm_function(ctx.module, True)
+
+    def image(n, split_gemm: bool):
+        cols = (_thread_cols(ctx, colbytes, I16) if not split_gemm
+                else b.bitcast(ctx.node_scratch, ir.PointerType(I16)))
+        with for_range(b, 0, G, "grp") as g:
+            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
+            if pointwise:
+                src = b.gep(x.ptr, [xbase])
+            else:
+                if split_gemm:
+                    with ctx.thread0():
+                        _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols)
+                    ctx.barrier()
+                else:
+                    _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols)
+                src = cols
+            wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
+            yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
+            if split_gemm:
+                _call(ctx, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
+                ctx.barrier()
+            else:
+                b.call(fn, [wp, i64(R), i64(1), src, i64(P), i64(1), yp, i64(P), i64(og),
+                            i64(P), i64(R), ctx.scratch()])
+    _per_image(ctx, N, image)
+
+
+def _im2col_bits(ctx, x, xbase, channels: int, geo, dst) -> None:
+    """im2col of 16-bit words, copied as they are: dst[(c, k), p] = x[xbase + c*plane +
+    in(p, k)], zero where the window leaves x (the windows of ops_conv's ``_window_nest``)."""
+    from .ops_conv import _window_nest
+    b = ctx.b
+    plane, pn = prod(geo["spatial"]), prod(geo["out"])
+    zero = ir.Constant(I16, 0)
+
+    def inside(row, col, inoff, ok, c):
+        v = b.load(b.gep(x, [b.add(xbase, b.add(b.mul(c, i64(plane)), inoff))]))
+        b.store(v if ok is None else b.select(ok, v, zero),
+                b.gep(dst, [b.add(b.mul(row, i64(pn)), col)]))
+
+    def outside(row, col):
+        b.store(zero, b.gep(dst, [b.add(b.mul(row, i64(pn)), col)]))
+    _window_nest(ctx, geo, channels, inside, outside)
 
 
 assert STORAGE["bfloat16"] == I16

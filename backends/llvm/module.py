@@ -139,7 +139,7 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
     return p
 
 
-_GEMM_OPS = {"matmul", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad"}
+_GEMM_OPS = {"matmul", "matmul_f32", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad"}
 
 
 def _all_nodes(graph: Graph):
@@ -600,7 +600,7 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
 # kernels touching fewer elements get the cheap level (0): their -O3 compile costs
 # milliseconds, their run microseconds
 CHEAP_WORK = 4096
-HEAVY_OPS = frozenset({"matmul", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad",
+HEAVY_OPS = frozenset({"matmul", "matmul_f32", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad",
                        "scan", "fused", "locally_connected", "tiled_conv"})
 
 

@@ -22,6 +22,7 @@ from llvmlite import ir
 from irgraph.ops.conv_geometry import out_shape
 
 from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
+from . import gemm_bf16
 from .conv_direct import Direct, convolve, kernel_gradient, scatter_input_grad, usable
 from .gemm import call_gemm, gemm_function
 from .lowering import lowering, scratch
@@ -231,6 +232,8 @@ def _direct_forward(node, threads, features):
 @lowering("conv", "conv_fft", parallel=True)
 def _conv(ctx, node, ins, outs):
     (x, w), (y,) = ins, outs
+    if x.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
+        return gemm_bf16.lower_conv(ctx, node, x, w, y)
     G = node.attrs["groups"]
     dc = _direct_forward(node, ctx.max_threads, ctx.features)
     if dc is not None:

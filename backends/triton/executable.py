@@ -35,7 +35,7 @@ OUTPUTS = ("auto", "numpy", "torch")
 # ops run on float16/bfloat16 buffers as they are: matmul (16-bit operands, float32
 # accumulation, one rounding per result) and layout ops (exact copies); passes/low_precision.py
 # widens every other op on 16-bit values to float32
-LOW_PRECISION_NATIVE = ("matmul", "reshape", "transpose")
+LOW_PRECISION_NATIVE = ("matmul", "matmul_f32", "reshape", "transpose")
 
 
 def native_low_precision(node: Node) -> bool:

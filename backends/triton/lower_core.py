@@ -84,11 +84,12 @@ def _softmax(node: Node, ctx: LowerContext) -> Step:
     return lambda xs: [run(xs[0].reshape(shape)).reshape(x.shape)]
 
 
-@lowering("matmul")
+@lowering("matmul", "matmul_f32")
 def _matmul(node: Node, ctx: LowerContext) -> Step:
+    """``matmul_f32``: the float32 accumulator of the 16-bit product stored as it is."""
     a, b = _in(node, 0), _in(node, 1)
     run = mm.matmul(a.shape, b.shape, _out(node).shape, a.dtype, ctx.device,
-                    ctx.input_precision)
+                    ctx.input_precision, out_dtype=_out(node).dtype)
     return lambda xs: [run(*xs)]
 
 

@@ -360,7 +360,7 @@ def matmul(a, b):
 
 
 @matmul.type_rule
-def _(a, b):
+def _matmul_type(a, b):
     if a.dtype != b.dtype:
         raise ValueError(f"dtypes differ: {a.dtype} and {b.dtype}")
     if a.rank == 0 or b.rank == 0:
@@ -376,6 +376,25 @@ def _(a, b):
     if b.rank == 1:
         shape = shape[:-1]
     return TensorType(shape, a.dtype)
+
+
+MATMUL_F32_OPERANDS = ("float16", "bfloat16", "float32")
+
+
+@register_op("matmul_f32", cost=_matmul_cost, traits=())
+def matmul_f32(a, b):
+    """``matmul`` of float16/bfloat16 (or float32) operands whose result is the float32 sums
+    themselves, never rounded to the operands' type (``preferred_element_type`` of XLA's
+    dot, ``out_dtype`` of ``torch.mm``)."""
+    return np.matmul(a.astype(np.float32), b.astype(np.float32))
+
+
+@matmul_f32.type_rule
+def _(a, b):
+    if a.dtype not in MATMUL_F32_OPERANDS:
+        raise ValueError(f"operands must be one of {', '.join(MATMUL_F32_OPERANDS)}, "
+                         f"got {a.dtype}")
+    return _matmul_type(a, b).with_dtype("float32")
 
 
 # ---------------------------------------------------------------- shape ops

@@ -267,6 +267,16 @@ def _matmul(e, node, xs, ys, gs):
     return [_reshape(e, ga, a.shape), _reshape(e, gb, b.shape)]
 
 
+@vjp_rule("matmul_f32")
+def _matmul_f32(e, node, xs, ys, gs):
+    """The float32 gradient through a float32 ``matmul`` of the widened operands, summed
+    over broadcast batch dims, then rounded once to each operand's dtype."""
+    wide = [x if x.dtype == "float32" else e("cast", x, dtype="float32") for x in xs]
+    grads = _matmul(e, node, wide, ys, gs)
+    return [gr if x.dtype == "float32" else e("cast", gr, dtype=x.dtype)
+            for gr, x in zip(grads, xs)]
+
+
 # ---------------------------------------------------------------- shape ops
 @vjp_rule("reshape")
 def _reshape_rule(e, node, xs, ys, gs):

@@ -190,6 +190,12 @@ SAMPLES.update({
                Case([rand(5, seed=94, dtype=np.float64), rand(5, seed=95, dtype=np.float64)],
                     note="dot product"),
                Case([_ints(2, 3, seed=96), _ints(3, 2, seed=97)], nondiff=(0, 1))],
+    # float32 here; the bf16/f16 variants come from low_precision_samples
+    "matmul_f32": [Case([rand(3, 4, seed=98), rand(4, 5, seed=99)]),
+                   Case([rand(2, 1, 3, 4, seed=100), rand(3, 4, 2, seed=101)],
+                        note="batch broadcast"),
+                   Case([rand(4, seed=102), rand(2, 4, 3, seed=103)], note="1-D on the left"),
+                   Case([rand(2, 3, 5, seed=104), rand(5, seed=105)], note="1-D on the right")],
 })
 
 SAMPLES.update({

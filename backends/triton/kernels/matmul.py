@@ -165,13 +165,15 @@ class MatmulPlan:
 
 
 def matmul(a_shape, b_shape, out_shape, dtype: str, device, precision: str = "ieee",
-           a_view: View | None = None, b_view: View | None = None
+           a_view: View | None = None, b_view: View | None = None,
+           out_dtype: str | None = None
            ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Plan numpy's ``matmul`` of an ``a_shape`` and a ``b_shape`` tensor."""
+    """Plan numpy's ``matmul`` of an ``a_shape`` and a ``b_shape`` tensor of ``dtype``; the
+    result in ``out_dtype`` (default ``dtype``): float32 stores the accumulator unrounded."""
     plan = MatmulPlan(a_shape, b_shape, dtype, device, a_view, b_view)
 
     def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = empty(out_shape, dtype, device)
+        out = empty(out_shape, out_dtype or dtype, device)
         if plan.empty:
             return out
         if plan.k == 0:
