@@ -193,8 +193,8 @@ def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | 
     mean = m.outputs[0]
 
     def one(v: Value, op: str, pred=lambda n: True) -> Node | None:
-        hits = [n for n in users.get(v, []) if n.op == op and pred(n)]
-        return hits[0] if len(hits) == 1 else None
+        hits = {id(n): n for n in users.get(v, []) if n.op == op and pred(n)}
+        return next(iter(hits.values())) if len(hits) == 1 else None
 
     sub = one(mean, "sub", lambda n: list(n.inputs) == [x, mean])
     if sub is None:

@@ -47,6 +47,23 @@ SCRATCH: dict[str, Callable] = {}
 SAME_INDEX: set[str] = set()
 
 
+# fused-region kind -> fn(ctx, node, ins, outs) -> bool: a dedicated lowering of regions of
+# that kind (passes/layer_regions.py), False when it declines a body (then the region's
+# nodes are lowered one by one); FUSED_KIND_SCRATCH: its scratch rule, as SCRATCH's
+FUSED_KINDS: dict[str, Callable] = {}
+FUSED_KIND_SCRATCH: dict[str, Callable] = {}
+
+
+def fused_kind(kind: str, scratch_rule: Callable | None = None):
+    """Register the decorated function as the lowering of ``fused`` regions of ``kind``."""
+    def deco(fn):
+        FUSED_KINDS[kind] = fn
+        if scratch_rule is not None:
+            FUSED_KIND_SCRATCH[kind] = scratch_rule
+        return fn
+    return deco
+
+
 def scratch(*ops: str):
     """Register the decorated function as the scratch-size rule of ``ops``."""
     def deco(fn):

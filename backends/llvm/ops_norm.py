@@ -1,4 +1,5 @@
-"""Lowering of batch normalization (section 8.7.1, eq. 8.34-8.37).
+"""Lowering of batch normalization (section 8.7.1, eq. 8.34-8.37) and of normalize regions
+(layer, group and instance norm; ``lower_normalize``).
 
 Per channel (threads split the channels): in training, the mean (eq. 8.35) and the biased
 variance (eq. 8.36) in float64 over every other axis, then y = gamma (x - mu) / sqrt(var +
@@ -10,7 +11,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .builder import F64, for_range, i64, prod
-from .lowering import lowering
+from .lowering import fused_kind, lowering
 from . import scalar as sc
 
 
@@ -72,3 +73,91 @@ def _batch_norm(ctx, node, ins, outs):
         shift = f64(beta.load(b, c))
         each(c, lambda off: y.store(b, off, to_dt(b.fadd(
             b.fmul(scale, b.fsub(f64(x.load(b, off)), mean)), shift))))
+
+
+# ---------------------------------------------------------------- normalize regions
+NORMALIZE_ROW_ROLES = ("mean", "var", "vare", "r")        # one value per row
+NORMALIZE_ELEM_ROLES = ("d", "sq", "y", "yw", "yb")       # one value per element
+
+
+@fused_kind("normalize")
+def lower_normalize(ctx, node, ins, outs) -> bool:
+    """A ``fused`` region of kind ``normalize`` (passes/layer_regions.py) in two passes over
+    each row of the normalized trailing axes, threads splitting the rows: one reads x for
+    its float64 sums of (x - x0) and (x - x0)^2 (shifted by the row's first element against
+    cancellation), giving the mean and the variance together; one writes the output (and
+    any intermediate the region exports: ``d = x - mean`` for the backward). False if the
+    body is not such a region (the caller lowers it node by node)."""
+    from irgraph.passes.layer_regions import normalize_spec
+    body = node.attrs["body"]
+    spec = normalize_spec(body)
+    if spec is None or spec.x.type.dtype not in ("float32", "float64") \
+            or any(t.swapped for t in list(ins) + list(outs)):
+        return False
+    x_t = spec.x.type
+    n = prod(x_t.shape[x_t.rank - spec.axes:])
+    rows = x_t.size // n if n else 0
+    if n == 0 or rows == 0:
+        return False
+    index = {v: i for i, v in enumerate(body.inputs)}
+    x = ins[index[spec.x]]
+    w = ins[index[spec.weight]] if spec.weight is not None else None
+    bias = ins[index[spec.bias]] if spec.bias is not None else None
+    role_of = {v: r for r, v in spec.roles.items()}
+    wanted = {role_of[v]: outs[j] for j, v in enumerate(body.outputs)}
+    dt, b = x.dtype, ctx.b
+    s1 = ctx.alloca(F64, "s1")
+    s2 = ctx.alloca(F64, "s2")
+
+    def f64(v):
+        return sc.convert(ctx, dt, "float64", v)
+
+    def to_dt(v):
+        return sc.convert(ctx, "float64", dt, v)
+
+    lo, hi = ctx.split(rows)
+    with for_range(b, lo, hi, "row") as row:
+        base = b.mul(row, i64(n))
+        x0 = f64(x.load(b, base))
+        b.store(ir.Constant(F64, 0.0), s1)
+        b.store(ir.Constant(F64, 0.0), s2)
+        with for_range(b, 0, n, "k") as k:                    # pass 1: statistics
+            d = b.fsub(f64(x.load(b, b.add(base, k))), x0)
+            a1 = b.fadd(b.load(s1), d)
+            a2 = b.fadd(b.load(s2), b.fmul(d, d))
+            a1.flags.append("reassoc")      # vector partial sums (float64)
+            a2.flags.append("reassoc")
+            b.store(a1, s1)
+            b.store(a2, s2)
+        inv_n = ir.Constant(F64, 1.0 / n)
+        m1 = b.fmul(b.load(s1), inv_n)
+        mean64 = b.fadd(x0, m1)
+        mean = to_dt(mean64)
+        # the variance about the mean as rounded to x's dtype (what the composition's
+        # x - mean subtracts), c = mean_dt - x0: E[(x - x0)^2] - 2 c E[x - x0] + c^2
+        c = b.fsub(f64(mean), x0)
+        var64 = b.fadd(b.fsub(b.fmul(b.load(s2), inv_n), b.fmul(b.fadd(c, c), m1)),
+                       b.fmul(c, c))
+        var64 = b.select(b.fcmp_ordered("<", var64, ir.Constant(F64, 0.0)),
+                         ir.Constant(F64, 0.0), var64)
+        var = to_dt(var64)
+        vare = b.fadd(var, sc.const(dt, spec.eps))
+        r = to_dt(b.fdiv(ir.Constant(F64, 1.0), sc.call(ctx, "sqrt", f64(vare))))
+        for role, val in (("mean", mean), ("var", var), ("vare", vare), ("r", r)):
+            if role in wanted:
+                wanted[role].store(b, row, val)
+        with for_range(b, 0, n, "k") as k:                    # pass 2: the output
+            off = b.add(base, k)
+            d = b.fsub(x.load(b, off), mean)
+            vals = {"d": d}
+            if "sq" in wanted:
+                vals["sq"] = b.fmul(d, d)
+            y = vals["y"] = b.fmul(d, r)
+            if w is not None:
+                y = vals["yw"] = b.fmul(y, w.load(b, k))
+            if bias is not None:
+                vals["yb"] = b.fadd(y, bias.load(b, k))
+            for role in NORMALIZE_ELEM_ROLES:
+                if role in wanted:
+                    wanted[role].store(b, off, vals[role])
+    return True

@@ -11,7 +11,7 @@ from irgraph.registry import ops_with
 
 from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
-from .lowering import get_lowering, lowering, scratch
+from .lowering import FUSED_KIND_SCRATCH, FUSED_KINDS, get_lowering, lowering, scratch
 from .module import ALIGN, buffers, copy_outputs_of, emit_graph, emit_nodes, plan, swapped_inputs
 from .ops_core import SCALAR
 from . import scalar as sc
@@ -167,14 +167,20 @@ def _bshape(a, b):
 
 @scratch("fused")
 def _fused_scratch(node, threads, features) -> int:
-    return plan(node.attrs["body"], features, threads).arena_bytes
+    own = FUSED_KIND_SCRATCH.get(node.attrs["kind"])
+    extra = own(node, threads, features) if own is not None else 0
+    return max(plan(node.attrs["body"], features, threads).arena_bytes, extra)
 
 
 @lowering("fused", parallel=True)
 def _fused(ctx, node, ins, outs):
     """Elementwise regions: one loop nest. Otherwise the longest elementwise tail (an
     epilogue: bias, activation, residual) becomes one loop nest after the nodes before it
-    (the anchor: matmul, conv, a reduction) are lowered one by one."""
+    (the anchor: matmul, conv, a reduction) are lowered one by one. Kinds with a lowering
+    of their own (``FUSED_KINDS``: attention, normalize) use it when it takes the body."""
+    special = FUSED_KINDS.get(node.attrs["kind"])
+    if special is not None and special(ctx, node, ins, outs):
+        return
     body = node.attrs["body"]
     shape = _loop_fusable(body, body.nodes)
     if shape is not None and all(o.shape == tuple(shape) for o in outs):
