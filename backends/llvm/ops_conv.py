@@ -23,6 +23,7 @@ from irgraph.ops.conv_geometry import out_shape
 
 from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
 from . import gemm_bf16
+from . import conv_dot
 from .conv_direct import Direct, convolve, kernel_gradient, scatter_input_grad, usable
 from .gemm import call_gemm, gemm_function
 from .lowering import lowering, scratch
@@ -135,18 +136,22 @@ def _clamp(b, v, n: int):
     return b.select(b.icmp_signed(">", v, i64(n)), i64(n), v)
 
 
-def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf) -> None:
-    """dst[(c, k), p] = x[xbase + c*plane + in(p, k)], zero where the window leaves x."""
+def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf, at=None) -> None:
+    """dst[(c, k), p] = x[xbase + c*plane + in(p, k)], zero where the window leaves x;
+    ``at(row, col)`` places the element instead (a transposed layout)."""
     b = ctx.b
     plane, pn = prod(geo["spatial"]), prod(geo["out"])
     zero = ir.Constant(dst.elem, 0.0)
+    if at is None:
+        def at(row, col):
+            return b.add(b.mul(row, i64(pn)), col)
 
     def inside(row, col, inoff, ok, c):
         v = x.load(b, b.add(xbase, b.add(b.mul(c, i64(plane)), inoff)))
-        dst.store(b, b.add(b.mul(row, i64(pn)), col), v if ok is None else b.select(ok, v, zero))
+        dst.store(b, at(row, col), v if ok is None else b.select(ok, v, zero))
 
     def outside(row, col):
-        dst.store(b, b.add(b.mul(row, i64(pn)), col), zero)
+        dst.store(b, at(row, col), zero)
     _window_nest(ctx, geo, channels, inside, outside)
 
 
@@ -199,6 +204,9 @@ def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
 
 def _conv_scratch(node, threads, features):
     x, w = node.inputs
+    dot = _dot_forward(node, features)
+    if dot is not None:
+        return -(-dot.cols_elems * x.type.np_dtype.itemsize // ALIGN) * ALIGN
     dc = _direct_forward(node, threads, features)
     if dc is not None:
         return threads * dc.scratch_bytes(dc.forward_parts(node.attrs["groups"]))
@@ -229,12 +237,42 @@ def _direct_forward(node, threads, features):
                    node.attrs["padding"], node.attrs, x.dtype, features, threads)
 
 
+def _dot_forward(node, features):
+    x, w = node.inputs
+    geo = _geo(x.shape, w.shape[2:], node.attrs)
+    return conv_dot.plan(x.shape[0], x.shape[1], w.shape[0], prod(geo["out"]),
+                         w.shape[1] * prod(w.shape[2:]), node.attrs["groups"], x.dtype,
+                         features)
+
+
+def _conv_dot(ctx, dot, node, x: Buf, w: Buf, y: Buf) -> None:
+    """Few output positions: a transposed im2col of every image (threads split the images),
+    then dot products along R (threads split the output channels)."""
+    b = ctx.b
+    geo = _geo(x.shape, w.shape[2:], node.attrs)
+    C, plane, P = x.shape[1], prod(geo["spatial"]), prod(geo["out"])
+    cols = Buf(b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)), _tt((dot.J, dot.Rp), x))
+    lo, hi = ctx.split(x.shape[0])
+    with for_range(b, lo, hi, "img") as n:
+        first = b.mul(n, i64(P))
+        im2col(ctx, x, b.mul(n, i64(C * plane)), C, geo, cols,
+               at=lambda row, col: b.add(b.mul(b.add(first, col), i64(dot.Rp)),
+                                         dot.pos(b, row)))
+    conv_dot.zero_gaps(ctx, dot, cols.ptr, b.mul(lo, i64(P)), b.mul(hi, i64(P)))
+    ctx.barrier()
+    conv_dot.multiply(ctx, dot, w.ptr, cols.ptr, y.ptr)
+
+
 @lowering("conv", "conv_fft", parallel=True)
 def _conv(ctx, node, ins, outs):
     (x, w), (y,) = ins, outs
     if x.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
         return gemm_bf16.lower_conv(ctx, node, x, w, y)
     G = node.attrs["groups"]
+    dot = _dot_forward(node, ctx.features)
+    if dot is not None:
+        _conv_dot(ctx, dot, node, x, w, y)
+        return
     dc = _direct_forward(node, ctx.max_threads, ctx.features)
     if dc is not None:
         R = dc.R

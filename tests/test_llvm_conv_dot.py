@@ -1,0 +1,71 @@
+"""Convolutions with fewer output positions than the GEMM tile is wide (late layers of an
+image network) run as register-tiled dot products along R on the LLVM backend
+(backends/llvm/conv_dot.py). Every case here takes that path on this host (checked), and its
+output is held to the reference backend's: R with and without a tail past whole vectors,
+output channels and columns that leave partial tiles, columns in more than one cache block,
+strides, asymmetric padding, dilation, 1-D, both float types, one and two threads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import irgraph.backends as backends
+from irgraph import Graph, TensorType
+from irgraph.backends.llvm import conv_dot
+from irgraph.backends.llvm.jit import host
+from irgraph.ops.conv_geometry import out_shape
+
+
+def _conv_graph(xs, ws, stride, padding, dilation, dtype):
+    g = Graph("conv")
+    x = g.add_input("x", TensorType(xs, dtype))
+    w = g.add_input("w", TensorType(ws, dtype))
+    g.set_outputs(g.add_node("conv", [x, w], dict(stride=stride, padding=padding,
+                                                  dilation=dilation, groups=1)))
+    return g
+
+
+# (x shape, w shape, stride, padding, dilation)
+CASES = [
+    ((1, 37, 3, 3), (13, 37, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),   # R = 333: a tail
+    ((3, 20, 5, 4), (10, 20, 3, 3), (2, 2), (1, 0, 0, 1), (1, 1)),   # J = 12, asymmetric
+    ((2, 64, 4, 4), (24, 64, 1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),   # 1x1 downsample
+    ((5, 16, 3, 3), (7, 16, 2, 2), (1, 1), (1, 1, 1, 1), (2, 2)),    # dilated
+    ((2, 17, 1, 1), (6, 17, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),    # P = 1, R = 17
+    ((3, 512, 2, 2), (9, 512, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # two column blocks
+    ((2, 24, 5), (5, 24, 3), (2,), (1, 0), (1,)),                    # 1-D
+]
+
+
+@pytest.mark.parametrize("dtype,threads", [("float32", 2), ("float64", 1)])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation", CASES)
+def test_small_grid_conv_matches_reference(xs, ws, stride, padding, dilation, dtype, threads):
+    out = out_shape(xs[2:], ws[2:], stride, padding, dilation)
+    R = ws[1] * int(np.prod(ws[2:]))
+    assert conv_dot.plan(xs[0], xs[1], ws[0], int(np.prod(out)), R, 1, dtype,
+                         host()[2]) is not None, "the case should take the dot-product path"
+    g = _conv_graph(xs, ws, stride, padding, dilation, dtype)
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    want = backends.compile(g, "reference")(x, w)[0]
+    got = backends.compile(g, "llvm", threads=threads, cache=False)(x, w)[0]
+    # float32: R products summed in another order; scale by the sum of magnitudes
+    scale = backends.compile(g, "reference")(np.abs(x), np.abs(w))[0]
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    assert np.all(np.abs(got - want) <= tol * scale + tol), np.abs(got - want).max()
+
+
+def test_plan_takes_narrow_grids_only():
+    """Fewer positions than the GEMM tile's width (32 float32 columns with AVX-512, 16 with
+    AVX2), one group, rows of at least one vector."""
+    avx512, avx2 = "+avx2,+fma,+avx512f", "+avx2,+fma"
+    assert conv_dot.plan(1, 512, 512, 4, 4608, 1, "float32", avx512) is not None
+    assert conv_dot.plan(1, 64, 64, 31, 576, 1, "float32", avx512) is not None
+    assert conv_dot.plan(1, 64, 64, 32, 576, 1, "float32", avx512) is None
+    assert conv_dot.plan(1, 64, 64, 16, 576, 1, "float32", avx2) is None
+    assert conv_dot.plan(1, 64, 64, 15, 576, 1, "float32", avx2) is not None
+    assert conv_dot.plan(1, 64, 64, 4, 576, 2, "float32", avx512) is None     # groups
+    assert conv_dot.plan(1, 8, 8, 4, 8, 1, "float32", avx512) is None         # R < 16
+    assert conv_dot.plan(1, 64, 64, 4, 576, 1, "int32", avx512) is None
+
