@@ -62,6 +62,10 @@ TRAITS = {
     "random": "a draw from the counter-based generator (a pure function of key and counter)",
     "fallible": "may find bad data at run time (an out-of-range index, a negative integer "
                 "exponent, a non-finite value) and raise",
+    "autocast_low": "under mixed precision (passes/autocast.py) runs on 16-bit operands: the "
+                    "matrix products and convolutions",
+    "autocast_float32": "under mixed precision runs in float32, its 16-bit operands cast up "
+                        "(reductions, softmax, exp/log/pow, losses, norms)",
 }
 
 

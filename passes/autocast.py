@@ -3,10 +3,11 @@
 ``autocast(graph, "bfloat16")`` keeps every parameter, input and output in its own dtype
 (master weights stay float32) and changes what each node computes in:
 
-* matrix products and convolutions (``LOW_OPS``) run on 16-bit operands (float32 operands
-  are cast down first) and give 16-bit results; their float32 accumulation is the backends';
-* reductions, softmax, log_softmax, exp/log/pow, losses and norms (``FLOAT32_OPS``) run in
-  float32 (16-bit operands are cast up);
+* matrix products and convolutions (``LOW_OPS``: the registry's ``autocast_low`` trait) run
+  on 16-bit operands (float32 operands are cast down first) and give 16-bit results; their
+  float32 accumulation is the backends';
+* reductions, softmax, log_softmax, exp/log/pow, losses and norms (``FLOAT32_OPS``: the
+  ``autocast_float32`` trait) run in float32 (16-bit operands are cast up);
 * every other op runs in its operands' dtype; operands of mixed float dtypes are cast to
   float32 (PyTorch's promotion: float16/bfloat16 with float32 gives float32).
 
@@ -16,16 +17,12 @@ convolutions run in 16 bits too and the parameters' gradients arrive in float32.
 from __future__ import annotations
 
 from irgraph import Graph, IRError, get_op
+from irgraph.registry import ops_with
 from irgraph.rewrite import GraphRewriter
 from irgraph.types import LOW_DTYPES, canonical_dtype
 
-LOW_OPS = frozenset({"matmul", "conv", "conv_fft", "tiled_conv", "locally_connected"})
-FLOAT32_OPS = frozenset({"sum", "mean", "softmax", "log_softmax", "exp", "log", "pow",
-                         "global_norm"})
-
-
-def runs_in_float32(op: str) -> bool:
-    return op in FLOAT32_OPS or "loss" in op or "norm" in op
+LOW_OPS = ops_with("autocast_low")
+FLOAT32_OPS = ops_with("autocast_float32")
 
 
 def autocast(graph: Graph, dtype: str) -> Graph:
@@ -46,11 +43,12 @@ def autocast(graph: Graph, dtype: str) -> Graph:
     for node in graph.nodes:
         ins = [rw[v] for v in node.inputs]
         floats = {v.dtype for v in ins if v.type.is_float}
+        traced = {v.dtype for v in node.inputs if v.type.is_float}
         if node.opdef.has_subgraph or node.op == "cast":
             target = None
         elif node.op in LOW_OPS and floats == {"float32"}:
             target = dtype
-        elif runs_in_float32(node.op) and floats & set(LOW_DTYPES):
+        elif node.op in FLOAT32_OPS and (floats | traced) & set(LOW_DTYPES):
             target = "float32"
         elif len(floats) > 1:
             target = "float32"

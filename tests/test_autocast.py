@@ -103,3 +103,44 @@ def test_autocast_rejects_other_dtypes():
     with pytest.raises((ValueError, TypeError), match="float16 or bfloat16|unsupported"):
         compile_train(m, nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1),
                       TensorSpec((B, 1, 8, 8)), TensorSpec((B,), "int64"), autocast="float64")
+
+
+def test_op_sets_are_the_registry_autocast_traits():
+    """The pass's op sets are the traits; they are the sets its hand-written rule gave: the two
+    literal lists plus every op named like a loss or a norm (random_normal matched "norm" by
+    name only: a draw from integer key and counter, it has no float operand to cast)."""
+    from irgraph.passes.autocast import FLOAT32_OPS, LOW_OPS
+    from irgraph.registry import all_ops, ops_with
+    assert LOW_OPS == ops_with("autocast_low") == {
+        "matmul", "conv", "conv_fft", "tiled_conv", "locally_connected"}
+    named = {n for n in all_ops() if "loss" in n or "norm" in n} - {"random_normal"}
+    assert FLOAT32_OPS == ops_with("autocast_float32") == named | {
+        "sum", "mean", "softmax", "log_softmax", "exp", "log", "pow", "global_norm"}
+
+
+def test_autocast_pass_casts_by_the_traits():
+    """matmul (autocast_low) of float32 operands runs in bfloat16; softmax and sum
+    (autocast_float32) of a bfloat16 value run in float32; relu, in neither set, keeps its
+    bfloat16 operand; each output keeps its traced dtype."""
+    import ml_dtypes
+    from irgraph import Graph, TensorType
+    from irgraph.interpreter import interpret
+    from irgraph.passes.autocast import autocast
+    g = Graph("mixed")
+    x = g.add_input("x", TensorType((4, 3), "float32"))
+    h = g.add_input("h", TensorType((4, 2), "bfloat16"))
+    w = g.add_param("w", TensorType((3, 2), "float32"))
+    g.set_outputs([g.op("matmul", x, w), g.op("sum", g.op("softmax", h, axis=1)),
+                   g.op("relu", h)])
+    low = autocast(g, "bfloat16")
+    computes = {n.op: [v.dtype for v in n.inputs] for n in low.nodes if n.op != "cast"}
+    assert computes == {"matmul": ["bfloat16", "bfloat16"], "softmax": ["float32"],
+                        "sum": ["float32"], "relu": ["bfloat16"]}
+    assert [v.dtype for v in low.outputs] == ["float32", "bfloat16", "bfloat16"]
+    rng = np.random.default_rng(0)
+    xs, ws = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+    hs = rng.standard_normal((4, 2)).astype(ml_dtypes.bfloat16)
+    y, total, r = interpret(low, [xs.astype(np.float32), hs, ws.astype(np.float32)])
+    np.testing.assert_allclose(y, xs @ ws, rtol=2e-2, atol=2e-2)    # bfloat16 operands
+    assert float(total) == 4.0                # four rows of a softmax, summed in float32
+    np.testing.assert_array_equal(r, np.maximum(hs, 0))

@@ -110,7 +110,7 @@ def _input_grad_cost(ins, outs, attrs) -> Cost:
 
 
 # ---------------------------------------------------------------- conv
-@register_op("conv", traits=(), attrs=_CONV, cost=_conv_cost)
+@register_op("conv", traits={"autocast_low"}, attrs=_CONV, cost=_conv_cost)
 def conv(x, w, *, stride, padding, dilation, groups):
     """Cross-correlation (eq. 9.6-9.7) with stride (eq. 9.8), padding, dilation, groups."""
     return _conv(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
@@ -194,7 +194,7 @@ def _dilate(w: np.ndarray, dilation) -> np.ndarray:
     return out
 
 
-@register_op("conv_fft", traits=(), attrs=_CONV, cost=_conv_cost)
+@register_op("conv_fft", traits={"autocast_low"}, attrs=_CONV, cost=_conv_cost)
 def conv_fft(x, w, *, stride, padding, dilation, groups):
     """``conv`` computed by pointwise products in the frequency domain (numpy.fft)."""
     n, c = x.shape[:2]
@@ -282,7 +282,7 @@ def _locally_connected(x, w, stride, padding, dilation):
     return np.ascontiguousarray(y.transpose(1, 2, 0)).reshape((n, o) + tuple(out))
 
 
-@register_op("locally_connected", traits=(), attrs=_WINDOW, cost=_lc_cost)
+@register_op("locally_connected", traits={"autocast_low"}, attrs=_WINDOW, cost=_lc_cost)
 def locally_connected(x, w, *, stride, padding, dilation):
     """Unshared convolution (eq. 9.9): Z[i,j,k] = sum V[l, j+m-1, k+n-1] W[i,j,k,l,m,n];
     w is (O, *out, C, *kernel), one kernel per output location."""
@@ -314,7 +314,7 @@ def tile_to_locations(w: np.ndarray, out) -> np.ndarray:
     return np.ascontiguousarray(wt.transpose(perm))
 
 
-@register_op("tiled_conv", traits=(), attrs=_WINDOW, cost=_tiled_cost)
+@register_op("tiled_conv", traits={"autocast_low"}, attrs=_WINDOW, cost=_tiled_cost)
 def tiled_conv(x, w, *, stride, padding, dilation):
     """Tiled convolution (eq. 9.10): w (O, C, *kernel, *t) holds t kernels per direction,
     cycled through as one moves through the output."""

@@ -76,8 +76,8 @@ def _numeric(x):
 _ELEMENTWISE = frozenset({"elementwise", "inplace"})
 
 
-def _unary(name, fn, flops=1, float_only=True, **kw):
-    traits = _ELEMENTWISE | ({"float_only"} if float_only else set())
+def _unary(name, fn, flops=1, float_only=True, traits=(), **kw):
+    traits = _ELEMENTWISE | ({"float_only"} if float_only else set()) | set(traits)
     op = register_op(name, cost=elementwise_cost(flops), num_inputs=1, traits=traits,
                      **kw)(fn)
     op.type_rule(_float_only if float_only else _numeric)
@@ -121,8 +121,8 @@ def _erf(x):
 
 
 _unary("neg", np.negative, float_only=False)
-_unary("exp", _exp, 4)
-_unary("log", _log, 4)
+_unary("exp", _exp, 4, traits={"autocast_float32"})
+_unary("log", _log, 4, traits={"autocast_float32"})
 _unary("sqrt", _sqrt, 2)
 _unary("rsqrt", _rsqrt, 3)
 _unary("tanh", np.tanh, 6)
@@ -205,7 +205,8 @@ _binary("add", np.add, traits=_COMM)
 _binary("sub", np.subtract)
 _binary("mul", np.multiply, traits=_COMM)
 _binary("div", _div)
-_binary("pow", _pow, traits={"fallible"})     # an integer power rejects a negative exponent
+# an integer power rejects a negative exponent
+_binary("pow", _pow, traits={"fallible", "autocast_float32"})
 _binary("fmod", _fmod, _float_rule, traits={"float_only"})
 _binary("maximum", np.maximum, _binary_rule, traits=_COMM)
 _binary("minimum", np.minimum, _binary_rule, traits=_COMM)
@@ -322,8 +323,8 @@ def _sum(x, axis, keepdims):
     return np.sum(x, axis=axis, keepdims=keepdims, dtype=x.dtype)  # ints keep their dtype
 
 
-_reduce("sum", _sum)
-_reduce("mean", _mean, traits={"float_only"})
+_reduce("sum", _sum, traits={"autocast_float32"})
+_reduce("mean", _mean, traits={"float_only", "autocast_float32"})
 _reduce("max", np.max)
 _reduce("min", np.min)
 
@@ -353,7 +354,7 @@ def _matmul_cost(ins, outs, attrs):
     return Cost(2 * outs[0].size * k, sum(t.nbytes for t in ins + outs))
 
 
-@register_op("matmul", cost=_matmul_cost, traits=())
+@register_op("matmul", cost=_matmul_cost, traits={"autocast_low"})
 def matmul(a, b):
     """Batched matrix product with numpy's rules (1-D operands promoted, batch dims broadcast)."""
     return np.matmul(a, b)
@@ -544,10 +545,10 @@ def _axis_rule(x, *, axis):
 
 
 register_op("softmax", attrs={"axis": Attr(a_int, -1)}, cost=elementwise_cost(7),
-            traits={"float_only"})(
+            traits={"float_only", "autocast_float32"})(
     _softmax).type_rule(_axis_rule)
 register_op("log_softmax", attrs={"axis": Attr(a_int, -1)}, cost=elementwise_cost(7),
-            traits={"float_only"})(
+            traits={"float_only", "autocast_float32"})(
     _log_softmax).type_rule(_axis_rule)
 
 _REDUCTION = Attr(a_choice("mean", "sum", "none"), "mean")
@@ -563,7 +564,7 @@ def _reduce_loss(per, reduction, weight_sum=None):
 
 
 @register_op("nll_loss", attrs={"reduction": _REDUCTION, "ignore_index": Attr(a_int, -100)},
-             traits={"fallible"})     # a class index out of range
+             traits={"fallible", "autocast_float32"})     # a class index out of range
 def nll_loss(logp, target, *, reduction, ignore_index):
     """-log p(target) from log-probabilities (N, C, *d) and class indices (N, *d) (eq. 10.12-10.14).
 
@@ -589,7 +590,7 @@ def _(logp, target, *, reduction, ignore_index):
     return TensorType(target.shape if reduction == "none" else (), logp.dtype)
 
 
-@register_op("mse_loss", attrs={"reduction": _REDUCTION}, traits=())
+@register_op("mse_loss", attrs={"reduction": _REDUCTION}, traits={"autocast_float32"})
 def mse_loss(x, y, *, reduction):
     return _reduce_loss(np.square(x - y), reduction)
 

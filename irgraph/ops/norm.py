@@ -29,7 +29,7 @@ def bn_axes(rank: int, axis: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
                                                           for i in range(rank))
 
 
-@register_op("batch_norm", traits=(), attrs=_BN,
+@register_op("batch_norm", traits={"autocast_float32"}, attrs=_BN,
              cost=lambda i, o, a: Cost(8 * i[0].size, sum(t.nbytes for t in i + o)))
 def batch_norm(x, gamma, beta, running_mean, running_var, *, training, eps, momentum, axis):
     red, view = bn_axes(x.ndim, axis)

@@ -160,10 +160,11 @@ def clip_by_norm(g, norm, max_norm, *, eps):
 
 
 _register("clip_by_value", clip_by_value, 1, 1, 2, traits=_INPLACE)
-_register("clip_by_norm", clip_by_norm, 1, 2, 3, {"eps": Attr(a_float, 1e-6)}, traits=())
+_register("clip_by_norm", clip_by_norm, 1, 2, 3, {"eps": Attr(a_float, 1e-6)},
+          traits={"autocast_float32"})
 
 
-@register_op("global_norm", traits=(), num_inputs=None, **_NONDIFF,
+@register_op("global_norm", traits={"autocast_float32"}, num_inputs=None, **_NONDIFF,
              cost=lambda i, o, a: Cost(2 * sum(t.size for t in i), sum(t.nbytes for t in i)))
 def global_norm(*gs):
     """sqrt(sum over all tensors of sum(g*g)): the norm of all gradients as one vector."""
