@@ -12,7 +12,9 @@ import numpy as np
 from . import functional as F
 from .functional_norm import attend
 from .layers_norm import LayerNorm
-from .nn import Linear, Module, ModuleList, Parameter
+from .layers import Dropout
+from .layers_basic import Linear
+from .module import Module, ModuleList, Parameter
 from .random import rng
 
 __all__ = ["MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder",
@@ -181,7 +183,6 @@ class TransformerEncoderLayer(Module):
                  dropout: float = 0.1, activation="relu", layer_norm_eps: float = 1e-5,
                  batch_first: bool = False, norm_first: bool = False, bias: bool = True):
         super().__init__()
-        from .layers import Dropout
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
                                             batch_first=batch_first)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)

@@ -3,7 +3,7 @@ constructor arguments); nn.py re-exports them."""
 from __future__ import annotations
 
 from . import functional as F
-from .nn import Module
+from .module import Module
 
 __all__ = ["LeakyReLU", "ReLU6", "Hardtanh", "ELU", "Softplus", "SiLU", "LogSigmoid",
            "GELU", "Mish", "Hardswish",

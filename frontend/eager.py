@@ -21,7 +21,7 @@ import numpy as np
 from irgraph import Graph, TensorType, Value
 from irgraph.interpreter import run_node
 
-from .tracing import Tensor, user_location
+from .tensor_base import Tensor, format_tensor, user_location
 
 __all__ = ["EagerTracer", "eager_tracer", "tensor", "format_tensor"]
 
@@ -100,18 +100,3 @@ def tensor(data, dtype: str | None = None) -> Tensor:
         arr = arr.astype(np.int64)
     TensorType.of(arr)          # a dtype the IR has, else a clear error
     return eager_tracer().wrap(arr)
-
-
-_DEFAULT_DTYPES = ("float32", "int64", "bool")
-
-
-def format_tensor(data: np.ndarray) -> str:
-    """``tensor([...])`` as torch prints it; the dtype is named when it is not a default."""
-    finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
-    whole = data.dtype.kind != "f" or bool(np.all(finite == np.round(finite)) and
-                                           np.all(np.abs(finite) < 1e8))
-    # torch's style: four decimals, "1." when every value is a whole number
-    body = np.array2string(data, separator=", ", prefix="tensor(", threshold=1000,
-                           edgeitems=3, precision=4, floatmode="maxprec" if whole else "fixed")
-    dt = data.dtype.name
-    return f"tensor({body})" if dt in _DEFAULT_DTYPES else f"tensor({body}, dtype={dt})"

@@ -15,9 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from irgraph.ops.conv_geometry import out_size
-from irgraph.passes.autodiff.rules_conv import repeat_tiles
+from irgraph.ops.conv_geometry import out_size, repeat_tiles
 
+from . import functional_core as F
+from .functional_core import emit_op as _emit
 from .tracing import Tensor
 
 __all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d",
@@ -25,17 +26,8 @@ __all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpo
            "locally_connected", "tiled_conv"]
 
 
-def _F():
-    from . import functional
-    return functional
-
-
-def _emit(op: str, *xs: Tensor, **attrs):
-    return xs[0].tracer.emit(op, *xs, **attrs)
-
-
 # ---------------------------------------------------------------- argument normalization
-def _tuple(v, d: int, name: str) -> tuple[int, ...]:
+def int_tuple(v, d: int, name: str) -> tuple[int, ...]:
     """An int, or a sequence of d ints (torch's ``_single/_pair/_triple``)."""
     if isinstance(v, int):
         return (v,) * d
@@ -66,22 +58,23 @@ def conv_padding(padding, d: int, kernel, dilation, stride) -> tuple[int, ...]:
                          f"got {padding!r}")
     if not isinstance(padding, int) and len(tuple(padding)) == 2 * d:
         return tuple(int(p) for p in padding)
-    return tuple(p for p in _tuple(padding, d, "padding") for _ in (0, 1))
+    return tuple(p for p in int_tuple(padding, d, "padding") for _ in (0, 1))
 
 
-def _batched(x, d: int, name: str) -> tuple[Tensor, bool]:
+def batched_input(x, d: int, name: str) -> tuple[Tensor, bool]:
     """(N, C, *spatial) input; an unbatched (C, *spatial) one gets a batch axis of 1."""
-    x = _F().as_tensor(x)
+    x = F.as_tensor(x)
     if x.ndim == d + 1:
-        return _F().unsqueeze(x, 0), True
+        return F.unsqueeze(x, 0), True
     if x.ndim != d + 2:
         raise ValueError(f"{name} expects a ({d + 1}-D unbatched or {d + 2}-D batched) input "
                          f"(N, C, {d} spatial), got shape {x.shape}")
     return x, False
 
 
-def _unbatch(y: Tensor, squeeze: bool) -> Tensor:
-    return _F().squeeze(y, 0) if squeeze else y
+def unbatch(y: Tensor, squeeze: bool) -> Tensor:
+    """The result of a ``batched_input``: its batch axis of 1 dropped again if it was added."""
+    return F.squeeze(y, 0) if squeeze else y
 
 
 def add_bias(y: Tensor, bias, tiles: Sequence[int] | None = None) -> Tensor:
@@ -89,7 +82,6 @@ def add_bias(y: Tensor, bias, tiles: Sequence[int] | None = None) -> Tensor:
     tile (O, *t): location j uses bias j mod t (end of section 9.5)."""
     if bias is None:
         return y
-    F = _F()
     b = F.as_tensor(bias, y)
     o, out = y.shape[1], y.shape[2:]
     if b.shape == (o,):
@@ -109,7 +101,7 @@ def _rank(v) -> int:
 
 
 def _weight(w, x: Tensor, name: str, rank: int) -> Tensor:
-    w = _F().as_tensor(w, x)
+    w = F.as_tensor(w, x)
     if w.ndim != rank:
         raise ValueError(f"{name}: weight must have {rank} dimensions, got shape {w.shape}")
     return w
@@ -121,13 +113,13 @@ def conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups: int 
     """N-d convolution (cross-correlation, eq. 9.6-9.8); ``dim`` spatial axes (default from
     the weight). ``op="conv_fft"`` computes it by FFT."""
     d = dim if dim is not None else _rank(weight) - 2
-    x, squeeze = _batched(input, d, f"conv{d}d")
+    x, squeeze = batched_input(input, d, f"conv{d}d")
     w = _weight(weight, x, f"conv{d}d", d + 2)
     k = w.shape[2:]
-    st, dl = _tuple(stride, d, "stride"), _tuple(dilation, d, "dilation")
+    st, dl = int_tuple(stride, d, "stride"), int_tuple(dilation, d, "dilation")
     pads = conv_padding(padding, d, k, dl, st)
     y = _emit(op, x, w, stride=st, padding=pads, dilation=dl, groups=groups)
-    return _unbatch(add_bias(y, bias), squeeze)
+    return unbatch(add_bias(y, bias), squeeze)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
@@ -152,16 +144,15 @@ def conv_separable(input, vectors: Sequence, bias=None, stride=1, padding=0,
     """Convolution with the separable kernel K[o, c, i, j, ...] = v0[o, c, i] v1[o, j] ...
     (section 9.8), run as d one-dimensional convolutions: v0 (O, C, k0) mixes channels along
     axis 0, each further v_i (O, k_i) is a per-channel (depthwise) pass along axis i."""
-    F = _F()
     d = len(vectors)
-    x, squeeze = _batched(input, d, "conv_separable")
+    x, squeeze = batched_input(input, d, "conv_separable")
     vs = [F.as_tensor(v, x) for v in vectors]
     if vs[0].ndim != 3 or any(v.ndim != 2 or v.shape[0] != vs[0].shape[0] for v in vs[1:]):
         raise ValueError(f"conv_separable needs v0 (O, C, k0) and v_i (O, k_i), got "
                          f"{[v.shape for v in vs]}")
     o = vs[0].shape[0]
     k = tuple(v.shape[-1] for v in vs)
-    st, dl = _tuple(stride, d, "stride"), _tuple(dilation, d, "dilation")
+    st, dl = int_tuple(stride, d, "stride"), int_tuple(dilation, d, "dilation")
     pads = conv_padding(padding, d, k, dl, st)
     y = x
     for i, v in enumerate(vs):
@@ -173,7 +164,7 @@ def conv_separable(input, vectors: Sequence, bias=None, stride=1, padding=0,
         s_i[i], d_i[i], p_i[2 * i:2 * i + 2] = st[i], dl[i], pads[2 * i:2 * i + 2]
         y = _emit("conv", y, w, stride=tuple(s_i), padding=tuple(p_i), dilation=tuple(d_i),
                   groups=1 if i == 0 else o)
-    return _unbatch(add_bias(y, bias), squeeze)
+    return unbatch(add_bias(y, bias), squeeze)
 
 
 def transposed_output_size(in_size, kernel, stride, pads, dilation, output_padding):
@@ -190,17 +181,17 @@ def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding
     (C_in, C_out/groups, *k). Several output sizes map to the same input under the strided
     convolution; ``output_padding`` or ``output_size`` picks one (as PyTorch)."""
     d = dim if dim is not None else _rank(weight) - 2
-    x, squeeze = _batched(input, d, f"conv_transpose{d}d")
+    x, squeeze = batched_input(input, d, f"conv_transpose{d}d")
     w = _weight(weight, x, f"conv_transpose{d}d", d + 2)
     if w.shape[0] != x.shape[1]:
         raise ValueError(f"conv_transpose{d}d: weight {w.shape} needs {w.shape[0]} input "
                          f"channels, input has {x.shape[1]}")
     k = w.shape[2:]
-    st, dl = _tuple(stride, d, "stride"), _tuple(dilation, d, "dilation")
+    st, dl = int_tuple(stride, d, "stride"), int_tuple(dilation, d, "dilation")
     pads = conv_padding(padding, d, k, dl, st)
     if output_size is not None:
         output_padding = _output_padding(x.shape[2:], output_size, k, st, pads, dl)
-    op = _tuple(output_padding, d, "output_padding")
+    op = int_tuple(output_padding, d, "output_padding")
     if any(p >= max(s, q) or p < 0 for p, s, q in zip(op, st, dl)):
         raise ValueError(f"output_padding {list(op)} must be >= 0 and smaller than either "
                          f"stride {list(st)} or dilation {list(dl)}")
@@ -218,7 +209,7 @@ def conv_transpose(input, weight, bias=None, stride=1, padding=0, output_padding
         x = _emit("pad", x, pads=(0, 0, 0, 0) + tuple(p for e in extra for p in (0, e)))
     y = _emit("conv_input_grad", w, x, input_size=size, stride=st, padding=pads,
               dilation=dl, groups=groups)
-    return _unbatch(add_bias(y, bias), squeeze)
+    return unbatch(add_bias(y, bias), squeeze)
 
 
 def _output_padding(in_size, output_size, kernel, stride, pads, dilation) -> tuple[int, ...]:
@@ -255,25 +246,25 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 def unfold(input, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """``torch.nn.functional.unfold`` (any number of spatial axes): (N, C*prod(k), L)."""
-    x = _F().as_tensor(input)
+    x = F.as_tensor(input)
     d = x.ndim - 2
-    k = _tuple(kernel_size, d, "kernel_size")
-    cols = _emit("unfold", x, kernel_size=k, stride=_tuple(stride, d, "stride"),
-                 padding=conv_padding(padding, d, k, _tuple(dilation, d, "dilation"),
+    k = int_tuple(kernel_size, d, "kernel_size")
+    cols = _emit("unfold", x, kernel_size=k, stride=int_tuple(stride, d, "stride"),
+                 padding=conv_padding(padding, d, k, int_tuple(dilation, d, "dilation"),
                                       (1,) * d),
-                 dilation=_tuple(dilation, d, "dilation"))
+                 dilation=int_tuple(dilation, d, "dilation"))
     # the block count L spelled out: a -1 would be ambiguous for an empty batch
-    return _F().reshape(cols, (x.shape[0], x.shape[1] * math.prod(k),
+    return F.reshape(cols, (x.shape[0], x.shape[1] * math.prod(k),
                                math.prod(cols.shape[2 + d:])))
 
 
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """``torch.nn.functional.fold``: sums (N, C*prod(k), L) windows into (N, C, *output_size)."""
-    x = _F().as_tensor(input)
+    x = F.as_tensor(input)
     size = tuple(output_size) if not isinstance(output_size, int) else (output_size,) * 2
     d = len(size)
-    k, st, dl = (_tuple(kernel_size, d, "kernel_size"), _tuple(stride, d, "stride"),
-                 _tuple(dilation, d, "dilation"))
+    k, st, dl = (int_tuple(kernel_size, d, "kernel_size"), int_tuple(stride, d, "stride"),
+                 int_tuple(dilation, d, "dilation"))
     pads = conv_padding(padding, d, k, dl, (1,) * d)
     out = tuple(out_size(n, kk, s, pads[2 * i], pads[2 * i + 1], q)
                 for i, (n, kk, s, q) in enumerate(zip(size, k, st, dl)))
@@ -281,7 +272,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Te
     if x.ndim != 3 or x.shape[1] % kk or x.shape[2] != math.prod(out):
         raise ValueError(f"fold: input {x.shape} must be (N, C*{kk}, {math.prod(out)}) for "
                          f"output {list(size)} and kernel {list(k)}")
-    cols = _F().reshape(x, (x.shape[0], x.shape[1] // kk) + k + out)
+    cols = F.reshape(x, (x.shape[0], x.shape[1] // kk) + k + out)
     return _emit("fold", cols, output_size=size, kernel_size=k, stride=st, padding=pads,
                  dilation=dl)
 
@@ -289,23 +280,23 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Te
 def locally_connected(input, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
     """Unshared convolution (eq. 9.9): weight (O, *out, C, *k), one kernel per location."""
     d = (_rank(weight) - 2) // 2
-    x, squeeze = _batched(input, d, "locally_connected")
+    x, squeeze = batched_input(input, d, "locally_connected")
     w = _weight(weight, x, "locally_connected", 2 * d + 2)
     k = w.shape[2 + d:]
-    st, dl = _tuple(stride, d, "stride"), _tuple(dilation, d, "dilation")
+    st, dl = int_tuple(stride, d, "stride"), int_tuple(dilation, d, "dilation")
     y = _emit("locally_connected", x, w, stride=st, padding=conv_padding(padding, d, k, dl, st),
               dilation=dl)
-    return _unbatch(add_bias(y, bias), squeeze)
+    return unbatch(add_bias(y, bias), squeeze)
 
 
 def tiled_conv(input, weight, bias=None, stride=1, padding=0, dilation=1) -> Tensor:
     """Tiled convolution (eq. 9.10): weight (O, C, *k, *t); bias per channel, location or
     tile."""
     d = (_rank(weight) - 2) // 2
-    x, squeeze = _batched(input, d, "tiled_conv")
+    x, squeeze = batched_input(input, d, "tiled_conv")
     w = _weight(weight, x, "tiled_conv", 2 * d + 2)
     k, t = w.shape[2:2 + d], w.shape[2 + d:]
-    st, dl = _tuple(stride, d, "stride"), _tuple(dilation, d, "dilation")
+    st, dl = int_tuple(stride, d, "stride"), int_tuple(dilation, d, "dilation")
     y = _emit("tiled_conv", x, w, stride=st, padding=conv_padding(padding, d, k, dl, st),
               dilation=dl)
-    return _unbatch(add_bias(y, bias, tiles=t), squeeze)
+    return unbatch(add_bias(y, bias, tiles=t), squeeze)

@@ -12,8 +12,8 @@ import numpy as np
 
 from irgraph.ops.core import wrap_dim
 
-from .functional import as_tensor, broadcast_to, eq, getitem, mul, reshape, slice_axes, \
-    unsqueeze, where
+from .functional_core import as_tensor, basic_getitem, broadcast_to, emit_op as _emit, eq, mul, \
+    reshape, slice_axes, unsqueeze, where
 from .tracing import Tensor
 
 __all__ = ["gather", "index_select", "take_along_dim", "scatter_add", "index_add", "embedding"]
@@ -26,10 +26,6 @@ def _index(index, what: str) -> Tensor:
         raise TypeError(f"{what}: indices must be an int32 or int64 tensor, got {t.type}"
                         + (" (boolean masks are not supported)" if t.dtype == "bool" else ""))
     return t
-
-
-def _emit(op: str, *xs: Tensor, **attrs) -> Tensor:
-    return xs[0].tracer.emit(op, *xs, **attrs)
 
 
 def gather(input, dim: int, index) -> Tensor:
@@ -124,12 +120,13 @@ def embedding(input, weight, padding_idx: int | None = None, max_norm=None,
     out = _emit("take", w, idx, axis=0)
     if padding_idx is None:
         return out
-    pad = _padding_idx(padding_idx, w.shape[0])
+    pad = padding_index(padding_idx, w.shape[0])
     hit = unsqueeze(eq(idx, pad), -1)
     return where(hit, _emit("stop_gradient", out), out)
 
 
-def _padding_idx(padding_idx: int, num: int) -> int:
+def padding_index(padding_idx: int, num: int) -> int:
+    """``padding_idx`` of an embedding table of ``num`` rows, checked, as a row in [0, num)."""
     if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
             or not -num <= padding_idx < num:
         raise ValueError(f"padding_idx must be within num_embeddings ({num}), got "
@@ -138,6 +135,14 @@ def _padding_idx(padding_idx: int, num: int) -> int:
 
 
 # ---------------------------------------------------------------- x[idx] with tensors
+def getitem(x: Tensor, index) -> Tensor:
+    """``x[index]``: basic indexing (ints, slices of any step, None and Ellipsis:
+    ``functional_core.basic_getitem``); one integer tensor among them indexes its axis."""
+    if is_tensor_index(index):
+        return tensor_getitem(x, index)
+    return basic_getitem(x, index)
+
+
 def is_tensor_index(index) -> bool:
     """Does an index hold an integer tensor (or an integer list/array): advanced indexing?"""
     items = index if isinstance(index, tuple) else (index,)
@@ -167,18 +172,5 @@ def tensor_getitem(x: Tensor, index) -> Tensor:
     # it each give one axis, ints none
     axis = sum(1 for i in items[:k] if not isinstance(i, (int, np.integer)))
     items[k] = slice(None)
-    y = getitem(x, tuple(items))
+    y = basic_getitem(x, tuple(items))
     return _emit("take", y, idx, axis=axis)
-
-
-def _method(fn):
-    def m(self, *args, **kwargs):
-        return fn(self, *args, **kwargs)
-    m.__name__ = fn.__name__
-    return m
-
-
-for _name, _fn in (("gather", gather), ("index_select", index_select),
-                   ("take_along_dim", take_along_dim), ("scatter_add", scatter_add),
-                   ("index_add", index_add)):
-    setattr(Tensor, _name, _method(_fn))

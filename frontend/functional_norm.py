@@ -11,8 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .functional import (_promote, add, as_tensor, cast, matmul, mean, mul, reshape, rsqrt,
-                         softmax, sub, transpose, where)
+from .functional_core import (add, as_tensor, cast, matmul, mean, mul, promote, reshape, rsqrt,
+                              softmax, sub, transpose, where)
+from .functional_pool import is_buffer
+from .functional_random import dropout
 from .tracing import Tensor
 
 __all__ = ["layer_norm", "group_norm", "instance_norm", "rms_norm",
@@ -136,13 +138,12 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         return _channels("instance_norm", y, weight, bias, c)
     y = normalize_over(x, axes, eps)
     if running_mean is not None or running_var is not None:
-        from .functional_pool import _is_buffer
         count = int(np.prod([x.shape[a] for a in axes]))
         m = mean(x, axes)                                        # (N, C)
         d = sub(x, reshape(m, m.shape + (1,) * len(axes)))
         var = mul(mean(mul(d, d), axes), count / max(count - 1, 1))
         for buf, stat in ((running_mean, m), (running_var, var)):
-            if buf is not None and _is_buffer(buf):
+            if buf is not None and is_buffer(buf):
                 old = as_tensor(buf, x)
                 new = add(mul(old, 1 - momentum), mul(mean(stat, 0), momentum))
                 x.tracer.update_state(buf, cast(new, old.dtype))
@@ -167,8 +168,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     float (added to the scores), broadcast to (..., L, S); ``is_causal``: the lower triangle;
     ``scale`` defaults to 1/sqrt(E); ``dropout_p`` drops attention weights (``F.dropout``,
     always, as torch's function does)."""
-    q, k = _promote(query, key)
-    q, v = _promote(q, value)
+    q, k = promote(query, key)
+    q, v = promote(q, value)
     k = cast(k, q.dtype)
     if not q.type.is_float:
         raise TypeError(f"scaled_dot_product_attention needs float tensors, got {q.type}")
@@ -202,7 +203,6 @@ def attend(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, keep=Non
     ``scaled_dot_product_attention`` and ``nn.MultiheadAttention`` share. ``keep`` (bool,
     True = attend) and ``additive`` (float) broadcast to the scores (..., L, S); the scale
     (default 1/sqrt(E)) multiplies q before the product, as torch's math path."""
-    from .functional_random import dropout
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     scores = matmul(mul(q, scale), transpose(k, -2, -1))
     for name, m in (("mask", keep), ("mask", additive)):

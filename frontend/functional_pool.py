@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
-from .functional_conv import _batched, _emit, _F, _tuple, _unbatch
+from . import functional_core as F
+from .functional_conv import batched_input, int_tuple, unbatch
+from .functional_core import emit_op as _emit
 from .tracing import Tensor
 
 __all__ = ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
@@ -21,13 +23,13 @@ __all__ = ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
 
 
 def _pool_args(kernel_size, stride, padding, d: int, name: str):
-    k = _tuple(kernel_size, d, "kernel_size")
+    k = int_tuple(kernel_size, d, "kernel_size")
     st = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else \
-        _tuple(stride, d, "stride")
+        int_tuple(stride, d, "stride")
     if not isinstance(padding, int) and len(tuple(padding)) == 2 * d:
         pads = tuple(int(p) for p in padding)
     else:
-        pads = tuple(p for p in _tuple(padding, d, "padding") for _ in (0, 1))
+        pads = tuple(p for p in int_tuple(padding, d, "padding") for _ in (0, 1))
     return k, st, pads
 
 
@@ -45,7 +47,7 @@ def _max_indices(x: Tensor, name: str, select: str = "max_pool_select", **attrs)
         term = x.tracer.emit("iota", shape=x.shape, axis=2 + ax, dtype=dt)
         term = term * float(st) if st != 1 else term
         pos = term if pos is None else pos + term
-    return _F().cast(_emit(select, x, pos, **attrs), "int64")
+    return F.cast(_emit(select, x, pos, **attrs), "int64")
 
 
 # ---------------------------------------------------------------- max, average, Lp
@@ -53,13 +55,13 @@ def max_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=F
              return_indices=False, *, dim: int) -> Tensor:
     """Max pooling; the gradient goes to the first maximum of each window (PyTorch's rule)."""
     name = f"max_pool{dim}d"
-    x, squeeze = _batched(input, dim, name)
+    x, squeeze = batched_input(input, dim, name)
     k, st, pads = _pool_args(kernel_size, stride, padding, dim, name)
     attrs = dict(kernel_size=k, stride=st, padding=pads,
-                 dilation=_tuple(dilation, dim, "dilation"), ceil_mode=bool(ceil_mode))
-    y = _unbatch(_emit("max_pool", x, **attrs), squeeze)
+                 dilation=int_tuple(dilation, dim, "dilation"), ceil_mode=bool(ceil_mode))
+    y = unbatch(_emit("max_pool", x, **attrs), squeeze)
     if return_indices:
-        return y, _unbatch(_max_indices(x, name, **attrs), squeeze)
+        return y, unbatch(_max_indices(x, name, **attrs), squeeze)
     return y
 
 
@@ -85,11 +87,11 @@ def avg_pool(input, kernel_size, stride=None, padding=0, ceil_mode=False,
              count_include_pad=True, divisor_override=None, *, dim: int) -> Tensor:
     """Average pooling with PyTorch's divisor rules (count_include_pad, divisor_override)."""
     name = f"avg_pool{dim}d"
-    x, squeeze = _batched(input, dim, name)
+    x, squeeze = batched_input(input, dim, name)
     k, st, pads = _pool_args(kernel_size, stride, padding, dim, name)
     y = _emit("avg_pool", x, kernel_size=k, stride=st, padding=pads, ceil_mode=bool(ceil_mode),
               count_include_pad=bool(count_include_pad), divisor_override=divisor_override)
-    return _unbatch(y, squeeze)
+    return unbatch(y, squeeze)
 
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -113,8 +115,7 @@ def lp_pool(input, norm_type: float, kernel_size, stride=None, ceil_mode=False, 
             dim: int) -> Tensor:
     """PyTorch's LPPool: (avg_pool(x^p) * prod(kernel))^(1/p), so a full window gives
     (sum x^p)^(1/p) (p = 2: L2 pooling of section 9.3)."""
-    F = _F()
-    k = _tuple(kernel_size, dim, "kernel_size")
+    k = int_tuple(kernel_size, dim, "kernel_size")
     x = F.as_tensor(input)
     p = float(norm_type)
     s = avg_pool(F.pow(x, p), k, stride, 0, ceil_mode, dim=dim)
@@ -135,14 +136,14 @@ def lp_pool3d(input, norm_type, kernel_size, stride=None, ceil_mode=False) -> Te
 
 # ---------------------------------------------------------------- adaptive and global
 def _adaptive(op: str, input, output_size, dim: int, return_indices: bool = False):
-    x, squeeze = _batched(input, dim, f"{op}{dim}d")
+    x, squeeze = batched_input(input, dim, f"{op}{dim}d")
     if isinstance(output_size, int) or output_size is None:
         output_size = (output_size,) * dim
     size = tuple(x.shape[2 + i] if s is None else int(s)
                  for i, s in enumerate(_fill(output_size, dim)))
-    y = _unbatch(_emit(op, x, output_size=size), squeeze)
+    y = unbatch(_emit(op, x, output_size=size), squeeze)
     if return_indices:
-        return y, _unbatch(_max_indices(x, f"{op}{dim}d", "adaptive_max_pool_select",
+        return y, unbatch(_max_indices(x, f"{op}{dim}d", "adaptive_max_pool_select",
                                         output_size=size), squeeze)
     return y
 
@@ -180,16 +181,15 @@ def adaptive_max_pool3d(input, output_size, return_indices=False) -> Tensor:
 
 def global_avg_pool(input, keepdim: bool = False) -> Tensor:
     """Average over every spatial position (fig. 9.11 right): (N, C, *S) -> (N, C)."""
-    x = _F().as_tensor(input)
+    x = F.as_tensor(input)
     if x.ndim < 3:
         raise ValueError(f"global_avg_pool expects (N, C, *spatial), got shape {x.shape}")
-    return _F().mean(x, tuple(range(2, x.ndim)), keepdim)
+    return F.mean(x, tuple(range(2, x.ndim)), keepdim)
 
 
 def maxout(input, pool_size: int, dim: int = 1) -> Tensor:
     """Maximum over groups of ``pool_size`` consecutive channels (fig. 9.9): output channel
     j = max of input channels j*k .. j*k+k-1."""
-    F = _F()
     x = F.as_tensor(input)
     ax = dim % x.ndim
     c = x.shape[ax]
@@ -215,7 +215,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                                           training, momentum, eps)
     if training:
         for buf, new in ((running_mean, new_mean), (running_var, new_var)):
-            if _is_buffer(buf):
+            if is_buffer(buf):
                 y.tracer.update_state(buf, new)
     return y
 
@@ -230,7 +230,6 @@ def batch_norm_stats(input, running_mean, running_var, weight, bias, eps):
 def _batch_norm_op(input, running_mean, running_var, weight, bias, training, momentum, eps):
     """The ``batch_norm`` node: (y, new running mean, new running variance); missing
     statistics or affine parameters are the neutral ones."""
-    F = _F()
     x = F.as_tensor(input)
     if x.ndim < 2:
         raise ValueError(f"batch_norm expects (N, C, ...) input, got shape {x.shape}")
@@ -244,7 +243,7 @@ def _batch_norm_op(input, running_mean, running_var, weight, bias, training, mom
                  momentum=float(momentum), axis=1)
 
 
-def _is_buffer(v) -> bool:
+def is_buffer(v) -> bool:
     """A module's Parameter/buffer (not a traced tensor, not a plain array)."""
     return (v is not None and not isinstance(v, Tensor) and hasattr(v, "requires_grad")
             and isinstance(getattr(v, "data", None), np.ndarray))

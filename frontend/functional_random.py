@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional import as_tensor, mul, where
+from .functional_core import as_tensor, mul, where
 from .random import Generator, default_generator
 from .tracing import Tensor, current_tracer
 

@@ -12,9 +12,12 @@ import math
 import numpy as np
 
 from . import functional as F
+from irgraph.ops.conv_geometry import out_shape
+
 from . import functional_conv as FC
 from . import functional_pool as FP
-from .nn import Module, Parameter
+from .functional_index import padding_index
+from .module import Module, Parameter
 from .random import rng
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
@@ -160,7 +163,6 @@ class _LocallyConnectedNd(Module):
     def __init__(self, in_channels: int, out_channels: int, input_size, kernel_size, stride=1,
                  padding=0, dilation=1, bias: bool = True):
         super().__init__()
-        from irgraph.ops.conv_geometry import out_shape
         d = self.dim
         self.kernel_size, self.stride = _tup(kernel_size, d), _tup(stride, d)
         self.dilation, self.padding = _tup(dilation, d), padding
@@ -441,8 +443,7 @@ class Embedding(Module):
                                       "not supported")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         if padding_idx is not None:
-            from .functional_index import _padding_idx
-            padding_idx = _padding_idx(padding_idx, num_embeddings)
+            padding_idx = padding_index(padding_idx, num_embeddings)
         self.padding_idx = padding_idx
         if _weight is None:
             w = rng().standard_normal((num_embeddings, embedding_dim)).astype(np.float32)

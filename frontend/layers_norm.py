@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
-from .nn import Module, Parameter
+from .module import Module, Parameter
 
 __all__ = ["LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "RMSNorm"]

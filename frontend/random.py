@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .module import Parameter
+
 _STATE = {"rng": np.random.default_rng(0)}
 
 
@@ -42,7 +44,6 @@ class Generator:
     numbers and the counter is saved with the training state."""
 
     def __init__(self, seed: int = 0):
-        from .nn import Parameter
         self.key = Parameter(np.zeros((), np.int64), requires_grad=False)
         self.counter = Parameter(np.zeros((), np.int64), requires_grad=False)
         self.manual_seed(seed)

@@ -24,9 +24,10 @@ import irgraph.passes.unroll  # noqa: F401  (registers the BPTT passes: unroll, 
 from irgraph import verify
 
 from . import functional as F
-from .nn import Linear, Module, Parameter
+from .layers_basic import Linear
+from .module import Module, Parameter
 from .random import rng
-from .tracing import _CURRENT, Tensor, Tracer, current_tracer, flatten, unflatten
+from .tracing import Tensor, Tracer, current_tracer, flatten, recording, unflatten
 
 
 # ---------------------------------------------------------------- scan
@@ -56,8 +57,7 @@ def _trace_step(fn: Callable, outer: Tracer, carries, slices, consts, structures
                        inner) for i, t in enumerate(ts)]
 
     c_in, x_in, k_in = inputs(carries, "carry"), inputs(slices, "x", True), inputs(consts, "k")
-    token = _CURRENT.set(inner)
-    try:
+    with recording(inner):
         c_tree = unflatten(structures[0], c_in)
         x_tree = unflatten(structures[1], x_in) if structures[1] is not False else None
         res = fn(c_tree, x_tree, *k_in)
@@ -66,8 +66,6 @@ def _trace_step(fn: Callable, outer: Tracer, carries, slices, consts, structures
                             "be None")
         new_c, c_struct = _leaves(res[0], "the new carry")
         ys, y_struct = _leaves(res[1], "per-step outputs") if res[1] is not None else ([], False)
-    finally:
-        _CURRENT.reset(token)
     if c_struct != structures[0] or [t.type for t in new_c] != [t.type for t in carries]:
         raise TypeError(f"scan: the new carry {[str(t.type) for t in new_c]} must have the "
                         f"structure and types of the initial carry "

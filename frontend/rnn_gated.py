@@ -18,7 +18,8 @@ import math
 import numpy as np
 
 from . import functional as F
-from .nn import Module, Parameter
+from .init import lstm_forget_bias_
+from .module import Module, Parameter
 from .random import rng
 from .rnn import RNNBase, scan
 from .tracing import Tensor
@@ -102,7 +103,6 @@ class LSTM(RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size)
         if forget_bias is not None:
-            from .init import lstm_forget_bias_
             lstm_forget_bias_(self, forget_bias)
 
     def gate_slice(self, gate: str) -> slice:
@@ -253,7 +253,6 @@ class LSTMCell(_CellBase):
                  forget_bias: float | None = None):
         super().__init__(input_size, hidden_size, bias)
         if forget_bias is not None:
-            from .init import lstm_forget_bias_
             lstm_forget_bias_(self, forget_bias)
 
     def gate_slice(self, gate: str) -> slice:

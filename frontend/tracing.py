@@ -6,9 +6,8 @@ tensors; module parameters become graph parameters named by their path in the mo
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
-import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,20 +16,11 @@ import numpy as np
 from irgraph import Graph, TensorType, Value, verify
 from irgraph.types import canonical_dtype
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OUR_DIRS = tuple(os.path.join(_ROOT, d) + os.sep for d in ("frontend", "irgraph", "passes",
-                                                              "backends"))
+from .eager import eager_tracer
+from .tensor_base import Tensor, user_location
 
-
-def user_location() -> str | None:
-    """``file:line`` of the innermost caller outside irgraph's own packages."""
-    f = sys._getframe(1)
-    while f is not None:
-        path = os.path.abspath(f.f_code.co_filename)
-        if not path.startswith(_OUR_DIRS):
-            return f"{os.path.basename(path)}:{f.f_lineno}"
-        f = f.f_back
-    return None
+__all__ = ["TensorSpec", "Tracer", "Tensor", "current_tracer", "recording", "trace_with",
+           "flatten", "unflatten", "user_location"]
 
 
 @dataclass(frozen=True)
@@ -100,109 +90,18 @@ def current_tracer() -> Tracer:
     """The trace being recorded; outside any trace, the eager tracer (frontend/eager.py),
     which runs each op at once with the registry's kernels."""
     tr = _CURRENT.get()
-    if tr is None:
-        from .eager import eager_tracer
-        return eager_tracer()
-    return tr
+    return eager_tracer() if tr is None else tr
 
 
-class Tensor:
-    """A traced tensor. Arithmetic and methods follow PyTorch's names."""
-    __array_priority__ = 1000  # numpy scalars on the left defer to our operators
-    __array_ufunc__ = None     # numpy arrays and scalars on the left defer as well
-
-    def __init__(self, value: Value, tracer: Tracer):
-        self._value = value
-        self.tracer = tracer
-
-    @property
-    def value(self) -> Value:
-        return self._value
-
-    @property
-    def type(self) -> TensorType:
-        return self.value.type
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.value.type.shape
-
-    @property
-    def dtype(self) -> str:
-        return self.value.type.dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def dim(self) -> int:
-        return self.ndim
-
-    def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
-
-    def numel(self) -> int:
-        return self.type.size
-
-    def __len__(self) -> int:
-        if not self.shape:
-            raise TypeError("len() of a 0-d tensor")
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        if self.tracer.eager:
-            from .eager import format_tensor
-            return format_tensor(self.value.data)
-        return f"Tensor(%{self.value.name}: {self.type})"
-
-    def __bool__(self):
-        if self.tracer.eager:
-            return bool(self.value.data)
-        loc = user_location()
-        raise TypeError(f"{loc + ': ' if loc else ''}a traced tensor has no truth value while "
-                        f"tracing: data-dependent Python control flow (if/while on a tensor) "
-                        f"cannot be traced; use F.where")
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def _data(self, what: str) -> np.ndarray:
-        """The values of an eager tensor; a traced tensor has none (TypeError)."""
-        if self.tracer.eager:
-            return self.value.data
-        raise TypeError(f"{what} needs the tensor's data, which does not exist while tracing "
-                        f"(%{self.value.name}: {self.type}); compute it in the graph instead")
-
-    def __float__(self):
-        return float(self._data("float()"))
-
-    def __int__(self):
-        return int(self._data("int()"))
-
-    def __index__(self):
-        data = self._data("using a traced tensor as an index or size")
-        if data.ndim or data.dtype.kind not in "iu":
-            raise TypeError(f"only a 0-d integer tensor can be an index, not {self.type}")
-        return int(data)
-
-    def __array__(self, dtype=None, copy=None):
-        data = self._data("converting to a numpy array")
-        return np.array(data, dtype=dtype, copy=True) if copy else np.asarray(data, dtype)
-
-    def item(self):
-        data = self._data(".item()")
-        if data.size != 1:
-            raise ValueError(f"item(): the tensor has {data.size} elements ({self.type}), "
-                             f"not one")
-        return data.item()
-
-    def numpy(self) -> np.ndarray:
-        return self._data(".numpy()")
-
-    def tolist(self):
-        return self._data(".tolist()").tolist()
-
-    # operators and methods are attached in functional.py, next to the functions they call
+@contextlib.contextmanager
+def recording(tracer: Tracer):
+    """Within the ``with`` block, ops record into ``tracer`` (``current_tracer()`` returns it);
+    the trace recorded before is current again after it, also on an exception."""
+    token = _CURRENT.set(tracer)
+    try:
+        yield tracer
+    finally:
+        _CURRENT.reset(token)
 
 
 def trace_with(fn: Callable, specs, name: str | None = None,
@@ -213,8 +112,7 @@ def trace_with(fn: Callable, specs, name: str | None = None,
              else _bad_spec(s) for s in specs]
     tracer = Tracer(_graph_name(name or getattr(fn, "__name__", type(fn).__name__)),
                     param_names)
-    token = _CURRENT.set(tracer)
-    try:
+    with recording(tracer):
         inputs = []
         taken = set((param_names or {}).values())
         for i, (s, pname) in enumerate(zip(specs, _arg_names(fn, len(specs)))):
@@ -222,8 +120,6 @@ def trace_with(fn: Callable, specs, name: str | None = None,
                 pname += "_input"
             inputs.append(Tensor(tracer.graph.add_input(pname, s.type), tracer))
         result = fn(*inputs)
-    finally:
-        _CURRENT.reset(token)
     leaves, structure = flatten(result)
     # a graph's user-visible outputs come first; state updates (donated) follow them
     outs = []

@@ -22,7 +22,7 @@ import numpy as np
 from irgraph import Graph, verify
 
 from ..nn import Parameter
-from ..tracing import Tensor, Tracer, _CURRENT
+from ..tracing import Tensor, Tracer, recording
 from .errors import OnnxImportError, ShapeInputError, describe_node
 
 
@@ -307,8 +307,7 @@ def import_onnx(model, *, input_shapes: dict | None = None, constants: dict | No
     taken: set[str] = set()
     ctx = _Context(tracer, static, inits, taken)
     input_names = []
-    token = _CURRENT.set(tracer)
-    try:
+    with recording(tracer):
         for vi in g.input:
             if vi.name in inits:        # an input with a default value: a parameter
                 continue
@@ -328,8 +327,6 @@ def import_onnx(model, *, input_shapes: dict | None = None, constants: dict | No
             if vo.name not in ctx.env and vo.name not in static:
                 raise OnnxImportError(f"graph output '{vo.name}' is not computed by any node")
             outs.append(ctx.tensor(vo.name).value)
-    finally:
-        _CURRENT.reset(token)
     tracer.graph.set_outputs(outs)
     verify(tracer.graph)
     weights = {tracer.param_value(p).name: p.data for p in ctx.params.values()}

@@ -87,3 +87,23 @@ def scatter_windows(cols: np.ndarray, padded_shape, kernel, stride, dilation) ->
 def crop_spatial(xp: np.ndarray, padding: Sequence[int], spatial: Sequence[int]) -> np.ndarray:
     idx = tuple(slice(padding[2 * i], padding[2 * i] + s) for i, s in enumerate(spatial))
     return xp[(slice(None), slice(None)) + idx]
+
+
+def repeat_tiles(emit, v, first_axis: int, out):
+    """Along axes ``first_axis, ...`` of ``v`` (one per spatial axis), repeat the t entries
+    ceil(out/t) times and cut at ``out``: entry j of the result is entry j mod t (eq. 9.10).
+    ``emit(op, value, **attrs)`` adds one node (an autodiff Emitter, a tracer's ``emit``): the
+    tiled convolution's bias and weight expansion in the frontend and in its gradient rules."""
+    for i, m in enumerate(out):
+        ax = first_axis + i
+        s, t = tuple(v.shape), v.shape[ax]
+        r = -(-m // t)
+        v = emit("reshape", v, shape=s[:ax] + (1, t) + s[ax + 1:])
+        v = emit("broadcast_to", v, shape=s[:ax] + (r, t) + s[ax + 1:])
+        v = emit("reshape", v, shape=s[:ax] + (r * t,) + s[ax + 1:])
+        if r * t != m:
+            stops = list(v.shape)
+            stops[ax] = m
+            v = emit("slice", v, starts=(0,) * len(stops), stops=tuple(stops),
+                     steps=(1,) * len(stops))
+    return v

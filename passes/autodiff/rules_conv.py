@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from math import prod
 
+from irgraph.ops.conv_geometry import repeat_tiles
+
 from .core import vjp_rule
 
 _CONV_KEYS = ("stride", "padding", "dilation", "groups")
@@ -90,25 +92,6 @@ def _inverse(perm) -> tuple[int, ...]:
     for i, p in enumerate(perm):
         inv[p] = i
     return tuple(inv)
-
-
-def repeat_tiles(emit, v, first_axis: int, out):
-    """Along axes ``first_axis, ...`` of ``v`` (one per spatial axis), repeat the t entries
-    ceil(out/t) times and cut at ``out``: entry j of the result is entry j mod t (eq. 9.10).
-    ``emit(op, value, **attrs)`` is an autodiff Emitter or a tracer's ``emit``."""
-    for i, m in enumerate(out):
-        ax = first_axis + i
-        s, t = tuple(v.shape), v.shape[ax]
-        r = -(-m // t)
-        v = emit("reshape", v, shape=s[:ax] + (1, t) + s[ax + 1:])
-        v = emit("broadcast_to", v, shape=s[:ax] + (r, t) + s[ax + 1:])
-        v = emit("reshape", v, shape=s[:ax] + (r * t,) + s[ax + 1:])
-        if r * t != m:
-            stops = list(v.shape)
-            stops[ax] = m
-            v = emit("slice", v, starts=(0,) * len(stops), stops=tuple(stops),
-                     steps=(1,) * len(stops))
-    return v
 
 
 def _expand_tiles(e, w, out):

@@ -1,0 +1,217 @@
+"""The losses of ``torch.nn.functional`` (``frontend.F``, re-exported by functional.py): the
+negative log-likelihood and cross entropy of eq. 10.11-10.14 (class weights, ``ignore_index``,
+label smoothing, probability targets), mean squared and absolute errors, Huber, binary cross
+entropy. Each is written in a form that is numerically stable in both tails."""
+from __future__ import annotations
+
+import numpy as np
+
+from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, log, log_softmax, maximum,
+                              mean, mul, ne, neg, promote, reshape, square, sub, sum, unsqueeze,
+                              where)
+from .tracing import Tensor
+
+__all__ = ["nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+           "binary_cross_entropy", "binary_cross_entropy_with_logits"]
+
+
+def loss_args(weight, size_average, reduce, reduction):
+    """``(weight, reduction)`` of a loss's arguments (the functions here and nn's loss modules):
+    torch's deprecated ``size_average``/``reduce`` are refused; a string where ``weight``
+    goes is the reduction (the older positional form of these functions)."""
+    if size_average is not None or reduce is not None:
+        raise ValueError("size_average and reduce are deprecated in PyTorch: use reduction=")
+    if isinstance(weight, str):
+        return None, weight
+    return weight, reduction
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = -100,
+             reduce=None, reduction: str = "mean") -> Tensor:
+    """``-log p(target)`` of log-probabilities (N, C, *d) (eq. 10.12-10.14), as torch's: class
+    ``weight``s scale each term and ``mean`` divides by the weight of the targets that count."""
+    weight, reduction = loss_args(weight, size_average, reduce, reduction)
+    input, target = as_tensor(input), as_tensor(target)
+    if input.ndim == 1:
+        return _unbatched(nll_loss, input, target, weight, ignore_index=ignore_index,
+                          reduction=reduction)
+    if weight is not None:
+        return _weighted_nll(as_tensor(input), as_tensor(target), as_tensor(weight),
+                             reduction, ignore_index)
+    return emit_op("nll_loss", as_tensor(input), as_tensor(target), reduction=reduction,
+                 ignore_index=ignore_index)
+
+
+def _unbatched(loss, input: Tensor, target, weight, **kw) -> Tensor:
+    """torch's unbatched form: an input (C,) with a 0-d class index (or (C,) probabilities)
+    is a batch of one; ``reduction="none"`` gives a 0-d loss."""
+    target = as_tensor(target, input)
+    if target.ndim != (1 if target.type.is_float else 0):
+        raise ValueError(f"an unbatched input of shape {input.shape} needs a 0-d class index "
+                         f"or (C,) probabilities as target, got shape {target.shape}")
+    out = loss(unsqueeze(input, 0), unsqueeze(target, 0), weight, **kw)
+    return reshape(out, ()) if kw["reduction"] == "none" else out
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index: int = -100,
+                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Negative log-likelihood of a softmax over dim 1 (eq. 10.11-10.14), as PyTorch's, with
+    class ``weight``s, ``ignore_index`` and ``label_smoothing``."""
+    weight, reduction = loss_args(weight, size_average, reduce, reduction)
+    input = as_tensor(input)
+    if input.ndim == 1:
+        return _unbatched(cross_entropy, input, target, weight, ignore_index=ignore_index,
+                          reduction=reduction, label_smoothing=label_smoothing)
+    logp = log_softmax(input, 1)
+    if as_tensor(target, logp).type.is_float:
+        return _soft_cross_entropy(logp, as_tensor(target, logp), weight, reduction,
+                                   label_smoothing)
+    loss = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
+    if not label_smoothing:
+        return loss
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    smooth = _smoothing_term(logp, as_tensor(target), weight, reduction, ignore_index)
+    return loss * (1 - label_smoothing) + smooth * (label_smoothing / logp.shape[1])
+
+
+def mse_loss(input, target, reduction: str = "mean") -> Tensor:
+    a, b = promote(input, target)
+    return emit_op("mse_loss", a, b, reduction=reduction)
+
+
+# compositions of the ops above (leaky_relu, softplus, l1_loss, BCE, ...): compositions.py
+
+
+# ---------------------------------------------------------------- losses
+def _reduce(per: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return mean(per)
+    if reduction == "sum":
+        return sum(per)
+    if reduction == "none":
+        return per
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _pair(input, target) -> tuple[Tensor, Tensor]:
+    a, b = promote(input, target)
+    if a.shape != b.shape:
+        raise ValueError(f"input {a.shape} and target {b.shape} must have the same shape")
+    return a, b
+
+
+def l1_loss(input, target, reduction: str = "mean") -> Tensor:
+    a, b = _pair(input, target)
+    return _reduce(abs(sub(a, b)), reduction)
+
+
+def smooth_l1_loss(input, target, reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    """``0.5 d^2 / beta`` where ``|d| < beta``, else ``|d| - beta / 2`` (beta 0: L1)."""
+    a, b = _pair(input, target)
+    d = abs(sub(a, b))
+    if beta == 0:
+        return _reduce(d, reduction)
+    return _reduce(where(d < beta, square(d) * (0.5 / beta), d - 0.5 * beta), reduction)
+
+
+def huber_loss(input, target, reduction: str = "mean", delta: float = 1.0) -> Tensor:
+    """``0.5 d^2`` where ``|d| < delta``, else ``delta (|d| - delta / 2)``."""
+    a, b = _pair(input, target)
+    d = abs(sub(a, b))
+    return _reduce(where(d < delta, square(d) * 0.5, (d - 0.5 * delta) * delta), reduction)
+
+
+def _weighted(per: Tensor, weight) -> Tensor:
+    """torch's BCE ``weight``: broadcast to the elements' shape, it scales each one."""
+    if weight is None:
+        return per
+    w = cast(as_tensor(weight, per), per.dtype)
+    try:
+        fits = tuple(np.broadcast_shapes(w.shape, per.shape)) == per.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"weight of shape {w.shape} does not broadcast to the input's "
+                         f"shape {per.shape}")
+    return mul(per, w)
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
+                         reduction: str = "mean") -> Tensor:
+    """``-w (t log p + (1 - t) log(1 - p))`` of probabilities; each log clamped at -100, as
+    torch, so p = 0 or 1 gives a finite loss."""
+    weight, reduction = loss_args(weight, size_average, reduce, reduction)
+    p, t = _pair(input, target)
+    log_p = maximum(log(p), -100.0)
+    log_q = maximum(log(1 - p), -100.0)
+    return _reduce(_weighted(neg(mul(t, log_p) + mul(1 - t, log_q)), weight), reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None,
+                                     reduce=None, reduction: str = "mean",
+                                     pos_weight=None) -> Tensor:
+    """BCE of ``sigmoid(x)`` without forming it: ``(1 - t) x + w log(1 + exp(-x))`` with
+    ``w = 1 + (pos_weight - 1) t`` (``pos_weight`` broadcast along the last, class, axis),
+    the softplus written stably; ``weight`` scales each element."""
+    weight, reduction = loss_args(weight, size_average, reduce, reduction)
+    x, t = _pair(input, target)
+    softplus_neg = maximum(neg(x), 0.0) + log(exp(neg(abs(x))) + 1)
+    if pos_weight is not None:
+        softplus_neg = mul((as_tensor(pos_weight, x) - 1) * t + 1, softplus_neg)
+    return _reduce(_weighted((1 - t) * x + softplus_neg, weight), reduction)
+
+
+# ---------------------------------------------------------------- weighted / smoothed NLL
+def _class_one_hot(logp: Tensor, target: Tensor) -> Tensor:
+    """The target as one-hot vectors on the class axis 1, in logp's dtype (all zero for a
+    target outside [0, C), such as an ignore_index)."""
+    classes = logp.tracer.emit("iota", shape=logp.shape, axis=1, dtype="int64")
+    return cast(eq(classes, unsqueeze(cast(target, "int64"), 1)), logp.dtype)
+
+
+def _class_weights(weight: Tensor, logp: Tensor) -> Tensor:
+    if weight.shape != (logp.shape[1],):
+        raise ValueError(f"weight must have one entry per class ({logp.shape[1]}), "
+                         f"got shape {weight.shape}")
+    return reshape(cast(weight, logp.dtype), (1, logp.shape[1]) + (1,) * (logp.ndim - 2))
+
+
+def _weighted_nll(logp: Tensor, target: Tensor, weight: Tensor, reduction: str,
+                  ignore_index: int) -> Tensor:
+    """torch's weighted NLL: ``-w[t] logp[t]``; ``mean`` divides by the sum of ``w[t]`` over
+    the targets that are not ``ignore_index``."""
+    counts = cast(ne(target, ignore_index), logp.dtype)
+    hot = _class_one_hot(logp, target)
+    w_t = sum(_class_weights(weight, logp) * hot, 1) * counts
+    per = neg(sum(logp * hot, 1)) * w_t
+    return sum(per) / sum(w_t) if reduction == "mean" else _reduce(per, reduction)
+
+
+def _smoothing_term(logp: Tensor, target: Tensor, weight, reduction: str,
+                    ignore_index: int) -> Tensor:
+    """The uniform part of label smoothing, as torch: ``-sum_c w_c logp_c`` per target (0 for
+    ignored ones), the mean normalized like the weighted NLL."""
+    counts = cast(ne(target, ignore_index), logp.dtype)
+    wc = None if weight is None else _class_weights(as_tensor(weight), logp)
+    per = neg(sum(logp if wc is None else logp * wc, 1)) * counts
+    if reduction != "mean":
+        return _reduce(per, reduction)
+    if wc is None:
+        return sum(per) / sum(counts)
+    return sum(per) / sum(sum(wc * _class_one_hot(logp, target), 1) * counts)
+
+
+def _soft_cross_entropy(logp: Tensor, target: Tensor, weight, reduction: str,
+                        label_smoothing: float) -> Tensor:
+    """Class-probability targets (same shape as the input), as torch: ``-sum_c w_c t_c logp_c``
+    per position, smoothed targets ``(1 - e) t + e / C``; ``mean`` over the positions."""
+    if target.shape != logp.shape:
+        raise ValueError(f"probability targets must have the input's shape {logp.shape}, "
+                         f"got {target.shape}")
+    if label_smoothing:
+        target = target * (1 - label_smoothing) + label_smoothing / logp.shape[1]
+    terms = logp * target
+    if weight is not None:
+        terms = terms * _class_weights(as_tensor(weight), logp)
+    return _reduce(neg(sum(terms, 1)), reduction)

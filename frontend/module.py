@@ -1,0 +1,431 @@
+"""The base of ``frontend.nn``: ``Parameter``, ``Module`` (registered, named parameters and
+submodules, as in ``torch.nn``) and the containers ``Sequential``, ``ModuleList``,
+``ModuleDict``, ``ParameterList``. Every layer module builds on this one; nn.py gathers them."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+
+from .functional_core import as_tensor
+
+
+class Parameter:
+    """A named weight: a numpy array (``.data``) that becomes a graph parameter when traced."""
+
+    def __init__(self, data, requires_grad: bool = True):
+        self.data = np.asarray(data, order="C")   # no copy when already C-ordered; 0-d stays 0-d
+        if self.data.dtype == np.float64 and not isinstance(data, np.ndarray):
+            self.data = self.data.astype(np.float32)
+        self.requires_grad = requires_grad
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+    # Parameters take part in traced arithmetic like tensors
+    def _t(self):
+        return as_tensor(self)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._t(), name)
+
+
+for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+            "__rtruediv__", "__matmul__", "__rmatmul__", "__neg__", "__pow__", "__getitem__"):
+    setattr(Parameter, _op, (lambda name: lambda self, *a: getattr(self._t(), name)(*a))(_op))
+Parameter.T = property(lambda self: self._t().T)
+
+
+class Module:
+    """Base class of models: parameters and submodules are registered on assignment."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"call Module.__init__() in {type(self).__name__}.__init__ "
+                                 f"before assigning {name!r}")
+        _refuse_plain_container(self, name, value)
+        for d in (self._parameters, self._modules, self._buffers):
+            d.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        for table in ("_parameters", "_modules", "_buffers"):
+            if table in d and name in d[table]:
+                return d[table][name]
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+
+    def register_buffer(self, name: str, value) -> None:
+        """A non-trained state array (e.g. batch norm's running mean), traced as a parameter."""
+        self._buffers[name] = value if isinstance(value, Parameter) else Parameter(
+            value, requires_grad=False)
+
+    def named_parameters(self, prefix: str = "", buffers: bool = False
+                         ) -> Iterator[tuple[str, Parameter]]:
+        seen = set()
+        for name, p in self._named(prefix, buffers):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _named(self, prefix, buffers):
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        if buffers:
+            for name, p in self._buffers.items():
+                yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m._named(f"{prefix}{name}.", buffers)
+
+    def parameters(self) -> Iterator[Parameter]:
+        return (p for _, p in self.named_parameters())
+
+    def named_buffers(self, prefix: str = ""):
+        for name, p in self.named_parameters(prefix, buffers=True):
+            if not p.requires_grad:
+                yield name, p
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def modules(self):
+        yield self
+        for m in self._modules.values():
+            yield from m.modules()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {n: p.data.copy() for n, p in self.named_parameters(buffers=True)}
+
+    def load_state_dict(self, state: dict) -> None:
+        own = dict(self.named_parameters(buffers=True))
+        missing, extra = set(own) - set(state), set(state) - set(own)
+        if missing or extra:
+            raise KeyError(f"load_state_dict: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for n, p in own.items():
+            a = np.asarray(state[n])
+            if a.shape != p.data.shape:
+                raise ValueError(f"load_state_dict: {n} has shape {a.shape}, "
+                                 f"expected {p.data.shape}")
+            np.copyto(p.data, a.astype(p.data.dtype))
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def forward(self, *args):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------ conversions
+    def apply(self, fn) -> "Module":
+        """``fn(m)`` for every submodule, children first, then this module (torch's order)."""
+        for m in self._modules.values():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def to(self, dtype) -> "Module":
+        """Float parameters and buffers converted to ``dtype`` ("float32"/"float64", a numpy
+        dtype or ``torch.float32``/``torch.float64``), in place; integer buffers (batch
+        counts) are left alone. A device ("cpu") changes nothing."""
+        name = str(dtype).removeprefix("torch.")
+        if name in ("cpu", "float", "double"):
+            name = {"cpu": "", "float": "float32", "double": "float64"}[name]
+        if name == "":
+            return self
+        try:
+            dt = np.dtype(name)
+        except TypeError:
+            dt = None
+        if dt is None or dt.kind != "f" or dt.itemsize not in (4, 8):
+            raise TypeError(f"Module.to: expected float32 or float64 (or 'cpu'), got {dtype!r}")
+        for _, p in self.named_parameters(buffers=True):
+            if p.data.dtype.kind == "f":
+                p.data = np.ascontiguousarray(p.data, dtype=dt)
+        return self
+
+    def double(self) -> "Module":
+        return self.to("float64")
+
+    def float(self) -> "Module":
+        return self.to("float32")
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Marks every parameter (not the buffers) trainable or frozen."""
+        buffers = {id(b) for m in self.modules() for b in m._buffers.values()}
+        for p in self.parameters():
+            if id(p) not in buffers:
+                p.requires_grad = requires_grad
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing to do, accepted for PyTorch code: gradients are outputs of compiled
+        functions (``grad``, ``value_and_grad``, ``compile_train``'s step), never accumulated
+        into parameters, so no step sees an earlier step's gradient."""
+
+    # ------------------------------------------------------------ printing (torch's format)
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        extra = self.extra_repr()
+        lines = extra.split("\n") if extra else []
+        children = [f"({name}): " + _indent(repr(m)) for name, m in self._modules.items()]
+        if len(lines) == 1 and not children:
+            return f"{type(self).__name__}({lines[0]})"
+        if not lines and not children:
+            return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines + children) + "\n)"
+
+
+def _indent(text: str) -> str:
+    return text.replace("\n", "\n  ")
+
+
+def _refuse_plain_container(owner: Module, name: str, value) -> None:
+    """A list, tuple or dict holding modules or parameters is not registered (its weights
+    would be traced but left out of ``parameters()`` and ``state_dict()``): refuse it."""
+    if isinstance(value, (ModuleList, ModuleDict, ParameterList)) or \
+            not isinstance(value, (list, tuple, dict)):
+        return
+    items = value.values() if isinstance(value, dict) else value
+    kinds = {type(v) for v in items if isinstance(v, (Module, Parameter))}
+    if not kinds:
+        return
+    holder = "nn.ModuleDict" if isinstance(value, dict) else "nn.ModuleList"
+    if all(issubclass(k, Parameter) for k in kinds):
+        holder = "nn.ParameterList"
+    raise TypeError(f"{type(owner).__name__}.{name}: a plain {type(value).__name__} of "
+                    f"{'modules' if holder != 'nn.ParameterList' else 'parameters'} is not "
+                    f"registered, so its weights would be missing from parameters() and "
+                    f"state_dict(); use {holder}(...) instead")
+
+
+class Sequential(Module):
+    """Layers applied in order, named ``"0"``, ``"1"``, ... or by an ``OrderedDict``'s keys."""
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], dict):
+            for name, layer in layers[0].items():
+                setattr(self, name, layer)
+            return
+        for i, layer in enumerate(layers):
+            setattr(self, str(i), layer)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+
+class ModuleList(Module):
+    """Modules held in a list, registered as ``"0"``, ``"1"``, ... (torch.nn.ModuleList)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def _check(self, m):
+        if not isinstance(m, Module):
+            raise TypeError(f"{type(self).__name__} holds modules, got {type(m).__name__}")
+        return m
+
+    def _index(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range for a {type(self).__name__} of "
+                             f"length {n}")
+        return i % n
+
+    def __getitem__(self, i):
+        items = list(self._modules.values())
+        if isinstance(i, slice):
+            return type(self)(items[i])
+        return items[self._index(i)]
+
+    def __setitem__(self, i: int, m) -> None:
+        self._modules[str(self._index(i))] = self._check(m)
+
+    def __delitem__(self, i) -> None:
+        items = list(self._modules.values())
+        del items[i if isinstance(i, slice) else self._index(i)]
+        self._modules.clear()
+        for k, m in enumerate(items):
+            self._modules[str(k)] = m
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def append(self, m) -> "ModuleList":
+        self._modules[str(len(self))] = self._check(m)
+        return self
+
+    def extend(self, modules) -> "ModuleList":
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index: int, m) -> None:
+        items = list(self._modules.values())
+        items.insert(index, self._check(m))
+        self._modules.clear()
+        for k, x in enumerate(items):
+            self._modules[str(k)] = x
+
+    def forward(self, *args):
+        raise NotImplementedError("ModuleList has no forward(): iterate over it")
+
+    def __repr__(self) -> str:
+        """torch's form: runs of equal consecutive entries print once as ``(i-j): n x ...``."""
+        reps = [repr(m) for m in self]
+        if not reps:
+            return f"{type(self).__name__}()"
+        lines, start = [], 0
+        for k in range(1, len(reps) + 1):
+            if k == len(reps) or reps[k] != reps[start]:
+                label = f"({start})" if k - start == 1 else \
+                    f"({start}-{k - 1}): {k - start} x"
+                lines.append(_indent(f"{label}{':' if k - start == 1 else ''} {reps[start]}"))
+                start = k
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+class ModuleDict(Module):
+    """Modules held by name (torch.nn.ModuleDict), in insertion order."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __setitem__(self, key: str, m) -> None:
+        if not isinstance(m, Module):
+            raise TypeError(f"ModuleDict holds modules, got {type(m).__name__} for {key!r}")
+        setattr(self, key, m)
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[key]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules))
+
+    def __contains__(self, key) -> bool:
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def pop(self, key: str) -> Module:
+        return self._modules.pop(key)
+
+    def clear(self) -> None:
+        self._modules.clear()
+
+    def update(self, modules) -> None:
+        pairs = modules.items() if hasattr(modules, "items") else modules
+        for k, m in pairs:
+            self[k] = m
+
+    def forward(self, *args):
+        raise NotImplementedError("ModuleDict has no forward(): index it by name")
+
+
+class ParameterList(Module):
+    """Parameters held in a list, registered as ``"0"``, ``"1"``, ... (torch's
+    ParameterList); numpy arrays become Parameters."""
+
+    def __init__(self, values=None):
+        super().__init__()
+        for v in values or ():
+            self.append(v)
+
+    def append(self, value) -> "ParameterList":
+        p = value if isinstance(value, Parameter) else Parameter(value)
+        self._parameters[str(len(self))] = p
+        return self
+
+    def extend(self, values) -> "ParameterList":
+        for v in values:
+            self.append(v)
+        return self
+
+    def __getitem__(self, i: int) -> Parameter:
+        return list(self._parameters.values())[i]
+
+    def __setitem__(self, i: int, value) -> None:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range for a ParameterList of length {n}")
+        self._parameters[str(i % n)] = value if isinstance(value, Parameter) else \
+            Parameter(value)
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(list(self._parameters.values()))
+
+    def forward(self, *args):
+        raise NotImplementedError("ParameterList has no forward(): index it")
+
+    def extra_repr(self) -> str:
+        return "\n".join(f"  ({k}): Parameter containing: [{_torch_dtype(p.data)} of size "
+                         f"{'x'.join(map(str, p.data.shape))}]"
+                         for k, p in self._parameters.items())
+
+
+def _torch_dtype(a: np.ndarray) -> str:
+    return f"torch.{a.dtype.name}"

@@ -1,0 +1,102 @@
+"""``Tensor``'s operators and methods (``x + y``, ``x.sum()``, ``x[idx]``, ``x.float()``), with
+PyTorch's names: the one table that attaches ``F`` functions to the ``Tensor`` class
+(tensor_base.py). functional.py imports this module, so every ``Tensor`` has them once the
+frontend is imported."""
+from __future__ import annotations
+
+from .functional_core import (abs, add, amax, amin, argmax, argmin, broadcast_to, cast, clamp,
+                              clamp_max, clamp_min, clone, div, eq, erf, exp, flatten,
+                              floor_divide, fmod, ge, gt, le, log, log_softmax, logical_and,
+                              logical_or, logsumexp, lt, matmul, max, maximum, mean, min, minimum,
+                              mul, ne, neg, permute, pow, relu, remainder, reshape, rsqrt, setitem,
+                              sigmoid, sign, softmax, sqrt, square, squeeze, std, sub, sum, tanh,
+                              transpose, unsqueeze, var, where)
+from .functional_index import gather, getitem, index_add, index_select, scatter_add, \
+    take_along_dim
+from .tensor_base import Tensor
+
+
+
+def _swap(f):
+    return lambda a, b: f(b, a)
+
+
+_METHODS = {
+    "__add__": add, "__radd__": _swap(add), "__sub__": sub, "__rsub__": _swap(sub),
+    "__mul__": mul, "__rmul__": _swap(mul), "__truediv__": div, "__rtruediv__": _swap(div),
+    "__pow__": pow, "__rpow__": _swap(pow), "__matmul__": matmul, "__rmatmul__": _swap(matmul),
+    "__neg__": neg, "__abs__": abs, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
+    "__eq__": eq, "__ne__": ne, "__getitem__": getitem, "__and__": logical_and,
+    "__or__": logical_or,
+    "exp": exp, "log": log, "sqrt": sqrt, "rsqrt": rsqrt, "tanh": tanh, "sigmoid": sigmoid,
+    "relu": relu, "abs": abs, "sign": sign, "square": square, "neg": neg,
+    "sum": sum, "mean": mean, "amax": amax, "amin": amin, "argmax": argmax, "var": var,
+    "matmul": matmul, "flatten": flatten, "permute": permute, "transpose": transpose,
+    "unsqueeze": unsqueeze, "squeeze": squeeze, "softmax": softmax, "log_softmax": log_softmax,
+    "clamp": clamp, "broadcast_to": broadcast_to, "maximum": maximum,
+    "minimum": minimum,
+    "__floordiv__": floor_divide, "__rfloordiv__": _swap(floor_divide),
+    "__mod__": remainder, "__rmod__": _swap(remainder), "fmod": fmod, "remainder": remainder,
+    "add": add, "sub": sub, "mul": mul, "div": div, "pow": pow, "eq": eq, "ne": ne, "lt": lt,
+    "le": le, "gt": gt, "ge": ge, "floor_divide": floor_divide, "argmin": argmin,
+    "clip": clamp, "clamp_min": clamp_min, "clamp_max": clamp_max, "max": max, "min": min,
+    "__setitem__": setitem, "clone": clone,
+    "logical_and": logical_and, "logical_or": logical_or, "std": std,
+    "true_divide": div,
+    "logsumexp": logsumexp,
+    "erf": erf,
+    "gather": gather, "index_select": index_select, "take_along_dim": take_along_dim,
+    "scatter_add": scatter_add, "index_add": index_add,
+}
+for _name, _fn in _METHODS.items():
+    setattr(Tensor, _name, _fn)
+Tensor.__hash__ = object.__hash__
+Tensor.T = property(lambda self: permute(self, tuple(reversed(range(self.ndim)))))
+
+
+def _reshape_method(self, *shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return reshape(self, shape)
+
+
+def _expand(self, *sizes):
+    """``x.expand(*sizes)``: -1 keeps a dimension; new dimensions go in front (torch)."""
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    lead = len(sizes) - self.ndim
+    if lead < 0:
+        raise ValueError(f"expand: {len(sizes)} sizes for a tensor of rank {self.ndim}")
+    shape = tuple(self.shape[i - lead] if d == -1 and i >= lead else d
+                  for i, d in enumerate(sizes))
+    if any(d < 0 for d in shape):
+        raise ValueError(f"expand: -1 is not allowed for a new leading dimension: {sizes}")
+    return broadcast_to(self, shape)
+
+
+def _where_method(self, condition, y):
+    """``x.where(condition, y)`` is ``where(condition, x, y)`` (torch)."""
+    return where(condition, self, y)
+
+
+Tensor.reshape = _reshape_method
+Tensor.view = _reshape_method
+Tensor.expand = _expand
+Tensor.where = _where_method
+
+
+def _conversion(dtype: str | None):
+    """``x.float()``, ``x.contiguous()``...: a traced tensor is a value with no memory layout,
+    so torch's ``memory_format`` is accepted and has nothing to change."""
+    def method(self, memory_format=None):
+        return self if dtype is None else cast(self, dtype)
+    return method
+
+
+Tensor.contiguous = _conversion(None)
+Tensor.bool = _conversion("bool")
+Tensor.float = _conversion("float32")
+Tensor.double = _conversion("float64")
+Tensor.long = _conversion("int64")
+Tensor.int = _conversion("int32")
+Tensor.to = lambda self, dtype: cast(self, dtype)
