@@ -12,7 +12,8 @@ truncated, emptied, bit-flipped, planted, or renamed onto another key fails the 
 a checked payload is ever returned: a damaged entry is deleted (with a ``CacheWarning``) and
 the caller compiles anew. A folder or secret that another user could have written is refused
 (``CacheWarning``) and the compile goes on without the cache. Entries are written atomically
-(temporary file in the same folder, fsync, ``os.replace``); the folders together stay under
+(temporary files in the same folder, one sync for all of a compile's entries,
+``os.replace``); the folders together stay under
 ``$IRGRAPH_CACHE_MAX_MB`` megabytes (default 512), least recently used entries evicted first
 (a hit touches its entry).
 """
@@ -260,10 +261,18 @@ class DiskCache:
     def load(self, key: str) -> bytes | None:
         """The payload stored under ``key``, checked; None when absent, refused or damaged (a
         damaged entry is deleted)."""
-        path = self.path(key)
+        return self.load_many([key])[key]
+
+    def load_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """``load`` of each key, the folders and the secret checked once for all of them."""
+        keys = list(keys)
+        paths = [self.path(k) for k in keys]
         secret = self._open()
         if secret is None:
-            return None
+            return dict.fromkeys(keys)
+        return {k: self._load(k, path, secret) for k, path in zip(keys, paths)}
+
+    def _load(self, key: str, path: Path, secret: bytes) -> bytes | None:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
@@ -298,34 +307,65 @@ class DiskCache:
     def store(self, key: str, payload: bytes) -> bool:
         """Write ``payload`` under ``key`` (atomically); False when it was not stored (cache
         refused, size limit 0, write failed: a warning, no temporary file left)."""
-        path = self.path(key)
+        return self.store_many([(key, payload)]) == 1
+
+    def store_many(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Write each (key, payload) atomically: every entry to a temporary file first, then
+        ONE sync of them all (``_sync``: a compile's entries cost one flush to the disk, not
+        one each), then each moved into place. Returns how many were stored; an entry that
+        could not be written is skipped with a warning and leaves no temporary file."""
+        items = [(self.path(key), key, payload) for key, payload in items]
         limit = max_bytes()
-        if limit == 0:
-            return False
+        if limit == 0 or not items:
+            return 0
         secret = self._open()
         if secret is None:
-            return False
-        data = MAGIC + self._mac(secret, key, payload) + b"\n" + payload
-        tmp = None
+            return 0
+        written: list[tuple[int, str, Path, int]] = []     # (fd, temporary, path, bytes)
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX)
-            try:
-                _write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as e:
-            reason = "disk full" if e.errno == errno.ENOSPC else str(e)
-            _warn(f"compile cache entry {path} could not be written ({reason}); the compiled "
-                  f"code is used without caching")
-            return False
-        finally:
-            if tmp is not None:
+            for path, key, payload in items:
+                data = MAGIC + self._mac(secret, key, payload) + b"\n" + payload
+                try:
+                    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX)
+                except OSError as e:
+                    self._not_written(path, e)
+                    continue
+                written.append((fd, tmp, path, len(data)))
+                try:
+                    _write(fd, data)
+                except OSError as e:
+                    os.close(fd)
+                    _unlink(Path(tmp))
+                    written.pop()
+                    self._not_written(path, e)
+            failed = _sync([fd for fd, *_ in written])
+            stored = 0
+            while written:
+                fd, tmp, path, size = written.pop(0)
+                try:
+                    os.close(fd)
+                    if fd in failed:
+                        raise failed[fd]
+                    os.replace(tmp, path)
+                except OSError as e:
+                    _unlink(Path(tmp))
+                    self._not_written(path, e)
+                    continue
+                stored += 1
+                _account(size, limit)
+            return stored
+        finally:                    # an exception on the way: no temporary file left
+            for fd, tmp, _, _ in written:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
                 _unlink(Path(tmp))
-        _account(len(data), limit)
-        return True
+
+    def _not_written(self, path: Path, e: OSError) -> None:
+        reason = "disk full" if e.errno == errno.ENOSPC else str(e)
+        _warn(f"compile cache entry {path} could not be written ({reason}); the compiled "
+              f"code is used without caching")
 
     def clear(self) -> int:
         """Delete every entry of this cache; returns how many were removed."""
@@ -339,6 +379,36 @@ class DiskCache:
                 n += p.name.endswith(self.suffix)
                 _unlink(p)
         return n
+
+
+def _syncfs():
+    """libc's ``syncfs`` (Linux: flush one file system), or None where there is none."""
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_SYNCFS = _syncfs() if sys.platform.startswith("linux") else None
+
+
+def _sync(fds: list[int]) -> dict[int, OSError]:
+    """Flush the files ``fds`` (all in one folder) to the disk before they are moved into
+    place; returns the error of each one that could not be flushed. One file: its fsync.
+    Several: one ``syncfs`` of their file system where there is one (a single flush for a
+    whole compile's entries), else an fsync each."""
+    if len(fds) > 1 and _SYNCFS is not None and _SYNCFS(fds[0]) == 0:
+        return {}
+    failed: dict[int, OSError] = {}
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            failed[fd] = e
+    return failed
 
 
 def _entries(top: Path) -> list[tuple[float, int, Path]]:

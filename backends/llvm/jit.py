@@ -283,7 +283,7 @@ def phase_times() -> dict[str, float]:
     """Seconds spent per compile phase since the last ``reset_stats``: ``ir_build`` (IR from
     the graph), ``llvm_opt`` (parse, verify, optimization passes) and ``codegen`` (machine
     code) of modules compiled in this thread, ``llvm`` (the wall time of modules compiled
-    by several threads at once: both phases, with the cache writes that overlap them),
+    by several threads at once: both phases),
     ``cache`` (disk reads and writes), ``load`` (linking into an engine)."""
     return dict(_PHASES)
 
@@ -421,28 +421,26 @@ def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: b
     _STATS["kernels_shared"] += prog.calls - len(prog.memo)
     objs, todo = [], []
     heavy = [k for k in prog.kernels.values() if k.opt > 0]     # the others: in the entry
+    found = {}
+    if use_cache:
+        with phase("cache"):
+            found = _CACHE.load_many(kernel_key(k.symbol) for k in heavy)
     for k in heavy:
-        kobj = None
-        if use_cache:
-            with phase("cache"):
-                kobj = cache_load(kernel_key(k.symbol))
+        kobj = found.get(kernel_key(k.symbol))
         if kobj is None:
             todo.append(k)
         else:
             _STATS["kernels_loaded"] += 1
             objs.append(kobj)
-    def store(i: int, kobj: bytes) -> None:
-        if use_cache and i < len(todo):
-            with phase("cache"):
-                cache_store(kernel_key(todo[i].symbol), kobj)
     made = compile_texts([(k.text, k.opt) for k in todo] +
-                         [(prog.entry_text(inline=True), min(opt, ENTRY_OPT))], store)
+                         [(prog.entry_text(inline=True), min(opt, ENTRY_OPT))])
     _STATS["kernels_compiled"] += len(todo) + len(prog.kernels) - len(heavy)
     obj = made.pop()
     objs += made
-    if use_cache:
+    if use_cache:           # one batch: one flush to the disk for the whole compile
         with phase("cache"):
-            cache_store(key, obj)
+            _CACHE.store_many([(kernel_key(k.symbol), kobj) for k, kobj in zip(todo, made)]
+                              + [(key, obj)])
     return obj, objs, key, False
 
 
@@ -450,12 +448,14 @@ def _cached_kernels(obj: bytes) -> list[bytes] | None:
     """The cached objects of every kernel ``obj`` calls (and they call: scan bodies), read
     from the symbols it references; None when one is missing (evicted, damaged)."""
     found: dict[bytes, bytes] = {}
-    todo = set(_KERNEL_SYMBOL.findall(obj))
+    todo = sorted(set(_KERNEL_SYMBOL.findall(obj)))
     while todo:
-        sym = todo.pop()
-        kobj = cache_load(kernel_key(sym.decode()))
-        if kobj is None:
-            return None
-        found[sym] = kobj
-        todo |= set(_KERNEL_SYMBOL.findall(kobj)) - set(found)
+        got = _CACHE.load_many(kernel_key(sym.decode()) for sym in todo)
+        for sym in todo:
+            kobj = got[kernel_key(sym.decode())]
+            if kobj is None:
+                return None
+            found[sym] = kobj
+        todo = sorted({s for sym in todo for s in _KERNEL_SYMBOL.findall(found[sym])}
+                      - set(found))
     return [found[s] for s in sorted(found)]

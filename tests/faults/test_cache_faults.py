@@ -430,3 +430,95 @@ def test_stores_scan_the_cache_only_when_the_size_limit_may_be_passed(root, monk
     assert 2 <= len(scans) <= 4
     kept = sum(p.stat().st_size for p in (root / "llvm").glob("*.o"))
     assert kept <= 2 ** 20 and store.path("k11").exists()
+
+
+# ------------------------------------------------------------------ batched writes
+def _count_syncs(monkeypatch) -> list:
+    """Every flush to the disk a store asks for: ('fs', fd) or ('file', fd), from now on (the
+    cache's folders and secret made first)."""
+    assert cache.DiskCache("llvm", ".o").store("setup", b"x")
+    calls: list = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(cache, "_SYNCFS", lambda fd: calls.append(("fs", fd)) or 0)
+    monkeypatch.setattr(cache.os, "fsync", lambda fd: calls.append(("file", fd))
+                        or real_fsync(fd))
+    return calls
+
+
+def test_a_batch_of_entries_is_flushed_once_and_all_served(root, monkeypatch):
+    calls = _count_syncs(monkeypatch)
+    store = cache.DiskCache("llvm", ".o")
+    blobs = {f"k{i}": os.urandom(1000 + i) for i in range(6)}
+    assert store.store_many(blobs.items()) == 6
+    assert [c[0] for c in calls] == ["fs"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        assert store.load_many(list(blobs) + ["absent"]) == {**blobs, "absent": None}
+    assert not [p for p in (root / "llvm").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_compile_flushes_its_entries_once(root, monkeypatch):
+    """A graph with kernels of their own (GEMM, loops over many elements) stores them and
+    its entry in one batch: one flush, and a second compile is served by them."""
+    g = Graph("g")
+    x, w = g.add_input("x", TensorType((64, 128))), g.add_input("w", TensorType((128, 64)))
+    g.set_outputs([g.op("tanh", g.op("matmul", x, w)), g.op("exp", x)])
+    jit.runtime_object()                 # the GEMM runtime: once per process, its own entry
+    calls = _count_syncs(monkeypatch)
+    first = backends.compile(g, "llvm", threads=1)
+    kernels = list((root / "llvm").glob("*.o"))
+    assert len(kernels) >= 4 and [c[0] for c in calls] == ["fs"]
+    args = [RNG.standard_normal((64, 128)).astype(np.float32),
+            RNG.standard_normal((128, 64)).astype(np.float32)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        again = backends.compile(g, "llvm", threads=1)
+    assert not first.cache_hit and again.cache_hit
+    want = backends.compile(g, "reference")(*args)
+    for got, ref in zip(again(*args), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_torn_entry_of_a_batch_is_ignored_and_the_others_served(root):
+    """A crash may leave an entry of a batch short or zeroed on disk: the check finds it,
+    deletes it, and the other entries of the batch are still served."""
+    store = cache.DiskCache("llvm", ".o")
+    blobs = {f"k{i}": os.urandom(3000) for i in range(4)}
+    assert store.store_many(blobs.items()) == 4
+    torn = store.path("k2")
+    data = torn.read_bytes()
+    torn.write_bytes(data[:len(data) // 2] + bytes(len(data) - len(data) // 2))
+    with pytest.warns(CacheWarning, match="k2.*HMAC"):
+        got = store.load_many(blobs)
+    assert got == {**blobs, "k2": None} and not torn.exists()
+
+
+def test_a_failed_write_or_flush_in_a_batch_skips_that_entry_only(root, monkeypatch):
+    store = cache.DiskCache("llvm", ".o")
+    assert store.store("setup", b"x")                        # folders and secret made
+    real_write = cache._write
+
+    def full_on_k1(fd, data):
+        if data.endswith(b"payload-1"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, data)
+    monkeypatch.setattr(cache, "_write", full_on_k1)
+    monkeypatch.setattr(cache, "_SYNCFS", None)          # a flush per file
+    real_fsync = os.fsync
+    flushed = []
+
+    def fsync_fails_on_second(fd):
+        flushed.append(fd)
+        if len(flushed) == 2:                                # k2's file (k1 never written)
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(cache.os, "fsync", fsync_fails_on_second)
+    items = [(f"k{i}", f"payload-{i}".encode()) for i in range(4)]
+    with pytest.warns(CacheWarning) as got:
+        assert store.store_many(items) == 2
+    said = " ".join(str(w.message) for w in got)
+    assert "k1.o could not be written (disk full)" in said
+    assert "k2.o could not be written" in said and "Input/output error" in said
+    names = sorted(p.name for p in (root / "llvm").iterdir())
+    assert names == ["k0.o", "k3.o", "setup.o"]           # no temporary file left
+    assert store.load("k0") == b"payload-0" and store.load("k3") == b"payload-3"
