@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from .registry import GraphBase
 from .types import TensorType
 
 
@@ -36,8 +37,7 @@ def format_scalar(v) -> str:
 
 
 def format_attr(v, indent: str) -> str:
-    from .ir import Graph
-    if isinstance(v, Graph):
+    if isinstance(v, GraphBase):
         body = format_graph(v, indent + "  ")
         return body.lstrip()
     if isinstance(v, np.ndarray):
