@@ -1,21 +1,24 @@
 """Convolution GFLOP/s on the LLVM backend beside numpy's sgemm peak measured in the same run.
 
-    python bench/bench_conv_llvm.py [--threads 2] [--repeats 30] [--only SUBSTRING]
+    python bench/bench_conv_llvm.py [--threads 2] [--repeats 30] [--only SUBSTRING] [--cpu]
 
 Each row: one ``conv`` node (float32) of ResNet-18 at a 64x64 input (batch 1 and 8), the
 bench_llvm.py conv2d 64x32x32x32 3x3 and peers.py's ResNet-ish 64-channel block layer;
 GFLOP/s = 2 * N * O * P * C/g * prod(kernel) / best time, and its share of numpy's sgemm
-GFLOP/s (512^3, the same thread count). A script, not a test: nothing here asserts a speed.
+GFLOP/s (512^3, the same thread count). ``--cpu`` (one thread only) times by the calling
+thread's CPU time instead of the wall clock: on a machine shared with other processes, time
+spent descheduled then does not count. A script, not a test: nothing here asserts a speed.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import best_of, describe, pin_threads  # noqa: E402
+from machine import describe, pin_threads  # noqa: E402
 
 # (name, N, C, H, O, k, stride, pad)
 SHAPES = [
@@ -41,7 +44,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--only", default="")
+    ap.add_argument("--cpu", action="store_true", help="thread CPU time (with --threads 1)")
     a = ap.parse_args()
+    if a.cpu and a.threads != 1:
+        ap.error("--cpu times the calling thread alone: use it with --threads 1")
+    clock = time.thread_time if a.cpu else time.perf_counter
+
+    def best_of(fn, repeats):
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = clock()
+            fn()
+            best = min(best, clock() - t0)
+        return best
     pin_threads(a.threads)
     import numpy as np
 

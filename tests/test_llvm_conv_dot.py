@@ -3,7 +3,9 @@ image network) run as register-tiled dot products along R on the LLVM backend
 (backends/llvm/conv_dot.py). Every case here takes that path on this host (checked), and its
 output is held to the reference backend's: R with and without a tail past whole vectors,
 output channels and columns that leave partial tiles, columns in more than one cache block,
-strides, asymmetric padding, dilation, 1-D, both float types, one and two threads."""
+strides, asymmetric padding, dilation, 1-D, both float types, one and two threads; and
+batches of such images whose columns side by side fill GEMM tiles (one GEMM for the
+batch)."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,6 +36,10 @@ CASES = [
     ((2, 17, 1, 1), (6, 17, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),    # P = 1, R = 17
     ((3, 512, 2, 2), (9, 512, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # two column blocks
     ((2, 24, 5), (5, 24, 3), (2,), (1, 0), (1,)),                    # 1-D
+    # a batch with at least a tile's width of columns: one GEMM over all of them
+    ((9, 24, 3, 3), (13, 24, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),   # J = 81
+    ((8, 64, 2, 2), (20, 64, 3, 3), (1, 1), (1, 0, 1, 1), (1, 1)),   # J = 16
+    ((4, 16, 6, 6), (33, 16, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),   # J = 36, stride 2
 ]
 
 
@@ -68,4 +74,8 @@ def test_plan_takes_narrow_grids_only():
     assert conv_dot.plan(1, 64, 64, 4, 576, 2, "float32", avx512) is None     # groups
     assert conv_dot.plan(1, 8, 8, 4, 8, 1, "float32", avx512) is None         # R < 16
     assert conv_dot.plan(1, 64, 64, 4, 576, 1, "int32", avx512) is None
+    # dot products while the batch's columns are fewer than the tile's width, then a GEMM
+    assert conv_dot.plan(7, 512, 512, 4, 4608, 1, "float32", avx512).dots
+    assert not conv_dot.plan(8, 512, 512, 4, 4608, 1, "float32", avx512).dots
+    assert not conv_dot.plan(4, 512, 512, 4, 4608, 1, "float32", avx2).dots
 

@@ -113,7 +113,7 @@ class Direct:
                 groups * prod(self.kernel) * strips * self.cout * self.mr]
 
     def scratch_bytes(self, parts: list[int]) -> int:
-        return _offsets(self.dtype, parts)[-1]
+        return scratch_bytes(self.dtype, parts)
 
     def worth_it(self) -> bool:
         """The grid's extra columns cost less than im2col's copy (and it fits the scratch)."""
@@ -136,6 +136,11 @@ def _offsets(dtype: str, parts: list[int]) -> list[int]:
     for n in parts:
         offs.append(offs[-1] + -(-n * item // ALIGN) * ALIGN)
     return offs
+
+
+def scratch_bytes(dtype: str, parts: list[int]) -> int:
+    """Bytes of the ALIGN-aligned arrays of ``parts`` elements laid out by ``arrays``."""
+    return _offsets(dtype, parts)[-1]
 
 
 def _elem(dtype: str) -> ir.Type:

@@ -1,4 +1,5 @@
-"""Convolutions with few output positions as register-tiled dot products along R.
+"""Convolutions with few output positions: register-tiled dot products along R, or one GEMM
+over the batch's columns.
 
 When an image's output has fewer positions P than the GEMM's register tile is wide (the
 late layers of an image network: 4x4, 2x2, 1x1 grids), the GEMM ``W (O x R) @ cols (R x P)``
@@ -12,6 +13,10 @@ rows (read in place: no packing) are contiguous along r, so an MO x PN tile of o
 MO * PN vector accumulators over R, loads MO weight vectors and PN column vectors per step,
 and sums each accumulator's lanes once at the end. The weights stream once per block of
 columns (the blocks sized to stay in cache), which is the whole cost of a batch-1 late layer.
+
+A batch of such images with N * P columns or more than the tile's width is instead one GEMM
+``W (O x R) @ cols (R x N*P)`` (im2col of every image side by side), its result put back in
+(N, O, P) order: the GEMM's cache blocking then streams the weights once.
 
 R need not divide by the vector width: a row of ``colsT`` keeps its first ``nv * vw``
 elements in place and puts the last ``t = R mod vw`` at the end of one more vector, after
@@ -75,8 +80,18 @@ class DotConv:
         return b.add(r, shift)
 
     @property
+    def dots(self) -> bool:
+        """Dot products when all the batch's columns are fewer than a GEMM tile is wide;
+        else (a batch of small grids) one GEMM over the batch's columns side by side."""
+        return self.J < tiling(self.dtype, self.features).nr
+
+    @property
     def cols_elems(self) -> int:
-        return self.J * self.Rp
+        return self.J * self.Rp if self.dots else self.J * self.R
+
+    def scratch_parts(self) -> list[int]:
+        """Elements of the scratch arrays: colsT (dots), or cols and the GEMM's O x J result."""
+        return [self.cols_elems] if self.dots else [self.cols_elems, self.O * self.J]
 
     @property
     def jblock(self) -> int:

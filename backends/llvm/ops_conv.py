@@ -24,7 +24,8 @@ from irgraph.ops.conv_geometry import out_shape
 from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
 from . import gemm_bf16
 from . import conv_dot
-from .conv_direct import Direct, convolve, kernel_gradient, scatter_input_grad, usable
+from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_input_grad,
+                          scratch_bytes, usable)
 from .gemm import call_gemm, gemm_function
 from .lowering import lowering, scratch
 from .module import ALIGN
@@ -206,7 +207,7 @@ def _conv_scratch(node, threads, features):
     x, w = node.inputs
     dot = _dot_forward(node, features)
     if dot is not None:
-        return -(-dot.cols_elems * x.type.np_dtype.itemsize // ALIGN) * ALIGN
+        return scratch_bytes(x.dtype, dot.scratch_parts())
     dc = _direct_forward(node, threads, features)
     if dc is not None:
         return threads * dc.scratch_bytes(dc.forward_parts(node.attrs["groups"]))
@@ -247,12 +248,31 @@ def _dot_forward(node, features):
 
 def _conv_dot(ctx, dot, node, x: Buf, w: Buf, y: Buf) -> None:
     """Few output positions: a transposed im2col of every image (threads split the images),
-    then dot products along R (threads split the output channels)."""
+    then dot products along R (threads split the output channels); or, for a batch of them,
+    im2col side by side, one GEMM, the result put back in (N, O, P) order."""
     b = ctx.b
     geo = _geo(x.shape, w.shape[2:], node.attrs)
     C, plane, P = x.shape[1], prod(geo["spatial"]), prod(geo["out"])
-    cols = Buf(b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)), _tt((dot.J, dot.Rp), x))
     lo, hi = ctx.split(x.shape[0])
+    if not dot.dots:
+        J, O, R = dot.J, dot.O, dot.R
+        cp, outp = arrays(ctx, x.dtype, ctx.node_scratch, dot.scratch_parts())
+        cols = Buf(cp, _tt((R, J), x))
+        with for_range(b, lo, hi, "img") as n:
+            first = b.mul(n, i64(P))
+            im2col(ctx, x, b.mul(n, i64(C * plane)), C, geo, cols,
+                   at=lambda row, col: b.add(b.mul(row, i64(J)), b.add(first, col)))
+        ctx.barrier()
+        call_gemm(ctx, x.dtype, w.ptr, (R, 1), cp, (J, 1), outp, J, O, J, R)
+        ctx.barrier()
+        with for_range(b, lo, hi, "img") as n:
+            with for_range(b, 0, O, "o") as o:
+                src = b.add(b.mul(o, i64(J)), b.mul(n, i64(P)))
+                dst = b.mul(b.add(b.mul(n, i64(O)), o), i64(P))
+                with for_range(b, 0, P, "p") as p:
+                    y.store(b, b.add(dst, p), b.load(b.gep(outp, [b.add(src, p)])))
+        return
+    cols = Buf(b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)), _tt((dot.J, dot.Rp), x))
     with for_range(b, lo, hi, "img") as n:
         first = b.mul(n, i64(P))
         im2col(ctx, x, b.mul(n, i64(C * plane)), C, geo, cols,
