@@ -17,6 +17,7 @@ import os
 import time
 
 from irgraph import Graph, verify
+from irgraph.passes.layer_regions import layer_regions
 from irgraph.passes.low_precision import widen_low_precision
 from irgraph.passes.scan_accumulate import fold_batched_matmul_sums, hoist_scan_accumulators
 from irgraph.passes.scan_reuse import reuse_forward_outputs
@@ -28,7 +29,7 @@ from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
 from .module import Program, build_module, plan
 from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
 from . import ops_optim, ops_recurrence, ops_pool, ops_conv, ops_norm  # noqa: F401
-from . import ops_gather, ops_random  # noqa: F401
+from . import ops_attention, ops_gather, ops_random  # noqa: F401
 from . import gemm_bf16
 
 log = logging.getLogger("irgraph.backends.llvm")
@@ -54,6 +55,7 @@ def _prepare(graph: Graph, threads: int, profile: bool = False):
     graph = verify(graph)
     graph = widen_low_precision(graph, keep=gemm_bf16.native)     # float16/bfloat16
     graph = _scan_rewrites(graph)
+    graph = layer_regions(graph)      # attention and normalization regions
     _check_lowerable(graph)
     features = jit.host()[2]
     p = plan(graph, features, threads)

@@ -21,6 +21,7 @@ from irgraph.errors import DataError
 from irgraph.interpreter import ExecutionError, run_node
 from irgraph.liveness import last_uses
 
+from irgraph.passes.layer_regions import fuse_attention
 from irgraph.passes.low_precision import widen_low_precision
 
 from ..base import Executable, raise_as_reference, reference_error, validate_args
@@ -136,6 +137,8 @@ class TritonExecutable(Executable):
         # float16/bfloat16: every op computes in float32 between rounding casts, but those
         # this backend runs on 16-bit buffers (native_low_precision)
         self.graph = widen_low_precision(self.graph, keep=native_low_precision)
+        # attention compositions as regions: the flash kernel (fused_attention.py)
+        self.graph = fuse_attention(self.graph)
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
         self.output = output
