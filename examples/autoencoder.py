@@ -19,19 +19,18 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import irgraph.frontend as fe  # noqa: E402
-from irgraph.frontend import nn, optim  # noqa: E402
+import irgraph as ig  # noqa: E402
 from irgraph.frontend.data import DataLoader, load_digits, split  # noqa: E402
 from irgraph.frontend.fit import fit  # noqa: E402
 
 
-class AutoEncoder(nn.Module):
+class AutoEncoder(ig.nn.Module):
     def __init__(self):
         super().__init__()
-        self.encode = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
-                                    nn.Conv2d(16, 8, 3, stride=2, padding=1), nn.ReLU())
-        self.decode = nn.Sequential(nn.ConvTranspose2d(8, 16, 2, stride=2), nn.ReLU(),
-                                    nn.ConvTranspose2d(16, 1, 2, stride=2), nn.Sigmoid())
+        self.encode = ig.nn.Sequential(ig.nn.Conv2d(1, 16, 3, stride=2, padding=1), ig.nn.ReLU(),
+                                       ig.nn.Conv2d(16, 8, 3, stride=2, padding=1), ig.nn.ReLU())
+        self.decode = ig.nn.Sequential(ig.nn.ConvTranspose2d(8, 16, 2, stride=2), ig.nn.ReLU(),
+                                       ig.nn.ConvTranspose2d(16, 1, 2, stride=2), ig.nn.Sigmoid())
 
     def forward(self, x):
         return self.decode(self.encode(x))
@@ -52,14 +51,14 @@ def main() -> None:
     images, _ = load_digits()
     x = (images.astype(np.float32) / 16)[:, None]
     tr, te = split(len(x), 0.2, seed=0)
-    fe.manual_seed(0)
+    ig.manual_seed(0)
     model = AutoEncoder()
-    step = fe.compile_train(model, nn.MSELoss(), optim.Adam(lr=0.01),
-                            fe.TensorSpec((64, 1, 8, 8)), fe.TensorSpec((64, 1, 8, 8)),
+    step = ig.compile_train(model, ig.nn.MSELoss(), ig.optim.Adam(lr=0.01),
+                            ig.TensorSpec((64, 1, 8, 8)), ig.TensorSpec((64, 1, 8, 8)),
                             backend=args.backend)
     hist = fit(step, DataLoader(x[tr], x[tr], batch_size=64, shuffle=True, drop_last=True),
                epochs, out=io.StringIO())
-    recon = fe.compile(model, fe.TensorSpec((len(te), 1, 8, 8)), backend=args.backend)(x[te])
+    recon = ig.compile(model, ig.TensorSpec((len(te), 1, 8, 8)), backend=args.backend)(x[te])
     err = float(((recon - x[te]) ** 2).mean())
     base = float(((x[tr].mean(0) - x[te]) ** 2).mean())
     print("training loss per epoch: " + " ".join(f"{v:.4f}" for v in hist.loss))

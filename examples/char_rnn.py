@@ -19,13 +19,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import irgraph.backends as backends  # noqa: E402
-import irgraph.frontend as fe  # noqa: E402
-from irgraph.frontend import nn, optim  # noqa: E402
+import irgraph as ig  # noqa: E402
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tiny_corpus.txt")
 
 
-class TeacherForcedLoss(nn.Module):
+class TeacherForcedLoss(ig.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -34,7 +33,7 @@ class TeacherForcedLoss(nn.Module):
         return self.model.loss(tokens)
 
 
-class Writer(nn.Module):
+class Writer(ig.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -50,12 +49,12 @@ def train_and_generate(backend: str = "reference", steps: int = 300, seq: int = 
     text = open(CORPUS, encoding="utf-8").read()
     vocab = sorted(set(text))
     codes = np.array([vocab.index(c) for c in text], np.int64)
-    fe.manual_seed(seed)
-    model = nn.RNNLanguageModel(len(vocab), hidden)
+    ig.manual_seed(seed)
+    model = ig.nn.RNNLanguageModel(len(vocab), hidden)
     t0 = time.perf_counter()
-    step = fe.compile_train(TeacherForcedLoss(model), None,
-                            optim.Adam(lr=0.01, clip_grad_norm=5.0),
-                            fe.TensorSpec((seq, batch), "int64"), backend=backend)
+    step = ig.compile_train(TeacherForcedLoss(model), None,
+                            ig.optim.Adam(lr=0.01, clip_grad_norm=5.0),
+                            ig.TensorSpec((seq, batch), "int64"), backend=backend)
     log(f"[{backend}] compiled the training step in {time.perf_counter() - t0:.1f} s")
     r = np.random.default_rng(seed)
     losses = []
@@ -65,7 +64,7 @@ def train_and_generate(backend: str = "reference", steps: int = 300, seq: int = 
         losses.append(float(step(window)))
         if i % max(1, steps // 5) == 0 or i == steps - 1:
             log(f"[{backend}] step {i:4d}  loss per character {losses[-1]:.3f}")
-    write = fe.compile(Writer(model), fe.TensorSpec((length, 1, len(vocab))), backend=backend)
+    write = ig.compile(Writer(model), ig.TensorSpec((length, 1, len(vocab))), backend=backend)
     noise = r.uniform(1e-7, 1 - 1e-7, (length, 1, len(vocab))).astype(np.float32)
     sample = "".join(vocab[i] for i in write(noise)[:, 0])
     log(f"[{backend}] generated open loop:\n{sample}\n")

@@ -17,20 +17,20 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import irgraph.frontend as fe  # noqa: E402
-from irgraph.frontend import nn, optim  # noqa: E402
+import irgraph as ig  # noqa: E402
 from irgraph.frontend.data import DataLoader, load_digits, split  # noqa: E402
 from irgraph.frontend.fit import fit  # noqa: E402
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+def mlp() -> ig.nn.Module:
+    return ig.nn.Sequential(ig.nn.Flatten(), ig.nn.Linear(64, 64), ig.nn.ReLU(),
+                            ig.nn.Linear(64, 10))
 
 
-def cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+def cnn() -> ig.nn.Module:
+    return ig.nn.Sequential(ig.nn.Conv2d(1, 16, 3, padding=1), ig.nn.BatchNorm2d(16), ig.nn.ReLU(),
+                            ig.nn.MaxPool2d(2), ig.nn.Conv2d(16, 32, 3, padding=1), ig.nn.ReLU(),
+                            ig.nn.MaxPool2d(2), ig.nn.Flatten(), ig.nn.Linear(128, 10))
 
 
 def main() -> None:
@@ -44,16 +44,16 @@ def main() -> None:
     x, y = (images.astype(np.float32) / 16)[:, None], labels.astype(np.int64)
     tr, te = split(len(x), 0.2, seed=0)
     for name, build in (("MLP", mlp), ("CNN", cnn)):
-        fe.manual_seed(0)
+        ig.manual_seed(0)
         model = build()
         n_params = sum(p.data.size for _, p in model.named_parameters())
-        step = fe.compile_train(model, nn.CrossEntropyLoss(), optim.Adam(lr=0.01),
-                                fe.TensorSpec((64, 1, 8, 8)), fe.TensorSpec((64,), "int64"),
+        step = ig.compile_train(model, ig.nn.CrossEntropyLoss(), ig.optim.Adam(lr=0.01),
+                                ig.TensorSpec((64, 1, 8, 8)), ig.TensorSpec((64,), "int64"),
                                 backend=args.backend)
         hist = fit(step, DataLoader(x[tr], y[tr], batch_size=64, shuffle=True, drop_last=True),
                    epochs, out=io.StringIO())
         model.eval()
-        logits = fe.compile(model, fe.TensorSpec((len(te), 1, 8, 8)), backend=args.backend)(x[te])
+        logits = ig.compile(model, ig.TensorSpec((len(te), 1, 8, 8)), backend=args.backend)(x[te])
         acc = float((logits.argmax(1) == y[te]).mean())
         print(f"{name}: {n_params:,} parameters; loss per epoch "
               + " ".join(f"{v:.3f}" for v in hist.loss)

@@ -1,26 +1,25 @@
 """Quick start: define a model in the DSL, print its IR, run it on the reference backend."""
 import numpy as np
 
-import irgraph.frontend as fe
-from irgraph.frontend import F, nn
+import irgraph as ig
 
 
-class MLP(nn.Module):
+class MLP(ig.nn.Module):
     def __init__(self):
         super().__init__()
-        self.layer1 = nn.Linear(16, 32)
-        self.layer2 = nn.Linear(32, 10)
+        self.layer1 = ig.nn.Linear(16, 32)
+        self.layer2 = ig.nn.Linear(32, 10)
 
     def forward(self, x):
-        return F.log_softmax(self.layer2(F.relu(self.layer1(x))), dim=1)
+        return ig.F.log_softmax(self.layer2(ig.F.relu(self.layer1(x))), dim=1)
 
 
 def main():
-    fe.manual_seed(0)
+    ig.manual_seed(0)
     model = MLP()
-    spec = fe.TensorSpec((8, 16), "float32")
-    print(fe.trace(model, spec))
-    run = fe.compile(model, spec, backend="reference")
+    spec = ig.TensorSpec((8, 16), "float32")
+    print(ig.trace(model, spec))
+    run = ig.compile(model, spec, backend="reference")
     x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
     out = run(x)
     print("log-probabilities of the first row:", np.round(out[0], 4))

@@ -17,20 +17,19 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import irgraph.frontend as fe  # noqa: E402
-from irgraph.frontend import nn, optim  # noqa: E402
+import irgraph as ig  # noqa: E402
 from irgraph.frontend.data import load_digits, split  # noqa: E402
 
 METHODS = {
-    "Newton (alg. 8.8)": lambda: optim.Newton(damping=1e-3),
-    "CG, Polak-Ribiere (alg. 8.9)": lambda: optim.ConjugateGradient(),
-    "L-BFGS (8.6.3)": lambda: optim.LBFGS(history_size=10),
+    "Newton (alg. 8.8)": lambda: ig.optim.Newton(damping=1e-3),
+    "CG, Polak-Ribiere (alg. 8.9)": lambda: ig.optim.ConjugateGradient(),
+    "L-BFGS (8.6.3)": lambda: ig.optim.LBFGS(history_size=10),
 }
 
 
-def model() -> nn.Module:
-    fe.manual_seed(0)
-    return nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 10))
+def model() -> ig.nn.Module:
+    ig.manual_seed(0)
+    return ig.nn.Sequential(ig.nn.AvgPool2d(2), ig.nn.Flatten(), ig.nn.Linear(16, 10))
 
 
 def main() -> None:
@@ -44,11 +43,11 @@ def main() -> None:
     tr, te = split(len(x), 0.2, seed=0)
     for name, make in METHODS.items():
         m = model()
-        step = fe.compile_train(m, nn.CrossEntropyLoss(), make(),
-                                fe.TensorSpec((len(tr), 1, 8, 8)),
-                                fe.TensorSpec((len(tr),), "int64"))
+        step = ig.compile_train(m, ig.nn.CrossEntropyLoss(), make(),
+                                ig.TensorSpec((len(tr), 1, 8, 8)),
+                                ig.TensorSpec((len(tr),), "int64"))
         losses = [step(x[tr], y[tr]) for _ in range(iters)]
-        acc = float((fe.compile(m, fe.TensorSpec((len(te), 1, 8, 8)))(x[te]).argmax(1)
+        acc = float((ig.compile(m, ig.TensorSpec((len(te), 1, 8, 8)))(x[te]).argmax(1)
                      == y[te]).mean())
         print(f"{name:30s} loss " + " ".join(f"{v:.3f}" for v in losses)
               + f"  held-out accuracy {acc:.1%}")

@@ -16,19 +16,18 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import irgraph.frontend as fe  # noqa: E402
-from irgraph.frontend import init, nn, optim  # noqa: E402
+import irgraph as ig  # noqa: E402
 
 OPTIMIZERS = {
-    "SGD, linear decay": lambda: optim.SGD(lr=optim.LinearDecay(0.5, 0.005, 150)),
-    "momentum (8.2)": lambda: optim.SGD(lr=0.05, momentum=0.9),
-    "Nesterov (8.3)": lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
-    "AdaGrad (8.4)": lambda: optim.AdaGrad(lr=0.1),
-    "RMSProp (8.5)": lambda: optim.RMSprop(lr=0.01, alpha=0.9),
-    "RMSProp+Nesterov (8.6)": lambda: optim.RMSprop(lr=0.01, alpha=0.9, momentum=0.5,
+    "SGD, linear decay": lambda: ig.optim.SGD(lr=ig.optim.LinearDecay(0.5, 0.005, 150)),
+    "momentum (8.2)": lambda: ig.optim.SGD(lr=0.05, momentum=0.9),
+    "Nesterov (8.3)": lambda: ig.optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
+    "AdaGrad (8.4)": lambda: ig.optim.AdaGrad(lr=0.1),
+    "RMSProp (8.5)": lambda: ig.optim.RMSprop(lr=0.01, alpha=0.9),
+    "RMSProp+Nesterov (8.6)": lambda: ig.optim.RMSprop(lr=0.01, alpha=0.9, momentum=0.5,
                                                     nesterov=True),
-    "Adam (8.7)": lambda: optim.Adam(lr=0.02),
-    "L-BFGS (8.6.3)": lambda: optim.LBFGS(history_size=10),
+    "Adam (8.7)": lambda: ig.optim.Adam(lr=0.02),
+    "L-BFGS (8.6.3)": lambda: ig.optim.LBFGS(history_size=10),
 }
 
 
@@ -41,13 +40,13 @@ def two_spirals(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y.astype(np.int64)
 
 
-def model() -> nn.Module:
-    fe.manual_seed(0)
-    m = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
-                      nn.Linear(32, 2))
+def model() -> ig.nn.Module:
+    ig.manual_seed(0)
+    m = ig.nn.Sequential(ig.nn.Linear(2, 32), ig.nn.Tanh(), ig.nn.Linear(32, 32), ig.nn.Tanh(),
+                         ig.nn.Linear(32, 2))
     for layer in (m[0], m[2], m[4]):
-        init.xavier_uniform_(layer.weight, gain=init.calculate_gain("tanh"))
-        init.zeros_(layer.bias)
+        ig.init.xavier_uniform_(layer.weight, gain=ig.init.calculate_gain("tanh"))
+        ig.init.zeros_(layer.bias)
     return m
 
 
@@ -59,11 +58,11 @@ def main() -> None:
     x, y = two_spirals(128)
     for name, make in OPTIMIZERS.items():
         net = model()
-        step = fe.compile_train(net, nn.CrossEntropyLoss(), make(), fe.TensorSpec(x.shape),
-                                fe.TensorSpec(y.shape, "int64"), backend=args.backend)
+        step = ig.compile_train(net, ig.nn.CrossEntropyLoss(), make(), ig.TensorSpec(x.shape),
+                                ig.TensorSpec(y.shape, "int64"), backend=args.backend)
         steps = args.steps if "BFGS" not in name else args.steps // 4
         losses = [step(x, y) for _ in range(steps)]
-        logits = fe.compile(net.eval(), fe.TensorSpec(x.shape), backend=args.backend)(x)
+        logits = ig.compile(net.eval(), ig.TensorSpec(x.shape), backend=args.backend)(x)
         acc = float(np.mean(logits.argmax(1) == y))
         curve = " ".join(f"{v:.3f}" for v in losses[::max(steps // 4, 1)])
         print(f"{name:24s} loss {curve} -> {losses[-1]:.4f}   accuracy {acc:.2f}")
