@@ -8,6 +8,10 @@
   reference for the message of a fault their own code detected, so the text is the same.
 * ``fork_safe_locks``: the locks every executable, cache and worker pool of a backend
   holds; a forked child gets each of them fresh (unlocked).
+* ``run_backend_passes``: what a backend's ``compile`` does before its ``build``: the graph
+  verified and put through the passes the backend declares (its ``PASSES``) by the
+  PassManager, the one place a graph is verified on its way to a backend (the compile
+  driver, frontend/driver.py, runs the same passes after the pipeline, in one PassManager).
 
 docs/reliability.md ("Calling compiled code") states what a call guarantees.
 """
@@ -20,13 +24,14 @@ from typing import NoReturn, Sequence
 
 import numpy as np
 
-from irgraph import Graph, verify
+from irgraph import Graph
 from irgraph.errors import DataError, RuntimeDataError
 from irgraph.interpreter import ExecutionError, interpret
 from irgraph.ops.debug import NonFiniteError
 
 __all__ = ["validate_args", "check_out_buffers", "reference_error", "run_reference",
-           "fork_safe_locks", "Executable", "DataError", "RuntimeDataError", "NonFiniteError"]
+           "fork_safe_locks", "run_backend_passes", "Executable", "DataError",
+           "RuntimeDataError", "NonFiniteError"]
 
 # kinds of Python/numpy scalars, in promotion order: a scalar may stand for a rank-0 argument
 # whose kind is not below its own (torch's rule: no silent truncation of a float to an int)
@@ -179,8 +184,15 @@ def _renew_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_renew_locks_in_child)
 
 
+def run_backend_passes(graph: Graph, passes: Sequence[str]) -> Graph:
+    """``graph`` verified, then put through ``passes`` (a backend's ``PASSES``)."""
+    from irgraph.passes.manager import PassManager
+    return PassManager(list(passes)).run(graph)
+
+
 class Executable:
     """Base executable: ``exe(*args) -> list of output arrays``; args are inputs then params.
+    Built by a backend's ``build`` from a graph the PassManager verified (``compile``).
 
     Outputs the graph donates to an argument are written into that argument's buffer (in
     place) when the caller passed a writable array of the right layout. A call that raises
@@ -189,7 +201,7 @@ class Executable:
     backend = "base"
 
     def __init__(self, graph: Graph):
-        self.graph = verify(graph)
+        self.graph = graph
 
     def run(self, args: list[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError

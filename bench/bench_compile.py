@@ -17,8 +17,8 @@ Each model is compiled cold (a fresh, empty cache folder through IRGRAPH_CACHE_D
 target's runtime kernels, compiled once per machine, are built beforehand and reported on
 their own line), then again (cached), then once more after its graph was traced from a
 renamed copy (the same code: a cache hit). Phases: ``trace`` (Python tracing),
-``autodiff`` (the training-step graph: BPTT, gradients, optimizer), ``passes`` (the pass
-pipeline and the backend's graph rewrites), then the LLVM backend's own
+``autodiff`` (the training-step graph: BPTT, gradients, optimizer), ``passes`` (one
+PassManager: the pipeline and the passes the backend declares), then the LLVM backend's own
 (``backends.llvm.jit.phase_times``): ``ir_build``; ``llvm_opt`` and ``codegen`` of modules
 compiled on one thread; ``llvm``, the wall time of modules compiled on several threads at
 once (optimization and machine code together, with the cache writes overlapping them);
@@ -110,9 +110,9 @@ _TIMES: dict[str, float] = {}
 @contextmanager
 def instrumented():
     """Time the frontend's phases by wrapping the functions compile_train calls."""
-    import irgraph.backends.llvm as L
+    from irgraph.passes.manager import PassManager
     wrapped = [(ftrain, "trace_with", "trace"), (ftrain, "training_step", "autodiff"),
-               (ftrain, "run_pipeline", "passes"), (L, "_scan_rewrites", "passes")]
+               (PassManager, "run", "passes")]
     saved = []
     for mod, name, phase in wrapped:
         fn = getattr(mod, name)

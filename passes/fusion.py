@@ -216,3 +216,40 @@ def fuse(g: Graph) -> Graph:
         for old, new in zip(results, outs):
             rw.replace(old, new)
     return dce(rw.finish())
+
+
+@register_pass("fuse_scan_bodies")
+def fuse_scan_bodies(g: Graph) -> Graph:
+    """Fuse the step body of every scan (``fuse``, scans nested in bodies first), for a
+    backend that lowers a scan as a loop over its body: fewer passes over memory and fewer
+    thread barriers per step. A masked scan's mask is folded into its body
+    (``ops.recurrence.step_body``): the scan becomes an unmasked one over one more sequence,
+    the mask, whose slice ``mask_t`` the body reads after the other slices.
+
+    Before::
+
+        %hT: f32[2,4], %hs: f32[5,2,4] = scan(%h0, %xs, %W) {body=graph cell(...) {
+            %0: f32[2,4] = matmul(%h, %W)
+            %1: f32[2,4] = add(%0, %x)
+            %2: f32[2,4] = tanh(%1)
+            return %2, %2 }, num_carry=1, num_seq=1, ...}
+
+    After::
+
+        %hT: f32[2,4], %hs: f32[5,2,4] = scan(%h0, %xs, %W) {body=graph cell(...) {
+            %3: f32[2,4] = fused(%h, %W, %x) {kind="epilogue", body=...}
+            return %3, %3 }, num_carry=1, num_seq=1, ...}
+    """
+    from irgraph.ops.recurrence import step_body
+    if not any(n.op == "scan" for n in g.nodes):
+        return g
+    rw = GraphRewriter(g)
+    for node in g.nodes:
+        if node.op != "scan":
+            rw.copy_node(node)
+            continue
+        a = node.attrs
+        body = fuse(fuse_scan_bodies(step_body(a)))
+        rw.copy_node(node, dict(a, body=body, masked=False,
+                                num_seq=a["num_seq"] + (1 if a["masked"] else 0)))
+    return rw.finish()

@@ -12,8 +12,9 @@ A pipeline is a list of names/functions or a comma-separated string::
     PassManager(["cse", my_pass], print_after=["cse"]).run(graph)
     PassManager("default, fuse", kind="inference")    # 'default' expands to the preset
 
-After each pass the result is verified (and, while verifying, checked to leave its input
-unchanged); ``print_after`` prints the IR after every pass (``True``) or the named ones;
+The input is verified once, then every new graph a pass returns (and, while verifying, each
+pass is checked to leave its input unchanged; a pass that returns its input is not verified
+again); ``print_after`` prints the IR after every pass (``True``) or the named ones;
 ``report()`` tabulates time and node counts per pass. A failing pass raises ``PassError``
 naming it and the passes that ran before it.
 """
@@ -34,7 +35,8 @@ PipelineSpec = Union[str, Sequence[Union[str, PassFn]], None]
 # modules whose import registers the built-in passes (loaded on first lookup, so that a pass
 # module can import this one for ``register_pass``)
 _BUILTIN_MODULES = ("irgraph.passes.simplify", "irgraph.passes.inference", "irgraph.passes.fold_bn",
-                    "irgraph.passes.fusion", "irgraph.passes.layer_regions",
+                    "irgraph.passes.fusion", "irgraph.passes.layer_regions", "irgraph.passes.scan_reuse",
+                    "irgraph.passes.scan_accumulate",
                     "irgraph.passes.debug_nans", "irgraph.passes.unroll")
 
 # the default pipelines; 'fuse' is left to backends that lower ``fused`` (see docs)
@@ -135,12 +137,14 @@ class PassRecord:
     seconds: float
     nodes_before: int
     nodes_after: int
+    changed: bool = True        # False: the pass returned its input itself
 
 
 class PassManager:
     """Runs a pipeline of passes over a graph.
 
-    ``verify``: verify after every pass and check that the pass left its input unchanged.
+    ``verify``: verify the input, then each new graph a pass returns, and check that every
+    pass left its input unchanged (the one place a compile verifies: see ``run``).
     ``print_after``: ``True`` (every pass), or names of the passes after which to print the IR.
     ``stream``: where printing goes (default ``sys.stdout``).
     """
@@ -169,7 +173,11 @@ class PassManager:
         return [p.name for p in self.passes]
 
     def run(self, graph: Graph) -> Graph:
+        """The pipeline applied to ``graph``. Each graph is verified once: the input here
+        (``VerificationError`` if it is invalid), every new graph a pass returns after it."""
         self.records = []
+        if self.verify:
+            verify(graph)
         g = graph
         for i, p in enumerate(self.passes):
             g = self._run_one(p, i, g)
@@ -189,11 +197,13 @@ class PassManager:
             if str(g) != before:
                 raise PassError(f"{self._where(i)} mutated its input graph; a pass must build "
                                 f"a new graph (use irgraph.GraphRewriter)")
-            try:
-                verify(out)
-            except IRError as e:
-                raise PassError(f"{self._where(i)} produced an invalid graph: {e}") from e
-        self.records.append(PassRecord(p.name, seconds, len(g.nodes), len(out.nodes)))
+            if out is not g:        # a pass returning its input leaves it as verified
+                try:
+                    verify(out)
+                except IRError as e:
+                    raise PassError(f"{self._where(i)} produced an invalid graph: {e}") from e
+        self.records.append(PassRecord(p.name, seconds, len(g.nodes), len(out.nodes),
+                                       out is not g))
         if self.print_after is True or (p.name in self.print_after):
             stream = self.stream or sys.stdout
             print(f"// ----- IR after pass {p.name} ({i + 1}/{len(self.passes)}) -----",

@@ -21,6 +21,16 @@ from irgraph import Graph, Node, Value
 from irgraph.ops.recurrence import num_steps
 from irgraph.rewrite import GraphRewriter
 
+from .manager import register_pass
+
+
+@register_pass("scan_accumulate")
+def scan_accumulate(graph: Graph) -> Graph:
+    """Weight-gradient sums over steps as one GEMM each: accumulator carries hoisted out of
+    scans (``hoist_scan_accumulators``), then sums of batched products over the step axis
+    (``fold_batched_matmul_sums``); a backend that lowers scans loop by loop declares it."""
+    return fold_batched_matmul_sums(hoist_scan_accumulators(graph))
+
 
 def hoist_scan_accumulators(graph: Graph) -> Graph:
     """``graph`` with every qualifying accumulator carry of its scans hoisted (repeatedly,

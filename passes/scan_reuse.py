@@ -14,6 +14,16 @@ from irgraph import Graph, Node, Value
 from irgraph.ops.recurrence import num_steps
 from irgraph.rewrite import GraphRewriter
 
+from .manager import register_pass
+
+
+@register_pass("scan_reuse")
+def scan_reuse(graph: Graph) -> Graph:
+    """A backward scan reads the per-step outputs its forward scan stacked instead of
+    recomputing them from the saved carries (``reuse_forward_outputs``); a backend that
+    lowers scans loop by loop declares it (backends/llvm)."""
+    return reuse_forward_outputs(graph)
+
 
 def reuse_forward_outputs(graph: Graph) -> Graph:
     """``graph`` with every recomputed forward output read from the forward scan."""

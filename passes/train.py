@@ -25,8 +25,7 @@ from typing import Sequence
 
 from irgraph import Graph, IRError, TensorType, Value, verify
 
-from .autodiff import value_and_grad
-from .unroll import prepare_bptt
+from .unroll import bptt as bptt_value_and_grad
 
 # optimizer kind -> (update op, state slots in the op's input order, scalar inputs in order)
 # State slots use torch.optim's names.
@@ -173,7 +172,7 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
         loss_graph = scaled_loss(loss_graph)
     # BPTT (passes/unroll.py, ``bptt`` = its mode): "auto" unrolls short recurrences, long
     # ones keep their states; "rolled" / "unrolled" every one
-    vg = value_and_grad(prepare_bptt(loss_graph, mode=bptt), list(trainable), of=0)
+    vg = bptt_value_and_grad(loss_graph, list(trainable), 0, mode=bptt)
     b = _Builder(loss_graph, spec, name or f"{loss_graph.name}_train_step")
     g = b.g
     batch = [g.add_input(v.name, v.type) for v in loss_graph.inputs]

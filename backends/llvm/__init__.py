@@ -16,11 +16,11 @@ import logging
 import os
 import time
 
-from irgraph import Graph, verify
-from irgraph.passes.layer_regions import layer_regions
+from irgraph import Graph
 from irgraph.passes.low_precision import widen_low_precision
-from irgraph.passes.scan_accumulate import fold_batched_matmul_sums, hoist_scan_accumulators
-from irgraph.passes.scan_reuse import reuse_forward_outputs
+from irgraph.passes.manager import register_pass
+
+from ..base import run_backend_passes
 
 from . import jit
 from .executable import LLVMExecutable, NativeError
@@ -43,47 +43,64 @@ def _check_lowerable(graph: Graph) -> None:
         get_lowering(node)
 
 
-def _scan_rewrites(graph: Graph) -> Graph:
-    """BPTT without recomputing forward outputs, its weight-gradient sums (in scans, and of
-    batched products over steps) as one GEMM each."""
-    new = fold_batched_matmul_sums(hoist_scan_accumulators(reuse_forward_outputs(graph)))
-    return graph if new is graph else verify(new)
+@register_pass("llvm_low_precision")
+def llvm_low_precision(graph: Graph) -> Graph:
+    """float16/bfloat16 ops computed in float32 between rounding casts, except those this
+    backend runs on 16-bit buffers (``gemm_bf16.native``)."""
+    return widen_low_precision(graph, keep=gemm_bf16.native)
+
+
+# The graph rewrites this backend needs, run by the PassManager after the pipeline (the
+# compile driver's, or ``compile``'s own): verified, timed and printable like any pass.
+# BPTT without recomputing forward outputs (scan_reuse), weight-gradient sums over steps as
+# one GEMM (scan_accumulate), each scan's step body lowered fused (fuse_scan_bodies).
+PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "fuse_scan_bodies",
+          "fuse_attention", "fuse_norm")
 
 
 def _prepare(graph: Graph, threads: int, profile: bool = False):
-    """(graph as compiled, its plan, the host's CPU features)."""
-    graph = verify(graph)
-    graph = widen_low_precision(graph, keep=gemm_bf16.native)     # float16/bfloat16
-    graph = _scan_rewrites(graph)
-    graph = layer_regions(graph)      # attention and normalization regions
+    """(its plan, the host's CPU features) of a graph the PASSES were run on."""
     _check_lowerable(graph)
     features = jit.host()[2]
     p = plan(graph, features, threads)
     p.profile = profile
-    return graph, p, features
+    return p, features
 
 
 def program(graph: Graph, threads: int = 2, opt: int = 3) -> Program:
     """What compiling ``graph`` builds before LLVM runs: the entry module and its kernels
     (``Program.kernels``: one per distinct node code; ``Program.calls``: nodes lowered)."""
-    graph, p, features = _prepare(graph, threads)
+    graph = run_backend_passes(graph, PASSES)
+    p, features = _prepare(graph, threads)
     return build_module(graph, p, features, threads, jit.host()[0], opt)
 
 
 def compile(graph: Graph, **options) -> LLVMExecutable:
-    """Compile ``graph`` for this CPU (served from the disk cache when it was seen before)."""
+    """Compile ``graph`` for this CPU (served from the disk cache when it was seen before):
+    ``graph`` verified and put through ``PASSES``, then ``build``."""
+    _check_options(options)
+    return build(run_backend_passes(graph, PASSES), **options)
+
+
+def _check_options(options: dict) -> None:
     unknown = set(options) - _OPTIONS
     if unknown:
         raise TypeError(f"llvm backend: unknown option(s) {sorted(unknown)}; "
                         f"it takes {sorted(_OPTIONS)}")
+    if int(options.get("threads") or os.cpu_count() or 1) < 1:
+        raise ValueError(f"llvm backend: threads must be >= 1, got {options['threads']}")
+
+
+def build(graph: Graph, **options) -> LLVMExecutable:
+    """Compile ``graph``, verified and put through ``PASSES`` by the PassManager (the
+    compile driver's, or ``compile``'s), to native code; it is not verified again."""
+    _check_options(options)
     threads = int(options.get("threads") or os.cpu_count() or 1)
-    if threads < 1:
-        raise ValueError(f"llvm backend: threads must be >= 1, got {threads}")
     opt = int(options.get("opt", 3))
     use_cache = bool(options.get("cache", True))
     verbose = bool(options.get("verbose", False))
     profile = bool(options.get("profile", False))
-    graph, p, features = _prepare(graph, threads, profile)
+    p, features = _prepare(graph, threads, profile)
     t0 = time.perf_counter()
     obj, kernels, key, hit = jit.compile_graph(graph, p, features, threads, opt, profile,
                                                use_cache)
@@ -101,5 +118,5 @@ def compile(graph: Graph, **options) -> LLVMExecutable:
                           adaptive=not options.get("threads"), kernels=kernels)
 
 
-__all__ = ["compile", "program", "clear_cache", "cache_dir", "LLVMExecutable", "NativeError",
-           "LOWERINGS", "UNLOWERABLE", "STATS"]
+__all__ = ["compile", "build", "PASSES", "program", "clear_cache", "cache_dir",
+           "LLVMExecutable", "NativeError", "LOWERINGS", "UNLOWERABLE", "STATS"]

@@ -43,7 +43,9 @@ def _ptr(b, buf: Buf, offset_elems) -> ir.Value:
 
 
 def _scan_layout(node, threads: int, features: str):
-    body = _fused_body(node)
+    # the step body as the pass pipeline left it: fused (fuse_scan_bodies, one of the
+    # backend's PASSES), its mask folded in
+    body = step_body(node.attrs)
     bp = plan(body, features, threads)
     nc = node.attrs["num_carry"]
     temps, off = [], bp.arena_bytes
@@ -51,24 +53,6 @@ def _scan_layout(node, threads: int, features: str):
         temps.append(off)
         off += -(-max(v.type.nbytes, 1) // ALIGN) * ALIGN
     return body, bp, temps, off
-
-
-def _fused_body(node) -> Graph:
-    """The step body with its elementwise chains and matmul epilogues fused: fewer passes
-    over memory and fewer thread barriers per step (cached per body: the scratch rule and
-    the lowering ask for it, and fuse is deterministic, so a miss gives the same layout)."""
-    key = ("_llvm_fused_body", id(node.attrs["body"]), node.attrs["masked"])
-    hit = _FUSED.get(key)
-    if hit is None or hit[0] is not node.attrs["body"]:
-        from irgraph.passes.fusion import fuse
-        hit = (node.attrs["body"], fuse(step_body(node.attrs)))
-        if len(_FUSED) >= 64:                 # bounded: a compile needs only its own scans
-            _FUSED.clear()
-        _FUSED[key] = hit
-    return hit[1]
-
-
-_FUSED: dict = {}
 
 
 @scratch("scan")

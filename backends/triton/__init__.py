@@ -10,7 +10,8 @@ from __future__ import annotations
 from . import (lower_conv, lower_core, lower_debug, lower_fused,  # noqa: F401  (lowerings)
                lower_gather, lower_norm, lower_optim, lower_pool, lower_random,
                lower_recurrence)
-from .executable import Plan, TritonExecutable, compile
+from .executable import PASSES, Plan, TritonExecutable, build, compile
 from .table import KERNELS, UnsupportedOpError, lowering
 
-__all__ = ["compile", "TritonExecutable", "Plan", "KERNELS", "UnsupportedOpError", "lowering"]
+__all__ = ["compile", "build", "PASSES", "TritonExecutable", "Plan", "KERNELS",
+           "UnsupportedOpError", "lowering"]

@@ -21,10 +21,11 @@ from irgraph.errors import DataError
 from irgraph.interpreter import ExecutionError, run_node
 from irgraph.liveness import last_uses
 
-from irgraph.passes.layer_regions import fuse_attention
 from irgraph.passes.low_precision import widen_low_precision
+from irgraph.passes.manager import register_pass
 
-from ..base import Executable, raise_as_reference, reference_error, validate_args
+from ..base import (Executable, raise_as_reference, reference_error, run_backend_passes,
+                    validate_args)
 from .kernels.elementwise import elementwise
 from .lower_optim import inplace_updates, updated_input
 from . import runtime
@@ -33,15 +34,27 @@ from .runtime import (NAME_OF_TORCH_DTYPE, TORCH_DTYPES, View, default_device, i
 from .table import GROUP_KERNELS, LowerContext, Step, group_key, lower_node
 
 OUTPUTS = ("auto", "numpy", "torch")
-# ops run on float16/bfloat16 buffers as they are: matmul (16-bit operands, float32
-# accumulation, one rounding per result) and layout ops (exact copies); passes/low_precision.py
-# widens every other op on 16-bit values to float32
-LOW_PRECISION_NATIVE = ("matmul", "matmul_f32", "reshape", "transpose")
+# ops run on float16/bfloat16 buffers as they are: matmul and the convolutions (16-bit
+# operands into tl.dot, float32 accumulation, one rounding per 16-bit result) and layout ops
+# (exact copies); passes/low_precision.py widens every other op on 16-bit values to float32
+LOW_PRECISION_NATIVE = ("matmul", "matmul_f32", "conv", "conv_fft", "conv_input_grad",
+                        "conv_kernel_grad", "reshape", "transpose")
 
 
 def native_low_precision(node: Node) -> bool:
     """Whether ``node`` runs on its 16-bit operands unwidened (LOW_PRECISION_NATIVE)."""
     return node.op in LOW_PRECISION_NATIVE
+
+
+@register_pass("triton_low_precision")
+def triton_low_precision(graph: Graph) -> Graph:
+    """float16/bfloat16 ops computed in float32 between rounding casts, except those this
+    backend runs on 16-bit buffers (``native_low_precision``)."""
+    return widen_low_precision(graph, keep=native_low_precision)
+
+
+# the graph rewrites this backend needs, run by the PassManager after the pipeline
+PASSES = ("triton_low_precision", "fuse_attention")
 
 
 class Plan:
@@ -133,12 +146,7 @@ class TritonExecutable(Executable):
 
     def __init__(self, graph: Graph, *, output: str = "auto", allow_tf32: bool = False,
                  device: str | torch.device | None = None):
-        super().__init__(graph)
-        # float16/bfloat16: every op computes in float32 between rounding casts, but those
-        # this backend runs on 16-bit buffers (native_low_precision)
-        self.graph = widen_low_precision(self.graph, keep=native_low_precision)
-        # attention compositions as regions: the flash kernel (fused_attention.py)
-        self.graph = fuse_attention(self.graph)
+        super().__init__(graph)        # PASSES ran: 16-bit ops widened (triton_low_precision)
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r}: choose one of {OUTPUTS}")
         self.output = output
@@ -307,8 +315,18 @@ OPTIONS = ("output", "allow_tf32", "device")
 def compile(graph: Graph, **options) -> TritonExecutable:
     """Lower ``graph`` to Triton kernels. Options: ``output`` ("auto", "numpy", "torch"),
     ``allow_tf32`` (matmul/convolution inputs rounded to TF32, as cuDNN's default),
-    ``device``."""
+    ``device``. ``graph`` is verified and put through ``PASSES``, then ``build``."""
+    _check_options(options)
+    return build(run_backend_passes(graph, PASSES), **options)
+
+
+def _check_options(options: dict) -> None:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise TypeError(f"the triton backend takes the options {list(OPTIONS)}, got {unknown}")
+
+
+def build(graph: Graph, **options) -> TritonExecutable:
+    """The executable of a graph the PassManager verified and put through ``PASSES``."""
+    _check_options(options)
     return TritonExecutable(graph, **options)
