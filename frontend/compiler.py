@@ -8,11 +8,13 @@ import numpy as np
 import irgraph.backends as backends
 from irgraph import Graph
 
+from .dynamic_batch import DynamicBatchFunction, check_dynamic_batch
 from .nn import Module
 from .tracing import TensorSpec, trace_with, unflatten
 
 
-def _param_names(fn) -> dict[int, str]:
+def param_names(fn) -> dict[int, str]:
+    """{id(parameter): its state_dict name} of a module's parameters and buffers; {} for a function."""
     if isinstance(fn, Module):
         return {id(p): name for name, p in fn.named_parameters(buffers=True)}
     return {}
@@ -20,7 +22,7 @@ def _param_names(fn) -> dict[int, str]:
 
 def trace(fn: Callable | Module, *specs: TensorSpec, name: str | None = None) -> Graph:
     """Trace ``fn`` (a function or an ``nn.Module``) over input specs into a verified Graph."""
-    graph, _, _ = trace_with(fn, specs, name, _param_names(fn))
+    graph, _, _ = trace_with(fn, specs, name, param_names(fn))
     return graph
 
 
@@ -61,10 +63,9 @@ def compile(fn: Callable | Module, *specs: TensorSpec, backend: str = "reference
     """Trace ``fn`` over ``specs``, run the pass pipeline, compile with ``backend``.
 
     ``dynamic_batch``: the result takes any number of rows (the leading axis of every input
-    and output), padding up to the specs' batch size (frontend/jit.py)."""
-    graph, tracer, structure = trace_with(fn, specs, name, _param_names(fn))
+    and output), padding up to the specs' batch size (frontend/dynamic_batch.py)."""
+    graph, tracer, structure = trace_with(fn, specs, name, param_names(fn))
     if dynamic_batch:
-        from .jit import DynamicBatchFunction, check_dynamic_batch
         check_dynamic_batch(graph)          # before the compile it would waste
     optimized = run_pipeline(graph, pipeline, "inference")
     exe = backends.compile(optimized, backend, **options)

@@ -39,12 +39,12 @@ from irgraph.passes.autodiff import value_and_grad
 from irgraph.passes.train import OptimizerSpec, training_step
 from irgraph.passes.unroll import prepare_bptt
 
-from .compiler import _param_names, run_pipeline
+from .compiler import param_names, run_pipeline
 from .nn import Module
 from .optim import Optimizer
 from .tracing import TensorSpec, trace_with
-from .train import (TrainStepFunction, _check_same_interface, _loss_function, _n_model_inputs,
-                    _trainable)
+from .train import (TrainStepFunction, check_same_interface, loss_function, count_model_inputs,
+                    trainable_names)
 
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_TIMEOUT_S = 60.0
@@ -477,15 +477,15 @@ def compile_data_parallel(model: Module | Callable, loss_fn: Callable | None,
         raise TypeError(f"data parallelism takes a first-order frontend.optim optimizer, got "
                         f"{type(optimizer).__name__} (section 8.6's host-side methods are "
                         f"not supported)")
-    n_in = _n_model_inputs(loss_fn, specs, n_model_inputs)
-    fn = _loss_function(model, loss_fn, n_in)
+    n_in = count_model_inputs(loss_fn, specs, n_model_inputs)
+    fn = loss_function(model, loss_fn, n_in)
     graph, tracer, _ = trace_with(fn, specs, name or f"{type(model).__name__}_loss",
-                                  _param_names(model))
-    trainable = _trainable(tracer.params, optimizer)
+                                  param_names(model))
+    trainable = trainable_names(tracer.params, optimizer)
     spec = optimizer.spec()
     grad_graph, buffers = gradient_graph(graph, trainable, spec)
     grad_compiled = run_pipeline(grad_graph, pipeline, "training")
-    _check_same_interface(grad_graph, grad_compiled)
+    check_same_interface(grad_graph, grad_compiled)
     types = {p.name: p.type for p in graph.params if p.name in trainable}
     layout = training_step(update_loss_graph(types, f"{graph.name}_update"), trainable, spec)
     # the linear loss's value is of no use: output 0 becomes 0, so the pipeline drops it
@@ -493,7 +493,7 @@ def compile_data_parallel(model: Module | Callable, loss_fn: Callable | None,
     g.set_outputs([g.op("full", shape=(), value=0.0, dtype=g.outputs[0].dtype)] + g.outputs[1:])
     verify(g)
     compiled = run_pipeline(layout.graph, pipeline, "training")
-    _check_same_interface(layout.graph, compiled)
+    check_same_interface(layout.graph, compiled)
     grad_exe = backends.compile(grad_compiled, backend, **options)
     exe = backends.compile(compiled, backend, **options)
     optimizer.bind({n: tracer.params[n] for n in trainable})

@@ -31,7 +31,8 @@ import irgraph.backends as backends
 from irgraph.checkpoint import CheckpointReader, write
 from irgraph.passes.train import TrainStep, training_step
 
-from .compiler import _param_names, run_pipeline
+from .compiler import param_names, run_pipeline
+from .dynamic_batch import compile_train_dynamic
 from .nn import Module, Parameter
 from . import random as _random
 from .optim import Optimizer
@@ -196,18 +197,17 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
     if dynamic_batch and autocast is not None:
         raise NotImplementedError("autocast: with a fixed batch (dynamic_batch=False)")
     if dynamic_batch:
-        from .jit import compile_train_dynamic
         return compile_train_dynamic(compile_train, model, loss_fn, optimizer, specs,
                                      n_model_inputs, backend=backend, pipeline=pipeline,
                                      name=name, has_aux=has_aux, bptt=bptt, **options)
     if not isinstance(optimizer, Optimizer) and not getattr(optimizer, "host_side", False):
         raise TypeError(f"optimizer must be a frontend.optim optimizer, got "
                         f"{type(optimizer).__name__}")
-    n_in = _n_model_inputs(loss_fn, specs, n_model_inputs)
-    fn = _loss_function(model, loss_fn, n_in, has_aux)
+    n_in = count_model_inputs(loss_fn, specs, n_model_inputs)
+    fn = loss_function(model, loss_fn, n_in, has_aux)
     graph, tracer, structure = trace_with(fn, specs, name or f"{type(model).__name__}_loss",
-                                          _param_names(model))
-    trainable = _trainable(tracer.params, optimizer)
+                                          param_names(model))
+    trainable = trainable_names(tracer.params, optimizer)
     scaling = None
     if autocast is not None:
         from irgraph.types import canonical_dtype
@@ -227,7 +227,7 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
     layout = training_step(graph, trainable, optimizer.spec(), aux=has_aux,
                            loss_scaling=scaling, bptt=bptt)
     compiled = run_pipeline(layout.graph, pipeline, "training")
-    _check_same_interface(layout.graph, compiled)
+    check_same_interface(layout.graph, compiled)
     exe = backends.compile(compiled, backend, **options)
     optimizer.bind({n: tracer.params[n] for n in trainable})
     return TrainStepFunction(layout, compiled, exe, optimizer, dict(tracer.params),
@@ -235,7 +235,7 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
                              *([scaling.init_scale] if scaling else []))
 
 
-def _n_model_inputs(loss_fn, specs, n) -> int:
+def count_model_inputs(loss_fn, specs, n) -> int:
     if n is None:
         n = len(specs) if loss_fn is None else len(specs) - 1
     if not 0 <= n <= len(specs) or (loss_fn is not None and n == 0 and not specs):
@@ -243,7 +243,7 @@ def _n_model_inputs(loss_fn, specs, n) -> int:
     return n
 
 
-def _loss_function(model, loss_fn, n_in: int, has_aux: bool = False) -> Callable:
+def loss_function(model, loss_fn, n_in: int, has_aux: bool = False) -> Callable:
     def loss(*batch):
         out = model(*batch[:n_in])
         result = out if loss_fn is None else loss_fn(out, *batch[n_in:])
@@ -261,7 +261,7 @@ def _loss_function(model, loss_fn, n_in: int, has_aux: bool = False) -> Callable
     return loss
 
 
-def _trainable(params: dict[str, Parameter], optimizer) -> list[str]:
+def trainable_names(params: dict[str, Parameter], optimizer) -> list[str]:
     chosen = None if optimizer.params is None else {id(p) for p in optimizer.params}
     names = [n for n, p in params.items() if p.requires_grad and
              (chosen is None or id(p) in chosen) and np.issubdtype(p.data.dtype, np.floating)]
@@ -271,7 +271,7 @@ def _trainable(params: dict[str, Parameter], optimizer) -> list[str]:
     return names
 
 
-def _check_same_interface(before, after) -> None:
+def check_same_interface(before, after) -> None:
     """The pipeline must keep the step's arguments and donations (in-place updates)."""
     sig = [(v.name, str(v.type)) for v in before.arguments]
     if [(v.name, str(v.type)) for v in after.arguments] != sig or \

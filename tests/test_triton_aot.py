@@ -214,15 +214,20 @@ def _dtype(dt: str) -> None:
 
 
 def _low_precision(dt: str) -> None:
-    """16-bit floats: a matmul on 16-bit operands (float32 accumulation), the rounding casts
-    and copies around widened ops, an elementwise and a reduction region."""
+    """16-bit floats: a matmul on 16-bit operands (float32 accumulation) and with a float32
+    result (matmul_f32), the convolution kernels on 16-bit operands (forward, input and
+    kernel gradients), the rounding casts and copies around widened ops, an elementwise and
+    a reduction region."""
     g = Graph(f"lowp_{dt}")
     x, w = g.add_input("x", TensorType((5, 7), dt)), g.add_input("w", TensorType((7, 3), dt))
     b, y = g.add_input("b", TensorType((3,), dt)), g.add_input("y", TensorType((7,), dt))
     h = g.op("tanh", g.op("add", g.op("matmul", x, w), b))
     g.set_outputs([h, g.op("tanh", g.op("mul", g.op("add", x, y), y)),
                    g.op("sum", g.op("mul", g.op("exp", x), y), axis=1),
-                   g.op("transpose", x, perm=(1, 0)), g.op("cast", h, dtype="float32")])
+                   g.op("transpose", x, perm=(1, 0)), g.op("cast", h, dtype="float32"),
+                   g.op("matmul_f32", x, w), g.op("conv", img, k, **conv),
+                   g.op("conv_input_grad", k, gy, input_size=(6, 6), **conv),
+                   g.op("conv_kernel_grad", img, gy, kernel_size=(3, 3), **conv)])
     a = [RNG.standard_normal(v.shape).astype(np.float32).astype(dt) for v in g.inputs]
     for graph in (g, fuse(g)):
         backends.compile(graph, "triton")(*a)

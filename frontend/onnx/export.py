@@ -17,7 +17,7 @@ import numpy as np
 from irgraph import Graph, Node
 
 from .errors import OnnxExportError
-from .importer import IR_DTYPES
+from .handlers import IR_DTYPES
 
 _ELEM = {v: k for k, v in IR_DTYPES.items()}
 DEFAULT_OPSET = 18

@@ -11,7 +11,7 @@ import numpy as np
 from irgraph.ops.conv_geometry import out_size
 
 from .. import functional as F
-from .importer import HANDLERS, IR_DTYPES, TRAINING, NodeView, handler
+from .handlers import HANDLERS, IR_DTYPES, TRAINING, NodeView, handler, tensor_array
 
 _AUTO_PAD = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -514,10 +514,9 @@ def _constant(node: NodeView):
 
 
 def _checked_tensor(node: NodeView, t) -> np.ndarray:
-    from .importer import _tensor_array
     from .errors import OnnxImportError
     try:
-        return _tensor_array(t, "its value")
+        return tensor_array(t, "its value")
     except OnnxImportError as e:
         node.fail(str(e))
 

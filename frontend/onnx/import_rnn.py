@@ -9,7 +9,7 @@ The input projection X W^T + Wb is one matmul over all steps.
 from __future__ import annotations
 
 from .. import functional as F
-from .importer import NodeView, handler
+from .handlers import NodeView, handler
 
 _ACTS = {"Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu"}
 _KINDS = {"RNN": (1, ("Tanh",)), "GRU": (3, ("Sigmoid", "Tanh")),
