@@ -221,6 +221,10 @@ def _low_precision(dt: str) -> None:
     g = Graph(f"lowp_{dt}")
     x, w = g.add_input("x", TensorType((5, 7), dt)), g.add_input("w", TensorType((7, 3), dt))
     b, y = g.add_input("b", TensorType((3,), dt)), g.add_input("y", TensorType((7,), dt))
+    img = g.add_input("img", TensorType((2, 4, 6, 6), dt))
+    k = g.add_input("k", TensorType((8, 2, 3, 3), dt))
+    gy = g.add_input("gy", TensorType((2, 8, 6, 6), dt))
+    conv = dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=2)
     h = g.op("tanh", g.op("add", g.op("matmul", x, w), b))
     g.set_outputs([h, g.op("tanh", g.op("mul", g.op("add", x, y), y)),
                    g.op("sum", g.op("mul", g.op("exp", x), y), axis=1),
