@@ -237,9 +237,36 @@ def _low_precision(dt: str) -> None:
         backends.compile(graph, "triton")(*a)
 
 
+def _attention() -> None:
+    """The flash attention kernel: plain, causal, bool and additive masks, head dims 16 to
+    128 (each head-dim block is its own specialization)."""
+    from irgraph.passes.layer_regions import fuse_attention
+    for e, mask in ((16, None), (32, "causal"), (64, "bool"), (128, "add")):
+        g = Graph(f"attention_{e}")
+        q, k, v = (g.add_input(n, TensorType((1, 2, 19, e))) for n in "qkv")
+        scores = g.op("matmul", g.op("mul", q, g.op("full", shape=(), value=e ** -0.5,
+                                                     dtype="float32")),
+                      g.op("transpose", k, perm=(0, 1, 3, 2)))
+        if mask == "add":
+            scores = g.op("add", scores, g.add_input("m", TensorType((19, 19))))
+        elif mask is not None:
+            keep = (g.add_input("m", TensorType((1, 1, 19, 19), "bool")) if mask == "bool" else
+                    g.op("ge", g.op("iota", shape=(19, 19), axis=0, dtype="int64"),
+                         g.op("iota", shape=(19, 19), axis=1, dtype="int64")))
+            scores = g.op("where", keep, scores,
+                          g.op("full", shape=(), value=float("-inf"), dtype="float32"))
+        g.set_outputs([g.op("matmul", g.op("softmax", scores, axis=3), v)])
+        a = [RNG.standard_normal(x.shape).astype(np.float32) if x.type.dtype != "bool"
+             else np.ones(x.shape, bool) for x in g.inputs]
+        exe = backends.compile(fuse_attention(g), "triton")
+        assert "flash attention" in exe.source()
+        exe(*a)
+
+
 CALLS = {**{f"golden {n}": (lambda n=n: _golden(n)) for n in NAMES},
          "conv/pool forward and backward": _conv_pool,
          "matmul and conv epilogues": _epilogues,
+         "flash attention": _attention,
          "reduction regions": _reductions,
          **{f"train step {k}": (lambda f=f: _train(f)) for k, f in OPTIMIZERS.items()},
          "fused adam": _fused_adam,
@@ -269,7 +296,7 @@ def test_gate_covers_the_hot_kernels(compiled):
     names = {launch.name for launch in launches}
     for kernel in ("conv_fwd_kernel", "conv_input_grad_kernel", "conv_kernel_grad_kernel",
                    "matmul_kernel", "pool_kernel", "multi_tensor_kernel", "elementwise_kernel",
-                   "reduce_rows_kernel", "bn_apply_kernel"):
+                   "reduce_rows_kernel", "bn_apply_kernel", "attention_kernel"):
         assert kernel in names, kernel
     for prefix in ("fused_conv_", "fused_mm_", "fused_red_"):
         assert any(n.startswith(prefix) for n in names), prefix

@@ -84,15 +84,14 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, keep_ptr, add_ptr, o_ptr, L, S, E, EV,
     tl.store(o, out.to(o_ptr.dtype.element_ty), mask=(rm[:, None] < L) & (rv[None, :] < EV))
 
 
-def blocks(e: int, ev: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) for head dims ``e`` and ``ev``: the registers of the query block
-    and accumulator bound the tiles."""
+def blocks(e: int, ev: int, precision: str) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for head dims ``e`` and ``ev``: the query block, the key block and
+    the accumulator live in registers (an IEEE float32 ``tl.dot`` runs on FMAs, without
+    tensor cores, so its tiles are smaller); tests/test_triton_aot.py checks the spills."""
     wide = max(next_pow2(e), next_pow2(ev))
-    if wide <= 64:
-        return 64, 64
-    if wide <= 128:
-        return 64, 32
-    return 32, 32
+    if precision == "ieee":
+        return (32, 32) if wide <= 32 else (16, 32) if wide <= 64 else (16, 16)
+    return (64, 64) if wide <= 64 else (64, 32) if wide <= 128 else (32, 32)
 
 
 def _as4(t: torch.Tensor, shape4) -> torch.Tensor:
@@ -111,7 +110,7 @@ def attention(q_shape, k_shape, v_shape, scale: float, causal: bool, keep_shape,
     for d in batch[:-1]:
         b1 *= d
     scores = (*batch, L, S)
-    bm, bn = blocks(E, EV)
+    bm, bn = blocks(E, EV, precision)
     be, bev = max(16, next_pow2(E)), max(16, next_pow2(EV))
     grid = (cdiv(L, bm), b1 * b2)
     out_shape = (*batch, L, EV)
