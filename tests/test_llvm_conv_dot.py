@@ -79,3 +79,19 @@ def test_plan_takes_narrow_grids_only():
     assert not conv_dot.plan(8, 512, 512, 4, 4608, 1, "float32", avx512).dots
     assert not conv_dot.plan(4, 512, 512, 4, 4608, 1, "float32", avx2).dots
 
+
+
+def test_forward_direct_grid_only_where_its_waste_is_below_im2cols_copy():
+    """Worked by hand (AVX-512, float32: 16 lanes, 32-column tiles), 3x3 'same' kernels,
+    8 images on 2 threads. 8x8 with 128 channels: grid 1 + 7 * 10 + 7 = 78 -> 96 columns
+    for 64 outputs, waste 0.5 + 16 / (4 * 64) against im2col's 16 / 128: im2col. 16x16
+    with 64 channels: 1 + 15 * 18 + 15 = 286 -> 288 for 256, 0.125 + 16 / 1024 against
+    16 / 64: the grid."""
+    from irgraph.backends.llvm.conv_direct import Direct
+    f = "+avx2,+fma,+avx512f"
+    small = Direct(128, 128, (8, 8), (1, 1, 1, 1), (3, 3), (1, 1), "float32", f)
+    assert (small.Q, small.Qpad) == (78, 96)
+    assert not small.beats_im2col(8, 2)
+    big = Direct(64, 64, (16, 16), (1, 1, 1, 1), (3, 3), (1, 1), "float32", f)
+    assert (big.Q, big.Qpad) == (286, 288)
+    assert big.beats_im2col(8, 2)

@@ -115,6 +115,18 @@ class Direct:
     def scratch_bytes(self, parts: list[int]) -> int:
         return scratch_bytes(self.dtype, parts)
 
+    def beats_im2col(self, images: int, threads: int) -> bool:
+        """The forward convolution's extra work against im2col + GEMM's, both relative to
+        the multiply-adds: the grid's wasted columns plus the weights packed per call
+        (``vw`` multiply-adds per vector instruction, one copied element about one vector
+        instruction), against im2col's copy of R elements per output position, which a
+        column of the GEMM repays over cout / vw vector multiply-adds."""
+        vw = tiling(self.dtype, self.features).vw
+        P = max(prod(self.out), 1)
+        per_thread = max(-(-images // max(threads, 1)), 1)
+        direct = (self.Qpad - P) / P + vw / (per_thread * P)
+        return direct < vw / self.cout
+
     def worth_it(self) -> bool:
         """The grid's extra columns cost less than im2col's copy (and it fits the scratch)."""
         waste = self.Q / max(prod(self.out), 1)

@@ -234,8 +234,9 @@ def _direct(x_shape, cin, cout, kernel, pads, a, dtype, features, threads):
 def _direct_forward(node, threads, features):
     x, w = node.inputs
     G = node.attrs["groups"]
-    return _direct(x.shape, x.shape[1] // G, w.shape[0] // G, w.shape[2:],
-                   node.attrs["padding"], node.attrs, x.dtype, features, threads)
+    dc = _direct(x.shape, x.shape[1] // G, w.shape[0] // G, w.shape[2:],
+                 node.attrs["padding"], node.attrs, x.dtype, features, threads)
+    return dc if dc is not None and dc.beats_im2col(x.shape[0], threads) else None
 
 
 def _dot_forward(node, features):
