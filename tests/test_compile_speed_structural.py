@@ -279,3 +279,63 @@ def test_a_graph_hit_with_a_kernel_gone_compiles_again(cache_root):
     r = np.random.default_rng(8)
     args = [r.standard_normal(v.type.shape).astype(np.float32) for v in g.arguments]
     np.testing.assert_allclose(again(*args)[0], first(*args)[0], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- size-generic kernels
+def shape_variants() -> Graph:
+    """The same elementwise code at several sizes (odd ones: no multiple of a vector width):
+    exp, a product with a rank-0 scale, a comparison into bool, an Adam update; plus an add
+    that broadcasts a row (not size-generic) at two sizes."""
+    g = Graph("variants")
+    s = g.add_input("s", TensorType(()))
+    xs = [g.add_input(f"x{i}", TensorType(shape)) for i, shape in
+          enumerate([(64, 130), (37, 151), (4099,)])]
+    outs = []
+    for x in xs:
+        outs += [g.op("exp", x), g.op("mul", s, x), g.op("gt", x, s)]
+    hyper = [g.add_input(n, TensorType(())) for n in ("lr", "beta1", "beta2", "eps", "t")]
+    for i, shape in enumerate([(96, 97), (5001,)]):
+        p, gr, m, v = (g.add_param(f"{n}{i}", TensorType(shape)) for n in "pgmv")
+        outs += list(g.op("adam_update", p, gr, m, v, *hyper, convention="torch"))
+    for i, shape in enumerate([(64, 130), (80, 130)]):
+        row = g.add_input(f"row{i}", TensorType((130,)))
+        outs.append(g.op("add", g.add_input(f"y{i}", TensorType(shape)), row))
+    g.set_outputs(outs)
+    return g
+
+
+def variant_args(g: Graph, seed: int) -> list:
+    r = np.random.default_rng(seed)
+    fixed = {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "t": 3.0, "s": 0.25}
+    args = []
+    for v in g.arguments:
+        if v.name in fixed:
+            args.append(np.float32(fixed[v.name]))
+        elif v.name.startswith("v"):                       # second moments: >= 0
+            args.append(r.random(v.type.shape).astype(np.float32))
+        else:
+            args.append(r.standard_normal(v.type.shape).astype(np.float32))
+    return args
+
+
+def test_elementwise_code_at_other_sizes_shares_one_kernel():
+    prog = llvm.program(shape_variants(), 2)
+    by_op: dict[str, int] = {}
+    for k in prog.kernels.values():
+        by_op[k.op] = by_op.get(k.op, 0) + 1
+    # one kernel per code whatever the size; the broadcasting add keeps one per shape
+    assert by_op["exp"] == by_op["mul"] == by_op["gt"] == by_op["adam_update"] == 1, by_op
+    assert by_op["add"] == 2, by_op
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_size_generic_kernels_compute_what_the_reference_computes(cache_root, threads):
+    g = shape_variants()
+    exe = backends.compile(g, "llvm", threads=threads)
+    ref = backends.compile(g, "reference")
+    args = variant_args(g, threads)
+    got, want = exe(*[a.copy() for a in args]), ref(*[a.copy() for a in args])
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)

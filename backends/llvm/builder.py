@@ -166,7 +166,8 @@ def for_range(b: ir.IRBuilder, start, stop, name: str = "i",
 def strided_nest(b: ir.IRBuilder, shape: Sequence[int], strides: Sequence[Sequence[int]],
                  bases: Sequence[ir.Value] | None = None,
                  outer: tuple[ir.Value, ir.Value] | None = None) -> Iterator[list[ir.Value]]:
-    """Loops over ``shape``; yields, per operand, its element offset (base + sum(i*stride)).
+    """Loops over ``shape`` (constants; an i64 value for a size known at run time only);
+    yields, per operand, its element offset (base + sum(i*stride)).
 
     ``outer`` = (lo, hi) restricts the outermost loop (a thread's share of it).
     """
@@ -180,7 +181,9 @@ def _nest(b, shape, strides, offs, outer, depth):
     if depth == len(shape):
         yield offs
         return
-    lo, hi = outer if (outer is not None and depth == 0) else (i64(0), i64(shape[depth]))
+    size = shape[depth]
+    lo, hi = outer if (outer is not None and depth == 0) else (
+        i64(0), i64(size) if isinstance(size, int) else size)
     with for_range(b, lo, hi, name=f"d{depth}") as i:
         new = [b.add(o, b.mul(i, i64(s[depth]))) if s[depth] else o
                for o, s in zip(offs, strides)]

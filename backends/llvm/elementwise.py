@@ -12,6 +12,11 @@ from .lowering import Ctx
 
 ScalarFn = Callable[[list[ir.Value]], "ir.Value | list[ir.Value]"]
 
+# the length a size-generic kernel's lowering sees its tensors with (rank 1): ``elementwise``
+# loops to the kernel's size argument instead. A lowering that used it in any other way
+# would compute wrong results at every size, not silently at some.
+RUNTIME_SIZE = 1_000_003
+
 
 def elementwise(ctx: Ctx, outs: Sequence[Buf], ins: Sequence[Buf], fn: ScalarFn,
                 parallel: bool = True) -> None:
@@ -20,6 +25,10 @@ def elementwise(ctx: Ctx, outs: Sequence[Buf], ins: Sequence[Buf], fn: ScalarFn,
     strides = [row_strides(shape)] * len(outs) + [broadcast_strides(x.shape, shape)
                                                   for x in ins]
     cshape, cstrides = coalesce(shape, strides)
+    if ctx.runtime_size is not None:          # a size-generic kernel (module.size_generic)
+        if cshape != (RUNTIME_SIZE,):
+            raise AssertionError(f"llvm backend: a size-generic kernel over shape {shape}")
+        cshape = (ctx.runtime_size,)
     if not cshape:
         with ctx.thread0():
             _body(ctx, outs, ins, fn, [i64(0)] * len(strides))

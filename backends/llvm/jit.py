@@ -250,6 +250,16 @@ def canonical_node(node) -> str:
     return f"{outs} = {node.op}({ins}){_attrs(node)}"
 
 
+def generic_node(node) -> str:
+    """A node whose kernel serves every size (module.size_generic) without its sizes: op,
+    operand and result dtypes (rank 0 kept), attributes."""
+    def t(v) -> str:
+        return str(v.type) if v.type.rank == 0 else f"{v.dtype}[*]"
+    ins = ", ".join(t(v) for v in node.inputs)
+    outs = ", ".join(t(v) for v in node.outputs)
+    return f"{outs} = {node.op}({ins}){_attrs(node)}"
+
+
 def _attrs(node) -> str:
     if not node.attrs:
         return ""

@@ -36,6 +36,9 @@ ERROR_MESSAGES = {
 class Lowering:
     fn: Callable
     parallel: bool
+    # reads the tensors' shapes only through ``elementwise``: a node whose operands all have
+    # the output's shape or rank 0 runs a kernel shared by every size (module.size_generic)
+    size_generic: bool = False
 
 
 LOWERINGS: dict[str, Lowering] = {}
@@ -73,13 +76,14 @@ def scratch(*ops: str):
     return deco
 
 
-def lowering(*ops: str, parallel: bool = False):
-    """Register the decorated function as the lowering of ``ops``."""
+def lowering(*ops: str, parallel: bool = False, size_generic: bool = False):
+    """Register the decorated function as the lowering of ``ops``; ``size_generic``: it
+    reads sizes only through ``elementwise.elementwise`` (see ``Lowering``)."""
     def deco(fn):
         for op in ops:
             if op in LOWERINGS:
                 raise ValueError(f"LLVM lowering for {op!r} registered twice")
-            LOWERINGS[op] = Lowering(fn, parallel)
+            LOWERINGS[op] = Lowering(fn, parallel, size_generic)
         return fn
     return deco
 
@@ -114,6 +118,8 @@ class Ctx:
         self.node_scratch: ir.Value | None = None   # i8*: the current node's arena scratch
         self.barrier_fn: ir.Function | None = None
         self.single = False       # inside thread0(): one thread does everything
+        # a size-generic kernel's element count (an i64 argument), else None
+        self.runtime_size: ir.Value | None = None
         self._last_barrier = None  # (block, instruction count) just after the last barrier
         self._entry_block = fn.entry_basic_block
 
@@ -141,13 +147,15 @@ class Ctx:
         self.b.position_at_end(saved)
         return slot
 
-    def split(self, n: int) -> tuple[ir.Value, ir.Value]:
-        """This thread's share [lo, hi) of range(n) (all of it inside ``thread0``)."""
+    def split(self, n: int | ir.Value) -> tuple[ir.Value, ir.Value]:
+        """This thread's share [lo, hi) of range(n) (all of it inside ``thread0``); ``n`` a
+        constant or an i64 value."""
         b = self.b
+        n = i64(n) if isinstance(n, int) else n
         if self.single:
-            return i64(0), i64(n)
-        lo = b.sdiv(b.mul(i64(n), self.tid), self.nthreads)
-        hi = b.sdiv(b.mul(i64(n), b.add(self.tid, i64(1))), self.nthreads)
+            return i64(0), n
+        lo = b.sdiv(b.mul(n, self.tid), self.nthreads)
+        hi = b.sdiv(b.mul(n, b.add(self.tid, i64(1))), self.nthreads)
         return lo, hi
 
     @contextmanager

@@ -23,6 +23,7 @@ from irgraph.liveness import last_reads
 
 from .builder import I64, PTR, STORAGE, VOID, Buf, cpu_relax, i64
 from .gemm import workspace_bytes
+from .elementwise import RUNTIME_SIZE
 from .lowering import SAME_INDEX, SCRATCH, Ctx, get_lowering, load_ptr
 
 ALIGN = 64
@@ -535,9 +536,13 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
     extra = [ctx.tid, ctx.nthreads, ctx.ctl, ctx.workspace,
              ctx.node_scratch if ctx.node_scratch is not None else ir.Constant(PTR, None),
              node_index]
+    generic = size_generic(node, ins, outs)
+    if generic:                         # the element count is an argument: any size
+        extra.append(i64(outs[0].type.size))
+        ins, outs = _generic_bufs(ins), _generic_bufs(outs)
     fnty = ir.FunctionType(VOID, [q.type for q in ptrs] + [v.type for v in extra])
     prog: Program = ctx.program
-    sig = node_signature(node, ins, outs, pattern, ctx)
+    sig = node_signature(node, ins, outs, pattern, ctx, generic)
     symbol = prog.memo.get(sig)
     if symbol is None:
         symbol = _emit_kernel(ctx, node, low, ins, outs, ptrs, pattern, fnty)
@@ -552,16 +557,45 @@ KERNEL_PREFIX = "irk_"      # a kernel compiled, and cached, in a module of its 
 CHEAP_PREFIX = "irc_"       # a kernel of the cheap level: compiled within the entry's module
 
 
-def node_signature(node, ins: list[Buf], outs: list[Buf], pattern, ctx: Ctx) -> str:
+def node_signature(node, ins: list[Buf], outs: list[Buf], pattern, ctx: Ctx,
+                   generic: bool = False) -> str:
     """Everything a lowering reads, as text: the node without names or location (its
     subgraphs likewise), its buffers' types and layouts, which share a pointer, and what
-    the context fixes (one thread or all, scratch, per-thread workspace, CPU)."""
-    from .jit import canonical_node
+    the context fixes (one thread or all, scratch, per-thread workspace, CPU, and the level
+    of a kernel the entry calls). A size-generic node (``size_generic``) shows its op,
+    attributes and the generic buffers only: its kernel serves every size."""
+    from .jit import canonical_node, generic_node
     bufs = ";".join(f"{x.type}{'T' if x.swapped else ''}" for x in ins + outs)
-    return "\n".join([canonical_node(node), bufs, ",".join(map(str, pattern)),
+    level = kernel_opt(node, -1) if ctx.module is ctx.program.entry else "callee"
+    return "\n".join([generic_node(node) if generic else canonical_node(node), bufs,
+                      ",".join(map(str, pattern)),
                       f"single={ctx.single} scratch={ctx.node_scratch is not None} "
                       f"ws={ctx.workspace_per_thread} threads={ctx.max_threads} "
-                      f"small={_is_small(node)}", ctx.features])
+                      f"small={_is_small(node)} level={level}", ctx.features])
+
+
+def size_generic(node, ins: list[Buf] | None = None, outs: list[Buf] | None = None) -> bool:
+    """Does ``node`` run a kernel shared by every size: its lowering is size-generic
+    (``Lowering.size_generic``), its outputs share one shape of at least one element and
+    each input has that shape or rank 0, no buffer is read with swapped axes? (With no
+    buffers given: is its lowering size-generic.)"""
+    if not get_lowering(node).size_generic:
+        return False
+    if ins is None:
+        return True
+    shape = outs[0].shape if outs else ()
+    return (bool(shape) and outs[0].type.size > 0
+            and all(o.shape == shape for o in outs)
+            and all(x.shape in (shape, ()) for x in ins)
+            and not any(x.swapped for x in ins + outs))
+
+
+def _generic_bufs(bufs: list[Buf]) -> list[Buf]:
+    """The buffers as a size-generic kernel's lowering sees them: rank 0 kept, every other
+    one of length ``RUNTIME_SIZE`` (``elementwise`` loops to the size argument instead)."""
+    from irgraph import TensorType
+    return [x if x.type.rank == 0 else Buf(x.ptr, TensorType((RUNTIME_SIZE,), x.dtype))
+            for x in bufs]
 
 
 def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
@@ -576,11 +610,13 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     for k in range(len(ptrs)):
         fn.args[k].add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    tid, nthreads, ctl, ws, scr, index = fn.args[len(ptrs):]
+    tid, nthreads, ctl, ws, scr, index = fn.args[len(ptrs):len(ptrs) + 6]
     child = Ctx(module, fn, b, tid, nthreads, ctl, ws, ctx.workspace_per_thread,
                 ctx.max_threads, ctx.features)
     child.program = prog
     child.node_index = index
+    if len(fn.args) > len(ptrs) + 6:           # a size-generic kernel: its element count
+        child.runtime_size = fn.args[len(ptrs) + 6]
     child.single = ctx.single
     child.node_scratch = scr if ctx.node_scratch is not None else None
     low.fn(child, node, [Buf(fn.args[pattern[k]], x.type, x.swapped) for k, x in enumerate(ins)],

@@ -40,7 +40,7 @@ def memcpy(ctx, dst, src, nbytes: int) -> None:
                 ir.Constant(ir.IntType(1), 0)])
 
 
-@lowering("full", parallel=True)
+@lowering("full", parallel=True, size_generic=True)
 def _full(ctx, node, ins, outs):
     value = const(outs[0].dtype, node.attrs["value"])
     elementwise(ctx, outs, [], lambda vs: value)
@@ -67,7 +67,7 @@ def _unary(op):
     def deco(fn):
         SCALAR[op] = lambda ctx, node, vs: fn(ctx, node.inputs[0].dtype, vs[0])
 
-        @lowering(op, parallel=True)
+        @lowering(op, parallel=True, size_generic=True)
         def lower(ctx, node, ins, outs):
             dt = ins[0].dtype
             elementwise(ctx, outs, ins, lambda vs: fn(ctx, dt, vs[0]))
@@ -155,7 +155,7 @@ def _square(ctx, dt, x):
     return b.and_(x, x) if dt == "bool" else b.mul(x, x)
 
 
-@lowering("cast", parallel=True)
+@lowering("cast", parallel=True, size_generic=True)
 def _cast(ctx, node, ins, outs):
     src, dst = ins[0].dtype, outs[0].dtype
     elementwise(ctx, outs, ins, lambda vs: sc.convert(ctx, src, dst, vs[0]))
@@ -168,7 +168,7 @@ def _binary(op):
     def deco(fn):
         SCALAR[op] = lambda ctx, node, vs: fn(ctx, node.inputs[0].dtype, vs[0], vs[1])
 
-        @lowering(op, parallel=True)
+        @lowering(op, parallel=True, size_generic=True)
         def lower(ctx, node, ins, outs):
             dt = ins[0].dtype
             elementwise(ctx, outs, ins, lambda vs: fn(ctx, dt, vs[0], vs[1]))
@@ -246,12 +246,12 @@ SCALAR["full"] = lambda ctx, node, vs: const(node.outputs[0].dtype, node.attrs["
 SCALAR["stop_gradient"] = lambda ctx, node, vs: vs[0]
 
 
-@lowering("stop_gradient", parallel=True)
+@lowering("stop_gradient", parallel=True, size_generic=True)
 def _identity(ctx, node, ins, outs):
     elementwise(ctx, outs, ins, lambda vs: vs[0])
 
 
-@lowering("where", parallel=True)
+@lowering("where", parallel=True, size_generic=True)
 def _where(ctx, node, ins, outs):
     elementwise(ctx, outs, ins, lambda vs: ctx.b.select(vs[0], vs[1], vs[2]))
 

@@ -15,7 +15,7 @@ def _update(name: str, n_tensors: int):
     SAME_INDEX.add(name)
 
     def deco(formula):
-        @lowering(name, parallel=True)
+        @lowering(name, parallel=True, size_generic=True)
         def lower(ctx, node, ins, outs):
             dt = ins[0].dtype
             b = ctx.b
