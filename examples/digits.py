@@ -1,5 +1,5 @@
 """An MLP and a CNN on the 8x8 digits that ship with irgraph: training steps compiled for
-LLVM, trained with frontend.fit, evaluated on a held-out fifth (fixed seeded split).
+LLVM, trained with irgraph.frontend.fit, evaluated on a held-out fifth (fixed seeded split).
 
     python examples/digits.py [--epochs 10] [--backend llvm] [--quick]
 
