@@ -249,7 +249,8 @@ def test_train_step_with_autocast_matches_reference():
 # ---------------------------------------------------------------- the AOT gate
 def test_aot_gate_records_16_bit_launches():
     """The gate's calls (tests/test_triton_aot.py) launch the 16-bit kernels it compiles for
-    sm_80 and sm_90: matmul on 16-bit operands, the rounding casts, generated regions."""
+    sm_80 and sm_90: matmul and the convolutions on 16-bit operands, the rounding casts,
+    generated regions."""
     from tests import test_triton_aot as gate
     calls = {k: f for k, f in gate.CALLS.items() if k.startswith("16-bit floats")}
     assert len(calls) == 2
@@ -257,7 +258,8 @@ def test_aot_gate_records_16_bit_launches():
     for dtype in LOW:
         tensors = {(la.name, a["tensor"]) for la in launches for a in la.args
                    if isinstance(a, dict) and "tensor" in a}
-        for kernel in ("matmul_kernel", "elementwise_kernel"):
+        for kernel in ("matmul_kernel", "elementwise_kernel", "conv_fwd_kernel",
+                       "conv_input_grad_kernel", "conv_kernel_grad_kernel"):
             assert (kernel, dtype) in tensors, (kernel, dtype)
         assert any(name.startswith(("fused_", "fused_red_")) for name, t in tensors
                    if t == dtype), dtype

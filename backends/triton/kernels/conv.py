@@ -22,8 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
+from irgraph.types import LOW_DTYPES
+
 from ..runtime import View, cdiv, empty, interpreting
-from .elementwise import copy_view
+from .elementwise import _as, copy_view
+from .matmul import dot_acc
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def conv_fwd_tile(x_ptr, w_ptr, N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW, SD, 
                     mask=ok[:, None] & c_ok[None, :], other=0.0)
         b = tl.load(w_grp + (r * CG + rc[:, None]) * OG + rn[None, :],
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = dot_acc(a, b, acc, PRECISION)
     offs = ((nb.to(tl.int64) * (OG * tl.num_programs(2)) + g * OG)[:, None]
             + rn[None, :]) * P + p[:, None]
     return acc, offs, m_ok[:, None] & n_ok[None, :]
@@ -137,9 +140,10 @@ def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
     """Y = conv(X, W) with W in the GEMM layout (G, R, C/G, O/G)."""
     acc, offs, mask = conv_fwd_tile(x_ptr, w_ptr, N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW,
                                     SD, SH, SW, PD, PH, PW, DD, DH, DW,
-                                    y_ptr.dtype.element_ty, PRECISION, BLOCK_M, BLOCK_N,
-                                    BLOCK_K)
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+                                    # float32 sums for 16-bit results, rounded once by _as
+                                    tl.float64 if y_ptr.dtype.element_ty == tl.float64
+                                    else tl.float32, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+    tl.store(y_ptr + offs, _as(acc, y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -162,8 +166,8 @@ def conv_input_grad_kernel(gy_ptr, w_ptr, dx_ptr,
     i_w = s % W
     O = OG * tl.num_programs(2)
     gy_row = gy_ptr + (nb.to(tl.int64) * O + g * OG) * P
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if dx_ptr.dtype.element_ty == tl.float32
-                   else tl.float64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64 if dx_ptr.dtype.element_ty == tl.float64
+                   else tl.float32)
     n_ob = tl.cdiv(OG, BLOCK_K)
     for step in range(KD * KH * KW * n_ob):       # one flat loop: the compiler pipelines it
         r = step // n_ob
@@ -187,10 +191,10 @@ def conv_input_grad_kernel(gy_ptr, w_ptr, dx_ptr,
                     mask=ok[:, None] & o_ok[None, :], other=0.0)
         b = tl.load(w_ptr + ((g * OG + ro[:, None]).to(tl.int64) * CG + rn[None, :])
                     * (KD * KH * KW) + r, mask=o_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = dot_acc(a, b, acc, PRECISION)
     dx = dx_ptr + ((nb.to(tl.int64) * (CG * tl.num_programs(2)) + g * CG)[:, None]
                    + rn[None, :]) * S + s[:, None]
-    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(dx, _as(acc, dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -214,8 +218,8 @@ def conv_kernel_grad_kernel(x_ptr, gy_ptr, dw_ptr,
     kw = r % KW
     O = OG * tl.num_programs(2)
     C = CG * tl.num_programs(2)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if dw_ptr.dtype.element_ty == tl.float32
-                   else tl.float64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64 if dw_ptr.dtype.element_ty == tl.float64
+                   else tl.float32)
     for k0 in range(0, N * P, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)                             # (n, p) reduction index
         k_ok = rk < N * P
@@ -234,9 +238,9 @@ def conv_kernel_grad_kernel(x_ptr, gy_ptr, dw_ptr,
               & (i_w >= 0) & (i_w < W))
         b = tl.load(x_ptr + ((nb.to(tl.int64) * C + g * CG)[:, None] + c[None, :]) * S
                     + (i_d * H + i_h) * W + i_w, mask=ok, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = dot_acc(a, b, acc, PRECISION)
     dw = dw_ptr + ((g * OG + ro).to(tl.int64) * (CG * R))[:, None] + rq[None, :]
-    tl.store(dw, acc.to(dw_ptr.dtype.element_ty), mask=o_ok[:, None] & q_ok[None, :])
+    tl.store(dw, _as(acc, dw_ptr.dtype.element_ty), mask=o_ok[:, None] & q_ok[None, :])
 
 
 # ---------------------------------------------------------------- tiles on a GPU
@@ -248,12 +252,17 @@ def conv_kernel_grad_kernel(x_ptr, gy_ptr, dw_ptr,
 _F32_TILES = {"tf32": ((128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3)),
               "ieee": ((64, 64, 16, 4, 2), (64, 32, 16, 4, 2), (32, 64, 16, 4, 2))}
 _F64_TILE = (32, 32, 16, 4, 2)          # fp64 has no tensor-core path: one fixed tile
+# float16/bfloat16 operands on tensor cores (float32 accumulators), BLOCK_K 32 as the 16-bit
+# matmul's
+_LOW_TILES = ((128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3))
 
 
 def gpu_configs(dtype: str, precision: str) -> list:
     """The tiles a convolution kernel (plain or with a generated epilogue) runs with on a
-    GPU: autotuned over these for float32, the one fixed tile for float64."""
-    tiles = _F32_TILES[precision] if dtype == "float32" else (_F64_TILE,)
+    GPU: autotuned over these for float32 and the 16-bit floats, the one fixed tile for
+    float64."""
+    tiles = (_F32_TILES[precision] if dtype == "float32" else
+             _LOW_TILES if dtype in LOW_DTYPES else (_F64_TILE,))
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
                           num_warps=warps, num_stages=stages)
             for bm, bn, bk, warps, stages in tiles]
@@ -292,10 +301,10 @@ def _launch(kernel, dtype: str, precision: str):
 
 def _kernel(which: str, dtype: str, precision: str):
     """The kernel to launch and its fixed block sizes ({} when autotuned)."""
-    if dtype == "float32" and not interpreting():
-        if (which, precision) not in _TUNED:
-            _TUNED[which, precision] = _launch(_KERNELS[which], dtype, precision)[0]
-        return _TUNED[which, precision], {}
+    if dtype != "float64" and not interpreting():
+        if (which, dtype, precision) not in _TUNED:
+            _TUNED[which, dtype, precision] = _launch(_KERNELS[which], dtype, precision)[0]
+        return _TUNED[which, dtype, precision], {}
     return _launch(_KERNELS[which], dtype, precision)
 
 

@@ -26,6 +26,17 @@ ACCUMULATOR = {"float64": tl.float64, "int32": tl.int32, "int64": tl.int64, "boo
 
 
 @triton.jit
+def dot_acc(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b. float16/bfloat16 operands go into ``tl.dot`` as loaded (tensor cores)
+    with a float32 accumulator; under the interpreter, whose 16-bit dot is wrong, they are
+    widened first (exact, so the float32-accumulated result is the same)."""
+    if INTERPRETED:
+        a = _widen(a)
+        b = _widen(b)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
 def matmul_tile(a_ptr, b_ptr, M, N, K, sab, sam, sak, sbb, sbk, sbn, ACC: tl.constexpr,
                 USE_DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -52,12 +63,7 @@ def matmul_tile(a_ptr, b_ptr, M, N, K, sab, sam, sak, sbb, sbk, sbn, ACC: tl.con
         b = tl.load(b_base + rk[:, None] * sbk, mask=(rk[:, None] < K) & (rn[None, :] < N),
                     other=0)
         if USE_DOT:
-            if INTERPRETED:
-                # the interpreter's 16-bit dot is wrong: float32 operands hold the same
-                # values exactly, so the float32-accumulated result is the same
-                a = _widen(a)
-                b = _widen(b)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = dot_acc(a, b, acc, PRECISION)
         else:
             acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1).to(acc.dtype)
     return acc, rm, rn, batch
