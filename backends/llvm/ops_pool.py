@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from irgraph.ops.pool import (_adaptive_avg_geometry, _adaptive_axes, _avg_geometry,
-                              _max_axes)
+from irgraph.ops.pool import (adaptive_avg_geometry, adaptive_axes, avg_geometry,
+                              max_axes)
 
 from .builder import F64, REGISTER, Buf, for_range, i64, prod, row_strides, strided_nest
 from .gemm import tiling
@@ -58,17 +58,17 @@ UNROLL = 8      # window widths up to this are unrolled when no window leaves th
 def _regular(node, spatial, avg: bool) -> Geometry:
     a = node.attrs
     if avg:
-        axes, div = _avg_geometry(tuple(spatial), a)
+        axes, div = avg_geometry(tuple(spatial), a)
         return _geometry(spatial, axes, [1] * len(spatial), div)
-    return _geometry(spatial, _max_axes((0, 0) + tuple(spatial), a), a["dilation"])
+    return _geometry(spatial, max_axes((0, 0) + tuple(spatial), a), a["dilation"])
 
 
 def _adaptive(node, spatial, avg: bool) -> Geometry:
     out = node.attrs["output_size"]
     if avg:
-        axes, div = _adaptive_avg_geometry(tuple(spatial), out)
+        axes, div = adaptive_avg_geometry(tuple(spatial), out)
         return _geometry(spatial, axes, [1] * len(spatial), div)
-    return _geometry(spatial, _adaptive_axes(tuple(spatial), out), [1] * len(spatial))
+    return _geometry(spatial, adaptive_axes(tuple(spatial), out), [1] * len(spatial))
 
 
 def _windows(ctx, geo: Geometry, planes: int, on_window):
@@ -175,6 +175,8 @@ def _lower_max(kind: str, geo_fn):
         if kind != "select" and whole and _tiles(node, geo):
             _tile_pool(ctx, node, geo, x, ins[1] if kind == "grad" else None, out, planes)
             return
+        if kind == "forward" and _row_pool(ctx, node, geo, x, out, planes):
+            return
 
         def on_window(plane, oflat, visit):
             xbase = b.mul(plane, i64(isz))
@@ -240,6 +242,67 @@ def _tile_pool(ctx, node, geo: Geometry, x: Buf, gy: Buf | None, out: Buf, plane
                     for idx, off in enumerate(offs):
                         out.store(b, b.add(xj, i64(off)), b.select(
                             b.icmp_signed("==", choice, i64(idx)), g, const(dt, 0)))
+
+
+def _row_pool(ctx, node, geo: Geometry, x: Buf, out: Buf, planes: int) -> bool:
+    """2-D max_pool forward as running maxima of output rows: for each output row, every
+    input row of its windows updates the whole row at once (the windows wholly inside x
+    along the last axis: one loop over them, vectorized across outputs, the kernel's
+    columns unrolled; the few at the edges one by one). Visiting rows, then columns, in
+    order keeps the first maximum (NaN first), as the window scan does. False (nothing
+    emitted) where it does not apply: other ranks, adaptive windows, non-float types."""
+    a = node.attrs
+    if len(geo.spatial) != 2 or x.dtype not in ("float32", "float64") or \
+            "kernel_size" not in a or 0 in geo.out:
+        return False
+    b, dt = ctx.b, x.dtype
+    K1, d1 = a["kernel_size"][1], geo.step[1]
+    OH, OW = geo.out
+    W = geo.spatial[1]
+    st = geo.start[1]
+    s1 = int(st[1] - st[0]) if OW > 1 else 1
+    if not np.array_equal(st, st[0] + s1 * np.arange(OW)):
+        return False
+    inner = np.nonzero((geo.kbeg[1] == 0) & (geo.kend[1] == K1))[0]
+    i0, i1 = (int(inner[0]), int(inner[-1]) + 1) if len(inner) else (0, 0)
+    if len(inner) != i1 - i0:
+        return False
+    edges = [ow for ow in range(OW) if not i0 <= ow < i1]
+    start0, kbeg0, kend0 = (ctx.global_array(n, t[0]) for n, t in
+                            (("pool.start", geo.start), ("pool.kbeg", geo.kbeg),
+                             ("pool.kend", geo.kend)))
+    isz, osz = prod(geo.spatial), prod(geo.out)
+
+    def better(v, cur):
+        take = b.or_(sc.compare(ctx, dt, ">", v, cur),
+                     b.and_(sc.is_nan(ctx, v), b.not_(sc.is_nan(ctx, cur))))
+        return b.select(take, v, cur)
+
+    lo, hi = ctx.split(planes)
+    with for_range(b, lo, hi, "plane") as plane:
+        with for_range(b, 0, OH, "oh") as oh:
+            orow = b.add(b.mul(plane, i64(osz)), b.mul(oh, i64(OW)))
+            with for_range(b, 0, OW, "ow0") as ow:
+                out.store(b, b.add(orow, ow), const(dt, "-inf"))
+            s0 = b.load(b.gep(start0, [oh]))
+            k0, k1 = b.load(b.gep(kbeg0, [oh])), b.load(b.gep(kend0, [oh]))
+            with for_range(b, k0, k1, "kh") as kh:
+                ih = b.add(s0, b.mul(kh, i64(geo.step[0])))
+                xrow = b.add(b.mul(plane, i64(isz)), b.mul(ih, i64(W)))
+                with for_range(b, i0, i1, "ow") as ow:
+                    at = b.add(orow, ow)
+                    v = out.load(b, at)
+                    first = b.add(xrow, b.add(b.mul(ow, i64(s1)), i64(int(st[0]))))
+                    for kw in range(K1):
+                        v = better(x.load(b, b.add(first, i64(kw * d1))), v)
+                    out.store(b, at, v)
+                for ow in edges:
+                    at = b.add(orow, i64(ow))
+                    v = out.load(b, at)
+                    for kw in range(int(geo.kbeg[1][ow]), int(geo.kend[1][ow])):
+                        v = better(x.load(b, b.add(xrow, i64(int(st[ow]) + kw * d1))), v)
+                    out.store(b, at, v)
+    return True
 
 
 def _first_max(ctx, dt, vals, index, first_index):
