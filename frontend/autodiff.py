@@ -22,12 +22,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-import irgraph.backends as backends
-from irgraph import Graph, verify
-from irgraph.passes.autodiff import value_and_grad as _value_and_grad
-from irgraph.passes.unroll import prepare_bptt
+from irgraph import Graph
 
-from .compiler import CompiledFunction, run_pipeline
+from .compiler import CompiledFunction
+from .driver import Gradient, compile_graph
 from .nn import Module, Parameter
 from .tracing import TensorSpec, trace_with, unflatten
 
@@ -94,8 +92,8 @@ class GradFunction(CompiledFunction):
     and ``grad`` returns ``(gradients, aux)``. Parameters are read live from the model."""
 
     def __init__(self, graph: Graph, source_graph: Graph, params: dict[str, Parameter],
-                 structure, executable, pack, with_value: bool, has_aux: bool):
-        super().__init__(graph, params, structure, executable, source_graph)
+                 structure, executable, pack, with_value: bool, has_aux: bool, passes=None):
+        super().__init__(graph, params, structure, executable, source_graph, passes)
         self._pack = pack
         self._with_value = with_value
         self._has_aux = has_aux
@@ -123,11 +121,12 @@ def check_aux_structure(structure, name: str) -> None:
 
 def _build(fn: Callable | Module, specs: Sequence[TensorSpec], wrt: Wrt, has_aux: bool,
            with_value: bool, model: Module | None, backend: str, pipeline, name: str | None,
-           options: dict) -> GradFunction:
+           options: dict, print_after=None) -> GradFunction:
     if not specs:       # shapes from the arrays of each call (frontend.jit's table)
         from .jit import JitFunction
         return JitFunction(fn, lambda f, sp: _build(f, sp, wrt, has_aux, with_value, model,
-                                                    backend, pipeline, name, options))
+                                                    backend, pipeline, name, options,
+                                                    print_after))
     graph, tracer, structure = trace_with(fn, specs, name, _param_names(fn, model))
     n_user = len(graph.outputs) - len(graph.donations)
     if has_aux:
@@ -136,28 +135,31 @@ def _build(fn: Callable | Module, specs: Sequence[TensorSpec], wrt: Wrt, has_aux
         raise TypeError(f"{graph.name}: grad needs a function returning one scalar tensor; it "
                         f"returned {n_user} tensors (use has_aux=True for (loss, aux))")
     names, pack = _resolve_wrt(graph, tracer.params, wrt)
-    # short recurrences unrolled, long ones keep their states for a rolled backward pass
-    vg = _value_and_grad(prepare_bptt(graph), names, of=0)
-    vg.donations = dict(graph.donations)   # state updates (batch norm) keep their buffers
-    vg = run_pipeline(verify(vg), pipeline, "training")
-    exe = backends.compile(vg, backend, **options)
-    return GradFunction(vg, graph, tracer.params, structure, exe, pack, with_value, has_aux)
+    # short recurrences unrolled, long ones keep their states for a rolled backward pass;
+    # state updates (batch norm) keep their buffers
+    built = compile_graph(graph, backend=backend, differentiate=Gradient(tuple(names)),
+                          pipeline=pipeline, kind="training", print_after=print_after,
+                          options=options)
+    return GradFunction(built.graph, graph, tracer.params, structure, built.executable, pack,
+                        with_value, has_aux, built.passes)
 
 
 def grad(fn: Callable | Module, *specs: TensorSpec, wrt: Wrt = None, has_aux: bool = False,
          model: Module | None = None, backend: str = "reference", pipeline=None,
-         name: str | None = None, **options) -> GradFunction:
+         name: str | None = None, print_after=None, **options) -> GradFunction:
     """Compile the gradient of ``fn`` (returning a float scalar) over inputs ``specs``.
     Without specs, ``grad(fn)(*arrays)`` compiles for the arrays' shapes and dtypes at each
     new signature (``frontend.jit``; numpy arrays or eager tensors).
 
     ``model`` names the parameters of a module that ``fn`` calls (as in its state_dict)."""
-    return _build(fn, specs, wrt, has_aux, False, model, backend, pipeline, name, options)
+    return _build(fn, specs, wrt, has_aux, False, model, backend, pipeline, name, options,
+                  print_after)
 
 
 def value_and_grad(fn: Callable | Module, *specs: TensorSpec, wrt: Wrt = None,
                    has_aux: bool = False, model: Module | None = None,
                    backend: str = "reference", pipeline=None, name: str | None = None,
-                   **options) -> GradFunction:
+                   print_after=None, **options) -> GradFunction:
     """As ``grad``, but the compiled function returns ``(value, gradients)``."""
-    return _build(fn, specs, wrt, has_aux, True, model, backend, pipeline, name, options)
+    return _build(fn, specs, wrt, has_aux, True, model, backend, pipeline, name, options,
+                  print_after)

@@ -5,9 +5,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-import irgraph.backends as backends
 from irgraph import Graph
 
+from .driver import compile_graph
 from .dynamic_batch import DynamicBatchFunction, check_dynamic_batch
 from .nn import Module
 from .tracing import TensorSpec, trace_with, unflatten
@@ -30,9 +30,10 @@ class CompiledFunction:
     """A compiled model: call it with numpy arrays; parameters come from the module (live)."""
 
     def __init__(self, graph: Graph, params: dict[str, Any], structure, executable,
-                 source_graph: Graph):
+                 source_graph: Graph, passes=None):
         self.graph = graph                  # what the backend compiled
         self.source_graph = source_graph    # what tracing produced
+        self.passes = passes                # the PassManager that ran (timings, report())
         self.params = params                # graph parameter name -> Parameter
         self.structure = structure
         self.executable = executable
@@ -59,17 +60,20 @@ class CompiledFunction:
 
 def compile(fn: Callable | Module, *specs: TensorSpec, backend: str = "reference",
             pipeline=None, name: str | None = None, dynamic_batch: bool = False,
-            **options) -> CompiledFunction:
-    """Trace ``fn`` over ``specs``, run the pass pipeline, compile with ``backend``.
+            print_after=None, **options) -> CompiledFunction:
+    """Trace ``fn`` over ``specs``, run the pass pipeline, compile with ``backend``
+    (frontend/driver.py; ``print_after``: as ``PassManager`` takes it; the passes that ran
+    are ``result.passes``).
 
     ``dynamic_batch``: the result takes any number of rows (the leading axis of every input
     and output), padding up to the specs' batch size (frontend/dynamic_batch.py)."""
     graph, tracer, structure = trace_with(fn, specs, name, param_names(fn))
     if dynamic_batch:
         check_dynamic_batch(graph)          # before the compile it would waste
-    optimized = run_pipeline(graph, pipeline, "inference")
-    exe = backends.compile(optimized, backend, **options)
-    compiled = CompiledFunction(optimized, tracer.params, structure, exe, graph)
+    built = compile_graph(graph, backend=backend, pipeline=pipeline, kind="inference",
+                          print_after=print_after, options=options)
+    compiled = CompiledFunction(built.graph, tracer.params, structure, built.executable,
+                                graph, built.passes)
     return DynamicBatchFunction(compiled) if dynamic_batch else compiled
 
 

@@ -33,18 +33,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-import irgraph.backends as backends
 from irgraph import Graph, TensorType, verify
-from irgraph.passes.autodiff import value_and_grad
 from irgraph.passes.train import OptimizerSpec, training_step
-from irgraph.passes.unroll import prepare_bptt
 
-from .compiler import param_names, run_pipeline
+from .compiler import param_names
+from .driver import Gradient, compile_graph
 from .nn import Module
 from .optim import Optimizer
 from .tracing import TensorSpec, trace_with
-from .train import (TrainStepFunction, check_same_interface, loss_function, count_model_inputs,
-                    trainable_names)
+from .train import TrainStepFunction, loss_function, count_model_inputs, trainable_names
 
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_TIMEOUT_S = 60.0
@@ -211,17 +208,39 @@ def gradient_graph(loss_graph: Graph, trainable: Sequence[str],
     text's Nesterov forms (alg. 8.3, 8.6) the gradient is taken at ``p + momentum v``: the
     graph then has one more input (the momentum) and the velocities as parameters, named as
     in the training step."""
-    src = prepare_bptt(loss_graph)
-    if spec.interim:
-        src = _at_interim_point(src, trainable)
-    vg = value_and_grad(src, list(trainable), of=0)
+    src = _at_interim_point(loss_graph, trainable) if spec.interim else loss_graph
+    vg = Gradient(tuple(trainable), keep_donations=False)(src)     # BPTT, then the gradient
     n_src = len(loss_graph.outputs)
-    buffers = [(o, loss_graph.arguments[a].name) for o, a in sorted(loss_graph.donations.items())
-               if loss_graph.arguments[a] in loss_graph.params]
+    buffers = _buffers(loss_graph)
     g = vg.copy(f"{loss_graph.name}_grad_step")
     g.set_outputs([g.outputs[0]] + [g.outputs[o] for o, _ in buffers] + g.outputs[n_src:])
     g.donations = {}
-    return verify(g), [name for _, name in buffers]
+    return g, [name for _, name in buffers]      # verified by whoever compiles it
+
+
+def _buffers(loss_graph: Graph) -> list[tuple[int, str]]:
+    """(output, parameter name) of each buffer the loss graph updates (its donations)."""
+    return [(o, loss_graph.arguments[a].name) for o, a in sorted(loss_graph.donations.items())
+            if loss_graph.arguments[a] in loss_graph.params]
+
+
+class _UpdateStep:
+    """The update half, as the compile driver builds it from the loss graph: the optimizer's
+    step on given gradients (inputs ``grad.<p>``), the training step of
+    ``update_loss_graph`` over the trainable parameters; ``layout`` once built."""
+
+    def __init__(self, trainable: Sequence[str], spec: OptimizerSpec):
+        self.trainable, self.spec, self.layout = list(trainable), spec, None
+
+    def __call__(self, graph: Graph) -> Graph:
+        types = {p.name: p.type for p in graph.params if p.name in self.trainable}
+        self.layout = training_step(update_loss_graph(types, f"{graph.name}_update"),
+                                    self.trainable, self.spec)
+        # the linear loss's value is of no use: output 0 becomes 0, so the pipeline drops it
+        g = self.layout.graph
+        g.set_outputs([g.op("full", shape=(), value=0.0, dtype=g.outputs[0].dtype)]
+                      + g.outputs[1:])
+        return g
 
 
 def _at_interim_point(graph: Graph, trainable: Sequence[str]) -> Graph:
@@ -466,7 +485,8 @@ def compile_data_parallel(model: Module | Callable, loss_fn: Callable | None,
                           comm: Communicator | None = None, backend: str = "reference",
                           pipeline=None, n_model_inputs: int | None = None,
                           bucket_mb: float = DEFAULT_BUCKET_MB, check_every: int = 100,
-                          name: str | None = None, **options) -> DataParallelStep:
+                          name: str | None = None, print_after=None,
+                          **options) -> DataParallelStep:
     """``compile_train`` for data parallelism: ``specs`` are ONE PROCESS'S SHARD of the
     global batch. Every rank calls it (it is a collective: rank 0's parameters, buffers and
     optimizer state are broadcast to the others). The loss must be a mean over the batch
@@ -483,24 +503,21 @@ def compile_data_parallel(model: Module | Callable, loss_fn: Callable | None,
                                   param_names(model))
     trainable = trainable_names(tracer.params, optimizer)
     spec = optimizer.spec()
-    grad_graph, buffers = gradient_graph(graph, trainable, spec)
-    grad_compiled = run_pipeline(grad_graph, pipeline, "training")
-    check_same_interface(grad_graph, grad_compiled)
-    types = {p.name: p.type for p in graph.params if p.name in trainable}
-    layout = training_step(update_loss_graph(types, f"{graph.name}_update"), trainable, spec)
-    # the linear loss's value is of no use: output 0 becomes 0, so the pipeline drops it
-    g = layout.graph
-    g.set_outputs([g.op("full", shape=(), value=0.0, dtype=g.outputs[0].dtype)] + g.outputs[1:])
-    verify(g)
-    compiled = run_pipeline(layout.graph, pipeline, "training")
-    check_same_interface(layout.graph, compiled)
-    grad_exe = backends.compile(grad_compiled, backend, **options)
-    exe = backends.compile(compiled, backend, **options)
+    buffers = [name for _, name in _buffers(graph)]
+    grad = compile_graph(graph, backend=backend,
+                         differentiate=lambda g: gradient_graph(g, trainable, spec)[0],
+                         pipeline=pipeline, kind="training", print_after=print_after,
+                         keep_interface=True, options=options)
+    update = _UpdateStep(trainable, spec)
+    built = compile_graph(graph, backend=backend, differentiate=update, pipeline=pipeline,
+                          kind="training", print_after=print_after, keep_interface=True,
+                          options=options)
     optimizer.bind({n: tracer.params[n] for n in trainable})
-    step = DataParallelStep(layout, compiled, exe, optimizer, dict(tracer.params),
-                            grad_graph=grad_compiled, grad_exe=grad_exe, buffers=buffers,
-                            comm=comm, bucket_bytes=int(bucket_mb * 2**20),
-                            check_every=check_every)
+    step = DataParallelStep(update.layout, built.graph, built.executable, optimizer,
+                            dict(tracer.params), grad_graph=grad.graph,
+                            grad_exe=grad.executable, buffers=buffers, comm=comm,
+                            bucket_bytes=int(bucket_mb * 2**20), check_every=check_every)
+    step.passes, step.grad_passes = built.passes, grad.passes
     if comm.world_size > 1:
         step.broadcast_state(0)
     return step

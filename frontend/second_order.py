@@ -23,11 +23,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-import irgraph.backends as backends
 from irgraph import Graph
-from irgraph.passes.autodiff import value_and_grad
-from irgraph.passes.autodiff.higher import hessian
 
+from .driver import Gradient, Hessian, compile_graph
 from .nn import Parameter
 
 
@@ -40,13 +38,17 @@ class Problem:
     """The loss of a traced graph as a function of the flat trainable parameters theta."""
 
     def __init__(self, graph: Graph, params: dict[str, Parameter], trainable: list[str],
-                 backend: str, **options):
+                 backend: str, pipeline=None, print_after=None, **options):
         self.graph, self.params, self.trainable = graph, params, list(trainable)
         self.backend, self.options = backend, options
+        self.pipeline, self.print_after = pipeline, print_after
         self.n_batch = len(graph.inputs)
-        vg = value_and_grad(graph, self.trainable, of=0)
-        self.n_grads_from = len(vg.outputs) - len(self.trainable)
-        self._vg = backends.compile(vg, backend, **options)
+        # the loss's value and gradient through the compile driver (BPTT preparation, the
+        # pipeline, the backend's passes); no state updates: each evaluation is pure
+        built = self._compile(Gradient(tuple(self.trainable), keep_donations=False))
+        self.n_grads_from = len(built.graph.outputs) - len(self.trainable)
+        self._vg = built.executable
+        self.gradient_graph, self.passes = built.graph, built.passes
         self._hess = None
         self.shapes = [params[n].data.shape for n in self.trainable]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
@@ -83,9 +85,13 @@ class Problem:
 
     def hessian(self, theta: np.ndarray, batch, max_size: int) -> np.ndarray:
         if self._hess is None:
-            self._hess = backends.compile(hessian(self.graph, self.trainable, 0, max_size),
-                                          self.backend, **self.options)
+            self._hess = self._compile(Hessian(tuple(self.trainable), 0, max_size)).executable
         return np.asarray(self._hess(*self._args(theta, batch))[0], np.float64)
+
+    def _compile(self, differentiate):
+        return compile_graph(self.graph, backend=self.backend, differentiate=differentiate,
+                             pipeline=self.pipeline, kind="training",
+                             print_after=self.print_after, options=self.options)
 
 
 class HostStepFunction:

@@ -27,11 +27,11 @@ from typing import Callable
 
 import numpy as np
 
-import irgraph.backends as backends
 from irgraph.checkpoint import CheckpointReader, write
 from irgraph.passes.train import TrainStep, training_step
 
-from .compiler import param_names, run_pipeline
+from .compiler import param_names
+from .driver import compile_graph
 from .dynamic_batch import compile_train_dynamic
 from .nn import Module, Parameter
 from . import random as _random
@@ -48,6 +48,7 @@ class TrainStepFunction:
                  params: dict[str, Parameter], has_aux: bool = False, aux_structure=None,
                  amp_init_scale: float = 2.0 ** 16):
         self.layout = layout            # the step graph as built, and where things sit
+        self.passes = None              # the PassManager that ran (timings, report())
         self.graph = graph              # what the backend compiled (after the pipeline)
         self.executable = executable
         self.optimizer = optimizer
@@ -171,7 +172,7 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
                   *specs: TensorSpec, backend: str = "reference", pipeline=None,
                   n_model_inputs: int | None = None, name: str | None = None,
                   has_aux: bool = False, dynamic_batch: bool = False,
-                  autocast: str | None = None, bptt: str = "auto",
+                  autocast: str | None = None, bptt: str = "auto", print_after=None,
                   **options) -> TrainStepFunction:
     """Compile forward + loss + gradients + optimizer update into one step.
 
@@ -223,16 +224,33 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
             raise NotImplementedError(f"has_aux: {type(optimizer).__name__} steps from the host "
                                       f"(section 8.6 methods) return the loss only")
         from .second_order import compile_host_step
-        return compile_host_step(graph, tracer.params, trainable, optimizer, backend, **options)
-    layout = training_step(graph, trainable, optimizer.spec(), aux=has_aux,
-                           loss_scaling=scaling, bptt=bptt)
-    compiled = run_pipeline(layout.graph, pipeline, "training")
-    check_same_interface(layout.graph, compiled)
-    exe = backends.compile(compiled, backend, **options)
+        return compile_host_step(graph, tracer.params, trainable, optimizer, backend,
+                                 pipeline=pipeline, print_after=print_after, **options)
+    step = TrainingStep(trainable, optimizer.spec(), aux=has_aux, loss_scaling=scaling,
+                        bptt=bptt)
+    built = compile_graph(graph, backend=backend, differentiate=step, pipeline=pipeline,
+                          kind="training", print_after=print_after, keep_interface=True,
+                          options=options)
     optimizer.bind({n: tracer.params[n] for n in trainable})
-    return TrainStepFunction(layout, compiled, exe, optimizer, dict(tracer.params),
-                             has_aux, structure[1][1] if has_aux else None,
-                             *([scaling.init_scale] if scaling else []))
+    fn = TrainStepFunction(step.layout, built.graph, built.executable, optimizer,
+                           dict(tracer.params), has_aux, structure[1][1] if has_aux else None,
+                           *([scaling.init_scale] if scaling else []))
+    fn.passes = built.passes
+    return fn
+
+
+class TrainingStep:
+    """What the compile driver differentiates for ``compile_train``: the loss graph becomes
+    ONE training-step graph (``passes.train.training_step``: BPTT preparation, gradient,
+    optimizer update); ``layout`` says where things sit in it once built."""
+
+    def __init__(self, trainable, spec, **kwargs):
+        self.trainable, self.spec, self.kwargs = list(trainable), spec, kwargs
+        self.layout: TrainStep | None = None
+
+    def __call__(self, graph):
+        self.layout = training_step(graph, self.trainable, self.spec, **self.kwargs)
+        return self.layout.graph
 
 
 def count_model_inputs(loss_fn, specs, n) -> int:
@@ -269,12 +287,3 @@ def trainable_names(params: dict[str, Parameter], optimizer) -> list[str]:
         raise ValueError("no trainable parameter of the model is used by the loss (or given "
                          "to the optimizer)")
     return names
-
-
-def check_same_interface(before, after) -> None:
-    """The pipeline must keep the step's arguments and donations (in-place updates)."""
-    sig = [(v.name, str(v.type)) for v in before.arguments]
-    if [(v.name, str(v.type)) for v in after.arguments] != sig or \
-            after.donations != before.donations:
-        raise RuntimeError("the pass pipeline changed the training step's arguments or "
-                           "donations; the step cannot update parameters in place")

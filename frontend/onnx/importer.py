@@ -83,16 +83,17 @@ class OnnxModel:
 
     def compile(self, backend: str = "reference", *, fold_bn: bool = True, pipeline=None,
                 **options) -> "CompiledOnnx":
-        """Batch-norm folding (``passes.fold_bn.fold_bn_weights``), the inference pipeline,
-        then ``backends.compile``; the result is called with the inputs only."""
-        import irgraph.backends as backends
-        from ..compiler import run_pipeline
+        """Batch-norm folding (``passes.fold_bn.fold_bn_weights``), then the compile driver
+        (the inference pipeline, the backend's passes, the backend); the result is called
+        with the inputs only."""
+        from ..driver import compile_graph
         graph, weights = self.graph, self.weights
         if fold_bn:
             from irgraph.passes.fold_bn import fold_bn_weights
             graph, weights = fold_bn_weights(graph, weights)
-        graph = run_pipeline(graph, pipeline, "inference")
-        return CompiledOnnx(graph, weights, backends.compile(graph, backend, **options))
+        built = compile_graph(graph, backend=backend, pipeline=pipeline, kind="inference",
+                              options=options)
+        return CompiledOnnx(built.graph, weights, built.executable)
 
     def run(self, *inputs, backend: str = "reference", **options) -> list[np.ndarray]:
         key = (backend, tuple(sorted(options.items())))
