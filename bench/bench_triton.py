@@ -128,7 +128,7 @@ def pool_rows(shapes, dev, reps: int, copy_bw: float) -> list[dict]:
         x = torch.randn(*shape, device=dev)
         attrs = dict(kernel_size=(k, k), stride=(s, s), padding=(p, p, p, p),
                      dilation=(1, 1), ceil_mode=False)
-        axes = pool_ops._regular_axes(shape[2:], **attrs)
+        axes = pool_ops.regular_axes(shape[2:], **attrs)
         run = Pool("max", shape, axes, None, "float32", dev)
         y = run(x)
         ref = TF.max_pool2d(x, k, s, p)

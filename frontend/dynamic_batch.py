@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from irgraph import Graph
+from irgraph.ir import all_nodes
 
 from . import functional as F
 from .tracing import Tensor, TensorSpec, unflatten
@@ -47,21 +48,13 @@ def row_coupling(graph: Graph, updates_ok: bool = False) -> str | None:
     if graph.donations and not updates_ok:
         return ("it updates state (batch norm's running statistics in training mode, a random "
                 "generator's counter), which padded rows would enter")
-    for node in _all_nodes(graph):
+    for node in all_nodes(graph):
         if node.op == "batch_norm" and node.attrs.get("training"):
             return f"batch norm in training mode normalizes over the batch ({node.loc or node!r})"
         if node.op.startswith("random_"):
             return (f"it draws random numbers ({node.op}), which depend on the batch size "
                     f"({node.loc or node!r})")
     return None
-
-
-def _all_nodes(graph: Graph):
-    for node in graph.nodes:
-        yield node
-        for a in node.attrs.values():
-            if isinstance(a, Graph):
-                yield from _all_nodes(a)
 
 
 def _check_batched(graph: Graph) -> int:

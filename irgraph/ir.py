@@ -16,7 +16,7 @@ output) and used only after its definition.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .printer import format_graph, format_node
 from .registry import GraphBase, IRError, get_op
@@ -198,6 +198,16 @@ class Graph(GraphBase):
     def to_dot(self) -> str:
         from .views import to_dot
         return to_dot(self)
+
+
+def all_nodes(graph: Graph) -> Iterator[Node]:
+    """Every node of ``graph`` and of its subgraphs (graph attributes, at any depth), each node
+    before the nodes of its subgraphs."""
+    for node in graph.nodes:
+        yield node
+        for a in node.attrs.values():
+            if isinstance(a, Graph):
+                yield from all_nodes(a)
 
 
 class GraphRewriter:

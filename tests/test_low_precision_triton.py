@@ -57,7 +57,7 @@ def check_rounded(got: np.ndarray, x: np.ndarray, dtype: str) -> None:
 # ---------------------------------------------------------------- the store conversion
 @pytest.mark.parametrize("dtype", LOW)
 def test_store_rounds_to_nearest_even_as_ml_dtypes(dtype):
-    """The one conversion every store makes (elementwise ``_as``), through the generic
+    """The one conversion every store makes (elementwise ``store_as``), through the generic
     kernel's ``cast`` and a generated region's store, against ml_dtypes/numpy."""
     x = patterns()
     dev = default_device()

@@ -17,6 +17,7 @@ import os
 import time
 
 from irgraph import Graph
+from irgraph.ir import all_nodes
 from irgraph.passes.low_precision import widen_low_precision
 from irgraph.passes.manager import register_pass
 
@@ -38,8 +39,7 @@ STATS = {"compiles": 0, "cache_hits": 0}
 
 
 def _check_lowerable(graph: Graph) -> None:
-    from .module import _all_nodes
-    for node in _all_nodes(graph):
+    for node in all_nodes(graph):
         get_lowering(node)
 
 

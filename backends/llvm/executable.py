@@ -12,6 +12,7 @@ except ImportError:                     # numpy < 2
 
 from irgraph import Graph
 from irgraph.errors import RuntimeDataError
+from irgraph.ir import all_nodes
 from irgraph.ops.debug import NonFiniteError
 from irgraph.registry import ops_with
 
@@ -20,7 +21,7 @@ from ..base import (Executable, check_out_buffers, fork_safe_locks, raise_as_ref
 from . import jit
 from .lowering import ERROR_MESSAGES
 from .workers import ThreadChoice, run_entry
-from .module import ENTRY, Plan, _all_nodes, build_module
+from .module import ENTRY, Plan, build_module
 
 # The generated code found bad data (an out-of-range class index, ...): the error every
 # backend raises for it (the name this backend used first).
@@ -39,7 +40,7 @@ def _all_nodes_of(node):
     yield node
     for a in node.attrs.values():
         if isinstance(a, Graph):
-            yield from _all_nodes(a)
+            yield from all_nodes(a)
 
 
 def staged_arguments(graph: Graph, plan: Plan) -> frozenset[int]:

@@ -265,21 +265,21 @@ def lower_conv(ctx, node, x, w, y) -> None:
     kernel at stride 1 without padding), then y_g (O/groups x P) = W_g (O/groups x R) @ cols
     on the kernel above, float32 sums rounded once to bfloat16. Images are split across
     threads, or each image's GEMM when the batch is smaller than the thread count."""
-    from .ops_conv import _cols_bytes, _geo, _is_pointwise, _per_image, _thread_cols
+    from .ops_conv import cols_bytes, conv_geo, is_pointwise, per_image, thread_cols
     b = ctx.b
     G = node.attrs["groups"]
-    geo = _geo(x.shape, w.shape[2:], node.attrs)
+    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
     cg, og = C // G, O // G
     R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
     if N == 0 or og == 0 or P == 0:
         return
-    colbytes = _cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs, 2, G)
-    pointwise = _is_pointwise(geo)
+    colbytes = cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs, 2, G)
+    pointwise = is_pointwise(geo)
     fn = gemm_function(ctx.module, True)
 
     def image(n, split_gemm: bool):
-        cols = (_thread_cols(ctx, colbytes, I16) if not split_gemm
+        cols = (thread_cols(ctx, colbytes, I16) if not split_gemm
                 else b.bitcast(ctx.node_scratch, ir.PointerType(I16)))
         with for_range(b, 0, G, "grp") as g:
             xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
@@ -301,13 +301,13 @@ def lower_conv(ctx, node, x, w, y) -> None:
             else:
                 b.call(fn, [wp, i64(R), i64(1), src, i64(P), i64(1), yp, i64(P), i64(og),
                             i64(P), i64(R), ctx.scratch()])
-    _per_image(ctx, N, image)
+    per_image(ctx, N, image)
 
 
 def _im2col_bits(ctx, x, xbase, channels: int, geo, dst) -> None:
     """im2col of 16-bit words, copied as they are: dst[(c, k), p] = x[xbase + c*plane +
-    in(p, k)], zero where the window leaves x (the windows of ops_conv's ``_window_nest``)."""
-    from .ops_conv import _window_nest
+    in(p, k)], zero where the window leaves x (the windows of ops_conv's ``window_nest``)."""
+    from .ops_conv import window_nest
     b = ctx.b
     plane, pn = prod(geo["spatial"]), prod(geo["out"])
     zero = ir.Constant(I16, 0)
@@ -319,7 +319,7 @@ def _im2col_bits(ctx, x, xbase, channels: int, geo, dst) -> None:
 
     def outside(row, col):
         b.store(zero, b.gep(dst, [b.add(b.mul(row, i64(pn)), col)]))
-    _window_nest(ctx, geo, channels, inside, outside)
+    window_nest(ctx, geo, channels, inside, outside)
 
 
 assert STORAGE["bfloat16"] == I16

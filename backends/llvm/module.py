@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from irgraph import Graph, Value
+from irgraph.ir import all_nodes
 from irgraph.liveness import last_reads
 
 from .builder import I64, PTR, STORAGE, VOID, Buf, cpu_relax, i64
@@ -135,20 +136,12 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
             arena.release(p.slots[v][1], v.type.nbytes)
     p.arena_bytes = _round(arena.top)
     p.parallel = any(runs_parallel(n) for i, n in enumerate(graph.nodes) if i not in p.skip)
-    if any(n.op in _GEMM_OPS for n in _all_nodes(graph)):
+    if any(n.op in _GEMM_OPS for n in all_nodes(graph)):
         p.workspace_bytes = workspace_bytes(features)
     return p
 
 
 _GEMM_OPS = {"matmul", "matmul_f32", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad"}
-
-
-def _all_nodes(graph: Graph):
-    for n in graph.nodes:
-        yield n
-        for a in n.attrs.values():
-            if isinstance(a, Graph):
-                yield from _all_nodes(a)
 
 
 def build_module(graph: Graph, p: Plan, features: str, max_threads: int,

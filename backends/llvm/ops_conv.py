@@ -31,18 +31,18 @@ from .lowering import lowering, scratch
 from .module import ALIGN
 
 
-def _geo(x_shape, kernel, a):
+def conv_geo(x_shape, kernel, a):
     return dict(spatial=tuple(x_shape[2:]), kernel=tuple(kernel), stride=a["stride"],
                 padding=a["padding"], dilation=a["dilation"],
                 out=out_shape(x_shape[2:], kernel, a["stride"], a["padding"], a["dilation"]))
 
 
-def _is_pointwise(geo) -> bool:
+def is_pointwise(geo) -> bool:
     return (all(k == 1 for k in geo["kernel"]) and all(s == 1 for s in geo["stride"])
             and not any(geo["padding"]))
 
 
-def _window_nest(ctx, geo, channels: int, inside, outside=None) -> None:
+def window_nest(ctx, geo, channels: int, inside, outside=None) -> None:
     """Loops c < channels, kernel offsets, output positions. Calls
     ``inside(row, col, in_offset_within_channel_plane, valid, c)`` where the last axis'
     window position is inside x (``valid``: the other axes' test, None for 1-D) and
@@ -153,7 +153,7 @@ def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf, at=None) -> None:
 
     def outside(row, col):
         dst.store(b, at(row, col), zero)
-    _window_nest(ctx, geo, channels, inside, outside)
+    window_nest(ctx, geo, channels, inside, outside)
 
 
 def col2im(ctx, src: Buf, channels: int, geo, dx: Buf, xbase) -> None:
@@ -171,7 +171,7 @@ def col2im(ctx, src: Buf, channels: int, geo, dx: Buf, xbase) -> None:
         else:
             with b.if_then(ok):
                 add()
-    _window_nest(ctx, geo, channels, inside)
+    window_nest(ctx, geo, channels, inside)
 
 
 def _zero(ctx, buf: Buf, base, n: int) -> None:
@@ -180,13 +180,13 @@ def _zero(ctx, buf: Buf, base, n: int) -> None:
         buf.store(b, b.add(base, i), ir.Constant(buf.elem, 0.0))
 
 
-def _cols_bytes(x_shape, w_shape, kernel, a, dtype_size: int, groups: int) -> int:
-    geo = _geo(x_shape, kernel, a)
+def cols_bytes(x_shape, w_shape, kernel, a, dtype_size: int, groups: int) -> int:
+    geo = conv_geo(x_shape, kernel, a)
     rows = (x_shape[1] // groups) * prod(kernel)
     return -(-rows * prod(geo["out"]) * dtype_size // ALIGN) * ALIGN
 
 
-def _thread_cols(ctx, nbytes: int, elem) -> ir.Value:
+def thread_cols(ctx, nbytes: int, elem) -> ir.Value:
     b = ctx.b
     raw = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(nbytes))])
     return b.bitcast(raw, ir.PointerType(elem))
@@ -211,7 +211,7 @@ def _conv_scratch(node, threads, features):
     dc = _direct_forward(node, threads, features)
     if dc is not None:
         return threads * dc.scratch_bytes(dc.forward_parts(node.attrs["groups"]))
-    return threads * _cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
+    return threads * cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
                                  x.type.np_dtype.itemsize, node.attrs["groups"])
 
 
@@ -241,7 +241,7 @@ def _direct_forward(node, threads, features):
 
 def _dot_forward(node, features):
     x, w = node.inputs
-    geo = _geo(x.shape, w.shape[2:], node.attrs)
+    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
     return conv_dot.plan(x.shape[0], x.shape[1], w.shape[0], prod(geo["out"]),
                          w.shape[1] * prod(w.shape[2:]), node.attrs["groups"], x.dtype,
                          features)
@@ -252,7 +252,7 @@ def _conv_dot(ctx, dot, node, x: Buf, w: Buf, y: Buf) -> None:
     then dot products along R (threads split the output channels); or, for a batch of them,
     im2col side by side, one GEMM, the result put back in (N, O, P) order."""
     b = ctx.b
-    geo = _geo(x.shape, w.shape[2:], node.attrs)
+    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
     C, plane, P = x.shape[1], prod(geo["spatial"]), prod(geo["out"])
     lo, hi = ctx.split(x.shape[0])
     if not dot.dots:
@@ -301,17 +301,17 @@ def _conv(ctx, node, ins, outs):
                  lambda g, o, r: ctx.b.add(ctx.b.mul(ctx.b.add(ctx.b.mul(g, i64(dc.cout)), o),
                                                      i64(R)), r))
         return
-    geo = _geo(x.shape, w.shape[2:], node.attrs)
+    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
     cg, og = C // G, O // G
     R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
-    colbytes = _cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs, x.type.np_dtype.itemsize,
+    colbytes = cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs, x.type.np_dtype.itemsize,
                            G)
     b = ctx.b
-    pointwise = _is_pointwise(geo)
+    pointwise = is_pointwise(geo)
 
     def image(n, split_gemm: bool):
-        cols = Buf(_thread_cols(ctx, colbytes, x.elem) if not split_gemm
+        cols = Buf(thread_cols(ctx, colbytes, x.elem) if not split_gemm
                    else b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)), _tt((R, P), x))
         with for_range(b, 0, G, "grp") as g:           # one body for every group
             xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
@@ -332,10 +332,10 @@ def _conv(ctx, node, ins, outs):
                 ctx.barrier()
             else:
                 _gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
-    _per_image(ctx, N, image)
+    per_image(ctx, N, image)
 
 
-def _per_image(ctx, N: int, image) -> None:
+def per_image(ctx, N: int, image) -> None:
     """Images split across threads; a batch smaller than the thread count splits each GEMM."""
     b = ctx.b
     if N >= ctx.max_threads or ctx.single:
@@ -357,7 +357,7 @@ def _kgrad_scratch(node, threads, features):
     dc = _direct_kernel_grad(node, threads, features)
     if dc is not None:
         return threads * dc.scratch_bytes(dc.kernel_grad_parts())
-    cols = _cols_bytes(x.shape, None, a["kernel_size"], a, x.type.np_dtype.itemsize,
+    cols = cols_bytes(x.shape, None, a["kernel_size"], a, x.type.np_dtype.itemsize,
                        a["groups"])
     dw = -(-node.outputs[0].type.nbytes // ALIGN) * ALIGN
     return threads * (cols + dw)
@@ -383,12 +383,12 @@ def _conv_kernel_grad(ctx, node, ins, outs):
     if dc is not None:
         kernel_gradient(ctx, dc, G, x.shape[0], x, gy, dw)
         return
-    geo = _geo(x.shape, a["kernel_size"], a)
+    geo = conv_geo(x.shape, a["kernel_size"], a)
     N, C, O = x.shape[0], x.shape[1], gy.shape[1]
     cg, og = C // G, O // G
     R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
     itemsize = x.type.np_dtype.itemsize
-    colbytes = _cols_bytes(x.shape, None, a["kernel_size"], a, itemsize, G)
+    colbytes = cols_bytes(x.shape, None, a["kernel_size"], a, itemsize, G)
     dwbytes = -(-dw.type.nbytes // ALIGN) * ALIGN
     b = ctx.b
     mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(colbytes + dwbytes))])
@@ -483,7 +483,7 @@ def _igrad_scratch(node, threads, features):
     if dc is not None:
         return threads * dc.scratch_bytes(dc.forward_parts(a["groups"]))
     xs = (gy.shape[0], w.shape[1] * a["groups"]) + tuple(a["input_size"])
-    return threads * _cols_bytes(xs, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize,
+    return threads * cols_bytes(xs, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize,
                                  a["groups"])
 
 
@@ -540,13 +540,13 @@ def _conv_input_grad(ctx, node, ins, outs):
             return b.add(b.mul(row, i64(kp)), b.sub(i64(kp - 1), k))
         convolve(ctx, dc, G, gy.shape[0], gy, dx, w, w_offset)
         return
-    geo = _geo(dx.shape, w.shape[2:], a)
+    geo = conv_geo(dx.shape, w.shape[2:], a)
     N, C, O = dx.shape[0], dx.shape[1], w.shape[0]
     cg, og = C // G, O // G
     R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
-    colbytes = _cols_bytes(dx.shape, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize, G)
+    colbytes = cols_bytes(dx.shape, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize, G)
     b = ctx.b
-    cols = Buf(_thread_cols(ctx, colbytes, w.elem), _tt((R, P), w))
+    cols = Buf(thread_cols(ctx, colbytes, w.elem), _tt((R, P), w))
     lo, hi = ctx.split(N)
     with for_range(b, lo, hi, "img") as n:
         _zero(ctx, dx, b.mul(n, i64(C * plane)), C * plane)
@@ -567,7 +567,7 @@ def _conv_input_grad(ctx, node, ins, outs):
 @lowering("unfold", parallel=True)
 def _unfold(ctx, node, ins, outs):
     (x,), (out,) = ins, outs
-    geo = _geo(x.shape, node.attrs["kernel_size"], node.attrs)
+    geo = conv_geo(x.shape, node.attrs["kernel_size"], node.attrs)
     C, plane = x.shape[1], prod(geo["spatial"])
     rows, pn = C * prod(geo["kernel"]), prod(geo["out"])
     b = ctx.b
@@ -582,7 +582,7 @@ def _fold(ctx, node, ins, outs):
     (cols,), (out,) = ins, outs
     a = node.attrs
     shape = out.shape
-    geo = _geo(shape, a["kernel_size"], a)
+    geo = conv_geo(shape, a["kernel_size"], a)
     C, plane = shape[1], prod(geo["spatial"])
     rows, pn = C * prod(geo["kernel"]), prod(geo["out"])
     b = ctx.b
@@ -600,7 +600,7 @@ def _lc_scratch(node, threads, features):
     x, w = node.inputs
     d = x.type.rank - 2
     k = w.shape[2 + d:] if node.op == "locally_connected" else w.shape[2:2 + d]
-    return threads * _cols_bytes(x.shape, w.shape, k, node.attrs, x.type.np_dtype.itemsize, 1)
+    return threads * cols_bytes(x.shape, w.shape, k, node.attrs, x.type.np_dtype.itemsize, 1)
 
 
 scratch("locally_connected", "tiled_conv")(_lc_scratch)
@@ -614,12 +614,12 @@ def _unshared(ctx, node, ins, outs):
     d = x.type.rank - 2
     tiled = node.op == "tiled_conv"
     kernel = w.shape[2:2 + d] if tiled else w.shape[2 + d:]
-    geo = _geo(x.shape, kernel, node.attrs)
+    geo = conv_geo(x.shape, kernel, node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
     R, P, plane = C * prod(kernel), prod(geo["out"]), prod(geo["spatial"])
-    colbytes = _cols_bytes(x.shape, w.shape, kernel, node.attrs, x.type.np_dtype.itemsize, 1)
+    colbytes = cols_bytes(x.shape, w.shape, kernel, node.attrs, x.type.np_dtype.itemsize, 1)
     b = ctx.b
-    cols = Buf(_thread_cols(ctx, colbytes, x.elem), _tt((R, P), x))
+    cols = Buf(thread_cols(ctx, colbytes, x.elem), _tt((R, P), x))
     if tiled:
         t = w.shape[2 + d:]
         idx = np.zeros(geo["out"], np.int64)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from irgraph.ops.pool import (_adaptive_avg_geometry, _adaptive_axes, _avg_geometry,
-                              _max_axes)
+from irgraph.ops.pool import (adaptive_avg_geometry, adaptive_axes, avg_geometry,
+                              max_axes)
 
 from .builder import F64, REGISTER, Buf, for_range, i64, prod, row_strides, strided_nest
 from .gemm import tiling
@@ -58,17 +58,17 @@ UNROLL = 8      # window widths up to this are unrolled when no window leaves th
 def _regular(node, spatial, avg: bool) -> Geometry:
     a = node.attrs
     if avg:
-        axes, div = _avg_geometry(tuple(spatial), a)
+        axes, div = avg_geometry(tuple(spatial), a)
         return _geometry(spatial, axes, [1] * len(spatial), div)
-    return _geometry(spatial, _max_axes((0, 0) + tuple(spatial), a), a["dilation"])
+    return _geometry(spatial, max_axes((0, 0) + tuple(spatial), a), a["dilation"])
 
 
 def _adaptive(node, spatial, avg: bool) -> Geometry:
     out = node.attrs["output_size"]
     if avg:
-        axes, div = _adaptive_avg_geometry(tuple(spatial), out)
+        axes, div = adaptive_avg_geometry(tuple(spatial), out)
         return _geometry(spatial, axes, [1] * len(spatial), div)
-    return _geometry(spatial, _adaptive_axes(tuple(spatial), out), [1] * len(spatial))
+    return _geometry(spatial, adaptive_axes(tuple(spatial), out), [1] * len(spatial))
 
 
 def _windows(ctx, geo: Geometry, planes: int, on_window):

@@ -21,7 +21,7 @@ from irgraph import Graph, Node, Value
 from irgraph.ops.core import normalize_axes
 from irgraph.registry import ops_with
 
-from .codegen import (_expr, elementwise_nodes, lift_constants, literal, load_kernel,
+from .codegen import (elementwise_expr, elementwise_nodes, lift_constants, literal, load_kernel,
                       same_shape_outputs)
 from .runtime import View, cdiv, empty, meta_tensor, next_pow2, to_device
 
@@ -149,7 +149,7 @@ def render_reduction(body: Graph, pro, red: Node, epi, s_views, r_views, rank_s:
                          f"{i + 1}, {rank_s}, {not s_views[i].is_contiguous})")
     for k, node in enumerate(pro):
         names[node.outputs[0]] = f"p{k}"
-        expr = _expr(node.op, [names[v] for v in node.inputs], node, node.outputs[0],
+        expr = elementwise_expr(node.op, [names[v] for v in node.inputs], node, node.outputs[0],
                      "(BLOCK_M, BLOCK_K)")
         lines.append(f"        p{k} = {expr}")
     x = names[red.inputs[0]]
@@ -174,11 +174,11 @@ def render_reduction(body: Graph, pro, red: Node, epi, s_views, r_views, rank_s:
             names[v] = f"r_in{i}"
     for k, node in enumerate(epi):
         names[node.outputs[0]] = f"e{k}"
-        expr = _expr(node.op, [names[v] for v in node.inputs], node, node.outputs[0],
+        expr = elementwise_expr(node.op, [names[v] for v in node.inputs], node, node.outputs[0],
                      "(BLOCK_M,)")
         lines.append(f"    e{k} = {expr}")
     for j, v in enumerate(body.outputs):
-        lines.append(f"    tl.store(out{j}_ptr + rows, _as({names[v]}, out{j}_ptr.dtype."
+        lines.append(f"    tl.store(out{j}_ptr + rows, store_as({names[v]}, out{j}_ptr.dtype."
                      f"element_ty), mask=rmask)")
     params = ([f"out{j}_ptr" for j in range(len(body.outputs))]
               + [f"in{i}_ptr" for i in range(len(body.inputs))]

@@ -22,7 +22,7 @@ from irgraph.ops.core import wrap_dim
 from irgraph.ops.gather import wrap_indices
 
 from .kernels import elementwise as ew
-from .kernels.elementwise import _strided_offset
+from .kernels.elementwise import strided_offset
 from .runtime import View, cdiv, contiguous_strides, empty, meta_tensor, numel
 from .table import LowerContext, Step, lowering
 
@@ -57,7 +57,7 @@ def take_along_kernel(out_ptr, x_ptr, idx_ptr, meta_ptr, total, n, stride,
     e = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     mask = e < total
     w, ok = _wrap(tl.load(idx_ptr + e, mask=mask, other=0), n)
-    src = _strided_offset(e, meta_ptr, 1, RANK) + w * stride
+    src = strided_offset(e, meta_ptr, 1, RANK) + w * stride
     tl.store(out_ptr + e, tl.load(x_ptr + src, mask=mask & ok), mask=mask)
 
 
@@ -84,8 +84,8 @@ def scatter_add_kernel(out_ptr, idx_ptr, src_ptr, meta_ptr, lanes, n, m_len, i_s
     order. meta rows: off-axis shape, idx strides, out strides (off-axis)."""
     e = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     mask = e < lanes
-    ibase = _strided_offset(e, meta_ptr, 1, RANK)
-    obase = _strided_offset(e, meta_ptr, 2, RANK)
+    ibase = strided_offset(e, meta_ptr, 1, RANK)
+    obase = strided_offset(e, meta_ptr, 2, RANK)
     for j in range(0, m_len):
         io = ibase + j * i_stride
         w, ok = _wrap(tl.load(idx_ptr + io, mask=mask, other=0), n)

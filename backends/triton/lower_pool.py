@@ -12,7 +12,7 @@ from .table import LowerContext, Step, lowering
 def _regular(node: Node, spatial, dilation=None):
     a = node.attrs
     dil = dilation or a.get("dilation") or (1,) * len(spatial)
-    return P._regular_axes(spatial, a["kernel_size"], a["stride"], a["padding"], dil,
+    return P.regular_axes(spatial, a["kernel_size"], a["stride"], a["padding"], dil,
                            a["ceil_mode"])
 
 
@@ -30,7 +30,7 @@ def _adaptive_max_pool(node: Node, ctx: LowerContext) -> Step:
     x = node.inputs[0].type
     mode = {"adaptive_max_pool": "max", "adaptive_max_pool_grad": "max_grad",
             "adaptive_max_pool_select": "max_select"}[node.op]
-    axes = P._adaptive_axes(x.shape[2:], node.attrs["output_size"])
+    axes = P.adaptive_axes(x.shape[2:], node.attrs["output_size"])
     run = Pool(mode, x.shape, axes, None, x.dtype, ctx.device)
     return lambda xs: [run(*xs)]
 
@@ -39,7 +39,7 @@ def _adaptive_max_pool(node: Node, ctx: LowerContext) -> Step:
 def _avg_pool(node: Node, ctx: LowerContext) -> Step:
     grad = node.op == "avg_pool_grad"
     x = node.outputs[0].type if grad else node.inputs[0].type
-    axes, div = P._avg_geometry(x.shape[2:], node.attrs)
+    axes, div = P.avg_geometry(x.shape[2:], node.attrs)
     run = Pool("avg_grad" if grad else "avg", x.shape, axes, div, x.dtype, ctx.device)
     return lambda xs: [run(xs[0], xs[0])]
 
@@ -48,6 +48,6 @@ def _avg_pool(node: Node, ctx: LowerContext) -> Step:
 def _adaptive_avg_pool(node: Node, ctx: LowerContext) -> Step:
     grad = node.op == "adaptive_avg_pool_grad"
     x = node.outputs[0].type if grad else node.inputs[0].type
-    axes, div = P._adaptive_avg_geometry(x.shape[2:], node.attrs["output_size"])
+    axes, div = P.adaptive_avg_geometry(x.shape[2:], node.attrs["output_size"])
     run = Pool("avg_grad" if grad else "avg", x.shape, axes, div, x.dtype, ctx.device)
     return lambda xs: [run(xs[0], xs[0])]

@@ -31,7 +31,7 @@ _ADAPTIVE = {"output_size": Attr(a_ints)}
 
 
 # ---------------------------------------------------------------- window geometry
-def _regular_axes(spatial, kernel_size, stride, padding, dilation, ceil_mode):
+def regular_axes(spatial, kernel_size, stride, padding, dilation, ceil_mode):
     """Per axis: (positions (out, k), valid (out, k), start (out,)) of every window."""
     axes = []
     out = out_shape(spatial, kernel_size, stride, padding, dilation, ceil_mode)
@@ -48,7 +48,7 @@ def adaptive_bounds(size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (i * size) // n, -(-((i + 1) * size) // n)
 
 
-def _adaptive_axes(spatial, output_size):
+def adaptive_axes(spatial, output_size):
     axes = []
     for s, m in zip(spatial, output_size):
         start, end = adaptive_bounds(s, m)
@@ -191,15 +191,15 @@ def _window_cost(ins, outs, attrs) -> Cost:
 
 
 # ---------------------------------------------------------------- max pooling
-def _max_axes(x_shape, a):
-    return _regular_axes(x_shape[2:], a["kernel_size"], a["stride"], a["padding"],
+def max_axes(x_shape, a):
+    return regular_axes(x_shape[2:], a["kernel_size"], a["stride"], a["padding"],
                          a["dilation"], a["ceil_mode"])
 
 
 @register_op("max_pool", traits=(), attrs=_MAX, cost=_window_cost)
 def max_pool(x, **a):
     """Maximum over each window (padding never wins)."""
-    return _max_forward(x, _max_axes(x.shape, a))
+    return _max_forward(x, max_axes(x.shape, a))
 
 
 @max_pool.type_rule
@@ -210,7 +210,7 @@ def _(x, **a):
 @register_op("max_pool_grad", traits=(), attrs=_MAX, cost=_window_cost)
 def max_pool_grad(x, gy, **a):
     """Gradient of ``max_pool`` at ``x``: each gy goes to its window's first maximum."""
-    return _max_backward(x, gy, _max_axes(x.shape, a))
+    return _max_backward(x, gy, max_axes(x.shape, a))
 
 
 @max_pool_grad.type_rule
@@ -222,7 +222,7 @@ def _(x, gy, **a):
 @register_op("max_pool_select", traits=(), attrs=_MAX, cost=_window_cost)
 def max_pool_select(x, v, **a):
     """``v`` read at the positions ``max_pool(x)`` picks (transpose of ``max_pool_grad``)."""
-    return _max_select(x, v, _max_axes(x.shape, a))
+    return _max_select(x, v, max_axes(x.shape, a))
 
 
 @max_pool_select.type_rule
@@ -232,9 +232,9 @@ def _(x, v, **a):
 
 
 # ---------------------------------------------------------------- average pooling
-def _avg_geometry(spatial, a):
+def avg_geometry(spatial, a):
     one = (1,) * len(spatial)
-    axes = _regular_axes(spatial, a["kernel_size"], a["stride"], a["padding"], one,
+    axes = regular_axes(spatial, a["kernel_size"], a["stride"], a["padding"], one,
                          a["ceil_mode"])
     div = _avg_divisor(spatial, axes, a["kernel_size"], a["padding"], a["count_include_pad"],
                        a["divisor_override"])
@@ -251,7 +251,7 @@ def _avg_type(name, x, a):
 @register_op("avg_pool", traits=(), attrs=_AVG, cost=_window_cost)
 def avg_pool(x, **a):
     """Mean over each window, divided as PyTorch's avg_pool (see the module docstring)."""
-    axes, div = _avg_geometry(x.shape[2:], a)
+    axes, div = avg_geometry(x.shape[2:], a)
     return _avg_forward(x, axes, div)
 
 
@@ -264,7 +264,7 @@ def _(x, **a):
              attrs=dict(_AVG, input_size=Attr(a_ints)), cost=_window_cost)
 def avg_pool_grad(gy, *, input_size, **a):
     """Transpose of ``avg_pool``: each gy / divisor spread over its window."""
-    axes, div = _avg_geometry(tuple(input_size), a)
+    axes, div = avg_geometry(tuple(input_size), a)
     return _avg_backward(gy, input_size, axes, div)
 
 
@@ -278,7 +278,7 @@ def _(gy, *, input_size, **a):
 # ---------------------------------------------------------------- adaptive pooling
 @register_op("adaptive_max_pool", traits=(), attrs=_ADAPTIVE, cost=_window_cost)
 def adaptive_max_pool(x, *, output_size):
-    return _max_forward(x, _adaptive_axes(x.shape[2:], output_size))
+    return _max_forward(x, adaptive_axes(x.shape[2:], output_size))
 
 
 @adaptive_max_pool.type_rule
@@ -288,7 +288,7 @@ def _(x, *, output_size):
 
 @register_op("adaptive_max_pool_grad", traits=(), attrs=_ADAPTIVE, cost=_window_cost)
 def adaptive_max_pool_grad(x, gy, *, output_size):
-    return _max_backward(x, gy, _adaptive_axes(x.shape[2:], output_size))
+    return _max_backward(x, gy, adaptive_axes(x.shape[2:], output_size))
 
 
 @adaptive_max_pool_grad.type_rule
@@ -300,7 +300,7 @@ def _(x, gy, *, output_size):
 
 @register_op("adaptive_max_pool_select", traits=(), attrs=_ADAPTIVE, cost=_window_cost)
 def adaptive_max_pool_select(x, v, *, output_size):
-    return _max_select(x, v, _adaptive_axes(x.shape[2:], output_size))
+    return _max_select(x, v, adaptive_axes(x.shape[2:], output_size))
 
 
 @adaptive_max_pool_select.type_rule
@@ -309,8 +309,8 @@ def _(x, v, *, output_size):
     return _adaptive_type("adaptive_max_pool_select", x, output_size)
 
 
-def _adaptive_avg_geometry(spatial, output_size):
-    axes = _adaptive_axes(spatial, output_size)
+def adaptive_avg_geometry(spatial, output_size):
+    axes = adaptive_axes(spatial, output_size)
     div = np.ones(())
     for pos, ok, _ in axes:
         div = np.multiply.outer(div, ok.sum(axis=1).astype(np.float64))
@@ -319,7 +319,7 @@ def _adaptive_avg_geometry(spatial, output_size):
 
 @register_op("adaptive_avg_pool", traits=(), attrs=_ADAPTIVE, cost=_window_cost)
 def adaptive_avg_pool(x, *, output_size):
-    axes, div = _adaptive_avg_geometry(x.shape[2:], output_size)
+    axes, div = adaptive_avg_geometry(x.shape[2:], output_size)
     return _avg_forward(x, axes, div)
 
 
@@ -331,7 +331,7 @@ def _(x, *, output_size):
 @register_op("adaptive_avg_pool_grad", traits=(), attrs=dict(_ADAPTIVE, input_size=Attr(a_ints)),
              cost=_window_cost)
 def adaptive_avg_pool_grad(gy, *, output_size, input_size):
-    axes, div = _adaptive_avg_geometry(tuple(input_size), output_size)
+    axes, div = adaptive_avg_geometry(tuple(input_size), output_size)
     return _avg_backward(gy, input_size, axes, div)
 
 

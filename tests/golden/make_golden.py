@@ -24,7 +24,7 @@ import numpy as np
 import irgraph.backends as backends
 import irgraph.frontend as fe
 from irgraph.frontend import nn, optim
-from irgraph.frontend.compiler import _param_names
+from irgraph.frontend.compiler import param_names
 from irgraph.frontend.tracing import trace_with
 from irgraph.frontend.train import compile_train
 from irgraph import Graph
@@ -78,7 +78,7 @@ def forward_case(name: str) -> tuple[Graph, list[np.ndarray]]:
     make, shape, classes, _ = MODELS[name]
     fe.manual_seed(7)
     model = make()
-    graph, tracer, _ = trace_with(model, (fe.TensorSpec(shape),), name, _param_names(model))
+    graph, tracer, _ = trace_with(model, (fe.TensorSpec(shape),), name, param_names(model))
     x, _ = _batch(shape, classes, 11)
     return graph, [x] + [tracer.params[p.name].data.copy() for p in graph.params]
 

@@ -25,7 +25,7 @@ import triton.language as tl
 from irgraph.types import LOW_DTYPES
 
 from ..runtime import View, cdiv, empty, interpreting
-from .elementwise import _as, copy_view
+from .elementwise import store_as, copy_view
 from .matmul import dot_acc
 
 
@@ -140,10 +140,10 @@ def conv_fwd_kernel(x_ptr, w_ptr, y_ptr,
     """Y = conv(X, W) with W in the GEMM layout (G, R, C/G, O/G)."""
     acc, offs, mask = conv_fwd_tile(x_ptr, w_ptr, N, CG, OG, D, H, W, OD, OH, OW, KD, KH, KW,
                                     SD, SH, SW, PD, PH, PW, DD, DH, DW,
-                                    # float32 sums for 16-bit results, rounded once by _as
+                                    # float32 sums for 16-bit results, rounded once by store_as
                                     tl.float64 if y_ptr.dtype.element_ty == tl.float64
                                     else tl.float32, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
-    tl.store(y_ptr + offs, _as(acc, y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offs, store_as(acc, y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -194,7 +194,7 @@ def conv_input_grad_kernel(gy_ptr, w_ptr, dx_ptr,
         acc = dot_acc(a, b, acc, PRECISION)
     dx = dx_ptr + ((nb.to(tl.int64) * (CG * tl.num_programs(2)) + g * CG)[:, None]
                    + rn[None, :]) * S + s[:, None]
-    tl.store(dx, _as(acc, dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(dx, store_as(acc, dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -240,7 +240,7 @@ def conv_kernel_grad_kernel(x_ptr, gy_ptr, dw_ptr,
                     + (i_d * H + i_h) * W + i_w, mask=ok, other=0.0)
         acc = dot_acc(a, b, acc, PRECISION)
     dw = dw_ptr + ((g * OG + ro).to(tl.int64) * (CG * R))[:, None] + rq[None, :]
-    tl.store(dw, _as(acc, dw_ptr.dtype.element_ty), mask=o_ok[:, None] & q_ok[None, :])
+    tl.store(dw, store_as(acc, dw_ptr.dtype.element_ty), mask=o_ok[:, None] & q_ok[None, :])
 
 
 # ---------------------------------------------------------------- tiles on a GPU
@@ -315,15 +315,15 @@ def tuned(kernel, dtype: str, precision: str):
     return _launch(kernel, dtype, precision)
 
 
-def _precision(dtype: str, allow_tf32: bool) -> str:
+def conv_precision(dtype: str, allow_tf32: bool) -> str:
     return "tf32" if allow_tf32 and dtype == "float32" else "ieee"
 
 
-def _grid(rows: int, cols: int, groups: int):
+def conv_grid(rows: int, cols: int, groups: int):
     return lambda meta: (cdiv(rows, meta["BLOCK_M"]), cdiv(cols, meta["BLOCK_N"]), groups)
 
 
-def _weight_gemm_layout(geo: ConvGeometry, dtype: str, device) -> Callable:
+def weight_gemm_layout(geo: ConvGeometry, dtype: str, device) -> Callable:
     """W (O, C/g, R) -> (g, R, C/g, O/g): the GEMM's B operand contiguous along its columns
     (one small copy per call, so weight tiles load as whole vectors)."""
     og, cg = geo.o // geo.groups, geo.c // geo.groups
@@ -335,10 +335,10 @@ def _weight_gemm_layout(geo: ConvGeometry, dtype: str, device) -> Callable:
 def conv_forward(geo: ConvGeometry, y_shape, dtype: str, device, allow_tf32: bool = False
                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Plan ``y = conv(x, w)``; the wrapper lays the weight out as the GEMM's B operand."""
-    to_gemm = _weight_gemm_layout(geo, dtype, device)
-    prec = _precision(dtype, allow_tf32)
+    to_gemm = weight_gemm_layout(geo, dtype, device)
+    prec = conv_precision(dtype, allow_tf32)
     kernel, blocks = _kernel("fwd", dtype, prec)
-    grid = _grid(geo.n * geo.out[0] * geo.out[1] * geo.out[2], geo.o // geo.groups, geo.groups)
+    grid = conv_grid(geo.n * geo.out[0] * geo.out[1] * geo.out[2], geo.o // geo.groups, geo.groups)
     args = geo.args()
 
     def run(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -351,9 +351,9 @@ def conv_forward(geo: ConvGeometry, y_shape, dtype: str, device, allow_tf32: boo
 
 def conv_input_grad(geo: ConvGeometry, x_shape, dtype: str, device, allow_tf32: bool = False
                     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    prec = _precision(dtype, allow_tf32)
+    prec = conv_precision(dtype, allow_tf32)
     kernel, blocks = _kernel("input_grad", dtype, prec)
-    grid = _grid(geo.n * geo.size[0] * geo.size[1] * geo.size[2], geo.c // geo.groups,
+    grid = conv_grid(geo.n * geo.size[0] * geo.size[1] * geo.size[2], geo.c // geo.groups,
                  geo.groups)
     args = geo.args()
 
@@ -367,10 +367,10 @@ def conv_input_grad(geo: ConvGeometry, x_shape, dtype: str, device, allow_tf32: 
 
 def conv_kernel_grad(geo: ConvGeometry, w_shape, dtype: str, device, allow_tf32: bool = False
                      ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    prec = _precision(dtype, allow_tf32)
+    prec = conv_precision(dtype, allow_tf32)
     kernel, blocks = _kernel("kernel_grad", dtype, prec)
     k = geo.kernel[0] * geo.kernel[1] * geo.kernel[2]
-    grid = _grid(geo.o // geo.groups, (geo.c // geo.groups) * k, geo.groups)
+    grid = conv_grid(geo.o // geo.groups, (geo.c // geo.groups) * k, geo.groups)
     args = geo.args()
 
     def run(x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ def _bf16_rne(x):
 
 
 @triton.jit
-def _widen(x):
+def widen(x):
     """A float16/bfloat16 ``x`` as float32, exactly (bfloat16 from its bits, shifted into the
     high half: the interpreter's conversion loses subnormals); other dtypes as they are."""
     if x.dtype == tl.bfloat16:
@@ -62,12 +62,12 @@ def _widen(x):
 
 
 @triton.jit
-def _as(x, DTYPE: tl.constexpr):
+def store_as(x, DTYPE: tl.constexpr):
     """``x`` converted for a store into a ``DTYPE`` buffer: the one conversion every kernel's
     store of a computed value goes through. float16/bfloat16 results come from float32 (a
     float64 is rounded to float32 first, as PyTorch does) rounded once to nearest even; a
     16-bit value widens to float32 before any other conversion (docs/low_precision.md)."""
-    x = _widen(x)
+    x = widen(x)
     if DTYPE == tl.bfloat16:
         y = _bf16_rne(x.to(tl.float32))
     elif DTYPE == tl.float16:
@@ -214,7 +214,7 @@ def _binary(a, b, OP: tl.constexpr, IS_FLOAT: tl.constexpr):
 
 
 @triton.jit
-def _strided_offset(offs, meta_ptr, ROW: tl.constexpr, RANK: tl.constexpr):
+def strided_offset(offs, meta_ptr, ROW: tl.constexpr, RANK: tl.constexpr):
     """Offset of flat output index ``offs`` in the view whose strides are meta row ``ROW``."""
     rem = offs
     res = offs.to(tl.int64) * 0
@@ -231,7 +231,7 @@ def _strided_offset(offs, meta_ptr, ROW: tl.constexpr, RANK: tl.constexpr):
 def _load_input(x_ptr, x_off, offs, mask, meta_ptr, ROW: tl.constexpr, RANK: tl.constexpr,
                 STRIDED: tl.constexpr):
     if STRIDED:
-        x = tl.load(x_ptr + x_off + _strided_offset(offs, meta_ptr, ROW, RANK), mask=mask)
+        x = tl.load(x_ptr + x_off + strided_offset(offs, meta_ptr, ROW, RANK), mask=mask)
     else:
         x = tl.load(x_ptr + offs, mask=mask)
     return x
@@ -258,19 +258,19 @@ def elementwise_kernel(out_ptr, a_ptr, b_ptr, c_ptr, meta_ptr, n, out_off, a_off
         c = _load_input(c_ptr, c_off, offs, mask, meta_ptr, 4, RANK, C_S)
         y = tl.where(a != 0, b, c)
     if TO_BOOL:
-        y = _widen(y) != 0
+        y = widen(y) != 0
     if OUT_S:
-        dst = out_ptr + out_off + _strided_offset(offs, meta_ptr, 1, RANK)
+        dst = out_ptr + out_off + strided_offset(offs, meta_ptr, 1, RANK)
     else:
         dst = out_ptr + offs
-    tl.store(dst, _as(y, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst, store_as(y, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def fill_kernel(out_ptr, n, value, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     x = tl.zeros((BLOCK,), dtype=tl.float64) + value
-    tl.store(out_ptr + offs, _as(x, out_ptr.dtype.element_ty), mask=offs < n)
+    tl.store(out_ptr + offs, store_as(x, out_ptr.dtype.element_ty), mask=offs < n)
 
 
 @triton.jit
@@ -278,7 +278,7 @@ def iota_kernel(out_ptr, n, inner, size, BLOCK: tl.constexpr):
     """out[i] = index of flat position i along an axis of length ``size`` and stride ``inner``."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     idx = (offs // inner) % size
-    tl.store(out_ptr + offs, _as(idx, out_ptr.dtype.element_ty), mask=offs < n)
+    tl.store(out_ptr + offs, store_as(idx, out_ptr.dtype.element_ty), mask=offs < n)
 
 
 @triton.jit
@@ -307,7 +307,7 @@ def pad_kernel(out_ptr, in_ptr, meta_ptr, n, value, RANK: tl.constexpr, MODE: tl
             inside = inside & (j >= 0) & (j < size)
         src += j * tl.load(meta_ptr + 3 * RANK + d)
     x = tl.load(in_ptr + src, mask=inside, other=value)
-    tl.store(out_ptr + offs, _as(x, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, store_as(x, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

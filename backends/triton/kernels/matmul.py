@@ -15,7 +15,7 @@ import triton.language as tl
 from irgraph.types import LOW_DTYPES
 
 from ..runtime import View, cdiv, empty, interpreting, numel
-from .elementwise import _as, _widen, copy_view
+from .elementwise import store_as, widen, copy_view
 
 
 # Triton's interpreter runs kernels as Python (decided, as Triton decides, on import)
@@ -31,8 +31,8 @@ def dot_acc(a, b, acc, PRECISION: tl.constexpr):
     with a float32 accumulator; under the interpreter, whose 16-bit dot is wrong, they are
     widened first (exact, so the float32-accumulated result is the same)."""
     if INTERPRETED:
-        a = _widen(a)
-        b = _widen(b)
+        a = widen(a)
+        b = widen(b)
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
@@ -99,7 +99,7 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
                                      ACC, USE_DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
                                      GROUP_M)
     c = c_ptr + batch * M * N + rm[:, None].to(tl.int64) * N + rn[None, :]
-    tl.store(c, _as(acc, c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    tl.store(c, store_as(acc, c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
 def _collapse_batch(view: View, nb: int) -> tuple[View, int] | None:
