@@ -239,7 +239,7 @@ def _low_precision(dt: str) -> None:
 
 def _attention() -> None:
     """The flash attention kernel: plain, causal, bool and additive masks, head dims 16 to
-    128 (each head-dim block is its own specialization)."""
+    128 (each head-dim block is its own specialization), IEEE and TF32 products."""
     from irgraph.passes.layer_regions import fuse_attention
     for e, mask in ((16, None), (32, "causal"), (64, "bool"), (128, "add")):
         g = Graph(f"attention_{e}")
@@ -258,9 +258,10 @@ def _attention() -> None:
         g.set_outputs([g.op("matmul", g.op("softmax", scores, axis=3), v)])
         a = [RNG.standard_normal(x.shape).astype(np.float32) if x.type.dtype != "bool"
              else np.ones(x.shape, bool) for x in g.inputs]
-        exe = backends.compile(fuse_attention(g), "triton")
-        assert "flash attention" in exe.source()
-        exe(*a)
+        for tf32 in (False, True):          # IEEE and TF32 tiles
+            exe = backends.compile(fuse_attention(g), "triton", allow_tf32=tf32)
+            assert "flash attention" in exe.source()
+            exe(*a)
 
 
 CALLS = {**{f"golden {n}": (lambda n=n: _golden(n)) for n in NAMES},
