@@ -303,6 +303,10 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
         return
     if M == 0 or N == 0:
         return
+    from . import gemv          # (gemv builds on this module's tiling)
+    if gemv.applies(dtype, M, N, K, b_strides, ctx.features):
+        gemv.emit(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc, M, N, K)
+        return
     strips = -(-N // t.nr)
     if strips >= ctx.max_threads or M <= t.mr:
         lo, hi = ctx.split(strips)

@@ -1,0 +1,101 @@
+"""Products with a few rows of A and a row-major B: C[i, :] = sum_k A[i, k] * B[k, :] with B
+streamed once (a classifier's last layer at batch 1, a recurrence's step).
+
+The packed GEMM's register tile is MR rows tall: with one row of A it would run MR - 1 rows
+of multiply-adds on a repeated row, and pack B (read it, write it, read it again) when N is
+not a whole number of strips. Here B's rows are read in place, NV vectors of columns at a
+time: M x NV accumulators, per k one broadcast of A[i, k] per row and NV loads of B. The
+columns past the last whole block run one vector at a time, the last N mod vw one by one.
+Threads split the column blocks.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .builder import STORAGE, for_range, i64
+from .gemm import tiling
+
+MAX_ROWS = 4        # rows of A (and of C) this form takes
+NV = 4              # vectors of columns per block: MAX_ROWS * NV accumulators
+
+
+def applies(dtype: str, M: int, N: int, K: int, b_strides, features: str) -> bool:
+    """A float product of at most MAX_ROWS rows whose B has unit column stride and at least
+    one vector of columns."""
+    return (dtype in ("float32", "float64") and 0 < M <= MAX_ROWS and K > 0
+            and b_strides[1] == 1 and N >= tiling(dtype, features).vw)
+
+
+def emit(ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int,
+         N: int, K: int) -> None:
+    """This thread's share of C = A @ B (``applies`` holds)."""
+    b = ctx.b
+    vw = tiling(dtype, ctx.features).vw
+    block = NV * vw
+    blocks = -(-N // block)
+    full = N // block
+    lo, hi = ctx.split(blocks)
+    top = b.select(b.icmp_signed("<", hi, i64(full)), hi, i64(full))
+    with for_range(b, lo, top, "gvb") as blk:
+        _tile(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides[0], c_ptr, ldc, M, K,
+              b.mul(blk, i64(block)), NV)
+    if full < blocks:           # the thread holding the last, partial block
+        with b.if_then(b.icmp_signed(">", hi, i64(full))):
+            for v in range((N - full * block) // vw):
+                _tile(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides[0], c_ptr, ldc, M, K,
+                      i64(full * block + v * vw), 1)
+            for j in range(N - N % vw, N):
+                _column(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides[0], c_ptr, ldc, M, K,
+                        j)
+
+
+def _tile(ctx, dtype, a_ptr, a_str, b_ptr, rsb: int, c_ptr, ldc: int, M: int, K: int, j0,
+          nv: int) -> None:
+    """C[0:M, j0 : j0 + nv * vw] from M x nv vector accumulators over k."""
+    b = ctx.b
+    elem = STORAGE[dtype]
+    vw = tiling(dtype, ctx.features).vw
+    vec = ir.VectorType(elem, vw)
+    vp = ir.PointerType(vec)
+    align = 4 if dtype == "float32" else 8
+    name = f"llvm.fma.v{vw}{'f32' if dtype == 'float32' else 'f64'}"
+    fma = ctx.module.globals.get(name) or ir.Function(
+        ctx.module, ir.FunctionType(vec, [vec] * 3), name)
+    accs = [[ctx.alloca(vec, f"gv{i}_{v}") for v in range(nv)] for i in range(M)]
+    zero = ir.Constant(vec, [0.0] * vw)
+    for row in accs:
+        for a in row:
+            b.store(zero, a)
+    undef = ir.Constant(vec, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
+    with for_range(b, 0, K, "gvk") as k:
+        brow = b.gep(b_ptr, [b.add(b.mul(k, i64(rsb)), j0)])
+        bv = [b.load(b.bitcast(b.gep(brow, [i64(v * vw)]), vp), align=align)
+              for v in range(nv)]
+        for i in range(M):
+            a = b.load(b.gep(a_ptr, [b.add(i64(i * a_str[0]), b.mul(k, i64(a_str[1])))]))
+            av = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
+                                  undef, splat)
+            for v in range(nv):
+                b.store(b.call(fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
+    for i in range(M):
+        crow = b.gep(c_ptr, [b.add(i64(i * ldc), j0)])
+        for v in range(nv):
+            b.store(b.load(accs[i][v]), b.bitcast(b.gep(crow, [i64(v * vw)]), vp), align=align)
+
+
+def _column(ctx, dtype, a_ptr, a_str, b_ptr, rsb: int, c_ptr, ldc: int, M: int, K: int,
+            j: int) -> None:
+    """C[0:M, j] one multiply-add at a time (fewer than a vector of columns are left)."""
+    b = ctx.b
+    elem = STORAGE[dtype]
+    accs = [ctx.alloca(elem, f"gc{i}") for i in range(M)]
+    for a in accs:
+        b.store(ir.Constant(elem, 0.0), a)
+    with for_range(b, 0, K, "gck") as k:
+        bk = b.load(b.gep(b_ptr, [b.add(b.mul(k, i64(rsb)), i64(j))]))
+        for i in range(M):
+            a = b.load(b.gep(a_ptr, [b.add(i64(i * a_str[0]), b.mul(k, i64(a_str[1])))]))
+            b.store(b.fadd(b.load(accs[i]), b.fmul(a, bk)), accs[i])
+    for i in range(M):
+        b.store(b.load(accs[i]), b.gep(c_ptr, [i64(i * ldc + j)]))
