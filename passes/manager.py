@@ -178,13 +178,15 @@ class PassManager:
         self.records = []
         if self.verify:
             verify(graph)
-        g = graph
+        g, text = graph, None
         for i, p in enumerate(self.passes):
-            g = self._run_one(p, i, g)
+            g, text = self._run_one(p, i, g, text)
         return g
 
-    def _run_one(self, p: Pass, i: int, g: Graph) -> Graph:
-        before = str(g) if self.verify else ""
+    def _run_one(self, p: Pass, i: int, g: Graph, text: str | None) -> tuple[Graph, str | None]:
+        """(the pass's result, its text when already known: the input's, when the pass
+        returned its input unchanged)."""
+        before = (str(g) if text is None else text) if self.verify else ""
         t0 = time.perf_counter()
         try:
             out = p.fn(g)
@@ -193,8 +195,10 @@ class PassManager:
         seconds = time.perf_counter() - t0
         if not isinstance(out, Graph):
             raise PassError(f"{self._where(i)} returned {type(out).__name__}, not a Graph")
+        after = None
         if self.verify:
-            if str(g) != before:
+            after = str(g)
+            if after != before:
                 raise PassError(f"{self._where(i)} mutated its input graph; a pass must build "
                                 f"a new graph (use irgraph.GraphRewriter)")
             if out is not g:        # a pass returning its input leaves it as verified
@@ -209,7 +213,7 @@ class PassManager:
             print(f"// ----- IR after pass {p.name} ({i + 1}/{len(self.passes)}) -----",
                   file=stream)
             print(out, file=stream)
-        return out
+        return out, (after if out is g else None)
 
     def _where(self, i: int) -> str:
         ran = ", ".join(self.names[:i]) or "none"

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from irgraph import Graph, IRError, TensorType, Value, verify
+from irgraph import Graph, IRError, TensorType, Value
 
 from .unroll import bptt as bptt_value_and_grad
 
@@ -219,7 +219,7 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     g.set_outputs([loss] + [v for v, _ in new_outputs] + aux_outs)
     args = g.arguments
     g.donations = {i + 1: args.index(dst) for i, (_, dst) in enumerate(new_outputs)}
-    verify(g)
+    # verified once, by the PassManager of whoever compiles it (frontend/driver.py)
     return TrainStep(g, [v.name for v in batch], list(spec.hyperparameters),
                      [p for p in params if p not in amp], list(trainable),
                      {pn: {s: v.name for s, v in slots.items()} for pn, slots in state.items()},
