@@ -1,8 +1,9 @@
 """bfloat16 vs float32 on the LLVM backend, beside torch's bfloat16 CPU path: a 1024^3 GEMM
+(and matmul_f32: bfloat16 operands, float32 result), 2-D convolutions (3x3, strided, 1x1)
 and a LeNet-style training step (autocast="bf16"). Prints the machine and the detected
 features (avx512bf16: the vdpbf16ps instruction; f16c: half conversions).
 
-    python bench/bench_low_precision.py [--n 1024] [--reps 5]
+    python bench/bench_low_precision.py [--n 1024] [--reps 5] [--skip-lenet]
 """
 from __future__ import annotations
 
@@ -45,11 +46,57 @@ def gemm(n, reps):
         a, b = a32.astype(dt), b32.astype(dt)
         how = " vdpbf16ps" if kept else (" widened" if dt == "bfloat16" else "")
         rows.append((f"llvm {dt}{how}", best(lambda: exe(a, b), reps)))
+    g = Graph("gemm_f32")
+    x, y = g.add_input("a", TensorType((n, n), "bfloat16")), g.add_input(
+        "b", TensorType((n, n), "bfloat16"))
+    g.set_outputs([g.op("matmul_f32", x, y)])
+    exe_f32 = backends.compile(g, "llvm")
+    how = " vdpbf16ps" if gemm_bf16.native(g.nodes[0]) else " widened"
+    a, b = a32.astype("bfloat16"), b32.astype("bfloat16")
+    rows.append((f"llvm bf16->f32{how}", best(lambda: exe_f32(a, b), reps)))
     for dt in (torch.float32, torch.bfloat16):
         ta, tb = torch.from_numpy(a32).to(dt), torch.from_numpy(b32).to(dt)
         rows.append((f"torch {dt}", best(lambda: ta @ tb, reps)))
     for name, t in rows:
         print(f"  GEMM {n}^3 {name:24s} {t * 1e3:8.2f} ms  {2 * n ** 3 / t / 1e9:7.1f} GFLOP/s")
+
+
+# (batch, in channels, out channels, size, kernel, stride, padding)
+CONVS = [(8, 64, 64, 28, 3, 1, 1), (8, 64, 128, 28, 3, 2, 1), (8, 128, 128, 14, 1, 1, 0)]
+
+
+def conv(reps):
+    """Each convolution on LLVM in float32, in bfloat16 (vdpbf16ps, and widened), and in
+    torch float32 and bfloat16 (its CPU bf16 convolution), side by side."""
+    rng = np.random.default_rng(3)
+    for n, c, o, hw, k, s, p in CONVS:
+        x32 = rng.standard_normal((n, c, hw, hw), np.float32)
+        w32 = rng.standard_normal((o, c, k, k), np.float32) / np.sqrt(c * k * k)
+        rows = []
+        for dt, native in (("float32", True), ("bfloat16", True), ("bfloat16", False)):
+            g = Graph("conv")
+            x = g.add_input("x", TensorType(x32.shape, dt))
+            w = g.add_input("w", TensorType(w32.shape, dt))
+            g.set_outputs([g.op("conv", x, w, stride=(s, s), padding=(p,) * 4,
+                                dilation=(1, 1))])
+            gemm_bf16.ENABLED = native
+            try:
+                exe = backends.compile(g, "llvm")
+                kept = gemm_bf16.native(g.nodes[0])
+            finally:
+                gemm_bf16.ENABLED = True
+            xa, wa = x32.astype(dt), w32.astype(dt)
+            how = " vdpbf16ps" if kept else (" widened" if dt == "bfloat16" else "")
+            rows.append((f"llvm {dt}{how}", best(lambda: exe(xa, wa), reps)))
+        for dt in (torch.float32, torch.bfloat16):
+            tx, tw = torch.from_numpy(x32).to(dt), torch.from_numpy(w32).to(dt)
+            rows.append((f"torch {dt}", best(
+                lambda: torch.nn.functional.conv2d(tx, tw, stride=s, padding=p), reps)))
+        out = (hw + 2 * p - k) // s + 1
+        flops = 2 * n * o * out * out * c * k * k
+        for name, t in rows:
+            print(f"  conv {n}x{c}x{hw}^2 -> {o} k{k} s{s} {name:24s} {t * 1e3:8.2f} ms  "
+                  f"{flops / t / 1e9:7.1f} GFLOP/s")
 
 
 def lenet_step(reps, batch=64):
@@ -89,13 +136,16 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--skip-lenet", action="store_true")
     a = p.parse_args()
     _, cpu, features = jit.host()
     have = {f: f"+{f}" in features.split(",") for f in ("avx512bf16", "avx512f", "f16c", "avx2")}
     print(describe(f"torch {torch.__version__}", f"llvm cpu {cpu}"))
     print("  detected:", ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in have.items()))
     gemm(a.n, a.reps)
-    lenet_step(a.reps)
+    conv(a.reps)
+    if not a.skip_lenet:
+        lenet_step(a.reps)
 
 
 if __name__ == "__main__":

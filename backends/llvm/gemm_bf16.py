@@ -69,6 +69,7 @@ def _strip_bytes(k: int) -> int:
     return -(-k // 2) * NR * 4
 
 
+
 # ---------------------------------------------------------------- the kernel
 def gemm_function(module: ir.Module, a_rows: bool, out_f32: bool = False) -> ir.Function:
     """``irgraph_gemm_bf16_<r|s>[_f32](A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch)``:
@@ -126,7 +127,40 @@ class _Kernel:
         b.ret_void()
 
     def pack(self, dst, src, rsb, csb, nr, K, npairs) -> None:
-        """dst[p] = 32 words B[2p][n] | B[2p+1][n] << 16 (zero past K and past ``nr``)."""
+        """dst[p] = 32 words B[2p][n] | B[2p+1][n] << 16 (zero past K and past ``nr``).
+        A whole strip of unit-stride rows (csb == 1: a row-major B, im2col columns) moves
+        as vectors: two rows of 32 halves loaded, interleaved, stored as 32 words."""
+        b = self.b
+        whole = b.and_(b.icmp_signed("==", csb, i64(1)), b.icmp_signed("==", nr, i64(NR)))
+        with b.if_else(whole) as (vector, scalar):
+            with vector:
+                self.pack_rows(dst, src, rsb, K)
+            with scalar:
+                self.pack_any(dst, src, rsb, csb, nr, K, npairs)
+
+    def pack_rows(self, dst, src, rsb, K) -> None:
+        b = self.b
+        row = ir.VectorType(I16, NR)
+        pairs = b.sdiv(K, i64(2))
+        interleave = [i // 2 + (NR if i % 2 else 0) for i in range(2 * NR)]
+
+        def put(p, lo, hi):
+            both = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, 2 * NR),
+                                                        interleave))
+            b.store(b.bitcast(both, ir.VectorType(I32, NR)),
+                    b.bitcast(b.gep(dst, [b.mul(p, i64(2))]), ir.PointerType(
+                        ir.VectorType(I32, NR))), align=4)
+
+        def load(k):
+            return b.load(b.bitcast(b.gep(src, [b.mul(k, rsb)]), ir.PointerType(row)),
+                          align=2)
+        with for_range(b, 0, pairs, "vp") as p:
+            k0 = b.mul(p, i64(2))
+            put(p, load(k0), load(b.add(k0, i64(1))))
+        with b.if_then(b.icmp_signed("<", b.mul(pairs, i64(2)), K)):
+            put(pairs, load(b.mul(pairs, i64(2))), ir.Constant(row, [0] * NR))
+
+    def pack_any(self, dst, src, rsb, csb, nr, K, npairs) -> None:
         b = self.b
         words = b.bitcast(dst, ir.PointerType(I32))
         with for_range(b, 0, npairs, "pp") as p:
@@ -234,6 +268,7 @@ def lower_matmul(ctx, x, y, out, batch, sa, sb, M, K, N) -> None:
 
 def _call(ctx, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int, N: int,
           K: int) -> None:
+    """This thread's share of C = A @ B (C float32 or bfloat16, as ``c_ptr`` points)."""
     b = ctx.b
     (rsa, csa), (rsb, csb) = a_strides, b_strides
     fn = gemm_function(ctx.module, csa == 1, c_ptr.type.pointee == F32)
@@ -259,13 +294,24 @@ def _call(ctx, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int, N: i
 
 
 # ---------------------------------------------------------------- the convolution lowering
+def conv_cols_bytes(node) -> int:
+    """Bytes of one image-and-group's bfloat16 im2col columns (R x P) of a native bfloat16
+    convolution, 64-byte aligned."""
+    from irgraph.ops.conv_geometry import out_shape
+    x, w = node.inputs
+    a = node.attrs
+    P = prod(out_shape(x.shape[2:], w.shape[2:], a["stride"], a["padding"], a["dilation"]))
+    return -(-contraction(node) * P * 2 // 64) * 64
+
+
 def lower_conv(ctx, node, x, w, y) -> None:
     """A bfloat16 ``conv``/``conv_fft`` (``native``), per image and group: im2col into
     bfloat16 columns (R = C/groups * prod(kernel) rows, P output positions; none for a 1x1
     kernel at stride 1 without padding), then y_g (O/groups x P) = W_g (O/groups x R) @ cols
-    on the kernel above, float32 sums rounded once to bfloat16. Images are split across
-    threads, or each image's GEMM when the batch is smaller than the thread count."""
-    from .ops_conv import cols_bytes, conv_geo, is_pointwise, per_image, thread_cols
+    on the kernel above (its unit-stride rows packed as vectors), float32 sums rounded once
+    to bfloat16. Images are split across threads, or each image's GEMM when the batch is
+    smaller than the thread count."""
+    from .ops_conv import conv_geo, is_pointwise, per_image
     b = ctx.b
     G = node.attrs["groups"]
     geo = conv_geo(x.shape, w.shape[2:], node.attrs)
@@ -274,13 +320,14 @@ def lower_conv(ctx, node, x, w, y) -> None:
     R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
     if N == 0 or og == 0 or P == 0:
         return
-    colbytes = cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs, 2, G)
+    colbytes = conv_cols_bytes(node)
     pointwise = is_pointwise(geo)
     fn = gemm_function(ctx.module, True)
 
     def image(n, split_gemm: bool):
-        cols = (thread_cols(ctx, colbytes, I16) if not split_gemm
-                else b.bitcast(ctx.node_scratch, ir.PointerType(I16)))
+        mine = ctx.node_scratch if split_gemm else b.gep(ctx.node_scratch,
+                                                          [b.mul(ctx.tid, i64(colbytes))])
+        cols = b.bitcast(mine, ir.PointerType(I16))
         with for_range(b, 0, G, "grp") as g:
             xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
             if pointwise:

@@ -205,6 +205,8 @@ def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
 
 def _conv_scratch(node, threads, features):
     x, w = node.inputs
+    if gemm_bf16.native(node):      # the bfloat16 im2col columns of gemm_bf16.lower_conv
+        return threads * gemm_bf16.conv_cols_bytes(node)
     dot = _dot_forward(node, features)
     if dot is not None:
         return scratch_bytes(x.dtype, dot.scratch_parts())
