@@ -19,10 +19,11 @@ their own line), then again (cached), then once more after its graph was traced 
 renamed copy (the same code: a cache hit). Phases: ``trace`` (Python tracing),
 ``autodiff`` (the training-step graph: BPTT, gradients, optimizer), ``passes`` (one
 PassManager: the pipeline and the passes the backend declares), then the LLVM backend's own
-(``backends.llvm.jit.phase_times``): ``ir_build``; ``llvm_opt`` and ``codegen`` of modules
-compiled on one thread; ``llvm``, the wall time of modules compiled on several threads at
-once (optimization and machine code together, with the cache writes overlapping them);
-``cache``; ``load``. ``cpu`` is the process's CPU time of the cold compile (all threads):
+(``backends.llvm.jit.phase_times``): ``ir_build`` (the compile threads start on each
+kernel as soon as it is built); ``llvm_opt`` and ``codegen`` of modules compiled on one
+thread; ``llvm``, with several compile threads, the wait for their modules after the IR
+was built (optimization and machine code together); ``cache`` (one batch of writes per
+compile); ``load``. ``cpu`` is the process's CPU time of the cold compile (all threads):
 on a shared machine, less noisy than the wall time. A script,
 not a test: nothing here asserts a time; the machine may be shared (best of ``--repeats``).
 """

@@ -339,3 +339,63 @@ def test_size_generic_kernels_compute_what_the_reference_computes(cache_root, th
     for a, b in zip(got, want):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- compiles beside the build
+def _spy_stream(monkeypatch) -> list:
+    """Events of the next compiles: ("kernel", handed to compile threads?) per kernel of its
+    own module, as the IR builder hands it over, and "built" when the IR build returns."""
+    import irgraph.backends.llvm.module as module
+    events: list = []
+    real_build, real_add = module.build_module, jit._KernelStream.add
+
+    def build(*a, **k):
+        prog = real_build(*a, **k)
+        events.append("built")
+        return prog
+
+    def add(self, k):
+        n = len(self.jobs)
+        real_add(self, k)
+        if len(self.jobs) > n:
+            events.append(("kernel", self.jobs[-1][1] is not None))
+    monkeypatch.setattr(module, "build_module", build)
+    monkeypatch.setattr(jit._KernelStream, "add", add)
+    return events
+
+
+def test_kernels_go_to_the_compile_threads_while_the_ir_is_built(cache_root, monkeypatch):
+    g = shape_variants()
+    events = _spy_stream(monkeypatch)
+    monkeypatch.setattr(jit, "COMPILE_THREADS", 2)
+    threaded = backends.compile(g, "llvm", threads=2, cache=False)
+    kernels = events[:events.index("built")]
+    assert len(kernels) >= 5 and all(e == ("kernel", True) for e in kernels), events
+    events.clear()
+    monkeypatch.setattr(jit, "COMPILE_THREADS", 1)            # compiled after the build
+    serial = backends.compile(g, "llvm", threads=2, cache=False)
+    assert events[:-1] == [("kernel", False)] * len(kernels) and events[-1] == "built"
+    args = variant_args(g, 5)
+    want = backends.compile(g, "reference")(*[a.copy() for a in args])
+    for a, b, c in zip(threaded(*[a.copy() for a in args]), serial(*[a.copy() for a in args]),
+                       want):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=2e-6, atol=1e-6)
+
+
+def test_a_failed_build_stops_its_compile_threads(cache_root, monkeypatch):
+    import threading
+    import irgraph.backends.llvm.module as module
+    real = module._emit_kernel
+    built = []
+
+    def emit(*a, **k):
+        if len(built) == 3:
+            raise RuntimeError("lowering failed on purpose")
+        built.append(real(*a, **k))
+        return built[-1]
+    monkeypatch.setattr(module, "_emit_kernel", emit)
+    monkeypatch.setattr(jit, "COMPILE_THREADS", 2)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        backends.compile(shape_variants(), "llvm", threads=2, cache=False)
+    assert not [t for t in threading.enumerate() if t.name.startswith("irgraph-llvm")]

@@ -4,7 +4,8 @@ A graph compiles to an entry function and kernels (module.py: one per distinct n
 The kernels that carry the work (GEMM, convolutions, recurrences, loops over many elements)
 are modules of their own at the requested level (-O3: loop and SLP vectorization); the
 small ones are compiled at the cheap level (``optimize``: level 0) in one module with the
-entry. The modules are compiled by several threads at once (``compile_texts``) to object
+entry. The modules are compiled by several threads at once (``_KernelStream``: each kernel
+as soon as it is built, beside the Python that builds the rest) to object
 code for the host (its triple, CPU and features), then loaded together into an MCJIT
 engine, the entry last.
 
@@ -291,10 +292,11 @@ def stats() -> dict[str, int]:
 
 def phase_times() -> dict[str, float]:
     """Seconds spent per compile phase since the last ``reset_stats``: ``ir_build`` (IR from
-    the graph), ``llvm_opt`` (parse, verify, optimization passes) and ``codegen`` (machine
-    code) of modules compiled in this thread, ``llvm`` (the wall time of modules compiled
-    by several threads at once: both phases),
-    ``cache`` (disk reads and writes), ``load`` (linking into an engine)."""
+    the graph; with several compile threads, their work starts during it), ``llvm_opt``
+    (parse, verify, optimization passes) and ``codegen`` (machine code) of modules compiled
+    in this thread, ``llvm`` (with several compile threads: the wait for their modules
+    after the IR was built), ``cache`` (disk reads and writes), ``load`` (linking into an
+    engine)."""
     return dict(_PHASES)
 
 
@@ -332,36 +334,6 @@ def compile_text(text: str, opt: int) -> bytes:
 
 
 COMPILE_THREADS: int | None = None    # threads compiling modules at once (None: CPU count)
-
-
-def compile_texts(jobs: list[tuple[str, int]], done=None,
-                  threads: int | None = None) -> list[bytes]:
-    """Object code of each (IR text, level), compiled by up to ``threads`` threads at once
-    (default: ``COMPILE_THREADS``, else the CPU count), the largest first; ``done(i, obj)`` is called in this thread
-    as each one is ready (storing it in the cache overlaps the others' compiles). Each
-    module lives in its thread's own LLVM context and is optimized and emitted with that
-    thread's own target machine, so the two calls that do the work run without llvmlite's
-    process-wide lock (``_unlocked``), in parallel (ctypes releases the GIL)."""
-    n = max(1, min(threads or COMPILE_THREADS or os.cpu_count() or 1, len(jobs)))
-    out: list[bytes] = [b""] * len(jobs)
-    if n == 1:
-        for i, (text, opt) in enumerate(jobs):
-            out[i] = compile_text(text, opt)
-            if done is not None:
-                done(i, out[i])
-        return out
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(n, thread_name_prefix="irgraph-llvm") as pool:
-        futures = {pool.submit(_compile_isolated, *jobs[i]): i for i in order}
-        for f in as_completed(futures):
-            i = futures[f]
-            out[i] = f.result()
-            if done is not None:
-                done(i, out[i])
-    _PHASES["llvm"] = _PHASES.get("llvm", 0.0) + time.perf_counter() - t0
-    return out
 
 
 def _unlocked(name: str):
@@ -426,32 +398,68 @@ def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: b
             _STATS["kernels_loaded"] += len(kernels)
             return obj, kernels, key, True
     _STATS["graph_misses"] += 1
-    with phase("ir_build"):
-        prog = build_module(graph, plan, features, threads, host()[0], opt)
-    _STATS["kernels_shared"] += prog.calls - len(prog.memo)
-    objs, todo = [], []
-    heavy = [k for k in prog.kernels.values() if k.opt > 0]     # the others: in the entry
-    found = {}
-    if use_cache:
-        with phase("cache"):
-            found = _CACHE.load_many(kernel_key(k.symbol) for k in heavy)
-    for k in heavy:
-        kobj = found.get(kernel_key(k.symbol))
-        if kobj is None:
-            todo.append(k)
-        else:
-            _STATS["kernels_loaded"] += 1
-            objs.append(kobj)
-    made = compile_texts([(k.text, k.opt) for k in todo] +
-                         [(prog.entry_text(inline=True), min(opt, ENTRY_OPT))])
-    _STATS["kernels_compiled"] += len(todo) + len(prog.kernels) - len(heavy)
-    obj = made.pop()
-    objs += made
+    stream = _KernelStream(use_cache)
+    try:
+        with phase("ir_build"):
+            prog = build_module(graph, plan, features, threads, host()[0], opt,
+                                on_kernel=stream.add)
+        _STATS["kernels_shared"] += prog.calls - len(prog.memo)
+        obj, objs, made = stream.finish(prog.entry_text(inline=True), min(opt, ENTRY_OPT))
+    finally:
+        stream.close()
+    _STATS["kernels_compiled"] += len(made) + sum(k.opt == 0 for k in prog.kernels.values())
     if use_cache:           # one batch: one flush to the disk for the whole compile
         with phase("cache"):
-            _CACHE.store_many([(kernel_key(k.symbol), kobj) for k, kobj in zip(todo, made)]
+            _CACHE.store_many([(kernel_key(k.symbol), kobj) for k, kobj in made]
                               + [(key, obj)])
     return obj, objs, key, False
+
+
+class _KernelStream:
+    """The kernels of one build, compiled while the IR builder goes on: each kernel of its
+    own module (level > 0; the others are compiled within the entry's) is looked up in the
+    disk cache as soon as it is built, and if absent handed to a pool of ``COMPILE_THREADS``
+    threads (default: the CPU count) right away (``_compile_isolated``), so that LLVM runs
+    beside the Python that builds the rest. One thread: compiled here, in ``finish``."""
+
+    def __init__(self, use_cache: bool):
+        self.use_cache = use_cache
+        n = max(1, COMPILE_THREADS or os.cpu_count() or 1)
+        self.pool = None
+        if n > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self.pool = ThreadPoolExecutor(n, thread_name_prefix="irgraph-llvm")
+        self.loaded: list[bytes] = []
+        self.jobs: list = []            # (kernel, future or None)
+
+    def add(self, k) -> None:
+        if k.opt == 0:
+            return
+        if self.use_cache:
+            with phase("cache"):
+                kobj = cache_load(kernel_key(k.symbol))
+            if kobj is not None:
+                _STATS["kernels_loaded"] += 1
+                self.loaded.append(kobj)
+                return
+        fut = self.pool.submit(_compile_isolated, k.text, k.opt) if self.pool else None
+        self.jobs.append((k, fut))
+
+    def finish(self, entry_text: str, entry_opt: int):
+        """(entry object, every kernel object, [(kernel, object) compiled here])."""
+        if self.pool is None:
+            made = [(k, compile_text(k.text, k.opt)) for k, _ in self.jobs]
+            return compile_text(entry_text, entry_opt), self.loaded + [o for _, o in made], made
+        t0 = time.perf_counter()
+        entry = self.pool.submit(_compile_isolated, entry_text, entry_opt)
+        made = [(k, fut.result()) for k, fut in self.jobs]
+        obj = entry.result()
+        _PHASES["llvm"] = _PHASES.get("llvm", 0.0) + time.perf_counter() - t0
+        return obj, self.loaded + [o for _, o in made], made
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _cached_kernels(obj: bytes) -> list[bytes] | None:

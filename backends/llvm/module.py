@@ -145,10 +145,13 @@ _GEMM_OPS = {"matmul", "matmul_f32", "conv", "conv_fft", "conv_input_grad", "con
 
 
 def build_module(graph: Graph, p: Plan, features: str, max_threads: int,
-                 triple: str = "", opt: int = 3) -> "Program":
+                 triple: str = "", opt: int = 3, on_kernel=None) -> "Program":
     """The entry function in a module of its own, and every kernel it calls (one per
-    distinct node code, see ``_node_function``) in modules of their own."""
+    distinct node code, see ``_node_function``) in modules of their own; ``on_kernel(k)``
+    is called with each new ``Kernel`` as soon as it is built (its compile can start while
+    the rest of the IR is being built)."""
     prog = Program(triple, opt)
+    prog.on_kernel = on_kernel
     module = ir.Module(name="irgraph_entry")
     module.triple = triple
     prog.entry = module
@@ -192,6 +195,7 @@ class Program:
         self.kernels: dict[str, Kernel] = {}
         self.memo: dict[str, str] = {}        # node signature -> kernel symbol
         self.calls = 0                        # kernel calls emitted (nodes lowered)
+        self.on_kernel = None                 # called with each new Kernel
 
     def entry_text(self, inline: bool = False) -> str:
         """The entry module's text; with ``inline``, with every kernel of the cheap level
@@ -623,6 +627,8 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     if symbol not in prog.kernels:
         prog.kernels[symbol] = Kernel(symbol, text.replace(f'@"{KERNEL_PLACEHOLDER}"',
                                                            f'@"{symbol}"'), level, node.op)
+        if prog.on_kernel is not None:
+            prog.on_kernel(prog.kernels[symbol])
     return symbol
 
 
