@@ -23,7 +23,7 @@ from irgraph.ops.conv_geometry import out_shape
 
 from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
 from . import gemm_bf16
-from . import conv_dot
+from . import conv_depthwise, conv_dot
 from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_input_grad,
                           scratch_bytes, usable)
 from .gemm import call_gemm, gemm_function
@@ -205,6 +205,8 @@ def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
 
 def _conv_scratch(node, threads, features):
     x, w = node.inputs
+    if conv_depthwise.applies(x.shape, w.shape, node.attrs["groups"], x.dtype):
+        return 0
     if gemm_bf16.native(node):      # the bfloat16 im2col columns of gemm_bf16.lower_conv
         return threads * gemm_bf16.conv_cols_bytes(node)
     dot = _dot_forward(node, features)
@@ -292,6 +294,10 @@ def _conv(ctx, node, ins, outs):
     if x.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
         return gemm_bf16.lower_conv(ctx, node, x, w, y)
     G = node.attrs["groups"]
+    if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
+        a = node.attrs
+        conv_depthwise.lower(ctx, x, w, y, a["stride"], a["padding"], a["dilation"])
+        return
     dot = _dot_forward(node, ctx.features)
     if dot is not None:
         _conv_dot(ctx, dot, node, x, w, y)
@@ -355,6 +361,8 @@ def per_image(ctx, N: int, image) -> None:
 @scratch("conv_kernel_grad")
 def _kgrad_scratch(node, threads, features):
     x, gy = node.inputs
+    if gemm_bf16.native(node):
+        return threads * gemm_bf16.grad_scratch_bytes(node)
     a = node.attrs
     dc = _direct_kernel_grad(node, threads, features)
     if dc is not None:
@@ -379,6 +387,8 @@ def _conv_kernel_grad(ctx, node, ins, outs):
     """dW = sum over images of gy_g @ cols^T; a partial sum per thread, then reduced (at
     stride 1: dot products of gy with shifted rows of the padded input, no im2col)."""
     (x, gy), (dw,) = ins, outs
+    if x.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
+        return gemm_bf16.lower_conv_kernel_grad(ctx, node, x, gy, dw)
     a = node.attrs
     G = a["groups"]
     dc = _direct_kernel_grad(node, ctx.max_threads, ctx.features)
@@ -477,6 +487,8 @@ def _tt(shape, like: Buf):
 @scratch("conv_input_grad")
 def _igrad_scratch(node, threads, features):
     w, gy = node.inputs
+    if gemm_bf16.native(node):
+        return threads * gemm_bf16.grad_scratch_bytes(node)
     a = node.attrs
     scattered = _scattered_input_grad(node, threads, features)
     if scattered is not None:
@@ -525,6 +537,8 @@ def _conv_input_grad(ctx, node, ins, outs):
     """dx = col2im(W_g^T @ gy_g) per image and group (or, at stride 1, gy scattered on the
     forward grid, or the flipped direct convolution of gy)."""
     (w, gy), (dx,) = ins, outs
+    if w.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
+        return gemm_bf16.lower_conv_input_grad(ctx, node, w, gy, dx)
     a = node.attrs
     G = a["groups"]
     scattered = _scattered_input_grad(node, ctx.max_threads, ctx.features)

@@ -1,0 +1,58 @@
+"""Depthwise 2-D convolutions (one input channel per group) on the LLVM backend as
+multiply-adds into output rows (backends/llvm/conv_depthwise.py), against the reference
+backend: MobileNet's 3x3 at strides 1 and 2, a channel multiplier of 2, asymmetric padding,
+dilation, rectangular kernels, inputs too narrow for any window to lie inside along the last
+axis, float64, one and two threads; other group shapes keep the GEMM path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import irgraph.backends as backends
+from irgraph import Graph, TensorType
+from irgraph.backends.llvm import conv_depthwise
+
+
+def _graph(xs, ws, stride, padding, dilation, groups, dtype):
+    g = Graph("dw")
+    x = g.add_input("x", TensorType(xs, dtype))
+    w = g.add_input("w", TensorType(ws, dtype))
+    g.set_outputs(g.add_node("conv", [x, w], dict(stride=stride, padding=padding,
+                                                  dilation=dilation, groups=groups)))
+    return g
+
+
+# (x shape, w shape, stride, padding, dilation)
+CASES = [
+    ((2, 8, 9, 9), (8, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((1, 6, 16, 15), (6, 1, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),     # MobileNet's stride 2
+    ((3, 4, 7, 10), (8, 1, 3, 2), (2, 1), (0, 2, 1, 0), (1, 1)),      # multiplier 2
+    ((1, 5, 11, 12), (5, 1, 3, 3), (1, 2), (2, 2, 2, 1), (2, 2)),     # dilation
+    ((2, 3, 4, 2), (3, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),       # no interior column
+    ((1, 2, 5, 6), (2, 1, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1)),       # valid, 5x5
+]
+
+
+@pytest.mark.parametrize("dtype,threads", [("float32", 2), ("float64", 1)])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation", CASES)
+def test_depthwise_matches_reference(xs, ws, stride, padding, dilation, dtype, threads):
+    groups = xs[1]
+    assert conv_depthwise.applies(xs, ws, groups, dtype)
+    g = _graph(xs, ws, stride, padding, dilation, groups, dtype)
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    want = backends.compile(g, "reference")(x, w)[0]
+    got = backends.compile(g, "llvm", threads=threads, cache=False)(x, w)[0]
+    scale = backends.compile(g, "reference")(np.abs(x), np.abs(w))[0]
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    assert np.all(np.abs(got - want) <= tol * scale + tol), np.abs(got - want).max()
+
+
+def test_reach():
+    assert conv_depthwise.applies((1, 8, 5, 5), (8, 1, 3, 3), 8, "float32")
+    assert conv_depthwise.applies((1, 8, 5, 5), (16, 1, 3, 3), 8, "float64")
+    assert not conv_depthwise.applies((1, 8, 5, 5), (8, 2, 3, 3), 4, "float32")   # 2 in
+    assert not conv_depthwise.applies((1, 8, 5), (8, 1, 3), 8, "float32")         # 1-D
+    assert not conv_depthwise.applies((1, 1, 5, 5), (1, 1, 3, 3), 1, "float32")   # 1 group
+    assert not conv_depthwise.applies((1, 8, 5, 5), (8, 1, 3, 3), 8, "int32")
