@@ -22,9 +22,11 @@ Backends call ``layer_regions`` when they compile; the passes ``fuse_attention``
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from irgraph import Graph, GraphRewriter, Node, Value
+from irgraph.registry import ops_with
 
 from .manager import register_pass
 from .simplify import dce
@@ -175,8 +177,8 @@ class NormalizeSpec:
 
 
 def _trailing(node: Node) -> int | None:
-    """How many trailing axes a keepdims ``mean`` reduces, or None."""
-    if node.op != "mean" or not node.attrs.get("keepdims"):
+    """How many trailing axes a keepdims ``mean`` or ``sum`` reduces, or None."""
+    if node.op not in ("mean", "sum") or not node.attrs.get("keepdims"):
         return None
     r = node.inputs[0].type.rank
     axes = sorted(a % r for a in node.attrs["axis"]) if r else []
@@ -186,7 +188,7 @@ def _trailing(node: Node) -> int | None:
 
 def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | None:
     """The normalization whose first ``mean`` is ``m``, or None."""
-    k = _trailing(m)
+    k = _trailing(m) if m.op == "mean" else None
     x = m.inputs[0]
     if k is None or x.type.dtype not in FLOATS:
         return None
@@ -341,8 +343,8 @@ def fuse_norm(g: Graph) -> Graph:
 
 
 def layer_regions(g: Graph) -> Graph:
-    """Both patterns (what the native backends run when they compile)."""
-    return fuse_norm(fuse_attention(g))
+    """Every pattern (what the native backends run when they compile)."""
+    return fuse_norm_grad(fuse_norm(fuse_attention(g)))
 
 
 def attention_spec(body: Graph) -> AttentionSpec | None:
@@ -369,3 +371,156 @@ def normalize_spec(body: Graph) -> NormalizeSpec | None:
     if any(v not in roles for v in body.outputs):
         return None
     return spec
+
+
+# ---------------------------------------------------------------- row regions
+def row_class(shape: tuple[int, ...], full: tuple[int, ...], k: int) -> str | None:
+    """How a value of ``shape`` sits in a row region over ``full`` whose last ``k`` axes
+    are the rows' elements: ``full``, ``row`` (one per row, keepdims), ``trail`` (broadcast
+    over the rows: a weight), ``scalar``, or None."""
+    r = len(full)
+    if tuple(shape) == tuple(full):
+        return "full"
+    if tuple(shape) == tuple(full[:r - k]) + (1,) * k:
+        return "row"
+    if len(shape) > r:
+        return None
+    padded = (1,) * (r - len(shape)) + tuple(shape)
+    if all(d == 1 for d in padded):
+        return "scalar"
+    if all(d == 1 for d in padded[:r - k]) and \
+            all(d in (1, n) for d, n in zip(padded[r - k:], full[r - k:])):
+        return "trail"
+    return None
+
+
+_ROW_OPS = ops_with("elementwise") - ops_with("random") - ops_with("effect")
+
+
+def row_member(node: Node, full: tuple[int, ...], k: int) -> bool:
+    """Whether ``node`` computes per row of a region over ``full``: an elementwise op with a
+    full or row result (a row result reads no full value), a row's ``sum``/``mean`` (keepdims,
+    over the last ``k`` axes) of a full value, or a row broadcast to full."""
+    if len(node.outputs) != 1:
+        return False
+    out = row_class(node.outputs[0].shape, full, k)
+    ins = [row_class(v.shape, full, k) for v in node.inputs]
+    if node.op in ("sum", "mean"):
+        return out == "row" and ins == ["full"] and _trailing(node) == k
+    if node.op not in _ROW_OPS or out not in ("full", "row") or None in ins:
+        return False
+    if node.op == "broadcast_to":
+        return ins == ["row"] and out == "full"
+    return out == "full" or "full" not in ins
+
+
+def _reaches(g: Graph, members: set[int], users: dict[Value, list[Node]]) -> bool:
+    """Whether a path leaves the node set ``members`` and comes back (ids of nodes)."""
+    stack = [u for n in g.nodes if id(n) in members for v in n.outputs
+             for u in users.get(v, []) if id(u) not in members]
+    seen: set[int] = set()
+    while stack:
+        n = stack.pop()
+        if id(n) in members:
+            return True
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        stack.extend(u for v in n.outputs for u in users.get(v, []))
+    return False
+
+
+def _reorder(g: Graph, groups: list[list[Node]]) -> list[list[Node]]:
+    """Units (each group, every other node alone) in a topological order close to the
+    original: a group takes its last member's place, a node reading a group's result waits
+    for it."""
+    pos = {id(n): i for i, n in enumerate(g.nodes)}
+    unit_of: dict[int, int] = {}
+    units: list[list[Node]] = []
+    for grp in groups:
+        for n in grp:
+            unit_of[id(n)] = len(units)
+        units.append(sorted(grp, key=lambda n: pos[id(n)]))
+    for n in g.nodes:
+        if id(n) not in unit_of:
+            unit_of[id(n)] = len(units)
+            units.append([n])
+    producer = {v: unit_of[id(n)] for n in g.nodes for v in n.outputs}
+    deps = [set() for _ in units]
+    for u, members in enumerate(units):
+        for n in members:
+            deps[u].update(producer[v] for v in n.inputs if v in producer)
+        deps[u].discard(u)
+    users = [[] for _ in units]
+    for u, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(u)
+    key = [max(pos[id(n)] for n in members) for members in units]
+    waiting = [len(ds) for ds in deps]
+    ready = [(key[u], u) for u in range(len(units)) if waiting[u] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, u = heapq.heappop(ready)
+        order.append(units[u])
+        for w in users[u]:
+            waiting[w] -= 1
+            if waiting[w] == 0:
+                heapq.heappush(ready, (key[w], w))
+    assert len(order) == len(units), "row regions form a cycle"
+    return order
+
+
+@register_pass("fuse_norm_grad")
+def fuse_norm_grad(g: Graph) -> Graph:
+    """The nodes that read a ``normalize`` region's exported intermediates (a training
+    graph's backward of the normalization: products with ``x - mean`` and the reciprocal
+    deviation, row sums, broadcasts) and compute per row of the same shape, grown along
+    their results, as ``fused`` nodes of kind ``rows``: a backend evaluates such a region
+    in one pass per level of row reductions plus one, without full-size temporaries."""
+    users, outputs = g.users(), set(g.outputs)
+    taken: set[int] = set()
+    groups = []
+    for node in g.nodes:
+        if node.op != "fused" or node.attrs["kind"] != "normalize":
+            continue
+        spec = normalize_spec(node.attrs["body"])
+        if spec is None:
+            continue
+        full, k = spec.x.type.shape, spec.axes
+        members: dict[int, Node] = {}
+        stack = [u for v in node.outputs[1:] for u in users.get(v, [])]
+        while stack:
+            n = stack.pop()
+            if id(n) in members or id(n) in taken or not row_member(n, full, k):
+                continue
+            members[id(n)] = n
+            stack.extend(u for v in n.outputs for u in users.get(v, []))
+        if len(members) < 2 or _reaches(g, set(members), users):
+            continue
+        taken.update(members)
+        groups.append(list(members.values()))
+    if not groups:
+        return g
+    rw = GraphRewriter(g)
+    grouped = {id(n) for grp in groups for n in grp}
+    count = 0
+    for unit in _reorder(g, groups):
+        if len(unit) == 1 and id(unit[0]) not in grouped:
+            rw.copy_node(unit[0])
+            continue
+        ids = {id(n) for n in unit}
+        made = {v for n in unit for v in n.outputs}
+        operands = list(dict.fromkeys(v for n in unit for v in n.inputs if v not in made))
+        results = [v for n in unit for v in n.outputs
+                   if v in outputs or any(id(u) not in ids for u in users.get(v, []))]
+        consts = [v for v in operands if v.node is not None and v.node.op == "full"
+                  and v.type.size == 1]
+        operands = [v for v in operands if v not in consts]
+        body = _region(g, unit, operands, consts, results, f"rows_{count}")
+        count += 1
+        outs = rw.dst.add_node("fused", [rw[v] for v in operands],
+                               {"body": body, "kind": "rows"}, unit[-1].loc)
+        for old, new in zip(results, outs):
+            rw.replace(old, new)
+    return dce(rw.finish())

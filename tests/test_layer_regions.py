@@ -2,7 +2,7 @@
 Triton flash attention kernel (interpreter) and the LLVM row-block attention against torch's
 scaled_dot_product_attention (causal or not, bool and additive masks, sequence lengths that
 are no multiple of the blocks, head dims 16/32/64); the LLVM two-pass normalization against
-torch's layer and group norm, values and gradients; the pattern left alone where the
+torch's layer and group norm, values and gradients (the backward as a rows region); the pattern left alone where the
 attention weights are read elsewhere."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import irgraph.frontend as fe
 from irgraph.backends.llvm import ops_attention
 from irgraph.frontend import F, nn
 from irgraph.passes.layer_regions import (attention_spec, fuse_attention, fuse_norm,
-                                          normalize_spec)
+                                          fuse_norm_grad, normalize_spec)
 
 R = np.random.default_rng(7)
 
@@ -93,17 +93,6 @@ def test_attention_weights_read_elsewhere_keep_the_composition():
         ["attention"]
 
 
-def _torch_layer_norm(shape, ln, x):
-    t = torch.nn.LayerNorm(shape)
-    with torch.no_grad():
-        t.weight.copy_(torch.from_numpy(ln.weight.data))
-        t.bias.copy_(torch.from_numpy(ln.bias.data))
-    tx = torch.from_numpy(x).requires_grad_()
-    y = t(tx)
-    (y * y).sum().backward()
-    return y.detach().numpy(), tx.grad.numpy(), t.weight.grad.numpy(), t.bias.grad.numpy()
-
-
 @pytest.mark.parametrize("shape,norm", [((3, 5, 37), (37,)), ((4, 3, 7), (3, 7)),
                                         ((2, 1001), (1001,))])
 def test_two_pass_layer_norm_matches_torch(shape, norm):
@@ -111,7 +100,9 @@ def test_two_pass_layer_norm_matches_torch(shape, norm):
     ln.weight.data[...] = R.standard_normal(norm)
     ln.bias.data[...] = R.standard_normal(norm)
     x = (R.standard_normal(shape) * 3 + 100).astype(np.float32)    # a large mean
-    y, gx, gw, gb = _torch_layer_norm(norm, ln, x)
+    y = torch.nn.functional.layer_norm(torch.from_numpy(x), norm,
+                                       torch.from_numpy(ln.weight.data),
+                                       torch.from_numpy(ln.bias.data)).numpy()
     g = fe.trace(ln, fe.TensorSpec(shape))
     fused = fuse_norm(g)
     assert [n.op for n in fused.nodes] == ["fused"]
@@ -119,15 +110,25 @@ def test_two_pass_layer_norm_matches_torch(shape, norm):
     (got,) = backends.compile(fused, "llvm", threads=2, cache=False)(x, ln.weight.data,
                                                                        ln.bias.data)
     np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-5)
-    # the gradient graph: the forward region exports x - mean and the reciprocal deviation
-    step = fe.grad(lambda t: (ln(t) * ln(t)).sum(), fe.TensorSpec(shape), model=ln,
-                   wrt=["t", "weight", "bias"], backend="llvm", pipeline=["default", fuse_norm],
-                   threads=2)
-    grads = step(x)
-    regions = [n for n in step.graph.nodes if n.op == "fused" and n.attrs["kind"] == "normalize"]
-    assert regions and len(regions[0].outputs) > 1
-    for name, want in (("t", gx), ("weight", gw), ("bias", gb)):
-        np.testing.assert_allclose(grads[name], want, rtol=1e-4, atol=1e-3, err_msg=name)
+    # the gradient graph: the forward region exports x - mean and the reciprocal deviation,
+    # the backward reads them in a rows region
+    gy = R.standard_normal(shape).astype(np.float32)
+    t = torch.nn.LayerNorm(norm)
+    with torch.no_grad():
+        t.weight.copy_(torch.from_numpy(ln.weight.data))
+        t.bias.copy_(torch.from_numpy(ln.bias.data))
+    tx = torch.from_numpy(x).requires_grad_()
+    (t(tx) * torch.from_numpy(gy)).sum().backward()
+    step = fe.grad(lambda a, b: (ln(a) * b).sum(), fe.TensorSpec(shape), fe.TensorSpec(shape),
+                   model=ln, wrt=["a", "weight", "bias"], backend="llvm",
+                   pipeline=["default", fuse_norm, fuse_norm_grad], threads=2, cache=False)
+    grads = step(x, gy)
+    kinds = [n.attrs["kind"] for n in step.graph.nodes if n.op == "fused"]
+    assert kinds == ["normalize", "rows"]
+    for name, want in (("a", tx.grad), ("weight", t.weight.grad), ("bias", t.bias.grad)):
+        want = want.numpy()
+        np.testing.assert_allclose(grads[name], want, rtol=1e-5,
+                                   atol=1e-5 * np.abs(want).max(), err_msg=name)
 
 
 def test_two_pass_group_norm_matches_torch():
@@ -140,3 +141,20 @@ def test_two_pass_group_norm_matches_torch():
                                                                        gn.bias.data)
     want = torch.nn.functional.group_norm(torch.from_numpy(x), 3).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_gradient_through_the_rows_region_matches_torch():
+    gn = nn.GroupNorm(2, 6)
+    gn.weight.data[...] = R.standard_normal(6)
+    x = R.standard_normal((3, 6, 5)).astype(np.float32)
+    gy = R.standard_normal(x.shape).astype(np.float32)
+    step = fe.grad(lambda a, b: (gn(a) * b).sum(), fe.TensorSpec(x.shape),
+                   fe.TensorSpec(x.shape), model=gn, wrt=["a", "weight"], backend="llvm",
+                   pipeline=["default", fuse_norm, fuse_norm_grad], threads=2, cache=False)
+    grads = step(x, gy)
+    assert "rows" in [n.attrs["kind"] for n in step.graph.nodes if n.op == "fused"]
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(gn.weight.data.copy()).requires_grad_()
+    (torch.nn.functional.group_norm(tx, 2, tw) * torch.from_numpy(gy)).sum().backward()
+    np.testing.assert_allclose(grads["a"], tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads["weight"], tw.grad.numpy(), rtol=1e-5, atol=1e-5)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .builder import F64, for_range, i64, prod
+from .builder import F64, broadcast_strides, for_range, i64, prod
 from .lowering import fused_kind, lowering
 from . import scalar as sc
 
@@ -160,4 +160,135 @@ def lower_normalize(ctx, node, ins, outs) -> bool:
             for role in NORMALIZE_ELEM_ROLES:
                 if role in wanted:
                     wanted[role].store(b, off, vals[role])
+    return True
+
+
+# ---------------------------------------------------------------- row regions
+@fused_kind("rows")
+def lower_rows(ctx, node, ins, outs) -> bool:
+    """A ``fused`` region of kind ``rows`` (passes/layer_regions.py: a normalization's
+    backward): threads split the rows; per row, one pass over its elements per level of row
+    reductions (float64 accumulators; the full-size values they read are recomputed from the
+    operands, never stored), the row values between passes in registers, and a last pass
+    storing the full-size results. False if the body is not of that form."""
+    from irgraph.passes.layer_regions import row_class, row_member
+    from .ops_core import SCALAR
+    body = node.attrs["body"]
+    reds = [n for n in body.nodes if n.op in ("sum", "mean")]
+    full = (reds[0].inputs[0].shape if reds else
+            next((v.shape for v in body.outputs if v.type.rank), None))
+    if full is None or any(t.swapped for t in list(ins) + list(outs)):
+        return False
+    k = len(reds[0].attrs["axis"]) if reds else 1
+    if not all(row_member(n, full, k) or (n.op == "full" and n.outputs[0].type.size == 1)
+               for n in body.nodes) \
+            or any(n.op not in SCALAR and n.op not in ("sum", "mean") for n in body.nodes) \
+            or any(row_class(v.shape, full, k) is None for v in body.inputs) \
+            or any(row_class(v.shape, full, k) not in ("full", "row") for v in body.outputs):
+        return False
+    n_el = prod(full[len(full) - k:])
+    rows = prod(full) // n_el if n_el else 0
+    if n_el == 0 or rows == 0:
+        return False
+    b = ctx.b
+    src = dict(zip(body.inputs, ins))
+    kind = {v: row_class(v.shape, full, k) for v in body.values()}
+    trail = {v: broadcast_strides(v.shape, full)[len(full) - k:] for v in body.inputs
+             if kind[v] == "trail"}
+    # the pass after which each value exists: row reductions raise the level
+    level: dict = {v: 0 for v in body.inputs}
+    for n in body.nodes:
+        top = max((level[v] for v in n.inputs), default=0)
+        level[n.outputs[0]] = top + 1 if n.op in ("sum", "mean") else top
+    passes = max((level[r.outputs[0]] for r in reds), default=0)
+    accs = {r: ctx.alloca(F64, "racc") for r in reds}
+
+    def element_offsets(j):
+        """Offsets into each trail operand at element j of a row."""
+        out = {}
+        dims = full[len(full) - k:]
+        for v, st in trail.items():
+            off, rem = i64(0), j
+            for d in range(k - 1, -1, -1):
+                if st[d]:
+                    off = b.add(off, b.mul(b.srem(rem, i64(dims[d])), i64(st[d])))
+                rem = b.sdiv(rem, i64(dims[d]))
+            out[v] = off
+        return out
+
+    lo, hi = ctx.split(rows)
+    with for_range(b, lo, hi, "row") as row:
+        base = b.mul(row, i64(n_el))
+        row_env: dict = {}
+
+        def at_row(v):
+            """A row or scalar value, computed once per row (after its level's pass)."""
+            if v in row_env:
+                return row_env[v]
+            if v in src:
+                x = src[v]
+                val = x.load(b, row if kind[v] == "row" else i64(0))
+            else:
+                n = v.node
+                val = SCALAR[n.op](ctx, n, [at_row(i) for i in n.inputs])
+            row_env[v] = val
+            return val
+
+        def ready_rows(lvl):
+            for n in body.nodes:
+                v = n.outputs[0]
+                if kind[v] in ("row", "scalar") and level[v] <= lvl and n.op not in (
+                        "sum", "mean") and v not in row_env:
+                    at_row(v)
+
+        def element(j, wanted):
+            off = b.add(base, j)
+            trail_off = element_offsets(j) if trail else {}
+            env: dict = {}
+
+            def ev(v):
+                if v in env:
+                    return env[v]
+                if kind[v] in ("row", "scalar"):
+                    return at_row(v)
+                if v in src:
+                    val = src[v].load(b, off if kind[v] == "full" else trail_off[v])
+                else:
+                    n = v.node
+                    val = SCALAR[n.op](ctx, n, [ev(i) for i in n.inputs])
+                env[v] = val
+                return val
+            return off, [ev(v) for v in wanted]
+
+        for v in body.inputs:             # loaded here, before any loop over elements
+            if kind[v] in ("row", "scalar"):
+                at_row(v)
+        ready_rows(0)
+        for p in range(1, passes + 1):
+            stage = [r for r in reds if level[r.outputs[0]] == p]
+            for r in stage:
+                b.store(ir.Constant(F64, 0.0), accs[r])
+            with for_range(b, 0, n_el, "e") as j:
+                _, vals = element(j, [r.inputs[0] for r in stage])
+                for r, x in zip(stage, vals):
+                    s = b.fadd(b.load(accs[r]), sc.convert(ctx, r.inputs[0].type.dtype,
+                                                           "float64", x))
+                    s.flags.append("reassoc")
+                    b.store(s, accs[r])
+            for r in stage:
+                total = b.load(accs[r])
+                if r.op == "mean":
+                    total = b.fdiv(total, ir.Constant(F64, float(n_el)))
+                row_env[r.outputs[0]] = sc.convert(ctx, "float64", r.outputs[0].type.dtype,
+                                                   total)
+            ready_rows(p)
+        full_outs = [(v, o) for v, o in zip(body.outputs, outs) if kind[v] == "full"]
+        for v, o in zip(body.outputs, outs):
+            if kind[v] == "row":
+                o.store(b, row, at_row(v))
+        if full_outs:
+            with for_range(b, 0, n_el, "e") as j:
+                off, vals = element(j, [v for v, _ in full_outs])
+                for (_, o), x in zip(full_outs, vals):
+                    o.store(b, off, x)
     return True

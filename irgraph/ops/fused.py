@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from ..registry import Attr, Cost, a_choice, a_graph, register_op
 
-FUSED_KINDS = ("elementwise", "reduction", "epilogue", "generic", "attention", "normalize")
+FUSED_KINDS = ("elementwise", "reduction", "epilogue", "generic", "attention", "normalize",
+               "rows")
 
 
 def _fused_cost(ins, outs, attrs) -> Cost:
