@@ -10,6 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import irgraph.backends as backends
+import irgraph.backends.llvm  # noqa: F401  (the backends register the passes they declare:
+import irgraph.backends.triton  # noqa: F401  imported here, the list below is always whole)
 import irgraph
 from irgraph.interpreter import interpret
 from irgraph.ops.debug import NonFiniteError
