@@ -142,31 +142,60 @@ def test_triton_16_bit_conv_vs_torch(dtype, i):
     check_conv(CONVS[i], args, exe(*args)[0], dtype)
 
 
+def grads_graph(cases, dtype):
+    """The input and kernel gradients (conv_input_grad, conv_kernel_grad) of ``cases`` in
+    one graph; its arguments (x, w, gy per case) and each result's number of products."""
+    g, args, outs, terms = Graph("grads"), [], [], []
+    for j, (n, c, o, sp, k, s, p, d, groups) in enumerate(cases):
+        x_shape, w_shape = (n, c) + sp, (o, c // groups) + k
+        out = conv_graph([cases[j]], "float64")[0].outputs[0].shape
+        a = dict(stride=s, padding=p, dilation=d, groups=groups)
+        x, w = g.add_input(f"x{j}", TensorType(x_shape, dtype)), g.add_input(
+            f"w{j}", TensorType(w_shape, dtype))
+        gy = g.add_input(f"gy{j}", TensorType(out, dtype))
+        outs += [g.op("conv_input_grad", w, gy, input_size=sp, **a),
+                 g.op("conv_kernel_grad", x, gy, kernel_size=k, **a)]
+        args += [rand(x_shape, dtype, 3 * j + 3), rand(w_shape, dtype, 3 * j + 4),
+                 rand(out, dtype, 3 * j + 5)]
+        terms += [o // groups * int(np.prod(k)), n * int(np.prod(out[2:]))]
+    g.set_outputs(outs)
+    return g, args, terms
+
+
+def check_grads(cases, dtype, got):
+    """Each gradient within the bound of its float64 value (float32 sums, one rounding)."""
+    g64, args, terms = grads_graph(cases, "float64")
+    args = grads_graph(cases, dtype)[1]
+    ref = backends.compile(g64, "reference")
+    wide = [a.astype(np.float64) for a in args]
+    exact, mags = ref(*wide), ref(*[np.abs(a) for a in wide])
+    for o, e, m, r in zip(got, exact, mags, terms):
+        assert o.dtype == args[0].dtype
+        assert np.all(np.abs(o.astype(np.float64) - e) <= bound(e, m, r, dtype))
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_triton_16_bit_conv_gradients(dtype):
-    """The input and kernel gradients (conv_input_grad, conv_kernel_grad) on 16-bit
-    operands: each the float32 sum of its products, rounded once."""
-    n, c, o, sp, k, s, p, d, groups = case = CONVS[1]
-    x_shape, w_shape = (n, c) + sp, (o, c // groups) + k
-    out = conv_graph([case], "float64")[0].outputs[0].shape
-    a = dict(stride=s, padding=p, dilation=d, groups=groups)
-
-    def graph(t):
-        g = Graph("grads")
-        x, w = g.add_input("x", TensorType(x_shape, t)), g.add_input("w", TensorType(w_shape, t))
-        gy = g.add_input("gy", TensorType(out, t))
-        g.set_outputs([g.op("conv_input_grad", w, gy, input_size=sp, **a),
-                       g.op("conv_kernel_grad", x, gy, kernel_size=k, **a)])
-        return g
-    args = [rand(x_shape, dtype, 3), rand(w_shape, dtype, 4), rand(out, dtype, 5)]
-    exe = backends.compile(graph(dtype), "triton", output="numpy")
+    """On 16-bit operands, no widening: each the float32 sum of its products, rounded once."""
+    g, args, _ = grads_graph(CONVS[1:2], dtype)
+    exe = backends.compile(g, "triton", output="numpy")
     assert not any(n.op == "cast" for n in exe.graph.nodes)
-    g64 = backends.compile(graph("float64"), "reference")
-    wide = [x.astype(np.float64) for x in args]
-    exact, mags = g64(*wide), g64(*[np.abs(x) for x in wide])
-    terms = [o // groups * int(np.prod(k)), n * int(np.prod(out[2:]))]
-    for got, e, m, r in zip(exe(*args), exact, mags, terms):
-        assert np.all(np.abs(got.astype(np.float64) - e) <= bound(e, m, r, dtype))
+    check_grads(CONVS[1:2], dtype, exe(*args))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_llvm_bf16_conv_gradients(monkeypatch, enabled):
+    """vdpbf16ps where the host has it (float32 sums over images and col2im overlaps,
+    one rounding), the widened fallback with the feature forced off."""
+    from irgraph.backends.llvm import gemm_bf16, jit
+    monkeypatch.setattr(gemm_bf16, "ENABLED", enabled)
+    cases = CONVS if enabled else CONVS[:3]
+    g, args, _ = grads_graph(cases, "bfloat16")
+    has = gemm_bf16.supported(jit.host()[2])
+    assert all(gemm_bf16.native(v.node) == has for v in g.outputs)
+    exe = backends.compile(g, "llvm", threads=2)
+    assert ("vdpbf16ps" in exe.assembly()) == has
+    check_grads(cases, "bfloat16", exe(*args))
 
 
 # ---------------------------------------------------------------- matmul_f32

@@ -39,22 +39,28 @@ def supported(features: str) -> bool:
     return ENABLED and "+avx512bf16" in have and "+avx512f" in have
 
 
-NATIVE_OPS = ("matmul", "matmul_f32", "conv", "conv_fft")
+NATIVE_OPS = ("matmul", "matmul_f32", "conv", "conv_fft", "conv_input_grad",
+              "conv_kernel_grad")
 
 
 def contraction(node) -> int:
     """K of the GEMM that computes ``node``: a matmul's inner dimension, a convolution's
-    C/groups * prod(kernel) (its im2col rows)."""
+    C/groups * prod(kernel) (its im2col rows), its input gradient's O/groups, its kernel
+    gradient's output positions (one image's: the images are summed in float32)."""
     x, w = node.inputs
     if node.op in ("conv", "conv_fft"):
         return (x.shape[1] // node.attrs["groups"]) * prod(w.shape[2:])
+    if node.op == "conv_input_grad":
+        return x.shape[0] // node.attrs["groups"]
+    if node.op == "conv_kernel_grad":
+        return prod(w.shape[2:])
     return x.shape[-1]
 
 
 def native(node) -> bool:
     """Whether ``node`` runs on its bfloat16 operands here (else it is widened to float32):
-    a bfloat16 ``matmul``/``matmul_f32``/``conv`` with 0 < K <= KMAX on a host with AVX-512
-    BF16."""
+    a bfloat16 ``matmul``/``matmul_f32``/convolution (``NATIVE_OPS``) with 0 < K <= KMAX on
+    a host with AVX-512 BF16."""
     if node.op not in NATIVE_OPS or node.inputs[0].dtype != "bfloat16":
         return False
     from .gemm import workspace_bytes
@@ -71,13 +77,17 @@ def _strip_bytes(k: int) -> int:
 
 
 # ---------------------------------------------------------------- the kernel
-def gemm_function(module: ir.Module, a_rows: bool, out_f32: bool = False) -> ir.Function:
-    """``irgraph_gemm_bf16_<r|s>[_f32](A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch)``:
-    C = bf16(A @ B) with float32 accumulation (``out_f32``: C is float32, the sums stored
-    as they are, no rounding); ``a_rows`` (variant r) when A's elements along K are adjacent
-    (csa == 1: one 32-bit load per pair), else two 16-bit loads. Defined in the module that
-    calls it (the node's kernel module)."""
-    name = f"irgraph_gemm_bf16_{'r' if a_rows else 's'}{'_f32' if out_f32 else ''}"
+def gemm_function(module: ir.Module, a_rows: bool, out_f32: bool = False,
+                  accumulate: bool = False) -> ir.Function:
+    """``irgraph_gemm_bf16_<r|s>[_f32[_acc]](A, rsa, csa, B, rsb, csb, C, ldc, M, N, K,
+    scratch)``: C = bf16(A @ B) with float32 accumulation (``out_f32``: C is float32, the
+    sums stored as they are, no rounding; ``accumulate``: added to C's float32 values);
+    ``a_rows`` (variant r) when A's elements along K are adjacent (csa == 1: one 32-bit load
+    per pair), else two 16-bit loads. Defined in the module that calls it (the node's kernel
+    module)."""
+    assert out_f32 or not accumulate
+    name = (f"irgraph_gemm_bf16_{'r' if a_rows else 's'}{'_f32' if out_f32 else ''}"
+            f"{'_acc' if accumulate else ''}")
     if name in module.globals:
         return module.globals[name]
     p16 = ir.PointerType(I16)
@@ -85,7 +95,7 @@ def gemm_function(module: ir.Module, a_rows: bool, out_f32: bool = False) -> ir.
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [
         p16, I64, I64, p16, I64, I64, pc, I64, I64, I64, I64, PTR]), name)
     fn.linkage = "internal"
-    _Kernel(module, fn, a_rows, out_f32).build()
+    _Kernel(module, fn, a_rows, out_f32, accumulate).build()
     return fn
 
 
@@ -98,8 +108,10 @@ def _min(b, x, y):
 
 
 class _Kernel:
-    def __init__(self, module, fn, a_rows: bool, out_f32: bool = False):
+    def __init__(self, module, fn, a_rows: bool, out_f32: bool = False,
+                 accumulate: bool = False):
         self.module, self.fn, self.a_rows, self.out_f32 = module, fn, a_rows, out_f32
+        self.accumulate = accumulate
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.entry = fn.entry_basic_block
         self.dot = module.declare_intrinsic(
@@ -224,18 +236,24 @@ class _Kernel:
                     halves, vty, ety = [b.load(a) for a in accs[i]], _VF, F32
                 else:
                     halves, vty, ety = [self.round(b.load(a)) for a in accs[i]], _V16, I16
+                align = 4 if self.out_f32 else 2
                 with b.if_else(full) as (whole, part):
                     with whole:
                         for v, h in enumerate(halves):
-                            b.store(h, b.bitcast(b.gep(crow, [i64(v * VW)]),
-                                                 ir.PointerType(vty)), align=4 if self.out_f32 else 2)
+                            at = b.bitcast(b.gep(crow, [i64(v * VW)]), ir.PointerType(vty))
+                            if self.accumulate:
+                                h = b.fadd(b.load(at, align=align), h)
+                            b.store(h, at, align=align)
                     with part:
                         tmp = self.alloca(ir.ArrayType(vty, 2), "edge")
                         for v, h in enumerate(halves):
                             b.store(h, b.gep(tmp, [i64(0), ir.Constant(I32, v)]))
                         flat = b.bitcast(tmp, ir.PointerType(ety))
                         with for_range(b, 0, nr, "en") as n:
-                            b.store(b.load(b.gep(flat, [n])), b.gep(crow, [n]))
+                            h = b.load(b.gep(flat, [n]))
+                            if self.accumulate:
+                                h = b.fadd(b.load(b.gep(crow, [n])), h)
+                            b.store(h, b.gep(crow, [n]))
 
     def round(self, acc) -> ir.Value:
         """float32 lanes rounded to bfloat16 (nearest even; a NaN stays a quiet NaN)."""
@@ -351,22 +369,129 @@ def lower_conv(ctx, node, x, w, y) -> None:
     per_image(ctx, N, image)
 
 
-def _im2col_bits(ctx, x, xbase, channels: int, geo, dst) -> None:
+def _im2col_bits(ctx, x, xbase, channels: int, geo, dst, transposed: bool = False) -> None:
     """im2col of 16-bit words, copied as they are: dst[(c, k), p] = x[xbase + c*plane +
-    in(p, k)], zero where the window leaves x (the windows of ops_conv's ``window_nest``)."""
+    in(p, k)] (``transposed``: dst[p, (c, k)]), zero where the window leaves x (the windows
+    of ops_conv's ``window_nest``)."""
     from .ops_conv import window_nest
     b = ctx.b
     plane, pn = prod(geo["spatial"]), prod(geo["out"])
+    rows = channels * prod(geo["kernel"])
     zero = ir.Constant(I16, 0)
+
+    def at(row, col):
+        i = b.add(b.mul(col, i64(rows)), row) if transposed else b.add(b.mul(row, i64(pn)), col)
+        return b.gep(dst, [i])
 
     def inside(row, col, inoff, ok, c):
         v = b.load(b.gep(x, [b.add(xbase, b.add(b.mul(c, i64(plane)), inoff))]))
-        b.store(v if ok is None else b.select(ok, v, zero),
-                b.gep(dst, [b.add(b.mul(row, i64(pn)), col)]))
+        b.store(v if ok is None else b.select(ok, v, zero), at(row, col))
 
     def outside(row, col):
-        b.store(zero, b.gep(dst, [b.add(b.mul(row, i64(pn)), col)]))
+        b.store(zero, at(row, col))
     window_nest(ctx, geo, channels, inside, outside)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // 64) * 64
+
+
+def _grad_geometry(node):
+    """(geo, N, C, O, G, R, P, plane) of a convolution gradient node."""
+    from .ops_conv import conv_geo
+    a = node.attrs
+    G = a["groups"]
+    if node.op == "conv_kernel_grad":
+        (x, gy), dw = node.inputs, node.outputs[0]
+        x_shape, kernel, O = x.shape, tuple(dw.shape[2:]), gy.shape[1]
+    else:
+        (w, gy), dx = node.inputs, node.outputs[0]
+        x_shape, kernel, O = dx.shape, tuple(w.shape[2:]), w.shape[0]
+    geo = conv_geo(x_shape, kernel, a)
+    C = x_shape[1]
+    return geo, x_shape[0], C, O, G, C // G * prod(kernel), prod(geo["out"]), \
+        prod(geo["spatial"])
+
+
+def grad_scratch_bytes(node) -> int:
+    """Per-thread scratch of a native bfloat16 gradient convolution: the kernel gradient's
+    transposed bfloat16 columns (P x R) and float32 partial sum of dW; the input gradient's
+    float32 columns (R x P) and float32 image of dx (C x plane)."""
+    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
+    if node.op == "conv_kernel_grad":
+        return _aligned(P * R * 2) + _aligned(O * R * 4)
+    return _aligned(R * P * 4) + _aligned(C * plane * 4)
+
+
+def lower_conv_kernel_grad(ctx, node, x, gy, dw) -> None:
+    """dW_g (O/g x R) = sum over images of gy_g (O/g x P) @ cols^T (P x R): per thread a
+    float32 partial sum over its images (the GEMM adding its float32 sums into it), then the
+    partials added in float32 and each result rounded once to bfloat16."""
+    from .builder import Buf
+    from irgraph.types import TensorType
+    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
+    cg, og = C // G, O // G
+    b = ctx.b
+    colbytes = _aligned(P * R * 2)
+    step = grad_scratch_bytes(node)
+    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(step))])
+    cols = b.bitcast(mine, ir.PointerType(I16))
+    part = b.bitcast(b.gep(mine, [i64(colbytes)]), ir.PointerType(F32))
+    with for_range(b, 0, O * R, "z") as i:
+        b.store(ir.Constant(F32, 0.0), b.gep(part, [i]))
+    fn = gemm_function(ctx.module, True, out_f32=True, accumulate=True)
+    lo, hi = ctx.split(N)
+    with for_range(b, lo, hi, "img") as n:
+        with for_range(b, 0, G, "grp") as g:
+            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
+            _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols, transposed=True)
+            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
+            dst = b.gep(part, [b.mul(g, i64(og * R))])
+            b.call(fn, [gp, i64(P), i64(1), cols, i64(R), i64(1), dst, i64(R), i64(og),
+                        i64(R), i64(P), ctx.scratch()])
+    ctx.barrier()
+    out = Buf(dw.ptr, TensorType((O * R,), "bfloat16"))
+    nt = ctx.nthreads if not ctx.single else i64(1)
+    acc = ctx.alloca(F32, "acc")
+    lo, hi = ctx.split(O * R)
+    with for_range(b, lo, hi, "e") as e:
+        b.store(ir.Constant(F32, 0.0), acc)
+        with for_range(b, 0, nt, "t") as t:
+            raw = b.gep(ctx.node_scratch, [b.add(b.mul(t, i64(step)), i64(colbytes))])
+            p = b.bitcast(raw, ir.PointerType(F32))
+            b.store(b.fadd(b.load(acc), b.load(b.gep(p, [e]))), acc)
+        out.store(b, e, b.load(acc))
+
+
+def lower_conv_input_grad(ctx, node, w, gy, dx) -> None:
+    """Per image: dcols_g (R x P) = W_g^T (R x O/g) @ gy_g (O/g x P) in float32, added by
+    col2im into a float32 image of dx, each value rounded once to bfloat16 at the end."""
+    from .builder import Buf
+    from .ops_conv import col2im
+    from irgraph.types import TensorType
+    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
+    cg, og = C // G, O // G
+    b = ctx.b
+    colbytes = _aligned(R * P * 4)
+    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(grad_scratch_bytes(node)))])
+    cols = Buf(b.bitcast(mine, ir.PointerType(F32)), TensorType((R, P), "float32"))
+    img = Buf(b.bitcast(b.gep(mine, [i64(colbytes)]), ir.PointerType(F32)),
+              TensorType((C * plane,), "float32"))
+    out = Buf(dx.ptr, TensorType((N * C * plane,), "bfloat16"))
+    fn = gemm_function(ctx.module, False, out_f32=True)
+    lo, hi = ctx.split(N)
+    with for_range(b, lo, hi, "img") as n:
+        with for_range(b, 0, C * plane, "z") as i:
+            img.store(b, i, ir.Constant(F32, 0.0))
+        with for_range(b, 0, G, "grp") as g:
+            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
+            wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
+            b.call(fn, [wp, i64(1), i64(R), gp, i64(P), i64(1), cols.ptr, i64(P), i64(R),
+                        i64(P), i64(og), ctx.scratch()])
+            col2im(ctx, cols, cg, geo, img, b.mul(g, i64(cg * plane)))
+        base = b.mul(n, i64(C * plane))
+        with for_range(b, 0, C * plane, "r") as i:
+            out.store(b, b.add(base, i), img.load(b, i))
 
 
 assert STORAGE["bfloat16"] == I16
