@@ -206,7 +206,8 @@ def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
 def _conv_scratch(node, threads, features):
     x, w = node.inputs
     if conv_depthwise.applies(x.shape, w.shape, node.attrs["groups"], x.dtype):
-        return 0
+        return threads * scratch_bytes(x.dtype, [conv_depthwise.scratch_elems(
+            x.shape, node.attrs["padding"])])
     if gemm_bf16.native(node):      # the bfloat16 im2col columns of gemm_bf16.lower_conv
         return threads * gemm_bf16.conv_cols_bytes(node)
     dot = _dot_forward(node, features)
@@ -296,7 +297,10 @@ def _conv(ctx, node, ins, outs):
     G = node.attrs["groups"]
     if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
         a = node.attrs
-        conv_depthwise.lower(ctx, x, w, y, a["stride"], a["padding"], a["dilation"])
+        nbytes = scratch_bytes(x.dtype, [conv_depthwise.scratch_elems(x.shape, a["padding"])])
+        xp = ctx.b.bitcast(ctx.b.gep(ctx.node_scratch, [ctx.b.mul(ctx.tid, i64(nbytes))]),
+                           ir.PointerType(x.elem))
+        conv_depthwise.lower(ctx, x, w, y, a["stride"], a["padding"], a["dilation"], xp)
         return
     dot = _dot_forward(node, ctx.features)
     if dot is not None:
