@@ -1,4 +1,4 @@
-"""Depthwise 2-D convolutions (one input channel per group) on the LLVM backend as
+"""Depthwise 2-D convolutions (one input channel per group) on the LLVM backend,
 plane by plane on a zero-padded copy (backends/llvm/conv_depthwise.py), against the reference
 backend: MobileNet's 3x3 at strides 1 and 2, a channel multiplier of 2, asymmetric padding,
 dilation, rectangular kernels, inputs too narrow for any window to lie inside along the last
