@@ -66,37 +66,51 @@ CONVS = [(8, 64, 64, 28, 3, 1, 1), (8, 64, 128, 28, 3, 2, 1), (8, 128, 128, 14, 
 
 
 def conv(reps):
-    """Each convolution on LLVM in float32, in bfloat16 (vdpbf16ps, and widened), and in
-    torch float32 and bfloat16 (its CPU bf16 convolution), side by side."""
+    """Each convolution (forward; backward: its input and kernel gradients together) on LLVM
+    in float32, in bfloat16 (vdpbf16ps, and widened), and in torch float32 and bfloat16 (its
+    CPU bf16 convolution), side by side."""
     rng = np.random.default_rng(3)
     for n, c, o, hw, k, s, p in CONVS:
+        out = (hw + 2 * p - k) // s + 1
         x32 = rng.standard_normal((n, c, hw, hw), np.float32)
         w32 = rng.standard_normal((o, c, k, k), np.float32) / np.sqrt(c * k * k)
-        rows = []
-        for dt, native in (("float32", True), ("bfloat16", True), ("bfloat16", False)):
-            g = Graph("conv")
-            x = g.add_input("x", TensorType(x32.shape, dt))
-            w = g.add_input("w", TensorType(w32.shape, dt))
-            g.set_outputs([g.op("conv", x, w, stride=(s, s), padding=(p,) * 4,
-                                dilation=(1, 1))])
-            gemm_bf16.ENABLED = native
-            try:
-                exe = backends.compile(g, "llvm")
-                kept = gemm_bf16.native(g.nodes[0])
-            finally:
-                gemm_bf16.ENABLED = True
-            xa, wa = x32.astype(dt), w32.astype(dt)
-            how = " vdpbf16ps" if kept else (" widened" if dt == "bfloat16" else "")
-            rows.append((f"llvm {dt}{how}", best(lambda: exe(xa, wa), reps)))
-        for dt in (torch.float32, torch.bfloat16):
-            tx, tw = torch.from_numpy(x32).to(dt), torch.from_numpy(w32).to(dt)
-            rows.append((f"torch {dt}", best(
-                lambda: torch.nn.functional.conv2d(tx, tw, stride=s, padding=p), reps)))
-        out = (hw + 2 * p - k) // s + 1
-        flops = 2 * n * o * out * out * c * k * k
-        for name, t in rows:
-            print(f"  conv {n}x{c}x{hw}^2 -> {o} k{k} s{s} {name:24s} {t * 1e3:8.2f} ms  "
-                  f"{flops / t / 1e9:7.1f} GFLOP/s")
+        gy32 = rng.standard_normal((n, o, out, out), np.float32)
+        a = dict(stride=(s, s), padding=(p,) * 4, dilation=(1, 1))
+        for what in ("forward", "backward"):
+            rows = []
+            for dt, native in (("float32", True), ("bfloat16", True), ("bfloat16", False)):
+                g = Graph("conv")
+                x = g.add_input("x", TensorType(x32.shape, dt))
+                w = g.add_input("w", TensorType(w32.shape, dt))
+                if what == "forward":
+                    g.set_outputs([g.op("conv", x, w, **a)])
+                else:
+                    gy = g.add_input("gy", TensorType(gy32.shape, dt))
+                    g.set_outputs([g.op("conv_input_grad", w, gy, input_size=(hw, hw), **a),
+                                   g.op("conv_kernel_grad", x, gy, kernel_size=(k, k), **a)])
+                gemm_bf16.ENABLED = native
+                try:
+                    exe = backends.compile(g, "llvm")
+                    kept = all(gemm_bf16.native(v.node) for v in g.outputs)
+                finally:
+                    gemm_bf16.ENABLED = True
+                args = [v.astype(dt) for v in (x32, w32, gy32)[:len(g.inputs)]]
+                how = " vdpbf16ps" if kept else (" widened" if dt == "bfloat16" else "")
+                rows.append((f"llvm {dt}{how}", best(lambda: exe(*args), reps)))
+            for dt in (torch.float32, torch.bfloat16):
+                tx, tw, tg = (torch.from_numpy(v).to(dt) for v in (x32, w32, gy32))
+                if what == "forward":
+                    def run():
+                        torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)
+                else:
+                    def run():
+                        torch.nn.grad.conv2d_input(tx.shape, tw, tg, stride=s, padding=p)
+                        torch.nn.grad.conv2d_weight(tx, tw.shape, tg, stride=s, padding=p)
+                rows.append((f"torch {dt}", best(run, reps)))
+            flops = 2 * n * o * out * out * c * k * k * (1 if what == "forward" else 2)
+            for name, t in rows:
+                print(f"  conv {what:8s} {n}x{c}x{hw}^2 -> {o} k{k} s{s} {name:24s} "
+                      f"{t * 1e3:8.2f} ms  {flops / t / 1e9:7.1f} GFLOP/s")
 
 
 def lenet_step(reps, batch=64):
