@@ -176,19 +176,20 @@ class NormalizeSpec:
         return self.roles.get("yb", self.roles.get("yw", self.roles["y"]))
 
 
-def _trailing(node: Node) -> int | None:
+def trailing_axes(node: Node) -> int | None:
     """How many trailing axes a keepdims ``mean`` or ``sum`` reduces, or None."""
     if node.op not in ("mean", "sum") or not node.attrs.get("keepdims"):
         return None
     r = node.inputs[0].type.rank
-    axes = sorted(a % r for a in node.attrs["axis"]) if r else []
+    axis = node.attrs["axis"]
+    axes = list(range(r)) if axis is None else sorted({a % r for a in axis}) if r else []
     k = len(axes)
     return k if k and axes == list(range(r - k, r)) else None
 
 
 def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | None:
     """The normalization whose first ``mean`` is ``m``, or None."""
-    k = _trailing(m) if m.op == "mean" else None
+    k = trailing_axes(m) if m.op == "mean" else None
     x = m.inputs[0]
     if k is None or x.type.dtype not in FLOATS:
         return None
@@ -205,7 +206,7 @@ def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | 
     sq = one(d, "mul", lambda n: n.inputs[0] is d and n.inputs[1] is d)
     if sq is None:
         return None
-    var = one(sq.outputs[0], "mean", lambda n: _trailing(n) == k)
+    var = one(sq.outputs[0], "mean", lambda n: trailing_axes(n) == k)
     if var is None:
         return None
     add = one(var.outputs[0], "add", lambda n: _scalar_full(n.inputs[1]) is not None)
@@ -406,7 +407,7 @@ def row_member(node: Node, full: tuple[int, ...], k: int) -> bool:
     out = row_class(node.outputs[0].shape, full, k)
     ins = [row_class(v.shape, full, k) for v in node.inputs]
     if node.op in ("sum", "mean"):
-        return out == "row" and ins == ["full"] and _trailing(node) == k
+        return out == "row" and ins == ["full"] and trailing_axes(node) == k
     if node.op not in _ROW_OPS or out not in ("full", "row") or None in ins:
         return False
     if node.op == "broadcast_to":

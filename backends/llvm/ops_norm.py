@@ -171,17 +171,15 @@ def lower_rows(ctx, node, ins, outs) -> bool:
     reductions (float64 accumulators; the full-size values they read are recomputed from the
     operands, never stored), the row values between passes in registers, and a last pass
     storing the full-size results. False if the body is not of that form."""
-    from irgraph.passes.layer_regions import row_class, row_member
+    from irgraph.passes.layer_regions import row_class, row_member, trailing_axes
     from .ops_core import SCALAR
     body = node.attrs["body"]
     reds = [n for n in body.nodes if n.op in ("sum", "mean")]
-    full = (reds[0].inputs[0].shape if reds else
-            next((v.shape for v in body.outputs if v.type.rank), None))
-    if full is None or any(t.swapped for t in list(ins) + list(outs)):
+    if not reds or any(t.swapped for t in list(ins) + list(outs)):
         return False
-    k = len(reds[0].attrs["axis"]) if reds else 1
-    if not all(row_member(n, full, k) or (n.op == "full" and n.outputs[0].type.size == 1)
-               for n in body.nodes) \
+    full, k = reds[0].inputs[0].shape, trailing_axes(reds[0])
+    scalar_const = lambda n: n.op == "full" and n.outputs[0].type.size == 1   # noqa: E731
+    if k is None or not all(row_member(n, full, k) or scalar_const(n) for n in body.nodes) \
             or any(n.op not in SCALAR and n.op not in ("sum", "mean") for n in body.nodes) \
             or any(row_class(v.shape, full, k) is None for v in body.inputs) \
             or any(row_class(v.shape, full, k) not in ("full", "row") for v in body.outputs):
