@@ -81,6 +81,36 @@ def elementwise_cost(flops_per_element: int) -> CostFn:
     return cost
 
 
+_INFERRED_MAX = 4096       # remembered type-rule results per op
+
+
+class _Unkeyed(Exception):
+    pass
+
+
+def _rule_key(in_types, attrs: dict):
+    """A key equal only for equal type-rule arguments: TensorTypes, and attributes of plain
+    values (each with its exact Python type, floats by their bits); None when some input or
+    attribute has no such key (arrays, subgraphs: the rule is run)."""
+    try:
+        if not all(type(t) is TensorType for t in in_types):
+            return None
+        return tuple(in_types), tuple((k, _attr_key(v)) for k, v in attrs.items())
+    except _Unkeyed:
+        return None
+
+
+def _attr_key(v):
+    t = type(v)
+    if v is None or t in (bool, int, str):
+        return t, v
+    if t is float:
+        return t, v.hex()
+    if t is tuple:
+        return t, tuple(_attr_key(x) for x in v)
+    raise _Unkeyed
+
+
 @dataclass
 class OpDef:
     name: str
@@ -94,10 +124,14 @@ class OpDef:
     doc: str = ""
     traits: frozenset[str] | None = None   # None: not declared (tests reject it)
     _type_rule: Callable[..., Any] | None = None
+    # (input types, attributes) -> output types of the type rule (a pure function): every
+    # pass copies every node and the verifier checks each again, with the same types
+    _inferred: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- decorators used right under the kernel's definition
     def type_rule(self, fn):
         self._type_rule = fn
+        self._inferred.clear()
         return fn
 
     # -- the API used by the builder, verifier, interpreter and passes
@@ -126,6 +160,10 @@ class OpDef:
                           f"got {len(in_types)}")
         if self._type_rule is None:
             raise IRError(f"op {self.name!r} has no type rule")
+        key = _rule_key(in_types, attrs)
+        known = self._inferred.get(key) if key is not None else None
+        if known is not None:
+            return list(known)
         try:
             res = self._type_rule(*in_types, **attrs)
         except IRError:
@@ -133,7 +171,12 @@ class OpDef:
         except (TypeError, ValueError, IndexError) as e:
             types = ", ".join(map(str, in_types))
             raise IRError(f"op {self.name!r} cannot take ({types}): {e}") from None
-        return list(res) if isinstance(res, (tuple, list)) else [res]
+        out = list(res) if isinstance(res, (tuple, list)) else [res]
+        if key is not None and all(isinstance(t, TensorType) for t in out):
+            if len(self._inferred) >= _INFERRED_MAX:
+                self._inferred.clear()
+            self._inferred[key] = tuple(out)
+        return out
 
     def run(self, arrays: list[np.ndarray], attrs: dict) -> list[np.ndarray]:
         res = self.kernel(*arrays, **attrs)
