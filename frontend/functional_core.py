@@ -10,7 +10,7 @@ import numpy as np
 
 from irgraph.ops.core import normalize_axes, reduced_shape, wrap_dim
 from irgraph.registry import ops_with
-from irgraph.types import TensorType
+from irgraph.types import LOW_DTYPES, TensorType, canonical_dtype
 
 from .tracing import Tensor, current_tracer
 
@@ -447,9 +447,17 @@ def logsumexp(x, dim, keepdim: bool = False) -> Tensor:
 
 
 # ---------------------------------------------------------------- linear algebra
-def matmul(a, b) -> Tensor:
+def matmul(a, b, out_dtype=None) -> Tensor:
+    """``a @ b``. ``out_dtype="float32"`` on float16/bfloat16 operands gives the float32 sums
+    as they are, not rounded to 16 bits (``matmul_f32``; ``torch.mm``'s ``out_dtype``)."""
     a, b = promote(a, b)
-    return emit_op("matmul", a, b)
+    out = a.dtype if out_dtype is None else canonical_dtype(out_dtype)
+    if out == a.dtype:
+        return emit_op("matmul", a, b)
+    if out != "float32" or a.dtype not in LOW_DTYPES:
+        raise TypeError(f"matmul: out_dtype={out_dtype!r} takes float16/bfloat16 operands to "
+                        f"float32, got {a.dtype} operands")
+    return emit_op("matmul_f32", a, b)
 
 
 def linear(x, weight, bias=None) -> Tensor:

@@ -278,3 +278,19 @@ def test_matmul_f32_type_rule_and_gradient():
                               np.einsum("nij,nik->jk", np.abs(A), np.abs(C)), 8)]:
         assert got.dtype == np.dtype(ml_dtypes.bfloat16)
         assert np.all(np.abs(got.astype(np.float64) - e) <= bound(e, m, terms, "bfloat16"))
+
+
+def test_frontend_matmul_out_dtype():
+    """``F.matmul(a, b, out_dtype="float32")`` on bf16 tensors traces ``matmul_f32``; the
+    same dtype is a plain matmul; other requests are refused with the dtypes named."""
+    import irgraph.frontend as fe
+    from irgraph.frontend import F, TensorSpec
+    g = fe.trace(lambda a, b: F.matmul(a, b, out_dtype="float32"),
+                 TensorSpec((3, 64), "bfloat16"), TensorSpec((64, 5), "bfloat16"))
+    assert [n.op for n in g.nodes] == ["matmul_f32"] and g.outputs[0].dtype == "float32"
+    g = fe.trace(lambda a, b: F.matmul(a, b, out_dtype="bfloat16"),
+                 TensorSpec((3, 4), "bfloat16"), TensorSpec((4, 5), "bfloat16"))
+    assert [n.op for n in g.nodes] == ["matmul"] and g.outputs[0].dtype == "bfloat16"
+    with pytest.raises(TypeError, match="out_dtype.*float32 operands"):
+        fe.trace(lambda a, b: F.matmul(a, b, out_dtype="float64"),
+                 TensorSpec((3, 4)), TensorSpec((4, 5)))
