@@ -29,6 +29,15 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
 
 
+def by_hand(x, w1, b1, w2, b2) -> np.ndarray:
+    """``mlp()``'s forward pass in numpy."""
+    return np.tanh(x @ w1.T + b1) @ w2.T + b2
+
+
+def weights(model: nn.Module) -> list[np.ndarray]:
+    return [a for i in (0, 2) for a in (model[i].weight.data, model[i].bias.data)]
+
+
 @pytest.fixture
 def runs(monkeypatch):
     """The pass lists the driver's PassManager ran, in order; an entry point that compiled
@@ -63,8 +72,7 @@ def test_compile_and_jit_go_through_the_driver(runs):
     model = mlp()
     f = fe.compile(model, SX)
     assert runs == [INFERENCE] and f.passes.names == INFERENCE
-    want = np.tanh(X @ model[0].weight.data.T + model[0].bias.data) @ model[2].weight.data.T \
-        + model[2].bias.data
+    want = by_hand(X, *weights(model))
     np.testing.assert_allclose(f(X), want, rtol=1e-5, atol=1e-6)
     j = fe.jit(model)
     j(X)
@@ -103,6 +111,18 @@ def test_data_parallel_steps_go_through_the_driver(runs):
     assert step.passes.names == TRAINING and step.grad_passes.names == TRAINING
     plain = fe.compile_train(mlp(), nn.CrossEntropyLoss(), optim.SGD(lr=0.1), SX, SY)
     assert step(X, Y) == pytest.approx(plain(X, Y), rel=1e-6)
+
+
+def test_onnx_models_compile_through_the_driver(runs):
+    from irgraph.frontend.onnx import export_onnx, import_onnx
+    model = mlp()
+    graph = fe.trace(model, SX)
+    arrays = {n: p.data for n, p in model.named_parameters(buffers=True)}
+    imported = import_onnx(export_onnx(graph, arrays).SerializeToString())
+    got = imported.compile()(X)[0]
+    assert runs == [INFERENCE]
+    want = by_hand(X, *weights(model))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 class RNNLoss(nn.Module):
@@ -250,7 +270,7 @@ def test_a_backend_called_directly_verifies_its_input_once(verified, backend):
     assert verified == [g]              # no pass of the backend changed this graph
     rng = np.random.default_rng(1)
     args = [X] + [rng.standard_normal(p.type.shape).astype(np.float32) for p in g.params]
-    want = np.tanh(X @ args[1].T + args[2]) @ args[3].T + args[4]
+    want = by_hand(*args)
     np.testing.assert_allclose(exe(*args)[0], want, rtol=1e-5, atol=1e-6)
     with pytest.raises(VerificationError, match="bad"):
         backends.compile(_bad_graph(), backend)
