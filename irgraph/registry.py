@@ -131,7 +131,6 @@ class OpDef:
     # -- decorators used right under the kernel's definition
     def type_rule(self, fn):
         self._type_rule = fn
-        self._inferred.clear()
         return fn
 
     # -- the API used by the builder, verifier, interpreter and passes
@@ -160,12 +159,13 @@ class OpDef:
                           f"got {len(in_types)}")
         if self._type_rule is None:
             raise IRError(f"op {self.name!r} has no type rule")
+        rule = self._type_rule
         key = _rule_key(in_types, attrs)
         known = self._inferred.get(key) if key is not None else None
-        if known is not None:
-            return list(known)
+        if known is not None and known[0] is rule:          # (a rule replaced: run the new)
+            return list(known[1])
         try:
-            res = self._type_rule(*in_types, **attrs)
+            res = rule(*in_types, **attrs)
         except IRError:
             raise
         except (TypeError, ValueError, IndexError) as e:
@@ -175,7 +175,7 @@ class OpDef:
         if key is not None and all(isinstance(t, TensorType) for t in out):
             if len(self._inferred) >= _INFERRED_MAX:
                 self._inferred.clear()
-            self._inferred[key] = tuple(out)
+            self._inferred[key] = (rule, tuple(out))
         return out
 
     def run(self, arrays: list[np.ndarray], attrs: dict) -> list[np.ndarray]:

@@ -82,6 +82,8 @@ def test_failures_are_reported_every_time_and_a_new_rule_forgets():
     assert op.infer([F32], {"v": 1.5, "w": None}) == [TensorType((4, 5))]
     op.type_rule(lambda x, *, v, w: TensorType((9,), x.dtype))
     assert op.infer([F32], {"v": 1.5, "w": None}) == [TensorType((9,))]
+    op._type_rule = lambda x, *, v, w: TensorType((8,), x.dtype)     # set without the decorator
+    assert op.infer([F32], {"v": 1.5, "w": None}) == [TensorType((8,))]
 
 
 def test_graphs_get_the_registered_rules_types():
