@@ -188,24 +188,47 @@ def _tile(ctx, dc: DotConv, w, cols, y, o0, mo: int, j0, pn: int) -> None:
         step(k, k)
     if dc.tail:
         step(i64(dc.R - dc.vw), i64(dc.nv * dc.vw))
+    bases = []
     for j in range(pn):
         col = b.add(j0, i64(j))
         n = b.sdiv(col, i64(dc.P))
         # y[n, o, p] with p = col - n * P: col + n * (O - 1) * P + o * P
-        base = b.add(col, b.mul(n, i64((dc.O - 1) * dc.P)))
-        for i in range(mo):
-            at = b.add(base, b.mul(b.add(o0, i64(i)), i64(dc.P)))
-            b.store(_lanes_sum(b, b.load(accs[i][j]), dc.vw), b.gep(y, [at]))
+        bases.append(b.add(col, b.mul(n, i64((dc.O - 1) * dc.P))))
+    labelled = [((i, j), b.load(accs[i][j])) for i in range(mo) for j in range(pn)]
+    for (i, j), total in lane_sums(b, labelled, dc.vw):
+        at = b.add(bases[j], b.mul(b.add(o0, i64(i)), i64(dc.P)))
+        b.store(total, b.gep(y, [at]))
 
 
-def _lanes_sum(b, v, width: int):
-    """The sum of v's lanes by halving (log2(width) shuffles and adds)."""
-    while width > 1:
-        half = width // 2
-        lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), half),
-                                                list(range(half))))
-        hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), half),
-                                                list(range(half, width))))
-        v = b.fadd(lo, hi)
-        width = half
-    return b.extract_element(v, ir.Constant(ir.IntType(32), 0))
+def lane_sums(b, labelled, width: int):
+    """[(label, sum of the lanes of v)] for [(label, v)]: vectors of ``width`` lanes summed
+    ``width`` at a time by pairwise transposing adds (two vectors -> one holding both halves'
+    partial sums, lanes grouped by label), width - 1 adds per ``width`` vectors instead of
+    log2(width) per vector; a last incomplete group is filled with zeros."""
+    i32 = ir.IntType(32)
+    out = []
+    for at in range(0, len(labelled), width):
+        group = labelled[at:at + width]
+        vecs = [([label], v) for label, v in group]
+        zero = ir.Constant(group[0][1].type, [0.0] * width)
+        while len(vecs) < width:
+            vecs.append(([None], zero))
+        lanes = width               # lanes per label in every vector
+        while lanes > 1:
+            half = lanes // 2
+            nxt = []
+            for (la, va), (lb, vb) in zip(vecs[0::2], vecs[1::2]):
+                lo, hi, labels = [], [], []
+                for t in range(len(la)):
+                    for src, lab in ((0, la[t]), (width, lb[t])):
+                        lo += [src + t * lanes + k for k in range(half)]
+                        hi += [src + t * lanes + half + k for k in range(half)]
+                        labels.append(lab)
+                s_lo = b.shuffle_vector(va, vb, ir.Constant(ir.VectorType(i32, width), lo))
+                s_hi = b.shuffle_vector(va, vb, ir.Constant(ir.VectorType(i32, width), hi))
+                nxt.append((labels, b.fadd(s_lo, s_hi)))
+            vecs, lanes = nxt, half
+        (labels, v), = vecs
+        out += [(lab, b.extract_element(v, ir.Constant(i32, k)))
+                for k, lab in enumerate(labels) if lab is not None]
+    return out
