@@ -13,8 +13,8 @@ A pipeline is a list of names/functions or a comma-separated string::
     PassManager("default, fuse", kind="inference")    # 'default' expands to the preset
 
 The input is verified once, then every new graph a pass returns (and, while verifying, each
-pass is checked to leave its input unchanged; a pass that returns its input is not verified
-again); ``print_after`` prints the IR after every pass (``True``) or the named ones;
+pass is checked to leave its input unchanged, by its ``fingerprint``; a pass that returns its
+input is not verified again); ``print_after`` prints the IR after every pass (``True``) or the named ones;
 ``report()`` tabulates time and node counts per pass. A failing pass raises ``PassError``
 naming it and the passes that ran before it.
 """
@@ -130,6 +130,27 @@ def parse_pipeline(spec: PipelineSpec, kind: str = "inference") -> list[Pass]:
     return out
 
 
+def fingerprint(g: Graph) -> tuple:
+    """Everything of ``g`` its text shows (name, arguments, nodes with their operands,
+    results, types, attributes, subgraphs and locations, outputs, donations), as a tuple
+    that compares equal only while ``g`` is unchanged: how the manager checks that a pass
+    left its input alone, at a third of the cost of printing it. Values and other objects
+    stand for themselves (``id``); attribute values are immutable (tuples, numbers,
+    strings, read-only arrays) or graphs, taken apart in turn."""
+    def attr(a):
+        if isinstance(a, Graph):
+            return fingerprint(a)
+        return a if isinstance(a, (int, float, str, tuple, type(None))) else id(a)
+
+    def values(vs):
+        return tuple((id(v), v.name, v.type) for v in vs)
+
+    return (g.name, values(g.inputs), values(g.params), tuple(map(id, g.outputs)),
+            tuple(sorted(g.donations.items())),
+            tuple((n.op, n.loc, tuple(map(id, n.inputs)), values(n.outputs),
+                   tuple((k, attr(a)) for k, a in n.attrs.items())) for n in g.nodes))
+
+
 @dataclass
 class PassRecord:
     """What one pass did: time and node counts (``report()`` prints them)."""
@@ -178,15 +199,16 @@ class PassManager:
         self.records = []
         if self.verify:
             verify(graph)
-        g, text = graph, None
+        g, seen = graph, None
         for i, p in enumerate(self.passes):
-            g, text = self._run_one(p, i, g, text)
+            g, seen = self._run_one(p, i, g, seen)
         return g
 
-    def _run_one(self, p: Pass, i: int, g: Graph, text: str | None) -> tuple[Graph, str | None]:
-        """(the pass's result, its text when already known: the input's, when the pass
-        returned its input unchanged)."""
-        before = (str(g) if text is None else text) if self.verify else ""
+    def _run_one(self, p: Pass, i: int, g: Graph, seen: tuple | None
+                 ) -> tuple[Graph, tuple | None]:
+        """(the pass's result, its ``fingerprint`` when already known: the input's, when the
+        pass returned its input unchanged)."""
+        before = (fingerprint(g) if seen is None else seen) if self.verify else ()
         t0 = time.perf_counter()
         try:
             out = p.fn(g)
@@ -197,7 +219,7 @@ class PassManager:
             raise PassError(f"{self._where(i)} returned {type(out).__name__}, not a Graph")
         after = None
         if self.verify:
-            after = str(g)
+            after = fingerprint(g)
             if after != before:
                 raise PassError(f"{self._where(i)} mutated its input graph; a pass must build "
                                 f"a new graph (use irgraph.GraphRewriter)")

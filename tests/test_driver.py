@@ -15,7 +15,7 @@ from irgraph.backends import llvm, reference
 from irgraph.frontend import distributed as D
 from irgraph.frontend import F, driver, nn, optim
 from irgraph.frontend.second_order import Newton
-from irgraph.passes.manager import PassManager, default_pipeline
+from irgraph.passes.manager import PassError, PassManager, default_pipeline
 from irgraph.verifier import VerificationError
 
 RNG = np.random.default_rng(0)
@@ -284,3 +284,33 @@ def test_a_pass_that_returns_its_input_leaves_it_verified_once(verified):
     pm = PassManager([lambda g: g, "dce"])
     assert pm.run(g) is g
     assert verified == [g] and [r.changed for r in pm.records] == [False, False]
+
+
+@pytest.mark.parametrize("edit, mutates", [
+    (lambda g: setattr(g.inputs[0], "type", TensorType((6, 4), "float64")), True),
+    (lambda g: g.set_outputs(g.outputs[::-1] + g.outputs), True),
+    (lambda g: setattr(g.nodes[0], "loc", "elsewhere.py:1"), True),
+    (lambda g: setattr(_first_fused(g).attrs["body"].nodes[-1], "op", "neg"), True),
+    (lambda g: _first_fused(g).attrs.update(kind=_first_fused(g).attrs["kind"]), False),
+])
+def test_the_manager_sees_a_pass_edit_its_input_even_inside_a_subgraph(edit, mutates):
+    """The check compares what the graph's text shows, subgraphs included."""
+    g = PassManager("fuse").run(fe.trace(mlp(), SX))
+    assert _first_fused(g) is not None
+    text = str(g)
+
+    def editing(graph):
+        out = graph.copy()
+        edit(graph)
+        return out
+
+    if not mutates:
+        assert PassManager([editing]).run(g) is not g and str(g) == text
+        return
+    with pytest.raises(PassError, match="mutated its input graph"):
+        PassManager([editing]).run(g)
+    assert str(g) != text
+
+
+def _first_fused(g: Graph):
+    return next((n for n in g.nodes if n.op == "fused"), None)
