@@ -95,3 +95,27 @@ def test_forward_direct_grid_only_where_its_waste_is_below_im2cols_copy():
     big = Direct(64, 64, (16, 16), (1, 1, 1, 1), (3, 3), (1, 1), "float32", f)
     assert (big.Q, big.Qpad) == (286, 288)
     assert big.beats_im2col(8, 2)
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,groups", [
+    ((1, 3, 64, 63), (16, 3, 7, 7), (2, 2), (3, 3, 3, 3), 1),    # a stem: 3 channels
+    ((1, 34, 16, 17), (64, 17, 3, 3), (1, 1), (1, 0, 1, 2), 2),  # groups, stride 1
+    ((1, 67, 32, 32), (64, 67, 1, 1), (2, 2), (0, 0, 0, 0), 1),  # 1x1 downsample
+])
+def test_one_image_on_two_threads_matches_reference(xs, ws, stride, padding, groups):
+    """One image, two threads, at least a GEMM tile of output positions and work enough for
+    a parallel node (> 1 MFLOP): the threads build the im2col rows of their share of the
+    channels (odd counts), then split the GEMM."""
+    g = Graph("conv")
+    x = g.add_input("x", TensorType(xs))
+    w = g.add_input("w", TensorType(ws))
+    g.set_outputs(g.add_node("conv", [x, w], dict(stride=stride, padding=padding,
+                                                  dilation=(1, 1), groups=groups)))
+    out = g.outputs[0].type.shape
+    assert out[2] * out[3] >= 32
+    rng = np.random.default_rng(sum(xs))
+    xa = rng.standard_normal(xs).astype(np.float32)
+    wa = rng.standard_normal(ws).astype(np.float32)
+    want = backends.compile(g, "reference")(xa, wa)[0]
+    got = backends.compile(g, "llvm", threads=2, cache=False)(xa, wa)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

@@ -330,9 +330,12 @@ def _conv(ctx, node, ins, outs):
             if pointwise:
                 src = b.gep(x.ptr, [xbase])
             else:
-                if split_gemm:
-                    with ctx.thread0():
-                        im2col(ctx, x, xbase, cg, geo, cols)
+                if split_gemm:      # threads split the channels (rows of cols)
+                    c0, c1 = ctx.split(cg)
+                    row0 = b.mul(c0, i64(prod(geo["kernel"])))
+                    im2col(ctx, x, b.add(xbase, b.mul(c0, i64(plane))), b.sub(c1, c0), geo,
+                           cols, at=lambda row, col: b.add(b.mul(b.add(row, row0), i64(P)),
+                                                           col))
                     ctx.barrier()
                 else:
                     im2col(ctx, x, xbase, cg, geo, cols)
