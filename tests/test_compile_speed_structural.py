@@ -283,13 +283,14 @@ def test_a_graph_hit_with_a_kernel_gone_compiles_again(cache_root):
 
 # ---------------------------------------------------------------- size-generic kernels
 def shape_variants() -> Graph:
-    """The same elementwise code at several sizes (odd ones: no multiple of a vector width):
-    exp, a product with a rank-0 scale, a comparison into bool, an Adam update; plus an add
-    that broadcasts a row (not size-generic) at two sizes."""
+    """The same elementwise code at several sizes (odd ones: no multiple of a vector width;
+    small ones run by one thread, a large one split across threads): exp, a product with a
+    rank-0 scale, a comparison into bool, an Adam update; plus an add that broadcasts a row
+    (not size-generic) at two sizes."""
     g = Graph("variants")
     s = g.add_input("s", TensorType(()))
     xs = [g.add_input(f"x{i}", TensorType(shape)) for i, shape in
-          enumerate([(64, 130), (37, 151), (4099,)])]
+          enumerate([(64, 130), (37, 151), (4099,), (256, 300)])]
     outs = []
     for x in xs:
         outs += [g.op("exp", x), g.op("mul", s, x), g.op("gt", x, s)]
@@ -319,7 +320,10 @@ def variant_args(g: Graph, seed: int) -> list:
 
 
 def test_elementwise_code_at_other_sizes_shares_one_kernel():
-    prog = llvm.program(shape_variants(), 2)
+    from irgraph.backends.llvm.module import runs_parallel
+    g = shape_variants()
+    assert {runs_parallel(n) for n in g.nodes if n.op == "exp"} == {True, False}
+    prog = llvm.program(g, 2)
     by_op: dict[str, int] = {}
     for k in prog.kernels.values():
         by_op[k.op] = by_op.get(k.op, 0) + 1
@@ -398,4 +402,4 @@ def test_a_failed_build_stops_its_compile_threads(cache_root, monkeypatch):
     monkeypatch.setattr(jit, "COMPILE_THREADS", 2)
     with pytest.raises(RuntimeError, match="on purpose"):
         backends.compile(shape_variants(), "llvm", threads=2, cache=False)
-    assert not [t for t in threading.enumerate() if t.name.startswith("irgraph-llvm")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("irgraph-llvm-compile")]

@@ -428,7 +428,7 @@ class _KernelStream:
         self.pool = None
         if n > 1:
             from concurrent.futures import ThreadPoolExecutor
-            self.pool = ThreadPoolExecutor(n, thread_name_prefix="irgraph-llvm")
+            self.pool = ThreadPoolExecutor(n, thread_name_prefix="irgraph-llvm-compile")
         self.loaded: list[bytes] = []
         self.jobs: list = []            # (kernel, future or None)
 

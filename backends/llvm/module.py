@@ -537,6 +537,8 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
     if generic:                         # the element count is an argument: any size
         extra.append(i64(outs[0].type.size))
         ins, outs = _generic_bufs(ins), _generic_bufs(outs)
+        if ctx.single:                  # one code for all threads or one: thread 0 of 1
+            extra[0], extra[1] = i64(0), i64(1)
     fnty = ir.FunctionType(VOID, [q.type for q in ptrs] + [v.type for v in extra])
     prog: Program = ctx.program
     sig = node_signature(node, ins, outs, pattern, ctx, generic)
@@ -566,7 +568,8 @@ def node_signature(node, ins: list[Buf], outs: list[Buf], pattern, ctx: Ctx,
     level = kernel_opt(node, -1) if ctx.module is ctx.program.entry else "callee"
     return "\n".join([generic_node(node) if generic else canonical_node(node), bufs,
                       ",".join(map(str, pattern)),
-                      f"single={ctx.single} scratch={ctx.node_scratch is not None} "
+                      f"single={ctx.single and not generic} "
+                      f"scratch={ctx.node_scratch is not None} "
                       f"ws={ctx.workspace_per_thread} threads={ctx.max_threads} "
                       f"small={_is_small(node)} level={level}", ctx.features])
 
@@ -612,9 +615,10 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
                 ctx.max_threads, ctx.features)
     child.program = prog
     child.node_index = index
+    child.single = ctx.single
     if len(fn.args) > len(ptrs) + 6:           # a size-generic kernel: its element count
         child.runtime_size = fn.args[len(ptrs) + 6]
-    child.single = ctx.single
+        child.single = False                   # (one thread calls it as thread 0 of 1)
     child.node_scratch = scr if ctx.node_scratch is not None else None
     low.fn(child, node, [Buf(fn.args[pattern[k]], x.type, x.swapped) for k, x in enumerate(ins)],
            [Buf(fn.args[pattern[len(ins) + k]], o.type, o.swapped) for k, o in enumerate(outs)])
