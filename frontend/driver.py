@@ -83,7 +83,7 @@ class Compiled:
 def pipeline_of(backend: str, pipeline=None, kind: str = "inference") -> list:
     """The passes a compile with ``backend`` runs: ``pipeline`` (None: ``kind``'s default),
     then the backend's declared ``PASSES``."""
-    declared = getattr(backends.get_backend(backend), "PASSES", ())
+    declared = backends.get_backend(backend).PASSES
     return parse_pipeline(pipeline, kind) + [get_pass(name) for name in declared]
 
 
@@ -97,9 +97,9 @@ def compile_graph(graph: Graph, *, backend: str = "reference",
     and ``stream`` as ``PassManager`` takes them (the backend's pass names included).
     ``keep_interface``: the passes must keep the graph's arguments and donations (a
     training step updates its parameters in place)."""
+    pm = PassManager(pipeline_of(backend, pipeline, kind), kind=kind,      # bad names fail
+                     print_after=print_after, stream=stream)               # before any work
     source = differentiate(graph) if differentiate is not None else graph
-    pm = PassManager(pipeline_of(backend, pipeline, kind), kind=kind,
-                     print_after=print_after, stream=stream)
     out = pm.run(source)
     if keep_interface:
         check_same_interface(source, out)
