@@ -1,10 +1,12 @@
 """bfloat16 matrix products on AVX-512 BF16: ``vdpbf16ps`` with float32 accumulators.
 
 Where the host has AVX-512 BF16 (``+avx512bf16`` among llvmlite's host features; never
-assumed), a ``matmul`` of two bfloat16 operands is not widened (``native``, the keep rule of
-``passes/low_precision.py`` in this backend): its lowering calls this GEMM. Elsewhere, or
-with ``ENABLED`` off, the product is widened to float32 between rounding casts as every
-other op.
+assumed), a ``matmul``, ``matmul_f32`` or convolution (forward, input and kernel gradients)
+of bfloat16 operands is not widened (``native``, the keep rule of
+``passes/low_precision.py`` in this backend): its lowering calls this GEMM (the
+convolutions through ``lower_conv*`` below: im2col of the 16-bit words, float32 sums,
+one rounding per result). Elsewhere, or with ``ENABLED`` off, the op is widened to float32
+between rounding casts as every other op.
 
 ``llvm.x86.avx512bf16.dpbf16ps.512(acc, a, b)`` multiplies the bfloat16 pairs held in each
 32-bit lane of ``a`` and ``b`` and adds both products to the float32 lane of ``acc``. So the
@@ -13,7 +15,8 @@ kernel packs a strip of NR = 32 columns of B as (k pair, column) 32-bit words,
 pair of each row of A; the MR x NR tile of float32 accumulators stays in 24 zmm registers over
 the whole of K, then each result is rounded once to bfloat16, to nearest even (NaN kept
 quiet): the semantics of every 16-bit op (docs/low_precision.md), with float32 sums in
-another order than the reference's.
+another order than the reference's; or stored (added) as float32 where the result is
+float32 (``matmul_f32``, the convolution gradients' partial sums).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from llvmlite import ir
 from .builder import F32, I16, I32, I64, PTR, STORAGE, broadcast_strides, for_range, i64, \
     prod, row_strides, strided_nest
 
-ENABLED = True          # False: every bf16 matmul is widened (the fallback, for tests)
+ENABLED = True          # False: every bf16 product is widened (the fallback, for tests)
 MR = 12                 # rows of the register tile
 VW = 16                 # float32 lanes of a zmm register
 NR = 2 * VW             # columns of the register tile (and of a packed B strip)
