@@ -1,13 +1,16 @@
 """ONNX models on irgraph's LLVM backend, side by side with onnxruntime and torch eager.
 
-    python bench/bench_onnx.py [--quick] [--size 224]
+    python bench/bench_onnx.py [--quick] [--size 224] [--models ...] [--pipeline "default, fuse"]
 
 ResNet-18 and MobileNetV2 (tests/onnx_models.py, random weights) exported by
 ``torch.onnx.export``, imported with batch norm folded, compiled by the LLVM backend; the
 same ONNX file runs on onnxruntime's CPU execution provider; torch runs the model eagerly.
 All with 2 threads, batch 1 and 8, input 3 x size x size (default 224). Prints ms per
 inference (best of N runs: the shared machine is noisy) and the ratio onnxruntime / LLVM
-(> 1: LLVM faster), and the machine. A script, not a test: nothing here asserts a speed.
+(> 1: LLVM faster), and the machine. The LLVM column compiles with ``--pipeline`` (default
+``default, fuse``: convolutions with their bias, activation and residual add as one kernel,
+as onnxruntime's default graph optimizations fuse them). A script, not a test: nothing here
+asserts a speed.
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18,mobilenet_v2",
                     help="comma-separated (MobileNetV2's depthwise convolutions take the "
                          "LLVM backend minutes to compile)")
+    ap.add_argument("--pipeline", default="default, fuse",
+                    help="the LLVM compile's pass pipeline ('default': no fusion)")
     args = ap.parse_args()
     size = 64 if args.quick else args.size
     runs = 3 if args.quick else 10
@@ -55,7 +60,8 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     print(describe(f"torch {torch.__version__}", f"onnxruntime {ort.__version__}",
                    f"{THREADS} threads each"))
-    print(f"input 3x{size}x{size}; ms per inference, best of {runs}")
+    print(f"input 3x{size}x{size}; ms per inference, best of {runs}; LLVM pipeline "
+          f"{args.pipeline!r}")
     print(f"{'model':14s} {'batch':>5s} {'llvm':>9s} {'onnxruntime':>12s} {'torch':>9s} "
           f"{'ort/llvm':>9s} {'compile s':>10s}")
     for name in args.models.split(","):
@@ -65,7 +71,7 @@ def main() -> None:
                 np.float32)
             data = om.to_onnx(model, torch.from_numpy(x))
             t = time.perf_counter()
-            exe = import_onnx(data).compile("llvm", threads=THREADS)
+            exe = import_onnx(data).compile("llvm", threads=THREADS, pipeline=args.pipeline)
             compile_s = time.perf_counter() - t
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = THREADS
