@@ -267,7 +267,7 @@ def test_a_new_graph_loads_the_kernels_of_a_layer_it_shares(cache_root):
 
 def test_a_graph_hit_with_a_kernel_gone_compiles_again(cache_root):
     """The graph's entry is served only with every kernel it calls; one evicted: rebuilt."""
-    g = mlp(32, 5, "g")
+    g = mlp(128, 5, "g")            # (its hidden layer's loops are kernels of their own)
     first = backends.compile(g, "llvm", threads=1)
     keys = [jit.kernel_key(k) for k in llvm.program(g, 1).kernels
             if k.startswith(KERNEL_PREFIX)]
@@ -403,3 +403,33 @@ def test_a_failed_build_stops_its_compile_threads(cache_root, monkeypatch):
     with pytest.raises(RuntimeError, match="on purpose"):
         backends.compile(shape_variants(), "llvm", threads=2, cache=False)
     assert not [t for t in threading.enumerate() if t.name.startswith("irgraph-llvm-compile")]
+
+
+# ---------------------------------------------------------------- levels by code
+def test_straight_line_kernels_take_the_cheap_level():
+    """A GEMM kernel only calls the GEMM runtime (compiled once per machine): it has no loop
+    to tune and is compiled at the cheap level with the entry; loop kernels of the same
+    graph keep the requested level."""
+    from irgraph.backends.llvm.module import CHEAP_PREFIX, has_loop
+    prog = llvm.program(mlp(128, 5, "g"), 2)
+    mm = [k for k in prog.kernels.values() if k.op == "matmul"]
+    loops = [k for k in prog.kernels.values() if k.op == "relu"]
+    assert mm and all(not has_loop(k.text) and k.opt == 0 for k in mm)
+    assert all(k.symbol.startswith(CHEAP_PREFIX) for k in mm)
+    assert loops and all(has_loop(k.text) and k.opt == 3 for k in loops)
+
+
+@pytest.mark.parametrize("text, loops", [
+    ("define void @f() {\nentry:\n  br label %\"a\"\na:\n  br label %\"a\"\n}\n", True),
+    ("define void @f() {\nentry:\n  br label %\"b\"\na:\n  ret void\nb:\n  br label %\"a\"\n}\n",
+     True),
+    ("define void @f(i1 %c) {\nentry:\n  br i1 %c, label %\"a\", label %\"b\"\na:\n"
+     "  br label %\"b\"\nb:\n  ret void\n}\n", False),
+    ("define void @f() {\nentry:\n  ret void\n}\ndefine void @g() {\nx:\n  br label %\"entry\"\n"
+     "entry:\n  ret void\n}\n", False),
+    ("define void @f(i64 %v) {\nentry:\n  br label %\"s\"\ns:\n  switch i64 %v, label %\"e\" "
+     "[i64 0, label %\"s\"]\ne:\n  ret void\n}\n", True),
+])
+def test_has_loop_finds_back_edges(text, loops):
+    from irgraph.backends.llvm.module import has_loop
+    assert has_loop(text) is loops

@@ -626,6 +626,8 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     text = str(module)
     # a kernel called from another one (a scan's step body) may run many times a call
     level = kernel_opt(node, prog.opt) if ctx.module is prog.entry else prog.opt
+    if ctx.module is prog.entry and level > 0 and not has_loop(text):
+        level = 0           # straight-line code (a call into the GEMM runtime): nothing to tune
     prefix = CHEAP_PREFIX if level == 0 else KERNEL_PREFIX
     symbol = prefix + hashlib.sha256(f"{level}\0{text}".encode()).hexdigest()[:40]
     if symbol not in prog.kernels:
@@ -641,6 +643,24 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
 CHEAP_WORK = 4096
 HEAVY_OPS = frozenset({"matmul", "matmul_f32", "conv", "conv_fft", "conv_input_grad", "conv_kernel_grad",
                        "scan", "fused", "locally_connected", "tiled_conv"})
+
+
+_LABEL = re.compile(r'^"?([^"\s]+?)"?:')
+_TARGET = re.compile(r'label %"?([^",\s]+)"?')
+
+
+def has_loop(text: str) -> bool:
+    """Does some function of the module ``text`` loop: a branch to its own block or to one
+    printed before it (a cycle of blocks has such an edge, whatever their order)?"""
+    seen: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("define "):
+            seen = set()
+        elif (m := _LABEL.match(line)) is not None:
+            seen.add(m.group(1))
+        elif "label %" in line and any(t in seen for t in _TARGET.findall(line)):
+            return True
+    return False
 
 
 def kernel_opt(node, opt: int) -> int:
