@@ -104,7 +104,7 @@ def test_llvm_bf16_conv_fallback_without_the_feature(monkeypatch):
     the exact values as the reference's results."""
     from irgraph.backends.llvm import gemm_bf16
     monkeypatch.setattr(gemm_bf16, "ENABLED", False)
-    g, args = conv_graph(CONVS[:4], "bfloat16")
+    g, args = conv_graph(CONVS[:2], "bfloat16")
     assert not any(gemm_bf16.native(v.node) for v in g.outputs)
     exe = backends.compile(g, "llvm", threads=2)
     assert "vdpbf16ps" not in exe.assembly()
@@ -189,7 +189,7 @@ def test_llvm_bf16_conv_gradients(monkeypatch, enabled):
     one rounding), the widened fallback with the feature forced off."""
     from irgraph.backends.llvm import gemm_bf16, jit
     monkeypatch.setattr(gemm_bf16, "ENABLED", enabled)
-    cases = CONVS if enabled else CONVS[:3]
+    cases = CONVS if enabled else CONVS[:2]
     g, args, _ = grads_graph(cases, "bfloat16")
     has = gemm_bf16.supported(jit.host()[2])
     assert all(gemm_bf16.native(v.node) == has for v in g.outputs)
