@@ -22,9 +22,8 @@ import numpy as np  # noqa: E402
 
 import irgraph.backends as backends  # noqa: E402
 import irgraph.frontend as fe  # noqa: E402
-from irgraph.backends.llvm import ops_attention  # noqa: E402
+from irgraph.backends.llvm import ops_attention, ops_norm  # noqa: E402
 from irgraph.frontend import F, nn  # noqa: E402
-from irgraph.passes.layer_regions import fuse_attention, fuse_norm  # noqa: E402
 
 
 def attention(seq: int, heads: int, d: int, causal: bool, repeats: int) -> tuple[float, float]:
@@ -34,13 +33,13 @@ def attention(seq: int, heads: int, d: int, causal: bool, repeats: int) -> tuple
     args = [r.standard_normal(s.shape).astype(np.float32) for s in specs]
     g = fe.trace(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
                  *specs)
-    keep = ops_attention.MAX_KEYS
-    ops_attention.MAX_KEYS = 1 << 62           # the row blocks at every length
-    try:
-        exes = [backends.compile(g, "llvm", threads=THREADS, cache=False),
-                backends.compile(fuse_attention(g), "llvm", threads=THREADS, cache=False)]
-    finally:
-        ops_attention.MAX_KEYS = keep
+    exes = []
+    for mode in ("never", "always"):          # the composition, then the row blocks
+        ops_attention.MODE = mode
+        try:
+            exes.append(backends.compile(g, "llvm", threads=THREADS, cache=False))
+        finally:
+            ops_attention.MODE = "auto"
     a, b = exes[0](*args), exes[1](*args)
     assert np.allclose(a, b, rtol=1e-4, atol=1e-5), np.abs(a - b).max()
     return tuple(best_of(lambda e=e: e(*args), repeats) for e in exes)
@@ -51,7 +50,13 @@ def layer_norm(rows: int, width: int, repeats: int) -> tuple[float, float]:
     g = fe.trace(ln, fe.TensorSpec((rows, width)))
     x = np.random.default_rng(0).standard_normal((rows, width)).astype(np.float32)
     args = [x, ln.weight.data, ln.bias.data]
-    exes = [backends.compile(gg, "llvm", threads=THREADS, cache=False) for gg in (g, fuse_norm(g))]
+    exes = []
+    for regions in (False, True):              # the composition, then the two passes
+        ops_norm.REGIONS = regions
+        try:
+            exes.append(backends.compile(g, "llvm", threads=THREADS, cache=False))
+        finally:
+            ops_norm.REGIONS = True
     return tuple(best_of(lambda e=e: e(*args), repeats) for e in exes)
 
 

@@ -6,9 +6,10 @@ the block's scores (ROWS x S) into the thread's scratch, one pass per row applie
 scale and masks and takes the maximum, one exponentiates and sums, one normalizes, and a
 second GEMM multiplies the block's weights by v into the output rows. With the causal mask
 only the keys up to the block's last query are computed. bench/bench_attention.py measures
-this against the composition (which writes and reads all (L, S) scores of a head): the row
-blocks win with the causal mask at every length (half the keys) and without it on short
-sequences, and tie or lose slightly from ``MAX_KEYS`` keys on, where the composition runs.
+this against the composition (which writes and reads all (L, S) scores of a head): at head
+dim 64 the row blocks win with the causal mask at every length (1.6x at 128 keys, 2x at
+2048: half the keys) and without it on short sequences (1.2-1.35x up to 256 keys), and
+lose 10-13% from ``MAX_KEYS`` keys on, where the composition runs.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from .lowering import fused_kind
 from . import scalar as sc
 
 ROWS = 32               # queries per block
-MAX_KEYS = 1024         # without the causal mask, row blocks below this many keys
+MAX_KEYS = 512          # without the causal mask, row blocks below this many keys
+# "auto": the rule above; "always" / "never": bench/bench_attention.py compares the two
+MODE = "auto"
 
 
 def _dims(spec):
@@ -35,7 +38,9 @@ def row_blocks(spec) -> bool:
     if spec is None or spec.q.type.dtype not in ("float32", "float64"):
         return False
     batch, L, S, E, EV = _dims(spec)
-    return (spec.causal or S < MAX_KEYS) and min(L, S, E, EV) > 0
+    if MODE != "auto" or min(L, S, E, EV) == 0:
+        return MODE == "always" and min(L, S, E, EV) > 0
+    return spec.causal or S < MAX_KEYS
 
 
 def _scratch(node, threads, features) -> int:

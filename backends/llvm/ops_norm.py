@@ -76,6 +76,9 @@ def _batch_norm(ctx, node, ins, outs):
 
 
 # ---------------------------------------------------------------- normalize regions
+# False: normalize and rows regions run their nodes one by one (bench/bench_attention.py
+# compares the two)
+REGIONS = True
 NORMALIZE_ROW_ROLES = ("mean", "var", "vare", "r")        # one value per row
 NORMALIZE_ELEM_ROLES = ("d", "sq", "y", "yw", "yb")       # one value per element
 
@@ -90,7 +93,7 @@ def lower_normalize(ctx, node, ins, outs) -> bool:
     body is not such a region (the caller lowers it node by node)."""
     from irgraph.passes.layer_regions import normalize_spec
     body = node.attrs["body"]
-    spec = normalize_spec(body)
+    spec = normalize_spec(body) if REGIONS else None
     if spec is None or spec.x.type.dtype not in ("float32", "float64") \
             or any(t.swapped for t in list(ins) + list(outs)):
         return False
@@ -175,7 +178,7 @@ def lower_rows(ctx, node, ins, outs) -> bool:
     from .ops_core import SCALAR
     body = node.attrs["body"]
     reds = [n for n in body.nodes if n.op in ("sum", "mean")]
-    if not reds or any(t.swapped for t in list(ins) + list(outs)):
+    if not REGIONS or not reds or any(t.swapped for t in list(ins) + list(outs)):
         return False
     full, k = reds[0].inputs[0].shape, trailing_axes(reds[0])
     scalar_const = lambda n: n.op == "full" and n.outputs[0].type.size == 1   # noqa: E731
