@@ -3,6 +3,14 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Property tests draw the same examples on every run (a red run is a real, reproducible
+# failure, never a rare draw); HYPOTHESIS_PROFILE=explore searches afresh with new seeds.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
 # ``pytest -m quick``: a fast subset for the inner loop (under a minute on two cores) that
 # touches every package: the IR and registry, the passes, the reference, LLVM and Triton
 # backends, and the frontend. Node-id prefixes: a file, or one test of a file.
