@@ -35,7 +35,8 @@ PipelineSpec = Union[str, Sequence[Union[str, PassFn]], None]
 # modules whose import registers the built-in passes (loaded on first lookup, so that a pass
 # module can import this one for ``register_pass``)
 _BUILTIN_MODULES = ("irgraph.passes.simplify", "irgraph.passes.inference", "irgraph.passes.fold_bn",
-                    "irgraph.passes.fusion", "irgraph.passes.layer_regions", "irgraph.passes.scan_reuse",
+                    "irgraph.passes.fusion", "irgraph.passes.layer_regions",
+                    "irgraph.passes.scan_reuse",
                     "irgraph.passes.scan_accumulate",
                     "irgraph.passes.debug_nans", "irgraph.passes.unroll")
 

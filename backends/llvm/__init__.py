@@ -55,7 +55,7 @@ def llvm_low_precision(graph: Graph) -> Graph:
 # BPTT without recomputing forward outputs (scan_reuse), weight-gradient sums over steps as
 # one GEMM (scan_accumulate), each scan's step body lowered fused (fuse_scan_bodies).
 PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "fuse_scan_bodies",
-          "fuse_attention", "fuse_norm")
+          "fuse_attention", "fuse_norm", "fuse_norm_grad")
 
 
 def _prepare(graph: Graph, threads: int, profile: bool = False):
