@@ -115,3 +115,19 @@ def test_conv_kernel_grad_through_the_gemm_matches_torch(threads):
     want = torch.nn.grad.conv2d_weight(torch.from_numpy(xa), (16, 6, 5, 5),
                                        torch.from_numpy(ga))
     np.testing.assert_allclose(dw, want.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("k", [15, 16, 17, 48, 203])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_b_rows_along_k_pack_by_register_transposes(k, dtype, threads):
+    """x @ W^T (a linear layer): B's strips lie along k and pack as vw x vw blocks
+    transposed in registers plus a tail of k % vw; small integers make every product and
+    sum exact, so one misplaced element shows as a wrong value, not a rounding difference.
+    M spans the in-place and packed A paths, N whole strips and a partial one."""
+    for m, n in [(5, 64 + 9), (130, 97)]:
+        exe = backends.compile(_graph(m, k, n, False, True, dtype), "llvm", threads=threads)
+        a = RNG.integers(-4, 5, (m, k)).astype(dtype)
+        b = RNG.integers(-4, 5, (n, k)).astype(dtype)
+        (c,) = run_guarded(exe, [a, b])
+        np.testing.assert_array_equal(c, a.astype(np.int64) @ b.T.astype(np.int64))

@@ -155,8 +155,21 @@ class _GemmBuilder:
                 with for_range(b, 0, full, "pu") as s:
                     self.pack_strip(dst, src, s, i64(1), s_k, kc, w, vector=True)
             with other:
-                with for_range(b, 0, full, "pf") as s:
-                    self.pack_strip(dst, src, s, s_strip, s_k, kc, w, vector=False)
+                if w % self.t.vw == 0:
+                    # a strip along k (s_k == 1: B = W^T of a linear layer, packed on every
+                    # call) moves as vw x vw blocks transposed in registers, not one
+                    # element at a time
+                    with b.if_else(b.icmp_signed("==", s_k, i64(1))) as (along_k, gather):
+                        with along_k:
+                            with for_range(b, 0, full, "pt") as s:
+                                self.pack_strip_transposed(dst, src, s, s_strip, kc, w)
+                        with gather:
+                            with for_range(b, 0, full, "pf") as s:
+                                self.pack_strip(dst, src, s, s_strip, s_k, kc, w,
+                                                vector=False)
+                else:
+                    with for_range(b, 0, full, "pf") as s:
+                        self.pack_strip(dst, src, s, s_strip, s_k, kc, w, vector=False)
         with for_range(b, full, nstrips, "ps") as s:
             base = b.mul(s, b.mul(kc, i64(w)))
             with for_range(b, 0, kc, "pk") as k:
@@ -185,6 +198,36 @@ class _GemmBuilder:
                 for r in range(w):
                     v = b.load(b.gep(src, [b.add(at, b.mul(i64(r), s_strip))]))
                     b.store(v, b.gep(row, [i64(r)]))
+
+    def pack_strip_transposed(self, dst, src, s, s_strip, kc, w: int) -> None:
+        """One whole strip whose rows lie along k (k stride 1, row r at r * s_strip):
+        dst[k][r] = src[r * s_strip + k]. Each vw x vw block is vw vector loads (one per
+        row), a transpose in registers (log2 vw rounds of two-input shuffles swapping the
+        off-diagonal halves of ever larger blocks) and vw vector stores; the last kc % vw
+        values of k one by one."""
+        b, vw = self.b, self.t.vw
+        vt = self.vec
+        vp = ir.PointerType(vt)
+        base = b.mul(s, b.mul(kc, i64(w)))
+        first = b.mul(b.mul(s, i64(w)), s_strip)
+        kfull = b.mul(b.sdiv(kc, i64(vw)), i64(vw))
+        with for_range(b, 0, kfull, "tk", vw) as k0:
+            for c in range(w // vw):
+                rows = []
+                for r in range(vw):
+                    at = b.add(b.add(first, b.mul(i64(c * vw + r), s_strip)), k0)
+                    rows.append(b.load(b.bitcast(b.gep(src, [at]), vp),
+                                       align=self.elem_align()))
+                cols = _transpose(b, rows, vw)
+                for j in range(vw):
+                    at = b.add(base, b.add(b.mul(b.add(k0, i64(j)), i64(w)), i64(c * vw)))
+                    b.store(cols[j], b.bitcast(b.gep(dst, [at]), vp), align=self.elem_align())
+        with for_range(b, kfull, kc, "tr") as k:
+            row = b.add(base, b.mul(k, i64(w)))
+            at = b.add(first, k)
+            for r in range(w):
+                v = b.load(b.gep(src, [b.add(at, b.mul(i64(r), s_strip))]))
+                b.store(v, b.gep(dst, [b.add(row, i64(r))]))
 
     def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first, a_rows=None,
               b_view=None) -> None:
@@ -275,6 +318,25 @@ class _GemmBuilder:
 
 def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _transpose(b, rows: list, n: int) -> list:
+    """The n x n transpose of n vectors of n elements (n a power of two): at the round of
+    block size h, rows i and i + h (bit h of i clear) swap the off-diagonal h x h blocks
+    of their 2h x 2h block, so out[j][i] = rows[i][j] after log2(n) rounds."""
+    h = 1
+    while h < n:
+        nxt = list(rows)
+        for i in range(n):
+            if i & h:
+                continue
+            lo, hi = rows[i], rows[i + h]
+            nxt[i] = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, n), [
+                j if not j & h else n + j - h for j in range(n)]))
+            nxt[i + h] = b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, n), [
+                j + h if not j & h else n + j for j in range(n)]))
+        rows, h = nxt, 2 * h
+    return rows
 
 
 # ---------------------------------------------------------------- the matmul lowering
