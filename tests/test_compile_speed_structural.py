@@ -285,8 +285,8 @@ def test_a_graph_hit_with_a_kernel_gone_compiles_again(cache_root):
 def shape_variants() -> Graph:
     """The same elementwise code at several sizes (odd ones: no multiple of a vector width;
     small ones run by one thread, a large one split across threads): exp, a product with a
-    rank-0 scale, a comparison into bool, an Adam update; plus an add that broadcasts a row
-    (not size-generic) at two sizes."""
+    rank-0 scale, a comparison into bool, an Adam update; plus adds that broadcast a row,
+    a column, or along a middle axis, each at two sizes (one kernel per pattern)."""
     g = Graph("variants")
     s = g.add_input("s", TensorType(()))
     xs = [g.add_input(f"x{i}", TensorType(shape)) for i, shape in
@@ -298,9 +298,11 @@ def shape_variants() -> Graph:
     for i, shape in enumerate([(96, 97), (5001,)]):
         p, gr, m, v = (g.add_param(f"{n}{i}", TensorType(shape)) for n in "pgmv")
         outs += list(g.op("adam_update", p, gr, m, v, *hyper, convention="torch"))
-    for i, shape in enumerate([(64, 130), (80, 130)]):
-        row = g.add_input(f"row{i}", TensorType((130,)))
-        outs.append(g.op("add", g.add_input(f"y{i}", TensorType(shape)), row))
+    for i, (shape, other) in enumerate([((64, 130), (130,)), ((80, 130), (130,)),
+                                        ((64, 130), (64, 1)), ((100, 45), (100, 1)),
+                                        ((8, 12, 30), (12, 1)), ((5, 31, 33), (31, 1))]):
+        b = g.add_input(f"b{i}", TensorType(other))
+        outs.append(g.op("add", g.add_input(f"y{i}", TensorType(shape)), b))
     g.set_outputs(outs)
     return g
 
@@ -327,9 +329,9 @@ def test_elementwise_code_at_other_sizes_shares_one_kernel():
     by_op: dict[str, int] = {}
     for k in prog.kernels.values():
         by_op[k.op] = by_op.get(k.op, 0) + 1
-    # one kernel per code whatever the size; the broadcasting add keeps one per shape
+    # one kernel per code whatever the size; the broadcasting adds: one per pattern
     assert by_op["exp"] == by_op["mul"] == by_op["gt"] == by_op["adam_update"] == 1, by_op
-    assert by_op["add"] == 2, by_op
+    assert by_op["add"] == 3, by_op
 
 
 @pytest.mark.parametrize("threads", [1, 2])

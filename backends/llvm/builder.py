@@ -166,8 +166,8 @@ def for_range(b: ir.IRBuilder, start, stop, name: str = "i",
 def strided_nest(b: ir.IRBuilder, shape: Sequence[int], strides: Sequence[Sequence[int]],
                  bases: Sequence[ir.Value] | None = None,
                  outer: tuple[ir.Value, ir.Value] | None = None) -> Iterator[list[ir.Value]]:
-    """Loops over ``shape`` (constants; an i64 value for a size known at run time only);
-    yields, per operand, its element offset (base + sum(i*stride)).
+    """Loops over ``shape``; yields, per operand, its element offset (base + sum(i*stride)).
+    Sizes and strides are constants, or i64 values where known at run time only.
 
     ``outer`` = (lo, hi) restricts the outermost loop (a thread's share of it).
     """
@@ -185,7 +185,8 @@ def _nest(b, shape, strides, offs, outer, depth):
     lo, hi = outer if (outer is not None and depth == 0) else (
         i64(0), i64(size) if isinstance(size, int) else size)
     with for_range(b, lo, hi, name=f"d{depth}") as i:
-        new = [b.add(o, b.mul(i, i64(s[depth]))) if s[depth] else o
+        new = [o if isinstance(s[depth], int) and not s[depth] else
+               b.add(o, b.mul(i, i64(s[depth]) if isinstance(s[depth], int) else s[depth]))
                for o, s in zip(offs, strides)]
         with _nest(b, shape, strides, new, outer, depth + 1) as res:
             yield res

@@ -12,10 +12,24 @@ from .lowering import Ctx
 
 ScalarFn = Callable[[list[ir.Value]], "ir.Value | list[ir.Value]"]
 
-# the length a size-generic kernel's lowering sees its tensors with (rank 1): ``elementwise``
-# loops to the kernel's size argument instead. A lowering that used it in any other way
-# would compute wrong results at every size, not silently at some.
-RUNTIME_SIZE = 1_000_003
+# the dimensions a size-generic kernel's lowering sees its tensors with (module.size_generic:
+# the output's coalesced dimensions, in order; an input has 1 where it broadcasts):
+# ``elementwise`` loops over the kernel's dimension arguments instead, with strides computed
+# from them. A lowering that used these numbers in any other way would compute wrong
+# results at every size, not silently at some.
+RUNTIME_DIMS = (1009, 1013, 1019, 1021)
+
+
+def runtime_strides(b: ir.IRBuilder, dims: Sequence[ir.Value], reads: Sequence[bool]):
+    """Row-major strides over ``dims`` of an operand that walks the dimensions where
+    ``reads`` is true (0 where it broadcasts); the innermost one read stays the constant 1."""
+    out: list = [0] * len(dims)
+    acc = 1
+    for i in reversed(range(len(dims))):
+        if reads[i]:
+            out[i] = acc
+            acc = dims[i] if acc == 1 else b.mul(acc, dims[i])
+    return out
 
 
 def elementwise(ctx: Ctx, outs: Sequence[Buf], ins: Sequence[Buf], fn: ScalarFn,
@@ -25,10 +39,12 @@ def elementwise(ctx: Ctx, outs: Sequence[Buf], ins: Sequence[Buf], fn: ScalarFn,
     strides = [row_strides(shape)] * len(outs) + [broadcast_strides(x.shape, shape)
                                                   for x in ins]
     cshape, cstrides = coalesce(shape, strides)
-    if ctx.runtime_size is not None:          # a size-generic kernel (module.size_generic)
-        if cshape != (RUNTIME_SIZE,):
+    if ctx.runtime_dims is not None:          # a size-generic kernel (module.size_generic)
+        dims = ctx.runtime_dims
+        if cshape != RUNTIME_DIMS[:len(dims)]:
             raise AssertionError(f"llvm backend: a size-generic kernel over shape {shape}")
-        cshape = (ctx.runtime_size,)
+        cstrides = [runtime_strides(ctx.b, dims, [x != 0 for x in st]) for st in cstrides]
+        cshape = tuple(dims)
     if not cshape:
         with ctx.thread0():
             _body(ctx, outs, ins, fn, [i64(0)] * len(strides))

@@ -118,8 +118,8 @@ class Ctx:
         self.node_scratch: ir.Value | None = None   # i8*: the current node's arena scratch
         self.barrier_fn: ir.Function | None = None
         self.single = False       # inside thread0(): one thread does everything
-        # a size-generic kernel's element count (an i64 argument), else None
-        self.runtime_size: ir.Value | None = None
+        # a size-generic kernel's dimensions (i64 arguments), else None
+        self.runtime_dims: tuple[ir.Value, ...] | None = None
         self._last_barrier = None  # (block, instruction count) just after the last barrier
         self._entry_block = fn.entry_basic_block
 

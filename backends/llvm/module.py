@@ -22,9 +22,10 @@ from irgraph import Graph, Value
 from irgraph.ir import all_nodes
 from irgraph.liveness import last_reads
 
-from .builder import I64, PTR, STORAGE, VOID, Buf, cpu_relax, i64
+from .builder import (I64, PTR, STORAGE, VOID, Buf, broadcast_strides, coalesce, cpu_relax,
+                      i64, row_strides)
 from .gemm import workspace_bytes
-from .elementwise import RUNTIME_SIZE
+from .elementwise import RUNTIME_DIMS
 from .lowering import SAME_INDEX, SCRATCH, Ctx, get_lowering, load_ptr
 
 ALIGN = 64
@@ -533,14 +534,18 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
     extra = [ctx.tid, ctx.nthreads, ctx.ctl, ctx.workspace,
              ctx.node_scratch if ctx.node_scratch is not None else ir.Constant(PTR, None),
              node_index]
-    generic = size_generic(node, ins, outs)
-    if generic:                         # the element count is an argument: any size
-        extra.append(i64(outs[0].type.size))
-        ins, outs = _generic_bufs(ins), _generic_bufs(outs)
+    prog: Program = ctx.program
+    # (a kernel of the cheap level is compiled with the entry: sharing it saves nothing)
+    cheap = ctx.module is prog.entry and kernel_opt(node, prog.opt) == 0
+    layout = None if cheap else size_generic(node, ins, outs)
+    generic = layout is not None
+    if generic:                         # the dimensions are arguments: any size
+        dims, reads = layout
+        extra += [i64(d) for d in dims]
+        ins, outs = _generic_bufs(ins, reads[len(outs):]), _generic_bufs(outs, reads)
         if ctx.single:                  # one code for all threads or one: thread 0 of 1
             extra[0], extra[1] = i64(0), i64(1)
     fnty = ir.FunctionType(VOID, [q.type for q in ptrs] + [v.type for v in extra])
-    prog: Program = ctx.program
     sig = node_signature(node, ins, outs, pattern, ctx, generic)
     symbol = prog.memo.get(sig)
     if symbol is None:
@@ -574,28 +579,35 @@ def node_signature(node, ins: list[Buf], outs: list[Buf], pattern, ctx: Ctx,
                       f"small={_is_small(node)} level={level}", ctx.features])
 
 
-def size_generic(node, ins: list[Buf] | None = None, outs: list[Buf] | None = None) -> bool:
-    """Does ``node`` run a kernel shared by every size: its lowering is size-generic
-    (``Lowering.size_generic``), its outputs share one shape of at least one element and
-    each input has that shape or rank 0, no buffer is read with swapped axes? (With no
-    buffers given: is its lowering size-generic.)"""
-    if not get_lowering(node).size_generic:
-        return False
-    if ins is None:
-        return True
-    shape = outs[0].shape if outs else ()
-    return (bool(shape) and outs[0].type.size > 0
-            and all(o.shape == shape for o in outs)
-            and all(x.shape in (shape, ()) for x in ins)
-            and not any(x.swapped for x in ins + outs))
+def size_generic(node, ins: list[Buf], outs: list[Buf]):
+    """The layout of ``node``'s kernel when one kernel serves every size, else None: its
+    lowering is size-generic (``Lowering.size_generic``), its outputs share one shape of at
+    least one element, no buffer is read with swapped axes, and the coalesced loop nest
+    over the output (``builder.coalesce``; each input broadcast into it) has at most
+    ``len(RUNTIME_DIMS)`` dimensions. The layout: (those dimensions, per output then input
+    which of them it walks); the kernel takes the dimensions as arguments."""
+    if not get_lowering(node).size_generic or not outs:
+        return None
+    shape = outs[0].shape
+    if (not shape or outs[0].type.size == 0 or any(o.shape != shape for o in outs)
+            or any(x.swapped for x in ins + outs)):
+        return None
+    strides = [row_strides(shape)] * len(outs) + [broadcast_strides(x.shape, shape)
+                                                  for x in ins]
+    dims, cstrides = coalesce(shape, strides)
+    if not 1 <= len(dims) <= len(RUNTIME_DIMS):
+        return None
+    return dims, [tuple(st != 0 for st in s) for s in cstrides]
 
 
-def _generic_bufs(bufs: list[Buf]) -> list[Buf]:
+def _generic_bufs(bufs: list[Buf], reads) -> list[Buf]:
     """The buffers as a size-generic kernel's lowering sees them: rank 0 kept, every other
-    one of length ``RUNTIME_SIZE`` (``elementwise`` loops to the size argument instead)."""
+    one over ``RUNTIME_DIMS`` where it walks a dimension and 1 where it broadcasts
+    (``elementwise`` loops over the dimension arguments instead)."""
     from irgraph import TensorType
-    return [x if x.type.rank == 0 else Buf(x.ptr, TensorType((RUNTIME_SIZE,), x.dtype))
-            for x in bufs]
+    return [x if x.type.rank == 0 else Buf(x.ptr, TensorType(
+        tuple(d if r else 1 for d, r in zip(RUNTIME_DIMS, walk)), x.dtype))
+        for x, walk in zip(bufs, reads)]
 
 
 def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
@@ -616,8 +628,8 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     child.program = prog
     child.node_index = index
     child.single = ctx.single
-    if len(fn.args) > len(ptrs) + 6:           # a size-generic kernel: its element count
-        child.runtime_size = fn.args[len(ptrs) + 6]
+    if len(fn.args) > len(ptrs) + 6:           # a size-generic kernel: its dimensions
+        child.runtime_dims = tuple(fn.args[len(ptrs) + 6:])
         child.single = False                   # (one thread calls it as thread 0 of 1)
     child.node_scratch = scr if ctx.node_scratch is not None else None
     low.fn(child, node, [Buf(fn.args[pattern[k]], x.type, x.swapped) for k, x in enumerate(ins)],
