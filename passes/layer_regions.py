@@ -31,7 +31,7 @@ from irgraph.registry import ops_with
 from .manager import register_pass
 from .simplify import dce
 
-FLOATS = ("float32", "float64")
+FLOATS = ("float32", "float64", "float16", "bfloat16")
 
 
 def _scalar_full(v: Value) -> float | None:

@@ -10,7 +10,8 @@ so a backend needs only the two casts (float32 <-> 16 bits, rounding to nearest 
 every op in both dtypes, with float32 accumulation in reductions, matmul and convolution.
 Values, names, outputs and donations keep their 16-bit types. A node with a subgraph
 (recurrence, fused region) keeps its boundary types and has its body widened alike. ``keep``
-names nodes a backend runs natively on 16-bit operands (the LLVM backend's bf16 GEMM).
+names nodes a backend runs natively on 16-bit operands (the LLVM backend's bf16 GEMM; a
+region kept keeps its body as it is).
 """
 from __future__ import annotations
 
@@ -62,13 +63,16 @@ def widen_low_precision(graph: Graph,
 
     changed = False
     for node in graph.nodes:
+        if keep(node):
+            rw.copy_node(node)
+            continue
         if node.opdef.has_subgraph:
             attrs = {k: widen_low_precision(a, keep) if isinstance(a, Graph) else a
                      for k, a in node.attrs.items()}
             changed |= any(attrs[k] is not node.attrs[k] for k in attrs)
             rw.copy_node(node, attrs)
             continue
-        if node.op == "cast" or not _touches_low(node) or keep(node):
+        if node.op == "cast" or not _touches_low(node):
             rw.copy_node(node)
             continue
         changed = True

@@ -239,14 +239,13 @@ def _low_precision(dt: str) -> None:
 
 def _attention() -> None:
     """The flash attention kernel: causal, bool and additive masks and none, head dims 64 and
-    128 (the widest tiles), IEEE and TF32 products."""
-    from irgraph.passes.layer_regions import fuse_attention
-    for e, mask, tf32 in ((64, "causal", False), (128, "bool", False), (128, "add", True),
-                          (64, None, True)):
+    128 (the widest tiles), IEEE and TF32 products, float32 and bfloat16 operands."""
+    for e, mask, tf32, dt in ((64, "causal", False, "float32"), (128, "bool", False, "float32"),
+                              (128, "add", True, "float32"), (64, None, True, "bfloat16")):
         g = Graph(f"attention_{e}")
-        q, k, v = (g.add_input(n, TensorType((1, 2, 19, e))) for n in "qkv")
+        q, k, v = (g.add_input(n, TensorType((1, 2, 19, e), dt)) for n in "qkv")
         scores = g.op("matmul", g.op("mul", q, g.op("full", shape=(), value=e ** -0.5,
-                                                     dtype="float32")),
+                                                     dtype=dt)),
                       g.op("transpose", k, perm=(0, 1, 3, 2)))
         if mask == "add":
             scores = g.op("add", scores, g.add_input("m", TensorType((19, 19))))
@@ -257,9 +256,9 @@ def _attention() -> None:
             scores = g.op("where", keep, scores,
                           g.op("full", shape=(), value=float("-inf"), dtype="float32"))
         g.set_outputs([g.op("matmul", g.op("softmax", scores, axis=3), v)])
-        a = [RNG.standard_normal(x.shape).astype(np.float32) if x.type.dtype != "bool"
-             else np.ones(x.shape, bool) for x in g.inputs]
-        exe = backends.compile(fuse_attention(g), "triton", allow_tf32=tf32)
+        a = [RNG.standard_normal(x.shape).astype(np.float32).astype(x.type.np_dtype)
+             if x.type.dtype != "bool" else np.ones(x.shape, bool) for x in g.inputs]
+        exe = backends.compile(g, "triton", allow_tf32=tf32)
         assert "flash attention" in exe.source()
         exe(*a)
 

@@ -26,6 +26,7 @@ from irgraph.passes.manager import register_pass
 
 from ..base import (Executable, raise_as_reference, reference_error, run_backend_passes,
                     validate_args)
+from .fused_attention import flash_attention
 from .kernels.elementwise import elementwise
 from .lower_optim import inplace_updates, updated_input
 from . import runtime
@@ -42,8 +43,10 @@ LOW_PRECISION_NATIVE = ("matmul", "matmul_f32", "conv", "conv_fft", "conv_input_
 
 
 def native_low_precision(node: Node) -> bool:
-    """Whether ``node`` runs on its 16-bit operands unwidened (LOW_PRECISION_NATIVE)."""
-    return node.op in LOW_PRECISION_NATIVE
+    """Whether ``node`` runs on its 16-bit operands unwidened (LOW_PRECISION_NATIVE, and an
+    attention region the flash kernel takes: float32 accumulation, one rounding per
+    result)."""
+    return node.op in LOW_PRECISION_NATIVE or flash_attention(node)
 
 
 @register_pass("triton_low_precision")
@@ -54,7 +57,8 @@ def triton_low_precision(graph: Graph) -> Graph:
 
 
 # the graph rewrites this backend needs, run by the PassManager after the pipeline
-PASSES = ("triton_low_precision", "fuse_attention")
+# (attention regions first: the flash kernel takes 16-bit ones as they are)
+PASSES = ("fuse_attention", "triton_low_precision")
 
 
 class Plan:

@@ -11,7 +11,8 @@ m_new)`` when the maximum grows; the output is ``acc / l`` at the end. With the 
 skipped. A row with no visible key gives 0/0 = NaN, as the softmax of a row of -inf does.
 
 Operands are (B1, B2, rows, cols) strided views (the batch dims as two axes, so a mask
-broadcast over heads needs no copy); accumulation is in float32.
+broadcast over heads needs no copy); float32, float16 or bfloat16, accumulated in float32 and
+rounded once (to nearest even) when stored.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ..runtime import TORCH_DTYPES as TORCH, cdiv, empty, next_pow2
+from .elementwise import store_as, widen
 
 NO_MASK, KEEP_MASK, ADD_MASK = 0, 1, 2
 MAX_HEAD_DIM = 256
@@ -42,7 +44,8 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, keep_ptr, add_ptr, o_ptr, L, S, E, EV,
     re = tl.arange(0, BLOCK_E)
     rv = tl.arange(0, BLOCK_EV)
     q = tl.load(q_ptr + b1 * sq1 + b2 * sq2 + rm[:, None].to(tl.int64) * sql + re[None, :] * sqe,
-                mask=(rm[:, None] < L) & (re[None, :] < E), other=0).to(tl.float32)
+                mask=(rm[:, None] < L) & (re[None, :] < E), other=0)
+    q = widen(q).to(tl.float32)
     q = q * scale                       # as the composition: q scaled before the product
     k_base = k_ptr + b1 * sk1 + b2 * sk2 + re[:, None] * ske
     v_base = v_ptr + b1 * sv1 + b2 * sv2 + rv[None, :] * sve
@@ -54,13 +57,14 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, keep_ptr, add_ptr, o_ptr, L, S, E, EV,
         hi = tl.minimum(S, (pid_m + 1) * BLOCK_M)
     for n0 in range(0, hi, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N)
-        kt = tl.load(k_base + rn[None, :].to(tl.int64) * sks,
-                     mask=(re[:, None] < E) & (rn[None, :] < S), other=0).to(tl.float32)
+        kt = widen(tl.load(k_base + rn[None, :].to(tl.int64) * sks,
+                           mask=(re[:, None] < E) & (rn[None, :] < S), other=0)).to(tl.float32)
         s = tl.dot(q, kt, input_precision=PRECISION)
         inside = (rm[:, None] < L) & (rn[None, :] < S)
         if ADD:
-            s += tl.load(add_ptr + b1 * sa1 + b2 * sa2 + rm[:, None].to(tl.int64) * sal
-                         + rn[None, :].to(tl.int64) * sas, mask=inside, other=0).to(tl.float32)
+            s += widen(tl.load(add_ptr + b1 * sa1 + b2 * sa2 + rm[:, None].to(tl.int64) * sal
+                               + rn[None, :].to(tl.int64) * sas, mask=inside,
+                               other=0)).to(tl.float32)
         visible = rn[None, :] < S
         if KEEP:
             keep = tl.load(keep_ptr + b1 * sm1 + b2 * sm2 + rm[:, None].to(tl.int64) * sml
@@ -75,13 +79,14 @@ def attention_kernel(q_ptr, k_ptr, v_ptr, keep_ptr, add_ptr, o_ptr, L, S, E, EV,
         alpha = tl.exp(m_i - m_sub)
         p = tl.exp(s - m_sub[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + rn[:, None].to(tl.int64) * svs,
-                    mask=(rn[:, None] < S) & (rv[None, :] < EV), other=0).to(tl.float32)
+        v = widen(tl.load(v_base + rn[:, None].to(tl.int64) * svs,
+                          mask=(rn[:, None] < S) & (rv[None, :] < EV), other=0)).to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
         m_i = m_new
     out = acc / l_i[:, None]
     o = o_ptr + b1 * so1 + b2 * so2 + rm[:, None].to(tl.int64) * sol + rv[None, :] * soe
-    tl.store(o, out.to(o_ptr.dtype.element_ty), mask=(rm[:, None] < L) & (rv[None, :] < EV))
+    tl.store(o, store_as(out, o_ptr.dtype.element_ty),
+             mask=(rm[:, None] < L) & (rv[None, :] < EV))
 
 
 def blocks(e: int, ev: int, precision: str) -> tuple[int, int]:
