@@ -38,6 +38,7 @@ _BUILTIN_MODULES = ("irgraph.passes.simplify", "irgraph.passes.inference", "irgr
                     "irgraph.passes.fusion", "irgraph.passes.layer_regions",
                     "irgraph.passes.scan_reuse",
                     "irgraph.passes.scan_accumulate",
+                    "irgraph.passes.scan_invariants",
                     "irgraph.passes.debug_nans", "irgraph.passes.unroll")
 
 # the default pipelines; 'fuse' is left to backends that lower ``fused`` (see docs)

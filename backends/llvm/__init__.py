@@ -53,9 +53,10 @@ def llvm_low_precision(graph: Graph) -> Graph:
 # The graph rewrites this backend needs, run by the PassManager after the pipeline (the
 # compile driver's, or ``compile``'s own): verified, timed and printable like any pass.
 # BPTT without recomputing forward outputs (scan_reuse), weight-gradient sums over steps as
-# one GEMM (scan_accumulate), each scan's step body lowered fused (fuse_scan_bodies).
-PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "fuse_scan_bodies",
-          "fuse_attention", "fuse_norm", "fuse_norm_grad")
+# one GEMM (scan_accumulate), loop-invariant body nodes computed once before the loop
+# (scan_invariants), each scan's step body lowered fused (fuse_scan_bodies).
+PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "scan_invariants",
+          "fuse_scan_bodies", "fuse_attention", "fuse_norm", "fuse_norm_grad")
 
 
 def _prepare(graph: Graph, threads: int, profile: bool = False):
