@@ -56,3 +56,22 @@ def test_reach():
     assert not conv_depthwise.applies((1, 8, 5), (8, 1, 3), 8, "float32")         # 1-D
     assert not conv_depthwise.applies((1, 1, 5, 5), (1, 1, 3, 3), 1, "float32")   # 1 group
     assert not conv_depthwise.applies((1, 8, 5, 5), (8, 1, 3, 3), 8, "int32")
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding", [
+    ((3, 7, 2, 2), (7, 1, 3, 3), (1, 1), (1, 1, 1, 1)),     # 2x2 planes
+    ((2, 5, 4, 4), (5, 1, 3, 3), (2, 2), (1, 1, 1, 1)),     # stride 2 -> 2x2
+    ((1, 9, 4, 3), (9, 1, 3, 3), (1, 1), (1, 0, 2, 1)),     # asymmetric, 4x4 out
+    ((2, 3, 1, 1), (3, 1, 3, 3), (1, 1), (1, 1, 1, 1)),     # one pixel: the centre tap
+])
+def test_tiny_planes_match_reference(xs, ws, stride, padding):
+    """Planes of at most TINY outputs x taps: straight-line code per plane."""
+    g = _graph(xs, ws, stride, padding, (1, 1), xs[1], "float32")
+    out = g.outputs[0].type.shape
+    assert out[2] * out[3] * ws[2] * ws[3] <= conv_depthwise.TINY
+    rng = np.random.default_rng(sum(xs))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    want = backends.compile(g, "reference")(x, w)[0]
+    got = backends.compile(g, "llvm", threads=2, cache=False)(x, w)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -32,6 +32,43 @@ def scratch_elems(x_shape, padding) -> int:
     return hp * wp
 
 
+TINY = 160     # output positions x taps up to which a plane is one unrolled body
+
+
+def _taps(size: int, out: int, k: int, s: int, pad_lo: int, d: int):
+    """Per output index along one axis: [(kernel offset, input index)] inside x."""
+    return [[(kk, o * s - pad_lo + kk * d) for kk in range(k)
+             if 0 <= o * s - pad_lo + kk * d < size] for o in range(out)]
+
+
+def _tiny(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation) -> None:
+    """Planes of a few outputs (late layers: 4x4, 2x2): every output of a plane written by
+    straight-line code over its taps inside x (offsets known at compile time), no padded
+    copy and no loops inside a plane; the loop over planes is the only one."""
+    b = ctx.b
+    N, C, H, W = x.shape
+    _, _, K0, K1 = w.shape
+    OH, OW = y.shape[2:]
+    rows = _taps(H, OH, K0, stride[0], padding[0], dilation[0])
+    cols = _taps(W, OW, K1, stride[1], padding[2], dilation[1])
+    lo, hi = ctx.split(N * C)
+    with for_range(b, lo, hi, "dwt") as plane:
+        xb = b.mul(plane, i64(H * W))
+        wb = b.mul(b.srem(plane, i64(C)), i64(K0 * K1))
+        yb = b.mul(plane, i64(OH * OW))
+        wk = {}
+        for oh in range(OH):
+            for ow in range(OW):
+                acc = ir.Constant(y.elem, 0.0)
+                for kh, ih in rows[oh]:
+                    for kw, iw in cols[ow]:
+                        if (kh, kw) not in wk:
+                            wk[kh, kw] = w.load(b, b.add(wb, i64(kh * K1 + kw)))
+                        v = x.load(b, b.add(xb, i64(ih * W + iw)))
+                        acc = b.fadd(acc, b.fmul(wk[kh, kw], v))
+                y.store(b, b.add(yb, i64(oh * OW + ow)), acc)
+
+
 def lower(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, xp) -> None:
     """``xp``: this thread's scratch of ``scratch_elems`` elements."""
     b = ctx.b
@@ -39,6 +76,9 @@ def lower(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, xp) -> None:
     O, _, K0, K1 = w.shape
     OH, OW = y.shape[2:]
     mult = O // C
+    if mult == 1 and OH * OW * K0 * K1 <= TINY:
+        _tiny(ctx, x, w, y, stride, padding, dilation)
+        return
     s0, s1 = stride
     d0, d1 = dilation
     Hp, Wp = padded_shape(x.shape, padding)
