@@ -435,3 +435,34 @@ def test_straight_line_kernels_take_the_cheap_level():
 def test_has_loop_finds_back_edges(text, loops):
     from irgraph.backends.llvm.module import has_loop
     assert has_loop(text) is loops
+
+
+def test_compile_threads_take_the_largest_waiting_module_first(monkeypatch):
+    """A big kernel built late does not wait behind small ones; a compile error reaches
+    whoever waits on that module."""
+    import threading
+    started, release, order = threading.Event(), threading.Event(), []
+
+    def fake(text, opt):
+        order.append(text)
+        if text == "a":
+            started.set()
+            assert release.wait(30)
+        if text == "bad":
+            raise RuntimeError("llvm failed on purpose")
+        return text.encode()
+    monkeypatch.setattr(jit, "_compile_isolated", fake)
+    pool = jit._LargestFirst(1)
+    try:
+        first = pool.submit("a", 3)
+        assert started.wait(30)                  # the one thread is busy with "a"
+        futs = [pool.submit(t, 3) for t in ("bb", "cccc", "d", "bad")]
+        release.set()
+        assert first.result(30) == b"a"
+        assert [f.result(30) for f in futs[:3]] == [b"bb", b"cccc", b"d"]
+        with pytest.raises(RuntimeError, match="on purpose"):
+            futs[3].result(30)
+    finally:
+        release.set()
+        pool.close()
+    assert order == ["a", "cccc", "bad", "bb", "d"]

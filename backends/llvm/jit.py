@@ -425,10 +425,7 @@ class _KernelStream:
     def __init__(self, use_cache: bool):
         self.use_cache = use_cache
         n = max(1, COMPILE_THREADS or os.cpu_count() or 1)
-        self.pool = None
-        if n > 1:
-            from concurrent.futures import ThreadPoolExecutor
-            self.pool = ThreadPoolExecutor(n, thread_name_prefix="irgraph-llvm-compile")
+        self.pool = _LargestFirst(n) if n > 1 else None
         self.loaded: list[bytes] = []
         self.jobs: list = []            # (kernel, future or None)
 
@@ -442,7 +439,7 @@ class _KernelStream:
                 _STATS["kernels_loaded"] += 1
                 self.loaded.append(kobj)
                 return
-        fut = self.pool.submit(_compile_isolated, k.text, k.opt) if self.pool else None
+        fut = self.pool.submit(k.text, k.opt) if self.pool else None
         self.jobs.append((k, fut))
 
     def finish(self, entry_text: str, entry_opt: int):
@@ -451,7 +448,7 @@ class _KernelStream:
             made = [(k, compile_text(k.text, k.opt)) for k, _ in self.jobs]
             return compile_text(entry_text, entry_opt), self.loaded + [o for _, o in made], made
         t0 = time.perf_counter()
-        entry = self.pool.submit(_compile_isolated, entry_text, entry_opt)
+        entry = self.pool.submit(entry_text, entry_opt)
         made = [(k, fut.result()) for k, fut in self.jobs]
         obj = entry.result()
         _PHASES["llvm"] = _PHASES.get("llvm", 0.0) + time.perf_counter() - t0
@@ -459,7 +456,59 @@ class _KernelStream:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.close()
+
+
+class _LargestFirst:
+    """``n`` threads compiling modules (``_compile_isolated``), the largest waiting text
+    first: a big kernel built late does not wait behind small ones and end the compile
+    alone (the entry, submitted last, is usually the largest)."""
+
+    def __init__(self, n: int):
+        import heapq
+        import itertools
+        from concurrent.futures import Future
+        self._heapq, self._future, self._order = heapq, Future, itertools.count()
+        self._heap: list = []           # (-len(text), order, text, opt, future)
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, daemon=True,
+                                          name=f"irgraph-llvm-compile-{i}") for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, text: str, opt: int):
+        fut = self._future()
+        with self._cond:
+            self._heapq.heappush(self._heap, (-len(text), next(self._order), text, opt, fut))
+            self._cond.notify()
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap and not self._closed:
+                    self._cond.wait()
+                if not self._heap:          # closed and nothing left
+                    return
+                *_, text, opt, fut = self._heapq.heappop(self._heap)
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(_compile_isolated(text, opt))
+            except BaseException as e:      # handed to whoever waits on the result
+                fut.set_exception(e)
+
+    def close(self) -> None:
+        """Cancel what has not started, let the running compiles end, join the threads."""
+        with self._cond:
+            self._closed = True
+            for *_, fut in self._heap:
+                fut.cancel()
+            self._heap.clear()
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
 
 
 def _cached_kernels(obj: bytes) -> list[bytes] | None:
