@@ -27,6 +27,7 @@ from irgraph.passes.manager import register_pass
 from ..base import (Executable, raise_as_reference, reference_error, run_backend_passes,
                     validate_args)
 from .fused_attention import flash_attention
+from .fused_norm import row_normalize
 from .kernels.elementwise import elementwise
 from .lower_optim import inplace_updates, updated_input
 from . import runtime
@@ -44,9 +45,9 @@ LOW_PRECISION_NATIVE = ("matmul", "matmul_f32", "conv", "conv_fft", "conv_input_
 
 def native_low_precision(node: Node) -> bool:
     """Whether ``node`` runs on its 16-bit operands unwidened (LOW_PRECISION_NATIVE, and an
-    attention region the flash kernel takes: float32 accumulation, one rounding per
-    result)."""
-    return node.op in LOW_PRECISION_NATIVE or flash_attention(node)
+    attention region the flash kernel or a normalize region the row kernel takes: float32
+    accumulation, one rounding per result)."""
+    return node.op in LOW_PRECISION_NATIVE or flash_attention(node) or row_normalize(node)
 
 
 @register_pass("triton_low_precision")
@@ -57,8 +58,8 @@ def triton_low_precision(graph: Graph) -> Graph:
 
 
 # the graph rewrites this backend needs, run by the PassManager after the pipeline
-# (attention regions first: the flash kernel takes 16-bit ones as they are)
-PASSES = ("fuse_attention", "triton_low_precision")
+# (attention and normalize regions first: their kernels take 16-bit ones as they are)
+PASSES = ("fuse_attention", "fuse_norm", "triton_low_precision")
 
 
 class Plan:

@@ -5,6 +5,7 @@ from irgraph import Node
 
 from . import codegen, codegen_reduce
 from .fused_attention import attention_step
+from .fused_norm import normalize_step
 from .table import LowerContext, Step, lowering
 
 
@@ -12,11 +13,16 @@ from .table import LowerContext, Step, lowering
 def _fused(node: Node, ctx: LowerContext) -> Step:
     """An elementwise region, a reduction with its prologue and epilogue, or a matmul or
     convolution with its elementwise epilogue: one generated kernel (codegen.py,
-    codegen_reduce.py); an attention region, the flash kernel (fused_attention.py). Other
+    codegen_reduce.py); an attention region, the flash kernel (fused_attention.py); a normalize
+    region, the row kernel (fused_norm.py). Other
     bodies run their own nodes' kernels back to back."""
     body = node.attrs["body"]
     if node.attrs["kind"] == "attention":
         step = attention_step(node, ctx)
+        if step is not None:
+            return step
+    if node.attrs["kind"] == "normalize":
+        step = normalize_step(node, ctx)
         if step is not None:
             return step
     if node.attrs["kind"] == "elementwise" and codegen.supports(body):

@@ -1,0 +1,138 @@
+"""The Triton row-normalization kernel (backends/triton/kernels/row_norm.py) for ``normalize``
+regions, in the interpreter: layer and group norm against torch (values, and gradients
+through the regions' exported intermediates), odd row lengths, rows longer than one block,
+rows with a large mean, and float16/bfloat16 rows with float32 statistics rounded once."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.backends.triton.kernels import row_norm
+from irgraph.frontend import nn
+
+R = np.random.default_rng(11)
+NOTE = "row normalization"
+
+
+def _layer_norm(norm):
+    ln, t = nn.LayerNorm(norm), torch.nn.LayerNorm(norm)
+    ln.weight.data[...] = R.standard_normal(norm)
+    ln.bias.data[...] = R.standard_normal(norm)
+    with torch.no_grad():
+        t.weight.copy_(torch.from_numpy(ln.weight.data))
+        t.bias.copy_(torch.from_numpy(ln.bias.data))
+    return ln, t
+
+
+# (x shape, normalized shape, longest block): odd lengths, two axes, rows over several blocks
+CASES = [((3, 5, 37), (37,), None), ((4, 3, 7), (3, 7), None), ((5, 203), (203,), 64),
+         ((2, 1001), (1001,), 256)]
+IDS = [f"{'x'.join(map(str, c[0]))}-block{c[2]}" for c in CASES]
+
+
+@pytest.mark.parametrize("shape,norm,block", CASES, ids=IDS)
+def test_layer_norm_kernel_matches_torch(shape, norm, block, monkeypatch):
+    if block:
+        monkeypatch.setattr(row_norm, "MAX_BLOCK", block)
+        assert row_norm.tiles(int(np.prod(norm)))[1] == block < np.prod(norm)
+    ln, t = _layer_norm(norm)
+    x = (R.standard_normal(shape) * 3 + 100).astype(np.float32)    # a large mean
+    exe = backends.compile(fe.trace(ln, fe.TensorSpec(shape)), "triton")
+    assert NOTE in exe.source()
+    (got,) = exe(x, ln.weight.data, ln.bias.data)
+    want = t(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,norm,block", CASES[::2], ids=IDS[::2])
+def test_layer_norm_gradients_match_torch(shape, norm, block, monkeypatch):
+    """The backward reads the region's exports (x - mean, the reciprocal deviation, y)."""
+    if block:
+        monkeypatch.setattr(row_norm, "MAX_BLOCK", block)
+    ln, t = _layer_norm(norm)
+    x = (R.standard_normal(shape) * 2 - 30).astype(np.float32)
+    gy = R.standard_normal(shape).astype(np.float32)
+    step = fe.value_and_grad(lambda a, b: (ln(a) * b).sum(), fe.TensorSpec(shape),
+                             fe.TensorSpec(shape), model=ln, wrt=["a", "weight", "bias"],
+                             backend="triton")
+    value, grads = step(x, gy)
+    fused = [n for n in step.graph.nodes if n.op == "fused"]
+    assert [n.attrs["kind"] for n in fused].count("normalize") == 1
+    assert len(next(n for n in fused if n.attrs["kind"] == "normalize").outputs) > 1
+    tx = torch.from_numpy(x).requires_grad_()
+    loss = (t(tx) * torch.from_numpy(gy)).sum()
+    loss.backward()
+    np.testing.assert_allclose(value, loss.item(), rtol=1e-5, atol=1e-4)
+    for name, want in (("a", tx.grad), ("weight", t.weight.grad), ("bias", t.bias.grad)):
+        want = want.numpy()
+        np.testing.assert_allclose(grads[name], want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max(), err_msg=name)
+
+
+def test_group_norm_kernel_and_gradient_match_torch(monkeypatch):
+    """Group norm: a region without its own affine (the channel weight follows it), rows of
+    C/G channels times the positions, over two blocks."""
+    monkeypatch.setattr(row_norm, "MAX_BLOCK", 16)
+    gn = nn.GroupNorm(2, 6)
+    gn.weight.data[...] = R.standard_normal(6)
+    x = R.standard_normal((3, 6, 7)).astype(np.float32)
+    gy = R.standard_normal(x.shape).astype(np.float32)
+    exe = backends.compile(fe.trace(gn, fe.TensorSpec(x.shape)), "triton")
+    assert NOTE in exe.source()
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(gn.weight.data.copy()).requires_grad_()
+    ty = torch.nn.functional.group_norm(tx, 2, tw)
+    (got,) = exe(x, gn.weight.data, gn.bias.data)
+    np.testing.assert_allclose(got, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    step = fe.grad(lambda a, b: (gn(a) * b).sum(), fe.TensorSpec(x.shape),
+                   fe.TensorSpec(x.shape), model=gn, wrt=["a", "weight"], backend="triton")
+    grads = step(x, gy)
+    (ty * torch.from_numpy(gy)).sum().backward()
+    np.testing.assert_allclose(grads["a"], tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["weight"], tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_statistics_keep_their_digits_under_a_large_mean(monkeypatch):
+    """Rows of 1e4 + small noise over four blocks (variance 1e-2, about a float32 unit of
+    1e4 squared times 1e4): x - mean and the variance to float32 accuracy of the deviations,
+    checked against float64."""
+    monkeypatch.setattr(row_norm, "MAX_BLOCK", 32)
+    x = (1e4 + R.standard_normal((3, 100)) * 0.1).astype(np.float32)
+    exe = backends.compile(fe.trace(lambda a: fe.F.layer_norm(a, (100,)),
+                                    fe.TensorSpec(x.shape)), "triton")
+    (got,) = exe(x)
+    x64 = x.astype(np.float64)
+    d = x64 - x64.mean(axis=1, keepdims=True)
+    want = d / np.sqrt((d * d).mean(axis=1, keepdims=True) + 1e-5)
+    # the float32 mean itself is 1e4 within half a unit (5e-4, 5e-3 deviations): the kernel
+    # subtracts a row's shift and the mean's offset from it instead
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_rows_take_float32_statistics_and_round_once(dtype):
+    import ml_dtypes
+    np_dt = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    mant = 10 if dtype == "float16" else 7
+    shape, norm = (6, 45), (45,)
+    ln = nn.LayerNorm(norm)
+    x = (R.standard_normal(shape) + 4).astype(np.float32).astype(np_dt)
+    w = R.standard_normal(norm).astype(np.float32).astype(np_dt)
+    b = R.standard_normal(norm).astype(np.float32).astype(np_dt)
+    g = fe.trace(lambda a, ww, bb: fe.F.layer_norm(a, norm, ww, bb), fe.TensorSpec(shape, dtype),
+                 fe.TensorSpec(norm, dtype), fe.TensorSpec(norm, dtype))
+    exe = backends.compile(g, "triton")
+    assert NOTE in exe.source()
+    fused = [n for n in exe.graph.nodes if n.op == "fused"]
+    assert [n.inputs[0].type.dtype for n in fused] == [dtype]      # not widened around it
+    (got,) = exe(x, w, b)
+    assert got.dtype == np.dtype(np_dt)
+    t = [torch.from_numpy(a.astype(np.float64)) for a in (x, w, b)]
+    want = torch.nn.functional.layer_norm(t[0], norm, t[1], t[2]).numpy()
+    ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(want), 2.0 ** -14))) - mant)
+    # one rounding (half a unit) plus the float32 statistics' error
+    assert np.all(np.abs(got.astype(np.float64) - want) <= ulp / 2 + 1e-5)
+    del ln
