@@ -400,10 +400,20 @@ def _clip(node: NodeView):
     else:
         lo, hi = node.optional(1), node.optional(2)
     if lo is not None:
-        x = node.emit("where", node.emit("lt", x, lo), F.broadcast_to(lo, x.shape), x)
+        lo = _bound(lo, x)
+        x = node.emit("where", node.emit("lt", x, lo), lo, x)
     if hi is not None:
-        x = node.emit("where", node.emit("gt", x, hi), F.broadcast_to(hi, x.shape), x)
+        hi = _bound(hi, x)
+        x = node.emit("where", node.emit("gt", x, hi), hi, x)
     return x
+
+
+def _bound(v, x):
+    """A one-element bound as a 0-d tensor (``where`` broadcasts it: no tensor of x's shape
+    filled with it), any other as x's shape."""
+    if v.type.size == 1:
+        return F.reshape(v, ()) if v.shape != () else v
+    return F.broadcast_to(v, x.shape)
 
 
 @handler("HardSigmoid", attrs=("alpha", "beta", "consumed_inputs"))
@@ -412,8 +422,8 @@ def _hard_sigmoid(node: NodeView):
     x = node.input(0)
     alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
     y = F.add(F.mul(x, node.const(alpha, x.dtype)), node.const(beta, x.dtype))
-    y = node.emit("minimum", y, F.broadcast_to(node.const(1.0, x.dtype), y.shape))
-    return node.emit("maximum", y, F.broadcast_to(node.const(0.0, x.dtype), y.shape))
+    y = node.emit("minimum", y, _bound(node.const(1.0, x.dtype), y))
+    return node.emit("maximum", y, _bound(node.const(0.0, x.dtype), y))
 
 
 def _softmax(node: NodeView, op: str):
