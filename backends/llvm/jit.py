@@ -28,6 +28,7 @@ import ctypes.util
 import hashlib
 import os
 import re
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -48,9 +49,22 @@ def _init() -> None:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     for lib in ("m", "c"):
-        path = ctypes.util.find_library(lib)
+        path = _c_library(lib)
         if path:
             llvm.load_library_permanently(path)
+
+
+def _c_library(name: str) -> str | None:
+    """The C library ``name`` ("m", "c") for LLVM to resolve symbols in: glibc's soname
+    where it loads (``ctypes.util.find_library`` runs ``ldconfig`` in a subprocess: a
+    tenth of a second each, in every process's first compile), else what that finds."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(f"lib{name}.so.6")
+            return f"lib{name}.so.6"
+        except OSError:
+            pass
+    return ctypes.util.find_library(name)
 
 
 @lru_cache(maxsize=None)

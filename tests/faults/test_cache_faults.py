@@ -522,3 +522,14 @@ def test_a_failed_write_or_flush_in_a_batch_skips_that_entry_only(root, monkeypa
     names = sorted(p.name for p in (root / "llvm").iterdir())
     assert names == ["k0.o", "k3.o", "setup.o"]           # no temporary file left
     assert store.load("k0") == b"payload-0" and store.load("k3") == b"payload-3"
+
+
+def test_package_version_is_the_installed_distributions():
+    from importlib import metadata
+    assert cache.package_version() == metadata.version("irgraph")
+
+
+@pytest.mark.parametrize("lib, symbol", [("m", "erf"), ("c", "memcpy")])
+def test_c_libraries_for_llvm_are_found_and_load(lib, symbol):
+    path = jit._c_library(lib)
+    assert path and hasattr(ctypes.CDLL(path), symbol)
