@@ -253,3 +253,69 @@ def fuse_scan_bodies(g: Graph) -> Graph:
         rw.copy_node(node, dict(a, body=body, masked=False,
                                 num_seq=a["num_seq"] + (1 if a["masked"] else 0)))
     return rw.finish()
+
+
+@register_pass("fuse_updates")
+def fuse_updates(g: Graph) -> Graph:
+    """Each optimizer update (``passes.train.UPDATE_RULES``' ops) with the elementwise nodes
+    that make its gradient only for it (L2 weight decay ``g + wd p``, a gradient scale) as
+    ONE ``fused`` region of kind ``elementwise``: one pass over the parameter and its state
+    instead of one more per node, for a backend that runs such a region as one loop nest
+    (each element's operands loaded before its results are stored, so the update still
+    writes the donated parameter in place). A node joins when every reader of its output
+    is already in the region and each of its operands has the parameter's shape or rank 0.
+
+    Before::
+
+        %0: f32[4,3] = mul(%wd, %w)
+        %1: f32[4,3] = add(%g, %0)
+        %2: f32[4,3] = sgd_update(%w, %1, %lr)
+
+    After::
+
+        %2: f32[4,3] = fused(%wd, %w, %g, %lr) {kind="elementwise", body=graph fused_u0(...) {
+            %0 = mul(%wd, %w)   %1 = add(%g, %0)   %2 = sgd_update(%w, %1, %lr) }}
+    """
+    from .train import UPDATE_RULES
+    updates = {op for op, _, _ in UPDATE_RULES.values() if op}
+    users = g.users()
+    outputs = set(g.outputs)
+    index = {n: i for i, n in enumerate(g.nodes)}
+    regions: dict[int, list[int]] = {}          # the update's index -> members, in order
+    taken: set[int] = set()
+    for i, node in enumerate(g.nodes):
+        if node.op not in updates:
+            continue
+        shape = node.inputs[0].shape
+        members, inside = {i}, {node}
+        todo = [v for v in node.inputs if v.node is not None]
+        while todo:
+            v = todo.pop()
+            p = v.node
+            if (p in inside or p.op not in ELEMENTWISE or len(p.outputs) != 1
+                    or index[p] in taken or v.shape != shape or v in outputs
+                    or any(u not in inside for u in users[v])
+                    or any(x.shape != shape and x.type.rank != 0 for x in p.inputs)):
+                continue
+            members.add(index[p])
+            inside.add(p)
+            todo.extend(x for x in p.inputs if x.node is not None)
+        if len(members) > 1:
+            regions[i] = sorted(members)
+            taken.update(members)
+    if not regions:
+        return g
+    rw = GraphRewriter(g)
+    for i, node in enumerate(g.nodes):
+        if i in taken and i not in regions:
+            continue                             # emitted with its update
+        if i not in regions:
+            rw.copy_node(node)
+            continue
+        r = Region(len(regions), "elementwise", node.inputs[0].shape, regions[i])
+        body, operands, results = _build_body(g, r, set(node.outputs), f"fused_u{i}")
+        outs = rw.dst.add_node("fused", [rw[v] for v in operands],
+                               {"body": body, "kind": "elementwise"}, node.loc)
+        for old, new in zip(results, outs):
+            rw.replace(old, new)
+    return rw.finish()

@@ -54,9 +54,10 @@ def llvm_low_precision(graph: Graph) -> Graph:
 # compile driver's, or ``compile``'s own): verified, timed and printable like any pass.
 # BPTT without recomputing forward outputs (scan_reuse), weight-gradient sums over steps as
 # one GEMM (scan_accumulate), loop-invariant body nodes computed once before the loop
-# (scan_invariants), each scan's step body lowered fused (fuse_scan_bodies).
+# (scan_invariants), each scan's step body lowered fused (fuse_scan_bodies), each optimizer
+# update one loop with the nodes making its gradient (fuse_updates).
 PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "scan_invariants",
-          "fuse_scan_bodies", "fuse_attention", "fuse_norm", "fuse_norm_grad")
+          "fuse_scan_bodies", "fuse_attention", "fuse_norm", "fuse_norm_grad", "fuse_updates")
 
 
 def _prepare(graph: Graph, threads: int, profile: bool = False):

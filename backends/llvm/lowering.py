@@ -48,6 +48,14 @@ SCRATCH: dict[str, Callable] = {}
 # ops whose lowering reads element i of each same-shaped tensor input only to write element i
 # of the outputs: an output may then live in such an input's buffer (in-place donation)
 SAME_INDEX: set[str] = set()
+# more such nodes, by a test of the node (a fused region lowered as one loop nest)
+SAME_INDEX_RULES: list[Callable] = []
+
+
+def reads_same_index(node) -> bool:
+    """Whether ``node`` reads element i of its same-shaped inputs only to write element i of
+    its outputs (``SAME_INDEX``, ``SAME_INDEX_RULES``)."""
+    return node.op in SAME_INDEX or any(rule(node) for rule in SAME_INDEX_RULES)
 
 
 # fused-region kind -> fn(ctx, node, ins, outs) -> bool: a dedicated lowering of regions of

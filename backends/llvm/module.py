@@ -26,7 +26,7 @@ from .builder import (I64, PTR, STORAGE, VOID, Buf, broadcast_strides, coalesce,
                       i64, row_strides)
 from .gemm import workspace_bytes
 from .elementwise import RUNTIME_DIMS
-from .lowering import SAME_INDEX, SCRATCH, Ctx, get_lowering, load_ptr
+from .lowering import SCRATCH, Ctx, get_lowering, load_ptr, reads_same_index
 
 ALIGN = 64
 ENTRY = "irgraph_entry"
@@ -467,7 +467,7 @@ def _inplace_donations(graph: Graph, p: Plan, last: dict[Value, int]) -> dict[in
         i = index[node]
         if last.get(arg, -1) > i:         # (a folded transpose's read counts in ``last``)
             continue
-        if arg in node.inputs and (node.op not in SAME_INDEX or any(
+        if arg in node.inputs and (not reads_same_index(node) or any(
                 x is arg and x.type != o.type for x in node.inputs for o in node.outputs)):
             continue
         if any(p.alias.get(x) is arg for x in node.inputs):     # a reshaped view of it

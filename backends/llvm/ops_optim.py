@@ -8,6 +8,7 @@ from __future__ import annotations
 from .builder import REGISTER, for_range, i64
 from .elementwise import elementwise
 from .lowering import SAME_INDEX, lowering
+from .ops_core import SCALAR
 from .scalar import S, const
 
 
@@ -15,6 +16,14 @@ def _update(name: str, n_tensors: int):
     SAME_INDEX.add(name)
 
     def deco(formula):
+        def one(ctx, node, vs):
+            """The update of one element (inside a fused region: passes.fusion's
+            ``fuse_updates``): its value, or a list of one per output."""
+            dt = node.inputs[0].dtype
+            res = formula(*(S(ctx, dt, v) for v in vs), **node.attrs)
+            return [r.v for r in res] if isinstance(res, tuple) else res.v
+        SCALAR[name] = one
+
         @lowering(name, parallel=True, size_generic=True)
         def lower(ctx, node, ins, outs):
             dt = ins[0].dtype

@@ -11,7 +11,8 @@ from irgraph.registry import ops_with
 
 from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
-from .lowering import FUSED_KIND_SCRATCH, FUSED_KINDS, get_lowering, lowering, scratch
+from .lowering import (FUSED_KIND_SCRATCH, FUSED_KINDS, SAME_INDEX_RULES, get_lowering,
+                       lowering, scratch)
 from .module import ALIGN, buffers, copy_outputs_of, emit_graph, emit_nodes, plan, swapped_inputs
 from .ops_core import SCALAR
 from . import scalar as sc
@@ -156,6 +157,24 @@ def _fused_scratch(node, threads, features) -> int:
     return max(plan(node.attrs["body"], features, threads).arena_bytes, extra)
 
 
+def _nest_shape(node) -> bool:
+    """Whether ``_fused`` runs the region as one loop nest over its outputs' shape."""
+    body = node.attrs["body"]
+    shape = _loop_fusable(body, body.nodes)
+    return shape is not None and all(o.shape == tuple(shape) for o in node.outputs)
+
+
+def _one_nest(node) -> bool:
+    """A region run as one loop nest loads each element's operands before it stores its
+    results, so a result may overwrite an operand of its shape (an optimizer update with
+    the elementwise nodes making its gradient: passes.fusion's ``fuse_updates``)."""
+    return (node.op == "fused" and node.attrs["kind"] not in FUSED_KINDS
+            and _nest_shape(node))
+
+
+SAME_INDEX_RULES.append(_one_nest)
+
+
 @lowering("fused", parallel=True)
 def _fused(ctx, node, ins, outs):
     """Elementwise regions: one loop nest. Otherwise the longest elementwise tail (an
@@ -166,8 +185,7 @@ def _fused(ctx, node, ins, outs):
     if special is not None and special(ctx, node, ins, outs):
         return
     body = node.attrs["body"]
-    shape = _loop_fusable(body, body.nodes)
-    if shape is not None and all(o.shape == tuple(shape) for o in outs):
+    if _nest_shape(node):
         _one_loop_nest(ctx, body, body.inputs, body.outputs, ins, outs)
         return
     bp = plan(body, ctx.features, ctx.max_threads)
@@ -319,7 +337,8 @@ def _one_loop_nest(ctx, body, sources, results, ins, outs) -> None:
     def step(offs):
         env = {v: x.load(b, o) for v, x, o in zip(sources, ins, offs[len(outs):])}
         for n in body.nodes:
-            env[n.outputs[0]] = SCALAR[n.op](ctx, n, [env[v] for v in n.inputs])
+            r = SCALAR[n.op](ctx, n, [env[v] for v in n.inputs])
+            env.update(zip(n.outputs, r) if len(n.outputs) > 1 else [(n.outputs[0], r)])
         for o, off, v in zip(outs, offs, results):
             o.store(b, off, env[v])
     if not cshape:
