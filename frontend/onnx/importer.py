@@ -105,7 +105,7 @@ class OnnxModel:
 class CompiledOnnx:
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], executable):
         self.graph, self.weights, self.executable = graph, weights, executable
-        self._params = [np.ascontiguousarray(weights[p.name]) for p in graph.params]
+        self._params = [np.asarray(weights[p.name], order="C") for p in graph.params]
 
     def __call__(self, *inputs) -> list[np.ndarray]:
         n = len(self.graph.inputs)
