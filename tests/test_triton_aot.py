@@ -263,10 +263,29 @@ def _attention() -> None:
         exe(*a)
 
 
+def _row_norm() -> None:
+    """The row-normalization kernel: a row over two blocks of the widest tile (float32),
+    many short rows per program (bfloat16), and a layer norm's gradient graph whose region
+    exports its intermediates (float32)."""
+    for shape, dt in (((3, 5000), "float32"), ((40, 45), "bfloat16")):
+        g = fe.trace(lambda a, w, b: fe.F.layer_norm(a, shape[-1:], w, b),
+                     fe.TensorSpec(shape, dt), fe.TensorSpec(shape[-1:], dt),
+                     fe.TensorSpec(shape[-1:], dt))
+        exe = backends.compile(g, "triton")
+        assert "row normalization" in exe.source()
+        exe(*[RNG.standard_normal(v.shape).astype(np.float32).astype(v.type.np_dtype)
+              for v in g.inputs])
+    ln = nn.LayerNorm(37)
+    step = fe.grad(lambda a: (ln(a) * a).sum(), fe.TensorSpec((6, 37)), model=ln,
+                   wrt=["a", "weight", "bias"], backend="triton")
+    step(RNG.standard_normal((6, 37)).astype(np.float32))
+
+
 CALLS = {**{f"golden {n}": (lambda n=n: _golden(n)) for n in NAMES},
          "conv/pool forward and backward": _conv_pool,
          "matmul and conv epilogues": _epilogues,
          "flash attention": _attention,
+         "row normalization": _row_norm,
          "reduction regions": _reductions,
          **{f"train step {k}": (lambda f=f: _train(f)) for k, f in OPTIMIZERS.items()},
          "fused adam": _fused_adam,
@@ -296,7 +315,8 @@ def test_gate_covers_the_hot_kernels(compiled):
     names = {launch.name for launch in launches}
     for kernel in ("conv_fwd_kernel", "conv_input_grad_kernel", "conv_kernel_grad_kernel",
                    "matmul_kernel", "pool_kernel", "multi_tensor_kernel", "elementwise_kernel",
-                   "reduce_rows_kernel", "bn_apply_kernel", "attention_kernel"):
+                   "reduce_rows_kernel", "bn_apply_kernel", "attention_kernel",
+                   "row_norm_kernel"):
         assert kernel in names, kernel
     for prefix in ("fused_conv_", "fused_mm_", "fused_red_"):
         assert any(n.startswith(prefix) for n in names), prefix
