@@ -1,11 +1,12 @@
 """ONNX models on irgraph's LLVM backend, side by side with onnxruntime and torch eager.
 
     python bench/bench_onnx.py [--quick] [--size 224] [--models ...] [--pipeline "default, fuse"]
+                               [--threads 2] [--runs N] [--threads 1 --cpu]
 
 ResNet-18 and MobileNetV2 (tests/onnx_models.py, random weights) exported by
 ``torch.onnx.export``, imported with batch norm folded, compiled by the LLVM backend; the
 same ONNX file runs on onnxruntime's CPU execution provider; torch runs the model eagerly.
-All with 2 threads, batch 1 and 8, input 3 x size x size (default 224). Prints ms per
+All with ``--threads`` (default 2), batch 1 and 8, input 3 x size x size (default 224). Prints ms per
 inference (best of N runs: the shared machine is noisy) and the ratio onnxruntime / LLVM
 (> 1: LLVM faster), and the machine. The LLVM column compiles with ``--pipeline`` (default
 ``default, fuse``: convolutions with their bias, activation and residual add as one kernel,
@@ -15,6 +16,7 @@ asserts a speed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,16 +28,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 from machine import describe  # noqa: E402
 
-THREADS = 2
-
-
-def best_ms(fn, runs: int) -> float:
+def best_ms(fn, runs: int, clock=time.perf_counter) -> float:
     fn()                                   # warm up
     times = []
     for _ in range(runs):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return 1000 * min(times)
 
 
@@ -48,9 +47,18 @@ def main() -> None:
                          "LLVM backend minutes to compile)")
     ap.add_argument("--pipeline", default="default, fuse",
                     help="the LLVM compile's pass pipeline ('default': no fusion)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpu", action="store_true",
+                    help="time by the calling thread's CPU time (with --threads 1): on a "
+                         "shared machine, time spent descheduled does not count")
+    ap.add_argument("--runs", type=int, default=None, help="timed runs (best of)")
     args = ap.parse_args()
+    if args.cpu and args.threads != 1:
+        ap.error("--cpu times the calling thread alone: use it with --threads 1")
+    THREADS = args.threads
+    clock = time.thread_time if args.cpu else time.perf_counter
     size = 64 if args.quick else args.size
-    runs = 3 if args.quick else 10
+    runs = args.runs or (3 if args.quick else 10)
 
     import onnxruntime as ort
     import torch
@@ -60,8 +68,9 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     print(describe(f"torch {torch.__version__}", f"onnxruntime {ort.__version__}",
                    f"{THREADS} threads each"))
-    print(f"input 3x{size}x{size}; ms per inference, best of {runs}; LLVM pipeline "
-          f"{args.pipeline!r}")
+    print(f"input 3x{size}x{size}; ms per inference, best of {runs} "
+          f"({'thread CPU time' if args.cpu else 'wall clock'}); LLVM pipeline "
+          f"{args.pipeline!r}; load average {os.getloadavg()[0]:.2f}")
     print(f"{'model':14s} {'batch':>5s} {'llvm':>9s} {'onnxruntime':>12s} {'torch':>9s} "
           f"{'ort/llvm':>9s} {'compile s':>10s}")
     for name in args.models.split(","):
@@ -82,10 +91,10 @@ def main() -> None:
             err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
             assert err < 1e-3, f"{name}: LLVM output differs from torch's by {err}"
             xt = torch.from_numpy(x)
-            t_llvm = best_ms(lambda: exe(x), runs)
-            t_ort = best_ms(lambda: sess.run(None, {"input": x}), runs)
+            t_llvm = best_ms(lambda: exe(x), runs, clock)
+            t_ort = best_ms(lambda: sess.run(None, {"input": x}), runs, clock)
             with torch.no_grad():
-                t_torch = best_ms(lambda: model(xt), runs)
+                t_torch = best_ms(lambda: model(xt), runs, clock)
             print(f"{name:14s} {batch:5d} {t_llvm:9.2f} {t_ort:12.2f} {t_torch:9.2f} "
                   f"{t_ort / t_llvm:9.2f} {compile_s:10.1f}", flush=True)
 
