@@ -12,7 +12,8 @@ on the last state), each with cross entropy and Adam (lr 1e-3, torch's conventio
 ResNet-ish block for inference: three 3x3 convolutions 64->64 (padding 1, ReLU, a residual
 add) on 32x64x16x16. Prints the machine, the load average before and after, median and best
 milliseconds per step of each peer, and irgraph's speedup over jax.jit and over the faster
-torch. ``--busy`` first starts a process that keeps one core busy (stopped at the end).
+torch; then the median CPU milliseconds per step (time.process_time: every thread of the
+process, a library's spinning threads included) and the same speedups by CPU time. ``--busy`` first starts a process that keeps one core busy (stopped at the end).
 ``--threads`` is every library's thread count; irgraph runs with its default (adaptive)
 thread count and, as its own column, on one thread. Last, an MLP forward's median alone,
 with a numpy matmul between calls, and alone again (``--interference``).
@@ -265,19 +266,25 @@ def start_busy() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def time_interleaved(peers: dict, rounds: int, block: int) -> dict[str, list[float]]:
-    """Each round runs a block of steps of every peer; the order rotates from round to round
-    (the peer after a thread-pool library's block finds its threads still spinning)."""
+def time_interleaved(peers: dict, rounds: int, block: int):
+    """Each round runs a block of steps of every peer, in an order drawn afresh each round
+    (seeded): the peer after a thread-pool library's block finds its threads still spinning,
+    and with a rotation of one order the same peer would always follow the same library.
+    Returns the wall seconds of every step and the process CPU seconds (every thread of the
+    process, spinning included) of every step, per peer."""
     times: dict[str, list[float]] = {k: [] for k in peers}
+    cpu: dict[str, list[float]] = {k: [] for k in peers}
     names = list(peers)
+    orders = np.random.default_rng(0)
     for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+        for k in [names[i] for i in orders.permutation(len(names))]:
             fn = peers[k]
             for _ in range(block):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - t0)
-    return times
+                cpu[k].append(time.process_time() - c0)
+    return times, cpu
 
 
 def check_equal(name: str, results: dict) -> str:
@@ -376,12 +383,23 @@ def main() -> None:
           + (", one core busy" if busy else ""))
     print("| workload | " + " | ".join(cols) + " | vs jax | vs best torch | losses |")
     print("|---" * (len(cols) + 4) + "|")
-    for title, med, best, eq in rows:
+    for title, med, best, eq, _ in rows:
         cells = [f"{med[c]:.1f} \\| {best[c]:.1f}" if c in med else "-" for c in cols]
-        vs_jax = f"{med['jax.jit'] / med['irgraph']:.2f}x" if "jax.jit" in med else "-"
-        tor = [med[c] for c in ("torch eager", "torch.compile") if c in med]
-        vs_torch = f"{min(tor) / med['irgraph']:.2f}x" if tor else "-"
-        print(f"| {title} | " + " | ".join(cells) + f" | {vs_jax} | {vs_torch} | {eq} |")
+        print(f"| {title} | " + " | ".join(cells) + f" | {_ratios(med)} | {eq} |")
+    print(f"\nCPU ms per step (process time of every thread, spinning included), median")
+    print("| workload | " + " | ".join(cols) + " | vs jax | vs best torch |")
+    print("|---" * (len(cols) + 3) + "|")
+    for title, _, _, _, cpu in rows:
+        cells = [f"{cpu[c]:.1f}" if c in cpu else "-" for c in cols]
+        print(f"| {title} | " + " | ".join(cells) + f" | {_ratios(cpu)} |")
+
+
+def _ratios(ms: dict) -> str:
+    """irgraph's speedup over jax.jit and over the faster torch: two table cells."""
+    vs_jax = f"{ms['jax.jit'] / ms['irgraph']:.2f}x" if "jax.jit" in ms else "-"
+    tor = [ms[c] for c in ("torch eager", "torch.compile") if c in ms]
+    vs_torch = f"{min(tor) / ms['irgraph']:.2f}x" if tor else "-"
+    return f"{vs_jax} | {vs_torch}"
 
 
 def run_workload(name: str, args, have: dict, cxx):
@@ -405,12 +423,14 @@ def run_workload(name: str, args, have: dict, cxx):
     # before timing: every peer's first steps (compiling them) give irgraph's losses
     results = {k: [fn() for _ in range(2)] for k, fn in peers.items()}
     eq = check_equal(name, results)
-    times = time_interleaved(peers, args.rounds, args.block)
+    times, cpu = time_interleaved(peers, args.rounds, args.block)
     med = {k: 1e3 * statistics.median(t) for k, t in times.items()}
     best = {k: 1e3 * min(t) for k, t in times.items()}
+    cpu_med = {k: 1e3 * statistics.median(t) for k, t in cpu.items()}
     for k in peers:
-        print(f"  {k:18s} median {med[k]:8.2f} ms   best {best[k]:8.2f} ms")
-    return title, med, best, eq
+        print(f"  {k:18s} median {med[k]:8.2f} ms   best {best[k]:8.2f} ms   "
+              f"CPU median {cpu_med[k]:8.2f} ms")
+    return title, med, best, eq, cpu_med
 
 
 if __name__ == "__main__":
