@@ -124,3 +124,27 @@ def test_nested_scans_hoist_inside_out(threads):
     for got in (interpret(r, a), backends.compile(g, "llvm", threads=threads)(*a)):
         for x, y in zip(got, want):
             np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_hoisted_value_that_is_also_a_per_step_output(threads):
+    """y_t = W^T at every step: the body returns the new invariant; the stacked output is
+    T copies of it, as the reference computes."""
+    c = Graph("cell")
+    hc = c.add_input("h", TensorType((2, 3), F64))
+    x = c.add_input("x", TensorType((2, 3), F64))
+    w = c.add_param("W", TensorType((3, 3), F64))
+    wt = c.op("transpose", w, perm=(1, 0))
+    c.set_outputs([c.op("tanh", c.op("add", c.op("matmul", hc, wt), x)), wt])
+    g = Graph("g")
+    h0 = g.add_input("h0", TensorType((2, 3), F64))
+    xs = g.add_input("xs", TensorType((4, 2, 3), F64))
+    wg = g.add_param("W", TensorType((3, 3), F64))
+    g.set_outputs(g.add_node("scan", [h0, xs, wg], dict(body=c, num_carry=1, num_seq=1)))
+    assert "transpose" not in _body_ops(verify(scan_invariants(g)))
+    rng = np.random.default_rng(threads)
+    a = [rng.standard_normal((2, 3)), rng.standard_normal((4, 2, 3)), rng.standard_normal((3, 3))]
+    want = interpret(g, a)
+    np.testing.assert_array_equal(want[1], np.broadcast_to(a[2].T, (4, 3, 3)))
+    for got, ref in zip(backends.compile(g, "llvm", threads=threads)(*a), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
