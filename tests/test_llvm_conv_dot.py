@@ -78,6 +78,8 @@ def test_plan_takes_narrow_grids_only():
     assert conv_dot.plan(7, 512, 512, 4, 4608, 1, "float32", avx512).dots
     assert not conv_dot.plan(8, 512, 512, 4, 4608, 1, "float32", avx512).dots
     assert not conv_dot.plan(4, 512, 512, 4, 4608, 1, "float32", avx2).dots
+    # 256 images: (4608 + 512) x 4096 floats of scratch, past MAX_SCRATCH_BYTES
+    assert conv_dot.plan(256, 512, 512, 16, 4608, 1, "float32", avx512) is None
 
 
 

@@ -33,6 +33,7 @@ from .builder import STORAGE, for_range, i64
 from .gemm import tiling
 
 COLS_BLOCK_BYTES = 192 * 1024    # the columns one pass over the weights keeps in cache
+MAX_SCRATCH_BYTES = 32 << 20     # larger batches keep the per-image paths' scratch
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,16 @@ class DotConv:
 def plan(N: int, C: int, O: int, P: int, R: int, groups: int, dtype: str,
          features: str) -> DotConv | None:
     """The dot-product form when it pays: one group, a float type, fewer output positions
-    than the GEMM tile is wide, and rows of at least one vector."""
+    than the GEMM tile is wide, rows of at least one vector, and the batch's columns (and
+    the GEMM's result) within MAX_SCRATCH_BYTES."""
     if dtype not in ("float32", "float64") or groups != 1 or N * P == 0:
         return None
     t = tiling(dtype, features)
     if P >= t.nr or R < t.vw:
         return None
-    return DotConv(N, O, P, R, dtype, features)
+    dc = DotConv(N, O, P, R, dtype, features)
+    item = 4 if dtype == "float32" else 8
+    return dc if sum(dc.scratch_parts()) * item <= MAX_SCRATCH_BYTES else None
 
 
 def zero_gaps(ctx, dc: DotConv, cols, j_lo, j_hi) -> None:
