@@ -70,7 +70,9 @@ def run_with_plan(g: Graph, plan, args):
 
 
 # ---------------------------------------------------------------- the Elman scan
-def elman_graph(steps=4, b=2, h=3, d=2, **attrs) -> Graph:
+def elman_graph(steps=4, b=2, h=3, d=2, cell=None, **attrs) -> Graph:
+    """A scan over ``steps`` of ``cell`` (default: ``elman``): carry h0 (b, h), sequence xs
+    (steps, b, d), an optional bool mask (``masked=True``), parameters W (h, h) and U (d, h)."""
     g = Graph("rnn")
     h0 = g.add_input("h0", TensorType((b, h), F64))
     xs = g.add_input("xs", TensorType((steps, b, d), F64))
@@ -78,7 +80,7 @@ def elman_graph(steps=4, b=2, h=3, d=2, **attrs) -> Graph:
     w = g.add_param("W", TensorType((h, h), F64))
     u = g.add_param("U", TensorType((d, h), F64))
     outs = g.add_node("scan", [h0, xs, *extra, w, u],
-                      dict(body=elman(b, h, d), num_carry=1, num_seq=1, **attrs))
+                      dict(body=(cell or elman)(b, h, d), num_carry=1, num_seq=1, **attrs))
     g.set_outputs(outs)
     return g
 

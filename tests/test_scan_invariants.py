@@ -11,6 +11,7 @@ import irgraph.backends as backends
 from irgraph import Graph, TensorType, verify
 from irgraph.interpreter import interpret
 from irgraph.passes.scan_invariants import scan_invariants
+from tests.helpers import elman_graph
 
 F64 = "float64"
 
@@ -33,16 +34,7 @@ def _cell(b: int, h: int, d: int) -> Graph:
 
 
 def _graph(steps=5, b=3, h=7, d=5, **attrs) -> Graph:
-    g = Graph("rnn")
-    h0 = g.add_input("h0", TensorType((b, h), F64))
-    xs = g.add_input("xs", TensorType((steps, b, d), F64))
-    extra = [g.add_input("mask", TensorType((steps, b), "bool"))] if attrs.get("masked") else []
-    w = g.add_param("W", TensorType((h, h), F64))
-    u = g.add_param("U", TensorType((d, h), F64))
-    outs = g.add_node("scan", [h0, xs, *extra, w, u],
-                      dict(body=_cell(b, h, d), num_carry=1, num_seq=1, **attrs))
-    g.set_outputs(outs)
-    return g
+    return elman_graph(steps, b, h, d, cell=_cell, **attrs)
 
 
 def _args(steps=5, b=3, h=7, d=5, masked=False, seed=0):
