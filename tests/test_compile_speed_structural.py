@@ -466,3 +466,45 @@ def test_compile_threads_take_the_largest_waiting_module_first(monkeypatch):
         release.set()
         pool.close()
     assert order == ["a", "cccc", "bad", "bb", "d"]
+
+
+# ---------------------------------------------------------------- known kernels
+def test_a_changed_graph_names_its_known_kernels_without_building_them(cache_root,
+                                                                        monkeypatch):
+    """A graph not seen before whose nodes have kernels compiled before (same signature)
+    loads them without building their code; a damaged index entry or a kernel object gone
+    only makes that kernel built again."""
+    import warnings
+    import irgraph.backends.llvm.module as module
+    from irgraph.backends.cache import CacheWarning
+    a, b, c = mlp(128, 10, "a"), mlp(128, 7, "b"), mlp(128, 6, "c")
+    pa, pb, pc = (llvm.program(g, 1) for g in (a, b, c))
+    shared = {k for k in set(pa.kernels) & set(pb.kernels) if k.startswith(KERNEL_PREFIX)}
+    assert len(shared) >= 2 and shared <= set(pc.kernels)
+    backends.compile(a, "llvm", threads=1)
+    built: list = []
+    real = module._emit_kernel
+    monkeypatch.setattr(module, "_emit_kernel",
+                        lambda *x, **k: built.append(1) or real(*x, **k))
+    jit.reset_stats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        exe = backends.compile(b, "llvm", threads=1)
+    assert len(built) == len(pb.kernels) - len(shared)
+    assert jit.stats()["kernels_loaded"] == len(shared) and not exe.cache_hit
+    r = np.random.default_rng(9)
+    args = [r.standard_normal(v.type.shape).astype(np.float32) for v in b.arguments]
+    np.testing.assert_allclose(exe(*args)[0], backends.compile(b, "reference")(*args)[0],
+                               rtol=1e-4, atol=1e-4)
+    # one index entry damaged, one kernel object gone: both kernels are built again
+    first, second = sorted(shared)[:2]
+    index = cache_root / "llvm" / f"{jit.signature_key(pb.signatures[first])}.o"
+    index.write_bytes(index.read_bytes()[:-3] + b"xyz")
+    (cache_root / "llvm" / f"{jit.kernel_key(second)}.o").unlink()
+    built.clear()
+    with pytest.warns(CacheWarning, match="damaged"):
+        exe = backends.compile(c, "llvm", threads=1)
+    assert len(built) == len(pc.kernels) - len(shared) + 2
+    args = [r.standard_normal(v.type.shape).astype(np.float32) for v in c.arguments]
+    np.testing.assert_allclose(exe(*args)[0], backends.compile(c, "reference")(*args)[0],
+                               rtol=1e-4, atol=1e-4)

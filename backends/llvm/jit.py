@@ -332,6 +332,7 @@ def phase(name: str):
 # ------------------------------------------------------------------ the compile driver
 ENTRY_OPT = 0       # the entry only calls kernels: the cheap level (with the cheap kernels)
 _KERNEL_SYMBOL = re.compile(rb"irk_[0-9a-f]{40}")
+CHEAP_SYMBOL = b"irc_"
 
 
 def kernel_key(symbol: str) -> str:
@@ -416,17 +417,28 @@ def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: b
     try:
         with phase("ir_build"):
             prog = build_module(graph, plan, features, threads, host()[0], opt,
-                                on_kernel=stream.add)
+                                on_kernel=stream.add,
+                                known=stream.known if use_cache else None)
         _STATS["kernels_shared"] += prog.calls - len(prog.memo)
         obj, objs, made = stream.finish(prog.entry_text(inline=True), min(opt, ENTRY_OPT))
     finally:
         stream.close()
     _STATS["kernels_compiled"] += len(made) + sum(k.opt == 0 for k in prog.kernels.values())
     if use_cache:           # one batch: one flush to the disk for the whole compile
+        index = [(signature_key(prog.signatures[k.symbol]),
+                  f"{k.symbol}\n{k.opt}".encode()) for k in prog.kernels.values()
+                 if k.opt > 0 and k.symbol in prog.signatures]
         with phase("cache"):
             _CACHE.store_many([(kernel_key(k.symbol), kobj) for k, kobj in made]
-                              + [(key, obj)])
+                              + index + [(key, obj)])
     return obj, objs, key, False
+
+
+def signature_key(signature: str) -> str:
+    """The cache key of the symbol of the kernel built for a node signature
+    (``module.node_signature``: everything its lowering reads): a graph not seen before
+    names the kernels of its known nodes without building their code."""
+    return cache_key(f"signature {signature}", {})
 
 
 class _KernelStream:
@@ -442,10 +454,38 @@ class _KernelStream:
         self.pool = _LargestFirst(n) if n > 1 else None
         self.loaded: list[bytes] = []
         self.jobs: list = []            # (kernel, future or None)
+        self.symbols: set[str] = set()  # kernels loaded or being compiled
+
+    def known(self, signature: str) -> str | None:
+        """The symbol of the kernel compiled before for ``signature``, its object (and those
+        of the kernels it calls) loaded from the cache; None when not known or one object
+        is gone (the kernel is then built)."""
+        with phase("cache"):
+            got = cache_load(signature_key(signature))
+            head = got.split(b"\n") if got is not None else []
+            if len(head) != 2 or not _KERNEL_SYMBOL.fullmatch(head[0]):
+                return None
+            found: dict[bytes, bytes] = {}
+            todo = [head[0]]
+            while todo:
+                sym = todo.pop()
+                if sym in found or sym.decode() in self.symbols:
+                    continue
+                kobj = cache_load(kernel_key(sym.decode()))
+                if kobj is None or CHEAP_SYMBOL in kobj:   # (cheap kernels live in entries)
+                    return None
+                found[sym] = kobj
+                todo += _KERNEL_SYMBOL.findall(kobj)
+        for sym, kobj in found.items():
+            self.symbols.add(sym.decode())
+            self.loaded.append(kobj)
+        _STATS["kernels_loaded"] += len(found)
+        return head[0].decode()
 
     def add(self, k) -> None:
-        if k.opt == 0:
+        if k.opt == 0 or k.symbol in self.symbols:
             return
+        self.symbols.add(k.symbol)
         if self.use_cache:
             with phase("cache"):
                 kobj = cache_load(kernel_key(k.symbol))

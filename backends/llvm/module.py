@@ -146,13 +146,16 @@ _GEMM_OPS = {"matmul", "matmul_f32", "conv", "conv_fft", "conv_input_grad", "con
 
 
 def build_module(graph: Graph, p: Plan, features: str, max_threads: int,
-                 triple: str = "", opt: int = 3, on_kernel=None) -> "Program":
+                 triple: str = "", opt: int = 3, on_kernel=None, known=None) -> "Program":
     """The entry function in a module of its own, and every kernel it calls (one per
     distinct node code, see ``_node_function``) in modules of their own; ``on_kernel(k)``
     is called with each new ``Kernel`` as soon as it is built (its compile can start while
-    the rest of the IR is being built)."""
+    the rest of the IR is being built); ``known(signature)`` may name the symbol of a kernel
+    compiled before for that node signature (its code is then not built: it is not in
+    ``Program.kernels``)."""
     prog = Program(triple, opt)
     prog.on_kernel = on_kernel
+    prog.known = known
     module = ir.Module(name="irgraph_entry")
     module.triple = triple
     prog.entry = module
@@ -197,6 +200,8 @@ class Program:
         self.memo: dict[str, str] = {}        # node signature -> kernel symbol
         self.calls = 0                        # kernel calls emitted (nodes lowered)
         self.on_kernel = None                 # called with each new Kernel
+        self.known = None                     # node signature -> symbol compiled before
+        self.signatures: dict[str, str] = {}  # symbol -> the node signature that built it
 
     def entry_text(self, inline: bool = False) -> str:
         """The entry module's text; with ``inline``, with every kernel of the cheap level
@@ -548,9 +553,12 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
     fnty = ir.FunctionType(VOID, [q.type for q in ptrs] + [v.type for v in extra])
     sig = node_signature(node, ins, outs, pattern, ctx, generic)
     symbol = prog.memo.get(sig)
+    if symbol is None and prog.known is not None:
+        symbol = prog.known(sig)
     if symbol is None:
         symbol = _emit_kernel(ctx, node, low, ins, outs, ptrs, pattern, fnty)
-        prog.memo[sig] = symbol
+        prog.signatures.setdefault(symbol, sig)
+    prog.memo[sig] = symbol
     prog.calls += 1
     fn = ctx.module.globals.get(symbol) or ir.Function(ctx.module, fnty, symbol)
     ctx.b.call(fn, ptrs + extra)
