@@ -14,6 +14,8 @@ interprets the body, is unchanged):
   ``mean``, ``add(eps)``, ``rsqrt``, ``mul``, then optionally ``mul(weight)`` and
   ``add(bias)`` of the normalized shape. Intermediates read outside (a training graph's
   backward reads ``d`` and the reciprocal deviation) become further results of the region.
+  Without the centering (``mul(x, x)``, ``mean``, ``add(eps)``, ``rsqrt``, ``mul(x, r)``,
+  then the affine) it is an RMS norm (``centered=False``: no ``mean`` or ``d`` role).
 
 ``attention_spec(body)`` and ``normalize_spec(body)`` read a region's body back for the
 backends; both patterns are matched by the same functions on the whole graph and on a body.
@@ -163,6 +165,7 @@ class NormalizeSpec:
     eps: float
     weight: Value | None = None
     bias: Value | None = None
+    centered: bool = True                       # False: an RMS norm (x not less its mean)
     roles: dict[str, Value] = field(default_factory=dict)   # mean, d, sq, var, vare, r, y...
     members: list[Node] = field(default_factory=list)
     constants: list[Value] = field(default_factory=list)
@@ -188,7 +191,8 @@ def trailing_axes(node: Node) -> int | None:
 
 
 def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | None:
-    """The normalization whose first ``mean`` is ``m``, or None."""
+    """The normalization whose first ``mean`` is ``m`` (of x, or of ``x * x`` in an RMS
+    norm), or None."""
     k = trailing_axes(m) if m.op == "mean" else None
     x = m.inputs[0]
     if k is None or x.type.dtype not in FLOATS:
@@ -200,15 +204,20 @@ def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | 
         return next(iter(hits.values())) if len(hits) == 1 else None
 
     sub = one(mean, "sub", lambda n: list(n.inputs) == [x, mean])
-    if sub is None:
+    p = x.node
+    if sub is None and p is not None and p.op == "mul" and p.inputs[0] is p.inputs[1] \
+            and p.inputs[0].type == x.type:
+        sq, var, sub, d = p, m, None, p.inputs[0]           # an RMS norm of d
+    elif sub is None:
         return None
-    d = sub.outputs[0]
-    sq = one(d, "mul", lambda n: n.inputs[0] is d and n.inputs[1] is d)
-    if sq is None:
-        return None
-    var = one(sq.outputs[0], "mean", lambda n: trailing_axes(n) == k)
-    if var is None:
-        return None
+    else:
+        d = sub.outputs[0]
+        sq = one(d, "mul", lambda n: n.inputs[0] is d and n.inputs[1] is d)
+        if sq is None:
+            return None
+        var = one(sq.outputs[0], "mean", lambda n: trailing_axes(n) == k)
+        if var is None:
+            return None
     add = one(var.outputs[0], "add", lambda n: _scalar_full(n.inputs[1]) is not None)
     if add is None:
         return None
@@ -217,12 +226,19 @@ def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | 
         return None
     r = rs.outputs[0]
     y = one(r, "mul", lambda n: set(n.inputs) == {d, r})
-    if y is None or y.outputs[0].type != x.type:
+    if y is None or y.outputs[0].type != d.type:
         return None
-    spec = NormalizeSpec(x, k, _scalar_full(add.inputs[1]))
-    spec.roles = {"mean": mean, "d": d, "sq": sq.outputs[0], "var": var.outputs[0],
-                  "vare": add.outputs[0], "r": r, "y": y.outputs[0]}
-    spec.members = [m, sub, sq, var, add, rs, y]
+    if sub is None:
+        spec = NormalizeSpec(d, k, _scalar_full(add.inputs[1]), centered=False)
+        spec.roles = {"sq": x, "var": mean, "vare": add.outputs[0], "r": r,
+                      "y": y.outputs[0]}
+        spec.members = [sq, m, add, rs, y]
+        x = d
+    else:
+        spec = NormalizeSpec(x, k, _scalar_full(add.inputs[1]))
+        spec.roles = {"mean": mean, "d": d, "sq": sq.outputs[0], "var": var.outputs[0],
+                      "vare": add.outputs[0], "r": r, "y": y.outputs[0]}
+        spec.members = [m, sub, sq, var, add, rs, y]
     spec.constants = [add.inputs[1]]
     trail = x.type.shape[x.type.rank - k:]
     cur = y.outputs[0]

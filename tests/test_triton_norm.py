@@ -1,5 +1,5 @@
 """The Triton row-normalization kernel (backends/triton/kernels/row_norm.py) for ``normalize``
-regions, in the interpreter: layer and group norm against torch (values, and gradients
+regions, in the interpreter: layer, group and RMS norm against torch (values, and gradients
 through the regions' exported intermediates), odd row lengths, rows longer than one block,
 rows with a large mean, and float16/bfloat16 rows with float32 statistics rounded once."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ import irgraph.backends as backends
 import irgraph.frontend as fe
 from irgraph.backends.triton.kernels import row_norm
 from irgraph.frontend import nn
+from irgraph.passes.layer_regions import fuse_norm, normalize_spec
 
 R = np.random.default_rng(11)
 NOTE = "row normalization"
@@ -136,3 +137,36 @@ def test_16_bit_rows_take_float32_statistics_and_round_once(dtype):
     # one rounding (half a unit) plus the float32 statistics' error
     assert np.all(np.abs(got.astype(np.float64) - want) <= ulp / 2 + 1e-5)
     del ln
+
+
+@pytest.mark.parametrize("shape,block", [((4, 37), None), ((3, 203), 64)])
+def test_rms_norm_forms_a_region_and_matches_torch(shape, block, monkeypatch):
+    """F.rms_norm (no centering) as a normalize region: values and gradients."""
+    if block:
+        monkeypatch.setattr(row_norm, "MAX_BLOCK", block)
+    norm = shape[-1:]
+    rms = nn.RMSNorm(norm, eps=1e-6)
+    rms.weight.data[...] = R.standard_normal(norm)
+    x = (R.standard_normal(shape) + 2).astype(np.float32)
+    gy = R.standard_normal(shape).astype(np.float32)
+    g = fe.trace(rms, fe.TensorSpec(shape))
+    fused = fuse_norm(g)
+    assert [n.op for n in fused.nodes] == ["fused"]
+    assert not normalize_spec(fused.nodes[0].attrs["body"]).centered
+    exe = backends.compile(g, "triton")
+    assert "RMS row normalization" in exe.source()
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(rms.weight.data.copy()).requires_grad_()
+    ty = torch.nn.functional.rms_norm(tx, norm, tw, eps=1e-6)
+    (got,) = exe(x, rms.weight.data)
+    np.testing.assert_allclose(got, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    step = fe.grad(lambda a, b: (rms(a) * b).sum(), fe.TensorSpec(shape), fe.TensorSpec(shape),
+                   model=rms, wrt=["a", "weight"], backend="triton")
+    grads = step(x, gy)
+    (ty * torch.from_numpy(gy)).sum().backward()
+    np.testing.assert_allclose(grads["a"], tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["weight"], tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+    # the reference and the LLVM backend (which runs an RMS region's nodes) agree
+    for backend in ("reference", "llvm"):
+        (other,) = backends.compile(fused, backend)(x, rms.weight.data)
+        np.testing.assert_allclose(other, got, rtol=1e-5, atol=1e-5, err_msg=backend)

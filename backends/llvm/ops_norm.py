@@ -94,7 +94,7 @@ def lower_normalize(ctx, node, ins, outs) -> bool:
     from irgraph.passes.layer_regions import normalize_spec
     body = node.attrs["body"]
     spec = normalize_spec(body) if REGIONS else None
-    if spec is None or spec.x.type.dtype not in ("float32", "float64") \
+    if spec is None or not spec.centered or spec.x.type.dtype not in ("float32", "float64") \
             or any(t.swapped for t in list(ins) + list(outs)):
         return False
     x_t = spec.x.type

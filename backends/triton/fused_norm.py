@@ -1,5 +1,5 @@
-"""Normalize regions (``fused`` of kind ``normalize``, passes/layer_regions.py: layer, group
-and instance norm) as one kernel (kernels/row_norm.py): the statistics and the output, with
+"""Normalize regions (``fused`` of kind ``normalize``, passes/layer_regions.py: layer, group,
+instance and RMS norm) as one kernel (kernels/row_norm.py): the statistics and the output, with
 the weight, the bias and the intermediates the region exports, per row of the normalized
 trailing axes. float32, float64, float16 or bfloat16 rows (16-bit ones with float32
 statistics, each result rounded once). Other regions of that kind run their body's kernels
@@ -48,8 +48,9 @@ def normalize_step(node: Node, ctx: LowerContext) -> Step | None:
     iw = index[spec.weight] if spec.weight is not None else None
     ib = index[spec.bias] if spec.bias is not None else None
     run = rk.row_norm(spec.x.type.shape, spec.axes, spec.eps, spec.x.type.dtype, exports,
-                      ctx.device)
-    ctx.notes.append(f"# %{node.outputs[0].name}: row normalization over the last "
+                      ctx.device, centered=spec.centered)
+    ctx.notes.append(f"# %{node.outputs[0].name}: {'' if spec.centered else 'RMS '}"
+                     f"row normalization over the last "
                      f"{spec.axes} axes (weight={iw is not None}, bias={ib is not None}, "
                      f"exports={exports})")
 

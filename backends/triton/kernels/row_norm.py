@@ -39,8 +39,8 @@ def row_norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, var_ptr, vare_ptr, r
                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr,
                     STORE_VAR: tl.constexpr, STORE_VARE: tl.constexpr, STORE_R: tl.constexpr,
                     STORE_D: tl.constexpr, STORE_SQ: tl.constexpr, STORE_Y: tl.constexpr,
-                    STORE_YW: tl.constexpr, WIDE: tl.constexpr, ROWS: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    STORE_YW: tl.constexpr, CENTERED: tl.constexpr, WIDE: tl.constexpr,
+                    ROWS: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = rows < R
     first = rows.to(tl.int64) * N
@@ -50,7 +50,10 @@ def row_norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, var_ptr, vare_ptr, r
         zero = tl.zeros((ROWS,), tl.float64)
     else:
         zero = tl.zeros((ROWS,), tl.float32)
-    shift = widen(tl.load(x_ptr + first, mask=live, other=0)).to(zero.dtype)
+    if CENTERED:
+        shift = widen(tl.load(x_ptr + first, mask=live, other=0)).to(zero.dtype)
+    else:                                   # an RMS norm: mean(x * x), x itself
+        shift = zero
     count = zero
     mean = zero
     m2 = zero
@@ -59,15 +62,18 @@ def row_norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, var_ptr, vare_ptr, r
         inside = live[:, None] & (c < N)[None, :]
         x = widen(tl.load(x_ptr + base + c[None, :], mask=inside, other=0)).to(zero.dtype)
         x = tl.where(inside, x - shift[:, None], 0.0)
-        nb = (tl.minimum(N - start, BLOCK) + zero).to(zero.dtype)
-        mb = tl.sum(x, axis=1) / nb
-        db = tl.where(inside, x - mb[:, None], 0.0)
-        m2b = tl.sum(db * db, axis=1)
-        delta = mb - mean
-        total = count + nb
-        mean = mean + delta * (nb / total)
-        m2 = m2 + m2b + delta * delta * (count * (nb / total))
-        count = total
+        if CENTERED:
+            nb = (tl.minimum(N - start, BLOCK) + zero).to(zero.dtype)
+            mb = tl.sum(x, axis=1) / nb
+            db = tl.where(inside, x - mb[:, None], 0.0)
+            m2b = tl.sum(db * db, axis=1)
+            delta = mb - mean
+            total = count + nb
+            mean = mean + delta * (nb / total)
+            m2 = m2 + m2b + delta * delta * (count * (nb / total))
+            count = total
+        else:
+            m2 = m2 + tl.sum(x * x, axis=1)
     var = m2 / N
     vare = var + eps
     r = 1.0 / tl.sqrt_rn(vare)
@@ -111,11 +117,12 @@ def tiles(n: int) -> tuple[int, int]:
 
 
 def row_norm(shape: Sequence[int], axes: int, eps: float, dtype: str, exports: Sequence[str],
-             device) -> Callable:
+             device, centered: bool = True) -> Callable:
     """A launcher ``run(x, weight, bias) -> {role: tensor}`` (weight/bias None when absent)
     normalizing ``x`` of ``shape`` over its last ``axes`` axes; the result holds ``out`` (the
     normalized, weighted and shifted x) and each role of ``exports`` (ROW_ROLES, one value
-    per row in keepdims shape, and FULL_ROLES, of x's shape)."""
+    per row in keepdims shape, and FULL_ROLES, of x's shape). ``centered=False``: an RMS
+    norm (``x * rsqrt(mean(x * x) + eps)``, then the weight and bias; no mean or d)."""
     shape = tuple(shape)
     n = 1
     for s in shape[len(shape) - axes:]:
@@ -124,10 +131,11 @@ def row_norm(shape: Sequence[int], axes: int, eps: float, dtype: str, exports: S
     for s in shape[:len(shape) - axes]:
         r *= s
     row_shape = shape[:len(shape) - axes] + (1,) * axes
-    unknown = set(exports) - set(ROW_ROLES) - set(FULL_ROLES)
+    known = [k for k in ROW_ROLES + FULL_ROLES if centered or k not in ("mean", "d")]
+    unknown = set(exports) - set(known)
     if unknown:
         raise ValueError(f"row_norm: no result named {sorted(unknown)}; a region exports "
-                         f"{ROW_ROLES + FULL_ROLES}")
+                         f"{known}")
     if n == 0:
         raise ValueError(f"row_norm: rows of shape {list(shape)} over the last {axes} axes "
                          "are empty")
@@ -149,6 +157,6 @@ def row_norm(shape: Sequence[int], axes: int, eps: float, dtype: str, exports: S
             x, w, b, got["out"], *(got.get(k, dummy) for k in ROW_ROLES + FULL_ROLES),
             r, n, float(eps), HAS_W=weight is not None, HAS_B=bias is not None,
             **{f"STORE_{k.upper()}": k in exports for k in ROW_ROLES + FULL_ROLES},
-            WIDE=dtype == "float64", ROWS=rows, BLOCK=block, num_warps=warps)
+            CENTERED=centered, WIDE=dtype == "float64", ROWS=rows, BLOCK=block, num_warps=warps)
         return got
     return run
