@@ -64,3 +64,22 @@ def test_reach():
     assert not gemv.applies("float32", 1, 1000, 512, (1, 512), f)        # B transposed
     assert not gemv.applies("float32", 1, 15, 512, (15, 1), f)           # under a vector
     assert not gemv.applies("int32", 1, 1000, 512, (1000, 1), f)
+
+
+@pytest.mark.parametrize("M,transpose_a,dtype", [
+    (16, False, "float32"), (64, True, "float32"), (70, False, "float64"),
+    (7, True, "float64"), (100, False, "float32")])
+def test_last_row_strips_of_any_height_match_numpy(M, transpose_a, dtype):
+    """The packed GEMM's last strip of rows: at most MR/2 rows (a half-height tile) or more,
+    A read in place or packed (transposed), against float64 numpy."""
+    K, N = 37, 70
+    rng = np.random.default_rng(M)
+    a = rng.standard_normal((K, M) if transpose_a else (M, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    g = _matmul(a.shape, (K, N), dtype, transpose_a=transpose_a)
+    got = backends.compile(g, "llvm", threads=1, cache=False)(a, w)[0]
+    am = (a.T if transpose_a else a).astype(np.float64)
+    want = am @ w.astype(np.float64)
+    scale = np.abs(am) @ np.abs(w).astype(np.float64)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    assert np.all(np.abs(got - want) <= tol * scale), np.abs(got - want).max()

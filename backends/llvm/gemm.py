@@ -248,14 +248,29 @@ class _GemmBuilder:
                     a_at = (a_rows, mr)
                 row = b.add(ic, ir_)
                 cptr = b.gep(C, [b.add(b.mul(row, ldc), b.add(jc, jr))])
-                self.micro(apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at)
+                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at)
+                half = t.mr // 2
+                if half < 2:
+                    self.micro(*args, height=t.mr)
+                else:
+                    # a last strip of at most MR/2 rows (M = 64 = 5 x 12 + 4) runs a tile
+                    # half as tall instead of multiply-adding repeated rows
+                    with b.if_else(b.icmp_signed("<=", mr, i64(half))) as (low, tall):
+                        with low:
+                            self.micro(*args, height=half)
+                        with tall:
+                            self.micro(*args, height=t.mr)
 
     def micro(self, apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first,
-              a_at=None) -> None:
+              a_at=None, height: int = 0) -> None:
+        """A ``height`` x NR tile (``mr`` <= height rows of it kept); packed A strips stay
+        MR wide."""
         b, t = self.b, self.t
+        height = height or t.mr
         nv = t.nr // t.vw
         vp = ir.PointerType(self.vec)
-        accs = [[self.alloca(self.vec, f"acc{i}_{v}") for v in range(nv)] for i in range(t.mr)]
+        accs = [[self.alloca(self.vec, f"acc{height}_{i}_{v}") for v in range(nv)]
+                for i in range(height)]
         zero = ir.Constant(self.vec, [0.0] * t.vw)
         for row in accs:
             for a in row:
@@ -268,19 +283,19 @@ class _GemmBuilder:
         if a_at is not None:        # rows of A in place; a partial tile re-reads its last row
             (rs, ks), mr_ = a_at
             rows = [b.gep(apanel, [b.mul(_min(b, i64(i), b.sub(mr_, i64(1))), rs)])
-                    for i in range(t.mr)]
+                    for i in range(height)]
         with for_range(b, 0, kc, "k") as k:
             bk = b.gep(bpanel, [b.mul(k, bstride)])
             bv = [b.load(b.bitcast(b.gep(bk, [i64(v * t.vw)]), vp), align=self.elem_align())
                   for v in range(nv)]
             if a_at is None:
                 ak = b.gep(apanel, [b.mul(k, i64(t.mr))])
-            for i in range(t.mr):
+            for i in range(height):
                 a = b.load(b.gep(ak, [i64(i)]) if a_at is None else b.gep(rows[i], [k]))
                 av = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I32, 0)), undef, mask)
                 for v in range(nv):
                     b.store(b.call(fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
-        full = b.and_(b.icmp_signed("==", mr, i64(t.mr)), b.icmp_signed("==", nr, i64(t.nr)))
+        full = b.and_(b.icmp_signed("==", mr, i64(height)), b.icmp_signed("==", nr, i64(t.nr)))
         with b.if_else(full) as (then, other):
             with then:
                 self.store_full(accs, cptr, ldc, first, vp)
