@@ -1,6 +1,7 @@
 """The Triton row-normalization kernel (backends/triton/kernels/row_norm.py) for ``normalize``
-regions, in the interpreter: layer, group and RMS norm against torch (values, and gradients
-through the regions' exported intermediates), odd row lengths, rows longer than one block,
+regions and the generated kernel of their backward's ``rows`` regions, in the interpreter:
+layer, group and RMS norm against torch (values, and gradients through the regions' exported
+intermediates), odd row lengths, rows longer than one block,
 rows with a large mean, and float16/bfloat16 rows with float32 statistics rounded once."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 import irgraph.backends as backends
 import irgraph.frontend as fe
+from irgraph.backends.triton import codegen_rows
 from irgraph.backends.triton.kernels import row_norm
 from irgraph.frontend import nn
 from irgraph.passes.layer_regions import fuse_norm, normalize_spec
@@ -50,9 +52,11 @@ def test_layer_norm_kernel_matches_torch(shape, norm, block, monkeypatch):
 
 @pytest.mark.parametrize("shape,norm,block", CASES[::2], ids=IDS[::2])
 def test_layer_norm_gradients_match_torch(shape, norm, block, monkeypatch):
-    """The backward reads the region's exports (x - mean, the reciprocal deviation, y)."""
+    """The backward reads the region's exports (x - mean, the reciprocal deviation) in a
+    rows region: one generated kernel sweeping each row once per level of its sums."""
     if block:
         monkeypatch.setattr(row_norm, "MAX_BLOCK", block)
+        monkeypatch.setattr(codegen_rows, "MAX_BLOCK", block)
     ln, t = _layer_norm(norm)
     x = (R.standard_normal(shape) * 2 - 30).astype(np.float32)
     gy = R.standard_normal(shape).astype(np.float32)
@@ -63,6 +67,8 @@ def test_layer_norm_gradients_match_torch(shape, norm, block, monkeypatch):
     fused = [n for n in step.graph.nodes if n.op == "fused"]
     assert [n.attrs["kind"] for n in fused].count("normalize") == 1
     assert len(next(n for n in fused if n.attrs["kind"] == "normalize").outputs) > 1
+    assert "rows" in [n.attrs["kind"] for n in fused]
+    assert "def fused_rows_" in step.executable.source()
     tx = torch.from_numpy(x).requires_grad_()
     loss = (t(tx) * torch.from_numpy(gy)).sum()
     loss.backward()
@@ -77,6 +83,7 @@ def test_group_norm_kernel_and_gradient_match_torch(monkeypatch):
     """Group norm: a region without its own affine (the channel weight follows it), rows of
     C/G channels times the positions, over two blocks."""
     monkeypatch.setattr(row_norm, "MAX_BLOCK", 16)
+    monkeypatch.setattr(codegen_rows, "MAX_BLOCK", 16)
     gn = nn.GroupNorm(2, 6)
     gn.weight.data[...] = R.standard_normal(6)
     x = R.standard_normal((3, 6, 7)).astype(np.float32)
@@ -91,6 +98,7 @@ def test_group_norm_kernel_and_gradient_match_torch(monkeypatch):
     step = fe.grad(lambda a, b: (gn(a) * b).sum(), fe.TensorSpec(x.shape),
                    fe.TensorSpec(x.shape), model=gn, wrt=["a", "weight"], backend="triton")
     grads = step(x, gy)
+    assert "def fused_rows_" in step.executable.source()
     (ty * torch.from_numpy(gy)).sum().backward()
     np.testing.assert_allclose(grads["a"], tx.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(grads["weight"], tw.grad.numpy(), rtol=1e-4, atol=1e-5)

@@ -59,7 +59,7 @@ def triton_low_precision(graph: Graph) -> Graph:
 
 # the graph rewrites this backend needs, run by the PassManager after the pipeline
 # (attention and normalize regions first: their kernels take 16-bit ones as they are)
-PASSES = ("fuse_attention", "fuse_norm", "triton_low_precision")
+PASSES = ("fuse_attention", "fuse_norm", "fuse_norm_grad", "triton_low_precision")
 
 
 class Plan:

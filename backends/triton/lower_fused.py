@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from irgraph import Node
 
-from . import codegen, codegen_reduce
+from . import codegen, codegen_reduce, codegen_rows
 from .fused_attention import attention_step
 from .fused_norm import normalize_step
 from .table import LowerContext, Step, lowering
@@ -14,7 +14,8 @@ def _fused(node: Node, ctx: LowerContext) -> Step:
     """An elementwise region, a reduction with its prologue and epilogue, or a matmul or
     convolution with its elementwise epilogue: one generated kernel (codegen.py,
     codegen_reduce.py); an attention region, the flash kernel (fused_attention.py); a normalize
-    region, the row kernel (fused_norm.py). Other
+    region, the row kernel (fused_norm.py); a rows region (a normalization's backward), one
+    generated kernel sweeping each row once per level of its reductions (codegen_rows.py). Other
     bodies run their own nodes' kernels back to back."""
     body = node.attrs["body"]
     if node.attrs["kind"] == "attention":
@@ -31,6 +32,10 @@ def _fused(node: Node, ctx: LowerContext) -> Step:
         return run
     if node.attrs["kind"] == "reduction" and codegen_reduce.supports_reduction(body):
         run = codegen_reduce.FusedReduction(body, ctx.device)
+        ctx.notes.append(run.source)
+        return run
+    if node.attrs["kind"] == "rows" and codegen_rows.supports_rows(body):
+        run = codegen_rows.FusedRows(body, ctx.device)
         ctx.notes.append(run.source)
         return run
     if node.attrs["kind"] == "epilogue" and codegen.supports_epilogue(body):
