@@ -242,15 +242,24 @@ def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | 
     spec.constants = [add.inputs[1]]
     trail = x.type.shape[x.type.rank - k:]
     cur = y.outputs[0]
-    for op, role in (("mul", "yw"), ("add", "yb")):
-        hits = users.get(cur, [])
-        if len(hits) != 1 or hits[0].op != op:
-            break
-        n = hits[0]
+
+    def affine(n: Node, op: str, cur: Value) -> Value | None:
+        """The weight or bias ``n`` applies to ``cur``, or None."""
+        if n.op != op or cur not in n.inputs:
+            return None
         other = n.inputs[1] if n.inputs[0] is cur else n.inputs[0]
         if other is cur or other.type.shape != trail or other.type.dtype != x.type.dtype \
                 or n.outputs[0].type != x.type:
+            return None
+        return other
+
+    # (other readers of y, as a training graph's weight gradient, make it a further result)
+    for op, role in (("mul", "yw"), ("add", "yb")):
+        hits = [n for n in users.get(cur, []) if affine(n, op, cur) is not None]
+        if len(hits) != 1:
             break
+        n = hits[0]
+        other = affine(n, op, cur)
         if op == "mul":
             spec.weight = other
         else:
