@@ -266,7 +266,7 @@ def _attention() -> None:
 def _row_norm() -> None:
     """The row-normalization kernel: a row over two blocks of the widest tile (float32),
     many short rows per program (bfloat16), and a layer norm's gradient graph whose region
-    exports its intermediates (float32)."""
+    exports its intermediates to the generated kernel of its backward's rows region."""
     for shape, dt in (((3, 5000), "float32"), ((40, 45), "bfloat16")):
         g = fe.trace(lambda a, w, b: fe.F.layer_norm(a, shape[-1:], w, b),
                      fe.TensorSpec(shape, dt), fe.TensorSpec(shape[-1:], dt),
@@ -318,7 +318,7 @@ def test_gate_covers_the_hot_kernels(compiled):
                    "reduce_rows_kernel", "bn_apply_kernel", "attention_kernel",
                    "row_norm_kernel"):
         assert kernel in names, kernel
-    for prefix in ("fused_conv_", "fused_mm_", "fused_red_"):
+    for prefix in ("fused_conv_", "fused_mm_", "fused_red_", "fused_rows_"):
         assert any(n.startswith(prefix) for n in names), prefix
     conv = [r for r in results if r.kernel.endswith("conv_fwd_kernel")]
     assert conv and all("BLOCK_M=16" not in r.spec for r in conv)   # GPU tiles, not the
