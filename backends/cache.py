@@ -290,6 +290,18 @@ class DiskCache:
             return dict.fromkeys(keys)
         return {k: self._load(k, path, secret) for k, path in zip(keys, paths)}
 
+    def reader(self):
+        """``load`` for the many lookups of one compile: the folders and the secret are
+        checked once, at the first lookup, not at each."""
+        opened: list = []
+
+        def load(key: str) -> bytes | None:
+            path = self.path(key)
+            if not opened:
+                opened.append(self._open())
+            return None if opened[0] is None else self._load(key, path, opened[0])
+        return load
+
     def _load(self, key: str, path: Path, secret: bytes) -> bytes | None:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))

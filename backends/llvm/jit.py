@@ -455,13 +455,14 @@ class _KernelStream:
         self.loaded: list[bytes] = []
         self.jobs: list = []            # (kernel, future or None)
         self.symbols: set[str] = set()  # kernels loaded or being compiled
+        self.load = _CACHE.reader()     # (folders and secret checked once per compile)
 
     def known(self, signature: str) -> str | None:
         """The symbol of the kernel compiled before for ``signature``, its object (and those
         of the kernels it calls) loaded from the cache; None when not known or one object
         is gone (the kernel is then built)."""
         with phase("cache"):
-            got = cache_load(signature_key(signature))
+            got = self.load(signature_key(signature))
             head = got.split(b"\n") if got is not None else []
             if len(head) != 2 or not _KERNEL_SYMBOL.fullmatch(head[0]):
                 return None
@@ -471,7 +472,7 @@ class _KernelStream:
                 sym = todo.pop()
                 if sym in found or sym.decode() in self.symbols:
                     continue
-                kobj = cache_load(kernel_key(sym.decode()))
+                kobj = self.load(kernel_key(sym.decode()))
                 if kobj is None or CHEAP_SYMBOL in kobj:   # (cheap kernels live in entries)
                     return None
                 found[sym] = kobj
@@ -488,7 +489,7 @@ class _KernelStream:
         self.symbols.add(k.symbol)
         if self.use_cache:
             with phase("cache"):
-                kobj = cache_load(kernel_key(k.symbol))
+                kobj = self.load(kernel_key(k.symbol))
             if kobj is not None:
                 _STATS["kernels_loaded"] += 1
                 self.loaded.append(kobj)

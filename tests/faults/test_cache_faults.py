@@ -533,3 +533,25 @@ def test_package_version_is_the_installed_distributions():
 def test_c_libraries_for_llvm_are_found_and_load(lib, symbol):
     path = jit._c_library(lib)
     assert path and hasattr(ctypes.CDLL(path), symbol)
+
+
+def test_a_compiles_reader_checks_the_folders_once_and_every_entry(root, monkeypatch):
+    store = cache.DiskCache("llvm", ".o")
+    blobs = {f"r{i}": os.urandom(500) for i in range(3)}
+    assert store.store_many(blobs.items()) == 3
+    opens = []
+    real = cache.DiskCache._open
+    monkeypatch.setattr(cache.DiskCache, "_open", lambda self: opens.append(1) or real(self))
+    load = store.reader()
+    assert [load(k) for k in blobs] == list(blobs.values()) and load("absent") is None
+    assert len(opens) == 1
+    path = store.path("r1")
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    with pytest.warns(CacheWarning, match="r1.*HMAC"):
+        assert load("r1") is None
+    assert load("r2") == blobs["r2"] and not path.exists()
+    os.chmod(root / "llvm", 0o777)                          # refused: nothing read
+    refused = store.reader()
+    with pytest.warns(CacheWarning, match="refused"):
+        assert refused("r2") is None
+    assert refused("r0") is None
