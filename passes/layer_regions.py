@@ -497,6 +497,125 @@ def _reorder(g: Graph, groups: list[list[Node]]) -> list[list[Node]]:
     return order
 
 
+def row_levels(body: Graph) -> dict[Value, int]:
+    """Each value's level in a rows body: the deepest chain of row reductions it depends on
+    (a backend sweeps each row once per level, then once for the results)."""
+    level: dict[Value, int] = {v: 0 for v in body.inputs}
+    for n in body.nodes:
+        top = max((level[v] for v in n.inputs), default=0)
+        for v in n.outputs:
+            level[v] = top + 1 if n.op in ("sum", "mean") else top
+    return level
+
+
+_MAX_TERMS = 16
+
+
+def _flatten_once(body: Graph, full: tuple[int, ...], k: int) -> Graph | None:
+    """``body`` with each row reduction of level L >= 2 whose operand is a sum of products of
+    row values and full values of level <= L - 2 (a normalization's backward: ``sum(g r + c
+    d)`` with ``c`` a row value of level 1) written as ``sum(g r) + c sum(d)``: one level (one
+    sweep) fewer. None when no reduction changes."""
+    level = row_levels(body)
+    rw = GraphRewriter(body)
+    changed = False
+
+    def lin(v: Value, target: int):
+        """v as [(sign, coefficients, term)]: coefficients per row (new values), the term a
+        full value of level <= target (new) or None (one); None if v is not of that form."""
+        cls = row_class(v.shape, full, k)
+        if cls in ("row", "scalar"):
+            return [(1.0, (rw[v],), None)]
+        if level[v] <= target:
+            return [(1.0, (), rw[v])]
+        n = v.node
+        if n is None:
+            return None
+        if n.op == "broadcast_to":
+            return lin(n.inputs[0], target)
+        if n.op == "neg":
+            inner = lin(n.inputs[0], target)
+            return None if inner is None else [(-sg, c, t) for sg, c, t in inner]
+        if n.op in ("add", "sub"):
+            a, b = lin(n.inputs[0], target), lin(n.inputs[1], target)
+            if a is None or b is None:
+                return None
+            sign = 1.0 if n.op == "add" else -1.0
+            out = a + [(sign * sg, c, t) for sg, c, t in b]
+        elif n.op == "mul":
+            a, b = lin(n.inputs[0], target), lin(n.inputs[1], target)
+            if a is None or b is None or len(a) * len(b) > _MAX_TERMS:
+                return None
+            out = []
+            for sa, ca, ta in a:
+                for sb, cb, tb in b:
+                    t = ta if tb is None else tb if ta is None else \
+                        rw.emit("mul", ta, tb, loc=n.loc)
+                    out.append((sa * sb, ca + cb, t))
+        else:
+            return None
+        return out if len(out) <= _MAX_TERMS else None
+
+    for node in body.nodes:
+        lvl = level[node.outputs[0]]
+        terms = lin(node.inputs[0], lvl - 2) if node.op in ("sum", "mean") and lvl >= 2 \
+            else None
+        if terms is None:
+            rw.copy_node(node)
+            continue
+        changed = True
+        out_t = node.outputs[0].type
+        merged: dict[tuple, list] = {}             # equal products: their signs add up
+        for sign, coefs, t in terms:
+            key = (tuple(sorted(id(c) for c in coefs)), id(t))
+            merged.setdefault(key, [0.0, coefs, t])[0] += sign
+        reduced: dict[int, Value] = {}
+        total = None
+        for sign, coefs, t in merged.values():
+            if sign == 0:
+                continue
+            if id(t) not in reduced:
+                reduced[id(t)] = (rw.dst.add_node(node.op, [t], node.attrs, node.loc)[0]
+                                  if t is not None else
+                                  rw.emit("full", shape=(), value=float(
+                                      node.inputs[0].type.size // out_t.size
+                                      if node.op == "sum" else 1), dtype=out_t.dtype))
+            part = reduced[id(t)]
+            for c in coefs:
+                part = rw.emit("mul", c, part, loc=node.loc)
+            if abs(sign) != 1:
+                part = rw.emit("mul", part, rw.emit("full", shape=(), value=abs(sign),
+                                                    dtype=out_t.dtype), loc=node.loc)
+                sign = 1.0 if sign > 0 else -1.0
+            if total is None:
+                total = part if sign > 0 else rw.emit("neg", part, loc=node.loc)
+            else:
+                total = rw.emit("add" if sign > 0 else "sub", total, part, loc=node.loc)
+        if total is None:                          # the products cancel
+            total = rw.emit("full", shape=out_t.shape, value=0.0, dtype=out_t.dtype)
+        if total.type.shape != out_t.shape:
+            total = rw.emit("broadcast_to", total, shape=out_t.shape)
+        rw.replace(node.outputs[0], total)
+    return dce(rw.finish()) if changed else None
+
+
+def flatten_row_sums(body: Graph) -> Graph:
+    """A rows body with as few levels of row reductions as sums of products allow (see
+    ``_flatten_once``): a layer norm's backward in two sweeps per row (its two row sums in
+    one, then the result) instead of three. Rounding differs from the body's order only by
+    that distribution."""
+    reds = [n for n in body.nodes if n.op in ("sum", "mean")]
+    if not reds or trailing_axes(reds[0]) is None:
+        return body
+    full, k = tuple(reds[0].inputs[0].shape), trailing_axes(reds[0])
+    for _ in range(8):
+        flat = _flatten_once(body, full, k)
+        if flat is None:
+            break
+        body = flat
+    return body
+
+
 @register_pass("fuse_norm_grad")
 def fuse_norm_grad(g: Graph) -> Graph:
     """The nodes that read a ``normalize`` region's exported intermediates (a training
@@ -543,7 +662,7 @@ def fuse_norm_grad(g: Graph) -> Graph:
         consts = [v for v in operands if v.node is not None and v.node.op == "full"
                   and v.type.size == 1]
         operands = [v for v in operands if v not in consts]
-        body = _region(g, unit, operands, consts, results, f"rows_{count}")
+        body = flatten_row_sums(_region(g, unit, operands, consts, results, f"rows_{count}"))
         count += 1
         outs = rw.dst.add_node("fused", [rw[v] for v in operands],
                                {"body": body, "kind": "rows"}, unit[-1].loc)

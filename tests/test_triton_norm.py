@@ -14,7 +14,7 @@ import irgraph.frontend as fe
 from irgraph.backends.triton import codegen_rows
 from irgraph.backends.triton.kernels import row_norm
 from irgraph.frontend import nn
-from irgraph.passes.layer_regions import fuse_norm, normalize_spec
+from irgraph.passes.layer_regions import fuse_norm, fuse_norm_grad, normalize_spec, row_levels
 
 R = np.random.default_rng(11)
 NOTE = "row normalization"
@@ -178,3 +178,31 @@ def test_rms_norm_forms_a_region_and_matches_torch(shape, block, monkeypatch):
     for backend in ("reference", "llvm"):
         (other,) = backends.compile(fused, backend)(x, rms.weight.data)
         np.testing.assert_allclose(other, got, rtol=1e-5, atol=1e-5, err_msg=backend)
+
+
+@pytest.mark.parametrize("backend", ["triton", "llvm"])
+def test_layer_norm_backward_is_two_sweeps_per_row(backend, monkeypatch):
+    """The rows region of a layer norm's backward has one level of row sums (both sums in
+    one sweep, then the result): sum(g r + c d) is taken as sum(g r) + c sum(d). Gradients
+    against torch, rows over several blocks, a large mean."""
+    monkeypatch.setattr(codegen_rows, "MAX_BLOCK", 32)
+    shape, norm = (6, 101), (101,)
+    ln, t = _layer_norm(norm)
+    x = (R.standard_normal(shape) * 0.5 + 50).astype(np.float32)
+    gy = R.standard_normal(shape).astype(np.float32)
+    opts = {"threads": 2, "cache": False} if backend == "llvm" else {}
+    step = fe.grad(lambda a, b: (ln(a) * b).sum(), fe.TensorSpec(shape), fe.TensorSpec(shape),
+                   model=ln, wrt=["a", "weight", "bias"], backend=backend,
+                   pipeline=["default", fuse_norm, fuse_norm_grad], **opts)
+    rows = [n.attrs["body"] for n in step.graph.nodes
+            if n.op == "fused" and n.attrs["kind"] == "rows"]
+    assert len(rows) == 1 and max(row_levels(rows[0]).values()) == 1
+    if backend == "triton":
+        assert step.executable.source().count("for start in range(0, N, BLOCK)") == 2
+    grads = step(x, gy)
+    tx = torch.from_numpy(x).requires_grad_()
+    (t(tx) * torch.from_numpy(gy)).sum().backward()
+    for name, want in (("a", tx.grad), ("weight", t.weight.grad), ("bias", t.bias.grad)):
+        want = want.numpy()
+        np.testing.assert_allclose(grads[name], want, rtol=1e-4,
+                                   atol=1e-4 * np.abs(want).max(), err_msg=name)
