@@ -281,8 +281,10 @@ def test_profile_script_reports_a_training_step(tmp_path):
     assert node_shares == sorted(node_shares, reverse=True) and min(node_shares) >= 0
     by_op = [row.split() for row in out.split("op\n", 1)[1].strip().splitlines()]
     ops = {r[2]: (float(r[0].rstrip("%")), int(r[1])) for r in by_op}
-    assert {"matmul", "adam_update", "relu", "log_softmax"} <= set(ops)
-    assert ops["matmul"][1] == 8 and ops["adam_update"][1] == 6   # 3 layers: 2 + 3 + 3 GEMMs
+    assert {"matmul", "fused", "relu", "log_softmax"} <= set(ops)
+    # 3 layers: 2 + 3 + 3 GEMMs; each Adam update one region with its weight decay
+    # (fuse_updates)
+    assert ops["matmul"][1] == 8 and ops["fused"][1] == 6 and "adam_update" not in ops
     assert sum(n for _, n in ops.values()) <= n_nodes
     assert abs(sum(s for s, _ in ops.values()) - 100.0) < 0.1 * len(ops) + 0.05
 
