@@ -206,3 +206,20 @@ def test_layer_norm_backward_is_two_sweeps_per_row(backend, monkeypatch):
         want = want.numpy()
         np.testing.assert_allclose(grads[name], want, rtol=1e-4,
                                    atol=1e-4 * np.abs(want).max(), err_msg=name)
+
+
+def test_float64_layer_norm_and_instance_norm_match_torch():
+    """float64 rows keep float64 statistics (to 1e-12 of torch's float64); an instance norm
+    is a region over the positions of each channel."""
+    x = R.standard_normal((2, 3, 9, 5)) * 4 + 7
+    exe = backends.compile(fe.trace(lambda a: fe.F.layer_norm(a, (9, 5)),
+                                    fe.TensorSpec(x.shape, "float64")), "triton")
+    assert NOTE in exe.source()
+    want = torch.nn.functional.layer_norm(torch.from_numpy(x), (9, 5)).numpy()
+    np.testing.assert_allclose(exe(x)[0], want, rtol=1e-12, atol=1e-12)
+    x32 = x.astype(np.float32)
+    exe = backends.compile(fe.trace(lambda a: fe.F.instance_norm(a), fe.TensorSpec(x.shape)),
+                           "triton")
+    assert NOTE in exe.source()
+    want = torch.nn.functional.instance_norm(torch.from_numpy(x32)).numpy()
+    np.testing.assert_allclose(exe(x32)[0], want, rtol=1e-5, atol=1e-5)

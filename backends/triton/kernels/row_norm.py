@@ -76,7 +76,10 @@ def row_norm_kernel(x_ptr, w_ptr, b_ptr, out_ptr, mean_ptr, var_ptr, vare_ptr, r
             m2 = m2 + tl.sum(x * x, axis=1)
     var = m2 / N
     vare = var + eps
-    r = 1.0 / tl.sqrt_rn(vare)
+    if WIDE:
+        r = 1.0 / tl.sqrt(vare)             # float64: correctly rounded
+    else:
+        r = 1.0 / tl.sqrt_rn(vare)
     if STORE_MEAN:
         tl.store(mean_ptr + rows, store_as(shift + mean, mean_ptr.dtype.element_ty), mask=live)
     if STORE_VAR:
