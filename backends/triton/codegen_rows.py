@@ -167,8 +167,9 @@ def render_rows(body: Graph, full, k: int, classes: list[str]) -> tuple[str, str
             if out in row_valued or n.op in ("sum", "mean") or level[out] >= upto:
                 continue
             local[out] = f"e{j}"
-            lines.append(f"        e{j} = "
-                         f"{elementwise_expr(n.op, [local[v] for v in n.inputs], n, out, '(ROWS, BLOCK)')}")
+            expr = elementwise_expr(n.op, [local[v] for v in n.inputs], n, out,
+                                    "(ROWS, BLOCK)")
+            lines.append(f"        e{j} = {expr}")
         return local
 
     row_nodes(0, "    ")
