@@ -512,10 +512,11 @@ _MAX_TERMS = 16
 
 
 def _flatten_once(body: Graph, full: tuple[int, ...], k: int) -> Graph | None:
-    """``body`` with each row reduction of level L >= 2 whose operand is a sum of products of
-    row values and full values of level <= L - 2 (a normalization's backward: ``sum(g r + c
-    d)`` with ``c`` a row value of level 1) written as ``sum(g r) + c sum(d)``: one level (one
-    sweep) fewer. None when no reduction changes."""
+    """``body`` with each row reduction of level L >= 2 whose operand is linear in the row
+    values, its terms full values of level <= L - 2 (a normalization's backward: ``sum(g r +
+    c d)`` with ``c`` a row value of level 1) written as ``sum(g r) + c sum(d)``: one level (one
+    sweep) fewer, the same terms summed (so the same error bound). A square of a row-dependent
+    value is not expanded (its moments would cancel). None when no reduction changes."""
     level = row_levels(body)
     rw = GraphRewriter(body)
     changed = False
@@ -545,6 +546,10 @@ def _flatten_once(body: Graph, full: tuple[int, ...], k: int) -> Graph | None:
         elif n.op == "mul":
             a, b = lin(n.inputs[0], target), lin(n.inputs[1], target)
             if a is None or b is None or len(a) * len(b) > _MAX_TERMS:
+                return None
+            if any(c for _, c, _ in a) and any(c for _, c, _ in b):
+                # a product of two row-dependent parts (sum((x - m)^2) -> sum(x^2) - ...):
+                # expanding it would trade the exact deviations for cancelling moments
                 return None
             out = []
             for sa, ca, ta in a:

@@ -15,7 +15,9 @@ import irgraph.frontend as fe
 from irgraph.backends.triton import codegen_rows
 from irgraph.backends.triton.kernels import row_norm
 from irgraph.frontend import nn
-from irgraph.passes.layer_regions import fuse_norm, fuse_norm_grad, normalize_spec, row_levels
+from irgraph.interpreter import interpret
+from irgraph.passes.layer_regions import (flatten_row_sums, fuse_norm, fuse_norm_grad,
+                                          normalize_spec, row_levels)
 
 R = np.random.default_rng(11)
 NOTE = "row normalization"
@@ -228,10 +230,39 @@ def test_float64_layer_norm_and_instance_norm_match_torch():
 
 def test_rows_kernel_with_row_results_and_broadcast_weights(monkeypatch):
     """A rows region written by hand: rows of (4, 5) elements over blocks of 8, an operand
-    along the row broadcast over one of its axes, a scalar constant, two levels of sums (the
-    second not distributable: it reads a square of a level-1 value) and a result per row:
-    the generated kernel against the reference interpreter of the same region."""
+    along the row broadcast over one of its axes, a scalar constant, two levels of sums (a
+    region given as it is: three sweeps) and a result per row: the generated kernel against
+    the reference interpreter of the same region."""
     monkeypatch.setattr(codegen_rows, "MAX_BLOCK", 8)
+    body, args = _two_level_body()
+    assert codegen_rows.supports_rows(body)
+    assert max(row_levels(body).values()) == 2
+    g = Graph("outer")
+    ins = [g.add_input(v.name, v.type) for v in body.inputs]
+    g.set_outputs(list(g.op("fused", *ins, body=body, kind="rows")))
+    exe = backends.compile(g, "triton")
+    assert exe.source().count("for start in range(0, N, BLOCK)") == 3
+    got = exe(*args)
+    want = backends.compile(g, "reference")(*args)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_flattened_row_sums_keep_the_values():
+    """The second-level mean of (t - u) d (u per row) becomes mean(t d) - u mean(d) (one
+    level; values by the reference interpreter); a mean of (t - u)^2 (not expanded into
+    cancelling moments) or through exp is left as it is."""
+    body, args = _two_level_body("linear")
+    flat = flatten_row_sums(body)
+    assert max(row_levels(flat).values()) == 1
+    for a, b in zip(interpret(flat, args), interpret(body, args)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for form in ("square", "exp"):
+        body, args = _two_level_body(form)
+        assert max(row_levels(flatten_row_sums(body)).values()) == 2, form
+
+
+def _two_level_body(form: str = "square"):
     body = Graph("rows_by_hand")
     d = body.add_input("d", TensorType((3, 4, 5)))
     r = body.add_input("r", TensorType((3, 1, 1)))
@@ -240,19 +271,11 @@ def test_rows_kernel_with_row_results_and_broadcast_weights(monkeypatch):
     s = body.op("sum", t, axis=(1, 2), keepdims=True)
     u = body.op("mul", s, r)
     e = body.op("sub", t, body.op("broadcast_to", u, shape=(3, 4, 5)))
-    s2 = body.op("mean", body.op("mul", e, e), axis=(1, 2), keepdims=True)
+    sq = body.op("mul", e, d if form == "linear" else e)
+    s2 = body.op("mean", body.op("exp", sq) if form == "exp" else sq, axis=(1, 2),
+                 keepdims=True)
     out = body.op("mul", e, body.op("add", s2, body.op("full", shape=(), value=0.5,
                                                         dtype="float32")))
     body.set_outputs([out, s2])
-    assert codegen_rows.supports_rows(body)
-    assert max(row_levels(body).values()) == 2
-    g = Graph("outer")
-    ins = [g.add_input(v.name, v.type) for v in body.inputs]
-    g.set_outputs(list(g.op("fused", *ins, body=body, kind="rows")))
-    args = [R.standard_normal(v.shape).astype(np.float32) for v in g.inputs]
-    exe = backends.compile(g, "triton")
-    assert "def fused_rows_" in exe.source()
-    got = exe(*args)
-    want = backends.compile(g, "reference")(*args)
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    rng = np.random.default_rng(5)
+    return body, [rng.standard_normal(v.shape).astype(np.float32) for v in body.inputs]
