@@ -72,12 +72,15 @@ class Compiled:
     """What ``compile_graph`` made: ``graph``, the graph the backend built (after the
     pipeline and the backend's passes; its arguments, outputs and donations are those of
     ``source``), ``executable``, ``passes`` (the PassManager that ran: ``timings``,
-    ``records``, ``report()``) and ``source``, the graph the pipeline started from (the
-    differentiated one when something was differentiated)."""
+    ``records``, ``report()``), ``source``, the graph the pipeline started from (the
+    differentiated one when something was differentiated) and ``cached``: the pipeline's
+    result came from the disk cache (frontend/pipeline_cache.py; ``passes.records`` is
+    then empty)."""
     graph: Graph
     executable: Any
     passes: PassManager
     source: Graph
+    cached: bool = False
 
 
 def pipeline_of(backend: str, pipeline=None, kind: str = "inference") -> list:
@@ -100,11 +103,32 @@ def compile_graph(graph: Graph, *, backend: str = "reference",
     pm = PassManager(pipeline_of(backend, pipeline, kind), kind=kind,      # bad names fail
                      print_after=print_after, stream=stream)               # before any work
     source = differentiate(graph) if differentiate is not None else graph
-    out = pm.run(source)
+    out, cached = _run_passes(pm, source, backend, kind, options or {})
     if keep_interface:
         check_same_interface(source, out)
     exe = backends.compile(out, backend, prepared=True, **(options or {}))
-    return Compiled(out, exe, pm, source)
+    return Compiled(out, exe, pm, source, cached)
+
+
+def _run_passes(pm: PassManager, source: Graph, backend: str, kind: str,
+                options: dict) -> tuple[Graph, bool]:
+    """(``pm.run(source)``, False), or (the result stored by an earlier compile, True) for a
+    backend that declares ``CACHES_PIPELINE`` (frontend/pipeline_cache.py; ``pm.records``
+    stays empty)."""
+    from . import pipeline_cache
+    if not (getattr(backends.get_backend(backend), "CACHES_PIPELINE", False)
+            and options.get("cache", True) and not pm.print_after
+            and pm.verify and pipeline_cache.pays(source)
+            and pipeline_cache.cacheable(pm.passes)):
+        return pm.run(source), False
+    pm.records = []
+    key = pipeline_cache.key(source, pm.passes, backend, kind)
+    out = pipeline_cache.load(key, source.name)
+    if out is not None:     # (the stored result's source, of the same structure, verified)
+        return out, True
+    out = pm.run(source)
+    pipeline_cache.store(key, out)
+    return out, False
 
 
 def check_same_interface(before: Graph, after: Graph) -> None:

@@ -58,6 +58,9 @@ def llvm_low_precision(graph: Graph) -> Graph:
 # update one loop with the nodes making its gradient (fuse_updates).
 PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "scan_invariants",
           "fuse_scan_bodies", "fuse_attention", "fuse_norm", "fuse_norm_grad", "fuse_updates")
+# the compile driver stores the pass pipeline's result in the disk cache (the ``cache``
+# option) and, for a graph seen before, reads it back instead of running the passes
+CACHES_PIPELINE = True
 
 
 def _prepare(graph: Graph, threads: int, profile: bool = False):
