@@ -508,3 +508,47 @@ def test_a_changed_graph_names_its_known_kernels_without_building_them(cache_roo
     args = [r.standard_normal(v.type.shape).astype(np.float32) for v in c.arguments]
     np.testing.assert_allclose(exe(*args)[0], backends.compile(c, "reference")(*args)[0],
                                rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- size-generic regions
+def region_variants() -> Graph:
+    """The same elementwise chain (scaled by a rank-0 value, a row broadcast, relu, minus
+    its input: one fused region each after ``fuse``) at odd sizes of two and three axes, a
+    large one split across threads; and another chain over a vector (a second code)."""
+    g = Graph("regions")
+    s = g.add_input("s", TensorType(()))
+    outs = []
+    for i, shape in enumerate([(64, 130), (37, 151), (3, 5, 31), (300, 257)]):
+        x = g.add_input(f"x{i}", TensorType(shape))
+        b = g.add_input(f"b{i}", TensorType(shape[-1:]))
+        outs.append(g.op("sub", g.op("relu", g.op("add", g.op("mul", x, s), b)), x))
+    for i, n in enumerate([4099, 17]):
+        x = g.add_input(f"v{i}", TensorType((n,)))
+        outs.append(g.op("mul", g.op("exp", x), x))
+    g.set_outputs(outs)
+    return g
+
+
+def test_fused_regions_at_other_sizes_share_one_kernel():
+    from irgraph.passes.fusion import fuse
+    g = fuse(region_variants())
+    assert [n.op for n in g.nodes].count("fused") == 6
+    prog = llvm.program(g, 2)
+    fused = [k for k in prog.kernels.values() if k.op == "fused"]
+    assert len(fused) == 2, [k.symbol for k in fused]     # one per code, not per size
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_size_generic_regions_compute_what_the_reference_computes(cache_root, threads):
+    from irgraph.passes.fusion import fuse
+    g = region_variants()
+    exe = backends.compile(fuse(g), "llvm", threads=threads)
+    ref = backends.compile(g, "reference")
+    r = np.random.default_rng(threads)
+    args = [np.float32(0.75) if v.name == "s" else
+            r.standard_normal(v.type.shape).astype(np.float32) for v in g.arguments]
+    got, want = exe(*args), ref(*args)
+    assert len(got) == len(want) == 6
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)

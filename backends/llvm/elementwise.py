@@ -32,19 +32,27 @@ def runtime_strides(b: ir.IRBuilder, dims: Sequence[ir.Value], reads: Sequence[b
     return out
 
 
+def loop_dims(ctx: Ctx, shape: Sequence[int], strides: Sequence[Sequence[int]]):
+    """The coalesced loop nest over ``shape`` (``builder.coalesce``): (dimensions, strides
+    per operand). In a size-generic kernel (``module.size_generic``) the dimensions are the
+    kernel's arguments and the strides are computed from them."""
+    cshape, cstrides = coalesce(shape, strides)
+    if ctx.runtime_dims is None:
+        return cshape, cstrides
+    dims = ctx.runtime_dims
+    if cshape != RUNTIME_DIMS[:len(dims)]:
+        raise AssertionError(f"llvm backend: a size-generic kernel over shape {shape}")
+    return tuple(dims), [runtime_strides(ctx.b, dims, [x != 0 for x in st])
+                         for st in cstrides]
+
+
 def elementwise(ctx: Ctx, outs: Sequence[Buf], ins: Sequence[Buf], fn: ScalarFn,
                 parallel: bool = True) -> None:
     """outs[k][i] = fn([x[i] for x in ins])[k] over the (common) output shape."""
     shape = outs[0].shape
     strides = [row_strides(shape)] * len(outs) + [broadcast_strides(x.shape, shape)
                                                   for x in ins]
-    cshape, cstrides = coalesce(shape, strides)
-    if ctx.runtime_dims is not None:          # a size-generic kernel (module.size_generic)
-        dims = ctx.runtime_dims
-        if cshape != RUNTIME_DIMS[:len(dims)]:
-            raise AssertionError(f"llvm backend: a size-generic kernel over shape {shape}")
-        cstrides = [runtime_strides(ctx.b, dims, [x != 0 for x in st]) for st in cstrides]
-        cshape = tuple(dims)
+    cshape, cstrides = loop_dims(ctx, shape, strides)
     if not cshape:
         with ctx.thread0():
             _body(ctx, outs, ins, fn, [i64(0)] * len(strides))

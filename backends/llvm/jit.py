@@ -237,20 +237,22 @@ class Loaded:
 
 
 # ------------------------------------------------------------------ canonical graph text
-def canonical_text(graph) -> str:
+def canonical_text(graph, sizes: bool = True) -> str:
     """The graph as far as it shapes the generated code: the text form without the graph's
-    name, value names (numbered in order of definition), or source locations (comments)."""
+    name, value names (numbered in order of definition), or source locations (comments);
+    without ``sizes``, each type of rank > 0 as its dtype and ``[*]`` (``generic_node``)."""
     names: dict = {}
 
     def name(v) -> str:
         if v not in names:
             names[v] = f"%{len(names)}"
         return names[v]
-    decl = lambda vs: ", ".join(f"{name(v)}: {v.type}" for v in vs)  # noqa: E731
+    t = str if sizes else _sizeless
+    decl = lambda vs: ", ".join(f"{name(v)}: {t(v.type)}" for v in vs)  # noqa: E731
     lines = [f"graph({decl(graph.inputs)}) params({decl(graph.params)}) {{"]
     for n in graph.nodes:
         args = ", ".join(name(v) for v in n.inputs)
-        lines.append(f"{decl(n.outputs)} = {n.op}({args}){_attrs(n)}")
+        lines.append(f"{decl(n.outputs)} = {n.op}({args}){_attrs(n, sizes)}")
     if graph.donations:
         lines.append("donate(" + ", ".join(f"{o}->{a}" for o, a in sorted(
             graph.donations.items())) + ")")
@@ -267,27 +269,30 @@ def canonical_node(node) -> str:
 
 def generic_node(node) -> str:
     """A node whose kernel serves every size (module.size_generic) without its sizes: op,
-    operand and result dtypes (rank 0 kept), attributes."""
-    def t(v) -> str:
-        return str(v.type) if v.type.rank == 0 else f"{v.dtype}[*]"
-    ins = ", ".join(t(v) for v in node.inputs)
-    outs = ", ".join(t(v) for v in node.outputs)
-    return f"{outs} = {node.op}({ins}){_attrs(node)}"
+    operand and result dtypes (rank 0 kept), attributes (a region's body likewise)."""
+    ins = ", ".join(_sizeless(v.type) for v in node.inputs)
+    outs = ", ".join(_sizeless(v.type) for v in node.outputs)
+    return f"{outs} = {node.op}({ins}){_attrs(node, sizes=False)}"
 
 
-def _attrs(node) -> str:
+def _sizeless(t) -> str:
+    return str(t) if t.rank == 0 else f"{t.dtype}[*]"
+
+
+def _attrs(node, sizes: bool = True) -> str:
     if not node.attrs:
         return ""
-    return " {" + ", ".join(f"{k}={_attr(v)}" for k, v in sorted(node.attrs.items())) + "}"
+    return " {" + ", ".join(f"{k}={_attr(v, sizes)}"
+                            for k, v in sorted(node.attrs.items())) + "}"
 
 
-def _attr(v) -> str:
+def _attr(v, sizes: bool = True) -> str:
     from irgraph import Graph
     from irgraph.printer import format_attr
     if isinstance(v, Graph):
-        return canonical_text(v)
+        return canonical_text(v, sizes)
     if isinstance(v, (tuple, list)):
-        return "[" + ", ".join(_attr(x) for x in v) + "]"
+        return "[" + ", ".join(_attr(x, sizes) for x in v) + "]"
     return format_attr(v, "")
 
 

@@ -37,8 +37,14 @@ class Lowering:
     fn: Callable
     parallel: bool
     # reads the tensors' shapes only through ``elementwise``: a node whose operands all have
-    # the output's shape or rank 0 runs a kernel shared by every size (module.size_generic)
-    size_generic: bool = False
+    # the output's shape or rank 0 runs a kernel shared by every size (module.size_generic);
+    # a function of the node where that holds for some nodes of the op only
+    size_generic: "bool | Callable" = False
+
+    def generic_for(self, node: Node) -> bool:
+        """Whether ``node``'s kernel may serve every size (``size_generic``)."""
+        sg = self.size_generic
+        return bool(sg(node) if callable(sg) else sg)
 
 
 LOWERINGS: dict[str, Lowering] = {}
@@ -84,9 +90,10 @@ def scratch(*ops: str):
     return deco
 
 
-def lowering(*ops: str, parallel: bool = False, size_generic: bool = False):
+def lowering(*ops: str, parallel: bool = False, size_generic: "bool | Callable" = False):
     """Register the decorated function as the lowering of ``ops``; ``size_generic``: it
-    reads sizes only through ``elementwise.elementwise`` (see ``Lowering``)."""
+    reads sizes only through ``elementwise.elementwise`` / ``elementwise.loop_dims`` (for
+    every node, or for the nodes a function of the node accepts; see ``Lowering``)."""
     def deco(fn):
         for op in ops:
             if op in LOWERINGS:

@@ -594,7 +594,7 @@ def size_generic(node, ins: list[Buf], outs: list[Buf]):
     over the output (``builder.coalesce``; each input broadcast into it) has at most
     ``len(RUNTIME_DIMS)`` dimensions. The layout: (those dimensions, per output then input
     which of them it walks); the kernel takes the dimensions as arguments."""
-    if not get_lowering(node).size_generic or not outs:
+    if not outs or not get_lowering(node).generic_for(node):
         return None
     shape = outs[0].shape
     if (not shape or outs[0].type.size == 0 or any(o.shape != shape for o in outs)

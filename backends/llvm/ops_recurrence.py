@@ -175,7 +175,14 @@ def _one_nest(node) -> bool:
 SAME_INDEX_RULES.append(_one_nest)
 
 
-@lowering("fused", parallel=True)
+def _generic_region(node) -> bool:
+    """A region run as one loop nest (no kind with a lowering of its own): its code reads
+    its sizes only through that nest, so one kernel serves every size (``size_generic``;
+    e.g. the optimizer update of each parameter)."""
+    return node.attrs["kind"] not in FUSED_KINDS and _nest_shape(node)
+
+
+@lowering("fused", parallel=True, size_generic=_generic_region)
 def _fused(ctx, node, ins, outs):
     """Elementwise regions: one loop nest. Otherwise the longest elementwise tail (an
     epilogue: bias, activation, residual) becomes one loop nest after the nodes before it
@@ -330,8 +337,9 @@ def _one_loop_nest(ctx, body, sources, results, ins, outs) -> None:
     shape = outs[0].shape
     strides = [row_strides(shape)] * len(outs) + [broadcast_strides(x.shape, shape)
                                                   for x in ins]
-    from .builder import coalesce, strided_nest
-    cshape, cstrides = coalesce(shape, strides)
+    from .builder import strided_nest
+    from .elementwise import loop_dims
+    cshape, cstrides = loop_dims(ctx, shape, strides)
     b = ctx.b
 
     def step(offs):
