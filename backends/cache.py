@@ -5,6 +5,7 @@ checks (docs/reliability.md, "Compile caches").
         cache-secret                                   32 random bytes, mode 0600: the HMAC key
         llvm/<key>.o                                   object code of the LLVM backend
         triton/<name>.py                               generated Triton kernel sources
+        pipeline/<key>.ir                              pass pipeline results (graph text)
 
 An entry is ``MAGIC <hex HMAC-SHA256>\\n`` followed by its payload; the HMAC (keyed by the
 secret) covers the cache's name, the entry's key and the payload, so an entry that was

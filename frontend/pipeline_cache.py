@@ -21,7 +21,7 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-from irgraph import Graph, IRError, parse, verify
+from irgraph import Graph, IRError, parse
 from irgraph.backends import cache as disk_cache
 from irgraph.passes.manager import Pass, all_passes
 
@@ -86,8 +86,7 @@ def load(k: str, name: str) -> Graph | None:
         text = payload.decode("utf-8")
         if not text.startswith(_HEADER):
             raise IRError("no pipeline-cache header")
-        g = parse(text[len(_HEADER):])
-        verify(g)
+        g = parse(text[len(_HEADER):])            # (verified by the parser)
     except (UnicodeDecodeError, IRError) as e:
         warnings.warn(f"pipeline cache entry {k} cannot be read ({e}); running the passes "
                       f"anew", disk_cache.CacheWarning, stacklevel=3)
