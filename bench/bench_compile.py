@@ -15,8 +15,9 @@ Models (training steps: forward, cross-entropy, backward, Adam):
 
 Each model is compiled cold (a fresh, empty cache folder through IRGRAPH_CACHE_DIR; the
 target's runtime kernels, compiled once per machine, are built beforehand and reported on
-their own line), then again (cached), then once more after its graph was traced from a
-renamed copy (the same code: a cache hit). Phases: ``trace`` (Python tracing),
+their own line), then again (cached; ``c.cpu``: its CPU time, the pass pipeline's result
+read back from the disk cache for a model with a recurrence), then once more after its graph
+was traced from a renamed copy (the same code: a cache hit). Phases: ``trace`` (Python tracing),
 ``autodiff`` (the training-step graph: BPTT, gradients, optimizer), ``passes`` (one
 PassManager: the pipeline and the passes the backend declares), then the LLVM backend's own
 (``backends.llvm.jit.phase_times``): ``ir_build`` (the compile threads start on each
@@ -249,7 +250,8 @@ def runtime_time() -> float:
 
 def bench(kinds, threads: int, repeats: int, with_jax: bool) -> None:
     print(f"machine: {describe()}; {threads} threads")
-    head = f"{'model':16s} {'cold':>7s} {'cpu':>6s} {'cached':>7s} {'renamed':>8s} {'jax':>7s}  " \
+    head = f"{'model':16s} {'cold':>7s} {'cpu':>6s} {'cached':>7s} {'c.cpu':>6s} {'renamed':>8s} " \
+        f"{'jax':>7s}  " \
         + " ".join(f"{p:>8s}" for p in PHASES) + "  kernels (compiled/shared)"
     before = os.environ.get("IRGRAPH_CACHE_DIR")
     try:
@@ -271,8 +273,8 @@ def bench(kinds, threads: int, repeats: int, with_jax: bool) -> None:
                             renamed = measure(lambda: _renamed_step(kind, threads))
                     jt = jax_compile_time(kind) if with_jax else None
                     total, phases, st = cold
-                    print(f"{kind:16s} {total:6.2f}s {phases['cpu']:5.2f}s {cached[0]:6.2f}s "
-                          f"{renamed[0]:7.2f}s "
+                    print(f"{kind:16s} {total:6.2f}s {phases['cpu']:5.2f}s {cached[0]:6.3f}s "
+                          f"{1e3 * cached[1]['cpu']:4.0f}ms {renamed[0]:7.2f}s "
                           f"{'-' if jt is None else f'{jt:.2f}s':>7s}  "
                           + " ".join(f"{phases.get(p, 0.0):8.3f}" for p in PHASES)
                           + f"  {st['kernels_compiled']}/{st['kernels_shared']}"
