@@ -353,7 +353,7 @@ def _spy_stream(monkeypatch) -> list:
     own module, as the IR builder hands it over, and "built" when the IR build returns."""
     import irgraph.backends.llvm.module as module
     events: list = []
-    real_build, real_add = module.build_module, jit._KernelStream.add
+    real_build, real_add = module.build_module, jit.KernelStream.add
 
     def build(*a, **k):
         prog = real_build(*a, **k)
@@ -366,7 +366,7 @@ def _spy_stream(monkeypatch) -> list:
         if len(self.jobs) > n:
             events.append(("kernel", self.jobs[-1][1] is not None))
     monkeypatch.setattr(module, "build_module", build)
-    monkeypatch.setattr(jit._KernelStream, "add", add)
+    monkeypatch.setattr(jit.KernelStream, "add", add)
     return events
 
 

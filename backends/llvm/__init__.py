@@ -23,7 +23,7 @@ from irgraph.passes.manager import register_pass
 
 from ..base import run_backend_passes
 
-from . import jit
+from . import driver, jit
 from .executable import LLVMExecutable, NativeError
 from .jit import cache_dir, clear_cache
 from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
@@ -107,8 +107,8 @@ def build(graph: Graph, **options) -> LLVMExecutable:
     profile = bool(options.get("profile", False))
     p, features = _prepare(graph, threads, profile)
     t0 = time.perf_counter()
-    obj, kernels, key, hit = jit.compile_graph(graph, p, features, threads, opt, profile,
-                                               use_cache)
+    obj, kernels, key, hit = driver.compile_graph(graph, p, features, threads, opt, profile,
+                                                  use_cache)
     STATS["compiles"] += 1
     STATS["cache_hits"] += hit
     shapes = ", ".join(str(v.type) for v in graph.inputs)

@@ -18,7 +18,7 @@ from irgraph.registry import ops_with
 
 from ..base import (Executable, check_out_buffers, fork_safe_locks, raise_as_reference,
                     validate_args)
-from . import jit
+from . import gemm, jit
 from .lowering import ERROR_MESSAGES
 from .workers import ThreadChoice, run_entry
 from .module import ENTRY, Plan, build_module
@@ -79,7 +79,7 @@ class LLVMExecutable(Executable):
         self._ws = np.zeros(max(plan.workspace_bytes * threads, 64), np.uint8)
         self._ctl = np.zeros(4 + (len(graph.nodes) if plan.profile else 0), np.int64)
         with jit.phase("load"):
-            self._loaded = jit.Loaded(obj, ENTRY, opt, kernels)
+            self._loaded = jit.Loaded(obj, ENTRY, opt, [gemm.runtime_object(), *kernels])
         self._profiled_s = 0.0
         fork_safe_locks(self, "_lock")
         self._staged = staged_arguments(self.graph, plan)

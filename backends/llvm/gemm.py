@@ -13,12 +13,13 @@ tiles at the edges go through a stack tile so no load or store leaves C, A or B.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from llvmlite import ir
 
 from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64,
                       prod, row_strides, strided_nest)
-from . import gemm_bf16
+from . import gemm_bf16, jit
 from .lowering import Ctx, lowering
 
 KC = 256
@@ -79,6 +80,14 @@ def runtime_module(features: str, triple: str = "") -> ir.Module:
         fn = gemm_function(module, dtype, features)
         _GemmBuilder(module, fn, STORAGE[dtype], tiling(dtype, features)).build()
     return module
+
+
+@lru_cache(maxsize=None)
+def runtime_object() -> bytes:
+    """The shared kernels (GEMM) for this CPU, compiled once and cached on disk."""
+    features = jit.host()[2]
+    return jit.compiled_module("irgraph runtime",
+                               lambda triple: runtime_module(features, triple))
 
 
 class _GemmBuilder:

@@ -1,10 +1,11 @@
-"""JIT for the host CPU through llvmlite.binding, the compile driver and the on-disk cache.
+"""JIT for the host CPU through llvmlite.binding, and the on-disk cache of object code.
 
-A graph compiles to an entry function and kernels (module.py: one per distinct node code).
+A graph compiles to an entry function and kernels (module.py: one per distinct node code;
+driver.py builds them and hands them here: this module only compiles, caches and loads).
 The kernels that carry the work (GEMM, convolutions, recurrences, loops over many elements)
 are modules of their own at the requested level (-O3: loop and SLP vectorization); the
 small ones are compiled at the cheap level (``optimize``: level 0) in one module with the
-entry. The modules are compiled by several threads at once (``_KernelStream``: each kernel
+entry. The modules are compiled by several threads at once (``KernelStream``: each kernel
 as soon as it is built, beside the Python that builds the rest) to object
 code for the host (its triple, CPU and features), then loaded together into an MCJIT
 engine, the entry last.
@@ -124,6 +125,11 @@ def cache_store(key: str, obj: bytes) -> None:
     _CACHE.store(key, obj)
 
 
+def cache_store_many(items) -> None:
+    """Store every (key, object) of ``items`` in one batch: one flush to the disk."""
+    _CACHE.store_many(items)
+
+
 def _with_vector_width(text: str, features: str) -> str:
     """LLVM prefers 256-bit vectors even on AVX-512 unless a function asks for 512."""
     if "+avx512f" not in features:
@@ -203,26 +209,16 @@ def compiled_module(name: str, make) -> bytes:
     return obj
 
 
-@lru_cache(maxsize=None)
-def runtime_object() -> bytes:
-    """The shared kernels (GEMM) for this CPU, compiled once and cached on disk."""
-    from .gemm import runtime_module
-    features = host()[2]
-    return compiled_module("irgraph runtime", lambda triple: runtime_module(features, triple))
-
-
 class Loaded:
-    """Object code (plus the runtime kernels and the graph's ``kernels``) loaded into its own
-    MCJIT engine; keeps the engine alive with the function (``symbol``; None: look symbols
-    up in ``engine``). ``obj`` is handed to LLVM last."""
+    """Object code (after the objects ``kernels``: the GEMM runtime's and the graph's
+    kernels) loaded into its own MCJIT engine; keeps the engine alive with the function
+    (``symbol``; None: look symbols up in ``engine``). ``obj`` is handed to LLVM last."""
 
     def __init__(self, obj: bytes, symbol: str | None, opt: int = 3, kernels=()):
         _init()
         # an engine owns its target machine: give it a fresh one
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
                                                  new_target_machine(opt))
-        if symbol is not None:
-            self.engine.add_object_file(llvm.ObjectFileRef.from_data(runtime_object()))
         for k in kernels:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(k))
         self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
@@ -319,6 +315,11 @@ def phase_times() -> dict[str, float]:
     return dict(_PHASES)
 
 
+def count(name: str, n: int = 1) -> None:
+    """Add ``n`` to the counter ``name`` of ``stats``."""
+    _STATS[name] += n
+
+
 def reset_stats() -> None:
     for k in _STATS:
         _STATS[k] = 0
@@ -334,7 +335,7 @@ def phase(name: str):
         _PHASES[name] = _PHASES.get(name, 0.0) + time.perf_counter() - t
 
 
-# ------------------------------------------------------------------ the compile driver
+# ------------------------------------------------------------------ compiling modules
 ENTRY_OPT = 0       # the entry only calls kernels: the cheap level (with the cheap kernels)
 _KERNEL_SYMBOL = re.compile(rb"irk_[0-9a-f]{40}")
 CHEAP_SYMBOL = b"irc_"
@@ -400,45 +401,6 @@ def _compile_isolated(text: str, opt: int) -> bytes:
         context.close()
 
 
-def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: bool,
-                  use_cache: bool) -> tuple[bytes, list[bytes], str, bool]:
-    """(entry object, kernel objects, cache key, cache hit) of a planned graph: from the
-    disk cache when the graph (canonical text and options) was compiled before and its
-    kernels are still there; else the IR is built, each kernel not in the cache is
-    compiled (and stored), and the entry with the kernels of the cheap level in it."""
-    from .module import build_module
-    key = cache_key(canonical_text(graph), {"threads": threads, "opt": opt,
-                                            "profile": profile})
-    if use_cache:
-        with phase("cache"):
-            obj = cache_load(key)
-            kernels = _cached_kernels(obj) if obj is not None else None
-        if kernels is not None:
-            _STATS["graph_hits"] += 1
-            _STATS["kernels_loaded"] += len(kernels)
-            return obj, kernels, key, True
-    _STATS["graph_misses"] += 1
-    stream = _KernelStream(use_cache)
-    try:
-        with phase("ir_build"):
-            prog = build_module(graph, plan, features, threads, host()[0], opt,
-                                on_kernel=stream.add,
-                                known=stream.known if use_cache else None)
-        _STATS["kernels_shared"] += prog.calls - len(prog.memo)
-        obj, objs, made = stream.finish(prog.entry_text(inline=True), min(opt, ENTRY_OPT))
-    finally:
-        stream.close()
-    _STATS["kernels_compiled"] += len(made) + sum(k.opt == 0 for k in prog.kernels.values())
-    if use_cache:           # one batch: one flush to the disk for the whole compile
-        index = [(signature_key(prog.signatures[k.symbol]),
-                  f"{k.symbol}\n{k.opt}".encode()) for k in prog.kernels.values()
-                 if k.opt > 0 and k.symbol in prog.signatures]
-        with phase("cache"):
-            _CACHE.store_many([(kernel_key(k.symbol), kobj) for k, kobj in made]
-                              + index + [(key, obj)])
-    return obj, objs, key, False
-
-
 def signature_key(signature: str) -> str:
     """The cache key of the symbol of the kernel built for a node signature
     (``module.node_signature``: everything its lowering reads): a graph not seen before
@@ -446,7 +408,7 @@ def signature_key(signature: str) -> str:
     return cache_key(f"signature {signature}", {})
 
 
-class _KernelStream:
+class KernelStream:
     """The kernels of one build, compiled while the IR builder goes on: each kernel of its
     own module (level > 0; the others are compiled within the entry's) is looked up in the
     disk cache as soon as it is built, and if absent handed to a pool of ``COMPILE_THREADS``
@@ -571,7 +533,7 @@ class _LargestFirst:
             t.join()
 
 
-def _cached_kernels(obj: bytes) -> list[bytes] | None:
+def cached_kernels(obj: bytes) -> list[bytes] | None:
     """The cached objects of every kernel ``obj`` calls (and they call: scan bodies), read
     from the symbols it references; None when one is missing (evicted, damaged)."""
     found: dict[bytes, bytes] = {}

@@ -18,7 +18,7 @@ import pytest
 import irgraph.backends as backends
 from irgraph.backends import cache
 from irgraph.backends.cache import CacheWarning
-from irgraph.backends.llvm import jit
+from irgraph.backends.llvm import gemm, jit
 from irgraph.backends.triton import codegen
 from irgraph import Graph, TensorType
 from irgraph.passes.fusion import fuse
@@ -463,7 +463,7 @@ def test_a_compile_flushes_its_entries_once(root, monkeypatch):
     g = Graph("g")
     x, w = g.add_input("x", TensorType((64, 128))), g.add_input("w", TensorType((128, 64)))
     g.set_outputs([g.op("tanh", g.op("matmul", x, w)), g.op("exp", x)])
-    jit.runtime_object()                 # the GEMM runtime: once per process, its own entry
+    gemm.runtime_object()                # the GEMM runtime: once per process, its own entry
     calls = _count_syncs(monkeypatch)
     first = backends.compile(g, "llvm", threads=1)
     kernels = list((root / "llvm").glob("*.o"))
