@@ -24,7 +24,7 @@ import numpy as np
 from llvmlite import ir
 
 from .builder import Buf, for_range, i64, prod, row_strides, strided_nest
-from .gemm import tiling
+from .gemm_tiling import tiling
 from .module import ALIGN
 
 

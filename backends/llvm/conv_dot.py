@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from .builder import STORAGE, for_range, i64
-from .gemm import tiling
+from .gemm_tiling import tiling
 
 COLS_BLOCK_BYTES = 192 * 1024    # the columns one pass over the weights keeps in cache
 MAX_SCRATCH_BYTES = 32 << 20     # larger batches keep the per-image paths' scratch

@@ -12,46 +12,17 @@ tiles at the edges go through a stack tile so no load or store leaves C, A or B.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 from llvmlite import ir
 
 from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64,
                       prod, row_strides, strided_nest)
-from . import gemm_bf16, jit
+from . import gemm_bf16, gemv, jit
+from .gemm_tiling import KC, MC, NC, Tiling, tiling
 from .lowering import Ctx, lowering
 
-KC = 256
-MC = 96
-NC = 1024
 DIRECT_B_ROWS = MC      # up to this many rows of A, a row-major B is not packed
-
-
-@dataclass(frozen=True)
-class Tiling:
-    vw: int      # vector width in elements
-    mr: int
-    nr: int
-
-    def panel_elems(self) -> int:
-        mc = -(-MC // self.mr) * self.mr
-        return KC * (NC + self.nr) + mc * KC
-
-
-def tiling(dtype: str, features: str) -> Tiling:
-    wide = "+avx512f" in features
-    avx = "+avx2" in features or "+avx" in features
-    bits = 512 if wide else (256 if avx else 128)
-    vw = bits // (32 if dtype == "float32" else 64)
-    mr = 12 if wide else (6 if avx else 4)
-    return Tiling(vw, mr, 2 * vw)
-
-
-def workspace_bytes(features: str) -> int:
-    """Per-thread packing scratch: enough for either float dtype."""
-    t = tiling("float64", features)
-    return t.panel_elems() * 8 + 256
 
 
 def _arg_types(elem):
@@ -389,7 +360,6 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
         return
     if M == 0 or N == 0:
         return
-    from . import gemv          # (gemv builds on this module's tiling)
     if gemv.applies(dtype, M, N, K, b_strides, ctx.features):
         gemv.emit(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc, M, N, K)
         return

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from . import jit
 from .builder import F32, I16, I32, I64, PTR, STORAGE, broadcast_strides, for_range, i64, \
     prod, row_strides, strided_nest
+from .gemm_tiling import workspace_bytes
 
 ENABLED = True          # False: every bf16 product is widened (the fallback, for tests)
 MR = 12                 # rows of the register tile
@@ -66,9 +68,7 @@ def native(node) -> bool:
     a host with AVX-512 BF16."""
     if node.op not in NATIVE_OPS or node.inputs[0].dtype != "bfloat16":
         return False
-    from .gemm import workspace_bytes
-    from .jit import host
-    features = host()[2]
+    features = jit.host()[2]
     k = contraction(node)
     return (supported(features) and 0 < k <= KMAX
             and _strip_bytes(k) <= workspace_bytes(features))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .builder import STORAGE, for_range, i64
-from .gemm import tiling
+from .gemm_tiling import tiling
 
 MAX_ROWS = 4        # rows of A (and of C) this form takes
 NV = 4              # vectors of columns per block: MAX_ROWS * NV accumulators

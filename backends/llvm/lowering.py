@@ -21,6 +21,7 @@ from llvmlite import ir
 
 from irgraph import IRError, Node
 
+from . import workers
 from .builder import i64
 
 # error codes set in the control block; the executable turns them into exceptions
@@ -196,8 +197,7 @@ class Ctx:
         if self._last_barrier == (b.block, len(b.block.instructions)):
             return
         if self.barrier_fn is None:
-            from .module import barrier_fn
-            self.barrier_fn = barrier_fn(self.module)
+            self.barrier_fn = workers.barrier_fn(self.module)
         with b.if_then(b.icmp_signed(">", self.nthreads, i64(1))):
             b.call(self.barrier_fn, [self.ctl, self.nthreads])
         self._last_barrier = (b.block, len(b.block.instructions))

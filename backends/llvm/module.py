@@ -24,9 +24,11 @@ from irgraph.liveness import last_reads
 
 from .builder import (I64, PTR, STORAGE, VOID, Buf, broadcast_strides, coalesce, cpu_relax,
                       i64, row_strides)
-from .gemm import workspace_bytes
+from .gemm_tiling import workspace_bytes
 from .elementwise import RUNTIME_DIMS
+from .jit import canonical_node, generic_node
 from .lowering import SCRATCH, Ctx, get_lowering, load_ptr, reads_same_index
+from .workers import worth_parallel
 
 ALIGN = 64
 ENTRY = "irgraph_entry"
@@ -576,7 +578,6 @@ def node_signature(node, ins: list[Buf], outs: list[Buf], pattern, ctx: Ctx,
     the context fixes (one thread or all, scratch, per-thread workspace, CPU, and the level
     of a kernel the entry calls). A size-generic node (``size_generic``) shows its op,
     attributes and the generic buffers only: its kernel serves every size."""
-    from .jit import canonical_node, generic_node
     bufs = ";".join(f"{x.type}{'T' if x.swapped else ''}" for x in ins + outs)
     level = kernel_opt(node, -1) if ctx.module is ctx.program.entry else "callee"
     return "\n".join([generic_node(node) if generic else canonical_node(node), bufs,
@@ -692,6 +693,3 @@ def kernel_opt(node, opt: int) -> int:
         return opt
     work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
     return opt if work >= CHEAP_WORK else 0
-
-
-from .workers import barrier_fn, worth_parallel  # noqa: E402,F401  (beside the workers)

@@ -30,6 +30,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..base import fork_safe_locks
+from . import jit
 from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 
 WORKER_SPIN_NS = 100_000   # a worker spins this long after a run before it sleeps
@@ -314,7 +315,6 @@ class Workers:
     """The process's native workers (started on demand, recreated after a fork)."""
 
     def __init__(self):
-        from . import jit
         fork_safe_locks(self, "lock")
         self._loaded = jit.Loaded(jit.compiled_module("irgraph workers", workers_module),
                                   None)

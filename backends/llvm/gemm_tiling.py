@@ -1,0 +1,38 @@
+"""The blocking of the packed GEMM (gemm.py) for a CPU: the register tile (``tiling``, also
+read by gemv.py and the direct and dot convolutions), the cache blocks (KC, MC, NC) and the
+per-thread packing workspace (``workspace_bytes``: the planner, module.py, reserves it; the
+bfloat16 GEMM packs its strips in it). Below every module that reads them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KC = 256
+MC = 96
+NC = 1024
+
+
+@dataclass(frozen=True)
+class Tiling:
+    vw: int      # vector width in elements
+    mr: int
+    nr: int
+
+    def panel_elems(self) -> int:
+        mc = -(-MC // self.mr) * self.mr
+        return KC * (NC + self.nr) + mc * KC
+
+
+def tiling(dtype: str, features: str) -> Tiling:
+    wide = "+avx512f" in features
+    avx = "+avx2" in features or "+avx" in features
+    bits = 512 if wide else (256 if avx else 128)
+    vw = bits // (32 if dtype == "float32" else 64)
+    mr = 12 if wide else (6 if avx else 4)
+    return Tiling(vw, mr, 2 * vw)
+
+
+def workspace_bytes(features: str) -> int:
+    """Per-thread packing scratch: enough for either float dtype."""
+    t = tiling("float64", features)
+    return t.panel_elems() * 8 + 256
