@@ -4,8 +4,8 @@ Where the host has AVX-512 BF16 (``+avx512bf16`` among llvmlite's host features;
 assumed), a ``matmul``, ``matmul_f32`` or convolution (forward, input and kernel gradients)
 of bfloat16 operands is not widened (``native``, the keep rule of
 ``passes/low_precision.py`` in this backend): its lowering calls this GEMM (the
-convolutions through ``lower_conv*`` below: im2col of the 16-bit words, float32 sums,
-one rounding per result). Elsewhere, or with ``ENABLED`` off, the op is widened to float32
+convolutions through ``lower_conv*`` of ops_conv.py: im2col of the 16-bit words, float32
+sums, one rounding per result). Elsewhere, or with ``ENABLED`` off, the op is widened to float32
 between rounding casts as every other op.
 
 ``llvm.x86.avx512bf16.dpbf16ps.512(acc, a, b)`` multiplies the bfloat16 pairs held in each
@@ -282,12 +282,12 @@ def lower_matmul(ctx, x, y, out, batch, sa, sb, M, K, N) -> None:
     with strided_nest(b, batch, [xs, ys, os_]) as (xo, yo, oo):
         xp, yp, op = b.gep(x.ptr, [xo]), b.gep(y.ptr, [yo]), b.gep(out.ptr, [oo])
         if out.swapped:         # the result's transpose: C^T = B^T @ A^T
-            _call(ctx, yp, b_str[::-1], xp, a_str[::-1], op, M, N, M, K)
+            call_gemm(ctx, yp, b_str[::-1], xp, a_str[::-1], op, M, N, M, K)
         else:
-            _call(ctx, xp, a_str, yp, b_str, op, N, M, N, K)
+            call_gemm(ctx, xp, a_str, yp, b_str, op, N, M, N, K)
 
 
-def _call(ctx, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int, N: int,
+def call_gemm(ctx, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int, N: int,
           K: int) -> None:
     """This thread's share of C = A @ B (C float32 or bfloat16, as ``c_ptr`` points)."""
     b = ctx.b
@@ -312,189 +312,6 @@ def _call(ctx, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int, N: i
             b.call(fn, [b.gep(a_ptr, [b.mul(m0, i64(rsa))]), i64(rsa), i64(csa), b_ptr,
                         i64(rsb), i64(csb), b.gep(c_ptr, [b.mul(m0, i64(ldc))]), i64(ldc),
                         b.sub(m1, m0), i64(N), i64(K), ctx.scratch()])
-
-
-# ---------------------------------------------------------------- the convolution lowering
-def conv_cols_bytes(node) -> int:
-    """Bytes of one image-and-group's bfloat16 im2col columns (R x P) of a native bfloat16
-    convolution, 64-byte aligned."""
-    from irgraph.ops.conv_geometry import out_shape
-    x, w = node.inputs
-    a = node.attrs
-    P = prod(out_shape(x.shape[2:], w.shape[2:], a["stride"], a["padding"], a["dilation"]))
-    return -(-contraction(node) * P * 2 // 64) * 64
-
-
-def lower_conv(ctx, node, x, w, y) -> None:
-    """A bfloat16 ``conv``/``conv_fft`` (``native``), per image and group: im2col into
-    bfloat16 columns (R = C/groups * prod(kernel) rows, P output positions; none for a 1x1
-    kernel at stride 1 without padding), then y_g (O/groups x P) = W_g (O/groups x R) @ cols
-    on the kernel above (its unit-stride rows packed as vectors), float32 sums rounded once
-    to bfloat16. Images are split across threads, or each image's GEMM when the batch is
-    smaller than the thread count."""
-    from .ops_conv import conv_geo, is_pointwise, per_image
-    b = ctx.b
-    G = node.attrs["groups"]
-    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
-    N, C, O = x.shape[0], x.shape[1], w.shape[0]
-    cg, og = C // G, O // G
-    R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
-    if N == 0 or og == 0 or P == 0:
-        return
-    colbytes = conv_cols_bytes(node)
-    pointwise = is_pointwise(geo)
-    fn = gemm_function(ctx.module, True)
-
-    def image(n, split_gemm: bool):
-        mine = ctx.node_scratch if split_gemm else b.gep(ctx.node_scratch,
-                                                          [b.mul(ctx.tid, i64(colbytes))])
-        cols = b.bitcast(mine, ir.PointerType(I16))
-        with for_range(b, 0, G, "grp") as g:
-            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
-            if pointwise:
-                src = b.gep(x.ptr, [xbase])
-            else:
-                if split_gemm:
-                    with ctx.thread0():
-                        _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols)
-                    ctx.barrier()
-                else:
-                    _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols)
-                src = cols
-            wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
-            yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
-            if split_gemm:
-                _call(ctx, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
-                ctx.barrier()
-            else:
-                b.call(fn, [wp, i64(R), i64(1), src, i64(P), i64(1), yp, i64(P), i64(og),
-                            i64(P), i64(R), ctx.scratch()])
-    per_image(ctx, N, image)
-
-
-def _im2col_bits(ctx, x, xbase, channels: int, geo, dst, transposed: bool = False) -> None:
-    """im2col of 16-bit words, copied as they are: dst[(c, k), p] = x[xbase + c*plane +
-    in(p, k)] (``transposed``: dst[p, (c, k)]), zero where the window leaves x (the windows
-    of ops_conv's ``window_nest``)."""
-    from .ops_conv import window_nest
-    b = ctx.b
-    plane, pn = prod(geo["spatial"]), prod(geo["out"])
-    rows = channels * prod(geo["kernel"])
-    zero = ir.Constant(I16, 0)
-
-    def at(row, col):
-        i = b.add(b.mul(col, i64(rows)), row) if transposed else b.add(b.mul(row, i64(pn)), col)
-        return b.gep(dst, [i])
-
-    def inside(row, col, inoff, ok, c):
-        v = b.load(b.gep(x, [b.add(xbase, b.add(b.mul(c, i64(plane)), inoff))]))
-        b.store(v if ok is None else b.select(ok, v, zero), at(row, col))
-
-    def outside(row, col):
-        b.store(zero, at(row, col))
-    window_nest(ctx, geo, channels, inside, outside)
-
-
-def _aligned(n: int) -> int:
-    return -(-n // 64) * 64
-
-
-def _grad_geometry(node):
-    """(geo, N, C, O, G, R, P, plane) of a convolution gradient node."""
-    from .ops_conv import conv_geo
-    a = node.attrs
-    G = a["groups"]
-    if node.op == "conv_kernel_grad":
-        (x, gy), dw = node.inputs, node.outputs[0]
-        x_shape, kernel, O = x.shape, tuple(dw.shape[2:]), gy.shape[1]
-    else:
-        (w, gy), dx = node.inputs, node.outputs[0]
-        x_shape, kernel, O = dx.shape, tuple(w.shape[2:]), w.shape[0]
-    geo = conv_geo(x_shape, kernel, a)
-    C = x_shape[1]
-    return geo, x_shape[0], C, O, G, C // G * prod(kernel), prod(geo["out"]), \
-        prod(geo["spatial"])
-
-
-def grad_scratch_bytes(node) -> int:
-    """Per-thread scratch of a native bfloat16 gradient convolution: the kernel gradient's
-    transposed bfloat16 columns (P x R) and float32 partial sum of dW; the input gradient's
-    float32 columns (R x P) and float32 image of dx (C x plane)."""
-    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
-    if node.op == "conv_kernel_grad":
-        return _aligned(P * R * 2) + _aligned(O * R * 4)
-    return _aligned(R * P * 4) + _aligned(C * plane * 4)
-
-
-def lower_conv_kernel_grad(ctx, node, x, gy, dw) -> None:
-    """dW_g (O/g x R) = sum over images of gy_g (O/g x P) @ cols^T (P x R): per thread a
-    float32 partial sum over its images (the GEMM adding its float32 sums into it), then the
-    partials added in float32 and each result rounded once to bfloat16."""
-    from .builder import Buf
-    from irgraph.types import TensorType
-    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
-    cg, og = C // G, O // G
-    b = ctx.b
-    colbytes = _aligned(P * R * 2)
-    step = grad_scratch_bytes(node)
-    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(step))])
-    cols = b.bitcast(mine, ir.PointerType(I16))
-    part = b.bitcast(b.gep(mine, [i64(colbytes)]), ir.PointerType(F32))
-    with for_range(b, 0, O * R, "z") as i:
-        b.store(ir.Constant(F32, 0.0), b.gep(part, [i]))
-    fn = gemm_function(ctx.module, True, out_f32=True, accumulate=True)
-    lo, hi = ctx.split(N)
-    with for_range(b, lo, hi, "img") as n:
-        with for_range(b, 0, G, "grp") as g:
-            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
-            _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols, transposed=True)
-            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
-            dst = b.gep(part, [b.mul(g, i64(og * R))])
-            b.call(fn, [gp, i64(P), i64(1), cols, i64(R), i64(1), dst, i64(R), i64(og),
-                        i64(R), i64(P), ctx.scratch()])
-    ctx.barrier()
-    out = Buf(dw.ptr, TensorType((O * R,), "bfloat16"))
-    nt = ctx.nthreads if not ctx.single else i64(1)
-    acc = ctx.alloca(F32, "acc")
-    lo, hi = ctx.split(O * R)
-    with for_range(b, lo, hi, "e") as e:
-        b.store(ir.Constant(F32, 0.0), acc)
-        with for_range(b, 0, nt, "t") as t:
-            raw = b.gep(ctx.node_scratch, [b.add(b.mul(t, i64(step)), i64(colbytes))])
-            p = b.bitcast(raw, ir.PointerType(F32))
-            b.store(b.fadd(b.load(acc), b.load(b.gep(p, [e]))), acc)
-        out.store(b, e, b.load(acc))
-
-
-def lower_conv_input_grad(ctx, node, w, gy, dx) -> None:
-    """Per image: dcols_g (R x P) = W_g^T (R x O/g) @ gy_g (O/g x P) in float32, added by
-    col2im into a float32 image of dx, each value rounded once to bfloat16 at the end."""
-    from .builder import Buf
-    from .ops_conv import col2im
-    from irgraph.types import TensorType
-    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
-    cg, og = C // G, O // G
-    b = ctx.b
-    colbytes = _aligned(R * P * 4)
-    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(grad_scratch_bytes(node)))])
-    cols = Buf(b.bitcast(mine, ir.PointerType(F32)), TensorType((R, P), "float32"))
-    img = Buf(b.bitcast(b.gep(mine, [i64(colbytes)]), ir.PointerType(F32)),
-              TensorType((C * plane,), "float32"))
-    out = Buf(dx.ptr, TensorType((N * C * plane,), "bfloat16"))
-    fn = gemm_function(ctx.module, False, out_f32=True)
-    lo, hi = ctx.split(N)
-    with for_range(b, lo, hi, "img") as n:
-        with for_range(b, 0, C * plane, "z") as i:
-            img.store(b, i, ir.Constant(F32, 0.0))
-        with for_range(b, 0, G, "grp") as g:
-            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
-            wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
-            b.call(fn, [wp, i64(1), i64(R), gp, i64(P), i64(1), cols.ptr, i64(P), i64(R),
-                        i64(P), i64(og), ctx.scratch()])
-            col2im(ctx, cols, cg, geo, img, b.mul(g, i64(cg * plane)))
-        base = b.mul(n, i64(C * plane))
-        with for_range(b, 0, C * plane, "r") as i:
-            out.store(b, b.add(base, i), img.load(b, i))
 
 
 assert STORAGE["bfloat16"] == I16

@@ -20,8 +20,9 @@ import numpy as np
 from llvmlite import ir
 
 from irgraph.ops.conv_geometry import out_shape
+from irgraph.types import TensorType
 
-from .builder import STORAGE, Buf, for_range, i64, prod, row_strides
+from .builder import F32, I16, STORAGE, Buf, for_range, i64, prod, row_strides
 from . import gemm_bf16
 from . import conv_depthwise, conv_dot
 from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_input_grad,
@@ -208,8 +209,8 @@ def _conv_scratch(node, threads, features):
     if conv_depthwise.applies(x.shape, w.shape, node.attrs["groups"], x.dtype):
         return threads * scratch_bytes(x.dtype, [conv_depthwise.scratch_elems(
             x.shape, node.attrs["padding"])])
-    if gemm_bf16.native(node):      # the bfloat16 im2col columns of gemm_bf16.lower_conv
-        return threads * gemm_bf16.conv_cols_bytes(node)
+    if gemm_bf16.native(node):      # the bfloat16 im2col columns of lower_conv
+        return threads * conv_cols_bytes(node)
     dot = _dot_forward(node, features)
     if dot is not None:
         return scratch_bytes(x.dtype, dot.scratch_parts())
@@ -293,7 +294,7 @@ def _conv_dot(ctx, dot, node, x: Buf, w: Buf, y: Buf) -> None:
 def _conv(ctx, node, ins, outs):
     (x, w), (y,) = ins, outs
     if x.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
-        return gemm_bf16.lower_conv(ctx, node, x, w, y)
+        return lower_conv(ctx, node, x, w, y)
     G = node.attrs["groups"]
     if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
         a = node.attrs
@@ -370,7 +371,7 @@ def per_image(ctx, N: int, image) -> None:
 def _kgrad_scratch(node, threads, features):
     x, gy = node.inputs
     if gemm_bf16.native(node):
-        return threads * gemm_bf16.grad_scratch_bytes(node)
+        return threads * grad_scratch_bytes(node)
     a = node.attrs
     dc = _direct_kernel_grad(node, threads, features)
     if dc is not None:
@@ -396,7 +397,7 @@ def _conv_kernel_grad(ctx, node, ins, outs):
     stride 1: dot products of gy with shifted rows of the padded input, no im2col)."""
     (x, gy), (dw,) = ins, outs
     if x.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
-        return gemm_bf16.lower_conv_kernel_grad(ctx, node, x, gy, dw)
+        return lower_conv_kernel_grad(ctx, node, x, gy, dw)
     a = node.attrs
     G = a["groups"]
     dc = _direct_kernel_grad(node, ctx.max_threads, ctx.features)
@@ -496,7 +497,7 @@ def _tt(shape, like: Buf):
 def _igrad_scratch(node, threads, features):
     w, gy = node.inputs
     if gemm_bf16.native(node):
-        return threads * gemm_bf16.grad_scratch_bytes(node)
+        return threads * grad_scratch_bytes(node)
     a = node.attrs
     scattered = _scattered_input_grad(node, threads, features)
     if scattered is not None:
@@ -546,7 +547,7 @@ def _conv_input_grad(ctx, node, ins, outs):
     forward grid, or the flipped direct convolution of gy)."""
     (w, gy), (dx,) = ins, outs
     if w.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
-        return gemm_bf16.lower_conv_input_grad(ctx, node, w, gy, dx)
+        return lower_conv_input_grad(ctx, node, w, gy, dx)
     a = node.attrs
     G = a["groups"]
     scattered = _scattered_input_grad(node, ctx.max_threads, ctx.features)
@@ -671,3 +672,178 @@ def _unshared(ctx, node, ins, outs):
                     b.store(b.fadd(b.load(acc), v), acc)
                 y.store(b, b.add(b.mul(b.add(b.mul(n, i64(O)), o), i64(P)), p), b.load(acc))
 
+
+# ---------------------------------------------------------------- bfloat16 (native)
+# Where gemm_bf16.native holds, the convolutions above hand their bfloat16 operands
+# to these, on gemm_bf16's kernel (vdpbf16ps, float32 sums).
+def conv_cols_bytes(node) -> int:
+    """Bytes of one image-and-group's bfloat16 im2col columns (R x P) of a native bfloat16
+    convolution, 64-byte aligned."""
+    x, w = node.inputs
+    a = node.attrs
+    P = prod(out_shape(x.shape[2:], w.shape[2:], a["stride"], a["padding"], a["dilation"]))
+    return -(-gemm_bf16.contraction(node) * P * 2 // 64) * 64
+
+
+def lower_conv(ctx, node, x, w, y) -> None:
+    """A bfloat16 ``conv``/``conv_fft`` (``native``), per image and group: im2col into
+    bfloat16 columns (R = C/groups * prod(kernel) rows, P output positions; none for a 1x1
+    kernel at stride 1 without padding), then y_g (O/groups x P) = W_g (O/groups x R) @ cols
+    on gemm_bf16's kernel (its unit-stride rows packed as vectors), float32 sums rounded once
+    to bfloat16. Images are split across threads, or each image's GEMM when the batch is
+    smaller than the thread count."""
+    b = ctx.b
+    G = node.attrs["groups"]
+    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
+    N, C, O = x.shape[0], x.shape[1], w.shape[0]
+    cg, og = C // G, O // G
+    R, P, plane = cg * prod(geo["kernel"]), prod(geo["out"]), prod(geo["spatial"])
+    if N == 0 or og == 0 or P == 0:
+        return
+    colbytes = conv_cols_bytes(node)
+    pointwise = is_pointwise(geo)
+    fn = gemm_bf16.gemm_function(ctx.module, True)
+
+    def image(n, split_gemm: bool):
+        mine = ctx.node_scratch if split_gemm else b.gep(ctx.node_scratch,
+                                                          [b.mul(ctx.tid, i64(colbytes))])
+        cols = b.bitcast(mine, ir.PointerType(I16))
+        with for_range(b, 0, G, "grp") as g:
+            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
+            if pointwise:
+                src = b.gep(x.ptr, [xbase])
+            else:
+                if split_gemm:
+                    with ctx.thread0():
+                        _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols)
+                    ctx.barrier()
+                else:
+                    _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols)
+                src = cols
+            wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
+            yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
+            if split_gemm:
+                gemm_bf16.call_gemm(ctx, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
+                ctx.barrier()
+            else:
+                b.call(fn, [wp, i64(R), i64(1), src, i64(P), i64(1), yp, i64(P), i64(og),
+                            i64(P), i64(R), ctx.scratch()])
+    per_image(ctx, N, image)
+
+
+def _im2col_bits(ctx, x, xbase, channels: int, geo, dst, transposed: bool = False) -> None:
+    """im2col of 16-bit words, copied as they are: dst[(c, k), p] = x[xbase + c*plane +
+    in(p, k)] (``transposed``: dst[p, (c, k)]), zero where the window leaves x (the windows
+    of ops_conv's ``window_nest``)."""
+    b = ctx.b
+    plane, pn = prod(geo["spatial"]), prod(geo["out"])
+    rows = channels * prod(geo["kernel"])
+    zero = ir.Constant(I16, 0)
+
+    def at(row, col):
+        i = b.add(b.mul(col, i64(rows)), row) if transposed else b.add(b.mul(row, i64(pn)), col)
+        return b.gep(dst, [i])
+
+    def inside(row, col, inoff, ok, c):
+        v = b.load(b.gep(x, [b.add(xbase, b.add(b.mul(c, i64(plane)), inoff))]))
+        b.store(v if ok is None else b.select(ok, v, zero), at(row, col))
+
+    def outside(row, col):
+        b.store(zero, at(row, col))
+    window_nest(ctx, geo, channels, inside, outside)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // 64) * 64
+
+
+def _grad_geometry(node):
+    """(geo, N, C, O, G, R, P, plane) of a convolution gradient node."""
+    a = node.attrs
+    G = a["groups"]
+    if node.op == "conv_kernel_grad":
+        (x, gy), dw = node.inputs, node.outputs[0]
+        x_shape, kernel, O = x.shape, tuple(dw.shape[2:]), gy.shape[1]
+    else:
+        (w, gy), dx = node.inputs, node.outputs[0]
+        x_shape, kernel, O = dx.shape, tuple(w.shape[2:]), w.shape[0]
+    geo = conv_geo(x_shape, kernel, a)
+    C = x_shape[1]
+    return geo, x_shape[0], C, O, G, C // G * prod(kernel), prod(geo["out"]), \
+        prod(geo["spatial"])
+
+
+def grad_scratch_bytes(node) -> int:
+    """Per-thread scratch of a native bfloat16 gradient convolution: the kernel gradient's
+    transposed bfloat16 columns (P x R) and float32 partial sum of dW; the input gradient's
+    float32 columns (R x P) and float32 image of dx (C x plane)."""
+    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
+    if node.op == "conv_kernel_grad":
+        return _aligned(P * R * 2) + _aligned(O * R * 4)
+    return _aligned(R * P * 4) + _aligned(C * plane * 4)
+
+
+def lower_conv_kernel_grad(ctx, node, x, gy, dw) -> None:
+    """dW_g (O/g x R) = sum over images of gy_g (O/g x P) @ cols^T (P x R): per thread a
+    float32 partial sum over its images (the GEMM adding its float32 sums into it), then the
+    partials added in float32 and each result rounded once to bfloat16."""
+    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
+    cg, og = C // G, O // G
+    b = ctx.b
+    colbytes = _aligned(P * R * 2)
+    step = grad_scratch_bytes(node)
+    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(step))])
+    cols = b.bitcast(mine, ir.PointerType(I16))
+    part = b.bitcast(b.gep(mine, [i64(colbytes)]), ir.PointerType(F32))
+    with for_range(b, 0, O * R, "z") as i:
+        b.store(ir.Constant(F32, 0.0), b.gep(part, [i]))
+    fn = gemm_bf16.gemm_function(ctx.module, True, out_f32=True, accumulate=True)
+    lo, hi = ctx.split(N)
+    with for_range(b, lo, hi, "img") as n:
+        with for_range(b, 0, G, "grp") as g:
+            xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
+            _im2col_bits(ctx, x.ptr, xbase, cg, geo, cols, transposed=True)
+            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
+            dst = b.gep(part, [b.mul(g, i64(og * R))])
+            b.call(fn, [gp, i64(P), i64(1), cols, i64(R), i64(1), dst, i64(R), i64(og),
+                        i64(R), i64(P), ctx.scratch()])
+    ctx.barrier()
+    out = Buf(dw.ptr, TensorType((O * R,), "bfloat16"))
+    nt = ctx.nthreads if not ctx.single else i64(1)
+    acc = ctx.alloca(F32, "acc")
+    lo, hi = ctx.split(O * R)
+    with for_range(b, lo, hi, "e") as e:
+        b.store(ir.Constant(F32, 0.0), acc)
+        with for_range(b, 0, nt, "t") as t:
+            raw = b.gep(ctx.node_scratch, [b.add(b.mul(t, i64(step)), i64(colbytes))])
+            p = b.bitcast(raw, ir.PointerType(F32))
+            b.store(b.fadd(b.load(acc), b.load(b.gep(p, [e]))), acc)
+        out.store(b, e, b.load(acc))
+
+
+def lower_conv_input_grad(ctx, node, w, gy, dx) -> None:
+    """Per image: dcols_g (R x P) = W_g^T (R x O/g) @ gy_g (O/g x P) in float32, added by
+    col2im into a float32 image of dx, each value rounded once to bfloat16 at the end."""
+    geo, N, C, O, G, R, P, plane = _grad_geometry(node)
+    cg, og = C // G, O // G
+    b = ctx.b
+    colbytes = _aligned(R * P * 4)
+    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(grad_scratch_bytes(node)))])
+    cols = Buf(b.bitcast(mine, ir.PointerType(F32)), TensorType((R, P), "float32"))
+    img = Buf(b.bitcast(b.gep(mine, [i64(colbytes)]), ir.PointerType(F32)),
+              TensorType((C * plane,), "float32"))
+    out = Buf(dx.ptr, TensorType((N * C * plane,), "bfloat16"))
+    fn = gemm_bf16.gemm_function(ctx.module, False, out_f32=True)
+    lo, hi = ctx.split(N)
+    with for_range(b, lo, hi, "img") as n:
+        with for_range(b, 0, C * plane, "z") as i:
+            img.store(b, i, ir.Constant(F32, 0.0))
+        with for_range(b, 0, G, "grp") as g:
+            gp = b.gep(gy.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
+            wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
+            b.call(fn, [wp, i64(1), i64(R), gp, i64(P), i64(1), cols.ptr, i64(P), i64(R),
+                        i64(P), i64(og), ctx.scratch()])
+            col2im(ctx, cols, cg, geo, img, b.mul(g, i64(cg * plane)))
+        base = b.mul(n, i64(C * plane))
+        with for_range(b, 0, C * plane, "r") as i:
+            out.store(b, b.add(base, i), img.load(b, i))
