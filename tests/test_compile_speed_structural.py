@@ -552,3 +552,39 @@ def test_size_generic_regions_compute_what_the_reference_computes(cache_root, th
     for a, b in zip(got, want):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
+
+
+def batch_norm_variants(training: bool) -> Graph:
+    """Batch norms over channel axis 1 at odd sizes of 2, 3 and 4 axes (each large enough
+    for a kernel of its own), a large one split across threads."""
+    g = Graph("bn_variants")
+    outs = []
+    for i, shape in enumerate([(7, 3, 15, 19), (4, 5, 11, 13), (65, 33), (3, 2, 701),
+                               (16, 6, 28, 28)]):
+        x = g.add_input(f"x{i}", TensorType(shape))
+        ps = [g.add_input(f"{n}{i}", TensorType((shape[1],))) for n in "gbmv"]
+        outs += list(g.op("batch_norm", x, *ps, axis=1, training=training, momentum=0.1,
+                          eps=1e-5))
+    g.set_outputs(outs)
+    return g
+
+
+def test_batch_norms_at_other_sizes_share_one_kernel():
+    prog = llvm.program(batch_norm_variants(True), 2)
+    assert [k.op for k in prog.kernels.values()] == ["batch_norm"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("training", [True, False])
+def test_size_generic_batch_norm_computes_what_the_reference_computes(cache_root, threads,
+                                                                       training):
+    g = batch_norm_variants(training)
+    r = np.random.default_rng(threads)
+    args = [(r.random(v.type.shape) + (0.5 if v.name[0] == "v" else -0.3)).astype(np.float32)
+            for v in g.arguments]
+    got = backends.compile(g, "llvm", threads=threads)(*args)
+    want = backends.compile(g, "reference")(*args)
+    assert len(got) == len(want) == 15
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

@@ -39,13 +39,16 @@ class Lowering:
     parallel: bool
     # reads the tensors' shapes only through ``elementwise``: a node whose operands all have
     # the output's shape or rank 0 runs a kernel shared by every size (module.size_generic);
-    # a function of the node where that holds for some nodes of the op only
+    # a function of the node where that holds for some nodes of the op only, or returning
+    # the kernel's own layout (dimensions, per output then input which of them it walks),
+    # the lowering then reading its sizes from ``Ctx.runtime_dims``
     size_generic: "bool | Callable" = False
 
-    def generic_for(self, node: Node) -> bool:
-        """Whether ``node``'s kernel may serve every size (``size_generic``)."""
+    def generic_for(self, node: Node):
+        """False, True (``node``'s kernel serves every size: the elementwise layout) or the
+        lowering's own layout (``size_generic``)."""
         sg = self.size_generic
-        return bool(sg(node) if callable(sg) else sg)
+        return sg(node) if callable(sg) else sg
 
 
 LOWERINGS: dict[str, Lowering] = {}

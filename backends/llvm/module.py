@@ -594,9 +594,17 @@ def size_generic(node, ins: list[Buf], outs: list[Buf]):
     least one element, no buffer is read with swapped axes, and the coalesced loop nest
     over the output (``builder.coalesce``; each input broadcast into it) has at most
     ``len(RUNTIME_DIMS)`` dimensions. The layout: (those dimensions, per output then input
-    which of them it walks); the kernel takes the dimensions as arguments."""
-    if not outs or not get_lowering(node).generic_for(node):
+    which of them it walks); the kernel takes the dimensions as arguments. A lowering may
+    give its own layout instead (``Lowering.size_generic``: reductions, batch norm)."""
+    own = get_lowering(node).generic_for(node) if outs else None
+    if not own:
         return None
+    if own is not True:                 # the lowering's own layout
+        dims, reads = own
+        if (not 1 <= len(dims) <= len(RUNTIME_DIMS) or any(x.swapped for x in ins + outs)
+                or len(reads) != len(ins) + len(outs)):
+            return None
+        return tuple(dims), [tuple(r) for r in reads]
     shape = outs[0].shape
     if (not shape or outs[0].type.size == 0 or any(o.shape != shape for o in outs)
             or any(x.swapped for x in ins + outs)):

@@ -15,14 +15,36 @@ from .lowering import fused_kind, lowering
 from . import scalar as sc
 
 
-@lowering("batch_norm", parallel=True)
+def _bn_generic(node):
+    """One kernel for every size: (outer, channels, inner) are its arguments; x and y walk
+    all three, the per-channel tensors the channels only (``Lowering.size_generic``)."""
+    x = node.inputs[0]
+    axis = node.attrs["axis"] % x.type.rank
+    dims = (prod(x.shape[:axis]), x.shape[axis], prod(x.shape[axis + 1:]))
+    if dims[1] == 0 or dims[0] * dims[2] < 2:
+        return None
+    full, chan = (True, True, True), (False, True, False)
+    return dims, [full, chan, chan, full, chan, chan, chan, chan]
+
+
+@lowering("batch_norm", parallel=True, size_generic=_bn_generic)
 def _batch_norm(ctx, node, ins, outs):
     (x, gamma, beta, rmean, rvar), (y, nmean, nvar) = ins, outs
     a = node.attrs
-    axis = a["axis"] % x.type.rank
-    outer, C, inner = prod(x.shape[:axis]), x.shape[axis], prod(x.shape[axis + 1:])
-    m = outer * inner
     dt, b = x.dtype, ctx.b
+    if ctx.runtime_dims is not None:        # (outer, channels, inner) known at run time
+        outer, C, inner = ctx.runtime_dims
+        m = b.mul(outer, inner)
+        fm = b.sitofp(m, F64)
+        fm1 = b.sitofp(b.sub(m, i64(1)), F64)
+        c_inner = b.mul(C, inner)
+    else:
+        axis = a["axis"] % x.type.rank
+        outer, C, inner = prod(x.shape[:axis]), x.shape[axis], prod(x.shape[axis + 1:])
+        fm, fm1 = ir.Constant(F64, float(outer * inner)), ir.Constant(F64,
+                                                                       float(outer * inner - 1))
+        c_inner = i64(C * inner)
+        inner = i64(inner)
     acc = ctx.alloca(F64, "acc")
 
     def f64(v):
@@ -33,7 +55,7 @@ def _batch_norm(ctx, node, ins, outs):
 
     def each(c, fn):
         with for_range(b, 0, outer, "bo") as o:
-            base = b.add(b.mul(o, i64(C * inner)), b.mul(c, i64(inner)))
+            base = b.add(b.mul(o, c_inner), b.mul(c, inner))
             with for_range(b, 0, inner, "bi") as i:
                 fn(b.add(base, i))
 
@@ -44,7 +66,7 @@ def _batch_norm(ctx, node, ins, outs):
             s.flags.append("reassoc")   # vector partial sums (float64, as the kernel)
             b.store(s, acc)
         each(c, add)
-        return b.fdiv(b.load(acc), ir.Constant(F64, float(m)))
+        return b.fdiv(b.load(acc), fm)
 
     lo, hi = ctx.split(C)
     with for_range(b, lo, hi, "ch") as c:
@@ -57,8 +79,7 @@ def _batch_norm(ctx, node, ins, outs):
             var = accumulate(c, sq)
             mom = ir.Constant(F64, a["momentum"])
             keep = ir.Constant(F64, 1.0 - a["momentum"])
-            unbiased = b.fdiv(b.fmul(var, ir.Constant(F64, float(m))),
-                              ir.Constant(F64, float(m - 1)))
+            unbiased = b.fdiv(b.fmul(var, fm), fm1)
             nmean.store(b, c, to_dt(b.fadd(b.fmul(keep, f64(rmean.load(b, c))),
                                            b.fmul(mom, mean))))
             nvar.store(b, c, to_dt(b.fadd(b.fmul(keep, f64(rvar.load(b, c))),
