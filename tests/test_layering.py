@@ -224,33 +224,12 @@ def describe_cycle(g, cycle: list[str]) -> str:
                        for a, b in zip(cycle, cycle[1:] + cycle[:1])) + f" -> {cycle[0]}"
 
 
-# The one group of modules still allowed to import each other: the LLVM backend's code generator.
-# jit.py compiles and caches objects yet also builds a planned graph's module (module.py) and the
-# runtime GEMM object (gemm.py); module.py reads jit's canonical node text; lowering.py takes
-# module's barrier; gemm.py and ops_conv.py dispatch bfloat16 work to gemm_bf16.py, which reads
-# gemm's workspace, jit's host and ops_conv's im2col helpers. Untangling it moves functions
-# between these files (compile_graph above jit, runtime_object beside gemm, the bfloat16
-# lowerings beside the float32 ones). The list may only shrink: a module that leaves the group
-# must leave the list (test below), and no other module may join a cycle.
-LLVM_CYCLE = frozenset(f"irgraph.backends.llvm.{m}" for m in (
-    "conv_direct", "conv_dot", "elementwise", "gemm", "gemm_bf16", "jit", "lowering", "module",
-    "ops_conv", "workers"))
-
-
 def test_import_graph_has_no_cycle():
-    """No module imports itself through others (LLVM_CYCLE aside); the report names each cycle
-    with the line of every import in it."""
+    """No module imports itself through others; the report names each cycle with the line of
+    every import in it."""
     g = import_graph()
-    bad = [c for c in import_cycles(g) if not set(c) <= LLVM_CYCLE]
+    bad = import_cycles(g)
     assert not bad, f"{len(bad)} import cycle(s):\n" + "\n".join(describe_cycle(g, c) for c in bad)
-
-
-def test_the_allowed_llvm_cycle_only_shrinks():
-    import networkx as nx
-    g = import_graph()
-    grouped = set().union(*(s for s in nx.strongly_connected_components(g) if len(s) > 1))
-    assert LLVM_CYCLE <= grouped, ("no longer in an import cycle, take them off LLVM_CYCLE: "
-                                   + ", ".join(sorted(LLVM_CYCLE - grouped)))
 
 
 def _fake_project(tmp_path, files: dict[str, str]) -> dict[str, Path]:
