@@ -486,7 +486,6 @@ def _sum_partials(ctx, out: Buf, stride_bytes: int, first_bytes: int) -> None:
 
 
 def _tt(shape, like: Buf):
-    from irgraph import TensorType
     return TensorType(shape, like.dtype)
 
 
