@@ -588,3 +588,49 @@ def test_size_generic_batch_norm_computes_what_the_reference_computes(cache_root
     for a, b in zip(got, want):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def reduction_variants() -> Graph:
+    """sum, mean, max and min over the same pattern of reduced and kept runs at odd sizes:
+    the last run reduced (axes 0, 2, 3 of NCHW; a whole tensor) or kept (axis 0, columns
+    split across threads), with and without kept dimensions, a large one split across
+    threads; and float64."""
+    g = Graph("reduce_variants")
+    outs = []
+    cases = [((7, 3, 15, 19), (0, 2, 3)), ((9, 5, 11, 13), (0, 2, 3)), ((64, 6, 28, 28), (0, 2, 3)),
+             ((65, 84), (0,)), ((101, 257), (0,)), ((3, 1, 70, 80), (0, 1)),
+             ((5, 7, 150), (0, 1, 2)), ((4099,), (0,))]
+    for i, (shape, axes) in enumerate(cases):
+        x = g.add_input(f"x{i}", TensorType(shape))
+        for op in ("sum", "mean", "max", "min"):
+            outs.append(g.op(op, x, axis=axes, keepdims=i % 2 == 0))
+    x = g.add_input("d", TensorType((33, 4, 70), "float64"))
+    outs += [g.op("mean", x, axis=(0, 2), keepdims=True), g.op("sum", x, axis=(0,),
+                                                               keepdims=False)]
+    g.set_outputs(outs)
+    return g
+
+
+def test_reductions_at_other_sizes_share_their_kernels():
+    prog = llvm.program(reduction_variants(), 2)
+    by_op: dict[str, int] = {}
+    for k in prog.kernels.values():
+        by_op[k.op] = by_op.get(k.op, 0) + 1
+    # per op, whatever the sizes and keepdims: runs reduced, kept, reduced (axes 0, 2, 3);
+    # reduced, kept (axis 0; axes 0, 1 of 3x1x70x80: the size-1 axis dropped, the kept
+    # ones merged); all reduced. And one float64 kernel each for sum and mean.
+    assert by_op == {"sum": 4, "mean": 4, "max": 3, "min": 3}, by_op
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_size_generic_reductions_compute_what_the_reference_computes(cache_root, threads):
+    g = reduction_variants()
+    r = np.random.default_rng(threads)
+    args = [r.standard_normal(v.type.shape).astype(v.dtype) for v in g.arguments]
+    got = backends.compile(g, "llvm", threads=threads)(*args)
+    want = backends.compile(g, "reference")(*args)
+    assert len(got) == len(want) == 34
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-4 if a.dtype == np.float32
+                                   else 1e-12)

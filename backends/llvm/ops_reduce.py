@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from irgraph.ops.core import axis_split, normalize_axes
 
-from .builder import REGISTER, Buf, for_range, i64, prod, row_strides, strided_nest
+from .builder import REGISTER, Buf, for_range, i64, prod, strided_nest
 from .elementwise import elementwise
 from .lowering import lowering
 from . import scalar as sc
@@ -43,11 +43,12 @@ def _identity(op: str, dt: str):
     return const(dt, -(1 << (bits - 1)) if op == "max" else (1 << (bits - 1)) - 1)
 
 
-def _finish(ctx, op: str, dt: str, acc, n: int):
+def _finish(ctx, op: str, dt: str, acc, n):
     if op != "mean" or dt == "bool":
         return acc
-    if dt in FLOATS:
-        return ctx.b.fdiv(acc, const(dt, n))
+    if dt in FLOATS:        # (n: a constant, or an i64 value in a size-generic kernel)
+        return ctx.b.fdiv(acc, const(dt, n) if isinstance(n, int)
+                          else sc.convert(ctx, "int64", dt, n))
     return ctx.b.sdiv(acc, const(dt, max(n, 1)))
 
 
@@ -66,37 +67,89 @@ def _groups(shape, axes) -> list[tuple[int, bool]]:
     return out
 
 
+def _reduce_generic(node):
+    """One kernel for every size of a float reduction: the runs of ``_groups`` are its
+    dimensions (the output walks the kept ones), so a reduction with the same pattern of
+    reduced and kept runs at other sizes shares it (``Lowering.size_generic``). A last run
+    shorter than ``PAR_COLUMNS`` keeps a kernel of its size: kept, it is run by one thread;
+    reduced, LLVM picks vectors for its known length (for an unknown one, the widest, four
+    at a time: a shorter row would be summed by the scalar loop alone)."""
+    x = node.inputs[0]
+    if x.dtype not in FLOATS or x.type.size == 0:
+        return None
+    groups = _groups(x.shape, normalize_axes(node.attrs["axis"], x.type.rank))
+    if not groups or groups[-1][0] < PAR_COLUMNS:
+        return None
+    return (tuple(d for d, _ in groups),
+            [tuple(not r for _, r in groups), (True,) * len(groups)])
+
+
 def _lower_reduce(ctx, node, ins, outs):
     (x,), (out,) = ins, outs
     op, dt = node.op, x.dtype
-    axes = normalize_axes(node.attrs["axis"], x.type.rank)
-    n = prod([x.shape[a] for a in axes])
-    groups = _groups(x.shape, axes) or [(1, True)]
+    if ctx.runtime_dims is not None:            # the runs' sizes are arguments
+        dims = ctx.runtime_dims
+        reduced = [True] * len(dims) if out.type.rank == 0 else [d == 1 for d in out.shape]
+        groups = list(zip(dims, reduced))
+        n = _prod(ctx.b, [d for d, r in groups if r])
+    else:
+        axes = normalize_axes(node.attrs["axis"], x.type.rank)
+        n = prod([x.shape[a] for a in axes])
+        groups = _groups(x.shape, axes) or [(1, True)]
     if groups[-1][1]:
         _reduce_rows(ctx, op, dt, x, out, groups, n)
     else:
         _reduce_columns(ctx, op, dt, x, out, groups, n)
 
 
-def _group_strides(groups) -> list[int]:
-    return list(row_strides([d for d, _ in groups]))
+def _group_strides(b, groups) -> list:
+    return _strides(b, [d for d, _ in groups])
+
+
+def _v(x):
+    """An i64 of a size: a constant, or the value itself (a size-generic kernel's)."""
+    return i64(x) if isinstance(x, int) else x
+
+
+def _mul(b, x, y):
+    if isinstance(x, int) and isinstance(y, int):
+        return x * y
+    if isinstance(x, int) and x == 1:
+        return y
+    return b.mul(_v(x), _v(y))
+
+
+def _prod(b, sizes):
+    acc = 1
+    for d in sizes:
+        acc = _mul(b, acc, d)
+    return acc
+
+
+def _strides(b, sizes) -> list:
+    """Row-major strides of ``sizes`` (constants, or values where the sizes are)."""
+    out, acc = [], 1
+    for d in reversed(sizes):
+        out.append(acc)
+        acc = _mul(b, acc, d)
+    return out[::-1]
 
 
 def _reduce_rows(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
     """The last run is reduced: each output element (threads split them) keeps a register
     accumulator and sums contiguous rows, one per index of the other reduced runs."""
     b = ctx.b
-    xst = _group_strides(groups)
+    xst = _group_strides(b, groups)
     kept = [(d, s) for (d, r), s in zip(groups, xst) if not r]
     outer = [(d, s) for (d, r), s in zip(groups[:-1], xst) if r]
     inner = groups[-1][0]
     acc = ctx.alloca(REGISTER[dt], "acc")
-    lo, hi = ctx.split(prod([d for d, _ in kept]))
+    lo, hi = ctx.split(_prod(b, [d for d, _ in kept]))
     with for_range(b, lo, hi, "o") as o:
         base, rest = i64(0), o                  # o's offset in x, kept runs row-major
         for d, s in reversed(kept):
-            base = b.add(base, b.mul(b.srem(rest, i64(d)), i64(s)))
-            rest = b.sdiv(rest, i64(d))
+            base = b.add(base, b.mul(b.srem(rest, _v(d)), _v(s)))
+            rest = b.sdiv(rest, _v(d))
         b.store(_identity(op, dt), acc)
         with strided_nest(b, [d for d, _ in outer], [[s for _, s in outer]],
                           bases=[base]) as (row,):
@@ -113,7 +166,7 @@ def _reduce_columns(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
     """The last run is kept: the input is walked in memory order and each contiguous row is
     added element-wise into its output row (a vector loop); threads split the columns."""
     inner = groups[-1][0]
-    if inner < PAR_COLUMNS:
+    if isinstance(inner, int) and inner < PAR_COLUMNS:   # (size-generic: never)
         with ctx.thread0():
             _columns(ctx, op, dt, x, out, groups, n)
     else:
@@ -123,15 +176,16 @@ def _reduce_columns(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
 def _columns(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
     b = ctx.b
     inner = groups[-1][0]
-    xst = _group_strides(groups)[:-1]
+    xst = _group_strides(b, groups)[:-1]
     kept_sizes = [d for d, r in groups[:-1] if not r] + [inner]
-    ost_kept = iter(row_strides(kept_sizes)[:-1])
+    kept_strides = _strides(b, kept_sizes)[:-1]
+    ost_kept = iter(kept_strides)
     ost = [0 if r else next(ost_kept) for (_, r) in groups[:-1]]
     shape = [d for d, _ in groups[:-1]]
     lo, hi = ctx.split(inner)
     ident = _identity(op, dt)
     kshape = [d for d, r in groups[:-1] if not r]
-    with strided_nest(b, kshape, [row_strides(kept_sizes)[:-1]]) as (oo,):
+    with strided_nest(b, kshape, [kept_strides]) as (oo,):
         with for_range(b, lo, hi, "j") as j:
             out.store(b, b.add(oo, j), ident)
     with strided_nest(b, shape, [xst, ost]) as (xo, oo):
@@ -139,14 +193,14 @@ def _columns(ctx, op, dt, x: Buf, out: Buf, groups, n: int) -> None:
             at = b.add(oo, j)
             out.store(b, at, _combine(ctx, op, dt, out.load(b, at), x.load(b, b.add(xo, j))))
     if op == "mean" and dt != "bool":
-        with strided_nest(b, kshape, [row_strides(kept_sizes)[:-1]]) as (oo,):
+        with strided_nest(b, kshape, [kept_strides]) as (oo,):
             with for_range(b, lo, hi, "j") as j:
                 at = b.add(oo, j)
                 out.store(b, at, _finish(ctx, op, dt, out.load(b, at), n))
 
 
 for _op in ("sum", "mean", "max", "min"):
-    lowering(_op, parallel=True)(_lower_reduce)
+    lowering(_op, parallel=True, size_generic=_reduce_generic)(_lower_reduce)
 
 
 @contextmanager
