@@ -601,8 +601,8 @@ def size_generic(node, ins: list[Buf], outs: list[Buf]):
         return None
     if own is not True:                 # the lowering's own layout
         dims, reads = own
-        if (not 1 <= len(dims) <= len(RUNTIME_DIMS) or any(x.swapped for x in ins + outs)
-                or len(reads) != len(ins) + len(outs)):
+        if (not 1 <= len(dims) <= len(RUNTIME_DIMS) or min(dims) < 1
+                or any(x.swapped for x in ins + outs) or len(reads) != len(ins) + len(outs)):
             return None
         return tuple(dims), [tuple(r) for r in reads]
     shape = outs[0].shape
