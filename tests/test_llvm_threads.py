@@ -48,6 +48,24 @@ def test_choice_moves_to_one_thread_while_a_core_is_taken_and_back_after():
         800 - 400 - 2 * ThreadChoice.PROBE_MAX)
 
 
+def test_choice_returns_to_all_threads_though_waking_them_costs_a_call():
+    # after a stretch on one thread the workers sleep on futexes: the first call on all
+    # threads pays their wake-up (here slower than one thread), the next ones do not
+    last = {"n": None}
+
+    def cost(i, n):
+        woke, last["n"] = n > 1 and last["n"] == 1, n
+        if n == 1:
+            return 1.6
+        if 200 <= i < 400:
+            return 5.0
+        return 3.0 if woke else 1.0
+    used = drive(ThreadChoice(2), cost, 800)
+    assert used[220:400].count(1) >= 0.9 * 180
+    after = used[400 + ThreadChoice.PROBE_MAX + 8:]
+    assert after.count(2) >= 0.95 * len(after)
+
+
 def test_choice_ignores_isolated_slow_calls():
     # every 7th call on all threads is slow (noise: a timer tick, a page fault): no switch
     def cost(i, n):

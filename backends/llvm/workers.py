@@ -401,7 +401,9 @@ class ThreadChoice:
     than their choice's recent median (another process, or numpy's or torch's thread pool
     in this process, took a core; one slow call is noise) bring the next probe forward. So threads that lose their cores do not hold up
     every step, and a slowdown never outlives what caused it by more than ``PROBE_MAX``
-    calls."""
+    calls. A probe of several threads made while one thread runs is taken twice and judged by
+    the second: the first wakes workers asleep on their futexes, a cost the current choice
+    never pays, and judged alone it would keep a finished burst's one thread forever."""
     RECENT = 5
     STREAK = 2
     PROBE_MIN = 8
@@ -417,6 +419,7 @@ class ThreadChoice:
         self.countdown = 0
         self.streak = 0
         self.slow = 0
+        self.warm = False         # the wake-up probe of several threads ran; judge the next
 
     def _other(self) -> int:
         return self.options[1] if self.current == self.options[0] else self.options[0]
@@ -428,6 +431,11 @@ class ThreadChoice:
         return self._other() if self.countdown <= 0 else self.current
 
     def record(self, n: int, seconds: float) -> None:
+        settled = all(len(t) >= 2 for t in self.times.values())
+        if settled and n != self.current and n > 1 and not self.warm:
+            self.warm, self.countdown = True, 0       # woke the workers: probe again at once
+            return
+        self.warm = False
         ts = self.times[n]
         before = _median(ts) if ts else seconds
         ts.append(seconds)
