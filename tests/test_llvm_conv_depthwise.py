@@ -11,6 +11,7 @@ import pytest
 import irgraph.backends as backends
 from irgraph import Graph, TensorType
 from irgraph.backends.llvm import conv_depthwise
+from tests.helpers import assert_conv_like_reference
 
 
 def _graph(xs, ws, stride, padding, dilation, groups, dtype):
@@ -39,14 +40,7 @@ def test_depthwise_matches_reference(xs, ws, stride, padding, dilation, dtype, t
     groups = xs[1]
     assert conv_depthwise.applies(xs, ws, groups, dtype)
     g = _graph(xs, ws, stride, padding, dilation, groups, dtype)
-    rng = np.random.default_rng(sum(xs) + sum(ws))
-    x = rng.standard_normal(xs).astype(dtype)
-    w = rng.standard_normal(ws).astype(dtype)
-    want = backends.compile(g, "reference")(x, w)[0]
-    got = backends.compile(g, "llvm", threads=threads, cache=False)(x, w)[0]
-    scale = backends.compile(g, "reference")(np.abs(x), np.abs(w))[0]
-    tol = 1e-6 if dtype == "float32" else 1e-14
-    assert np.all(np.abs(got - want) <= tol * scale + tol), np.abs(got - want).max()
+    assert_conv_like_reference(g, xs, ws, dtype, threads)
 
 
 def test_reach():

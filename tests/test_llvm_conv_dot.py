@@ -16,6 +16,7 @@ from irgraph import Graph, TensorType
 from irgraph.backends.llvm import conv_dot
 from irgraph.backends.llvm.jit import host
 from irgraph.ops.conv_geometry import out_shape
+from tests.helpers import assert_conv_like_reference
 
 
 def _conv_graph(xs, ws, stride, padding, dilation, dtype):
@@ -51,15 +52,7 @@ def test_small_grid_conv_matches_reference(xs, ws, stride, padding, dilation, dt
     assert conv_dot.plan(xs[0], xs[1], ws[0], int(np.prod(out)), R, 1, dtype,
                          host()[2]) is not None, "the case should take the dot-product path"
     g = _conv_graph(xs, ws, stride, padding, dilation, dtype)
-    rng = np.random.default_rng(sum(xs) + sum(ws))
-    x = rng.standard_normal(xs).astype(dtype)
-    w = rng.standard_normal(ws).astype(dtype)
-    want = backends.compile(g, "reference")(x, w)[0]
-    got = backends.compile(g, "llvm", threads=threads, cache=False)(x, w)[0]
-    # float32: R products summed in another order; scale by the sum of magnitudes
-    scale = backends.compile(g, "reference")(np.abs(x), np.abs(w))[0]
-    tol = 1e-6 if dtype == "float32" else 1e-14
-    assert np.all(np.abs(got - want) <= tol * scale + tol), np.abs(got - want).max()
+    assert_conv_like_reference(g, xs, ws, dtype, threads)
 
 
 def test_plan_takes_narrow_grids_only():
