@@ -1,7 +1,8 @@
 """Small queries on graphs that several passes share: constants, users, attribute keys."""
 from __future__ import annotations
 
-from typing import Any
+import heapq
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -87,3 +88,26 @@ def static_values(g: Graph, params=None) -> set[Value]:
         if all(v in static for v in node.inputs):
             static.update(node.outputs)
     return static
+
+
+def priority_order(keys: Sequence, deps: Sequence[set[int]], what: str = "units") -> list[int]:
+    """Indices ``0..n-1`` in a topological order of ``deps`` (``deps[u]``: the indices ``u``
+    waits for), the ready index with the smallest ``keys[u]`` first (Kahn's algorithm on a
+    heap): the order of the original graph kept wherever the dependences allow it."""
+    users: list[list[int]] = [[] for _ in keys]
+    for u, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(u)
+    waiting = [len(ds) for ds in deps]
+    ready = [(keys[u], u) for u in range(len(keys)) if waiting[u] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, u = heapq.heappop(ready)
+        order.append(u)
+        for w in users[u]:
+            waiting[w] -= 1
+            if waiting[w] == 0:
+                heapq.heappush(ready, (keys[w], w))
+    assert len(order) == len(keys), f"{what} form a cycle"
+    return order

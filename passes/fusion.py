@@ -16,12 +16,12 @@ graph is scheduled by a topological sort of regions. See docs/architecture.md fo
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 from irgraph import Graph, GraphRewriter, Node, Value
 from irgraph.registry import ops_with
 
+from .analysis import priority_order
 from .manager import register_pass
 from .simplify import dce
 
@@ -123,24 +123,10 @@ class _Grouper:
 
 def _schedule(regions: list[Region], region_of: dict[Value, Region]) -> list[Region]:
     """Regions in a topological order, earliest original position first."""
-    preds = {r.rid: {region_of[v].rid for v in r.inputs if v in region_of} for r in regions}
-    succs: dict[int, set[int]] = {r.rid: set() for r in regions}
-    for rid, ps in preds.items():
-        for p in ps:
-            succs[p].add(rid)
-    pending = {rid: len(ps) for rid, ps in preds.items()}
-    heap = [(regions[rid].members[0], rid) for rid, n in pending.items() if n == 0]
-    heapq.heapify(heap)
-    order = []
-    while heap:
-        _, rid = heapq.heappop(heap)
-        order.append(regions[rid])
-        for s in succs[rid]:
-            pending[s] -= 1
-            if pending[s] == 0:
-                heapq.heappush(heap, (regions[s].members[0], s))
-    assert len(order) == len(regions), "fusion regions form a cycle"
-    return order
+    assert all(r.rid == i for i, r in enumerate(regions))
+    deps = [{region_of[v].rid for v in r.inputs if v in region_of} for r in regions]
+    return [regions[i] for i in priority_order([r.members[0] for r in regions], deps,
+                                               "fusion regions")]
 
 
 def _inlinable(v: Value) -> bool:

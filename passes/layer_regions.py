@@ -24,12 +24,12 @@ Backends call ``layer_regions`` when they compile; the passes ``fuse_attention``
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 from irgraph import Graph, GraphRewriter, Node, Value
 from irgraph.registry import ops_with
 
+from .analysis import priority_order
 from .manager import register_pass
 from .simplify import dce
 
@@ -477,24 +477,8 @@ def _reorder(g: Graph, groups: list[list[Node]]) -> list[list[Node]]:
         for n in members:
             deps[u].update(producer[v] for v in n.inputs if v in producer)
         deps[u].discard(u)
-    users = [[] for _ in units]
-    for u, ds in enumerate(deps):
-        for d in ds:
-            users[d].append(u)
     key = [max(pos[id(n)] for n in members) for members in units]
-    waiting = [len(ds) for ds in deps]
-    ready = [(key[u], u) for u in range(len(units)) if waiting[u] == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, u = heapq.heappop(ready)
-        order.append(units[u])
-        for w in users[u]:
-            waiting[w] -= 1
-            if waiting[w] == 0:
-                heapq.heappush(ready, (key[w], w))
-    assert len(order) == len(units), "row regions form a cycle"
-    return order
+    return [units[u] for u in priority_order(key, deps, "row regions")]
 
 
 def row_levels(body: Graph) -> dict[Value, int]:
