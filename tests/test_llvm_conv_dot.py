@@ -114,3 +114,25 @@ def test_one_image_on_two_threads_matches_reference(xs, ws, stride, padding, gro
     want = backends.compile(g, "reference")(xa, wa)[0]
     got = backends.compile(g, "llvm", threads=2, cache=False)(xa, wa)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("tiny", [0, None])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation", [
+    ((5, 3, 4, 4), (4, 3, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),          # the table's case
+    ((4, 2, 5, 6), (3, 2, 3, 2), (2, 1), (0, 2, 1, 0), (1, 2)),          # asymmetric, dilated
+    ((3, 2, 7), (4, 2, 3), (2,), (2, 1), (2,)),                          # 1-D
+    ((2, 2, 3, 3, 3), (3, 2, 2, 2, 2), (1, 1, 1), (1, 0, 0, 1, 1, 0), (1, 1, 1)),   # 3-D
+])
+def test_im2col_of_tiny_planes_by_table_and_by_loops(monkeypatch, tiny, xs, ws, stride,
+                                                     padding, dilation):
+    """im2col through the compile-time offset table (planes of at most TINY_IM2COL offsets x
+    positions) and through the loop nest (TINY_IM2COL = 0) both give the reference's
+    convolution (float64: the same products, summed in the same order)."""
+    from irgraph.backends.llvm import ops_conv
+    if tiny is not None:
+        monkeypatch.setattr(ops_conv, "TINY_IM2COL", tiny)
+    geo = ops_conv.conv_geo(xs, ws[2:], dict(stride=stride, padding=padding,
+                                               dilation=dilation))
+    assert np.prod(ws[2:]) * np.prod(geo["out"]) <= ops_conv.TINY_IM2COL or tiny == 0
+    g = _conv_graph(xs, ws, stride, padding, dilation, "float64")
+    assert_conv_like_reference(g, xs, ws, "float64", 2)

@@ -138,15 +138,46 @@ def _clamp(b, v, n: int):
     return b.select(b.icmp_signed(">", v, i64(n)), i64(n), v)
 
 
+# kernel offsets x output positions of a channel up to which im2col is straight-line code
+TINY_IM2COL = 256
+
+
+def window_table(geo) -> list[tuple[int, int, int | None]]:
+    """Every (row within a channel's rows, output column, input offset within the channel's
+    plane, None where the window leaves x) of a geometry, worked out at compile time."""
+    kstr, ostr, istr = (row_strides(geo["kernel"]), row_strides(geo["out"]),
+                        row_strides(geo["spatial"]))
+    table = []
+    for ks in np.ndindex(*geo["kernel"]):
+        for ps in np.ndindex(*geo["out"]):
+            pos = [p * s + k * dl - geo["padding"][2 * ax] for ax, (p, k, s, dl) in
+                   enumerate(zip(ps, ks, geo["stride"], geo["dilation"]))]
+            inside = all(0 <= q < n for q, n in zip(pos, geo["spatial"]))
+            table.append((int(np.dot(ks, kstr)), int(np.dot(ps, ostr)),
+                          int(np.dot(pos, istr)) if inside else None))
+    return table
+
+
 def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf, at=None) -> None:
     """dst[(c, k), p] = x[xbase + c*plane + in(p, k)], zero where the window leaves x;
-    ``at(row, col)`` places the element instead (a transposed layout)."""
+    ``at(row, col)`` places the element instead (a transposed layout). Tiny planes (at most
+    TINY_IM2COL offsets and positions per channel: late layers, small images) copy through
+    a table of compile-time offsets, no loop or bounds test per position."""
     b = ctx.b
     plane, pn = prod(geo["spatial"]), prod(geo["out"])
     zero = ir.Constant(dst.elem, 0.0)
     if at is None:
         def at(row, col):
             return b.add(b.mul(row, i64(pn)), col)
+    kprod = prod(geo["kernel"])
+    if kprod * pn <= TINY_IM2COL:
+        table = window_table(geo)
+        with for_range(b, 0, channels, "wc") as c:
+            base, row0 = b.add(xbase, b.mul(c, i64(plane))), b.mul(c, i64(kprod))
+            for r, col, off in table:
+                v = zero if off is None else x.load(b, b.add(base, i64(off)))
+                dst.store(b, at(b.add(row0, i64(r)), i64(col)), v)
+        return
 
     def inside(row, col, inoff, ok, c):
         v = x.load(b, b.add(xbase, b.add(b.mul(c, i64(plane)), inoff)))
