@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
-from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
+from machine import best_of, describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import irgraph.backends as backends  # noqa: E402
 import irgraph.frontend as fe  # noqa: E402
@@ -53,12 +53,7 @@ def timeit(fn, reps: int, warmup: int = 1) -> float:
     time.sleep(SETTLE_S)
     for _ in range(warmup):
         fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_of(fn, reps)
 
 
 # ---------------------------------------------------------------- models (ours and torch's)
