@@ -22,8 +22,7 @@ from irgraph import Graph, Value
 from irgraph.ir import all_nodes
 from irgraph.liveness import last_reads
 
-from .builder import (I64, PTR, STORAGE, VOID, Buf, broadcast_strides, coalesce, cpu_relax,
-                      i64, row_strides)
+from .builder import (I64, PTR, STORAGE, VOID, Buf, broadcast_strides, coalesce, i64, row_strides)
 from .gemm_tiling import workspace_bytes
 from .elementwise import RUNTIME_DIMS
 from .jit import canonical_node, generic_node
