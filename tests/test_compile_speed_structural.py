@@ -499,7 +499,8 @@ def test_a_changed_graph_names_its_known_kernels_without_building_them(cache_roo
     # one index entry damaged, one kernel object gone: both kernels are built again
     first, second = sorted(shared)[:2]
     index = cache_root / "llvm" / f"{jit.signature_key(pb.signatures[first])}.o"
-    index.write_bytes(index.read_bytes()[:-3] + b"xyz")
+    data = index.read_bytes()
+    index.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))     # its last byte changed
     (cache_root / "llvm" / f"{jit.kernel_key(second)}.o").unlink()
     built.clear()
     with pytest.warns(CacheWarning, match="damaged"):
