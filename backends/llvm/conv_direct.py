@@ -101,9 +101,20 @@ class Direct:
         return [self.xp_elems, self.grid_elems, self.wpack_elems * groups]
 
     def kernel_grad_parts(self) -> list[int]:
-        """... of a kernel gradient: padded input, gy grid, per-lane partial sums of dW."""
+        """... of a kernel gradient: padded input, gy grid, per-lane partial sums of dW (or,
+        vectorized over the output channels: padded input, gy transposed, dW transposed)."""
+        if self.channel_vectors() is not None:
+            return [self.xp_elems, prod(self.out) * self.cout, self.R * self.cout]
         return [self.xp_elems, self.grid_elems,
                 self.cout * self.R * tiling(self.dtype, self.features).vw]
+
+    def channel_vectors(self) -> int | None:
+        """Vectors per output position when the kernel gradient runs vectorized over the
+        output channels (``cout`` a multiple of the vector width, one to four vectors):
+        every multiply-add then falls on a valid position, none on the grid's padding."""
+        vw = tiling(self.dtype, self.features).vw
+        v, rest = divmod(self.cout, vw)
+        return v if rest == 0 and 1 <= v <= 4 else None
 
     def scatter_parts(self, groups: int) -> list[int]:
         """... of an input gradient by scattering: padded dx, gy grid, each group's
@@ -341,6 +352,9 @@ def load_grid(ctx, dc: Direct, src: Buf, base, grid) -> None:
 
 def kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf, dw: Buf
                     ) -> None:
+    if dc.channel_vectors() is not None:
+        _channel_kernel_gradient(ctx, dc, groups, images, x, gy, dw)
+        return
     b = ctx.b
     vw = tiling(dc.dtype, dc.features).vw
     elem = _elem(dc.dtype)
@@ -479,3 +493,115 @@ def scatter_input_grad(ctx, dc: Direct, groups: int, images: int, gy: Buf, dx: B
                                       (strip * mr + i) * plane_p))]),
                                   accumulate=True)
             _interior(ctx, dc, dxp, dx, b.mul(ng, i64(cg * plane_in)), into_padded=False)
+
+
+# ---------------------------------------------------------------- the kernel gradient over channels
+# dW^T[r, o] = sum over images and valid output positions p of xp[off(r) + q(p)] * gyT[p, o]:
+# per position, V vectors of gy (its output channels, transposed once per image) and, for a
+# block of T taps held in T x V vector registers, one broadcast input element each. No
+# multiply-add falls on the grid's padding and every loop is as long as the output.
+
+
+def _registers(features: str) -> int:
+    return 32 if "+avx512f" in features else 16
+
+
+def channel_taps(dc: Direct) -> int:
+    """Taps per register block: T x V accumulators, V gy vectors and a broadcast fit."""
+    v = dc.channel_vectors()
+    return max(1, min(dc.R, (_registers(dc.features) - 1 - v) // v))
+
+
+def _channel_kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf,
+                             dw: Buf) -> None:
+    b = ctx.b
+    t = tiling(dc.dtype, dc.features)
+    vw, nv = t.vw, dc.channel_vectors()
+    elem = _elem(dc.dtype)
+    vec = ir.VectorType(elem, vw)
+    vp = ir.PointerType(vec)
+    align = 4 if dc.dtype == "float32" else 8
+    parts = dc.kernel_grad_parts()
+    nbytes = dc.scratch_bytes(parts)
+    xp, gyt, part = arrays(ctx, dc.dtype, thread_scratch(ctx, nbytes), parts)
+    part_at = _offsets(dc.dtype, parts)[2]
+    R, og = dc.R, dc.cout
+    P, plane_in = prod(dc.out), prod(dc.spatial)
+    offs = ctx.global_array("conv.taps", dc.offsets())
+    padded = any(dc.pads)
+    T = channel_taps(dc)
+    undef = ir.Constant(vec, ir.Undefined)
+    splat0 = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
+    pst, ost = row_strides(dc.padded), row_strides(dc.out)
+
+    def block(src, r0, taps: int) -> None:
+        accs = [[ctx.alloca(vec, f"c{i}_{v}") for v in range(nv)] for i in range(taps)]
+        rows = [b.add(r0, i64(i)) for i in range(taps)]
+        for i, row in enumerate(accs):
+            for v, a in enumerate(row):
+                at = b.add(b.mul(rows[i], i64(og)), i64(v * vw))
+                b.store(b.load(b.bitcast(b.gep(part, [at]), vp), align=align), a)
+        xs = [b.gep(src, [b.load(b.gep(offs, [r]))]) for r in rows]
+        with strided_nest(b, dc.out[:-1], [pst[:-1], ost[:-1]]) as (qo, po):
+            with for_range(b, 0, dc.out[-1], "cq") as j:
+                q, p = b.add(qo, j), b.add(po, j)
+                gv = [b.load(b.bitcast(b.gep(gyt, [b.add(b.mul(p, i64(og)), i64(v * vw))]),
+                                       vp), align=align) for v in range(nv)]
+                for i in range(taps):
+                    s = b.shuffle_vector(b.insert_element(undef, b.load(b.gep(xs[i], [q])),
+                                                          ir.Constant(ir.IntType(32), 0)),
+                                         undef, splat0)
+                    for v in range(nv):
+                        prod_ = b.fmul(s, gv[v])
+                        acc = b.fadd(b.load(accs[i][v]), prod_)
+                        acc.flags.append("contract")
+                        b.store(acc, accs[i][v])
+        for i, row in enumerate(accs):
+            for v, a in enumerate(row):
+                at = b.add(b.mul(rows[i], i64(og)), i64(v * vw))
+                b.store(b.load(a), b.bitcast(b.gep(part, [at]), vp), align=align)
+
+    with for_range(b, 0, groups, "cgrp") as g:      # every thread runs every group
+        if padded:
+            zero(ctx, xp, dc.xp_elems, elem)
+        zero(ctx, part, R * og, elem)
+        lo, hi = ctx.split(images)
+        with for_range(b, lo, hi, "cimg") as n:
+            ng = b.add(b.mul(n, i64(groups)), g)
+            xbase = b.mul(ng, i64(dc.cin * plane_in))
+            if padded:
+                load_padded(ctx, dc, x, xbase, xp)
+                src = xp
+            else:                                   # the input is its own padded grid
+                src = b.gep(x.ptr, [xbase])
+            gbase = b.mul(ng, i64(og * P))
+            with for_range(b, 0, og, "ct") as o:    # gyT[p, o] = gy[n, g*og + o, p]
+                ob = b.add(gbase, b.mul(o, i64(P)))
+                with for_range(b, 0, P, "cp") as p:
+                    b.store(gy.load(b, b.add(ob, p)), b.gep(gyt, [b.add(b.mul(p, i64(og)), o)]))
+            full, tail = divmod(R, T)
+            if full:
+                with for_range(b, 0, full * T, "cr", T) as r0:
+                    block(src, r0, T)
+            if tail:
+                block(src, i64(full * T), tail)
+        ctx.barrier()
+        _sum_transposed(ctx, dc, nbytes, part_at, dw, b.mul(g, i64(og * R)), elem)
+        ctx.barrier()
+
+
+def _sum_transposed(ctx, dc: Direct, nbytes: int, first: int, dw: Buf, dbase, elem) -> None:
+    """dw[dbase + o*R + r] = sum over threads of part_t[r*cout + o] (entries split)."""
+    b, R, og = ctx.b, dc.R, dc.cout
+    lo, hi = ctx.split(og * R)
+    nt = ctx.nthreads if not ctx.single else i64(1)
+    acc = ctx.alloca(elem, "csum")
+    with for_range(b, lo, hi, "ce") as e:
+        o, r = b.sdiv(e, i64(R)), b.srem(e, i64(R))
+        at = b.add(b.mul(r, i64(og)), o)
+        b.store(ir.Constant(elem, 0.0), acc)
+        with for_range(b, 0, nt, "ctt") as t:
+            raw = b.gep(ctx.node_scratch, [b.add(b.mul(t, i64(nbytes)), i64(first))])
+            p = b.bitcast(raw, ir.PointerType(elem))
+            b.store(b.fadd(b.load(acc), b.load(b.gep(p, [at]))), acc)
+        dw.store(b, b.add(dbase, e), b.load(acc))
