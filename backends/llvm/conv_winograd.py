@@ -1,0 +1,359 @@
+"""Winograd convolution F(4x4, 3x3) for 3x3, stride-1 layers (float32, float64).
+
+Each 4x4 block of outputs of one image and output channel comes from a 6x6 tile of the
+zero-padded input (tiles overlap by 2; the last tile of a row or column may hang past the
+output, its extra values computed and dropped):
+
+    Y = A^T [ sum over c of (G g_oc G^T) * (B^T d_c B) ] A       (* elementwise, 6x6)
+
+so the 9 multiply-adds per output and channel become 36 / 16 = 2.25 (4x fewer). Per call:
+
+1. weights: U[xi][c][o] = (G g_oc G^T)[xi] (weights change every training step);
+2. per chunk of images: the input copied channel-last into a zero-padded grid P (border
+   and the overhang of partial tiles zero), then V[xi][t][c] = (B^T d_c B)[xi] for every
+   tile t, vectorised over channels (vw at a time, channels zero-padded to a multiple of
+   vw);
+3. 36 GEMMs M[xi] (tiles x O) = V[xi] (tiles x C) @ U[xi] (C x O) on the packed GEMM of
+   gemm.py: the tiles of every image of a chunk side by side in the rows, so each U[xi]
+   streams once per chunk; threads take whole GEMMs;
+4. Y = A^T M A per tile, vectorised over output channels, stored into y (only the outputs
+   inside the plane). A fused region's epilogue (bias, activation, residual) runs after,
+   as for every convolution path.
+
+Threads split the rows of P, the tiles and the 36 GEMMs (``ctx.split``), a barrier after
+each phase. F(4x4) rather than F(2x2, 3x3): half the tiles' transform work per output and
+1.8x fewer multiplies; its error stays small at every channel count measured below.
+
+Accuracy (random normal x and w, float32 Winograd against the float64 reference,
+``bench/bench_conv_paths.py --winograd-accuracy``): max |error| / (sqrt(9 C) max|x| max|w|)
+= ACCURACY_NOTE. The float32 direct path's figure is about 10x smaller; float64 Winograd
+is within 1e-13 relative.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction as Fr
+
+import numpy as np
+from llvmlite import ir
+
+from .builder import Buf, for_range, i64
+from .conv_direct import arrays, scratch_bytes
+from .gemm import gemm_function
+from .gemm_tiling import tiling
+
+TILE = 4            # outputs per tile side
+WIN = TILE + 2      # input tile side (kernel 3)
+XI = WIN * WIN      # transformed positions: one GEMM each
+
+BT = [[4, 0, -5, 0, 1, 0],
+      [0, -4, -4, 1, 1, 0],
+      [0, 4, -4, -1, 1, 0],
+      [0, -2, -1, 2, 1, 0],
+      [0, 2, -1, -2, 1, 0],
+      [0, 4, 0, -5, 0, 1]]
+G = [[Fr(1, 4), 0, 0],
+     [Fr(-1, 6), Fr(-1, 6), Fr(-1, 6)],
+     [Fr(-1, 6), Fr(1, 6), Fr(-1, 6)],
+     [Fr(1, 24), Fr(1, 12), Fr(1, 6)],
+     [Fr(1, 24), Fr(-1, 12), Fr(1, 6)],
+     [0, 0, 1]]
+AT = [[1, 1, 1, 1, 1, 0],
+      [0, 1, -1, 2, -2, 0],
+      [0, 1, 1, 4, 4, 0],
+      [0, 1, -1, 8, -8, 1]]
+
+MIN_CHANNELS = 16           # fewer input or output channels: the transforms do not pay
+CHUNK_TILES = 256           # tiles per chunk of images (at least one image)
+MAX_SCRATCH = 96 << 20      # bytes; a larger plan is left to the other paths
+# the cost model, in vector instructions per unit (see ``Winograd.pays``)
+TRANSFORM_IN = 140          # one tile of vw channels: 36 loads, B^T d B, 36 stores
+TRANSFORM_OUT = 90          # one tile of vw channels: 36 loads, A^T M A (stores apart)
+WEIGHT_SCALAR = 160         # one (o, c) pair's G g G^T, scalar
+COPY_SCALAR = 3             # one element copied channel-last
+GEMM_EFFICIENCY = 0.8       # the packed GEMM's share of the FMA peak on these shapes
+
+
+@dataclass(frozen=True)
+class Winograd:
+    N: int
+    C: int
+    O: int
+    H: int
+    W: int
+    pads: tuple[int, int, int, int]       # top, bottom, left, right
+    dtype: str
+    features: str
+
+    @property
+    def vw(self) -> int:
+        return tiling(self.dtype, self.features).vw
+
+    @property
+    def out(self) -> tuple[int, int]:
+        t, bo, l, r = self.pads
+        return self.H + t + bo - 2, self.W + l + r - 2
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        ho, wo = self.out
+        return -(-ho // TILE), -(-wo // TILE)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        th, tw = self.tiles
+        return TILE * th + 2, TILE * tw + 2
+
+    @property
+    def Cp(self) -> int:
+        return -(-self.C // self.vw) * self.vw
+
+    @property
+    def Op(self) -> int:
+        return -(-self.O // self.vw) * self.vw
+
+    @property
+    def per_image(self) -> int:
+        th, tw = self.tiles
+        return th * tw
+
+    @property
+    def nb(self) -> int:
+        """Images per chunk."""
+        return max(1, min(self.N, CHUNK_TILES // self.per_image))
+
+    @property
+    def Tc(self) -> int:
+        return self.nb * self.per_image
+
+    def parts(self) -> list[int]:
+        """Scratch arrays (elements): U, the padded channel-last grid P, V, M."""
+        hp, wp = self.grid
+        return [XI * self.C * self.Op, self.nb * hp * wp * self.Cp, XI * self.Tc * self.Cp,
+                XI * self.Tc * self.Op]
+
+    def scratch_bytes(self) -> int:
+        return scratch_bytes(self.dtype, self.parts())
+
+    def pays(self) -> bool:
+        """Winograd's estimated vector instructions against the direct product's (both
+        GEMM multiply-adds at the same efficiency): 36 products per tile and (c, o) pair
+        plus the transforms, against 9 per output position and pair."""
+        vw, (ho, wo) = self.vw, self.out
+        T = self.N * self.per_image
+        fma = 2 * GEMM_EFFICIENCY * vw          # multiply-adds per cycle, two FMA units
+        direct = self.N * ho * wo * 9 * self.C * self.O / fma
+        hp, wp = self.grid
+        wino = (XI * T * self.C * self.O / fma
+                + T * (self.Cp * TRANSFORM_IN + self.Op * TRANSFORM_OUT) / vw
+                + T * self.Op * TILE * TILE                 # scalar stores of Y
+                + self.N * hp * wp * self.Cp * COPY_SCALAR
+                + self.C * self.O * WEIGHT_SCALAR)
+        return wino < 0.9 * direct
+
+
+def plan(x_shape, w_shape, attrs, dtype: str, features: str) -> Winograd | None:
+    """The Winograd plan of a convolution when it applies and pays, else None: 2-D, a 3x3
+    kernel, stride 1, dilation 1, one group, float32/float64, at least MIN_CHANNELS input
+    and output channels, an output plane of at least 4x4."""
+    if (dtype not in ("float32", "float64") or len(x_shape) != 4
+            or tuple(w_shape[2:]) != (3, 3) or attrs["groups"] != 1
+            or tuple(attrs["stride"]) != (1, 1) or tuple(attrs["dilation"]) != (1, 1)
+            or any(p < 0 for p in attrs["padding"])
+            or min(x_shape[1], w_shape[0]) < MIN_CHANNELS or x_shape[0] < 1):
+        return None
+    wg = Winograd(x_shape[0], x_shape[1], w_shape[0], x_shape[2], x_shape[3],
+                  tuple(attrs["padding"]), dtype, features)
+    if min(wg.out) < TILE or wg.scratch_bytes() > MAX_SCRATCH or not wg.pays():
+        return None
+    return wg
+
+
+# ---------------------------------------------------------------- code
+
+
+def _combine(b, mat, vals, const):
+    """out[i] = sum_j mat[i][j] * vals[j] (zero terms skipped, +-1 without a multiply)."""
+    out = []
+    for row in mat:
+        acc = None
+        for c, v in zip(row, vals):
+            if c == 0:
+                continue
+            mag = abs(c)
+            term = v if mag == 1 else b.fmul(const(float(mag)), v)
+            if acc is None:
+                acc = term if c > 0 else b.fsub(const(0.0), term)
+            else:
+                acc = b.fadd(acc, term) if c > 0 else b.fsub(acc, term)
+        out.append(acc if acc is not None else const(0.0))
+    return out
+
+
+def _sandwich(b, mat, tile, const):
+    """mat @ tile @ mat^T of a square list-of-lists of values."""
+    cols = list(zip(*tile))
+    left = [_combine(b, mat, list(col), const) for col in cols]     # left[k][i]
+    rows = [[left[k][i] for k in range(len(cols))] for i in range(len(mat))]
+    return [_combine(b, mat, row, const) for row in rows]
+
+
+def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
+    b = ctx.b
+    elem = x.elem
+    vw = wg.vw
+    vec = ir.VectorType(elem, vw)
+    vp = ir.PointerType(vec)
+    align = 4 if wg.dtype == "float32" else 8
+    C, O, Cp, Op, Tc = wg.C, wg.O, wg.Cp, wg.Op, wg.Tc
+    H, W = wg.H, wg.W
+    ho, wo = wg.out
+    th, tw = wg.tiles
+    hp, wp = wg.grid
+    pt, _, pl, _ = wg.pads
+    U, P, V, M = arrays(ctx, wg.dtype, ctx.node_scratch, wg.parts())
+
+    def sconst(v):
+        return ir.Constant(elem, v)
+
+    def vconst(v):
+        return ir.Constant(vec, [v] * vw)
+
+    # 1. U[xi][c][o] = (G g G^T)[xi]
+    lo, hi = ctx.split(O * C)
+    with for_range(b, lo, hi, "wgt") as p:
+        o, c = b.sdiv(p, i64(C)), b.srem(p, i64(C))
+        g = [[w.load(b, b.add(b.mul(p, i64(9)), i64(3 * r + s))) for s in range(3)]
+             for r in range(3)]
+        u = _sandwich(b, G, g, sconst)
+        base = b.add(b.mul(c, i64(Op)), o)
+        for xi in range(XI):
+            b.store(u[xi // WIN][xi % WIN], b.gep(U, [b.add(base, i64(xi * C * Op))]))
+
+    gemm = gemm_function(ctx.module, wg.dtype, ctx.features)
+    with for_range(b, 0, wg.N, "wchunk", wg.nb) as n0:
+        nimg = b.sub(i64(wg.N), n0)
+        nimg = b.select(b.icmp_signed("<", nimg, i64(wg.nb)), nimg, i64(wg.nb))
+        ntiles = b.mul(nimg, i64(wg.per_image))
+        _copy_padded(ctx, wg, x, P, n0, nimg)
+        ctx.barrier()
+        # 2. V[xi][t][c] = (B^T d B)[xi]
+        lo, hi = ctx.split(ntiles)
+        with for_range(b, lo, hi, "wtin") as t:
+            nl, rest = b.sdiv(t, i64(th * tw)), b.srem(t, i64(th * tw))
+            i, j = b.sdiv(rest, i64(tw)), b.srem(rest, i64(tw))
+            row0 = b.add(b.mul(nl, i64(hp)), b.mul(i, i64(TILE)))
+            base = b.mul(b.add(b.mul(row0, i64(wp)), b.mul(j, i64(TILE))), i64(Cp))
+            vbase = b.mul(t, i64(Cp))
+            with for_range(b, 0, Cp, "wcg", vw) as cg:
+                at = b.add(base, cg)
+                d = [[b.load(b.bitcast(b.gep(P, [b.add(at, i64((r * wp + s) * Cp))]), vp),
+                             align=align) for s in range(WIN)] for r in range(WIN)]
+                v = _sandwich(b, BT, d, vconst)
+                dst = b.add(vbase, cg)
+                for xi in range(XI):
+                    b.store(v[xi // WIN][xi % WIN],
+                            b.bitcast(b.gep(V, [b.add(dst, i64(xi * Tc * Cp))]), vp),
+                            align=align)
+        ctx.barrier()
+        # 3. M[xi] = V[xi] @ U[xi]
+        lo, hi = ctx.split(XI)
+        with for_range(b, lo, hi, "wxi") as xi:
+            a_ptr = b.gep(V, [b.mul(xi, i64(Tc * Cp))])
+            b_ptr = b.gep(U, [b.mul(xi, i64(C * Op))])
+            c_ptr = b.gep(M, [b.mul(xi, i64(Tc * Op))])
+            b.call(gemm, [a_ptr, i64(Cp), i64(1), b_ptr, i64(Op), i64(1), c_ptr, i64(Op),
+                          ntiles, i64(O), i64(C), ctx.scratch(), i64(0)])
+        ctx.barrier()
+        # 4. y = A^T M A
+        lo, hi = ctx.split(ntiles)
+        with for_range(b, lo, hi, "wtout") as t:
+            nl, rest = b.sdiv(t, i64(th * tw)), b.srem(t, i64(th * tw))
+            i, j = b.sdiv(rest, i64(tw)), b.srem(rest, i64(tw))
+            n = b.add(n0, nl)
+            r0, s0 = b.mul(i, i64(TILE)), b.mul(j, i64(TILE))
+            ybase = b.add(b.mul(b.mul(n, i64(O)), i64(ho * wo)),
+                          b.add(b.mul(r0, i64(wo)), s0))
+            rows = b.sub(i64(ho), r0)
+            cols = b.sub(i64(wo), s0)
+            full = b.and_(b.icmp_signed(">=", rows, i64(TILE)),
+                          b.icmp_signed(">=", cols, i64(TILE)))
+            mbase = b.mul(t, i64(Op))
+
+            def group(og, lanes: int):
+                at = b.add(mbase, og)
+                m = [[b.load(b.bitcast(b.gep(M, [b.add(at, i64(xi * Tc * Op))]), vp),
+                             align=align) for xi in range(r * WIN, (r + 1) * WIN)]
+                     for r in range(WIN)]
+                out = _sandwich(b, AT, m, vconst)
+                obase = b.add(ybase, b.mul(og, i64(ho * wo)))
+
+                def stores(guarded: bool):
+                    for r in range(TILE):
+                        for s in range(TILE):
+                            def put(r=r, s=s):
+                                for lane in range(lanes):
+                                    v = b.extract_element(out[r][s], ir.Constant(
+                                        ir.IntType(32), lane))
+                                    off = i64(lane * ho * wo + r * wo + s)
+                                    y.store(b, b.add(obase, off), v)
+                            if guarded:
+                                ok = b.and_(b.icmp_signed(">", rows, i64(r)),
+                                            b.icmp_signed(">", cols, i64(s)))
+                                with b.if_then(ok):
+                                    put()
+                            else:
+                                put()
+                with b.if_else(full) as (whole, part):
+                    with whole:
+                        stores(False)
+                    with part:
+                        stores(True)
+            full_groups = O // vw * vw
+            if full_groups:
+                with for_range(b, 0, full_groups, "wog", vw) as og:
+                    group(og, vw)
+            if O % vw:
+                group(i64(full_groups), O % vw)
+        ctx.barrier()
+
+
+def _copy_padded(ctx, wg: Winograd, x: Buf, P, n0, nimg) -> None:
+    """P[nl][yy][xx][c] = x[n0 + nl][c][yy - top][xx - left], zero outside x and for the
+    channels past C; threads split the rows (nl, yy)."""
+    b = ctx.b
+    C, Cp, H, W = wg.C, wg.Cp, wg.H, wg.W
+    hp, wp = wg.grid
+    pt, _, pl, _ = wg.pads
+    zero = ir.Constant(x.elem, 0.0)
+    lo, hi = ctx.split(b.mul(nimg, i64(hp)))
+    with for_range(b, lo, hi, "wrow") as rr:
+        nl, yy = b.sdiv(rr, i64(hp)), b.srem(rr, i64(hp))
+        prow = b.mul(rr, i64(wp * Cp))
+        iy = b.sub(yy, i64(pt))
+        inside = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(H)))
+        with b.if_else(inside) as (copy, blank):
+            with copy:
+                xrow = b.add(b.mul(b.mul(b.add(n0, nl), i64(C)), i64(H * W)),
+                             b.mul(iy, i64(W)))
+                # columns [pl, pl + W) come from x, the rest are zero
+                with for_range(b, 0, wp, "wzx") as xx:
+                    ix = b.sub(xx, i64(pl))
+                    ok = b.and_(b.icmp_signed(">=", ix, i64(0)), b.icmp_signed("<", ix, i64(W)))
+                    with b.if_then(b.not_(ok)):
+                        with for_range(b, 0, Cp, "wzc") as c:
+                            b.store(zero, b.gep(P, [b.add(b.add(prow, b.mul(xx, i64(Cp))), c)]))
+                    if wg.Cp > C:
+                        with b.if_then(ok):
+                            with for_range(b, C, Cp, "wzp") as c:
+                                b.store(zero, b.gep(P, [b.add(b.add(prow, b.mul(xx, i64(Cp))),
+                                                              c)]))
+                with for_range(b, 0, C, "wcc") as c:
+                    src = b.add(xrow, b.mul(c, i64(H * W)))
+                    dst = b.add(b.add(prow, b.mul(i64(pl), i64(Cp))), c)
+                    with for_range(b, 0, W, "wcx") as ix:
+                        v = x.load(b, b.add(src, ix))
+                        b.store(v, b.gep(P, [b.add(dst, b.mul(ix, i64(Cp)))]))
+            with blank:
+                with for_range(b, 0, wp * Cp, "wzr") as e:
+                    b.store(zero, b.gep(P, [b.add(prow, e)]))
