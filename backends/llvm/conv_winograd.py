@@ -39,7 +39,7 @@ from llvmlite import ir
 
 from .builder import Buf, for_range, i64
 from .conv_direct import arrays, scratch_bytes
-from .gemm import gemm_function
+from .gemm import _transpose, gemm_function
 from .gemm_tiling import tiling
 
 TILE = 4            # outputs per tile side
@@ -219,16 +219,26 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
     def vconst(v):
         return ir.Constant(vec, [v] * vw)
 
-    # 1. U[xi][c][o] = (G g G^T)[xi]
-    lo, hi = ctx.split(O * C)
-    with for_range(b, lo, hi, "wgt") as p:
-        o, c = b.sdiv(p, i64(C)), b.srem(p, i64(C))
-        g = [[w.load(b, b.add(b.mul(p, i64(9)), i64(3 * r + s))) for s in range(3)]
-             for r in range(3)]
-        u = _sandwich(b, G, g, sconst)
-        base = b.add(b.mul(c, i64(Op)), o)
-        for xi in range(XI):
-            b.store(u[xi // WIN][xi % WIN], b.gep(U, [b.add(base, i64(xi * C * Op))]))
+    # 1. U[xi][c][o] = (G g G^T)[xi], vw output channels at a time (lanes past O repeat
+    # the last channel: they land in U's padding columns, which no GEMM reads)
+    lo, hi = ctx.split(C)
+    with for_range(b, lo, hi, "wgc") as c:
+        def weights(og, lanes: int):
+            def tap(k):
+                v = ir.Constant(vec, ir.Undefined)
+                for lane in range(vw):
+                    o = b.add(og, i64(min(lane, lanes - 1)))
+                    at = b.add(b.mul(b.add(b.mul(o, i64(C)), c), i64(9)), i64(k))
+                    v = b.insert_element(v, w.load(b, at), ir.Constant(ir.IntType(32), lane))
+                return v
+            u = _sandwich(b, G, [[tap(3 * r + s) for s in range(3)] for r in range(3)],
+                          vconst)
+            base = b.add(b.mul(c, i64(Op)), og)
+            for xi in range(XI):
+                b.store(u[xi // WIN][xi % WIN],
+                        b.bitcast(b.gep(U, [b.add(base, i64(xi * C * Op))]), vp),
+                        align=align)
+        _per_group(b, O, vw, weights)
 
     gemm = gemm_function(ctx.module, wg.dtype, ctx.features)
     with for_range(b, 0, wg.N, "wchunk", wg.nb) as n0:
@@ -309,23 +319,42 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                         stores(False)
                     with part:
                         stores(True)
-            full_groups = O // vw * vw
-            if full_groups:
-                with for_range(b, 0, full_groups, "wog", vw) as og:
-                    group(og, vw)
-            if O % vw:
-                group(i64(full_groups), O % vw)
+            _per_group(b, O, vw, group)
         ctx.barrier()
+
+
+def _per_group(b, n: int, vw: int, body) -> None:
+    """``body(first, lanes)`` for the groups of vw of range(n): a loop over the whole groups,
+    then the last partial one (lanes < vw) unrolled."""
+    whole = n // vw * vw
+    if whole:
+        with for_range(b, 0, whole, "wgrp", vw) as first:
+            body(first, vw)
+    if n % vw:
+        body(i64(whole), n % vw)
 
 
 def _copy_padded(ctx, wg: Winograd, x: Buf, P, n0, nimg) -> None:
     """P[nl][yy][xx][c] = x[n0 + nl][c][yy - top][xx - left], zero outside x and for the
-    channels past C; threads split the rows (nl, yy)."""
+    channels past C; threads split the rows (nl, yy). Blocks of bs channels x bs columns
+    move as bs vector loads, a transpose in registers and bs vector stores; the channels
+    and columns past whole blocks one by one."""
     b = ctx.b
     C, Cp, H, W = wg.C, wg.Cp, wg.H, wg.W
     hp, wp = wg.grid
     pt, _, pl, _ = wg.pads
-    zero = ir.Constant(x.elem, 0.0)
+    elem = x.elem
+    zero = ir.Constant(elem, 0.0)
+    bs = min(wg.vw, 8)
+    bvec = ir.VectorType(elem, bs)
+    bp = ir.PointerType(bvec)
+    align = 4 if wg.dtype == "float32" else 8
+    cb, xb = C // bs * bs, W // bs * bs
+
+    def zeros(start, n):
+        with for_range(b, 0, n, "wz") as e:
+            b.store(zero, b.gep(P, [b.add(start, e)]))
+
     lo, hi = ctx.split(b.mul(nimg, i64(hp)))
     with for_range(b, lo, hi, "wrow") as rr:
         nl, yy = b.sdiv(rr, i64(hp)), b.srem(rr, i64(hp))
@@ -336,24 +365,34 @@ def _copy_padded(ctx, wg: Winograd, x: Buf, P, n0, nimg) -> None:
             with copy:
                 xrow = b.add(b.mul(b.mul(b.add(n0, nl), i64(C)), i64(H * W)),
                              b.mul(iy, i64(W)))
-                # columns [pl, pl + W) come from x, the rest are zero
-                with for_range(b, 0, wp, "wzx") as xx:
-                    ix = b.sub(xx, i64(pl))
-                    ok = b.and_(b.icmp_signed(">=", ix, i64(0)), b.icmp_signed("<", ix, i64(W)))
-                    with b.if_then(b.not_(ok)):
-                        with for_range(b, 0, Cp, "wzc") as c:
-                            b.store(zero, b.gep(P, [b.add(b.add(prow, b.mul(xx, i64(Cp))), c)]))
-                    if wg.Cp > C:
-                        with b.if_then(ok):
-                            with for_range(b, C, Cp, "wzp") as c:
-                                b.store(zero, b.gep(P, [b.add(b.add(prow, b.mul(xx, i64(Cp))),
-                                                              c)]))
-                with for_range(b, 0, C, "wcc") as c:
-                    src = b.add(xrow, b.mul(c, i64(H * W)))
-                    dst = b.add(b.add(prow, b.mul(i64(pl), i64(Cp))), c)
-                    with for_range(b, 0, W, "wcx") as ix:
-                        v = x.load(b, b.add(src, ix))
-                        b.store(v, b.gep(P, [b.add(dst, b.mul(ix, i64(Cp)))]))
+                first = b.add(prow, i64(pl * Cp))       # P at column pl, channel 0
+                if pl:
+                    zeros(prow, pl * Cp)
+                if wp > pl + W:
+                    zeros(b.add(prow, i64((pl + W) * Cp)), (wp - pl - W) * Cp)
+                if Cp > C:
+                    with for_range(b, 0, W, "wzx") as ix:
+                        zeros(b.add(first, b.add(b.mul(ix, i64(Cp)), i64(C))), Cp - C)
+                if cb and xb:
+                    with for_range(b, 0, cb, "wbc", bs) as c0:
+                        with for_range(b, 0, xb, "wbx", bs) as x0:
+                            src = b.add(b.add(xrow, b.mul(c0, i64(H * W))), x0)
+                            rows = [b.load(b.bitcast(x.at(b, b.add(src, i64(i * H * W))), bp),
+                                           align=align) for i in range(bs)]
+                            dst = b.add(b.add(first, b.mul(x0, i64(Cp))), c0)
+                            for j, col in enumerate(_transpose(b, rows, bs)):
+                                b.store(col, b.bitcast(b.gep(P, [b.add(dst, i64(j * Cp))]), bp),
+                                        align=align)
+
+                def scalar(c_lo, c_hi, x_lo):
+                    with for_range(b, c_lo, c_hi, "wcc") as c:
+                        src = b.add(xrow, b.mul(c, i64(H * W)))
+                        dst = b.add(first, c)
+                        with for_range(b, x_lo, W, "wcx") as ix:
+                            b.store(x.load(b, b.add(src, ix)),
+                                    b.gep(P, [b.add(dst, b.mul(ix, i64(Cp)))]))
+                if xb < W:
+                    scalar(0, cb, xb)               # the columns past whole blocks
+                scalar(cb, C, 0)                    # the channels past whole blocks
             with blank:
-                with for_range(b, 0, wp * Cp, "wzr") as e:
-                    b.store(zero, b.gep(P, [b.add(prow, e)]))
+                zeros(prow, wp * Cp)
