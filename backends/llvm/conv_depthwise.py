@@ -26,10 +26,14 @@ def padded_shape(x_shape, padding) -> tuple[int, int]:
     return (x_shape[2] + padding[0] + padding[1], x_shape[3] + padding[2] + padding[3])
 
 
-def scratch_elems(x_shape, padding) -> int:
-    """Per thread: one padded plane."""
-    hp, wp = padded_shape(x_shape, padding)
-    return hp * wp
+def phase_width(x_shape, padding, stride) -> int:
+    """Columns of each of the ``stride[1]`` phase planes of the padded copy."""
+    return -(-padded_shape(x_shape, padding)[1] // stride[1])
+
+
+def scratch_elems(x_shape, padding, stride=(1, 1)) -> int:
+    """Per thread: the padded plane, its columns split into ``stride[1]`` phase planes."""
+    return stride[1] * padded_shape(x_shape, padding)[0] * phase_width(x_shape, padding, stride)
 
 
 TINY = 160     # output positions x taps up to which a plane is one unrolled body
@@ -41,7 +45,7 @@ def _taps(size: int, out: int, k: int, s: int, pad_lo: int, d: int):
              if 0 <= o * s - pad_lo + kk * d < size] for o in range(out)]
 
 
-def _tiny(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation) -> None:
+def _tiny(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, put) -> None:
     """Planes of a few outputs (late layers: 4x4, 2x2): every output of a plane written by
     straight-line code over its taps inside x (offsets known at compile time), no padded
     copy and no loops inside a plane; the loop over planes is the only one."""
@@ -53,6 +57,7 @@ def _tiny(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation) -> None:
     cols = _taps(W, OW, K1, stride[1], padding[2], dilation[1])
     lo, hi = ctx.split(N * C)
     with for_range(b, lo, hi, "dwt") as plane:
+        n, c = b.sdiv(plane, i64(C)), b.srem(plane, i64(C))
         xb = b.mul(plane, i64(H * W))
         wb = b.mul(b.srem(plane, i64(C)), i64(K0 * K1))
         yb = b.mul(plane, i64(OH * OW))
@@ -66,46 +71,60 @@ def _tiny(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation) -> None:
                             wk[kh, kw] = w.load(b, b.add(wb, i64(kh * K1 + kw)))
                         v = x.load(b, b.add(xb, i64(ih * W + iw)))
                         acc = b.fadd(acc, b.fmul(wk[kh, kw], v))
-                y.store(b, b.add(yb, i64(oh * OW + ow)), acc)
+                put(b.add(yb, i64(oh * OW + ow)), (n, c, i64(oh), i64(ow)), acc)
 
 
-def lower(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, xp) -> None:
-    """``xp``: this thread's scratch of ``scratch_elems`` elements."""
+def lower(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, xp, put=None) -> None:
+    """``xp``: this thread's scratch of ``scratch_elems`` elements. ``put(offset, (n, o, oh,
+    ow), value)`` stores each output (default: into y; a fused region applies its epilogue)."""
     b = ctx.b
     N, C, H, W = x.shape
     O, _, K0, K1 = w.shape
     OH, OW = y.shape[2:]
     mult = O // C
+    if put is None:
+        def put(off, idx, v):
+            y.store(b, off, v)
     if mult == 1 and OH * OW * K0 * K1 <= TINY:
-        _tiny(ctx, x, w, y, stride, padding, dilation)
+        _tiny(ctx, x, w, y, stride, padding, dilation, put)
         return
     s0, s1 = stride
     d0, d1 = dilation
-    Hp, Wp = padded_shape(x.shape, padding)
+    Hp, _ = padded_shape(x.shape, padding)
+    Wq = phase_width(x.shape, padding, stride)
     zero = ir.Constant(y.elem, 0.0)
-    with for_range(b, 0, Hp * Wp, "dwz") as i:
+    with for_range(b, 0, scratch_elems(x.shape, padding, stride), "dwz") as i:
         b.store(zero, b.gep(xp, [i]))
-    lead = padding[0] * Wp + padding[2]
-    taps = [(kh * d0 * Wp + kw * d1, kh * K1 + kw) for kh in range(K0) for kw in range(K1)]
+    # padded column q lands in phase q % s1, column q // s1: a strided output row reads
+    # each tap's inputs contiguously
+    taps = [(((kw * d1) % s1) * Hp * Wq + kh * d0 * Wq + (kw * d1) // s1, kh * K1 + kw)
+            for kh in range(K0) for kw in range(K1)]
     lo, hi = ctx.split(N * O)
     with for_range(b, lo, hi, "dwp") as plane:
         n, o = b.sdiv(plane, i64(O)), b.srem(plane, i64(O))
         c = b.sdiv(o, i64(mult))
         xplane = b.mul(b.add(b.mul(n, i64(C)), c), i64(H * W))
-        with for_range(b, 0, H, "dwh") as h:
-            src = b.add(xplane, b.mul(h, i64(W)))
-            dst = b.add(i64(lead), b.mul(h, i64(Wp)))
-            with for_range(b, 0, W, "dww") as j:
-                b.store(x.load(b, b.add(src, j)), b.gep(xp, [b.add(dst, j)]))
+        for q in range(s1):
+            # input columns iw = j * s1 + q - padding[2] inside x, for phase columns j
+            j_lo = max(0, -(-(padding[2] - q) // s1))
+            j_hi = min(Wq, (W - 1 + padding[2] - q) // s1 + 1)
+            if j_hi <= j_lo:
+                continue
+            with for_range(b, 0, H, "dwh") as h:
+                src = b.add(xplane, b.mul(h, i64(W)))
+                dst = b.add(i64(q * Hp * Wq), b.mul(b.add(h, i64(padding[0])), i64(Wq)))
+                with for_range(b, j_lo, j_hi, "dww") as j:
+                    iw = b.add(b.mul(j, i64(s1)), i64(q - padding[2]))
+                    b.store(x.load(b, b.add(src, iw)), b.gep(xp, [b.add(dst, j)]))
         wk = [w.load(b, b.add(b.mul(o, i64(K0 * K1)), i64(t))) for _, t in taps]
         yplane = b.mul(plane, i64(OH * OW))
         with for_range(b, 0, OH, "dwoh") as oh:
-            top = b.mul(oh, i64(s0 * Wp))
+            top = b.mul(oh, i64(s0 * Wq))
             orow = b.add(yplane, b.mul(oh, i64(OW)))
             with for_range(b, 0, OW, "dwow") as ow:
-                at = b.add(top, b.mul(ow, i64(s1)))
+                at = b.add(top, ow)
                 acc = None
                 for (off, _), wv in zip(taps, wk):
                     v = b.fmul(wv, b.load(b.gep(xp, [b.add(at, i64(off))])))
                     acc = v if acc is None else b.fadd(acc, v)
-                y.store(b, b.add(orow, ow), acc)
+                put(b.add(orow, ow), (n, o, oh, ow), acc)

@@ -22,14 +22,16 @@ from llvmlite import ir
 from irgraph.ops.conv_geometry import out_shape
 from irgraph.types import TensorType
 
-from .builder import F32, I16, STORAGE, Buf, for_range, i64, prod, row_strides
+from .builder import (F32, I16, STORAGE, Buf, broadcast_strides, for_range, i64, prod,
+                      row_strides)
 from . import gemm_bf16
 from . import conv_depthwise, conv_dot
 from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_input_grad,
                           scratch_bytes, usable)
 from .gemm import call_gemm, gemm_function
-from .lowering import lowering, scratch
+from .lowering import fused_kind, lowering, scratch
 from .module import ALIGN
+from .ops_core import SCALAR
 
 
 def conv_geo(x_shape, kernel, a):
@@ -238,8 +240,7 @@ def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
 def _conv_scratch(node, threads, features):
     x, w = node.inputs
     if conv_depthwise.applies(x.shape, w.shape, node.attrs["groups"], x.dtype):
-        return threads * scratch_bytes(x.dtype, [conv_depthwise.scratch_elems(
-            x.shape, node.attrs["padding"])])
+        return threads * _depthwise_bytes(node)
     if gemm_bf16.native(node):      # the bfloat16 im2col columns of lower_conv
         return threads * conv_cols_bytes(node)
     dot = _dot_forward(node, features)
@@ -253,6 +254,22 @@ def _conv_scratch(node, threads, features):
 
 
 scratch("conv", "conv_fft")(_conv_scratch)
+
+
+def _depthwise_bytes(node) -> int:
+    """One thread's scratch of a depthwise convolution (conv_depthwise's padded plane)."""
+    x = node.inputs[0]
+    a = node.attrs
+    return scratch_bytes(x.dtype, [conv_depthwise.scratch_elems(x.shape, a["padding"],
+                                                                a["stride"])])
+
+
+def _depthwise(ctx, node, x: Buf, w: Buf, y: Buf, put=None) -> None:
+    a = node.attrs
+    b = ctx.b
+    xp = b.bitcast(b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(_depthwise_bytes(node)))]),
+                   ir.PointerType(x.elem))
+    conv_depthwise.lower(ctx, x, w, y, a["stride"], a["padding"], a["dilation"], xp, put)
 
 
 def _direct(x_shape, cin, cout, kernel, pads, a, dtype, features, threads):
@@ -328,11 +345,7 @@ def _conv(ctx, node, ins, outs):
         return lower_conv(ctx, node, x, w, y)
     G = node.attrs["groups"]
     if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
-        a = node.attrs
-        nbytes = scratch_bytes(x.dtype, [conv_depthwise.scratch_elems(x.shape, a["padding"])])
-        xp = ctx.b.bitcast(ctx.b.gep(ctx.node_scratch, [ctx.b.mul(ctx.tid, i64(nbytes))]),
-                           ir.PointerType(x.elem))
-        conv_depthwise.lower(ctx, x, w, y, a["stride"], a["padding"], a["dilation"], xp)
+        _depthwise(ctx, node, x, w, y)
         return
     dot = _dot_forward(node, ctx.features)
     if dot is not None:
@@ -393,6 +406,83 @@ def per_image(ctx, N: int, image) -> None:
     else:
         with for_range(b, 0, N, "img") as n:
             image(n, True)
+
+
+# ---------------------------------------------------------------- conv epilogue regions
+
+
+def epilogue_conv(body):
+    """The convolution of a ``fused`` epilogue region (passes/fusion.py) whose output this
+    module's lowering applies the region's elementwise tail to as each value is made: a
+    depthwise convolution first, then only elementwise ops over its output shape (their
+    operands broadcast into it), the region exporting tail values of that shape alone.
+    None when the region is not of that form (then its nodes run one by one)."""
+    nodes = body.nodes
+    if not nodes or nodes[0].op != "conv":
+        return None
+    conv = nodes[0]
+    x, w = conv.inputs
+    y = conv.outputs[0]
+    if not conv_depthwise.applies(x.shape, w.shape, conv.attrs["groups"], x.dtype):
+        return None
+    shape = y.type.shape
+    made = {y}
+    for n in nodes[1:]:
+        if n.op not in SCALAR or len(n.outputs) != 1:
+            return None
+        for v in list(n.inputs) + list(n.outputs):
+            if len(v.shape) > len(shape) or any(
+                    d not in (1, e) for d, e in zip(v.shape[::-1], shape[::-1])):
+                return None
+        made.add(n.outputs[0])
+    if any(v not in made or v is y or v.shape != shape for v in body.outputs):
+        return None
+    return conv
+
+
+def _epilogue_scratch(node, threads, features) -> int:
+    conv = epilogue_conv(node.attrs["body"])
+    return threads * _depthwise_bytes(conv) if conv is not None else 0
+
+
+@fused_kind("epilogue", scratch_rule=_epilogue_scratch)
+def _conv_epilogue(ctx, node, ins, outs) -> bool:
+    """A depthwise convolution with its bias, activation and residual add applied to each
+    output in the same pass (no second sweep over the output); False for other regions."""
+    body = node.attrs["body"]
+    conv = epilogue_conv(body)
+    if conv is None or any(t.swapped for t in list(ins) + list(outs)):
+        return False
+    b = ctx.b
+    buf = dict(zip(body.inputs, ins))
+    y = conv.outputs[0]
+    shape = y.type.shape
+    flat = row_strides(shape)
+    tail = body.nodes[1:]
+    made = {n.outputs[0] for n in tail}
+    sources = list(dict.fromkeys(v for n in tail for v in n.inputs
+                                 if v is not y and v not in made))
+    results = [(o, v) for o, v in zip(outs, body.outputs)]
+
+    def put(off, idx, acc):
+        env = {y: acc}
+        for v in sources:
+            st = broadcast_strides(v.shape, shape)
+            if tuple(st) == tuple(flat):
+                at = off
+            else:
+                at = i64(0)
+                for i, s in zip(idx, st):
+                    if s:
+                        at = b.add(at, b.mul(i, i64(s)))
+            env[v] = buf[v].load(b, at)
+        for n in tail:
+            env[n.outputs[0]] = SCALAR[n.op](ctx, n, [env[v] for v in n.inputs])
+        for o, v in results:
+            o.store(b, off, env[v])
+    x, w = (buf[v] for v in conv.inputs)
+    _depthwise(ctx, conv, x, w, Buf(outs[0].ptr, y.type), put)
+    return True
 
 
 # ---------------------------------------------------------------- conv_kernel_grad

@@ -1,0 +1,77 @@
+"""Depthwise convolutions with their epilogue (bias, ReLU6/ReLU clip, residual add) in one
+pass on the LLVM backend (ops_conv's ``epilogue`` regions over conv_depthwise.py), as
+MobileNetV2's layers arrive from ONNX: against torch and the reference backend, strides 1
+and 2 (and a different stride per axis), paddings, dilation, a channel multiplier, planes
+small enough for the straight-line path, batch 1 and 8, float64, threads 1 and 2; and the
+regions are shown to take this path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from irgraph.backends.llvm.ops_conv import epilogue_conv
+from irgraph.frontend.onnx import import_onnx
+from tests import onnx_models as om
+
+
+class Layer(nn.Module):
+    def __init__(self, c, mult, stride, padding, dilation, act, residual):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c * mult, 3, stride, padding, dilation, groups=c)
+        self.act, self.residual = act, residual
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.act == "relu6":
+            y = torch.clamp(y, 0.0, 6.0)
+        elif self.act == "relu":
+            y = torch.relu(y)
+        return y + x if self.residual else y
+
+
+# (batch, channels, H, W, multiplier, stride, padding, dilation, act, residual, threads)
+CASES = [
+    (1, 8, 13, 11, 1, 1, 1, 1, "relu6", True, 2),      # MobileNetV2's stride-1 block
+    (8, 6, 12, 12, 1, 2, 1, 1, "relu6", False, 1),     # stride 2, batch 8
+    (1, 5, 15, 14, 1, 2, 1, 1, "relu6", False, 2),     # stride 2, odd rows
+    (2, 4, 16, 15, 1, (1, 2), 2, 2, "relu", False, 2),  # dilation, stride 2 across only
+    (2, 3, 9, 10, 2, 1, 0, 1, "none", False, 1),       # multiplier 2, valid, bias alone
+    (3, 7, 4, 4, 1, 2, 1, 1, "relu6", False, 2),       # 2x2 planes: straight-line code
+    (1, 9, 3, 3, 1, 1, 1, 1, "relu6", True, 1),        # 3x3 planes with the residual
+]
+
+
+def _run(case, dtype=np.float32):
+    n, c, h, w, mult, stride, padding, dilation, act, residual, threads = case
+    torch.manual_seed(sum(x for x in case if isinstance(x, int)))
+    model = Layer(c, mult, stride, padding, dilation, act, residual).eval()
+    x = np.random.default_rng(c * h).standard_normal((n, c, h, w)).astype(dtype) * 10
+    if dtype == np.float64:
+        model = model.double()
+    data = om.to_onnx(model, torch.from_numpy(x))
+    graph = import_onnx(data)
+    exe = graph.compile("llvm", threads=threads, pipeline="default, fuse")
+    fused = [nd for nd in exe.executable.graph.nodes
+             if nd.op == "fused" and nd.attrs["kind"] == "epilogue"]
+    assert fused and all(epilogue_conv(nd.attrs["body"]) is not None for nd in fused)
+    got = exe(x)[0]
+    want = om.torch_out(model, x)
+    ref = graph.compile("reference")(x)[0]
+    return got, want, ref
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fused_depthwise_matches_torch_and_reference(case):
+    got, want, ref = _run(case)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    if case[8] == "relu6" and not case[9]:      # the clip's both bounds are reached
+        assert got.min() == 0.0 and got.max() == 6.0
+
+
+def test_fused_depthwise_float64():
+    got, want, ref = _run((2, 4, 10, 9, 1, 2, 1, 1, "relu6", False, 2), np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
