@@ -86,13 +86,10 @@ class _GemmBuilder:
         # (each strip is NR adjacent elements per k), no packing pass over B; the B panel
         # is read ceil(M / MR) times from cache either way (a recurrence's step, small-M
         # products)
-        # (not when B's rows are a multiple of 4 KiB apart: its k rows would all fall in
-        # the same cache sets)
-        period = 4096 // (4 if self.elem == F32 else 8)
         direct = b.and_(b.and_(b.icmp_signed("==", csb, i64(1)),
                                b.icmp_signed("==", b.srem(N, i64(t.nr)), i64(0))),
                         b.and_(b.icmp_signed("<=", M, i64(DIRECT_B_ROWS)),
-                               b.icmp_signed("!=", b.srem(rsb, i64(period)), i64(0))))
+                               b.not_(self.set_aliased(rsb))))
         with for_range(b, 0, N, "jc", NC) as jc:
             nc = _min(b, i64(NC), b.sub(N, jc))
             # K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16: a thin last
@@ -112,7 +109,9 @@ class _GemmBuilder:
                     asrc = b.gep(A, [b.add(b.mul(ic, rsa), b.mul(pc, csa))])
                     # a row-major A is read in place (MR row streams, broadcast loads):
                     # no packing, which both threads would do for all of A
-                    with b.if_else(b.icmp_signed("==", csa, i64(1))) as (rows, other):
+                    in_place = b.and_(b.icmp_signed("==", csa, i64(1)),
+                                      b.not_(self.set_aliased(rsa)))
+                    with b.if_else(in_place) as (rows, other):
                         with rows:
                             self.macro(asrc, bp, C, ldc, ic, jc, mc, nc, kc, first,
                                        a_rows=(rsa, i64(1)), b_view=bv)
@@ -121,6 +120,13 @@ class _GemmBuilder:
                             self.macro(ap, bp, C, ldc, ic, jc, mc, nc, kc, first,
                                        b_view=bv)
         b.ret_void()
+
+    def set_aliased(self, stride):
+        """Whether rows ``stride`` elements apart fall in the same L1 cache sets (a multiple
+        of 4 KiB apart: 1024 x 1024 float32): read in place, the MR rows of A or the k rows
+        of a B strip would evict each other, so such an operand is packed."""
+        period = 4096 // (4 if self.elem == F32 else 8)
+        return self.b.icmp_signed("==", self.b.srem(stride, i64(period)), i64(0))
 
     def pack(self, dst, src, s_strip, s_k, n, kc, w: int) -> None:
         """dst[strip][k][r] = src[(strip*w + r)*s_strip + k*s_k], zero past ``n``.
@@ -229,17 +235,19 @@ class _GemmBuilder:
                 row = b.add(ic, ir_)
                 cptr = b.gep(C, [b.add(b.mul(row, ldc), b.add(jc, jr))])
                 args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at)
-                half = t.mr // 2
-                if half < 2:
-                    self.micro(*args, height=t.mr)
-                else:
-                    # a last strip of at most MR/2 rows (M = 64 = 5 x 12 + 4) runs a tile
-                    # half as tall instead of multiply-adding repeated rows
-                    with b.if_else(b.icmp_signed("<=", mr, i64(half))) as (low, tall):
-                        with low:
-                            self.micro(*args, height=half)
-                        with tall:
-                            self.micro(*args, height=t.mr)
+                self.tiles(args, mr, t.heights())
+
+    def tiles(self, args, mr, heights) -> None:
+        """The micro-kernel of the shortest of ``heights`` holding ``mr`` rows."""
+        b = self.b
+        if len(heights) == 1:
+            self.micro(*args, height=heights[0])
+            return
+        with b.if_else(b.icmp_signed("<=", mr, i64(heights[0]))) as (low, tall):
+            with low:
+                self.micro(*args, height=heights[0])
+            with tall:
+                self.tiles(args, mr, heights[1:])
 
     def micro(self, apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first,
               a_at=None, height: int = 0) -> None:

@@ -18,6 +18,14 @@ class Tiling:
     mr: int
     nr: int
 
+    def heights(self) -> tuple[int, ...]:
+        """The register tiles' heights, shortest first (the tallest is MR): a last strip of
+        ``r`` rows runs the shortest tile of at least ``r`` rows (M = 128 = 10 x 12 + 8 and
+        M = 32 = 2 x 12 + 8 multiply-add no repeated row), in steps of MR / 3 (MR / 2 when
+        3 does not divide it)."""
+        step = self.mr // 3 if self.mr % 3 == 0 else max(1, self.mr // 2)
+        return tuple(range(step, self.mr + 1, step))
+
     def panel_elems(self) -> int:
         mc = -(-MC // self.mr) * self.mr
         return KC * (NC + self.nr) + mc * KC

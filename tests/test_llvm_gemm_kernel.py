@@ -1,0 +1,120 @@
+"""The GEMM runtime kernel (backends/llvm/gemm.py) called directly, for every register tiling.
+
+``irgraph_gemm_<dtype>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate)`` is
+built for the AVX-512, AVX2 and SSE tilings (the IR of each runs on this machine) and checked
+against numpy in float64 on: every height of the last row strip (each register tile height,
+and the rows between them), A read in place, packed (transposed) and packed because its rows
+fall in the same cache sets, B read in place, packed by rows, packed by register transposes
+(rows along k) and gathered, ``accumulate`` = 1, a row stride of C wider than N (the padding
+untouched), and blocks past KC, MC and NC.
+"""
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from irgraph.backends.llvm import gemm, gemm_tiling, jit
+
+FEATURES = {"avx512": "+avx2,+avx512f,+fma", "avx2": "+avx2,+fma", "sse": "+sse4.2"}
+I64, PTR = ctypes.c_int64, ctypes.c_void_p
+PROTO = ctypes.CFUNCTYPE(None, PTR, I64, I64, PTR, I64, I64, PTR, I64, I64, I64, I64, PTR, I64)
+RNG = np.random.default_rng(11)
+
+
+@lru_cache(maxsize=None)
+def kernels(kind: str):
+    """(loaded engine, {dtype: function}) of the runtime module built for ``kind``'s tiling."""
+    features = FEATURES[kind]
+    if kind == "avx512" and "+avx512f" not in jit.host()[2]:
+        features = jit.host()[2]    # this CPU runs no 512-bit code: its own tiling instead
+    triple = jit.host()[0]
+    loaded = jit.Loaded(jit.emit_object(jit.optimize(str(gemm.runtime_module(features, triple)))),
+                        None)
+    fns = {d: PROTO(loaded.engine.get_function_address(f"irgraph_gemm_{d}"))
+           for d in ("float32", "float64")}
+    return loaded, fns, features
+
+
+def run(kind, dtype, a, rsa, csa, b, rsb, csb, c, ldc, M, N, K, accumulate=0):
+    """The kernel on flat buffers (bounds checked here: the native code trusts them)."""
+    for buf, rs, cs, rows, cols in ((a, rsa, csa, M, K), (b, rsb, csb, K, N), (c, ldc, 1, M, N)):
+        assert buf.dtype == np.dtype(dtype) and buf.ndim == 1
+        assert (rows - 1) * rs + (cols - 1) * cs < buf.size
+    _, fns, features = kernels(kind)
+    scratch = np.zeros(gemm_tiling.workspace_bytes(features) // 8 + 8, np.float64)
+    fns[dtype](a.ctypes.data, rsa, csa, b.ctypes.data, rsb, csb, c.ctypes.data, ldc, M, N, K,
+               scratch.ctypes.data, accumulate)
+
+
+def view(buf, rs, cs, rows, cols):
+    """The float64 matrix the kernel reads at (row stride, column stride)."""
+    i, j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    return buf[i * rs + j * cs].astype(np.float64)
+
+
+def check(kind, dtype, M, N, K, a_layout="rows", b_layout="rows", accumulate=0, pad=0):
+    """C (row stride N + pad) = A @ B (or += when ``accumulate``) against numpy.
+
+    A layouts: "rows" (row-major), "cols" (a transposed operand: packed), "aliased" (rows a
+    multiple of 4 KiB apart). B layouts: "rows", "cols" (rows along k), "gather" (no unit
+    stride), "aliased"."""
+    period = 4096 // np.dtype(dtype).itemsize
+    rsa, csa = {"rows": (K, 1), "cols": (1, M), "aliased": (-(-K // period) * period, 1)}[
+        a_layout]
+    rsb, csb = {"rows": (N, 1), "cols": (1, K), "gather": (2 * N, 2),
+                "aliased": (-(-N // period) * period, 1)}[b_layout]
+    a = RNG.standard_normal((M - 1) * rsa + (K - 1) * csa + 1).astype(dtype)
+    b = RNG.standard_normal((K - 1) * rsb + (N - 1) * csb + 1).astype(dtype)
+    ldc = N + pad
+    c0 = RNG.standard_normal(M * ldc).astype(dtype)
+    c = c0.copy()
+    run(kind, dtype, a, rsa, csa, b, rsb, csb, c, ldc, M, N, K, accumulate)
+    want = view(a, rsa, csa, M, K) @ view(b, rsb, csb, K, N)
+    if accumulate:
+        want += view(c0, ldc, 1, M, N)
+    tol = 2e-5 * np.sqrt(K) if dtype == "float32" else 1e-12 * np.sqrt(K)
+    got = c.reshape(M, ldc)
+    np.testing.assert_allclose(got[:, :N], want, rtol=tol, atol=tol,
+                               err_msg=f"{kind} {dtype} M={M} N={N} K={K} A {a_layout} "
+                                       f"B {b_layout} accumulate={accumulate}")
+    np.testing.assert_array_equal(got[:, N:], c0.reshape(M, ldc)[:, N:])
+
+
+KINDS = list(FEATURES)
+DTYPES = ["float32", "float64"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_last_strip_height(kind, dtype):
+    """M from 1 to 2 MR + 1: the last strip of every height, through each register tile;
+    A in place and packed, B in place (N whole strips) and packed (N not)."""
+    t = gemm_tiling.tiling(dtype, kernels(kind)[2])
+    assert t.heights()[-1] == t.mr and list(t.heights()) == sorted(set(t.heights()))
+    for M in range(1, 2 * t.mr + 2):
+        for N in (2 * t.nr, t.nr + 3):
+            for a_layout in ("rows", "cols"):
+                check(kind, dtype, M, N, 13, a_layout=a_layout)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("a_layout", ["rows", "cols", "aliased"])
+@pytest.mark.parametrize("b_layout", ["rows", "cols", "gather", "aliased"])
+def test_operand_layouts_accumulate_and_padded_c(kind, dtype, a_layout, b_layout):
+    t = gemm_tiling.tiling(dtype, kernels(kind)[2])
+    for M, N, K in ((3 * t.mr - 1, 2 * t.nr, 2 * t.vw + 3), (t.mr + 1, 3 * t.nr + 1, 7),
+                    (32, 2 * t.nr, 33)):
+        for accumulate in (0, 1):
+            check(kind, dtype, M, N, K, a_layout, b_layout, accumulate=accumulate, pad=5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_past_kc_mc_and_nc(kind):
+    """Every blocking loop more than one step (K split in equal blocks), C accumulated."""
+    M, N, K = gemm_tiling.MC + 5, gemm_tiling.NC + 21, gemm_tiling.KC + 3
+    check(kind, "float64", M, N, K, "rows", "cols", accumulate=1)
+    check(kind, "float32", 40, N, K, "cols", "rows")
