@@ -25,6 +25,7 @@ Backends call ``layer_regions`` when they compile; the passes ``fuse_attention``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import prod
 
 from irgraph import Graph, GraphRewriter, Node, Value
 from irgraph.registry import ops_with
@@ -188,6 +189,36 @@ def trailing_axes(node: Node) -> int | None:
     axes = list(range(r)) if axis is None else sorted({a % r for a in axis}) if r else []
     k = len(axes)
     return k if k and axes == list(range(r - k, r)) else None
+
+
+def reduced_axes(node: Node) -> tuple[int, ...] | None:
+    """The axes (sorted) a keepdims ``mean`` or ``sum`` reduces, or None."""
+    if node.op not in ("mean", "sum") or not node.attrs.get("keepdims"):
+        return None
+    r = node.inputs[0].type.rank
+    axis = node.attrs["axis"]
+    axes = tuple(range(r)) if axis is None else tuple(sorted({a % r for a in axis})) if r \
+        else ()
+    return axes or None
+
+
+def _axes(full: tuple[int, ...], k) -> tuple[int, ...]:
+    """A region's reduced axes: ``k`` itself, or (an int) the last ``k`` axes of ``full``."""
+    return tuple(range(len(full) - k, len(full))) if isinstance(k, int) else tuple(k)
+
+
+def row_layout(full: tuple[int, ...], k) -> tuple[int, int, int] | None:
+    """(outer, rows, inner) of a region over ``full`` reducing the axes ``k`` (an int: the
+    last k), its kept axes one block: element e = (o, i) of row r sits at flat offset
+    (o * rows + r) * inner + i. None when the kept axes are not contiguous."""
+    red = _axes(full, k)
+    kept = [i for i in range(len(full)) if i not in red]
+    if not kept:
+        return 1, 1, prod(full)
+    lo, hi = kept[0], kept[-1] + 1
+    if kept != list(range(lo, hi)):
+        return None
+    return prod(full[:lo]), prod(full[lo:hi]), prod(full[hi:])
 
 
 def match_normalize(m: Node, users: dict[Value, list[Node]]) -> NormalizeSpec | None:
@@ -400,22 +431,25 @@ def normalize_spec(body: Graph) -> NormalizeSpec | None:
 
 
 # ---------------------------------------------------------------- row regions
-def row_class(shape: tuple[int, ...], full: tuple[int, ...], k: int) -> str | None:
-    """How a value of ``shape`` sits in a row region over ``full`` whose last ``k`` axes
-    are the rows' elements: ``full``, ``row`` (one per row, keepdims), ``trail`` (broadcast
-    over the rows: a weight), ``scalar``, or None."""
-    r = len(full)
+def row_class(shape: tuple[int, ...], full: tuple[int, ...], k) -> str | None:
+    """How a value of ``shape`` sits in a row region over ``full`` whose rows' elements are
+    its axes ``k`` (an int: the last k; a tuple: those axes, as batch norm's all but the
+    channel): ``full``, ``row`` (one per row, keepdims), ``trail`` (broadcast over the
+    rows: a weight), ``scalar``, or None."""
+    r, red = len(full), _axes(full, k)
+    row = tuple(1 if i in red else n for i, n in enumerate(full))
     if tuple(shape) == tuple(full):
         return "full"
-    if tuple(shape) == tuple(full[:r - k]) + (1,) * k:
+    if tuple(shape) == row:
         return "row"
     if len(shape) > r:
         return None
     padded = (1,) * (r - len(shape)) + tuple(shape)
     if all(d == 1 for d in padded):
         return "scalar"
-    if all(d == 1 for d in padded[:r - k]) and \
-            all(d in (1, n) for d, n in zip(padded[r - k:], full[r - k:])):
+    if padded == row:
+        return "row"
+    if all(d == 1 or i in red and d == n for i, (d, n) in enumerate(zip(padded, full))):
         return "trail"
     return None
 
@@ -423,16 +457,16 @@ def row_class(shape: tuple[int, ...], full: tuple[int, ...], k: int) -> str | No
 _ROW_OPS = ops_with("elementwise") - ops_with("random") - ops_with("effect")
 
 
-def row_member(node: Node, full: tuple[int, ...], k: int) -> bool:
+def row_member(node: Node, full: tuple[int, ...], k) -> bool:
     """Whether ``node`` computes per row of a region over ``full``: an elementwise op with a
     full or row result (a row result reads no full value), a row's ``sum``/``mean`` (keepdims,
-    over the last ``k`` axes) of a full value, or a row broadcast to full."""
+    over the axes ``k``, as ``row_class``) of a full value, or a row broadcast to full."""
     if len(node.outputs) != 1:
         return False
     out = row_class(node.outputs[0].shape, full, k)
     ins = [row_class(v.shape, full, k) for v in node.inputs]
     if node.op in ("sum", "mean"):
-        return out == "row" and ins == ["full"] and trailing_axes(node) == k
+        return out == "row" and ins == ["full"] and reduced_axes(node) == _axes(full, k)
     if node.op not in _ROW_OPS or out not in ("full", "row") or None in ins:
         return False
     if node.op == "broadcast_to":
@@ -594,15 +628,50 @@ def flatten_row_sums(body: Graph) -> Graph:
     one, then the result) instead of three. Rounding differs from the body's order only by
     that distribution."""
     reds = [n for n in body.nodes if n.op in ("sum", "mean")]
-    if not reds or trailing_axes(reds[0]) is None:
+    if not reds or reduced_axes(reds[0]) is None:
         return body
-    full, k = tuple(reds[0].inputs[0].shape), trailing_axes(reds[0])
+    full, k = tuple(reds[0].inputs[0].shape), reduced_axes(reds[0])
     for _ in range(8):
         flat = _flatten_once(body, full, k)
         if flat is None:
             break
         body = flat
     return body
+
+
+# a per-channel region's elements run in contiguous stretches of at least this many (the
+# trailing axes after the channel): shorter ones (a batch norm of (N, C) features) stay
+# node by node
+CHANNEL_RUN = 8
+
+
+def _grow_channels(seed: Node, users: dict[Value, list[Node]], full: tuple[int, ...],
+                   red: tuple[int, ...], taken: set[int]) -> dict[int, Node]:
+    """The region of per-row nodes around a statistic over the axes ``red`` (a batch norm's
+    backward recomputing its mean and deviation): grown along results, and into the
+    producers of its operands whose full-size results nothing outside reads (the incoming
+    gradient's own elementwise steps), so that no full-size temporary is left between the
+    region and what it reads."""
+    members: dict[int, Node] = {}
+    stack = [seed]
+    while stack:
+        while stack:
+            n = stack.pop()
+            if id(n) in members or id(n) in taken or not row_member(n, full, red):
+                continue
+            members[id(n)] = n
+            stack.extend(u for v in n.outputs for u in users.get(v, []))
+        for n in list(members.values()):
+            for v in n.inputs:
+                p = v.node
+                if p is None or id(p) in members or id(p) in taken or len(p.outputs) != 1 \
+                        or not row_member(p, full, red):
+                    continue
+                out = p.outputs[0]
+                if row_class(out.shape, full, red) == "row" or all(
+                        id(u) in members for u in users.get(out, [])):
+                    stack.append(p)
+    return members
 
 
 @register_pass("fuse_norm_grad")
@@ -630,6 +699,20 @@ def fuse_norm_grad(g: Graph) -> Graph:
                 continue
             members[id(n)] = n
             stack.extend(u for v in n.outputs for u in users.get(v, []))
+        if len(members) < 2 or _reaches(g, set(members), users):
+            continue
+        taken.update(members)
+        groups.append(list(members.values()))
+    for node in g.nodes:                # per-channel statistics: batch norm's backward
+        red = reduced_axes(node)
+        if red is None or trailing_axes(node) is not None or id(node) in taken \
+                or node.inputs[0].type.dtype not in FLOATS:
+            continue
+        full = tuple(node.inputs[0].shape)
+        layout = row_layout(full, red)
+        if layout is None or layout[2] < CHANNEL_RUN or not row_member(node, full, red):
+            continue
+        members = _grow_channels(node, users, full, red, taken)
         if len(members) < 2 or _reaches(g, set(members), users):
             continue
         taken.update(members)

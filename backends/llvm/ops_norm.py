@@ -8,6 +8,8 @@ the running averages stand in for the statistics. As the registry kernel, in flo
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from llvmlite import ir
 
 from .builder import F64, broadcast_strides, for_range, i64, prod
@@ -191,32 +193,39 @@ def lower_normalize(ctx, node, ins, outs) -> bool:
 @fused_kind("rows")
 def lower_rows(ctx, node, ins, outs) -> bool:
     """A ``fused`` region of kind ``rows`` (passes/layer_regions.py: a normalization's
-    backward): threads split the rows; per row, one pass over its elements per level of row
-    reductions (float64 accumulators; the full-size values they read are recomputed from the
-    operands, never stored), the row values between passes in registers, and a last pass
-    storing the full-size results. False if the body is not of that form."""
-    from irgraph.passes.layer_regions import row_class, row_member, trailing_axes
+    backward; its rows the trailing axes, or the channels of a batch norm, each channel's
+    elements a stretch per image): threads split the rows; per row, one pass over its
+    elements per level of row reductions (float64 accumulators; the full-size values they
+    read are recomputed from the operands, never stored), the row values between passes in
+    registers, and a last pass storing the full-size results (and the last level's sums
+    when the full results need none of them). False if the body is not of that form."""
+    from irgraph.passes.layer_regions import reduced_axes, row_class, row_layout, row_member
     from .ops_core import SCALAR
     body = node.attrs["body"]
     reds = [n for n in body.nodes if n.op in ("sum", "mean")]
     if not REGIONS or not reds or any(t.swapped for t in list(ins) + list(outs)):
         return False
-    full, k = reds[0].inputs[0].shape, trailing_axes(reds[0])
+    full, k = reds[0].inputs[0].shape, reduced_axes(reds[0])
     scalar_const = lambda n: n.op == "full" and n.outputs[0].type.size == 1   # noqa: E731
-    if k is None or not all(row_member(n, full, k) or scalar_const(n) for n in body.nodes) \
+    layout = row_layout(full, k) if k is not None else None
+    if layout is None or not all(row_member(n, full, k) or scalar_const(n)
+                                 for n in body.nodes) \
             or any(n.op not in SCALAR and n.op not in ("sum", "mean") for n in body.nodes) \
             or any(row_class(v.shape, full, k) is None for v in body.inputs) \
             or any(row_class(v.shape, full, k) not in ("full", "row") for v in body.outputs):
         return False
-    n_el = prod(full[len(full) - k:])
-    rows = prod(full) // n_el if n_el else 0
+    # a row's elements: ``outer`` stretches of ``inner`` (one stretch when the rows are the
+    # trailing axes), row r's stretch o at flat offset (o * rows + r) * inner
+    outer, rows, inner = layout
+    n_el = outer * inner
     if n_el == 0 or rows == 0:
         return False
     b = ctx.b
     src = dict(zip(body.inputs, ins))
     kind = {v: row_class(v.shape, full, k) for v in body.values()}
-    trail = {v: broadcast_strides(v.shape, full)[len(full) - k:] for v in body.inputs
-             if kind[v] == "trail"}
+    red_dims = [full[a] for a in k]
+    trail = {v: [st for a, st in enumerate(broadcast_strides(v.shape, full)) if a in k]
+             for v in body.inputs if kind[v] == "trail"}
     # the pass after which each value exists: row reductions raise the level
     level: dict = {v: 0 for v in body.inputs}
     for n in body.nodes:
@@ -228,19 +237,31 @@ def lower_rows(ctx, node, ins, outs) -> bool:
     def element_offsets(j):
         """Offsets into each trail operand at element j of a row."""
         out = {}
-        dims = full[len(full) - k:]
+        dims = red_dims
         for v, st in trail.items():
             off, rem = i64(0), j
-            for d in range(k - 1, -1, -1):
+            for d in range(len(dims) - 1, -1, -1):
                 if st[d]:
                     off = b.add(off, b.mul(b.srem(rem, i64(dims[d])), i64(st[d])))
                 rem = b.sdiv(rem, i64(dims[d]))
             out[v] = off
         return out
 
+    @contextmanager
+    def sweep():
+        """Over a row's elements: (flat offset, element index j within the row)."""
+        if outer == 1:
+            with for_range(b, 0, inner, "e") as j:
+                yield b.add(base, j), j
+            return
+        with for_range(b, 0, outer, "eo") as o:
+            start = b.add(b.mul(o, i64(rows * inner)), base)
+            with for_range(b, 0, inner, "e") as i:
+                yield b.add(start, i), b.add(b.mul(o, i64(inner)), i)
+
     lo, hi = ctx.split(rows)
     with for_range(b, lo, hi, "row") as row:
-        base = b.mul(row, i64(n_el))
+        base = b.mul(row, i64(inner))
         row_env: dict = {}
 
         def at_row(v):
@@ -263,8 +284,7 @@ def lower_rows(ctx, node, ins, outs) -> bool:
                         "sum", "mean") and v not in row_env:
                     at_row(v)
 
-        def element(j, wanted):
-            off = b.add(base, j)
+        def element(off, j, wanted):
             trail_off = element_offsets(j) if trail else {}
             env: dict = {}
 
@@ -280,23 +300,30 @@ def lower_rows(ctx, node, ins, outs) -> bool:
                     val = SCALAR[n.op](ctx, n, [ev(i) for i in n.inputs])
                 env[v] = val
                 return val
-            return off, [ev(v) for v in wanted]
+            return [ev(v) for v in wanted]
 
         for v in body.inputs:             # loaded here, before any loop over elements
             if kind[v] in ("row", "scalar"):
                 at_row(v)
         ready_rows(0)
+        full_outs = [(v, o) for v, o in zip(body.outputs, outs) if kind[v] == "full"]
+        # the last level's sums ride along the sweep that stores the full results when none
+        # of those results needs them (a bias gradient summing the normalization's dx)
+        merged = bool(full_outs) and all(level[v] < passes for v, _ in full_outs)
         for p in range(1, passes + 1):
             stage = [r for r in reds if level[r.outputs[0]] == p]
+            stores = full_outs if merged and p == passes else []
             for r in stage:
                 b.store(ir.Constant(F64, 0.0), accs[r])
-            with for_range(b, 0, n_el, "e") as j:
-                _, vals = element(j, [r.inputs[0] for r in stage])
+            with sweep() as (off, j):
+                vals = element(off, j, [r.inputs[0] for r in stage] + [v for v, _ in stores])
                 for r, x in zip(stage, vals):
                     s = b.fadd(b.load(accs[r]), sc.convert(ctx, r.inputs[0].type.dtype,
                                                            "float64", x))
                     s.flags.append("reassoc")
                     b.store(s, accs[r])
+                for (_, o), x in zip(stores, vals[len(stage):]):
+                    o.store(b, off, x)
             for r in stage:
                 total = b.load(accs[r])
                 if r.op == "mean":
@@ -304,13 +331,12 @@ def lower_rows(ctx, node, ins, outs) -> bool:
                 row_env[r.outputs[0]] = sc.convert(ctx, "float64", r.outputs[0].type.dtype,
                                                    total)
             ready_rows(p)
-        full_outs = [(v, o) for v, o in zip(body.outputs, outs) if kind[v] == "full"]
         for v, o in zip(body.outputs, outs):
             if kind[v] == "row":
                 o.store(b, row, at_row(v))
-        if full_outs:
-            with for_range(b, 0, n_el, "e") as j:
-                off, vals = element(j, [v for v, _ in full_outs])
+        if full_outs and not merged:
+            with sweep() as (off, j):
+                vals = element(off, j, [v for v, _ in full_outs])
                 for (_, o), x in zip(full_outs, vals):
                     o.store(b, off, x)
     return True

@@ -41,8 +41,11 @@ def _batch_norm(e, node, xs, ys, gs):
     def per_channel(v):                     # (C,) -> broadcastable against x
         return e("reshape", v, shape=keep)
 
-    def total(v):                           # sum over all but the channel axis -> (C,)
-        return e("reshape", e("sum", v, axis=red, keepdims=True), shape=vec)
+    def kept(v):                            # sum over all but the channel axis, keepdims
+        return e("sum", v, axis=red, keepdims=True)
+
+    def total(v):                           # ... -> (C,)
+        return e("reshape", kept(v), shape=vec)
 
     def mean(v):
         return e("mean", v, axis=red, keepdims=True)
@@ -57,13 +60,16 @@ def _batch_norm(e, node, xs, ys, gs):
         inv = e("rsqrt", e("add", per_channel(rv), eps))
     xhat = e("mul", xc, inv)
     gh = e("mul", g, per_channel(gamma))
-    d_gamma, d_beta = total(e("mul", g, xhat)), total(g)
+    k_gamma, k_beta = kept(e("mul", g, xhat)), kept(g)
+    d_gamma, d_beta = e("reshape", k_gamma, shape=vec), e("reshape", k_beta, shape=vec)
     if a["training"]:
         # mean(gh) = gamma * d_beta / M and mean(gh * xhat) = gamma * d_gamma / M: per-channel
-        # work instead of two more passes over x
-        scale = e("mul", gamma, e.scalar(prod(vec) / x.type.size, x))
-        m_gh = per_channel(e("mul", d_beta, scale))
-        m_ghx = per_channel(e("mul", d_gamma, scale))
+        # work instead of two more passes over x, kept in the broadcast shape (one value per
+        # channel from the sums to dx: a backend sweeps the channels' elements for the sums,
+        # then once for dx)
+        scale = per_channel(e("mul", gamma, e.scalar(prod(vec) / x.type.size, x)))
+        m_gh = e("mul", k_beta, scale)
+        m_ghx = e("mul", k_gamma, scale)
         centred = e("sub", e("sub", gh, m_gh), e("mul", xhat, m_ghx))
         dx = e("mul", centred, inv)
         dx = _running_terms(e, x, xc, dx, g_mean, g_var, a["momentum"], keep)

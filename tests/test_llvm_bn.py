@@ -1,0 +1,100 @@
+"""Batch norm training on the LLVM backend: its backward (and the ReLU gradient feeding it)
+as one per-channel ``rows`` region (passes/layer_regions.py ``fuse_norm_grad``), against
+the reference backend and torch.nn.functional.batch_norm's values and gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph.frontend import F
+from irgraph.passes.autodiff import grad
+from irgraph.passes.layer_regions import row_levels
+from tests.helpers import run_guarded
+
+
+def _step(shape, dtype, relu):
+    c = shape[1]
+
+    def fn(x, gamma, beta, ct):
+        y = F.batch_norm(x, None, None, gamma, beta, training=True)
+        return F.sum(F.mul(F.relu(y) if relu else y, ct))
+    specs = [fe.TensorSpec(shape, dtype), fe.TensorSpec((c,), dtype),
+             fe.TensorSpec((c,), dtype), fe.TensorSpec(shape, dtype)]
+    g = fe.trace(fn, *specs)
+    return grad(g, wrt=["x", "gamma", "beta"])
+
+
+def _args(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1.5).astype(dtype)
+    return {"x": x, "gamma": rng.standard_normal(c).astype(dtype),
+            "beta": rng.standard_normal(c).astype(dtype),
+            "ct": rng.standard_normal(shape).astype(dtype)}
+
+
+def _torch(a, relu):
+    x, gm, bt = (torch.tensor(a[k], requires_grad=True) for k in ("x", "gamma", "beta"))
+    c = x.shape[1]
+    y = torch.nn.functional.batch_norm(x, torch.zeros(c, dtype=x.dtype),
+                                       torch.ones(c, dtype=x.dtype), gm, bt, training=True)
+    y = torch.relu(y) if relu else y
+    (y * torch.tensor(a["ct"])).sum().backward()
+    return [x.grad.numpy(), gm.grad.numpy(), bt.grad.numpy()]
+
+
+SHAPES = [(5, 1, 7, 9), (3, 6, 5, 11), (4, 16, 3, 3), (6, 6, 13), (2, 3, 3, 4, 5)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_gradients_match_the_reference_and_torch(shape, dtype):
+    relu = shape[1] != 16
+    dg = _step(shape, dtype, relu)
+    a = _args(shape, dtype, sum(shape))
+    args = [a[v.name] for v in dg.arguments]
+    want = backends.compile(dg, "reference")(*args)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == "float32" else dict(rtol=1e-9, atol=1e-9)
+    for threads in (1, 2):
+        exe = backends.compile(dg, "llvm", threads=threads)
+        got = run_guarded(exe, args)
+        for name, x, e in zip(("dx", "dgamma", "dbeta"), got, want):
+            np.testing.assert_allclose(x, e, err_msg=f"{name}, {threads} threads", **tol)
+    t = _torch(a, relu)
+    for name, x, e in zip(("dx", "dgamma", "dbeta"), got, t):
+        np.testing.assert_allclose(x, e, err_msg=f"{name} vs torch", **tol)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 5, 11), (4, 16, 3, 3), (6, 6, 13)])
+def test_batch_norm_backward_is_one_region_of_three_sweeps(shape):
+    """Every full-size step of the backward (the statistics recomputed, the ReLU mask, dx)
+    is inside one per-channel region: two levels of sums (the mean; the variance, dgamma
+    and dbeta's sums flattened beside it), then the sweep storing dx."""
+    dg = _step(shape, "float32", True)
+    exe = backends.compile(dg, "llvm", threads=1)
+    rows = [n for n in exe.graph.nodes if n.op == "fused" and n.attrs["kind"] == "rows"]
+    assert len(rows) == 1
+    body = rows[0].attrs["body"]
+    assert max(row_levels(body).values()) == 2
+    outside = [n.op for n in exe.graph.nodes if n.op not in ("fused", "batch_norm")
+               and any(v.type.shape == shape for v in n.outputs)]
+    # the loss's cotangent broadcast to x's shape (a scalar, not one value per channel)
+    # feeds the region; no other full-size step runs outside it
+    assert outside == ["broadcast_to"], outside
+
+
+def test_short_channel_stretches_stay_node_by_node():
+    """A batch norm of (N, C) features (a stretch of one element per channel) keeps its
+    backward node by node, and still matches the reference."""
+    shape = (9, 6)
+    dg = _step(shape, "float32", True)
+    exe = backends.compile(dg, "llvm", threads=1)
+    assert not any(n.op == "fused" and n.attrs["kind"] == "rows" for n in exe.graph.nodes)
+    a = _args(shape, "float32", 5)
+    args = [a[v.name] for v in dg.arguments]
+    want = backends.compile(dg, "reference")(*args)
+    for x, e in zip(exe(*args), want):
+        np.testing.assert_allclose(x, e, rtol=2e-4, atol=2e-4)
