@@ -64,14 +64,18 @@ AT = [[1, 1, 1, 1, 1, 0],
       [0, 1, -1, 8, -8, 1]]
 
 MIN_CHANNELS = 16           # fewer input or output channels: the transforms do not pay
-CHUNK_TILES = 256           # tiles per chunk of images (at least one image)
+CHUNK_BYTES = 3 << 19       # V and M of one chunk of images (about half the L2 cache)
+MIN_CHUNK_TILES, MAX_CHUNK_TILES = 32, 256
 MAX_SCRATCH = 96 << 20      # bytes; a larger plan is left to the other paths
-# the cost model, in vector instructions per unit (see ``Winograd.pays``)
-TRANSFORM_IN = 140          # one tile of vw channels: 36 loads, B^T d B, 36 stores
-TRANSFORM_OUT = 90          # one tile of vw channels: 36 loads, A^T M A (stores apart)
-WEIGHT_SCALAR = 160         # one (o, c) pair's G g G^T, scalar
-COPY_SCALAR = 3             # one element copied channel-last
-GEMM_EFFICIENCY = 0.8       # the packed GEMM's share of the FMA peak on these shapes
+# the cost model, in cycles of one core (measured on an AVX-512 host, one thread; the
+# transforms are bound by their scattered loads and stores, not by their arithmetic)
+FMA_PER_CYCLE = 1.0         # vector multiply-adds of the packed GEMM per cycle
+TRANSFORM_IN = 400          # one tile of vw channels: 36 loads, B^T d B, 36 stores
+TRANSFORM_OUT = 700         # one tile of vw channels: 36 loads, A^T M A, the stores into y
+COPY = 1.5                  # one element copied channel-last into the padded grid
+WEIGHT = 25                 # one (o, c) pair's G g G^T (vectorised over o)
+BYTES_PER_CYCLE = 16        # U written, then read once per chunk, from outside L2
+PAYS_BELOW = 0.8            # Winograd's estimate against the direct product's
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,13 @@ class Winograd:
 
     @property
     def nb(self) -> int:
-        """Images per chunk."""
-        return max(1, min(self.N, CHUNK_TILES // self.per_image))
+        """Images per chunk: V and M of a chunk within about CHUNK_BYTES (they stay in
+        cache between the transforms and the GEMMs), at least MIN_CHUNK_TILES tiles (each
+        U[xi] read from memory once per chunk), at least one image."""
+        item = 4 if self.dtype == "float32" else 8
+        tiles = CHUNK_BYTES // (XI * (self.Cp + self.Op) * item)
+        tiles = min(max(tiles, MIN_CHUNK_TILES), MAX_CHUNK_TILES)
+        return max(1, min(self.N, tiles // self.per_image))
 
     @property
     def Tc(self) -> int:
@@ -136,20 +145,21 @@ class Winograd:
         return scratch_bytes(self.dtype, self.parts())
 
     def pays(self) -> bool:
-        """Winograd's estimated vector instructions against the direct product's (both
-        GEMM multiply-adds at the same efficiency): 36 products per tile and (c, o) pair
-        plus the transforms, against 9 per output position and pair."""
+        """Winograd's estimated cycles against the direct product's (9 multiply-adds per
+        output position and (c, o) pair on the packed GEMM): its 36 per tile and pair on
+        the same GEMM, the transforms, the channel-last copy and U (36 C O values
+        written once and read by every chunk)."""
         vw, (ho, wo) = self.vw, self.out
+        item = 4 if self.dtype == "float32" else 8
         T = self.N * self.per_image
-        fma = 2 * GEMM_EFFICIENCY * vw          # multiply-adds per cycle, two FMA units
-        direct = self.N * ho * wo * 9 * self.C * self.O / fma
         hp, wp = self.grid
-        wino = (XI * T * self.C * self.O / fma
+        chunks = -(-self.N // self.nb)
+        direct = self.N * ho * wo * 9 * self.C * self.O / (vw * FMA_PER_CYCLE)
+        wino = (XI * T * self.C * self.O / (vw * FMA_PER_CYCLE)
                 + T * (self.Cp * TRANSFORM_IN + self.Op * TRANSFORM_OUT) / vw
-                + T * self.Op * TILE * TILE                 # scalar stores of Y
-                + self.N * hp * wp * self.Cp * COPY_SCALAR
-                + self.C * self.O * WEIGHT_SCALAR)
-        return wino < 0.9 * direct
+                + self.N * hp * wp * self.Cp * COPY
+                + self.C * self.O * (WEIGHT + XI * item * (1 + chunks) / BYTES_PER_CYCLE))
+        return wino < PAYS_BELOW * direct
 
 
 def plan(x_shape, w_shape, attrs, dtype: str, features: str) -> Winograd | None:
@@ -191,11 +201,53 @@ def _combine(b, mat, vals, const):
 
 
 def _sandwich(b, mat, tile, const):
-    """mat @ tile @ mat^T of a square list-of-lists of values."""
+    """mat @ tile @ mat^T of a square list-of-lists of values; ``mat`` a matrix or a
+    function of (builder, values) giving mat @ values."""
+    apply = mat if callable(mat) else (lambda b_, vals: _combine(b_, mat, vals, const))
     cols = list(zip(*tile))
-    left = [_combine(b, mat, list(col), const) for col in cols]     # left[k][i]
-    rows = [[left[k][i] for k in range(len(cols))] for i in range(len(mat))]
-    return [_combine(b, mat, row, const) for row in rows]
+    left = [apply(b, list(col)) for col in cols]                     # left[k][i]
+    rows = [[left[k][i] for k in range(len(cols))] for i in range(len(left[0]))]
+    return [apply(b, row) for row in rows]
+
+
+class _Fma:
+    """fma(a, x, y) = a * x + y (one rounding) on vectors of ``vw`` ``elem``."""
+
+    def __init__(self, module, vec):
+        self.vec = vec
+        name = f"llvm.fma.v{vec.count}{'f32' if vec.element == ir.FloatType() else 'f64'}"
+        self.fn = module.globals.get(name) or ir.Function(
+            module, ir.FunctionType(vec, [vec] * 3), name)
+
+    def __call__(self, b, a: float, x, y):
+        return b.call(self.fn, [ir.Constant(self.vec, [a] * self.vec.count), x, y])
+
+
+def _input_rows(fma):
+    """B^T @ d, factored: 14 operations instead of 28 (the rows of BT share sums)."""
+    def apply(b, d):
+        t1, t2 = b.fadd(d[1], d[2]), b.fadd(d[3], d[4])
+        t3, t4 = b.fsub(d[1], d[2]), b.fsub(d[4], d[3])
+        t5, t6 = b.fsub(d[3], d[1]), b.fsub(d[4], d[2])
+        return [fma(b, 4.0, d[0], fma(b, -5.0, d[2], d[4])),
+                fma(b, -4.0, t1, t2),
+                fma(b, 4.0, t3, t4),
+                fma(b, 2.0, t5, t6),
+                fma(b, -2.0, t5, t6),
+                fma(b, 4.0, d[1], fma(b, -5.0, d[3], d[5]))]
+    return apply
+
+
+def _output_rows(fma):
+    """A^T @ m, factored (the rows of AT share m1 +- m2 and m3 +- m4)."""
+    def apply(b, m):
+        a, p = b.fadd(m[1], m[2]), b.fsub(m[1], m[2])
+        c, d = b.fadd(m[3], m[4]), b.fsub(m[3], m[4])
+        return [b.fadd(b.fadd(m[0], a), c),
+                fma(b, 2.0, d, p),
+                fma(b, 4.0, c, a),
+                b.fadd(fma(b, 8.0, d, p), m[5])]
+    return apply
 
 
 def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
@@ -212,6 +264,7 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
     hp, wp = wg.grid
     pt, _, pl, _ = wg.pads
     U, P, V, M = arrays(ctx, wg.dtype, ctx.node_scratch, wg.parts())
+    fma = _Fma(ctx.module, vec)
 
     def sconst(v):
         return ir.Constant(elem, v)
@@ -259,7 +312,7 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                 at = b.add(base, cg)
                 d = [[b.load(b.bitcast(b.gep(P, [b.add(at, i64((r * wp + s) * Cp))]), vp),
                              align=align) for s in range(WIN)] for r in range(WIN)]
-                v = _sandwich(b, BT, d, vconst)
+                v = _sandwich(b, _input_rows(fma), d, vconst)
                 dst = b.add(vbase, cg)
                 for xi in range(XI):
                     b.store(v[xi // WIN][xi % WIN],
@@ -295,7 +348,7 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                 m = [[b.load(b.bitcast(b.gep(M, [b.add(at, i64(xi * Tc * Op))]), vp),
                              align=align) for xi in range(r * WIN, (r + 1) * WIN)]
                      for r in range(WIN)]
-                out = _sandwich(b, AT, m, vconst)
+                out = _sandwich(b, _output_rows(fma), m, vconst)
                 obase = b.add(ybase, b.mul(og, i64(ho * wo)))
 
                 def stores(guarded: bool):
@@ -314,9 +367,29 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                                     put()
                             else:
                                 put()
+                def rows_at_once():
+                    # a whole row of the tile per channel: the 4 vectors (one per column)
+                    # interleaved, then each channel's 4 values stored together
+                    q = ir.VectorType(ir.IntType(32), 2 * vw)
+                    pair = ir.Constant(q, [k // 2 + (k % 2) * vw for k in range(2 * vw)])
+                    quad = ir.Constant(ir.VectorType(ir.IntType(32), 4 * vw), [
+                        (k // 4) * 2 + (k % 4 // 2) * 2 * vw + k % 2 for k in range(4 * vw)])
+                    qp = ir.PointerType(ir.VectorType(elem, TILE))
+                    for r in range(TILE):
+                        ab = b.shuffle_vector(out[r][0], out[r][1], pair)
+                        cd = b.shuffle_vector(out[r][2], out[r][3], pair)
+                        abcd = b.shuffle_vector(ab, cd, quad)
+                        undef = ir.Constant(abcd.type, ir.Undefined)
+                        for lane in range(lanes):
+                            part = b.shuffle_vector(abcd, undef, ir.Constant(
+                                ir.VectorType(ir.IntType(32), TILE),
+                                list(range(TILE * lane, TILE * lane + TILE))))
+                            off = i64(lane * ho * wo + r * wo)
+                            b.store(part, b.bitcast(y.at(b, b.add(obase, off)), qp),
+                                    align=align)
                 with b.if_else(full) as (whole, part):
                     with whole:
-                        stores(False)
+                        rows_at_once()
                     with part:
                         stores(True)
             _per_group(b, O, vw, group)

@@ -25,10 +25,11 @@ from irgraph.types import TensorType
 from .builder import (F32, I16, STORAGE, Buf, broadcast_strides, for_range, i64, prod,
                       row_strides)
 from . import gemm_bf16
-from . import conv_depthwise, conv_dot
+from . import conv_depthwise, conv_dot, conv_winograd
 from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_input_grad,
                           scratch_bytes, usable)
 from .gemm import call_gemm, gemm_function
+from .gemm_tiling import tiling
 from .lowering import fused_kind, lowering, scratch
 from .module import ALIGN
 from .ops_core import SCALAR
@@ -227,11 +228,12 @@ def thread_cols(ctx, nbytes: int, elem) -> ir.Value:
 
 
 def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
-    """One whole GEMM on this thread (the caller split the work)."""
+    """One whole GEMM on this thread (the caller split the work); N may be a value."""
     b = ctx.b
     fn = gemm_function(ctx.module, dtype, ctx.features)
     b.call(fn, [a, i64(a_str[0]), i64(a_str[1]), bm, i64(b_str[0]), i64(b_str[1]), c,
-                i64(ldc), i64(M), i64(N), i64(K), ctx.scratch(), i64(acc)])
+                i64(ldc), i64(M), N if isinstance(N, ir.Value) else i64(N), i64(K),
+                ctx.scratch(), i64(acc)])
 
 
 # ---------------------------------------------------------------- conv
@@ -243,6 +245,9 @@ def _conv_scratch(node, threads, features):
         return threads * _depthwise_bytes(node)
     if gemm_bf16.native(node):      # the bfloat16 im2col columns of lower_conv
         return threads * conv_cols_bytes(node)
+    wg = _winograd(node, features)
+    if wg is not None:
+        return wg.scratch_bytes()
     dot = _dot_forward(node, features)
     if dot is not None:
         return scratch_bytes(x.dtype, dot.scratch_parts())
@@ -270,6 +275,11 @@ def _depthwise(ctx, node, x: Buf, w: Buf, y: Buf, put=None) -> None:
     xp = b.bitcast(b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(_depthwise_bytes(node)))]),
                    ir.PointerType(x.elem))
     conv_depthwise.lower(ctx, x, w, y, a["stride"], a["padding"], a["dilation"], xp, put)
+
+
+def _winograd(node, features):
+    x, w = node.inputs
+    return conv_winograd.plan(x.shape, w.shape, node.attrs, x.dtype, features)
 
 
 def _direct(x_shape, cin, cout, kernel, pads, a, dtype, features, threads):
@@ -347,6 +357,10 @@ def _conv(ctx, node, ins, outs):
     if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
         _depthwise(ctx, node, x, w, y)
         return
+    wg = _winograd(node, ctx.features)
+    if wg is not None:
+        conv_winograd.lower(ctx, wg, x, w, y)
+        return
     dot = _dot_forward(node, ctx.features)
     if dot is not None:
         _conv_dot(ctx, dot, node, x, w, y)
@@ -358,6 +372,20 @@ def _conv(ctx, node, ins, outs):
                  lambda g, o, r: ctx.b.add(ctx.b.mul(ctx.b.add(ctx.b.mul(g, i64(dc.cout)), o),
                                                      i64(R)), r))
         return
+    _conv_gemm(ctx, node, x, w, y)
+
+
+# output bytes of one GEMM call when a region's epilogue follows it (applied while in cache)
+EPILOGUE_CHUNK_BYTES = 256 * 1024
+
+
+def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
+    """im2col (none for a pointwise kernel) and one GEMM per image and group. With
+    ``tail(n, g, p0, p1)`` (a region's epilogue over output positions [p0, p1) of image n,
+    group g) the GEMM runs in chunks of columns, each followed by the tail while its
+    output is in cache; at a batch smaller than the thread count the threads then split
+    each image's columns (the tail applied by the thread that made them)."""
+    G = node.attrs["groups"]
     geo = conv_geo(x.shape, w.shape[2:], node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
     cg, og = C // G, O // G
@@ -366,6 +394,16 @@ def _conv(ctx, node, ins, outs):
                            G)
     b = ctx.b
     pointwise = is_pointwise(geo)
+    nr = tiling(x.dtype, ctx.features).nr
+    chunk = max(nr, EPILOGUE_CHUNK_BYTES // (og * x.type.np_dtype.itemsize) // nr * nr)
+
+    def chunks(src, wp, yp, n, g, c0, c1):
+        with for_range(b, c0, c1, "pch", chunk) as p0:
+            p1 = b.select(b.icmp_signed("<", b.add(p0, i64(chunk)), c1),
+                          b.add(p0, i64(chunk)), c1)
+            _gemm(ctx, x.dtype, wp, (R, 1), b.gep(src, [p0]), (P, 1), b.gep(yp, [p0]), P,
+                  og, b.sub(p1, p0), R)
+            tail(n, g, p0, p1)
 
     def image(n, split_gemm: bool):
         cols = Buf(thread_cols(ctx, colbytes, x.elem) if not split_gemm
@@ -387,10 +425,19 @@ def _conv(ctx, node, ins, outs):
                 src = cols.ptr
             wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
             yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
-            if split_gemm:
+            if split_gemm and tail is not None:     # this thread's strips of columns
+                lo, hi = ctx.split(-(-P // nr))
+                c1 = b.mul(hi, i64(nr))
+                chunks(src, wp, yp, n, g, b.mul(lo, i64(nr)),
+                       b.select(b.icmp_signed("<", c1, i64(P)), c1, i64(P)))
+                if G > 1 or N > 1:
+                    ctx.barrier()
+            elif split_gemm:
                 call_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
                 if G > 1 or N > 1:      # the columns are rebuilt next (the node's own
                     ctx.barrier()       # barrier follows the last GEMM)
+            elif tail is not None:
+                chunks(src, wp, yp, n, g, i64(0), i64(P))
             else:
                 _gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
     per_image(ctx, N, image)
@@ -411,19 +458,35 @@ def per_image(ctx, N: int, image) -> None:
 # ---------------------------------------------------------------- conv epilogue regions
 
 
-def epilogue_conv(body):
+def epilogue_path(node, threads: int, features: str) -> str | None:
+    """How ``_conv`` lowers a convolution when a region's epilogue can ride along:
+    "depthwise" (applied to each output as it is made), "gemm" (after each chunk of GEMM
+    columns), None for the other paths (the region's nodes then run one by one)."""
+    x, w = node.inputs
+    G = node.attrs["groups"]
+    if x.dtype not in ("float32", "float64") or x.type.rank != 4:
+        return None
+    if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
+        return "depthwise"
+    if (_dot_forward(node, features) is None
+            and _direct_forward(node, threads, features) is None):
+        return "gemm"
+    return None
+
+
+def epilogue_conv(body, threads: int = 1, features: str = ""):
     """The convolution of a ``fused`` epilogue region (passes/fusion.py) whose output this
-    module's lowering applies the region's elementwise tail to as each value is made: a
-    depthwise convolution first, then only elementwise ops over its output shape (their
-    operands broadcast into it), the region exporting tail values of that shape alone.
-    None when the region is not of that form (then its nodes run one by one)."""
+    module's lowering applies the region's elementwise tail to as values are made: a
+    convolution on an ``epilogue_path`` first, then only elementwise ops over its output
+    shape (their operands broadcast into it), the region exporting tail values of that
+    shape and dtype alone. None when the region is not of that form (then its nodes run
+    one by one)."""
     nodes = body.nodes
     if not nodes or nodes[0].op != "conv":
         return None
     conv = nodes[0]
-    x, w = conv.inputs
     y = conv.outputs[0]
-    if not conv_depthwise.applies(x.shape, w.shape, conv.attrs["groups"], x.dtype):
+    if epilogue_path(conv, threads, features) is None:
         return None
     shape = y.type.shape
     made = {y}
@@ -435,22 +498,23 @@ def epilogue_conv(body):
                     d not in (1, e) for d, e in zip(v.shape[::-1], shape[::-1])):
                 return None
         made.add(n.outputs[0])
-    if any(v not in made or v is y or v.shape != shape for v in body.outputs):
+    if any(v not in made or v is y or v.type != y.type for v in body.outputs):
         return None
     return conv
 
 
 def _epilogue_scratch(node, threads, features) -> int:
-    conv = epilogue_conv(node.attrs["body"])
-    return threads * _depthwise_bytes(conv) if conv is not None else 0
+    conv = epilogue_conv(node.attrs["body"], threads, features)
+    return _conv_scratch(conv, threads, features) if conv is not None else 0
 
 
 @fused_kind("epilogue", scratch_rule=_epilogue_scratch)
 def _conv_epilogue(ctx, node, ins, outs) -> bool:
-    """A depthwise convolution with its bias, activation and residual add applied to each
-    output in the same pass (no second sweep over the output); False for other regions."""
+    """A convolution with its bias, activation and residual add applied to each output in
+    the same pass (depthwise) or to each chunk of GEMM columns while in cache, not in a
+    second sweep over the output; False for other regions."""
     body = node.attrs["body"]
-    conv = epilogue_conv(body)
+    conv = epilogue_conv(body, ctx.max_threads, ctx.features)
     if conv is None or any(t.swapped for t in list(ins) + list(outs)):
         return False
     b = ctx.b
@@ -481,7 +545,21 @@ def _conv_epilogue(ctx, node, ins, outs) -> bool:
         for o, v in results:
             o.store(b, off, env[v])
     x, w = (buf[v] for v in conv.inputs)
-    _depthwise(ctx, conv, x, w, Buf(outs[0].ptr, y.type), put)
+    out = Buf(outs[0].ptr, y.type)     # the conv's values, overwritten by the tail's
+    if epilogue_path(conv, ctx.max_threads, ctx.features) == "depthwise":
+        _depthwise(ctx, conv, x, w, out, put)
+        return True
+    N, O, OH, OW = shape
+    og = O // conv.attrs["groups"]
+
+    def columns(n, g, p0, p1):
+        with for_range(b, 0, og, "eo") as i:
+            o = b.add(b.mul(g, i64(og)), i)
+            row = b.mul(b.add(b.mul(n, i64(O)), o), i64(OH * OW))
+            with for_range(b, p0, p1, "ep") as p:
+                off = b.add(row, p)
+                put(off, (n, o, b.sdiv(p, i64(OW)), b.srem(p, i64(OW))), out.load(b, off))
+    _conv_gemm(ctx, conv, x, w, out, columns)
     return True
 
 
