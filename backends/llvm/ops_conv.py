@@ -468,6 +468,8 @@ def epilogue_path(node, threads: int, features: str) -> str | None:
         return None
     if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
         return "depthwise"
+    if _winograd(node, features) is not None:     # its own tiles: the region runs after
+        return None
     if (_dot_forward(node, features) is None
             and _direct_forward(node, threads, features) is None):
         return "gemm"
