@@ -1,9 +1,14 @@
-"""Depthwise convolutions with their epilogue (bias, ReLU6/ReLU clip, residual add) in one
-pass on the LLVM backend (ops_conv's ``epilogue`` regions over conv_depthwise.py), as
-MobileNetV2's layers arrive from ONNX: against torch and the reference backend, strides 1
-and 2 (and a different stride per axis), paddings, dilation, a channel multiplier, planes
-small enough for the straight-line path, batch 1 and 8, float64, threads 1 and 2; and the
-regions are shown to take this path."""
+"""Convolutions with their epilogue (bias, ReLU6/ReLU clip, residual add) applied in the
+same pass on the LLVM backend (ops_conv's ``epilogue`` regions), as MobileNetV2's and
+ResNet-18's layers arrive from ONNX, against torch and the reference backend:
+
+* depthwise (conv_depthwise.py): strides 1 and 2 (and a different stride per axis),
+  paddings, dilation, a channel multiplier, planes small enough for the straight-line path;
+* the im2col/GEMM path, the epilogue after each chunk of GEMM columns: 1x1 expand and
+  project convolutions, strided 3x3 and 1x1 downsampling, a 7x7 stride-2 stem, groups,
+  outputs wider than one chunk;
+
+batch 1 and 8, float64, threads 1 and 2; and the regions are shown to take this path."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,15 +16,17 @@ import pytest
 import torch
 from torch import nn
 
+from irgraph.backends.llvm import ops_conv
 from irgraph.backends.llvm.ops_conv import epilogue_conv
 from irgraph.frontend.onnx import import_onnx
 from tests import onnx_models as om
 
 
 class Layer(nn.Module):
-    def __init__(self, c, mult, stride, padding, dilation, act, residual):
+    def __init__(self, c, mult, stride, padding, dilation, act, residual, k=3, groups=None):
         super().__init__()
-        self.conv = nn.Conv2d(c, c * mult, 3, stride, padding, dilation, groups=c)
+        groups = c if groups is None else groups
+        self.conv = nn.Conv2d(c, c * mult, k, stride, padding, dilation, groups=groups)
         self.act, self.residual = act, residual
 
     def forward(self, x):
@@ -41,12 +48,26 @@ CASES = [
     (3, 7, 4, 4, 1, 2, 1, 1, "relu6", False, 2),       # 2x2 planes: straight-line code
     (1, 9, 3, 3, 1, 1, 1, 1, "relu6", True, 1),        # 3x3 planes with the residual
 ]
+# the GEMM path: (..., kernel, groups) added
+GEMM_CASES = [
+    (1, 4, 20, 20, 6, 1, 0, 1, "relu6", False, 2, 1, 1),    # 1x1 expand, columns split
+    (8, 12, 7, 7, 1, 1, 0, 1, "none", True, 1, 1, 1),       # 1x1 project + residual
+    (1, 6, 13, 12, 2, 2, 1, 1, "relu", False, 2, 3, 1),     # strided 3x3
+    (8, 4, 11, 11, 2, 2, 0, 1, "none", False, 2, 1, 1),     # 1x1 stride-2 downsample
+    (1, 3, 40, 38, 4, 2, 3, 1, "relu", False, 1, 7, 1),     # 7x7 stride-2 stem
+    (2, 6, 9, 9, 2, 2, 1, 1, "relu6", False, 2, 3, 2),      # 2 groups, stride 2
+]
+
+
+def ops_conv_features() -> str:
+    from irgraph.backends.llvm import jit
+    return jit.host()[2]
 
 
 def _run(case, dtype=np.float32):
-    n, c, h, w, mult, stride, padding, dilation, act, residual, threads = case
+    n, c, h, w, mult, stride, padding, dilation, act, residual, threads, *kg = case
     torch.manual_seed(sum(x for x in case if isinstance(x, int)))
-    model = Layer(c, mult, stride, padding, dilation, act, residual).eval()
+    model = Layer(c, mult, stride, padding, dilation, act, residual, *kg).eval()
     x = np.random.default_rng(c * h).standard_normal((n, c, h, w)).astype(dtype) * 10
     if dtype == np.float64:
         model = model.double()
@@ -55,7 +76,8 @@ def _run(case, dtype=np.float32):
     exe = graph.compile("llvm", threads=threads, pipeline="default, fuse")
     fused = [nd for nd in exe.executable.graph.nodes
              if nd.op == "fused" and nd.attrs["kind"] == "epilogue"]
-    assert fused and all(epilogue_conv(nd.attrs["body"]) is not None for nd in fused)
+    assert fused and all(epilogue_conv(nd.attrs["body"], threads, ops_conv_features())
+                         is not None for nd in fused)
     got = exe(x)[0]
     want = om.torch_out(model, x)
     ref = graph.compile("reference")(x)[0]
@@ -68,6 +90,18 @@ def test_fused_depthwise_matches_torch_and_reference(case):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     if case[8] == "relu6" and not case[9]:      # the clip's both bounds are reached
+        assert got.min() == 0.0 and got.max() == 6.0
+
+
+@pytest.mark.parametrize("case", GEMM_CASES)
+def test_fused_gemm_conv_matches_torch_and_reference(case, monkeypatch):
+    # chunks of 32 columns: several per image (and per thread's share) with a last partial one
+    monkeypatch.setattr(ops_conv, "EPILOGUE_CHUNK_BYTES", 32 * 4 * case[1] * case[4]
+                        // case[12])
+    got, want, ref = _run(case)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    if case[8] == "relu6":
         assert got.min() == 0.0 and got.max() == 6.0
 
 
