@@ -1,0 +1,153 @@
+"""Winograd F(4x4, 3x3) convolution on the LLVM backend (backends/llvm/conv_winograd.py),
+against the float64 reference backend and torch.nn.functional.conv2d: paddings 0, 1 and
+asymmetric, odd and even planes (partial last tiles), batch 1 and several (more than one
+chunk of images), channel counts that are not multiples of the vector width, float64,
+threads 1 and 2, a conv + bias + ReLU region; the path is shown to be taken (the plan the
+lowering uses), and the cost model to leave the layers it does not pay on to the others.
+
+Small layers are below the cost model's threshold, so those cases force the plan
+(``pays`` patched); the ResNet block's layer takes it unforced. Float32 is held to
+1e-4 * sqrt(9 C) max|x| max|w| (F(4x4)'s error measures about 2e-6 of that), float64 to
+1e-10 of it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import irgraph.backends as backends
+import irgraph.frontend as fe
+from irgraph import Graph, TensorType
+from irgraph.backends.llvm import conv_winograd
+from irgraph.backends.llvm.jit import host
+from irgraph.backends.llvm.ops_conv import epilogue_conv
+from irgraph.frontend import F
+
+
+def _graph(xs, ws, padding, dtype):
+    g = Graph("conv")
+    x = g.add_input("x", TensorType(xs, dtype))
+    w = g.add_input("w", TensorType(ws, dtype))
+    g.set_outputs(g.add_node("conv", [x, w], dict(stride=(1, 1), padding=padding,
+                                                  dilation=(1, 1), groups=1)))
+    return g
+
+
+def _attrs(padding):
+    return dict(stride=(1, 1), padding=padding, dilation=(1, 1), groups=1)
+
+
+def _data(xs, ws, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype))
+
+
+def _torch_conv(x, w, padding):
+    """torch's conv2d in float64 of x padded by (top, bottom, left, right)."""
+    t, b, l, r = padding
+    tx = torch.nn.functional.pad(torch.from_numpy(x.astype(np.float64)), (l, r, t, b))
+    return torch.nn.functional.conv2d(tx, torch.from_numpy(w.astype(np.float64))).numpy()
+
+
+def _bound(x, w, dtype):
+    scale = np.sqrt(9 * x.shape[1]) * np.abs(x).max() * np.abs(w).max()
+    return (1e-4 if dtype == "float32" else 1e-10) * scale
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    monkeypatch.setattr(conv_winograd.Winograd, "pays", lambda self: True)
+
+
+# (x shape, w shape, padding, dtype, threads)
+CASES = [
+    ((2, 16, 8, 8), (16, 16, 3, 3), (1, 1, 1, 1), "float32", 2),       # whole tiles
+    ((1, 19, 5, 7), (21, 19, 3, 3), (1, 1, 1, 1), "float32", 1),       # partial tiles
+    ((3, 17, 13, 13), (18, 17, 3, 3), (0, 1, 1, 0), "float32", 2),     # asymmetric
+    ((2, 20, 8, 8), (33, 20, 3, 3), (0, 0, 0, 0), "float32", 1),       # valid: 6x6
+    ((1, 16, 5, 7), (17, 16, 3, 3), (0, 1, 1, 0), "float64", 2),       # float64
+    ((4, 24, 13, 13), (16, 24, 3, 3), (1, 1, 1, 1), "float64", 1),
+]
+
+
+@pytest.mark.parametrize("xs,ws,padding,dtype,threads", CASES)
+def test_winograd_matches_reference_and_torch(forced, xs, ws, padding, dtype, threads):
+    assert conv_winograd.plan(xs, ws, _attrs(padding), dtype, host()[2]) is not None
+    x, w = _data(xs, ws, dtype, sum(xs) + sum(ws))
+    g = _graph(xs, ws, padding, dtype)
+    got = backends.compile(g, "llvm", threads=threads, cache=False)(x, w)[0]
+    want = backends.compile(_graph(xs, ws, padding, "float64"), "reference")(
+        x.astype(np.float64), w.astype(np.float64))[0]
+    assert got.dtype == np.dtype(dtype) and got.shape == want.shape
+    bound = _bound(x, w, dtype)
+    assert np.abs(got - want).max() <= bound, (np.abs(got - want).max(), bound)
+    assert np.abs(got - _torch_conv(x, w, padding)).max() <= bound
+
+
+def test_several_chunks_of_images(forced, monkeypatch):
+    """A batch in more than one chunk (the last one partial), 32x32 planes, two threads."""
+    monkeypatch.setattr(conv_winograd, "MAX_CHUNK_TILES", 64)
+    xs, ws, padding = (5, 16, 32, 32), (16, 16, 3, 3), (1, 1, 1, 1)
+    wg = conv_winograd.plan(xs, ws, _attrs(padding), "float32", host()[2])
+    assert wg is not None and wg.nb == 1
+    x, w = _data(xs, ws, "float32", 1)
+    got = backends.compile(_graph(xs, ws, padding, "float32"), "llvm", threads=2,
+                           cache=False)(x, w)[0]
+    assert np.abs(got - _torch_conv(x, w, padding)).max() <= _bound(x, w, "float32")
+
+
+def test_resnet_block_layer_takes_winograd_unforced():
+    """64 -> 64 channels on 16x16 planes, batch 32 (bench/peers.py's ResNet block): the cost
+    model picks Winograd by itself, and the result matches torch."""
+    xs, ws, padding = (32, 64, 16, 16), (64, 64, 3, 3), (1, 1, 1, 1)
+    assert conv_winograd.plan(xs, ws, _attrs(padding), "float32", host()[2]) is not None
+    x, w = _data(xs, ws, "float32", 2)
+    got = backends.compile(_graph(xs, ws, padding, "float32"), "llvm", threads=2,
+                           cache=False)(x, w)[0]
+    assert np.abs(got - _torch_conv(x, w, padding)).max() <= _bound(x, w, "float32")
+
+
+def test_fused_bias_relu_region(forced):
+    """conv + bias + ReLU traced by the frontend: the fused region's convolution takes the
+    Winograd path, its epilogue applied after; against torch."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 16, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((20, 16, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(20).astype(np.float32)
+
+    def fn(x, w, bias):
+        return F.relu(F.conv2d(x, w, bias, stride=1, padding=1))
+    f = fe.compile(fn, fe.TensorSpec(x.shape), fe.TensorSpec(w.shape),
+                   fe.TensorSpec(bias.shape), backend="llvm", threads=2, cache=False,
+                   pipeline="default, fuse")
+    regions = [n for n in f.executable.graph.nodes if n.op == "fused"
+               and n.attrs["kind"] == "epilogue"]
+    assert len(regions) == 1 and [m.op for m in regions[0].attrs["body"].nodes][0] == "conv"
+    # the region's conv is lowered by ops_conv's _conv (Winograd), not its GEMM epilogue path
+    assert epilogue_conv(regions[0].attrs["body"], 2, host()[2]) is None
+    assert conv_winograd.plan(x.shape, w.shape, _attrs((1, 1, 1, 1)), "float32",
+                              host()[2]) is not None
+    got = f(x, w, bias)
+    want = np.maximum(_torch_conv(x, w, (1, 1, 1, 1)) + bias[None, :, None, None], 0)
+    assert np.abs(got - want).max() <= _bound(x, w, "float32")
+
+
+def test_cost_model_and_applicability():
+    feats = host()[2]
+    resnet = _attrs((1, 1, 1, 1))
+    assert conv_winograd.plan((8, 128, 28, 28), (128, 128, 3, 3), resnet, "float32",
+                              feats) is not None
+    # one image of 7x7 planes at 512 channels: U (36 x 512 x 512) costs more than it saves
+    assert conv_winograd.plan((1, 512, 7, 7), (512, 512, 3, 3), resnet, "float32",
+                              feats) is None
+    big = (16, 64, 32, 32), (64, 64, 3, 3)
+    assert conv_winograd.plan(*big, resnet, "float32", feats) is not None
+    for attrs in (dict(resnet, stride=(2, 2)), dict(resnet, dilation=(2, 2)),
+                  dict(resnet, groups=2)):
+        assert conv_winograd.plan(*big, attrs, "float32", feats) is None
+    assert conv_winograd.plan(big[0], (64, 64, 5, 5), resnet, "float32", feats) is None
+    assert conv_winograd.plan((16, 8, 32, 32), (64, 8, 3, 3), resnet, "float32",
+                              feats) is None                       # C < 16
+    assert conv_winograd.plan(*big, resnet, "int32", feats) is None
+    assert conv_winograd.plan((16, 64, 3, 3), (64, 64, 3, 3), _attrs((0, 0, 0, 0)),
+                              "float32", feats) is None            # 1x1 output
