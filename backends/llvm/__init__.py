@@ -27,7 +27,7 @@ from . import driver, jit
 from .executable import LLVMExecutable, NativeError
 from .jit import cache_dir, clear_cache
 from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
-from .module import Program, build_module, plan
+from .module import Program, build_module, plan, plan_top
 from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
 from . import ops_optim, ops_recurrence, ops_pool, ops_conv, ops_norm  # noqa: F401
 from . import ops_attention, ops_gather, ops_random  # noqa: F401
@@ -67,9 +67,7 @@ def _prepare(graph: Graph, threads: int, profile: bool = False):
     """(its plan, the host's CPU features) of a graph the PASSES were run on."""
     _check_lowerable(graph)
     features = jit.host()[2]
-    p = plan(graph, features, threads)
-    p.profile = profile
-    return p, features
+    return plan_top(graph, features, threads, profile), features
 
 
 def program(graph: Graph, threads: int = 2, opt: int = 3) -> Program:

@@ -77,7 +77,7 @@ class LLVMExecutable(Executable):
         # cannot give is a MemoryError now, never a failed allocation in native code)
         self._arena = np.zeros(max(plan.arena_bytes, 64), np.uint8)
         self._ws = np.zeros(max(plan.workspace_bytes * threads, 64), np.uint8)
-        self._ctl = np.zeros(4 + (len(graph.nodes) if plan.profile else 0), np.int64)
+        self._ctl = np.zeros(plan.ctl_words(len(graph.nodes)), np.int64)
         with jit.phase("load"):
             self._loaded = jit.Loaded(obj, ENTRY, opt, [gemm.runtime_object(), *kernels])
         self._profiled_s = 0.0
@@ -109,6 +109,8 @@ class LLVMExecutable(Executable):
                  for j, o in enumerate(outs)]
         with self._lock:
             self._ctl[:4] = 0                # (profile counters accumulate over runs)
+            if self.plan.tasks:
+                self._ctl[self.plan.task_base:] = 0  # the tasks' claim and done counters
             ptrs += [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
             table = (ctypes.c_void_p * len(ptrs))(*ptrs)
             if self.plan.profile:
@@ -209,7 +211,7 @@ class LLVMExecutable(Executable):
         barrier)."""
         if not self.plan.profile:
             raise RuntimeError("llvm backend: compile with profile=True to profile nodes")
-        cyc = self._ctl[4:].astype(np.float64)
+        cyc = self._ctl[4:4 + len(self.graph.nodes)].astype(np.float64)
         total = cyc.sum() or 1.0
         rows = [{"index": i, "op": n.op, "node": n, "cycles": int(cyc[i]),
                  "share": cyc[i] / total, "ms": 1e3 * self._profiled_s * cyc[i] / total}

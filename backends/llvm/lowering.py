@@ -8,6 +8,14 @@ its op name(s) with ``@lowering("op", parallel=...)``:
   ``ctx.split`` (threads never write the same element);
 * ``parallel=False``: only thread 0 runs it.
 
+A parallel node's share ``[lo, hi)`` comes from ``ctx.split``: the entry runs it either as
+claimed shares (``ctx.tid`` is then a share index of ``ctx.nthreads`` shares, each share run
+by whichever thread claims it, see module.py) or, where the lowering MEETS (calls
+``ctx.barrier()`` between phases, or keeps per-thread areas in the node's arena scratch
+indexed by ``ctx.tid``), on every thread at once with ``ctx.tid`` the thread's id. Declare
+that with ``meets=`` (True, or a test of the node); by default an op meets when it has a
+scratch rule (``SCRATCH``). A share never meets: the kernel's build checks it.
+
 Ops that truly cannot be lowered go into ``UNLOWERABLE`` with the reason (the registry-wide
 test accepts only those).
 """
@@ -43,6 +51,15 @@ class Lowering:
     # the kernel's own layout (dimensions, per output then input which of them it walks),
     # the lowering then reading its sizes from ``Ctx.runtime_dims``
     size_generic: "bool | Callable" = False
+    # all threads must run the node at once (see the module docstring): True, False, a test
+    # of the node, or None (the op has a scratch rule)
+    meets: "bool | Callable | None" = None
+
+    def meets_for(self, node: Node) -> bool:
+        m = self.meets
+        if m is None:
+            return node.op in SCRATCH
+        return bool(m(node)) if callable(m) else bool(m)
 
     def generic_for(self, node: Node):
         """False, True (``node``'s kernel serves every size: the elementwise layout) or the
@@ -94,15 +111,18 @@ def scratch(*ops: str):
     return deco
 
 
-def lowering(*ops: str, parallel: bool = False, size_generic: "bool | Callable" = False):
+def lowering(*ops: str, parallel: bool = False, size_generic: "bool | Callable" = False,
+             meets: "bool | Callable | None" = None):
     """Register the decorated function as the lowering of ``ops``; ``size_generic``: it
     reads sizes only through ``elementwise.elementwise`` / ``elementwise.loop_dims`` (for
-    every node, or for the nodes a function of the node accepts; see ``Lowering``)."""
+    every node, or for the nodes a function of the node accepts; see ``Lowering``);
+    ``meets``: a parallel lowering whose threads must all run the node at once (see the
+    module docstring)."""
     def deco(fn):
         for op in ops:
             if op in LOWERINGS:
                 raise ValueError(f"LLVM lowering for {op!r} registered twice")
-            LOWERINGS[op] = Lowering(fn, parallel, size_generic)
+            LOWERINGS[op] = Lowering(fn, parallel, size_generic, meets)
         return fn
     return deco
 
@@ -134,13 +154,29 @@ class Ctx:
         self.max_threads = max_threads
         self.node_index: int | ir.Value = 0   # the running node's index (a kernel's argument)
         self.program = None       # module.Program: the kernels built so far
-        self.node_scratch: ir.Value | None = None   # i8*: the current node's arena scratch
+        self._node_scratch: ir.Value | None = None  # i8*: the current node's arena scratch
+        # the real thread's id where ``workspace`` holds every thread's area (the entry),
+        # None where it is this thread's own area already (a kernel: its caller offsets it)
+        self.thread: ir.Value | None = tid
+        self.met = False          # the lowering called barrier() or read node_scratch
+        self.claimed = False      # the node being emitted runs as claimed shares
         self.barrier_fn: ir.Function | None = None
         self.single = False       # inside thread0(): one thread does everything
         # a size-generic kernel's dimensions (i64 arguments), else None
         self.runtime_dims: tuple[ir.Value, ...] | None = None
         self._last_barrier = None  # (block, instruction count) just after the last barrier
         self._entry_block = fn.entry_basic_block
+
+    @property
+    def node_scratch(self) -> ir.Value | None:
+        """The current node's arena scratch (i8*), None if it has none."""
+        if self._node_scratch is not None:
+            self.met = True
+        return self._node_scratch
+
+    @node_scratch.setter
+    def node_scratch(self, value: ir.Value | None) -> None:
+        self._node_scratch = value
 
     # ---------------------------------------------------------------- helpers
     def intrinsic(self, name: str, types: list[ir.Type], ret: ir.Type | None = None,
@@ -196,6 +232,7 @@ class Ctx:
         another (nothing emitted between them) is dropped: the threads already met."""
         if self.single:
             return
+        self.met = True
         b = self.b
         if self._last_barrier == (b.block, len(b.block.instructions)):
             return
@@ -227,8 +264,11 @@ class Ctx:
         b.store(index if isinstance(index, ir.Value) else i64(index), b.gep(self.ctl, [i64(1)]))
 
     def scratch(self) -> ir.Value:
-        """This thread's packing scratch area (i8*)."""
-        off = self.b.mul(self.tid, i64(self.workspace_per_thread))
+        """This thread's packing scratch area (i8*): by the real thread, never by a share
+        (a thread runs one share at a time)."""
+        if self.thread is None:
+            return self.workspace
+        off = self.b.mul(self.thread, i64(self.workspace_per_thread))
         return self.b.gep(self.workspace, [off], inbounds=True)
 
 def load_ptr(b: ir.IRBuilder, args: ir.Value, index: int) -> ir.Value:

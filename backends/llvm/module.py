@@ -3,10 +3,19 @@
     void entry(i8** args, i64 tid, i64 nthreads)
 
 ``args`` holds, in order: the graph's arguments (inputs then parameters), its outputs, the
-arena (intermediates), the control block (i64[4]: error code, error node, barrier count,
-barrier generation) and the per-thread packing scratch. Every thread runs the entry; a
-parallel lowering splits its loops by ``tid``, the others run on thread 0 only, and a
-barrier separates them where one reads what another wrote.
+arena (intermediates), the control block (i64: error code, error node, barrier count,
+barrier generation, per-node cycles when profiling, then two counters per task) and the
+per-thread packing scratch. Every thread runs the entry. With several threads the top-level
+nodes run as TASKS, in order (``claim_tasks``): a parallel node is ``claim_shares`` shares,
+each run by whichever thread claims it first (an atomic counter; the lowering sees the share
+index as ``ctx.tid`` of that many); a run of nodes too small to split is one share; a node
+whose lowering meets (``Lowering.meets``: barriers between its phases, per-thread scratch)
+is run by all threads at once, as before. A thread waits before a task until every share of
+the task before it is done (so, by induction, every earlier node: the arena's reuse of
+freed blocks is safe), spinning, then sleeping on the futex; the thread that completes a
+task's last share wakes the sleepers. A descheduled thread holding no share stalls nobody:
+the others claim its shares, and it finds them claimed when it comes back. Which thread
+runs a share changes nothing in the results.
 
 The plan (buffer layout) is pure Python and cheap, so a cache hit needs no IR at all.
 """
@@ -18,7 +27,7 @@ from dataclasses import dataclass, field
 
 from llvmlite import ir
 
-from irgraph import Graph, Value
+from irgraph import Graph, IRError, Value
 from irgraph.ir import all_nodes
 from irgraph.liveness import last_reads
 
@@ -27,6 +36,7 @@ from .gemm_tiling import workspace_bytes
 from .elementwise import RUNTIME_DIMS
 from .jit import canonical_node, generic_node
 from .lowering import SCRATCH, Ctx, get_lowering, load_ptr, reads_same_index
+from . import workers
 from .workers import worth_parallel
 
 ALIGN = 64
@@ -54,6 +64,54 @@ class Plan:
     alias: dict[Value, Value] = field(default_factory=dict)
     parallel: bool = False        # some node splits its work across threads
     profile: bool = False         # thread 0 adds each top-level node's cycles to ctl[4 + i]
+    # the top-level nodes as tasks when several threads run them (``claim_tasks``)
+    tasks: list["Task"] = field(default_factory=list)
+    task_base: int = 4            # ctl index of the first task's counters
+
+    def ctl_words(self, n_nodes: int) -> int:
+        """The control block's length (i64 words) for a graph of ``n_nodes`` nodes."""
+        return self.task_base + TASK_WORDS * len(self.tasks) if self.tasks else (
+            4 + (n_nodes if self.profile else 0))
+
+
+TASK_WORDS = 16       # per task: claim counter at +0, done counter at +8 (own cache lines)
+SHARES_PER_THREAD = 2  # a claimed node's shares per thread (GEMMs: 1, see claim_shares)
+
+
+def claim_shares(node, max_threads: int) -> int:
+    """How many shares a claimed node is cut into, fixed at compile time (the results do
+    not depend on which threads, or how many, run them): ``SHARES_PER_THREAD`` per thread,
+    so a thread that finishes early takes over work; one per thread for a GEMM, each of
+    whose shares packs the whole left operand again."""
+    return max_threads * (1 if node.op in _GEMM_OPS else SHARES_PER_THREAD)
+
+
+@dataclass
+class Task:
+    """Top-level nodes run as one unit: ``kind`` "one" (one share: nodes too small to
+    split, run in order by one thread), "shares" (a parallel node cut into ``shares``
+    claimed shares) or "all" (a node every thread runs at once: its lowering meets)."""
+    kind: str
+    nodes: list[int]
+    shares: int = 1
+
+
+def claim_tasks(nodes, skip, max_threads: int) -> list[Task]:
+    """The nodes (but ``skip``) as tasks, in order: consecutive small nodes make one task."""
+    tasks: list[Task] = []
+    for i, node in enumerate(nodes):
+        if i in skip:
+            continue
+        if runs_parallel(node):
+            if get_lowering(node).meets_for(node):
+                tasks.append(Task("all", [i]))
+            else:
+                tasks.append(Task("shares", [i], claim_shares(node, max_threads)))
+        elif tasks and tasks[-1].kind == "one":
+            tasks[-1].nodes.append(i)
+        else:
+            tasks.append(Task("one", [i]))
+    return tasks
 
 
 def _round(n: int) -> int:
@@ -140,6 +198,18 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
     p.parallel = any(runs_parallel(n) for i, n in enumerate(graph.nodes) if i not in p.skip)
     if any(n.op in _GEMM_OPS for n in all_nodes(graph)):
         p.workspace_bytes = workspace_bytes(features)
+    return p
+
+
+def plan_top(graph: Graph, features: str, threads: int, profile: bool = False) -> Plan:
+    """``plan`` of a graph the executable runs (its top level): with several threads, its
+    nodes as tasks (``claim_tasks``), their counters after the profile's in the control
+    block."""
+    p = plan(graph, features, threads)
+    p.profile = profile
+    if p.parallel and threads > 1:
+        p.tasks = claim_tasks(graph.nodes, p.skip, threads)
+        p.task_base = 4 + (len(graph.nodes) if profile else 0)
     return p
 
 
@@ -309,34 +379,32 @@ def copy_outputs_of(ctx: Ctx, graph: Graph, p: Plan, bufs, out_ptrs) -> None:
 
 def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
                index_offset: int = 0, profile: bool = False) -> None:
-    """Emit each node's lowering in order, with barriers only where threads must meet.
-    With ``profile``, thread 0 adds the cycles from the end of one node to the end of the
-    next (barrier waits included) to ``ctl[4 + i]``."""
+    """Emit each node's lowering in order: the top level of a plan with tasks as claimed
+    tasks (``_emit_tasks``), else with barriers only where threads must meet. With
+    ``profile``, thread 0 adds the cycles from the end of one node to the end of the next
+    (waits included) to ``ctl[4 + i]``."""
+    clock = _cycle_counter(ctx) if profile else None
+    if p.tasks and index_offset == 0 and ctx.module is ctx.program.entry:
+        _emit_tasks(ctx, nodes, bufs, p, arena, clock)
+        return
     b = ctx.b
     pending = False        # work done by thread 0 alone since the last barrier
-    views, skip = p.views, p.skip
-    clock = _cycle_counter(ctx) if profile else None
     for i, node in enumerate(nodes):
-        if i in skip:
+        if i in p.skip:
             continue
         if clock is not None:
             clock.start()
         low = get_lowering(node)
         ctx.node_index = index_offset + i if index_offset >= 0 else ctx.node_index
-        ctx.node_scratch = (b.gep(arena, [i64(p.scratch[i])], inbounds=True)
-                            if i in p.scratch else None)
-        ins = [Buf(bufs[views[i, k]].ptr, v.type, swapped=True) if (i, k) in views
-               else bufs[v] for k, v in enumerate(node.inputs)]
-        outs = [Buf(bufs[v].ptr, v.type, swapped=i in p.t_out) for v in node.outputs]
         if runs_parallel(node):
             if pending:
                 ctx.barrier()
-            _guarded_node(ctx, p, node, low, ins, outs)
+            _emit_node(ctx, p, i, node, low, bufs, arena)
             ctx.barrier()
             pending = False
         else:
             with ctx.thread0():
-                _guarded_node(ctx, p, node, low, ins, outs)
+                _emit_node(ctx, p, i, node, low, bufs, arena)
             pending = True
         if clock is not None:
             clock.stop(i)
@@ -344,28 +412,108 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
         ctx.barrier()
 
 
+def _emit_node(ctx: Ctx, p: Plan, i: int, node, low, bufs, arena, claimed: bool = False
+               ) -> None:
+    """The call of node ``i``'s kernel on its buffers."""
+    b = ctx.b
+    ctx.node_scratch = (b.gep(arena, [i64(p.scratch[i])], inbounds=True)
+                        if i in p.scratch else None)
+    views = p.views
+    ins = [Buf(bufs[views[i, k]].ptr, v.type, swapped=True) if (i, k) in views
+           else bufs[v] for k, v in enumerate(node.inputs)]
+    outs = [Buf(bufs[v].ptr, v.type, swapped=i in p.t_out) for v in node.outputs]
+    ctx.claimed = claimed
+    try:
+        _guarded_node(ctx, p, node, low, ins, outs)
+    finally:
+        ctx.claimed = False
+
+
+def _emit_tasks(ctx: Ctx, nodes, bufs, p: Plan, arena, clock) -> None:
+    """The top level as claimed tasks (see the module docstring): before task t a thread
+    waits until task t-1 is done; then it claims shares of t until none is left (a task
+    of "one" share: whoever comes first runs it; "all": every thread runs its part)."""
+    b, fn = ctx.b, ctx.fn
+    tid, nthreads = ctx.tid, ctx.nthreads
+    wait_fn, done_fn = workers.task_fns(ctx.module)
+    prev = None                     # (done counter, shares) of the task before
+    for t, task in enumerate(p.tasks):
+        claim = b.gep(ctx.ctl, [i64(p.task_base + TASK_WORDS * t)])
+        done = b.gep(ctx.ctl, [i64(p.task_base + TASK_WORDS * t + 8)])
+        if clock is not None:
+            clock.start()
+        if prev is not None:
+            b.call(wait_fn, [prev[0], prev[1]])
+        first = task.nodes[0]
+        if task.kind == "all":
+            ctx.node_index = first
+            _emit_node(ctx, p, first, nodes[first], get_lowering(nodes[first]), bufs, arena)
+            b.call(done_fn, [done, nthreads])
+            count = nthreads
+        elif task.kind == "one":
+            got = b.atomic_rmw("add", claim, i64(1), "monotonic")
+            with b.if_then(b.icmp_signed("==", got, i64(0))):
+                ctx.tid, ctx.nthreads, ctx.single = i64(0), i64(1), True
+                try:
+                    for i in task.nodes:
+                        ctx.node_index = i
+                        _emit_node(ctx, p, i, nodes[i], get_lowering(nodes[i]), bufs, arena)
+                        if clock is not None and i != task.nodes[-1]:
+                            clock.stop(i)
+                finally:
+                    ctx.tid, ctx.nthreads, ctx.single = tid, nthreads, False
+                b.call(done_fn, [done, i64(1)])
+            count = i64(1)
+        else:
+            shares = task.shares
+            top = fn.append_basic_block(f"task{t}.claim")
+            body = fn.append_basic_block(f"task{t}.share")
+            out = fn.append_basic_block(f"task{t}.end")
+            b.branch(top)
+            b.position_at_end(top)
+            v = b.atomic_rmw("add", claim, i64(1), "monotonic")
+            b.cbranch(b.icmp_signed("<", v, i64(shares)), body, out)
+            b.position_at_end(body)
+            ctx.tid, ctx.nthreads = v, i64(shares)
+            try:
+                ctx.node_index = first
+                _emit_node(ctx, p, first, nodes[first], get_lowering(nodes[first]), bufs,
+                           arena, claimed=True)
+            finally:
+                ctx.tid, ctx.nthreads = tid, nthreads
+            b.call(done_fn, [done, i64(shares)])
+            b.branch(top)
+            b.position_at_end(out)
+            count = i64(shares)
+        if clock is not None:
+            clock.stop(task.nodes[-1])
+        prev = (done, count)
+
+
 class _cycle_counter:
     """Per-node cycle counts for ``profile=True`` (``llvm.readcyclecounter``, thread 0)."""
 
     def __init__(self, ctx: Ctx):
         self.ctx = ctx
+        self.tid = ctx.tid              # the real thread (a task's code changes ctx.tid)
         name = "llvm.readcyclecounter"
         m = ctx.module
         self.fn = m.globals.get(name) or ir.Function(m, ir.FunctionType(I64, []), name)
-        self.t0 = None
+        self.t0 = None                  # a stack slot: stop() may run in a branch
 
     def start(self) -> None:
         if self.t0 is None:
-            self.t0 = self.ctx.b.call(self.fn, [])
+            self.t0 = self.ctx.alloca(I64, "clock")
+            self.ctx.b.store(self.ctx.b.call(self.fn, []), self.t0)
 
     def stop(self, i: int) -> None:
         b = self.ctx.b
         t1 = b.call(self.fn, [])
-        is0 = b.icmp_signed("==", self.ctx.tid, i64(0))
+        is0 = b.icmp_signed("==", self.tid, i64(0))
         with b.if_then(is0):
             slot = b.gep(self.ctx.ctl, [i64(4 + i)])
-            b.store(b.add(b.load(slot), b.sub(t1, self.t0)), slot)
-        self.t0 = t1
+            b.store(b.add(b.load(slot), b.sub(t1, b.load(self.t0))), slot)
+        b.store(t1, self.t0)
 
 
 def _guarded_node(ctx: Ctx, p: Plan, node, low, ins, outs) -> None:
@@ -537,7 +685,7 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
             ptrs.append(buf.ptr)
     pattern = [next(i for i, q in enumerate(ptrs) if q is buf.ptr) for buf in ins + outs]
     node_index = ctx.node_index if isinstance(ctx.node_index, ir.Value) else i64(ctx.node_index)
-    extra = [ctx.tid, ctx.nthreads, ctx.ctl, ctx.workspace,
+    extra = [ctx.tid, ctx.nthreads, ctx.ctl, ctx.scratch(),
              ctx.node_scratch if ctx.node_scratch is not None else ir.Constant(PTR, None),
              node_index]
     prog: Program = ctx.program
@@ -644,12 +792,17 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     child.program = prog
     child.node_index = index
     child.single = ctx.single
+    child.thread = None                        # ``ws`` is this thread's own area
     if len(fn.args) > len(ptrs) + 6:           # a size-generic kernel: its dimensions
         child.runtime_dims = tuple(fn.args[len(ptrs) + 6:])
         child.single = False                   # (one thread calls it as thread 0 of 1)
     child.node_scratch = scr if ctx.node_scratch is not None else None
     low.fn(child, node, [Buf(fn.args[pattern[k]], x.type, x.swapped) for k, x in enumerate(ins)],
            [Buf(fn.args[pattern[len(ins) + k]], o.type, o.swapped) for k, o in enumerate(outs)])
+    if getattr(ctx, "claimed", False) and child.met:
+        raise IRError(f"llvm lowering of {node.op!r} meets (ctx.barrier() or per-thread "
+                      f"node scratch) but runs as claimed shares: declare it with "
+                      f"lowering(..., meets=...); node {node!r}")
     b.ret_void()
     text = str(module)
     # a kernel called from another one (a scan's step body) may run many times a call

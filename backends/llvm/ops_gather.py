@@ -80,7 +80,7 @@ def _take_along_axis(ctx, node, ins, outs):
             out.store(b, o, x.load(b, b.add(base, b.mul(w, i64(xst[a])))))
 
 
-@lowering("index_add", parallel=True)
+@lowering("index_add", parallel=True, meets=True)      # (a barrier after the copy)
 def _index_add(ctx, node, ins, outs):
     (x, idx, src), (out,) = ins, outs
     if out.type.size == 0:
@@ -105,7 +105,7 @@ def _index_add(ctx, node, ins, outs):
                                           src.load(b, b.add(s0, q))))
 
 
-@lowering("scatter_add", parallel=True)
+@lowering("scatter_add", parallel=True, meets=True)    # (a barrier after the copy)
 def _scatter_add(ctx, node, ins, outs):
     (x, idx, src), (out,) = ins, outs
     if out.type.size == 0:

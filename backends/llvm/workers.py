@@ -36,6 +36,7 @@ from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 WORKER_SPIN_NS = 100_000   # a worker spins this long after a run before it sleeps
 JOIN_SPIN_NS = 100_000     # thread 0 spins this long for a worker to finish, then sleeps
 BARRIER_SPIN_NS = 100_000  # a thread early at a barrier spins this long, then sleeps
+TASK_SPIN_NS = 100_000     # a thread waiting for a task's last shares spins this long
 SLEEP_CAP_NS = 1_000_000   # a futex sleep wakes after this at the latest (re-checks)
 CLOCK_EVERY = 64           # spin rounds between two clock readings
 FUTEX_WAIT, FUTEX_WAKE = 128, 129       # the _PRIVATE variants
@@ -163,7 +164,7 @@ def _extern(m: ir.Module, name: str, ret, args, var_arg: bool = False) -> ir.Fun
 def workers_module(triple: str) -> ir.Module:
     """Slot words (i64[SLOT]): [0] generation (bumped to post work)  [1] generation done
     [2] entry  [3] args table  [4] tid  [5] nthreads  [6] stop  [7] worker sleeping
-    [8] caller sleeping on [1]."""
+    [8] caller sleeping on [1]  [9] the last generation started or cancelled."""
     m = ir.Module(name="irgraph_workers")
     m.triple = triple
     nat = _Native(m)
@@ -204,7 +205,26 @@ def workers_module(triple: str) -> ir.Module:
     nat.spin_then_sleep(wait, b, finished, JOIN_SPIN_NS, doze)
     b.ret_void()
 
-    # ---- run(slots, entry, table, n): post tids 1..n-1, run tid 0 here, wait for all
+    # ---- claim(slot, gen) -> whether this call, not another, took generation gen (the
+    # worker when it starts a run, the caller when it cancels one not yet started): the
+    # first to move word 9 to gen
+    claim = ir.Function(m, ir.FunctionType(ir.IntType(1), [slotp, I64]), "irgraph_claim_run")
+    slot, gen = claim.args
+    b = ir.IRBuilder(claim.append_basic_block("entry"))
+    again = claim.append_basic_block("again")
+    b.branch(again)
+    b.position_at_end(again)
+    cur = b.load_atomic(at(b, slot, 9), "seq_cst", 8)
+    with b.if_then(b.icmp_signed("==", cur, gen), likely=False):
+        b.ret(ir.Constant(ir.IntType(1), 0))
+    pair = b.cmpxchg(at(b, slot, 9), cur, gen, "seq_cst", "seq_cst")
+    won = claim.append_basic_block("won")
+    b.cbranch(b.extract_value(pair, 1), won, again)
+    b.position_at_end(won)
+    b.ret(ir.Constant(ir.IntType(1), 1))
+
+    # ---- run(slots, entry, table, n): post tids 1..n-1, run tid 0 here, wait for the
+    # workers that started
     run_fn = ir.Function(m, ir.FunctionType(VOID, [ir.PointerType(slotp), I64, I64, I64]),
                          "irgraph_run")
     slots, fn, table, n = run_fn.args
@@ -214,7 +234,10 @@ def workers_module(triple: str) -> ir.Module:
     b.call(b.inttoptr(fn, ir.PointerType(entry_t)), [b.inttoptr(table, PTR), i64(0), n])
     with for_range(b, 1, n, "join") as t:
         s = b.load(b.gep(slots, [b.sub(t, i64(1))]))
-        b.call(wait, [s, b.load_atomic(at(b, s, 0), "acquire", 8)])
+        g = b.load_atomic(at(b, s, 0), "acquire", 8)
+        # a worker that has not started yet never will: its shares were claimed by others
+        with b.if_then(b.not_(b.call(claim, [s, g]))):
+            b.call(wait, [s, g])
     b.ret_void()
 
     # ---- worker(slot): spin, sleep, run, forever (until stop)
@@ -245,10 +268,11 @@ def workers_module(triple: str) -> ir.Module:
     quit_, go = work.append_basic_block("quit"), work.append_basic_block("go")
     b.cbranch(stop, quit_, go)
     b.position_at_end(go)
-    entry = b.inttoptr(b.load(at(b, slot, 2)), ir.PointerType(entry_t))
-    b.call(entry, [b.inttoptr(b.load(at(b, slot, 3)), PTR), b.load(at(b, slot, 4)),
-                   b.load(at(b, slot, 5))])
-    _report_done(b, nat, at(b, slot, 1), g, at(b, slot, 8))
+    with b.if_then(b.call(claim, [slot, g])):      # (else the caller cancelled it)
+        entry = b.inttoptr(b.load(at(b, slot, 2)), ir.PointerType(entry_t))
+        b.call(entry, [b.inttoptr(b.load(at(b, slot, 3)), PTR), b.load(at(b, slot, 4)),
+                       b.load(at(b, slot, 5))])
+        _report_done(b, nat, at(b, slot, 1), g, at(b, slot, 8))
     b.branch(top)
     b.position_at_end(quit_)
     _report_done(b, nat, at(b, slot, 1), g, at(b, slot, 8))
@@ -309,6 +333,47 @@ def barrier_fn(module: ir.Module) -> ir.Function:
             nat.spin_then_sleep(fn, b, released, BARRIER_SPIN_NS, sleep)
     b.ret_void()
     return fn
+
+
+def task_fns(module: ir.Module) -> tuple[ir.Function, ir.Function]:
+    """``irgraph.task_wait(done, n)`` and ``irgraph.task_done(done, n)`` in ``module``: a
+    task's done counter (low 32 bits of ``*done``) counts its finished shares, ``n`` in
+    all. ``task_done`` adds one (release); the thread that adds the last one wakes the
+    sleepers if bit 32 says there are some. ``task_wait`` returns once all ``n`` are done
+    (acquire): it spins (``pause``) for ``TASK_SPIN_NS`` of wall-clock time, then sets bit
+    32 and sleeps on the word in ``futex`` (both on one word: no wake-up is lost)."""
+    name_w, name_d = "irgraph.task_wait", "irgraph.task_done"
+    if name_w in module.globals:
+        return module.globals[name_w], module.globals[name_d]
+    fnty = ir.FunctionType(VOID, [ir.PointerType(I64), I64])
+    nat = _Native(module)
+
+    done = ir.Function(module, fnty, name_d)
+    done.linkage = "internal"
+    word, n = done.args
+    b = ir.IRBuilder(done.append_basic_block("entry"))
+    old = b.atomic_rmw("add", word, i64(1), "acq_rel")
+    last = b.icmp_signed("==", b.and_(b.add(old, i64(1)), i64(LOW32)), n)
+    with b.if_then(b.and_(last, b.icmp_signed("!=", b.and_(old, i64(SLEEPER)), i64(0)))):
+        nat.wake(b, word)
+    b.ret_void()
+
+    wait = ir.Function(module, fnty, name_w)
+    wait.linkage = "internal"
+    word, n = wait.args
+    b = ir.IRBuilder(wait.append_basic_block("entry"))
+    cap = nat.cap(wait, b)
+
+    def finished(b):
+        return b.icmp_signed("==", b.and_(b.load_atomic(word, "acquire", 8), i64(LOW32)), n)
+
+    def sleep(b):
+        old = b.atomic_rmw("or", word, i64(SLEEPER), "seq_cst")
+        with b.if_then(b.icmp_signed("!=", b.and_(old, i64(LOW32)), n)):
+            nat.wait(b, word, old, cap)
+    nat.spin_then_sleep(wait, b, finished, TASK_SPIN_NS, sleep)
+    b.ret_void()
+    return wait, done
 
 
 class Workers:
