@@ -182,7 +182,13 @@ def _generic_region(node) -> bool:
     return node.attrs["kind"] not in FUSED_KINDS and _nest_shape(node)
 
 
-@lowering("fused", parallel=True, size_generic=_generic_region)
+def _region_meets(node) -> bool:
+    """All threads must run the region at once unless it is one loop nest (its other forms
+    meet between their parts and keep intermediates in the node's scratch)."""
+    return not _generic_region(node)
+
+
+@lowering("fused", parallel=True, size_generic=_generic_region, meets=_region_meets)
 def _fused(ctx, node, ins, outs):
     """Elementwise regions: one loop nest. Otherwise the longest elementwise tail (an
     epilogue: bias, activation, residual) becomes one loop nest after the nodes before it
