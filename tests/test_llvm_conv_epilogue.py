@@ -81,6 +81,7 @@ def _run(case, dtype=np.float32):
     got = exe(x)[0]
     want = om.torch_out(model, x)
     ref = graph.compile("reference")(x)[0]
+    _run.convs = [nd.attrs["body"].nodes[0] for nd in fused]
     return got, want, ref
 
 
@@ -109,3 +110,68 @@ def test_fused_depthwise_float64():
     got, want, ref = _run((2, 4, 10, 9, 1, 2, 1, 1, "relu6", False, 2), np.float64)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+# im2col by chunks of output rows (ops_conv.row_chunks): (..., kernel, groups, rows per chunk)
+ROW_CASES = [
+    (1, 3, 30, 28, 4, 2, 3, 1, "relu", False, 2, 7, 1, 4),     # 7x7/2 stem: 15 rows, 4 chunks
+    (3, 4, 17, 16, 2, 2, 1, 1, "relu6", False, 2, 3, 1, 2),    # strided 3x3, odd rows, batch 3
+    (2, 6, 12, 11, 2, 2, 1, 1, "none", False, 1, 3, 2, 3),     # 2 groups
+    (1, 4, 13, 13, 1, 2, 2, 2, "relu", False, 2, 3, 1, 2),     # dilation 2
+]
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_row_chunked_conv_matches_torch_and_reference(case, monkeypatch):
+    *layer, rows = case
+    c, mult, k, groups = layer[1], layer[4], layer[11], layer[12]
+    # columns per chunk: ``rows`` output rows of the case (its own width worked out here)
+    w_out = (layer[3] + 2 * layer[6] - layer[7] * (k - 1) - 1) // (layer[5] if isinstance(
+        layer[5], int) else layer[5][1]) + 1
+    monkeypatch.setattr(ops_conv, "MIN_CHUNK_COLS", 1)
+    monkeypatch.setattr(ops_conv, "ROW_CHUNK_BYTES", rows * w_out * 4 * c // groups * k * k)
+    got, want, ref = _run(tuple(layer))
+    assert [ops_conv.row_chunks(nd) for nd in _run.convs] == [rows]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_row_chunks_taken():
+    """The chunking rule on ResNet-18's stem at 224x224: chunks of whole output rows with
+    at least MIN_CHUNK_COLS columns; a small grid, a pointwise kernel: one chunk."""
+    from irgraph import Graph, TensorType
+
+    def conv(xs, ws, stride, pad):
+        g = Graph("c")
+        x = g.add_input("x", TensorType(xs, "float32"))
+        w = g.add_input("w", TensorType(ws, "float32"))
+        g.add_node("conv", [x, w], dict(stride=stride, padding=pad, dilation=(1, 1), groups=1))
+        return g.nodes[-1]
+    stem = conv((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3, 3, 3))
+    rows = ops_conv.row_chunks(stem)
+    assert rows is not None and rows * 112 >= ops_conv.MIN_CHUNK_COLS and 2 * rows <= 112
+    assert ops_conv.row_chunks(conv((1, 256, 14, 14), (512, 256, 3, 3), (2, 2),
+                                    (1, 1, 1, 1))) is None
+    assert ops_conv.row_chunks(conv((1, 16, 112, 112), (96, 16, 1, 1), (1, 1),
+                                    (0, 0, 0, 0))) is None
+
+
+@pytest.mark.parametrize("n,threads", [(1, 2), (3, 2), (2, 1)])
+def test_row_chunked_plain_conv_matches_reference(n, threads, monkeypatch):
+    """The chunked im2col/GEMM without a region (no epilogue): 3 output rows a chunk."""
+    import irgraph.backends as backends
+    from irgraph import Graph, TensorType
+    monkeypatch.setattr(ops_conv, "MIN_CHUNK_COLS", 1)
+    monkeypatch.setattr(ops_conv, "ROW_CHUNK_BYTES", 3 * 8 * 4 * 5 * 9)   # 3 rows x 8 cols
+    g = Graph("c")
+    x = g.add_input("x", TensorType((n, 5, 16, 15), "float32"))
+    w = g.add_input("w", TensorType((6, 5, 3, 3), "float32"))
+    g.set_outputs(g.add_node("conv", [x, w], dict(stride=(2, 2), padding=(1, 1, 1, 1),
+                                                  dilation=(1, 1), groups=1)))
+    assert ops_conv.row_chunks(g.nodes[0]) == 3
+    rng = np.random.default_rng(n)
+    xv = rng.standard_normal((n, 5, 16, 15)).astype(np.float32)
+    wv = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    want = backends.compile(g, "reference")(xv, wv)[0]
+    got = backends.compile(g, "llvm", threads=threads, cache=False)(xv, wv)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

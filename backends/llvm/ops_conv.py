@@ -46,12 +46,14 @@ def is_pointwise(geo) -> bool:
             and not any(geo["padding"]))
 
 
-def window_nest(ctx, geo, channels: int, inside, outside=None) -> None:
+def window_nest(ctx, geo, channels: int, inside, outside=None, rows=None) -> None:
     """Loops c < channels, kernel offsets, output positions. Calls
     ``inside(row, col, in_offset_within_channel_plane, valid, c)`` where the last axis'
     window position is inside x (``valid``: the other axes' test, None for 1-D) and
     ``outside(row, col)`` where it is not. The last axis is cut into three ranges computed
-    per kernel offset (zero / copy / zero), so the copy loop carries no bounds test."""
+    per kernel offset (zero / copy / zero), so the copy loop carries no bounds test.
+    ``rows``: (lo, hi), only output positions lo <= p < hi along the first axis (of two or
+    more)."""
     b = ctx.b
     d = len(geo["kernel"])
     kprod = prod(geo["kernel"])
@@ -63,7 +65,8 @@ def window_nest(ctx, geo, channels: int, inside, outside=None) -> None:
             _p_nest(ctx, geo, d, 0, ks, [],
                     lambda ps, ins, ok: inside(row, _dot(b, ps, ostr), _dot(b, ins, istr),
                                                ok, c),
-                    None if outside is None else lambda ps: outside(row, _dot(b, ps, ostr)))
+                    None if outside is None else lambda ps: outside(row, _dot(b, ps, ostr)),
+                    rows=rows)
         _k_nest(ctx, geo, d, 0, [], per_k)
 
 
@@ -87,12 +90,13 @@ def _position(b, geo, ax: int, p, k):
                  i64(geo["padding"][2 * ax]))
 
 
-def _p_nest(ctx, geo, d, ax, ks, ps, inside, outside, ins=(), ok=None):
+def _p_nest(ctx, geo, d, ax, ks, ps, inside, outside, ins=(), ok=None, rows=None):
     b = ctx.b
     if ax == d - 1:
         _last_axis(ctx, geo, ax, ks, ps, inside, outside, list(ins), ok)
         return
-    with for_range(b, 0, geo["out"][ax], f"wp{ax}") as p:
+    lo, hi = rows if rows is not None and ax == 0 else (0, geo["out"][ax])
+    with for_range(b, lo, hi, f"wp{ax}") as p:
         pos = _position(b, geo, ax, p, ks[ax])
         valid = b.and_(b.icmp_signed(">=", pos, i64(0)),
                        b.icmp_signed("<", pos, i64(geo["spatial"][ax])))
@@ -161,11 +165,12 @@ def window_table(geo) -> list[tuple[int, int, int | None]]:
     return table
 
 
-def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf, at=None) -> None:
+def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf, at=None, rows=None) -> None:
     """dst[(c, k), p] = x[xbase + c*plane + in(p, k)], zero where the window leaves x;
     ``at(row, col)`` places the element instead (a transposed layout). Tiny planes (at most
     TINY_IM2COL offsets and positions per channel: late layers, small images) copy through
-    a table of compile-time offsets, no loop or bounds test per position."""
+    a table of compile-time offsets, no loop or bounds test per position. ``rows``: the
+    output rows (``window_nest``) to make, all by default."""
     b = ctx.b
     plane, pn = prod(geo["spatial"]), prod(geo["out"])
     zero = ir.Constant(dst.elem, 0.0)
@@ -173,7 +178,7 @@ def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf, at=None) -> None:
         def at(row, col):
             return b.add(b.mul(row, i64(pn)), col)
     kprod = prod(geo["kernel"])
-    if kprod * pn <= TINY_IM2COL:
+    if kprod * pn <= TINY_IM2COL and rows is None:
         table = window_table(geo)
         with for_range(b, 0, channels, "wc") as c:
             base, row0 = b.add(xbase, b.mul(c, i64(plane))), b.mul(c, i64(kprod))
@@ -188,7 +193,7 @@ def im2col(ctx, x: Buf, xbase, channels: int, geo, dst: Buf, at=None) -> None:
 
     def outside(row, col):
         dst.store(b, at(row, col), zero)
-    window_nest(ctx, geo, channels, inside, outside)
+    window_nest(ctx, geo, channels, inside, outside, rows)
 
 
 def col2im(ctx, src: Buf, channels: int, geo, dx: Buf, xbase) -> None:
@@ -254,11 +259,43 @@ def _conv_scratch(node, threads, features):
     dc = _direct_forward(node, threads, features)
     if dc is not None:
         return threads * dc.scratch_bytes(dc.forward_parts(node.attrs["groups"]))
+    rows = row_chunks(node)
+    if rows is not None:
+        return threads * _chunk_bytes(node, rows)
     return threads * cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
                                  x.type.np_dtype.itemsize, node.attrs["groups"])
 
 
 scratch("conv", "conv_fft")(_conv_scratch)
+
+# im2col columns of one chunk of output rows: about this many bytes, to stay in cache
+ROW_CHUNK_BYTES = 384 * 1024
+# but at least this many columns per GEMM call (each call packs the weights again)
+MIN_CHUNK_COLS = 512
+
+
+def row_chunks(node) -> int | None:
+    """Output rows (first spatial axis of two or more) per chunk when the im2col/GEMM path
+    runs chunk by chunk: im2col of the chunk, its GEMM and epilogue while the columns are in
+    cache, threads taking (image, chunk) pairs. None for one chunk per image (and for a
+    pointwise kernel, which has no columns)."""
+    x, w = node.inputs
+    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
+    out = geo["out"]
+    if is_pointwise(geo) or len(out) < 2:
+        return None
+    inner = prod(out[1:])
+    R = x.shape[1] // node.attrs["groups"] * prod(geo["kernel"])
+    cols = max(MIN_CHUNK_COLS, ROW_CHUNK_BYTES // (R * x.type.np_dtype.itemsize))
+    rows = -(-cols // inner)
+    return rows if 2 * rows <= out[0] else None
+
+
+def _chunk_bytes(node, rows: int) -> int:
+    x, w = node.inputs
+    out = conv_geo(x.shape, w.shape[2:], node.attrs)["out"]
+    R = x.shape[1] // node.attrs["groups"] * prod(w.shape[2:])
+    return -(-R * rows * prod(out[1:]) * x.type.np_dtype.itemsize // ALIGN) * ALIGN
 
 
 def _depthwise_bytes(node) -> int:
@@ -404,6 +441,31 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
             _gemm(ctx, x.dtype, wp, (R, 1), b.gep(src, [p0]), (P, 1), b.gep(yp, [p0]), P,
                   og, b.sub(p1, p0), R)
             tail(n, g, p0, p1)
+
+    rows = row_chunks(node)
+    if rows is not None:
+        out0, inner = geo["out"][0], prod(geo["out"][1:])
+        nch = -(-out0 // rows)
+        ld = rows * inner
+        cols = Buf(thread_cols(ctx, _chunk_bytes(node, rows), x.elem), _tt((R, ld), x))
+        lo, hi = ctx.split(N * nch)
+        with for_range(b, lo, hi, "chunk") as u:
+            n, k = b.sdiv(u, i64(nch)), b.srem(u, i64(nch))
+            r0 = b.mul(k, i64(rows))
+            r1 = b.select(b.icmp_signed("<", b.add(r0, i64(rows)), i64(out0)),
+                          b.add(r0, i64(rows)), i64(out0))
+            p0, p1 = b.mul(r0, i64(inner)), b.mul(r1, i64(inner))
+            with for_range(b, 0, G, "grp") as g:
+                xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
+                im2col(ctx, x, xbase, cg, geo, cols, rows=(r0, r1),
+                       at=lambda row, col: b.add(b.mul(row, i64(ld)), b.sub(col, p0)))
+                wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
+                yp = b.gep(y.ptr, [b.add(b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P))),
+                                         p0)])
+                _gemm(ctx, x.dtype, wp, (R, 1), cols.ptr, (ld, 1), yp, P, og, b.sub(p1, p0), R)
+                if tail is not None:
+                    tail(n, g, p0, p1)
+        return
 
     def image(n, split_gemm: bool):
         cols = Buf(thread_cols(ctx, colbytes, x.elem) if not split_gemm
