@@ -43,8 +43,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer runs, 64x64 inputs")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--models", default="resnet18,mobilenet_v2",
-                    help="comma-separated (MobileNetV2's depthwise convolutions take the "
-                         "LLVM backend minutes to compile)")
+                    help="comma-separated (each compiles in seconds: the 'compile s' column)")
     ap.add_argument("--pipeline", default="default, fuse",
                     help="the LLVM compile's pass pipeline ('default': no fusion)")
     ap.add_argument("--threads", type=int, default=2)
