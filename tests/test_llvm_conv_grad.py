@@ -10,7 +10,7 @@ import torch
 import irgraph.backends as backends
 from irgraph import Graph, TensorType
 from irgraph.backends.llvm import jit
-from irgraph.backends.llvm.ops_conv import _direct_kernel_grad
+from irgraph.backends.llvm.conv_direct import Direct
 from irgraph.passes.autodiff import vjp
 from tests.helpers import run_guarded
 
@@ -34,6 +34,8 @@ CASES = [
     ((4, 3, 13), (16, 3, 4), "float64", (2, 1), (1,), 1),                    # 1-D, float64
     ((2, 2, 5, 6, 7), (8, 2, 2, 3, 2), "float64", (0, 1, 1, 0, 0, 0), (1, 1, 1), 1),  # 3-D
     ((3, 1, 12, 12), (48, 1, 5, 5), "float32", (2, 2, 2, 2), (1, 1), 1),     # 3 vectors
+    ((3, 4, 9, 9), (16, 4, 3, 3), "float32", (0, 0, 0, 0), (1, 1), 1),       # grid tails:
+    ((2, 3, 12, 12), (16, 3, 3, 3), "float64", (0, 0, 0, 0), (1, 1), 1),     # whole, half
 ]
 
 
@@ -58,11 +60,10 @@ def test_lenet_kernel_gradient_takes_the_channel_vectors_and_matches_torch():
     (every CPU with AVX2 or AVX-512: 16 is a multiple of the vector width) and equals
     torch's weight gradient."""
     vg = _conv_vjp((8, 6, 14, 14), (16, 6, 5, 5), "float32", (0, 0, 0, 0), (1, 1), 1)
-    kg = next(n for n in vg.nodes if n.op == "conv_kernel_grad")
     features = jit.host()[2]
     if "+avx2" in features or "+avx512f" in features:
-        dc = _direct_kernel_grad(kg, 1, features)
-        assert dc is not None and dc.channel_vectors() is not None
+        dc = Direct(6, 16, (14, 14), (0, 0, 0, 0), (5, 5), (1, 1), "float32", features)
+        assert dc.channel_vectors() is not None
     rng = np.random.default_rng(3)
     x = rng.standard_normal((8, 6, 14, 14)).astype(np.float32)
     w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)

@@ -231,14 +231,16 @@ class _Tiles:
     gradient run: ``rows`` accumulators of NR (2 vectors) each, started at zero or from
     memory, a loop of rank-1 updates acc[i] += a(k, i) * b(k)[0:NR], stored to memory."""
 
-    def __init__(self, ctx, dtype: str, features: str):
+    def __init__(self, ctx, dtype: str, features: str, vw: int | None = None):
         self.ctx, self.b = ctx, ctx.b
         t = tiling(dtype, features)
-        self.vw, self.nv = t.vw, t.nr // t.vw
-        self.vec = ir.VectorType(_elem(dtype), t.vw)
+        self.dtype, self.features = dtype, features
+        self.vw, self.nv = vw or t.vw, t.nr // t.vw
+        self.regs = _registers(features)
+        self.vec = ir.VectorType(_elem(dtype), self.vw)
         self.vp = ir.PointerType(self.vec)
         self.align = 4 if dtype == "float32" else 8
-        suffix = f"v{t.vw}{'f32' if dtype == 'float32' else 'f64'}"
+        suffix = f"v{self.vw}{'f32' if dtype == 'float32' else 'f64'}"
         m = ctx.module
         self.fma = m.globals.get(f"llvm.fma.{suffix}") or ir.Function(
             m, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.{suffix}")
@@ -246,11 +248,36 @@ class _Tiles:
     def _vector(self, ptr, v: int):
         return self.b.bitcast(self.b.gep(ptr, [i64(v * self.vw)]), self.vp)
 
-    def run(self, rows: int, count, a_ptr, b_ptr, out_ptr, accumulate: bool) -> None:
-        """acc[i] (= out_ptr(i)[0:NR] when ``accumulate``, else 0) += sum over k < count of
-        *a_ptr(k, i) * b_ptr(k)[0:NR]; then out_ptr(i)[0:NR] = acc[i]."""
+    def columns(self, rows: int, Q: int, tile) -> None:
+        """``tile(q0, nv, tiles)`` over the columns [0, Q) (``tiles`` the _Tiles to run):
+        tiles of two vectors a row, a runtime loop, then one tile of the whole vectors
+        left and, for the last few columns, one of half-width vectors: the columns past Q
+        computed and dropped are under half a vector, not up to a whole tile."""
+        width = self.nv * self.vw
+        full = Q // width
+        if full:
+            with for_range(self.b, 0, full * width, "tq", width) as q0:
+                tile(q0, self.nv, self)
+        done = full * width
+        whole, left = divmod(Q - done, self.vw)
+        if whole:
+            tile(i64(done), whole, self)
+            done += whole * self.vw
+        if left:
+            half = self.vw // 2
+            if left <= half and half >= 4:
+                tile(i64(done), 1, _Tiles(self.ctx, self.dtype, self.features, half))
+            else:
+                tile(i64(done), 1, self)
+
+    def run(self, rows: int, count, a_ptr, b_ptr, out_ptr, accumulate: bool,
+            nv: int | None = None) -> None:
+        """acc[i] (= out_ptr(i)[0:nv*vw] when ``accumulate``, else 0) += sum over k < count
+        of *a_ptr(k, i) * b_ptr(k)[0:nv*vw]; then out_ptr(i)[0:nv*vw] = acc[i] (nv vectors,
+        NR's by default)."""
         b, ctx, vw = self.b, self.ctx, self.vw
-        accs = [[ctx.alloca(self.vec, f"t{i}_{v}") for v in range(self.nv)]
+        nv = self.nv if nv is None else nv
+        accs = [[ctx.alloca(self.vec, f"t{i}_{v}") for v in range(nv)]
                 for i in range(rows)]
         for i, row in enumerate(accs):
             for v, a in enumerate(row):
@@ -260,30 +287,32 @@ class _Tiles:
         splat0 = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
         with for_range(b, 0, count, "tk") as k:
             src = b_ptr(k)
-            bv = [b.load(self._vector(src, v), align=self.align) for v in range(self.nv)]
+            bv = [b.load(self._vector(src, v), align=self.align) for v in range(nv)]
             for i in range(rows):
                 av = b.shuffle_vector(b.insert_element(undef, b.load(a_ptr(k, i)), ir.Constant(
                     ir.IntType(32), 0)), undef, splat0)
-                for v in range(self.nv):
+                for v in range(nv):
                     b.store(b.call(self.fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
         for i in range(rows):
-            for v in range(self.nv):
+            for v in range(nv):
                 b.store(b.load(accs[i][v]), self._vector(out_ptr(i), v), align=self.align)
 
 
 def compute_grid(ctx, dc: Direct, xp, wpack, grid, offs) -> None:
-    """grid[o, q] for every o < cout (MR strips) and q < Qpad (NR columns)."""
+    """grid[o, q] for every o < cout (MR strips) and q < Q (``_Tiles.columns``)."""
     b, mr, R = ctx.b, dc.mr, dc.R
     tiles = _Tiles(ctx, dc.dtype, dc.features)
     for strip in range(-(-dc.cout // mr)):
         rows = min(mr, dc.cout - strip * mr)
         wstrip = b.gep(wpack, [i64(strip * mr * R)])
-        with for_range(b, 0, dc.Qpad, "gq", dc.nr) as q0:
+
+        def tile(q0, nv, tiles, wstrip=wstrip, strip=strip, rows=rows):
             tiles.run(rows, i64(R),
                       lambda r, i: b.gep(wstrip, [b.add(b.mul(r, i64(mr)), i64(i))]),
                       lambda r: b.gep(xp, [b.add(b.load(b.gep(offs, [r])), q0)]),
                       lambda i: b.gep(grid, [b.add(i64((strip * mr + i) * dc.Qpad), q0)]),
-                      accumulate=False)
+                      accumulate=False, nv=nv)
+        tiles.columns(rows, dc.Q, tile)
 
 
 def store_valid(ctx, dc: Direct, grid, dst: Buf, base) -> None:
@@ -484,14 +513,16 @@ def scatter_input_grad(ctx, dc: Direct, groups: int, images: int, gy: Buf, dx: B
                     rows = min(mr, cg - strip * mr)
                     wk = b.gep(wpack, [b.mul(b.add(b.mul(gi, i64(kp)), k), i64(per_tap))])
                     ws = b.gep(wk, [i64(strip * og * mr)])
-                    with for_range(b, 0, dc.Qpad, "sq", dc.nr) as q0:
+
+                    def tile(q0, nv, tiles, rows=rows, ws=ws, strip=strip):
                         at = b.add(tap, q0)
                         tiles.run(rows, i64(og),
                                   lambda o, i: b.gep(ws, [b.add(b.mul(o, i64(mr)), i64(i))]),
                                   lambda o: b.gep(grid, [b.add(b.mul(o, i64(dc.Qpad)), q0)]),
                                   lambda i: b.gep(dxp, [b.add(at, i64(
                                       (strip * mr + i) * plane_p))]),
-                                  accumulate=True)
+                                  accumulate=True, nv=nv)
+                    tiles.columns(rows, dc.Q, tile)
             _interior(ctx, dc, dxp, dx, b.mul(ng, i64(cg * plane_in)), into_padded=False)
 
 
