@@ -11,17 +11,16 @@ Small layers are below the cost model's threshold, so those cases force the plan
 1e-10 of it."""
 from __future__ import annotations
 
+import irgraph.frontend as fe
 import numpy as np
 import pytest
 import torch
-
-import irgraph.backends as backends
-import irgraph.frontend as fe
-from irgraph import Graph, TensorType
 from irgraph.backends.llvm import conv_winograd
 from irgraph.backends.llvm.jit import host
 from irgraph.backends.llvm.ops_conv import epilogue_conv
 from irgraph.frontend import F
+
+from irgraph import Graph, TensorType, backends
 
 
 def _graph(xs, ws, padding, dtype):
@@ -122,7 +121,7 @@ def test_fused_bias_relu_region(forced):
                    pipeline="default, fuse")
     regions = [n for n in f.executable.graph.nodes if n.op == "fused"
                and n.attrs["kind"] == "epilogue"]
-    assert len(regions) == 1 and [m.op for m in regions[0].attrs["body"].nodes][0] == "conv"
+    assert len(regions) == 1 and regions[0].attrs["body"].nodes[0].op == "conv"
     # the region's conv is lowered by ops_conv's _conv (Winograd), not its GEMM epilogue path
     assert epilogue_conv(regions[0].attrs["body"], 2, host()[2]) is None
     assert conv_winograd.plan(x.shape, w.shape, _attrs((1, 1, 1, 1)), "float32",
@@ -151,3 +150,28 @@ def test_cost_model_and_applicability():
     assert conv_winograd.plan(*big, resnet, "int32", feats) is None
     assert conv_winograd.plan((16, 64, 3, 3), (64, 64, 3, 3), _attrs((0, 0, 0, 0)),
                               "float32", feats) is None            # 1x1 output
+
+
+class _Floats:
+    """A stand-in for the IR builder on Python floats (the transforms' arithmetic)."""
+    fadd = staticmethod(lambda x, y: x + y)
+    fsub = staticmethod(lambda x, y: x - y)
+
+
+def test_factored_transforms_are_the_matrices():
+    """The factored B^T d and A^T m of the generated code equal the matrices BT and AT
+    (and F(4x4, 3x3) as a whole the 3x3 correlation of a 6x6 tile), worked in float64."""
+    fma = lambda b, a, x, y: a * x + y
+    rng = np.random.default_rng(4)
+    bt, at = np.array(conv_winograd.BT, float), np.array(conv_winograd.AT, float)
+    g_mat = np.array([[float(c) for c in row] for row in conv_winograd.G])
+    for _ in range(3):
+        d, m = rng.standard_normal(6), rng.standard_normal(6)
+        np.testing.assert_allclose(conv_winograd._input_rows(fma)(_Floats, list(d)), bt @ d,
+                                   rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(conv_winograd._output_rows(fma)(_Floats, list(m)), at @ m,
+                                   rtol=1e-14, atol=1e-14)
+    tile, k = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    y = at @ ((g_mat @ k @ g_mat.T) * (bt @ tile @ bt.T)) @ at.T
+    want = [[np.sum(tile[i:i + 3, j:j + 3] * k) for j in range(4)] for i in range(4)]
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
