@@ -5,11 +5,12 @@ shapes of the models (an MLP's forward and backward products, a recurrence's ste
 
 Each row: M x K x N and the operand layout ("B^T": B stored [N, K], the folded transpose of a
 linear layer's weight; "A^T": A stored [K, M], the weight gradient x^T @ gy), then GFLOP/s of
-ours and of numpy (OPENBLAS_NUM_THREADS=1) and their ratio. Times are one-thread CPU time
-(``time.thread_time``), the best of ``--reps`` calls, ours and numpy's interleaved; a call
-runs R independent products (R distinct A operands, one B) so the Python cost of one
-``call_into`` is spread over at least ~60 MFLOP. A script, not a test: nothing here asserts
-a speed.
+ours (the whole ``call_into``, and net of its Python cost: the same graph on 2 x 2 x 2
+operands, timed alike, subtracted) and of numpy (OPENBLAS_NUM_THREADS=1), and the ratio of
+the net to numpy. Times are one-thread CPU time (``time.thread_time``), the best of
+``--reps`` calls, ours and numpy's interleaved; a call runs R independent products (R
+distinct A operands, one B, as a recurrence's steps share a weight) of at least ~60 MFLOP
+in all. A script, not a test: nothing here asserts a speed.
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def main() -> None:
     print(describe(f"LLVM target {cpu}", f"numpy {np.__version__}"))
     dtype = "float64" if a.float64 else "float32"
     rng = np.random.default_rng(0)
-    print(f"{'shape':>16s} {'layout':>6s} {'R':>3s} {'ours':>8s} {'numpy':>8s}  ratio  (GFLOP/s)")
+    print(f"{'shape':>16s} {'layout':>6s} {'R':>3s} {'ours':>8s} {'net':>8s} {'numpy':>8s}  "
+          f"net/numpy  (GFLOP/s)")
     for M, K, N, ta, tb in SHAPES:
         name = f"{M}x{K}x{N}"
         if a.only and name not in a.only.split(","):
@@ -98,19 +100,28 @@ def main() -> None:
             np.testing.assert_allclose(o, x @ bv, rtol=tol, atol=tol)
         nout = [np.empty((M, N), dtype) for _ in range(R)]
 
+        tiny = backends.compile(batch_graph(2, 2, 2, False, False, R, dtype), "llvm", threads=1)
+        t_args = [np.ones((2, 2), dtype) for _ in range(R + 1)]
+        t_out = [np.empty((2, 2), dtype) for _ in range(R)]
+
         def ours():
             exe.call_into(out, bm, *As)
+
+        def overhead():
+            tiny.call_into(t_out, *t_args)
 
         def theirs():
             for x, o in zip(av, nout):
                 np.matmul(x, bv, out=o)
-        t_o = t_n = float("inf")
-        for _ in range(a.reps):             # interleaved: both see the same machine load
+        t_o = t_v = t_n = float("inf")
+        for _ in range(a.reps):             # interleaved: all see the same machine load
             t_o = min(t_o, cpu_best(ours, 1))
+            t_v = min(t_v, cpu_best(overhead, 1))
             t_n = min(t_n, cpu_best(theirs, 1))
-        go, gn = R * flop / t_o / 1e9, R * flop / t_n / 1e9
+        go, gnet, gn = (R * flop / t / 1e9 for t in (t_o, t_o - t_v, t_n))
         lay = "A^T" if ta else ("B^T" if tb else "")
-        print(f"{name:>16s} {lay:>6s} {R:3d} {go:8.1f} {gn:8.1f}  {go / gn:5.2f}", flush=True)
+        print(f"{name:>16s} {lay:>6s} {R:3d} {go:8.1f} {gnet:8.1f} {gn:8.1f}  {gnet / gn:5.2f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ cost nothing) and row stride ``ldc`` for C. The classic scheme (Goto/BLIS):
             for each NR strip, for each MR strip:  MR x NR micro-kernel with vector FMAs
 
 The micro-kernel keeps MR x NR accumulators in vector registers (NR = 2 vectors); partial
-tiles at the edges go through a stack tile so no load or store leaves C, A or B.
+tiles at the edges go through a stack tile so no load or store leaves C, A or B, and a last
+row strip runs the shortest tile height (``Tiling.heights``) that holds it. When M fits one
+MC block the B panel is not packed up front: each strip is packed just before its tiles.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from . import gemm_bf16, gemv, jit
 from .gemm_tiling import KC, MC, NC, Tiling, tiling
 from .lowering import Ctx, lowering
 
-DIRECT_B_ROWS = MC      # up to this many rows of A, a row-major B is not packed
+DIRECT_B_ROWS = 96      # up to this many rows of A, a row-major B is not packed
 
 
 def _arg_types(elem):
@@ -79,6 +81,7 @@ class _GemmBuilder:
     def build(self) -> None:
         b, t = self.b, self.t
         A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args
+        scratch.add_attribute("noalias")        # the thread's own workspace
         ep = ir.PointerType(self.elem)
         bp = b.bitcast(scratch, ep)
         ap = b.gep(bp, [i64(KC * (NC + t.nr))], inbounds=True)
@@ -101,9 +104,13 @@ class _GemmBuilder:
                 first = b.and_(b.icmp_signed("==", pc, i64(0)),
                                b.icmp_signed("==", accumulate, i64(0)))
                 bsrc = b.gep(B, [b.add(b.mul(pc, rsb), b.mul(jc, csb))])
-                with b.if_then(b.not_(direct)):
+                # A in one MC block: each B strip is packed just before the tiles that read
+                # it, which find it in L1, not the whole panel first (written to L2 and read
+                # back); with several blocks the panel is packed once for all of them
+                by_strip = b.and_(b.not_(direct), b.icmp_signed("<=", M, i64(MC)))
+                with b.if_then(b.and_(b.not_(direct), b.not_(by_strip))):
                     self.pack(bp, bsrc, csb, rsb, nc, kc, t.nr)
-                bv = (direct, bsrc, rsb)
+                bv = (direct, bsrc, rsb, csb, by_strip)
                 with for_range(b, 0, M, "ic", MC) as ic:
                     mc = _min(b, i64(MC), b.sub(M, ic))
                     asrc = b.gep(A, [b.add(b.mul(ic, rsa), b.mul(pc, csa))])
@@ -218,13 +225,18 @@ class _GemmBuilder:
     def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first, a_rows=None,
               b_view=None) -> None:
         """``a_rows`` = (row stride, k stride): A read in place instead of packed strips.
-        ``b_view`` = (in place?, B block, row stride): B's strips read in place or packed."""
+        ``b_view`` = (in place?, B block, row stride, column stride, packed strip by strip
+        here?): B's strips read in place or packed."""
         b, t = self.b, self.t
-        direct, bsrc, rsb = b_view
+        direct, bsrc, rsb, csb, by_strip = b_view
         with for_range(b, 0, nc, "jr", t.nr) as jr:
-            bpanel = b.select(direct, b.gep(bsrc, [jr]), b.gep(bp, [b.mul(jr, kc)]))
+            # a strip packed here goes to the panel's first strip, which stays in cache
+            packed = b.gep(bp, [b.select(by_strip, i64(0), b.mul(jr, kc))])
+            bpanel = b.select(direct, b.gep(bsrc, [jr]), packed)
             bstride = b.select(direct, rsb, i64(t.nr))
             nr = _min(b, i64(t.nr), b.sub(nc, jr))
+            with b.if_then(by_strip):
+                self.pack(bpanel, b.gep(bsrc, [b.mul(jr, csb)]), csb, rsb, nr, kc, t.nr)
             with for_range(b, 0, mc, "ir", t.mr) as ir_:
                 mr = _min(b, i64(t.mr), b.sub(mc, ir_))
                 if a_rows is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 KC = 256
-MC = 96
+MC = 144
 NC = 1024
 
 
