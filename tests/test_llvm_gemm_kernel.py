@@ -118,3 +118,33 @@ def test_blocks_past_kc_mc_and_nc(kind):
     M, N, K = gemm_tiling.MC + 5, gemm_tiling.NC + 21, gemm_tiling.KC + 3
     check(kind, "float64", M, N, K, "rows", "cols", accumulate=1)
     check(kind, "float32", 40, N, K, "cols", "rows")
+
+
+def test_runtime_object_key_follows_the_kernel_source(tmp_path, monkeypatch):
+    """The cached runtime object (``gemm.runtime_object``) is keyed by the backend's source:
+    an edit to the GEMM, its tiling or the few-row product gives another key, so a changed
+    kernel is compiled afresh, never loaded from the cache."""
+    import shutil
+
+    from irgraph.backends import cache
+    copies = []
+    for src in cache.source_roots():
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        copies.append(dst)
+    monkeypatch.setattr(cache, "source_roots", lambda: copies)
+    monkeypatch.setattr(cache, "source_hash", cache.source_hash.__wrapped__)
+    keys = []
+    # the key runtime_object asks the cache for (the lookup answers: nothing compiled)
+    monkeypatch.setattr(jit, "cache_load", lambda key: keys.append(key) or b"object")
+
+    def key():
+        assert gemm.runtime_object.__wrapped__() == b"object"
+        return keys[-1]
+    seen = {key()}
+    assert key() in seen                    # the same source: the same key
+    for rel in ("llvm/gemm.py", "llvm/gemm_tiling.py", "llvm/gemv.py"):
+        with open(tmp_path / "backends" / rel, "a") as f:
+            f.write("\n# changed\n")
+        assert key() not in seen, rel
+        seen.add(keys[-1])
