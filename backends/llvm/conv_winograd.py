@@ -125,10 +125,12 @@ class Winograd:
     @property
     def nb(self) -> int:
         """Images per chunk: V and M of a chunk within about CHUNK_BYTES (they stay in
-        cache between the transforms and the GEMMs), at least MIN_CHUNK_TILES tiles (each
-        U[xi] read from memory once per chunk), at least one image."""
+        cache between the transforms and the GEMMs), unless U, read again by every chunk,
+        would then move more bytes than they do (at least C O / (C + O) tiles: 128 at 256
+        channels); MIN_CHUNK_TILES to MAX_CHUNK_TILES tiles, at least one image."""
         item = 4 if self.dtype == "float32" else 8
-        tiles = CHUNK_BYTES // (XI * (self.Cp + self.Op) * item)
+        tiles = max(CHUNK_BYTES // (XI * (self.Cp + self.Op) * item),
+                    self.C * self.O // (self.C + self.O))
         tiles = min(max(tiles, MIN_CHUNK_TILES), MAX_CHUNK_TILES)
         return max(1, min(self.N, tiles // self.per_image))
 
