@@ -98,3 +98,35 @@ def test_short_channel_stretches_stay_node_by_node():
     want = backends.compile(dg, "reference")(*args)
     for x, e in zip(exe(*args), want):
         np.testing.assert_allclose(x, e, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 7, 9), (3, 6, 5, 11), (4, 16, 3, 3)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_forward_statistics_survive_a_large_offset(shape, dtype):
+    """The training forward's one-pass moments (shifted by each channel's first element)
+    on data of mean 1000 and deviation 0.01 per channel: y and the running statistics equal
+    the reference's (float64 statistics, two passes) and, in float64, torch's (whose
+    float32 statistics are themselves off by float32's spacing at 1000)."""
+    from irgraph import Graph, TensorType
+    c = shape[1]
+    rng = np.random.default_rng(c)
+    x = (1000 + np.arange(c).reshape(1, c, *[1] * (len(shape) - 2))
+         + 0.01 * rng.standard_normal(shape)).astype(dtype)
+    params = [rng.standard_normal(c).astype(dtype) for _ in range(3)] + [
+        (1 + rng.random(c)).astype(dtype)]
+    g = Graph("bn")
+    xv = g.add_input("x", TensorType(shape, dtype))
+    ps = [g.add_input(n, TensorType((c,), dtype)) for n in ("g", "b", "rm", "rv")]
+    g.set_outputs(list(g.op("batch_norm", xv, *ps, training=True, eps=1e-5, momentum=0.1)))
+    got = backends.compile(g, "llvm", threads=2)(x, *params)
+    ref = backends.compile(g, "reference")(x, *params)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-9, atol=1e-9)
+    for name, a, e in zip(("y", "running mean", "running var"), got, ref):
+        np.testing.assert_allclose(a, e, err_msg=name, **tol)
+    if dtype == "float64":
+        trm, trv = torch.tensor(params[2]), torch.tensor(params[3])
+        want = torch.nn.functional.batch_norm(torch.tensor(x), trm, trv,
+                                              torch.tensor(params[0]),
+                                              torch.tensor(params[1]), training=True)
+        for a, e in zip(got, (want, trm, trv)):
+            np.testing.assert_allclose(a, e.numpy(), **tol)

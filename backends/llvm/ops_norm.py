@@ -2,7 +2,8 @@
 (layer, group and instance norm; ``lower_normalize``).
 
 Per channel (threads split the channels): in training, the mean (eq. 8.35) and the biased
-variance (eq. 8.36) in float64 over every other axis, then y = gamma (x - mu) / sqrt(var +
+variance (eq. 8.36) in float64 over every other axis (one pass: sums shifted by the
+channel's first element), then y = gamma (x - mu) / sqrt(var +
 eps) + beta and PyTorch's running-average update with the unbiased variance; in inference
 the running averages stand in for the statistics. As the registry kernel, in float64.
 """
@@ -61,24 +62,34 @@ def _batch_norm(ctx, node, ins, outs):
             with for_range(b, 0, inner, "bi") as i:
                 fn(b.add(base, i))
 
-    def accumulate(c, term):
+    acc2 = ctx.alloca(F64, "acc2")
+
+    def moments(c):
+        """The mean and the biased variance in one pass: float64 sums of (x - x0) and
+        (x - x0)^2, x0 the channel's first element (shifted against cancellation)."""
+        x0 = f64(x.load(b, b.mul(c, inner)))
         b.store(ir.Constant(F64, 0.0), acc)
+        b.store(ir.Constant(F64, 0.0), acc2)
+
         def add(off):
-            s = b.fadd(b.load(acc), term(off))
-            s.flags.append("reassoc")   # vector partial sums (float64, as the kernel)
-            b.store(s, acc)
+            d = b.fsub(f64(x.load(b, off)), x0)
+            s1 = b.fadd(b.load(acc), d)
+            s2 = b.fadd(b.load(acc2), b.fmul(d, d))
+            s1.flags.append("reassoc")  # vector partial sums (float64, as the kernel)
+            s2.flags.append("reassoc")
+            b.store(s1, acc)
+            b.store(s2, acc2)
         each(c, add)
-        return b.fdiv(b.load(acc), fm)
+        m1 = b.fdiv(b.load(acc), fm)
+        var = b.fsub(b.fdiv(b.load(acc2), fm), b.fmul(m1, m1))
+        var = b.select(b.fcmp_ordered("<", var, ir.Constant(F64, 0.0)),
+                       ir.Constant(F64, 0.0), var)
+        return b.fadd(x0, m1), var
 
     lo, hi = ctx.split(C)
     with for_range(b, lo, hi, "ch") as c:
         if a["training"]:
-            mean = accumulate(c, lambda off: f64(x.load(b, off)))
-
-            def sq(off):
-                d = b.fsub(f64(x.load(b, off)), mean)
-                return b.fmul(d, d)
-            var = accumulate(c, sq)
+            mean, var = moments(c)
             mom = ir.Constant(F64, a["momentum"])
             keep = ir.Constant(F64, 1.0 - a["momentum"])
             unbiased = b.fdiv(b.fmul(var, fm), fm1)
