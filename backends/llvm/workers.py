@@ -6,16 +6,19 @@ next run of a training loop finds it awake, ~1 us to start), then sleeps in ``fu
 until posted to (elsewhere than Linux it polls every ``POLL_US``). One slot per worker (i64[8]):
 
     [0] generation (bumped to post work)   [1] generation done   [2] entry   [3] args table
-    [4] tid   [5] nthreads   [6] stop   [7] sleeping
+    [4] tid   [5] nthreads   [6] stop   [7] sleeping   [8] caller sleeping
+    [9] the last generation started or cancelled
 
 ``irgraph_worker(slot)`` is the worker's whole life (called once from a daemon Python thread,
 through ctypes, so the GIL is released); ``irgraph_post`` fills a slot and wakes its worker
 if it sleeps; ``irgraph_wait`` spins until a posted run is done. ``irgraph_run`` is one run
-from the caller's side, in ONE native call: post to workers 1..n-1, run thread 0, wait for
-them all. Nothing can come between posting and waiting (a Python exception or
-KeyboardInterrupt only arrives once the call returns), so workers never wait at a barrier
-for a thread 0 that will not come. Every executable shares the workers (one run at a time
-holds them).
+from the caller's side, in ONE native call: post to workers 1..n-1, run thread 0, then, per
+worker, cancel its run if it has not started (the entry's work is claimed, module.py: the
+others did its share) or wait for it. Nothing can come between posting and waiting (a
+Python exception or KeyboardInterrupt only arrives once the call returns), so workers never
+wait for a thread 0 that will not come. Every executable shares the workers (one run at a
+time holds them). ``task_fns`` emits the entry's waits for a task's shares (spin, then
+futex) and ``barrier_fn`` the barrier of lowerings that meet.
 """
 from __future__ import annotations
 
