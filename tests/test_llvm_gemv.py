@@ -23,11 +23,13 @@ def _matmul(a_shape, b_shape, dtype, transpose_a=False):
 
 
 @pytest.mark.parametrize("M,K,N,dtype,threads", [
-    (1, 512, 1000, "float32", 2),     # 15 blocks of 64, two vectors, 8 columns
+    (1, 512, 1000, "float32", 2),     # (AVX-512) 3 blocks of 256, 14 vectors, 8 columns
     (1, 37, 16, "float32", 1),        # one vector
     (3, 100, 37, "float32", 2),       # no whole block; two vectors and 5 columns
     (4, 64, 129, "float32", 1),       # two blocks and one column
-    (2, 300, 70, "float64", 2),       # float64: 8 lanes, blocks of 32
+    (2, 300, 70, "float64", 2),       # float64: 8 lanes
+    (2, 50, 300, "float32", 1),       # (AVX-512) 2 blocks of 128, 2 vectors, 12 columns
+    (3, 40, 250, "float64", 2),       # (AVX-512) 6 blocks of 40, one vector, 2 columns
 ])
 def test_few_row_products_match_numpy(M, K, N, dtype, threads):
     rng = np.random.default_rng(M * 1000 + N)
@@ -56,6 +58,12 @@ def test_transposed_a_and_batched_product():
     np.testing.assert_allclose(got, x.astype(np.float64) @ w2, rtol=1e-5, atol=1e-4)
 
 
+def test_blocks_fill_half_the_vector_registers():
+    wide, avx2 = "+avx2,+fma,+avx512f", "+avx2,+fma"
+    assert [gemv.vectors(m, wide) for m in range(1, 5)] == [16, 8, 5, 4]
+    assert [gemv.vectors(m, avx2) for m in range(1, 5)] == [8, 4, 2, 2]
+
+
 def test_reach():
     f = "+avx2,+fma,+avx512f"
     assert gemv.applies("float32", 1, 1000, 512, (1000, 1), f)
@@ -70,8 +78,8 @@ def test_reach():
     (16, False, "float32"), (64, True, "float32"), (70, False, "float64"),
     (7, True, "float64"), (100, False, "float32")])
 def test_last_row_strips_of_any_height_match_numpy(M, transpose_a, dtype):
-    """The packed GEMM's last strip of rows: at most MR/2 rows (a half-height tile) or more,
-    A read in place or packed (transposed), against float64 numpy."""
+    """The packed GEMM's last strip of rows, of every height (``Tiling.heights``), A read in
+    place or packed (transposed), against float64 numpy."""
     K, N = 37, 70
     rng = np.random.default_rng(M)
     a = rng.standard_normal((K, M) if transpose_a else (M, K)).astype(dtype)

@@ -4,8 +4,10 @@ streamed once (a classifier's last layer at batch 1, a recurrence's step).
 The packed GEMM's register tile is MR rows tall: with one row of A it would run MR - 1 rows
 of multiply-adds on a repeated row, and pack B (read it, write it, read it again) when N is
 not a whole number of strips. Here B's rows are read in place, NV vectors of columns at a
-time: M x NV accumulators, per k one broadcast of A[i, k] per row and NV loads of B. The
-columns past the last whole block run one vector at a time, the last N mod vw one by one.
+time (``vectors``): M x NV accumulators, per k one broadcast of A[i, k] per row and NV
+loads of B. The
+whole vectors past the last whole block run as one narrower block, the last N mod vw
+columns one by one.
 Threads split the column blocks.
 """
 from __future__ import annotations
@@ -16,7 +18,14 @@ from .builder import STORAGE, for_range, i64
 from .gemm_tiling import tiling
 
 MAX_ROWS = 4        # rows of A (and of C) this form takes
-NV = 4              # vectors of columns per block: MAX_ROWS * NV accumulators
+
+
+def vectors(M: int, features: str) -> int:
+    """Vectors of columns per block: M x nv accumulators fill half the vector registers (32
+    with AVX-512, else 16), so each k row of B is read in runs as long as the registers
+    allow (one row of A: 16 vectors, 1 KiB of float32)."""
+    regs = 32 if "+avx512f" in features else 16
+    return max(1, regs // 2 // M)
 
 
 def applies(dtype: str, M: int, N: int, K: int, b_strides, features: str) -> bool:
@@ -31,19 +40,20 @@ def emit(ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M
     """This thread's share of C = A @ B (``applies`` holds)."""
     b = ctx.b
     vw = tiling(dtype, ctx.features).vw
-    block = NV * vw
+    nv = vectors(M, ctx.features)
+    block = nv * vw
     blocks = -(-N // block)
     full = N // block
     lo, hi = ctx.split(blocks)
     top = b.select(b.icmp_signed("<", hi, i64(full)), hi, i64(full))
     with for_range(b, lo, top, "gvb") as blk:
         _tile(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides[0], c_ptr, ldc, M, K,
-              b.mul(blk, i64(block)), NV)
+              b.mul(blk, i64(block)), nv)
     if full < blocks:           # the thread holding the last, partial block
         with b.if_then(b.icmp_signed(">", hi, i64(full))):
-            for v in range((N - full * block) // vw):
+            if (N - full * block) // vw:    # the whole vectors left, as one narrower block
                 _tile(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides[0], c_ptr, ldc, M, K,
-                      i64(full * block + v * vw), 1)
+                      i64(full * block), (N - full * block) // vw)
             for j in range(N - N % vw, N):
                 _column(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides[0], c_ptr, ldc, M, K,
                         j)
