@@ -6,7 +6,8 @@ ResNet-18's layers arrive from ONNX, against torch and the reference backend:
   paddings, dilation, a channel multiplier, planes small enough for the straight-line path;
 * the im2col/GEMM path, the epilogue after each chunk of GEMM columns: 1x1 expand and
   project convolutions, strided 3x3 and 1x1 downsampling, a 7x7 stride-2 stem, groups,
-  outputs wider than one chunk;
+  outputs wider than one chunk; 1x1 convolutions of small grids with several images'
+  positions as the columns of one GEMM (``images_per_gemm``);
 
 batch 1 and 8, float64, threads 1 and 2; and the regions are shown to take this path."""
 from __future__ import annotations
@@ -56,6 +57,7 @@ GEMM_CASES = [
     (8, 4, 11, 11, 2, 2, 0, 1, "none", False, 2, 1, 1),     # 1x1 stride-2 downsample
     (1, 3, 40, 38, 4, 2, 3, 1, "relu", False, 1, 7, 1),     # 7x7 stride-2 stem
     (2, 6, 9, 9, 2, 2, 1, 1, "relu6", False, 2, 3, 2),      # 2 groups, stride 2
+    (5, 8, 7, 7, 4, 1, 0, 1, "relu6", False, 2, 1, 1),      # 1x1, 3 + 2 images a GEMM
 ]
 
 
@@ -172,6 +174,49 @@ def test_row_chunked_plain_conv_matches_reference(n, threads, monkeypatch):
     rng = np.random.default_rng(n)
     xv = rng.standard_normal((n, 5, 16, 15)).astype(np.float32)
     wv = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    want = backends.compile(g, "reference")(xv, wv)[0]
+    got = backends.compile(g, "llvm", threads=threads, cache=False)(xv, wv)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _conv_node(xs, ws, stride=(1, 1), pad=(0, 0, 0, 0)):
+    from irgraph import Graph, TensorType
+    g = Graph("c")
+    x = g.add_input("x", TensorType(xs, "float32"))
+    w = g.add_input("w", TensorType(ws, "float32"))
+    g.set_outputs(g.add_node("conv", [x, w], dict(stride=stride, padding=pad,
+                                                  dilation=(1, 1), groups=1)))
+    return g
+
+
+def test_images_per_gemm_rule():
+    """Worked by hand with 32-column tiles: 7x7 grids (49 positions -> 64 columns a GEMM),
+    batch 8 on 2 threads: one image a GEMM, 4 GEMMs of 64 on the busiest thread = 256;
+    4 images a GEMM: 196 -> 224 columns, 1 GEMM each: chosen. Batch 5: 3 images (147 ->
+    160) beat 3 x 64 = 192. An 8x8 grid fills its tiles: one image a GEMM."""
+    from irgraph.backends.llvm import jit
+    features = jit.host()[2]
+    if ops_conv.tiling("float32", features).nr != 32:
+        features = "+avx512f"           # the rule for 32-column tiles, whatever the host
+    k = ops_conv.images_per_gemm
+    assert k(_conv_node((8, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 2, features) == 4
+    assert k(_conv_node((5, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 2, features) == 3
+    assert k(_conv_node((8, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 1, features) == 8
+    assert k(_conv_node((8, 16, 8, 8), (32, 16, 1, 1)).nodes[0], 2, features) is None
+    assert k(_conv_node((1, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 2, features) is None
+    assert k(_conv_node((8, 16, 9, 9), (32, 16, 3, 3)).nodes[0], 2, features) is None
+
+
+@pytest.mark.parametrize("n,threads", [(5, 2), (8, 1), (3, 2)])
+def test_batched_pointwise_plain_conv_matches_reference(n, threads):
+    """3x3 grids: 9 positions of a 16- or 32-column tile; groups of 2 or 3 images, the
+    last group short."""
+    import irgraph.backends as backends
+    g = _conv_node((n, 6, 3, 3), (10, 6, 1, 1))
+    assert ops_conv.images_per_gemm(g.nodes[0], threads, ops_conv_features()) is not None
+    rng = np.random.default_rng(n)
+    xv = rng.standard_normal((n, 6, 3, 3)).astype(np.float32)
+    wv = rng.standard_normal((10, 6, 1, 1)).astype(np.float32)
     want = backends.compile(g, "reference")(xv, wv)[0]
     got = backends.compile(g, "llvm", threads=threads, cache=False)(xv, wv)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -262,6 +262,9 @@ def _conv_scratch(node, threads, features):
     rows = row_chunks(node)
     if rows is not None:
         return threads * _chunk_bytes(node, rows)
+    k = images_per_gemm(node, threads, features)
+    if k is not None:
+        return threads * _batched_bytes(node, k)
     return threads * cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
                                  x.type.np_dtype.itemsize, node.attrs["groups"])
 
@@ -289,6 +292,38 @@ def row_chunks(node) -> int | None:
     cols = max(MIN_CHUNK_COLS, ROW_CHUNK_BYTES // (R * x.type.np_dtype.itemsize))
     rows = -(-cols // inner)
     return rows if 2 * rows <= out[0] else None
+
+
+# the columns and results of a batched pointwise GEMM per thread, at most
+MAX_BATCHED_BYTES = 4 << 20
+
+
+def images_per_gemm(node, threads: int, features: str) -> int | None:
+    """Images whose output positions a pointwise (1x1, stride 1, unpadded) convolution puts
+    side by side as the columns of one GEMM, when the thread doing the most GEMM columns
+    (counted in whole register tiles: a small grid's last tile is mostly padding, 49
+    positions fill 64 columns) then does clearly fewer than with one GEMM per image; None
+    for one per image. The images' columns are copied in, the results copied out."""
+    x, w = node.inputs
+    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
+    N, C, O = x.shape[0], x.shape[1], w.shape[0]
+    if (not is_pointwise(geo) or node.attrs["groups"] != 1 or N < 2
+            or x.dtype not in ("float32", "float64")):
+        return None
+    P, nr = prod(geo["out"]), tiling(x.dtype, features).nr
+
+    def cost(k):            # columns of the busiest thread
+        return -(-(-(-N // k)) // threads) * (-(-k * P // nr) * nr)
+    item = x.type.np_dtype.itemsize
+    fits = [k for k in range(1, N + 1) if (C + O) * k * P * item <= MAX_BATCHED_BYTES]
+    best = min(fits, key=lambda k: (cost(k), k), default=1)
+    return best if best > 1 and cost(best) * 10 <= cost(1) * 9 else None
+
+
+def _batched_bytes(node, k: int) -> int:
+    x, w = node.inputs
+    P = prod(x.shape[2:])
+    return -(-(x.shape[1] + w.shape[0]) * k * P * x.type.np_dtype.itemsize // ALIGN) * ALIGN
 
 
 def _chunk_bytes(node, rows: int) -> int:
@@ -442,6 +477,10 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
                   og, b.sub(p1, p0), R)
             tail(n, g, p0, p1)
 
+    k = images_per_gemm(node, ctx.max_threads, ctx.features)
+    if k is not None:
+        _batched_pointwise(ctx, node, k, x, w, y, tail)
+        return
     rows = row_chunks(node)
     if rows is not None:
         out0, inner = geo["out"][0], prod(geo["out"][1:])
@@ -503,6 +542,41 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
             else:
                 _gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
     per_image(ctx, N, image)
+
+
+def _batched_pointwise(ctx, node, k: int, x: Buf, w: Buf, y: Buf, tail) -> None:
+    """``images_per_gemm``: threads take groups of k images; each group's channels copied
+    side by side (C x k*P), one GEMM, its O x k*P result copied into y (through the
+    region's epilogue, ``tail`` with the positions of the result)."""
+    b = ctx.b
+    N, C, O, P = x.shape[0], x.shape[1], w.shape[0], prod(x.shape[2:])
+    J = k * P
+    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(_batched_bytes(node, k)))])
+    cols = b.bitcast(mine, ir.PointerType(x.elem))
+    res = b.gep(cols, [i64(C * J)])
+    lo, hi = ctx.split(-(-N // k))
+    with for_range(b, lo, hi, "igrp") as u:
+        n0 = b.mul(u, i64(k))
+        n1 = b.select(b.icmp_signed("<", b.add(n0, i64(k)), i64(N)), b.add(n0, i64(k)),
+                      i64(N))
+        with for_range(b, n0, n1, "img") as n:
+            col0 = b.mul(b.sub(n, n0), i64(P))
+            with for_range(b, 0, C, "c") as c:
+                src = b.mul(b.add(b.mul(n, i64(C)), c), i64(P))
+                dst = b.add(b.mul(c, i64(J)), col0)
+                with for_range(b, 0, P, "p") as p:
+                    b.store(x.load(b, b.add(src, p)), b.gep(cols, [b.add(dst, p)]))
+        _gemm(ctx, x.dtype, w.ptr, (C, 1), cols, (J, 1), res, J, O,
+              b.mul(b.sub(n1, n0), i64(P)), C)
+        with for_range(b, n0, n1, "img") as n:
+            col0 = b.mul(b.sub(n, n0), i64(P))
+            with for_range(b, 0, O, "o") as o:
+                src = b.add(b.mul(o, i64(J)), col0)
+                dst = b.mul(b.add(b.mul(n, i64(O)), o), i64(P))
+                with for_range(b, 0, P, "p") as p:
+                    y.store(b, b.add(dst, p), b.load(b.gep(res, [b.add(src, p)])))
+            if tail is not None:
+                tail(n, i64(0), i64(0), i64(P))
 
 
 def per_image(ctx, N: int, image) -> None:
