@@ -26,7 +26,8 @@ def _conv_vjp(xs, ws, dtype, padding, dilation, groups):
 
 
 # (x shape, w shape, dtype, padding, dilation, groups): output channels per group a multiple
-# of 8 (the vector width of float32 on AVX2, float64 on AVX-512) or of 16
+# of 8 (the vector width of float32 on AVX2, float64 on AVX-512) or of 16, but one (LeNet's
+# first layer: 6, the grid's dot products)
 CASES = [
     ((8, 6, 14, 14), (16, 6, 5, 5), "float32", (0, 0, 0, 0), (1, 1), 1),     # LeNet's second
     ((3, 6, 9, 11), (16, 6, 3, 3), "float32", (1, 2, 0, 1), (1, 1), 1),      # padded, odd
@@ -34,6 +35,7 @@ CASES = [
     ((4, 3, 13), (16, 3, 4), "float64", (2, 1), (1,), 1),                    # 1-D, float64
     ((2, 2, 5, 6, 7), (8, 2, 2, 3, 2), "float64", (0, 1, 1, 0, 0, 0), (1, 1, 1), 1),  # 3-D
     ((3, 1, 12, 12), (48, 1, 5, 5), "float32", (2, 2, 2, 2), (1, 1), 1),     # 3 vectors
+    ((4, 1, 12, 11), (6, 1, 5, 5), "float32", (2, 2, 2, 2), (1, 1), 1),      # dot products
     ((3, 4, 9, 9), (16, 4, 3, 3), "float32", (0, 0, 0, 0), (1, 1), 1),       # grid tails:
     ((2, 3, 12, 12), (16, 3, 3, 3), "float64", (0, 0, 0, 0), (1, 1), 1),     # whole, half
 ]
@@ -63,7 +65,7 @@ def test_lenet_kernel_gradient_takes_the_channel_vectors_and_matches_torch():
     features = jit.host()[2]
     if "+avx2" in features or "+avx512f" in features:
         dc = Direct(6, 16, (14, 14), (0, 0, 0, 0), (5, 5), (1, 1), "float32", features)
-        assert dc.channel_vectors() is not None
+        assert dc.channel_lanes() is not None
     rng = np.random.default_rng(3)
     x = rng.standard_normal((8, 6, 14, 14)).astype(np.float32)
     w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)

@@ -103,18 +103,22 @@ class Direct:
     def kernel_grad_parts(self) -> list[int]:
         """... of a kernel gradient: padded input, gy grid, per-lane partial sums of dW (or,
         vectorized over the output channels: padded input, gy transposed, dW transposed)."""
-        if self.channel_vectors() is not None:
-            return [self.xp_elems, prod(self.out) * self.cout, self.R * self.cout]
+        lanes = self.channel_lanes()
+        if lanes is not None:
+            ogp = lanes[0] * lanes[1]
+            return [self.xp_elems, prod(self.out) * ogp, self.R * ogp]
         return [self.xp_elems, self.grid_elems,
                 self.cout * self.R * tiling(self.dtype, self.features).vw]
 
-    def channel_vectors(self) -> int | None:
-        """Vectors per output position when the kernel gradient runs vectorized over the
-        output channels (``cout`` a multiple of the vector width, one to four vectors):
-        every multiply-add then falls on a valid position, none on the grid's padding."""
+    def channel_lanes(self) -> tuple[int, int] | None:
+        """(vector width, vectors) per output position when the kernel gradient runs
+        vectorized over the output channels: every multiply-add then falls on a valid
+        position, none on the grid's padding. Only for ``cout`` one to four whole vectors:
+        half-width vectors with padded lanes (LeNet's 6 channels in 8 of AVX-512's 16 lanes
+        of float32) measured slower than the grid's dot products."""
         vw = tiling(self.dtype, self.features).vw
         v, rest = divmod(self.cout, vw)
-        return v if rest == 0 and 1 <= v <= 4 else None
+        return (vw, v) if rest == 0 and 1 <= v <= 4 else None
 
     def scatter_parts(self, groups: int) -> list[int]:
         """... of an input gradient by scattering: padded dx, gy grid, each group's
@@ -381,7 +385,7 @@ def load_grid(ctx, dc: Direct, src: Buf, base, grid) -> None:
 
 def kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf, dw: Buf
                     ) -> None:
-    if dc.channel_vectors() is not None:
+    if dc.channel_lanes() is not None:
         _channel_kernel_gradient(ctx, dc, groups, images, x, gy, dw)
         return
     b = ctx.b
@@ -539,15 +543,14 @@ def _registers(features: str) -> int:
 
 def channel_taps(dc: Direct) -> int:
     """Taps per register block: T x V accumulators, V gy vectors and a broadcast fit."""
-    v = dc.channel_vectors()
+    v = dc.channel_lanes()[1]
     return max(1, min(dc.R, (_registers(dc.features) - 1 - v) // v))
 
 
 def _channel_kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, gy: Buf,
                              dw: Buf) -> None:
     b = ctx.b
-    t = tiling(dc.dtype, dc.features)
-    vw, nv = t.vw, dc.channel_vectors()
+    vw, nv = dc.channel_lanes()
     elem = _elem(dc.dtype)
     vec = ir.VectorType(elem, vw)
     vp = ir.PointerType(vec)
@@ -556,7 +559,7 @@ def _channel_kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, 
     nbytes = dc.scratch_bytes(parts)
     xp, gyt, part = arrays(ctx, dc.dtype, thread_scratch(ctx, nbytes), parts)
     part_at = _offsets(dc.dtype, parts)[2]
-    R, og = dc.R, dc.cout
+    R, og, ogp = dc.R, dc.cout, vw * nv       # gyT and dW^T rows padded to ogp lanes
     P, plane_in = prod(dc.out), prod(dc.spatial)
     offs = ctx.global_array("conv.taps", dc.offsets())
     padded = any(dc.pads)
@@ -570,13 +573,13 @@ def _channel_kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, 
         rows = [b.add(r0, i64(i)) for i in range(taps)]
         for i, row in enumerate(accs):
             for v, a in enumerate(row):
-                at = b.add(b.mul(rows[i], i64(og)), i64(v * vw))
+                at = b.add(b.mul(rows[i], i64(ogp)), i64(v * vw))
                 b.store(b.load(b.bitcast(b.gep(part, [at]), vp), align=align), a)
         xs = [b.gep(src, [b.load(b.gep(offs, [r]))]) for r in rows]
         with strided_nest(b, dc.out[:-1], [pst[:-1], ost[:-1]]) as (qo, po):
             with for_range(b, 0, dc.out[-1], "cq") as j:
                 q, p = b.add(qo, j), b.add(po, j)
-                gv = [b.load(b.bitcast(b.gep(gyt, [b.add(b.mul(p, i64(og)), i64(v * vw))]),
+                gv = [b.load(b.bitcast(b.gep(gyt, [b.add(b.mul(p, i64(ogp)), i64(v * vw))]),
                                        vp), align=align) for v in range(nv)]
                 for i in range(taps):
                     s = b.shuffle_vector(b.insert_element(undef, b.load(b.gep(xs[i], [q])),
@@ -589,13 +592,15 @@ def _channel_kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, 
                         b.store(acc, accs[i][v])
         for i, row in enumerate(accs):
             for v, a in enumerate(row):
-                at = b.add(b.mul(rows[i], i64(og)), i64(v * vw))
+                at = b.add(b.mul(rows[i], i64(ogp)), i64(v * vw))
                 b.store(b.load(a), b.bitcast(b.gep(part, [at]), vp), align=align)
 
     with for_range(b, 0, groups, "cgrp") as g:      # every thread runs every group
         if padded:
             zero(ctx, xp, dc.xp_elems, elem)
-        zero(ctx, part, R * og, elem)
+        zero(ctx, part, R * ogp, elem)
+        if ogp > og:                                # the padding lanes of gyT stay zero
+            zero(ctx, gyt, P * ogp, elem)
         lo, hi = ctx.split(images)
         with for_range(b, lo, hi, "cimg") as n:
             ng = b.add(b.mul(n, i64(groups)), g)
@@ -609,7 +614,8 @@ def _channel_kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, 
             with for_range(b, 0, og, "ct") as o:    # gyT[p, o] = gy[n, g*og + o, p]
                 ob = b.add(gbase, b.mul(o, i64(P)))
                 with for_range(b, 0, P, "cp") as p:
-                    b.store(gy.load(b, b.add(ob, p)), b.gep(gyt, [b.add(b.mul(p, i64(og)), o)]))
+                    b.store(gy.load(b, b.add(ob, p)), b.gep(gyt, [b.add(b.mul(p, i64(ogp)),
+                                                                        o)]))
             full, tail = divmod(R, T)
             if full:
                 with for_range(b, 0, full * T, "cr", T) as r0:
@@ -617,19 +623,20 @@ def _channel_kernel_gradient(ctx, dc: Direct, groups: int, images: int, x: Buf, 
             if tail:
                 block(src, i64(full * T), tail)
         ctx.barrier()
-        _sum_transposed(ctx, dc, nbytes, part_at, dw, b.mul(g, i64(og * R)), elem)
+        _sum_transposed(ctx, dc, ogp, nbytes, part_at, dw, b.mul(g, i64(og * R)), elem)
         ctx.barrier()
 
 
-def _sum_transposed(ctx, dc: Direct, nbytes: int, first: int, dw: Buf, dbase, elem) -> None:
-    """dw[dbase + o*R + r] = sum over threads of part_t[r*cout + o] (entries split)."""
+def _sum_transposed(ctx, dc: Direct, ogp: int, nbytes: int, first: int, dw: Buf, dbase,
+                    elem) -> None:
+    """dw[dbase + o*R + r] = sum over threads of part_t[r*ogp + o] (entries split)."""
     b, R, og = ctx.b, dc.R, dc.cout
     lo, hi = ctx.split(og * R)
     nt = ctx.nthreads if not ctx.single else i64(1)
     acc = ctx.alloca(elem, "csum")
     with for_range(b, lo, hi, "ce") as e:
         o, r = b.sdiv(e, i64(R)), b.srem(e, i64(R))
-        at = b.add(b.mul(r, i64(og)), o)
+        at = b.add(b.mul(r, i64(ogp)), o)
         b.store(ir.Constant(elem, 0.0), acc)
         with for_range(b, 0, nt, "ctt") as t:
             raw = b.gep(ctx.node_scratch, [b.add(b.mul(t, i64(nbytes)), i64(first))])
