@@ -131,8 +131,8 @@ def test_fused_bias_relu_region(forced):
     assert np.abs(got - want).max() <= _bound(x, w, "float32")
 
 
-def test_cost_model_and_applicability():
-    feats = host()[2]
+@pytest.mark.parametrize("feats", ["+avx2,+fma,+avx512f", "+avx2,+fma", "+sse2"])
+def test_cost_model_and_applicability(feats):
     resnet = _attrs((1, 1, 1, 1))
     assert conv_winograd.plan((8, 128, 28, 28), (128, 128, 3, 3), resnet, "float32",
                               feats) is not None

@@ -74,7 +74,8 @@ FMA_PER_CYCLE = 1.0         # vector multiply-adds of the packed GEMM per cycle
 TRANSFORM_IN = 400          # one tile of vw channels: 36 loads, B^T d B, 36 stores
 TRANSFORM_OUT = 700         # one tile of vw channels: 36 loads, A^T M A, the stores into y
 COPY = 1.5                  # one element copied channel-last into the padded grid
-WEIGHT = 25                 # one (o, c) pair's G g G^T (vectorised over o)
+WEIGHT_GATHER = 18          # one (o, c) pair's 9 weights loaded into vector lanes
+WEIGHT_VECTOR = 108         # G g G^T and its 36 stores, per vw pairs
 BYTES_PER_CYCLE = 16        # U written, then read once per chunk, from outside L2
 PAYS_BELOW = 0.8            # Winograd's estimate against the direct product's
 
@@ -161,7 +162,8 @@ class Winograd:
         wino = (XI * T * self.C * self.O / (vw * FMA_PER_CYCLE)
                 + T * (self.Cp * TRANSFORM_IN + self.Op * TRANSFORM_OUT) / vw
                 + self.N * hp * wp * self.Cp * COPY
-                + self.C * self.O * (WEIGHT + XI * item * (1 + chunks) / BYTES_PER_CYCLE))
+                + self.C * self.O * (WEIGHT_GATHER + WEIGHT_VECTOR / vw
+                                     + XI * item * (1 + chunks) / BYTES_PER_CYCLE))
         return wino < PAYS_BELOW * direct
 
 
