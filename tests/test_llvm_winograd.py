@@ -131,6 +131,54 @@ def test_fused_bias_relu_region(forced):
     assert np.abs(got - want).max() <= _bound(x, w, "float32")
 
 
+# (gy shape, w shape, padding, input size, dtype, threads)
+INPUT_GRAD_CASES = [
+    ((2, 18, 8, 8), (18, 16, 3, 3), (1, 1, 1, 1), (8, 8), "float32", 2),
+    ((1, 20, 5, 6), (20, 17, 3, 3), (0, 1, 1, 0), (6, 7), "float32", 1),   # asymmetric
+    ((3, 16, 11, 11), (16, 19, 3, 3), (0, 0, 0, 0), (13, 13), "float64", 2),  # valid
+]
+
+
+@pytest.mark.parametrize("gs,ws,padding,size,dtype,threads", INPUT_GRAD_CASES)
+def test_input_gradient_matches_reference(forced, gs, ws, padding, size, dtype, threads):
+    """conv_input_grad of a 3x3 stride-1 layer: the Winograd convolution of gy (padded by
+    2 - padding, the kernel flipped, its channel axes swapped)."""
+    attrs = dict(_attrs(padding), input_size=size)
+    assert conv_winograd.plan_input_grad(ws, gs, attrs, dtype, host()[2]) is not None
+
+    def graph(dt):
+        g = Graph("dx")
+        w = g.add_input("w", TensorType(ws, dt))
+        gy = g.add_input("gy", TensorType(gs, dt))
+        g.set_outputs(g.add_node("conv_input_grad", [w, gy], attrs))
+        return g
+    rng = np.random.default_rng(sum(gs))
+    wv, gv = rng.standard_normal(ws).astype(dtype), rng.standard_normal(gs).astype(dtype)
+    got = backends.compile(graph(dtype), "llvm", threads=threads, cache=False)(wv, gv)[0]
+    want = backends.compile(graph("float64"), "reference")(wv.astype(np.float64),
+                                                          gv.astype(np.float64))[0]
+    # torch: the gradient of <gy, conv2d(x, w)> with respect to x
+    t, b, l, r = padding
+    tx = torch.zeros((gs[0], ws[1]) + size, dtype=torch.float64, requires_grad=True)
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (l, r, t, b)),
+                                   torch.from_numpy(wv.astype(np.float64)))
+    y.backward(torch.from_numpy(gv.astype(np.float64)))
+    bound = (1e-4 if dtype == "float32" else 1e-10) * np.sqrt(9 * gs[1]) * \
+        np.abs(wv).max() * np.abs(gv).max()
+    assert np.abs(got - want).max() <= bound, (np.abs(got - want).max(), bound)
+    assert np.abs(got - tx.grad.numpy()).max() <= bound
+
+
+def test_input_gradient_plan_needs_padding_at_most_2():
+    feats = host()[2]
+    attrs = dict(_attrs((3, 3, 3, 3)), input_size=(16, 16))
+    assert conv_winograd.plan_input_grad((64, 64, 3, 3), (16, 64, 20, 20), attrs,
+                                         "float32", feats) is None
+    attrs = dict(_attrs((1, 1, 1, 1)), input_size=(16, 16))
+    assert conv_winograd.plan_input_grad((64, 64, 3, 3), (16, 64, 16, 16), attrs,
+                                         "float32", feats) is not None
+
+
 @pytest.mark.parametrize("feats", ["+avx2,+fma,+avx512f", "+avx2,+fma", "+sse2"])
 def test_cost_model_and_applicability(feats):
     resnet = _attrs((1, 1, 1, 1))

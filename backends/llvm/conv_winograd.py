@@ -20,6 +20,10 @@ so the 9 multiply-adds per output and channel become 36 / 16 = 2.25 (4x fewer). 
    inside the plane). A fused region's epilogue (bias, activation, residual) runs after,
    as for every convolution path.
 
+The input gradient of such a layer (``plan_input_grad``) is the same convolution of gy,
+padded by 2 - padding, with the kernel flipped and its channel axes swapped (only the
+weights are read differently).
+
 Threads split the rows of P, the tiles and the 36 GEMMs (``ctx.split``), a barrier after
 each phase. F(4x4) rather than F(2x2, 3x3): half the tiles' transform work per output and
 1.8x fewer multiplies; its error stays small at every channel count measured below.
@@ -33,7 +37,7 @@ and 5. Float64 stays within about 1e-15 of that scale.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction as Fr
 
 from llvmlite import ir
@@ -90,6 +94,14 @@ class Winograd:
     pads: tuple[int, int, int, int]       # top, bottom, left, right
     dtype: str
     features: str
+    # the input gradient's convolution of gy: w read as w[c][o] with the kernel flipped
+    flipped: bool = False
+
+    def weight_index(self, b, o, c, k: int):
+        """The element of w holding tap k of this convolution's kernel (o, c)."""
+        if self.flipped:
+            return b.add(b.mul(b.add(b.mul(c, i64(self.O)), o), i64(9)), i64(8 - k))
+        return b.add(b.mul(b.add(b.mul(o, i64(self.C)), c), i64(9)), i64(k))
 
     @property
     def vw(self) -> int:
@@ -182,6 +194,20 @@ def plan(x_shape, w_shape, attrs, dtype: str, features: str) -> Winograd | None:
     if min(wg.out) < TILE or wg.scratch_bytes() > MAX_SCRATCH or not wg.pays():
         return None
     return wg
+
+
+def plan_input_grad(w_shape, gy_shape, attrs, dtype: str, features: str) -> Winograd | None:
+    """``conv_input_grad`` of a 3x3 stride-1 convolution (eq. 9.13) as the Winograd
+    convolution of gy padded by 2 - padding per side, the kernel flipped and its channel
+    axes swapped; None where ``plan`` declines it or a padding exceeds 2."""
+    pads = tuple(2 - p for p in attrs["padding"])
+    if len(w_shape) != 4 or any(p < 0 for p in pads):
+        return None
+    wg = plan(gy_shape, (w_shape[1], w_shape[0]) + tuple(w_shape[2:]),
+              dict(attrs, padding=pads), dtype, features)
+    if wg is None or wg.out != tuple(attrs["input_size"]):
+        return None
+    return replace(wg, flipped=True)
 
 
 # ---------------------------------------------------------------- code
@@ -281,8 +307,8 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                 v = ir.Constant(vec, ir.Undefined)
                 for lane in range(vw):
                     o = b.add(og, i64(min(lane, lanes - 1)))
-                    at = b.add(b.mul(b.add(b.mul(o, i64(C)), c), i64(9)), i64(k))
-                    v = b.insert_element(v, w.load(b, at), ir.Constant(ir.IntType(32), lane))
+                    v = b.insert_element(v, w.load(b, wg.weight_index(b, o, c, k)),
+                                         ir.Constant(ir.IntType(32), lane))
                 return v
             u = _sandwich(b, G, [[tap(3 * r + s) for s in range(3)] for r in range(3)],
                           vconst)

@@ -835,6 +835,9 @@ def _igrad_scratch(node, threads, features):
     if gemm_bf16.native(node):
         return threads * grad_scratch_bytes(node)
     a = node.attrs
+    wg = _winograd_input_grad(node, features)
+    if wg is not None:
+        return wg.scratch_bytes()
     scattered = _scattered_input_grad(node, threads, features)
     if scattered is not None:
         return threads * scattered.scratch_bytes(scattered.scatter_parts(a["groups"]))
@@ -844,6 +847,11 @@ def _igrad_scratch(node, threads, features):
     xs = (gy.shape[0], w.shape[1] * a["groups"]) + tuple(a["input_size"])
     return threads * cols_bytes(xs, w.shape, w.shape[2:], a, w.type.np_dtype.itemsize,
                                  a["groups"])
+
+
+def _winograd_input_grad(node, features):
+    w, gy = node.inputs
+    return conv_winograd.plan_input_grad(w.shape, gy.shape, node.attrs, w.dtype, features)
 
 
 def _direct_input_grad(node, threads, features):
@@ -886,6 +894,10 @@ def _conv_input_grad(ctx, node, ins, outs):
         return lower_conv_input_grad(ctx, node, w, gy, dx)
     a = node.attrs
     G = a["groups"]
+    wg = _winograd_input_grad(node, ctx.features)
+    if wg is not None:
+        conv_winograd.lower(ctx, wg, gy, w, dx)
+        return
     scattered = _scattered_input_grad(node, ctx.max_threads, ctx.features)
     if scattered is not None:
         scatter_input_grad(ctx, scattered, G, gy.shape[0], gy, dx, w)
