@@ -201,6 +201,29 @@ def lower_normalize(ctx, node, ins, outs) -> bool:
 
 
 # ---------------------------------------------------------------- row regions
+def _spreads(reds, src, kind) -> dict:
+    """The row reductions of ``(v - mean(v))^2`` (``square`` or ``mul(d, d)``), v an operand
+    of the region, mean(v) a row mean in it: each maps to (v, that mean). A backend sums
+    them in the sweep of the mean itself, as float64 sums of v - v0 and (v - v0)^2 (v0 the
+    row's first element, against cancellation): a batch norm's variance without a sweep
+    of its own."""
+    out = {}
+    for r in reds:
+        sq = r.inputs[0].node
+        if sq is None or not (sq.op == "square" or sq.op == "mul" and
+                              sq.inputs[0] is sq.inputs[1]):
+            continue
+        sub = sq.inputs[0].node
+        if sub is None or sub.op != "sub":
+            continue
+        v, m = sub.inputs
+        mean = m.node
+        if mean is not None and mean.op == "mean" and mean.inputs[0] is v and v in src \
+                and kind[v] == "full" and v.type.dtype in ("float32", "float64"):
+            out[r] = (v, mean)
+    return out
+
+
 @fused_kind("rows")
 def lower_rows(ctx, node, ins, outs) -> bool:
     """A ``fused`` region of kind ``rows`` (passes/layer_regions.py: a normalization's
@@ -237,13 +260,17 @@ def lower_rows(ctx, node, ins, outs) -> bool:
     red_dims = [full[a] for a in k]
     trail = {v: [st for a, st in enumerate(broadcast_strides(v.shape, full)) if a in k]
              for v in body.inputs if kind[v] == "trail"}
-    # the pass after which each value exists: row reductions raise the level
+    spread = _spreads(reds, src, kind)
+    # the pass after which each value exists: row reductions raise the level (a spread
+    # about the row's mean exists with that mean)
     level: dict = {v: 0 for v in body.inputs}
     for n in body.nodes:
         top = max((level[v] for v in n.inputs), default=0)
-        level[n.outputs[0]] = top + 1 if n.op in ("sum", "mean") else top
+        level[n.outputs[0]] = (level[spread[n][1].outputs[0]] if n in spread else
+                               top + 1 if n.op in ("sum", "mean") else top)
     passes = max((level[r.outputs[0]] for r in reds), default=0)
     accs = {r: ctx.alloca(F64, "racc") for r in reds}
+    acc2 = {r: ctx.alloca(F64, "racc2") for r in spread}
 
     def element_offsets(j):
         """Offsets into each trail operand at element j of a row."""
@@ -321,26 +348,55 @@ def lower_rows(ctx, node, ins, outs) -> bool:
         # the last level's sums ride along the sweep that stores the full results when none
         # of those results needs them (a bias gradient summing the normalization's dx)
         merged = bool(full_outs) and all(level[v] < passes for v, _ in full_outs)
+        def add(acc, term):
+            total = b.fadd(b.load(acc), term)
+            total.flags.append("reassoc")
+            b.store(total, acc)
+
         for p in range(1, passes + 1):
             stage = [r for r in reds if level[r.outputs[0]] == p]
+            plain = [r for r in stage if r not in spread]
+            spreads = [r for r in stage if r in spread]
             stores = full_outs if merged and p == passes else []
+            firsts = {r: sc.convert(ctx, spread[r][0].type.dtype, "float64",
+                                    src[spread[r][0]].load(b, base)) for r in spreads}
             for r in stage:
                 b.store(ir.Constant(F64, 0.0), accs[r])
+            for r in spreads:
+                b.store(ir.Constant(F64, 0.0), acc2[r])
             with sweep() as (off, j):
-                vals = element(off, j, [r.inputs[0] for r in stage] + [v for v, _ in stores])
-                for r, x in zip(stage, vals):
-                    s = b.fadd(b.load(accs[r]), sc.convert(ctx, r.inputs[0].type.dtype,
-                                                           "float64", x))
-                    s.flags.append("reassoc")
-                    b.store(s, accs[r])
-                for (_, o), x in zip(stores, vals[len(stage):]):
+                wanted = [r.inputs[0] for r in plain] + [spread[r][0] for r in spreads]
+                vals = element(off, j, wanted + [v for v, _ in stores])
+                for r, x in zip(plain, vals):
+                    add(accs[r], sc.convert(ctx, r.inputs[0].type.dtype, "float64", x))
+                for r, x in zip(spreads, vals[len(plain):]):
+                    d = b.fsub(sc.convert(ctx, spread[r][0].type.dtype, "float64", x),
+                               firsts[r])
+                    add(accs[r], d)
+                    add(acc2[r], b.fmul(d, d))
+                for (_, o), x in zip(stores, vals[len(wanted):]):
                     o.store(b, off, x)
-            for r in stage:
+            inv_n = ir.Constant(F64, 1.0 / n_el)
+            for r in plain:
                 total = b.load(accs[r])
                 if r.op == "mean":
                     total = b.fdiv(total, ir.Constant(F64, float(n_el)))
                 row_env[r.outputs[0]] = sc.convert(ctx, "float64", r.outputs[0].type.dtype,
                                                    total)
+            for r in spreads:
+                # about the mean as rounded to its dtype (what the body's x - mean takes),
+                # c = mean - x0: E[(x - x0)^2] - 2 c E[x - x0] + c^2
+                m1 = b.fmul(b.load(accs[r]), inv_n)
+                c = b.fsub(sc.convert(ctx, spread[r][1].outputs[0].type.dtype, "float64",
+                                      row_env[spread[r][1].outputs[0]]), firsts[r])
+                var = b.fadd(b.fsub(b.fmul(b.load(acc2[r]), inv_n), b.fmul(b.fadd(c, c), m1)),
+                             b.fmul(c, c))
+                var = b.select(b.fcmp_ordered("<", var, ir.Constant(F64, 0.0)),
+                               ir.Constant(F64, 0.0), var)
+                if r.op == "sum":
+                    var = b.fmul(var, ir.Constant(F64, float(n_el)))
+                row_env[r.outputs[0]] = sc.convert(ctx, "float64", r.outputs[0].type.dtype,
+                                                   var)
             ready_rows(p)
         for v, o in zip(body.outputs, outs):
             if kind[v] == "row":
