@@ -69,10 +69,11 @@ def test_batch_norm_gradients_match_the_reference_and_torch(shape, dtype):
 
 
 @pytest.mark.parametrize("shape", [(3, 6, 5, 11), (4, 16, 3, 3), (6, 6, 13)])
-def test_batch_norm_backward_is_one_region_of_three_sweeps(shape):
+def test_batch_norm_backward_is_one_region(shape):
     """Every full-size step of the backward (the statistics recomputed, the ReLU mask, dx)
-    is inside one per-channel region: two levels of sums (the mean; the variance, dgamma
-    and dbeta's sums flattened beside it), then the sweep storing dx."""
+    is inside one per-channel region of two levels of sums (the mean, dgamma's and dbeta's
+    sums flattened beside it; the variance), then the sweep storing dx (the LLVM lowering
+    sums the variance in the mean's sweep: two sweeps in all)."""
     dg = _step(shape, "float32", True)
     exe = backends.compile(dg, "llvm", threads=1)
     rows = [n for n in exe.graph.nodes if n.op == "fused" and n.attrs["kind"] == "rows"]
