@@ -172,9 +172,9 @@ def test_only_work_worth_a_barrier_is_split():
                                          (97, 40, 64, "float32"), (32, 256, 100, "float32"),
                                          (8, 20, 1024, "float32")])
 def test_small_row_products_read_b_in_place(m, k, n, dtype):
-    """Up to 96 rows and whole column strips, B's rows are read in place (no packing); one
-    row more, a ragged last strip, or rows 4 KiB apart (N = 1024 floats), packs. Both against float64 numpy, on 1 and 2 threads
-    (two threads split the columns)."""
+    """Up to 96 rows and whole column strips, B's rows are read in place (no packing), rows
+    4 KiB apart (N = 1024 floats) too; one row more or a ragged last strip packs. Both
+    against float64 numpy, on 1 and 2 threads (two threads split the columns)."""
     g = Graph("mm")
     x = g.add_input("x", TensorType((m, k), dtype))
     w = g.add_input("w", TensorType((k, n), dtype))
