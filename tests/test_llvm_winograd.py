@@ -71,7 +71,8 @@ CASES = [
 
 @pytest.mark.parametrize("xs,ws,padding,dtype,threads", CASES)
 def test_winograd_matches_reference_and_torch(forced, xs, ws, padding, dtype, threads):
-    assert conv_winograd.plan(xs, ws, _attrs(padding), dtype, host()[2]) is not None
+    wg = conv_winograd.plan(xs, ws, _attrs(padding), dtype, host()[2], threads)
+    assert wg is not None and not wg.own        # one chunk: the threads split its phases
     x, w = _data(xs, ws, dtype, sum(xs) + sum(ws))
     g = _graph(xs, ws, padding, dtype)
     got = backends.compile(g, "llvm", threads=threads, cache=False)(x, w)[0]
@@ -87,8 +88,9 @@ def test_several_chunks_of_images(forced, monkeypatch):
     """A batch in more than one chunk (the last one partial), 32x32 planes, two threads."""
     monkeypatch.setattr(conv_winograd, "MAX_CHUNK_TILES", 64)
     xs, ws, padding = (5, 16, 32, 32), (16, 16, 3, 3), (1, 1, 1, 1)
-    wg = conv_winograd.plan(xs, ws, _attrs(padding), "float32", host()[2])
-    assert wg is not None and wg.nb == 1
+    wg = conv_winograd.plan(xs, ws, _attrs(padding), "float32", host()[2], threads=2)
+    assert wg is not None and wg.nb == 1 and wg.chunks == 5
+    assert wg.own       # each thread runs whole chunks in its own scratch
     x, w = _data(xs, ws, "float32", 1)
     got = backends.compile(_graph(xs, ws, padding, "float32"), "llvm", threads=2,
                            cache=False)(x, w)[0]

@@ -96,6 +96,7 @@ class Winograd:
     features: str
     # the input gradient's convolution of gy: w read as w[c][o] with the kernel flipped
     flipped: bool = False
+    threads: int = 1
 
     def weight_index(self, b, o, c, k: int):
         """The element of w holding tap k of this convolution's kernel (o, c)."""
@@ -136,7 +137,27 @@ class Winograd:
         return th * tw
 
     @property
+    def own(self) -> bool:
+        """Each thread runs whole chunks in its own P, V, M (no barrier inside a chunk),
+        when there are at least as many chunks as threads; else the threads split each
+        chunk's work, meeting after every phase."""
+        return self.threads > 1 and -(-self.N // self._images()) >= self.threads
+
+    @property
     def nb(self) -> int:
+        """Images per chunk (``_images``), evened out over the threads when they take
+        whole chunks (5 chunks on 2 threads become 6)."""
+        nb = self._images()
+        if self.own:
+            per = -(-self.N // nb)
+            nb = -(-self.N // (-(-per // self.threads) * self.threads))
+        return nb
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.N // self.nb)
+
+    def _images(self) -> int:
         """Images per chunk: V and M of a chunk within about CHUNK_BYTES (they stay in
         cache between the transforms and the GEMMs), unless U, read again by every chunk,
         would then move more bytes than they do (at least C O / (C + O) tiles: 128 at 256
@@ -151,14 +172,16 @@ class Winograd:
     def Tc(self) -> int:
         return self.nb * self.per_image
 
-    def parts(self) -> list[int]:
-        """Scratch arrays (elements): U, the padded channel-last grid P, V, M."""
+    def chunk_parts(self) -> list[int]:
+        """Scratch arrays (elements) of a chunk: the padded channel-last grid P, V, M (one
+        set per thread where the threads take whole chunks, after U's XI C Op elements)."""
         hp, wp = self.grid
-        return [XI * self.C * self.Op, self.nb * hp * wp * self.Cp, XI * self.Tc * self.Cp,
-                XI * self.Tc * self.Op]
+        return [self.nb * hp * wp * self.Cp, XI * self.Tc * self.Cp, XI * self.Tc * self.Op]
 
     def scratch_bytes(self) -> int:
-        return scratch_bytes(self.dtype, self.parts())
+        copies = self.threads if self.own else 1
+        return (scratch_bytes(self.dtype, [XI * self.C * self.Op])
+                + copies * scratch_bytes(self.dtype, self.chunk_parts()))
 
     def pays(self) -> bool:
         """Winograd's estimated cycles against the direct product's (9 multiply-adds per
@@ -169,7 +192,7 @@ class Winograd:
         item = 4 if self.dtype == "float32" else 8
         T = self.N * self.per_image
         hp, wp = self.grid
-        chunks = -(-self.N // self.nb)
+        chunks = self.chunks
         direct = self.N * ho * wo * 9 * self.C * self.O / (vw * FMA_PER_CYCLE)
         wino = (XI * T * self.C * self.O / (vw * FMA_PER_CYCLE)
                 + T * (self.Cp * TRANSFORM_IN + self.Op * TRANSFORM_OUT) / vw
@@ -179,7 +202,8 @@ class Winograd:
         return wino < PAYS_BELOW * direct
 
 
-def plan(x_shape, w_shape, attrs, dtype: str, features: str) -> Winograd | None:
+def plan(x_shape, w_shape, attrs, dtype: str, features: str,
+         threads: int = 1) -> Winograd | None:
     """The Winograd plan of a convolution when it applies and pays, else None: 2-D, a 3x3
     kernel, stride 1, dilation 1, one group, float32/float64, at least MIN_CHANNELS input
     and output channels, an output plane of at least 4x4."""
@@ -190,13 +214,14 @@ def plan(x_shape, w_shape, attrs, dtype: str, features: str) -> Winograd | None:
             or min(x_shape[1], w_shape[0]) < MIN_CHANNELS or x_shape[0] < 1):
         return None
     wg = Winograd(x_shape[0], x_shape[1], w_shape[0], x_shape[2], x_shape[3],
-                  tuple(attrs["padding"]), dtype, features)
+                  tuple(attrs["padding"]), dtype, features, threads=max(threads, 1))
     if min(wg.out) < TILE or wg.scratch_bytes() > MAX_SCRATCH or not wg.pays():
         return None
     return wg
 
 
-def plan_input_grad(w_shape, gy_shape, attrs, dtype: str, features: str) -> Winograd | None:
+def plan_input_grad(w_shape, gy_shape, attrs, dtype: str, features: str,
+                    threads: int = 1) -> Winograd | None:
     """``conv_input_grad`` of a 3x3 stride-1 convolution (eq. 9.13) as the Winograd
     convolution of gy padded by 2 - padding per side, the kernel flipped and its channel
     axes swapped; None where ``plan`` declines it or a padding exceeds 2."""
@@ -204,7 +229,7 @@ def plan_input_grad(w_shape, gy_shape, attrs, dtype: str, features: str) -> Wino
     if len(w_shape) != 4 or any(p < 0 for p in pads):
         return None
     wg = plan(gy_shape, (w_shape[1], w_shape[0]) + tuple(w_shape[2:]),
-              dict(attrs, padding=pads), dtype, features)
+              dict(attrs, padding=pads), dtype, features, threads)
     if wg is None or wg.out != tuple(attrs["input_size"]):
         return None
     return replace(wg, flipped=True)
@@ -292,7 +317,12 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
     ho, wo = wg.out
     th, tw = wg.tiles
     hp, wp = wg.grid
-    U, P, V, M = arrays(ctx, wg.dtype, ctx.node_scratch, wg.parts())
+    ubytes = scratch_bytes(wg.dtype, [XI * C * Op])
+    U = arrays(ctx, wg.dtype, ctx.node_scratch, [XI * C * Op])[0]
+    mine = i64(ubytes)
+    if wg.own:
+        mine = b.add(mine, b.mul(ctx.tid, i64(scratch_bytes(wg.dtype, wg.chunk_parts()))))
+    P, V, M = arrays(ctx, wg.dtype, b.gep(ctx.node_scratch, [mine]), wg.chunk_parts())
     fma = _Fma(ctx.module, vec)
 
     def vconst(v):
@@ -319,15 +349,27 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                         align=align)
         _per_group(b, O, vw, weights)
 
+    ctx.barrier()
     gemm = gemm_function(ctx.module, wg.dtype, ctx.features)
-    with for_range(b, 0, wg.N, "wchunk", wg.nb) as n0:
+    if wg.own:      # whole chunks per thread: no split or barrier inside one
+        def part(n):
+            return i64(0), n if isinstance(n, ir.Value) else i64(n)
+
+        def sync():
+            pass
+        first, last = ctx.split(wg.chunks)
+    else:
+        part, sync = ctx.split, ctx.barrier
+        first, last = i64(0), i64(wg.chunks)
+    with for_range(b, first, last, "wchunk") as chunk:
+        n0 = b.mul(chunk, i64(wg.nb))
         nimg = b.sub(i64(wg.N), n0)
         nimg = b.select(b.icmp_signed("<", nimg, i64(wg.nb)), nimg, i64(wg.nb))
         ntiles = b.mul(nimg, i64(wg.per_image))
-        _copy_padded(ctx, wg, x, P, n0, nimg)
-        ctx.barrier()
+        _copy_padded(ctx, wg, x, P, n0, nimg, part)
+        sync()
         # 2. V[xi][t][c] = (B^T d B)[xi]
-        lo, hi = ctx.split(ntiles)
+        lo, hi = part(ntiles)
         with for_range(b, lo, hi, "wtin") as t:
             nl, rest = b.sdiv(t, i64(th * tw)), b.srem(t, i64(th * tw))
             i, j = b.sdiv(rest, i64(tw)), b.srem(rest, i64(tw))
@@ -344,18 +386,18 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                     b.store(v[xi // WIN][xi % WIN],
                             b.bitcast(b.gep(V, [b.add(dst, i64(xi * Tc * Cp))]), vp),
                             align=align)
-        ctx.barrier()
+        sync()
         # 3. M[xi] = V[xi] @ U[xi]
-        lo, hi = ctx.split(XI)
+        lo, hi = part(XI)
         with for_range(b, lo, hi, "wxi") as xi:
             a_ptr = b.gep(V, [b.mul(xi, i64(Tc * Cp))])
             b_ptr = b.gep(U, [b.mul(xi, i64(C * Op))])
             c_ptr = b.gep(M, [b.mul(xi, i64(Tc * Op))])
             b.call(gemm, [a_ptr, i64(Cp), i64(1), b_ptr, i64(Op), i64(1), c_ptr, i64(Op),
                           ntiles, i64(O), i64(C), ctx.scratch(), i64(0)])
-        ctx.barrier()
+        sync()
         # 4. y = A^T M A
-        lo, hi = ctx.split(ntiles)
+        lo, hi = part(ntiles)
         with for_range(b, lo, hi, "wtout") as t:
             nl, rest = b.sdiv(t, i64(th * tw)), b.srem(t, i64(th * tw))
             i, j = b.sdiv(rest, i64(tw)), b.srem(rest, i64(tw))
@@ -407,19 +449,19 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                         abcd = b.shuffle_vector(ab, cd, quad)
                         undef = ir.Constant(abcd.type, ir.Undefined)
                         for lane in range(lanes):
-                            part = b.shuffle_vector(abcd, undef, ir.Constant(
+                            four = b.shuffle_vector(abcd, undef, ir.Constant(
                                 ir.VectorType(ir.IntType(32), TILE),
                                 list(range(TILE * lane, TILE * lane + TILE))))
                             off = i64(lane * ho * wo + r * wo)
-                            b.store(part, b.bitcast(y.at(b, b.add(obase, off)), qp),
+                            b.store(four, b.bitcast(y.at(b, b.add(obase, off)), qp),
                                     align=align)
-                with b.if_else(full) as (whole, part):
+                with b.if_else(full) as (whole, edge):
                     with whole:
                         rows_at_once()
-                    with part:
+                    with edge:
                         stores(True)
             _per_group(b, O, vw, group)
-        ctx.barrier()
+        sync()
 
 
 def _per_group(b, n: int, vw: int, body) -> None:
@@ -433,9 +475,9 @@ def _per_group(b, n: int, vw: int, body) -> None:
         body(i64(whole), n % vw)
 
 
-def _copy_padded(ctx, wg: Winograd, x: Buf, P, n0, nimg) -> None:
+def _copy_padded(ctx, wg: Winograd, x: Buf, P, n0, nimg, part) -> None:
     """P[nl][yy][xx][c] = x[n0 + nl][c][yy - top][xx - left], zero outside x and for the
-    channels past C; threads split the rows (nl, yy). Blocks of bs channels x bs columns
+    channels past C; ``part`` gives this thread's rows (nl, yy). Blocks of bs channels x bs columns
     move as bs vector loads, a transpose in registers and bs vector stores; the channels
     and columns past whole blocks one by one."""
     b = ctx.b
@@ -454,7 +496,7 @@ def _copy_padded(ctx, wg: Winograd, x: Buf, P, n0, nimg) -> None:
         with for_range(b, 0, n, "wz") as e:
             b.store(zero, b.gep(P, [b.add(start, e)]))
 
-    lo, hi = ctx.split(b.mul(nimg, i64(hp)))
+    lo, hi = part(b.mul(nimg, i64(hp)))
     with for_range(b, lo, hi, "wrow") as rr:
         nl, yy = b.sdiv(rr, i64(hp)), b.srem(rr, i64(hp))
         prow = b.mul(rr, i64(wp * Cp))

@@ -250,7 +250,7 @@ def _conv_scratch(node, threads, features):
         return threads * _depthwise_bytes(node)
     if gemm_bf16.native(node):      # the bfloat16 im2col columns of lower_conv
         return threads * conv_cols_bytes(node)
-    wg = _winograd(node, features)
+    wg = _winograd(node, threads, features)
     if wg is not None:
         return wg.scratch_bytes()
     dot = _dot_forward(node, features)
@@ -349,9 +349,9 @@ def _depthwise(ctx, node, x: Buf, w: Buf, y: Buf, put=None) -> None:
     conv_depthwise.lower(ctx, x, w, y, a["stride"], a["padding"], a["dilation"], xp, put)
 
 
-def _winograd(node, features):
+def _winograd(node, threads, features):
     x, w = node.inputs
-    return conv_winograd.plan(x.shape, w.shape, node.attrs, x.dtype, features)
+    return conv_winograd.plan(x.shape, w.shape, node.attrs, x.dtype, features, threads)
 
 
 def _direct(x_shape, cin, cout, kernel, pads, a, dtype, features, threads):
@@ -429,7 +429,7 @@ def _conv(ctx, node, ins, outs):
     if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
         _depthwise(ctx, node, x, w, y)
         return
-    wg = _winograd(node, ctx.features)
+    wg = _winograd(node, ctx.max_threads, ctx.features)
     if wg is not None:
         conv_winograd.lower(ctx, wg, x, w, y)
         return
@@ -604,7 +604,7 @@ def epilogue_path(node, threads: int, features: str) -> str | None:
         return None
     if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
         return "depthwise"
-    if _winograd(node, features) is not None:     # its own tiles: the region runs after
+    if _winograd(node, threads, features) is not None:   # its own tiles: the region runs after
         return None
     if (_dot_forward(node, features) is None
             and _direct_forward(node, threads, features) is None):
@@ -835,7 +835,7 @@ def _igrad_scratch(node, threads, features):
     if gemm_bf16.native(node):
         return threads * grad_scratch_bytes(node)
     a = node.attrs
-    wg = _winograd_input_grad(node, features)
+    wg = _winograd_input_grad(node, threads, features)
     if wg is not None:
         return wg.scratch_bytes()
     scattered = _scattered_input_grad(node, threads, features)
@@ -849,9 +849,10 @@ def _igrad_scratch(node, threads, features):
                                  a["groups"])
 
 
-def _winograd_input_grad(node, features):
+def _winograd_input_grad(node, threads, features):
     w, gy = node.inputs
-    return conv_winograd.plan_input_grad(w.shape, gy.shape, node.attrs, w.dtype, features)
+    return conv_winograd.plan_input_grad(w.shape, gy.shape, node.attrs, w.dtype, features,
+                                         threads)
 
 
 def _direct_input_grad(node, threads, features):
@@ -894,7 +895,7 @@ def _conv_input_grad(ctx, node, ins, outs):
         return lower_conv_input_grad(ctx, node, w, gy, dx)
     a = node.attrs
     G = a["groups"]
-    wg = _winograd_input_grad(node, ctx.features)
+    wg = _winograd_input_grad(node, ctx.max_threads, ctx.features)
     if wg is not None:
         conv_winograd.lower(ctx, wg, gy, w, dx)
         return
