@@ -240,6 +240,10 @@ class _GemmBuilder:
             nr = _min(b, i64(t.nr), b.sub(nc, jr))
             with b.if_then(by_strip):
                 self.pack(bpanel, b.gep(bsrc, [b.mul(jr, csb)]), csb, rsb, nr, kc, t.nr)
+            # B read in place: the tiles prefetch the next strip's rows into L2 as they go
+            # (rows 4 KiB apart defeat the hardware's stride prefetch); packed B: the rows
+            # they read
+            pf = (b.select(direct, b.gep(bsrc, [b.add(jr, i64(t.nr))]), bpanel), bstride)
             with for_range(b, 0, mc, "ir", t.mr) as ir_:
                 mr = _min(b, i64(t.mr), b.sub(mc, ir_))
                 if a_rows is None:
@@ -249,7 +253,7 @@ class _GemmBuilder:
                     a_at = (a_rows, mr)
                 row = b.add(ic, ir_)
                 cptr = b.gep(C, [b.add(b.mul(row, ldc), b.add(jc, jr))])
-                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at)
+                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf)
                 self.tiles(args, mr, t.heights())
 
     def tiles(self, args, mr, heights) -> None:
@@ -265,9 +269,10 @@ class _GemmBuilder:
                 self.tiles(args, mr, heights[1:])
 
     def micro(self, apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first,
-              a_at=None, height: int = 0) -> None:
+              a_at=None, pf=None, height: int = 0) -> None:
         """A ``height`` x NR tile (``mr`` <= height rows of it kept); packed A strips stay
-        MR wide."""
+        MR wide. ``pf`` = (row 0, row stride): per k, the NR elements of that row are
+        prefetched into L2."""
         b, t = self.b, self.t
         height = height or t.mr
         nv = t.nr // t.vw
@@ -287,8 +292,18 @@ class _GemmBuilder:
             (rs, ks), mr_ = a_at
             rows = [b.gep(apanel, [b.mul(_min(b, i64(i), b.sub(mr_, i64(1))), rs)])
                     for i in range(height)]
+        prefetch = self.module.globals.get("llvm.prefetch.p0") or ir.Function(
+            self.module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]),
+            "llvm.prefetch.p0")
+        line = 64 // (4 if self.elem == F32 else 8)
         with for_range(b, 0, kc, "k") as k:
             bk = b.gep(bpanel, [b.mul(k, bstride)])
+            if pf is not None:
+                pk = b.gep(pf[0], [b.mul(k, pf[1])])
+                for at in range(0, t.nr, line):
+                    b.call(prefetch, [b.bitcast(b.gep(pk, [i64(at)]), PTR),
+                                      ir.Constant(I32, 0), ir.Constant(I32, 2),
+                                      ir.Constant(I32, 1)])
             bv = [b.load(b.bitcast(b.gep(bk, [i64(v * t.vw)]), vp), align=self.elem_align())
                   for v in range(nv)]
             if a_at is None:
