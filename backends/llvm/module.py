@@ -799,7 +799,7 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     child.node_scratch = scr if ctx.node_scratch is not None else None
     low.fn(child, node, [Buf(fn.args[pattern[k]], x.type, x.swapped) for k, x in enumerate(ins)],
            [Buf(fn.args[pattern[len(ins) + k]], o.type, o.swapped) for k, o in enumerate(outs)])
-    if getattr(ctx, "claimed", False) and child.met:
+    if ctx.claimed and child.met:
         raise IRError(f"llvm lowering of {node.op!r} meets (ctx.barrier() or per-thread "
                       f"node scratch) but runs as claimed shares: declare it with "
                       f"lowering(..., meets=...); node {node!r}")
