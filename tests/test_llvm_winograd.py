@@ -17,7 +17,7 @@ import pytest
 import torch
 from irgraph.backends.llvm import conv_winograd
 from irgraph.backends.llvm.jit import host
-from irgraph.backends.llvm.ops_conv import epilogue_conv
+from irgraph.backends.llvm.ops_conv import epilogue_conv, epilogue_path
 from irgraph.frontend import F
 
 from irgraph import Graph, TensorType, backends
@@ -108,28 +108,38 @@ def test_resnet_block_layer_takes_winograd_unforced():
     assert np.abs(got - _torch_conv(x, w, padding)).max() <= _bound(x, w, "float32")
 
 
-def test_fused_bias_relu_region(forced):
-    """conv + bias + ReLU traced by the frontend: the fused region's convolution takes the
-    Winograd path, its epilogue applied after; against torch."""
+@pytest.mark.parametrize("residual,threads,chunk_tiles", [
+    (False, 2, 256),        # one chunk: the threads split each phase and the epilogue
+    (True, 2, 9),           # a chunk per image: each thread its own chunks
+    (True, 1, 256)])
+def test_fused_bias_relu_region(forced, monkeypatch, residual, threads, chunk_tiles):
+    """conv + bias (+ residual) + ReLU traced by the frontend: one fused region whose
+    convolution takes the Winograd path, the epilogue applied to each chunk's images
+    after their output transform; against torch."""
+    monkeypatch.setattr(conv_winograd, "MAX_CHUNK_TILES", chunk_tiles)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 16, 9, 11)).astype(np.float32)
     w = rng.standard_normal((20, 16, 3, 3)).astype(np.float32)
     bias = rng.standard_normal(20).astype(np.float32)
+    res = rng.standard_normal((3, 20, 9, 11)).astype(np.float32)
 
-    def fn(x, w, bias):
-        return F.relu(F.conv2d(x, w, bias, stride=1, padding=1))
-    f = fe.compile(fn, fe.TensorSpec(x.shape), fe.TensorSpec(w.shape),
-                   fe.TensorSpec(bias.shape), backend="llvm", threads=2, cache=False,
-                   pipeline="default, fuse")
+    def fn(x, w, bias, res):
+        y = F.conv2d(x, w, bias, stride=1, padding=1)
+        return F.relu(y + res if residual else y)
+    f = fe.compile(fn, *(fe.TensorSpec(a.shape) for a in (x, w, bias, res)),
+                   backend="llvm", threads=threads, cache=False, pipeline="default, fuse")
     regions = [n for n in f.executable.graph.nodes if n.op == "fused"
                and n.attrs["kind"] == "epilogue"]
-    assert len(regions) == 1 and regions[0].attrs["body"].nodes[0].op == "conv"
-    # the region's conv is lowered by ops_conv's _conv (Winograd), not its GEMM epilogue path
-    assert epilogue_conv(regions[0].attrs["body"], 2, host()[2]) is None
-    assert conv_winograd.plan(x.shape, w.shape, _attrs((1, 1, 1, 1)), "float32",
-                              host()[2]) is not None
-    got = f(x, w, bias)
-    want = np.maximum(_torch_conv(x, w, (1, 1, 1, 1)) + bias[None, :, None, None], 0)
+    assert len(regions) == 1
+    conv = epilogue_conv(regions[0].attrs["body"], threads, host()[2])
+    assert conv is not None and conv.op == "conv"
+    assert epilogue_path(conv, threads, host()[2]) == "winograd"
+    wg = conv_winograd.plan(x.shape, w.shape, _attrs((1, 1, 1, 1)), "float32", host()[2],
+                            threads)
+    assert wg.own == (chunk_tiles == 9 and threads == 2)
+    got = f(x, w, bias, res)
+    want = _torch_conv(x, w, (1, 1, 1, 1)) + bias[None, :, None, None]
+    want = np.maximum(want + res if residual else want, 0)
     assert np.abs(got - want).max() <= _bound(x, w, "float32")
 
 

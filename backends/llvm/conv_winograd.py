@@ -306,7 +306,10 @@ def _output_rows(fma):
     return apply
 
 
-def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
+def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf, tail=None) -> None:
+    """y = the convolution of x with w by ``wg``'s plan. ``tail(n, p0, p1)``: a fused
+    region's epilogue over output positions [p0, p1) of image n (every channel), run on
+    each chunk's images right after its output transform, while they are in cache."""
     b = ctx.b
     elem = x.elem
     vw = wg.vw
@@ -462,6 +465,10 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf) -> None:
                         stores(True)
             _per_group(b, O, vw, group)
         sync()
+        if tail is not None:
+            with for_range(b, 0, nimg, "wtail") as nl:
+                p0, p1 = part(ho * wo)
+                tail(b.add(n0, nl), p0, p1)
 
 
 def _per_group(b, n: int, vw: int, body) -> None:

@@ -596,16 +596,17 @@ def per_image(ctx, N: int, image) -> None:
 
 def epilogue_path(node, threads: int, features: str) -> str | None:
     """How ``_conv`` lowers a convolution when a region's epilogue can ride along:
-    "depthwise" (applied to each output as it is made), "gemm" (after each chunk of GEMM
-    columns), None for the other paths (the region's nodes then run one by one)."""
+    "depthwise" (applied to each output as it is made), "winograd" (after each chunk of
+    images), "gemm" (after each chunk of GEMM columns), None for the other paths (the
+    region's nodes then run one by one)."""
     x, w = node.inputs
     G = node.attrs["groups"]
     if x.dtype not in ("float32", "float64") or x.type.rank != 4:
         return None
     if conv_depthwise.applies(x.shape, w.shape, G, x.dtype):
         return "depthwise"
-    if _winograd(node, threads, features) is not None:   # its own tiles: the region runs after
-        return None
+    if _winograd(node, threads, features) is not None:
+        return "winograd"
     if (_dot_forward(node, features) is None
             and _direct_forward(node, threads, features) is None):
         return "gemm"
@@ -697,6 +698,10 @@ def _conv_epilogue(ctx, node, ins, outs) -> bool:
             with for_range(b, p0, p1, "ep") as p:
                 off = b.add(row, p)
                 put(off, (n, o, b.sdiv(p, i64(OW)), b.srem(p, i64(OW))), out.load(b, off))
+    if epilogue_path(conv, ctx.max_threads, ctx.features) == "winograd":
+        conv_winograd.lower(ctx, _winograd(conv, ctx.max_threads, ctx.features), x, w, out,
+                            tail=lambda n, p0, p1: columns(n, i64(0), p0, p1))
+        return True
     _conv_gemm(ctx, conv, x, w, out, columns)
     return True
 
