@@ -17,8 +17,8 @@ so the 9 multiply-adds per output and channel become 36 / 16 = 2.25 (4x fewer). 
    gemm.py: the tiles of every image of a chunk side by side in the rows, so each U[xi]
    streams once per chunk; threads take whole GEMMs;
 4. Y = A^T M A per tile, vectorised over output channels, stored into y (only the outputs
-   inside the plane). A fused region's epilogue (bias, activation, residual) runs after,
-   as for every convolution path.
+   inside the plane); a fused region's epilogue (bias, activation, residual: ``tail``)
+   then runs over the chunk's images while they are in cache.
 
 The input gradient of such a layer (``plan_input_grad``) is the same convolution of gy,
 padded by 2 - padding, with the kernel flipped and its channel axes swapped (only the
