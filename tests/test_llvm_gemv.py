@@ -30,6 +30,10 @@ def _matmul(a_shape, b_shape, dtype, transpose_a=False):
     (2, 300, 70, "float64", 2),       # float64: 8 lanes
     (2, 50, 300, "float32", 1),       # (AVX-512) 2 blocks of 128, 2 vectors, 12 columns
     (3, 40, 250, "float64", 2),       # (AVX-512) 6 blocks of 40, one vector, 2 columns
+    # one row: sweeps over chunks of C (8 KiB), K mod 8 rows one at a time
+    (1, 45, 2100, "float32", 2),      # chunks of 2048 and 48 columns, 4 columns
+    (1, 19, 1030, "float64", 1),      # chunks of 1024 and 0 + 6 columns
+    (1, 37, 20, "float32", 2),        # one block: the second thread has no share
 ])
 def test_few_row_products_match_numpy(M, K, N, dtype, threads):
     rng = np.random.default_rng(M * 1000 + N)
