@@ -160,6 +160,8 @@ class Ctx:
         self.thread: ir.Value | None = tid
         self.met = False          # the lowering called barrier() or read node_scratch
         self.claimed = False      # the node being emitted runs as claimed shares
+        # i64*: the counters of a node that claims its steps' work (module.STEPPED), else None
+        self.counters: ir.Value | None = None
         self.barrier_fn: ir.Function | None = None
         self.single = False       # inside thread0(): one thread does everything
         # a size-generic kernel's dimensions (i64 arguments), else None

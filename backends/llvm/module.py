@@ -70,8 +70,12 @@ class Plan:
 
     def ctl_words(self, n_nodes: int) -> int:
         """The control block's length (i64 words) for a graph of ``n_nodes`` nodes."""
-        return self.task_base + TASK_WORDS * len(self.tasks) if self.tasks else (
+        return self.task_base + sum(t.words for t in self.tasks) if self.tasks else (
             4 + (n_nodes if self.profile else 0))
+
+    def task_offset(self, t: int) -> int:
+        """ctl index of task ``t``'s counters."""
+        return self.task_base + sum(x.words for x in self.tasks[:t])
 
 
 TASK_WORDS = 16       # per task: claim counter at +0, done counter at +8 (own cache lines)
@@ -90,10 +94,20 @@ def claim_shares(node, max_threads: int) -> int:
 class Task:
     """Top-level nodes run as one unit: ``kind`` "one" (one share: nodes too small to
     split, run in order by one thread), "shares" (a parallel node cut into ``shares``
-    claimed shares) or "all" (a node every thread runs at once: its lowering meets)."""
+    claimed shares), "all" (a node every thread runs at once: its lowering meets) or
+    "steps" (a node every thread enters whose lowering claims the work of each of its steps
+    itself, ``STEPPED``: its counters follow the task's own, ``words`` in all; the thread
+    that ends its last step marks the task done)."""
     kind: str
     nodes: list[int]
     shares: int = 1
+    words: int = 16
+
+
+# op -> the number of claim/done counter pairs (``TASK_WORDS`` each, after the task's own)
+# the lowering of such a node claims its steps' work with (``claim_step``), as a function
+# of (node, max_threads); 0: it meets as an "all" task
+STEPPED: dict = {}
 
 
 def claim_tasks(nodes, skip, max_threads: int) -> list[Task]:
@@ -103,7 +117,11 @@ def claim_tasks(nodes, skip, max_threads: int) -> list[Task]:
         if i in skip:
             continue
         if runs_parallel(node):
-            if get_lowering(node).meets_for(node):
+            stepped = STEPPED.get(node.op)
+            pairs = stepped(node, max_threads) if stepped is not None else 0
+            if pairs:
+                tasks.append(Task("steps", [i], words=TASK_WORDS * (1 + pairs)))
+            elif get_lowering(node).meets_for(node):
                 tasks.append(Task("all", [i]))
             else:
                 tasks.append(Task("shares", [i], claim_shares(node, max_threads)))
@@ -399,12 +417,12 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
         if runs_parallel(node):
             if pending:
                 ctx.barrier()
-            _emit_node(ctx, p, i, node, low, bufs, arena)
+            emit_node(ctx, p, i, node, low, bufs, arena)
             ctx.barrier()
             pending = False
         else:
             with ctx.thread0():
-                _emit_node(ctx, p, i, node, low, bufs, arena)
+                emit_node(ctx, p, i, node, low, bufs, arena)
             pending = True
         if clock is not None:
             clock.stop(i)
@@ -412,7 +430,7 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
         ctx.barrier()
 
 
-def _emit_node(ctx: Ctx, p: Plan, i: int, node, low, bufs, arena, claimed: bool = False
+def emit_node(ctx: Ctx, p: Plan, i: int, node, low, bufs, arena, claimed: bool = False
                ) -> None:
     """The call of node ``i``'s kernel on its buffers."""
     b = ctx.b
@@ -438,16 +456,25 @@ def _emit_tasks(ctx: Ctx, nodes, bufs, p: Plan, arena, clock) -> None:
     wait_fn, done_fn = workers.task_fns(ctx.module)
     prev = None                     # (done counter, shares) of the task before
     for t, task in enumerate(p.tasks):
-        claim = b.gep(ctx.ctl, [i64(p.task_base + TASK_WORDS * t)])
-        done = b.gep(ctx.ctl, [i64(p.task_base + TASK_WORDS * t + 8)])
+        claim = b.gep(ctx.ctl, [i64(p.task_offset(t))])
+        done = b.gep(ctx.ctl, [i64(p.task_offset(t) + 8)])
         if clock is not None:
             clock.start()
         if prev is not None:
             b.call(wait_fn, [prev[0], prev[1]])
         first = task.nodes[0]
-        if task.kind == "all":
+        if task.kind == "steps":            # the lowering marks the task done itself
             ctx.node_index = first
-            _emit_node(ctx, p, first, nodes[first], get_lowering(nodes[first]), bufs, arena)
+            ctx.counters = claim
+            try:
+                emit_node(ctx, p, first, nodes[first], get_lowering(nodes[first]), bufs,
+                           arena)
+            finally:
+                ctx.counters = None
+            count = i64(1)
+        elif task.kind == "all":
+            ctx.node_index = first
+            emit_node(ctx, p, first, nodes[first], get_lowering(nodes[first]), bufs, arena)
             b.call(done_fn, [done, nthreads])
             count = nthreads
         elif task.kind == "one":
@@ -457,7 +484,7 @@ def _emit_tasks(ctx: Ctx, nodes, bufs, p: Plan, arena, clock) -> None:
                 try:
                     for i in task.nodes:
                         ctx.node_index = i
-                        _emit_node(ctx, p, i, nodes[i], get_lowering(nodes[i]), bufs, arena)
+                        emit_node(ctx, p, i, nodes[i], get_lowering(nodes[i]), bufs, arena)
                         if clock is not None and i != task.nodes[-1]:
                             clock.stop(i)
                 finally:
@@ -477,7 +504,7 @@ def _emit_tasks(ctx: Ctx, nodes, bufs, p: Plan, arena, clock) -> None:
             ctx.tid, ctx.nthreads = v, i64(shares)
             try:
                 ctx.node_index = first
-                _emit_node(ctx, p, first, nodes[first], get_lowering(nodes[first]), bufs,
+                emit_node(ctx, p, first, nodes[first], get_lowering(nodes[first]), bufs,
                            arena, claimed=True)
             finally:
                 ctx.tid, ctx.nthreads = tid, nthreads
@@ -488,6 +515,64 @@ def _emit_tasks(ctx: Ctx, nodes, bufs, p: Plan, arena, clock) -> None:
         if clock is not None:
             clock.stop(task.nodes[-1])
         prev = (done, count)
+
+
+def claim_step(ctx: Ctx, counters, pair: int, step, shares, run, after=None):
+    """Emit one task of step ``step`` (i64) of a loop every thread runs (a ``STEPPED``
+    lowering): its claim and done counters are pair ``pair`` at ``counters`` (i64*) and
+    count on over the steps, so step s owns claims [s n, (s + 1) n) and is done when the
+    done counter reaches (s + 1) n, with no reset inside a call. ``shares`` an int n:
+    claim shares one at a time (compare-and-swap: a thread that fell behind finds the
+    step's shares taken and goes on without waiting for anyone), calling ``run(k)`` with
+    ``ctx.tid``, ``ctx.nthreads`` share k of n (n = 1: one thread, ``ctx.single``);
+    ``shares`` "all": every thread calls ``run(None)`` (a lowering that meets). ``after``:
+    the (done counter, count) pairs to wait for first (``step_done``, or what a task of
+    the same step returned). Returns the (done counter, count) the step's next task waits
+    for."""
+    b, fn = ctx.b, ctx.fn
+    wait_fn, done_fn = workers.task_fns(ctx.module)
+    claim = b.gep(counters, [i64(TASK_WORDS * pair)])
+    done = b.gep(counters, [i64(TASK_WORDS * pair + 8)])
+    for w in after or ():
+        b.call(wait_fn, list(w))
+    if shares == "all":
+        run(None)
+        target = b.mul(b.add(step, i64(1)), ctx.nthreads)
+        b.call(done_fn, [done, target])
+        return done, target
+    lo = b.mul(step, i64(shares))
+    hi = b.add(lo, i64(shares))
+    top = fn.append_basic_block(f"step{pair}.claim")
+    take = fn.append_basic_block(f"step{pair}.take")
+    body = fn.append_basic_block(f"step{pair}.share")
+    out = fn.append_basic_block(f"step{pair}.end")
+    b.branch(top)
+    b.position_at_end(top)
+    v = b.load_atomic(claim, "monotonic", 8)
+    b.cbranch(b.icmp_signed("<", v, hi), take, out)
+    b.position_at_end(take)
+    got = b.cmpxchg(claim, v, b.add(v, i64(1)), "monotonic", "monotonic")
+    b.cbranch(b.extract_value(got, 1), body, top)
+    b.position_at_end(body)
+    saved = ctx.tid, ctx.nthreads, ctx.single
+    ctx.tid, ctx.nthreads = b.sub(v, lo), i64(shares)
+    ctx.single = ctx.single or shares == 1
+    try:
+        run(ctx.tid)
+    finally:
+        ctx.tid, ctx.nthreads, ctx.single = saved
+    b.call(done_fn, [done, hi])
+    b.branch(top)
+    b.position_at_end(out)
+    return done, hi
+
+
+def step_done(ctx: Ctx, counters, pair: int, steps, shares) -> tuple:
+    """The (done counter, count) of ``claim_step``'s task ``pair`` once ``steps`` (i64)
+    steps of it are done (emitted where ``ctx.b`` is: a wait outside the step's block)."""
+    b = ctx.b
+    n = ctx.nthreads if shares == "all" else i64(shares)
+    return b.gep(counters, [i64(TASK_WORDS * pair + 8)]), b.mul(steps, n)
 
 
 class _cycle_counter:
@@ -688,6 +773,9 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
     extra = [ctx.tid, ctx.nthreads, ctx.ctl, ctx.scratch(),
              ctx.node_scratch if ctx.node_scratch is not None else ir.Constant(PTR, None),
              node_index]
+    stepped = ctx.counters is not None
+    if stepped:                         # a node claiming its steps' work: its counters
+        extra.append(ctx.counters)
     prog: Program = ctx.program
     # (a kernel of the cheap level is compiled with the entry: sharing it saves nothing)
     cheap = ctx.module is prog.entry and kernel_opt(node, prog.opt) == 0
@@ -700,7 +788,7 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
         if ctx.single:                  # one code for all threads or one: thread 0 of 1
             extra[0], extra[1] = i64(0), i64(1)
     fnty = ir.FunctionType(VOID, [q.type for q in ptrs] + [v.type for v in extra])
-    sig = node_signature(node, ins, outs, pattern, ctx, generic)
+    sig = node_signature(node, ins, outs, pattern, ctx, generic) + f"\nstepped={stepped}"
     symbol = prog.memo.get(sig)
     if symbol is None and prog.known is not None:
         symbol = prog.known(sig)
@@ -793,8 +881,12 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     child.node_index = index
     child.single = ctx.single
     child.thread = None                        # ``ws`` is this thread's own area
-    if len(fn.args) > len(ptrs) + 6:           # a size-generic kernel: its dimensions
-        child.runtime_dims = tuple(fn.args[len(ptrs) + 6:])
+    fixed = len(ptrs) + 6
+    if ctx.counters is not None:   # a stepped node's counters (STEPPED)
+        child.counters = fn.args[fixed]
+        fixed += 1
+    if len(fn.args) > fixed:                   # a size-generic kernel: its dimensions
+        child.runtime_dims = tuple(fn.args[fixed:])
         child.single = False                   # (one thread calls it as thread 0 of 1)
     child.node_scratch = scr if ctx.node_scratch is not None else None
     low.fn(child, node, [Buf(fn.args[pattern[k]], x.type, x.swapped) for k, x in enumerate(ins)],

@@ -13,7 +13,9 @@ from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
 from .lowering import (FUSED_KIND_SCRATCH, FUSED_KINDS, SAME_INDEX_RULES, get_lowering,
                        lowering, scratch)
-from .module import ALIGN, buffers, copy_outputs_of, emit_graph, emit_nodes, plan, swapped_inputs
+from .module import (ALIGN, STEPPED, Task, buffers, claim_step, claim_tasks, copy_outputs_of,
+                     emit_graph, emit_node, emit_nodes, plan, step_done,
+                     swapped_inputs)
 from .ops_core import SCALAR
 from . import scalar as sc
 
@@ -77,12 +79,17 @@ def _scan(ctx, node, ins, outs):
     b = ctx.b
     base = ctx.node_scratch
     i8p = ir.PointerType(ir.IntType(8))
-    for src, dst in zip(carries, c_out):
-        _copy(ctx, dst, src)
-    ctx.barrier()
     every = a["save_every"]
     pong = [Buf(b.bitcast(b.gep(base, [i64(o)]), ir.PointerType(c.elem)), c.type)
             for o, c in zip(temps, c_out)]
+    counters, ctx.counters = ctx.counters, None
+    if counters is not None:
+        _claimed_scan(ctx, node, body, bp, counters, steps, carries, seqs, mask, consts,
+                      c_out, ys, saved, pong)
+        return
+    for src, dst in zip(carries, c_out):
+        _copy(ctx, dst, src)
+    ctx.barrier()
     with for_range(b, 0, steps, "step") as p:
         t = b.sub(i64(steps - 1), p) if a["reverse"] else p
         odd = b.trunc(p, ir.IntType(1))
@@ -102,6 +109,99 @@ def _scan(ctx, node, ins, outs):
         for dst, src in zip(c_out, pong):
             _copy(ctx, dst, src)
         ctx.barrier()
+
+
+def _step_tasks(node, body: Graph, bp, threads: int) -> list[Task]:
+    """The tasks of one step of a claimed scan: the save of the carries (one share, on
+    steps the schedule saves), the body's nodes as top-level tasks are (``claim_tasks``; a
+    scan inside meets), the copies of its outputs (one share)."""
+    tasks = [Task("one", [])] if node.attrs["save_every"] else []
+    for t in claim_tasks(body.nodes, bp.skip, threads):
+        tasks.append(Task("all", t.nodes) if t.kind == "steps" else t)
+    if bp.copies:
+        tasks.append(Task("one", []))
+    return tasks
+
+
+def _scan_tasks(node, threads: int) -> list[Task]:
+    """``_step_tasks`` of the scan's body (no CPU feature changes them)."""
+    body, bp, _, _ = _scan_layout(node, threads, "")
+    return _step_tasks(node, body, bp, threads)
+
+
+def _scan_pairs(node, threads: int) -> int:
+    """Counter pairs of a claimed scan (``module.STEPPED``): the initial carries' copy and
+    one per task of a step (the last step's end uses the task's own pair)."""
+    return 1 + len(_scan_tasks(node, threads))
+
+
+STEPPED["scan"] = _scan_pairs
+
+
+def _claimed_scan(ctx, node, body, bp, counters, steps, carries, seqs, mask, consts, c_out,
+                  ys, saved, pong) -> None:
+    """The scan on threads that claim each step's work (``module.claim_step``): no
+    barrier; a thread that fell behind finds the step's shares taken and catches up. The
+    copy of the initial carries, then per step its tasks (``_step_tasks``), then, once the
+    last step is done, the copy of the carries an odd step count leaves in the scratch; the
+    thread that makes that last copy marks the node's task done (pair 0)."""
+    a = node.attrs
+    b = ctx.b
+    i8p = ir.PointerType(ir.IntType(8))
+    every = a["save_every"]
+    base = ctx.node_scratch
+    tasks = _scan_tasks(node, ctx.max_threads)
+
+    def init(_):
+        for src, dst in zip(carries, c_out):
+            _copy(ctx, dst, src)
+    claim_step(ctx, counters, 1, i64(0), 1, init)
+    last = len(tasks) + 1                      # the pair of a step's last task
+    kinds = [t.shares if t.kind == "shares" else "all" if t.kind == "all" else 1
+             for t in tasks]
+
+    def ended(n):            # (done counter, count) pairs: the carries copied, n steps done
+        return [step_done(ctx, counters, 1, i64(1), 1),
+                step_done(ctx, counters, last, n, kinds[-1])]
+    with for_range(b, 0, steps, "step") as p:
+        t = b.sub(i64(steps - 1), p) if a["reverse"] else p
+        odd = b.trunc(p, ir.IntType(1))
+        cur = [Buf(b.select(odd, q.ptr, c.ptr), c.type) for c, q in zip(c_out, pong)]
+        nxt = [b.bitcast(b.select(odd, c.ptr, q.ptr), i8p) for c, q in zip(c_out, pong)]
+        args = [b.bitcast(c.ptr, i8p) for c in cur]
+        args += [_ptr(b, s, b.mul(t, i64(prod(s.shape[1:])))) for s in seqs]
+        if mask is not None:
+            args.append(_ptr(b, mask, b.mul(t, i64(prod(mask.shape[1:])))))
+        args += [b.bitcast(c.ptr, i8p) for c in consts]
+        res = nxt + [_ptr(b, y, b.mul(t, i64(prod(y.shape[1:])))) for y in ys]
+        bufs = buffers(ctx, bp, args, res, base)
+        swapped_inputs(bufs, body, ())
+        after = ended(p)
+        for k, task in enumerate(tasks):
+            if task.kind == "one" and not task.nodes:
+                if every and k == 0:                           # the save of the carries
+                    run = lambda _: _save(ctx, p, every, cur, saved)        # noqa: E731
+                else:                                          # the outputs' copies
+                    run = lambda _: copy_outputs_of(ctx, body, bp, bufs, res)  # noqa: E731
+            else:
+                run = _body_task(ctx, body, bp, bufs, base, task)
+            after = [claim_step(ctx, counters, 2 + k, p, kinds[k], run, after)]
+
+    def finish(_):
+        if steps % 2:                          # the last step wrote the scratch side
+            for dst, src in zip(c_out, pong):
+                _copy(ctx, dst, src)
+    claim_step(ctx, counters, 0, i64(0), 1, finish, ended(i64(steps)))
+
+
+def _body_task(ctx, body, bp, bufs, base, task):
+    """The code of one of a claimed scan's body tasks (``run`` of ``claim_step``)."""
+    def run(share):
+        for i in task.nodes:
+            node = body.nodes[i]
+            emit_node(ctx, bp, i, node, get_lowering(node), bufs, base,
+                      claimed=task.kind == "shares")
+    return run
 
 
 def _steps(node) -> int:

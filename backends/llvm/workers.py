@@ -341,9 +341,10 @@ def barrier_fn(module: ir.Module) -> ir.Function:
 def task_fns(module: ir.Module) -> tuple[ir.Function, ir.Function]:
     """``irgraph.task_wait(done, n)`` and ``irgraph.task_done(done, n)`` in ``module``: a
     task's done counter (low 32 bits of ``*done``) counts its finished shares, ``n`` in
-    all. ``task_done`` adds one (release); the thread that adds the last one wakes the
-    sleepers if bit 32 says there are some. ``task_wait`` returns once all ``n`` are done
-    (acquire): it spins (``pause``) for ``TASK_SPIN_NS`` of wall-clock time, then sets bit
+    all. ``task_done`` adds one (release); the thread that adds the ``n``-th wakes the
+    sleepers if bit 32 says there are some. ``task_wait`` returns once at least ``n`` are
+    done (acquire; a counter that a loop's steps share, ``module.claim_step``, goes on
+    past it): it spins (``pause``) for ``TASK_SPIN_NS`` of wall-clock time, then sets bit
     32 and sleeps on the word in ``futex`` (both on one word: no wake-up is lost)."""
     name_w, name_d = "irgraph.task_wait", "irgraph.task_done"
     if name_w in module.globals:
@@ -368,11 +369,12 @@ def task_fns(module: ir.Module) -> tuple[ir.Function, ir.Function]:
     cap = nat.cap(wait, b)
 
     def finished(b):
-        return b.icmp_signed("==", b.and_(b.load_atomic(word, "acquire", 8), i64(LOW32)), n)
+        return b.icmp_unsigned(">=", b.and_(b.load_atomic(word, "acquire", 8), i64(LOW32)),
+                               n)
 
     def sleep(b):
         old = b.atomic_rmw("or", word, i64(SLEEPER), "seq_cst")
-        with b.if_then(b.icmp_signed("!=", b.and_(old, i64(LOW32)), n)):
+        with b.if_then(b.icmp_unsigned("<", b.and_(old, i64(LOW32)), n)):
             nat.wait(b, word, old, cap)
     nat.spin_then_sleep(wait, b, finished, TASK_SPIN_NS, sleep)
     b.ret_void()
