@@ -44,7 +44,7 @@ from llvmlite import ir
 
 from .builder import Buf, for_range, i64
 from .conv_direct import arrays, scratch_bytes
-from .gemm import _transpose, gemm_function
+from .gemm import gemm_function, transpose
 from .gemm_tiling import tiling
 
 TILE = 4            # outputs per tile side
@@ -528,7 +528,7 @@ def _copy_padded(ctx, wg: Winograd, x: Buf, P, n0, nimg, part) -> None:
                             rows = [b.load(b.bitcast(x.at(b, b.add(src, i64(i * H * W))), bp),
                                            align=align) for i in range(bs)]
                             dst = b.add(b.add(first, b.mul(x0, i64(Cp))), c0)
-                            for j, col in enumerate(_transpose(b, rows, bs)):
+                            for j, col in enumerate(transpose(b, rows, bs)):
                                 b.store(col, b.bitcast(b.gep(P, [b.add(dst, i64(j * Cp))]), bp),
                                         align=align)
 

@@ -214,7 +214,7 @@ class _GemmBuilder:
                     at = b.add(b.add(first, b.mul(i64(c * vw + r), s_strip)), k0)
                     rows.append(b.load(b.bitcast(b.gep(src, [at]), vp),
                                        align=self.elem_align()))
-                cols = _transpose(b, rows, vw)
+                cols = transpose(b, rows, vw)
                 for j in range(vw):
                     at = b.add(base, b.add(b.mul(b.add(k0, i64(j)), i64(w)), i64(c * vw)))
                     b.store(cols[j], b.bitcast(b.gep(dst, [at]), vp), align=self.elem_align())
@@ -353,7 +353,7 @@ def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
-def _transpose(b, rows: list, n: int) -> list:
+def transpose(b, rows: list, n: int) -> list:
     """The n x n transpose of n vectors of n elements (n a power of two): at the round of
     block size h, rows i and i + h (bit h of i clear) swap the off-diagonal h x h blocks
     of their 2h x 2h block, so out[j][i] = rows[i][j] after log2(n) rounds."""
