@@ -355,8 +355,17 @@ def lower_rows(ctx, node, ins, outs) -> bool:
 
         for p in range(1, passes + 1):
             stage = [r for r in reds if level[r.outputs[0]] == p]
-            plain = [r for r in stage if r not in spread]
             spreads = [r for r in stage if r in spread]
+            # one accumulator per distinct (op, operand): a repeated reduction (the
+            # distributed sums repeat a row's sum of g) takes the first one's total, and a
+            # row's sum or mean of v beside v's spread comes from the spread's sum of v - v0
+            first: dict = {}
+            same = {r: first.setdefault((r.op, r.inputs[0]), r) for r in stage
+                    if r not in spread}
+            shifted = {s_v: r for r in spreads for s_v in [spread[r][0]]}
+            derived = {r: shifted[r.inputs[0]] for r in same
+                       if same[r] is r and r.inputs[0] in shifted}
+            plain = [r for r in same if same[r] is r and r not in derived]
             stores = full_outs if merged and p == passes else []
             firsts = {r: sc.convert(ctx, spread[r][0].type.dtype, "float64",
                                     src[spread[r][0]].load(b, base)) for r in spreads}
@@ -377,12 +386,20 @@ def lower_rows(ctx, node, ins, outs) -> bool:
                 for (_, o), x in zip(stores, vals[len(wanted):]):
                     o.store(b, off, x)
             inv_n = ir.Constant(F64, 1.0 / n_el)
-            for r in plain:
-                total = b.load(accs[r])
+            for r in plain + list(derived):
+                if r in derived:                    # v0 + sum(v - v0) / n, or n v0 + ...
+                    sp = derived[r]
+                    total = b.fadd(b.load(accs[sp]), b.fmul(firsts[sp], ir.Constant(
+                        F64, float(n_el))))
+                else:
+                    total = b.load(accs[r])
                 if r.op == "mean":
                     total = b.fdiv(total, ir.Constant(F64, float(n_el)))
                 row_env[r.outputs[0]] = sc.convert(ctx, "float64", r.outputs[0].type.dtype,
                                                    total)
+            for r, canon in same.items():
+                if canon is not r:
+                    row_env[r.outputs[0]] = row_env[canon.outputs[0]]
             for r in spreads:
                 # about the mean as rounded to its dtype (what the body's x - mean takes),
                 # c = mean - x0: E[(x - x0)^2] - 2 c E[x - x0] + c^2
