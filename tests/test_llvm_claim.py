@@ -83,7 +83,8 @@ def test_every_family_matches_the_reference_and_is_bitwise_the_same_on_any_threa
     kinds = {three.graph.nodes[t.nodes[0]].op: t.kind for t in three.plan.tasks}
     # the families are split: claimed, or run by every thread where the lowering meets
     assert kinds["matmul"] == kinds["softmax"] == kinds["take"] == "shares"
-    assert kinds["conv"] == kinds["index_add"] == "all"
+    assert kinds["conv"] == "shares"                # images split, no barrier inside
+    assert kinds["index_add"] == "all"
     runs = {n: _run_on(three, n, args) for n in (1, 2, 3)}
     for k, (want, got) in enumerate(zip(ref, runs[3])):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=f"output {k}")
@@ -166,7 +167,7 @@ def test_an_error_in_a_share_is_the_nodes_error_and_the_next_call_is_clean():
 def test_small_nodes_in_a_row_are_one_task_and_meeting_nodes_every_threads():
     g = _families()
     exe = backends.compile(g, "llvm", threads=2)
-    tasks = claim_tasks(exe.graph.nodes, exe.plan.skip, 2)
+    tasks = claim_tasks(exe.graph.nodes, exe.plan.skip, 2, exe._features)
     assert tasks == exe.plan.tasks
     covered = [i for t in tasks for i in t.nodes]
     assert covered == [i for i in range(len(exe.graph.nodes)) if i not in exe.plan.skip]
@@ -176,9 +177,10 @@ def test_small_nodes_in_a_row_are_one_task_and_meeting_nodes_every_threads():
         node = exe.graph.nodes[t.nodes[0]]
         if t.kind != "one":
             assert len(t.nodes) == 1
-            assert (t.kind == "all") == lowering.get_lowering(node).meets_for(node)
+            assert (t.kind == "all") == lowering.get_lowering(node).meets_for(
+                node, 2, exe._features)
             assert t.shares == (1 if t.kind == "all" else
-                                2 if node.op == "matmul" else 4)
+                                2 if node.op in ("matmul", "conv") else 4)
 
 
 def test_a_lowering_that_meets_cannot_run_as_claimed_shares(monkeypatch):
@@ -191,3 +193,115 @@ def test_a_lowering_that_meets_cannot_run_as_claimed_shares(monkeypatch):
     monkeypatch.setitem(lowering.LOWERINGS, "index_add", dataclasses.replace(low, meets=False))
     with pytest.raises(IRError, match="meets"):
         backends.compile(g, "llvm", threads=2, cache=False)
+
+
+# ---------------------------------------------------------------- recurrences, convolutions
+def _train_graph(cell: str, hidden: int) -> Graph:
+    """One SGD training step of a sequence classifier (``cell`` over 8 steps of 16 inputs,
+    batch 32, a linear head on the last state) as a graph: a step of the forward and of
+    the backward scan costs more than ``module.SERIAL_FLOPS``, so both run on threads."""
+    import irgraph.frontend as fe
+    from irgraph.frontend import nn, optim
+    fe.manual_seed(5)
+    rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](16, hidden)
+    head = nn.Linear(hidden, 10)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = rnn, head
+
+        def forward(self, x):
+            h = self.rnn(x)[1]
+            return self.head((h[0] if cell == "lstm" else h)[0])
+    step = fe.compile_train(Net(), nn.CrossEntropyLoss(), optim.SGD(lr=0.1),
+                            fe.TensorSpec((8, 32, 16)), fe.TensorSpec((32,), "int64"),
+                            backend="reference", bptt="rolled")
+    return step.graph
+
+
+def _graph_args(g: Graph, seed: int):
+    r = np.random.default_rng(seed)
+    return [r.integers(0, 10, v.shape) if v.dtype == "int64" else
+            r.uniform(-0.3, 0.3, v.shape).astype(v.type.np_dtype) for v in g.arguments]
+
+
+def _same_on_1_2_3_threads(g: Graph, args, tol: float, exact=None):
+    """``g`` compiled once for 3 threads, run on 3, 2 and 1 of them (fresh copies of the
+    arguments: a step may update them in place): the reference's numbers, and the same
+    bits on every thread count for the outputs ``exact`` (all by default)."""
+    ref = backends.compile(g, "reference")(*[np.copy(a) for a in args])
+    three = backends.compile(g, "llvm", threads=3, cache=False)
+    runs = {n: _run_on(three, n, [np.copy(a) for a in args]) for n in (3, 2, 1)}
+    for n, got in runs.items():
+        for k, (want, o) in enumerate(zip(ref, got)):
+            np.testing.assert_allclose(o, want, rtol=tol, atol=tol * max(np.abs(want).max(), 1),
+                                       err_msg=f"output {k} on {n} threads")
+    for n in (1, 2):
+        for k in range(len(ref)) if exact is None else exact:
+            np.testing.assert_array_equal(runs[n][k], runs[3][k],
+                                          err_msg=f"output {k} on {n} threads")
+    return three
+
+
+@pytest.mark.parametrize("cell, hidden", [("rnn", 256), ("lstm", 128), ("gru", 160)])
+def test_a_recurrent_training_step_claims_the_work_of_each_step(cell, hidden):
+    g = _train_graph(cell, hidden)
+    exe = _same_on_1_2_3_threads(g, _graph_args(g, 3), 2e-5)
+    scans = [t.kind for t in exe.plan.tasks if exe.graph.nodes[t.nodes[0]].op == "scan"]
+    assert scans == ["steps", "steps"]             # forward and backward, no barriers
+
+
+def _conv_graph(n, c, o, hw, k, groups=1, pad=None) -> Graph:
+    """A convolution, its input gradient and its kernel gradient."""
+    g = Graph("conv")
+    pad = k // 2 if pad is None else pad
+    a = dict(stride=(1, 1), padding=(pad,) * 4, dilation=(1, 1), groups=groups)
+    x = g.add_input("x", TensorType((n, c, hw, hw), "float32"))
+    w = g.add_input("w", TensorType((o, c // groups, k, k), "float32"))
+    y = g.op("conv", x, w, **a)
+    gy = g.add_input("gy", TensorType(y.shape, "float32"))
+    g.set_outputs([y, g.op("conv_input_grad", w, gy, input_size=(hw, hw), **a),
+                   g.op("conv_kernel_grad", x, gy, kernel_size=(k, k), **a)])
+    return g
+
+
+@pytest.mark.parametrize("shape, forms", [
+    ((8, 6, 16, 14, 5), ("shares", "shares", "all")),          # direct, images split
+    ((8, 64, 64, 24, 3, 64), ("shares", "shares", "all")),     # depthwise
+    ((4, 32, 32, 20, 3), ("all", "all", "all")),               # Winograd 3x3: meets
+    ((2, 16, 16, 24, 5), ("all", "shares", "all")),            # batch < threads: split GEMMs
+])
+def test_convolutions_claim_images_and_meet_where_threads_share_work(shape, forms):
+    """Forward and input gradient: the reference's numbers and the same bits on any thread
+    count; the kernel gradient (per-thread partial sums, met and added) the reference's."""
+    g = _conv_graph(*shape)
+    exe = _same_on_1_2_3_threads(g, _graph_args(g, 4), 1e-4, exact=(0, 1))
+    kinds = {exe.graph.nodes[t.nodes[0]].op: t.kind for t in exe.plan.tasks}
+    assert (kinds["conv"], kinds["conv_input_grad"], kinds["conv_kernel_grad"]) == forms
+
+
+def test_claimed_steps_and_convolutions_on_4_threads_beside_a_busy_thread():
+    g = _train_graph("rnn", 256)
+    c = _conv_graph(8, 6, 16, 14, 5)
+    args, cargs = _graph_args(g, 6), _graph_args(c, 7)
+    want = backends.compile(g, "llvm", threads=1)(*[np.copy(a) for a in args])
+    cwant = backends.compile(c, "llvm", threads=1)(*cargs)[:2]
+    four, cfour = (backends.compile(x, "llvm", threads=4) for x in (g, c))
+    stop = threading.Event()
+
+    def busy():
+        a = np.ones((128, 128), np.float32)
+        while not stop.is_set():
+            a = np.tanh(a @ a / 128)
+    t = threading.Thread(target=busy, daemon=True)
+    t.start()
+    try:
+        for _ in range(8):
+            for k, (a, b) in enumerate(zip(four(*[np.copy(a) for a in args]), want)):
+                np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
+            for a, b in zip(cfour(*cargs)[:2], cwant):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        stop.set()
+        t.join()

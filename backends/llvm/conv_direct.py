@@ -181,8 +181,7 @@ def arrays(ctx, dtype: str, base: ir.Value, parts: list[int]) -> list[ir.Value]:
 
 
 def thread_scratch(ctx, nbytes: int) -> ir.Value:
-    b = ctx.b
-    return b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(nbytes))])
+    return ctx.thread_scratch(nbytes)
 
 
 def zero(ctx, ptr, n: int, elem) -> None:

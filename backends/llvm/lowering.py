@@ -13,7 +13,7 @@ claimed shares (``ctx.tid`` is then a share index of ``ctx.nthreads`` shares, ea
 by whichever thread claims it, see module.py) or, where the lowering MEETS (calls
 ``ctx.barrier()`` between phases, or keeps per-thread areas in the node's arena scratch
 indexed by ``ctx.tid``), on every thread at once with ``ctx.tid`` the thread's id. Declare
-that with ``meets=`` (True, or a test of the node); by default an op meets when it has a
+that with ``meets=`` (True, or a test of (node, threads, features)); by default an op meets when it has a
 scratch rule (``SCRATCH``). A share never meets: the kernel's build checks it.
 
 Ops that truly cannot be lowered go into ``UNLOWERABLE`` with the reason (the registry-wide
@@ -52,14 +52,16 @@ class Lowering:
     # the lowering then reading its sizes from ``Ctx.runtime_dims``
     size_generic: "bool | Callable" = False
     # all threads must run the node at once (see the module docstring): True, False, a test
-    # of the node, or None (the op has a scratch rule)
+    # of (node, threads, features), or None (the op has a scratch rule)
     meets: "bool | Callable | None" = None
 
-    def meets_for(self, node: Node) -> bool:
+    def meets_for(self, node: Node, threads: int = 1, features: str = "") -> bool:
+        """Whether ``node`` meets when compiled for ``threads`` threads on ``features`` (a
+        test given as ``meets`` is called with all three)."""
         m = self.meets
         if m is None:
             return node.op in SCRATCH
-        return bool(m(node)) if callable(m) else bool(m)
+        return bool(m(node, threads, features)) if callable(m) else bool(m)
 
     def generic_for(self, node: Node):
         """False, True (``node``'s kernel serves every size: the elementwise layout) or the
@@ -158,6 +160,8 @@ class Ctx:
         # the real thread's id where ``workspace`` holds every thread's area (the entry),
         # None where it is this thread's own area already (a kernel: its caller offsets it)
         self.thread: ir.Value | None = tid
+        # the real thread's id, never a share's (a kernel's argument): ``thread_scratch``
+        self.worker: ir.Value = tid
         self.met = False          # the lowering called barrier() or read node_scratch
         self.claimed = False      # the node being emitted runs as claimed shares
         # i64*: the counters of a node that claims its steps' work (module.STEPPED), else None
@@ -272,6 +276,20 @@ class Ctx:
             return self.workspace
         off = self.b.mul(self.thread, i64(self.workspace_per_thread))
         return self.b.gep(self.workspace, [off], inbounds=True)
+
+    def thread_scratch(self, nbytes: int, offset: "int | ir.Value" = 0) -> ir.Value:
+        """This thread's area of ``nbytes`` (i8*) at ``offset`` in the node's scratch, whose
+        rule reserves one per thread: by the real thread (``worker``), so a share may use
+        it (a thread runs one share at a time; it does not make the lowering meet), the
+        first one inside ``thread0`` or a one-thread task. Partial results that threads
+        leave for each other (summed after a barrier) index areas by ``tid`` instead."""
+        b = self.b
+        who = i64(0) if self.single else self.worker
+        off = b.mul(who, i64(nbytes))
+        if not (isinstance(offset, int) and offset == 0):
+            off = b.add(off, offset if isinstance(offset, ir.Value) else i64(offset))
+        return b.gep(self._node_scratch, [off])
+
 
 def load_ptr(b: ir.IRBuilder, args: ir.Value, index: int) -> ir.Value:
     return b.load(b.gep(args, [i64(index)], inbounds=True), name=f"arg{index}")

@@ -106,22 +106,23 @@ class Task:
 
 # op -> the number of claim/done counter pairs (``TASK_WORDS`` each, after the task's own)
 # the lowering of such a node claims its steps' work with (``claim_step``), as a function
-# of (node, max_threads); 0: it meets as an "all" task
+# of (node, max_threads, features); 0: it meets as an "all" task
 STEPPED: dict = {}
 
 
-def claim_tasks(nodes, skip, max_threads: int) -> list[Task]:
-    """The nodes (but ``skip``) as tasks, in order: consecutive small nodes make one task."""
+def claim_tasks(nodes, skip, max_threads: int, features: str = "") -> list[Task]:
+    """The nodes (but ``skip``) as tasks, in order: consecutive small nodes make one task
+    (``features``: the CPU's, some lowerings' forms depend on them)."""
     tasks: list[Task] = []
     for i, node in enumerate(nodes):
         if i in skip:
             continue
         if runs_parallel(node):
             stepped = STEPPED.get(node.op)
-            pairs = stepped(node, max_threads) if stepped is not None else 0
+            pairs = stepped(node, max_threads, features) if stepped is not None else 0
             if pairs:
                 tasks.append(Task("steps", [i], words=TASK_WORDS * (1 + pairs)))
-            elif get_lowering(node).meets_for(node):
+            elif get_lowering(node).meets_for(node, max_threads, features):
                 tasks.append(Task("all", [i]))
             else:
                 tasks.append(Task("shares", [i], claim_shares(node, max_threads)))
@@ -226,7 +227,7 @@ def plan_top(graph: Graph, features: str, threads: int, profile: bool = False) -
     p = plan(graph, features, threads)
     p.profile = profile
     if p.parallel and threads > 1:
-        p.tasks = claim_tasks(graph.nodes, p.skip, threads)
+        p.tasks = claim_tasks(graph.nodes, p.skip, threads, features)
         p.task_base = 4 + (len(graph.nodes) if profile else 0)
     return p
 
@@ -772,7 +773,7 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
     node_index = ctx.node_index if isinstance(ctx.node_index, ir.Value) else i64(ctx.node_index)
     extra = [ctx.tid, ctx.nthreads, ctx.ctl, ctx.scratch(),
              ctx.node_scratch if ctx.node_scratch is not None else ir.Constant(PTR, None),
-             node_index]
+             node_index, ctx.worker]
     stepped = ctx.counters is not None
     if stepped:                         # a node claiming its steps' work: its counters
         extra.append(ctx.counters)
@@ -874,14 +875,15 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     for k in range(len(ptrs)):
         fn.args[k].add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    tid, nthreads, ctl, ws, scr, index = fn.args[len(ptrs):len(ptrs) + 6]
+    tid, nthreads, ctl, ws, scr, index, worker = fn.args[len(ptrs):len(ptrs) + 7]
     child = Ctx(module, fn, b, tid, nthreads, ctl, ws, ctx.workspace_per_thread,
                 ctx.max_threads, ctx.features)
     child.program = prog
     child.node_index = index
     child.single = ctx.single
     child.thread = None                        # ``ws`` is this thread's own area
-    fixed = len(ptrs) + 6
+    child.worker = worker
+    fixed = len(ptrs) + 7
     if ctx.counters is not None:   # a stepped node's counters (STEPPED)
         child.counters = fn.args[fixed]
         fixed += 1

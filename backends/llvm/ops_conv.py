@@ -227,9 +227,7 @@ def cols_bytes(x_shape, w_shape, kernel, a, dtype_size: int, groups: int) -> int
 
 
 def thread_cols(ctx, nbytes: int, elem) -> ir.Value:
-    b = ctx.b
-    raw = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(nbytes))])
-    return b.bitcast(raw, ir.PointerType(elem))
+    return ctx.b.bitcast(ctx.thread_scratch(nbytes), ir.PointerType(elem))
 
 
 def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
@@ -344,8 +342,7 @@ def _depthwise_bytes(node) -> int:
 def _depthwise(ctx, node, x: Buf, w: Buf, y: Buf, put=None) -> None:
     a = node.attrs
     b = ctx.b
-    xp = b.bitcast(b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(_depthwise_bytes(node)))]),
-                   ir.PointerType(x.elem))
+    xp = b.bitcast(ctx.thread_scratch(_depthwise_bytes(node)), ir.PointerType(x.elem))
     conv_depthwise.lower(ctx, x, w, y, a["stride"], a["padding"], a["dilation"], xp, put)
 
 
@@ -420,7 +417,28 @@ def _conv_dot(ctx, dot, node, x: Buf, w: Buf, y: Buf) -> None:
     conv_dot.multiply(ctx, dot, w.ptr, cols.ptr, y.ptr)
 
 
-@lowering("conv", "conv_fft", parallel=True)
+def _forward_meets(node, threads: int, features: str) -> bool:
+    """Whether ``_conv``'s threads meet (``Lowering.meets``): Winograd (a barrier after the
+    weight transform), few positions (``conv_dot``: im2col, then the GEMM), a batch smaller
+    than the thread count (each image's GEMM split), bfloat16. The other paths split
+    images, chunks of images or of rows, each share in the running thread's own scratch
+    (``Ctx.thread_scratch``): claimed shares."""
+    x, w = node.inputs
+    if x.dtype == "bfloat16":
+        return True
+    if conv_depthwise.applies(x.shape, w.shape, node.attrs["groups"], x.dtype):
+        return False
+    if (_winograd(node, threads, features) is not None
+            or _dot_forward(node, features) is not None):
+        return True
+    if (_direct_forward(node, threads, features) is not None
+            or images_per_gemm(node, threads, features) is not None
+            or row_chunks(node) is not None):
+        return False
+    return x.shape[0] < threads                 # per_image: split GEMMs
+
+
+@lowering("conv", "conv_fft", parallel=True, meets=_forward_meets)
 def _conv(ctx, node, ins, outs):
     (x, w), (y,) = ins, outs
     if x.dtype == "bfloat16":       # kept unwidened where gemm_bf16.native holds
@@ -551,7 +569,7 @@ def _batched_pointwise(ctx, node, k: int, x: Buf, w: Buf, y: Buf, tail) -> None:
     b = ctx.b
     N, C, O, P = x.shape[0], x.shape[1], w.shape[0], prod(x.shape[2:])
     J = k * P
-    mine = b.gep(ctx.node_scratch, [b.mul(ctx.tid, i64(_batched_bytes(node, k)))])
+    mine = ctx.thread_scratch(_batched_bytes(node, k))
     cols = b.bitcast(mine, ir.PointerType(x.elem))
     res = b.gep(cols, [i64(C * J)])
     lo, hi = ctx.split(-(-N // k))
@@ -891,7 +909,15 @@ def _scattered_input_grad(node, threads, features):
     return fwd
 
 
-@lowering("conv_input_grad", parallel=True)
+def _input_grad_meets(node, threads: int, features: str) -> bool:
+    """Whether ``_conv_input_grad``'s threads meet: Winograd and bfloat16 do; the scattered
+    and direct paths and col2im split the images, each share in the running thread's own
+    scratch (claimed shares)."""
+    w = node.inputs[0]
+    return w.dtype == "bfloat16" or _winograd_input_grad(node, threads, features) is not None
+
+
+@lowering("conv_input_grad", parallel=True, meets=_input_grad_meets)
 def _conv_input_grad(ctx, node, ins, outs):
     """dx = col2im(W_g^T @ gy_g) per image and group (or, at stride 1, gy scattered on the
     forward grid, or the flipped direct convolution of gy)."""

@@ -111,28 +111,28 @@ def _scan(ctx, node, ins, outs):
         ctx.barrier()
 
 
-def _step_tasks(node, body: Graph, bp, threads: int) -> list[Task]:
+def _step_tasks(node, body: Graph, bp, threads: int, features: str) -> list[Task]:
     """The tasks of one step of a claimed scan: the save of the carries (one share, on
     steps the schedule saves), the body's nodes as top-level tasks are (``claim_tasks``; a
     scan inside meets), the copies of its outputs (one share)."""
     tasks = [Task("one", [])] if node.attrs["save_every"] else []
-    for t in claim_tasks(body.nodes, bp.skip, threads):
+    for t in claim_tasks(body.nodes, bp.skip, threads, features):
         tasks.append(Task("all", t.nodes) if t.kind == "steps" else t)
     if bp.copies:
         tasks.append(Task("one", []))
     return tasks
 
 
-def _scan_tasks(node, threads: int) -> list[Task]:
-    """``_step_tasks`` of the scan's body (no CPU feature changes them)."""
-    body, bp, _, _ = _scan_layout(node, threads, "")
-    return _step_tasks(node, body, bp, threads)
+def _scan_tasks(node, threads: int, features: str) -> list[Task]:
+    """``_step_tasks`` of the scan's body."""
+    body, bp, _, _ = _scan_layout(node, threads, features)
+    return _step_tasks(node, body, bp, threads, features)
 
 
-def _scan_pairs(node, threads: int) -> int:
+def _scan_pairs(node, threads: int, features: str) -> int:
     """Counter pairs of a claimed scan (``module.STEPPED``): the initial carries' copy and
     one per task of a step (the last step's end uses the task's own pair)."""
-    return 1 + len(_scan_tasks(node, threads))
+    return 1 + len(_scan_tasks(node, threads, features))
 
 
 STEPPED["scan"] = _scan_pairs
@@ -150,7 +150,7 @@ def _claimed_scan(ctx, node, body, bp, counters, steps, carries, seqs, mask, con
     i8p = ir.PointerType(ir.IntType(8))
     every = a["save_every"]
     base = ctx.node_scratch
-    tasks = _scan_tasks(node, ctx.max_threads)
+    tasks = _scan_tasks(node, ctx.max_threads, ctx.features)
 
     def init(_):
         for src, dst in zip(carries, c_out):
@@ -282,7 +282,7 @@ def _generic_region(node) -> bool:
     return node.attrs["kind"] not in FUSED_KINDS and _nest_shape(node)
 
 
-def _region_meets(node) -> bool:
+def _region_meets(node, threads: int, features: str) -> bool:
     """All threads must run the region at once unless it is one loop nest (its other forms
     meet between their parts and keep intermediates in the node's scratch)."""
     return not _generic_region(node)
