@@ -23,6 +23,10 @@ import weakref
 from typing import NoReturn, Sequence
 
 import numpy as np
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:                     # numpy < 2
+    from numpy import byte_bounds
 
 from irgraph import Graph
 from irgraph.errors import DataError, RuntimeDataError
@@ -99,6 +103,30 @@ def validate_args(graph: Graph, args: Sequence) -> list[np.ndarray]:
             a = np.ascontiguousarray(a)
         out.append(a)
     return out
+
+
+def byte_spans(arrays: Sequence) -> np.ndarray:
+    """(n, 2) int64: each array's byte range [lo, hi) (the bounds ``np.may_share_memory``
+    compares); an empty array or a non-array gets an empty range that overlaps nothing."""
+    spans = np.zeros((len(arrays), 2), np.int64)
+    for i, a in enumerate(arrays):
+        if isinstance(a, np.ndarray) and a.size:
+            if a.flags.c_contiguous:
+                lo = a.ctypes.data
+                spans[i] = lo, lo + a.nbytes
+            else:
+                spans[i] = byte_bounds(a)
+    return spans
+
+
+def overlaps(xs: Sequence, ys: Sequence | None = None) -> np.ndarray:
+    """Boolean (len(xs), len(ys)): do the byte ranges of xs[i] and ys[j] overlap? (what
+    ``np.may_share_memory`` answers, for all pairs in one vectorised test); ys None: xs
+    against itself."""
+    a = byte_spans(xs)
+    b = a if ys is None else byte_spans(ys)
+    hit = (a[:, None, 0] < b[None, :, 1]) & (b[None, :, 0] < a[:, None, 1])
+    return hit & (a[:, None, 0] < a[:, None, 1]) & (b[None, :, 0] < b[None, :, 1])
 
 
 def check_out_buffers(graph: Graph, out: Sequence) -> list[np.ndarray]:
@@ -199,6 +227,9 @@ class Executable:
     leaves every argument as it was.
     """
     backend = "base"
+    # ``run``'s results never share a byte with an argument other than their own donated
+    # one (fresh arrays, or the donated buffer written in place): no overlap test needed
+    results_fresh = False
 
     def __init__(self, graph: Graph):
         self.graph = graph
@@ -229,11 +260,19 @@ class Executable:
         donations = self.graph.donations
         targets = [given[a] for a in donations.values() if isinstance(given[a], np.ndarray)]
         # an output that is (a view of) an argument buffer another donation overwrites keeps
-        # its value (e.g. a graph returning a parameter while updating it)
-        for k, out in enumerate(outs):
-            own = given[donations[k]] if k in donations else None
-            if any(t is not own and np.may_share_memory(out, t) for t in targets):
-                outs[k] = np.array(out, copy=True)
+        # its value (e.g. a graph returning a parameter while updating it); all pairs tested
+        # at once (a training step has a hundred of each)
+        if targets and outs and not self.results_fresh:
+            donated_to: dict[int, list[int]] = {}
+            for k, a in donations.items():
+                if k < len(outs):
+                    donated_to.setdefault(id(given[a]), []).append(k)
+            hits = overlaps(outs, targets)
+            for j, t in enumerate(targets):        # a donation's own argument is no hazard
+                for k in donated_to.get(id(t), ()):
+                    hits[k, j] = False
+            for k in np.flatnonzero(hits.any(axis=1)):
+                outs[k] = np.array(outs[k], copy=True)
         for o, a in donations.items():
             dst = given[a]
             if (isinstance(dst, np.ndarray) and dst.flags.writeable and dst.flags.c_contiguous

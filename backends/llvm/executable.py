@@ -5,10 +5,6 @@ import ctypes
 import time
 
 import numpy as np
-try:
-    from numpy.lib.array_utils import byte_bounds
-except ImportError:                     # numpy < 2
-    from numpy import byte_bounds
 
 from irgraph import Graph
 from irgraph.errors import RuntimeDataError
@@ -16,8 +12,8 @@ from irgraph.ir import all_nodes
 from irgraph.ops.debug import NonFiniteError
 from irgraph.registry import ops_with
 
-from ..base import (Executable, check_out_buffers, fork_safe_locks, raise_as_reference,
-                    validate_args)
+from ..base import (Executable, check_out_buffers, fork_safe_locks, overlaps,
+                    raise_as_reference, validate_args)
 from . import gemm, jit
 from .lowering import ERROR_MESSAGES
 from .workers import ThreadChoice, run_entry
@@ -60,6 +56,9 @@ def staged_arguments(graph: Graph, plan: Plan) -> frozenset[int]:
 
 class LLVMExecutable(Executable):
     backend = "llvm"
+    # outputs are fresh arrays, the caller's checked ``out`` buffers, copies, or a donated
+    # argument written in place (``Plan.inplace``: only its own donation's)
+    results_fresh = True
 
     def __init__(self, graph: Graph, plan: Plan, obj: bytes, *, threads: int, opt: int,
                  cache_key: str, cache_hit: bool, features: str, kernels=(),
@@ -83,6 +82,9 @@ class LLVMExecutable(Executable):
         self._profiled_s = 0.0
         fork_safe_locks(self, "_lock")
         self._staged = staged_arguments(self.graph, plan)
+        # the executable's own buffers (never resized) and the previous call's arguments
+        self._own_ptrs = [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
+        self._last_args: tuple[list, list[int]] = ([], [])
         self._ir: str | None = None
 
     # ---------------------------------------------------------------- running
@@ -95,7 +97,8 @@ class LLVMExecutable(Executable):
         g = self.graph
         given = args
         outs: list[np.ndarray | None] = [None] * len(g.outputs)
-        args = self._own_inplace_args(args)
+        addr = self._addresses(args)
+        args = self._own_inplace_args(args, addr)
         for j, v in enumerate(g.outputs):
             if j in self.plan.inplace:
                 outs[j] = args[self.plan.inplace[j]]
@@ -104,14 +107,14 @@ class LLVMExecutable(Executable):
                 continue
             o = out[j] if out is not None else None
             outs[j] = o if o is not None else np.empty(v.type.shape, v.type.np_dtype)
-        ptrs = [a.ctypes.data for a in args]
+        ptrs = [p if a is v else a.ctypes.data for a, v, p in zip(args, given, addr)]
         ptrs += [o.ctypes.data if o is not None and j not in self.plan.inplace else 0
                  for j, o in enumerate(outs)]
         with self._lock:
             self._ctl[:4] = 0                # (profile counters accumulate over runs)
             if self.plan.tasks:
                 self._ctl[self.plan.task_base:] = 0  # the tasks' claim and done counters
-            ptrs += [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
+            ptrs += self._own_ptrs
             table = (ctypes.c_void_p * len(ptrs))(*ptrs)
             if self.plan.profile:
                 t0 = time.perf_counter()
@@ -126,23 +129,41 @@ class LLVMExecutable(Executable):
             outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
         return outs
 
-    def _own_inplace_args(self, args: list[np.ndarray]) -> list[np.ndarray]:
+    def _addresses(self, args: list[np.ndarray]) -> list[int]:
+        """Each argument's data address. An array passed again (the very object of the
+        previous call, which this executable still references, so numpy refuses to resize
+        it and its buffer cannot have moved) reuses the address read then: a training
+        step's parameters and optimizer state cost no ``ctypes`` read per call."""
+        last, known = self._last_args
+        if len(last) == len(args):
+            addr = [p if a is b else a.ctypes.data for a, b, p in zip(args, last, known)]
+        else:
+            addr = [a.ctypes.data for a in args]
+        self._last_args = (list(args), addr)      # one assignment: a pair never torn
+        return addr
+
+    def _own_inplace_args(self, args: list[np.ndarray], addr: list[int]
+                          ) -> list[np.ndarray]:
         """An argument an output is written into must be writable and share no byte with
         another argument, and must not be written before a check that may still fail
         (``staged_arguments``); else a private copy takes its place (the donation then
-        copies the result into the caller's array after the run)."""
+        copies the result into the caller's array after the run). ``addr``: the
+        arguments' data addresses (C-contiguous arrays: validated)."""
         if not self.plan.inplace:
             return args
         args = list(args)
-        spans = [(a.ctypes.data, a.ctypes.data + a.nbytes) for a in args]
+        lo = np.array(addr, np.int64)
+        hi = lo + np.array([a.nbytes for a in args], np.int64)
+        hits = (lo[:, None] < hi[None, :]) & (lo[None, :] < hi[:, None]) & (lo < hi)[None, :]
+        np.fill_diagonal(hits, False)
+        shared = hits.any(axis=1)
         for i in self.plan.inplace.values():
             a = args[i]
-            lo, hi = spans[i]
-            shared = any(k != i and s < hi and lo < e for k, (s, e) in enumerate(spans))
-            if (shared or i in self._staged
+            if (shared[i] or i in self._staged
                     or not (a.flags.writeable and a.flags.c_contiguous and a.flags.aligned)):
                 args[i] = np.array(a, copy=True)
-                spans[i] = (0, 0)
+                hits[:, i] = hits[i, :] = False      # the copy shares nothing
+                shared = hits.any(axis=1)
         return args
 
     def call_into(self, out: list[np.ndarray], *args) -> list[np.ndarray]:
@@ -165,16 +186,13 @@ class LLVMExecutable(Executable):
     def _direct_outputs(self, out: list[np.ndarray], args) -> list[np.ndarray | None]:
         """Per output, the caller's buffer when the native code may write it directly."""
         # byte ranges (np.may_share_memory's test), outputs first, compared all at once
-        spans = np.array([byte_bounds(a) for a in [*out, *args] if isinstance(a, np.ndarray)
-                          and a.size], np.int64).reshape(-1, 2)
+        hits = overlaps(out, [*out, *args])
         direct: list[np.ndarray | None] = []
         for j, o in enumerate(out):
             ok = (j not in self.plan.inplace and j not in self.plan.copies
                   and o.flags.c_contiguous and o.flags.aligned and o.flags.writeable)
             if ok and o.size:
-                lo, hi = byte_bounds(o)
-                overlaps = (spans[:, 0] < hi) & (lo < spans[:, 1])
-                ok = int(overlaps.sum()) == 1        # only itself (its own row)
+                ok = int(hits[j].sum()) == 1        # only itself (its own column)
             direct.append(o if ok else None)
         return direct
 
