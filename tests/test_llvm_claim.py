@@ -12,7 +12,7 @@ import pytest
 
 import irgraph.backends as backends
 from irgraph import Graph, IRError, TensorType
-from irgraph.backends.llvm import lowering
+from irgraph.backends.llvm import lowering, ops_recurrence
 from irgraph.backends.llvm.module import claim_tasks
 
 R, C = 256, 512          # 512 KB of float32: every node of the families below is split
@@ -248,8 +248,11 @@ def _same_on_1_2_3_threads(g: Graph, args, tol: float, exact=None):
 def test_a_recurrent_training_step_claims_the_work_of_each_step(cell, hidden):
     g = _train_graph(cell, hidden)
     exe = _same_on_1_2_3_threads(g, _graph_args(g, 3), 2e-5)
-    scans = [t.kind for t in exe.plan.tasks if exe.graph.nodes[t.nodes[0]].op == "scan"]
-    assert scans == ["steps", "steps"]             # forward and backward, no barriers
+    scans = [t for t in exe.plan.tasks if exe.graph.nodes[t.nodes[0]].op == "scan"]
+    assert [t.kind for t in scans] == ["steps", "steps"]    # forward and backward
+    for t in scans:           # no part of a step meets (the step's regions as their parts)
+        tasks = ops_recurrence._scan_tasks(exe.graph.nodes[t.nodes[0]], 3, exe._features)
+        assert "all" not in [st.task.kind for st in tasks]
 
 
 def _conv_graph(n, c, o, hw, k, groups=1, pad=None) -> Graph:

@@ -437,15 +437,21 @@ def emit_node(ctx: Ctx, p: Plan, i: int, node, low, bufs, arena, claimed: bool =
     b = ctx.b
     ctx.node_scratch = (b.gep(arena, [i64(p.scratch[i])], inbounds=True)
                         if i in p.scratch else None)
-    views = p.views
-    ins = [Buf(bufs[views[i, k]].ptr, v.type, swapped=True) if (i, k) in views
-           else bufs[v] for k, v in enumerate(node.inputs)]
-    outs = [Buf(bufs[v].ptr, v.type, swapped=i in p.t_out) for v in node.outputs]
+    ins, outs = node_bufs(p, i, node, bufs)
     ctx.claimed = claimed
     try:
         _guarded_node(ctx, p, node, low, ins, outs)
     finally:
         ctx.claimed = False
+
+
+def node_bufs(p: Plan, i: int, node, bufs) -> tuple[list[Buf], list[Buf]]:
+    """Node ``i``'s input and output buffers (folded transposes read with swapped axes)."""
+    views = p.views
+    ins = [Buf(bufs[views[i, k]].ptr, v.type, swapped=True) if (i, k) in views
+           else bufs[v] for k, v in enumerate(node.inputs)]
+    outs = [Buf(bufs[v].ptr, v.type, swapped=i in p.t_out) for v in node.outputs]
+    return ins, outs
 
 
 def _emit_tasks(ctx: Ctx, nodes, bufs, p: Plan, arena, clock) -> None:

@@ -3,6 +3,8 @@ a native loop over time steps), ``fused`` regions (an elementwise region is ONE 
 and ``check_finite`` (the NaN/Inf check)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llvmlite import ir
 
 from irgraph import Graph
@@ -13,9 +15,9 @@ from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
 from .lowering import (FUSED_KIND_SCRATCH, FUSED_KINDS, SAME_INDEX_RULES, get_lowering,
                        lowering, scratch)
-from .module import (ALIGN, STEPPED, Task, buffers, claim_step, claim_tasks, copy_outputs_of,
-                     emit_graph, emit_node, emit_nodes, plan, step_done,
-                     swapped_inputs)
+from .module import (ALIGN, SHARES_PER_THREAD, STEPPED, Task, buffers, claim_step,
+                     claim_tasks, copy_outputs_of, emit_graph, emit_node, emit_nodes,
+                     node_bufs, plan, step_done, swapped_inputs)
 from .ops_core import SCALAR
 from . import scalar as sc
 
@@ -111,19 +113,64 @@ def _scan(ctx, node, ins, outs):
         ctx.barrier()
 
 
-def _step_tasks(node, body: Graph, bp, threads: int, features: str) -> list[Task]:
+@dataclass
+class _StepTask:
+    """A task of a claimed scan's step: ``role`` "save" (the carries), "nodes" (body nodes
+    ``task.nodes``; of the region ``region``'s body when set), "tail" (that region's
+    elementwise tail as one loop nest) or "copies" (the outputs of the body, or of the
+    region, that are copies)."""
+    task: Task
+    role: str
+    region: int | None = None
+
+
+def _flat_region(node, threads: int, features: str) -> int | None:
+    """Where the elementwise tail of a step's ``fused`` region starts (its node count if
+    it has none) when the step runs the region's parts as tasks of its own (``_fused``'s
+    nodes before the tail, then the tail nest, then copies: the region would meet between
+    them): a region of no kind with a lowering of its own (or an epilogue that is not a
+    convolution's) that is not one nest. None otherwise."""
+    from .ops_conv import epilogue_conv
+    if node.op != "fused" or _nest_shape(node):
+        return None
+    kind, body = node.attrs["kind"], node.attrs["body"]
+    if kind in FUSED_KINDS and not (kind == "epilogue"
+                                    and epilogue_conv(body, threads, features) is None):
+        return None
+    if kind == "reduction":
+        return None
+    k = _tail_start(body)
+    return len(body.nodes) if k is None else k
+
+
+def _step_tasks(node, body: Graph, bp, threads: int, features: str) -> list[_StepTask]:
     """The tasks of one step of a claimed scan: the save of the carries (one share, on
     steps the schedule saves), the body's nodes as top-level tasks are (``claim_tasks``; a
-    scan inside meets), the copies of its outputs (one share)."""
-    tasks = [Task("one", [])] if node.attrs["save_every"] else []
+    scan inside meets; a region that would meet between its parts as those parts,
+    ``_flat_region``), the copies of its outputs (one share)."""
+    tasks = [_StepTask(Task("one", []), "save")] if node.attrs["save_every"] else []
     for t in claim_tasks(body.nodes, bp.skip, threads, features):
-        tasks.append(Task("all", t.nodes) if t.kind == "steps" else t)
+        i = t.nodes[0]
+        k = _flat_region(body.nodes[i], threads, features) if t.kind == "all" else None
+        if k is None:
+            tasks.append(_StepTask(Task("all", t.nodes) if t.kind == "steps" else t, "nodes"))
+            continue
+        region = body.nodes[i].attrs["body"]
+        rp = plan(region, features, threads)
+        for r in claim_tasks(region.nodes[:k], rp.skip, threads, features):
+            tasks.append(_StepTask(Task("all", r.nodes) if r.kind == "steps" else r,
+                                   "nodes", i))
+        if k < len(region.nodes):
+            tasks.append(_StepTask(Task("shares", [], threads * SHARES_PER_THREAD), "tail",
+                                   i))
+        if rp.copies:
+            tasks.append(_StepTask(Task("one", []), "copies", i))
     if bp.copies:
-        tasks.append(Task("one", []))
+        tasks.append(_StepTask(Task("one", []), "copies"))
     return tasks
 
 
-def _scan_tasks(node, threads: int, features: str) -> list[Task]:
+def _scan_tasks(node, threads: int, features: str) -> list[_StepTask]:
     """``_step_tasks`` of the scan's body."""
     body, bp, _, _ = _scan_layout(node, threads, features)
     return _step_tasks(node, body, bp, threads, features)
@@ -157,8 +204,8 @@ def _claimed_scan(ctx, node, body, bp, counters, steps, carries, seqs, mask, con
             _copy(ctx, dst, src)
     claim_step(ctx, counters, 1, i64(0), 1, init)
     last = len(tasks) + 1                      # the pair of a step's last task
-    kinds = [t.shares if t.kind == "shares" else "all" if t.kind == "all" else 1
-             for t in tasks]
+    kinds = [t.task.shares if t.task.kind == "shares" else "all" if t.task.kind == "all"
+             else 1 for t in tasks]
 
     def ended(n):            # (done counter, count) pairs: the carries copied, n steps done
         return [step_done(ctx, counters, 1, i64(1), 1),
@@ -176,15 +223,17 @@ def _claimed_scan(ctx, node, body, bp, counters, steps, carries, seqs, mask, con
         res = nxt + [_ptr(b, y, b.mul(t, i64(prod(y.shape[1:])))) for y in ys]
         bufs = buffers(ctx, bp, args, res, base)
         swapped_inputs(bufs, body, ())
+        regions = {t.region: _region_bufs(ctx, body, bp, bufs, base, t.region)
+                   for t in tasks if t.region is not None}
         after = ended(p)
-        for k, task in enumerate(tasks):
-            if task.kind == "one" and not task.nodes:
-                if every and k == 0:                           # the save of the carries
-                    run = lambda _: _save(ctx, p, every, cur, saved)        # noqa: E731
-                else:                                          # the outputs' copies
-                    run = lambda _: copy_outputs_of(ctx, body, bp, bufs, res)  # noqa: E731
+        for k, st in enumerate(tasks):
+            if st.role == "save":
+                run = lambda _: _save(ctx, p, every, cur, saved)            # noqa: E731
+            elif st.region is None:
+                run = (_body_task(ctx, body, bp, bufs, base, st.task) if st.role == "nodes"
+                       else lambda _: copy_outputs_of(ctx, body, bp, bufs, res))  # noqa: E731
             else:
-                run = _body_task(ctx, body, bp, bufs, base, task)
+                run = _region_task(ctx, st, *regions[st.region])
             after = [claim_step(ctx, counters, 2 + k, p, kinds[k], run, after)]
 
     def finish(_):
@@ -201,6 +250,42 @@ def _body_task(ctx, body, bp, bufs, base, task):
             node = body.nodes[i]
             emit_node(ctx, bp, i, node, get_lowering(node), bufs, base,
                       claimed=task.kind == "shares")
+    return run
+
+
+def _region_bufs(ctx, body, bp, bufs, base, i: int):
+    """(region body, its plan, its values' buffers, its scratch, its output pointers) of
+    the step body's region node ``i`` (as ``_fused`` sets them up)."""
+    b = ctx.b
+    node = body.nodes[i]
+    region = node.attrs["body"]
+    rp = plan(region, ctx.features, ctx.max_threads)
+    ins, outs = node_bufs(bp, i, node, bufs)
+    scr = b.gep(base, [i64(bp.scratch[i])], inbounds=True) if i in bp.scratch else None
+    p8 = ir.PointerType(ir.IntType(8))
+    res = [b.bitcast(o.ptr, p8) for o in outs]
+    rbufs = buffers(ctx, rp, [b.bitcast(x.ptr, p8) for x in ins], res, scr)
+    swapped_inputs(rbufs, region, ins)
+    return region, rp, rbufs, scr, res
+
+
+def _region_task(ctx, st: _StepTask, region, rp, rbufs, scr, res):
+    """The code of a part of a step's region (``_flat_region``)."""
+    def run(share):
+        if st.role == "nodes":
+            for j in st.task.nodes:
+                node = region.nodes[j]
+                emit_node(ctx, rp, j, node, get_lowering(node), rbufs, scr,
+                          claimed=st.task.kind == "shares")
+        elif st.role == "tail":
+            tail = region.nodes[_tail_start(region):]
+            made = {v for n in tail for v in n.outputs}
+            sources = list(dict.fromkeys(v for n in tail for v in n.inputs if v not in made))
+            results = [v for v in dict.fromkeys(region.outputs) if v in made]
+            _one_loop_nest(ctx, _Region(tail), sources, results,
+                           [rbufs[v] for v in sources], [rbufs[v] for v in results])
+        else:
+            copy_outputs_of(ctx, region, rp, rbufs, res)
     return run
 
 
