@@ -29,7 +29,7 @@ def test_choice_keeps_the_faster_count_and_probes_rarely():
     c = ThreadChoice(2)
     used = drive(c, lambda i, n: {1: 2.0, 2: 1.0}[n], 400)
     late = used[100:]
-    assert late.count(2) / len(late) >= 1 - 1 / ThreadChoice.PROBE_MAX - 0.01
+    assert late.count(2) / len(late) >= 1 - 2 / ThreadChoice.PROBE_MAX - 0.01  # 2-call probes
     assert 1 in late                       # it still looks at the other count now and then
 
 
@@ -187,3 +187,14 @@ def test_small_row_products_read_b_in_place(m, k, n, dtype):
     for threads in (1, 2):
         got = backends.compile(g, "llvm", threads=threads)(a, bm)[0]
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_choice_stays_with_all_threads_when_a_neighbour_slows_some_calls():
+    # a thread-pool library run in blocks beside us (its threads spinning after its own
+    # calls) slows the first two of every five calls, all threads more than one: all threads
+    # are still faster on average (1.64 against 1.72 per call)
+    def cost(i, n):
+        first = i % 5 < 2
+        return (2.6 if first else 1.0) if n > 1 else (1.9 if first else 1.6)
+    used = drive(ThreadChoice(2), cost, 600)
+    assert used[100:].count(2) >= 0.9 * 500

@@ -464,16 +464,21 @@ def run_entry(fn, table, n: int, choice: ThreadChoice | None) -> None:
 class ThreadChoice:
     """Which thread count runs an executable's next call: 1 or all of them, whichever is
     faster NOW. Each call's native time is recorded; the current choice runs, and every
-    ``period`` calls the other one runs once (a probe). A probe faster than the current
-    choice's recent median is followed by another at once, and ``STREAK`` such probes in a
-    row switch; a losing probe doubles the period (up to ``PROBE_MAX``), so a losing option
-    costs at most 1/``PROBE_MAX`` of the calls. ``SLOW_RUN`` calls in a row much slower
-    than their choice's recent median (another process, or numpy's or torch's thread pool
-    in this process, took a core; one slow call is noise) bring the next probe forward. So threads that lose their cores do not hold up
-    every step, and a slowdown never outlives what caused it by more than ``PROBE_MAX``
-    calls. A probe of several threads made while one thread runs is taken twice and judged by
-    the second: the first wakes workers asleep on their futexes, a cost the current choice
-    never pays, and judged alone it would keep a finished burst's one thread forever."""
+    ``period`` calls the other one runs twice in a row (a probe), judged by the faster of
+    the two against the fastest of the current choice's last ``SLOW_RUN`` calls: best
+    against best, so that calls slowed for a moment (a neighbouring thread pool still
+    spinning after its own calls slows all threads more than one) do not move the choice
+    to the option that is slower on average, while a lasting slowdown (every recent call
+    slow) does. A winning probe is followed by another at once, and ``STREAK`` winning
+    probes in a row switch; a losing probe doubles the period (up to ``PROBE_MAX``), so a
+    losing option costs at most 2/``PROBE_MAX`` of the calls. ``SLOW_RUN`` calls in a row
+    much slower than their choice's recent median (another process, or numpy's or torch's
+    thread pool in this process, took a core; one slow call is noise) bring the next probe
+    forward. So threads that lose their cores do not hold up every step, and a slowdown
+    never outlives what caused it by more than ``PROBE_MAX`` calls. The first call of a
+    probe of several threads made while one thread runs also pays the wake-up of workers
+    asleep on their futexes, a cost the current choice never pays: the pair's faster call
+    leaves it out."""
     RECENT = 5
     STREAK = 2
     PROBE_MIN = 8
@@ -489,7 +494,7 @@ class ThreadChoice:
         self.countdown = 0
         self.streak = 0
         self.slow = 0
-        self.warm = False         # the wake-up probe of several threads ran; judge the next
+        self.first: float | None = None   # a probe's first call ran: its time
 
     def _other(self) -> int:
         return self.options[1] if self.current == self.options[0] else self.options[0]
@@ -502,10 +507,11 @@ class ThreadChoice:
 
     def record(self, n: int, seconds: float) -> None:
         settled = all(len(t) >= 2 for t in self.times.values())
-        if settled and n != self.current and n > 1 and not self.warm:
-            self.warm, self.countdown = True, 0       # woke the workers: probe again at once
+        if settled and n != self.current and self.first is None:
+            self.first, self.countdown = seconds, 0   # a probe's first call: the second next
             return
-        self.warm = False
+        if self.first is not None:
+            seconds, self.first = min(seconds, self.first), None
         ts = self.times[n]
         before = _median(ts) if ts else seconds
         ts.append(seconds)
@@ -514,7 +520,7 @@ class ThreadChoice:
             return
         cur = self.current
         if n != cur:                      # a probe
-            if seconds < _median(self.times[cur]):
+            if seconds < min(self.times[cur][-self.SLOW_RUN:]):
                 self.streak += 1
                 if self.streak >= self.STREAK:
                     self.current, self.period, self.streak = n, self.PROBE_MIN, 0
