@@ -220,3 +220,34 @@ def test_batched_pointwise_plain_conv_matches_reference(n, threads):
     want = backends.compile(g, "reference")(xv, wv)[0]
     got = backends.compile(g, "llvm", threads=threads, cache=False)(xv, wv)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# batch 1, an image's GEMM shared by the threads: columns making fewer than
+# ROW_SPLIT_STRIPS strips per thread split its rows (output channels) instead
+# (..., threads, kernel, groups)
+ROW_SPLIT_CASES = [
+    (1, 16, 7, 7, 6, 1, 0, 1, "relu6", False, 2, 1, 1),    # 96 channels, 49 positions
+    (1, 16, 7, 7, 6, 1, 0, 1, "relu6", False, 3, 1, 1),    # 3 threads: 8 + 8 + 8 runs
+    (1, 40, 7, 7, 1, 1, 0, 1, "none", True, 2, 1, 1),      # 40 = 3 x 12 + 4: a short run
+    (1, 8, 14, 14, 12, 1, 0, 1, "relu", False, 3, 1, 1),   # 96 channels, 196 positions
+    (1, 8, 13, 13, 5, 2, 1, 1, "relu6", False, 2, 3, 1),   # strided 3x3: im2col, barrier
+]
+
+
+@pytest.mark.parametrize("case", ROW_SPLIT_CASES)
+def test_fused_gemm_conv_rows_split_matches_torch_and_reference(case, monkeypatch):
+    from irgraph.backends.llvm.gemm_tiling import splits_rows
+    t = ops_conv.tiling("float32", ops_conv_features())
+    n, c, h, w, mult, stride, pad, _, _, _, threads, k, _ = case
+    side = (h + 2 * pad - k) // stride + 1
+    # worked out here: fewer column strips than 4 per thread, more row runs than strips
+    strips, runs = -(-side * side // t.nr), -(-c * mult // t.mr)
+    assert strips < 4 * threads and runs > strips
+    assert splits_rows(c * mult, side * side, t.mr, t.nr, threads)
+    # chunks of 32 columns: two or more per row run, the last partial
+    monkeypatch.setattr(ops_conv, "EPILOGUE_CHUNK_BYTES", 32 * 4 * c * mult)
+    got, want, ref = _run(case)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    if case[8] == "relu6":
+        assert got.min() == 0.0 and got.max() == 6.0

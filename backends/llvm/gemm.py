@@ -21,7 +21,7 @@ from llvmlite import ir
 from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64,
                       prod, row_strides, strided_nest)
 from . import gemm_bf16, gemv, jit
-from .gemm_tiling import KC, MC, NC, Tiling, tiling
+from .gemm_tiling import KC, MC, NC, Tiling, splits_rows, tiling
 from .lowering import Ctx, lowering
 
 DIRECT_B_ROWS = 96      # up to this many rows of A, a row-major B is not packed
@@ -404,7 +404,8 @@ def matmul_dims(a_shape, b_shape):
 
 def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int,
               M: int, N: int, K: int) -> None:
-    """Emit this thread's share of C = A @ B: split N by NR strips, or M when N is narrow."""
+    """Emit this thread's share of C = A @ B: split N by NR strips, or M by MR runs where
+    ``splits_rows``."""
     b = ctx.b
     t = tiling(dtype, ctx.features)
     fn = gemm_function(ctx.module, dtype, ctx.features)
@@ -420,7 +421,7 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
         gemv.emit(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc, M, N, K)
         return
     strips = -(-N // t.nr)
-    if strips >= ctx.max_threads or M <= t.mr:
+    if not splits_rows(M, N, t.mr, t.nr, ctx.max_threads):
         lo, hi = ctx.split(strips)
         n0 = b.mul(lo, i64(t.nr))
         n1 = _min(b, b.mul(hi, i64(t.nr)), i64(N))

@@ -25,7 +25,7 @@ from llvmlite import ir
 from . import jit
 from .builder import F32, I16, I32, I64, PTR, STORAGE, broadcast_strides, for_range, i64, \
     prod, row_strides, strided_nest
-from .gemm_tiling import workspace_bytes
+from .gemm_tiling import splits_rows, workspace_bytes
 
 ENABLED = True          # False: every bf16 product is widened (the fallback, for tests)
 MR = 12                 # rows of the register tile
@@ -296,7 +296,7 @@ def call_gemm(ctx, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int, M: int, 
     if M == 0 or N == 0:
         return
     strips = -(-N // NR)
-    if strips >= ctx.max_threads or M <= MR:
+    if not splits_rows(M, N, MR, NR, ctx.max_threads):
         lo, hi = ctx.split(strips)
         n0 = b.mul(lo, i64(NR))
         n1 = _min(b, b.mul(hi, i64(NR)), i64(N))

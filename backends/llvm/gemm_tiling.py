@@ -44,3 +44,18 @@ def workspace_bytes(features: str) -> int:
     """Per-thread packing scratch: enough for either float dtype."""
     t = tiling("float64", features)
     return t.panel_elems() * 8 + 256
+
+
+# column strips per thread below which threads sharing a GEMM take runs of its rows
+ROW_SPLIT_STRIPS = 4
+
+
+def splits_rows(M: int, N: int, mr: int, nr: int, threads: int) -> bool:
+    """Whether ``threads`` threads (or shares) sharing C = A @ B (M x N, register tiles
+    ``mr`` x ``nr``) take runs of mr rows rather than nr-wide column strips: the columns
+    make fewer than ``ROW_SPLIT_STRIPS`` strips per thread (a whole or partial strip more
+    on one thread is then a large part of its work: 49 columns, a 1x1 convolution on a
+    7x7 grid, are a 32-wide strip and a 17-wide one) and the rows more runs than the
+    columns strips."""
+    strips = -(-N // nr)
+    return strips < ROW_SPLIT_STRIPS * threads and -(-M // mr) > strips

@@ -29,7 +29,7 @@ from . import conv_depthwise, conv_dot, conv_winograd
 from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_input_grad,
                           scratch_bytes, usable)
 from .gemm import call_gemm, gemm_function
-from .gemm_tiling import tiling
+from .gemm_tiling import splits_rows, tiling
 from .lowering import fused_kind, lowering, scratch
 from .module import ALIGN
 from .ops_core import SCALAR
@@ -231,11 +231,12 @@ def thread_cols(ctx, nbytes: int, elem) -> ir.Value:
 
 
 def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
-    """One whole GEMM on this thread (the caller split the work); N may be a value."""
+    """One whole GEMM on this thread (the caller split the work); M and N may be values."""
     b = ctx.b
     fn = gemm_function(ctx.module, dtype, ctx.features)
     b.call(fn, [a, i64(a_str[0]), i64(a_str[1]), bm, i64(b_str[0]), i64(b_str[1]), c,
-                i64(ldc), i64(M), N if isinstance(N, ir.Value) else i64(N), i64(K),
+                i64(ldc), M if isinstance(M, ir.Value) else i64(M),
+                N if isinstance(N, ir.Value) else i64(N), i64(K),
                 ctx.scratch(), i64(acc)])
 
 
@@ -471,10 +472,11 @@ EPILOGUE_CHUNK_BYTES = 256 * 1024
 
 def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
     """im2col (none for a pointwise kernel) and one GEMM per image and group. With
-    ``tail(n, g, p0, p1)`` (a region's epilogue over output positions [p0, p1) of image n,
-    group g) the GEMM runs in chunks of columns, each followed by the tail while its
-    output is in cache; at a batch smaller than the thread count the threads then split
-    each image's columns (the tail applied by the thread that made them)."""
+    ``tail(n, g, p0, p1, i0=0, i1=og)`` (a region's epilogue over output positions
+    [p0, p1) of channels [i0, i1) of image n, group g) the GEMM runs in chunks of columns,
+    each followed by the tail while its output is in cache; at a batch smaller than the
+    thread count the threads then split each image's columns, or its rows where
+    ``splits_rows`` (the tail applied by the thread that made them)."""
     G = node.attrs["groups"]
     geo = conv_geo(x.shape, w.shape[2:], node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
@@ -484,8 +486,11 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
                            G)
     b = ctx.b
     pointwise = is_pointwise(geo)
-    nr = tiling(x.dtype, ctx.features).nr
+    nr, mr = tiling(x.dtype, ctx.features).nr, tiling(x.dtype, ctx.features).mr
     chunk = max(nr, EPILOGUE_CHUNK_BYTES // (og * x.type.np_dtype.itemsize) // nr * nr)
+    # threads sharing an image's GEMM (a batch smaller than the thread count) take runs
+    # of its rows (output channels) where its columns make too few strips
+    rows_split = splits_rows(og, P, mr, nr, ctx.max_threads)
 
     def chunks(src, wp, yp, n, g, c0, c1):
         with for_range(b, c0, c1, "pch", chunk) as p0:
@@ -544,7 +549,23 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
                 src = cols.ptr
             wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
             yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
-            if split_gemm and tail is not None:     # this thread's strips of columns
+            if split_gemm and tail is not None and rows_split:   # this thread's rows
+                lo, hi = ctx.split(-(-og // mr))
+                m0 = b.mul(lo, i64(mr))
+                m1 = b.select(b.icmp_signed("<", b.mul(hi, i64(mr)), i64(og)),
+                              b.mul(hi, i64(mr)), i64(og))
+                with b.if_then(b.icmp_signed("<", m0, m1)):
+                    wrows = b.gep(wp, [b.mul(m0, i64(R))])
+                    yrows = b.gep(yp, [b.mul(m0, i64(P))])
+                    with for_range(b, 0, P, "pch", chunk) as p0:
+                        p1 = b.select(b.icmp_signed("<", b.add(p0, i64(chunk)), i64(P)),
+                                      b.add(p0, i64(chunk)), i64(P))
+                        _gemm(ctx, x.dtype, wrows, (R, 1), b.gep(src, [p0]), (P, 1),
+                              b.gep(yrows, [p0]), P, b.sub(m1, m0), b.sub(p1, p0), R)
+                        tail(n, g, p0, p1, m0, m1)
+                if G > 1 or N > 1:
+                    ctx.barrier()
+            elif split_gemm and tail is not None:     # this thread's strips of columns
                 lo, hi = ctx.split(-(-P // nr))
                 c1 = b.mul(hi, i64(nr))
                 chunks(src, wp, yp, n, g, b.mul(lo, i64(nr)),
@@ -709,8 +730,8 @@ def _conv_epilogue(ctx, node, ins, outs) -> bool:
     N, O, OH, OW = shape
     og = O // conv.attrs["groups"]
 
-    def columns(n, g, p0, p1):
-        with for_range(b, 0, og, "eo") as i:
+    def columns(n, g, p0, p1, i0=i64(0), i1=i64(og)):
+        with for_range(b, i0, i1, "eo") as i:
             o = b.add(b.mul(g, i64(og)), i)
             row = b.mul(b.add(b.mul(n, i64(O)), o), i64(OH * OW))
             with for_range(b, p0, p1, "ep") as p:
