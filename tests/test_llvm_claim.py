@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -114,6 +115,25 @@ def _chain() -> Graph:
     return g
 
 
+@contextmanager
+def busy_thread():
+    """A thread that takes a core now and then (numpy releases the GIL), as another process
+    would, for the duration of the block."""
+    stop = threading.Event()
+
+    def busy():
+        a = np.ones((128, 128), np.float32)
+        while not stop.is_set():
+            a = np.tanh(a @ a / 128)
+    t = threading.Thread(target=busy, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
 def test_more_threads_than_cores_beside_a_busy_thread_give_the_same_numbers():
     g = _chain()
     r = np.random.default_rng(1)
@@ -124,20 +144,9 @@ def test_more_threads_than_cores_beside_a_busy_thread_give_the_same_numbers():
     np.testing.assert_allclose(want, ref, rtol=1e-4, atol=1e-4)
     four = backends.compile(g, "llvm", threads=4)
     assert {t.kind for t in four.plan.tasks} == {"shares", "one"}
-    stop = threading.Event()
-
-    def busy():                          # takes a core now and then, as another process
-        a = np.ones((128, 128), np.float32)
-        while not stop.is_set():
-            a = np.tanh(a @ a / 128)
-    t = threading.Thread(target=busy, daemon=True)
-    t.start()
-    try:
+    with busy_thread():
         for _ in range(25):
             np.testing.assert_array_equal(four(x, w)[0], want)
-    finally:
-        stop.set()
-        t.join()
 
 
 def test_an_error_in_a_share_is_the_nodes_error_and_the_next_call_is_clean():
@@ -291,20 +300,9 @@ def test_claimed_steps_and_convolutions_on_4_threads_beside_a_busy_thread():
     want = backends.compile(g, "llvm", threads=1)(*[np.copy(a) for a in args])
     cwant = backends.compile(c, "llvm", threads=1)(*cargs)[:2]
     four, cfour = (backends.compile(x, "llvm", threads=4) for x in (g, c))
-    stop = threading.Event()
-
-    def busy():
-        a = np.ones((128, 128), np.float32)
-        while not stop.is_set():
-            a = np.tanh(a @ a / 128)
-    t = threading.Thread(target=busy, daemon=True)
-    t.start()
-    try:
+    with busy_thread():
         for _ in range(8):
             for k, (a, b) in enumerate(zip(four(*[np.copy(a) for a in args]), want)):
                 np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
             for a, b in zip(cfour(*cargs)[:2], cwant):
                 np.testing.assert_array_equal(a, b)
-    finally:
-        stop.set()
-        t.join()

@@ -13,8 +13,8 @@ from irgraph.registry import ops_with
 
 from .builder import Buf, broadcast_strides, for_range, i64, prod, row_strides
 from .elementwise import copy_strided, elementwise
-from .lowering import (FUSED_KIND_SCRATCH, FUSED_KINDS, SAME_INDEX_RULES, get_lowering,
-                       lowering, scratch)
+from .lowering import (FUSED_KIND_MEETS, FUSED_KIND_SCRATCH, FUSED_KINDS, SAME_INDEX_RULES,
+                       get_lowering, lowering, scratch)
 from .module import (ALIGN, SHARES_PER_THREAD, STEPPED, Task, buffers, claim_step,
                      claim_tasks, copy_outputs_of, emit_graph, emit_node, emit_nodes,
                      node_bufs, plan, step_done, swapped_inputs)
@@ -65,6 +65,25 @@ def _scan_scratch(node, threads, features) -> int:
     return _scan_layout(node, threads, features)[3]
 
 
+def _step_args(b, p, steps: int, reverse: bool, c_out, pong, seqs, mask, consts, ys):
+    """Step p's buffers: the carries it reads (``cur``, ping-pong between the node's carry
+    outputs and the scratch ``pong``), the body's arguments (those carries, the slices
+    t of the sequences and the mask, the constants) and its results (the other side of
+    the ping-pong, the slices t of the per-step outputs); t = p, or steps - 1 - p."""
+    i8p = ir.PointerType(ir.IntType(8))
+    t = b.sub(i64(steps - 1), p) if reverse else p
+    odd = b.trunc(p, ir.IntType(1))
+    cur = [Buf(b.select(odd, q.ptr, c.ptr), c.type) for c, q in zip(c_out, pong)]
+    nxt = [b.bitcast(b.select(odd, c.ptr, q.ptr), i8p) for c, q in zip(c_out, pong)]
+    args = [b.bitcast(c.ptr, i8p) for c in cur]
+    args += [_ptr(b, s, b.mul(t, i64(prod(s.shape[1:])))) for s in seqs]
+    if mask is not None:
+        args.append(_ptr(b, mask, b.mul(t, i64(prod(mask.shape[1:])))))
+    args += [b.bitcast(c.ptr, i8p) for c in consts]
+    res = nxt + [_ptr(b, y, b.mul(t, i64(prod(y.shape[1:])))) for y in ys]
+    return cur, args, res
+
+
 @lowering("scan", parallel=True)
 def _scan(ctx, node, ins, outs):
     """Carries ping-pong between the node's carry outputs and scratch: an even step reads
@@ -80,7 +99,6 @@ def _scan(ctx, node, ins, outs):
     c_out, ys, saved = outs[:nc], outs[nc:nc + n_y], outs[nc + n_y:]
     b = ctx.b
     base = ctx.node_scratch
-    i8p = ir.PointerType(ir.IntType(8))
     every = a["save_every"]
     pong = [Buf(b.bitcast(b.gep(base, [i64(o)]), ir.PointerType(c.elem)), c.type)
             for o, c in zip(temps, c_out)]
@@ -93,18 +111,10 @@ def _scan(ctx, node, ins, outs):
         _copy(ctx, dst, src)
     ctx.barrier()
     with for_range(b, 0, steps, "step") as p:
-        t = b.sub(i64(steps - 1), p) if a["reverse"] else p
-        odd = b.trunc(p, ir.IntType(1))
-        cur = [Buf(b.select(odd, q.ptr, c.ptr), c.type) for c, q in zip(c_out, pong)]
-        nxt = [b.bitcast(b.select(odd, c.ptr, q.ptr), i8p) for c, q in zip(c_out, pong)]
+        cur, args, res = _step_args(b, p, steps, a["reverse"], c_out, pong, seqs, mask,
+                                    consts, ys)
         if every:
             _save(ctx, p, every, cur, saved)
-        args = [b.bitcast(c.ptr, i8p) for c in cur]
-        args += [_ptr(b, s, b.mul(t, i64(prod(s.shape[1:])))) for s in seqs]
-        if mask is not None:
-            args.append(_ptr(b, mask, b.mul(t, i64(prod(mask.shape[1:])))))
-        args += [b.bitcast(c.ptr, i8p) for c in consts]
-        res = nxt + [_ptr(b, y, b.mul(t, i64(prod(y.shape[1:])))) for y in ys]
         emit_graph(ctx, body, bp, args, res, base, copy_outputs=True, index_offset=-1)
         ctx.barrier()
     if steps % 2:                              # the last step wrote the scratch side
@@ -194,7 +204,6 @@ def _claimed_scan(ctx, node, body, bp, counters, steps, carries, seqs, mask, con
     thread that makes that last copy marks the node's task done (pair 0)."""
     a = node.attrs
     b = ctx.b
-    i8p = ir.PointerType(ir.IntType(8))
     every = a["save_every"]
     base = ctx.node_scratch
     tasks = _scan_tasks(node, ctx.max_threads, ctx.features)
@@ -211,16 +220,8 @@ def _claimed_scan(ctx, node, body, bp, counters, steps, carries, seqs, mask, con
         return [step_done(ctx, counters, 1, i64(1), 1),
                 step_done(ctx, counters, last, n, kinds[-1])]
     with for_range(b, 0, steps, "step") as p:
-        t = b.sub(i64(steps - 1), p) if a["reverse"] else p
-        odd = b.trunc(p, ir.IntType(1))
-        cur = [Buf(b.select(odd, q.ptr, c.ptr), c.type) for c, q in zip(c_out, pong)]
-        nxt = [b.bitcast(b.select(odd, c.ptr, q.ptr), i8p) for c, q in zip(c_out, pong)]
-        args = [b.bitcast(c.ptr, i8p) for c in cur]
-        args += [_ptr(b, s, b.mul(t, i64(prod(s.shape[1:])))) for s in seqs]
-        if mask is not None:
-            args.append(_ptr(b, mask, b.mul(t, i64(prod(mask.shape[1:])))))
-        args += [b.bitcast(c.ptr, i8p) for c in consts]
-        res = nxt + [_ptr(b, y, b.mul(t, i64(prod(y.shape[1:])))) for y in ys]
+        cur, args, res = _step_args(b, p, steps, a["reverse"], c_out, pong, seqs, mask,
+                                    consts, ys)
         bufs = buffers(ctx, bp, args, res, base)
         swapped_inputs(bufs, body, ())
         regions = {t.region: _region_bufs(ctx, body, bp, bufs, base, t.region)
@@ -369,8 +370,11 @@ def _generic_region(node) -> bool:
 
 def _region_meets(node, threads: int, features: str) -> bool:
     """All threads must run the region at once unless it is one loop nest (its other forms
-    meet between their parts and keep intermediates in the node's scratch)."""
-    return not _generic_region(node)
+    meet between their parts and keep intermediates in the node's scratch) or its kind's
+    own lowering takes it and says it does not meet (``FUSED_KIND_MEETS``)."""
+    own = FUSED_KIND_MEETS.get(node.attrs["kind"])
+    meets = own(node, threads, features) if own is not None else None
+    return not _generic_region(node) if meets is None else meets
 
 
 @lowering("fused", parallel=True, size_generic=_generic_region, meets=_region_meets)
