@@ -645,6 +645,18 @@ def flatten_row_sums(body: Graph) -> Graph:
 CHANNEL_RUN = 8
 
 
+def _grow_rows(stack: list[Node], members: dict[int, Node], users: dict[Value, list[Node]],
+               full: tuple[int, ...], red: tuple[int, ...], taken: set[int]) -> None:
+    """Add to ``members`` the nodes of ``stack`` and, transitively, their users that compute
+    per row over ``red`` of ``full`` (``row_member``) and no other region has taken."""
+    while stack:
+        n = stack.pop()
+        if id(n) in members or id(n) in taken or not row_member(n, full, red):
+            continue
+        members[id(n)] = n
+        stack.extend(u for v in n.outputs for u in users.get(v, []))
+
+
 def _grow_channels(seed: Node, users: dict[Value, list[Node]], full: tuple[int, ...],
                    red: tuple[int, ...], taken: set[int]) -> dict[int, Node]:
     """The region of per-row nodes around a statistic over the axes ``red`` (a batch norm's
@@ -655,12 +667,7 @@ def _grow_channels(seed: Node, users: dict[Value, list[Node]], full: tuple[int, 
     members: dict[int, Node] = {}
     stack = [seed]
     while stack:
-        while stack:
-            n = stack.pop()
-            if id(n) in members or id(n) in taken or not row_member(n, full, red):
-                continue
-            members[id(n)] = n
-            stack.extend(u for v in n.outputs for u in users.get(v, []))
+        _grow_rows(stack, members, users, full, red, taken)
         for n in list(members.values()):
             for v in n.inputs:
                 p = v.node
@@ -692,13 +699,8 @@ def fuse_norm_grad(g: Graph) -> Graph:
             continue
         full, k = spec.x.type.shape, spec.axes
         members: dict[int, Node] = {}
-        stack = [u for v in node.outputs[1:] for u in users.get(v, [])]
-        while stack:
-            n = stack.pop()
-            if id(n) in members or id(n) in taken or not row_member(n, full, k):
-                continue
-            members[id(n)] = n
-            stack.extend(u for v in n.outputs for u in users.get(v, []))
+        _grow_rows([u for v in node.outputs[1:] for u in users.get(v, [])], members, users,
+                   full, k, taken)
         if len(members) < 2 or _reaches(g, set(members), users):
             continue
         taken.update(members)
