@@ -84,6 +84,7 @@ def _run(case, dtype=np.float32):
     want = om.torch_out(model, x)
     ref = graph.compile("reference")(x)[0]
     _run.convs = [nd.attrs["body"].nodes[0] for nd in fused]
+    _run.exe = exe
     return got, want, ref
 
 
@@ -246,8 +247,18 @@ def test_fused_gemm_conv_rows_split_matches_torch_and_reference(case, monkeypatc
     assert splits_rows(c * mult, side * side, t.mr, t.nr, threads)
     # chunks of 32 columns: two or more per row run, the last partial
     monkeypatch.setattr(ops_conv, "EPILOGUE_CHUNK_BYTES", 32 * 4 * c * mult)
+    from irgraph.backends.llvm import workers      # small: split all the same
+    monkeypatch.setattr(workers, "PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(workers, "PARALLEL_BYTES", 0)
     got, want, ref = _run(case)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     if case[8] == "relu6":
         assert got.min() == 0.0 and got.max() == 6.0
+    # a pointwise image's shares meet nowhere: the region is claimed, one share per
+    # thread (a GEMM's); a strided 3x3 builds its columns first: all threads meet
+    ex = _run.exe.executable
+    tasks = [t for t in ex.plan.tasks
+             if any(ex.graph.nodes[i].op == "fused" for i in t.nodes)]
+    want_task = ("shares", threads) if k == 1 else ("all", 1)
+    assert [(t.kind, t.shares) for t in tasks] == [want_task]

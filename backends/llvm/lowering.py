@@ -89,17 +89,23 @@ def reads_same_index(node) -> bool:
 
 # fused-region kind -> fn(ctx, node, ins, outs) -> bool: a dedicated lowering of regions of
 # that kind (passes/layer_regions.py), False when it declines a body (then the region's
-# nodes are lowered one by one); FUSED_KIND_SCRATCH: its scratch rule, as SCRATCH's
+# nodes are lowered one by one); FUSED_KIND_SCRATCH: its scratch rule, as SCRATCH's;
+# FUSED_KIND_MEETS: fn(node, threads, features) -> bool | None, whether the kind's lowering
+# meets (``Lowering.meets``) for a body it takes, None for a body it declines
 FUSED_KINDS: dict[str, Callable] = {}
 FUSED_KIND_SCRATCH: dict[str, Callable] = {}
+FUSED_KIND_MEETS: dict[str, Callable] = {}
 
 
-def fused_kind(kind: str, scratch_rule: Callable | None = None):
+def fused_kind(kind: str, scratch_rule: Callable | None = None,
+               meets_rule: Callable | None = None):
     """Register the decorated function as the lowering of ``fused`` regions of ``kind``."""
     def deco(fn):
         FUSED_KINDS[kind] = fn
         if scratch_rule is not None:
             FUSED_KIND_SCRATCH[kind] = scratch_rule
+        if meets_rule is not None:
+            FUSED_KIND_MEETS[kind] = meets_rule
         return fn
     return deco
 

@@ -86,8 +86,11 @@ def claim_shares(node, max_threads: int) -> int:
     """How many shares a claimed node is cut into, fixed at compile time (the results do
     not depend on which threads, or how many, run them): ``SHARES_PER_THREAD`` per thread,
     so a thread that finishes early takes over work; one per thread for a GEMM, each of
-    whose shares packs the whole left operand again."""
-    return max_threads * (1 if node.op in _GEMM_OPS else SHARES_PER_THREAD)
+    whose shares packs the whole left operand again (also a region whose anchor, its
+    first node, is one: a convolution with its epilogue)."""
+    gemm = node.op in _GEMM_OPS or (node.op == "fused" and node.attrs["body"].nodes
+                                    and node.attrs["body"].nodes[0].op in _GEMM_OPS)
+    return max_threads * (1 if gemm else SHARES_PER_THREAD)
 
 
 @dataclass

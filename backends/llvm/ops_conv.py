@@ -436,7 +436,12 @@ def _forward_meets(node, threads: int, features: str) -> bool:
             or images_per_gemm(node, threads, features) is not None
             or row_chunks(node) is not None):
         return False
-    return x.shape[0] < threads                 # per_image: split GEMMs
+    # per_image: each image's GEMM split, after im2col into the node's scratch (a barrier),
+    # and a barrier before the next image or group; one pointwise image of one group meets
+    # nowhere (the threads' shares of its GEMM, each with its epilogue)
+    return x.shape[0] < threads and not (x.shape[0] == 1 and node.attrs["groups"] == 1 and
+                                         is_pointwise(conv_geo(x.shape, w.shape[2:],
+                                                               node.attrs)))
 
 
 @lowering("conv", "conv_fft", parallel=True, meets=_forward_meets)
@@ -530,8 +535,12 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
         return
 
     def image(n, split_gemm: bool):
-        cols = Buf(thread_cols(ctx, colbytes, x.elem) if not split_gemm
-                   else b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)), _tt((R, P), x))
+        if pointwise:           # the GEMM reads the image in place
+            cols = None
+        else:
+            cols = Buf(thread_cols(ctx, colbytes, x.elem) if not split_gemm
+                       else b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)),
+                       _tt((R, P), x))
         with for_range(b, 0, G, "grp") as g:           # one body for every group
             xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
             if pointwise:
@@ -686,7 +695,13 @@ def _epilogue_scratch(node, threads, features) -> int:
     return _conv_scratch(conv, threads, features) if conv is not None else 0
 
 
-@fused_kind("epilogue", scratch_rule=_epilogue_scratch)
+def _epilogue_meets(node, threads, features) -> bool | None:
+    """A region ``_conv_epilogue`` takes meets where its convolution's lowering does."""
+    conv = epilogue_conv(node.attrs["body"], threads, features)
+    return None if conv is None else _forward_meets(conv, threads, features)
+
+
+@fused_kind("epilogue", scratch_rule=_epilogue_scratch, meets_rule=_epilogue_meets)
 def _conv_epilogue(ctx, node, ins, outs) -> bool:
     """A convolution with its bias, activation and residual add applied to each output in
     the same pass (depthwise) or to each chunk of GEMM columns while in cache, not in a
