@@ -224,9 +224,9 @@ class LLVMExecutable(Executable):
     # ---------------------------------------------------------------- inspection
     def profile(self, top: int | None = None) -> list[dict]:
         """Where the time went over all runs so far (compiled with ``profile=True``): one row
-        per node, slowest first, with its op, cycles, share of the total and milliseconds
-        (the native calls' wall time split by cycle share; parallel nodes include their
-        barrier)."""
+        per node, slowest first, with its op, cycles (every thread's, the wait before the
+        node included), share of the total and milliseconds (the native calls' wall time
+        split by cycle share)."""
         if not self.plan.profile:
             raise RuntimeError("llvm backend: compile with profile=True to profile nodes")
         cyc = self._ctl[4:4 + len(self.graph.nodes)].astype(np.float64)

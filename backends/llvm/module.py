@@ -63,7 +63,7 @@ class Plan:
     # reshape output -> the value whose buffer it shares (the reshape is not run)
     alias: dict[Value, Value] = field(default_factory=dict)
     parallel: bool = False        # some node splits its work across threads
-    profile: bool = False         # thread 0 adds each top-level node's cycles to ctl[4 + i]
+    profile: bool = False         # each thread adds its cycles in top-level node i to ctl[4 + i]
     # the top-level nodes as tasks when several threads run them (``claim_tasks``)
     tasks: list["Task"] = field(default_factory=list)
     task_base: int = 4            # ctl index of the first task's counters
@@ -403,8 +403,8 @@ def emit_nodes(ctx: Ctx, nodes, bufs: dict[Value, Buf], p: Plan, arena,
                index_offset: int = 0, profile: bool = False) -> None:
     """Emit each node's lowering in order: the top level of a plan with tasks as claimed
     tasks (``_emit_tasks``), else with barriers only where threads must meet. With
-    ``profile``, thread 0 adds the cycles from the end of one node to the end of the next
-    (waits included) to ``ctl[4 + i]``."""
+    ``profile``, every thread adds the cycles from the end of one node to the end of the
+    next (waits included) to ``ctl[4 + i]``."""
     clock = _cycle_counter(ctx) if profile else None
     if p.tasks and index_offset == 0 and ctx.module is ctx.program.entry:
         _emit_tasks(ctx, nodes, bufs, p, arena, clock)
@@ -586,11 +586,11 @@ def step_done(ctx: Ctx, counters, pair: int, steps, shares) -> tuple:
 
 
 class _cycle_counter:
-    """Per-node cycle counts for ``profile=True`` (``llvm.readcyclecounter``, thread 0)."""
+    """Per-node cycle counts for ``profile=True`` (``llvm.readcyclecounter``, every
+    thread)."""
 
     def __init__(self, ctx: Ctx):
         self.ctx = ctx
-        self.tid = ctx.tid              # the real thread (a task's code changes ctx.tid)
         name = "llvm.readcyclecounter"
         m = ctx.module
         self.fn = m.globals.get(name) or ir.Function(m, ir.FunctionType(I64, []), name)
@@ -602,12 +602,12 @@ class _cycle_counter:
             self.ctx.b.store(self.ctx.b.call(self.fn, []), self.t0)
 
     def stop(self, i: int) -> None:
+        """Every thread adds the cycles since its last stop to node i's counter (atomically):
+        a node run by whichever thread claimed it is counted, whichever that was."""
         b = self.ctx.b
         t1 = b.call(self.fn, [])
-        is0 = b.icmp_signed("==", self.tid, i64(0))
-        with b.if_then(is0):
-            slot = b.gep(self.ctx.ctl, [i64(4 + i)])
-            b.store(b.add(b.load(slot), b.sub(t1, b.load(self.t0))), slot)
+        slot = b.gep(self.ctx.ctl, [i64(4 + i)])
+        b.atomic_rmw("add", slot, b.sub(t1, b.load(self.t0)), "monotonic")
         b.store(t1, self.t0)
 
 
