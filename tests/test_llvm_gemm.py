@@ -131,3 +131,37 @@ def test_b_rows_along_k_pack_by_register_transposes(k, dtype, threads):
         b = RNG.integers(-4, 5, (n, k)).astype(dtype)
         (c,) = run_guarded(exe, [a, b])
         np.testing.assert_array_equal(c, a.astype(np.int64) @ b.T.astype(np.int64))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("m,n", [(100, 40), (37, 49), (300, 196), (96, 70)])
+def test_gemm_split_by_rows_where_columns_are_few(m, n, threads, monkeypatch):
+    """Threads sharing one GEMM take runs of MR rows when its columns make fewer than 4
+    NR strips per thread (``splits_rows``), with a short last run; against numpy."""
+    from irgraph.backends.llvm import jit, workers
+    from irgraph.backends.llvm.gemm_tiling import splits_rows, tiling
+    monkeypatch.setattr(workers, "PARALLEL_FLOPS", 0)     # small: split all the same
+    monkeypatch.setattr(workers, "PARALLEL_BYTES", 0)
+    t = tiling("float32", jit.host()[2])
+    if (t.mr, t.nr) == (12, 32) and threads > 1:    # by hand: 2, 2, 7, 3 strips < 8
+        assert splits_rows(m, n, t.mr, t.nr, threads)
+    k = 70
+    exe = backends.compile(_graph(m, k, n, False, False, "float32"), "llvm", threads=threads,
+                           cache=False)
+    a = RNG.standard_normal((m, k)).astype(np.float32)
+    b = RNG.standard_normal((k, n)).astype(np.float32)
+    (c,) = run_guarded(exe, [a, b])
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_splits_rows_rule():
+    """Worked by hand with 12 x 32 register tiles: 49 columns are 2 strips, fewer than 4
+    per thread on 2 threads, and 1280 rows 107 runs: rows; 784 columns (28x28) are 25
+    strips: columns; 12 rows are one run, not more than 2 strips: columns."""
+    from irgraph.backends.llvm.gemm_tiling import splits_rows
+    assert splits_rows(1280, 49, 12, 32, 2)
+    assert splits_rows(96, 196, 12, 32, 2)          # 7 strips < 8, 8 runs > 7
+    assert not splits_rows(72, 196, 12, 32, 2)      # 6 runs: not more than 7 strips
+    assert not splits_rows(1280, 784, 12, 32, 2)    # 25 strips
+    assert not splits_rows(12, 49, 12, 32, 2)
+    assert not splits_rows(96, 196, 12, 32, 1)      # one thread: 7 strips >= 4
