@@ -17,7 +17,7 @@ import timeit
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
+from machine import best_of, describe  # noqa: E402  (bench/ is on sys.path when run)
 
 import irgraph  # noqa: E402
 
@@ -111,15 +111,10 @@ def _llvm_conv(xs, ws, dtype="float32", winograd=None, threads=1):
 
 
 def _cpu_best(fn, repeat: int) -> float:
-    """Best-of one-thread CPU time (time.thread_time) of fn()."""
+    """Best-of one-thread CPU time (time.thread_time) of fn(), after one warm-up call."""
     import time
     fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t)
-    return best
+    return best_of(fn, repeat, clock=time.thread_time)
 
 
 WINOGRAD_LAYERS = [     # (N, C, H=W, O): peers' ResNet block, bench_llvm's conv, ResNet-18

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, pin_threads  # noqa: E402
+from machine import best_of, describe, pin_threads  # noqa: E402
 
 pin_threads(1)      # before numpy loads its BLAS
 
@@ -60,12 +60,7 @@ def batch_graph(M, K, N, ta, tb, reps, dtype):
 
 
 def cpu_best(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t0)
-    return best
+    return best_of(fn, reps, clock=time.thread_time)
 
 
 def main() -> None:
