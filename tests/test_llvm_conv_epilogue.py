@@ -127,7 +127,7 @@ ROW_CASES = [
 @pytest.mark.parametrize("case", ROW_CASES)
 def test_row_chunked_conv_matches_torch_and_reference(case, monkeypatch):
     *layer, rows = case
-    c, mult, k, groups = layer[1], layer[4], layer[11], layer[12]
+    c, k, groups = layer[1], layer[11], layer[12]
     # columns per chunk: ``rows`` output rows of the case (its own width worked out here)
     w_out = (layer[3] + 2 * layer[6] - layer[7] * (k - 1) - 1) // (layer[5] if isinstance(
         layer[5], int) else layer[5][1]) + 1
@@ -162,19 +162,19 @@ def test_row_chunks_taken():
 @pytest.mark.parametrize("n,threads", [(1, 2), (3, 2), (2, 1)])
 def test_row_chunked_plain_conv_matches_reference(n, threads, monkeypatch):
     """The chunked im2col/GEMM without a region (no epilogue): 3 output rows a chunk."""
-    import irgraph.backends as backends
-    from irgraph import Graph, TensorType
     monkeypatch.setattr(ops_conv, "MIN_CHUNK_COLS", 1)
     monkeypatch.setattr(ops_conv, "ROW_CHUNK_BYTES", 3 * 8 * 4 * 5 * 9)   # 3 rows x 8 cols
-    g = Graph("c")
-    x = g.add_input("x", TensorType((n, 5, 16, 15), "float32"))
-    w = g.add_input("w", TensorType((6, 5, 3, 3), "float32"))
-    g.set_outputs(g.add_node("conv", [x, w], dict(stride=(2, 2), padding=(1, 1, 1, 1),
-                                                  dilation=(1, 1), groups=1)))
+    g = _conv_node((n, 5, 16, 15), (6, 5, 3, 3), (2, 2), (1, 1, 1, 1))
     assert ops_conv.row_chunks(g.nodes[0]) == 3
-    rng = np.random.default_rng(n)
-    xv = rng.standard_normal((n, 5, 16, 15)).astype(np.float32)
-    wv = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    _llvm_matches_reference(g, n, threads)
+
+
+def _llvm_matches_reference(g, seed: int, threads: int) -> None:
+    """The one-convolution graph ``g`` on the LLVM backend against the reference, on
+    random data."""
+    import irgraph.backends as backends
+    rng = np.random.default_rng(seed)
+    xv, wv = (rng.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs)
     want = backends.compile(g, "reference")(xv, wv)[0]
     got = backends.compile(g, "llvm", threads=threads, cache=False)(xv, wv)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -212,15 +212,9 @@ def test_images_per_gemm_rule():
 def test_batched_pointwise_plain_conv_matches_reference(n, threads):
     """3x3 grids: 9 positions of a 16- or 32-column tile; groups of 2 or 3 images, the
     last group short."""
-    import irgraph.backends as backends
     g = _conv_node((n, 6, 3, 3), (10, 6, 1, 1))
     assert ops_conv.images_per_gemm(g.nodes[0], threads, ops_conv_features()) is not None
-    rng = np.random.default_rng(n)
-    xv = rng.standard_normal((n, 6, 3, 3)).astype(np.float32)
-    wv = rng.standard_normal((10, 6, 1, 1)).astype(np.float32)
-    want = backends.compile(g, "reference")(xv, wv)[0]
-    got = backends.compile(g, "llvm", threads=threads, cache=False)(xv, wv)[0]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    _llvm_matches_reference(g, n, threads)
 
 
 # batch 1, an image's GEMM shared by the threads: columns making fewer than
