@@ -312,8 +312,10 @@ def _copy_constant(body: Graph, v: Value, env: dict[Value, Value]) -> Value:
     return env[v]
 
 
-def _region(g: Graph, members: list[Node], operands: list[Value], constants: list[Value],
-            results: list[Value], name: str) -> Graph:
+def region_body(g: Graph, members: list[Node], operands: list[Value], constants: list[Value],
+                results: list[Value], name: str) -> Graph:
+    """A region's body: ``operands`` as its inputs, ``constants`` copied in, ``members`` in
+    graph order, ``results`` as its outputs."""
     body = Graph(name)
     env: dict[Value, Value] = {}
     for v in operands:
@@ -328,8 +330,9 @@ def _region(g: Graph, members: list[Node], operands: list[Value], constants: lis
     return body
 
 
-def _rewrite(g: Graph, regions: list[tuple[list[Node], list[Value], list[Value], Graph, str]]
-             ) -> Graph:
+def replace_regions(g: Graph,
+                    regions: list[tuple[list[Node], list[Value], list[Value], Graph, str]]
+                    ) -> Graph:
     """Each region's fused node replaces its members at the last member's place."""
     if not regions:
         return g
@@ -362,10 +365,10 @@ def fuse_attention(g: Graph) -> Graph:
         if spec is None or any(id(n) in taken for n in spec.members):
             continue
         taken.update(id(n) for n in spec.members)
-        body = _region(g, spec.members, spec.operands, spec.constants, [spec.out],
-                       f"attention_{len(regions)}")
+        body = region_body(g, spec.members, spec.operands, spec.constants, [spec.out],
+                           f"attention_{len(regions)}")
         regions.append((spec.members, spec.operands, [spec.out], body, "attention"))
-    return _rewrite(g, regions)
+    return replace_regions(g, regions)
 
 
 @register_pass("fuse_norm")
@@ -393,10 +396,10 @@ def fuse_norm(g: Graph) -> Graph:
         if not ok:
             continue
         taken.update(member_ids)
-        body = _region(g, spec.members, spec.operands, spec.constants, results,
-                       f"normalize_{len(regions)}")
+        body = region_body(g, spec.members, spec.operands, spec.constants, results,
+                           f"normalize_{len(regions)}")
         regions.append((spec.members, spec.operands, results, body, "normalize"))
-    return _rewrite(g, regions)
+    return replace_regions(g, regions)
 
 
 def layer_regions(g: Graph) -> Graph:
@@ -736,7 +739,7 @@ def fuse_norm_grad(g: Graph) -> Graph:
         consts = [v for v in operands if v.node is not None and v.node.op == "full"
                   and v.type.size == 1]
         operands = [v for v in operands if v not in consts]
-        body = flatten_row_sums(_region(g, unit, operands, consts, results, f"rows_{count}"))
+        body = flatten_row_sums(region_body(g, unit, operands, consts, results, f"rows_{count}"))
         count += 1
         outs = rw.dst.add_node("fused", [rw[v] for v in operands],
                                {"body": body, "kind": "rows"}, unit[-1].loc)

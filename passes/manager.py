@@ -36,6 +36,7 @@ PipelineSpec = Union[str, Sequence[Union[str, PassFn]], None]
 # module can import this one for ``register_pass``)
 _BUILTIN_MODULES = ("irgraph.passes.simplify", "irgraph.passes.inference", "irgraph.passes.fold_bn",
                     "irgraph.passes.fusion", "irgraph.passes.layer_regions",
+                    "irgraph.passes.conv_chains",
                     "irgraph.passes.scan_reuse",
                     "irgraph.passes.scan_accumulate",
                     "irgraph.passes.scan_invariants",

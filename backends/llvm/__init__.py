@@ -30,6 +30,7 @@ from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
 from .module import Program, build_module, plan, plan_top
 from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
 from . import ops_optim, ops_recurrence, ops_pool, ops_conv, ops_norm  # noqa: F401
+from . import conv_chain  # noqa: F401  (the conv_chain region kind)
 from . import ops_attention, ops_gather, ops_random  # noqa: F401
 from . import gemm_bf16
 
@@ -55,9 +56,11 @@ def llvm_low_precision(graph: Graph) -> Graph:
 # BPTT without recomputing forward outputs (scan_reuse), weight-gradient sums over steps as
 # one GEMM (scan_accumulate), loop-invariant body nodes computed once before the loop
 # (scan_invariants), each scan's step body lowered fused (fuse_scan_bodies), each optimizer
-# update one loop with the nodes making its gradient (fuse_updates).
+# update one loop with the nodes making its gradient (fuse_updates), a fused graph's
+# pointwise/depthwise convolution regions run band by band as one chain (fuse_conv_chains).
 PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "scan_invariants",
-          "fuse_scan_bodies", "fuse_attention", "fuse_norm", "fuse_norm_grad", "fuse_updates")
+          "fuse_scan_bodies", "fuse_attention", "fuse_norm", "fuse_norm_grad", "fuse_updates",
+          "fuse_conv_chains")
 # the compile driver stores the pass pipeline's result in the disk cache (the ``cache``
 # option) and, for a graph seen before, reads it back instead of running the passes
 CACHES_PIPELINE = True

@@ -89,42 +89,66 @@ def lower(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, xp, put=None) 
         _tiny(ctx, x, w, y, stride, padding, dilation, put)
         return
     s0, s1 = stride
-    d0, d1 = dilation
     Hp, _ = padded_shape(x.shape, padding)
     Wq = phase_width(x.shape, padding, stride)
     zero = ir.Constant(y.elem, 0.0)
     with for_range(b, 0, scratch_elems(x.shape, padding, stride), "dwz") as i:
         b.store(zero, b.gep(xp, [i]))
-    # padded column q lands in phase q % s1, column q // s1: a strided output row reads
-    # each tap's inputs contiguously
-    taps = [(((kw * d1) % s1) * Hp * Wq + kh * d0 * Wq + (kw * d1) // s1, kh * K1 + kw)
-            for kh in range(K0) for kw in range(K1)]
+    taps = phase_taps(w.shape, stride, dilation, Hp, Wq)
     lo, hi = ctx.split(N * O)
     with for_range(b, lo, hi, "dwp") as plane:
         n, o = b.sdiv(plane, i64(O)), b.srem(plane, i64(O))
         c = b.sdiv(o, i64(mult))
         xplane = b.mul(b.add(b.mul(n, i64(C)), c), i64(H * W))
-        for q in range(s1):
-            # input columns iw = j * s1 + q - padding[2] inside x, for phase columns j
-            j_lo = max(0, -(-(padding[2] - q) // s1))
-            j_hi = min(Wq, (W - 1 + padding[2] - q) // s1 + 1)
-            if j_hi <= j_lo:
-                continue
-            with for_range(b, 0, H, "dwh") as h:
-                src = b.add(xplane, b.mul(h, i64(W)))
-                dst = b.add(i64(q * Hp * Wq), b.mul(b.add(h, i64(padding[0])), i64(Wq)))
-                with for_range(b, j_lo, j_hi, "dww") as j:
-                    iw = b.add(b.mul(j, i64(s1)), i64(q - padding[2]))
-                    b.store(x.load(b, b.add(src, iw)), b.gep(xp, [b.add(dst, j)]))
+        with for_range(b, 0, H, "dwh") as h:
+            src = b.add(xplane, b.mul(h, i64(W)))
+            fill_row(ctx, xp, b.mul(b.add(h, i64(padding[0])), i64(Wq)),
+                     lambda iw: x.load(b, b.add(src, iw)), W, padding[2], s1, Hp, Wq)
         wk = [w.load(b, b.add(b.mul(o, i64(K0 * K1)), i64(t))) for _, t in taps]
         yplane = b.mul(plane, i64(OH * OW))
-        with for_range(b, 0, OH, "dwoh") as oh:
-            top = b.mul(oh, i64(s0 * Wq))
-            orow = b.add(yplane, b.mul(oh, i64(OW)))
-            with for_range(b, 0, OW, "dwow") as ow:
-                at = b.add(top, ow)
-                acc = None
-                for (off, _), wv in zip(taps, wk):
-                    v = b.fmul(wv, b.load(b.gep(xp, [b.add(at, i64(off))])))
-                    acc = v if acc is None else b.fadd(acc, v)
-                put(b.add(orow, ow), (n, o, oh, ow), acc)
+        out_rows(ctx, xp, taps, wk, i64(0), i64(OH), OW, s0, Wq,
+                 lambda oh, ow, acc: put(b.add(b.add(yplane, b.mul(oh, i64(OW))), ow),
+                                         (n, o, oh, ow), acc))
+
+
+def phase_taps(w_shape, stride, dilation, Hp: int, Wq: int) -> list[tuple[int, int]]:
+    """(offset in the phase layout of ``Hp`` rows of ``Wq`` columns per phase, index in the
+    kernel) of every tap: padded column q lands in phase q % s1, column q // s1, so a
+    strided output row reads each tap's inputs contiguously."""
+    K0, K1 = w_shape[2:]
+    s1 = stride[1]
+    d0, d1 = dilation
+    return [(((kw * d1) % s1) * Hp * Wq + kh * d0 * Wq + (kw * d1) // s1, kh * K1 + kw)
+            for kh in range(K0) for kw in range(K1)]
+
+
+def fill_row(ctx, xp, row, value, W: int, pad_left: int, s1: int, Hp: int, Wq: int) -> None:
+    """One padded row of the phase layout (``row``: its offset in phase 0, a multiple of
+    Wq): input columns iw < W from ``value(iw)`` (an ir value), into every phase; the
+    border columns are left as they are (zero)."""
+    b = ctx.b
+    for q in range(s1):
+        # input columns iw = j * s1 + q - pad_left inside x, for phase columns j
+        j_lo = max(0, -(-(pad_left - q) // s1))
+        j_hi = min(Wq, (W - 1 + pad_left - q) // s1 + 1)
+        if j_hi <= j_lo:
+            continue
+        dst = b.add(i64(q * Hp * Wq), row)
+        with for_range(b, j_lo, j_hi, "dww") as j:
+            iw = b.add(b.mul(j, i64(s1)), i64(q - pad_left))
+            b.store(value(iw), b.gep(xp, [b.add(dst, j)]))
+
+
+def out_rows(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Wq: int, put) -> None:
+    """Output rows r0 <= r < r1 of one plane from its phase layout at ``xp`` (row r reads
+    padded rows from r * s0): ``put(r, ow, value)`` for each output."""
+    b = ctx.b
+    with for_range(b, r0, r1, "dwoh") as oh:
+        top = b.mul(oh, i64(s0 * Wq))
+        with for_range(b, 0, OW, "dwow") as ow:
+            at = b.add(top, ow)
+            acc = None
+            for (off, _), wv in zip(taps, wk):
+                v = b.fmul(wv, b.load(b.gep(xp, [b.add(at, i64(off))])))
+                acc = v if acc is None else b.fadd(acc, v)
+            put(oh, ow, acc)

@@ -230,7 +230,7 @@ def thread_cols(ctx, nbytes: int, elem) -> ir.Value:
     return ctx.b.bitcast(ctx.thread_scratch(nbytes), ir.PointerType(elem))
 
 
-def _gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
+def thread_gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
     """One whole GEMM on this thread (the caller split the work); M and N may be values."""
     b = ctx.b
     fn = gemm_function(ctx.module, dtype, ctx.features)
@@ -501,7 +501,7 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
         with for_range(b, c0, c1, "pch", chunk) as p0:
             p1 = b.select(b.icmp_signed("<", b.add(p0, i64(chunk)), c1),
                           b.add(p0, i64(chunk)), c1)
-            _gemm(ctx, x.dtype, wp, (R, 1), b.gep(src, [p0]), (P, 1), b.gep(yp, [p0]), P,
+            thread_gemm(ctx, x.dtype, wp, (R, 1), b.gep(src, [p0]), (P, 1), b.gep(yp, [p0]), P,
                   og, b.sub(p1, p0), R)
             tail(n, g, p0, p1)
 
@@ -529,7 +529,8 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
                 wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
                 yp = b.gep(y.ptr, [b.add(b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P))),
                                          p0)])
-                _gemm(ctx, x.dtype, wp, (R, 1), cols.ptr, (ld, 1), yp, P, og, b.sub(p1, p0), R)
+                thread_gemm(ctx, x.dtype, wp, (R, 1), cols.ptr, (ld, 1), yp, P, og, b.sub(p1, p0),
+                            R)
                 if tail is not None:
                     tail(n, g, p0, p1)
         return
@@ -569,7 +570,7 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
                     with for_range(b, 0, P, "pch", chunk) as p0:
                         p1 = b.select(b.icmp_signed("<", b.add(p0, i64(chunk)), i64(P)),
                                       b.add(p0, i64(chunk)), i64(P))
-                        _gemm(ctx, x.dtype, wrows, (R, 1), b.gep(src, [p0]), (P, 1),
+                        thread_gemm(ctx, x.dtype, wrows, (R, 1), b.gep(src, [p0]), (P, 1),
                               b.gep(yrows, [p0]), P, b.sub(m1, m0), b.sub(p1, p0), R)
                         tail(n, g, p0, p1, m0, m1)
                 if G > 1 or N > 1:
@@ -588,7 +589,7 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
             elif tail is not None:
                 chunks(src, wp, yp, n, g, i64(0), i64(P))
             else:
-                _gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
+                thread_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
     per_image(ctx, N, image)
 
 
@@ -614,7 +615,7 @@ def _batched_pointwise(ctx, node, k: int, x: Buf, w: Buf, y: Buf, tail) -> None:
                 dst = b.add(b.mul(c, i64(J)), col0)
                 with for_range(b, 0, P, "p") as p:
                     b.store(x.load(b, b.add(src, p)), b.gep(cols, [b.add(dst, p)]))
-        _gemm(ctx, x.dtype, w.ptr, (C, 1), cols, (J, 1), res, J, O,
+        thread_gemm(ctx, x.dtype, w.ptr, (C, 1), cols, (J, 1), res, J, O,
               b.mul(b.sub(n1, n0), i64(P)), C)
         with for_range(b, n0, n1, "img") as n:
             col0 = b.mul(b.sub(n, n0), i64(P))
@@ -701,6 +702,37 @@ def _epilogue_meets(node, threads, features) -> bool | None:
     return None if conv is None else _forward_meets(conv, threads, features)
 
 
+def epilogue_tail(ctx, conv, tail, results, buf):
+    """``apply(off, idx, acc)``: the values of ``results`` when the convolution ``conv`` made
+    ``acc`` at index ``idx`` (n, o, oh, ow) of its output, offset ``off`` there (None: worked
+    out from ``idx``), through the elementwise ``tail`` nodes (``SCALAR``), their other
+    operands loaded from ``buf`` (value -> Buf) broadcast into the output's shape."""
+    b = ctx.b
+    y = conv.outputs[0]
+    shape = y.type.shape
+    flat = row_strides(shape)
+    made = {n.outputs[0] for n in tail}
+    sources = list(dict.fromkeys(v for n in tail for v in n.inputs
+                                 if v is not y and v not in made))
+
+    def apply(off, idx, acc):
+        env = {y: acc}
+        for v in sources:
+            st = broadcast_strides(v.shape, shape)
+            if tuple(st) == tuple(flat) and off is not None:
+                at = off
+            else:
+                at = i64(0)
+                for i, s in zip(idx, st):
+                    if s:
+                        at = b.add(at, b.mul(i, i64(s)))
+            env[v] = buf[v].load(b, at)
+        for n in tail:
+            env[n.outputs[0]] = SCALAR[n.op](ctx, n, [env[v] for v in n.inputs])
+        return [env[v] for v in results]
+    return apply
+
+
 @fused_kind("epilogue", scratch_rule=_epilogue_scratch, meets_rule=_epilogue_meets)
 def _conv_epilogue(ctx, node, ins, outs) -> bool:
     """A convolution with its bias, activation and residual add applied to each output in
@@ -714,29 +746,11 @@ def _conv_epilogue(ctx, node, ins, outs) -> bool:
     buf = dict(zip(body.inputs, ins))
     y = conv.outputs[0]
     shape = y.type.shape
-    flat = row_strides(shape)
-    tail = body.nodes[1:]
-    made = {n.outputs[0] for n in tail}
-    sources = list(dict.fromkeys(v for n in tail for v in n.inputs
-                                 if v is not y and v not in made))
-    results = [(o, v) for o, v in zip(outs, body.outputs)]
+    apply = epilogue_tail(ctx, conv, body.nodes[1:], body.outputs, buf)
 
     def put(off, idx, acc):
-        env = {y: acc}
-        for v in sources:
-            st = broadcast_strides(v.shape, shape)
-            if tuple(st) == tuple(flat):
-                at = off
-            else:
-                at = i64(0)
-                for i, s in zip(idx, st):
-                    if s:
-                        at = b.add(at, b.mul(i, i64(s)))
-            env[v] = buf[v].load(b, at)
-        for n in tail:
-            env[n.outputs[0]] = SCALAR[n.op](ctx, n, [env[v] for v in n.inputs])
-        for o, v in results:
-            o.store(b, off, env[v])
+        for o, v in zip(outs, apply(off, idx, acc)):
+            o.store(b, off, v)
     x, w = (buf[v] for v in conv.inputs)
     out = Buf(outs[0].ptr, y.type)     # the conv's values, overwritten by the tail's
     if epilogue_path(conv, ctx.max_threads, ctx.features) == "depthwise":
@@ -822,7 +836,7 @@ def _conv_kernel_grad(ctx, node, ins, outs):
             if og * R <= DOT_LIMIT:
                 _dots(ctx, gp, cols.ptr, dst, og, R, P, x.elem)
             else:
-                _gemm(ctx, x.dtype, gp, (P, 1), cols.ptr, (1, P), dst, R, og, R, P, acc=1)
+                thread_gemm(ctx, x.dtype, gp, (P, 1), cols.ptr, (1, P), dst, R, og, R, P, acc=1)
     ctx.barrier()
     _sum_partials(ctx, dw, colbytes + dwbytes, colbytes)
 
@@ -997,7 +1011,7 @@ def _conv_input_grad(ctx, node, ins, outs):
             if og * R <= AXPY_LIMIT:
                 _axpys(ctx, wp, gp, cols, og, R, P)
             else:
-                _gemm(ctx, w.dtype, wp, (1, R), gp, (P, 1), cols.ptr, P, R, P, og)
+                thread_gemm(ctx, w.dtype, wp, (1, R), gp, (P, 1), cols.ptr, P, R, P, og)
             xbase = b.add(b.mul(n, i64(C * plane)), b.mul(g, i64(cg * plane)))
             col2im(ctx, cols, cg, geo, dx, xbase)
 

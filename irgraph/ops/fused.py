@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..registry import Attr, Cost, a_choice, a_graph, register_op
 
 FUSED_KINDS = ("elementwise", "reduction", "epilogue", "generic", "attention", "normalize",
-               "rows")
+               "rows", "conv_chain")
 
 
 def _fused_cost(ins, outs, attrs) -> Cost:

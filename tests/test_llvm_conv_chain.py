@@ -1,0 +1,221 @@
+"""Chains of convolution regions (``[pointwise] depthwise [pointwise]``, MobileNetV2's
+inverted-residual block) fused by ``fuse_conv_chains`` into one ``conv_chain`` region and
+run band by band on the LLVM backend (backends/llvm/conv_chain.py), against torch
+(conv2d + clamp), the reference backend and Triton (which run the region's links one by
+one): chains of 2 and 3 links, depthwise strides 1 and 2, paddings 1 and 0, odd and tiny
+grids, one band and several (a short last band), with and without the residual, batch 1
+and 3, threads 1, 2 and 3 (the same bits), float64; the pass forms exactly the chains its
+rule allows; MobileNetV2 end to end."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from irgraph import backends
+from irgraph.backends.llvm import conv_chain
+from irgraph.frontend.onnx import import_onnx
+from irgraph.passes.conv_chains import body_links, fuse_conv_chains
+from tests import onnx_models as om
+
+
+class Chain(nn.Module):
+    """expand 1x1 (optional) -> depthwise k x k -> project 1x1 (optional), each with its
+    bias; ReLU6 after the expand and the depthwise; the block's input added at the end."""
+
+    def __init__(self, cin, hidden, cout, stride, padding, expand=True, project=True,
+                 residual=False, k=3):
+        super().__init__()
+        c = hidden if expand else cin
+        self.expand = nn.Conv2d(cin, hidden, 1) if expand else None
+        self.dw = nn.Conv2d(c, c, k, stride, padding, groups=c)
+        self.project = nn.Conv2d(c, cout, 1) if project else None
+        self.residual = residual
+
+    def forward(self, x):
+        y = x
+        if self.expand is not None:
+            y = torch.clamp(self.expand(y), 0.0, 6.0)
+        y = torch.clamp(self.dw(y), 0.0, 6.0)
+        if self.project is not None:
+            y = self.project(y)
+        return y + x if self.residual else y
+
+
+def _imported(model, x):
+    return import_onnx(om.to_onnx(model, torch.from_numpy(x)))
+
+
+def _chains(graph):
+    return [n for n in graph.nodes if n.op == "fused" and n.attrs["kind"] == "conv_chain"]
+
+
+def _case(n, cin, hidden, cout, h, w, stride, padding, expand=True, project=True,
+          residual=False, dtype=np.float32, seed=0):
+    torch.manual_seed(seed)
+    model = Chain(cin, hidden, cout, stride, padding, expand, project, residual).eval()
+    if dtype == np.float64:
+        model = model.double()
+    x = np.random.default_rng(seed + h * w).standard_normal((n, cin, h, w)).astype(dtype) * 3
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    return model, x, want
+
+
+def _compile(imported, threads, links):
+    exe = imported.compile("llvm", threads=threads, pipeline="default, fuse", cache=False)
+    (node,) = _chains(exe.graph)
+    assert len(body_links(node.attrs["body"])) == links
+    assert conv_chain.chain_of(node) is not None        # the banded lowering takes it
+    return exe, node
+
+
+def _close(got, want, dtype=np.float32):
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
+
+
+# (batch, cin, hidden, cout, H, W, stride, padding, expand, project, residual, threads)
+CASES = [
+    (1, 8, 24, 8, 13, 11, 1, 1, True, True, True, 2),      # stride-1 block, residual
+    (3, 6, 18, 10, 13, 11, 2, 1, True, True, False, 3),    # stride 2, odd sizes
+    (1, 12, 12, 7, 7, 7, 1, 1, False, True, False, 1),     # depthwise -> project
+    (3, 5, 15, 15, 13, 11, 2, 0, True, False, False, 2),   # expand -> depthwise, padding 0
+    (3, 4, 12, 4, 1, 1, 1, 1, True, True, True, 2),        # 1x1 grid
+    (1, 6, 16, 6, 7, 7, 2, 0, True, True, False, 3),       # stride 2, padding 0
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chain_against_torch(case):
+    n, cin, hid, cout, h, w, s, p, expand, project, residual, threads = case
+    model, x, want = _case(n, cin, hid, cout, h, w, s, p, expand, project, residual)
+    exe, _ = _compile(_imported(model, x), threads, 1 + expand + project)
+    _close(exe(x)[0], want)
+
+
+def test_float64():
+    model, x, want = _case(3, 6, 20, 6, 9, 10, 1, 1, residual=True, dtype=np.float64)
+    exe, _ = _compile(_imported(model, x), 2, 3)
+    _close(exe(x)[0], want, np.float64)
+
+
+@pytest.mark.parametrize("stride,padding,residual,h", [(1, 1, True, 23), (2, 1, False, 27),
+                                                       (2, 0, False, 27)])
+def test_several_bands_same_bits_on_1_2_and_3_threads(monkeypatch, stride, padding,
+                                                      residual, h):
+    """A small band budget: several bands per image, the last one shorter; every thread
+    count gives the same bits, and they match torch."""
+    monkeypatch.setattr(conv_chain, "BAND_BYTES", 12 * 1024)
+    monkeypatch.setattr(conv_chain, "MAX_HALO", 10.0)
+    model, x, want = _case(2, 6, 16, 6, h, 9, stride, padding, residual=residual, seed=1)
+    imported = _imported(model, x)
+    got = []
+    for threads in (1, 2, 3):
+        exe, node = _compile(imported, threads, 3)
+        ch = conv_chain.chain_of(node)
+        OH = ch.out_shape[2]
+        assert ch.bands >= 3 and OH % ch.rows != 0          # a short last band
+        got.append(exe(x)[0])
+    _close(got[0], want)
+    assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
+
+
+def test_band_rows_rule_by_hand(monkeypatch):
+    """16 -> 96 channels at 112 x 112, depthwise stride 2 (MobileNetV2's second block),
+    float32: r output rows read 2r + 1 padded input rows, each of T (96 x 112) and D (96
+    channels x 2 phases x 57 columns), and make r rows of T2 (96 x 56). All three in half
+    a MiB (2**17 elements): 96 * ((2r + 1) * 226 + 56 r) = 96 * (508 r + 226) <= 131072,
+    so r <= 2."""
+    model, x, _ = _case(1, 16, 96, 24, 112, 112, 2, 1, seed=2)
+    exe = _imported(model, x).compile("llvm", threads=1, pipeline="default, fuse",
+                                      cache=False)
+    (node,) = _chains(exe.graph)
+    ch = conv_chain.chain_of(node)
+    assert ch.parts() == [96 * 112 * (2 * ch.rows + 1), 96 * 2 * 57 * (2 * ch.rows + 1),
+                          96 * 56 * ch.rows]
+    # r = 2: 28 bands reading input rows [4k - 1, 4k + 4), the first [0, 4): 27 * 5 + 4 =
+    # 139 rows of 112 made, a halo of 27 / 112 > 0.2; r = 3: 19 bands (the last of 2 rows)
+    # reading [6k - 1, 6k + 6): the first 6 rows, 17 of 7, the last [107, 112) 5: 130 rows
+    assert abs(conv_chain.halo(ch.dw, 2) - 27 / 112) < 1e-12
+    assert abs(conv_chain.halo(ch.dw, 3) - 18 / 112) < 1e-12
+    assert (ch.rows, ch.bands) == (3, 19)
+
+
+def test_reference_and_triton_run_the_chain_region():
+    """The fused graph (a conv_chain node) on the reference and Triton backends, which run
+    the links one by one, against torch."""
+    model, x, want = _case(1, 4, 8, 4, 6, 5, 1, 1, residual=True, seed=3)
+    exe, _ = _compile(_imported(model, x), 1, 3)
+    for backend in ("reference", "triton"):
+        weights = [exe.weights[p.name] for p in exe.graph.params]
+        _close(backends.compile(exe.graph, backend)(x, *weights)[0], want)
+
+
+def _fused_graph(model, x):
+    """The graph after import, the default pipeline and ``fuse`` (no chains yet)."""
+    from irgraph.passes.manager import PassManager
+    return PassManager("default, fuse").run(_imported(model, x).graph)
+
+
+class Shared(Chain):
+    """The expanded (or the depthwise) value read a second time: the chain stops there."""
+
+    def __init__(self, second):
+        super().__init__(4, 8, 4, 1, 1)
+        self.second = second
+
+    def forward(self, x):
+        e = torch.clamp(self.expand(x), 0.0, 6.0)
+        d = torch.clamp(self.dw(e), 0.0, 6.0)
+        y = self.project(d)
+        extra = e if self.second == "expand" else d
+        return y, extra.mean(dim=1, keepdim=True)
+
+
+def test_pass_forms_the_chain_and_stops_at_a_second_reader():
+    model, x, _ = _case(1, 4, 8, 4, 6, 6, 1, 1, seed=4)
+    g = fuse_conv_chains(_fused_graph(model, x))
+    (node,) = _chains(g)
+    assert [k.kind for k in body_links(node.attrs["body"])] == ["pointwise", "depthwise",
+                                                                "pointwise"]
+    for second, kinds in (("expand", ["depthwise", "pointwise"]),
+                          ("depthwise", ["pointwise", "depthwise"])):
+        torch.manual_seed(5)
+        m = Shared(second).eval()
+        g = fuse_conv_chains(_fused_graph(m, x))
+        (node,) = _chains(g)
+        assert [k.kind for k in body_links(node.attrs["body"])] == kinds
+        with torch.no_grad():
+            want = [t.numpy() for t in m(torch.from_numpy(x))]
+        exe = _imported(m, x).compile("llvm", threads=2, pipeline="default, fuse",
+                                      cache=False)
+        for got, w in zip(exe(x), want):
+            _close(got, w)
+
+
+def test_pass_leaves_other_convolutions_alone():
+    """A full 3x3 convolution between two 1x1 ones, and a float16 chain: no chain."""
+    class Dense(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(4, 8, 1), nn.Conv2d(8, 8, 3, padding=1), \
+                nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    assert not _chains(fuse_conv_chains(_fused_graph(Dense().eval(), x)))
+
+
+def test_mobilenet_v2_end_to_end():
+    """Every inverted-residual block a chain (17), batch 1 at 224 x 224, against torch."""
+    model = om.build("mobilenet_v2")
+    x = np.random.default_rng(6).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    want = om.torch_out(model, x)
+    exe = _imported(model, x).compile("llvm", threads=2, pipeline="default, fuse")
+    assert len(_chains(exe.graph)) == 17
+    got = exe(x)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
