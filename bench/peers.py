@@ -15,7 +15,9 @@ milliseconds per step of each peer, and irgraph's speedup over jax.jit and over 
 torch; then the median CPU milliseconds per step (time.process_time: every thread of the
 process, a library's spinning threads included) and the same speedups by CPU time. ``--busy`` first starts a process that keeps one core busy (stopped at the end).
 ``--threads`` is every library's thread count; irgraph runs with its default (adaptive)
-thread count and, as its own column, on one thread. Last, an MLP forward's median alone,
+thread count and, as columns of their own, on one thread and on ``--threads`` threads (the
+two counts the default chooses between; "default / best fixed" is its median over the
+better one's). Last, an MLP forward's median alone,
 with a numpy matmul between calls, and alone again (``--interference``).
 """
 from __future__ import annotations
@@ -378,20 +380,29 @@ def main() -> None:
         if busy is not None:
             busy.kill()
             busy.wait()
-    cols = ["irgraph", "jax.jit", "torch eager", "torch.compile", "irgraph 1 thread"]
+    cols = ["irgraph", "jax.jit", "torch eager", "torch.compile", "irgraph 1 thread",
+            f"irgraph {args.threads} threads"]
     print(f"\nmedian | best ms per step, {args.rounds} x {args.block} steps each, interleaved"
           + (", one core busy" if busy else ""))
-    print("| workload | " + " | ".join(cols) + " | vs jax | vs best torch | losses |")
-    print("|---" * (len(cols) + 4) + "|")
+    print("| workload | " + " | ".join(cols) + " | vs jax | vs best torch | default / best "
+          "fixed | losses |")
+    print("|---" * (len(cols) + 5) + "|")
     for title, med, best, eq, _ in rows:
         cells = [f"{med[c]:.1f} \\| {best[c]:.1f}" if c in med else "-" for c in cols]
-        print(f"| {title} | " + " | ".join(cells) + f" | {_ratios(med)} | {eq} |")
+        print(f"| {title} | " + " | ".join(cells) + f" | {_ratios(med)} | "
+              f"{_vs_fixed(med, cols[-2:])} | {eq} |")
     print(f"\nCPU ms per step (process time of every thread, spinning included), median")
     print("| workload | " + " | ".join(cols) + " | vs jax | vs best torch |")
     print("|---" * (len(cols) + 3) + "|")
     for title, _, _, _, cpu in rows:
         cells = [f"{cpu[c]:.1f}" if c in cpu else "-" for c in cols]
         print(f"| {title} | " + " | ".join(cells) + f" | {_ratios(cpu)} |")
+
+
+def _vs_fixed(ms: dict, fixed: list) -> str:
+    """The default (adaptive) thread count's median over the better fixed count's."""
+    have = [ms[c] for c in fixed if c in ms]
+    return f"{ms['irgraph'] / min(have):.2f}" if have else "-"
 
 
 def _ratios(ms: dict) -> str:
@@ -414,6 +425,10 @@ def run_workload(name: str, args, have: dict, cxx):
     one = make()
     one.load_state_dict(state)
     peers["irgraph 1 thread"] = irgraph_peer(name, one, 1)
+    if args.threads > 1:        # the default beside both fixed counts it chooses between
+        every = make()
+        every.load_state_dict(state)
+        peers[f"irgraph {args.threads} threads"] = irgraph_peer(name, every, args.threads)
     if have["jax"]:
         peers["jax.jit"] = jax_peer(name, state)
     if have["torch"]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import random
 import sys
 import threading
 import time
@@ -462,27 +463,31 @@ def run_entry(fn, table, n: int, choice: ThreadChoice | None) -> None:
 
 
 class ThreadChoice:
-    """Which thread count runs an executable's next call: 1 or all of them, whichever is
-    faster NOW. Each call's native time is recorded; the current choice runs, and every
-    ``period`` calls the other one runs twice in a row (a probe), judged by the faster of
-    the two against the fastest of the current choice's last ``SLOW_RUN`` calls: best
-    against best, so that calls slowed for a moment (a neighbouring thread pool still
-    spinning after its own calls slows all threads more than one) do not move the choice
-    to the option that is slower on average, while a lasting slowdown (every recent call
-    slow) does. A winning probe is followed by another at once, and ``STREAK`` winning
-    probes in a row switch; a losing probe doubles the period (up to ``PROBE_MAX``), so a
-    losing option costs at most 2/``PROBE_MAX`` of the calls. ``SLOW_RUN`` calls in a row
-    much slower than their choice's recent median (another process, or numpy's or torch's
-    thread pool in this process, took a core; one slow call is noise) bring the next probe
-    forward. So threads that lose their cores do not hold up every step, and a slowdown
-    never outlives what caused it by more than ``PROBE_MAX`` calls. The first call of a
-    probe of several threads made while one thread runs also pays the wake-up of workers
-    asleep on their futexes, a cost the current choice never pays: the pair's faster call
-    leaves it out."""
-    RECENT = 5
-    STREAK = 2
+    """Which thread count runs an executable's next call: 1 or all of them, whichever has
+    the lower median call time NOW. Each call's native time is recorded. The current choice
+    runs; every ``period`` calls or so the other count runs ``1 + WINDOW`` calls in a row (a
+    probe), and the median of its last ``WINDOW`` calls is set against the median of the
+    current count's last ``WINDOW`` calls, made just before the probe: the choice moves
+    when the probe's is lower. A probe ends as soon as its outcome is known (more than half
+    its window below that median, or half or more not). The probe's first
+    call is not judged: several threads started while one thread ran pay the wake-up of
+    workers asleep on their futexes, a cost the current choice does not pay from one call
+    to the next.
+
+    Medians of consecutive calls, not best calls: a count whose calls are sometimes fast
+    and often slow (two threads when a neighbouring process or thread pool takes a core for
+    part of the time) must not win on its fast calls alone, and two windows of consecutive
+    calls meet a slowdown that recurs every few calls (a thread pool run in blocks beside
+    us) alike. A losing probe doubles the period (up to ``PROBE_MAX``, drawn with a random part so the probes do not lock onto
+    a cycle of the load), so a losing option costs at most (1 + ``WINDOW``) / ``PROBE_MAX``
+    of the calls. ``SLOW_RUN`` calls in a row much slower than their count's recent median
+    (another process, or numpy's or torch's thread pool in this process, took a core; one
+    slow call is noise) bring the next probe forward. So threads that lose their cores do
+    not hold up every step, and a slowdown never outlives what caused it by more than
+    ``PROBE_MAX`` calls."""
+    WINDOW = 5
     PROBE_MIN = 8
-    PROBE_MAX = 64
+    PROBE_MAX = 128
     SUDDEN = 1.5          # a call this much slower than its recent median is slow
     SLOW_RUN = 3          # so many slow calls in a row: probe soon
 
@@ -492,50 +497,55 @@ class ThreadChoice:
         self.times: dict[int, list[float]] = {1: [], threads: []}
         self.period = self.PROBE_MIN
         self.countdown = 0
-        self.streak = 0
         self.slow = 0
-        self.first: float | None = None   # a probe's first call ran: its time
+        self.last: int | None = None      # the previous call's count
+        self.probe: list[float] | None = None   # a probe's judged calls so far
+        self.rng = random.Random(threads)
 
     def _other(self) -> int:
         return self.options[1] if self.current == self.options[0] else self.options[0]
 
+    def _wait(self, calls: int) -> None:
+        self.countdown = calls + self.rng.randrange(calls // 2 + 1)
+
     def pick(self) -> int:
-        for n in self.options:            # first, a few calls each
-            if len(self.times[n]) < 2:
-                return n
-        return self._other() if self.countdown <= 0 else self.current
+        if len(self.times[self.current]) < self.WINDOW:   # first, a window of each count
+            return self.current
+        if self.probe is not None or self.countdown <= 0:
+            return self._other()
+        return self.current
 
     def record(self, n: int, seconds: float) -> None:
-        settled = all(len(t) >= 2 for t in self.times.values())
-        if settled and n != self.current and self.first is None:
-            self.first, self.countdown = seconds, 0   # a probe's first call: the second next
-            return
-        if self.first is not None:
-            seconds, self.first = min(seconds, self.first), None
-        ts = self.times[n]
-        before = _median(ts) if ts else seconds
-        ts.append(seconds)
-        del ts[:-self.RECENT]
-        if any(len(t) < 2 for t in self.times.values()):
-            return
+        first, self.last = n != self.last, n
         cur = self.current
-        if n != cur:                      # a probe
-            if seconds < min(self.times[cur][-self.SLOW_RUN:]):
-                self.streak += 1
-                if self.streak >= self.STREAK:
-                    self.current, self.period, self.streak = n, self.PROBE_MIN, 0
-                    self.countdown = self.period
-                else:
-                    self.countdown = 0    # promising: look again at once
-            else:
-                self.streak = 0
-                self.period = min(2 * self.period, self.PROBE_MAX)
-                self.countdown = self.period
+        if n == cur:
+            ts = self.times[n]
+            before = _median(ts[-self.WINDOW:]) if ts else seconds
+            ts.append(seconds)
+            del ts[:-self.WINDOW]
+            self.countdown -= 1
+            self.slow = self.slow + 1 if seconds > self.SUDDEN * before else 0
+            if self.slow >= self.SLOW_RUN:
+                self.countdown, self.slow = min(self.countdown, 1), 0
             return
-        self.countdown -= 1
-        self.slow = self.slow + 1 if seconds > self.SUDDEN * before else 0
-        if self.slow >= self.SLOW_RUN:
-            self.countdown, self.slow = min(self.countdown, 1), 0
+        if self.probe is None:            # a probe's first call: not judged
+            self.probe = [] if first else [seconds]
+            return
+        self.probe.append(seconds)
+        # the probe's median is below the current median once more than half its window
+        # is, and cannot be once half or more is not: decided as soon as either holds
+        bar = _median(self.times[cur])
+        below = sum(t < bar for t in self.probe)
+        half = self.WINDOW // 2 + 1
+        if below < half and len(self.probe) - below < half:
+            return
+        self.probe, self.slow = None, 0
+        if below >= half:                 # move
+            self.current, self.period = n, self.PROBE_MIN
+        else:
+            self.period = min(2 * self.period, self.PROBE_MAX)
+        self.times[self.current] = []     # the next probe's window: calls after this one
+        self._wait(self.period)
 
 
 def _median(xs: list[float]) -> float:
