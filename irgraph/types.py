@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from functools import cached_property
 
 import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16" dtype)
 import numpy as np
@@ -107,8 +108,10 @@ class TensorType:
     def size(self) -> int:
         return math.prod(self.shape)
 
-    @property
+    @cached_property
     def np_dtype(self) -> np.dtype:
+        # cached in the instance (not a field: equality and hashing ignore it); every call
+        # of an executable checks its arguments against it
         return np.dtype(self.dtype)
 
     @property
