@@ -6,7 +6,8 @@ against numpy in float64 on: every height of the last row strip (each register t
 and the rows between them), A read in place, packed (transposed) and packed because its rows
 fall in the same cache sets, B read in place, packed by rows, packed by register transposes
 (rows along k) and gathered, ``accumulate`` = 1, a row stride of C wider than N (the padding
-untouched), and blocks past KC, MC and NC.
+untouched), blocks past KC, MC and NC, and the column blocks of a row-major B under at most
+MC rows of A (B read in place, a last partial strip packed).
 """
 from __future__ import annotations
 
@@ -110,6 +111,27 @@ def test_operand_layouts_accumulate_and_padded_c(kind, dtype, a_layout, b_layout
                     (32, 2 * t.nr, 33)):
         for accumulate in (0, 1):
             check(kind, dtype, M, N, K, a_layout, b_layout, accumulate=accumulate, pad=5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("a_layout", ["rows", "cols", "aliased"])
+def test_row_major_b_in_column_blocks(kind, dtype, a_layout):
+    """A row-major B under at most MC rows: C in column blocks of about B_BLOCK_BYTES of B,
+    whole strips read in place, a last partial strip packed. Several blocks, the last one
+    narrower and ending in a partial strip; two K blocks (C accumulated over them); M of
+    MC rows, of a partial last strip, and of one row; N narrower than one strip; and MC + 1
+    rows (the packed path again)."""
+    t = gemm_tiling.tiling(dtype, kernels(kind)[2])
+    size = np.dtype(dtype).itemsize
+    # a block holds at most B_BLOCK_BYTES / (size * K-block) columns, a K block being at
+    # least K / 2 rows when K <= 2 KC: N spans more than two blocks
+    for M, K in ((gemm_tiling.MC, gemm_tiling.KC + 3), (t.mr + 1, 20), (1, 7)):
+        N = 2 * gemm_tiling.B_BLOCK_BYTES // (size * max(1, K // 2)) + t.nr + 5
+        for accumulate in (0, 1):
+            check(kind, dtype, M, N, K, a_layout, "rows", accumulate=accumulate, pad=3)
+    check(kind, dtype, 5, t.nr - 3, 9, a_layout, "rows", pad=2)
+    check(kind, dtype, gemm_tiling.MC + 1, 2 * t.nr + 7, 11, a_layout, "rows", accumulate=1)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -11,6 +11,10 @@ The micro-kernel keeps MR x NR accumulators in vector registers (NR = 2 vectors)
 tiles at the edges go through a stack tile so no load or store leaves C, A or B, and a last
 row strip runs the shortest tile height (``Tiling.heights``) that holds it. When M fits one
 MC block the B panel is not packed up front: each strip is packed just before its tiles.
+
+A row-major B under at most MC rows of A (a 1x1 convolution's image, a recurrence's step)
+takes another nest (``_GemmBuilder.column_blocks``): B read in place in column blocks that
+stay in L2, each swept by every row strip of A in turn.
 """
 from __future__ import annotations
 
@@ -21,10 +25,8 @@ from llvmlite import ir
 from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64,
                       prod, row_strides, strided_nest)
 from . import gemm_bf16, gemv, jit
-from .gemm_tiling import KC, MC, NC, Tiling, splits_rows, tiling
+from .gemm_tiling import B_BLOCK_BYTES, KC, MC, NC, Tiling, splits_rows, tiling
 from .lowering import Ctx, lowering
-
-DIRECT_B_ROWS = 96      # up to this many rows of A, a row-major B is not packed
 
 
 def _arg_types(elem):
@@ -85,23 +87,101 @@ class _GemmBuilder:
         ep = ir.PointerType(self.elem)
         bp = b.bitcast(scratch, ep)
         ap = b.gep(bp, [i64(KC * (NC + t.nr))], inbounds=True)
-        # few rows, row-major B, whole NR strips: the micro-kernel reads B's rows in place
-        # (each strip is NR adjacent elements per k), no packing pass over B; the B panel
-        # is read ceil(M / MR) times from cache either way (a recurrence's step, small-M
-        # products). Rows 4 KiB apart too: their strip's k rows share L1 sets, so the
-        # tiles after the first read it from L2, which the FMAs hide, while packing them
-        # is a pass of L2 reads they do not hide (32 x 256 @ 256 x 1024 on one thread,
-        # B reused: 84 -> 106 GFLOP/s, 8 rows 45 -> 95; a B streamed from memory once
-        # loses some: 64 x 576 @ 576 x 1024 74 -> 67)
-        direct = b.and_(b.and_(b.icmp_signed("==", csb, i64(1)),
-                               b.icmp_signed("==", b.srem(N, i64(t.nr)), i64(0))),
-                        b.icmp_signed("<=", M, i64(DIRECT_B_ROWS)))
+        with b.if_else(b.and_(b.icmp_signed("==", csb, i64(1)),
+                              b.icmp_signed("<=", M, i64(MC)))) as (rows, other):
+            with rows:
+                self.column_blocks(bp, ap)
+            with other:
+                self.blocked(bp, ap)
+        b.ret_void()
+
+    def k_blocks(self):
+        """The step of K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16:
+        a thin last block would cost a whole pass over C for a few multiply-adds)."""
+        b, K = self.b, self.fn.args[10]
+        kblocks = b.sdiv(b.add(K, i64(KC - 1)), i64(KC))
+        return b.sdiv(b.add(K, b.sub(kblocks, i64(1))), kblocks)
+
+    def column_blocks(self, bp, ap) -> None:
+        """A row-major B under at most MC rows of A (packed A fits its workspace): C in
+        column blocks of about ``B_BLOCK_BYTES`` of B, each swept by every MR-row strip of
+        A in turn (C written a few rows at a time along their length), B's whole strips
+        read in place (the block stays in L2 for the row strips after the first) and a
+        last partial strip packed (zero-filled) once per block.
+
+        Measured on one thread (AMD znver4, L2 1 MiB; one-thread CPU time of 8 products,
+        each with its own B fresh from memory, best of 15, interleaved; numpy's OpenBLAS
+        beside) against the former nest for M <= 96 (NR strips outer, rows inner, B in
+        place prefetching the next strip; a partial strip or M > 96: packed strip by
+        strip), in ms: 96 x 16 @ 16 x 12544 7.10 -> 3.71 (OpenBLAS 5.57; C written 96
+        rows at a time 5.44), 24 x 144 @ 144 x 3136 5.12 -> 1.82 (3.59), 32 x 96 @ 96 x
+        12544 16.8 -> 6.46 (11.1), 16 x 32 @ 32 x 12544 4.66 -> 1.45, 144 x 24 @ 24 x 3136
+        2.25 -> 1.81 (2.37); a B in cache no slower (32 x 256 @ 256 x 1024, one B for
+        all: 0.70 -> 0.69). Packing each block row by row (sequential runs the prefetchers
+        follow) instead of reading it in place: 24 x 144 @ 144 x 3136 3.59, 32 x 96 @ 96 x
+        12544 9.2. Blocks of 128 KiB or 512 KiB: the same within noise. More rows (in
+        place A): no gain (576 x 96 @ 96 x 196 and 1024 x 1000 @ 1000 x 1024 within 5%)."""
+        b, t = self.b, self.t
+        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args
+        kstep = self.k_blocks()
+        size = 4 if self.elem == F32 else 8
+        nb = b.mul(b.sdiv(b.sdiv(i64(B_BLOCK_BYTES // size), kstep), i64(t.nr)), i64(t.nr))
+        nb = b.select(b.icmp_signed("<", nb, i64(t.nr)), i64(t.nr), nb)
+        with for_range(b, 0, N, "jb", nb) as jc:
+            nc = _min(b, nb, b.sub(N, jc))
+            whole = b.mul(b.sdiv(nc, i64(t.nr)), i64(t.nr))
+            with for_range(b, 0, K, "pb", kstep) as pc:
+                kc = _min(b, kstep, b.sub(K, pc))
+                first = b.and_(b.icmp_signed("==", pc, i64(0)),
+                               b.icmp_signed("==", accumulate, i64(0)))
+                bsrc = b.gep(B, [b.add(b.mul(pc, rsb), jc)])
+                with b.if_then(b.icmp_signed("<", whole, nc)):
+                    self.pack(bp, b.gep(bsrc, [whole]), i64(1), rsb, b.sub(nc, whole), kc,
+                              t.nr)
+                asrc = b.gep(A, [b.mul(pc, csa)])
+                in_place = b.and_(b.icmp_signed("==", csa, i64(1)),
+                                  b.not_(self.set_aliased(rsa)))
+                bv = (bsrc, rsb, bp, whole)
+                with b.if_else(in_place) as (rows, other):
+                    with rows:
+                        self.macro_rows(asrc, bv, C, ldc, jc, M, nc, kc, first,
+                                        a_rows=(rsa, i64(1)))
+                    with other:
+                        self.pack(ap, asrc, rsa, csa, M, kc, t.mr)
+                        self.macro_rows(ap, bv, C, ldc, jc, M, nc, kc, first)
+
+    def macro_rows(self, ap, b_view, C, ldc, jc, mc, nc, kc, first, a_rows=None) -> None:
+        """The tiles of a block of C, MR-row strip after strip, each along the block.
+        ``b_view`` = (B block, row stride, packed last strip, columns in whole strips)."""
+        b, t = self.b, self.t
+        bsrc, rsb, packed, whole = b_view
+        with for_range(b, 0, mc, "ib", t.mr) as ir_:
+            mr = _min(b, i64(t.mr), b.sub(mc, ir_))
+            if a_rows is None:
+                apanel, a_at = b.gep(ap, [b.mul(ir_, kc)]), None
+            else:
+                apanel, a_at = b.gep(ap, [b.mul(ir_, a_rows[0])]), (a_rows, mr)
+            with for_range(b, 0, nc, "jb", t.nr) as jr:
+                in_place = b.icmp_signed("<", jr, whole)
+                bpanel = b.select(in_place, b.gep(bsrc, [jr]), packed)
+                bstride = b.select(in_place, rsb, i64(t.nr))
+                # the strip after next into L2, as the tiles go: rows far apart are K
+                # separate streams the hardware prefetchers do not follow. The next strip
+                # instead comes too late from memory: 24 x 144 @ 144 x 3136, fresh B, 4.99
+                # -> 2.11 ms; 32 x 96 @ 96 x 12544 18.9 -> 6.55; three strips ahead: the same
+                pf = (b.gep(bsrc, [b.add(jr, i64(2 * t.nr))]), rsb)
+                nr = _min(b, i64(t.nr), b.sub(nc, jr))
+                cptr = b.gep(C, [b.add(b.mul(ir_, ldc), b.add(jc, jr))])
+                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf)
+                self.tiles(args, mr, t.heights())
+
+    def blocked(self, bp, ap) -> None:
+        """The Goto/BLIS nest (module docstring)."""
+        b, t = self.b, self.t
+        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args
         with for_range(b, 0, N, "jc", NC) as jc:
             nc = _min(b, i64(NC), b.sub(N, jc))
-            # K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16: a thin last
-            # block would cost a whole pass over C for a few multiply-adds)
-            kblocks = b.sdiv(b.add(K, i64(KC - 1)), i64(KC))
-            kstep = b.sdiv(b.add(K, b.sub(kblocks, i64(1))), kblocks)
+            kstep = self.k_blocks()
             with for_range(b, 0, K, "pc", kstep) as pc:
                 kc = _min(b, kstep, b.sub(K, pc))
                 first = b.and_(b.icmp_signed("==", pc, i64(0)),
@@ -110,10 +190,10 @@ class _GemmBuilder:
                 # A in one MC block: each B strip is packed just before the tiles that read
                 # it, which find it in L1, not the whole panel first (written to L2 and read
                 # back); with several blocks the panel is packed once for all of them
-                by_strip = b.and_(b.not_(direct), b.icmp_signed("<=", M, i64(MC)))
-                with b.if_then(b.and_(b.not_(direct), b.not_(by_strip))):
+                by_strip = b.icmp_signed("<=", M, i64(MC))
+                with b.if_then(b.not_(by_strip)):
                     self.pack(bp, bsrc, csb, rsb, nc, kc, t.nr)
-                bv = (direct, bsrc, rsb, csb, by_strip)
+                bv = (bsrc, rsb, csb, by_strip)
                 with for_range(b, 0, M, "ic", MC) as ic:
                     mc = _min(b, i64(MC), b.sub(M, ic))
                     asrc = b.gep(A, [b.add(b.mul(ic, rsa), b.mul(pc, csa))])
@@ -129,7 +209,6 @@ class _GemmBuilder:
                             self.pack(ap, asrc, rsa, csa, mc, kc, t.mr)
                             self.macro(ap, bp, C, ldc, ic, jc, mc, nc, kc, first,
                                        b_view=bv)
-        b.ret_void()
 
     def set_aliased(self, stride):
         """Whether rows ``stride`` elements apart fall in the same L1 cache sets (a multiple
@@ -228,22 +307,17 @@ class _GemmBuilder:
     def macro(self, ap, bp, C, ldc, ic, jc, mc, nc, kc, first, a_rows=None,
               b_view=None) -> None:
         """``a_rows`` = (row stride, k stride): A read in place instead of packed strips.
-        ``b_view`` = (in place?, B block, row stride, column stride, packed strip by strip
-        here?): B's strips read in place or packed."""
+        ``b_view`` = (B block, row stride, column stride, packed strip by strip here?)."""
         b, t = self.b, self.t
-        direct, bsrc, rsb, csb, by_strip = b_view
+        bsrc, rsb, csb, by_strip = b_view
         with for_range(b, 0, nc, "jr", t.nr) as jr:
             # a strip packed here goes to the panel's first strip, which stays in cache
-            packed = b.gep(bp, [b.select(by_strip, i64(0), b.mul(jr, kc))])
-            bpanel = b.select(direct, b.gep(bsrc, [jr]), packed)
-            bstride = b.select(direct, rsb, i64(t.nr))
+            bpanel = b.gep(bp, [b.select(by_strip, i64(0), b.mul(jr, kc))])
+            bstride = i64(t.nr)
             nr = _min(b, i64(t.nr), b.sub(nc, jr))
             with b.if_then(by_strip):
                 self.pack(bpanel, b.gep(bsrc, [b.mul(jr, csb)]), csb, rsb, nr, kc, t.nr)
-            # B read in place: the tiles prefetch the next strip's rows into L2 as they go
-            # (rows 4 KiB apart defeat the hardware's stride prefetch); packed B: the rows
-            # they read
-            pf = (b.select(direct, b.gep(bsrc, [b.add(jr, i64(t.nr))]), bpanel), bstride)
+            pf = (bpanel, bstride)      # the rows the tiles read
             with for_range(b, 0, mc, "ir", t.mr) as ir_:
                 mr = _min(b, i64(t.mr), b.sub(mc, ir_))
                 if a_rows is None:

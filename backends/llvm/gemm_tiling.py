@@ -10,6 +10,9 @@ from dataclasses import dataclass
 KC = 256
 MC = 144
 NC = 1024
+# a row-major B under at most MC rows of A is read in place in column blocks of about this
+# many bytes (K block x columns), each kept in L2 while every row strip of A sweeps it
+B_BLOCK_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
