@@ -85,6 +85,8 @@ class LLVMExecutable(Executable):
         # the executable's own buffers (never resized) and the previous call's arguments
         self._own_ptrs = [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
         self._last_args: tuple[list, list[int]] = ([], [])
+        self._last_hits: tuple[list[int], np.ndarray | None] = ([], None)
+        self._arg_nbytes = np.array([v.type.nbytes for v in graph.arguments], np.int64)
         self._ir: str | None = None
 
     # ---------------------------------------------------------------- running
@@ -152,16 +154,31 @@ class LLVMExecutable(Executable):
         if not self.plan.inplace:
             return args
         args = list(args)
-        lo = np.array(addr, np.int64)
-        hi = lo + np.array([a.nbytes for a in args], np.int64)
-        hits = (lo[:, None] < hi[None, :]) & (lo[None, :] < hi[:, None]) & (lo < hi)[None, :]
-        np.fill_diagonal(hits, False)
-        shared = hits.any(axis=1)
+        # the byte ranges depend only on the addresses (validated arguments have the
+        # graph's shapes and dtypes, so each position's size is fixed): the overlap test of
+        # the previous call's addresses is reused (a training step passes the same arrays)
+        seen, hits0 = self._last_hits
+        if seen != addr:
+            lo = np.array(addr, np.int64)
+            hi = lo + self._arg_nbytes
+            hits0 = (lo[:, None] < hi[None, :]) & (lo[None, :] < hi[:, None]) & (lo < hi)[None, :]
+            np.fill_diagonal(hits0, False)
+            self._last_hits = (list(addr), hits0)
+        hits, shared = None, None
         for i in self.plan.inplace.values():
             a = args[i]
-            if (shared[i] or i in self._staged
-                    or not (a.flags.writeable and a.flags.c_contiguous and a.flags.aligned)):
+            flags = a.flags
+            if i in self._staged or not (flags.writeable and flags.c_contiguous
+                                         and flags.aligned):
+                copy = True
+            else:
+                if shared is None:
+                    shared = hits0.any(axis=1) if hits is None else hits.any(axis=1)
+                copy = bool(shared[i])
+            if copy:
                 args[i] = np.array(a, copy=True)
+                if hits is None:
+                    hits = hits0.copy()
                 hits[:, i] = hits[i, :] = False      # the copy shares nothing
                 shared = hits.any(axis=1)
         return args
