@@ -170,3 +170,29 @@ def test_runtime_object_key_follows_the_kernel_source(tmp_path, monkeypatch):
             f.write("\n# changed\n")
         assert key() not in seen, rel
         seen.add(keys[-1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m,k,n,ta", [(24, 300, 600, False), (gemm_tiling.MC, 40, 1000, True),
+                                      (13, 20, 9000, False), (7, 5, 45, False)])
+def test_matmul_row_major_b_threads(m, k, n, ta, threads, monkeypatch):
+    """The matmul lowering on products that take the column blocks of a row-major B, shared
+    by 1 and 2 threads (each thread's columns from a strip boundary, its last block ending
+    in a partial strip; A transposed: packed), in float32 and float64, against numpy."""
+    import irgraph.backends as backends
+    from irgraph import Graph, TensorType
+    from irgraph.backends.llvm import workers
+    monkeypatch.setattr(workers, "PARALLEL_FLOPS", 0)     # small: shared all the same
+    monkeypatch.setattr(workers, "PARALLEL_BYTES", 0)
+    for dtype in DTYPES:
+        g = Graph("mm")
+        a = g.add_input("a", TensorType((k, m) if ta else (m, k), dtype))
+        b = g.add_input("b", TensorType((k, n), dtype))
+        g.set_outputs([g.op("matmul", g.op("transpose", a, perm=(1, 0)) if ta else a, b)])
+        exe = backends.compile(g, "llvm", threads=threads, cache=False)
+        av = RNG.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+        bv = RNG.standard_normal((k, n)).astype(dtype)
+        (c,) = exe(av, bv)
+        want = (av.T if ta else av).astype(np.float64) @ bv.astype(np.float64)
+        tol = 2e-5 * np.sqrt(k) if dtype == "float32" else 1e-12 * np.sqrt(k)
+        np.testing.assert_allclose(c, want, rtol=tol, atol=tol, err_msg=f"{dtype} {m}x{k}x{n}")
