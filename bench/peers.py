@@ -1,10 +1,11 @@
 """irgraph's LLVM backend beside its peers on the CPU, side by side in ONE process: the same
 weights and batches, losses checked equal before anything is timed, every peer that is
 installed (jax.jit, torch eager with fused Adam, torch.compile/Inductor), steps interleaved
-in blocks so a change in machine load hits every peer alike.
+in blocks so a change in machine load hits every peer alike, after ``--warmup`` untimed
+steps of each (compiles and caches warm; irgraph's default thread count settles).
 
-    python bench/peers.py [--rounds 10] [--block 5] [--threads 2] [--busy] [--only mlp rnn]
-                          [--interference CALLS]
+    python bench/peers.py [--rounds 10] [--block 5] [--warmup 20] [--threads 2] [--busy]
+                          [--only mlp rnn] [--interference CALLS]
 
 Workloads (float32): an MLP 784-512-256-10 training step (batch 128), LeNet with batch norm
 (batch 64, 1x28x28), a tanh RNN (hidden 256, 64 steps, 64 inputs, batch 32, a linear head
@@ -333,6 +334,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--block", type=int, default=5, help="steps per peer per round")
+    ap.add_argument("--warmup", type=int, default=20,
+                    help="untimed steps per peer before the rounds")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--busy", action="store_true", help="start a process that keeps one core "
                     "busy for the whole run")
@@ -438,6 +441,9 @@ def run_workload(name: str, args, have: dict, cxx):
     # before timing: every peer's first steps (compiling them) give irgraph's losses
     results = {k: [fn() for _ in range(2)] for k, fn in peers.items()}
     eq = check_equal(name, results)
+    for fn in peers.values():       # warm-up, untimed (irgraph's thread choice settles)
+        for _ in range(args.warmup):
+            fn()
     times, cpu = time_interleaved(peers, args.rounds, args.block)
     med = {k: 1e3 * statistics.median(t) for k, t in times.items()}
     best = {k: 1e3 * min(t) for k, t in times.items()}

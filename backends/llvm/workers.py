@@ -480,9 +480,9 @@ class ThreadChoice:
     calls meet a slowdown that recurs every few calls (a thread pool run in blocks beside
     us) alike. A losing probe doubles the period (up to ``PROBE_MAX``, drawn with a random part so the probes do not lock onto
     a cycle of the load), so a losing option costs at most (1 + ``WINDOW``) / ``PROBE_MAX``
-    of the calls. ``SLOW_RUN`` calls in a row much slower than their count's recent median
-    (another process, or numpy's or torch's thread pool in this process, took a core; one
-    slow call is noise) bring the next probe forward. So threads that lose their cores do
+    of the calls. ``SLOW_RUN`` calls in a row of several threads much slower than their
+    recent median (another process, or numpy's or torch's thread pool in this process, took
+    a core; one slow call is noise) bring the next probe forward. So threads that lose their cores do
     not hold up every step, and a slowdown never outlives what caused it by more than
     ``PROBE_MAX`` calls."""
     WINDOW = 5
@@ -524,7 +524,9 @@ class ThreadChoice:
             ts.append(seconds)
             del ts[:-self.WINDOW]
             self.countdown -= 1
-            self.slow = self.slow + 1 if seconds > self.SUDDEN * before else 0
+            # slow calls on one thread: the core is contended, and more threads only add
+            # to it; slow calls on several: a thread lost its core, one thread may do better
+            self.slow = self.slow + 1 if n > 1 and seconds > self.SUDDEN * before else 0
             if self.slow >= self.SLOW_RUN:
                 self.countdown, self.slow = min(self.countdown, 1), 0
             return
