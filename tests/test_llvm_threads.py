@@ -190,14 +190,20 @@ def test_small_row_products_read_b_in_place(m, k, n, dtype):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
-def test_choice_stays_with_all_threads_when_a_neighbour_slows_some_calls():
-    # a thread-pool library run in blocks beside us (its threads spinning after its own
-    # calls) slows the first two of every five calls, all threads more than one: all threads
-    # are still faster on average (1.64 against 1.72 per call)
+def neighbour(slowed: int, many: tuple[float, float], one: tuple[float, float]):
+    """A thread-pool library run in blocks beside us (its threads spinning after its own
+    calls) slows the first ``slowed`` of every five calls: (fast, slow) seconds of a call
+    on all threads (``many``) and on one."""
     def cost(i, n):
-        first = i % 5 < 2
-        return (2.6 if first else 1.0) if n > 1 else (1.9 if first else 1.6)
-    used = drive(ThreadChoice(2), cost, 600)
+        fast, slow = many if n > 1 else one
+        return slow if i % 5 < slowed else fast
+    return cost
+
+
+def test_choice_stays_with_all_threads_when_a_neighbour_slows_some_calls():
+    # two of every five calls slowed, all threads more than one: all threads are still
+    # faster on average (1.64 against 1.72 per call) and by the median (1.0 against 1.6)
+    used = drive(ThreadChoice(2), neighbour(2, (1.0, 2.6), (1.6, 1.9)), 600)
     assert used[100:].count(2) >= 0.9 * 500
 
 
@@ -216,10 +222,7 @@ def test_choice_judges_medians_not_the_fastest_calls():
 
 
 def test_choice_moves_to_one_thread_when_a_neighbour_slows_most_calls():
-    # the neighbour's pool slows three of every five calls, all threads more than one:
-    # medians 4.0 (all threads) against 3.0 (one), though all threads' fast calls win
-    def cost(i, n):
-        slowed = i % 5 < 3
-        return (4.0 if slowed else 1.8) if n > 1 else (3.0 if slowed else 2.1)
-    used = drive(ThreadChoice(2), cost, 600)
+    # three of every five calls slowed, all threads more than one: medians 4.0 (all
+    # threads) against 3.0 (one), though all threads' fast calls win
+    used = drive(ThreadChoice(2), neighbour(3, (1.8, 4.0), (2.1, 3.0)), 600)
     assert used[100:].count(1) >= 0.9 * 500
