@@ -14,10 +14,18 @@ import torch
 from torch import nn
 
 from irgraph import backends
-from irgraph.backends.llvm import conv_chain
+from irgraph.backends.llvm import conv_chain, jit
+from irgraph.backends.llvm.gemm_tiling import tiling
 from irgraph.frontend.onnx import import_onnx
 from irgraph.passes.conv_chains import body_links, fuse_conv_chains
 from tests import onnx_models as om
+
+
+@pytest.fixture(autouse=True)
+def banded(monkeypatch):
+    """Chains of these small images run band by band too (their intermediates would fit
+    the cache: ``BANDED_FROM``)."""
+    monkeypatch.setattr(conv_chain, "BANDED_FROM", 0)
 
 
 class Chain(nn.Module):
@@ -63,11 +71,16 @@ def _case(n, cin, hidden, cout, h, w, stride, padding, expand=True, project=True
     return model, x, want
 
 
+def _chain(node):
+    """The band plan the lowering uses for ``node`` on this CPU."""
+    return conv_chain.chain_of(node, jit.host()[2])
+
+
 def _compile(imported, threads, links):
     exe = imported.compile("llvm", threads=threads, pipeline="default, fuse", cache=False)
     (node,) = _chains(exe.graph)
     assert len(body_links(node.attrs["body"])) == links
-    assert conv_chain.chain_of(node) is not None        # the banded lowering takes it
+    assert _chain(node) is not None        # the banded lowering takes it
     return exe, node
 
 
@@ -96,6 +109,17 @@ def test_chain_against_torch(case):
     _close(exe(x)[0], want)
 
 
+def test_small_images_run_the_links_one_by_one(monkeypatch):
+    """Below ``BANDED_FROM`` the region's links run one by one (no band plan)."""
+    monkeypatch.setattr(conv_chain, "BANDED_FROM", 1 << 20)
+    model, x, want = _case(2, 8, 24, 8, 13, 11, 1, 1, residual=True)
+    exe = _imported(model, x).compile("llvm", threads=2, pipeline="default, fuse",
+                                      cache=False)
+    (node,) = _chains(exe.graph)
+    assert _chain(node) is None
+    _close(exe(x)[0], want)
+
+
 def test_float64():
     model, x, want = _case(3, 6, 20, 6, 9, 10, 1, 1, residual=True, dtype=np.float64)
     exe, _ = _compile(_imported(model, x), 2, 3)
@@ -106,16 +130,15 @@ def test_float64():
                                                        (2, 0, False, 27)])
 def test_several_bands_same_bits_on_1_2_and_3_threads(monkeypatch, stride, padding,
                                                       residual, h):
-    """A small band budget: several bands per image, the last one shorter; every thread
-    count gives the same bits, and they match torch."""
-    monkeypatch.setattr(conv_chain, "BAND_BYTES", 12 * 1024)
-    monkeypatch.setattr(conv_chain, "MAX_HALO", 10.0)
+    """Bands of 4 rows: several per image, the last one shorter; every thread count gives
+    the same bits, and they match torch."""
+    monkeypatch.setattr(conv_chain, "band_rows", lambda *args, **kw: 4)
     model, x, want = _case(2, 6, 16, 6, h, 9, stride, padding, residual=residual, seed=1)
     imported = _imported(model, x)
     got = []
     for threads in (1, 2, 3):
         exe, node = _compile(imported, threads, 3)
-        ch = conv_chain.chain_of(node)
+        ch = _chain(node)
         OH = ch.out_shape[2]
         assert ch.bands >= 3 and OH % ch.rows != 0          # a short last band
         got.append(exe(x)[0])
@@ -123,7 +146,7 @@ def test_several_bands_same_bits_on_1_2_and_3_threads(monkeypatch, stride, paddi
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
 
 
-def test_band_rows_rule_by_hand(monkeypatch):
+def test_band_rows_rule_by_hand():
     """16 -> 96 channels at 112 x 112, depthwise stride 2 (MobileNetV2's second block),
     float32: r output rows read 2r + 1 padded input rows, each of T (96 x 112) and D (96
     channels x 2 phases x 57 columns), and make r rows of T2 (96 x 56). All three in half
@@ -133,7 +156,7 @@ def test_band_rows_rule_by_hand(monkeypatch):
     exe = _imported(model, x).compile("llvm", threads=1, pipeline="default, fuse",
                                       cache=False)
     (node,) = _chains(exe.graph)
-    ch = conv_chain.chain_of(node)
+    ch = _chain(node)
     assert ch.parts() == [96 * 112 * (2 * ch.rows + 1), 96 * 2 * 57 * (2 * ch.rows + 1),
                           96 * 56 * ch.rows]
     # r = 2: 28 bands reading input rows [4k - 1, 4k + 4), the first [0, 4): 27 * 5 + 4 =
@@ -141,7 +164,21 @@ def test_band_rows_rule_by_hand(monkeypatch):
     # reading [6k - 1, 6k + 6): the first 6 rows, 17 of 7, the last [107, 112) 5: 130 rows
     assert abs(conv_chain.halo(ch.dw, 2) - 27 / 112) < 1e-12
     assert abs(conv_chain.halo(ch.dw, 3) - 18 / 112) < 1e-12
-    assert (ch.rows, ch.bands) == (3, 19)
+    pre, dw, post = ch.pre, ch.dw, ch.post
+    assert conv_chain.band_rows(pre, dw, post, nr=1) == 3
+    # tiles 16 wide: 3 rows make 168 project columns (10.5 tiles), 4 rows 224 (14) and read
+    # 9 input rows, 1008 expand columns (63); 2 rows (halo too big) and 3 do not qualify
+    assert conv_chain.band_rows(pre, dw, post, nr=16) == 4
+    # tiles 12 wide: 3 rows (168 = 14 * 12; 7 * 112 = 784 is not a multiple, nor 9 * 112
+    # for 4 rows: 1008 = 84 * 12 is); 4 rows: 224 is not, so 3 and 4 each leave one
+    # partial GEMM; 3 is the closer
+    assert conv_chain.band_rows(pre, dw, post, nr=12) == 3
+    # tiles 32 wide: 4 rows (224 = 7 * 32); an odd number of input rows times 112 is never
+    # a multiple of 32
+    assert conv_chain.band_rows(pre, dw, post, nr=32) == 4
+    nr = tiling("float32", jit.host()[2]).nr
+    assert ch.rows == conv_chain.band_rows(pre, dw, post, nr=nr)
+    assert ch.bands == -(-56 // ch.rows)
 
 
 def test_reference_and_triton_run_the_chain_region():

@@ -19,10 +19,14 @@ thread's scratch:
   band's columns of the output, then its epilogue (bias, residual add) over them while in
   cache.
 
-Only the chain's output is written to memory outside the scratch. The band's height is the
+Only the chain's output is written to memory outside the scratch. Chains whose expanded
+tensor of one image fits the L2 cache (``BANDED_FROM``) run their links one by one
+instead (``chain_of``): nothing to keep out of memory, and whole-image GEMMs fill their
+register tiles better than a band's. The band's height is the
 largest whose intermediates (``T``, ``D`` and ``T2``) fit ``BAND_BYTES`` together, raised
 where the rows the expand GEMM recomputes at band edges (the halo) would exceed
-``MAX_HALO`` of its work, then evened out over the bands. Band boundaries depend on the
+``MAX_HALO`` of its work, then moved so the GEMMs' column counts fill whole register tiles
+(``band_rows``). Band boundaries depend on the
 shapes alone, so every thread count gives the same bits.
 """
 from __future__ import annotations
@@ -36,6 +40,7 @@ from irgraph.passes.conv_chains import Link, body_links
 from . import conv_depthwise
 from .builder import Buf, for_range, i64
 from .conv_direct import arrays, scratch_bytes
+from .gemm_tiling import tiling
 from .lowering import fused_kind
 from .ops_conv import thread_gemm, epilogue_tail
 from .ops_core import SCALAR
@@ -45,6 +50,9 @@ from .ops_core import SCALAR
 # it, the rest left to the weights, the GEMM's packed panels and the output band
 L2_BYTES = 1 << 20
 BAND_BYTES = L2_BYTES // 2
+# one image's depthwise input (the expanded tensor) bigger than this: the chain runs band
+# by band; smaller ones stay in cache between the links run one by one
+BANDED_FROM = L2_BYTES
 # at most this share of the expand GEMM's work recomputed for the halo rows between bands
 # (the band is made taller past BAND_BYTES rather than recompute more)
 MAX_HALO = 0.2
@@ -109,46 +117,64 @@ def halo(dw: Link, rows: int) -> float:
     return made / H - 1
 
 
-def band_rows(pre, dw, post, budget: int | None = None) -> int:
-    """Output rows per band (see the module docstring)."""
+def band_rows(pre, dw, post, nr: int = 1, budget: int | None = None) -> int:
+    """Output rows per band (see the module docstring): the most whose intermediates fit
+    ``budget`` (``BAND_BYTES``), raised until the halo is at most ``MAX_HALO``; then, among
+    the heights from half to twice that (the halo still within bounds), one whose GEMMs'
+    column counts (the expand's over a band's input rows, the project's over its output
+    rows) are whole multiples of ``nr``, the GEMM's register tile width (a last, partial
+    strip costs a call far more than its share of the columns), the closest such."""
     budget = BAND_BYTES if budget is None else budget
     item = dw.conv.inputs[0].type.np_dtype.itemsize
-    OH = dw.conv.outputs[0].shape[2]
+    _, _, H, W = dw.conv.inputs[0].shape
+    OH, OW = dw.conv.outputs[0].shape[2:]
     rows = 1
     while rows < OH and sum(_parts(pre, dw, post, rows + 1)) * item <= budget:
         rows += 1
     while pre is not None and rows < OH and halo(dw, rows) > MAX_HALO:
         rows += 1
-    return -(-OH // -(-OH // rows))      # the same rows in every band, give or take one
+
+    def partial(r: int) -> int:
+        return ((post is not None and r * OW % nr != 0)
+                + (pre is not None and min(H, _padded_rows(dw, r)) * W % nr != 0))
+    near = [r for r in range(max(1, rows // 2), min(OH, 2 * rows) + 1)
+            if r == rows or pre is None or halo(dw, r) <= MAX_HALO]
+    return min(near, key=lambda r: (partial(r), abs(r - rows), -r))
 
 
-def chain_of(node) -> Chain | None:
-    """The chain a ``conv_chain`` region runs band by band; None where its body is not one
-    (``body_links``) or an epilogue op has no scalar lowering (then its links run one by
-    one)."""
+def chain_of(node, features: str = "") -> Chain | None:
+    """The chain a ``conv_chain`` region runs band by band on a CPU with ``features``; None
+    where its body is not one (``body_links``), an epilogue op has no scalar lowering, or
+    one image's depthwise input fits the L2 cache (the links then run one by one: their
+    intermediates stay in cache anyway, and their GEMMs, over whole images or several at
+    once, fill their register tiles better than a band's)."""
     links = body_links(node.attrs["body"])
     if links is None or any(n.op not in SCALAR for k in links for n in k.tail):
         return None
     i = [k.kind for k in links].index("depthwise")
     pre = links[0] if i == 1 else None
     dw = links[i]
+    x = dw.conv.inputs[0]
+    if x.type.nbytes // x.shape[0] <= BANDED_FROM:
+        return None
     post = links[i + 1] if i + 1 < len(links) else None
-    return Chain(pre, dw, post, band_rows(pre, dw, post))
+    nr = tiling(dw.conv.inputs[0].dtype, features).nr
+    return Chain(pre, dw, post, band_rows(pre, dw, post, nr))
 
 
 def _scratch(node, threads, features) -> int:
-    ch = chain_of(node)
+    ch = chain_of(node, features)
     return 0 if ch is None else threads * scratch_bytes(ch.dw.conv.inputs[0].dtype, ch.parts())
 
 
 def _meets(node, threads, features) -> bool | None:
     """Claimed shares (each in its thread's own scratch): never meets."""
-    return None if chain_of(node) is None else False
+    return None if chain_of(node, features) is None else False
 
 
 @fused_kind("conv_chain", scratch_rule=_scratch, meets_rule=_meets)
 def _conv_chain(ctx, node, ins, outs) -> bool:
-    ch = chain_of(node)
+    ch = chain_of(node, ctx.features)
     if ch is None or any(t.swapped for t in list(ins) + list(outs)):
         return False
     b = ctx.b
