@@ -92,11 +92,12 @@ DTYPES = ["float32", "float64"]
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_last_strip_height(kind, dtype):
     """M from 1 to 2 MR + 1: the last strip of every height, through each register tile;
-    A in place and packed, B in place (N whole strips) and packed (N not)."""
+    A in place and packed, B in place (N whole strips) and packed (N not: a last strip of
+    3 columns and of one vector, one vector wide, and of one vector and a column)."""
     t = gemm_tiling.tiling(dtype, kernels(kind)[2])
     assert t.heights()[-1] == t.mr and list(t.heights()) == sorted(set(t.heights()))
     for M in range(1, 2 * t.mr + 2):
-        for N in (2 * t.nr, t.nr + 3):
+        for N in (2 * t.nr, t.nr + 3, t.nr + t.vw, t.nr + t.vw + 1):
             for a_layout in ("rows", "cols"):
                 check(kind, dtype, M, N, 13, a_layout=a_layout)
 
@@ -108,7 +109,7 @@ def test_every_last_strip_height(kind, dtype):
 def test_operand_layouts_accumulate_and_padded_c(kind, dtype, a_layout, b_layout):
     t = gemm_tiling.tiling(dtype, kernels(kind)[2])
     for M, N, K in ((3 * t.mr - 1, 2 * t.nr, 2 * t.vw + 3), (t.mr + 1, 3 * t.nr + 1, 7),
-                    (32, 2 * t.nr, 33)):
+                    (32, 2 * t.nr, 33), (2 * t.mr, t.nr + t.vw, 5)):
         for accumulate in (0, 1):
             check(kind, dtype, M, N, K, a_layout, b_layout, accumulate=accumulate, pad=5)
 
