@@ -175,11 +175,15 @@ def test_runtime_object_key_follows_the_kernel_source(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("m,k,n,ta", [(24, 300, 600, False), (gemm_tiling.MC, 40, 1000, True),
-                                      (13, 20, 9000, False), (7, 5, 45, False)])
-def test_matmul_row_major_b_threads(m, k, n, ta, threads, monkeypatch):
-    """The matmul lowering on products that take the column blocks of a row-major B, shared
-    by 1 and 2 threads (each thread's columns from a strip boundary, its last block ending
-    in a partial strip; A transposed: packed), in float32 and float64, against numpy."""
+                                      (13, 20, 9000, False), (7, 5, 45, False),
+                                      (320, 96, 49, False),
+                                      (2 * gemm_tiling.MC + 7, 300, 33, True)])
+def test_matmul_threads(m, k, n, ta, threads, monkeypatch):
+    """The matmul lowering on products that take the column blocks of a row-major B (each
+    thread's columns from a strip boundary, its last block ending in a partial strip; A
+    transposed: packed) and the transposed product of few columns (the threads' runs of
+    rows each over MC rows: 49 and 33 columns, 12 x 32 tiles), shared by 1 and 2 threads,
+    in float32 and float64, against numpy."""
     import irgraph.backends as backends
     from irgraph import Graph, TensorType
     from irgraph.backends.llvm import workers
@@ -197,3 +201,25 @@ def test_matmul_row_major_b_threads(m, k, n, ta, threads, monkeypatch):
         want = (av.T if ta else av).astype(np.float64) @ bv.astype(np.float64)
         tol = 2e-5 * np.sqrt(k) if dtype == "float32" else 1e-12 * np.sqrt(k)
         np.testing.assert_allclose(c, want, rtol=tol, atol=tol, err_msg=f"{dtype} {m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("a_layout,b_layout", [("rows", "rows"), ("cols", "cols"),
+                                               ("rows", "gather"), ("aliased", "rows")])
+def test_few_columns_as_the_transposed_product(kind, dtype, a_layout, b_layout):
+    """Over MC rows, fewer than 3 NR strips of columns and K <= 2 KC, C = A @ B runs as
+    C^T = B^T @ A^T written transposed where those tiles pad at least 1/8 less. By hand
+    (MR x NR tiles, vectors of vw): NR + vw + 1 columns compute 2 NR as columns (a
+    strip and a second one, which one vector would not hold), as rows NR + vw + 1
+    rounded up to a tile height (52 of 49 with 12 x 32 tiles: 0.81); NR + 1 columns
+    compute NR + vw (36 of 48 rows: 0.75); only SSE's float64 tiles (4 x 4, vw 2) pad
+    as much either way and keep the usual tiles. Rows past one register strip, one MC
+    block and one NC block of the transposed product; two K blocks (the transposed tiles
+    add to C); a padded row stride of C."""
+    t = gemm_tiling.tiling(dtype, kernels(kind)[2])
+    for M, N, K in ((gemm_tiling.MC + 48, t.nr + t.vw + 1, 9),
+                    (gemm_tiling.MC + 5, t.nr + 1, gemm_tiling.KC + 3),
+                    (gemm_tiling.NC + 37, t.nr + t.vw + 1, 5)):
+        for accumulate in (0, 1):
+            check(kind, dtype, M, N, K, a_layout, b_layout, accumulate=accumulate, pad=3)
