@@ -14,7 +14,9 @@ MC block the B panel is not packed up front: each strip is packed just before it
 
 A row-major B under at most MC rows of A (a 1x1 convolution's image, a recurrence's step)
 takes another nest (``_GemmBuilder.column_blocks``): B read in place in column blocks that
-stay in L2, each swept by every row strip of A in turn.
+stay in L2, each swept by every row strip of A in turn. Many rows and few columns run as
+C^T = B^T @ A^T where its tiles pad less (``_GemmBuilder.transposes``), each tile transposed
+in registers on its way into C.
 """
 from __future__ import annotations
 
@@ -508,7 +510,7 @@ class _GemmBuilder:
             f"llvm.masked.load.{suffix}")
         zero = ir.Constant(self.vec, [0.0] * vw)
         align = ir.Constant(I32, self.elem_align())
-        blocks = []     # (first row, lanes, column vectors)
+        blocks = []     # (column of the tile, first row, rows, the vector of those rows)
         for v in range(len(accs[0])):
             for r0 in range(0, height, vw):
                 rows = [b.load(accs[i][v]) for i in range(r0, min(r0 + vw, height))]
