@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from irgraph import backends
+from irgraph import Graph, backends
+from irgraph.types import TensorType
 from irgraph.backends.llvm import conv_chain, jit
 from irgraph.backends.llvm.gemm_tiling import tiling
 from irgraph.frontend.onnx import import_onnx
@@ -234,8 +235,40 @@ def test_pass_forms_the_chain_and_stops_at_a_second_reader():
             _close(got, w)
 
 
+def _bare(dtype):
+    """expand 1x1 -> depthwise 3x3 -> a second reader of the depthwise output: bare convs."""
+    g = Graph("g")
+    x = g.add_input("x", TensorType((1, 4, 6, 5), dtype))
+    w1 = g.add_input("w1", TensorType((8, 4, 1, 1), dtype))
+    w2 = g.add_input("w2", TensorType((8, 1, 3, 3), dtype))
+    e = g.op("conv", x, w1, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1)
+    d = g.op("conv", e, w2, stride=(1, 2), padding=(1, 1, 2, 0), dilation=(1, 2), groups=8)
+    g.set_outputs([d])
+    return g
+
+
+def test_bare_convolutions_as_links_float32_not_float16():
+    """Bare convs (no epilogue region) chain too, a stride and padding per side and
+    dilation included, against torch; a float16 chain is not formed."""
+    chained = fuse_conv_chains(_bare("float32"))
+    (node,) = _chains(chained)
+    assert [k.kind for k in body_links(node.attrs["body"])] == ["pointwise", "depthwise"]
+    rng = np.random.default_rng(7)
+    x, w1, w2 = (rng.standard_normal(s).astype(np.float32)
+                 for s in ((1, 4, 6, 5), (8, 4, 1, 1), (8, 1, 3, 3)))
+    e = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w1))
+    e = torch.nn.functional.pad(e, (2, 0, 1, 1))
+    want = torch.nn.functional.conv2d(e, torch.from_numpy(w2), stride=(1, 2), dilation=(1, 2),
+                                      groups=8).numpy()
+    exe = backends.compile(chained, "llvm", threads=2, cache=False)
+    (node,) = _chains(exe.graph)
+    assert _chain(node) is not None
+    _close(exe(x, w1, w2)[0], want)
+    assert not _chains(fuse_conv_chains(_bare("float16")))
+
+
 def test_pass_leaves_other_convolutions_alone():
-    """A full 3x3 convolution between two 1x1 ones, and a float16 chain: no chain."""
+    """A full 3x3 convolution between two 1x1 ones: no chain."""
     class Dense(nn.Module):
         def __init__(self):
             super().__init__()
