@@ -74,6 +74,7 @@ class _GemmBuilder:
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.entry = fn.entry_basic_block
         self.c_t = False        # the nest being emitted computes C^T = B^T A^T into C
+        self.micros = {}        # (height, width, A in place, c_t): the tile's function
 
     def alloca(self, ty, name=""):
         b = ir.IRBuilder(self.entry)
@@ -397,18 +398,50 @@ class _GemmBuilder:
         if not width:
             with b.if_else(b.icmp_signed("<=", args[7], i64(t.vw))) as (narrow, wide):
                 with narrow:
-                    self.micro(*args, height=t.mr, width=1)
+                    self.call_micro(args, t.mr, 1)
                 with wide:
                     self.tiles(args, mr, heights, t.nr // t.vw)
             return
         if len(heights) == 1:
-            self.micro(*args, height=heights[0], width=width)
+            self.call_micro(args, heights[0], width)
             return
         with b.if_else(b.icmp_signed("<=", mr, i64(heights[0]))) as (low, tall):
             with low:
-                self.micro(*args, height=heights[0], width=width)
+                self.call_micro(args, heights[0], width)
             with tall:
                 self.tiles(args, mr, heights[1:], width)
+
+    def call_micro(self, args, height: int, width: int) -> None:
+        """A call of the tile's function (``micro`` emitted once per height, width, A read
+        in place or packed, and C transposed or not, whichever nest calls it: with every
+        nest inlining its own tiles the runtime object compiled in 9.0 s instead of 4.9 on
+        one znver4 core, and ran no faster)."""
+        apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf = args
+        key = (height, width, a_at is not None, self.c_t)
+        if key not in self.micros:
+            ep = ir.PointerType(self.elem)
+            fty = ir.FunctionType(ir.VoidType(), [ep, I64, ep, I64, ep, I64, I64, I64, I64,
+                                                  ir.IntType(1), ep, I64])
+            name = (f"{self.fn.name}.tile{height}x{width}{'r' if key[2] else 'p'}"
+                    f"{'t' if self.c_t else ''}")
+            f = ir.Function(self.module, fty, name)
+            f.linkage = "internal"
+            f.attributes.add("noinline")
+            saved = self.b, self.entry
+            self.entry = f.append_basic_block("entry")      # the tile's allocas
+            body = f.append_basic_block("body")
+            self.b = ir.IRBuilder(body)
+            ap_, rs, bp_, bs, cp, ld, k, m, n, fst, pfp, pfs = f.args
+            self.micro(ap_, bp_, bs, cp, ld, k, m, n, fst,
+                       a_at=((rs, i64(1)), m) if key[2] else None, pf=(pfp, pfs),
+                       height=height, width=width)
+            self.b.ret_void()
+            ir.IRBuilder(self.entry).branch(body)
+            self.b, self.entry = saved
+            self.micros[key] = f
+        rs = a_at[0][0] if a_at is not None else i64(0)
+        self.b.call(self.micros[key], [apanel, rs, bpanel, bstride, cptr, ldc, kc, mr, nr,
+                                       first, pf[0], pf[1]])
 
     def micro(self, apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first,
               a_at=None, pf=None, height: int = 0, width: int = 0) -> None:
