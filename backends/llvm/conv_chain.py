@@ -66,6 +66,7 @@ class Chain:
     dw: Link
     post: Link | None           # the pointwise link after it
     rows: int                   # output rows per band
+    nr: int = 1                 # the GEMM's register tile width (columns)
 
     @property
     def x_shape(self):          # the depthwise link's input (N, C, H, W)
@@ -81,7 +82,7 @@ class Chain:
 
     def parts(self) -> list[int]:
         """Elements of this thread's T, D and T2 (0 for a missing link)."""
-        return _parts(self.pre, self.dw, self.post, self.rows)
+        return _parts(self.pre, self.dw, self.post, self.rows, self.nr)
 
 
 def _padded_rows(dw: Link, rows: int) -> int:
@@ -90,12 +91,20 @@ def _padded_rows(dw: Link, rows: int) -> int:
     return (rows - 1) * a["stride"][0] + (dw.conv.inputs[1].shape[2] - 1) * a["dilation"][0] + 1
 
 
-def _parts(pre, dw, post, rows: int) -> list[int]:
+def expand_ld(dw: Link, rows: int, nr: int) -> int:
+    """Columns of each channel's row of T: a band's input rows, rounded up to whole tiles
+    of ``nr`` (the expand GEMM makes a few columns past the band rather than a partial
+    strip)."""
+    _, _, H, W = dw.conv.inputs[0].shape
+    return -(-min(H, _padded_rows(dw, rows)) * W // nr) * nr
+
+
+def _parts(pre, dw, post, rows: int, nr: int = 1) -> list[int]:
     N, C, H, W = dw.conv.inputs[0].shape
     a = dw.conv.attrs
     hb = _padded_rows(dw, rows)
     wq = conv_depthwise.phase_width((N, C, H, W), a["padding"], a["stride"])
-    return [C * min(H, hb) * W if pre is not None else 0,
+    return [C * expand_ld(dw, rows, nr) if pre is not None else 0,
             C * a["stride"][1] * hb * wq,
             C * rows * dw.conv.outputs[0].shape[3] if post is not None else 0]
 
@@ -121,23 +130,22 @@ def halo(dw: Link, rows: int) -> float:
 def band_rows(pre, dw, post, nr: int = 1, budget: int | None = None) -> int:
     """Output rows per band (see the module docstring): the most whose intermediates fit
     ``budget`` (``BAND_BYTES``), raised until the halo is at most ``MAX_HALO``; then, among
-    the heights from half to twice that (the halo still within bounds), one whose GEMMs'
-    column counts (the expand's over a band's input rows, the project's over its output
-    rows) are whole multiples of ``nr``, the GEMM's register tile width (a last, partial
-    strip costs a call far more than its share of the columns), the closest such."""
+    the heights from half to twice that (the halo still within bounds), the closest one
+    whose project GEMM's columns (its output rows) are a whole multiple of ``nr``, the
+    GEMM's register tile width: a last, partial strip costs a call far more than its share
+    of the columns (the expand GEMM makes a few columns past its band instead,
+    ``expand_ld``)."""
     budget = BAND_BYTES if budget is None else budget
     item = dw.conv.inputs[0].type.np_dtype.itemsize
-    _, _, H, W = dw.conv.inputs[0].shape
     OH, OW = dw.conv.outputs[0].shape[2:]
     rows = 1
-    while rows < OH and sum(_parts(pre, dw, post, rows + 1)) * item <= budget:
+    while rows < OH and sum(_parts(pre, dw, post, rows + 1, nr)) * item <= budget:
         rows += 1
     while pre is not None and rows < OH and halo(dw, rows) > MAX_HALO:
         rows += 1
 
-    def partial(r: int) -> int:
-        return ((post is not None and r * OW % nr != 0)
-                + (pre is not None and min(H, _padded_rows(dw, r)) * W % nr != 0))
+    def partial(r: int) -> bool:
+        return post is not None and r * OW % nr != 0
     near = [r for r in range(max(1, rows // 2), min(OH, 2 * rows) + 1)
             if r == rows or pre is None or halo(dw, r) <= MAX_HALO]
     return min(near, key=lambda r: (partial(r), abs(r - rows), -r))
@@ -160,7 +168,7 @@ def chain_of(node, features: str = "") -> Chain | None:
         return None
     post = links[i + 1] if i + 1 < len(links) else None
     nr = tiling(dw.conv.inputs[0].dtype, features).nr
-    return Chain(pre, dw, post, band_rows(pre, dw, post, nr))
+    return Chain(pre, dw, post, band_rows(pre, dw, post, nr), nr)
 
 
 def _scratch(node, threads, features) -> int:
@@ -190,7 +198,11 @@ def _conv_chain(ctx, node, ins, outs) -> bool:
 
     def tail(link: Link):
         f = epilogue_tail(ctx, link.conv, link.tail, [link.result], bound(link))
-        return lambda off, idx, acc: f(off, idx, acc)[0]
+
+        def put(off, idx, acc, fixed=None):
+            return f(off, idx, acc, fixed)[0]
+        put.hoist = f.hoist
+        return put
 
     def weights(link: Link) -> Buf:
         return bound(link)[link.conv.inputs[1]]
@@ -210,9 +222,7 @@ def _conv_chain(ctx, node, ins, outs) -> bool:
     parts = ch.parts()
     T, D, T2 = arrays(ctx, dtype, ctx.thread_scratch(scratch_bytes(dtype, parts)), parts)
     zero = ir.Constant(y.elem, 0.0)
-    with for_range(b, 0, parts[1], "ccz") as i:       # the border columns stay zero
-        b.store(zero, b.gep(D, [i]))
-    ldt = min(H, HB) * W
+    ldt = expand_ld(dw, R, ch.nr)
     ldt2 = R * OW
     put_pre = tail(pre) if pre is not None else None
     put_dw = tail(dw)
@@ -238,6 +248,10 @@ def _conv_chain(ctx, node, ins, outs) -> bool:
         if pre is not None:
             C0 = pre.conv.inputs[0].shape[1]
             cols = b.mul(b.sub(ib, ia), i64(W))
+            # whole tiles, while the columns stay inside the image's plane
+            tiles = b.mul(b.sdiv(b.add(cols, i64(ch.nr - 1)), i64(ch.nr)), i64(ch.nr))
+            cols = b.select(b.icmp_signed(">", cols, i64(0)),
+                            smaller(tiles, b.mul(b.sub(i64(H), ia), i64(W))), cols)
             with b.if_then(b.icmp_signed(">", cols, i64(0))):
                 src = b.gep(x.ptr, [b.add(b.mul(n, i64(C0 * H * W)), b.mul(ia, i64(W)))])
                 thread_gemm(ctx, dtype, weights(pre).ptr, (C0, 1), src, (H * W, 1), T, ldt, C,
@@ -252,26 +266,29 @@ def _conv_chain(ctx, node, ins, outs) -> bool:
                     with then:
                         if pre is not None:
                             trow = b.add(b.mul(c, i64(ldt)), b.mul(b.sub(ih, ia), i64(W)))
+                            row_fixed = put_pre.hoist((n, c, ih, i64(0)), 1)
 
                             def value(iw):
                                 acc = b.load(b.gep(T, [b.add(trow, iw)]))
-                                return put_pre(None, (n, c, ih, iw), acc)
+                                return put_pre(None, (n, c, ih, iw), acc, row_fixed)
                         else:
                             xrow = b.mul(b.add(b.mul(b.add(b.mul(n, i64(C)), c), i64(H)), ih),
                                          i64(W))
 
                             def value(iw):
                                 return x.load(b, b.add(xrow, iw))
-                        conv_depthwise.fill_row(ctx, dplane, row, value, W, pl, s1, HB, Wq)
+                        conv_depthwise.fill_row(ctx, dplane, row, value, W, pl, s1, HB, Wq,
+                                                border=True)
                     with otherwise:
                         conv_depthwise.fill_row(ctx, dplane, row, lambda iw: zero, W, pl, s1,
-                                                HB, Wq)
+                                                HB, Wq, border=True)
             wk = [wdw.load(b, b.add(b.mul(c, i64(K0 * K1)), i64(t))) for _, t in taps]
+            plane_fixed = put_dw.hoist((n, c, i64(0), i64(0)), 2)
             if post is not None:
                 trow2 = b.mul(c, i64(ldt2))
 
                 def put(j, ow, acc):
-                    v = put_dw(None, (n, c, b.add(r0, j), ow), acc)
+                    v = put_dw(None, (n, c, b.add(r0, j), ow), acc, plane_fixed)
                     b.store(v, b.gep(T2, [b.add(trow2, b.add(b.mul(j, i64(OW)), ow))]))
             else:
                 yplane = b.mul(b.add(b.mul(n, i64(C)), c), i64(OH * OW))
@@ -279,7 +296,7 @@ def _conv_chain(ctx, node, ins, outs) -> bool:
                 def put(j, ow, acc):
                     oh = b.add(r0, j)
                     off = b.add(yplane, b.add(b.mul(oh, i64(OW)), ow))
-                    y.store(b, off, put_dw(off, (n, c, oh, ow), acc))
+                    y.store(b, off, put_dw(off, (n, c, oh, ow), acc, plane_fixed))
             conv_depthwise.out_rows(ctx, dplane, taps, wk, i64(0), b.sub(r1, r0), OW, s0, Wq,
                                     put)
         if post is not None:
@@ -290,8 +307,9 @@ def _conv_chain(ctx, node, ins, outs) -> bool:
                         b.sub(q1, q0), C)
             with for_range(b, 0, Co, "cco") as o:
                 orow = b.mul(b.add(b.mul(n, i64(Co)), o), i64(P))
+                fixed = put_post.hoist((n, o, i64(0), i64(0)), 2)
                 with for_range(b, q0, q1, "ccp") as p:
                     off = b.add(orow, p)
                     idx = (n, o, b.sdiv(p, i64(OW)), b.srem(p, i64(OW)))
-                    y.store(b, off, put_post(off, idx, y.load(b, off)))
+                    y.store(b, off, put_post(off, idx, y.load(b, off), fixed))
     return True

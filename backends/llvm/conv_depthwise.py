@@ -122,18 +122,23 @@ def phase_taps(w_shape, stride, dilation, Hp: int, Wq: int) -> list[tuple[int, i
             for kh in range(K0) for kw in range(K1)]
 
 
-def fill_row(ctx, xp, row, value, W: int, pad_left: int, s1: int, Hp: int, Wq: int) -> None:
+def fill_row(ctx, xp, row, value, W: int, pad_left: int, s1: int, Hp: int, Wq: int,
+             border: bool = False) -> None:
     """One padded row of the phase layout (``row``: its offset in phase 0, a multiple of
     Wq): input columns iw < W from ``value(iw)`` (an ir value), into every phase; the
-    border columns are left as they are (zero)."""
+    border columns are left as they are (zero), or zeroed too with ``border``."""
     b = ctx.b
     for q in range(s1):
         # input columns iw = j * s1 + q - pad_left inside x, for phase columns j
         j_lo = max(0, -(-(pad_left - q) // s1))
-        j_hi = min(Wq, (W - 1 + pad_left - q) // s1 + 1)
+        j_hi = max(j_lo, min(Wq, (W - 1 + pad_left - q) // s1 + 1))
+        dst = b.add(i64(q * Hp * Wq), row)
+        if border:
+            zero = ir.Constant(xp.type.pointee, 0.0)
+            for j in list(range(j_lo)) + list(range(j_hi, Wq)):
+                b.store(zero, b.gep(xp, [b.add(dst, i64(j))]))
         if j_hi <= j_lo:
             continue
-        dst = b.add(i64(q * Hp * Wq), row)
         with for_range(b, j_lo, j_hi, "dww") as j:
             iw = b.add(b.mul(j, i64(s1)), i64(q - pad_left))
             b.store(value(iw), b.gep(xp, [b.add(dst, j)]))

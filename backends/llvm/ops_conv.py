@@ -703,10 +703,14 @@ def _epilogue_meets(node, threads, features) -> bool | None:
 
 
 def epilogue_tail(ctx, conv, tail, results, buf):
-    """``apply(off, idx, acc)``: the values of ``results`` when the convolution ``conv`` made
-    ``acc`` at index ``idx`` (n, o, oh, ow) of its output, offset ``off`` there (None: worked
-    out from ``idx``), through the elementwise ``tail`` nodes (``SCALAR``), their other
-    operands loaded from ``buf`` (value -> Buf) broadcast into the output's shape."""
+    """``apply(off, idx, acc, fixed=None)``: the values of ``results`` when the convolution
+    ``conv`` made ``acc`` at index ``idx`` (n, o, oh, ow) of its output, offset ``off`` there
+    (None: worked out from ``idx``), through the elementwise ``tail`` nodes (``SCALAR``),
+    their other operands loaded from ``buf`` (value -> Buf) broadcast into the output's
+    shape, or taken from ``fixed``. ``apply.hoist(idx, k)``: the operands constant along
+    the last ``k`` axes (a bias along rows and columns), loaded once at ``idx`` (those axes'
+    indices unused) for ``fixed``: before a loop over those axes, so that no load of them
+    is left in it for the stores to be checked against."""
     b = ctx.b
     y = conv.outputs[0]
     shape = y.type.shape
@@ -715,21 +719,29 @@ def epilogue_tail(ctx, conv, tail, results, buf):
     sources = list(dict.fromkeys(v for n in tail for v in n.inputs
                                  if v is not y and v not in made))
 
-    def apply(off, idx, acc):
+    def load(v, off, idx):
+        st = broadcast_strides(v.shape, shape)
+        if tuple(st) == tuple(flat) and off is not None:
+            at = off
+        else:
+            at = i64(0)
+            for i, s in zip(idx, st):
+                if s:
+                    at = b.add(at, b.mul(i, i64(s)))
+        return buf[v].load(b, at)
+
+    def hoist(idx, k: int) -> dict:
+        return {v: load(v, None, idx) for v in sources
+                if not any(broadcast_strides(v.shape, shape)[len(shape) - k:])}
+
+    def apply(off, idx, acc, fixed=None):
         env = {y: acc}
         for v in sources:
-            st = broadcast_strides(v.shape, shape)
-            if tuple(st) == tuple(flat) and off is not None:
-                at = off
-            else:
-                at = i64(0)
-                for i, s in zip(idx, st):
-                    if s:
-                        at = b.add(at, b.mul(i, i64(s)))
-            env[v] = buf[v].load(b, at)
+            env[v] = fixed[v] if fixed and v in fixed else load(v, off, idx)
         for n in tail:
             env[n.outputs[0]] = SCALAR[n.op](ctx, n, [env[v] for v in n.inputs])
         return [env[v] for v in results]
+    apply.hoist = hoist
     return apply
 
 
