@@ -223,3 +223,121 @@ def test_few_columns_as_the_transposed_product(kind, dtype, a_layout, b_layout):
                     (gemm_tiling.NC + 37, t.nr + t.vw + 1, 5)):
         for accumulate in (0, 1):
             check(kind, dtype, M, N, K, a_layout, b_layout, accumulate=accumulate, pad=3)
+
+
+# ---------------------------------------------------------------- the epilogue entry
+
+def ep_kernel(kind, dtype):
+    """``irgraph_gemm_ep_<dtype>`` of ``kind``'s runtime module (gemm.gemm_function)."""
+    loaded, _, features = kernels(kind)
+    scalar = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    proto = ctypes.CFUNCTYPE(None, PTR, I64, I64, PTR, I64, I64, PTR, I64, I64, I64, I64, PTR,
+                             I64, PTR, PTR, I64, scalar, scalar, I64)
+    return proto(loaded.engine.get_function_address(f"irgraph_gemm_ep_{dtype}")), features
+
+
+def check_ep(kind, dtype, M, N, K, *, bias=True, residual=None, lo=None, hi=None,
+             lo_inclusive=False, hi_inclusive=False, accumulate=0, b_layout="rows",
+             specials=False):
+    """C (row stride N + 3) = epilogue(A @ B) against numpy in float64, worked out from
+    the rule: y (+ C's old value when accumulating) + bias[row], + R before the clamps
+    (``residual`` = "before") or after them ("after"), lo where y < lo (<=: inclusive),
+    hi where y > hi (>=). ``specials``: rows of A holding NaN, +inf and -inf."""
+    fn, features = ep_kernel(kind, dtype)
+    rsb, csb = {"rows": (N, 1), "cols": (1, K)}[b_layout]
+    a = RNG.standard_normal((M, K)).astype(dtype)
+    if specials:
+        a[0, 1], a[min(1, M - 1), 0], a[M - 1, K - 1] = np.nan, np.inf, -np.inf
+    b = np.abs(RNG.standard_normal((K - 1) * rsb + (N - 1) * csb + 1)).astype(dtype) + 0.1
+    ldc, ldr = N + 3, N + 5
+    c0 = RNG.standard_normal(M * ldc).astype(dtype)
+    c = c0.copy()
+    bias_v = RNG.standard_normal(M).astype(dtype) * 3
+    r = RNG.standard_normal(M * ldr).astype(dtype) * 3
+    flags = ((gemm.EP_BIAS if bias else 0)
+             | {None: 0, "before": gemm.EP_RES_BEFORE, "after": gemm.EP_RES_AFTER}[residual]
+             | (gemm.EP_LO_INCLUSIVE if lo_inclusive else 0)
+             | (gemm.EP_HI_INCLUSIVE if hi_inclusive else 0))
+    scratch = np.zeros(gemm_tiling.workspace_bytes(features) // 8 + 8, np.float64)
+    fn(a.ctypes.data, K, 1, b.ctypes.data, rsb, csb, c.ctypes.data, ldc, M, N, K,
+       scratch.ctypes.data, accumulate, bias_v.ctypes.data if bias else None,
+       r.ctypes.data if residual else None, ldr, -np.inf if lo is None else lo,
+       np.inf if hi is None else hi, flags)
+    with np.errstate(invalid="ignore"):
+        y = a.astype(np.float64) @ view(b, rsb, csb, K, N)
+        if accumulate:
+            y += view(c0, ldc, 1, M, N)
+        if bias:
+            y += bias_v.astype(np.float64)[:, None]
+        res = view(r, ldr, 1, M, N)
+        if residual == "before":
+            y += res
+        if lo is not None:
+            y = np.where(y <= lo if lo_inclusive else y < lo, lo, y)
+        if hi is not None:
+            y = np.where(y >= hi if hi_inclusive else y > hi, hi, y)
+        if residual == "after":
+            y += res
+    got = c.reshape(M, ldc)
+    tol = 4e-5 * np.sqrt(K) if dtype == "float32" else 1e-12 * np.sqrt(K)
+    np.testing.assert_allclose(got[:, :N], y, rtol=tol, atol=tol,
+                               err_msg=f"{kind} {dtype} M={M} N={N} K={K} flags={flags}")
+    np.testing.assert_array_equal(got[:, N:], c0.reshape(M, ldc)[:, N:])
+    if specials:
+        assert np.isnan(got[0, :N]).all() and (np.isnan(y[0]) == np.isnan(got[0, :N])).all()
+    return got[:, :N]
+
+
+EP_FORMS = [dict(lo=0.0, hi=6.0), dict(), dict(residual="before", lo=0.0),
+            dict(lo=0.0, lo_inclusive=True), dict(residual="after", lo=-1.0, hi=1.5),
+            dict(bias=False, residual="before", hi=0.5, hi_inclusive=True)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_epilogue_entry_every_nest_and_tile(kind, dtype):
+    """Each epilogue form (bias, clamps strict and inclusive, the residual before or after
+    them) on: the column blocks of a row-major B (M <= MC) with partial row and column
+    tiles, the packed nest (B transposed; M past MC), K past KC (two K blocks: the
+    epilogue applied once, on the last), C accumulated, and few columns over many rows
+    (a product the plain entry would run transposed)."""
+    t = gemm_tiling.tiling(dtype, kernels(kind)[2])
+    shapes = [(t.mr + 1, t.nr + t.vw + 1, 9, "rows"), (2 * t.mr, 2 * t.nr, 13, "rows"),
+              (gemm_tiling.MC + 7, t.nr + 3, 11, "cols"), (5, t.nr - 1, 7, "rows"),
+              (t.mr - 1, t.nr + 5, gemm_tiling.KC + 9, "rows"),
+              (gemm_tiling.MC + 48, t.nr + t.vw + 1, 9, "rows")]
+    for i, (M, N, K, bl) in enumerate(shapes):
+        for j, form in enumerate(EP_FORMS):
+            check_ep(kind, dtype, M, N, K, b_layout=bl, accumulate=(i + j) % 2, **form)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_epilogue_nan_and_infinities(dtype):
+    """NaN stays NaN through both clamps (ordered compares), +inf becomes hi, -inf lo; the
+    ReLU6 bounds are reached exactly."""
+    kind = "avx2"
+    for M, N in ((7, 40), (24, 64)):
+        got = check_ep(kind, dtype, M, N, 17, lo=0.0, hi=6.0, specials=True)
+        assert np.isnan(got[0]).all() and not np.isnan(got[1:]).any()
+        assert (got[1] == 6.0).all() and (got[M - 1] == 0.0).all()     # +inf, -inf
+        got = check_ep(kind, dtype, M, N, 17, lo=0.0, lo_inclusive=True, specials=True)
+        assert np.isposinf(got[min(1, M - 1)]).all() and np.isnan(got[0]).all()
+
+
+def test_epilogue_flags_zero_is_the_plain_product():
+    """No flags: the epilogue entry computes the plain product (the transposed nest
+    included), bit for bit what ``irgraph_gemm_<dtype>`` stores."""
+    _, fns, features = kernels("avx2")
+    for M, N, K in ((gemm_tiling.MC + 48, 41, 9), (30, 70, 300)):
+        a = RNG.standard_normal(M * K)
+        b = RNG.standard_normal(K * N)
+        scratch = np.zeros(gemm_tiling.workspace_bytes(features) // 8 + 8, np.float64)
+        c1, c2 = np.zeros(M * N), np.zeros(M * N)
+        fns["float64"](a.ctypes.data, K, 1, b.ctypes.data, N, 1, c1.ctypes.data, N, M, N, K,
+                       scratch.ctypes.data, 0)
+        fn, _ = ep_kernel("avx2", "float64")
+        fn(a.ctypes.data, K, 1, b.ctypes.data, N, 1, c2.ctypes.data, N, M, N, K,
+           scratch.ctypes.data, 0, None, None, 0, -np.inf, np.inf, 0)
+        np.testing.assert_array_equal(c1, c2)
+        np.testing.assert_allclose(c1.reshape(M, N), a.reshape(M, K) @ b.reshape(K, N),
+                                   rtol=1e-12, atol=1e-12)

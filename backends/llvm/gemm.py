@@ -31,31 +31,60 @@ from .gemm_tiling import B_BLOCK_BYTES, KC, MC, NC, Tiling, splits_rows, tiling
 from .lowering import Ctx, lowering
 
 
-def _arg_types(elem):
+def _arg_types(elem, epilogue: bool = False):
     p = ir.PointerType(elem)
-    return [p, I64, I64, p, I64, I64, p, I64, I64, I64, I64, PTR, I64]
+    return [p, I64, I64, p, I64, I64, p, I64, I64, I64, I64, PTR, I64] + (
+        [p, p, I64, elem, elem, I64] if epilogue else [])
 
 
-def gemm_function(module: ir.Module, dtype: str, features: str) -> ir.Function:
+# the epilogue's ``flags`` (irgraph_gemm_ep_<dtype>)
+EP_BIAS = 1             # y += bias[row]
+EP_RES_BEFORE = 2       # y += R[row, col] before the clamps
+EP_RES_AFTER = 4        # y += R[row, col] after the clamps
+EP_LO_INCLUSIVE = 8     # the lower clamp takes lo where y <= lo (else where y < lo)
+EP_HI_INCLUSIVE = 16    # the upper clamp takes hi where y >= hi (else where y > hi)
+
+
+def gemm_function(module: ir.Module, dtype: str, features: str,
+                  epilogue: bool = False) -> ir.Function:
     """``irgraph_gemm_<dtype>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate)``:
     C = A @ B, or C += A @ B when ``accumulate`` is nonzero.
 
+    ``epilogue``: ``irgraph_gemm_ep_<dtype>(..., accumulate, bias, R, ldr, lo, hi, flags)``,
+    each element y of the finished sum (the tile's registers in the last K block, C's old
+    value added first when accumulating) stored as, in this order: y + bias[row] (EP_BIAS),
+    y + R[row * ldr + col] (EP_RES_BEFORE), lo where y < lo (y <= lo: EP_LO_INCLUSIVE), hi
+    where y > hi (y >= hi: EP_HI_INCLUSIVE), y + R[row * ldr + col] (EP_RES_AFTER). The
+    clamps are ordered compares and selects, so a NaN stays NaN, as the graph's
+    where(lt(y, lo), lo, y), maximum(y, lo) and relu; no clamp: lo = -inf, hi = +inf. bias
+    and R are read only under their flags (null otherwise); R must not overlap C.
+
     Graph modules only declare it: the kernels live in one runtime object (``runtime_module``)
     compiled once per CPU and cached, so a graph's own compile stays small."""
-    name = f"irgraph_gemm_{dtype}"
+    name = f"irgraph_gemm_{'ep_' if epilogue else ''}{dtype}"
     if name in module.globals:
         return module.globals[name]
     elem = STORAGE[dtype]
-    return ir.Function(module, ir.FunctionType(ir.VoidType(), _arg_types(elem)), name)
+    return ir.Function(module, ir.FunctionType(ir.VoidType(), _arg_types(elem, epilogue)),
+                       name)
 
 
 def runtime_module(features: str, triple: str = "") -> ir.Module:
-    """The module defining the GEMM kernels of every float dtype for this CPU."""
+    """The module defining the GEMM kernels of every float dtype for this CPU: the epilogue
+    entry holds the nests, the plain one calls it with no epilogue."""
     module = ir.Module(name="irgraph_runtime")
     module.triple = triple
     for dtype in ("float32", "float64"):
+        elem = STORAGE[dtype]
+        ep = gemm_function(module, dtype, features, epilogue=True)
+        _GemmBuilder(module, ep, elem, tiling(dtype, features)).build()
         fn = gemm_function(module, dtype, features)
-        _GemmBuilder(module, fn, STORAGE[dtype], tiling(dtype, features)).build()
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        null = ir.Constant(ir.PointerType(elem), None)
+        inf = float("inf")
+        b.call(ep, list(fn.args) + [null, null, i64(0), ir.Constant(elem, -inf),
+                                    ir.Constant(elem, inf), i64(0)])
+        b.ret_void()
     return module
 
 
@@ -86,12 +115,15 @@ class _GemmBuilder:
 
     def build(self) -> None:
         b, t = self.b, self.t
-        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args
+        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args[:13]
         scratch.add_attribute("noalias")        # the thread's own workspace
+        self.epilogue = self.fn.args[13:]       # bias, R, ldr, lo, hi, flags
+        self.ep_on = b.icmp_signed("!=", self.epilogue[5], i64(0))
         ep = ir.PointerType(self.elem)
         bp = b.bitcast(scratch, ep)
         ap = b.gep(bp, [i64(KC * (NC + t.nr))], inbounds=True)
-        with b.if_else(self.transposes(M, N)) as (swap, keep):
+        # the transposed nest has no epilogue: a product with one runs as it is
+        with b.if_else(b.and_(self.transposes(M, N), b.not_(self.ep_on))) as (swap, keep):
             with swap:
                 self.c_t = True
                 self.blocked(bp, ap, (B, csb, rsb, A, csa, rsa, N, M))
@@ -138,6 +170,13 @@ class _GemmBuilder:
         swapped = b.mul(self.padded(N, False), self.padded(M, True))
         return b.and_(few, b.icmp_signed("<=", b.mul(swapped, i64(8)), b.mul(work, i64(7))))
 
+    def last_block(self, pc, kc):
+        """Whether the epilogue applies in the K block at ``pc``: the last, one given."""
+        b = self.b
+        if self.c_t:
+            return ir.Constant(ir.IntType(1), 0)
+        return b.and_(self.ep_on, b.icmp_signed(">=", b.add(pc, kc), self.fn.args[10]))
+
     def k_blocks(self):
         """The step of K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16:
         a thin last block would cost a whole pass over C for a few multiply-adds)."""
@@ -165,7 +204,7 @@ class _GemmBuilder:
         12544 9.2. Blocks of 128 KiB or 512 KiB: the same within noise. More rows (in
         place A): no gain (576 x 96 @ 96 x 196 and 1024 x 1000 @ 1000 x 1024 within 5%)."""
         b, t = self.b, self.t
-        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args
+        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args[:13]
         kstep = self.k_blocks()
         size = 4 if self.elem == F32 else 8
         nb = b.mul(b.sdiv(b.sdiv(i64(B_BLOCK_BYTES // size), kstep), i64(t.nr)), i64(t.nr))
@@ -177,6 +216,7 @@ class _GemmBuilder:
                 kc = _min(b, kstep, b.sub(K, pc))
                 first = b.and_(b.icmp_signed("==", pc, i64(0)),
                                b.icmp_signed("==", accumulate, i64(0)))
+                first = (first, self.last_block(pc, kc))
                 bsrc = b.gep(B, [b.add(b.mul(pc, rsb), jc)])
                 with b.if_then(b.icmp_signed("<", whole, nc)):
                     self.pack(bp, b.gep(bsrc, [whole]), i64(1), rsb, b.sub(nc, whole), kc,
@@ -215,7 +255,8 @@ class _GemmBuilder:
                 pf = (b.gep(bsrc, [b.add(jr, i64(2 * t.nr))]), rsb)
                 nr = _min(b, i64(t.nr), b.sub(nc, jr))
                 cptr = b.gep(C, [b.add(b.mul(ir_, ldc), b.add(jc, jr))])
-                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf)
+                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf,
+                        (ir_, b.add(jc, jr)))
                 self.tiles(args, mr, t.heights())
 
     def blocked(self, bp, ap, operands) -> None:
@@ -231,6 +272,7 @@ class _GemmBuilder:
                 kc = _min(b, kstep, b.sub(K, pc))
                 first = b.and_(b.icmp_signed("==", pc, i64(0)),
                                b.icmp_signed("==", accumulate, i64(0)))
+                first = (first, self.last_block(pc, kc))
                 bsrc = b.gep(B, [b.add(b.mul(pc, rsb), b.mul(jc, csb))])
                 # A in one MC block: each B strip is packed just before the tiles that read
                 # it, which find it in L1, not the whole panel first (written to L2 and read
@@ -384,7 +426,8 @@ class _GemmBuilder:
                 col = b.add(jc, jr)
                 cptr = b.gep(C, [b.add(b.mul(col, ldc), row) if self.c_t else
                                  b.add(b.mul(row, ldc), col)])
-                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf)
+                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf,
+                        (row, col))
                 self.tiles(args, mr, t.heights())
 
     def tiles(self, args, mr, heights, width: int = 0) -> None:
@@ -416,12 +459,14 @@ class _GemmBuilder:
         in place or packed, and C transposed or not, whichever nest calls it: with every
         nest inlining its own tiles the runtime object compiled in 9.0 s instead of 4.9 on
         one znver4 core, and ran no faster)."""
-        apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf = args
+        apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, (first, last), a_at, pf, at = args
         key = (height, width, a_at is not None, self.c_t)
         if key not in self.micros:
             ep = ir.PointerType(self.elem)
             fty = ir.FunctionType(ir.VoidType(), [ep, I64, ep, I64, ep, I64, I64, I64, I64,
-                                                  ir.IntType(1), ep, I64])
+                                                  ir.IntType(1), ep, I64]
+                                  + ([ep, ep, I64, self.elem, self.elem, I64, ir.IntType(1)]
+                                     if not self.c_t else []))
             name = (f"{self.fn.name}.tile{height}x{width}{'r' if key[2] else 'p'}"
                     f"{'t' if self.c_t else ''}")
             f = ir.Function(self.module, fty, name)
@@ -431,17 +476,24 @@ class _GemmBuilder:
             self.entry = f.append_basic_block("entry")      # the tile's allocas
             body = f.append_basic_block("body")
             self.b = ir.IRBuilder(body)
-            ap_, rs, bp_, bs, cp, ld, k, m, n, fst, pfp, pfs = f.args
-            self.micro(ap_, bp_, bs, cp, ld, k, m, n, fst,
+            ap_, rs, bp_, bs, cp, ld, k, m, n, fst, pfp, pfs = f.args[:12]
+            self.micro(ap_, bp_, bs, cp, ld, k, m, n, (fst, f.args[12:]),
                        a_at=((rs, i64(1)), m) if key[2] else None, pf=(pfp, pfs),
                        height=height, width=width)
             self.b.ret_void()
             ir.IRBuilder(self.entry).branch(body)
             self.b, self.entry = saved
             self.micros[key] = f
+        b = self.b
         rs = a_at[0][0] if a_at is not None else i64(0)
-        self.b.call(self.micros[key], [apanel, rs, bpanel, bstride, cptr, ldc, kc, mr, nr,
-                                       first, pf[0], pf[1]])
+        more = []
+        if not self.c_t:        # the epilogue's operands at the tile's first row and column
+            bias, res, ldr, lo, hi, flags = self.epilogue
+            row, col = at
+            more = [b.gep(bias, [row]), b.gep(res, [b.add(b.mul(row, ldr), col)]), ldr, lo,
+                    hi, flags, last]
+        b.call(self.micros[key], [apanel, rs, bpanel, bstride, cptr, ldc, kc, mr, nr,
+                                  first, pf[0], pf[1]] + more)
 
     def micro(self, apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first,
               a_at=None, pf=None, height: int = 0, width: int = 0) -> None:
@@ -498,19 +550,69 @@ class _GemmBuilder:
                     b.store(b.call(fma, [av, bv[v], b.load(accs[i][v])]), accs[i][v])
         full = b.and_(b.icmp_signed("==", mr, i64(height)),
                       b.icmp_signed("==", nr, i64(nv * t.vw)))
+        first, ep = first
+        stores = [lambda epi: self.store_full(accs, cptr, ldc, first, vp, epi),
+                  lambda epi: self.store_partial(accs, cptr, ldc, mr, nr, first, vp, epi)]
         with b.if_else(full) as (then, other):
-            with then:
-                self.store_full(accs, cptr, ldc, first, vp)
-            with other:
-                self.store_partial(accs, cptr, ldc, mr, nr, first, vp)
+            for part, block in enumerate((then, other)):
+                with block:
+                    if not ep:
+                        stores[part](None)
+                        continue
+                    with b.if_else(ep[6]) as (last, before):    # the last K block
+                        with last:
+                            stores[part](self.epilogue_of(ep))
+                        with before:
+                            stores[part](None)
+
+    def epilogue_of(self, ep):
+        """``apply(y, row, col)``: the epilogue (``gemm_function``) of the tile's element or
+        vector y at (row, col) of the tile (``col`` a multiple of the vector width for a
+        vector); ``ep`` = the tile's (bias, R, ldr, lo, hi, flags, last). Each operand is
+        read only under its flag: otherwise from a zero on the stack."""
+        b, t = self.b, self.t
+        bias, res, ldr, lo, hi, flags, _ = ep
+        zeros = self.alloca(self.vec, "ep_zero")
+        b.store(ir.Constant(self.vec, [0.0] * t.vw), zeros)
+        zero = b.bitcast(zeros, ir.PointerType(self.elem))
+
+        def flag(bit):
+            return b.icmp_signed("!=", b.and_(flags, i64(bit)), i64(0))
+        has_bias, before, after = flag(EP_BIAS), flag(EP_RES_BEFORE), flag(EP_RES_AFTER)
+        lo_inc, hi_inc = flag(EP_LO_INCLUSIVE), flag(EP_HI_INCLUSIVE)
+        has_res = b.or_(before, after)
+
+        def splat(x, vector):
+            if not vector:
+                return x
+            v = b.insert_element(ir.Constant(self.vec, ir.Undefined), x, ir.Constant(I32, 0))
+            return b.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, t.vw), [0] * t.vw))
+
+        def apply(y, row, col):
+            vector = isinstance(y.type, ir.VectorType)
+            by = b.load(b.select(has_bias, b.gep(bias, [row]), zero))
+            y = b.select(has_bias, b.fadd(y, splat(by, vector)), y)
+            rp = b.select(has_res, b.gep(res, [b.add(b.mul(row, ldr), col)]), zero)
+            r = (b.load(b.bitcast(rp, ir.PointerType(self.vec)), align=self.elem_align())
+                 if vector else b.load(rp))
+            y = b.select(before, b.fadd(y, r), y)
+            lo_, hi_ = splat(lo, vector), splat(hi, vector)
+            below = b.select(lo_inc, b.fcmp_ordered("<=", y, lo_), b.fcmp_ordered("<", y, lo_))
+            y = b.select(below, lo_, y)
+            above = b.select(hi_inc, b.fcmp_ordered(">=", y, hi_), b.fcmp_ordered(">", y, hi_))
+            y = b.select(above, hi_, y)
+            return b.select(after, b.fadd(y, r), y)
+        return apply
 
     def elem_align(self) -> int:
         return 4 if self.elem == F32 else 8
 
-    def store_full(self, accs, cptr, ldc, first, vp) -> None:
-        """The tile into C: stored (the first K block, no ``accumulate``) or added. C is
-        not read on the first block: a product with a short K over a large C (a 1x1
-        convolution of 16 channels) would otherwise wait on a load from memory per vector."""
+    def store_full(self, accs, cptr, ldc, first, vp, epilogue=None) -> None:
+        """The tile into C: stored (the first K block, no ``accumulate``) or added, through
+        ``epilogue`` (``epilogue_of``) if given. C is not read on the first block: a
+        product with a short K over a large C (a 1x1 convolution of 16 channels) would
+        otherwise wait on a load from memory per vector."""
         b, t = self.b, self.t
         if self.c_t:
             self.store_transposed(accs, cptr, ldc, first, vp)
@@ -525,6 +627,8 @@ class _GemmBuilder:
                             acc = b.load(a)
                             if adding:
                                 acc = b.fadd(b.load(p, align=self.elem_align()), acc)
+                            if epilogue is not None:
+                                acc = epilogue(acc, i64(i), i64(v * t.vw))
                             b.store(acc, p, align=self.elem_align())
 
     def store_transposed(self, accs, cptr, ldc, first, vp) -> None:
@@ -562,7 +666,7 @@ class _GemmBuilder:
                             vec = b.fadd(b.call(mload, [pv, align, mask, zero]), vec)
                         b.call(mstore, [vec, pv, align, mask])
 
-    def store_partial(self, accs, cptr, ldc, mr, nr, first, vp) -> None:
+    def store_partial(self, accs, cptr, ldc, mr, nr, first, vp, epilogue=None) -> None:
         b, t = self.b, self.t
         tile = self.alloca(ir.ArrayType(self.elem, t.mr * t.nr), "tile")
         tp = b.bitcast(tile, ir.PointerType(self.elem))
@@ -576,10 +680,12 @@ class _GemmBuilder:
                 p = b.gep(cptr, [b.add(b.mul(j, ldc), i) if self.c_t else
                                  b.add(b.mul(i, ldc), j)])
                 with b.if_else(first) as (store, add):
-                    with store:
-                        b.store(src, p)
-                    with add:
-                        b.store(b.fadd(b.load(p), src), p)
+                    for adding in (False, True):
+                        with (add if adding else store):
+                            y = b.fadd(b.load(p), src) if adding else src
+                            if epilogue is not None:
+                                y = epilogue(y, i, j)
+                            b.store(y, p)
 
 
 def _min(b, x, y):
