@@ -256,3 +256,162 @@ def test_fused_gemm_conv_rows_split_matches_torch_and_reference(case, monkeypatc
              if any(ex.graph.nodes[i].op == "fused" for i in t.nodes)]
     want_task = ("shares", threads) if k == 1 else ("all", 1)
     assert [(t.kind, t.shares) for t in tasks] == [want_task]
+
+
+# ---------------------------------------------------------------- the epilogue GEMM
+
+def _tail(g, y, form, bias, res, dtype):
+    """The tail ``form`` after conv output y (graph ops, as the importer and the DSL write
+    them)."""
+    def full(v):
+        return g.op("full", shape=(), value=v, dtype=dtype)
+
+    def where_clamp(v, cmp, c, swapped=False):
+        k = full(c)
+        return g.op("where", g.op(cmp, k, v) if swapped else g.op(cmp, v, k), k, v)
+    steps = {
+        "bias": lambda v: g.op("add", v, bias),
+        "bias_r": lambda v: g.op("add", bias, v),
+        "res": lambda v: g.op("add", v, res),
+        "res_r": lambda v: g.op("add", res, v),
+        "relu": lambda v: g.op("relu", v),
+        "lo0": lambda v: where_clamp(v, "lt", 0.0),         # Clip(0, 6) from ONNX
+        "hi6": lambda v: where_clamp(v, "gt", 6.0),
+        "lo_le": lambda v: where_clamp(v, "le", -0.5),
+        "hi_flip": lambda v: where_clamp(v, "lt", 2.0, swapped=True),   # where(lt(2, y), 2, y)
+        "max0": lambda v: g.op("maximum", v, full(0.0)),
+        "max0_r": lambda v: g.op("maximum", full(0.0), v),
+        "min6": lambda v: g.op("minimum", v, full(6.0)),
+        "min6_r": lambda v: g.op("minimum", full(6.0), v),
+        "sigmoid": lambda v: g.op("sigmoid", v),
+        "mul2": lambda v: g.op("mul", v, full(2.0)),
+    }
+    for step in form:
+        y = steps[step](y)
+    return y
+
+
+def _ep_graph(n, c, h, w, o, k, stride, pad, groups, form, dtype, bias_shape="nchw"):
+    from irgraph import Graph, TensorType
+    g = Graph("ep")
+    x = g.add_input("x", TensorType((n, c, h, w), dtype))
+    wt = g.add_input("w", TensorType((o, c // groups, k, k), dtype))
+    b = g.add_input("b", TensorType((1, o, 1, 1) if bias_shape == "nchw" else (o, 1, 1),
+                                    dtype))
+    y = g.op("conv", x, wt, stride=(stride, stride), padding=(pad,) * 4, dilation=(1, 1),
+             groups=groups)
+    res = g.add_input("r", TensorType(y.type.shape, dtype))
+    g.set_outputs([_tail(g, y, form, b, res, dtype)])
+    return g
+
+
+def _ep_inputs(g, seed, specials=False):
+    rng = np.random.default_rng(seed)
+    vals = [rng.standard_normal(v.type.shape).astype(v.dtype) * 3 for v in g.inputs]
+    if specials:        # NaN, +inf and -inf positions of the input: through the clamps
+        x = vals[0]
+        x[0, 0, 0, 0], x[-1, -1, -1, -1], x[0, -1, x.shape[2] // 2, 1] = np.nan, np.inf, -np.inf
+        vals[3].flat[5] = np.nan
+        vals[3].flat[7] = np.inf
+    return vals
+
+
+def _check_ep(g, threads, seed, monkeypatch, specials=False, taken=True):
+    """The region compiled (the im2col/GEMM path: the direct and dot-product convolutions
+    that small 3x3 layers would take set aside) against the reference backend."""
+    from irgraph import backends
+    from irgraph.frontend.driver import compile_graph
+    monkeypatch.setattr(ops_conv, "_direct_forward", lambda *a: None)
+    monkeypatch.setattr(ops_conv, "_dot_forward", lambda *a: None)
+    exe = compile_graph(g, backend="llvm", pipeline="default, fuse",
+                        options={"threads": threads, "cache": False}).executable
+    fused = [nd for nd in exe.graph.nodes
+             if nd.op == "fused" and nd.attrs["kind"] == "epilogue"]
+    assert fused
+    for nd in fused:
+        conv = epilogue_conv(nd.attrs["body"], threads, ops_conv_features())
+        assert ops_conv.epilogue_path(conv, threads, ops_conv_features()) == "gemm"
+        assert (ops_conv.gemm_epilogue(nd.attrs["body"]) is not None) == taken
+    vals = _ep_inputs(g, seed, specials)
+    with np.errstate(invalid="ignore", over="ignore"):
+        got = exe(*vals)[0]
+        ref = backends.compile(g, "reference")(*vals)[0]
+    tol = 1e-4 if g.inputs[0].dtype == "float32" else 1e-11
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)      # NaN where the reference's
+    return got, ref
+
+
+# (batch, C, H, W, O, kernel, stride, pad, groups, threads, tail, output rows a chunk)
+EP_CASES = [
+    (1, 5, 7, 9, 13, 1, 1, 0, 1, 1, ("bias", "lo0", "hi6"), 0),      # MobileNetV2's ReLU6
+    (3, 6, 9, 7, 7, 1, 1, 0, 1, 2, ("bias",), 0),                     # a projection
+    (1, 4, 11, 10, 14, 3, 1, 1, 1, 3, ("bias", "res", "relu"), 0),    # ResNet's block end
+    (3, 8, 9, 9, 13, 3, 2, 1, 1, 2, ("bias", "relu"), 0),             # strided 3x3
+    (1, 6, 8, 9, 20, 1, 1, 0, 1, 2, ("bias", "relu", "res_r"), 0),    # residual after
+    (2, 6, 10, 10, 8, 3, 1, 1, 2, 3, ("bias_r", "max0", "min6"), 0),  # groups
+    (1, 3, 9, 8, 11, 1, 1, 0, 1, 3, ("bias", "min6_r", "max0_r"), 0),  # upper clamp first
+    (3, 4, 7, 8, 5, 3, 1, 1, 1, 1, ("res", "lo_le", "hi_flip"), 0),   # no bias
+    (1, 300, 7, 5, 17, 1, 1, 0, 1, 2, ("bias", "lo0", "hi6"), 0),     # K past one block
+    (3, 4, 13, 11, 13, 3, 1, 1, 1, 2, ("bias", "res", "relu"), 3),    # by chunks of rows
+    (5, 8, 7, 7, 13, 1, 1, 0, 1, 2, ("bias", "res", "relu"), 0),      # images side by side
+]
+
+
+@pytest.mark.parametrize("case", EP_CASES)
+def test_epilogue_gemm_forms(case, monkeypatch):
+    """Each tail form the epilogue GEMM takes, against the reference: partial tiles (O
+    not a multiple of 12 or the vector width, positions not a multiple of 32), batches 1
+    and 3 (threads sharing an image's GEMM by rows or by columns), threads 1 to 3, the
+    im2col by chunks of output rows, and several images' positions in one GEMM (which
+    keeps the tail on its copy out)."""
+    n, c, h, w, o, k, s, p, groups, threads, form, rows = case
+    if rows:
+        monkeypatch.setattr(ops_conv, "MIN_CHUNK_COLS", 1)
+        monkeypatch.setattr(ops_conv, "ROW_CHUNK_BYTES", rows * w * 4 * c * k * k)
+    g = _ep_graph(n, c, h, w, o, k, s, p, groups, form, "float32")
+    assert (ops_conv.row_chunks(g.nodes[0]) or 0) == rows
+    got, ref = _check_ep(g, threads, seed=o * h, monkeypatch=monkeypatch)
+    if "hi6" in form:
+        assert got.min() == 0.0 and got.max() == 6.0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_epilogue_gemm_nan_and_infinities(threads, monkeypatch):
+    """NaN and +-inf in the input (and in the residual) through the clamps and the
+    residual, in both orders: the reference's values, NaN included."""
+    for form in (("bias", "lo0", "hi6"), ("bias", "res", "relu"), ("bias", "max0", "min6"),
+                 ("bias", "relu", "res")):
+        g = _ep_graph(1, 4, 6, 7, 13, 3, 1, 1, 1, form, "float32")
+        got, ref = _check_ep(g, threads, seed=3, monkeypatch=monkeypatch, specials=True)
+        assert np.isnan(got).any() and np.isnan(ref).sum() == np.isnan(got).sum()
+        if "hi6" in form or "min6" in form:
+            assert (np.isnan(got) | ((got >= 0) & (got <= 6))).all()
+
+
+def test_epilogue_gemm_float64_and_bias_of_three_axes(monkeypatch):
+    _check_ep(_ep_graph(3, 5, 9, 7, 13, 3, 1, 1, 1, ("bias", "lo0", "hi6"), "float64",
+                        bias_shape="chw"), 2, seed=4, monkeypatch=monkeypatch)
+    _check_ep(_ep_graph(1, 7, 6, 11, 9, 1, 1, 0, 1, ("bias", "res", "relu"), "float64"), 3,
+              seed=5, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("form", [("bias", "sigmoid"), ("res", "bias", "relu"),
+                                  ("bias", "relu", "res", "min6"), ("bias", "mul2", "relu")])
+def test_tails_the_epilogue_gemm_refuses_run_chunked(form, monkeypatch):
+    """Tails outside the epilogue GEMM's forms (another op, the residual before the bias,
+    a clamp after a residual that follows a clamp): the chunked second pass, right."""
+    _check_ep(_ep_graph(1, 4, 8, 9, 13, 3, 1, 1, 1, form, "float32"), 2, seed=6,
+              monkeypatch=monkeypatch, taken=False)
+
+
+def test_the_importers_regions_take_the_epilogue_gemm():
+    """The regions of ResNet's and MobileNetV2's layers as they arrive from ONNX."""
+    for act, residual in (("relu6", False), ("relu", True), ("none", True), ("relu", False)):
+        model = Layer(4, 2, 1, 0, 1, act, residual, 1, 1).eval() if not residual else \
+            Layer(4, 1, 1, 0, 1, act, residual, 1, 1).eval()
+        x = np.random.default_rng(1).standard_normal((1, 4, 5, 5)).astype(np.float32)
+        graph = import_onnx(om.to_onnx(model, torch.from_numpy(x)))
+        exe = graph.compile("llvm", threads=1, pipeline="default, fuse")
+        bodies = [nd.attrs["body"] for nd in exe.executable.graph.nodes
+                  if nd.op == "fused" and nd.attrs["kind"] == "epilogue"]
+        assert bodies and all(ops_conv.gemm_epilogue(b) is not None for b in bodies), act

@@ -230,14 +230,16 @@ def thread_cols(ctx, nbytes: int, elem) -> ir.Value:
     return ctx.b.bitcast(ctx.thread_scratch(nbytes), ir.PointerType(elem))
 
 
-def thread_gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0):
-    """One whole GEMM on this thread (the caller split the work); M and N may be values."""
+def thread_gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0, ep=None):
+    """One whole GEMM on this thread (the caller split the work); M and N may be values.
+    ``ep``: the epilogue's (bias, R, ldr, lo, hi, flags) at C's first row and column
+    (gemm.gemm_function), applied as the tiles are stored."""
     b = ctx.b
-    fn = gemm_function(ctx.module, dtype, ctx.features)
+    fn = gemm_function(ctx.module, dtype, ctx.features, epilogue=ep is not None)
     b.call(fn, [a, i64(a_str[0]), i64(a_str[1]), bm, i64(b_str[0]), i64(b_str[1]), c,
                 i64(ldc), M if isinstance(M, ir.Value) else i64(M),
                 N if isinstance(N, ir.Value) else i64(N), i64(K),
-                ctx.scratch(), i64(acc)])
+                ctx.scratch(), i64(acc)] + list(ep or ()))
 
 
 # ---------------------------------------------------------------- conv
@@ -475,13 +477,15 @@ def _conv(ctx, node, ins, outs):
 EPILOGUE_CHUNK_BYTES = 256 * 1024
 
 
-def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
+def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None, ep=None) -> None:
     """im2col (none for a pointwise kernel) and one GEMM per image and group. With
     ``tail(n, g, p0, p1, i0=0, i1=og)`` (a region's epilogue over output positions
     [p0, p1) of channels [i0, i1) of image n, group g) the GEMM runs in chunks of columns,
     each followed by the tail while its output is in cache; at a batch smaller than the
     thread count the threads then split each image's columns, or its rows where
-    ``splits_rows`` (the tail applied by the thread that made them)."""
+    ``splits_rows`` (the tail applied by the thread that made them). With ``ep`` (the
+    epilogue GEMM's (bias, R, lo, hi, flags), ``gemm_epilogue``; R laid out as y) the
+    GEMMs apply it themselves, unchunked; the batched pointwise GEMM keeps ``tail``."""
     G = node.attrs["groups"]
     geo = conv_geo(x.shape, w.shape[2:], node.attrs)
     N, C, O = x.shape[0], x.shape[1], w.shape[0]
@@ -496,6 +500,14 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
     # threads sharing an image's GEMM (a batch smaller than the thread count) take runs
     # of its rows (output channels) where its columns make too few strips
     rows_split = splits_rows(og, P, mr, nr, ctx.max_threads)
+
+    def epi(g, m0, yoff):
+        """The epilogue's operands at row m0 of group g's GEMM, C at y's offset yoff."""
+        if ep is None:
+            return None
+        bias, res, lo, hi, flags = ep
+        return (b.gep(bias, [b.add(b.mul(g, i64(og)), m0)]), b.gep(res, [yoff]), i64(P),
+                lo, hi, flags)
 
     def chunks(src, wp, yp, n, g, c0, c1):
         with for_range(b, c0, c1, "pch", chunk) as p0:
@@ -527,11 +539,11 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
                 im2col(ctx, x, xbase, cg, geo, cols, rows=(r0, r1),
                        at=lambda row, col: b.add(b.mul(row, i64(ld)), b.sub(col, p0)))
                 wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
-                yp = b.gep(y.ptr, [b.add(b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P))),
-                                         p0)])
+                yoff = b.add(b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P))), p0)
+                yp = b.gep(y.ptr, [yoff])
                 thread_gemm(ctx, x.dtype, wp, (R, 1), cols.ptr, (ld, 1), yp, P, og, b.sub(p1, p0),
-                            R)
-                if tail is not None:
+                            R, ep=epi(g, i64(0), yoff))
+                if tail is not None and ep is None:
                     tail(n, g, p0, p1)
         return
 
@@ -558,8 +570,35 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None) -> None:
                     im2col(ctx, x, xbase, cg, geo, cols)
                 src = cols.ptr
             wp = b.gep(w.ptr, [b.mul(g, i64(og * R))])
-            yp = b.gep(y.ptr, [b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))])
-            if split_gemm and tail is not None and rows_split:   # this thread's rows
+            yoff = b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P)))
+            yp = b.gep(y.ptr, [yoff])
+            if split_gemm and ep is not None:      # this thread's rows or strips, one GEMM
+                if rows_split:
+                    lo, hi = ctx.split(-(-og // mr))
+                    m0 = b.mul(lo, i64(mr))
+                    m1 = b.select(b.icmp_signed("<", b.mul(hi, i64(mr)), i64(og)),
+                                  b.mul(hi, i64(mr)), i64(og))
+                    c0, c1, src0 = m0, m1, i64(0)
+                else:
+                    lo, hi = ctx.split(-(-P // nr))
+                    c0, c1 = b.mul(lo, i64(nr)), b.mul(hi, i64(nr))
+                    c1 = b.select(b.icmp_signed("<", c1, i64(P)), c1, i64(P))
+                with b.if_then(b.icmp_signed("<", c0, c1)):
+                    if rows_split:
+                        at = b.mul(m0, i64(P))
+                        thread_gemm(ctx, x.dtype, b.gep(wp, [b.mul(m0, i64(R))]), (R, 1), src,
+                                    (P, 1), b.gep(yp, [at]), P, b.sub(m1, m0), P, R,
+                                    ep=epi(g, m0, b.add(yoff, at)))
+                    else:
+                        thread_gemm(ctx, x.dtype, wp, (R, 1), b.gep(src, [c0]), (P, 1),
+                                    b.gep(yp, [c0]), P, og, b.sub(c1, c0), R,
+                                    ep=epi(g, i64(0), b.add(yoff, c0)))
+                if G > 1 or N > 1:
+                    ctx.barrier()
+            elif ep is not None:
+                thread_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R,
+                            ep=epi(g, i64(0), yoff))
+            elif split_gemm and tail is not None and rows_split:   # this thread's rows
                 lo, hi = ctx.split(-(-og // mr))
                 m0 = b.mul(lo, i64(mr))
                 m1 = b.select(b.icmp_signed("<", b.mul(hi, i64(mr)), i64(og)),
@@ -691,6 +730,125 @@ def epilogue_conv(body, threads: int = 1, features: str = ""):
     return conv
 
 
+class GemmEpilogue:
+    """A region tail the epilogue GEMM applies (``gemm_epilogue``): the bias (a value of
+    shape (1, O, 1, 1) or (O, 1, 1)) or None, the residual (a value of the output's type)
+    or None and whether it is added after the clamps, and the clamps (bound, inclusive),
+    None where absent."""
+
+    def __init__(self):
+        self.bias = self.residual = self.lo = self.hi = None
+        self.after = False
+        self.upper_first = False
+
+    def flags(self) -> int:
+        from . import gemm as gm
+        f = gm.EP_BIAS if self.bias is not None else 0
+        if self.residual is not None:
+            f |= gm.EP_RES_AFTER if self.after else gm.EP_RES_BEFORE
+        f |= gm.EP_LO_INCLUSIVE if self.lo is not None and self.lo[1] else 0
+        f |= gm.EP_HI_INCLUSIVE if self.hi is not None and self.hi[1] else 0
+        return f
+
+
+def _scalar_constants(body) -> dict:
+    """The values of the body's ``full`` nodes of one element: value -> float."""
+    return {n.outputs[0]: float(n.attrs["value"]) for n in body.nodes
+            if n.op == "full" and prod(n.outputs[0].shape) == 1}
+
+
+def gemm_epilogue(body) -> GemmEpilogue | None:
+    """The epilogue GEMM's operands for a region ``epilogue_conv`` takes whose tail is one
+    chain from the convolution's output y to the region's single result, in this order:
+    add of a per-channel bias (a region input of shape (1, O, 1, 1) or (O, 1, 1)), add of
+    a residual (a region input of y's type), the clamps, or the residual after the clamps.
+    A clamp is where(lt(y, c), c, y) / where(le(...)) (lower bound c; gt / ge: upper; the
+    compare's operands either way round), relu(y) (lower 0, inclusive: maximum's), or
+    maximum / minimum of y and a constant (inclusive when y is the first operand: NaN
+    stays NaN in every form, as the kernel's ordered compares); c a one-element ``full``.
+    At most one lower and one upper clamp (the upper first only with hi > lo, where the
+    order gives the same values). None for any other tail (which runs as
+    ``_conv_epilogue``'s chunked second pass)."""
+    nodes = body.nodes
+    if not nodes or nodes[0].op != "conv" or len(body.outputs) != 1:
+        return None
+    y = nodes[0].outputs[0]
+    O = y.shape[1]
+    consts = _scalar_constants(body)
+    users: dict = {}
+    for n in nodes:
+        for v in n.inputs:
+            users.setdefault(v, []).append(n)
+    ep, cur, pending = GemmEpilogue(), y, None
+    clamped = False
+
+    def clamp(lower: bool, bound: float, inclusive: bool) -> bool:
+        nonlocal clamped
+        if ep.residual is not None and ep.after:
+            return False
+        if lower and ep.lo is None:
+            ep.lo = (bound, inclusive)
+            ep.upper_first = ep.hi is not None
+        elif not lower and ep.hi is None:
+            ep.hi = (bound, inclusive)
+        else:
+            return False
+        clamped = True
+        return True
+    flip = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
+    for n in nodes[1:]:
+        ins = list(n.inputs)
+        if n.op == "full" and n.outputs[0] in consts:
+            continue
+        if pending is None and cur not in ins:
+            return None
+        other = [v for v in ins if v is not cur]
+        if n.op in flip and len(other) == 1 and other[0] in consts:
+            if pending is not None:
+                return None
+            op = n.op if ins[0] is cur else flip[n.op]
+            pending = (n, op, consts[other[0]])
+            continue
+        if n.op == "where":
+            if pending is None or ins[0] is not pending[0].outputs[0] or ins[2] is not cur \
+                    or ins[1] not in consts or consts[ins[1]] != pending[2] \
+                    or users.get(ins[0]) != [n]:
+                return None
+            _, op, c = pending
+            if not clamp(op in ("lt", "le"), c, op in ("le", "ge")):
+                return None
+            if set(users.get(cur, [])) != {pending[0], n}:
+                return None
+            pending = None
+        elif pending is not None:
+            return None
+        elif users.get(cur) != [n]:
+            return None
+        elif n.op == "add" and len(other) == 1 and other[0] in body.inputs:
+            v = other[0]
+            if v.type == y.type and ep.residual is None:
+                ep.residual, ep.after = v, clamped
+            elif (ep.bias is None and ep.residual is None and not clamped
+                  and v.dtype == y.dtype and tuple(v.shape) in ((1, O, 1, 1), (O, 1, 1))):
+                ep.bias = v
+            else:
+                return None
+        elif n.op == "relu" and len(ins) == 1:
+            if not clamp(True, 0.0, True):
+                return None
+        elif n.op in ("maximum", "minimum") and len(other) == 1 and other[0] in consts:
+            if not clamp(n.op == "maximum", consts[other[0]], ins[0] is cur):
+                return None
+        else:
+            return None
+        cur = n.outputs[0]
+    if pending is not None or cur is not body.outputs[0] or users.get(cur):
+        return None
+    if ep.upper_first and not ep.lo[0] < ep.hi[0]:
+        return None         # the clamps' order would change values
+    return ep
+
+
 def _epilogue_scratch(node, threads, features) -> int:
     conv = epilogue_conv(node.attrs["body"], threads, features)
     return _conv_scratch(conv, threads, features) if conv is not None else 0
@@ -782,8 +940,22 @@ def _conv_epilogue(ctx, node, ins, outs) -> bool:
         conv_winograd.lower(ctx, _winograd(conv, ctx.max_threads, ctx.features), x, w, out,
                             tail=lambda n, p0, p1: columns(n, i64(0), p0, p1))
         return True
-    _conv_gemm(ctx, conv, x, w, out, columns)
+    _conv_gemm(ctx, conv, x, w, out, columns, ep=_gemm_epilogue_args(body, buf, y))
     return True
+
+
+def _gemm_epilogue_args(body, buf, y):
+    """(bias, R, lo, hi, flags) of the epilogue GEMM for the region (``gemm_epilogue``),
+    or None (then the chunked second pass)."""
+    ep = gemm_epilogue(body)
+    if ep is None:
+        return None
+    elem = STORAGE[y.dtype]
+    null = ir.Constant(ir.PointerType(elem), None)
+    return (buf[ep.bias].ptr if ep.bias is not None else null,
+            buf[ep.residual].ptr if ep.residual is not None else null,
+            ir.Constant(elem, ep.lo[0] if ep.lo is not None else -np.inf),
+            ir.Constant(elem, ep.hi[0] if ep.hi is not None else np.inf), i64(ep.flags()))
 
 
 # ---------------------------------------------------------------- conv_kernel_grad
