@@ -19,11 +19,14 @@ add of a value from outside the chain); the region makes one value. Its convolut
 The chain is ``[pointwise] depthwise [pointwise]`` with at least two links; each
 intermediate is read only by the next link's convolution, as its input (not a graph output,
 not read by anything else). ``chain_links`` is the one rule: the pass forms exactly the
-chains it accepts, and backends read a body back with it.
+chains it accepts, and backends read a body back with it; a backend's own pass may keep
+fewer (``form_conv_chains``' ``keep``: the LLVM backend's ``llvm_conv_chains``, only the
+chains it runs band by band).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from irgraph import Graph, Node, Value
 from irgraph.registry import ops_with
@@ -180,6 +183,12 @@ def fuse_conv_chains(g: Graph) -> Graph:
         %y = fused(%x, %w1, %b1, %w2, %b2, %w3, %b3) {kind="conv_chain", body=graph
                 conv_chain_0(...) { the three regions above; return %y }}
     """
+    return form_conv_chains(g)
+
+
+def form_conv_chains(g: Graph, keep: Callable[[list[Link]], bool] | None = None) -> Graph:
+    """``fuse_conv_chains``, forming only the chains whose links ``keep`` accepts (a
+    backend's test of where running them as one pays)."""
     users, outputs = g.users(), set(g.outputs)
     taken: set[int] = set()
     regions = []
@@ -196,7 +205,8 @@ def fuse_conv_chains(g: Graph) -> Graph:
         if len(post) == 1 and id(post[0]) not in taken and \
                 chain_links(members + post, users, outputs) is not None:
             members.append(post[0])
-        if len(members) < 2:
+        if len(members) < 2 or (keep is not None and
+                                not keep(chain_links(members, users, outputs))):
             continue
         taken.update(id(n) for n in members)
         inside = {v for n in members for v in n.outputs}

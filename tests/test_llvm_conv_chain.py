@@ -25,8 +25,9 @@ from tests import onnx_models as om
 @pytest.fixture(autouse=True)
 def banded(monkeypatch):
     """Chains of these small images run band by band too (their intermediates would fit
-    the cache: ``BANDED_FROM``)."""
+    the cache: ``BANDED_FROM``, ``BATCH_BANDED_FROM``)."""
     monkeypatch.setattr(conv_chain, "BANDED_FROM", 0)
+    monkeypatch.setattr(conv_chain, "BATCH_BANDED_FROM", 0)
 
 
 class Chain(nn.Module):
@@ -110,15 +111,20 @@ def test_chain_against_torch(case):
     _close(exe(x)[0], want)
 
 
-def test_small_images_run_the_links_one_by_one(monkeypatch):
-    """Below ``BANDED_FROM`` the region's links run one by one (no band plan)."""
-    monkeypatch.setattr(conv_chain, "BANDED_FROM", 1 << 20)
+def test_small_images_keep_their_links_apart(monkeypatch):
+    """One image's expanded tensor within ``BANDED_FROM``, or the batch's within
+    ``BATCH_BANDED_FROM``: the LLVM backend's pass forms no chain (the links stay separate
+    regions); just above both it does."""
     model, x, want = _case(2, 8, 24, 8, 13, 11, 1, 1, residual=True)
-    exe = _imported(model, x).compile("llvm", threads=2, pipeline="default, fuse",
-                                      cache=False)
-    (node,) = _chains(exe.graph)
-    assert _chain(node) is None
-    _close(exe(x)[0], want)
+    # 2 images of 24 x 13 x 11 float32: 13728 bytes each
+    for per_image, batch, formed in ((13728, 0, False), (0, 2 * 13728, False),
+                                     (13727, 2 * 13728 - 1, True)):
+        monkeypatch.setattr(conv_chain, "BANDED_FROM", per_image)
+        monkeypatch.setattr(conv_chain, "BATCH_BANDED_FROM", batch)
+        exe = _imported(model, x).compile("llvm", threads=2, pipeline="default, fuse",
+                                          cache=False)
+        assert len(_chains(exe.graph)) == formed
+        _close(exe(x)[0], want)
 
 
 def test_float64():
@@ -287,7 +293,8 @@ def test_mobilenet_v2_end_to_end():
     model = om.build("mobilenet_v2")
     x = np.random.default_rng(6).standard_normal((1, 3, 224, 224)).astype(np.float32)
     want = om.torch_out(model, x)
-    exe = _imported(model, x).compile("llvm", threads=2, pipeline="default, fuse")
+    exe = _imported(model, x).compile("llvm", threads=2, pipeline="default, fuse",
+                                      cache=False)
     assert len(_chains(exe.graph)) == 17
     got = exe(x)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))

@@ -18,6 +18,7 @@ import time
 
 from irgraph import Graph
 from irgraph.ir import all_nodes
+from irgraph.passes.conv_chains import form_conv_chains
 from irgraph.passes.low_precision import widen_low_precision
 from irgraph.passes.manager import register_pass
 
@@ -30,7 +31,7 @@ from .lowering import LOWERINGS, UNLOWERABLE, get_lowering
 from .module import Program, build_module, plan, plan_top
 from . import ops_core, ops_reduce, ops_shape, gemm  # noqa: F401  (register lowerings)
 from . import ops_optim, ops_recurrence, ops_pool, ops_conv, ops_norm  # noqa: F401
-from . import conv_chain  # noqa: F401  (the conv_chain region kind)
+from . import conv_chain  # the conv_chain region kind, its pass's rule (llvm_conv_chains)
 from . import ops_attention, ops_gather, ops_random  # noqa: F401
 from . import gemm_bf16
 
@@ -51,16 +52,23 @@ def llvm_low_precision(graph: Graph) -> Graph:
     return widen_low_precision(graph, keep=gemm_bf16.native)
 
 
+@register_pass("llvm_conv_chains")
+def llvm_conv_chains(graph: Graph) -> Graph:
+    """``fuse_conv_chains`` where this backend runs the chain band by band
+    (``conv_chain.banded``: intermediates that would not stay in cache)."""
+    return form_conv_chains(graph, keep=conv_chain.banded)
+
+
 # The graph rewrites this backend needs, run by the PassManager after the pipeline (the
 # compile driver's, or ``compile``'s own): verified, timed and printable like any pass.
 # BPTT without recomputing forward outputs (scan_reuse), weight-gradient sums over steps as
 # one GEMM (scan_accumulate), loop-invariant body nodes computed once before the loop
 # (scan_invariants), each scan's step body lowered fused (fuse_scan_bodies), each optimizer
 # update one loop with the nodes making its gradient (fuse_updates), a fused graph's
-# pointwise/depthwise convolution regions run band by band as one chain (fuse_conv_chains).
+# pointwise/depthwise convolution regions run band by band as one chain (llvm_conv_chains).
 PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "scan_invariants",
           "fuse_scan_bodies", "fuse_attention", "fuse_norm", "fuse_norm_grad", "fuse_updates",
-          "fuse_conv_chains")
+          "llvm_conv_chains")
 # the compile driver stores the pass pipeline's result in the disk cache (the ``cache``
 # option) and, for a graph seen before, reads it back instead of running the passes
 CACHES_PIPELINE = True

@@ -20,14 +20,15 @@ thread's scratch:
   cache.
 
 Only the chain's output is written to memory outside the scratch. Chains whose expanded
-tensor of one image fits the L2 cache (``BANDED_FROM``) run their links one by one
-instead (``chain_of``): nothing to keep out of memory, and whole-image GEMMs fill their
-register tiles better than a band's. The band's height is the
+tensor of one image fits the L2 cache, or of the whole batch the last-level cache
+(``BANDED_FROM``, ``BATCH_BANDED_FROM``), are not formed by this backend's pass
+(``banded``, ``llvm_conv_chains``): their links run as separate regions, whose GEMMs over
+whole images fill their register tiles better than a band's. The band's height is the
 largest whose intermediates (``T``, ``D`` and ``T2``) fit ``BAND_BYTES`` together, raised
 where the rows the expand GEMM recomputes at band edges (the halo) would exceed
-``MAX_HALO`` of its work, then moved so the GEMMs' column counts fill whole register tiles
-(``band_rows``). Band boundaries depend on the
-shapes alone, so every thread count gives the same bits.
+``MAX_HALO`` of its work, then moved so the project GEMM's columns fill whole register
+tiles (``band_rows``). Band boundaries depend on the shapes alone, so every thread count
+gives the same bits.
 """
 from __future__ import annotations
 
@@ -50,9 +51,12 @@ from .ops_core import SCALAR
 # it, the rest left to the weights, the GEMM's packed panels and the output band
 L2_BYTES = 1 << 20
 BAND_BYTES = L2_BYTES // 2
-# one image's depthwise input (the expanded tensor) bigger than this: the chain runs band
-# by band; smaller ones stay in cache between the links run one by one
+# one image's depthwise input (the expanded tensor) bigger than this, and the whole
+# batch's bigger than BATCH_BANDED_FROM: the chain runs band by band; smaller ones stay in
+# cache between the links run one by one (the last-level cache holds about this much for
+# one core here: MobileNetV2's 56x56 blocks at batch 1, 1.8 MB, gained nothing banded)
 BANDED_FROM = L2_BYTES
+BATCH_BANDED_FROM = 4 << 20
 # at most this share of the expand GEMM's work recomputed for the halo rows between bands
 # (the band is made taller past BAND_BYTES rather than recompute more: on MobileNetV2's
 # 56x56 and 112x112 blocks 10% ran 5-8% faster at batch 8 than 20%)
@@ -151,21 +155,29 @@ def band_rows(pre, dw, post, nr: int = 1, budget: int | None = None) -> int:
     return min(near, key=lambda r: (partial(r), abs(r - rows), -r))
 
 
+def banded(links: list[Link]) -> bool:
+    """Whether a chain of ``links`` (``chain_links``) runs band by band: every epilogue op
+    has a scalar lowering, and one image's depthwise input outgrows the L2 cache and the
+    batch's the last level's (``BANDED_FROM``, ``BATCH_BANDED_FROM``; smaller ones stay in
+    cache between the links run one by one, whose GEMMs, over whole images or several at
+    once, fill their register tiles better than a band's). The backend's pass forms only
+    these chains (``llvm_conv_chains``)."""
+    if any(n.op not in SCALAR for k in links for n in k.tail):
+        return False
+    x = next(k for k in links if k.kind == "depthwise").conv.inputs[0]
+    return x.type.nbytes // x.shape[0] > BANDED_FROM and x.type.nbytes > BATCH_BANDED_FROM
+
+
 def chain_of(node, features: str = "") -> Chain | None:
     """The chain a ``conv_chain`` region runs band by band on a CPU with ``features``; None
-    where its body is not one (``body_links``), an epilogue op has no scalar lowering, or
-    one image's depthwise input fits the L2 cache (the links then run one by one: their
-    intermediates stay in cache anyway, and their GEMMs, over whole images or several at
-    once, fill their register tiles better than a band's)."""
+    where its body is not one (``body_links``) or not ``banded`` (its links then run one
+    by one)."""
     links = body_links(node.attrs["body"])
-    if links is None or any(n.op not in SCALAR for k in links for n in k.tail):
+    if links is None or not banded(links):
         return None
     i = [k.kind for k in links].index("depthwise")
     pre = links[0] if i == 1 else None
     dw = links[i]
-    x = dw.conv.inputs[0]
-    if x.type.nbytes // x.shape[0] <= BANDED_FROM:
-        return None
     post = links[i + 1] if i + 1 < len(links) else None
     nr = tiling(dw.conv.inputs[0].dtype, features).nr
     return Chain(pre, dw, post, band_rows(pre, dw, post, nr), nr)
