@@ -238,11 +238,13 @@ def ep_kernel(kind, dtype):
 
 def check_ep(kind, dtype, M, N, K, *, bias=True, residual=None, lo=None, hi=None,
              lo_inclusive=False, hi_inclusive=False, accumulate=0, b_layout="rows",
-             specials=False):
+             specials=False, extra_flags=0):
     """C (row stride N + 3) = epilogue(A @ B) against numpy in float64, worked out from
     the rule: y (+ C's old value when accumulating) + bias[row], + R before the clamps
     (``residual`` = "before") or after them ("after"), lo where y < lo (<=: inclusive),
-    hi where y > hi (>=). ``specials``: rows of A holding NaN, +inf and -inf."""
+    hi where y > hi (>=). ``specials``: rows of A holding NaN, +inf and -inf.
+    ``extra_flags``: bits the kernel does not know (the general epilogue then, never one
+    of ``gemm.EP_FORMS``)."""
     fn, features = ep_kernel(kind, dtype)
     rsb, csb = {"rows": (N, 1), "cols": (1, K)}[b_layout]
     a = RNG.standard_normal((M, K)).astype(dtype)
@@ -256,8 +258,10 @@ def check_ep(kind, dtype, M, N, K, *, bias=True, residual=None, lo=None, hi=None
     r = RNG.standard_normal(M * ldr).astype(dtype) * 3
     flags = ((gemm.EP_BIAS if bias else 0)
              | {None: 0, "before": gemm.EP_RES_BEFORE, "after": gemm.EP_RES_AFTER}[residual]
-             | (gemm.EP_LO_INCLUSIVE if lo_inclusive else 0)
-             | (gemm.EP_HI_INCLUSIVE if hi_inclusive else 0))
+             | (gemm.EP_LO | (gemm.EP_LO_INCLUSIVE if lo_inclusive else 0) if lo is not None
+                else 0)
+             | (gemm.EP_HI | (gemm.EP_HI_INCLUSIVE if hi_inclusive else 0) if hi is not None
+                else 0) | extra_flags)
     scratch = np.zeros(gemm_tiling.workspace_bytes(features) // 8 + 8, np.float64)
     fn(a.ctypes.data, K, 1, b.ctypes.data, rsb, csb, c.ctypes.data, ldc, M, N, K,
        scratch.ctypes.data, accumulate, bias_v.ctypes.data if bias else None,
@@ -290,7 +294,8 @@ def check_ep(kind, dtype, M, N, K, *, bias=True, residual=None, lo=None, hi=None
 
 EP_FORMS = [dict(lo=0.0, hi=6.0), dict(), dict(residual="before", lo=0.0),
             dict(lo=0.0, lo_inclusive=True), dict(residual="after", lo=-1.0, hi=1.5),
-            dict(bias=False, residual="before", hi=0.5, hi_inclusive=True)]
+            dict(bias=False, residual="before", hi=0.5, hi_inclusive=True),
+            dict(residual="before"), dict(residual="before", lo=0.0, lo_inclusive=True)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -322,6 +327,22 @@ def test_epilogue_nan_and_infinities(dtype):
         assert (got[1] == 6.0).all() and (got[M - 1] == 0.0).all()     # +inf, -inf
         got = check_ep(kind, dtype, M, N, 17, lo=0.0, lo_inclusive=True, specials=True)
         assert np.isposinf(got[min(1, M - 1)]).all() and np.isnan(got[0]).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_epilogue_forms_match_the_general_epilogue(kind):
+    """Each epilogue form emitted with only its own steps (``gemm.EP_FORMS``) stores what
+    the general one (every step under its flag) stores, bit for bit, NaN and infinities
+    included; both against numpy in check_ep."""
+    t = gemm_tiling.tiling("float32", kernels(kind)[2])
+    for form in EP_FORMS:
+        outs = []
+        for extra in (0, 128):
+            state = RNG.bit_generator.state
+            outs.append(check_ep(kind, "float32", t.mr + 2, t.nr + t.vw + 3, 19,
+                                 specials=True, extra_flags=extra, **form))
+            RNG.bit_generator.state = state         # the same operands for both
+        np.testing.assert_array_equal(outs[0], outs[1])
 
 
 def test_epilogue_flags_zero_is_the_plain_product():

@@ -43,6 +43,12 @@ EP_RES_BEFORE = 2       # y += R[row, col] before the clamps
 EP_RES_AFTER = 4        # y += R[row, col] after the clamps
 EP_LO_INCLUSIVE = 8     # the lower clamp takes lo where y <= lo (else where y < lo)
 EP_HI_INCLUSIVE = 16    # the upper clamp takes hi where y >= hi (else where y > hi)
+EP_LO = 32              # a lower clamp is given (without: lo = -inf, which clamps nothing)
+EP_HI = 64              # an upper clamp is given (hi = +inf without)
+# the flags whose epilogue is emitted with only its own operations (conv + bias, + ReLU, +
+# ReLU6, + residual, + residual + ReLU); any other runs the general one, every step a select
+EP_FORMS = (EP_BIAS, EP_BIAS | EP_LO | EP_LO_INCLUSIVE, EP_BIAS | EP_LO | EP_HI,
+            EP_BIAS | EP_RES_BEFORE, EP_BIAS | EP_RES_BEFORE | EP_LO | EP_LO_INCLUSIVE)
 
 
 def gemm_function(module: ir.Module, dtype: str, features: str,
@@ -54,7 +60,8 @@ def gemm_function(module: ir.Module, dtype: str, features: str,
     each element y of the finished sum (the tile's registers in the last K block, C's old
     value added first when accumulating) stored as, in this order: y + bias[row] (EP_BIAS),
     y + R[row * ldr + col] (EP_RES_BEFORE), lo where y < lo (y <= lo: EP_LO_INCLUSIVE), hi
-    where y > hi (y >= hi: EP_HI_INCLUSIVE), y + R[row * ldr + col] (EP_RES_AFTER). The
+    where y > hi (y >= hi: EP_HI_INCLUSIVE), y + R[row * ldr + col] (EP_RES_AFTER);
+    EP_LO / EP_HI say a clamp is given (the flags of ``EP_FORMS`` run only their steps). The
     clamps are ordered compares and selects, so a NaN stays NaN, as the graph's
     where(lt(y, lo), lo, y), maximum(y, lo) and relu; no clamp: lo = -inf, hi = +inf. bias
     and R are read only under their flags (null otherwise); R must not overlap C.
@@ -531,6 +538,18 @@ class _GemmBuilder:
             for at in range(0, t.nr, line):
                 b.call(prefetch, [b.bitcast(b.gep(ci, [i64(at)]), PTR), ir.Constant(I32, 1),
                                   ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        ep = first[1]
+        if ep:      # the residual's lines of this tile, read after the multiply-adds
+            res, ldr, flags = ep[1], ep[2], ep[5]
+            reads = b.and_(ep[6], b.icmp_signed("!=", b.and_(flags, i64(EP_RES_BEFORE |
+                                                                        EP_RES_AFTER)), i64(0)))
+            with b.if_then(reads):
+                for i in range(height):
+                    ri = b.gep(res, [b.mul(i64(i), ldr)])
+                    for at in range(0, t.nr, line):
+                        b.call(prefetch, [b.bitcast(b.gep(ri, [i64(at)]), PTR),
+                                          ir.Constant(I32, 0), ir.Constant(I32, 3),
+                                          ir.Constant(I32, 1)])
         with for_range(b, 0, kc, "k") as k:
             bk = b.gep(bpanel, [b.mul(k, bstride)])
             if pf is not None:
@@ -551,25 +570,85 @@ class _GemmBuilder:
         full = b.and_(b.icmp_signed("==", mr, i64(height)),
                       b.icmp_signed("==", nr, i64(nv * t.vw)))
         first, ep = first
-        stores = [lambda epi: self.store_full(accs, cptr, ldc, first, vp, epi),
-                  lambda epi: self.store_partial(accs, cptr, ldc, mr, nr, first, vp, epi)]
+
+        def general():      # the tile as it is, then the general epilogue over it in C
+            bias, res, ldr, lo, hi, flags, _ = ep
+            b.call(self.epilogue_block(), [cptr, ldc, bias, res, ldr, lo, hi, flags, mr, nr])
+
+        def full_tile(form):
+            if form is None:
+                self.store_full(accs, cptr, ldc, first, vp)
+                general()
+            else:
+                self.store_full(accs, cptr, ldc, first, vp, self.epilogue_form(ep, form))
         with b.if_else(full) as (then, other):
-            for part, block in enumerate((then, other)):
-                with block:
-                    if not ep:
-                        stores[part](None)
-                        continue
+            with then:
+                if not ep:
+                    self.store_full(accs, cptr, ldc, first, vp)
+                else:
                     with b.if_else(ep[6]) as (last, before):    # the last K block
                         with last:
-                            stores[part](self.epilogue_of(ep))
+                            self.by_form(ep[5], full_tile)
                         with before:
-                            stores[part](None)
+                            self.store_full(accs, cptr, ldc, first, vp)
+            with other:
+                self.store_partial(accs, cptr, ldc, mr, nr, first, vp)
+                if ep:
+                    with b.if_then(ep[6]):
+                        general()
+
+    def epilogue_block(self) -> ir.Function:
+        """``<gemm>.epilogue(C, ldc, bias, R, ldr, lo, hi, flags, mr, nr)``: the general
+        epilogue (``epilogue_of``) over an mr x nr block of C in place, element by element:
+        partial tiles, and whole ones of flags outside ``EP_FORMS``, just stored (in L1).
+        One function: emitted in every tile it would double the runtime's compile time."""
+        name = f"{self.fn.name}.epilogue"
+        if name in self.module.globals:
+            return self.module.globals[name]
+        ep = ir.PointerType(self.elem)
+        f = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [
+            ep, I64, ep, ep, I64, self.elem, self.elem, I64, I64, I64]), name)
+        f.linkage = "internal"
+        f.attributes.add("noinline")
+        saved = self.b, self.entry
+        self.entry = f.append_basic_block("entry")
+        body = f.append_basic_block("body")
+        self.b = b = ir.IRBuilder(body)
+        C, ldc, bias, res, ldr, lo, hi, flags, mr, nr = f.args
+        apply = self.epilogue_of((bias, res, ldr, lo, hi, flags, None))
+        with for_range(b, 0, mr, "ei") as i:
+            with for_range(b, 0, nr, "ej") as j:
+                p = b.gep(C, [b.add(b.mul(i, ldc), j)])
+                b.store(apply(b.load(p), i, j), p)
+        b.ret_void()
+        ir.IRBuilder(self.entry).branch(body)
+        self.b, self.entry = saved
+        return f
+
+    def by_form(self, flags, emit) -> None:
+        """``emit(form)`` for each of ``EP_FORMS`` where ``flags`` is that form, and
+        ``emit(None)`` (the general epilogue) for any other."""
+        b = self.b
+        fn = b.function
+        done = fn.append_basic_block("ep_done")
+        general = fn.append_basic_block("ep_general")
+        switch = b.switch(flags, general)
+        for form in EP_FORMS:
+            block = fn.append_basic_block(f"ep_form{form}")
+            switch.add_case(i64(form), block)
+            b.position_at_end(block)
+            emit(form)
+            b.branch(done)
+        b.position_at_end(general)
+        emit(None)
+        b.branch(done)
+        b.position_at_end(done)
 
     def epilogue_of(self, ep):
-        """``apply(y, row, col)``: the epilogue (``gemm_function``) of the tile's element or
+        """``apply(y, row, col)``: the epilogue (``gemm_function``) of the element or
         vector y at (row, col) of the tile (``col`` a multiple of the vector width for a
-        vector); ``ep`` = the tile's (bias, R, ldr, lo, hi, flags, last). Each operand is
-        read only under its flag: otherwise from a zero on the stack."""
+        vector); ``ep`` = the tile's (bias, R, ldr, lo, hi, flags, last). Every step under
+        its flag, each operand read only under its flag (else from a zero on the stack)."""
         b, t = self.b, self.t
         bias, res, ldr, lo, hi, flags, _ = ep
         zeros = self.alloca(self.vec, "ep_zero")
@@ -605,6 +684,41 @@ class _GemmBuilder:
             return b.select(after, b.fadd(y, r), y)
         return apply
 
+    def epilogue_form(self, ep, form: int):
+        """``epilogue_of`` for the flags ``form`` known when emitting: only its steps."""
+        b, t = self.b, self.t
+        bias, res, ldr, lo, hi, _, _ = ep
+
+        def splat(x, vector):
+            if not vector:
+                return x
+            v = b.insert_element(ir.Constant(self.vec, ir.Undefined), x, ir.Constant(I32, 0))
+            return b.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined),
+                                    ir.Constant(ir.VectorType(I32, t.vw), [0] * t.vw))
+
+        def apply(y, row, col):
+            vector = isinstance(y.type, ir.VectorType)
+            if form & EP_BIAS:
+                y = b.fadd(y, splat(b.load(b.gep(bias, [row])), vector))
+            if form & (EP_RES_BEFORE | EP_RES_AFTER):
+                rp = b.gep(res, [b.add(b.mul(row, ldr), col)])
+                r = (b.load(b.bitcast(rp, ir.PointerType(self.vec)), align=self.elem_align())
+                     if vector else b.load(rp))
+            if form & EP_RES_BEFORE:
+                y = b.fadd(y, r)
+            if form & EP_LO:
+                lo_ = splat(lo, vector)
+                y = b.select(b.fcmp_ordered("<=" if form & EP_LO_INCLUSIVE else "<", y, lo_),
+                             lo_, y)
+            if form & EP_HI:
+                hi_ = splat(hi, vector)
+                y = b.select(b.fcmp_ordered(">=" if form & EP_HI_INCLUSIVE else ">", y, hi_),
+                             hi_, y)
+            if form & EP_RES_AFTER:
+                y = b.fadd(y, r)
+            return y
+        return apply
+
     def elem_align(self) -> int:
         return 4 if self.elem == F32 else 8
 
@@ -617,18 +731,28 @@ class _GemmBuilder:
         if self.c_t:
             self.store_transposed(accs, cptr, ldc, first, vp)
             return
+        ptrs = [[b.bitcast(b.gep(cptr, [b.add(b.mul(i64(i), ldc), i64(v * t.vw))]), vp)
+                 for v in range(len(row))] for i, row in enumerate(accs)]
+        if epilogue is not None:    # C's old values added into the tile, then one store
+            with b.if_then(b.not_(first)):
+                for i, row in enumerate(accs):
+                    for v, a in enumerate(row):
+                        c = b.load(ptrs[i][v], align=self.elem_align())
+                        b.store(b.fadd(c, b.load(a)), a)
+            for i, row in enumerate(accs):
+                for v, a in enumerate(row):
+                    b.store(epilogue(b.load(a), i64(i), i64(v * t.vw)), ptrs[i][v],
+                            align=self.elem_align())
+            return
         with b.if_else(first) as (store, add):
             for adding in (False, True):
                 with (add if adding else store):
                     for i, row in enumerate(accs):
-                        rp = b.gep(cptr, [b.mul(i64(i), ldc)])
                         for v, a in enumerate(row):
-                            p = b.bitcast(b.gep(rp, [i64(v * t.vw)]), vp)
+                            p = ptrs[i][v]
                             acc = b.load(a)
                             if adding:
                                 acc = b.fadd(b.load(p, align=self.elem_align()), acc)
-                            if epilogue is not None:
-                                acc = epilogue(acc, i64(i), i64(v * t.vw))
                             b.store(acc, p, align=self.elem_align())
 
     def store_transposed(self, accs, cptr, ldc, first, vp) -> None:
@@ -666,7 +790,7 @@ class _GemmBuilder:
                             vec = b.fadd(b.call(mload, [pv, align, mask, zero]), vec)
                         b.call(mstore, [vec, pv, align, mask])
 
-    def store_partial(self, accs, cptr, ldc, mr, nr, first, vp, epilogue=None) -> None:
+    def store_partial(self, accs, cptr, ldc, mr, nr, first, vp) -> None:
         b, t = self.b, self.t
         tile = self.alloca(ir.ArrayType(self.elem, t.mr * t.nr), "tile")
         tp = b.bitcast(tile, ir.PointerType(self.elem))
@@ -680,12 +804,10 @@ class _GemmBuilder:
                 p = b.gep(cptr, [b.add(b.mul(j, ldc), i) if self.c_t else
                                  b.add(b.mul(i, ldc), j)])
                 with b.if_else(first) as (store, add):
-                    for adding in (False, True):
-                        with (add if adding else store):
-                            y = b.fadd(b.load(p), src) if adding else src
-                            if epilogue is not None:
-                                y = epilogue(y, i, j)
-                            b.store(y, p)
+                    with store:
+                        b.store(src, p)
+                    with add:
+                        b.store(b.fadd(b.load(p), src), p)
 
 
 def _min(b, x, y):

@@ -746,8 +746,10 @@ class GemmEpilogue:
         f = gm.EP_BIAS if self.bias is not None else 0
         if self.residual is not None:
             f |= gm.EP_RES_AFTER if self.after else gm.EP_RES_BEFORE
-        f |= gm.EP_LO_INCLUSIVE if self.lo is not None and self.lo[1] else 0
-        f |= gm.EP_HI_INCLUSIVE if self.hi is not None and self.hi[1] else 0
+        if self.lo is not None:
+            f |= gm.EP_LO | (gm.EP_LO_INCLUSIVE if self.lo[1] else 0)
+        if self.hi is not None:
+            f |= gm.EP_HI | (gm.EP_HI_INCLUSIVE if self.hi[1] else 0)
         return f
 
 
