@@ -285,6 +285,7 @@ def _tail(g, y, form, bias, res, dtype):
         "min6_r": lambda v: g.op("minimum", full(6.0), v),
         "sigmoid": lambda v: g.op("sigmoid", v),
         "mul2": lambda v: g.op("mul", v, full(2.0)),
+        "max_nan": lambda v: g.op("maximum", v, full(float("nan"))),
     }
     for step in form:
         y = steps[step](y)
@@ -396,10 +397,12 @@ def test_epilogue_gemm_float64_and_bias_of_three_axes(monkeypatch):
 
 
 @pytest.mark.parametrize("form", [("bias", "sigmoid"), ("res", "bias", "relu"),
-                                  ("bias", "relu", "res", "min6"), ("bias", "mul2", "relu")])
+                                  ("bias", "relu", "res", "min6"), ("bias", "mul2", "relu"),
+                                  ("bias", "max_nan")])
 def test_tails_the_epilogue_gemm_refuses_run_chunked(form, monkeypatch):
     """Tails outside the epilogue GEMM's forms (another op, the residual before the bias,
-    a clamp after a residual that follows a clamp): the chunked second pass, right."""
+    a clamp after a residual that follows a clamp, a NaN bound): the chunked second pass,
+    right."""
     _check_ep(_ep_graph(1, 4, 8, 9, 13, 3, 1, 1, 1, form, "float32"), 2, seed=6,
               monkeypatch=monkeypatch, taken=False)
 

@@ -786,8 +786,8 @@ def gemm_epilogue(body) -> GemmEpilogue | None:
 
     def clamp(lower: bool, bound: float, inclusive: bool) -> bool:
         nonlocal clamped
-        if ep.residual is not None and ep.after:
-            return False
+        if (ep.residual is not None and ep.after) or bound != bound:
+            return False        # a NaN bound: maximum's NaN, where's y (not one rule)
         if lower and ep.lo is None:
             ep.lo = (bound, inclusive)
             ep.upper_first = ep.hi is not None
