@@ -17,6 +17,11 @@ takes another nest (``_GemmBuilder.column_blocks``): B read in place in column b
 stay in L2, each swept by every row strip of A in turn. Many rows and few columns run as
 C^T = B^T @ A^T where its tiles pad less (``_GemmBuilder.transposes``), each tile transposed
 in registers on its way into C.
+
+The epilogue entry (``gemm_function(..., epilogue=True)``: bias per row, clamps, a residual)
+applies it to the tiles of the last K block as they are stored: the forms of ``EP_FORMS``
+in registers, any other form and partial tiles through one function over the block just
+stored (still in L1). It never takes the transposed nest.
 """
 from __future__ import annotations
 
