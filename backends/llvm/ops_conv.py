@@ -813,7 +813,7 @@ def gemm_epilogue(body) -> GemmEpilogue | None:
             continue
         if n.op == "where":
             if pending is None or ins[0] is not pending[0].outputs[0] or ins[2] is not cur \
-                    or ins[1] not in consts or consts[ins[1]] != pending[2] \
+                    or ins[1] not in consts or repr(consts[ins[1]]) != repr(pending[2]) \
                     or users.get(ins[0]) != [n]:
                 return None
             _, op, c = pending
