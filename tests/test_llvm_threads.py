@@ -29,8 +29,9 @@ def test_choice_keeps_the_faster_count_and_probes_rarely():
     c = ThreadChoice(2)
     used = drive(c, lambda i, n: {1: 2.0, 2: 1.0}[n], 1500)
     late = used[700:]
-    # a probe is at most 1 + WINDOW calls, once per PROBE_MAX calls or more
-    assert late.count(2) / len(late) >= 1 - (1 + ThreadChoice.WINDOW) / ThreadChoice.PROBE_MAX
+    # a probe is at most SETTLE + WINDOW calls, once per PROBE_MAX calls or more
+    probe = ThreadChoice.SETTLE + ThreadChoice.WINDOW
+    assert late.count(2) / len(late) >= 1 - probe / ThreadChoice.PROBE_MAX
     assert 1 in late                       # it still looks at the other count now and then
 
 

@@ -465,27 +465,30 @@ def run_entry(fn, table, n: int, choice: ThreadChoice | None) -> None:
 class ThreadChoice:
     """Which thread count runs an executable's next call: 1 or all of them, whichever has
     the lower median call time NOW. Each call's native time is recorded. The current choice
-    runs; every ``period`` calls or so the other count runs ``1 + WINDOW`` calls in a row (a
-    probe), and the median of its last ``WINDOW`` calls is set against the median of the
-    current count's last ``WINDOW`` calls, made just before the probe: the choice moves
+    runs; every ``period`` calls or so the other count runs ``SETTLE + WINDOW`` calls in a
+    row (a probe), and the median of its last ``WINDOW`` calls is set against the median of
+    the current count's last ``WINDOW`` calls, made just before the probe: the choice moves
     when the probe's is lower. A probe ends as soon as its outcome is known (more than half
-    its window below that median, or half or more not). The probe's first
-    call is not judged: several threads started while one thread ran pay the wake-up of
-    workers asleep on their futexes, a cost the current choice does not pay from one call
-    to the next.
+    its window below that median, or half or more not). The first ``SETTLE`` calls of a run
+    of several threads (the first call of a run of one) are not judged: several threads
+    started while one thread ran pay the wake-up of workers asleep on their futexes and of
+    an idle core, and find their caches cold (a recurrent training step on two threads
+    right after one-thread calls: 13.5, 11.7, 10.8, then 7.2 ms), costs the current choice
+    does not pay from one call to the next.
 
     Medians of consecutive calls, not best calls: a count whose calls are sometimes fast
     and often slow (two threads when a neighbouring process or thread pool takes a core for
     part of the time) must not win on its fast calls alone, and two windows of consecutive
     calls meet a slowdown that recurs every few calls (a thread pool run in blocks beside
     us) alike. A losing probe doubles the period (up to ``PROBE_MAX``, drawn with a random part so the probes do not lock onto
-    a cycle of the load), so a losing option costs at most (1 + ``WINDOW``) / ``PROBE_MAX``
-    of the calls. ``SLOW_RUN`` calls in a row of several threads much slower than their
+    a cycle of the load), so a losing option costs at most (``SETTLE + WINDOW``) /
+    ``PROBE_MAX`` of the calls. ``SLOW_RUN`` calls in a row of several threads much slower than their
     recent median (another process, or numpy's or torch's thread pool in this process, took
     a core; one slow call is noise) bring the next probe forward. So threads that lose their cores do
     not hold up every step, and a slowdown never outlives what caused it by more than
     ``PROBE_MAX`` calls."""
     WINDOW = 5
+    SETTLE = 2            # the first calls of a run of several threads, not judged
     PROBE_MIN = 8
     PROBE_MAX = 128
     SUDDEN = 1.5          # a call this much slower than its recent median is slow
@@ -499,6 +502,7 @@ class ThreadChoice:
         self.countdown = 0
         self.slow = 0
         self.last: int | None = None      # the previous call's count
+        self.run = 0                      # calls of that count in a row
         self.probe: list[float] | None = None   # a probe's judged calls so far
         self.rng = random.Random(threads)
 
@@ -516,9 +520,14 @@ class ThreadChoice:
         return self.current
 
     def record(self, n: int, seconds: float) -> None:
-        first, self.last = n != self.last, n
+        self.run = self.run + 1 if n == self.last else 1
+        self.last = n
+        settling = self.run <= (self.SETTLE if n > 1 else 1)
         cur = self.current
         if n == cur:
+            if settling:
+                self.countdown -= 1
+                return
             ts = self.times[n]
             before = _median(ts[-self.WINDOW:]) if ts else seconds
             ts.append(seconds)
@@ -530,8 +539,9 @@ class ThreadChoice:
             if self.slow >= self.SLOW_RUN:
                 self.countdown, self.slow = min(self.countdown, 1), 0
             return
-        if self.probe is None:            # a probe's first call: not judged
-            self.probe = [] if first else [seconds]
+        if self.probe is None:
+            self.probe = []
+        if settling:
             return
         self.probe.append(seconds)
         # the probe's median is below the current median once more than half its window
