@@ -468,8 +468,11 @@ class ThreadChoice:
     runs; every ``period`` calls or so the other count runs ``SETTLE + WINDOW`` calls in a
     row (a probe), and the median of its last ``WINDOW`` calls is set against the median of
     the current count's last ``WINDOW`` calls, made just before the probe: the choice moves
-    when the probe's is lower. A probe ends as soon as its outcome is known (more than half
-    its window below that median, or half or more not). The first ``SETTLE`` calls of a run
+    when the probe's is lower, and lower also than the median of the current count's last
+    ``LONG`` calls (about three blocks of a library run in blocks beside us: one window
+    slowed by a neighbour's spinning pool does not move the choice, a lasting slowdown
+    does). A probe ends as soon as its outcome is known (more than half its window below
+    that median, or half or more not). The first ``SETTLE`` calls of a run
     of several threads (the first call of a run of one) are not judged: several threads
     started while one thread ran pay the wake-up of workers asleep on their futexes and of
     an idle core, and find their caches cold (a recurrent training step on two threads
@@ -489,7 +492,8 @@ class ThreadChoice:
     ``PROBE_MAX`` calls."""
     WINDOW = 5
     SETTLE = 2            # the first calls of a run of several threads, not judged
-    PROBE_MIN = 8
+    LONG = 15             # the current count's calls a winning probe must also beat
+    PROBE_MIN = 16
     PROBE_MAX = 128
     SUDDEN = 1.5          # a call this much slower than its recent median is slow
     SLOW_RUN = 3          # so many slow calls in a row: probe soon
@@ -498,6 +502,7 @@ class ThreadChoice:
         self.options = (threads, 1)
         self.current = threads
         self.times: dict[int, list[float]] = {1: [], threads: []}
+        self.history: dict[int, list[float]] = {1: [], threads: []}
         self.period = self.PROBE_MIN
         self.countdown = 0
         self.slow = 0
@@ -532,6 +537,9 @@ class ThreadChoice:
             before = _median(ts[-self.WINDOW:]) if ts else seconds
             ts.append(seconds)
             del ts[:-self.WINDOW]
+            hist = self.history[n]
+            hist.append(seconds)
+            del hist[:-self.LONG]
             self.countdown -= 1
             # slow calls on one thread: the core is contended, and more threads only add
             # to it; slow calls on several: a thread lost its core, one thread may do better
@@ -551,12 +559,18 @@ class ThreadChoice:
         half = self.WINDOW // 2 + 1
         if below < half and len(self.probe) - below < half:
             return
+        hist = self.history[cur]
+        lasting = len(hist) < self.LONG or _median(self.probe) < _median(hist)
         self.probe, self.slow = None, 0
+        self.times[cur] = []              # the next probe's window: calls after this one
+        if below >= half and not lasting:  # a window's win: look again after the next one
+            self.countdown = 0
+            return
         if below >= half:                 # move
+            self.history[n], self.times[n] = [], []
             self.current, self.period = n, self.PROBE_MIN
         else:
             self.period = min(2 * self.period, self.PROBE_MAX)
-        self.times[self.current] = []     # the next probe's window: calls after this one
         self._wait(self.period)
 
 
