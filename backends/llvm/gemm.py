@@ -649,6 +649,15 @@ class _GemmBuilder:
         b.branch(done)
         b.position_at_end(done)
 
+    def splat(self, x, vector: bool):
+        """The scalar x in every lane of a vector (x itself for a scalar)."""
+        if not vector:
+            return x
+        b, t = self.b, self.t
+        v = b.insert_element(ir.Constant(self.vec, ir.Undefined), x, ir.Constant(I32, 0))
+        return b.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined),
+                                ir.Constant(ir.VectorType(I32, t.vw), [0] * t.vw))
+
     def epilogue_of(self, ep):
         """``apply(y, row, col)``: the epilogue (``gemm_function``) of the element or
         vector y at (row, col) of the tile (``col`` a multiple of the vector width for a
@@ -665,13 +674,7 @@ class _GemmBuilder:
         has_bias, before, after = flag(EP_BIAS), flag(EP_RES_BEFORE), flag(EP_RES_AFTER)
         lo_inc, hi_inc = flag(EP_LO_INCLUSIVE), flag(EP_HI_INCLUSIVE)
         has_res = b.or_(before, after)
-
-        def splat(x, vector):
-            if not vector:
-                return x
-            v = b.insert_element(ir.Constant(self.vec, ir.Undefined), x, ir.Constant(I32, 0))
-            return b.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined),
-                                    ir.Constant(ir.VectorType(I32, t.vw), [0] * t.vw))
+        splat = self.splat
 
         def apply(y, row, col):
             vector = isinstance(y.type, ir.VectorType)
@@ -691,15 +694,9 @@ class _GemmBuilder:
 
     def epilogue_form(self, ep, form: int):
         """``epilogue_of`` for the flags ``form`` known when emitting: only its steps."""
-        b, t = self.b, self.t
+        b = self.b
         bias, res, ldr, lo, hi, _, _ = ep
-
-        def splat(x, vector):
-            if not vector:
-                return x
-            v = b.insert_element(ir.Constant(self.vec, ir.Undefined), x, ir.Constant(I32, 0))
-            return b.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined),
-                                    ir.Constant(ir.VectorType(I32, t.vw), [0] * t.vw))
+        splat = self.splat
 
         def apply(y, row, col):
             vector = isinstance(y.type, ir.VectorType)
