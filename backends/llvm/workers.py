@@ -501,8 +501,8 @@ class ThreadChoice:
     def __init__(self, threads: int):
         self.options = (threads, 1)
         self.current = threads
-        self.times: dict[int, list[float]] = {1: [], threads: []}
-        self.history: dict[int, list[float]] = {1: [], threads: []}
+        self.history: dict[int, list[float]] = {1: [], threads: []}   # last LONG judged
+        self.fresh = 0                    # judged calls of the current count since a probe
         self.period = self.PROBE_MIN
         self.countdown = 0
         self.slow = 0
@@ -517,8 +517,12 @@ class ThreadChoice:
     def _wait(self, calls: int) -> None:
         self.countdown = calls + self.rng.randrange(calls // 2 + 1)
 
+    def _window(self) -> list[float]:
+        """The current count's judged calls since the last probe, the last WINDOW of them."""
+        return self.history[self.current][-min(self.fresh, self.WINDOW):] if self.fresh else []
+
     def pick(self) -> int:
-        if len(self.times[self.current]) < self.WINDOW:   # first, a window of each count
+        if self.fresh < self.WINDOW:      # first, a window of the current count
             return self.current
         if self.probe is not None or self.countdown <= 0:
             return self._other()
@@ -533,13 +537,12 @@ class ThreadChoice:
             if settling:
                 self.countdown -= 1
                 return
-            ts = self.times[n]
-            before = _median(ts[-self.WINDOW:]) if ts else seconds
-            ts.append(seconds)
-            del ts[:-self.WINDOW]
+            window = self._window()
+            before = _median(window) if window else seconds
             hist = self.history[n]
             hist.append(seconds)
             del hist[:-self.LONG]
+            self.fresh += 1
             self.countdown -= 1
             # slow calls on one thread: the core is contended, and more threads only add
             # to it; slow calls on several: a thread lost its core, one thread may do better
@@ -554,7 +557,7 @@ class ThreadChoice:
         self.probe.append(seconds)
         # the probe's median is below the current median once more than half its window
         # is, and cannot be once half or more is not: decided as soon as either holds
-        bar = _median(self.times[cur])
+        bar = _median(self._window())
         below = sum(t < bar for t in self.probe)
         half = self.WINDOW // 2 + 1
         if below < half and len(self.probe) - below < half:
@@ -562,12 +565,12 @@ class ThreadChoice:
         hist = self.history[cur]
         lasting = len(hist) < self.LONG or _median(self.probe) < _median(hist)
         self.probe, self.slow = None, 0
-        self.times[cur] = []              # the next probe's window: calls after this one
+        self.fresh = 0                    # the next probe's window: calls after this one
         if below >= half and not lasting:  # a window's win: look again after the next one
             self.countdown = 0
             return
         if below >= half:                 # move
-            self.history[n], self.times[n] = [], []
+            self.history[n] = []
             self.current, self.period = n, self.PROBE_MIN
         else:
             self.period = min(2 * self.period, self.PROBE_MAX)
