@@ -258,11 +258,12 @@ class Executable:
 
     def apply_donations(self, given: Sequence, outs: list[np.ndarray]) -> list[np.ndarray]:
         donations = self.graph.donations
-        targets = [given[a] for a in donations.values() if isinstance(given[a], np.ndarray)]
+        targets = [] if self.results_fresh else [
+            given[a] for a in donations.values() if isinstance(given[a], np.ndarray)]
         # an output that is (a view of) an argument buffer another donation overwrites keeps
         # its value (e.g. a graph returning a parameter while updating it); all pairs tested
         # at once (a training step has a hundred of each)
-        if targets and outs and not self.results_fresh:
+        if targets and outs:
             donated_to: dict[int, list[int]] = {}
             for k, a in donations.items():
                 if k < len(outs):
@@ -275,8 +276,8 @@ class Executable:
                 outs[k] = np.array(outs[k], copy=True)
         for o, a in donations.items():
             dst = given[a]
-            if (isinstance(dst, np.ndarray) and dst.flags.writeable and dst.flags.c_contiguous
-                    and outs[o] is not dst):
+            if (outs[o] is not dst and isinstance(dst, np.ndarray) and dst.flags.writeable
+                    and dst.flags.c_contiguous):
                 np.copyto(dst, outs[o])
                 outs[o] = dst
         return outs

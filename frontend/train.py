@@ -54,6 +54,7 @@ class TrainStepFunction:
         self.optimizer = optimizer
         self.params = params            # graph parameter name -> Parameter (weights, buffers)
         self._hdtype = [v.type.np_dtype for v in graph.inputs[len(layout.batch):]]
+        self._hyper: tuple[list, list[np.ndarray]] = (None, [])   # last values, their arrays
         self.has_aux, self.aux_structure = has_aux, aux_structure
         # dynamic loss scaling (autocast="f16"): the scale and the good-step count, float32
         # scalars updated in place by the step
@@ -66,7 +67,15 @@ class TrainStepFunction:
             raise TypeError(f"the training step takes {len(lay.batch)} batch input(s) "
                             f"({', '.join(lay.batch)}), got {len(batch)}")
         hyper = self.optimizer.hyperparameters()
-        hargs = [np.asarray(hyper[h], dt) for h, dt in zip(lay.hyperparameters, self._hdtype)]
+        values = [hyper[h] for h in lay.hyperparameters]
+        last, hargs = self._hyper
+        if values != last:
+            # the same array while a value repeats (only Adam's t moves at each step): the
+            # executable reads nothing anew for it
+            hargs = [a if last and v == w else np.asarray(v, dt)
+                     for v, w, a, dt in zip(values, last or values, hargs or values,
+                                            self._hdtype)]
+            self._hyper = (values, hargs)
         buffers = self._buffers()
         outs = self.executable(*batch, *hargs, *buffers)
         # donated outputs are already in the argument buffers when those were writable;
