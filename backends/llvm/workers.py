@@ -468,8 +468,8 @@ class ThreadChoice:
     runs; every ``period`` calls or so the other count runs ``SETTLE + WINDOW`` calls in a
     row (a probe), and the median of its last ``WINDOW`` calls is set against the median of
     the current count's last ``WINDOW`` calls, made just before the probe: the choice moves
-    when the probe's is lower, and lower also than the median of the current count's last
-    ``LONG`` calls (about three blocks of a library run in blocks beside us: one window
+    when the probe's is lower by ``MARGIN`` (10%), and lower by as much also than the median
+    of the current count's last ``LONG`` calls (about three blocks of a library run in blocks beside us: one window
     slowed by a neighbour's spinning pool does not move the choice, a lasting slowdown
     does). A probe ends as soon as its outcome is known (more than half its window below
     that median, or half or more not). The first ``SETTLE`` calls of a run
@@ -496,6 +496,9 @@ class ThreadChoice:
     PROBE_MIN = 16
     PROBE_MAX = 128
     SUDDEN = 1.5          # a call this much slower than its recent median is slow
+    # a move needs the probe at least this much faster (a count within 10% of the other is
+    # as good; two windows of a noisy stretch differ by that much and more)
+    MARGIN = 0.1
     SLOW_RUN = 3          # so many slow calls in a row: probe soon
 
     def __init__(self, threads: int):
@@ -557,13 +560,14 @@ class ThreadChoice:
         self.probe.append(seconds)
         # the probe's median is below the current median once more than half its window
         # is, and cannot be once half or more is not: decided as soon as either holds
-        bar = _median(self._window())
+        bar = _median(self._window()) * (1 - self.MARGIN)
         below = sum(t < bar for t in self.probe)
         half = self.WINDOW // 2 + 1
         if below < half and len(self.probe) - below < half:
             return
         hist = self.history[cur]
-        lasting = len(hist) < self.LONG or _median(self.probe) < _median(hist)
+        lasting = (len(hist) < self.LONG
+                   or _median(self.probe) < _median(hist) * (1 - self.MARGIN))
         self.probe, self.slow = None, 0
         self.fresh = 0                    # the next probe's window: calls after this one
         if below >= half and not lasting:  # a window's win: look again after the next one
