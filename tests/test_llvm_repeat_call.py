@@ -215,3 +215,65 @@ def test_failed_repeat_call_raises_the_reference_error_and_keeps_arguments():
     np.testing.assert_array_equal(ps, before)
     e(xs, ys, ps)
     np.testing.assert_allclose(ps, before - 0.5, rtol=1e-6)
+
+
+def _forward() -> Graph:
+    """y = tanh(x @ w), s = sum(x): an inference graph (fresh outputs, no donation)."""
+    g = Graph("fwd")
+    x = g.add_input("x", TensorType((6, 5)))
+    w = g.add_param("w", TensorType((5, 5)))
+    g.set_outputs([g.op("tanh", g.op("matmul", x, w)), g.op("sum", x, axis=(0, 1))])
+    return g
+
+
+def _forward_want(x, w):
+    return np.tanh(x.astype(np.float64) @ w), x.astype(np.float64).sum()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_call_into_repeats_write_the_given_buffers(threads):
+    e = backends.compile(_forward(), "llvm", threads=threads)
+    r = np.random.default_rng(4)
+    w = r.standard_normal((5, 5)).astype(np.float32)
+    y, s = np.empty((6, 5), np.float32), np.empty((), np.float32)
+    for k in range(5):
+        x = r.standard_normal((6, 5)).astype(np.float32)
+        got = e.call_into([y, s], x, w)
+        assert got[0] is y and got[1] is s
+        wy, ws = _forward_want(x, w)
+        np.testing.assert_allclose(y, wy, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(s, ws, rtol=1e-5, atol=1e-5)
+    assert e._memo is not None and e._memo.objs[1] is w
+
+
+def test_call_into_buffer_overlapping_an_argument_gets_numpy_out_semantics():
+    """out=[x itself, ...] after repeats: the result is computed aside and copied (the
+    reads of x all happen before x is written), as numpy's out= behaves."""
+    e = backends.compile(_forward(), "llvm", threads=1)
+    r = np.random.default_rng(5)
+    w = r.standard_normal((5, 5)).astype(np.float32)
+    x = r.standard_normal((6, 5)).astype(np.float32)
+    y, s = np.empty((6, 5), np.float32), np.empty((), np.float32)
+    e.call_into([y, s], x, w)
+    e.call_into([y, s], x, w)
+    wy, ws = _forward_want(x, w)
+    e.call_into([x, s], x, w)
+    np.testing.assert_allclose(x, wy, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s, ws, rtol=1e-5, atol=1e-5)
+
+
+def test_call_into_non_contiguous_buffer_after_repeats():
+    e = backends.compile(_forward(), "llvm", threads=1)
+    r = np.random.default_rng(6)
+    w = r.standard_normal((5, 5)).astype(np.float32)
+    x = r.standard_normal((6, 5)).astype(np.float32)
+    y, s = np.empty((6, 5), np.float32), np.empty((), np.float32)
+    e.call_into([y, s], x, w)
+    e.call_into([y, s], x, w)
+    wide = np.zeros((5, 6), np.float32).T          # (6, 5), Fortran order
+    assert not wide.flags.c_contiguous
+    e.call_into([wide, s], x, w)
+    np.testing.assert_allclose(wide, _forward_want(x, w)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="output buffer 0 is read-only"):
+        y.flags.writeable = False
+        e.call_into([y, s], x, w)

@@ -118,7 +118,7 @@ class LLVMExecutable(Executable):
         outs: list[np.ndarray | None] = [None] * len(g.outputs)
         addr = self._addresses(args)
         args = self._own_inplace_args(args, addr)
-        remember = (remember and out is None and not self.plan.profile and not self._staged
+        remember = (remember and not self.plan.profile and not self._staged
                     and all(a is v for a, v in zip(args, given)))
         for j, v in enumerate(g.outputs):
             if j in self.plan.inplace:
@@ -151,7 +151,7 @@ class LLVMExecutable(Executable):
             outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
         return outs
 
-    def _repeat(self, memo: "_Memo", args) -> list[np.ndarray] | None:
+    def _repeat(self, memo: "_Memo", args, out=None) -> list[np.ndarray] | None:
         """The results of a call whose arguments are mostly the previous clean call's very
         arrays (a training step's parameters and optimizer state, an inference's weights),
         with none of ``validate_args``' and ``run``'s per-argument work for those: each is
@@ -159,9 +159,11 @@ class LLVMExecutable(Executable):
         set on an array; its data address cannot change while the memo holds it, and numpy
         refuses to resize it) and, where written in place, to be writable. Any other
         argument is checked as ``validate_args`` checks it and must share no byte with an
-        argument written in place. None where the full path must run (a different array
-        in a written argument, an argument to convert or copy, an overlap), which then
-        raises what it raises."""
+        argument written in place. ``out`` (``call_into``'s checked buffers): every output
+        is fresh and each buffer is written where it stands (C-contiguous, aligned, sharing
+        no byte with an argument or another buffer). None where the full path must run (a
+        different array in a written argument, an argument to convert or copy, an overlap,
+        an output buffer to write aside), which then raises what it raises."""
         with self._lock:
             if self._memo is not memo or len(args) != len(memo.objs):
                 return None
@@ -177,6 +179,8 @@ class LLVMExecutable(Executable):
                 else:
                     changed.append(i)
             params = self.graph.arguments
+            spans = memo.spans
+            new = {}
             for i in changed:
                 a, t = args[i], params[i].type
                 if (memo.writes[i] or type(a) is not np.ndarray or a.dtype != t.np_dtype
@@ -185,16 +189,30 @@ class LLVMExecutable(Executable):
                     return None
                 lo = a.ctypes.data
                 hi = lo + a.nbytes
-                if a.nbytes and any(l < hi and lo < h for l, h in memo.spans):
+                if a.nbytes and any(l < hi and lo < h for l, h in memo.written_spans):
                     return None
+                new[i] = (lo, hi)
+            if out is not None:
+                if len(memo.fresh) != len(out):
+                    return None
+                taken = [new.get(i, spans[i]) for i in range(len(args))]
+                for o in out:
+                    if not (o.flags.c_contiguous and o.flags.aligned and o.flags.writeable):
+                        return None
+                    lo = o.ctypes.data
+                    hi = lo + o.nbytes
+                    if o.nbytes and any(l < hi and lo < h for l, h in taken):
+                        return None
+                    taken.append((lo, hi))
             for i in changed:
                 a = args[i]
                 objs[i] = a
                 guards[i] = (a.shape, a.dtype, a.strides)
-                table[i] = a.ctypes.data
+                spans[i] = new[i]
+                table[i] = new[i][0]
             outs: list = [None] * len(self.graph.outputs)
             for j, (shape, dtype) in memo.fresh.items():
-                o = outs[j] = np.empty(shape, dtype)
+                o = outs[j] = np.empty(shape, dtype) if out is None else out[j]
                 table[memo.out_slot + j] = o.ctypes.data
             for j, k in self.plan.inplace.items():
                 outs[j] = args[k]
@@ -270,9 +288,13 @@ class LLVMExecutable(Executable):
         copied, so overlapping buffers give what numpy's ``out=`` gives. The declared
         donations still update their arguments in place."""
         out = check_out_buffers(self.graph, out)
+        memo = self._memo
+        if memo is not None and self._repeat(memo, args, out) is not None:
+            return out
         given = validate_args(self.graph, args)
         direct = self._direct_outputs(out, [*args, *given])
-        res = self.apply_donations(args, self.run(given, direct))
+        res = self.apply_donations(args, self.run(
+            given, direct, remember=all(g is a for g, a in zip(given, args))))
         res = [r.copy() if any(o is not r and np.may_share_memory(o, r) for o in out) else r
                for r in res]
         for o, r in zip(out, res):
@@ -363,8 +385,8 @@ class LLVMExecutable(Executable):
 
 class _Memo:
     """A clean call's arguments as ``LLVMExecutable._repeat`` reuses them: the arrays
-    (referenced, so numpy refuses to resize them), their shapes, dtypes and strides, the
-    byte ranges of those written in place, and the native call's pointer table."""
+    (referenced, so numpy refuses to resize them), their shapes, dtypes, strides and byte
+    ranges (those written in place apart), and the native call's pointer table."""
 
     def __init__(self, exe: LLVMExecutable, args: list[np.ndarray], table) -> None:
         g, plan = exe.graph, exe.plan
@@ -372,8 +394,8 @@ class _Memo:
         self.guards = [(a.shape, a.dtype, a.strides) for a in args]
         written = set(plan.inplace.values())
         self.writes = [i in written for i in range(len(args))]
-        self.spans = [(args[i].ctypes.data, args[i].ctypes.data + args[i].nbytes)
-                      for i in sorted(written) if args[i].nbytes]
+        self.spans = [(a.ctypes.data, a.ctypes.data + a.nbytes) for a in args]
+        self.written_spans = [self.spans[i] for i in sorted(written) if args[i].nbytes]
         self.table = table
         self.out_slot = len(args)
         # the outputs made fresh at each call: (shape, dtype) by output index
