@@ -14,21 +14,18 @@ import pytest
 
 import irgraph.backends as backends
 from irgraph import Graph, TensorType
+from tests.test_llvm_inplace import F, _sgd_graph
 
-F = TensorType((33, 7))
 
 
 def _sgd(extra_out: bool = False) -> Graph:
-    """p' = sgd_update(p, g, lr) donated to p, and s = sum(g * 2) (a fresh output)."""
-    g = Graph("sgd")
-    gr = g.add_input("g", F)
-    lr = g.add_input("lr", TensorType(()))
-    p = g.add_param("p", F)
-    outs = [g.op("sgd_update", p, gr, lr)]
+    """p' = sgd_update(p, g, lr) donated to p (test_llvm_inplace's graph), and s =
+    sum(g + g) (a fresh output that does not read p)."""
+    g = _sgd_graph()
     if extra_out:
-        outs.append(g.op("sum", g.op("add", gr, gr), axis=(0, 1), keepdims=False))
-    g.set_outputs(outs)
-    g.donations[0] = 2
+        gr = g.inputs[0]
+        g.set_outputs(list(g.outputs) + [g.op("sum", g.op("add", gr, gr), axis=(0, 1),
+                                              keepdims=False)])
     return g
 
 
@@ -246,16 +243,23 @@ def test_call_into_repeats_write_the_given_buffers(threads):
     assert e._memo is not None and e._memo.objs[1] is w
 
 
-def test_call_into_buffer_overlapping_an_argument_gets_numpy_out_semantics():
-    """out=[x itself, ...] after repeats: the result is computed aside and copied (the
-    reads of x all happen before x is written), as numpy's out= behaves."""
+def _warm_forward(seed):
+    """The forward graph after two call_into calls (a memo kept): (exe, x, w, y, s)."""
     e = backends.compile(_forward(), "llvm", threads=1)
-    r = np.random.default_rng(5)
+    r = np.random.default_rng(seed)
     w = r.standard_normal((5, 5)).astype(np.float32)
     x = r.standard_normal((6, 5)).astype(np.float32)
     y, s = np.empty((6, 5), np.float32), np.empty((), np.float32)
     e.call_into([y, s], x, w)
     e.call_into([y, s], x, w)
+    assert e._memo is not None
+    return e, x, w, y, s
+
+
+def test_call_into_buffer_overlapping_an_argument_gets_numpy_out_semantics():
+    """out=[x itself, ...] after repeats: the result is computed aside and copied (the
+    reads of x all happen before x is written), as numpy's out= behaves."""
+    e, x, w, y, s = _warm_forward(5)
     wy, ws = _forward_want(x, w)
     e.call_into([x, s], x, w)
     np.testing.assert_allclose(x, wy, rtol=1e-5, atol=1e-6)
@@ -263,13 +267,7 @@ def test_call_into_buffer_overlapping_an_argument_gets_numpy_out_semantics():
 
 
 def test_call_into_non_contiguous_buffer_after_repeats():
-    e = backends.compile(_forward(), "llvm", threads=1)
-    r = np.random.default_rng(6)
-    w = r.standard_normal((5, 5)).astype(np.float32)
-    x = r.standard_normal((6, 5)).astype(np.float32)
-    y, s = np.empty((6, 5), np.float32), np.empty((), np.float32)
-    e.call_into([y, s], x, w)
-    e.call_into([y, s], x, w)
+    e, x, w, y, s = _warm_forward(6)
     wide = np.zeros((5, 6), np.float32).T          # (6, 5), Fortran order
     assert not wide.flags.c_contiguous
     e.call_into([wide, s], x, w)
