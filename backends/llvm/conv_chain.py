@@ -42,7 +42,7 @@ from . import conv_depthwise
 from .builder import Buf, for_range, i64
 from .conv_direct import arrays, scratch_bytes
 from .gemm_tiling import tiling
-from .lowering import fused_kind
+from .lowering import fused_kind, kind_declines
 from .ops_conv import thread_gemm, epilogue_tail
 from .ops_core import SCALAR
 
@@ -196,7 +196,7 @@ def _meets(node, threads, features) -> bool | None:
 @fused_kind("conv_chain", scratch_rule=_scratch, meets_rule=_meets)
 def _conv_chain(ctx, node, ins, outs) -> bool:
     ch = chain_of(node, ctx.features)
-    if ch is None or any(t.swapped for t in list(ins) + list(outs)):
+    if ch is None or kind_declines(node, ins, outs):
         return False
     b = ctx.b
     body = node.attrs["body"]

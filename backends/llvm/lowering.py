@@ -110,6 +110,26 @@ def fused_kind(kind: str, scratch_rule: Callable | None = None,
     return deco
 
 
+def kind_takes(node, threads: int, features: str) -> bool:
+    """Whether a ``fused`` region's kind lowering takes it (its meets rule answers for it):
+    the region then needs only the kind's own scratch, not its body's arena, so that
+    lowering must not decline it later (``kind_declines``)."""
+    rule = FUSED_KIND_MEETS.get(node.attrs["kind"])
+    return rule is not None and rule(node, threads, features) is not None
+
+
+def kind_declines(node, ins, outs) -> bool:
+    """A kind lowering's check of operands read with swapped axes: it declines them, but
+    only a region ``kind_takes`` reserved no body arena for, so one it took reaching here
+    with one is a planner fault, raised rather than run node by node in memory the plan
+    never reserved (folded transposes reach matmuls only: a convolution region has
+    none)."""
+    if not any(t.swapped for t in list(ins) + list(outs)):
+        return False
+    raise AssertionError(f"llvm backend: a {node.attrs['kind']} region its lowering takes "
+                         f"has an operand with swapped axes")
+
+
 def scratch(*ops: str):
     """Register the decorated function as the scratch-size rule of ``ops``."""
     def deco(fn):
