@@ -30,7 +30,7 @@ from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_inp
                           scratch_bytes, usable)
 from .gemm import call_gemm, gemm_function
 from .gemm_tiling import splits_rows, tiling
-from .lowering import fused_kind, lowering, scratch
+from .lowering import fused_kind, kind_declines, lowering, scratch
 from .module import ALIGN
 from .ops_core import SCALAR
 
@@ -266,6 +266,8 @@ def _conv_scratch(node, threads, features):
     k = images_per_gemm(node, threads, features)
     if k is not None:
         return threads * _batched_bytes(node, k)
+    if is_pointwise(conv_geo(x.shape, w.shape[2:], node.attrs)):
+        return 0            # the GEMM reads each image in place: no columns
     return threads * cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
                                  x.type.np_dtype.itemsize, node.attrs["groups"])
 
@@ -912,7 +914,7 @@ def _conv_epilogue(ctx, node, ins, outs) -> bool:
     second sweep over the output; False for other regions."""
     body = node.attrs["body"]
     conv = epilogue_conv(body, ctx.max_threads, ctx.features)
-    if conv is None or any(t.swapped for t in list(ins) + list(outs)):
+    if conv is None or kind_declines(node, ins, outs):
         return False
     b = ctx.b
     buf = dict(zip(body.inputs, ins))
