@@ -560,7 +560,8 @@ class ThreadChoice:
         self.probe.append(seconds)
         # the probe's median is below the current median once more than half its window
         # is, and cannot be once half or more is not: decided as soon as either holds
-        bar = _median(self._window()) * (1 - self.MARGIN)
+        now = _median(self._window())
+        bar = now * (1 - self.MARGIN)
         below = sum(t < bar for t in self.probe)
         half = self.WINDOW // 2 + 1
         if below < half and len(self.probe) - below < half:
@@ -568,7 +569,7 @@ class ThreadChoice:
         hist = self.history[cur]
         lasting = (len(hist) < self.LONG
                    or _median(self.probe) < _median(hist) * (1 - self.MARGIN))
-        self.probe, self.slow = None, 0
+        self.probe, self.slow, probe = None, 0, self.probe
         self.fresh = 0                    # the next probe's window: calls after this one
         if below >= half and not lasting:  # a window's win: look again after the next one
             self.countdown = 0
@@ -576,6 +577,11 @@ class ThreadChoice:
         if below >= half:                 # move
             self.history[n] = []
             self.current, self.period = n, self.PROBE_MIN
+        elif _median(probe) < now * (1 + self.MARGIN):
+            # within the margin either way: a close call, so look again as soon as ever (a
+            # probe of a count at most 10% slower costs little; a long wait on a count
+            # that became the faster one would cost every call of the wait)
+            self.period = self.PROBE_MIN
         else:
             self.period = min(2 * self.period, self.PROBE_MAX)
         self._wait(self.period)
