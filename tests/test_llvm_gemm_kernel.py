@@ -362,3 +362,26 @@ def test_epilogue_flags_zero_is_the_plain_product():
         np.testing.assert_array_equal(c1, c2)
         np.testing.assert_allclose(c1.reshape(M, N), a.reshape(M, K) @ b.reshape(K, N),
                                    rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_last_columns_as_dot_products(kind, dtype):
+    """N % vw of at most ``gemm.TAIL_COLUMNS`` columns past whole vectors (a 1x1
+    convolution on 7 x 7: 49 = 32 + 16 + 1), with A's rows contiguous, are dot products
+    along k: a matrix times one or two vectors, a last vector and a column, several
+    strips and two columns; one K block and two (the first stores, the second adds), C
+    accumulated or not, rows in fours and a remainder, past MC (the packed nest) and
+    within it (the column blocks); the epilogue forms on them. A packed (its rows not
+    contiguous) keeps the tiles: the same products."""
+    t = gemm_tiling.tiling(dtype, kernels(kind)[2])
+    assert gemm.TAIL_COLUMNS >= 1
+    for N in (1, 2, t.vw + 1, t.nr + t.vw + 1, 3 * t.nr + 2):
+        for M, K in ((7, 13), (gemm_tiling.MC + 6, gemm_tiling.KC + 9), (4 * 3, 2 * t.vw)):
+            for accumulate in (0, 1):
+                for a_layout in ("rows", "cols"):
+                    check(kind, dtype, M, N, K, a_layout, "rows", accumulate=accumulate,
+                          pad=2)
+                check(kind, dtype, M, N, K, "rows", "cols", accumulate=accumulate)
+        for j, form in enumerate(EP_FORMS):
+            check_ep(kind, dtype, 9, N, gemm_tiling.KC + 5, accumulate=j % 2, **form)

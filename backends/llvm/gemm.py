@@ -16,7 +16,9 @@ A row-major B under at most MC rows of A (a 1x1 convolution's image, a recurrenc
 takes another nest (``_GemmBuilder.column_blocks``): B read in place in column blocks that
 stay in L2, each swept by every row strip of A in turn. Many rows and few columns run as
 C^T = B^T @ A^T where its tiles pad less (``_GemmBuilder.transposes``), each tile transposed
-in registers on its way into C.
+in registers on its way into C. The last N % vw columns, when at most ``TAIL_COLUMNS``
+and A's rows are contiguous, are dot products along k (``_GemmBuilder.dot_columns``), not a
+tile's mostly empty vector: 49 columns run as 32 + 16 + 1.
 
 The epilogue entry (``gemm_function(..., epilogue=True)``: bias per row, clamps, a residual)
 applies it to the tiles of the last K block as they are stored: the forms of ``EP_FORMS``
@@ -141,13 +143,106 @@ class _GemmBuilder:
                 self.blocked(bp, ap, (B, csb, rsb, A, csa, rsa, N, M))
                 self.c_t = False
             with keep:
-                with b.if_else(b.and_(b.icmp_signed("==", csb, i64(1)),
-                                      b.icmp_signed("<=", M, i64(MC)))) as (rows, other):
-                    with rows:
-                        self.column_blocks(bp, ap)
-                    with other:
-                        self.blocked(bp, ap, (A, rsa, csa, B, rsb, csb, M, N))
+                tail = self.tail_columns(N, csa)
+                main = b.sub(N, tail)
+                with b.if_then(b.icmp_signed(">", main, i64(0))):
+                    with b.if_else(b.and_(b.icmp_signed("==", csb, i64(1)),
+                                          b.icmp_signed("<=", M, i64(MC)))) as (rows, other):
+                        with rows:
+                            self.column_blocks(bp, ap, main)
+                        with other:
+                            self.blocked(bp, ap, (A, rsa, csa, B, rsb, csb, M, main))
+                with b.if_then(b.icmp_signed(">", tail, i64(0))):
+                    self.dot_columns(bp, main, N)
         b.ret_void()
+
+    def tail_columns(self, N, csa):
+        """The last columns left to ``dot_columns``: N % vw when that is at most
+        ``TAIL_COLUMNS`` and A's rows are contiguous, else none. A tile spends a whole
+        vector on them (49 columns, a 1x1 convolution on 7 x 7, fill 32 + 32: 77% of the
+        multiply-adds kept; as 32 + 16 + one dot product, 98%)."""
+        b, t = self.b, self.t
+        rest = b.srem(N, i64(t.vw))
+        ok = b.and_(b.icmp_signed("<=", rest, i64(TAIL_COLUMNS)),
+                    b.icmp_signed("==", csa, i64(1)))
+        return b.select(ok, rest, i64(0))
+
+    def dot_columns(self, bp, n0, n1) -> None:
+        """C[:, n0:n1] = A @ B[:, n0:n1] (+ C when accumulating), then the epilogue over
+        those columns: per column and K block of at most KC, the column of B copied into
+        the scratch, then ``DOT_ROWS`` rows of A at a time (contiguous) multiplied along k
+        in vectors, each sum reduced in a tree; the first block stores, the others add."""
+        b, t = self.b, self.t
+        A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args[:13]
+        vw, vec = t.vw, self.vec
+        vp = ir.PointerType(vec)
+        align = self.elem_align()
+        zero = ir.Constant(vec, [0.0] * vw)
+        suffix = f"v{vw}{'f32' if self.elem == F32 else 'f64'}"
+        fma = self.module.globals.get(f"llvm.fma.{suffix}") or ir.Function(
+            self.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.{suffix}")
+        sfx = 'f32' if self.elem == F32 else 'f64'
+        sfma = self.module.globals.get(f"llvm.fma.{sfx}") or ir.Function(
+            self.module, ir.FunctionType(self.elem, [self.elem] * 3), f"llvm.fma.{sfx}")
+        fresh = b.icmp_signed("==", accumulate, i64(0))
+
+        def put(row, c, pc, s):
+            p = b.gep(C, [b.add(b.mul(row, ldc), c)])
+            adds = b.or_(b.icmp_signed(">", pc, i64(0)), b.not_(fresh))
+            b.store(b.select(adds, b.fadd(b.load(p), s), s), p)
+
+        def rows_dot(i0, h, pc, kc, kfull, c):
+            accs = [self.alloca(vec, f"dot{h}_{r}") for r in range(h)]
+            for a in accs:
+                b.store(zero, a)
+            arows = [b.gep(A, [b.add(b.mul(b.add(i0, i64(r)), rsa), pc)]) for r in range(h)]
+            with for_range(b, 0, kfull, "dk", vw) as k:
+                bv = b.load(b.bitcast(b.gep(bp, [k]), vp), align=align)
+                for r in range(h):
+                    av = b.load(b.bitcast(b.gep(arows[r], [k]), vp), align=align)
+                    b.store(b.call(fma, [av, bv, b.load(accs[r])]), accs[r])
+            sums = [self.reduce_sum(b.load(a)) for a in accs]
+            sacc = [self.alloca(self.elem, f"dots{h}_{r}") for r in range(h)]
+            for a, v in zip(sacc, sums):
+                b.store(v, a)
+            with for_range(b, kfull, kc, "dr") as k:
+                bk = b.load(b.gep(bp, [k]))
+                for r in range(h):
+                    ak = b.load(b.gep(arows[r], [k]))
+                    b.store(b.call(sfma, [ak, bk, b.load(sacc[r])]), sacc[r])
+            for r in range(h):
+                put(b.add(i0, i64(r)), c, pc, b.load(sacc[r]))
+
+        kstep = self.k_blocks()
+        with for_range(b, n0, n1, "dc") as c:
+            with for_range(b, 0, K, "dp", kstep) as pc:
+                kc = _min(b, kstep, b.sub(K, pc))
+                with for_range(b, 0, kc, "dcp") as k:
+                    src = b.gep(B, [b.add(b.mul(b.add(pc, k), rsb), b.mul(c, csb))])
+                    b.store(b.load(src), b.gep(bp, [k]))
+                kfull = b.mul(b.sdiv(kc, i64(vw)), i64(vw))
+                mfull = b.mul(b.sdiv(M, i64(DOT_ROWS)), i64(DOT_ROWS))
+                with for_range(b, 0, mfull, "di", DOT_ROWS) as i0:
+                    rows_dot(i0, DOT_ROWS, pc, kc, kfull, c)
+                with for_range(b, mfull, M, "dj") as i0:
+                    rows_dot(i0, 1, pc, kc, kfull, c)
+        with b.if_then(self.ep_on):
+            bias, res, ldr, lo, hi, flags = self.epilogue
+            b.call(self.epilogue_block(), [b.gep(C, [n0]), ldc, bias,
+                                           b.gep(res, [n0]), ldr, lo, hi, flags, M,
+                                           b.sub(n1, n0)])
+
+    def reduce_sum(self, v):
+        """The sum of a vector's lanes, halves added in a tree (log2(vw) steps)."""
+        b = self.b
+        n = self.t.vw
+        while n > 1:
+            h = n // 2
+            lo = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, h), list(range(h))))
+            hi = b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, h),
+                                                    list(range(h, n))))
+            v, n = b.fadd(lo, hi), h
+        return b.extract_element(v, ir.Constant(I32, 0))
 
     def padded(self, n, columns: bool):
         """The rows (``columns``: columns) the tiles compute for ``n``: whole MR tiles and
@@ -196,7 +291,7 @@ class _GemmBuilder:
         kblocks = b.sdiv(b.add(K, i64(KC - 1)), i64(KC))
         return b.sdiv(b.add(K, b.sub(kblocks, i64(1))), kblocks)
 
-    def column_blocks(self, bp, ap) -> None:
+    def column_blocks(self, bp, ap, n=None) -> None:
         """A row-major B under at most MC rows of A (packed A fits its workspace): C in
         column blocks of about ``B_BLOCK_BYTES`` of B, each swept by every MR-row strip of
         A in turn (C written a few rows at a time along their length), B's whole strips
@@ -217,6 +312,7 @@ class _GemmBuilder:
         place A): no gain (576 x 96 @ 96 x 196 and 1024 x 1000 @ 1000 x 1024 within 5%)."""
         b, t = self.b, self.t
         A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args[:13]
+        N = N if n is None else n        # the columns before ``dot_columns``' tail
         kstep = self.k_blocks()
         size = 4 if self.elem == F32 else 8
         nb = b.mul(b.sdiv(b.sdiv(i64(B_BLOCK_BYTES // size), kstep), i64(t.nr)), i64(t.nr))
@@ -810,6 +906,12 @@ class _GemmBuilder:
                         b.store(src, p)
                     with add:
                         b.store(b.fadd(b.load(p), src), p)
+
+
+# the last columns a dot product per row computes rather than a tile's vector
+# (``_GemmBuilder.tail_columns``), and the rows of A each pass of it takes at a time
+TAIL_COLUMNS = 2
+DOT_ROWS = 4
 
 
 def _min(b, x, y):
