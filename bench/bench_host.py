@@ -17,21 +17,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import describe  # noqa: E402
+from machine import describe, median_of  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 
 def median_us(fn, calls: int) -> float:
-    for _ in range(100):
-        fn()
-    ts = []
-    for _ in range(calls):
-        t = time.perf_counter_ns()
-        fn()
-        ts.append(time.perf_counter_ns() - t)
-    ts.sort()
-    return ts[len(ts) // 2] / 1e3
+    return 1e6 * median_of(fn, calls, warmup=100)
 
 
 def main() -> None:

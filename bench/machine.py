@@ -40,3 +40,16 @@ def best_of(fn, repeats: int, clock=time.perf_counter) -> float:
         fn()
         best = min(best, clock() - t0)
     return best
+
+
+def median_of(fn, repeats: int, warmup: int = 1, clock=time.perf_counter) -> float:
+    """The median of ``repeats`` timed calls of ``fn`` (seconds), after ``warmup`` untimed."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        ts.append(clock() - t0)
+    ts.sort()
+    return ts[len(ts) // 2]
