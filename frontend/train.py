@@ -54,7 +54,8 @@ class TrainStepFunction:
         self.optimizer = optimizer
         self.params = params            # graph parameter name -> Parameter (weights, buffers)
         self._hdtype = [v.type.np_dtype for v in graph.inputs[len(layout.batch):]]
-        self._hyper: tuple[list, list[np.ndarray]] = (None, [])   # last values, their arrays
+        # the hyperparameters' last values and their arrays (None: none yet)
+        self._hyper: tuple[list, list] = ([None] * len(self._hdtype), [None] * len(self._hdtype))
         self.has_aux, self.aux_structure = has_aux, aux_structure
         # dynamic loss scaling (autocast="f16"): the scale and the good-step count, float32
         # scalars updated in place by the step
@@ -72,9 +73,8 @@ class TrainStepFunction:
         if values != last:
             # the same array while a value repeats (only Adam's t moves at each step): the
             # executable reads nothing anew for it
-            hargs = [a if last and v == w else np.asarray(v, dt)
-                     for v, w, a, dt in zip(values, last or values, hargs or values,
-                                            self._hdtype)]
+            hargs = [a if a is not None and v == w else np.asarray(v, dt)
+                     for v, w, a, dt in zip(values, last, hargs, self._hdtype)]
             self._hyper = (values, hargs)
         buffers = self._buffers()
         outs = self.executable(*batch, *hargs, *buffers)

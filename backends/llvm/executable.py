@@ -91,8 +91,7 @@ class LLVMExecutable(Executable):
         # the last clean call, for ``_repeat`` (None: the next call takes the full path)
         self._memo: _Memo | None = None
         # every donation is written in place: a call's results need no copying back
-        self._all_inplace = dict(graph.donations) == {
-            j: k for j, k in plan.inplace.items()}
+        self._all_inplace = dict(graph.donations) == dict(plan.inplace)
 
     # ---------------------------------------------------------------- running
     def __call__(self, *args) -> list[np.ndarray]:
@@ -132,21 +131,30 @@ class LLVMExecutable(Executable):
         ptrs += [o.ctypes.data if o is not None and j not in self.plan.inplace else 0
                  for j, o in enumerate(outs)]
         with self._lock:
-            self._ctl[:4] = 0                # (profile counters accumulate over runs)
-            if self.plan.tasks:
-                self._ctl[self.plan.task_base:] = 0  # the tasks' claim and done counters
             ptrs += self._own_ptrs
             table = (ctypes.c_void_p * len(ptrs))(*ptrs)
-            if self.plan.profile:
-                t0 = time.perf_counter()
-                self._call(table)
-                self._profiled_s += time.perf_counter() - t0
-            else:
-                self._call(table)
-            code, node = int(self._ctl[0]), int(self._ctl[1])
+            code, node = self._native(table)
             self._memo = _Memo(self, given, table) if remember and not code else None
         if code:
             self._raise(code, node, given)
+        return self._copies(args, outs)
+
+    def _native(self, table) -> tuple[int, int]:
+        """One native call on ``table`` (the lock held): the control block reset, the call
+        (timed when profiling), its (error code, node)."""
+        self._ctl[:4] = 0                # (profile counters accumulate over runs)
+        if self.plan.tasks:
+            self._ctl[self.plan.task_base:] = 0  # the tasks' claim and done counters
+        if self.plan.profile:
+            t0 = time.perf_counter()
+            self._call(table)
+            self._profiled_s += time.perf_counter() - t0
+        else:
+            self._call(table)
+        return int(self._ctl[0]), int(self._ctl[1])
+
+    def _copies(self, args, outs: list) -> list[np.ndarray]:
+        """``outs`` with the outputs that are copies of an argument or an earlier output."""
         for j, (kind, k) in self.plan.copies.items():
             outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
         return outs
@@ -189,7 +197,7 @@ class LLVMExecutable(Executable):
                     return None
                 lo = a.ctypes.data
                 hi = lo + a.nbytes
-                if a.nbytes and any(l < hi and lo < h for l, h in memo.written_spans):
+                if a.nbytes and _meets(lo, hi, memo.written_spans):
                     return None
                 new[i] = (lo, hi)
             if out is not None:
@@ -201,7 +209,7 @@ class LLVMExecutable(Executable):
                         return None
                     lo = o.ctypes.data
                     hi = lo + o.nbytes
-                    if o.nbytes and any(l < hi and lo < h for l, h in taken):
+                    if o.nbytes and _meets(lo, hi, taken):
                         return None
                     taken.append((lo, hi))
             for i in changed:
@@ -216,18 +224,12 @@ class LLVMExecutable(Executable):
                 table[memo.out_slot + j] = o.ctypes.data
             for j, k in self.plan.inplace.items():
                 outs[j] = args[k]
-            self._ctl[:4] = 0
-            if self.plan.tasks:
-                self._ctl[self.plan.task_base:] = 0
-            self._call(table)
-            code, node = int(self._ctl[0]), int(self._ctl[1])
+            code, node = self._native(table)
             if code:
                 self._memo = None
         if code:
             self._raise(code, node, list(args))
-        for j, (kind, k) in self.plan.copies.items():
-            outs[j] = (args[k] if kind == "arg" else outs[k]).copy()
-        return outs
+        return self._copies(args, outs)
 
     def _addresses(self, args: list[np.ndarray]) -> list[int]:
         """Each argument's data address. An array passed again (the very object of the
@@ -381,6 +383,11 @@ class LLVMExecutable(Executable):
 
     def source(self) -> str:
         return self.llvm_ir()
+
+
+def _meets(lo: int, hi: int, spans) -> bool:
+    """Does the byte range [lo, hi) overlap any of ``spans`` ((lo, hi) pairs)?"""
+    return any(a < hi and lo < b for a, b in spans)
 
 
 class _Memo:

@@ -178,12 +178,7 @@ class _GemmBuilder:
         vp = ir.PointerType(vec)
         align = self.elem_align()
         zero = ir.Constant(vec, [0.0] * vw)
-        suffix = f"v{vw}{'f32' if self.elem == F32 else 'f64'}"
-        fma = self.module.globals.get(f"llvm.fma.{suffix}") or ir.Function(
-            self.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.{suffix}")
-        sfx = 'f32' if self.elem == F32 else 'f64'
-        sfma = self.module.globals.get(f"llvm.fma.{sfx}") or ir.Function(
-            self.module, ir.FunctionType(self.elem, [self.elem] * 3), f"llvm.fma.{sfx}")
+        fma, sfma = self.fma(vec), self.fma(self.elem)
         fresh = b.icmp_signed("==", accumulate, i64(0))
 
         def put(row, c, pc, s):
@@ -231,6 +226,13 @@ class _GemmBuilder:
             b.call(self.epilogue_block(), [b.gep(C, [n0]), ldc, bias,
                                            b.gep(res, [n0]), ldr, lo, hi, flags, M,
                                            b.sub(n1, n0)])
+
+    def fma(self, ty):
+        """The ``llvm.fma`` intrinsic on ``ty`` (the element type or the vector)."""
+        name = "llvm.fma." + ("" if ty == self.elem else f"v{self.t.vw}") + (
+            "f32" if self.elem == F32 else "f64")
+        return self.module.globals.get(name) or ir.Function(
+            self.module, ir.FunctionType(ty, [ty] * 3), name)
 
     def reduce_sum(self, v):
         """The sum of a vector's lanes, halves added in a tree (log2(vw) steps)."""
@@ -291,7 +293,7 @@ class _GemmBuilder:
         kblocks = b.sdiv(b.add(K, i64(KC - 1)), i64(KC))
         return b.sdiv(b.add(K, b.sub(kblocks, i64(1))), kblocks)
 
-    def column_blocks(self, bp, ap, n=None) -> None:
+    def column_blocks(self, bp, ap, n) -> None:
         """A row-major B under at most MC rows of A (packed A fits its workspace): C in
         column blocks of about ``B_BLOCK_BYTES`` of B, each swept by every MR-row strip of
         A in turn (C written a few rows at a time along their length), B's whole strips
@@ -312,7 +314,7 @@ class _GemmBuilder:
         place A): no gain (576 x 96 @ 96 x 196 and 1024 x 1000 @ 1000 x 1024 within 5%)."""
         b, t = self.b, self.t
         A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args[:13]
-        N = N if n is None else n        # the columns before ``dot_columns``' tail
+        N = n                            # the columns before ``dot_columns``' tail
         kstep = self.k_blocks()
         size = 4 if self.elem == F32 else 8
         nb = b.mul(b.sdiv(b.sdiv(i64(B_BLOCK_BYTES // size), kstep), i64(t.nr)), i64(t.nr))
@@ -618,9 +620,7 @@ class _GemmBuilder:
         for row in accs:
             for a in row:
                 b.store(zero, a)
-        suffix = f"v{t.vw}{'f32' if self.elem == F32 else 'f64'}"
-        fma = self.module.globals.get(f"llvm.fma.{suffix}") or ir.Function(
-            self.module, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.{suffix}")
+        fma = self.fma(self.vec)
         mask = ir.Constant(ir.VectorType(I32, t.vw), [0] * t.vw)
         undef = ir.Constant(self.vec, ir.Undefined)
         if a_at is not None:        # rows of A in place; a partial tile re-reads its last row
