@@ -35,6 +35,25 @@ def test_choice_keeps_the_faster_count_and_probes_rarely():
     assert 1 in late                       # it still looks at the other count now and then
 
 
+def test_a_clearly_slower_probe_ends_at_its_first_judged_call():
+    # one thread 1.7x slower: every probe is its settling call and one judged call
+    c = ThreadChoice(2)
+    used = drive(c, lambda i, n: {1: 1.7, 2: 1.0}[n], 2000)
+    runs = "".join(map(str, used)).split("2")
+    probes = [r for r in runs if r]
+    assert probes and all(len(r) == 2 for r in probes)
+    assert c.current == 2
+
+
+def test_a_probe_a_little_slower_is_judged_on_its_window():
+    # one thread 20% slower: not a clear loss, so the probe runs until its outcome is known
+    c = ThreadChoice(2)
+    used = drive(c, lambda i, n: {1: 1.2, 2: 1.0}[n], 2000)
+    probes = [r for r in "".join(map(str, used)).split("2") if r]
+    assert probes and all(len(r) == 1 + ThreadChoice.WINDOW // 2 + 1 for r in probes)
+    assert c.current == 2
+
+
 def test_choice_moves_to_one_thread_while_a_core_is_taken_and_back_after():
     # all threads fast, except during calls 200..399 (a competing burst: 5x slower)
     def cost(i, n):

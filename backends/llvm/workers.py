@@ -472,8 +472,9 @@ class ThreadChoice:
     of the current count's last ``LONG`` calls (about three blocks of a library run in blocks beside us: one window
     slowed by a neighbour's spinning pool does not move the choice, a lasting slowdown
     does). A probe ends as soon as its outcome is known (more than half its window below
-    that median, or half or more not). The first ``SETTLE`` calls of a run
-    of several threads (the first call of a run of one) are not judged: several threads
+    that median, or half or more not, or its first judged call ``CLEAR`` slower). The
+    first ``SETTLE`` calls of a run of several threads (the first call of a run of one) are
+    not judged: several threads
     started while one thread ran pay the wake-up of workers asleep on their futexes and of
     an idle core, and find their caches cold (a recurrent training step on two threads
     right after one-thread calls: 13.5, 11.7, 10.8, then 7.2 ms), costs the current choice
@@ -500,6 +501,10 @@ class ThreadChoice:
     # as good; two windows of a noisy stretch differ by that much and more)
     MARGIN = 0.1
     SLOW_RUN = 3          # so many slow calls in a row: probe soon
+    # a probe's first judged call this much slower than the current median ends it, lost:
+    # a losing probe then costs the settling call and that one, not SETTLE + WINDOW / 2
+    # (one thread's MLP step 3.8 ms against two threads' 2.2)
+    CLEAR = 0.3
 
     def __init__(self, threads: int):
         self.options = (threads, 1)
@@ -564,7 +569,11 @@ class ThreadChoice:
         bar = now * (1 - self.MARGIN)
         below = sum(t < bar for t in self.probe)
         half = self.WINDOW // 2 + 1
-        if below < half and len(self.probe) - below < half:
+        # a first judged call far slower than the current median is a loss at once (no
+        # count is that much slower by chance often enough to matter: at worst the next
+        # probe comes a period later, or sooner when calls turn slow)
+        clear_loss = len(self.probe) == 1 and seconds > now * (1 + self.CLEAR)
+        if not clear_loss and below < half and len(self.probe) - below < half:
             return
         hist = self.history[cur]
         lasting = (len(hist) < self.LONG
