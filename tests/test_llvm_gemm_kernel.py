@@ -210,17 +210,20 @@ def test_matmul_threads(m, k, n, ta, threads, monkeypatch):
 def test_few_columns_as_the_transposed_product(kind, dtype, a_layout, b_layout):
     """Over MC rows, fewer than 3 NR strips of columns and K <= 2 KC, C = A @ B runs as
     C^T = B^T @ A^T written transposed where those tiles pad at least 1/8 less. By hand
-    (MR x NR tiles, vectors of vw): NR + vw + 1 columns compute 2 NR as columns (a
-    strip and a second one, which one vector would not hold), as rows NR + vw + 1
-    rounded up to a tile height (52 of 49 with 12 x 32 tiles: 0.81); NR + 1 columns
-    compute NR + vw (36 of 48 rows: 0.75); only SSE's float64 tiles (4 x 4, vw 2) pad
-    as much either way and keep the usual tiles. Rows past one register strip, one MC
-    block and one NC block of the transposed product; two K blocks (the transposed tiles
-    add to C); a padded row stride of C."""
+    (MR x NR tiles, vectors of vw): NR + vw + 3 columns compute 2 NR as columns (a
+    strip and a second one, which one vector would not hold), as rows NR + vw + 3
+    rounded up to a tile height (52 of 64 with 12 x 32 tiles: 0.81); NR + 1 columns of
+    a packed A ("cols") compute NR + vw (36 of 48 rows: 0.75), while with A's rows
+    contiguous the last column is a dot product (``tail_columns``): 33 columns as they
+    are, against 36 rows, and the usual nest runs (so for NR + vw + 1); only SSE's
+    float64 tiles (4 x 4, vw 2) pad as much either way and keep the usual tiles. Rows
+    past one register strip, one MC block and one NC block of the transposed product;
+    two K blocks (the transposed tiles add to C); a padded row stride of C."""
     t = gemm_tiling.tiling(dtype, kernels(kind)[2])
-    for M, N, K in ((gemm_tiling.MC + 48, t.nr + t.vw + 1, 9),
+    for M, N, K in ((gemm_tiling.MC + 48, t.nr + t.vw + 3, 9),
+                    (gemm_tiling.MC + 48, t.nr + t.vw + 1, 9),
                     (gemm_tiling.MC + 5, t.nr + 1, gemm_tiling.KC + 3),
-                    (gemm_tiling.NC + 37, t.nr + t.vw + 1, 5)):
+                    (gemm_tiling.NC + 37, t.nr + t.vw + 3, 5)):
         for accumulate in (0, 1):
             check(kind, dtype, M, N, K, a_layout, b_layout, accumulate=accumulate, pad=3)
 
