@@ -240,7 +240,7 @@ class _GemmBuilder:
         """The ``kc`` elements of ``rows`` rows of an in-place A from ``first`` (row stride
         ``rs``) into L2, a line at a time."""
         b = self.b
-        line = 64 // (4 if self.elem == F32 else 8)
+        line = self.line_elems()
         fn = self.prefetch()
         with for_range(b, 0, rows, "pfr") as r:
             row = b.gep(first, [b.mul(r, rs)])
@@ -674,7 +674,7 @@ class _GemmBuilder:
             rows = [b.gep(apanel, [b.mul(_min(b, i64(i), b.sub(mr_, i64(1))), rs)])
                     for i in range(height)]
         prefetch = self.prefetch()
-        line = 64 // (4 if self.elem == F32 else 8)
+        line = self.line_elems()
         # the C lines of these rows' next strip, made writable in cache while this tile
         # computes: a large C's rows are far apart, and a store to a line not in cache
         # waits for it (a 1x1 convolution over 112x112 positions writes 5 MB per image)
@@ -863,6 +863,10 @@ class _GemmBuilder:
 
     def elem_align(self) -> int:
         return 4 if self.elem == F32 else 8
+
+    def line_elems(self) -> int:
+        """Elements per 64-byte cache line (one prefetch each)."""
+        return 64 // self.elem_align()
 
     def store_full(self, accs, cptr, ldc, first, vp, epilogue=None) -> None:
         """The tile into C: stored (the first K block, no ``accumulate``) or added, through
