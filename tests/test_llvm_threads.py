@@ -47,8 +47,8 @@ def test_a_clearly_slower_probe_ends_at_its_first_judged_call():
 
 def test_a_slow_start_does_not_move_the_choice():
     # all threads slow for the first calls only (neighbours' pools still spinning after
-    # their own start): a probe then wins its window, but a move waits for LONG calls of
-    # the current count, and by then all threads are the faster count again
+    # their own start): a probe then wins its window, but a move waits for MOVE_AFTER
+    # calls of the current count, and by then all threads are the faster count again
     c = ThreadChoice(2)
     used = drive(c, lambda i, n: {1: 1.8, 2: 3.0 if i < 8 else 1.0}[n], 400)
     assert c.current == 2

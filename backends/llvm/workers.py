@@ -469,10 +469,10 @@ class ThreadChoice:
     row (a probe), and the median of its last ``WINDOW`` calls is set against the median of
     the current count's last ``WINDOW`` calls, made just before the probe: the choice moves
     when the probe's is lower by ``MARGIN`` (10%), and lower by as much also than the median
-    of the current count's last ``LONG`` calls, of which there must be that many (about
-    three blocks of a library run in blocks beside us: one window slowed by a neighbour's
-    spinning pool does not move the choice, a lasting slowdown does; nor do a process's
-    first calls, which meet its neighbours' start). A probe ends as soon as its outcome is
+    of the current count's last ``LONG`` calls, of which there must be ``MOVE_AFTER`` at
+    least (about three blocks of a library run in blocks beside us: one window slowed by a
+    neighbour's spinning pool does not move the choice, a lasting slowdown does; nor do a
+    process's first calls, which meet its neighbours' start). A probe ends as soon as its outcome is
     known (more than half its window below that median, or half or more not, or its first
     judged call ``CLEAR`` slower). The first ``SETTLE`` calls of a run of several threads
     (the first call of a run of one) are not judged: several threads started while one
@@ -494,10 +494,12 @@ class ThreadChoice:
     ``PROBE_MAX`` calls."""
     WINDOW = 5
     SETTLE = 2            # the first calls of a run of several threads, not judged
-    LONG = 15             # the current count's calls a winning probe must also beat (a
-                          # move waits for that many: an MLP step beside jax and torch,
-                          # all threads slow for its first calls, moved to one thread
-                          # and stayed some 40 calls: 1.2-1.3x the fixed count's median)
+    LONG = 15             # the current count's calls a winning probe must also beat
+    # and of which a move needs at least this many (two windows: an MLP step beside jax and
+    # torch, all threads slow for its first calls only, moved to one thread on its first
+    # window and stayed some 40 calls, 1.2-1.3x the fixed count's median; three windows
+    # kept a LeNet step beside a busy process on two threads 22 calls at 1.6x)
+    MOVE_AFTER = 10
     PROBE_MIN = 16
     PROBE_MAX = 128
     SUDDEN = 1.5          # a call this much slower than its recent median is slow
@@ -580,10 +582,10 @@ class ThreadChoice:
         if not clear_loss and below < half and len(self.probe) - below < half:
             return
         hist = self.history[cur]
-        # a move needs LONG calls of the current count to set the probe against: the
+        # a move needs MOVE_AFTER calls of the current count to set the probe against: the
         # first calls of a process meet its neighbours' start (thread pools still
         # spinning after their own first calls, compiles) and are no measure of it
-        lasting = (len(hist) >= self.LONG
+        lasting = (len(hist) >= self.MOVE_AFTER
                    and _median(self.probe) < _median(hist) * (1 - self.MARGIN))
         self.probe, self.slow, probe = None, 0, self.probe
         self.fresh = 0                    # the next probe's window: calls after this one
