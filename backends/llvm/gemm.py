@@ -236,18 +236,6 @@ class _GemmBuilder:
             self.module, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]),
             "llvm.prefetch.p0")
 
-    def prefetch_rows(self, first, rs, rows, kc) -> None:
-        """The ``kc`` elements of ``rows`` rows of an in-place A from ``first`` (row stride
-        ``rs``) into L2, a line at a time."""
-        b = self.b
-        line = self.line_elems()
-        fn = self.prefetch()
-        with for_range(b, 0, rows, "pfr") as r:
-            row = b.gep(first, [b.mul(r, rs)])
-            with for_range(b, 0, kc, "pfk", line) as k:
-                b.call(fn, [b.bitcast(b.gep(row, [k]), PTR), ir.Constant(I32, 0),
-                            ir.Constant(I32, 2), ir.Constant(I32, 1)])
-
     def fma(self, ty):
         """The ``llvm.fma`` intrinsic on ``ty`` (the element type or the vector)."""
         name = "llvm.fma." + ("" if ty == self.elem else f"v{self.t.vw}") + (
@@ -582,9 +570,14 @@ class _GemmBuilder:
         Two strips ahead or four: 5-7% over three shapes, three 9-10%; into L1: none."""
         b, t = self.b, self.t
         M = self.fn.args[8]
-        ahead = b.sub(M, b.add(row, i64(A_AHEAD * t.mr)))
-        self.prefetch_rows(b.gep(apanel, [b.mul(i64(A_AHEAD * t.mr), rs)]), rs,
-                           _min(b, i64(t.mr), ahead), kc)
+        rows = _min(b, i64(t.mr), b.sub(M, b.add(row, i64(A_AHEAD * t.mr))))
+        first = b.gep(apanel, [b.mul(i64(A_AHEAD * t.mr), rs)])
+        fn = self.prefetch()
+        with for_range(b, 0, rows, "pfr") as r:
+            at = b.gep(first, [b.mul(r, rs)])
+            with for_range(b, 0, kc, "pfk", self.line_elems()) as k:     # a line at a time
+                b.call(fn, [b.bitcast(b.gep(at, [k]), PTR), ir.Constant(I32, 0),
+                            ir.Constant(I32, 2), ir.Constant(I32, 1)])
 
     def tiles(self, args, mr, heights, width: int = 0) -> None:
         """The micro-kernel of the shortest of ``heights`` holding ``mr`` rows; a last
