@@ -31,6 +31,13 @@ CASES = [
     ((1, 5, 11, 12), (5, 1, 3, 3), (1, 2), (2, 2, 2, 1), (2, 2)),     # dilation
     ((2, 3, 4, 2), (3, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),       # no interior column
     ((1, 2, 5, 6), (2, 1, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1)),       # valid, 5x5
+    # narrow rows whose vectors run on past the last padded row into the next phase plane
+    # (no padding rows below or above) and past several rows (2 columns a phase)
+    ((2, 3, 6, 9), (3, 1, 3, 3), (1, 2), (0, 0, 1, 1), (1, 1)),
+    ((1, 2, 30, 3), (2, 1, 3, 1), (1, 2), (0, 0, 0, 0), (1, 1)),
+    # rows wider than NARROW: the row loops
+    ((1, 3, 6, 70), (3, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((2, 2, 7, 81), (2, 1, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
 ]
 
 
@@ -41,6 +48,14 @@ def test_depthwise_matches_reference(xs, ws, stride, padding, dilation, dtype, t
     assert conv_depthwise.applies(xs, ws, groups, dtype)
     g = _graph(xs, ws, stride, padding, dilation, groups, dtype)
     assert_conv_like_reference(g, xs, ws, dtype, threads)
+
+
+def test_narrow_rows_take_the_vector_path():
+    """Both row paths are in CASES: rows of at most NARROW columns a phase, and wider."""
+    narrow = [conv_depthwise.narrow(xs, p, s) for xs, _, s, p, _ in CASES]
+    assert any(narrow) and not all(narrow)
+    assert conv_depthwise.narrow((1, 576, 14, 14), (1, 1, 1, 1), (2, 2))      # MobileNetV2
+    assert not conv_depthwise.narrow((1, 32, 112, 112), (1, 1, 1, 1), (1, 1))
 
 
 def test_reach():

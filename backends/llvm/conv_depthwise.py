@@ -8,12 +8,20 @@ and every output row is one loop over its OW outputs with all the kernel's taps 
 ``y[oh, ow] = sum w[kh, kw] * xp[oh * s0 + kh * d0, ow * s1 + kw * d1]``: no edge cases, a
 trip count known at compile time (so the vectorizer takes the row's width, however narrow),
 y written once in place. Threads split the planes.
+
+A stride splits the padded copy's columns into phases (column q in phase q % s1), so a
+strided row reads each tap's inputs contiguously. Narrow planes (late layers: rows of 7 to
+32) are built with explicit vectors rather than left to the vectorizer, which would run
+such rows as one short vector and a scalar remainder, or not at all: each image row is
+one vector load, scattered into its phase rows by shuffles (zeros at the border) and
+stored as whole vectors; each output row is one vector per tap, its lanes then stored one
+by one through the epilogue (``narrow``).
 """
 from __future__ import annotations
 
 from llvmlite import ir
 
-from .builder import Buf, for_range, i64
+from .builder import I32, Buf, for_range, i64
 
 
 def applies(x_shape, w_shape, groups: int, dtype: str) -> bool:
@@ -31,9 +39,38 @@ def phase_width(x_shape, padding, stride) -> int:
     return -(-padded_shape(x_shape, padding)[1] // stride[1])
 
 
-def scratch_elems(x_shape, padding, stride=(1, 1)) -> int:
-    """Per thread: the padded plane, its columns split into ``stride[1]`` phase planes."""
-    return stride[1] * padded_shape(x_shape, padding)[0] * phase_width(x_shape, padding, stride)
+# phase rows at most this wide are built and read as explicit vectors (``narrow``), an
+# output row's as a multiple of LANES
+NARROW = 32
+LANES = 8
+
+
+def narrow(x_shape, padding, stride) -> bool:
+    return phase_width(x_shape, padding, stride) <= NARROW
+
+
+def lanes(OW: int) -> int:
+    """Lanes of a ``narrow`` output row's vectors: OW rounded up to a multiple of LANES."""
+    return -(-OW // LANES) * LANES
+
+
+def phase_rows(x_shape, padding, stride) -> int:
+    """Rows of each phase plane: the padded rows, and for ``narrow`` rows as many more as
+    a row's vector of ``lanes(Wq)`` overruns its Wq columns (written with zeros)."""
+    hp = padded_shape(x_shape, padding)[0]
+    if not narrow(x_shape, padding, stride):
+        return hp
+    wq = phase_width(x_shape, padding, stride)
+    return hp + -(-(lanes(wq) - wq) // wq)
+
+
+def scratch_elems(x_shape, w_shape, padding, stride, dilation) -> int:
+    """Per thread: the padded plane, its columns split into ``stride[1]`` phase planes; for
+    ``narrow`` rows, the output rows' vectors read past the last row's end too."""
+    wq = phase_width(x_shape, padding, stride)
+    slack = (lanes(wq) + (w_shape[3] - 1) * dilation[1] // stride[1]
+             if narrow(x_shape, padding, stride) else 0)
+    return stride[1] * phase_rows(x_shape, padding, stride) * wq + slack
 
 
 TINY = 160     # output positions x taps up to which a plane is one unrolled body
@@ -89,10 +126,12 @@ def lower(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, xp, put=None) 
         _tiny(ctx, x, w, y, stride, padding, dilation, put)
         return
     s0, s1 = stride
-    Hp, _ = padded_shape(x.shape, padding)
+    Hp = phase_rows(x.shape, padding, stride)
     Wq = phase_width(x.shape, padding, stride)
+    vector = narrow(x.shape, padding, stride)
     zero = ir.Constant(y.elem, 0.0)
-    with for_range(b, 0, scratch_elems(x.shape, padding, stride), "dwz") as i:
+    with for_range(b, 0, scratch_elems(x.shape, w.shape, padding, stride, dilation),
+                   "dwz") as i:
         b.store(zero, b.gep(xp, [i]))
     taps = phase_taps(w.shape, stride, dilation, Hp, Wq)
     lo, hi = ctx.split(N * O)
@@ -102,13 +141,19 @@ def lower(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, xp, put=None) 
         xplane = b.mul(b.add(b.mul(n, i64(C)), c), i64(H * W))
         with for_range(b, 0, H, "dwh") as h:
             src = b.add(xplane, b.mul(h, i64(W)))
-            fill_row(ctx, xp, b.mul(b.add(h, i64(padding[0])), i64(Wq)),
-                     lambda iw: x.load(b, b.add(src, iw)), W, padding[2], s1, Hp, Wq)
+            row = b.mul(b.add(h, i64(padding[0])), i64(Wq))
+            if vector:
+                _fill_vector(b, xp, row, x, src, W, padding[2], s1, Hp, Wq)
+            else:
+                fill_row(ctx, xp, row, lambda iw: x.load(b, b.add(src, iw)), W, padding[2], s1,
+                         Hp, Wq)
         wk = [w.load(b, b.add(b.mul(o, i64(K0 * K1)), i64(t))) for _, t in taps]
         yplane = b.mul(plane, i64(OH * OW))
-        out_rows(ctx, xp, taps, wk, i64(0), i64(OH), OW, s0, Wq,
-                 lambda oh, ow, acc: put(b.add(b.add(yplane, b.mul(oh, i64(OW))), ow),
-                                         (n, o, oh, ow), acc))
+
+        def put_at(oh, ow, acc):
+            put(b.add(b.add(yplane, b.mul(oh, i64(OW))), ow), (n, o, oh, ow), acc)
+        (_out_vectors if vector else out_rows)(ctx, xp, taps, wk, i64(0), i64(OH), OW, s0, Wq,
+                                                put_at)
 
 
 def phase_taps(w_shape, stride, dilation, Hp: int, Wq: int) -> list[tuple[int, int]]:
@@ -142,6 +187,47 @@ def fill_row(ctx, xp, row, value, W: int, pad_left: int, s1: int, Hp: int, Wq: i
         with for_range(b, j_lo, j_hi, "dww") as j:
             iw = b.add(b.mul(j, i64(s1)), i64(q - pad_left))
             b.store(value(iw), b.gep(xp, [b.add(dst, j)]))
+
+
+def _fill_vector(b, xp, row, x: Buf, src, W: int, pad_left: int, s1: int, Hp: int,
+                 Ws: int) -> None:
+    """``fill_row`` for ``narrow`` rows of ``Ws`` columns, whole: the image row ``x[src:src
+    + W]`` as one vector, each phase row one shuffle of it (zeros outside the image) stored
+    as one vector of ``lanes(Ws)``, whose lanes past Ws (zeros) run on into the next row
+    (filled after this one, or a padding row) or the plane's spare rows (``phase_rows``)."""
+    elem = xp.type.pointee
+    ptr = b.bitcast(x.at(b, src), ir.PointerType(ir.VectorType(elem, W)))
+    v = b.load(ptr, align=4)
+    zeros = ir.Constant(ir.VectorType(elem, W), None)
+    V = lanes(Ws)
+    for q in range(s1):
+        cols = [j * s1 + q - pad_left for j in range(V)]
+        mask = [iw if 0 <= iw < W else W for iw in cols]
+        r = b.shuffle_vector(v, zeros, ir.Constant(ir.VectorType(I32, V), mask))
+        dst = b.gep(xp, [b.add(i64(q * Hp * Ws), row)])
+        b.store(r, b.bitcast(dst, ir.PointerType(r.type)), align=4)
+
+
+def _out_vectors(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Ws: int, put) -> None:
+    """``out_rows`` for ``narrow`` rows of ``Ws`` columns: each output row one vector of
+    ``lanes(OW)`` lanes per tap (lanes past OW read on into the next row or the scratch's
+    slack, and are dropped), then ``put(r, ow, value)`` lane by lane."""
+    b = ctx.b
+    V = lanes(OW)
+    vec = ir.VectorType(xp.type.pointee, V)
+    undef = ir.Constant(vec, ir.Undefined)
+    bcast = ir.Constant(ir.VectorType(I32, V), [0] * V)
+    wv = [b.shuffle_vector(b.insert_element(undef, w, ir.Constant(I32, 0)), undef, bcast)
+          for w in wk]
+    with for_range(b, r0, r1, "dwoh") as oh:
+        top = b.mul(oh, i64(s0 * Ws))
+        acc = None
+        for (off, _), w in zip(taps, wv):
+            p = b.bitcast(b.gep(xp, [b.add(top, i64(off))]), ir.PointerType(vec))
+            v = b.fmul(w, b.load(p, align=4))
+            acc = v if acc is None else b.fadd(acc, v)
+        for ow in range(OW):
+            put(oh, i64(ow), b.extract_element(acc, ir.Constant(I32, ow)))
 
 
 def out_rows(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Wq: int, put) -> None:

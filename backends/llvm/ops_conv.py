@@ -340,8 +340,8 @@ def _depthwise_bytes(node) -> int:
     """One thread's scratch of a depthwise convolution (conv_depthwise's padded plane)."""
     x = node.inputs[0]
     a = node.attrs
-    return scratch_bytes(x.dtype, [conv_depthwise.scratch_elems(x.shape, a["padding"],
-                                                                a["stride"])])
+    return scratch_bytes(x.dtype, [conv_depthwise.scratch_elems(
+        x.shape, node.inputs[1].shape, a["padding"], a["stride"], a["dilation"])])
 
 
 def _depthwise(ctx, node, x: Buf, w: Buf, y: Buf, put=None) -> None:
