@@ -109,6 +109,20 @@ def test_fused_gemm_conv_matches_torch_and_reference(case, monkeypatch):
         assert got.min() == 0.0 and got.max() == 6.0
 
 
+@pytest.mark.parametrize("case", [
+    (1, 40, 7, 7, 4, 1, 0, 1, "relu6", False, 2, 1, 1),       # 160 x 40 expand, 7 x 7
+    (1, 300, 7, 7, 1, 1, 0, 1, "none", True, 1, 1, 1),        # 300 x 300 project + residual
+    (1, 24, 6, 7, 8, 1, 0, 1, "relu", False, 1, 1, 1),        # 192 x 24 on 42 positions
+])
+def test_fused_gemm_conv_wide_strip(case):
+    """1x1 convolutions over more rows than one MC block whose columns end in the GEMM's
+    wide strip (gemm.wide_from: 49 positions as 48 and a dot product, 42 as one strip of
+    48 on 512-bit vectors), the epilogue applied to its tiles, over two K blocks too."""
+    got, want, ref = _run(case)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_fused_depthwise_float64():
     got, want, ref = _run((2, 4, 10, 9, 1, 2, 1, 1, "relu6", False, 2), np.float64)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -30,7 +30,11 @@ def _graph(m: int, k: int, n: int, ta: bool, tb: bool, dtype: str) -> Graph:
 
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("m,k,n", [(1, 3, 1), (6, 5, 16), (7, 9, 17), (13, 300, 35),
-                                   (50, 40, 3), (2, 17, 70)])
+                                   (50, 40, 3), (2, 17, 70),
+                                   # a last wide strip (NR + one vector: gemm.wide_from) on
+                                   # 512-bit vectors (float32 44, 48 before the dot-product
+                                   # column) and 256-bit ones (22)
+                                   (29, 300, 44), (160, 300, 49), (20, 40, 22)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gemm_every_operand_layout_matches_numpy(m, k, n, ta, tb, dtype):
     exe = backends.compile(_graph(m, k, n, ta, tb, dtype), "llvm", threads=2)
@@ -165,3 +169,10 @@ def test_splits_rows_rule():
     assert not splits_rows(1280, 784, 12, 32, 2)    # 25 strips
     assert not splits_rows(12, 49, 12, 32, 2)
     assert not splits_rows(96, 196, 12, 32, 1)      # one thread: 7 strips >= 4
+
+
+def test_wide_strip_tiles():
+    """The tiles of a wide strip (three vectors) keep the MR x NR tile's accumulators."""
+    from irgraph.backends.llvm.gemm_tiling import tiling
+    assert tiling("float32", "+avx512f").wide() == (8, (4, 8))      # 12 x 2 -> 8 x 3
+    assert tiling("float64", "+avx2").wide() == (4, (2, 4))         # 6 x 2 -> 4 x 3

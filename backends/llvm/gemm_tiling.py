@@ -29,6 +29,13 @@ class Tiling:
         step = self.mr // 3 if self.mr % 3 == 0 else max(1, self.mr // 2)
         return tuple(range(step, self.mr + 1, step))
 
+    def wide(self) -> tuple[int, tuple[int, ...]]:
+        """(rows per step, heights) of the tiles of a strip of NR + vw columns (three
+        vectors, ``_GemmBuilder.wide_from``): as many rows as keep the MR x NR tile's count
+        of accumulators, in two heights where they are even."""
+        rows = self.mr * (self.nr // self.vw) // 3
+        return rows, ((rows // 2, rows) if rows % 2 == 0 else (rows,))
+
     def panel_elems(self) -> int:
         mc = -(-MC // self.mr) * self.mr
         return KC * (NC + self.nr) + mc * KC
