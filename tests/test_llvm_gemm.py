@@ -34,7 +34,8 @@ def _graph(m: int, k: int, n: int, ta: bool, tb: bool, dtype: str) -> Graph:
                                    # a last wide strip (NR + one vector: gemm.wide_from) on
                                    # 512-bit vectors (float32 44, 48 before the dot-product
                                    # column) and 256-bit ones (22)
-                                   (29, 300, 44), (160, 300, 49), (20, 40, 22)])
+                                   (29, 300, 44), (160, 300, 49), (20, 40, 22),
+                                   (100, 70, 48)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gemm_every_operand_layout_matches_numpy(m, k, n, ta, tb, dtype):
     exe = backends.compile(_graph(m, k, n, ta, tb, dtype), "llvm", threads=2)

@@ -341,13 +341,21 @@ class _GemmBuilder:
                                b.icmp_signed("==", accumulate, i64(0)))
                 first = (first, self.last_block(pc, kc))
                 bsrc = b.gep(B, [b.add(b.mul(pc, rsb), jc)])
-                with b.if_then(b.icmp_signed("<", whole, nc)):
-                    self.pack(bp, b.gep(bsrc, [whole]), i64(1), rsb, b.sub(nc, whole), kc,
-                              t.nr)
+                main = self.wide_from(nc)
+                with b.if_else(b.icmp_signed("<", main, nc)) as (wide, narrow):
+                    with wide:      # a wide strip: packed unless whole
+                        with b.if_then(b.icmp_signed("<", b.sub(nc, main),
+                                                     i64(t.nr + t.vw))):
+                            self.pack(bp, b.gep(bsrc, [main]), i64(1), rsb, b.sub(nc, main),
+                                      kc, t.nr + t.vw)
+                    with narrow:
+                        with b.if_then(b.icmp_signed("<", whole, nc)):
+                            self.pack(bp, b.gep(bsrc, [whole]), i64(1), rsb,
+                                      b.sub(nc, whole), kc, t.nr)
                 asrc = b.gep(A, [b.mul(pc, csa)])
                 in_place = b.and_(b.icmp_signed("==", csa, i64(1)),
                                   b.not_(self.set_aliased(rsa)))
-                bv = (bsrc, rsb, bp, whole)
+                bv = (bsrc, rsb, bp, whole, main)
                 with b.if_else(in_place) as (rows, other):
                     with rows:
                         self.macro_rows(asrc, bv, C, ldc, jc, M, nc, kc, first,
@@ -358,29 +366,55 @@ class _GemmBuilder:
 
     def macro_rows(self, ap, b_view, C, ldc, jc, mc, nc, kc, first, a_rows=None) -> None:
         """The tiles of a block of C, MR-row strip after strip, each along the block.
-        ``b_view`` = (B block, row stride, packed last strip, columns in whole strips)."""
+        ``b_view`` = (B block, row stride, packed last strip, columns in whole strips, start
+        of a last wide strip (``wide_from``: nc if none), packed unless whole)."""
         b, t = self.b, self.t
-        bsrc, rsb, packed, whole = b_view
+        bsrc, rsb, packed, whole, main = b_view
+        wide_w = t.nr + t.vw
+        wide_in_place = b.icmp_signed("==", b.sub(nc, main), i64(wide_w))
         with for_range(b, 0, mc, "ib", t.mr) as ir_:
-            mr = _min(b, i64(t.mr), b.sub(mc, ir_))
-            if a_rows is None:
-                apanel, a_at = b.gep(ap, [b.mul(ir_, kc)]), None
-            else:
-                apanel, a_at = b.gep(ap, [b.mul(ir_, a_rows[0])]), (a_rows, mr)
-            with for_range(b, 0, nc, "jb", t.nr) as jr:
-                in_place = b.icmp_signed("<", jr, whole)
-                bpanel = b.select(in_place, b.gep(bsrc, [jr]), packed)
-                bstride = b.select(in_place, rsb, i64(t.nr))
+            def args_at(jr, bpanel, bstride, nr):
                 # the strip after next into L2, as the tiles go: rows far apart are K
                 # separate streams the hardware prefetchers do not follow. The next strip
                 # instead comes too late from memory: 24 x 144 @ 144 x 3136, fresh B, 4.99
                 # -> 2.11 ms; 32 x 96 @ 96 x 12544 18.9 -> 6.55; three strips ahead: the same
                 pf = (b.gep(bsrc, [b.add(jr, i64(2 * t.nr))]), rsb)
+
+                def args(i0, apanel, a_at, mr):
+                    cptr = b.gep(C, [b.add(b.mul(i0, ldc), b.add(jc, jr))])
+                    return (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf,
+                            (i0, b.add(jc, jr)))
+                return args
+            with for_range(b, 0, main, "jb", t.nr) as jr:
+                in_place = b.icmp_signed("<", jr, whole)
+                bpanel = b.select(in_place, b.gep(bsrc, [jr]), packed)
+                bstride = b.select(in_place, rsb, i64(t.nr))
                 nr = _min(b, i64(t.nr), b.sub(nc, jr))
-                cptr = b.gep(C, [b.add(b.mul(ir_, ldc), b.add(jc, jr))])
-                args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf,
-                        (ir_, b.add(jc, jr)))
-                self.tiles(args, mr, t.heights())
+                self.row_tiles(ap, a_rows, ir_, mc, kc, t.mr, t.heights(), t.nr,
+                               args_at(jr, bpanel, bstride, nr))
+            with b.if_then(b.icmp_signed("<", main, nc)):
+                bpanel = b.select(wide_in_place, b.gep(bsrc, [main]), packed)
+                bstride = b.select(wide_in_place, rsb, i64(wide_w))
+                rows, heights = t.wide()
+                self.row_tiles(ap, a_rows, ir_, mc, kc, rows, heights, wide_w,
+                               args_at(main, bpanel, bstride, b.sub(nc, main)))
+
+    def row_tiles(self, ap, a_rows, ir_, mc, kc, rows: int, heights, w: int, args) -> None:
+        """The tiles of the MR-row strip of A at ``ir_`` (of ``mc`` rows) against a strip
+        of ``w`` columns (NR, or NR + vw: a wide strip), at most ``rows`` rows each from
+        the strip's top (packed A: MR-row strips; ``a_rows``: A in place). ``args(first
+        row, A at it, (A rows) or None, rows)``: the tile's arguments (``call_micro``)."""
+        b, t = self.b, self.t
+        for top in range(0, t.mr, rows):
+            i0 = b.add(ir_, i64(top))
+            mr = _min(b, i64(min(rows, t.mr - top)), b.sub(mc, i0))
+            with b.if_then(b.icmp_signed(">", mr, i64(0))):
+                if a_rows is None:      # packed MR-row strips: row top of this one
+                    apanel, a_at = b.gep(ap, [b.add(b.mul(ir_, kc), i64(top))]), None
+                else:
+                    apanel, a_at = b.gep(ap, [b.mul(i0, a_rows[0])]), (a_rows, mr)
+                self.tiles(args(i0, apanel, a_at, mr), mr, heights,
+                           0 if w == t.nr else w // t.vw)
 
     def blocked(self, bp, ap, operands) -> None:
         """The Goto/BLIS nest (module docstring) on ``operands`` = (A, its row and column
@@ -556,7 +590,9 @@ class _GemmBuilder:
         0.154, on 6 x 8 0.168 -> 0.146; 320 x 960 on 7 x 7 0.320 -> 0.296; 960 x 160 0.157
         -> 0.153; 1280 x 320 0.415 -> 0.402; 192 x 32 on 28 x 28 (24 strips + 16) 0.106 ->
         0.105. A rest of 4 (196 columns, 14 x 14) as a 36-wide strip: 1% slower, so kept
-        as it was."""
+        as it was. Both nests take it (``macro``, ``macro_rows``): a product split by rows
+        between two threads runs each half through ``column_blocks`` (160 x 960 on 7 x 7,
+        two threads: 0.136 -> 0.102 ms, best of 300)."""
         b, t = self.b, self.t
         rest = b.srem(nc, i64(t.nr))
         wide = b.and_(b.icmp_signed(">", nc, i64(t.nr)),
@@ -584,21 +620,15 @@ class _GemmBuilder:
                 with b.if_then(b.icmp_signed("==", jr, i64(0))):
                     self.prefetch_ahead(b.gep(ap, [b.mul(ir_, a_rows[0])]), a_rows[0],
                                         b.add(ic, ir_), kc)
-            for top in range(0, t.mr, rows):
-                i0 = b.add(ir_, i64(top))
-                mr = _min(b, i64(min(rows, t.mr - top)), b.sub(mc, i0))
-                with b.if_then(b.icmp_signed(">", mr, i64(0))):
-                    if a_rows is None:      # packed MR-row strips: row top of this one
-                        apanel, a_at = b.gep(ap, [b.add(b.mul(ir_, kc), i64(top))]), None
-                    else:
-                        apanel, a_at = b.gep(ap, [b.mul(i0, a_rows[0])]), (a_rows, mr)
-                    row = b.add(ic, i0)
-                    col = b.add(jc, jr)
-                    cptr = b.gep(C, [b.add(b.mul(col, ldc), row) if self.c_t else
-                                     b.add(b.mul(row, ldc), col)])
-                    args = (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf,
-                            (row, col))
-                    self.tiles(args, mr, heights, 0 if w == t.nr else w // t.vw)
+            col = b.add(jc, jr)
+
+            def args(i0, apanel, a_at, mr):
+                row = b.add(ic, i0)
+                cptr = b.gep(C, [b.add(b.mul(col, ldc), row) if self.c_t else
+                                 b.add(b.mul(row, ldc), col)])
+                return (apanel, bpanel, bstride, cptr, ldc, kc, mr, nr, first, a_at, pf,
+                        (row, col))
+            self.row_tiles(ap, a_rows, ir_, mc, kc, rows, heights, w, args)
 
     def prefetch_ahead(self, apanel, rs, row, kc) -> None:
         """While the first column strip's tile of rows [row, row + MR) of an in-place A
