@@ -371,7 +371,8 @@ def test_epilogue_flags_zero_is_the_plain_product():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_last_columns_as_dot_products(kind, dtype):
     """N % vw of at most ``gemm.TAIL_COLUMNS`` columns past whole vectors (a 1x1
-    convolution on 7 x 7: 49 = 32 + 16 + 1), with A's rows contiguous, are dot products
+    convolution on 7 x 7: 49 = 48 + 1; up to ``LONG_TAIL_COLUMNS`` where K is long: 14 x
+    14, 196 = 192 + 4), with A's rows contiguous, are dot products
     along k: a matrix times one or two vectors, a last vector and a column, several
     strips and two columns; one K block and two (the first stores, the second adds), C
     accumulated or not, rows in fours and a remainder, past MC (the packed nest) and
@@ -379,7 +380,7 @@ def test_last_columns_as_dot_products(kind, dtype):
     contiguous) keeps the tiles: the same products."""
     t = gemm_tiling.tiling(dtype, kernels(kind)[2])
     assert gemm.TAIL_COLUMNS >= 1
-    for N in (1, 2, t.vw + 1, t.nr + t.vw + 1, 3 * t.nr + 2):
+    for N in (1, 2, t.vw + 1, t.nr + t.vw + 1, 3 * t.nr + 2, t.nr + 4):
         for M, K in ((7, 13), (gemm_tiling.MC + 6, gemm_tiling.KC + 9), (4 * 3, 2 * t.vw)):
             for accumulate in (0, 1):
                 for a_layout in ("rows", "cols"):

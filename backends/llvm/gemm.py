@@ -163,13 +163,20 @@ class _GemmBuilder:
 
     def tail_columns(self, N, csa):
         """The last columns left to ``dot_columns``: N % vw when that is at most
-        ``TAIL_COLUMNS`` and A's rows are contiguous, else none. A tile spends a whole
-        vector on them (49 columns, a 1x1 convolution on 7 x 7, fill 32 + 32: 77% of the
-        multiply-adds kept; as 48 + one dot product, 98%)."""
+        ``TAIL_COLUMNS`` (``LONG_TAIL_COLUMNS`` where K is at least ``LONG_TAIL_K``) and
+        A's rows are contiguous, else none. A tile spends a whole vector on them (49
+        columns, a 1x1 convolution on 7 x 7, fill 32 + 32: 77% of the multiply-adds kept;
+        as 48 + one dot product, 98%). A dot product of a short K spends more on its
+        reduction than the tile's empty lanes cost: 196 columns (14 x 14) as 192 + 4, 1x1
+        convolution + bias, one thread, in-process A/B, median of 300 calls: 96 x 576 @ 576
+        x 196 0.246 -> 0.227 ms, 64 x 384 @ 384 x 196 0.135 -> 0.123, 576 x 96 @ 96 x 196
+        0.267 -> 0.258; 384 x 64 @ 64 x 196 9% slower (so K < 96 keeps two)."""
         b, t = self.b, self.t
+        K = self.fn.args[10]
         rest = b.srem(N, i64(t.vw))
-        ok = b.and_(b.icmp_signed("<=", rest, i64(TAIL_COLUMNS)),
-                    b.icmp_signed("==", csa, i64(1)))
+        most = b.select(b.icmp_signed(">=", K, i64(LONG_TAIL_K)), i64(LONG_TAIL_COLUMNS),
+                        i64(TAIL_COLUMNS))
+        ok = b.and_(b.icmp_signed("<=", rest, most), b.icmp_signed("==", csa, i64(1)))
         return b.select(ok, rest, i64(0))
 
     def dot_columns(self, bp, n0, n1) -> None:
@@ -1034,6 +1041,7 @@ A_AHEAD = 3
 # the last columns a dot product per row computes rather than a tile's vector
 # (``_GemmBuilder.tail_columns``), and the rows of A each pass of it takes at a time
 TAIL_COLUMNS = 2
+LONG_TAIL_COLUMNS, LONG_TAIL_K = 4, 96
 DOT_ROWS = 4
 
 
