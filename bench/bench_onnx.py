@@ -7,7 +7,8 @@ ResNet-18 and MobileNetV2 (tests/onnx_models.py, random weights) exported by
 ``torch.onnx.export``, imported with batch norm folded, compiled by the LLVM backend; the
 same ONNX file runs on onnxruntime's CPU execution provider; torch runs the model eagerly.
 All with ``--threads`` (default 2), batch 1 and 8, input 3 x size x size (default 224). Prints ms per
-inference (best of N runs: the shared machine is noisy) and the ratio onnxruntime / LLVM
+inference (best of N runs: the shared machine is noisy; the three take turns, three calls
+each, so a slow stretch of the machine hits all of them) and the ratio onnxruntime / LLVM
 (> 1: LLVM faster), and the machine. The LLVM column compiles with ``--pipeline`` (default
 ``default, fuse``: convolutions with their bias, activation and residual add as one kernel,
 as onnxruntime's default graph optimizations fuse them). A script, not a test: nothing here
@@ -28,14 +29,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 from machine import describe  # noqa: E402
 
-def best_ms(fn, runs: int, clock=time.perf_counter) -> float:
-    fn()                                   # warm up
-    times = []
-    for _ in range(runs):
-        t = clock()
-        fn()
-        times.append(clock() - t)
-    return 1000 * min(times)
+def best_ms(fns: dict, runs: int, clock=time.perf_counter, block: int = 3) -> dict:
+    """Best ms per call of each of ``fns`` (name -> callable) over ``runs`` calls each,
+    taken in rounds of ``block`` calls per engine in turn: on a VM whose cores come and
+    go, a slow stretch hits every engine alike instead of the one whose turn it is."""
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()                               # warm up
+    for _ in range(-(-runs // block)):
+        for name, fn in fns.items():
+            for _ in range(block):
+                t = clock()
+                fn()
+                times[name].append(clock() - t)
+    return {name: 1000 * min(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -90,10 +97,13 @@ def main() -> None:
             err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
             assert err < 1e-3, f"{name}: LLVM output differs from torch's by {err}"
             xt = torch.from_numpy(x)
-            t_llvm = best_ms(lambda: exe(x), runs, clock)
-            t_ort = best_ms(lambda: sess.run(None, {"input": x}), runs, clock)
-            with torch.no_grad():
-                t_torch = best_ms(lambda: model(xt), runs, clock)
+
+            def eager():
+                with torch.no_grad():
+                    return model(xt)
+            t = best_ms({"llvm": lambda: exe(x), "ort": lambda: sess.run(None, {"input": x}),
+                         "torch": eager}, runs, clock)
+            t_llvm, t_ort, t_torch = t["llvm"], t["ort"], t["torch"]
             print(f"{name:14s} {batch:5d} {t_llvm:9.2f} {t_ort:12.2f} {t_torch:9.2f} "
                   f"{t_ort / t_llvm:9.2f} {compile_s:10.1f}", flush=True)
 
