@@ -35,6 +35,9 @@ CASES = [
     # (no padding rows below or above) and past several rows (2 columns a phase)
     ((2, 3, 6, 9), (3, 1, 3, 3), (1, 2), (0, 0, 1, 1), (1, 1)),
     ((1, 2, 30, 3), (2, 1, 3, 1), (1, 2), (0, 0, 0, 0), (1, 1)),
+    # stride-1 planes of at most FLAT positions: one flat run of vectors
+    ((2, 5, 7, 7), (5, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((1, 3, 6, 5), (3, 1, 3, 2), (1, 1), (2, 0, 1, 2), (2, 1)),
     # rows wider than NARROW: the row loops
     ((1, 3, 6, 70), (3, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
     ((2, 2, 7, 81), (2, 1, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
