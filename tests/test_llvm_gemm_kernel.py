@@ -217,13 +217,16 @@ def test_few_columns_as_the_transposed_product(kind, dtype, a_layout, b_layout):
     contiguous the last column is a dot product (``tail_columns``): 33 columns as they
     are, against 36 rows, and the usual nest runs (so for NR + vw + 1); only SSE's
     float64 tiles (4 x 4, vw 2) pad as much either way and keep the usual tiles. Rows
-    past one register strip, one MC block and one NC block of the transposed product;
-    two K blocks (the transposed tiles add to C); a padded row stride of C."""
+    past one register strip, one MC block and one NC block of the transposed product, or
+    ending in a wide strip; two K blocks (the transposed tiles add to C); a padded row
+    stride of C."""
     t = gemm_tiling.tiling(dtype, kernels(kind)[2])
     for M, N, K in ((gemm_tiling.MC + 48, t.nr + t.vw + 3, 9),
                     (gemm_tiling.MC + 48, t.nr + t.vw + 1, 9),
                     (gemm_tiling.MC + 5, t.nr + 1, gemm_tiling.KC + 3),
-                    (gemm_tiling.NC + 37, t.nr + t.vw + 3, 5)):
+                    (gemm_tiling.NC + 37, t.nr + t.vw + 3, 5),
+                    # rows ending in a wide strip of the transposed nest (gemm.wide_from)
+                    ((gemm_tiling.MC // t.nr + 1) * t.nr + t.vw, t.nr + t.vw + 3, 9)):
         for accumulate in (0, 1):
             check(kind, dtype, M, N, K, a_layout, b_layout, accumulate=accumulate, pad=3)
 
