@@ -377,14 +377,16 @@ def test_last_columns_as_dot_products(kind, dtype):
     convolution on 7 x 7: 49 = 48 + 1; up to ``LONG_TAIL_COLUMNS`` where K is long: 14 x
     14, 196 = 192 + 4), with A's rows contiguous, are dot products
     along k: a matrix times one or two vectors, a last vector and a column, several
-    strips and two columns; one K block and two (the first stores, the second adds), C
-    accumulated or not, rows in fours and a remainder, past MC (the packed nest) and
-    within it (the column blocks); the epilogue forms on them. A packed (its rows not
-    contiguous) keeps the tiles: the same products."""
+    strips and two, three or four columns (all at once, each row of A read once); one K
+    block and two (``gemm.DOT_K``: the first stores, the second adds), C accumulated or
+    not, rows in groups and a remainder, past MC (the packed nest) and within it (the
+    column blocks); the epilogue forms on them. A packed (its rows not contiguous) keeps
+    the tiles: the same products."""
     t = gemm_tiling.tiling(dtype, kernels(kind)[2])
-    assert gemm.TAIL_COLUMNS >= 1
-    for N in (1, 2, t.vw + 1, t.nr + t.vw + 1, 3 * t.nr + 2, t.nr + 4):
-        for M, K in ((7, 13), (gemm_tiling.MC + 6, gemm_tiling.KC + 9), (4 * 3, 2 * t.vw)):
+    assert gemm.TAIL_COLUMNS >= 1 and gemm.LONG_TAIL_COLUMNS == 4
+    for N in (1, 2, t.vw + 1, t.nr + t.vw + 1, 3 * t.nr + 2, 2 * t.vw + 3, t.nr + 4):
+        for M, K in ((7, 13), (gemm_tiling.MC + 6, gemm_tiling.KC + 9), (4 * 3, 2 * t.vw),
+                     (6, gemm.DOT_K + t.vw + 3)):
             for accumulate in (0, 1):
                 for a_layout in ("rows", "cols"):
                     check(kind, dtype, M, N, K, a_layout, "rows", accumulate=accumulate,

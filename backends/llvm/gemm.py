@@ -181,9 +181,13 @@ class _GemmBuilder:
 
     def dot_columns(self, bp, n0, n1) -> None:
         """C[:, n0:n1] = A @ B[:, n0:n1] (+ C when accumulating), then the epilogue over
-        those columns: per column and K block of at most KC, the column of B copied into
-        the scratch, then ``DOT_ROWS`` rows of A at a time (contiguous) multiplied along k
-        in vectors, each sum reduced in a tree; the first block stores, the others add."""
+        those columns: per K block of at most ``DOT_K``, the T = n1 - n0 columns of B
+        copied side by side into the scratch, then rows of A (contiguous) in groups
+        (``dot_rows``), each multiplied along k in vectors against all T columns at once
+        (A read once for every column: a weight matrix larger than L2 streams from memory
+        once, not once per column), each of the group's T sums reduced in a tree; the
+        first block stores, the others add. One loop nest per T (``LONG_TAIL_COLUMNS`` at
+        most), so that the accumulators stay in registers."""
         b, t = self.b, self.t
         A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args[:13]
         vw, vec = t.vw, self.vec
@@ -198,46 +202,74 @@ class _GemmBuilder:
             adds = b.or_(b.icmp_signed(">", pc, i64(0)), b.not_(fresh))
             b.store(b.select(adds, b.fadd(b.load(p), s), s), p)
 
-        def rows_dot(i0, h, pc, kc, kfull, c):
-            accs = [self.alloca(vec, f"dot{h}_{r}") for r in range(h)]
-            for a in accs:
-                b.store(zero, a)
+        def rows_dot(i0, h, T, pc, kc, kfull):
+            accs = [[self.alloca(vec, f"dot{h}x{T}_{r}_{j}") for j in range(T)]
+                    for r in range(h)]
+            for row in accs:
+                for a in row:
+                    b.store(zero, a)
             arows = [b.gep(A, [b.add(b.mul(b.add(i0, i64(r)), rsa), pc)]) for r in range(h)]
+            bcols = [b.gep(bp, [i64(j * DOT_K)]) for j in range(T)]
             with for_range(b, 0, kfull, "dk", vw) as k:
-                bv = b.load(b.bitcast(b.gep(bp, [k]), vp), align=align)
+                bv = [b.load(b.bitcast(b.gep(col, [k]), vp), align=align) for col in bcols]
                 for r in range(h):
                     av = b.load(b.bitcast(b.gep(arows[r], [k]), vp), align=align)
-                    b.store(b.call(fma, [av, bv, b.load(accs[r])]), accs[r])
-            sums = [self.reduce_sum(b.load(a)) for a in accs]
-            sacc = [self.alloca(self.elem, f"dots{h}_{r}") for r in range(h)]
-            for a, v in zip(sacc, sums):
-                b.store(v, a)
+                    for j in range(T):
+                        b.store(b.call(fma, [av, bv[j], b.load(accs[r][j])]), accs[r][j])
+            sacc = [[self.alloca(self.elem, f"dots{h}x{T}_{r}_{j}") for j in range(T)]
+                    for r in range(h)]
+            for r in range(h):
+                for j in range(T):
+                    b.store(self.reduce_sum(b.load(accs[r][j])), sacc[r][j])
             with for_range(b, kfull, kc, "dr") as k:
-                bk = b.load(b.gep(bp, [k]))
+                bk = [b.load(b.gep(col, [k])) for col in bcols]
                 for r in range(h):
                     ak = b.load(b.gep(arows[r], [k]))
-                    b.store(b.call(sfma, [ak, bk, b.load(sacc[r])]), sacc[r])
+                    for j in range(T):
+                        b.store(b.call(sfma, [ak, bk[j], b.load(sacc[r][j])]), sacc[r][j])
             for r in range(h):
-                put(b.add(i0, i64(r)), c, pc, b.load(sacc[r]))
+                for j in range(T):
+                    put(b.add(i0, i64(r)), b.add(n0, i64(j)), pc, b.load(sacc[r][j]))
 
-        kstep = self.k_blocks()
-        with for_range(b, n0, n1, "dc") as c:
-            with for_range(b, 0, K, "dp", kstep) as pc:
-                kc = _min(b, kstep, b.sub(K, pc))
+        T = b.sub(n1, n0)
+        with for_range(b, 0, K, "dp", DOT_K) as pc:
+            kc = _min(b, i64(DOT_K), b.sub(K, pc))
+            with for_range(b, 0, T, "dc") as j:
+                col = b.gep(bp, [b.mul(j, i64(DOT_K))])
+                at = b.gep(B, [b.add(b.mul(pc, rsb), b.mul(b.add(n0, j), csb))])
                 with for_range(b, 0, kc, "dcp") as k:
-                    src = b.gep(B, [b.add(b.mul(b.add(pc, k), rsb), b.mul(c, csb))])
-                    b.store(b.load(src), b.gep(bp, [k]))
-                kfull = b.mul(b.sdiv(kc, i64(vw)), i64(vw))
-                mfull = b.mul(b.sdiv(M, i64(DOT_ROWS)), i64(DOT_ROWS))
-                with for_range(b, 0, mfull, "di", DOT_ROWS) as i0:
-                    rows_dot(i0, DOT_ROWS, pc, kc, kfull, c)
+                    b.store(b.load(b.gep(at, [b.mul(k, rsb)])), b.gep(col, [k]))
+            kfull = b.mul(b.sdiv(kc, i64(vw)), i64(vw))
+            fn = b.function
+            done = fn.append_basic_block("dot_done")
+            switch = b.switch(T, done)
+            for n in range(1, LONG_TAIL_COLUMNS + 1):
+                block = fn.append_basic_block(f"dot_cols{n}")
+                switch.add_case(i64(n), block)
+                b.position_at_end(block)
+                h = self.dot_rows(n)
+                mfull = b.mul(b.sdiv(M, i64(h)), i64(h))
+                with for_range(b, 0, mfull, "di", h) as i0:
+                    rows_dot(i0, h, n, pc, kc, kfull)
                 with for_range(b, mfull, M, "dj") as i0:
-                    rows_dot(i0, 1, pc, kc, kfull, c)
+                    rows_dot(i0, 1, n, pc, kc, kfull)
+                b.branch(done)
+            b.position_at_end(done)
         with b.if_then(self.ep_on):
             bias, res, ldr, lo, hi, flags = self.epilogue
             b.call(self.epilogue_block(), [b.gep(C, [n0]), ldc, bias,
                                            b.gep(res, [n0]), ldr, lo, hi, flags, M,
                                            b.sub(n1, n0)])
+
+    def dot_rows(self, T: int) -> int:
+        """Rows of A per group of ``dot_columns`` against T columns: ``DOT_ROWS`` where its
+        DOT_ROWS x T accumulators, DOT_ROWS vectors of A and T of B fit the vector
+        registers (32 with AVX-512, 16 otherwise), else half as many."""
+        regs = 32 if self.t.vw * (4 if self.elem == F32 else 8) == 64 else 16
+        h = DOT_ROWS
+        while h > 1 and h * T + h + T > regs:
+            h //= 2
+        return h
 
     def prefetch(self):
         """The ``llvm.prefetch`` intrinsic (address, write?, locality, data)."""
@@ -1043,6 +1075,8 @@ A_AHEAD = 3
 TAIL_COLUMNS = 2
 LONG_TAIL_COLUMNS, LONG_TAIL_K = 4, 96
 DOT_ROWS = 4
+# elements of k per block of ``dot_columns`` (its T columns of B side by side in the scratch)
+DOT_K = 4096
 
 
 def _min(b, x, y):
