@@ -29,15 +29,24 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 from machine import describe  # noqa: E402
 
+# seconds between one engine's turn and the next: onnxruntime's pool threads spin on after a
+# run returns (the process's CPU time during a sleep after one run: 26-29 ms), on the cores
+# the next engine's threads would use; a pause longer than that keeps the spinning out of
+# the next turn
+TURN_PAUSE_S = 0.05
+
+
 def best_ms(fns: dict, runs: int, clock=time.perf_counter, block: int = 3) -> dict:
     """Best ms per call of each of ``fns`` (name -> callable) over ``runs`` calls each,
-    taken in rounds of ``block`` calls per engine in turn: on a VM whose cores come and
-    go, a slow stretch hits every engine alike instead of the one whose turn it is."""
+    taken in rounds of ``block`` calls per engine in turn (``TURN_PAUSE_S`` apart): on a
+    VM whose cores come and go, a slow stretch hits every engine alike instead of the one
+    whose turn it is."""
     times = {name: [] for name in fns}
     for fn in fns.values():
         fn()                               # warm up
     for _ in range(-(-runs // block)):
         for name, fn in fns.items():
+            time.sleep(TURN_PAUSE_S)
             for _ in range(block):
                 t = clock()
                 fn()
