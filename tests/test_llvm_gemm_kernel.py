@@ -322,6 +322,29 @@ def test_epilogue_entry_every_nest_and_tile(kind, dtype):
             check_ep(kind, dtype, M, N, K, b_layout=bl, accumulate=(i + j) % 2, **form)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_epilogue_in_the_transposed_nest(kind, dtype):
+    """The transposed nest (C^T = B^T @ A^T, ``_GemmBuilder.transposes``) applies the
+    epilogue in its transposed stores: each row of C a vector of the tile's rows, the bias
+    per row of C, the residual loaded under the store's mask; the general epilogue on its
+    partial tiles. Few columns over many rows at a short K (its tiles pad less), with two
+    K blocks (the epilogue once, on the last), and an A of ``gemm.TAIL_STREAM_BYTES`` or
+    more whose last column would be a dot product (49 = 48 + 1: a 3x3 convolution of 512
+    channels on 7 x 7), every form, C accumulated or not, against numpy."""
+    t = gemm_tiling.tiling(dtype, kernels(kind)[2])
+    item = np.dtype(dtype).itemsize
+    long_k = gemm.TAIL_STREAM_BYTES // (item * 192) + 1
+    shapes = [(gemm_tiling.MC + 48, t.nr + t.vw + 3, 9),
+              (gemm_tiling.MC + 5, t.nr + t.vw + 3, gemm_tiling.KC + 3),
+              (192, t.vw + 1, long_k), (192, 2 * t.vw + 1, long_k),
+              (192, t.nr + t.vw + 1, long_k)]
+    for i, (M, N, K) in enumerate(shapes):
+        forms = EP_FORMS if K < 1000 else EP_FORMS[i % 2::3]
+        for j, form in enumerate(forms):
+            check_ep(kind, dtype, M, N, K, accumulate=(i + j) % 2, **form)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_epilogue_nan_and_infinities(dtype):
     """NaN stays NaN through both clamps (ordered compares), +inf becomes hi, -inf lo; the

@@ -16,7 +16,8 @@ A row-major B under at most MC rows of A (a 1x1 convolution's image, a recurrenc
 takes another nest (``_GemmBuilder.column_blocks``): B read in place in column blocks that
 stay in L2, each swept by every row strip of A in turn. Many rows and few columns run as
 C^T = B^T @ A^T where its tiles pad less (``_GemmBuilder.transposes``), each tile transposed
-in registers on its way into C. The last N % vw columns, when at most ``TAIL_COLUMNS``
+in registers on its way into C; so does a product whose last column would be a dot product
+over an A of ``TAIL_STREAM_BYTES`` or more. The last N % vw columns, when at most ``TAIL_COLUMNS``
 and A's rows are contiguous, are dot products along k (``_GemmBuilder.dot_columns``), not a
 tile's mostly empty vector; past the whole NR strips, columns that fill over half a vector
 join the last strip as one three-vector-wide strip (``_GemmBuilder.wide_from``): 49 columns
@@ -27,7 +28,8 @@ model's weights stream from memory on every call.
 The epilogue entry (``gemm_function(..., epilogue=True)``: bias per row, clamps, a residual)
 applies it to the tiles of the last K block as they are stored: the forms of ``EP_FORMS``
 in registers, any other form and partial tiles through one function over the block just
-stored (still in L1). It never takes the transposed nest.
+stored (still in L1); the transposed nest applies it to each row of C its transposed tile
+stores (the residual loaded under the store's mask).
 """
 from __future__ import annotations
 
@@ -141,9 +143,7 @@ class _GemmBuilder:
         bp = b.bitcast(scratch, ep)
         ap = b.gep(bp, [i64(KC * (NC + t.nr))], inbounds=True)
         tail = self.tail_columns(N, csa)
-        # the transposed nest has no epilogue: a product with one runs as it is
-        with b.if_else(b.and_(self.transposes(M, N, tail), b.not_(self.ep_on))) as (swap,
-                                                                                    keep):
+        with b.if_else(self.transposes(M, N, tail)) as (swap, keep):
             with swap:
                 self.c_t = True
                 self.blocked(bp, ap, (B, csb, rsb, A, csa, rsa, N, M))
@@ -320,22 +320,35 @@ class _GemmBuilder:
         40 0.318 -> 0.352 (transposed: kept); with a dot-product tail the columns are no
         longer padded, and the transposed nest, which packs A^T on every call, loses: 960 x
         320 @ 320 x 49 0.378 -> 0.351, 960 x 320 @ 320 x 17 0.196 -> 0.174, 600 x 256 @ 256
-        x 33 0.170 -> 0.129, 1280 x 320 @ 320 x 49 0.496 -> 0.457 (as it is, now)."""
+        x 33 0.170 -> 0.129, 1280 x 320 @ 320 x 49 0.496 -> 0.457 (as it is, now).
+
+        But where A is ``TAIL_STREAM_BYTES`` or more, the tail's pass reads all of A again
+        from beyond L2 (the weights of a 3x3 convolution of 512 channels on 7 x 7: 9.4 MB for
+        one column of 49): then the transposed nest runs at any K where its tiles pad at
+        most 1/8 more, with the epilogue in its transposed stores. That convolution with
+        bias, residual and ReLU, one thread, CPU time, best of 90, two runs each, Intel
+        Xeon (AVX-512): 2.33 -> 2.07-2.09 ms (onnxruntime 1.49-1.50); two threads (each
+        half of the weights, 4.7 MB) 1.21-1.25 -> 1.17-1.21."""
         b, t = self.b, self.t
         K = self.fn.args[10]
-        few = b.and_(b.and_(b.icmp_signed(">", M, i64(MC)),
-                            b.icmp_signed("<", N, i64(3 * t.nr))),
-                     b.icmp_signed("<=", K, i64(2 * KC)))
+        tall = b.and_(b.icmp_signed(">", M, i64(MC)), b.icmp_signed("<", N, i64(3 * t.nr)))
+        few = b.and_(tall, b.icmp_signed("<=", K, i64(2 * KC)))
         work = b.mul(self.padded(M, False),
                      b.add(self.padded(b.sub(N, tail), True), tail))
         swapped = b.mul(self.padded(N, False), self.padded(M, True))
-        return b.and_(few, b.icmp_signed("<=", b.mul(swapped, i64(8)), b.mul(work, i64(7))))
+        pads_less = b.icmp_signed("<=", b.mul(swapped, i64(8)), b.mul(work, i64(7)))
+        # a dot-product tail over an A of TAIL_STREAM_BYTES or more reads all of A a second
+        # time, from beyond L2: swapped, at any K, where its tiles pad at most 1/8 more
+        item = 4 if self.elem == F32 else 8
+        streams = b.and_(b.and_(tall, b.icmp_signed(">", tail, i64(0))),
+                         b.icmp_signed(">=", b.mul(b.mul(M, K), i64(item)),
+                                       i64(TAIL_STREAM_BYTES)))
+        near = b.icmp_signed("<=", b.mul(swapped, i64(8)), b.mul(work, i64(9)))
+        return b.or_(b.and_(few, pads_less), b.and_(streams, near))
 
     def last_block(self, pc, kc):
         """Whether the epilogue applies in the K block at ``pc``: the last, one given."""
         b = self.b
-        if self.c_t:
-            return ir.Constant(ir.IntType(1), 0)
         return b.and_(self.ep_on, b.icmp_signed(">=", b.add(pc, kc), self.fn.args[10]))
 
     def k_blocks(self):
@@ -729,9 +742,8 @@ class _GemmBuilder:
         if key not in self.micros:
             ep = ir.PointerType(self.elem)
             fty = ir.FunctionType(ir.VoidType(), [ep, I64, ep, I64, ep, I64, I64, I64, I64,
-                                                  ir.IntType(1), ep, I64]
-                                  + ([ep, ep, I64, self.elem, self.elem, I64, ir.IntType(1)]
-                                     if not self.c_t else []))
+                                                  ir.IntType(1), ep, I64, ep, ep, I64,
+                                                  self.elem, self.elem, I64, ir.IntType(1)])
             name = (f"{self.fn.name}.tile{height}x{width}{'r' if key[2] else 'p'}"
                     f"{'t' if self.c_t else ''}")
             f = ir.Function(self.module, fty, name)
@@ -751,12 +763,12 @@ class _GemmBuilder:
             self.micros[key] = f
         b = self.b
         rs = a_at[0][0] if a_at is not None else i64(0)
-        more = []
-        if not self.c_t:        # the epilogue's operands at the tile's first row and column
-            bias, res, ldr, lo, hi, flags = self.epilogue
-            row, col = at
-            more = [b.gep(bias, [row]), b.gep(res, [b.add(b.mul(row, ldr), col)]), ldr, lo,
-                    hi, flags, last]
+        # the epilogue's operands at the tile's first row and column of C (the transposed
+        # nest's tile at (row, col) of C^T starts at C's row col, column row)
+        bias, res, ldr, lo, hi, flags = self.epilogue
+        row, col = at[::-1] if self.c_t else at
+        more = [b.gep(bias, [row]), b.gep(res, [b.add(b.mul(row, ldr), col)]), ldr, lo, hi,
+                flags, last]
         b.call(self.micros[key], [apanel, rs, bpanel, bstride, cptr, ldc, kc, mr, nr,
                                   first, pf[0], pf[1]] + more)
 
@@ -793,7 +805,7 @@ class _GemmBuilder:
                 b.call(prefetch, [b.bitcast(b.gep(ci, [i64(at)]), PTR), ir.Constant(I32, 1),
                                   ir.Constant(I32, 3), ir.Constant(I32, 1)])
         ep = first[1]
-        if ep:      # the residual's lines of this tile, read after the multiply-adds
+        if not self.c_t:    # the residual's lines of this tile, read after the multiply-adds
             res, ldr, flags = ep[1], ep[2], ep[5]
             reads = b.and_(ep[6], b.icmp_signed("!=", b.and_(flags, i64(EP_RES_BEFORE |
                                                                         EP_RES_AFTER)), i64(0)))
@@ -827,7 +839,9 @@ class _GemmBuilder:
 
         def general():      # the tile as it is, then the general epilogue over it in C
             bias, res, ldr, lo, hi, flags, _ = ep
-            b.call(self.epilogue_block(), [cptr, ldc, bias, res, ldr, lo, hi, flags, mr, nr])
+            rows, cols = (nr, mr) if self.c_t else (mr, nr)     # of C
+            b.call(self.epilogue_block(), [cptr, ldc, bias, res, ldr, lo, hi, flags, rows,
+                                           cols])
 
         def full_tile(form):
             if form is None:
@@ -925,13 +939,12 @@ class _GemmBuilder:
         has_res = b.or_(before, after)
         splat = self.splat
 
-        def apply(y, row, col):
+        def apply(y, row, col, load=None):
             vector = isinstance(y.type, ir.VectorType)
             by = b.load(b.select(has_bias, b.gep(bias, [row]), zero))
             y = b.select(has_bias, b.fadd(y, splat(by, vector)), y)
             rp = b.select(has_res, b.gep(res, [b.add(b.mul(row, ldr), col)]), zero)
-            r = (b.load(b.bitcast(rp, ir.PointerType(self.vec)), align=self.elem_align())
-                 if vector else b.load(rp))
+            r = self.load_res(rp, vector, load)
             y = b.select(before, b.fadd(y, r), y)
             lo_, hi_ = splat(lo, vector), splat(hi, vector)
             below = b.select(lo_inc, b.fcmp_ordered("<=", y, lo_), b.fcmp_ordered("<", y, lo_))
@@ -941,20 +954,28 @@ class _GemmBuilder:
             return b.select(after, b.fadd(y, r), y)
         return apply
 
+    def load_res(self, rp, vector: bool, load=None):
+        """The residual's element at ``rp``, or its vector there: by ``load(rp)`` where
+        given (a masked load: the transposed tile's partial rows), else whole."""
+        b = self.b
+        if not vector:
+            return b.load(rp)
+        if load is not None:
+            return load(rp)
+        return b.load(b.bitcast(rp, ir.PointerType(self.vec)), align=self.elem_align())
+
     def epilogue_form(self, ep, form: int):
         """``epilogue_of`` for the flags ``form`` known when emitting: only its steps."""
         b = self.b
         bias, res, ldr, lo, hi, _, _ = ep
         splat = self.splat
 
-        def apply(y, row, col):
+        def apply(y, row, col, load=None):
             vector = isinstance(y.type, ir.VectorType)
             if form & EP_BIAS:
                 y = b.fadd(y, splat(b.load(b.gep(bias, [row])), vector))
             if form & (EP_RES_BEFORE | EP_RES_AFTER):
-                rp = b.gep(res, [b.add(b.mul(row, ldr), col)])
-                r = (b.load(b.bitcast(rp, ir.PointerType(self.vec)), align=self.elem_align())
-                     if vector else b.load(rp))
+                r = self.load_res(b.gep(res, [b.add(b.mul(row, ldr), col)]), vector, load)
             if form & EP_RES_BEFORE:
                 y = b.fadd(y, r)
             if form & EP_LO:
@@ -984,7 +1005,7 @@ class _GemmBuilder:
         otherwise wait on a load from memory per vector."""
         b, t = self.b, self.t
         if self.c_t:
-            self.store_transposed(accs, cptr, ldc, first, vp)
+            self.store_transposed(accs, cptr, ldc, first, epilogue)
             return
         ptrs = [[b.bitcast(b.gep(cptr, [b.add(b.mul(i64(i), ldc), i64(v * t.vw))]), vp)
                  for v in range(len(row))] for i, row in enumerate(accs)]
@@ -1010,10 +1031,11 @@ class _GemmBuilder:
                                 acc = b.fadd(b.load(p, align=self.elem_align()), acc)
                             b.store(acc, p, align=self.elem_align())
 
-    def store_transposed(self, accs, cptr, ldc, first, vp) -> None:
+    def store_transposed(self, accs, cptr, ldc, first, epilogue=None) -> None:
         """A whole tile of C^T into C: per vector of columns, the tile's rows in blocks of
         vw transposed in registers (``transpose``, zero rows past the tile), each result
-        vector one row of C, its first ``height`` lanes stored (masked)."""
+        vector one row of C, its first ``height`` lanes stored (masked), through
+        ``epilogue`` (``epilogue_of``, its residual loaded under the same mask) if given."""
         b, t = self.b, self.t
         vw, height = t.vw, len(accs)
         suffix = f"v{vw}{'f32' if self.elem == F32 else 'f64'}.p0"
@@ -1043,6 +1065,9 @@ class _GemmBuilder:
                                                  for lane in range(vw)])
                         if adding:
                             vec = b.fadd(b.call(mload, [pv, align, mask, zero]), vec)
+                        if epilogue is not None:
+                            vec = epilogue(vec, i64(j), i64(r0), lambda q, m=mask: b.call(
+                                mload, [b.bitcast(q, PTR), align, m, zero]))
                         b.call(mstore, [vec, pv, align, mask])
 
     def store_partial(self, accs, cptr, ldc, mr, nr, first, vp) -> None:
@@ -1074,6 +1099,9 @@ A_AHEAD = 3
 # (``_GemmBuilder.tail_columns``), and the rows of A each pass of it takes at a time
 TAIL_COLUMNS = 2
 LONG_TAIL_COLUMNS, LONG_TAIL_K = 4, 96
+# bytes of A from which a dot-product tail's second pass over it costs more than the
+# transposed nest's packing (``_GemmBuilder.transposes``)
+TAIL_STREAM_BYTES = 4 << 20
 DOT_ROWS = 4
 # elements of k per block of ``dot_columns`` (its T columns of B side by side in the scratch)
 DOT_K = 4096
