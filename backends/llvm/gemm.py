@@ -265,7 +265,7 @@ class _GemmBuilder:
         """Rows of A per group of ``dot_columns`` against T columns: ``DOT_ROWS`` where its
         DOT_ROWS x T accumulators, DOT_ROWS vectors of A and T of B fit the vector
         registers (32 with AVX-512, 16 otherwise), else half as many."""
-        regs = 32 if self.t.vw * (4 if self.elem == F32 else 8) == 64 else 16
+        regs = 32 if self.t.vw * self.elem_align() == 64 else 16
         h = DOT_ROWS
         while h > 1 and h * T + h + T > regs:
             h //= 2
@@ -339,9 +339,8 @@ class _GemmBuilder:
         pads_less = b.icmp_signed("<=", b.mul(swapped, i64(8)), b.mul(work, i64(7)))
         # a dot-product tail over an A of TAIL_STREAM_BYTES or more reads all of A a second
         # time, from beyond L2: swapped, at any K, where its tiles pad at most 1/8 more
-        item = 4 if self.elem == F32 else 8
         streams = b.and_(b.and_(tall, b.icmp_signed(">", tail, i64(0))),
-                         b.icmp_signed(">=", b.mul(b.mul(M, K), i64(item)),
+                         b.icmp_signed(">=", b.mul(b.mul(M, K), i64(self.elem_align())),
                                        i64(TAIL_STREAM_BYTES)))
         near = b.icmp_signed("<=", b.mul(swapped, i64(8)), b.mul(work, i64(9)))
         return b.or_(b.and_(few, pads_less), b.and_(streams, near))
@@ -1048,6 +1047,9 @@ class _GemmBuilder:
             f"llvm.masked.load.{suffix}")
         zero = ir.Constant(self.vec, [0.0] * vw)
         align = ir.Constant(I32, self.elem_align())
+
+        def masked_load(p, mask):
+            return b.call(mload, [b.bitcast(p, PTR), align, mask, zero])
         blocks = []     # (column of the tile, first row, rows, the vector of those rows)
         for v in range(len(accs[0])):
             for r0 in range(0, height, vw):
@@ -1060,15 +1062,14 @@ class _GemmBuilder:
                 with (add if adding else store):
                     for j, r0, lanes, vec in blocks:
                         p = b.gep(cptr, [b.add(b.mul(i64(j), ldc), i64(r0))])
-                        pv = b.bitcast(p, PTR)
                         mask = ir.Constant(mty, [1 if lane < lanes else 0
                                                  for lane in range(vw)])
                         if adding:
-                            vec = b.fadd(b.call(mload, [pv, align, mask, zero]), vec)
+                            vec = b.fadd(masked_load(p, mask), vec)
                         if epilogue is not None:
-                            vec = epilogue(vec, i64(j), i64(r0), lambda q, m=mask: b.call(
-                                mload, [b.bitcast(q, PTR), align, m, zero]))
-                        b.call(mstore, [vec, pv, align, mask])
+                            vec = epilogue(vec, i64(j), i64(r0),
+                                           lambda q, m=mask: masked_load(q, m))
+                        b.call(mstore, [vec, b.bitcast(p, PTR), align, mask])
 
     def store_partial(self, accs, cptr, ldc, mr, nr, first, vp) -> None:
         b, t = self.b, self.t
