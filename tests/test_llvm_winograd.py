@@ -235,3 +235,69 @@ def test_factored_transforms_are_the_matrices():
     y = at @ ((g_mat @ k @ g_mat.T) * (bt @ tile @ bt.T)) @ at.T
     want = [[np.sum(tile[i:i + 3, j:j + 3] * k) for j in range(4)] for i in range(4)]
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+
+
+def _bias_relu_graph(xs, ws, residual):
+    """relu(conv(x, w) + bias (+ r)) with w and bias parameters (an inference model)."""
+    g = Graph("block")
+    x = g.add_input("x", TensorType(xs, "float32"))
+    r = g.add_input("r", TensorType((xs[0], ws[0]) + xs[2:], "float32")) if residual else None
+    w = g.add_param("w", TensorType(ws, "float32"))
+    bias = g.add_param("bias", TensorType((1, ws[0], 1, 1), "float32"))
+    (c,) = g.add_node("conv", [x, w], _attrs((1, 1, 1, 1)))
+    (y,) = g.add_node("add", [c, bias])
+    if residual:
+        (y,) = g.add_node("add", [y, r])
+    g.set_outputs(g.add_node("relu", [y]))
+    return g
+
+
+@pytest.mark.parametrize("residual,threads", [(False, 1), (True, 2)])
+def test_prepared_weights_kept_between_calls(forced, residual, threads):
+    """``constant_params``: the first call transforms the constant weights (U) into the
+    executable's prepared block, the next calls reuse it (shown by changing w in place,
+    which the contract forbids: the result stays the old weights'); other arrays passed as
+    weights are transformed again. A fused conv + bias (+ residual) + ReLU region, against
+    torch, threads 1 and 2."""
+    from irgraph.frontend.driver import compile_graph
+    xs, ws = (2, 16, 9, 11), (20, 16, 3, 3)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs).astype(np.float32)
+    r = rng.standard_normal((2, 20, 9, 11)).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    w2 = rng.standard_normal(ws).astype(np.float32)
+    bias = rng.standard_normal((1, 20, 1, 1)).astype(np.float32)
+    exe = compile_graph(_bias_relu_graph(xs, ws, residual), backend="llvm",
+                        pipeline="default, fuse", options=dict(
+                            threads=threads, cache=False, constant_params=True)).executable
+    assert len(exe.plan.prep) == 1 and exe.plan.prep_args == (len(exe.graph.inputs),)
+    extra = (r,) if residual else ()
+
+    def want(x, w):
+        y = _torch_conv(x, w, (1, 1, 1, 1)) + bias
+        return np.maximum(y + r if residual else y, 0)
+
+    def check(x, w, ref_w=None):
+        got = exe(x, *extra, w, bias)[0]
+        err = np.abs(got - want(x, w if ref_w is None else ref_w)).max()
+        assert err <= _bound(x, w, "float32"), err
+    check(x, w)
+    check(x[::-1].copy(), w)                # U reused: other inputs, same weights
+    w_old = w.copy()
+    w *= -1.5                               # in place: not seen (the prepared U is kept)
+    check(x, w, ref_w=w_old)
+    check(x, w2)                            # another array: transformed again
+    check(x, w.copy())                      # and again (-1.5 w now)
+
+
+def test_prepared_weights_only_where_constant(forced):
+    """Without ``constant_params``, or where the weights are a graph input, nothing is
+    prepared (every call transforms them)."""
+    from irgraph.frontend.driver import compile_graph
+    xs, ws = (1, 16, 8, 8), (16, 16, 3, 3)
+    exe = compile_graph(_bias_relu_graph(xs, ws, False), backend="llvm",
+                        options=dict(threads=1, cache=False)).executable
+    assert not exe.plan.prep
+    exe = backends.compile(_graph(xs, ws, (1, 1, 1, 1), "float32"), "llvm", threads=1,
+                           cache=False, constant_params=True)
+    assert not exe.plan.prep

@@ -6,7 +6,11 @@
 
 Options: ``threads`` (default: the CPU count), ``opt`` (LLVM optimization level, 3),
 ``cache`` (use the on-disk object cache, True), ``verbose`` (say whether a compile was
-served from the cache), ``profile`` (count each node's CPU cycles: ``exe.profile()``).
+served from the cache), ``profile`` (count each node's CPU cycles: ``exe.profile()``),
+``constant_params`` (False; True: the caller passes parameters whose values do not change
+from call to call, as an inference session's weights, so what lowerings derive from them
+alone, Winograd's transformed weights, is made on the first call and kept; passing other
+arrays derives it again, but changing an array's values in place is not seen).
 Lowerings live in per-family modules, registered in
 ``lowering.LOWERINGS``; an op without one is a compile-time error naming it.
 """
@@ -36,7 +40,7 @@ from . import ops_attention, ops_gather, ops_random  # noqa: F401
 from . import gemm_bf16
 
 log = logging.getLogger("irgraph.backends.llvm")
-_OPTIONS = {"threads", "opt", "cache", "verbose", "profile"}
+_OPTIONS = {"threads", "opt", "cache", "verbose", "profile", "constant_params"}
 STATS = {"compiles": 0, "cache_hits": 0}
 
 
@@ -74,11 +78,14 @@ PASSES = ("llvm_low_precision", "scan_reuse", "scan_accumulate", "scan_invariant
 CACHES_PIPELINE = True
 
 
-def _prepare(graph: Graph, threads: int, profile: bool = False):
-    """(its plan, the host's CPU features) of a graph the PASSES were run on."""
+def _prepare(graph: Graph, threads: int, profile: bool = False, constant_params=False):
+    """(its plan, the host's CPU features) of a graph the PASSES were run on; with
+    ``constant_params``, its parameters' positions are the plan's constant arguments."""
     _check_lowerable(graph)
     features = jit.host()[2]
-    return plan_top(graph, features, threads, profile), features
+    constant = frozenset(range(len(graph.inputs), len(graph.arguments))) if (
+        constant_params) else frozenset()
+    return plan_top(graph, features, threads, profile, constant), features
 
 
 def program(graph: Graph, threads: int = 2, opt: int = 3) -> Program:
@@ -114,7 +121,7 @@ def build(graph: Graph, **options) -> LLVMExecutable:
     use_cache = bool(options.get("cache", True))
     verbose = bool(options.get("verbose", False))
     profile = bool(options.get("profile", False))
-    p, features = _prepare(graph, threads, profile)
+    p, features = _prepare(graph, threads, profile, bool(options.get("constant_params")))
     t0 = time.perf_counter()
     obj, kernels, key, hit = driver.compile_graph(graph, p, features, threads, opt, profile,
                                                   use_cache)

@@ -43,6 +43,7 @@ from fractions import Fraction as Fr
 from llvmlite import ir
 
 from .builder import Buf, for_range, i64
+from .lowering import PREP_HEADER
 from .conv_direct import arrays, scratch_bytes
 from .gemm import gemm_function, transpose
 from .gemm_tiling import tiling
@@ -306,33 +307,49 @@ def _output_rows(fma):
     return apply
 
 
-def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf, tail=None) -> None:
+def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf, tail=None, prep=None) -> None:
     """y = the convolution of x with w by ``wg``'s plan. ``tail(n, p0, p1)``: a fused
     region's epilogue over output positions [p0, p1) of image n (every channel), run on
-    each chunk's images right after its output transform, while they are in cache."""
+    each chunk's images right after its output transform, while they are in cache.
+    ``prep``: a prepared-weights block (``Ctx.prep``, of ``prepared_bytes``) when w keeps
+    its values from call to call: U is made there by the first call only."""
     b = ctx.b
-    elem = x.elem
-    vw = wg.vw
-    vec = ir.VectorType(elem, vw)
+    U = arrays(ctx, wg.dtype, ctx.node_scratch if prep is None
+               else b.gep(prep, [i64(PREP_HEADER)]), [XI * wg.C * wg.Op])[0]
+
+    # 1. U[xi][c][o] = (G g G^T)[xi], vw output channels at a time (lanes past O repeat
+    # the last channel: they land in U's padding columns, which no GEMM reads); with a
+    # prepared block, only while its flag says U is not there yet (every thread reads the
+    # flag before the barrier, every one sets it after: all take the same branch)
+    if prep is not None:
+        assert not wg.flipped, "a flipped kernel is a gradient's: its weights change"
+        flag = b.bitcast(prep, ir.PointerType(ir.IntType(64)))
+        ready = b.load_atomic(flag, "monotonic", 8)
+        with b.if_then(b.icmp_signed("==", ready, i64(0))):
+            _transform_weights(ctx, wg, w, U)
+            ctx.barrier()
+            b.store_atomic(i64(1), flag, "monotonic", 8)
+    else:
+        _transform_weights(ctx, wg, w, U)
+        ctx.barrier()
+    _chunks(ctx, wg, x, y, U, tail)
+
+
+def prepared_bytes(wg: Winograd) -> int:
+    """The bytes of U, which a prepared-weights block keeps between calls."""
+    return scratch_bytes(wg.dtype, [XI * wg.C * wg.Op])
+
+
+def _transform_weights(ctx, wg: Winograd, w: Buf, U) -> None:
+    """U[xi][c][o] = (G g_oc G^T)[xi], this thread's share of the input channels."""
+    b = ctx.b
+    vw, C, O, Op = wg.vw, wg.C, wg.O, wg.Op
+    vec = ir.VectorType(w.elem, vw)
     vp = ir.PointerType(vec)
     align = 4 if wg.dtype == "float32" else 8
-    C, O, Cp, Op, Tc = wg.C, wg.O, wg.Cp, wg.Op, wg.Tc
-    ho, wo = wg.out
-    th, tw = wg.tiles
-    hp, wp = wg.grid
-    ubytes = scratch_bytes(wg.dtype, [XI * C * Op])
-    U = arrays(ctx, wg.dtype, ctx.node_scratch, [XI * C * Op])[0]
-    mine = i64(ubytes)
-    if wg.own:
-        mine = b.add(mine, b.mul(ctx.tid, i64(scratch_bytes(wg.dtype, wg.chunk_parts()))))
-    P, V, M = arrays(ctx, wg.dtype, b.gep(ctx.node_scratch, [mine]), wg.chunk_parts())
-    fma = _Fma(ctx.module, vec)
 
     def vconst(v):
         return ir.Constant(vec, [v] * vw)
-
-    # 1. U[xi][c][o] = (G g G^T)[xi], vw output channels at a time (lanes past O repeat
-    # the last channel: they land in U's padding columns, which no GEMM reads)
     lo, hi = ctx.split(C)
     with for_range(b, lo, hi, "wgc") as c:
         def weights(og, lanes: int):
@@ -352,7 +369,27 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf, tail=None) -> None:
                         align=align)
         _per_group(b, O, vw, weights)
 
-    ctx.barrier()
+
+def _chunks(ctx, wg: Winograd, x: Buf, y: Buf, U, tail) -> None:
+    """Phases 2 to 4 (and the tail) for every chunk of images, U made."""
+    b = ctx.b
+    elem = x.elem
+    vw = wg.vw
+    vec = ir.VectorType(elem, vw)
+    vp = ir.PointerType(vec)
+    align = 4 if wg.dtype == "float32" else 8
+    C, O, Cp, Op, Tc = wg.C, wg.O, wg.Cp, wg.Op, wg.Tc
+    ho, wo = wg.out
+    th, tw = wg.tiles
+    hp, wp = wg.grid
+    mine = i64(scratch_bytes(wg.dtype, [XI * C * Op]))
+    if wg.own:
+        mine = b.add(mine, b.mul(ctx.tid, i64(scratch_bytes(wg.dtype, wg.chunk_parts()))))
+    P, V, M = arrays(ctx, wg.dtype, b.gep(ctx.node_scratch, [mine]), wg.chunk_parts())
+    fma = _Fma(ctx.module, vec)
+
+    def vconst(v):
+        return ir.Constant(vec, [v] * vw)
     gemm = gemm_function(ctx.module, wg.dtype, ctx.features)
     if wg.own:      # whole chunks per thread: no split or barrier inside one
         def part(n):

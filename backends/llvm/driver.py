@@ -18,7 +18,8 @@ def compile_graph(graph, plan, features: str, threads: int, opt: int, profile: b
     kernels are still there; else the IR is built, each kernel not in the cache is
     compiled (and stored), and the entry with the kernels of the cheap level in it."""
     key = jit.cache_key(jit.canonical_text(graph), {"threads": threads, "opt": opt,
-                                                    "profile": profile})
+                                                    "profile": profile,
+                                                    "prepared": sorted(plan.prep.items())})
     if use_cache:
         with jit.phase("cache"):
             obj = jit.cache_load(key)

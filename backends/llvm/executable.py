@@ -77,13 +77,19 @@ class LLVMExecutable(Executable):
         self._arena = np.zeros(max(plan.arena_bytes, 64), np.uint8)
         self._ws = np.zeros(max(plan.workspace_bytes * threads, 64), np.uint8)
         self._ctl = np.zeros(plan.ctl_words(len(graph.nodes)), np.int64)
+        # what lowerings derived from constant parameters (``Plan.prep``), each block's
+        # ready flag first; ``_prep_with``: the arrays it was derived from
+        self._prep = np.zeros(max(plan.prep_bytes, 64), np.uint8)
+        self._prep_flags = np.array(sorted(plan.prep.values()), np.int64) // 8
+        self._prep_with: list | None = None
         with jit.phase("load"):
             self._loaded = jit.Loaded(obj, ENTRY, opt, [gemm.runtime_object(), *kernels])
         self._profiled_s = 0.0
         fork_safe_locks(self, "_lock")
         self._staged = staged_arguments(self.graph, plan)
         # the executable's own buffers (never resized) and the previous call's arguments
-        self._own_ptrs = [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data]
+        self._own_ptrs = [self._arena.ctypes.data, self._ctl.ctypes.data, self._ws.ctypes.data,
+                          self._prep.ctypes.data]
         self._last_args: tuple[list, list[int]] = ([], [])
         self._last_hits: tuple[list[int], np.ndarray | None] = ([], None)
         self._arg_nbytes = np.array([v.type.nbytes for v in graph.arguments], np.int64)
@@ -133,15 +139,18 @@ class LLVMExecutable(Executable):
         with self._lock:
             ptrs += self._own_ptrs
             table = (ctypes.c_void_p * len(ptrs))(*ptrs)
-            code, node = self._native(table)
+            code, node = self._native(table, args)
             self._memo = _Memo(self, given, table) if remember and not code else None
         if code:
             self._raise(code, node, given)
         return self._copies(args, outs)
 
-    def _native(self, table) -> tuple[int, int]:
-        """One native call on ``table`` (the lock held): the control block reset, the call
-        (timed when profiling), its (error code, node)."""
+    def _native(self, table, args) -> tuple[int, int]:
+        """One native call on ``table`` (the lock held) for ``args``: the control block
+        reset, the prepared weights dropped if they came from other arrays, the call (timed
+        when profiling), its (error code, node)."""
+        if self.plan.prep_args:
+            self._check_prepared(args)
         self._ctl[:4] = 0                # (profile counters accumulate over runs)
         if self.plan.tasks:
             self._ctl[self.plan.task_base:] = 0  # the tasks' claim and done counters
@@ -152,6 +161,17 @@ class LLVMExecutable(Executable):
         else:
             self._call(table)
         return int(self._ctl[0]), int(self._ctl[1])
+
+    def _check_prepared(self, args) -> None:
+        """The prepared blocks (``Plan.prep``) hold what was derived from the arrays of an
+        earlier call at ``Plan.prep_args`` (``constant_params``: their values do not
+        change): other arrays there clear every ready flag, so the native code derives
+        it again. The arrays are held, so no other array can take their addresses."""
+        held = self._prep_with
+        if held is not None and all(args[i] is h for i, h in zip(self.plan.prep_args, held)):
+            return
+        self._prep.view(np.int64)[self._prep_flags] = 0
+        self._prep_with = [args[i] for i in self.plan.prep_args]
 
     def _copies(self, args, outs: list) -> list[np.ndarray]:
         """``outs`` with the outputs that are copies of an argument or an earlier output."""
@@ -224,7 +244,7 @@ class LLVMExecutable(Executable):
                 table[memo.out_slot + j] = o.ctypes.data
             for j, k in self.plan.inplace.items():
                 outs[j] = args[k]
-            code, node = self._native(table)
+            code, node = self._native(table, args)
             if code:
                 self._memo = None
         if code:

@@ -130,6 +130,23 @@ def kind_declines(node, ins, outs) -> bool:
                          f"has an operand with swapped axes")
 
 
+# op -> rule(node, threads, features) -> (input position, bytes) | None: the node's
+# lowering derives ``bytes`` of data from that input alone (Winograd's transformed
+# weights), which it keeps across calls in ``Ctx.prep`` when the input is a parameter the
+# caller holds constant (the ``constant_params`` option); None: nothing to prepare
+PREPARES: dict[str, Callable] = {}
+PREP_HEADER = 64      # bytes before a prepared block's data: its ready flag (i64)
+
+
+def prepares(*ops: str):
+    """Register the decorated function as the prepared-weights rule of ``ops``."""
+    def deco(fn):
+        for op in ops:
+            PREPARES[op] = fn
+        return fn
+    return deco
+
+
 def scratch(*ops: str):
     """Register the decorated function as the scratch-size rule of ``ops``."""
     def deco(fn):
@@ -183,6 +200,11 @@ class Ctx:
         self.node_index: int | ir.Value = 0   # the running node's index (a kernel's argument)
         self.program = None       # module.Program: the kernels built so far
         self._node_scratch: ir.Value | None = None  # i8*: the current node's arena scratch
+        # i8*: the current node's prepared-weights block (``PREPARES``), else None: an i64
+        # ready flag, then (from byte PREP_HEADER) what the lowering derived from its
+        # constant weights on the first call, kept for the next calls
+        self.prep: ir.Value | None = None
+        self.prep_base: ir.Value | None = None      # i8*: the executable's prepared block
         # the real thread's id where ``workspace`` holds every thread's area (the entry),
         # None where it is this thread's own area already (a kernel: its caller offsets it)
         self.thread: ir.Value | None = tid

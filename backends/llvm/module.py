@@ -4,8 +4,10 @@
 
 ``args`` holds, in order: the graph's arguments (inputs then parameters), its outputs, the
 arena (intermediates), the control block (i64: error code, error node, barrier count,
-barrier generation, per-node cycles when profiling, then two counters per task) and the
-per-thread packing scratch. Every thread runs the entry. With several threads the top-level
+barrier generation, per-node cycles when profiling, then two counters per task), the
+per-thread packing scratch and the prepared-weights buffer (``Plan.prep``: what lowerings
+derive from constant parameters, kept from one call to the next). Every thread runs the
+entry. With several threads the top-level
 nodes run as TASKS, in order (``claim_tasks``): a parallel node is ``claim_shares`` shares,
 each run by whichever thread claims it first (an atomic counter; the lowering sees the share
 index as ``ctx.tid`` of that many); a run of nodes too small to split is one share; a node
@@ -35,7 +37,8 @@ from .builder import (I64, PTR, STORAGE, VOID, Buf, broadcast_strides, coalesce,
 from .gemm_tiling import workspace_bytes
 from .elementwise import RUNTIME_DIMS
 from .jit import canonical_node, generic_node
-from .lowering import SCRATCH, Ctx, get_lowering, load_ptr, reads_same_index
+from .lowering import (PREP_HEADER, PREPARES, SCRATCH, Ctx, get_lowering, load_ptr,
+                       reads_same_index)
 from . import workers
 from .workers import worth_parallel
 
@@ -67,6 +70,12 @@ class Plan:
     # the top-level nodes as tasks when several threads run them (``claim_tasks``)
     tasks: list["Task"] = field(default_factory=list)
     task_base: int = 4            # ctl index of the first task's counters
+    # node index -> offset of its prepared-weights block (``lowering.PREPARES``) in the
+    # executable's prepared buffer (``prep_bytes``), kept across calls; ``prep_args``: the
+    # argument positions those blocks are derived from (a new array there: prepare again)
+    prep: dict[int, int] = field(default_factory=dict)
+    prep_bytes: int = 0
+    prep_args: tuple[int, ...] = ()
 
     def ctl_words(self, n_nodes: int) -> int:
         """The control block's length (i64 words) for a graph of ``n_nodes`` nodes."""
@@ -171,9 +180,11 @@ class _Arena:
         self.free = merged
 
 
-def plan(graph: Graph, features: str, threads: int) -> Plan:
+def plan(graph: Graph, features: str, threads: int, constant=frozenset()) -> Plan:
     """Buffer layout: graph outputs get their own buffers, intermediates share one arena
-    (a block is reused once its value's last reader has run), node scratch likewise."""
+    (a block is reused once its value's last reader has run), node scratch likewise.
+    ``constant``: the argument positions whose values the caller keeps from call to call
+    (``_prepared``)."""
     p = Plan()
     for i, v in enumerate(graph.arguments):
         p.slots[v] = ("arg", i)
@@ -217,17 +228,41 @@ def plan(graph: Graph, features: str, threads: int) -> Plan:
         for v in dying.pop(i, ()):
             arena.release(p.slots[v][1], v.type.nbytes)
     p.arena_bytes = _round(arena.top)
+    _prepared(graph, p, constant, features, threads)
     p.parallel = any(runs_parallel(n) for i, n in enumerate(graph.nodes) if i not in p.skip)
     if any(n.op in _GEMM_OPS for n in all_nodes(graph)):
         p.workspace_bytes = workspace_bytes(features)
     return p
 
 
-def plan_top(graph: Graph, features: str, threads: int, profile: bool = False) -> Plan:
+def _prepared(graph: Graph, p: Plan, constant, features: str, threads: int) -> None:
+    """The nodes whose lowering derives data from one operand alone (``PREPARES``) where
+    that operand is a constant argument: each gets a block of the prepared buffer, which
+    its first call fills and the next calls read."""
+    top = 0
+    used = set()
+    for i, node in enumerate(graph.nodes):
+        rule = PREPARES.get(node.op)
+        got = rule(node, threads, features) if rule is not None and i not in p.skip else None
+        if got is None:
+            continue
+        k, size = got
+        slot = p.slots.get(node.inputs[k])
+        if slot is None or slot[0] != "arg" or slot[1] not in constant:
+            continue
+        p.prep[i] = top
+        top += _round(PREP_HEADER + size)
+        used.add(slot[1])
+    p.prep_bytes = top
+    p.prep_args = tuple(sorted(used))
+
+
+def plan_top(graph: Graph, features: str, threads: int, profile: bool = False,
+             constant=frozenset()) -> Plan:
     """``plan`` of a graph the executable runs (its top level): with several threads, its
     nodes as tasks (``claim_tasks``), their counters after the profile's in the control
-    block."""
-    p = plan(graph, features, threads)
+    block; ``constant`` as ``plan``'s."""
+    p = plan(graph, features, threads, constant)
     p.profile = profile
     if p.parallel and threads > 1:
         p.tasks = claim_tasks(graph.nodes, p.skip, threads, features)
@@ -264,6 +299,8 @@ def build_module(graph: Graph, p: Plan, features: str, max_threads: int,
     ws = load_ptr(b, args, base + 2)
     ctx = Ctx(module, fn, b, tid, nthreads, ctl, ws, p.workspace_bytes, max_threads, features)
     ctx.program = prog
+    if p.prep:
+        ctx.prep_base = load_ptr(b, args, base + 3)
     arg_ptrs = [load_ptr(b, args, i) for i in range(n_args)]
     out_ptrs = [load_ptr(b, args, n_args + j) for j in range(n_outs)]
     emit_graph(ctx, graph, p, arg_ptrs, out_ptrs, arena, copy_outputs=False)
@@ -440,12 +477,15 @@ def emit_node(ctx: Ctx, p: Plan, i: int, node, low, bufs, arena, claimed: bool =
     b = ctx.b
     ctx.node_scratch = (b.gep(arena, [i64(p.scratch[i])], inbounds=True)
                         if i in p.scratch else None)
+    ctx.prep = (b.gep(ctx.prep_base, [i64(p.prep[i])], inbounds=True)
+                if i in p.prep and ctx.prep_base is not None else None)
     ins, outs = node_bufs(p, i, node, bufs)
     ctx.claimed = claimed
     try:
         _guarded_node(ctx, p, node, low, ins, outs)
     finally:
         ctx.claimed = False
+        ctx.prep = None
 
 
 def node_bufs(p: Plan, i: int, node, bufs) -> tuple[list[Buf], list[Buf]]:
@@ -786,6 +826,9 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
     stepped = ctx.counters is not None
     if stepped:                         # a node claiming its steps' work: its counters
         extra.append(ctx.counters)
+    prepared = ctx.prep is not None
+    if prepared:                        # its prepared-weights block
+        extra.append(ctx.prep)
     prog: Program = ctx.program
     # (a kernel of the cheap level is compiled with the entry: sharing it saves nothing)
     cheap = ctx.module is prog.entry and kernel_opt(node, prog.opt) == 0
@@ -798,7 +841,8 @@ def _node_function(ctx: Ctx, node, low, ins: list[Buf], outs: list[Buf]) -> None
         if ctx.single:                  # one code for all threads or one: thread 0 of 1
             extra[0], extra[1] = i64(0), i64(1)
     fnty = ir.FunctionType(VOID, [q.type for q in ptrs] + [v.type for v in extra])
-    sig = node_signature(node, ins, outs, pattern, ctx, generic) + f"\nstepped={stepped}"
+    sig = (node_signature(node, ins, outs, pattern, ctx, generic)
+           + f"\nstepped={stepped} prepared={prepared}")
     symbol = prog.memo.get(sig)
     if symbol is None and prog.known is not None:
         symbol = prog.known(sig)
@@ -895,6 +939,9 @@ def _emit_kernel(ctx: Ctx, node, low, ins, outs, ptrs, pattern, fnty) -> str:
     fixed = len(ptrs) + 7
     if ctx.counters is not None:   # a stepped node's counters (STEPPED)
         child.counters = fn.args[fixed]
+        fixed += 1
+    if ctx.prep is not None:       # a prepared node's block (PREPARES)
+        child.prep = fn.args[fixed]
         fixed += 1
     if len(fn.args) > fixed:                   # a size-generic kernel: its dimensions
         child.runtime_dims = tuple(fn.args[fixed:])

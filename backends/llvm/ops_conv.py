@@ -30,7 +30,7 @@ from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_inp
                           scratch_bytes, usable)
 from .gemm import call_gemm, gemm_function
 from .gemm_tiling import splits_rows, tiling
-from .lowering import fused_kind, kind_declines, lowering, scratch
+from .lowering import fused_kind, kind_declines, lowering, prepares, scratch
 from .module import ALIGN
 from .ops_core import SCALAR
 
@@ -356,6 +356,27 @@ def _winograd(node, threads, features):
     return conv_winograd.plan(x.shape, w.shape, node.attrs, x.dtype, features, threads)
 
 
+@prepares("conv", "fused")
+def _prepared_weights(node, threads, features):
+    """(the weight operand's position, the bytes of its transform) of a Winograd
+    convolution, alone or as an epilogue region's (whose one convolution reads a region
+    input as its weights): the transform is kept between calls when those weights are
+    constant (``lowering.PREPARES``). None for every other node."""
+    conv, inputs = node, list(node.inputs)
+    if node.op == "fused":
+        if node.attrs.get("kind") != "epilogue":
+            return None
+        body = node.attrs["body"]
+        conv, inputs = epilogue_conv(body, threads, features), list(body.inputs)
+        if conv is None:
+            return None
+    wg = _winograd(conv, threads, features)
+    w = conv.inputs[1]
+    if wg is None or w not in inputs:
+        return None
+    return inputs.index(w), conv_winograd.prepared_bytes(wg)
+
+
 def _direct(x_shape, cin, cout, kernel, pads, a, dtype, features, threads):
     """The direct (grid) convolution when it applies and pays, else None: stride 1, a float
     type, at least one image per thread, little wasted grid, not a 1x1 kernel (its input
@@ -459,7 +480,7 @@ def _conv(ctx, node, ins, outs):
         return
     wg = _winograd(node, ctx.max_threads, ctx.features)
     if wg is not None:
-        conv_winograd.lower(ctx, wg, x, w, y)
+        conv_winograd.lower(ctx, wg, x, w, y, prep=ctx.prep)
         return
     dot = _dot_forward(node, ctx.features)
     if dot is not None:
@@ -942,7 +963,7 @@ def _conv_epilogue(ctx, node, ins, outs) -> bool:
                 put(off, (n, o, b.sdiv(p, i64(OW)), b.srem(p, i64(OW))), out.load(b, off))
     if epilogue_path(conv, ctx.max_threads, ctx.features) == "winograd":
         conv_winograd.lower(ctx, _winograd(conv, ctx.max_threads, ctx.features), x, w, out,
-                            tail=lambda n, p0, p1: columns(n, i64(0), p0, p1))
+                            tail=lambda n, p0, p1: columns(n, i64(0), p0, p1), prep=ctx.prep)
         return True
     _conv_gemm(ctx, conv, x, w, out, columns, ep=_gemm_epilogue_args(body, buf, y))
     return True

@@ -88,6 +88,8 @@ class OnnxModel:
         with the inputs only."""
         from ..driver import compile_graph
         graph, weights = self.graph, self.weights
+        if backend == "llvm":       # an inference session's weights: prepared once
+            options.setdefault("constant_params", True)
         if fold_bn:
             from irgraph.passes.fold_bn import fold_bn_weights
             graph, weights = fold_bn_weights(graph, weights)
@@ -105,7 +107,8 @@ class OnnxModel:
 class CompiledOnnx:
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], executable):
         self.graph, self.weights, self.executable = graph, weights, executable
-        self._params = [np.asarray(weights[p.name], order="C") for p in graph.params]
+        # private read-only copies: the executable may keep what it derives from them
+        self._params = [_frozen(weights[p.name]) for p in graph.params]
 
     def __call__(self, *inputs) -> list[np.ndarray]:
         n = len(self.graph.inputs)
@@ -114,6 +117,12 @@ class CompiledOnnx:
             raise TypeError(f"{self.graph.name}() takes {n} inputs ({names}), got "
                             f"{len(inputs)}")
         return self.executable(*inputs, *self._params)
+
+
+def _frozen(a) -> np.ndarray:
+    a = np.array(a, order="C", copy=True)
+    a.setflags(write=False)
+    return a
 
 
 def _load(model):
