@@ -3,6 +3,7 @@ by made-up timings), and runs whose threads sleep at barriers and between runs g
 same numbers as one thread and as the reference."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -307,3 +308,41 @@ def test_choice_returns_to_all_threads_after_a_disturbed_start():
         return 3.0 if i < 10 else 1.0
     used = drive(ThreadChoice(2), cost, 600)
     assert used[150:].count(2) >= 0.9 * 450
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity calls and two CPUs")
+def test_a_worker_woken_on_thread_0s_cpu_moves_off_it():
+    """The caller and its worker pinned to one CPU (what Linux's wake-up placement can do
+    to them for milliseconds): the worker, finding itself on the caller's CPU, leaves it
+    (its mask without that CPU), then takes the whole allowed mask back; the run gives one
+    thread's numbers."""
+    from irgraph.backends.llvm import workers as w_mod
+    g = _many_barriers_graph()
+    exe = backends.compile(g, "llvm", threads=2)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((96, 160)).astype(np.float32)
+    w = (rng.standard_normal((160, 160)) / 13).astype(np.float32)
+    want = backends.compile(g, "llvm", threads=1)(x, w)[0]
+    exe(x, w)                                      # the worker exists
+    allowed = os.sched_getaffinity(0)
+    mask = w_mod._allowed_mask()
+    assert {c for c in range(8 * w_mod.MASK_BYTES) if mask[c // 8] >> (c % 8) & 1} == allowed
+    worker = next(t for t in threading.enumerate()
+                  if t.name.startswith("irgraph-llvm-worker"))
+    c0 = min(allowed)
+    try:
+        os.sched_setaffinity(0, {c0})
+        os.sched_setaffinity(worker.native_id, {c0})
+        time.sleep(0.05)                           # asleep, woken on c0 by the next run
+        np.testing.assert_array_equal(exe(x, w)[0], want)
+        # (thread 0 may have run the whole graph before the worker got the CPU: wait for
+        # the worker's wake-up, which comes once this thread sleeps)
+        for _ in range(500):
+            if os.sched_getaffinity(worker.native_id) == allowed:
+                break
+            time.sleep(0.01)
+        assert os.sched_getaffinity(worker.native_id) == allowed
+    finally:
+        os.sched_setaffinity(worker.native_id, allowed)
+        os.sched_setaffinity(0, allowed)

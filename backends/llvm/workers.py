@@ -7,7 +7,16 @@ until posted to (elsewhere than Linux it polls every ``POLL_US``). One slot per 
 
     [0] generation (bumped to post work)   [1] generation done   [2] entry   [3] args table
     [4] tid   [5] nthreads   [6] stop   [7] sleeping   [8] caller sleeping
-    [9] the last generation started or cancelled
+    [9] the last generation started or cancelled   [10] the last generation the caller
+    has finished (its whole run: thread 0's part and every join)   [11] the CPU thread 0
+    ran on when it posted   [12] the address of the allowed-CPU mask   [13] its bytes (0:
+    no moving)
+
+A worker woken on the CPU thread 0 is running on (Linux places a woken thread beside its
+waker when it judges their caches shared: after an idle spell it often does, and then the
+two threads take turns on one core for milliseconds, the spinning one slowing the other)
+moves itself to another allowed CPU before it runs (``sched_setaffinity`` without that
+CPU, then the whole mask again, so the scheduler stays free to move it later).
 
 ``irgraph_worker(slot)`` is the worker's whole life (called once from a daemon Python thread,
 through ctypes, so the GIL is released); ``irgraph_post`` fills a slot and wakes its worker
@@ -37,14 +46,25 @@ from ..base import fork_safe_locks
 from . import jit
 from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 
-WORKER_SPIN_NS = 100_000   # a worker spins this long after a run before it sleeps
+# Spin budgets. A sleeping thread costs a futex wake and, on a virtual machine, the
+# vCPU's own wake-up (often 50-500 us): inside a run of many small nodes (MobileNetV2 at
+# batch 1, two threads) 100 us budgets let one sleep set off others, and the median run
+# took 1.5-2x the best; with 1 ms at barriers and task waits, and the workers' budget
+# counted from the end of the caller's whole run, it stays within about 1.2x. A thread
+# whose partner is descheduled (another process on its core) still gives the core back
+# after 1 ms.
+WORKER_SPIN_NS = 300_000   # a worker spins this long after a run (the caller's whole run,
+                           # not only its own part) before it sleeps
 JOIN_SPIN_NS = 100_000     # thread 0 spins this long for a worker to finish, then sleeps
-BARRIER_SPIN_NS = 100_000  # a thread early at a barrier spins this long, then sleeps
-TASK_SPIN_NS = 100_000     # a thread waiting for a task's last shares spins this long
+BARRIER_SPIN_NS = 1_000_000  # a thread early at a barrier spins this long, then sleeps
+TASK_SPIN_NS = 1_000_000   # a thread waiting for a task's last shares spins this long
 SLEEP_CAP_NS = 1_000_000   # a futex sleep wakes after this at the latest (re-checks)
 CLOCK_EVERY = 64           # spin rounds between two clock readings
 FUTEX_WAIT, FUTEX_WAKE = 128, 129       # the _PRIVATE variants
 SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
+SYS_GETCPU = {"x86_64": 309, "aarch64": 168}
+SYS_SETAFFINITY = {"x86_64": 203, "aarch64": 122}
+MASK_BYTES = 128          # a cpu_set_t: CPUs 0..1023
 CLOCK_MONOTONIC = {"linux": 1, "darwin": 6, "apple": 6}
 SLOT = 16
 POLL_US = 200             # where there is no futex, a sleeping thread looks this often
@@ -66,6 +86,11 @@ class _Native:
         self.m = m
         triple = m.triple or ""
         self.nr = _futex_number(triple)
+        linux = "linux" in triple
+        self.getcpu_nr = next((n for a, n in SYS_GETCPU.items() if linux and
+                               triple.startswith(a)), None)
+        self.affinity_nr = next((n for a, n in SYS_SETAFFINITY.items() if linux and
+                                 triple.startswith(a)), None)
         self.clock_id = next((v for k, v in CLOCK_MONOTONIC.items() if k in triple), 1)
         ts = ir.LiteralStructType([I64, I64])
         self.ts_t = ts
@@ -88,16 +113,49 @@ class _Native:
         b.call(self.syscall, [i64(self.nr), b.bitcast(word, PTR), i64(FUTEX_WAIT),
                               b.and_(expected, i64(LOW32)), b.bitcast(cap, PTR)])
 
+    def cpu(self, b: ir.IRBuilder, slot) -> ir.Value:
+        """The CPU this thread runs on (-1 where unknown); ``slot`` an i32 stack slot."""
+        if self.getcpu_nr is None:
+            return i64(-1)
+        b.store(ir.Constant(I32, -1), slot)
+        b.call(self.syscall, [i64(self.getcpu_nr), b.bitcast(slot, PTR),
+                              ir.Constant(PTR, None), ir.Constant(PTR, None)])
+        return b.sext(b.load(slot), I64)
+
+    def move_off(self, b: ir.IRBuilder, cpu, mask, nbytes, cpu_slot,
+                 buf) -> None:
+        """If this thread runs on ``cpu``, move it to another CPU of the allowed ``mask``
+        (``nbytes`` bytes; 0: never): the mask without ``cpu``, then the whole mask."""
+        if self.affinity_nr is None or self.getcpu_nr is None:
+            return
+        usable = b.and_(b.icmp_signed(">", nbytes, i64(0)),
+                        b.icmp_signed(">=", cpu, i64(0)))
+        usable = b.and_(usable, b.icmp_signed("<", cpu, i64(8 * MASK_BYTES)))
+        with b.if_then(usable, likely=False):
+            here = self.cpu(b, cpu_slot)
+            with b.if_then(b.icmp_signed("==", here, cpu), likely=False):
+                src = b.inttoptr(mask, ir.PointerType(I64))
+                for k in range(MASK_BYTES // 8):
+                    b.store(b.load(b.gep(src, [i64(k)])), b.gep(buf, [i64(k)]))
+                word = b.gep(buf, [b.sdiv(cpu, i64(64))])
+                bit = b.shl(i64(1), b.srem(cpu, i64(64)))
+                b.store(b.and_(b.load(word), b.xor(bit, i64(-1))), word)
+                b.call(self.syscall, [i64(self.affinity_nr), i64(0), nbytes,
+                                      b.bitcast(buf, PTR)])
+                b.call(self.syscall, [i64(self.affinity_nr), i64(0), nbytes,
+                                      b.bitcast(src, PTR)])
+
     def wake(self, b: ir.IRBuilder, word) -> None:
         if self.nr is not None:
             b.call(self.syscall, [i64(self.nr), b.bitcast(word, PTR), i64(FUTEX_WAKE),
                                   i64(0x7FFFFFFF), ir.Constant(PTR, None)])
 
     def spin_then_sleep(self, fn: ir.Function, b: ir.IRBuilder, ready, budget_ns: int,
-                        sleep) -> None:
+                        sleep, hold=None) -> None:
         """Emit: spin (``pause``) until ``ready(b)`` (an i1) holds; after ``budget_ns`` of
         wall-clock time (read every ``CLOCK_EVERY`` rounds), call ``sleep(b)`` between two
-        tests instead. ``b`` ends positioned after the loop."""
+        tests instead. ``hold(b)`` (an i1): while it holds the budget has not started (the
+        clock restarts). ``b`` ends positioned after the loop."""
         ts, k, t0 = _allocas(fn, b, [self.ts_t, I64, I64])
         b.store(i64(0), k)
         b.store(i64(-1), t0)
@@ -117,6 +175,8 @@ class _Native:
         b.position_at_end(clock)
         now = self.now_ns(b, ts)
         first = b.icmp_signed("<", b.load(t0), i64(0))
+        if hold is not None:
+            first = b.or_(first, hold(b))
         with b.if_then(first):
             b.store(now, t0)
         late = b.icmp_signed(">", b.sub(now, b.load(t0)), i64(budget_ns))
@@ -168,7 +228,8 @@ def _extern(m: ir.Module, name: str, ret, args, var_arg: bool = False) -> ir.Fun
 def workers_module(triple: str) -> ir.Module:
     """Slot words (i64[SLOT]): [0] generation (bumped to post work)  [1] generation done
     [2] entry  [3] args table  [4] tid  [5] nthreads  [6] stop  [7] worker sleeping
-    [8] caller sleeping on [1]  [9] the last generation started or cancelled."""
+    [8] caller sleeping on [1]  [9] the last generation started or cancelled  [10] the
+    last generation whose caller's run is over."""
     m = ir.Module(name="irgraph_workers")
     m.triple = triple
     nat = _Native(m)
@@ -233,6 +294,10 @@ def workers_module(triple: str) -> ir.Module:
                          "irgraph_run")
     slots, fn, table, n = run_fn.args
     b = ir.IRBuilder(run_fn.append_basic_block("entry"))
+    (cpu_slot,) = _allocas(run_fn, b, [I32])
+    here = nat.cpu(b, cpu_slot)
+    with for_range(b, 1, n, "cpu") as t:
+        b.store(here, at(b, b.load(b.gep(slots, [b.sub(t, i64(1))])), 11))
     with for_range(b, 1, n, "post") as t:
         b.call(post, [b.load(b.gep(slots, [b.sub(t, i64(1))])), fn, table, t, n])
     b.call(b.inttoptr(fn, ir.PointerType(entry_t)), [b.inttoptr(table, PTR), i64(0), n])
@@ -242,6 +307,9 @@ def workers_module(triple: str) -> ir.Module:
         # a worker that has not started yet never will: its shares were claimed by others
         with b.if_then(b.not_(b.call(claim, [s, g]))):
             b.call(wait, [s, g])
+    with for_range(b, 1, n, "over") as t:       # the workers' spin budgets start now
+        s = b.load(b.gep(slots, [b.sub(t, i64(1))]))
+        b.store_atomic(b.load_atomic(at(b, s, 0), "acquire", 8), at(b, s, 10), "release", 8)
     b.ret_void()
 
     # ---- worker(slot): spin, sleep, run, forever (until stop)
@@ -249,7 +317,9 @@ def workers_module(triple: str) -> ir.Module:
     (slot,) = work.args
     b = ir.IRBuilder(work.append_basic_block("entry"))
     cap = nat.cap(work, b)
-    (seen,) = _allocas(work, b, [I64])
+    seen, cpu_slot, mask_buf = _allocas(work, b, [I64, I32,
+                                                  ir.ArrayType(I64, MASK_BYTES // 8)])
+    mask_buf = b.bitcast(mask_buf, ir.PointerType(I64))
     b.store(i64(0), seen)        # a fresh slot: work posted before this thread runs counts
     top = work.append_basic_block("top")
     b.branch(top)
@@ -264,7 +334,10 @@ def workers_module(triple: str) -> ir.Module:
         with b.if_then(b.icmp_signed("==", g, b.load(seen))):
             nat.wait(b, at(b, slot, 0), b.load(seen), cap)
         b.store_atomic(i64(0), at(b, slot, 7), "seq_cst", 8)
-    nat.spin_then_sleep(work, b, posted, WORKER_SPIN_NS, sleep)
+    def running(b):  # the caller's run is not over: a thread 0 still at work comes back
+        return b.icmp_signed("!=", b.load_atomic(at(b, slot, 10), "acquire", 8),
+                             b.load(seen))
+    nat.spin_then_sleep(work, b, posted, WORKER_SPIN_NS, sleep, hold=running)
     # run the posted entry, then report it done (waking thread 0 if it sleeps)
     g = b.load_atomic(at(b, slot, 0), "acquire", 8)
     b.store(g, seen)
@@ -272,6 +345,8 @@ def workers_module(triple: str) -> ir.Module:
     quit_, go = work.append_basic_block("quit"), work.append_basic_block("go")
     b.cbranch(stop, quit_, go)
     b.position_at_end(go)
+    nat.move_off(b, b.load(at(b, slot, 11)), b.load(at(b, slot, 12)),
+                 b.load(at(b, slot, 13)), cpu_slot, mask_buf)
     with b.if_then(b.call(claim, [slot, g])):      # (else the caller cancelled it)
         entry = b.inttoptr(b.load(at(b, slot, 2)), ir.PointerType(entry_t))
         b.call(entry, [b.inttoptr(b.load(at(b, slot, 3)), PTR), b.load(at(b, slot, 4)),
@@ -402,6 +477,7 @@ class Workers:
         self._threads: list[threading.Thread] = []
         self._slot_table = (ctypes.c_void_p * 1)()
         self._pid = os.getpid()
+        self._mask = _allowed_mask()
 
     def _ensure(self, k: int) -> None:
         if self._pid != os.getpid():         # a forked child has no worker threads
@@ -410,6 +486,9 @@ class Workers:
             return
         while len(self._slots) < k:
             slot = np.zeros(SLOT, np.int64)
+            slot[11] = -1
+            if self._mask is not None:
+                slot[12], slot[13] = self._mask.ctypes.data, MASK_BYTES
             self._slots.append(slot)
             t = threading.Thread(target=self._worker, args=(slot.ctypes.data,), daemon=True,
                                  name=f"irgraph-llvm-worker-{len(self._slots)}")
@@ -603,6 +682,21 @@ class ThreadChoice:
         else:
             self.period = min(2 * self.period, self.PROBE_MAX)
         self._wait(self.period)
+
+
+def _allowed_mask() -> np.ndarray | None:
+    """The CPUs this process may run on as a cpu_set_t (``MASK_BYTES``), None where a
+    worker has nowhere to move (one CPU, CPUs past the mask, no affinity call)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    if len(cpus) < 2 or max(cpus) >= 8 * MASK_BYTES:
+        return None
+    mask = np.zeros(MASK_BYTES, np.uint8)
+    for c in cpus:
+        mask[c // 8] |= 1 << (c % 8)
+    return mask
 
 
 def _median(xs: list[float]) -> float:
