@@ -336,8 +336,8 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf, tail=None, prep=None) -> No
 
 
 def prepared_bytes(wg: Winograd) -> int:
-    """The bytes of U, which a prepared-weights block keeps between calls."""
-    return scratch_bytes(wg.dtype, [XI * wg.C * wg.Op])
+    """The bytes of a prepared-weights block: its flag, then U."""
+    return PREP_HEADER + scratch_bytes(wg.dtype, [XI * wg.C * wg.Op])
 
 
 def _transform_weights(ctx, wg: Winograd, w: Buf, U) -> None:

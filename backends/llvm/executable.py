@@ -80,7 +80,7 @@ class LLVMExecutable(Executable):
         # what lowerings derived from constant parameters (``Plan.prep``), each block's
         # ready flag first; ``_prep_with``: the arrays it was derived from
         self._prep = np.zeros(max(plan.prep_bytes, 64), np.uint8)
-        self._prep_flags = np.array(sorted(plan.prep.values()), np.int64) // 8
+        self._prep_flags = np.array(plan.prep_flags, np.int64) // 8
         self._prep_with: list | None = None
         with jit.phase("load"):
             self._loaded = jit.Loaded(obj, ENTRY, opt, [gemm.runtime_object(), *kernels])

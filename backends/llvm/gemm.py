@@ -65,7 +65,7 @@ EP_FORMS = (EP_BIAS, EP_BIAS | EP_LO | EP_LO_INCLUSIVE, EP_BIAS | EP_LO | EP_HI,
 
 
 def gemm_function(module: ir.Module, dtype: str, features: str,
-                  epilogue: bool = False) -> ir.Function:
+                  epilogue: bool = False, prepacked: bool = False) -> ir.Function:
     """``irgraph_gemm_<dtype>(A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate)``:
     C = A @ B, or C += A @ B when ``accumulate`` is nonzero.
 
@@ -79,14 +79,36 @@ def gemm_function(module: ir.Module, dtype: str, features: str,
     where(lt(y, lo), lo, y), maximum(y, lo) and relu; no clamp: lo = -inf, hi = +inf. bias
     and R are read only under their flags (null otherwise); R must not overlap C.
 
+    ``prepacked``: ``irgraph_gemm_pre_<dtype>(..., flags, pre)``, the epilogue entry with
+    ``pre``, a block (``prepacked_bytes``) where A's packed form is kept between calls for
+    the transposed nest, which otherwise packs A^T on every call (a model's weights: C^T =
+    B^T A^T, ``_GemmBuilder.prepared``); null: none.
+
     Graph modules only declare it: the kernels live in one runtime object (``runtime_module``)
     compiled once per CPU and cached, so a graph's own compile stays small."""
-    name = f"irgraph_gemm_{'ep_' if epilogue else ''}{dtype}"
+    name = f"irgraph_gemm_{'pre_' if prepacked else 'ep_' if epilogue else ''}{dtype}"
     if name in module.globals:
         return module.globals[name]
     elem = STORAGE[dtype]
-    return ir.Function(module, ir.FunctionType(ir.VoidType(), _arg_types(elem, epilogue)),
-                       name)
+    args = _arg_types(elem, epilogue or prepacked) + ([PTR] if prepacked else [])
+    return ir.Function(module, ir.FunctionType(ir.VoidType(), args), name)
+
+
+PRE_HEADER = 64     # bytes of a prepacked block before A's panels: state, A, M, K, rsa, csa
+PRE_READY, PRE_PACKING = 2, 1       # its states (0: empty)
+
+
+def _panel_columns(n: int, t: Tiling) -> int:
+    """The columns a packed panel of ``n`` columns takes at most (``wide_from``'s strips:
+    whole NR strips, the last partial one padded, or a wide last strip of NR + vw)."""
+    return -(-n // t.nr) * t.nr + t.vw
+
+
+def prepacked_bytes(M: int, K: int, dtype: str, features: str) -> int:
+    """The bytes of a ``pre`` block for an A of at most M x K (``_GemmBuilder.prepack``)."""
+    t = tiling(dtype, features)
+    cols = sum(_panel_columns(min(NC, M - j), t) for j in range(0, M, NC))
+    return PRE_HEADER + cols * K * (4 if dtype == "float32" else 8)
 
 
 def runtime_module(features: str, triple: str = "") -> ir.Module:
@@ -96,14 +118,18 @@ def runtime_module(features: str, triple: str = "") -> ir.Module:
     module.triple = triple
     for dtype in ("float32", "float64"):
         elem = STORAGE[dtype]
+        pre = gemm_function(module, dtype, features, prepacked=True)
+        _GemmBuilder(module, pre, elem, tiling(dtype, features)).build()
         ep = gemm_function(module, dtype, features, epilogue=True)
-        _GemmBuilder(module, ep, elem, tiling(dtype, features)).build()
+        b = ir.IRBuilder(ep.append_basic_block("entry"))
+        b.call(pre, list(ep.args) + [ir.Constant(PTR, None)])
+        b.ret_void()
         fn = gemm_function(module, dtype, features)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         null = ir.Constant(ir.PointerType(elem), None)
         inf = float("inf")
-        b.call(ep, list(fn.args) + [null, null, i64(0), ir.Constant(elem, -inf),
-                                    ir.Constant(elem, inf), i64(0)])
+        b.call(pre, list(fn.args) + [null, null, i64(0), ir.Constant(elem, -inf),
+                                     ir.Constant(elem, inf), i64(0), ir.Constant(PTR, None)])
         b.ret_void()
     return module
 
@@ -137,7 +163,8 @@ class _GemmBuilder:
         b, t = self.b, self.t
         A, rsa, csa, B, rsb, csb, C, ldc, M, N, K, scratch, accumulate = self.fn.args[:13]
         scratch.add_attribute("noalias")        # the thread's own workspace
-        self.epilogue = self.fn.args[13:]       # bias, R, ldr, lo, hi, flags
+        self.epilogue = self.fn.args[13:19]     # bias, R, ldr, lo, hi, flags
+        pre = self.fn.args[19]                  # A's prepacked block, or null
         self.ep_on = b.icmp_signed("!=", self.epilogue[5], i64(0))
         ep = ir.PointerType(self.elem)
         bp = b.bitcast(scratch, ep)
@@ -146,7 +173,14 @@ class _GemmBuilder:
         with b.if_else(self.transposes(M, N, tail)) as (swap, keep):
             with swap:
                 self.c_t = True
-                self.blocked(bp, ap, (B, csb, rsb, A, csa, rsa, N, M))
+                ops = (B, csb, rsb, A, csa, rsa, N, M)
+                packed = self.prepared(pre, A, rsa, csa, M, K)
+                with b.if_else(b.icmp_unsigned("!=", packed, ir.Constant(packed.type, None))
+                               ) as (kept, fresh):
+                    with kept:
+                        self.blocked(bp, ap, ops, pre=packed)
+                    with fresh:
+                        self.blocked(bp, ap, ops)
                 self.c_t = False
             with keep:
                 main = b.sub(N, tail)
@@ -467,9 +501,83 @@ class _GemmBuilder:
                 self.tiles(args(i0, apanel, a_at, mr), mr, heights,
                            0 if w == t.nr else w // t.vw)
 
-    def blocked(self, bp, ap, operands) -> None:
+    def prepared(self, pre, A, rsa, csa, M, K):
+        """A's panels in ``pre`` (the block's data, an element pointer), or null where they
+        are not there and this call cannot make them. The header says whose panels the
+        block holds (A's address, M, K, strides); a call for another A (a thread count
+        changed, so another run of rows) packs again. The first call to claim an empty or
+        stale block (a compare-and-swap to PRE_PACKING) packs A into it
+        (``prepack``), then marks it PRE_READY; a call finding it being packed by another
+        thread packs its strips as it goes, as without a block."""
+        b = self.b
+        ep = ir.PointerType(self.elem)
+        out = self.alloca(ep, "pre")
+        b.store(ir.Constant(ep, None), out)
+        with b.if_then(b.icmp_unsigned("!=", pre, ir.Constant(PTR, None))):
+            hdr = b.bitcast(pre, ir.PointerType(I64))
+            data = b.bitcast(b.gep(pre, [i64(PRE_HEADER)]), ep)
+            who = [b.ptrtoint(A, I64), M, K, rsa, csa]
+
+            def word(k):
+                return b.gep(hdr, [i64(k)])
+            state = b.load_atomic(hdr, "acquire", 8)
+            same = ir.Constant(ir.IntType(1), 1)
+            for k, v in enumerate(who):
+                same = b.and_(same, b.icmp_signed("==", b.load_atomic(word(k + 1), "monotonic",
+                                                                      8), v))
+            ready = b.and_(b.icmp_signed("==", state, i64(PRE_READY)), same)
+            with b.if_else(ready) as (found, other):
+                with found:
+                    b.store(data, out)
+                with other:
+                    with b.if_then(b.icmp_signed("!=", state, i64(PRE_PACKING))):
+                        pair = b.cmpxchg(hdr, state, i64(PRE_PACKING), "acq_rel", "monotonic")
+                        with b.if_then(b.extract_value(pair, 1)):
+                            for k, v in enumerate(who):
+                                b.store_atomic(v, word(k + 1), "monotonic", 8)
+                            self.prepack(A, rsa, csa, M, data)
+                            b.store_atomic(i64(PRE_READY), hdr, "release", 8)
+                            b.store(data, out)
+        return b.load(out)
+
+    def panel_offset(self, jc, pc, nc):
+        """Where the packed panel of columns [jc, jc + nc) and the K block at pc starts in
+        a prepacked block's data (``_panel_columns`` columns per K row of each NC block)."""
+        b, t = self.b, self.t
+        K = self.fn.args[10]
+
+        def cols(n):
+            return b.add(b.mul(b.sdiv(b.add(n, i64(t.nr - 1)), i64(t.nr)), i64(t.nr)),
+                         i64(t.vw))
+        whole = b.mul(b.mul(b.sdiv(jc, i64(NC)), cols(i64(NC))), K)
+        return b.add(whole, b.mul(pc, cols(nc)))
+
+    def pack_panel(self, dst, src, s_strip, s_k, nc, kc) -> None:
+        """The panel of ``nc`` columns (a strip each ``s_strip`` apart in src) and kc rows:
+        NR-wide strips, and a last wide one where ``wide_from`` makes it."""
+        b, t = self.b, self.t
+        main = self.wide_from(nc)
+        self.pack(dst, src, s_strip, s_k, main, kc, t.nr)
+        with b.if_then(b.icmp_signed("<", main, nc)):
+            self.pack(b.gep(dst, [b.mul(main, kc)]), b.gep(src, [b.mul(main, s_strip)]),
+                      s_strip, s_k, b.sub(nc, main), kc, t.nr + t.vw)
+
+    def prepack(self, A, rsa, csa, M, data) -> None:
+        """Every panel the transposed nest packs of A^T (its B), at ``panel_offset``."""
+        b = self.b
+        K = self.fn.args[10]
+        with for_range(b, 0, M, "qjc", NC) as jc:
+            nc = _min(b, i64(NC), b.sub(M, jc))
+            kstep = self.k_blocks()
+            with for_range(b, 0, K, "qpc", kstep) as pc:
+                kc = _min(b, kstep, b.sub(K, pc))
+                src = b.gep(A, [b.add(b.mul(jc, rsa), b.mul(pc, csa))])
+                self.pack_panel(b.gep(data, [self.panel_offset(jc, pc, nc)]), src, rsa, csa,
+                                nc, kc)
+
+    def blocked(self, bp, ap, operands, pre=None) -> None:
         """The Goto/BLIS nest (module docstring) on ``operands`` = (A, its row and column
-        strides, B, its strides, M, N)."""
+        strides, B, its strides, M, N); ``pre``: B's panels packed before (``prepack``)."""
         b, t = self.b, self.t
         C, ldc, K, accumulate = (self.fn.args[i] for i in (6, 7, 10, 12))
         A, rsa, csa, B, rsb, csb, M, N = operands
@@ -485,22 +593,23 @@ class _GemmBuilder:
                 # A in one MC block: each B strip is packed just before the tiles that read
                 # it, which find it in L1, not the whole panel first (written to L2 and read
                 # back); with several blocks the panel is packed once for all of them
-                by_strip = b.icmp_signed("<=", M, i64(MC))
-                with b.if_then(b.not_(by_strip)):
-                    main = self.wide_from(nc)
-                    self.pack(bp, bsrc, csb, rsb, main, kc, t.nr)
-                    with b.if_then(b.icmp_signed("<", main, nc)):
-                        self.pack(b.gep(bp, [b.mul(main, kc)]), b.gep(bsrc, [b.mul(main, csb)]),
-                                  csb, rsb, b.sub(nc, main), kc, t.nr + t.vw)
+                if pre is not None:
+                    by_strip = ir.Constant(ir.IntType(1), 0)
+                    panel = b.gep(pre, [self.panel_offset(jc, pc, nc)])
+                else:
+                    by_strip = b.icmp_signed("<=", M, i64(MC))
+                    with b.if_then(b.not_(by_strip)):
+                        self.pack_panel(bp, bsrc, csb, rsb, nc, kc)
+                    panel = bp
                 bv = (bsrc, rsb, csb, by_strip)
                 with for_range(b, 0, M, "ic", MC) as ic:
                     mc = _min(b, i64(MC), b.sub(M, ic))
                     asrc = b.gep(A, [b.add(b.mul(ic, rsa), b.mul(pc, csa))])
                     if self.c_t:    # A = B^T, B's columns: packed
                         self.pack(ap, asrc, rsa, csa, mc, kc, t.mr)
-                        self.macro(ap, bp, C, ldc, ic, jc, mc, nc, kc, first, b_view=bv)
+                        self.macro(ap, panel, C, ldc, ic, jc, mc, nc, kc, first, b_view=bv)
                     else:
-                        self.a_in_place_or_packed(ap, bp, asrc, (rsa, csa), C, ldc, ic, jc,
+                        self.a_in_place_or_packed(ap, panel, asrc, (rsa, csa), C, ldc, ic, jc,
                                                   mc, nc, kc, first, bv)
 
     def a_in_place_or_packed(self, ap, bp, asrc, a_strides, C, ldc, ic, jc, mc, nc, kc,
@@ -1144,12 +1253,14 @@ def matmul_dims(a_shape, b_shape):
 
 
 def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc: int,
-              M: int, N: int, K: int) -> None:
+              M: int, N: int, K: int, pre=None) -> None:
     """Emit this thread's share of C = A @ B: split N by NR strips, or M by MR runs where
-    ``splits_rows``."""
+    ``splits_rows``. ``pre(rows_of)``: the prepared block keeping A's packed form
+    (``gemm_function``'s ``pre``) of the whole A (rows_of None) or of this thread's run of
+    rows (its id)."""
     b = ctx.b
     t = tiling(dtype, ctx.features)
-    fn = gemm_function(ctx.module, dtype, ctx.features)
+    fn = gemm_function(ctx.module, dtype, ctx.features, prepacked=pre is not None)
     (rsa, csa), (rsb, csb) = a_strides, b_strides
     if K == 0:
         with ctx.thread0():
@@ -1161,6 +1272,14 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
     if gemv.applies(dtype, M, N, K, b_strides, ctx.features):
         gemv.emit(ctx, dtype, a_ptr, a_strides, b_ptr, b_strides, c_ptr, ldc, M, N, K)
         return
+
+    def extra(rows_of=None):
+        if pre is None:
+            return []
+        elem = STORAGE[dtype]
+        null = ir.Constant(ir.PointerType(elem), None)
+        return [null, null, i64(0), ir.Constant(elem, float("-inf")),
+                ir.Constant(elem, float("inf")), i64(0), pre(rows_of)]
     strips = -(-N // t.nr)
     if not splits_rows(M, N, t.mr, t.nr, ctx.max_threads):
         lo, hi = ctx.split(strips)
@@ -1169,7 +1288,7 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
         with b.if_then(b.icmp_signed("<", n0, n1)):
             b.call(fn, [a_ptr, i64(rsa), i64(csa), b.gep(b_ptr, [b.mul(n0, i64(csb))]),
                         i64(rsb), i64(csb), b.gep(c_ptr, [n0]), i64(ldc), i64(M),
-                        b.sub(n1, n0), i64(K), ctx.scratch(), i64(0)])
+                        b.sub(n1, n0), i64(K), ctx.scratch(), i64(0)] + extra())
     else:
         lo, hi = ctx.split(-(-M // t.mr))
         m0 = b.mul(lo, i64(t.mr))
@@ -1177,7 +1296,8 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
         with b.if_then(b.icmp_signed("<", m0, m1)):
             b.call(fn, [b.gep(a_ptr, [b.mul(m0, i64(rsa))]), i64(rsa), i64(csa), b_ptr,
                         i64(rsb), i64(csb), b.gep(c_ptr, [b.mul(m0, i64(ldc))]), i64(ldc),
-                        b.sub(m1, m0), i64(N), i64(K), ctx.scratch(), i64(0)])
+                        b.sub(m1, m0), i64(N), i64(K), ctx.scratch(), i64(0)]
+                   + extra(ctx.tid))
 
 
 @lowering("matmul", "matmul_f32", parallel=True)

@@ -130,12 +130,19 @@ def kind_declines(node, ins, outs) -> bool:
                          f"has an operand with swapped axes")
 
 
-# op -> rule(node, threads, features) -> (input position, bytes) | None: the node's
-# lowering derives ``bytes`` of data from that input alone (Winograd's transformed
-# weights), which it keeps across calls in ``Ctx.prep`` when the input is a parameter the
-# caller holds constant (the ``constant_params`` option); None: nothing to prepare
+# op -> rule(node, threads, features) -> (input position, regions, bytes) | None: the
+# node's lowering derives data from that input alone (Winograd's transformed weights, the
+# GEMM's packed weights), which it keeps across calls in ``Ctx.prep`` when the input is a
+# parameter the caller holds constant (the ``constant_params`` option): ``regions`` blocks
+# of ``bytes`` (their first i64 a state, 0 when empty), ``prep_stride`` apart; None:
+# nothing to prepare
 PREPARES: dict[str, Callable] = {}
 PREP_HEADER = 64      # bytes before a prepared block's data: its ready flag (i64)
+
+
+def prep_stride(nbytes: int) -> int:
+    """The distance between two regions of ``nbytes`` in a node's prepared block."""
+    return -(-nbytes // 64) * 64
 
 
 def prepares(*ops: str):

@@ -37,7 +37,7 @@ from .builder import (I64, PTR, STORAGE, VOID, Buf, broadcast_strides, coalesce,
 from .gemm_tiling import workspace_bytes
 from .elementwise import RUNTIME_DIMS
 from .jit import canonical_node, generic_node
-from .lowering import (PREP_HEADER, PREPARES, SCRATCH, Ctx, get_lowering, load_ptr,
+from .lowering import (PREPARES, SCRATCH, Ctx, get_lowering, load_ptr, prep_stride,
                        reads_same_index)
 from . import workers
 from .workers import worth_parallel
@@ -76,6 +76,7 @@ class Plan:
     prep: dict[int, int] = field(default_factory=dict)
     prep_bytes: int = 0
     prep_args: tuple[int, ...] = ()
+    prep_flags: list[int] = field(default_factory=list)   # byte offsets of every region's state
 
     def ctl_words(self, n_nodes: int) -> int:
         """The control block's length (i64 words) for a graph of ``n_nodes`` nodes."""
@@ -246,12 +247,13 @@ def _prepared(graph: Graph, p: Plan, constant, features: str, threads: int) -> N
         got = rule(node, threads, features) if rule is not None and i not in p.skip else None
         if got is None:
             continue
-        k, size = got
+        k, regions, size = got
         slot = p.slots.get(node.inputs[k])
         if slot is None or slot[0] != "arg" or slot[1] not in constant:
             continue
         p.prep[i] = top
-        top += _round(PREP_HEADER + size)
+        p.prep_flags += [top + r * prep_stride(size) for r in range(regions)]
+        top += _round(regions * prep_stride(size))
         used.add(slot[1])
     p.prep_bytes = top
     p.prep_args = tuple(sorted(used))

@@ -29,8 +29,9 @@ from . import conv_depthwise, conv_dot, conv_winograd
 from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_input_grad,
                           scratch_bytes, usable)
 from .gemm import call_gemm, gemm_function
+from .gemm import prepacked_bytes as gemm_prepacked_bytes
 from .gemm_tiling import splits_rows, tiling
-from .lowering import fused_kind, kind_declines, lowering, prepares, scratch
+from .lowering import fused_kind, kind_declines, lowering, prep_stride, prepares, scratch
 from .module import ALIGN
 from .ops_core import SCALAR
 
@@ -230,16 +231,23 @@ def thread_cols(ctx, nbytes: int, elem) -> ir.Value:
     return ctx.b.bitcast(ctx.thread_scratch(nbytes), ir.PointerType(elem))
 
 
-def thread_gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0, ep=None):
+def thread_gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0, ep=None, pre=None):
     """One whole GEMM on this thread (the caller split the work); M and N may be values.
     ``ep``: the epilogue's (bias, R, ldr, lo, hi, flags) at C's first row and column
-    (gemm.gemm_function), applied as the tiles are stored."""
+    (gemm.gemm_function), applied as the tiles are stored. ``pre``: a block where A's
+    packed form is kept between calls (the same A at every call that passes it)."""
     b = ctx.b
-    fn = gemm_function(ctx.module, dtype, ctx.features, epilogue=ep is not None)
+    fn = gemm_function(ctx.module, dtype, ctx.features, epilogue=ep is not None,
+                       prepacked=pre is not None)
+    if pre is not None and ep is None:
+        elem = STORAGE[dtype]
+        null = ir.Constant(ir.PointerType(elem), None)
+        ep = (null, null, i64(0), ir.Constant(elem, float("-inf")),
+              ir.Constant(elem, float("inf")), i64(0))
     b.call(fn, [a, i64(a_str[0]), i64(a_str[1]), bm, i64(b_str[0]), i64(b_str[1]), c,
                 i64(ldc), M if isinstance(M, ir.Value) else i64(M),
                 N if isinstance(N, ir.Value) else i64(N), i64(K),
-                ctx.scratch(), i64(acc)] + list(ep or ()))
+                ctx.scratch(), i64(acc)] + list(ep or ()) + ([pre] if pre is not None else []))
 
 
 # ---------------------------------------------------------------- conv
@@ -370,11 +378,30 @@ def _prepared_weights(node, threads, features):
         conv, inputs = epilogue_conv(body, threads, features), list(body.inputs)
         if conv is None:
             return None
-    wg = _winograd(conv, threads, features)
     w = conv.inputs[1]
-    if wg is None or w not in inputs:
+    if w not in inputs:
         return None
-    return inputs.index(w), conv_winograd.prepared_bytes(wg)
+    wg = _winograd(conv, threads, features)
+    if wg is not None:
+        return inputs.index(w), 1, conv_winograd.prepared_bytes(wg)
+    if _gemm_prepacks(conv, threads, features):
+        O, R = w.shape[0], prod(w.shape[1:])
+        return inputs.index(w), threads, gemm_prepacked_bytes(O, R, w.dtype, features)
+    return None
+
+
+def _gemm_prepacks(conv, threads, features) -> bool:
+    """Whether ``_conv`` runs ``conv`` through ``_conv_gemm`` with the weights as one
+    GEMM operand (one group, not batched pointwise), whose packed form a prepared block
+    can keep: a region per thread (each its run of rows), the first also for the whole."""
+    x, w = conv.inputs
+    return (x.dtype in ("float32", "float64") and conv.attrs["groups"] == 1
+            and x.type.rank >= 3
+            and not conv_depthwise.applies(x.shape, w.shape, 1, x.dtype)
+            and _winograd(conv, threads, features) is None
+            and _dot_forward(conv, features) is None
+            and _direct_forward(conv, threads, features) is None
+            and images_per_gemm(conv, threads, features) is None)
 
 
 def _direct(x_shape, cin, cout, kernel, pads, a, dtype, features, threads):
@@ -523,6 +550,15 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None, ep=None) -> None:
     # threads sharing an image's GEMM (a batch smaller than the thread count) take runs
     # of its rows (output channels) where its columns make too few strips
     rows_split = splits_rows(og, P, mr, nr, ctx.max_threads)
+    prep = ctx.prep if G == 1 else None     # kept packed weights (``_prepared_weights``)
+    stride = prep_stride(gemm_prepacked_bytes(og, R, x.dtype, ctx.features))
+
+    def pre(rows_of=None):
+        """The prepared region of the whole weights (the first), or of the run of rows
+        this thread takes (``rows_of``: its id)."""
+        if prep is None or rows_of is None:
+            return prep
+        return b.gep(prep, [b.mul(rows_of, i64(stride))])
 
     def epi(g, m0, yoff):
         """The epilogue's operands at row m0 of group g's GEMM, C at y's offset yoff."""
@@ -537,7 +573,7 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None, ep=None) -> None:
             p1 = b.select(b.icmp_signed("<", b.add(p0, i64(chunk)), c1),
                           b.add(p0, i64(chunk)), c1)
             thread_gemm(ctx, x.dtype, wp, (R, 1), b.gep(src, [p0]), (P, 1), b.gep(yp, [p0]), P,
-                  og, b.sub(p1, p0), R)
+                        og, b.sub(p1, p0), R, pre=pre())
             tail(n, g, p0, p1)
 
     k = images_per_gemm(node, ctx.max_threads, ctx.features)
@@ -565,7 +601,7 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None, ep=None) -> None:
                 yoff = b.add(b.add(b.mul(n, i64(O * P)), b.mul(g, i64(og * P))), p0)
                 yp = b.gep(y.ptr, [yoff])
                 thread_gemm(ctx, x.dtype, wp, (R, 1), cols.ptr, (ld, 1), yp, P, og, b.sub(p1, p0),
-                            R, ep=epi(g, i64(0), yoff))
+                            R, ep=epi(g, i64(0), yoff), pre=pre())
                 if tail is not None and ep is None:
                     tail(n, g, p0, p1)
         return
@@ -611,16 +647,16 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None, ep=None) -> None:
                         at = b.mul(m0, i64(P))
                         thread_gemm(ctx, x.dtype, b.gep(wp, [b.mul(m0, i64(R))]), (R, 1), src,
                                     (P, 1), b.gep(yp, [at]), P, b.sub(m1, m0), P, R,
-                                    ep=epi(g, m0, b.add(yoff, at)))
+                                    ep=epi(g, m0, b.add(yoff, at)), pre=pre(ctx.tid))
                     else:
                         thread_gemm(ctx, x.dtype, wp, (R, 1), b.gep(src, [c0]), (P, 1),
                                     b.gep(yp, [c0]), P, og, b.sub(c1, c0), R,
-                                    ep=epi(g, i64(0), b.add(yoff, c0)))
+                                    ep=epi(g, i64(0), b.add(yoff, c0)), pre=pre())
                 if G > 1 or N > 1:
                     ctx.barrier()
             elif ep is not None:
                 thread_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R,
-                            ep=epi(g, i64(0), yoff))
+                            ep=epi(g, i64(0), yoff), pre=pre())
             elif split_gemm and tail is not None and rows_split:   # this thread's rows
                 lo, hi = ctx.split(-(-og // mr))
                 m0 = b.mul(lo, i64(mr))
@@ -633,7 +669,8 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None, ep=None) -> None:
                         p1 = b.select(b.icmp_signed("<", b.add(p0, i64(chunk)), i64(P)),
                                       b.add(p0, i64(chunk)), i64(P))
                         thread_gemm(ctx, x.dtype, wrows, (R, 1), b.gep(src, [p0]), (P, 1),
-                              b.gep(yrows, [p0]), P, b.sub(m1, m0), b.sub(p1, p0), R)
+                                    b.gep(yrows, [p0]), P, b.sub(m1, m0), b.sub(p1, p0), R,
+                                    pre=pre(ctx.tid))
                         tail(n, g, p0, p1, m0, m1)
                 if G > 1 or N > 1:
                     ctx.barrier()
@@ -645,13 +682,14 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None, ep=None) -> None:
                 if G > 1 or N > 1:
                     ctx.barrier()
             elif split_gemm:
-                call_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
+                call_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R,
+                          pre=pre if prep is not None else None)
                 if G > 1 or N > 1:      # the columns are rebuilt next (the node's own
                     ctx.barrier()       # barrier follows the last GEMM)
             elif tail is not None:
                 chunks(src, wp, yp, n, g, i64(0), i64(P))
             else:
-                thread_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R)
+                thread_gemm(ctx, x.dtype, wp, (R, 1), src, (P, 1), yp, P, og, P, R, pre=pre())
     per_image(ctx, N, image)
 
 
