@@ -94,6 +94,14 @@ def gemm_function(module: ir.Module, dtype: str, features: str,
     return ir.Function(module, ir.FunctionType(ir.VoidType(), args), name)
 
 
+def no_epilogue(dtype: str) -> list:
+    """The epilogue arguments (bias, R, ldr, lo, hi, flags) that apply none."""
+    elem = STORAGE[dtype]
+    null = ir.Constant(ir.PointerType(elem), None)
+    return [null, null, i64(0), ir.Constant(elem, float("-inf")),
+            ir.Constant(elem, float("inf")), i64(0)]
+
+
 PRE_HEADER = 64     # bytes of a prepacked block before A's panels: state, A, M, K, rsa, csa
 PRE_READY, PRE_PACKING = 2, 1       # its states (0: empty)
 
@@ -126,10 +134,7 @@ def runtime_module(features: str, triple: str = "") -> ir.Module:
         b.ret_void()
         fn = gemm_function(module, dtype, features)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        null = ir.Constant(ir.PointerType(elem), None)
-        inf = float("inf")
-        b.call(pre, list(fn.args) + [null, null, i64(0), ir.Constant(elem, -inf),
-                                     ir.Constant(elem, inf), i64(0), ir.Constant(PTR, None)])
+        b.call(pre, list(fn.args) + no_epilogue(dtype) + [ir.Constant(PTR, None)])
         b.ret_void()
     return module
 
@@ -1274,12 +1279,7 @@ def call_gemm(ctx: Ctx, dtype: str, a_ptr, a_strides, b_ptr, b_strides, c_ptr, l
         return
 
     def extra(rows_of=None):
-        if pre is None:
-            return []
-        elem = STORAGE[dtype]
-        null = ir.Constant(ir.PointerType(elem), None)
-        return [null, null, i64(0), ir.Constant(elem, float("-inf")),
-                ir.Constant(elem, float("inf")), i64(0), pre(rows_of)]
+        return [] if pre is None else no_epilogue(dtype) + [pre(rows_of)]
     strips = -(-N // t.nr)
     if not splits_rows(M, N, t.mr, t.nr, ctx.max_threads):
         lo, hi = ctx.split(strips)

@@ -145,22 +145,20 @@ def prep_stride(nbytes: int) -> int:
     return -(-nbytes // 64) * 64
 
 
-def prepares(*ops: str):
-    """Register the decorated function as the prepared-weights rule of ``ops``."""
-    def deco(fn):
-        for op in ops:
-            PREPARES[op] = fn
-        return fn
-    return deco
+def _rule_of(table: dict, what: str):
+    """A decorator factory registering the decorated function as ``what`` of ``ops``."""
+    def register(*ops: str):
+        def deco(fn):
+            for op in ops:
+                table[op] = fn
+            return fn
+        return deco
+    register.__doc__ = f"Register the decorated function as the {what} of ``ops``."
+    return register
 
 
-def scratch(*ops: str):
-    """Register the decorated function as the scratch-size rule of ``ops``."""
-    def deco(fn):
-        for op in ops:
-            SCRATCH[op] = fn
-        return fn
-    return deco
+scratch = _rule_of(SCRATCH, "scratch-size rule")
+prepares = _rule_of(PREPARES, "prepared-weights rule")
 
 
 def lowering(*ops: str, parallel: bool = False, size_generic: "bool | Callable" = False,

@@ -28,7 +28,7 @@ from . import gemm_bf16
 from . import conv_depthwise, conv_dot, conv_winograd
 from .conv_direct import (Direct, arrays, convolve, kernel_gradient, scatter_input_grad,
                           scratch_bytes, usable)
-from .gemm import call_gemm, gemm_function
+from .gemm import call_gemm, gemm_function, no_epilogue
 from .gemm import prepacked_bytes as gemm_prepacked_bytes
 from .gemm_tiling import splits_rows, tiling
 from .lowering import fused_kind, kind_declines, lowering, prep_stride, prepares, scratch
@@ -240,10 +240,7 @@ def thread_gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0, ep=None
     fn = gemm_function(ctx.module, dtype, ctx.features, epilogue=ep is not None,
                        prepacked=pre is not None)
     if pre is not None and ep is None:
-        elem = STORAGE[dtype]
-        null = ir.Constant(ir.PointerType(elem), None)
-        ep = (null, null, i64(0), ir.Constant(elem, float("-inf")),
-              ir.Constant(elem, float("inf")), i64(0))
+        ep = no_epilogue(dtype)
     b.call(fn, [a, i64(a_str[0]), i64(a_str[1]), bm, i64(b_str[0]), i64(b_str[1]), c,
                 i64(ldc), M if isinstance(M, ir.Value) else i64(M),
                 N if isinstance(N, ir.Value) else i64(N), i64(K),
