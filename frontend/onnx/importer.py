@@ -106,9 +106,10 @@ class OnnxModel:
 
 class CompiledOnnx:
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], executable):
-        self.graph, self.weights, self.executable = graph, weights, executable
+        self.graph, self.executable = graph, executable
         # private read-only copies: the executable may keep what it derives from them
         self._params = [_frozen(weights[p.name]) for p in graph.params]
+        self.weights = {**weights, **{p.name: a for p, a in zip(graph.params, self._params)}}
 
     def __call__(self, *inputs) -> list[np.ndarray]:
         n = len(self.graph.inputs)
