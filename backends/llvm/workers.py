@@ -55,6 +55,7 @@ from .builder import I32, I64, PTR, VOID, cpu_relax, for_range, i64
 # after 1 ms.
 WORKER_SPIN_NS = 300_000   # a worker spins this long after a run (the caller's whole run,
                            # not only its own part) before it sleeps
+HOLD_CAP_NS = 2_000_000    # ... but a caller descheduled longer than this is not waited for
 JOIN_SPIN_NS = 100_000     # thread 0 spins this long for a worker to finish, then sleeps
 BARRIER_SPIN_NS = 1_000_000  # a thread early at a barrier spins this long, then sleeps
 TASK_SPIN_NS = 1_000_000   # a thread waiting for a task's last shares spins this long
@@ -154,11 +155,13 @@ class _Native:
                         sleep, hold=None) -> None:
         """Emit: spin (``pause``) until ``ready(b)`` (an i1) holds; after ``budget_ns`` of
         wall-clock time (read every ``CLOCK_EVERY`` rounds), call ``sleep(b)`` between two
-        tests instead. ``hold(b)`` (an i1): while it holds the budget has not started (the
-        clock restarts). ``b`` ends positioned after the loop."""
-        ts, k, t0 = _allocas(fn, b, [self.ts_t, I64, I64])
+        tests instead. ``hold(b)`` (an i1): while it holds, for at most ``HOLD_CAP_NS``, the
+        budget has not started (the clock restarts). ``b`` ends positioned after the
+        loop."""
+        ts, k, t0, h0 = _allocas(fn, b, [self.ts_t, I64, I64, I64])
         b.store(i64(0), k)
         b.store(i64(-1), t0)
+        b.store(i64(-1), h0)
         test = fn.append_basic_block("w.test")
         spin = fn.append_basic_block("w.spin")
         clock = fn.append_basic_block("w.clock")
@@ -176,7 +179,10 @@ class _Native:
         now = self.now_ns(b, ts)
         first = b.icmp_signed("<", b.load(t0), i64(0))
         if hold is not None:
-            first = b.or_(first, hold(b))
+            with b.if_then(b.icmp_signed("<", b.load(h0), i64(0))):
+                b.store(now, h0)
+            held = b.icmp_signed("<", b.sub(now, b.load(h0)), i64(HOLD_CAP_NS))
+            first = b.or_(first, b.and_(held, hold(b)))
         with b.if_then(first):
             b.store(now, t0)
         late = b.icmp_signed(">", b.sub(now, b.load(t0)), i64(budget_ns))
