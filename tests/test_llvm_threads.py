@@ -346,3 +346,21 @@ def test_a_worker_woken_on_thread_0s_cpu_moves_off_it():
     finally:
         os.sched_setaffinity(worker.native_id, allowed)
         os.sched_setaffinity(0, allowed)
+
+
+def test_a_stale_generation_is_never_claimed():
+    """``irgraph_claim_run``: a run is taken once, by whoever moves slot word 9 to its
+    generation first; a worker that read generation g and lingered while the caller
+    cancelled g and then a later run must not take g over the later one (it would run the
+    later run's entry and arguments, which may be freed by then)."""
+    import ctypes
+    from irgraph.backends.llvm import workers as w_mod
+    pool = w_mod.workers()
+    claim = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int64)(
+        pool._loaded.engine.get_function_address("irgraph_claim_run"))
+    slot = np.zeros(w_mod.SLOT, np.int64)
+    assert claim(slot.ctypes.data, 1)              # generation 1: taken
+    assert not claim(slot.ctypes.data, 1)          # and only once
+    assert claim(slot.ctypes.data, 3)              # the caller cancels 3 (2 never ran)
+    assert not claim(slot.ctypes.data, 2)          # a lingering worker's 2: stale
+    assert slot[9] == 3

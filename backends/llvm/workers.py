@@ -278,7 +278,10 @@ def workers_module(triple: str) -> ir.Module:
 
     # ---- claim(slot, gen) -> whether this call, not another, took generation gen (the
     # worker when it starts a run, the caller when it cancels one not yet started): the
-    # first to move word 9 to gen
+    # first to move word 9 to gen. Generations only grow, so a word 9 at gen or past it
+    # means gen was taken: a worker that read gen, then lingered (descheduled) while the
+    # caller cancelled gen and a later run too, must not take gen over the later one
+    # (it would run the entry and table of that later run, whose arrays may be freed)
     claim = ir.Function(m, ir.FunctionType(ir.IntType(1), [slotp, I64]), "irgraph_claim_run")
     slot, gen = claim.args
     b = ir.IRBuilder(claim.append_basic_block("entry"))
@@ -286,7 +289,7 @@ def workers_module(triple: str) -> ir.Module:
     b.branch(again)
     b.position_at_end(again)
     cur = b.load_atomic(at(b, slot, 9), "seq_cst", 8)
-    with b.if_then(b.icmp_signed("==", cur, gen), likely=False):
+    with b.if_then(b.icmp_signed(">=", cur, gen), likely=False):
         b.ret(ir.Constant(ir.IntType(1), 0))
     pair = b.cmpxchg(at(b, slot, 9), cur, gen, "seq_cst", "seq_cst")
     won = claim.append_basic_block("won")
