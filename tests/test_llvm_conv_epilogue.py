@@ -7,7 +7,7 @@ ResNet-18's layers arrive from ONNX, against torch and the reference backend:
 * the im2col/GEMM path, the epilogue after each chunk of GEMM columns: 1x1 expand and
   project convolutions, strided 3x3 and 1x1 downsampling, a 7x7 stride-2 stem, groups,
   outputs wider than one chunk; 1x1 convolutions of small grids with several images'
-  positions as the columns of one GEMM (``images_per_gemm``);
+  positions as the columns of one GEMM (``images_per_gemm``, 3 x 3 grids);
 
 batch 1 and 8, float64, threads 1 and 2; and the regions are shown to take this path."""
 from __future__ import annotations
@@ -57,7 +57,7 @@ GEMM_CASES = [
     (8, 4, 11, 11, 2, 2, 0, 1, "none", False, 2, 1, 1),     # 1x1 stride-2 downsample
     (1, 3, 40, 38, 4, 2, 3, 1, "relu", False, 1, 7, 1),     # 7x7 stride-2 stem
     (2, 6, 9, 9, 2, 2, 1, 1, "relu6", False, 2, 3, 2),      # 2 groups, stride 2
-    (5, 8, 7, 7, 4, 1, 0, 1, "relu6", False, 2, 1, 1),      # 1x1, 3 + 2 images a GEMM
+    (5, 8, 3, 3, 4, 1, 0, 1, "relu6", False, 2, 1, 1),      # 1x1, 3 + 2 images a GEMM
 ]
 
 
@@ -205,20 +205,25 @@ def _conv_node(xs, ws, stride=(1, 1), pad=(0, 0, 0, 0)):
 
 
 def test_images_per_gemm_rule():
-    """Worked by hand with 32-column tiles: 7x7 grids (49 positions -> 64 columns a GEMM),
-    batch 8 on 2 threads: one image a GEMM, 4 GEMMs of 64 on the busiest thread = 256;
-    4 images a GEMM: 196 -> 224 columns, 1 GEMM each: chosen. Batch 5: 3 images (147 ->
-    160) beat 3 x 64 = 192. An 8x8 grid fills its tiles: one image a GEMM."""
+    """Worked by hand with 16-wide vectors and 32-column tiles. 3x3 grids, batch 8, 2
+    threads: one image a GEMM pads 9 positions to a vector of 16, 4 GEMMs on the busiest
+    thread = 64 columns; two images a GEMM: 18 = 16 + 2 dot products, 2 GEMMs = 36, over
+    a quarter fewer: chosen (4 images: 36 -> 32 + 16 = 48). Batch 5: 3 images, 27 -> 32,
+    one GEMM, beat 3 x 16 = 48 and 2 x 18. One thread, batch 8: 8 x 16 = 128 against 4 x
+    18 = 72 (8 images: 72 -> 64 + 16 = 80). 7x7 grids: 49 = 48 + 1 dot product wastes
+    nothing, so one image a GEMM (4 images: 196 -> 192 + 16 = 208); an 8x8 grid fills
+    its tiles; a single image and a 3x3 kernel have nothing to batch."""
     from irgraph.backends.llvm import jit
     features = jit.host()[2]
     if ops_conv.tiling("float32", features).nr != 32:
         features = "+avx512f"           # the rule for 32-column tiles, whatever the host
     k = ops_conv.images_per_gemm
-    assert k(_conv_node((8, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 2, features) == 4
-    assert k(_conv_node((5, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 2, features) == 3
-    assert k(_conv_node((8, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 1, features) == 8
+    assert k(_conv_node((8, 16, 3, 3), (32, 16, 1, 1)).nodes[0], 2, features) == 2
+    assert k(_conv_node((5, 16, 3, 3), (32, 16, 1, 1)).nodes[0], 2, features) == 3
+    assert k(_conv_node((8, 16, 3, 3), (32, 16, 1, 1)).nodes[0], 1, features) == 2
+    assert k(_conv_node((8, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 2, features) is None
     assert k(_conv_node((8, 16, 8, 8), (32, 16, 1, 1)).nodes[0], 2, features) is None
-    assert k(_conv_node((1, 16, 7, 7), (32, 16, 1, 1)).nodes[0], 2, features) is None
+    assert k(_conv_node((1, 16, 3, 3), (32, 16, 1, 1)).nodes[0], 2, features) is None
     assert k(_conv_node((8, 16, 9, 9), (32, 16, 3, 3)).nodes[0], 2, features) is None
 
 
@@ -368,7 +373,7 @@ EP_CASES = [
     (3, 4, 7, 8, 5, 3, 1, 1, 1, 1, ("res", "lo_le", "hi_flip"), 0),   # no bias
     (1, 300, 7, 5, 17, 1, 1, 0, 1, 2, ("bias", "lo0", "hi6"), 0),     # K past one block
     (3, 4, 13, 11, 13, 3, 1, 1, 1, 2, ("bias", "res", "relu"), 3),    # by chunks of rows
-    (5, 8, 7, 7, 13, 1, 1, 0, 1, 2, ("bias", "res", "relu"), 0),      # images side by side
+    (5, 8, 3, 3, 13, 1, 1, 0, 1, 2, ("bias", "res", "relu"), 0),      # images side by side
 ]
 
 

@@ -1222,6 +1222,16 @@ DOT_ROWS = 4
 DOT_K = 4096
 
 
+def run_columns(n: int, K: int, t: Tiling) -> int:
+    """The columns the tiles of C = A @ B (A's rows contiguous, no transposed nest) spend
+    on ``n`` columns of B: ``tail_columns``' dot products as they are, the rest in whole
+    NR strips and a last partial one of a vector or a strip (``padded``)."""
+    rest = n % t.vw
+    tail = rest if rest <= (LONG_TAIL_COLUMNS if K >= LONG_TAIL_K else TAIL_COLUMNS) else 0
+    part = (n - tail) % t.nr
+    return n - part + (0 if part == 0 else t.vw if part <= t.vw else t.nr)
+
+
 def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
 
