@@ -127,6 +127,22 @@ def test_small_images_keep_their_links_apart(monkeypatch):
         _close(exe(x)[0], want)
 
 
+def test_a_strided_chain_forms_from_twice_the_bytes(monkeypatch):
+    """A stride-2 depthwise link's chain forms only where one image's expanded tensor is
+    over ``STRIDED_BANDED`` (2) times ``BANDED_FROM``; a stride-1 chain of the same
+    tensor from ``BANDED_FROM``."""
+    monkeypatch.setattr(conv_chain, "STRIDED_BANDED", 2)
+    for stride, per_image, formed in ((1, 13727, True), (2, 13727, False),
+                                      (2, 13728 // 2, False), (2, 13728 // 2 - 1, True)):
+        # 2 images of 24 x 13 x 11 float32 expanded: 13728 bytes each
+        model, x, want = _case(2, 8, 24, 8, 13, 11, stride, 1)
+        monkeypatch.setattr(conv_chain, "BANDED_FROM", per_image)
+        exe = _imported(model, x).compile("llvm", threads=2, pipeline="default, fuse",
+                                          cache=False)
+        assert len(_chains(exe.graph)) == formed, (stride, per_image)
+        _close(exe(x)[0], want)
+
+
 def test_float64():
     model, x, want = _case(3, 6, 20, 6, 9, 10, 1, 1, residual=True, dtype=np.float64)
     exe, _ = _compile(_imported(model, x), 2, 3)

@@ -57,6 +57,15 @@ BAND_BYTES = L2_BYTES // 2
 # one core here: MobileNetV2's 56x56 blocks at batch 1, 1.8 MB, gained nothing banded)
 BANDED_FROM = L2_BYTES
 BATCH_BANDED_FROM = 4 << 20
+# a strided depthwise link's chain only from this many times that: its bands' expand GEMMs (twice
+# the rows, a halo row each) and narrow project GEMMs cost more than the round trip of
+# the expanded tensor through memory. MobileNetV2's features.4 (144 x 56 x 56, 1.8 MB an
+# image, stride 2) at batch 8, Intel Xeon (AVX-512, L2 2 MB), in-network profile, two
+# runs each: one thread 4.0 -> 2.6 ms banded -> by links; two threads 2.0-2.1 -> 1.3-1.4,
+# the whole network 24.7-25.2 -> 23.5-23.8 ms. Its 112 x 112 block (96 channels, 4.8 MB)
+# stays banded (3.0-3.2 ms against onnxruntime's 5.0-5.3), as do the stride-1 blocks of
+# 1.6 and 1.8 MB (by links: 1.5 -> 2.4-2.5 ms and 2.4 -> 3.5)
+STRIDED_BANDED = 2
 # at most this share of the expand GEMM's work recomputed for the halo rows between bands
 # (the band is made taller past BAND_BYTES rather than recompute more: on MobileNetV2's
 # 56x56 and 112x112 blocks 10% ran 5-8% faster at batch 8 than 20%)
@@ -157,15 +166,19 @@ def band_rows(pre, dw, post, nr: int = 1, budget: int | None = None) -> int:
 
 def banded(links: list[Link]) -> bool:
     """Whether a chain of ``links`` (``chain_links``) runs band by band: every epilogue op
-    has a scalar lowering, and one image's depthwise input outgrows the L2 cache and the
-    batch's the last level's (``BANDED_FROM``, ``BATCH_BANDED_FROM``; smaller ones stay in
+    has a scalar lowering, and one image's depthwise input outgrows the L2 cache (twice
+    that at a stride, ``STRIDED_BANDED``) and the batch's the last level's
+    (``BANDED_FROM``, ``BATCH_BANDED_FROM``; smaller ones stay in
     cache between the links run one by one, whose GEMMs, over whole images or several at
     once, fill their register tiles better than a band's). The backend's pass forms only
     these chains (``llvm_conv_chains``)."""
     if any(n.op not in SCALAR for k in links for n in k.tail):
         return False
-    x = next(k for k in links if k.kind == "depthwise").conv.inputs[0]
-    return x.type.nbytes // x.shape[0] > BANDED_FROM and x.type.nbytes > BATCH_BANDED_FROM
+    dw = next(k for k in links if k.kind == "depthwise").conv
+    x = dw.inputs[0]
+    strided = any(s != 1 for s in dw.attrs["stride"])
+    return (x.type.nbytes // x.shape[0] > (STRIDED_BANDED if strided else 1) * BANDED_FROM
+            and x.type.nbytes > BATCH_BANDED_FROM)
 
 
 def chain_of(node, features: str = "") -> Chain | None:
