@@ -336,9 +336,11 @@ def _ep_inputs(g, seed, specials=False):
     return vals
 
 
-def _check_ep(g, threads, seed, monkeypatch, specials=False, taken=True):
+def _check_ep(g, threads, seed, monkeypatch, specials=False, taken=True, scaled=False):
     """The region compiled (the im2col/GEMM path: the direct and dot-product convolutions
-    that small 3x3 layers would take set aside) against the reference backend."""
+    that small 3x3 layers would take set aside) against the reference backend; ``scaled``:
+    the tolerance relative to the largest output (a long reduction summed in another
+    order)."""
     from irgraph import backends
     from irgraph.frontend.driver import compile_graph
     monkeypatch.setattr(ops_conv, "_direct_forward", lambda *a: None)
@@ -357,6 +359,8 @@ def _check_ep(g, threads, seed, monkeypatch, specials=False, taken=True):
         got = exe(*vals)[0]
         ref = backends.compile(g, "reference")(*vals)[0]
     tol = 1e-4 if g.inputs[0].dtype == "float32" else 1e-11
+    if scaled:
+        tol *= max(1.0, float(np.nanmax(np.abs(ref[np.isfinite(ref)]), initial=1.0)))
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)      # NaN where the reference's
     return got, ref
 
@@ -406,6 +410,62 @@ def test_epilogue_gemm_nan_and_infinities(threads, monkeypatch):
         assert np.isnan(got).any() and np.isnan(ref).sum() == np.isnan(got).sum()
         if "hi6" in form or "min6" in form:
             assert (np.isnan(got) | ((got >= 0) & (got <= 6))).all()
+
+
+# batch 1 whose GEMM would split its rows: the threads split its reduction instead
+# (``splits_k``): (C, H, W, O, kernel, stride, threads, tail, KSPLIT_FROM or None)
+KSPLIT_CASES = [
+    (128, 7, 7, 40, 3, 1, 2, ("bias", "res", "relu"), None),     # R = 1152, 49 columns
+    (128, 7, 7, 40, 3, 1, 3, ("bias", "lo0", "hi6"), None),      # 3 partial sums
+    (128, 13, 11, 29, 3, 2, 2, ("bias", "relu"), None),          # strided, 42 columns
+    (7, 6, 5, 13, 3, 1, 3, ("res", "lo_le", "hi_flip"), 1),      # 7 channels on 3 threads
+    (5, 4, 4, 30, 3, 1, 2, ("bias", "sigmoid"), 1),              # the general tail
+]
+
+
+@pytest.mark.parametrize("case", KSPLIT_CASES)
+def test_k_split_partial_sums_and_tail(case, monkeypatch):
+    """Each thread's input channels' im2col rows and its partial product, the partial sums
+    added over each thread's run of output channels, then the region's tail: against the
+    reference, and the rule takes this path (``KSPLIT_FROM`` lowered for the small ones)."""
+    c, h, w, o, k, s, threads, form, lowered = case
+    if lowered is not None:
+        monkeypatch.setattr(ops_conv, "KSPLIT_FROM", lowered)
+    g = _ep_graph(1, c, h, w, o, k, s, 1, 1, form, "float32")
+    conv = next(nd for nd in g.nodes if nd.op == "conv")
+    assert ops_conv.splits_k(conv, threads, ops_conv_features())
+    assert not ops_conv.splits_k(conv, 1, ops_conv_features())
+    _check_ep(g, threads, seed=c + o, monkeypatch=monkeypatch,
+              taken="sigmoid" not in form, scaled=True)
+
+
+def test_k_split_float64(monkeypatch):
+    g = _ep_graph(1, 128, 7, 7, 60, 3, 1, 1, 1, ("bias", "res", "relu"), "float64")
+    assert ops_conv.splits_k(next(nd for nd in g.nodes if nd.op == "conv"), 2,
+                             ops_conv_features())
+    _check_ep(g, 2, seed=11, monkeypatch=monkeypatch, scaled=True)
+
+
+def test_k_split_rule():
+    """Only where the rows would be split (few columns: 14 x 14 = 7 strips of 32 on 2
+    threads, under ``ROW_SPLIT_STRIPS`` = 4 per thread, and more row tiles than strips),
+    R at least ``KSPLIT_FROM``, a batch under the thread count, one group, not 1x1."""
+    from irgraph.backends.llvm import jit
+    features = jit.host()[2]
+    if ops_conv.tiling("float32", features).nr != 32:
+        features = "+avx512f"
+    k = ops_conv.splits_k
+    node = _conv_node((1, 512, 7, 7), (512, 512, 3, 3), pad=(1, 1, 1, 1)).nodes[0]
+    assert k(node, 2, features) and not k(node, 1, features)
+    assert not k(_conv_node((2, 512, 7, 7), (512, 512, 3, 3), pad=(1, 1, 1, 1)).nodes[0], 2,
+                 features)                                   # a batch of 2 on 2 threads
+    assert not k(_conv_node((1, 100, 7, 7), (512, 100, 3, 3), pad=(1, 1, 1, 1)).nodes[0], 2,
+                 features)                                   # R = 900
+    assert not k(_conv_node((1, 512, 7, 7), (512, 512, 1, 1)).nodes[0], 2, features)
+    assert not k(_conv_node((1, 128, 28, 28), (512, 128, 3, 3), pad=(1, 1, 1, 1)).nodes[0],
+                 2, features)                                # 784 columns: 25 strips
+    assert not k(_conv_node((1, 512, 7, 7), (20, 512, 3, 3), pad=(1, 1, 1, 1)).nodes[0], 2,
+                 features)                                   # 2 row tiles, 2 strips
 
 
 def test_epilogue_gemm_float64_and_bias_of_three_axes(monkeypatch):

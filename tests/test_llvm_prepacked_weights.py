@@ -6,8 +6,10 @@ packed panels are kept in the executable's prepared block, made by the first cal
 by the next ones. Checked against torch (conv2d in float64): the block is filled (its state
 word), reused (changing the weights in place, which the option forbids, is not seen), made
 again for other weight arrays, and made again when a thread count change gives a thread
-another run of rows (its header names another A); one and two threads, a fused conv + bias
-+ residual + ReLU region (the GEMM's epilogue) and a plain convolution."""
+another part of A (its header names another A); one and two threads, a fused conv + bias
++ residual + ReLU region (on two threads each thread's run of the reduction, its input
+channels' columns of A: ``ops_conv.splits_k``) and a plain convolution (each thread's run
+of rows)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from irgraph import Graph, TensorType
-from irgraph.backends.llvm import gemm
+from irgraph.backends.llvm import gemm, jit, ops_conv
 from irgraph.frontend.driver import compile_graph
 
 ATTRS = dict(stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1), groups=1)
@@ -75,13 +77,17 @@ def test_packed_weights_kept_between_calls(fused, threads):
     exe = _compile(fused, threads)
     assert len(exe.plan.prep) == 1 and len(exe.plan.prep_flags) == threads
     assert _states(exe) == [0] * threads
+    if fused:       # on two threads the region's GEMM splits its reduction
+        (node,) = [nd for nd in exe.graph.nodes if nd.op == "fused"]
+        conv = ops_conv.epilogue_conv(node.attrs["body"], threads, jit.host()[2])
+        assert ops_conv.splits_k(conv, threads, jit.host()[2]) == (threads == 2)
 
     def check(x, w, ref_w=None):
         got = exe(x, r, w, bias)[0]
         err = np.abs(got - _want(x, r, w if ref_w is None else ref_w, bias, fused)).max()
         assert err <= _bound(x, w), err
     check(x, w)
-    # every thread's run of rows packed into its own region (one thread: the whole A)
+    # every thread's part of A packed into its own region (one thread: the whole A)
     assert _states(exe) == [gemm.PRE_READY] * threads
     check(x[:, ::-1].copy(), w)             # kept: other inputs, the same weights
     w_old = w.copy()
@@ -105,9 +111,10 @@ class _Counts:
 
 
 def test_a_thread_count_change_packs_the_rows_again():
-    """Two threads keep a region per thread's run of rows; a call on one thread finds in
-    the first region the panels of thread 0's rows only (another A in its header) and packs
-    the whole A there; back on two threads, thread 0 packs its rows again."""
+    """Two threads keep a region per thread's part of A (its run of the reduction); a call
+    on one thread finds in the first region the panels of thread 0's part only (another A
+    in its header) and packs the whole A there; back on two threads, thread 0 packs its
+    part again."""
     rng = np.random.default_rng(8)
     x = rng.standard_normal(XS).astype(np.float32)
     r = rng.standard_normal((1, 512, 7, 7)).astype(np.float32)

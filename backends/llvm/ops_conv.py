@@ -232,7 +232,7 @@ def thread_cols(ctx, nbytes: int, elem) -> ir.Value:
 
 
 def thread_gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0, ep=None, pre=None):
-    """One whole GEMM on this thread (the caller split the work); M and N may be values.
+    """One whole GEMM on this thread (the caller split the work); M, N and K may be values.
     ``ep``: the epilogue's (bias, R, ldr, lo, hi, flags) at C's first row and column
     (gemm.gemm_function), applied as the tiles are stored. ``pre``: a block where A's
     packed form is kept between calls (the same A at every call that passes it)."""
@@ -243,7 +243,7 @@ def thread_gemm(ctx, dtype, a, a_str, bm, b_str, c, ldc, M, N, K, acc=0, ep=None
         ep = no_epilogue(dtype)
     b.call(fn, [a, i64(a_str[0]), i64(a_str[1]), bm, i64(b_str[0]), i64(b_str[1]), c,
                 i64(ldc), M if isinstance(M, ir.Value) else i64(M),
-                N if isinstance(N, ir.Value) else i64(N), i64(K),
+                N if isinstance(N, ir.Value) else i64(N), K if isinstance(K, ir.Value) else i64(K),
                 ctx.scratch(), i64(acc)] + list(ep or ()) + ([pre] if pre is not None else []))
 
 
@@ -273,6 +273,9 @@ def _conv_scratch(node, threads, features):
         return threads * _batched_bytes(node, k)
     if is_pointwise(conv_geo(x.shape, w.shape[2:], node.attrs)):
         return 0            # the GEMM reads each image in place: no columns
+    if splits_k(node, threads, features):
+        return max(_ksplit_bytes(node, threads), threads * cols_bytes(
+            x.shape, w.shape, w.shape[2:], node.attrs, x.type.np_dtype.itemsize, 1))
     return threads * cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs,
                                  x.type.np_dtype.itemsize, node.attrs["groups"])
 
@@ -330,6 +333,39 @@ def images_per_gemm(node, threads: int, features: str) -> int | None:
     fits = [k for k in range(1, N + 1) if (C + O) * k * P * item <= MAX_BATCHED_BYTES]
     best = min(fits, key=lambda k: (cost(k), k), default=1)
     return best if best > 1 and cost(best) * 4 <= cost(1) * 3 else None
+
+
+# a batch smaller than the thread count whose im2col GEMM would split its rows (few
+# columns) splits its reduction instead from this many rows of the columns (R) on
+KSPLIT_FROM = 1024
+
+
+def splits_k(node, threads: int, features: str) -> bool:
+    """Whether the threads of an image's im2col GEMM (a batch smaller than the thread
+    count, one group, columns too few to split: ``splits_rows``) take runs of its
+    reduction, each the im2col rows of its own input channels, with no barrier before its
+    GEMM and no other thread's columns packed again; after a barrier the partial sums are
+    added up and the region's epilogue applied, each thread over its run of output
+    channels. By rows, every thread packs all of the columns (R x P) for its tiles after
+    waiting for all of them. ResNet-18's 512-channel 3x3 layers on 7 x 7 (R = 4608, 49
+    columns) at batch 1 on two threads."""
+    x, w = node.inputs
+    geo = conv_geo(x.shape, w.shape[2:], node.attrs)
+    t = tiling(x.dtype, features)
+    C, O, R = x.shape[1], w.shape[0], x.shape[1] * prod(w.shape[2:])
+    return (threads > 1 and x.shape[0] < threads and node.attrs["groups"] == 1
+            and not is_pointwise(geo) and x.dtype in ("float32", "float64")
+            and R >= KSPLIT_FROM and C >= threads and row_chunks(node) is None
+            and splits_rows(O, prod(geo["out"]), t.mr, t.nr, threads))
+
+
+def _ksplit_bytes(node, threads: int) -> int:
+    """The node scratch of ``splits_k``: the columns, then threads - 1 partial sums."""
+    x, w = node.inputs
+    P = prod(conv_geo(x.shape, w.shape[2:], node.attrs)["out"])
+    item = x.type.np_dtype.itemsize
+    cols = cols_bytes(x.shape, w.shape, w.shape[2:], node.attrs, item, 1)
+    return cols + (threads - 1) * w.shape[0] * P * item
 
 
 def _batched_bytes(node, k: int) -> int:
@@ -605,6 +641,39 @@ def _conv_gemm(ctx, node, x: Buf, w: Buf, y: Buf, tail=None, ep=None) -> None:
                             R, ep=epi(g, i64(0), yoff), pre=pre())
                 if tail is not None and ep is None:
                     tail(n, g, p0, p1)
+        return
+
+    def k_split(n):
+        """``splits_k``: this thread's input channels' rows of the columns, its partial
+        GEMM over them (thread 0's into y, the others' into the scratch after the
+        columns), a barrier, then its run of output channels summed and the tail."""
+        kp = prod(geo["kernel"])
+        cols = Buf(b.bitcast(ctx.node_scratch, ir.PointerType(x.elem)), _tt((R, P), x))
+        part = b.gep(cols.ptr, [i64(R * P)])
+        c0, c1 = ctx.split(C)
+        r0, r1 = b.mul(c0, i64(kp)), b.mul(c1, i64(kp))
+        xbase = b.mul(n, i64(C * plane))
+        im2col(ctx, x, b.add(xbase, b.mul(c0, i64(plane))), b.sub(c1, c0), geo, cols,
+               at=lambda row, col: b.add(b.mul(b.add(row, r0), i64(P)), col))
+        yp = b.gep(y.ptr, [b.mul(n, i64(O * P))])
+        mine = b.select(b.icmp_signed("==", ctx.tid, i64(0)), yp,
+                        b.gep(part, [b.mul(b.sub(ctx.tid, i64(1)), i64(O * P))]))
+        thread_gemm(ctx, x.dtype, b.gep(w.ptr, [r0]), (R, 1), b.gep(cols.ptr, [b.mul(r0, i64(P))]),
+                    (P, 1), mine, P, og, P, b.sub(r1, r0), pre=pre(ctx.tid))
+        ctx.barrier()
+        m0, m1 = ctx.split(og)
+        with for_range(b, 1, ctx.nthreads, "kpart") as t:
+            src = b.gep(part, [b.mul(b.sub(t, i64(1)), i64(O * P))])
+            with for_range(b, b.mul(m0, i64(P)), b.mul(m1, i64(P)), "ksum") as i:
+                at = b.gep(yp, [i])
+                b.store(b.fadd(b.load(at), b.load(b.gep(src, [i]))), at)
+        tail(n, i64(0), i64(0), i64(P), m0, m1)
+        if N > 1:
+            ctx.barrier()
+
+    if tail is not None and not ctx.single and splits_k(node, ctx.max_threads, ctx.features):
+        with for_range(b, 0, N, "img") as n:
+            k_split(n)
         return
 
     def image(n, split_gemm: bool):
