@@ -155,7 +155,8 @@ def test_row_chunked_conv_matches_torch_and_reference(case, monkeypatch):
 
 def test_row_chunks_taken():
     """The chunking rule on ResNet-18's stem at 224x224: chunks of whole output rows with
-    at least MIN_CHUNK_COLS columns; a small grid, a pointwise kernel: one chunk."""
+    at least MIN_CHUNK_COLS columns, as even as can be; a small grid, a pointwise kernel:
+    one chunk."""
     from irgraph import Graph, TensorType
 
     def conv(xs, ws, stride, pad):
@@ -167,6 +168,11 @@ def test_row_chunks_taken():
     stem = conv((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3, 3, 3))
     rows = ops_conv.row_chunks(stem)
     assert rows is not None and rows * 112 >= ops_conv.MIN_CHUNK_COLS and 2 * rows <= 112
+    # MobileNetV2's stem: R = 27 rows of columns, 384 KiB / (27 x 4 bytes) = 3640 columns
+    # = 33 rows of 112, so 4 chunks: of 28 rows each, not 33, 33, 33 and 13 (two threads
+    # would take 66 and 46 rows)
+    assert ops_conv.row_chunks(conv((1, 3, 224, 224), (32, 3, 3, 3), (2, 2),
+                                    (1, 1, 1, 1))) == 28
     assert ops_conv.row_chunks(conv((1, 256, 14, 14), (512, 256, 3, 3), (2, 2),
                                     (1, 1, 1, 1))) is None
     assert ops_conv.row_chunks(conv((1, 16, 112, 112), (96, 16, 1, 1), (1, 1),
