@@ -231,11 +231,9 @@ def _out_vectors(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Ws: int, put) -> N
         # the tap's, so the whole plane (junk columns past OW included) is one run
         OH = r1.constant
         for i0 in range(0, OH * Ws, V):
-            acc = None
-            for (off, _), w in zip(taps, wv):
-                p = b.bitcast(b.gep(xp, [i64(i0 + off)]), ir.PointerType(vec))
-                v = b.fmul(w, b.load(p, align=4))
-                acc = v if acc is None else b.fadd(acc, v)
+            acc = tap_sum(b, [(w, b.load(b.bitcast(b.gep(xp, [i64(i0 + off)]),
+                                                  ir.PointerType(vec)), align=4))
+                              for (off, _), w in zip(taps, wv)])
             for lane in range(V):
                 oh, ow = divmod(i0 + lane, Ws)
                 if oh < OH and ow < OW:
@@ -243,13 +241,40 @@ def _out_vectors(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Ws: int, put) -> N
         return
     with for_range(b, r0, r1, "dwoh") as oh:
         top = b.mul(oh, i64(s0 * Ws))
-        acc = None
-        for (off, _), w in zip(taps, wv):
-            p = b.bitcast(b.gep(xp, [b.add(top, i64(off))]), ir.PointerType(vec))
-            v = b.fmul(w, b.load(p, align=4))
-            acc = v if acc is None else b.fadd(acc, v)
+        acc = tap_sum(b, [(w, b.load(b.bitcast(b.gep(xp, [b.add(top, i64(off))]),
+                                              ir.PointerType(vec)), align=4))
+                          for (off, _), w in zip(taps, wv)])
         for ow in range(OW):
             put(oh, i64(ow), b.extract_element(acc, ir.Constant(I32, ow)))
+
+
+# the taps' products summed in this many chains of fused multiply-adds, then the chains
+# added (one chain of nine dependent adds kept a 3x3 row's vectors waiting on each other)
+TAP_CHAINS = 3
+
+
+def tap_sum(b, terms):
+    """sum of w * x over ``terms`` ((w, x) pairs, scalars or vectors alike): ``TAP_CHAINS``
+    chains of fused multiply-adds over consecutive terms (a 3x3 kernel: one per kernel
+    row), the chains then added in order."""
+    ty = terms[0][1].type
+    name = "llvm.fma." + (f"v{ty.count}" if isinstance(ty, ir.VectorType) else "") + (
+        "f32" if (ty.element if isinstance(ty, ir.VectorType) else ty) == ir.FloatType()
+        else "f64")
+    m = b.module
+    fma = m.globals.get(name) or ir.Function(m, ir.FunctionType(ty, [ty] * 3), name)
+    size = -(-len(terms) // TAP_CHAINS)
+    chains = []
+    for i in range(0, len(terms), size):
+        w, x = terms[i]
+        acc = b.fmul(w, x)
+        for w, x in terms[i + 1:i + size]:
+            acc = b.call(fma, [w, x, acc])
+        chains.append(acc)
+    total = chains[0]
+    for c in chains[1:]:
+        total = b.fadd(total, c)
+    return total
 
 
 def out_rows(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Wq: int, put) -> None:
@@ -260,8 +285,5 @@ def out_rows(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Wq: int, put) -> None:
         top = b.mul(oh, i64(s0 * Wq))
         with for_range(b, 0, OW, "dwow") as ow:
             at = b.add(top, ow)
-            acc = None
-            for (off, _), wv in zip(taps, wk):
-                v = b.fmul(wv, b.load(b.gep(xp, [b.add(at, i64(off))])))
-                acc = v if acc is None else b.fadd(acc, v)
-            put(oh, ow, acc)
+            put(oh, ow, tap_sum(b, [(wv, b.load(b.gep(xp, [b.add(at, i64(off))])))
+                                    for (off, _), wv in zip(taps, wk)]))
