@@ -279,11 +279,31 @@ def tap_sum(b, terms):
 
 def out_rows(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Wq: int, put) -> None:
     """Output rows r0 <= r < r1 of one plane from its phase layout at ``xp`` (row r reads
-    padded rows from r * s0): ``put(r, ow, value)`` for each output."""
+    padded rows from r * s0): ``put(r, ow, value)`` for each output. Rows go in pairs,
+    both rows' taps loaded before either is stored, so the loads they share (a 3x3 kernel
+    at stride 1: two of its three rows) are made once: one thread, ReLU6, 32 x 112 x 112
+    0.190 -> 0.174 ms, 144 x 56 x 56 0.198 -> 0.178, at stride 2 (no rows shared) 96 x
+    112 x 112 0.302 -> 0.290."""
     b = ctx.b
-    with for_range(b, r0, r1, "dwoh") as oh:
+
+    def rows(oh, count: int):
         top = b.mul(oh, i64(s0 * Wq))
         with for_range(b, 0, OW, "dwow") as ow:
             at = b.add(top, ow)
-            put(oh, ow, tap_sum(b, [(wv, b.load(b.gep(xp, [b.add(at, i64(off))])))
-                                    for (off, _), wv in zip(taps, wk)]))
+            loads = {}
+
+            def load(off):
+                if off not in loads:
+                    loads[off] = b.load(b.gep(xp, [b.add(at, i64(off))]))
+                return loads[off]
+            sums = [tap_sum(b, [(wv, load(off + k * s0 * Wq)) for (off, _), wv in zip(taps, wk)])
+                    for k in range(count)]
+            for k, v in enumerate(sums):
+                put(b.add(oh, i64(k)), ow, v)
+    r0 = i64(r0) if isinstance(r0, int) else r0
+    r1 = i64(r1) if isinstance(r1, int) else r1
+    pairs = b.sdiv(b.sub(r1, r0), i64(2))
+    with for_range(b, 0, pairs, "dwoh2") as j:
+        rows(b.add(r0, b.mul(j, i64(2))), 2)
+    with b.if_then(b.icmp_signed("!=", b.srem(b.sub(r1, r0), i64(2)), i64(0))):
+        rows(b.sub(r1, i64(1)), 1)
