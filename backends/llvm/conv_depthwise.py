@@ -155,8 +155,10 @@ def lower(ctx, x: Buf, w: Buf, y: Buf, stride, padding, dilation, xp, put=None) 
 
         def put_at(oh, ow, acc):
             put(b.add(b.add(yplane, b.mul(oh, i64(OW))), ow), (n, o, oh, ow), acc)
-        (_out_vectors if vector else out_rows)(ctx, xp, taps, wk, i64(0), i64(OH), OW, s0, Wq,
-                                                put_at)
+        if vector:
+            _out_vectors(ctx, xp, taps, wk, i64(0), i64(OH), OW, s0, Wq, put_at)
+        else:
+            out_rows(ctx, xp, taps, wk, i64(0), i64(OH), OW, s0, Wq, put_at, pairs=True)
 
 
 def phase_taps(w_shape, stride, dilation, Hp: int, Wq: int) -> list[tuple[int, int]]:
@@ -277,13 +279,17 @@ def tap_sum(b, terms):
     return total
 
 
-def out_rows(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Wq: int, put) -> None:
+def out_rows(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Wq: int, put,
+             pairs: bool = False) -> None:
     """Output rows r0 <= r < r1 of one plane from its phase layout at ``xp`` (row r reads
-    padded rows from r * s0): ``put(r, ow, value)`` for each output. Rows go in pairs,
-    both rows' taps loaded before either is stored, so the loads they share (a 3x3 kernel
-    at stride 1: two of its three rows) are made once: one thread, ReLU6, 32 x 112 x 112
-    0.190 -> 0.174 ms, 144 x 56 x 56 0.198 -> 0.178, at stride 2 (no rows shared) 96 x
-    112 x 112 0.302 -> 0.290."""
+    padded rows from r * s0): ``put(r, ow, value)`` for each output. With ``pairs``, rows
+    go in pairs, both rows' taps loaded before either is stored, so the loads they share
+    (a 3x3 kernel at stride 1: two of its three rows) are made once: a whole plane, one
+    thread, ReLU6, 32 x 112 x 112 0.190 -> 0.174 ms, 144 x 56 x 56 0.198 -> 0.178, at
+    stride 2 (no rows shared) 96 x 112 x 112 0.302 -> 0.290. A chain's band
+    (conv_chain.py) keeps single rows: in pairs MobileNetV2 at batch 8 (its bands' rows
+    stored through the expand's epilogue into the project's columns) ran 21-22 -> 25-27
+    ms on two threads."""
     b = ctx.b
 
     def rows(oh, count: int):
@@ -300,10 +306,13 @@ def out_rows(ctx, xp, taps, wk, r0, r1, OW: int, s0: int, Wq: int, put) -> None:
                     for k in range(count)]
             for k, v in enumerate(sums):
                 put(b.add(oh, i64(k)), ow, v)
+    if not pairs:
+        with for_range(b, r0, r1, "dwoh") as oh:
+            rows(oh, 1)
+        return
     r0 = i64(r0) if isinstance(r0, int) else r0
     r1 = i64(r1) if isinstance(r1, int) else r1
-    pairs = b.sdiv(b.sub(r1, r0), i64(2))
-    with for_range(b, 0, pairs, "dwoh2") as j:
+    with for_range(b, 0, b.sdiv(b.sub(r1, r0), i64(2)), "dwoh2") as j:
         rows(b.add(r0, b.mul(j, i64(2))), 2)
     with b.if_then(b.icmp_signed("!=", b.srem(b.sub(r1, r0), i64(2)), i64(0))):
         rows(b.sub(r1, i64(1)), 1)
