@@ -248,8 +248,8 @@ def _row_pool(ctx, node, geo: Geometry, x: Buf, out: Buf, planes: int) -> bool:
     """2-D max_pool forward as running maxima of output rows: for each output row, every
     input row of its windows updates the whole row at once (the windows wholly inside x
     along the last axis: one loop over them, vectorized across outputs, the kernel's
-    columns unrolled; the few at the edges one by one). Visiting rows, then columns, in
-    order keeps the first maximum (NaN first), as the window scan does. False (nothing
+    columns unrolled; the few at the edges one by one). A window holding a NaN gives NaN,
+    as the window scan does (here the last NaN visited). False (nothing
     emitted) where it does not apply: other ranks, adaptive windows, non-float types."""
     a = node.attrs
     if len(geo.spatial) != 2 or x.dtype not in ("float32", "float64") or \
@@ -274,9 +274,9 @@ def _row_pool(ctx, node, geo: Geometry, x: Buf, out: Buf, planes: int) -> bool:
     isz, osz = prod(geo.spatial), prod(geo.out)
 
     def better(v, cur):
-        take = b.or_(sc.compare(ctx, dt, ">", v, cur),
-                     b.and_(sc.is_nan(ctx, v), b.not_(sc.is_nan(ctx, cur))))
-        return b.select(take, v, cur)
+        # v where it is larger or NaN: a NaN once taken stays (nothing compares larger),
+        # a later NaN replaces it (the output is NaN either way); two compares, not four
+        return b.select(b.or_(sc.compare(ctx, dt, ">", v, cur), sc.is_nan(ctx, v)), v, cur)
 
     lo, hi = ctx.split(planes)
     with for_range(b, lo, hi, "plane") as plane:
