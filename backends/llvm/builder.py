@@ -192,6 +192,15 @@ def _nest(b, shape, strides, offs, outer, depth):
             yield res
 
 
+def fma_intrinsic(module: ir.Module, ty: ir.Type) -> ir.Function:
+    """``llvm.fma`` on ``ty`` (a float or double, or a vector of them) in ``module``."""
+    elem = ty.element if isinstance(ty, ir.VectorType) else ty
+    name = "llvm.fma." + (f"v{ty.count}" if isinstance(ty, ir.VectorType) else "") + (
+        "f32" if elem == ir.FloatType() else "f64")
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ty, [ty] * 3),
+                                                   name)
+
+
 def prod(xs: Sequence[int]) -> int:
     return int(math.prod(xs))
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .builder import I32, Buf, for_range, i64
+from .builder import I32, Buf, fma_intrinsic, for_range, i64
 
 
 def applies(x_shape, w_shape, groups: int, dtype: str) -> bool:
@@ -259,12 +259,7 @@ def tap_sum(b, terms):
     """sum of w * x over ``terms`` ((w, x) pairs, scalars or vectors alike): ``TAP_CHAINS``
     chains of fused multiply-adds over consecutive terms (a 3x3 kernel: one per kernel
     row), the chains then added in order."""
-    ty = terms[0][1].type
-    name = "llvm.fma." + (f"v{ty.count}" if isinstance(ty, ir.VectorType) else "") + (
-        "f32" if (ty.element if isinstance(ty, ir.VectorType) else ty) == ir.FloatType()
-        else "f64")
-    m = b.module
-    fma = m.globals.get(name) or ir.Function(m, ir.FunctionType(ty, [ty] * 3), name)
+    fma = fma_intrinsic(b.module, terms[0][1].type)
     size = -(-len(terms) // TAP_CHAINS)
     chains = []
     for i in range(0, len(terms), size):

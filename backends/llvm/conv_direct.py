@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from .builder import Buf, for_range, i64, prod, row_strides, strided_nest
+from .builder import Buf, fma_intrinsic, for_range, i64, prod, row_strides, strided_nest
 from .gemm_tiling import tiling
 from .module import ALIGN
 
@@ -243,10 +243,7 @@ class _Tiles:
         self.vec = ir.VectorType(_elem(dtype), self.vw)
         self.vp = ir.PointerType(self.vec)
         self.align = 4 if dtype == "float32" else 8
-        suffix = f"v{self.vw}{'f32' if dtype == 'float32' else 'f64'}"
-        m = ctx.module
-        self.fma = m.globals.get(f"llvm.fma.{suffix}") or ir.Function(
-            m, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.{suffix}")
+        self.fma = fma_intrinsic(ctx.module, self.vec)
 
     def _vector(self, ptr, v: int):
         return self.b.bitcast(self.b.gep(ptr, [i64(v * self.vw)]), self.vp)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .builder import STORAGE, for_range, i64
+from .builder import STORAGE, fma_intrinsic, for_range, i64
 from .gemm_tiling import tiling
 
 COLS_BLOCK_BYTES = 192 * 1024    # the columns one pass over the weights keeps in cache
@@ -170,9 +170,7 @@ def _tile(ctx, dc: DotConv, w, cols, y, o0, mo: int, j0, pn: int) -> None:
     vec = ir.VectorType(elem, dc.vw)
     vp = ir.PointerType(vec)
     align = 4 if dc.dtype == "float32" else 8
-    name = f"llvm.fma.v{dc.vw}{'f32' if dc.dtype == 'float32' else 'f64'}"
-    fma = ctx.module.globals.get(name) or ir.Function(
-        ctx.module, ir.FunctionType(vec, [vec] * 3), name)
+    fma = fma_intrinsic(ctx.module, vec)
     zero = ir.Constant(vec, [0.0] * dc.vw)
     accs = [[ctx.alloca(vec, f"dacc{i}_{j}") for j in range(pn)] for i in range(mo)]
     for row in accs:

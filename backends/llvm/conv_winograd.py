@@ -42,7 +42,7 @@ from fractions import Fraction as Fr
 
 from llvmlite import ir
 
-from .builder import Buf, for_range, i64
+from .builder import Buf, fma_intrinsic, for_range, i64
 from .lowering import PREP_HEADER
 from .conv_direct import arrays, scratch_bytes
 from .gemm import gemm_function, transpose
@@ -272,9 +272,7 @@ class _Fma:
 
     def __init__(self, module, vec):
         self.vec = vec
-        name = f"llvm.fma.v{vec.count}{'f32' if vec.element == ir.FloatType() else 'f64'}"
-        self.fn = module.globals.get(name) or ir.Function(
-            module, ir.FunctionType(vec, [vec] * 3), name)
+        self.fn = fma_intrinsic(module, vec)
 
     def __call__(self, b, a: float, x, y):
         return b.call(self.fn, [ir.Constant(self.vec, [a] * self.vec.count), x, y])

@@ -37,8 +37,8 @@ from functools import lru_cache
 
 from llvmlite import ir
 
-from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, for_range, i64,
-                      prod, row_strides, strided_nest)
+from .builder import (F32, I32, I64, PTR, STORAGE, Buf, broadcast_strides, fma_intrinsic,
+                      for_range, i64, prod, row_strides, strided_nest)
 from . import gemm_bf16, gemv, jit
 from .gemm_tiling import B_BLOCK_BYTES, KC, MC, NC, Tiling, splits_rows, tiling
 from .lowering import Ctx, lowering
@@ -318,10 +318,7 @@ class _GemmBuilder:
 
     def fma(self, ty):
         """The ``llvm.fma`` intrinsic on ``ty`` (the element type or the vector)."""
-        name = "llvm.fma." + ("" if ty == self.elem else f"v{self.t.vw}") + (
-            "f32" if self.elem == F32 else "f64")
-        return self.module.globals.get(name) or ir.Function(
-            self.module, ir.FunctionType(ty, [ty] * 3), name)
+        return fma_intrinsic(self.module, ty)
 
     def reduce_sum(self, v):
         """The sum of a vector's lanes, halves added in a tree (log2(vw) steps)."""

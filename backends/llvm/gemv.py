@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .builder import STORAGE, for_range, i64
+from .builder import STORAGE, fma_intrinsic, for_range, i64
 from .gemm_tiling import tiling
 
 MAX_ROWS = 4        # rows of A (and of C) this form takes
@@ -124,10 +124,7 @@ def _sweep(ctx, dtype, a_ptr, a_str, b_ptr, rsb: int, c_ptr, K: int, n0, n1) -> 
 
 def _fma(ctx, dtype: str, vw: int):
     """The vector fused multiply-add intrinsic for ``dtype`` at ``vw`` lanes."""
-    name = f"llvm.fma.v{vw}{'f32' if dtype == 'float32' else 'f64'}"
-    vec = ir.VectorType(STORAGE[dtype], vw)
-    return ctx.module.globals.get(name) or ir.Function(
-        ctx.module, ir.FunctionType(vec, [vec] * 3), name)
+    return fma_intrinsic(ctx.module, ir.VectorType(STORAGE[dtype], vw))
 
 
 def _tile(ctx, dtype, a_ptr, a_str, b_ptr, rsb: int, c_ptr, ldc: int, M: int, K: int, j0,
