@@ -47,6 +47,9 @@ class _Grouper:
 
     def __init__(self, g: Graph):
         self.g = g
+        # an optimizer update's gradient nodes stay apart for ``fuse_updates``, which runs
+        # them in the update's own loop (one pass over the parameter and its state)
+        self.apart = {i for members in update_regions(g).values() for i in members}
         self.regions: list[Region] = []
         self.region_of: dict[Value, Region] = {}    # node outputs -> their region
         self.post: set[Value] = set()               # values made after a region's reduction
@@ -68,7 +71,8 @@ class _Grouper:
 
     def _place(self, i: int, node: Node) -> Region:
         out = node.outputs[0] if len(node.outputs) == 1 else None
-        if out is None or node.op not in ELEMENTWISE | REDUCTIONS | ANCHORS:
+        if (out is None or node.op not in ELEMENTWISE | REDUCTIONS | ANCHORS
+                or i in self.apart):
             return self._new("single", (), i)
         if node.op in ANCHORS:
             return self._new("epilogue", out.shape, i)
@@ -241,33 +245,16 @@ def fuse_scan_bodies(g: Graph) -> Graph:
     return rw.finish()
 
 
-@register_pass("fuse_updates")
-def fuse_updates(g: Graph) -> Graph:
-    """Each optimizer update (``passes.train.UPDATE_RULES``' ops) with the elementwise nodes
-    that make its gradient only for it (L2 weight decay ``g + wd p``, a gradient scale) as
-    ONE ``fused`` region of kind ``elementwise``: one pass over the parameter and its state
-    instead of one more per node, for a backend that runs such a region as one loop nest
-    (each element's operands loaded before its results are stored, so the update still
-    writes the donated parameter in place). A node joins when every reader of its output
-    is already in the region and each of its operands has the parameter's shape or rank 0.
-
-    Before::
-
-        %0: f32[4,3] = mul(%wd, %w)
-        %1: f32[4,3] = add(%g, %0)
-        %2: f32[4,3] = sgd_update(%w, %1, %lr)
-
-    After::
-
-        %2: f32[4,3] = fused(%wd, %w, %g, %lr) {kind="elementwise", body=graph fused_u0(...) {
-            %0 = mul(%wd, %w)   %1 = add(%g, %0)   %2 = sgd_update(%w, %1, %lr) }}
-    """
+def update_regions(g: Graph) -> dict[int, list[int]]:
+    """``fuse_updates``' regions: each optimizer update's index -> its members in order
+    (the update and the elementwise nodes making its gradient only for it), for updates
+    with at least one such node. ``fuse`` leaves these nodes to ``fuse_updates``."""
     from .train import UPDATE_RULES
     updates = {op for op, _, _ in UPDATE_RULES.values() if op}
     users = g.users()
     outputs = set(g.outputs)
     index = {n: i for i, n in enumerate(g.nodes)}
-    regions: dict[int, list[int]] = {}          # the update's index -> members, in order
+    regions: dict[int, list[int]] = {}
     taken: set[int] = set()
     for i, node in enumerate(g.nodes):
         if node.op not in updates:
@@ -289,6 +276,32 @@ def fuse_updates(g: Graph) -> Graph:
         if len(members) > 1:
             regions[i] = sorted(members)
             taken.update(members)
+    return regions
+
+
+@register_pass("fuse_updates")
+def fuse_updates(g: Graph) -> Graph:
+    """Each optimizer update (``passes.train.UPDATE_RULES``' ops) with the elementwise nodes
+    that make its gradient only for it (L2 weight decay ``g + wd p``, a gradient scale) as
+    ONE ``fused`` region of kind ``elementwise``: one pass over the parameter and its state
+    instead of one more per node, for a backend that runs such a region as one loop nest
+    (each element's operands loaded before its results are stored, so the update still
+    writes the donated parameter in place). A node joins when every reader of its output
+    is already in the region and each of its operands has the parameter's shape or rank 0.
+
+    Before::
+
+        %0: f32[4,3] = mul(%wd, %w)
+        %1: f32[4,3] = add(%g, %0)
+        %2: f32[4,3] = sgd_update(%w, %1, %lr)
+
+    After::
+
+        %2: f32[4,3] = fused(%wd, %w, %g, %lr) {kind="elementwise", body=graph fused_u0(...) {
+            %0 = mul(%wd, %w)   %1 = add(%g, %0)   %2 = sgd_update(%w, %1, %lr) }}
+    """
+    regions = update_regions(g)
+    taken = {i for members in regions.values() for i in members}
     if not regions:
         return g
     rw = GraphRewriter(g)

@@ -13,7 +13,7 @@ import irgraph.frontend as fe
 from irgraph import Graph, TensorType, verify
 from irgraph.frontend import nn, optim
 from irgraph.interpreter import interpret
-from irgraph.passes.fusion import fuse_updates
+from irgraph.passes.fusion import fuse, fuse_updates
 
 F = "float32"
 
@@ -76,6 +76,22 @@ def test_the_gradient_chain_joins_the_update(kind):
     a = _args(g)
     for got, want in zip(interpret(r, [x.copy() for x in a]), interpret(g, a)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", ["adam", "momentum"])
+def test_fuse_leaves_the_gradient_chain_to_its_update(kind):
+    """``fuse`` (a user's pipeline, before the backend's ``fuse_updates``) does not take
+    the weight-decay chain into an elementwise region of its own, which would leave the
+    update a second pass over the parameter: after both, one region as without ``fuse``."""
+    g = _graph(kind=kind)
+    f = verify(fuse(g))
+    assert "fused" not in [n.op for n in f.nodes]
+    r = verify(fuse_updates(f))
+    upd = "adam_update" if kind == "adam" else "momentum_update"
+    assert _region(r) == ["mul", "add", "mul", upd] and [n.op for n in r.nodes] == ["fused"]
+    # a node the update does not own alone is still fused by ``fuse``
+    f = verify(fuse(_graph(kind=kind, extra_reader=True)))
+    assert "fused" in [n.op for n in f.nodes]
 
 
 def test_nodes_read_elsewhere_or_broadcasting_stay_out():
