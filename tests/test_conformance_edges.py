@@ -152,6 +152,27 @@ def test_reductions_along_negative_dims_match_torch(backend):
                             ns.std(t, (2, -2)))), backend, x, rtol=2e-5, atol=1e-5)
 
 
+# ---------------------------------------------------------------- special values
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_of_nan_and_infinite_rows_matches_torch(backend, dtype):
+    """A NaN anywhere in a row, +inf (alone or twice), -inf entries, a row of -inf only,
+    values near the float range: every softmax and log_softmax result as torch's (NaN where
+    it gives NaN), along the contiguous axis (rows of 4 and of 37: whole vectors and a
+    tail) and across it."""
+    nan, inf = np.nan, np.inf
+    rows = [[1, 2, 3, 4], [nan, 1, 2, 3], [inf, 1, 2, 3], [-inf, 1, 2, 3], [-inf] * 4,
+            [inf, inf, 1, 2], [nan, inf, -inf, 0], [3e38, -3e38, 0, 5], [-0.0, 0.0, 2, 1]]
+    x = np.array(rows, dtype)
+    wide = data(5, 37, dtype=dtype)
+    wide[1, 30], wide[2, 3], wide[3, :] = nan, inf, -inf
+
+    def f(ns, x, w):
+        return (ns.softmax(x, 1), ns.log_softmax(x, 1), ns.softmax(x, 0),
+                ns.log_softmax(x, 0), ns.softmax(w, 1), ns.log_softmax(w, -1))
+    check(f, backend, x, wide, grad=False)
+
+
 # ---------------------------------------------------------------- zero-size tensors
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batches_and_empty_axes_match_torch(backend):

@@ -247,9 +247,13 @@ def _softmax_like(log: bool):
 
             def at(k):
                 return b.add(base, b.mul(k, i64(inner)))
+            # the largest non-NaN value (maxnum: a reduction the loop vectorizer takes); a
+            # NaN in the row still makes every result NaN, through exp(NaN - m) in the sum
             b.store(const(dt, float("-inf")), m)
+            ty = REGISTER[dt]
+            maxnum = ctx.intrinsic("llvm.maxnum", [ty], ty, [ty, ty])
             with for_range(b, 0, n, "k") as k:
-                b.store(sc.maximum(ctx, dt, b.load(m), x.load(b, at(k))), m)
+                b.store(b.call(maxnum, [b.load(m), x.load(b, at(k))]), m)
             mx = b.load(m)
             b.store(const(dt, 0), s)
             with for_range(b, 0, n, "k") as k:
