@@ -47,9 +47,6 @@ class _Grouper:
 
     def __init__(self, g: Graph):
         self.g = g
-        # an optimizer update's gradient nodes stay apart for ``fuse_updates``, which runs
-        # them in the update's own loop (one pass over the parameter and its state)
-        self.apart = {i for members in update_regions(g).values() for i in members}
         self.regions: list[Region] = []
         self.region_of: dict[Value, Region] = {}    # node outputs -> their region
         self.post: set[Value] = set()               # values made after a region's reduction
@@ -71,8 +68,7 @@ class _Grouper:
 
     def _place(self, i: int, node: Node) -> Region:
         out = node.outputs[0] if len(node.outputs) == 1 else None
-        if (out is None or node.op not in ELEMENTWISE | REDUCTIONS | ANCHORS
-                or i in self.apart):
+        if out is None or node.op not in ELEMENTWISE | REDUCTIONS | ANCHORS:
             return self._new("single", (), i)
         if node.op in ANCHORS:
             return self._new("epilogue", out.shape, i)
@@ -245,12 +241,45 @@ def fuse_scan_bodies(g: Graph) -> Graph:
     return rw.finish()
 
 
+def _update_ops() -> set[str]:
+    from .train import UPDATE_RULES
+    return {op for op, _, _ in UPDATE_RULES.values() if op}
+
+
+def _unfused_for_updates(g: Graph) -> Graph:
+    """``g`` with each elementwise ``fused`` region that only optimizer updates read (a
+    weight-decay chain the ``fuse`` pass grouped before the backend's passes ran) put back
+    as its body's nodes, for ``update_regions`` to take into the update's own loop."""
+    updates = _update_ops()
+    users = g.users()
+    outputs = set(g.outputs)
+
+    def feeds_updates(node: Node) -> bool:
+        return (node.op == "fused" and node.attrs.get("kind") == "elementwise"
+                and all(v not in outputs and users[v] and
+                        all(u.op in updates for u in users[v]) for v in node.outputs))
+    if not any(feeds_updates(n) for n in g.nodes):
+        return g
+    rw = GraphRewriter(g)
+    for node in g.nodes:
+        if not feeds_updates(node):
+            rw.copy_node(node)
+            continue
+        body = node.attrs["body"]
+        env = dict(zip(body.inputs, (rw[v] for v in node.inputs)))
+        for n in body.nodes:
+            env.update(zip(n.outputs, rw.dst.add_node(n.op, [env[v] for v in n.inputs],
+                                                      n.attrs, n.loc)))
+        for old, new in zip(node.outputs, body.outputs):
+            rw.replace(old, env[new])
+    return rw.finish()
+
+
 def update_regions(g: Graph) -> dict[int, list[int]]:
     """``fuse_updates``' regions: each optimizer update's index -> its members in order
     (the update and the elementwise nodes making its gradient only for it), for updates
-    with at least one such node. ``fuse`` leaves these nodes to ``fuse_updates``."""
-    from .train import UPDATE_RULES
-    updates = {op for op, _, _ in UPDATE_RULES.values() if op}
+    with at least one such node."""
+    updates = _update_ops()
     users = g.users()
     outputs = set(g.outputs)
     index = {n: i for i, n in enumerate(g.nodes)}
@@ -300,6 +329,7 @@ def fuse_updates(g: Graph) -> Graph:
         %2: f32[4,3] = fused(%wd, %w, %g, %lr) {kind="elementwise", body=graph fused_u0(...) {
             %0 = mul(%wd, %w)   %1 = add(%g, %0)   %2 = sgd_update(%w, %1, %lr) }}
     """
+    g = _unfused_for_updates(g)
     regions = update_regions(g)
     taken = {i for members in regions.values() for i in members}
     if not regions:

@@ -79,19 +79,24 @@ def test_the_gradient_chain_joins_the_update(kind):
 
 
 @pytest.mark.parametrize("kind", ["adam", "momentum"])
-def test_fuse_leaves_the_gradient_chain_to_its_update(kind):
-    """``fuse`` (a user's pipeline, before the backend's ``fuse_updates``) does not take
-    the weight-decay chain into an elementwise region of its own, which would leave the
-    update a second pass over the parameter: after both, one region as without ``fuse``."""
+def test_a_chain_fuse_grouped_still_joins_its_update(kind):
+    """``fuse`` (a user's pipeline, before the backend's passes) groups the weight-decay
+    chain into an elementwise region of its own; ``fuse_updates`` takes its nodes back into
+    the update's loop: one region as without ``fuse``, not a second pass over the
+    parameter, and the same values."""
     g = _graph(kind=kind)
     f = verify(fuse(g))
-    assert "fused" not in [n.op for n in f.nodes]
+    assert [n.op for n in f.nodes].count("fused") == 1 and f.nodes[-1].op != "fused"
     r = verify(fuse_updates(f))
     upd = "adam_update" if kind == "adam" else "momentum_update"
     assert _region(r) == ["mul", "add", "mul", upd] and [n.op for n in r.nodes] == ["fused"]
-    # a node the update does not own alone is still fused by ``fuse``
+    a = _args(g)
+    for got, want in zip(interpret(r, [x.copy() for x in a]), interpret(g, a)):
+        np.testing.assert_array_equal(got, want)
+    # a region something else reads as well stays as fuse made it
     f = verify(fuse(_graph(kind=kind, extra_reader=True)))
-    assert "fused" in [n.op for n in f.nodes]
+    r = verify(fuse_updates(f))
+    assert [n.op for n in r.nodes].count("fused") == [n.op for n in f.nodes].count("fused")
 
 
 def test_nodes_read_elsewhere_or_broadcasting_stay_out():
