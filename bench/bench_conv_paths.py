@@ -161,11 +161,13 @@ def bench_winograd(layers=WINOGRAD_LAYERS) -> None:
 
 
 def winograd_accuracy(channels=(64, 256, 512)) -> None:
-    """max |error| of float32 Winograd and of the float32 path without it against float64
-    (torch), absolute and over sqrt(9 C) max|x| max|w|: random normal x (4 x C x 12 x 12)
-    and w (32 x C x 3 x 3)."""
-    print(f"{'C':>5s} {'wino abs':>10s} {'wino scaled':>12s} {'other abs':>10s} "
+    """max |error| of float32 Winograd, F(4x4, 3x3) and F(2x2, 3x3), and of the float32
+    path without it against float64 (torch), absolute and over sqrt(9 C) max|x| max|w|:
+    random normal x (4 x C x 12 x 12) and w (32 x C x 3 x 3)."""
+    from irgraph.backends.llvm import conv_winograd
+    print(f"{'C':>5s} {'form':>6s} {'wino abs':>10s} {'wino scaled':>12s} {'other abs':>10s} "
           f"{'other scaled':>12s} {'max |y|':>8s}")
+    rule = conv_winograd.SMALL_CHUNK_TILES, conv_winograd.STREAMED_U_BYTES
     for c in channels:
         xs, ws = (4, c, 12, 12), (32, c, 3, 3)
         r = np.random.default_rng(c)
@@ -174,10 +176,15 @@ def winograd_accuracy(channels=(64, 256, 512)) -> None:
         want = TF.conv2d(torch.from_numpy(x.astype(np.float64)),
                          torch.from_numpy(w.astype(np.float64)), padding=1).numpy()
         scale = np.sqrt(9 * c) * np.abs(x).max() * np.abs(w).max()
-        errs = [np.abs(_llvm_conv(xs, ws, winograd=k)(x, w)[0] - want).max()
-                for k in (True, False)]
-        print(f"{c:5d} {errs[0]:10.2e} {errs[0] / scale:12.2e} {errs[1]:10.2e} "
-              f"{errs[1] / scale:12.2e} {np.abs(want).max():8.1f}")
+        other = np.abs(_llvm_conv(xs, ws, winograd=False)(x, w)[0] - want).max()
+        for m, forced in ((4, (0, rule[1])), (2, (1 << 30, -1))):
+            conv_winograd.SMALL_CHUNK_TILES, conv_winograd.STREAMED_U_BYTES = forced
+            try:
+                err = np.abs(_llvm_conv(xs, ws, winograd=True)(x, w)[0] - want).max()
+            finally:
+                conv_winograd.SMALL_CHUNK_TILES, conv_winograd.STREAMED_U_BYTES = rule
+            print(f"{c:5d} {f'F({m}x{m})':>6s} {err:10.2e} {err / scale:12.2e} {other:10.2e} "
+                  f"{other / scale:12.2e} {np.abs(want).max():8.1f}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""Winograd F(4x4, 3x3) convolution on the LLVM backend (backends/llvm/conv_winograd.py),
-against the float64 reference backend and torch.nn.functional.conv2d: paddings 0, 1 and
+"""Winograd F(4x4, 3x3) and F(2x2, 3x3) convolution on the LLVM backend
+(backends/llvm/conv_winograd.py), each case in both forms, against the float64 reference backend and torch.nn.functional.conv2d: paddings 0, 1 and
 asymmetric, odd and even planes (partial last tiles), batch 1 and several (more than one
 chunk of images), channel counts that are not multiples of the vector width, float64,
 threads 1 and 2, a conv + bias + ReLU region; the path is shown to be taken (the plan the
 lowering uses), and the cost model to leave the layers it does not pay on to the others.
 
 Small layers are below the cost model's threshold, so those cases force the plan
-(``pays`` patched); the ResNet block's layer takes it unforced. Float32 is held to
+(``pays`` patched), as is the form; the ResNet block's layer takes it unforced, and
+ResNet-18's 256-channel layers at batch 1 take F(2x2) unforced. Float32 is held to
 1e-4 * sqrt(9 C) max|x| max|w| (F(4x4)'s error measures about 2e-6 of that), float64 to
 1e-10 of it."""
 from __future__ import annotations
@@ -58,6 +59,17 @@ def forced(monkeypatch):
     monkeypatch.setattr(conv_winograd.Winograd, "pays", lambda self: True)
 
 
+@pytest.fixture(params=[4, 2], ids=["F4x4", "F2x2"])
+def form(request, monkeypatch):
+    """The case in F(4x4, 3x3) and in F(2x2, 3x3), each forced by ``plan``'s rule."""
+    if request.param == 2:
+        monkeypatch.setattr(conv_winograd, "SMALL_CHUNK_TILES", 1 << 30)
+        monkeypatch.setattr(conv_winograd, "STREAMED_U_BYTES", -1)
+    else:
+        monkeypatch.setattr(conv_winograd, "SMALL_CHUNK_TILES", 0)
+    return request.param
+
+
 # (x shape, w shape, padding, dtype, threads)
 CASES = [
     ((2, 16, 8, 8), (16, 16, 3, 3), (1, 1, 1, 1), "float32", 2),       # whole tiles
@@ -70,9 +82,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("xs,ws,padding,dtype,threads", CASES)
-def test_winograd_matches_reference_and_torch(forced, xs, ws, padding, dtype, threads):
+def test_winograd_matches_reference_and_torch(forced, form, xs, ws, padding, dtype, threads):
     wg = conv_winograd.plan(xs, ws, _attrs(padding), dtype, host()[2], threads)
     assert wg is not None and not wg.own        # one chunk: the threads split its phases
+    assert wg.m == form
     x, w = _data(xs, ws, dtype, sum(xs) + sum(ws))
     g = _graph(xs, ws, padding, dtype)
     got = backends.compile(g, "llvm", threads=threads, cache=False)(x, w)[0]
@@ -84,12 +97,12 @@ def test_winograd_matches_reference_and_torch(forced, xs, ws, padding, dtype, th
     assert np.abs(got - _torch_conv(x, w, padding)).max() <= bound
 
 
-def test_several_chunks_of_images(forced, monkeypatch):
+def test_several_chunks_of_images(forced, form, monkeypatch):
     """A batch in more than one chunk (the last one partial), 32x32 planes, two threads."""
     monkeypatch.setattr(conv_winograd, "MAX_CHUNK_TILES", 64)
     xs, ws, padding = (5, 16, 32, 32), (16, 16, 3, 3), (1, 1, 1, 1)
     wg = conv_winograd.plan(xs, ws, _attrs(padding), "float32", host()[2], threads=2)
-    assert wg is not None and wg.nb == 1 and wg.chunks == 5
+    assert wg is not None and wg.nb == 1 and wg.chunks == 5 and wg.m == form
     assert wg.own       # each thread runs whole chunks in its own scratch
     x, w = _data(xs, ws, "float32", 1)
     got = backends.compile(_graph(xs, ws, padding, "float32"), "llvm", threads=2,
@@ -112,7 +125,7 @@ def test_resnet_block_layer_takes_winograd_unforced():
     (False, 2, 256),        # one chunk: the threads split each phase and the epilogue
     (True, 2, 9),           # a chunk per image: each thread its own chunks
     (True, 1, 256)])
-def test_fused_bias_relu_region(forced, monkeypatch, residual, threads, chunk_tiles):
+def test_fused_bias_relu_region(forced, form, monkeypatch, residual, threads, chunk_tiles):
     """conv + bias (+ residual) + ReLU traced by the frontend: one fused region whose
     convolution takes the Winograd path, the epilogue applied to each chunk's images
     after their output transform; against torch."""
@@ -136,7 +149,7 @@ def test_fused_bias_relu_region(forced, monkeypatch, residual, threads, chunk_ti
     assert epilogue_path(conv, threads, host()[2]) == "winograd"
     wg = conv_winograd.plan(x.shape, w.shape, _attrs((1, 1, 1, 1)), "float32", host()[2],
                             threads)
-    assert wg.own == (chunk_tiles == 9 and threads == 2)
+    assert wg.own == (chunk_tiles == 9 and threads == 2) and wg.m == form
     got = f(x, w, bias, res)
     want = _torch_conv(x, w, (1, 1, 1, 1)) + bias[None, :, None, None]
     want = np.maximum(want + res if residual else want, 0)
@@ -152,11 +165,13 @@ INPUT_GRAD_CASES = [
 
 
 @pytest.mark.parametrize("gs,ws,padding,size,dtype,threads", INPUT_GRAD_CASES)
-def test_input_gradient_matches_reference(forced, gs, ws, padding, size, dtype, threads):
+def test_input_gradient_matches_reference(forced, form, gs, ws, padding, size, dtype,
+                                          threads):
     """conv_input_grad of a 3x3 stride-1 layer: the Winograd convolution of gy (padded by
     2 - padding, the kernel flipped, its channel axes swapped)."""
     attrs = dict(_attrs(padding), input_size=size)
-    assert conv_winograd.plan_input_grad(ws, gs, attrs, dtype, host()[2]) is not None
+    wg = conv_winograd.plan_input_grad(ws, gs, attrs, dtype, host()[2], threads)
+    assert wg is not None and wg.m == form
 
     def graph(dt):
         g = Graph("dx")
@@ -237,6 +252,41 @@ def test_factored_transforms_are_the_matrices():
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
 
+def test_f2x2_transforms_are_the_matrices():
+    """F(2x2, 3x3): the generated B^T d and A^T m equal BT2 and AT2, and the form as a
+    whole is the 3x3 correlation of a 4x4 tile, worked in float64."""
+    rng = np.random.default_rng(6)
+    bt, at = np.array(conv_winograd.BT2, float), np.array(conv_winograd.AT2, float)
+    g_mat = np.array([[float(c) for c in row] for row in conv_winograd.G2])
+    form = conv_winograd.FORMS[2]
+    for _ in range(3):
+        d, m = rng.standard_normal(4), rng.standard_normal(4)
+        np.testing.assert_allclose(form.input_rows(None)(_Floats, list(d)), bt @ d,
+                                   rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(form.output_rows(None)(_Floats, list(m)), at @ m,
+                                   rtol=1e-14, atol=1e-14)
+    tile, k = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+    y = at @ ((g_mat @ k @ g_mat.T) * (bt @ tile @ bt.T)) @ at.T
+    want = [[np.sum(tile[i:i + 3, j:j + 3] * k) for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("feats", ["+avx2,+fma,+avx512f", "+avx2,+fma"])
+def test_f2x2_where_f4x4s_u_would_stream(feats):
+    """F(2x2, 3x3) where F(4x4)'s chunk has fewer than SMALL_CHUNK_TILES tiles and its U
+    more than STREAMED_U_BYTES: ResNet-18's 256-channel layers on 14 x 14 at batch 1 (16
+    tiles, U 9.4 MB; F(2x2): 49 tiles, U 4.2 MB); the same layers at batch 8 (128 tiles),
+    its 128-channel layers on 28 x 28 at batch 1 (49 tiles) and small layers keep F(4x4)."""
+    resnet = _attrs((1, 1, 1, 1))
+
+    def form(xs, ws):
+        return conv_winograd.plan(xs, ws, resnet, "float32", feats, 2).m
+    assert form((1, 256, 14, 14), (256, 256, 3, 3)) == 2
+    assert form((8, 256, 14, 14), (256, 256, 3, 3)) == 4
+    assert form((1, 128, 28, 28), (128, 128, 3, 3)) == 4
+    assert form((16, 64, 32, 32), (64, 64, 3, 3)) == 4
+
+
 def _bias_relu_graph(xs, ws, residual):
     """relu(conv(x, w) + bias (+ r)) with w and bias parameters (an inference model)."""
     g = Graph("block")
@@ -253,7 +303,7 @@ def _bias_relu_graph(xs, ws, residual):
 
 
 @pytest.mark.parametrize("residual,threads", [(False, 1), (True, 2)])
-def test_prepared_weights_kept_between_calls(forced, residual, threads):
+def test_prepared_weights_kept_between_calls(forced, form, residual, threads):
     """``constant_params``: the first call transforms the constant weights (U) into the
     executable's prepared block, the next calls reuse it (shown by changing w in place,
     which the contract forbids: the result stays the old weights'); other arrays passed as

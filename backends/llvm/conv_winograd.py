@@ -1,4 +1,5 @@
-"""Winograd convolution F(4x4, 3x3) for 3x3, stride-1 layers (float32, float64).
+"""Winograd convolution F(4x4, 3x3), or F(2x2, 3x3), for 3x3, stride-1 layers (float32,
+float64).
 
 Each 4x4 block of outputs of one image and output channel comes from a 6x6 tile of the
 zero-padded input (tiles overlap by 2; the last tile of a row or column may hang past the
@@ -6,7 +7,10 @@ output, its extra values computed and dropped):
 
     Y = A^T [ sum over c of (G g_oc G^T) * (B^T d_c B) ] A       (* elementwise, 6x6)
 
-so the 9 multiply-adds per output and channel become 36 / 16 = 2.25 (4x fewer). Per call:
+so the 9 multiply-adds per output and channel become 36 / 16 = 2.25 (4x fewer). F(2x2,
+3x3) takes 2x2 blocks from 4x4 tiles: 16 / 4 = 4 multiply-adds (2.25x fewer), and its U
+is 16 / 36 the size; ``plan`` takes it where F(4x4)'s U would stream from memory at few
+tiles per GEMM (``Form``). Per call:
 
 1. weights: U[xi][c][o] = (G g_oc G^T)[xi] (weights change every training step);
 2. per chunk of images: the input copied channel-last into a zero-padded grid P (border
@@ -24,16 +28,18 @@ The input gradient of such a layer (``plan_input_grad``) is the same convolution
 padded by 2 - padding, with the kernel flipped and its channel axes swapped (only the
 weights are read differently).
 
-Threads split the rows of P, the tiles and the 36 GEMMs (``ctx.split``), a barrier after
-each phase. F(4x4) rather than F(2x2, 3x3): half the tiles' transform work per output and
-1.8x fewer multiplies; its error stays small at every channel count measured below.
+Threads split the rows of P, the tiles and the 36 (16) GEMMs (``ctx.split``), a barrier
+after each phase. F(4x4) is the default: half the tiles' transform work per output and 1.8x
+fewer multiplies than F(2x2), and its error stays small at every channel count measured
+below; F(2x2) where its smaller U is what decides the time.
 
 Accuracy (random normal x (4 x C x 12 x 12) and w (32 x C x 3 x 3), float32 against
 float64, ``python bench/bench_conv_paths.py --winograd-accuracy``): max |error| over
 sqrt(9 C) max|x| max|w| is 1.2e-6 at C = 64, 2.1e-6 at 256, 1.8e-6 at 512 (max |error|
 5e-4, 1.9e-3, 2.3e-3 on outputs up to 86, 181, 285), against 2e-7 to 4.5e-7 for the
 float32 path without Winograd: 4-6x the error, from the transforms' constants up to 8
-and 5. Float64 stays within about 1e-15 of that scale.
+and 5. F(2x2, 3x3), whose constants are 1 and 1/2: 7e-8, 1.3e-7, 1.2e-7. Float64 stays
+within about 1e-15 of that scale.
 """
 from __future__ import annotations
 
@@ -48,10 +54,7 @@ from .conv_direct import arrays, scratch_bytes
 from .gemm import gemm_function, transpose
 from .gemm_tiling import tiling
 
-TILE = 4            # outputs per tile side
-WIN = TILE + 2      # input tile side (kernel 3)
-XI = WIN * WIN      # transformed positions: one GEMM each
-
+# F(4x4, 3x3)
 BT = [[4, 0, -5, 0, 1, 0],
       [0, -4, -4, 1, 1, 0],
       [0, 4, -4, -1, 1, 0],
@@ -68,6 +71,17 @@ AT = [[1, 1, 1, 1, 1, 0],
       [0, 1, -1, 2, -2, 0],
       [0, 1, 1, 4, 4, 0],
       [0, 1, -1, 8, -8, 1]]
+# F(2x2, 3x3)
+BT2 = [[1, 0, -1, 0],
+       [0, 1, 1, 0],
+       [0, -1, 1, 0],
+       [0, 1, 0, -1]]
+G2 = [[1, 0, 0],
+      [Fr(1, 2), Fr(1, 2), Fr(1, 2)],
+      [Fr(1, 2), Fr(-1, 2), Fr(1, 2)],
+      [0, 0, 1]]
+AT2 = [[1, 1, 1, 0],
+       [0, 1, -1, -1]]
 
 MIN_CHANNELS = 16           # fewer input or output channels: the transforms do not pay
 CHUNK_BYTES = 3 << 19       # V and M of one chunk of images (about half the L2 cache)
@@ -78,9 +92,21 @@ MAX_SCRATCH = 96 << 20      # bytes; a larger plan is left to the other paths
 FMA_PER_CYCLE = 1.0         # vector multiply-adds of the packed GEMM per cycle
 TRANSFORM_IN = 400          # one tile of vw channels: 36 loads, B^T d B, 36 stores
 TRANSFORM_OUT = 700         # one tile of vw channels: 36 loads, A^T M A, the stores into y
+# F(2x2)'s: 16 loads and stores in, 16 loads and 4 outputs out (scaled by the loads and
+# stores, which bind them)
+TRANSFORM_IN2 = 180
+TRANSFORM_OUT2 = 270
+# F(2x2, 3x3) where F(4x4)'s chunks would have fewer tiles than this and its U more bytes
+# than this: each GEMM then streams U[xi] (kept from call to call, or made per call) from
+# memory at more bytes per multiply-add than memory delivers, and F(2x2)'s U is 16 / 36 of
+# it at 1.4x the multiply-adds (its tiles fill the GEMM's rows better as well: 49 on 14 x
+# 14 against 16). ResNet-18's 256-channel layers on 14 x 14 at batch 1 (U 9.4 MB against
+# 4.2): see ``Form``
+SMALL_CHUNK_TILES = 32
+STREAMED_U_BYTES = 4 << 20
 COPY = 1.5                  # one element copied channel-last into the padded grid
 WEIGHT_GATHER = 18          # one (o, c) pair's 9 weights loaded into vector lanes
-WEIGHT_VECTOR = 108         # G g G^T and its 36 stores, per vw pairs
+WEIGHT_VECTOR = 108         # G g G^T and its 36 stores, per vw pairs (F(4x4))
 BYTES_PER_CYCLE = 16        # U written, then read once per chunk, from outside L2
 PAYS_BELOW = 0.8            # Winograd's estimate against the direct product's
 
@@ -98,6 +124,19 @@ class Winograd:
     # the input gradient's convolution of gy: w read as w[c][o] with the kernel flipped
     flipped: bool = False
     threads: int = 1
+    m: int = 4          # outputs per tile side: F(m x m, 3 x 3), ``FORMS``
+
+    @property
+    def form(self) -> "Form":
+        return FORMS[self.m]
+
+    @property
+    def win(self) -> int:       # input tile side
+        return self.m + 2
+
+    @property
+    def xi(self) -> int:        # transformed positions: one GEMM each
+        return self.win * self.win
 
     def weight_index(self, b, o, c, k: int):
         """The element of w holding tap k of this convolution's kernel (o, c)."""
@@ -117,12 +156,12 @@ class Winograd:
     @property
     def tiles(self) -> tuple[int, int]:
         ho, wo = self.out
-        return -(-ho // TILE), -(-wo // TILE)
+        return -(-ho // self.m), -(-wo // self.m)
 
     @property
     def grid(self) -> tuple[int, int]:
         th, tw = self.tiles
-        return TILE * th + 2, TILE * tw + 2
+        return self.m * th + 2, self.m * tw + 2
 
     @property
     def Cp(self) -> int:
@@ -164,7 +203,7 @@ class Winograd:
         would then move more bytes than they do (at least C O / (C + O) tiles: 128 at 256
         channels); MIN_CHUNK_TILES to MAX_CHUNK_TILES tiles, at least one image."""
         item = 4 if self.dtype == "float32" else 8
-        tiles = max(CHUNK_BYTES // (XI * (self.Cp + self.Op) * item),
+        tiles = max(CHUNK_BYTES // (self.xi * (self.Cp + self.Op) * item),
                     self.C * self.O // (self.C + self.O))
         tiles = min(max(tiles, MIN_CHUNK_TILES), MAX_CHUNK_TILES)
         return max(1, min(self.N, tiles // self.per_image))
@@ -177,17 +216,18 @@ class Winograd:
         """Scratch arrays (elements) of a chunk: the padded channel-last grid P, V, M (one
         set per thread where the threads take whole chunks, after U's XI C Op elements)."""
         hp, wp = self.grid
-        return [self.nb * hp * wp * self.Cp, XI * self.Tc * self.Cp, XI * self.Tc * self.Op]
+        return [self.nb * hp * wp * self.Cp, self.xi * self.Tc * self.Cp,
+                self.xi * self.Tc * self.Op]
 
     def scratch_bytes(self) -> int:
         copies = self.threads if self.own else 1
-        return (scratch_bytes(self.dtype, [XI * self.C * self.Op])
+        return (scratch_bytes(self.dtype, [self.xi * self.C * self.Op])
                 + copies * scratch_bytes(self.dtype, self.chunk_parts()))
 
     def pays(self) -> bool:
         """Winograd's estimated cycles against the direct product's (9 multiply-adds per
-        output position and (c, o) pair on the packed GEMM): its 36 per tile and pair on
-        the same GEMM, the transforms, the channel-last copy and U (36 C O values
+        output position and (c, o) pair on the packed GEMM): its 36 (16) per tile and pair
+        on the same GEMM, the transforms, the channel-last copy and U (36 C O values
         written once and read by every chunk)."""
         vw, (ho, wo) = self.vw, self.out
         item = 4 if self.dtype == "float32" else 8
@@ -195,11 +235,12 @@ class Winograd:
         hp, wp = self.grid
         chunks = self.chunks
         direct = self.N * ho * wo * 9 * self.C * self.O / (vw * FMA_PER_CYCLE)
-        wino = (XI * T * self.C * self.O / (vw * FMA_PER_CYCLE)
-                + T * (self.Cp * TRANSFORM_IN + self.Op * TRANSFORM_OUT) / vw
+        f = self.form
+        wino = (self.xi * T * self.C * self.O / (vw * FMA_PER_CYCLE)
+                + T * (self.Cp * f.transform_in + self.Op * f.transform_out) / vw
                 + self.N * hp * wp * self.Cp * COPY
-                + self.C * self.O * (WEIGHT_GATHER + WEIGHT_VECTOR / vw
-                                     + XI * item * (1 + chunks) / BYTES_PER_CYCLE))
+                + self.C * self.O * (WEIGHT_GATHER + WEIGHT_VECTOR * self.xi / 36 / vw
+                                     + self.xi * item * (1 + chunks) / BYTES_PER_CYCLE))
         return wino < PAYS_BELOW * direct
 
 
@@ -216,7 +257,10 @@ def plan(x_shape, w_shape, attrs, dtype: str, features: str,
         return None
     wg = Winograd(x_shape[0], x_shape[1], w_shape[0], x_shape[2], x_shape[3],
                   tuple(attrs["padding"]), dtype, features, threads=max(threads, 1))
-    if min(wg.out) < TILE or wg.scratch_bytes() > MAX_SCRATCH or not wg.pays():
+    item = 4 if dtype == "float32" else 8
+    if wg.Tc < SMALL_CHUNK_TILES and wg.xi * wg.C * wg.Op * item > STREAMED_U_BYTES:
+        wg = replace(wg, m=2)
+    if min(wg.out) < wg.m or wg.scratch_bytes() > MAX_SCRATCH or not wg.pays():
         return None
     return wg
 
@@ -305,6 +349,47 @@ def _output_rows(fma):
     return apply
 
 
+def _input_rows2(fma):
+    """BT2 @ d."""
+    def apply(b, d):
+        return [b.fsub(d[0], d[2]), b.fadd(d[1], d[2]), b.fsub(d[2], d[1]),
+                b.fsub(d[1], d[3])]
+    return apply
+
+
+def _output_rows2(fma):
+    """AT2 @ m."""
+    def apply(b, m):
+        a = b.fadd(m[1], m[2])
+        return [b.fadd(m[0], a), b.fsub(b.fsub(m[1], m[2]), m[3])]
+    return apply
+
+
+@dataclass(frozen=True)
+class Form:
+    """F(m x m, 3 x 3): its matrices (G as exact fractions), the factored B^T d and A^T m
+    its code emits, and the cost model's cycles of its transforms per tile of vw channels.
+
+    F(2x2) is chosen where F(4x4)'s U would stream from memory at few tiles per GEMM
+    (``plan``: ``SMALL_CHUNK_TILES``, ``STREAMED_U_BYTES``). ResNet-18 at batch 1, Intel
+    Xeon (AVX-512), its three 256 -> 256 layers on 14 x 14 (bias, ReLU, kept U), in-network
+    profile, one thread: 1.66 -> 1.22-1.25 ms each (onnxruntime about 1.30); alone, two
+    threads, the cache flushed before each call, best of 40, two runs: 1.04-1.09 -> 0.95-1.01
+    ms; warm, 0.52 either way."""
+    m: int
+    bt: list
+    g: list
+    at: list
+    input_rows: object          # fma -> (builder, values) -> BT @ values
+    output_rows: object         # fma -> (builder, values) -> AT @ values
+    transform_in: int
+    transform_out: int
+
+
+FORMS = {4: Form(4, BT, G, AT, _input_rows, _output_rows, TRANSFORM_IN, TRANSFORM_OUT),
+         2: Form(2, BT2, G2, AT2, _input_rows2, _output_rows2, TRANSFORM_IN2, TRANSFORM_OUT2)}
+
+
 def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf, tail=None, prep=None) -> None:
     """y = the convolution of x with w by ``wg``'s plan. ``tail(n, p0, p1)``: a fused
     region's epilogue over output positions [p0, p1) of image n (every channel), run on
@@ -313,7 +398,7 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf, tail=None, prep=None) -> No
     its values from call to call: U is made there by the first call only."""
     b = ctx.b
     U = arrays(ctx, wg.dtype, ctx.node_scratch if prep is None
-               else b.gep(prep, [i64(PREP_HEADER)]), [XI * wg.C * wg.Op])[0]
+               else b.gep(prep, [i64(PREP_HEADER)]), [wg.xi * wg.C * wg.Op])[0]
 
     # 1. U[xi][c][o] = (G g G^T)[xi], vw output channels at a time (lanes past O repeat
     # the last channel: they land in U's padding columns, which no GEMM reads); with a
@@ -335,7 +420,7 @@ def lower(ctx, wg: Winograd, x: Buf, w: Buf, y: Buf, tail=None, prep=None) -> No
 
 def prepared_bytes(wg: Winograd) -> int:
     """The bytes of a prepared-weights block: its flag, then U."""
-    return PREP_HEADER + scratch_bytes(wg.dtype, [XI * wg.C * wg.Op])
+    return PREP_HEADER + scratch_bytes(wg.dtype, [wg.xi * wg.C * wg.Op])
 
 
 def _transform_weights(ctx, wg: Winograd, w: Buf, U) -> None:
@@ -358,11 +443,11 @@ def _transform_weights(ctx, wg: Winograd, w: Buf, U) -> None:
                     v = b.insert_element(v, w.load(b, wg.weight_index(b, o, c, k)),
                                          ir.Constant(ir.IntType(32), lane))
                 return v
-            u = _sandwich(b, G, [[tap(3 * r + s) for s in range(3)] for r in range(3)],
+            u = _sandwich(b, wg.form.g, [[tap(3 * r + s) for s in range(3)] for r in range(3)],
                           vconst)
             base = b.add(b.mul(c, i64(Op)), og)
-            for xi in range(XI):
-                b.store(u[xi // WIN][xi % WIN],
+            for xi in range(wg.xi):
+                b.store(u[xi // wg.win][xi % wg.win],
                         b.bitcast(b.gep(U, [b.add(base, i64(xi * C * Op))]), vp),
                         align=align)
         _per_group(b, O, vw, weights)
@@ -380,7 +465,8 @@ def _chunks(ctx, wg: Winograd, x: Buf, y: Buf, U, tail) -> None:
     ho, wo = wg.out
     th, tw = wg.tiles
     hp, wp = wg.grid
-    mine = i64(scratch_bytes(wg.dtype, [XI * C * Op]))
+    tile, win, nxi = wg.m, wg.win, wg.xi
+    mine = i64(scratch_bytes(wg.dtype, [nxi * C * Op]))
     if wg.own:
         mine = b.add(mine, b.mul(ctx.tid, i64(scratch_bytes(wg.dtype, wg.chunk_parts()))))
     P, V, M = arrays(ctx, wg.dtype, b.gep(ctx.node_scratch, [mine]), wg.chunk_parts())
@@ -411,22 +497,22 @@ def _chunks(ctx, wg: Winograd, x: Buf, y: Buf, U, tail) -> None:
         with for_range(b, lo, hi, "wtin") as t:
             nl, rest = b.sdiv(t, i64(th * tw)), b.srem(t, i64(th * tw))
             i, j = b.sdiv(rest, i64(tw)), b.srem(rest, i64(tw))
-            row0 = b.add(b.mul(nl, i64(hp)), b.mul(i, i64(TILE)))
-            base = b.mul(b.add(b.mul(row0, i64(wp)), b.mul(j, i64(TILE))), i64(Cp))
+            row0 = b.add(b.mul(nl, i64(hp)), b.mul(i, i64(tile)))
+            base = b.mul(b.add(b.mul(row0, i64(wp)), b.mul(j, i64(tile))), i64(Cp))
             vbase = b.mul(t, i64(Cp))
             with for_range(b, 0, Cp, "wcg", vw) as cg:
                 at = b.add(base, cg)
                 d = [[b.load(b.bitcast(b.gep(P, [b.add(at, i64((r * wp + s) * Cp))]), vp),
-                             align=align) for s in range(WIN)] for r in range(WIN)]
-                v = _sandwich(b, _input_rows(fma), d, vconst)
+                             align=align) for s in range(win)] for r in range(win)]
+                v = _sandwich(b, wg.form.input_rows(fma), d, vconst)
                 dst = b.add(vbase, cg)
-                for xi in range(XI):
-                    b.store(v[xi // WIN][xi % WIN],
+                for xi in range(nxi):
+                    b.store(v[xi // win][xi % win],
                             b.bitcast(b.gep(V, [b.add(dst, i64(xi * Tc * Cp))]), vp),
                             align=align)
         sync()
         # 3. M[xi] = V[xi] @ U[xi]
-        lo, hi = part(XI)
+        lo, hi = part(nxi)
         with for_range(b, lo, hi, "wxi") as xi:
             a_ptr = b.gep(V, [b.mul(xi, i64(Tc * Cp))])
             b_ptr = b.gep(U, [b.mul(xi, i64(C * Op))])
@@ -440,26 +526,26 @@ def _chunks(ctx, wg: Winograd, x: Buf, y: Buf, U, tail) -> None:
             nl, rest = b.sdiv(t, i64(th * tw)), b.srem(t, i64(th * tw))
             i, j = b.sdiv(rest, i64(tw)), b.srem(rest, i64(tw))
             n = b.add(n0, nl)
-            r0, s0 = b.mul(i, i64(TILE)), b.mul(j, i64(TILE))
+            r0, s0 = b.mul(i, i64(tile)), b.mul(j, i64(tile))
             ybase = b.add(b.mul(b.mul(n, i64(O)), i64(ho * wo)),
                           b.add(b.mul(r0, i64(wo)), s0))
             rows = b.sub(i64(ho), r0)
             cols = b.sub(i64(wo), s0)
-            full = b.and_(b.icmp_signed(">=", rows, i64(TILE)),
-                          b.icmp_signed(">=", cols, i64(TILE)))
+            full = b.and_(b.icmp_signed(">=", rows, i64(tile)),
+                          b.icmp_signed(">=", cols, i64(tile)))
             mbase = b.mul(t, i64(Op))
 
             def group(og, lanes: int):
                 at = b.add(mbase, og)
                 m = [[b.load(b.bitcast(b.gep(M, [b.add(at, i64(xi * Tc * Op))]), vp),
-                             align=align) for xi in range(r * WIN, (r + 1) * WIN)]
-                     for r in range(WIN)]
-                out = _sandwich(b, _output_rows(fma), m, vconst)
+                             align=align) for xi in range(r * win, (r + 1) * win)]
+                     for r in range(win)]
+                out = _sandwich(b, wg.form.output_rows(fma), m, vconst)
                 obase = b.add(ybase, b.mul(og, i64(ho * wo)))
 
                 def stores(guarded: bool):
-                    for r in range(TILE):
-                        for s in range(TILE):
+                    for r in range(tile):
+                        for s in range(tile):
                             def put(r=r, s=s):
                                 for lane in range(lanes):
                                     v = b.extract_element(out[r][s], ir.Constant(
@@ -474,22 +560,23 @@ def _chunks(ctx, wg: Winograd, x: Buf, y: Buf, U, tail) -> None:
                             else:
                                 put()
                 def rows_at_once():
-                    # a whole row of the tile per channel: the 4 vectors (one per column)
-                    # interleaved, then each channel's 4 values stored together
+                    # a whole row of the tile per channel: the vectors (one per column)
+                    # interleaved, then each channel's values stored together
                     q = ir.VectorType(ir.IntType(32), 2 * vw)
                     pair = ir.Constant(q, [k // 2 + (k % 2) * vw for k in range(2 * vw)])
                     quad = ir.Constant(ir.VectorType(ir.IntType(32), 4 * vw), [
                         (k // 4) * 2 + (k % 4 // 2) * 2 * vw + k % 2 for k in range(4 * vw)])
-                    qp = ir.PointerType(ir.VectorType(elem, TILE))
-                    for r in range(TILE):
-                        ab = b.shuffle_vector(out[r][0], out[r][1], pair)
-                        cd = b.shuffle_vector(out[r][2], out[r][3], pair)
-                        abcd = b.shuffle_vector(ab, cd, quad)
+                    qp = ir.PointerType(ir.VectorType(elem, tile))
+                    for r in range(tile):
+                        abcd = b.shuffle_vector(out[r][0], out[r][1], pair)
+                        if tile == 4:
+                            cd = b.shuffle_vector(out[r][2], out[r][3], pair)
+                            abcd = b.shuffle_vector(abcd, cd, quad)
                         undef = ir.Constant(abcd.type, ir.Undefined)
                         for lane in range(lanes):
                             four = b.shuffle_vector(abcd, undef, ir.Constant(
-                                ir.VectorType(ir.IntType(32), TILE),
-                                list(range(TILE * lane, TILE * lane + TILE))))
+                                ir.VectorType(ir.IntType(32), tile),
+                                list(range(tile * lane, tile * lane + tile))))
                             off = i64(lane * ho * wo + r * wo)
                             b.store(four, b.bitcast(y.at(b, b.add(obase, off)), qp),
                                     align=align)
