@@ -197,13 +197,24 @@ def test_band_rows_rule_by_hand(monkeypatch):
     pre, dw, post = ch.pre, ch.dw, ch.post
     assert conv_chain.band_rows(pre, dw, post, nr=1) == 5       # the first within 10%
     # then the closest height to 5 (from 2 to 10, the halo within 10%: from 5) whose
-    # project columns 56 r are a multiple of the tile width: 16 or 12 wide, r = 6 (336);
-    # 32 wide, r = 8 (448)
+    # project columns 56 r are a multiple of the tile width: 16 or 12 wide, r = 6 (336
+    # columns, 10 bands); 32 wide, r = 8 (448), but its 7 bands are an odd count of shares
+    # at batch 1, so one row less: r = 7, 8 bands (its halo 8 + 7 * 15 = 119 rows made, 6%)
     assert conv_chain.band_rows(pre, dw, post, nr=16) == 6
     assert conv_chain.band_rows(pre, dw, post, nr=12) == 6
+    assert conv_chain.band_rows(pre, dw, post, nr=32) == 7
+    monkeypatch.setattr(conv_chain, "EVEN_SHARES", False)
     assert conv_chain.band_rows(pre, dw, post, nr=32) == 8
+    monkeypatch.setattr(conv_chain, "EVEN_SHARES", True)
     assert ch.rows == conv_chain.band_rows(pre, dw, post, nr=nr)
     assert ch.bands == -(-56 // ch.rows)
+    # at batch 2, 7 bands make 14 shares: r = 8 stays
+    model2, x2, _ = _case(2, 16, 96, 24, 112, 112, 2, 1, seed=2)
+    exe2 = _imported(model2, x2).compile("llvm", threads=1, pipeline="default, fuse",
+                                         cache=False)
+    (node2,) = _chains(exe2.graph)
+    ch2 = _chain(node2)
+    assert conv_chain.band_rows(ch2.pre, ch2.dw, ch2.post, nr=32) == 8
 
 
 def test_reference_and_triton_run_the_chain_region():

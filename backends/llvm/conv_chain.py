@@ -66,6 +66,12 @@ BATCH_BANDED_FROM = 4 << 20
 # stays banded (3.0-3.2 ms against onnxruntime's 5.0-5.3), as do the stride-1 blocks of
 # 1.6 and 1.8 MB (by links: 1.5 -> 2.4-2.5 ms and 2.4 -> 3.5)
 STRIDED_BANDED = 2
+# bands one row shorter where that makes the (image, band) shares even: the threads
+# claim them in turns, and an odd count leaves one thread a band behind at batch 1
+# (MobileNetV2's 112 x 112 block: 7 bands of 8 rows, 8 of 7 with a last partial strip of
+# the project GEMM's columns). A rule of the shapes alone: every thread count runs the
+# same bands, so gives the same bits
+EVEN_SHARES = True
 # at most this share of the expand GEMM's work recomputed for the halo rows between bands
 # (the band is made taller past BAND_BYTES rather than recompute more: on MobileNetV2's
 # 56x56 and 112x112 blocks 10% ran 5-8% faster at batch 8 than 20%)
@@ -159,9 +165,18 @@ def band_rows(pre, dw, post, nr: int = 1, budget: int | None = None) -> int:
 
     def partial(r: int) -> bool:
         return post is not None and r * OW % nr != 0
-    near = [r for r in range(max(1, rows // 2), min(OH, 2 * rows) + 1)
-            if r == rows or pre is None or halo(dw, r) <= MAX_HALO]
-    return min(near, key=lambda r: (partial(r), abs(r - rows), -r))
+
+    def halo_ok(r: int) -> bool:
+        return r == rows or pre is None or halo(dw, r) <= MAX_HALO
+    near = [r for r in range(max(1, rows // 2), min(OH, 2 * rows) + 1) if halo_ok(r)]
+    best = min(near, key=lambda r: (partial(r), abs(r - rows), -r))
+    # an even count of (image, band) shares where a band one row shorter gives it
+    # (``EVEN_SHARES``)
+    N = dw.conv.inputs[0].shape[0]
+    if (EVEN_SHARES and N * -(-OH // best) % 2 and best > 1
+            and N * -(-OH // (best - 1)) % 2 == 0 and halo_ok(best - 1)):
+        best -= 1
+    return best
 
 
 def banded(links: list[Link]) -> bool:
