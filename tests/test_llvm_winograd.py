@@ -1,7 +1,7 @@
 """Winograd F(4x4, 3x3) and F(2x2, 3x3) convolution on the LLVM backend
-(backends/llvm/conv_winograd.py), each case in both forms, against the float64 reference backend and torch.nn.functional.conv2d: paddings 0, 1 and
-asymmetric, odd and even planes (partial last tiles), batch 1 and several (more than one
-chunk of images), channel counts that are not multiples of the vector width, float64,
+(backends/llvm/conv_winograd.py), each case in both forms, against the float64 reference
+backend and torch.nn.functional.conv2d: paddings 0, 1 and asymmetric, odd and even planes
+(partial last tiles), batch 1 and several (more than one chunk of images), channel counts that are not multiples of the vector width, float64,
 threads 1 and 2, a conv + bias + ReLU region; the path is shown to be taken (the plan the
 lowering uses), and the cost model to leave the layers it does not pay on to the others.
 
@@ -233,41 +233,29 @@ class _Floats:
     fsub = staticmethod(lambda x, y: x - y)
 
 
-def test_factored_transforms_are_the_matrices():
-    """The factored B^T d and A^T m of the generated code equal the matrices BT and AT
-    (and F(4x4, 3x3) as a whole the 3x3 correlation of a 6x6 tile), worked in float64."""
+@pytest.mark.parametrize("m", [4, 2])
+def test_factored_transforms_are_the_matrices(m):
+    """The factored B^T d and A^T m of the generated code equal the form's matrices BT and
+    AT (BT2, AT2 for F(2x2)), and F(m x m, 3x3) as a whole is the 3x3 correlation of an
+    (m + 2) x (m + 2) tile, worked in float64."""
     fma = lambda b, a, x, y: a * x + y
     rng = np.random.default_rng(4)
-    bt, at = np.array(conv_winograd.BT, float), np.array(conv_winograd.AT, float)
-    g_mat = np.array([[float(c) for c in row] for row in conv_winograd.G])
+    form = conv_winograd.FORMS[m]
+    assert (form.bt, form.g, form.at) == ((conv_winograd.BT, conv_winograd.G, conv_winograd.AT)
+                                          if m == 4 else
+                                          (conv_winograd.BT2, conv_winograd.G2, conv_winograd.AT2))
+    bt, at = np.array(form.bt, float), np.array(form.at, float)
+    g_mat = np.array([[float(c) for c in row] for row in form.g])
+    win = m + 2
     for _ in range(3):
-        d, m = rng.standard_normal(6), rng.standard_normal(6)
-        np.testing.assert_allclose(conv_winograd._input_rows(fma)(_Floats, list(d)), bt @ d,
+        d, v = rng.standard_normal(win), rng.standard_normal(win)
+        np.testing.assert_allclose(form.input_rows(fma)(_Floats, list(d)), bt @ d,
                                    rtol=1e-14, atol=1e-14)
-        np.testing.assert_allclose(conv_winograd._output_rows(fma)(_Floats, list(m)), at @ m,
+        np.testing.assert_allclose(form.output_rows(fma)(_Floats, list(v)), at @ v,
                                    rtol=1e-14, atol=1e-14)
-    tile, k = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    tile, k = rng.standard_normal((win, win)), rng.standard_normal((3, 3))
     y = at @ ((g_mat @ k @ g_mat.T) * (bt @ tile @ bt.T)) @ at.T
-    want = [[np.sum(tile[i:i + 3, j:j + 3] * k) for j in range(4)] for i in range(4)]
-    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
-
-
-def test_f2x2_transforms_are_the_matrices():
-    """F(2x2, 3x3): the generated B^T d and A^T m equal BT2 and AT2, and the form as a
-    whole is the 3x3 correlation of a 4x4 tile, worked in float64."""
-    rng = np.random.default_rng(6)
-    bt, at = np.array(conv_winograd.BT2, float), np.array(conv_winograd.AT2, float)
-    g_mat = np.array([[float(c) for c in row] for row in conv_winograd.G2])
-    form = conv_winograd.FORMS[2]
-    for _ in range(3):
-        d, m = rng.standard_normal(4), rng.standard_normal(4)
-        np.testing.assert_allclose(form.input_rows(None)(_Floats, list(d)), bt @ d,
-                                   rtol=1e-14, atol=1e-14)
-        np.testing.assert_allclose(form.output_rows(None)(_Floats, list(m)), at @ m,
-                                   rtol=1e-14, atol=1e-14)
-    tile, k = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
-    y = at @ ((g_mat @ k @ g_mat.T) * (bt @ tile @ bt.T)) @ at.T
-    want = [[np.sum(tile[i:i + 3, j:j + 3] * k) for j in range(2)] for i in range(2)]
+    want = [[np.sum(tile[i:i + 3, j:j + 3] * k) for j in range(m)] for i in range(m)]
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
 
