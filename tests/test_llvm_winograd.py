@@ -1,9 +1,10 @@
 """Winograd F(4x4, 3x3) and F(2x2, 3x3) convolution on the LLVM backend
 (backends/llvm/conv_winograd.py), each case in both forms, against the float64 reference
 backend and torch.nn.functional.conv2d: paddings 0, 1 and asymmetric, odd and even planes
-(partial last tiles), batch 1 and several (more than one chunk of images), channel counts that are not multiples of the vector width, float64,
-threads 1 and 2, a conv + bias + ReLU region; the path is shown to be taken (the plan the
-lowering uses), and the cost model to leave the layers it does not pay on to the others.
+(partial last tiles), batch 1 and several (more than one chunk of images), channel counts
+that are not multiples of the vector width, float64, threads 1 and 2, a conv + bias + ReLU
+region; the path is shown to be taken (the plan the lowering uses), and the cost model to
+leave the layers it does not pay on to the others.
 
 Small layers are below the cost model's threshold, so those cases force the plan
 (``pays`` patched), as is the form; the ResNet block's layer takes it unforced, and
