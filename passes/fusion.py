@@ -247,17 +247,18 @@ def _update_ops() -> set[str]:
 
 
 def _unfused_for_updates(g: Graph) -> Graph:
-    """``g`` with each elementwise ``fused`` region that only optimizer updates read (a
-    weight-decay chain the ``fuse`` pass grouped before the backend's passes ran) put back
-    as its body's nodes, for ``update_regions`` to take into the update's own loop."""
+    """``g`` with each elementwise ``fused`` region whose outputs one optimizer update each
+    reads (a weight-decay chain the ``fuse`` pass grouped before the backend's passes ran)
+    put back as its body's nodes, for ``update_regions`` to take into the update's own
+    loop."""
     updates = _update_ops()
     users = g.users()
     outputs = set(g.outputs)
 
-    def feeds_updates(node: Node) -> bool:
+    def feeds_updates(node: Node) -> bool:       # one update reads each of its outputs
         return (node.op == "fused" and node.attrs.get("kind") == "elementwise"
-                and all(v not in outputs and users[v] and
-                        all(u.op in updates for u in users[v]) for v in node.outputs))
+                and all(v not in outputs and len(users[v]) == 1
+                        and users[v][0].op in updates for v in node.outputs))
     if not any(feeds_updates(n) for n in g.nodes):
         return g
     rw = GraphRewriter(g)

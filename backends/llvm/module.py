@@ -32,7 +32,6 @@ from llvmlite import ir
 from irgraph import Graph, IRError, Value
 from irgraph.ir import all_nodes
 from irgraph.liveness import last_reads
-from irgraph.registry import get_op
 
 from .builder import (I64, PTR, STORAGE, VOID, Buf, broadcast_strides, coalesce, i64, row_strides)
 from .gemm_tiling import workspace_bytes
@@ -1010,6 +1009,6 @@ def kernel_opt(node, opt: int) -> int:
     work = sum(v.type.size for v in list(node.inputs) + list(node.outputs))
     if work < CHEAP_WORK:
         outs = [v.type for v in node.outputs]
-        flops = get_op(node.op).cost([v.type for v in node.inputs], outs, node.attrs).flops
+        flops = node.opdef.cost([v.type for v in node.inputs], outs, node.attrs).flops
         work += max(0, flops - sum(t.size for t in outs))
     return opt if work >= CHEAP_WORK else 0
