@@ -417,3 +417,20 @@ def test_last_columns_as_dot_products(kind, dtype):
                 check(kind, dtype, M, N, K, "rows", "cols", accumulate=accumulate)
         for j, form in enumerate(EP_FORMS):
             check_ep(kind, dtype, 9, N, gemm_tiling.KC + 5, accumulate=j % 2, **form)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_products_narrower_than_a_vector(kind, dtype):
+    """Fewer columns than a vector (a classifier's 10) from NARROW_SWAP MR-row tiles up:
+    the transposed nest (C written transposed, A^T packed), every operand layout, K past
+    one KC block, accumulate and a padded C; below that, and for the columns the dot-product
+    tail takes, the nest as it is."""
+    t = gemm_tiling.tiling(dtype, kernels(kind)[2])
+    layouts = [("rows", "rows"), ("cols", "cols"), ("aliased", "gather")]
+    for N in sorted({1, 3, t.vw // 2 + 1, t.vw - 1}):
+        for M in (gemm.NARROW_SWAP * t.mr - 1, gemm.NARROW_SWAP * t.mr, 5 * t.mr + 3, 130):
+            for K in (10, gemm_tiling.KC + 44):
+                for a_layout, b_layout in layouts:
+                    check(kind, dtype, M, N, K, a_layout, b_layout)
+                check(kind, dtype, M, N, K, accumulate=1, pad=3)

@@ -379,7 +379,12 @@ class _GemmBuilder:
                          b.icmp_signed(">=", b.mul(b.mul(M, K), i64(self.elem_align())),
                                        i64(TAIL_STREAM_BYTES)))
         near = b.icmp_signed("<=", b.mul(swapped, i64(8)), b.mul(work, i64(9)))
-        return b.or_(b.and_(few, pads_less), b.and_(streams, near))
+        # fewer columns than a vector (a classifier's 10) leave most of every tile's lanes
+        # empty at any M; transposed, the rows fill them (``NARROW_SWAP``)
+        narrow = b.and_(b.icmp_signed("<", N, i64(t.vw)),
+                        b.icmp_signed(">=", M, i64(NARROW_SWAP * t.mr)))
+        return b.or_(b.or_(b.and_(few, pads_less), b.and_(streams, near)),
+                     b.and_(narrow, pads_less))
 
     def last_block(self, pc, kc):
         """Whether the epilogue applies in the K block at ``pc``: the last, one given."""
@@ -1217,6 +1222,8 @@ A_AHEAD = 3
 # (onnxruntime 2.07 and 1.13); before, the tiles prefetched the strip they read
 B_AHEAD = 2
 
+# a product of fewer columns than a vector runs transposed from this many MR row tiles
+NARROW_SWAP = 2
 # the last columns a dot product per row computes rather than a tile's vector
 # (``_GemmBuilder.tail_columns``), and the rows of A each pass of it takes at a time
 TAIL_COLUMNS = 2
