@@ -257,8 +257,11 @@ def plan(x_shape, w_shape, attrs, dtype: str, features: str,
         return None
     wg = Winograd(x_shape[0], x_shape[1], w_shape[0], x_shape[2], x_shape[3],
                   tuple(attrs["padding"]), dtype, features, threads=max(threads, 1))
+    # the chunk before it is evened out over the threads: the form, like the tiles' values,
+    # the same on every thread count
     item = 4 if dtype == "float32" else 8
-    if wg.Tc < SMALL_CHUNK_TILES and wg.xi * wg.C * wg.Op * item > STREAMED_U_BYTES:
+    if (wg._images() * wg.per_image < SMALL_CHUNK_TILES
+            and wg.xi * wg.C * wg.Op * item > STREAMED_U_BYTES):
         wg = replace(wg, m=2)
     if min(wg.out) < wg.m or wg.scratch_bytes() > MAX_SCRATCH or not wg.pays():
         return None
