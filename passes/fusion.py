@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from irgraph import Graph, GraphRewriter, Node, Value
+from irgraph.ops.recurrence import inline
 from irgraph.registry import ops_with
 
 from .analysis import priority_order
@@ -266,13 +267,9 @@ def _unfused_for_updates(g: Graph) -> Graph:
         if not feeds_updates(node):
             rw.copy_node(node)
             continue
-        body = node.attrs["body"]
-        env = dict(zip(body.inputs, (rw[v] for v in node.inputs)))
-        for n in body.nodes:
-            env.update(zip(n.outputs, rw.dst.add_node(n.op, [env[v] for v in n.inputs],
-                                                      n.attrs, n.loc)))
-        for old, new in zip(node.outputs, body.outputs):
-            rw.replace(old, env[new])
+        outs = inline(rw.dst, node.attrs["body"], [rw[v] for v in node.inputs], node.loc)
+        for old, new in zip(node.outputs, outs):
+            rw.replace(old, new)
     return rw.finish()
 
 

@@ -127,6 +127,10 @@ class Winograd:
     m: int = 4          # outputs per tile side: F(m x m, 3 x 3), ``FORMS``
 
     @property
+    def item(self) -> int:      # bytes of an element
+        return 4 if self.dtype == "float32" else 8
+
+    @property
     def form(self) -> "Form":
         return FORMS[self.m]
 
@@ -202,7 +206,7 @@ class Winograd:
         cache between the transforms and the GEMMs), unless U, read again by every chunk,
         would then move more bytes than they do (at least C O / (C + O) tiles: 128 at 256
         channels); MIN_CHUNK_TILES to MAX_CHUNK_TILES tiles, at least one image."""
-        item = 4 if self.dtype == "float32" else 8
+        item = self.item
         tiles = max(CHUNK_BYTES // (self.xi * (self.Cp + self.Op) * item),
                     self.C * self.O // (self.C + self.O))
         tiles = min(max(tiles, MIN_CHUNK_TILES), MAX_CHUNK_TILES)
@@ -230,7 +234,7 @@ class Winograd:
         on the same GEMM, the transforms, the channel-last copy and U (36 C O values
         written once and read by every chunk)."""
         vw, (ho, wo) = self.vw, self.out
-        item = 4 if self.dtype == "float32" else 8
+        item = self.item
         T = self.N * self.per_image
         hp, wp = self.grid
         chunks = self.chunks
@@ -259,9 +263,8 @@ def plan(x_shape, w_shape, attrs, dtype: str, features: str,
                   tuple(attrs["padding"]), dtype, features, threads=max(threads, 1))
     # the chunk before it is evened out over the threads: the form, like the tiles' values,
     # the same on every thread count
-    item = 4 if dtype == "float32" else 8
     if (wg._images() * wg.per_image < SMALL_CHUNK_TILES
-            and wg.xi * wg.C * wg.Op * item > STREAMED_U_BYTES):
+            and wg.xi * wg.C * wg.Op * wg.item > STREAMED_U_BYTES):
         wg = replace(wg, m=2)
     if min(wg.out) < wg.m or wg.scratch_bytes() > MAX_SCRATCH or not wg.pays():
         return None
