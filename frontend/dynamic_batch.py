@@ -228,7 +228,9 @@ def compile_train_dynamic(compile_train: Callable, model, loss_fn, optimizer, sp
         total = F.sum(F.mul(rows, F.cast(mask, rows.dtype)))
         if reduction == "sum":
             return total
-        if ignore_index is not None:           # mean over the targets that count
+        if ignore_index is not None and not targets[0].type.is_float:
+            # mean over the class targets that count (class-probability targets, floats,
+            # have no ignore_index: each row counts, as in torch)
             valid = F.cast(F.ne(targets[0], ignore_index), rows.dtype)
             valid = F.sum(F.reshape(valid, (b, -1)), dim=1) if valid.ndim > 1 else valid
             return F.div(total, F.sum(F.mul(valid, F.cast(mask, rows.dtype))))

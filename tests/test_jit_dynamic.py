@@ -233,6 +233,27 @@ def test_dynamic_batch_training_mse_sum_and_ignore_index():
     _assert_same_training(batches, twins)
 
 
+def test_dynamic_batch_class_probability_targets_average_over_rows():
+    """Cross entropy with class-probability targets (floats, torch's second target form)
+    has no ignore_index: its mean divides by the rows alone, padded or not."""
+    def probs(n):
+        p = RNG.random((n, 3)).astype(np.float32)
+        return p / p.sum(1, keepdims=True)
+    batches = [(data(6), probs(6)), (data(4), probs(4))]
+    twins = _twin_steps(mlp, nn.CrossEntropyLoss(), lambda: optim.SGD(lr=0.5), 6, "reference",
+                        target_dtype="float32", target_shape=(3,))
+    _assert_same_training(batches, twins)
+    torch = pytest.importorskip("torch")
+    m = mlp()
+    x, y = batches[1]
+    want = torch.nn.functional.cross_entropy(
+        torch.from_numpy(np.tanh(x @ m[0].weight.data.T + m[0].bias.data)
+                         @ m[2].weight.data.T + m[2].bias.data), torch.from_numpy(y))
+    dyn = fe.compile_train(m, nn.CrossEntropyLoss(), optim.SGD(lr=0.5), spec(6, 5),
+                           spec(6, 3), dynamic_batch=True)
+    np.testing.assert_allclose(dyn(x, y), want.item(), rtol=1e-5)
+
+
 def test_dynamic_batch_training_refusals():
     fe.manual_seed(7)
     bn = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
