@@ -185,7 +185,15 @@ def _weighted_nll(logp: Tensor, target: Tensor, weight: Tensor, reduction: str,
     hot = _class_one_hot(logp, target)
     w_t = sum(_class_weights(weight, logp) * hot, 1) * counts
     per = neg(sum(logp * hot, 1)) * w_t
-    return sum(per) / sum(w_t) if reduction == "mean" else _reduce(per, reduction)
+    return _mean_over(sum(per), sum(w_t)) if reduction == "mean" else _reduce(per, reduction)
+
+
+def _mean_over(total: Tensor, weight: Tensor) -> Tensor:
+    """``total / weight``, the mean of a loss over the targets that count; where none does
+    (every target ``ignore_index``) NaN with no gradient, as torch (a plain ``0 / 0`` would
+    send ``inf * 0 = NaN`` back to every input)."""
+    some = ne(weight, 0)
+    return where(some, total / where(some, weight, 1.0), float("nan"))
 
 
 def _smoothing_term(logp: Tensor, target: Tensor, weight, reduction: str,
@@ -198,8 +206,8 @@ def _smoothing_term(logp: Tensor, target: Tensor, weight, reduction: str,
     if reduction != "mean":
         return _reduce(per, reduction)
     if wc is None:
-        return sum(per) / sum(counts)
-    return sum(per) / sum(sum(wc * _class_one_hot(logp, target), 1) * counts)
+        return _mean_over(sum(per), sum(counts))
+    return _mean_over(sum(per), sum(sum(wc * _class_one_hot(logp, target), 1) * counts))
 
 
 def _soft_cross_entropy(logp: Tensor, target: Tensor, weight, reduction: str,

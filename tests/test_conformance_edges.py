@@ -240,6 +240,24 @@ def test_torch_arguments_match_torch(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_mean_over_no_counted_targets_is_nan_with_zero_gradient_as_torch(backend):
+    """Every target ``ignore_index``: the mean cross entropy (eq. 10.12-10.14 averaged over
+    the targets that count) is 0/0 = NaN, and torch passes no gradient back, with class
+    weights and label smoothing as without."""
+    x = data(2, 3, dtype=np.float64)
+    cls = np.array([-100, -100], np.int64)
+    w = np.array([1.0, 2.0, 0.5])
+
+    def f(ns, x, cls):
+        return (ns.cross_entropy(x, cls), ns.cross_entropy(x, cls, weight=const(ns, w)),
+                ns.cross_entropy(x, cls, label_smoothing=0.1),
+                ns.cross_entropy(x, cls, weight=const(ns, w), label_smoothing=0.2))
+    check(f, backend, x, cls)
+    # and where some count, the same mean as torch's
+    check(f, backend, x, np.array([2, -100], np.int64))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_rounded_division_matches_torch_bit_for_bit(backend):
     a = np.array([7, -7, 7.5, -7.5, 1, 0, -0.0, np.inf, -3e30, 5, -0.3, 0.3, 1e-30, np.nan,
                   4, -np.inf, 2.5e9, 0.7], np.float32)
