@@ -118,9 +118,8 @@ class _InstanceNorm(Module):
                              f"shape {list(x.shape)})")
         stats = self.track_running_stats
         use_input = self.training or not stats
-        if stats and self.training:
-            count = F.add(F.as_tensor(self.num_batches_tracked, x), 1)
-            x.tracer.update_state(self.num_batches_tracked, count)
+        # num_batches_tracked is kept (torch's state dicts carry it) but, as torch, not
+        # counted: only momentum=None would read it, and that is refused above
         y = F.instance_norm(x, self.running_mean if stats else None,
                             self.running_var if stats else None, self.weight, self.bias,
                             use_input, self.momentum, self.eps)

@@ -117,8 +117,9 @@ def test_functional_forms_match_torch():
 
 @pytest.mark.parametrize("affine", [False, True])
 def test_instance_norm_running_statistics_as_torch(affine):
-    """track_running_stats: training updates the running mean/variance (momentum 0.3) and
-    counts batches; eval normalizes with them."""
+    """track_running_stats: training updates the running mean/variance (momentum 0.3); eval
+    normalizes with them. torch keeps ``num_batches_tracked`` (its norm base class's buffer)
+    but never counts it for instance norm: it stays 0."""
     fe.manual_seed(0)
     ours = nn.InstanceNorm2d(3, momentum=0.3, affine=affine, track_running_stats=True)
     twin = torch.nn.InstanceNorm2d(3, momentum=0.3, affine=affine, track_running_stats=True)
@@ -132,7 +133,7 @@ def test_instance_norm_running_statistics_as_torch(affine):
     for name in ("running_mean", "running_var"):
         np.testing.assert_allclose(getattr(ours, name).data, getattr(twin, name).numpy(),
                                    rtol=1e-5, err_msg=name)
-    assert int(ours.num_batches_tracked.data) == 2
+    assert int(ours.num_batches_tracked.data) == int(twin.num_batches_tracked) == 0
     ours.eval()
     twin.eval()
     x = r.standard_normal((3, 4, 5)).astype(np.float32)          # unbatched
