@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional_core import (abs, as_tensor, cast, clamp, erf, exp, log, maximum, minimum, neg,
+from .functional_core import (abs, as_tensor, cast, erf, exp, ge, le, log, maximum, neg,
                               sigmoid, tanh, where)
 from .tracing import Tensor
 
@@ -23,7 +23,15 @@ def leaky_relu(input, negative_slope: float = 0.01) -> Tensor:
 
 
 def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
-    return clamp(input, min_val, max_val)
+    """``clamp(x, min_val, max_val)`` with torch's gradient: 0 at either bound too (clamp's
+    passes there), a NaN's passed on. The bounds take ``x <= min_val`` and ``x >= max_val``
+    (a -0.0 at a bound of 0 gives 0.0: equal, its sign aside)."""
+    if min_val > max_val:
+        raise ValueError(f"hardtanh: min_val ({min_val}) cannot be greater than max_val "
+                         f"({max_val})")
+    x = as_tensor(input)
+    x = where(le(x, min_val), min_val, x)
+    return where(ge(x, max_val), max_val, x)
 
 
 def relu6(input) -> Tensor:
@@ -31,9 +39,11 @@ def relu6(input) -> Tensor:
 
 
 def elu(input, alpha: float = 1.0) -> Tensor:
-    """``x`` for x > 0, else ``alpha (exp(x) - 1)``; exp only sees x <= 0."""
+    """``alpha (exp(x) - 1)`` for x <= 0, else ``x`` (exp only sees x <= 0): torch's
+    gradient, ``alpha`` at 0 and 1 at a NaN."""
     x = as_tensor(input)
-    return where(x > 0, x, (exp(minimum(x, 0.0)) - 1) * alpha)
+    neg_part = le(x, 0.0)
+    return where(neg_part, (exp(where(neg_part, x, 0.0)) - 1) * alpha, x)
 
 
 def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
@@ -77,6 +87,7 @@ def mish(input) -> Tensor:
 
 
 def hardswish(input) -> Tensor:
-    """``x relu6(x + 3) / 6``: 0 below -3, ``x`` above 3."""
+    """``x relu6(x + 3) / 6``: 0 below -3, ``x`` above 3; the gradient 0 at -3 and 1 at 3,
+    as torch's (``relu6``'s, 0 at its bounds)."""
     x = as_tensor(input)
-    return x * clamp(x + 3, 0.0, 6.0) * (1 / 6)
+    return x * relu6(x + 3) * (1 / 6)

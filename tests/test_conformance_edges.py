@@ -240,6 +240,23 @@ def test_torch_arguments_match_torch(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_activation_gradients_at_their_kinks_match_torch(backend):
+    """Inputs exactly at the kinks take torch's side: relu6 and hardtanh pass no gradient
+    at their bounds (clamp does), hardswish 0 at -3 and 1 at 3, elu alpha at 0, leaky_relu
+    the slope at 0; a NaN passes hardtanh's and elu's gradient on, as torch's."""
+    x = np.array([-4.0, -3.0, -1.0, -0.5, 0.0, -0.0, 0.5, 1.0, 3.0, 6.0, 7.0])
+    nan = np.append(x, np.nan)
+
+    def f(ns, x, nan):
+        return (ns.relu6(nan), ns.hardtanh(nan), ns.hardtanh(nan, -0.5, 3.0),
+                ns.elu(nan, 2.0), ns.elu(nan), ns.hardswish(x), ns.leaky_relu(nan, 0.2),
+                ns.clamp(x, -1.0, 1.0), ns.relu(x))
+    check(f, backend, x, nan, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="min_val .* cannot be greater than max_val"):
+        F.hardtanh(fe.tensor(x), 1.0, -1.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_mean_over_no_counted_targets_is_nan_with_zero_gradient_as_torch(backend):
     """Every target ``ignore_index``: the mean cross entropy (eq. 10.12-10.14 averaged over
     the targets that count) is 0/0 = NaN, and torch passes no gradient back, with class

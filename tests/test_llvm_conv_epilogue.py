@@ -302,6 +302,8 @@ def _tail(g, y, form, bias, res, dtype):
         "relu": lambda v: g.op("relu", v),
         "lo0": lambda v: where_clamp(v, "lt", 0.0),         # Clip(0, 6) from ONNX
         "hi6": lambda v: where_clamp(v, "gt", 6.0),
+        "lo0_le": lambda v: where_clamp(v, "le", 0.0),      # F.relu6 / F.hardtanh(0, 6)
+        "hi6_ge": lambda v: where_clamp(v, "ge", 6.0),
         "lo_le": lambda v: where_clamp(v, "le", -0.5),
         "hi_flip": lambda v: where_clamp(v, "lt", 2.0, swapped=True),   # where(lt(2, y), 2, y)
         "max0": lambda v: g.op("maximum", v, full(0.0)),
@@ -374,6 +376,7 @@ def _check_ep(g, threads, seed, monkeypatch, specials=False, taken=True, scaled=
 # (batch, C, H, W, O, kernel, stride, pad, groups, threads, tail, output rows a chunk)
 EP_CASES = [
     (1, 5, 7, 9, 13, 1, 1, 0, 1, 1, ("bias", "lo0", "hi6"), 0),      # MobileNetV2's ReLU6
+    (2, 5, 7, 9, 13, 1, 1, 0, 1, 2, ("bias", "lo0_le", "hi6_ge"), 0),  # the DSL's ReLU6
     (3, 6, 9, 7, 7, 1, 1, 0, 1, 2, ("bias",), 0),                     # a projection
     (1, 4, 11, 10, 14, 3, 1, 1, 1, 3, ("bias", "res", "relu"), 0),    # ResNet's block end
     (3, 8, 9, 9, 13, 3, 2, 1, 1, 2, ("bias", "relu"), 0),             # strided 3x3
@@ -410,12 +413,27 @@ def test_epilogue_gemm_nan_and_infinities(threads, monkeypatch):
     """NaN and +-inf in the input (and in the residual) through the clamps and the
     residual, in both orders: the reference's values, NaN included."""
     for form in (("bias", "lo0", "hi6"), ("bias", "res", "relu"), ("bias", "max0", "min6"),
-                 ("bias", "relu", "res")):
+                 ("bias", "relu", "res"), ("bias", "lo0_le", "hi6_ge")):
         g = _ep_graph(1, 4, 6, 7, 13, 3, 1, 1, 1, form, "float32")
         got, ref = _check_ep(g, threads, seed=3, monkeypatch=monkeypatch, specials=True)
         assert np.isnan(got).any() and np.isnan(ref).sum() == np.isnan(got).sum()
         if "hi6" in form or "min6" in form:
             assert (np.isnan(got) | ((got >= 0) & (got <= 6))).all()
+
+
+def test_relu6_forms_take_a_specialized_epilogue():
+    """ReLU6 as ONNX's Clip (strict compares) and as the DSL's hardtanh (y <= 0, y >= 6:
+    the upper bound's inclusive compare gives the same bits, so only the lower's is kept)
+    are both epilogue forms emitted with their own operations alone."""
+    from irgraph.backends.llvm import gemm as gm
+    for form, flags in ((("bias", "lo0", "hi6"), gm.EP_BIAS | gm.EP_LO | gm.EP_HI),
+                        (("bias", "lo0_le", "hi6_ge"),
+                         gm.EP_BIAS | gm.EP_LO | gm.EP_LO_INCLUSIVE | gm.EP_HI)):
+        g = _ep_graph(1, 4, 5, 5, 6, 1, 1, 0, 1, form, "float32")
+        from irgraph.passes.fusion import fuse
+        (region,) = [n for n in fuse(g).nodes if n.op == "fused"]
+        assert ops_conv.gemm_epilogue(region.attrs["body"]).flags() == flags
+        assert flags in gm.EP_FORMS
 
 
 # batch 1 whose GEMM would split its rows: the threads split its reduction instead

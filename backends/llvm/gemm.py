@@ -59,8 +59,10 @@ EP_HI_INCLUSIVE = 16    # the upper clamp takes hi where y >= hi (else where y >
 EP_LO = 32              # a lower clamp is given (without: lo = -inf, which clamps nothing)
 EP_HI = 64              # an upper clamp is given (hi = +inf without)
 # the flags whose epilogue is emitted with only its own operations (conv + bias, + ReLU, +
-# ReLU6, + residual, + residual + ReLU); any other runs the general one, every step a select
+# ReLU6 as ONNX's Clip and as hardtanh, its lower bound taking y <= 0, + residual, +
+# residual + ReLU); any other runs the general one, every step a select
 EP_FORMS = (EP_BIAS, EP_BIAS | EP_LO | EP_LO_INCLUSIVE, EP_BIAS | EP_LO | EP_HI,
+            EP_BIAS | EP_LO | EP_LO_INCLUSIVE | EP_HI,
             EP_BIAS | EP_RES_BEFORE, EP_BIAS | EP_RES_BEFORE | EP_LO | EP_LO_INCLUSIVE)
 
 

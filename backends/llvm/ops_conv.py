@@ -881,10 +881,12 @@ class GemmEpilogue:
         f = gm.EP_BIAS if self.bias is not None else 0
         if self.residual is not None:
             f |= gm.EP_RES_AFTER if self.after else gm.EP_RES_BEFORE
+        # an inclusive clamp at a bound other than 0 gives the same bits as a strict one (y
+        # equal to the bound is the bound); at 0 the two part on y = -0.0
         if self.lo is not None:
-            f |= gm.EP_LO | (gm.EP_LO_INCLUSIVE if self.lo[1] else 0)
+            f |= gm.EP_LO | (gm.EP_LO_INCLUSIVE if self.lo[1] and self.lo[0] == 0 else 0)
         if self.hi is not None:
-            f |= gm.EP_HI | (gm.EP_HI_INCLUSIVE if self.hi[1] else 0)
+            f |= gm.EP_HI | (gm.EP_HI_INCLUSIVE if self.hi[1] and self.hi[0] == 0 else 0)
         return f
 
 
