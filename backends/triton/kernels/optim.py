@@ -50,7 +50,9 @@ def _tensor(row, col: tl.constexpr, DTYPE: tl.constexpr):
 
 @triton.jit
 def _scalar(row, col: tl.constexpr, DTYPE: tl.constexpr):
-    return tl.load(tl.load(row + col).to(tl.pointer_type(DTYPE))).to(tl.float32)
+    # in the parameters' dtype: a float64 step's learning rate and betas are not rounded
+    # to float32 (0.1 would move a weight of 1 by 3e-9 more than the reference)
+    return tl.load(tl.load(row + col).to(tl.pointer_type(DTYPE)))
 
 
 @triton.jit
