@@ -57,6 +57,11 @@ def max_pool(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=F
     name = f"max_pool{dim}d"
     x, squeeze = batched_input(input, dim, name)
     k, st, pads = _pool_args(kernel_size, stride, padding, dim, name)
+    # torch's rule, on the kernel as given (not dilated): the IR's, for ONNX too, allows
+    # half the dilated window
+    if any(max(pads[2 * i], pads[2 * i + 1]) > k[i] // 2 for i in range(dim)):
+        raise ValueError(f"{name}: padding {list(pads)} must be at most half of the kernel "
+                         f"size {list(k)} on each side (PyTorch's rule, dilation or not)")
     attrs = dict(kernel_size=k, stride=st, padding=pads,
                  dilation=int_tuple(dilation, dim, "dilation"), ceil_mode=bool(ceil_mode))
     y = unbatch(_emit("max_pool", x, **attrs), squeeze)
@@ -114,11 +119,14 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 def lp_pool(input, norm_type: float, kernel_size, stride=None, ceil_mode=False, *,
             dim: int) -> Tensor:
     """PyTorch's LPPool: (avg_pool(x^p) * prod(kernel))^(1/p), so a full window gives
-    (sum x^p)^(1/p) (p = 2: L2 pooling of section 9.3)."""
+    (sum x^p)^(1/p) (p = 2: L2 pooling of section 9.3). A window of zeros passes no
+    gradient back, as torch's (whose relu there stops the infinite slope of z^(1/p) at 0):
+    without that, any all-zero window would put NaN into the input's gradient."""
     k = int_tuple(kernel_size, dim, "kernel_size")
     x = F.as_tensor(input)
     p = float(norm_type)
     s = avg_pool(F.pow(x, p), k, stride, 0, ceil_mode, dim=dim)
+    s = F.where(F.ne(s, 0), s, 0.0)
     return F.pow(F.mul(s, float(math.prod(k))), 1.0 / p)
 
 

@@ -240,6 +240,36 @@ def test_torch_arguments_match_torch(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_pooling_windows_of_minus_infinity_and_of_zeros_match_torch(backend):
+    """Max pooling: a window whose input values are all -inf takes its first input
+    position, not its padding's (left padding, dilation 2), for the index and the
+    gradient. LP pooling (section 9.3's L2 pooling and p = 1, 3): a window of zeros passes
+    no gradient back, as torch's (z^(1/p) has an infinite slope at 0)."""
+    x = np.array([[[-np.inf, -np.inf, 5.0, 0.0, -np.inf, -np.inf]]])
+    z = np.zeros((1, 2, 4, 4))
+    z[0, 0, 0, 0], z[0, 1, 2:, 2:] = 1.5, [[0.5, -2.0], [1.0, 3.0]]
+
+    def f(ns, x, z):
+        y, i = ns.max_pool1d(x, 2, 1, 1, 2, return_indices=True)
+        return (y, i, ns.lp_pool2d(z, 2.0, 2), ns.lp_pool2d(z, 1.0, 2),
+                ns.lp_pool2d(z, 3.0, (2, 1), (2, 1)))
+    check(f, backend, x, z, rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool_padding_follows_torchs_rule_with_dilation():
+    """torch allows at most half the kernel as given, dilated or not (the IR itself, as ONNX,
+    allows half the dilated window)."""
+    x = fe.tensor(data(1, 1, 9))
+    with pytest.raises(ValueError, match=r"max_pool1d: padding \[2, 2\] must be at most half "
+                                         r"of the kernel size \[3\]"):
+        F.max_pool1d(x, 3, 1, 2, 2)
+    with pytest.raises(RuntimeError):
+        TF.max_pool1d(torch.from_numpy(data(1, 1, 9)), 3, 1, 2, 2)
+    assert F.max_pool1d(x, 3, 1, 1, 2).shape == TF.max_pool1d(
+        torch.from_numpy(data(1, 1, 9)), 3, 1, 1, 2).shape == (1, 1, 7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_activation_gradients_at_their_kinks_match_torch(backend):
     """Inputs exactly at the kinks take torch's side: relu6 and hardtanh pass no gradient
     at their bounds (clamp does), hardswish 0 at -3 and 1 at 3, elu alpha at 0, leaky_relu

@@ -88,6 +88,12 @@ def _argmax_flat(x: np.ndarray, axes) -> tuple[np.ndarray, np.ndarray]:
     vals, valid, flat = _windows(x, axes)
     vals = np.where(valid, vals, -np.inf)
     arg = np.argmax(vals, axis=-1)                                      # first max; NaN wins
+    # the first position of the input, not of the padding, that holds it (a window whose
+    # input values are all -inf ties with its padding)
+    best = np.take_along_axis(vals, arg[..., None], -1)
+    with np.errstate(invalid="ignore"):
+        hit = valid & ((vals == best) | (np.isnan(vals) & np.isnan(best)))
+    arg = np.where(hit.any(axis=-1), np.argmax(hit, axis=-1), arg)
     spatial_idx = np.take_along_axis(np.broadcast_to(flat, vals.shape), arg[..., None],
                                      -1)[..., 0]
     n, c = x.shape[:2]
