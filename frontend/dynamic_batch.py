@@ -21,6 +21,7 @@ from irgraph import Graph
 from irgraph.ir import all_nodes
 
 from . import functional as F
+from .functional_loss import mean_over
 from .tracing import Tensor, TensorSpec, unflatten
 
 __all__ = ["DynamicBatchFunction", "DynamicTrainStep", "row_coupling", "check_dynamic_batch",
@@ -233,7 +234,7 @@ def compile_train_dynamic(compile_train: Callable, model, loss_fn, optimizer, sp
             # have no ignore_index: each row counts, as in torch)
             valid = F.cast(F.ne(targets[0], ignore_index), rows.dtype)
             valid = F.sum(F.reshape(valid, (b, -1)), dim=1) if valid.ndim > 1 else valid
-            return F.div(total, F.sum(F.mul(valid, F.cast(mask, rows.dtype))))
+            return mean_over(total, F.sum(F.mul(valid, F.cast(mask, rows.dtype))))
         per_row = int(np.prod(per.shape[1:], dtype=np.int64))
         return F.div(total, F.mul(F.cast(count, rows.dtype), float(per_row)))
     masked_loss.__name__ = "masked_loss"

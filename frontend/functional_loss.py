@@ -163,11 +163,11 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
 
 
 # ---------------------------------------------------------------- weighted / smoothed NLL
-def _class_one_hot(logp: Tensor, target: Tensor) -> Tensor:
-    """The target as one-hot vectors on the class axis 1, in logp's dtype (all zero for a
-    target outside [0, C), such as an ignore_index)."""
+def _class_one_hot(logp: Tensor, target: Tensor, dtype: str | None = None) -> Tensor:
+    """The target as one-hot vectors on the class axis 1, in logp's dtype or ``dtype`` (all
+    zero for a target outside [0, C), such as an ignore_index)."""
     classes = logp.tracer.emit("iota", shape=logp.shape, axis=1, dtype="int64")
-    return cast(eq(classes, unsqueeze(cast(target, "int64"), 1)), logp.dtype)
+    return cast(eq(classes, unsqueeze(cast(target, "int64"), 1)), dtype or logp.dtype)
 
 
 def _class_weights(weight: Tensor, logp: Tensor) -> Tensor:
@@ -182,13 +182,15 @@ def _weighted_nll(logp: Tensor, target: Tensor, weight: Tensor, reduction: str,
     """torch's weighted NLL: ``-w[t] logp[t]``; ``mean`` divides by the sum of ``w[t]`` over
     the targets that are not ``ignore_index``."""
     counts = cast(ne(target, ignore_index), logp.dtype)
-    hot = _class_one_hot(logp, target)
-    w_t = sum(_class_weights(weight, logp) * hot, 1) * counts
-    per = neg(sum(logp * hot, 1)) * w_t
-    return _mean_over(sum(per), sum(w_t)) if reduction == "mean" else _reduce(per, reduction)
+    hot = _class_one_hot(logp, target, "bool")
+    w_t = sum(where(hot, _class_weights(weight, logp), 0.0), 1) * counts
+    # picked, not multiplied by the one-hot: a masked logit (-inf) of another class, or of
+    # an ignored row, times 0 would be NaN
+    per = neg(sum(where(hot, logp, 0.0), 1)) * w_t
+    return mean_over(sum(per), sum(w_t)) if reduction == "mean" else _reduce(per, reduction)
 
 
-def _mean_over(total: Tensor, weight: Tensor) -> Tensor:
+def mean_over(total: Tensor, weight: Tensor) -> Tensor:
     """``total / weight``, the mean of a loss over the targets that count; where none does
     (every target ``ignore_index``) NaN with no gradient, as torch (a plain ``0 / 0`` would
     send ``inf * 0 = NaN`` back to every input)."""
@@ -206,8 +208,8 @@ def _smoothing_term(logp: Tensor, target: Tensor, weight, reduction: str,
     if reduction != "mean":
         return _reduce(per, reduction)
     if wc is None:
-        return _mean_over(sum(per), sum(counts))
-    return _mean_over(sum(per), sum(sum(wc * _class_one_hot(logp, target), 1) * counts))
+        return mean_over(sum(per), sum(counts))
+    return mean_over(sum(per), sum(sum(wc * _class_one_hot(logp, target), 1) * counts))
 
 
 def _soft_cross_entropy(logp: Tensor, target: Tensor, weight, reduction: str,

@@ -302,6 +302,12 @@ def test_a_mean_over_no_counted_targets_is_nan_with_zero_gradient_as_torch(backe
     check(f, backend, x, cls)
     # and where some count, the same mean as torch's
     check(f, backend, x, np.array([2, -100], np.int64))
+    # masked logits (-inf) of other classes and of an ignored row: a finite weighted loss
+    x = np.array([[0.5, -np.inf, 1.0], [2.0, 0.1, -np.inf], [-np.inf, 0.3, 0.2]])
+    check(lambda ns, x, cls: (ns.cross_entropy(x, cls, weight=const(ns, w)),
+                              ns.nll_loss(ns.log_softmax(x, 1), cls, weight=const(ns, w),
+                                          reduction="none")),
+          backend, x, np.array([0, 1, -100], np.int64))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

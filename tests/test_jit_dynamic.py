@@ -254,6 +254,20 @@ def test_dynamic_batch_class_probability_targets_average_over_rows():
     np.testing.assert_allclose(dyn(x, y), want.item(), rtol=1e-5)
 
 
+def test_dynamic_batch_step_with_every_target_ignored_leaves_the_weights():
+    """A padded batch whose targets are all ignore_index: the loss is NaN (0/0) and no
+    gradient reaches the weights, as a fixed-batch step and torch, with label smoothing too
+    (its mean over no targets sent NaN into every weight)."""
+    for loss in (nn.CrossEntropyLoss(), nn.CrossEntropyLoss(label_smoothing=0.2)):
+        m = mlp()
+        before = [p.data.copy() for p in m.parameters()]
+        step = fe.compile_train(m, loss, optim.SGD(lr=0.5), spec(4, 5), spec(4, dtype="int64"),
+                                dynamic_batch=True)
+        assert np.isnan(step(data(3), np.full(3, -100, np.int64)))
+        for p, q in zip(m.parameters(), before):
+            np.testing.assert_array_equal(p.data, q)
+
+
 def test_dynamic_batch_training_refusals():
     fe.manual_seed(7)
     bn = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
