@@ -26,10 +26,14 @@ class _Fn(Module):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(unknown)}")
         self.kwargs = {**self.defaults, **dict(zip(names, args)), **kwargs}
+        for k, v in self.kwargs.items():     # torch's attributes: loss.reduction, ...
+            object.__setattr__(self, k, v)
 
     def forward(self, *xs):
-        # ``inplace`` is accepted for PyTorch compatibility; traced code is functional
-        kwargs = {k: v for k, v in self.kwargs.items() if k != "inplace"}
+        # ``inplace`` is accepted for PyTorch compatibility; traced code is functional. The
+        # arguments are read from the attributes, so setting one (``loss.reduction =
+        # "none"``) takes effect, as on a torch module
+        kwargs = {k: getattr(self, k) for k in self.kwargs if k != "inplace"}
         return type(self).fn(*xs, **kwargs)
 
     def extra_repr(self) -> str:
@@ -37,8 +41,8 @@ class _Fn(Module):
         losses (their ``reduction`` and options are not printed)."""
         if self.is_loss:
             return ""
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items()
-                         if k != "inplace" or v)
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self.kwargs
+                         if k != "inplace" or getattr(self, k))
 
 
 def _module(name: str, fn, **defaults):

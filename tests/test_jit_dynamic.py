@@ -268,6 +268,23 @@ def test_dynamic_batch_step_with_every_target_ignored_leaves_the_weights():
             np.testing.assert_array_equal(p.data, q)
 
 
+@pytest.mark.parametrize("loss", [nn.L1Loss(), nn.SmoothL1Loss(beta=0.5), nn.HuberLoss(delta=2.0),
+                                  nn.BCEWithLogitsLoss()])
+def test_dynamic_batch_with_the_module_form_of_functional_losses(loss):
+    """Loss modules made from a function carry torch's attributes (``reduction``, ``beta``,
+    ...): dynamic_batch reads the per-example form from them and pads exactly."""
+    assert loss.reduction == "mean"
+    batches = [(data(6), RNG.random((6, 3)).astype(np.float32)),
+               (data(4), RNG.random((4, 3)).astype(np.float32))]
+    twins = _twin_steps(mlp, loss, lambda: optim.SGD(lr=0.1), 6, "reference",
+                        target_dtype="float32", target_shape=(3,))
+    _assert_same_training(batches, twins)
+    x, y = batches[1]
+    per = nn.L1Loss(reduction="none")
+    per.reduction = "sum"           # an attribute set afterwards takes effect, as in torch
+    np.testing.assert_allclose(per(x[:, :3], y), np.abs(x[:, :3] - y).sum(), rtol=1e-6)
+
+
 def test_dynamic_batch_training_refusals():
     fe.manual_seed(7)
     bn = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
