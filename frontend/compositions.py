@@ -8,12 +8,51 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional_core import (abs, as_tensor, cast, erf, exp, ge, le, log, maximum, neg,
-                              sigmoid, tanh, where)
+from .functional_core import (abs, as_tensor, cast, eq, erf, exp, ge, le, log, lt, maximum,
+                              neg, sigmoid, tanh, where)
 from .tracing import Tensor
 
 __all__ = ["leaky_relu", "relu6", "hardtanh", "elu", "softplus", "silu", "logsigmoid",
-           "gelu", "mish", "hardswish"]
+           "gelu", "mish", "hardswish", "log1p", "expm1"]
+
+
+# ---------------------------------------------------------------- log1p, expm1
+def _near_zero(x: Tensor):
+    """(|x| < 1/2, x there and 1/2 elsewhere): the lanes a near-zero form computes, fed a
+    harmless value where it is not selected (where computes both branches, and a NaN or an
+    inf in the one left aside would still reach the gradient as 0 * inf)."""
+    near = lt(abs(x), 0.5)
+    return near, where(near, x, 0.5)
+
+
+def log1p(input) -> Tensor:
+    """``log(1 + x)`` to the last bits near 0, where ``log(1 + x)`` loses them (x = 1e-9 in
+    float32: 1 + x rounds to 1): Goldberg's form ``log(w) x / (w - 1)`` with ``w = 1 + x``
+    rounded, whose rounding errors cancel, for |x| < 1/2; ``x`` itself where w rounds to
+    1; ``log(1 + x)`` beyond (it loses nothing there)."""
+    x = as_tensor(input)
+    if not x.type.is_float:
+        x = cast(x, "float32")
+    near, xn = _near_zero(x)
+    w = xn + 1
+    d = w - 1
+    exact = eq(d, 0)
+    goldberg = where(exact, xn, log(w) * (xn / where(exact, 1.0, d)))
+    return where(near, goldberg, log(x + 1))
+
+
+def expm1(input) -> Tensor:
+    """``exp(x) - 1`` to the last bits near 0: Kahan's form ``(u - 1) x / log(u)`` with
+    ``u = exp(x)`` rounded, for |x| < 1/2; ``x`` where u rounds to 1; ``exp(x) - 1`` beyond
+    (it loses nothing there)."""
+    x = as_tensor(input)
+    if not x.type.is_float:
+        x = cast(x, "float32")
+    near, xn = _near_zero(x)
+    u = exp(xn)
+    one = eq(u, 1)
+    kahan = where(one, xn, (u - 1) * (xn / where(one, 1.0, log(u))))
+    return where(near, kahan, exp(x) - 1)
 
 
 # ---------------------------------------------------------------- activations
@@ -43,15 +82,15 @@ def elu(input, alpha: float = 1.0) -> Tensor:
     gradient, ``alpha`` at 0 and 1 at a NaN."""
     x = as_tensor(input)
     neg_part = le(x, 0.0)
-    return where(neg_part, (exp(where(neg_part, x, 0.0)) - 1) * alpha, x)
+    return where(neg_part, expm1(where(neg_part, x, 0.0)) * alpha, x)
 
 
 def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
-    """``log(1 + exp(beta x)) / beta`` as ``max(bx, 0) + log(1 + exp(-|bx|))``, then ``x``
+    """``log(1 + exp(beta x)) / beta`` as ``max(bx, 0) + log1p(exp(-|bx|))``, then ``x``
     above ``threshold`` (torch's linear regime)."""
     x = as_tensor(input)
     bx = x * beta
-    smooth = (maximum(bx, 0.0) + log(exp(neg(abs(bx))) + 1)) / beta
+    smooth = (maximum(bx, 0.0) + log1p(exp(neg(abs(bx))))) / beta
     return where(bx > threshold, x, smooth)
 
 
@@ -63,7 +102,7 @@ def silu(input) -> Tensor:
 def logsigmoid(input) -> Tensor:
     """``log(sigmoid(x)) = -softplus(-x)``, stable for large |x|."""
     x = as_tensor(input)
-    return neg(maximum(neg(x), 0.0) + log(exp(neg(abs(x))) + 1))
+    return neg(maximum(neg(x), 0.0) + log1p(exp(neg(abs(x)))))
 
 
 def gelu(input, approximate: str = "none") -> Tensor:

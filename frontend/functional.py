@@ -22,8 +22,8 @@ from .functional_core import (abs, add, amax, amin, argmax, argmin, as_tensor, b
                               sum, tanh, transpose, unsqueeze, var, where)
 
 # activations composed of core ops
-from .compositions import (elu, gelu, hardswish, hardtanh, leaky_relu, logsigmoid, mish, relu6,
-                           silu, softplus)
+from .compositions import (elu, expm1, gelu, hardswish, hardtanh, leaky_relu, log1p,
+                           logsigmoid, mish, relu6, silu, softplus)
 
 # losses
 from .functional_loss import (binary_cross_entropy, binary_cross_entropy_with_logits,

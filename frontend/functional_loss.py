@@ -9,6 +9,7 @@ import numpy as np
 from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, log, log_softmax, maximum,
                               mean, mul, ne, neg, promote, reshape, square, sub, sum, unsqueeze,
                               where)
+from .compositions import log1p
 from .tracing import Tensor
 
 __all__ = ["nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
@@ -156,7 +157,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     the softplus written stably; ``weight`` scales each element."""
     weight, reduction = loss_args(weight, size_average, reduce, reduction)
     x, t = _pair(input, target)
-    softplus_neg = maximum(neg(x), 0.0) + log(exp(neg(abs(x))) + 1)
+    softplus_neg = maximum(neg(x), 0.0) + log1p(exp(neg(abs(x))))
     if pos_weight is not None:
         softplus_neg = mul((as_tensor(pos_weight, x) - 1) * t + 1, softplus_neg)
     return _reduce(_weighted((1 - t) * x + softplus_neg, weight), reduction)

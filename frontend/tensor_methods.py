@@ -13,6 +13,7 @@ from .functional_core import (abs, add, amax, amin, argmax, argmin, broadcast_to
                               transpose, unsqueeze, var, where)
 from .functional_index import gather, getitem, index_add, index_select, scatter_add, \
     take_along_dim
+from .compositions import expm1, log1p
 from .tensor_base import Tensor
 
 
@@ -28,7 +29,7 @@ _METHODS = {
     "__neg__": neg, "__abs__": abs, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
     "__eq__": eq, "__ne__": ne, "__getitem__": getitem, "__and__": logical_and,
     "__or__": logical_or,
-    "exp": exp, "log": log, "sqrt": sqrt, "rsqrt": rsqrt, "tanh": tanh, "sigmoid": sigmoid,
+    "exp": exp, "log": log, "log1p": log1p, "expm1": expm1, "sqrt": sqrt, "rsqrt": rsqrt, "tanh": tanh, "sigmoid": sigmoid,
     "relu": relu, "abs": abs, "sign": sign, "square": square, "neg": neg,
     "sum": sum, "mean": mean, "amax": amax, "amin": amin, "argmax": argmax, "var": var,
     "matmul": matmul, "flatten": flatten, "permute": permute, "transpose": transpose,

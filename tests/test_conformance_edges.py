@@ -269,6 +269,29 @@ def test_max_pool_padding_follows_torchs_rule_with_dilation():
         torch.from_numpy(data(1, 1, 9)), 3, 1, 1, 2).shape == (1, 1, 7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log1p_expm1_and_the_tails_built_on_them_match_torch(backend, dtype):
+    """log1p and expm1 keep their last bits near 0 (1 + 1e-9 rounds to 1 in float32), and
+    so do the tails of softplus, logsigmoid, BCE with logits and elu, which torch computes
+    with them: values to a few ulps, down to 2e-9 where the plain forms give 0."""
+    x = np.array([-30, -20, -10, -1, -0.5, -1e-3, -1e-5, -1e-9, 0, 1e-9, 1e-5, 1e-3, 0.3,
+                  0.49, 0.5, 0.51, 2, 20, 30, np.inf, -np.inf, np.nan], dtype)
+    ones = np.ones_like(x)
+
+    def tails(ns, x, ones):
+        return (ns.log1p(ns.abs(x)), ns.log1p(ns.abs(x) * -0.5), ns.expm1(x), x.expm1(),
+                x.abs().log1p(), ns.softplus(x), ns.softplus(x, 2.0, 30.0), ns.logsigmoid(x),
+                ns.binary_cross_entropy_with_logits(x, ones, reduction="none"), ns.elu(x),
+                ns.mish(x))
+    eps = np.finfo(dtype).eps
+    check(tails, backend, x, ones, rtol=8 * eps, atol=0, grad=False)
+    # gradients where torch's own are exact (its expm1' = expm1(x) + 1 and sigmoid(x) - t
+    # cancel in the tails)
+    y = np.array([-3, -1, -0.5, -1e-3, -1e-7, 0, 1e-7, 1e-3, 0.3, 0.5, 0.7, 3], dtype)
+    check(tails, backend, y, np.ones_like(y), rtol=64 * eps, atol=64 * eps)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_activation_gradients_at_their_kinks_match_torch(backend):
     """Inputs exactly at the kinks take torch's side: relu6 and hardtanh pass no gradient
