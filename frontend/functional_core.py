@@ -356,9 +356,13 @@ def argmax(x, dim: int | None = None, keepdim: bool = False) -> Tensor:
 
 
 def argmin(x, dim: int | None = None, keepdim: bool = False) -> Tensor:
-    """Index of the first minimum (torch's tie rule), as the first maximum of ``-x``."""
+    """Index of the first minimum (torch's tie rule), as the first maximum of ``-x``; of
+    ``-1 - x`` for integers (order-reversing too, and no overflow: -INT_MIN would wrap
+    back to INT_MIN)."""
     x = as_tensor(x)
-    return argmax(neg(x if x.dtype != "bool" else cast(x, "int64")), dim, keepdim)
+    if x.dtype == "bool":
+        x = cast(x, "int64")
+    return argmax(neg(x) if x.type.is_float else sub(-1, x), dim, keepdim)
 
 
 class MinMax(NamedTuple):
@@ -441,6 +445,9 @@ def logsumexp(x, dim, keepdim: bool = False) -> Tensor:
         shape = reduced_shape(x.shape, normalize_axes(axes, x.ndim), keepdim)
         return x.tracer.emit("full", shape=shape, value=float("-inf"), dtype=x.dtype)
     m = amax(x, axes, keepdim=True)   # its gradient cancels: d/dm (log sum e^(x-m) + m) = 0
+    # an infinite maximum shifts by 0 (as torch): a row of -inf gives -inf and one holding
+    # +inf gives +inf, not inf - inf = NaN
+    m = where(eq(abs(m), float("inf")), 0.0, m)
     out = add(log(sum(exp(sub(x, m)), axes, keepdim=True)), m)
     return out if keepdim else reshape(out, reduced_shape(x.shape, normalize_axes(axes, x.ndim),
                                                           False))

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, log, log_softmax, maximum,
-                              mean, mul, ne, neg, promote, reshape, square, sub, sum, unsqueeze,
-                              where)
+from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, ge, log, log_softmax,
+                              maximum, mean, mul, ne, neg, promote, reshape, square, sub, sum,
+                              unsqueeze, where)
 from .compositions import log1p
 from .tracing import Tensor
 
@@ -153,14 +153,21 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
                                      reduce=None, reduction: str = "mean",
                                      pos_weight=None) -> Tensor:
     """BCE of ``sigmoid(x)`` without forming it: ``(1 - t) x + w log(1 + exp(-x))`` with
-    ``w = 1 + (pos_weight - 1) t`` (``pos_weight`` broadcast along the last, class, axis),
-    the softplus written stably; ``weight`` scales each element."""
+    ``w = 1 + (pos_weight - 1) t`` (``pos_weight`` broadcast along the last, class, axis);
+    ``weight`` scales each element. Written per sign of x so that no term's gradient
+    cancels against another's: ``(1 - t) x + w L`` for x >= 0 and ``-pos_weight t x + w L``
+    below (the same function), ``L = log1p(exp(-|x|))`` with |x| taken as x or -x on each
+    side (its slope at 0 is the right-hand one, so the gradient at 0 is torch's
+    ``sigmoid(0) w - ...``). The gradient at x = -20, t = 0 is sigmoid(-20) = 2.06e-9, not
+    1 - (1 - 2.06e-9) = 0 in float32."""
     weight, reduction = loss_args(weight, size_average, reduce, reduction)
     x, t = _pair(input, target)
-    softplus_neg = maximum(neg(x), 0.0) + log1p(exp(neg(abs(x))))
-    if pos_weight is not None:
-        softplus_neg = mul((as_tensor(pos_weight, x) - 1) * t + 1, softplus_neg)
-    return _reduce(_weighted((1 - t) * x + softplus_neg, weight), reduction)
+    right = ge(x, 0.0)
+    soft = log1p(exp(neg(where(right, x, neg(x)))))
+    pw_t = t if pos_weight is None else mul(as_tensor(pos_weight, x), t)
+    w = None if pos_weight is None else (as_tensor(pos_weight, x) - 1) * t + 1
+    terms = where(right, (1 - t) * x, neg(pw_t) * x) + (soft if w is None else mul(w, soft))
+    return _reduce(_weighted(terms, weight), reduction)
 
 
 # ---------------------------------------------------------------- weighted / smoothed NLL
