@@ -468,8 +468,10 @@ def matmul(a, b, out_dtype=None) -> Tensor:
 
 
 def linear(x, weight, bias=None) -> Tensor:
-    """``x @ weight.T + bias`` with PyTorch's (out_features, in_features) weight."""
-    y = matmul(x, transpose(as_tensor(weight), 0, 1))
+    """``x @ weight.T + bias`` with PyTorch's (out_features, in_features) weight, or a 1-D
+    weight (in_features,): ``x @ weight``, the out axis dropped (torch)."""
+    weight = as_tensor(weight)
+    y = matmul(x, weight if weight.ndim == 1 else transpose(weight, 0, 1))
     return y if bias is None else add(y, bias)
 
 

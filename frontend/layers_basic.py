@@ -83,6 +83,11 @@ class Flatten(Module):
 
 
 class Identity(Module):
+    """``x`` unchanged; any constructor arguments are ignored (torch's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
     def forward(self, x):
         return x
 

@@ -240,11 +240,41 @@ class Sequential(Module):
         for i, layer in enumerate(layers):
             setattr(self, str(i), layer)
 
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
+    def _key(self, i: int) -> str:
+        keys = list(self._modules)
+        if not -len(keys) <= i < len(keys):
+            raise IndexError(f"index {i} is out of range for a Sequential of {len(keys)}")
+        return keys[i]
+
+    def __getitem__(self, i):
+        """A layer, or for a slice a Sequential of those layers under their names (torch)."""
+        if isinstance(i, slice):
+            return type(self)(dict(list(self._modules.items())[i]))
+        return self._modules[self._key(i)]
+
+    def __setitem__(self, i: int, layer: Module) -> None:
+        if not isinstance(layer, Module):
+            raise TypeError(f"a Sequential holds modules, got {type(layer).__name__}")
+        self._modules[self._key(i)] = layer          # in place: the order is kept
+
+    def __delitem__(self, i) -> None:
+        """Deletes, then numbers the layers 0, 1, ... again (torch's)."""
+        for k in (list(self._modules)[i] if isinstance(i, slice) else [self._key(i)]):
+            del self._modules[k]
+        layers = list(self._modules.values())
+        self._modules.clear()
+        for k, layer in enumerate(layers):
+            self._modules[str(k)] = layer
 
     def __len__(self) -> int:
         return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+    def append(self, layer: Module) -> "Sequential":
+        setattr(self, str(len(self)), layer)
+        return self
 
     def forward(self, x):
         for layer in self._modules.values():

@@ -152,3 +152,39 @@ def test_reprs_equal_torchs():
     ]
     for ours, theirs in pairs:
         assert repr(ours) == repr(theirs)
+
+
+def test_sequential_indexing_slicing_and_editing_as_torch():
+    """Slices are Sequentials keeping the layers' names, indices are range-checked, and
+    del / [] = / append / iteration edit and walk the layers as torch's do."""
+    fe.manual_seed(0)
+    ours = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.Tanh())
+    theirs = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2),
+                                 torch.nn.Tanh())
+    theirs.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ours.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    for sl in (slice(0, 2), slice(1, None), slice(None, None, 2), slice(-2, None)):
+        part, twin = ours[sl], theirs[sl]
+        assert isinstance(part, nn.Sequential) and list(part._modules) == list(twin._modules)
+    np.testing.assert_allclose(ours[:2](x), theirs[:2](torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-6)
+    assert type(ours[-1]).__name__ == type(theirs[-1]).__name__ == "Tanh"
+    with pytest.raises(IndexError):
+        ours[4]
+    for s in (ours, theirs):
+        del s[1]
+        s[0] = type(s[0])(3, 4)
+        s.append(type(s[-1])())
+    assert list(ours._modules) == list(theirs._modules)
+    assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in theirs]
+    assert nn.Identity(3, foo=2)(x) is x
+
+
+def test_linear_with_a_one_dimensional_weight_as_torch():
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    w = np.arange(3, dtype=np.float32)
+    got = fe.compile(lambda x, w: fe.F.linear(x, w), fe.TensorSpec(x.shape),
+                     fe.TensorSpec(w.shape))(x, w)
+    want = torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w))
+    assert got.shape == tuple(want.shape) == (4,)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
