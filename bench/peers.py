@@ -4,7 +4,7 @@ installed (jax.jit, torch eager with fused Adam, torch.compile/Inductor), steps 
 in blocks so a change in machine load hits every peer alike, after ``--warmup`` untimed
 steps of each (compiles and caches warm; irgraph's default thread count settles).
 
-    python bench/peers.py [--rounds 10] [--block 5] [--warmup 20] [--threads 2] [--busy]
+    python bench/peers.py [--rounds N] [--block 5] [--warmup 20] [--threads 2] [--busy]
                           [--only mlp rnn] [--interference CALLS]
 
 Workloads (float32): an MLP 784-512-256-10 training step (batch 128), LeNet with batch norm
@@ -37,6 +37,12 @@ from machine import describe  # noqa: E402  (bench/ is on sys.path when run)
 import numpy as np  # noqa: E402
 
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-8
+# Rounds of --block steps per peer. Beside a busy process a two-thread step is fast or, when
+# a thread lost its core, slow by a scheduler slice (MLP: 1.5 or 4.6-9 ms, a third of the
+# calls slow), so its median over 50 steps moves by some 10% from run to run: two runs of
+# the same code gave the default thread count 1.16 and 1.25 times the fixed two threads'
+# median over 50 steps each, 1.01 and 1.08 over 200.
+ROUNDS, BUSY_ROUNDS = 10, 40
 LOSS_TOL = 1e-5          # |loss difference| allowed between peers (relative to max(1, |loss|))
 
 
@@ -332,7 +338,9 @@ def interference(calls: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help=f"rounds of --block steps per peer (default {ROUNDS}, with --busy "
+                         f"{BUSY_ROUNDS})")
     ap.add_argument("--block", type=int, default=5, help="steps per peer per round")
     ap.add_argument("--warmup", type=int, default=20,
                     help="untimed steps per peer before the rounds")
@@ -343,6 +351,8 @@ def main() -> None:
     ap.add_argument("--interference", type=int, default=300, metavar="CALLS",
                     help="calls per phase of the numpy-interference check (0: none)")
     args = ap.parse_args()
+    if args.rounds is None:
+        args.rounds = BUSY_ROUNDS if args.busy else ROUNDS
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=true "
                           f"intra_op_parallelism_threads={args.threads}")
     versions = []
