@@ -37,7 +37,8 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index: int = 
         return _unbatched(nll_loss, input, target, weight, ignore_index=ignore_index,
                           reduction=reduction)
     if weight is not None:
-        return _weighted_nll(as_tensor(input), as_tensor(target), as_tensor(weight),
+        input = as_tensor(input)         # (a numpy weight takes the input's float dtype)
+        return _weighted_nll(input, as_tensor(target), as_tensor(weight, input),
                              reduction, ignore_index)
     return emit_op("nll_loss", as_tensor(input), as_tensor(target), reduction=reduction,
                  ignore_index=ignore_index)
@@ -211,7 +212,7 @@ def _smoothing_term(logp: Tensor, target: Tensor, weight, reduction: str,
     """The uniform part of label smoothing, as torch: ``-sum_c w_c logp_c`` per target (0 for
     ignored ones), the mean normalized like the weighted NLL."""
     counts = cast(ne(target, ignore_index), logp.dtype)
-    wc = None if weight is None else _class_weights(as_tensor(weight), logp)
+    wc = None if weight is None else _class_weights(as_tensor(weight, logp), logp)
     per = neg(sum(logp if wc is None else logp * wc, 1)) * counts
     if reduction != "mean":
         return _reduce(per, reduction)
@@ -231,5 +232,5 @@ def _soft_cross_entropy(logp: Tensor, target: Tensor, weight, reduction: str,
         target = target * (1 - label_smoothing) + label_smoothing / logp.shape[1]
     terms = logp * target
     if weight is not None:
-        terms = terms * _class_weights(as_tensor(weight), logp)
+        terms = terms * _class_weights(as_tensor(weight, logp), logp)
     return _reduce(neg(sum(terms, 1)), reduction)
