@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .functional_core import (add, as_tensor, cast, matmul, mean, mul, promote, reshape, rsqrt,
-                              softmax, sub, transpose, where)
+from .functional_core import (add, amax, as_tensor, cast, eq, le, logical_or, matmul, mean, mul,
+                              promote, reshape, rsqrt, softmax, sub, transpose, where)
 from .functional_pool import is_buffer
 from .functional_random import dropout
 from .tracing import Tensor
@@ -185,16 +185,23 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
                          f"(..., L, E), (..., S, E), (..., S, Ev)")
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
-    keep, additive = None, None
+    keep, additive, blind = None, None, None
     if is_causal:
         keep = causal_mask(q, l, s)
     elif attn_mask is not None:
         m = as_tensor(attn_mask, q)
         if m.dtype == "bool":
-            keep = m
+            blind = le(amax(cast(m, q.dtype), -1, keepdim=True), 0.0)
+            keep = logical_or(m, blind)
         else:
             additive = cast(m, q.dtype)
-    return attend(q, k, v, scale, keep, additive, dropout_p, generator)[0]
+            blind = eq(amax(additive, -1, keepdim=True), float("-inf"))
+            additive = where(blind, 0.0, additive)
+    out = attend(q, k, v, scale, keep, additive, dropout_p, generator)[0]
+    # a query row whose mask hides every key gives 0, as torch's (its safe softmax), and
+    # passes no gradient: it is attended over every key (finite weights, not 0/0 = NaN)
+    # and its output zeroed, leaving the attention itself one region for the backends
+    return out if blind is None else where(blind, 0.0, out)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, keep=None,

@@ -359,6 +359,24 @@ def test_activation_gradients_at_their_kinks_match_torch(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_rows_whose_mask_hides_every_key_match_torch(backend):
+    """scaled_dot_product_attention: a query row that may see no key (a bool mask's row of
+    False, a float mask's row of -inf) gives 0 and passes no gradient, as torch's safe
+    softmax; the other rows as before."""
+    q, k, v = data(2, 4, 5, dtype=np.float64), data(2, 3, 5, seed=1, dtype=np.float64), \
+        data(2, 3, 2, seed=2, dtype=np.float64)
+    keep = np.array([[True, False, True], [False, False, False], [True, True, True],
+                     [False, False, False]])
+    add_ = np.where(keep, 0.5, -np.inf)
+
+    def f(ns, q, k, v):
+        return (ns.scaled_dot_product_attention(q, k, v, attn_mask=const(ns, keep)),
+                ns.scaled_dot_product_attention(q, k, v, attn_mask=const(ns, add_)),
+                ns.scaled_dot_product_attention(q, k, v, attn_mask=const(ns, keep[:, :1])))
+    check(f, backend, q, k, v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_numpy_class_weights_take_the_logits_float64(backend):
     """A float64 numpy array of class weights beside float64 logits stays float64 (the
     constant rule makes a lone float64 array float32; here the input gives the dtype):
