@@ -7,13 +7,15 @@ import math
 
 import numpy as np
 
+from irgraph.ops.core import wrap_dim
+
 from . import functional as F
 from .functional_loss import loss_args
 from .module import Module, Parameter
 from .random import rng
 
-__all__ = ["Linear", "ReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Flatten", "Identity",
-           "CrossEntropyLoss", "NLLLoss", "MSELoss"]
+__all__ = ["Linear", "ReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Flatten", "Unflatten",
+           "Identity", "CrossEntropyLoss", "NLLLoss", "MSELoss"]
 
 
 class Linear(Module):
@@ -80,6 +82,23 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Unflatten(Module):
+    """torch's ``nn.Unflatten(dim, unflattened_size)``: axis ``dim`` becomes the sizes given
+    (one of them may be -1), the inverse of ``Flatten``."""
+
+    def __init__(self, dim: int, unflattened_size):
+        super().__init__()
+        self.dim, self.unflattened_size = dim, tuple(int(d) for d in unflattened_size)
+
+    def forward(self, x):
+        x = F.as_tensor(x)
+        d = wrap_dim(self.dim, x.ndim)
+        return F.reshape(x, x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
+
+    def extra_repr(self):
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
 
 
 class Identity(Module):

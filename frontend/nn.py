@@ -11,7 +11,7 @@ from .module import Module, ModuleDict, ModuleList, Parameter, ParameterList, Se
 
 # Linear, basic activations, softmax and the core losses
 from .layers_basic import (CrossEntropyLoss, Flatten, Identity, Linear, LogSoftmax, MSELoss,
-                           NLLLoss, ReLU, Sigmoid, Softmax, Tanh)
+                           NLLLoss, ReLU, Sigmoid, Softmax, Tanh, Unflatten)
 
 # convolution, pooling, batch-norm, dropout and embedding layers of chapter 9 and section 8.7.1
 from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, AdaptiveMaxPool1d,

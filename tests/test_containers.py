@@ -188,3 +188,13 @@ def test_linear_with_a_one_dimensional_weight_as_torch():
     want = torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w))
     assert got.shape == tuple(want.shape) == (4,)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+
+
+def test_unflatten_inverts_flatten_as_torch():
+    x = np.random.default_rng(2).standard_normal((2, 12, 5)).astype(np.float32)
+    for dim, sizes in ((1, (3, 4)), (-2, (2, -1)), (2, (5,)), (0, (1, 2))):
+        got = fe.compile(nn.Unflatten(dim, sizes), fe.TensorSpec(x.shape))(x)
+        want = torch.nn.Unflatten(dim, sizes)(torch.from_numpy(x))
+        assert got.shape == tuple(want.shape)
+        np.testing.assert_array_equal(got, want.numpy())
+    assert repr(nn.Unflatten(1, (3, 4))) == repr(torch.nn.Unflatten(1, (3, 4)))
