@@ -264,13 +264,20 @@ def clamp(x, min=None, max=None) -> Tensor:
     """``torch.clamp``: ``min`` then ``max`` (a number or a tensor); at least one is given."""
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
-    # where(), not maximum/minimum: at a bound the gradient passes to x, as torch's clamp
-    if min is not None:
+    # where(), not maximum/minimum: at a bound the gradient passes to x, as torch's clamp.
+    # A NaN bound gives NaN (and no gradient), as torch's: a compare with it is never true
+    for bound, beyond in ((min, lt), (max, gt)):
+        if bound is None:
+            continue
         x = as_tensor(x)
-        x = where(lt(x, min), min, x)
-    if max is not None:
-        x = as_tensor(x)
-        x = where(gt(x, max), max, x)
+        if isinstance(bound, (float, np.floating)) and np.isnan(bound):
+            x = add(mul(x, 0.0), bound)
+        elif isinstance(bound, (int, float, np.number)):
+            x = where(beyond(x, bound), bound, x)
+        else:
+            b = as_tensor(bound, x)
+            x = where(logical_or(beyond(x, b), ne(b, b)) if b.type.is_float else beyond(x, b),
+                      b, x)
     return x
 
 

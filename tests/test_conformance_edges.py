@@ -354,6 +354,11 @@ def test_activation_gradients_at_their_kinks_match_torch(backend):
                 ns.elu(nan, 2.0), ns.elu(nan), ns.hardswish(x), ns.leaky_relu(nan, 0.2),
                 ns.clamp(x, -1.0, 1.0), ns.relu(x))
     check(f, backend, x, nan, rtol=1e-12, atol=0)
+    # a NaN bound gives NaN and no gradient (a number, or an element of a tensor bound)
+    b = np.where(np.arange(x.size) % 3 == 0, np.nan, 0.5)
+    check(lambda ns, x: (ns.clamp(x, min=float("nan")), ns.clamp(x, max=float("nan")),
+                         ns.clamp(x, min=const(ns, b)), ns.clamp(x, max=const(ns, b))),
+          backend, x, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="min_val .* cannot be greater than max_val"):
         F.hardtanh(fe.tensor(x), 1.0, -1.0)
 
