@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, ge, log, log_softmax,
+from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, ge, gt, log, log_softmax,
                               maximum, mean, mul, ne, neg, promote, reshape, square, sub, sum,
                               unsqueeze, where)
 from .compositions import log1p
@@ -142,11 +142,13 @@ def _weighted(per: Tensor, weight) -> Tensor:
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None,
                          reduction: str = "mean") -> Tensor:
     """``-w (t log p + (1 - t) log(1 - p))`` of probabilities; each log clamped at -100, as
-    torch, so p = 0 or 1 gives a finite loss."""
+    torch, so p = 0 or 1 gives a finite loss, and a finite gradient: the derivative of the
+    clamped loss (a log of 0 is taken of 1 and not selected, so no 0 * inf = NaN comes
+    back; torch's own clamps its denominator p (1 - p) at 1e-12 instead)."""
     weight, reduction = loss_args(weight, size_average, reduce, reduction)
     p, t = _pair(input, target)
-    log_p = maximum(log(p), -100.0)
-    log_q = maximum(log(1 - p), -100.0)
+    log_p, log_q = (where(gt(v, 0.0), maximum(log(where(gt(v, 0.0), v, 1.0)), -100.0), -100.0)
+                    for v in (p, 1 - p))
     return _reduce(_weighted(neg(mul(t, log_p) + mul(1 - t, log_q)), weight), reduction)
 
 

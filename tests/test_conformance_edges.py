@@ -382,6 +382,23 @@ def test_attention_rows_whose_mask_hides_every_key_match_torch(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_bce_of_saturated_probabilities_has_a_finite_gradient(backend):
+    """binary_cross_entropy at p = 0 or 1 (a float32 sigmoid past 17 is 1): torch's loss,
+    with each log clamped at -100, and a finite gradient, the clamped loss's own derivative
+    worked out by hand: -(1 - t) log(1 - p) has slope (1 - t) / (1 - p) = 1 at p = 0, t = 0;
+    -t max(log p, -100) is flat below e^-100, so p = 0, t = 1 gives 0; mirrored at p = 1
+    (torch clamps its denominator p (1 - p) at 1e-12 instead: 0 and -1e12 there)."""
+    p = np.array([0.0, 0.0, 1.0, 1.0, 0.25])
+    t = np.array([0.0, 1.0, 0.0, 1.0, 1.0])
+    spec = _spec(p)
+    val, gp = fe.value_and_grad(lambda p, t: F.binary_cross_entropy(p, t, reduction="sum"),
+                                spec, spec, wrt=0, backend=backend)(p, t)
+    want = TF.binary_cross_entropy(torch.from_numpy(p), torch.from_numpy(t), reduction="sum")
+    assert float(val) == pytest.approx(want.item(), rel=1e-12)
+    np.testing.assert_allclose(gp, [1.0, 0.0, 0.0, -1.0, -4.0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_numpy_class_weights_take_the_logits_float64(backend):
     """A float64 numpy array of class weights beside float64 logits stays float64 (the
     constant rule makes a lone float64 array float32; here the input gives the dtype):
