@@ -306,6 +306,20 @@ def test_logsumexp_argmin_and_bce_with_logits_at_their_extremes_match_torch(back
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_pow_at_its_special_values_and_large_results_matches_torch(backend, dtype):
+    """pow(1, nan) = pow(nan, 0) = 1, a -0.0 base keeps its sign through odd negative
+    exponents, negative bases with integral exponents, and large results to a few ulps
+    (Triton builds pow from exp and log: in float32 that alone was 3e-6 off)."""
+    x = np.array([-0.0, 0.0, -0.0, -2.0, 1.0, np.nan, np.inf, -np.inf, 29.9, 97.1, 11.3,
+                  -3.5, 0.7, 2.0, -8.0], dtype)
+    y = np.array([-1.0, -3.0, -2.0, 3.0, np.nan, 0.0, -2.0, 3.0, 13.0, 9.0, 9.0, 2.0, 0.5,
+                  -0.5, 1 / 3], dtype)
+    check(lambda ns, x, y: ns.pow(x, y), backend, x, y,
+          rtol=(4 if dtype == np.float32 else 64) * np.finfo(dtype).eps, atol=0, grad=False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_tanh_to_a_few_ulps_in_either_dtype(backend, dtype):
     """tanh, whose Triton form is built from exp (no libdevice off the GPU): within 4 ulps
     of torch's across [-3, 3], at 0.2 (where a truncated series left float64 1e-9 off), in
