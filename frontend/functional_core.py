@@ -25,7 +25,10 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     if hasattr(x, "data") and isinstance(x.data, np.ndarray) and hasattr(x, "requires_grad"):
         return Tensor(tr.param_value(x), tr)
     if isinstance(x, (bool, int, float, np.number, np.bool_)):
-        return tr.emit("full", shape=(), value=float(x), dtype=_scalar_dtype(x, like))
+        dtype = _scalar_dtype(x, like)
+        if dtype == "int32" and isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+            x = (int(x) + 2**31) % 2**32 - 2**31   # wrapped into int32, as torch's scalar
+        return tr.emit("full", shape=(), value=float(x), dtype=dtype)
     arr = np.asarray(x)
     if arr.dtype == np.float64 and (like is None or like.dtype == "float32"):
         arr = arr.astype(np.float32)

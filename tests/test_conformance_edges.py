@@ -413,6 +413,13 @@ def test_bce_of_saturated_probabilities_has_a_finite_gradient(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_python_ints_past_int32_wrap_into_an_int32_tensor_as_torch(backend):
+    i = np.array([4, 0, -7], np.int32)
+    check(lambda ns, i: (i + 3_000_000_000, i * (2**32 + 3), i - 2**31), backend, i,
+          grad=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_numpy_class_weights_take_the_logits_float64(backend):
     """A float64 numpy array of class weights beside float64 logits stays float64 (the
     constant rule makes a lone float64 array float32; here the input gives the dtype):
