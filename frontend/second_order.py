@@ -121,30 +121,51 @@ def compile_host_step(graph: Graph, params: dict[str, Parameter], trainable: lis
 # ---------------------------------------------------------------- line search
 def line_search(problem: Problem, theta: np.ndarray, d: np.ndarray, batch, loss0: float,
                 slope0: float, eps1: float = 1.0, tol: float = 1e-10,
-                max_iter: int = 20) -> tuple[float, float, np.ndarray]:
+                max_iter: int = 40) -> tuple[float, float, np.ndarray]:
     """argmin over eps of J(theta + eps d) (alg. 8.9); returns (eps, J, gradient there).
 
-    Secant steps on phi'(eps) = grad J(theta + eps d) . d (exact on a quadratic, where
-    phi' is linear); backtracking from the best point if phi is not convex along d.
-    """
+    Secant steps on phi'(eps) = grad J(theta + eps d) . d, exact on a quadratic (phi' is
+    linear: the first secant lands on the minimum), inside a bracket once one is found: a
+    point where phi' >= 0, or where phi rose above the lowest point on the descending side,
+    or was not finite, bounds the minimum. A secant step that leaves the bracket's inner
+    80% is a bisection instead, so the bracket keeps shrinking (a lone secant step on a
+    convex but not quadratic phi could stop short of the minimum, or overshoot it). Ends
+    when |phi'| <= tol |phi'(0)|; if it never gets there, the lowest point found if it
+    decreases the loss enough (Armijo), else backtracking from eps1."""
     if not slope0 < 0:
         raise LineSearchError(f"not a descent direction (directional derivative {slope0})")
-    e_prev, s_prev = 0.0, slope0
+    lo = (0.0, loss0, slope0)       # the descending side: phi' < 0 there, phi lowest so far
+    hi = None                       # the far side of the minimum, once found
+    prev = lo                       # the last point evaluated (for the secant before a bracket)
     e = eps1
     best = (0.0, loss0, None)
     for _ in range(max_iter):
         f, g = problem.loss_grad(theta + e * d, batch)
-        s = float(g @ d)
-        if np.isfinite(f) and f <= best[1]:
+        s = float(g @ d) if np.all(np.isfinite(g)) else float("nan")
+        ok = bool(np.isfinite(f) and np.isfinite(s))
+        if ok and f <= best[1]:
             best = (e, f, g)
-        if np.isfinite(f) and abs(s) <= tol * abs(slope0):
+        if ok and abs(s) <= tol * abs(slope0):
             return e, f, g
-        denom = s - s_prev
-        if not np.isfinite(f) or not np.isfinite(s) or denom <= 0:
-            break          # phi not convex between the two points: backtrack instead
-        e_prev, s_prev, e = e, s, e - s * (e - e_prev) / denom
-        if e <= 0:
-            break
+        if ok and s < 0 and f <= lo[1]:
+            lo = (e, f, s)
+        else:
+            hi = (e, f, s) if ok else (e, np.inf, np.nan)
+        point = (e, f, s)
+        if hi is None:              # still descending: the secant through the last two
+            e0, _, s0 = prev
+            e = e + s * (e - e0) / (s0 - s) if s > s0 else 2 * e
+            e = min(e, 1e3 * point[0]) if np.isfinite(e) else 2 * point[0]
+        else:
+            width = hi[0] - lo[0]
+            e = lo[0] + width / 2
+            if np.isfinite(hi[2]) and hi[2] > lo[2]:
+                sec = lo[0] - lo[2] * width / (hi[2] - lo[2])
+                if lo[0] + 0.1 * width <= sec <= hi[0] - 0.1 * width:
+                    e = sec
+            if width <= 1e-14 * hi[0]:
+                break
+        prev = point if ok else prev
     if best[2] is not None and best[1] <= loss0 + 1e-4 * best[0] * slope0:
         return best
     return _backtrack(problem, theta, d, batch, loss0, slope0, eps1)

@@ -275,3 +275,38 @@ def test_float32_converges_and_then_stays_put(make):
     losses = [step(x, y) for _ in range(50)]
     assert losses[-1] < 1e-6
     assert all(b <= a for a, b in zip(losses, losses[1:]))
+
+
+def test_line_search_lands_on_the_minimum_of_a_convex_non_quadratic():
+    """Alg. 8.9's line search is an argmin over eps: on J = log cosh(theta - 3) +
+    0.05 (theta - 3)^2 (strictly convex, not quadratic) one CG step from 0 lands on 3.
+    A lone secant step overshoots (to 9.9, then 4.6 where J' = +1.09) and must be bracketed
+    back."""
+    theta = nn.Parameter(np.array([0.0]))
+
+    def loss(c):
+        z = (theta - c).sum()
+        return F.log((F.exp(z) + F.exp(-z)) * 0.5) + 0.05 * z * z
+    step = compile_train(loss, None, ConjugateGradient(), fe.TensorSpec((), "float64"),
+                         pipeline=[])
+    step(np.float64(3.0))
+    t = float(theta.data[0])
+    assert t == pytest.approx(3.0, abs=1e-8)
+    assert abs(np.tanh(t - 3) + 0.1 * (t - 3)) < 1e-8
+
+
+@pytest.mark.parametrize("make", [BFGS, LBFGS, ConjugateGradient])
+def test_rosenbrock_from_the_standard_start(make):
+    """Section 8.6's methods on Rosenbrock's (1 - x)^2 + 100 (y - x^2)^2 from (-1.2, 1) reach
+    its minimum (1, 1): a line search that stopped on a step's first overshoot left BFGS and
+    L-BFGS stalled at (-1.03, 1.06)."""
+    th = nn.Parameter(np.array([-1.2, 1.0]))
+
+    def loss(c):
+        x, y = th[0], th[1]
+        return (c - x) * (c - x) + 100.0 * (y - x * x) * (y - x * x)
+    step = compile_train(loss, None, make(), fe.TensorSpec((), "float64"), pipeline=[])
+    for _ in range(300):
+        last = step(np.float64(1.0))
+    np.testing.assert_allclose(th.data, [1.0, 1.0], atol=1e-6)
+    assert last < 1e-10
