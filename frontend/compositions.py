@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional_core import (abs, as_tensor, cast, eq, erf, exp, ge, le, log, lt, maximum,
-                              neg, sigmoid, tanh, where)
+from .functional_core import (abs, as_tensor, cast, eq, erf, exp, ge, in_float32, le, log, lt,
+                              maximum, neg, sigmoid, tanh, where)
 from .tracing import Tensor
 
 __all__ = ["leaky_relu", "relu6", "hardtanh", "elu", "softplus", "silu", "logsigmoid",
@@ -77,6 +77,7 @@ def relu6(input) -> Tensor:
     return hardtanh(input, 0.0, 6.0)
 
 
+@in_float32
 def elu(input, alpha: float = 1.0) -> Tensor:
     """``alpha (exp(x) - 1)`` for x <= 0, else ``x`` (exp only sees x <= 0): torch's
     gradient, ``alpha`` at 0 and 1 at a NaN."""
@@ -85,6 +86,7 @@ def elu(input, alpha: float = 1.0) -> Tensor:
     return where(neg_part, expm1(where(neg_part, x, 0.0)) * alpha, x)
 
 
+@in_float32
 def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """``log(1 + exp(beta x)) / beta`` as ``max(bx, 0) + log1p(exp(-|bx|))``, then ``x``
     above ``threshold`` (torch's linear regime)."""
@@ -94,17 +96,20 @@ def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     return where(bx > threshold, x, smooth)
 
 
+@in_float32
 def silu(input) -> Tensor:
     x = as_tensor(input)
     return x * sigmoid(x)
 
 
+@in_float32
 def logsigmoid(input) -> Tensor:
     """``log(sigmoid(x)) = -softplus(-x)``, stable for large |x|."""
     x = as_tensor(input)
     return neg(maximum(neg(x), 0.0) + log1p(exp(neg(abs(x)))))
 
 
+@in_float32
 def gelu(input, approximate: str = "none") -> Tensor:
     """``x Phi(x)``: exactly ``x (1 + erf(x / sqrt 2)) / 2``, or with ``approximate="tanh"``
     ``x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2`` (torch's two forms)."""
@@ -119,12 +124,14 @@ def gelu(input, approximate: str = "none") -> Tensor:
     raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
+@in_float32
 def mish(input) -> Tensor:
     """``x tanh(softplus(x))``."""
     x = as_tensor(input)
     return x * tanh(softplus(x))
 
 
+@in_float32
 def hardswish(input) -> Tensor:
     """``x relu6(x + 3) / 6``: 0 below -3, ``x`` above 3; the gradient 0 at -3 and 1 at 3,
     as torch's (``relu6``'s, 0 at its bounds)."""

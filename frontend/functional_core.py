@@ -4,6 +4,7 @@ IR nodes to the current trace. The other ``functional_*`` modules and ``composit
 these; functional.py is the namespace that gathers them all."""
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -33,6 +34,21 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     if arr.dtype == np.float64 and (like is None or like.dtype == "float32"):
         arr = arr.astype(np.float32)
     return tr.emit("constant", value=arr)
+
+
+def in_float32(fn):
+    """Decorator of a composition of several ops: on a float16/bfloat16 input it computes in
+    float32 and rounds its result once, as torch's (its "opmath"), instead of rounding after
+    each op (a float16 layer norm of values near 300 squares them past 65504: all zeros;
+    a bfloat16 mean near 100 is rounded to 0.5 before it is subtracted). Other inputs run
+    as they are."""
+    @functools.wraps(fn)
+    def run(input, *args, **kwargs):
+        x = as_tensor(input)
+        if x.dtype not in LOW_DTYPES:
+            return fn(x, *args, **kwargs)
+        return cast(fn(cast(x, "float32"), *args, **kwargs), x.dtype)
+    return run
 
 
 _KINDS = {"bool": 0, "int32": 1, "int64": 1, "float32": 2, "float64": 2, "float16": 2,
@@ -426,6 +442,7 @@ def _correction(dim, unbiased, correction, name: str):
     return dim, c
 
 
+@in_float32
 def var(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
         correction: float | None = None) -> Tensor:
     """``torch.var``: the squared deviations summed, divided by ``max(0, n - correction)``
@@ -440,6 +457,7 @@ def var(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
     return div(sum(square(sub(x, m)), axes, keepdim), float(dof))
 
 
+@in_float32
 def std(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
         correction: float | None = None) -> Tensor:
     return sqrt(var(x, dim, unbiased, keepdim, correction=correction))

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .functional_core import (add, amax, as_tensor, cast, eq, le, logical_or, matmul, mean, mul,
-                              promote, reshape, rsqrt, softmax, sub, transpose, where)
+from .functional_core import (add, amax, as_tensor, cast, eq, in_float32, le, logical_or, matmul,
+                              mean, mul, promote, reshape, rsqrt, softmax, sub, transpose, where)
 from .functional_pool import is_buffer
 from .functional_random import dropout
 from .tracing import Tensor
@@ -64,6 +64,7 @@ def _affine(name: str, y: Tensor, weight, bias, shape: tuple[int, ...]) -> Tenso
     return y
 
 
+@in_float32
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """``torch.nn.functional.layer_norm``: normalize over the trailing ``normalized_shape``
     dims (biased variance), then ``* weight + bias`` (each of that shape)."""
@@ -77,10 +78,14 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None) -> 
     """``torch.nn.functional.rms_norm``: ``x / sqrt(mean(x^2) + eps) * weight`` over the
     trailing dims; ``eps=None`` is the input dtype's machine epsilon (torch)."""
     x = _float(input)
-    shape = _shape_tuple(normalized_shape)
-    axes = _check_trailing("rms_norm", x, shape)
     if eps is None:
         eps = float(np.finfo(x.dtype).eps)
+    return _rms_norm(x, _shape_tuple(normalized_shape), weight, eps)
+
+
+@in_float32
+def _rms_norm(x: Tensor, shape: tuple[int, ...], weight, eps: float) -> Tensor:
+    axes = _check_trailing("rms_norm", x, shape)
     y = mul(x, rsqrt(add(mean(mul(x, x), axes, keepdim=True), float(eps))))
     return _affine("rms_norm", y, weight, None, shape)
 
@@ -99,6 +104,7 @@ def _channels(name: str, y: Tensor, weight, bias, c: int) -> Tensor:
     return y
 
 
+@in_float32
 def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     """``torch.nn.functional.group_norm``: x (N, C, *) in ``num_groups`` groups of C / G
     channels, each group of each sample normalized over its channels and positions."""

@@ -419,6 +419,39 @@ def test_python_ints_past_int32_wrap_into_an_int32_tensor_as_torch(backend):
           grad=False)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_low_precision_compositions_compute_in_float32_as_torch(backend, dtype):
+    """Norms, var/std and composed activations of float16/bfloat16 tensors compute in
+    float32 and round once, as torch's: squares of values near 300 pass float16's 65504
+    (layer norm gave all zeros), and a bfloat16 mean near 100 (spacing 0.5) must not be
+    rounded before it is subtracted."""
+    import ml_dtypes
+    np_dt = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    torch_dt = getattr(torch, dtype)
+    r = np.random.default_rng(0)
+    x = (r.standard_normal((4, 16)) * (200 if dtype == "float16" else 3)
+         + (0 if dtype == "float16" else 100)).astype(np_dt)
+    w, b = r.standard_normal(16).astype(np_dt), r.standard_normal(16).astype(np_dt)
+
+    def f(x, w, b, ns):
+        return (ns.layer_norm(x, (16,), w, b), ns.rms_norm(x, (16,), w),
+                ns.group_norm(x.reshape(4, 4, 4), 2), ns.std(x, 1), ns.var(x / 64, 1),
+                ns.hardswish(x), ns.gelu(x / 64), ns.mish(x / 64), ns.softplus(x / 64),
+                ns.elu(x / -64), ns.silu(x))
+    got = fe.compile(lambda x, w, b: f(x, w, b, F), *(fe.TensorSpec(a.shape, dtype)
+                                                     for a in (x, w, b)), backend=backend)(
+        x, w, b)
+    want = f(*(torch.from_numpy(a.astype(np.float32)).to(torch_dt) for a in (x, w, b)),
+             TORCH)
+    tol = 2 * float(np.finfo(np_dt).eps)
+    for i, (g, t) in enumerate(zip(got, want)):
+        assert g.dtype == np_dt, (i, g.dtype)
+        t = t.float().numpy()
+        np.testing.assert_allclose(np.asarray(g, np.float32), t, rtol=tol,
+                                   atol=tol * np.abs(t).max(), err_msg=f"output {i}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_numpy_class_weights_take_the_logits_float64(backend):
     """A float64 numpy array of class weights beside float64 logits stays float64 (the
