@@ -23,7 +23,8 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     tr = like.tracer if like is not None else current_tracer()
-    if hasattr(x, "data") and isinstance(x.data, np.ndarray) and hasattr(x, "requires_grad"):
+    if (not isinstance(x, np.ndarray) and isinstance(getattr(x, "data", None), np.ndarray)
+            and hasattr(x, "requires_grad")):       # (a bfloat16 array's .data raises)
         return Tensor(tr.param_value(x), tr)
     if isinstance(x, (bool, int, float, np.number, np.bool_)):
         dtype = _scalar_dtype(x, like)

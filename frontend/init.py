@@ -26,8 +26,11 @@ from .random import rng
 
 
 def _array(t) -> np.ndarray:
-    a = t.data if hasattr(t, "data") and isinstance(t.data, np.ndarray) else t
-    if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.floating):
+    # (a numpy array's own .data is a buffer; a bfloat16 one raises reading it)
+    a = t if isinstance(t, np.ndarray) else (
+        t.data if isinstance(getattr(t, "data", None), np.ndarray) else t)
+    if not isinstance(a, np.ndarray) or not (np.issubdtype(a.dtype, np.floating)
+                                             or a.dtype.name == "bfloat16"):
         raise TypeError(f"initializers fill a float Parameter or numpy array, got "
                         f"{type(t).__name__}" + (f" of {a.dtype}" if hasattr(a, "dtype") else ""))
     return a
@@ -53,7 +56,8 @@ def calculate_fan_in_and_fan_out(t) -> tuple[int, int]:
 
 
 _GAINS = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "conv1d": 1.0, "conv2d": 1.0,
-          "conv3d": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0), "selu": 3.0 / 4}
+          "conv3d": 1.0, "conv_transpose1d": 1.0, "conv_transpose2d": 1.0,
+          "conv_transpose3d": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0), "selu": 3.0 / 4}
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:

@@ -133,3 +133,23 @@ def test_initialize_a_whole_model():
     b = init.initialize_(nn.Linear(5, 5), generator=gen(1)).weight.data
     np.testing.assert_array_equal(a, b)
     assert np.abs(a).max() <= np.sqrt(6 / 10)                               # eq. 8.23
+
+
+def test_gains_of_every_torch_nonlinearity_and_bfloat16_arrays():
+    """calculate_gain names torch's every nonlinearity (the transposed convolutions too),
+    and initializers fill bfloat16 arrays as float ones; a bfloat16 numpy array is taken
+    as a tensor (its buffer attribute ``.data`` raises for that dtype)."""
+    import ml_dtypes
+    import torch
+    for name in ("linear", "sigmoid", "tanh", "relu", "selu", "conv1d", "conv2d",
+                 "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+        assert fe.init.calculate_gain(name) == pytest.approx(torch.nn.init.calculate_gain(name))
+    a = np.zeros((64, 32), ml_dtypes.bfloat16)
+    fe.init.xavier_uniform_(a)
+    bound = np.sqrt(6 / (64 + 32))
+    assert a.dtype == ml_dtypes.bfloat16 and 0 < np.abs(a.astype(np.float32)).max() <= bound
+    y = fe.F.relu(a - 0.5)
+    assert np.asarray(y.numpy()).dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(np.asarray(y.numpy(), np.float32),
+                                  np.maximum(a.astype(np.float32) - 0.5, 0).astype(
+                                      ml_dtypes.bfloat16).astype(np.float32))
