@@ -209,3 +209,33 @@ def test_scatter_add_and_index_add_functions_match_torch(backend):
     f = fe.compile(lambda a, i: a.index_add(0, i, a[:3], alpha=2), TensorSpec(x.shape),
                    TensorSpec((3,), "int64"), backend=backend)
     np.testing.assert_allclose(f(x, rows), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS32)
+def test_an_add_into_a_base_leaves_the_base_itself_alone(backend):
+    """index_add / scatter_add write a copy of their base: a table looked up twice gets each
+    lookup's gradient once (both scatter into zeros the pipeline keeps as one value), and a
+    base read again after the add still holds its own values."""
+    w = np.arange(12, dtype=np.float64).reshape(4, 3) / 10
+    i1, i2 = np.array([0, 1]), np.array([2, 3])
+    specs = (TensorSpec((2,), "int64"), TensorSpec((2,), "int64"), TensorSpec((4, 3), "float64"))
+    got = fe.grad(lambda a, b, w: F.sum(F.embedding(a, w) ** 2) + F.sum(F.embedding(b, w) * 3.0),
+                  *specs, wrt=2, backend=backend)(i1, i2, w)
+    tw = torch.tensor(w, requires_grad=True)
+    ((torch.nn.functional.embedding(torch.tensor(i1), tw) ** 2).sum()
+     + (torch.nn.functional.embedding(torch.tensor(i2), tw) * 3.0).sum()).backward()
+    np.testing.assert_allclose(got, tw.grad.numpy(), rtol=1e-12)
+    for op, idx in (("index_add", np.array([0, 2])), ("scatter_add", np.array([[0, 2], [2, 1]]))):
+        g = Graph(op)
+        i = g.add_input("i", TensorType(idx.shape, "int64"))
+        src = g.add_input("src", TensorType((2, 2), "float64"))
+        x = g.add_input("x", TensorType((3, 2), "float64"))
+        g.set_outputs([g.op("add", g.op(op, x, i, src, axis=0), x)])
+        args = [idx, np.ones((2, 2)), np.arange(6.0).reshape(3, 2)]
+        want = backends.compile(g, "reference")(*args)[0]
+        np.testing.assert_array_equal(backends.compile(g, backend)(*args)[0], want)
+        base = torch.arange(6.0, dtype=torch.float64).reshape(3, 2)
+        t = (base.index_add(0, torch.tensor(idx), torch.ones(2, 2, dtype=torch.float64))
+             if op == "index_add" else
+             base.scatter_add(0, torch.tensor(idx), torch.ones(2, 2, dtype=torch.float64)))
+        np.testing.assert_array_equal(want, (t + base).numpy())

@@ -151,7 +151,14 @@ def _take_along_axis(node: Node, ctx: LowerContext) -> Step:
 
 
 def _copier(t, ctx: LowerContext):
-    return ew.copy_view(View.of(t.shape), t.dtype, ctx.device)
+    """A fresh copy of the base an index_add / scatter_add adds into: never the operand's
+    own buffer (``copy_view`` returns a contiguous operand itself), which other readers of
+    that value still see (an embedding table's gradient, looked up twice, came out doubled:
+    both adds went into one zero buffer)."""
+    view = View.of(t.shape)
+    if view.is_contiguous:
+        return lambda x: x.reshape(t.shape).clone()
+    return ew.copy_view(view, t.dtype, ctx.device)
 
 
 @lowering("index_add")
