@@ -37,7 +37,10 @@ def log1p(input) -> Tensor:
     w = xn + 1
     d = w - 1
     exact = eq(d, 0)
-    goldberg = where(exact, xn, log(w) * (xn / where(exact, 1.0, d)))
+    # where 1 + x rounds to 1, x - x^2/2 + x^3/3 - x^4/4 (equal to x in value): its own
+    # derivatives to the fourth, where x alone would have none past the first
+    tiny = xn * (1 - xn * (0.5 - xn * (1 / 3 - xn * 0.25)))
+    goldberg = where(exact, tiny, log(w) * (xn / where(exact, 1.0, d)))
     return where(near, goldberg, log(x + 1))
 
 
@@ -51,7 +54,9 @@ def expm1(input) -> Tensor:
     near, xn = _near_zero(x)
     u = exp(xn)
     one = eq(u, 1)
-    kahan = where(one, xn, (u - 1) * (xn / where(one, 1.0, log(u))))
+    # where exp(x) rounds to 1, x + x^2/2 + x^3/6 + x^4/24 (equal to x in value), as in log1p
+    tiny = xn * (1 + xn * (0.5 + xn * (1 / 6 + xn * (1 / 24))))
+    kahan = where(one, tiny, (u - 1) * (xn / where(one, 1.0, log(u))))
     return where(near, kahan, exp(x) - 1)
 
 
@@ -86,14 +91,21 @@ def elu(input, alpha: float = 1.0) -> Tensor:
     return where(neg_part, expm1(where(neg_part, x, 0.0)) * alpha, x)
 
 
+def _softplus(z: Tensor) -> Tensor:
+    """``log(1 + exp(z))`` as ``max(z, 0) + log1p(exp(-|z|))``, both kinks at 0 taken from
+    the right (``where``, not maximum/abs, whose tie rules zero the curvature there): the
+    derivatives at 0 are sigmoid's, 1/2 and then 1/4."""
+    right = ge(z, 0.0)
+    return where(right, z, 0.0) + log1p(exp(neg(where(right, z, neg(z)))))
+
+
 @in_float32
 def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
-    """``log(1 + exp(beta x)) / beta`` as ``max(bx, 0) + log1p(exp(-|bx|))``, then ``x``
-    above ``threshold`` (torch's linear regime)."""
+    """``log(1 + exp(beta x)) / beta`` (``_softplus``), then ``x`` above ``threshold``
+    (torch's linear regime)."""
     x = as_tensor(input)
     bx = x * beta
-    smooth = (maximum(bx, 0.0) + log1p(exp(neg(abs(bx))))) / beta
-    return where(bx > threshold, x, smooth)
+    return where(bx > threshold, x, _softplus(bx) / beta)
 
 
 @in_float32
@@ -105,8 +117,7 @@ def silu(input) -> Tensor:
 @in_float32
 def logsigmoid(input) -> Tensor:
     """``log(sigmoid(x)) = -softplus(-x)``, stable for large |x|."""
-    x = as_tensor(input)
-    return neg(maximum(neg(x), 0.0) + log1p(exp(neg(abs(x)))))
+    return neg(_softplus(neg(as_tensor(input))))
 
 
 @in_float32

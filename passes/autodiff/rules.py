@@ -169,9 +169,13 @@ def _div(e, node, xs, ys, gs):
 def _pow(e, node, xs, ys, gs):
     (g,), (a, b), (y,) = gs, xs, ys
     zero = _zero(e, g)
-    # d/da = b a^(b-1), 0 where b == 0 (PyTorch's pow_backward_self)
-    da = e("mul", g, e("mul", b, e("pow", a, e("sub", b, e.scalar(1.0, b)))))
-    da = e("where", e("eq", b, _zero(e, b)), zero, da)
+    # d/da = b a^(b-1), 0 where b == 0 (PyTorch's pow_backward_self); the power left aside
+    # there is taken as a^0, not a^-1: differentiated again, an infinite a^-1 at a = 0 would
+    # meet its zero cotangent as 0 * inf = NaN (x**2's third derivative at 0 was NaN)
+    b0 = e("eq", b, _zero(e, b))
+    b_safe = e("where", b0, e.scalar(1.0, b), b)
+    da = e("mul", g, e("mul", b, e("pow", a, e("sub", b_safe, e.scalar(1.0, b)))))
+    da = e("where", b0, zero, da)
     # d/db = y log a, 0 where a == 0 and b >= 0 (PyTorch's pow_backward_exponent); log reads
     # 1 there, so that differentiating this graph again does not meet 0 * (1 / 0)
     a0 = e("logical_and", e("eq", a, _zero(e, a)), e("ge", b, _zero(e, b)))
