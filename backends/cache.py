@@ -498,6 +498,12 @@ _USAGE: dict[str, int] = {}
 fork_safe_locks(sys.modules[__name__], "_USAGE_LOCK")
 
 
+# a store that finds the root over its limit evicts down to this share of it, not just
+# under it: a full cache would otherwise scan every entry on every store (122,000 kernel
+# entries took the ONNX node tests' compiles from seconds to many minutes)
+LOW_WATER = 0.9
+
+
 def _account(written: int, limit: int) -> None:
     key = str(root())
     with _USAGE_LOCK:
@@ -505,4 +511,4 @@ def _account(written: int, limit: int) -> None:
         if est is not None and est + written <= limit:
             _USAGE[key] = est + written
             return
-    _evict(limit)
+    _evict(int(limit * LOW_WATER))

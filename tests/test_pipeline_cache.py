@@ -135,3 +135,25 @@ def test_graphs_without_a_recurrence_and_unhashed_passes_are_not_stored(root, bu
     step(pipeline=["simplify", lambda g: g])    # a function the source hash does not cover
     step(cache=False)
     assert entries(root) == [] and not any(c.cached for c in built)
+
+
+def test_a_full_cache_is_scanned_once_per_tenth_of_its_limit(tmp_path, monkeypatch):
+    """A store that finds the root over its size limit evicts down to 90% of it, so the next
+    stores add to the estimate instead of scanning every entry again (a full cache of
+    122,000 kernel entries made each compile scan them all)."""
+    limit = 100 * 1024
+    monkeypatch.setenv("IRGRAPH_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("IRGRAPH_CACHE_MAX_MB", str(limit / 2**20))
+    monkeypatch.setattr(disk_cache, "_USAGE", {})
+    scans = []
+    real = disk_cache._entries
+    monkeypatch.setattr(disk_cache, "_entries", lambda top: scans.append(top) or real(top))
+    c = disk_cache.DiskCache("t", ".bin")
+    payload = bytes(range(256)) * 8
+    for k in range(200):
+        assert c.store(f"k{k}", payload)
+    sizes = [f.stat().st_size for f in (tmp_path / "c" / "t").iterdir()]
+    assert sum(sizes) <= limit
+    # entries of ~2 KiB, 10 KiB freed a scan: one scan in about five stores once full
+    assert len(scans) <= 200 // 4, len(scans)
+    assert c.load("k199") == payload and c.load("k0") is None
