@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .functional_core import (abs, as_tensor, cast, eq, erf, exp, ge, in_float32, le, log, lt,
-                              maximum, neg, sigmoid, tanh, where)
+                              neg, sigmoid, tanh, where)
 from .tracing import Tensor
 
 __all__ = ["leaky_relu", "relu6", "hardtanh", "elu", "softplus", "silu", "logsigmoid",
