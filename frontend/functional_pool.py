@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from irgraph.types import LOW_DTYPES
+
 from . import functional_core as F
 from .functional_conv import batched_input, int_tuple, unbatch
 from .functional_core import emit_op as _emit
@@ -242,6 +244,15 @@ def _batch_norm_op(input, running_mean, running_var, weight, bias, training, mom
     if x.ndim < 2:
         raise ValueError(f"batch_norm expects (N, C, ...) input, got shape {x.shape}")
     c = x.shape[1]
+
+    given = [v for v in (weight, bias, running_mean, running_var) if v is not None]
+    if x.dtype in LOW_DTYPES and given and all(F.as_tensor(v).dtype == "float32"
+                                               for v in given):
+        # torch's mixed form (autocast's): a 16-bit input with float32 parameters and
+        # statistics normalizes in float32, keeps the statistics in float32 and rounds y once
+        y, mean, var = _batch_norm_op(F.cast(x, "float32"), running_mean, running_var, weight,
+                                      bias, training, momentum, eps)
+        return F.cast(y, x.dtype), mean, var
 
     def given_or(v, fill: float) -> Tensor:
         return F.as_tensor(_np_full(c, fill, x) if v is None else v, x)

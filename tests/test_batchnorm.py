@@ -140,3 +140,43 @@ def test_batch_norm_errors_are_clear():
         fe.trace(nn.BatchNorm1d(3), fe.TensorSpec((2, 4)))
     with pytest.raises(Exception, match="more than one value per channel"):
         fe.trace(nn.BatchNorm1d(3), fe.TensorSpec((1, 3)))
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_input_with_float32_parameters_as_torch(dtype, backend):
+    """torch's mixed batch norm (what autocast gives a BatchNorm layer): a 16-bit input
+    beside float32 weight, bias and running statistics normalizes in float32 (eq. 8.35-8.37),
+    keeps the statistics in float32 and rounds y once to the input's dtype; the gradient of
+    the input comes back in its dtype, those of the parameters in float32."""
+    import ml_dtypes
+    tdt = getattr(torch, dtype)
+    ours_m, theirs = nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.tensor([0.5, 1.5, -2.0]))
+        theirs.bias.copy_(torch.tensor([0.25, -1.0, 3.0]))
+    ours_m.weight.data[:] = theirs.weight.detach().numpy()
+    ours_m.bias.data[:] = theirs.bias.detach().numpy()
+    x32 = (rand(4, 3, 5, 5, seed=1) * 3 + 40).astype(np.float32)   # a mean far from 0
+    xt = torch.tensor(x32).to(tdt).requires_grad_()
+    x = xt.detach().float().numpy().astype(getattr(ml_dtypes, dtype) if dtype == "bfloat16"
+                                           else np.float16)
+    gy = rand(4, 3, 5, 5, seed=2).astype(np.float32)
+    want = theirs(xt)
+    assert want.dtype == tdt
+    want.backward(torch.tensor(gy).to(tdt))
+
+    y = fe.compile(ours_m, fe.TensorSpec(x.shape, dtype), backend=backend)(x)
+    assert str(y.dtype) == dtype
+    np.testing.assert_allclose(y.astype(np.float32), want.detach().float().numpy(), atol=0.02)
+    np.testing.assert_allclose(ours_m.running_mean.data, theirs.running_mean.numpy(),
+                               rtol=1e-6)
+    assert ours_m.running_mean.data.dtype == np.float32
+
+    def loss(x):
+        return (ours_m(x).float() * gy).sum()
+    grads = fe.grad(loss, fe.TensorSpec(x.shape, dtype), model=ours_m, backend=backend)(x)
+    for name in ("weight", "bias"):
+        assert grads[name].dtype == np.float32
+        np.testing.assert_allclose(grads[name], getattr(theirs, name).grad.numpy(), rtol=0.02,
+                                   atol=0.05)
