@@ -142,6 +142,33 @@ def test_instance_norm_running_statistics_as_torch(affine):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
+@pytest.mark.parametrize("cls", ["InstanceNorm2d", "GroupNorm", "LayerNorm"])
+def test_norms_of_a_bfloat16_input_with_float32_parameters_as_torch(cls, backend):
+    """A bfloat16 input beside a norm layer's float32 affine parameters (and running
+    statistics): y stays bfloat16, computed in float32 and rounded once, as torch's; the
+    running statistics stay float32."""
+    import ml_dtypes
+    args = {"InstanceNorm2d": ((4,), dict(affine=True, track_running_stats=True)),
+            "GroupNorm": ((2, 4), {}), "LayerNorm": (([5, 5],), {})}[cls]
+    ours, twin = getattr(nn, cls)(*args[0], **args[1]), getattr(torch.nn, cls)(*args[0], **args[1])
+    with torch.no_grad():
+        for name, p in twin.named_parameters():
+            p.copy_(torch.linspace(-1.5, 2.0, p.numel()).reshape(p.shape))
+            getattr(ours, name).data[...] = p.numpy()
+    x = (np.random.default_rng(1).standard_normal((2, 4, 5, 5)) * 3 + 40).astype(
+        ml_dtypes.bfloat16)
+    got = fe.compile(ours, fe.TensorSpec(x.shape, "bfloat16"), backend=backend)(x)
+    want = twin(torch.from_numpy(x.astype(np.float32)).bfloat16())
+    assert str(got.dtype) == "bfloat16"
+    np.testing.assert_allclose(got.astype(np.float32), want.detach().float().numpy(),
+                               atol=0.02)
+    for name, buf in twin.named_buffers():
+        if buf.is_floating_point():
+            assert getattr(ours, name).data.dtype == np.float32
+            np.testing.assert_allclose(getattr(ours, name).data, buf.numpy(), rtol=1e-5)
+
+
 def test_bad_arguments_name_what_is_wrong():
     with pytest.raises(ValueError, match=r"num_groups \(4\) must divide num_channels \(6\)"):
         nn.GroupNorm(4, 6)
