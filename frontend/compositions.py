@@ -74,6 +74,8 @@ def hardtanh(input, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
         raise ValueError(f"hardtanh: min_val ({min_val}) cannot be greater than max_val "
                          f"({max_val})")
     x = as_tensor(input)
+    if not x.type.is_float:         # torch takes the bounds in the integer dtype: -1.0 -> -1
+        min_val, max_val = int(min_val), int(max_val)
     x = where(le(x, min_val), min_val, x)
     return where(ge(x, max_val), max_val, x)
 

@@ -551,3 +551,17 @@ def test_non_contiguous_numpy_inputs(backend):
         got = exe(view)
         np.testing.assert_allclose(got[0], torch.softmax(ref * 2, 0).numpy(), rtol=1e-6)
         np.testing.assert_allclose(got[1], ref.sum(-1).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_hardtanh_and_relu6_of_integers_keep_the_dtype_as_torch(dtype, backend):
+    """On an integer tensor torch takes hardtanh's bounds in its dtype (-1.5 -> -1, 2.7 ->
+    2): the result stays integer."""
+    x = np.array([-3, -1, 0, 2, 3, 7], dtype)
+    t = torch.from_numpy(x)
+    got = fe.compile(lambda a: (F.hardtanh(a), F.hardtanh(a, -1.5, 2.7), F.relu6(a)),
+                     fe.TensorSpec(x.shape, dtype), backend=backend)(x)
+    for g, w in zip(got, (TF.hardtanh(t), TF.hardtanh(t, -1.5, 2.7), TF.relu6(t))):
+        assert g.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(g, w.numpy())
