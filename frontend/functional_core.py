@@ -119,7 +119,19 @@ def _binary(op):
     return f
 
 
-mul, pow, maximum, minimum = (_binary(n) for n in ("mul", "pow", "maximum", "minimum"))
+mul, maximum, minimum = (_binary(n) for n in ("mul", "maximum", "minimum"))
+
+
+def pow(a, b) -> Tensor:
+    """``a ** b``. An integer tensor to a negative Python integer is an error, as torch's; a
+    negative element of an integer exponent tensor gives torch's integer result (0, or +-1
+    for a base of +-1)."""
+    a, b_ = promote(a, b)
+    if (isinstance(b, (int, np.integer)) and not isinstance(b, bool) and b < 0
+            and not a.type.is_float and a.dtype != "bool"):
+        raise ValueError(f"pow: integers to negative integer powers are not allowed "
+                         f"({a.dtype} tensor ** {b})")
+    return emit_op("pow", a, b_)
 
 
 def _scaled(op: str, a, b, alpha) -> Tensor:

@@ -60,8 +60,8 @@ TRAITS = {
     "constant": "no inputs: its value is fixed by its attributes (constant folding evaluates it)",
     "effect": "has an effect beyond its outputs (never folded, merged or removed)",
     "random": "a draw from the counter-based generator (a pure function of key and counter)",
-    "fallible": "may find bad data at run time (an out-of-range index, a negative integer "
-                "exponent, a non-finite value) and raise",
+    "fallible": "may find bad data at run time (an out-of-range index, a non-finite "
+                "value) and raise",
     "autocast_low": "under mixed precision (passes/autocast.py) runs on 16-bit operands: the "
                     "matrix products and convolutions",
     "autocast_float32": "under mixed precision runs in float32, its 16-bit operands cast up "

@@ -565,3 +565,20 @@ def test_hardtanh_and_relu6_of_integers_keep_the_dtype_as_torch(dtype, backend):
     for g, w in zip(got, (TF.hardtanh(t), TF.hardtanh(t, -1.5, 2.7), TF.relu6(t))):
         assert g.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(g, w.numpy())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_integer_pow_with_negative_exponents_as_torch(dtype, backend):
+    """An integer tensor exponent's negative elements give torch's integer results: 1 for a
+    base of 1, +-1 for -1 by the exponent's parity, 0 otherwise (0 too); the others wrap as
+    they do in torch. A negative Python integer exponent is an error, as torch's."""
+    base = np.array([2, -1, 1, 2, 0, -1, 5, -3, 7, 3], dtype)
+    exp = np.array([3, -3, -2, -1, -4, -6, 0, 5, 30, 40], dtype)
+    want = torch.pow(torch.from_numpy(base), torch.from_numpy(exp)).numpy()
+    spec = fe.TensorSpec(base.shape, dtype)
+    got = fe.compile(lambda a, c: (a ** c, 2 ** c), spec, spec, backend=backend)(base, exp)
+    np.testing.assert_array_equal(got[0], want)
+    np.testing.assert_array_equal(got[1], torch.pow(2, torch.from_numpy(exp)).numpy())
+    with pytest.raises(ValueError, match="negative integer powers"):
+        fe.compile(lambda a: a ** -2, spec, backend=backend)

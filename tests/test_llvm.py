@@ -135,13 +135,6 @@ def test_integer_division_and_power_like_numpy(dtype):
         np.testing.assert_array_equal(p, np.power(x, np.abs(y)))
 
 
-def test_negative_integer_power_is_an_error_like_numpy():
-    exe = backends.compile(one("pow", TensorType((2,), "int64"), TensorType((2,), "int64")),
-                           "llvm")
-    with pytest.raises(ValueError, match="negative integer powers"):
-        exe(np.array([2, 3]), np.array([1, -1]))
-
-
 def test_bad_class_index_is_an_error_naming_the_node():
     exe = backends.compile(one("nll_loss", TensorType((2, 3)), TensorType((2,), "int64")),
                            "llvm")

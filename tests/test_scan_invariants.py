@@ -18,7 +18,8 @@ F64 = "float64"
 
 def _cell(b: int, h: int, d: int) -> Graph:
     """h' = tanh(h @ (2 W)^T + x @ U) with W^T and 2 made inside the body (invariant), plus
-    a per-step value (h * h) and a fallible node on invariants (pow) that must stay."""
+    a per-step value (h * h) and a fallible node on invariants (take, whose index may be out
+    of range) that must stay."""
     c = Graph("cell")
     hc = c.add_input("h", TensorType((b, h), F64))
     x = c.add_input("x", TensorType((b, d), F64))
@@ -26,7 +27,8 @@ def _cell(b: int, h: int, d: int) -> Graph:
     u = c.add_param("U", TensorType((d, h), F64))
     two = c.op("full", shape=(), value=2.0, dtype=F64)
     wt = c.op("transpose", c.op("mul", w, two), perm=(1, 0))
-    u2 = c.op("pow", u, two)                      # fallible: stays in the body
+    idx = c.op("full", shape=(d,), value=d - 1, dtype="int64")
+    u2 = c.op("take", u, idx, axis=0)             # fallible: stays in the body
     pre = c.op("add", c.op("matmul", hc, wt), c.op("matmul", x, c.op("sub", u, u2)))
     new = c.op("tanh", pre)
     c.set_outputs([new, c.op("mul", new, new)])
@@ -55,7 +57,7 @@ def test_invariant_nodes_leave_the_body_and_values_stay():
     r = verify(scan_invariants(g))
     ops = _body_ops(r)
     assert "transpose" not in ops and ops.count("mul") == 1       # only the per-step h * h
-    assert "pow" in ops and "full" in ops                          # fallible node, its constant
+    assert "take" in ops and "full" in ops                         # fallible node, its constant
     outer = [n.op for n in r.nodes]
     assert outer.index("transpose") < outer.index("scan")
     a = _args()

@@ -35,7 +35,6 @@ from .builder import i64
 # error codes set in the control block; the executable turns them into exceptions
 ERROR_MESSAGES = {
     1: "a class index (target) is outside [0, C)",
-    2: "integers to negative integer powers are not allowed",
     3: "an index is out of range",
     4: "a value is NaN or infinite",
 }

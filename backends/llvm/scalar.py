@@ -85,11 +85,17 @@ def floor_div(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value) -> ir.Value:
 
 
 def int_pow(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value) -> ir.Value:
-    """x ** y on integers by squaring (wraps like numpy); a negative exponent is an error."""
+    """x ** y on integers by squaring (wraps like numpy); a negative exponent gives torch's
+    result: 1 for a base of 1, +-1 for -1 (by the exponent's parity), else 0."""
     b = ctx.b
     ty = REGISTER[dtype]
-    with b.if_then(b.icmp_signed("<", y, const(dtype, 0)), likely=False):
-        ctx.fail(2)
+    one, zero = const(dtype, 1), const(dtype, 0)
+    odd_exp = b.trunc(y, I1)
+    negative = b.select(b.icmp_signed("==", x, one), one,
+                        b.select(b.icmp_signed("==", x, const(dtype, -1)),
+                                 b.select(odd_exp, const(dtype, -1), one), zero))
+    is_neg = b.icmp_signed("<", y, zero)
+    y = b.select(is_neg, zero, y)
     acc = ctx.alloca(ty)
     base = ctx.alloca(ty)
     exp = ctx.alloca(ty)
@@ -112,7 +118,7 @@ def int_pow(ctx: Ctx, dtype: str, x: ir.Value, y: ir.Value) -> ir.Value:
     b.store(b.ashr(e, const(dtype, 1)), exp)
     b.branch(cond)
     b.position_at_end(end)
-    return b.load(acc)
+    return b.select(is_neg, negative, b.load(acc))
 
 
 def convert(ctx: Ctx, src: str, dst: str, x: ir.Value) -> ir.Value:

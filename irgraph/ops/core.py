@@ -183,6 +183,14 @@ def _div(x, y):
 
 
 def _pow(x, y):
+    """``x ** y``; on integers (wrapping as numpy) a negative exponent gives torch's integer
+    result: 1 for a base of 1, +-1 for -1 (by the exponent's parity), else 0."""
+    if np.issubdtype(np.result_type(x, y), np.integer):
+        x, y = np.asarray(x), np.asarray(y)
+        with np.errstate(over="ignore"):
+            p = np.power(x, np.maximum(y, 0).astype(y.dtype))
+        neg = np.where(x == 1, 1, np.where(x == -1, np.where(y % 2 == 0, 1, -1), 0))
+        return np.where(y < 0, neg, p).astype(p.dtype)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.power(x, y)
 
@@ -205,8 +213,7 @@ _binary("add", np.add, traits=_COMM)
 _binary("sub", np.subtract)
 _binary("mul", np.multiply, traits=_COMM)
 _binary("div", _div)
-# an integer power rejects a negative exponent
-_binary("pow", _pow, traits={"fallible", "autocast_float32"})
+_binary("pow", _pow, traits={"autocast_float32"})
 _binary("fmod", _fmod, _float_rule, traits={"float_only"})
 _binary("maximum", np.maximum, _binary_rule, traits=_COMM)
 _binary("minimum", np.minimum, _binary_rule, traits=_COMM)

@@ -313,18 +313,6 @@ def test_data_errors_are_one_class_with_one_text_on_every_backend(backend):
         assert got == error_of(lambda: ref(*args)) and got[0] in (TypeError, ValueError)
 
 
-@pytest.mark.parametrize("backend", ["reference", "llvm"])
-def test_integer_to_a_negative_power_is_a_data_error(backend):
-    g = Graph("ipow")
-    x = g.add_input("x", TensorType((3,), "int64"))
-    y = g.add_input("y", TensorType((3,), "int64"))
-    g.set_outputs([g.op("pow", x, y)])
-    exe = compile_(g, backend)
-    with pytest.raises(RuntimeDataError, match=r"pow.*negative integer powers"):
-        exe(np.array([2, 3, 4]), np.array([1, -1, 2]))
-    np.testing.assert_array_equal(exe(np.array([2, 3, 4]), np.array([1, 0, 2]))[0], [2, 1, 16])
-
-
 # ------------------------------------------------------------------ fork, threads, interrupts
 
 

@@ -118,9 +118,10 @@ def _pow(x, y):
 
 @triton.jit
 def _ipow(a, b):
-    """Integer power by repeated squaring (numpy's, for exponents >= 0; numpy rejects a
-    negative one, which gives 1 here): a loop that runs while any exponent bit is left (as
-    many steps as the block's largest exponent has bits), not 63 unrolled steps."""
+    """Integer power by repeated squaring (wrapping as numpy), a negative exponent giving
+    torch's result (1 for a base of 1, +-1 for -1 by the exponent's parity, else 0): a loop
+    that runs while any exponent bit is left (as many steps as the block's largest exponent
+    has bits), not 63 unrolled steps."""
     res = tl.full(a.shape, 1, a.dtype)
     base = a
     e = tl.maximum(b, 0)
@@ -128,7 +129,10 @@ def _ipow(a, b):
         res = tl.where((e & 1) != 0, res * base, res)
         base = base * base
         e = e >> 1
-    return res
+    one = tl.full(a.shape, 1, a.dtype)
+    minus_one = tl.where((b & 1) != 0, -one, one)
+    negative = tl.where(a == 1, one, tl.where(a == -1, minus_one, one * 0))
+    return tl.where(b < 0, negative, res)
 
 
 @triton.jit
