@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functional_core import (abs, as_tensor, cast, eq, erf, exp, ge, in_float32, le, log, lt,
-                              neg, sigmoid, tanh, where)
+from .functional_core import (abs, as_tensor, cast, eq, erf, exp, ge, gt, in_float32, le, log,
+                              lt, mul, neg, reshape, sigmoid, slice_axes, softmax, tanh, where)
+from .functional_random import rand_like
 from .tracing import Tensor
 
 __all__ = ["leaky_relu", "relu6", "hardtanh", "elu", "softplus", "silu", "logsigmoid",
-           "gelu", "mish", "hardswish", "log1p", "expm1"]
+           "gelu", "mish", "hardswish", "log1p", "expm1", "hardsigmoid", "selu", "celu",
+           "softsign", "softmin", "glu", "hardshrink", "softshrink", "tanhshrink", "threshold",
+           "prelu", "rrelu"]
 
 
 # ---------------------------------------------------------------- log1p, expm1
@@ -150,3 +153,130 @@ def hardswish(input) -> Tensor:
     as torch's (``relu6``'s, 0 at its bounds)."""
     x = as_tensor(input)
     return x * relu6(x + 3) * (1 / 6)
+
+
+def hardsigmoid(input) -> Tensor:
+    """``relu6(x + 3) / 6``: 0 at and below -3, 1 at and above 3, with torch's gradient
+    (1/6 strictly between, 0 at the bounds)."""
+    x = as_tensor(input)
+    return where(le(x, -3.0), 0.0, where(ge(x, 3.0), 1.0, x * (1 / 6) + 0.5))
+
+
+# SELU's constants (Klambauer et al., 2017), as torch's
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+@in_float32
+def selu(input) -> Tensor:
+    """``scale * elu(x, alpha)`` with the self-normalizing constants."""
+    return elu(input, SELU_ALPHA) * SELU_SCALE
+
+
+@in_float32
+def celu(input, alpha: float = 1.0) -> Tensor:
+    """``max(0, x) + min(0, alpha (exp(x / alpha) - 1))``; the gradient 1 at 0, as torch."""
+    if alpha == 0:
+        raise ValueError("celu: alpha must not be 0 (it divides x)")
+    x = as_tensor(input)
+    neg_part = le(x, 0.0)
+    return where(neg_part, expm1(where(neg_part, x, 0.0) * (1 / alpha)) * alpha, x)
+
+
+def softsign(input) -> Tensor:
+    """``x / (1 + |x|)``."""
+    x = as_tensor(input)
+    return x / (abs(x) + 1)
+
+
+def _legacy_dim(ndim: int) -> int:
+    """torch's implicit softmax/softmin dimension (deprecated): 0 for 0-, 1- and 3-D
+    inputs, else 1."""
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmin(input, dim: int | None = None, _stacklevel: int = 3,
+            dtype: str | None = None) -> Tensor:
+    """``softmax(-x, dim)``."""
+    x = as_tensor(input)
+    if dtype is not None:
+        x = cast(x, dtype)
+    return softmax(neg(x), _legacy_dim(x.ndim) if dim is None else dim)
+
+
+def glu(input, dim: int = -1) -> Tensor:
+    """The gated linear unit: ``a * sigmoid(b)`` of the two halves ``a``, ``b`` of ``dim``."""
+    x = as_tensor(input)
+    if x.ndim == 0:
+        raise ValueError("glu does not take a 0-d tensor")
+    ax = dim % x.ndim if -x.ndim <= dim < x.ndim else None
+    if ax is None:
+        raise IndexError(f"glu: dim {dim} is out of range for a {x.ndim}-d tensor")
+    n = x.shape[ax]
+    if n % 2:
+        raise ValueError(f"glu: halving dimension {dim} must be even, got size {n}")
+
+    def half(lo: int):
+        starts = [0] * x.ndim
+        stops = list(x.shape)
+        starts[ax], stops[ax] = lo, lo + n // 2
+        return slice_axes(x, starts, stops, [1] * x.ndim)
+    return half(0) * sigmoid(half(n // 2))
+
+
+def hardshrink(input, lambd: float = 0.5) -> Tensor:
+    """``x`` where ``|x| > lambd``, else 0."""
+    x = as_tensor(input)
+    return where(gt(abs(x), lambd), x, 0.0)
+
+
+def softshrink(input, lambd: float = 0.5) -> Tensor:
+    """``x - lambd`` above ``lambd``, ``x + lambd`` below ``-lambd``, else 0."""
+    if lambd < 0:
+        raise ValueError(f"softshrink: lambd must be at least 0, got {lambd}")
+    x = as_tensor(input)
+    return where(gt(x, lambd), x - lambd, where(lt(x, -lambd), x + lambd, 0.0))
+
+
+def tanhshrink(input) -> Tensor:
+    """``x - tanh(x)``."""
+    x = as_tensor(input)
+    return x - tanh(x)
+
+
+def threshold(input, threshold: float, value: float, inplace: bool = False) -> Tensor:
+    """``x`` where ``x > threshold``, else ``value``."""
+    x = as_tensor(input)
+    return where(gt(x, threshold), x, value)
+
+
+def prelu(input, weight) -> Tensor:
+    """``x`` where ``x > 0``, else ``weight * x``; ``weight`` has one element or one per
+    channel (axis 1)."""
+    x = as_tensor(input)
+    w = as_tensor(weight, x)
+    if w.ndim != 1 and w.numel() != 1:
+        raise ValueError(f"prelu: weight must be 1-D (one slope, or one per channel), got "
+                         f"shape {list(w.shape)}")
+    if w.numel() != 1:
+        channels = x.shape[1] if x.ndim >= 2 else (x.shape[0] if x.ndim == 1 else 1)
+        if w.numel() != channels:
+            raise ValueError(f"prelu: {w.numel()} slopes for {channels} channels of input "
+                             f"shape {list(x.shape)}")
+        if x.ndim >= 2:
+            w = reshape(w, (1, channels) + (1,) * (x.ndim - 2))
+    else:
+        w = reshape(w, ())
+    return where(gt(x, 0.0), x, mul(w, x))
+
+
+def rrelu(input, lower: float = 1 / 8, upper: float = 1 / 3, training: bool = False,
+          inplace: bool = False, *, generator=None) -> Tensor:
+    """Randomized leaky ReLU: in training each negative element takes its own slope drawn
+    uniformly from [lower, upper) (``F.rand_like``); otherwise the mean slope
+    ``(lower + upper) / 2``."""
+    x = as_tensor(input)
+    if not training:
+        return leaky_relu(x, (lower + upper) / 2)
+    slope = rand_like(x, generator=generator) * (upper - lower) + lower
+    return where(gt(x, 0.0), x, x * slope)

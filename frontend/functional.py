@@ -4,8 +4,8 @@ once: eager.py).
 
 This module only gathers the functions of the modules that define them; it defines nothing. The
 modules form layers: functional_core (one function per core op) <- compositions,
-functional_loss, functional_conv <- functional_pool, functional_random, functional_index <-
-functional_norm; tensor_methods attaches the ``Tensor`` operators and methods (imported here, so
+functional_loss, functional_distance, functional_conv <- functional_pool, functional_random,
+functional_index <- functional_norm, functional_shape; tensor_methods attaches the ``Tensor`` operators and methods (imported here, so
 any use of ``F`` has them).
 """
 # ruff: noqa: F401  (a namespace: every import is a re-export)
@@ -22,13 +22,21 @@ from .functional_core import (abs, add, amax, amin, argmax, argmin, as_tensor, b
                               sum, tanh, transpose, unsqueeze, var, where)
 
 # activations composed of core ops
-from .compositions import (elu, expm1, gelu, hardswish, hardtanh, leaky_relu, log1p,
-                           logsigmoid, mish, relu6, silu, softplus)
+from .compositions import (celu, elu, expm1, gelu, glu, hardshrink, hardsigmoid, hardswish,
+                           hardtanh, leaky_relu, log1p, logsigmoid, mish, prelu, relu6, rrelu,
+                           selu, silu, softmin, softplus, softshrink, softsign, tanhshrink,
+                           threshold)
 
 # losses
 from .functional_loss import (binary_cross_entropy, binary_cross_entropy_with_logits,
-                              cross_entropy, huber_loss, l1_loss, mse_loss, nll_loss,
-                              smooth_l1_loss)
+                              cosine_embedding_loss, cross_entropy, gaussian_nll_loss,
+                              hinge_embedding_loss, huber_loss, kl_div, l1_loss,
+                              margin_ranking_loss, mse_loss, multi_margin_loss,
+                              multilabel_soft_margin_loss, nll_loss, poisson_nll_loss,
+                              smooth_l1_loss, soft_margin_loss, triplet_margin_loss)
+
+# norms and distances
+from .functional_distance import cosine_similarity, normalize, pairwise_distance, vector_norm
 
 # convolution (chapter 9)
 from .functional_conv import (conv, conv1d, conv2d, conv3d, conv_fft, conv_separable,
@@ -52,5 +60,10 @@ from .functional_index import (embedding, gather, getitem, index_add, index_sele
 # normalization layers and attention
 from .functional_norm import (group_norm, instance_norm, layer_norm, rms_norm,
                               scaled_dot_product_attention)
+
+# resampling and rearranging: interpolate, pixel and channel shuffles, one-hot, channel dropout
+from .functional_shape import (channel_shuffle, dropout1d, dropout2d, dropout3d, interpolate,
+                               one_hot, pixel_shuffle, pixel_unshuffle, upsample,
+                               upsample_bilinear, upsample_nearest)
 
 from .tracing import Tensor  # (the type of what every function returns)

@@ -7,13 +7,17 @@ from __future__ import annotations
 import numpy as np
 
 from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, ge, gt, log, log_softmax,
-                              maximum, mean, mul, ne, neg, promote, reshape, square, sub, sum,
-                              unsqueeze, where)
-from .compositions import log1p
+                              lt, maximum, mean, minimum, mul, ne, neg, promote, reshape, sqrt,
+                              square, sub, sum, unsqueeze, where)
+from .compositions import _softplus, log1p
+from .functional_distance import pairwise_distance
 from .tracing import Tensor
 
 __all__ = ["nll_loss", "cross_entropy", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
-           "binary_cross_entropy", "binary_cross_entropy_with_logits"]
+           "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div",
+           "poisson_nll_loss", "gaussian_nll_loss", "margin_ranking_loss", "hinge_embedding_loss",
+           "soft_margin_loss", "cosine_embedding_loss", "triplet_margin_loss",
+           "multilabel_soft_margin_loss", "multi_margin_loss"]
 
 
 def loss_args(weight, size_average, reduce, reduction):
@@ -236,3 +240,179 @@ def _soft_cross_entropy(logp: Tensor, target: Tensor, weight, reduction: str,
     if weight is not None:
         terms = terms * _class_weights(as_tensor(weight, logp), logp)
     return _reduce(neg(sum(terms, 1)), reduction)
+
+
+# ---------------------------------------------------------------- more of torch's losses
+def _check_reduction(reduction: str, allowed=("mean", "sum", "none")) -> None:
+    if reduction not in allowed:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, allowed))}, got "
+                         f"{reduction!r}")
+
+
+def kl_div(input, target, size_average=None, reduce=None, reduction: str = "mean",
+           log_target: bool = False) -> Tensor:
+    """Pointwise ``t (log t - x)`` of log-probabilities ``x`` (0 where t = 0), or with
+    ``log_target`` ``exp(t) (t - x)``; ``batchmean`` divides the sum by the batch size (the
+    first dimension), ``mean`` by the element count, as torch."""
+    _, reduction = loss_args(None, size_average, reduce, reduction)
+    _check_reduction(reduction, ("mean", "batchmean", "sum", "none"))
+    x, t = promote(input, target)
+    if log_target:
+        per = exp(t) * (t - x)
+    else:
+        pos = gt(t, 0.0)
+        per = where(pos, t * log(where(pos, t, 1.0)), where(eq(t, 0.0), 0.0, float("nan"))) \
+            - t * x
+    if reduction == "batchmean":
+        total = sum(per)
+        return total / per.shape[0] if per.ndim else total
+    return _reduce(per, reduction)
+
+
+def poisson_nll_loss(input, target, log_input: bool = True, full: bool = False,
+                     size_average=None, eps: float = 1e-8, reduce=None,
+                     reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of a Poisson target: ``exp(x) - t x`` of a log-rate ``x``, or
+    ``x - t log(x + eps)`` of a rate; ``full`` adds Stirling's ``t log t - t + log(2 pi t)
+    / 2`` where t > 1."""
+    _, reduction = loss_args(None, size_average, reduce, reduction)
+    _check_reduction(reduction)
+    x, t = promote(input, target)
+    per = exp(x) - t * x if log_input else x - t * log(x + eps)
+    if full:
+        big = gt(t, 1.0)
+        ts = where(big, t, 1.0)
+        per = per + where(big, ts * log(ts) - ts + log(ts * (2 * np.pi)) * 0.5, 0.0)
+    return _reduce(per, reduction)
+
+
+def gaussian_nll_loss(input, target, var, full: bool = False, eps: float = 1e-6,
+                      reduction: str = "mean") -> Tensor:
+    """``(log(var) + (x - t)^2 / var) / 2`` (``+ log(2 pi) / 2`` with ``full``); ``var``
+    has the input's shape, or lacks its last dimension, or has 1 there (one variance per
+    sample); it is clamped at ``eps`` without a gradient through the clamp, as torch."""
+    _check_reduction(reduction)
+    x, t = promote(input, target)
+    v = as_tensor(var, x)
+    if v.dtype != x.dtype:
+        v = cast(v, x.dtype)
+    if v.shape != x.shape:
+        if v.ndim and tuple(x.shape[:-1]) == tuple(v.shape):
+            v = unsqueeze(v, -1)
+        elif not (v.ndim and tuple(x.shape[:-1]) == tuple(v.shape[:-1]) and v.shape[-1] == 1):
+            raise ValueError(f"gaussian_nll_loss: var of shape {list(v.shape)} fits neither the "
+                             f"input's shape {list(x.shape)} nor it without its last dimension")
+    v = v + emit_op("stop_gradient", where(gt(v, eps), v, eps) - v)
+    per = (log(v) + square(x - t) / v) * 0.5
+    if full:
+        per = per + 0.5 * float(np.log(2 * np.pi))
+    return _reduce(per, reduction)
+
+
+def _clamp_at_zero(z: Tensor) -> Tensor:
+    """``max(z, 0)`` passing the gradient at 0, as torch's ``clamp_min``."""
+    return where(lt(z, 0.0), 0.0, z)
+
+
+def margin_ranking_loss(input1, input2, target, margin: float = 0.0, size_average=None,
+                        reduce=None, reduction: str = "mean") -> Tensor:
+    """``max(0, -y (x1 - x2) + margin)``."""
+    _, reduction = loss_args(None, size_average, reduce, reduction)
+    _check_reduction(reduction)
+    a, b = promote(input1, input2)
+    y = as_tensor(target, a)
+    return _reduce(_clamp_at_zero(neg(y) * (a - b) + margin), reduction)
+
+
+def hinge_embedding_loss(input, target, margin: float = 1.0, size_average=None, reduce=None,
+                         reduction: str = "mean") -> Tensor:
+    """``x`` where y = 1, ``max(0, margin - x)`` where y = -1 (torch's: both terms where y
+    is neither)."""
+    _, reduction = loss_args(None, size_average, reduce, reduction)
+    _check_reduction(reduction)
+    x, y = promote(input, target)
+    per = where(ne(y, 1.0), _clamp_at_zero(margin - x), 0.0) + where(ne(y, -1.0), x, 0.0)
+    return _reduce(per, reduction)
+
+
+def soft_margin_loss(input, target, size_average=None, reduce=None,
+                     reduction: str = "mean") -> Tensor:
+    """``log(1 + exp(-y x))``, in the form stable for large ``-y x``."""
+    _, reduction = loss_args(None, size_average, reduce, reduction)
+    _check_reduction(reduction)
+    x, y = _pair(input, target)
+    return _reduce(_softplus(neg(y) * x), reduction)
+
+
+def cosine_embedding_loss(input1, input2, target, margin: float = 0.0, size_average=None,
+                          reduce=None, reduction: str = "mean") -> Tensor:
+    """``1 - cos(x1, x2)`` where y = 1, ``max(0, cos(x1, x2) - margin)`` where y = -1;
+    the cosine over the last dimension of 1-D or 2-D inputs, each squared magnitude plus
+    1e-12 as torch's."""
+    _, reduction = loss_args(None, size_average, reduce, reduction)
+    _check_reduction(reduction)
+    a, b = promote(input1, input2)
+    if a.ndim not in (1, 2) or a.shape != b.shape:
+        raise ValueError(f"cosine_embedding_loss: inputs must be 1-D or 2-D of one shape, "
+                         f"got {list(a.shape)} and {list(b.shape)}")
+    d = a.ndim - 1
+    y = as_tensor(target, a)
+    cos = sum(a * b, d) / sqrt((sum(a * a, d) + 1e-12) * (sum(b * b, d) + 1e-12))
+    per = where(eq(y, 1.0), 1 - cos, 0.0) + where(eq(y, -1.0), _clamp_at_zero(cos - margin),
+                                                  0.0)
+    return _reduce(per, reduction)
+
+
+def triplet_margin_loss(anchor, positive, negative, margin: float = 1.0, p: float = 2,
+                        eps: float = 1e-6, swap: bool = False, size_average=None, reduce=None,
+                        reduction: str = "mean") -> Tensor:
+    """``max(0, margin + d(a, p) - d(a, n))`` with ``pairwise_distance`` d; ``swap`` takes
+    the smaller of d(a, n) and d(p, n)."""
+    _, reduction = loss_args(None, size_average, reduce, reduction)
+    _check_reduction(reduction)
+    d_pos = pairwise_distance(anchor, positive, p, eps)
+    d_neg = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        d_neg = minimum(d_neg, pairwise_distance(positive, negative, p, eps))
+    return _reduce(_clamp_at_zero(d_pos - d_neg + margin), reduction)
+
+
+def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None,
+                                reduction: str = "mean") -> Tensor:
+    """``-(y logsigmoid(x) + (1 - y) logsigmoid(-x))`` (times ``weight``) averaged over the
+    classes (the last dimension)."""
+    weight, reduction = loss_args(weight, size_average, reduce, reduction)
+    _check_reduction(reduction)
+    x, y = _pair(input, target)
+    per = _softplus(neg(x)) * y + _softplus(x) * (1 - y)
+    per = _weighted(per, weight)
+    return _reduce(sum(per, -1) / x.shape[-1], reduction)
+
+
+def multi_margin_loss(input, target, p: int = 1, margin: float = 1.0, weight=None,
+                      size_average=None, reduce=None, reduction: str = "mean") -> Tensor:
+    """Per sample ``sum_{j != y} max(0, margin - x_y + x_j)^p / C`` (p 1 or 2), each term
+    times ``weight[y]``; a term at exactly 0 adds nothing, with no gradient, as torch."""
+    weight, reduction = loss_args(weight, size_average, reduce, reduction)
+    _check_reduction(reduction)
+    if p not in (1, 2):
+        raise ValueError(f"multi_margin_loss: only p 1 and 2 are supported, got {p!r}")
+    x = as_tensor(input)
+    x = x if x.type.is_float else cast(x, "float32")
+    flat = x.ndim <= 1
+    if flat:
+        x = reshape(x, (1, -1))
+    y = reshape(as_tensor(target), (-1,))
+    if x.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"multi_margin_loss: input (N, C) or (C,) with one target per row, "
+                         f"got input {list(as_tensor(input).shape)} and target "
+                         f"{list(as_tensor(target).shape)}")
+    hit = _class_one_hot(x, y, "bool")
+    x_y = sum(where(hit, x, 0.0), 1, keepdim=True)
+    z = x - x_y + margin
+    terms = where(hit, 0.0, where(gt(z, 0.0), z if p == 1 else square(z), 0.0))
+    if weight is not None:
+        terms = terms * sum(where(hit, _class_weights(as_tensor(weight, x), x), 0.0), 1,
+                            keepdim=True)
+    per = sum(terms, 1) / x.shape[1]
+    return _reduce(reshape(per, ()) if flat else per, reduction)

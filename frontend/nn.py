@@ -22,9 +22,21 @@ from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, Ad
                      LPPool3d, Maxout, MaxPool1d, MaxPool2d, MaxPool3d, TiledConv2d)
 
 # activations and losses composed of core ops
-from .composite_modules import (BCELoss, BCEWithLogitsLoss, ELU, GELU, Hardswish, Hardtanh,
-                                HuberLoss, L1Loss, LeakyReLU, LogSigmoid, Mish, ReLU6, SiLU,
-                                SmoothL1Loss, Softplus)
+from .composite_modules import (BCELoss, BCEWithLogitsLoss, CELU, ChannelShuffle, CircularPad1d,
+                                CircularPad2d, CircularPad3d, ConstantPad1d, ConstantPad2d,
+                                ConstantPad3d, CosineEmbeddingLoss, CosineSimilarity, Dropout1d,
+                                Dropout2d, Dropout3d, ELU, Fold, GaussianNLLLoss, GELU, GLU,
+                                Hardshrink, Hardsigmoid, Hardswish, Hardtanh,
+                                HingeEmbeddingLoss, HuberLoss, KLDivLoss, L1Loss, LeakyReLU,
+                                LogSigmoid, MarginRankingLoss, Mish, MultiLabelSoftMarginLoss,
+                                MultiMarginLoss, PairwiseDistance, PixelShuffle, PixelUnshuffle,
+                                PoissonNLLLoss, PReLU, ReflectionPad1d, ReflectionPad2d,
+                                ReflectionPad3d, ReLU6, ReplicationPad1d, ReplicationPad2d,
+                                ReplicationPad3d, RReLU, SELU, SiLU, SmoothL1Loss, Softmax2d,
+                                Softmin, Softplus, Softshrink, Softsign, SoftMarginLoss,
+                                Tanhshrink, Threshold, TripletMarginLoss, Unfold, Upsample,
+                                UpsamplingBilinear2d, UpsamplingNearest2d, ZeroPad1d,
+                                ZeroPad2d, ZeroPad3d)
 
 # normalization layers
 from .layers_norm import (GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm,

@@ -1,0 +1,284 @@
+"""Activations, losses, distances and resampling of ``torch.nn.functional`` beyond the core
+set, against torch 2.13 on every backend: values and the gradients of every float input (of
+``sum(f(x) * c)`` with a fixed random ``c``), float64."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import irgraph.frontend as fe
+from irgraph.frontend import F, nn
+from _torch_twins import check
+
+BACKENDS = ["reference", "llvm", "triton"]
+
+
+def _r(seed, *shape, lo=-2.0, hi=2.0):
+    return np.random.default_rng(seed).uniform(lo, hi, shape)
+
+
+def _kinks(shape, values, seed=0):
+    """Random values with the function's kinks planted among them."""
+    x = _r(seed, *shape, lo=-4, hi=4).ravel()
+    x[:len(values)] = values
+    return x.reshape(shape)
+
+
+def _signs(seed, *shape):
+    return np.where(np.random.default_rng(seed).random(shape) < 0.5, -1.0, 1.0)
+
+
+def _probs(seed, *shape):
+    p = np.random.default_rng(seed).random(shape) + 0.05
+    p[..., 0] = 0.0                              # a zero target probability
+    return p / p.sum(-1, keepdims=True)
+
+
+# (id, ours, torch's, inputs, positions of the inputs differentiated[, gradient rtol]). The
+# targets of kl_div and of the full Poisson loss are not differentiated: at a target of 0
+# torch's gradient is NaN (log 0 in its backward), ours the limit
+X = _kinks((3, 4, 5), [-3.0, 3.0, 0.0, 0.4, -0.4, 0.2, 1e-3, -1e-3])
+CASES = [
+    # torch's float64 gradient uses 1.0f / 6.0f, the float32 sixth (3e-8 relative off)
+    ("hardsigmoid", F.hardsigmoid, TF.hardsigmoid, [X], [0], 1e-7),
+    ("selu", F.selu, TF.selu, [X], [0]),
+    # torch's float64 celu gradient takes 1 / alpha in float32 (1e-8 relative off
+    # exp(x / alpha), which ours gives to the last bits)
+    ("celu", lambda x: F.celu(x, 0.7), lambda x: TF.celu(x, 0.7), [X], [0], 1e-7),
+    ("softsign", F.softsign, TF.softsign, [X], [0]),
+    ("softmin", lambda x: F.softmin(x, 1), lambda x: TF.softmin(x, 1), [X], [0]),
+    ("glu", lambda x: F.glu(x, 1), lambda x: TF.glu(x, 1), [X], [0]),
+    ("hardshrink", lambda x: F.hardshrink(x, 0.4), lambda x: TF.hardshrink(x, 0.4), [X], [0]),
+    ("softshrink", lambda x: F.softshrink(x, 0.4), lambda x: TF.softshrink(x, 0.4), [X], [0]),
+    ("tanhshrink", F.tanhshrink, TF.tanhshrink, [X], [0]),
+    ("threshold", lambda x: F.threshold(x, 0.2, -1.5), lambda x: TF.threshold(x, 0.2, -1.5),
+     [X], [0]),
+    ("prelu", F.prelu, TF.prelu, [X, np.array([0.25, -0.5, 1.5, 0.0])], [0, 1]),
+    ("prelu_one", F.prelu, TF.prelu, [X, np.array([0.3])], [0, 1]),
+    ("rrelu_eval", F.rrelu, TF.rrelu, [X], [0]),
+    # losses (eq. 10.12's negative log-likelihood family and the margin losses)
+    *[(f"kl_div_{red}", lambda x, t, red=red: F.kl_div(x, t, reduction=red),
+       lambda x, t, red=red: TF.kl_div(x, t, reduction=red),
+       [np.log(_probs(1, 4, 5) + 1e-3), _probs(2, 4, 5)], [0])
+      for red in ("batchmean", "sum", "none", "mean")],
+    ("kl_div_log_target", lambda x, t: F.kl_div(x, t, reduction="batchmean", log_target=True),
+     lambda x, t: TF.kl_div(x, t, reduction="batchmean", log_target=True),
+     [np.log(_probs(1, 4, 5) + 0.01), np.log(_probs(2, 4, 5) + 0.01)], [0, 1]),
+    ("poisson_nll", F.poisson_nll_loss, TF.poisson_nll_loss,
+     [_r(3, 6, 2), _r(4, 6, 2, lo=0, hi=5).round()], [0]),
+    ("poisson_nll_rate_full", lambda x, t: F.poisson_nll_loss(x, t, False, True,
+                                                              reduction="sum"),
+     lambda x, t: TF.poisson_nll_loss(x, t, False, True, reduction="sum"),
+     [_r(3, 6, 2, lo=0.1, hi=4), _r(4, 6, 2, lo=0, hi=5).round()], [0]),
+    ("gaussian_nll", F.gaussian_nll_loss, TF.gaussian_nll_loss,
+     [_r(5, 4, 3), _r(6, 4, 3), _r(7, 4, 3, lo=0, hi=2)], [0, 1, 2]),
+    ("gaussian_nll_per_sample_full", lambda x, t, v: F.gaussian_nll_loss(x, t, v, full=True,
+                                                                         reduction="none"),
+     lambda x, t, v: TF.gaussian_nll_loss(x, t, v, full=True, reduction="none"),
+     [_r(5, 4, 3), _r(6, 4, 3), np.array([0.5, 1e-8, 2.0, 0.3])], [0, 1, 2]),
+    ("gaussian_nll_last_one", F.gaussian_nll_loss, TF.gaussian_nll_loss,
+     [_r(5, 4, 3), _r(6, 4, 3), _r(7, 4, 1, lo=0.1, hi=2)], [0, 1, 2]),
+    ("margin_ranking", lambda a, b, y: F.margin_ranking_loss(a, b, y, 0.3),
+     lambda a, b, y: TF.margin_ranking_loss(a, b, y, 0.3),
+     [_r(8, 7), _r(9, 7), _signs(10, 7)], [0, 1]),
+    ("hinge_embedding", lambda x, y: F.hinge_embedding_loss(x, y, 0.8, reduction="sum"),
+     lambda x, y: TF.hinge_embedding_loss(x, y, 0.8, reduction="sum"),
+     [_r(11, 3, 5), _signs(12, 3, 5)], [0]),
+    ("soft_margin", F.soft_margin_loss, TF.soft_margin_loss, [_r(13, 3, 5) * 5, _signs(14, 3, 5)],
+     [0]),
+    ("cosine_embedding", lambda a, b, y: F.cosine_embedding_loss(a, b, y, 0.2),
+     lambda a, b, y: TF.cosine_embedding_loss(a, b, y, 0.2),
+     [_r(15, 6, 4), _r(16, 6, 4), _signs(17, 6)], [0, 1]),
+    ("cosine_embedding_1d", lambda a, b, y: F.cosine_embedding_loss(a, b, y, reduction="none"),
+     lambda a, b, y: TF.cosine_embedding_loss(a, b, y, reduction="none"),
+     [_r(15, 4), _r(16, 4), np.array(-1.0)], [0, 1]),
+    ("triplet_margin", F.triplet_margin_loss, TF.triplet_margin_loss,
+     [_r(18, 5, 4), _r(19, 5, 4), _r(20, 5, 4)], [0, 1, 2]),
+    ("triplet_margin_p1_swap", lambda a, p, n: F.triplet_margin_loss(a, p, n, 0.5, 1, swap=True),
+     lambda a, p, n: TF.triplet_margin_loss(a, p, n, 0.5, 1, swap=True),
+     [_r(18, 5, 4), _r(19, 5, 4), _r(20, 5, 4)], [0, 1, 2]),
+    ("multilabel_soft_margin", lambda x, y, w: F.multilabel_soft_margin_loss(x, y, w),
+     lambda x, y, w: TF.multilabel_soft_margin_loss(x, y, w),
+     [_r(21, 4, 6) * 3, (_r(22, 4, 6) > 0).astype(np.float64), _r(23, 6, lo=0.1, hi=2)], [0]),
+    ("multi_margin", F.multi_margin_loss, TF.multi_margin_loss,
+     [_r(24, 5, 4), np.array([0, 3, 1, 1, 2])], [0]),
+    ("multi_margin_p2_weighted", lambda x, y, w: F.multi_margin_loss(x, y, 2, 0.7, w, reduction="none"),
+     lambda x, y, w: TF.multi_margin_loss(x, y, 2, 0.7, w, reduction="none"),
+     [_r(24, 5, 4), np.array([0, 3, 1, 1, 2]), _r(25, 4, lo=0.2, hi=2)], [0]),
+    # norms and distances
+    ("normalize", F.normalize, TF.normalize, [np.concatenate([_r(26, 3, 4), np.zeros((1, 4))])],
+     [0]),
+    ("normalize_p1", lambda x: F.normalize(x, 1, -1), lambda x: TF.normalize(x, 1, -1),
+     [_r(26, 3, 4)], [0]),
+    ("cosine_similarity", F.cosine_similarity, TF.cosine_similarity,
+     [_r(27, 3, 4, 2), _r(28, 3, 4, 2)], [0, 1]),
+    ("cosine_similarity_broadcast_tiny", lambda a, b: F.cosine_similarity(a, b, -1),
+     lambda a, b: TF.cosine_similarity(a, b, -1),
+     [np.concatenate([_r(27, 2, 3), 1e-10 * _r(1, 1, 3)]), _r(28, 1, 3)], [0, 1]),
+    *[(f"pairwise_distance_p{p}", lambda a, b, p=p: F.pairwise_distance(a, b, p, keepdim=p == 3),
+       lambda a, b, p=p: TF.pairwise_distance(a, b, p, keepdim=p == 3),
+       [_r(29, 4, 5), _r(30, 4, 5)], [0, 1]) for p in (2, 1, 3)],
+    # rearranging
+    ("pixel_shuffle", lambda x: F.pixel_shuffle(x, 2), lambda x: TF.pixel_shuffle(x, 2),
+     [_r(31, 2, 8, 3, 2)], [0]),
+    ("pixel_unshuffle", lambda x: F.pixel_unshuffle(x, 2), lambda x: TF.pixel_unshuffle(x, 2),
+     [_r(32, 1, 3, 4, 6)], [0]),
+    ("channel_shuffle", lambda x: F.channel_shuffle(x, 3),
+     lambda x: TF.channel_shuffle(x, 3), [_r(33, 2, 6, 2, 2)], [0]),
+]
+
+# interpolate: (input shape, keyword arguments)
+RESAMPLE = [
+    ((1, 2, 5), dict(scale_factor=2.5, mode="nearest")),
+    ((2, 1, 4, 5), dict(size=(7, 3), mode="nearest")),
+    ((1, 2, 6, 4), dict(scale_factor=(0.6, 1.75), mode="nearest")),
+    ((1, 1, 3, 4, 2), dict(scale_factor=2, mode="nearest")),
+    ((1, 2, 5, 7), dict(size=(8, 3), mode="nearest-exact")),
+    ((1, 2, 5), dict(scale_factor=1.7, mode="linear")),
+    ((1, 2, 5), dict(size=9, mode="linear", align_corners=True)),
+    ((2, 2, 4, 5), dict(scale_factor=1.7, mode="bilinear")),
+    ((1, 2, 7, 6), dict(size=(4, 9), mode="bilinear", align_corners=True)),
+    ((1, 1, 9, 8), dict(scale_factor=0.45, mode="bilinear")),
+    ((1, 1, 5, 6), dict(scale_factor=1.3, mode="bilinear", recompute_scale_factor=True)),
+    ((1, 2, 4, 5), dict(scale_factor=2.2, mode="bicubic")),
+    ((1, 1, 9, 7), dict(size=(4, 5), mode="bicubic", align_corners=True)),
+    ((1, 1, 3, 4, 5), dict(size=(5, 3, 7), mode="trilinear")),
+    ((1, 1, 3, 4, 5), dict(scale_factor=1.5, mode="trilinear", align_corners=True)),
+    ((1, 2, 7, 9), dict(size=(3, 4), mode="area")),
+]
+CASES += [(f"interpolate_{i}_{kw['mode']}", lambda x, kw=kw: F.interpolate(x, **kw),
+           lambda x, kw=kw: TF.interpolate(x, **kw), [_r(40 + i, *shape)], [0])
+          for i, (shape, kw) in enumerate(RESAMPLE)]
+
+
+def _run_ours(fn, inputs, wrt, backend):
+    specs = [fe.TensorSpec(a.shape, a.dtype.name) for a in inputs]
+    out = fe.compile(fn, *specs, backend=backend)(*inputs)
+    c = np.random.default_rng(99).standard_normal(np.shape(out))
+
+    def objective(*xs):
+        return (fn(*xs) * c).sum()
+    grads = fe.grad(objective, *specs, wrt=list(wrt), backend=backend)(*inputs) if wrt else ()
+    return out, c, grads
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_values_and_gradients_match_torch(case, backend):
+    _, ours, theirs, inputs, wrt, *grad_rtol = case
+    inputs = [np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+              for a in inputs]
+    out, c, grads = _run_ours(ours, inputs, wrt, backend)
+    ts = [torch.tensor(a, requires_grad=i in wrt) for i, a in enumerate(inputs)]
+    want = theirs(*ts)
+    np.testing.assert_allclose(out, want.detach().numpy(), rtol=1e-9, atol=1e-12)
+    (want * torch.tensor(c)).sum().backward()
+    for g, i in zip(grads, wrt):
+        np.testing.assert_allclose(g, ts[i].grad.numpy(), rtol=(grad_rtol or [1e-8])[0],
+                                   atol=1e-11,
+                                   err_msg=f"gradient of input {i}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_hot_as_torch(backend):
+    idx = np.array([[0, 3, 1], [4, 4, 2]])
+    got = fe.compile(lambda t: F.one_hot(t, 6), fe.TensorSpec(idx.shape, "int64"),
+                     backend=backend)(idx)
+    want = TF.one_hot(torch.from_numpy(idx), 6).numpy()
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(F.one_hot(fe.tensor(idx)).numpy(),     # eager: -1 = max + 1
+                                  TF.one_hot(torch.from_numpy(idx)).numpy())
+
+
+def test_interpolate_refuses_what_torch_refuses():
+    x = fe.tensor(np.zeros((1, 1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="align_corners"):
+        F.interpolate(x, scale_factor=2, align_corners=True)
+    with pytest.raises(ValueError, match="needs a 3-D"):
+        F.interpolate(x, scale_factor=2, mode="linear")
+    with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
+        F.interpolate(x)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        F.interpolate(x, scale_factor=2, mode="cubic")
+
+
+@pytest.mark.parametrize("p", [0.3, 0.0, 1.0])
+def test_channel_dropout_zeroes_whole_channels_and_scales_the_rest(p):
+    """dropout2d: each (sample, channel) kept or zeroed as a whole, the kept ones scaled by
+    1 / (1 - p); the identity in eval mode."""
+    fe.manual_seed(0)
+    x = np.random.default_rng(0).uniform(1, 2, (40, 30, 3, 3)).astype(np.float32)
+    m = nn.Dropout2d(p)
+    y = fe.compile(m, fe.TensorSpec(x.shape))(x)
+    zero = (y == 0).all(axis=(2, 3))
+    kept = ~zero
+    assert ((y == 0).any(axis=(2, 3)) == zero).all()          # never part of a channel
+    if p < 1:
+        np.testing.assert_allclose(y[kept], (x / np.float32(1 - p))[kept], rtol=1e-6)
+    if 0 < p < 1:
+        assert abs(zero.mean() - p) < 0.05                     # 1200 draws
+    else:
+        assert zero.mean() == p
+    m.eval()
+    np.testing.assert_array_equal(fe.compile(m, fe.TensorSpec(x.shape))(x), x)
+
+
+def test_rrelu_in_training_draws_slopes_within_bounds():
+    fe.manual_seed(0)
+    x = -np.random.default_rng(0).uniform(1, 2, (2000,)).astype(np.float32)
+    y = fe.compile(nn.RReLU(0.1, 0.3), fe.TensorSpec(x.shape))(x)
+    slope = y / x
+    assert slope.min() >= 0.1 and slope.max() < 0.3 and slope.std() > 0.05
+    pos = np.abs(x)
+    np.testing.assert_array_equal(fe.compile(nn.RReLU(), fe.TensorSpec(x.shape))(pos), pos)
+
+
+# module forms: (ours, torch's, input shapes[, rtol])
+MODULES = [
+    (lambda: nn.PReLU(4, 0.1), lambda: torch.nn.PReLU(4, 0.1), [(2, 4, 3)]),
+    (lambda: nn.PReLU(), lambda: torch.nn.PReLU(), [(5, 3)]),
+    (lambda: nn.Hardsigmoid(), lambda: torch.nn.Hardsigmoid(), [(3, 4)], 1e-7),  # 1.0f / 6
+    (lambda: nn.SELU(), lambda: torch.nn.SELU(), [(3, 4)]),
+    (lambda: nn.CELU(0.5), lambda: torch.nn.CELU(0.5), [(3, 4)]),
+    (lambda: nn.GLU(), lambda: torch.nn.GLU(), [(3, 4)]),
+    (lambda: nn.Softmin(1), lambda: torch.nn.Softmin(1), [(3, 4)]),
+    (lambda: nn.Softmax2d(), lambda: torch.nn.Softmax2d(), [(2, 3, 2, 2)]),
+    (lambda: nn.Threshold(0.1, 20.0), lambda: torch.nn.Threshold(0.1, 20.0), [(3, 4)]),
+    (lambda: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+     lambda: torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+     [(1, 2, 3, 3)]),
+    (lambda: nn.UpsamplingNearest2d(scale_factor=3), lambda: torch.nn.UpsamplingNearest2d(
+        scale_factor=3), [(1, 2, 2, 3)]),
+    (lambda: nn.UpsamplingBilinear2d(size=(5, 4)), lambda: torch.nn.UpsamplingBilinear2d(
+        size=(5, 4)), [(1, 2, 2, 3)]),
+    (lambda: nn.PixelShuffle(3), lambda: torch.nn.PixelShuffle(3), [(1, 9, 2, 2)]),
+    (lambda: nn.PixelUnshuffle(2), lambda: torch.nn.PixelUnshuffle(2), [(1, 1, 4, 4)]),
+    (lambda: nn.ReflectionPad2d((1, 2, 0, 1)), lambda: torch.nn.ReflectionPad2d((1, 2, 0, 1)),
+     [(1, 2, 3, 4)]),
+    (lambda: nn.ReplicationPad1d(2), lambda: torch.nn.ReplicationPad1d(2), [(2, 3, 4)]),
+    (lambda: nn.CircularPad2d(1), lambda: torch.nn.CircularPad2d(1), [(1, 1, 3, 3)]),
+    (lambda: nn.ConstantPad3d((1, 0, 0, 1, 1, 1), 2.5),
+     lambda: torch.nn.ConstantPad3d((1, 0, 0, 1, 1, 1), 2.5), [(1, 1, 2, 2, 2)]),
+    (lambda: nn.ZeroPad2d((1, 1, 2, 0)), lambda: torch.nn.ZeroPad2d((1, 1, 2, 0)), [(3, 2, 2)]),
+    (lambda: nn.Unfold(2, padding=1), lambda: torch.nn.Unfold(2, padding=1), [(1, 2, 3, 3)]),
+    (lambda: nn.Fold((3, 4), 2), lambda: torch.nn.Fold((3, 4), 2), [(1, 8, 6)]),
+    (lambda: nn.CosineSimilarity(), lambda: torch.nn.CosineSimilarity(), [(3, 4), (3, 4)]),
+    (lambda: nn.PairwiseDistance(), lambda: torch.nn.PairwiseDistance(), [(3, 4), (3, 4)]),
+    (lambda: nn.TripletMarginLoss(margin=2.0), lambda: torch.nn.TripletMarginLoss(margin=2.0),
+     [(3, 4), (3, 4), (3, 4)]),
+    (lambda: nn.GaussianNLLLoss(), lambda: torch.nn.GaussianNLLLoss(),
+     [(3, 4), (3, 4), (3, 4)]),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("i", range(len(MODULES)))
+def test_module_forms_match_torch(i, backend):
+    ours, theirs, shapes, *rtol = MODULES[i]
+    rng = np.random.default_rng(i)
+    inputs = [rng.uniform(0.1, 2.0, s) if "NLL" in type(ours()).__name__ else
+              rng.standard_normal(s) for s in shapes]
+    check(ours(), theirs(), inputs, backend, np.float64, rtol=(rtol or [1e-9])[0], atol=1e-11)
