@@ -81,11 +81,13 @@ def _guard(ft, src: np.ndarray, n_in: int):
     return idx, lam
 
 
-def _nearest_taps(n_in: int, n_out: int, scale, exact: bool):
-    """torch's ``nearest_idx`` / ``nearest_exact_idx`` (float32 arithmetic)."""
-    if not exact and n_out == n_in:
+def _nearest_taps(n_in: int, n_out: int, scale, exact: bool, shortcut: bool):
+    """torch's ``nearest_idx`` / ``nearest_exact_idx`` (float32 arithmetic). ``shortcut``:
+    an axis that keeps its size is copied and one that doubles takes ``o // 2`` whatever the
+    scale (torch's 2-D nearest kernel; its 1-D and 3-D ones apply the scale)."""
+    if shortcut and not exact and n_out == n_in:
         return [np.arange(n_out)], None
-    if not exact and n_out == 2 * n_in:
+    if shortcut and not exact and n_out == 2 * n_in:
         return [np.arange(n_out) >> 1], None
     s = np.float32(1.0 / scale) if scale is not None and scale > 0 else \
         np.float32(n_in) / np.float32(n_out)
@@ -173,9 +175,11 @@ def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
     for a in range(d):
         n_in, n_out, scale = x.shape[2 + a], out[a], scales[a]
         if mode in ("nearest", "nearest-exact"):
-            taps, weights = _nearest_taps(n_in, n_out, scale, mode == "nearest-exact")
+            taps, weights = _nearest_taps(n_in, n_out, scale, mode == "nearest-exact", d == 2)
         elif mode == "bicubic":
             taps, weights = _cubic_taps(ft, n_in, n_out, scale, align_corners)
+        elif n_out == n_in:         # torch's linear kernels copy an axis that keeps its size
+            continue
         else:
             taps, weights = _linear_taps(ft, n_in, n_out, scale, align_corners)
         y = _along(y, 2 + a, taps, weights)

@@ -147,6 +147,13 @@ RESAMPLE = [
     ((1, 1, 3, 4, 5), dict(size=(5, 3, 7), mode="trilinear")),
     ((1, 1, 3, 4, 5), dict(scale_factor=1.5, mode="trilinear", align_corners=True)),
     ((1, 2, 7, 9), dict(size=(3, 4), mode="area")),
+    # an axis that keeps its size under a scale: torch's 1-D and 3-D nearest kernels apply
+    # the scale, its 2-D one and the linear ones copy the axis, bicubic applies it
+    ((1, 1, 8, 3, 4), dict(scale_factor=(0.3, 1.1, 1.5), mode="nearest")),
+    ((1, 1, 4), dict(scale_factor=1.1, mode="nearest")),
+    ((1, 1, 4, 5), dict(scale_factor=(1.1, 1.6), mode="nearest")),
+    ((1, 1, 4, 5, 2), dict(scale_factor=1.34, mode="trilinear")),
+    ((1, 1, 3, 5), dict(scale_factor=1.2, mode="bicubic")),
 ]
 CASES += [(f"interpolate_{i}_{kw['mode']}", lambda x, kw=kw: F.interpolate(x, **kw),
            lambda x, kw=kw: TF.interpolate(x, **kw), [_r(40 + i, *shape)], [0])
