@@ -8,6 +8,7 @@ import numpy as np
 from irgraph import Graph
 
 from .driver import compile_graph
+from .guards import Guard, rebuild_if_changed
 from .dynamic_batch import DynamicBatchFunction, check_dynamic_batch
 from .nn import Module
 from .tracing import TensorSpec, trace_with, unflatten
@@ -27,7 +28,10 @@ def trace(fn: Callable | Module, *specs: TensorSpec, name: str | None = None) ->
 
 
 class CompiledFunction:
-    """A compiled model: call it with numpy arrays; parameters come from the module (live)."""
+    """A compiled model: call it with numpy arrays; parameters come from the module (live).
+    When the modules it traced change what they trace (``model.eval()``, a replaced layer,
+    parameters of another dtype: ``guards``), the next call compiles it again."""
+    _guard = _rebuild = None
 
     def __init__(self, graph: Graph, params: dict[str, Any], structure, executable,
                  source_graph: Graph, passes=None):
@@ -41,6 +45,8 @@ class CompiledFunction:
 
     def run_outputs(self, *inputs) -> list:
         """Run on ``inputs`` with the live parameters; every output of the compiled graph."""
+        if self._guard is not None:
+            rebuild_if_changed(self, self._rebuild)
         n = len(self.graph.inputs)
         if len(inputs) != n:
             names = ", ".join(v.name for v in self.graph.inputs)
@@ -74,6 +80,9 @@ def compile(fn: Callable | Module, *specs: TensorSpec, backend: str = "reference
                           print_after=print_after, options=options)
     compiled = CompiledFunction(built.graph, tracer.params, structure, built.executable,
                                 graph, built.passes)
+    compiled._guard = Guard(fn, tracer.params)
+    compiled._rebuild = lambda: compile(fn, *specs, backend=backend, pipeline=pipeline,
+                                        name=name, **options)
     return DynamicBatchFunction(compiled) if dynamic_batch else compiled
 
 

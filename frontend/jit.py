@@ -23,6 +23,7 @@ import numpy as np
 from .compiler import compile as _compile
 from .dynamic_batch import DynamicBatchFunction, DynamicTrainStep, argument_array, \
     check_dynamic_batch, row_coupling
+from .guards import module_state
 from .nn import Module
 from .tracing import TensorSpec
 
@@ -87,13 +88,8 @@ class SpecializationCache:
 
 
 def _module_key(fn) -> tuple:
-    """What of a module's state a compiled graph depends on: each submodule's train/eval
-    mode and each parameter's shape and dtype."""
-    if not isinstance(fn, Module):
-        return ()
-    return (tuple(m.training for m in fn.modules()),
-            tuple((n, p.data.shape, p.data.dtype.str)
-                  for n, p in fn.named_parameters(buffers=True)))
+    """What of a module's state a compiled graph depends on (``guards.module_state``)."""
+    return module_state(fn) if isinstance(fn, Module) else ()
 
 
 class JitFunction:

@@ -4,21 +4,50 @@ submodules, as in ``torch.nn``) and the containers ``Sequential``, ``ModuleList`
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from .functional_core import as_tensor
+from .guards import bump
 
 
 class Parameter:
     """A named weight: a numpy array (``.data``) that becomes a graph parameter when traced."""
 
     def __init__(self, data, requires_grad: bool = True):
-        self.data = np.asarray(data, order="C")   # no copy when already C-ordered; 0-d stays 0-d
-        if self.data.dtype == np.float64 and not isinstance(data, np.ndarray):
-            self.data = self.data.astype(np.float32)
+        a = np.asarray(data, order="C")     # no copy when already C-ordered; 0-d stays 0-d
+        if a.dtype == np.float64 and not isinstance(data, np.ndarray):
+            a = a.astype(np.float32)
+        object.__setattr__(self, "_data", a)
+        object.__setattr__(self, "_requires_grad", bool(requires_grad))
+
+    # compiled functions depend on these (frontend/guards.py): a change of requires_grad, or
+    # an array of another shape or dtype, makes them compile again at their next call
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        old = self._data
+        object.__setattr__(self, "_data", value)
+        if getattr(value, "shape", None) != old.shape or getattr(value, "dtype", None) != old.dtype:
+            bump()
+
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if bool(value) != self._requires_grad:
+            object.__setattr__(self, "_requires_grad", bool(value))
+            bump()
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Parameter":
         self.requires_grad = requires_grad
+        return self
 
     @property
     def shape(self):
@@ -46,6 +75,13 @@ for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
 Parameter.T = property(lambda self: self._t().T)
 
 
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` returns (torch's): the keys it did not find and the extra
+    ones."""
+    missing_keys: list
+    unexpected_keys: list
+
+
 class Module:
     """Base class of models: parameters and submodules are registered on assignment."""
 
@@ -60,6 +96,20 @@ class Module:
             raise AttributeError(f"call Module.__init__() in {type(self).__name__}.__init__ "
                                  f"before assigning {name!r}")
         _refuse_plain_container(self, name, value)
+        if name == "training" or isinstance(value, (Parameter, Module)) or any(
+                name in d for d in (self._parameters, self._modules, self._buffers)):
+            bump()
+        if name in self._buffers and not isinstance(value, (Parameter, Module)) \
+                and value is not None:
+            # torch keeps a buffer a buffer when an array is assigned to it
+            self._buffers[name] = Parameter(np.asarray(value), requires_grad=False)
+            return
+        if value is not None and not isinstance(value, Parameter) and name in self._parameters:
+            raise TypeError(f"cannot assign {type(value).__name__!r} as parameter {name!r} "
+                            f"(nn.Parameter or None expected)")
+        if value is not None and not isinstance(value, Module) and name in self._modules:
+            raise TypeError(f"cannot assign {type(value).__name__!r} as child module {name!r} "
+                            f"(nn.Module or None expected)")
         for d in (self._parameters, self._modules, self._buffers):
             d.pop(name, None)
         if isinstance(value, Parameter):
@@ -76,62 +126,139 @@ class Module:
                 return d[table][name]
         raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
 
-    def register_buffer(self, name: str, value) -> None:
+    def register_buffer(self, name: str, value, persistent: bool = True) -> None:
         """A non-trained state array (e.g. batch norm's running mean), traced as a parameter."""
+        if "." in name or name == "":
+            raise KeyError(f"buffer name can't contain '.' or be empty, got {name!r}")
         self._buffers[name] = value if isinstance(value, Parameter) else Parameter(
             value, requires_grad=False)
+        bump()
 
-    def named_parameters(self, prefix: str = "", buffers: bool = False
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        if "." in name or name == "":
+            raise KeyError(f"parameter name can't contain '.' or be empty, got {name!r}")
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"cannot assign {type(param).__name__!r} as parameter {name!r} "
+                            f"(nn.Parameter or None expected)")
+        setattr(self, name, param)
+
+    def add_module(self, name: str, module: "Module | None") -> None:
+        if not isinstance(name, str) or "." in name or name == "":
+            raise KeyError(f"module name can't contain '.' or be empty, got {name!r}")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(module).__name__} is not a Module subclass")
+        setattr(self, name, module)
+
+    register_module = add_module
+
+    def get_submodule(self, target: str) -> "Module":
+        m = self
+        for part in target.split(".") if target else ():
+            if part not in m._modules:
+                raise AttributeError(f"{type(m).__name__} has no submodule {part!r} "
+                                     f"(looking up {target!r})")
+            m = m._modules[part]
+        return m
+
+    def get_parameter(self, target: str) -> Parameter:
+        owner, _, name = target.rpartition(".")
+        m = self.get_submodule(owner)
+        if name not in m._parameters:
+            raise AttributeError(f"{type(m).__name__} has no parameter {name!r}")
+        return m._parameters[name]
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True, *, buffers: bool = False
                          ) -> Iterator[tuple[str, Parameter]]:
+        """Parameters (and with ``buffers`` the buffers too) under their dotted names, each
+        object once unless ``remove_duplicate`` is False (a tied weight under every name)."""
         seen = set()
-        for name, p in self._named(prefix, buffers):
-            if id(p) not in seen:
+        for name, p in self._named(prefix, buffers, recurse):
+            if not remove_duplicate or id(p) not in seen:
                 seen.add(id(p))
                 yield name, p
 
-    def _named(self, prefix, buffers):
+    def _named(self, prefix, buffers, recurse=True):
         for name, p in self._parameters.items():
             yield prefix + name, p
         if buffers:
             for name, p in self._buffers.items():
                 yield prefix + name, p
+        if recurse:
+            for name, m in self._modules.items():
+                yield from m._named(f"{prefix}{name}.", buffers)
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        return (p for _, p in self.named_parameters(recurse=recurse))
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True):
+        """The registered buffers (``register_buffer``) under their dotted names."""
+        seen = set()
+        for name, m in self.named_modules(prefix=prefix) if recurse else [(prefix, self)]:
+            for bname, b in m._buffers.items():
+                if not remove_duplicate or id(b) not in seen:
+                    seen.add(id(b))
+                    yield (f"{name}.{bname}" if name else bname), b
+
+    def buffers(self, recurse: bool = True):
+        return (b for _, b in self.named_buffers(recurse=recurse))
+
+    def named_children(self):
+        """Each direct submodule once, under its first name."""
+        seen = set()
         for name, m in self._modules.items():
-            yield from m._named(f"{prefix}{name}.", buffers)
-
-    def parameters(self) -> Iterator[Parameter]:
-        return (p for _, p in self.named_parameters())
-
-    def named_buffers(self, prefix: str = ""):
-        for name, p in self.named_parameters(prefix, buffers=True):
-            if not p.requires_grad:
-                yield name, p
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                yield name, m
 
     def children(self):
-        return iter(self._modules.values())
+        return (m for _, m in self.named_children())
+
+    def named_modules(self, memo: set | None = None, prefix: str = "",
+                      remove_duplicate: bool = True):
+        """This module and every submodule, depth first, each once (torch's order)."""
+        memo = set() if memo is None else memo
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
+        yield prefix, self
+        for name, m in self._modules.items():
+            if m is not None:
+                yield from m.named_modules(memo, f"{prefix}.{name}" if prefix else name,
+                                           remove_duplicate)
 
     def modules(self):
-        yield self
-        for m in self._modules.values():
-            yield from m.modules()
+        return (m for _, m in self.named_modules())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {n: p.data.copy() for n, p in self.named_parameters(buffers=True)}
+        """Every parameter and buffer under every name it has (a tied weight under each)."""
+        return {n: p.data.copy()
+                for n, p in self.named_parameters(remove_duplicate=False, buffers=True)}
 
-    def load_state_dict(self, state: dict) -> None:
-        own = dict(self.named_parameters(buffers=True))
-        missing, extra = set(own) - set(state), set(state) - set(own)
-        if missing or extra:
-            raise KeyError(f"load_state_dict: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    def load_state_dict(self, state: dict, strict: bool = True):
+        """Copy ``state``'s arrays into the parameters and buffers; ``strict`` (torch's
+        default) refuses missing or unexpected keys. Returns torch's (missing_keys,
+        unexpected_keys)."""
+        own = dict(self.named_parameters(remove_duplicate=False, buffers=True))
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if strict and (missing or extra):
+            raise KeyError(f"load_state_dict: missing {missing}, unexpected {extra}")
         for n, p in own.items():
+            if n not in state:
+                continue
             a = np.asarray(state[n])
             if a.shape != p.data.shape:
                 raise ValueError(f"load_state_dict: {n} has shape {a.shape}, "
                                  f"expected {p.data.shape}")
             np.copyto(p.data, a.astype(p.data.dtype))
+        return IncompatibleKeys(missing, extra)
 
     def train(self, mode: bool = True) -> "Module":
         for m in self.modules():
             object.__setattr__(m, "training", mode)
+        bump()
         return self
 
     def eval(self) -> "Module":
@@ -146,7 +273,7 @@ class Module:
     # ------------------------------------------------------------ conversions
     def apply(self, fn) -> "Module":
         """``fn(m)`` for every submodule, children first, then this module (torch's order)."""
-        for m in self._modules.values():
+        for m in self.children():
             m.apply(fn)
         fn(self)
         return self
@@ -256,15 +383,19 @@ class Sequential(Module):
         if not isinstance(layer, Module):
             raise TypeError(f"a Sequential holds modules, got {type(layer).__name__}")
         self._modules[self._key(i)] = layer          # in place: the order is kept
+        bump()
 
     def __delitem__(self, i) -> None:
         """Deletes, then numbers the layers 0, 1, ... again (torch's)."""
         for k in (list(self._modules)[i] if isinstance(i, slice) else [self._key(i)]):
             del self._modules[k]
-        layers = list(self._modules.values())
+        self._renumber(list(self._modules.values()))
+
+    def _renumber(self, layers) -> None:
         self._modules.clear()
         for k, layer in enumerate(layers):
             self._modules[str(k)] = layer
+        bump()
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -275,6 +406,28 @@ class Sequential(Module):
     def append(self, layer: Module) -> "Sequential":
         setattr(self, str(len(self)), layer)
         return self
+
+    def extend(self, layers) -> "Sequential":
+        for layer in layers:
+            self.append(layer)
+        return self
+
+    def insert(self, index: int, layer: Module) -> "Sequential":
+        """``layer`` before position ``index`` (torch's), the layers numbered again."""
+        if not isinstance(layer, Module):
+            raise TypeError(f"a Sequential holds modules, got {type(layer).__name__}")
+        n = len(self)
+        if not -n <= index <= n:
+            raise IndexError(f"index {index} is out of range for a Sequential of {n}")
+        layers = list(self._modules.values())
+        layers.insert(index % (n + 1) if index < 0 else index, layer)
+        self._renumber(layers)
+        return self
+
+    def pop(self, index: int = -1) -> Module:
+        layer = self[index]
+        del self[index]
+        return layer
 
     def forward(self, x):
         for layer in self._modules.values():
@@ -310,6 +463,7 @@ class ModuleList(Module):
 
     def __setitem__(self, i: int, m) -> None:
         self._modules[str(self._index(i))] = self._check(m)
+        bump()
 
     def __delitem__(self, i) -> None:
         items = list(self._modules.values())
@@ -317,6 +471,7 @@ class ModuleList(Module):
         self._modules.clear()
         for k, m in enumerate(items):
             self._modules[str(k)] = m
+        bump()
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -329,6 +484,7 @@ class ModuleList(Module):
 
     def append(self, m) -> "ModuleList":
         self._modules[str(len(self))] = self._check(m)
+        bump()
         return self
 
     def extend(self, modules) -> "ModuleList":
@@ -342,6 +498,7 @@ class ModuleList(Module):
         self._modules.clear()
         for k, x in enumerate(items):
             self._modules[str(k)] = x
+        bump()
 
     def forward(self, *args):
         raise NotImplementedError("ModuleList has no forward(): iterate over it")
@@ -379,6 +536,7 @@ class ModuleDict(Module):
 
     def __delitem__(self, key: str) -> None:
         del self._modules[key]
+        bump()
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -399,6 +557,7 @@ class ModuleDict(Module):
         return self._modules.items()
 
     def pop(self, key: str) -> Module:
+        bump()
         return self._modules.pop(key)
 
     def clear(self) -> None:

@@ -32,6 +32,7 @@ from irgraph.passes.train import TrainStep, training_step
 
 from .compiler import param_names
 from .driver import compile_graph
+from .guards import Guard, rebuild_if_changed
 from .dynamic_batch import compile_train_dynamic
 from .nn import Module, Parameter
 from . import random as _random
@@ -62,7 +63,11 @@ class TrainStepFunction:
         self.amp = {n: np.array(v, np.float32) for n, v in
                     zip(layout.loss_scale, (amp_init_scale, 0.0))}
 
+    _guard = _rebuild = None
+
     def __call__(self, *batch):
+        if self._guard is not None:     # the model changed what it traces: compile again
+            rebuild_if_changed(self, self._rebuild, keep=("amp",))
         lay = self.layout
         if len(batch) != len(lay.batch):
             raise TypeError(f"the training step takes {len(lay.batch)} batch input(s) "
@@ -245,6 +250,11 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
                            dict(tracer.params), has_aux, structure[1][1] if has_aux else None,
                            *([scaling.init_scale] if scaling else []))
     fn.passes = built.passes
+    fn._guard = Guard(model, tracer.params)
+    fn._rebuild = lambda: compile_train(model, loss_fn, optimizer, *specs, backend=backend,
+                                        pipeline=pipeline, n_model_inputs=n_model_inputs,
+                                        name=name, has_aux=has_aux, autocast=autocast,
+                                        bptt=bptt, **options)
     return fn
 
 
