@@ -10,7 +10,13 @@ from .jit import JitFunction, jit
 from .random import manual_seed
 from .tracing import Tensor, TensorSpec
 from .train import TrainStepFunction, compile_train
+# torch-level functions (``ig.zeros``, ``ig.einsum``, ...): the same as ``F``'s
+from .functional_tensor import (arange, einsum, empty, empty_like, eye, full, full_like,
+                                linspace, ones, ones_like, zeros, zeros_like)
+from .functional_core import cat, stack, where
 
 __all__ = ["F", "nn", "compile", "trace", "CompiledFunction", "manual_seed", "Tensor",
            "TensorSpec", "grad", "value_and_grad", "GradFunction", "init", "optim", "compile_train",
-           "TrainStepFunction", "rnn", "jit", "JitFunction", "tensor"]
+           "TrainStepFunction", "rnn", "jit", "JitFunction", "tensor", "arange", "einsum",
+           "empty", "empty_like", "eye", "full", "full_like", "linspace", "ones", "ones_like",
+           "zeros", "zeros_like", "cat", "stack", "where"]

@@ -66,4 +66,15 @@ from .functional_shape import (channel_shuffle, dropout1d, dropout2d, dropout3d,
                                one_hot, pixel_shuffle, pixel_unshuffle, upsample,
                                upsample_bilinear, upsample_nearest)
 
+# tensor functions composed of core ops: split/chunk, flip/roll, repeat, masks and triangles,
+# scans and products, tests, rounding, logical and bitwise operators, einsum, factories
+from .functional_tensor import (all, any, arange, bitwise_and, bitwise_not, bitwise_or,
+                                bitwise_xor, ceil, chunk, cumprod, cumsum, detach, einsum,
+                                empty, empty_like, eye, flip, fliplr, flipud, floor, frac, full,
+                                full_like, isfinite, isinf, isnan, linspace, logical_not,
+                                logical_xor, masked_fill, movedim, nan_to_num, narrow, norm,
+                                ones, ones_like, prod, repeat, repeat_interleave, roll, round,
+                                split, tile, tril, triu, trunc, unbind, unflatten, zeros,
+                                zeros_like)
+
 from .tracing import Tensor  # (the type of what every function returns)

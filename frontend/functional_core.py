@@ -30,6 +30,10 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
         dtype = _scalar_dtype(x, like)
         if dtype == "int32" and isinstance(x, (int, np.integer)) and not isinstance(x, bool):
             x = (int(x) + 2**31) % 2**32 - 2**31   # wrapped into int32, as torch's scalar
+        big = isinstance(x, (int, np.integer)) and not -2**53 <= int(x) <= 2**53
+        if dtype == "int64" and big:
+            # past 2^53 a float64 attribute would round it: the exact integer as an array
+            return tr.emit("constant", value=np.array(int(x), np.int64))
         return tr.emit("full", shape=(), value=float(x), dtype=dtype)
     arr = np.asarray(x)
     if arr.dtype == np.float64 and (like is None or like.dtype == "float32"):
@@ -119,7 +123,13 @@ def _binary(op):
     return f
 
 
-mul, maximum, minimum = (_binary(n) for n in ("mul", "maximum", "minimum"))
+maximum, minimum = (_binary(n) for n in ("maximum", "minimum"))
+
+
+def mul(a, b) -> Tensor:
+    """``a * b``; of two bool tensors a logical and, as torch."""
+    a, b = promote(a, b)
+    return emit_op("logical_and" if a.dtype == b.dtype == "bool" else "mul", a, b)
 
 
 def pow(a, b) -> Tensor:
@@ -146,6 +156,11 @@ def _scaled(op: str, a, b, alpha) -> Tensor:
             raise TypeError(f"{op}: for integral tensors ({b.dtype}) alpha must not be a "
                             f"floating point number, got {alpha!r}")
         b = emit_op("mul", b, as_tensor(alpha, b))
+    if a.dtype == "bool" and b.dtype == "bool":     # torch: a logical or; no bool minus
+        if op == "sub":
+            raise TypeError("sub: subtraction of two bool tensors is not supported; use "
+                            "logical_xor or ~ (as torch)")
+        return emit_op("logical_or", a, b)
     return emit_op(op, a, b)
 
 
@@ -389,7 +404,8 @@ def argmax(x, dim: int | None = None, keepdim: bool = False) -> Tensor:
     x = as_tensor(x)
     if dim is None:
         _nonempty(x, None, "argmax")
-        return emit_op("argmax", reshape(x, (-1,)), axis=0, keepdims=False)
+        i = emit_op("argmax", reshape(x, (-1,)), axis=0, keepdims=False)
+        return reshape(i, (1,) * x.ndim) if keepdim else i
     _nonempty(x, _axes(x, dim), "argmax")
     return emit_op("argmax", x, axis=wrap_dim(dim, x.ndim), keepdims=keepdim)
 
@@ -473,7 +489,11 @@ def var(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
 @in_float32
 def std(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
         correction: float | None = None) -> Tensor:
-    return sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+    """``sqrt(var)``; where the variance is 0 (a constant row) the gradient is 0, as torch's
+    (sqrt's own would be inf * 0 = NaN)."""
+    v = var(x, dim, unbiased, keepdim, correction=correction)
+    pos = gt(v, 0.0)
+    return where(pos, sqrt(where(pos, v, 1.0)), v)
 
 
 def logsumexp(x, dim, keepdim: bool = False) -> Tensor:
@@ -569,8 +589,18 @@ def transpose(x, dim0: int, dim1: int) -> Tensor:
 
 
 def broadcast_to(x, shape) -> Tensor:
+    """``torch.broadcast_to``: -1 keeps a dimension; new dimensions go in front."""
     x = as_tensor(x)
-    return x if tuple(shape) == x.shape else emit_op("broadcast_to", x, shape=tuple(shape))
+    shape = tuple(int(d) for d in shape)
+    lead = len(shape) - x.ndim
+    if lead < 0:
+        raise ValueError(f"broadcast_to: {len(shape)} sizes for a tensor of rank {x.ndim}")
+    shape = tuple(x.shape[i - lead] if d == -1 and i >= lead else d
+                  for i, d in enumerate(shape))
+    if any(d < 0 for d in shape):
+        raise ValueError(f"broadcast_to: -1 is not allowed for a new leading dimension: "
+                         f"{shape}")
+    return x if shape == x.shape else emit_op("broadcast_to", x, shape=shape)
 
 
 def unsqueeze(x, dim: int) -> Tensor:

@@ -14,6 +14,7 @@ from .functional_core import (abs, add, amax, amin, argmax, argmin, broadcast_to
 from .functional_index import gather, getitem, index_add, index_select, scatter_add, \
     take_along_dim
 from .compositions import expm1, log1p
+from . import functional_tensor as T
 from .tensor_base import Tensor
 
 
@@ -27,8 +28,10 @@ _METHODS = {
     "__mul__": mul, "__rmul__": _swap(mul), "__truediv__": div, "__rtruediv__": _swap(div),
     "__pow__": pow, "__rpow__": _swap(pow), "__matmul__": matmul, "__rmatmul__": _swap(matmul),
     "__neg__": neg, "__abs__": abs, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
-    "__eq__": eq, "__ne__": ne, "__getitem__": getitem, "__and__": logical_and,
-    "__or__": logical_or,
+    "__eq__": eq, "__ne__": ne, "__getitem__": getitem, "__and__": T.bitwise_and,
+    "__or__": T.bitwise_or, "__xor__": T.bitwise_xor, "__rand__": _swap(T.bitwise_and),
+    "__ror__": _swap(T.bitwise_or), "__rxor__": _swap(T.bitwise_xor),
+    "__invert__": T.bitwise_not, "__pos__": lambda self: self,
     "exp": exp, "log": log, "log1p": log1p, "expm1": expm1, "sqrt": sqrt, "rsqrt": rsqrt, "tanh": tanh, "sigmoid": sigmoid,
     "relu": relu, "abs": abs, "sign": sign, "square": square, "neg": neg,
     "sum": sum, "mean": mean, "amax": amax, "amin": amin, "argmax": argmax, "var": var,
@@ -48,6 +51,12 @@ _METHODS = {
     "erf": erf,
     "gather": gather, "index_select": index_select, "take_along_dim": take_along_dim,
     "scatter_add": scatter_add, "index_add": index_add,
+    **{name: getattr(T, name) for name in (
+        "split", "chunk", "unbind", "flip", "fliplr", "flipud", "roll", "movedim", "narrow",
+        "unflatten", "repeat", "tile", "repeat_interleave", "masked_fill", "tril", "triu",
+        "cumsum", "cumprod", "prod", "all", "any", "isnan", "isinf", "isfinite", "nan_to_num",
+        "floor", "ceil", "trunc", "round", "frac", "logical_not", "logical_xor",
+        "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "norm", "detach")},
 }
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
@@ -65,14 +74,7 @@ def _expand(self, *sizes):
     """``x.expand(*sizes)``: -1 keeps a dimension; new dimensions go in front (torch)."""
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = tuple(sizes[0])
-    lead = len(sizes) - self.ndim
-    if lead < 0:
-        raise ValueError(f"expand: {len(sizes)} sizes for a tensor of rank {self.ndim}")
-    shape = tuple(self.shape[i - lead] if d == -1 and i >= lead else d
-                  for i, d in enumerate(sizes))
-    if any(d < 0 for d in shape):
-        raise ValueError(f"expand: -1 is not allowed for a new leading dimension: {sizes}")
-    return broadcast_to(self, shape)
+    return broadcast_to(self, sizes)
 
 
 def _where_method(self, condition, y):
@@ -101,3 +103,9 @@ Tensor.double = _conversion("float64")
 Tensor.long = _conversion("int64")
 Tensor.int = _conversion("int32")
 Tensor.to = lambda self, dtype: cast(self, dtype)
+Tensor.t = lambda self: transpose(self, 0, 1) if self.ndim == 2 else self
+Tensor.mT = property(lambda self: transpose(self, -2, -1))
+Tensor.new_zeros = lambda self, *size, dtype=None: T.zeros(*size, dtype=dtype or self.dtype)
+Tensor.new_ones = lambda self, *size, dtype=None: T.ones(*size, dtype=dtype or self.dtype)
+Tensor.new_full = lambda self, size, value, dtype=None: T.full(size, value,
+                                                              dtype=dtype or self.dtype)

@@ -86,3 +86,48 @@ def check(ours, twin, inputs, backend: str, dtype, rtol: float, atol: float,
         np.testing.assert_allclose(grads[f"m.{n}"], p.grad.numpy(), rtol=rtol, atol=atol,
                                    err_msg=f"d/d{n}")
     return exe
+
+
+def check_function(ours, theirs, inputs, wrt, backend: str, rtol: float = 1e-9,
+                   grad_rtol: float = 1e-8, atol: float = 1e-12):
+    """``ours`` compiled on ``backend`` against ``theirs`` (torch's) on ``inputs`` (float
+    arrays taken as float64): the values (and dtypes of integer and bool results), and the
+    gradients of ``sum_k sum(f_k(x) * c_k)`` over its outputs (``c_k`` fixed random arrays) by
+    the inputs at positions ``wrt``."""
+    inputs = [np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+              for a in inputs]
+    specs = [fe.TensorSpec(a.shape, a.dtype.name) for a in inputs]
+    out = fe.compile(ours, *specs, backend=backend)(*inputs)
+    ts = [torch.tensor(a, requires_grad=i in wrt) for i, a in enumerate(inputs)]
+    want = theirs(*ts)
+    many = isinstance(want, (tuple, list))
+    outs, wants = (list(out), list(want)) if many else ([out], [want])
+    assert len(outs) == len(wants)
+    for o, w in zip(outs, wants):
+        w = w.detach().numpy()
+        assert np.shape(o) == w.shape, (np.shape(o), w.shape)
+        if w.dtype.kind in "biu":
+            assert np.asarray(o).dtype == w.dtype, (np.asarray(o).dtype, w.dtype)
+            np.testing.assert_array_equal(o, w)
+        else:
+            np.testing.assert_allclose(o, w, rtol=rtol, atol=atol)
+    if not wrt:
+        return
+    rng = np.random.default_rng(99)
+    cs = [rng.standard_normal(np.shape(o)) for o in outs]
+
+    def objective(*xs):
+        ys = ours(*xs)
+        ys = ys if many else (ys,)
+        total = 0.0
+        for y, c in zip(ys, cs):
+            total = total + (y * c).sum()
+        return total
+    grads = fe.grad(objective, *specs, wrt=list(wrt), backend=backend)(*inputs)
+    total = 0.0
+    for w, c in zip(wants, cs):
+        total = total + (w * torch.tensor(c)).sum()
+    total.backward()
+    for g, i in zip(grads, wrt):
+        np.testing.assert_allclose(g, ts[i].grad.numpy(), rtol=grad_rtol, atol=atol * 10,
+                                   err_msg=f"gradient of input {i}")

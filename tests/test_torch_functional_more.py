@@ -10,7 +10,7 @@ import torch.nn.functional as TF
 
 import irgraph.frontend as fe
 from irgraph.frontend import F, nn
-from _torch_twins import check
+from _torch_twins import check, check_function
 
 BACKENDS = ["reference", "llvm", "triton"]
 
@@ -165,33 +165,11 @@ CASES += [(f"interpolate_{i}_{kw['mode']}", lambda x, kw=kw: F.interpolate(x, **
           for i, (shape, kw) in enumerate(RESAMPLE)]
 
 
-def _run_ours(fn, inputs, wrt, backend):
-    specs = [fe.TensorSpec(a.shape, a.dtype.name) for a in inputs]
-    out = fe.compile(fn, *specs, backend=backend)(*inputs)
-    c = np.random.default_rng(99).standard_normal(np.shape(out))
-
-    def objective(*xs):
-        return (fn(*xs) * c).sum()
-    grads = fe.grad(objective, *specs, wrt=list(wrt), backend=backend)(*inputs) if wrt else ()
-    return out, c, grads
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_values_and_gradients_match_torch(case, backend):
     _, ours, theirs, inputs, wrt, *grad_rtol = case
-    inputs = [np.asarray(a, np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
-              for a in inputs]
-    out, c, grads = _run_ours(ours, inputs, wrt, backend)
-    ts = [torch.tensor(a, requires_grad=i in wrt) for i, a in enumerate(inputs)]
-    want = theirs(*ts)
-    np.testing.assert_allclose(out, want.detach().numpy(), rtol=1e-9, atol=1e-12)
-    if wrt:
-        (want * torch.tensor(c)).sum().backward()
-    for g, i in zip(grads, wrt):
-        np.testing.assert_allclose(g, ts[i].grad.numpy(), rtol=(grad_rtol or [1e-8])[0],
-                                   atol=1e-11,
-                                   err_msg=f"gradient of input {i}")
+    check_function(ours, theirs, inputs, wrt, backend, grad_rtol=(grad_rtol or [1e-8])[0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

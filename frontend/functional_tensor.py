@@ -1,0 +1,580 @@
+"""Tensor functions of ``torch`` beyond the core ops, as compositions of them (``frontend.F``
+and tensor methods): splitting and joining (``split``, ``chunk``, ``unbind``), reordering
+(``flip``, ``roll``, ``movedim``), repetition (``repeat``, ``tile``), masks and triangles
+(``masked_fill``, ``tril``, ``triu``), scans and products (``cumsum``, ``cumprod``, ``prod``,
+as log-depth sweeps of adds and multiplies), tests (``all``, ``any``, ``isnan``, ``isinf``,
+``isfinite``), rounding (``floor``, ``ceil``, ``trunc``, ``round``: zero gradient, as torch),
+logical and bitwise operators, ``einsum`` (pairwise contractions as batched matmuls), ``norm``
+and the factories (``zeros``, ``ones``, ``full``, ``arange``, ``eye``, ``linspace`` and their
+``_like`` forms)."""
+from __future__ import annotations
+
+import builtins
+import math
+import re
+from typing import Sequence
+
+import numpy as np
+
+from irgraph.ops.core import wrap_dim
+
+from .functional_core import (_floor, abs, add, amax, amin, as_tensor, cast, emit_op, eq,
+                              logical_and, logical_or, lt, matmul, mul, ne, neg, pad, permute,
+                              reshape, slice_axes, squeeze, sub, sum, where)
+from .functional_distance import vector_norm
+from .functional_index import index_select
+from .tracing import Tensor, current_tracer
+
+__all__ = ["split", "chunk", "unbind", "flip", "fliplr", "flipud", "roll", "movedim",
+           "narrow", "unflatten", "repeat", "tile", "repeat_interleave", "masked_fill", "tril",
+           "triu", "cumsum", "cumprod", "prod", "all", "any", "isnan", "isinf", "isfinite",
+           "nan_to_num", "floor", "ceil", "trunc", "round", "frac", "logical_not",
+           "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "einsum",
+           "norm", "detach", "zeros", "ones", "full", "empty", "zeros_like", "ones_like",
+           "full_like", "empty_like", "arange", "eye", "linspace"]
+
+
+def _dim(x: Tensor, dim: int) -> int:
+    return wrap_dim(dim, builtins.max(x.ndim, 1))
+
+
+def _narrow(x: Tensor, d: int, start: int, stop: int) -> Tensor:
+    starts, stops = [0] * x.ndim, list(x.shape)
+    starts[d], stops[d] = start, stop
+    return slice_axes(x, starts, stops, [1] * x.ndim)
+
+
+# ---------------------------------------------------------------- split and join
+def split(tensor, split_size_or_sections, dim: int = 0) -> tuple[Tensor, ...]:
+    """``torch.split``: pieces of ``split_size`` along ``dim`` (the last one smaller), or of the
+    listed sizes (which must add up to the dimension)."""
+    x = as_tensor(tensor)
+    d = _dim(x, dim)
+    n = x.shape[d]
+    if isinstance(split_size_or_sections, (int, np.integer)):
+        size = int(split_size_or_sections)
+        if size <= 0 and n:
+            raise ValueError(f"split: split_size must be positive, got {size}")
+        sizes = [builtins.min(size, n - s) for s in range(0, n, size)] if n else [0]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if builtins.sum(sizes) != n or builtins.any(s < 0 for s in sizes):
+            raise ValueError(f"split: sizes {sizes} must be non-negative and add up to "
+                             f"{n} (dimension {dim})")
+    out, start = [], 0
+    for s in sizes:
+        out.append(_narrow(x, d, start, start + s))
+        start += s
+    return tuple(out)
+
+
+def chunk(input, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
+    """``torch.chunk``: pieces of ``ceil(n / chunks)`` (so possibly fewer than ``chunks``)."""
+    if chunks <= 0:
+        raise ValueError(f"chunk: chunks must be positive, got {chunks}")
+    x = as_tensor(input)
+    n = x.shape[_dim(x, dim)]
+    return split(x, builtins.max(1, -(-n // chunks)), dim)
+
+
+def unbind(input, dim: int = 0) -> tuple[Tensor, ...]:
+    x = as_tensor(input)
+    d = _dim(x, dim)
+    return tuple(squeeze(_narrow(x, d, i, i + 1), d) for i in range(x.shape[d]))
+
+
+def narrow(input, dim: int, start: int, length: int) -> Tensor:
+    x = as_tensor(input)
+    d = _dim(x, dim)
+    n = x.shape[d]
+    start = start + n if start < 0 else start
+    if not (0 <= start <= n and 0 <= length and start + length <= n):
+        raise IndexError(f"narrow: start {start} and length {length} out of range for "
+                         f"dimension {dim} of size {n}")
+    return _narrow(x, d, start, start + length)
+
+
+def unflatten(input, dim: int, sizes) -> Tensor:
+    x = as_tensor(input)
+    d = _dim(x, dim)
+    return reshape(x, tuple(x.shape[:d]) + tuple(sizes) + tuple(x.shape[d + 1:]))
+
+
+def movedim(input, source, destination) -> Tensor:
+    x = as_tensor(input)
+    src = [source] if isinstance(source, int) else list(source)
+    dst = [destination] if isinstance(destination, int) else list(destination)
+    if len(src) != len(dst):
+        raise ValueError("movedim: source and destination must have the same length")
+    src, dst = [_dim(x, s) for s in src], [_dim(x, t) for t in dst]
+    order = [None] * x.ndim
+    for s, t in zip(src, dst):
+        order[t] = s
+    rest = iter(i for i in range(x.ndim) if i not in src)
+    return permute(x, tuple(o if o is not None else next(rest) for o in order))
+
+
+# ---------------------------------------------------------------- reorder and repeat
+def _take(x: Tensor, d: int, idx) -> Tensor:
+    return index_select(x, d, as_tensor(np.asarray(idx, np.int64), x))
+
+
+def flip(input, dims) -> Tensor:
+    x = as_tensor(input)
+    for d in ([dims] if isinstance(dims, int) else dims):
+        d = _dim(x, d)
+        x = _take(x, d, np.arange(x.shape[d] - 1, -1, -1))
+    return x
+
+
+def fliplr(input) -> Tensor:
+    return flip(input, 1)
+
+
+def flipud(input) -> Tensor:
+    return flip(input, 0)
+
+
+def roll(input, shifts, dims=None) -> Tensor:
+    """``torch.roll``: elements shifted along ``dims`` (the flattened tensor without)."""
+    x = as_tensor(input)
+    if dims is None:
+        return reshape(roll(reshape(x, (-1,)), shifts, 0), x.shape)
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if len(shifts) != len(dims):
+        raise ValueError("roll: shifts and dims must have the same length")
+    for s, d in zip(shifts, dims):
+        d = _dim(x, d)
+        n = x.shape[d]
+        if n:
+            x = _take(x, d, (np.arange(n) - s) % n)
+    return x
+
+
+def repeat(input, *sizes) -> Tensor:
+    """``Tensor.repeat``: the tensor tiled ``sizes`` times (at least its rank; extra sizes
+    add leading dimensions)."""
+    x = as_tensor(input)
+    sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) \
+        else tuple(sizes)
+    if len(sizes) < x.ndim:
+        raise ValueError(f"repeat: {len(sizes)} sizes for a tensor of rank {x.ndim}")
+    x = reshape(x, (1,) * (len(sizes) - x.ndim) + tuple(x.shape))
+    for d, r in enumerate(sizes):
+        if r != 1:
+            x = _take(x, d, np.tile(np.arange(x.shape[d]), int(r)))
+    return x
+
+
+def tile(input, dims) -> Tensor:
+    """``torch.tile``: ``repeat`` with fewer sizes than the rank padded by leading ones."""
+    x = as_tensor(input)
+    dims = tuple(dims)
+    return repeat(x, (1,) * (x.ndim - len(dims)) + dims)
+
+
+def repeat_interleave(input, repeats: int, dim: int | None = None) -> Tensor:
+    x = as_tensor(input)
+    if dim is None:
+        x, dim = reshape(x, (-1,)), 0
+    d = _dim(x, dim)
+    return _take(x, d, np.repeat(np.arange(x.shape[d]), int(repeats)))
+
+
+# ---------------------------------------------------------------- masks and triangles
+def masked_fill(input, mask, value) -> Tensor:
+    x = as_tensor(input)
+    return where(as_tensor(mask, x), as_tensor(value, x) if isinstance(value, Tensor)
+                 else value, x)
+
+
+def _triangle(x: Tensor, diagonal: int, lower: bool, name: str) -> Tensor:
+    if x.ndim < 2:
+        raise ValueError(f"{name}: input must have at least 2 dimensions, got {x.ndim}")
+    rows, cols = x.shape[-2:]
+    offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
+    keep = offset <= diagonal if lower else offset >= diagonal
+    return where(as_tensor(keep, x), x, 0 if not x.type.is_float else 0.0)
+
+
+def tril(input, diagonal: int = 0) -> Tensor:
+    return _triangle(as_tensor(input), diagonal, True, "tril")
+
+
+def triu(input, diagonal: int = 0) -> Tensor:
+    return _triangle(as_tensor(input), diagonal, False, "triu")
+
+
+# ---------------------------------------------------------------- scans and products
+def _scan(x: Tensor, dim: int, op, fill) -> Tensor:
+    """Inclusive scan of ``op`` along ``dim`` in ceil(log2 n) sweeps (Hillis and Steele): at
+    sweep k each element combines with the one 2^k before it (``fill`` before the start)."""
+    d = _dim(x, dim)
+    n = x.shape[d]
+    step = 1
+    while step < n:
+        pads = [0] * (2 * x.ndim)
+        pads[2 * (x.ndim - 1 - d)] = step
+        shifted = pad(_narrow(x, d, 0, n - step), pads, value=fill)
+        x = op(x, shifted)
+        step *= 2
+    return x
+
+
+def cumsum(input, dim: int, dtype: str | None = None) -> Tensor:
+    x = as_tensor(input)
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif not x.type.is_float:
+        x = cast(x, "int64")                 # torch: bool and integers sum as int64
+    return _scan(x, dim, add, 0.0)
+
+
+def cumprod(input, dim: int, dtype: str | None = None) -> Tensor:
+    x = as_tensor(input)
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif not x.type.is_float:
+        x = cast(x, "int64")
+    return _scan(x, dim, mul, 1.0)
+
+
+def prod(input, dim: int | None = None, keepdim: bool = False,
+         dtype: str | None = None) -> Tensor:
+    """``torch.prod`` as a tree of multiplies (no division, so zeros have torch's
+    gradient)."""
+    x = as_tensor(input)
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif not x.type.is_float:
+        x = cast(x, "int64")
+    if dim is None:
+        out = prod(reshape(x, (-1,)), 0)
+        return reshape(out, (1,) * x.ndim) if keepdim else out
+    d = _dim(x, dim)
+    while x.shape[d] > 1:
+        n = x.shape[d]
+        half = n // 2
+        y = mul(_narrow(x, d, 0, half), _narrow(x, d, half, 2 * half))
+        x = y if n % 2 == 0 else emit_op("concat", y, _narrow(x, d, n - 1, n), axis=d)
+    if x.shape[d] == 0:
+        shape = list(x.shape)
+        shape[d] = 1
+        x = as_tensor(np.ones(shape, x.type.np_dtype), x)
+    return x if keepdim else squeeze(x, d)
+
+
+# ---------------------------------------------------------------- tests
+def _truth(x: Tensor) -> Tensor:
+    return x if x.dtype == "bool" else ne(x, 0)
+
+
+def all(input, dim=None, keepdim: bool = False) -> Tensor:
+    x = cast(_truth(as_tensor(input)), "int32")
+    return cast(amin(x, dim, keepdim), "bool") if x.numel() else as_tensor(True)
+
+
+def any(input, dim=None, keepdim: bool = False) -> Tensor:
+    x = cast(_truth(as_tensor(input)), "int32")
+    return cast(amax(x, dim, keepdim), "bool") if x.numel() else as_tensor(False)
+
+
+def isnan(input) -> Tensor:
+    x = as_tensor(input)
+    return ne(x, x)
+
+
+def isinf(input) -> Tensor:
+    x = as_tensor(input)
+    return eq(abs(x), math.inf) if x.type.is_float else ne(x, x)
+
+
+def isfinite(input) -> Tensor:
+    x = as_tensor(input)
+    return logical_and(eq(x, x), ne(abs(x), math.inf)) if x.type.is_float else eq(x, x)
+
+
+def nan_to_num(input, nan: float = 0.0, posinf: float | None = None,
+               neginf: float | None = None) -> Tensor:
+    x = as_tensor(input)
+    if not x.type.is_float:
+        return x
+    big = float(np.finfo(x.type.np_dtype).max)
+    x = where(ne(x, x), nan, x)
+    x = where(eq(x, math.inf), big if posinf is None else posinf, x)
+    return where(eq(x, -math.inf), -big if neginf is None else neginf, x)
+
+
+# ---------------------------------------------------------------- rounding (zero gradient)
+def _rounded(x: Tensor, f) -> Tensor:
+    x = as_tensor(x)
+    if not x.type.is_float:
+        return x
+    return emit_op("stop_gradient", f(x))
+
+
+def floor(input) -> Tensor:
+    return _rounded(input, _floor)
+
+
+def ceil(input) -> Tensor:
+    return _rounded(input, lambda x: neg(_floor(neg(x))))
+
+
+def trunc(input) -> Tensor:
+    return _rounded(input, lambda x: where(lt(x, 0.0), neg(_floor(neg(x))), _floor(x)))
+
+
+def round(input, decimals: int = 0) -> Tensor:
+    """Half to even, as torch (``decimals``: scaled by 10^decimals first)."""
+    def half_even(x):
+        f = _floor(x)
+        d = sub(x, f)
+        odd = ne(emit_op("fmod", f, as_tensor(2.0, f)), 0.0)
+        up = logical_or(lt(0.5, d), logical_and(eq(d, 0.5), odd))
+        return where(up, add(f, 1.0), f)
+    x = as_tensor(input)
+    if decimals:
+        s = 10.0 ** decimals
+        return _rounded(x, lambda v: half_even(v * s) / s)
+    return _rounded(x, half_even)
+
+
+def frac(input) -> Tensor:
+    x = as_tensor(input)
+    return x - trunc(x)
+
+
+# ---------------------------------------------------------------- logical and bitwise
+def logical_not(input) -> Tensor:
+    return eq(_truth(as_tensor(input)), False)
+
+
+def logical_xor(a, b) -> Tensor:
+    return ne(_truth(as_tensor(a)), _truth(as_tensor(b, as_tensor(a))))
+
+
+def _bool_only(name: str, a: Tensor, b: Tensor) -> None:
+    if a.dtype != "bool" or b.dtype != "bool":
+        raise TypeError(f"{name}: bitwise operations on {a.dtype} and {b.dtype} tensors are "
+                        f"not supported (only bool tensors, where they are logical)")
+
+
+def _bitwise(name: str, logical):
+    def f(a, b) -> Tensor:
+        x = as_tensor(a) if isinstance(a, Tensor) else None
+        y = as_tensor(b, x) if x is not None else as_tensor(b)
+        x = x if x is not None else as_tensor(a, y)
+        _bool_only(name, x, y)
+        return logical(x, y)
+    f.__name__ = name
+    return f
+
+
+bitwise_and = _bitwise("bitwise_and", logical_and)
+bitwise_or = _bitwise("bitwise_or", logical_or)
+bitwise_xor = _bitwise("bitwise_xor", ne)
+
+
+def bitwise_not(input) -> Tensor:
+    """``~x``: logical not of a bool tensor, ``-1 - x`` (every bit flipped) of an integer."""
+    x = as_tensor(input)
+    if x.dtype == "bool":
+        return logical_not(x)
+    if x.type.is_float:
+        raise TypeError(f"bitwise_not: not defined for {x.dtype} tensors")
+    return sub(-1, x)
+
+
+# ---------------------------------------------------------------- einsum
+def _einsum_terms(equation: str, ops: Sequence[Tensor]):
+    eq_ = equation.replace(" ", "")
+    lhs, arrow, rhs = eq_.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ops):
+        raise ValueError(f"einsum: {len(terms)} operands in {equation!r}, got {len(ops)}")
+    used = set(re.sub(r"[^A-Za-z]", "", eq_))
+    spare = iter(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                 if c not in used)
+    ell_rank = builtins.max([x.ndim - len(t.replace("...", "")) for t, x in zip(terms, ops)
+                             if "..." in t], default=0)
+    ell = "".join(next(spare) for _ in range(ell_rank))
+    out_terms = []
+    for t, x in zip(terms, ops):
+        if "..." in t:
+            k = x.ndim - len(t.replace("...", ""))
+            t = t.replace("...", ell[ell_rank - k:])
+        if len(t) != x.ndim or not t.isalpha():
+            raise ValueError(f"einsum: term {t!r} does not fit an operand of rank {x.ndim}")
+        if len(set(t)) != len(t):
+            raise NotImplementedError(f"einsum: a repeated index within one operand ({t!r}, "
+                                      f"a diagonal) is not supported")
+        out_terms.append(t)
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:
+        counts = {}
+        for t in out_terms:
+            for c in t:
+                counts[c] = counts.get(c, 0) + 1
+        out = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
+    return out_terms, out
+
+
+def _contract(a: Tensor, ta: str, b: Tensor, tb: str, keep: set) -> tuple[Tensor, str]:
+    """``a`` (indices ``ta``) times ``b`` summed over the indices shared and not kept, as one
+    batched matmul; the result's indices: batch, a's own, b's own."""
+    size = {**dict(zip(ta, a.shape)), **dict(zip(tb, b.shape))}
+    for t, x in ((ta, a), (tb, b)):       # broadcast size-1 dimensions as einsum does
+        for c, n in zip(t, x.shape):
+            size[c] = builtins.max(size[c], n)
+    batch = [c for c in ta if c in tb and c in keep]
+    summed = [c for c in ta if c in tb and c not in keep]
+    a_own = [c for c in ta if c not in tb]
+    b_own = [c for c in tb if c not in ta]
+
+    def arrange(x, t, order):
+        x = permute(x, tuple(t.index(c) for c in order)) if list(t) != order else x
+        return emit_op("broadcast_to", x, shape=tuple(size[c] for c in order)) \
+            if tuple(x.shape) != tuple(size[c] for c in order) else x
+    nb = int(np.prod([size[c] for c in batch]))
+    m = int(np.prod([size[c] for c in a_own]))
+    k = int(np.prod([size[c] for c in summed]))
+    n = int(np.prod([size[c] for c in b_own]))
+    am = reshape(arrange(a, ta, batch + a_own + summed), (nb, m, k))
+    bm = reshape(arrange(b, tb, batch + summed + b_own), (nb, k, n))
+    y = matmul(am, bm)
+    order = batch + a_own + b_own
+    return reshape(y, tuple(size[c] for c in order)), "".join(order)
+
+
+def einsum(equation: str, *operands) -> Tensor:
+    """``torch.einsum``: operands contracted left to right, each pair as one batched matmul
+    (an index only one operand has and the output lacks is summed first); ``...`` broadcast
+    dimensions. A repeated index within one operand (a diagonal) is refused."""
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    ops = [as_tensor(x) for x in operands]
+    terms, out = _einsum_terms(equation, ops)
+
+    def needed_after(i):
+        return set(out).union(*[set(t) for t in terms[i + 1:]])
+    # indices of one operand only and not wanted later: summed at once
+    for i, (x, t) in enumerate(zip(ops, terms)):
+        others = set(out).union(*[set(u) for j, u in enumerate(terms) if j != i])
+        drop = [t.index(c) for c in t if c not in others]
+        if drop:
+            ops[i] = sum(x, tuple(drop))
+            terms[i] = "".join(c for c in t if c in others)
+    acc, ta = ops[0], terms[0]
+    for i in range(1, len(ops)):
+        acc, ta = _contract(acc, ta, ops[i], terms[i], needed_after(i))
+    missing = [c for c in ta if c not in out]
+    if missing:
+        acc = sum(acc, tuple(ta.index(c) for c in missing))
+        ta = "".join(c for c in ta if c in out)
+    if set(ta) != set(out) or len(ta) != len(out):
+        raise ValueError(f"einsum: output indices {out!r} must appear in the inputs")
+    return permute(acc, tuple(ta.index(c) for c in out)) if ta != out else acc
+
+
+# ---------------------------------------------------------------- norms
+def norm(input, p="fro", dim=None, keepdim: bool = False, dtype: str | None = None) -> Tensor:
+    """``torch.norm`` of vectors: ``p`` a number, ``inf``, or ``"fro"`` (2, over all the
+    given dimensions)."""
+    x = as_tensor(input)
+    if dtype is not None:
+        x = cast(x, dtype)
+    if p == "fro":
+        p = 2
+    if isinstance(p, str):
+        raise NotImplementedError(f"norm: p={p!r} (matrix norms) is not supported")
+    return vector_norm(x, p, dim, keepdim)
+
+
+def detach(input) -> Tensor:
+    """The same values, no gradient through them."""
+    return emit_op("stop_gradient", as_tensor(input))
+
+
+# ---------------------------------------------------------------- factories
+def _shape(size) -> tuple[int, ...]:
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    return tuple(int(s) for s in size)
+
+
+def _factory_dtype(dtype, value=0.0) -> str:
+    if dtype is not None:
+        return str(np.dtype(str(dtype).removeprefix("torch.")))
+    if isinstance(value, bool):
+        return "bool"
+    return "int64" if isinstance(value, (int, np.integer)) else "float32"
+
+
+def full(size, fill_value, *, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    size = _shape((size,)) if isinstance(size, (tuple, list)) else _shape((size,))
+    return current_tracer().emit("full", shape=size, value=float(fill_value),
+                                 dtype=_factory_dtype(dtype, fill_value))
+
+
+def zeros(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return full(_shape(size), 0.0, dtype=dtype or "float32")
+
+
+def ones(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return full(_shape(size), 1.0, dtype=dtype or "float32")
+
+
+empty = zeros
+
+
+def _like(name, value):
+    def f(input, dtype=None, *, device=None, requires_grad: bool = False,
+          memory_format=None) -> Tensor:
+        x = as_tensor(input)
+        return full(x.shape, value, dtype=dtype or x.dtype)
+    f.__name__ = name
+    return f
+
+
+zeros_like = _like("zeros_like", 0.0)
+ones_like = _like("ones_like", 1.0)
+empty_like = zeros_like
+
+
+def full_like(input, fill_value, *, dtype=None, device=None,
+              requires_grad: bool = False) -> Tensor:
+    x = as_tensor(input)
+    return full(x.shape, fill_value, dtype=dtype or x.dtype)
+
+
+def arange(start, end=None, step=1, *, dtype=None, device=None,
+           requires_grad: bool = False) -> Tensor:
+    """``torch.arange``: int64 for integer arguments, else float32 (or ``dtype``)."""
+    if end is None:
+        start, end = 0, start
+    ints = builtins.all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                        for v in (start, end, step))
+    dt = str(np.dtype(str(dtype).removeprefix("torch."))) if dtype is not None else \
+        ("int64" if ints else "float32")
+    if step == 0:
+        raise ValueError("arange: step must be nonzero")
+    n = builtins.max(0, math.ceil((end - start) / step))
+    values = (np.asarray(start, np.float64) + np.arange(n) * np.float64(step)) if not ints \
+        else start + np.arange(n, dtype=np.int64) * step
+    return current_tracer().emit("constant", value=np.asarray(values).astype(dt))
+
+
+def linspace(start, end, steps: int, *, dtype=None, device=None,
+             requires_grad: bool = False) -> Tensor:
+    dt = str(np.dtype(str(dtype).removeprefix("torch."))) if dtype is not None else "float32"
+    return current_tracer().emit("constant", value=np.linspace(start, end, int(steps))
+                                 .astype(dt))
+
+
+def eye(n: int, m: int | None = None, *, dtype=None, device=None,
+        requires_grad: bool = False) -> Tensor:
+    dt = str(np.dtype(str(dtype).removeprefix("torch."))) if dtype is not None else "float32"
+    return current_tracer().emit("constant", value=np.eye(n, m).astype(dt))

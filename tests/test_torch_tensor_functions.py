@@ -1,0 +1,146 @@
+"""Tensor functions beyond the core ops (split, flip, roll, repeat, triangles, scans and
+products, tests, rounding, logical and bitwise operators, einsum, factories) and the scalar
+and dtype rules a PyTorch user meets, against torch 2.13 on every backend: values, dtypes and
+the gradients of every float input, float64."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import irgraph as ig
+import irgraph.frontend as fe
+from irgraph.frontend import F
+from _torch_twins import check_function
+
+BACKENDS = ["reference", "llvm", "triton"]
+
+
+def _r(seed, *shape):
+    return np.random.default_rng(seed).uniform(-3, 3, shape)
+
+
+X = _r(0, 3, 4, 5)
+XI = np.random.default_rng(1).integers(-5, 6, (3, 4))
+HALVES = np.array([[-2.5, -1.5, -0.5, 0.5], [1.5, 2.5, 0.49, -0.51], [3.7, -3.2, 0.0, 7.5]])
+# (id, ours, torch's, inputs, positions differentiated)
+CASES = [
+    ("split", lambda x: F.split(x, 2, 1), lambda x: torch.split(x, 2, 1), [X], [0]),
+    ("split_sections", lambda x: F.split(x, [1, 3, 1], -1),
+     lambda x: torch.split(x, [1, 3, 1], -1), [X], [0]),
+    ("chunk", lambda x: x.chunk(3, 2), lambda x: x.chunk(3, 2), [X], [0]),
+    ("unbind", lambda x: x.unbind(1), lambda x: x.unbind(1), [X], [0]),
+    ("flip", lambda x: x.flip((0, 2)), lambda x: x.flip((0, 2)), [X], [0]),
+    ("roll", lambda x: x.roll((1, -2), (1, 2)), lambda x: x.roll((1, -2), (1, 2)), [X], [0]),
+    ("roll_flat", lambda x: x.roll(3), lambda x: x.roll(3), [X], [0]),
+    ("movedim", lambda x: x.movedim(0, -1), lambda x: x.movedim(0, -1), [X], [0]),
+    ("narrow", lambda x: x.narrow(2, 1, 3), lambda x: x.narrow(2, 1, 3), [X], [0]),
+    ("unflatten", lambda x: x.unflatten(1, (2, 2)), lambda x: x.unflatten(1, (2, 2)), [X], [0]),
+    ("repeat", lambda x: x.repeat(2, 1, 1, 3), lambda x: x.repeat(2, 1, 1, 3), [X], [0]),
+    ("tile", lambda x: x.tile((2, 1)), lambda x: x.tile((2, 1)), [X], [0]),
+    ("repeat_interleave", lambda x: x.repeat_interleave(2, 1),
+     lambda x: x.repeat_interleave(2, 1), [X], [0]),
+    ("masked_fill", lambda x: x.masked_fill(x > 1, -7.0), lambda x: x.masked_fill(x > 1, -7.0),
+     [X], [0]),
+    ("tril", lambda x: x.tril(1), lambda x: x.tril(1), [X], [0]),
+    ("triu", lambda x: x.triu(-1), lambda x: x.triu(-1), [X], [0]),
+    ("cumsum", lambda x: x.cumsum(2), lambda x: x.cumsum(2), [X], [0]),
+    ("cumsum_int", lambda x: x.cumsum(1), lambda x: x.cumsum(1), [XI], []),
+    ("cumprod", lambda x: x.cumprod(1), lambda x: x.cumprod(1), [X * 0.5], [0]),
+    ("cumprod_zero", lambda x: x.cumprod(0), lambda x: x.cumprod(0),
+     [np.array([2.0, 0.0, 3.0, 0.5, 0.0, 4.0])], [0]),
+    ("prod", lambda x: x.prod(2), lambda x: x.prod(2), [X * 0.7], [0]),
+    ("prod_all_zero", lambda x: x.prod(), lambda x: x.prod(),
+     [np.array([[2.0, 0.0, 3.0], [1.5, -1.0, 2.0]])], [0]),
+    ("prod_keepdim_int", lambda x: x.prod(0, keepdim=True), lambda x: x.prod(0, keepdim=True),
+     [XI], []),
+    ("all_any", lambda x: (x.all(), x.any(1), (x > 0).all(0, keepdim=True)),
+     lambda x: (x.all(), x.any(1), (x > 0).all(0, keepdim=True)), [XI], []),
+    ("tests", lambda x: (F.isnan(x), F.isinf(x), F.isfinite(x), F.nan_to_num(x, 0.5)),
+     lambda x: (torch.isnan(x), torch.isinf(x), torch.isfinite(x), torch.nan_to_num(x, 0.5)),
+     [np.array([1.0, np.nan, np.inf, -np.inf, -2.0])], []),
+    ("rounding", lambda x: (x.floor(), x.ceil(), x.trunc(), x.round(), x.frac()),
+     lambda x: (x.floor(), x.ceil(), x.trunc(), x.round(), x.frac()), [HALVES], [0]),
+    ("round_decimals", lambda x: x.round(decimals=1), lambda x: x.round(decimals=1),
+     [np.array([0.25, 1.35, -2.449, 7.06])], []),
+    ("logical", lambda a, b: ((a > 0) & (b > 0), (a > 0) | (b > 0), (a > 0) ^ (b > 0),
+                              ~(a > 0), F.logical_not(a), F.logical_xor(a, b)),
+     lambda a, b: ((a > 0) & (b > 0), (a > 0) | (b > 0), (a > 0) ^ (b > 0), ~(a > 0),
+                   torch.logical_not(a), torch.logical_xor(a, b)),
+     [XI, XI.T.copy().reshape(3, 4)], []),
+    ("invert_int", lambda a: ~a, lambda a: ~a, [XI], []),
+    ("bool_arithmetic", lambda a, b: ((a > 0) + (b > 0), (a > 0) * (b > 0), (a > 0) + True),
+     lambda a, b: ((a > 0) + (b > 0), (a > 0) * (b > 0), (a > 0) + True),
+     [XI, XI.T.copy().reshape(3, 4)], []),
+    ("norm", lambda x: (F.norm(x), F.norm(x, 1, 2), x.norm(3, dim=(0, 1), keepdim=True)),
+     lambda x: (torch.norm(x), torch.norm(x, 1, 2), x.norm(3, dim=(0, 1), keepdim=True)),
+     [X], [0]),
+    ("detach", lambda x: x * x.detach(), lambda x: x * x.detach(), [X], [0]),
+    ("argmax_keepdim", lambda x: (x.argmax(keepdim=True), x.argmin(keepdim=True)),
+     lambda x: (x.argmax(keepdim=True), x.argmin(keepdim=True)), [X], []),
+    ("std_constant_row", lambda x: x.std(1), lambda x: x.std(1),
+     [np.array([[1.0, 1.0, 1.0], [0.5, 2.0, -1.0]])], [0]),
+    ("broadcast_to_keep", lambda x: x[:, :1].broadcast_to((2, -1, 5)),
+     lambda x: x[:, :1].broadcast_to((2, -1, 5)), [_r(3, 4, 1)], [0]),
+    ("big_int_scalars", lambda x: (x + (2**53 + 1), x == 2**60 + 1, x % (2**55 + 3)),
+     lambda x: (x + (2**53 + 1), x == 2**60 + 1, x % (2**55 + 3)),
+     [np.array([0, 2**60, 2**62 + 5])], []),
+    *[(f"einsum_{eq}", lambda *xs, eq=eq: fe.einsum(eq, *xs),
+       lambda *xs, eq=eq: torch.einsum(eq, *xs), [_r(10 + k, *s) for k, s in enumerate(shapes)],
+       list(range(len(shapes)))) for eq, shapes in [
+        ("ij,jk->ik", [(3, 4), (4, 5)]),
+        ("bhqd,bhkd->bhqk", [(2, 3, 4, 5), (2, 3, 6, 5)]),
+        ("ij->ji", [(3, 4)]),
+        ("ij->", [(3, 4)]),
+        ("i,i->", [(5,), (5,)]),
+        ("i,j->ij", [(3,), (4,)]),
+        ("bij,bjk", [(2, 3, 4), (2, 4, 5)]),
+        ("...ij,...jk->...ik", [(2, 3, 4), (4, 2)]),
+        ("abc,cd,de->ae", [(2, 3, 4), (4, 5), (5, 2)]),
+        ("ijk,ik->j", [(3, 4, 5), (3, 5)]),
+        ("ij,ij->i", [(3, 4), (1, 4)]),
+    ]],
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_tensor_functions_match_torch(case, backend):
+    _, ours, theirs, inputs, wrt = case
+    check_function(ours, theirs, inputs, wrt, backend)
+
+
+def test_factories_as_torch():
+    for ours, theirs in [(ig.zeros(2, 3), torch.zeros(2, 3)), (ig.ones((2,)), torch.ones(2)),
+                         (ig.full((2, 2), 7), torch.full((2, 2), 7)),
+                         (ig.full((2,), 1.5), torch.full((2,), 1.5)),
+                         (ig.arange(5), torch.arange(5)), (ig.arange(1, 2, 0.25),
+                                                           torch.arange(1, 2, 0.25)),
+                         (ig.arange(10, 0, -3), torch.arange(10, 0, -3)),
+                         (ig.eye(3, 2), torch.eye(3, 2)),
+                         (ig.linspace(0, 1, 5), torch.linspace(0, 1, 5)),
+                         (ig.zeros_like(ig.tensor(np.ones((2, 2), np.int32))),
+                          torch.zeros_like(torch.ones(2, 2, dtype=torch.int32)))]:
+        want = theirs.numpy()
+        assert ours.numpy().dtype == want.dtype, (ours, theirs)
+        np.testing.assert_allclose(ours.numpy(), want, rtol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_factories_inside_a_traced_function(backend):
+    def f(x):
+        return x + ig.arange(4) * ig.ones(3, 4) + ig.eye(3, 4) + ig.full_like(x, 0.5)
+    x = _r(4, 3, 4)
+    got = fe.compile(f, fe.TensorSpec(x.shape, "float64"), backend=backend)(x)
+    want = x + np.arange(4) + np.eye(3, 4) + 0.5
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_bitwise_operators_of_integers_and_bool_minus_are_refused():
+    a = ig.tensor(np.array([6, 5]))
+    with pytest.raises(TypeError, match="bitwise operations on int64"):
+        a & 3
+    with pytest.raises(TypeError, match="subtraction of two bool tensors"):
+        (a > 5) - (a > 5)
+    with pytest.raises(NotImplementedError, match="diagonal"):
+        fe.einsum("ii->i", ig.tensor(np.eye(2)))
