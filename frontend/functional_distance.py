@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 
-from .functional_core import (abs, amax, amin, as_tensor, cast, clamp_min, emit_op, gt, mul,
-                              ne, promote, sqrt, sum, where)
+import numpy as np
+
+from .functional_core import (abs, amax, amin, as_tensor, broadcast_to, cast, clamp_min,
+                              emit_op, gt, mul, ne, promote, sqrt, sum, where)
 from .tracing import Tensor
 
 __all__ = ["normalize", "cosine_similarity", "pairwise_distance", "vector_norm"]
@@ -57,6 +59,8 @@ def cosine_similarity(x1, x2, dim: int = 1, eps: float = 1e-8) -> Tensor:
     broadcast together; each norm is clamped as torch does, without a gradient through the
     clamp."""
     a, b = promote(_float(x1), _float(x2))
+    shape = tuple(np.broadcast_shapes(a.shape, b.shape))   # torch broadcasts before the norms
+    a, b = broadcast_to(a, shape), broadcast_to(b, shape)
     n1 = _stopped_clamp_min(vector_norm(a, 2, dim, keepdim=True), eps)
     n2 = _stopped_clamp_min(vector_norm(b, 2, dim, keepdim=True), eps)
     return sum(mul(a / n1, b / n2), dim)

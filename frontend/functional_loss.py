@@ -297,7 +297,7 @@ def gaussian_nll_loss(input, target, var, full: bool = False, eps: float = 1e-6,
     if v.dtype != x.dtype:
         v = cast(v, x.dtype)
     if v.shape != x.shape:
-        if v.ndim and tuple(x.shape[:-1]) == tuple(v.shape):
+        if x.ndim and tuple(x.shape[:-1]) == tuple(v.shape):
             v = unsqueeze(v, -1)
         elif not (v.ndim and tuple(x.shape[:-1]) == tuple(v.shape[:-1]) and v.shape[-1] == 1):
             raise ValueError(f"gaussian_nll_loss: var of shape {list(v.shape)} fits neither the "

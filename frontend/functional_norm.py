@@ -115,7 +115,7 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
     if num_groups <= 0 or c % num_groups:
         raise ValueError(f"group_norm: num_groups ({num_groups}) must divide the number of "
                          f"channels ({c})")
-    g = reshape(x, (n, num_groups, -1))
+    g = reshape(x, (n, num_groups, int(np.prod(x.shape[1:])) // num_groups))
     y = reshape(normalize_over(g, (2,), eps), x.shape)
     return _channels("group_norm", y, weight, bias, c)
 

@@ -174,7 +174,13 @@ def tile(input, dims) -> Tensor:
     return repeat(x, (1,) * (x.ndim - len(dims)) + dims)
 
 
-def repeat_interleave(input, repeats: int, dim: int | None = None) -> Tensor:
+def repeat_interleave(input, repeats: int, dim: int | None = None, *,
+                      output_size: int | None = None) -> Tensor:
+    """Each element ``repeats`` times along ``dim`` (the flattened tensor without); an
+    integer count (a tensor of counts would make the output's size depend on its values)."""
+    if isinstance(repeats, Tensor):
+        raise TypeError("repeat_interleave: repeats must be an int when tracing (a tensor of "
+                        "counts makes the output's size depend on the data)")
     x = as_tensor(input)
     if dim is None:
         x, dim = reshape(x, (-1,)), 0
@@ -211,6 +217,8 @@ def _scan(x: Tensor, dim: int, op, fill) -> Tensor:
     """Inclusive scan of ``op`` along ``dim`` in ceil(log2 n) sweeps (Hillis and Steele): at
     sweep k each element combines with the one 2^k before it (``fill`` before the start)."""
     d = _dim(x, dim)
+    if x.ndim == 0:
+        return x
     n = x.shape[d]
     step = 1
     while step < n:
@@ -253,6 +261,8 @@ def prod(input, dim: int | None = None, keepdim: bool = False,
         out = prod(reshape(x, (-1,)), 0)
         return reshape(out, (1,) * x.ndim) if keepdim else out
     d = _dim(x, dim)
+    if x.ndim == 0:
+        return x
     while x.shape[d] > 1:
         n = x.shape[d]
         half = n // 2

@@ -80,6 +80,37 @@ for _n in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
 OPS["nn.functional.batch_norm.without_cudnn"] = _f("batch_norm", "accum")
 for _n in ("elu", "leaky_relu", "hardtanh", "relu", "relu6", "softplus", "silu", "logsigmoid"):
     OPS[f"nn.functional.{_n}"] = _f(_n)
+for _n in ("gelu", "mish", "hardswish", "hardsigmoid", "selu", "celu", "softsign", "glu",
+           "hardshrink", "softshrink", "tanhshrink", "threshold", "prelu", "softmin",
+           "pixel_shuffle", "pixel_unshuffle", "channel_shuffle"):
+    OPS[f"nn.functional.{_n}"] = _f(_n)
+for _n in ("kl_div", "poisson_nll_loss", "gaussian_nll_loss", "margin_ranking_loss",
+           "hinge_embedding_loss", "soft_margin_loss", "cosine_embedding_loss",
+           "triplet_margin_loss", "multilabel_soft_margin_loss", "multi_margin_loss",
+           "normalize", "cosine_similarity", "pairwise_distance", "layer_norm", "group_norm",
+           "instance_norm", "local_response_norm", "rms_norm"):
+    if hasattr(F, _n):
+        OPS[f"nn.functional.{_n}"] = _f(_n, "accum")
+for _mode in ("nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear",
+              "area"):
+    OPS[f"nn.functional.interpolate.{_mode}"] = _f("interpolate", "accum")
+OPS["nn.functional.upsample_nearest"] = _f("upsample_nearest")
+OPS["nn.functional.upsample_bilinear"] = _f("upsample_bilinear", "accum")
+for _n in ("flip", "fliplr", "flipud", "roll", "tril", "triu", "isnan", "isinf", "isfinite",
+           "nan_to_num", "floor", "ceil", "trunc", "round", "frac", "logical_not",
+           "logical_xor", "masked_fill", "split", "chunk", "unbind", "narrow",
+           "movedim", "tile", "all", "any", "unflatten"):
+    OPS[_n] = _f(_n)
+OPS["round.decimals_0"] = _f("round")
+OPS["round.decimals_3"] = _f("round")
+OPS["round.decimals_neg_3"] = _f("round")
+OPS["split.list_args"] = _f("split")
+OPS["repeat"] = Entry(_method("repeat"))
+OPS["repeat_interleave"] = _f("repeat_interleave")
+for _n in ("cumsum", "cumprod", "prod"):
+    OPS[_n] = _f(_n, "accum")
+OPS["einsum"] = Entry(lambda tensors, equation: F.einsum(equation, tensors), "accum")
+OPS["norm"] = _f("norm", "accum")
 OPS["fmod"] = _f("fmod")
 OPS["remainder"] = _f("remainder")
 OPS["div.trunc_rounding"] = _f("div")
@@ -106,7 +137,31 @@ UNSUPPORTED: list[Unsupported] = [
                 "(torch's sample is an empty tensor of shape (0,))", lambda s: s.input.ndim == 1),
     Unsupported("nn.functional.batch_norm.without_cudnn", "as nn.functional.batch_norm",
                 lambda s: s.input.ndim == 1),
+    Unsupported("narrow", "a tensor start: the slice must be known when tracing",
+                lambda s: isinstance(s.args[1], torch.Tensor)),
+    Unsupported("repeat_interleave", "a tensor of counts: the output's size would depend on "
+                "the data", lambda s: isinstance(s.kwargs.get("repeats", s.args[0] if s.args
+                                                               else None), torch.Tensor)),
+    Unsupported("einsum", "a repeated index within one operand (a diagonal)",
+                lambda s: _diagonal_einsum(s.args[0])),
+    Unsupported("nn.functional.layer_norm", "one normalized element in float32: its exact "
+                "gradient is 0, torch's kernel leaves rounding residue (1.2e-4)",
+                lambda s: s.input.dtype == torch.float32 and _numel(s.args[0]) == 1
+                and s.input.numel() > 0),
 ]
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in (shape if isinstance(shape, (tuple, list, torch.Size)) else (shape,)):
+        n *= int(d)
+    return n
+
+
+def _diagonal_einsum(equation: str) -> bool:
+    lhs = equation.replace(" ", "").split("->")[0]
+    return any(len(set(t.replace("...", ""))) != len(t.replace("...", ""))
+               for t in lhs.split(","))
 
 
 def _multi_index(index) -> bool:
