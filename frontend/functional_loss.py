@@ -4,6 +4,8 @@ label smoothing, probability targets), mean squared and absolute errors, Huber, 
 entropy. Each is written in a form that is numerically stable in both tails."""
 from __future__ import annotations
 
+import builtins
+
 import numpy as np
 
 from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, ge, gt, log, log_softmax,
@@ -297,11 +299,15 @@ def gaussian_nll_loss(input, target, var, full: bool = False, eps: float = 1e-6,
     if v.dtype != x.dtype:
         v = cast(v, x.dtype)
     if v.shape != x.shape:
+        # torch's rule: var lacks the input's last dimension, or differs from its shape in
+        # exactly one dimension, where it has 1
         if x.ndim and tuple(x.shape[:-1]) == tuple(v.shape):
             v = unsqueeze(v, -1)
-        elif not (v.ndim and tuple(x.shape[:-1]) == tuple(v.shape[:-1]) and v.shape[-1] == 1):
+        elif not (v.ndim == x.ndim and builtins.sum(
+                b for a, b in zip(x.shape, v.shape) if a != b) == 1):
             raise ValueError(f"gaussian_nll_loss: var of shape {list(v.shape)} fits neither the "
-                             f"input's shape {list(x.shape)} nor it without its last dimension")
+                             f"input's shape {list(x.shape)} without its last dimension nor it "
+                             f"with one dimension of 1")
     v = v + emit_op("stop_gradient", where(gt(v, eps), v, eps) - v)
     per = (log(v) + square(x - t) / v) * 0.5
     if full:

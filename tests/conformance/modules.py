@@ -30,6 +30,15 @@ MODULES = [
     "MSELoss", "NLLLoss", "HuberLoss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss",
     "Hardtanh", "ReLU", "LeakyReLU", "ReLU6", "Sigmoid", "LogSigmoid", "SiLU", "Softmax",
     "LogSoftmax", "Softplus", "Tanh", "RNN",
+    "CELU", "CircularPad1d", "CircularPad2d", "CircularPad3d", "ConstantPad1d", "ConstantPad2d",
+    "ConstantPad3d", "CosineEmbeddingLoss", "GELU", "GLU", "GaussianNLLLoss", "GroupNorm",
+    "Hardshrink", "Hardswish", "HingeEmbeddingLoss", "KLDivLoss", "LayerNorm",
+    "MarginRankingLoss", "Mish", "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PReLU",
+    "PoissonNLLLoss", "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d",
+    "ReplicationPad1d", "ReplicationPad2d", "ReplicationPad3d", "SELU", "SoftMarginLoss",
+    "Softmax2d", "Softmin", "Softshrink", "Softsign", "Tanhshrink", "Threshold", "ZeroPad1d",
+    "ZeroPad2d", "ZeroPad3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "Embedding", "RMSNorm", "GRUCell", "LSTMCell", "RNNCell",
 ]
 
 
@@ -54,7 +63,15 @@ UNSUPPORTED: list[Unsupported] = [
                 "batch statistics of no values (torch returns an empty result)", _empty_train),
     Unsupported("BatchNorm2d", "as BatchNorm1d", _empty_train),
     Unsupported("BatchNorm3d", "as BatchNorm1d", _empty_train),
+    Unsupported("KLDivLoss", "negative target probabilities: the loss is NaN there, and "
+                "torch's gradients are NaN where ours are finite",
+                lambda s: not s.ctor.kwargs.get("log_target", False) and _negative_target(s)),
 ]
+
+
+def _negative_target(s) -> bool:
+    target = s.forward.args[1]
+    return bool((target < 0).any())
 
 
 def unsupported(module: str, sample, backend: str) -> str | None:
