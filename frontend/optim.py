@@ -447,3 +447,4 @@ class AdamW(Adam):
 # section 8.6's methods: host-side loops over compiled graphs
 from .second_order import (BFGS, LBFGS, BlockCoordinateDescent,  # noqa: E402,F401
                            ConjugateGradient, Newton)
+from . import lr_scheduler  # noqa: E402,F401  (ig.optim.lr_scheduler, as torch.optim's)
