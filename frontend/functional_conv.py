@@ -245,8 +245,12 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 
 def unfold(input, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
-    """``torch.nn.functional.unfold`` (any number of spatial axes): (N, C*prod(k), L)."""
+    """``torch.nn.functional.unfold`` (any number of spatial axes): (N, C*prod(k), L). As
+    torch, a 3-D input with a 2-D (or int) kernel is one unbatched image (C, H, W) and gives
+    (C*prod(k), L); a 1-tuple kernel takes it as (N, C, L)."""
     x = F.as_tensor(input)
+    if x.ndim == 3 and (isinstance(kernel_size, int) or len(kernel_size) == 2):
+        return unfold(F.unsqueeze(x, 0), kernel_size, dilation, padding, stride)[0]
     d = x.ndim - 2
     k = int_tuple(kernel_size, d, "kernel_size")
     cols = _emit("unfold", x, kernel_size=k, stride=int_tuple(stride, d, "stride"),
@@ -269,6 +273,8 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Te
     out = tuple(out_size(n, kk, s, pads[2 * i], pads[2 * i + 1], q)
                 for i, (n, kk, s, q) in enumerate(zip(size, k, st, dl)))
     kk = math.prod(k)
+    if x.ndim == 2:                     # unbatched (C*prod(k), L), as torch
+        return fold(F.unsqueeze(x, 0), output_size, kernel_size, dilation, padding, stride)[0]
     if x.ndim != 3 or x.shape[1] % kk or x.shape[2] != math.prod(out):
         raise ValueError(f"fold: input {x.shape} must be (N, C*{kk}, {math.prod(out)}) for "
                          f"output {list(size)} and kernel {list(k)}")

@@ -736,7 +736,13 @@ def basic_getitem(x: Tensor, index) -> Tensor:
     full = all(b == 0 and e == d and s == 1 for b, e, s, d in zip(starts, stops, steps, x.shape))
     y = x if full else slice_axes(x, starts, stops, steps)
     shape = [1 if o[0] == "new" else y.shape[o[1]] for o in out]
-    return reshape(y, tuple(shape))
+    y = reshape(y, tuple(shape))
+    if y is x:
+        y = Tensor(x.value, x.tracer)
+    # a view, as torch's: an assignment into it (``x[0][1] = v``, ``row = x[2]; row[0] = v``)
+    # is written back into x (``setitem``)
+    y._view = (x, index, x._value)
+    return y
 
 
 def setitem(x: Tensor, index, value) -> None:
@@ -768,6 +774,22 @@ def setitem(x: Tensor, index, value) -> None:
         v = emit_op("pad", v, pads=pads, value=0.0, mode="constant")
         mask = emit_op("pad", mask, pads=pads, value=0.0, mode="constant")
     x._value = where(mask, v, x).value
+    _write_back(x)
+
+
+def _write_back(view: Tensor) -> None:
+    """After an assignment into a view of basic indexing, the same assignment into the tensor
+    it views (and on up a chain of views). A view taken before its base was assigned to holds
+    the base's old values, so writing it back would undo that assignment: refused."""
+    if view._view is None:
+        return
+    base, index, seen = view._view
+    if base._value is not seen:
+        raise ValueError("assignment into a view of a tensor that was assigned to after the "
+                         "view was taken: the view holds its old values (traced tensors are "
+                         "values, not memory); take the view again after the assignment")
+    setitem(base, index, view)
+    view._view = (base, index, base._value)
 
 
 def _spread(t: Tensor, axis: int, step: int) -> Tensor:

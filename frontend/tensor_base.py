@@ -34,6 +34,8 @@ class Tensor:
     __array_priority__ = 1000  # numpy scalars on the left defer to our operators
     __array_ufunc__ = None     # numpy arrays and scalars on the left defer as well
 
+    _view = None        # (base tensor, index, base's value then): see functional_core.setitem
+
     def __init__(self, value: Value, tracer):
         # tracer: a tracing.Tracer (recording a graph) or the eager.EagerTracer
         self._value = value

@@ -125,6 +125,11 @@ CASES = [
      [_r(31, 2, 8, 3, 2)], [0]),
     ("pixel_unshuffle", lambda x: F.pixel_unshuffle(x, 2), lambda x: TF.pixel_unshuffle(x, 2),
      [_r(32, 1, 3, 4, 6)], [0]),
+    ("unfold_unbatched", lambda x: F.unfold(x, 2, padding=1), lambda x: TF.unfold(x, 2,
+                                                                                  padding=1),
+     [_r(34, 2, 4, 5)], [0]),
+    ("fold_unbatched", lambda x: F.fold(x, (4, 5), 2), lambda x: TF.fold(x, (4, 5), 2),
+     [_r(35, 8, 12)], [0]),
     ("channel_shuffle", lambda x: F.channel_shuffle(x, 3),
      lambda x: TF.channel_shuffle(x, 3), [_r(33, 2, 6, 2, 2)], [0]),
 ]

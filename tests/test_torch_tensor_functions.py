@@ -144,3 +144,27 @@ def test_bitwise_operators_of_integers_and_bool_minus_are_refused():
         (a > 5) - (a > 5)
     with pytest.raises(NotImplementedError, match="diagonal"):
         fe.einsum("ii->i", ig.tensor(np.eye(2)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_assignment_into_a_view_writes_through_as_torch(backend):
+    """``y[0][1] = v`` and ``row = y[2]; row[0] = v`` change y, as torch's views do (and the
+    gradient follows the assigned values)."""
+    def f(x):
+        y = x * 1.0
+        y[0][1] = 100.0
+        row = y[2]
+        row[0] = -x[1, 1] * 3
+        y[1:, ::2][0] = 7.0
+        return y
+
+    x = _r(7, 3, 3)
+    check_function(f, f, [x], [0], backend)
+
+
+def test_assignment_into_a_stale_view_is_refused():
+    y = ig.tensor(np.zeros((3, 3)))
+    row = y[0]
+    y[0, 1] = 5.0                   # the base changes after the view was taken
+    with pytest.raises(ValueError, match="take the view again"):
+        row[2] = 1.0
