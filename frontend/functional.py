@@ -75,6 +75,6 @@ from .functional_tensor import (all, any, arange, bitwise_and, bitwise_not, bitw
                                 logical_xor, masked_fill, movedim, nan_to_num, narrow, norm,
                                 ones, ones_like, prod, repeat, repeat_interleave, roll, round,
                                 split, tile, tril, triu, trunc, unbind, unflatten, zeros,
-                                zeros_like)
+                                zeros_like, sort, argsort, topk, msort, kthvalue)
 
 from .tracing import Tensor  # (the type of what every function returns)

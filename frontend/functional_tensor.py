@@ -18,9 +18,9 @@ import numpy as np
 
 from irgraph.ops.core import wrap_dim
 
-from .functional_core import (_floor, abs, add, amax, amin, as_tensor, cast, emit_op, eq,
-                              logical_and, logical_or, lt, matmul, mul, ne, neg, pad, permute,
-                              reshape, slice_axes, squeeze, sub, sum, where)
+from .functional_core import (MinMax, _floor, abs, add, amax, amin, as_tensor, cast, emit_op,
+                              eq, gt, logical_and, logical_or, lt, matmul, mul, ne, neg, pad,
+                              permute, reshape, slice_axes, squeeze, sub, sum, where)
 from .functional_distance import vector_norm
 from .functional_index import index_select
 from .tracing import Tensor, current_tracer
@@ -31,7 +31,8 @@ __all__ = ["split", "chunk", "unbind", "flip", "fliplr", "flipud", "roll", "move
            "nan_to_num", "floor", "ceil", "trunc", "round", "frac", "logical_not",
            "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "einsum",
            "norm", "detach", "zeros", "ones", "full", "empty", "zeros_like", "ones_like",
-           "full_like", "empty_like", "arange", "eye", "linspace"]
+           "full_like", "empty_like", "arange", "eye", "linspace", "sort", "argsort", "topk",
+           "msort", "kthvalue"]
 
 
 def _dim(x: Tensor, dim: int) -> int:
@@ -588,3 +589,102 @@ def eye(n: int, m: int | None = None, *, dtype=None, device=None,
         requires_grad: bool = False) -> Tensor:
     dt = str(np.dtype(str(dtype).removeprefix("torch."))) if dtype is not None else "float32"
     return current_tracer().emit("constant", value=np.eye(n, m).astype(dt))
+
+
+# ---------------------------------------------------------------- sorting
+def _flip_pairs(t: Tensor, j: int) -> Tensor:
+    """Each element's partner at distance ``j`` along the last axis (index ``i xor j``): the
+    axis seen as (blocks, 2, j) with its middle dimension reversed."""
+    n = t.shape[-1]
+    lead = tuple(t.shape[:-1])
+    u = reshape(t, lead + (n // (2 * j), 2, j))
+    u = index_select(u, len(lead) + 1, as_tensor(np.array([1, 0], np.int64), t))
+    return reshape(u, lead + (n,))
+
+
+def _after(a: Tensor, ia: Tensor, b: Tensor, ib: Tensor, n: int, descending: bool) -> Tensor:
+    """Whether (a, ia) sorts after (b, ib): padding (an index past n) last, then by value
+    (NaN the largest, as torch), then by index (a stable sort)."""
+    pad_a, pad_b = ~lt(ia, n), ~lt(ib, n)
+    if a.type.is_float:
+        nan_a, nan_b = ne(a, a), ne(b, b)
+        num = logical_and(~nan_a, ~nan_b)
+        if descending:
+            beyond = logical_or(logical_and(nan_b, ~nan_a), logical_and(num, lt(a, b)))
+        else:
+            beyond = logical_or(logical_and(nan_a, ~nan_b), logical_and(num, gt(a, b)))
+        tie = logical_or(eq(a, b), logical_and(nan_a, nan_b))
+    else:
+        beyond = lt(a, b) if descending else gt(a, b)
+        tie = eq(a, b)
+    by_value = logical_or(beyond, logical_and(tie, gt(ia, ib)))
+    return logical_or(logical_and(pad_a, ~pad_b), logical_and(eq(pad_a, pad_b), by_value))
+
+
+def sort(input, dim: int = -1, descending: bool = False, stable: bool = False) -> MinMax:
+    """``torch.sort``: (values, indices) along ``dim``, a stable order (ties keep their
+    positions; NaN counts as the largest). A bitonic sorting network of compare-and-swap
+    sweeps over the axis padded to a power of two: O(n log^2 n) work, the gradient of the
+    values is routed back to the positions they came from."""
+    x = as_tensor(input)
+    if x.ndim == 0:
+        return MinMax(x, as_tensor(np.array(0, np.int64), x))
+    d = _dim(x, dim)
+    xm = movedim(x, d, -1)
+    n = xm.shape[-1]
+    size = 1 << builtins.max(0, (n - 1).bit_length())
+    lead = tuple(xm.shape[:-1])
+    v = xm
+    if size > n:
+        v = pad(xm, (0, size - n), value=0.0)
+    i = x.tracer.emit("iota", shape=lead + (size,), axis=len(lead), dtype="int64")
+    pos = np.arange(size)
+    k = 2
+    while k <= size:
+        j = k // 2
+        while j >= 1:
+            first = as_tensor(((pos & j) == 0) == ((pos & k) == 0), v)  # keeps the earlier one
+            pv, pi = _flip_pairs(v, j), _flip_pairs(i, j)
+            swap = where(first, _after(v, i, pv, pi, n, descending),
+                         _after(pv, pi, v, i, n, descending))
+            v, i = where(swap, pv, v), where(swap, pi, i)
+            j //= 2
+        k *= 2
+    if size > n:
+        v, i = _narrow(v, v.ndim - 1, 0, n), _narrow(i, i.ndim - 1, 0, n)
+    return MinMax(movedim(v, -1, d), movedim(i, -1, d))
+
+
+def argsort(input, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
+    return sort(input, dim, descending).indices
+
+
+def msort(input) -> Tensor:
+    return sort(input, 0).values
+
+
+def topk(input, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> MinMax:
+    """``torch.topk``: the ``k`` largest (smallest) along ``dim`` in order, with indices."""
+    x = as_tensor(input)
+    d = _dim(x, dim)
+    n = x.shape[d] if x.ndim else 1
+    if not 0 <= k <= n:
+        raise IndexError(f"topk: k ({k}) out of range for dimension {dim} of size {n}")
+    values, indices = sort(x, d, descending=largest)
+    if x.ndim == 0:
+        return MinMax(values, indices)
+    return MinMax(_narrow(values, d, 0, k), _narrow(indices, d, 0, k))
+
+
+def kthvalue(input, k: int, dim: int = -1, keepdim: bool = False) -> MinMax:
+    """``torch.kthvalue``: the k-th smallest (1-based) along ``dim`` and its index."""
+    x = as_tensor(input)
+    d = _dim(x, dim)
+    n = x.shape[d] if x.ndim else 1
+    if not 1 <= k <= n:
+        raise IndexError(f"kthvalue: k ({k}) out of range for dimension {dim} of size {n}")
+    values, indices = sort(x, d)
+    if x.ndim == 0:
+        return MinMax(values, indices)
+    v, i = _narrow(values, d, k - 1, k), _narrow(indices, d, k - 1, k)
+    return MinMax(v, i) if keepdim else MinMax(squeeze(v, d), squeeze(i, d))

@@ -56,7 +56,8 @@ _METHODS = {
         "unflatten", "repeat", "tile", "repeat_interleave", "masked_fill", "tril", "triu",
         "cumsum", "cumprod", "prod", "all", "any", "isnan", "isinf", "isfinite", "nan_to_num",
         "floor", "ceil", "trunc", "round", "frac", "logical_not", "logical_xor",
-        "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "norm", "detach")},
+        "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "norm", "detach", "sort",
+        "argsort", "topk", "msort", "kthvalue")},
 }
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)

@@ -387,12 +387,13 @@ def test_interpreter_keeps_outputs_that_later_nodes_also_use():
 def test_interpreter_errors_name_the_node_and_location():
     from irgraph.interpreter import ExecutionError, interpret
     g = Graph("bad")
-    x = g.add_input("x", TensorType((3,), "int64"))
-    g.set_outputs([g.op("pow", x, x, loc="user.py:9")])
-    with pytest.raises(ExecutionError, match=r"pow\(%x, %x\)  # user\.py:9 \(from user\.py:9\)"):
-        interpret(g, [np.array([1, -1, 2])])
-    with pytest.raises(ExecutionError, match=r"takes 1 arguments, got 2"):
-        interpret(g, [np.zeros(3, np.int64)] * 2)
+    x = g.add_input("x", TensorType((3,), "float32"))
+    i = g.add_input("i", TensorType((3,), "int64"))
+    g.set_outputs([g.op("take", x, i, axis=0, loc="user.py:9")])
+    with pytest.raises(ExecutionError, match=r"take\(%x, %i\) .* # user\.py:9 \(from user\.py:9\)"):
+        interpret(g, [np.zeros(3, np.float32), np.array([0, 5, 1])])
+    with pytest.raises(ExecutionError, match=r"takes 2 arguments, got 1"):
+        interpret(g, [np.zeros(3, np.float32)])
 
 
 def test_backend_executable_validates_params_by_name():

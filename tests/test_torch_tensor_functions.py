@@ -22,6 +22,7 @@ def _r(seed, *shape):
 
 X = _r(0, 3, 4, 5)
 XI = np.random.default_rng(1).integers(-5, 6, (3, 4))
+TIES = np.random.default_rng(2).integers(-3, 4, (5, 9)).astype(np.float64)
 HALVES = np.array([[-2.5, -1.5, -0.5, 0.5], [1.5, 2.5, 0.49, -0.51], [3.7, -3.2, 0.0, 7.5]])
 # (id, ours, torch's, inputs, positions differentiated)
 CASES = [
@@ -85,6 +86,21 @@ CASES = [
     ("big_int_scalars", lambda x: (x + (2**53 + 1), x == 2**60 + 1, x % (2**55 + 3)),
      lambda x: (x + (2**53 + 1), x == 2**60 + 1, x % (2**55 + 3)),
      [np.array([0, 2**60, 2**62 + 5])], []),
+    ("sort", lambda x: x.sort(1), lambda x: torch.sort(x, dim=1, stable=True), [TIES], [0]),
+    ("sort_descending", lambda x: x.sort(0, descending=True),
+     lambda x: torch.sort(x, dim=0, descending=True, stable=True), [TIES], [0]),
+    ("sort_nan", lambda x: x.sort(-1), lambda x: torch.sort(x, stable=True),
+     [np.array([[3.0, np.nan, -1.0, 3.0, np.nan, 0.0, 2.5]])], []),
+    ("argsort_int", lambda x: x.argsort(1, descending=True),
+     lambda x: torch.argsort(x, dim=1, descending=True, stable=True), [XI], []),
+    ("topk", lambda x: x.topk(3, 2), lambda x: x.topk(3, 2), [X], [0]),
+    ("topk_smallest", lambda x: x.topk(2, 0, largest=False), lambda x: x.topk(2, 0,
+                                                                               largest=False),
+     [X], [0]),
+    ("kthvalue", lambda x: x.kthvalue(2, 1, keepdim=True), lambda x: x.kthvalue(2, 1,
+                                                                                 keepdim=True),
+     [X], [0]),
+    ("msort", lambda x: F.msort(x), lambda x: torch.msort(x), [X], [0]),
     *[(f"einsum_{eq}", lambda *xs, eq=eq: fe.einsum(eq, *xs),
        lambda *xs, eq=eq: torch.einsum(eq, *xs), [_r(10 + k, *s) for k, s in enumerate(shapes)],
        list(range(len(shapes)))) for eq, shapes in [

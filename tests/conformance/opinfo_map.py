@@ -111,6 +111,8 @@ for _n in ("cumsum", "cumprod", "prod"):
     OPS[_n] = _f(_n, "accum")
 OPS["einsum"] = Entry(lambda tensors, equation: F.einsum(equation, tensors), "accum")
 OPS["norm"] = _f("norm", "accum")
+for _n in ("sort", "argsort", "topk", "msort", "kthvalue"):
+    OPS[_n] = _f(_n)
 OPS["fmod"] = _f("fmod")
 OPS["remainder"] = _f("remainder")
 OPS["div.trunc_rounding"] = _f("div")
