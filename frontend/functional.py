@@ -14,12 +14,12 @@ from . import tensor_methods  # (attaches Tensor's operators and methods)
 # core ops: arithmetic, comparisons, reductions, shapes, basic indexing, softmax
 from .functional_core import (abs, add, amax, amin, argmax, argmin, as_tensor, broadcast_to, cast,
                               cat, clamp, clamp_max, clamp_min, clip, clone, concat, concatenate,
-                              div, eq, erf, exp, flatten, floor_divide, fmod, ge, gt, le, linear,
-                              log, log_softmax, logical_and, logical_or, logsumexp, lt, matmul,
-                              max, maximum, mean, min, minimum, MinMax, mul, ne, neg, pad, permute,
-                              pow, relu, remainder, reshape, result_dtype, rsqrt, setitem, sigmoid,
-                              sign, slice_axes, softmax, sqrt, square, squeeze, stack, std, sub,
-                              sum, tanh, transpose, unsqueeze, var, where)
+                              cos, div, eq, erf, exp, flatten, floor_divide, fmod, ge, gt, le,
+                              linear, log, log_softmax, logical_and, logical_or, logsumexp, lt,
+                              matmul, max, maximum, mean, min, minimum, MinMax, mul, ne, neg, pad,
+                              permute, pow, relu, remainder, reshape, result_dtype, rsqrt, setitem,
+                              sigmoid, sign, sin, slice_axes, softmax, sqrt, square, squeeze,
+                              stack, std, sub, sum, tanh, transpose, unsqueeze, var, where)
 
 # activations composed of core ops
 from .compositions import (celu, elu, expm1, gelu, glu, hardshrink, hardsigmoid, hardswish,

@@ -297,6 +297,7 @@ def _unary(op):
 neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, abs, sign, square = (_unary(n) for n in (
     "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign", "square"))
 erf = _unary("erf")
+sin, cos = _unary("sin"), _unary("cos")
 
 
 def where(cond, x, y) -> Tensor:

@@ -5,11 +5,12 @@ frontend is imported."""
 from __future__ import annotations
 
 from .functional_core import (abs, add, amax, amin, argmax, argmin, broadcast_to, cast, clamp,
-                              clamp_max, clamp_min, clone, div, eq, erf, exp, flatten,
+                              clamp_max, clamp_min, clone, cos, div, eq, erf, exp, flatten,
                               floor_divide, fmod, ge, gt, le, log, log_softmax, logical_and,
                               logical_or, logsumexp, lt, matmul, max, maximum, mean, min, minimum,
                               mul, ne, neg, permute, pow, relu, remainder, reshape, rsqrt, setitem,
-                              sigmoid, sign, softmax, sqrt, square, squeeze, std, sub, sum, tanh,
+                              sigmoid, sign, sin, softmax, sqrt, square, squeeze, std, sub, sum,
+                              tanh,
                               transpose, unsqueeze, var, where)
 from .functional_index import gather, getitem, index_add, index_select, scatter_add, \
     take_along_dim
@@ -48,7 +49,7 @@ _METHODS = {
     "logical_and": logical_and, "logical_or": logical_or, "std": std,
     "true_divide": div,
     "logsumexp": logsumexp,
-    "erf": erf,
+    "erf": erf, "sin": sin, "cos": cos, "tan": lambda x: div(sin(x), cos(x)),
     "gather": gather, "index_select": index_select, "take_along_dim": take_along_dim,
     "scatter_add": scatter_add, "index_add": index_add,
     **{name: getattr(T, name) for name in (

@@ -59,9 +59,10 @@ def test_random_graph_op_lists_come_from_the_registry():
         assert names and set(names) <= ops_with("elementwise")
         assert all(ops[n].num_inputs == arity and ops[n].differentiable for n in names)
     assert set(rg.REDUCE) == ops_with("reduction")
-    # the hand-written lists these replaced, plus erf and fmod (added to the registry since)
+    # the hand-written lists these replaced, plus erf, sin, cos and fmod (added to the
+    # registry since)
     assert set(rg.UNARY) == {"neg", "exp", "tanh", "sigmoid", "relu", "abs", "square", "sqrt",
-                             "log", "rsqrt", "erf"}
+                             "log", "rsqrt", "erf", "sin", "cos"}
     assert set(rg.BINARY) == {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "fmod"}
 
 

@@ -115,6 +115,16 @@ def _erf(ctx, dt, x):
     return ctx.b.call(ctx.extern("erf", x.type, [x.type]), [x])
 
 
+@_unary("sin")
+def _sin(ctx, dt, x):
+    return sc.call(ctx, "sin", x)
+
+
+@_unary("cos")
+def _cos(ctx, dt, x):
+    return sc.call(ctx, "cos", x)
+
+
 @_unary("sigmoid")
 def _sigmoid(ctx, dt, x):
     return sc.sigmoid(ctx, dt, x)

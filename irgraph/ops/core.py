@@ -128,6 +128,20 @@ _unary("rsqrt", _rsqrt, 3)
 _unary("tanh", np.tanh, 6)
 _unary("sigmoid", _sigmoid, 5)
 _unary("erf", _erf, 12)
+
+
+def _sin(x):
+    with np.errstate(invalid="ignore"):
+        return np.sin(x)
+
+
+def _cos(x):
+    with np.errstate(invalid="ignore"):
+        return np.cos(x)
+
+
+_unary("sin", _sin, 10)
+_unary("cos", _cos, 10)
 _unary("relu", lambda x: np.maximum(x, np.zeros((), x.dtype)), float_only=False)
 _unary("abs", np.abs, float_only=False)
 _unary("sign", np.sign, float_only=False, differentiable=False,

@@ -115,6 +115,16 @@ def _erf(e, node, xs, ys, gs):
     return [e("mul", gs[0], _scale(e, e("exp", e("neg", e("mul", x, x))), 2.0 / math.sqrt(math.pi)))]
 
 
+@vjp_rule("sin")
+def _sin(e, node, xs, ys, gs):
+    return [e("mul", gs[0], e("cos", xs[0]))]
+
+
+@vjp_rule("cos")
+def _cos(e, node, xs, ys, gs):
+    return [e("neg", e("mul", gs[0], e("sin", xs[0])))]
+
+
 @vjp_rule("relu")
 def _relu(e, node, xs, ys, gs):
     (x,), (g,) = xs, gs

@@ -29,7 +29,7 @@ INTERPRETING = tl.constexpr(interpreting())
 # tests/test_registry_traits.py checks they are the registry's elementwise ops (but
 # broadcast_to and stop_gradient, which need no kernel).
 UNARY = ("copy", "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign",
-         "square", "cast", "erf")
+         "square", "cast", "erf", "sin", "cos")
 BINARY = ("add", "sub", "mul", "div", "pow", "fmod", "maximum", "minimum", "eq", "ne", "lt", "le",
           "gt", "ge", "logical_and", "logical_or")
 TERNARY = ("where",)
@@ -163,6 +163,10 @@ def _unary(x, OP: tl.constexpr):
         y = _sigmoid(x)
     elif OP == "erf":
         y = tl.math.erf(x)
+    elif OP == "sin":
+        y = tl.sin(x)
+    elif OP == "cos":
+        y = tl.cos(x)
     elif OP == "relu":
         y = tl.where(x > 0, x, tl.where(x == x, 0, x))
     elif OP == "abs":
