@@ -96,7 +96,7 @@ def elu(input, alpha: float = 1.0) -> Tensor:
     return where(neg_part, expm1(where(neg_part, x, 0.0)) * alpha, x)
 
 
-def _softplus(z: Tensor) -> Tensor:
+def log1p_exp(z: Tensor) -> Tensor:
     """``log(1 + exp(z))`` as ``max(z, 0) + log1p(exp(-|z|))``, both kinks at 0 taken from
     the right (``where``, not maximum/abs, whose tie rules zero the curvature there): the
     derivatives at 0 are sigmoid's, 1/2 and then 1/4."""
@@ -106,11 +106,11 @@ def _softplus(z: Tensor) -> Tensor:
 
 @in_float32
 def softplus(input, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
-    """``log(1 + exp(beta x)) / beta`` (``_softplus``), then ``x`` above ``threshold``
+    """``log(1 + exp(beta x)) / beta`` (``log1p_exp``), then ``x`` above ``threshold``
     (torch's linear regime)."""
     x = as_tensor(input)
     bx = x * beta
-    return where(bx > threshold, x, _softplus(bx) / beta)
+    return where(bx > threshold, x, log1p_exp(bx) / beta)
 
 
 @in_float32
@@ -122,7 +122,7 @@ def silu(input) -> Tensor:
 @in_float32
 def logsigmoid(input) -> Tensor:
     """``log(sigmoid(x)) = -softplus(-x)``, stable for large |x|."""
-    return neg(_softplus(neg(as_tensor(input))))
+    return neg(log1p_exp(neg(as_tensor(input))))
 
 
 @in_float32

@@ -5,8 +5,8 @@ once: eager.py).
 This module only gathers the functions of the modules that define them; it defines nothing. The
 modules form layers: functional_core (one function per core op) <- compositions,
 functional_loss, functional_distance, functional_conv <- functional_pool, functional_random,
-functional_index <- functional_norm, functional_shape; tensor_methods attaches the ``Tensor`` operators and methods (imported here, so
-any use of ``F`` has them).
+functional_index <- functional_norm, functional_shape, functional_tensor; tensor_methods
+attaches the ``Tensor`` operators and methods (imported here, so any use of ``F`` has them).
 """
 # ruff: noqa: F401  (a namespace: every import is a re-export)
 from . import tensor_methods  # (attaches Tensor's operators and methods)

@@ -186,7 +186,7 @@ def _trunc(q: Tensor) -> Tensor:
     return where(eq(t, 0.0), mul(q, 0.0), t)
 
 
-def _floor(x: Tensor) -> Tensor:
+def exact_floor(x: Tensor) -> Tensor:
     """``x`` rounded toward -inf, exactly: ``x - fmod(x, 1)``, one less where that fraction is
     negative; infinities and NaN (whose fraction is NaN) stay as they are."""
     frac = emit_op("fmod", x, as_tensor(1.0, x))
@@ -205,7 +205,7 @@ def _floor_div(a: Tensor, b: Tensor) -> Tensor:
     mod = emit_op("fmod", a, b)
     d = emit_op("div", emit_op("sub", a, mod), b)
     d = where(logical_and(ne(mod, 0.0), ne(lt(b, 0.0), lt(mod, 0.0))), sub(d, 1.0), d)
-    f = _floor(d)
+    f = exact_floor(d)
     f = where(gt(sub(d, f), 0.5), add(f, 1.0), f)
     f = where(eq(d, 0.0), mul(q, 0.0), f)     # |q| < 1 there: the zero of q's sign
     return where(eq(b, 0.0), q, f)

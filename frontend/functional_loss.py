@@ -11,7 +11,7 @@ import numpy as np
 from .functional_core import (abs, as_tensor, cast, emit_op, eq, exp, ge, gt, log, log_softmax,
                               lt, maximum, mean, minimum, mul, ne, neg, promote, reshape, sqrt,
                               square, sub, sum, unsqueeze, where)
-from .compositions import _softplus, log1p
+from .compositions import log1p_exp, log1p
 from .functional_distance import pairwise_distance
 from .tracing import Tensor
 
@@ -347,7 +347,7 @@ def soft_margin_loss(input, target, size_average=None, reduce=None,
     _, reduction = loss_args(None, size_average, reduce, reduction)
     _check_reduction(reduction)
     x, y = _pair(input, target)
-    return _reduce(_softplus(neg(y) * x), reduction)
+    return _reduce(log1p_exp(neg(y) * x), reduction)
 
 
 def cosine_embedding_loss(input1, input2, target, margin: float = 0.0, size_average=None,
@@ -390,7 +390,7 @@ def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, r
     weight, reduction = loss_args(weight, size_average, reduce, reduction)
     _check_reduction(reduction)
     x, y = _pair(input, target)
-    per = _softplus(neg(x)) * y + _softplus(x) * (1 - y)
+    per = log1p_exp(neg(x)) * y + log1p_exp(x) * (1 - y)
     per = _weighted(per, weight)
     return _reduce(sum(per, -1) / x.shape[-1], reduction)
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from irgraph.ops.core import wrap_dim
 
-from .functional_core import (MinMax, _floor, abs, add, amax, amin, as_tensor, cast, emit_op,
-                              eq, gt, logical_and, logical_or, lt, matmul, mul, ne, neg, pad,
-                              permute, reshape, slice_axes, squeeze, sub, sum, where)
+from .functional_core import (MinMax, abs, add, amax, amin, as_tensor, cast, emit_op, eq,
+                              exact_floor, gt, logical_and, logical_or, lt, matmul, mul, ne, neg,
+                              pad, permute, reshape, slice_axes, squeeze, sub, sum, where)
 from .functional_distance import vector_norm
 from .functional_index import index_select
 from .tracing import Tensor, current_tracer
@@ -326,21 +326,22 @@ def _rounded(x: Tensor, f) -> Tensor:
 
 
 def floor(input) -> Tensor:
-    return _rounded(input, _floor)
+    return _rounded(input, exact_floor)
 
 
 def ceil(input) -> Tensor:
-    return _rounded(input, lambda x: neg(_floor(neg(x))))
+    return _rounded(input, lambda x: neg(exact_floor(neg(x))))
 
 
 def trunc(input) -> Tensor:
-    return _rounded(input, lambda x: where(lt(x, 0.0), neg(_floor(neg(x))), _floor(x)))
+    return _rounded(input, lambda x: where(lt(x, 0.0), neg(exact_floor(neg(x))),
+                                           exact_floor(x)))
 
 
 def round(input, decimals: int = 0) -> Tensor:
     """Half to even, as torch (``decimals``: scaled by 10^decimals first)."""
     def half_even(x):
-        f = _floor(x)
+        f = exact_floor(x)
         d = sub(x, f)
         odd = ne(emit_op("fmod", f, as_tensor(2.0, f)), 0.0)
         up = logical_or(lt(0.5, d), logical_and(eq(d, 0.5), odd))

@@ -23,8 +23,7 @@ def module_state(model, params: dict | None = None) -> tuple:
     """What a graph traced from ``model`` depends on: each submodule (by identity) and its
     train/eval mode, each parameter and buffer (name, identity, ``requires_grad``, shape,
     dtype). Without a module (a plain function), the traced ``params`` (name -> Parameter)."""
-    from .module import Module
-    if isinstance(model, Module):
+    if callable(getattr(model, "named_modules", None)):     # a Module (module.py imports us)
         modules = tuple((id(m), m.training) for m in model.modules())
         named = model.named_parameters(buffers=True)
     else:

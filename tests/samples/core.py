@@ -65,6 +65,10 @@ SAMPLES: dict[str, list[Case]] = {
     "erf": _unary_cases("any") + [
         Case([np.array([-4.5, -0.0, 1e-30, 0.5, 0.9, 3.0, 5.0], np.float32)],
              note="tails, -0.0, both sides of 0.875")],
+    "sin": _unary_cases("any") + [
+        Case([np.array([0.0, -0.0, 3.14159265, 1e4, -7.5], np.float32)], note="zeros, large")],
+    "cos": _unary_cases("any") + [
+        Case([np.array([0.0, 1.5707964, -1e4, 7.5], np.float32)], note="zero, large")],
     "relu": _unary_cases("kink") + _INT_UNARY,
     "abs": _unary_cases("kink") + _INT_UNARY,
     "sign": _unary_cases("kink") + _INT_UNARY + [
