@@ -79,7 +79,8 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Parameter] | None = None, *, lr, convention="text",
                  weight_decay: float = 0.0, clip_grad_norm: float | None = None,
-                 clip_grad_value: float | None = None, polyak: float | None = None):
+                 clip_grad_value: float | None = None, polyak: float | None = None,
+                 maximize: bool = False):
         if convention not in ("text", "torch"):
             raise ValueError(f"convention must be 'text' or 'torch', got {convention!r}")
         self.params = _param_list(params)
@@ -89,6 +90,7 @@ class Optimizer:
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
         self.polyak = polyak
+        self.maximize = bool(maximize)       # torch's: ascend the loss (the gradient negated)
         self._clip_norm_on = clip_grad_norm is not None
         self._clip_value_on = clip_grad_value is not None
         self._polyak_on = polyak is not None
@@ -102,13 +104,17 @@ class Optimizer:
                              weight_decay=True, decoupled_weight_decay=self._decoupled(),
                              clip_norm=self._clip_norm_on, clip_value=self._clip_value_on,
                              clip_norm_eps=0.0 if self.convention == "text" else 1e-6,
-                             polyak=self._polyak_on)
+                             polyak=self._polyak_on, maximize=self.maximize)
 
     def _nesterov_flag(self) -> bool:
         return False
 
     def _decoupled(self) -> bool:
         return False
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing to do, accepted for PyTorch code: a compiled step computes its gradients
+        afresh each call; none accumulate between steps."""
 
     # -- runtime values, evaluated before each step
     def current_lr(self) -> float:

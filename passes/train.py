@@ -59,6 +59,7 @@ class OptimizerSpec:
     ``polyak``: keep an exponential moving average of the parameters (eq. 8.39).
     ``grad_scale``: multiply the (weight-decayed) gradient by a runtime scalar before the
     update (torch's SGD dampening: 1 at the first step, 1 - dampening after).
+    ``maximize``: ascend the loss: the gradient negated before the update (torch's).
     """
     kind: str
     convention: str = "text"
@@ -70,6 +71,7 @@ class OptimizerSpec:
     clip_value: bool = False
     polyak: bool = False
     grad_scale: bool = False
+    maximize: bool = False
 
     def __post_init__(self):
         if self.kind not in UPDATE_RULES:
@@ -202,6 +204,8 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     if loss_scaling is not None:
         loss, grads, finite = unscale(g, loss, grads, params[SCALE])
     grads = _clip(b, grads)
+    if spec.maximize:
+        grads = [g.op("neg", x) for x in grads]
     new_outputs: list[tuple[Value, Value]] = []     # (new value, argument it replaces)
     for pn, grad in zip(trainable, grads):
         new_outputs += _update(b, params[pn], at[pn], grad, state[pn])

@@ -139,3 +139,31 @@ def test_changing_hyperparameters_between_steps_matches_torch():
             g["lr"], g["betas"] = lr, (b1, 0.99)
         assert ours.lr == lr and ours.betas == (b1, 0.99)
     compare(optim.Adam(lr=0.05, **T), lambda p: torch.optim.Adam(p, lr=0.05), on_step=on_step)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
+                                     ("Adam", dict(lr=0.05, weight_decay=0.01)),
+                                     ("RMSprop", dict(lr=0.01)), ("Adagrad", dict(lr=0.1))])
+def test_maximize_ascends_as_torch(name, kw):
+    """torch's ``maximize=True``: the gradient negated before the update (weight decay
+    added after), the reported loss unchanged."""
+    fe.manual_seed(0)
+    ours = fe.nn.Linear(3, 2).double()
+    theirs = torch.nn.Linear(3, 2).double()
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    opt = getattr(fe.optim, name)(convention="torch", maximize=True, **kw)
+    topt = getattr(torch.optim, name)(theirs.parameters(), maximize=True, **kw)
+    step = fe.compile_train(ours, lambda y: (y * y).mean(), opt,
+                            fe.TensorSpec((4, 3), "float64"), n_model_inputs=1)
+    r = np.random.default_rng(0)
+    for _ in range(3):
+        x = r.standard_normal((4, 3))
+        loss = step(x)
+        topt.zero_grad()
+        tl = (theirs(torch.from_numpy(x)) ** 2).mean()
+        tl.backward()
+        topt.step()
+        opt.zero_grad()
+        assert loss == pytest.approx(tl.item(), rel=1e-12)
+    for n, p in theirs.named_parameters():
+        np.testing.assert_allclose(ours.state_dict()[n], p.detach().numpy(), rtol=1e-10)

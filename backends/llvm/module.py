@@ -374,16 +374,25 @@ _DECLARE = re.compile(r'^declare [^@\n]*@"([^"]+)"')
 
 
 _METADATA_ID = re.compile(r"!(\d+)\b")
+# a quoted token: a constant's bytes (c"..."), a quoted name or a metadata string; LLVM writes
+# a quote inside one as \22, so a token never holds one
+_QUOTED = re.compile(r'("[^"]*")')
 
 
 def _metadata_apart(parts: list[str]) -> list[str]:
     """The parts with their numbered metadata (``!0 = !{...}``, each module counting from
-    0) shifted apart, so that one module's text can hold them all."""
+    0) shifted apart, so that one module's text can hold them all. Only outside quoted
+    tokens: a constant table's bytes may read ``!1`` (0x21 then a digit), and renumbering
+    them would change the constant's values, or its length."""
     out, base = [], 0
     for text in parts:
-        ids = [int(m) for m in _METADATA_ID.findall(text)]
-        out.append(_METADATA_ID.sub(lambda m: f"!{int(m.group(1)) + base}", text)
-                   if base and ids else text)
+        pieces = _QUOTED.split(text)          # odd positions: the quoted tokens
+        ids = [int(m) for p in pieces[::2] for m in _METADATA_ID.findall(p)]
+        if base and ids:
+            text = "".join(p if i % 2 else
+                           _METADATA_ID.sub(lambda m: f"!{int(m.group(1)) + base}", p)
+                           for i, p in enumerate(pieces))
+        out.append(text)
         base += max(ids, default=-1) + 1
     return out
 
