@@ -295,6 +295,8 @@ def gaussian_nll_loss(input, target, var, full: bool = False, eps: float = 1e-6,
     sample); it is clamped at ``eps`` without a gradient through the clamp, as torch."""
     _check_reduction(reduction)
     x, t = promote(input, target)
+    if isinstance(var, (int, float, np.number)):         # one variance for all (torch)
+        var = np.full(x.shape, float(var), x.type.np_dtype)
     v = as_tensor(var, x)
     if v.dtype != x.dtype:
         v = cast(v, x.dtype)

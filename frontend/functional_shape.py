@@ -81,20 +81,22 @@ def _guard(ft, src: np.ndarray, n_in: int):
     return idx, lam
 
 
-def _nearest_taps(n_in: int, n_out: int, scale, exact: bool, shortcut: bool):
-    """torch's ``nearest_idx`` / ``nearest_exact_idx`` (float32 arithmetic). ``shortcut``:
-    an axis that keeps its size is copied and one that doubles takes ``o // 2`` whatever the
-    scale (torch's 2-D nearest kernel; its 1-D and 3-D ones apply the scale)."""
+def _nearest_taps(ft, n_in: int, n_out: int, scale, exact: bool, shortcut: bool):
+    """torch's ``nearest_idx`` / ``nearest_exact_idx`` in ``ft`` arithmetic. ``shortcut``
+    (torch's 2-D nearest kernel, which also computes in float32 for any input): an axis that
+    keeps its size is copied and one that doubles takes ``o // 2`` whatever the scale; the
+    1-D and 3-D kernels apply the scale, in the input's float type."""
+    if shortcut:
+        ft = np.float32
     if shortcut and not exact and n_out == n_in:
         return [np.arange(n_out)], None
     if shortcut and not exact and n_out == 2 * n_in:
         return [np.arange(n_out) >> 1], None
-    s = np.float32(1.0 / scale) if scale is not None and scale > 0 else \
-        np.float32(n_in) / np.float32(n_out)
-    dst = np.arange(n_out).astype(np.float32)
+    s = ft(1.0 / scale) if scale is not None and scale > 0 else ft(n_in) / ft(n_out)
+    dst = np.arange(n_out).astype(ft)
     if exact:
-        dst = dst + np.float32(0.5)
-    idx = np.minimum(np.floor((dst * s).astype(np.float32)).astype(np.int64), n_in - 1)
+        dst = dst + ft(0.5)
+    idx = np.minimum(np.floor((dst * s).astype(ft)).astype(np.int64), n_in - 1)
     return [idx], None
 
 
@@ -175,7 +177,8 @@ def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
     for a in range(d):
         n_in, n_out, scale = x.shape[2 + a], out[a], scales[a]
         if mode in ("nearest", "nearest-exact"):
-            taps, weights = _nearest_taps(n_in, n_out, scale, mode == "nearest-exact", d == 2)
+            taps, weights = _nearest_taps(ft, n_in, n_out, scale, mode == "nearest-exact",
+                                          d == 2)
         elif mode == "bicubic":
             taps, weights = _cubic_taps(ft, n_in, n_out, scale, align_corners)
         elif n_out == n_in:         # torch's linear kernels copy an axis that keeps its size

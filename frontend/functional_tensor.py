@@ -191,9 +191,11 @@ def repeat_interleave(input, repeats: int, dim: int | None = None, *,
 
 # ---------------------------------------------------------------- masks and triangles
 def masked_fill(input, mask, value) -> Tensor:
+    """``value`` where ``mask``, in x's dtype (torch casts the value: 2.7 into an integer
+    tensor is 2)."""
     x = as_tensor(input)
-    return where(as_tensor(mask, x), as_tensor(value, x) if isinstance(value, Tensor)
-                 else value, x)
+    v = value if isinstance(value, Tensor) else as_tensor(np.asarray(value), x)
+    return where(as_tensor(mask, x), cast(v, x.dtype), x)
 
 
 def _triangle(x: Tensor, diagonal: int, lower: bool, name: str) -> Tensor:
@@ -202,7 +204,7 @@ def _triangle(x: Tensor, diagonal: int, lower: bool, name: str) -> Tensor:
     rows, cols = x.shape[-2:]
     offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
     keep = offset <= diagonal if lower else offset >= diagonal
-    return where(as_tensor(keep, x), x, 0 if not x.type.is_float else 0.0)
+    return where(as_tensor(keep, x), x, as_tensor(np.zeros((), x.type.np_dtype), x))
 
 
 def tril(input, diagonal: int = 0) -> Tensor:
@@ -347,9 +349,12 @@ def round(input, decimals: int = 0) -> Tensor:
         up = logical_or(lt(0.5, d), logical_and(eq(d, 0.5), odd))
         return where(up, add(f, 1.0), f)
     x = as_tensor(input)
-    if decimals:
+    if decimals > 0:
         s = 10.0 ** decimals
         return _rounded(x, lambda v: half_even(v * s) / s)
+    if decimals < 0:                    # as torch: by an exact 10^k, not an inexact 10^-k
+        s = 10.0 ** -decimals
+        return _rounded(x, lambda v: half_even(v / s) * s)
     return _rounded(x, half_even)
 
 
@@ -417,7 +422,7 @@ def _einsum_terms(equation: str, ops: Sequence[Tensor]):
         if "..." in t:
             k = x.ndim - len(t.replace("...", ""))
             t = t.replace("...", ell[ell_rank - k:])
-        if len(t) != x.ndim or not t.isalpha():
+        if len(t) != x.ndim or (t and not t.isalpha()):
             raise ValueError(f"einsum: term {t!r} does not fit an operand of rank {x.ndim}")
         if len(set(t)) != len(t):
             raise NotImplementedError(f"einsum: a repeated index within one operand ({t!r}, "
@@ -527,8 +532,10 @@ def _factory_dtype(dtype, value=0.0) -> str:
 
 def full(size, fill_value, *, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     size = _shape((size,)) if isinstance(size, (tuple, list)) else _shape((size,))
-    return current_tracer().emit("full", shape=size, value=float(fill_value),
-                                 dtype=_factory_dtype(dtype, fill_value))
+    dt = _factory_dtype(dtype, fill_value)
+    if dt == "int64" and not -2**53 <= int(fill_value) <= 2**53:    # exact past 2^53
+        return current_tracer().emit("constant", value=np.full(size, int(fill_value), np.int64))
+    return current_tracer().emit("full", shape=size, value=float(fill_value), dtype=dt)
 
 
 def zeros(*size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:

@@ -29,7 +29,16 @@ def _base_lr(optimizer) -> float:
 
 
 class LRScheduler:
-    """The base: ``lr_at(epoch)`` is the rate at an epoch; construction takes epoch 0."""
+    """The base: ``lr_at(epoch)`` is the rate at an epoch; construction takes epoch 0.
+
+    ``chainable`` schedulers (torch's recursive ones) step by the ratio of consecutive
+    rates, measured from ``floor`` (CosineAnnealingLR's eta_min, else 0), applied to the
+    optimizer's current rate: alone they follow their closed form, and two on one optimizer
+    combine their factors as torch's do. ``step(epoch)`` with an explicit epoch (a float
+    too: ``CosineAnnealingWarmRestarts`` takes fractions of an epoch) sets the closed form.
+    """
+    chainable = False
+    floor = 0.0
 
     def __init__(self, optimizer, last_epoch: int = -1):
         self.optimizer = optimizer
@@ -51,9 +60,14 @@ class LRScheduler:
     def base_lr(self) -> float:
         return self.base_lrs[0]
 
-    def step(self, epoch: int | None = None) -> None:
-        self.last_epoch = self.last_epoch + 1 if epoch is None else int(epoch)
+    def step(self, epoch: float | None = None) -> None:
+        self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
         lr = float(self.lr_at(self.last_epoch))
+        if epoch is None and self.chainable and self.last_epoch > 0:
+            prev = float(self.lr_at(self.last_epoch - 1)) - self.floor
+            if prev != 0:
+                lr = self.floor + (_base_lr(self.optimizer) - self.floor) * \
+                    ((lr - self.floor) / prev)
         self.optimizer.lr = lr
         self._last_lr = [lr]
 
@@ -81,6 +95,7 @@ class LambdaLR(LRScheduler):
 
 class MultiplicativeLR(LRScheduler):
     """The rate times ``lr_lambda(epoch)`` at each epoch after the first."""
+    chainable = True
 
     def __init__(self, optimizer, lr_lambda: Callable[[int], float], last_epoch: int = -1):
         self.lr_lambda = lr_lambda
@@ -95,6 +110,7 @@ class MultiplicativeLR(LRScheduler):
 
 class StepLR(LRScheduler):
     """``base_lr * gamma ** (epoch // step_size)``."""
+    chainable = True
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1):
         self.step_size, self.gamma = int(step_size), float(gamma)
@@ -106,6 +122,7 @@ class StepLR(LRScheduler):
 
 class MultiStepLR(LRScheduler):
     """``base_lr * gamma ** (milestones passed)`` (a repeated milestone counts each time)."""
+    chainable = True
 
     def __init__(self, optimizer, milestones: Sequence[int], gamma: float = 0.1,
                  last_epoch: int = -1):
@@ -118,6 +135,7 @@ class MultiStepLR(LRScheduler):
 
 class ConstantLR(LRScheduler):
     """``base_lr * factor`` until ``total_iters``, then ``base_lr``."""
+    chainable = True
 
     def __init__(self, optimizer, factor: float = 1 / 3, total_iters: int = 5,
                  last_epoch: int = -1):
@@ -127,12 +145,15 @@ class ConstantLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch):
-        return self.base_lr * (self.factor if epoch < self.total_iters else 1.0)
+        # total_iters 0: torch applies the factor at epoch 0 and never lifts it
+        late = epoch >= self.total_iters and self.total_iters > 0
+        return self.base_lr * (1.0 if late else self.factor)
 
 
 class LinearLR(LRScheduler):
     """The factor moves linearly from ``start_factor`` to ``end_factor`` over
     ``total_iters`` epochs, then stays."""
+    chainable = True
 
     def __init__(self, optimizer, start_factor: float = 1 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1):
@@ -143,6 +164,8 @@ class LinearLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch):
+        if self.total_iters == 0:       # torch: the start factor, for ever
+            return self.base_lr * self.start_factor
         t = min(epoch, self.total_iters)
         return self.base_lr * (self.start_factor + (self.end_factor - self.start_factor) * t
                                / self.total_iters)
@@ -150,6 +173,7 @@ class LinearLR(LRScheduler):
 
 class ExponentialLR(LRScheduler):
     """``base_lr * gamma ** epoch``."""
+    chainable = True
 
     def __init__(self, optimizer, gamma: float, last_epoch: int = -1):
         self.gamma = float(gamma)
@@ -161,6 +185,7 @@ class ExponentialLR(LRScheduler):
 
 class PolynomialLR(LRScheduler):
     """``base_lr * (1 - min(epoch, total_iters) / total_iters) ** power``."""
+    chainable = True
 
     def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0,
                  last_epoch: int = -1):
@@ -175,9 +200,11 @@ class PolynomialLR(LRScheduler):
 class CosineAnnealingLR(LRScheduler):
     """``eta_min + (base_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2`` (SGDR without
     restarts: past ``T_max`` the cosine goes on)."""
+    chainable = True
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1):
         self.T_max, self.eta_min = int(T_max), float(eta_min)
+        self.floor = self.eta_min
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch):
@@ -198,14 +225,14 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def _position(self, epoch: float) -> tuple[float, float]:
-        """(epochs into the current period, its length)."""
-        if epoch < self.T_0:
-            return epoch, self.T_0
+        """(epochs into the current period, its length), the periods counted exactly (a
+        logarithm would round 243 = 3^5 periods down to 4.999...)."""
         if self.T_mult == 1:
             return epoch % self.T_0, self.T_0
-        n = int(math.log(epoch / self.T_0 * (self.T_mult - 1) + 1, self.T_mult))
-        start = self.T_0 * (self.T_mult ** n - 1) / (self.T_mult - 1)
-        return epoch - start, self.T_0 * self.T_mult ** n
+        start, period = 0, self.T_0
+        while epoch >= start + period:
+            start, period = start + period, period * self.T_mult
+        return epoch - start, period
 
     def lr_at(self, epoch):
         t, period = self._position(epoch)

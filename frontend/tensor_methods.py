@@ -105,6 +105,16 @@ Tensor.double = _conversion("float64")
 Tensor.long = _conversion("int64")
 Tensor.int = _conversion("int32")
 Tensor.to = lambda self, dtype: cast(self, dtype)
+def _dims_method(fn):
+    """A method taking dims as varargs or one sequence (``x.flip(0, 1)``, ``x.tile(2)``)."""
+    def method(self, *dims):
+        return fn(self, tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list))
+                  else dims)
+    return method
+
+
+Tensor.flip = _dims_method(T.flip)
+Tensor.tile = _dims_method(T.tile)
 Tensor.t = lambda self: transpose(self, 0, 1) if self.ndim == 2 else self
 Tensor.mT = property(lambda self: transpose(self, -2, -1))
 Tensor.new_zeros = lambda self, *size, dtype=None: T.zeros(*size, dtype=dtype or self.dtype)

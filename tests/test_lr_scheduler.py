@@ -22,6 +22,9 @@ CASES = [
     ("CosineAnnealingLR", dict(T_max=6, eta_min=0.01)),
     ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2, eta_min=0.001)),
     ("CosineAnnealingWarmRestarts", dict(T_0=4)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=1, T_mult=3)),       # 121 = 1 + 3 + 9 + 27 + 81
+    ("ConstantLR", dict(factor=0.5, total_iters=0)),
+    ("LinearLR", dict(start_factor=0.5, total_iters=0)),
     ("LambdaLR", dict(lr_lambda=lambda e: 1 / (1 + e))),
     ("MultiplicativeLR", dict(lr_lambda=lambda e: 0.9 if e % 2 else 0.95)),
     ("OneCycleLR", dict(max_lr=0.5, total_steps=20)),
@@ -39,7 +42,7 @@ def _pair(opt_cls, tcls, lr, **kw):
 def test_rates_match_torch_epoch_by_epoch(name, kw):
     ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 0.2, momentum=0.9)
     ours, theirs = getattr(S, name)(ours_opt, **kw), getattr(TS, name)(torch_opt, **kw)
-    steps = kw.get("total_steps", 25) - 1
+    steps = kw.get("total_steps", 130 if kw.get("T_mult") == 3 else 25) - 1
     for _ in range(steps):
         assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr(), rel=1e-12, abs=1e-15)
         assert ours_opt.lr == pytest.approx(torch_opt.param_groups[0]["lr"], rel=1e-12,
@@ -111,3 +114,26 @@ def test_a_scheduled_optimizer_needs_a_number():
     opt = ig.optim.SGD(lr=ig.optim.LinearDecay(0.1, 0.01, 10))
     with pytest.raises(TypeError, match="schedule of its own"):
         S.StepLR(opt, 2)
+
+
+def test_warm_restarts_take_fractional_epochs_as_torch():
+    ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 1.0)
+    ours = S.CosineAnnealingWarmRestarts(ours_opt, T_0=2, T_mult=2)
+    theirs = TS.CosineAnnealingWarmRestarts(torch_opt, T_0=2, T_mult=2)
+    for e in np.arange(0, 9, 0.25):
+        torch_opt.step()
+        ours.step(float(e))
+        theirs.step(float(e))
+        assert ours_opt.lr == pytest.approx(torch_opt.param_groups[0]["lr"], rel=1e-12)
+
+
+def test_two_schedulers_on_one_optimizer_combine_as_torch():
+    """torch's chainable schedulers multiply: StepLR and ExponentialLR together."""
+    ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 1.0)
+    ours = [S.StepLR(ours_opt, 3, 0.5), S.ExponentialLR(ours_opt, 0.9)]
+    theirs = [TS.StepLR(torch_opt, 3, 0.5), TS.ExponentialLR(torch_opt, 0.9)]
+    for _ in range(10):
+        torch_opt.step()
+        for s_ in ours + theirs:
+            s_.step()
+        assert ours_opt.lr == pytest.approx(torch_opt.param_groups[0]["lr"], rel=1e-12)

@@ -78,6 +78,8 @@ CASES = [
                                                                          reduction="none"),
      lambda x, t, v: TF.gaussian_nll_loss(x, t, v, full=True, reduction="none"),
      [_r(5, 4, 3), _r(6, 4, 3), np.array([0.5, 1e-8, 2.0, 0.3])], [0, 1, 2]),
+    ("gaussian_nll_number_variance", lambda x, t: F.gaussian_nll_loss(x, t, 0.5),
+     lambda x, t: TF.gaussian_nll_loss(x, t, 0.5), [_r(5, 4, 3), _r(6, 4, 3)], [0, 1]),
     ("gaussian_nll_last_one", F.gaussian_nll_loss, TF.gaussian_nll_loss,
      [_r(5, 4, 3), _r(6, 4, 3), _r(7, 4, 1, lo=0.1, hi=2)], [0, 1, 2]),
     ("margin_ranking", lambda a, b, y: F.margin_ranking_loss(a, b, y, 0.3),
@@ -159,11 +161,16 @@ RESAMPLE = [
     ((1, 1, 4, 5), dict(scale_factor=(1.1, 1.6), mode="nearest")),
     ((1, 1, 4, 5, 2), dict(scale_factor=1.34, mode="trilinear")),
     ((1, 1, 3, 5), dict(scale_factor=1.2, mode="bicubic")),
+    # float64 1-D and 3-D nearest index arithmetic is float64 in torch (39 -> 33: output 11
+    # takes source 13, where float32 arithmetic gives 12)
+    ((1, 1, 39), dict(size=33, mode="nearest")),
+    ((1, 1, 2, 3, 39), dict(size=(3, 2, 33), mode="nearest")),
 ]
-# torch's 1-D/3-D nearest backward kernels copy a kept-size axis that their forward scales:
-# not the forward's adjoint. There the values are compared, and the gradient is checked to be
-# the adjoint of ours (the forward's own take, summed back) in test_nearest_gradient_is_...
-_NOT_ADJOINT = {16, 17}
+# torch's 1-D/3-D nearest backward kernels copy a kept-size axis that their forward scales,
+# and compute a float64 input's indices in float32 where the forward uses float64: not the
+# forward's adjoint. There the values are compared, and the gradient is checked to be the
+# adjoint of ours (the forward's own take, summed back) in test_nearest_gradient_is_...
+_NOT_ADJOINT = {16, 17, 21, 22}
 CASES += [(f"interpolate_{i}_{kw['mode']}", lambda x, kw=kw: F.interpolate(x, **kw),
            lambda x, kw=kw: TF.interpolate(x, **kw), [_r(40 + i, *shape)],
            [] if i in _NOT_ADJOINT else [0])
