@@ -94,21 +94,20 @@ def test_freezing_after_compile_train_stops_the_updates_as_torch(backend):
                                        atol=1e-12, err_msg=f"{name} after step {k}")
 
 
-def test_tied_weights_appear_under_every_name_as_torch():
-    class Tied(ig.nn.Module):
+def _tied(nn):
+    """A model whose output layer shares the embedding's weight, in ``nn`` (ours or
+    torch's)."""
+    class Tied(nn.Module):
         def __init__(self):
             super().__init__()
-            self.emb = ig.nn.Embedding(5, 3)
-            self.out = ig.nn.Linear(3, 5, bias=False)
+            self.emb = nn.Embedding(5, 3)
+            self.out = nn.Linear(3, 5, bias=False)
             self.out.weight = self.emb.weight
+    return Tied()
 
-    class TiedT(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(5, 3)
-            self.out = torch.nn.Linear(3, 5, bias=False)
-            self.out.weight = self.emb.weight
-    ours, theirs = Tied(), TiedT()
+
+def test_tied_weights_appear_under_every_name_as_torch():
+    ours, theirs = _tied(ig.nn), _tied(torch.nn)
     assert list(ours.state_dict()) == list(theirs.state_dict()) == ["emb.weight", "out.weight"]
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})

@@ -82,29 +82,14 @@ def _neg(ctx, dt, x):
     return x if dt == "bool" else ctx.b.sub(const(dt, 0), x)
 
 
-@_unary("exp")
-def _exp(ctx, dt, x):
-    return sc.call(ctx, "exp", x)
-
-
-@_unary("log")
-def _log(ctx, dt, x):
-    return sc.call(ctx, "log", x)
-
-
-@_unary("sqrt")
-def _sqrt(ctx, dt, x):
-    return sc.call(ctx, "sqrt", x)
+# one LLVM float intrinsic each (float32 exp, log and tanh inline: scalar.call)
+for _name in ("exp", "log", "sqrt", "tanh", "sin", "cos"):
+    _unary(_name)(lambda ctx, dt, x, _name=_name: sc.call(ctx, _name, x))
 
 
 @_unary("rsqrt")
 def _rsqrt(ctx, dt, x):
     return ctx.b.fdiv(const(dt, 1), sc.call(ctx, "sqrt", x))
-
-
-@_unary("tanh")
-def _tanh(ctx, dt, x):
-    return sc.call(ctx, "tanh", x)
 
 
 @_unary("erf")
@@ -113,16 +98,6 @@ def _erf(ctx, dt, x):
     if dt == "float32":
         return sc.call(ctx, "erf", x)
     return ctx.b.call(ctx.extern("erf", x.type, [x.type]), [x])
-
-
-@_unary("sin")
-def _sin(ctx, dt, x):
-    return sc.call(ctx, "sin", x)
-
-
-@_unary("cos")
-def _cos(ctx, dt, x):
-    return sc.call(ctx, "cos", x)
 
 
 @_unary("sigmoid")

@@ -95,19 +95,16 @@ def _rsqrt(x):
         return (1 / np.sqrt(x)).astype(x.dtype)
 
 
-def _log(x):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(x)
+def _quiet(fn, name: str):
+    """numpy's ``fn`` without its floating-point warnings (inf and NaN are results here)."""
+    def kernel(x):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return fn(x)
+    kernel.__name__ = name
+    return kernel
 
 
-def _sqrt(x):
-    with np.errstate(invalid="ignore"):
-        return np.sqrt(x)
-
-
-def _exp(x):
-    with np.errstate(over="ignore"):
-        return np.exp(x)
+_log, _sqrt, _exp = _quiet(np.log, "log"), _quiet(np.sqrt, "sqrt"), _quiet(np.exp, "exp")
 
 
 _ERF64 = np.frompyfunc(math.erf, 1, 1)
@@ -130,18 +127,8 @@ _unary("sigmoid", _sigmoid, 5)
 _unary("erf", _erf, 12)
 
 
-def _sin(x):
-    with np.errstate(invalid="ignore"):
-        return np.sin(x)
-
-
-def _cos(x):
-    with np.errstate(invalid="ignore"):
-        return np.cos(x)
-
-
-_unary("sin", _sin, 10)
-_unary("cos", _cos, 10)
+_unary("sin", _quiet(np.sin, "sin"), 10)
+_unary("cos", _quiet(np.cos, "cos"), 10)
 _unary("relu", lambda x: np.maximum(x, np.zeros((), x.dtype)), float_only=False)
 _unary("abs", np.abs, float_only=False)
 _unary("sign", np.sign, float_only=False, differentiable=False,
