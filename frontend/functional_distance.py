@@ -34,7 +34,12 @@ def vector_norm(input, ord: float = 2, dim=None, keepdim: bool = False) -> Tenso
         return sum(cast(ne(x, 0.0), x.dtype), dim, keepdim)
     if ord == 1:
         return sum(abs(x), dim, keepdim)
-    s = sum(mul(x, x) if ord == 2 else abs(x) ** ord, dim, keepdim)
+    if ord == 2:
+        s = sum(mul(x, x), dim, keepdim)
+    else:       # |x|^ord taken of 1 at the zeros: below ord 1 its slope there is infinite
+        ax = abs(x)
+        nz = gt(ax, 0.0)
+        s = sum(where(nz, where(nz, ax, 1.0) ** ord, 0.0), dim, keepdim)
     some = gt(s, 0.0)
     safe = where(some, s, 1.0)
     return where(some, sqrt(safe) if ord == 2 else safe ** (1 / ord), 0.0)

@@ -112,6 +112,8 @@ CASES = [
     # norms and distances
     ("normalize", F.normalize, TF.normalize, [np.concatenate([_r(26, 3, 4), np.zeros((1, 4))])],
      [0]),
+    ("normalize_p_half_zeros", lambda x: F.normalize(x, 0.5, 1),
+     lambda x: TF.normalize(x, 0.5, 1), [np.array([[0.0, 1.0, -2.0], [0.0, 0.0, 3.0]])], [0]),
     ("normalize_p1", lambda x: F.normalize(x, 1, -1), lambda x: TF.normalize(x, 1, -1),
      [_r(26, 3, 4)], [0]),
     ("cosine_similarity", F.cosine_similarity, TF.cosine_similarity,
