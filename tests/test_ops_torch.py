@@ -86,6 +86,7 @@ TORCH = {
     "neg": torch.neg, "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt,
     "rsqrt": torch.rsqrt, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
     "abs": torch.abs, "sign": torch.sign, "square": torch.square, "erf": torch.erf,
+    "sin": torch.sin, "cos": torch.cos,
     "cast": lambda x, dtype: x.to(_DT[dtype]),
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": _torch_div, "pow": torch.pow,
     "fmod": torch.fmod,
