@@ -229,13 +229,15 @@ class _UpdateStep:
     step on given gradients (inputs ``grad.<p>``), the training step of
     ``update_loss_graph`` over the trainable parameters; ``layout`` once built."""
 
-    def __init__(self, trainable: Sequence[str], spec: OptimizerSpec):
+    def __init__(self, trainable: Sequence[str], spec: OptimizerSpec,
+                 groups: Sequence[int] | None = None):
         self.trainable, self.spec, self.layout = list(trainable), spec, None
+        self.groups = groups
 
     def __call__(self, graph: Graph) -> Graph:
         types = {p.name: p.type for p in graph.params if p.name in self.trainable}
         self.layout = training_step(update_loss_graph(types, f"{graph.name}_update"),
-                                    self.trainable, self.spec)
+                                    self.trainable, self.spec, groups=self.groups)
         # the linear loss's value is of no use: output 0 becomes 0, so the pipeline drops it
         g = self.layout.graph
         g.set_outputs([g.op("full", shape=(), value=0.0, dtype=g.outputs[0].dtype)]
@@ -503,12 +505,16 @@ def compile_data_parallel(model: Module | Callable, loss_fn: Callable | None,
                                   param_names(model))
     trainable = trainable_names(tracer.params, optimizer)
     spec = optimizer.spec()
+    if spec.interim and spec.groups > 1:
+        raise NotImplementedError("data-parallel training: the text's Nesterov momentum with "
+                                  "parameter groups (one momentum for every group is)")
     buffers = [name for _, name in _buffers(graph)]
     grad = compile_graph(graph, backend=backend,
                          differentiate=lambda g: gradient_graph(g, trainable, spec)[0],
                          pipeline=pipeline, kind="training", print_after=print_after,
                          keep_interface=True, options=options)
-    update = _UpdateStep(trainable, spec)
+    update = _UpdateStep(trainable, spec, [optimizer.group_index(tracer.params[n])
+                                           for n in trainable])
     built = compile_graph(graph, backend=backend, differentiate=update, pipeline=pipeline,
                           kind="training", print_after=print_after, keep_interface=True,
                           options=options)

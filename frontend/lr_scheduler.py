@@ -20,12 +20,23 @@ __all__ = ["LRScheduler", "LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR
            "CosineAnnealingWarmRestarts", "OneCycleLR", "SequentialLR", "ReduceLROnPlateau"]
 
 
-def _base_lr(optimizer) -> float:
-    lr = optimizer.lr
+def _lr(group) -> float:
+    """A parameter group's learning rate (``optimizer.param_groups[i]``)."""
+    lr = group["lr"]
     if callable(lr):
         raise TypeError(f"a scheduler sets the optimizer's learning rate, but this one has a "
                         f"schedule of its own ({lr!r}): give the optimizer a number")
     return float(lr)
+
+
+def _per_group(value, groups, what: str) -> list:
+    """``value`` for each of ``groups``: a list or tuple gives one per group (torch's)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(groups):
+            raise ValueError(f"expected {len(groups)} {what} (one per parameter group), got "
+                             f"{len(value)}")
+        return list(value)
+    return [value] * len(groups)
 
 
 class LRScheduler:
@@ -36,21 +47,26 @@ class LRScheduler:
     optimizer's current rate: alone they follow their closed form, and two on one optimizer
     combine their factors as torch's do. ``step(epoch)`` with an explicit epoch (a float
     too: ``CosineAnnealingWarmRestarts`` takes fractions of an epoch) sets the closed form.
+    Each parameter group follows the schedule from its own initial rate (``base_lrs``);
+    ``lr_at`` is evaluated for one group at a time (``base_lr``: that group's).
     """
     chainable = False
     floor = 0.0
 
     def __init__(self, optimizer, last_epoch: int = -1):
         self.optimizer = optimizer
-        if last_epoch == -1:
-            if getattr(optimizer, "initial_lr", None) is None:     # torch's setdefault: a
-                optimizer.initial_lr = _base_lr(optimizer)         # second scheduler keeps it
-        elif getattr(optimizer, "initial_lr", None) is None:
-            raise KeyError("last_epoch given, but the optimizer has no initial_lr (it was not "
-                           "scheduled before)")
-        self.base_lrs = [float(optimizer.initial_lr)]
+        groups = optimizer.param_groups
+        for i, group in enumerate(groups):
+            if last_epoch == -1:
+                if group.get("initial_lr") is None:     # torch's setdefault: a second
+                    group["initial_lr"] = _lr(group)     # scheduler keeps it
+            elif group.get("initial_lr") is None:
+                raise KeyError(f"last_epoch given, but parameter group {i} has no initial_lr "
+                               f"(it was not scheduled before)")
+        self.base_lrs = [float(g["initial_lr"]) for g in groups]
+        self._group = 0
         self.last_epoch = last_epoch
-        self._last_lr = [_base_lr(optimizer)]
+        self._last_lr = [_lr(g) for g in groups]
         self.step()
 
     def lr_at(self, epoch: int) -> float:
@@ -58,25 +74,32 @@ class LRScheduler:
 
     @property
     def base_lr(self) -> float:
-        return self.base_lrs[0]
+        """The initial rate of the group ``lr_at`` is evaluated for."""
+        return self.base_lrs[self._group]
 
     def step(self, epoch: float | None = None) -> None:
         self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
-        lr = float(self.lr_at(self.last_epoch))
-        if epoch is None and self.chainable and self.last_epoch > 0:
-            prev = float(self.lr_at(self.last_epoch - 1)) - self.floor
-            if prev != 0:
-                lr = self.floor + (_base_lr(self.optimizer) - self.floor) * \
-                    ((lr - self.floor) / prev)
-        self.optimizer.lr = lr
-        self._last_lr = [lr]
+        groups = self.optimizer.param_groups
+        lrs = []
+        for i, group in enumerate(groups):
+            self._group = i
+            lr = float(self.lr_at(self.last_epoch))
+            if epoch is None and self.chainable and self.last_epoch > 0:
+                prev = float(self.lr_at(self.last_epoch - 1)) - self.floor
+                if prev != 0:
+                    lr = self.floor + (_lr(group) - self.floor) * ((lr - self.floor) / prev)
+            lrs.append(lr)
+        self._group = 0
+        for group, lr in zip(groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
 
     def get_last_lr(self) -> list[float]:
         return list(self._last_lr)
 
     def state_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()
-                if k != "optimizer" and not callable(v)}
+                if k not in ("optimizer", "lr_lambdas") and not callable(v)}
 
     def load_state_dict(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -86,11 +109,11 @@ class LambdaLR(LRScheduler):
     """``base_lr * lr_lambda(epoch)``."""
 
     def __init__(self, optimizer, lr_lambda: Callable[[int], float], last_epoch: int = -1):
-        self.lr_lambda = lr_lambda
+        self.lr_lambdas = _per_group(lr_lambda, optimizer.param_groups, "lr_lambdas")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch):
-        return self.base_lr * self.lr_lambda(epoch)
+        return self.base_lr * self.lr_lambdas[self._group](epoch)
 
 
 class MultiplicativeLR(LRScheduler):
@@ -98,13 +121,13 @@ class MultiplicativeLR(LRScheduler):
     chainable = True
 
     def __init__(self, optimizer, lr_lambda: Callable[[int], float], last_epoch: int = -1):
-        self.lr_lambda = lr_lambda
+        self.lr_lambdas = _per_group(lr_lambda, optimizer.param_groups, "lr_lambdas")
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch):
         lr = self.base_lr
         for e in range(1, epoch + 1):
-            lr *= self.lr_lambda(e)
+            lr *= self.lr_lambdas[self._group](e)
         return lr
 
 
@@ -264,25 +287,33 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"OneCycleLR: anneal_strategy must be 'cos' or 'linear', got "
                              f"{anneal_strategy!r}")
         self.total_steps = int(total_steps)
-        initial = float(max_lr) / div_factor
-        low = initial / final_div_factor
+        groups = optimizer.param_groups
         self.anneal = anneal_strategy
         ends = ([float(pct_start) * self.total_steps - 1, 2 * float(pct_start) *
                  self.total_steps - 2, self.total_steps - 1] if three_phase else
                 [float(pct_start) * self.total_steps - 1, self.total_steps - 1])
-        lrs = ([(initial, max_lr), (max_lr, initial), (initial, low)] if three_phase else
-               [(initial, max_lr), (max_lr, low)])
-        moms = ([(max_momentum, base_momentum), (base_momentum, max_momentum),
-                 (max_momentum, max_momentum)] if three_phase else
-                [(max_momentum, base_momentum), (base_momentum, max_momentum)])
-        self.phases = list(zip(ends, lrs, moms))
+        # per parameter group (torch's lists of max_lr, base_momentum, max_momentum)
+        self.group_phases, initials = [], []
+        for top, lo_m, hi_m in zip(_per_group(max_lr, groups, "max_lr"),
+                                   _per_group(base_momentum, groups, "base_momentum"),
+                                   _per_group(max_momentum, groups, "max_momentum")):
+            initial = float(top) / div_factor
+            low = initial / final_div_factor
+            lrs = ([(initial, top), (top, initial), (initial, low)] if three_phase else
+                   [(initial, top), (top, low)])
+            moms = ([(hi_m, lo_m), (lo_m, hi_m), (hi_m, hi_m)] if three_phase else
+                    [(hi_m, lo_m), (lo_m, hi_m)])
+            self.group_phases.append(list(zip(ends, lrs, moms)))
+            initials.append(initial)
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
             if not (hasattr(optimizer, "momentum") or hasattr(optimizer, "betas")):
                 raise ValueError("OneCycleLR: cycle_momentum needs an optimizer with momentum "
                                  "or betas")
         if last_epoch == -1:
-            optimizer.lr = optimizer.initial_lr = initial
+            for group, initial in zip(groups, initials):
+                group["lr"] = group["initial_lr"] = initial
+        self._group = 0
         super().__init__(optimizer, last_epoch)
 
     def _anneal(self, start: float, end: float, pct: float) -> float:
@@ -295,8 +326,9 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"OneCycleLR: stepped {step + 1} times, past total_steps "
                              f"{self.total_steps}")
         start_step = 0.0
-        for i, (end, lrs, moms) in enumerate(self.phases):
-            if step <= end or i == len(self.phases) - 1:
+        phases = self.group_phases[self._group]
+        for i, (end, lrs, moms) in enumerate(phases):
+            if step <= end or i == len(phases) - 1:
                 pct = (step - start_step) / (end - start_step)
                 pair = (lrs, moms)[which]
                 return self._anneal(pair[0], pair[1], pct)
@@ -309,11 +341,14 @@ class OneCycleLR(LRScheduler):
     def step(self, epoch: int | None = None) -> None:
         super().step(epoch)
         if self.cycle_momentum:
-            m = self._at(self.last_epoch, 1)
-            if hasattr(self.optimizer, "betas"):
-                self.optimizer.betas = (m, self.optimizer.betas[1])
-            else:
-                self.optimizer.momentum = m
+            for i, group in enumerate(self.optimizer.param_groups):
+                self._group = i
+                m = self._at(self.last_epoch, 1)
+                if "betas" in group:
+                    group["betas"] = (m, group["betas"][1])
+                else:
+                    group["momentum"] = m
+            self._group = 0
 
 
 class SequentialLR(LRScheduler):
@@ -330,6 +365,7 @@ class SequentialLR(LRScheduler):
             if s.optimizer is not optimizer:
                 raise ValueError("SequentialLR: every scheduler must drive its optimizer")
         self.optimizer = optimizer
+        self._group = 0
         self.base_lrs = list(self.schedulers[0].base_lrs)
         self.last_epoch = last_epoch + 1
         self.schedulers[0].step(0)
@@ -338,6 +374,7 @@ class SequentialLR(LRScheduler):
     def lr_at(self, epoch):
         i = bisect.bisect_right(self.milestones, epoch)
         start = self.milestones[i - 1] if i else 0
+        self.schedulers[i]._group = self._group
         return self.schedulers[i].lr_at(epoch - start)
 
     def step(self, epoch: int | None = None) -> None:
@@ -364,12 +401,13 @@ class ReduceLROnPlateau:
         self.optimizer = optimizer
         self.mode, self.factor, self.patience = mode, float(factor), int(patience)
         self.threshold, self.threshold_mode = float(threshold), threshold_mode
-        self.cooldown, self.min_lr, self.eps = int(cooldown), float(min_lr), float(eps)
+        self.cooldown, self.eps = int(cooldown), float(eps)
+        self.min_lrs = [float(v) for v in _per_group(min_lr, optimizer.param_groups, "min_lr")]
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self.last_epoch = 0
-        self._last_lr = [_base_lr(optimizer)]
+        self._last_lr = [_lr(g) for g in optimizer.param_groups]
 
     def _better(self, a: float, best: float) -> bool:
         if self.mode == "min":
@@ -388,14 +426,16 @@ class ReduceLROnPlateau:
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0
+        groups = self.optimizer.param_groups
         if self.num_bad_epochs > self.patience:
-            old = _base_lr(self.optimizer)
-            new = max(old * self.factor, self.min_lr)
-            if old - new > self.eps:
-                self.optimizer.lr = new
+            for group, floor in zip(groups, self.min_lrs):
+                old = _lr(group)
+                new = max(old * self.factor, floor)
+                if old - new > self.eps:
+                    group["lr"] = new
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
-        self._last_lr = [_base_lr(self.optimizer)]
+        self._last_lr = [_lr(g) for g in groups]
 
     def get_last_lr(self) -> list[float]:
         return list(self._last_lr)

@@ -83,7 +83,9 @@ class Optimizer:
                  maximize: bool = False):
         if convention not in ("text", "torch"):
             raise ValueError(f"convention must be 'text' or 'torch', got {convention!r}")
-        self.params = _param_list(params)
+        self.params, self._raw_groups = _split_groups(params)
+        self._groups: list[dict] = []      # parameter groups after the first (``_finish_groups``)
+        self._group_params: list[list[Parameter]] = []
         self.lr = lr
         self.convention = convention
         self.weight_decay = weight_decay
@@ -104,7 +106,66 @@ class Optimizer:
                              weight_decay=True, decoupled_weight_decay=self._decoupled(),
                              clip_norm=self._clip_norm_on, clip_value=self._clip_value_on,
                              clip_norm_eps=0.0 if self.convention == "text" else 1e-6,
-                             polyak=self._polyak_on, maximize=self.maximize)
+                             polyak=self._polyak_on, maximize=self.maximize,
+                             groups=1 + len(self._groups))
+
+    # -- parameter groups (torch.optim's ``[{"params": ..., "lr": ...}, ...]``)
+    # the hyperparameters a group may set for its own parameters; the rest are the step's
+    GROUP_KEYS: tuple[str, ...] = ("lr", "weight_decay")
+    # options every group must share: they change what is compiled, not a runtime value
+    SHARED_KEYS = ("nesterov", "amsgrad", "centered", "maximize", "clip_grad_norm",
+                   "clip_grad_value", "polyak")
+
+    def _finish_groups(self) -> None:
+        """Each group takes the constructor's values for what it does not set (torch's
+        defaults); the first group's values become the optimizer's attributes, the others'
+        are kept in ``_groups``. Called at the end of each optimizer's constructor."""
+        raw, self._raw_groups = self._raw_groups, None
+        if not raw:
+            return
+        name = type(self).__name__
+        for i, g in enumerate(raw):
+            for k, v in g.items():
+                if k == "params" or k in self.GROUP_KEYS:
+                    continue
+                if k in self.SHARED_KEYS and hasattr(self, k):
+                    if v != getattr(self, k):
+                        raise ValueError(
+                            f"{name}: parameter group {i} sets {k}={v!r}, the optimizer has "
+                            f"{getattr(self, k)!r}; a compiled step has one {k} for all its "
+                            f"parameters (give it to the optimizer)")
+                    continue
+                raise ValueError(f"{name}: parameter group {i} has an unknown option {k!r}; "
+                                 f"a group may set {', '.join(self.GROUP_KEYS)}")
+        defaults = {k: getattr(self, k) for k in self.GROUP_KEYS}
+        filled = [{**defaults, **{k: g[k] for k in self.GROUP_KEYS if k in g}} for g in raw]
+        for k, v in filled[0].items():
+            setattr(self, k, v)
+        self._groups = filled[1:]
+        self._group_params = [g["params"] for g in raw]
+
+    def _group_values(self) -> list[dict]:
+        """Every group's hyperparameters (the first: the optimizer's attributes)."""
+        return [{k: getattr(self, k) for k in self.GROUP_KEYS}] + self._groups
+
+    @contextlib.contextmanager
+    def _as_group(self, values: dict) -> Iterator[None]:
+        """The optimizer's attributes set to one group's values inside the block."""
+        saved = {k: getattr(self, k) for k in values}
+        try:
+            for k, v in values.items():
+                setattr(self, k, v)
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(self, k, v)
+
+    def group_index(self, param: Parameter) -> int:
+        """The parameter group ``param`` belongs to (0 without groups)."""
+        for i, ps in enumerate(self._group_params):
+            if any(p is param for p in ps):
+                return i
+        return 0
 
     def _nesterov_flag(self) -> bool:
         return False
@@ -122,7 +183,17 @@ class Optimizer:
         return float(self.lr(self.step_count)) if callable(self.lr) else float(self.lr)
 
     def hyperparameters(self) -> dict[str, float]:
-        """Values of the step graph's hyperparameter inputs for the next step."""
+        """Values of the step graph's hyperparameter inputs for the next step (a group's
+        after the first under ``OptimizerSpec.group_name``)."""
+        spec = self.spec()
+        vals = self._one_group()
+        for i, group in enumerate(self._groups, 1):
+            with self._as_group(group):
+                mine = self._one_group()
+            vals.update((spec.group_name(h, i), mine[h]) for h in spec.per_group)
+        return {h: vals[h] for h in spec.hyperparameters}
+
+    def _one_group(self) -> dict[str, float]:
         self._check_structure()
         vals = self._rule_values()
         vals["weight_decay"] = float(self.weight_decay)
@@ -135,7 +206,7 @@ class Optimizer:
         vals.update(self._extra_values())
         for name, v in vals.items():
             _check_nonneg(name, v)
-        return {h: vals[h] for h in self.spec().hyperparameters}
+        return vals
 
     def _rule_values(self) -> dict[str, float]:
         return {"lr": self.current_lr()}
@@ -157,11 +228,13 @@ class Optimizer:
     def bind(self, named: dict[str, Parameter]) -> None:
         """Attach to the parameters a compiled step updates; create missing state (zeros)."""
         self._bound = dict(named)
+        groups = self._group_values()
         for name, p in named.items():
             slots = self.state.setdefault(name, {})
-            for slot in self.spec().slots:
-                if slot not in slots:
-                    slots[slot] = self._initial_state(slot, p.data)
+            with self._as_group(groups[self.group_index(p)]):
+                for slot in self.spec().slots:
+                    if slot not in slots:
+                        slots[slot] = self._initial_state(slot, p.data)
 
     def _initial_state(self, slot: str, p: np.ndarray) -> np.ndarray:
         if slot == "polyak_avg":
@@ -204,9 +277,9 @@ class Optimizer:
 
     @property
     def param_groups(self) -> list["ParamGroup"]:
-        """torch-style access to the hyperparameters: ``opt.param_groups[0]["lr"] = 0.01``
-        (one group: per-group hyperparameters are not supported)."""
-        return [ParamGroup(self)]
+        """torch-style access to the hyperparameters: ``opt.param_groups[i]["lr"] = 0.01``
+        (group 0's values are the optimizer's attributes, ``opt.lr``)."""
+        return [ParamGroup(self)] + [ParamGroup(self, g, i) for i, g in enumerate(self._groups, 1)]
 
     def __repr__(self) -> str:
         keys = [k for k in ("lr", "momentum", "alpha", "betas", "eps", "weight_decay")
@@ -248,31 +321,95 @@ class OptimizerState(dict):
 
 
 class ParamGroup:
-    """A dict-like view of an optimizer's hyperparameters, as in ``torch.optim``."""
-    KEYS = ("lr", "momentum", "nesterov", "alpha", "betas", "eps", "weight_decay", "lr_decay",
-            "clip_grad_norm", "clip_grad_value", "polyak")
+    """A dict-like view of one parameter group's hyperparameters, as in ``torch.optim``: the
+    first group's are the optimizer's attributes, another's its own dict."""
+    KEYS = ("lr", "momentum", "nesterov", "dampening", "alpha", "betas", "eps",
+            "weight_decay", "lr_decay", "initial_accumulator_value", "amsgrad", "centered",
+            "maximize", "clip_grad_norm", "clip_grad_value", "polyak")
+    # set by learning-rate schedulers (torch's name), on any group
+    EXTRA = ("initial_lr",)
 
-    def __init__(self, opt: Optimizer):
-        self._opt = opt
+    def __init__(self, opt: Optimizer, values: dict | None = None, index: int = 0):
+        self._opt, self._values, self._index = opt, values, index
 
     def keys(self) -> list[str]:
-        return [k for k in self.KEYS if hasattr(self._opt, k)] + ["params"]
+        if self._values is None:
+            own = [k for k in self.KEYS if hasattr(self._opt, k)]
+        else:
+            own = list(self._opt.GROUP_KEYS) + [k for k in self.KEYS if k in
+                                                self._opt.SHARED_KEYS and hasattr(self._opt, k)]
+        return own + [k for k in self.EXTRA if self.get(k) is not None] + ["params"]
+
+    def _shared(self, key: str) -> bool:
+        return self._values is None or key not in self._opt.GROUP_KEYS
 
     def __getitem__(self, key: str):
         if key == "params":
-            return list(self._opt._bound.values()) or list(self._opt.params or [])
+            opt = self._opt
+            if opt._group_params:
+                return list(opt._group_params[self._index])
+            return list(opt._bound.values()) or list(opt.params or [])
+        if key in self.EXTRA:
+            v = (getattr(self._opt, key, None) if self._values is None
+                 else self._values.get(key))
+            if v is None:
+                raise KeyError(key)
+            return v
         if key not in self.keys():
             raise KeyError(f"{type(self._opt).__name__} has no hyperparameter {key!r}; it has "
                            f"{self.keys()}")
-        return getattr(self._opt, key)
+        return getattr(self._opt, key) if self._shared(key) else self._values[key]
+
+    def get(self, key: str, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     def __setitem__(self, key: str, value) -> None:
+        if key in self.EXTRA:
+            if self._values is None:
+                setattr(self._opt, key, value)
+            else:
+                self._values[key] = value
+            return
         if key == "params" or key not in self.keys():
             raise KeyError(f"cannot set {key!r} on {type(self._opt).__name__}'s parameter group")
-        setattr(self._opt, key, value)
+        if self._shared(key):
+            if self._values is not None:
+                raise KeyError(f"{key!r} is shared by every parameter group of "
+                               f"{type(self._opt).__name__}: set it on group 0 (the optimizer)")
+            setattr(self._opt, key, value)
+        else:
+            self._values[key] = value
 
     def __contains__(self, key: str) -> bool:
         return key in self.keys()
+
+
+def _split_groups(params) -> tuple[list[Parameter] | None, list[dict] | None]:
+    """(every Parameter, the groups as given or None): ``params`` is Parameters or torch's
+    list of dicts ``{"params": [...], "lr": ..., ...}``."""
+    if params is None:
+        return None, None
+    items = list(params)
+    if not any(isinstance(g, dict) for g in items):
+        return _param_list(items), None
+    if not all(isinstance(g, dict) for g in items):
+        raise TypeError("optimizer params: give Parameters or parameter-group dicts, not both")
+    groups, seen = [], set()
+    for i, g in enumerate(items):
+        if "params" not in g:
+            raise ValueError(f"parameter group {i} has no 'params' entry")
+        ps = g["params"]
+        ps = _param_list([ps] if isinstance(ps, Parameter) else ps)
+        for p in ps:
+            if id(p) in seen:
+                raise ValueError(f"a parameter of group {i} is also in an earlier group: "
+                                 f"each parameter belongs to one group")
+            seen.add(id(p))
+        groups.append({**g, "params": ps})
+    return [p for g in groups for p in g["params"]], groups
 
 
 def _param_list(params) -> list[Parameter] | None:
@@ -299,6 +436,8 @@ class SGD(Optimizer):
     1 - dampening in the velocity update after the first step, as torch.optim.SGD does.
     """
 
+    GROUP_KEYS = ("lr", "momentum", "dampening", "weight_decay")
+
     def __init__(self, params=None, lr=0.01, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *,
                  convention: str = "text", **kw):
@@ -309,8 +448,16 @@ class SGD(Optimizer):
                              "without nesterov); the text has none")
         super().__init__(params, lr=lr, convention=convention, weight_decay=weight_decay, **kw)
         self.momentum, self.nesterov, self.dampening = momentum, nesterov, dampening
-        self._dampened = dampening != 0
-        self._has_momentum = momentum != 0
+        self._finish_groups()
+        groups = self._group_values()
+        self._dampened = any(g["dampening"] != 0 for g in groups)
+        self._has_momentum = any(g["momentum"] != 0 for g in groups)
+        if nesterov and not all(g["momentum"] != 0 for g in groups):
+            raise ValueError("Nesterov momentum requires a momentum > 0 in every group")
+        if self._dampened and (convention != "torch" or nesterov or
+                               not all(g["momentum"] != 0 for g in groups)):
+            raise ValueError("dampening is torch's (convention='torch', with momentum and "
+                             "without nesterov); the text has none")
         self.kind = "momentum" if self._has_momentum else "sgd"
 
     def _nesterov_flag(self) -> bool:
@@ -345,6 +492,9 @@ class AdaGrad(Optimizer):
     1e-10 with convention='torch'.
     """
     kind = "adagrad"
+    GROUP_KEYS = ("lr", "lr_decay", "weight_decay", "eps")
+    # torch.optim.Adagrad starts every group's accumulator at the constructor's value
+    SHARED_KEYS = Optimizer.SHARED_KEYS + ("initial_accumulator_value",)
 
     def __init__(self, params=None, lr=0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float | None = None, *,
@@ -353,6 +503,7 @@ class AdaGrad(Optimizer):
         self.lr_decay = lr_decay
         self.initial_accumulator_value = initial_accumulator_value
         self.eps = eps if eps is not None else (1e-7 if convention == "text" else 1e-10)
+        self._finish_groups()
 
     def _rule_values(self):
         lr = self.current_lr() / (1 + self.step_count * self.lr_decay)
@@ -379,6 +530,8 @@ class RMSprop(Optimizer):
     eps defaults to the text's 1e-6, or torch's 1e-8 with convention='torch'.
     """
 
+    GROUP_KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum")
+
     def __init__(self, params=None, lr=0.01, alpha: float = 0.99, eps: float | None = None,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
                  nesterov: bool = False, *, convention: str = "text", **kw):
@@ -390,7 +543,11 @@ class RMSprop(Optimizer):
         super().__init__(params, lr=lr, convention=convention, weight_decay=weight_decay, **kw)
         self.alpha, self.momentum, self.nesterov = alpha, momentum, nesterov
         self.eps = eps if eps is not None else (1e-6 if convention == "text" else 1e-8)
-        self._has_momentum = momentum != 0
+        self._finish_groups()
+        groups = self._group_values()
+        self._has_momentum = any(g["momentum"] != 0 for g in groups)
+        if nesterov and not all(g["momentum"] != 0 for g in groups):
+            raise ValueError("Nesterov momentum requires a momentum > 0 in every group")
         self.centered = centered
         self.kind = (("rmsprop_centered" if centered else "rmsprop") +
                      ("_momentum" if self._has_momentum else ""))
@@ -419,6 +576,7 @@ class Adam(Optimizer):
            maximum of r in place of r.
     """
     kind = "adam"
+    GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(self, params=None, lr=0.001, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, *,
@@ -428,6 +586,7 @@ class Adam(Optimizer):
                              "form")
         super().__init__(params, lr=lr, convention=convention, weight_decay=weight_decay, **kw)
         self.betas, self.eps, self.amsgrad = tuple(betas), eps, amsgrad
+        self._finish_groups()
         self.kind = "adam_amsgrad" if amsgrad else "adam"
 
     def _rule_values(self):

@@ -241,7 +241,8 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
         return compile_host_step(graph, tracer.params, trainable, optimizer, backend,
                                  pipeline=pipeline, print_after=print_after, **options)
     step = TrainingStep(trainable, optimizer.spec(), aux=has_aux, loss_scaling=scaling,
-                        bptt=bptt)
+                        bptt=bptt, groups=[optimizer.group_index(tracer.params[n])
+                                           for n in trainable])
     built = compile_graph(graph, backend=backend, differentiate=step, pipeline=pipeline,
                           kind="training", print_after=print_after, keep_interface=True,
                           options=options)

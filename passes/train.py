@@ -60,6 +60,9 @@ class OptimizerSpec:
     ``grad_scale``: multiply the (weight-decayed) gradient by a runtime scalar before the
     update (torch's SGD dampening: 1 at the first step, 1 - dampening after).
     ``maximize``: ascend the loss: the gradient negated before the update (torch's).
+    ``groups``: parameter groups (torch.optim's), each with its own values of the
+    ``per_group`` hyperparameters (inputs ``group_name(h, i)`` for group i > 0); clipping
+    and Polyak averaging are the step's, shared.
     """
     kind: str
     convention: str = "text"
@@ -72,6 +75,7 @@ class OptimizerSpec:
     polyak: bool = False
     grad_scale: bool = False
     maximize: bool = False
+    groups: int = 1
 
     def __post_init__(self):
         if self.kind not in UPDATE_RULES:
@@ -83,6 +87,8 @@ class OptimizerSpec:
                              f"such form")
         if self.nesterov and self.kind not in ("momentum", "rmsprop_momentum"):
             raise ValueError(f"nesterov needs momentum; optimizer kind {self.kind!r} has none")
+        if self.groups < 1:
+            raise ValueError(f"an optimizer needs at least one parameter group, got {self.groups}")
         if self.nesterov and self.kind == "rmsprop_momentum" and self.convention == "torch":
             raise ValueError("torch.optim.RMSprop has no Nesterov form; use convention='text' "
                              "(alg. 8.6)")
@@ -97,6 +103,22 @@ class OptimizerSpec:
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
+        """The step's rank-0 inputs: group 0's and the shared ones, then each further
+        group's ``per_group`` ones."""
+        names = self._first_group()
+        for i in range(1, self.groups):
+            names += [self.group_name(h, i) for h in self.per_group]
+        return tuple(names)
+
+    @property
+    def per_group(self) -> tuple[str, ...]:
+        return tuple(h for h in self._first_group() if h not in SHARED_HYPERPARAMETERS)
+
+    @staticmethod
+    def group_name(h: str, group: int) -> str:
+        return h if group == 0 or h in SHARED_HYPERPARAMETERS else f"{h}_group{group}"
+
+    def _first_group(self) -> list[str]:
         names = list(UPDATE_RULES[self.kind][2])
         if self.weight_decay:
             names.append("weight_decay")
@@ -108,7 +130,11 @@ class OptimizerSpec:
             names.append("polyak_alpha")
         if self.grad_scale:
             names.append("grad_scale")
-        return tuple(names)
+        return names
+
+
+# hyperparameters of the whole step, not of a parameter group
+SHARED_HYPERPARAMETERS = frozenset({"clip_value", "max_norm", "polyak_alpha"})
 
 
 @dataclass
@@ -136,9 +162,12 @@ class _Builder:
         self.env: dict[Value, Value] = {}
         self.hyper: dict[str, Value] = {}
         self._casts: dict[tuple[str, str], Value] = {}
+        self.group = 0          # the parameter group whose update is being emitted
 
     def scalar(self, name: str, dtype: str) -> Value:
-        """Hyperparameter ``name`` in ``dtype`` (cast once from the inputs' dtype if needed)."""
+        """Hyperparameter ``name`` of the current group in ``dtype`` (cast once from the
+        inputs' dtype if needed)."""
+        name = self.spec.group_name(name, self.group)
         v = self.hyper[name]
         if v.dtype == dtype:
             return v
@@ -158,7 +187,8 @@ class _Builder:
 
 def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSpec,
                   name: str | None = None, aux: bool = False,
-                  loss_scaling: "LossScaling | None" = None, bptt: str = "auto") -> TrainStep:
+                  loss_scaling: "LossScaling | None" = None, bptt: str = "auto",
+                  groups: Sequence[int] | None = None) -> TrainStep:
     """Build the training-step graph of ``loss_graph`` (see the module docstring).
 
     ``aux``: the loss graph's outputs after the loss that are not donated (JAX's
@@ -167,9 +197,16 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
 
     ``trainable`` names the parameters the optimizer updates; the other parameters are fixed
     weights or buffers (a buffer whose new value the loss graph donates stays a donated
-    output). Optimizer-state parameters are named ``opt.<slot>.<param>``.
+    output). Optimizer-state parameters are named ``opt.<slot>.<param>``. ``groups``: the
+    parameter group of each trainable parameter (default: all in group 0).
     """
     _check_loss_graph(loss_graph, trainable)
+    groups = [0] * len(trainable) if groups is None else list(groups)
+    if len(groups) != len(trainable) or not all(0 <= i < spec.groups for i in groups):
+        raise IRError(f"training_step: groups {groups} do not give one of the optimizer's "
+                      f"{spec.groups} parameter group(s) to each of {len(trainable)} trainable "
+                      f"parameters")
+    group_of = dict(zip(trainable, groups))
     if loss_scaling is not None:        # the gradient of loss * scale
         loss_graph = scaled_loss(loss_graph)
     # BPTT (passes/unroll.py, ``bptt`` = its mode): "auto" unrolls short recurrences, long
@@ -196,6 +233,7 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
     if spec.interim:
         for pn in trainable:
             p = params[pn]
+            b.group = group_of[pn]
             mu = b.scalar("momentum", p.dtype)
             at[pn] = g.op("add", p, g.op("mul", mu, state[pn]["momentum_buffer"]))
     outs = b.inline(vg, batch + [at[p.name] for p in loss_graph.params])
@@ -208,7 +246,9 @@ def training_step(loss_graph: Graph, trainable: Sequence[str], spec: OptimizerSp
         grads = [g.op("neg", x) for x in grads]
     new_outputs: list[tuple[Value, Value]] = []     # (new value, argument it replaces)
     for pn, grad in zip(trainable, grads):
+        b.group = group_of[pn]
         new_outputs += _update(b, params[pn], at[pn], grad, state[pn])
+    b.group = 0
     if loss_scaling is not None:        # an overflow skips the step: old values kept
         new_outputs = [(g.op("where", finite, new, old), old) for new, old in new_outputs]
         new_outputs += loss_scaling.update(g, finite, params[SCALE], params[GOOD_STEPS])
