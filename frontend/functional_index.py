@@ -154,8 +154,10 @@ def _is_tensorlike(i) -> bool:
 
 
 def tensor_getitem(x: Tensor, index) -> Tensor:
-    """``x[..., idx, ...]`` with ONE integer tensor among ints, slices, None and Ellipsis:
-    the index's dimensions replace that axis in place (torch's rule for one tensor)."""
+    """``x[..., idx, ...]`` with integer tensors among ints, slices, None and Ellipsis, as
+    torch: the ints and slices first (basic indexing), then the tensors. One tensor's
+    dimensions replace its axis in place; several broadcast together, and their dimensions
+    replace the indexed axes where those are adjacent, else go first (numpy's rule)."""
     items = list(index) if isinstance(index, tuple) else [index]
     dots = [j for j, i in enumerate(items) if i is Ellipsis]   # (identity: no Tensor.__eq__)
     if len(dots) == 1:                  # (several: the basic indexer's error below)
@@ -163,14 +165,38 @@ def tensor_getitem(x: Tensor, index) -> Tensor:
         used = sum(1 for i in items if i is not None and i is not Ellipsis)
         items[e:e + 1] = [slice(None)] * max(x.ndim - used, 0)
     pos = [k for k, i in enumerate(items) if _is_tensorlike(i)]
-    if len(pos) != 1:
-        raise IndexError("indexing with more than one tensor (or list) is not supported: "
-                         "index one axis at a time")
-    k = pos[0]
-    idx = _index(items[k], "indexing")
-    # the tensor's axis in the result of the basic index without it: slices and Nones before
-    # it each give one axis, ints none
-    axis = sum(1 for i in items[:k] if not isinstance(i, (int, np.integer)))
-    items[k] = slice(None)
+    idxs = [_index(items[k], "indexing") for k in pos]
+    # each tensor's axis in the result of the basic index without them: slices and Nones
+    # before it each give one axis, ints none
+    axes = [sum(1 for i in items[:k] if not isinstance(i, (int, np.integer))) for k in pos]
+    for k in pos:
+        items[k] = slice(None)
     y = basic_getitem(x, tuple(items))
-    return _emit("take", y, idx, axis=axis)
+    if len(pos) == 1:
+        return _emit("take", y, idxs[0], axis=axes[0])
+    return _take_several(y, axes, idxs)
+
+
+def _take_several(y: Tensor, axes: list[int], idxs: list[Tensor]) -> Tensor:
+    """``y`` indexed on ``axes`` (ascending) by ``idxs`` together: the axes moved side by
+    side (to the first one's place where adjacent, else to the front), merged into one, and
+    indexed by the flat position ``sum idx_j * stride_j``. Each index is first read through
+    ``take`` from ``arange(size_j)``, which checks it against its own axis (an error naming
+    it) and wraps a negative one."""
+    from .functional_core import permute
+    from .functional_tensor import arange
+    adjacent = all(b == a + 1 for a, b in zip(axes, axes[1:]))
+    at = axes[0] if adjacent else 0
+    rest = [d for d in range(y.ndim) if d not in axes]
+    perm = rest[:at] + axes + rest[at:]
+    if perm != list(range(y.ndim)):
+        y = permute(y, *perm)
+    sizes = [y.shape[at + j] for j in range(len(axes))]
+    y = reshape(y, y.shape[:at] + (int(np.prod(sizes)),) + y.shape[at + len(axes):])
+    flat, stride = None, 1
+    for idx, size in reversed(list(zip(idxs, sizes))):
+        pos = _emit("take", arange(size, dtype=idx.dtype), idx, axis=0)
+        term = pos if stride == 1 else mul(pos, stride)
+        flat = term if flat is None else flat + term
+        stride *= size
+    return _emit("take", y, flat, axis=at)

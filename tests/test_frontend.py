@@ -180,7 +180,6 @@ def test_negative_step_indexing_matches_numpy(index):
     (5, IndexError, "index 5 is out of bounds for axis 0 of size 4"),
     ((0, 0, 0, 0), IndexError, "too many indices"),
     ((Ellipsis, 0, Ellipsis), IndexError, "single ellipsis"),
-    (([0, 1], [1, 2]), IndexError, "more than one tensor"),
     ([0.5], TypeError, "int32 or int64"),
     (True, TypeError, "boolean index"),
 ])
