@@ -750,7 +750,16 @@ def setitem(x: Tensor, index, value) -> None:
     """``x[index] = value`` for ints and slices of any step, traced functionally: ``x`` is
     rebound to ``where(mask, value spread into place, x)`` (views taken earlier keep the old
     value). A step s puts s - 1 zeros between the values along its axis (pad, reshape); a
-    negative step is the reversed values at the ascending positions."""
+    negative step is the reversed values at the ascending positions. ``x[mask] = value``
+    with a boolean mask over x's leading axes: ``_masked_setitem``."""
+    mask = _bool_mask(index)
+    if mask is not None:
+        _masked_setitem(x, mask, value)
+        return
+    items = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (Tensor, list, np.ndarray)) for i in items):
+        raise IndexError("assignment through integer tensor indices (x[idx] = v) is not "
+                         "supported: build the result with where() or scatter_add()")
     starts, stops, steps, out = _basic_index(x, index)
     if any(o[0] == "new" for o in out):
         raise IndexError("None cannot be used in an index that is assigned to")
@@ -775,6 +784,38 @@ def setitem(x: Tensor, index, value) -> None:
         v = emit_op("pad", v, pads=pads, value=0.0, mode="constant")
         mask = emit_op("pad", mask, pads=pads, value=0.0, mode="constant")
     x._value = where(mask, v, x).value
+    _write_back(x)
+
+
+def _bool_mask(index):
+    """The boolean mask of ``x[mask]`` (a bool tensor or array, alone), else None."""
+    if isinstance(index, tuple) and len(index) == 1:
+        index = index[0]
+    if isinstance(index, Tensor) and index.dtype == "bool":
+        return index
+    if isinstance(index, np.ndarray) and index.dtype == np.bool_ and index.ndim > 0:
+        return as_tensor(index)
+    return None
+
+
+def _masked_setitem(x: Tensor, mask: Tensor, value) -> None:
+    """``x[mask] = value`` (torch's): the mask covers x's leading axes; the value is one
+    element or one row of x's trailing axes for every selected position (a value with one
+    entry per True needs their count, known only at run time: refused)."""
+    lead = x.shape[:mask.ndim]
+    if tuple(mask.shape) != tuple(lead):
+        raise IndexError(f"the mask's shape {tuple(mask.shape)} does not match the indexed "
+                         f"tensor's leading axes {tuple(lead)} (x shape {tuple(x.shape)})")
+    v = cast(as_tensor(value, x), x.dtype)
+    rest = x.shape[mask.ndim:]
+    if v.ndim > len(rest) and any(d != 1 for d in v.shape[:v.ndim - len(rest)]):
+        raise IndexError(f"x[mask] = value: a value of shape {tuple(v.shape)} gives one entry "
+                         f"per selected position, a count known only at run time; give one "
+                         f"element or a value of the trailing shape {tuple(rest)}")
+    if v.ndim > len(rest):
+        v = reshape(v, v.shape[v.ndim - len(rest):])
+    m = reshape(mask, tuple(mask.shape) + (1,) * len(rest))
+    x._value = where(m, v, x).value
     _write_back(x)
 
 

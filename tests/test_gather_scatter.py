@@ -290,3 +290,46 @@ def test_several_indices_out_of_range_name_the_axis():
         fe.compile(lambda t, i: t[i, i], TensorSpec((9, 4)), TensorSpec((2,), "int64"),
                    backend="reference")(RNG.standard_normal((9, 4)).astype(np.float32),
                                         np.array([1, 7]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS32)
+def test_masked_assignment_as_torch(backend):
+    """``x[mask] = scalar`` over the whole shape and ``y[row_mask] = row`` over the leading
+    axis (the row broadcast to every selected row): values, and the gradients of x (zero
+    where overwritten) and of the row (summed over the selected rows), against torch."""
+    def f(x, m, r):
+        x = x * 1
+        x[m] = -1.5
+        y = x * 2
+        y[m[:, 0]] = r
+        return (y * y).sum() + x.sum(), x, y
+    x = RNG.standard_normal((5, 4)).astype(np.float32)
+    m = RNG.random((5, 4)) > 0.5
+    m[:2, 0], m[2:4, 0] = True, False
+    r = RNG.standard_normal(4).astype(np.float32)
+    tx, tr = torch.tensor(x, requires_grad=True), torch.tensor(r, requires_grad=True)
+    want = f(tx, torch.tensor(m), tr)
+    want[0].backward()
+    specs = (TensorSpec((5, 4)), TensorSpec((5, 4), "bool"), TensorSpec((4,)))
+    got = fe.compile(f, *specs, backend=backend)(x, m, r)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-6, atol=1e-6)
+    gx, gr = fe.grad(lambda *a: f(*a)[0], *specs, wrt=[0, 2], backend=backend)(x, m, r)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gr, tr.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_masked_assignment_refusals_are_clear():
+    def assign(index, value):
+        def f(x):
+            x = x * 1
+            x[index] = value
+            return x
+        return f
+    spec = TensorSpec((3, 4))
+    with pytest.raises(IndexError, match="does not match the indexed tensor's leading axes"):
+        fe.trace(assign(np.ones((4,), bool), 0.0), spec)
+    with pytest.raises(IndexError, match="known only at run time"):
+        fe.trace(assign(np.ones((3,), bool), np.ones((3, 4), np.float32)), spec)
+    with pytest.raises(IndexError, match="integer tensor indices"):
+        fe.trace(assign(np.array([0, 2]), 0.0), spec)
