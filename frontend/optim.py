@@ -323,7 +323,8 @@ class OptimizerState(dict):
 class ParamGroup:
     """A dict-like view of one parameter group's hyperparameters, as in ``torch.optim``: the
     first group's are the optimizer's attributes, another's its own dict."""
-    KEYS = ("lr", "momentum", "nesterov", "dampening", "alpha", "betas", "eps",
+    KEYS = ("lr", "momentum", "nesterov", "dampening", "alpha", "rho", "betas", "eps",
+            "momentum_decay", "decoupled_weight_decay",
             "weight_decay", "lr_decay", "initial_accumulator_value", "amsgrad", "centered",
             "maximize", "clip_grad_norm", "clip_grad_value", "polyak")
     # set by learning-rate schedulers (torch's name), on any group
@@ -607,6 +608,130 @@ class AdamW(Adam):
     def _decoupled(self) -> bool:
         return True
 
+
+
+# ---------------------------------------------------------------- torch's other adaptive rules
+class _TorchOnly(Optimizer):
+    """An update rule torch.optim has and the text does not: convention='torch' only."""
+
+    def __init__(self, params, *, lr, convention: str = "torch", **kw):
+        if convention != "torch":
+            raise ValueError(f"{type(self).__name__} is torch's (convention='torch'); the text "
+                             f"has no such form")
+        super().__init__(params, lr=lr, convention=convention, **kw)
+
+    def _betas(self) -> tuple[float, float]:
+        b1, b2 = self.betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"{type(self).__name__} betas must lie in [0, 1), got "
+                             f"{self.betas}")
+        return float(b1), float(b2)
+
+
+class Adamax(_TorchOnly):
+    """torch.optim.Adamax: Adam with the infinity norm, u <- max(b2 u, |g| + eps),
+    p <- p - lr / (1 - b1^t) s / u."""
+    kind = "adamax"
+    GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, **kw):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
+        self.betas, self.eps = tuple(betas), eps
+        self._finish_groups()
+
+    def _rule_values(self):
+        b1, b2 = self._betas()
+        t = self.step_count + 1
+        return {"step_size": self.current_lr() / (1 - b1 ** t), "beta1": b1, "beta2": b2,
+                "eps": float(self.eps)}
+
+
+class Adadelta(_TorchOnly):
+    """torch.optim.Adadelta: r <- rho r + (1-rho) g², delta = sqrt(d + eps) / sqrt(r + eps) g,
+    d <- rho d + (1-rho) delta², p <- p - lr delta."""
+    kind = "adadelta"
+    GROUP_KEYS = ("lr", "rho", "eps", "weight_decay")
+
+    def __init__(self, params=None, lr=1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0.0, **kw):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
+        self.rho, self.eps = rho, eps
+        self._finish_groups()
+
+    def _rule_values(self):
+        if not 0 <= self.rho <= 1:
+            raise ValueError(f"Adadelta rho must lie in [0, 1], got {self.rho}")
+        return {"lr": self.current_lr(), "rho": float(self.rho), "eps": float(self.eps)}
+
+
+class NAdam(_TorchOnly):
+    """torch.optim.NAdam: Adam with Nesterov momentum (Dozat), the momentum schedule
+    mu_t = b1 (1 - 0.96^(t psi) / 2) (psi = ``momentum_decay``) worked out on the host;
+    ``decoupled_weight_decay`` is NAdamW's p <- p - lr wd p."""
+    kind = "nadam"
+    GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
+
+    def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, **kw):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
+        self.betas, self.eps, self.momentum_decay = tuple(betas), eps, momentum_decay
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self._finish_groups()
+
+    def _decoupled(self) -> bool:
+        return self.decoupled_weight_decay
+
+    def _rule_values(self):
+        b1, b2 = self._betas()
+        t, lr = self.step_count + 1, self.current_lr()
+
+        def mu(k):
+            return b1 * (1.0 - 0.5 * 0.96 ** (k * self.momentum_decay))
+        # torch keeps this product as a float32 state (its default scalar dtype), rounded
+        # at each step: the same rounding here, so the steps agree to float64's precision
+        product = np.float32(1.0)
+        for k in range(1, t + 1):
+            product = np.float32(product * np.float32(mu(k)))
+        product = float(product)
+        return {"lr": lr, "beta1": b1, "beta2": b2, "eps": float(self.eps),
+                "grad_step": lr * (1.0 - mu(t)) / (1.0 - product),
+                "avg_step": lr * mu(t + 1) / (1.0 - product * mu(t + 1)),
+                "bc2": 1.0 - b2 ** t}
+
+
+class RAdam(_TorchOnly):
+    """torch.optim.RAdam (Liu et al.): Adam whose adaptive step is rectified by
+    r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)) once
+    rho_t = rho_inf - 2 t b2^t / (1 - b2^t) exceeds 5 (before: the bias-corrected momentum
+    alone); ``decoupled_weight_decay`` is p <- p - lr wd p."""
+    kind = "radam"
+    GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False, **kw):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
+        self.betas, self.eps = tuple(betas), eps
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self._finish_groups()
+
+    def _decoupled(self) -> bool:
+        return self.decoupled_weight_decay
+
+    def _rule_values(self):
+        b1, b2 = self._betas()
+        t, lr = self.step_count + 1, self.current_lr()
+        bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho_t = rho_inf - 2.0 * t * b2 ** t / bc2
+        rect, plain = 0.0, 1.0
+        if rho_t > 5.0:
+            rect = ((rho_t - 4) * (rho_t - 2) * rho_inf /
+                    ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 * bc2 ** 0.5
+            plain = 0.0
+        return {"lr": lr, "beta1": b1, "beta2": b2, "eps": float(self.eps),
+                "step_size": lr / bc1, "rect": rect, "plain": plain}
 
 
 # section 8.6's methods: host-side loops over compiled graphs

@@ -44,6 +44,15 @@ UPDATE_RULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     # torch's Adam(amsgrad=True) (not in the text): composed too
     "adam_amsgrad": (None, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
                      ("lr", "beta1", "beta2", "eps", "t")),
+    # torch's Adamax, Adadelta, NAdam and RAdam (not in the text): composed; what depends on
+    # the step count alone (bias corrections, NAdam's momentum schedule, RAdam's rectifier)
+    # is worked out on the host (frontend/optim.py) and enters as scalars
+    "adamax": (None, ("exp_avg", "exp_inf"), ("step_size", "beta1", "beta2", "eps")),
+    "adadelta": (None, ("square_avg", "acc_delta"), ("lr", "rho", "eps")),
+    "nadam": (None, ("exp_avg", "exp_avg_sq"),
+              ("lr", "beta1", "beta2", "eps", "grad_step", "avg_step", "bc2")),
+    "radam": (None, ("exp_avg", "exp_avg_sq"),
+              ("lr", "beta1", "beta2", "eps", "step_size", "rect", "plain")),
 }
 # kinds whose update op has a `convention` attribute
 _HAS_CONVENTION = {"momentum", "rmsprop", "rmsprop_momentum", "adam"}
@@ -423,9 +432,7 @@ def _adam_amsgrad(g: Graph, p: Value, grad: Value, s: Value, r: Value, rmax: Val
     """torch.optim.Adam(amsgrad=True): s', r' as alg. 8.7, r_max' = max(r_max, r'),
     p' = p - lr s' / (1 - b1^t) / (sqrt(r_max' / (1 - b2^t)) + eps)."""
     one = g.op("full", shape=(), value=1.0, dtype=p.dtype)
-    s2 = g.op("add", g.op("mul", beta1, s), g.op("mul", g.op("sub", one, beta1), grad))
-    r2 = g.op("add", g.op("mul", beta2, r),
-              g.op("mul", g.op("sub", one, beta2), g.op("mul", grad, grad)))
+    s2, r2 = _moments(g, grad, s, r, beta1, beta2)
     rmax2 = g.op("maximum", rmax, r2)
     bc1 = g.op("sub", one, g.op("pow", beta1, t))
     bc2 = g.op("sub", one, g.op("pow", beta2, t))
@@ -434,6 +441,62 @@ def _adam_amsgrad(g: Graph, p: Value, grad: Value, s: Value, r: Value, rmax: Val
     return [g.op("sub", p, g.op("mul", lr, step)), s2, r2, rmax2]
 
 
+def _moments(g: Graph, grad: Value, s: Value, r: Value, beta1: Value, beta2: Value):
+    """Adam's moment estimates (alg. 8.7): s' = b1 s + (1-b1) g, r' = b2 r + (1-b2) g²."""
+    one = g.op("full", shape=(), value=1.0, dtype=grad.dtype)
+    s2 = g.op("add", g.op("mul", beta1, s), g.op("mul", g.op("sub", one, beta1), grad))
+    r2 = g.op("add", g.op("mul", beta2, r),
+              g.op("mul", g.op("sub", one, beta2), g.op("mul", grad, grad)))
+    return s2, r2
+
+
+def _adamax(g: Graph, p: Value, grad: Value, s: Value, u: Value, step_size: Value,
+            beta1: Value, beta2: Value, eps: Value) -> list[Value]:
+    """torch.optim.Adamax: s' = b1 s + (1-b1) g, u' = max(b2 u, |g| + eps),
+    p' = p - lr / (1 - b1^t) s' / u' (``step_size`` = lr / (1 - b1^t))."""
+    one = g.op("full", shape=(), value=1.0, dtype=p.dtype)
+    s2 = g.op("add", g.op("mul", beta1, s), g.op("mul", g.op("sub", one, beta1), grad))
+    u2 = g.op("maximum", g.op("mul", beta2, u), g.op("add", g.op("abs", grad), eps))
+    return [g.op("sub", p, g.op("mul", step_size, g.op("div", s2, u2))), s2, u2]
+
+
+def _adadelta(g: Graph, p: Value, grad: Value, r: Value, d: Value, lr: Value, rho: Value,
+              eps: Value) -> list[Value]:
+    """torch.optim.Adadelta: r' = rho r + (1-rho) g², delta = sqrt(d + eps) / sqrt(r' + eps)
+    g, d' = rho d + (1-rho) delta², p' = p - lr delta."""
+    one = g.op("full", shape=(), value=1.0, dtype=p.dtype)
+    rest = g.op("sub", one, rho)
+    r2 = g.op("add", g.op("mul", rho, r), g.op("mul", rest, g.op("mul", grad, grad)))
+    delta = g.op("mul", g.op("div", g.op("sqrt", g.op("add", d, eps)),
+                             g.op("sqrt", g.op("add", r2, eps))), grad)
+    d2 = g.op("add", g.op("mul", rho, d), g.op("mul", rest, g.op("mul", delta, delta)))
+    return [g.op("sub", p, g.op("mul", lr, delta)), r2, d2]
+
+
+def _nadam(g: Graph, p: Value, grad: Value, s: Value, r: Value, lr: Value, beta1: Value,
+           beta2: Value, eps: Value, grad_step: Value, avg_step: Value,
+           bc2: Value) -> list[Value]:
+    """torch.optim.NAdam: Adam's moments, d = sqrt(r' / (1 - b2^t)) + eps,
+    p' = p - c_g g / d - c_s s' / d with c_g = lr (1 - mu_t) / (1 - prod mu) and
+    c_s = lr mu_{t+1} / (1 - mu_{t+1} prod mu) (``grad_step``, ``avg_step``)."""
+    s2, r2 = _moments(g, grad, s, r, beta1, beta2)
+    denom = g.op("add", g.op("sqrt", g.op("div", r2, bc2)), eps)
+    p2 = g.op("sub", p, g.op("mul", grad_step, g.op("div", grad, denom)))
+    return [g.op("sub", p2, g.op("mul", avg_step, g.op("div", s2, denom))), s2, r2]
+
+
+def _radam(g: Graph, p: Value, grad: Value, s: Value, r: Value, lr: Value, beta1: Value,
+           beta2: Value, eps: Value, step_size: Value, rect: Value,
+           plain: Value) -> list[Value]:
+    """torch.optim.RAdam: Adam's moments, p' = p - lr / (1 - b1^t) s' (rect / (sqrt(r') +
+    eps) + plain): the rectified step (rect = r_t sqrt(1 - b2^t), plain = 0) once the
+    variance's length rho_t exceeds 5, else SGD with momentum (rect = 0, plain = 1)."""
+    s2, r2 = _moments(g, grad, s, r, beta1, beta2)
+    scale = g.op("add", g.op("div", rect, g.op("add", g.op("sqrt", r2), eps)), plain)
+    return [g.op("sub", p, g.op("mul", step_size, g.op("mul", s2, scale))), s2, r2]
+
+
 _COMPOSED = {"rmsprop_centered": _rmsprop_centered,
              "rmsprop_centered_momentum": _rmsprop_centered,
-             "adam_amsgrad": _adam_amsgrad}
+             "adam_amsgrad": _adam_amsgrad, "adamax": _adamax, "adadelta": _adadelta,
+             "nadam": _nadam, "radam": _radam}

@@ -106,6 +106,31 @@ CASES = {
                       lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1, amsgrad=True)),
     "adamw": (lambda: optim.AdamW(lr=0.05, weight_decay=0.2, **T),
               lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.2)),
+    # torch's other adaptive rules (not in the text: torch's convention is their default)
+    "adamax": (lambda: optim.Adamax(lr=0.05), lambda p: torch.optim.Adamax(p, lr=0.05)),
+    "adamax_wd": (lambda: optim.Adamax(lr=0.05, betas=(0.8, 0.95), eps=1e-3,
+                                       weight_decay=0.1),
+                  lambda p: torch.optim.Adamax(p, lr=0.05, betas=(0.8, 0.95), eps=1e-3,
+                                               weight_decay=0.1)),
+    "adadelta": (lambda: optim.Adadelta(), lambda p: torch.optim.Adadelta(p)),
+    "adadelta_wd": (lambda: optim.Adadelta(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.1),
+                    lambda p: torch.optim.Adadelta(p, lr=0.5, rho=0.8, eps=1e-4,
+                                                   weight_decay=0.1)),
+    "nadam": (lambda: optim.NAdam(lr=0.05), lambda p: torch.optim.NAdam(p, lr=0.05)),
+    "nadam_wd": (lambda: optim.NAdam(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1,
+                                     momentum_decay=0.01),
+                 lambda p: torch.optim.NAdam(p, lr=0.05, betas=(0.8, 0.9), weight_decay=0.1,
+                                             momentum_decay=0.01)),
+    "nadamw": (lambda: optim.NAdam(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
+               lambda p: torch.optim.NAdam(p, lr=0.05, weight_decay=0.1,
+                                           decoupled_weight_decay=True)),
+    # 20 steps: rho_t passes 5 at the sixth (the plain momentum step before, rectified after)
+    "radam": (lambda: optim.RAdam(lr=0.05), lambda p: torch.optim.RAdam(p, lr=0.05)),
+    "radam_wd": (lambda: optim.RAdam(lr=0.05, betas=(0.8, 0.99), weight_decay=0.1),
+                 lambda p: torch.optim.RAdam(p, lr=0.05, betas=(0.8, 0.99), weight_decay=0.1)),
+    "radamw": (lambda: optim.RAdam(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
+               lambda p: torch.optim.RAdam(p, lr=0.05, weight_decay=0.1,
+                                           decoupled_weight_decay=True)),
 }
 
 
@@ -143,7 +168,9 @@ def test_changing_hyperparameters_between_steps_matches_torch():
 
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
                                      ("Adam", dict(lr=0.05, weight_decay=0.01)),
-                                     ("RMSprop", dict(lr=0.01)), ("Adagrad", dict(lr=0.1))])
+                                     ("RMSprop", dict(lr=0.01)), ("Adagrad", dict(lr=0.1)),
+                                     ("Adamax", dict(lr=0.05)), ("Adadelta", dict()),
+                                     ("NAdam", dict(lr=0.05)), ("RAdam", dict(lr=0.05))])
 def test_maximize_ascends_as_torch(name, kw):
     """torch's ``maximize=True``: the gradient negated before the update (weight decay
     added after), the reported loss unchanged."""

@@ -15,9 +15,10 @@ from test_optim_torch import CASES, compare
 
 # Triton runs in its interpreter on the CPU (slow): two optimizers there, all of them elsewhere
 ON_BACKENDS = [(b, n) for b in backends.available() for n in
-               (["nesterov", "adam"] if b == "triton" else
+               (["nesterov", "adam", "radam"] if b == "triton" else
                 ["momentum", "nesterov", "adam", "adagrad", "rmsprop",
-                 "rmsprop_centered_momentum", "adam_amsgrad"])]
+                 "rmsprop_centered_momentum", "adam_amsgrad", "adamax_wd", "adadelta_wd",
+                 "nadamw", "radam_wd"])]
 
 
 @pytest.mark.parametrize("backend,name", ON_BACKENDS)

@@ -237,3 +237,14 @@ def test_parameters_outside_every_group_stay_fixed():
         np.testing.assert_array_equal(after[n].data, before[n])
     for n in ("0.weight", "2.bias"):
         assert not np.array_equal(after[n].data, before[n])
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_torch_only_rules_take_groups(backend):
+    """NAdam (its momentum schedule per group's betas and momentum_decay) and Adadelta
+    (each group's rho)."""
+    _run(lambda g: ig.optim.NAdam(g({"betas": (0.7, 0.9), "momentum_decay": 0.01}), lr=0.05),
+         lambda g: torch.optim.NAdam(g({"betas": (0.7, 0.9), "momentum_decay": 0.01}),
+                                     lr=0.05), backend)
+    _run(lambda g: ig.optim.Adadelta(g({"rho": 0.5, "lr": 0.3})),
+         lambda g: torch.optim.Adadelta(g({"rho": 0.5, "lr": 0.3})), backend)
