@@ -21,7 +21,8 @@ __all__ = ["LeakyReLU", "ReLU6", "Hardtanh", "ELU", "Softplus", "SiLU", "LogSigm
            "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d",
            "ConstantPad3d", "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d",
            "ReplicationPad1d", "ReplicationPad2d", "ReplicationPad3d", "CircularPad1d",
-           "CircularPad2d", "CircularPad3d"]
+           "CircularPad2d", "CircularPad3d", "LocalResponseNorm", "MaxUnpool1d",
+           "MaxUnpool2d", "MaxUnpool3d", "Bilinear"]
 
 
 class _Fn(Module):
@@ -243,3 +244,60 @@ ReplicationPad1d, ReplicationPad2d, ReplicationPad3d = (
     _pad_module(f"ReplicationPad{d}d", d, "replicate", False) for d in (1, 2, 3))
 CircularPad1d, CircularPad2d, CircularPad3d = (
     _pad_module(f"CircularPad{d}d", d, "circular", False) for d in (1, 2, 3))
+
+
+LocalResponseNorm = _module("LocalResponseNorm", F.local_response_norm, size=None, alpha=1e-4,
+                            beta=0.75, k=1.0)
+
+
+class _MaxUnpoolNd(Module):
+    fn = staticmethod(F.max_unpool2d)
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+
+    def forward(self, input, indices, output_size=None):
+        return type(self).fn(input, indices, self.kernel_size, self.stride, self.padding,
+                             output_size)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool1d(_MaxUnpoolNd):
+    fn = staticmethod(F.max_unpool1d)
+
+
+class MaxUnpool2d(_MaxUnpoolNd):
+    fn = staticmethod(F.max_unpool2d)
+
+
+class MaxUnpool3d(_MaxUnpoolNd):
+    fn = staticmethod(F.max_unpool3d)
+
+
+class Bilinear(Module):
+    """``y = x1^T A x2 + b``: weight (out, in1, in2), bias (out); torch's initialization
+    U(-1/sqrt(in1), 1/sqrt(in1)) for both."""
+
+    def __init__(self, in1_features: int, in2_features: int, out_features: int,
+                 bias: bool = True):
+        super().__init__()
+        from .random import rng
+        self.in1_features, self.in2_features = in1_features, in2_features
+        self.out_features = out_features
+        k = 1 / np.sqrt(in1_features)
+        self.weight = Parameter(rng().uniform(-k, k, (out_features, in1_features,
+                                                      in2_features)).astype(np.float32))
+        self.bias = Parameter(rng().uniform(-k, k, (out_features,)).astype(np.float32)) \
+            if bias else None
+
+    def forward(self, input1, input2):
+        return F.bilinear(input1, input2, self.weight, self.bias)
+
+    def extra_repr(self):
+        return (f"in1_features={self.in1_features}, in2_features={self.in2_features}, "
+                f"out_features={self.out_features}, bias={self.bias is not None}")

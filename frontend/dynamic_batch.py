@@ -147,20 +147,19 @@ class DynamicBatchFunction:
         return getattr(self.__dict__["compiled"], name)
 
 
-def per_example_loss(loss_fn) -> tuple[Callable, str, Any]:
-    """(the loss with ``reduction="none"``, its own reduction, its ignore_index or None) for
-    an nn loss module (a ``reduction`` attribute) or a function taking ``reduction=``."""
+def per_example_loss(loss_fn) -> tuple[Callable, str, Any, Any]:
+    """(the loss with ``reduction="none"``, its own reduction, its ignore_index or None, its
+    class weights or None) for an nn loss module (a ``reduction`` attribute) or a function
+    taking ``reduction=`` (``functools.partial(F.cross_entropy, weight=w)`` too)."""
     if loss_fn is None:
         raise TypeError("dynamic_batch training needs a loss function (loss_fn=None: the "
                         "model returns a reduced loss that padded rows would enter)")
     if isinstance(getattr(loss_fn, "reduction", None), str):
         reduction = loss_fn.reduction
-        if getattr(loss_fn, "weight", None) is not None and reduction == "mean":
-            raise NotImplementedError("dynamic_batch: a class-weighted mean loss divides by "
-                                      "the weights of the true rows' targets; not supported")
         none = copy.copy(loss_fn)
         object.__setattr__(none, "reduction", "none")
-        return none, reduction, getattr(loss_fn, "ignore_index", None)
+        return (none, reduction, getattr(loss_fn, "ignore_index", None),
+                getattr(loss_fn, "weight", None))
     try:
         param = inspect.signature(loss_fn).parameters.get("reduction")
     except (TypeError, ValueError):
@@ -170,9 +169,12 @@ def per_example_loss(loss_fn) -> tuple[Callable, str, Any]:
                         f"module or a function with a reduction= argument (as F.cross_entropy);"
                         f" {getattr(loss_fn, '__name__', loss_fn)!r} has none")
     reduction = param.default if isinstance(param.default, str) else "mean"
-    ignore = inspect.signature(loss_fn).parameters.get("ignore_index")
+    params = inspect.signature(loss_fn).parameters
+    ignore, weight = params.get("ignore_index"), params.get("weight")
     return ((lambda *a: loss_fn(*a, reduction="none")), reduction,
-            None if ignore is None else ignore.default)
+            None if ignore is None else ignore.default,
+            None if weight is None or weight.default is inspect.Parameter.empty
+            else weight.default)
 
 
 class DynamicTrainStep:
@@ -209,7 +211,7 @@ def compile_train_dynamic(compile_train: Callable, model, loss_fn, optimizer, sp
         raise NotImplementedError("dynamic_batch with has_aux: aux values of padded rows "
                                   "cannot be told apart; compile per batch size")
     specs = [s if isinstance(s, TensorSpec) else TensorSpec(*s) for s in specs]
-    none, reduction, ignore_index = per_example_loss(loss_fn)
+    none, reduction, ignore_index, class_weight = per_example_loss(loss_fn)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"dynamic_batch training needs a loss reduced by 'mean' or 'sum', "
                          f"not {reduction!r}")
@@ -229,10 +231,18 @@ def compile_train_dynamic(compile_train: Callable, model, loss_fn, optimizer, sp
         total = F.sum(F.mul(rows, F.cast(mask, rows.dtype)))
         if reduction == "sum":
             return total
-        if ignore_index is not None and not targets[0].type.is_float:
-            # mean over the class targets that count (class-probability targets, floats,
-            # have no ignore_index: each row counts, as in torch)
-            valid = F.cast(F.ne(targets[0], ignore_index), rows.dtype)
+        classes = targets and not targets[0].type.is_float
+        if classes and (ignore_index is not None or class_weight is not None):
+            # mean over the class targets that count, each by its class weight (torch's
+            # denominator: the weights of the targets not ignored; class-probability
+            # targets, floats, have neither: each row counts, as in torch)
+            t = targets[0]
+            valid = F.cast(F.ne(t, ignore_index), rows.dtype) if ignore_index is not None \
+                else F.ones_like(t, dtype=rows.dtype)
+            if class_weight is not None:
+                w = F.cast(F.as_tensor(np.asarray(class_weight)), rows.dtype)
+                safe = F.where(F.gt(valid, 0.0), t, F.mul(t, 0))    # ignored rows: class 0
+                valid = F.mul(valid, w[safe])
             valid = F.sum(F.reshape(valid, (b, -1)), dim=1) if valid.ndim > 1 else valid
             return mean_over(total, F.sum(F.mul(valid, F.cast(mask, rows.dtype))))
         per_row = int(np.prod(per.shape[1:], dtype=np.int64))

@@ -78,3 +78,8 @@ from .functional_tensor import (all, any, arange, bitwise_and, bitwise_not, bitw
                                 zeros_like, sort, argsort, topk, msort, kthvalue)
 
 from .tracing import Tensor  # (the type of what every function returns)
+
+# composed of the above: local response norm, max unpooling, the bilinear form, pdist
+from .functional_more import (bilinear, local_response_norm, max_pool1d_with_indices,
+                              max_pool2d_with_indices, max_pool3d_with_indices, max_unpool1d,
+                              max_unpool2d, max_unpool3d, pdist)

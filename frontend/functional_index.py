@@ -117,7 +117,7 @@ def embedding(input, weight, padding_idx: int | None = None, max_norm=None,
         raise ValueError(f"embedding: weight must be 2-D (num_embeddings, embedding_dim), got "
                          f"{w.type}")
     idx = _index(input, "embedding")
-    out = _emit("take", w, idx, axis=0)
+    out = _emit("take", w, idx, axis=0, negative=False)    # torch: an index below 0 is an error
     if padding_idx is None:
         return out
     pad = padding_index(padding_idx, w.shape[0])

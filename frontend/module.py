@@ -1,6 +1,7 @@
 """The base of ``frontend.nn``: ``Parameter``, ``Module`` (registered, named parameters and
 submodules, as in ``torch.nn``) and the containers ``Sequential``, ``ModuleList``,
-``ModuleDict``, ``ParameterList``. Every layer module builds on this one; nn.py gathers them."""
+``ModuleDict``, ``ParameterList``, ``ParameterDict``. Every layer module builds on this one;
+nn.py gathers them."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -339,7 +340,7 @@ def _indent(text: str) -> str:
 def _refuse_plain_container(owner: Module, name: str, value) -> None:
     """A list, tuple or dict holding modules or parameters is not registered (its weights
     would be traced but left out of ``parameters()`` and ``state_dict()``): refuse it."""
-    if isinstance(value, (ModuleList, ModuleDict, ParameterList)) or \
+    if isinstance(value, (ModuleList, ModuleDict, ParameterList, ParameterDict)) or \
             not isinstance(value, (list, tuple, dict)):
         return
     items = value.values() if isinstance(value, dict) else value
@@ -347,10 +348,11 @@ def _refuse_plain_container(owner: Module, name: str, value) -> None:
     if not kinds:
         return
     holder = "nn.ModuleDict" if isinstance(value, dict) else "nn.ModuleList"
-    if all(issubclass(k, Parameter) for k in kinds):
-        holder = "nn.ParameterList"
+    params = all(issubclass(k, Parameter) for k in kinds)
+    if params:
+        holder = "nn.ParameterDict" if isinstance(value, dict) else "nn.ParameterList"
     raise TypeError(f"{type(owner).__name__}.{name}: a plain {type(value).__name__} of "
-                    f"{'modules' if holder != 'nn.ParameterList' else 'parameters'} is not "
+                    f"{'parameters' if params else 'modules'} is not "
                     f"registered, so its weights would be missing from parameters() and "
                     f"state_dict(); use {holder}(...) instead")
 
@@ -614,6 +616,54 @@ class ParameterList(Module):
         return "\n".join(f"  ({k}): Parameter containing: [{_torch_dtype(p.data)} of size "
                          f"{'x'.join(map(str, p.data.shape))}]"
                          for k, p in self._parameters.items())
+
+
+class ParameterDict(Module):
+    """Parameters held by name (torch's ParameterDict); numpy arrays become Parameters."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __setitem__(self, key: str, value) -> None:
+        self.register_parameter(key, value if isinstance(value, Parameter) else
+                                Parameter(value))
+
+    def __getitem__(self, key: str) -> Parameter:
+        return self._parameters[key]
+
+    def __delitem__(self, key: str) -> None:
+        del self._parameters[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._parameters
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(list(self._parameters))
+
+    def keys(self):
+        return list(self._parameters)
+
+    def values(self):
+        return list(self._parameters.values())
+
+    def items(self):
+        return list(self._parameters.items())
+
+    def update(self, parameters) -> None:
+        items = parameters.items() if hasattr(parameters, "items") else parameters
+        for k, v in items:
+            self[k] = v
+
+    def pop(self, key: str) -> Parameter:
+        return self._parameters.pop(key)
+
+    def forward(self, *args):
+        raise NotImplementedError("ParameterDict has no forward(): index it")
 
 
 def _torch_dtype(a: np.ndarray) -> str:

@@ -7,7 +7,8 @@ no layer module imports this one.
 # ruff: noqa: F401  (a namespace: every import is a re-export)
 
 # the base: Parameter, Module and the containers
-from .module import Module, ModuleDict, ModuleList, Parameter, ParameterList, Sequential
+from .module import (Module, ModuleDict, ModuleList, Parameter, ParameterDict, ParameterList,
+                     Sequential)
 
 # Linear, basic activations, softmax and the core losses
 from .layers_basic import (CrossEntropyLoss, Flatten, Identity, Linear, LogSoftmax, MSELoss,
@@ -36,7 +37,8 @@ from .composite_modules import (BCELoss, BCEWithLogitsLoss, CELU, ChannelShuffle
                                 Softmin, Softplus, Softshrink, Softsign, SoftMarginLoss,
                                 Tanhshrink, Threshold, TripletMarginLoss, Unfold, Upsample,
                                 UpsamplingBilinear2d, UpsamplingNearest2d, ZeroPad1d,
-                                ZeroPad2d, ZeroPad3d)
+                                ZeroPad2d, ZeroPad3d, LocalResponseNorm, MaxUnpool1d,
+                                MaxUnpool2d, MaxUnpool3d, Bilinear)
 
 # normalization layers
 from .layers_norm import (GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm,

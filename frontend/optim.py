@@ -323,7 +323,8 @@ class OptimizerState(dict):
 class ParamGroup:
     """A dict-like view of one parameter group's hyperparameters, as in ``torch.optim``: the
     first group's are the optimizer's attributes, another's its own dict."""
-    KEYS = ("lr", "momentum", "nesterov", "dampening", "alpha", "rho", "betas", "eps",
+    KEYS = ("lr", "momentum", "nesterov", "dampening", "alpha", "rho", "betas", "eps", "etas",
+            "step_sizes",
             "momentum_decay", "decoupled_weight_decay",
             "weight_decay", "lr_decay", "initial_accumulator_value", "amsgrad", "centered",
             "maximize", "clip_grad_norm", "clip_grad_value", "polyak")
@@ -732,6 +733,32 @@ class RAdam(_TorchOnly):
             plain = 0.0
         return {"lr": lr, "beta1": b1, "beta2": b2, "eps": float(self.eps),
                 "step_size": lr / bc1, "rect": rect, "plain": plain}
+
+
+class Rprop(_TorchOnly):
+    """torch.optim.Rprop (resilient backpropagation): the sign of each gradient and a step of
+    each weight's own, grown by ``etas[1]`` while the sign holds and shrunk by ``etas[0]``
+    when it flips, within ``step_sizes``; every step starts at ``lr``."""
+    kind = "rprop"
+    GROUP_KEYS = ("lr", "etas", "step_sizes")
+
+    def __init__(self, params=None, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), **kw):
+        super().__init__(params, lr=lr, **kw)
+        self.etas, self.step_sizes = tuple(etas), tuple(step_sizes)
+        self._finish_groups()
+
+    def _rule_values(self):
+        (minus, plus), (lo, hi) = self.etas, self.step_sizes
+        if not 0.0 < minus < 1.0 < plus:
+            raise ValueError(f"Rprop etas must satisfy 0 < etaminus < 1 < etaplus, got "
+                             f"{self.etas}")
+        return {"etaminus": float(minus), "etaplus": float(plus),
+                "step_size_min": float(lo), "step_size_max": float(hi)}
+
+    def _initial_state(self, slot, p):
+        if slot == "step_size":
+            return np.full_like(p, self.current_lr())
+        return super()._initial_state(slot, p)
 
 
 # section 8.6's methods: host-side loops over compiled graphs

@@ -157,6 +157,7 @@ class RNNBase(Module):
 
     GATES = 1
     STATES = ("h",)
+    PROJECTS = False        # takes proj_size (LSTM)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -166,6 +167,9 @@ class RNNBase(Module):
             raise ValueError("input_size, hidden_size and num_layers must be >= 1")
         if isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
+        if proj_size and not self.PROJECTS:
+            raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU "
+                             f"({type(self).__name__})")
         if proj_size < 0 or proj_size >= hidden_size:
             raise ValueError(f"proj_size must be >= 0 and < hidden_size ({hidden_size}), "
                              f"got {proj_size}")
@@ -296,9 +300,6 @@ class RNN(RNNBase):
                  dropout: float = 0.0, bidirectional: bool = False):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        if dropout:
-            raise NotImplementedError("RNN dropout between layers needs a dropout op, which "
-                                      "the IR does not have yet; use dropout=0")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
         self.nonlinearity = nonlinearity

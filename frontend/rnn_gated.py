@@ -94,6 +94,7 @@ class LSTM(RNNBase):
 
     GATES = len(LSTM_GATES)
     GATE_NAMES = LSTM_GATES
+    PROJECTS = True
     STATES = ("h", "c")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,

@@ -53,6 +53,8 @@ UPDATE_RULES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
               ("lr", "beta1", "beta2", "eps", "grad_step", "avg_step", "bc2")),
     "radam": (None, ("exp_avg", "exp_avg_sq"),
               ("lr", "beta1", "beta2", "eps", "step_size", "rect", "plain")),
+    "rprop": (None, ("prev", "step_size"),
+              ("etaminus", "etaplus", "step_size_min", "step_size_max")),
 }
 # kinds whose update op has a `convention` attribute
 _HAS_CONVENTION = {"momentum", "rmsprop", "rmsprop_momentum", "adam"}
@@ -496,7 +498,23 @@ def _radam(g: Graph, p: Value, grad: Value, s: Value, r: Value, lr: Value, beta1
     return [g.op("sub", p, g.op("mul", step_size, g.op("mul", s2, scale))), s2, r2]
 
 
+def _rprop(g: Graph, p: Value, grad: Value, prev: Value, step: Value, etaminus: Value,
+           etaplus: Value, lo: Value, hi: Value) -> list[Value]:
+    """torch.optim.Rprop: each weight's own step grows by etaplus while its gradient keeps
+    its sign, shrinks by etaminus when it flips (that step's gradient then counts as 0),
+    clamped to [lo, hi]; p' = p - sign(g) step'. Outputs p', prev' (the gradient as used),
+    step'."""
+    zero = g.op("full", shape=(), value=0.0, dtype=p.dtype)
+    one = g.op("full", shape=(), value=1.0, dtype=p.dtype)
+    s = g.op("sign", g.op("mul", grad, prev))
+    factor = g.op("where", g.op("gt", s, zero), etaplus,
+                  g.op("where", g.op("lt", s, zero), etaminus, one))
+    step2 = g.op("minimum", g.op("maximum", g.op("mul", step, factor), lo), hi)
+    used = g.op("where", g.op("eq", factor, etaminus), zero, grad)
+    return [g.op("sub", p, g.op("mul", g.op("sign", used), step2)), used, step2]
+
+
 _COMPOSED = {"rmsprop_centered": _rmsprop_centered,
              "rmsprop_centered_momentum": _rmsprop_centered,
              "adam_amsgrad": _adam_amsgrad, "adamax": _adamax, "adadelta": _adadelta,
-             "nadam": _nadam, "radam": _radam}
+             "nadam": _nadam, "radam": _radam, "rprop": _rprop}

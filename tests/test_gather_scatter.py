@@ -333,3 +333,17 @@ def test_masked_assignment_refusals_are_clear():
         fe.trace(assign(np.ones((3,), bool), np.ones((3, 4), np.float32)), spec)
     with pytest.raises(IndexError, match="integer tensor indices"):
         fe.trace(assign(np.array([0, 2]), 0.0), spec)
+
+
+@pytest.mark.parametrize("backend", BACKENDS32)
+def test_embedding_refuses_negative_indices_as_torch(backend):
+    """torch's embedding takes indices in [0, num) only (take, x[i], allow -num..-1)."""
+    emb = nn.Embedding(3, 2)
+    f = fe.compile(emb, TensorSpec((2,), "int64"), backend=backend)
+    np.testing.assert_array_equal(f(np.array([2, 0])), emb.weight.data[[2, 0]])
+    with pytest.raises(RuntimeDataError, match=r"index -1 is out of range .*\[0, 3\)"):
+        f(np.array([0, -1]))
+    g = fe.compile(lambda w, i: w[i], TensorSpec((3, 2)), TensorSpec((2,), "int64"),
+                   backend=backend)
+    np.testing.assert_array_equal(g(emb.weight.data, np.array([0, -1])),
+                                  emb.weight.data[[0, -1]])

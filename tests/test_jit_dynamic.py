@@ -254,6 +254,19 @@ def test_dynamic_batch_class_probability_targets_average_over_rows():
     np.testing.assert_allclose(dyn(x, y), want.item(), rtol=1e-5)
 
 
+def test_dynamic_batch_class_weighted_mean_divides_by_the_targets_weights():
+    """torch's weighted mean: the sum over the true rows divided by the weights of their
+    targets (ignored ones left out), for the module and for a function given its weights."""
+    import functools
+    w = np.array([0.2, 3.0, 1.0], np.float32)
+    y = np.array([1, -100, 2, 0], np.int64)
+    batches = [(data(6), labels(6)), (data(4), y), (data(3), labels(3))]
+    for loss in (nn.CrossEntropyLoss(weight=w), functools.partial(F.cross_entropy, weight=w),
+                 nn.CrossEntropyLoss(weight=w, label_smoothing=0.1)):
+        twins = _twin_steps(mlp, loss, lambda: optim.SGD(lr=0.5), 6, "reference")
+        _assert_same_training(batches, twins)
+
+
 def test_dynamic_batch_step_with_every_target_ignored_leaves_the_weights():
     """A padded batch whose targets are all ignore_index: the loss is NaN (0/0) and no
     gradient reaches the weights, as a fixed-batch step and torch, with label smoothing too

@@ -128,6 +128,10 @@ CASES = {
     "radam": (lambda: optim.RAdam(lr=0.05), lambda p: torch.optim.RAdam(p, lr=0.05)),
     "radam_wd": (lambda: optim.RAdam(lr=0.05, betas=(0.8, 0.99), weight_decay=0.1),
                  lambda p: torch.optim.RAdam(p, lr=0.05, betas=(0.8, 0.99), weight_decay=0.1)),
+    "rprop": (lambda: optim.Rprop(lr=0.01), lambda p: torch.optim.Rprop(p, lr=0.01)),
+    "rprop_etas": (lambda: optim.Rprop(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.08)),
+                   lambda p: torch.optim.Rprop(p, lr=0.05, etas=(0.3, 1.5),
+                                               step_sizes=(1e-3, 0.08))),
     "radamw": (lambda: optim.RAdam(lr=0.05, weight_decay=0.1, decoupled_weight_decay=True),
                lambda p: torch.optim.RAdam(p, lr=0.05, weight_decay=0.1,
                                            decoupled_weight_decay=True)),
@@ -170,7 +174,8 @@ def test_changing_hyperparameters_between_steps_matches_torch():
                                      ("Adam", dict(lr=0.05, weight_decay=0.01)),
                                      ("RMSprop", dict(lr=0.01)), ("Adagrad", dict(lr=0.1)),
                                      ("Adamax", dict(lr=0.05)), ("Adadelta", dict()),
-                                     ("NAdam", dict(lr=0.05)), ("RAdam", dict(lr=0.05))])
+                                     ("NAdam", dict(lr=0.05)), ("RAdam", dict(lr=0.05)),
+                                     ("Rprop", dict(lr=0.01))])
 def test_maximize_ascends_as_torch(name, kw):
     """torch's ``maximize=True``: the gradient negated before the update (weight decay
     added after), the reported loss unchanged."""

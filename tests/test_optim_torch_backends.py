@@ -18,7 +18,7 @@ ON_BACKENDS = [(b, n) for b in backends.available() for n in
                (["nesterov", "adam", "radam"] if b == "triton" else
                 ["momentum", "nesterov", "adam", "adagrad", "rmsprop",
                  "rmsprop_centered_momentum", "adam_amsgrad", "adamax_wd", "adadelta_wd",
-                 "nadamw", "radam_wd"])]
+                 "nadamw", "radam_wd", "rprop_etas"])]
 
 
 @pytest.mark.parametrize("backend,name", ON_BACKENDS)

@@ -126,8 +126,8 @@ def test_rnn_parameter_names_order_shapes_and_init_follow_torch():
 def test_rnn_bad_arguments_say_what_is_wrong():
     with pytest.raises(ValueError, match="nonlinearity"):
         nn.RNN(3, 4, nonlinearity="gelu")
-    with pytest.raises(NotImplementedError, match="dropout"):
-        nn.RNN(3, 4, dropout=0.5)
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+        nn.GRU(3, 4, proj_size=2)
     rnn = nn.RNN(3, 4)
     with pytest.raises(ValueError, match=r"input must be \(L, N, 3\)"):
         fe.trace(Wrap(rnn, lambda m, x: m(x)[0]), fe.TensorSpec((5, 2, 6)))
@@ -406,3 +406,29 @@ def test_bidirectional_padded_rnn_gradients_on_every_backend_match_torch(backend
     for p, got in zip(g.params, outs[1:]):
         want = dict(t.named_parameters())[p.name.removeprefix("m.")].grad.numpy()
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6, err_msg=p.name)
+
+
+def test_rnn_dropout_between_layers_as_torch():
+    """torch's dropout on the outputs of every layer but the last: none in eval mode (the
+    same outputs as torch's), and in training mode a second layer fed zeros where its input
+    was dropped (a single layer has nothing to drop: its output is the eval one)."""
+    fe.manual_seed(0)
+    ours = nn.RNN(3, 4, num_layers=2, dropout=0.5)
+    theirs = torch.nn.RNN(3, 4, num_layers=2, dropout=0.5)
+    with torch.no_grad():
+        for (n, p), q in zip(ours.named_parameters(), theirs.parameters()):
+            q.copy_(torch.from_numpy(p.data))
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    ours.eval()
+    theirs.eval()
+    out = fe.compile(Wrap(ours, lambda m, a: m(a)[0]), fe.TensorSpec((5, 2, 3)))(x)
+    np.testing.assert_allclose(out, theirs(torch.from_numpy(x))[0].detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    ours.train()
+    trained = fe.compile(Wrap(ours, lambda m, a: m(a)[0]), fe.TensorSpec((5, 2, 3)))(x)
+    assert trained.shape == out.shape and not np.allclose(trained, out)
+    one = nn.RNN(3, 4, num_layers=1, dropout=0.5)
+    a = fe.compile(Wrap(one, lambda m, v: m(v)[0]), fe.TensorSpec((5, 2, 3)))(x)
+    one.eval()
+    b = fe.compile(Wrap(one, lambda m, v: m(v)[0]), fe.TensorSpec((5, 2, 3)))(x)
+    np.testing.assert_array_equal(a, b)

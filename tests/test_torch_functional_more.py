@@ -301,3 +301,108 @@ def test_nearest_gradient_is_the_adjoint_of_the_forward(i):
     g = fe.grad(lambda x: (F.interpolate(x, **kw) * c.reshape(f(np.zeros(shape)).shape)).sum(),
                 fe.TensorSpec(shape, "float64"))(np.zeros(shape))
     np.testing.assert_allclose(g.ravel(), np.stack(cols) @ c, rtol=1e-12)
+
+
+# local response normalization (AlexNet's), max unpooling, the bilinear form, pdist
+UNPOOL = [  # (dim, input shape, kernel, stride, padding, output_size or None)
+    (2, (2, 3, 6, 6), 2, 2, 0, None),
+    (2, (2, 3, 6, 7), 2, 2, 0, (6, 7)),            # the pooled input's odd width given back
+    (2, (1, 2, 7, 7), 3, 2, 1, (7, 7)),            # overlapping windows: one index twice
+    (1, (2, 3, 9), 3, 3, 1, (9,)),
+    (1, (2, 2, 10), 3, 1, 1, (10,)),
+    (3, (1, 2, 4, 6, 4), 2, 2, 0, None),
+]
+
+
+def _unpool_case(i, dim, shape, k, s, p, size):
+    ours_pool, ours_unpool = getattr(F, f"max_pool{dim}d"), getattr(F, f"max_unpool{dim}d")
+    their_pool, their_unpool = getattr(TF, f"max_pool{dim}d"), getattr(TF, f"max_unpool{dim}d")
+    return (f"max_unpool{dim}d_{i}",
+            lambda x: ours_unpool(*ours_pool(x, k, s, p, return_indices=True), k, s, p,
+                                  output_size=size),
+            lambda x: their_unpool(*their_pool(x, k, s, p, return_indices=True), k, s, p,
+                                   output_size=size),
+            [_r(70 + i, *shape)], [0])
+
+
+MORE = [
+    ("lrn_size3", lambda x: F.local_response_norm(x, 3), lambda x: TF.local_response_norm(x, 3),
+     [_r(60, 2, 5, 3, 4)], [0]),
+    ("lrn_even_size", lambda x: F.local_response_norm(x, 4, 0.1, 0.6, 2.0),
+     lambda x: TF.local_response_norm(x, 4, 0.1, 0.6, 2.0), [_r(61, 2, 6, 5)], [0]),
+    ("lrn_wider_than_channels", lambda x: F.local_response_norm(x, 9, 0.5, 1.0, 0.5),
+     lambda x: TF.local_response_norm(x, 9, 0.5, 1.0, 0.5), [_r(62, 1, 4, 2, 2, 3)], [0]),
+    ("bilinear", F.bilinear, TF.bilinear,
+     [_r(63, 4, 3), _r(64, 4, 5), _r(65, 2, 3, 5), _r(66, 2)], [0, 1, 2, 3]),
+    ("bilinear_batched_no_bias", F.bilinear, TF.bilinear,
+     [_r(67, 2, 3, 3), _r(68, 2, 3, 2), _r(69, 4, 3, 2)], [0, 1, 2]),
+    ("pdist", F.pdist, TF.pdist, [_r(80, 6, 3)], [0]),
+    ("pdist_p1", lambda x: F.pdist(x, 1.0), lambda x: TF.pdist(x, 1.0), [_r(81, 5, 4)], [0]),
+    ("pdist_p3", lambda x: F.pdist(x, 3.0), lambda x: TF.pdist(x, 3.0), [_r(82, 4, 2)], [0]),
+] + [_unpool_case(i, *c) for i, c in enumerate(UNPOOL)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", MORE, ids=[c[0] for c in MORE])
+def test_more_functions_match_torch(case, backend):
+    _, ours, theirs, inputs, wrt = case
+    check_function(ours, theirs, inputs, wrt, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lrn_unpool_and_bilinear_modules_match_torch(backend):
+    fe.manual_seed(0)
+    check(nn.LocalResponseNorm(3, 1e-2), torch.nn.LocalResponseNorm(3, 1e-2),
+          [_r(90, 2, 5, 3, 3)], backend, np.float64, rtol=1e-9, atol=1e-11)
+    check(nn.Bilinear(3, 4, 2), torch.nn.Bilinear(3, 4, 2), [_r(91, 5, 3), _r(92, 5, 4)],
+          backend, np.float64, rtol=1e-9, atol=1e-11)
+
+    class PoolUnpool(nn.Module):
+        def __init__(self, torch_like):
+            super().__init__()
+            self.pool = torch_like.MaxPool2d(2, return_indices=True)
+            self.unpool = torch_like.MaxUnpool2d(2)
+
+        def forward(self, x):
+            return self.unpool(*self.pool(x), output_size=x.shape)
+    theirs = torch.nn.Module()
+    theirs.pool, theirs.unpool = torch.nn.MaxPool2d(2, return_indices=True), \
+        torch.nn.MaxUnpool2d(2)
+    theirs.forward = lambda x: theirs.unpool(*theirs.pool(x), output_size=x.shape)
+    check(PoolUnpool(nn), theirs, [_r(93, 1, 2, 5, 4)], backend, np.float64, rtol=1e-9,
+          atol=1e-11)
+
+
+def test_unpool_and_bilinear_refusals():
+    x = fe.TensorSpec((1, 1, 2, 2))
+    i = fe.TensorSpec((1, 1, 2, 2), "int64")
+    with pytest.raises(ValueError, match="output_size"):
+        fe.trace(lambda a, b: F.max_unpool2d(a, b, 2, output_size=(9, 9)), x, i)
+    with pytest.raises(ValueError, match="indices"):
+        fe.trace(lambda a, b: F.max_unpool2d(a, b[:, :, :1], 2), x, i)
+    with pytest.raises(ValueError, match="weight"):
+        fe.trace(lambda a: F.bilinear(a, a, a), fe.TensorSpec((2, 3)))
+    with pytest.raises(ValueError, match="3 or more dimensions"):
+        fe.trace(lambda a: F.local_response_norm(a, 2), fe.TensorSpec((2, 3)))
+
+
+def test_parameter_dict_registers_by_name():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.ParameterDict({"a": np.ones(2, np.float32)})
+            self.p["b"] = nn.Parameter(np.zeros((2, 2), np.float32))
+
+        def forward(self, x):
+            return x @ self.p["b"] + self.p["a"]
+    m = M()
+    assert list(m.state_dict()) == ["p.a", "p.b"] and len(m.p) == 2 and "a" in m.p
+    assert [n for n, _ in m.named_parameters()] == ["p.a", "p.b"]
+    out = fe.compile(m, fe.TensorSpec((3, 2)))(np.ones((3, 2), np.float32))
+    np.testing.assert_array_equal(out, np.ones((3, 2)))
+    with pytest.raises(TypeError, match="nn.ParameterDict"):
+        class Bad(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.d = {"w": nn.Parameter(np.ones(1, np.float32))}
+        Bad()

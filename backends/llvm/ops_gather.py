@@ -21,12 +21,13 @@ from .lowering import lowering
 from .scalar import FLOATS, convert
 
 
-def _checked_index(ctx, idx: Buf, off: ir.Value, n: int):
-    """``idx[off]`` wrapped into [0, n), and the flag that it was in [-n, n); records error
-    3 when it was not. Use the index only under the flag."""
+def _checked_index(ctx, idx: Buf, off: ir.Value, n: int, negative: bool = True):
+    """``idx[off]`` wrapped into [0, n), and the flag that it was in [-n, n) ([0, n) without
+    ``negative``); records error 3 when it was not. Use the index only under the flag."""
     b = ctx.b
     v = convert(ctx, idx.dtype, "int64", idx.load(b, off))
-    ok = b.and_(b.icmp_signed(">=", v, i64(-n)), b.icmp_signed("<", v, i64(n)))
+    ok = b.and_(b.icmp_signed(">=", v, i64(-n if negative else 0)),
+                b.icmp_signed("<", v, i64(n)))
     with b.if_then(b.not_(ok), likely=False):
         ctx.fail(3)
     w = b.select(b.icmp_signed("<", v, i64(0)), b.add(v, i64(n)), v)
@@ -55,7 +56,7 @@ def _take(ctx, node, ins, outs):
     lo, hi = ctx.split(pre * k_len)
     with for_range(b, lo, hi, "row") as r:
         p, k = b.sdiv(r, i64(k_len)), b.srem(r, i64(k_len))
-        w, ok = _checked_index(ctx, idx, k, n)
+        w, ok = _checked_index(ctx, idx, k, n, node.attrs.get("negative", True))
         with b.if_then(ok):
             src = b.mul(b.add(b.mul(p, i64(n)), w), i64(post))
             dst = b.mul(r, i64(post))

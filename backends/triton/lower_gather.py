@@ -99,10 +99,12 @@ def _checker(node: Node, n: int):
     """Host-side range check of the index tensor: the reference kernel's message."""
     loc = f" (from {node.loc})" if node.loc else ""
 
+    negative = node.attrs.get("negative", True)
+
     def check(idx: torch.Tensor) -> None:
-        if idx.numel() and bool(((idx < -n) | (idx >= n)).any()):
+        if idx.numel() and bool(((idx < (-n if negative else 0)) | (idx >= n)).any()):
             try:
-                wrap_indices(node.op, idx.cpu().numpy(), n)
+                wrap_indices(node.op, idx.cpu().numpy(), n, negative)
             except ValueError as e:
                 raise RuntimeDataError(f"while running {node!r}{loc}: ValueError: {e}") \
                     from None

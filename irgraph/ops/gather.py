@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import Attr, Cost, a_int, register_op
+from ..registry import Attr, Cost, a_bool, a_int, register_op
 from ..types import INT_DTYPES, TensorType
 from .core import wrap_dim
 
 
-def wrap_indices(op: str, idx: np.ndarray, n: int) -> np.ndarray:
+def wrap_indices(op: str, idx: np.ndarray, n: int, negative: bool = True) -> np.ndarray:
     """``idx`` as int64 in [0, n) (negatives count from the end once); ValueError naming the
-    first index outside [-n, n)."""
+    first index outside [-n, n) (without ``negative``: outside [0, n), torch's embedding)."""
     idx = np.asarray(idx).astype(np.int64)
-    bad = (idx < -n) | (idx >= n)
+    lo = -n if negative else 0
+    bad = (idx < lo) | (idx >= n)
     if np.any(bad):
         first = int(idx[bad].ravel()[0])
         raise ValueError(f"{op}: index {first} is out of range for an axis of size {n} "
-                         f"(valid: [{-n}, {n}))")
+                         f"(valid: [{lo}, {n}))")
     return np.where(idx < 0, idx + n, idx)
 
 
@@ -59,15 +60,17 @@ _IDX_NONDIFF = (1,)          # the index input (samples: not perturbed by finite
 
 
 # ---------------------------------------------------------------- take
-@register_op("take", traits={"fallible"}, attrs=_AXIS, cost=_gather_cost)
-def take(x, idx, *, axis):
-    """numpy's take: ``x`` indexed along ``axis`` by ``idx`` (any shape)."""
+@register_op("take", traits={"fallible"},
+             attrs={**_AXIS, "negative": Attr(a_bool, True)}, cost=_gather_cost)
+def take(x, idx, *, axis, negative=True):
+    """numpy's take: ``x`` indexed along ``axis`` by ``idx`` (any shape); without
+    ``negative`` an index below 0 is out of range too (torch's embedding)."""
     a = wrap_dim(axis, x.ndim)
-    return np.take(x, wrap_indices("take", idx, x.shape[a]), axis=a)
+    return np.take(x, wrap_indices("take", idx, x.shape[a], negative), axis=a)
 
 
 @take.type_rule
-def _(x, idx, *, axis):
+def _(x, idx, *, axis, negative=True):
     _check_index(idx)
     if x.rank == 0:
         raise ValueError("cannot index a 0-d tensor")
