@@ -29,8 +29,8 @@ __all__ = ["conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpo
 # ---------------------------------------------------------------- argument normalization
 def int_tuple(v, d: int, name: str) -> tuple[int, ...]:
     """An int, or a sequence of d ints (torch's ``_single/_pair/_triple``)."""
-    if isinstance(v, int):
-        return (v,) * d
+    if isinstance(v, (int, np.integer)):
+        return (int(v),) * d
     v = tuple(int(a) for a in v)
     if len(v) == 1:
         return v * d
@@ -56,7 +56,7 @@ def conv_padding(padding, d: int, kernel, dilation, stride) -> tuple[int, ...]:
             return tuple(p for s in span for p in (s, s))
         raise ValueError(f"padding must be 'valid', 'same', 'full', an int or ints, "
                          f"got {padding!r}")
-    if not isinstance(padding, int) and len(tuple(padding)) == 2 * d:
+    if not isinstance(padding, (int, np.integer)) and len(tuple(padding)) == 2 * d:
         return tuple(int(p) for p in padding)
     return tuple(p for p in int_tuple(padding, d, "padding") for _ in (0, 1))
 
@@ -249,7 +249,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     torch, a 3-D input with a 2-D (or int) kernel is one unbatched image (C, H, W) and gives
     (C*prod(k), L); a 1-tuple kernel takes it as (N, C, L)."""
     x = F.as_tensor(input)
-    if x.ndim == 3 and (isinstance(kernel_size, int) or len(kernel_size) == 2):
+    if x.ndim == 3 and (isinstance(kernel_size, (int, np.integer)) or len(kernel_size) == 2):
         return unfold(F.unsqueeze(x, 0), kernel_size, dilation, padding, stride)[0]
     d = x.ndim - 2
     k = int_tuple(kernel_size, d, "kernel_size")
@@ -265,7 +265,8 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """``torch.nn.functional.fold``: sums (N, C*prod(k), L) windows into (N, C, *output_size)."""
     x = F.as_tensor(input)
-    size = tuple(output_size) if not isinstance(output_size, int) else (output_size,) * 2
+    size = tuple(output_size) if not isinstance(output_size, (int, np.integer)) \
+        else (int(output_size),) * 2
     d = len(size)
     k, st, dl = (int_tuple(kernel_size, d, "kernel_size"), int_tuple(stride, d, "stride"),
                  int_tuple(dilation, d, "dilation"))

@@ -26,9 +26,9 @@ __all__ = ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
 
 def _pool_args(kernel_size, stride, padding, d: int, name: str):
     k = int_tuple(kernel_size, d, "kernel_size")
-    st = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else \
+    st = k if stride is None or (not isinstance(stride, (int, np.integer)) and len(stride) == 0) else \
         int_tuple(stride, d, "stride")
-    if not isinstance(padding, int) and len(tuple(padding)) == 2 * d:
+    if not isinstance(padding, (int, np.integer)) and len(tuple(padding)) == 2 * d:
         pads = tuple(int(p) for p in padding)
     else:
         pads = tuple(p for p in int_tuple(padding, d, "padding") for _ in (0, 1))
@@ -40,6 +40,8 @@ def _max_indices(x: Tensor, name: str, select: str = "max_pool_select", **attrs)
     window's maximum, as int64 (``select``: the op reading values where the pool picks)."""
     spatial = x.shape[2:]
     plane = int(np.prod(spatial))
+    if x.dtype in LOW_DTYPES:       # positions past 2048 (256) have no float16 (bfloat16):
+        x = F.cast(x, "float32")    # select in float32, which holds 16-bit values exactly
     dt = x.dtype
     if plane > (1 << 24 if dt == "float32" else 1 << 53):
         raise ValueError(f"{name}(return_indices=True): a plane of {plane} positions is too "
@@ -123,10 +125,15 @@ def lp_pool(input, norm_type: float, kernel_size, stride=None, ceil_mode=False, 
     """PyTorch's LPPool: (avg_pool(x^p) * prod(kernel))^(1/p), so a full window gives
     (sum x^p)^(1/p) (p = 2: L2 pooling of section 9.3). A window of zeros passes no
     gradient back, as torch's (whose relu there stops the infinite slope of z^(1/p) at 0):
-    without that, any all-zero window would put NaN into the input's gradient."""
+    without that, any all-zero window would put NaN into the input's gradient. p = +inf
+    is the max of |x| over the window, p = -inf its min (torch's special cases)."""
     k = int_tuple(kernel_size, dim, "kernel_size")
     x = F.as_tensor(input)
     p = float(norm_type)
+    if math.isinf(p):
+        sign = 1.0 if p > 0 else -1.0
+        m = max_pool(F.mul(F.abs(x), sign), k, stride, 0, 1, ceil_mode, dim=dim)
+        return m if p > 0 else F.neg(m)
     s = avg_pool(F.pow(x, p), k, stride, 0, ceil_mode, dim=dim)
     s = F.where(F.ne(s, 0), s, 0.0)
     return F.pow(F.mul(s, float(math.prod(k))), 1.0 / p)
@@ -147,7 +154,7 @@ def lp_pool3d(input, norm_type, kernel_size, stride=None, ceil_mode=False) -> Te
 # ---------------------------------------------------------------- adaptive and global
 def _adaptive(op: str, input, output_size, dim: int, return_indices: bool = False):
     x, squeeze = batched_input(input, dim, f"{op}{dim}d")
-    if isinstance(output_size, int) or output_size is None:
+    if isinstance(output_size, (int, np.integer)) or output_size is None:
         output_size = (output_size,) * dim
     size = tuple(x.shape[2 + i] if s is None else int(s)
                  for i, s in enumerate(_fill(output_size, dim)))

@@ -37,7 +37,7 @@ def _uniform(shape, fan_in: int) -> Parameter:
 
 
 def _tup(v, d: int) -> tuple[int, ...]:
-    return (v,) * d if isinstance(v, int) else tuple(v)
+    return (int(v),) * d if isinstance(v, (int, np.integer)) else tuple(v)
 
 
 # ---------------------------------------------------------------- convolutions

@@ -406,3 +406,57 @@ def test_parameter_dict_registers_by_name():
                 super().__init__()
                 self.d = {"w": nn.Parameter(np.ones(1, np.float32))}
         Bad()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [float("inf"), -float("inf")])
+def test_lp_pool_of_infinite_order_as_torch(p, backend):
+    """torch's special cases: p = +inf pools max |x|, p = -inf min |x| (the general formula
+    would give (...)^(1/inf) = 1 everywhere)."""
+    x = _kinks((2, 3, 6, 5), [0.0, -2.0, 2.0])
+    check_function(lambda t: F.lp_pool2d(t, p, 2, ceil_mode=True),
+                   lambda t: TF.lp_pool2d(t, p, 2, ceil_mode=True), [x], [0], backend)
+    check_function(lambda t: F.lp_pool1d(t, p, 3, 2), lambda t: TF.lp_pool1d(t, p, 3, 2),
+                   [x[:, :, 0]], [0], backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_pool_indices_of_16_bit_inputs_are_exact(dtype, backend):
+    """Plane positions past 2048 (float16) or 256 (bfloat16) have no 16-bit value: the
+    indices are selected in float32, so every one is torch's."""
+    import ml_dtypes  # noqa: F401  (numpy's bfloat16)
+    x = np.zeros((1, 1, 4100))
+    x[..., 1::2] = 1.0
+    want = TF.max_pool1d(torch.tensor(x), 2, return_indices=True)[1].numpy()
+    want_a = TF.adaptive_max_pool1d(torch.tensor(x[..., :600]), 300,
+                                    return_indices=True)[1].numpy()
+    a = x.astype(dtype)
+    _, idx = fe.compile(lambda t: F.max_pool1d(t, 2, return_indices=True),
+                        fe.TensorSpec(x.shape, dtype), backend=backend)(a)
+    np.testing.assert_array_equal(idx, want)
+    _, idx = fe.compile(lambda t: F.adaptive_max_pool1d(t, 300, return_indices=True),
+                        fe.TensorSpec((1, 1, 600), dtype), backend=backend)(a[..., :600])
+    np.testing.assert_array_equal(idx, want_a)
+
+
+def test_numpy_integers_as_sizes():
+    """np.int64 sizes (as numpy arithmetic gives them) where torch takes ints."""
+    k = np.int64(2)
+    x = _r(3, 1, 2, 4, 4)
+    got = fe.compile(lambda t: (F.max_pool2d(t, k), F.adaptive_avg_pool2d(t, k),
+                                F.conv2d(t, np.ones((3, 2, 2, 2)), stride=k)),
+                     fe.TensorSpec(x.shape, "float64"))(x)
+    t = torch.tensor(x)
+    want = (TF.max_pool2d(t, 2), TF.adaptive_avg_pool2d(t, 2),
+            TF.conv2d(t, torch.ones(3, 2, 2, 2, dtype=torch.float64), stride=2))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-12)
+    assert nn.Conv2d(2, 3, np.int64(3)).weight.shape == (3, 2, 3, 3)
+
+
+def test_unpool_refuses_a_negative_index():
+    f = fe.compile(lambda a, i: F.max_unpool1d(a, i, 2), fe.TensorSpec((1, 1, 3), "float64"),
+                   fe.TensorSpec((1, 1, 3), "int64"))
+    with pytest.raises(Exception, match=r"index -1 is out of range .*\[0, 6\)"):
+        f(np.ones((1, 1, 3)), np.array([[[0, -1, 4]]]))

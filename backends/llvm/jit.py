@@ -138,13 +138,32 @@ def _with_vector_width(text: str, features: str) -> str:
                   text, flags=re.M)
 
 
+_LOOP_HINT = re.compile(r'^(!\d+) = !\{ ?!"irgraph\.vectorize\.width=(\d+)" ?\}$', re.M)
+
+
+def loop_hints(text: str) -> str:
+    """Each loop metadata node ``builder.for_range(vector_width=w)`` attached, as LLVM's loop
+    ID: ``distinct !{self, vectorize.width w, vectorize.enable}``. A width given is the one
+    plan the vectorizer builds: LLVM 22's assertion that its two cost models pick the same
+    width (which aborts the process where they differ: a maxnum reduction over 20-23, 28-31
+    or 44-47 float32 elements on AVX-512) is then never reached."""
+    return _LOOP_HINT.sub(lambda m: (
+        f'{m.group(1)} = distinct !{{{m.group(1)}, !{{!"llvm.loop.vectorize.width", '
+        f'i32 {m.group(2)}}}, !{{!"llvm.loop.vectorize.enable", i1 true}}}}'), text)
+
+
+def _llvm_text(text: str, features: str) -> str:
+    """Our IR text as LLVM is given it: the vector width preferred, the loop hints written."""
+    return loop_hints(_with_vector_width(text, features))
+
+
 def optimize(ir_text: str, opt: int = 3):
     """Parse, verify and optimize; returns the llvmlite ModuleRef. Level 0 is a cheap
     pipeline (SROA, instcombine, simplifycfg; machine code by fast instruction selection),
     1-3 LLVM's -O pipelines with loop and SLP vectorization."""
     _init()
     _, _, features = host()
-    mod = llvm.parse_assembly(_with_vector_width(ir_text, features))
+    mod = llvm.parse_assembly(_llvm_text(ir_text, features))
     mod.verify()
     tm = target_machine(opt)
     mod.triple = tm.triple
@@ -376,7 +395,7 @@ def _compile_isolated(text: str, opt: int) -> bytes:
     tm = machines.get(opt) or machines.setdefault(opt, new_target_machine(opt))
     context = llvm.create_context()
     try:
-        mod = llvm.parse_assembly(_with_vector_width(text, host()[2]), context)
+        mod = llvm.parse_assembly(_llvm_text(text, host()[2]), context)
         try:
             mod.verify()
             mod.triple = tm.triple

@@ -14,6 +14,7 @@ from irgraph.ops.core import axis_split, normalize_axes
 
 from .builder import REGISTER, Buf, for_range, i64, prod, strided_nest
 from .elementwise import elementwise
+from .gemm_tiling import tiling
 from .lowering import lowering
 from . import scalar as sc
 from .scalar import FLOATS, const
@@ -247,12 +248,14 @@ def _softmax_like(log: bool):
 
             def at(k):
                 return b.add(base, b.mul(k, i64(inner)))
-            # the largest non-NaN value (maxnum: a reduction the loop vectorizer takes); a
-            # NaN in the row still makes every result NaN, through exp(NaN - m) in the sum
+            # the largest non-NaN value (maxnum: a reduction the loop vectorizer takes, at
+            # the width of a register: ``jit.loop_hints``); a NaN in the row still makes
+            # every result NaN, through exp(NaN - m) in the sum
             b.store(const(dt, float("-inf")), m)
             ty = REGISTER[dt]
             maxnum = ctx.intrinsic("llvm.maxnum", [ty], ty, [ty, ty])
-            with for_range(b, 0, n, "k") as k:
+            width = tiling("float64" if dt == "float64" else "float32", ctx.features).vw
+            with for_range(b, 0, n, "k", vector_width=width) as k:
                 b.store(b.call(maxnum, [b.load(m), x.load(b, at(k))]), m)
             mx = b.load(m)
             b.store(const(dt, 0), s)
