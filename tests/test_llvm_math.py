@@ -144,10 +144,12 @@ def test_f32_odd_sizes_and_two_threads(n):
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
-@pytest.mark.parametrize("cols", [1, 7, 37, 1003])
+@pytest.mark.parametrize("cols", [1, 7, 20, 23, 28, 31, 37, 44, 47, 1003])
 def test_softmax_f32_against_torch(op, cols):
     """softmax / log_softmax use the inline exp and log and a vectorized (reassociated) sum:
-    vs torch at row lengths around the vector width, incl. -inf and big logits."""
+    vs torch at row lengths around the vector width, incl. -inf and big logits. Rows of
+    20-23, 28-31 and 44-47 floats made LLVM 22's vectorizer abort the process on its max
+    reduction (its cost models disagreeing) until that loop asked for its width."""
     r = np.random.default_rng(3)
     x = (r.standard_normal((13, cols)) * 20).astype(np.float32)
     x[0, :5] = -np.inf
@@ -199,3 +201,14 @@ def test_erf_loop_is_vector_code_and_f64_uses_libm():
     got = run("erf", x)[1]
     np.testing.assert_array_equal(np.signbit(got), np.signbit(x))
     assert np.all(ulp_error(got, erf64(x), np.float64) <= 1.0)
+
+
+def test_loop_width_hints_become_llvm_loop_ids():
+    """``for_range(vector_width=w)`` metadata, renumbered in a combined module, is written as
+    a distinct self-naming loop ID with the width and the vectorizer enabled."""
+    from irgraph.backends.llvm import jit
+    text = 'br label %"k", !llvm.loop !7\n!7 = !{ !"irgraph.vectorize.width=16" }\n'
+    out = jit.loop_hints(text)
+    assert out.splitlines()[1] == ('!7 = distinct !{!7, !{!"llvm.loop.vectorize.width", '
+                                   'i32 16}, !{!"llvm.loop.vectorize.enable", i1 true}}')
+    assert jit.loop_hints(out) == out
