@@ -51,6 +51,7 @@ class CompiledFunction:
         if len(inputs) != n:
             names = ", ".join(v.name for v in self.graph.inputs)
             raise TypeError(f"{self.graph.name}() takes {n} inputs ({names}), got {len(inputs)}")
+        refuse_traced(inputs, self.graph.name)
         args = list(inputs) + [self.params[p.name].data for p in self.graph.params]
         return self.executable(*args)
 
@@ -92,3 +93,17 @@ def run_pipeline(graph: Graph, pipeline, kind: str) -> Graph:
     if pipeline is None:
         pipeline = default_pipeline(kind)
     return PassManager(pipeline, kind=kind).run(graph)     # 'default' in a spec means kind's
+
+
+def refuse_traced(args, name: str) -> None:
+    """A compiled function runs on arrays; called inside another trace (``ig.grad`` of a
+    function that calls ``ig.grad``), its inputs are traced tensors without values."""
+    for a in args:
+        tracer = getattr(a, "tracer", None)
+        if tracer is not None and not tracer.eager:
+            raise NotImplementedError(
+                f"{name}(): a compiled function (ig.compile, ig.grad, ig.jit) called inside a "
+                f"trace, on traced tensors: nesting ig.grad (a gradient of a gradient) is not "
+                f"traced through; for second derivatives use irgraph.passes.autodiff.hessian, "
+                f"hvp or jacobian on the graph, or call the inner function itself (not "
+                f"compiled) in the outer one")

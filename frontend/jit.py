@@ -20,7 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .compiler import compile as _compile
+from .compiler import compile as _compile, refuse_traced
 from .dynamic_batch import DynamicBatchFunction, DynamicTrainStep, argument_array, \
     check_dynamic_batch, row_coupling
 from .guards import module_state
@@ -159,6 +159,7 @@ class JitFunction:
                               describe)
 
     def __call__(self, *args):
+        refuse_traced(args, getattr(self, "__name__", "jit"))
         arrays, statics = self._split(args)
         return self._lookup(arrays, statics, len(args))(*arrays)
 

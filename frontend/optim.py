@@ -235,6 +235,10 @@ class Optimizer:
                 for slot in self.spec().slots:
                     if slot not in slots:
                         slots[slot] = self._initial_state(slot, p.data)
+                    elif (slots[slot].dtype != p.data.dtype
+                          and slots[slot].shape == p.data.shape):
+                        # the model changed dtype (``model.double()``): the state follows
+                        slots[slot] = slots[slot].astype(p.data.dtype)
 
     def _initial_state(self, slot: str, p: np.ndarray) -> np.ndarray:
         if slot == "polyak_avg":
@@ -242,10 +246,27 @@ class Optimizer:
         return np.zeros_like(p)
 
     def state_dict(self) -> dict:
+        """The step count, the state arrays, and each parameter group's hyperparameters (as
+        torch's ``param_groups``: a resumed run goes on with the rates a scheduler set)."""
+        groups = []
+        for g in self.param_groups:
+            groups.append({k: g[k] for k in g.keys() if k != "params"})
         return {"step_count": self.step_count,
-                "state": {n: {s: a.copy() for s, a in d.items()} for n, d in self.state.items()}}
+                "state": {n: {s: a.copy() for s, a in d.items()} for n, d in self.state.items()},
+                "param_groups": groups}
 
     def load_state_dict(self, sd: dict) -> None:
+        groups = sd.get("param_groups")
+        if groups is not None:
+            mine = self.param_groups
+            if len(groups) != len(mine):
+                raise ValueError(f"the state has {len(groups)} parameter group(s), this "
+                                 f"{type(self).__name__} has {len(mine)}")
+            for g, values in zip(mine, groups):
+                for k, v in values.items():
+                    if k in ParamGroup.EXTRA or (k in g.keys() and not (
+                            g._values is not None and k not in self.GROUP_KEYS)):
+                        g[k] = v
         self.step_count = int(sd["step_count"])
         for n, slots in sd["state"].items():
             for s, a in slots.items():

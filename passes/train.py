@@ -96,13 +96,15 @@ class OptimizerSpec:
         if self.kind in _COMPOSED and self.convention != "torch":
             raise ValueError(f"{self.kind} is torch's (convention='torch'); the text has no "
                              f"such form")
+        if self.nesterov and self.kind.startswith("rmsprop") and self.convention == "torch" \
+                and self.kind.endswith("momentum"):
+            raise ValueError("torch.optim.RMSprop has no Nesterov form; use convention='text' "
+                             "(alg. 8.6)" + (", which has no centered form" if "centered" in
+                                             self.kind else ""))
         if self.nesterov and self.kind not in ("momentum", "rmsprop_momentum"):
             raise ValueError(f"nesterov needs momentum; optimizer kind {self.kind!r} has none")
         if self.groups < 1:
             raise ValueError(f"an optimizer needs at least one parameter group, got {self.groups}")
-        if self.nesterov and self.kind == "rmsprop_momentum" and self.convention == "torch":
-            raise ValueError("torch.optim.RMSprop has no Nesterov form; use convention='text' "
-                             "(alg. 8.6)")
 
     @property
     def interim(self) -> bool:
@@ -403,6 +405,13 @@ def _update(b: _Builder, p: Value, at: Value, grad: Value,
         attrs["nesterov"] = spec.nesterov and spec.convention == "torch"
     ins = [p_in, grad] + [state[s] for s in slots] + [b.scalar(h, dt) for h in scalars]
     outs = g.add_node(op, ins, attrs) if op else _COMPOSED[spec.kind](g, *ins)
+    outs = list(outs)
+    if "momentum_buffer" in slots and spec.convention == "torch":
+        # torch.optim leaves the buffer as it is while a group's momentum is 0 (the step is
+        # then plain, as the update gives it); the next nonzero momentum continues from it
+        i = 1 + slots.index("momentum_buffer")
+        off = g.op("eq", b.scalar("momentum", dt), g.op("full", shape=(), value=0.0, dtype=dt))
+        outs[i] = g.op("where", off, state["momentum_buffer"], outs[i])
     pairs = [(outs[0], p)] + [(outs[1 + i], state[s]) for i, s in enumerate(slots)]
     if spec.polyak:
         avg = g.op("polyak_update", state["polyak_avg"], outs[0], b.scalar("polyak_alpha", dt))

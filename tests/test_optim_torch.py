@@ -199,3 +199,86 @@ def test_maximize_ascends_as_torch(name, kw):
         assert loss == pytest.approx(tl.item(), rel=1e-12)
     for n, p in theirs.named_parameters():
         np.testing.assert_allclose(ours.state_dict()[n], p.detach().numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_momentum_set_to_zero_between_steps_keeps_the_buffer_as_torch(backend):
+    """torch.optim skips the momentum buffer while momentum is 0 (a plain step); set back,
+    momentum continues from the buffer it left (SGD with and without Nesterov, RMSprop)."""
+    def on_step(k, ours, theirs):
+        mu = 0.0 if k in (1, 2) else 0.8
+        for g in ours.param_groups + theirs.param_groups:
+            g["momentum"] = mu
+    compare(optim.SGD(lr=0.2, momentum=0.9, **T),
+            lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9), steps=6, on_step=on_step,
+            backend=backend)
+    compare(optim.RMSprop(lr=0.01, momentum=0.9, **T),
+            lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.9), steps=6,
+            on_step=on_step, backend=backend)
+
+
+def test_resuming_from_state_dicts_goes_on_with_the_scheduled_rate():
+    """The optimizer's state_dict holds each group's hyperparameters (torch's param_groups),
+    so a run resumed from the optimizer's and the scheduler's state dicts continues with the
+    rate the scheduler had set, as torch's."""
+    def run(mod, make_params):
+        opt = mod.SGD(make_params(), lr=0.1, **({} if mod is torch.optim else T))
+        sched = mod.lr_scheduler.StepLR(opt, 2, 0.5)
+        for _ in range(3):
+            if mod is torch.optim:
+                opt.step()
+            sched.step()
+        opt2 = mod.SGD(make_params(), lr=0.1, **({} if mod is torch.optim else T))
+        sched2 = mod.lr_scheduler.StepLR(opt2, 2, 0.5)
+        opt2.load_state_dict(opt.state_dict())
+        sched2.load_state_dict(sched.state_dict())
+        rates = []
+        for _ in range(3):
+            rates.append(opt2.param_groups[0]["lr"])
+            if mod is torch.optim:
+                opt2.step()
+            sched2.step()
+        return rates
+    ours = run(optim, lambda: None)
+    theirs = run(torch.optim, lambda: [torch.nn.Parameter(torch.zeros(1))])
+    assert ours == pytest.approx(theirs, rel=1e-12) and ours[0] == 0.05
+
+
+def test_model_double_mid_training_carries_the_state_over():
+    """model.double() after some steps: the step compiles again and the optimizer state
+    follows the parameters' dtype, so training goes on as torch's would."""
+    fe.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt = optim.SGD(lr=0.1, momentum=0.9, **T)
+    step = compile_train(model, nn.MSELoss(), opt, fe.TensorSpec((5, 4)), fe.TensorSpec((5, 3)))
+    theirs = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(model[0].weight.data))
+        theirs.bias.copy_(torch.from_numpy(model[0].bias.data))
+    topt = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
+    x, y = np.ones((5, 4), np.float32), np.zeros((5, 3), np.float32)
+    for k in range(4):
+        if k == 2:
+            model.double()
+            theirs.double()
+        # the step's inputs stay as compiled (float32); torch's take the model's dtype
+        xs, ys = (x, y) if k < 2 else (x.astype(np.float64), y.astype(np.float64))
+        loss = step(x, y)
+        topt.zero_grad()
+        tl = torch.nn.functional.mse_loss(theirs(torch.from_numpy(xs)), torch.from_numpy(ys))
+        tl.backward()
+        topt.step()
+        assert loss == pytest.approx(tl.item(), rel=1e-5)
+    assert opt.state["0.weight"]["momentum_buffer"].dtype == np.float64
+    np.testing.assert_allclose(model[0].weight.data, theirs.weight.detach().numpy(), rtol=1e-5)
+
+
+def test_nested_compiled_gradients_and_rmsprop_nesterov_say_what_to_do():
+    f = lambda x: (fe.F.tanh(x) ** 3).sum()      # noqa: E731
+    with pytest.raises(NotImplementedError, match="hessian, hvp or jacobian"):
+        fe.grad(lambda x: (fe.grad(f)(x) ** 2).sum())(np.ones((3, 2), np.float32))
+    with pytest.raises(NotImplementedError, match="nesting ig.grad"):
+        fe.grad(lambda x: (fe.grad(f, fe.TensorSpec((3, 2)))(x) ** 2).sum(),
+                fe.TensorSpec((3, 2)))(np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match="no Nesterov form.*no centered form"):
+        optim.RMSprop(lr=0.1, momentum=0.9, centered=True, nesterov=True, **T).spec()
