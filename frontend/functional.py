@@ -79,6 +79,15 @@ from .functional_tensor import (all, any, arange, bitwise_and, bitwise_not, bitw
 
 from .tracing import Tensor  # (the type of what every function returns)
 
+# torch's tensor functions composed of the above: products, elementwise functions,
+# diagonals, cdist, moments, cummax/cummin, logcumsumexp, median
+from .functional_math import (addcdiv, addcmul, addmm, addmv, baddbmm, bmm, cdist, cosh,
+                              count_nonzero, cross, cummax, cummin, deg2rad, diag, diag_embed,
+                              diagonal, dot, exp2, hypot, inner, lerp, log10, log2,
+                              logaddexp, logaddexp2, logcumsumexp, logit, median, mm, mv,
+                              outer, rad2deg, reciprocal, sinc, sinh, std_mean, tan, tensordot,
+                              trace, var_mean, xlogy)
+
 # composed of the above: local response norm, max unpooling, the bilinear form, pdist
 from .functional_more import (bilinear, local_response_norm, max_pool1d_with_indices,
                               max_pool2d_with_indices, max_pool3d_with_indices, max_unpool1d,

@@ -184,7 +184,6 @@ def _take_several(y: Tensor, axes: list[int], idxs: list[Tensor]) -> Tensor:
     ``take`` from ``arange(size_j)``, which checks it against its own axis (an error naming
     it) and wraps a negative one."""
     from .functional_core import permute
-    from .functional_tensor import arange
     adjacent = all(b == a + 1 for a, b in zip(axes, axes[1:]))
     at = axes[0] if adjacent else 0
     rest = [d for d in range(y.ndim) if d not in axes]
@@ -195,7 +194,8 @@ def _take_several(y: Tensor, axes: list[int], idxs: list[Tensor]) -> Tensor:
     y = reshape(y, y.shape[:at] + (int(np.prod(sizes)),) + y.shape[at + len(axes):])
     flat, stride = None, 1
     for idx, size in reversed(list(zip(idxs, sizes))):
-        pos = _emit("take", arange(size, dtype=idx.dtype), idx, axis=0)
+        iota = y.tracer.emit("iota", shape=(size,), axis=0, dtype=idx.dtype)
+        pos = _emit("take", iota, idx, axis=0)
         term = pos if stride == 1 else mul(pos, stride)
         flat = term if flat is None else flat + term
         stride *= size

@@ -216,7 +216,7 @@ def triu(input, diagonal: int = 0) -> Tensor:
 
 
 # ---------------------------------------------------------------- scans and products
-def _scan(x: Tensor, dim: int, op, fill) -> Tensor:
+def inclusive_scan(x: Tensor, dim: int, op, fill) -> Tensor:
     """Inclusive scan of ``op`` along ``dim`` in ceil(log2 n) sweeps (Hillis and Steele): at
     sweep k each element combines with the one 2^k before it (``fill`` before the start)."""
     d = _dim(x, dim)
@@ -239,7 +239,7 @@ def cumsum(input, dim: int, dtype: str | None = None) -> Tensor:
         x = cast(x, dtype)
     elif not x.type.is_float:
         x = cast(x, "int64")                 # torch: bool and integers sum as int64
-    return _scan(x, dim, add, 0.0)
+    return inclusive_scan(x, dim, add, 0.0)
 
 
 def cumprod(input, dim: int, dtype: str | None = None) -> Tensor:
@@ -248,7 +248,7 @@ def cumprod(input, dim: int, dtype: str | None = None) -> Tensor:
         x = cast(x, dtype)
     elif not x.type.is_float:
         x = cast(x, "int64")
-    return _scan(x, dim, mul, 1.0)
+    return inclusive_scan(x, dim, mul, 1.0)
 
 
 def prod(input, dim: int | None = None, keepdim: bool = False,

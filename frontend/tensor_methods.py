@@ -16,6 +16,7 @@ from .functional_index import gather, getitem, index_add, index_select, scatter_
     take_along_dim
 from .compositions import expm1, log1p
 from . import functional_tensor as T
+from . import functional_math as M
 from .tensor_base import Tensor
 
 
@@ -49,7 +50,7 @@ _METHODS = {
     "logical_and": logical_and, "logical_or": logical_or, "std": std,
     "true_divide": div,
     "logsumexp": logsumexp,
-    "erf": erf, "sin": sin, "cos": cos, "tan": lambda x: div(sin(x), cos(x)),
+    "erf": erf, "sin": sin, "cos": cos,
     "gather": gather, "index_select": index_select, "take_along_dim": take_along_dim,
     "scatter_add": scatter_add, "index_add": index_add,
     **{name: getattr(T, name) for name in (
@@ -59,6 +60,7 @@ _METHODS = {
         "floor", "ceil", "trunc", "round", "frac", "logical_not", "logical_xor",
         "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "norm", "detach", "sort",
         "argsort", "topk", "msort", "kthvalue")},
+    **{name: getattr(M, name) for name in M.__all__ if name not in ("tensordot", "cdist")},
 }
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)

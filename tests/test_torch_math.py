@@ -1,0 +1,157 @@
+"""torch's tensor functions composed of the core ops (frontend/functional_math.py) against
+torch 2.13 on every backend: values, and the gradients of ``sum(f(x) * c)`` by every float
+input, float64. Edge values (0 for xlogy and sinc, ties and NaN for cummax and median,
+infinities for logaddexp) are planted among random ones."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import irgraph as ig
+from irgraph.frontend import F
+from _torch_twins import check_function
+
+BACKENDS = ["reference", "llvm", "triton"]
+
+
+def _r(seed, *shape, lo=-2.0, hi=2.0):
+    return np.random.default_rng(seed).uniform(lo, hi, shape)
+
+
+def _pos(seed, *shape):
+    return _r(seed, *shape, lo=0.1, hi=3.0)
+
+
+def _with(x, values):
+    x = x.copy().ravel()
+    x[:len(values)] = values
+    return x
+
+
+def _ties(seed, *shape):
+    return np.random.default_rng(seed).integers(0, 4, shape).astype(np.float64)
+
+
+CASES = [  # (id, ours, torch's, inputs, differentiated positions)
+    ("mm", F.mm, torch.mm, [_r(1, 3, 4), _r(2, 4, 5)], [0, 1]),
+    ("mv", F.mv, torch.mv, [_r(3, 3, 4), _r(4, 4)], [0, 1]),
+    ("dot", F.dot, torch.dot, [_r(5, 6), _r(6, 6)], [0, 1]),
+    ("bmm", F.bmm, torch.bmm, [_r(7, 2, 3, 4), _r(8, 2, 4, 2)], [0, 1]),
+    ("addmm", lambda i, a, b: F.addmm(i, a, b, beta=0.5, alpha=2.0),
+     lambda i, a, b: torch.addmm(i, a, b, beta=0.5, alpha=2.0),
+     [_r(9, 3, 5), _r(10, 3, 4), _r(11, 4, 5)], [0, 1, 2]),
+    ("addmm_beta0_nan", lambda i, a, b: F.addmm(i, a, b, beta=0),
+     lambda i, a, b: torch.addmm(i, a, b, beta=0),
+     [np.full((2, 2), np.nan), _r(12, 2, 3), _r(13, 3, 2)], [1, 2]),
+    ("addmv", F.addmv, torch.addmv, [_r(14, 3), _r(15, 3, 4), _r(16, 4)], [0, 1, 2]),
+    ("baddbmm", lambda i, a, b: F.baddbmm(i, a, b, alpha=0.5),
+     lambda i, a, b: torch.baddbmm(i, a, b, alpha=0.5),
+     [_r(17, 2, 3, 2), _r(18, 2, 3, 4), _r(19, 2, 4, 2)], [0, 1, 2]),
+    ("outer", F.outer, torch.outer, [_r(20, 3), _r(21, 4)], [0, 1]),
+    ("inner", F.inner, torch.inner, [_r(22, 2, 3), _r(23, 4, 3)], [0, 1]),
+    ("tensordot", lambda a, b: F.tensordot(a, b, ([1, 0], [0, 2])),
+     lambda a, b: torch.tensordot(a, b, ([1, 0], [0, 2])), [_r(24, 2, 3, 4), _r(25, 3, 5, 2)],
+     [0, 1]),
+    ("tensordot_int", lambda a, b: F.tensordot(a, b, 1), lambda a, b: torch.tensordot(a, b, 1),
+     [_r(26, 2, 3), _r(27, 3, 4)], [0, 1]),
+    ("cross", lambda a, b: F.cross(a, b, dim=1), lambda a, b: torch.cross(a, b, dim=1),
+     [_r(28, 2, 3, 2), _r(29, 2, 3, 2)], [0, 1]),
+    ("reciprocal", F.reciprocal, torch.reciprocal, [_pos(30, 3, 4)], [0]),
+    ("lerp", F.lerp, torch.lerp, [_r(31, 3, 4), _r(32, 3, 4), _with(_r(33, 12), [0, 0.5, 1])
+                                  .reshape(3, 4)], [0, 1, 2]),
+    ("lerp_scalar", lambda a, b: F.lerp(a, b, 0.75), lambda a, b: torch.lerp(a, b, 0.75),
+     [_r(34, 5), _r(35, 5)], [0, 1]),
+    ("hypot", F.hypot, torch.hypot, [_r(36, 3, 4), _r(37, 3, 4)], [0, 1]),
+    ("logaddexp", F.logaddexp, torch.logaddexp,
+     [_r(38, 4, 3, lo=-30, hi=30), _r(39, 4, 3, lo=-30, hi=30)], [0, 1]),
+    ("logaddexp_inf", F.logaddexp, torch.logaddexp,
+     [np.array([-np.inf, np.inf, 1.0, -np.inf]), np.array([-np.inf, np.inf, -np.inf, 2.0])],
+     []),
+    ("logaddexp2", F.logaddexp2, torch.logaddexp2, [_r(40, 3, 4), _r(41, 3, 4)], [0, 1]),
+    # x = 0: the value 0 and torch's gradient log(y) by x (0 where y <= 0); at x = y = 0
+    # torch's gradient by y is 0/0 = NaN, ours 0: values only there
+    ("xlogy", F.xlogy, torch.xlogy, [_with(_r(42, 8), [0.0, 0.0]).reshape(2, 4),
+                                     _with(_pos(43, 8), [0.5, 2.0]).reshape(2, 4)], [0, 1]),
+    ("xlogy_zeros", F.xlogy, torch.xlogy, [np.array([0.0, 0.0, 1.0, 0.0]),
+                                           np.array([0.0, -1.0, 0.0, np.nan])], [0]),
+    ("logit", F.logit, torch.logit, [_r(44, 3, 4, lo=0.05, hi=0.95)], [0]),
+    ("logit_eps", lambda x: F.logit(x, 0.1), lambda x: torch.logit(x, 0.1),
+     [_r(45, 3, 4, lo=0.01, hi=0.99)], [0]),
+    ("log2", F.log2, torch.log2, [_pos(46, 3, 4)], [0]),
+    ("log10", F.log10, torch.log10, [_pos(47, 3, 4)], [0]),
+    ("exp2", F.exp2, torch.exp2, [_r(48, 3, 4)], [0]),
+    ("sinh", F.sinh, torch.sinh, [_with(_r(49, 12), [1e-12, -1e-9]).reshape(3, 4)], [0]),
+    ("cosh", F.cosh, torch.cosh, [_r(50, 3, 4)], [0]),
+    ("tan", F.tan, torch.tan, [_r(51, 3, 4, lo=-1.3, hi=1.3)], [0]),
+    ("sinc", F.sinc, torch.sinc, [_with(_r(52, 12), [0.0, 1.0]).reshape(3, 4)], [0]),
+    ("deg2rad", F.deg2rad, torch.deg2rad, [_r(53, 5, lo=-360, hi=360)], [0]),
+    ("rad2deg", F.rad2deg, torch.rad2deg, [_r(54, 5)], [0]),
+    ("addcmul", lambda a, b, c: F.addcmul(a, b, c, value=0.5),
+     lambda a, b, c: torch.addcmul(a, b, c, value=0.5), [_r(55, 3), _r(56, 3), _r(57, 3)],
+     [0, 1, 2]),
+    ("addcdiv", lambda a, b, c: F.addcdiv(a, b, c, value=-2),
+     lambda a, b, c: torch.addcdiv(a, b, c, value=-2), [_r(58, 3), _r(59, 3), _pos(60, 3)],
+     [0, 1, 2]),
+    ("diagonal", F.diagonal, torch.diagonal, [_r(61, 3, 4)], [0]),
+    ("diagonal_offsets", lambda x: (F.diagonal(x, 1), F.diagonal(x, -2, 0, 2),
+                                    F.diagonal(x, 5, 1, 2)),
+     lambda x: (torch.diagonal(x, 1), torch.diagonal(x, -2, 0, 2), torch.diagonal(x, 5, 1, 2)),
+     [_r(62, 3, 4, 5)], [0]),
+    ("diag_vector", lambda x: (F.diag(x), F.diag(x, 2), F.diag(x, -1)),
+     lambda x: (torch.diag(x), torch.diag(x, 2), torch.diag(x, -1)), [_r(63, 3)], [0]),
+    ("diag_matrix", lambda x: (F.diag(x), F.diag(x, 1), F.diag(x, -2)),
+     lambda x: (torch.diag(x), torch.diag(x, 1), torch.diag(x, -2)), [_r(64, 4, 3)], [0]),
+    ("diag_embed", F.diag_embed, torch.diag_embed, [_r(65, 2, 3)], [0]),
+    ("trace", F.trace, torch.trace, [_r(66, 3, 4)], [0]),
+    ("var_mean", lambda x: F.var_mean(x, 1, correction=0),
+     lambda x: tuple(torch.var_mean(x, 1, correction=0)), [_r(67, 3, 4)], [0]),
+    ("std_mean", lambda x: F.std_mean(x, (0, 2), keepdim=True),
+     lambda x: tuple(torch.std_mean(x, (0, 2), keepdim=True)), [_r(68, 2, 3, 4)], [0]),
+    ("cdist", F.cdist, torch.cdist, [_r(69, 2, 4, 3), _r(70, 2, 5, 3)], [0, 1]),
+    ("cdist_p1", lambda a, b: F.cdist(a, b, 1.0), lambda a, b: torch.cdist(a, b, 1.0),
+     [_r(71, 4, 3), _r(72, 5, 3)], [0, 1]),
+    ("count_nonzero", lambda x: (F.count_nonzero(x), F.count_nonzero(x, 1)),
+     lambda x: (torch.count_nonzero(x), torch.count_nonzero(x, 1)), [_ties(73, 3, 4)], []),
+    ("cummax", lambda x: tuple(F.cummax(x, 1)), lambda x: tuple(torch.cummax(x, 1)),
+     [_ties(74, 3, 9)], [0]),
+    ("cummin_nan", lambda x: tuple(F.cummin(x, 0)), lambda x: tuple(torch.cummin(x, 0)),
+     [_with(_ties(75, 8), [2.0, np.nan, 1.0, np.nan, 0.0])], []),
+    ("cummax_dim0", lambda x: tuple(F.cummax(x, 0)), lambda x: tuple(torch.cummax(x, 0)),
+     [_r(76, 6, 3)], [0]),
+    ("logcumsumexp", lambda x: F.logcumsumexp(x, 1), lambda x: torch.logcumsumexp(x, 1),
+     [_r(77, 3, 7, lo=-20, hi=20)], [0]),
+    ("median_all", F.median, torch.median, [_r(78, 3, 5)], [0]),
+    ("median_dim", lambda x: tuple(F.median(x, 1)), lambda x: tuple(torch.median(x, 1)),
+     [_r(79, 3, 6)], [0]),
+    ("median_nan_keepdim", lambda x: tuple(F.median(x, 1, keepdim=True)),
+     lambda x: tuple(torch.median(x, 1, keepdim=True)),
+     [_with(_r(80, 10), [1.0, np.nan, 3.0, np.nan]).reshape(2, 5)], []),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_values_and_gradients_match_torch(case, backend):
+    _, ours, theirs, inputs, wrt = case
+    check_function(ours, theirs, inputs, wrt, backend)
+
+
+def test_torch_level_names_and_methods():
+    """``ig.mm``, ``ig.lerp``, ... as torch's, and the methods torch's tensors have."""
+    a, b = _r(90, 3, 4), _r(91, 4, 2)
+    t = ig.tensor(a)
+    np.testing.assert_allclose(ig.mm(t, ig.tensor(b)).numpy(), a @ b)
+    np.testing.assert_allclose(t.diagonal().numpy(), np.diagonal(a))
+    np.testing.assert_allclose(t.reciprocal().numpy(), 1 / a)
+    np.testing.assert_allclose(t.logaddexp(t).numpy(), np.logaddexp(a, a))
+    assert tuple(t.cummax(1).indices.shape) == (3, 4)
+
+
+def test_refusals_name_the_shapes():
+    with pytest.raises(ValueError, match="mm: mat2 must be 2-D"):
+        ig.F.mm(np.ones((2, 3)), np.ones(3))
+    with pytest.raises(ValueError, match="no axis of size 3"):
+        ig.F.cross(np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="same axis"):
+        ig.F.diagonal(np.ones((2, 2)), 0, 1, 1)
