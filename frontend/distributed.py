@@ -504,6 +504,7 @@ def compile_data_parallel(model: Module | Callable, loss_fn: Callable | None,
     graph, tracer, _ = trace_with(fn, specs, name or f"{type(model).__name__}_loss",
                                   param_names(model))
     trainable = trainable_names(tracer.params, optimizer)
+    groups = optimizer.plan_steps({n: tracer.params[n] for n in trainable})
     spec = optimizer.spec()
     if spec.interim and spec.groups > 1:
         raise NotImplementedError("data-parallel training: the text's Nesterov momentum with "
@@ -513,8 +514,7 @@ def compile_data_parallel(model: Module | Callable, loss_fn: Callable | None,
                          differentiate=lambda g: gradient_graph(g, trainable, spec)[0],
                          pipeline=pipeline, kind="training", print_after=print_after,
                          keep_interface=True, options=options)
-    update = _UpdateStep(trainable, spec, [optimizer.group_index(tracer.params[n])
-                                           for n in trainable])
+    update = _UpdateStep(trainable, spec, groups)
     built = compile_graph(graph, backend=backend, differentiate=update, pipeline=pipeline,
                           kind="training", print_after=print_after, keep_interface=True,
                           options=options)

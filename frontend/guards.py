@@ -52,12 +52,12 @@ class Guard:
         return True
 
 
-def rebuild_if_changed(obj, rebuild: Callable, keep=()) -> None:
+def rebuild_if_changed(obj, rebuild: Callable, keep=(), force: bool = False) -> None:
     """Before a call of a compiled ``obj`` (its ``_guard``, ``_rebuild``): when what it traced
-    changed, compile again and take the new build's attributes, keeping those in ``keep``
-    (state that lives across the rebuild)."""
+    changed (or ``force``), compile again and take the new build's attributes, keeping those
+    in ``keep`` (state that lives across the rebuild)."""
     guard = obj.__dict__.get("_guard")
-    if guard is None or not guard.changed():
+    if guard is None or not (force or guard.changed()):
         return
     fresh = rebuild()
     kept = {k: obj.__dict__[k] for k in keep if k in obj.__dict__}

@@ -98,6 +98,16 @@ class Optimizer:
         self._polyak_on = polyak is not None
         self.state = OptimizerState(self)
         self.step_count = 0          # k: the number of steps taken
+        # each parameter's own steps, as torch counts them (Adam's t, ...): a parameter the
+        # compiled step trains has its count at step_count + its offset (``plan_steps``);
+        # the step's groups are (parameter group, offset) pairs, one set of inputs each
+        self._own_steps: dict[str, int] = {}
+        self._offsets: dict[str, int] = {}
+        self._step_groups: list[tuple[int, int]] = []
+        self._assignment: list[int] = []
+        self._group_of: dict[str, int] = {}
+        self._t_offset = 0           # the offset of the group whose values are evaluated
+        self.layout_version = 0      # bumped when the step groups a compiled step has change
         self._bound: dict[str, Parameter] = {}
 
     # -- what is compiled
@@ -107,7 +117,7 @@ class Optimizer:
                              clip_norm=self._clip_norm_on, clip_value=self._clip_value_on,
                              clip_norm_eps=0.0 if self.convention == "text" else 1e-6,
                              polyak=self._polyak_on, maximize=self.maximize,
-                             groups=1 + len(self._groups))
+                             groups=len(self._step_groups) or 1 + len(self._groups))
 
     # -- parameter groups (torch.optim's ``[{"params": ..., "lr": ...}, ...]``)
     # the hyperparameters a group may set for its own parameters; the rest are the step's
@@ -186,12 +196,64 @@ class Optimizer:
         """Values of the step graph's hyperparameter inputs for the next step (a group's
         after the first under ``OptimizerSpec.group_name``)."""
         spec = self.spec()
-        vals = self._one_group()
-        for i, group in enumerate(self._groups, 1):
-            with self._as_group(group):
-                mine = self._one_group()
+        groups = self._group_values()
+        plan = self._step_groups or [(g, 0) for g in range(len(groups))]
+        vals = {}
+        for i, (g, offset) in enumerate(plan):
+            self._t_offset = offset
+            try:
+                with self._as_group(groups[g]):
+                    mine = self._one_group()
+            finally:
+                self._t_offset = 0
+            if i == 0:
+                vals.update(mine)
             vals.update((spec.group_name(h, i), mine[h]) for h in spec.per_group)
         return {h: vals[h] for h in spec.hyperparameters}
+
+    @property
+    def param_step(self) -> int:
+        """The steps taken by the parameters whose values are being evaluated (torch counts
+        each parameter's own: one frozen for a while has taken fewer)."""
+        return self.step_count + self._t_offset
+
+    def steps_of(self, name: str) -> int | None:
+        """The steps parameter ``name`` has taken (None: never bound to a compiled step)."""
+        if name in self._offsets:
+            return self.step_count + self._offsets[name]
+        return self._own_steps.get(name)
+
+    def plan_steps(self, named: dict) -> list[int]:
+        """The step group of each of ``named`` (name -> Parameter, the trainable parameters
+        of the step about to be compiled, in order): parameters of one parameter group that
+        have taken the same number of steps share one (a parameter never trained starts at
+        0; one with state loaded, at step_count)."""
+        for n, off in self._offsets.items():
+            self._own_steps[n] = self.step_count + off
+        return self._plan({n: self.group_index(p) for n, p in named.items()})
+
+    def _plan(self, group_of: dict) -> list[int]:
+        offsets, order, assignment = {}, {}, []
+        for n, g in group_of.items():
+            own = self._own_steps.get(n)
+            if own is None:
+                own = self.step_count if n in self.state else 0
+            offsets[n] = own - self.step_count
+            assignment.append(order.setdefault((g, offsets[n]), len(order)))
+        self._offsets, self._group_of = offsets, dict(group_of)
+        if (list(order), assignment) != (self._step_groups, self._assignment):
+            self._step_groups, self._assignment = list(order), assignment
+            self.layout_version += 1
+        return assignment
+
+    def restart_steps(self, own: dict | None = None) -> None:
+        """After a loaded state: every parameter with state has taken step_count steps,
+        unless ``own`` says otherwise; a compiled step whose grouping this changes compiles
+        again at its next call."""
+        self._own_steps = {n: int(k) for n, k in (own or {}).items()}
+        self._offsets = {}
+        if self._group_of:
+            self._plan(self._group_of)
 
     def _one_group(self) -> dict[str, float]:
         self._check_structure()
@@ -251,9 +313,10 @@ class Optimizer:
         groups = []
         for g in self.param_groups:
             groups.append({k: g[k] for k in g.keys() if k != "params"})
+        steps = {n: self.steps_of(n) for n in self.state if self.steps_of(n) is not None}
         return {"step_count": self.step_count,
                 "state": {n: {s: a.copy() for s, a in d.items()} for n, d in self.state.items()},
-                "param_groups": groups}
+                "param_groups": groups, "param_steps": steps}
 
     def load_state_dict(self, sd: dict) -> None:
         groups = sd.get("param_groups")
@@ -268,6 +331,7 @@ class Optimizer:
                             g._values is not None and k not in self.GROUP_KEYS)):
                         g[k] = v
         self.step_count = int(sd["step_count"])
+        self.restart_steps(sd.get("param_steps"))
         for n, slots in sd["state"].items():
             for s, a in slots.items():
                 dst = self.state.get(n, {}).get(s)
@@ -491,7 +555,7 @@ class SGD(Optimizer):
 
     def _extra_values(self) -> dict[str, float]:
         if self._dampened:       # torch: buf = g at the first step, mu buf + (1 - d) g after
-            return {"grad_scale": 1.0 if self.step_count == 0 else 1.0 - float(self.dampening)}
+            return {"grad_scale": 1.0 if self.param_step == 0 else 1.0 - float(self.dampening)}
         if self.dampening != 0:
             raise ValueError("SGD.dampening was 0 when the step was compiled; a dampening "
                              "needs a new compile_train")
@@ -529,7 +593,7 @@ class AdaGrad(Optimizer):
         self._finish_groups()
 
     def _rule_values(self):
-        lr = self.current_lr() / (1 + self.step_count * self.lr_decay)
+        lr = self.current_lr() / (1 + self.param_step * self.lr_decay)
         return {"lr": lr, "eps": float(self.eps)}
 
     def _initial_state(self, slot, p):
@@ -617,7 +681,7 @@ class Adam(Optimizer):
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"Adam betas must lie in [0, 1), got {self.betas}")
         return {"lr": self.current_lr(), "beta1": float(b1), "beta2": float(b2),
-                "eps": float(self.eps), "t": float(self.step_count + 1)}
+                "eps": float(self.eps), "t": float(self.param_step + 1)}
 
 
 class AdamW(Adam):
@@ -664,7 +728,7 @@ class Adamax(_TorchOnly):
 
     def _rule_values(self):
         b1, b2 = self._betas()
-        t = self.step_count + 1
+        t = self.param_step + 1
         return {"step_size": self.current_lr() / (1 - b1 ** t), "beta1": b1, "beta2": b2,
                 "eps": float(self.eps)}
 
@@ -707,7 +771,7 @@ class NAdam(_TorchOnly):
 
     def _rule_values(self):
         b1, b2 = self._betas()
-        t, lr = self.step_count + 1, self.current_lr()
+        t, lr = self.param_step + 1, self.current_lr()
 
         def mu(k):
             return b1 * (1.0 - 0.5 * 0.96 ** (k * self.momentum_decay))
@@ -743,7 +807,7 @@ class RAdam(_TorchOnly):
 
     def _rule_values(self):
         b1, b2 = self._betas()
-        t, lr = self.step_count + 1, self.current_lr()
+        t, lr = self.param_step + 1, self.current_lr()
         bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         rho_inf = 2.0 / (1.0 - b2) - 1.0
         rho_t = rho_inf - 2.0 * t * b2 ** t / bc2

@@ -65,9 +65,12 @@ class TrainStepFunction:
 
     _guard = _rebuild = None
 
+    _layout_version = None
+
     def __call__(self, *batch):
         if self._guard is not None:     # the model changed what it traces: compile again
-            rebuild_if_changed(self, self._rebuild, keep=("amp",))
+            rebuild_if_changed(self, self._rebuild, keep=("amp",), force=(
+                self._layout_version != self.optimizer.layout_version))
         lay = self.layout
         if len(batch) != len(lay.batch):
             raise TypeError(f"the training step takes {len(lay.batch)} batch input(s) "
@@ -180,6 +183,7 @@ class TrainStepFunction:
                 _, pn, slot = name.split(":")
                 self.optimizer.state[pn][slot] = a
         self.optimizer.step_count = k
+        self.optimizer.restart_steps()
 
 
 def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer: Optimizer,
@@ -240,9 +244,9 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
         from .second_order import compile_host_step
         return compile_host_step(graph, tracer.params, trainable, optimizer, backend,
                                  pipeline=pipeline, print_after=print_after, **options)
+    groups = optimizer.plan_steps({n: tracer.params[n] for n in trainable})
     step = TrainingStep(trainable, optimizer.spec(), aux=has_aux, loss_scaling=scaling,
-                        bptt=bptt, groups=[optimizer.group_index(tracer.params[n])
-                                           for n in trainable])
+                        bptt=bptt, groups=groups)
     built = compile_graph(graph, backend=backend, differentiate=step, pipeline=pipeline,
                           kind="training", print_after=print_after, keep_interface=True,
                           options=options)
@@ -251,6 +255,7 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
                            dict(tracer.params), has_aux, structure[1][1] if has_aux else None,
                            *([scaling.init_scale] if scaling else []))
     fn.passes = built.passes
+    fn._layout_version = optimizer.layout_version
     fn._guard = Guard(model, tracer.params)
     fn._rebuild = lambda: compile_train(model, loss_fn, optimizer, *specs, backend=backend,
                                         pipeline=pipeline, n_model_inputs=n_model_inputs,

@@ -282,3 +282,50 @@ def test_nested_compiled_gradients_and_rmsprop_nesterov_say_what_to_do():
                 fe.TensorSpec((3, 2)))(np.ones((3, 2), np.float32))
     with pytest.raises(ValueError, match="no Nesterov form.*no centered form"):
         optim.RMSprop(lr=0.1, momentum=0.9, centered=True, nesterov=True, **T).spec()
+
+
+THAW = {
+    "adam": (lambda: optim.Adam(lr=0.1, **T), lambda p: torch.optim.Adam(p, lr=0.1)),
+    "nadam": (lambda: optim.NAdam(lr=0.1), lambda p: torch.optim.NAdam(p, lr=0.1)),
+    "sgd_dampening": (lambda: optim.SGD(lr=0.1, momentum=0.9, dampening=0.5, **T),
+                      lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.5)),
+    "adagrad_lr_decay": (lambda: optim.Adagrad(lr=0.1, lr_decay=0.5, **T),
+                         lambda p: torch.optim.Adagrad(p, lr=0.1, lr_decay=0.5)),
+}
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+@pytest.mark.parametrize("name", sorted(THAW))
+def test_a_layer_thawed_later_counts_its_own_steps_as_torch(name, backend):
+    """torch counts each parameter's steps (Adam's t, NAdam's schedule, Adagrad's lr_decay,
+    SGD's first dampened step): a weight frozen for the first two steps is corrected as at
+    its first step when thawed, while the bias, trained throughout, is at its third. The
+    step compiles with one set of inputs per such count; an optimizer state_dict carries
+    the counts."""
+    ours_opt, make_theirs = THAW[name]
+    fe.manual_seed(0)
+    lin = nn.Linear(3, 2).double()
+    twin = torch.nn.Linear(3, 2).double()
+    with torch.no_grad():
+        twin.weight.copy_(torch.from_numpy(lin.weight.data))
+        twin.bias.copy_(torch.from_numpy(lin.bias.data))
+    opt = ours_opt()
+    step = compile_train(lin, lambda out, y: (out * out).sum(), opt,
+                         fe.TensorSpec((4, 3), "float64"), fe.TensorSpec((1,), "float64"),
+                         backend=backend)
+    topt = make_theirs(twin.parameters())
+    r = np.random.default_rng(0)
+    for k in range(5):
+        frozen = k < 2
+        lin.weight.requires_grad = not frozen
+        twin.weight.requires_grad = not frozen
+        x = r.standard_normal((4, 3))
+        step(x, np.zeros(1))
+        topt.zero_grad(set_to_none=True)
+        (twin(torch.from_numpy(x)) ** 2).sum().backward()
+        topt.step()
+        np.testing.assert_allclose(lin.weight.data, twin.weight.detach().numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=f"weight after step {k + 1}")
+        np.testing.assert_allclose(lin.bias.data, twin.bias.detach().numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=f"bias after step {k + 1}")
+    assert opt.state_dict()["param_steps"] == {"weight": 3, "bias": 5}
