@@ -294,14 +294,35 @@ def _unary(op):
     return f
 
 
-neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, abs, sign, square = (_unary(n) for n in (
+neg, exp, log, sqrt, rsqrt, tanh, sigmoid, relu, abs, _sign, square = (_unary(n) for n in (
     "neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "abs", "sign", "square"))
+
+
+def sign(x) -> Tensor:
+    """-1, 0 or 1; 0 for NaN, as torch (numpy's sign, the op's, keeps NaN)."""
+    x = as_tensor(x)
+    s = _sign(x)
+    return where(ne(x, x), 0.0, s) if x.type.is_float else s
 erf = _unary("erf")
 sin, cos = _unary("sin"), _unary("cos")
 
 
+def check_fits(value, dtype: str, what: str) -> None:
+    """torch's check when a Python integer fills an integer tensor (where, masked_fill,
+    clamp, full): one outside the dtype's range is an error, not a wrapped value."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+            and dtype in ("int32", "int64"):
+        info = np.iinfo(dtype)
+        if not info.min <= int(value) <= info.max:
+            raise ValueError(f"{what}: value {value} cannot be converted to type {dtype} "
+                             f"without overflow")
+
+
 def where(cond, x, y) -> Tensor:
     cond = as_tensor(cond)
+    for a, b in ((x, y), (y, x)):
+        if isinstance(b, Tensor):
+            check_fits(a, b.dtype, "where")
     x, y = promote(x, y)
     if cond.dtype != "bool":
         cond = ne(cond, 0)
@@ -318,6 +339,7 @@ def clamp(x, min=None, max=None) -> Tensor:
         if bound is None:
             continue
         x = as_tensor(x)
+        check_fits(bound, x.dtype, "clamp")
         if isinstance(bound, (float, np.floating)) and np.isnan(bound):
             x = add(mul(x, 0.0), bound)
         elif isinstance(bound, (int, float, np.number)):

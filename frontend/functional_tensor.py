@@ -18,7 +18,8 @@ import numpy as np
 
 from irgraph.ops.core import wrap_dim
 
-from .functional_core import (MinMax, abs, add, amax, amin, as_tensor, cast, emit_op, eq,
+from .functional_core import (MinMax, abs, add, amax, amin, as_tensor, cast, check_fits,
+                              emit_op, eq,
                               exact_floor, gt, logical_and, logical_or, lt, matmul, mul, ne, neg,
                               pad, permute, reshape, slice_axes, squeeze, sub, sum, where)
 from .functional_distance import vector_norm
@@ -108,6 +109,9 @@ def movedim(input, source, destination) -> Tensor:
     if len(src) != len(dst):
         raise ValueError("movedim: source and destination must have the same length")
     src, dst = [_dim(x, s) for s in src], [_dim(x, t) for t in dst]
+    for name, dims in (("source", src), ("destination", dst)):
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"movedim: repeated dim in `{name}` ({dims})")
     order = [None] * x.ndim
     for s, t in zip(src, dst):
         order[t] = s
@@ -194,6 +198,7 @@ def masked_fill(input, mask, value) -> Tensor:
     """``value`` where ``mask``, in x's dtype (torch casts the value: 2.7 into an integer
     tensor is 2)."""
     x = as_tensor(input)
+    check_fits(value, x.dtype, "masked_fill")
     v = value if isinstance(value, Tensor) else as_tensor(np.asarray(value), x)
     return where(as_tensor(mask, x), cast(v, x.dtype), x)
 
@@ -285,12 +290,16 @@ def _truth(x: Tensor) -> Tensor:
 
 def all(input, dim=None, keepdim: bool = False) -> Tensor:
     x = cast(_truth(as_tensor(input)), "int32")
-    return cast(amin(x, dim, keepdim), "bool") if x.numel() else as_tensor(True)
+    if not x.numel():       # every slice is empty: True, in the reduced shape
+        return eq(sum(x, dim, keepdim=keepdim), 0)
+    return cast(amin(x, dim, keepdim), "bool")
 
 
 def any(input, dim=None, keepdim: bool = False) -> Tensor:
     x = cast(_truth(as_tensor(input)), "int32")
-    return cast(amax(x, dim, keepdim), "bool") if x.numel() else as_tensor(False)
+    if not x.numel():       # every slice is empty: False, in the reduced shape
+        return ne(sum(x, dim, keepdim=keepdim), 0)
+    return cast(amax(x, dim, keepdim), "bool")
 
 
 def isnan(input) -> Tensor:
@@ -533,6 +542,7 @@ def _factory_dtype(dtype, value=0.0) -> str:
 def full(size, fill_value, *, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     size = _shape((size,)) if isinstance(size, (tuple, list)) else _shape((size,))
     dt = _factory_dtype(dtype, fill_value)
+    check_fits(fill_value, dt, "full")
     if dt == "int64" and not -2**53 <= int(fill_value) <= 2**53:    # exact past 2^53
         return current_tracer().emit("constant", value=np.full(size, int(fill_value), np.int64))
     return current_tracer().emit("full", shape=size, value=float(fill_value), dtype=dt)

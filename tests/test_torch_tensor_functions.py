@@ -201,3 +201,30 @@ def test_assignment_into_a_stale_view_is_refused():
     y[0, 1] = 5.0                   # the base changes after the view was taken
     with pytest.raises(ValueError, match="take the view again"):
         row[2] = 1.0
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
+def test_sign_of_nan_and_all_any_of_empty_as_torch(backend):
+    """torch: sign(NaN) is 0; all/any over an empty axis are True/False in the reduced
+    shape (not a 0-d result)."""
+    x = np.array([np.nan, -2.0, 0.0, 3.0], np.float32)
+    got = fe.compile(lambda a: F.sign(a), fe.TensorSpec((4,)), backend=backend)(x)
+    np.testing.assert_array_equal(got, torch.sign(torch.tensor(x)).numpy())
+    e = np.zeros((0, 3), np.float32)
+    outs = fe.compile(lambda a: (F.all(a, 0), F.any(a, 1, keepdim=True), F.any(a)),
+                      fe.TensorSpec((0, 3)), backend=backend)(e)
+    t = torch.tensor(e)
+    for o, w in zip(outs, (torch.all(t, 0), torch.any(t, 1, keepdim=True), torch.any(t))):
+        assert o.shape == tuple(w.shape) and o.dtype == np.bool_
+        np.testing.assert_array_equal(o, w.numpy())
+
+
+def test_integer_fills_out_of_range_and_repeated_dims_are_errors_as_torch():
+    spec = fe.TensorSpec((2,), "int32")
+    for fn in (lambda a: F.where(a > 0, a, 2**40), lambda a: F.masked_fill(a, a < 0, 2**40),
+               lambda a: F.clamp(a, max=2**40), lambda a: F.full_like(a, 2**40)):
+        with pytest.raises(ValueError, match="cannot be converted to type int32 without "
+                                             "overflow"):
+            fe.trace(fn, spec)
+    with pytest.raises(ValueError, match="repeated dim in `destination`"):
+        fe.trace(lambda a: F.movedim(a, (0, 1), (1, 1)), fe.TensorSpec((2, 3, 4)))
