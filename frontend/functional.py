@@ -83,7 +83,8 @@ from .tracing import Tensor  # (the type of what every function returns)
 # diagonals, cdist, moments, cummax/cummin, logcumsumexp, median
 from .functional_math import (addcdiv, addcmul, addmm, addmv, baddbmm, bmm, cdist, cosh,
                               count_nonzero, cross, cummax, cummin, deg2rad, diag, diag_embed,
-                              diagonal, dot, exp2, hypot, inner, lerp, log10, log2,
+                              diagonal, dot, exp2, hypot, inner, lerp, log10, log2, nanmean,
+                              nansum,
                               logaddexp, logaddexp2, logcumsumexp, logit, median, mm, mv,
                               outer, rad2deg, reciprocal, sinc, sinh, std_mean, tan, tensordot,
                               trace, var_mean, xlogy)

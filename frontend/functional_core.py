@@ -282,6 +282,26 @@ eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge
 logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
 
+def _opmath(fn):
+    """torch's arithmetic of a float16/bfloat16 tensor with a Python float: the scalar kept
+    in float32, the op computed there and its result rounded once (``x * 1e-8`` in float16
+    is not ``x * 0``, the scalar rounded to float16 first)."""
+    @functools.wraps(fn)
+    def run(a, b, *args, **kwargs):
+        for i, (t, s) in enumerate(((a, b), (b, a))):
+            if (isinstance(t, Tensor) and not isinstance(s, Tensor) and t.dtype in LOW_DTYPES
+                    and isinstance(s, (float, np.floating))):
+                wide = cast(t, "float32")
+                out = fn(wide, s, *args, **kwargs) if i == 0 else fn(s, wide, *args, **kwargs)
+                return cast(out, t.dtype) if out.dtype == "float32" else out
+        return fn(a, b, *args, **kwargs)
+    return run
+
+
+add, sub, mul, div, pow, floor_divide, fmod, remainder = (_opmath(f) for f in (
+    add, sub, mul, div, pow, floor_divide, fmod, remainder))
+
+
 def _unary(op):
     float_only = op in ops_with("float_only")
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from .functional_core import (abs, amax, amin, as_tensor, broadcast_to, cast, clamp_min,
-                              emit_op, gt, mul, ne, promote, sqrt, sum, where)
+                              emit_op, gt, in_float32, mul, ne, promote, sqrt, sum, where)
 from .tracing import Tensor
 
 __all__ = ["normalize", "cosine_similarity", "pairwise_distance", "vector_norm"]
@@ -20,6 +20,7 @@ def _float(x) -> Tensor:
     return x if x.type.is_float else cast(x, "float32")
 
 
+@in_float32     # float16 / bfloat16: squares past 65504 would overflow, as torch widens
 def vector_norm(input, ord: float = 2, dim=None, keepdim: bool = False) -> Tensor:
     """``torch.linalg.vector_norm``: ``(sum |x|^ord)^(1/ord)`` over ``dim`` (all axes when
     None); ord inf / -inf the largest / smallest |x|, ord 0 the count of nonzeros. Where the
@@ -45,6 +46,7 @@ def vector_norm(input, ord: float = 2, dim=None, keepdim: bool = False) -> Tenso
     return where(some, sqrt(safe) if ord == 2 else safe ** (1 / ord), 0.0)
 
 
+@in_float32
 def normalize(input, p: float = 2.0, dim: int = 1, eps: float = 1e-12, out=None) -> Tensor:
     """``x / max(||x||_p, eps)`` along ``dim``."""
     if out is not None:

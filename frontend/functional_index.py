@@ -28,6 +28,14 @@ def _index(index, what: str) -> Tensor:
     return t
 
 
+def in_range(idx: Tensor, n: int) -> Tensor:
+    """``idx`` itself, checked at run time to lie in [0, n) (torch's gather, scatter and
+    one_hot refuse a negative index; numpy's take would wrap it): read through ``take``
+    from ``arange(n)``, whose error names the index."""
+    iota = idx.tracer.emit("iota", shape=(int(n),), axis=0, dtype=idx.dtype)
+    return _emit("take", iota, idx, axis=0, negative=False)
+
+
 def gather(input, dim: int, index) -> Tensor:
     """``torch.gather``: ``out[i] = input[i with i[dim] = index[i]]``; out has index's shape
     (at most input's extent off ``dim``)."""
@@ -35,7 +43,8 @@ def gather(input, dim: int, index) -> Tensor:
     idx = _index(index, "gather")
     if idx.ndim != x.ndim:
         raise ValueError(f"gather: index {idx.type} must have the input's rank {x.ndim}")
-    return _emit("take_along_axis", x, idx, axis=wrap_dim(dim, x.ndim))
+    d = wrap_dim(dim, x.ndim)
+    return _emit("take_along_axis", x, in_range(idx, x.shape[d]), axis=d)
 
 
 def index_select(input, dim: int, index) -> Tensor:
@@ -46,7 +55,7 @@ def index_select(input, dim: int, index) -> Tensor:
         raise ValueError(f"index_select: index must be 0-d or 1-D, got {idx.type}")
     if idx.ndim == 0:
         idx = reshape(idx, (1,))
-    return _emit("take", x, idx, axis=wrap_dim(dim, max(x.ndim, 1)))
+    return _emit("take", x, idx, axis=wrap_dim(dim, max(x.ndim, 1)), negative=False)
 
 
 def take_along_dim(input, indices, dim: int | None = None) -> Tensor:
@@ -85,7 +94,8 @@ def scatter_add(input, dim: int, index, src) -> Tensor:
         s = slice_axes(s, [0] * s.ndim, idx.shape, [1] * s.ndim)
     if s.dtype != x.dtype:
         s = s.to(x.dtype)
-    return _emit("scatter_add", x, idx, s, axis=wrap_dim(dim, x.ndim))
+    d = wrap_dim(dim, x.ndim)
+    return _emit("scatter_add", x, in_range(idx, x.shape[d]), s, axis=d)
 
 
 def index_add(input, dim: int, index, source, *, alpha=1) -> Tensor:

@@ -24,7 +24,8 @@ __all__ = ["mm", "mv", "dot", "bmm", "addmm", "addmv", "baddbmm", "outer", "inne
            "tensordot", "cross", "reciprocal", "lerp", "hypot", "logaddexp", "logaddexp2",
            "xlogy", "logit", "log2", "log10", "exp2", "sinh", "cosh", "tan", "sinc",
            "deg2rad", "rad2deg", "addcmul", "addcdiv", "diagonal", "diag", "diag_embed", "trace",
-           "var_mean", "std_mean", "cdist", "count_nonzero", "cummax", "cummin",
+           "var_mean", "std_mean", "cdist", "count_nonzero", "nansum", "nanmean", "cummax",
+           "cummin",
            "logcumsumexp", "median"]
 
 
@@ -148,7 +149,8 @@ def cross(input, other, dim=None) -> Tensor:
 
 # ---------------------------------------------------------------- elementwise
 def reciprocal(input) -> Tensor:
-    return 1.0 / _float(input)
+    from .functional_core import div
+    return div(1.0, _float(input))
 
 
 def lerp(input, end, weight) -> Tensor:
@@ -246,6 +248,20 @@ def addcmul(input, tensor1, tensor2, *, value=1) -> Tensor:
 
 def addcdiv(input, tensor1, tensor2, *, value=1) -> Tensor:
     return as_tensor(input) + as_tensor(tensor1) / as_tensor(tensor2) * value
+
+
+def nansum(input, dim=None, keepdim: bool = False) -> Tensor:
+    """The sum with NaN taken as 0."""
+    x = as_tensor(input)
+    return sum(where(isnan(x), 0.0, x), dim, keepdim) if x.type.is_float else \
+        sum(x, dim, keepdim)
+
+
+def nanmean(input, dim=None, keepdim: bool = False) -> Tensor:
+    """The mean of the elements that are not NaN."""
+    x = _float(input)
+    count = sum(cast(~isnan(x), x.dtype), dim, keepdim)
+    return nansum(x, dim, keepdim) / count
 
 
 def count_nonzero(input, dim=None) -> Tensor:

@@ -11,7 +11,7 @@ from .functional_conv import int_tuple
 from .functional_distance import vector_norm
 from .functional_index import scatter_add
 from .functional_pool import max_pool
-from .functional_tensor import arange, detach, einsum
+from .functional_tensor import detach, einsum
 from .tracing import Tensor
 
 __all__ = ["local_response_norm", "max_unpool1d", "max_unpool2d", "max_unpool3d",
@@ -75,8 +75,6 @@ def _max_unpool(input, indices, kernel_size, stride, padding, output_size, dim: 
     plane = int(np.prod(out))
     flat_x = F.reshape(x, lead + (int(np.prod(spatial)),))
     flat_i = F.cast(F.reshape(idx, lead + (int(np.prod(spatial)),)), "int64")
-    # checked against [0, plane), as torch (scatter_add alone would wrap a negative index)
-    flat_i = F.emit_op("take", arange(plane, dtype="int64"), flat_i, axis=0, negative=False)
     zeros = x.tracer.emit("full", shape=lead + (plane,), value=0.0, dtype=x.dtype)
     axis = x.ndim - dim
     # overlapping windows can pick one input twice (the same value at the same index): torch

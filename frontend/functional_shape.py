@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from .functional_core import (as_tensor, cast, eq, mul, permute, reshape, unsqueeze, where)
-from .functional_index import index_select
+from .functional_index import in_range, index_select
 from .functional_pool import adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d
 from .functional_random import rand
 from .tracing import Tensor
@@ -251,7 +251,7 @@ def channel_shuffle(input, groups: int) -> Tensor:
 def one_hot(tensor, num_classes: int = -1) -> Tensor:
     """int64 one-hot vectors of an integer tensor along a new last axis of ``num_classes``
     (-1: one more than the largest value, which needs the values: eager only). An index
-    outside [0, num_classes) gives a row of zeros here (torch raises)."""
+    outside [0, num_classes) is an error at run time, as torch's."""
     x = as_tensor(tensor)
     if x.type.is_float or x.dtype == "bool":
         raise TypeError(f"one_hot is only applicable to index tensors, got {x.type}")
@@ -263,7 +263,8 @@ def one_hot(tensor, num_classes: int = -1) -> Tensor:
         num_classes = int(np.max(value)) + 1 if np.size(value) else 0
     classes = x.tracer.emit("iota", shape=tuple(x.shape) + (int(num_classes),),
                             axis=x.ndim, dtype="int64")
-    return cast(eq(classes, unsqueeze(cast(x, "int64"), -1)), "int64")
+    x = in_range(cast(x, "int64"), int(num_classes))
+    return cast(eq(classes, unsqueeze(x, -1)), "int64")
 
 
 def _channel_dropout(name: str, input, p: float, training: bool, spatial: int) -> Tensor:

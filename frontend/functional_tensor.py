@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from irgraph.ops.core import wrap_dim
+from irgraph.types import LOW_DTYPES, TensorType
 
 from .functional_core import (MinMax, abs, add, amax, amin, as_tensor, cast, check_fits,
                               emit_op, eq,
@@ -238,33 +239,36 @@ def inclusive_scan(x: Tensor, dim: int, op, fill) -> Tensor:
     return x
 
 
-def cumsum(input, dim: int, dtype: str | None = None) -> Tensor:
-    x = as_tensor(input)
+def _accumulating(x: Tensor, dtype: str | None):
+    """(the tensor to accumulate, the result's dtype) of torch's cumsum / cumprod / prod:
+    ``dtype`` if given; bool and integers as int64; float16 and bfloat16 accumulated in
+    float32 and rounded once at the end (torch's opmath)."""
     if dtype is not None:
-        x = cast(x, dtype)
-    elif not x.type.is_float:
-        x = cast(x, "int64")                 # torch: bool and integers sum as int64
-    return inclusive_scan(x, dim, add, 0.0)
+        return cast(x, dtype), TensorType((), dtype).dtype
+    if not x.type.is_float:
+        return cast(x, "int64"), "int64"
+    if x.dtype in LOW_DTYPES:
+        return cast(x, "float32"), x.dtype
+    return x, x.dtype
+
+
+def cumsum(input, dim: int, dtype: str | None = None) -> Tensor:
+    x, out = _accumulating(as_tensor(input), dtype)
+    return cast(inclusive_scan(x, dim, add, 0.0), out)
 
 
 def cumprod(input, dim: int, dtype: str | None = None) -> Tensor:
-    x = as_tensor(input)
-    if dtype is not None:
-        x = cast(x, dtype)
-    elif not x.type.is_float:
-        x = cast(x, "int64")
-    return inclusive_scan(x, dim, mul, 1.0)
+    x, out = _accumulating(as_tensor(input), dtype)
+    return cast(inclusive_scan(x, dim, mul, 1.0), out)
 
 
 def prod(input, dim: int | None = None, keepdim: bool = False,
          dtype: str | None = None) -> Tensor:
     """``torch.prod`` as a tree of multiplies (no division, so zeros have torch's
     gradient)."""
-    x = as_tensor(input)
-    if dtype is not None:
-        x = cast(x, dtype)
-    elif not x.type.is_float:
-        x = cast(x, "int64")
+    x, out_dtype = _accumulating(as_tensor(input), dtype)
+    if out_dtype != x.dtype:
+        return cast(prod(x, dim, keepdim), out_dtype)
     if dim is None:
         out = prod(reshape(x, (-1,)), 0)
         return reshape(out, (1,) * x.ndim) if keepdim else out

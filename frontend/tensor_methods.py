@@ -4,7 +4,10 @@ PyTorch's names: the one table that attaches ``F`` functions to the ``Tensor`` c
 frontend is imported."""
 from __future__ import annotations
 
-from .functional_core import (abs, add, amax, amin, argmax, argmin, broadcast_to, cast, clamp,
+import numpy as np
+
+from .functional_core import (abs, add, amax, amin, argmax, argmin, as_tensor, broadcast_to, cast,
+                              clamp,
                               clamp_max, clamp_min, clone, cos, div, eq, erf, exp, flatten,
                               floor_divide, fmod, ge, gt, le, log, log_softmax, logical_and,
                               logical_or, logsumexp, lt, matmul, max, maximum, mean, min, minimum,
@@ -25,9 +28,16 @@ def _swap(f):
     return lambda a, b: f(b, a)
 
 
+def _rdiv(self, other):
+    """``number / x`` as torch's: the reciprocal of x times the number (two roundings)."""
+    if isinstance(other, Tensor):
+        return div(other, self)
+    return mul(M.reciprocal(self), other)
+
+
 _METHODS = {
     "__add__": add, "__radd__": _swap(add), "__sub__": sub, "__rsub__": _swap(sub),
-    "__mul__": mul, "__rmul__": _swap(mul), "__truediv__": div, "__rtruediv__": _swap(div),
+    "__mul__": mul, "__rmul__": _swap(mul), "__truediv__": div, "__rtruediv__": _rdiv,
     "__pow__": pow, "__rpow__": _swap(pow), "__matmul__": matmul, "__rmatmul__": _swap(matmul),
     "__neg__": neg, "__abs__": abs, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
     "__eq__": eq, "__ne__": ne, "__getitem__": getitem, "__and__": T.bitwise_and,
@@ -68,6 +78,42 @@ Tensor.__hash__ = object.__hash__
 Tensor.T = property(lambda self: permute(self, tuple(reversed(range(self.ndim)))))
 
 
+def _type_as(self, other):
+    return cast(self, other.dtype)
+
+
+def _expand_as(self, other):
+    return broadcast_to(self, tuple(other.shape))
+
+
+# torch's dtype names where numpy's differ ("float" is float32 in torch, float64 in numpy)
+_TORCH_NAMES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64",
+                "int": "int32", "bool": "bool", "cfloat": None}
+
+
+def torch_dtype(dtype) -> str:
+    """A dtype given as torch would take it: ``torch.float16`` (the object), torch's names
+    (``"float"``, ``"long"``), or ours."""
+    name = str(dtype)
+    if name.startswith("torch."):
+        name = name[len("torch."):]
+    if name in _TORCH_NAMES:
+        if _TORCH_NAMES[name] is None:
+            raise TypeError(f"dtype {dtype!r} is not supported")
+        return _TORCH_NAMES[name]
+    return dtype if not str(dtype).startswith("torch.") else name
+
+
+def _new_tensor(self, data, dtype=None, **kwargs):
+    """A constant of ``data`` in this tensor's dtype (or ``dtype``), as torch's."""
+    return cast(as_tensor(np.asarray(data), self), torch_dtype(dtype) if dtype else self.dtype)
+
+
+Tensor.type_as = _type_as
+Tensor.expand_as = _expand_as
+Tensor.new_tensor = _new_tensor
+
+
 def _reshape_method(self, *shape):
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
@@ -106,7 +152,18 @@ Tensor.float = _conversion("float32")
 Tensor.double = _conversion("float64")
 Tensor.long = _conversion("int64")
 Tensor.int = _conversion("int32")
-Tensor.to = lambda self, dtype: cast(self, dtype)
+Tensor.half = _conversion("float16")
+Tensor.bfloat16 = _conversion("bfloat16")
+def _to(self, *args, **kwargs):
+    """``x.to(dtype)``; a device (``"cpu"``, ``torch.device``) leaves x as it is."""
+    dtype = kwargs.get("dtype", args[0] if args else None)
+    if dtype is None or type(dtype).__name__ == "device" or str(dtype).split(":")[0] in (
+            "cpu", "cuda", "mps", "meta"):
+        return self
+    return cast(self, torch_dtype(dtype))
+
+
+Tensor.to = _to
 def _dims_method(fn):
     """A method taking dims as varargs or one sequence (``x.flip(0, 1)``, ``x.tile(2)``)."""
     def method(self, *dims):

@@ -159,3 +159,29 @@ def test_bad_masks_and_shapes_name_what_is_wrong():
     with pytest.raises(ValueError, match="attn_mask or is_causal, not both"):
         fe.trace(lambda x: F.scaled_dot_product_attention(x, x, x, attn_mask=np.ones((3, 3), bool),
                                                           is_causal=True), spec)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_attention_over_heads_of_a_transposed_tensor_as_torch(backend):
+    """SDPA on (N, L, H, D) transposed to heads first (MultiheadAttention's layout), N * H
+    16 and more: the LLVM step once hung in its softmax here (a vectorizer width forced on
+    rows of 6)."""
+    x = np.random.default_rng(0).standard_normal((4, 6, 4, 2))
+
+    def f(a):
+        q = F.transpose(a, 1, 2)
+        return F.scaled_dot_product_attention(q, q, q)
+    got = fe.compile(f, fe.TensorSpec(x.shape, "float64"), backend=backend)(x)
+    tq = torch.from_numpy(x).transpose(1, 2)
+    want = torch.nn.functional.scaled_dot_product_attention(tq, tq, tq).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    fe.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 4, batch_first=True).double()
+    twin = torch.nn.MultiheadAttention(8, 4, batch_first=True).double()
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in mha.state_dict().items()})
+    y = np.random.default_rng(1).standard_normal((4, 6, 8))
+    got = fe.compile(lambda a: mha(a, a, a, need_weights=False)[0],
+                     fe.TensorSpec(y.shape, "float64"), backend=backend)(y)
+    t = torch.from_numpy(y)
+    want = twin(t, t, t, need_weights=False)[0].detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)

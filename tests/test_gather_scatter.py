@@ -25,16 +25,18 @@ def _tol(dtype):
     return dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
 
 
-# (name, our function of (x, idx), torch's, index array, extent of the indexed axis). Our
-# gathers all wrap a negative index once, as torch's x[idx] does; torch.gather, index_select
-# and take_along_dim reject negatives, so torch gets those indices wrapped (idx % extent).
+# (name, our function of (x, idx), torch's, index array, extent of the indexed axis).
+# gather and index_select take [0, n) as torch's (a negative index is an error:
+# test_negative_or_too_large_indices_are_errors_where_torch_raises); x[idx] and
+# take_along_dim wrap a negative index once, and torch's take_along_dim, which rejects
+# negatives, gets those indices wrapped (idx % extent).
 CASES = [
     ("gather_dim1", lambda x, i: F.gather(x, 1, i), lambda x, i: torch.gather(x, 1, i),
-     np.array([[[0, 5, 5, 1]] * 3] * 5) - np.arange(3)[None, :, None], 6),
+     (np.array([[[0, 5, 5, 1]] * 3] * 5) + np.arange(3)[None, :, None]) % 6, 6),
     ("method_gather_neg_dim", lambda x, i: x.gather(-1, i),
-     lambda x, i: torch.gather(x, -1, i), RNG.integers(-4, 4, (2, 6, 7)), 4),
+     lambda x, i: torch.gather(x, -1, i), RNG.integers(0, 4, (2, 6, 7)), 4),
     ("index_select", lambda x, i: F.index_select(x, 1, i),
-     lambda x, i: torch.index_select(x, 1, i), np.array([5, 0, 5, -1, 2]), 6),
+     lambda x, i: torch.index_select(x, 1, i), np.array([5, 0, 5, 3, 2]), 6),
     ("take_along_dim_bcast", lambda x, i: F.take_along_dim(x, i, 2),
      lambda x, i: torch.take_along_dim(x, i, 2), RNG.integers(-4, 4, (1, 6, 3)), 4),
     ("take_along_dim_flat", lambda x, i: F.take_along_dim(x, i),
@@ -126,9 +128,9 @@ def test_embedding_init_and_refusals():
 
 @pytest.mark.parametrize("backend", BACKENDS32)
 def test_out_of_range_index_is_a_clear_error(backend):
-    """-n is the first entry (wrapped once); -n-1 and n fail at call time, naming the op,
-    the index and the extent, on every backend (forward gather and backward scatter)."""
-    f = fe.compile(lambda x, i: F.index_select(x, 0, i), TensorSpec((5, 3)),
+    """x[i]: -n is the first entry (wrapped once); -n-1 and n fail at call time, naming the
+    op, the index and the extent, on every backend (forward gather and backward scatter)."""
+    f = fe.compile(lambda x, i: x[i], TensorSpec((5, 3)),
                    TensorSpec((3,), "int64"), backend=backend)
     x = X[:, :3, 0].astype(np.float32)
     np.testing.assert_array_equal(f(x, np.array([-5, 4, 0])), x[[0, 4, 0]])
@@ -195,9 +197,9 @@ def test_triton_scatters_equal_np_add_at():
 @pytest.mark.parametrize("backend", BACKENDS32)
 def test_scatter_add_and_index_add_functions_match_torch(backend):
     x = X[:4, :5, 0].astype(np.float32)
-    idx = np.array([[0, 4, 4], [1, -1, 0], [2, 2, 2]])
+    idx = np.array([[0, 4, 4], [1, 4, 0], [2, 2, 2]])
     src = RNG.standard_normal((3, 4)).astype(np.float32)
-    want = torch.tensor(x).scatter_add(1, torch.tensor(idx % 5), torch.tensor(src)).numpy()
+    want = torch.tensor(x).scatter_add(1, torch.tensor(idx), torch.tensor(src)).numpy()
     f = fe.compile(lambda a, i, s: F.scatter_add(a, 1, i, s), TensorSpec(x.shape),
                    TensorSpec(idx.shape, "int64"), TensorSpec(src.shape), backend=backend)
     np.testing.assert_allclose(f(x, idx, src), want, rtol=1e-6, atol=1e-6)

@@ -370,3 +370,35 @@ def test_float64_to_16_bit_cast_rounds_through_float32_as_torch(backend):
                                   t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16))
     np.testing.assert_array_equal(f16.view(np.uint16),
                                   t.to(torch.float16).view(torch.int16).numpy().view(np.uint16))
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_python_floats_norms_and_products_of_16_bit_tensors_as_torch(dtype, backend):
+    """torch's opmath: a Python float meets a 16-bit tensor in float32 and the result is
+    rounded once (x * 1e-8 is not 0; number / x is the reciprocal times the number);
+    norms, prod and cumprod accumulate in float32 (8 x 300^2 overflows float16)."""
+    import torch
+    x = np.array([1000.0, 65000.0, 3.0, 0.5], np.float32).astype(dtype)
+    t = torch.tensor(x.astype(np.float32)).to(getattr(torch, dtype))
+    fns = (lambda a: a * 1e-8, lambda a: a * 0.1, lambda a: 7.1 / a, lambda a: a + 0.3,
+           lambda a: a - 1e-3, lambda a: a // 0.3)
+    import irgraph.frontend as fe
+    from irgraph.frontend import F
+    got = fe.compile(lambda a: tuple(f(a) for f in fns), fe.TensorSpec((4,), dtype),
+                     backend=backend)(x)
+    for g, f in zip(got, fns):
+        np.testing.assert_array_equal(g.astype(np.float32), f(t).float().numpy())
+    y = np.full(8, 300.0, np.float32).astype(dtype)
+    p = np.full(200, 1.046875 if dtype == "bfloat16" else 1.0498, np.float32).astype(dtype)
+    ty = torch.tensor(y.astype(np.float32)).to(getattr(torch, dtype))
+    tp = torch.tensor(p.astype(np.float32)).to(getattr(torch, dtype))
+    outs = fe.compile(lambda a, b: (F.vector_norm(a), F.normalize(a, dim=0), F.cumprod(b, 0)),
+                      fe.TensorSpec((8,), dtype), fe.TensorSpec((200,), dtype),
+                      backend=backend)(y, p)
+    np.testing.assert_array_equal(outs[0].astype(np.float32),
+                                  torch.linalg.vector_norm(ty).float().numpy())
+    np.testing.assert_array_equal(outs[1].astype(np.float32),
+                                  torch.nn.functional.normalize(ty, dim=0).float().numpy())
+    np.testing.assert_allclose(outs[2].astype(np.float32),
+                               torch.cumprod(tp, 0).float().numpy(), rtol=1e-2)

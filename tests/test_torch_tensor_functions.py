@@ -228,3 +228,37 @@ def test_integer_fills_out_of_range_and_repeated_dims_are_errors_as_torch():
             fe.trace(fn, spec)
     with pytest.raises(ValueError, match="repeated dim in `destination`"):
         fe.trace(lambda a: F.movedim(a, (0, 1), (1, 1)), fe.TensorSpec((2, 3, 4)))
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm", "triton"])
+def test_negative_or_too_large_indices_are_errors_where_torch_raises(backend):
+    """gather, index_select, scatter_add and one_hot take indices in [0, n) only (x[i]
+    counts a negative one from the end, as torch)."""
+    from irgraph.errors import RuntimeDataError
+    spec_x, spec_i = fe.TensorSpec((3, 4)), fe.TensorSpec((3, 1), "int64")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    fns = [lambda a, i: F.gather(a, 1, i), lambda a, i: F.index_select(a, 1, i[:, 0]),
+           lambda a, i: F.scatter_add(a, 1, i, a[:, :1]),
+           lambda a, i: F.one_hot(i, 4)]
+    good, bad = np.array([[0], [3], [1]]), np.array([[0], [-1], [1]])
+    for fn in fns:
+        f = fe.compile(fn, spec_x, spec_i, backend=backend)
+        f(x, good)
+        with pytest.raises(RuntimeDataError, match=r"index -1 is out of range .*\[0, "):
+            f(x, bad)
+    f = fe.compile(lambda i: F.one_hot(i, 3), spec_i, backend=backend)
+    with pytest.raises(RuntimeDataError, match=r"index 3 is out of range"):
+        f(good)
+
+
+def test_tensor_methods_torch_code_reaches_for():
+    """x.half(), x.to(torch.float16), x.to("float") (torch's float32), x.to(device),
+    type_as, expand_as, new_tensor."""
+    x = ig.tensor(np.arange(3.0))
+    assert x.half().dtype == "float16" and x.to(torch.float16).dtype == "float16"
+    assert x.to("float").dtype == "float32" and x.to(torch.long).dtype == "int64"
+    assert x.to("cpu") is x and x.to(torch.device("cpu")) is x
+    assert x.type_as(ig.tensor(np.ones(2, np.float32))).dtype == "float32"
+    assert x.expand_as(ig.tensor(np.ones((2, 3)))).shape == (2, 3)
+    y = x.new_tensor([1, 2])
+    assert y.dtype == "float64" and y.numpy().tolist() == [1.0, 2.0]

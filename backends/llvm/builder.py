@@ -139,10 +139,9 @@ class Buf:
 
 @contextmanager
 def for_range(b: ir.IRBuilder, start, stop, name: str = "i",
-              step: int | ir.Value = 1, vector_width: int | None = None) -> Iterator[ir.Value]:
+              step: int | ir.Value = 1) -> Iterator[ir.Value]:
     """``for i in range(start, stop, step)`` (step > 0, a constant or an i64 value); yields
-    i (i64). ``vector_width``: the loop vectorizer takes this width (``jit.loop_hints``)
-    rather than choosing one by its cost models."""
+    i (i64)."""
     start = i64(start) if isinstance(start, int) else start
     stop = i64(stop) if isinstance(stop, int) else stop
     pre = b.block
@@ -159,16 +158,8 @@ def for_range(b: ir.IRBuilder, start, stop, name: str = "i",
     nxt = b.add(idx, i64(step) if isinstance(step, int) else step, name=f"{name}.next",
                 flags=("nsw",))
     idx.add_incoming(nxt, b.block)
-    latch = b.branch(cond)
-    if vector_width:
-        latch.set_metadata("llvm.loop", b.module.add_metadata(
-            [f"{LOOP_WIDTH_HINT}{int(vector_width)}"]))
+    b.branch(cond)
     b.position_at_end(end)
-
-
-# a loop's metadata naming the vector width it asks for; jit.loop_hints writes it as LLVM's
-# loop ID (a distinct node naming itself, which llvmlite's metadata cannot express)
-LOOP_WIDTH_HINT = "irgraph.vectorize.width="
 
 
 @contextmanager

@@ -138,23 +138,9 @@ def _with_vector_width(text: str, features: str) -> str:
                   text, flags=re.M)
 
 
-_LOOP_HINT = re.compile(r'^(!\d+) = !\{ ?!"irgraph\.vectorize\.width=(\d+)" ?\}$', re.M)
-
-
-def loop_hints(text: str) -> str:
-    """Each loop metadata node ``builder.for_range(vector_width=w)`` attached, as LLVM's loop
-    ID: ``distinct !{self, vectorize.width w, vectorize.enable}``. A width given is the one
-    plan the vectorizer builds: LLVM 22's assertion that its two cost models pick the same
-    width (which aborts the process where they differ: a maxnum reduction over 20-23, 28-31
-    or 44-47 float32 elements on AVX-512) is then never reached."""
-    return _LOOP_HINT.sub(lambda m: (
-        f'{m.group(1)} = distinct !{{{m.group(1)}, !{{!"llvm.loop.vectorize.width", '
-        f'i32 {m.group(2)}}}, !{{!"llvm.loop.vectorize.enable", i1 true}}}}'), text)
-
-
 def _llvm_text(text: str, features: str) -> str:
-    """Our IR text as LLVM is given it: the vector width preferred, the loop hints written."""
-    return loop_hints(_with_vector_width(text, features))
+    """Our IR text as LLVM is given it (one place for both compile paths)."""
+    return _with_vector_width(text, features)
 
 
 def optimize(ir_text: str, opt: int = 3):

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 from irgraph.ops.core import axis_split, normalize_axes
 
+from llvmlite import ir
+
 from .builder import REGISTER, Buf, for_range, i64, prod, strided_nest
 from .elementwise import elementwise
 from .gemm_tiling import tiling
@@ -248,15 +250,9 @@ def _softmax_like(log: bool):
 
             def at(k):
                 return b.add(base, b.mul(k, i64(inner)))
-            # the largest non-NaN value (maxnum: a reduction the loop vectorizer takes, at
-            # the width of a register: ``jit.loop_hints``); a NaN in the row still makes
-            # every result NaN, through exp(NaN - m) in the sum
-            b.store(const(dt, float("-inf")), m)
-            ty = REGISTER[dt]
-            maxnum = ctx.intrinsic("llvm.maxnum", [ty], ty, [ty, ty])
-            width = tiling("float64" if dt == "float64" else "float32", ctx.features).vw
-            with for_range(b, 0, n, "k", vector_width=width) as k:
-                b.store(b.call(maxnum, [b.load(m), x.load(b, at(k))]), m)
+            # the largest non-NaN value; a NaN in the row still makes every result NaN,
+            # through exp(NaN - m) in the sum
+            _row_max(ctx, x, base, n, inner, m)
             mx = b.load(m)
             b.store(const(dt, 0), s)
             with for_range(b, 0, n, "k") as k:
@@ -274,6 +270,39 @@ def _softmax_like(log: bool):
                 else:
                     out.store(b, at(k), b.fmul(out.load(b, at(k)), lse))
     return lower
+
+
+def _row_max(ctx, x: Buf, base, n: int, inner: int, m) -> None:
+    """``m`` = the largest non-NaN of the ``n`` elements ``inner`` apart from ``base``.
+    Contiguous float32/float64 rows: register-wide maxnum over whole vectors, then one
+    horizontal reduction; the rest (and strided rows) a scalar compare-and-select. Not a
+    maxnum loop left to the vectorizer: LLVM 22 aborts the process (its cost models
+    disagreeing) on such a loop over 20-23, 28-31 or 44-47 floats on AVX-512."""
+    b, dt = ctx.b, x.dtype
+    ty = REGISTER[dt]
+    b.store(const(dt, float("-inf")), m)
+    start = 0
+    if inner == 1 and dt in ("float32", "float64"):
+        vw = tiling(dt, ctx.features).vw
+        whole = n // vw
+        if whole:
+            vec = ir.VectorType(ty, vw)
+            acc = ctx.alloca(vec, "mvec")
+            b.store(ir.Constant(vec, [float("-inf")] * vw), acc)
+            suffix = f"v{vw}f{32 if dt == 'float32' else 64}"
+            maxv = ctx.extern(f"llvm.maxnum.{suffix}", vec, [vec, vec])
+            with for_range(b, 0, whole, "kv") as kv:
+                p = b.bitcast(x.at(b, b.add(base, b.mul(kv, i64(vw)))), ir.PointerType(vec))
+                v = b.load(p, align=4 if dt == "float32" else 8)     # element-aligned
+                b.store(b.call(maxv, [b.load(acc), v]), acc)
+            red = ctx.extern(f"llvm.vector.reduce.fmax.{suffix}", ty, [vec])
+            b.store(b.call(red, [b.load(acc)]), m)
+            start = whole * vw
+    if start < n:
+        with for_range(b, start, n, "k") as k:
+            v = x.load(b, b.add(base, b.mul(k, i64(inner))))
+            cur = b.load(m)
+            b.store(b.select(b.fcmp_ordered(">", v, cur), v, cur), m)
 
 
 lowering("softmax", parallel=True)(_softmax_like(False))
