@@ -751,7 +751,26 @@ class Adadelta(_TorchOnly):
         return {"lr": self.current_lr(), "rho": float(self.rho), "eps": float(self.eps)}
 
 
-class NAdam(_TorchOnly):
+class _AdamLike(_TorchOnly):
+    """NAdam's and RAdam's common part: betas, eps, ``decoupled_weight_decay``."""
+    GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+    def __init__(self, params, lr, betas, eps, weight_decay, decoupled_weight_decay, **kw):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
+        self.betas, self.eps = tuple(betas), eps
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self._finish_groups()
+
+    def _decoupled(self) -> bool:
+        return self.decoupled_weight_decay
+
+    def _step_values(self) -> tuple[float, float, int, float]:
+        """(beta1, beta2, t: this step's number, lr)."""
+        b1, b2 = self._betas()
+        return b1, b2, self.param_step + 1, self.current_lr()
+
+
+class NAdam(_AdamLike):
     """torch.optim.NAdam: Adam with Nesterov momentum (Dozat), the momentum schedule
     mu_t = b1 (1 - 0.96^(t psi) / 2) (psi = ``momentum_decay``) worked out on the host;
     ``decoupled_weight_decay`` is NAdamW's p <- p - lr wd p."""
@@ -761,17 +780,11 @@ class NAdam(_TorchOnly):
     def __init__(self, params=None, lr=2e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum_decay: float = 4e-3,
                  decoupled_weight_decay: bool = False, **kw):
-        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
-        self.betas, self.eps, self.momentum_decay = tuple(betas), eps, momentum_decay
-        self.decoupled_weight_decay = bool(decoupled_weight_decay)
-        self._finish_groups()
-
-    def _decoupled(self) -> bool:
-        return self.decoupled_weight_decay
+        self.momentum_decay = momentum_decay
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay, **kw)
 
     def _rule_values(self):
-        b1, b2 = self._betas()
-        t, lr = self.param_step + 1, self.current_lr()
+        b1, b2, t, lr = self._step_values()
 
         def mu(k):
             return b1 * (1.0 - 0.5 * 0.96 ** (k * self.momentum_decay))
@@ -787,27 +800,19 @@ class NAdam(_TorchOnly):
                 "bc2": 1.0 - b2 ** t}
 
 
-class RAdam(_TorchOnly):
+class RAdam(_AdamLike):
     """torch.optim.RAdam (Liu et al.): Adam whose adaptive step is rectified by
     r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)) once
     rho_t = rho_inf - 2 t b2^t / (1 - b2^t) exceeds 5 (before: the bias-corrected momentum
     alone); ``decoupled_weight_decay`` is p <- p - lr wd p."""
     kind = "radam"
-    GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(self, params=None, lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled_weight_decay: bool = False, **kw):
-        super().__init__(params, lr=lr, weight_decay=weight_decay, **kw)
-        self.betas, self.eps = tuple(betas), eps
-        self.decoupled_weight_decay = bool(decoupled_weight_decay)
-        self._finish_groups()
-
-    def _decoupled(self) -> bool:
-        return self.decoupled_weight_decay
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay, **kw)
 
     def _rule_values(self):
-        b1, b2 = self._betas()
-        t, lr = self.param_step + 1, self.current_lr()
+        b1, b2, t, lr = self._step_values()
         bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         rho_inf = 2.0 / (1.0 - b2) - 1.0
         rho_t = rho_inf - 2.0 * t * b2 ** t / bc2
