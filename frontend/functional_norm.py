@@ -218,7 +218,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, keep=Non
     True = attend) and ``additive`` (float) broadcast to the scores (..., L, S); the scale
     (default 1/sqrt(E)) multiplies q before the product, as torch's math path."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    scores = matmul(mul(q, scale), transpose(k, -2, -1))
+    # the scale as a constant of q's dtype: a 16-bit q times a Python float would round the
+    # scaled q once more (torch's opmath), which the attention kernels fold away
+    scores = matmul(mul(q, as_tensor(scale, q)), transpose(k, -2, -1))
     for name, m in (("mask", keep), ("mask", additive)):
         if m is None:
             continue
