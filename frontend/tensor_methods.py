@@ -88,7 +88,7 @@ def _expand_as(self, other):
 
 # torch's dtype names where numpy's differ ("float" is float32 in torch, float64 in numpy)
 _TORCH_NAMES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64",
-                "int": "int32", "bool": "bool", "cfloat": None}
+                "int": "int32", "bool": "bool"}
 
 
 def torch_dtype(dtype) -> str:
@@ -98,10 +98,8 @@ def torch_dtype(dtype) -> str:
     if name.startswith("torch."):
         name = name[len("torch."):]
     if name in _TORCH_NAMES:
-        if _TORCH_NAMES[name] is None:
-            raise TypeError(f"dtype {dtype!r} is not supported")
         return _TORCH_NAMES[name]
-    return dtype if not str(dtype).startswith("torch.") else name
+    return name if str(dtype).startswith("torch.") else dtype
 
 
 def _new_tensor(self, data, dtype=None, **kwargs):

@@ -138,18 +138,13 @@ def _with_vector_width(text: str, features: str) -> str:
                   text, flags=re.M)
 
 
-def _llvm_text(text: str, features: str) -> str:
-    """Our IR text as LLVM is given it (one place for both compile paths)."""
-    return _with_vector_width(text, features)
-
-
 def optimize(ir_text: str, opt: int = 3):
     """Parse, verify and optimize; returns the llvmlite ModuleRef. Level 0 is a cheap
     pipeline (SROA, instcombine, simplifycfg; machine code by fast instruction selection),
     1-3 LLVM's -O pipelines with loop and SLP vectorization."""
     _init()
     _, _, features = host()
-    mod = llvm.parse_assembly(_llvm_text(ir_text, features))
+    mod = llvm.parse_assembly(_with_vector_width(ir_text, features))
     mod.verify()
     tm = target_machine(opt)
     mod.triple = tm.triple
@@ -381,7 +376,7 @@ def _compile_isolated(text: str, opt: int) -> bytes:
     tm = machines.get(opt) or machines.setdefault(opt, new_target_machine(opt))
     context = llvm.create_context()
     try:
-        mod = llvm.parse_assembly(_llvm_text(text, host()[2]), context)
+        mod = llvm.parse_assembly(_with_vector_width(text, host()[2]), context)
         try:
             mod.verify()
             mod.triple = tm.triple
