@@ -1,7 +1,10 @@
 """Learning-rate schedulers with ``torch.optim.lr_scheduler``'s names, arguments and
 sequence of rates: each sets its optimizer's ``lr`` (read by the compiled step before every
-call) from the epoch count, ``scheduler.step()`` after each epoch (or batch). Written as closed
-forms of the epoch: the rate at epoch e does not depend on the path to it.
+call) from the epoch count, ``scheduler.step()`` after each epoch (or batch). Each is written
+as a closed form of the epoch; torch's recursive ("chainable") ones step the optimizer's
+current rate by the ratio of consecutive closed-form rates, so two on one optimizer combine,
+and a scheduler built on a resumed optimizer (or at a given ``last_epoch``) goes on from its
+rate, as torch's do.
 
 ``ig.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.1)``, ``MultiStepLR``,
 ``ExponentialLR``, ``ConstantLR``, ``LinearLR``, ``PolynomialLR``, ``CosineAnnealingLR``,
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from typing import Callable, Sequence
 
 __all__ = ["LRScheduler", "LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR",
@@ -27,6 +31,10 @@ def _lr(group) -> float:
         raise TypeError(f"a scheduler sets the optimizer's learning rate, but this one has a "
                         f"schedule of its own ({lr!r}): give the optimizer a number")
     return float(lr)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _per_group(value, groups, what: str) -> list:
@@ -52,6 +60,8 @@ class LRScheduler:
     """
     chainable = False
     floor = 0.0
+    # torch's ``_is_initial``: the step a constructor takes keeps the rate past epoch 0
+    initial_holds = False
 
     def __init__(self, optimizer, last_epoch: int = -1):
         self.optimizer = optimizer
@@ -67,7 +77,31 @@ class LRScheduler:
         self._group = 0
         self.last_epoch = last_epoch
         self._last_lr = [_lr(g) for g in groups]
-        self.step()
+        self._initial_step()
+
+    def _initial_step(self) -> None:
+        """The step a constructor (or SequentialLR, restarting its first) takes."""
+        self._initial = True
+        try:
+            self.step()
+        finally:
+            self._initial = False
+
+    def _chained(self, current: float, epoch: int) -> float:
+        """The rate at ``epoch`` stepped from the ``current`` one (torch's recursive
+        ``get_lr``): times the ratio of the closed forms at ``epoch`` and the epoch before
+        (the initial rate before epoch 0), measured from ``floor``; unchanged where the
+        earlier closed form is at the floor."""
+        if self._initial and self.initial_holds and epoch > 0:
+            return current
+        prev = (self.lr_at(epoch - 1) if epoch > 0 else self.base_lr) - self.floor
+        if prev == 0:
+            return current
+        return self.floor + (current - self.floor) * ((self.lr_at(epoch) - self.floor) / prev)
+
+    def _at_epoch(self, current: float, epoch) -> float:
+        """The rate of ``step(epoch)`` given an epoch (torch's ``_get_closed_form_lr``)."""
+        return float(self.lr_at(epoch))
 
     def lr_at(self, epoch: int) -> float:
         raise NotImplementedError
@@ -83,12 +117,13 @@ class LRScheduler:
         lrs = []
         for i, group in enumerate(groups):
             self._group = i
-            lr = float(self.lr_at(self.last_epoch))
-            if epoch is None and self.chainable and self.last_epoch > 0:
-                prev = float(self.lr_at(self.last_epoch - 1)) - self.floor
-                if prev != 0:
-                    lr = self.floor + (_lr(group) - self.floor) * ((lr - self.floor) / prev)
-            lrs.append(lr)
+            if epoch is None and self.chainable:
+                lr = self._chained(_lr(group), self.last_epoch)
+            elif epoch is None:
+                lr = float(self.lr_at(self.last_epoch))
+            else:
+                lr = self._at_epoch(_lr(group), self.last_epoch)
+            lrs.append(float(lr))
         self._group = 0
         for group, lr in zip(groups, lrs):
             group["lr"] = lr
@@ -99,7 +134,7 @@ class LRScheduler:
 
     def state_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("optimizer", "lr_lambdas") and not callable(v)}
+                if k not in ("optimizer", "lr_lambdas", "_initial") and not callable(v)}
 
     def load_state_dict(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -117,7 +152,8 @@ class LambdaLR(LRScheduler):
 
 
 class MultiplicativeLR(LRScheduler):
-    """The rate times ``lr_lambda(epoch)`` at each epoch after the first."""
+    """The rate times ``lr_lambda(epoch)`` at each epoch after the first (at any epoch
+    given to ``step``, as torch: it has no closed form there)."""
     chainable = True
 
     def __init__(self, optimizer, lr_lambda: Callable[[int], float], last_epoch: int = -1):
@@ -129,6 +165,12 @@ class MultiplicativeLR(LRScheduler):
         for e in range(1, epoch + 1):
             lr *= self.lr_lambdas[self._group](e)
         return lr
+
+    def _chained(self, current, epoch):
+        return current if self._initial else current * self.lr_lambdas[self._group](epoch)
+
+    def _at_epoch(self, current, epoch):
+        return self._chained(current, epoch)
 
 
 class StepLR(LRScheduler):
@@ -177,6 +219,7 @@ class LinearLR(LRScheduler):
     """The factor moves linearly from ``start_factor`` to ``end_factor`` over
     ``total_iters`` epochs, then stays."""
     chainable = True
+    initial_holds = True
 
     def __init__(self, optimizer, start_factor: float = 1 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1):
@@ -197,6 +240,7 @@ class LinearLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """``base_lr * gamma ** epoch``."""
     chainable = True
+    initial_holds = True
 
     def __init__(self, optimizer, gamma: float, last_epoch: int = -1):
         self.gamma = float(gamma)
@@ -209,6 +253,7 @@ class ExponentialLR(LRScheduler):
 class PolynomialLR(LRScheduler):
     """``base_lr * (1 - min(epoch, total_iters) / total_iters) ** power``."""
     chainable = True
+    initial_holds = True
 
     def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0,
                  last_epoch: int = -1):
@@ -216,6 +261,8 @@ class PolynomialLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, epoch):
+        if self.total_iters <= 0:           # torch: the rate never moves
+            return self.base_lr
         return self.base_lr * (1.0 - min(epoch, self.total_iters) / self.total_iters) ** \
             self.power
 
@@ -224,6 +271,7 @@ class CosineAnnealingLR(LRScheduler):
     """``eta_min + (base_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2`` (SGDR without
     restarts: past ``T_max`` the cosine goes on)."""
     chainable = True
+    initial_holds = True
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1):
         self.T_max, self.eta_min = int(T_max), float(eta_min)
@@ -234,6 +282,14 @@ class CosineAnnealingLR(LRScheduler):
         return self.eta_min + (self.base_lr - self.eta_min) * \
             (1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
+    def _chained(self, current, epoch):
+        # one past each trough, where the ratio's denominator is at the floor, torch adds
+        # the first step of the rise
+        if not self._initial and (epoch - 1 - self.T_max) % (2 * self.T_max) == 0:
+            return current + (self.base_lr - self.eta_min) * \
+                (1 - math.cos(math.pi / self.T_max)) / 2
+        return super()._chained(current, epoch)
+
 
 class CosineAnnealingWarmRestarts(LRScheduler):
     """SGDR: cosine annealing restarted after ``T_0`` epochs, each period ``T_mult`` times
@@ -241,9 +297,9 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def __init__(self, optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
                  last_epoch: int = -1):
-        if T_0 <= 0 or T_mult < 1:
-            raise ValueError("CosineAnnealingWarmRestarts: T_0 must be positive and T_mult at "
-                             "least 1")
+        if not _is_int(T_0) or T_0 <= 0 or not _is_int(T_mult) or T_mult < 1:
+            raise ValueError(f"CosineAnnealingWarmRestarts: T_0 must be a positive integer and "
+                             f"T_mult an integer at least 1, got {T_0!r} and {T_mult!r}")
         self.T_0, self.T_mult, self.eta_min = int(T_0), int(T_mult), float(eta_min)
         super().__init__(optimizer, last_epoch)
 
@@ -281,8 +337,12 @@ class OneCycleLR(LRScheduler):
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch")
             total_steps = int(epochs) * int(steps_per_epoch)
-        if total_steps <= 0:
-            raise ValueError(f"OneCycleLR: total_steps must be positive, got {total_steps}")
+        if not _is_int(total_steps) or total_steps <= 0:
+            raise ValueError(f"OneCycleLR: total_steps must be a positive integer, got "
+                             f"{total_steps!r}")
+        if not 0 <= pct_start <= 1:
+            raise ValueError(f"OneCycleLR: pct_start must be a float between 0 and 1, got "
+                             f"{pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"OneCycleLR: anneal_strategy must be 'cos' or 'linear', got "
                              f"{anneal_strategy!r}")
@@ -322,8 +382,8 @@ class OneCycleLR(LRScheduler):
         return (end - start) * pct + start
 
     def _at(self, step: int, which: int) -> float:
-        if step >= self.total_steps:
-            raise ValueError(f"OneCycleLR: stepped {step + 1} times, past total_steps "
+        if step > self.total_steps:
+            raise ValueError(f"OneCycleLR: stepped {step} times, past total_steps "
                              f"{self.total_steps}")
         start_step = 0.0
         phases = self.group_phases[self._group]
@@ -352,8 +412,10 @@ class OneCycleLR(LRScheduler):
 
 
 class SequentialLR(LRScheduler):
-    """``schedulers[i]`` from ``milestones[i - 1]`` on, each restarted (its epoch 0) at its
-    milestone."""
+    """``schedulers[i]`` from ``milestones[i - 1]`` on, each restarted at its milestone
+    (``step(0)``: its closed form at epoch 0, or, without one, its rule applied to the rate
+    it takes over). Construction puts every group back at its initial rate and takes the first
+    scheduler's initial step again; ``state_dict`` holds each scheduler's own."""
 
     def __init__(self, optimizer, schedulers: Sequence[LRScheduler],
                  milestones: Sequence[int], last_epoch: int = -1):
@@ -368,7 +430,11 @@ class SequentialLR(LRScheduler):
         self._group = 0
         self.base_lrs = list(self.schedulers[0].base_lrs)
         self.last_epoch = last_epoch + 1
-        self.schedulers[0].step(0)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        for s in self.schedulers:           # undo the step each took when it was built
+            s.last_epoch -= 1
+        self.schedulers[0]._initial_step()
         self._last_lr = self.schedulers[0].get_last_lr()
 
     def lr_at(self, epoch):
@@ -380,9 +446,24 @@ class SequentialLR(LRScheduler):
     def step(self, epoch: int | None = None) -> None:
         self.last_epoch = self.last_epoch + 1 if epoch is None else int(epoch)
         i = bisect.bisect_right(self.milestones, self.last_epoch)
-        start = self.milestones[i - 1] if i else 0
-        self.schedulers[i].step(self.last_epoch - start)
+        if i and self.milestones[i - 1] == self.last_epoch:
+            self.schedulers[i].step(0)
+        else:
+            self.schedulers[i].step()
         self._last_lr = self.schedulers[i].get_last_lr()
+
+    def state_dict(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("optimizer", "schedulers", "_initial")}
+        state["schedulers"] = [s.state_dict() for s in self.schedulers]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        subs = state.pop("schedulers")
+        self.__dict__.update(state)
+        for s, sub in zip(self.schedulers, subs):
+            s.load_state_dict(sub)
 
 
 class ReduceLROnPlateau:

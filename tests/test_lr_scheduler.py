@@ -137,3 +137,143 @@ def test_two_schedulers_on_one_optimizer_combine_as_torch():
         for s_ in ours + theirs:
             s_.step()
         assert ours_opt.lr == pytest.approx(torch_opt.param_groups[0]["lr"], rel=1e-12)
+
+
+def _both(ours, theirs, steps, ours_opt, torch_opt):
+    for _ in range(steps):
+        torch_opt.step()
+        for s_ in ours:
+            s_.step()
+        for s_ in theirs:
+            s_.step()
+        assert ours_opt.lr == pytest.approx(torch_opt.param_groups[0]["lr"], rel=1e-12,
+                                            abs=1e-15)
+
+
+@pytest.mark.parametrize("pair", [
+    (lambda o: S.LinearLR(o, 0.2, total_iters=5), lambda o: S.ExponentialLR(o, 0.9)),
+    (lambda o: S.ConstantLR(o, 0.5, 3), lambda o: S.PolynomialLR(o, 8, 2.0)),
+    (lambda o: S.CosineAnnealingLR(o, 3, 0.01), lambda o: S.CosineAnnealingLR(o, 5)),
+    (lambda o: S.MultiStepLR(o, [2, 4], 0.5), lambda o: S.MultiplicativeLR(o, lambda e: 0.9)),
+], ids=["linear+exp", "constant+poly", "cosine+cosine", "multistep+multiplicative"])
+def test_warmup_and_decay_chained_on_one_optimizer_as_torch(pair):
+    """Building the second scheduler keeps the rate the first set (torch's initial step
+    leaves it), and each step multiplies in both factors; two cosines pass their troughs
+    (torch's additive rise one past T_max)."""
+    ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 0.1)
+    ours = [make(ours_opt) for make in pair]
+    names = [type(s_).__name__ for s_ in ours]
+    theirs = []
+    for s_ in ours:       # the same arguments, from the object ours kept
+        kw = {k: v for k, v in vars(s_).items() if k in _CTOR_ARGS[type(s_).__name__]}
+        if "lr_lambdas" in vars(s_):
+            kw["lr_lambda"] = s_.lr_lambdas[0]
+        theirs.append(getattr(TS, type(s_).__name__)(torch_opt, **kw))
+    assert ours_opt.lr == pytest.approx(torch_opt.param_groups[0]["lr"], rel=1e-12), names
+    _both(ours, theirs, 14, ours_opt, torch_opt)
+
+
+_CTOR_ARGS = {"LinearLR": ("start_factor", "end_factor", "total_iters"),
+              "ExponentialLR": ("gamma",), "ConstantLR": ("factor", "total_iters"),
+              "PolynomialLR": ("total_iters", "power"), "CosineAnnealingLR": ("T_max", "eta_min"),
+              "MultiStepLR": ("milestones", "gamma"), "MultiplicativeLR": ()}
+
+
+@pytest.mark.parametrize("name,kw", [("StepLR", dict(step_size=3, gamma=0.5)),
+                                     ("MultiStepLR", dict(milestones=[4, 9], gamma=0.3)),
+                                     ("ExponentialLR", dict(gamma=0.8)),
+                                     ("CosineAnnealingLR", dict(T_max=10, eta_min=0.001)),
+                                     ("MultiplicativeLR", dict(lr_lambda=lambda e: 0.9))])
+def test_a_run_resumed_from_state_dicts_goes_on_as_torch(name, kw):
+    """Resume: a new optimizer loads the old one's state (rates and initial rates), a new
+    scheduler is built on it, then loads the old scheduler's state; the rates go on from
+    where they were, not from the initial rate."""
+    runs = []
+    for opt_mod, sched_mod, own in ((ig.optim, S, True), (torch.optim, TS, False)):
+        make = (lambda: opt_mod.SGD(lr=0.1)) if own else (
+            lambda: opt_mod.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1))
+        opt = make()
+        sched = getattr(sched_mod, name)(opt, **kw)
+        for _ in range(7):
+            if not own:
+                opt.step()
+            sched.step()
+        opt_state, sched_state = opt.state_dict(), sched.state_dict()
+        opt2 = make()
+        opt2.load_state_dict(opt_state)
+        sched2 = getattr(sched_mod, name)(opt2, **kw)
+        sched2.load_state_dict(sched_state)
+        rates = []
+        for _ in range(8):
+            if not own:
+                opt2.step()
+            sched2.step()
+            rates.append(opt2.param_groups[0]["lr"])
+        runs.append(rates)
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-12)
+
+
+def test_sequential_hands_over_to_multiplicative_and_round_trips_its_state():
+    """SequentialLR restarts the next scheduler at its milestone (step(0)): MultiplicativeLR
+    has no closed form and goes on from the rate it takes over. Its state_dict holds the
+    schedulers' own, loading into a scheduler of another optimizer drives that one."""
+    rates = []
+    for opt_mod, sched_mod, own in ((ig.optim, S, True), (torch.optim, TS, False)):
+        def make():
+            return opt_mod.SGD(lr=0.1) if own else opt_mod.SGD(
+                [torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+
+        def sequential(opt):
+            return sched_mod.SequentialLR(opt, [sched_mod.StepLR(opt, 2, 0.5),
+                                                sched_mod.MultiplicativeLR(opt, lambda e: 0.95)],
+                                          milestones=[4])
+        opt = make()
+        seq = sequential(opt)
+        got = []
+        for _ in range(8):
+            if not own:
+                opt.step()
+            seq.step()
+            got.append(opt.param_groups[0]["lr"])
+        opt2 = make()
+        opt2.load_state_dict(opt.state_dict())
+        seq2 = sequential(opt2)
+        seq2.load_state_dict(seq.state_dict())
+        before = opt.param_groups[0]["lr"]
+        for _ in range(3):
+            if not own:
+                opt2.step()
+            seq2.step()
+        assert opt.param_groups[0]["lr"] == before       # the old optimizer is left alone
+        got.append(opt2.param_groups[0]["lr"])
+        rates.append(got)
+    np.testing.assert_allclose(rates[0], rates[1], rtol=1e-12)
+
+
+def test_one_cycle_takes_total_steps_steps_as_torch():
+    """The loop ``for batch in range(total_steps): ...; sched.step()`` runs; one more step
+    is an error, as torch's."""
+    ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 0.1, momentum=0.9)
+    ours, theirs = S.OneCycleLR(ours_opt, 1.0, 10), TS.OneCycleLR(torch_opt, 1.0, 10)
+    _both([ours], [theirs], 10, ours_opt, torch_opt)
+    with pytest.raises(ValueError, match="past total_steps 10"):
+        ours.step()
+    with pytest.raises(ValueError):
+        theirs.step()
+
+
+@pytest.mark.parametrize("make", [
+    lambda o: S.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=1.5),
+    lambda o: S.CosineAnnealingWarmRestarts(o, T_0=2.5),
+    lambda o: S.OneCycleLR(o, 1.0, 10, pct_start=1.5),
+    lambda o: S.OneCycleLR(o, 1.0, 10, pct_start=-0.1),
+    lambda o: S.OneCycleLR(o, 1.0, 10.0)])
+def test_scheduler_arguments_torch_refuses_are_refused(make):
+    with pytest.raises(ValueError):
+        make(ig.optim.SGD(lr=0.1, momentum=0.9))
+
+
+def test_polynomial_over_no_iterations_keeps_the_rate_as_torch():
+    ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 0.1)
+    _both([S.PolynomialLR(ours_opt, total_iters=0)], [TS.PolynomialLR(torch_opt, total_iters=0)],
+          4, ours_opt, torch_opt)
