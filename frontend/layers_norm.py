@@ -102,6 +102,9 @@ class _InstanceNorm(Module):
             self.register_buffer("running_mean", np.zeros(num_features, np.float32))
             self.register_buffer("running_var", np.ones(num_features, np.float32))
             self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        else:                   # torch's placeholders: None, in no state dict
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, None)
 
     def forward(self, x):
         x = F.as_tensor(x)

@@ -90,6 +90,7 @@ class Module:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
@@ -111,6 +112,14 @@ class Module:
         if value is not None and not isinstance(value, Module) and name in self._modules:
             raise TypeError(f"cannot assign {type(value).__name__!r} as child module {name!r} "
                             f"(nn.Module or None expected)")
+        # a new parameter or submodule under a name of its kind keeps the name's place
+        # (state_dict order; a Sequential's order of layers)
+        if isinstance(value, Parameter) and name in self._parameters:
+            self._parameters[name] = value
+            return
+        if isinstance(value, Module) and name in self._modules:
+            self._modules[name] = value
+            return
         for d in (self._parameters, self._modules, self._buffers):
             d.pop(name, None)
         if isinstance(value, Parameter):
@@ -122,17 +131,28 @@ class Module:
 
     def __getattr__(self, name):
         d = self.__dict__
+        if name == "_non_persistent":       # modules unpickled or copied from older state
+            object.__setattr__(self, name, set())
+            return d[name]
         for table in ("_parameters", "_modules", "_buffers"):
             if table in d and name in d[table]:
                 return d[table][name]
         raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
 
     def register_buffer(self, name: str, value, persistent: bool = True) -> None:
-        """A non-trained state array (e.g. batch norm's running mean), traced as a parameter."""
-        if "." in name or name == "":
+        """A non-trained state array (e.g. batch norm's running mean), traced as a parameter.
+        ``persistent=False``: left out of ``state_dict`` (torch's); None: a placeholder, no
+        buffer until an array is assigned to the name."""
+        if not isinstance(name, str) or "." in name or name == "":
             raise KeyError(f"buffer name can't contain '.' or be empty, got {name!r}")
-        self._buffers[name] = value if isinstance(value, Parameter) else Parameter(
-            value, requires_grad=False)
+        if name in self.__dict__ or name in self._parameters or name in self._modules:
+            raise KeyError(f"attribute {name!r} already exists")
+        self._buffers[name] = value if value is None or isinstance(value, Parameter) else \
+            Parameter(value, requires_grad=False)
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
         bump()
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
@@ -174,7 +194,7 @@ class Module:
         """Parameters (and with ``buffers`` the buffers too) under their dotted names, each
         object once unless ``remove_duplicate`` is False (a tied weight under every name)."""
         seen = set()
-        for name, p in self._named(prefix, buffers, recurse):
+        for name, p in self._named(prefix + "." if prefix else "", buffers, recurse):
             if not remove_duplicate or id(p) not in seen:
                 seen.add(id(p))
                 yield name, p
@@ -184,7 +204,8 @@ class Module:
             yield prefix + name, p
         if buffers:
             for name, p in self._buffers.items():
-                yield prefix + name, p
+                if p is not None:
+                    yield prefix + name, p
         if recurse:
             for name, m in self._modules.items():
                 yield from m._named(f"{prefix}{name}.", buffers)
@@ -198,7 +219,7 @@ class Module:
         seen = set()
         for name, m in self.named_modules(prefix=prefix) if recurse else [(prefix, self)]:
             for bname, b in m._buffers.items():
-                if not remove_duplicate or id(b) not in seen:
+                if b is not None and (not remove_duplicate or id(b) not in seen):
                     seen.add(id(b))
                     yield (f"{name}.{bname}" if name else bname), b
 
@@ -234,26 +255,48 @@ class Module:
         return (m for _, m in self.named_modules())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Every parameter and buffer under every name it has (a tied weight under each)."""
-        return {n: p.data.copy()
-                for n, p in self.named_parameters(remove_duplicate=False, buffers=True)}
+        """Every parameter and persistent buffer under every name it has (a tied weight
+        under each), in torch's order."""
+        return {n: p.data.copy() for n, p in self._persistent()}
+
+    def _persistent(self):
+        """(dotted name, parameter or buffer) of the state dict."""
+        for mname, m in self.named_modules(remove_duplicate=False):
+            pre = mname + "." if mname else ""
+            for n, p in m._parameters.items():
+                yield pre + n, p
+            for n, b in m._buffers.items():
+                if b is not None and n not in m._non_persistent:
+                    yield pre + n, b
 
     def load_state_dict(self, state: dict, strict: bool = True):
-        """Copy ``state``'s arrays into the parameters and buffers; ``strict`` (torch's
-        default) refuses missing or unexpected keys. Returns torch's (missing_keys,
-        unexpected_keys)."""
-        own = dict(self.named_parameters(remove_duplicate=False, buffers=True))
-        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if strict and (missing or extra):
-            raise KeyError(f"load_state_dict: missing {missing}, unexpected {extra}")
+        """Copy ``state``'s arrays into the parameters and persistent buffers. ``strict``
+        (torch's default) refuses missing or unexpected keys, and a shape that differs is
+        refused either way: a RuntimeError naming them, as torch's. Returns torch's
+        (missing_keys, unexpected_keys), in the module's and the state dict's order. A
+        batch norm's ``num_batches_tracked`` may be absent (older torch files): it stays."""
+        own = dict(self._persistent())
+        optional = {n for n in own if n.rpartition(".")[2] == "num_batches_tracked"}
+        missing = [n for n in own if n not in state and n not in optional]
+        extra = [n for n in state if n not in own]
+        errors = []
+        if strict and extra:
+            errors.append("Unexpected key(s) in state_dict: " + ", ".join(
+                f'"{n}"' for n in extra) + ". ")
+        if strict and missing:
+            errors.append("Missing key(s) in state_dict: " + ", ".join(
+                f'"{n}"' for n in missing) + ". ")
         for n, p in own.items():
-            if n not in state:
-                continue
-            a = np.asarray(state[n])
-            if a.shape != p.data.shape:
-                raise ValueError(f"load_state_dict: {n} has shape {a.shape}, "
-                                 f"expected {p.data.shape}")
-            np.copyto(p.data, a.astype(p.data.dtype))
+            if n in state and np.shape(state[n]) != p.data.shape:
+                errors.append(f"size mismatch for {n}: copying a param with shape "
+                              f"{np.shape(state[n])} from checkpoint, the shape in current "
+                              f"model is {p.data.shape}.")
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:"
+                               "\n\t" + "\n\t".join(errors))
+        for n, p in own.items():
+            if n in state:
+                np.copyto(p.data, np.asarray(state[n]).astype(p.data.dtype))
         return IncompatibleKeys(missing, extra)
 
     def train(self, mode: bool = True) -> "Module":

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import irgraph as ig
-from irgraph.frontend import guards
+from irgraph.frontend import guards, nn
 
 
 def _twins():
@@ -123,7 +123,7 @@ def test_load_state_dict_not_strict_reports_the_keys_as_torch():
     got = ours.load_state_dict(sd, strict=False)
     want = theirs.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
     assert got.missing_keys == want.missing_keys and got.unexpected_keys == want.unexpected_keys
-    with pytest.raises(KeyError, match="missing.*1.bias.*unexpected.*extra"):
+    with pytest.raises(RuntimeError, match="(?s)Unexpected.*extra.*Missing.*1.bias"):
         ours.load_state_dict(sd)
 
 
@@ -201,3 +201,56 @@ def test_the_guard_counter_moves_only_on_what_a_graph_depends_on():
     assert guards._VERSION[0] == v
     lin.weight.requires_grad = False
     assert guards._VERSION[0] > v
+
+
+def test_reassigned_parameters_and_layers_keep_their_place_as_torch():
+    """A new weight, head or Sequential layer under an existing name stays where the name
+    was: state_dict order, and the order a Sequential runs its layers in."""
+    ours, theirs = nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    ours.weight = nn.Parameter(np.zeros((3, 2), np.float32))
+    theirs.weight = torch.nn.Parameter(torch.zeros(3, 2))
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["weight", "bias"]
+    seq = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+    setattr(seq, "0", nn.Linear(4, 3))
+    assert [type(m).__name__ for m in seq] == ["Linear", "ReLU", "Linear"]
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    d = nn.ModuleDict({"x": nn.Linear(1, 1), "a": nn.ReLU()})
+    d["x"] = nn.Linear(1, 2)
+    assert list(d.keys()) == ["x", "a"]
+
+
+def test_non_persistent_and_none_buffers_stay_out_of_the_state_dict_as_torch():
+    def net(mod, ones):
+        class Net(mod.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = mod.Linear(2, 2)
+                self.register_buffer("mask", ones(2), persistent=False)
+                self.register_buffer("cache", None)
+        return Net()
+    ours, theirs = net(nn, lambda n: np.ones(n, np.float32)), net(torch.nn, torch.ones)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["fc.weight", "fc.bias"]
+    assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()]
+    assert ours.cache is None
+    got = ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    assert got.missing_keys == [] and got.unexpected_keys == []
+    bn = nn.BatchNorm1d(3, track_running_stats=False)
+    assert bn.running_mean is None and list(bn.state_dict()) == ["weight", "bias"]
+    with pytest.raises(KeyError, match="already exists"):
+        ours.register_buffer("fc", np.zeros(1))
+
+
+def test_named_parameters_prefix_and_load_state_dict_errors_as_torch():
+    ours = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    theirs = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    assert [n for n, _ in ours.named_parameters(prefix="model")] == \
+        [n for n, _ in theirs.named_parameters(prefix="model")]
+    sd = {k: v.numpy() for k, v in theirs.state_dict().items()}
+    del sd["1.num_batches_tracked"]           # older files: the count is filled in
+    assert ours.load_state_dict(sd) == theirs.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in sd.items()})
+    sd["0.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(RuntimeError, match="size mismatch for 0.weight"):
+        ours.load_state_dict(sd, strict=False)
+    with pytest.raises(RuntimeError, match="size mismatch for 0.weight"):
+        theirs.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
