@@ -8,7 +8,8 @@ it. Randomness comes from ``frontend.manual_seed``'s generator, or ``generator=`
 * ``xavier_uniform_``: the normalized initialization, eq. 8.23 (Glorot and Bengio)
 * ``orthogonal_``: a random orthogonal matrix times a gain (Saxe et al.)
 * ``sparse_``: exactly k non-zero weights per unit (Martens), or torch's column sparsity
-* ``kaiming_uniform_`` / ``kaiming_normal_``, ``xavier_normal_``, ``normal_``, ``uniform_``
+* ``kaiming_uniform_`` / ``kaiming_normal_``, ``xavier_normal_``, ``normal_``, ``uniform_``,
+  ``trunc_normal_``; ``eye_`` (identity) and ``dirac_`` (identity convolution)
 * biases: ``zeros_``, ``constant_`` (0.1 for ReLU units), ``lstm_forget_bias_`` (1 for
   every LSTM forget gate of a model),
   ``softmax_bias_`` (the output bias whose softmax is the class frequencies)
@@ -55,7 +56,9 @@ def calculate_fan_in_and_fan_out(t) -> tuple[int, int]:
     return a.shape[1] * receptive, a.shape[0] * receptive
 
 
-_GAINS = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "conv1d": 1.0, "conv2d": 1.0,
+_calculate_fan_in_and_fan_out = calculate_fan_in_and_fan_out      # torch's private name
+
+_GAINS = {"linear": 1.0, "sigmoid": 1.0, "conv1d": 1.0, "conv2d": 1.0,
           "conv3d": 1.0, "conv_transpose1d": 1.0, "conv_transpose2d": 1.0,
           "conv_transpose3d": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0), "selu": 3.0 / 4}
 
@@ -64,6 +67,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     """torch.nn.init.calculate_gain: the gain that keeps activations' scale for a
     nonlinearity."""
     if nonlinearity == "leaky_relu":
+        if param is not None and (isinstance(param, bool) or not isinstance(param, (int, float))):
+            raise ValueError(f"negative_slope {param!r} is not a valid number")
         slope = 0.01 if param is None else float(param)
         return math.sqrt(2.0 / (1 + slope ** 2))
     if nonlinearity not in _GAINS:
@@ -123,13 +128,18 @@ def _kaiming_std(t, a: float, mode: str, nonlinearity: str) -> float:
 
 def kaiming_uniform_(t, a: float = 0.0, mode: str = "fan_in",
                      nonlinearity: str = "leaky_relu", generator=None):
-    """He et al.: U(-b, b) with b = gain * sqrt(3 / fan)."""
+    """He et al.: U(-b, b) with b = gain * sqrt(3 / fan). A tensor of no elements is left
+    as it is (torch's no-op)."""
+    if _array(t).size == 0:
+        return t
     bound = math.sqrt(3.0) * _kaiming_std(t, a, mode, nonlinearity)
     return uniform_(t, -bound, bound, generator)
 
 
 def kaiming_normal_(t, a: float = 0.0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu", generator=None):
+    if _array(t).size == 0:
+        return t
     return normal_(t, 0.0, _kaiming_std(t, a, mode, nonlinearity), generator)
 
 
@@ -140,6 +150,8 @@ def orthogonal_(t, gain: float = 1.0, generator=None):
     a = _array(t)
     if a.ndim < 2:
         raise ValueError(f"orthogonal_ needs a tensor of rank >= 2, got shape {a.shape}")
+    if a.size == 0:
+        return t
     rows, cols = a.shape[0], a.size // a.shape[0]
     flat = _gen(generator).standard_normal((rows, cols))
     if rows < cols:
@@ -149,6 +161,52 @@ def orthogonal_(t, gain: float = 1.0, generator=None):
     if rows < cols:
         q = q.T
     return _fill(t, (gain * q).reshape(a.shape))
+
+
+def trunc_normal_(t, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0,
+                  generator=None):
+    """N(mean, std^2) truncated to [a, b] (bounds in the values' units, torch's): draws
+    outside are drawn again."""
+    if not a < b:
+        raise ValueError(f"trunc_normal_: need a < b, got a={a}, b={b}")
+    g = _gen(generator)
+    shape = _array(t).shape
+    out = g.normal(mean, std, shape)
+    bad = (out < a) | (out > b)
+    for _ in range(10000):
+        if not bad.any():
+            return _fill(t, out)
+        out[bad] = g.normal(mean, std, int(bad.sum()))
+        bad = (out < a) | (out > b)
+    raise ValueError(f"trunc_normal_: [{a}, {b}] holds almost none of N({mean}, {std}^2)")
+
+
+def eye_(t):
+    """The identity matrix (a 2-D weight: inputs passed through, torch's ``eye_``)."""
+    x = _array(t)
+    if x.ndim != 2:
+        raise ValueError(f"eye_: only tensors with 2 dimensions are supported, got shape "
+                         f"{x.shape}")
+    return _fill(t, np.eye(*x.shape))
+
+
+def dirac_(t, groups: int = 1):
+    """The Dirac delta of a convolution's weight (out, in, *kernel), 3-D to 5-D: each of
+    the first min(out / groups, in) channels of every group passes its input channel
+    through at the kernel's centre (torch's ``dirac_``)."""
+    x = _array(t)
+    if x.ndim not in (3, 4, 5):
+        raise ValueError(f"dirac_: only tensors with 3, 4, or 5 dimensions are supported, got "
+                         f"shape {x.shape}")
+    if groups <= 0 or x.shape[0] % groups:
+        raise ValueError(f"dirac_: dim 0 ({x.shape[0]}) must be divisible by groups ({groups})")
+    per = x.shape[0] // groups
+    w = np.zeros(x.shape)
+    centre = tuple(k // 2 for k in x.shape[2:])
+    for g in range(groups):
+        for d in range(min(per, x.shape[1])):
+            w[(g * per + d, d) + centre] = 1.0
+    return _fill(t, w)
 
 
 def sparse_(t, sparsity: float | None = None, std: float = 0.01, k: int | None = None,

@@ -153,3 +153,55 @@ def test_gains_of_every_torch_nonlinearity_and_bfloat16_arrays():
     np.testing.assert_array_equal(np.asarray(y.numpy(), np.float32),
                                   np.maximum(a.astype(np.float32) - 0.5, 0).astype(
                                       ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_trunc_normal_stays_in_bounds_with_the_truncated_moments():
+    """N(0.5, 1) truncated to [-0.5, 2]: every value inside, mean and variance those of the
+    truncated normal (worked out from the standard normal's pdf and cdf)."""
+    w = np.empty((400, 500))
+    init.trunc_normal_(w, mean=0.5, std=1.0, a=-0.5, b=2.0, generator=gen(3))
+    assert w.min() >= -0.5 and w.max() <= 2.0
+    al, be = -1.0, 1.5                                  # the bounds in std units
+
+    def pdf(x):
+        return math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+    def cdf(x):
+        return (1 + math.erf(x / math.sqrt(2))) / 2
+    z = cdf(be) - cdf(al)
+    mean = 0.5 + (pdf(al) - pdf(be)) / z
+    var = 1 + (al * pdf(al) - be * pdf(be)) / z - ((pdf(al) - pdf(be)) / z) ** 2
+    assert w.mean() == pytest.approx(mean, abs=0.01)
+    assert w.var() == pytest.approx(var, rel=0.02)
+    with pytest.raises(ValueError, match="a < b"):
+        init.trunc_normal_(w, a=1.0, b=1.0)
+
+
+@pytest.mark.parametrize("shape,groups", [((5, 3, 3), 1), ((6, 4, 3, 5), 2), ((4, 4, 1, 3, 3), 4),
+                                          ((3, 6, 3, 3), 1)])
+def test_dirac_and_eye_equal_torch(shape, groups):
+    ours = np.full(shape, 7.0, np.float32)
+    init.dirac_(ours, groups=groups)
+    theirs = torch.full(shape, 7.0)
+    torch.nn.init.dirac_(theirs, groups=groups)
+    np.testing.assert_array_equal(ours, theirs.numpy())
+    m = np.full((3, 5), 2.0, np.float32)
+    np.testing.assert_array_equal(init.eye_(m), torch.nn.init.eye_(torch.full((3, 5), 2.0)))
+    with pytest.raises(ValueError, match="2 dimensions"):
+        init.eye_(np.zeros((2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="divisible by groups"):
+        init.dirac_(np.zeros((5, 3, 3), np.float32), groups=2)
+
+
+def test_zero_element_weights_are_left_alone_and_gains_refuse_what_torch_refuses():
+    for fn in (init.kaiming_uniform_, init.kaiming_normal_, init.orthogonal_):
+        w = np.zeros((3, 0), np.float32)
+        assert fn(w) is w
+    for bad in (lambda: init.calculate_gain("identity"),
+                lambda: init.calculate_gain("leaky_relu", True)):
+        with pytest.raises(ValueError):
+            bad()
+    for bad in (lambda: torch.nn.init.calculate_gain("identity"),
+                lambda: torch.nn.init.calculate_gain("leaky_relu", True)):
+        with pytest.raises(ValueError):
+            bad()
