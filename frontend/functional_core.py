@@ -706,6 +706,16 @@ def pad(x, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Te
     for i in range(len(pad) // 2):
         ax = x.ndim - 1 - i
         pads[2 * ax], pads[2 * ax + 1] = int(pad[2 * i]), int(pad[2 * i + 1])
+    for ax, n in enumerate(x.shape):
+        lo, hi = pads[2 * ax], pads[2 * ax + 1]
+        if (lo or hi) and mode == "constant" and n + (lo if lo < 0 else 0) + (
+                hi if hi < 0 else 0) < 0:
+            raise ValueError(f"pad {list(pad)}: negative padding ({lo}, {hi}) crops more than "
+                             f"the {n} elements of dimension {ax}")
+        if mode != "constant" and ((lo or hi) and n + lo + hi <= 0 or ax and n == 0):
+            raise ValueError(f"pad {list(pad)} ({mode}): input {list(x.shape)} is too small: "
+                             f"dimension {ax} would have {n + lo + hi} elements (every "
+                             f"dimension but the batch must be non-empty, and stay so)")
     grow = tuple(p if p > 0 else 0 for p in pads)
     crop = tuple(-p if p < 0 else 0 for p in pads)
     value = 0.0 if value is None else float(value)

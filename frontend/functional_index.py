@@ -41,6 +41,9 @@ def gather(input, dim: int, index) -> Tensor:
     (at most input's extent off ``dim``)."""
     x = as_tensor(input)
     idx = _index(index, "gather")
+    if x.ndim == 0 and idx.ndim == 0:           # a scalar: its one element
+        wrap_dim(dim, 1)
+        return reshape(gather(reshape(x, (1,)), 0, reshape(idx, (1,))), ())
     if idx.ndim != x.ndim:
         raise ValueError(f"gather: index {idx.type} must have the input's rank {x.ndim}")
     d = wrap_dim(dim, x.ndim)
@@ -88,6 +91,10 @@ def scatter_add(input, dim: int, index, src) -> Tensor:
     x = as_tensor(input)
     idx = _index(index, "scatter_add")
     s = as_tensor(src, x)
+    if x.ndim == 0 and idx.ndim == 0 and s.ndim == 0:      # a scalar: its one element
+        wrap_dim(dim, 1)
+        return reshape(scatter_add(reshape(x, (1,)), 0, reshape(idx, (1,)),
+                                   reshape(s, (1,))), ())
     if s.ndim != idx.ndim or any(a < b for a, b in zip(s.shape, idx.shape)):
         raise ValueError(f"scatter_add: src {s.type} must cover index {idx.type}")
     if s.shape != idx.shape:
@@ -108,7 +115,8 @@ def index_add(input, dim: int, index, source, *, alpha=1) -> Tensor:
         s = mul(s, alpha)
     if s.dtype != x.dtype:
         s = s.to(x.dtype)
-    return _emit("index_add", x, idx, s, axis=wrap_dim(dim, x.ndim))
+    d = wrap_dim(dim, x.ndim)
+    return _emit("index_add", x, in_range(idx, x.shape[d]), s, axis=d)
 
 
 def embedding(input, weight, padding_idx: int | None = None, max_norm=None,

@@ -76,8 +76,11 @@ def chunk(input, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
     if chunks <= 0:
         raise ValueError(f"chunk: chunks must be positive, got {chunks}")
     x = as_tensor(input)
-    n = x.shape[_dim(x, dim)]
-    return split(x, builtins.max(1, -(-n // chunks)), dim)
+    d = _dim(x, dim)
+    n = x.shape[d]
+    if n == 0:                  # torch: ``chunks`` empty pieces
+        return tuple(_narrow(x, d, 0, 0) for _ in range(chunks))
+    return split(x, -(-n // chunks), dim)
 
 
 def unbind(input, dim: int = 0) -> tuple[Tensor, ...]:
@@ -100,7 +103,12 @@ def narrow(input, dim: int, start: int, length: int) -> Tensor:
 def unflatten(input, dim: int, sizes) -> Tensor:
     x = as_tensor(input)
     d = _dim(x, dim)
-    return reshape(x, tuple(x.shape[:d]) + tuple(sizes) + tuple(x.shape[d + 1:]))
+    sizes = tuple(sizes)
+    if not sizes:
+        raise ValueError("unflatten: sizes must be non-empty")
+    if x.ndim == 0:
+        raise ValueError("unflatten: a 0-d tensor has no dimension to unflatten")
+    return reshape(x, tuple(x.shape[:d]) + sizes + tuple(x.shape[d + 1:]))
 
 
 def movedim(input, source, destination) -> Tensor:
@@ -127,8 +135,12 @@ def _take(x: Tensor, d: int, idx) -> Tensor:
 
 def flip(input, dims) -> Tensor:
     x = as_tensor(input)
-    for d in ([dims] if isinstance(dims, int) else dims):
-        d = _dim(x, d)
+    dims = [_dim(x, d) for d in ([dims] if isinstance(dims, int) else dims)]
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"flip: dims {list(dims)} repeat a dim")
+    if x.ndim == 0:
+        return x
+    for d in dims:
         x = _take(x, d, np.arange(x.shape[d] - 1, -1, -1))
     return x
 

@@ -262,3 +262,46 @@ def test_tensor_methods_torch_code_reaches_for():
     assert x.expand_as(ig.tensor(np.ones((2, 3)))).shape == (2, 3)
     y = x.new_tensor([1, 2])
     assert y.dtype == "float64" and y.numpy().tolist() == [1.0, 2.0]
+
+
+S0 = np.array(1.5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_scalar_inputs_flip_gather_and_scatter_as_torch(backend):
+    """A 0-d tensor is its one element along dim 0 (or -1), as torch's."""
+    check_function(lambda x: (F.flip(x, (0,)), F.gather(x, 0, np.array(0)),
+                              F.scatter_add(x, -1, np.array(0), x * 2)),
+                   lambda x: (torch.flip(x, (0,)), torch.gather(x, 0, torch.tensor(0)),
+                              torch.scatter_add(x, -1, torch.tensor(0), x * 2)),
+                   [S0], [0], backend)
+
+
+def test_chunks_of_an_empty_dim_and_shape_errors_as_torch():
+    x = np.zeros((0, 2))
+    got = [tuple(t.shape) for t in F.chunk(x, 3, 0)]
+    assert got == [tuple(t.shape) for t in torch.zeros(0, 2).chunk(3, 0)] == [(0, 2)] * 3
+    with pytest.raises(ValueError, match="repeat a dim"):
+        F.flip(np.zeros((2, 3)), (0, -2))
+    with pytest.raises(ValueError, match="sizes must be non-empty"):
+        F.unflatten(np.zeros(6), 0, ())
+    for shape, pad, mode in [((2, 3, 5), (-6, 1), "constant"), ((1, 2, 4), (-1, -3), "reflect"),
+                             ((3, 2, 1), (-1, 0), "replicate"), ((2, 0, 5), (1, 2), "reflect")]:
+        with pytest.raises(RuntimeError):
+            torch.nn.functional.pad(torch.zeros(shape), pad, mode)
+        with pytest.raises(ValueError, match="pad"):
+            F.pad(np.zeros(shape, np.float32), pad, mode)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_index_add_refuses_a_negative_index_as_torch(backend):
+    from irgraph.errors import RuntimeDataError
+    f = fe.compile(lambda x, i, s: F.index_add(x, 1, i, s), fe.TensorSpec((2, 4), "float32"),
+                   fe.TensorSpec((2,), "int64"), fe.TensorSpec((2, 2), "float32"),
+                   backend=backend)
+    x, s = np.zeros((2, 4), np.float32), np.ones((2, 2), np.float32)
+    np.testing.assert_array_equal(f(x, np.array([3, 3]), s), [[0, 0, 0, 2]] * 2)
+    with pytest.raises(RuntimeDataError, match="index -1 is out of range"):
+        f(x, np.array([0, -1]), s)
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        torch.zeros(2, 4).index_add(1, torch.tensor([0, -1]), torch.ones(2, 2))
