@@ -1,4 +1,4 @@
-"""``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder``
+"""``nn.MultiheadAttention``, the encoder and decoder layers and stacks and ``nn.Transformer``
 with torch's parameter names, layouts, initialization and arguments (docs/layers.md). The
 attention itself is ``functional_norm.attend``, shared with
 ``F.scaled_dot_product_attention``."""
@@ -18,6 +18,7 @@ from .module import Module, ModuleList, Parameter
 from .random import rng
 
 __all__ = ["MultiheadAttention", "TransformerEncoderLayer", "TransformerEncoder",
+           "TransformerDecoderLayer", "TransformerDecoder", "Transformer",
            "NonDynamicallyQuantizableLinear"]
 
 
@@ -44,13 +45,23 @@ def _additive(mask, like, name: str):
     return None, F.cast(m, like.dtype)
 
 
+def _attend_appended(mask, value, extra: int):
+    """A mask (..., S) widened to (..., S + extra) by ``value`` columns (attend)."""
+    if mask is None:
+        return None
+    fill = np.full((*mask.shape[:-1], extra), value, mask.type.np_dtype)
+    return F.cat([mask, F.as_tensor(fill, mask)], -1)
+
+
 class MultiheadAttention(Module):
     """``torch.nn.MultiheadAttention``: ``in_proj_weight`` (3E, E) and ``in_proj_bias`` (3E)
     packed as q, k, v (separate ``q/k/v_proj_weight`` when kdim or vdim differ from E),
     ``out_proj`` a Linear; xavier-uniform projections, zero biases. forward(query, key,
     value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
     returns (output, weights or None); (L, N, E) layout unless ``batch_first``, unbatched
-    (L, E) accepted."""
+    (L, E) accepted. ``add_bias_kv``: learned ``bias_k``/``bias_v`` (1, 1, E) appended to
+    the projected keys and values; ``add_zero_attn``: a key and value of zeros appended
+    to every head; either adds a key every query attends (its mask columns unmasked)."""
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim=None, vdim=None,
@@ -59,9 +70,6 @@ class MultiheadAttention(Module):
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
             raise ValueError(f"MultiheadAttention: embed_dim ({embed_dim}) must be divisible "
                              f"by num_heads ({num_heads})")
-        if add_bias_kv or add_zero_attn:
-            raise NotImplementedError("MultiheadAttention: add_bias_kv and add_zero_attn are "
-                                      "not supported")
         self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, float(dropout)
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
@@ -79,6 +87,13 @@ class MultiheadAttention(Module):
         self.out_proj = NonDynamicallyQuantizableLinear(e, e, bias=bias)
         if bias:
             self.out_proj.bias.data[...] = 0
+        if add_bias_kv:         # xavier-normal over (1, 1, E): fan in = fan out = E
+            self.bias_k, self.bias_v = (
+                Parameter(rng().normal(0.0, math.sqrt(1.0 / e), (1, 1, e)).astype(np.float32))
+                for _ in range(2))
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = bool(add_zero_attn)
 
     def _bias(self, i: int):
         b = self._parameters.get("in_proj_bias")
@@ -132,10 +147,19 @@ class MultiheadAttention(Module):
                              f"query's batch {n}")
         q, k, v = self._project(query, key, value)
         h, d = self.num_heads, self.head_dim
+        extra = 0
+        if self.bias_k is not None:
+            k, v = (F.cat([t, F.broadcast_to(F.cast(b, t.dtype), (n, 1, e))], 1)
+                    for t, b in ((k, self.bias_k), (v, self.bias_v)))
+            extra = 1
 
         def heads(t, length):
             return F.transpose(F.reshape(t, (n, length, h, d)), 1, 2)    # (N, H, len, D)
-        q, k, v = heads(q, l), heads(k, s), heads(v, s)
+        q, k, v = heads(q, l), heads(k, s + extra), heads(v, s + extra)
+        if self.add_zero_attn:
+            zero = F.zeros((n, h, 1, d), dtype=q.dtype)
+            k, v = F.cat([k, zero], 2), F.cat([v, zero], 2)
+            extra += 1
         keep, additive = _additive(attn_mask, q, "attn_mask")
         if attn_mask is not None:
             shape = tuple((keep if keep is not None else additive).shape)
@@ -156,6 +180,9 @@ class MultiheadAttention(Module):
                 keep = m if keep is None else F.logical_and(keep, m)
             else:
                 additive = m if additive is None else F.add(additive, m)
+        if extra:       # the appended keys: attended by every query
+            keep, additive = _attend_appended(keep, True, extra), _attend_appended(
+                additive, 0.0, extra)
         p = self.dropout if self.training else 0.0
         out, attn = attend(q, k, v, None, keep, additive, p)
         out = F.reshape(F.transpose(out, 1, 2), (n, l, e))
@@ -193,11 +220,7 @@ class TransformerEncoderLayer(Module):
         self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
-        if isinstance(activation, str):
-            if activation not in _ACTIVATIONS:
-                raise ValueError(f"activation should be relu/gelu, not {activation}")
-            activation = _ACTIVATIONS[activation]
-        self.activation = activation
+        self.activation = _activation(activation)
 
     def _sa(self, x, attn_mask, key_padding_mask, is_causal):
         y = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
@@ -233,3 +256,146 @@ class TransformerEncoder(Module):
             x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
                       is_causal=bool(is_causal))
         return x if self.norm is None else self.norm(x)
+
+
+def _activation(activation):
+    if isinstance(activation, str):
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation should be relu/gelu, not {activation}")
+        return _ACTIVATIONS[activation]
+    return activation
+
+
+class TransformerDecoderLayer(Module):
+    """``torch.nn.TransformerDecoderLayer``: self-attention over the target, attention from
+    the target to the encoder's ``memory``, and a feed-forward block, each with dropout, a
+    residual connection and layer norm, after (``norm_first=False``) or before."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation="relu", layer_norm_eps: float = 1e-5,
+                 batch_first: bool = False, norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
+                                            batch_first=batch_first)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
+                                                 batch_first=batch_first)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
+        self.dropout = Dropout(dropout)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
+        self.norm_first = norm_first
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
+        self.activation = _activation(activation)
+
+    def _sa(self, x, attn_mask, key_padding_mask, is_causal):
+        y = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                           need_weights=False, is_causal=is_causal)[0]
+        return self.dropout1(y)
+
+    def _mha(self, x, memory, attn_mask, key_padding_mask, is_causal):
+        y = self.multihead_attn(x, memory, memory, attn_mask=attn_mask,
+                                key_padding_mask=key_padding_mask, need_weights=False,
+                                is_causal=is_causal)[0]
+        return self.dropout2(y)
+
+    def _ff(self, x):
+        return self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal: bool = False,
+                memory_is_causal: bool = False):
+        x, memory = F.as_tensor(tgt), F.as_tensor(memory)
+        if self.norm_first:
+            x = x + self._sa(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+            x = x + self._mha(self.norm2(x), memory, memory_mask, memory_key_padding_mask,
+                              memory_is_causal)
+            return x + self._ff(self.norm3(x))
+        x = self.norm1(x + self._sa(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+        x = self.norm2(x + self._mha(x, memory, memory_mask, memory_key_padding_mask,
+                                     memory_is_causal))
+        return self.norm3(x + self._ff(x))
+
+
+class TransformerDecoder(Module):
+    """``torch.nn.TransformerDecoder``: ``num_layers`` copies of ``decoder_layer`` (deep
+    copies, as torch's), each attending to the same ``memory``, then ``norm``."""
+
+    def __init__(self, decoder_layer: TransformerDecoderLayer, num_layers: int, norm=None):
+        super().__init__()
+        self.layers = ModuleList([copy.deepcopy(decoder_layer) for _ in range(num_layers)])
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal=None,
+                memory_is_causal: bool = False):
+        x = tgt
+        for layer in self.layers:
+            x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                      tgt_key_padding_mask=tgt_key_padding_mask,
+                      memory_key_padding_mask=memory_key_padding_mask,
+                      tgt_is_causal=bool(tgt_is_causal) and tgt_mask is not None,
+                      memory_is_causal=memory_is_causal)
+        return x if self.norm is None else self.norm(x)
+
+
+class Transformer(Module):
+    """``torch.nn.Transformer``: an encoder (``num_encoder_layers`` layers and a final layer
+    norm) over ``src`` and a decoder (``num_decoder_layers`` and a final norm) over ``tgt``
+    attending to the encoder's output; every weight matrix xavier-uniform, as torch's
+    ``_reset_parameters``. ``custom_encoder``/``custom_decoder`` replace either."""
+
+    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation="relu", custom_encoder=None,
+                 custom_decoder=None, layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        if custom_encoder is not None:
+            self.encoder = custom_encoder
+        else:
+            self.encoder = TransformerEncoder(
+                TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
+                                        layer_norm_eps, batch_first, norm_first, bias),
+                num_encoder_layers, LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        if custom_decoder is not None:
+            self.decoder = custom_decoder
+        else:
+            self.decoder = TransformerDecoder(
+                TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
+                                        layer_norm_eps, batch_first, norm_first, bias),
+                num_decoder_layers, LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        for p in self.parameters():
+            if p.data.ndim > 1:
+                fan_out, fan_in = p.data.shape[0], int(np.prod(p.data.shape[1:]))
+                a = math.sqrt(6.0 / (fan_in + fan_out))
+                p.data = rng().uniform(-a, a, p.data.shape).astype(p.data.dtype)
+        self.d_model, self.nhead, self.batch_first = d_model, nhead, batch_first
+
+    def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None,
+                src_key_padding_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
+                memory_is_causal: bool = False):
+        src, tgt = F.as_tensor(src), F.as_tensor(tgt)
+        batch = 0 if self.batch_first else 1
+        if src.ndim == 3 and (tgt.ndim != 3 or src.shape[batch] != tgt.shape[batch]):
+            raise ValueError(f"Transformer: the batch number of src {list(src.shape)} and tgt "
+                             f"{list(tgt.shape)} must be equal")
+        if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
+            raise ValueError(f"Transformer: the feature number of src {list(src.shape)} and "
+                             f"tgt {list(tgt.shape)} must be equal to d_model {self.d_model}")
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask,
+                              is_causal=src_is_causal)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                            tgt_key_padding_mask=tgt_key_padding_mask,
+                            memory_key_padding_mask=memory_key_padding_mask,
+                            tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+    @staticmethod
+    def generate_square_subsequent_mask(sz: int, dtype=np.float32) -> np.ndarray:
+        """torch's causal float mask: 0 on and below the diagonal, -inf above."""
+        return np.triu(np.full((sz, sz), -np.inf, dtype=dtype), 1)

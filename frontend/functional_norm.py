@@ -11,8 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .functional_core import (add, amax, as_tensor, cast, eq, in_float32, le, logical_or, matmul,
-                              mean, mul, promote, reshape, rsqrt, softmax, sub, transpose, where)
+from .functional_core import (add, amax, as_tensor, broadcast_to, cast, eq, in_float32, le,
+                              logical_or, matmul, mean, mul, promote, reshape, rsqrt, softmax,
+                              sub, transpose, unsqueeze, where)
 from .functional_pool import is_buffer
 from .functional_random import dropout
 from .tracing import Tensor
@@ -167,6 +168,24 @@ def causal_mask(like: Tensor, l: int, s: int) -> Tensor:
     return _iota(like, (l, s), 0) >= _iota(like, (l, s), 1)
 
 
+def _query_groups(q: Tensor, kv: Tensor) -> Tensor:
+    """Grouped-query attention's keys or values: each of kv's heads (dim -3) repeated for
+    the consecutive query heads of its group (torch's ``repeat_interleave`` over -3), as a
+    broadcast (its gradient sums over the group)."""
+    if q.ndim < 3 or kv.ndim < 3:
+        raise ValueError("scaled_dot_product_attention: enable_gqa needs heads at dim -3, got "
+                         f"query {list(q.shape)} and key/value {list(kv.shape)}")
+    hq, hkv = q.shape[-3], kv.shape[-3]
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"scaled_dot_product_attention: enable_gqa needs the query's heads "
+                         f"({hq}) to be a multiple of the key's and value's ({hkv})")
+    if hq == hkv:
+        return kv
+    lead, (s, e) = kv.shape[:-3], kv.shape[-2:]
+    wide = broadcast_to(unsqueeze(kv, -3), (*lead, hkv, hq // hkv, s, e))
+    return reshape(wide, (*lead, hq, s, e))
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: float | None = None,
                                  enable_gqa: bool = False, *, generator=None) -> Tensor:
@@ -174,14 +193,13 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     v`` over (..., L, E), (..., S, E), (..., S, Ev). ``attn_mask``: bool (True = attend) or
     float (added to the scores), broadcast to (..., L, S); ``is_causal``: the lower triangle;
     ``scale`` defaults to 1/sqrt(E); ``dropout_p`` drops attention weights (``F.dropout``,
-    always, as torch's function does)."""
+    always, as torch's function does); ``enable_gqa``: grouped-query attention, key and value
+    with fewer heads (dim -3) than the query, each repeated over a group of query heads."""
     q, k = promote(query, key)
     q, v = promote(q, value)
     k = cast(k, q.dtype)
     if not q.type.is_float:
         raise TypeError(f"scaled_dot_product_attention needs float tensors, got {q.type}")
-    if enable_gqa:
-        raise NotImplementedError("scaled_dot_product_attention: enable_gqa is not supported")
     if q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
         raise ValueError("scaled_dot_product_attention: query, key and value need at least 2 "
                          f"dims, got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
@@ -190,6 +208,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
         raise ValueError(f"scaled_dot_product_attention: query {list(q.shape)}, key "
                          f"{list(k.shape)} and value {list(v.shape)} do not fit: need "
                          f"(..., L, E), (..., S, E), (..., S, Ev)")
+    if enable_gqa:
+        k, v = _query_groups(q, k), _query_groups(q, v)
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
     keep, additive, blind = None, None, None

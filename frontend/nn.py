@@ -45,7 +45,8 @@ from .layers_norm import (GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNor
                           RMSNorm)
 
 # attention and transformer layers
-from .attention import (MultiheadAttention, NonDynamicallyQuantizableLinear, TransformerEncoder,
+from .attention import (MultiheadAttention, NonDynamicallyQuantizableLinear, Transformer,
+                        TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
                         TransformerEncoderLayer)
 
 # recurrent layers and the networks of chapter 10

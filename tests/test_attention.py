@@ -12,7 +12,7 @@ import torch
 import irgraph.frontend as fe
 from irgraph.frontend import F, nn
 
-from _torch_twins import check
+from _torch_twins import check, check_function
 
 
 def random_config(seed: int) -> dict:
@@ -185,3 +185,160 @@ def test_attention_over_heads_of_a_transposed_tensor_as_torch(backend):
     t = torch.from_numpy(y)
     want = twin(t, t, t, need_weights=False)[0].detach().numpy()
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+class _Call(nn.Module):
+    """A module called with fixed keyword arguments (one twin class per framework)."""
+
+    def __init__(self, m, names, kw):
+        super().__init__()
+        self.m, self.names, self.kw = m, names, kw
+
+    def forward(self, *xs):
+        return self.m(*xs[:2], **dict(zip(self.names, xs[2:])), **self.kw)
+
+
+class _TorchCall(torch.nn.Module):
+    def __init__(self, m, names, kw):
+        super().__init__()
+        self.m, self.names, self.kw = m, names, kw
+
+    def forward(self, *xs):
+        return self.m(*xs[:2], **dict(zip(self.names, xs[2:])), **self.kw)
+
+
+def _perturbed(ours, seed):
+    r = np.random.default_rng(seed)
+    for p in ours.parameters():
+        p.data = (p.data + r.standard_normal(p.data.shape) * 0.2).astype(np.float32)
+
+
+def transformer_case(batch_first: bool, norm_first: bool, act: str = "relu"):
+    """nn.Transformer (2 encoder and 2 decoder layers) with a causal target mask, a padded
+    source (src and memory key padding) and a padded target."""
+    fe.manual_seed(5)
+    kw = dict(dropout=0.0, batch_first=batch_first, norm_first=norm_first, activation=act)
+    ours = nn.Transformer(E, 2, 2, 2, FF, **kw)
+    twin = torch.nn.Transformer(E, 2, 2, 2, FF, **kw)
+    _perturbed(ours, 1)
+    r = np.random.default_rng(3)
+    src = r.standard_normal((N, S, E) if batch_first else (S, N, E))
+    tgt = r.standard_normal((N, L, E) if batch_first else (L, N, E))
+    causal = nn.Transformer.generate_square_subsequent_mask(L)
+    spad = r.random((N, S)) < 0.3
+    spad[:, 0] = False
+    tpad = r.random((N, L)) < 0.2
+    tpad[:, 0] = False
+    names = ["tgt_mask", "src_key_padding_mask", "memory_key_padding_mask",
+             "tgt_key_padding_mask"]
+    return (_Call(ours, names, {}), _TorchCall(twin, names, {}),
+            [src, tgt, causal, spad, spad, tpad])
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+@pytest.mark.parametrize("batch_first,norm_first,act",
+                         [(False, False, "relu"), (True, True, "gelu")])
+def test_transformer_matches_torch_float64_reference(batch_first, norm_first, act):
+    """Encoder, decoder (self-attention, attention to memory, feed-forward) and their final
+    norms: outputs, input and parameter gradients equal torch.nn.Transformer's."""
+    ours, twin, inputs = transformer_case(batch_first, norm_first, act)
+    check(ours, twin, inputs, "reference", np.float64, rtol=1e-9, atol=1e-10, grad_inputs=2)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+def test_transformer_matches_torch_float32_llvm():
+    ours, twin, inputs = transformer_case(True, False)
+    check(ours, twin, inputs, "llvm", np.float32, rtol=2e-4, atol=3e-5, grad_inputs=2)
+
+
+def test_transformer_decoder_stack_and_layer_match_torch():
+    """nn.TransformerDecoder of deep-copied layers with a final norm and a float memory
+    mask, and a bare decoder layer (norm_first), against torch's."""
+    for norm_first in (False, True):
+        fe.manual_seed(2)
+        layer = dict(d_model=E, nhead=2, dim_feedforward=FF, dropout=0.0, norm_first=norm_first)
+        ours = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), 2, nn.LayerNorm(E))
+        twin = torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(**layer), 2,
+                                           torch.nn.LayerNorm(E))
+        _perturbed(ours, 4)
+        r = np.random.default_rng(6)
+        tgt, mem = r.standard_normal((L, N, E)), r.standard_normal((S, N, E))
+        names = ["memory_mask"]
+        check(_Call(ours, names, {}), _TorchCall(twin, names, {}),
+              [tgt, mem, r.standard_normal((L, S))], "reference", np.float64, rtol=1e-9,
+              atol=1e-10, grad_inputs=2)
+        fe.manual_seed(2)
+        one, one_t = nn.TransformerDecoderLayer(**layer), torch.nn.TransformerDecoderLayer(**layer)
+        check(one, one_t, [tgt, mem], "reference", np.float64, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+def test_transformer_initialises_every_matrix_xavier_uniform():
+    """torch.nn.Transformer._reset_parameters: xavier-uniform weight matrices, bound
+    sqrt(6 / (fan_in + fan_out)); layer norms and biases as their layers make them."""
+    fe.manual_seed(0)
+    m = nn.Transformer(64, 4, 1, 1, 128)
+    for name, p in m.named_parameters():
+        a = p.data
+        if a.ndim > 1:
+            bound = np.sqrt(6.0 / (a.shape[0] + a.shape[1]))
+            assert np.abs(a).max() <= bound and np.abs(a).max() > 0.95 * bound, name
+            assert abs(a.std() - bound / np.sqrt(3)) < 0.1 * bound, name
+    sd, twin = m.state_dict(), torch.nn.Transformer(64, 4, 1, 1, 128).state_dict()
+    assert list(sd) == list(twin)
+    assert all(tuple(sd[k].shape) == tuple(twin[k].shape) for k in sd)
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+@pytest.mark.parametrize("bias_kv,zero_attn,mask", [(True, False, "bool"),
+                                                    (False, True, "float"),
+                                                    (True, True, "bool")])
+def test_mha_bias_kv_and_zero_attention_match_torch(bias_kv, zero_attn, mask):
+    """add_bias_kv appends learned bias_k/bias_v, add_zero_attn a zero key and value: the
+    masks gain columns that every query attends; weights cover them (S + 1 or S + 2)."""
+    fe.manual_seed(1)
+    kw = dict(add_bias_kv=bias_kv, add_zero_attn=zero_attn, kdim=5, vdim=5)
+    ours, twin = nn.MultiheadAttention(E, 2, **kw), torch.nn.MultiheadAttention(E, 2, **kw)
+    _perturbed(ours, 2)
+    r = np.random.default_rng(8)
+    am = r.random((L, S)) < 0.3 if mask == "bool" else r.standard_normal((L, S))
+    inputs = [r.standard_normal((L, N, E)), r.standard_normal((S, N, 5)), am,
+              r.random((N, S)) < 0.3]
+
+    class Kv(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, q, kv, am, pad):
+            return self.m(q, kv, kv, attn_mask=am, key_padding_mask=pad)
+
+    class TorchKv(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, q, kv, am, pad):
+            return self.m(q, kv, kv, attn_mask=am, key_padding_mask=pad)
+    check(Kv(ours), TorchKv(twin), inputs, "reference", np.float64, rtol=1e-9, atol=1e-10,
+          grad_inputs=2)
+    if bias_kv and zero_attn:
+        twin.zero_grad(set_to_none=True)        # torch accumulated the first check's
+        check(Kv(ours), TorchKv(twin), inputs, "llvm", np.float32, rtol=2e-4, atol=3e-5,
+              grad_inputs=2)
+
+
+@pytest.mark.parametrize("backend", ["reference", "llvm"])
+def test_sdpa_grouped_query_attention_matches_torch(backend):
+    """enable_gqa: 6 query heads over 2 key/value heads (each serving 3 consecutive query
+    heads), causal; values and the gradients of q, k, v against torch's."""
+    r = np.random.default_rng(12)
+    q, k, v = (r.standard_normal(s) for s in ((2, 6, 4, 5), (2, 2, 7, 5), (2, 2, 7, 3)))
+
+    check_function(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+        lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=True), [q, k, v], (0, 1, 2), backend)
+    with pytest.raises(ValueError, match="multiple of"):
+        fe.trace(lambda q, k: F.scaled_dot_product_attention(q, k, k, enable_gqa=True),
+                 fe.TensorSpec((1, 6, 4, 5), "float32"), fe.TensorSpec((1, 4, 7, 5), "float32"))

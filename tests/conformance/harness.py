@@ -360,21 +360,29 @@ def check_op(op_name: str, fn: Callable, tol_class: str, dtype: str,
     ``CI_STRIDE``); a group's graph is built once for the backends that run it."""
     prepared = samples(op_name, dtype)[:limit]
     stride = CI_STRIDE.get(op_name, 1) if stride is None else stride
+    return run_prepared(op_name, fn, prepared, tol_class, dtype, backend_names, stride)
+
+
+def run_prepared(name: str, fn: Callable, prepared: Sequence[Prepared], tol_class: str,
+                 dtype: str, backend_names: Sequence[str], stride: int) -> dict[str, list]:
+    """(prepared sample, outcome) pairs per backend: every sample on the reference, every
+    ``stride``-th on compiled backends, in groups of ``GROUP_SIZE`` whose graph is built once
+    for the backends that run it."""
     results: dict[str, list] = {b: [] for b in backend_names}
     subsets: dict[int, list[str]] = {}
     for b in backend_names:
         subsets.setdefault(1 if b == "reference" else stride, []).append(b)
     for k, names in subsets.items():
-        for group in chunks(prepared[::k], GROUP_SIZE):
+        for group in chunks(list(prepared)[::k], GROUP_SIZE):
             if not group:
                 continue
             try:
-                gg = _GroupGraph(op_name, fn, group)
+                gg = _GroupGraph(name, fn, group)
             except Exception:   # noqa: BLE001 -- run_group narrows it to the samples
                 gg = None
             by_index = {p.index: p for p in group}
             for b in names:
-                for o in run_group(op_name, fn, group, b, tol_class, dtype, gg):
+                for o in run_group(name, fn, group, b, tol_class, dtype, gg):
                     results[b].append((by_index[o.index], o))
     return results
 
