@@ -74,20 +74,21 @@ from .functional_tensor import (all, any, arange, bitwise_and, bitwise_not, bitw
                                 full_like, isfinite, isinf, isnan, linspace, logical_not,
                                 logical_xor, masked_fill, movedim, nan_to_num, narrow, norm,
                                 ones, ones_like, prod, repeat, repeat_interleave, roll, round,
-                                split, tile, tril, triu, trunc, unbind, unflatten, zeros,
-                                zeros_like, sort, argsort, topk, msort, kthvalue)
+                                scatter, scatter_reduce, split, tile, tril, triu, trunc, unbind,
+                                unflatten, zeros, zeros_like, sort, argsort, topk, msort,
+                                kthvalue)
 
 from .tracing import Tensor  # (the type of what every function returns)
 
 # torch's tensor functions composed of the above: products, elementwise functions,
-# diagonals, cdist, moments, cummax/cummin, logcumsumexp, median
+# diagonals, cdist, moments, cummax/cummin, logcumsumexp, median, rot90, tensor_split
 from .functional_math import (addcdiv, addcmul, addmm, addmv, baddbmm, bmm, cdist, cosh,
                               count_nonzero, cross, cummax, cummin, deg2rad, diag, diag_embed,
                               diagonal, dot, exp2, hypot, inner, lerp, log10, log2, nanmean,
                               nansum,
                               logaddexp, logaddexp2, logcumsumexp, logit, median, mm, mv,
-                              outer, rad2deg, reciprocal, sinc, sinh, std_mean, tan, tensordot,
-                              trace, var_mean, xlogy)
+                              outer, rad2deg, reciprocal, rot90, sinc, sinh, std_mean, tan,
+                              tensor_split, tensordot, trace, var_mean, xlogy)
 
 # composed of the above: local response norm, max unpooling, the bilinear form, pdist
 from .functional_more import (bilinear, local_response_norm, max_pool1d_with_indices,

@@ -3,7 +3,7 @@
 elementwise functions (``lerp``, ``hypot``, ``logaddexp``, ``xlogy``, ``logit``, ``log2``,
 ``sinh``, ...), diagonals (``diagonal``, ``diag``, ``trace``), distances (``cdist``),
 moments (``var_mean``, ``std_mean``) and scans and order statistics (``cummax``, ``cummin``,
-``logcumsumexp``, ``median``)."""
+``logcumsumexp``, ``median``), ``rot90`` and ``tensor_split``."""
 from __future__ import annotations
 
 import math
@@ -14,10 +14,10 @@ from irgraph.ops.core import wrap_dim
 
 from .compositions import expm1, log1p
 from .functional_core import (MinMax, abs, as_tensor, cast, eq, exp, log, matmul, maximum,
-                              mean, pad, reshape, sin, sqrt, std, sum, var, where)
+                              mean, pad, reshape, sin, sqrt, std, sum, transpose, var, where)
 from .functional_distance import vector_norm
 from .functional_index import take_along_dim
-from .functional_tensor import arange, inclusive_scan, isnan, movedim, narrow, sort
+from .functional_tensor import arange, flip, inclusive_scan, isnan, movedim, narrow, sort
 from .tracing import Tensor
 
 __all__ = ["mm", "mv", "dot", "bmm", "addmm", "addmv", "baddbmm", "outer", "inner",
@@ -26,7 +26,7 @@ __all__ = ["mm", "mv", "dot", "bmm", "addmm", "addmv", "baddbmm", "outer", "inne
            "deg2rad", "rad2deg", "addcmul", "addcdiv", "diagonal", "diag", "diag_embed", "trace",
            "var_mean", "std_mean", "cdist", "count_nonzero", "nansum", "nanmean", "cummax",
            "cummin",
-           "logcumsumexp", "median"]
+           "logcumsumexp", "median", "rot90", "tensor_split"]
 
 
 def _float(x) -> Tensor:
@@ -414,3 +414,48 @@ def median(input, dim=None, keepdim: bool = False):
     if not keepdim:
         vals, idx = squeeze(vals, d), squeeze(idx, d)
     return MinMax(vals, idx)
+
+
+def rot90(input, k: int = 1, dims=(0, 1)) -> Tensor:
+    """``torch.rot90``: ``k`` quarter turns in the plane of ``dims``, from the first
+    towards the second (k < 0 the other way)."""
+    x = as_tensor(input)
+    dims = list(dims)
+    if len(dims) != 2:
+        raise ValueError(f"rot90: dims must be two dims, got {dims}")
+    if x.ndim < 2:
+        raise ValueError(f"rot90: input must have at least 2 dims, got shape {list(x.shape)}")
+    a, b = (wrap_dim(d, x.ndim) for d in dims)
+    if a == b:
+        raise ValueError(f"rot90: dims {dims} must differ")
+    k = int(k) % 4
+    if k == 1:
+        return transpose(flip(x, (b,)), a, b)
+    if k == 2:
+        return flip(x, (a, b))
+    if k == 3:
+        return flip(transpose(x, a, b), (b,))
+    return x
+
+
+def tensor_split(input, indices_or_sections, dim: int = 0) -> tuple[Tensor, ...]:
+    """``torch.tensor_split``: ``n`` pieces as equal as they come (the first ``size % n``
+    one longer), or the pieces between the listed indices (clamped to the dimension; an
+    index below the one before gives an empty piece)."""
+    x = as_tensor(input)
+    if x.ndim == 0:
+        raise ValueError("tensor_split: a 0-d tensor has no dimension to split")
+    d = wrap_dim(dim, x.ndim)
+    n = x.shape[d]
+    if isinstance(indices_or_sections, (int, np.integer)):
+        parts = int(indices_or_sections)
+        if parts <= 0:
+            raise ValueError(f"tensor_split: sections must be positive, got {parts}")
+        sizes = [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
+        bounds = np.cumsum([0] + sizes)
+        pairs = zip(bounds[:-1], bounds[1:])
+    else:
+        cuts = [int(i) for i in np.asarray(indices_or_sections).reshape(-1)]
+        cuts = [min(max(c + n if c < 0 else c, 0), n) for c in cuts]
+        pairs = zip([0] + cuts, cuts + [n])
+    return tuple(narrow(x, d, int(lo), max(int(hi) - int(lo), 0)) for lo, hi in pairs)

@@ -21,10 +21,11 @@ from irgraph.types import LOW_DTYPES, TensorType
 
 from .functional_core import (MinMax, abs, add, amax, amin, as_tensor, cast, check_fits,
                               emit_op, eq,
-                              exact_floor, gt, logical_and, logical_or, lt, matmul, mul, ne, neg,
+                              div, exact_floor, floor_divide, gt, logical_and, logical_or, lt,
+                              matmul, mul, ne, neg,
                               pad, permute, reshape, slice_axes, squeeze, sub, sum, where)
 from .functional_distance import vector_norm
-from .functional_index import index_select
+from .functional_index import index_select, scatter_add
 from .tracing import Tensor, current_tracer
 
 __all__ = ["split", "chunk", "unbind", "flip", "fliplr", "flipud", "roll", "movedim",
@@ -34,7 +35,7 @@ __all__ = ["split", "chunk", "unbind", "flip", "fliplr", "flipud", "roll", "move
            "logical_xor", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "einsum",
            "norm", "detach", "zeros", "ones", "full", "empty", "zeros_like", "ones_like",
            "full_like", "empty_like", "arange", "eye", "linspace", "sort", "argsort", "topk",
-           "msort", "kthvalue"]
+           "msort", "kthvalue", "scatter", "scatter_reduce"]
 
 
 def _dim(x: Tensor, dim: int) -> int:
@@ -204,6 +205,64 @@ def repeat_interleave(input, repeats: int, dim: int | None = None, *,
         x, dim = reshape(x, (-1,)), 0
     d = _dim(x, dim)
     return _take(x, d, np.repeat(np.arange(x.shape[d]), int(repeats)))
+
+
+def scatter(input, dim: int, index, src=None, *, value=None, reduce: str | None = None
+            ) -> Tensor:
+    """``torch.scatter``: ``input`` with ``src[i]`` (or a number, given as ``src`` or
+    ``value``) written at ``i with i[dim] = index[i]`` (src read on index's extent);
+    ``reduce="add"`` adds instead (``scatter_add``). An index repeated along ``dim`` with
+    different ``src`` values writes their sum (torch leaves which one wins undefined)."""
+    x = as_tensor(input)
+    if src is not None and value is not None:
+        raise TypeError("scatter: give src or value, not both")
+    if src is None and value is None:
+        raise TypeError("scatter: give src (a tensor) or value (a number)")
+    number = value if src is None else src
+    if reduce not in (None, "add"):
+        raise NotImplementedError(f"scatter: reduce={reduce!r} is not supported (None or "
+                                  f"'add'; torch.scatter_reduce's 'sum' and 'mean' are)")
+    idx = as_tensor(index)
+    if isinstance(number, (Tensor, np.ndarray)) and not (
+            isinstance(number, np.ndarray) and number.ndim == 0 and src is None):
+        s = as_tensor(number, x)
+    else:
+        check_fits(number, x.dtype, "scatter")
+        s = full(idx.shape, number, dtype=x.dtype)
+    if reduce == "add":
+        return scatter_add(x, dim, idx, s)
+    return _scattered(x, dim, idx, s, include_self=False)[0]
+
+
+def _scattered(x: Tensor, dim: int, idx: Tensor, s: Tensor, include_self: bool):
+    """(x with the sum of the ``s`` scattered to each written place, there instead of x's
+    value unless ``include_self``; how many were scattered to each place (float32))."""
+    ones = full(idx.shape, 1.0, dtype="float32")
+    count = scatter_add(full(x.shape, 0.0, dtype="float32"), dim, idx, ones)
+    total = scatter_add(full(x.shape, 0.0, dtype=x.dtype), dim, idx, s)
+    written = gt(count, 0.0)
+    return where(written, add(x, total) if include_self else total, x), count
+
+
+def scatter_reduce(input, dim: int, index, src, reduce: str, *,
+                   include_self: bool = True) -> Tensor:
+    """``torch.scatter_reduce`` with ``reduce`` "sum" or "mean": the places ``index``
+    writes get the sum (or mean) of what is scattered there, with their own value counted
+    in unless ``include_self=False``; other places keep theirs. A mean of integers rounds
+    toward minus infinity, as torch's."""
+    if reduce not in ("sum", "mean"):
+        raise NotImplementedError(f"scatter_reduce: reduce={reduce!r} is not supported "
+                                  f"('sum' or 'mean')")
+    x = as_tensor(input)
+    idx = as_tensor(index)
+    s = as_tensor(src, x)
+    out, count = _scattered(x, dim, idx, s, include_self)
+    if reduce == "sum":
+        return out
+    n = add(count, 1.0) if include_self else count
+    n = cast(where(gt(count, 0.0), n, 1.0), x.dtype)
+    mean = div(out, n) if x.type.is_float else floor_divide(out, n)
+    return where(gt(count, 0.0), mean, x)
 
 
 # ---------------------------------------------------------------- masks and triangles

@@ -69,7 +69,7 @@ _METHODS = {
         "cumsum", "cumprod", "prod", "all", "any", "isnan", "isinf", "isfinite", "nan_to_num",
         "floor", "ceil", "trunc", "round", "frac", "logical_not", "logical_xor",
         "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "norm", "detach", "sort",
-        "argsort", "topk", "msort", "kthvalue")},
+        "argsort", "topk", "msort", "kthvalue", "scatter", "scatter_reduce")},
     **{name: getattr(M, name) for name in M.__all__ if name not in ("tensordot", "cdist")},
 }
 for _name, _fn in _METHODS.items():

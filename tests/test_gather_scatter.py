@@ -349,3 +349,44 @@ def test_embedding_refuses_negative_indices_as_torch(backend):
                    backend=backend)
     np.testing.assert_array_equal(g(emb.weight.data, np.array([0, -1])),
                                   emb.weight.data[[0, -1]])
+
+
+SCATTER_X = RNG.standard_normal((3, 5))
+SCATTER_SRC = RNG.standard_normal((3, 3))     # (torch's scatter_reduce backward needs index's shape)
+UNIQUE = np.array([[0, 1, 2], [4, 3, 0], [2, 0, 1]])           # distinct along dim 1
+REPEATED = np.array([[0, 1, 1], [4, 4, 4], [2, 0, 2]])
+ROWS = np.array([[0, 2, 1, 0, 2], [1, 0, 2, 2, 0]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS64)
+def test_scatter_and_scatter_reduce_match_torch(backend):
+    """scatter (src, a value, reduce='add') and scatter_reduce sum/mean with and without
+    the input's own value: values and the gradients of input and src."""
+    from _torch_twins import check_function
+    check_function(
+        lambda x, s: (F.scatter(x, 1, UNIQUE, s), x.scatter(0, ROWS, 2.5),
+                      F.scatter(x, 1, REPEATED, s, reduce="add"),
+                      F.scatter_reduce(x, 1, REPEATED, s, "sum"),
+                      F.scatter_reduce(x, 1, REPEATED, s, "mean", include_self=False),
+                      x.scatter_reduce(1, REPEATED, s, "mean")),
+        lambda x, s: (torch.scatter(x, 1, torch.tensor(UNIQUE), s),
+                      x.scatter(0, torch.tensor(ROWS), 2.5),
+                      torch.scatter_add(x, 1, torch.tensor(REPEATED), s),
+                      torch.scatter_reduce(x, 1, torch.tensor(REPEATED), s, "sum"),
+                      torch.scatter_reduce(x, 1, torch.tensor(REPEATED), s, "mean",
+                                           include_self=False),
+                      x.scatter_reduce(1, torch.tensor(REPEATED), s, "mean")),
+        [SCATTER_X, SCATTER_SRC], [0, 1], backend)
+
+
+def test_integer_scatter_reduce_mean_floors_as_torch():
+    x = np.random.default_rng(3).integers(-9, 9, (3, 5))
+    s = np.random.default_rng(4).integers(-9, 9, (3, 4))
+    for inc in (True, False):
+        got = F.scatter_reduce(x, 1, REPEATED, s, "mean", include_self=inc).numpy()
+        want = torch.scatter_reduce(torch.tensor(x), 1, torch.tensor(REPEATED), torch.tensor(s),
+                                    "mean", include_self=inc).numpy()
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(NotImplementedError, match="amax"):
+        F.scatter_reduce(x, 1, REPEATED, s, "amax")

@@ -132,6 +132,13 @@ CASES = [  # (id, ours, torch's, inputs, differentiated positions)
     ("median_nan_keepdim", lambda x: tuple(F.median(x, 1, keepdim=True)),
      lambda x: tuple(torch.median(x, 1, keepdim=True)),
      [_with(_r(80, 10), [1.0, np.nan, 3.0, np.nan]).reshape(2, 5)], []),
+    ("rot90", lambda x: (F.rot90(x), F.rot90(x, -1, (2, 0)), F.rot90(x, 2, (1, 2)),
+                         F.rot90(x, 7, (-1, -2))),
+     lambda x: (torch.rot90(x), torch.rot90(x, -1, (2, 0)), torch.rot90(x, 2, (1, 2)),
+                torch.rot90(x, 7, (-1, -2))), [_r(81, 2, 3, 4)], [0]),
+    ("tensor_split", lambda x: F.tensor_split(x, 3, 1) + F.tensor_split(x, [1, 5, 3, -2], -1),
+     lambda x: torch.tensor_split(x, 3, 1) + torch.tensor_split(x, [1, 5, 3, -2], -1),
+     [_r(82, 2, 7, 5)], [0]),
 ]
 
 
