@@ -9,7 +9,8 @@ rate, as torch's do.
 ``ig.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.1)``, ``MultiStepLR``,
 ``ExponentialLR``, ``ConstantLR``, ``LinearLR``, ``PolynomialLR``, ``CosineAnnealingLR``,
 ``CosineAnnealingWarmRestarts``, ``LambdaLR``, ``MultiplicativeLR``, ``OneCycleLR`` (with
-momentum / beta1 cycled), ``SequentialLR`` and ``ReduceLROnPlateau``. The optimizer's own
+momentum / beta1 cycled), ``CyclicLR``, ``SequentialLR``, ``ChainedScheduler`` and
+``ReduceLROnPlateau``. The optimizer's own
 callable schedules (``LinearDecay``, eq. 8.14) are the other way to vary the rate.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Callable, Sequence
 
 __all__ = ["LRScheduler", "LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR",
            "ConstantLR", "LinearLR", "ExponentialLR", "PolynomialLR", "CosineAnnealingLR",
-           "CosineAnnealingWarmRestarts", "OneCycleLR", "SequentialLR", "ReduceLROnPlateau"]
+           "CosineAnnealingWarmRestarts", "OneCycleLR", "CyclicLR", "SequentialLR",
+           "ChainedScheduler", "ReduceLROnPlateau"]
 
 
 def _lr(group) -> float:
@@ -35,6 +37,19 @@ def _lr(group) -> float:
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_momentum(optimizer, name: str) -> None:
+    if not (hasattr(optimizer, "momentum") or hasattr(optimizer, "betas")):
+        raise ValueError(f"{name}: cycle_momentum needs an optimizer with momentum or betas")
+
+
+def _set_momentum(group, m: float) -> None:
+    """A cycled momentum into a parameter group: Adam's beta1, or SGD's momentum."""
+    if "betas" in group:
+        group["betas"] = (m, group["betas"][1])
+    else:
+        group["momentum"] = m
 
 
 def _per_group(value, groups, what: str) -> list:
@@ -367,9 +382,7 @@ class OneCycleLR(LRScheduler):
             initials.append(initial)
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
-            if not (hasattr(optimizer, "momentum") or hasattr(optimizer, "betas")):
-                raise ValueError("OneCycleLR: cycle_momentum needs an optimizer with momentum "
-                                 "or betas")
+            _check_momentum(optimizer, "OneCycleLR")
         if last_epoch == -1:
             for group, initial in zip(groups, initials):
                 group["lr"] = group["initial_lr"] = initial
@@ -403,12 +416,78 @@ class OneCycleLR(LRScheduler):
         if self.cycle_momentum:
             for i, group in enumerate(self.optimizer.param_groups):
                 self._group = i
-                m = self._at(self.last_epoch, 1)
-                if "betas" in group:
-                    group["betas"] = (m, group["betas"][1])
-                else:
-                    group["momentum"] = m
+                _set_momentum(group, self._at(self.last_epoch, 1))
             self._group = 0
+
+
+class CyclicLR(LRScheduler):
+    """The cyclical rate (Smith): up from ``base_lr`` to ``max_lr`` over ``step_size_up``
+    steps, down over ``step_size_down`` (default the same), the cycle's height scaled by
+    ``mode`` "triangular" (1), "triangular2" (halved each cycle), "exp_range" (``gamma`` to
+    the step) or ``scale_fn`` (of the cycle or the step, ``scale_mode``); with
+    ``cycle_momentum`` the momentum (or beta1) moves the opposite way between
+    ``max_momentum`` and ``base_momentum``. Step it after every batch."""
+
+    def __init__(self, optimizer, base_lr, max_lr, step_size_up: float = 2000,
+                 step_size_down: float | None = None, mode: str = "triangular",
+                 gamma: float = 1.0, scale_fn: Callable[[float], float] | None = None,
+                 scale_mode: str = "cycle", cycle_momentum: bool = True,
+                 base_momentum=0.8, max_momentum=0.9, last_epoch: int = -1):
+        groups = optimizer.param_groups
+        bases = [float(v) for v in _per_group(base_lr, groups, "base_lr")]
+        if last_epoch == -1:
+            for group, lr in zip(groups, bases):
+                group["lr"] = lr
+        self.max_lrs = [float(v) for v in _per_group(max_lr, groups, "max_lr")]
+        up = float(step_size_up)
+        down = float(step_size_down) if step_size_down is not None else up
+        self.total_size, self.step_ratio = up + down, up / (up + down)
+        if mode not in ("triangular", "triangular2", "exp_range") and scale_fn is None:
+            raise ValueError(f"CyclicLR: mode {mode!r} is invalid and scale_fn is None")
+        self.mode, self.gamma, self.custom_scale = mode, float(gamma), scale_fn
+        self.scale_mode = scale_mode if scale_fn is not None else (
+            "iterations" if mode == "exp_range" else "cycle")
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            _check_momentum(optimizer, "CyclicLR")
+            self.base_momentums = [float(v) for v in
+                                   _per_group(base_momentum, groups, "base_momentum")]
+            self.max_momentums = [float(v) for v in
+                                  _per_group(max_momentum, groups, "max_momentum")]
+            if last_epoch == -1:
+                for group, m in zip(groups, self.max_momentums):
+                    _set_momentum(group, m)
+        super().__init__(optimizer, last_epoch)
+        self.base_lrs = bases
+
+    def scale_fn(self, x: float) -> float:
+        if self.custom_scale is not None:
+            return self.custom_scale(x)
+        if self.mode == "triangular":
+            return 1.0
+        if self.mode == "triangular2":
+            return 1 / (2.0 ** (x - 1))
+        return self.gamma ** x
+
+    def _phase(self, epoch) -> tuple[float, float]:
+        """(the scale of the cycle's height at ``epoch``, the height's position in it)."""
+        cycle = math.floor(1 + epoch / self.total_size)
+        x = 1.0 + epoch / self.total_size - cycle
+        pos = x / self.step_ratio if x <= self.step_ratio else (x - 1) / (self.step_ratio - 1)
+        return self.scale_fn(cycle if self.scale_mode == "cycle" else epoch), pos
+
+    def lr_at(self, epoch):
+        scale, pos = self._phase(epoch)
+        lo, hi = self.base_lrs[self._group], self.max_lrs[self._group]
+        return lo + (hi - lo) * pos * scale
+
+    def step(self, epoch: int | None = None) -> None:
+        super().step(epoch)
+        if self.cycle_momentum:
+            scale, pos = self._phase(self.last_epoch)
+            for group, lo, hi in zip(self.optimizer.param_groups, self.base_momentums,
+                                     self.max_momentums):
+                _set_momentum(group, hi - (hi - lo) * pos * scale)
 
 
 class SequentialLR(LRScheduler):
@@ -455,6 +534,38 @@ class SequentialLR(LRScheduler):
     def state_dict(self) -> dict:
         state = {k: v for k, v in self.__dict__.items()
                  if k not in ("optimizer", "schedulers", "_initial")}
+        state["schedulers"] = [s.state_dict() for s in self.schedulers]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        subs = state.pop("schedulers")
+        self.__dict__.update(state)
+        for s, sub in zip(self.schedulers, subs):
+            s.load_state_dict(sub)
+
+
+class ChainedScheduler(LRScheduler):
+    """Several schedulers stepped together (``schedulers[i].step()`` in order, each applying
+    its factor to the rate the one before left): torch's ``ChainedScheduler``."""
+
+    def __init__(self, schedulers: Sequence[LRScheduler], optimizer=None):
+        if len(schedulers) < 1:
+            raise ValueError("ChainedScheduler: expects at least one scheduler")
+        self.schedulers = list(schedulers)
+        self.optimizer = optimizer if optimizer is not None else self.schedulers[0].optimizer
+        for i, s in enumerate(self.schedulers):
+            if s.optimizer is not self.optimizer:
+                raise ValueError(f"ChainedScheduler: scheduler {i} drives another optimizer")
+        self._last_lr = [_lr(g) for g in self.optimizer.param_groups]
+
+    def step(self, epoch=None) -> None:
+        for s in self.schedulers:
+            s.step()
+        self._last_lr = [_lr(g) for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedulers")}
         state["schedulers"] = [s.state_dict() for s in self.schedulers]
         return state
 

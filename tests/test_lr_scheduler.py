@@ -277,3 +277,43 @@ def test_polynomial_over_no_iterations_keeps_the_rate_as_torch():
     ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 0.1)
     _both([S.PolynomialLR(ours_opt, total_iters=0)], [TS.PolynomialLR(torch_opt, total_iters=0)],
           4, ours_opt, torch_opt)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(base_lr=0.01, max_lr=0.1, step_size_up=4),
+    dict(base_lr=0.01, max_lr=0.1, step_size_up=3, step_size_down=5, mode="triangular2"),
+    dict(base_lr=0.01, max_lr=0.1, step_size_up=2, mode="exp_range", gamma=0.9),
+    dict(base_lr=0.01, max_lr=0.1, step_size_up=3, scale_fn=lambda x: 1 / x,
+         scale_mode="cycle", base_momentum=0.7, max_momentum=0.95),
+])
+@pytest.mark.parametrize("adam", [False, True])
+def test_cyclic_rates_and_momentum_match_torch(kw, adam):
+    """CyclicLR (Smith's triangular policies): the rate and the momentum (SGD) or beta1
+    (Adam), which moves against it, step by step."""
+    if adam:
+        ours_opt, torch_opt = _pair(ig.optim.Adam, torch.optim.Adam, 0.001)
+    else:
+        ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 0.1, momentum=0.9)
+    ours, theirs = S.CyclicLR(ours_opt, **kw), TS.CyclicLR(torch_opt, **kw)
+    key = "betas" if adam else "momentum"
+    for _ in range(25):
+        assert ours_opt.lr == pytest.approx(torch_opt.param_groups[0]["lr"], rel=1e-12)
+        assert ours_opt.param_groups[0][key] == pytest.approx(torch_opt.param_groups[0][key],
+                                                              rel=1e-12)
+        torch_opt.step()
+        ours.step()
+        theirs.step()
+
+
+def test_chained_scheduler_steps_its_schedulers_as_torch():
+    ours_opt, torch_opt = _pair(ig.optim.SGD, torch.optim.SGD, 1.0)
+    ours = S.ChainedScheduler([S.ConstantLR(ours_opt, 0.1, total_iters=2),
+                               S.ExponentialLR(ours_opt, 0.9)])
+    theirs = TS.ChainedScheduler([TS.ConstantLR(torch_opt, 0.1, total_iters=2),
+                                  TS.ExponentialLR(torch_opt, 0.9)])
+    assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr(), rel=1e-12)
+    _both([ours], [theirs], 6, ours_opt, torch_opt)
+    assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr(), rel=1e-12)
+    state = ours.state_dict()
+    assert [sorted(s_) for s_ in state["schedulers"]] == [
+        sorted(s_.state_dict()) for s_ in ours.schedulers]
