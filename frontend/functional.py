@@ -91,6 +91,7 @@ from .functional_math import (addcdiv, addcmul, addmm, addmv, baddbmm, bmm, cdis
                               tensor_split, tensordot, trace, var_mean, xlogy)
 
 # composed of the above: local response norm, max unpooling, the bilinear form, pdist
-from .functional_more import (bilinear, local_response_norm, max_pool1d_with_indices,
+from .functional_more import (bilinear, embedding_bag, local_response_norm,
+                              max_pool1d_with_indices,
                               max_pool2d_with_indices, max_pool3d_with_indices, max_unpool1d,
                               max_unpool2d, max_unpool3d, pdist)

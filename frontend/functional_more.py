@@ -1,7 +1,7 @@
 """``frontend.F`` functions composed of the others, with ``torch.nn.functional``'s names and
 arguments: local response normalization, max unpooling (the inverse of the max pools'
-``return_indices``), the bilinear form, pairwise distances within a set (re-exported by
-functional.py)."""
+``return_indices``), the bilinear form, pairwise distances within a set, embedding bags
+(re-exported by functional.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,14 +9,14 @@ import numpy as np
 from . import functional_core as F
 from .functional_conv import int_tuple
 from .functional_distance import vector_norm
-from .functional_index import scatter_add
+from .functional_index import embedding, padding_index, scatter_add
 from .functional_pool import max_pool
 from .functional_tensor import detach, einsum
 from .tracing import Tensor
 
 __all__ = ["local_response_norm", "max_unpool1d", "max_unpool2d", "max_unpool3d",
            "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
-           "bilinear", "pdist"]
+           "bilinear", "pdist", "embedding_bag"]
 
 
 def local_response_norm(input, size: int, alpha: float = 1e-4, beta: float = 0.75,
@@ -145,3 +145,89 @@ def pdist(input, p: float = 2.0) -> Tensor:
     if len(i) == 0:
         return x.tracer.emit("full", shape=(0,), value=0.0, dtype=x.dtype)
     return vector_norm(x[i] - x[j], p, dim=1)
+
+
+def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type: float = 2.0,
+                  scale_grad_by_freq: bool = False, mode: str = "mean", sparse: bool = False,
+                  per_sample_weights=None, include_last_offset: bool = False,
+                  padding_idx: int | None = None) -> Tensor:
+    """``torch.nn.functional.embedding_bag``: the sum, mean or max of each bag of rows of
+    ``weight`` (num, dim). Bags: the rows of a 2-D ``input``, or the runs of a 1-D one that
+    start at ``offsets`` (``include_last_offset``: the last offset ends the last bag, else it
+    runs to the end). ``per_sample_weights`` scale each row (mode "sum"); entries equal to
+    ``padding_idx`` are left out of their bag (and of its mean's count); an empty bag gives
+    zeros. A 1-D input's bags are a (bags x entries) membership mask built from the offsets
+    at run time, so the sums are one matrix product."""
+    if max_norm is not None or scale_grad_by_freq or sparse:
+        raise NotImplementedError("embedding_bag: max_norm, scale_grad_by_freq and sparse "
+                                  "gradients are not supported")
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError(f"embedding_bag: mode must be 'sum', 'mean' or 'max', got {mode!r}")
+    if per_sample_weights is not None and mode != "sum":
+        raise ValueError(f"embedding_bag: per_sample_weights is only supported for "
+                         f"mode='sum' (got mode={mode!r})")
+    w = F.as_tensor(weight)
+    idx = F.as_tensor(input)
+    if idx.ndim == 2:
+        if offsets is not None:
+            raise ValueError("embedding_bag: if input is 2-D, offsets has to be None")
+        rows = embedding(idx, w)                                  # (B, N, D)
+        member = None
+    elif idx.ndim == 1:
+        if offsets is None:
+            raise ValueError("embedding_bag: a 1-D input needs offsets (a 1-D tensor)")
+        off = F.as_tensor(offsets)
+        if off.ndim != 1 or off.type.is_float:
+            raise ValueError(f"embedding_bag: offsets must be a 1-D integer tensor, got "
+                             f"{off.type}")
+        n = idx.shape[0]
+        bags = off.shape[0] - (1 if include_last_offset else 0)
+        if bags < 0:
+            raise ValueError("embedding_bag: include_last_offset needs at least one offset")
+        starts = F.slice_axes(off, [0], [bags], [1])
+        if include_last_offset:
+            ends = F.slice_axes(off, [1], [bags + 1], [1])
+        else:
+            ends = F.cat([F.slice_axes(off, [1], [bags], [1]),
+                          F.as_tensor(np.array([n], off.type.np_dtype))], 0)
+        pos = F.as_tensor(np.arange(n, dtype=off.type.np_dtype)[None, :])
+        member = F.logical_and(F.le(F.unsqueeze(starts, 1), pos),
+                               F.lt(pos, F.unsqueeze(ends, 1)))   # (B, N)
+        rows = embedding(idx, w)                                  # (N, D)
+    else:
+        raise ValueError(f"embedding_bag: input must be 1-D (with offsets) or 2-D, got "
+                         f"{idx.type}")
+    keep = None
+    if padding_idx is not None:
+        keep = F.ne(idx, padding_index(padding_idx, w.shape[0]))
+    if member is None:
+        member = keep
+    elif keep is not None:
+        member = F.logical_and(member, F.unsqueeze(keep, 0))
+    if per_sample_weights is not None:
+        psw = F.as_tensor(per_sample_weights, w)
+        if tuple(psw.shape) != tuple(idx.shape):
+            raise ValueError(f"embedding_bag: per_sample_weights {list(psw.shape)} must have "
+                             f"the input's shape {list(idx.shape)}")
+        rows = F.mul(rows, F.unsqueeze(F.cast(psw, w.dtype), -1))
+    two_d = idx.ndim == 2
+    if member is None:                                  # 2-D, every entry counted
+        count = F.as_tensor(np.array(float(idx.shape[1]), w.type.np_dtype))
+        mask = None
+    else:
+        mask = F.cast(member, w.dtype)
+        count = F.sum(mask, -1, keepdim=True)
+    if mode == "max":
+        wide = rows if two_d else F.unsqueeze(rows, 0)
+        if member is not None:
+            m = F.unsqueeze(member, -1)
+            wide = F.where(m, wide, F.as_tensor(np.array(-np.inf, w.type.np_dtype)))
+        out = F.amax(wide, 1)
+        return out if member is None else F.where(F.gt(count, 0.0), out, 0.0)
+    if two_d:
+        total = F.sum(rows if mask is None else F.mul(rows, F.unsqueeze(mask, -1)), 1)
+    else:
+        total = F.matmul(mask, rows)
+    if mode == "sum":
+        return total
+    return F.div(total, F.maximum(count, F.as_tensor(np.array(1.0, w.type.np_dtype))))

@@ -19,6 +19,7 @@ from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, Ad
                      AdaptiveMaxPool2d, AdaptiveMaxPool3d, AvgPool1d, AvgPool2d, AvgPool3d,
                      BatchNorm1d, BatchNorm2d, BatchNorm3d, Conv1d, Conv2d, Conv3d,
                      ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Dropout, Embedding,
+                     EmbeddingBag,
                      GlobalAvgPool, LocallyConnected1d, LocallyConnected2d, LPPool1d, LPPool2d,
                      LPPool3d, Maxout, MaxPool1d, MaxPool2d, MaxPool3d, TiledConv2d)
 

@@ -390,3 +390,55 @@ def test_integer_scatter_reduce_mean_floors_as_torch():
         np.testing.assert_array_equal(got, want)
     with pytest.raises(NotImplementedError, match="amax"):
         F.scatter_reduce(x, 1, REPEATED, s, "amax")
+
+
+BAG_INPUT = np.array([1, 2, 4, 5, 4, 3, 2, 9, 0, 0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS32)
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_matches_torch(mode, backend):
+    """F.embedding_bag over a 1-D input cut by offsets (an empty bag, the last offset
+    included or not, padding entries left out) and a 2-D input, with per-sample weights in
+    sum mode: values and the weight's gradient."""
+    from _torch_twins import check_function
+    w = RNG.standard_normal((10, 3))
+    psw = RNG.standard_normal(10)
+    rows = np.array([[1, 2, 4], [4, 3, 4]])
+
+    def ours(w, psw):
+        extra = dict(per_sample_weights=psw) if mode == "sum" else {}
+        return (F.embedding_bag(BAG_INPUT, w, np.array([0, 3, 3, 7]), mode=mode, **extra),
+                F.embedding_bag(BAG_INPUT, w, np.array([0, 4, 10]), mode=mode,
+                                include_last_offset=True, padding_idx=4),
+                F.embedding_bag(rows, w, mode=mode, padding_idx=4))
+
+    def theirs(w, psw):
+        f = torch.nn.functional.embedding_bag
+        extra = dict(per_sample_weights=psw) if mode == "sum" else {}
+        t = torch.tensor
+        return (f(t(BAG_INPUT), w, t([0, 3, 3, 7]), mode=mode, **extra),
+                f(t(BAG_INPUT), w, t([0, 4, 10]), mode=mode, include_last_offset=True,
+                  padding_idx=4),
+                f(t(rows), w, mode=mode, padding_idx=4))
+    check_function(ours, theirs, [w, psw], [0, 1] if mode == "sum" else [0], backend)
+
+
+def test_embedding_bag_module_and_refusals_as_torch():
+    fe.manual_seed(0)
+    ours = nn.EmbeddingBag(10, 3, mode="sum", padding_idx=0)
+    assert np.all(ours.weight.data[0] == 0)
+    theirs = torch.nn.EmbeddingBag(10, 3, mode="sum", padding_idx=0)
+    theirs.load_state_dict({"weight": torch.from_numpy(ours.weight.data)})
+    assert repr(ours) == repr(theirs)
+    offsets = np.array([0, 5])
+    got = ours(BAG_INPUT, offsets).numpy()
+    want = theirs(torch.tensor(BAG_INPUT), torch.tensor(offsets)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="per_sample_weights is only supported"):
+        F.embedding_bag(BAG_INPUT, ours.weight, offsets, mode="mean",
+                        per_sample_weights=np.ones(10, np.float32))
+    with pytest.raises(ValueError, match="offsets has to be None"):
+        F.embedding_bag(np.zeros((2, 3), np.int64), ours.weight, offsets)
+    with pytest.raises(ValueError, match="needs offsets"):
+        F.embedding_bag(BAG_INPUT, ours.weight)
