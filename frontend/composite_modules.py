@@ -14,7 +14,7 @@ __all__ = ["LeakyReLU", "ReLU6", "Hardtanh", "ELU", "Softplus", "SiLU", "LogSigm
            "L1Loss", "SmoothL1Loss", "HuberLoss", "BCELoss", "BCEWithLogitsLoss", "KLDivLoss",
            "PoissonNLLLoss", "GaussianNLLLoss", "MarginRankingLoss", "HingeEmbeddingLoss",
            "SoftMarginLoss", "CosineEmbeddingLoss", "TripletMarginLoss",
-           "MultiLabelSoftMarginLoss", "MultiMarginLoss",
+           "MultiLabelSoftMarginLoss", "MultiMarginLoss", "CTCLoss",
            "CosineSimilarity", "PairwiseDistance", "PixelShuffle", "PixelUnshuffle",
            "ChannelShuffle", "Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d",
            "Dropout1d", "Dropout2d", "Dropout3d", "Fold", "Unfold",
@@ -95,6 +95,7 @@ Hardshrink = _module("Hardshrink", F.hardshrink, lambd=0.5)
 Softshrink = _module("Softshrink", F.softshrink, lambd=0.5)
 Tanhshrink = _module("Tanhshrink", F.tanhshrink)
 Threshold = _module("Threshold", F.threshold, threshold=None, value=None, inplace=False)
+CTCLoss = _module("CTCLoss", F.ctc_loss, blank=0, reduction="mean", zero_infinity=False)
 KLDivLoss = _module("KLDivLoss", F.kl_div, size_average=None, reduce=None, reduction="mean",
                     log_target=False)
 PoissonNLLLoss = _module("PoissonNLLLoss", F.poisson_nll_loss, log_input=True, full=False,

@@ -90,6 +90,9 @@ from .functional_math import (addcdiv, addcmul, addmm, addmv, baddbmm, bmm, cdis
                               outer, rad2deg, reciprocal, rot90, sinc, sinh, std_mean, tan,
                               tensor_split, tensordot, trace, var_mean, xlogy)
 
+# connectionist temporal classification
+from .functional_ctc import ctc_loss
+
 # composed of the above: local response norm, max unpooling, the bilinear form, pdist
 from .functional_more import (bilinear, embedding_bag, local_response_norm,
                               max_pool1d_with_indices,

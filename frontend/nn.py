@@ -24,7 +24,8 @@ from .layers import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d, Ad
                      LPPool3d, Maxout, MaxPool1d, MaxPool2d, MaxPool3d, TiledConv2d)
 
 # activations and losses composed of core ops
-from .composite_modules import (BCELoss, BCEWithLogitsLoss, CELU, ChannelShuffle, CircularPad1d,
+from .composite_modules import (BCELoss, BCEWithLogitsLoss, CELU, ChannelShuffle, CTCLoss,
+                                CircularPad1d,
                                 CircularPad2d, CircularPad3d, ConstantPad1d, ConstantPad2d,
                                 ConstantPad3d, CosineEmbeddingLoss, CosineSimilarity, Dropout1d,
                                 Dropout2d, Dropout3d, ELU, Fold, GaussianNLLLoss, GELU, GLU,
