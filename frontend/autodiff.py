@@ -26,6 +26,7 @@ from irgraph import Graph
 
 from .compiler import CompiledFunction
 from .driver import Gradient, compile_graph
+from .guards import Guard
 from .nn import Module, Parameter
 from .tracing import TensorSpec, trace_with, unflatten
 
@@ -121,12 +122,12 @@ def check_aux_structure(structure, name: str) -> None:
 
 def _build(fn: Callable | Module, specs: Sequence[TensorSpec], wrt: Wrt, has_aux: bool,
            with_value: bool, model: Module | None, backend: str, pipeline, name: str | None,
-           options: dict, print_after=None) -> GradFunction:
-    if not specs:       # shapes from the arrays of each call (frontend.jit's table)
+           options: dict, print_after=None, lazy: bool = True) -> GradFunction:
+    if not specs and lazy:  # shapes from the arrays of each call (frontend.jit's table)
         from .jit import JitFunction
         return JitFunction(fn, lambda f, sp: _build(f, sp, wrt, has_aux, with_value, model,
                                                     backend, pipeline, name, options,
-                                                    print_after))
+                                                    print_after, lazy=False))
     graph, tracer, structure = trace_with(fn, specs, name, _param_names(fn, model))
     n_user = len(graph.outputs) - len(graph.donations)
     if has_aux:
@@ -140,8 +141,12 @@ def _build(fn: Callable | Module, specs: Sequence[TensorSpec], wrt: Wrt, has_aux
     built = compile_graph(graph, backend=backend, differentiate=Gradient(tuple(names)),
                           pipeline=pipeline, kind="training", print_after=print_after,
                           options=options)
-    return GradFunction(built.graph, graph, tracer.params, structure, built.executable, pack,
-                        with_value, has_aux, built.passes)
+    out = GradFunction(built.graph, graph, tracer.params, structure, built.executable, pack,
+                       with_value, has_aux, built.passes)
+    out._guard = Guard(fn, tracer.params, tracer.modules)
+    out._rebuild = lambda: _build(fn, specs, wrt, has_aux, with_value, model, backend, pipeline,
+                                  name, options, print_after, lazy=False)
+    return out
 
 
 def grad(fn: Callable | Module, *specs: TensorSpec, wrt: Wrt = None, has_aux: bool = False,

@@ -81,7 +81,7 @@ def compile(fn: Callable | Module, *specs: TensorSpec, backend: str = "reference
                           print_after=print_after, options=options)
     compiled = CompiledFunction(built.graph, tracer.params, structure, built.executable,
                                 graph, built.passes)
-    compiled._guard = Guard(fn, tracer.params)
+    compiled._guard = Guard(fn, tracer.params, tracer.modules)
     compiled._rebuild = lambda: compile(fn, *specs, backend=backend, pipeline=pipeline,
                                         name=name, **options)
     return DynamicBatchFunction(compiled) if dynamic_batch else compiled

@@ -399,7 +399,17 @@ def median(input, dim=None, keepdim: bool = False):
     from .functional_core import argmax, squeeze
     x = as_tensor(input)
     if dim is None:
-        return median(reshape(x, (-1,)), 0).values
+        flat = reshape(x, (-1,))
+        value = median(flat, 0).values
+        if not x.type.is_float:
+            return value
+        # torch's gradient: shared evenly by the elements equal to the median (the NaNs,
+        # when it is NaN); the value itself stays the median exactly
+        from .functional_tensor import detach
+        v = detach(value)
+        hit = where(isnan(v), isnan(flat), eq(flat, v))
+        share = sum(where(hit, flat, 0.0)) / cast(sum(cast(hit, "int32")), x.dtype)
+        return v + (share - detach(share))
     d = wrap_dim(dim, max(x.ndim, 1))
     n = x.shape[d] if x.ndim else 1
     s = sort(x, d, stable=True)

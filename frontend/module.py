@@ -11,6 +11,7 @@ import numpy as np
 
 from .functional_core import as_tensor
 from .guards import bump
+from .tracing import note_module
 
 
 class Parameter:
@@ -98,9 +99,7 @@ class Module:
             raise AttributeError(f"call Module.__init__() in {type(self).__name__}.__init__ "
                                  f"before assigning {name!r}")
         _refuse_plain_container(self, name, value)
-        if name == "training" or isinstance(value, (Parameter, Module)) or any(
-                name in d for d in (self._parameters, self._modules, self._buffers)):
-            bump()
+        bump()          # any attribute (a layer's eps, slope, p) may be read when tracing
         if name in self._buffers and not isinstance(value, (Parameter, Module)) \
                 and value is not None:
             # torch keeps a buffer a buffer when an array is assigned to it
@@ -312,6 +311,7 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
+        note_module(self)
         return self.forward(*args, **kwargs)
 
     # ------------------------------------------------------------ conversions

@@ -636,8 +636,12 @@ class RMSprop(Optimizer):
         if nesterov and not all(g["momentum"] != 0 for g in groups):
             raise ValueError("Nesterov momentum requires a momentum > 0 in every group")
         self.centered = centered
-        self.kind = (("rmsprop_centered" if centered else "rmsprop") +
-                     ("_momentum" if self._has_momentum else ""))
+
+    @property
+    def kind(self) -> str:
+        """The rule compiled (``centered`` read at each step: setting it compiles again)."""
+        return (("rmsprop_centered" if self.centered else "rmsprop") +
+                ("_momentum" if self._has_momentum else ""))
 
     def _nesterov_flag(self) -> bool:
         return self.nesterov
@@ -674,7 +678,11 @@ class Adam(Optimizer):
         super().__init__(params, lr=lr, convention=convention, weight_decay=weight_decay, **kw)
         self.betas, self.eps, self.amsgrad = tuple(betas), eps, amsgrad
         self._finish_groups()
-        self.kind = "adam_amsgrad" if amsgrad else "adam"
+
+    @property
+    def kind(self) -> str:
+        """The rule compiled (``amsgrad`` read at each step: setting it compiles again)."""
+        return "adam_amsgrad" if self.amsgrad else "adam"
 
     def _rule_values(self):
         b1, b2 = self.betas

@@ -54,6 +54,8 @@ class Tracer:
         self.param_names = dict(param_names or {})
         self.param_values: dict[int, Value] = {}
         self.params: dict[str, Any] = {}
+        # the modules called while tracing (id -> module): a function's guard watches them
+        self.modules: dict[int, Any] = {}
         # parameter name -> new value: state a traced model updates (batch norm's running
         # statistics in training mode). compile() adds them as outputs donated to the buffers.
         self.state_updates: dict[str, Value] = {}
@@ -91,6 +93,13 @@ def current_tracer() -> Tracer:
     which runs each op at once with the registry's kernels."""
     tr = _CURRENT.get()
     return eager_tracer() if tr is None else tr
+
+
+def note_module(module) -> None:
+    """A module is being called: the trace being recorded (not the eager one) depends on it."""
+    tr = _CURRENT.get()
+    if tr is not None:
+        tr.modules.setdefault(id(module), module)
 
 
 @contextlib.contextmanager

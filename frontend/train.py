@@ -65,12 +65,15 @@ class TrainStepFunction:
 
     _guard = _rebuild = None
 
-    _layout_version = None
+    _layout_version = _spec = None
 
     def __call__(self, *batch):
         if self._guard is not None:     # the model changed what it traces: compile again
+            # so does a structural option set on the optimizer (nesterov, maximize,
+            # amsgrad, centered: its spec), as torch's step reads them at each call
             rebuild_if_changed(self, self._rebuild, keep=("amp",), force=(
-                self._layout_version != self.optimizer.layout_version))
+                self._layout_version != self.optimizer.layout_version
+                or self._spec != self.optimizer.spec()))
         lay = self.layout
         if len(batch) != len(lay.batch):
             raise TypeError(f"the training step takes {len(lay.batch)} batch input(s) "
@@ -256,7 +259,8 @@ def compile_train(model: Module | Callable, loss_fn: Callable | None, optimizer:
                            *([scaling.init_scale] if scaling else []))
     fn.passes = built.passes
     fn._layout_version = optimizer.layout_version
-    fn._guard = Guard(model, tracer.params)
+    fn._spec = optimizer.spec()
+    fn._guard = Guard(model, tracer.params, tracer.modules)
     fn._rebuild = lambda: compile_train(model, loss_fn, optimizer, *specs, backend=backend,
                                         pipeline=pipeline, n_model_inputs=n_model_inputs,
                                         name=name, has_aux=has_aux, autocast=autocast,

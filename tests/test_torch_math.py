@@ -127,6 +127,8 @@ CASES = [  # (id, ours, torch's, inputs, differentiated positions)
     ("logcumsumexp", lambda x: F.logcumsumexp(x, 1), lambda x: torch.logcumsumexp(x, 1),
      [_r(77, 3, 7, lo=-20, hi=20)], [0]),
     ("median_all", F.median, torch.median, [_r(78, 3, 5)], [0]),
+    ("median_all_ties", F.median, torch.median,            # the gradient shared by the ties
+     [np.array([[3.0, 1.0, 2.0], [2.0, 2.0, 5.0]])], [0]),
     ("median_dim", lambda x: tuple(F.median(x, 1)), lambda x: tuple(torch.median(x, 1)),
      [_r(79, 3, 6)], [0]),
     ("median_nan_keepdim", lambda x: tuple(F.median(x, 1, keepdim=True)),
