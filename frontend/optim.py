@@ -666,7 +666,6 @@ class Adam(Optimizer):
     torch: p <- p - lr s^ / (sqrt(r^) + eps); ``amsgrad`` (torch only) uses the running
            maximum of r in place of r.
     """
-    kind = "adam"
     GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(self, params=None, lr=0.001, betas: tuple[float, float] = (0.9, 0.999),
