@@ -88,7 +88,8 @@ from .functional_math import (addcdiv, addcmul, addmm, addmv, baddbmm, bmm, cdis
                               nansum,
                               logaddexp, logaddexp2, logcumsumexp, logit, median, mm, mv,
                               outer, rad2deg, reciprocal, rot90, sinc, sinh, std_mean, tan,
-                              tensor_split, tensordot, trace, var_mean, xlogy)
+                              tensor_split, tensordot, trace, var_mean, xlogy, isclose,
+                              allclose, isneginf, isposinf, fmax, fmin, true_divide)
 
 # connectionist temporal classification
 from .functional_ctc import ctc_loss

@@ -174,7 +174,8 @@ def sub(a, b, *, alpha=1) -> Tensor:
     return _scaled("sub", a, b, alpha)
 
 
-_INTEGRAL = {"float32": 2.0 ** 23, "float64": 2.0 ** 52}   # |q| at least this is an integer
+_INTEGRAL = {"float16": 2.0 ** 10, "bfloat16": 2.0 ** 7, "float32": 2.0 ** 23,
+             "float64": 2.0 ** 52}          # |q| at least this is an integer
 
 
 def _trunc(q: Tensor) -> Tensor:
@@ -216,6 +217,9 @@ def div(a, b, rounding_mode: str | None = None) -> Tensor:
     rounds the quotient toward -inf (the IR's integer ``div``; floats as ``_floor_div``),
     ``"trunc"`` toward zero. A rounded quotient has zero
     gradient, as in torch."""
+    if rounding_mode is None:       # a Python int divides as a float (2**31 past int32)
+        a, b = (float(v) if isinstance(v, (int, np.integer)) and not isinstance(
+            v, (bool, np.bool_)) else v for v in (a, b))
     a, b = promote(a, b)
     if rounding_mode not in (None, "floor", "trunc"):
         raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' "
@@ -239,7 +243,7 @@ def div(a, b, rounding_mode: str | None = None) -> Tensor:
 
 def floor_divide(a, b) -> Tensor:
     """``a // b`` (``torch.floor_divide``): rounds the quotient toward -inf."""
-    return div(a, b, rounding_mode="floor")
+    return _exact_div(a, b, rounding_mode="floor")
 
 
 def _remainder_operands(name: str, a, b) -> tuple[Tensor, Tensor]:
@@ -282,15 +286,19 @@ eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge
 logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
 
-def _opmath(fn):
-    """torch's arithmetic of a float16/bfloat16 tensor with a Python float: the scalar kept
+def _opmath(fn, reverse: bool = True):
+    """torch's arithmetic of a float16/bfloat16 tensor with a Python number: the number kept
     in float32, the op computed there and its result rounded once (``x * 1e-8`` in float16
-    is not ``x * 0``, the scalar rounded to float16 first)."""
+    is not ``x * 0``, nor ``x * 257`` in bfloat16 ``x * 256``). ``reverse``: also with the
+    number first (torch's ``x // s`` computes so, ``s // x`` rounds s to x's dtype first)."""
     @functools.wraps(fn)
     def run(a, b, *args, **kwargs):
         for i, (t, s) in enumerate(((a, b), (b, a))):
+            if i == 1 and not reverse:
+                break
             if (isinstance(t, Tensor) and not isinstance(s, Tensor) and t.dtype in LOW_DTYPES
-                    and isinstance(s, (float, np.floating))):
+                    and isinstance(s, (float, int, np.floating, np.integer))
+                    and not isinstance(s, (bool, np.bool_))):
                 wide = cast(t, "float32")
                 out = fn(wide, s, *args, **kwargs) if i == 0 else fn(s, wide, *args, **kwargs)
                 return cast(out, t.dtype) if out.dtype == "float32" else out
@@ -298,8 +306,10 @@ def _opmath(fn):
     return run
 
 
-add, sub, mul, div, pow, floor_divide, fmod, remainder = (_opmath(f) for f in (
-    add, sub, mul, div, pow, floor_divide, fmod, remainder))
+# remainder, fmod and pow round the number to the tensor's dtype first, as torch's
+_exact_div = div
+add, sub, mul, div = (_opmath(f) for f in (add, sub, mul, div))
+floor_divide = _opmath(floor_divide, reverse=False)
 
 
 def _unary(op):

@@ -39,9 +39,9 @@ def vector_norm(input, ord: float = 2, dim=None, keepdim: bool = False) -> Tenso
         s = sum(mul(x, x), dim, keepdim)
     else:       # |x|^ord taken of 1 at the zeros: below ord 1 its slope there is infinite
         ax = abs(x)
-        nz = gt(ax, 0.0)
+        nz = ne(ax, 0.0)            # (a NaN is not zero: it reaches the sum)
         s = sum(where(nz, where(nz, ax, 1.0) ** ord, 0.0), dim, keepdim)
-    some = gt(s, 0.0)
+    some = ne(s, 0.0)               # (a NaN sum gives a NaN norm, as torch's)
     safe = where(some, s, 1.0)
     return where(some, sqrt(safe) if ord == 2 else safe ** (1 / ord), 0.0)
 

@@ -13,11 +13,14 @@ import numpy as np
 from irgraph.ops.core import wrap_dim
 
 from .compositions import expm1, log1p
-from .functional_core import (MinMax, abs, as_tensor, cast, eq, exp, log, matmul, maximum,
-                              mean, pad, reshape, sin, sqrt, std, sum, transpose, var, where)
+from .functional_core import (MinMax, abs, add, as_tensor, cast, div, eq, exp, ge, le,
+                              log, logical_and, logical_or, matmul, maximum, mean, mul,
+                              pad, promote, reshape, sin, sqrt, std, sub, sum, transpose, var,
+                              where)
 from .functional_distance import vector_norm
 from .functional_index import take_along_dim
-from .functional_tensor import arange, flip, inclusive_scan, isnan, movedim, narrow, sort
+from .functional_tensor import (all as all_elements, arange, flip, inclusive_scan, isfinite,
+                                isnan, movedim, narrow, sort)
 from .tracing import Tensor
 
 __all__ = ["mm", "mv", "dot", "bmm", "addmm", "addmv", "baddbmm", "outer", "inner",
@@ -26,7 +29,8 @@ __all__ = ["mm", "mv", "dot", "bmm", "addmm", "addmv", "baddbmm", "outer", "inne
            "deg2rad", "rad2deg", "addcmul", "addcdiv", "diagonal", "diag", "diag_embed", "trace",
            "var_mean", "std_mean", "cdist", "count_nonzero", "nansum", "nanmean", "cummax",
            "cummin",
-           "logcumsumexp", "median", "rot90", "tensor_split"]
+           "logcumsumexp", "median", "rot90", "tensor_split", "isclose", "allclose",
+           "isneginf", "isposinf", "fmax", "fmin", "true_divide"]
 
 
 def _float(x) -> Tensor:
@@ -469,3 +473,60 @@ def tensor_split(input, indices_or_sections, dim: int = 0) -> tuple[Tensor, ...]
         cuts = [min(max(c + n if c < 0 else c, 0), n) for c in cuts]
         pairs = zip([0] + cuts, cuts + [n])
     return tuple(narrow(x, d, int(lo), max(int(hi) - int(lo), 0)) for lo, hi in pairs)
+
+
+def isclose(input, other, rtol: float = 1e-05, atol: float = 1e-08,
+            equal_nan: bool = False) -> Tensor:
+    """``torch.isclose``: ``|a - b| <= atol + rtol |b|`` where both are finite, equal values
+    (infinities of one sign) always, two NaNs with ``equal_nan``; integers exactly when the
+    tolerances are 0, else compared as float64."""
+    a, b = promote(as_tensor(input), as_tensor(other))
+    if rtol < 0 or atol < 0:
+        raise ValueError(f"isclose: rtol ({rtol}) and atol ({atol}) must be non-negative")
+    same = eq(a, b)
+    if not a.type.is_float:
+        if rtol == 0 and atol == 0:
+            return same
+        a, b = cast(a, "float64"), cast(b, "float64")
+    near = le(abs(sub(a, b)), add(mul(abs(b), rtol), atol))
+    out = logical_or(same, logical_and(logical_and(isfinite(a), isfinite(b)), near))
+    return logical_or(out, logical_and(isnan(a), isnan(b))) if equal_nan else out
+
+
+def allclose(input, other, rtol: float = 1e-05, atol: float = 1e-08,
+             equal_nan: bool = False) -> Tensor:
+    """``torch.allclose``: every element ``isclose`` (a 0-d bool tensor; ``bool()`` of it
+    outside a trace)."""
+    return all_elements(isclose(input, other, rtol, atol, equal_nan))
+
+
+def isneginf(input) -> Tensor:
+    x = as_tensor(input)
+    return eq(x, -math.inf) if x.type.is_float else eq(x, x + 1)
+
+
+def isposinf(input) -> Tensor:
+    x = as_tensor(input)
+    return eq(x, math.inf) if x.type.is_float else eq(x, x + 1)
+
+
+def fmax(input, other) -> Tensor:
+    """``torch.fmax``: the larger, a NaN only where both are (the gradient to ``input`` on
+    ties, as torch's)."""
+    a, b = promote(as_tensor(input), as_tensor(other))
+    if not a.type.is_float:
+        return maximum(a, b)
+    return where(logical_or(ge(a, b), isnan(b)), a, b)
+
+
+def fmin(input, other) -> Tensor:
+    """``torch.fmin``: the smaller, a NaN only where both are."""
+    a, b = promote(as_tensor(input), as_tensor(other))
+    if not a.type.is_float:
+        return where(le(a, b), a, b)
+    return where(logical_or(le(a, b), isnan(b)), a, b)
+
+
+def true_divide(input, other) -> Tensor:
+    """``torch.true_divide``: ``div`` without rounding."""
+    return div(input, other)

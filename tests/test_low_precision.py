@@ -382,13 +382,25 @@ def test_python_floats_norms_and_products_of_16_bit_tensors_as_torch(dtype, back
     x = np.array([1000.0, 65000.0, 3.0, 0.5], np.float32).astype(dtype)
     t = torch.tensor(x.astype(np.float32)).to(getattr(torch, dtype))
     fns = (lambda a: a * 1e-8, lambda a: a * 0.1, lambda a: 7.1 / a, lambda a: a + 0.3,
-           lambda a: a - 1e-3, lambda a: a // 0.3)
+           lambda a: a - 1e-3, lambda a: a // 0.3,
+           # Python ints too; remainder, fmod, pow and s // x round the number first
+           lambda a: a * 257, lambda a: a / 100000, lambda a: 100000 / a, lambda a: a % 0.1,
+           lambda a: a % 1e-8, lambda a: torch_fmod(a, 0.3), lambda a: a ** 1e-8,
+           lambda a: 1e-8 // a, lambda a: div_trunc(a, 0.7))
     import irgraph.frontend as fe
     from irgraph.frontend import F
+
+    def torch_fmod(a, s):
+        return F.fmod(a, s) if isinstance(a, fe.Tensor) else torch.fmod(a, s)
+
+    def div_trunc(a, s):
+        return (F.div(a, s, rounding_mode="trunc") if isinstance(a, fe.Tensor)
+                else torch.div(a, s, rounding_mode="trunc"))
     got = fe.compile(lambda a: tuple(f(a) for f in fns), fe.TensorSpec((4,), dtype),
                      backend=backend)(x)
-    for g, f in zip(got, fns):
-        np.testing.assert_array_equal(g.astype(np.float32), f(t).float().numpy())
+    for k, (g, f) in enumerate(zip(got, fns)):
+        np.testing.assert_array_equal(g.astype(np.float32), f(t).float().numpy(),
+                                      err_msg=f"function {k}")
     y = np.full(8, 300.0, np.float32).astype(dtype)
     p = np.full(200, 1.046875 if dtype == "bfloat16" else 1.0498, np.float32).astype(dtype)
     ty = torch.tensor(y.astype(np.float32)).to(getattr(torch, dtype))

@@ -134,6 +134,16 @@ CASES = [  # (id, ours, torch's, inputs, differentiated positions)
     ("median_nan_keepdim", lambda x: tuple(F.median(x, 1, keepdim=True)),
      lambda x: tuple(torch.median(x, 1, keepdim=True)),
      [_with(_r(80, 10), [1.0, np.nan, 3.0, np.nan]).reshape(2, 5)], []),
+    ("isclose", lambda a, b: (F.isclose(a, b), F.isclose(a, b, rtol=0.1, atol=0.0),
+                              F.isclose(a, b, equal_nan=True), F.isneginf(a), F.isposinf(b)),
+     lambda a, b: (torch.isclose(a, b), torch.isclose(a, b, rtol=0.1, atol=0.0),
+                   torch.isclose(a, b, equal_nan=True), torch.isneginf(a), torch.isposinf(b)),
+     [np.array([1.0, 1.0, np.inf, -np.inf, np.nan, 0.0, 1e-9, 2.0]),
+      np.array([1.0 + 1e-6, 1.05, np.inf, np.inf, np.nan, 1e-9, 0.0, 2.3])], []),
+    ("fmax_fmin", lambda a, b: (F.fmax(a, b), F.fmin(a, b), a.fmax(b)),
+     lambda a, b: (torch.fmax(a, b), torch.fmin(a, b), a.fmax(b)),
+     [_with(_ties(83, 8), [np.nan, 1.0, np.nan]), _with(_ties(84, 8), [2.0, np.nan, np.nan])],
+     [0, 1]),
     ("rot90", lambda x: (F.rot90(x), F.rot90(x, -1, (2, 0)), F.rot90(x, 2, (1, 2)),
                          F.rot90(x, 7, (-1, -2))),
      lambda x: (torch.rot90(x), torch.rot90(x, -1, (2, 0)), torch.rot90(x, 2, (1, 2)),
@@ -169,3 +179,36 @@ def test_refusals_name_the_shapes():
         ig.F.cross(np.ones((2, 2)), np.ones((2, 2)))
     with pytest.raises(ValueError, match="same axis"):
         ig.F.diagonal(np.ones((2, 2)), 0, 1, 1)
+
+
+def test_isclose_of_integers_and_allclose_as_torch():
+    a, b = np.array([3, 5, 7]), np.array([3, 6, 9])
+    np.testing.assert_array_equal(ig.F.isclose(a, b).numpy(),
+                                  torch.isclose(torch.tensor(a), torch.tensor(b)).numpy())
+    np.testing.assert_array_equal(
+        ig.F.isclose(a, b, rtol=0.2, atol=0.5).numpy(),
+        torch.isclose(torch.tensor(a), torch.tensor(b), rtol=0.2, atol=0.5).numpy())
+    x = _r(92, 3, 4)
+    assert bool(ig.allclose(x, x + 1e-9)) and not bool(ig.allclose(x, x + 1e-3))
+    np.testing.assert_allclose(ig.true_divide(np.array([3, 4]), 2).numpy(), [1.5, 2.0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_reaches_norms_and_huge_integer_divisors_divide_as_floats(backend):
+    """A NaN entry makes a vector norm NaN for every order (and normalize, cdist with it),
+    as torch's; an int32 tensor divided by a Python int past int32 divides as float32;
+    integer floor division by zero gives 0 on every backend (torch raises)."""
+    x = np.array([[np.nan, 1.0, 2.0], [3.0, 4.0, 0.0]], np.float32)
+    n = np.array([[7, -7, 1]], np.int32)
+    f = ig.compile(lambda x, n: (F.vector_norm(x, dim=1), F.vector_norm(x, 3, dim=1),
+                                 F.vector_norm(x, 0.5, dim=1), F.normalize(x, dim=1),
+                                 n / 2**31, n / 2**40, n // 0),
+                   ig.TensorSpec((2, 3)), ig.TensorSpec((1, 3), "int32"), backend=backend)
+    got = f(x, n)
+    t = torch.tensor(x)
+    want = (torch.linalg.vector_norm(t, dim=1), torch.linalg.vector_norm(t, 3, dim=1),
+            torch.linalg.vector_norm(t, 0.5, dim=1), torch.nn.functional.normalize(t, dim=1),
+            torch.tensor(n) / 2**31, torch.tensor(n) / 2**40)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(got[-1], [[0, 0, 0]])

@@ -137,10 +137,13 @@ def _ipow(a, b):
 
 @triton.jit
 def _floordiv(a, b):
-    q = a // b
-    r = a - q * b
-    fix = (r != 0) & ((r < 0) != (b < 0))
-    return tl.where(fix, q - 1, q)
+    # a zero divisor gives 0, as the reference's numpy and the LLVM backend give
+    zero = b == 0
+    d = tl.where(zero, 1, b)
+    q = a // d
+    r = a - q * d
+    fix = (r != 0) & ((r < 0) != (d < 0))
+    return tl.where(zero, 0, tl.where(fix, q - 1, q))
 
 
 @triton.jit
