@@ -24,7 +24,9 @@ def _index(index, what: str) -> Tensor:
                   else np.asarray(index))
     if t.dtype not in ("int32", "int64"):
         raise TypeError(f"{what}: indices must be an int32 or int64 tensor, got {t.type}"
-                        + (" (boolean masks are not supported)" if t.dtype == "bool" else ""))
+                        + (" (a boolean mask selects as many elements as its values say: "
+                           "not in a trace, where shapes are fixed; use F.where, or index "
+                           "outside the trace)" if t.dtype == "bool" else ""))
     return t
 
 
@@ -155,10 +157,38 @@ def padding_index(padding_idx: int, num: int) -> int:
 # ---------------------------------------------------------------- x[idx] with tensors
 def getitem(x: Tensor, index) -> Tensor:
     """``x[index]``: basic indexing (ints, slices of any step, None and Ellipsis:
-    ``functional_core.basic_getitem``); one integer tensor among them indexes its axis."""
+    ``functional_core.basic_getitem``); one integer tensor among them indexes its axis.
+    Outside a trace a boolean mask selects too (``x[x > 0]``: the values are at hand; a
+    trace refuses it, its shape depending on them)."""
     if is_tensor_index(index):
+        if x.tracer.eager and _has_mask(index):
+            return _eager_masked(x, index)
         return tensor_getitem(x, index)
     return basic_getitem(x, index)
+
+
+def _has_mask(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(_is_tensorlike(i) and np.asarray(_values(i)).dtype == np.bool_ for i in items)
+
+
+def _values(i):
+    return i.numpy() if isinstance(i, Tensor) else (
+        i.data if hasattr(i, "requires_grad") else np.asarray(i))
+
+
+def _eager_masked(x: Tensor, index) -> Tensor:
+    """``x[index]`` with a boolean mask among the index's parts, run by numpy on the
+    values (numpy's boolean indexing is torch's)."""
+    items = index if isinstance(index, tuple) else (index,)
+    plain = tuple(np.asarray(_values(i)) if _is_tensorlike(i) else i for i in items)
+    mask_shapes = [p.shape for p in plain if isinstance(p, np.ndarray) and p.dtype == np.bool_]
+    try:
+        out = x.numpy()[plain if isinstance(index, tuple) else plain[0]]
+    except IndexError as e:
+        raise IndexError(f"indexing {x.type} with boolean mask(s) of shape "
+                         f"{', '.join(str(list(m)) for m in mask_shapes)}: {e}") from None
+    return as_tensor(np.ascontiguousarray(out))
 
 
 def is_tensor_index(index) -> bool:

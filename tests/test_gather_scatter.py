@@ -442,3 +442,22 @@ def test_embedding_bag_module_and_refusals_as_torch():
         F.embedding_bag(np.zeros((2, 3), np.int64), ours.weight, offsets)
     with pytest.raises(ValueError, match="needs offsets"):
         F.embedding_bag(BAG_INPUT, ours.weight)
+
+
+def test_boolean_masks_select_eagerly_and_are_refused_in_a_trace():
+    """Outside a trace x[mask] is torch's (numpy's) boolean selection, alone or beside
+    slices; in a trace the result's shape would depend on the values: a clear error."""
+    import irgraph as ig
+    x = np.arange(24.0).reshape(2, 3, 4)
+    t = torch.tensor(x)
+    m = x[:, :, 0] > 5                                            # (2, 3)
+    cols = np.array([True, False, False, True])
+    for ours, theirs in ((ig.tensor(x)[ig.tensor(x) > 10], t[t > 10]),
+                         (ig.tensor(x)[m], t[torch.tensor(m)]),
+                         (ig.tensor(x)[1, :, cols], t[1, :, torch.tensor(cols)]),
+                         (ig.tensor(x)[m, 2:], t[torch.tensor(m), 2:])):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    with pytest.raises(IndexError, match=r"boolean mask\(s\) of shape \[2\]"):
+        ig.tensor(x)[np.array([True, False])]
+    with pytest.raises(TypeError, match="not in a trace"):
+        fe.compile(lambda a: a[a > 0], TensorSpec((3,), "float32"))
