@@ -181,10 +181,19 @@ def _eager_masked(x: Tensor, index) -> Tensor:
     """``x[index]`` with a boolean mask among the index's parts, run by numpy on the
     values (numpy's boolean indexing is torch's)."""
     items = index if isinstance(index, tuple) else (index,)
-    plain = tuple(np.asarray(_values(i)) if _is_tensorlike(i) else i for i in items)
+    plain = [np.asarray(_values(i)) if _is_tensorlike(i) else i for i in items]
     mask_shapes = [p.shape for p in plain if isinstance(p, np.ndarray) and p.dtype == np.bool_]
+    ints = [isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in plain]
+    # torch applies plain ints first (basic indexing), the rest to what is left
+    first: list = []
+    for p, is_int in zip(plain, ints):
+        if is_int or p is Ellipsis:
+            first.append(p)
+        elif p is not None:
+            first += [slice(None)] * (p.ndim if isinstance(p, np.ndarray) else 1)
+    rest = tuple(p for p, is_int in zip(plain, ints) if not is_int)
     try:
-        out = x.numpy()[plain if isinstance(index, tuple) else plain[0]]
+        out = x.numpy()[tuple(first)][rest]
     except IndexError as e:
         raise IndexError(f"indexing {x.type} with boolean mask(s) of shape "
                          f"{', '.join(str(list(m)) for m in mask_shapes)}: {e}") from None

@@ -455,9 +455,10 @@ def test_boolean_masks_select_eagerly_and_are_refused_in_a_trace():
     for ours, theirs in ((ig.tensor(x)[ig.tensor(x) > 10], t[t > 10]),
                          (ig.tensor(x)[m], t[torch.tensor(m)]),
                          (ig.tensor(x)[1, :, cols], t[1, :, torch.tensor(cols)]),
-                         (ig.tensor(x)[m, 2:], t[torch.tensor(m), 2:])):
+                         (ig.tensor(x)[m, 2:], t[torch.tensor(m), 2:]),
+                         (ig.tensor(x)[None, 1, cols[:3]], t[None, 1, torch.tensor(cols[:3])])):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
-    with pytest.raises(IndexError, match=r"boolean mask\(s\) of shape \[2\]"):
-        ig.tensor(x)[np.array([True, False])]
+    with pytest.raises(IndexError, match=r"boolean mask\(s\) of shape \[3\]"):
+        ig.tensor(x)[np.array([True, False, True])]
     with pytest.raises(TypeError, match="not in a trace"):
         fe.compile(lambda a: a[a > 0], TensorSpec((3,), "float32"))
