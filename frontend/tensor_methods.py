@@ -178,3 +178,56 @@ Tensor.new_zeros = lambda self, *size, dtype=None: T.zeros(*size, dtype=dtype or
 Tensor.new_ones = lambda self, *size, dtype=None: T.ones(*size, dtype=dtype or self.dtype)
 Tensor.new_full = lambda self, size, value, dtype=None: T.full(size, value,
                                                               dtype=dtype or self.dtype)
+
+
+# ---------------------------------------------------------------- in-place forms
+def _category(dtype: str) -> int:
+    return 0 if dtype == "bool" else (1 if not dtype.startswith(("float", "bfloat")) else 2)
+
+
+def assign_inplace(x: Tensor, result, what: str) -> Tensor:
+    """``x`` takes ``result`` as its value, in its own shape and dtype (torch's in-place
+    rule: a result of a higher kind, float into an integer tensor, is an error; a shape the
+    operands broadcast to beyond x's, too); views and their bases follow as an assignment
+    ``x[...] = result`` does. Traced tensors are values: x is rebound, not its memory."""
+    r = as_tensor(result, x)
+    if tuple(r.shape) != tuple(x.shape):
+        try:
+            r = broadcast_to(r, tuple(x.shape))
+        except Exception:
+            raise RuntimeError(f"{what}: output with shape {list(x.shape)} doesn't match the "
+                               f"broadcast shape {list(r.shape)}") from None
+    if r.dtype != x.dtype:
+        if _category(r.dtype) > _category(x.dtype):
+            raise RuntimeError(f"{what}: result type {r.dtype} can't be cast to the desired "
+                               f"output type {x.dtype}")
+        r = cast(r, x.dtype)
+    setitem(x, (Ellipsis,), r)
+    return x
+
+
+def _inplace(fn, name: str):
+    def method(self, *args, **kwargs):
+        return assign_inplace(self, fn(self, *args, **kwargs), name)
+    method.__name__ = name
+    method.__doc__ = f"``x.{name}(...)``: ``x.{name[:-1]}(...)`` assigned to x (torch's)."
+    return method
+
+
+for _name in ("add", "sub", "mul", "div", "true_divide", "floor_divide", "remainder", "fmod",
+              "pow", "neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "sin",
+              "cos", "tanh", "sigmoid", "relu", "clamp", "clip", "clamp_min", "clamp_max",
+              "floor", "ceil", "round", "trunc", "frac", "sign", "square", "reciprocal",
+              "masked_fill", "lerp", "addcmul", "addcdiv", "nan_to_num", "logical_not",
+              "hypot", "xlogy", "scatter", "scatter_add", "scatter_reduce", "index_add",
+              "tril", "triu", "cumsum", "cumprod"):
+    setattr(Tensor, _name + "_", _inplace(getattr(Tensor, _name), _name + "_"))
+for _op, _name in (("__iadd__", "add"), ("__isub__", "sub"), ("__imul__", "mul"),
+                   ("__itruediv__", "div"), ("__ifloordiv__", "floor_divide"),
+                   ("__imod__", "remainder"), ("__ipow__", "pow"), ("__iand__", "__and__"),
+                   ("__ior__", "__or__"), ("__ixor__", "__xor__")):
+    setattr(Tensor, _op, _inplace(getattr(Tensor, _name), _op))
+Tensor.zero_ = lambda self: assign_inplace(self, T.zeros_like(self), "zero_")
+Tensor.fill_ = lambda self, value: assign_inplace(self, T.full_like(self, value), "fill_")
+Tensor.copy_ = lambda self, src, non_blocking=False: assign_inplace(
+    self, cast(as_tensor(src, self), self.dtype), "copy_")

@@ -305,3 +305,41 @@ def test_index_add_refuses_a_negative_index_as_torch(backend):
         f(x, np.array([0, -1]), s)
     with pytest.raises(RuntimeError, match="out of bounds"):
         torch.zeros(2, 4).index_add(1, torch.tensor([0, -1]), torch.ones(2, 2))
+
+
+def _inplace_chain(x, clone):
+    y = clone(x)
+    y.add_(1).mul_(2)
+    y.clamp_(-1, 3)
+    row = y[0]
+    row.zero_()                  # through a view: its base follows
+    y += x
+    y -= 0.25
+    y *= x
+    y[1:].masked_fill_(y[1:] > 0.2, 0.5)
+    return y.sigmoid_()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_methods_and_operators_as_torch(backend):
+    """add_, mul_, clamp_, zero_ (through a view), +=, -=, *=, masked_fill_ on a slice,
+    sigmoid_: torch's values and gradients (a traced tensor is rebound, not overwritten)."""
+    check_function(lambda x: _inplace_chain(x, lambda t: t * 1.0),
+                   lambda x: _inplace_chain(x, torch.clone), [X[0]], [0], backend)
+
+
+def test_inplace_keeps_the_dtype_and_shape_as_torch():
+    h = ig.tensor(np.ones(3, np.float16))
+    h += ig.tensor(np.full(3, 0.1, np.float32))
+    th = torch.ones(3, dtype=torch.float16)
+    th += torch.full((3,), 0.1)
+    assert h.dtype == "float16"
+    np.testing.assert_array_equal(h.numpy(), th.numpy())
+    i = ig.tensor(np.arange(3))
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        i += 2.5
+    with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+        ig.tensor(np.zeros(3)).add_(np.ones((2, 3)))
+    z = ig.tensor(np.arange(4.0))
+    assert z.fill_(7).numpy().tolist() == [7.0] * 4
+    assert z.copy_(np.array([1, 2, 3, 4])).numpy().tolist() == [1.0, 2.0, 3.0, 4.0]
