@@ -57,3 +57,6 @@ from .rnn import (OutputRecurrentNet, RecurrentConvNet, RNN, RNNLanguageModel, R
 
 # gated recurrent layers
 from .rnn_gated import GRU, GRUCell, LSTM, LSTMCell, RNNCell
+
+# host-side utilities: gradient clipping, parameter vectors, padding sequences
+from . import nn_utils as utils
