@@ -337,11 +337,13 @@ erf = _unary("erf")
 sin, cos = _unary("sin"), _unary("cos")
 
 
-def check_fits(value, dtype: str, what: str) -> None:
+def check_fits(value, dtype: str, what: str, floats: bool = False) -> None:
     """torch's check when a Python integer fills an integer tensor (where, masked_fill,
-    clamp, full): one outside the dtype's range is an error, not a wrapped value."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
-            and dtype in ("int32", "int64"):
+    clamp, full): one outside the dtype's range is an error, not a wrapped value; with
+    ``floats`` (an assignment, where no promotion widens the tensor) a float too."""
+    kinds = (int, float, np.integer, np.floating) if floats else (int, np.integer)
+    if isinstance(value, kinds) and not isinstance(value, (bool, np.bool_)) \
+            and dtype in ("int32", "int64") and np.isfinite(value):
         info = np.iinfo(dtype)
         if not info.min <= int(value) <= info.max:
             raise ValueError(f"{what}: value {value} cannot be converted to type {dtype} "
@@ -830,6 +832,7 @@ def setitem(x: Tensor, index, value) -> None:
     if not all(counts):
         return
     view = tuple(counts[o[1]] for o in out)
+    check_fits(value, x.dtype, "setitem", floats=True)
     v = cast(as_tensor(value, x), x.dtype)
     v = reshape(broadcast_to(v, view), tuple(counts))
     mask = x.tracer.emit("full", shape=tuple(counts), value=1.0, dtype="bool")

@@ -270,7 +270,7 @@ def masked_fill(input, mask, value) -> Tensor:
     """``value`` where ``mask``, in x's dtype (torch casts the value: 2.7 into an integer
     tensor is 2)."""
     x = as_tensor(input)
-    check_fits(value, x.dtype, "masked_fill")
+    check_fits(value, x.dtype, "masked_fill", floats=True)
     v = value if isinstance(value, Tensor) else as_tensor(np.asarray(value), x)
     return where(as_tensor(mask, x), cast(v, x.dtype), x)
 

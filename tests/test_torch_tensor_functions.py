@@ -343,3 +343,14 @@ def test_inplace_keeps_the_dtype_and_shape_as_torch():
     z = ig.tensor(np.arange(4.0))
     assert z.fill_(7).numpy().tolist() == [7.0] * 4
     assert z.copy_(np.array([1, 2, 3, 4])).numpy().tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_assigning_a_value_an_integer_tensor_cannot_hold_is_refused_as_torch():
+    y = ig.tensor(np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="cannot be converted to type int32"):
+        y[1:3] = 1e10
+    with pytest.raises(ValueError, match="cannot be converted to type int32"):
+        y.masked_fill(np.array([True, False, False, False]), 1e10)
+    y[1:3] = 7.9                                   # truncated, as torch's
+    assert y.numpy().tolist() == [0, 7, 7, 0]
+    np.testing.assert_array_equal(F.clamp(np.array([1, 2]), max=1e20).numpy(), [1.0, 2.0])
