@@ -51,10 +51,12 @@ from .functional_pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive
                               maxout)
 
 # random numbers and dropout
-from .functional_random import dropout, rand, rand_like, randn, randn_like, random_bits
+from .functional_random import (bernoulli, dropout, rand, rand_like, randint, randn,
+                                randn_like, random_bits)
 
 # indexing by integer tensors (x[idx]), gather, embeddings
-from .functional_index import (embedding, gather, getitem, index_add, index_select, scatter_add,
+from .functional_index import (embedding, gather, getitem, index_add, index_select, masked_select,
+                               nonzero, scatter_add,
                                take_along_dim)
 
 # normalization layers and attention
@@ -89,7 +91,9 @@ from .functional_math import (addcdiv, addcmul, addmm, addmv, baddbmm, bmm, cdis
                               logaddexp, logaddexp2, logcumsumexp, logit, median, mm, mv,
                               outer, rad2deg, reciprocal, rot90, sinc, sinh, std_mean, tan,
                               tensor_split, tensordot, trace, var_mean, xlogy, isclose,
-                              allclose, isneginf, isposinf, fmax, fmin, true_divide)
+                              allclose, isneginf, isposinf, fmax, fmin, true_divide, erfc, diff,
+                              kron, meshgrid, cartesian_prod, swapaxes, swapdims, hstack, vstack,
+                              dstack, searchsorted, bucketize)
 
 # connectionist temporal classification
 from .functional_ctc import ctc_loss

@@ -16,7 +16,8 @@ from .functional_core import as_tensor, basic_getitem, broadcast_to, emit_op as 
     reshape, slice_axes, unsqueeze, where
 from .tracing import Tensor
 
-__all__ = ["gather", "index_select", "take_along_dim", "scatter_add", "index_add", "embedding"]
+__all__ = ["gather", "index_select", "take_along_dim", "scatter_add", "index_add", "embedding",
+           "nonzero", "masked_select"]
 
 
 def _index(index, what: str) -> Tensor:
@@ -257,3 +258,30 @@ def _take_several(y: Tensor, axes: list[int], idxs: list[Tensor]) -> Tensor:
         flat = term if flat is None else flat + term
         stride *= size
     return _emit("take", y, flat, axis=at)
+
+
+def _eager_only(x: Tensor, what: str) -> None:
+    if not x.tracer.eager:
+        raise TypeError(f"{what}: the result's shape depends on the values: not in a trace, "
+                        f"where shapes are fixed (use F.where, or call it outside the trace)")
+
+
+def nonzero(input, *, as_tuple: bool = False):
+    """``torch.nonzero`` outside a trace: the indices of the nonzero entries, (n, ndim)
+    int64, or one index tensor per dim with ``as_tuple``."""
+    x = as_tensor(input)
+    _eager_only(x, "nonzero")
+    idx = np.nonzero(x.numpy())
+    if as_tuple:
+        return tuple(as_tensor(np.ascontiguousarray(i, np.int64)) for i in idx)
+    return as_tensor(np.ascontiguousarray(np.stack(idx, 1).astype(np.int64)))
+
+
+def masked_select(input, mask) -> Tensor:
+    """``torch.masked_select`` outside a trace: the entries where the mask (broadcast with
+    the input) is true, flattened."""
+    x = as_tensor(input)
+    _eager_only(x, "masked_select")
+    m = np.asarray(_values(mask)).astype(bool)
+    a, m = np.broadcast_arrays(x.numpy(), m)
+    return as_tensor(np.ascontiguousarray(a[m]))

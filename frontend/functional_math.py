@@ -13,7 +13,8 @@ import numpy as np
 from irgraph.ops.core import wrap_dim
 
 from .compositions import expm1, log1p
-from .functional_core import (MinMax, abs, add, as_tensor, cast, div, eq, exp, ge, le,
+from .functional_core import (MinMax, abs, add, as_tensor, broadcast_to, cast, cat, div,
+                              eq, erf, exp, ge, le, lt, stack, unsqueeze,
                               log, logical_and, logical_or, matmul, maximum, mean, mul,
                               pad, promote, reshape, sin, sqrt, std, sub, sum, transpose, var,
                               where)
@@ -30,7 +31,9 @@ __all__ = ["mm", "mv", "dot", "bmm", "addmm", "addmv", "baddbmm", "outer", "inne
            "var_mean", "std_mean", "cdist", "count_nonzero", "nansum", "nanmean", "cummax",
            "cummin",
            "logcumsumexp", "median", "rot90", "tensor_split", "isclose", "allclose",
-           "isneginf", "isposinf", "fmax", "fmin", "true_divide"]
+           "isneginf", "isposinf", "fmax", "fmin", "true_divide", "erfc", "diff", "kron",
+           "meshgrid", "cartesian_prod", "swapaxes", "swapdims", "hstack", "vstack", "dstack",
+           "searchsorted", "bucketize"]
 
 
 def _float(x) -> Tensor:
@@ -530,3 +533,138 @@ def fmin(input, other) -> Tensor:
 def true_divide(input, other) -> Tensor:
     """``torch.true_divide``: ``div`` without rounding."""
     return div(input, other)
+
+
+def erfc(input) -> Tensor:
+    """``1 - erf(x)``."""
+    return 1.0 - erf(_float(input))
+
+
+def diff(input, n: int = 1, dim: int = -1, prepend=None, append=None) -> Tensor:
+    """``torch.diff``: the ``n``-th forward difference along ``dim`` (``prepend`` /
+    ``append`` joined first); booleans differ by "not equal", as torch's."""
+    x = as_tensor(input)
+    if x.ndim == 0:
+        raise ValueError("diff: expected at least a 1-dimensional tensor")
+    d = wrap_dim(dim, x.ndim)
+    parts = [as_tensor(t, x) for t in (prepend, x, append) if t is not None]
+    parts = [p if p.ndim == x.ndim else broadcast_to(
+        unsqueeze(p, d) if p.ndim == x.ndim - 1 else p,
+        tuple(1 if a == d else s for a, s in enumerate(x.shape))) for p in parts]
+    x = cat(parts, d) if len(parts) > 1 else x
+    for _ in range(int(n)):
+        m = x.shape[d]
+        if m == 0:
+            break
+        hi, lo = narrow(x, d, 1, m - 1), narrow(x, d, 0, m - 1)
+        x = (hi != lo) if x.dtype == "bool" else hi - lo
+    return x
+
+
+def kron(input, other) -> Tensor:
+    """``torch.kron``: the Kronecker product (each entry of ``input`` times all of
+    ``other``), ranks padded with leading 1s."""
+    a, b = as_tensor(input), as_tensor(other)
+    r = max(a.ndim, b.ndim)
+    a = reshape(a, (1,) * (r - a.ndim) + tuple(a.shape))
+    b = reshape(b, (1,) * (r - b.ndim) + tuple(b.shape))
+    wide_a = reshape(a, tuple(s for d in a.shape for s in (d, 1)))
+    wide_b = reshape(b, tuple(s for d in b.shape for s in (1, d)))
+    return reshape(wide_a * wide_b, tuple(p * q for p, q in zip(a.shape, b.shape)))
+
+
+def meshgrid(*tensors, indexing: str = "ij") -> tuple[Tensor, ...]:
+    """``torch.meshgrid``: 1-D tensors broadcast to a grid; ``indexing="xy"`` swaps the first
+    two axes (numpy's default, torch's when asked)."""
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"meshgrid: indexing must be 'ij' or 'xy', got {indexing!r}")
+    ts = [reshape(as_tensor(t), (-1,)) for t in tensors]
+    shape = tuple(t.shape[0] for t in ts)
+    grids = [broadcast_to(reshape(t, tuple(-1 if i == k else 1 for i in range(len(ts)))),
+                          shape) for k, t in enumerate(ts)]
+    if indexing == "xy" and len(ts) >= 2:
+        grids = [transpose(g, 0, 1) for g in grids]
+    return tuple(grids)
+
+
+def cartesian_prod(*tensors) -> Tensor:
+    """``torch.cartesian_prod``: every combination, one per row (one tensor: itself)."""
+    if len(tensors) == 1:
+        return as_tensor(tensors[0])
+    grids = meshgrid(*tensors, indexing="ij")
+    return stack([reshape(g, (-1,)) for g in grids], 1)
+
+
+def swapaxes(input, axis0: int, axis1: int) -> Tensor:
+    return transpose(as_tensor(input), axis0, axis1)
+
+
+swapdims = swapaxes
+
+
+def _at_least(t: Tensor, rank: int) -> Tensor:
+    if t.ndim >= rank:
+        return t
+    if rank == 3 and t.ndim == 2:
+        return unsqueeze(t, 2)
+    return reshape(t, (1,) * (rank - max(t.ndim, 1)) + (tuple(t.shape) or (1,)))
+
+
+def hstack(tensors) -> Tensor:
+    """``torch.hstack``: along dim 1 (dim 0 for 1-D tensors)."""
+    ts = [as_tensor(t) for t in tensors]
+    ts = [_at_least(t, 1) for t in ts]
+    return cat(ts, 0 if ts[0].ndim == 1 else 1)
+
+
+def vstack(tensors) -> Tensor:
+    """``torch.vstack``: along dim 0, 1-D tensors as rows."""
+    return cat([_at_least(as_tensor(t), 2) for t in tensors], 0)
+
+
+def dstack(tensors) -> Tensor:
+    """``torch.dstack``: along dim 2 (1-D as (1, n, 1), 2-D as (m, n, 1))."""
+    ts = []
+    for t in tensors:
+        t = as_tensor(t)
+        if t.ndim <= 1:
+            t = reshape(t, (1, -1, 1))
+        ts.append(_at_least(t, 3))
+    return cat(ts, 2)
+
+
+def searchsorted(sorted_sequence, input, *, out_int32: bool = False, right: bool = False,
+                 side: str | None = None, sorter=None) -> Tensor:
+    """``torch.searchsorted``: for each value, the number of entries of the sorted last
+    dim below it (``right``/``side="right"``: at most it); a 1-D sequence serves every
+    value, an N-D one its own row (leading dims equal)."""
+    if sorter is not None:
+        raise NotImplementedError("searchsorted: sorter is not supported; sort first")
+    if side is not None:
+        if side not in ("left", "right") or (right and side == "left"):
+            raise ValueError(f"searchsorted: side must be 'left' or 'right' (and agree with "
+                             f"right), got {side!r}")
+        right = side == "right"
+    seq = as_tensor(sorted_sequence)
+    v = as_tensor(input, seq)
+    scalar = v.ndim == 0
+    if scalar:
+        v = reshape(v, (1,))
+    if seq.ndim > 1 and tuple(seq.shape[:-1]) != tuple(v.shape[:-1]):
+        raise ValueError(f"searchsorted: the sequence's leading dims {list(seq.shape[:-1])} "
+                         f"must be the values' {list(v.shape[:-1])}")
+    below = (le if right else lt)(unsqueeze(seq, -2) if seq.ndim > 1 else seq,
+                                  unsqueeze(v, -1))
+    out = sum(cast(below, "int32" if out_int32 else "int64"), -1)
+    return reshape(out, ()) if scalar else out
+
+
+def bucketize(input, boundaries, *, out_int32: bool = False, right: bool = False) -> Tensor:
+    """``torch.bucketize``: the bucket of each value among 1-D sorted ``boundaries``
+    (``right``: a value equal to a boundary goes to its right)."""
+    b = as_tensor(boundaries)
+    if b.ndim != 1:
+        raise ValueError(f"bucketize: boundaries must be 1-D, got {list(b.shape)}")
+    return searchsorted(b, input, out_int32=out_int32, right=right)

@@ -17,7 +17,8 @@ from .functional_core import as_tensor, mul, where
 from .random import Generator, default_generator
 from .tracing import Tensor, current_tracer
 
-__all__ = ["rand", "randn", "rand_like", "randn_like", "random_bits", "dropout"]
+__all__ = ["rand", "randn", "rand_like", "randn_like", "random_bits", "dropout", "randint",
+           "bernoulli"]
 
 
 def _size(size) -> tuple[int, ...]:
@@ -93,6 +94,38 @@ def random_bits(*size, generator: Generator | None = None, key=None, counter=Non
 def _float_dtype(x: Tensor, dtype) -> str:
     dt = dtype or x.dtype
     return dt if dt in ("float32", "float64") else "float32"
+
+
+def randint(*args, size=None, generator: Generator | None = None, dtype: str = "int64",
+            key=None, counter=None) -> Tensor:
+    """``torch.randint(low=0, high, size)``: integers uniform on [low, high)."""
+    if size is None:
+        if not args:
+            raise TypeError("randint: give (high, size) or (low, high, size)")
+        *args, size = args
+    low, high = (0, args[0]) if len(args) == 1 else tuple(args)
+    low, high = int(low), int(high)
+    if high <= low:
+        raise ValueError(f"randint: need low < high, got [{low}, {high})")
+    u = rand(size, generator=generator, dtype="float64", key=key, counter=counter)
+    span = as_tensor(np.array(float(high - low)))
+    from .functional_core import cast, floor_divide, minimum
+    k = cast(floor_divide(mul(u, span), 1.0), "int64")
+    k = minimum(k, as_tensor(np.array(high - low - 1, np.int64)))
+    out = k + as_tensor(np.array(low, np.int64))
+    return out if dtype == "int64" else cast(out, dtype)
+
+
+def bernoulli(input, p=None, *, generator: Generator | None = None, key=None,
+              counter=None) -> Tensor:
+    """``torch.bernoulli``: 1 with probability ``input`` (or ``p``), else 0, in input's
+    dtype."""
+    from .functional_core import cast, lt
+    x = as_tensor(input)
+    prob = x if p is None else as_tensor(np.asarray(p, x.type.np_dtype))
+    u = rand(x.shape, generator=generator, dtype=x.dtype if x.type.is_float else "float32",
+             key=key, counter=counter)
+    return cast(lt(u, prob), x.dtype if x.type.is_float else "float32")
 
 
 def rand_like(input, dtype: str | None = None, *, generator: Generator | None = None,

@@ -70,7 +70,9 @@ _METHODS = {
         "floor", "ceil", "trunc", "round", "frac", "logical_not", "logical_xor",
         "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "norm", "detach", "sort",
         "argsort", "topk", "msort", "kthvalue", "scatter", "scatter_reduce")},
-    **{name: getattr(M, name) for name in M.__all__ if name not in ("tensordot", "cdist")},
+    **{name: getattr(M, name) for name in M.__all__ if name not in (
+        "tensordot", "cdist", "meshgrid", "cartesian_prod", "hstack", "vstack", "dstack",
+        "searchsorted", "bucketize")},
 }
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
@@ -231,3 +233,14 @@ Tensor.zero_ = lambda self: assign_inplace(self, T.zeros_like(self), "zero_")
 Tensor.fill_ = lambda self, value: assign_inplace(self, T.full_like(self, value), "fill_")
 Tensor.copy_ = lambda self, src, non_blocking=False: assign_inplace(
     self, cast(as_tensor(src, self), self.dtype), "copy_")
+
+
+# torch's layout and size queries (a traced tensor has no memory: contiguous, on the CPU)
+Tensor.cpu = lambda self, *args, **kwargs: self
+Tensor.view_as = lambda self, other: reshape(self, tuple(other.shape))
+Tensor.reshape_as = Tensor.view_as
+Tensor.is_floating_point = lambda self: self.type.is_float
+Tensor.is_contiguous = lambda self, memory_format=None: True
+Tensor.nelement = lambda self: int(np.prod(self.shape))
+Tensor.ndimension = lambda self: self.ndim
+Tensor.element_size = lambda self: np.dtype(self.type.np_dtype).itemsize

@@ -144,6 +144,23 @@ CASES = [  # (id, ours, torch's, inputs, differentiated positions)
      lambda a, b: (torch.fmax(a, b), torch.fmin(a, b), a.fmax(b)),
      [_with(_ties(83, 8), [np.nan, 1.0, np.nan]), _with(_ties(84, 8), [2.0, np.nan, np.nan])],
      [0, 1]),
+    ("diff_kron_erfc", lambda x, y: (F.diff(x), F.diff(x, 2, 0, prepend=y[:1]), F.kron(x, y),
+                                     F.erfc(x), x.swapaxes(0, 1)),
+     lambda x, y: (torch.diff(x), torch.diff(x, 2, 0, prepend=y[:1]), torch.kron(x, y),
+                   torch.erfc(x), x.swapaxes(0, 1)),
+     [_r(85, 3, 4), _r(86, 2, 4)], [0, 1]),
+    ("grids_and_stacks", lambda a, b: (*F.meshgrid(a, b, indexing="xy"),
+                                       *F.meshgrid(a, b, a), F.cartesian_prod(a, b),
+                                       F.hstack([a, b]), F.vstack([a, a]), F.dstack([a, a])),
+     lambda a, b: (*torch.meshgrid(a, b, indexing="xy"), *torch.meshgrid(a, b, a, indexing="ij"),
+                   torch.cartesian_prod(a, b), torch.hstack([a, b]), torch.vstack([a, a]),
+                   torch.dstack([a, a])),
+     [_r(87, 3), _r(88, 4)], [0, 1]),
+    ("searchsorted", lambda s, v: (F.searchsorted(s, v), F.searchsorted(s, v, right=True),
+                                   F.bucketize(v, s[0], right=True)),
+     lambda s, v: (torch.searchsorted(s, v), torch.searchsorted(s, v, right=True),
+                   torch.bucketize(v, s[0], right=True)),
+     [np.sort(_ties(89, 2, 6), -1), _ties(90, 2, 5)], []),
     ("rot90", lambda x: (F.rot90(x), F.rot90(x, -1, (2, 0)), F.rot90(x, 2, (1, 2)),
                          F.rot90(x, 7, (-1, -2))),
      lambda x: (torch.rot90(x), torch.rot90(x, -1, (2, 0)), torch.rot90(x, 2, (1, 2)),
@@ -212,3 +229,27 @@ def test_nan_reaches_norms_and_huge_integer_divisors_divide_as_floats(backend):
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-6)
     np.testing.assert_array_equal(got[-1], [[0, 0, 0]])
+
+
+def test_torch_top_level_names_grad_modes_dtypes_and_eager_selections():
+    x = _r(93, 2, 3)
+    t = torch.tensor(x)
+    for name in ("exp", "sum", "softmax", "argmax", "cumsum", "amax", "logsumexp"):
+        args = (1,) if name not in ("exp",) else ()
+        np.testing.assert_allclose(getattr(ig, name)(x, *args).numpy(),
+                                   getattr(torch, name)(t, *args).numpy(), rtol=1e-6)
+    with ig.no_grad():
+        assert ig.tensor(x).to(ig.float16).dtype == "float16"
+
+    @ig.no_grad()
+    def mean(a):
+        return ig.mean(a)
+    np.testing.assert_allclose(mean(x).numpy(), x.mean(), rtol=1e-6)
+    np.testing.assert_array_equal(ig.nonzero(x > 0).numpy(), torch.nonzero(t > 0).numpy())
+    np.testing.assert_array_equal(ig.masked_select(x, x > 0).numpy(),
+                                  torch.masked_select(t, t > 0).numpy().astype(np.float32))
+    with pytest.raises(TypeError, match="not in a trace"):
+        ig.compile(lambda a: ig.nonzero(a), ig.TensorSpec((3,)))
+    k = ig.randint(2, 7, (1000,)).numpy()
+    assert k.dtype == np.int64 and k.min() == 2 and k.max() == 6
+    assert ig.is_tensor(ig.tensor(x)) and ig.numel(x) == 6
