@@ -207,3 +207,83 @@ def test_export_refuses_an_op_without_onnx_equivalent():
     graph = fe.trace(f, fe.TensorSpec((1, 1, 3, 3)))
     with pytest.raises(OnnxExportError, match=r"node \d+ 'unfold'.*no ONNX equivalent"):
         export_onnx(graph, {})
+
+
+def _ort(proto, *xs):
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})
+
+
+def test_lstm_clip_bounds_the_gates_not_the_cell_state_as_onnxruntime():
+    """clip bounds every gate's input; h = o * tanh(C) takes the cell unclipped (an input
+    and weights that drive the cell past the clip)."""
+    r = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array((r.standard_normal((1, 8, 3)) * 2).astype(np.float32), "w")
+    rr = onnx.numpy_helper.from_array((r.standard_normal((1, 8, 2)) * 2).astype(np.float32),
+                                      "r")
+    node = helper.make_node("LSTM", ["x", "w", "r"], ["y", "yh", "yc"], hidden_size=2,
+                            clip=0.5)
+    proto = _model([node], [_vi("x", [4, 1, 3])],
+                   [_vi("y", [4, 1, 1, 2]), _vi("yh", [1, 1, 2]), _vi("yc", [1, 1, 2])],
+                   inits=[w, rr])
+    x = (r.standard_normal((4, 1, 3)) * 3).astype(np.float32)
+    want = _ort(proto, x)
+    got = import_onnx(proto).run(x)
+    for g, t in zip(got, want):
+        _close(g, t, 1e-5)
+
+
+def test_import_folds_transposed_constant_pads_and_checks_softmax_axes():
+    """torch's exported F.pad computes its widths through Transpose/Slice of constants:
+    folded at import; a Softmax axis out of range and a wrong Reshape name the node."""
+    m = torch.nn.Sequential(torch.nn.ReflectionPad2d((1, 2, 0, 1)))
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    import io
+    buf = io.BytesIO()
+    torch.onnx.export(m, (torch.tensor(x),), buf, opset_version=17, dynamo=False)
+    got = import_onnx(buf.getvalue()).run(x)[0]
+    np.testing.assert_allclose(got, m(torch.tensor(x)).numpy(), rtol=1e-6)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=4, name="sm")
+    with pytest.raises(OnnxImportError, match=r"'sm' \(Softmax\): axis 4 is out of range"):
+        import_onnx(_model([node], [_vi("x", [2, 3, 4, 5])], [_vi("y", None)]), check=False)
+    shape = onnx.numpy_helper.from_array(np.array([5, 4], np.int64), "s")
+    node = helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")
+    with pytest.raises(OnnxImportError, match=r"'rs' \(Reshape\)"):
+        import_onnx(_model([node], [_vi("x", [2, 6])], [_vi("y", None)], inits=[shape]),
+                    check=False)
+
+
+def test_conv_transpose_same_padding_past_the_full_size_as_onnxruntime():
+    r = np.random.default_rng(2)
+    w = onnx.numpy_helper.from_array(r.standard_normal((1, 2, 3, 3)).astype(np.float32), "w")
+    for auto in ("SAME_UPPER", "SAME_LOWER"):
+        node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], auto_pad=auto,
+                                strides=[2, 2], output_shape=[16, 17])
+        proto = _model([node], [_vi("x", [1, 1, 7, 8])], [_vi("y", [1, 2, 16, 17])],
+                       inits=[w])
+        x = r.standard_normal((1, 1, 7, 8)).astype(np.float32)
+        _close(import_onnx(proto).run(x)[0], _ort(proto, x)[0], 1e-5)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_export_of_ceil_mode_pools_and_clashing_names(kind):
+    """torch's ceil_mode drops a last window starting past the input, ONNX's sizes do not:
+    max pools (and averages not counting padding) export with the end padded instead; an
+    average counting padding is refused, naming the node. A graph input named "output"
+    keeps its name; the graph's output takes another."""
+    def f(output):
+        if kind == "max":
+            return fe.F.max_pool2d(output, 2, 3, 1, ceil_mode=True)
+        return fe.F.avg_pool2d(output, 2, 3, 1, ceil_mode=True, count_include_pad=False)
+    g = fe.trace(f, fe.TensorSpec((2, 3, 6, 7)))
+    assert g.outputs[0].type.shape == (2, 3, 3, 3)
+    proto = export_onnx(g, {})
+    x = np.random.default_rng(3).standard_normal((2, 3, 6, 7)).astype(np.float32)
+    want = backends.compile(g, "reference")(x)[0]
+    _close(_ort(proto, x)[0], want, 1e-6)
+    _close(ReferenceEvaluator(proto).run(None, {"output": x})[0], want, 1e-6)
+    g2 = fe.trace(lambda a: fe.F.avg_pool2d(a, 2, 3, 1, ceil_mode=True),
+                  fe.TensorSpec((2, 3, 6, 7)))
+    with pytest.raises(OnnxExportError, match=r"'avg_pool'.*ceil_mode output \[3, 3\]"):
+        export_onnx(g2, {})

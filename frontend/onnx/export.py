@@ -34,16 +34,29 @@ def exporter(*ops: str):
 
 
 class _Writer:
-    def __init__(self):
+    def __init__(self, taken=()):
         import onnx
         self.onnx = onnx
         self.nodes: list = []
         self.initializers: list = []
         self.k = 0
+        self.taken = set(taken)         # the graph's own value names
 
     def fresh(self, base: str) -> str:
-        self.k += 1
-        return f"_{base}_{self.k}"
+        """A name no graph value has and none given before."""
+        while True:
+            self.k += 1
+            name = f"_{base}_{self.k}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+    def claim(self, name: str) -> str:
+        """``name`` itself where free (an output's public name), else a fresh one."""
+        if name in self.taken:
+            return self.fresh(name)
+        self.taken.add(name)
+        return name
 
     def const(self, arr, base: str = "c") -> str:
         name = self.fresh(base)
@@ -68,7 +81,8 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None, *,
         from irgraph.passes.unroll import unroll
         graph = unroll(graph)
     weights = dict(weights or {})
-    w = _Writer()
+    w = _Writer([v.name for v in graph.inputs] + [p.name for p in graph.params]
+                + [v.name for n in graph.nodes for v in n.outputs])
     val = {v.name: v.name for v in graph.inputs}
     inputs = [onnx.helper.make_tensor_value_info(v.name, _elem(v.type.dtype, v.name),
                                                  list(v.type.shape)) for v in graph.inputs]
@@ -93,7 +107,7 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None, *,
         fn(w, node, i, [v.name for v in node.inputs], outs)
     outputs = []
     for k, v in enumerate(graph.outputs):
-        name = f"output_{k}" if len(graph.outputs) > 1 else "output"
+        name = w.claim(f"output_{k}" if len(graph.outputs) > 1 else "output")
         w.add("Identity", [v.name], [name])
         outputs.append(onnx.helper.make_tensor_value_info(name, _elem(v.type.dtype, name),
                                                           list(v.type.shape)))
@@ -252,12 +266,41 @@ def _conv_transpose(w, node, i, ins, outs):
           kernel_shape=list(k), output_padding=opad)
 
 
+def _pool_geometry(node: Node, i: int, end_pads_free: bool) -> tuple[list[int], int]:
+    """(ONNX pads, ceil_mode) giving the IR pool's output size. ONNX's ceil_mode sizes
+    lack torch's rule that the last window starts inside the input or its left padding, so
+    where they differ: ``ceil_mode`` 0 and the windows' end padded explicitly to the IR's
+    size (exact where extra end padding changes no value: max, or an average not counting
+    padding), else an error naming the node."""
+    a = node.attrs
+    pads = list(a["padding"])
+    if not a["ceil_mode"]:
+        return _onnx_pads(pads), 0
+    spatial = node.inputs[0].type.shape[2:]
+    out = node.outputs[0].type.shape[2:]
+    dil = a.get("dilation") or [1] * len(spatial)
+    onnx_out, floor_pads = [], []
+    for j, n in enumerate(spatial):
+        eff = (a["kernel_size"][j] - 1) * dil[j] + 1
+        span = n + pads[2 * j] + pads[2 * j + 1] - eff
+        onnx_out.append(-(-span // a["stride"][j]) + 1)
+        need = (out[j] - 1) * a["stride"][j] + eff - n - pads[2 * j]
+        floor_pads += [pads[2 * j], max(need, pads[2 * j + 1])]
+    if list(onnx_out) == list(out):
+        return _onnx_pads(pads), 1
+    if not end_pads_free:
+        _fail(node, i, f"ceil_mode output {list(out)} differs from ONNX's ceil_mode size "
+                       f"{onnx_out} (torch drops a last window starting past the input), and "
+                       f"padding the end instead would change count_include_pad's divisors")
+    return _onnx_pads(floor_pads), 0
+
+
 @exporter("max_pool")
 def _max_pool(w, node, i, ins, outs):
     a = node.attrs
+    pads, ceil = _pool_geometry(node, i, True)
     w.add("MaxPool", ins, outs, kernel_shape=list(a["kernel_size"]),
-          strides=list(a["stride"]), pads=_onnx_pads(a["padding"]),
-          dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"]))
+          strides=list(a["stride"]), pads=pads, dilations=list(a["dilation"]), ceil_mode=ceil)
 
 
 @exporter("avg_pool")
@@ -265,9 +308,10 @@ def _avg_pool(w, node, i, ins, outs):
     a = node.attrs
     if a["divisor_override"] is not None:
         _fail(node, i, "divisor_override has no ONNX equivalent")
+    pads, ceil = _pool_geometry(node, i, not a["count_include_pad"])
     w.add("AveragePool", ins, outs, kernel_shape=list(a["kernel_size"]),
-          strides=list(a["stride"]), pads=_onnx_pads(a["padding"]),
-          ceil_mode=int(a["ceil_mode"]), count_include_pad=int(a["count_include_pad"]))
+          strides=list(a["stride"]), pads=pads, ceil_mode=ceil,
+          count_include_pad=int(a["count_include_pad"]))
 
 
 @exporter("adaptive_avg_pool", "adaptive_max_pool")

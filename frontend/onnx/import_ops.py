@@ -122,7 +122,10 @@ def _conv_transpose(node: NodeView):
         out = (list(shape)[-d:] if shape is not None else [sp[i] * st[i] for i in range(d)])
         pads = []
         for i in range(d):
-            total = full[i] - out[i]      # < 0: extra outputs at the end (bias only)
+            total = full[i] - out[i]
+            if total < 0:                 # extra outputs at the end (bias only), either mode
+                pads += [0, total]
+                continue
             half = total // 2
             pads += [half, total - half] if auto == "SAME_UPPER" else [total - half, half]
     elif auto == "VALID":
@@ -431,11 +434,8 @@ def _softmax(node: NodeView, op: str):
     (prod(shape[:axis]), prod(shape[axis:])) (default axis 1) and normalized per row."""
     x = node.input(0)
     if node.opset >= 13:
-        return node.emit(op, x, axis=int(node.attr("axis", -1)) % max(x.ndim, 1))
-    axis = int(node.attr("axis", 1))
-    axis = axis + x.ndim if axis < 0 else axis
-    if not 0 <= axis <= x.ndim:
-        node.fail(f"axis {axis} out of range for rank {x.ndim}")
+        return node.emit(op, x, axis=_axis(node, int(node.attr("axis", -1)), max(x.ndim, 1)))
+    axis = _axis(node, int(node.attr("axis", 1)), max(x.ndim, 1))
     rows = int(np.prod(x.shape[:axis], dtype=np.int64))
     y = node.emit(op, F.reshape(x, (rows, -1)), axis=1)
     return F.reshape(y, x.shape)
@@ -588,7 +588,9 @@ for _op, _attrs in (("Gather", ("axis",)), ("Range", ()), ("ConstantOfShape", ("
     handler(_op, attrs=_attrs, static=True)(_static_only)
 # shape arithmetic of exporters folds on known values, and otherwise runs as a tensor op
 for (_d, _o), _h in list(HANDLERS.items()):
-    if _d == "" and _o in ("Add", "Sub", "Mul", "Div", "Concat", "Identity", "Reshape"):
+    if _d == "" and _o in ("Add", "Sub", "Mul", "Div", "Concat", "Identity", "Reshape",
+                           "Transpose", "Slice", "Squeeze", "Unsqueeze", "Neg", "Abs", "Min",
+                           "Max", "Flatten", "Sum", "Mod", "Floor", "Ceil"):
         _h.static = True
 
 

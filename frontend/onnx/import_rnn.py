@@ -1,7 +1,8 @@
 """ONNX RNN, LSTM and GRU, unrolled over the (static) sequence length with core ops.
 
 Exact ONNX semantics: gate order zrh (GRU, with ``linear_before_reset``) and iofc (LSTM,
-with peepholes P = (i, o, f)); biases Wb + Rb; ``clip`` bounds every activation's input;
+with peepholes P = (i, o, f)); biases Wb + Rb; ``clip`` bounds every gate's input (not the
+cell state's h(C), as onnxruntime reads it);
 ``sequence_lens`` holds a row's state past its length and zeroes its outputs there (a
 reverse direction then starts at the row's last step); ``layout`` 1 is batch-major.
 The input projection X W^T + Wb is one matmul over all steps.
@@ -85,8 +86,8 @@ def _recurrent(node: NodeView):
         masks = [F.reshape(F.gt(lens, node.const(t, lens.dtype)), (batch, 1))
                  for t in range(steps)]
 
-    def act(name, v):
-        if clip is not None:
+    def act(name, v, clipped: bool = True):
+        if clip is not None and clipped:
             c = float(clip)
             v = F.clamp(v, -c, c)
         return node.emit(_ACTS[name], v)
@@ -171,4 +172,6 @@ def _lstm_step(xt, h, c, r_t, rb, p, hidden, f_act, rest, act):
     if p is not None:
         go = F.add(go, F.mul(_cols(p, hidden, 2 * hidden), c_new))
     o = act(f_act, go)
-    return F.mul(o, act(h_act, c_new)), c_new
+    # the cell state's activation takes it unclipped: clip bounds the gates' inputs
+    # (onnxruntime's reading of the spec)
+    return F.mul(o, act(h_act, c_new, clipped=False)), c_new

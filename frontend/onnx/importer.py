@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from irgraph import Graph, verify
+from irgraph.registry import IRError
 
 from ..nn import Parameter
 from ..tracing import Tensor, Tracer, recording
@@ -246,7 +247,7 @@ def _import_node(ctx: _Context, node, index: int, opsets: dict[str, int]) -> Non
         outs = h.fn(view)
     except OnnxImportError:
         raise
-    except (ValueError, TypeError, IndexError, NotImplementedError) as e:
+    except (ValueError, TypeError, IndexError, NotImplementedError, IRError) as e:
         raise OnnxImportError(f"{where}: {e}") from e
     if not isinstance(outs, (list, tuple)):
         outs = [outs]
