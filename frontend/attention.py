@@ -201,7 +201,39 @@ class MultiheadAttention(Module):
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
-class TransformerEncoderLayer(Module):
+def _feed_forward_and_norms(layer: Module, blocks: int, d_model: int, dim_feedforward: int,
+                            dropout: float, activation, eps: float, norm_first: bool,
+                            bias: bool) -> None:
+    """An encoder or decoder layer's feed-forward block and, for each of its ``blocks``
+    residual blocks, a layer norm and a dropout, registered in torch's order (the
+    state_dict's)."""
+    layer.linear1 = Linear(d_model, dim_feedforward, bias=bias)
+    layer.dropout = Dropout(dropout)
+    layer.linear2 = Linear(dim_feedforward, d_model, bias=bias)
+    layer.norm_first = norm_first
+    for k in range(1, blocks + 1):
+        setattr(layer, f"norm{k}", LayerNorm(d_model, eps=eps, bias=bias))
+    for k in range(1, blocks + 1):
+        setattr(layer, f"dropout{k}", Dropout(dropout))
+    layer.activation = _activation(activation)
+
+
+class _TransformerLayer(Module):
+    """What the encoder and decoder layers share: the self-attention block and the
+    feed-forward block (its dropout the layer's last)."""
+    blocks = 2
+
+    def _sa(self, x, attn_mask, key_padding_mask, is_causal):
+        y = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                           need_weights=False, is_causal=is_causal)[0]
+        return self.dropout1(y)
+
+    def _ff(self, x):
+        last = getattr(self, f"dropout{self.blocks}")
+        return last(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+
+class TransformerEncoderLayer(_TransformerLayer):
     """``torch.nn.TransformerEncoderLayer``: self-attention and a feed-forward block, each
     with dropout, a residual connection and layer norm, after (``norm_first=False``) or
     before; ``activation`` "relu", "gelu" or a callable (a Module is registered)."""
@@ -212,23 +244,8 @@ class TransformerEncoderLayer(Module):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
                                             batch_first=batch_first)
-        self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
-        self.dropout = Dropout(dropout)
-        self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
-        self.norm_first = norm_first
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
-        self.activation = _activation(activation)
-
-    def _sa(self, x, attn_mask, key_padding_mask, is_causal):
-        y = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                           need_weights=False, is_causal=is_causal)[0]
-        return self.dropout1(y)
-
-    def _ff(self, x):
-        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+        _feed_forward_and_norms(self, self.blocks, d_model, dim_feedforward, dropout, activation,
+                                layer_norm_eps, norm_first, bias)
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
         x = F.as_tensor(src)
@@ -266,10 +283,11 @@ def _activation(activation):
     return activation
 
 
-class TransformerDecoderLayer(Module):
+class TransformerDecoderLayer(_TransformerLayer):
     """``torch.nn.TransformerDecoderLayer``: self-attention over the target, attention from
     the target to the encoder's ``memory``, and a feed-forward block, each with dropout, a
     residual connection and layer norm, after (``norm_first=False``) or before."""
+    blocks = 3
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
                  dropout: float = 0.1, activation="relu", layer_norm_eps: float = 1e-5,
@@ -279,31 +297,14 @@ class TransformerDecoderLayer(Module):
                                             batch_first=batch_first)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
                                                  batch_first=batch_first)
-        self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
-        self.dropout = Dropout(dropout)
-        self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
-        self.norm_first = norm_first
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
-        self.dropout3 = Dropout(dropout)
-        self.activation = _activation(activation)
-
-    def _sa(self, x, attn_mask, key_padding_mask, is_causal):
-        y = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                           need_weights=False, is_causal=is_causal)[0]
-        return self.dropout1(y)
+        _feed_forward_and_norms(self, self.blocks, d_model, dim_feedforward, dropout, activation,
+                                layer_norm_eps, norm_first, bias)
 
     def _mha(self, x, memory, attn_mask, key_padding_mask, is_causal):
         y = self.multihead_attn(x, memory, memory, attn_mask=attn_mask,
                                 key_padding_mask=key_padding_mask, need_weights=False,
                                 is_causal=is_causal)[0]
         return self.dropout2(y)
-
-    def _ff(self, x):
-        return self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False,
@@ -355,20 +356,16 @@ class Transformer(Module):
                  custom_decoder=None, layer_norm_eps: float = 1e-5, batch_first: bool = False,
                  norm_first: bool = False, bias: bool = True):
         super().__init__()
-        if custom_encoder is not None:
-            self.encoder = custom_encoder
-        else:
-            self.encoder = TransformerEncoder(
-                TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
-                                        layer_norm_eps, batch_first, norm_first, bias),
-                num_encoder_layers, LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
-        if custom_decoder is not None:
-            self.decoder = custom_decoder
-        else:
-            self.decoder = TransformerDecoder(
-                TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
-                                        layer_norm_eps, batch_first, norm_first, bias),
-                num_decoder_layers, LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        args = (d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
+                batch_first, norm_first, bias)
+
+        def stack(custom, kind, layer, n):
+            return custom if custom is not None else kind(
+                layer(*args), n, LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        self.encoder = stack(custom_encoder, TransformerEncoder, TransformerEncoderLayer,
+                             num_encoder_layers)
+        self.decoder = stack(custom_decoder, TransformerDecoder, TransformerDecoderLayer,
+                             num_decoder_layers)
         for p in self.parameters():
             if p.data.ndim > 1:
                 fan_out, fan_in = p.data.shape[0], int(np.prod(p.data.shape[1:]))

@@ -490,7 +490,26 @@ class CyclicLR(LRScheduler):
                 _set_momentum(group, hi - (hi - lo) * pos * scale)
 
 
-class SequentialLR(LRScheduler):
+class _Composite(LRScheduler):
+    """A scheduler of ``schedulers``: its state dict holds each one's (torch's), never the
+    objects, which drive their own optimizer."""
+    schedulers: list
+
+    def state_dict(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("optimizer", "schedulers", "_initial")}
+        state["schedulers"] = [s.state_dict() for s in self.schedulers]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        subs = state.pop("schedulers")
+        self.__dict__.update(state)
+        for s, sub in zip(self.schedulers, subs):
+            s.load_state_dict(sub)
+
+
+class SequentialLR(_Composite):
     """``schedulers[i]`` from ``milestones[i - 1]`` on, each restarted at its milestone
     (``step(0)``: its closed form at epoch 0, or, without one, its rule applied to the rate
     it takes over). Construction puts every group back at its initial rate and takes the first
@@ -531,21 +550,8 @@ class SequentialLR(LRScheduler):
             self.schedulers[i].step()
         self._last_lr = self.schedulers[i].get_last_lr()
 
-    def state_dict(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("optimizer", "schedulers", "_initial")}
-        state["schedulers"] = [s.state_dict() for s in self.schedulers]
-        return state
 
-    def load_state_dict(self, state: dict) -> None:
-        state = dict(state)
-        subs = state.pop("schedulers")
-        self.__dict__.update(state)
-        for s, sub in zip(self.schedulers, subs):
-            s.load_state_dict(sub)
-
-
-class ChainedScheduler(LRScheduler):
+class ChainedScheduler(_Composite):
     """Several schedulers stepped together (``schedulers[i].step()`` in order, each applying
     its factor to the rate the one before left): torch's ``ChainedScheduler``."""
 
@@ -563,18 +569,6 @@ class ChainedScheduler(LRScheduler):
         for s in self.schedulers:
             s.step()
         self._last_lr = [_lr(g) for g in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedulers")}
-        state["schedulers"] = [s.state_dict() for s in self.schedulers]
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        state = dict(state)
-        subs = state.pop("schedulers")
-        self.__dict__.update(state)
-        for s, sub in zip(self.schedulers, subs):
-            s.load_state_dict(sub)
 
 
 class ReduceLROnPlateau:
