@@ -244,8 +244,8 @@ class TransformerEncoderLayer(_TransformerLayer):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
                                             batch_first=batch_first)
-        _feed_forward_and_norms(self, self.blocks, d_model, dim_feedforward, dropout, activation,
-                                layer_norm_eps, norm_first, bias)
+        _feed_forward_and_norms(self, self.blocks, d_model, dim_feedforward, dropout,
+                                activation, layer_norm_eps, norm_first, bias)
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
         x = F.as_tensor(src)
@@ -297,8 +297,8 @@ class TransformerDecoderLayer(_TransformerLayer):
                                             batch_first=batch_first)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
                                                  batch_first=batch_first)
-        _feed_forward_and_norms(self, self.blocks, d_model, dim_feedforward, dropout, activation,
-                                layer_norm_eps, norm_first, bias)
+        _feed_forward_and_norms(self, self.blocks, d_model, dim_feedforward, dropout,
+                                activation, layer_norm_eps, norm_first, bias)
 
     def _mha(self, x, memory, attn_mask, key_padding_mask, is_causal):
         y = self.multihead_attn(x, memory, memory, attn_mask=attn_mask,
