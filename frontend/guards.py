@@ -101,10 +101,9 @@ class Guard:
     """Whether ``module_state`` (or, for a function, its ``free_values``) changed since the
     build (or the last rebuild)."""
 
-    def __init__(self, model, params: dict | None = None, modules=None):
+    def __init__(self, model, params: dict | None = None, modules: dict | None = None):
         self.model, self.params = model, params
-        self.modules = list((modules or {}).values()) if isinstance(modules, dict) else \
-            list(modules or ())
+        self.modules = list((modules or {}).values())     # the tracer's id -> module
         self.version = _VERSION[0]
         self.state = module_state(model, params, self.modules)
         self.free = free_values(model)
