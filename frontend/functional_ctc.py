@@ -43,7 +43,7 @@ def _lse(*xs: Tensor) -> Tensor:
     return F.where(finite, out, _NEG_INF)
 
 
-def _lengths(v, n: int, like: Tensor, what: str) -> Tensor:
+def _lengths(v, n: int, what: str) -> Tensor:
     t = F.as_tensor(np.asarray(v, np.int64) if not isinstance(v, Tensor) else v)
     if t.type.is_float:
         raise TypeError(f"ctc_loss: {what} must be integers, got {t.type}")
@@ -74,7 +74,7 @@ def _padded_targets(targets: Tensor, target_lengths, n: int) -> Tensor:
         if total == 0:
             return F.as_tensor(np.zeros((n, 0), targets.type.np_dtype))
         return F.emit_op("take", targets, F.as_tensor(idx), axis=0, negative=False)
-    lens = _lengths(target_lengths, n, targets, "target_lengths")
+    lens = _lengths(target_lengths, n, "target_lengths")
     ends = cumsum(lens, 0)
     starts = F.sub(ends, lens)
     pos = F.add(F.unsqueeze(starts, 1), F.as_tensor(np.arange(total)[None, :]))
@@ -112,8 +112,8 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank: int = 0,
     if tg.type.is_float:
         raise TypeError(f"ctc_loss: targets must be integers, got {tg.type}")
     tg = F.cast(_padded_targets(tg, target_lengths, n), "int64")
-    in_len = _lengths(input_lengths, n, lp, "input_lengths")
-    tg_len = _lengths(target_lengths, n, lp, "target_lengths")
+    in_len = _lengths(input_lengths, n, "input_lengths")
+    tg_len = _lengths(target_lengths, n, "target_lengths")
     s = tg.shape[1]
     width = 2 * s + 1
     blanks = F.as_tensor(np.full((n, s), blank, np.int64))
